@@ -40,7 +40,8 @@ def main() -> None:
     """Client-side defensive auditing for federated learning.
 
     Inspect a received global model for parameters planted to leak your data
-    before you train on it.
+    before you train on it, audit what your pending update leaks, and see
+    whether secure aggregation hides it across rounds.
     """
 
 
@@ -117,6 +118,11 @@ def demo_command(output_dir):
     from fedguard.demo import run_demo
 
     run_demo(output_dir, echo=click.echo)
+
+
+from fedguard.disaggregate_cli import disaggregate_command  # noqa: E402  (``fedguard disaggregate``)
+
+main.add_command(disaggregate_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,121 @@
+"""Output of ``fedguard disaggregate``: text for people, versioned JSON for scripts.
+
+The JSON document is described by ``schemas/disaggregate-report.schema.json``
+(``schema_version`` ``MAJOR.MINOR`` as for the inspect report; field-by-field
+notes in ``docs/disaggregation.md``). Sample::
+
+    {
+      "schema_version": "1.0",
+      "tool": {"name": "fedguard", "version": "0.1.0"},
+      "command": "disaggregate",
+      "source": {"kind": "file", "path": "rounds.npz"},
+      "rounds": 200, "users": 50, "dim": 200, "window": 10,
+      "noise_scale": 0.0, "noise_estimated": true, "rank": 50,
+      "users_recovered": 50, "users_exact": 50, "users_approximate": 0, "users_failed": 0,
+      "status": ["exact", ...], "stage": ["projection", ...],
+      "participation": [[0, 1, ...], ...],
+      "seconds": 0.41, "seconds_per_user": 0.008,
+      "updates_file": "report-updates.npz",
+      "score": null,
+      "notes": []
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from fedguard import __version__
+from fedguard.attacks.disaggregation import Disaggregation, Score
+
+__all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_FILE = "disaggregate-report.schema.json"
+FORMATS = ("text", "json")
+
+
+def disaggregation_to_dict(
+    result: Disaggregation,
+    source: Mapping[str, Any],
+    dim: int,
+    score: Score | None = None,
+    updates_file: str | None = None,
+) -> dict[str, Any]:
+    """The JSON document for one run of the attack as plain Python values.
+
+    ``source`` says where the rounds came from (``{"kind": "file", "path": ...}``
+    or ``{"kind": "simulation", ...settings}``); ``score`` is only known for a
+    simulation.
+    """
+    rounds = int(result.participation.shape[0])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "fedguard", "version": __version__},
+        "command": "disaggregate",
+        "source": dict(source),
+        "rounds": rounds,
+        "users": result.n_users,
+        "dim": int(dim),
+        "window": int(result.window),
+        "noise_scale": float(result.noise_scale),
+        "noise_estimated": bool(result.noise_estimated),
+        "rank": int(result.rank),
+        "users_recovered": result.users_recovered,
+        "users_exact": result.users_exact,
+        "users_approximate": result.users_approximate,
+        "users_failed": result.users_failed,
+        "status": list(result.status),
+        "stage": list(result.stage),
+        "stages": result.stage_counts(),
+        "participation": result.participation.astype(int).tolist(),
+        "seconds": float(result.seconds),
+        "seconds_per_user": float(result.seconds / max(result.n_users, 1)),
+        "updates_file": updates_file,
+        "score": score.to_dict() if score is not None else None,
+        "notes": list(result.notes),
+    }
+
+
+def _text(doc: Mapping[str, Any]) -> str:
+    users = doc["users"]
+    lines = [
+        f"fedguard disaggregate: {doc['rounds']} rounds x d={doc['dim']}, {users} users, counts per {doc['window']} rounds",
+        f"  recovered exactly: {doc['users_exact']}/{users} users"
+        f" (approximate {doc['users_approximate']}, failed {doc['users_failed']})",
+        f"  noise scale {doc['noise_scale']:.3g} ({'estimated' if doc['noise_estimated'] else 'given'}),"
+        f" rank {doc['rank']}",
+        "  found by: " + ", ".join(f"{k} {v}" for k, v in doc["stages"].items() if v),
+        f"  time: {doc['seconds']:.2f} s total, {1000 * doc['seconds_per_user']:.1f} ms per user",
+    ]
+    score = doc["score"]
+    if score is not None:
+        err = score["update_error"]
+        lines.append(
+            f"  against the truth: P {'exact' if score['matrix_exact'] else 'not exact'},"
+            f" {score['users_exact']}/{score['users']} columns right,"
+            f" {score['claimed_exact_wrong']} wrongly claimed exact,"
+            f" update relative error {'n/a' if err is None else f'{err:.2e}'}"
+        )
+    if doc["updates_file"]:
+        lines.append(f"  recovered updates: {doc['updates_file']}")
+    for note in doc["notes"]:
+        lines.append(f"  note: {note}")
+    exposed = doc["users_exact"]
+    if exposed:
+        lines.append(
+            f"  => secure aggregation did not hide {exposed} user(s): their individual updates are recoverable"
+        )
+    else:
+        lines.append("  => no user's individual update was recovered from these sums")
+    return "\n".join(lines) + "\n"
+
+
+def render_disaggregation(fmt: str, doc: Mapping[str, Any]) -> str:
+    """Render the document from :func:`disaggregation_to_dict` as ``text`` or ``json``."""
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt == "text":
+        return _text(doc)
+    raise KeyError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

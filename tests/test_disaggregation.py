@@ -1,0 +1,255 @@
+"""Gradient disaggregation (Lam et al. 2021): recovery quality, honesty of the status, files and bad input."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fedguard.attacks.disaggregation import (
+    NotIdentifiable,
+    disaggregate,
+    exposure,
+    load_rounds,
+    save_rounds,
+    score,
+    simulate_federation,
+    validate_rounds,
+)
+from fedguard.cli import main
+from fedguard.errors import InputError
+
+
+def _attack(fed, **kwargs):
+    kwargs.setdefault("time_limit", 10)
+    kwargs.setdefault("workers", 1)
+    return disaggregate(fed.aggregates, fed.counts, fed.window, noise_scale=fed.noise_scale or None, **kwargs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_federation_recovered_exactly(seed):
+    fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=seed)
+    result = _attack(fed)
+    sc = score(result, fed)
+    assert sc.matrix_exact and result.users_exact == 10
+    assert sc.update_error < 1e-9
+    assert result.seconds < 5
+
+
+def test_reference_case_exact():
+    """The paper's README case: 50 users, 200 rounds, d = 200, counts per 10 rounds."""
+    fed = simulate_federation(users=50, rounds=200, dim=200, window=10, participation=0.5, seed=0)
+    result = _attack(fed, workers=2)
+    sc = score(result, fed)
+    assert sc.matrix_exact, sc
+    assert sc.claimed_exact_wrong == 0
+    assert np.array_equal(result.participation, fed.participation)
+
+
+def test_noise_five_percent_mostly_exact():
+    fed = simulate_federation(users=50, rounds=200, dim=200, window=10, noise=0.05, seed=3)
+    result = _attack(fed)
+    sc = score(result, fed)
+    assert sc.share_exact >= 0.9
+    assert sc.claimed_exact_wrong == 0
+    # With P exact, the update error is the noise pushed through P^+: about 1-2 % here.
+    assert sc.update_error_median < 0.05
+
+
+def test_noise_degrades_gracefully_and_never_lies():
+    shares = []
+    for noise in (0.0, 0.3, 1.0, 3.0):
+        fed = simulate_federation(users=20, rounds=100, dim=40, window=10, noise=noise, seed=4)
+        result = _attack(fed, time_limit=1)
+        sc = score(result, fed)
+        assert sc.claimed_exact_wrong == 0, noise
+        assert sum((result.users_exact, result.users_approximate, result.users_failed)) == 20
+        shares.append(result.users_exact / 20)
+    assert shares[0] == 1.0
+    assert shares[-1] < 1.0
+    assert shares == sorted(shares, reverse=True)
+
+
+def test_estimated_noise_close_to_truth():
+    fed = simulate_federation(users=20, rounds=100, dim=60, window=10, noise=0.1, seed=5)
+    result = disaggregate(fed.aggregates, fed.counts, fed.window, time_limit=1, workers=1)
+    assert result.noise_estimated
+    assert 0.07 < result.noise_scale < 0.13
+
+
+def test_users_who_never_took_part():
+    fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=6)
+    counts = np.vstack([fed.counts, np.zeros((1, fed.counts.shape[1]), int)])
+    result = disaggregate(fed.aggregates, counts, fed.window, time_limit=1, workers=1)
+    assert result.status[-1] == "exact" and result.stage[-1] == "zero"
+    assert not result.participation[:, -1].any()
+    assert np.isnan(result.updates[-1]).all()
+    assert result.users_exact == 11
+
+
+def test_deterministic_for_a_seed():
+    fed = simulate_federation(users=20, rounds=100, dim=40, window=10, noise=0.2, seed=7)
+    a, b = _attack(fed, seed=3), _attack(fed, seed=3)
+    assert a.status == b.status
+    assert np.array_equal(a.participation, b.participation)
+
+
+def test_rank_deficiency_is_explained():
+    with pytest.raises(NotIdentifiable, match="rounds <= users"):
+        validate_rounds(np.ones((20, 30)), np.ones((25, 2)), 10)
+    fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=8)
+    with pytest.raises(NotIdentifiable, match="d=5"):
+        disaggregate(fed.aggregates[:, :5], fed.counts, 10)
+    g = fed.updates.copy()
+    g[1] = g[0]  # two users with the same update: their columns cannot be told apart
+    with pytest.raises(NotIdentifiable, match="linearly dependent"):
+        disaggregate(fed.participation @ g, fed.counts, 10)
+
+
+def test_round_trip_through_npz(tmp_path):
+    fed = simulate_federation(users=10, rounds=60, dim=20, window=10, noise=0.01, seed=9)
+    path = save_rounds(tmp_path / "rounds.npz", fed)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    rounds = load_rounds(path)
+    assert np.array_equal(rounds.aggregates, fed.aggregates)
+    assert np.array_equal(rounds.counts, fed.counts)
+    assert rounds.window == 10 and rounds.noise_scale == pytest.approx(0.01)
+    with np.load(path) as data:
+        assert np.array_equal(data["true_participation"], fed.participation)
+
+
+def test_exposure_finds_the_round_of_recovery():
+    result = exposure(users_per_round=5, rounds=100, window=10, participation=0.5, seed=0, workers=1, time_limit=1)
+    assert result.users == 10
+    assert result.rounds_to_exposure is not None
+    assert 10 < result.rounds_to_exposure <= 100
+    first = min(p.rounds for p in result.points if p.client_status == "exact")
+    assert first <= result.rounds_to_exposure
+    noisy = exposure(users_per_round=5, rounds=100, window=10, participation=0.5, noise=5.0, seed=0, workers=1,
+                     time_limit=1)
+    assert noisy.rounds_to_exposure is None or noisy.rounds_to_exposure > result.rounds_to_exposure
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _run(args):
+    return CliRunner().invoke(main, ["disaggregate", *args])
+
+
+def test_cli_simulate_json(tmp_path):
+    out = tmp_path / "report.json"
+    saved = tmp_path / "rounds.npz"
+    res = _run(["--simulate", "--users", "10", "--rounds", "60", "--dim", "20", "--format", "json",
+                "-o", str(out), "--save-rounds", str(saved)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["users_recovered"] == 10 and doc["status"] == ["exact"] * 10
+    assert len(doc["participation"]) == 60 and len(doc["participation"][0]) == 10
+    assert doc["score"]["matrix_exact"] is True
+    assert doc["seconds"] >= 0
+    updates = tmp_path / "report-updates.npz"
+    assert doc["updates_file"] == str(updates)
+    with np.load(updates) as data:
+        assert data["updates"].shape == (10, 20)
+    _validate_schema(doc)
+    # The saved rounds attack the same way from the file.
+    res = _run([str(saved), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.output)
+    assert again["participation"] == doc["participation"]
+    assert again["source"] == {"kind": "file", "path": str(saved)}
+    assert again["score"] is None
+
+
+def _validate_schema(doc):
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib import resources
+
+    schema = json.loads(resources.files("fedguard.reports.schemas").joinpath("disaggregate-report.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+
+
+def test_cli_text():
+    res = _run(["--simulate", "--users", "10", "--rounds", "60", "--dim", "20"])
+    assert res.exit_code == 0, res.output
+    assert "recovered exactly: 10/10 users" in res.output
+    assert "P exact" in res.output
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture()
+def good():
+    fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=10)
+    return {"aggregates": fed.aggregates, "counts": fed.counts, "window": np.asarray(10)}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("counts"), "lacks counts"),
+        (lambda a: a.update(aggregates=a["aggregates"][0]), "aggregates has shape"),
+        (lambda a: a.update(counts=a["counts"] + 20), "cannot exceed window"),
+        (lambda a: a.update(counts=a["counts"][:, :3]), "counts has 3 windows"),
+        (lambda a: a.update(aggregates=a["aggregates"][:55]), "not a multiple of window"),
+        (lambda a: a["aggregates"].__setitem__((0, 0), np.nan), "non-finite"),
+        (lambda a: a.update(counts=a["counts"] - 3), "negative"),
+        (lambda a: a.update(counts=a["counts"] + 0.5), "non-integer"),
+        (lambda a: a.update(window=np.asarray(0)), "positive integer"),
+        (lambda a: a.update(counts=np.ones((70, 6), int)), "not identifiable"),
+        (lambda a: a.update(noise_scale=np.asarray(-1.0)), "noise_scale"),
+    ],
+)
+def test_cli_bad_rounds_file(tmp_path, good, change, message):
+    arrays = dict(good)
+    change(arrays)
+    path = _npz(tmp_path / "rounds.npz", **arrays)
+    res = _run([path])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedguard: error:"), res.output
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give a ROUNDS.npz"),
+        (["missing.npz"], "does not exist"),
+        (["--simulate", "--users", "60", "--rounds", "50"], "must exceed --users"),
+        (["--simulate", "--users", "30", "--dim", "10"], "--dim 10 is below --users 30"),
+        (["--simulate", "--rounds", "205"], "not a multiple of --window"),
+        (["--simulate", "-o", "no/such/dir/r.json"], "does not exist"),
+    ],
+)
+def test_cli_bad_arguments(tmp_path, args, message):
+    res = _run(args)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_cli_refuses_non_npz_and_overwriting_input(tmp_path, good):
+    text = tmp_path / "rounds.json"
+    text.write_text("{}")
+    res = _run([str(text)])
+    assert res.exit_code == 2 and "not an .npz archive" in res.output
+    path = _npz(tmp_path / "rounds.npz", **good)
+    before = (tmp_path / "rounds.npz").read_bytes()
+    res = _run([path, "-o", path])
+    assert res.exit_code == 2 and "also an input" in res.output
+    res = _run([path, "--updates", path])
+    assert res.exit_code == 2 and "also an input" in res.output
+    assert (tmp_path / "rounds.npz").read_bytes() == before
+
+
+def test_validate_rejects_strings():
+    with pytest.raises(InputError, match="aggregates has dtype"):
+        validate_rounds(np.array([["a"]]), np.ones((1, 1)), 1)
