@@ -91,14 +91,12 @@ from fedguard.errors import InputError
 __all__ = [
     "STATUSES",
     "Disaggregation",
-    "Exposure",
-    "ExposurePoint",
     "Federation",
+    "match_users",
     "NotIdentifiable",
     "Rounds",
     "Score",
     "disaggregate",
-    "exposure",
     "load_rounds",
     "save_rounds",
     "save_updates",
@@ -263,68 +261,6 @@ class Score:
             "update_error_median": _finite_or_none(self.update_error_median),
             "update_error": _finite_or_none(self.update_error),
             "update_coverage": self.update_coverage,
-        }
-
-
-@dataclass(frozen=True)
-class ExposurePoint:
-    """One attacked prefix of the simulated federation."""
-
-    rounds: int
-    identifiable: bool
-    share_exact: float
-    client_status: str
-    client_error: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Exposure:
-    """After how many rounds a client's individual update becomes recoverable.
-
-    ``rounds_to_exposure`` is the first tested number of rounds at which the
-    client's participation column was recovered ``exact`` *and* its update to
-    within ``target_error`` relative error; ``None`` when that never happened
-    within ``max_rounds``. ``points`` are all the prefixes tested (ascending).
-    """
-
-    users: int
-    users_per_round: float
-    participation: float
-    window: int
-    dim: int
-    noise: float
-    max_rounds: int
-    target_error: float
-    rounds_to_exposure: int | None
-    points: tuple[ExposurePoint, ...]
-    seed: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "users": self.users,
-            "users_per_round": self.users_per_round,
-            "participation": self.participation,
-            "window": self.window,
-            "dim": self.dim,
-            "noise": self.noise,
-            "max_rounds": self.max_rounds,
-            "target_error": self.target_error,
-            "rounds_to_exposure": self.rounds_to_exposure,
-            "seed": self.seed,
-            "seconds": self.seconds,
-            "points": [
-                {
-                    "rounds": p.rounds,
-                    "identifiable": p.identifiable,
-                    "share_exact": p.share_exact,
-                    "client_status": p.client_status,
-                    "client_error": _finite_or_none(p.client_error),
-                    "seconds": p.seconds,
-                }
-                for p in self.points
-            ],
         }
 
 
@@ -1058,10 +994,10 @@ def disaggregate(
     )
 
 
-# --------------------------------------------------------------------------- scoring and exposure
+# --------------------------------------------------------------------------- scoring
 
 
-def _match(result: Disaggregation, participation: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def match_users(result: Disaggregation, participation: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """For each user, the true user whose column it recovered (-1 if none).
 
     Users with identical count rows are interchangeable to any attacker, so a
@@ -1090,7 +1026,7 @@ def _match(result: Disaggregation, participation: np.ndarray, counts: np.ndarray
 
 def score(result: Disaggregation, federation: Federation) -> Score:
     """Score ``result`` against the truth of ``federation`` (see :class:`Score`)."""
-    match = _match(result, federation.participation, federation.counts)
+    match = match_users(result, federation.participation, federation.counts)
     n = len(match)
     exact = int((match >= 0).sum())
     wrong = sum(1 for u in range(n) if result.status[u] == "exact" and match[u] < 0)
@@ -1115,123 +1051,4 @@ def score(result: Disaggregation, federation: Federation) -> Score:
         update_error_median=float(np.median(errors)) if errors else float("nan"),
         update_error=math.sqrt(num / den) if den else float("nan"),
         update_coverage=len(errors) / n if n else 0.0,
-    )
-
-
-def exposure(
-    users_per_round: float = 10,
-    rounds: int = 400,
-    window: int = 10,
-    dim: int | None = None,
-    noise: float = 0.0,
-    participation: float = 0.5,
-    seed: int = 0,
-    client: int = 0,
-    target_error: float = 0.05,
-    time_limit: float = 5.0,
-    workers: int | None = None,
-    progress: Callable[[ExposurePoint], None] | None = None,
-) -> Exposure:
-    """After how many rounds does a client's individual update become recoverable?
-
-    Simulates a federation whose rounds aggregate ``users_per_round`` clients
-    on average, each joining a round with probability ``participation``
-    (population ``round(users_per_round / participation)``), with counts
-    published per ``window`` rounds and Gaussian noise ``noise`` (relative to
-    an update's RMS entry) on each aggregate. The server attacks the first
-    ``t`` rounds for growing ``t`` (multiples of ``window``); the client is
-    exposed at the first ``t`` where its column is recovered ``exact`` and
-    its update to within ``target_error`` relative error. Prefixes are tested
-    by doubling then bisection, assuming more rounds never help the client.
-
-    Larger ``noise`` (DP on the aggregate), a larger ``window`` (coarser
-    counts) and a lower ``participation`` (each client in fewer rounds) each
-    push exposure later or prevent it; the returned points show by how much.
-
-    References
-    ----------
-    Lam et al., ICML 2021 (gradient disaggregation).
-    """
-    start = time.perf_counter()
-    if not users_per_round > 0:
-        raise InputError(f"users per round must be > 0, got {users_per_round!r}")
-    if not 0 < participation <= 1:
-        raise InputError(f"participation must be in (0, 1], got {participation!r}")
-    users = max(1, int(round(users_per_round / participation)))
-    if not 0 <= client < users:
-        raise InputError(f"client {client} is not one of the {users} users (0..{users - 1})")
-    dim = int(dim) if dim is not None else 2 * users
-    if dim < users:
-        raise InputError(f"dim {dim} is below the {users} users; the attack needs d >= users (give a larger --dim)")
-    rounds = (int(rounds) // int(window)) * int(window)
-    if rounds <= users:
-        raise InputError(
-            f"--rounds must exceed the {users} users (users per round / participation) by at least one window"
-        )
-    fed = simulate_federation(users, rounds, dim, window, participation, noise, seed)
-
-    tested: dict[int, ExposurePoint] = {}
-
-    def attack(t: int) -> ExposurePoint:
-        if t in tested:
-            return tested[t]
-        k = t // window
-        sub = Federation(
-            aggregates=fed.aggregates[:t], counts=fed.counts[:, :k], window=window,
-            participation=fed.participation[:t], updates=fed.updates, noise_scale=fed.noise_scale,
-            noise=noise, participation_rate=participation, seed=seed,
-        )
-        t0 = time.perf_counter()
-        try:
-            result = disaggregate(sub.aggregates, sub.counts, window, noise_scale=sub.noise_scale or None,
-                                  time_limit=time_limit, workers=workers, seed=seed)
-        except InputError:
-            point = ExposurePoint(t, False, 0.0, "failed", float("nan"), time.perf_counter() - t0)
-        else:
-            sc = score(result, sub)
-            match = _match(result, sub.participation, sub.counts)
-            u = client
-            err = float("nan")
-            if np.isfinite(result.updates[u]).all():
-                true = fed.updates[match[u] if match[u] >= 0 else u]
-                err = float(np.linalg.norm(result.updates[u] - true) / (np.linalg.norm(true) or 1.0))
-            status = result.status[u] if match[u] >= 0 or result.status[u] != "exact" else "wrong"
-            point = ExposurePoint(t, True, sc.share_exact, status, err, time.perf_counter() - t0)
-        tested[t] = point
-        if progress is not None:
-            progress(point)
-        return point
-
-    def exposed(p: ExposurePoint) -> bool:
-        return p.client_status == "exact" and math.isfinite(p.client_error) and p.client_error <= target_error
-
-    grid = [t for t in range(window, rounds + 1, window) if t > users]
-    found: int | None = None
-    if grid:
-        # Doubling over the grid, then bisection between the last miss and the first hit.
-        lo, i = -1, 0
-        step = 1
-        while True:
-            if exposed(attack(grid[i])):
-                hi = i
-                break
-            lo = i
-            if i == len(grid) - 1:
-                hi = None
-                break
-            i = min(len(grid) - 1, i + step)
-            step *= 2
-        if hi is not None:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if exposed(attack(grid[mid])):
-                    hi = mid
-                else:
-                    lo = mid
-            found = grid[hi]
-    return Exposure(
-        users=users, users_per_round=float(users_per_round), participation=float(participation),
-        window=int(window), dim=dim, noise=float(noise), max_rounds=rounds, target_error=float(target_error),
-        rounds_to_exposure=found, points=tuple(tested[t] for t in sorted(tested)), seed=int(seed),
-        seconds=time.perf_counter() - start,
     )

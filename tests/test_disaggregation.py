@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from fedguard.attacks.disaggregation import (
     NotIdentifiable,
     disaggregate,
-    exposure,
     load_rounds,
     save_rounds,
     score,
@@ -21,6 +20,7 @@ from fedguard.attacks.disaggregation import (
 )
 from fedguard.cli import main
 from fedguard.errors import InputError
+from fedguard.exposure import FederationSettings, client_exposure, exposure
 
 
 def _attack(fed, **kwargs):
@@ -131,6 +131,36 @@ def test_exposure_finds_the_round_of_recovery():
     noisy = exposure(users_per_round=5, rounds=100, window=10, participation=0.5, noise=5.0, seed=0, workers=1,
                      time_limit=1)
     assert noisy.rounds_to_exposure is None or noisy.rounds_to_exposure > result.rounds_to_exposure
+
+
+def test_client_exposure_scenarios():
+    update = np.random.default_rng(0).standard_normal((6, 5, 5))  # any shape; 150 coordinates
+    settings = FederationSettings(users_per_round=5, participation=0.5, window=10, stable_rounds=60)
+    result = client_exposure(update, settings, seed=0)
+    labels = [s.label for s in result.scenarios]
+    assert labels[0] == "as configured" and len(labels) == 5
+    assert result.configured.outcome == "exposed"
+    assert result.configured.exposure.rounds_to_exposure <= 60
+    by_label = dict(zip(labels, result.scenarios))
+    # Halving participation doubles the population to 20: 60 rounds still exceed it.
+    assert by_label["participation 0.25"].settings.users == 20
+    assert by_label["DP noise 1 on the sums"].outcome in ("not exposed", "exposed")
+    # 5x coarser counts: one window of 50 rounds inside the 60 the update is stable.
+    assert by_label["counts per 50 rounds"].outcome != "not run"
+    doc = result.to_dict()
+    assert doc["outcome"] == "exposed" and len(doc["scenarios"]) == 5
+    json.dumps(doc)
+
+
+def test_client_exposure_budget_and_unidentifiable():
+    update = np.ones(300) + np.random.default_rng(1).standard_normal(300)
+    crowded = FederationSettings(users_per_round=40, participation=0.5, window=10, stable_rounds=60)
+    result = client_exposure(update, crowded, budget=0.0)
+    assert result.configured.outcome == "not identifiable"
+    assert "do not exceed the 80 users" in result.configured.note
+    assert all(s.outcome == "not run" for s in result.scenarios[1:])
+    with pytest.raises(InputError, match="participation"):
+        FederationSettings(participation=0)
 
 
 # --------------------------------------------------------------------------- command line
