@@ -76,7 +76,6 @@ import math
 import multiprocessing
 import os
 import time
-import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,13 +257,14 @@ class Score:
             "share_exact": self.share_exact,
             "matrix_exact": self.matrix_exact,
             "claimed_exact_wrong": self.claimed_exact_wrong,
-            "update_error_median": _finite_or_none(self.update_error_median),
-            "update_error": _finite_or_none(self.update_error),
+            "update_error_median": finite_or_none(self.update_error_median),
+            "update_error": finite_or_none(self.update_error),
             "update_coverage": self.update_coverage,
         }
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float, or None when it is NaN or infinite (JSON has neither)."""
     return float(value) if math.isfinite(value) else None
 
 
@@ -351,26 +351,10 @@ def load_rounds(path: str | os.PathLike) -> Rounds:
     Never unpickles: object arrays are refused. Raises
     :class:`~fedguard.errors.InputError` naming the file or the array.
     """
+    from fedguard.io import read_npz
+
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist; give an .npz with aggregates, counts and window")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; give an .npz with aggregates, counts and window")
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic != b"PK\x03\x04":
-        raise InputError(f"{path} is not an .npz archive; save aggregates, counts and window with numpy.savez")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise InputError(f"{path} holds object arrays, which would need pickle; save plain numeric arrays") from None
-        raise InputError(f"{path} is not a readable .npz ({exc}); save it with numpy.savez") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{path} is not a readable .npz ({type(exc).__name__}); save it with numpy.savez") from None
-    if not isinstance(arrays, dict) or not arrays:
-        raise InputError(f"{path} holds no named arrays; save aggregates, counts and window with numpy.savez")
+    arrays = read_npz(path, "save aggregates, counts and window with numpy.savez")
     missing = [key for key in ("aggregates", "counts", "window") if key not in arrays]
     if missing:
         raise InputError(

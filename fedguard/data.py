@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError
+from fedguard.io import read_npz
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "load_data"]
 
@@ -249,19 +249,12 @@ def _folder(root: Path, shape: tuple[int, int, int] | None) -> tuple[torch.Tenso
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("x", "y") if k not in archive.files]
-            if missing:
-                raise InputError(
-                    f"{path} has no array {' or '.join(missing)} (it has: {', '.join(archive.files) or 'nothing'}); "
-                    f"save it with np.savez(path, x=images, y=labels)"
-                )
-            x, y = archive["x"], archive["y"]
-    except InputError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise InputError(f"cannot read {path} as a .npz archive ({type(exc).__name__}); save it with np.savez(path, x=images, y=labels)") from None
+    fix = "save it with np.savez(path, x=images, y=labels)"
+    archive = read_npz(path, fix)
+    missing = [k for k in ("x", "y") if k not in archive]
+    if missing:
+        raise InputError(f"{path} has no array {' or '.join(missing)} (it has: {', '.join(archive) or 'nothing'}); {fix}")
+    x, y = archive["x"], archive["y"]
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):

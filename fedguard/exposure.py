@@ -42,6 +42,7 @@ import numpy as np
 from fedguard.attacks.disaggregation import (
     Federation,
     disaggregate,
+    finite_or_none,
     match_users,
     score,
     simulate_federation,
@@ -60,10 +61,6 @@ __all__ = [
 
 #: Relative error below which a recovered update counts as the client's update.
 TARGET_ERROR = 0.05
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,7 @@ class ExposurePoint:
             "identifiable": self.identifiable,
             "share_exact": self.share_exact,
             "client_status": self.client_status,
-            "client_error": _finite_or_none(self.client_error),
+            "client_error": finite_or_none(self.client_error),
             "seconds": self.seconds,
         }
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fedguard.errors import InputError
+from fedguard.io import read_npz
 from fedguard.pickle_scan import scan_file
 from fedguard.types import Confidence, Finding, Rule, Severity
 
@@ -263,15 +264,7 @@ def _natural_key(name: str) -> tuple:
 
 
 def _load_npz(path: Path) -> Any:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise InputError(f"{path} holds object arrays that need pickle; save plain numeric arrays with np.savez") from None
-        raise InputError(f"{path} is a corrupt .npz archive ({str(exc)[:120]}); re-export it") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{path} is a corrupt or truncated .npz archive ({str(exc)[:120]}); re-export it") from None
+    arrays = read_npz(path, "re-export it with np.savez")
     if arrays and all(key.startswith("arr_") and key[4:].isdigit() for key in arrays):
         return [arrays[f"arr_{i}"] for i in range(len(arrays))]
     return arrays

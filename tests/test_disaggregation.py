@@ -270,7 +270,7 @@ def test_cli_refuses_non_npz_and_overwriting_input(tmp_path, good):
     text = tmp_path / "rounds.json"
     text.write_text("{}")
     res = _run([str(text)])
-    assert res.exit_code == 2 and "not an .npz archive" in res.output
+    assert res.exit_code == 2 and "not an .npz (zip) archive" in res.output
     path = _npz(tmp_path / "rounds.npz", **good)
     before = (tmp_path / "rounds.npz").read_bytes()
     res = _run([path, "-o", path])
