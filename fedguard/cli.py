@@ -120,8 +120,10 @@ def demo_command(output_dir):
     run_demo(output_dir, echo=click.echo)
 
 
+from fedguard.audit_cli import audit_command  # noqa: E402  (``fedguard audit``: self-attack the pending update)
 from fedguard.disaggregate_cli import disaggregate_command  # noqa: E402  (``fedguard disaggregate``)
 
+main.add_command(audit_command)
 main.add_command(disaggregate_command)
 
 

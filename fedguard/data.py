@@ -104,7 +104,7 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
         if t.shape[1] != 1:
             raise InputError(
                 f"{what} has {t.shape[1]}-channel images but the input shape needs {c}; "
-                f"give {c}- or 1-channel data, or pass --input-shape {t.shape[1]},{h},{w}"
+                f"give {c}-channel{' or 1-channel' if c != 1 else ''} data, or pass --input-shape {t.shape[1]},{h},{w}"
             )
         t = t.expand(-1, c, -1, -1)
     if tuple(t.shape[2:]) != (h, w):

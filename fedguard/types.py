@@ -128,3 +128,175 @@ class InspectionReport:
 
     def at_or_above(self, severity: Severity) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.severity >= severity)
+
+
+# --------------------------------------------------------------------------- audit (self-attack) results
+
+
+class LeakageLevel(enum.IntEnum):
+    """How much of the private batch an attack rebuilt, ordered so that ``a >= b`` compares.
+
+    The thresholds behind each level are in :mod:`fedguard.metrics` and ``docs/audit.md``.
+    """
+
+    NONE = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> "LeakageLevel":
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            valid = ", ".join(str(s) for s in cls)
+            raise ValueError(f"unknown leakage level {text!r}; use one of {valid}") from None
+
+
+class AuditVerdict(str, enum.Enum):
+    """What to do with the pending update: upload (pass), look closer (warn), do not upload (block)."""
+
+    PASS = "pass"
+    WARN = "warn"
+    BLOCK = "block"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """What one attack rebuilt from an update. Attacks never see the true batch.
+
+    Parameters
+    ----------
+    attack : str
+        Registry name of the attack.
+    images : tensor or None
+        ``[N, C, H, W]`` in [0, 1] on the CPU, the attack's best guess (None for
+        label-only attacks).
+    labels : tensor or None
+        ``[N]`` int64 labels the attack assigns to its guesses (or to the batch).
+    label_counts : tensor or None
+        ``[num_classes]`` int64 estimated examples per class.
+    candidates : tensor or None
+        ``[S, N, C, H, W]`` the final images of every random start, so that the
+        success rate over starts can be measured against the truth afterwards.
+    candidate_losses : tuple of float
+        Gradient loss of every start (``inf`` for a start that diverged).
+    iterations : int
+        Optimizer iterations run (the attack's own unit; see ``details``).
+    seconds : float
+        Wall time of the attack.
+    stopped : str
+        Why it ended: ``done`` (analytic), ``converged``, ``max_iterations``,
+        ``time_budget`` or ``interrupted``.
+    details : mapping
+        Attack-specific numbers (restarts, learning rate, losses...).
+    """
+
+    attack: str
+    images: Any = None
+    labels: Any = None
+    label_counts: Any = None
+    candidates: Any = None
+    candidate_losses: tuple[float, ...] = ()
+    iterations: int = 0
+    seconds: float = 0.0
+    stopped: str = "done"
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SampleLeak:
+    """One true example and the reconstruction matched to it (Hungarian matching on MSE)."""
+
+    index: int
+    match: int
+    psnr: float
+    ssim: float
+    mse: float
+    label: int
+    rebuilt_label: int | None
+    level: LeakageLevel = LeakageLevel.NONE
+    baseline_psnr: float | None = None
+    baseline_ssim: float | None = None
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """One attack's reconstruction measured against the true batch (its ``Leakage``).
+
+    Image metrics are None for label-only attacks; label metrics are None when
+    the attack recovers no labels. ``images`` holds the reconstructions
+    re-ordered to match the true batch (for the grids; never serialised).
+    """
+
+    name: str
+    title: str
+    reference: str
+    kind: str
+    level: LeakageLevel
+    psnr_mean: float | None
+    psnr_max: float | None
+    ssim_mean: float | None
+    ssim_max: float | None
+    mse_mean: float | None
+    label_accuracy: float | None
+    label_count_error: int | None
+    label_counts_exact: float | None
+    samples: tuple[SampleLeak, ...]
+    iterations: int
+    seconds: float
+    stopped: str
+    starts: int | None = None
+    start_success_rate: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    image_file: str | None = None
+    images: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Leakage:
+    """The overall leakage level: the worst level over the attacks that ran."""
+
+    level: LeakageLevel
+    by_attack: Mapping[str, LeakageLevel]
+    worst_attack: str | None
+    baseline_psnr: float | None
+    thresholds: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Everything ``fedguard audit`` measured about one pending update.
+
+    ``true_images`` (the private batch, for the PNG grids and the HTML page) is
+    kept in memory only; the JSON report never contains pixel data.
+    """
+
+    verdict: AuditVerdict
+    leakage: Leakage
+    attacks: tuple[AttackOutcome, ...]
+    skipped: Mapping[str, str]
+    fail_on: LeakageLevel
+    model: Mapping[str, Any]
+    data: Mapping[str, Any]
+    update: Mapping[str, Any]
+    threat: Mapping[str, Any]
+    config: Mapping[str, Any]
+    seconds: float
+    interrupted: bool = False
+    tool_version: str = ""
+    true_images: Any = field(default=None, repr=False, compare=False)
+    true_labels: Any = field(default=None, repr=False, compare=False)
+
+    def outcome(self, name: str) -> AttackOutcome:
+        """The outcome of attack ``name`` (KeyError when it did not run)."""
+        for item in self.attacks:
+            if item.name == name:
+                return item
+        raise KeyError(f"attack {name!r} did not run; ran: {', '.join(a.name for a in self.attacks) or 'none'}")

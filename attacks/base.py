@@ -1,0 +1,122 @@
+"""The attack interface of ``fedguard audit``: one small ABC, one registry, one budget.
+
+An attack is what a curious server runs on an uploaded update. It gets a
+:class:`~fedguard.threat.ServerView` (the update plus only what the threat
+model grants) and a :class:`Budget` (iterations, seconds, Ctrl-C), and
+returns a :class:`~fedguard.types.Reconstruction`. It never sees the true
+batch; :mod:`fedguard.metrics` measures the reconstruction afterwards.
+
+Adding an attack is one module that subclasses :class:`Attack`, decorates it
+with ``@register_attack("name")`` and is listed in :data:`BUILTIN_MODULES`;
+the CLI's ``--attack`` choices, the docs table and the tests all enumerate
+:func:`attacks`.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import threading
+import time
+from typing import Callable, ClassVar
+
+from fedguard.registry import Registry
+from fedguard.threat import ServerView
+from fedguard.types import Reconstruction
+
+__all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES"]
+
+#: Modules that register the built-in attacks, in the order the audit runs them:
+#: label attacks first, because their labels seed the image attacks.
+BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "dlg", "inverting_gradients")
+
+ATTACKS: Registry[type["Attack"]] = Registry("attack")
+
+
+def register_attack(name: str):
+    """Class decorator: register an :class:`Attack` subclass under ``name``."""
+
+    def add(cls: type[Attack]) -> type[Attack]:
+        if getattr(cls, "name", None) != name:
+            raise ValueError(f"attack {cls.__name__} has name {getattr(cls, 'name', None)!r}, registered as {name!r}")
+        return ATTACKS.register(name)(cls)
+
+    return add
+
+
+def attacks() -> Registry[type["Attack"]]:
+    """The attack registry with every built-in attack loaded (in audit order)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    # Registration follows import order (a caller may import dlg before label_counts):
+    # put the built-ins back in audit order, any other attack after them.
+    names = ATTACKS.names()
+    order = [n for n in BUILTIN_MODULES if n in names] + [n for n in names if n not in BUILTIN_MODULES]
+    if order != names:
+        ATTACKS._entries = {n: ATTACKS._entries[n] for n in order}
+    return ATTACKS
+
+
+class Budget:
+    """How long an attack may run: iterations, seconds, and a stop flag set by Ctrl-C.
+
+    Attacks call :meth:`check` once per iteration; it returns the reason to
+    stop (``interrupted``, ``time_budget``, ``max_iterations``) or None, and
+    forwards progress to the ``progress`` callback ``(done, total, fields)``.
+    """
+
+    def __init__(
+        self,
+        max_iterations: int,
+        seconds: float | None = None,
+        stop: threading.Event | None = None,
+        progress: Callable[[int, int, dict], None] | None = None,
+    ):
+        self.max_iterations = int(max_iterations)
+        self.seconds = None if seconds is None else float(seconds)
+        self.stop = stop if stop is not None else threading.Event()
+        self.progress = progress
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def remaining(self) -> float:
+        return float("inf") if self.seconds is None else max(0.0, self.seconds - self.elapsed())
+
+    def check(self, iteration: int, **fields) -> str | None:
+        if self.progress is not None:
+            self.progress(iteration, self.max_iterations, fields)
+        if self.stop.is_set():
+            return "interrupted"
+        if self.seconds is not None and self.elapsed() >= self.seconds:
+            return "time_budget"
+        if iteration >= self.max_iterations:
+            return "max_iterations"
+        return None
+
+    def interrupted(self) -> bool:
+        return self.stop.is_set()
+
+
+class Attack(abc.ABC):
+    """A server-side attack on one update."""
+
+    #: Registry name, also the value of ``--attack``.
+    name: ClassVar[str]
+    #: Short human title.
+    title: ClassVar[str]
+    #: The paper (authors, venue, year).
+    reference: ClassVar[str]
+    #: ``images`` (rebuilds inputs) or ``labels`` (recovers labels only).
+    kind: ClassVar[str]
+    #: Iterations when ``--max-iterations`` is not given (0 for analytic attacks).
+    default_iterations: ClassVar[int] = 0
+
+    def applies(self, view: ServerView) -> str | None:
+        """None when the attack can run on ``view``; else why not (one phrase)."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, view: ServerView, budget: Budget) -> Reconstruction:
+        """Attack the update in ``view`` within ``budget``; keep the best result on interruption."""

@@ -1,0 +1,92 @@
+"""The exact label of a single example from the sign of the head's gradient (iDLG).
+
+For one example with label ``c``, cross-entropy over a softmax gives the
+head's gradients
+
+    g_b[j] = p_j - [j = c]        g_W[j, :] = (p_j - [j = c]) · o,
+
+where ``o`` is the head's input. Only ``g_b[c] = p_c - 1`` is negative; and
+when ``o`` is non-negative (after ReLU or sigmoid, as in every built-in
+architecture) row ``c`` of ``g_W`` is the only row whose entries are
+negative. Zhao et al. read the label from the weight rows; with a bias the
+bias alone gives it for any activation, so fedguard uses the bias when the
+head has one and the weight-row sums otherwise. A FedAvg update over several
+steps on the same example keeps the sign pattern (``W_T - W_0`` has the
+opposite sign of the gradients), which fedguard reads off ``-(W_T - W_0)``.
+
+References
+----------
+Zhao, B., Mopuri, K. R. & Bilen, H. "iDLG: Improved Deep Leakage from
+Gradients." arXiv:2001.02610 (2020).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+import torch
+
+from fedguard.threat import ServerView
+from fedguard.types import Reconstruction
+
+from ._head import find_head
+from .base import Attack, Budget, register_attack
+
+__all__ = ["IDLG", "idlg_label"]
+
+
+def idlg_label(view: ServerView) -> tuple[int, dict]:
+    """The label of the single example behind ``view``'s update, and how it was read."""
+    head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+    sign = 1.0 if view.protocol == "fedsgd" else -1.0  # FedAvg uploads W_T - W_0 = -lr * sum of gradients
+    if head.bias is not None and head.bias in view.tensors:
+        score = sign * view.tensors[head.bias].double()
+        route = "bias"
+    else:
+        score = sign * view.tensors[head.weight].double().sum(dim=1)
+        route = "weight_rows"
+    label = int(torch.argmin(score))
+    negatives = int((score < 0).sum())
+    return label, {"route": route, "negative_entries": negatives, "margin": float(torch.sort(score).values[1] - score[label])}
+
+
+@register_attack("idlg")
+class IDLG(Attack):
+    """The exact label of a one-example update (Zhao et al. 2020).
+
+    References
+    ----------
+    Zhao, B., Mopuri, K. R. & Bilen, H. "iDLG: Improved Deep Leakage from
+    Gradients." arXiv:2001.02610 (2020).
+    """
+
+    name: ClassVar[str] = "idlg"
+    title: ClassVar[str] = "iDLG label of a single example"
+    reference: ClassVar[str] = "Zhao, Mopuri & Bilen, iDLG: Improved Deep Leakage from Gradients, arXiv:2001.02610, 2020"
+    kind: ClassVar[str] = "labels"
+    default_iterations: ClassVar[int] = 0
+
+    def applies(self, view: ServerView) -> str | None:
+        if view.batch_size != 1:
+            return "iDLG needs a batch of one example (known to the server)"
+        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+        if head is None:
+            return "the model's logits do not come from a Linear layer with one row per class"
+        if head.weight not in view.tensors:
+            return f"the update has no tensor for the head {head.weight}"
+        return None
+
+    def run(self, view: ServerView, budget: Budget) -> Reconstruction:
+        start = time.perf_counter()
+        budget.check(0)
+        label, details = idlg_label(view)
+        counts = torch.zeros(view.num_classes, dtype=torch.int64)
+        counts[label] = 1
+        return Reconstruction(
+            attack=self.name,
+            labels=torch.tensor([label]),
+            label_counts=counts,
+            seconds=time.perf_counter() - start,
+            details=details,
+        )

@@ -1,0 +1,277 @@
+"""Per-class label counts of a batch from the last layer's update (Geng et al.).
+
+For cross-entropy over a softmax, the gradient of the head's bias for class
+``j`` averaged over a batch of ``B`` examples is
+
+    g_b[j] = p̄_j - n_j / B,
+
+where ``p̄_j`` is the batch-mean softmax probability of class ``j`` and
+``n_j`` the number of examples labelled ``j``. Without a bias, the row sums of
+the weight gradient give the same with a factor ``Ô`` (the mean sum of the
+head's input features; non-negative after ReLU/sigmoid): ``sum_k g_W[j, k] ≈
+Ô (p̄_j - n_j / B)``. The server knows everything but ``p̄`` and ``n``, so it
+estimates ``p̄`` by running the model on data it has and solves for ``n``:
+
+* FedSGD -- ``p̂`` is the mean softmax over the server's public data of the
+  domain (Geng et al. use random dummy inputs; public data of the task is
+  closer to the client's and is what a server realistically holds). With
+  enough labelled public data per class, the class-conditional means ``M``
+  give a better model, ``p̄ ≈ Mᵀ n / B``, and ``n`` solves the linear system
+  ``(Mᵀ - I) n / B = g_b`` under ``n ≥ 0``, ``Σ n = B``.
+* FedAvg -- the update ``W_T - W_0`` is turned into one average gradient
+  ``(W_0 - W_T) / (T·lr)`` (Geng et al.); ``p̄`` now moves along the local
+  training. The server starts from the average of ``p̂`` at ``W_0`` and
+  ``W_T``, then repeatedly simulates the client's ``T`` local steps from
+  ``W_0`` on public data weighted to the current estimate of the counts, and
+  re-solves with the mean of ``p̂`` along the simulated trajectory.
+
+Counts are rounded to integers that sum to ``B`` (largest remainders). They
+seed DLG and Inverting Gradients with labels (Geiping et al. assume known
+labels; Geng et al. show they can be recovered).
+
+References
+----------
+Geng, J., Mou, Y., Li, F., Li, Q., Beyan, O., Decker, S. & Rong, C. "Towards
+General Deep Leakage in Federated Learning." arXiv:2110.09074 (2021).
+Wainakh, A., Ventola, F., Müßig, T., et al. "User-Level Label Leakage from
+Gradients in Federated Learning." PoPETs 2022.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedguard.threat import ServerView
+from fedguard.types import Reconstruction
+
+from ._head import Head, find_head
+from .base import Attack, Budget, register_attack
+
+__all__ = ["LabelCounts", "round_counts", "estimate_counts"]
+
+#: Per class, at least this many labelled public examples before the class-conditional model is used.
+MIN_PER_CLASS_FOR_CONDITIONAL = 10
+#: Public examples per class used to simulate FedAvg's local training.
+SIMULATION_PER_CLASS = 12
+#: Public examples the softmax statistics are measured on (the audit passes them shuffled).
+MAX_SERVER_EXAMPLES = 256
+#: Fixed-point rounds of the FedAvg simulation.
+SIMULATION_ROUNDS = 3
+
+
+def round_counts(raw: np.ndarray, total: int) -> np.ndarray:
+    """Non-negative integers summing to ``total``, closest to ``raw`` by largest remainders."""
+    raw = np.clip(np.nan_to_num(np.asarray(raw, dtype=np.float64), nan=0.0), 0.0, None)
+    floor = np.floor(raw)
+    rest = int(total - floor.sum())
+    frac = raw - floor
+    if rest > 0:
+        floor[np.argsort(-frac, kind="stable")[:rest]] += 1
+    elif rest < 0:
+        for j in np.argsort(frac, kind="stable"):
+            if rest == 0:
+                break
+            take = min(int(floor[j]), -rest)
+            floor[j] -= take
+            rest += take
+    return floor.astype(np.int64)
+
+
+def _solve_conditional(M: np.ndarray, g: np.ndarray, batch: int) -> np.ndarray:
+    """n >= 0 with Σn = B minimising ||(Mᵀ - I) n / B - g||."""
+    from scipy.optimize import lsq_linear
+
+    C = len(g)
+    A = (M.T - np.eye(C)) / batch
+    w = 100.0
+    A2 = np.vstack([A, w * np.ones((1, C)) / batch])
+    b2 = np.concatenate([g, [w]])
+    return lsq_linear(A2, b2, bounds=(0.0, float(batch))).x
+
+
+class _Stats:
+    """Softmax (and head-input) statistics of a model on the server's data."""
+
+    def __init__(self, model: nn.Module, head: Head, inputs: torch.Tensor, labels: torch.Tensor | None, chunk: int, num_classes: int):
+        net = copy.deepcopy(model)
+        net.train()
+        feats: list[torch.Tensor] = []
+        hook = dict(net.named_modules())[head.name].register_forward_hook(lambda m, a, o: feats.append(a[0].detach()))
+        probs = []
+        chunk = max(2, int(chunk))
+        try:
+            with torch.no_grad():
+                for start in range(0, len(inputs), chunk):
+                    xb = inputs[start : start + chunk]
+                    if len(xb) < 2:
+                        xb = inputs[-2:] if len(inputs) >= 2 else xb.expand(2, *xb.shape[1:])
+                    probs.append(F.softmax(net(xb), dim=-1))
+        finally:
+            hook.remove()
+        P = torch.cat(probs)[: len(inputs)].double().cpu()
+        O = torch.cat(feats)[: len(inputs)].flatten(1).sum(1).double().cpu()
+        self.p_mean = P.mean(0).numpy()
+        self.feature_sum = float(O.mean())
+        self.conditional = None
+        if labels is not None:
+            y = labels[: len(P)].cpu()
+            counts = torch.bincount(y, minlength=num_classes)
+            if int(counts.min()) >= MIN_PER_CLASS_FOR_CONDITIONAL:
+                self.conditional = np.stack([P[y == j].mean(0).numpy() for j in range(num_classes)])
+
+
+def _shifted(model: nn.Module, tensors: dict, scale: float) -> nn.Module:
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name in tensors:
+                p.add_(tensors[name].to(p.dtype) * scale)
+    return net
+
+
+def _raw_counts(g_head: np.ndarray, stats_p: np.ndarray, batch: int, bias: bool, feature_sum: float, conditional) -> np.ndarray:
+    target = g_head if bias else g_head / max(feature_sum, 1e-12)
+    if conditional is not None:
+        return _solve_conditional(conditional, target, batch)
+    return batch * (stats_p - target)
+
+
+def _simulate(model: nn.Module, counts: np.ndarray, xs: torch.Tensor, ys: torch.Tensor, batch: int, steps: int, lr: float, num_classes: int) -> np.ndarray:
+    """Mean batch softmax along ``steps`` SGD steps on ``(xs, ys)`` weighted to the composition ``counts``."""
+    per_class = torch.bincount(ys, minlength=num_classes).clamp(min=1).to(xs.device)
+    n = torch.as_tensor(counts, dtype=xs.dtype, device=xs.device)
+    w = n[ys] / (batch * per_class[ys])
+    net = copy.deepcopy(model)
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    acc = torch.zeros(num_classes, dtype=torch.float64, device=xs.device)
+    for _ in range(steps):
+        out = net(xs)
+        acc += (w[:, None] * F.softmax(out.detach(), dim=-1)).sum(0).double()
+        loss = (w * F.cross_entropy(out, ys, reduction="none")).sum()
+        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+    return (acc / steps).cpu().numpy()
+
+
+def _server_data(view: ServerView, need: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The server's public data of the domain, or uniform noise in the input box without it."""
+    if view.threat.auxiliary_data and view.auxiliary is not None and len(view.auxiliary[1]) > 0:
+        x, y = view.auxiliary
+        return x.to(view.device), y.to(view.device)
+    gen = torch.Generator(device="cpu").manual_seed(view.seed + 17)
+    lo, hi = view.threat.input_range
+    x = lo + (hi - lo) * torch.rand(max(need, 64), *view.input_shape, generator=gen)
+    return x.to(view.device), None
+
+
+def _simulation_set(view: ServerView, xs: torch.Tensor, ys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to SIMULATION_PER_CLASS public examples per class; noise (labelled per class) when a class has none."""
+    C = view.num_classes
+    gen = torch.Generator(device="cpu").manual_seed(view.seed + 29)
+    lo, hi = view.threat.input_range
+    parts_x, parts_y = [], []
+    for j in range(C):
+        if ys is not None:
+            pool = torch.nonzero(ys == j).flatten()[:SIMULATION_PER_CLASS]
+        else:
+            pool = torch.empty(0, dtype=torch.long)
+        if len(pool):
+            parts_x.append(xs[pool])
+        else:
+            parts_x.append((lo + (hi - lo) * torch.rand(2, *view.input_shape, generator=gen)).to(xs.device))
+        parts_y.append(torch.full((len(parts_x[-1]),), j, dtype=torch.long, device=xs.device))
+    return torch.cat(parts_x), torch.cat(parts_y)
+
+
+def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(counts, raw, details)`` for the batch behind ``view``'s update."""
+    grads = view.as_gradient()
+    batch = int(view.batch_size)
+    use_bias = head.bias is not None and head.bias in grads
+    g_head = (grads[head.bias] if use_bias else grads[head.weight].sum(dim=1)).double().cpu().numpy()
+    xs, ys = _server_data(view, batch)
+    xs, ys = xs[:MAX_SERVER_EXAMPLES], (None if ys is None else ys[:MAX_SERVER_EXAMPLES])
+    chunk = batch if batch > 1 else 2
+    details: dict = {"route": "bias" if use_bias else "weight_rows", "server_data": "public" if ys is not None else "noise"}
+    if view.protocol == "fedsgd":
+        stats = _Stats(view.model, head, xs, ys, chunk, view.num_classes)
+        raw = _raw_counts(g_head, stats.p_mean, batch, use_bias, stats.feature_sum, stats.conditional)
+        details["model"] = "conditional" if stats.conditional is not None else "mean"
+        return round_counts(raw, batch), raw, details
+    # FedAvg: start from the average of the end points, then simulate the local training
+    ends = [_Stats(_shifted(view.model, view.tensors, s), head, xs, ys, chunk, view.num_classes) for s in (0.0, 1.0)]
+    p0 = np.mean([e.p_mean for e in ends], axis=0)
+    o0 = float(np.mean([e.feature_sum for e in ends]))
+    raw = _raw_counts(g_head, p0, batch, use_bias, o0, None)
+    counts = round_counts(raw, batch)
+    sx, sy = _simulation_set(view, xs, ys)
+    rounds = 0
+    for _ in range(SIMULATION_ROUNDS):
+        if budget is not None and budget.interrupted():
+            break
+        p_sim = _simulate(view.model, counts, sx, sy, batch, int(view.local_steps), float(view.local_lr), view.num_classes)
+        raw = _raw_counts(g_head, p_sim, batch, use_bias, o0, None)
+        new = round_counts(raw, batch)
+        rounds += 1
+        if np.array_equal(new, counts):
+            break
+        counts = new
+    details.update({"model": "simulated_local_training", "simulation_rounds": rounds})
+    return counts, raw, details
+
+
+@register_attack("label_counts")
+class LabelCounts(Attack):
+    """Examples per class from the head's update (Geng et al. 2021); seeds the image attacks.
+
+    References
+    ----------
+    Geng, J., Mou, Y., Li, F., Li, Q., Beyan, O., Decker, S. & Rong, C. "Towards
+    General Deep Leakage in Federated Learning." arXiv:2110.09074 (2021).
+    """
+
+    name: ClassVar[str] = "label_counts"
+    title: ClassVar[str] = "Label counts (General Deep Leakage)"
+    reference: ClassVar[str] = "Geng et al., Towards General Deep Leakage in Federated Learning, arXiv:2110.09074, 2021"
+    kind: ClassVar[str] = "labels"
+    default_iterations: ClassVar[int] = 0
+
+    def applies(self, view: ServerView) -> str | None:
+        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+        if head is None:
+            return "the model's logits do not come from a Linear layer with one row per class"
+        if head.weight not in view.tensors:
+            return f"the update has no tensor for the head {head.weight}"
+        if view.batch_size is None:
+            return "the server does not know the batch size (threat model)"
+        if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
+            return "the server does not know the local schedule (threat model)"
+        return None
+
+    def run(self, view: ServerView, budget: Budget) -> Reconstruction:
+        start = time.perf_counter()
+        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+        budget.check(0)
+        counts, raw, details = estimate_counts(view, head, budget)
+        labels = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
+        budget.check(1)
+        details["raw_counts"] = [round(float(v), 3) for v in raw]
+        return Reconstruction(
+            attack=self.name,
+            labels=labels,
+            label_counts=torch.as_tensor(counts, dtype=torch.int64),
+            iterations=0,
+            seconds=time.perf_counter() - start,
+            stopped="interrupted" if budget.interrupted() else "done",
+            details=details,
+        )

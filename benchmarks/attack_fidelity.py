@@ -1,0 +1,254 @@
+"""Fidelity and speed of fedguard's attacks against the issue's targets; prints one line per figure.
+
+Sections (``--only dlg,idlg,labels,ig,audit``; all by default):
+
+* ``dlg`` -- DLG on the DLG paper's LeNet (sigmoid, 3x32x32), one image per
+  seed (the centre crop of scikit-image photograph ``seed``), label from iDLG
+  as the audit does, at most 300 L-BFGS steps. Target: >= 30 dB from >= 9 of
+  10 seeds, each seed's whole attack within 2x the time of a plain 300-step
+  DLG loop (``benchmarks/reference_dlg.py``, measured here on the same seed).
+* ``idlg`` -- iDLG label of 50 single-image updates (5 architectures x
+  digits / photographs). Target: 100 %.
+* ``labels`` -- label counts, per-class counts exact, FedSGD batches 8-64 on
+  LeNet and the ConvNet (target >= 95 %), FedAvg with 5 local steps
+  (target >= 90 %; reported per local learning rate).
+* ``ig`` -- Inverting Gradients on ResNet-18 (CIFAR stem) at 32x32, batch 1
+  and 4, against the plain single-file loop ``benchmarks/reference_inverting_gradients.py``:
+  same iterations, same seed, same start, same TV. Target: same or better PSNR
+  at >= 1.5x the reference's iterations per second.
+* ``audit`` -- the default ``fedguard audit --arch lenet --data digits
+  --batch-size 8`` on CPU. Target: <= 60 s.
+
+Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10]``
+Timings are wall-clock on this machine; other jobs sharing the CPU inflate them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fedguard.architectures import build_model  # noqa: E402
+from fedguard.audit import audit  # noqa: E402
+from fedguard.data import load_data  # noqa: E402
+from fedguard.threat import ServerView, ThreatModel  # noqa: E402
+from fedguard.update import compute_update  # noqa: E402
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.clamp(0, 1) - b) ** 2).mean())
+    return 100.0 if mse <= 1e-10 else 10 * np.log10(1.0 / mse)
+
+
+_IMAGES: dict = {}
+
+
+def photos(shape=(3, 32, 32)):
+    if shape not in _IMAGES:
+        _IMAGES[shape] = load_data("images", input_shape=shape)
+    return _IMAGES[shape]
+
+
+def dlg_case(seed: int):
+    """(LeNet seeded with ``seed``, image [1,3,32,32], label [1], true gradient list)."""
+    x, y = photos()
+    idx = (8 * seed) % len(y)
+    torch.manual_seed(seed)
+    net = build_model("lenet")
+    xb, yb = x[idx : idx + 1], y[idx : idx + 1]
+    loss = F.cross_entropy(net(xb), yb)
+    grads = [g.detach() for g in torch.autograd.grad(loss, list(net.parameters()))]
+    return net, xb, yb, grads
+
+
+def section_dlg(seeds: int) -> None:
+    from reference_dlg import plain_dlg
+
+    print("## DLG, LeNet-sigmoid, one 32x32 photograph per seed, <= 300 L-BFGS steps")
+    ok = within = 0
+    labels_ok = 0
+    ratios = []
+    for seed in range(seeds):
+        net, xb, yb, grads = dlg_case(seed)
+        data, _, t_plain, ev_plain = plain_dlg(net, grads, xb.shape, 10, 300, seed)
+        p_plain = psnr(data, xb)
+        start = time.perf_counter()
+        rep = audit(net, arch="lenet", data=(xb, yb), batch_size=1, attacks=["idlg", "dlg"], max_iterations=300,
+                    time_budget=None, seed=seed, device="cpu")  # fmt: skip
+        t_ours = time.perf_counter() - start
+        o = rep.outcome("dlg")
+        ratio = t_ours / t_plain
+        ratios.append(ratio)
+        ok += o.psnr_max >= 30.0
+        within += ratio <= 2.0
+        label_right = o.samples[0].rebuilt_label == int(yb)
+        labels_ok += label_right
+        print(
+            f"seed {seed}: fedguard {o.psnr_max:5.1f} dB in {t_ours:5.1f} s ({o.iterations} steps, {o.details['evaluations']} evals, "
+            f"{o.starts} starts, {o.start_success_rate:.0%} succeeded, {o.stopped}); plain loop {p_plain:5.1f} dB in {t_plain:5.1f} s "
+            f"({ev_plain} evals); time ratio {ratio:.2f}; label {'ok' if label_right else 'WRONG'}",
+            flush=True,
+        )
+    print(f"DLG: {ok}/{seeds} seeds >= 30 dB (target >= 9/10); {within}/{seeds} within 2x the plain loop's time "
+          f"(max ratio {max(ratios):.2f}, median {np.median(ratios):.2f}); labels right {labels_ok}/{seeds}")  # fmt: skip
+
+
+def _view(net, upd, shape, num_classes=10, seed=0, aux=None):
+    return ServerView(
+        model=net, tensors=upd.tensors, protocol=upd.protocol, batch_size=upd.batch_size,
+        local_steps=upd.local_steps if upd.protocol == "fedavg" else None,
+        local_lr=upd.local_lr, local_batch_size=upd.local_batch_size, num_classes=num_classes,
+        input_shape=shape, threat=ThreatModel(), device=torch.device("cpu"), seed=seed, auxiliary=aux,
+    )  # fmt: skip
+
+
+def section_idlg() -> None:
+    from fedguard.attacks.idlg import idlg_label
+
+    print("## iDLG, 50 single-example updates")
+    archs = [("lenet", (3, 32, 32)), ("convnet", (3, 32, 32)), ("lenet5", (1, 28, 28)), ("mlp", (1, 28, 28)), ("resnet18", (3, 32, 32))]
+    right = total = 0
+    for a, (arch, shape) in enumerate(archs):
+        for k in range(10):
+            spec = "digits" if k % 2 else "images"
+            x, y = load_data(spec, input_shape=shape)
+            i = (37 * (a * 10 + k)) % len(y)
+            torch.manual_seed(a * 10 + k)
+            net = build_model(arch, input_shape=shape)
+            upd = compute_update(net, x[i : i + 1], y[i : i + 1])
+            label, _ = idlg_label(_view(net, upd, shape))
+            right += label == int(y[i])
+            total += 1
+    print(f"iDLG: {right}/{total} labels exact ({right / total:.0%}, target 100 %)")
+
+
+def _count_trials(arch: str, protocol: str, lr: float, trials: int, batches=(8, 16, 32, 64)) -> tuple[float, int]:
+    from fedguard.attacks._head import find_head
+    from fedguard.attacks.label_counts import estimate_counts
+
+    x, y = load_data("digits", input_shape=(3, 32, 32))
+    exact = total = 0
+    for t in range(trials):
+        for B in batches:
+            rng = np.random.default_rng(1000 * t + B)
+            perm = rng.permutation(len(y))
+            idx, rest = perm[:B], perm[B:][:512]
+            torch.manual_seed(t)
+            net = build_model(arch)
+            upd = compute_update(net, x[idx], y[idx], protocol=protocol, local_steps=5, local_lr=lr)
+            view = _view(net, upd, (3, 32, 32), seed=t, aux=(x[rest], y[rest]))
+            counts, _, _ = estimate_counts(view, find_head(net, (3, 32, 32), torch.device("cpu"), 10))
+            true = np.bincount(y[idx].numpy(), minlength=10)
+            exact += int((counts == true).sum())
+            total += 10
+    return exact / total, total
+
+
+def section_labels(trials: int) -> None:
+    print("## Label counts (digits at 32x32; the rest of the data set plays the server's public data)")
+    for arch in ("lenet", "convnet"):
+        frac, n = _count_trials(arch, "fedsgd", 0.0, trials)
+        print(f"label counts FedSGD {arch}: {frac:.1%} of {n} per-class counts exact (batches 8-64; target >= 95 %)", flush=True)
+    for lr in (0.001, 0.003, 0.01):
+        for arch in ("lenet", "convnet"):
+            frac, n = _count_trials(arch, "fedavg", lr, max(1, trials // 2))
+            print(f"label counts FedAvg 5 steps lr {lr}: {arch}: {frac:.1%} of {n} per-class counts exact (target >= 90 %)", flush=True)
+
+
+def section_ig(iterations: int, restarts: int) -> None:
+    from reference_inverting_gradients import reference_inverting_gradients
+
+    from fedguard.attacks.base import Budget, attacks
+    from fedguard.metrics import match
+
+    print(f"## Inverting Gradients, ResNet-18 32x32, {iterations} iterations, {restarts} restart(s), TV 0.01")
+    x, y = photos()
+    IG = attacks().get("inverting_gradients")
+    for B in (1, 4):
+        idx = torch.arange(B) * 8 + 1
+        xb, yb = x[idx], y[idx]
+        torch.manual_seed(0)
+        net = build_model("resnet18")
+        upd = compute_update(net, xb, yb)
+        view = _view(net, upd, (3, 32, 32), seed=0)
+        view = ServerView(**{**view.__dict__, "labels": yb.clone(), "label_source": "known"})
+
+        ref = reference_inverting_gradients(net, [upd.tensors[n] for n, _ in net.named_parameters()], yb, B, iterations, restarts, seed=0, tv=0.01)
+
+        def mean_psnr(rec):
+            pairs = match(xb, rec)
+            return float(np.mean([psnr(rec[j], xb[i]) for i, j in pairs]))
+
+        start = time.perf_counter()
+        rec = IG(restarts=restarts, tv=0.01).run(view, Budget(iterations, None))
+        t_ours = time.perf_counter() - start
+        its_ref = restarts * iterations / ref["seconds"]
+        its_ours = restarts * rec.iterations / t_ours
+        p_ref, p_ours = mean_psnr(ref["images"]), mean_psnr(rec.images)
+        print(
+            f"IG batch {B}: fedguard {p_ours:.2f} dB at {its_ours:.2f} it/s ({rec.details['engine']} engine); reference loop "
+            f"{p_ref:.2f} dB at {its_ref:.2f} it/s; speed-up {its_ours / its_ref:.2f}x (target >= 1.5x, PSNR >= reference)",
+            flush=True,
+        )
+
+
+def section_audit() -> None:
+    print("## Default audit: fedguard audit --arch lenet --data digits --batch-size 8 (CPU)")
+    exe = Path(sys.executable).with_name("fedguard")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "audit.json"
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [str(exe), "audit", "--arch", "lenet", "--data", "digits", "--batch-size", "8", "--device", "cpu", "--format", "json", "-o", str(out)],
+            capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        import json
+
+        doc = json.loads(out.read_text()) if out.exists() else {}
+    levels = ", ".join(f"{a['name']} {a['level']} ({a['psnr_max'] if a['psnr_max'] is None else round(a['psnr_max'], 1)} dB)" for a in doc.get("attacks", []))
+    print(f"default audit: {seconds:.1f} s, exit {proc.returncode}, verdict {doc.get('verdict')}, level {doc.get('leakage', {}).get('level')}; "
+          f"{levels} (target <= 60 s)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="dlg,idlg,labels,ig,audit")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--label-trials", type=int, default=6)
+    parser.add_argument("--ig-iterations", type=int, default=1000)
+    parser.add_argument("--ig-restarts", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    only = set(args.only.split(","))
+    if "dlg" in only:
+        section_dlg(args.seeds)
+    if "idlg" in only:
+        section_idlg()
+    if "labels" in only:
+        section_labels(args.label_trials)
+    if "ig" in only:
+        section_ig(args.ig_iterations, args.ig_restarts)
+    if "audit" in only:
+        section_audit()
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

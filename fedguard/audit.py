@@ -1,0 +1,497 @@
+"""``fedguard audit``: attack your own pending update before you upload it.
+
+The Python entry point is :func:`audit`; the CLI (:mod:`fedguard.audit_cli`)
+is a thin layer on top. Data flow::
+
+    global model + private batch + protocol
+        -> pending Update (FedSGD gradient or FedAvg weight delta)      fedguard.update
+        -> ServerView (the update + what the threat model grants)        fedguard.threat
+        -> attacks, label attacks first (their labels seed the others)   fedguard.attacks
+        -> matched metrics vs the true batch -> leakage level, verdict   fedguard.metrics
+
+Example
+-------
+>>> from fedguard.audit import audit                                              # doctest: +SKIP
+>>> report = audit(arch="lenet", data="digits", batch_size=8, seed=0)            # doctest: +SKIP
+>>> report.verdict, report.leakage.level, [a.psnr_max for a in report.attacks]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import fedguard
+from fedguard.errors import InputError
+from fedguard.threat import ServerView, ThreatModel
+from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
+from fedguard.update import Update, compute_update, load_update, resolve_device
+
+__all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "attack_names"]
+
+#: Seconds each attack may run when ``time_budget`` is not given.
+DEFAULT_TIME_BUDGET = 20.0
+DEFAULT_BATCH_SIZE = 8
+#: Public examples (the client's data outside the batch) the server stand-in may use.
+MAX_AUXILIARY = 512
+
+
+class AuditProgress(Protocol):
+    """Receives progress; the CLI draws it as one bar per attack on stderr."""
+
+    def start(self, attack: str, total: int, seconds: float | None) -> None: ...
+
+    def update(self, attack: str, done: int, total: int, fields: dict) -> None: ...
+
+    def finish(self, attack: str, stopped: str) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def attack_names() -> list[str]:
+    """Every registered attack, in the order the audit runs them."""
+    from fedguard.attacks.base import attacks
+
+    return attacks().names()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _first(items: Sequence[str]) -> str:
+    return repr(items[0]) + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
+
+
+def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: str, arch: str) -> None:
+    """Copy ``tensors`` into ``module``; InputError naming the first layer that does not fit."""
+    expected = module.state_dict()
+    hint = "pass the --arch (and --num-classes / --input-shape) the server uses"
+    for key, value in tensors.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            raise InputError(
+                f"model {path} does not fit --arch {arch}: layer {key} has shape {list(value.shape)} in the file "
+                f"but {list(expected[key].shape)} in the architecture; {hint}"
+            )
+    missing = [k for k in expected if k not in tensors and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise InputError(f"model {path} does not fit --arch {arch}: the file has no tensor for {_first(missing)}; {hint}")
+    unexpected = [k for k in tensors if k not in expected]
+    if unexpected:
+        raise InputError(f"model {path} does not fit --arch {arch}: the file has {_first(unexpected)}, which the architecture lacks; {hint}")
+    state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise InputError(f"model {path}: layer {k} holds NaN or infinite values; it cannot be trained or audited")
+    module.load_state_dict(state, strict=False)
+
+
+def _model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    from fedguard.architectures import build_model, resolve_input_shape
+    from fedguard.inspect import build_expected_module, name_by_architecture
+    from fedguard.loading import load_model_file
+
+    shape = resolve_input_shape(arch, input_shape)
+    if isinstance(model, nn.Module):
+        return model, {"path": None, "sha256": None, "weights": "in-memory module", "arch": arch}
+    if model is None:
+        torch.manual_seed(seed)
+        module = build_model(arch, num_classes=num_classes or 10, input_shape=input_shape)
+        return module, {"path": None, "sha256": None, "weights": f"fresh initialisation of --arch (seed {seed})", "arch": arch}
+    if isinstance(model, Mapping):
+        tensors, named, info = dict(model), True, {"path": None, "sha256": None, "weights": "in-memory state_dict"}
+    else:
+        if not os.path.exists(model):
+            raise InputError(f"--model {model} does not exist; check the path")
+        loaded = load_model_file(model)
+        if loaded.refused:
+            imports = ", ".join(loaded.findings[0].evidence.get("imports", [])[:3])
+            raise InputError(
+                f"model {model} would execute code when loaded ({imports}); fedguard will not load it: "
+                "run `fedguard inspect` on it and ask the server for a weights-only state_dict or safetensors"
+            )
+        tensors, named = loaded.tensors, loaded.named
+        info = {"path": str(model), "sha256": loaded.sha256, "file_format": loaded.file_format, "weights": "file"}
+    module = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None, named=named)
+    if not named:
+        from fedguard.loading import LoadedModel
+
+        tensors = name_by_architecture(LoadedModel("", "", "", 0, tensors, (), False), module)
+    load_weights(module, tensors, info.get("path") or "state_dict", arch)
+    info["arch"] = arch
+    return module, info
+
+
+def _outputs(module: nn.Module, x: torch.Tensor) -> int:
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x[:1])
+    except RuntimeError as exc:
+        raise InputError(
+            f"--data of shape {tuple(x.shape[1:])} does not fit the model ({str(exc).splitlines()[0][:120]}); "
+            "pass --input-shape or data of the architecture's input shape"
+        ) from None
+    finally:
+        module.train(was)
+    if out.dim() != 2:
+        raise InputError(f"the model returns shape {tuple(out.shape)}, not [batch, classes]; audit needs a classifier")
+    return int(out.shape[1])
+
+
+def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    from fedguard.architectures import resolve_input_shape
+    from fedguard.data import load_data
+
+    if isinstance(data, tuple):
+        x, y = data
+        x = torch.as_tensor(x, dtype=torch.float32)
+        y = torch.as_tensor(y, dtype=torch.int64)
+        if x.dim() != 4 or len(x) != len(y):
+            raise InputError(f"data must be (x [N,C,H,W], y [N]); got x {tuple(x.shape)} and y {tuple(y.shape)}")
+        if not torch.isfinite(x).all() or float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
+            raise InputError("data x must hold finite values in [0, 1]; scale images to [0, 1]")
+        return x.clamp(0, 1), y, "in-memory"
+    shape = resolve_input_shape(arch, input_shape)
+    x, y = load_data(data, input_shape=shape, seed=seed)
+    return x, y, str(data)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+@contextlib.contextmanager
+def _first_interrupt_sets(stop: threading.Event, notify: Callable[[str], None] | None):
+    """First Ctrl-C sets ``stop`` (attacks end after their current iteration); the second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if stop.is_set():
+            signal.signal(signal.SIGINT, previous if callable(previous) else signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.set()
+        if notify is not None:
+            notify("interrupted: finishing the current iteration and keeping partial results (Ctrl-C again to abort)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _numerics():
+    """Flush denormals: saturated sigmoids make gradients denormal, which is 10-100x slower on CPUs."""
+    changed = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def _choose_batch(n: int, batch_size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=batch_size, replace=False))
+
+
+def _label_seed(view: ServerView, done: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
+    """Labels for the image attacks: from a label attack that ran, else inferred quietly (or None)."""
+    from fedguard.attacks._head import find_head
+    from fedguard.attacks.idlg import idlg_label
+    from fedguard.attacks.label_counts import estimate_counts
+
+    for name in ("idlg", "label_counts"):
+        rec = done.get(name)
+        if rec is not None and rec.labels is not None and (view.batch_size is None or len(rec.labels) == view.batch_size):
+            return rec.labels.long(), rec.label_counts, f"recovered by {name}"
+    if view.batch_size is None:
+        return None, None, None
+    head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+    if head is None or head.weight not in view.tensors:
+        return None, None, None
+    if view.batch_size == 1:
+        label, _ = idlg_label(view)
+        counts = torch.zeros(view.num_classes, dtype=torch.int64)
+        counts[label] = 1
+        return torch.tensor([label]), counts, "recovered by idlg"
+    if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
+        return None, None, None
+    counts, _, _ = estimate_counts(view, head)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
+    return labels, torch.as_tensor(counts), "recovered by label_counts"
+
+
+def audit(
+    model: str | os.PathLike | nn.Module | Mapping[str, torch.Tensor] | None = None,
+    *,
+    arch: str,
+    data: str | os.PathLike | tuple[torch.Tensor, torch.Tensor],
+    batch_size: int | None = None,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    protocol: str = "fedsgd",
+    local_steps: int = 5,
+    local_lr: float = 0.01,
+    local_batch_size: int | None = None,
+    update: str | os.PathLike | Update | None = None,
+    attacks: Sequence[str] | None = None,
+    max_iterations: int | None = None,
+    time_budget: float | None = DEFAULT_TIME_BUDGET,
+    threat: ThreatModel | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    fail_on: str | LeakageLevel = "high",
+    attack_options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: AuditProgress | None = None,
+    stop: threading.Event | None = None,
+) -> AuditReport:
+    """Compute the pending update, attack it as the server would, and measure what leaks.
+
+    Parameters
+    ----------
+    model : path, nn.Module, state_dict or None
+        The global model as received (loaded safely, as ``fedguard inspect``
+        does); None audits a fresh initialisation of ``arch`` (seeded).
+    arch : str
+        Architecture: a built-in name or ``package.module:callable``.
+    data : str or (x, y)
+        ``digits``, ``images``, an image folder, an ``.npz`` with ``x``/``y``,
+        or tensors. The batch is drawn from it with ``seed``; the rest plays the
+        server's public data. With ``update``, all of ``data`` is the batch.
+    batch_size : int
+        Examples in the private batch (default 8; with ``update``, all of ``data``).
+    num_classes, input_shape : optional
+        Options of ``arch`` (classes default to the received head's).
+    protocol : {"fedsgd", "fedavg"}
+    local_steps, local_lr, local_batch_size
+        FedAvg's local schedule (mini-batches default to the whole batch).
+    update : path or Update, optional
+        An update computed elsewhere on exactly ``data`` (same names and shapes
+        as the model's parameters; FedAvg: ``W_T - W_0``).
+    attacks : list of str, optional
+        Registry names to run; default every one that applies.
+    max_iterations : int, optional
+        Per attack; default each attack's own (DLG 300, Inverting Gradients 2000).
+    time_budget : float or None
+        Seconds per attack (default 20); None for no limit.
+    threat : ThreatModel, optional
+        What the server knows; default its realistic knowledge.
+    seed : int
+        Seeds the batch, the model initialisation (``model=None``), the attacks.
+    device : {"auto", "cpu", "cuda"}
+    fail_on : {"low", "medium", "high"}
+        Level at which the verdict is ``block``.
+    attack_options : mapping, optional
+        Constructor options per attack, e.g. ``{"dlg": {"starts": 8}}``.
+    progress : AuditProgress, optional
+    stop : threading.Event, optional
+        Set it (or press Ctrl-C in the main thread) to stop after the current
+        iteration; the report keeps the partial results and says ``interrupted``.
+
+    Returns
+    -------
+    AuditReport
+
+    Raises
+    ------
+    InputError
+        Bad model, data, attack names, options or device (one line, says what to do).
+    """
+    from fedguard.attacks.base import Budget
+    from fedguard.attacks.base import attacks as registry
+    from fedguard.metrics import baseline_psnr, score, verdict_for
+
+    t_start = time.perf_counter()
+    reg = registry()
+    requested = list(dict.fromkeys(attacks)) if attacks else None
+    for name in requested or []:
+        if name not in reg:
+            raise InputError(f"unknown attack {name!r}; valid: {', '.join(reg.names())}")
+    options = dict(attack_options or {})
+    for name in options:
+        if name not in reg:
+            raise InputError(f"options for unknown attack {name!r}; valid: {', '.join(reg.names())}")
+    try:
+        fail_level = fail_on if isinstance(fail_on, LeakageLevel) else LeakageLevel.parse(str(fail_on))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if fail_level == LeakageLevel.NONE:
+        raise InputError("--fail-on none would block every update; use low, medium or high")
+    if max_iterations is not None and (isinstance(max_iterations, bool) or int(max_iterations) < 1):
+        raise InputError(f"bad --max-iterations {max_iterations!r}; give a positive number")
+    if time_budget is not None and not (float(time_budget) > 0):
+        raise InputError(f"bad --time-budget {time_budget!r}; give a positive number of seconds")
+    threat = threat or ThreatModel()
+    dev = resolve_device(device)
+
+    module, model_info = _model(model, arch, num_classes, input_shape, seed)
+    x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
+    n_out = _outputs(module, x_all)
+    if int(y_all.max()) >= n_out or int(y_all.min()) < 0:
+        raise InputError(
+            f"--data has labels up to {int(y_all.max())} but the model has {n_out} outputs; "
+            "pass data whose labels fit the model (or --num-classes)"
+        )
+    if update is not None:
+        if not isinstance(update, Update) and not os.path.exists(update):
+            raise InputError(f"--update {update} does not exist; check the path")
+        if batch_size is not None and int(batch_size) != len(y_all):
+            raise InputError(
+                f"--update was computed on the whole --data batch ({len(y_all)} examples) but --batch-size is {batch_size}; "
+                "pass exactly the batch the update came from"
+            )
+        index = np.arange(len(y_all))
+    else:
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise InputError(f"bad --batch-size {batch_size!r}; give a positive number of examples")
+        if int(batch_size) > len(y_all):
+            raise InputError(f"--batch-size {batch_size} is larger than --data ({len(y_all)} examples); use at most {len(y_all)}")
+        index = _choose_batch(len(y_all), int(batch_size), seed)
+    batch_x, batch_y = x_all[index], y_all[index]
+    rest = np.setdiff1d(np.arange(len(y_all)), index)
+    rest = np.random.default_rng(seed + 1).permutation(rest)[:MAX_AUXILIARY]
+    aux = (x_all[rest], y_all[rest]) if len(rest) else None
+
+    module = module.to(dev)
+    with _numerics():
+        if isinstance(update, Update):
+            upd = update.to(dev)
+        elif update is not None:
+            upd = load_update(update, module, batch_size=len(index), protocol=protocol, local_steps=local_steps,
+                              local_lr=local_lr, local_batch_size=local_batch_size)
+        else:
+            upd = compute_update(module, batch_x.to(dev), batch_y.to(dev), protocol=protocol, local_steps=local_steps,
+                                 local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
+
+    B = len(index)
+    known_labels = threat.labels == "known"
+    view = ServerView(
+        model=module,
+        tensors=upd.tensors,
+        protocol=upd.protocol,
+        batch_size=B if threat.batch_size else None,
+        local_steps=upd.local_steps if threat.local_schedule and upd.protocol == "fedavg" else None,
+        local_lr=upd.local_lr if threat.local_schedule and upd.protocol == "fedavg" else None,
+        local_batch_size=upd.local_batch_size if threat.local_schedule and upd.protocol == "fedavg" else None,
+        num_classes=n_out,
+        input_shape=tuple(batch_x.shape[1:]),
+        threat=threat,
+        device=dev,
+        seed=seed,
+        labels=batch_y.clone() if known_labels else None,
+        label_counts=torch.bincount(batch_y, minlength=n_out) if known_labels else None,
+        label_source="known (threat model)" if known_labels else None,
+        auxiliary=aux if threat.auxiliary_data else None,
+    )
+
+    stop = stop or threading.Event()
+    notify = progress.message if progress is not None else None
+    names = [n for n in reg.names() if n in requested] if requested else reg.names()  # label attacks first
+    skipped: dict[str, str] = {}
+    done: dict[str, Any] = {}
+    outcomes: list[AttackOutcome] = []
+    prior = aux[0].mean(0) if aux is not None else None
+    baseline = baseline_psnr(batch_x, prior)
+    with _first_interrupt_sets(stop, notify), _numerics():
+        for name in names:
+            if stop.is_set():
+                skipped[name] = "interrupted before it started"
+                continue
+            cls = reg.get(name)
+            attack = cls(**options.get(name, {}))
+            if cls.kind == "images" and view.labels is None and not known_labels:
+                labels, counts, source = _label_seed(view, done)
+                if labels is not None:
+                    view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
+            reason = attack.applies(view)
+            if reason is not None:
+                skipped[name] = reason
+                continue
+            total = int(max_iterations or cls.default_iterations or 1)
+            if progress is not None:
+                progress.start(name, total, time_budget)
+            budget = Budget(
+                total,
+                time_budget,
+                stop,
+                (lambda d, t, f, n=name: progress.update(n, d, t, f)) if progress is not None else None,
+            )
+            torch.manual_seed(seed)
+            rec = attack.run(view, budget)
+            if progress is not None:
+                progress.finish(name, rec.stopped)
+            done[name] = rec
+            outcomes.append(
+                score(rec, batch_x, batch_y, n_out, title=cls.title, reference=cls.reference, kind=cls.kind, prior=prior)
+            )
+            if cls.kind == "labels" and view.labels is None and rec.labels is not None and len(rec.labels) == B:
+                view = dataclasses.replace(view, labels=rec.labels.long(), label_counts=rec.label_counts, label_source=f"recovered by {name}")
+
+    from fedguard.metrics import THRESHOLDS
+
+    by_attack = {o.name: o.level for o in outcomes}
+    worst = max(outcomes, key=lambda o: (int(o.level), o.psnr_max or -1.0), default=None)
+    level = worst.level if worst is not None else LeakageLevel.NONE
+    leakage = Leakage(
+        level=level,
+        by_attack=by_attack,
+        worst_attack=worst.name if worst is not None and level > LeakageLevel.NONE else None,
+        baseline_psnr=baseline,
+        thresholds=dict(THRESHOLDS),
+    )
+    n_params = sum(p.numel() for p in module.parameters())
+    model_info.update(
+        {"num_classes": n_out, "input_shape": list(batch_x.shape[1:]), "n_parameters": int(n_params)}
+    )
+    return AuditReport(
+        verdict=verdict_for(level, fail_level),
+        leakage=leakage,
+        attacks=tuple(outcomes),
+        skipped=skipped,
+        fail_on=fail_level,
+        model=model_info,
+        data={
+            "spec": data_spec,
+            "n_examples": int(len(y_all)),
+            "batch_indices": [int(i) for i in index],
+            "batch_size": B,
+            "class_counts": torch.bincount(batch_y, minlength=n_out).tolist(),
+            "auxiliary_examples": 0 if aux is None or not threat.auxiliary_data else int(len(aux[1])),
+        },
+        update=upd.summary(),
+        threat=threat.to_dict(),
+        config={
+            "seed": int(seed),
+            "device": str(dev),
+            "max_iterations": max_iterations,
+            "time_budget": time_budget,
+            "attacks_requested": requested,
+            "attack_options": {k: dict(v) for k, v in options.items()},
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        seconds=time.perf_counter() - t_start,
+        interrupted=stop.is_set(),
+        tool_version=fedguard.__version__,
+        true_images=batch_x,
+        true_labels=batch_y,
+    )

@@ -1,0 +1,203 @@
+"""The ``fedguard audit`` command: a thin click layer over :func:`fedguard.audit.audit`.
+
+Exit codes: 0 = verdict pass or warn; 1 = verdict block (leakage at or above
+``--fail-on``); 2 = usage or input error (one line on stderr); 130 = stopped by
+Ctrl-C (the partial report is still written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from fedguard.errors import InputError
+
+EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
+LEVELS = ["low", "medium", "high"]
+WITHHOLD = {"batch-size": "batch_size", "local-schedule": "local_schedule", "public-data": "auxiliary_data"}
+
+
+def _attack_help() -> str:
+    from fedguard.attacks.base import BUILTIN_MODULES
+
+    names = ", ".join(m for m in BUILTIN_MODULES)
+    return f"Run only this attack (repeatable): {names}. Default: every one that applies."
+
+
+class _Bars:
+    """One rich progress bar per attack on stderr, with the time budget's bound on the ETA."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<20}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+        self.budget: dict[str, float | None] = {}
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def start(self, attack: str, total: int, seconds: float | None) -> None:
+        self.tasks[attack] = self.progress.add_task(attack, total=total, info="")
+        self.budget[attack] = seconds
+
+    def update(self, attack: str, done: int, total: int, fields: dict) -> None:
+        task = self.tasks[attack]
+        info = []
+        if fields.get("loss") is not None and fields.get("loss") == fields.get("loss"):
+            info.append(f"loss {fields['loss']:.3g}")
+        if fields.get("starts"):
+            info.append(f"{fields['starts']} starts")
+        if fields.get("planned") and fields["planned"] != total:
+            total = fields["planned"]
+        budget = self.budget.get(attack)
+        if budget is not None:
+            elapsed = self.progress.tasks[self.tasks[attack]].elapsed or 0.0
+            info.append(f"≤{max(0.0, budget - elapsed):.0f}s left")
+        self.progress.update(task, completed=done, total=total, info=" ".join(info))
+
+    def finish(self, attack: str, stopped: str) -> None:
+        task = self.tasks[attack]
+        t = self.progress.tasks[task]
+        self.progress.update(task, total=max(t.completed, 1), completed=max(t.completed, 1), info=stopped)
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text)
+
+
+class _Quiet:
+    def __init__(self, echo):
+        self.echo = echo
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def start(self, attack, total, seconds):
+        pass
+
+    def update(self, attack, done, total, fields):
+        pass
+
+    def finish(self, attack, stopped):
+        pass
+
+    def message(self, text):
+        if self.echo:
+            click.echo(text, err=True)
+
+
+def _formats() -> list[str]:
+    from fedguard.reports.audit_base import audit_renderers
+
+    return audit_renderers().names()
+
+
+@click.command("audit")
+@click.option("--model", "model", type=click.Path(path_type=Path), help="The global model as received (.pt/.pth/.safetensors/.npz). Default: a fresh --arch initialisation (seeded).")
+@click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture of the model (as for `fedguard inspect`).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off the model's head, else 10).")
+@click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
+@click.option("--data", required=True, metavar="SPEC", help="Your data: digits, images, a folder of class subfolders, or an .npz with x and y.")
+@click.option("--batch-size", type=int, help="Examples in the private batch (default 8; with --update, all of --data).")
+@click.option("--protocol", type=click.Choice(["fedsgd", "fedavg"]), default="fedsgd", show_default=True, help="fedsgd: one gradient; fedavg: local SGD steps, the update is W_T - W_0.")
+@click.option("--local-steps", type=int, default=5, show_default=True, help="FedAvg: local SGD steps.")
+@click.option("--local-lr", type=float, default=0.01, show_default=True, help="FedAvg: local learning rate.")
+@click.option("--local-batch-size", type=int, help="FedAvg: mini-batch size of each local step (default: the whole batch).")
+@click.option("--update", "update", type=click.Path(path_type=Path), help="An update computed elsewhere on exactly --data (gradient, or W_T - W_0 for fedavg).")
+@click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())
+@click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000).")
+@click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack.")
+@click.option("--attacker-labels", type=click.Choice(["infer", "known"]), default="infer", show_default=True, help="infer: the server recovers labels from the update; known: it has them.")
+@click.option("--attacker-without", "withheld", multiple=True, type=click.Choice(sorted(WITHHOLD)), help="Knowledge the server lacks (repeatable). Default: it knows all of them.")
+@click.option("--dlg-starts", type=click.IntRange(min=1), help="DLG: random starts (default 4).")
+@click.option("--ig-restarts", type=click.IntRange(min=1), help="Inverting Gradients: restarts (default 2).")
+@click.option("--ig-tv", type=click.FloatRange(min=0), help="Inverting Gradients: total-variation weight (default 0.01).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
+@click.option("--format", "fmt", type=click.Choice(_formats()), default="text", show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
+@click.option("--fail-on", type=click.Choice(LEVELS), default="high", show_default=True, help="Verdict block (exit 1) at or above this leakage level.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
+def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
+                  update, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
+                  seed, device, fmt, output, fail_on, quiet):
+    """Attack your own pending update as the server could, and measure what leaks.
+
+    Computes the update training would upload (or reads --update), runs the
+    gradient-inversion attacks a curious server would run (label counts, iDLG,
+    DLG, Inverting Gradients), and matches what they rebuild to your true
+    batch (PSNR, SSIM, label accuracy). Ctrl-C stops cleanly and keeps partial
+    results.
+    """
+    from fedguard.architectures import parse_input_shape
+    from fedguard.audit import audit
+    from fedguard.io import check_output_path, write_atomic
+    from fedguard.reports.audit_base import grid_png, render_audit
+    from fedguard.threat import ThreatModel
+
+    shape = parse_input_shape(input_shape) if input_shape else None
+    if output is not None:
+        check_output_path(output, inputs=[model, update, data if data and os.path.exists(str(data)) else None])
+    threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
+    options = {}
+    if dlg_starts:
+        options["dlg"] = {"starts": dlg_starts}
+    ig = {k: v for k, v in (("restarts", ig_restarts), ("tv", ig_tv)) if v is not None}
+    if ig:
+        options["inverting_gradients"] = ig
+    show = not quiet and sys.stderr.isatty()
+    stop = threading.Event()
+    with (_Bars() if show else _Quiet(echo=not quiet)) as bars:
+        report = audit(
+            model, arch=arch, data=data, batch_size=batch_size, num_classes=num_classes, input_shape=shape,
+            protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
+            update=update, attacks=list(attacks) or None, max_iterations=max_iterations, time_budget=time_budget,
+            threat=threat, seed=seed, device=device, fail_on=fail_on, attack_options=options, progress=bars, stop=stop,
+        )  # fmt: skip
+    images: dict[str, bytes] = {}
+    outcomes = []
+    for o in report.attacks:
+        if o.images is not None and report.true_images is not None:
+            png = grid_png(report.true_images, o.images)
+            images[o.name] = png
+            if output is not None:
+                path = output.with_name(f"{output.stem}-{o.name}.png")
+                write_atomic(path, png)
+                o = dataclasses.replace(o, image_file=path.name)
+        outcomes.append(o)
+    report = dataclasses.replace(report, attacks=tuple(outcomes))
+    color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    text = render_audit(fmt, report, color=color, images=images)
+    if output is not None:
+        write_atomic(output, text)
+        if not quiet:
+            click.echo(f"{report.verdict}: leakage {report.leakage.level}; report written to {output}", err=True)
+    elif not quiet:
+        click.echo(text, nl=not text.endswith("\n"))
+    if report.interrupted:
+        click.echo("fedguard: interrupted; the report holds the partial results", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_BLOCK if str(report.verdict) == "block" else EXIT_OK)

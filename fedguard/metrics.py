@@ -1,0 +1,301 @@
+"""Measuring what an attack rebuilt against the true private batch.
+
+Reconstructions come back in arbitrary order, so each is first matched to a
+true example by the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``)
+on the matrix of mean squared errors; then, per matched pair, PSNR (data range
+1), SSIM (``skimage.metrics.structural_similarity``, Wang et al. 2004, data
+range 1, 7x7 window or the largest odd window the image allows) and MSE, and
+whether the label the attack gave it is right. Label attacks are scored on
+their per-class counts.
+
+Leakage levels, per example; an attack's level is the worst over the
+examples of the batch (one rebuilt example is already a leak), the audit's
+the worst over attacks. A criterion counts only when the reconstruction beats
+what the server knows *without* the update -- the mean image of its public
+data (mid-grey without it) -- by a margin: 3 dB of PSNR or 0.10 of SSIM (a
+flat image is "rebuilt" at 25 dB by a grey square).
+
+=========  ===================================================  ================================
+level      image attacks (and beating the baseline)             label-only attacks
+=========  ===================================================  ================================
+high       PSNR >= 25 dB or SSIM >= 0.80                        --
+medium     PSNR >= 18 dB or SSIM >= 0.50                        the label of a one-example batch
+low        PSNR >= baseline + 3 dB or SSIM >= 0.25              label accuracy >= 0.5 (counts)
+none       otherwise                                            otherwise
+=========  ===================================================  ================================
+
+The numbers come from ``benchmarks/leakage_thresholds.py`` (``docs/audit.md``
+has the table): examples of digits (upsampled to 32x32) degraded by noise or
+blur to 25 dB have SSIM ~0.9 and are re-identified among 64 candidates 100 %
+of the time (noisy photographs too; blurred, overlapping photograph crops
+67 %); at 18 dB digits are still re-identified 100 % of the time and keep
+their class 91-97 %; the mean image alone scores a median 13.6 dB (digits) and
+14.8 dB (photographs), so a reconstruction must beat it before it counts.
+
+Verdict: ``block`` when the level is at or above ``--fail-on`` (default
+``high``), ``warn`` one level below it (if that is at least ``low``),
+``pass`` otherwise.
+
+References
+----------
+Wang, Z., Bovik, A. C., Sheikh, H. R. & Simoncelli, E. P. "Image quality
+assessment: from error visibility to structural similarity." IEEE TIP 13(4), 2004.
+Kuhn, H. W. "The Hungarian method for the assignment problem." Naval Research
+Logistics Quarterly 2, 1955.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedguard.types import AttackOutcome, AuditVerdict, LeakageLevel, Reconstruction, SampleLeak
+
+__all__ = [
+    "THRESHOLDS",
+    "PSNR_CAP",
+    "psnr",
+    "ssim",
+    "match",
+    "baseline_psnr",
+    "score",
+    "image_level",
+    "label_level",
+    "verdict_for",
+]
+
+#: PSNR of an exact reconstruction is infinite; reported values are capped here.
+PSNR_CAP = 100.0
+
+THRESHOLDS: dict[str, float] = {
+    "high_psnr": 25.0,
+    "high_ssim": 0.80,
+    "medium_psnr": 18.0,
+    "medium_ssim": 0.50,
+    "low_psnr_over_baseline": 3.0,
+    "low_ssim": 0.25,
+    "ssim_over_baseline": 0.10,
+    "low_label_accuracy": 0.5,
+}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1] (capped at :data:`PSNR_CAP`)."""
+    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
+    if mse <= 10 ** (-PSNR_CAP / 10):
+        return PSNR_CAP
+    return 10.0 * math.log10(1.0 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two ``C,H,W`` images in [0, 1]; NaN when an image is smaller than 3x3."""
+    from skimage.metrics import structural_similarity
+
+    side = min(a.shape[-2:])
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        return float("nan")
+    return float(
+        structural_similarity(
+            np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), data_range=1.0, channel_axis=0, win_size=win
+        )
+    )
+
+
+def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
+    """Pairs ``(true index, rebuilt index)`` minimising the total MSE (Hungarian algorithm)."""
+    from scipy.optimize import linear_sum_assignment
+
+    t = true.reshape(len(true), -1).double()
+    r = rebuilt.reshape(len(rebuilt), -1).double()
+    cost = torch.cdist(t, r).pow(2).numpy() / t.shape[1]
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(i), int(j)) for i, j in zip(rows, cols)]
+
+
+def baseline_psnr(true: torch.Tensor, prior: torch.Tensor | None = None) -> float:
+    """Mean PSNR of the server's guess without the update (``prior`` image, or mid-grey)."""
+    guess = prior if prior is not None else torch.full_like(true[0], 0.5)
+    return float(np.mean([psnr(guess.numpy(), x.numpy()) for x in true]))
+
+
+def image_level(
+    psnr_value: float | None,
+    ssim_value: float | None,
+    baseline_psnr_value: float | None = None,
+    baseline_ssim_value: float | None = None,
+) -> LeakageLevel:
+    """Leakage level of one reconstructed example (see the module docstring)."""
+    t = THRESHOLDS
+    p = -math.inf if psnr_value is None or math.isnan(psnr_value) else psnr_value
+    s = -math.inf if ssim_value is None or math.isnan(ssim_value) else ssim_value
+    bp = -math.inf if baseline_psnr_value is None or math.isnan(baseline_psnr_value) else baseline_psnr_value
+    bs = -math.inf if baseline_ssim_value is None or math.isnan(baseline_ssim_value) else baseline_ssim_value
+    p_ok = p >= bp + t["low_psnr_over_baseline"]
+    s_ok = s >= bs + t["ssim_over_baseline"]
+    if (p_ok and p >= t["high_psnr"]) or (s_ok and s >= t["high_ssim"]):
+        return LeakageLevel.HIGH
+    if (p_ok and p >= t["medium_psnr"]) or (s_ok and s >= t["medium_ssim"]):
+        return LeakageLevel.MEDIUM
+    if p_ok or (s_ok and s >= t["low_ssim"]):
+        return LeakageLevel.LOW
+    return LeakageLevel.NONE
+
+
+def label_level(label_accuracy: float | None, batch_size: int) -> LeakageLevel:
+    if label_accuracy is None or label_accuracy < THRESHOLDS["low_label_accuracy"]:
+        return LeakageLevel.NONE
+    if batch_size == 1 and label_accuracy >= 1.0:
+        return LeakageLevel.MEDIUM
+    return LeakageLevel.LOW
+
+
+def verdict_for(level: LeakageLevel, fail_on: LeakageLevel) -> AuditVerdict:
+    """block at or above ``fail_on``; warn one level below it (when that is at least low); else pass."""
+    if level >= fail_on:
+        return AuditVerdict.BLOCK
+    if level >= LeakageLevel.LOW and int(level) == int(fail_on) - 1:
+        return AuditVerdict.WARN
+    return AuditVerdict.PASS
+
+
+@dataclass(frozen=True)
+class _ImageScores:
+    samples: tuple[SampleLeak, ...]
+    ordered: torch.Tensor  # reconstructions in true-batch order
+
+
+def _score_images(
+    images: torch.Tensor, labels: torch.Tensor | None, true_x: torch.Tensor, true_y: torch.Tensor, base: list[tuple[float, float]]
+) -> _ImageScores:
+    images = images.detach().float().cpu().clamp(0, 1)
+    pairs = match(true_x, images)
+    samples = []
+    ordered = torch.zeros_like(true_x)
+    for i, j in pairs:
+        a, b = images[j].numpy(), true_x[i].numpy()
+        rebuilt_label = None if labels is None or j >= len(labels) else int(labels[j])
+        p, s = psnr(a, b), ssim(a, b)
+        samples.append(
+            SampleLeak(
+                index=i,
+                match=j,
+                psnr=p,
+                ssim=s,
+                mse=float(np.mean((a.astype(np.float64) - b) ** 2)),
+                label=int(true_y[i]),
+                rebuilt_label=rebuilt_label,
+                level=image_level(p, s, base[i][0], base[i][1]),
+                baseline_psnr=base[i][0],
+                baseline_ssim=base[i][1],
+            )
+        )
+        ordered[i] = images[j]
+    return _ImageScores(tuple(sorted(samples, key=lambda s: s.index)), ordered)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _max(values) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.max(values)) if values else None
+
+
+def score(
+    rec: Reconstruction,
+    true_x: torch.Tensor,
+    true_y: torch.Tensor,
+    num_classes: int,
+    *,
+    title: str,
+    reference: str,
+    kind: str,
+    prior: torch.Tensor | None = None,
+) -> AttackOutcome:
+    """Measure ``rec`` against the true batch; see the module docstring for the levels.
+
+    ``prior`` is the server's guess without the update (the mean image of its
+    public data); mid-grey when None.
+    """
+    true_x = true_x.detach().float().cpu()
+    true_y = true_y.detach().long().cpu()
+    guess = (prior.detach().float().cpu() if prior is not None else torch.full_like(true_x[0], 0.5)).numpy()
+    base = [(psnr(guess, x.numpy()), ssim(guess, x.numpy())) for x in true_x]
+    B = len(true_y)
+    true_counts = torch.bincount(true_y, minlength=num_classes)
+    samples: tuple[SampleLeak, ...] = ()
+    ordered = None
+    psnrs: list[float] = []
+    ssims: list[float] = []
+    mses: list[float] = []
+    label_accuracy = None
+    count_error = None
+    counts_exact = None
+    details: dict[str, Any] = dict(rec.details)
+    starts = None
+    success_rate = None
+
+    if rec.images is not None:
+        scored = _score_images(rec.images, rec.labels, true_x, true_y, base)
+        samples, ordered = scored.samples, scored.ordered
+        psnrs = [s.psnr for s in samples]
+        ssims = [s.ssim for s in samples]
+        mses = [s.mse for s in samples]
+        with_labels = [s for s in samples if s.rebuilt_label is not None]
+        if with_labels:
+            label_accuracy = float(np.mean([s.rebuilt_label == s.label for s in with_labels]))
+        if rec.candidates is not None:
+            per_start = []
+            for cand in rec.candidates:
+                cs = _score_images(cand, None, true_x, true_y, base).samples
+                per_start.append((_mean([s.psnr for s in cs]), max(s.level for s in cs)))
+            starts = len(per_start)
+            success_rate = float(np.mean([lv >= LeakageLevel.HIGH for _, lv in per_start]))
+            details["start_psnr_mean"] = [round(p, 2) if p is not None else None for p, _ in per_start]
+    if rec.label_counts is not None:
+        counts = torch.as_tensor(rec.label_counts).long().cpu()
+        count_error = int((counts - true_counts).abs().sum())
+        counts_exact = float((counts == true_counts).double().mean())
+        details["true_counts"] = true_counts.tolist()
+        details["recovered_counts"] = counts.tolist()
+        if rec.images is None:
+            label_accuracy = float(torch.minimum(counts, true_counts).sum()) / max(B, 1)
+    elif rec.labels is not None and rec.images is None:
+        counts = torch.bincount(torch.as_tensor(rec.labels).long().cpu(), minlength=num_classes)
+        label_accuracy = float(torch.minimum(counts, true_counts).sum()) / max(B, 1)
+
+    psnr_max, ssim_max = _max(psnrs), _max(ssims)
+    if kind == "images" and rec.images is not None:
+        level = max((s.level for s in samples), default=LeakageLevel.NONE)
+    else:
+        level = label_level(label_accuracy, B)
+    return AttackOutcome(
+        name=rec.attack,
+        title=title,
+        reference=reference,
+        kind=kind,
+        level=level,
+        psnr_mean=_mean(psnrs),
+        psnr_max=psnr_max,
+        ssim_mean=_mean(ssims),
+        ssim_max=ssim_max,
+        mse_mean=_mean(mses),
+        label_accuracy=label_accuracy,
+        label_count_error=count_error,
+        label_counts_exact=counts_exact,
+        samples=samples,
+        iterations=int(rec.iterations),
+        seconds=float(rec.seconds),
+        stopped=rec.stopped,
+        starts=starts,
+        start_success_rate=success_rate,
+        details=details,
+        images=ordered,
+    )

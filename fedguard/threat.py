@@ -1,0 +1,119 @@
+"""What the attacking server knows: the threat model of ``fedguard audit``.
+
+Every attack sees the update only through a :class:`ServerView` built from a
+:class:`ThreatModel`: knowledge the threat model withholds is simply absent
+(``None``), so an attack cannot use it by accident. The defaults are what a
+curious server realistically knows in cross-device or cross-silo FL:
+
+=====================  =======  =====================================================
+field                  default  why a server knows it
+=====================  =======  =====================================================
+``architecture``       yes      it built the model and sent the weights
+``batch_size``         yes      FedAvg weights each client by its example count
+``labels``             infer    not sent; recovered from the update (iDLG, counts)
+``local_schedule``     yes      local steps, lr and mini-batch size are set by the server
+``auxiliary_data``     yes      public data of the task's domain (a validation set)
+``input_range``        yes      the preprocessing (pixels in [0, 1]) is part of the task
+=====================  =======  =====================================================
+
+``labels="known"`` models a server with side knowledge of the true labels
+(stronger); turning ``batch_size``, ``local_schedule`` or ``auxiliary_data``
+off models a weaker one. The audit uses the client's data outside the audited
+batch as the stand-in for the server's public data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from fedguard.errors import InputError
+
+__all__ = ["LABEL_KNOWLEDGE", "ThreatModel", "ServerView"]
+
+LABEL_KNOWLEDGE: tuple[str, ...] = ("infer", "known")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What the server knows besides the update itself. See the module docstring."""
+
+    architecture: bool = True
+    batch_size: bool = True
+    labels: str = "infer"
+    local_schedule: bool = True
+    auxiliary_data: bool = True
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.labels not in LABEL_KNOWLEDGE:
+            raise InputError(f"unknown label knowledge {self.labels!r}; use one of {', '.join(LABEL_KNOWLEDGE)}")
+        if not self.architecture:
+            raise InputError(
+                "every attack fedguard runs needs the architecture, which the server has because it sent the model; "
+                "an audit without it is not meaningful"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_range"] = list(self.input_range)
+        return out
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """Everything one attack may use: the update plus what the threat model grants.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The global model as sent (weights before local training), on ``device``.
+    tensors : mapping of str to tensor
+        The uploaded update by parameter name (gradient or ``W_T - W_0``).
+    protocol : {"fedsgd", "fedavg"}
+    batch_size : int or None
+        Examples in the batch, when the server knows it.
+    local_steps, local_lr, local_batch_size : optional
+        FedAvg's local schedule, when the server knows it.
+    num_classes : int
+        Outputs of the model.
+    input_shape : (C, H, W)
+    labels : tensor or None
+        Labels the attack may assume for the batch: the true ones when the threat
+        model says ``known``, else those recovered by an earlier label attack.
+    label_counts : tensor or None
+        Examples per class, known or recovered.
+    auxiliary : (inputs, labels) or None
+        Public data of the same domain (the server's own).
+    threat : ThreatModel
+    device : torch.device
+    seed : int
+    """
+
+    model: Any
+    tensors: Any
+    protocol: str
+    batch_size: int | None
+    local_steps: int | None
+    local_lr: float | None
+    local_batch_size: int | None
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    threat: ThreatModel
+    device: torch.device
+    seed: int = 0
+    labels: Any = None
+    label_counts: Any = None
+    label_source: str | None = None
+    auxiliary: Any = field(default=None, repr=False)
+
+    def as_gradient(self) -> dict[str, torch.Tensor] | None:
+        """The update as one average gradient (FedAvg: ``-(W_T - W_0) / (T lr)``), or None without the schedule."""
+        if self.protocol == "fedsgd":
+            return dict(self.tensors)
+        if self.local_steps is None or self.local_lr is None:
+            return None
+        scale = -1.0 / (self.local_steps * self.local_lr)
+        return {k: v * scale for k, v in self.tensors.items()}

@@ -1,0 +1,304 @@
+"""The pending update: what the client would upload after training on its private batch.
+
+:func:`compute_update` runs the client's local training exactly as an FL client
+does (``model.train()``, mean cross-entropy, plain SGD) and returns an
+:class:`Update`:
+
+* ``fedsgd`` -- one gradient of the loss over the whole batch (McMahan et al.'s
+  FedSGD; the setting of DLG and iDLG);
+* ``fedavg`` -- ``local_steps`` SGD steps with learning rate ``local_lr`` on
+  mini-batches of ``local_batch_size``, taken in order and cycling over the batch
+  (the schedule of Geiping et al.'s multi-step experiments); the update is the
+  weight difference ``W_T - W_0`` (new minus old).
+
+Only parameters are part of the update; BatchNorm running statistics are not.
+:func:`load_update` reads an update computed elsewhere (same names and shapes
+as the model's parameters, same sign conventions).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedguard.errors import InputError
+
+__all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "resolve_device", "minibatch_slices"]
+
+PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
+
+
+@dataclass(frozen=True)
+class Update:
+    """What would be uploaded, per parameter name.
+
+    Parameters
+    ----------
+    tensors : mapping of str to tensor
+        ``fedsgd``: the gradient of the mean loss; ``fedavg``: ``W_T - W_0``.
+    protocol : {"fedsgd", "fedavg"}
+    batch_size : int
+        Examples in the private batch the update was computed on.
+    local_steps, local_lr, local_batch_size
+        FedAvg's local schedule (1, None, None for FedSGD).
+    defense : str
+        Defense applied before upload (``none`` in this version).
+    epsilon, delta : float or None
+        DP guarantee of the defense, when it has one.
+    source : str
+        ``computed`` or the path of the file it was read from.
+    loss : float or None
+        Training loss on the batch before the first step (client-side only).
+    """
+
+    tensors: Mapping[str, torch.Tensor]
+    protocol: str
+    batch_size: int
+    local_steps: int = 1
+    local_lr: float | None = None
+    local_batch_size: int | None = None
+    defense: str = "none"
+    epsilon: float | None = None
+    delta: float | None = None
+    source: str = "computed"
+    loss: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_gradient(self) -> dict[str, torch.Tensor]:
+        """The update as one average gradient: FedSGD as is, FedAvg as ``(W_0 - W_T) / (T * lr)``.
+
+        The FedAvg form is the one Geng et al. (2021) use to extend label
+        counting to several local steps.
+        """
+        if self.protocol == "fedsgd":
+            return dict(self.tensors)
+        scale = -1.0 / (self.local_steps * float(self.local_lr))
+        return {name: t * scale for name, t in self.tensors.items()}
+
+    def norm(self) -> float:
+        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in self.tensors.values())))
+
+    def to(self, device: torch.device) -> "Update":
+        return Update(**{**self.__dict__, "tensors": {k: v.to(device) for k, v in self.tensors.items()}})
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (no tensors)."""
+        return {
+            "protocol": self.protocol,
+            "batch_size": int(self.batch_size),
+            "local_steps": int(self.local_steps),
+            "local_lr": self.local_lr,
+            "local_batch_size": self.local_batch_size,
+            "defense": self.defense,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "source": self.source,
+            "n_tensors": len(self.tensors),
+            "n_parameters": int(sum(t.numel() for t in self.tensors.values())),
+            "norm": self.norm(),
+            "loss": self.loss,
+        }
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an InputError."""
+    if isinstance(device, torch.device):
+        return device
+    text = (device or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda but PyTorch sees no CUDA GPU here; use --device cpu or auto")
+        try:
+            dev = torch.device(text)
+        except RuntimeError:
+            raise InputError(f"bad device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        return dev
+    raise InputError(f"bad device {device!r}; use auto, cpu or cuda")
+
+
+def minibatch_slices(batch_size: int, local_batch_size: int, local_steps: int) -> list[slice]:
+    """The mini-batch of each local step: consecutive slices of the batch, cycling, in order.
+
+    With ``B`` examples and mini-batches of ``b``, step ``t`` uses slice
+    ``t mod ceil(B/b)`` (the last one may be shorter). The attack that unrolls
+    FedAvg uses the same schedule.
+    """
+    b = max(1, min(int(local_batch_size), int(batch_size)))
+    n = math.ceil(batch_size / b)
+    return [slice((t % n) * b, min(batch_size, (t % n) * b + b)) for t in range(local_steps)]
+
+
+def check_protocol(protocol: str, local_steps: int, local_lr: float | None, local_batch_size: int | None, batch_size: int) -> None:
+    """InputError for an unknown protocol or a FedAvg schedule that cannot run."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if protocol == "fedavg":
+        if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+            raise InputError(f"bad --local-steps {local_steps!r}; give a positive number of local SGD steps such as 5")
+        if local_lr is None or not math.isfinite(float(local_lr)) or float(local_lr) <= 0:
+            raise InputError(f"bad --local-lr {local_lr!r}; give a positive learning rate such as 0.01")
+        if local_batch_size is not None and (local_batch_size < 1 or local_batch_size > batch_size):
+            raise InputError(
+                f"--local-batch-size {local_batch_size} does not fit a batch of {batch_size}; give 1..{batch_size}"
+            )
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def compute_update(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    protocol: str = "fedsgd",
+    local_steps: int = 1,
+    local_lr: float | None = None,
+    local_batch_size: int | None = None,
+    seed: int = 0,
+) -> Update:
+    """Compute the update the client would upload after training on ``(inputs, labels)``.
+
+    ``model`` is not modified (a copy is trained). Inputs, labels and the model
+    must be on the same device; the update's tensors are on that device.
+
+    Raises
+    ------
+    InputError
+        For an unknown protocol, a FedAvg schedule that cannot run, or a model
+        that cannot train on this batch (e.g. BatchNorm with a batch of one).
+    """
+    batch = int(inputs.shape[0])
+    if protocol == "fedsgd":
+        local_steps, local_lr, local_batch_size = 1, None, None
+    else:
+        local_batch_size = batch if local_batch_size is None else int(local_batch_size)
+    check_protocol(protocol, local_steps, local_lr, local_batch_size, batch)
+    net = copy.deepcopy(model)
+    net.train()
+    params = _trainable(net)
+    if not params:
+        raise InputError("the model has no trainable parameters; there is no update to audit")
+    torch.manual_seed(seed)  # dropout masks
+    try:
+        if protocol == "fedsgd":
+            loss = F.cross_entropy(net(inputs), labels)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            tensors = {name: g.detach() for name, g in zip(params, grads)}
+            first_loss = float(loss.detach())
+        else:
+            start = {name: p.detach().clone() for name, p in params.items()}
+            first_loss = None
+            for sl in minibatch_slices(batch, local_batch_size, local_steps):
+                loss = F.cross_entropy(net(inputs[sl]), labels[sl])
+                if first_loss is None:
+                    first_loss = float(loss.detach())
+                grads = torch.autograd.grad(loss, list(params.values()))
+                with torch.no_grad():
+                    for p, g in zip(params.values(), grads):
+                        p.sub_(float(local_lr) * g)
+            tensors = {name: (p.detach() - start[name]) for name, p in params.items()}
+    except (RuntimeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "more than 1 value per channel" in text:
+            raise InputError(
+                "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
+            ) from None
+        raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise InputError("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
+    return Update(
+        tensors=tensors,
+        protocol=protocol,
+        batch_size=batch,
+        local_steps=int(local_steps),
+        local_lr=None if local_lr is None else float(local_lr),
+        local_batch_size=local_batch_size,
+        loss=first_loss,
+    )
+
+
+def load_update(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    batch_size: int,
+    protocol: str = "fedsgd",
+    local_steps: int = 1,
+    local_lr: float | None = None,
+    local_batch_size: int | None = None,
+) -> Update:
+    """Read an update computed elsewhere; its tensors must match ``model``'s parameters.
+
+    Accepts what :func:`fedguard.loading.load_model_file` accepts: a mapping of
+    parameter names to tensors (FedSGD: the gradient; FedAvg: ``W_T - W_0``),
+    or an unnamed Flower-style list in parameter order. A file that would run
+    code when loaded is refused.
+    """
+    from fedguard.loading import load_model_file
+
+    loaded = load_model_file(path)
+    if loaded.refused:
+        raise InputError(f"update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")
+    params = _trainable(model)
+    tensors = dict(loaded.tensors)
+    if not loaded.named or not (set(tensors) & set(params)):
+        values = list(tensors.values())
+        if len(values) != len(params):
+            raise InputError(
+                f"update {path} has {len(values)} unnamed tensors but the model has {len(params)} parameters; "
+                "save a dict of parameter names to tensors"
+            )
+        tensors = dict(zip(params, values))
+    missing = [name for name in params if name not in tensors]
+    extra = [name for name in tensors if name not in params]
+    if missing:
+        raise InputError(
+            f"update {path} has no tensor for parameter {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; save one tensor per model parameter, named as in model.named_parameters()"
+        )
+    if extra:
+        raise InputError(f"update {path} has tensor {extra[0]!r} that is not a parameter of the model; remove it or check --arch")
+    out = {}
+    for name, p in params.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(p.shape):
+            raise InputError(
+                f"update {path}: layer {name} has shape {list(t.shape)} but the model's parameter has {list(p.shape)}; "
+                "the update does not come from this model"
+            )
+        if not t.is_floating_point():
+            raise InputError(f"update {path}: {name} has dtype {t.dtype}; an update holds floating-point values")
+        t = t.to(device=p.device, dtype=p.dtype)
+        if not torch.isfinite(t).all():
+            raise InputError(f"update {path}: {name} holds NaN or infinite values; recompute the update")
+        out[name] = t
+    if protocol == "fedsgd":
+        local_steps, local_lr, local_batch_size = 1, None, None
+    else:
+        local_batch_size = batch_size if local_batch_size is None else int(local_batch_size)
+    check_protocol(protocol, local_steps, local_lr, local_batch_size, batch_size)
+    return Update(
+        tensors=out,
+        protocol=protocol,
+        batch_size=int(batch_size),
+        local_steps=int(local_steps),
+        local_lr=None if local_lr is None else float(local_lr),
+        local_batch_size=local_batch_size,
+        source=str(path),
+    )

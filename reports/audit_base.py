@@ -1,0 +1,119 @@
+"""Renderers for ``fedguard audit``: one small ABC, one registry, the PNG grids.
+
+Same shape as the inspect renderers (:mod:`fedguard.reports.base`): a renderer
+turns one :class:`~fedguard.types.AuditReport` into a string; the CLI picks it
+by ``--format`` and writes it atomically. ``text``, ``json`` and ``html`` are
+registered in :data:`AUDIT_RENDERERS` by :func:`audit_renderers`.
+
+:func:`grid_png` draws one attack's reconstructions under the true images
+(PNG bytes, no dependency beyond zlib); the CLI writes one per image attack
+next to ``--output`` and the HTML page embeds them.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import struct
+import zlib
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from fedguard.registry import Registry
+from fedguard.types import AuditReport
+
+__all__ = ["AuditRenderer", "AUDIT_RENDERERS", "register_audit_renderer", "audit_renderers", "render_audit", "grid_png", "encode_png"]
+
+AUDIT_RENDERERS: Registry[type["AuditRenderer"]] = Registry("audit output format")
+_MODULES = ("audit_text", "audit_json", "audit_html")
+
+
+class AuditRenderer(abc.ABC):
+    """Turns an audit report into text in one output format."""
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+
+    @abc.abstractmethod
+    def render(self, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
+        """The whole output; ``images`` maps attack name to its PNG grid (HTML embeds them)."""
+
+
+def register_audit_renderer(name: str):
+    def add(cls: type[AuditRenderer]) -> type[AuditRenderer]:
+        if getattr(cls, "name", None) != name:
+            raise ValueError(f"renderer {cls.__name__} has name {getattr(cls, 'name', None)!r}, registered as {name!r}")
+        return AUDIT_RENDERERS.register(name)(cls)
+
+    return add
+
+
+def audit_renderers() -> Registry[type[AuditRenderer]]:
+    for module in _MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    return AUDIT_RENDERERS
+
+
+def render_audit(fmt: str, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
+    """Render ``report`` as ``fmt`` (KeyError naming the valid formats when unknown)."""
+    return audit_renderers().get(fmt)().render(report, color=color, images=images)
+
+
+def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if v != v:
+        return "nan"
+    return f"{v:.{digits}f}{suffix}"
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Encode an ``H,W,3`` uint8 array as a PNG (8-bit RGB, no filter)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
+def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap: int = 2) -> bytes:
+    """True images (upper row of each pair) over their matched reconstructions (lower row).
+
+    ``true_images`` and ``rebuilt`` are ``[N, C, H, W]`` in [0, 1] in the same
+    order (as :func:`fedguard.metrics.score` returns them). Small images are
+    enlarged (nearest neighbour) to at least ``min_side`` pixels.
+    """
+    t = np.asarray(true_images.detach().cpu().float().clamp(0, 1).numpy() if hasattr(true_images, "detach") else true_images)
+    r = np.asarray(rebuilt.detach().cpu().float().clamp(0, 1).numpy() if hasattr(rebuilt, "detach") else rebuilt)
+    n, c, h, w = t.shape
+    scale = max(1, -(-min_side // max(h, w)))
+    if c == 1:
+        t, r = np.repeat(t, 3, axis=1), np.repeat(r, 3, axis=1)
+    elif c != 3:
+        t, r = np.repeat(t[:, :1], 3, axis=1), np.repeat(r[:, :1], 3, axis=1)
+    H, W = h * scale, w * scale
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    canvas = np.full((rows * (2 * H + gap) + (rows + 1) * gap * 2, cols * (W + gap) + gap, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        row, col = divmod(i, cols)
+        top = gap * 2 + row * (2 * H + gap + gap * 2)
+        left = gap + col * (W + gap)
+        for k, img in enumerate((t[i], r[i])):
+            tile = (np.transpose(img, (1, 2, 0)) * 255 + 0.5).astype(np.uint8)
+            tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+            y0 = top + k * (H + gap)
+            canvas[y0 : y0 + H, left : left + W] = tile
+    return encode_png(canvas)

@@ -1,0 +1,128 @@
+"""Stable, versioned JSON for ``fedguard audit``; described by ``schemas/audit-report.schema.json``.
+
+Field-by-field documentation: ``docs/audit.md``. ``schema_version`` is
+``MAJOR.MINOR``: a minor bump only adds fields, a major bump renames, removes
+or retypes one. The document never contains pixel data: the reconstruction
+grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
+the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
+
+    {
+      "schema_version": "1.0",
+      "tool": {"name": "fedguard", "version": "0.1.0"},
+      "command": "audit",
+      "verdict": "block",
+      "fail_on": "high",
+      "interrupted": false,
+      "leakage": {"level": "high", "worst_attack": "dlg", "baseline_psnr": 11.3,
+                  "by_attack": {"idlg": "medium", "dlg": "high"}, "thresholds": {...}},
+      "attacks": [
+        {"name": "dlg", "level": "high", "psnr_mean": 52.1, "psnr_max": 52.1,
+         "ssim_mean": 0.9999, "ssim_max": 0.9999, "label_accuracy": 1.0,
+         "seconds": 18.2, "iterations": 131, "starts": 4, "start_success_rate": 0.75,
+         "image_file": "audit-dlg.png", "samples": [...], ...}
+      ],
+      "skipped": {"label_counts": "..."},
+      "model": {...}, "data": {...}, "update": {...}, "threat": {...}, "config": {...},
+      "seconds": 21.4
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, ClassVar, Mapping
+
+import fedguard
+from fedguard.types import AttackOutcome, AuditReport
+
+from .audit_base import AuditRenderer, register_audit_renderer
+from .base import json_safe
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_FILE = "audit-report.schema.json"
+
+
+def _outcome(o: AttackOutcome) -> dict[str, Any]:
+    return {
+        "name": o.name,
+        "title": o.title,
+        "reference": o.reference,
+        "kind": o.kind,
+        "level": str(o.level),
+        "psnr_mean": o.psnr_mean,
+        "psnr_max": o.psnr_max,
+        "ssim_mean": o.ssim_mean,
+        "ssim_max": o.ssim_max,
+        "mse_mean": o.mse_mean,
+        "label_accuracy": o.label_accuracy,
+        "label_count_error": o.label_count_error,
+        "label_counts_exact": o.label_counts_exact,
+        "seconds": o.seconds,
+        "iterations": o.iterations,
+        "stopped": o.stopped,
+        "starts": o.starts,
+        "start_success_rate": o.start_success_rate,
+        "image_file": o.image_file,
+        "samples": [
+            {
+                "index": s.index,
+                "match": s.match,
+                "psnr": s.psnr,
+                "ssim": s.ssim,
+                "mse": s.mse,
+                "label": s.label,
+                "rebuilt_label": s.rebuilt_label,
+                "level": str(s.level),
+                "baseline_psnr": s.baseline_psnr,
+                "baseline_ssim": s.baseline_ssim,
+            }
+            for s in o.samples
+        ],
+        "details": dict(o.details),
+    }
+
+
+def audit_to_dict(report: AuditReport) -> dict[str, Any]:
+    """The JSON document for ``report`` as plain Python values."""
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "fedguard", "version": report.tool_version or fedguard.__version__},
+        "command": "audit",
+        "verdict": str(report.verdict),
+        "fail_on": str(report.fail_on),
+        "interrupted": bool(report.interrupted),
+        "leakage": {
+            "level": str(report.leakage.level),
+            "worst_attack": report.leakage.worst_attack,
+            "baseline_psnr": report.leakage.baseline_psnr,
+            "by_attack": {k: str(v) for k, v in report.leakage.by_attack.items()},
+            "thresholds": dict(report.leakage.thresholds),
+        },
+        "attacks": [_outcome(o) for o in report.attacks],
+        "skipped": dict(report.skipped),
+        "model": dict(report.model),
+        "data": dict(report.data),
+        "update": dict(report.update),
+        "threat": dict(report.threat),
+        "config": dict(report.config),
+        "seconds": report.seconds,
+    }
+    return json_safe(doc)
+
+
+def load_audit_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) this renderer's output satisfies."""
+    text = resources.files(__package__).joinpath("schemas").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@register_audit_renderer("json")
+class AuditJsonRenderer(AuditRenderer):
+    """Machine-readable audit report, schema version :data:`SCHEMA_VERSION`."""
+
+    name: ClassVar[str] = "json"
+    suffix: ClassVar[str] = ".json"
+
+    def render(self, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
+        return json.dumps(audit_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -1,0 +1,115 @@
+"""Text output of ``fedguard audit`` for people: verdict first, then one row per attack.
+
+Colour only when asked (the CLI asks only on a TTY). Sample output::
+
+    BLOCK  leakage high (worst: dlg, PSNR max 52.1 dB)  fail-on high
+    lenet · digits, batch 1 · fedsgd · cpu · 4 attacks in 24.1 s
+
+     attack               level    PSNR mean/max   SSIM mean/max   labels   iters   time     stopped
+    ─────────────────────────────────────────────────────────────────────────────────────────────────
+     label_counts         medium   –               –               1.00     0       0.1 s    done
+     idlg                 medium   –               –               1.00     0       0.0 s    done
+     dlg                  high     52.1 / 52.1     1.000 / 1.000   1.00     131     18.2 s   converged
+     inverting_gradients  medium   19.3 / 19.3     0.612 / 0.612   1.00     950     20.0 s   time_budget
+
+    dlg: 3 of 4 random starts reached the high level (75 %)
+    grids: audit-dlg.png, audit-inverting_gradients.png
+    levels per example, counted only 3 dB / 0.1 SSIM above the no-update baseline (mean 11.3 dB): high >= 25 dB ...
+"""
+
+from __future__ import annotations
+
+import io
+from typing import ClassVar, Mapping
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
+
+from .audit_base import AuditRenderer, fmt_num, register_audit_renderer
+
+WIDTH = 110
+VERDICT_STYLE = {AuditVerdict.PASS: "bold green", AuditVerdict.WARN: "bold yellow", AuditVerdict.BLOCK: "bold white on red"}
+LEVEL_STYLE = {LeakageLevel.HIGH: "bold red", LeakageLevel.MEDIUM: "yellow", LeakageLevel.LOW: "cyan", LeakageLevel.NONE: "green"}
+
+
+@register_audit_renderer("text")
+class AuditTextRenderer(AuditRenderer):
+    """Human-readable audit report; ``color=True`` adds ANSI colours."""
+
+    name: ClassVar[str] = "text"
+    suffix: ClassVar[str] = ".txt"
+
+    def render(self, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
+        buffer = io.StringIO()
+        console = Console(
+            file=buffer, width=WIDTH, force_terminal=color, no_color=not color,
+            color_system="standard" if color else None, highlight=False, emoji=False, markup=False,
+        )  # fmt: skip
+        lk = report.leakage
+        head = Text()
+        head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
+        head.append(f"  leakage {lk.level}", style=LEVEL_STYLE[lk.level])
+        if lk.worst_attack:
+            worst = report.outcome(lk.worst_attack)
+            extra = f", PSNR max {fmt_num(worst.psnr_max)} dB" if worst.psnr_max is not None else ""
+            head.append(f" (worst: {lk.worst_attack}{extra})")
+        head.append(f"  fail-on {report.fail_on}")
+        if report.interrupted:
+            head.append("  INTERRUPTED: partial results", style="bold yellow")
+        console.print(head, soft_wrap=True)
+        m, d, u = report.model, report.data, report.update
+        where = m.get("path") or m.get("weights")
+        context = [
+            f"{m.get('arch')} ({where})",
+            f"{d.get('spec')}, batch {d.get('batch_size')}",
+            u.get("protocol") + (f" {u.get('local_steps')} steps lr {u.get('local_lr')}" if u.get("protocol") == "fedavg" else ""),
+            report.config.get("device", ""),
+            f"{len(report.attacks)} attack{'' if len(report.attacks) == 1 else 's'} in {report.seconds:.1f} s",
+        ]
+        console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
+        if report.attacks:
+            table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=True, header_style="bold")
+            for col in ("attack", "level", "PSNR mean/max", "SSIM mean/max", "labels", "iters", "time", "stopped"):
+                table.add_column(col, no_wrap=True)
+            for o in report.attacks:
+                psnr = "–" if o.psnr_max is None else f"{fmt_num(o.psnr_mean)} / {fmt_num(o.psnr_max)}"
+                ssim = "–" if o.ssim_max is None else f"{fmt_num(o.ssim_mean, 3)} / {fmt_num(o.ssim_max, 3)}"
+                table.add_row(
+                    o.name, Text(str(o.level), style=LEVEL_STYLE[o.level]), psnr, ssim,
+                    fmt_num(o.label_accuracy, 2), str(o.iterations), f"{o.seconds:.1f} s", o.stopped,
+                )  # fmt: skip
+            console.print()
+            console.print(table)
+        else:
+            console.print(Text("no attack ran", style="yellow"))
+        for o in report.attacks:
+            if o.starts and o.start_success_rate is not None:
+                k = round(o.start_success_rate * o.starts)
+                console.print(f"{o.name}: {k} of {o.starts} random starts reached the high level ({o.start_success_rate:.0%})", soft_wrap=True)
+            if o.label_counts_exact is not None and o.kind == "labels":
+                console.print(
+                    f"{o.name}: {o.label_counts_exact:.0%} of per-class counts exact, "
+                    f"count error {o.label_count_error} over {d.get('batch_size')} examples",
+                    soft_wrap=True,
+                )
+        for name, why in report.skipped.items():
+            console.print(Text(f"skipped {name}: {why}", style="dim"), soft_wrap=True)
+        files = [o.image_file for o in report.attacks if o.image_file]
+        if files:
+            console.print(f"grids: {', '.join(files)}", soft_wrap=True)
+        t = lk.thresholds
+        if t:
+            console.print(
+                Text(
+                    f"levels per example, counted only {t['low_psnr_over_baseline']:g} dB / {t['ssim_over_baseline']:g} SSIM above the "
+                    f"no-update baseline (mean {fmt_num(lk.baseline_psnr)} dB): high >= {t['high_psnr']:g} dB or SSIM >= {t['high_ssim']:g}; "
+                    f"medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the baseline or SSIM >= {t['low_ssim']:g}",
+                    style="dim",
+                ),
+                soft_wrap=True,
+            )
+        return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())

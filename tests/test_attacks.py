@@ -1,0 +1,401 @@
+"""The attacks of ``fedguard audit`` and the metrics that score them, on tiny models and shipped data.
+
+Every attack runs on the real 8x8 scikit-learn digits (``load_data("digits")``)
+against a tiny model: the DLG LeNet (four sigmoid 5x5 convolutions) built for
+``1,8,8`` inputs, or a two-layer MLP. The update is computed exactly as the
+audit computes it (:func:`fedguard.update.compute_update`) and handed to the
+attack through a :class:`~fedguard.threat.ServerView` built the way the audit
+builds it, so these tests check the attacks themselves; ``tests/test_audit.py``
+checks the wiring and the CLI.
+
+The thresholds were measured first (seeds 0-3, 2 CPU cores, one torch thread)
+and are asserted with a wide margin:
+
+* iDLG: 20/20 single examples exact (10 classes x FedSGD/FedAvg) on the LeNet
+  and the MLP, and 10/10 through the weight rows of a bias-free head;
+* label counts: exact per-class counts of 8-example batches for FedSGD and for
+  FedAvg (3 full-batch steps; 5 steps of mini-batches of 4), 5 seeds x 2 models;
+  also exact with noise instead of public data;
+* DLG (labels not known, 50 L-BFGS steps at most): 66-82 dB on one example,
+  56-76 dB on two; asserted >= 40 dB;
+* Inverting Gradients (labels known, TV 0, 200 iterations): 43-99 dB on two
+  examples with a mean-image baseline of 7-8 dB; asserted >= 30 dB and
+  >= baseline + 20 dB; unrolled over 3 FedAvg steps 34-99 dB, asserted >= 25 dB.
+  (With the default TV weight 0.01 it stays at 7-8 dB, below the baseline, on
+  8x8 digits: the prior outweighs the data term on such small images.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedguard.architectures import build_model
+from fedguard.attacks.base import Budget, attacks
+from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
+from fedguard.attacks.idlg import IDLG
+from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, InvertingGradients
+from fedguard.attacks.label_counts import LabelCounts, round_counts
+from fedguard.data import load_data
+from fedguard.metrics import PSNR_CAP, THRESHOLDS, baseline_psnr, image_level, label_level, match, psnr, score, ssim, verdict_for
+from fedguard.threat import ServerView, ThreatModel
+from fedguard.types import AuditVerdict, LeakageLevel
+from fedguard.update import compute_update
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster on a busy machine (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    return load_data("digits")
+
+
+def lenet(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("lenet", input_shape=SHAPE)
+
+
+def one_per_class(y: torch.Tensor, k: int = 0) -> np.ndarray:
+    """Index of the k-th example of every class 0..9."""
+    return np.array([int(np.nonzero(y.numpy() == c)[0][k]) for c in range(10)])
+
+
+def server_view(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    index,
+    *,
+    protocol: str = "fedsgd",
+    local_steps: int = 1,
+    local_lr: float | None = None,
+    local_batch_size: int | None = None,
+    known_labels: bool = False,
+    auxiliary: bool = True,
+    seed: int = 0,
+) -> tuple[ServerView, torch.Tensor, torch.Tensor]:
+    """The update of ``model`` on ``data[index]`` as the server sees it, and the true batch."""
+    x, y = data
+    index = np.asarray(index)
+    bx, by = x[index], y[index]
+    upd = compute_update(
+        model, bx, by, protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size
+    )
+    rest = np.random.default_rng(seed + 1).permutation(np.setdiff1d(np.arange(len(y)), index))[:512]
+    fedavg = protocol == "fedavg"
+    view = ServerView(
+        model=model,
+        tensors=upd.tensors,
+        protocol=protocol,
+        batch_size=len(index),
+        local_steps=upd.local_steps if fedavg else None,
+        local_lr=upd.local_lr if fedavg else None,
+        local_batch_size=upd.local_batch_size if fedavg else None,
+        num_classes=10,
+        input_shape=tuple(bx.shape[1:]),
+        threat=ThreatModel(labels="known" if known_labels else "infer"),
+        device=torch.device("cpu"),
+        seed=seed,
+        labels=by.clone() if known_labels else None,
+        label_counts=torch.bincount(by, minlength=10) if known_labels else None,
+        auxiliary=(x[rest], y[rest]) if auxiliary else None,
+    )
+    return view, bx, by
+
+
+def measure(rec, bx, by, kind="images"):
+    return score(rec, bx, by, 10, title="t", reference="r", kind=kind)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_psnr_of_identical_images_is_capped_and_known_errors_give_known_values(digits):
+    a = digits[0][0].numpy()
+    assert psnr(a, a) == PSNR_CAP
+    # a constant error of 0.1 everywhere: MSE 0.01 -> exactly 20 dB; 0.01 -> 40 dB
+    assert psnr(np.zeros((1, 8, 8)), np.full((1, 8, 8), 0.1)) == pytest.approx(20.0)
+    assert psnr(np.zeros((1, 8, 8)), np.full((1, 8, 8), 0.01)) == pytest.approx(40.0)
+    assert psnr(np.zeros((1, 8, 8)), np.ones((1, 8, 8))) == pytest.approx(0.0)
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise(digits):
+    x = digits[0]
+    a = x[0].numpy()
+    assert ssim(a, a) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
+    assert ssim(a, noisy) < 0.9
+    assert ssim(a, x[1].numpy()) < ssim(a, noisy)
+    # colour images, channel first
+    photo = load_data("images", input_shape=(3, 16, 16))[0][0].numpy()
+    assert ssim(photo, photo) == pytest.approx(1.0)
+    # too small for any SSIM window
+    assert math.isnan(ssim(np.zeros((1, 2, 2)), np.zeros((1, 2, 2))))
+
+
+def test_matching_recovers_a_permuted_batch(digits):
+    x, y = digits
+    true_x, true_y = x[:6], y[:6]
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    rebuilt = true_x[perm] + 0.01 * torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(0))
+    pairs = match(true_x, rebuilt.clamp(0, 1))
+    # rebuilt[j] is true[perm[j]]: true index i is matched to the j with perm[j] == i
+    assert sorted(pairs) == sorted((int(perm[j]), j) for j in range(6))
+
+
+def test_score_matches_before_measuring_and_reads_labels_through_the_match(digits):
+    from fedguard.types import Reconstruction
+
+    x, y = digits
+    true_x, true_y = x[10:16], y[10:16]
+    perm = torch.tensor([2, 5, 0, 4, 1, 3])
+    rec = Reconstruction(attack="t", images=true_x[perm].clone(), labels=true_y[perm].clone())
+    out = measure(rec, true_x, true_y)
+    assert out.psnr_mean == PSNR_CAP and out.psnr_max == PSNR_CAP
+    assert out.ssim_mean == pytest.approx(1.0)
+    assert out.label_accuracy == 1.0
+    assert out.level == LeakageLevel.HIGH
+    assert [s.match for s in out.samples] == [int(torch.nonzero(perm == i)) for i in range(6)]
+    assert torch.equal(out.images, true_x)  # reconstructions put back in the true batch's order
+    # wrong labels are counted wrong after matching
+    wrong = Reconstruction(attack="t", images=true_x[perm].clone(), labels=(true_y[perm] + 1) % 10)
+    assert measure(wrong, true_x, true_y).label_accuracy == 0.0
+    # a grey square is not a leak: it does not beat the grey baseline
+    grey = Reconstruction(attack="t", images=torch.full_like(true_x, 0.5))
+    assert measure(grey, true_x, true_y).level == LeakageLevel.NONE
+
+
+def test_label_only_scores_and_baseline(digits):
+    from fedguard.types import Reconstruction
+
+    x, y = digits
+    true_y = torch.tensor([0, 0, 3, 7])
+    counts = torch.bincount(torch.tensor([0, 3, 3, 7]), minlength=10)
+    out = measure(Reconstruction(attack="c", label_counts=counts), x[:4], true_y, kind="labels")
+    assert out.label_accuracy == 0.75
+    assert out.label_count_error == 2
+    assert out.level == LeakageLevel.LOW
+    assert baseline_psnr(x[:4]) == pytest.approx(np.mean([psnr(np.full((1, 8, 8), 0.5), xi.numpy()) for xi in x[:4]]))
+
+
+def test_levels_and_verdicts():
+    base = 10.0
+    assert image_level(30.0, None, base) == LeakageLevel.HIGH
+    assert image_level(20.0, None, base) == LeakageLevel.MEDIUM
+    assert image_level(base + THRESHOLDS["low_psnr_over_baseline"] + 0.1, None, base) == LeakageLevel.LOW
+    assert image_level(base + 1.0, None, base) == LeakageLevel.NONE
+    # a high PSNR that does not beat the baseline by the margin is not a leak
+    assert image_level(26.0, 0.0, 25.0, 0.5) == LeakageLevel.NONE
+    assert image_level(None, 0.9, None, 0.0) == LeakageLevel.HIGH
+    assert label_level(1.0, 1) == LeakageLevel.MEDIUM
+    assert label_level(1.0, 8) == LeakageLevel.LOW
+    assert label_level(0.25, 8) == LeakageLevel.NONE
+    assert verdict_for(LeakageLevel.HIGH, LeakageLevel.HIGH) == AuditVerdict.BLOCK
+    assert verdict_for(LeakageLevel.MEDIUM, LeakageLevel.HIGH) == AuditVerdict.WARN
+    assert verdict_for(LeakageLevel.LOW, LeakageLevel.HIGH) == AuditVerdict.PASS
+    assert verdict_for(LeakageLevel.LOW, LeakageLevel.LOW) == AuditVerdict.BLOCK
+    assert verdict_for(LeakageLevel.NONE, LeakageLevel.LOW) == AuditVerdict.PASS
+
+
+def test_round_counts_keeps_the_total():
+    assert round_counts(np.array([1.6, 0.2, 2.2, -0.4]), 4).tolist() == [2, 0, 2, 0]
+    assert round_counts(np.array([3.0, 3.0, 0.0]), 4).sum() == 4
+    assert round_counts(np.array([np.nan, 1.0]), 1).tolist() == [0, 1]
+
+
+def test_registry_lists_every_builtin_attack_in_audit_order():
+    assert attacks().names() == ["label_counts", "idlg", "dlg", "inverting_gradients"]
+
+
+# --------------------------------------------------------------------------- label attacks
+
+
+@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
+def test_idlg_recovers_the_label_of_single_examples_of_every_class(digits, protocol):
+    model = lenet(0)
+    found = []
+    for i in one_per_class(digits[1], k=1):
+        view, bx, by = server_view(model, digits, [i], protocol=protocol, local_steps=5, local_lr=0.1)
+        assert IDLG().applies(view) is None
+        rec = IDLG().run(view, Budget(1))
+        found.append(int(rec.labels[0]))
+        assert rec.details["route"] == "bias"
+        assert measure(rec, bx, by, kind="labels").level == LeakageLevel.MEDIUM
+    assert found == list(range(10))
+
+
+def test_idlg_reads_the_weight_rows_of_a_head_without_bias(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Sigmoid(), nn.Linear(32, 10, bias=False))
+    found = []
+    for i in one_per_class(digits[1], k=2):
+        view, _, _ = server_view(model, digits, [i])
+        rec = IDLG().run(view, Budget(1))
+        assert rec.details["route"] == "weight_rows"
+        found.append(int(rec.labels[0]))
+    assert found == list(range(10))
+
+
+def test_idlg_applies_only_to_one_example(digits):
+    view, _, _ = server_view(lenet(0), digits, [0, 1])
+    assert "one example" in IDLG().applies(view)
+
+
+@pytest.mark.parametrize(
+    "protocol, steps, lr, minibatch",
+    [("fedsgd", 1, None, None), ("fedavg", 3, 0.1, None), ("fedavg", 5, 0.05, 4)],
+    ids=["fedsgd", "fedavg-3-steps", "fedavg-5-minibatch-steps"],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_label_counts_are_exact_for_a_small_batch(digits, protocol, steps, lr, minibatch, seed):
+    index = np.sort(np.random.default_rng(seed).choice(len(digits[1]), 8, replace=False))
+    view, bx, by = server_view(
+        lenet(seed), digits, index, protocol=protocol, local_steps=steps, local_lr=lr, local_batch_size=minibatch, seed=seed
+    )
+    assert LabelCounts().applies(view) is None
+    rec = LabelCounts().run(view, Budget(1))
+    true = torch.bincount(by, minlength=10)
+    assert rec.label_counts.tolist() == true.tolist()
+    assert sorted(rec.labels.tolist()) == sorted(by.tolist())
+    out = measure(rec, bx, by, kind="labels")
+    assert out.label_accuracy == 1.0 and out.label_count_error == 0 and out.label_counts_exact == 1.0
+
+
+def test_label_counts_without_public_data_and_with_a_bias_free_head(digits):
+    index = np.sort(np.random.default_rng(3).choice(len(digits[1]), 8, replace=False))
+    view, _, by = server_view(lenet(3), digits, index, auxiliary=False)
+    rec = LabelCounts().run(view, Budget(1))
+    assert rec.details["server_data"] == "noise"
+    assert rec.label_counts.tolist() == torch.bincount(by, minlength=10).tolist()
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Sigmoid(), nn.Linear(32, 10, bias=False))
+    view, _, by = server_view(mlp, digits, index)
+    rec = LabelCounts().run(view, Budget(1))
+    assert rec.details["route"] == "weight_rows"
+    assert rec.label_counts.tolist() == torch.bincount(by, minlength=10).tolist()
+
+
+def test_label_counts_skip_fedavg_without_the_local_schedule(digits):
+    import dataclasses
+
+    view, _, _ = server_view(lenet(0), digits, [0, 1, 2], protocol="fedavg", local_steps=2, local_lr=0.1)
+    view = dataclasses.replace(view, local_steps=None, local_lr=None)
+    assert "local schedule" in LabelCounts().applies(view)
+
+
+# --------------------------------------------------------------------------- image attacks
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dlg_rebuilds_tiny_digits_without_knowing_the_labels(digits, batch):
+    index = one_per_class(digits[1])[[4, 7][:batch]]
+    view, bx, by = server_view(lenet(0), digits, index)
+    assert DLG().applies(view) is None
+    rec = DLG().run(view, Budget(50))
+    out = measure(rec, bx, by)
+    assert out.psnr_mean >= 40.0, out.psnr_mean  # measured 56-82 dB
+    assert out.ssim_mean >= 0.99
+    assert out.label_accuracy == 1.0  # soft labels optimised alongside the images
+    assert out.level == LeakageLevel.HIGH
+    assert rec.stopped == "converged" and rec.iterations < 50
+    assert len(rec.candidates) == rec.details["starts"] == DEFAULT_STARTS
+    assert out.psnr_mean > baseline_psnr(bx) + 30
+    assert rec.seconds < 30  # measured 1-2.5 s
+
+
+def test_dlg_skips_fedavg(digits):
+    view, _, _ = server_view(lenet(0), digits, [0], protocol="fedavg", local_steps=2, local_lr=0.1)
+    assert "FedSGD" in DLG().applies(view)
+
+
+def test_inverting_gradients_rebuilds_tiny_digits_far_above_the_baseline(digits):
+    index = one_per_class(digits[1])[[2, 8]]
+    view, bx, by = server_view(lenet(1), digits, index, known_labels=True, seed=1)
+    assert InvertingGradients().applies(view) is None
+    rec = InvertingGradients(tv=0.0).run(view, Budget(200))
+    out = measure(rec, bx, by)
+    base = baseline_psnr(bx)
+    assert out.psnr_mean >= 30.0, out.psnr_mean  # measured 43-99 dB over seeds 0-3
+    assert out.psnr_mean >= base + 20.0, (out.psnr_mean, base)  # baseline 7-8 dB
+    assert out.level == LeakageLevel.HIGH
+    assert rec.iterations == 200 and rec.stopped == "max_iterations"
+    assert rec.details["restarts"] == DEFAULT_RESTARTS == len(rec.candidates)
+    assert out.label_accuracy == 1.0
+    assert rec.seconds < 30  # measured 1.2-2.5 s
+
+
+def test_inverting_gradients_unrolls_fedavg_local_steps(digits):
+    index = one_per_class(digits[1])[[2, 8]] + 2
+    view, bx, by = server_view(lenet(2), digits, index, protocol="fedavg", local_steps=3, local_lr=0.1, known_labels=True, seed=2)
+    assert InvertingGradients().applies(view) is None
+    rec = InvertingGradients(tv=0.0).run(view, Budget(200))
+    out = measure(rec, bx, by)
+    assert out.psnr_mean >= 25.0, out.psnr_mean  # measured 34-99 dB over seeds 0-3 (baseline 7-8 dB)
+    assert out.level == LeakageLevel.HIGH
+    assert rec.details["protocol"] == "fedavg unrolled (3 steps, lr 0.1)"
+    assert rec.seconds < 30
+
+
+def test_inverting_gradients_needs_labels(digits):
+    view, _, _ = server_view(lenet(0), digits, [0, 1])
+    assert "labels" in InvertingGradients().applies(view)
+
+
+# --------------------------------------------------------------------------- determinism and budgets
+
+
+@pytest.mark.parametrize("engine", ["vmap", "loop"])
+def test_attacks_are_deterministic_for_a_seed(digits, engine):
+    # The engine is pinned: engine="auto" picks vmap or loop by timing them, and the two
+    # differ in rounding (see the xfail test below).
+    model = lenet(0)
+    index = [5, 9]
+    v0, _, _ = server_view(model, digits, index, known_labels=True, seed=0)
+    a = DLG(starts=2, engine=engine).run(v0, Budget(3))
+    b = DLG(starts=2, engine=engine).run(v0, Budget(3))
+    assert torch.equal(a.images, b.images) and a.candidate_losses == b.candidate_losses
+    c = InvertingGradients(engine=engine).run(v0, Budget(20))
+    d = InvertingGradients(engine=engine).run(v0, Budget(20))
+    assert torch.equal(c.images, d.images) and c.candidate_losses == d.candidate_losses
+    v1, _, _ = server_view(model, digits, index, known_labels=True, seed=1)
+    assert not torch.equal(InvertingGradients(engine=engine).run(v1, Budget(20)).images, c.images)
+    lc = [LabelCounts().run(server_view(model, digits, range(8), seed=0)[0], Budget(1)).details["raw_counts"] for _ in range(2)]
+    assert lc[0] == lc[1]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine='auto' chooses vmap or loop by timing both on the first call (attacks/_matching.py); "
+    "the two round differently, so the same seed can give different DLG results from run to run",
+)
+def test_the_same_seed_gives_the_same_dlg_result_whichever_engine_auto_picks(digits):
+    view, _, _ = server_view(lenet(0), digits, [5, 9], known_labels=True, seed=0)
+    a = DLG(starts=2, engine="vmap").run(view, Budget(3))
+    b = DLG(starts=2, engine="loop").run(view, Budget(3))
+    assert torch.equal(a.images, b.images)
+
+
+def test_an_interrupted_attack_keeps_a_result(digits):
+    import threading
+
+    view, bx, by = server_view(lenet(0), digits, [0, 1], known_labels=True)
+    stop = threading.Event()
+    stop.set()
+    rec = InvertingGradients().run(view, Budget(100, None, stop))
+    assert rec.stopped == "interrupted" and rec.iterations == 0
+    assert rec.images.shape == bx.shape
+    rec = DLG().run(view, Budget(100, None, stop))
+    assert rec.stopped == "interrupted" and rec.images.shape == bx.shape

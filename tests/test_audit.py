@@ -1,0 +1,347 @@
+"""``fedguard audit`` end to end: the report, its formats, the exit codes and every bad input.
+
+Runs the real command through click's CliRunner (and :func:`fedguard.audit.audit`
+for the Python API) on the shipped 8x8 digits with the DLG LeNet built for
+``1,8,8`` inputs, with small ``--max-iterations`` so that the whole module runs
+in seconds. On this setting DLG rebuilds a batch of two at 55-80 dB within a
+few L-BFGS steps (measured, see ``tests/test_attacks.py``), so the audit
+leaks ``high``; label counts alone leak ``low`` and iDLG alone ``medium``.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedguard.cli import main
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "reports" / "schemas" / "audit-report.schema.json"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--arch", "lenet", "--input-shape", "1,8,8"]
+FAST = ["--max-iterations", "30", "--time-budget", "60"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster on a busy machine (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["audit", *[str(a) for a in args]], catch_exceptions=True)
+
+
+def assert_no_crash(result) -> None:
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+
+
+def assert_input_error(result) -> str:
+    """Exit 2, nothing on stdout, exactly one line on stderr: the problem and what to do."""
+    assert_no_crash(result)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and result.stderr.endswith("\n"), result.stderr
+    assert lines[0].startswith("fedguard: error: "), lines[0]
+    return lines[0]
+
+
+def digits_npz(path: Path, n: int = 6, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` digits from ``start`` as an .npz (float 0-1, N,H,W); returns them as loaded."""
+    from fedguard.data import load_data
+
+    x, y = load_data("digits")
+    x, y = x[start : start + n], y[start : start + n]
+    np.savez(path, x=x[:, 0].numpy(), y=y.numpy())
+    return x, y
+
+
+def lenet8(seed: int = 0):
+    from fedguard.architectures import build_model
+
+    torch.manual_seed(seed)
+    return build_model("lenet", input_shape=(1, 8, 8))
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_json_report_validates_and_png_grids_are_written_next_to_it(workdir, schema):
+    out = workdir / "out" / "audit.json"
+    out.parent.mkdir()
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "2", *FAST, "--ig-tv", "0", "--format", "json", "-o", out)
+    assert_no_crash(result)
+    assert result.exit_code == 1, result.output  # DLG leaks high; --fail-on defaults to high
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == f"block: leakage high; report written to {out}"
+    report = json.loads(out.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(schema).validate(report)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+    assert report["verdict"] == "block"
+    assert report["fail_on"] == "high"
+    assert report["leakage"]["level"] == "high"
+    assert report["leakage"]["worst_attack"] in {"dlg", "inverting_gradients"}
+    assert report["data"]["batch_size"] == 2 and len(report["data"]["batch_indices"]) == 2
+    assert report["update"]["protocol"] == "fedsgd"
+    assert report["skipped"] == {"idlg": "iDLG needs a batch of one example (known to the server)"}
+    attacks = {a["name"]: a for a in report["attacks"]}
+    assert list(attacks) == ["label_counts", "dlg", "inverting_gradients"]  # label attacks first
+    for a in attacks.values():
+        for key in ("name", "psnr_mean", "psnr_max", "ssim_mean", "ssim_max", "label_accuracy", "seconds", "iterations"):
+            assert key in a
+        assert a["seconds"] >= 0 and a["iterations"] >= 0
+    counts = attacks["label_counts"]
+    assert counts["label_accuracy"] == 1.0 and counts["label_count_error"] == 0
+    assert counts["psnr_mean"] is None and counts["image_file"] is None
+    dlg = attacks["dlg"]
+    assert dlg["level"] == "high" and dlg["psnr_mean"] >= 40.0 and dlg["ssim_max"] >= 0.99
+    assert dlg["psnr_max"] >= dlg["psnr_mean"] and dlg["label_accuracy"] == 1.0
+    assert 1 <= dlg["iterations"] <= 30
+    ig = attacks["inverting_gradients"]
+    assert ig["iterations"] == 30 and ig["stopped"] == "max_iterations" and ig["psnr_mean"] is not None
+    for name in ("dlg", "inverting_gradients"):
+        assert attacks[name]["image_file"] == f"audit-{name}.png"
+        png = (out.parent / f"audit-{name}.png").read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 100
+    assert sorted(p.name for p in out.parent.iterdir()) == ["audit-dlg.png", "audit-inverting_gradients.png", "audit.json"]
+
+
+def test_text_report_on_stdout(workdir):
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "8", "--attack", "label_counts")
+    assert_no_crash(result)
+    assert result.exit_code == 0, result.output  # label counts leak low: pass at --fail-on high
+    text = result.stdout
+    assert text.splitlines()[0].startswith("PASS  leakage low")
+    assert "label_counts" in text and "1.00" in text
+    assert "\x1b[" not in text  # no colour when stdout is not a terminal
+    assert list(workdir.iterdir()) == []
+
+
+def test_html_report_embeds_the_grids(workdir):
+    out = workdir / "audit.html"
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "1", "--attack", "idlg", "--attack", "dlg",
+                    "--max-iterations", "20", "--format", "html", "-o", out)  # fmt: skip
+    assert_no_crash(result)
+    assert result.exit_code == 1
+    page = out.read_text(encoding="utf-8")
+    assert page.lstrip().lower().startswith("<!doctype html")
+    assert "data:image/png;base64," in page
+    assert "Deep Leakage from Gradients" in page and "iDLG" in page
+    assert (workdir / "audit-dlg.png").read_bytes().startswith(PNG_MAGIC)
+
+
+# --------------------------------------------------------------------------- verdicts and exit codes
+
+
+def test_fail_on_low_blocks_a_leaky_single_example(workdir):
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "1", "--attack", "idlg", "--attack", "dlg",
+                    "--max-iterations", "20", "--fail-on", "low", "--format", "json")  # fmt: skip
+    assert_no_crash(result)
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "block" and report["leakage"]["level"] == "high"
+    assert report["leakage"]["by_attack"] == {"idlg": "medium", "dlg": "high"}
+
+
+@pytest.mark.parametrize(
+    "args, code, verdict, level",
+    [
+        (["--batch-size", "1", "--attack", "idlg"], 0, "warn", "medium"),  # one level below --fail-on high
+        (["--batch-size", "1", "--attack", "idlg", "--fail-on", "medium"], 1, "block", "medium"),
+        (["--batch-size", "8", "--attack", "label_counts"], 0, "pass", "low"),
+        (["--batch-size", "8", "--attack", "label_counts", "--fail-on", "low"], 1, "block", "low"),
+    ],
+    ids=["idlg-warn", "idlg-block", "counts-pass", "counts-block"],
+)
+def test_exit_code_follows_the_verdict(workdir, args, code, verdict, level):
+    result = invoke(*TINY, "--data", "digits", *args, "--format", "json")
+    assert_no_crash(result)
+    assert result.exit_code == code, result.output
+    report = json.loads(result.stdout)
+    assert (report["verdict"], report["leakage"]["level"]) == (verdict, level)
+
+
+def test_quiet_prints_nothing(workdir):
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "1", "--attack", "idlg", "-q", "--fail-on", "medium")
+    assert result.exit_code == 1
+    assert result.output == ""
+
+
+def test_audit_of_an_update_computed_elsewhere(workdir, schema):
+    from fedguard.update import compute_update
+
+    x, y = digits_npz(workdir / "batch.npz", n=4, start=20)
+    model = lenet8(3)
+    torch.save(model.state_dict(), workdir / "global.pt")
+    upd = compute_update(model, x, y)
+    torch.save(dict(upd.tensors), workdir / "update.pt")
+    result = invoke("--model", "global.pt", *TINY, "--data", "batch.npz", "--update", "update.pt",
+                    "--attack", "label_counts", "--attack", "dlg", *FAST, "--format", "json")  # fmt: skip
+    assert_no_crash(result)
+    report = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(schema).validate(report)
+    assert report["update"]["source"] == "update.pt"
+    assert report["data"]["batch_indices"] == [0, 1, 2, 3]
+    assert report["model"]["path"] == "global.pt" and len(report["model"]["sha256"]) == 64
+    attacks = {a["name"]: a for a in report["attacks"]}
+    assert attacks["label_counts"]["label_count_error"] == 0
+    assert attacks["dlg"]["psnr_mean"] >= 30.0
+    assert result.exit_code == 1
+
+
+# --------------------------------------------------------------------------- Python API: determinism, interruption
+
+
+def test_same_seed_same_numbers_other_seed_other_batch():
+    from fedguard.audit import audit
+
+    def run(seed):
+        # engines pinned: "auto" times vmap against loop, which round differently (see test_attacks.py)
+        r = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["inverting_gradients", "dlg"],
+                  max_iterations=8, time_budget=None, seed=seed, device="cpu",
+                  attack_options={"dlg": {"engine": "vmap"}, "inverting_gradients": {"engine": "loop"}})  # fmt: skip
+        return r, [(o.name, o.psnr_mean, o.ssim_mean, o.label_accuracy, o.iterations) for o in r.attacks]
+
+    a, numbers_a = run(0)
+    b, numbers_b = run(0)
+    assert numbers_a == numbers_b
+    assert a.data["batch_indices"] == b.data["batch_indices"]
+    assert [o.name for o in a.attacks] == ["dlg", "inverting_gradients"]  # audit order, whatever the request order
+    c, numbers_c = run(1)
+    assert c.data["batch_indices"] != a.data["batch_indices"]
+    assert numbers_c != numbers_a
+
+
+def test_a_set_stop_event_keeps_partial_results():
+    import threading
+
+    from fedguard.audit import audit
+
+    stop = threading.Event()
+    stop.set()
+    report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, stop=stop, device="cpu")
+    assert report.interrupted
+    assert report.attacks == ()
+    assert set(report.skipped) == {"label_counts", "idlg", "dlg", "inverting_gradients"}
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
+    torch.save(lenet8().state_dict(), workdir / "lenet8.pt")
+    line = assert_input_error(invoke("--model", "lenet8.pt", "--arch", "lenet", "--data", "digits"))
+    assert "features.0.weight" in line and "[12, 1, 5, 5]" in line and "[12, 3, 5, 5]" in line
+    line = assert_input_error(invoke("--model", "lenet8.pt", *TINY, "--num-classes", "5", "--data", "digits"))
+    assert "classifier.0.weight" in line and "[10, 48]" in line and "[5, 48]" in line
+    line = assert_input_error(invoke("--model", "lenet8.pt", "--arch", "mlp", "--input-shape", "1,8,8", "--data", "digits"))
+    assert "does not fit --arch mlp" in line
+
+
+@pytest.mark.parametrize(
+    "x, y, expected",
+    [
+        (np.random.default_rng(0).random((6, 64)).astype(np.float32), np.arange(6), "has shape (6, 64)"),
+        ((2 * np.random.default_rng(0).random((6, 8, 8))).astype(np.float32), np.arange(6), "scale floats to [0, 1]"),
+        (np.full((6, 8, 8), np.nan, np.float32), np.arange(6), "NaN"),
+        (np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32), np.arange(6), "3-channel"),
+        (np.zeros((6, 8, 8), np.uint8), np.arange(4), "4 labels but x has 6"),
+        (np.zeros((6, 8, 8), np.uint8), np.arange(6) - 1, "negative labels"),
+    ],
+    ids=["flat-x", "out-of-range", "nan", "channels", "label-count", "negative-label"],
+)
+def test_bad_data_file(workdir, x, y, expected):
+    np.savez(workdir / "bad.npz", x=x, y=y)
+    line = assert_input_error(invoke(*TINY, "--data", "bad.npz"))
+    assert "bad.npz" in line and expected in line, line
+
+
+def test_labels_out_of_range_for_the_model(workdir):
+    rng = np.random.default_rng(0)
+    np.savez(workdir / "d.npz", x=rng.random((6, 8, 8)).astype(np.float32), y=np.arange(6) + 7)
+    line = assert_input_error(invoke(*TINY, "--data", "d.npz"))
+    assert "labels up to 12" in line and "10 outputs" in line
+
+
+def test_batch_size_larger_than_the_data(workdir):
+    digits_npz(workdir / "d.npz", n=4)
+    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--batch-size", "8"))
+    assert "--batch-size 8" in line and "4 examples" in line
+    assert "--batch-size 0" in assert_input_error(invoke(*TINY, "--data", "d.npz", "--batch-size", "0"))
+
+
+def test_empty_and_missing_data(workdir):
+    (workdir / "empty").mkdir()
+    assert "empty" in assert_input_error(invoke(*TINY, "--data", "empty"))
+    (workdir / "classes" / "zero").mkdir(parents=True)
+    assert "has no images" in assert_input_error(invoke(*TINY, "--data", "classes"))
+    assert "does not exist" in assert_input_error(invoke(*TINY, "--data", "missing.npz"))
+
+
+def test_unknown_attack_lists_the_valid_ones(workdir):
+    line = assert_input_error(invoke(*TINY, "--data", "digits", "--attack", "dlg", "--attack", "bogus"))
+    assert "'bogus'" in line
+    for name in ("label_counts", "idlg", "dlg", "inverting_gradients"):
+        assert name in line
+
+
+def test_missing_model_and_update_files(workdir):
+    line = assert_input_error(invoke("--model", "nothere.pt", *TINY, "--data", "digits"))
+    assert "--model nothere.pt" in line and "does not exist" in line
+    digits_npz(workdir / "d.npz", n=4)
+    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "nothere.pt"))
+    assert "--update nothere.pt" in line and "does not exist" in line
+
+
+def test_update_that_does_not_fit_the_model(workdir):
+    digits_npz(workdir / "d.npz", n=4)
+    params = dict(lenet8().named_parameters())
+    torch.save({k: torch.zeros(3) for k in params}, workdir / "wrong-shape.pt")
+    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "wrong-shape.pt"))
+    assert "features.0.weight" in line and "[3]" in line and "[12, 1, 5, 5]" in line
+    torch.save({k: torch.zeros_like(v) for k, v in list(params.items())[:-1]}, workdir / "missing.pt")
+    assert "classifier.0.bias" in assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "missing.pt"))
+    torch.save({k: torch.zeros_like(v) for k, v in params.items()}, workdir / "ok.pt")
+    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "ok.pt", "--batch-size", "2"))
+    assert "4 examples" in line and "--batch-size is 2" in line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--max-iterations", "0"], "--max-iterations"),
+        (["--time-budget", "-1"], "--time-budget"),
+        (["--protocol", "fedavg", "--local-steps", "0"], "--local-steps"),
+        (["--protocol", "fedavg", "--local-batch-size", "9"], "--local-batch-size 9"),
+        (["--input-shape", "1,8"], "input shape"),
+        (["-o", "digits.npz"], "also an input"),
+    ],
+    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input"],
+)
+def test_bad_options(workdir, args, expected):
+    digits_npz(workdir / "digits.npz", n=8)
+    line = assert_input_error(invoke(*TINY, "--data", "digits.npz", *args))
+    assert expected in line, line
