@@ -29,6 +29,11 @@ class FedguardGroup(click.Group):
         except InputError as exc:
             click.echo(f"fedguard: error: {exc}", err=True)
             ctx.exit(EXIT_INPUT)
+        except click.UsageError as exc:  # an option click itself rejects: one line too, with where to look
+            command = exc.ctx.command_path if exc.ctx is not None else "fedguard"
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            click.echo(f"fedguard: error: {message}; see '{command} --help'", err=True)
+            ctx.exit(EXIT_INPUT)
         except KeyboardInterrupt:
             click.echo("fedguard: interrupted", err=True)
             ctx.exit(130)

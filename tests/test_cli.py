@@ -449,3 +449,20 @@ def test_end_to_end_input_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("fedguard: error: "), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["inspect", "model.pt", "--format", "bogus"], "Invalid value for '--format'"),
+        (["audit", "--data", "digits"], "Missing option '--arch'"),
+        (["disaggregate", "--users", "many"], "Invalid value for '--users'"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_option_errors_are_one_line(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedguard: error: ") and message in lines[0]
+    assert "--help'" in lines[0]
