@@ -33,6 +33,7 @@ from torch import nn
 
 import fedguard
 from fedguard.errors import InputError
+from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
 from fedguard.update import Update, compute_update, load_update, resolve_device
@@ -239,6 +240,33 @@ def _label_seed(view: ServerView, done: dict[str, Any]) -> tuple[torch.Tensor | 
     return labels, torch.as_tensor(counts), "recovered by label_counts"
 
 
+def _exposure(
+    upd: Update,
+    federation: FederationSettings,
+    seed: int,
+    time_budget: float | None,
+    stop: threading.Event,
+    progress: AuditProgress | None,
+) -> dict[str, Any]:
+    """The exposure section: this update among simulated peers (see :mod:`fedguard.exposure`)."""
+    vector = torch.cat([t.detach().reshape(-1).double().cpu() for t in upd.tensors.values()]).numpy()
+    name = "exposure"
+    scenarios = len(what_ifs(federation))
+    if progress is not None:
+        progress.start(name, scenarios, time_budget)
+    seen: list[str] = []
+
+    def step(label: str) -> None:
+        seen.append(label)
+        if progress is not None:
+            progress.update(name, len(seen) - 1, scenarios, {})
+
+    result = client_exposure(vector, federation, seed=seed, budget=time_budget, stop=stop.is_set, progress=step)
+    if progress is not None:
+        progress.finish(name, "interrupted" if stop.is_set() else "done")
+    return result.to_dict()
+
+
 def audit(
     model: str | os.PathLike | nn.Module | Mapping[str, torch.Tensor] | None = None,
     *,
@@ -262,6 +290,7 @@ def audit(
     attack_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: AuditProgress | None = None,
     stop: threading.Event | None = None,
+    federation: FederationSettings | None = None,
 ) -> AuditReport:
     """Compute the pending update, attack it as the server would, and measure what leaks.
 
@@ -305,6 +334,14 @@ def audit(
     stop : threading.Event, optional
         Set it (or press Ctrl-C in the main thread) to stop after the current
         iteration; the report keeps the partial results and says ``interrupted``.
+    federation : FederationSettings, optional
+        The federation the update goes to (users per round, participation,
+        count window, rounds the update stays the same, noise on the sums).
+        When given, the report gets an ``exposure`` section: after how many
+        rounds gradient disaggregation recovers this update from securely
+        aggregated sums, and how DP noise, coarser counts or rarer
+        participation change that (:mod:`fedguard.exposure`). Bounded by
+        ``time_budget`` like an attack.
 
     Returns
     -------
@@ -446,6 +483,10 @@ def audit(
             if cls.kind == "labels" and view.labels is None and rec.labels is not None and len(rec.labels) == B:
                 view = dataclasses.replace(view, labels=rec.labels.long(), label_counts=rec.label_counts, label_source=f"recovered by {name}")
 
+    exposure = None
+    if federation is not None and not stop.is_set():
+        exposure = _exposure(upd, federation, seed, time_budget, stop, progress)
+
     from fedguard.metrics import THRESHOLDS
 
     by_attack = {o.name: o.level for o in outcomes}
@@ -492,6 +533,7 @@ def audit(
         seconds=time.perf_counter() - t_start,
         interrupted=stop.is_set(),
         tool_version=fedguard.__version__,
+        exposure=exposure,
         true_images=batch_x,
         true_labels=batch_y,
     )

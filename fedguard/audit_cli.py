@@ -135,6 +135,12 @@ def _formats() -> list[str]:
 @click.option("--dlg-starts", type=click.IntRange(min=1), help="DLG: random starts (default 4).")
 @click.option("--ig-restarts", type=click.IntRange(min=1), help="Inverting Gradients: restarts (default 2).")
 @click.option("--ig-tv", type=click.FloatRange(min=0), help="Inverting Gradients: total-variation weight (default 0.01).")
+@click.option("--exposure/--no-exposure", default=True, show_default=True, help="Also measure after how many rounds secure aggregation stops hiding this update (gradient disaggregation on simulated peers).")
+@click.option("--users-per-round", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: clients aggregated per round.")
+@click.option("--participation", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")
+@click.option("--count-window", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: rounds per window of published participation counts.")
+@click.option("--stable-rounds", type=click.IntRange(min=1), default=200, show_default=True, help="Exposure: rounds your update stays (nearly) the same.")
+@click.option("--aggregate-noise", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
 @click.option("--format", "fmt", type=click.Choice(_formats()), default="text", show_default=True, help="Output format.")
@@ -143,17 +149,21 @@ def _formats() -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
                   update, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
+                  exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise,
                   seed, device, fmt, output, fail_on, quiet):
     """Attack your own pending update as the server could, and measure what leaks.
 
     Computes the update training would upload (or reads --update), runs the
     gradient-inversion attacks a curious server would run (label counts, iDLG,
     DLG, Inverting Gradients), and matches what they rebuild to your true
-    batch (PSNR, SSIM, label accuracy). Ctrl-C stops cleanly and keeps partial
-    results.
+    batch (PSNR, SSIM, label accuracy). Then, unless --no-exposure, it places
+    your update among simulated peers and reports after how many rounds
+    gradient disaggregation would single it out of securely aggregated sums.
+    Ctrl-C stops cleanly and keeps partial results.
     """
     from fedguard.architectures import parse_input_shape
     from fedguard.audit import audit
+    from fedguard.exposure import FederationSettings
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports.audit_base import grid_png, render_audit
     from fedguard.threat import ThreatModel
@@ -168,6 +178,10 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     ig = {k: v for k, v in (("restarts", ig_restarts), ("tv", ig_tv)) if v is not None}
     if ig:
         options["inverting_gradients"] = ig
+    federation = FederationSettings(
+        users_per_round=users_per_round, participation=participation, window=count_window,
+        stable_rounds=stable_rounds, noise=aggregate_noise,
+    ) if exposure else None  # fmt: skip
     show = not quiet and sys.stderr.isatty()
     stop = threading.Event()
     with (_Bars() if show else _Quiet(echo=not quiet)) as bars:
@@ -176,6 +190,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
             protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
             update=update, attacks=list(attacks) or None, max_iterations=max_iterations, time_budget=time_budget,
             threat=threat, seed=seed, device=device, fail_on=fail_on, attack_options=options, progress=bars, stop=stop,
+            federation=federation,
         )  # fmt: skip
     images: dict[str, bytes] = {}
     outcomes = []

@@ -57,6 +57,7 @@ __all__ = [
     "Scenario",
     "client_exposure",
     "exposure",
+    "what_ifs",
 ]
 
 #: Relative error below which a recovered update counts as the client's update.
@@ -132,6 +133,8 @@ class Exposure:
     client's participation column was recovered ``exact`` *and* its update to
     within ``target_error`` relative error; None when that never happened
     within ``max_rounds``. ``points`` are the prefixes tested (ascending).
+    ``complete`` is False when a deadline cut the search short: a
+    ``rounds_to_exposure`` found is then an upper bound, a None undecided.
     """
 
     users: int
@@ -146,9 +149,11 @@ class Exposure:
     points: tuple[ExposurePoint, ...]
     seed: int
     seconds: float
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "complete": self.complete,
             "users": self.users,
             "users_per_round": self.users_per_round,
             "participation": self.participation,
@@ -199,6 +204,7 @@ def exposure(
     target_error: float = TARGET_ERROR,
     time_limit: float = 5.0,
     workers: int | None = None,
+    deadline: float | None = None,
     progress: Callable[[ExposurePoint], None] | None = None,
 ) -> Exposure:
     """After how many rounds does a client's individual update become recoverable?
@@ -213,7 +219,9 @@ def exposure(
     rounds for growing ``t`` (multiples of ``window``); the client is exposed
     at the first ``t`` where its column is recovered ``exact`` and its update
     to within ``target_error`` relative error. Prefixes are tested by doubling
-    then bisection, assuming more rounds never help the client.
+    then bisection, assuming more rounds never help the client. No new
+    prefix is attacked after ``deadline`` (a :func:`time.perf_counter` value);
+    the result then says ``complete=False``.
 
     References
     ----------
@@ -277,12 +285,19 @@ def exposure(
     def exposed(p: ExposurePoint) -> bool:
         return p.client_status == "exact" and math.isfinite(p.client_error) and p.client_error <= target_error
 
+    def late() -> bool:
+        return deadline is not None and bool(tested) and time.perf_counter() >= deadline
+
     grid = [t for t in range(window, rounds + 1, window) if t > users]
     found: int | None = None
+    complete = True
     if grid:
         # Doubling over the grid, then bisection between the last miss and the first hit.
         lo, i, step, hi = -1, 0, 1, None
         while True:
+            if late():
+                complete = False
+                break
             if exposed(attack(grid[i])):
                 hi = i
                 break
@@ -293,6 +308,9 @@ def exposure(
             step *= 2
         if hi is not None:
             while hi - lo > 1:
+                if late():
+                    complete = False
+                    break
                 mid = (lo + hi) // 2
                 if exposed(attack(grid[mid])):
                     hi = mid
@@ -303,7 +321,7 @@ def exposure(
         users=users, users_per_round=float(users_per_round), participation=float(participation),
         window=int(window), dim=dim, noise=float(noise), max_rounds=rounds, target_error=float(target_error),
         rounds_to_exposure=found, points=tuple(tested[t] for t in sorted(tested)), seed=int(seed),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, complete=complete,
     )
 
 
@@ -361,8 +379,8 @@ class ClientExposure:
         }
 
 
-def _what_ifs(settings: FederationSettings) -> list[tuple[str, str, FederationSettings]]:
-    """The configured federation, then one defence at a time."""
+def what_ifs(settings: FederationSettings) -> list[tuple[str, str, FederationSettings]]:
+    """``(label, change, settings)``: the configured federation, then one defence at a time."""
     rows = [("as configured", "", settings)]
     for sigma in (0.1, 1.0):
         if sigma > settings.noise:
@@ -391,6 +409,8 @@ def client_exposure(
 
     The configured federation always runs; each what-if runs while ``budget``
     seconds are left and ``stop()`` is false, else it is ``not run``.
+    A what-if that runs out of ``budget`` part-way keeps what it found (an
+    upper bound on the rounds, or ``not run`` with the rounds it reached).
     ``time_limit`` caps each user's integer program: a server with more
     compute can only do better, so ``rounds_to_exposure`` is an upper bound on
     when a determined server recovers the update. Integer programs run
@@ -399,7 +419,7 @@ def client_exposure(
     start = time.perf_counter()
     settings = settings or FederationSettings()
     scenarios: list[Scenario] = []
-    for label, change, what in _what_ifs(settings):
+    for label, change, what in what_ifs(settings):
         first = not scenarios
         if not first and stop is not None and stop():
             scenarios.append(Scenario(label, change, what, "not run", note="stopped"))
@@ -413,11 +433,18 @@ def client_exposure(
             result = exposure(
                 users_per_round=what.users_per_round, rounds=what.stable_rounds, window=what.window,
                 noise=what.noise, participation=what.participation, seed=seed, client_update=update,
-                time_limit=time_limit, workers=1,
+                time_limit=time_limit, workers=1, deadline=None if budget is None else start + budget,
             )
         except InputError as exc:
             scenarios.append(Scenario(label, change, what, "not identifiable", note=str(exc)))
+            continue
+        if result.rounds_to_exposure is not None:
+            note = None if result.complete else "upper bound: the time budget ended the search for the first round"
+            scenarios.append(Scenario(label, change, what, "exposed", result, note))
+        elif result.complete:
+            scenarios.append(Scenario(label, change, what, "not exposed", result))
         else:
-            outcome = "exposed" if result.rounds_to_exposure is not None else "not exposed"
-            scenarios.append(Scenario(label, change, what, outcome, result))
+            tried = max(p.rounds for p in result.points)
+            scenarios.append(Scenario(label, change, what, "not run", result,
+                                      f"time budget of {budget:g} s spent; not exposed up to {tried} rounds"))
     return ClientExposure(tuple(scenarios), TARGET_ERROR, time.perf_counter() - start)

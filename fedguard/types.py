@@ -276,6 +276,8 @@ class AuditReport:
 
     ``true_images`` (the private batch, for the PNG grids and the HTML page) is
     kept in memory only; the JSON report never contains pixel data.
+    ``exposure`` is :meth:`fedguard.exposure.ClientExposure.to_dict` (None when
+    not asked for): whether secure aggregation hides this update across rounds.
     """
 
     verdict: AuditVerdict
@@ -291,6 +293,7 @@ class AuditReport:
     seconds: float
     interrupted: bool = False
     tool_version: str = ""
+    exposure: Mapping[str, Any] | None = None
     true_images: Any = field(default=None, repr=False, compare=False)
     true_labels: Any = field(default=None, repr=False, compare=False)
 

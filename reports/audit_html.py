@@ -10,6 +10,7 @@ autoescape. Layout::
     ├ Attacks ─────────────────────────────────────────────────────┤
     │ attack │ level │ PSNR │ SSIM │ labels │ iterations │ time    │
     ├ per attack: true images over reconstructions (PNG)           │
+    ├ Secure aggregation: rounds until disaggregation, what-ifs    │
     ├ Threat model │ Update │ Thresholds │ Skipped attacks         │
     └──────────────────────────────────────────────────────────────┘
 """
@@ -24,6 +25,7 @@ from typing import ClassVar, Mapping
 from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, fmt_num, register_audit_renderer
+from .audit_text import exposure_summary
 from .base import format_value
 from .html import _generated_at
 
@@ -57,6 +59,7 @@ class AuditHtmlRenderer(AuditRenderer):
         pictures = {name: "data:image/png;base64," + base64.b64encode(png).decode("ascii") for name, png in (images or {}).items()}
         return _environment().get_template(TEMPLATE).render(
             r=report,
+            exposure_summary=exposure_summary(report.exposure) if report.exposure is not None else None,
             pictures=pictures,
             generated=_generated_at(),
             tool_version=report.tool_version,

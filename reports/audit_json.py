@@ -23,6 +23,8 @@ the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
       ],
       "skipped": {"label_counts": "..."},
       "model": {...}, "data": {...}, "update": {...}, "threat": {...}, "config": {...},
+      "exposure": {"outcome": "exposed", "rounds_to_exposure": 30, "settings": {...},
+                   "scenarios": [{"label": "DP noise 1 on the sums", "outcome": "not exposed", ...}]},
       "seconds": 21.4
     }
 """
@@ -106,6 +108,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         "update": dict(report.update),
         "threat": dict(report.threat),
         "config": dict(report.config),
+        "exposure": None if report.exposure is None else dict(report.exposure),
         "seconds": report.seconds,
     }
     return json_safe(doc)

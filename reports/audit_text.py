@@ -13,6 +13,9 @@ Colour only when asked (the CLI asks only on a TTY). Sample output::
      inverting_gradients  medium   19.3 / 19.3     0.612 / 0.612   1.00     950     20.0 s   time_budget
 
     dlg: 3 of 4 random starts reached the high level (75 %)
+
+    secure aggregation: secure aggregation hides this update for only 30 rounds: with 10 users per round ...
+      what if DP noise 1 on the sums: not exposed
     grids: audit-dlg.png, audit-inverting_gradients.png
     levels per example, counted only 3 dB / 0.1 SSIM above the no-update baseline (mean 11.3 dB): high >= 25 dB ...
 """
@@ -98,6 +101,8 @@ class AuditTextRenderer(AuditRenderer):
                 )
         for name, why in report.skipped.items():
             console.print(Text(f"skipped {name}: {why}", style="dim"), soft_wrap=True)
+        if report.exposure is not None:
+            _exposure(console, report.exposure)
         files = [o.image_file for o in report.attacks if o.image_file]
         if files:
             console.print(f"grids: {', '.join(files)}", soft_wrap=True)
@@ -113,3 +118,28 @@ class AuditTextRenderer(AuditRenderer):
                 soft_wrap=True,
             )
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+def exposure_summary(exposure: Mapping) -> str:
+    """One sentence on the configured federation's exposure (also used by the HTML page)."""
+    st = exposure["settings"]
+    where = (f"{st['users_per_round']} users per round (participation {st['participation']:g}, {st['users']} in all), "
+             f"counts per {st['window']} rounds")
+    if exposure["outcome"] == "exposed":
+        return (f"secure aggregation hides this update for only {exposure['rounds_to_exposure']} rounds: with {where}, "
+                f"gradient disaggregation recovers it once it stays the same that long (it stays {st['stable_rounds']})")
+    if exposure["outcome"] == "not identifiable":
+        return f"with {where}, {st['stable_rounds']} stable rounds are too few for gradient disaggregation to single it out"
+    if exposure["outcome"] == "not exposed":
+        return f"with {where}, gradient disaggregation did not recover this update within {st['stable_rounds']} rounds"
+    return "the exposure analysis did not run"
+
+
+def _exposure(console: Console, exposure: Mapping) -> None:
+    console.print()
+    console.print(Text(f"secure aggregation: {exposure_summary(exposure)}"), soft_wrap=True)
+    for s in exposure["scenarios"][1:]:
+        rounds = s["rounds_to_exposure"]
+        result = f"exposed after {rounds} rounds" if rounds is not None else s["outcome"]
+        note = f" ({s['note']})" if s["outcome"] != "not identifiable" and s["note"] else ""
+        console.print(Text(f"  what if {s['label']}: {result}{note}", style="dim"), soft_wrap=True)

@@ -48,8 +48,10 @@ def schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, ["audit", *[str(a) for a in args]], catch_exceptions=True)
+def invoke(*args, exposure: bool = False):
+    """``fedguard audit ARGS``; the exposure analysis only when asked (it has its own tests)."""
+    extra = [] if exposure else ["--no-exposure"]
+    return CliRunner().invoke(main, ["audit", *[str(a) for a in args], *extra], catch_exceptions=True)
 
 
 def assert_no_crash(result) -> None:
@@ -91,7 +93,8 @@ def lenet8(seed: int = 0):
 def test_json_report_validates_and_png_grids_are_written_next_to_it(workdir, schema):
     out = workdir / "out" / "audit.json"
     out.parent.mkdir()
-    result = invoke(*TINY, "--data", "digits", "--batch-size", "2", *FAST, "--ig-tv", "0", "--format", "json", "-o", out)
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "2", *FAST, "--ig-tv", "0", "--format", "json", "-o", out,
+                    "--users-per-round", "3", "--stable-rounds", "40", exposure=True)
     assert_no_crash(result)
     assert result.exit_code == 1, result.output  # DLG leaks high; --fail-on defaults to high
     assert result.stdout == ""
@@ -345,3 +348,29 @@ def test_bad_options(workdir, args, expected):
     digits_npz(workdir / "digits.npz", n=8)
     line = assert_input_error(invoke(*TINY, "--data", "digits.npz", *args))
     assert expected in line, line
+
+
+# --------------------------------------------------------------------------- exposure to disaggregation
+
+
+def test_exposure_section_in_every_format(workdir, schema):
+    args = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts",
+            "--users-per-round", "3", "--participation", "0.5", "--count-window", "5", "--stable-rounds", "40")
+    out = workdir / "audit.json"
+    assert invoke(*args, "--format", "json", "-o", out, exposure=True).exit_code == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(schema).validate(report)
+    exposure = report["exposure"]
+    assert exposure["settings"]["users"] == 6 and exposure["settings"]["window"] == 5
+    assert exposure["outcome"] == "exposed" and 6 < exposure["rounds_to_exposure"] <= 40
+    labels = [s["label"] for s in exposure["scenarios"]]
+    assert labels == ["as configured", "DP noise 0.1 on the sums", "DP noise 1 on the sums",
+                      "counts per 25 rounds", "participation 0.25"]
+    text = invoke(*args, exposure=True).stdout
+    assert "secure aggregation hides this update for only" in text and "what if DP noise 1 on the sums" in text
+    html = workdir / "audit.html"
+    assert invoke(*args, "--format", "html", "-o", html, exposure=True).exit_code == 0
+    assert "Secure aggregation across rounds" in html.read_text(encoding="utf-8")
+    off = workdir / "off.json"
+    assert invoke(*args, "--format", "json", "-o", off).exit_code == 0
+    assert json.loads(off.read_text(encoding="utf-8"))["exposure"] is None
