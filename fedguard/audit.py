@@ -96,7 +96,9 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: s
     module.load_state_dict(state, strict=False)
 
 
-def _model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
+    or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
     from fedguard.architectures import build_model, resolve_input_shape
     from fedguard.inspect import build_expected_module, name_by_architecture
     from fedguard.loading import load_model_file
@@ -379,7 +381,7 @@ def audit(
     threat = threat or ThreatModel()
     dev = resolve_device(device)
 
-    module, model_info = _model(model, arch, num_classes, input_shape, seed)
+    module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
     n_out = _outputs(module, x_all)
     if int(y_all.max()) >= n_out or int(y_all.min()) < 0:

@@ -126,10 +126,12 @@ def demo_command(output_dir):
 
 
 from fedguard.audit_cli import audit_command  # noqa: E402  (``fedguard audit``: self-attack the pending update)
+from fedguard.craft_cli import craft_command  # noqa: E402  (``fedguard craft``: red-team models)
 from fedguard.disaggregate_cli import disaggregate_command  # noqa: E402  (``fedguard disaggregate``)
 
 main.add_command(audit_command)
 main.add_command(disaggregate_command)
+main.add_command(craft_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,129 @@
+"""The ``fedguard craft`` command: write the malicious global model a dishonest server would send.
+
+For red-teaming your own pipeline: craft ``ATTACK`` for your architecture,
+then check that ``fedguard inspect`` (or your own defences) catch it. The
+crafters are :mod:`fedguard.attacks.craft`; the file is a weights-only
+state_dict (``.pt``/``.pth``), ``.safetensors`` or ``.npz``, by the output's
+suffix. Exit codes: 0 = written; 2 = usage or input error (one line).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect as pyinspect
+import io
+from pathlib import Path
+
+import click
+
+from fedguard.errors import InputError
+
+SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
+#: Parameters every crafter takes; the rest are its options (``--set``).
+_COMMON = {"model", "input_shape", "num_classes", "data", "seed"}
+
+
+def _crafter_names() -> list[str]:
+    from fedguard.attacks.craft import CRAFTERS
+
+    return CRAFTERS.names()
+
+
+def crafter_options(name: str) -> dict[str, object]:
+    """The options of crafter ``name`` with their defaults."""
+    from fedguard.attacks.craft import CRAFTERS
+
+    params = pyinspect.signature(CRAFTERS.get(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON}
+
+
+def _parse_options(name: str, pairs: tuple[str, ...]) -> dict[str, object]:
+    valid = crafter_options(name)
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"--set {pair!r} is not KEY=VALUE; e.g. --set noise=0.01")
+        if key not in valid:
+            raise InputError(f"{name} has no option {key!r}; its options: {', '.join(valid) or 'none'}")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()  # a bare word such as paper or identity
+        options[key] = value
+    return options
+
+
+def serialise(state: dict, suffix: str) -> bytes:
+    """A state_dict as the bytes of a weights-only ``.pt``, a ``.safetensors`` or an ``.npz`` file."""
+    import numpy as np
+    import torch
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+
+        return save({k: v.clone() for k, v in tensors.items()})  # no shared storage in safetensors
+    buffer = io.BytesIO()
+    if suffix == ".npz":
+        np.savez(buffer, **{k: v.numpy() for k, v in tensors.items()})
+    else:
+        torch.save(tensors, buffer)
+    return buffer.getvalue()
+
+
+@click.command("craft")
+@click.argument("attack", metavar="ATTACK", type=click.Choice(_crafter_names()))
+@click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture to craft (as for `fedguard inspect`).")
+@click.option("--model", "model", type=click.Path(path_type=Path), help="Start from these weights (default: a fresh seeded initialisation of --arch).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off --model's head, else 10).")
+@click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
+@click.option("--data", metavar="SPEC", help="The server's public data, to calibrate bins and thresholds: digits, images, a folder, or an .npz with x and y.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="A crafter option (repeatable); --list-options shows them.")
+@click.option("--list-options", is_flag=True, help="List ATTACK's options and their defaults, then exit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initialisation and the crafter.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the crafted model: .pt, .pth, .safetensors or .npz (mode 0600).")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+def craft_command(attack, arch, model, num_classes, input_shape, data, settings, list_options, seed, output, force):
+    """Write the global model a malicious server would send for ATTACK (red-team your pipeline).
+
+    Crafters follow the papers: mkor (Wang et al. 2024), class_fishing and
+    feature_fishing (Wen et al. 2022), imprint (Fowl et al. 2022),
+    trap_weights (Boenisch et al. 2023), loki (Zhao et al. 2024), oversized_fc.
+    Then run `fedguard inspect OUTPUT --arch ARCH` to see it caught.
+    """
+    import torch
+
+    from fedguard.architectures import parse_input_shape, resolve_input_shape
+    from fedguard.attacks.craft import craft
+    from fedguard.audit import load_global_model
+    from fedguard.data import load_data
+    from fedguard.io import check_output_path, write_atomic
+
+    if list_options:
+        listing = ", ".join(f"{k}={v!r}" for k, v in crafter_options(attack).items()) or "none"
+        click.echo(f"{attack} options (defaults): {listing}")
+        return
+    if output is None:
+        raise InputError("give -o/--output, the file to write the crafted model to (.pt, .safetensors or .npz)")
+    suffix = output.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"--output {output} has suffix {output.suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
+    check_output_path(output, inputs=[model])
+    if output.exists() and not force:
+        raise InputError(f"--output {output} exists; choose another name or pass --force to overwrite it")
+    options = _parse_options(attack, settings)
+    shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape else None)
+    module, _ = load_global_model(model, arch, num_classes, shape, seed)
+    n_classes = num_classes
+    if n_classes is None:
+        with torch.no_grad():
+            n_classes = int(module.eval()(torch.zeros(1, *shape)).shape[-1])
+    public = load_data(data, input_shape=shape, limit=512, seed=seed)[0] if data else None
+    try:
+        crafted = craft(attack, module, input_shape=shape, num_classes=n_classes, data=public, seed=seed, **options)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{attack} cannot craft {arch} with these options: {exc}") from None
+    write_atomic(output, serialise(crafted.state_dict(), suffix))
+    click.echo(f"{attack}: crafted {arch} written to {output}; check it with: fedguard inspect {output} --arch {arch}", err=True)

@@ -1,0 +1,108 @@
+"""``fedguard craft``: every crafter's model, written for every built-in architecture, is caught by ``fedguard inspect``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedguard.attacks.craft import CRAFTERS
+from fedguard.cli import main
+from fedguard.loading import load_model_file
+
+#: Every built-in architecture.
+ARCHES = ("lenet", "lenet5", "convnet", "mlp", "resnet18", "mobilenet_v3_small", "vgg11", "vgg16")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("attack", CRAFTERS.names())
+def test_crafted_model_round_trips_and_is_caught(tmp_path, attack, arch):
+    out = tmp_path / f"{attack}.pt"
+    res = _run("craft", attack, "--arch", arch, "-o", out)
+    assert res.exit_code == 0, res.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    report = tmp_path / "report.json"
+    res = _run("inspect", out, "--arch", arch, "--format", "json", "-o", report)
+    assert res.exit_code == 1, res.output
+    doc = json.loads(report.read_text())
+    assert doc["verdict"] == "malicious", (attack, arch, [f["rule_id"] for f in doc["findings"]])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pth"])
+def test_formats_and_determinism(tmp_path, suffix):
+    a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+    for path in (a, b):
+        assert _run("craft", "imprint", "--arch", "convnet", "--data", "digits", "--seed", "3", "-o", path).exit_code == 0
+    ta, tb = load_model_file(a).tensors, load_model_file(b).tensors
+    assert list(ta) == list(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert any(k.startswith("imprint.") for k in ta)
+    res = _run("inspect", a, "--format", "json")
+    assert res.exit_code == 1 and json.loads(res.output)["verdict"] == "malicious"
+
+
+def test_options_and_seeds_change_the_model(tmp_path):
+    res = _run("craft", "mkor", "--arch", "lenet", "--list-options")
+    assert res.exit_code == 0 and "noise=0.0" in res.output
+    plain, noisy = tmp_path / "plain.pt", tmp_path / "noisy.pt"
+    assert _run("craft", "mkor", "--arch", "lenet", "-o", plain).exit_code == 0
+    assert _run("craft", "mkor", "--arch", "lenet", "--set", "noise=0.01", "-o", noisy).exit_code == 0
+    p, n = load_model_file(plain).tensors, load_model_file(noisy).tensors
+    assert any(not torch.equal(p[k], n[k]) for k in p)
+
+
+def test_from_given_weights(tmp_path):
+    from fedguard.architectures import build_model
+
+    torch.manual_seed(5)
+    base = tmp_path / "global.pt"
+    torch.save(build_model("lenet5").state_dict(), base)
+    out = tmp_path / "evil.npz"
+    assert _run("craft", "class_fishing", "--arch", "lenet5", "--model", base, "-o", out).exit_code == 0
+    with np.load(out) as arrays:
+        assert set(arrays.files) == set(load_model_file(base).tensors)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["craft", "no_such_attack", "--arch", "lenet", "-o", "x.pt"], "Invalid value for 'ATTACK'"),
+        (["craft", "mkor", "--arch", "lenet"], "give -o/--output"),
+        (["craft", "mkor", "--arch", "lenet", "-o", "x.onnx"], "use one of .pt, .pth, .safetensors, .npz"),
+        (["craft", "mkor", "--arch", "lenet", "--set", "bogus=1", "-o", "x.pt"], "mkor has no option 'bogus'"),
+        (["craft", "mkor", "--arch", "lenet", "--set", "noise", "-o", "x.pt"], "is not KEY=VALUE"),
+        (["craft", "mkor", "--arch", "no_such_net", "-o", "x.pt"], "no_such_net"),
+        (["craft", "mkor", "--arch", "lenet", "--model", "missing.pt", "-o", "x.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    res = _run(*args)
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedguard: error:") and message in lines[0], res.output
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_never_overwrites_without_force(tmp_path):
+    out = tmp_path / "evil.pt"
+    out.write_bytes(b"mine")
+    res = _run("craft", "mkor", "--arch", "lenet", "-o", out)
+    assert res.exit_code == 2 and "--force" in res.output
+    assert out.read_bytes() == b"mine"
+    assert _run("craft", "mkor", "--arch", "lenet", "-o", out, "--force").exit_code == 0
+    assert out.read_bytes() != b"mine"
