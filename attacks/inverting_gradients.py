@@ -21,7 +21,8 @@ other when that is faster for the model on this device: see
 respect to the simulated update in closed form, and fits the learning-rate
 schedule to the time budget: when ``--time-budget`` would end the run before
 ``--max-iterations``, the decays are placed at 3/8, 5/8 and 7/8 of the
-iterations that fit, measured after the first few.
+iterations that fit, from the speed measured between iterations 5 and 15
+(the first few carry one-time costs and would under-plan the run).
 
 Labels are fixed to those the server knows or recovered (iDLG for one
 example, label counts for a batch).
@@ -55,8 +56,9 @@ MEAN, STD = 0.5, 0.25
 #: ResNet-18 in 1000 iterations where 0.2 over-smooths short runs (see docs/audit.md).
 DEFAULT_TV = 0.01
 DEFAULT_RESTARTS = 2
-#: Iterations measured before the schedule is fitted to the time budget.
-CALIBRATION_ITERATIONS = 5
+#: The schedule is fitted to the time budget from the speed between these two iterations
+#: (the first ones include one-time costs: engine choice, allocator and autograd warm-up).
+CALIBRATION_START, CALIBRATION_END = 5, 15
 
 
 def milestones(total: int) -> tuple[int, int, int]:
@@ -132,6 +134,7 @@ class InvertingGradients(Attack):
         stopped = None
         it = 0
         last_loss = torch.full((R,), float("nan"))
+        calibration_started = 0.0
         while True:
             reason = budget.check(it, loss=float(last_loss.min()) if it else float("nan"), planned=planned)
             if reason:
@@ -146,8 +149,10 @@ class InvertingGradients(Attack):
             it += 1
             for group in opt.param_groups:
                 group["lr"] = self.lr * 0.1 ** sum(it >= m for m in marks)
-            if it == CALIBRATION_ITERATIONS and budget.seconds is not None:
-                rate = it / max(budget.elapsed(), 1e-9)
+            if it == CALIBRATION_START:
+                calibration_started = time.perf_counter()
+            if it == CALIBRATION_END and budget.seconds is not None:
+                rate = (CALIBRATION_END - CALIBRATION_START) / max(time.perf_counter() - calibration_started, 1e-9)
                 fits = it + int(rate * budget.remaining() * 0.97)
                 if fits < planned:
                     planned = max(it + 1, fits)
