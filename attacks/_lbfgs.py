@@ -21,6 +21,23 @@ A start that meets a stopping test idles (evaluated, not moved) until the
 step ends; a start whose loss is not finite is frozen. :meth:`keep` drops
 starts (abandoned ones) to save their compute.
 
+Two options, off by default (torch's behaviour), make it fit gradient
+matching, whose loss falls over ten orders of magnitude (DLG):
+
+* ``safeguard=True`` -- a move that does not lower a start's loss (or makes
+  it non-finite) is undone and retried with a step ten times shorter, the
+  simplest backtracking; after three undone moves in a row the start's
+  curvature history is cleared (steepest descent, full step again), after
+  eight it idles until the next :meth:`step`, which starts it afresh. Without it, L-BFGS with unit steps and no
+  line search can jump from a good point (30 dB) to a diverged one
+  (loss 1e6) in one step;
+* ``scale_invariant=True`` -- the tests are relative: the loss change to
+  ``|loss|``, the gradient to the start's first gradient, and a curvature pair
+  is stored when ``s.y > 1e-10 |s| |y|``. torch's absolute tests
+  (``|change| < 1e-9``, ``s.y > 1e-10``) stop DLG on the DLG LeNet once
+  the gradient distance is about 1e-6 (20-25 dB on hard images), long
+  before it converges.
+
 References
 ----------
 Liu, D. C. & Nocedal, J. "On the limited memory BFGS method for large scale
@@ -59,6 +76,10 @@ class BatchedLBFGS:
         Evaluates every start; must not modify its argument.
     lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size
         As ``torch.optim.LBFGS``.
+    safeguard : bool
+        Undo and shorten moves that do not lower the loss (see the module docstring).
+    scale_invariant : bool
+        Relative stopping and curvature tests (see the module docstring).
     """
 
     def __init__(
@@ -72,6 +93,8 @@ class BatchedLBFGS:
         tolerance_grad: float = 1e-7,
         tolerance_change: float = 1e-9,
         history_size: int = 100,
+        safeguard: bool = False,
+        scale_invariant: bool = False,
     ):
         if x.dim() != 2:
             raise ValueError("x must be [K, n]")
@@ -99,7 +122,12 @@ class BatchedLBFGS:
         self.n_iter = 0
         self.evaluations = 0
         self.frozen = torch.zeros(K, dtype=torch.bool, device=dev)
+        self.safeguard = bool(safeguard)
+        self.scale_invariant = bool(scale_invariant)
+        self.shrink = torch.ones(K, device=dev, dtype=dt)  # step factor of the safeguard (1 after a good move)
+        self.undone = torch.zeros(K, dtype=torch.long, device=dev)  # undone moves in a row
         self.loss, self.g = self._evaluate(self.x)
+        self.g0 = self.g.abs().amax(dim=1).clamp_min(torch.finfo(dt).tiny)  # for the relative gradient test
 
     # ------------------------------------------------------------------ helpers
 
@@ -114,17 +142,30 @@ class BatchedLBFGS:
         g = g.detach().reshape(self.K, -1).to(self.x.dtype)
         bad = ~torch.isfinite(loss) | ~torch.isfinite(g).all(dim=1)
         if bad.any():
-            self.frozen |= bad
+            if not (self.safeguard and hasattr(self, "g0")):  # the safeguard undoes such moves instead
+                self.frozen |= bad
             loss = torch.where(bad, torch.full_like(loss, float("inf")), loss)
             g = torch.where(bad[:, None], torch.zeros_like(g), g)
         return loss, g
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the starts ``index`` (1-D long tensor), in that order."""
-        for name in ("x", "W", "SY", "YY", "age", "count", "H_diag", "d", "t", "frozen", "loss", "g"):
+        for name in ("x", "W", "SY", "YY", "age", "count", "H_diag", "d", "t", "frozen", "loss", "g", "shrink", "undone", "g0"):
             setattr(self, name, getattr(self, name)[index])
         if self.prev_g is not None:
             self.prev_g = self.prev_g[index]
+
+    def _forget(self, k: torch.Tensor) -> None:
+        """Clear the curvature history of starts ``k`` (1-D long tensor); they restart from steepest descent."""
+        self.W[k] = 0
+        self.SY[k] = 0
+        self.YY[k] = 0
+        self.age[k] = -1
+        self.count[k] = 0
+
+    def _grad_small(self, g: torch.Tensor) -> torch.Tensor:
+        gmax = g.abs().amax(dim=1)
+        return gmax <= self.tolerance_grad * (self.g0 if self.scale_invariant else 1.0)
 
     def _insert(self, s: torch.Tensor, y: torch.Tensor, accept: torch.Tensor, Wg: torch.Tensor, g: torch.Tensor) -> None:
         """Store (s, y) in the oldest slot of every accepting start; keep ``Wg = W g`` current."""
@@ -188,7 +229,13 @@ class BatchedLBFGS:
     def step(self, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
         """One ``optimizer.step(closure)`` of torch's LBFGS for every start; returns the loss [K]."""
         K = self.K
-        active = ~self.frozen & (self.g.abs().amax(dim=1) > self.tolerance_grad)
+        active = ~self.frozen & ~self._grad_small(self.g)
+        if self.safeguard:  # a start that gave up in the last step tries again from steepest descent, full step
+            stuck = self.undone >= 8
+            if bool(stuck.any()):
+                self._forget(torch.nonzero(stuck).flatten())
+                self.shrink = torch.where(stuck, torch.ones_like(self.shrink), self.shrink)
+                self.undone = torch.where(stuck, torch.zeros_like(self.undone), self.undone)
         evals = torch.ones(K, dtype=torch.long, device=self.x.device)
         inner = 0
         while bool(active.any()) and inner < self.max_iter:
@@ -203,35 +250,67 @@ class BatchedLBFGS:
                 y = g - self.prev_g
                 s = self.d * self.t[:, None]
                 ys = (y * s).sum(dim=1)
-                accept = active & (ys > 1e-10)
+                yy = (y * y).sum(dim=1)
+                if self.scale_invariant:
+                    accept = active & (ys > 1e-10 * torch.sqrt((s * s).sum(dim=1) * yy))
+                else:
+                    accept = active & (ys > 1e-10)
                 Wg = _rows_dot(self.W, g)
                 if bool(accept.any()):
                     self._insert(s, y, accept, Wg, g)
-                    yy = (y * y).sum(dim=1)
                     self.H_diag = torch.where(accept, (ys / yy).double(), self.H_diag)
                 d = self._direction(g, Wg)
                 t = torch.full((K,), self.lr, dtype=g.dtype, device=g.device)
+            if self.safeguard:
+                t = t * self.shrink
             # as torch: direction, step and previous gradient are stored before the descent test
             # (a start that fails it stays put from then on); idle starts keep theirs
             self.prev_g = torch.where(active[:, None], g, self.prev_g if self.prev_g is not None else g)
             self.d = torch.where(active[:, None], d, self.d)
             self.t = torch.where(active, t, self.t)
             gtd = (g * d).sum(dim=1)
-            active = active & (gtd <= -self.tolerance_change)
+            if self.scale_invariant:
+                active = active & (gtd < 0)
+            else:
+                active = active & (gtd <= -self.tolerance_change)
             if not bool(active.any()):
                 break
             step = self.d * self.t[:, None] * active[:, None]
+            x_prev = self.x
             self.x = self.x + step
             prev_loss = self.loss
             loss, g_new = self._evaluate(self.x)
             evals += active.long()
+            if self.safeguard:
+                undo = active & ~(loss < prev_loss)  # no decrease, or not finite
+                if bool(undo.any()):
+                    self.x = torch.where(undo[:, None], x_prev, self.x)
+                    loss = torch.where(undo, prev_loss, loss)
+                    g_new = torch.where(undo[:, None], self.g, g_new)
+                    self.shrink = torch.where(undo, self.shrink * 0.1, torch.ones_like(self.shrink))
+                    self.undone = torch.where(undo, self.undone + 1, torch.zeros_like(self.undone))
+                    reset = undo & (self.undone == 3)
+                    if bool(reset.any()):  # the curvature model misleads: steepest descent, full step
+                        self._forget(torch.nonzero(reset).flatten())
+                        self.shrink = torch.where(reset, torch.ones_like(self.shrink), self.shrink)
+                else:
+                    self.shrink = torch.where(active, torch.ones_like(self.shrink), self.shrink)
+                    self.undone = torch.where(active, torch.zeros_like(self.undone), self.undone)
+            else:
+                undo = torch.zeros_like(active)
             self.loss = torch.where(active, loss, self.loss)
             self.g = torch.where(active[:, None], g_new, self.g)
+            moved = active & ~undo
             active = active & ~self.frozen
             active = active & (evals < self.max_eval)
-            active = active & (self.g.abs().amax(dim=1) > self.tolerance_grad)
-            active = active & (step.abs().amax(dim=1) > self.tolerance_change)
-            active = active & ((self.loss - prev_loss).abs() >= self.tolerance_change)
+            active = active & ~(moved & self._grad_small(self.g))
+            if self.scale_invariant:
+                change = (self.loss - prev_loss).abs() >= self.tolerance_change * prev_loss.abs()
+                active = active & (~moved | change)
+                active = active & ~(undo & (self.undone >= 8))  # nothing lowers the loss: idle until the next step
+            else:
+                active = active & (step.abs().amax(dim=1) > self.tolerance_change)
+                active = active & ((self.loss - prev_loss).abs() >= self.tolerance_change)
             if should_stop is not None and should_stop():
                 break
         return self.loss
