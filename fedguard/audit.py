@@ -42,6 +42,9 @@ __all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE"
 
 #: Seconds each attack may run when ``time_budget`` is not given.
 DEFAULT_TIME_BUDGET = 20.0
+#: Seconds the exposure analysis may take at most (less when ``time_budget`` is smaller): the
+#: configured federation always runs (1-2 s at the defaults), what-ifs while time is left.
+EXPOSURE_BUDGET = 5.0
 DEFAULT_BATCH_SIZE = 8
 #: Public examples (the client's data outside the batch) the server stand-in may use.
 MAX_AUXILIARY = 512
@@ -254,8 +257,9 @@ def _exposure(
     vector = torch.cat([t.detach().reshape(-1).double().cpu() for t in upd.tensors.values()]).numpy()
     name = "exposure"
     scenarios = len(what_ifs(federation))
+    budget = EXPOSURE_BUDGET if time_budget is None else min(EXPOSURE_BUDGET, time_budget)
     if progress is not None:
-        progress.start(name, scenarios, time_budget)
+        progress.start(name, scenarios, budget)
     seen: list[str] = []
 
     def step(label: str) -> None:
@@ -263,7 +267,7 @@ def _exposure(
         if progress is not None:
             progress.update(name, len(seen) - 1, scenarios, {})
 
-    result = client_exposure(vector, federation, seed=seed, budget=time_budget, stop=stop.is_set, progress=step)
+    result = client_exposure(vector, federation, seed=seed, budget=budget, stop=stop.is_set, progress=step)
     if progress is not None:
         progress.finish(name, "interrupted" if stop.is_set() else "done")
     return result.to_dict()
@@ -343,7 +347,7 @@ def audit(
         rounds gradient disaggregation recovers this update from securely
         aggregated sums, and how DP noise, coarser counts or rarer
         participation change that (:mod:`fedguard.exposure`). Bounded by
-        ``time_budget`` like an attack.
+        :data:`EXPOSURE_BUDGET` seconds (or ``time_budget`` when smaller).
 
     Returns
     -------

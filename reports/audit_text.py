@@ -14,7 +14,7 @@ Colour only when asked (the CLI asks only on a TTY). Sample output::
 
     dlg: 3 of 4 random starts reached the high level (75 %)
 
-    secure aggregation: secure aggregation hides this update for only 30 rounds: with 10 users per round ...
+    exposure across rounds: secure aggregation hides this update for only 30 rounds: with 10 users per round ...
       what if DP noise 1 on the sums: not exposed
     grids: audit-dlg.png, audit-inverting_gradients.png
     levels per example, counted only 3 dB / 0.1 SSIM above the no-update baseline (mean 11.3 dB): high >= 25 dB ...
@@ -137,7 +137,7 @@ def exposure_summary(exposure: Mapping) -> str:
 
 def _exposure(console: Console, exposure: Mapping) -> None:
     console.print()
-    console.print(Text(f"secure aggregation: {exposure_summary(exposure)}"), soft_wrap=True)
+    console.print(Text(f"exposure across rounds: {exposure_summary(exposure)}"), soft_wrap=True)
     for s in exposure["scenarios"][1:]:
         rounds = s["rounds_to_exposure"]
         result = f"exposed after {rounds} rounds" if rounds is not None else s["outcome"]
