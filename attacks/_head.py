@@ -1,4 +1,4 @@
-"""Finding the classification head (the last Linear layer a forward pass runs)."""
+"""Finding layers by execution order: the classification head (last Linear), the first layer."""
 
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Head:
-    """The last ``nn.Linear`` of the forward pass: its module name and parameter names."""
+    """A layer of the forward pass: its module name and parameter names."""
 
     name: str
-    module: nn.Linear
+    module: nn.Module
     weight: str
     bias: str | None
 
 
-def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: int | None = None) -> Head | None:
-    """The Linear layer that produces the logits, found with forward hooks (execution order).
-
-    Returns None when the model's last Linear layer does not output
-    ``num_classes`` values (the logits come from something else).
-    """
+def _execution_order(model: nn.Module, input_shape, device: torch.device, types: tuple[type, ...]) -> list[nn.Module]:
+    """Modules of ``types`` in the order one forward pass runs them (forward hooks, eval mode)."""
     order: list[nn.Module] = []
     hooks = [
         m.register_forward_hook(lambda mod, args, out: order.append(mod))
         for m in model.modules()
-        if isinstance(m, nn.Linear)
+        if isinstance(m, types)
     ]
     was_training = model.training
     model.eval()
@@ -39,12 +35,32 @@ def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: 
         for h in hooks:
             h.remove()
         model.train(was_training)
+    return order
+
+
+def _describe(model: nn.Module, layer: nn.Module) -> Head:
+    names = {id(m): n for n, m in model.named_modules()}
+    name = names[id(layer)]
+    prefix = f"{name}." if name else ""
+    return Head(name, layer, f"{prefix}weight", f"{prefix}bias" if getattr(layer, "bias", None) is not None else None)
+
+
+def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: int | None = None) -> Head | None:
+    """The Linear layer that produces the logits, found with forward hooks (execution order).
+
+    Returns None when the model's last Linear layer does not output
+    ``num_classes`` values (the logits come from something else).
+    """
+    order = _execution_order(model, input_shape, device, (nn.Linear,))
     if not order:
         return None
     last = order[-1]
     if num_classes is not None and last.out_features != num_classes:
         return None
-    names = {id(m): n for n, m in model.named_modules()}
-    name = names[id(last)]
-    prefix = f"{name}." if name else ""
-    return Head(name, last, f"{prefix}weight", f"{prefix}bias" if last.bias is not None else None)
+    return _describe(model, last)
+
+
+def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Head | None:
+    """The first Linear or convolution the input meets (None when there is none)."""
+    order = _execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    return _describe(model, order[0]) if order else None

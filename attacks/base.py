@@ -27,8 +27,8 @@ from fedguard.types import Reconstruction
 __all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES"]
 
 #: Modules that register the built-in attacks, in the order the audit runs them:
-#: label attacks first, because their labels seed the image attacks.
-BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "dlg", "inverting_gradients")
+#: label attacks first, because their labels seed the image attacks; analytic before optimisation.
+BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients")
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
 

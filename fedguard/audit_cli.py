@@ -155,7 +155,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
 
     Computes the update training would upload (or reads --update), runs the
     gradient-inversion attacks a curious server would run (label counts, iDLG,
-    DLG, Inverting Gradients), and matches what they rebuild to your true
+    analytic FC inversion, DLG, Inverting Gradients), and matches what they rebuild to your true
     batch (PSNR, SSIM, label accuracy). Then, unless --no-exposure, it places
     your update among simulated peers and reports after how many rounds
     gradient disaggregation would single it out of securely aggregated sums.

@@ -109,7 +109,10 @@ def test_json_report_validates_and_png_grids_are_written_next_to_it(workdir, sch
     assert report["leakage"]["worst_attack"] in {"dlg", "inverting_gradients"}
     assert report["data"]["batch_size"] == 2 and len(report["data"]["batch_indices"]) == 2
     assert report["update"]["protocol"] == "fedsgd"
-    assert report["skipped"] == {"idlg": "iDLG needs a batch of one example (known to the server)"}
+    assert report["skipped"] == {
+        "idlg": "iDLG needs a batch of one example (known to the server)",
+        "fc_inversion": "the input meets a convolution first, not a Linear layer (no ∇W/∇b identity on the input)",
+    }
     attacks = {a["name"]: a for a in report["attacks"]}
     assert list(attacks) == ["label_counts", "dlg", "inverting_gradients"]  # label attacks first
     for a in attacks.values():
@@ -248,7 +251,7 @@ def test_a_set_stop_event_keeps_partial_results():
     report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, stop=stop, device="cpu")
     assert report.interrupted
     assert report.attacks == ()
-    assert set(report.skipped) == {"label_counts", "idlg", "dlg", "inverting_gradients"}
+    assert set(report.skipped) == {"label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients"}
 
 
 # --------------------------------------------------------------------------- bad inputs
