@@ -16,7 +16,7 @@ import abc
 import importlib
 import struct
 import zlib
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
@@ -58,18 +58,6 @@ def audit_renderers() -> Registry[type[AuditRenderer]]:
 def render_audit(fmt: str, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
     """Render ``report`` as ``fmt`` (KeyError naming the valid formats when unknown)."""
     return audit_renderers().get(fmt)().render(report, color=color, images=images)
-
-
-def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
-    if value is None:
-        return "–"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if v != v:
-        return "nan"
-    return f"{v:.{digits}f}{suffix}"
 
 
 # --------------------------------------------------------------------------- PNG

@@ -32,7 +32,8 @@ from rich.text import Text
 
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
-from .audit_base import AuditRenderer, fmt_num, register_audit_renderer
+from .audit_base import AuditRenderer, register_audit_renderer
+from .base import fmt_num
 
 WIDTH = 110
 VERDICT_STYLE = {AuditVerdict.PASS: "bold green", AuditVerdict.WARN: "bold yellow", AuditVerdict.BLOCK: "bold white on red"}

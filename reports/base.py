@@ -152,3 +152,16 @@ def fired_rules(findings: Iterable[Finding], rules: Mapping[str, Rule]) -> list[
                 rule_id=finding.rule_id, name=finding.title, summary=finding.title, help="", reference=""
             )
     return [out[k] for k in sorted(out)]
+
+
+def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
+    """``value`` with ``digits`` decimals for tables; an en dash for None."""
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if v != v:
+        return "nan"
+    return f"{v:.{digits}f}{suffix}"

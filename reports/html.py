@@ -37,6 +37,7 @@ from .base import (
     SEVERITY_ORDER,
     Renderer,
     fired_rules,
+    fmt_num,
     format_value,
     register_renderer,
     severity_counts,
@@ -48,8 +49,8 @@ TEMPLATE = "inspect.html"
 
 
 @functools.lru_cache(maxsize=1)
-def _environment():
-    """The jinja2 environment, built on first use so other formats never import jinja2."""
+def template_environment():
+    """The jinja2 environment of every HTML page, built on first use so other formats never import jinja2."""
     import jinja2
 
     env = jinja2.Environment(
@@ -61,10 +62,11 @@ def _environment():
     )
     env.filters["value"] = format_value
     env.filters["thousands"] = lambda n: f"{int(n):,}"
+    env.filters["num"] = fmt_num
     return env
 
 
-def _generated_at() -> str:
+def generated_at() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch and epoch.strip().isdigit():
         when = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
@@ -89,14 +91,14 @@ def _page(reports: Sequence[InspectionReport], rules: Mapping[str, Rule], title:
     models = [_model(r, f"model-{i + 1}") for i, r in enumerate(reports)]
     every_finding = [f for r in reports for f in r.findings]
     versions = sorted({m["tool_version"] for m in models})
-    return _environment().get_template(TEMPLATE).render(
+    return template_environment().get_template(TEMPLATE).render(
         title=title,
         summary=summary,
         models=models,
         severities=[str(s) for s in SEVERITY_ORDER],
         fired=fired_rules(every_finding, rules),
         tool_version=", ".join(versions),
-        generated=_generated_at(),
+        generated=generated_at(),
     )
 
 

@@ -22,19 +22,15 @@ from click.testing import CliRunner
 
 from fedguard.cli import main
 
+from .cli_checks import assert_input_error, assert_no_crash
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "reports" / "schemas" / "audit-report.schema.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--arch", "lenet", "--input-shape", "1,8,8"]
 FAST = ["--max-iterations", "30", "--time-budget", "60"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and far faster on a busy machine (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -52,22 +48,6 @@ def invoke(*args, exposure: bool = False):
     """``fedguard audit ARGS``; the exposure analysis only when asked (it has its own tests)."""
     extra = [] if exposure else ["--no-exposure"]
     return CliRunner().invoke(main, ["audit", *[str(a) for a in args], *extra], catch_exceptions=True)
-
-
-def assert_no_crash(result) -> None:
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-
-
-def assert_input_error(result) -> str:
-    """Exit 2, nothing on stdout, exactly one line on stderr: the problem and what to do."""
-    assert_no_crash(result)
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and result.stderr.endswith("\n"), result.stderr
-    assert lines[0].startswith("fedguard: error: "), lines[0]
-    return lines[0]
 
 
 def digits_npz(path: Path, n: int = 6, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,8 @@ from torch import nn
 import fedguard
 from fedguard.cli import main
 
+from .cli_checks import assert_input_error, assert_no_crash
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "reports" / "schemas" / "inspect-report.schema.json"
 ANSI = "\x1b["
 
@@ -38,22 +40,6 @@ ANSI = "\x1b["
 
 def invoke(*args: str, env: dict | None = None):
     return CliRunner(env=env).invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_no_crash(result) -> None:
-    """The command ended through sys.exit, not an uncaught exception, and printed no traceback."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-
-
-def assert_input_error(result) -> str:
-    assert_no_crash(result)
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and result.stderr.endswith("\n"), result.stderr
-    assert lines[0].startswith("fedguard: error: "), lines[0]
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

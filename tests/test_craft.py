@@ -21,13 +21,7 @@ CIFAR = (3, 32, 32)
 ALL = ("mkor", "class_fishing", "feature_fishing", "imprint", "trap_weights", "loki", "oversized_fc")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

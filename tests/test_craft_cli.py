@@ -17,12 +17,7 @@ from fedguard.loading import load_model_file
 ARCHES = ("lenet", "lenet5", "convnet", "mlp", "resnet18", "mobilenet_v3_small", "vgg11", "vgg16")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(*args):
