@@ -35,7 +35,6 @@ How easy is it to break privacy in federated learning?" NeurIPS 2020.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import ClassVar
 

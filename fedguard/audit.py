@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import click
 
-from fedguard.errors import InputError
-
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
 WITHHOLD = {"batch-size": "batch_size", "local-schedule": "local_schedule", "public-data": "auxiliary_data"}

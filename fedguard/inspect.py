@@ -20,7 +20,7 @@ from torch import nn
 
 import fedguard
 from fedguard.detectors import DETECTORS, all_rules
-from fedguard.detectors.base import NEEDS_DATA, InspectContext
+from fedguard.detectors.base import InspectContext
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, load_model_file
 from fedguard.modelview import ModelView
