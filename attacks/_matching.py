@@ -270,10 +270,10 @@ class MatchingObjective:
         if self.engine == "vmap":
             try:
                 return self._vmap_eval(z, logits)
-            except (RuntimeError, NotImplementedError):
+            except RuntimeError:  # e.g. an op without a batching rule: fall back once, for good
                 if self.evaluations > 1:
                     raise
-                self.engine = "loop"  # an op without a batching rule: fall back once, for good
+                self.engine = "loop"
         return self._loop_eval(z, logits)
 
     def distance_only(self, z: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:

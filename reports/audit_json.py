@@ -32,14 +32,13 @@ the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 from __future__ import annotations
 
 import json
-from importlib import resources
 from typing import Any, ClassVar, Mapping
 
 import fedguard
 from fedguard.types import AttackOutcome, AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import json_safe
+from .base import json_safe, read_schema
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_FILE = "audit-report.schema.json"
@@ -116,8 +115,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
 
 def load_audit_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) this renderer's output satisfies."""
-    text = resources.files(__package__).joinpath("schemas").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
-    return json.loads(text)
+    return read_schema(SCHEMA_FILE)
 
 
 @register_audit_renderer("json")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
+import json
 from typing import Any, ClassVar, Iterable, Mapping
 
 import fedguard
@@ -165,3 +166,10 @@ def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
     if v != v:
         return "nan"
     return f"{v:.{digits}f}{suffix}"
+
+
+def read_schema(filename: str) -> dict[str, Any]:
+    """A JSON Schema shipped in ``fedguard.reports.schemas``, parsed."""
+    from importlib import resources
+
+    return json.loads(resources.files("fedguard.reports.schemas").joinpath(filename).read_text(encoding="utf-8"))

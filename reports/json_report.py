@@ -33,12 +33,11 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
 from __future__ import annotations
 
 import json
-from importlib import resources
 from typing import Any, ClassVar, Mapping
 
 from fedguard.types import InspectionReport, Rule
 
-from .base import Renderer, json_safe, register_renderer, severity_counts, sorted_findings, tool_version
+from .base import Renderer, json_safe, read_schema, register_renderer, severity_counts, sorted_findings, tool_version
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_FILE = "inspect-report.schema.json"
@@ -72,8 +71,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) this renderer's output satisfies."""
-    text = resources.files(__package__).joinpath("schemas").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
-    return json.loads(text)
+    return read_schema(SCHEMA_FILE)
 
 
 @register_renderer("json")

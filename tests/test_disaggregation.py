@@ -197,9 +197,10 @@ def test_cli_simulate_json(tmp_path):
 
 def _validate_schema(doc):
     jsonschema = pytest.importorskip("jsonschema")
-    from importlib import resources
+    from fedguard.reports.base import read_schema
+    from fedguard.reports.disaggregation_report import SCHEMA_FILE
 
-    schema = json.loads(resources.files("fedguard.reports.schemas").joinpath("disaggregate-report.schema.json").read_text())
+    schema = read_schema(SCHEMA_FILE)
     jsonschema.validate(doc, schema)
 
 
