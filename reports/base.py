@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import abc
 import enum
-import math
 import json
+import math
 from typing import Any, ClassVar, Iterable, Mapping
 
 import fedguard
