@@ -28,7 +28,7 @@ __all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN
 
 #: Modules that register the built-in attacks, in the order the audit runs them:
 #: label attacks first, because their labels seed the image attacks; analytic before optimisation.
-BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients")
+BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint")
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
@@ -112,6 +112,16 @@ class Attack(abc.ABC):
     kind: ClassVar[str]
     #: Iterations when ``--max-iterations`` is not given (0 for analytic attacks).
     default_iterations: ClassVar[int] = 0
+    #: Malicious-server emulators name the crafter (:mod:`fedguard.attacks.craft`) whose model the
+    #: audit builds for the client's architecture; the client's update is then computed under it
+    #: and the attack sees that model and that update. None for attacks on the model as received.
+    emulates: ClassVar[str | None] = None
+    #: Whether the audit runs it without ``--attack`` (emulators run on request).
+    default: ClassVar[bool] = True
+
+    def crafter_options(self) -> dict:
+        """Options for the crafter named by :attr:`emulates`."""
+        return {}
 
     def applies(self, view: ServerView) -> str | None:
         """None when the attack can run on ``view``; else why not (one phrase)."""

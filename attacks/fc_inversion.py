@@ -58,11 +58,12 @@ ACTIVE_FRACTION = 1e-6
 MAX_ROWS = 4096
 
 
-def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, batch_size: int, input_range=(0.0, 1.0)) -> tuple[torch.Tensor, dict]:
-    """``batch_size`` inputs recovered from a Linear layer's gradients ``[out, in]`` and ``[out]``.
+def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_range=(0.0, 1.0)) -> tuple[torch.Tensor, dict]:
+    """Inputs recovered from a Linear layer's gradients ``[out, in]`` and ``[out]``.
 
-    Returns the recovered rows ``[k, in]`` (``k <= batch_size``; fewer when
-    fewer distinct quotients exist) and the numbers behind them.
+    Returns the ``limit`` largest groups of agreeing in-range quotients as
+    rows ``[k, in]`` (``k <= limit``; fewer when fewer distinct quotients
+    exist) and the numbers behind them.
     """
     gw, gb = grad_w.double(), grad_b.double()
     scale = float(gb.abs().max()) if gb.numel() else 0.0
@@ -85,7 +86,7 @@ def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, batch_size: int, inp
         else:
             groups.append([j])
             centres.append(q)
-    order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))[:batch_size]
+    order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))[:limit]
     rows = torch.stack([quotients[groups[g]].mean(0) for g in order]) if order else torch.zeros(0, dim, dtype=gw.dtype)
     details = {
         "active_rows": int(len(active)),

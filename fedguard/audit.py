@@ -244,6 +244,32 @@ def _label_seed(view: ServerView, done: dict[str, Any]) -> tuple[torch.Tensor | 
     return labels, torch.as_tensor(counts), "recovered by label_counts"
 
 
+def _emulate(
+    crafter: str,
+    options: Mapping[str, Any],
+    view: ServerView,
+    upd: Update,
+    batch_x: torch.Tensor,
+    batch_y: torch.Tensor,
+    aux: tuple[torch.Tensor, torch.Tensor] | None,
+    seed: int,
+) -> ServerView:
+    """What a malicious server would see: the model crafted by ``crafter`` for this architecture, and
+    the client's update computed under it with the same protocol (the client's side, run here)."""
+    import copy
+
+    from fedguard.attacks.craft import craft
+
+    public = aux[0] if aux is not None and view.threat.auxiliary_data else None
+    with torch.random.fork_rng(devices=[]):
+        crafted = craft(crafter, copy.deepcopy(view.model).cpu(), input_shape=view.input_shape,
+                        num_classes=view.num_classes, data=public, seed=seed, **options).to(view.device)
+        evil = compute_update(crafted, batch_x.to(view.device), batch_y.to(view.device), protocol=upd.protocol,
+                              local_steps=upd.local_steps, local_lr=upd.local_lr,
+                              local_batch_size=upd.local_batch_size, seed=seed)
+    return dataclasses.replace(view, model=crafted, tensors=evil.tensors)
+
+
 def _exposure(
     upd: Update,
     federation: FederationSettings,
@@ -447,7 +473,8 @@ def audit(
 
     stop = stop or threading.Event()
     notify = progress.message if progress is not None else None
-    names = [n for n in reg.names() if n in requested] if requested else reg.names()  # label attacks first
+    # label attacks first; malicious-server emulators only when asked for
+    names = [n for n in reg.names() if n in requested] if requested else [n for n in reg.names() if reg.get(n).default]
     skipped: dict[str, str] = {}
     done: dict[str, Any] = {}
     outcomes: list[AttackOutcome] = []
@@ -464,7 +491,10 @@ def audit(
                 labels, counts, source = _label_seed(view, done)
                 if labels is not None:
                     view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
-            reason = attack.applies(view)
+            target = view
+            if cls.emulates is not None:
+                target = _emulate(cls.emulates, attack.crafter_options(), view, upd, batch_x, batch_y, aux, seed)
+            reason = attack.applies(target)
             if reason is not None:
                 skipped[name] = reason
                 continue
@@ -478,7 +508,7 @@ def audit(
                 (lambda d, t, f, n=name: progress.update(n, d, t, f)) if progress is not None else None,
             )
             torch.manual_seed(seed)
-            rec = attack.run(view, budget)
+            rec = attack.run(target, budget)
             if progress is not None:
                 progress.finish(name, rec.stopped)
             done[name] = rec

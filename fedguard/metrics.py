@@ -66,8 +66,11 @@ __all__ = [
     "image_level",
     "label_level",
     "verdict_for",
+    "recovered_fraction",
 ]
 
+#: A reconstruction at or above either counts as recovered (see :func:`recovered_fraction`).
+RECOVERED_PSNR, RECOVERED_SSIM = 30.0, 0.9
 #: PSNR of an exact reconstruction is infinite; reported values are capped here.
 PSNR_CAP = 100.0
 
@@ -152,6 +155,16 @@ def label_level(label_accuracy: float | None, batch_size: int) -> LeakageLevel:
     if batch_size == 1 and label_accuracy >= 1.0:
         return LeakageLevel.MEDIUM
     return LeakageLevel.LOW
+
+
+def recovered_fraction(samples, batch_size: int) -> float:
+    """Share of the batch rebuilt "exactly": PSNR >= :data:`RECOVERED_PSNR` dB or SSIM >= :data:`RECOVERED_SSIM`.
+
+    30 dB / 0.9 is where a reconstruction is the example for every purpose
+    (``benchmarks/leakage_thresholds.py``: SSIM 0.88-0.97, 100 % re-identified).
+    """
+    hits = sum(1 for s in samples if s.psnr >= RECOVERED_PSNR or (s.ssim == s.ssim and s.ssim >= RECOVERED_SSIM))
+    return hits / max(int(batch_size), 1)
 
 
 def verdict_for(level: LeakageLevel, fail_on: LeakageLevel) -> AuditVerdict:
@@ -296,6 +309,7 @@ def score(
         stopped=rec.stopped,
         starts=starts,
         start_success_rate=success_rate,
+        recovered_fraction=recovered_fraction(samples, B) if kind == "images" and rec.images is not None else None,
         details=details,
         images=ordered,
     )

@@ -254,6 +254,7 @@ class AttackOutcome:
     stopped: str
     starts: int | None = None
     start_success_rate: float | None = None
+    recovered_fraction: float | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     image_file: str | None = None
     images: Any = field(default=None, repr=False, compare=False)

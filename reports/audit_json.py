@@ -64,6 +64,7 @@ def _outcome(o: AttackOutcome) -> dict[str, Any]:
         "stopped": o.stopped,
         "starts": o.starts,
         "start_success_rate": o.start_success_rate,
+        "recovered_fraction": o.recovered_fraction,
         "image_file": o.image_file,
         "samples": [
             {

@@ -91,6 +91,8 @@ class AuditTextRenderer(AuditRenderer):
         else:
             console.print(Text("no attack ran", style="yellow"))
         for o in report.attacks:
+            if o.recovered_fraction:
+                console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)", soft_wrap=True)
             if o.starts and o.start_success_rate is not None:
                 k = round(o.start_success_rate * o.starts)
                 console.print(f"{o.name}: {k} of {o.starts} random starts reached the high level ({o.start_success_rate:.0%})", soft_wrap=True)
