@@ -17,8 +17,8 @@ client actually received).
 For a batch the server does not know which rows one example owns. Rows an
 example owns alone all give *that* example, so fedguard keeps the quotients
 that lie in the input range, merges those that agree (to
-:data:`MERGE_TOLERANCE` RMS, by greedy clustering on the ``k`` most strongly
-activated rows), and reports the ``batch_size`` largest groups: an exact
+:data:`MERGE_TOLERANCE` RMS with the first, most strongly activated, member
+of their group), and reports the ``batch_size`` largest groups: an exact
 example is a group of several identical quotients, a mixture a singleton.
 FedAvg updates are turned into one average gradient first (the quotient is
 then close, not exact, as the weights move during the local steps).
@@ -74,25 +74,23 @@ def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_ra
     slack = 1e-4 * (hi - lo)
     in_range = ((quotients >= lo - slack) & (quotients <= hi + slack)).all(dim=1)
     quotients = quotients[in_range]
-    groups: list[list[int]] = []
-    centres: list[torch.Tensor] = []
-    dim = quotients.shape[1] if quotients.ndim == 2 else 1
-    for j in range(len(quotients)):
-        q = quotients[j]
-        for g, c in enumerate(centres):
-            if float((q - c).pow(2).mean().sqrt()) <= MERGE_TOLERANCE * (hi - lo):
-                groups[g].append(j)
-                break
-        else:
-            groups.append([j])
-            centres.append(q)
-    order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))[:limit]
-    rows = torch.stack([quotients[groups[g]].mean(0) for g in order]) if order else torch.zeros(0, dim, dtype=gw.dtype)
+    dim = gw.shape[1]
+    if len(quotients):
+        # Each quotient joins the group of the first (most strongly activated) quotient that agrees with it.
+        rms = torch.cdist(quotients, quotients) / math.sqrt(dim)
+        leader = (rms <= MERGE_TOLERANCE * (hi - lo)).to(torch.int8).argmax(dim=0)
+        leaders, members = torch.unique(leader, return_inverse=True)
+        sizes = torch.bincount(members, minlength=len(leaders))
+        order = torch.argsort(-sizes, stable=True)[:limit]
+        rows = torch.stack([quotients[members == g].mean(0) for g in order.tolist()])
+        group_sizes, distinct = sizes[order].tolist(), len(leaders)
+    else:
+        rows, group_sizes, distinct = torch.zeros(0, dim, dtype=gw.dtype), [], 0
     details = {
         "active_rows": int(len(active)),
         "rows_in_range": int(in_range.sum()),
-        "distinct_quotients": len(groups),
-        "group_sizes": [len(groups[g]) for g in order],
+        "distinct_quotients": distinct,
+        "group_sizes": group_sizes,
     }
     return rows.clamp(lo, hi), details
 

@@ -1,0 +1,78 @@
+"""Analytic attacks cost about one backward pass: time as a ratio to one forward+backward on the batch.
+
+For ``fc_inversion`` (the MLP as received) and the ``imprint`` emulator
+(LeNet with the crafted block; the attack step only, not the client-side
+crafting), prints the attack's median time over repeats, the median time of
+one forward+backward of the same model on the same batch, and their ratio
+(target <= 3x).
+
+Usage: ``python benchmarks/analytic_speed.py [--repeats 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedguard.architectures import build_model, resolve_input_shape  # noqa: E402
+from fedguard.attacks.base import Budget  # noqa: E402
+from fedguard.attacks.fc_inversion import FCInversion  # noqa: E402
+from fedguard.attacks.imprint import ImprintEmulator  # noqa: E402
+from fedguard.audit import _emulate  # noqa: E402  (the audit's client-side step for emulators)
+from fedguard.data import load_data  # noqa: E402
+from fedguard.threat import ServerView, ThreatModel  # noqa: E402
+from fedguard.update import compute_update  # noqa: E402
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _view(arch: str, batch: int) -> tuple[ServerView, object, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    shape = resolve_input_shape(arch, None)
+    model = build_model(arch, input_shape=shape)
+    x, y = load_data("digits", input_shape=shape)
+    bx, by = x[:batch], y[:batch]
+    upd = compute_update(model, bx, by, protocol="fedsgd")
+    view = ServerView(model=model, tensors=upd.tensors, protocol="fedsgd", batch_size=batch, local_steps=None,
+                      local_lr=None, local_batch_size=None, num_classes=10, input_shape=tuple(shape),
+                      threat=ThreatModel(), device=torch.device("cpu"), labels=None)
+    return view, upd, bx, by
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    for attack, arch, batch in ((FCInversion(), "mlp", 1), (FCInversion(), "mlp", 16), (ImprintEmulator(), "lenet", 64)):
+        view, upd, bx, by = _view(arch, batch)
+        if attack.emulates is not None:
+            view = _emulate(attack.emulates, attack.crafter_options(), view, upd, bx, by, None, 0)
+        t_attack = _median_seconds(lambda: attack.run(view, Budget(1)), args.repeats)
+
+        def forward_backward():
+            view.model.zero_grad()
+            F.cross_entropy(view.model(bx), by).backward()
+
+        t_fb = _median_seconds(forward_backward, args.repeats)
+        print(f"{attack.name:<13} {arch:<6} batch {batch:<3} attack {1000 * t_attack:7.2f} ms   "
+              f"forward+backward {1000 * t_fb:7.2f} ms   ratio {t_attack / t_fb:5.2f}x (target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
