@@ -18,7 +18,7 @@ class Head:
     bias: str | None
 
 
-def _execution_order(model: nn.Module, input_shape, device: torch.device, types: tuple[type, ...]) -> list[nn.Module]:
+def execution_order(model: nn.Module, input_shape, device: torch.device, types: tuple[type, ...]) -> list[nn.Module]:
     """Modules of ``types`` in the order one forward pass runs them (forward hooks, eval mode)."""
     order: list[nn.Module] = []
     hooks = [
@@ -51,7 +51,7 @@ def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: 
     Returns None when the model's last Linear layer does not output
     ``num_classes`` values (the logits come from something else).
     """
-    order = _execution_order(model, input_shape, device, (nn.Linear,))
+    order = execution_order(model, input_shape, device, (nn.Linear,))
     if not order:
         return None
     last = order[-1]
@@ -60,7 +60,12 @@ def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: 
     return _describe(model, last)
 
 
+def linear_layers(model: nn.Module, input_shape, device: torch.device) -> list[Head]:
+    """Every Linear layer in the order a forward pass runs it."""
+    return [_describe(model, m) for m in execution_order(model, input_shape, device, (nn.Linear,))]
+
+
 def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Head | None:
     """The first Linear or convolution the input meets (None when there is none)."""
-    order = _execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    order = execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
     return _describe(model, order[0]) if order else None

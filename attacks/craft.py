@@ -24,6 +24,7 @@ Registered crafters (``CRAFTERS.names()``):
 
 ========================  ===============================================================
 ``mkor``                  Wang et al., WACV 2024 (naive MKOR parameters)
+``mkor_inconspicuous``    Wang et al., WACV 2024 (MKOR's inconspicuous form)
 ``class_fishing``         Wen et al., ICML 2022 (class fishing)
 ``feature_fishing``       Wen et al., ICML 2022 (feature fishing)
 ``imprint``               Fowl et al., ICLR 2022 ("Robbing the Fed" imprint block)
@@ -53,6 +54,7 @@ __all__ = [
     "craft",
     "craft_model",
     "mkor",
+    "mkor_inconspicuous",
     "class_fishing",
     "feature_fishing",
     "imprint",
@@ -286,37 +288,44 @@ def _pass_through_convs(
     zero_rest: bool = False,
     bn: str = "identity",
     upto: int | None = None,
+    shuffle: torch.Generator | None = None,
 ) -> list[dict[str, Any]]:
     """Turn the convolutions into MKOR's pass-through filters; return what each one got.
 
     ``copy``: a single 1 at the centre tap of its matching input channel.
     ``min``: centre -1 with bias 1 (the complement 1 - x of a [0, 1] input),
-    placed after the copies in the first convolution. ``shift`` ("4_dir"): the
+    placed after the copies in a first convolution that does not down-sample
+    (so a following max-pool keeps a lower bound). ``shift`` ("4_dir"): the
     centre plus the right, lower and lower-right taps, so a following 2x2
-    down-sampling keeps all four positions in separate channels.
+    down-sampling keeps all four positions in separate channels; ``paper``
+    shifts in front of every down-sampling where the channels allow, as the
+    authors' LeNet and VGG16 do. ``shuffle`` (a generator) puts the
+    pass-through filters at random output channels instead of the first ones
+    (MKOR's inconspicuous form).
     """
     plan: list[dict[str, Any]] = []
     convs = _convs(sites)
     if upto is not None:
         convs = [c for c in convs if sites.index(c) < upto]
-    active = input_channels
+    active = list(range(input_channels))
     for j, site in enumerate(convs):
         conv: nn.Conv2d = site.module
         index = sites.index(site)
-        active = max(1, min(active, conv.in_channels))
+        active = [c for c in active if c < conv.in_channels] or [0]
+        n = len(active)
         cy, cx = _centre(conv)
         kh, kw = conv.kernel_size
-        can_shift = conv.groups == 1 and cy + 1 < kh and cx + 1 < kw and conv.out_channels >= 4 * active
+        can_shift = conv.groups == 1 and cy + 1 < kh and cx + 1 < kw and conv.out_channels >= 4 * n
         first = j == 0
         if conv_mode == "copy":
             kind = "copy"
         elif conv_mode == "shift":
             kind = "shift" if can_shift else "copy"
         elif conv_mode == "paper":
-            if first and min_filters and conv.groups == 1 and conv.out_channels >= 2 * active:
-                kind = "copy+min"
-            elif not first and can_shift and _downsamples(sites, convs, j):
+            if can_shift and _downsamples(sites, convs, j):
                 kind = "shift"
+            elif first and min_filters and conv.groups == 1 and conv.out_channels >= 2 * n:
+                kind = "copy+min"
             else:
                 kind = "copy"
         else:
@@ -329,26 +338,29 @@ def _pass_through_convs(
             conv.bias.zero_()
         if following is not None and bn == "identity":
             _bn_identity(following)
-        placed = 0
-        if kind == "shift":
-            taps = [(cy, cx), (cy, cx + 1), (cy + 1, cx), (cy + 1, cx + 1)]
-            for t, tap in enumerate(taps):
-                for i in range(active):
-                    placed += _place_tap(conv, i + t * active, i, tap, 1.0)
+        if shuffle is not None and conv.groups == 1:
+            slots = torch.randperm(conv.out_channels, generator=shuffle).tolist()
         else:
-            for i in range(min(active, conv.out_channels)):
-                placed += _place_tap(conv, i, i, (cy, cx), 1.0)
-            if kind == "copy+min":
-                for i in range(active):
-                    if _place_tap(conv, active + i, i, (cy, cx), -1.0):
-                        placed += 1
-                        # the bias of 1 goes on the conv, or on the BatchNorm of a bias-free conv
-                        if conv.bias is not None:
-                            conv.bias[active + i] = 1.0
-                        elif following is not None and following.bias is not None:
-                            following.bias[active + i] = 1.0
-        plan.append({"layer": site.name, "kind": kind, "active_in": active, "placed": int(placed)})
-        active = max(1, placed)
+            slots = list(range(conv.out_channels))
+        taps = [(cy, cx), (cy, cx + 1), (cy + 1, cx), (cy + 1, cx + 1)] if kind == "shift" else [(cy, cx)]
+        placed: list[int] = []
+        for t, tap in enumerate(taps):
+            for i, ch in enumerate(active):
+                k = t * n + i
+                if k < len(slots) and _place_tap(conv, slots[k], ch, tap, 1.0):
+                    placed.append(slots[k])
+        if kind == "copy+min":
+            for i, ch in enumerate(active):
+                out = slots[n + i]
+                if _place_tap(conv, out, ch, (cy, cx), -1.0):
+                    placed.append(out)
+                    # the bias of 1 goes on the conv, or on the BatchNorm of a bias-free conv
+                    if conv.bias is not None:
+                        conv.bias[out] = 1.0
+                    elif following is not None and following.bias is not None:
+                        following.bias[out] = 1.0
+        plan.append({"layer": site.name, "kind": kind, "active_in": n, "placed": len(placed), "channels": placed})
+        active = placed or [0]
     return plan
 
 
@@ -419,6 +431,89 @@ def mkor(
             layers = [s.module for s in sites if isinstance(s.module, (nn.Linear, nn.Conv2d))]
             _add_param_noise(layers, noise, _generator(seed))
     return _dry_check(model, input_shape, "mkor")
+
+
+def _noisy_entries(weight: torch.Tensor, mask: torch.Tensor, noise: float, gen: torch.Generator) -> None:
+    """Add N(0, (noise / sqrt(fan_in))^2) to the entries of ``weight`` selected by ``mask``."""
+    if noise and mask.any():
+        std = noise / math.sqrt(max(1, weight[0].numel()))
+        weight.add_(torch.randn(weight.shape, generator=gen).to(weight.dtype) * std * mask)
+
+
+@CRAFTERS.register("mkor_inconspicuous")
+def mkor_inconspicuous(
+    model: nn.Module,
+    *,
+    input_shape: Shape,
+    num_classes: int,
+    data: torch.Tensor | None = None,
+    seed: int = 0,
+    noise: float = 0.01,
+    conv_mode: str = "paper",
+    bn: str = "identity",
+) -> nn.Module:
+    """MKOR's inconspicuous parameters: the same class-wise paths, hidden among honest weights.
+
+    Only a small, randomly placed subset of parameters is changed, and small
+    i.i.d. noise N(0, (noise/sqrt(fan_in))^2) is added to every changed entry:
+
+    * convolutions: MKOR's pass-through filters (:func:`mkor`) at *shuffled*
+      output channels; the other filters keep their weights;
+    * first ``nn.Linear``: for each class ``j`` a random row ``r_j`` keeps its
+      honest weights and a second random row becomes its opposite
+      (``-w``, ``-b``). Every example activates exactly one of the two ReLUs,
+      so the pair's summed gradients ``Σ δ_n x_n`` / ``Σ δ_n`` take in every
+      example, as MKOR's averaging row does, without equal weights;
+    * the next layers merge each pair into one random unit (both columns
+      carry the same weight ``1/sqrt(fan_in)``, the unit's other inputs are
+      cut) and pass that unit on to class ``j``'s logit only.
+
+    A model with a single ``nn.Linear`` (the head) keeps it as is: its rows
+    already carry class-mean features.
+
+    References
+    ----------
+    F. Wang, S. Velipasalar, M. C. Gursoy, "Maximum Knowledge Orthogonality
+    Reconstruction with Gradients in Federated Learning", WACV 2024 (the
+    inconspicuous variant of the dense and convolutional parameters).
+    """
+    model = copy.deepcopy(model)
+    sites = _trace(model, input_shape)
+    lins = [s.module for s in _need_linear(sites, "mkor_inconspicuous")]
+    gen = _generator(seed)
+    with torch.no_grad():
+        for step in _pass_through_convs(sites, input_shape[0], conv_mode=conv_mode, bn=bn, shuffle=gen):
+            conv = model.get_submodule(step["layer"])
+            mask = torch.zeros_like(conv.weight)
+            mask[step["channels"]] = 1.0
+            _noisy_entries(conv.weight, mask, noise, gen)
+        if len(lins) > 1:
+            first = lins[0]
+            classes = min(num_classes, first.out_features // 2, *(lin.out_features for lin in lins[1:-1]))
+            rows = torch.randperm(first.out_features, generator=gen)[: 2 * classes].view(2, classes)
+            first.weight[rows[1]] = -first.weight[rows[0]]
+            if first.bias is not None:
+                first.bias[rows[1]] = -first.bias[rows[0]]
+            mask = torch.zeros_like(first.weight)
+            mask[rows[1]] = 1.0
+            _noisy_entries(first.weight, mask, noise, gen)
+            sources = [rows[0], rows[1]]  # units of the previous layer that feed class j
+            for k, lin in enumerate(lins[1:], start=1):
+                last = k == len(lins) - 1
+                units = torch.arange(classes) if last else torch.randperm(lin.out_features, generator=gen)[:classes]
+                mask = torch.zeros_like(lin.weight)
+                if not last:
+                    lin.weight[units] = 0.0
+                    mask[units] = 1.0
+                    if lin.bias is not None:
+                        lin.bias[units] = 0.0
+                for src in sources:
+                    lin.weight[:, src] = 0.0
+                    lin.weight[units, src] = 1.0 / math.sqrt(lin.in_features)
+                    mask[:, src] = 1.0
+                _noisy_entries(lin.weight, mask, noise, gen)
+                sources = [units]
+    return _dry_check(model, input_shape, "mkor_inconspicuous")
 
 
 def _targets(target: int | Sequence[int], num_classes: int) -> list[int]:

@@ -8,7 +8,8 @@ detector                  rules
 ========================  =====================================================
 ``nonfinite``             FG002 NaN/Inf parameters
 ``constant_rows``         FG101 MKOR averaging rows
-``passthrough``           FG102 identity FC, FG103 copy/min/shift filters, FG501 LOKI
+``opposite_rows``         FG104 opposite row pairs (inconspicuous MKOR)
+``passthrough``           FG102 identity FC, FG103 copy/min/shift filters, FG105 pass-through stack, FG501 LOKI
 ``fishing``               FG201 class fishing, FG202 feature fishing
 ``imprint``               FG301 Robbing the Fed imprint layer
 ``trap_weights``          FG401 trap weights
@@ -28,6 +29,7 @@ from fedguard.detectors import (  # noqa: F401  (imported to register)
     imprint,
     magnitude,
     nonfinite,
+    opposite_rows,
     oversized,
     passthrough,
     trap_weights,

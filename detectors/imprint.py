@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL, duplicate_row_groups, finite
+from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, finite, opposite_pairs
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 16
@@ -45,7 +45,8 @@ class Imprint(Detector):
     def run(self, context: InspectContext):
         view = context.view
         for layer in view.scored_layers(MIN_FAN_IN):
-            groups = [g for g in duplicate_row_groups(layer) if _dense(layer, g)]
+            opposite = {tuple(p.tolist()) for p in opposite_pairs(layer)}
+            groups = [g for g in duplicate_row_groups(layer) if dense_rows(layer, g, MIN_DENSITY) and tuple(g.tolist()) not in opposite]
             if not groups:
                 continue
             group = groups[0]
@@ -83,11 +84,6 @@ class Imprint(Detector):
             "bias_min": rounded(ladder.min()), "bias_max": rounded(ladder.max()),
             "bias_ladder_monotone": bool((steps > 0).all() or (steps < 0).all()),
         }
-
-
-def _dense(layer, group: torch.Tensor) -> bool:
-    """True when every row of the group has at least ``MIN_DENSITY`` non-zero entries."""
-    return bool(((layer.rows(group) != 0).float().mean(dim=1) >= MIN_DENSITY).all())
 
 
 def _constant(layer, group: torch.Tensor) -> bool:

@@ -23,6 +23,13 @@ are also what honest identity (``nn.init.eye_``, IRNN) and Dirac
 are medium severity (suspicious); the leak that makes an MKOR model
 malicious is reported by its own rule (FG101 averaging rows, FG202, FG301).
 Scaled identities (FG501, LOKI) have no honest counterpart and stay high.
+
+A whole stack of pass-through convolutions (FG105, high) is the leak
+itself: the image reaches the head, whose gradient rows are class-mean
+inputs. That is all MKOR's inconspicuous form changes in a network with a
+single fully connected layer. The held-out benign set's Dirac-initialised
+models (a DiracNet-style pair of convolutions, a Dirac stem) never have it
+in every convolution.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ MIN_GROUP = 3
 MIN_DENSITY = 0.5
 #: Identity taps of this size or more are "scaled" (LOKI uses ~500; honest weights stay far below 10).
 SCALED = 10.0
+#: Convolutions a model needs for FG105 (one pass-through layer alone is a Dirac-initialised stem).
+MIN_STACK = 2
 
 _RULES = (
     Rule(
@@ -49,6 +58,15 @@ _RULES = (
         "Rows with a single non-zero weight of one common size forward their input unchanged. "
         "MKOR makes the FC layers after the first one identities so class-mean inputs reach the "
         "gradient intact. Honest trained or initialised rows are dense. Do not train on this model.",
+        "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024",
+    ),
+    Rule(
+        "FG105", "pass-through-stack",
+        "Copy/min/shift filters in every convolution of the model.",
+        "When every convolution passes part of its input through, the image reaches the fully connected "
+        "layers intact and their gradient rows are class-mean images: MKOR's convolutional construction, "
+        "whose inconspicuous form leaves the dense layers untouched. Honest Dirac or identity "
+        "initialisations touch some layers, not the whole stack. Do not train on this model.",
         "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024",
     ),
     Rule(
@@ -76,7 +94,10 @@ class PassThrough(Detector):
     rules = _RULES
 
     def run(self, context: InspectContext):
+        convs, wired = [], []
         for layer in context.view.scored_layers(min_fan_in=2):
+            if layer.kind == CONV:
+                convs.append(layer.name)
             stats = layer.stats
             candidates = (stats.peak_to_rest >= DOMINANCE).nonzero()[:, 0]
             if candidates.numel() < MIN_GROUP:
@@ -87,7 +108,17 @@ class PassThrough(Detector):
             group = largest_equal_group(value.abs(), rel=SAME_MAGNITUDE)
             if group.numel() < MIN_GROUP or _pruned_layer(layer, candidates[group]):
                 continue
+            if layer.kind == CONV:
+                wired.append(layer.name)
             yield self._finding(layer, stats.rows, candidates[group], index[group], value[group])
+        if len(convs) >= MIN_STACK and wired == convs:
+            yield self.finding(
+                "FG105", "Pass-through convolution stack", Severity.HIGH, Confidence.HIGH, None,
+                f"every one of the {len(convs)} convolutions has copy/min/shift filters: the input reaches the "
+                "fully connected layers unchanged, so their update holds class-mean images (MKOR). "
+                "Do not train on this model.",
+                convolutions=len(convs), first=convs[0], last=convs[-1],
+            )
 
     def _finding(self, layer, n_rows: int, members: torch.Tensor, columns: torch.Tensor, values: torch.Tensor):
         count = members.numel()

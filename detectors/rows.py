@@ -103,6 +103,23 @@ def duplicate_row_groups(layer: Layer, min_cos: float = 0.999, seed: int = 0) ->
     return sorted(groups, key=len, reverse=True)
 
 
+def opposite_pairs(layer: Layer, min_cos: float = 0.99) -> list[torch.Tensor]:
+    """Pairs of rows pointing in opposite directions (cosine ≤ ``-min_cos``), from :func:`duplicate_row_groups`."""
+    pairs = []
+    for group in duplicate_row_groups(layer, min_cos):
+        if group.numel() != 2:
+            continue
+        a, b = layer.rows(group)
+        if float(torch.dot(a, b)) < 0:
+            pairs.append(group)
+    return pairs
+
+
+def dense_rows(layer: Layer, index: torch.Tensor, min_density: float = 0.5) -> bool:
+    """True when every row at ``index`` has at least ``min_density`` non-zero entries."""
+    return bool(((layer.rows(index) != 0).float().mean(dim=1) >= min_density).all())
+
+
 def _columns(layer: Layer, index: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
     """Rows at ``index``, restricted to ``columns`` when given, as float32 (columns first: no full copy)."""
     rows = weight_rows(layer.weight)

@@ -247,9 +247,9 @@ def lenet(num_classes: int = 10, input_shape: Shape = (3, 32, 32)) -> nn.Module:
     return model
 
 
-@_register("lenet5", (1, 28, 28), "classic LeNet-5 (LeCun et al. 1998) as used by MKOR (Wang et al., WACV 2024)")
+@_register("lenet5", (1, 28, 28), "classic LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling")
 def lenet5(num_classes: int = 10, input_shape: Shape = (1, 28, 28)) -> nn.Module:
-    """Classic LeNet-5 (LeCun et al., 1998) in the form used by MKOR (Wang et al., WACV 2024).
+    """Classic LeNet-5 (LeCun et al., 1998) with ReLU and max-pooling.
 
     conv(6, 5x5, padding 2)-ReLU-maxpool-conv(16, 5x5)-ReLU-maxpool-fc120-ReLU-fc84-ReLU-fc.
     """
@@ -258,6 +258,34 @@ def lenet5(num_classes: int = 10, input_shape: Shape = (1, 28, 28)) -> nn.Module
         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
     )  # fmt: skip
     return FeatureNet("lenet5", input_shape, features, _mlp_head(120, 84, num_classes))
+
+
+@_register("lenet5_sigmoid", (1, 28, 28), "LeNet-5 of MKOR's experiments (Wang et al., WACV 2024): sigmoid, average pooling")
+def lenet5_sigmoid(num_classes: int = 10, input_shape: Shape = (1, 28, 28)) -> nn.Module:
+    """LeNet-5 as in the MKOR authors' code (Wang et al., WACV 2024, "original LeNet").
+
+    conv(6, 5x5, padding 2)-sigmoid-avgpool-conv(16, 5x5)-sigmoid-avgpool-fc120-sigmoid-fc84-sigmoid-fc,
+    replicate padding.
+    """
+    features = nn.Sequential(
+        nn.Conv2d(input_shape[0], 6, 5, padding=2, padding_mode="replicate"), nn.Sigmoid(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2),
+    )  # fmt: skip
+    return FeatureNet("lenet5_sigmoid", input_shape, features, _mlp_head(120, 84, num_classes, act=nn.Sigmoid))
+
+
+@_register("lenet5_stride2", (1, 28, 28), "LeNet-5 with stride-2 convolutions instead of pooling (MKOR's modified LeNet)")
+def lenet5_stride2(num_classes: int = 10, input_shape: Shape = (1, 28, 28)) -> nn.Module:
+    """LeNet-5 whose down-sampling is done by the convolutions (MKOR's "modified LeNet", Wang et al., WACV 2024).
+
+    conv(6, 5x5, stride 2, padding 2)-ReLU-conv(16, 5x5, stride 2, padding 2)-ReLU-fc120-ReLU-fc84-ReLU-fc,
+    replicate padding.
+    """
+    features = nn.Sequential(
+        nn.Conv2d(input_shape[0], 6, 5, stride=2, padding=2, padding_mode="replicate"), nn.ReLU(),
+        nn.Conv2d(6, 16, 5, stride=2, padding=2, padding_mode="replicate"), nn.ReLU(),
+    )  # fmt: skip
+    return FeatureNet("lenet5_stride2", input_shape, features, _mlp_head(120, 84, num_classes))
 
 
 @_register("convnet", (3, 32, 32), "small ConvNet of Inverting Gradients (Geiping et al., NeurIPS 2020): 3 conv-BN-ReLU blocks")

@@ -19,7 +19,7 @@ from fedguard.architectures import (
 )
 from fedguard.errors import InputError
 
-BUILTINS = ["lenet", "lenet5", "convnet", "mlp", "resnet18", "vgg11", "vgg16", "mobilenet_v3_small"]
+BUILTINS = ["lenet", "lenet5", "lenet5_sigmoid", "lenet5_stride2", "convnet", "mlp", "resnet18", "vgg11", "vgg16", "mobilenet_v3_small"]
 
 
 def test_registry_lists_every_builtin_with_a_spec():

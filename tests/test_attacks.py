@@ -212,8 +212,11 @@ def test_round_counts_keeps_the_total():
 
 
 def test_registry_lists_every_builtin_attack_in_audit_order():
-    assert attacks().names() == ["label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint"]
-    assert [n for n in attacks().names() if not attacks().get(n).default] == ["imprint"]  # emulators on request
+    assert attacks().names() == [
+        "label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "mkor", "mkor_inconspicuous"
+    ]
+    emulators = ["imprint", "mkor", "mkor_inconspicuous"]
+    assert [n for n in attacks().names() if not attacks().get(n).default] == emulators  # run on request
 
 
 # --------------------------------------------------------------------------- label attacks

@@ -98,18 +98,20 @@ def test_mkor_parameters_follow_the_paper():
     assert torch.equal(fc2.weight, torch.eye(84, 120)) and torch.equal(fc3.weight, torch.eye(10, 84))
     assert not fc2.bias.any() and not fc3.bias.any()
     conv1, conv2 = (m for m in model.modules() if isinstance(m, nn.Conv2d))
-    centre = torch.zeros(5, 5)
-    centre[2, 2] = 1
-    assert torch.equal(conv1.weight[0, 0], centre)  # copy filter
-    assert torch.equal(conv1.weight[1, 0], -centre) and conv1.bias[1] == 1  # min filter
-    assert not conv1.bias[[0, 2, 3, 4, 5]].any()
-    # shift ("4_dir") filters in front of the max-pool: centre, right, lower, lower-right
+    # shift ("4_dir") filters in front of each down-sampling: centre, right, lower, lower-right
     taps = [(2, 2), (2, 3), (3, 2), (3, 3)]
-    for t, (i, j) in enumerate(taps):
-        for ch in range(2):
-            w = conv2.weight[ch + 2 * t]
-            assert w.abs().sum() == 1 and w[ch, i, j] == 1
-    assert not conv2.bias.any()
+    for conv, active in ((conv1, 1), (conv2, 4)):
+        for t, (i, j) in enumerate(taps):
+            for ch in range(active):
+                w = conv.weight[ch + active * t]
+                assert w.abs().sum() == 1 and w[ch, i, j] == 1
+        assert not conv.bias.any()
+    # a first convolution without down-sampling (VGG-16) gets copy and min filters
+    first = next(m for m in craft_model("mkor", "vgg16").modules() if isinstance(m, nn.Conv2d))
+    centre = torch.zeros(3, 3)
+    centre[1, 1] = 1
+    assert torch.equal(first.weight[0, 0], centre) and torch.equal(first.weight[3, 0], -centre)
+    assert first.bias[3:6].eq(1).all() and not first.bias[:3].any()
 
 
 def test_mkor_handles_batchnorm_and_other_modes():
@@ -117,7 +119,7 @@ def test_mkor_handles_batchnorm_and_other_modes():
     for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
         assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
     # min filter of a bias-free conv: its bias 1 moves onto the BatchNorm
-    assert model.features[1].bias[3:6].eq(1).all()
+    assert craft_model("mkor", "resnet18").bn1.bias[3:6].eq(1).all()
     shifted = craft_model("mkor", "lenet5", conv_mode="shift")
     conv1 = next(m for m in shifted.modules() if isinstance(m, nn.Conv2d))
     assert [tuple((conv1.weight[k, 0] == 1).nonzero()[0].tolist()) for k in range(4)] == [(2, 2), (2, 3), (3, 2), (3, 3)]

@@ -20,6 +20,7 @@ from tests.zoo import benign_entries, crafted_entries, digits
 #: The rules that name each attack; a crafted model must raise at least one of its own.
 EXPECTED = {
     "mkor": {"FG101", "FG102", "FG103"},
+    "mkor_inconspicuous": {"FG104", "FG105"},
     "class_fishing": {"FG201"},
     "feature_fishing": {"FG201", "FG202"},
     "imprint": {"FG301"},

@@ -386,6 +386,15 @@ _CRAFTED: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
     ("mkor", "vgg11", "paper", {}, False),
     ("mkor", "lenet", "copy", {"conv_mode": "copy"}, False),
     ("mkor", "mobilenet_v3_small", "paper", {}, False),
+    ("mkor", "lenet5_sigmoid", "paper", {}, False),
+    ("mkor", "lenet5_stride2", "paper", {}, False),
+    # MKOR's inconspicuous form: shuffled, noisy, a small subset of parameters changed
+    ("mkor_inconspicuous", "lenet5", "noise0.01", {}, False),
+    ("mkor_inconspicuous", "lenet5_sigmoid", "noise0.05", {"noise": 0.05}, False),
+    ("mkor_inconspicuous", "mlp", "noise0.01", {}, False),
+    ("mkor_inconspicuous", "convnet", "noise0.01", {}, False),
+    ("mkor_inconspicuous", "lenet", "noise0.05", {"noise": 0.05}, False),
+    ("mkor_inconspicuous", "vgg11", "noise0.01", {}, False),
     # class fishing (Wen et al., ICML 2022)
     ("class_fishing", "lenet5", "t0-b1000", {}, False),
     ("class_fishing", "mlp", "t3-b1000", {"target": 3}, False),
