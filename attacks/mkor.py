@@ -148,18 +148,22 @@ def class_features(
 
 def invert_features(
     model: nn.Module, layer: nn.Module, targets: torch.Tensor, start: torch.Tensor, input_range: tuple[float, float],
-    budget: Budget, iterations: int,
+    budget: Budget, iterations: int, known: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Images in ``input_range`` whose features at ``layer`` match ``targets`` (Adam, cosine-decayed step)."""
+    """Images in ``input_range`` whose features at ``layer`` match ``targets`` (Adam, cosine-decayed step).
+
+    ``known`` (bool, one per feature) leaves the other features out of the fit.
+    """
+    mask = torch.ones(targets.shape[1], device=targets.device) if known is None else known.to(targets.device, targets.dtype)
     lo, hi = input_range
     x = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=LEARNING_RATE * (hi - lo))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
-    norms = targets.pow(2).sum(1).clamp_min(1e-12)
+    norms = (targets * mask).pow(2).sum(1).clamp_min(1e-12)
     residual, done, stopped = float("nan"), 0, "max_iterations"
     for done in range(1, iterations + 1):
         opt.zero_grad(set_to_none=True)
-        fit = ((_features(model, layer, x) - targets).pow(2).sum(1) / norms).sum()
+        fit = (((_features(model, layer, x) - targets) * mask).pow(2).sum(1) / norms).sum()
         weight = PRIOR_WEIGHT * PRIOR_DECAY ** (done / iterations)
         loss = fit + weight * (x - start).pow(2).flatten(1).mean(1).sum() / (hi - lo) ** 2
         loss.backward()
@@ -225,27 +229,35 @@ class MKOR(Attack):
             grads = view.as_gradient()
             rows = class_rows(linears, view.num_classes)
             public, source = self._public(view)
+            grad_w = grads[heads[0].weight].detach().cpu()
             features, counts = class_features(
-                model, linears, rows, grads[heads[0].weight].detach().cpu(), grads[heads[0].bias].detach().cpu(),
-                int(view.batch_size), public,
+                model, linears, rows, grad_w, grads[heads[0].bias].detach().cpu(), int(view.batch_size), public
             )
+            # features whose weight-gradient column is zero in every class row carry nothing (a pruning
+            # defense such as Soteria, or features no example switches on): they are left to the prior
+            known = torch.cat([grad_w[r] for r in rows]).ne(0).any(0)
             present = counts >= 0.5
             classes = torch.nonzero(present).flatten()
             targets = features[classes].to(view.device, torch.float32)
             prior = public.mean(0, keepdim=True).expand(len(classes), *view.input_shape)
-            if find_first_layer(model, view.input_shape, view.device).module is first:
-                lo, hi = view.threat.input_range
-                images, fit = targets.reshape(-1, *view.input_shape).clamp(lo, hi), {"inversion_iterations": 0}
+            lo, hi = view.threat.input_range
+            if not len(classes):
+                images, fit = torch.zeros(0, *view.input_shape), {"inversion_iterations": 0}
+                budget.check(0)
+            elif find_first_layer(model, view.input_shape, view.device).module is first:
+                flat = torch.where(known.to(view.device), targets, prior.flatten(1))
+                images, fit = flat.reshape(-1, *view.input_shape).clamp(lo, hi), {"inversion_iterations": 0}
                 budget.check(0)
             else:
-                for p in model.parameters():
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                for p in trainable:
                     p.requires_grad_(False)
                 try:
                     images, fit = invert_features(
-                        model, first, targets, prior.contiguous(), view.threat.input_range, budget, budget.max_iterations
+                        model, first, targets, prior.contiguous(), (lo, hi), budget, budget.max_iterations, known
                     )
                 finally:
-                    for p in model.parameters():
+                    for p in trainable:
                         p.requires_grad_(True)
         finally:
             model.train(was_training)
@@ -259,6 +271,7 @@ class MKOR(Attack):
             "rows_per_class": [int(len(rows[j])) for j in classes.tolist()],
             "estimated_counts": [round(float(counts[j]), 2) for j in classes.tolist()],
             "softmax_share_from": source,
+            "features_known": int(known.sum()),
             **fit,
         }
         return Reconstruction(

@@ -1,6 +1,6 @@
 """Fidelity and speed of fedguard's attacks against the issue's targets; prints one line per figure.
 
-Sections (``--only dlg,idlg,labels,ig,audit``; all by default):
+Sections (``--only dlg,idlg,labels,ig,audit,mkor``; all by default):
 
 * ``dlg`` -- DLG on the DLG paper's LeNet (sigmoid, 3x32x32), one image per
   seed (the centre crop of scikit-image photograph ``seed``), label from iDLG
@@ -18,14 +18,21 @@ Sections (``--only dlg,idlg,labels,ig,audit``; all by default):
   at >= 1.5x the reference's iterations per second.
 * ``audit`` -- the default ``fedguard audit --arch lenet --data digits
   --batch-size 8`` on CPU. Target: <= 60 s.
+* ``mkor`` -- the MKOR emulators (naive and inconspicuous) on MKOR's LeNets
+  with digits upscaled to 28x28, 10 random batches of 100, each example
+  scored against its class's reconstruction as in the paper's tables, next to
+  Table 2 and supplementary Tables 6 (gradient noise 0.1 x std) and 7
+  (Soteria, 30 % of the first FC layer's features pruned); and VGG-11/16 on
+  unique batches of 32x32 photograph crops. Target: match the paper's rows.
 
-Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10]``
+Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10] [--mkor-batches 10]``
 Timings are wall-clock on this machine; other jobs sharing the CPU inflate them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -216,6 +223,114 @@ def section_ig(iterations: int, restarts: int) -> None:
         )
 
 
+#: MKOR's Table 2 (random batches of 100 MNIST digits) and supplementary Tables 6-7: (max SSIM, avg SSIM, max PSNR, avg PSNR).
+MKOR_PAPER = {
+    "lenet5_sigmoid": (0.54, 0.27, 17.06, 12.79),
+    "lenet5_stride2": (0.69, 0.38, 18.72, 13.53),
+    "lenet5_sigmoid+noise": (0.46, 0.25, 16.71, 12.74),
+    "lenet5_sigmoid+soteria": (0.34, 0.12, 15.29, 10.66),
+}
+
+
+def _gaussian_noise(tensors: dict, scale: float, seed: int) -> dict:
+    """The MKOR code's gradient noise: N(0, (scale * std(grad))^2) on every tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + torch.randn(v.shape, generator=gen) * v.std() * scale for k, v in tensors.items()}
+
+
+def _soteria(net, tensors: dict, bx: torch.Tensor, percent: float) -> dict:
+    """Soteria (Sun et al., CVPR 2021) as in MKOR's code: zero the first FC layer's weight gradient for the
+    ``percent`` % of its input features with the smallest sum over examples of ||dr/dx|| / |r|."""
+    from fedguard.attacks._head import linear_layers
+    from fedguard.attacks.mkor import _features
+
+    first = linear_layers(net, tuple(bx.shape[1:]), torch.device("cpu"))[0]
+    x = bx.clone().requires_grad_(True)
+    feats = _features(net, first.module, x)
+    score = torch.zeros(feats.shape[1])
+    for f in range(feats.shape[1]):
+        (g,) = torch.autograd.grad(feats[:, f].sum(), x, retain_graph=True)
+        score[f] = (g.flatten(1).norm(dim=1) / (feats[:, f].detach().abs() + 1e-10)).sum()
+    keep = (score >= torch.quantile(score, percent / 100)).float()
+    return {**tensors, first.weight: tensors[first.weight] * keep}
+
+
+def _mkor_batches(arch: str, crafter: str, batches: int, defense: str | None) -> tuple[np.ndarray, float]:
+    """(max SSIM, avg SSIM, max PSNR, avg PSNR) averaged over ``batches`` random batches of 100, and seconds per batch."""
+    from fedguard.attacks.base import Budget
+    from fedguard.attacks.craft import craft
+    from fedguard.attacks.mkor import MKOR
+    from fedguard.metrics import psnr as psnr_np, ssim as ssim_np
+
+    x, y = load_data("digits", input_shape=(1, 28, 28))
+    rows, seconds = [], 0.0
+    for b in range(batches):
+        perm = np.random.default_rng(b).permutation(len(y))
+        idx, rest = perm[:100], perm[100:612]
+        torch.manual_seed(b)
+        net = craft(crafter, build_model(arch, input_shape=(1, 28, 28)), input_shape=(1, 28, 28), num_classes=10, seed=b)
+        bx, by = x[idx], y[idx]
+        upd = compute_update(net, bx, by)
+        if defense == "noise":
+            upd = dataclasses.replace(upd, tensors=_gaussian_noise(upd.tensors, 0.1, seed=b))
+        elif defense == "soteria":
+            upd = dataclasses.replace(upd, tensors=_soteria(net, upd.tensors, bx, 30))
+        start = time.perf_counter()
+        rec = MKOR().run(_view(net, upd, (1, 28, 28), seed=b, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
+        seconds += time.perf_counter() - start
+        per_class = {int(c): rec.images[i].numpy() for i, c in enumerate(rec.labels)}
+        pairs = [(per_class.get(int(c)), bx[i].numpy()) for i, c in enumerate(by)]
+        ss = [ssim_np(r, t) if r is not None else 0.0 for r, t in pairs]
+        ps = [psnr_np(r, t) if r is not None else 0.0 for r, t in pairs]
+        rows.append((max(ss), np.mean(ss), max(ps), np.mean(ps)))
+    return np.mean(rows, axis=0), seconds / batches
+
+
+def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, float]:
+    """Unique batches (one 32x32 photograph crop per class) on a VGG, as the paper's CIFAR-100 runs."""
+    from fedguard.attacks.base import Budget
+    from fedguard.attacks.craft import craft
+    from fedguard.attacks.mkor import MKOR
+    from fedguard.metrics import psnr as psnr_np, ssim as ssim_np
+
+    x, y = load_data("images", input_shape=(3, 32, 32))
+    classes = int(y.max()) + 1
+    rows, seconds = [], 0.0
+    for k in (1, 2):
+        idx = np.array([int(np.nonzero(y.numpy() == c)[0][k]) for c in range(classes)])
+        rest = np.setdiff1d(np.arange(len(y)), idx)
+        torch.manual_seed(k)
+        net = craft(crafter, build_model(arch, classes, (3, 32, 32)), input_shape=(3, 32, 32), num_classes=classes, seed=k)
+        upd = compute_update(net, x[idx], y[idx])
+        start = time.perf_counter()
+        rec = MKOR().run(_view(net, upd, (3, 32, 32), classes, seed=k, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
+        seconds += time.perf_counter() - start
+        per_class = {int(c): rec.images[i].numpy() for i, c in enumerate(rec.labels)}
+        pairs = [(per_class.get(int(c)), x[i].numpy()) for c, i in zip(y[idx], idx)]
+        ss = [ssim_np(r, t) if r is not None else 0.0 for r, t in pairs]
+        ps = [psnr_np(r, t) if r is not None else 0.0 for r, t in pairs]
+        rows.append((max(ss), np.mean(ss), max(ps), np.mean(ps)))
+    return np.mean(rows, axis=0), seconds / 2
+
+
+def section_mkor(batches: int) -> None:
+    print(f"## MKOR emulators, digits at 28x28, {batches} random batches of 100 (every example against its class's image)")
+    fmt = "SSIM max/avg {:.2f}/{:.2f}, PSNR max/avg {:.2f}/{:.2f} dB"
+    cases = [("lenet5_sigmoid", None), ("lenet5_stride2", None), ("lenet5", None),
+             ("lenet5_sigmoid", "noise"), ("lenet5_sigmoid", "soteria")]  # fmt: skip
+    for arch, defense in cases:
+        key = arch + (f"+{defense}" if defense else "")
+        paper = MKOR_PAPER.get(key)
+        for crafter in ("mkor", "mkor_inconspicuous"):
+            got, sec = _mkor_batches(arch, crafter, batches, defense)
+            versus = f"; paper {fmt.format(*paper)}" if paper else ""
+            print(f"MKOR {crafter} {key}: {fmt.format(*got)} ({sec:.1f} s per batch){versus}", flush=True)
+    for arch in ("vgg11", "vgg16"):
+        got, sec = _mkor_vgg(arch, "mkor")
+        print(f"MKOR mkor {arch} 32x32 photographs, unique batches: {fmt.format(*got)} ({sec:.1f} s per batch); "
+              "paper (VGG16, CIFAR-100 at 224x224) avg SSIM 0.87, avg PSNR 24.14 dB", flush=True)
+
+
 def section_audit() -> None:
     print("## Default audit: fedguard audit --arch lenet --data digits --batch-size 8 (CPU)")
     exe = Path(sys.executable).with_name("fedguard")
@@ -237,7 +352,8 @@ def section_audit() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="dlg,idlg,labels,ig,audit")
+    parser.add_argument("--only", default="dlg,idlg,labels,ig,audit,mkor")
+    parser.add_argument("--mkor-batches", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--label-trials", type=int, default=6)
     parser.add_argument("--ig-iterations", type=int, default=1000)
@@ -258,6 +374,8 @@ def main() -> None:
         section_ig(args.ig_iterations, args.ig_restarts)
     if "audit" in only:
         section_audit()
+    if "mkor" in only:
+        section_mkor(args.mkor_batches)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
