@@ -255,12 +255,19 @@ def _soteria(net, tensors: dict, bx: torch.Tensor, percent: float) -> dict:
     return {**tensors, first.weight: tensors[first.weight] * keep}
 
 
+def _class_scores(rec, bx: torch.Tensor, by: torch.Tensor) -> tuple[float, float, float, float]:
+    """Max and mean SSIM, max and mean PSNR of MKOR's tables (every example against its class's image)."""
+    from fedguard.metrics import class_image_scores
+
+    ss, ps = class_image_scores(rec.images, rec.labels, bx, by)
+    return max(ss), float(np.mean(ss)), max(ps), float(np.mean(ps))
+
+
 def _mkor_batches(arch: str, crafter: str, batches: int, defense: str | None) -> tuple[np.ndarray, float]:
     """(max SSIM, avg SSIM, max PSNR, avg PSNR) averaged over ``batches`` random batches of 100, and seconds per batch."""
     from fedguard.attacks.base import Budget
     from fedguard.attacks.craft import craft
     from fedguard.attacks.mkor import MKOR
-    from fedguard.metrics import psnr as psnr_np, ssim as ssim_np
 
     x, y = load_data("digits", input_shape=(1, 28, 28))
     rows, seconds = [], 0.0
@@ -278,11 +285,7 @@ def _mkor_batches(arch: str, crafter: str, batches: int, defense: str | None) ->
         start = time.perf_counter()
         rec = MKOR().run(_view(net, upd, (1, 28, 28), seed=b, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
         seconds += time.perf_counter() - start
-        per_class = {int(c): rec.images[i].numpy() for i, c in enumerate(rec.labels)}
-        pairs = [(per_class.get(int(c)), bx[i].numpy()) for i, c in enumerate(by)]
-        ss = [ssim_np(r, t) if r is not None else 0.0 for r, t in pairs]
-        ps = [psnr_np(r, t) if r is not None else 0.0 for r, t in pairs]
-        rows.append((max(ss), np.mean(ss), max(ps), np.mean(ps)))
+        rows.append(_class_scores(rec, bx, by))
     return np.mean(rows, axis=0), seconds / batches
 
 
@@ -291,7 +294,6 @@ def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, float]:
     from fedguard.attacks.base import Budget
     from fedguard.attacks.craft import craft
     from fedguard.attacks.mkor import MKOR
-    from fedguard.metrics import psnr as psnr_np, ssim as ssim_np
 
     x, y = load_data("images", input_shape=(3, 32, 32))
     classes = int(y.max()) + 1
@@ -305,11 +307,7 @@ def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
         rec = MKOR().run(_view(net, upd, (3, 32, 32), classes, seed=k, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
         seconds += time.perf_counter() - start
-        per_class = {int(c): rec.images[i].numpy() for i, c in enumerate(rec.labels)}
-        pairs = [(per_class.get(int(c)), x[i].numpy()) for c, i in zip(y[idx], idx)]
-        ss = [ssim_np(r, t) if r is not None else 0.0 for r, t in pairs]
-        ps = [psnr_np(r, t) if r is not None else 0.0 for r, t in pairs]
-        rows.append((max(ss), np.mean(ss), max(ps), np.mean(ps)))
+        rows.append(_class_scores(rec, x[idx], y[idx]))
     return np.mean(rows, axis=0), seconds / 2
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "label_level",
     "verdict_for",
     "recovered_fraction",
+    "class_image_scores",
 ]
 
 #: A reconstruction at or above either counts as recovered (see :func:`recovered_fraction`).
@@ -165,6 +166,21 @@ def recovered_fraction(samples, batch_size: int) -> float:
     """
     hits = sum(1 for s in samples if s.psnr >= RECOVERED_PSNR or (s.ssim == s.ssim and s.ssim >= RECOVERED_SSIM))
     return hits / max(int(batch_size), 1)
+
+
+def class_image_scores(
+    images: torch.Tensor, labels: torch.Tensor, true_x: torch.Tensor, true_y: torch.Tensor
+) -> tuple[list[float], list[float]]:
+    """SSIM and PSNR of every true example against the reconstruction labelled with its class.
+
+    The protocol of class-wise attacks' papers (MKOR, Wang et al., WACV 2024):
+    one image per class stands for all its examples; an example whose class
+    has no reconstruction scores 0.
+    """
+    per_class = {int(c): images[i].numpy() for i, c in enumerate(labels)}
+    pairs = [(per_class.get(int(c)), true_x[i].numpy()) for i, c in enumerate(true_y)]
+    return ([ssim(r, t) if r is not None else 0.0 for r, t in pairs],
+            [psnr(r, t) if r is not None else 0.0 for r, t in pairs])
 
 
 def verdict_for(level: LeakageLevel, fail_on: LeakageLevel) -> AuditVerdict:

@@ -42,7 +42,9 @@ from fedguard.attacks.idlg import IDLG
 from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, InvertingGradients
 from fedguard.attacks.label_counts import LabelCounts, round_counts
 from fedguard.data import load_data
-from fedguard.metrics import PSNR_CAP, THRESHOLDS, baseline_psnr, image_level, label_level, match, psnr, score, ssim, verdict_for
+from fedguard.metrics import (
+    PSNR_CAP, THRESHOLDS, baseline_psnr, class_image_scores, image_level, label_level, match, psnr, score, ssim, verdict_for,
+)
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.types import AuditVerdict, LeakageLevel
 from fedguard.update import compute_update
@@ -470,10 +472,8 @@ def test_imprint_emulator_runs_only_on_request_and_on_its_own_model():
 
 def _paper_scores(rec, bx, by) -> tuple[float, float]:
     """MKOR's tables: every example against its class's reconstruction; mean SSIM and PSNR over the batch."""
-    per_class = {int(c): rec.images[i].numpy() for i, c in enumerate(rec.labels)}
-    pairs = [(per_class.get(int(c)), bx[i].numpy()) for i, c in enumerate(by)]
-    return (float(np.mean([ssim(r, t) if r is not None else 0.0 for r, t in pairs])),
-            float(np.mean([psnr(r, t) if r is not None else 0.0 for r, t in pairs])))
+    ss, ps = class_image_scores(rec.images, rec.labels, bx, by)
+    return float(np.mean(ss)), float(np.mean(ps))
 
 
 @pytest.mark.parametrize(
