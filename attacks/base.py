@@ -28,7 +28,7 @@ __all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN
 
 #: Modules that register the built-in attacks, in the order the audit runs them:
 #: label attacks first, because their labels seed the image attacks; analytic before optimisation.
-BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "mkor")
+BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "class_fishing", "mkor")
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
@@ -119,8 +119,8 @@ class Attack(abc.ABC):
     #: Whether the audit runs it without ``--attack`` (emulators run on request).
     default: ClassVar[bool] = True
 
-    def crafter_options(self) -> dict:
-        """Options for the crafter named by :attr:`emulates`."""
+    def crafter_options(self, view: ServerView) -> dict:
+        """Options for the crafter named by :attr:`emulates`, chosen from what the server knows (``view``)."""
         return {}
 
     def applies(self, view: ServerView) -> str | None:

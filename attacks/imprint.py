@@ -68,7 +68,7 @@ class ImprintEmulator(Attack):
     def __init__(self, num_bins: int = DEFAULT_BINS):
         self.num_bins = max(2, int(num_bins))
 
-    def crafter_options(self) -> dict:
+    def crafter_options(self, view: ServerView) -> dict:
         return {"num_bins": self.num_bins, "linfunc": "randn"}
 
     def applies(self, view: ServerView) -> str | None:

@@ -493,7 +493,7 @@ def audit(
                     view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
             target = view
             if cls.emulates is not None:
-                target = _emulate(cls.emulates, attack.crafter_options(), view, upd, batch_x, batch_y, aux, seed)
+                target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)
             reason = attack.applies(target)
             if reason is not None:
                 skipped[name] = reason
