@@ -1,8 +1,8 @@
 """Analytic attacks cost about one backward pass: time as a ratio to one forward+backward on the batch.
 
-For ``fc_inversion`` (the MLP as received) and the ``imprint`` emulator
-(LeNet with the crafted block; the attack step only, not the client-side
-crafting), prints the attack's median time over repeats, the median time of
+For ``fc_inversion`` (the MLP as received) and the ``imprint`` and
+``class_fishing`` emulators (LeNet with the crafted block, the MLP with the
+fishing head; the attack step only, not the client-side crafting), prints the attack's median time over repeats, the median time of
 one forward+backward of the same model on the same batch, and their ratio
 (target <= 3x).
 
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedguard.architectures import build_model, resolve_input_shape  # noqa: E402
 from fedguard.attacks.base import Budget  # noqa: E402
+from fedguard.attacks.class_fishing import ClassFishing  # noqa: E402
 from fedguard.attacks.fc_inversion import FCInversion  # noqa: E402
 from fedguard.attacks.imprint import ImprintEmulator  # noqa: E402
 from fedguard.audit import _emulate  # noqa: E402  (the audit's client-side step for emulators)
@@ -59,10 +60,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    for attack, arch, batch in ((FCInversion(), "mlp", 1), (FCInversion(), "mlp", 16), (ImprintEmulator(), "lenet", 64)):
+    for attack, arch, batch in ((FCInversion(), "mlp", 1), (FCInversion(), "mlp", 16), (ImprintEmulator(), "lenet", 64),
+                                (ClassFishing(), "mlp", 16)):
         view, upd, bx, by = _view(arch, batch)
         if attack.emulates is not None:
-            view = _emulate(attack.emulates, attack.crafter_options(), view, upd, bx, by, None, 0)
+            view = _emulate(attack.emulates, attack.crafter_options(view), view, upd, bx, by, None, 0)
         t_attack = _median_seconds(lambda: attack.run(view, Budget(1)), args.repeats)
 
         def forward_backward():

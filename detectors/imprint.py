@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, finite, opposite_pairs
+from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, finite, is_opposite_pair
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 16
@@ -45,8 +45,10 @@ class Imprint(Detector):
     def run(self, context: InspectContext):
         view = context.view
         for layer in view.scored_layers(MIN_FAN_IN):
-            opposite = {tuple(p.tolist()) for p in opposite_pairs(layer)}
-            groups = [g for g in duplicate_row_groups(layer) if dense_rows(layer, g, MIN_DENSITY) and tuple(g.tolist()) not in opposite]
+            groups = [
+                g for g in duplicate_row_groups(layer)
+                if dense_rows(layer, g, MIN_DENSITY) and not is_opposite_pair(layer, g)  # FG104's pairs
+            ]
             if not groups:
                 continue
             group = groups[0]

@@ -103,16 +103,17 @@ def duplicate_row_groups(layer: Layer, min_cos: float = 0.999, seed: int = 0) ->
     return sorted(groups, key=len, reverse=True)
 
 
+def is_opposite_pair(layer: Layer, group: torch.Tensor) -> bool:
+    """True when ``group`` is two rows pointing in opposite directions."""
+    if group.numel() != 2:
+        return False
+    a, b = layer.rows(group)
+    return float(torch.dot(a, b)) < 0
+
+
 def opposite_pairs(layer: Layer, min_cos: float = 0.99) -> list[torch.Tensor]:
     """Pairs of rows pointing in opposite directions (cosine ≤ ``-min_cos``), from :func:`duplicate_row_groups`."""
-    pairs = []
-    for group in duplicate_row_groups(layer, min_cos):
-        if group.numel() != 2:
-            continue
-        a, b = layer.rows(group)
-        if float(torch.dot(a, b)) < 0:
-            pairs.append(group)
-    return pairs
+    return [g for g in duplicate_row_groups(layer, min_cos) if is_opposite_pair(layer, g)]
 
 
 def dense_rows(layer: Layer, index: torch.Tensor, min_density: float = 0.5) -> bool:

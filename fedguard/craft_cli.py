@@ -88,7 +88,8 @@ def serialise(state: dict, suffix: str) -> bytes:
 def craft_command(attack, arch, model, num_classes, input_shape, data, settings, list_options, seed, output, force):
     """Write the global model a malicious server would send for ATTACK (red-team your pipeline).
 
-    Crafters follow the papers: mkor (Wang et al. 2024), class_fishing and
+    Crafters follow the papers: mkor and mkor_inconspicuous (Wang et al.
+    2024), class_fishing and
     feature_fishing (Wen et al. 2022), imprint (Fowl et al. 2022),
     trap_weights (Boenisch et al. 2023), loki (Zhao et al. 2024), oversized_fc.
     Then run `fedguard inspect OUTPUT --arch ARCH` to see it caught.

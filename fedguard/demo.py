@@ -65,6 +65,7 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
 
     for attack, description in [
         ("mkor", "MKOR averaging + pass-through parameters (Wang et al., WACV 2024)"),
+        ("mkor_inconspicuous", "MKOR's inconspicuous form: opposite row pairs, noisy shuffled filters (Wang et al., WACV 2024)"),
         ("class_fishing", "class fishing (Wen et al., ICML 2022)"),
         ("feature_fishing", "feature fishing (Wen et al., ICML 2022)"),
         ("trap_weights", "trap weights (Boenisch et al., EuroS&P 2023)"),
