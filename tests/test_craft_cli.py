@@ -9,12 +9,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fedguard.architectures import ARCHITECTURES
 from fedguard.attacks.craft import CRAFTERS
 from fedguard.cli import main
 from fedguard.loading import load_model_file
 
-#: Every built-in architecture.
-ARCHES = ("lenet", "lenet5", "convnet", "mlp", "resnet18", "mobilenet_v3_small", "vgg11", "vgg16")
+#: Every built-in architecture (the test crafts every attack for each).
+ARCHES = tuple(ARCHITECTURES.names())
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
