@@ -449,6 +449,7 @@ def mkor_inconspicuous(
     data: torch.Tensor | None = None,
     seed: int = 0,
     noise: float = 0.01,
+    gain: float = 1.0,
     conv_mode: str = "paper",
     bn: str = "identity",
 ) -> nn.Module:
@@ -465,8 +466,10 @@ def mkor_inconspicuous(
       so the pair's summed gradients ``Σ δ_n x_n`` / ``Σ δ_n`` take in every
       example, as MKOR's averaging row does, without equal weights;
     * the next layers merge each pair into one random unit (both columns
-      carry the same weight ``1/sqrt(fan_in)``, the unit's other inputs are
-      cut) and pass that unit on to class ``j``'s logit only.
+      carry the same weight ``gain/sqrt(fan_in)``, the unit's other inputs are
+      cut) and pass that unit on to class ``j``'s logit only. A larger
+      ``gain`` makes the class rows' gradients stand out against gradient
+      noise, at the price of weights further from the honest init scale.
 
     A model with a single ``nn.Linear`` (the head) keeps it as is: its rows
     already carry class-mean features.
@@ -509,7 +512,7 @@ def mkor_inconspicuous(
                         lin.bias[units] = 0.0
                 for src in sources:
                     lin.weight[:, src] = 0.0
-                    lin.weight[units, src] = 1.0 / math.sqrt(lin.in_features)
+                    lin.weight[units, src] = gain / math.sqrt(lin.in_features)
                     mask[:, src] = 1.0
                 _noisy_entries(lin.weight, mask, noise, gen)
                 sources = [units]

@@ -391,6 +391,7 @@ _CRAFTED: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
     # MKOR's inconspicuous form: shuffled, noisy, a small subset of parameters changed
     ("mkor_inconspicuous", "lenet5", "noise0.01", {}, False),
     ("mkor_inconspicuous", "lenet5_sigmoid", "noise0.05", {"noise": 0.05}, False),
+    ("mkor_inconspicuous", "lenet5_stride2", "gain4", {"gain": 4.0}, False),
     ("mkor_inconspicuous", "mlp", "noise0.01", {}, False),
     ("mkor_inconspicuous", "convnet", "noise0.01", {}, False),
     ("mkor_inconspicuous", "lenet", "noise0.05", {"noise": 0.05}, False),
