@@ -440,6 +440,16 @@ def _noisy_entries(weight: torch.Tensor, mask: torch.Tensor, noise: float, gen: 
         weight.add_(torch.randn(weight.shape, generator=gen).to(weight.dtype) * std * mask)
 
 
+def _channel_state(sites: list[_Site], index: int) -> list[torch.Tensor]:
+    """Per-channel tensors of convolution ``sites[index]``: its bias and its following BatchNorm's."""
+    conv = sites[index].module
+    out = [conv.bias] if conv.bias is not None else []
+    bn = _following_bn(sites, index)
+    if bn is not None:
+        out += [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+    return out
+
+
 @CRAFTERS.register("mkor_inconspicuous")
 def mkor_inconspicuous(
     model: nn.Module,
@@ -459,7 +469,7 @@ def mkor_inconspicuous(
     i.i.d. noise N(0, (noise/sqrt(fan_in))^2) is added to every changed entry:
 
     * convolutions: MKOR's pass-through filters (:func:`mkor`) at *shuffled*
-      output channels; the other filters keep their weights;
+      output channels; the other filters keep their weights and biases;
     * first ``nn.Linear``: for each class ``j`` a random row ``r_j`` keeps its
       honest weights and a second random row becomes its opposite
       (``-w``, ``-b``). Every example activates exactly one of the two ReLUs,
@@ -485,8 +495,15 @@ def mkor_inconspicuous(
     lins = [s.module for s in _need_linear(sites, "mkor_inconspicuous")]
     gen = _generator(seed)
     with torch.no_grad():
+        # the pass-through filters need zero biases (and identity BatchNorm); the other channels keep theirs
+        convs = [(i, site.module) for i, site in enumerate(sites) if isinstance(site.module, nn.Conv2d)]
+        kept = {id(m): [t.clone() for t in _channel_state(sites, i)] for i, m in convs}
         for step in _pass_through_convs(sites, input_shape[0], conv_mode=conv_mode, bn=bn, shuffle=gen):
-            conv = model.get_submodule(step["layer"])
+            index, conv = next((i, m) for i, m in convs if m is model.get_submodule(step["layer"]))
+            others = torch.ones(conv.out_channels, dtype=torch.bool)
+            others[step["channels"]] = False
+            for now, before in zip(_channel_state(sites, index), kept[id(conv)]):
+                now[others] = before[others]
             mask = torch.zeros_like(conv.weight)
             mask[step["channels"]] = 1.0
             _noisy_entries(conv.weight, mask, noise, gen)
