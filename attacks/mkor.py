@@ -127,8 +127,8 @@ def class_features(
     params = [first.weight, first.bias]
     logits = model(public)
     num_classes = len(rows)
-    share_w, share_b = torch.autograd.grad(torch.logsumexp(logits, dim=1).sum(), params, retain_graph=True)
-    (path,) = torch.autograd.grad(logits[:, :num_classes].sum(), [first.bias])
+    share_w, share_b = (g.cpu() for g in torch.autograd.grad(torch.logsumexp(logits, dim=1).sum(), params, retain_graph=True))
+    path = torch.autograd.grad(logits[:, :num_classes].sum(), [first.bias])[0].cpu()
     scale = batch_size / len(public)
     dim = grad_w.shape[1]
     features = torch.zeros(num_classes, dim, dtype=torch.float64)
