@@ -35,7 +35,7 @@ from torch import nn
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_first_layer, find_head
+from ._head import find_head, first_layer_and_head
 from .base import Attack, Budget, register_attack
 from .fc_inversion import invert_rows
 from .inverting_gradients import InvertingGradients
@@ -85,13 +85,12 @@ class ClassFishing(Attack):
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
-        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+        first, head = first_layer_and_head(view.model, view.input_shape, view.device, view.num_classes)
         target = int(torch.nonzero(head.module.weight.detach().abs().sum(1)).flatten()[0])
         count = 1
         if view.label_counts is not None:
             count = max(1, int(torch.as_tensor(view.label_counts)[target]))
         grads = {k: v for k, v in view.as_gradient().items() if k not in (head.weight, head.bias)}
-        first = find_first_layer(view.model, view.input_shape, view.device)
         details = {"target_class": target, "examples_fished": count}
         if (
             isinstance(first.module, nn.Linear) and first.bias is not None and first.weight in grads

@@ -77,8 +77,11 @@ def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_ra
     dim = gw.shape[1]
     if len(quotients):
         # Each quotient joins the group of the first (most strongly activated) quotient that agrees with it.
-        rms = torch.cdist(quotients, quotients) / math.sqrt(dim)
-        leader = (rms <= MERGE_TOLERANCE * (hi - lo)).to(torch.int8).argmax(dim=0)
+        tolerance = MERGE_TOLERANCE * (hi - lo)
+        if bool((torch.linalg.vector_norm(quotients - quotients[0], dim=1) / math.sqrt(dim) <= tolerance).all()):
+            leader = torch.zeros(len(quotients), dtype=torch.long)  # one example (a batch of one): no distance matrix
+        else:
+            leader = (torch.cdist(quotients, quotients) / math.sqrt(dim) <= tolerance).to(torch.int8).argmax(dim=0)
         leaders, members = torch.unique(leader, return_inverse=True)
         sizes = torch.bincount(members, minlength=len(leaders))
         order = torch.argsort(-sizes, stable=True)[:limit]

@@ -52,7 +52,8 @@ def _view(arch: str, batch: int) -> tuple[ServerView, object, torch.Tensor, torc
     upd = compute_update(model, bx, by, protocol="fedsgd")
     view = ServerView(model=model, tensors=upd.tensors, protocol="fedsgd", batch_size=batch, local_steps=None,
                       local_lr=None, local_batch_size=None, num_classes=10, input_shape=tuple(shape),
-                      threat=ThreatModel(), device=torch.device("cpu"), labels=None)
+                      threat=ThreatModel(), device=torch.device("cpu"), labels=None,
+                      label_counts=torch.bincount(by, minlength=10))  # as the label attack finds them (FedSGD: exact)
     return view, upd, bx, by
 
 
