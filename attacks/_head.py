@@ -45,23 +45,19 @@ def _describe(model: nn.Module, layer: nn.Module) -> Head:
     return Head(name, layer, f"{prefix}weight", f"{prefix}bias" if getattr(layer, "bias", None) is not None else None)
 
 
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _head_of(model: nn.Module, order: list[nn.Module], num_classes: int | None) -> Head | None:
-    linears = [m for m in order if isinstance(m, nn.Linear)]
-    if not linears or (num_classes is not None and linears[-1].out_features != num_classes):
-        return None
-    return _describe(model, linears[-1])
-
-
 def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: int | None = None) -> Head | None:
     """The Linear layer that produces the logits, found with forward hooks (execution order).
 
     Returns None when the model's last Linear layer does not output
     ``num_classes`` values (the logits come from something else).
     """
-    return _head_of(model, execution_order(model, input_shape, device, (nn.Linear,)), num_classes)
+    order = execution_order(model, input_shape, device, (nn.Linear,))
+    if not order:
+        return None
+    last = order[-1]
+    if num_classes is not None and last.out_features != num_classes:
+        return None
+    return _describe(model, last)
 
 
 def linear_layers(model: nn.Module, input_shape, device: torch.device) -> list[Head]:
@@ -71,13 +67,5 @@ def linear_layers(model: nn.Module, input_shape, device: torch.device) -> list[H
 
 def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Head | None:
     """The first Linear or convolution the input meets (None when there is none)."""
-    order = execution_order(model, input_shape, device, _WEIGHTED)
+    order = execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
     return _describe(model, order[0]) if order else None
-
-
-def first_layer_and_head(
-    model: nn.Module, input_shape, device: torch.device, num_classes: int | None = None
-) -> tuple[Head | None, Head | None]:
-    """:func:`find_first_layer` and :func:`find_head` from one traced forward pass."""
-    order = execution_order(model, input_shape, device, _WEIGHTED)
-    return (_describe(model, order[0]) if order else None), _head_of(model, order, num_classes)

@@ -13,7 +13,7 @@ fedguard's emulator picks that class (the smallest non-zero count the audit's
 label attack found, else class 0), crafts the head, computes the client's
 update under it, and inverts the isolated gradient: exactly with the
 ``∇W / ∇b`` quotient when a Linear layer sees the raw input
-(:func:`~fedguard.attacks.fc_inversion.invert_rows`), otherwise with
+(:class:`~fedguard.attacks.fc_inversion.FCInversion`), otherwise with
 Inverting Gradients (:class:`~fedguard.attacks.inverting_gradients.InvertingGradients`)
 on the layers below the head, as the paper does.
 
@@ -30,14 +30,13 @@ import time
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_head, first_layer_and_head
+from ._head import find_head
 from .base import Attack, Budget, register_attack
-from .fc_inversion import invert_rows
+from .fc_inversion import FCInversion
 from .inverting_gradients import InvertingGradients
 
 __all__ = ["ClassFishing", "fishing_target"]
@@ -85,30 +84,21 @@ class ClassFishing(Attack):
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
-        first, head = first_layer_and_head(view.model, view.input_shape, view.device, view.num_classes)
+        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
         target = int(torch.nonzero(head.module.weight.detach().abs().sum(1)).flatten()[0])
         count = 1
         if view.label_counts is not None:
             count = max(1, int(torch.as_tensor(view.label_counts)[target]))
-        grads = {k: v for k, v in view.as_gradient().items() if k not in (head.weight, head.bias)}
-        details = {"target_class": target, "examples_fished": count}
-        if (
-            isinstance(first.module, nn.Linear) and first.bias is not None and first.weight in grads
-            and first.module.in_features == grads[first.weight].shape[1] == torch.Size(view.input_shape).numel()
-        ):
-            budget.check(0)
-            rows, found = invert_rows(grads[first.weight].cpu(), grads[first.bias].cpu(), count, view.threat.input_range)
-            details.update(found, inversion="fc quotient")
-            return Reconstruction(
-                attack=self.name, images=rows.float().reshape(-1, *view.input_shape),
-                labels=torch.full((len(rows),), target, dtype=torch.long),
-                seconds=time.perf_counter() - start, details=details,
-            )
+        labels = torch.full((count,), target, dtype=torch.long)
+        # the layers below the head hold the fished examples' gradient alone: attack it as a batch of `count`
         isolated = dataclasses.replace(
-            view, tensors=grads, protocol="fedsgd", batch_size=count, local_steps=None, local_lr=None,
-            local_batch_size=None, labels=torch.full((count,), target, dtype=torch.long), label_counts=None,
-            label_source="the fished class",
+            view, tensors={k: v for k, v in view.as_gradient().items() if k not in (head.weight, head.bias)},
+            protocol="fedsgd", batch_size=count, local_steps=None, local_lr=None, local_batch_size=None,
+            labels=labels, label_counts=None, label_source="the fished class",
         )
-        rec = InvertingGradients().run(isolated, budget)
-        details.update(rec.details, inversion="inverting gradients on the layers below the head")
-        return dataclasses.replace(rec, attack=self.name, seconds=time.perf_counter() - start, details=details)
+        inversion = FCInversion() if FCInversion().applies(isolated) is None else InvertingGradients()
+        rec = inversion.run(isolated, budget)
+        details = {"target_class": target, "examples_fished": count, "inversion": inversion.name, **rec.details}
+        return dataclasses.replace(
+            rec, attack=self.name, labels=labels[: len(rec.images)], seconds=time.perf_counter() - start, details=details
+        )

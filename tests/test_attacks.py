@@ -526,7 +526,7 @@ def test_class_fishing_isolates_the_rarest_class_and_inverts_it():
     # The label attack's counts name a class held once; the fished update is that example's gradient,
     # read back exactly by the first layer's quotient (measured: 100 dB, the cap).
     assert out.psnr_max >= 60.0 and out.recovered_fraction == 1 / 16
-    assert out.details["examples_fished"] == 1 and out.details["inversion"] == "fc quotient"
+    assert out.details["examples_fished"] == 1 and out.details["inversion"] == "fc_inversion"
     conv = audit(arch="lenet", input_shape=(1, 28, 28), data="digits", batch_size=8,
                  attacks=["label_counts", "class_fishing"], device="cpu", seed=0, max_iterations=300)
     fished = conv.outcome("class_fishing")
