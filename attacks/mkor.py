@@ -115,7 +115,7 @@ def _features(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tens
 
 
 def class_features(
-    model: nn.Module, linears: list[nn.Linear], rows: list[torch.Tensor], grad_w: torch.Tensor, grad_b: torch.Tensor,
+    model: nn.Module, first: nn.Linear, rows: list[torch.Tensor], grad_w: torch.Tensor, grad_b: torch.Tensor,
     batch_size: int, public: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean feature and estimated example count of every class from the first Linear layer's gradient.
@@ -123,7 +123,6 @@ def class_features(
     Returns ``features [num_classes, in]`` and ``counts [num_classes]``
     (float; classes without rows get count 0).
     """
-    first = linears[0]
     params = [first.weight, first.bias]
     logits = model(public)
     num_classes = len(rows)
@@ -231,7 +230,7 @@ class MKOR(Attack):
             public, source = self._public(view)
             grad_w = grads[heads[0].weight].detach().cpu()
             features, counts = class_features(
-                model, linears, rows, grad_w, grads[heads[0].bias].detach().cpu(), int(view.batch_size), public
+                model, first, rows, grad_w, grads[heads[0].bias].detach().cpu(), int(view.batch_size), public
             )
             # features whose weight-gradient column is zero in every class row carry nothing (a pruning
             # defense such as Soteria, or features no example switches on): they are left to the prior
