@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import torch
 
-from fedguard.threat import ServerView
+from fedguard.threat import NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
 from ._head import find_head
@@ -79,7 +79,7 @@ class ClassFishing(Attack):
         if head is None or head.bias is None or head.weight not in view.tensors:
             return "the model has no classification head with a bias to fish with"
         if view.as_gradient() is None:
-            return "the server does not know the local schedule to turn the FedAvg update into a gradient"
+            return NO_GRADIENT
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from fedguard.threat import ServerView
+from fedguard.threat import NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
 from .base import Attack, Budget, register_attack
@@ -75,7 +75,7 @@ class ImprintEmulator(Attack):
         if WEIGHT not in view.tensors or BIAS not in view.tensors:
             return "the model has no imprint block (the audit inserts one for this emulator)"
         if view.as_gradient() is None:
-            return "the server does not know the local schedule to turn the FedAvg update into a gradient"
+            return NO_GRADIENT
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:

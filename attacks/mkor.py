@@ -46,7 +46,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedguard.threat import ServerView
+from fedguard.threat import NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
 from ._head import find_first_layer, linear_layers
@@ -205,7 +205,7 @@ class MKOR(Attack):
         if view.batch_size is None:
             return "the server does not know the batch size (threat model)"
         if view.as_gradient() is None:
-            return "the server does not know the local schedule to turn the FedAvg update into a gradient"
+            return NO_GRADIENT
         return None
 
     def _public(self, view: ServerView) -> tuple[torch.Tensor, str]:

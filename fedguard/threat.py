@@ -31,9 +31,11 @@ import torch
 
 from fedguard.errors import InputError
 
-__all__ = ["LABEL_KNOWLEDGE", "ThreatModel", "ServerView"]
+__all__ = ["LABEL_KNOWLEDGE", "NO_GRADIENT", "ThreatModel", "ServerView"]
 
 LABEL_KNOWLEDGE: tuple[str, ...] = ("infer", "known")
+#: Why an attack that needs :meth:`ServerView.as_gradient` cannot run when it is None.
+NO_GRADIENT = "the server does not know the local schedule to turn the FedAvg update into a gradient"
 
 
 @dataclass(frozen=True)
