@@ -20,10 +20,17 @@ estimates ``p̄`` by running the model on data it has and solves for ``n``:
   ``(Mᵀ - I) n / B = g_b`` under ``n ≥ 0``, ``Σ n = B``.
 * FedAvg -- the update ``W_T - W_0`` is turned into one average gradient
   ``(W_0 - W_T) / (T·lr)`` (Geng et al.); ``p̄`` now moves along the local
-  training. The server starts from the average of ``p̂`` at ``W_0`` and
-  ``W_T``, then repeatedly simulates the client's ``T`` local steps from
-  ``W_0`` on public data weighted to the current estimate of the counts, and
-  re-solves with the mean of ``p̂`` along the simulated trajectory.
+  training, and it moves with ``n`` itself: the more examples of a class,
+  the faster the client's softmax learns it. The server simulates the
+  client's ``T`` local steps from ``W_0`` on public data weighted to counts
+  ``n`` and solves ``n = B (p̄_sim(n) - g_b)`` for ``n`` in ``[0, B]``
+  by bounded least squares (scipy's ``least_squares``), starting from the
+  average of ``p̂`` at ``W_0`` and ``W_T``, within ``MAX_SIMULATIONS``
+  simulations and ``SOLVER_SECONDS``. Iterating the equation as a fixed
+  point does not do: at lr 0.01 the map's slope nears or passes one and the
+  iteration stalls or swings (measured on the DLG LeNet, 5 steps, batches
+  8-64: 64 % of counts exact after three rounds, 95 % solved; MINPACK's
+  unbounded root finder: 78 %).
 
 Counts are rounded to integers that sum to ``B`` (largest remainders). They
 seed DLG and Inverting Gradients with labels (Geiping et al. assume known
@@ -39,6 +46,7 @@ Gradients in Federated Learning." PoPETs 2022.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import ClassVar
@@ -62,8 +70,14 @@ MIN_PER_CLASS_FOR_CONDITIONAL = 10
 SIMULATION_PER_CLASS = 12
 #: Public examples the softmax statistics are measured on (the audit passes them shuffled).
 MAX_SERVER_EXAMPLES = 256
-#: Fixed-point rounds of the FedAvg simulation.
-SIMULATION_ROUNDS = 3
+#: Simulated local trainings the FedAvg solver may run, its seconds, and its tolerance in examples.
+MAX_SIMULATIONS = 60
+SOLVER_SECONDS = 30.0
+SOLVER_TOLERANCE = 1e-3
+
+
+class _Stop(Exception):
+    """Time ran out, or the user stopped, inside the FedAvg solver."""
 
 
 def round_counts(raw: np.ndarray, total: int) -> np.ndarray:
@@ -208,26 +222,33 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
         raw = _raw_counts(g_head, stats.p_mean, batch, use_bias, stats.feature_sum, stats.conditional)
         details["model"] = "conditional" if stats.conditional is not None else "mean"
         return round_counts(raw, batch), raw, details
-    # FedAvg: start from the average of the end points, then simulate the local training
+    from scipy.optimize import least_squares
+
+    # FedAvg: start from the average of the end points, then solve n = raw(p_sim(n)) with the local training simulated;
+    # a bounded least-squares solve (scipy's trust-region reflective) keeps n in [0, B]
     ends = [_Stats(_shifted(view.model, view.tensors, s), head, xs, ys, chunk, view.num_classes) for s in (0.0, 1.0)]
     p0 = np.mean([e.p_mean for e in ends], axis=0)
     o0 = float(np.mean([e.feature_sum for e in ends]))
     raw = _raw_counts(g_head, p0, batch, use_bias, o0, None)
-    counts = round_counts(raw, batch)
     sx, sy = _simulation_set(view, xs, ys)
-    rounds = 0
-    for _ in range(SIMULATION_ROUNDS):
-        if budget is not None and budget.interrupted():
-            break
-        p_sim = _simulate(view.model, counts, sx, sy, batch, int(view.local_steps), float(view.local_lr), view.num_classes)
-        raw = _raw_counts(g_head, p_sim, batch, use_bias, o0, None)
-        new = round_counts(raw, batch)
-        rounds += 1
-        if np.array_equal(new, counts):
-            break
-        counts = new
-    details.update({"model": "simulated_local_training", "simulation_rounds": rounds})
-    return counts, raw, details
+    best = [float("inf"), raw]
+    deadline = time.perf_counter() + min(SOLVER_SECONDS, budget.remaining() if budget is not None else SOLVER_SECONDS)
+
+    def residual(n: np.ndarray) -> np.ndarray:
+        if (budget is not None and budget.interrupted()) or time.perf_counter() > deadline:
+            raise _Stop
+        composition = n * (batch / n.sum()) if n.sum() > 0 else np.full_like(n, batch / len(n))
+        p_sim = _simulate(view.model, composition, sx, sy, batch, int(view.local_steps), float(view.local_lr), view.num_classes)
+        r = n - _raw_counts(g_head, p_sim, batch, use_bias, o0, None)
+        if float(np.abs(r).max()) < best[0]:
+            best[:] = [float(np.abs(r).max()), n.copy()]
+        return r
+
+    with contextlib.suppress(_Stop):
+        least_squares(residual, np.clip(raw, 0, batch), bounds=(0.0, float(batch)), xtol=SOLVER_TOLERANCE, max_nfev=MAX_SIMULATIONS, diff_step=1e-3)
+    raw = best[1]
+    details.update({"model": "simulated_local_training", "simulation_residual": round(best[0], 4)})
+    return round_counts(raw, batch), raw, details
 
 
 @register_attack("label_counts")
