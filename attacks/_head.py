@@ -1,4 +1,4 @@
-"""Finding layers by execution order: the classification head (last Linear), the first layer."""
+"""Finding layers by execution order (the classification head, the first layer) and what a layer sees."""
 
 from __future__ import annotations
 
@@ -69,3 +69,25 @@ def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Hea
     """The first Linear or convolution the input meets (None when there is none)."""
     order = execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
     return _describe(model, order[0]) if order else None
+
+
+class _Stop(Exception):
+    """Raised by a forward hook to end a forward pass at the layer it watches."""
+
+
+def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input ``layer`` sees when ``model`` runs on ``x`` (the forward stops there), flattened."""
+    got: list[torch.Tensor] = []
+
+    def hook(module, args):
+        got.append(args[0])
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return got[0].flatten(1)

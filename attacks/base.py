@@ -28,7 +28,7 @@ __all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN
 
 #: Modules that register the built-in attacks, in the order the audit runs them:
 #: label attacks first, because their labels seed the image attacks; analytic before optimisation.
-BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "class_fishing", "mkor")
+BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "class_fishing", "feature_fishing", "mkor")
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
 

@@ -38,8 +38,12 @@ from ._head import find_head
 from .base import Attack, Budget, register_attack
 from .fc_inversion import FCInversion
 from .inverting_gradients import InvertingGradients
+from .mkor import invert_features
 
-__all__ = ["ClassFishing", "fishing_target"]
+__all__ = ["ClassFishing", "fishing_target", "invert_isolated", "MAX_PRIOR_EXAMPLES"]
+
+#: Public examples whose mean image starts the feature inversion.
+MAX_PRIOR_EXAMPLES = 256
 
 
 def fishing_target(view: ServerView) -> int:
@@ -51,6 +55,47 @@ def fishing_target(view: ServerView) -> int:
     if not len(present):
         return 0
     return int(present[torch.argmin(counts[present])])
+
+
+def invert_isolated(
+    view: ServerView, gradient: dict, labels: torch.Tensor, budget: Budget, through: str = "gradients"
+) -> tuple[Reconstruction, str]:
+    """Invert ``gradient``, the isolated gradient of ``len(labels)`` examples fished with ``view.model``.
+
+    By FC inversion where a Linear layer sees the input (exact). Otherwise
+    ``through="gradients"`` runs Inverting Gradients on the layers below the
+    head, as a batch of its own; ``through="features"`` reads the examples'
+    mean feature off the fished row of the head (``∇W_t / ∇b_t``, exact for
+    one example) and fits an image to it through the layers below
+    (:func:`~fedguard.attacks.mkor.invert_features`, from the public data's
+    mean image). Returns the reconstruction and the route taken.
+    """
+    start = time.perf_counter()
+    count = len(labels)
+    head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+    below = {k: v for k, v in gradient.items() if k not in (head.weight, head.bias)}
+    isolated = dataclasses.replace(
+        view, tensors=below, protocol="fedsgd", batch_size=count, local_steps=None, local_lr=None,
+        local_batch_size=None, labels=labels, label_counts=None, label_source="the fished class", next_round=None,
+    )  # fmt: skip
+    if FCInversion().applies(isolated) is None:
+        return FCInversion().run(isolated, budget), "fc_inversion"
+    if through == "gradients":
+        return InvertingGradients().run(isolated, budget), "inverting_gradients"
+    row = int(labels[0])
+    feature = (gradient[head.weight][row] / gradient[head.bias][row]).detach().float().to(view.device)
+    lo, hi = view.threat.input_range
+    if view.auxiliary is not None and view.threat.auxiliary_data:
+        prior = view.auxiliary[0][:MAX_PRIOR_EXAMPLES].float().mean(0, keepdim=True).to(view.device)
+    else:
+        prior = torch.full((1, *view.input_shape), 0.5 * (lo + hi), device=view.device)
+    image, fit = invert_features(view.model, head.module, feature[None], prior, (lo, hi), budget, budget.max_iterations)
+    stopped = fit.pop("stopped")
+    rec = Reconstruction(
+        attack="feature_inversion", images=image.cpu().float().expand(count, *view.input_shape).clone(), labels=labels,
+        iterations=int(fit["inversion_iterations"]), seconds=time.perf_counter() - start, stopped=stopped, details=fit,
+    )  # fmt: skip
+    return rec, "feature_inversion"
 
 
 @register_attack("class_fishing")
@@ -90,15 +135,9 @@ class ClassFishing(Attack):
         if view.label_counts is not None:
             count = max(1, int(torch.as_tensor(view.label_counts)[target]))
         labels = torch.full((count,), target, dtype=torch.long)
-        # the layers below the head hold the fished examples' gradient alone: attack it as a batch of `count`
-        isolated = dataclasses.replace(
-            view, tensors={k: v for k, v in view.as_gradient().items() if k not in (head.weight, head.bias)},
-            protocol="fedsgd", batch_size=count, local_steps=None, local_lr=None, local_batch_size=None,
-            labels=labels, label_counts=None, label_source="the fished class",
-        )
-        inversion = FCInversion() if FCInversion().applies(isolated) is None else InvertingGradients()
-        rec = inversion.run(isolated, budget)
-        details = {"target_class": target, "examples_fished": count, "inversion": inversion.name, **rec.details}
+        # the layers below the head and the head's target row hold the fished examples' gradient alone
+        rec, inversion = invert_isolated(view, view.as_gradient(), labels, budget)
+        details = {"target_class": target, "examples_fished": count, "inversion": inversion, **rec.details}
         return dataclasses.replace(
             rec, attack=self.name, labels=labels[: len(rec.images)], seconds=time.perf_counter() - start, details=details
         )

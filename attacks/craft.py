@@ -635,7 +635,16 @@ def feature_fishing(
     code's fall-back); at most ``max_examples`` examples of ``data`` (a
     seeded random subset) are run. ``calibrate=True`` shifts ``feature_val`` by
     ``-(bias_multiplier + ln(C-1)) / feat_multiplier`` so that the softmax
-    boundary itself, not just the bias, sits at that quantile.
+    boundary itself, not just the bias, sits at that value (the quantile, or
+    the ``feature_val`` given).
+
+    Examples whose feature lies on the "wrong" side of the boundary -- of the
+    target class below it, of another class above it -- send a gradient
+    ``∓feat_multiplier ∇f`` below the head; the others send ~0. Two rounds
+    with boundaries ``v1 < v2`` therefore differ by ``-feat_multiplier Σ ∇f``
+    over the examples with ``f`` in ``[v1, v2)``, whatever their class, and
+    the target bias's gradients differ by ``-(their number) / B``
+    (:mod:`fedguard.attacks.feature_fishing` runs that search).
 
     References
     ----------
@@ -662,8 +671,8 @@ def feature_fishing(
         raise ValueError(f"feature {feature} is outside 0..{last.in_features - 1}")
     if feature_val is None:
         feature_val = float(torch.quantile(feats[:, feature], quantile)) if feats is not None else 0.5
-        if calibrate:
-            feature_val -= (bias_multiplier + math.log(max(1, last.out_features - 1))) / feat_multiplier
+    if calibrate:
+        feature_val -= (bias_multiplier + math.log(max(1, last.out_features - 1))) / feat_multiplier
     with torch.no_grad():
         w = torch.zeros_like(last.weight)
         if keep_row:

@@ -49,7 +49,7 @@ from torch import nn
 from fedguard.threat import NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_first_layer, linear_layers
+from ._head import find_first_layer, layer_input, linear_layers
 from .base import Attack, Budget, register_attack
 from .label_counts import round_counts
 
@@ -92,28 +92,6 @@ def class_rows(linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]
     return [torch.nonzero(owned & (owner == j)).flatten() for j in range(num_classes)]
 
 
-class _Stop(Exception):
-    """Raised by a forward hook to end a forward pass at the layer it watches."""
-
-
-def _features(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input ``layer`` sees when ``model`` runs on ``x`` (the forward stops there), flattened."""
-    got: list[torch.Tensor] = []
-
-    def hook(module, args):
-        got.append(args[0])
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got[0].flatten(1)
-
-
 def class_features(
     model: nn.Module, first: nn.Linear, rows: list[torch.Tensor], grad_w: torch.Tensor, grad_b: torch.Tensor,
     batch_size: int, public: torch.Tensor,
@@ -152,6 +130,7 @@ def invert_features(
     """Images in ``input_range`` whose features at ``layer`` match ``targets`` (Adam, cosine-decayed step).
 
     ``known`` (bool, one per feature) leaves the other features out of the fit.
+    The model runs in eval mode; its parameters get no gradient.
     """
     mask = torch.ones(targets.shape[1], device=targets.device) if known is None else known.to(targets.device, targets.dtype)
     lo, hi = input_range
@@ -160,21 +139,25 @@ def invert_features(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
     norms = (targets * mask).pow(2).sum(1).clamp_min(1e-12)
     residual, done, stopped = float("nan"), 0, "max_iterations"
-    for done in range(1, iterations + 1):
-        opt.zero_grad(set_to_none=True)
-        fit = (((_features(model, layer, x) - targets) * mask).pow(2).sum(1) / norms).sum()
-        weight = PRIOR_WEIGHT * PRIOR_DECAY ** (done / iterations)
-        loss = fit + weight * (x - start).pow(2).flatten(1).mean(1).sum() / (hi - lo) ** 2
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            x.clamp_(lo, hi)
-        residual = float(fit.detach()) / len(targets)
-        reason = budget.check(done, feature_error=residual)
-        if reason is not None:
-            stopped = reason
-            break
+    was_training = model.training
+    model.eval()
+    try:
+        for done in range(1, iterations + 1):
+            fit = (((layer_input(model, layer, x) - targets) * mask).pow(2).sum(1) / norms).sum()
+            weight = PRIOR_WEIGHT * PRIOR_DECAY ** (done / iterations)
+            loss = fit + weight * (x - start).pow(2).flatten(1).mean(1).sum() / (hi - lo) ** 2
+            (x.grad,) = torch.autograd.grad(loss, [x])
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                x.clamp_(lo, hi)
+            residual = float(fit.detach()) / len(targets)
+            reason = budget.check(done, feature_error=residual)
+            if reason is not None:
+                stopped = reason
+                break
+    finally:
+        model.train(was_training)
     return x.detach(), {"inversion_iterations": done, "feature_error": residual, "stopped": stopped}
 
 
@@ -248,16 +231,9 @@ class MKOR(Attack):
                 images, fit = flat.reshape(-1, *view.input_shape).clamp(lo, hi), {"inversion_iterations": 0}
                 budget.check(0)
             else:
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                for p in trainable:
-                    p.requires_grad_(False)
-                try:
-                    images, fit = invert_features(
-                        model, first, targets, prior.contiguous(), (lo, hi), budget, budget.max_iterations, known
-                    )
-                finally:
-                    for p in trainable:
-                        p.requires_grad_(True)
+                images, fit = invert_features(
+                    model, first, targets, prior.contiguous(), (lo, hi), budget, budget.max_iterations, known
+                )
         finally:
             model.train(was_training)
         repeats = torch.as_tensor(round_counts(counts[classes].numpy(), int(view.batch_size))).clamp_min(1)

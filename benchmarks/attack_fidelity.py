@@ -242,11 +242,11 @@ def _soteria(net, tensors: dict, bx: torch.Tensor, percent: float) -> dict:
     """Soteria (Sun et al., CVPR 2021) as in MKOR's code: zero the first FC layer's weight gradient for the
     ``percent`` % of its input features with the smallest sum over examples of ||dr/dx|| / |r|."""
     from fedguard.attacks._head import linear_layers
-    from fedguard.attacks.mkor import _features
+    from fedguard.attacks._head import layer_input
 
     first = linear_layers(net, tuple(bx.shape[1:]), torch.device("cpu"))[0]
     x = bx.clone().requires_grad_(True)
-    feats = _features(net, first.module, x)
+    feats = layer_input(net, first.module, x)
     score = torch.zeros(feats.shape[1])
     for f in range(feats.shape[1]):
         (g,) = torch.autograd.grad(feats[:, f].sum(), x, retain_graph=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import threading
@@ -255,7 +256,8 @@ def _emulate(
     seed: int,
 ) -> ServerView:
     """What a malicious server would see: the model crafted by ``crafter`` for this architecture, and
-    the client's update computed under it with the same protocol (the client's side, run here)."""
+    the client's update computed under it with the same protocol (the client's side, run here).
+    Its ``next_round(options)`` crafts again from the same model for a later round on the same batch."""
     import copy
 
     from fedguard.attacks.craft import craft
@@ -267,7 +269,8 @@ def _emulate(
         evil = compute_update(crafted, batch_x.to(view.device), batch_y.to(view.device), protocol=upd.protocol,
                               local_steps=upd.local_steps, local_lr=upd.local_lr,
                               local_batch_size=upd.local_batch_size, seed=seed)
-    return dataclasses.replace(view, model=crafted, tensors=evil.tensors)
+    again = functools.partial(_emulate, crafter, view=view, upd=upd, batch_x=batch_x, batch_y=batch_y, aux=aux, seed=seed)
+    return dataclasses.replace(view, model=crafted, tensors=evil.tensors, next_round=again)
 
 
 def _exposure(

@@ -89,6 +89,11 @@ class ServerView:
         Examples per class, known or recovered.
     auxiliary : (inputs, labels) or None
         Public data of the same domain (the server's own).
+    next_round : callable or None
+        ``next_round(options) -> ServerView``: the client's update of the same
+        batch when the server sends the model crafted with ``options`` in a
+        later round. Only malicious-server emulations have it (fedguard plays
+        the client); multi-round attacks need it.
     threat : ThreatModel
     device : torch.device
     seed : int
@@ -110,6 +115,7 @@ class ServerView:
     label_counts: Any = None
     label_source: str | None = None
     auxiliary: Any = field(default=None, repr=False)
+    next_round: Any = field(default=None, repr=False)
 
     def as_gradient(self) -> dict[str, torch.Tensor] | None:
         """The update as one average gradient (FedAvg: ``-(W_T - W_0) / (T lr)``), or None without the schedule."""
