@@ -21,10 +21,13 @@ WITHHOLD = {"batch-size": "batch_size", "local-schedule": "local_schedule", "pub
 
 
 def _attack_help() -> str:
-    from fedguard.attacks.base import BUILTIN_MODULES
+    from fedguard.attacks.base import attacks
 
-    names = ", ".join(m for m in BUILTIN_MODULES)
-    return f"Run only this attack (repeatable): {names}. Default: every one that applies."
+    registry = attacks()
+    names = ", ".join(registry.names())
+    emulators = ", ".join(n for n in registry.names() if not registry.get(n).default)
+    return (f"Run only this attack (repeatable): {names}. Default: every one that applies, "
+            f"except the malicious-server emulators ({emulators}), which run when named.")  # fmt: skip
 
 
 class _Bars:

@@ -216,10 +216,10 @@ def test_round_counts_keeps_the_total():
 
 def test_registry_lists_every_builtin_attack_in_audit_order():
     assert attacks().names() == [
-        "label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "class_fishing", "mkor",
-        "mkor_inconspicuous",
+        "label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "class_fishing",
+        "feature_fishing", "mkor", "mkor_inconspicuous",
     ]
-    emulators = ["imprint", "class_fishing", "mkor", "mkor_inconspicuous"]
+    emulators = ["imprint", "class_fishing", "feature_fishing", "mkor", "mkor_inconspicuous"]
     assert [n for n in attacks().names() if not attacks().get(n).default] == emulators  # run on request
 
 
@@ -551,7 +551,7 @@ def test_feature_fishing_bisects_rounds_down_to_one_example():
                  attacks=["label_counts", "feature_fishing"], device="cpu", seed=0, max_iterations=300)
     fished = conv.outcome("feature_fishing")
     # the example's features, read exactly off the head's row, inverted through the convolutions
-    # (measured: 14.9 dB, SSIM 0.40 against a 13.5 dB mean-image baseline)
+    # (measured: 14.6-14.9 dB, SSIM 0.38-0.40 against a 13.5 dB mean-image baseline)
     assert fished.details["inversion"] == "feature_inversion" and fished.details["feature_error"] < 1e-3
     assert fished.ssim_max >= 0.3 and fished.psnr_max >= conv.leakage.baseline_psnr
 
