@@ -34,16 +34,13 @@ import torch
 from fedguard.threat import NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_head
+from ._head import Head, find_head
 from .base import Attack, Budget, register_attack
 from .fc_inversion import FCInversion
 from .inverting_gradients import InvertingGradients
-from .mkor import invert_features
+from .mkor import invert_features, public_examples
 
-__all__ = ["ClassFishing", "fishing_target", "invert_isolated", "MAX_PRIOR_EXAMPLES"]
-
-#: Public examples whose mean image starts the feature inversion.
-MAX_PRIOR_EXAMPLES = 256
+__all__ = ["ClassFishing", "fishing_target", "invert_isolated"]
 
 
 def fishing_target(view: ServerView) -> int:
@@ -58,9 +55,9 @@ def fishing_target(view: ServerView) -> int:
 
 
 def invert_isolated(
-    view: ServerView, gradient: dict, labels: torch.Tensor, budget: Budget, through: str = "gradients"
+    view: ServerView, head: Head, gradient: dict, labels: torch.Tensor, budget: Budget, through: str = "gradients"
 ) -> tuple[Reconstruction, str]:
-    """Invert ``gradient``, the isolated gradient of ``len(labels)`` examples fished with ``view.model``.
+    """Invert ``gradient``, the isolated gradient of ``len(labels)`` examples fished with ``view.model`` (head ``head``).
 
     By FC inversion where a Linear layer sees the input (exact). Otherwise
     ``through="gradients"`` runs Inverting Gradients on the layers below the
@@ -68,11 +65,10 @@ def invert_isolated(
     mean feature off the fished row of the head (``∇W_t / ∇b_t``, exact for
     one example) and fits an image to it through the layers below
     (:func:`~fedguard.attacks.mkor.invert_features`, from the public data's
-    mean image). Returns the reconstruction and the route taken.
+    mean image, or the box's middle without public data). Returns the reconstruction and the route taken.
     """
     start = time.perf_counter()
     count = len(labels)
-    head = find_head(view.model, view.input_shape, view.device, view.num_classes)
     below = {k: v for k, v in gradient.items() if k not in (head.weight, head.bias)}
     isolated = dataclasses.replace(
         view, tensors=below, protocol="fedsgd", batch_size=count, local_steps=None, local_lr=None,
@@ -85,10 +81,7 @@ def invert_isolated(
     row = int(labels[0])
     feature = (gradient[head.weight][row] / gradient[head.bias][row]).detach().float().to(view.device)
     lo, hi = view.threat.input_range
-    if view.auxiliary is not None and view.threat.auxiliary_data:
-        prior = view.auxiliary[0][:MAX_PRIOR_EXAMPLES].float().mean(0, keepdim=True).to(view.device)
-    else:
-        prior = torch.full((1, *view.input_shape), 0.5 * (lo + hi), device=view.device)
+    prior = public_examples(view)[0].mean(0, keepdim=True)
     image, fit = invert_features(view.model, head.module, feature[None], prior, (lo, hi), budget, budget.max_iterations)
     stopped = fit.pop("stopped")
     rec = Reconstruction(
@@ -136,7 +129,7 @@ class ClassFishing(Attack):
             count = max(1, int(torch.as_tensor(view.label_counts)[target]))
         labels = torch.full((count,), target, dtype=torch.long)
         # the layers below the head and the head's target row hold the fished examples' gradient alone
-        rec, inversion = invert_isolated(view, view.as_gradient(), labels, budget)
+        rec, inversion = invert_isolated(view, head, view.as_gradient(), labels, budget)
         details = {"target_class": target, "examples_fished": count, "inversion": inversion, **rec.details}
         return dataclasses.replace(
             rec, attack=self.name, labels=labels[: len(rec.images)], seconds=time.perf_counter() - start, details=details

@@ -194,7 +194,7 @@ class FeatureFishing(Attack):
         # the window's examples, as the "high" round's model sees a batch of them: their gradient alone
         isolated = {k: grads[high][k] - grads[low][k] for k in grads[high]}
         labels = torch.full((fished,), plan.target, dtype=torch.long)
-        rec, inversion = invert_isolated(view, isolated, labels, budget, through="features")
+        rec, inversion = invert_isolated(view, head, isolated, labels, budget, through="features")
         details = {
             "target_class": plan.target, "feature": plan.feature, "multiplier": round(plan.multiplier, 1),
             "rounds": len(grads), "window": [round(low, 6), round(high, 6)], "examples_fished": fished,

@@ -53,7 +53,7 @@ from ._head import find_first_layer, layer_input, linear_layers
 from .base import Attack, Budget, register_attack
 from .label_counts import round_counts
 
-__all__ = ["MKOR", "InconspicuousMKOR", "class_rows", "class_features", "invert_features", "CLASS_ROW_SHARE"]
+__all__ = ["MKOR", "InconspicuousMKOR", "class_rows", "class_features", "invert_features", "public_examples", "CLASS_ROW_SHARE"]
 
 #: A first-layer row belongs to class j when at least this share of its paths to the logits ends at j.
 CLASS_ROW_SHARE = 0.9
@@ -161,6 +161,16 @@ def invert_features(
     return x.detach(), {"inversion_iterations": done, "feature_error": residual, "stopped": stopped}
 
 
+def public_examples(view: ServerView) -> tuple[torch.Tensor, str]:
+    """Up to PUBLIC_EXAMPLES of the server's public data, or uniform noise in the input box without it, and which."""
+    lo, hi = view.threat.input_range
+    if view.auxiliary is not None and len(view.auxiliary[0]):
+        return view.auxiliary[0][:PUBLIC_EXAMPLES].to(view.device, torch.float32), "public data"
+    gen = torch.Generator().manual_seed(view.seed)
+    noise = lo + (hi - lo) * torch.rand(PUBLIC_EXAMPLES, *view.input_shape, generator=gen)
+    return noise.to(view.device), "uniform noise (no public data)"
+
+
 @register_attack("mkor")
 class MKOR(Attack):
     """MKOR (Wang et al., WACV 2024): class-mean inputs from a model with class-wise paths.
@@ -191,14 +201,6 @@ class MKOR(Attack):
             return NO_GRADIENT
         return None
 
-    def _public(self, view: ServerView) -> tuple[torch.Tensor, str]:
-        lo, hi = view.threat.input_range
-        if view.auxiliary is not None and len(view.auxiliary[0]):
-            return view.auxiliary[0][:PUBLIC_EXAMPLES].to(view.device, torch.float32), "public data"
-        gen = torch.Generator().manual_seed(view.seed)
-        noise = lo + (hi - lo) * torch.rand(PUBLIC_EXAMPLES, *view.input_shape, generator=gen)
-        return noise.to(view.device), "uniform noise (no public data)"
-
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         model = view.model
@@ -210,7 +212,7 @@ class MKOR(Attack):
             first = linears[0]
             grads = view.as_gradient()
             rows = class_rows(linears, view.num_classes)
-            public, source = self._public(view)
+            public, source = public_examples(view)
             grad_w = grads[heads[0].weight].detach().cpu()
             features, counts = class_features(
                 model, first, rows, grad_w, grads[heads[0].bias].detach().cpu(), int(view.batch_size), public
