@@ -113,6 +113,7 @@ def class_features(
     for j, r in enumerate(rows):
         if not len(r):
             continue
+        r = r.cpu()
         weight = scale * share_w[r].double().sum(0) - batch_size * grad_w[r].double().sum(0)
         mass = scale * float(share_b[r].double().sum()) - batch_size * float(grad_b[r].double().sum())
         per_example = float(path[r].double().sum()) / len(public)

@@ -25,7 +25,7 @@ Sections (``--only dlg,idlg,labels,ig,audit,mkor``; all by default):
   (Soteria, 30 % of the first FC layer's features pruned); and VGG-11/16 on
   unique batches of 32x32 photograph crops. Target: match the paper's rows.
 
-Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10] [--mkor-batches 10]``
+Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10] [--mkor-batches 10] [--device cuda]``
 Timings are wall-clock on this machine; other jobs sharing the CPU inflate them.
 """
 
@@ -81,7 +81,7 @@ def dlg_case(seed: int):
     return net, xb, yb, grads
 
 
-def section_dlg(seeds: int) -> None:
+def section_dlg(seeds: int, device: torch.device) -> None:
     """DLG per seed, timed against the plain loop (``reference_dlg.plain_dlg``) run just before it.
 
     The time base is one 300-step run of the plain loop. The plain loop's own run on a seed can
@@ -96,11 +96,11 @@ def section_dlg(seeds: int) -> None:
     rows = []
     for seed in range(seeds):
         net, xb, yb, grads = dlg_case(seed)
-        data, _, t_plain, ev_plain = plain_dlg(net, grads, xb.shape, 10, 300, seed)
-        p_plain = psnr(data, xb)
+        data, _, t_plain, ev_plain = plain_dlg(net.to(device), [g.to(device) for g in grads], xb.shape, 10, 300, seed)
+        p_plain = psnr(data.cpu(), xb)
         start = time.perf_counter()
         rep = audit(net, arch="lenet", data=(xb, yb), batch_size=1, attacks=["idlg", "dlg"], max_iterations=300,
-                    time_budget=None, seed=seed, device="cpu")  # fmt: skip
+                    time_budget=None, seed=seed, device=str(device))  # fmt: skip
         t_ours = time.perf_counter() - start
         o = rep.outcome("dlg")
         label_right = o.samples[0].rebuilt_label == int(yb)
@@ -124,12 +124,12 @@ def section_dlg(seeds: int) -> None:
           f"(max ratio {max(ratios):.2f}, median {np.median(ratios):.2f}); labels right {labels_ok}/{seeds}")  # fmt: skip
 
 
-def _view(net, upd, shape, num_classes=10, seed=0, aux=None):
+def _view(net, upd, shape, num_classes=10, seed=0, aux=None, device=torch.device("cpu")):
     return ServerView(
         model=net, tensors=upd.tensors, protocol=upd.protocol, batch_size=upd.batch_size,
         local_steps=upd.local_steps if upd.protocol == "fedavg" else None,
         local_lr=upd.local_lr, local_batch_size=upd.local_batch_size, num_classes=num_classes,
-        input_shape=shape, threat=ThreatModel(), device=torch.device("cpu"), seed=seed, auxiliary=aux,
+        input_shape=shape, threat=ThreatModel(), device=device, seed=seed, auxiliary=aux,
     )  # fmt: skip
 
 
@@ -186,13 +186,13 @@ def section_labels(trials: int) -> None:
             print(f"label counts FedAvg 5 steps lr {lr}: {arch}: {frac:.1%} of {n} per-class counts exact (target >= 90 %)", flush=True)
 
 
-def section_ig(iterations: int, restarts: int) -> None:
+def section_ig(iterations: int, restarts: int, device: torch.device) -> None:
     from reference_inverting_gradients import reference_inverting_gradients
 
     from fedguard.attacks.base import Budget, attacks
     from fedguard.metrics import match
 
-    print(f"## Inverting Gradients, ResNet-18 32x32, {iterations} iterations, {restarts} restart(s), TV 0.01")
+    print(f"## Inverting Gradients, ResNet-18 32x32, {iterations} iterations, {restarts} restart(s), TV 0.01, on {device}")
     x, y = photos()
     IG = attacks().get("inverting_gradients")
     for B in (1, 4):
@@ -201,10 +201,13 @@ def section_ig(iterations: int, restarts: int) -> None:
         torch.manual_seed(0)
         net = build_model("resnet18")
         upd = compute_update(net, xb, yb)
-        view = _view(net, upd, (3, 32, 32), seed=0)
+        net.to(device)
+        upd = dataclasses.replace(upd, tensors={k: v.to(device) for k, v in upd.tensors.items()})
+        view = _view(net, upd, (3, 32, 32), seed=0, device=device)
         view = ServerView(**{**view.__dict__, "labels": yb.clone(), "label_source": "known"})
 
-        ref = reference_inverting_gradients(net, [upd.tensors[n] for n, _ in net.named_parameters()], yb, B, iterations, restarts, seed=0, tv=0.01)
+        grads = [upd.tensors[n] for n, _ in net.named_parameters()]
+        ref = reference_inverting_gradients(net, grads, yb.to(device), B, iterations, restarts, seed=0, tv=0.01)
 
         def mean_psnr(rec):
             pairs = match(xb, rec)
@@ -333,14 +336,14 @@ def section_mkor(batches: int) -> None:
               "paper (VGG16, CIFAR-100 at 224x224) avg SSIM 0.87, avg PSNR 24.14 dB", flush=True)
 
 
-def section_audit() -> None:
-    print("## Default audit: fedguard audit --arch lenet --data digits --batch-size 8 (CPU)")
+def section_audit(device: torch.device) -> None:
+    print(f"## Default audit: fedguard audit --arch lenet --data digits --batch-size 8 --device {device.type}")
     exe = Path(sys.executable).with_name("fedguard")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "audit.json"
         start = time.perf_counter()
         proc = subprocess.run(
-            [str(exe), "audit", "--arch", "lenet", "--data", "digits", "--batch-size", "8", "--device", "cpu", "--format", "json", "-o", str(out)],
+            [str(exe), "audit", "--arch", "lenet", "--data", "digits", "--batch-size", "8", "--device", device.type, "--format", "json", "-o", str(out)],
             capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"},
         )  # fmt: skip
         seconds = time.perf_counter() - start
@@ -361,21 +364,23 @@ def main() -> None:
     parser.add_argument("--ig-iterations", type=int, default=1000)
     parser.add_argument("--ig-restarts", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where DLG, IG, their reference loops and the audit run")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     only = set(args.only.split(","))
     if "dlg" in only:
-        section_dlg(args.seeds)
+        section_dlg(args.seeds, device)
     if "idlg" in only:
         section_idlg()
     if "labels" in only:
         section_labels(args.label_trials)
     if "ig" in only:
-        section_ig(args.ig_iterations, args.ig_restarts)
+        section_ig(args.ig_iterations, args.ig_restarts, device)
     if "audit" in only:
-        section_audit()
+        section_audit(device)
     if "mkor" in only:
         section_mkor(args.mkor_batches)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

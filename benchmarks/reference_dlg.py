@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 def plain_dlg(net: torch.nn.Module, target_grads, shape, num_classes: int, steps: int = 300, seed: int = 0):
     """Run DLG's loop; returns (dummy_data, dummy_label_logits, seconds, evaluations)."""
+    device = next(net.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    dummy_data = torch.randn(shape, generator=gen).requires_grad_(True)
-    dummy_label = torch.randn(shape[0], num_classes, generator=gen).requires_grad_(True)
+    dummy_data = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+    dummy_label = torch.randn(shape[0], num_classes, generator=gen).to(device).requires_grad_(True)
     optimizer = torch.optim.LBFGS([dummy_data, dummy_label])
     params = [p for p in net.parameters()]
     evaluations = 0
@@ -41,6 +42,8 @@ def plain_dlg(net: torch.nn.Module, target_grads, shape, num_classes: int, steps
             return diff
 
         optimizer.step(closure)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return dummy_data.detach(), dummy_label.detach(), time.perf_counter() - start, evaluations
 
 

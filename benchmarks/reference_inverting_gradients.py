@@ -8,7 +8,8 @@ weights), the TV prior on the standardised image, ``backward()``, the sign of
 the image gradient, one Adam step (lr 0.1), ``MultiStepLR`` at 3/8, 5/8, 7/8
 (gamma 0.1), the box clamp; the restart with the smallest cosine cost wins.
 The model runs in training mode (batch statistics), as the client trained.
-Same start as fedguard (``z ~ N(0, 1)`` from ``torch.Generator().manual_seed(seed * 1000 + 23)``).
+Same start as fedguard (``z ~ N(0, 1)`` from ``torch.Generator().manual_seed(seed * 1000 + 23)``),
+on the model's device.
 Nothing from fedguard's attack code is used.
 """
 
@@ -45,7 +46,7 @@ def reference_inverting_gradients(model, input_gradient, labels, batch, iteratio
     model.train()
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(seed * 1000 + 23)
-    starts = torch.randn(restarts, batch, *shape, generator=gen)
+    starts = torch.randn(restarts, batch, *shape, generator=gen).to(params[0].device)
     lo, hi = (0 - MEAN) / STD, (1 - MEAN) / STD
     milestones = [int(iterations // 2.667), int(iterations // 1.6), int(iterations // 1.142)]
     best, best_cost = None, float("inf")
@@ -76,4 +77,4 @@ def reference_inverting_gradients(model, input_gradient, labels, batch, iteratio
         cost = float(reconstruction_costs(torch.autograd.grad(loss, params), input_gradient))
         if cost < best_cost:
             best, best_cost = x_trial.detach().clone(), cost
-    return {"images": (MEAN + STD * best).clamp(0, 1), "seconds": time.perf_counter() - start, "cost": best_cost}
+    return {"images": (MEAN + STD * best).clamp(0, 1).cpu(), "seconds": time.perf_counter() - start, "cost": best_cost}

@@ -83,13 +83,15 @@ def server_view(
     known_labels: bool = False,
     auxiliary: bool = True,
     seed: int = 0,
+    device: str = "cpu",
 ) -> tuple[ServerView, torch.Tensor, torch.Tensor]:
-    """The update of ``model`` on ``data[index]`` as the server sees it, and the true batch."""
+    """The update of ``model`` on ``data[index]`` as the server sees it (on ``device``), and the true batch."""
     x, y = data
     index = np.asarray(index)
     bx, by = x[index], y[index]
+    model = model.to(device)
     upd = compute_update(
-        model, bx, by, protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size
+        model, bx.to(device), by.to(device), protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size
     )
     rest = np.random.default_rng(seed + 1).permutation(np.setdiff1d(np.arange(len(y)), index))[:512]
     fedavg = protocol == "fedavg"
@@ -104,7 +106,7 @@ def server_view(
         num_classes=10,
         input_shape=tuple(bx.shape[1:]),
         threat=ThreatModel(labels="known" if known_labels else "infer"),
-        device=torch.device("cpu"),
+        device=torch.device(device),
         seed=seed,
         labels=by.clone() if known_labels else None,
         label_counts=torch.bincount(by, minlength=10) if known_labels else None,
