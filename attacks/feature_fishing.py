@@ -140,9 +140,21 @@ class FeatureFishing(Attack):
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 2:
             raise ValueError(f"feature fishing needs at least 2 rounds, got max_rounds={max_rounds!r}")
         self.max_rounds = max_rounds
+        self._memo: tuple[object, int | None, FishingPlan | None] | None = None
+
+    def _plan(self, view: ServerView) -> FishingPlan | None:
+        """:func:`fishing_plan`, measured once per public data set and batch size.
+
+        ``crafter_options`` sees the received model, ``applies`` and ``run`` the crafted one: their
+        head inputs are the same, so one forward pass over the public data serves all three.
+        """
+        public = view.auxiliary[0] if view.auxiliary is not None else None
+        if self._memo is None or self._memo[0] is not public or self._memo[1] != view.batch_size:
+            self._memo = (public, view.batch_size, fishing_plan(view))
+        return self._memo[2]
 
     def crafter_options(self, view: ServerView) -> dict:
-        plan = fishing_plan(view)
+        plan = self._plan(view)
         return plan.options(plan.high) if plan is not None else {"target": fishing_target(view)}
 
     def applies(self, view: ServerView) -> str | None:
@@ -155,14 +167,14 @@ class FeatureFishing(Attack):
             return "the server does not know the batch size (threat model)"
         if view.next_round is None:
             return "the server gets one round; feature fishing needs several with the same batch (malicious-server emulation)"
-        if fishing_plan(view) is None:
+        if self._plan(view) is None:
             return "the server has no public data on which a feature of the head's input varies (threat model)"
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         head = find_head(view.model, view.input_shape, view.device, view.num_classes)
-        plan = fishing_plan(view)
+        plan = self._plan(view)
         grads = {plan.high: view.as_gradient()}
         batch = int(view.batch_size)
 
