@@ -10,10 +10,16 @@ to the guess, through one of two engines:
 * ``vmap`` -- ``torch.func.vmap`` over the guesses of ``torch.func.grad``:
   one batched evaluation, no Python loop per guess; far faster for small
   models and on GPUs;
-* ``loop`` -- plain autograd, one guess after the other; the distance's
+* ``loop`` -- plain autograd, one autograd graph per guess; the distance's
   gradient with respect to the simulated update is formed in closed form and
   pushed back with one vector-Jacobian product (no autograd graph through the
-  flattened, parameter-sized cosine); faster for large models on CPU.
+  flattened, parameter-sized cosine); faster for large models on CPU. On a
+  CPU with several threads, several guesses run side by side in worker
+  threads, each with its own copy of the model and its share of the
+  intra-op threads: a batch-1 ResNet-18 at 32x32 keeps two cores only about
+  two-thirds busy (one thread 202 ms per evaluation, two 131 ms), two guesses
+  in two single-threaded workers take 350 ms where one after the other take
+  475 ms (1.35x; batch 4: 1.2-1.5x).
 
 ``engine="auto"`` picks one by a fixed rule, so that a seed always gives the
 same numbers (the two engines round differently): ``vmap`` on a GPU, and on
@@ -28,20 +34,22 @@ BatchNorm layers use the statistics of the batch (as in training) in both.
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: ``engine="auto"`` uses vmap on a CPU only for several guesses of a model this small (see above).
-VMAP_MAX_PARAMETERS = 100_000
 from torch.func import functional_call, grad, grad_and_value, replace_all_batch_norm_modules_, vmap
 
 from fedguard.threat import ServerView
 from fedguard.update import minibatch_slices
 
 __all__ = ["ServerModel", "MatchingObjective", "total_variation", "DISTANCES"]
+
+#: ``engine="auto"`` uses vmap on a CPU only for several guesses of a model this small (see above).
+VMAP_MAX_PARAMETERS = 100_000
 
 DISTANCES = ("l2", "cosine")
 
@@ -90,6 +98,13 @@ class ServerModel:
         self.device = view.device
         # leaf copies for the autograd engine
         self._leaves = [self.params[n].clone().requires_grad_(True) for n in self.names]
+
+    def replica(self) -> "ServerModel":
+        """A copy for another thread: its own module (``functional_call`` swaps a module's tensors) and leaves."""
+        other = copy.copy(self)
+        other.net = copy.deepcopy(self.net)
+        other._leaves = [leaf.detach().clone().requires_grad_(True) for leaf in self._leaves]
+        return other
 
     # -- functional (torch.func) -------------------------------------------------
 
@@ -199,6 +214,7 @@ class MatchingObjective:
         self.engine = engine
         self.evaluations = 0
         self._vmapped = None
+        self._replicas: list[ServerModel] = []
 
     # -- one guess, functional -----------------------------------------------------------
 
@@ -225,33 +241,50 @@ class MatchingObjective:
             gl = None
         return loss.detach(), d.detach(), gz.detach(), None if gl is None else gl.detach()
 
+    def _loop_one(self, server: ServerModel, z: torch.Tensor, logits: torch.Tensor | None):
+        """``(loss, distance, grad_z, grad_logits or None)`` of one guess, through ``server``'s autograd graph."""
+        z = z.detach().requires_grad_(True)
+        logits = None if logits is None else logits.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = self.labels if logits is None else F.softmax(logits, dim=-1)
+            u = server.upload_autograd(self.to_pixels(z), y)
+            d, cot = _distance_and_cotangent(u, self.target, self.t_norm, self.distance)
+            live = [(a, c) for a, c in zip(u, cot) if a.requires_grad]
+            wrt = [z] if logits is None else [z, logits]
+            gs = torch.autograd.grad([a for a, _ in live], wrt, grad_outputs=[c for _, c in live], allow_unused=True, materialize_grads=True)
+            gz = gs[0]
+            loss = d
+            if self.tv_weight:
+                zt = z.detach().requires_grad_(True)
+                tv = self.tv_weight * total_variation(zt)
+                gz = gz + torch.autograd.grad(tv, zt)[0]
+                loss = d + tv.detach()
+        return loss, d, gz.detach(), None if logits is None else gs[1].detach()
+
     def _loop_eval(self, z, logits):
-        losses, dists, gzs, gls = [], [], [], []
-        for k in range(z.shape[0]):
-            zk = z[k].detach().requires_grad_(True)
-            lk = None if logits is None else logits[k].detach().requires_grad_(True)
-            with torch.enable_grad():
-                y = self.labels if lk is None else F.softmax(lk, dim=-1)
-                u = self.server.upload_autograd(self.to_pixels(zk), y)
-                d, cot = _distance_and_cotangent(u, self.target, self.t_norm, self.distance)
-                live = [(a, c) for a, c in zip(u, cot) if a.requires_grad]
-                wrt = [zk] if lk is None else [zk, lk]
-                gs = torch.autograd.grad([a for a, _ in live], wrt, grad_outputs=[c for _, c in live], allow_unused=True, materialize_grads=True)
-                gz = gs[0]
-                loss = d
-                if self.tv_weight:
-                    zt = zk.detach().requires_grad_(True)
-                    tv = self.tv_weight * total_variation(zt)
-                    gz = gz + torch.autograd.grad(tv, zt)[0]
-                    loss = d + tv.detach()
-            losses.append(loss)
-            dists.append(d)
-            gzs.append(gz.detach())
-            if lk is not None:
-                gls.append(gs[1].detach())
-        return (
-            torch.stack(losses), torch.stack(dists), torch.stack(gzs), torch.stack(gls) if gls else None
-        )
+        K = z.shape[0]
+        threads = torch.get_num_threads()
+        workers = min(K, threads) if z.device.type == "cpu" else 1
+        guesses = range(K)
+        if workers == 1:
+            results = [self._loop_one(self.server, z[k], None if logits is None else logits[k]) for k in guesses]
+        else:
+            while len(self._replicas) < workers - 1:
+                self._replicas.append(self.server.replica())
+            servers = [self.server, *self._replicas]
+
+            def work(w: int) -> list:
+                torch.set_num_threads(max(1, threads // workers))  # this worker thread's share of the cores
+                return [self._loop_one(servers[w], z[k], None if logits is None else logits[k]) for k in guesses[w::workers]]
+
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    shares = list(pool.map(work, range(workers)))
+            finally:
+                torch.set_num_threads(threads)  # the setting is process-wide as well as per thread
+            results = [shares[k % workers][k // workers] for k in guesses]
+        losses, dists, gzs, gls = zip(*results)
+        return torch.stack(losses), torch.stack(dists), torch.stack(gzs), None if logits is None else torch.stack(gls)
 
     def _choose_engine(self, z, logits) -> None:
         if self.engine != "auto":

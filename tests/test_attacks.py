@@ -391,6 +391,25 @@ def test_auto_engine_is_a_fixed_choice_so_a_seed_gives_the_same_result(digits):
     assert torch.equal(a.images, pinned.images)
 
 
+@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
+def test_loop_engine_runs_guesses_side_by_side_with_the_numbers_of_one_at_a_time(digits, protocol):
+    # With two threads the loop engine gives each of two guesses its own worker thread and model copy.
+    from fedguard.attacks._matching import MatchingObjective, ServerModel
+
+    view, _, by = server_view(lenet(0), digits, [5, 9, 11], protocol=protocol, local_steps=2, local_lr=0.01, local_batch_size=2)
+    objective = MatchingObjective(ServerModel(view), list(view.tensors.values()), distance="cosine", tv_weight=0.01, engine="loop")
+    gen = torch.Generator().manual_seed(0)
+    z, logits = torch.rand(3, 3, *SHAPE, generator=gen), torch.randn(3, 3, 10, generator=gen)
+    torch.set_num_threads(2)  # the module's one_thread fixture restores its own setting afterwards
+    side_by_side = objective(z, logits)
+    assert torch.get_num_threads() == 2 and len(objective._replicas) == 1
+    torch.set_num_threads(1)
+    for k in range(3):
+        alone = objective(z[k : k + 1], logits[k : k + 1])
+        for a, b in zip(side_by_side, alone):
+            torch.testing.assert_close(a[k], b[0], rtol=1e-4, atol=1e-7)
+
+
 def test_an_interrupted_attack_keeps_a_result(digits):
     import threading
 
