@@ -18,19 +18,30 @@ class Head:
     bias: str | None
 
 
-def execution_order(model: nn.Module, input_shape, device: torch.device, types: tuple[type, ...]) -> list[nn.Module]:
-    """Modules of ``types`` in the order one forward pass runs them (forward hooks, eval mode)."""
+class _Stop(Exception):
+    """Raised by a forward hook to end a forward pass at the layer it watches."""
+
+
+def execution_order(model: nn.Module, input_shape, device: torch.device, types: tuple[type, ...], limit: int | None = None) -> list[nn.Module]:
+    """Modules of ``types`` in the order one forward pass runs them (forward hooks, eval mode).
+
+    With ``limit``, the pass stops once that many have run.
+    """
     order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out: order.append(mod))
-        for m in model.modules()
-        if isinstance(m, types)
-    ]
+
+    def record(mod, args, out):
+        order.append(mod)
+        if limit is not None and len(order) >= limit:
+            raise _Stop
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             model(torch.zeros(2, *input_shape, device=device))
+    except _Stop:
+        pass
     finally:
         for h in hooks:
             h.remove()
@@ -67,12 +78,8 @@ def linear_layers(model: nn.Module, input_shape, device: torch.device) -> list[H
 
 def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Head | None:
     """The first Linear or convolution the input meets (None when there is none)."""
-    order = execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    order = execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d), limit=1)
     return _describe(model, order[0]) if order else None
-
-
-class _Stop(Exception):
-    """Raised by a forward hook to end a forward pass at the layer it watches."""
 
 
 def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,11 @@ to the guess, through one of two engines:
   flattened, parameter-sized cosine); faster for large models on CPU. On a
   CPU with several threads, several guesses run side by side in worker
   threads, each with its own copy of the model and its share of the
-  intra-op threads: a batch-1 ResNet-18 at 32x32 keeps two cores only about
-  two-thirds busy (one thread 202 ms per evaluation, two 131 ms), two guesses
-  in two single-threaded workers take 350 ms where one after the other take
-  475 ms (1.35x; batch 4: 1.2-1.5x).
+  intra-op threads. A batch-1 ResNet-18 at 32x32 keeps two cores only about
+  two-thirds busy (two threads evaluate one guess 1.5x faster than one
+  thread); two guesses in two single-threaded workers take 405 ms where one
+  after the other take 538 ms (medians of 12 on 2 cores: 1.33x; batch 4:
+  1.2-1.5x).
 
 ``engine="auto"`` picks one by a fixed rule, so that a seed always gives the
 same numbers (the two engines round differently): ``vmap`` on a GPU, and on

@@ -72,7 +72,8 @@ def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_ra
     quotients = gw[active] / gb[active, None]
     lo, hi = input_range
     slack = 1e-4 * (hi - lo)
-    in_range = ((quotients >= lo - slack) & (quotients <= hi + slack)).all(dim=1)
+    low, high = torch.aminmax(quotients, dim=1)
+    in_range = (low >= lo - slack) & (high <= hi + slack)
     quotients = quotients[in_range]
     dim = gw.shape[1]
     if len(quotients):
@@ -85,7 +86,8 @@ def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_ra
         leaders, members = torch.unique(leader, return_inverse=True)
         sizes = torch.bincount(members, minlength=len(leaders))
         order = torch.argsort(-sizes, stable=True)[:limit]
-        rows = torch.stack([quotients[members == g].mean(0) for g in order.tolist()])
+        sums = torch.zeros(len(leaders), dim, dtype=quotients.dtype).index_add_(0, members, quotients)
+        rows = (sums / sizes[:, None])[order]
         group_sizes, distinct = sizes[order].tolist(), len(leaders)
     else:
         rows, group_sizes, distinct = torch.zeros(0, dim, dtype=gw.dtype), [], 0
