@@ -15,13 +15,15 @@ space of the data (``x = 0.5 + 0.25 z`` here: the usual CIFAR-like
 standardisation, so the step size 0.1 and the TV weights keep their meaning);
 the box is ``[0, 1]`` in pixels, the start ``z ~ N(0, 1)``.
 
-fedguard runs the restarts as one batch (``torch.func.vmap``, or one after the
-other when that is faster for the model on this device: see
-:mod:`fedguard.attacks._matching`), forms the gradient of the cosine with
-respect to the simulated update in closed form, and fits the learning-rate
-schedule to the time budget: when ``--time-budget`` would end the run before
-``--max-iterations``, the decays are placed at 3/8, 5/8 and 7/8 of the
-iterations that fit, from the speed measured between iterations 5 and 15
+fedguard runs the restarts side by side (as one batch through
+``torch.func.vmap``, or in worker threads of plain autograd when that is
+faster for the model on this device: see :mod:`fedguard.attacks._matching`),
+forms the gradient of the cosine with respect to the simulated update in
+closed form, differentiates with respect to the images only (a plain
+``loss.backward()`` also forms second derivatives for every parameter), and
+fits the learning-rate schedule to the time budget: when ``--time-budget``
+would end the run before ``--max-iterations``, the decays are placed at 3/8,
+5/8 and 7/8 of the iterations that fit, from the speed measured between iterations 5 and 15
 (the first few carry one-time costs and would under-plan the run).
 
 Labels are fixed to those the server knows or recovered (iDLG for one
@@ -51,8 +53,9 @@ __all__ = ["InvertingGradients", "MEAN", "STD", "milestones"]
 
 #: Standardisation of the optimised variable: x = MEAN + STD * z.
 MEAN, STD = 0.5, 0.25
-#: Default TV weight. Geiping et al. use 1e-1..1e-4 by setting; 0.01 reached 16-18 dB on
-#: ResNet-18 in 1000 iterations where 0.2 over-smooths short runs (see docs/audit.md).
+#: Default TV weight. Geiping et al. use 1e-1..1e-4 by setting; 0.01 reaches 17-18 dB on a
+#: ResNet-18 with BatchNorm at running statistics in 1000 iterations (docs/benchmarks.md),
+#: where breaching's default 0.2 over-smooths short runs.
 DEFAULT_TV = 0.01
 DEFAULT_RESTARTS = 2
 #: The schedule is fitted to the time budget from the speed between these two iterations
