@@ -19,8 +19,9 @@ to the guess, through one of two engines:
   intra-op threads. A batch-1 ResNet-18 at 32x32 keeps two cores only about
   two-thirds busy (two threads evaluate one guess 1.5x faster than one
   thread); two guesses in two single-threaded workers take 405 ms where one
-  after the other take 538 ms (medians of 12 on 2 cores: 1.33x; batch 4:
-  1.2-1.5x).
+  after the other take 538 ms (medians of 12 on 2 cores: 1.33x). A batch of
+  four keeps two threads busy already: 1.2-1.5x in short measurements, about
+  none over a 1000-iteration run (``docs/benchmarks.md``).
 
 ``engine="auto"`` picks one by a fixed rule, so that a seed always gives the
 same numbers (the two engines round differently): ``vmap`` on a GPU, and on
