@@ -23,8 +23,9 @@ closed form, differentiates with respect to the images only (a plain
 ``loss.backward()`` also forms second derivatives for every parameter), and
 fits the learning-rate schedule to the time budget: when ``--time-budget``
 would end the run before ``--max-iterations``, the decays are placed at 3/8,
-5/8 and 7/8 of the iterations that fit, from the speed measured between iterations 5 and 15
-(the first few carry one-time costs and would under-plan the run).
+5/8 and 7/8 of the iterations that fit, from the speed measured between
+iterations 5 and 15 (the first few carry one-time costs and would under-plan
+the run).
 
 Labels are fixed to those the server knows or recovered (iDLG for one
 example, label counts for a batch).
