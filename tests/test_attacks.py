@@ -393,17 +393,19 @@ def test_auto_engine_is_a_fixed_choice_so_a_seed_gives_the_same_result(digits):
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
 def test_loop_engine_runs_guesses_side_by_side_with_the_numbers_of_one_at_a_time(digits, protocol):
-    # With two threads the loop engine gives each of two guesses its own worker thread and model copy.
+    # With two threads the loop engine splits three guesses between two workers (one extra model copy).
     from fedguard.attacks._matching import MatchingObjective, ServerModel
 
-    view, _, by = server_view(lenet(0), digits, [5, 9, 11], protocol=protocol, local_steps=2, local_lr=0.01, local_batch_size=2)
+    view, _, _ = server_view(lenet(0), digits, [5, 9, 11], protocol=protocol, local_steps=2, local_lr=0.01, local_batch_size=2)
     objective = MatchingObjective(ServerModel(view), list(view.tensors.values()), distance="cosine", tv_weight=0.01, engine="loop")
     gen = torch.Generator().manual_seed(0)
     z, logits = torch.rand(3, 3, *SHAPE, generator=gen), torch.randn(3, 3, 10, generator=gen)
-    torch.set_num_threads(2)  # the module's one_thread fixture restores its own setting afterwards
-    side_by_side = objective(z, logits)
-    assert torch.get_num_threads() == 2 and len(objective._replicas) == 1
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
+    try:
+        side_by_side = objective(z, logits)
+        assert torch.get_num_threads() == 2 and len(objective._replicas) == 1
+    finally:
+        torch.set_num_threads(1)  # the module runs on one thread (one_thread fixture)
     for k in range(3):
         alone = objective(z[k : k + 1], logits[k : k + 1])
         for a, b in zip(side_by_side, alone):
