@@ -254,6 +254,7 @@ class DropoutMLP(nn.Module):
 
 
 def seeded(cls, seed, *a, **k):
+    """``cls(*a, **k)`` built under ``seed``: layers must be built inside ``cls`` (pass a lambda), not as arguments."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(*a, **k)
@@ -443,7 +444,7 @@ def benign() -> Iterator[tuple[str, str, dict]]:
         yield f"trained/lenet5-adam-3ep/s{seed}", "core", sd_of(train(build("lenet5", seed, 10, S28), x28, y28, epochs=3, seed=seed, lr=2e-3))
 
     # ------------------------------------------------------------------ stress (unusual but honest)
-    m = seeded(nn.Sequential, 500, nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+    m = seeded(lambda: nn.Sequential(nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2)), 500)
     yield "stress/coordinate-mlp-2d-input-init", "stress", sd_of(m)
     xy = torch.randn(1000, 2, generator=torch.Generator().manual_seed(501))
     yield "stress/coordinate-mlp-2d-input-trained", "stress", sd_of(train(m, xy, (xy[:, 0] * xy[:, 1] > 0).long(), epochs=10, seed=501, lr=1e-2))
@@ -453,8 +454,9 @@ def benign() -> Iterator[tuple[str, str, dict]]:
         nn.init.eye_([x for x in m.modules() if isinstance(x, nn.Linear)][1].weight)
     yield "stress/mlp-identity-init-hidden", "stress", sd_of(m)
     # dirac-initialised residual convs (DiracNets, Zagoruyko & Komodakis 2017) on a plain conv net
-    m = seeded(nn.Sequential, 503, nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-               nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    m = seeded(lambda: nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(32, 10)), 503)
     with torch.no_grad():
         nn.init.dirac_(m[2].weight)
         nn.init.dirac_(m[4].weight)
@@ -480,7 +482,7 @@ def benign() -> Iterator[tuple[str, str, dict]]:
             w.copy_(torch.sign(w) * (w.abs() > d) * a)
     yield "stress/ternary-weights-lenet5", "stress", sd_of(q)
     # tabular MLP: 30 features -> 1024 -> 512 -> 2 (wide first hidden layer, common for tabular FL)
-    m = seeded(nn.Sequential, 505, nn.Linear(30, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 2))
+    m = seeded(lambda: nn.Sequential(nn.Linear(30, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 2)), 505)
     yield "stress/tabular-mlp-30-1024-512-2", "stress", sd_of(m)
     # ResNet zero-init of last BN gamma in each block (Goyal et al. 2017) -- norms only, should be fine
     m = build("resnet18", 504, 10, S32)
@@ -512,6 +514,13 @@ def crafted_specs():
     a(("mkor", "lenet5", S32, 10, "firstbias0.5", {"first_bias": 0.5}, False, "core"))
     a(("mkor", "vgg11", S28, 10, "copy-noise1e-4", {"conv_mode": "copy", "noise": 1e-4}, False, "core"))
     a(("mkor", "mlp", S64, 10, "noise5e-3", {"noise": 5e-3}, False, "core"))
+    # MKOR's inconspicuous form: the crafter's noise blurs the opposite pairs (FG104) and the pass-through filters
+    a(("mkor_inconspicuous", "lenet5", S32, 10, "noise0.01", {}, False, "core"))
+    a(("mkor_inconspicuous", "mlp", S28, 100, "noise0.01", {}, False, "core"))
+    a(("mkor_inconspicuous", "vgg16", S32, 10, "noise0.01", {}, False, "core"))
+    a(("mkor_inconspicuous", "lenet5_sigmoid", S28, 10, "noise0.2", {"noise": 0.2}, False, "hard"))
+    a(("mkor_inconspicuous", "mlp", S32, 10, "noise0.3", {"noise": 0.3}, False, "hard"))
+    a(("mkor_inconspicuous", "vgg11", S32, 10, "noise0.2", {"noise": 0.2}, False, "hard"))
     # class fishing
     a(("class_fishing", "mlp", S28, 2, "t1-b50", {"target": 1, "bias_multiplier": 50.0}, False, "core"))
     a(("class_fishing", "mlp", S28, 100, "t[5,50]-b200", {"target": [5, 50], "bias_multiplier": 200.0}, False, "core"))

@@ -79,9 +79,8 @@ def duplicate_row_groups(layer: Layer, min_cos: float = 0.999, seed: int = 0) ->
     if idx.numel() < 2:
         return []
     gen = torch.Generator().manual_seed(seed)
-    fan_in = layer.fan_in
-    columns = torch.randperm(fan_in, generator=gen)[:SKETCH_COLUMNS].sort().values if fan_in > SKETCH_COLUMNS else None
-    sample = _columns(layer, idx, columns)
+    columns = sketch_columns(layer.fan_in, gen)
+    sample = rows_on_columns(layer, idx, columns)
     norms = torch.linalg.vector_norm(sample, dim=1)
     keep = norms > 0
     idx, sample = idx[keep], sample[keep] / norms[keep, None]
@@ -121,7 +120,12 @@ def dense_rows(layer: Layer, index: torch.Tensor, min_density: float = 0.5) -> b
     return bool(((layer.rows(index) != 0).float().mean(dim=1) >= min_density).all())
 
 
-def _columns(layer: Layer, index: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+def sketch_columns(fan_in: int, gen: torch.Generator) -> torch.Tensor | None:
+    """``SKETCH_COLUMNS`` random columns, sorted, of a layer with more inputs than that (None: all of them)."""
+    return torch.randperm(fan_in, generator=gen)[:SKETCH_COLUMNS].sort().values if fan_in > SKETCH_COLUMNS else None
+
+
+def rows_on_columns(layer: Layer, index: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
     """Rows at ``index``, restricted to ``columns`` when given, as float32 (columns first: no full copy)."""
     rows = weight_rows(layer.weight)
     if columns is not None:

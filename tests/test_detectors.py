@@ -181,3 +181,25 @@ def test_identity_init_alone_is_suspicious_not_malicious():
     findings = static_findings(sd)
     assert {f.rule_id for f in findings} == {"FG102"}
     assert judge(findings) is Verdict.SUSPICIOUS
+
+
+def _noisy_opposite_pairs(merge: bool) -> dict:
+    """An MLP whose first layer holds 5 pairs ``w``, ``-w + noise`` (cosine about -0.9), merged or not by the next."""
+    gen = torch.Generator().manual_seed(0)
+    first = (torch.rand(64, 256, generator=gen) * 2 - 1) / 16
+    second = (torch.rand(32, 64, generator=gen) * 2 - 1) / 8
+    for j in range(5):
+        a, b = 2 * j, 2 * j + 1
+        first[b] = -first[a] + torch.randn(256, generator=gen) * 0.3 / 16
+        if merge:
+            second[:, [a, b]] = torch.randn(32, 2, generator=gen) * 0.02 / 8
+            second[j, [a, b]] = 1 / 8
+    return {"0.weight": first, "0.bias": torch.zeros(64), "2.weight": second, "2.bias": torch.zeros(32),
+            "4.weight": torch.randn(10, 32, generator=gen) / 6, "4.bias": torch.zeros(10)}
+
+
+def test_nearly_opposite_pairs_are_caught_when_the_next_layer_merges_them():
+    found = {f.rule_id: f for f in static_findings(_noisy_opposite_pairs(merge=True))}
+    assert found["FG104"].severity is Severity.HIGH
+    assert found["FG104"].evidence["merged_by_next_layer"] == 5
+    assert "FG104" not in _rules_of(_noisy_opposite_pairs(merge=False))

@@ -396,6 +396,8 @@ _CRAFTED: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
     ("mkor_inconspicuous", "convnet", "noise0.01", {}, False),
     ("mkor_inconspicuous", "lenet", "noise0.05", {"noise": 0.05}, False),
     ("mkor_inconspicuous", "vgg11", "noise0.01", {}, False),
+    ("mkor_inconspicuous", "lenet5", "noise0.2", {"noise": 0.2}, False),
+    ("mkor_inconspicuous", "mlp", "noise0.3", {"noise": 0.3}, False),
     # class fishing (Wen et al., ICML 2022)
     ("class_fishing", "lenet5", "t0-b1000", {}, False),
     ("class_fishing", "mlp", "t3-b1000", {"target": 3}, False),
