@@ -190,11 +190,19 @@ class MKOR(Attack):
     emulates: ClassVar[str | None] = "mkor"
     default: ClassVar[bool] = False
 
+    def __init__(self, rows: list[torch.Tensor] | None = None) -> None:
+        """``rows``: each class's rows of the first Linear layer, for a server that knows them (it planted
+        them); by default they are found from the model's paths (:func:`class_rows`)."""
+        self.rows = rows
+
+    def _class_rows(self, linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]:
+        return self.rows if self.rows is not None else class_rows(linears, num_classes)
+
     def applies(self, view: ServerView) -> str | None:
         linears = [h.module for h in linear_layers(view.model, view.input_shape, view.device)]
         if not linears or linears[0].bias is None:
             return "the model has no fully connected layer with a bias"
-        if not any(len(r) for r in class_rows(linears, view.num_classes)):
+        if not any(len(r) for r in self._class_rows(linears, view.num_classes)):
             return "no row of the first fully connected layer reaches one class alone (not an MKOR model)"
         if view.batch_size is None:
             return "the server does not know the batch size (threat model)"
@@ -212,7 +220,7 @@ class MKOR(Attack):
             linears = [h.module for h in heads]
             first = linears[0]
             grads = view.as_gradient()
-            rows = class_rows(linears, view.num_classes)
+            rows = self._class_rows(linears, view.num_classes)
             public, source = public_examples(view)
             grad_w = grads[heads[0].weight].detach().cpu()
             features, counts = class_features(

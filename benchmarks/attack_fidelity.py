@@ -131,7 +131,7 @@ def section_dlg(seeds: int, device: torch.device) -> None:
           f"(max ratio {max(ratios):.2f}, median {np.median(ratios):.2f}); labels right {labels_ok}/{seeds}")  # fmt: skip
 
 
-def _view(net, upd, shape, num_classes=10, seed=0, aux=None, device=torch.device("cpu")):
+def server_view(net, upd, shape, num_classes=10, seed=0, aux=None, device=torch.device("cpu")):
     return ServerView(
         model=net, tensors=upd.tensors, protocol=upd.protocol, batch_size=upd.batch_size,
         local_steps=upd.local_steps if upd.protocol == "fedavg" else None,
@@ -154,7 +154,7 @@ def section_idlg() -> None:
             torch.manual_seed(a * 10 + k)
             net = build_model(arch, input_shape=shape)
             upd = compute_update(net, x[i : i + 1], y[i : i + 1])
-            label, _ = idlg_label(_view(net, upd, shape))
+            label, _ = idlg_label(server_view(net, upd, shape))
             right += label == int(y[i])
             total += 1
     print(f"iDLG: {right}/{total} labels exact ({right / total:.0%}, target 100 %)")
@@ -174,7 +174,7 @@ def _count_trials(arch: str, protocol: str, lr: float, trials: int, batches=(8, 
             torch.manual_seed(t)
             net = build_model(arch)
             upd = compute_update(net, x[idx], y[idx], protocol=protocol, local_steps=5, local_lr=lr)
-            view = _view(net, upd, (3, 32, 32), seed=t, aux=(x[rest], y[rest]))
+            view = server_view(net, upd, (3, 32, 32), seed=t, aux=(x[rest], y[rest]))
             counts, _, _ = estimate_counts(view, find_head(net, (3, 32, 32), torch.device("cpu"), 10))
             true = np.bincount(y[idx].numpy(), minlength=10)
             exact += int((counts == true).sum())
@@ -238,7 +238,7 @@ def section_ig(iterations: int, restarts: int, device: torch.device, norm: str =
             upd = compute_update(net, xb, yb)
             net.to(device)
             upd = dataclasses.replace(upd, tensors={k: v.to(device) for k, v in upd.tensors.items()})
-            view = _view(net, upd, (3, 32, 32), seed=seed, device=device)
+            view = server_view(net, upd, (3, 32, 32), seed=seed, device=device)
             view = ServerView(**{**view.__dict__, "labels": yb.clone(), "label_source": "known"})
 
             grads = [upd.tensors[n] for n, _ in net.named_parameters()]
@@ -304,12 +304,31 @@ def _soteria(net, tensors: dict, bx: torch.Tensor, percent: float) -> dict:
     return {**tensors, first.weight: tensors[first.weight] * keep}
 
 
-def _class_scores(rec, bx: torch.Tensor, by: torch.Tensor) -> tuple[float, float, float, float]:
+def class_scores(images: torch.Tensor, labels: torch.Tensor, bx: torch.Tensor, by: torch.Tensor) -> tuple[float, float, float, float]:
     """Max and mean SSIM, max and mean PSNR of MKOR's tables (every example against its class's image)."""
     from fedguard.metrics import class_image_scores
 
-    ss, ps = class_image_scores(rec.images, rec.labels, bx, by)
+    ss, ps = class_image_scores(images, labels, bx, by)
     return max(ss), float(np.mean(ss)), max(ps), float(np.mean(ps))
+
+
+def mkor_batch(data: tuple[torch.Tensor, torch.Tensor], b: int):
+    """Batch ``b`` of the MKOR runs: ``(x, y)`` of 100 random examples, and the next 512 as the server's public data."""
+    x, y = data
+    perm = np.random.default_rng(b).permutation(len(y))
+    return (x[perm[:100]], y[perm[:100]]), (x[perm[100:612]], y[perm[100:612]])
+
+
+def mkor_baselines(data: tuple[torch.Tensor, torch.Tensor], batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """The MKOR scores of the public data's mean image (the server without the update) and of its class means
+    (a server that also knows the batch's labels), as if they were reconstructions, averaged over ``batches``."""
+    mean, means = [], []
+    for b in range(batches):
+        (bx, by), (px, py) = mkor_batch(data, b)
+        classes = torch.unique(by)
+        mean.append(class_scores(px.mean(0, keepdim=True).expand(len(classes), *px.shape[1:]), classes, bx, by))
+        means.append(class_scores(torch.stack([px[py == c].mean(0) for c in classes]), classes, bx, by))
+    return np.mean(mean, axis=0), np.mean(means, axis=0)
 
 
 def _mkor_batches(arch: str, crafter: str, batches: int, defense: str | None, **options) -> tuple[np.ndarray, float]:
@@ -318,52 +337,58 @@ def _mkor_batches(arch: str, crafter: str, batches: int, defense: str | None, **
     from fedguard.attacks.craft import craft
     from fedguard.attacks.mkor import MKOR
 
-    x, y = load_data("digits", input_shape=(1, 28, 28))
+    data = load_data("digits", input_shape=(1, 28, 28))
     rows, seconds = [], 0.0
     for b in range(batches):
-        perm = np.random.default_rng(b).permutation(len(y))
-        idx, rest = perm[:100], perm[100:612]
+        (bx, by), (px, py) = mkor_batch(data, b)
         torch.manual_seed(b)
         net = craft(crafter, build_model(arch, input_shape=(1, 28, 28)), input_shape=(1, 28, 28), num_classes=10, seed=b,
                     **options)
-        bx, by = x[idx], y[idx]
         upd = compute_update(net, bx, by)
         if defense == "noise":
             upd = dataclasses.replace(upd, tensors=_gaussian_noise(upd.tensors, 0.1, seed=b))
         elif defense == "soteria":
             upd = dataclasses.replace(upd, tensors=_soteria(net, upd.tensors, bx, 30))
         start = time.perf_counter()
-        rec = MKOR().run(_view(net, upd, (1, 28, 28), seed=b, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
+        rec = MKOR().run(server_view(net, upd, (1, 28, 28), seed=b, aux=(px, py)), Budget(MKOR.default_iterations))
         seconds += time.perf_counter() - start
-        rows.append(_class_scores(rec, bx, by))
+        rows.append(class_scores(rec.images, rec.labels, bx, by))
     return np.mean(rows, axis=0), seconds / batches
 
 
-def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, float]:
-    """Unique batches (one 32x32 photograph crop per class) on a VGG, as the paper's CIFAR-100 runs."""
+def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Unique batches (one 32x32 photograph crop per class) on a VGG, as the paper's CIFAR-100 runs.
+
+    Returns the scores, those of the public data's mean image (no update) and seconds per batch.
+    """
     from fedguard.attacks.base import Budget
     from fedguard.attacks.craft import craft
     from fedguard.attacks.mkor import MKOR
 
     x, y = load_data("images", input_shape=(3, 32, 32))
     classes = int(y.max()) + 1
-    rows, seconds = [], 0.0
+    rows, prior, seconds = [], [], 0.0
     for k in (1, 2):
         idx = np.array([int(np.nonzero(y.numpy() == c)[0][k]) for c in range(classes)])
         rest = np.setdiff1d(np.arange(len(y)), idx)
+        mean = x[rest].mean(0, keepdim=True).expand(classes, 3, 32, 32)
+        prior.append(class_scores(mean, torch.arange(classes), x[idx], y[idx]))
         torch.manual_seed(k)
         net = craft(crafter, build_model(arch, classes, (3, 32, 32)), input_shape=(3, 32, 32), num_classes=classes, seed=k)
         upd = compute_update(net, x[idx], y[idx])
         start = time.perf_counter()
-        rec = MKOR().run(_view(net, upd, (3, 32, 32), classes, seed=k, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
+        rec = MKOR().run(server_view(net, upd, (3, 32, 32), classes, seed=k, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
         seconds += time.perf_counter() - start
-        rows.append(_class_scores(rec, x[idx], y[idx]))
-    return np.mean(rows, axis=0), seconds / 2
+        rows.append(class_scores(rec.images, rec.labels, x[idx], y[idx]))
+    return np.mean(rows, axis=0), np.mean(prior, axis=0), seconds / 2
 
 
 def section_mkor(batches: int) -> None:
     print(f"## MKOR emulators, digits at 28x28, {batches} random batches of 100 (every example against its class's image)")
     fmt = "SSIM max/avg {:.2f}/{:.2f}, PSNR max/avg {:.2f}/{:.2f} dB"
+    mean, means = mkor_baselines(load_data("digits", input_shape=(1, 28, 28)), batches)
+    print(f"baseline, the public mean image (no update): {fmt.format(*mean)}; the public class means (labels known): "
+          f"{fmt.format(*means)}", flush=True)
     cases = [("lenet5_sigmoid", None), ("lenet5_stride2", None), ("lenet5", None),
              ("lenet5_sigmoid", "noise"), ("lenet5_sigmoid", "soteria")]  # fmt: skip
     for arch, defense in cases:
@@ -377,8 +402,9 @@ def section_mkor(batches: int) -> None:
             got, sec = _mkor_batches(arch, "mkor_inconspicuous", batches, defense, gain=4.0)
             print(f"MKOR mkor_inconspicuous gain=4 {key}: {fmt.format(*got)} ({sec:.1f} s per batch){versus}", flush=True)
     for arch in ("vgg11", "vgg16"):
-        got, sec = _mkor_vgg(arch, "mkor")
+        got, mean, sec = _mkor_vgg(arch, "mkor")
         print(f"MKOR mkor {arch} 32x32 photographs, unique batches: {fmt.format(*got)} ({sec:.1f} s per batch); "
+              f"the public mean image {fmt.format(*mean)}; "
               "paper (VGG16, CIFAR-100 at 224x224) avg SSIM 0.87, avg PSNR 24.14 dB", flush=True)
 
 

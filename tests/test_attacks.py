@@ -529,7 +529,7 @@ def test_mkor_emulators_rebuild_class_means_of_a_batch_of_100(crafter, arch, min
 
 def test_mkor_needs_class_wise_rows_and_an_mlp_needs_no_fit(digits):
     from fedguard.attacks.craft import craft
-    from fedguard.attacks.mkor import MKOR
+    from fedguard.attacks.mkor import MKOR, class_rows
 
     view, _, _ = server_view(mlp8(0), digits, range(20), seed=0)
     assert "not an MKOR model" in MKOR().applies(view)
@@ -538,6 +538,14 @@ def test_mkor_needs_class_wise_rows_and_an_mlp_needs_no_fit(digits):
     rec = MKOR().run(view, Budget(10))
     assert rec.iterations == 0 and rec.details["softmax_share_from"] == "public data"
     assert _paper_scores(rec, bx, by)[0] >= 0.5
+    # a server that knows the rows it planted (the same seed draws the same rows at any noise) reads them
+    # where the model's paths are too noisy to find them
+    planted = class_rows([m for m in evil.modules() if isinstance(m, torch.nn.Linear)], 10)
+    noisy = craft("mkor_inconspicuous", mlp8(0), input_shape=SHAPE, num_classes=10, seed=0, noise=0.3)
+    view, _, _ = server_view(noisy, digits, range(40), seed=0)
+    assert "not an MKOR model" in MKOR().applies(view)
+    assert MKOR(planted).applies(view) is None
+    assert MKOR(planted).run(view, Budget(10)).details["classes_found"]
 
 
 def test_class_fishing_isolates_the_rarest_class_and_inverts_it():
