@@ -31,6 +31,8 @@ Sections (``--only dlg,idlg,labels,ig,audit,mkor``; all by default):
   Table 2 and supplementary Tables 6 (gradient noise 0.1 x std) and 7
   (Soteria, 30 % of the first FC layer's features pruned); and VGG-11/16 on
   unique batches of 32x32 photograph crops. Target: match the paper's rows.
+  Baselines scored the same way: the public data's mean image (what the
+  server has without the update) and its class means (labels known).
 
 Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10] [--mkor-batches 10] [--device cuda] [--ig-norm running|batch] [--ig-restarts 2] [--ig-seeds 1]``
 Timings are wall-clock on this machine; other jobs sharing the CPU inflate them.
