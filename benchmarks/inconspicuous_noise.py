@@ -112,13 +112,10 @@ def main() -> None:
         print(f"## {arch} {shape}: public mean image {_avg(mean)}; public class means {_avg(means)}; "
               f"honest model {leakage(_honest(arch, shape, 0), shape, data, args.batches)}", flush=True)  # fmt: skip
         for noise in noises:
-            found = []
-            for seed in range(3):
-                net = craft("mkor_inconspicuous", _honest(arch, shape, seed), input_shape=shape, num_classes=10,
-                            seed=seed, noise=noise)  # fmt: skip
-                found.append(verdicts(net, arch, shape))
-            net = craft("mkor_inconspicuous", _honest(arch, shape, 0), input_shape=shape, num_classes=10, seed=0,
-                        noise=noise)  # fmt: skip
+            nets = [craft("mkor_inconspicuous", _honest(arch, shape, seed), input_shape=shape, num_classes=10,
+                          seed=seed, noise=noise) for seed in range(3)]  # fmt: skip
+            found = [verdicts(net, arch, shape) for net in nets]
+            net = nets[0]
             rows = planted_rows(arch, shape, 0, net)
             print(f"noise {noise}: inspect {'/'.join(a for a, _ in found)}, with data {'/'.join(d for _, d in found)}; "
                   f"emulator {leakage(net, shape, data, args.batches)}, "

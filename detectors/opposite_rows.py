@@ -77,23 +77,22 @@ def merged_pairs(layer: Layer, follower: Layer) -> list[torch.Tensor]:
     key = unit[candidates] * 2 + (top[candidates] > 0)
     order = key.argsort(stable=True)
     candidates, key = candidates[order], key[order]
-    firsts, seconds = [], []
+    slots = torch.arange(len(candidates))
+    firsts, seconds = [], []  # pairs as positions in the sorted candidates
     for offset in range(1, MERGED_GROUP_PAIRS + 1):  # columns sharing a key sit side by side once sorted
         same = key[offset:] == key[:-offset]
         if not bool(same.any()):
             break
-        firsts.append(candidates[:-offset][same])
-        seconds.append(candidates[offset:][same])
+        firsts.append(slots[:-offset][same])
+        seconds.append(slots[offset:][same])
     if not firsts:
         return []
-    a, b = torch.cat(firsts), torch.cat(seconds)
+    i, j = torch.cat(firsts), torch.cat(seconds)
     # most pairs are chance: a sketch on a few hundred columns rules them out before whole rows are read
     sample = rows_on_columns(layer, candidates, sketch_columns(layer.fan_in, torch.Generator().manual_seed(0)))
     sample = sample / torch.linalg.vector_norm(sample, dim=1, keepdim=True).clamp_min(1e-30)
-    position = torch.empty(int(candidates.max()) + 1, dtype=torch.long)
-    position[candidates] = torch.arange(len(candidates))
-    near = (sample[position[a]] * sample[position[b]]).sum(dim=1) <= MERGED_MAX_COSINE + SKETCH_MARGIN
-    a, b = a[near], b[near]
+    near = (sample[i] * sample[j]).sum(dim=1) <= MERGED_MAX_COSINE + SKETCH_MARGIN
+    a, b = candidates[i[near]], candidates[j[near]]
     rows_a, rows_b = layer.rows(a), layer.rows(b)
     cosine = (rows_a * rows_b).sum(dim=1) / (
         torch.linalg.vector_norm(rows_a, dim=1) * torch.linalg.vector_norm(rows_b, dim=1)
