@@ -27,12 +27,14 @@ and are asserted with a wide margin:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedguard.architectures import build_model
@@ -410,6 +412,48 @@ def test_loop_engine_runs_guesses_side_by_side_with_the_numbers_of_one_at_a_time
         alone = objective(z[k : k + 1], logits[k : k + 1])
         for a, b in zip(side_by_side, alone):
             torch.testing.assert_close(a[k], b[0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [dict(stride=1, padding=1), dict(kernel_size=5, stride=2, padding=2), dict(stride=2, padding=1, dilation=2), dict(groups=2), dict(stride=3, bias=False)],
+)
+@pytest.mark.parametrize("local_steps", [1, 2])
+def test_split_convolutions_give_torch_s_update_and_image_gradient(conv, local_steps):
+    # The loop engine's convolutions: the same update and image gradient as torch's own double backward, in float64,
+    # with the images-only pass skipping the leaf weights' gradients (weights that depend on the images, FedAvg, keep theirs).
+    from fedguard.attacks._split_conv import SplitConvolutions
+
+    gen = torch.Generator().manual_seed(3)
+    conv = dict(conv)
+    first = nn.Conv2d(4, 6, conv.pop("kernel_size", 3), **conv).double()
+    second = nn.Conv2d(6, 4, 3, padding=1).double()
+    x = torch.randn(3, 4, 13, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    names = [n for n, p in [("w1", first.weight), ("b1", first.bias), ("w2", second.weight), ("b2", second.bias)] if p is not None]
+
+    def update_and_gradient(mode):
+        leaves = [p.detach().clone().requires_grad_(True) for p in (first.weight, first.bias, second.weight, second.bias) if p is not None]
+        with mode or contextlib.nullcontext():
+            params = list(leaves)
+            for _ in range(local_steps):
+                w = dict(zip(names, params))
+                a = F.conv2d(x, w["w1"], w.get("b1"), first.stride, first.padding, first.dilation, first.groups)
+                assert (type(a.grad_fn).__name__ == "_Conv2dBackward") == (mode is not None)
+                h = torch.sigmoid(a)
+                loss = F.conv2d(h, w["w2"], w["b2"], padding=1).pow(2).mean()
+                params = [p - 0.1 * g for p, g in zip(params, torch.autograd.grad(loss, params, create_graph=True))]
+            update = [p - p0 for p, p0 in zip(params, leaves)]
+        cotangent = [torch.randn(u.shape, generator=torch.Generator().manual_seed(i), dtype=u.dtype) for i, u in enumerate(update)]
+        if mode is not None:
+            mode.images_only = True
+        (g_x,) = torch.autograd.grad(update, [x], grad_outputs=cotangent)
+        return [u.detach() for u in update], g_x
+
+    u_torch, g_torch = update_and_gradient(None)
+    u_split, g_split = update_and_gradient(SplitConvolutions())
+    for a, b in zip(u_torch, u_split):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_split, g_torch, rtol=1e-10, atol=1e-14)
 
 
 def test_an_interrupted_attack_keeps_a_result(digits):
