@@ -34,7 +34,7 @@ Sections (``--only dlg,idlg,labels,ig,audit,mkor``; all by default):
   Baselines scored the same way: the public data's mean image (what the
   server has without the update) and its class means (labels known).
 
-Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10] [--mkor-batches 10] [--device cuda] [--ig-norm running|batch] [--ig-restarts 2] [--ig-seeds 1]``
+Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10] [--mkor-batches 10] [--device cuda] [--ig-norm running|batch] [--ig-restarts 2] [--ig-seeds 1] [--ig-batches 1,4]``
 Timings are wall-clock on this machine; other jobs sharing the CPU inflate them.
 """
 
@@ -217,7 +217,7 @@ def with_running_stat_norm(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def section_ig(iterations: int, restarts: int, device: torch.device, norm: str = "running", seeds: int = 1) -> None:
+def section_ig(iterations: int, restarts: int, device: torch.device, norm: str = "running", seeds: int = 1, batches=(1, 4)) -> None:
     from reference_inverting_gradients import reference_inverting_gradients
 
     from fedguard.attacks.base import Budget, attacks
@@ -227,7 +227,7 @@ def section_ig(iterations: int, restarts: int, device: torch.device, norm: str =
     print(f"## Inverting Gradients, ResNet-18 32x32, {what}, {iterations} iterations, {restarts} restart(s), TV 0.01, on {device}")
     x, y = photos()
     IG = attacks().get("inverting_gradients")
-    for B in (1, 4):
+    for B in batches:
         psnrs: dict[str, list[float]] = {"fedguard": [], "reference": []}
         seconds = {"fedguard": 0.0, "reference": 0.0}
         for seed in range(seeds):
@@ -438,6 +438,7 @@ def main() -> None:
     parser.add_argument("--ig-iterations", type=int, default=1000)
     parser.add_argument("--ig-restarts", type=int, default=2, help="restarts of both loops (fedguard's default is 2)")
     parser.add_argument("--ig-seeds", type=int, default=1, help="model inits, images and starts to compare the loops on (mean PSNR printed)")
+    parser.add_argument("--ig-batches", default="1,4", help="batch sizes of the Inverting Gradients section")
     parser.add_argument("--ig-norm", choices=("running", "batch"), default="running",
                         help="ResNet-18's BatchNorm: frozen at running statistics (as breaching's honest server) or on batch statistics")
     parser.add_argument("--threads", type=int, default=2)
@@ -455,7 +456,7 @@ def main() -> None:
     if "labels" in only:
         section_labels(args.label_trials)
     if "ig" in only:
-        section_ig(args.ig_iterations, args.ig_restarts, device, args.ig_norm, args.ig_seeds)
+        section_ig(args.ig_iterations, args.ig_restarts, device, args.ig_norm, args.ig_seeds, [int(b) for b in args.ig_batches.split(",")])
     if "audit" in only:
         section_audit(device)
     if "mkor" in only:
