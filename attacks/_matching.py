@@ -184,7 +184,8 @@ def _distance_and_cotangent(u, t, t_norm, kind):
     dot = sum(torch.vdot(a.reshape(-1), b.reshape(-1)) for a, b in zip(u, t))
     un = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u))) + 1e-20
     cos = dot / (un * t_norm)
-    # cot = u cos/|u|² - t/(|u||t|) in one new list and one in-place pass (a third, parameter-sized list costs ~30 % more)
+    # cot = u cos/|u|² - t/(|u||t|) in one new list and one in-place pass (with a third
+    # parameter-sized list, on a ResNet-18, it took 1.3-1.5x as long)
     cot = torch._foreach_mul(u, float(cos / un**2))
     torch._foreach_add_(cot, list(t), alpha=float(-1.0 / (un * t_norm)))
     return 1.0 - cos, cot

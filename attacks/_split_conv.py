@@ -33,7 +33,8 @@ __all__ = ["SplitConvolutions"]
 
 
 def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (int(value), int(value))
+    v = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return int(v[0]), int(v[-1])
 
 
 class _Conv2d(torch.autograd.Function):
