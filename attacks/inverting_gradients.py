@@ -21,9 +21,10 @@ faster for the model on this device: see :mod:`fedguard.attacks._matching`),
 forms the gradient of the cosine with respect to the simulated update in
 closed form, differentiates with respect to the images only (a plain
 ``loss.backward()`` also forms second derivatives for every parameter, and
-torch's double backward of a convolution a weight-shaped term nobody uses:
-:mod:`fedguard.attacks._split_conv`), and fits the learning-rate schedule to the time budget: when ``--time-budget``
-would end the run before ``--max-iterations``, the decays are placed at 3/8,
+torch's double backward of a convolution a weight-shaped term the images'
+gradient does not need: :mod:`fedguard.attacks._split_conv`), and fits the
+learning-rate schedule to the time budget: when ``--time-budget`` would end
+the run before ``--max-iterations``, the decays are placed at 3/8,
 5/8 and 7/8 of the iterations that fit, from the speed measured between
 iterations 5 and 15 (the first few carry one-time costs and would under-plan
 the run).
