@@ -120,17 +120,17 @@ class OppositeRows(Detector):
     def run(self, context: InspectContext):
         view = context.view
         for layer in view.scored_layers(MIN_FAN_IN, kinds=(LINEAR,)):
-            exact = opposite_pairs(layer, -MAX_COSINE)
+            exact = [p for p in opposite_pairs(layer, -MAX_COSINE) if dense_rows(layer, p)]
             follower = view.next_weight_layer(layer)
             merged = merged_pairs(layer, follower) if follower is not None and follower.stats.finite else []
             seen = {frozenset(p.tolist()) for p in exact}
-            pairs = exact + [p for p in merged if frozenset(p.tolist()) not in seen]
-            pairs = [p for p in pairs if dense_rows(layer, p)]
+            nearly = [p for p in merged if frozenset(p.tolist()) not in seen and dense_rows(layer, p)]
+            pairs = exact + nearly
             if not pairs:
                 continue
             severity = Severity.HIGH if len(pairs) >= MALICIOUS_PAIRS else Severity.MEDIUM
             rows = sorted(int(i) for p in pairs for i in p.tolist())
-            loose = sum(frozenset(p.tolist()) not in seen for p in pairs)
+            loose = len(nearly)
             how = f" ({loose} of them nearly, each merged into one unit of {follower.name})" if loose else ""
             yield self.finding(
                 "FG104", "Opposite row pairs (inconspicuous MKOR)", severity, Confidence.HIGH, layer.name,
