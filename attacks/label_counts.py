@@ -43,8 +43,8 @@ estimates ``p̄`` by running the model on data it has and solves for ``n``:
   chosen on 2 trials × batches 8-64 × lr 0.001-0.01 on LeNet and the ConvNet
   and checked on 2 others, docs/benchmarks.md). On the DLG LeNet, whose
   sigmoid features barely separate the classes, the weight update alone gets
-  45-55 % of the counts and the solve's misfit is small, so the bias equation
-  decides; on the ConvNet at lr 0.01 the weight update alone gets 70 %.
+  37-55 % of the counts and the solve's misfit is small, so the bias equation
+  decides; on the ConvNet at lr 0.01 the weight update alone gets 57-70 %.
 
 Counts are rounded to integers that sum to ``B`` (largest remainders). They
 seed DLG and Inverting Gradients with labels (Geiping et al. assume known
@@ -246,6 +246,8 @@ def _feature_counts(weight_update: torch.Tensor, path: list[_Stats], labels: tor
     spread_on_duals = torch.stack([(H[y == j] @ duals).var(0) for j in range(C)])  # [j, k]
     var = ((S**2) * spread_on_duals.T / counts.clamp(min=1.0)[None, :]).sum(1)
     sd = var.sqrt() / (steps * (1 - confidence))
+    if not (torch.isfinite(counts).all() and torch.isfinite(sd).all()):
+        return None
     return counts.numpy(), sd.numpy()
 
 
