@@ -300,7 +300,8 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
 
     # FedAvg: solve n = raw(p_sim(n)) with the local training simulated (a bounded least-squares solve, scipy's
     # trust-region reflective, keeps n in [0, B]); then weigh it against the counts the head's weight update gives
-    path = [_Stats(_shifted(view.model, view.tensors, s), head, xs, ys, chunk, view.num_classes) for s in PATH_POINTS]
+    points = PATH_POINTS if ys is not None else (PATH_POINTS[0], PATH_POINTS[-1])  # the inner points serve the weight update's estimate
+    path = [_Stats(_shifted(view.model, view.tensors, s), head, xs, ys, chunk, view.num_classes) for s in points]
     p0 = np.mean([path[0].p_mean, path[-1].p_mean], axis=0)
     o0 = float(np.mean([path[0].feature_sum, path[-1].feature_sum]))
     raw = _raw_counts(g_head, p0, batch, use_bias, o0, None)
