@@ -231,9 +231,9 @@ def _feature_counts(weight_update: torch.Tensor, path: list[_Stats], labels: tor
     per_class = torch.bincount(y, minlength=C)
     if int(per_class.min()) < 2 or W.shape[1] != H.shape[1]:
         return None
-    M = torch.stack([H[y == k].mean(0) for k in range(C)])
-    spread = [H[y == k] - M[k] for k in range(C)]
-    G = M @ M.T - torch.diag(torch.stack([(d**2).sum() / (len(d) * (len(d) - 1)) for d in spread]))
+    groups = [H[y == k] for k in range(C)]
+    M = torch.stack([g.mean(0) for g in groups])
+    G = M @ M.T - torch.diag(torch.stack([((g - m) ** 2).sum() / (len(g) * (len(g) - 1)) for g, m in zip(groups, M)]))
     try:
         duals = M.T @ torch.linalg.inv(G)
     except RuntimeError:  # singular class means (e.g. identical inputs)
@@ -243,7 +243,7 @@ def _feature_counts(weight_update: torch.Tensor, path: list[_Stats], labels: tor
     counts = (-S.diagonal()).clamp(min=0) / (steps * (1 - confidence))
     # a client's class mean of j strays from M[j] by its examples' spread over n_j: that moves S[k, k] by S[k, j] times its
     # projection on the dual vector of k
-    spread_on_duals = torch.stack([(H[y == j] @ duals).var(0) for j in range(C)])  # [j, k]
+    spread_on_duals = torch.stack([(g @ duals).var(0) for g in groups])  # [j, k]
     var = ((S**2) * spread_on_duals.T / counts.clamp(min=1.0)[None, :]).sum(1)
     sd = var.sqrt() / (steps * (1 - confidence))
     if not (torch.isfinite(counts).all() and torch.isfinite(sd).all()):
