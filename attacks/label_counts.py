@@ -35,16 +35,18 @@ estimates ``p̄`` by running the model on data it has and solves for ``n``:
   the local steps (the BatchNorm ConvNet at lr 0.01), the bias equation is
   nearly flat in ``n`` and its solve does not close. The head's *weight*
   update then carries the counts (RLU, Chen & Vikalo): it is the class means
-  of the head's input weighted by how wrong the softmax was on each class
-  (``_feature_counts``). The two estimates are weighed by their inverse
-  variances: the weight update's from the spread of the public examples
-  around their class means, the bias equation's from its misfit at the
-  solution (``MISFIT_SCALE`` times it, at least ``MIN_EQUATION_SD``; both
-  chosen on 2 trials × batches 8-64 × lr 0.001-0.01 on LeNet and the ConvNet
-  and checked on 2 others, docs/benchmarks.md). On the DLG LeNet, whose
-  sigmoid features barely separate the classes, the weight update alone gets
-  37-55 % of the counts and the solve's misfit is small, so the bias equation
-  decides; on the ConvNet at lr 0.01 the weight update alone gets 57-70 %.
+  of the head's input weighted by how wrong the softmax was on each class.
+  It is read along the directions that vary least within a class,
+  cross-fitted (``_error_mass``), and divided by how well the client learns
+  its own examples, measured on public batches of the estimated counts
+  trained the way the client trains (``_feature_counts``). The two estimates
+  are weighed by their inverse variances: the weight update's from the
+  spread of the public examples around their class means, the bias
+  equation's from its misfit at the solution (``MISFIT_SCALE`` times it, at
+  least ``MIN_EQUATION_SD``; docs/benchmarks.md). On the DLG LeNet, whose
+  sigmoid features barely separate the classes, the solve's misfit is small
+  and the bias equation decides; on the ConvNet at lr 0.01 the weight update
+  does (80 % of the counts exact, 4 trials × batches 8-64).
 
 Counts are rounded to integers that sum to ``B`` (largest remainders). They
 seed DLG and Inverting Gradients with labels (Geiping et al. assume known
@@ -65,7 +67,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -74,6 +76,7 @@ from torch import nn
 
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
+from fedguard.update import minibatch_slices
 
 from ._head import Head, find_head
 from .base import Attack, Budget, register_attack
@@ -84,8 +87,9 @@ __all__ = ["LabelCounts", "round_counts", "estimate_counts"]
 MIN_PER_CLASS_FOR_CONDITIONAL = 10
 #: Public examples per class used to simulate FedAvg's local training.
 SIMULATION_PER_CLASS = 12
-#: Public examples the softmax statistics are measured on (the audit passes them shuffled).
-MAX_SERVER_EXAMPLES = 256
+#: Public examples the softmax and head-input statistics are measured on (the audit passes them shuffled); the
+#: weight update's class means need many (docs/benchmarks.md: 256 gave 64 % of the ConvNet's counts, 1 789 gave 68 %).
+MAX_SERVER_EXAMPLES = 2048
 #: Simulated local trainings the FedAvg solver may run, its seconds, and its tolerance in examples.
 MAX_SIMULATIONS = 60
 SOLVER_SECONDS = 30.0
@@ -97,6 +101,14 @@ MISFIT_SCALE = 4.0
 MIN_EQUATION_SD = 0.2
 #: The least standard deviation of a count from the head's weight update.
 MIN_FEATURE_SD = 0.2
+#: Shrinkage of the head input's within-class covariance towards its mean variance.
+COVARIANCE_SHRINKAGE = 0.1
+#: Folds the head's weight update is cross-fitted over.
+CROSS_FIT_FOLDS = 5
+#: Rounds of re-measuring ``ā`` at the estimated counts, public batches trained per round, and their seconds.
+CONFIDENCE_ROUNDS = 3
+CONFIDENCE_DRAWS = 8
+FEATURE_SECONDS = 20.0
 
 
 class _Stop(Exception):
@@ -200,62 +212,168 @@ def _simulate(model: nn.Module, counts: np.ndarray, xs: torch.Tensor, ys: torch.
     return (acc / steps).cpu().numpy()
 
 
-def _feature_counts(weight_update: torch.Tensor, path: list[_Stats], labels: torch.Tensor, batch: int, steps: int, lr: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """Counts and their standard deviations from the head's weight update (RLU, Chen & Vikalo 2024).
+def _discriminant_duals(H: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Directions ``D`` with ``M D = I`` for the class means ``M`` of ``H`` that vary least within a class.
+
+    ``D = Σ⁻¹ Mᵀ (M Σ⁻¹ Mᵀ)⁻¹`` (the generalised least-squares fit of
+    ``ΔW ≈ -(lr/B) S M``) with ``Σ`` the pooled within-class covariance, shrunk by
+    ``COVARIANCE_SHRINKAGE`` towards its mean variance (cross-fitted, 0.03, 0.1
+    and 0.3 are within 2 points of one another on the ConvNet at lr 0.01); by Woodbury's
+    identity when there are fewer examples than features. Along the class
+    means themselves (the plain least-squares fit), 256 public examples gave
+    64 % of the counts exact there, all 1 789 gave 68 %, these directions 74 %
+    (ConvNet, lr 0.01, 4 trials × batches 8-64, with ``ā`` from the path).
+    """
+    M = torch.stack([H[y == k].mean(0) for k in range(num_classes)])
+    R = H - M[y]
+    N, d = R.shape
+    mean_var = float((R**2).sum()) / (N * d)
+    a, c = (1 - COVARIANCE_SHRINKAGE) / N, COVARIANCE_SHRINKAGE * (mean_var if mean_var > 0 else 1.0)
+    if d <= N:
+        X = torch.linalg.solve(a * (R.T @ R) + c * torch.eye(d, dtype=H.dtype), M.T)
+    else:
+        X = (M.T - R.T @ torch.linalg.solve((c / a) * torch.eye(N, dtype=H.dtype) + R @ R.T, R @ M.T)) / c
+    return X @ torch.linalg.inv(M @ X)
+
+
+def _error_mass(weight_update: torch.Tensor, path: list[_Stats], labels: torch.Tensor, batch: int, steps: int, lr: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """``-S[k, k] = T n_k (1 - ā_k)`` from the head's weight update, and its standard deviation (RLU, Chen & Vikalo 2024).
 
     ``ΔW = -(lr/B) Σ_t (P_t - Y)ᵀ H_t ≈ -(lr/B) S M``, where ``M`` holds the
     class means of the head's input and ``S[j, k] = Σ_t Σ_{i in k} (p_ij - δ_jk)``;
-    so ``-S[k, k] = T n_k (1 - ā_k)`` with ``ā_k`` the mean confidence of class
-    ``k`` in its own examples along the local steps. ``M`` and ``ā`` are measured
-    on the server's labelled data at ``PATH_POINTS`` of the known path from
-    ``W_0`` to ``W_T``; ``S`` is the least-squares fit, with the sampling noise
-    of the public class means taken out of ``M Mᵀ`` (errors in variables: it
-    would shrink ``S``). Two errors are left. The client's own examples stray
-    from the class means: class ``j``'s mean strays by its examples' spread
-    over ``n_j``, which moves ``S[k, k]`` by ``S[k, j]`` times that spread
-    projected on the dual vector of ``k``; the standard deviations add these up
-    (the counts' errors over these deviations have a standard deviation of
-    1.0 on LeNet and 1.5 on the ConvNet). And the client learns its own
-    examples within the steps, not the public examples of their class along
-    the same path, so ``ā`` from the public data is off either way (at lr
-    0.01 on the ConvNet by up to 0.3: 0.07 for a class whose client examples
-    reach 0.35).
+    ``ā_k`` is the mean confidence of class ``k`` in its own examples along the
+    local steps. ``H`` is measured on the server's labelled data at
+    ``PATH_POINTS`` of the known path from ``W_0`` to ``W_T`` and ``S`` is read
+    off along :func:`_discriminant_duals`. Fitted on the same examples they are
+    measured on, those directions overfit: the client's examples project on
+    their own class's direction at about 0.92, the public ones at 0.97-1.0
+    (ConvNet, 2 048 features, 1 789 public examples), which shrinks ``S``. So
+    ``S`` is cross-fitted: the directions from ``CROSS_FIT_FOLDS - 1`` folds,
+    the class means they see from the held-out fold, ``S = ΔW' D A⁻¹``
+    averaged over the folds (measured: the fitted ``S[k, k]`` over the true one
+    0.93 without, 0.96 with).
 
-    Measured (ConvNet, lr 0.01, 5 steps, 4 trials × batches 8-64, the rest of
-    digits as public data, per cent of 160 counts exact): with the client's
-    true ``S`` and its own ``ā``, 100 %; the true ``S`` with ``ā`` from the
-    public data, 70.6 %, with ``ā`` from public batches of the true composition
-    trained as the client trains, 98.8 %; the fitted ``S`` with these three
-    ``ā``: 75.6 %, 63.8 % (what runs here) and 78.8 %. With the client's own
-    class means for ``M`` (2 trials) 96 %, with the means of 256 public
-    examples 57-70 %, of 1 600, 81 % (docs/benchmarks.md).
+    The error left is the client's own examples straying from the class means:
+    class ``j``'s mean strays by its examples' spread over ``n_j``, which
+    moves ``S[k, k]`` by ``S[k, j]`` times that spread projected on ``D[:, k]``;
+    the standard deviation adds these up at the counts the path's ``ā`` gives.
     """
     W = weight_update.detach().double().cpu().flatten(1)
     H = torch.stack([s.features for s in path]).mean(0)
-    P = torch.stack([s.probs for s in path]).mean(0)
     y = labels[: len(H)].cpu()
     C = W.shape[0]
     per_class = torch.bincount(y, minlength=C)
     if int(per_class.min()) < 2 or W.shape[1] != H.shape[1]:
         return None
-    groups = [H[y == k] for k in range(C)]
-    M = torch.stack([g.mean(0) for g in groups])
-    G = M @ M.T - torch.diag(torch.stack([((g - m) ** 2).sum() / (len(g) * (len(g) - 1)) for g, m in zip(groups, M)]))
+    folds = min(CROSS_FIT_FOLDS, int(per_class.min()) // 2)
+    fold = torch.arange(len(y)) % folds
     try:
-        duals = M.T @ torch.linalg.inv(G)
+        D = _discriminant_duals(H, y, C)
+        if folds < 2:
+            S = (-(batch / lr) * W) @ D
+        else:
+            fits = []
+            for f in range(folds):
+                fit, held = fold != f, fold == f
+                Df = _discriminant_duals(H[fit], y[fit], C)
+                A = torch.stack([(H[held & (y == k)] @ Df).mean(0) for k in range(C)])
+                fits.append((-(batch / lr) * W) @ Df @ torch.linalg.inv(A))
+            S = torch.stack(fits).mean(0)
     except RuntimeError:  # singular class means (e.g. identical inputs)
         return None
-    S = (-(batch / lr) * W) @ duals
-    confidence = torch.stack([P[y == k, k].mean() for k in range(C)]).clamp(max=0.99)
-    counts = (-S.diagonal()).clamp(min=0) / (steps * (1 - confidence))
-    # a client's class mean of j strays from M[j] by its examples' spread over n_j: that moves S[k, k] by S[k, j] times its
-    # projection on the dual vector of k
-    spread_on_duals = torch.stack([(g @ duals).var(0) for g in groups])  # [j, k]
-    var = ((S**2) * spread_on_duals.T / counts.clamp(min=1.0)[None, :]).sum(1)
-    sd = var.sqrt() / (steps * (1 - confidence))
-    if not (torch.isfinite(counts).all() and torch.isfinite(sd).all()):
+    mass = (-S.diagonal()).clamp(min=0)
+    confidence = _path_confidence(path, labels)
+    counts = mass / (steps * (1 - confidence))
+    spread_on_duals = torch.stack([(H[y == j] @ D).var(0) for j in range(C)])  # [j, k]
+    sd = ((S**2) * spread_on_duals.T / counts.clamp(min=1.0)[None, :]).sum(1).sqrt()
+    if not (torch.isfinite(mass).all() and torch.isfinite(sd).all()):
         return None
-    return counts.numpy(), sd.numpy()
+    return mass.numpy(), sd.numpy()
+
+
+def _path_confidence(path: list[_Stats], labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax of each class in the public examples of that class, over the path's points."""
+    P = torch.stack([s.probs for s in path]).mean(0)
+    y = labels[: len(P)].cpu()
+    return torch.stack([P[y == k, k].mean() for k in range(P.shape[1])]).clamp(max=0.99)
+
+
+def _draw(pool: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` indices into ``range(pool)``, without replacement while the pool lasts."""
+    if n <= pool:
+        return torch.randperm(pool, generator=gen)[:n]
+    return torch.randint(pool, (n,), generator=gen)
+
+
+def _own_confidence(view: ServerView, xs: torch.Tensor, ys: torch.Tensor, counts: np.ndarray, gen: torch.Generator, out_of_time: Callable[[], bool]) -> np.ndarray:
+    """Mean confidence of each class in its own examples along the local steps, on public batches of composition ``counts``.
+
+    A client learns its own examples within the local steps, faster than the
+    public examples of their classes (ConvNet at lr 0.01: confidence 0.35 on a
+    class's client examples, 0.07 on the public ones along the same path), and
+    the more examples of a class the faster. So public batches of the same
+    composition are trained as the client trains (its schedule of mini-batches)
+    ``CONFIDENCE_DRAWS`` times; ``nan`` for a class with no examples.
+    """
+    C = view.num_classes
+    pools = [torch.nonzero(ys == k).flatten() for k in range(C)]
+    own = torch.zeros(C, dtype=torch.float64)
+    seen = torch.zeros(C, dtype=torch.float64)
+    for _ in range(CONFIDENCE_DRAWS):
+        if out_of_time():
+            break
+        pick = [pools[k][_draw(len(pools[k]), int(counts[k]), gen)] for k in range(C) if counts[k] > 0 and len(pools[k])]
+        if not pick:
+            break
+        idx = torch.cat(pick)[torch.randperm(sum(len(p) for p in pick), generator=gen)].to(xs.device)
+        bx, by = xs[idx], ys[idx]
+        net = copy.deepcopy(view.model)
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        for sl in minibatch_slices(len(by), view.local_batch_size or len(by), int(view.local_steps)):
+            out = net(bx[sl])
+            p_own = F.softmax(out.detach(), dim=-1).gather(1, by[sl, None]).flatten().double().cpu()
+            own.index_add_(0, by[sl].cpu(), p_own)
+            seen.index_add_(0, by[sl].cpu(), torch.ones_like(p_own))
+            grads = torch.autograd.grad(F.cross_entropy(out, by[sl]), params, allow_unused=True, materialize_grads=True)
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    p.sub_(float(view.local_lr) * g)
+    return (own / seen).numpy()
+
+
+def _feature_counts(view: ServerView, path: list[_Stats], xs: torch.Tensor, ys: torch.Tensor, weight_update: torch.Tensor, batch: int, out_of_time: Callable[[], bool]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Counts and their standard deviations from the head's weight update: ``n_k = -S[k, k] / (T (1 - ā_k))``.
+
+    ``-S[k, k]`` comes from :func:`_error_mass`. ``ā`` starts from the public
+    examples along the path and is then re-measured ``CONFIDENCE_ROUNDS`` times
+    on public batches of the counts estimated so far (:func:`_own_confidence`;
+    RLU simulates the local training on auxiliary data the same way).
+
+    Measured (ConvNet, lr 0.01, 5 steps, 4 trials × batches 8-64, the rest of
+    digits as public data, per cent of 160 counts exact): with the client's
+    true ``S`` and its own ``ā``, 100 %; the fitted ``S`` with the client's
+    own ``ā`` 87.5-89 %, with ``ā`` from the path 71 %, from public batches of
+    the true composition 90 %, re-measured at the estimated counts over three
+    rounds 80-83 %. The fitted ``S`` from 256 public examples by plain least
+    squares gave 64 % (docs/benchmarks.md).
+    """
+    steps = int(view.local_steps)
+    fit = _error_mass(weight_update, path, ys, batch, steps, float(view.local_lr))
+    if fit is None:
+        return None
+    mass, mass_sd = fit
+    path_conf = _path_confidence(path, ys).numpy()
+    conf = path_conf
+    gen = torch.Generator(device="cpu").manual_seed(view.seed + 41)
+    for _ in range(CONFIDENCE_ROUNDS):
+        counts = mass / (steps * (1 - conf))
+        if out_of_time():
+            break
+        own = _own_confidence(view, xs, ys, round_counts(counts, batch), gen, out_of_time)
+        conf = np.clip(np.where(np.isnan(own), path_conf, own), 0.0, 0.99)
+    scale = steps * (1 - conf)
+    return mass / scale, mass_sd / scale
 
 
 def _server_data(view: ServerView, need: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -332,7 +450,9 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     details.update({"model": "simulated_local_training", "simulation_residual": round(misfit, 4)})
     feature = None
     if ys is not None and head.weight in view.tensors:
-        feature = _feature_counts(view.tensors[head.weight], path, ys, batch, int(view.local_steps), float(view.local_lr))
+        until = time.perf_counter() + min(FEATURE_SECONDS, budget.remaining() if budget is not None else FEATURE_SECONDS)
+        feature = _feature_counts(view, path, xs, ys, view.tensors[head.weight], batch,
+                                  lambda: (budget is not None and budget.interrupted()) or time.perf_counter() > until)  # fmt: skip
     if feature is not None:
         # inverse-variance weighting; the bias equation is as good as its misfit at the solution
         equation_var = max(MISFIT_SCALE * misfit, MIN_EQUATION_SD) ** 2

@@ -172,7 +172,7 @@ def _count_trials(arch: str, protocol: str, lr: float, trials: int, batches=(8, 
         for B in batches:
             rng = np.random.default_rng(1000 * t + B)
             perm = rng.permutation(len(y))
-            idx, rest = perm[:B], perm[B:][:512]
+            idx, rest = perm[:B], perm[B:]
             torch.manual_seed(t)
             net = build_model(arch)
             upd = compute_update(net, x[idx], y[idx], protocol=protocol, local_steps=5, local_lr=lr)

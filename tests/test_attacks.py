@@ -322,6 +322,23 @@ def test_label_counts_from_the_head_s_weight_update(minibatch):
     assert rec.label_counts.tolist() == true.long().tolist()
 
 
+
+@pytest.mark.parametrize("examples", [400, 40], ids=["more-examples-than-features", "fewer-examples-than-features"])
+def test_discriminant_directions_invert_the_class_means_and_ignore_within_class_noise(examples):
+    from fedguard.attacks.label_counts import _discriminant_duals
+
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(4, 60, generator=gen, dtype=torch.float64)
+    y = torch.arange(examples) % 4
+    noise = torch.zeros(examples, 60, dtype=torch.float64)
+    noise[:, 0] = 10 * torch.randn(examples, generator=gen, dtype=torch.float64)  # one direction varies a lot within a class
+    H = means[y] + noise + 0.01 * torch.randn(examples, 60, generator=gen, dtype=torch.float64)
+    D = _discriminant_duals(H, y, 4)
+    M = torch.stack([H[y == k].mean(0) for k in range(4)])
+    assert torch.allclose(M @ D, torch.eye(4, dtype=torch.float64), atol=1e-8)
+    assert D[0].abs().max() < 0.01 * D[1:].abs().max()  # the noisy direction is all but ignored
+
+
 # --------------------------------------------------------------------------- image attacks
 
 
