@@ -89,7 +89,11 @@ MIN_PER_CLASS_FOR_CONDITIONAL = 10
 SIMULATION_PER_CLASS = 12
 #: Public examples the softmax and head-input statistics are measured on (the audit passes them shuffled); the
 #: weight update's class means need many (docs/benchmarks.md: 256 gave 64 % of the ConvNet's counts, 1 789 gave 68 %).
+#: As many as ``STATS_FLOPS`` of forward passes allow at each point of the path (about 2 s on 2 CPU cores):
+#: all 2 048 on LeNet and the ConvNet, 256 on ResNet-18.
 MAX_SERVER_EXAMPLES = 2048
+MIN_SERVER_EXAMPLES = 256
+STATS_FLOPS = 1e11
 #: Simulated local trainings the FedAvg solver may run, its seconds, and its tolerance in examples.
 MAX_SIMULATIONS = 60
 SOLVER_SECONDS = 30.0
@@ -376,6 +380,19 @@ def _feature_counts(view: ServerView, path: list[_Stats], xs: torch.Tensor, ys: 
     return mass / scale, mass_sd / scale
 
 
+def _affordable_examples(model: nn.Module, xs: torch.Tensor) -> int:
+    """How many public examples the statistics measure: ``STATS_FLOPS`` worth of forward passes, within the bounds."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = copy.deepcopy(model)
+    net.train()
+    probe = xs[:2] if len(xs) >= 2 else xs.expand(2, *xs.shape[1:])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(probe)
+    per_example = max(counter.get_total_flops() / 2, 1.0)
+    return int(min(MAX_SERVER_EXAMPLES, max(MIN_SERVER_EXAMPLES, STATS_FLOPS // per_example)))
+
+
 def _server_data(view: ServerView, need: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The server's public data of the domain, or uniform noise in the input box without it."""
     if view.threat.auxiliary_data and view.auxiliary is not None and len(view.auxiliary[1]) > 0:
@@ -413,7 +430,8 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     use_bias = head.bias is not None and head.bias in grads
     g_head = (grads[head.bias] if use_bias else grads[head.weight].sum(dim=1)).double().cpu().numpy()
     xs, ys = _server_data(view, batch)
-    xs, ys = xs[:MAX_SERVER_EXAMPLES], (None if ys is None else ys[:MAX_SERVER_EXAMPLES])
+    use = _affordable_examples(view.model, xs)
+    xs, ys = xs[:use], (None if ys is None else ys[:use])
     chunk = batch if batch > 1 else 2
     details: dict = {"route": "bias" if use_bias else "weight_rows", "server_data": "public" if ys is not None else "noise"}
     if view.protocol == "fedsgd":

@@ -339,6 +339,18 @@ def test_discriminant_directions_invert_the_class_means_and_ignore_within_class_
     assert D[0].abs().max() < 0.01 * D[1:].abs().max()  # the noisy direction is all but ignored
 
 
+
+def test_public_examples_for_the_statistics_are_capped_by_their_forward_cost(monkeypatch):
+    import fedguard.attacks.label_counts as lc
+
+    net, xs = nn.Linear(16, 10), torch.rand(4, 16)  # 2 x 16 x 10 = 320 FLOPs an example
+    assert lc._affordable_examples(net, xs) == lc.MAX_SERVER_EXAMPLES
+    monkeypatch.setattr(lc, "STATS_FLOPS", 320 * 500)
+    assert lc._affordable_examples(net, xs) == 500
+    monkeypatch.setattr(lc, "STATS_FLOPS", 320)
+    assert lc._affordable_examples(net, xs) == lc.MIN_SERVER_EXAMPLES
+
+
 # --------------------------------------------------------------------------- image attacks
 
 
