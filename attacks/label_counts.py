@@ -196,6 +196,14 @@ def _raw_counts(g_head: np.ndarray, stats_p: np.ndarray, batch: int, bias: bool,
     return batch * (stats_p - target)
 
 
+def _sgd_step(params: list[torch.Tensor], loss: torch.Tensor, lr: float) -> None:
+    """One plain SGD step on ``params`` (the client's local update rule)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.sub_(lr * g)
+
+
 def _simulate(model: nn.Module, counts: np.ndarray, xs: torch.Tensor, ys: torch.Tensor, batch: int, steps: int, lr: float, num_classes: int) -> np.ndarray:
     """Mean batch softmax along ``steps`` SGD steps on ``(xs, ys)`` weighted to the composition ``counts``."""
     per_class = torch.bincount(ys, minlength=num_classes).clamp(min=1).to(xs.device)
@@ -208,11 +216,7 @@ def _simulate(model: nn.Module, counts: np.ndarray, xs: torch.Tensor, ys: torch.
     for _ in range(steps):
         out = net(xs)
         acc += (w[:, None] * F.softmax(out.detach(), dim=-1)).sum(0).double()
-        loss = (w * F.cross_entropy(out, ys, reduction="none")).sum()
-        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.sub_(lr * g)
+        _sgd_step(params, (w * F.cross_entropy(out, ys, reduction="none")).sum(), lr)
     return (acc / steps).cpu().numpy()
 
 
@@ -240,7 +244,7 @@ def _discriminant_duals(H: torch.Tensor, y: torch.Tensor, num_classes: int) -> t
     return X @ torch.linalg.inv(M @ X)
 
 
-def _error_mass(weight_update: torch.Tensor, path: list[_Stats], labels: torch.Tensor, batch: int, steps: int, lr: float) -> tuple[np.ndarray, np.ndarray] | None:
+def _error_mass(weight_update: torch.Tensor, path: list[_Stats], labels: torch.Tensor, confidence: torch.Tensor, batch: int, steps: int, lr: float) -> tuple[np.ndarray, np.ndarray] | None:
     """``-S[k, k] = T n_k (1 - ā_k)`` from the head's weight update, and its standard deviation (RLU, Chen & Vikalo 2024).
 
     ``ΔW = -(lr/B) Σ_t (P_t - Y)ᵀ H_t ≈ -(lr/B) S M``, where ``M`` holds the
@@ -260,7 +264,8 @@ def _error_mass(weight_update: torch.Tensor, path: list[_Stats], labels: torch.T
     The error left is the client's own examples straying from the class means:
     class ``j``'s mean strays by its examples' spread over ``n_j``, which
     moves ``S[k, k]`` by ``S[k, j]`` times that spread projected on ``D[:, k]``;
-    the standard deviation adds these up at the counts the path's ``ā`` gives.
+    the standard deviation adds these up at the counts ``confidence`` (the
+    path's ``ā``) gives.
     """
     W = weight_update.detach().double().cpu().flatten(1)
     H = torch.stack([s.features for s in path]).mean(0)
@@ -289,7 +294,6 @@ def _error_mass(weight_update: torch.Tensor, path: list[_Stats], labels: torch.T
     except RuntimeError:  # singular class means (e.g. identical inputs)
         return None
     mass = (-S.diagonal()).clamp(min=0)
-    confidence = _path_confidence(path, labels)
     counts = mass / (steps * (1 - confidence))
     spread_on_duals = torch.stack([(H[y == j] @ D).var(0) for j in range(C)])  # [j, k]
     sd = ((S**2) * spread_on_duals.T / counts.clamp(min=1.0)[None, :]).sum(1).sqrt()
@@ -342,10 +346,7 @@ def _own_confidence(view: ServerView, xs: torch.Tensor, ys: torch.Tensor, counts
             p_own = F.softmax(out.detach(), dim=-1).gather(1, by[sl, None]).flatten().double().cpu()
             own.index_add_(0, by[sl].cpu(), p_own)
             seen.index_add_(0, by[sl].cpu(), torch.ones_like(p_own))
-            grads = torch.autograd.grad(F.cross_entropy(out, by[sl]), params, allow_unused=True, materialize_grads=True)
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    p.sub_(float(view.local_lr) * g)
+            _sgd_step(params, F.cross_entropy(out, by[sl]), float(view.local_lr))
     return (own / seen).numpy()
 
 
@@ -366,11 +367,12 @@ def _feature_counts(view: ServerView, path: list[_Stats], xs: torch.Tensor, ys: 
     squares gave 64 % (docs/benchmarks.md).
     """
     steps = int(view.local_steps)
-    fit = _error_mass(weight_update, path, ys, batch, steps, float(view.local_lr))
+    path_conf = _path_confidence(path, ys)
+    fit = _error_mass(weight_update, path, ys, path_conf, batch, steps, float(view.local_lr))
     if fit is None:
         return None
     mass, mass_sd = fit
-    path_conf = _path_confidence(path, ys).numpy()
+    path_conf = path_conf.numpy()
     conf = path_conf
     gen = torch.Generator(device="cpu").manual_seed(view.seed + 41)
     for _ in range(CONFIDENCE_ROUNDS):

@@ -322,7 +322,6 @@ def test_label_counts_from_the_head_s_weight_update(minibatch):
     assert rec.label_counts.tolist() == true.long().tolist()
 
 
-
 @pytest.mark.parametrize("examples", [400, 40], ids=["more-examples-than-features", "fewer-examples-than-features"])
 def test_discriminant_directions_invert_the_class_means_and_ignore_within_class_noise(examples):
     from fedguard.attacks.label_counts import _discriminant_duals
@@ -337,7 +336,6 @@ def test_discriminant_directions_invert_the_class_means_and_ignore_within_class_
     M = torch.stack([H[y == k].mean(0) for k in range(4)])
     assert torch.allclose(M @ D, torch.eye(4, dtype=torch.float64), atol=1e-8)
     assert D[0].abs().max() < 0.01 * D[1:].abs().max()  # the noisy direction is all but ignored
-
 
 
 def test_public_examples_for_the_statistics_are_capped_by_their_forward_cost(monkeypatch):
