@@ -11,7 +11,8 @@ Sections (``--only dlg,idlg,labels,ig,audit,mkor``; all by default):
   digits / photographs). Target: 100 %.
 * ``labels`` -- label counts, per-class counts exact, FedSGD batches 8-64 on
   LeNet and the ConvNet (target >= 95 %), FedAvg with 5 local steps
-  (target >= 90 %; reported per local learning rate).
+  (target >= 90 %; reported per local learning rate); each also on 5 skewed
+  (non-IID) batches of one to three classes (``SKEWED_BATCHES``; no target).
 * ``ig`` -- Inverting Gradients on ResNet-18 (CIFAR stem) at 32x32, batch 1
   and 4, against the plain single-file loop ``benchmarks/reference_inverting_gradients.py``:
   same iterations, same seed, same start, same TV, same number of restarts
@@ -162,37 +163,64 @@ def section_idlg() -> None:
     print(f"iDLG: {right}/{total} labels exact ({right / total:.0%}, target 100 %)")
 
 
-def _count_trials(arch: str, protocol: str, lr: float, trials: int, batches=(8, 16, 32, 64)) -> tuple[float, int]:
+#: Skewed (non-IID) batches: examples per class.
+SKEWED_BATCHES = ({3: 16, 7: 16}, {0: 30, 5: 2}, {1: 8}, {2: 20, 4: 10, 9: 2}, {6: 1, 8: 1, 3: 62})
+
+
+def _random_batches(y: torch.Tensor, trials: int, batches=(8, 16, 32, 64)) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(seed, batch indices, the rest)`` for batches drawn at random (IID)."""
+    cases = []
+    for t in range(trials):
+        for B in batches:
+            perm = np.random.default_rng(1000 * t + B).permutation(len(y))
+            cases.append((t, perm[:B], perm[B:]))
+    return cases
+
+
+def _skewed_batches(y: torch.Tensor) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(seed, batch indices, the rest)`` for the compositions of :data:`SKEWED_BATCHES`."""
+    cases = []
+    for c, composition in enumerate(SKEWED_BATCHES):
+        rng = np.random.default_rng(c)
+        idx = np.concatenate([rng.choice(np.flatnonzero(y.numpy() == k), n, replace=False) for k, n in composition.items()])
+        rest = np.setdiff1d(np.arange(len(y)), idx)
+        rng.shuffle(rest)
+        cases.append((c, idx, rest))
+    return cases
+
+
+def _count_trials(arch: str, protocol: str, lr: float, cases, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
     from fedguard.attacks._head import find_head
     from fedguard.attacks.label_counts import estimate_counts
 
-    x, y = load_data("digits", input_shape=(3, 32, 32))
     exact = total = 0
-    for t in range(trials):
-        for B in batches:
-            rng = np.random.default_rng(1000 * t + B)
-            perm = rng.permutation(len(y))
-            idx, rest = perm[:B], perm[B:]
-            torch.manual_seed(t)
-            net = build_model(arch)
-            upd = compute_update(net, x[idx], y[idx], protocol=protocol, local_steps=5, local_lr=lr)
-            view = server_view(net, upd, (3, 32, 32), seed=t, aux=(x[rest], y[rest]))
-            counts, _, _ = estimate_counts(view, find_head(net, (3, 32, 32), torch.device("cpu"), 10))
-            true = np.bincount(y[idx].numpy(), minlength=10)
-            exact += int((counts == true).sum())
-            total += 10
+    for seed, idx, rest in cases:
+        torch.manual_seed(seed)
+        net = build_model(arch)
+        upd = compute_update(net, x[idx], y[idx], protocol=protocol, local_steps=5, local_lr=lr)
+        view = server_view(net, upd, (3, 32, 32), seed=seed, aux=(x[rest], y[rest]))
+        counts, _, _ = estimate_counts(view, find_head(net, (3, 32, 32), torch.device("cpu"), 10))
+        true = np.bincount(y[idx].numpy(), minlength=10)
+        exact += int((counts == true).sum())
+        total += 10
     return exact / total, total
 
 
 def section_labels(trials: int) -> None:
     print("## Label counts (digits at 32x32; the rest of the data set plays the server's public data)")
+    x, y = load_data("digits", input_shape=(3, 32, 32))
+    fedsgd, fedavg, skewed = _random_batches(y, trials), _random_batches(y, max(1, trials // 2)), _skewed_batches(y)
     for arch in ("lenet", "convnet"):
-        frac, n = _count_trials(arch, "fedsgd", 0.0, trials)
+        frac, n = _count_trials(arch, "fedsgd", 0.0, fedsgd, x, y)
         print(f"label counts FedSGD {arch}: {frac:.1%} of {n} per-class counts exact (batches 8-64; target >= 95 %)", flush=True)
+        frac, n = _count_trials(arch, "fedsgd", 0.0, skewed, x, y)
+        print(f"label counts FedSGD {arch}, skewed batches: {frac:.1%} of {n} per-class counts exact", flush=True)
     for lr in (0.001, 0.003, 0.01):
         for arch in ("lenet", "convnet"):
-            frac, n = _count_trials(arch, "fedavg", lr, max(1, trials // 2))
+            frac, n = _count_trials(arch, "fedavg", lr, fedavg, x, y)
             print(f"label counts FedAvg 5 steps lr {lr}: {arch}: {frac:.1%} of {n} per-class counts exact (target >= 90 %)", flush=True)
+            frac, n = _count_trials(arch, "fedavg", lr, skewed, x, y)
+            print(f"label counts FedAvg 5 steps lr {lr}: {arch}, skewed batches: {frac:.1%} of {n} per-class counts exact", flush=True)
 
 
 class RunningStatNorm(torch.nn.Module):
