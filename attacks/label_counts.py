@@ -402,10 +402,10 @@ def _weighed(simulated: np.ndarray, misfit: float, feature: tuple[np.ndarray, np
     """The bias equation's counts and the weight update's weighed by their inverse variances, scaled to sum to ``batch``.
 
     The bias equation is as good as its misfit at the solution. On a skewed
-    batch both estimates fall short of ``B`` on the classes the batch holds
-    (the ConvNet's weight update by 5-16 %), and largest remainders would
-    hand the shortfall to the classes it does not hold, one phantom example
-    each; scaled to ``B`` first, the counts stay on the classes seen (ConvNet,
+    batch the weight update's counts fall short of ``B`` on the classes the
+    batch holds (the ConvNet's by 5-16 %), and largest remainders would hand
+    the shortfall to the classes it does not hold, one phantom example each;
+    scaled to ``B`` first, the counts stay on the classes seen (ConvNet,
     5 skewed batches: 62 % -> 88 % of the counts exact at lr 0.003, 44 % ->
     88 % at lr 0.01; random batches unchanged; docs/benchmarks.md).
     """

@@ -215,7 +215,8 @@ def test_levels_and_verdicts():
 def test_weighed_counts_of_a_skewed_batch_stay_on_its_classes():
     from fedguard.attacks.label_counts import _weighed
 
-    # measured on the ConvNet, 5 steps at lr 0.003, a batch of 16 threes and 16 sevens: both estimates fall short of 32
+    # measured on the ConvNet, 5 steps at lr 0.003, a batch of 16 threes and 16 sevens (the spreads in a run before the
+    # composition was scaled): the weight update's counts fall short of 32
     simulated = np.array([0.027, 0.029, 0.085, 15.717, 0.086, 0.111, 0.095, 16.572, 0.001, 0.068])
     weight_update = np.array([0.0, 0.0, 0.007, 13.395, 0.0, 0.0, 0.0, 14.51, 0.0, 0.004])
     sd = np.array([0.002, 0.005, 0.008, 0.335, 0.005, 0.009, 0.006, 0.292, 0.018, 0.004])
