@@ -46,11 +46,10 @@ estimates ``p̄`` by running the model on data it has and solves for ``n``:
   least ``MIN_EQUATION_SD``; docs/benchmarks.md). On the DLG LeNet, whose
   sigmoid features barely separate the classes, the solve's misfit is small
   and the bias equation decides; on the ConvNet at lr 0.01 the weight update
-  does (81 % of the counts exact, 4 trials × batches 8-64). The weighed
-  counts are scaled to sum to ``B``, so that a skewed batch's shortfall
-  stays on the classes it holds (:func:`_weighed`).
+  does (81 % of the counts exact, 4 trials × batches 8-64).
 
-Counts are rounded to integers that sum to ``B`` (largest remainders). They
+Counts are rounded to integers that sum to ``B`` in proportion to the
+estimate (Hamilton's method: scaled to ``B``, then largest remainders). They
 seed DLG and Inverting Gradients with labels (Geiping et al. assume known
 labels; Geng et al. show they can be recovered).
 
@@ -121,21 +120,26 @@ class _Stop(Exception):
     """Time ran out, or the user stopped, inside the FedAvg solver."""
 
 
+def _scaled_to(counts: np.ndarray, total: float) -> np.ndarray:
+    """``counts`` scaled to sum to ``total`` (uniform when they sum to zero)."""
+    whole = counts.sum()
+    return counts * (total / whole) if whole > 0 else np.full_like(counts, total / max(len(counts), 1))
+
+
 def round_counts(raw: np.ndarray, total: int) -> np.ndarray:
-    """Non-negative integers summing to ``total``, closest to ``raw`` by largest remainders."""
-    raw = np.clip(np.nan_to_num(np.asarray(raw, dtype=np.float64), nan=0.0), 0.0, None)
+    """Non-negative integers summing to ``total`` in proportion to ``raw`` (Hamilton's method).
+
+    ``raw`` is scaled to sum to ``total`` and the remainder handed out by
+    largest remainders. Unscaled, an estimate that falls short of ``total``
+    on a skewed batch's classes gave one phantom example to each class the
+    batch does not hold (ConvNet, FedAvg at lr 0.003 and 0.01, 5 skewed
+    batches: 62 % and 44 % of the counts exact, 88 % and 88 % scaled; random
+    batches unchanged; docs/benchmarks.md).
+    """
+    raw = _scaled_to(np.clip(np.nan_to_num(np.asarray(raw, dtype=np.float64), nan=0.0), 0.0, None), total)
     floor = np.floor(raw)
-    rest = int(total - floor.sum())
-    frac = raw - floor
-    if rest > 0:
-        floor[np.argsort(-frac, kind="stable")[:rest]] += 1
-    elif rest < 0:
-        for j in np.argsort(frac, kind="stable"):
-            if rest == 0:
-                break
-            take = min(int(floor[j]), -rest)
-            floor[j] -= take
-            rest += take
+    rest = max(int(total - floor.sum()), 0)
+    floor[np.argsort(floor - raw, kind="stable")[:rest]] += 1
     return floor.astype(np.int64)
 
 
@@ -196,12 +200,6 @@ def _raw_counts(g_head: np.ndarray, stats_p: np.ndarray, batch: int, bias: bool,
     if conditional is not None:
         return _solve_conditional(conditional, target, batch)
     return batch * (stats_p - target)
-
-
-def _scaled_to(counts: np.ndarray, batch: int) -> np.ndarray:
-    """``counts`` scaled to sum to ``batch`` (uniform when they sum to zero)."""
-    total = counts.sum()
-    return counts * (batch / total) if total > 0 else np.full_like(counts, batch / len(counts))
 
 
 def _sgd_step(params: list[torch.Tensor], loss: torch.Tensor, lr: float) -> None:
@@ -363,13 +361,13 @@ def _feature_counts(view: ServerView, path: list[_Stats], xs: torch.Tensor, ys: 
 
     ``-S[k, k]`` comes from :func:`_error_mass`. ``ā`` starts from the public
     examples along the path and is then re-measured ``CONFIDENCE_ROUNDS`` times
-    on public batches of the counts estimated so far, scaled to ``B``
-    (:func:`_own_confidence`; RLU simulates the local training on auxiliary
-    data the same way). Unscaled, a skewed batch's shortfall went to the
-    classes it does not hold, one example each, and its own classes' ``ā``
-    was measured at too few examples (ConvNet, 5 skewed batches at lr 0.003:
-    26 % of the counts exact, 62 % with this scaling, 88 % with the final
-    counts scaled too, :func:`_weighed`).
+    on public batches of the counts estimated so far, rounded to ``B`` in
+    proportion (:func:`_own_confidence`; RLU simulates the local training on
+    auxiliary data the same way). Rounded by largest remainders alone, a
+    skewed batch's shortfall went to the classes it does not hold, one
+    example each, and its own classes' ``ā`` was measured at too few examples
+    (ConvNet, 5 skewed batches at lr 0.003: 26 % of the counts exact, 62 %
+    with these batches in proportion, 88 % with the final counts too).
 
     Measured (ConvNet, lr 0.01, 5 steps, 4 trials × batches 8-64, the rest of
     digits as public data, per cent of 160 counts exact): with the client's
@@ -392,26 +390,10 @@ def _feature_counts(view: ServerView, path: list[_Stats], xs: torch.Tensor, ys: 
         counts = mass / (steps * (1 - conf))
         if out_of_time():
             break
-        own = _own_confidence(view, xs, ys, round_counts(_scaled_to(counts, batch), batch), gen, out_of_time)
+        own = _own_confidence(view, xs, ys, round_counts(counts, batch), gen, out_of_time)
         conf = np.clip(np.where(np.isnan(own), path_conf, own), 0.0, 0.99)
     scale = steps * (1 - conf)
     return mass / scale, mass_sd / scale
-
-
-def _weighed(simulated: np.ndarray, misfit: float, feature: tuple[np.ndarray, np.ndarray], batch: int) -> np.ndarray:
-    """The bias equation's counts and the weight update's weighed by their inverse variances, scaled to sum to ``batch``.
-
-    The bias equation is as good as its misfit at the solution. On a skewed
-    batch the weight update's counts fall short of ``B`` on the classes the
-    batch holds (the ConvNet's by 5-16 %), and largest remainders would hand
-    the shortfall to the classes it does not hold, one phantom example each;
-    scaled to ``B`` first, the counts stay on the classes seen (ConvNet,
-    5 skewed batches: 62 % -> 88 % of the counts exact at lr 0.003, 44 % ->
-    88 % at lr 0.01; random batches unchanged; docs/benchmarks.md).
-    """
-    equation_var = max(MISFIT_SCALE * misfit, MIN_EQUATION_SD) ** 2
-    feature_var = np.maximum(feature[1], MIN_FEATURE_SD) ** 2
-    return _scaled_to((simulated / equation_var + feature[0] / feature_var) / (1 / equation_var + 1 / feature_var), batch)
 
 
 def _affordable_examples(model: nn.Module, xs: torch.Tensor) -> int:
@@ -507,7 +489,10 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     if feature is not None:
         details.update({"model": "simulated_local_training+weight_update", "simulated_counts": [round(float(v), 3) for v in raw],
                         "weight_update_counts": [round(float(v), 3) for v in feature[0]], "weight_update_sd": [round(float(v), 3) for v in feature[1]]})  # fmt: skip
-        raw = _weighed(raw, misfit, feature, batch)
+        # inverse-variance weighting; the bias equation is as good as its misfit at the solution
+        equation_var = max(MISFIT_SCALE * misfit, MIN_EQUATION_SD) ** 2
+        feature_var = np.maximum(feature[1], MIN_FEATURE_SD) ** 2
+        raw = (raw / equation_var + feature[0] / feature_var) / (1 / equation_var + 1 / feature_var)
     return round_counts(raw, batch), raw, details
 
 
