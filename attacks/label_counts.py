@@ -487,11 +487,11 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
         feature = _feature_counts(view, path, xs, ys, view.tensors[head.weight], batch,
                                   lambda: (budget is not None and budget.interrupted()) or time.perf_counter() > until)  # fmt: skip
     if feature is not None:
-        details.update({"model": "simulated_local_training+weight_update", "simulated_counts": [round(float(v), 3) for v in raw],
-                        "weight_update_counts": [round(float(v), 3) for v in feature[0]], "weight_update_sd": [round(float(v), 3) for v in feature[1]]})  # fmt: skip
         # inverse-variance weighting; the bias equation is as good as its misfit at the solution
         equation_var = max(MISFIT_SCALE * misfit, MIN_EQUATION_SD) ** 2
         feature_var = np.maximum(feature[1], MIN_FEATURE_SD) ** 2
+        details.update({"model": "simulated_local_training+weight_update", "simulated_counts": [round(float(v), 3) for v in raw],
+                        "weight_update_counts": [round(float(v), 3) for v in feature[0]], "weight_update_sd": [round(float(v), 3) for v in feature[1]]})  # fmt: skip
         raw = (raw / equation_var + feature[0] / feature_var) / (1 / equation_var + 1 / feature_var)
     return round_counts(raw, batch), raw, details
 
