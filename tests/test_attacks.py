@@ -332,6 +332,25 @@ def test_label_counts_from_the_head_s_weight_update(minibatch):
     assert rec.label_counts.tolist() == true.long().tolist()
 
 
+def test_label_counts_weigh_a_flat_bias_equation_by_its_error_on_public_batches(digits):
+    # a BatchNorm MLP at lr 0.3 learns its batch within the 5 local steps: the bias equation's solve closes (misfit
+    # under 0.001) at wrong counts, and weighed by its floor of 0.2 examples it outweighed the weight update (measured:
+    # 4 and 2 of 10 counts exact); public batches of the estimated composition show its error (8 and 6 of 10)
+    from fedguard.attacks.label_counts import MIN_EQUATION_SD
+
+    exact = 0
+    for trial in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+        index = np.random.default_rng(1000 * trial + 32).permutation(len(digits[1]))[:32]
+        view, _, by = server_view(model, digits, index, protocol="fedavg", local_steps=5, local_lr=0.3)
+        rec = LabelCounts().run(view, Budget(1))
+        assert rec.details["simulation_residual"] < 0.01
+        assert max(rec.details["simulated_sd"]) > 2 * MIN_EQUATION_SD
+        exact += int((rec.label_counts == torch.bincount(by, minlength=10)).sum())
+    assert exact >= 12, exact
+
+
 @pytest.mark.parametrize("examples", [400, 40], ids=["more-examples-than-features", "fewer-examples-than-features"])
 def test_discriminant_directions_invert_the_class_means_and_ignore_within_class_noise(examples):
     from fedguard.attacks.label_counts import _discriminant_duals
