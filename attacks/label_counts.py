@@ -29,11 +29,12 @@ estimates ``p̄`` by running the model on data it has and solves for ``n``:
   simulations and ``SOLVER_SECONDS``. BatchNorm layers in the simulation
   normalise by the simulation set's statistics weighted to ``n``, as the
   client's normalise by its batch of that composition (a BatchNorm MLP's
-  skewed batches: 40 → 46 of 50 counts exact at lr 0.1; docs/benchmarks.md). Iterating the equation as a fixed
-  point does not do: at lr 0.01 the map's slope nears or passes one and the
-  iteration stalls or swings (measured on the DLG LeNet, 5 steps, batches
-  8-64: 64 % of counts exact after three rounds, 95 % solved; MINPACK's
-  unbounded root finder: 78 %).
+  skewed batches at lr 0.1: 138 → 170 of 180 counts exact;
+  docs/benchmarks.md). Iterating the equation as a fixed point does not do:
+  at lr 0.01 the map's slope nears or passes one and the iteration stalls
+  or swings (measured on the DLG LeNet, 5 steps, batches 8-64: 64 % of
+  counts exact after three rounds, 95 % solved; MINPACK's unbounded root
+  finder: 78 %).
 * FedAvg, second estimate -- where a model learns the client's batch within
   the local steps (the BatchNorm ConvNet at lr 0.01), the bias equation is
   nearly flat in ``n`` and its solve does not close. The head's *weight*
@@ -441,9 +442,10 @@ def _equation_sd(view: ServerView, head: Head, use_bias: bool, xs: torch.Tensor,
                  out_of_time: Callable[[], bool]) -> np.ndarray:  # fmt: skip
     """Standard deviation of the bias equation's counts, partly measured on public batches of the estimated composition.
 
-    Each of ``EQUATION_CHECKS`` public batches of composition ``counts`` (not
-    the simulation's own examples, the indices ``simulated``, where a class
-    has more than twice as many) is trained as the client trains, and the
+    Each of ``EQUATION_CHECKS`` public batches of composition ``counts``
+    (drawn from the examples the simulation does not use, the indices
+    ``simulated``, in each class that has more than ``SIMULATION_PER_CLASS``
+    of them) is trained as the client trains, and the
     equation is evaluated at its true counts: what is left is the
     simulation's error for a batch like the client's, in examples. Per class,
     its root mean square, at least ``MISFIT_SCALE`` times the solve's misfit
