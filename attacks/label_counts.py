@@ -249,10 +249,9 @@ def _simulate(model: nn.Module, counts: np.ndarray, xs: torch.Tensor, ys: torch.
     w = n[ys] / (batch * per_class[ys])
     net = copy.deepcopy(model)
     net.train()
-    share = w / w.sum().clamp(min=1e-12)
-    for m in net.modules():
+    for m in net.modules():  # w sums to one: counts sum to B, and every class has simulation examples
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.register_forward_hook(lambda module, args, _out: _weighted_batch_norm(module, share, args[0]))
+            m.register_forward_hook(lambda module, args, _out: _weighted_batch_norm(module, w, args[0]))
     params = [p for p in net.parameters() if p.requires_grad]
     acc = torch.zeros(num_classes, dtype=torch.float64, device=xs.device)
     for _ in range(steps):

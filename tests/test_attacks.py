@@ -68,6 +68,12 @@ def lenet(seed: int) -> nn.Module:
     return build_model("lenet", input_shape=SHAPE)
 
 
+def batch_norm_mlp() -> nn.Module:
+    """A 64-unit MLP with BatchNorm on 8x8 digits, seeded."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+
+
 def one_per_class(y: torch.Tensor, k: int = 0) -> np.ndarray:
     """Index of the k-th example of every class 0..9."""
     return np.array([int(np.nonzero(y.numpy() == c)[0][k]) for c in range(10)])
@@ -346,8 +352,7 @@ def test_label_counts_weigh_a_flat_bias_equation_by_its_error_on_public_batches(
     monkeypatch.setattr(lc, "_weighted_batch_norm", unweighted)
     exact = 0
     for trial in (1, 2):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+        model = batch_norm_mlp()
         index = np.random.default_rng(1000 * trial + 32).permutation(len(digits[1]))[:32]
         view, _, by = server_view(model, digits, index, protocol="fedavg", local_steps=5, local_lr=0.3)
         rec = LabelCounts().run(view, Budget(1))
@@ -365,8 +370,7 @@ def test_label_counts_simulate_batch_norm_with_the_statistics_of_a_skewed_batch(
     exact = 0
     for composition in ({0: 30, 5: 2}, {2: 20, 4: 10, 9: 2}, {3: 16, 7: 16}):
         for draw in range(3):
-            torch.manual_seed(0)
-            model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+            model = batch_norm_mlp()
             rng = np.random.default_rng(draw)
             index = np.concatenate([rng.choice(np.flatnonzero(digits[1].numpy() == k), n, replace=False) for k, n in composition.items()])
             view, _, by = server_view(model, digits, index, protocol="fedavg", local_steps=5, local_lr=0.1)
