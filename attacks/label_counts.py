@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from typing import Callable, ClassVar
 
@@ -251,7 +252,7 @@ def _simulate(model: nn.Module, counts: np.ndarray, xs: torch.Tensor, ys: torch.
     net.train()
     for m in net.modules():  # w sums to one: counts sum to B, and every class has simulation examples
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.register_forward_hook(lambda module, args, _out: _weighted_batch_norm(module, w, args[0]))
+            m.forward = functools.partial(_weighted_batch_norm, m, w)
     params = [p for p in net.parameters() if p.requires_grad]
     acc = torch.zeros(num_classes, dtype=torch.float64, device=xs.device)
     for _ in range(steps):
