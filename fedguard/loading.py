@@ -20,6 +20,7 @@ import os
 import pickletools
 import re
 import struct
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -238,12 +239,27 @@ def _code_finding(unsafe: list[str]) -> Finding:
 
 def _load_torch(path: Path, zipped: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, TypeError, AttributeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path} could not be read as a torch state_dict ({reason[:160]}); re-export it with {_hint(TORCH)}") from None
+        with warnings.catch_warnings():  # torch's notes on pickle protocols and deprecated storages
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception as exc:  # torch raises UnpicklingError subclasses and more for odd files
-        raise InputError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}); re-export it with {_hint(TORCH)}") from None
+        raise InputError(f"{path} could not be read as a torch state_dict ({_torch_reason(exc)}); re-export it with {_hint(TORCH)}") from None
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The first sentence of a ``torch.load`` error, the one that says what is wrong with the file."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+        opcode = re.match(r"Unsupported operand (\d+)", text)
+        if opcode:
+            return f"pickle opcode {opcode.group(1)} is not one torch's weights-only loader reads: another pickle protocol, or corrupt"
+    if "legacy .tar format" in text:
+        return "torch's legacy .tar format, which cannot be read without running code"
+    line = text.splitlines()[0] if text else type(exc).__name__
+    sentence = re.split(r"(?<=[.:])\s", line, maxsplit=1)[0].rstrip(".:")
+    return sentence if len(sentence) <= 160 else sentence[:157].rsplit(" ", 1)[0] + " ..."
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -266,7 +282,7 @@ def _natural_key(name: str) -> tuple:
 def _load_npz(path: Path) -> Any:
     arrays = read_npz(path, "re-export it with np.savez")
     if arrays and all(key.startswith("arr_") and key[4:].isdigit() for key in arrays):
-        return [arrays[f"arr_{i}"] for i in range(len(arrays))]
+        return [arrays[key] for key in sorted(arrays, key=lambda key: int(key[4:]))]
     return arrays
 
 
@@ -308,20 +324,40 @@ def _strip_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return tensors
 
 
+#: Storage types fedguard's checks cannot compute with, read as the nearest type they can.
+_WIDENED = {
+    **{getattr(torch, name): torch.float32 for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu") if hasattr(torch, name)},
+    **{getattr(torch, name): torch.int64 for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)},
+}
+#: Dense elements a sparse tensor may expand to.
+MAX_DENSE_ELEMENTS = 1 << 31
+
+
 def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
+    """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError)."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biuf":
             raise InputError(f"{path}: {where} is an array of {value.dtype}, not numbers; save numeric weights only")
+        if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # long double: no torch type
+            value = value.astype(np.float64)
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
         raise InputError(
             f"{path}: {where} is a {type(value).__name__}, not a tensor; save model.state_dict() (names to tensors only)"
         )
+    if value.is_meta:
+        raise InputError(f"{path}: {where} is a meta tensor, a shape without values; save the model's real weights")
     if value.numel() == 0:
         raise InputError(f"{path}: {where} is a zero-sized tensor (shape {tuple(value.shape)}); the file is malformed, re-export it")
     if value.is_complex():
         raise InputError(f"{path}: {where} has dtype {value.dtype}; fedguard expects real-valued weights")
-    return value
+    if value.layout != torch.strided:
+        if value.numel() > MAX_DENSE_ELEMENTS:
+            raise InputError(f"{path}: {where} is a sparse tensor of shape {tuple(value.shape)}, too large to expand; save dense weights")
+        value = value.to_dense()
+    if value.is_quantized:
+        value = value.dequantize()
+    return value.to(_WIDENED[value.dtype]) if value.dtype in _WIDENED else value
 
 
 def name_unnamed(values: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,6 +31,9 @@ SAFE_GLOBALS = frozenset(
         ("torch._utils", "_rebuild_parameter"),
         ("torch._utils", "_rebuild_parameter_with_state"),
         ("torch._tensor", "_rebuild_from_type_v2"),
+        ("torch._utils", "_rebuild_sparse_tensor"),
+        ("torch._utils", "_rebuild_qtensor"),
+        ("torch._utils", "_rebuild_meta_tensor_no_storage"),
         ("torch.serialization", "_get_layout"),
         ("torch", "Size"),
         ("torch", "device"),
@@ -98,8 +101,9 @@ class PickleScan:
 def is_safe_global(module: str, name: str) -> bool:
     if (module, name) in SAFE_GLOBALS:
         return True
-    # Typed storages (torch.FloatStorage ...) and dtypes (torch.float32) are data.
-    if module == "torch" and (name.endswith(_TORCH_SCALAR_TYPES) or name in _TORCH_DTYPES):
+    # Typed storages (torch.FloatStorage ...), dtypes, layouts and quantisation schemes (torch.float32,
+    # torch.sparse_coo, torch.per_tensor_affine) are data.
+    if module == "torch" and (name.endswith(_TORCH_SCALAR_TYPES) or name in _TORCH_DATA_NAMES):
         return True
     return False
 
@@ -113,10 +117,14 @@ def is_dangerous_global(module: str, name: str) -> bool:
     return False
 
 
-_TORCH_DTYPES = frozenset(
+_TORCH_DATA_NAMES = frozenset(
     {"float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
-     "uint8", "bool", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2", "half",
-     "float", "double", "long", "int", "short"}
+     "uint8", "uint16", "uint32", "uint64", "bool", "complex32", "complex64", "complex128",
+     "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+     "half", "float", "double", "long", "int", "short", "qint8", "quint8", "qint32", "quint4x2",
+     "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc",
+     "per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams",
+     "per_tensor_symmetric", "per_channel_symmetric"}
 )
 
 

@@ -16,6 +16,7 @@ import pickle
 import shlex
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -96,6 +97,46 @@ def test_formats_round_trip(tmp_path, suffix, save):
     assert loaded.named
     assert loaded.size_bytes == path.stat().st_size
     assert_same(loaded.tensors, sd, ordered=suffix != ".safetensors")  # safetensors stores no order
+
+
+def _sparse(sd):
+    return {k: v.to_sparse() for k, v in sd.items()}
+
+
+def _quantized(sd):
+    return {k: torch.quantize_per_tensor(v, 0.01, 0, torch.qint8) for k, v in sd.items()}
+
+
+@pytest.mark.parametrize(
+    "convert, tolerance",
+    [(_sparse, 0.0), (_quantized, 0.006), (lambda sd: {k: v.to(torch.float8_e4m3fn) for k, v in sd.items()}, 0.07)],
+    ids=["sparse", "quantized", "float8"],
+)
+def test_other_tensor_kinds_load_as_dense_floats(tmp_path, convert, tolerance):
+    """Sparse, quantised and 8-bit float tensors are weights too: loaded as dense floats, not taken for code (FG001)."""
+    sd = tiny_state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on quantised tensors
+        torch.save(convert(sd), tmp_path / "model.pt")
+    loaded = load_model_file(tmp_path / "model.pt")
+    assert not loaded.findings
+    for k, v in sd.items():
+        got = loaded.tensors[k]
+        assert got.layout == torch.strided and got.dtype == torch.float32 and got.shape == v.shape
+        assert (got - v).abs().max() <= tolerance * max(1.0, float(v.abs().max()))
+
+
+def test_wide_unsigned_and_long_double_arrays(tmp_path):
+    torch.save({"w": torch.arange(6).reshape(2, 3).to(torch.uint16)}, tmp_path / "u16.pt")
+    assert load_model_file(tmp_path / "u16.pt").tensors["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    np.savez(tmp_path / "ld.npz", w=np.ones((2, 2), dtype=np.longdouble))
+    assert load_model_file(tmp_path / "ld.npz").tensors["w"].dtype == torch.float64
+
+
+def test_flower_list_with_a_gap_keeps_the_numeric_order(tmp_path):
+    np.savez(tmp_path / "gap.npz", arr_0=np.ones((3, 2)), arr_2=np.ones(3), arr_10=np.ones((4, 3)))
+    shapes = [tuple(v.shape) for v in load_model_file(tmp_path / "gap.npz").tensors.values()]
+    assert shapes == [(3, 2), (3,), (4, 3)]
 
 
 def test_legacy_file_is_not_a_zip(tmp_path):
