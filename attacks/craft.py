@@ -36,11 +36,14 @@ Registered crafters (``CRAFTERS.names()``):
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import math
+import types
+import typing
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +54,7 @@ from fedguard.registry import Registry
 __all__ = [
     "CRAFTERS",
     "FrontEndModel",
+    "check_options",
     "craft",
     "craft_model",
     "mkor",
@@ -375,11 +379,11 @@ def mkor(
     num_classes: int,
     data: torch.Tensor | None = None,
     seed: int = 0,
-    conv_mode: str = "paper",
+    conv_mode: Literal["paper", "copy", "shift"] = "paper",
     min_filters: bool = True,
     first_bias: float = 0.0,
     noise: float = 0.0,
-    bn: str = "identity",
+    bn: Literal["identity", "keep"] = "identity",
 ) -> nn.Module:
     """Naive malicious parameters of MKOR.
 
@@ -460,8 +464,8 @@ def mkor_inconspicuous(
     seed: int = 0,
     noise: float = 0.01,
     gain: float = 1.0,
-    conv_mode: str = "paper",
-    bn: str = "identity",
+    conv_mode: Literal["paper", "copy", "shift"] = "paper",
+    bn: Literal["identity", "keep"] = "identity",
 ) -> nn.Module:
     """MKOR's inconspicuous parameters: the same class-wise paths, hidden among honest weights.
 
@@ -554,9 +558,9 @@ def class_fishing(
     seed: int = 0,
     target: int | Sequence[int] = 0,
     bias_multiplier: float = 1000.0,
-    target_row: str = "keep",
+    target_row: Literal["keep", "constant"] = "keep",
     class_multiplier: float = 1.0,
-    target_bias: float | str = 0.0,
+    target_bias: float | Literal["keep"] = 0.0,
 ) -> nn.Module:
     """Class fishing: only the target class can produce a gradient.
 
@@ -746,10 +750,10 @@ def imprint(
     data: torch.Tensor | None = None,
     seed: int = 0,
     num_bins: int = 128,
-    linfunc: str = "avg",
+    linfunc: Literal["avg", "fourier", "randn"] = "avg",
     mode: int = 0,
     gain: float = 1.0,
-    fit: str = "quantile",
+    fit: Literal["quantile", "normal", "laplace"] = "quantile",
     loc: float | None = None,
     scale: float | None = None,
 ) -> FrontEndModel:
@@ -826,7 +830,7 @@ def trap_weights(
     scale_factor: float = 0.95,
     sigma: float = 0.5,
     mu: float = 0.0,
-    mode: str = "first_fc",
+    mode: Literal["first_fc", "block"] = "first_fc",
     num_neurons: int = 64,
     pass_through_convs: bool = False,
 ) -> nn.Module:
@@ -984,7 +988,7 @@ def oversized_fc(
     width: int | None = None,
     factor: int = 8,
     batch_size: int | None = None,
-    position: str = "auto",
+    position: Literal["auto", "first", "classifier"] = "auto",
     std: float | None = None,
 ) -> nn.Module:
     """Capacity attack: a fully connected layer far wider than the architecture needs.
@@ -1040,6 +1044,70 @@ def oversized_fc(
 # --------------------------------------------------------------------------- entry points
 
 
+#: Bounds of numeric crafter options, by name (a name means the same quantity in every crafter): counts at
+#: least 1, noise and a Fourier mode at least 0, scales and spreads above 0, a quantile inside (0, 1).
+_AT_LEAST_ONE = frozenset({"num_bins", "width", "factor", "batch_size", "num_clients", "max_examples", "num_neurons", "kernel_size"})
+_AT_LEAST_ZERO = frozenset({"noise", "mode"})
+_ABOVE_ZERO = frozenset({"gain", "sigma", "std", "scale", "conv_scale", "fc_scale", "scale_factor"})
+_INSIDE_UNIT = frozenset({"quantile"})
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the annotated type ``hint`` (unions, ``Literal``, ``Sequence[int]`` and scalars)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin in (collections.abc.Sequence, list, tuple):
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (collections.abc.Sequence, list, tuple):
+        return f"a list of {_type_name(args[0]) if args else 'values'}"
+    return {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first of ``options`` that crafter ``name`` cannot take: wrong type, not one of
+    its choices, not finite, or out of bounds (``_AT_LEAST_ONE`` ...). Unknown names are left to the call."""
+    fn = CRAFTERS.get(name)
+    hints = typing.get_type_hints(fn)
+    for key, value in options.items():
+        hint = hints.get(key, Any)
+        if not _fits(value, hint):
+            raise ValueError(f"{key}={value!r} is not {_type_name(hint)}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        bounds = [
+            (math.isfinite(value), "a finite number"),
+            (key not in _AT_LEAST_ONE or value >= 1, "at least 1"),
+            (key not in _AT_LEAST_ZERO or value >= 0, "at least 0"),
+            (key not in _ABOVE_ZERO or value > 0, "above 0"),
+            (key not in _INSIDE_UNIT or 0 < value < 1, "strictly between 0 and 1"),
+        ]
+        for ok, need in bounds:
+            if not ok:
+                raise ValueError(f"{key}={value!r} must be {need}")
+
+
 def craft(
     name: str,
     model: nn.Module,
@@ -1050,8 +1118,9 @@ def craft(
     seed: int = 0,
     **options: Any,
 ) -> nn.Module:
-    """Run the crafter called ``name`` (KeyError listing the valid names if unknown)."""
+    """Run the crafter called ``name`` (KeyError listing the valid names if unknown; ValueError for a bad option)."""
     fn = CRAFTERS.get(name)
+    check_options(name, options)
     return fn(model, input_shape=tuple(input_shape), num_classes=num_classes, data=data, seed=seed, **options)
 
 
@@ -1072,4 +1141,5 @@ def craft_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = build_model(arch, num_classes=num_classes, input_shape=shape)
+    check_options(name, options)
     return fn(model, input_shape=tuple(shape), num_classes=num_classes, data=data, seed=seed, **options)

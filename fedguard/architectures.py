@@ -24,10 +24,12 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from fedguard.errors import InputError
 from fedguard.registry import Registry
@@ -39,6 +41,8 @@ __all__ = [
     "resolve_input_shape",
     "parse_input_shape",
     "check_input_shape",
+    "arch_source",
+    "first_line",
 ]
 
 Shape = tuple[int, int, int]
@@ -102,7 +106,11 @@ def _check_num_classes(num_classes: Any) -> int:
     return int(num_classes)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for one-line errors; how much a failed allocation asked for."""
+    wanted = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    if wanted:
+        return f"{type(exc).__name__}: it asks for {int(wanted.group(1)) / 2**30:,.1f} GiB of memory"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
@@ -123,7 +131,7 @@ def _flat_size(arch: str, body: nn.Module, input_shape: Shape) -> int:
     try:
         n = _dry_run(body, input_shape).flatten(1).shape[1]
     except RuntimeError as exc:
-        n, why = 0, _first_line(exc)
+        n, why = 0, first_line(exc)
     else:
         why = "no features left"
     if n == 0:
@@ -523,12 +531,12 @@ def _resolve_callable(arch: str) -> tuple[Any, Any]:
         except ModuleNotFoundError as exc:
             if exc.name and module_name.startswith(exc.name):
                 raise InputError(
-                    f"cannot import module {module_name!r} for --arch {arch}: {_first_line(exc)}; "
+                    f"cannot import module {module_name!r} for --arch {arch}: {first_line(exc)}; "
                     f"run fedguard from the folder that contains it or install its package"
                 ) from None
-            raise InputError(f"importing module {module_name!r} for --arch {arch} failed: {_first_line(exc)}; install what it needs") from None
+            raise InputError(f"importing module {module_name!r} for --arch {arch} failed: {first_line(exc)}; install what it needs") from None
         except Exception as exc:
-            raise InputError(f"importing module {module_name!r} for --arch {arch} failed: {_first_line(exc)}; fix the module") from None
+            raise InputError(f"importing module {module_name!r} for --arch {arch} failed: {first_line(exc)}; fix the module") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -571,18 +579,24 @@ def _build_custom(arch: str, num_classes: int, input_shape: Shape | None, kwargs
         try:
             model = fn(**call_kwargs)
         except Exception as exc:
-            raise InputError(f"calling {arch}({shown}) failed: {_first_line(exc)}; fix the callable or its arguments") from None
+            raise InputError(f"calling {arch}({shown}) failed: {first_line(exc)}; fix the callable or its arguments") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"{arch}({shown}) returned a {type(model).__name__}, not a torch.nn.Module; make it return the model")
     shape = input_shape if input_shape is not None else _custom_default_shape(arch)
-    if shape is not None:
-        try:
-            _dry_run(model, shape)
-        except Exception as exc:
-            raise InputError(
-                f"the model from {arch} cannot take input shape {_fmt(shape)}: {_first_line(exc)}; "
-                f"pass the --input-shape C,H,W it expects"
-            ) from None
+    if shape is None:
+        if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):
+            raise InputError(f"the model from {arch} has lazy layers, which take their shapes from a first input; pass --input-shape C,H,W")
+        return model
+    try:
+        out = _dry_run(model, shape)  # also gives lazy layers their shapes
+    except Exception as exc:
+        raise InputError(
+            f"the model from {arch} cannot take input shape {_fmt(shape)}: {first_line(exc)}; "
+            f"pass the --input-shape C,H,W it expects"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise InputError(f"the model from {arch} returns {got}, not logits of shape [N, classes]; make its forward return the logits")
     return model
 
 
@@ -598,6 +612,15 @@ def _spec(arch: str) -> ArchSpec | None:
     if ":" in arch:
         return None
     raise InputError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES.names())} or package.module:callable")
+
+
+def arch_source(arch: str) -> Path | None:
+    """The file a ``module:callable`` architecture is defined in; None for a built-in (InputError for a bad ``arch``)."""
+    if _spec(arch) is not None:
+        return None
+    module, _ = _resolve_callable(arch.strip())
+    source = getattr(module, "__file__", None)
+    return Path(source) if source else None
 
 
 def resolve_input_shape(arch: str, input_shape: Any = None) -> Shape:
@@ -630,9 +653,15 @@ def build_model(arch: str, num_classes: int = 10, input_shape: Any = None, **kwa
     shape = check_input_shape(input_shape) if input_shape is not None else None
     if spec is None:
         return _build_custom(arch.strip(), num_classes, shape, kwargs)
+    shape = shape or spec.input_shape
     try:
-        return spec.build(num_classes=num_classes, input_shape=shape or spec.input_shape, **kwargs)
+        return spec.build(num_classes=num_classes, input_shape=shape, **kwargs)
     except TypeError as exc:
         if kwargs:
-            raise InputError(f"architecture {spec.name!r} does not take {', '.join(kwargs)} ({_first_line(exc)}); drop the option") from None
+            raise InputError(f"architecture {spec.name!r} does not take {', '.join(kwargs)} ({first_line(exc)}); drop the option") from None
         raise
+    except (RuntimeError, MemoryError) as exc:  # e.g. a typo'd size that asks for more memory than there is
+        raise InputError(
+            f"building {spec.name} for {num_classes} classes and input shape {_fmt(shape)} failed ({first_line(exc)}); "
+            f"check --num-classes and --input-shape"
+        ) from None

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import click
 
+from fedguard.errors import InputError
+from fedguard.options import SEED, FiniteFloatRange, input_paths
+
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
 WITHHOLD = {"batch-size": "batch_size", "local-schedule": "local_schedule", "public-data": "auxiliary_data"}
@@ -110,6 +113,23 @@ class _Quiet:
             click.echo(text, err=True)
 
 
+def _grid_path(output: Path, attack: str) -> Path:
+    """Where ``attack``'s reconstruction grid goes: next to the report, named after it."""
+    return output.with_name(f"{output.stem}-{attack}.png")
+
+
+def _check_grid_paths(output: Path) -> None:
+    """Refuse, before any work, an output whose grids would replace a folder or a file fedguard did not write."""
+    from fedguard.attacks.base import attacks
+    from fedguard.reports.audit_base import is_fedguard_png
+
+    for name in attacks().names():
+        path = _grid_path(output, name)
+        if path.is_dir() or (path.exists() and not is_fedguard_png(path)):
+            what = "a folder" if path.is_dir() else "a file fedguard did not write"
+            raise InputError(f"{path}, where the {name} grid would go, is {what}; move it or choose another --output")
+
+
 def _formats() -> list[str]:
     from fedguard.reports.audit_base import audit_renderers
 
@@ -135,17 +155,17 @@ def _formats() -> list[str]:
 @click.option("--attacker-without", "withheld", multiple=True, type=click.Choice(sorted(WITHHOLD)), help="Knowledge the server lacks (repeatable). Default: it knows all of them.")
 @click.option("--dlg-starts", type=click.IntRange(min=1), help="DLG: random starts (default 4).")
 @click.option("--ig-restarts", type=click.IntRange(min=1), help="Inverting Gradients: restarts (default 2).")
-@click.option("--ig-tv", type=click.FloatRange(min=0), help="Inverting Gradients: total-variation weight (default 0.01).")
+@click.option("--ig-tv", type=FiniteFloatRange(min=0), help="Inverting Gradients: total-variation weight (default 0.01).")
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Also measure after how many rounds secure aggregation stops hiding this update (gradient disaggregation on simulated peers).")
 @click.option("--users-per-round", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: clients aggregated per round.")
-@click.option("--participation", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")
+@click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")
 @click.option("--count-window", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: rounds per window of published participation counts.")
 @click.option("--stable-rounds", type=click.IntRange(min=1), default=200, show_default=True, help="Exposure: rounds your update stays (nearly) the same.")
-@click.option("--aggregate-noise", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks.")
+@click.option("--aggregate-noise", type=FiniteFloatRange(min=0), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
 @click.option("--format", "fmt", type=click.Choice(_formats()), default="text", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
 @click.option("--fail-on", type=click.Choice(LEVELS), default="high", show_default=True, help="Verdict block (exit 1) at or above this leakage level.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
@@ -170,8 +190,10 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.threat import ThreatModel
 
     shape = parse_input_shape(input_shape) if input_shape else None
+    inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
-        check_output_path(output, inputs=[model, update, data if data and os.path.exists(str(data)) else None])
+        check_output_path(output, inputs=inputs)
+        _check_grid_paths(output)
     threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
     options = {}
     if dlg_starts:
@@ -200,7 +222,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
             png = grid_png(report.true_images, o.images)
             images[o.name] = png
             if output is not None:
-                path = output.with_name(f"{output.stem}-{o.name}.png")
+                path = _grid_path(output, o.name)
                 write_atomic(path, png)
                 o = dataclasses.replace(o, image_file=path.name)
         outcomes.append(o)

@@ -14,6 +14,7 @@ import click
 
 import fedguard
 from fedguard.errors import InputError
+from fedguard.options import SEED, input_paths
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
@@ -71,9 +72,9 @@ def _formats() -> list[str]:
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): digits, images, a folder, or an .npz with x and y.")
 @click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable). See `fedguard rules`.")
 @click.option("--format", "fmt", type=click.Choice(_formats()), default="text", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the report here (atomically, mode 0600) instead of stdout.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600) instead of stdout.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default="medium", show_default=True, help="Exit 1 when a finding is at or above this severity.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data sampling.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for data sampling.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; rely on the exit code (and --output).")
 def inspect_command(model, arch, num_classes, input_shape, reference, data, detectors, fmt, output, fail_on, seed, quiet):
     """Inspect MODEL, a received global model, for planted leakage parameters.
@@ -87,8 +88,9 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.reports import render
 
     shape = parse_input_shape(input_shape) if input_shape else None
+    inputs = input_paths(model, reference, data=data, arch=arch)
     if output is not None:
-        check_output_path(output, inputs=[model, reference])
+        check_output_path(output, inputs=inputs)
     report = inspect_model(
         model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
         data=data, detectors=detectors or None, seed=seed,
@@ -117,7 +119,7 @@ def rules_command():
 
 @main.command("demo")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
-              help="Folder for the crafted models and the HTML summary (created if missing).")
+              help="Folder for the crafted models and the HTML summary (created if missing; the demo's own files in it are replaced on each run).")
 def demo_command(output_dir):
     """Craft malicious and benign models on built-in data, inspect each, write an HTML summary."""
     from fedguard.demo import run_demo

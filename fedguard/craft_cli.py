@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
+from fedguard.options import SEED, input_paths
 
 SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
 #: Parameters every crafter takes; the rest are its options (``--set``).
@@ -75,15 +76,15 @@ def serialise(state: dict, suffix: str) -> bytes:
 
 @click.command("craft")
 @click.argument("attack", metavar="ATTACK", type=click.Choice(_crafter_names()))
-@click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture to craft (as for `fedguard inspect`).")
+@click.option("--arch", metavar="NAME|module:callable", help="Architecture to craft (as for `fedguard inspect`); required but with --list-options.")
 @click.option("--model", "model", type=click.Path(path_type=Path), help="Start from these weights (default: a fresh seeded initialisation of --arch).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off --model's head, else 10).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
 @click.option("--data", metavar="SPEC", help="The server's public data, to calibrate bins and thresholds: digits, images, a folder, or an .npz with x and y.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="A crafter option (repeatable); --list-options shows them.")
 @click.option("--list-options", is_flag=True, help="List ATTACK's options and their defaults, then exit.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initialisation and the crafter.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the crafted model: .pt, .pth, .safetensors or .npz (mode 0600).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the initialisation and the crafter.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Where to write the crafted model: .pt, .pth, .safetensors or .npz (mode 0600).")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def craft_command(attack, arch, model, num_classes, input_shape, data, settings, list_options, seed, output, force):
     """Write the global model a malicious server would send for ATTACK (red-team your pipeline).
@@ -96,7 +97,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     """
     import torch
 
-    from fedguard.architectures import parse_input_shape, resolve_input_shape
+    from fedguard.architectures import first_line, parse_input_shape, resolve_input_shape
     from fedguard.attacks.craft import craft
     from fedguard.audit import load_global_model
     from fedguard.data import load_data
@@ -106,12 +107,14 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
         listing = ", ".join(f"{k}={v!r}" for k, v in crafter_options(attack).items()) or "none"
         click.echo(f"{attack} options (defaults): {listing}")
         return
+    if arch is None:
+        raise InputError("give --arch, the architecture to craft (e.g. --arch lenet); see 'fedguard craft --help'")
     if output is None:
         raise InputError("give -o/--output, the file to write the crafted model to (.pt, .safetensors or .npz)")
     suffix = output.suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError(f"--output {output} has suffix {output.suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
-    check_output_path(output, inputs=[model])
+    check_output_path(output, inputs=input_paths(model, data=data, arch=arch))
     if output.exists() and not force:
         raise InputError(f"--output {output} exists; choose another name or pass --force to overwrite it")
     options = _parse_options(attack, settings)
@@ -124,7 +127,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     public = load_data(data, input_shape=shape, limit=512, seed=seed)[0] if data else None
     try:
         crafted = craft(attack, module, input_shape=shape, num_classes=n_classes, data=public, seed=seed, **options)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{attack} cannot craft {arch} with these options: {exc}") from None
+    except (TypeError, ValueError, IndexError, RuntimeError, MemoryError) as exc:  # RuntimeError: e.g. a size too large
+        raise InputError(f"{attack} cannot craft {arch} with these options: {first_line(exc)}; change the --set values") from None
     write_atomic(output, serialise(crafted.state_dict(), suffix))
     click.echo(f"{attack}: crafted {arch} written to {output}; check it with: fedguard inspect {output} --arch {arch}", err=True)

@@ -34,7 +34,7 @@ from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError
 from fedguard.io import read_npz
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "load_data"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "load_data"]
 
 DATASETS: tuple[str, ...] = ("digits", "images")
 
@@ -47,6 +47,14 @@ _SKIMAGE_FILES = (
 )  # fmt: skip
 _CROPS_PER_IMAGE = 8
 _GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def data_source(spec: str | os.PathLike[str] | None) -> Path | None:
+    """The file or folder ``spec`` names, when it names one that exists; None for the built-in data sets."""
+    if spec is None or str(spec).strip() in DATASETS:
+        return None
+    path = Path(str(spec).strip()).expanduser()
+    return path if path.exists() else None
 
 
 def load_data(
@@ -220,10 +228,18 @@ def _skimage_photos(shape: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarr
     return torch.cat(xs), np.array(ys, dtype=np.int64)
 
 
+def _listing(folder: Path) -> list[Path]:
+    """The folder's entries, hidden ones left out, sorted."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise InputError(f"cannot list data folder {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
+
+
 def _folder(root: Path, shape: tuple[int, int, int] | None) -> tuple[torch.Tensor, np.ndarray]:
     import skimage.io
 
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    entries = _listing(root)
     if not entries:
         raise InputError(f"data folder {root} is empty; put one subfolder of images per class in it")
     classes = sorted(p for p in entries if p.is_dir())
@@ -231,7 +247,7 @@ def _folder(root: Path, shape: tuple[int, int, int] | None) -> tuple[torch.Tenso
         raise InputError(f"data folder {root} has no class subfolders; put the images in one subfolder per class")
     images, labels = [], []
     for label, folder in enumerate(classes):
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = [p for p in _listing(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
         if not files:
             raise InputError(
                 f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some or remove the folder"
@@ -257,8 +273,8 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = archive["x"], archive["y"]
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
-        x = x.transpose(0, 3, 1, 2)  # N,H,W,C as numpy images usually are
+    elif x.ndim == 4 and x.shape[1] not in (1, 2, 3, 4) and x.shape[3] in (1, 2, 3, 4):
+        x = x.transpose(0, 3, 1, 2)  # N,H,W,C as numpy images usually are (grey, grey+alpha, RGB, RGBA)
     elif x.ndim != 4:
         raise InputError(f"x in {path} has shape {x.shape}; store images as N,H,W or N,C,H,W")
     if len(x) == 0:

@@ -96,13 +96,19 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     """Craft, inspect and report; returns the inspection reports."""
     from fedguard.data import load_data
     from fedguard.inspect import inspect_model, rules
-    from fedguard.io import write_atomic
+    from fedguard.io import check_output_path, write_atomic
     from fedguard.reports import render
     from fedguard.reports.html import render_summary
 
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} exists and is not a folder; choose another path")
+    try:
+        (output_dir / "models").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --output-dir {output_dir} ({exc.strerror or type(exc).__name__}); choose another path") from None
+    for folder in (output_dir, output_dir / "models"):
+        check_output_path(folder / "summary.html", option="--output-dir")
     start = time.perf_counter()
     inputs, labels = load_data("digits", input_shape=SHAPE)
     echo(f"fedguard demo: {len(inputs)} real handwritten digits (scikit-learn), upscaled to 28x28")

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
+from fedguard.options import SEED, FiniteFloatRange
 
 
 class _UserBar:
@@ -56,15 +57,15 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--rounds", type=click.IntRange(min=1), default=200, show_default=True, help="--simulate: rounds of aggregates.")
 @click.option("--dim", type=click.IntRange(min=1), default=200, show_default=True, help="--simulate: entries per update (must be at least --users).")
 @click.option("--window", type=click.IntRange(min=1), default=10, show_default=True, help="--simulate: rounds per window of published counts.")
-@click.option("--participation", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="--simulate: chance a user joins a round.")
-@click.option("--noise", type=click.FloatRange(min=0), default=0.0, show_default=True, help="--simulate: Gaussian noise on each aggregate entry, relative to an update's scale (0.05 = 5 %).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the simulation and the attack's random restarts.")
-@click.option("--save-rounds", type=click.Path(path_type=Path), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
-@click.option("--time-limit", type=click.FloatRange(min=0), default=60.0, show_default=True, help="Seconds per user for the integer-programming fallback (0 skips it).")
+@click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="--simulate: chance a user joins a round.")
+@click.option("--noise", type=FiniteFloatRange(min=0), default=0.0, show_default=True, help="--simulate: Gaussian noise on each aggregate entry, relative to an update's scale (0.05 = 5 %).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the simulation and the attack's random restarts.")
+@click.option("--save-rounds", type=click.Path(path_type=Path, readable=False), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
+@click.option("--time-limit", type=FiniteFloatRange(min=0), default=60.0, show_default=True, help="Seconds per user for the integer-programming fallback (0 skips it).")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes for the integer programs (default: the usable CPU cores).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
-@click.option("--updates", "updates_path", type=click.Path(path_type=Path), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
+@click.option("--updates", "updates_path", type=click.Path(path_type=Path, readable=False), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout (use with --output).")
 def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, participation, noise, seed, save_rounds,
                          time_limit, workers, fmt, output, updates_path, quiet):
@@ -92,10 +93,11 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         raise InputError("--save-rounds only applies with --simulate")
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)
-    inputs = [rounds_file]
-    targets = [p for p in (output, updates_path, save_rounds) if p is not None]
-    for target in targets:
-        check_output_path(target, inputs=inputs)
+    named = {"--output": output, "--updates": updates_path, "--save-rounds": save_rounds}
+    targets = [p for p in named.values() if p is not None]
+    for option, target in named.items():
+        if target is not None:
+            check_output_path(target, inputs=[rounds_file], option=option)
     if len({p.resolve() for p in targets}) < len(targets):
         raise InputError("--output, --updates and --save-rounds must be different files")
 

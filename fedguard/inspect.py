@@ -20,7 +20,7 @@ from torch import nn
 
 import fedguard
 from fedguard.detectors import DETECTORS, all_rules
-from fedguard.detectors.base import InspectContext
+from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, load_model_file
 from fedguard.modelview import ModelView
@@ -127,6 +127,13 @@ def inspect_model(
     for name in names:
         if name not in DETECTORS:
             raise InputError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS.names())}")
+    if detectors:  # a detector asked for by name must be able to run
+        given = {NEEDS_MODULE: arch is not None, NEEDS_DATA: arch is not None and data is not None, NEEDS_REFERENCE: reference is not None}
+        options = {NEEDS_MODULE: "--arch", NEEDS_DATA: "--arch and --data", NEEDS_REFERENCE: "--reference"}
+        for name in names:
+            missing = [options[need] for need in DETECTORS.get(name).needs if not given[need]]
+            if missing:
+                raise InputError(f"detector {name} needs {' and '.join(missing)}; pass them or leave out --detector {name}")
     loaded = load_model_file(path)
     if loaded.refused:
         return _report(loaded, loaded.findings, (), start, arch, reference)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -13,22 +16,31 @@ import numpy as np
 from fedguard.errors import InputError
 
 
-def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), option: str = "--output") -> Path:
     """Validate an output path before any work is done.
 
-    Raises :class:`InputError` when the folder is missing, the path is a
-    directory, or it names one of the ``inputs`` (which would be overwritten).
+    Raises :class:`InputError` when the folder is missing or not writable, the
+    path is a directory, it names one of the ``inputs`` (which would be
+    overwritten), or it lies inside an input folder (a data set it would add
+    a file to). ``option`` names the command-line option in the message.
     """
     path = Path(output)
     if path.is_dir():
-        raise InputError(f"output {path} is a directory; name a file inside it, e.g. {path / 'report.json'}")
+        raise InputError(f"{option} {path} is a directory; name a file inside it, e.g. {path / 'report.json'}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
+        raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shlex.quote(str(parent))})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} folder {parent} is not writable; choose another {option} or fix the folder's permissions")
     resolved = path.resolve()
     for item in inputs:
-        if item is not None and Path(item).resolve() == resolved:
-            raise InputError(f"output {path} is also an input and would be overwritten; choose another --output")
+        if item is None:
+            continue
+        source = Path(item).resolve()
+        if source == resolved:
+            raise InputError(f"{option} {path} is also an input and would be overwritten; choose another {option}")
+        if source.is_dir() and source in resolved.parents:
+            raise InputError(f"{option} {path} lies inside the input folder {item}, which it would add a file to; choose another {option}")
     return path
 
 
@@ -36,7 +48,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file and a rename, mode 0600."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise InputError(f"cannot write {path} ({exc.strerror or type(exc).__name__}); choose another output path") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -44,9 +59,11 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path} ({exc.strerror or type(exc).__name__}); choose another output path") from None
         raise
     return path
 
@@ -63,16 +80,43 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
         raise InputError(f"{path} does not exist; {fix}")
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an .npz archive; {fix}")
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror or type(exc).__name__}); check the file's permissions") from None
     if magic != b"PK\x03\x04":
         raise InputError(f"{path} is not an .npz (zip) archive; {fix}")
     try:
+        _check_declared_sizes(path, fix)
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise InputError(f"{path} holds object arrays that would need pickle; {fix} from plain numeric arrays") from None
         raise InputError(f"{path} is a corrupt .npz archive ({str(exc)[:120]}); {fix}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise InputError(f"{path} is a corrupt or truncated .npz archive ({type(exc).__name__}); {fix}") from None
+
+
+def _check_declared_sizes(path: Path, fix: str) -> None:
+    """Refuse an ``.npy`` member whose header declares more bytes than the member holds.
+
+    numpy allocates what the header declares before it reads: a few bytes that
+    claim a shape of 10¹¹ would ask for hundreds of GiB.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+                held = info.file_size - member.tell()
+            declared = math.prod(shape) * dtype.itemsize
+            if not dtype.hasobject and declared > held:
+                raise InputError(
+                    f"{path}: {info.filename} declares shape {tuple(shape)} ({declared} bytes) but holds {max(held, 0)} bytes; "
+                    f"the file is corrupt or forged, {fix}"
+                )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
 import struct
 import zlib
 from typing import ClassVar, Mapping
@@ -23,7 +24,7 @@ import numpy as np
 from fedguard.registry import Registry
 from fedguard.types import AuditReport
 
-__all__ = ["AuditRenderer", "AUDIT_RENDERERS", "register_audit_renderer", "audit_renderers", "render_audit", "grid_png", "encode_png"]
+__all__ = ["AuditRenderer", "AUDIT_RENDERERS", "register_audit_renderer", "audit_renderers", "render_audit", "grid_png", "encode_png", "is_fedguard_png"]
 
 AUDIT_RENDERERS: Registry[type["AuditRenderer"]] = Registry("audit output format")
 _MODULES = ("audit_text", "audit_json", "audit_html")
@@ -63,8 +64,22 @@ def render_audit(fmt: str, report: AuditReport, *, color: bool = False, images: 
 # --------------------------------------------------------------------------- PNG
 
 
+#: The text chunk that marks a PNG as fedguard's, so that a later audit may replace it (and nothing else).
+PNG_MARK = b"Software\x00fedguard"
+
+
+def is_fedguard_png(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a PNG :func:`encode_png` wrote."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and PNG_MARK in head
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
-    """Encode an ``H,W,3`` uint8 array as a PNG (8-bit RGB, no filter)."""
+    """Encode an ``H,W,3`` uint8 array as a PNG (8-bit RGB, no filter), marked as fedguard's (:data:`PNG_MARK`)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w, _ = rgb.shape
     raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
@@ -73,7 +88,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", PNG_MARK) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap: int = 2) -> bytes:

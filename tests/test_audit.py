@@ -324,13 +324,44 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["--protocol", "fedavg", "--local-batch-size", "9"], "--local-batch-size 9"),
         (["--input-shape", "1,8"], "input shape"),
         (["-o", "digits.npz"], "also an input"),
+        (["--ig-tv", "nan"], "--ig-tv"),
+        (["--seed", "-1"], "--seed"),
+        (["--aggregate-noise", "inf"], "--aggregate-noise"),
     ],
-    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input"],
+    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "noise-inf"],
 )
 def test_bad_options(workdir, args, expected):
     digits_npz(workdir / "digits.npz", n=8)
     line = assert_input_error(invoke(*TINY, "--data", "digits.npz", *args))
     assert expected in line, line
+
+
+def test_grids_replace_only_their_own_files(workdir):
+    """A grid path holding the user's file or a folder stops the audit before it runs; an earlier grid is replaced."""
+    digits_npz(workdir / "digits.npz", n=8)
+    args = (*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "dlg", "--dlg-starts", "1", "--max-iterations", "3")
+    (workdir / "r-dlg.png").write_bytes(b"my holiday photo")
+    line = assert_input_error(invoke(*args, "-o", "r.json"))
+    assert "r-dlg.png" in line and "did not write" in line
+    assert (workdir / "r-dlg.png").read_bytes() == b"my holiday photo" and not (workdir / "r.json").exists()
+    (workdir / "s-idlg.png").mkdir()
+    assert "a folder" in assert_input_error(invoke(*args, "-o", "s.json"))
+    for _ in range(2):  # the second run replaces the first run's grid
+        assert invoke(*args, "-o", "t.json").exit_code in (0, 1)  # pass or block, not an input error
+        assert (workdir / "t-dlg.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(workdir):
+    (workdir / "mynet.py").write_text("from fedguard.architectures import build_model\n\n"
+                                      "def net(num_classes=10, input_shape=(1, 8, 8)):\n"
+                                      "    return build_model('lenet', num_classes, input_shape)\n")  # fmt: skip
+    source = (workdir / "mynet.py").read_text()
+    digits_npz(workdir / "digits.npz", n=8)
+    line = assert_input_error(invoke("--arch", "mynet:net", "--input-shape", "1,8,8", "--data", "digits.npz", "-o", "mynet.py"))
+    assert "also an input" in line and (workdir / "mynet.py").read_text() == source
+    (workdir / "photos" / "cat").mkdir(parents=True)
+    line = assert_input_error(invoke(*TINY, "--data", "photos", "-o", "photos/cat/report.json"))
+    assert "inside the input folder photos" in line and not (workdir / "photos" / "cat" / "report.json").exists()
 
 
 # --------------------------------------------------------------------------- exposure to disaggregation

@@ -15,8 +15,10 @@ import os
 import pickle
 import shlex
 import stat
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -350,6 +352,47 @@ def _empty(d: Path):
     return ["empty.pt"]
 
 
+def _forged_npz(d: Path):
+    """An .npz whose one member claims 10¹¹ floats and holds 16 bytes (numpy would allocate 373 GiB)."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000,), }"
+    header += " " * (117 - len(header)) + "\n"
+    with zipfile.ZipFile(d / "forged.npz", "w") as archive:
+        archive.writestr("w.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\0" * 16)
+    return ["forged.npz"]
+
+
+def _pickle_protocol_4(d: Path):
+    torch.save(tiny_state_dict(), d / "p4.pt", pickle_protocol=4)
+    return ["p4.pt"]
+
+
+def _module_file(name: str, source: str, *args: str):
+    def make(d: Path):
+        torch.save(tiny_state_dict(), d / "model.pt")
+        (d / f"{name}.py").write_text(source)
+        return ["model.pt", *args]
+    return make
+
+
+_TUPLE_NET = """from torch import nn
+
+class TupleNet(nn.Module):
+    def __init__(self, num_classes=10, input_shape=(1, 8, 8)):
+        super().__init__()
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return (self.fc(x.flatten(1)),)
+"""
+_PLAIN_NET = "from torch import nn\n\ndef net(num_classes=10, input_shape=(1, 8, 8)):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n"
+
+
+def _data_folder_output(d: Path):
+    torch.save(tiny_state_dict(), d / "model.pt")
+    (d / "photos" / "cat").mkdir(parents=True)
+    return ["model.pt", "--arch", "lenet5", "--data", "photos", "-o", "photos/cat/report.json"]
+
+
 BAD_INPUTS = {
     "missing-file": lambda d: ["nope.pt"],
     "directory": _dir,
@@ -374,6 +417,17 @@ BAD_INPUTS = {
     "output-is-input": _with_model("-o", "model.pt"),
     "output-is-directory": _with_model("-o", "."),
     "reference-missing": _with_model("--reference", "prev.pt"),
+    "npz-forged-shape": _forged_npz,
+    "meta-tensor": _write_torch("meta.pt", {"w": torch.empty(3, 3, device="meta")}),
+    "pickle-protocol-4": _pickle_protocol_4,
+    "empty-arch": _with_model("--arch", ""),
+    "huge-num-classes": _with_model("--arch", "lenet5", "--num-classes", str(10**12)),
+    "negative-seed": _with_model("--arch", "lenet5", "--data", "digits", "--seed", "-1"),
+    "detector-without-its-data": _with_model("--detector", "gradient_snr"),
+    "arch-returns-tuple": _module_file("tuplenet", _TUPLE_NET, "--arch", "tuplenet:TupleNet", "--input-shape", "1,8,8"),
+    "output-is-arch-module": _module_file("plainnet", _PLAIN_NET, "--arch", "plainnet:net", "-o", "plainnet.py"),
+    "output-is-data-file": lambda d: _with_data(np.zeros((4, 1, 28, 28), np.float32), np.array([0, 1, 2, 0]))(d) + ["-o", "mydata.npz"],
+    "output-inside-data-folder": _data_folder_output,
 }
 
 

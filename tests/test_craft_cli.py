@@ -83,6 +83,13 @@ def test_from_given_weights(tmp_path):
         (["craft", "mkor", "--arch", "lenet", "--set", "noise", "-o", "x.pt"], "is not KEY=VALUE"),
         (["craft", "mkor", "--arch", "no_such_net", "-o", "x.pt"], "no_such_net"),
         (["craft", "mkor", "--arch", "lenet", "--model", "missing.pt", "-o", "x.pt"], "does not exist"),
+        (["craft", "mkor", "-o", "x.pt"], "give --arch"),
+        (["craft", "imprint", "--arch", "lenet", "--set", "num_bins=-1", "-o", "x.pt"], "num_bins=-1 must be at least 1"),
+        (["craft", "imprint", "--arch", "lenet", "--set", "gain=nan", "-o", "x.pt"], "gain='nan' is not a number"),
+        (["craft", "mkor", "--arch", "lenet", "--set", "bn=bogus", "-o", "x.pt"], "bn='bogus' is not 'identity' or 'keep'"),
+        (["craft", "feature_fishing", "--arch", "lenet", "--set", "quantile=2", "-o", "x.pt"], "strictly between 0 and 1"),
+        (["craft", "oversized_fc", "--arch", "lenet", "--set", "width=100000000", "-o", "x.pt"], "GiB of memory"),
+        (["craft", "mkor", "--arch", "lenet", "--seed", "99999999999999999999", "-o", "x.pt"], "--seed"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
@@ -92,6 +99,20 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fedguard: error:") and message in lines[0], res.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_list_options_needs_no_arch():
+    res = _run("craft", "imprint", "--list-options")
+    assert res.exit_code == 0 and "num_bins=128" in res.output
+
+
+def test_force_never_overwrites_an_input(tmp_path):
+    data = tmp_path / "public.npz"
+    np.savez(data, x=np.zeros((4, 3, 32, 32), np.float32), y=np.arange(4))
+    before = data.read_bytes()
+    res = _run("craft", "imprint", "--arch", "lenet", "--data", data, "-o", data, "--force")
+    assert res.exit_code == 2 and "also an input" in res.output
+    assert data.read_bytes() == before
 
 
 def test_never_overwrites_without_force(tmp_path):
