@@ -124,7 +124,10 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
                 f"{path} is a whole pickled nn.Module, which cannot be loaded without running code; "
                 "export the weights instead: torch.save(model.state_dict(), 'model.pt')"
             )
-        raw = _load_torch(path, zipped=sniffed == TORCH)
+        mapped = sniffed == TORCH and _stored_uncompressed(path)
+        raw = _load_torch(path, mmap=mapped)
+        if mapped:
+            _check_storage_sizes(path, raw)
     elif file_format == SAFETENSORS:
         raw = _load_safetensors(path)
     else:
@@ -237,13 +240,52 @@ def _code_finding(unsafe: list[str]) -> Finding:
     )
 
 
-def _load_torch(path: Path, zipped: bool) -> Any:
+def _stored_uncompressed(path: Path) -> bool:
+    """True when every member of the zip is stored as is, so that torch can memory-map it."""
+    with zipfile.ZipFile(path) as archive:
+        return all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+
+
+def _load_torch(path: Path, mmap: bool) -> Any:
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols and deprecated storages
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises UnpicklingError subclasses and more for odd files
         raise InputError(f"{path} could not be read as a torch state_dict ({_torch_reason(exc)}); re-export it with {_hint(TORCH)}") from None
+
+
+def _tensors_in(raw: Any):
+    """Every tensor in a loaded checkpoint, through nested mappings, lists and tuples."""
+    if isinstance(raw, torch.Tensor):
+        yield raw
+    elif isinstance(raw, Mapping):
+        for value in raw.values():
+            yield from _tensors_in(value)
+    elif isinstance(raw, (list, tuple)):
+        for value in raw:
+            yield from _tensors_in(value)
+
+
+def _check_storage_sizes(path: Path, raw: Any) -> None:
+    """Refuse a zip checkpoint whose tensors claim more bytes than its ``data/`` members hold.
+
+    Memory-mapped, torch does not compare a storage's size with its member's
+    and reads a truncated member's tensor past its end, from the next one
+    (read into memory, it does).
+    """
+    with zipfile.ZipFile(path) as archive:
+        held = sum(info.file_size for info in archive.infolist() if re.search(r"(^|/)data/[^/]+$", info.filename))
+    claimed = {}
+    for tensor in _tensors_in(raw):
+        if tensor.layout == torch.strided and not tensor.is_meta:
+            storage = tensor.untyped_storage()
+            claimed[storage.data_ptr()] = storage.nbytes()
+    if sum(claimed.values()) > held:
+        raise InputError(
+            f"{path}: its tensors claim {sum(claimed.values())} bytes of storage but the archive holds {held}; "
+            "the file is truncated or forged, re-download or re-export it"
+        )
 
 
 def _torch_reason(exc: Exception) -> str:

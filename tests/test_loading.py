@@ -139,6 +139,24 @@ def test_flower_list_with_a_gap_keeps_the_numeric_order(tmp_path):
     assert shapes == [(3, 2), (3,), (4, 3)]
 
 
+def _rewrite_zip(src: Path, dst: Path, compression: int = zipfile.ZIP_STORED, cut: str | None = None) -> None:
+    """``src``'s members into ``dst`` with ``compression``, the member ending in ``cut`` cut to 10 bytes (CRC kept valid)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=compression) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info.filename, data[:10] if cut and info.filename.endswith(cut) else data)
+
+
+def test_deflated_checkpoint_loads_and_truncated_storage_is_refused(tmp_path):
+    sd = tiny_state_dict()
+    torch.save(sd, tmp_path / "model.pt")
+    _rewrite_zip(tmp_path / "model.pt", tmp_path / "deflated.pt", zipfile.ZIP_DEFLATED)
+    assert_same(load_model_file(tmp_path / "deflated.pt").tensors, sd)
+    _rewrite_zip(tmp_path / "model.pt", tmp_path / "short.pt", cut="data/0")
+    with pytest.raises(InputError, match="claim .* bytes of storage but the archive holds"):
+        load_model_file(tmp_path / "short.pt")
+
+
 def test_legacy_file_is_not_a_zip(tmp_path):
     path = tmp_path / "legacy.pth"
     _save_legacy(tiny_state_dict(), path)
