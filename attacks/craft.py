@@ -696,6 +696,8 @@ def _measurement(linfunc: str, n: int, mode: int, gen: torch.Generator) -> torch
     if linfunc == "fourier":
         return torch.cos(math.pi / n * (torch.arange(n) + 0.5) * mode) / n * max(mode, 0.33) * 4
     if linfunc == "randn":
+        if n == 1:  # one input value: the only direction there is
+            return torch.ones(1)
         w = torch.randn(n, generator=gen)
         return (w - w.mean()) / w.std() / math.sqrt(n)
     raise ValueError(f"unknown linfunc {linfunc!r}; use 'avg', 'fourier' or 'randn'")

@@ -189,7 +189,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.reports.audit_base import grid_png, render_audit
     from fedguard.threat import ThreatModel
 
-    shape = parse_input_shape(input_shape) if input_shape else None
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
         check_output_path(output, inputs=inputs)

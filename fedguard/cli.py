@@ -87,7 +87,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports import render
 
-    shape = parse_input_shape(input_shape) if input_shape else None
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, reference, data=data, arch=arch)
     if output is not None:
         check_output_path(output, inputs=inputs)

@@ -118,7 +118,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     if output.exists() and not force:
         raise InputError(f"--output {output} exists; choose another name or pass --force to overwrite it")
     options = _parse_options(attack, settings)
-    shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape else None)
+    shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape is not None else None)
     module, _ = load_global_model(model, arch, num_classes, shape, seed)
     n_classes = num_classes
     if n_classes is None:

@@ -220,7 +220,9 @@ def compute_update(
             ) from None
         raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
     if not all(torch.isfinite(t).all() for t in tensors.values()):
-        raise InputError("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
+        if protocol == "fedavg":
+            raise InputError("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
+        raise InputError("the gradient holds NaN or infinite values; check the model: its loss on this batch is not finite")
     return Update(
         tensors=tensors,
         protocol=protocol,
