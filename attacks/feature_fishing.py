@@ -99,6 +99,8 @@ def fishing_plan(view: ServerView) -> FishingPlan | None:
     if head is None or view.auxiliary is None or not view.threat.auxiliary_data or not view.batch_size:
         return None
     public = view.auxiliary[0][:MAX_PUBLIC].to(view.device)
+    if len(public) < 2:  # no spread to measure a feature's by
+        return None
     net = copy.deepcopy(view.model).train()  # a copy: training-mode BatchNorm updates its running statistics
     layer = dict(net.named_modules())[head.name]
     chunk = max(2, int(view.batch_size))

@@ -466,8 +466,8 @@ def _equation_sd(view: ServerView, head: Head, use_bias: bool, xs: torch.Tensor,
     squares = []
     for _ in range(EQUATION_CHECKS):
         idx = _public_batch(pools, counts, gen)
-        if idx is None or out_of_time():
-            break
+        if idx is None or len(idx) != int(counts.sum()) or out_of_time():
+            break  # no public batch of this composition: a class it holds has no public examples
         idx = idx.to(xs.device)
         update = compute_update(view.model, xs[idx], ys[idx], protocol="fedavg", local_steps=int(view.local_steps),
                                 local_lr=float(view.local_lr), local_batch_size=view.local_batch_size)  # fmt: skip
@@ -564,7 +564,8 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
         return r
 
     with contextlib.suppress(_Stop):
-        least_squares(residual, np.clip(raw, 0, batch), bounds=(0.0, float(batch)), xtol=SOLVER_TOLERANCE, max_nfev=MAX_SIMULATIONS, diff_step=SOLVER_DIFF_STEP)
+        start_at = np.clip(np.nan_to_num(raw, nan=batch / len(raw), posinf=batch, neginf=0.0), 0, batch)
+        least_squares(residual, start_at, bounds=(0.0, float(batch)), xtol=SOLVER_TOLERANCE, max_nfev=MAX_SIMULATIONS, diff_step=SOLVER_DIFF_STEP)
     misfit, raw = best
     details.update({"model": "simulated_local_training", "simulation_residual": round(misfit, 4)})
     feature = None

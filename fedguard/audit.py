@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import fedguard
+from fedguard.architectures import first_line
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
@@ -494,24 +495,32 @@ def audit(
                 labels, counts, source = _label_seed(view, done)
                 if labels is not None:
                     view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
-            target = view
-            if cls.emulates is not None:
-                target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)
-            reason = attack.applies(target)
-            if reason is not None:
-                skipped[name] = reason
+            started = False
+            try:
+                target = view
+                if cls.emulates is not None:
+                    target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)
+                reason = attack.applies(target)
+                if reason is not None:
+                    skipped[name] = reason
+                    continue
+                total = int(max_iterations or cls.default_iterations or 1)
+                if progress is not None:
+                    progress.start(name, total, time_budget)
+                    started = True
+                budget = Budget(
+                    total,
+                    time_budget,
+                    stop,
+                    (lambda d, t, f, n=name: progress.update(n, d, t, f)) if progress is not None else None,
+                )
+                torch.manual_seed(seed)
+                rec = attack.run(target, budget)
+            except (RuntimeError, ValueError) as exc:  # torch cannot do what the attack needs on this model
+                skipped[name] = f"could not run on this model: {first_line(exc)}"
+                if started:
+                    progress.finish(name, "failed")
                 continue
-            total = int(max_iterations or cls.default_iterations or 1)
-            if progress is not None:
-                progress.start(name, total, time_budget)
-            budget = Budget(
-                total,
-                time_budget,
-                stop,
-                (lambda d, t, f, n=name: progress.update(n, d, t, f)) if progress is not None else None,
-            )
-            torch.manual_seed(seed)
-            rec = attack.run(target, budget)
             if progress is not None:
                 progress.finish(name, rec.stopped)
             done[name] = rec

@@ -33,6 +33,9 @@ from fedguard.errors import InputError
 __all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "resolve_device", "minibatch_slices"]
 
 PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
+#: Below this a local SGD step (lr times a gradient of order one) is under float32's resolution of a weight of 0.001
+#: (about 1e-10), so the update is zero, and reading it back as a gradient divides by almost nothing.
+MIN_LOCAL_LR = 1e-10
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ def check_protocol(protocol: str, local_steps: int, local_lr: float | None, loca
             raise InputError(f"bad --local-steps {local_steps!r}; give a positive number of local SGD steps such as 5")
         if local_lr is None or not math.isfinite(float(local_lr)) or float(local_lr) <= 0:
             raise InputError(f"bad --local-lr {local_lr!r}; give a positive learning rate such as 0.01")
+        if float(local_lr) < MIN_LOCAL_LR:
+            raise InputError(f"--local-lr {local_lr!r} is below {MIN_LOCAL_LR:g}: its steps vanish in float32 weights; give a learning rate such as 0.01")
         if local_batch_size is not None and (local_batch_size < 1 or local_batch_size > batch_size):
             raise InputError(
                 f"--local-batch-size {local_batch_size} does not fit a batch of {batch_size}; give 1..{batch_size}"

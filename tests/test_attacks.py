@@ -186,6 +186,17 @@ def test_score_matches_before_measuring_and_reads_labels_through_the_match(digit
     assert measure(grey, true_x, true_y).level == LeakageLevel.NONE
 
 
+def test_empty_and_non_finite_reconstructions_score_as_no_leak(digits):
+    """An attack that rebuilds nothing, or NaN pixels, leaks nothing; neither may stop the audit."""
+    from fedguard.types import Reconstruction
+
+    x, y = digits
+    empty = measure(Reconstruction(attack="t", images=x[:0].clone()), x[:4], y[:4])
+    assert empty.level == LeakageLevel.NONE and empty.psnr_mean is None
+    nan = measure(Reconstruction(attack="t", images=torch.full_like(x[:4], float("nan"))), x[:4], y[:4])
+    assert nan.level == LeakageLevel.NONE and math.isfinite(nan.psnr_mean)
+
+
 def test_label_only_scores_and_baseline(digits):
     from fedguard.types import Reconstruction
 

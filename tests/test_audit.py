@@ -326,14 +326,32 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["-o", "digits.npz"], "also an input"),
         (["--ig-tv", "nan"], "--ig-tv"),
         (["--seed", "-1"], "--seed"),
+        (["--protocol", "fedavg", "--local-lr", "1e-45"], "--local-lr 1e-45 is below"),
         (["--aggregate-noise", "inf"], "--aggregate-noise"),
     ],
-    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "noise-inf"],
+    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "local-lr-tiny", "noise-inf"],
 )
 def test_bad_options(workdir, args, expected):
     digits_npz(workdir / "digits.npz", n=8)
     line = assert_input_error(invoke(*TINY, "--data", "digits.npz", *args))
     assert expected in line, line
+
+
+def test_fedavg_label_counts_with_classes_missing_from_the_public_data(workdir):
+    """Public examples of only some classes: the equation's public-batch check is left out, not an error."""
+    digits_npz(workdir / "d.npz", n=14)  # labels 0-9, 0-3: the 6 left over after a batch of 8 miss classes
+    result = invoke(*TINY, "--data", "d.npz", "--protocol", "fedavg", "--attack", "label_counts", "--format", "json")
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads(result.stdout)["attacks"][0]["name"] == "label_counts"
+
+
+def test_an_attack_the_model_cannot_take_is_skipped_with_its_reason(workdir):
+    """mobilenet_v3_small's hardsigmoid has no second derivative in torch: DLG cannot run, the audit goes on."""
+    result = invoke("--arch", "mobilenet_v3_small", "--data", "digits", "--batch-size", "2", "--attack", "dlg",
+                    "--max-iterations", "2", "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    skipped = json.loads(result.stdout)["skipped"]
+    assert "could not run on this model" in skipped["dlg"] and "hardsigmoid" in skipped["dlg"]
 
 
 def test_grids_replace_only_their_own_files(workdir):
