@@ -144,6 +144,8 @@ class GradientSNR(Detector):
         module = context.view.module
         inputs, labels = context.data
         inputs, labels = inputs[:BATCH], labels[:BATCH]
+        if len(inputs) < 2:  # one example is the whole batch: nothing for it to dominate
+            return []
         norms = {name: n for name, n in per_example_gradient_norms(module, inputs, labels).items() if float(n.max()) > 0}
         scores = {name: dsnr(n) for name, n in norms.items()}
         silent = {name: float((n <= SILENT * n.max()).float().mean()) for name, n in norms.items()}

@@ -64,11 +64,15 @@ def build_expected_module(
 
 def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str, torch.Tensor]:
     """Give an unnamed (Flower-style) list the architecture's names when it lines up exactly."""
-    expected = module.state_dict()
-    values = list(loaded.tensors.values())
-    if len(values) == len(expected) and all(v.shape == e.shape for v, e in zip(values, expected.values())):
-        return dict(zip(expected, values))
-    return loaded.tensors
+    return names_from(module.state_dict(), loaded.tensors)
+
+
+def names_from(named: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """``values`` under ``named``'s names when they line up in order, shape for shape; else ``values`` unchanged."""
+    listed = list(values.values())
+    if len(listed) == len(named) and all(v.shape == e.shape for v, e in zip(listed, named.values())):
+        return dict(zip(named, listed))
+    return values
 
 
 def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:
@@ -149,7 +153,12 @@ def inspect_model(
         ref_loaded = load_model_file(reference)
         if ref_loaded.refused:
             raise InputError(f"reference {reference} would execute code when loaded; it cannot serve as a reference")
-        ref_view = ModelView.from_state_dict(ref_loaded.tensors)
+        ref_tensors = ref_loaded.tensors
+        if not ref_loaded.named:  # a Flower list: the names MODEL has (its own or the architecture's)
+            ref_tensors = names_from(tensors, ref_tensors)
+        elif not loaded.named and module is None:
+            tensors = names_from(ref_tensors, tensors)
+        ref_view = ModelView.from_state_dict(ref_tensors)
     batch = _client_batch(data, arch, module, input_shape, seed) if data is not None else None
     if batch is not None and not load_into(module, tensors):
         batch = None  # the weights do not fit --arch; FG701 says how, behavioural checks cannot run

@@ -399,6 +399,7 @@ def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
         value = value.to_dense()
     if value.is_quantized:
         value = value.dequantize()
+    value = value.detach()  # a tensor saved with requires_grad (an unfinished p_new - p_old) is still just values
     return value.to(_WIDENED[value.dtype]) if value.dtype in _WIDENED else value
 
 

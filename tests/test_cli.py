@@ -431,6 +431,16 @@ BAD_INPUTS = {
 }
 
 
+def test_flower_list_and_named_files_compare_as_the_same_model(workdir):
+    """A reference saved as a Flower list of arrays takes MODEL's names (and the other way round): no false drift."""
+    sd = tiny_state_dict()
+    torch.save(sd, workdir / "named.pt")
+    np.savez(workdir / "flower.npz", *[v.numpy() for v in sd.values()])
+    for model, reference in (("named.pt", "flower.npz"), ("flower.npz", "named.pt"), ("flower.npz", "flower.npz")):
+        result = invoke("inspect", model, "--reference", reference, "--format", "json")
+        assert result.exit_code == 0 and json.loads(result.stdout)["findings"] == [], (model, reference, result.output)
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input(workdir, case):
     args = BAD_INPUTS[case](workdir)

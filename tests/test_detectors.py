@@ -95,6 +95,11 @@ def test_behavioural_checks_quiet_on_benign_models(label):
     assert _behavioural(_entry(benign_entries(), label)) == {}
 
 
+def test_dsnr_needs_two_examples():
+    """A batch of one carries its whole gradient: D-SNR is infinite for any model, so there is nothing to flag."""
+    assert _behavioural(_entry(benign_entries(), "trained/lenet5/3ep"), n=1) == {}
+
+
 def test_reference_drift_trained_round_is_quiet_replaced_layer_is_not():
     base = _entry(benign_entries(), "init/lenet5/seed0").state_dict
     trained = _entry(benign_entries(), "trained/lenet5/3ep").state_dict

@@ -133,6 +133,12 @@ def test_wide_unsigned_and_long_double_arrays(tmp_path):
     assert load_model_file(tmp_path / "ld.npz").tensors["w"].dtype == torch.float64
 
 
+def test_tensors_saved_with_requires_grad_load_as_plain_values(tmp_path):
+    torch.save({"w": torch.ones(2, 2, requires_grad=True) * 2}, tmp_path / "update.pt")
+    w = load_model_file(tmp_path / "update.pt").tensors["w"]
+    assert not w.requires_grad and w.tolist() == [[2.0, 2.0], [2.0, 2.0]]
+
+
 def test_flower_list_with_a_gap_keeps_the_numeric_order(tmp_path):
     np.savez(tmp_path / "gap.npz", arr_0=np.ones((3, 2)), arr_2=np.ones(3), arr_10=np.ones((4, 3)))
     shapes = [tuple(v.shape) for v in load_model_file(tmp_path / "gap.npz").tensors.values()]
