@@ -76,6 +76,7 @@ import math
 import multiprocessing
 import os
 import time
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +309,8 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     C = _as_float_array(counts, "counts", 2)
     if C.shape[0] < 1:
         raise InputError("counts has no users (shape[0] == 0); give one row per user")
+    if C.shape[1] < 1:
+        raise InputError("counts has no windows (shape[1] == 0); give one column per counting window")
     if np.any(C != np.round(C)):
         raise InputError("counts has non-integer values; participation counts are whole numbers of rounds")
     if C.min() < 0:
@@ -392,6 +395,18 @@ def save_rounds(path: str | os.PathLike, rounds: Rounds | Federation) -> Path:
     return write_atomic(path, _npz_bytes(arrays))
 
 
+_UPDATES_FILE_KEYS = frozenset({"updates", "participation", "status", "residual"})
+
+
+def is_updates_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an ``.npz`` :func:`save_updates` wrote (its arrays, none else)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {Path(name).stem for name in archive.namelist()} == _UPDATES_FILE_KEYS
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def save_updates(path: str | os.PathLike, result: Disaggregation) -> Path:
     """Write the recovered ``updates``, ``participation`` and ``status`` as an ``.npz`` (atomic, 0600)."""
     from fedguard.io import write_atomic
@@ -406,6 +421,10 @@ def save_updates(path: str | os.PathLike, result: Disaggregation) -> Path:
 
 
 # --------------------------------------------------------------------------- simulation
+
+
+#: The simulated federation's arrays (participation, updates, sums) hold at most this many float64 numbers (2 GiB).
+MAX_SIMULATED_ELEMENTS = 2**28
 
 
 def simulate_federation(
@@ -445,6 +464,12 @@ def simulate_federation(
         raise NotIdentifiable(
             f"--dim {dim} is below --users {users}: the sums then span fewer dimensions than there are users; "
             f"use --dim >= --users"
+        )
+    elements = rounds * users + users * dim + rounds * dim
+    if elements > MAX_SIMULATED_ELEMENTS:
+        raise InputError(
+            f"a federation of {users} users, {rounds} rounds and {dim} entries would take {elements * 8 / 2**30:,.1f} GiB; "
+            f"lower --users, --rounds or --dim"
         )
     rng = np.random.default_rng(seed)
     P = (rng.random((rounds, users)) < participation).astype(np.float64)

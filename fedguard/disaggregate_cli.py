@@ -93,6 +93,9 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         raise InputError("--save-rounds only applies with --simulate")
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)
+        if updates_path.exists() and not dis.is_updates_file(updates_path):
+            raise InputError(f"{updates_path}, where the recovered updates would go, holds something else; move it, "
+                             f"choose another --output or name the file with --updates")  # fmt: skip
     named = {"--output": output, "--updates": updates_path, "--save-rounds": save_rounds}
     targets = [p for p in named.values() if p is not None]
     for option, target in named.items():

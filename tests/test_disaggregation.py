@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from fedguard.attacks.disaggregation import (
     NotIdentifiable,
     disaggregate,
+    is_updates_file,
     load_rounds,
     save_rounds,
     score,
@@ -279,6 +280,25 @@ def test_cli_refuses_non_npz_and_overwriting_input(tmp_path, good):
     res = _run([path, "--updates", path])
     assert res.exit_code == 2 and "--updates" in res.output and "choose another --updates" in res.output
     assert (tmp_path / "rounds.npz").read_bytes() == before
+
+
+def test_cli_replaces_only_its_own_updates_file(tmp_path, good):
+    path = _npz(tmp_path / "rounds.npz", **good)
+    (tmp_path / "r-updates.npz").write_bytes(b"precious")
+    res = _run([path, "-o", str(tmp_path / "r.json")])
+    assert res.exit_code == 2 and "holds something else" in res.output
+    assert (tmp_path / "r-updates.npz").read_bytes() == b"precious" and not (tmp_path / "r.json").exists()
+    for _ in range(2):  # the second run replaces the first run's updates
+        assert _run([path, "-o", str(tmp_path / "s.json"), "-q"]).exit_code == 0
+    assert is_updates_file(tmp_path / "s-updates.npz")
+
+
+def test_cli_refuses_counts_without_windows_and_oversized_simulations(tmp_path, good):
+    path = _npz(tmp_path / "zero.npz", **{**good, "counts": np.zeros((len(good["counts"]), 0), dtype=np.int64)})
+    res = _run([path])
+    assert res.exit_code == 2 and "counts has no windows" in res.output
+    res = _run(["--simulate", "--users", "2", "--dim", "2", "--rounds", "1000000000", "--window", "1000000000"])
+    assert res.exit_code == 2 and "GiB" in res.output and "lower --users, --rounds or --dim" in res.output
 
 
 def test_validate_rejects_strings():
