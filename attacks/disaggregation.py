@@ -215,8 +215,8 @@ class Disaggregation:
 
     @property
     def users_recovered(self) -> int:
-        """Users whose participation column (and hence update) was recovered exactly."""
-        return self.users_exact
+        """Users whose update was recovered exactly: exact columns of users who took part (not stage ``zero``)."""
+        return sum(s == "exact" and g != "zero" for s, g in zip(self.status, self.stage))
 
     @property
     def users_approximate(self) -> int:

@@ -301,6 +301,13 @@ def test_cli_refuses_counts_without_windows_and_oversized_simulations(tmp_path, 
     assert res.exit_code == 2 and "GiB" in res.output and "lower --users, --rounds or --dim" in res.output
 
 
+def test_users_who_never_took_part_are_not_counted_as_recovered(good):
+    counts = np.vstack([good["counts"], np.zeros((1, good["counts"].shape[1]), dtype=np.int64)])
+    result = disaggregate(good["aggregates"], counts, 10, seed=0)
+    assert result.stage[-1] == "zero" and np.isnan(result.updates[-1]).all()
+    assert result.users_recovered == result.users_exact - 1
+
+
 def test_validate_rejects_strings():
     with pytest.raises(InputError, match="aggregates has dtype"):
         validate_rounds(np.array([["a"]]), np.ones((1, 1)), 1)
