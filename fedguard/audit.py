@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
+import math
 import os
 import signal
 import threading
@@ -71,6 +73,21 @@ def attack_names() -> list[str]:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def _whole(value: Any, option: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int in ``[minimum, maximum]``, or InputError naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (maximum is not None and value > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+        raise InputError(f"bad {option} {value!r}; give a whole number {bound}")
+    return int(value)
+
+
+def _positive(value: Any, option: str) -> float:
+    """``value`` as a finite float above 0, or InputError naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (math.isfinite(value) and value > 0):
+        raise InputError(f"bad {option} {value!r}; give a positive number")
+    return float(value)
 
 
 def _first(items: Sequence[str]) -> str:
@@ -392,25 +409,46 @@ def audit(
     from fedguard.metrics import baseline_psnr, score, verdict_for
 
     t_start = time.perf_counter()
+    seed = _whole(seed, "--seed", minimum=0, maximum=2**32 - 1)
+    batch_size, num_classes, max_iterations, local_batch_size = (
+        None if value is None else _whole(value, option)
+        for value, option in ((batch_size, "--batch-size"), (num_classes, "--num-classes"),
+                              (max_iterations, "--max-iterations"), (local_batch_size, "--local-batch-size"))
+    )  # fmt: skip
+    if time_budget is not None:
+        time_budget = _positive(time_budget, "--time-budget")
+    if protocol == "fedavg":
+        local_steps, local_lr = _whole(local_steps, "--local-steps"), _positive(local_lr, "--local-lr")
+    for value, kind, name in ((threat, ThreatModel, "threat"), (federation, FederationSettings, "federation")):
+        if value is not None and not isinstance(value, kind):
+            raise InputError(f"{name} is a {type(value).__name__}; pass a {kind.__name__} or None")
+    if stop is not None and not callable(getattr(stop, "is_set", None)):
+        raise InputError(f"stop is a {type(stop).__name__}; pass a threading.Event or None")
+    if progress is not None and not all(callable(getattr(progress, m, None)) for m in ("start", "update", "finish", "message")):
+        raise InputError(f"progress is a {type(progress).__name__} without start, update, finish and message; see AuditProgress")
     reg = registry()
     requested = list(dict.fromkeys(attacks)) if attacks else None
     for name in requested or []:
         if name not in reg:
             raise InputError(f"unknown attack {name!r}; valid: {', '.join(reg.names())}")
+    if attack_options is not None and not isinstance(attack_options, Mapping):
+        raise InputError(f"attack_options is a {type(attack_options).__name__}; pass a mapping such as {{'dlg': {{'starts': 8}}}}")
     options = dict(attack_options or {})
-    for name in options:
+    for name, given in options.items():
         if name not in reg:
             raise InputError(f"options for unknown attack {name!r}; valid: {', '.join(reg.names())}")
+        if not isinstance(given, Mapping):
+            raise InputError(f"options for {name} are a {type(given).__name__}; pass a mapping of option names to values")
+        known = [k for k in inspect.signature(reg.get(name)).parameters if k != "self"]
+        unknown = [k for k in given if k not in known]
+        if unknown:
+            raise InputError(f"{name} has no option {unknown[0]!r}; its options: {', '.join(known) or 'none'}")
     try:
         fail_level = fail_on if isinstance(fail_on, LeakageLevel) else LeakageLevel.parse(str(fail_on))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if fail_level == LeakageLevel.NONE:
         raise InputError("--fail-on none would block every update; use low, medium or high")
-    if max_iterations is not None and (isinstance(max_iterations, bool) or int(max_iterations) < 1):
-        raise InputError(f"bad --max-iterations {max_iterations!r}; give a positive number")
-    if time_budget is not None and not (float(time_budget) > 0):
-        raise InputError(f"bad --time-budget {time_budget!r}; give a positive number of seconds")
     threat = threat or ThreatModel()
     dev = resolve_device(device)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,16 +150,21 @@ def check_protocol(protocol: str, local_steps: int, local_lr: float | None, loca
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if protocol == "fedavg":
-        if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+        if not _whole(local_steps) or local_steps < 1:
             raise InputError(f"bad --local-steps {local_steps!r}; give a positive number of local SGD steps such as 5")
-        if local_lr is None or not math.isfinite(float(local_lr)) or float(local_lr) <= 0:
+        if isinstance(local_lr, bool) or not isinstance(local_lr, (int, float, np.number)) or not (math.isfinite(local_lr) and local_lr > 0):
             raise InputError(f"bad --local-lr {local_lr!r}; give a positive learning rate such as 0.01")
         if float(local_lr) < MIN_LOCAL_LR:
             raise InputError(f"--local-lr {local_lr!r} is below {MIN_LOCAL_LR:g}: its steps vanish in float32 weights; give a learning rate such as 0.01")
-        if local_batch_size is not None and (local_batch_size < 1 or local_batch_size > batch_size):
+        if local_batch_size is not None and (not _whole(local_batch_size) or local_batch_size < 1 or local_batch_size > batch_size):
             raise InputError(
                 f"--local-batch-size {local_batch_size} does not fit a batch of {batch_size}; give 1..{batch_size}"
             )
+
+
+def _whole(value: Any) -> bool:
+    """True for an int (numpy's included), False for a bool, a float or anything else."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -187,11 +193,17 @@ def compute_update(
         For an unknown protocol, a FedAvg schedule that cannot run, or a model
         that cannot train on this batch (e.g. BatchNorm with a batch of one).
     """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model is a {type(model).__name__}; pass the torch.nn.Module to train")
+    if not (isinstance(inputs, torch.Tensor) and isinstance(labels, torch.Tensor)):
+        raise InputError(f"inputs and labels are a {type(inputs).__name__} and a {type(labels).__name__}; pass tensors ([N, C, H, W] and [N])")
+    if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0 or labels.is_floating_point():
+        raise InputError(f"labels of shape {list(labels.shape)} and dtype {labels.dtype} for {len(inputs)} inputs; pass one integer class label per example")
     batch = int(inputs.shape[0])
     if protocol == "fedsgd":
         local_steps, local_lr, local_batch_size = 1, None, None
     else:
-        local_batch_size = batch if local_batch_size is None else int(local_batch_size)
+        local_batch_size = batch if local_batch_size is None else local_batch_size
     check_protocol(protocol, local_steps, local_lr, local_batch_size, batch)
     net = copy.deepcopy(model)
     net.train()
@@ -217,7 +229,7 @@ def compute_update(
                     for p, g in zip(params.values(), grads):
                         p.sub_(float(local_lr) * g)
             tensors = {name: (p.detach() - start[name]) for name, p in params.items()}
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a label outside the model's classes
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "more than 1 value per channel" in text:
             raise InputError(
@@ -298,7 +310,7 @@ def load_update(
     if protocol == "fedsgd":
         local_steps, local_lr, local_batch_size = 1, None, None
     else:
-        local_batch_size = batch_size if local_batch_size is None else int(local_batch_size)
+        local_batch_size = batch_size if local_batch_size is None else local_batch_size
     check_protocol(protocol, local_steps, local_lr, local_batch_size, batch_size)
     return Update(
         tensors=out,

@@ -11,6 +11,7 @@ leaks ``high``; label counts alone leak ``low`` and iDLG alone ``medium``.
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -380,6 +381,50 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
     (workdir / "photos" / "cat").mkdir(parents=True)
     line = assert_input_error(invoke(*TINY, "--data", "photos", "-o", "photos/cat/report.json"))
     assert "inside the input folder photos" in line and not (workdir / "photos" / "cat" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"seed": -1}, "bad --seed -1"),
+        ({"seed": "0"}, "bad --seed '0'"),
+        ({"batch_size": 2.5}, "bad --batch-size 2.5"),
+        ({"num_classes": 0}, "bad --num-classes 0"),
+        ({"time_budget": "abc"}, "bad --time-budget"),
+        ({"protocol": "fedavg", "local_lr": "abc"}, "bad --local-lr"),
+        ({"protocol": "fedavg", "local_batch_size": 1.5}, "bad --local-batch-size"),
+        ({"attack_options": ["dlg"]}, "attack_options is a list"),
+        ({"attack_options": {"dlg": {"bogus": 1}}}, "dlg has no option 'bogus'"),
+        ({"threat": "known"}, "pass a ThreatModel"),
+        ({"stop": "x"}, "threading.Event"),
+    ],
+)
+def test_python_api_bad_arguments_are_input_errors(given, message):
+    """The library answers a bad argument as the command line does: InputError, saying which and what to pass."""
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
+    with pytest.raises(InputError, match=re.escape(message)):
+        audit(**{"arch": "lenet", "input_shape": (1, 8, 8), "data": (x, y), "batch_size": 2, "attacks": ["label_counts"], **given})
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"labels": torch.tensor([0, 1, 2, 12])}, "Target 12 is out of bounds"),
+        ({"labels": [0, 1, 2, 3]}, "pass tensors"),
+        ({"labels": torch.arange(0)}, "one integer class label per example"),
+        ({"protocol": "fedavg", "local_lr": "x"}, "bad --local-lr 'x'"),
+    ],
+)
+def test_compute_update_bad_arguments_are_input_errors(given, message):
+    from fedguard.errors import InputError
+    from fedguard.update import compute_update
+
+    args = {"inputs": torch.rand(4, 1, 8, 8), "labels": torch.arange(4), **given}
+    with pytest.raises(InputError, match=re.escape(message)):
+        compute_update(lenet8(), **args)
 
 
 # --------------------------------------------------------------------------- exposure to disaggregation
