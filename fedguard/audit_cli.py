@@ -150,7 +150,7 @@ def _formats() -> list[str]:
 @click.option("--update", "update", type=click.Path(path_type=Path), help="An update computed elsewhere on exactly --data (gradient, or W_T - W_0 for fedavg).")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())
 @click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000).")
-@click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack.")
+@click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack, checked between iterations (one iteration on a batch of hundreds can take longer).")
 @click.option("--attacker-labels", type=click.Choice(["infer", "known"]), default="infer", show_default=True, help="infer: the server recovers labels from the update; known: it has them.")
 @click.option("--attacker-without", "withheld", multiple=True, type=click.Choice(sorted(WITHHOLD)), help="Knowledge the server lacks (repeatable). Default: it knows all of them.")
 @click.option("--dlg-starts", type=click.IntRange(min=1), help="DLG: random starts (default 4).")
