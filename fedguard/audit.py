@@ -175,17 +175,11 @@ def _outputs(module: nn.Module, x: torch.Tensor) -> int:
 
 def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     from fedguard.architectures import resolve_input_shape
-    from fedguard.data import load_data
+    from fedguard.data import in_memory_batch, load_data
 
-    if isinstance(data, tuple):
-        x, y = data
-        x = torch.as_tensor(x, dtype=torch.float32)
-        y = torch.as_tensor(y, dtype=torch.int64)
-        if x.dim() != 4 or len(x) != len(y):
-            raise InputError(f"data must be (x [N,C,H,W], y [N]); got x {tuple(x.shape)} and y {tuple(y.shape)}")
-        if not torch.isfinite(x).all() or float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
-            raise InputError("data x must hold finite values in [0, 1]; scale images to [0, 1]")
-        return x.clamp(0, 1), y, "in-memory"
+    if isinstance(data, (tuple, list)):
+        x, y = in_memory_batch(data)
+        return x, y, "in-memory"
     shape = resolve_input_shape(arch, input_shape)
     x, y = load_data(data, input_shape=shape, seed=seed)
     return x, y, str(data)

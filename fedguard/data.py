@@ -34,7 +34,7 @@ from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError
 from fedguard.io import read_npz
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "load_data"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data"]
 
 DATASETS: tuple[str, ...] = ("digits", "images")
 
@@ -47,6 +47,26 @@ _SKIMAGE_FILES = (
 )  # fmt: skip
 _CROPS_PER_IMAGE = 8
 _GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` given as tensors or arrays, checked as a loaded data set is: float32 ``[N, C, H, W]`` in [0, 1],
+    int64 ``[N]`` class indices, ``N >= 1`` (InputError saying what is wrong otherwise)."""
+    fix = "pass (x, y): x of shape [N, C, H, W] with values in [0, 1], y of N integer class labels"
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise InputError(f"data is a {type(data).__name__}{f' of {len(data)}' if isinstance(data, (tuple, list)) else ''}; {fix}")
+    try:
+        x = torch.as_tensor(data[0], dtype=torch.float32)
+        y = torch.as_tensor(data[1])
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"data holds a {type(data[0]).__name__} and a {type(data[1]).__name__}, not arrays; {fix}") from None
+    if x.dim() != 4 or y.dim() != 1 or len(x) != len(y) or len(y) == 0:
+        raise InputError(f"data has x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}; {fix}")
+    if y.is_floating_point() and not torch.equal(y, y.round()) or bool((y < 0).any()):
+        raise InputError(f"data y holds labels that are not class indices 0, 1, 2, ...; {fix}")
+    if not torch.isfinite(x).all() or float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
+        raise InputError("data x must hold finite values in [0, 1]; scale images to [0, 1]")
+    return x.clamp(0, 1), y.long()
 
 
 def data_source(spec: str | os.PathLike[str] | None) -> Path | None:

@@ -190,8 +190,10 @@ def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -
 def _client_batch(data, arch, module, input_shape, seed):
     if arch is None:
         raise InputError("--data needs --arch: the behavioural checks run your data through the architecture")
-    if isinstance(data, tuple):
-        inputs, labels = data
+    if isinstance(data, (tuple, list)):
+        from fedguard.data import in_memory_batch
+
+        inputs, labels = in_memory_batch(data)
     else:
         from fedguard.architectures import resolve_input_shape
         from fedguard.data import load_data

@@ -397,6 +397,10 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"attack_options": {"dlg": {"bogus": 1}}}, "dlg has no option 'bogus'"),
         ({"threat": "known"}, "pass a ThreatModel"),
         ({"stop": "x"}, "threading.Event"),
+        ({"data": (torch.rand(0, 1, 8, 8), torch.arange(0))}, "data has x of shape (0, 1, 8, 8)"),
+        ({"data": (3 * torch.rand(6, 1, 8, 8), torch.arange(6))}, "finite values in [0, 1]"),
+        ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6) - 1)}, "not class indices"),
+        ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6), None)}, "data is a tuple of 3"),
     ],
 )
 def test_python_api_bad_arguments_are_input_errors(given, message):
