@@ -102,7 +102,7 @@ def _text(doc: Mapping[str, Any]) -> str:
         lines.append(f"  recovered updates: {doc['updates_file']}")
     for note in doc["notes"]:
         lines.append(f"  note: {note}")
-    exposed = doc["users_recovered"]  # exact columns of users who took part: those who did not have no update in the sums
+    exposed = doc["users_recovered"]  # not users_exact: one who never took part has an exact column but no update in the sums
     if exposed:
         lines.append(
             f"  => secure aggregation did not hide {exposed} user(s): their individual updates are recoverable"
