@@ -90,6 +90,8 @@ def load_data(
     source order; all of the data when it has fewer examples).
     """
     shape = check_input_shape(input_shape) if input_shape is not None else None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise InputError(f"bad seed {seed!r}; give a whole number from 0 to {2**32 - 1}")
     if limit is not None and (isinstance(limit, bool) or not hasattr(limit, "__index__") or int(limit) < 1):
         raise InputError(f"bad data limit {limit!r}; give a positive number of examples such as 64")
     if isinstance(spec, os.PathLike):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -270,6 +271,10 @@ def load_update(
     """
     from fedguard.loading import load_model_file
 
+    if not _whole(batch_size) or batch_size < 1:
+        raise InputError(f"bad --batch-size {batch_size!r} for the update; give the number of examples it was computed on")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"update is a {type(path).__name__}; pass the path of the update file")
     loaded = load_model_file(path)
     if loaded.refused:
         raise InputError(f"update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")

@@ -431,6 +431,19 @@ def test_compute_update_bad_arguments_are_input_errors(given, message):
         compute_update(lenet8(), **args)
 
 
+def test_load_update_and_load_data_bad_arguments_are_input_errors():
+    from fedguard.data import load_data
+    from fedguard.errors import InputError
+    from fedguard.update import load_update
+
+    with pytest.raises(InputError, match="bad --batch-size 0"):
+        load_update("update.pt", lenet8(), batch_size=0)
+    with pytest.raises(InputError, match="pass the path of the update file"):
+        load_update(None, lenet8(), batch_size=2)
+    with pytest.raises(InputError, match="bad seed -1"):
+        load_data("digits", seed=-1)
+
+
 # --------------------------------------------------------------------------- exposure to disaggregation
 
 
