@@ -86,6 +86,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 
 __all__ = [
@@ -446,8 +447,12 @@ def simulate_federation(
     scale, as a DP mechanism calibrated to one user's contribution adds).
     """
     for name, value in (("users", users), ("rounds", rounds), ("dim", dim), ("window", window)):
-        if int(value) != value or value < 1:
+        if not is_whole(value) or value < 1:
             raise InputError(f"--{name} must be a positive integer, got {value!r}")
+    if not (is_whole(seed) and 0 <= seed < 2**32):
+        raise InputError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+    if not (is_number(participation) and is_number(noise)):
+        raise InputError(f"--participation and --noise must be numbers, got {participation!r} and {noise!r}")
     if rounds % window:
         raise InputError(
             f"--rounds {rounds} is not a multiple of --window {window}: counts are published per whole window"
@@ -932,9 +937,15 @@ def disaggregate(
     """
     start = time.perf_counter()
     rounds = validate_rounds(aggregates, counts, window, noise_scale)
-    if not (math.isfinite(time_limit) and time_limit >= 0):
+    if not (is_number(time_limit) and math.isfinite(time_limit) and time_limit >= 0):
         raise InputError(f"time limit must be a finite number of seconds >= 0, got {time_limit!r}")
-    workers = _default_workers() if workers is None else max(1, int(workers))
+    if workers is not None and not (is_whole(workers) and workers >= 1):
+        raise InputError(f"workers must be a whole number >= 1 (processes for the integer programs), got {workers!r}")
+    if not (is_whole(seed) and 0 <= seed < 2**32):
+        raise InputError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(settled, total) or None")
+    workers = _default_workers() if workers is None else int(workers)
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     C = rounds.counts

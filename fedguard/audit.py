@@ -35,6 +35,7 @@ from torch import nn
 
 import fedguard
 from fedguard.architectures import first_line
+from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
@@ -77,7 +78,7 @@ def attack_names() -> list[str]:
 
 def _whole(value: Any, option: str, minimum: int = 1, maximum: int | None = None) -> int:
     """``value`` as an int in ``[minimum, maximum]``, or InputError naming ``option``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (maximum is not None and value > maximum):
+    if not is_whole(value) or value < minimum or (maximum is not None and value > maximum):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
         raise InputError(f"bad {option} {value!r}; give a whole number {bound}")
     return int(value)
@@ -85,7 +86,7 @@ def _whole(value: Any, option: str, minimum: int = 1, maximum: int | None = None
 
 def _positive(value: Any, option: str) -> float:
     """``value`` as a finite float above 0, or InputError naming ``option``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (math.isfinite(value) and value > 0):
+    if not is_number(value) or not (math.isfinite(value) and value > 0):
         raise InputError(f"bad {option} {value!r}; give a positive number")
     return float(value)
 

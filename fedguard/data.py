@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fedguard.architectures import check_input_shape
+from fedguard.checks import is_whole
 from fedguard.errors import InputError
 from fedguard.io import read_npz
 
@@ -90,7 +91,7 @@ def load_data(
     source order; all of the data when it has fewer examples).
     """
     shape = check_input_shape(input_shape) if input_shape is not None else None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    if not is_whole(seed) or not 0 <= seed < 2**32:
         raise InputError(f"bad seed {seed!r}; give a whole number from 0 to {2**32 - 1}")
     if limit is not None and (isinstance(limit, bool) or not hasattr(limit, "__index__") or int(limit) < 1):
         raise InputError(f"bad data limit {limit!r}; give a positive number of examples such as 64")

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 
 __all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "resolve_device", "minibatch_slices"]
@@ -151,21 +151,16 @@ def check_protocol(protocol: str, local_steps: int, local_lr: float | None, loca
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if protocol == "fedavg":
-        if not _whole(local_steps) or local_steps < 1:
+        if not is_whole(local_steps) or local_steps < 1:
             raise InputError(f"bad --local-steps {local_steps!r}; give a positive number of local SGD steps such as 5")
-        if isinstance(local_lr, bool) or not isinstance(local_lr, (int, float, np.number)) or not (math.isfinite(local_lr) and local_lr > 0):
+        if not is_number(local_lr) or not (math.isfinite(local_lr) and local_lr > 0):
             raise InputError(f"bad --local-lr {local_lr!r}; give a positive learning rate such as 0.01")
         if float(local_lr) < MIN_LOCAL_LR:
             raise InputError(f"--local-lr {local_lr!r} is below {MIN_LOCAL_LR:g}: its steps vanish in float32 weights; give a learning rate such as 0.01")
-        if local_batch_size is not None and (not _whole(local_batch_size) or local_batch_size < 1 or local_batch_size > batch_size):
+        if local_batch_size is not None and (not is_whole(local_batch_size) or local_batch_size < 1 or local_batch_size > batch_size):
             raise InputError(
                 f"--local-batch-size {local_batch_size} does not fit a batch of {batch_size}; give 1..{batch_size}"
             )
-
-
-def _whole(value: Any) -> bool:
-    """True for an int (numpy's included), False for a bool, a float or anything else."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -271,7 +266,7 @@ def load_update(
     """
     from fedguard.loading import load_model_file
 
-    if not _whole(batch_size) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise InputError(f"bad --batch-size {batch_size!r} for the update; give the number of examples it was computed on")
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"update is a {type(path).__name__}; pass the path of the update file")

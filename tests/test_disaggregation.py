@@ -308,6 +308,22 @@ def test_users_who_never_took_part_are_not_counted_as_recovered(good):
     assert result.users_recovered == result.users_exact - 1
 
 
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda g: simulate_federation(users=4.0), "--users must be a positive integer"),
+        (lambda g: simulate_federation(participation="0.5"), "must be numbers"),
+        (lambda g: simulate_federation(seed=-1), "--seed must be a whole number"),
+        (lambda g: disaggregate(g["aggregates"], g["counts"], 10, time_limit="a"), "time limit must be"),
+        (lambda g: disaggregate(g["aggregates"], g["counts"], 10, workers=0), "workers must be a whole number >= 1"),
+        (lambda g: disaggregate(g["aggregates"], g["counts"], 10, progress="x"), "pass a callable"),
+    ],
+)
+def test_api_bad_arguments_are_input_errors(good, call, message):
+    with pytest.raises(InputError, match=message):
+        call(good)
+
+
 def test_validate_rejects_strings():
     with pytest.raises(InputError, match="aggregates has dtype"):
         validate_rounds(np.array([["a"]]), np.ones((1, 1)), 1)
