@@ -35,7 +35,7 @@ from torch import nn
 
 import fedguard
 from fedguard.architectures import first_line
-from fedguard.checks import is_number, is_whole
+from fedguard.checks import MAX_SEED, is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
@@ -404,16 +404,13 @@ def audit(
     from fedguard.metrics import baseline_psnr, score, verdict_for
 
     t_start = time.perf_counter()
-    seed = _whole(seed, "--seed", minimum=0, maximum=2**32 - 1)
-    batch_size, num_classes, max_iterations, local_batch_size = (
+    seed = _whole(seed, "--seed", minimum=0, maximum=MAX_SEED)
+    batch_size, num_classes, max_iterations = (
         None if value is None else _whole(value, option)
-        for value, option in ((batch_size, "--batch-size"), (num_classes, "--num-classes"),
-                              (max_iterations, "--max-iterations"), (local_batch_size, "--local-batch-size"))
-    )  # fmt: skip
+        for value, option in ((batch_size, "--batch-size"), (num_classes, "--num-classes"), (max_iterations, "--max-iterations"))
+    )  # the local schedule is checked with the update (update.check_protocol)
     if time_budget is not None:
         time_budget = _positive(time_budget, "--time-budget")
-    if protocol == "fedavg":
-        local_steps, local_lr = _whole(local_steps, "--local-steps"), _positive(local_lr, "--local-lr")
     for value, kind, name in ((threat, ThreatModel, "threat"), (federation, FederationSettings, "federation")):
         if value is not None and not isinstance(value, kind):
             raise InputError(f"{name} is a {type(value).__name__}; pass a {kind.__name__} or None")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fedguard.architectures import check_input_shape
-from fedguard.checks import is_whole
+from fedguard.checks import MAX_SEED, is_seed
 from fedguard.errors import InputError
 from fedguard.io import read_npz
 
@@ -91,8 +91,8 @@ def load_data(
     source order; all of the data when it has fewer examples).
     """
     shape = check_input_shape(input_shape) if input_shape is not None else None
-    if not is_whole(seed) or not 0 <= seed < 2**32:
-        raise InputError(f"bad seed {seed!r}; give a whole number from 0 to {2**32 - 1}")
+    if not is_seed(seed):
+        raise InputError(f"bad seed {seed!r}; give a whole number from 0 to {MAX_SEED}")
     if limit is not None and (isinstance(limit, bool) or not hasattr(limit, "__index__") or int(limit) < 1):
         raise InputError(f"bad data limit {limit!r}; give a positive number of examples such as 64")
     if isinstance(spec, os.PathLike):

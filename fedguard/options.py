@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
-#: Seeds numpy's and torch's generators both take (torch's stop at 2**64 - 1, numpy's refuse negatives).
-SEED = click.IntRange(0, 2**32 - 1)
+from fedguard.checks import MAX_SEED
+
+#: Seeds numpy's and torch's generators both take.
+SEED = click.IntRange(0, MAX_SEED)
 
 
 class FiniteFloatRange(click.FloatRange):

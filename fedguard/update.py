@@ -157,7 +157,9 @@ def check_protocol(protocol: str, local_steps: int, local_lr: float | None, loca
             raise InputError(f"bad --local-lr {local_lr!r}; give a positive learning rate such as 0.01")
         if float(local_lr) < MIN_LOCAL_LR:
             raise InputError(f"--local-lr {local_lr!r} is below {MIN_LOCAL_LR:g}: its steps vanish in float32 weights; give a learning rate such as 0.01")
-        if local_batch_size is not None and (not is_whole(local_batch_size) or local_batch_size < 1 or local_batch_size > batch_size):
+        if local_batch_size is not None and not is_whole(local_batch_size):
+            raise InputError(f"bad --local-batch-size {local_batch_size!r}; give a whole number of examples per local step")
+        if local_batch_size is not None and not 1 <= local_batch_size <= batch_size:
             raise InputError(
                 f"--local-batch-size {local_batch_size} does not fit a batch of {batch_size}; give 1..{batch_size}"
             )
