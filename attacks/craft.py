@@ -1138,10 +1138,9 @@ def craft_model(
     """Build ``arch`` (initialised from ``seed``) and craft it with ``name``."""
     from fedguard.architectures import build_model, resolve_input_shape
 
-    fn = CRAFTERS.get(name)  # fail on a bad name before building anything
+    CRAFTERS.get(name)  # fail on a bad name before building anything
     shape = resolve_input_shape(arch, input_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = build_model(arch, num_classes=num_classes, input_shape=shape)
-    check_options(name, options)
-    return fn(model, input_shape=tuple(shape), num_classes=num_classes, data=data, seed=seed, **options)
+    return craft(name, model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
