@@ -184,8 +184,10 @@ def _check_data(data: torch.Tensor | None, input_shape: Shape) -> torch.Tensor |
     if data is None:
         return None
     data = torch.as_tensor(data).detach().to(torch.float32)
-    if data.numel() % math.prod(input_shape):
+    if data.numel() == 0 or data.numel() % math.prod(input_shape):
         raise ValueError(f"data of shape {tuple(data.shape)} does not hold inputs of shape {tuple(input_shape)}")
+    if not torch.isfinite(data).all():
+        raise ValueError("data holds NaN or infinite values; pass finite inputs")
     return data.reshape(-1, *input_shape)
 
 

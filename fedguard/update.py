@@ -272,6 +272,8 @@ def load_update(
         raise InputError(f"bad --batch-size {batch_size!r} for the update; give the number of examples it was computed on")
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"update is a {type(path).__name__}; pass the path of the update file")
+    if os.path.isdir(path):
+        raise InputError(f"--update {path} is a directory; pass the update file (.pt, .safetensors or .npz)")
     loaded = load_model_file(path)
     if loaded.refused:
         raise InputError(f"update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")

@@ -301,6 +301,8 @@ def test_missing_model_and_update_files(workdir):
     digits_npz(workdir / "d.npz", n=4)
     line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "nothere.pt"))
     assert "--update nothere.pt" in line and "does not exist" in line
+    (workdir / "updates").mkdir()
+    assert "is a directory; pass the update file" in assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "updates"))
 
 
 def test_update_that_does_not_fit_the_model(workdir):

@@ -61,6 +61,15 @@ def test_unknown_crafter_raises_key_error_listing_valid_names():
         craft("nope", build_model("mlp"), input_shape=MNIST, num_classes=10)
 
 
+@pytest.mark.parametrize(
+    "data, message",
+    [(torch.full((4, 3, 32, 32), float("nan")), "NaN or infinite"), (torch.zeros(0, 3, 32, 32), "does not hold inputs")],
+)
+def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
+    with pytest.raises(ValueError, match=message):
+        craft_model("imprint", "lenet", data=data)
+
+
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("arch", ["lenet5", "mlp", "convnet"])
 def test_crafted_model_is_a_new_module_and_runs_on_digits(name, arch):
