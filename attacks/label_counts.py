@@ -564,8 +564,7 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
         return r
 
     with contextlib.suppress(_Stop):
-        start_at = np.clip(np.nan_to_num(raw, nan=batch / len(raw), posinf=batch, neginf=0.0), 0, batch)
-        least_squares(residual, start_at, bounds=(0.0, float(batch)), xtol=SOLVER_TOLERANCE, max_nfev=MAX_SIMULATIONS, diff_step=SOLVER_DIFF_STEP)
+        least_squares(residual, np.clip(raw, 0, batch), bounds=(0.0, float(batch)), xtol=SOLVER_TOLERANCE, max_nfev=MAX_SIMULATIONS, diff_step=SOLVER_DIFF_STEP)
     misfit, raw = best
     details.update({"model": "simulated_local_training", "simulation_residual": round(misfit, 4)})
     feature = None

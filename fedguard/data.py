@@ -63,11 +63,8 @@ def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise InputError(f"data holds a {type(data[0]).__name__} and a {type(data[1]).__name__}, not arrays; {fix}") from None
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y) or len(y) == 0:
         raise InputError(f"data has x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}; {fix}")
-    if y.is_floating_point() and not torch.equal(y, y.round()) or bool((y < 0).any()):
-        raise InputError(f"data y holds labels that are not class indices 0, 1, 2, ...; {fix}")
-    if not torch.isfinite(x).all() or float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
-        raise InputError("data x must hold finite values in [0, 1]; scale images to [0, 1]")
-    return x.clamp(0, 1), y.long()
+    labels = _labels(y.cpu().numpy(), len(x), "data y")  # the checks an .npz's arrays get
+    return torch.from_numpy(_unit_range(x.cpu().numpy(), "data x")), torch.from_numpy(labels)
 
 
 def data_source(spec: str | os.PathLike[str] | None) -> Path | None:

@@ -400,8 +400,8 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"threat": "known"}, "pass a ThreatModel"),
         ({"stop": "x"}, "threading.Event"),
         ({"data": (torch.rand(0, 1, 8, 8), torch.arange(0))}, "data has x of shape (0, 1, 8, 8)"),
-        ({"data": (3 * torch.rand(6, 1, 8, 8), torch.arange(6))}, "finite values in [0, 1]"),
-        ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6) - 1)}, "not class indices"),
+        ({"data": (3 * torch.rand(6, 1, 8, 8), torch.arange(6))}, "scale floats to [0, 1]"),
+        ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6) - 1)}, "holds negative labels"),
         ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6), None)}, "data is a tuple of 3"),
     ],
 )
