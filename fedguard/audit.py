@@ -39,7 +39,7 @@ from fedguard.checks import MAX_SEED, is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
-from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
+from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Leakage, LeakageLevel
 from fedguard.update import Update, compute_update, load_update, resolve_device
 
 __all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "attack_names"]
@@ -581,7 +581,8 @@ def audit(
         {"num_classes": n_out, "input_shape": list(batch_x.shape[1:]), "n_parameters": int(n_params)}
     )
     return AuditReport(
-        verdict=verdict_for(level, fail_level),
+        # nothing measured is not a pass: a gate that could not attack the update warns
+        verdict=verdict_for(level, fail_level) if outcomes else AuditVerdict.WARN,
         leakage=leakage,
         attacks=tuple(outcomes),
         skipped=skipped,

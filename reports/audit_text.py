@@ -89,7 +89,7 @@ class AuditTextRenderer(AuditRenderer):
             console.print()
             console.print(table)
         else:
-            console.print(Text("no attack ran", style="yellow"))
+            console.print(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
         for o in report.attacks:
             if o.recovered_fraction:
                 console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)", soft_wrap=True)

@@ -231,7 +231,7 @@ def test_a_set_stop_event_keeps_partial_results():
     stop.set()
     report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, stop=stop, device="cpu")
     assert report.interrupted
-    assert report.attacks == ()
+    assert report.attacks == () and str(report.verdict) == "warn"
     assert set(report.skipped) == {"label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients"}
 
 
@@ -349,12 +349,13 @@ def test_fedavg_label_counts_with_classes_missing_from_the_public_data(workdir):
 
 
 def test_an_attack_the_model_cannot_take_is_skipped_with_its_reason(workdir):
-    """mobilenet_v3_small's hardsigmoid has no second derivative in torch: DLG cannot run, the audit goes on."""
+    """mobilenet_v3_small's hardsigmoid has no second derivative in torch: DLG is skipped, and with no attack run the verdict warns."""
     result = invoke("--arch", "mobilenet_v3_small", "--data", "digits", "--batch-size", "2", "--attack", "dlg",
                     "--max-iterations", "2", "--format", "json")  # fmt: skip
     assert result.exit_code == 0, result.output
-    skipped = json.loads(result.stdout)["skipped"]
-    assert "could not run on this model" in skipped["dlg"] and "hardsigmoid" in skipped["dlg"]
+    report = json.loads(result.stdout)
+    assert "could not run on this model" in report["skipped"]["dlg"] and "hardsigmoid" in report["skipped"]["dlg"]
+    assert report["attacks"] == [] and report["verdict"] == "warn"  # nothing measured is not a pass
 
 
 def test_grids_replace_only_their_own_files(workdir):
