@@ -374,7 +374,8 @@ def audit(
         Seeds the batch, the model initialisation (``model=None``), the attacks.
     device : {"auto", "cpu", "cuda"}
     fail_on : {"low", "medium", "high"}
-        Level at which the verdict is ``block``.
+        Level at which the verdict is ``block``; one level below it is
+        ``warn``. A run in which no attack ran is ``warn`` too.
     attack_options : mapping, optional
         Constructor options per attack, e.g. ``{"dlg": {"starts": 8}}``.
     progress : AuditProgress, optional
