@@ -360,8 +360,9 @@ def audit(
     local_steps, local_lr, local_batch_size
         FedAvg's local schedule (mini-batches default to the whole batch).
     update : path or Update, optional
-        An update computed elsewhere on exactly ``data`` (same names and shapes
-        as the model's parameters; FedAvg: ``W_T - W_0``).
+        An update computed elsewhere from ``model`` (required then) on exactly
+        ``data`` (same names and shapes as the model's parameters; FedAvg:
+        ``W_T - W_0``).
     attacks : list of str, optional
         Registry names to run; default every one that applies.
     max_iterations : int, optional
@@ -419,6 +420,11 @@ def audit(
         raise InputError(f"stop is a {type(stop).__name__}; pass a threading.Event or None")
     if progress is not None and not all(callable(getattr(progress, m, None)) for m in ("start", "update", "finish", "message")):
         raise InputError(f"progress is a {type(progress).__name__} without start, update, finish and message; see AuditProgress")
+    if update is not None and model is None:
+        raise InputError(
+            "--update needs --model, the global model the update was computed from; "
+            "against a fresh initialisation of --arch the attacks would read the wrong weights"
+        )
     reg = registry()
     requested = list(dict.fromkeys(attacks)) if attacks else None
     for name in requested or []:

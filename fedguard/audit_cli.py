@@ -147,7 +147,7 @@ def _formats() -> list[str]:
 @click.option("--local-steps", type=int, default=5, show_default=True, help="FedAvg: local SGD steps.")
 @click.option("--local-lr", type=float, default=0.01, show_default=True, help="FedAvg: local learning rate.")
 @click.option("--local-batch-size", type=int, help="FedAvg: mini-batch size of each local step (default: the whole batch).")
-@click.option("--update", "update", type=click.Path(path_type=Path), help="An update computed elsewhere on exactly --data (gradient, or W_T - W_0 for fedavg).")
+@click.option("--update", "update", type=click.Path(path_type=Path), help="An update computed elsewhere from --model on exactly --data (gradient, or W_T - W_0 for fedavg); needs --model.")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())
 @click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000).")
 @click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack, checked between iterations (one iteration on a batch of hundreds can take longer).")

@@ -299,22 +299,34 @@ def test_missing_model_and_update_files(workdir):
     line = assert_input_error(invoke("--model", "nothere.pt", *TINY, "--data", "digits"))
     assert "--model nothere.pt" in line and "does not exist" in line
     digits_npz(workdir / "d.npz", n=4)
-    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "nothere.pt"))
+    torch.save(lenet8().state_dict(), workdir / "global.pt")
+    line = assert_input_error(invoke("--model", "global.pt", *TINY, "--data", "d.npz", "--update", "nothere.pt"))
     assert "--update nothere.pt" in line and "does not exist" in line
     (workdir / "updates").mkdir()
-    assert "is a directory; pass the update file" in assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "updates"))
+    line = assert_input_error(invoke("--model", "global.pt", *TINY, "--data", "d.npz", "--update", "updates"))
+    assert "is a directory; pass the update file" in line
+
+
+def test_an_update_without_its_global_model_is_refused(workdir):
+    """Attacked against a fresh initialisation, an update computed elsewhere would measure the wrong weights."""
+    digits_npz(workdir / "d.npz", n=4)
+    torch.save({k: torch.zeros_like(v) for k, v in lenet8().named_parameters()}, workdir / "update.pt")
+    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "update.pt"))
+    assert "--update needs --model" in line
 
 
 def test_update_that_does_not_fit_the_model(workdir):
     digits_npz(workdir / "d.npz", n=4)
     params = dict(lenet8().named_parameters())
+    torch.save(lenet8().state_dict(), workdir / "global.pt")
+    at = ("--model", "global.pt", *TINY)
     torch.save({k: torch.zeros(3) for k in params}, workdir / "wrong-shape.pt")
-    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "wrong-shape.pt"))
+    line = assert_input_error(invoke(*at, "--data", "d.npz", "--update", "wrong-shape.pt"))
     assert "features.0.weight" in line and "[3]" in line and "[12, 1, 5, 5]" in line
     torch.save({k: torch.zeros_like(v) for k, v in list(params.items())[:-1]}, workdir / "missing.pt")
-    assert "classifier.0.bias" in assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "missing.pt"))
+    assert "classifier.0.bias" in assert_input_error(invoke(*at, "--data", "d.npz", "--update", "missing.pt"))
     torch.save({k: torch.zeros_like(v) for k, v in params.items()}, workdir / "ok.pt")
-    line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--update", "ok.pt", "--batch-size", "2"))
+    line = assert_input_error(invoke(*at, "--data", "d.npz", "--update", "ok.pt", "--batch-size", "2"))
     assert "4 examples" in line and "--batch-size is 2" in line
 
 
