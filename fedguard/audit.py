@@ -376,7 +376,8 @@ def audit(
     device : {"auto", "cpu", "cuda"}
     fail_on : {"low", "medium", "high"}
         Level at which the verdict is ``block``; one level below it is
-        ``warn``. A run in which no attack ran is ``warn`` too.
+        ``warn``. A run in which no attack ran, or that was stopped, is at
+        least ``warn``.
     attack_options : mapping, optional
         Constructor options per attack, e.g. ``{"dlg": {"starts": 8}}``.
     progress : AuditProgress, optional
@@ -583,13 +584,15 @@ def audit(
         baseline_psnr=baseline,
         thresholds=dict(THRESHOLDS),
     )
+    verdict = verdict_for(level, fail_level)
+    if verdict is AuditVerdict.PASS and (not outcomes or stop.is_set()):
+        verdict = AuditVerdict.WARN  # nothing measured, or stopped part-way, is not a pass
     n_params = sum(p.numel() for p in module.parameters())
     model_info.update(
         {"num_classes": n_out, "input_shape": list(batch_x.shape[1:]), "n_parameters": int(n_params)}
     )
     return AuditReport(
-        # nothing measured is not a pass: a gate that could not attack the update warns
-        verdict=verdict_for(level, fail_level) if outcomes else AuditVerdict.WARN,
+        verdict=verdict,
         leakage=leakage,
         attacks=tuple(outcomes),
         skipped=skipped,

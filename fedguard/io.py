@@ -20,14 +20,21 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
     """Validate an output path before any work is done.
 
     Raises :class:`InputError` when the folder is missing or not writable, the
-    path is a directory, it names one of the ``inputs`` (which would be
-    overwritten), or it lies inside an input folder (a data set it would add
-    a file to). ``option`` names the command-line option in the message.
+    path is ``-``, a directory or another file that is not a regular one (a
+    device such as ``/dev/stdout``, a pipe), it names one of the ``inputs``
+    (which would be overwritten), or it lies inside an input folder (a data
+    set it would add a file to). ``option`` names the command-line option in
+    the message. A symbolic link is checked, and later written, as its target.
     """
     path = Path(output)
+    if str(output) == "-":
+        raise InputError(f"{option} - is not a file name; name a file (without {option}, reports print on stdout)")
     if path.is_dir():
         raise InputError(f"{option} {path} is a directory; name a file inside it, e.g. {path / 'report.json'}")
-    parent = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{option} {path} is not a regular file; name a file (without {option}, reports print on stdout)")
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shlex.quote(str(parent))})")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -45,8 +52,11 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file and a rename, mode 0600."""
-    path = Path(path)
+    """Write ``data`` to ``path`` through a temp file and a rename, mode 0600.
+
+    A symbolic link is written through: its target gets the data, the link stays.
+    """
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")

@@ -174,6 +174,20 @@ def test_json_output_file(clean_model, workdir, schema):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
+def test_output_through_a_link_or_to_what_is_not_a_file(clean_model, workdir):
+    """A symbolic link is written through (the link stays); '-', a pipe or a device is refused before any work."""
+    (workdir / "real.json").write_text("old report")
+    (workdir / "link.json").symlink_to("real.json")
+    assert invoke("inspect", clean_model, "--format", "json", "-o", workdir / "link.json").exit_code == 0
+    assert (workdir / "link.json").is_symlink() and json.loads((workdir / "real.json").read_text())["verdict"] == "clean"
+    os.mkfifo(workdir / "pipe")
+    for target, expected in (("-", "--output - is not a file name"), (workdir / "pipe", "is not a regular file"),
+                             ("/dev/null", "is not a regular file")):  # fmt: skip
+        line = assert_input_error(invoke("inspect", clean_model, "-o", target))
+        assert expected in line and "without --output, reports print on stdout" in line
+    assert not (workdir / "-").exists()
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
 def test_quiet_prints_nothing(high_model, fmt):
     result = invoke("inspect", high_model, "--format", fmt, "--quiet")
