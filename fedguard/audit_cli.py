@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from fedguard.errors import InputError
 from fedguard.options import SEED, FiniteFloatRange, input_paths
@@ -136,6 +137,15 @@ def _formats() -> list[str]:
     return audit_renderers().names()
 
 
+def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
+    """InputError when ``unused`` and one of the options ``names`` was given, so it would silently do nothing."""
+    ctx = click.get_current_context()
+    given = [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+    if unused and given:
+        option = "--" + given[0].replace("_", "-")
+        raise InputError(f"{option} {why}, or drop {option}")
+
+
 @click.command("audit")
 @click.option("--model", "model", type=click.Path(path_type=Path), help="The global model as received (.pt/.pth/.safetensors/.npz). Default: a fresh --arch initialisation (seeded).")
 @click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture of the model (as for `fedguard inspect`).")
@@ -189,6 +199,9 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.reports.audit_base import grid_png, render_audit
     from fedguard.threat import ThreatModel
 
+    _refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
+    _refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise"),
+                   "sets up the exposure analysis, which --no-exposure turns off; drop --no-exposure")  # fmt: skip
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:

@@ -343,8 +343,10 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["--seed", "-1"], "--seed"),
         (["--protocol", "fedavg", "--local-lr", "1e-45"], "--local-lr 1e-45 is below"),
         (["--aggregate-noise", "inf"], "--aggregate-noise"),
+        (["--local-steps", "3"], "--local-steps applies to --protocol fedavg only"),
+        (["--no-exposure", "--participation", "0.2"], "--participation sets up the exposure analysis"),
     ],
-    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "local-lr-tiny", "noise-inf"],
+    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "local-lr-tiny", "noise-inf", "local-with-fedsgd", "exposure-off"],
 )
 def test_bad_options(workdir, args, expected):
     digits_npz(workdir / "digits.npz", n=8)
@@ -463,8 +465,8 @@ def test_load_update_and_load_data_bad_arguments_are_input_errors():
 
 
 def test_exposure_section_in_every_format(workdir, schema):
-    args = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts",
-            "--users-per-round", "3", "--participation", "0.5", "--count-window", "5", "--stable-rounds", "40")
+    run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts")
+    args = (*run, "--users-per-round", "3", "--participation", "0.5", "--count-window", "5", "--stable-rounds", "40")
     out = workdir / "audit.json"
     assert invoke(*args, "--format", "json", "-o", out, exposure=True).exit_code == 0
     report = json.loads(out.read_text(encoding="utf-8"))
@@ -481,5 +483,5 @@ def test_exposure_section_in_every_format(workdir, schema):
     assert invoke(*args, "--format", "html", "-o", html, exposure=True).exit_code == 0
     assert "Secure aggregation across rounds" in html.read_text(encoding="utf-8")
     off = workdir / "off.json"
-    assert invoke(*args, "--format", "json", "-o", off).exit_code == 0
+    assert invoke(*run, "--format", "json", "-o", off).exit_code == 0
     assert json.loads(off.read_text(encoding="utf-8"))["exposure"] is None
