@@ -480,6 +480,8 @@ def audit(
     rest = np.setdiff1d(np.arange(len(y_all)), index)
     rest = np.random.default_rng(seed + 1).permutation(rest)[:MAX_AUXILIARY]
     aux = (x_all[rest], y_all[rest]) if len(rest) else None
+    if aux is None:  # the whole of --data is the batch: nothing is left to stand in for the server's public data
+        threat = dataclasses.replace(threat, auxiliary_data=False)
 
     module = module.to(dev)
     with _numerics():
@@ -498,7 +500,7 @@ def audit(
         model=module,
         tensors=upd.tensors,
         protocol=upd.protocol,
-        batch_size=B if threat.batch_size else None,
+        batch_size=B,
         local_steps=upd.local_steps if threat.local_schedule and upd.protocol == "fedavg" else None,
         local_lr=upd.local_lr if threat.local_schedule and upd.protocol == "fedavg" else None,
         local_batch_size=upd.local_batch_size if threat.local_schedule and upd.protocol == "fedavg" else None,

@@ -21,7 +21,7 @@ from fedguard.options import SEED, FiniteFloatRange, input_paths
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
-WITHHOLD = {"batch-size": "batch_size", "local-schedule": "local_schedule", "public-data": "auxiliary_data"}
+WITHHOLD = {"local-schedule": "local_schedule", "public-data": "auxiliary_data"}
 
 
 def _attack_help() -> str:

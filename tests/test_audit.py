@@ -192,6 +192,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
     assert report["data"]["batch_indices"] == [0, 1, 2, 3]
+    assert report["threat"]["auxiliary_data"] is False  # the batch is all of --data: no public data is left over
     assert report["model"]["path"] == "global.pt" and len(report["model"]["sha256"]) == 64
     attacks = {a["name"]: a for a in report["attacks"]}
     assert attacks["label_counts"]["label_count_error"] == 0
@@ -485,3 +486,24 @@ def test_exposure_section_in_every_format(workdir, schema):
     off = workdir / "off.json"
     assert invoke(*run, "--format", "json", "-o", off).exit_code == 0
     assert json.loads(off.read_text(encoding="utf-8"))["exposure"] is None
+
+
+def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
+    """--attacker-without: FedAvg attacks that need the schedule are skipped with the reason; no public data, none counted."""
+    run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts", "--format", "json")
+    report = json.loads(invoke(*run, "--protocol", "fedavg", "--attacker-without", "local-schedule").stdout)
+    assert report["threat"]["local_schedule"] is False and "local schedule" in report["skipped"]["label_counts"]
+    assert report["verdict"] == "warn"
+    report = json.loads(invoke(*run, "--attacker-without", "public-data").stdout)
+    assert report["threat"]["auxiliary_data"] is False and report["data"]["auxiliary_examples"] == 0
+    assert report["attacks"][0]["name"] == "label_counts"
+
+
+def test_the_batch_size_cannot_be_withheld():
+    """Every attack needs it: a threat model without it is refused, and the CLI does not offer it."""
+    from fedguard.errors import InputError
+    from fedguard.threat import ThreatModel
+
+    with pytest.raises(InputError, match="needs the batch size"):
+        ThreatModel(batch_size=False)
+    assert "--attacker-without" in assert_input_error(invoke(*TINY, "--data", "digits", "--attacker-without", "batch-size"))
