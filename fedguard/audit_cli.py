@@ -67,12 +67,14 @@ class _Bars:
         self.budget[attack] = seconds
 
     def update(self, attack: str, done: int, total: int, fields: dict) -> None:
+        from fedguard.reports.base import plural
+
         task = self.tasks[attack]
         info = []
         if fields.get("loss") is not None and fields.get("loss") == fields.get("loss"):
             info.append(f"loss {fields['loss']:.3g}")
         if fields.get("starts"):
-            info.append(f"{fields['starts']} starts")
+            info.append(plural(int(fields["starts"]), "start"))
         if fields.get("planned") and fields["planned"] != total:
             total = fields["planned"]
         budget = self.budget.get(attack)

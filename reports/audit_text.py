@@ -33,7 +33,7 @@ from rich.text import Text
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import fmt_num
+from .base import fmt_num, plural
 
 WIDTH = 110
 VERDICT_STYLE = {AuditVerdict.PASS: "bold green", AuditVerdict.WARN: "bold yellow", AuditVerdict.BLOCK: "bold white on red"}
@@ -72,7 +72,7 @@ class AuditTextRenderer(AuditRenderer):
             f"{d.get('spec')}, batch {d.get('batch_size')}",
             u.get("protocol") + (f" {u.get('local_steps')} steps lr {u.get('local_lr')}" if u.get("protocol") == "fedavg" else ""),
             report.config.get("device", ""),
-            f"{len(report.attacks)} attack{'' if len(report.attacks) == 1 else 's'} in {report.seconds:.1f} s",
+            f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
         console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
         if report.attacks:
@@ -127,7 +127,7 @@ def exposure_summary(exposure: Mapping) -> str:
     """One sentence on the configured federation's exposure (also used by the HTML page)."""
     st = exposure["settings"]
     where = (f"{st['users_per_round']} users per round (participation {st['participation']:g}, {st['users']} in all), "
-             f"counts per {st['window']} rounds")
+             f"counts per {plural(st['window'], 'round')}")
     if exposure["outcome"] == "exposed":
         return (f"secure aggregation hides this update for only {exposure['rounds_to_exposure']} rounds: with {where}, "
                 f"gradient disaggregation recovers it once it stays the same that long (it stays {st['stable_rounds']})")

@@ -155,6 +155,11 @@ def fired_rules(findings: Iterable[Finding], rules: Mapping[str, Rule]) -> list[
     return [out[k] for k in sorted(out)]
 
 
+def plural(n: int, word: str) -> str:
+    """``n word`` or ``n words``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
     """``value`` with ``digits`` decimals for tables; an en dash for None."""
     if value is None:

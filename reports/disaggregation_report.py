@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from fedguard import __version__
 from fedguard.attacks.disaggregation import Disaggregation, Score
+from fedguard.reports.base import plural
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
 
@@ -81,7 +82,7 @@ def disaggregation_to_dict(
 def _text(doc: Mapping[str, Any]) -> str:
     users = doc["users"]
     lines = [
-        f"fedguard disaggregate: {doc['rounds']} rounds x d={doc['dim']}, {users} users, counts per {doc['window']} rounds",
+        f"fedguard disaggregate: {doc['rounds']} rounds x d={doc['dim']}, {plural(users, 'user')}, counts per {plural(doc['window'], 'round')}",
         f"  recovered exactly: {doc['users_exact']}/{users} users"
         f" (approximate {doc['users_approximate']}, failed {doc['users_failed']})",
         f"  noise scale {doc['noise_scale']:.3g} ({'estimated' if doc['noise_estimated'] else 'given'}),"

@@ -40,7 +40,7 @@ from rich.text import Text
 
 from fedguard.types import InspectionReport, Rule, Severity, Verdict
 
-from .base import Renderer, format_value, register_renderer, severity_counts, sorted_findings
+from .base import Renderer, format_value, plural, register_renderer, severity_counts, sorted_findings
 
 WIDTH = 100
 
@@ -60,10 +60,6 @@ SEVERITY_STYLE = {
 
 def _evidence_line(evidence: Mapping) -> str:
     return ", ".join(f"{key}={format_value(value)}" for key, value in evidence.items())
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @register_renderer("text")
@@ -94,7 +90,7 @@ class TextRenderer(Renderer):
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
         head.append(f"  {report.path}  ", style="bold")
         head.append(
-            f"(sha256 {report.sha256[:12]}…, {_plural(report.n_layers, 'layer')}, "
+            f"(sha256 {report.sha256[:12]}…, {plural(report.n_layers, 'layer')}, "
             f"{report.n_parameters:,} parameters)"
         )
         console.print(head, soft_wrap=True)
@@ -104,7 +100,7 @@ class TextRenderer(Renderer):
             context.append(f"arch {report.arch}")
         if report.reference:
             context.append(f"reference {report.reference}")
-        context.append(f"{_plural(len(report.detectors_run), 'detector')} in {report.seconds:.2f} s")
+        context.append(f"{plural(len(report.detectors_run), 'detector')} in {report.seconds:.2f} s")
         console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
 
         # 2. table of findings, worst first.
@@ -150,7 +146,7 @@ class TextRenderer(Renderer):
             worst = report.worst()
             if worst is None:
                 summary = Text(
-                    f"clean: no findings ({_plural(len(report.detectors_run), 'detector')} run "
+                    f"clean: no findings ({plural(len(report.detectors_run), 'detector')} run "
                     f"in {report.seconds:.2f} s)",
                     style="green",
                 )
@@ -158,12 +154,12 @@ class TextRenderer(Renderer):
                 floor = Severity(int(worst) + 1)
                 summary = Text(
                     f"clean: no findings at or above {floor} "
-                    f"({_plural(len(findings), 'lower finding')}: {per_severity})",
+                    f"({plural(len(findings), 'lower finding')}: {per_severity})",
                     style="green",
                 )
             else:
-                summary = Text(f"clean, with {_plural(len(findings), 'finding')}: {per_severity}", style="green")
+                summary = Text(f"clean, with {plural(len(findings), 'finding')}: {per_severity}", style="green")
         else:
-            summary = Text(f"{_plural(len(findings), 'finding')}: {per_severity}")
+            summary = Text(f"{plural(len(findings), 'finding')}: {per_severity}")
         console.print(summary, soft_wrap=True)
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
