@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Mapping
 
 import click
 from click.core import ParameterSource
@@ -133,6 +134,17 @@ def _check_grid_paths(output: Path) -> None:
             raise InputError(f"{path}, where the {name} grid would go, is {what}; move it or choose another --output")
 
 
+def _remove_stale_grids(output: Path, keep: Mapping[str, bytes]) -> None:
+    """Delete the grids an earlier report of this name left for attacks this one did not rebuild (fedguard's own only)."""
+    from fedguard.attacks.base import attacks
+    from fedguard.reports.audit_base import is_fedguard_png
+
+    for name in attacks().names():
+        path = _grid_path(output, name)
+        if name not in keep and path.is_file() and is_fedguard_png(path):
+            path.unlink()
+
+
 def _formats() -> list[str]:
     from fedguard.reports.audit_base import audit_renderers
 
@@ -246,6 +258,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     text = render_audit(fmt, report, color=color, images=images)
     if output is not None:
         write_atomic(output, text)
+        _remove_stale_grids(output, keep=images)
         if not quiet:
             click.echo(f"{report.verdict}: leakage {report.leakage.level}; report written to {output}", err=True)
     elif not quiet:

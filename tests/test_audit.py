@@ -374,7 +374,8 @@ def test_an_attack_the_model_cannot_take_is_skipped_with_its_reason(workdir):
 
 
 def test_grids_replace_only_their_own_files(workdir):
-    """A grid path holding the user's file or a folder stops the audit before it runs; an earlier grid is replaced."""
+    """A grid path holding the user's file or a folder stops the audit before it runs; an earlier grid is replaced or,
+    when the new report has none for its attack, removed."""
     digits_npz(workdir / "digits.npz", n=8)
     args = (*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "dlg", "--dlg-starts", "1", "--max-iterations", "3")
     (workdir / "r-dlg.png").write_bytes(b"my holiday photo")
@@ -386,6 +387,8 @@ def test_grids_replace_only_their_own_files(workdir):
     for _ in range(2):  # the second run replaces the first run's grid
         assert invoke(*args, "-o", "t.json").exit_code in (0, 1)  # pass or block, not an input error
         assert (workdir / "t-dlg.png").read_bytes().startswith(PNG_MAGIC)
+    assert invoke(*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "label_counts", "-o", "t.json").exit_code == 0
+    assert not (workdir / "t-dlg.png").exists()  # the earlier report's grid, which this one does not rebuild, is gone
 
 
 def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(workdir):
