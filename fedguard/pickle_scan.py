@@ -94,8 +94,25 @@ class PickleScan:
 
     @property
     def pickled_module(self) -> bool:
-        """True when the file is a whole pickled ``nn.Module`` (and nothing worse)."""
-        return any(m.startswith("torch.nn.modules") for m, _ in self.globals) and not self.dangerous
+        """True when the file is a whole pickled ``nn.Module`` of torch's (or torchvision's) own layer classes.
+
+        Anything else beside them -- a custom class, a function from any other
+        module -- is code the unpickler would import and may run, so the file
+        counts as importing code (FG001), not as a module to re-export.
+        """
+        unsafe = [(m, n) for m, n in self.globals if not is_safe_global(m, n)]
+        return any(m.startswith("torch.nn.modules.") for m, _ in unsafe) and all(_is_layer_class(m, n) for m, n in unsafe)
+
+
+#: Modules whose classes make up a pickled model of standard layers.
+_LAYER_MODULES = ("torch.nn.modules.", "torchvision.models.", "torchvision.ops.")
+
+
+def _is_layer_class(module: str, name: str) -> bool:
+    """A standard layer class (CamelCase, from :data:`_LAYER_MODULES`) or the ``set`` a module's state holds."""
+    if (module, name) in (("__builtin__", "set"), ("builtins", "set")):
+        return True
+    return module.startswith(_LAYER_MODULES) and name[:1].isupper() and name.isidentifier()
 
 
 def is_safe_global(module: str, name: str) -> bool:

@@ -477,6 +477,32 @@ def test_pickled_module_with_payload_is_fg001(tmp_path):
     assert loaded.refused and not target.exists()
 
 
+class _RunstringPayload(_SystemPayload):
+    """Code run through a function of a module no deny list names (numpy's test helper ``runstring``)."""
+
+    def __reduce__(self):
+        from numpy.testing._private.utils import runstring
+
+        return (runstring, (f"open({str(self.target)!r}, 'w').close()", {}))
+
+
+class _CustomLayer(nn.Module):
+    pass
+
+
+@pytest.mark.parametrize("extra", [_RunstringPayload, _CustomLayer], ids=["unlisted-function", "custom-class"])
+def test_pickled_module_with_anything_beyond_torch_layers_is_fg001(tmp_path, extra):
+    """Beside torch's layer classes, any other import is code the unpickler would run: FG001, not "export the weights"."""
+    target = tmp_path / "pwned"
+    path = tmp_path / "whole.pt"
+    model = nn.Sequential(nn.Linear(4, 2))
+    model.extra = extra(target) if extra is _RunstringPayload else extra()
+    torch.save(model, path)
+    loaded = load_model_file(path)
+    assert loaded.refused and not target.exists()
+    assert [f.rule_id for f in loaded.findings] == ["FG001"]
+
+
 # --------------------------------------------------------------------------- the package never unpickles with code
 
 
