@@ -7,6 +7,7 @@ Each module registers one detector in :data:`DETECTORS`; the CLI, the API,
 detector                  rules
 ========================  =====================================================
 ``nonfinite``             FG002 NaN/Inf parameters
+``unscored``              FG003 weight-like tensors no check recognises
 ``constant_rows``         FG101 MKOR averaging rows
 ``opposite_rows``         FG104 opposite row pairs (inconspicuous MKOR)
 ``passthrough``           FG102 identity FC, FG103 copy/min/shift filters, FG105 pass-through stack, FG501 LOKI
@@ -33,6 +34,7 @@ from fedguard.detectors import (  # noqa: F401  (imported to register)
     oversized,
     passthrough,
     trap_weights,
+    unscored,
 )
 from fedguard.detectors.base import DETECTORS, Detector, InspectContext, register_detector
 from fedguard.types import Rule

@@ -110,10 +110,10 @@ class ModelView:
         module_kinds = _kinds_from_module(module) if module is not None else {}
         groups: dict[str, dict[str, torch.Tensor]] = {}
         keys: dict[str, dict[str, str]] = {}
-        for name, tensor in tensors.items():
+        for name, (tensor, stored) in effective_tensors(tensors).items():
             prefix, leaf = _split(name)
             groups.setdefault(prefix, {})[leaf] = tensor
-            keys.setdefault(prefix, {})[leaf] = name
+            keys.setdefault(prefix, {})[leaf] = stored
         layers = tuple(
             Layer(
                 name=prefix,
@@ -160,6 +160,52 @@ class ModelView:
     @property
     def n_parameters(self) -> int:
         return sum(t.numel() for t in self.tensors.values())
+
+
+_PARAMETRIZED = ".parametrizations."
+
+
+def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, str]]:
+    """Name -> (the tensor a layer computes with, the stored key it comes from).
+
+    Reparametrised weights are folded back into the ``weight`` (or ``bias``)
+    the layer uses, so the checks see them: ``torch.nn.utils.prune``'s
+    ``weight_orig * weight_mask``, weight normalisation's ``g v / ||v||``
+    (``weight_g``/``weight_v``, or ``parametrizations.weight.original0/1``),
+    and any other parametrisation's ``original``. Saved this way, an imprint
+    layer was otherwise read as no layer at all.
+    """
+    out: dict[str, tuple[torch.Tensor, str]] = {name: (t, name) for name, t in tensors.items()}
+
+    def fold(target: str, value: torch.Tensor, stored: str, *parts: str) -> None:
+        for part in parts:
+            out.pop(part, None)
+        out[target] = (value, stored)
+
+    for name, t in tensors.items():
+        if name.endswith("_orig") and f"{name[:-5]}_mask" in tensors and tensors[f"{name[:-5]}_mask"].shape == t.shape:
+            fold(name[:-5], t.float() * tensors[f"{name[:-5]}_mask"].float(), name, name, f"{name[:-5]}_mask")
+        elif name.endswith("_g") and f"{name[:-2]}_v" in tensors:
+            g, v = t.float(), tensors[f"{name[:-2]}_v"].float()
+            if g.numel() == v.shape[0] and v.ndim >= 1:
+                fold(name[:-2], _weight_norm(g, v), f"{name[:-2]}_v", name, f"{name[:-2]}_v")
+        elif _PARAMETRIZED in name and name.endswith((".original", ".original0")):
+            base, _, rest = name.rpartition(_PARAMETRIZED)
+            leaf = rest.rsplit(".", 1)[0]
+            target = f"{base}.{leaf}" if base else leaf
+            if name.endswith(".original"):
+                fold(target, t, name, name)
+            elif name[:-1] + "1" in tensors:
+                v = tensors[name[:-1] + "1"].float()
+                if t.numel() == v.shape[0] and v.ndim >= 1:
+                    fold(target, _weight_norm(t.float(), v), name[:-1] + "1", name, name[:-1] + "1")
+    return out
+
+
+def _weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``g v / ||v||``, the norm of each output unit's slice of ``v`` (torch's weight_norm, dim 0)."""
+    norms = v.flatten(1).norm(dim=1) if v.ndim > 1 else v.abs()
+    return v * (g.flatten() / norms.clamp_min(torch.finfo(v.dtype).tiny)).reshape(-1, *[1] * (v.ndim - 1))
 
 
 def _split(name: str) -> tuple[str, str]:

@@ -208,3 +208,42 @@ def test_nearly_opposite_pairs_are_caught_when_the_next_layer_merges_them():
     assert found["FG104"].severity is Severity.HIGH
     assert found["FG104"].evidence["merged_by_next_layer"] == 5
     assert "FG104" not in _rules_of(_noisy_opposite_pairs(merge=False))
+
+
+def _relayout(state_dict, layout):
+    """``state_dict`` with every weight of two or more dimensions saved as ``layout`` saves it."""
+    out = {}
+    for key, value in state_dict.items():
+        if not (key.endswith(".weight") and value.ndim >= 2):
+            out[key] = value
+        elif layout == "pruned":  # torch.nn.utils.prune
+            out[key + "_orig"], out[key + "_mask"] = value, torch.ones_like(value)
+        elif layout == "weight_norm":  # torch.nn.utils.parametrizations.weight_norm
+            stem = key[: -len(".weight")]
+            g = value.flatten(1).norm(dim=1).reshape(-1, *[1] * (value.ndim - 1))
+            out[f"{stem}.parametrizations.weight.original0"], out[f"{stem}.parametrizations.weight.original1"] = g, value
+        else:  # renamed
+            out[key[: -len("weight")] + "kernel"] = value
+    return out
+
+
+@pytest.mark.parametrize("layout", ["pruned", "weight_norm"])
+def test_pruned_and_weight_normalised_layouts_are_checked_as_their_weights(layout):
+    """Saved as prune or weight_norm save them, crafted layers are still caught and honest ones still clean."""
+    for entry in [e for e in crafted_entries() if e.kind in ("imprint", "class_fishing")][:2]:
+        findings = static_findings(_relayout(entry.state_dict, layout))
+        assert judge(findings) is Verdict.MALICIOUS and EXPECTED[entry.kind] & {f.rule_id for f in findings}
+    for entry in benign_entries()[:4]:
+        findings = static_findings(_relayout(entry.state_dict, layout))
+        assert judge(findings) is Verdict.CLEAN and not findings, [(f.rule_id, f.message) for f in findings]
+
+
+def test_weights_under_unknown_names_are_not_passed_as_clean():
+    """Every weight renamed: nothing was checked, so FG003 at medium (suspicious); one renamed beside real layers: low."""
+    imprint = next(e for e in crafted_entries() if e.kind == "imprint")
+    findings = static_findings(_relayout(imprint.state_dict, "renamed"))
+    assert [f.rule_id for f in findings] == ["FG003"] and judge(findings) is Verdict.SUSPICIOUS
+    benign = benign_entries()[0].state_dict
+    head = [k for k in benign if k.endswith(".weight")][-1]
+    findings = static_findings({(head[: -len("weight")] + "kernel" if k == head else k): v for k, v in benign.items()})
+    assert [(f.rule_id, f.severity) for f in findings] == [("FG003", Severity.LOW)] and judge(findings) is Verdict.CLEAN

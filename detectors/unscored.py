@@ -1,0 +1,65 @@
+"""FG003: weight-like tensors that no check could score.
+
+Every weight check reads a layer's ``weight`` (and ``bias``); pruned and
+weight-normalised layouts are folded back first
+(:func:`fedguard.modelview.effective_tensors`). A tensor of two or more
+dimensions under any other name (``kernel``, ``w``, a custom scheme) is not a
+layer the checks recognise, so a server could hide an imprint or fishing layer
+by renaming it. With no layer recognised at all, nothing was checked and the
+model must not pass as clean (medium); some unrecognised tensors beside
+recognised layers are reported at low severity (honest models have them too:
+LSTM gates ``weight_ih_l0``, positional embeddings). ``--arch`` compares every
+key with the architecture you expect (FG701).
+"""
+
+from __future__ import annotations
+
+from fedguard.detectors.base import Detector, InspectContext, register_detector
+from fedguard.modelview import CONV, EMBEDDING, LINEAR, NORM
+from fedguard.types import Confidence, Rule, Severity
+
+#: Layer kinds whose tensors the checks read.
+SCORED_KINDS = (LINEAR, CONV, EMBEDDING, NORM)
+#: Names listed in the evidence.
+SHOWN = 8
+
+
+@register_detector("unscored")
+class Unscored(Detector):
+    name = "unscored"
+    rules = (
+        Rule(
+            "FG003", "unscored-tensors",
+            "Weight-like tensors under names no check recognises, so they were not checked.",
+            "The checks read layers saved as torch names them (...weight, ...bias). Ask the server for a plain "
+            "state_dict of the model, or inspect with --arch to compare every key with the architecture you expect.",
+            "PyTorch state_dict conventions; Fowl et al., Robbing the Fed, ICLR 2022 (a layer hidden from a check leaks as well)",
+        ),
+    )
+
+    def run(self, context: InspectContext):
+        view = context.view
+        unscored = [
+            layer.key(leaf)
+            for layer in view.layers
+            if layer.kind not in SCORED_KINDS
+            for leaf, tensor in layer.tensors.items()
+            if tensor.is_floating_point() and tensor.ndim >= 2
+        ]
+        if not unscored:
+            return
+        shown = ", ".join(unscored[:SHOWN]) + (f" and {len(unscored) - SHOWN} more" if len(unscored) > SHOWN else "")
+        if not view.weight_layers():
+            yield self.finding(
+                "FG003", "No layer the checks recognise", Severity.MEDIUM, Confidence.MEDIUM, None,
+                f"None of the {len(unscored)} weight-like tensors ({shown}) is saved as a layer's weight, so no "
+                "weight check ran on this model; do not treat it as clean. Ask for a plain state_dict or use --arch.",
+                tensors=unscored,
+            )
+        else:
+            yield self.finding(
+                "FG003", "Unrecognised weight-like tensors", Severity.LOW, Confidence.LOW, None,
+                f"{len(unscored)} weight-like tensor(s) ({shown}) are not saved as a layer's weight and were not "
+                "checked; use --arch to compare every key with the architecture you expect.",
+                tensors=unscored,
+            )
