@@ -28,7 +28,9 @@ class FedguardGroup(click.Group):
         try:
             return super().invoke(ctx)
         except InputError as exc:
-            click.echo(f"fedguard: error: {exc}", err=True)
+            from fedguard.reports.base import printable  # names in the message may come from the model file
+
+            click.echo(f"fedguard: error: {printable(str(exc))}", err=True)
             ctx.exit(EXIT_INPUT)
         except click.UsageError as exc:  # an option click itself rejects: one line too, with where to look
             command = exc.ctx.command_path if exc.ctx is not None else "fedguard"

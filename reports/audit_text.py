@@ -33,7 +33,7 @@ from rich.text import Text
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import fmt_num, plural
+from .base import fmt_num, plural, printable
 
 WIDTH = 110
 VERDICT_STYLE = {AuditVerdict.PASS: "bold green", AuditVerdict.WARN: "bold yellow", AuditVerdict.BLOCK: "bold white on red"}
@@ -74,7 +74,7 @@ class AuditTextRenderer(AuditRenderer):
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
-        console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
+        console.print(Text(printable(" · ".join(context)), style="dim"), soft_wrap=True)
         if report.attacks:
             table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=True, header_style="bold")
             for col in ("attack", "level", "PSNR mean/max", "SSIM mean/max", "labels", "iters", "time", "stopped"):
@@ -103,7 +103,7 @@ class AuditTextRenderer(AuditRenderer):
                     soft_wrap=True,
                 )
         for name, why in report.skipped.items():
-            console.print(Text(f"skipped {name}: {why}", style="dim"), soft_wrap=True)
+            console.print(Text(printable(f"skipped {name}: {why}"), style="dim"), soft_wrap=True)
         if report.exposure is not None:
             _exposure(console, report.exposure)
         files = [o.image_file for o in report.attacks if o.image_file]

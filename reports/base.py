@@ -16,6 +16,7 @@ import abc
 import enum
 import json
 import math
+import re
 from typing import Any, ClassVar, Iterable, Mapping
 
 import fedguard
@@ -153,6 +154,20 @@ def fired_rules(findings: Iterable[Finding], rules: Mapping[str, Rule]) -> list[
                 rule_id=finding.rule_id, name=finding.title, summary=finding.title, help="", reference=""
             )
     return [out[k] for k in sorted(out)]
+
+
+#: Characters a terminal acts on instead of printing: C0/C1 controls (ESC starts colour, title and clear-screen
+#: sequences; a newline would forge a report line) and the bidirectional overrides that reorder text.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as its escape (``\\x1b``, ``\\n``).
+
+    Tensor names come from the model file, which the server wrote; in a text
+    report they must not move the cursor, recolour, retitle or forge lines.
+    """
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def plural(n: int, word: str) -> str:

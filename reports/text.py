@@ -40,7 +40,7 @@ from rich.text import Text
 
 from fedguard.types import InspectionReport, Rule, Severity, Verdict
 
-from .base import Renderer, format_value, plural, register_renderer, severity_counts, sorted_findings
+from .base import Renderer, format_value, plural, printable, register_renderer, severity_counts, sorted_findings
 
 WIDTH = 100
 
@@ -59,7 +59,7 @@ SEVERITY_STYLE = {
 
 
 def _evidence_line(evidence: Mapping) -> str:
-    return ", ".join(f"{key}={format_value(value)}" for key, value in evidence.items())
+    return printable(", ".join(f"{key}={format_value(value)}" for key, value in evidence.items()))
 
 
 @register_renderer("text")
@@ -88,7 +88,7 @@ class TextRenderer(Renderer):
         # 1. verdict line: the one thing a script or a person reads first.
         head = Text()
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
-        head.append(f"  {report.path}  ", style="bold")
+        head.append(f"  {printable(str(report.path))}  ", style="bold")
         head.append(
             f"(sha256 {report.sha256[:12]}…, {plural(report.n_layers, 'layer')}, "
             f"{report.n_parameters:,} parameters)"
@@ -115,7 +115,7 @@ class TextRenderer(Renderer):
                 table.add_row(
                     Text(str(f.severity), style=SEVERITY_STYLE[f.severity]),
                     f.rule_id,
-                    f.layer if f.layer is not None else "(file)",
+                    printable(f.layer) if f.layer is not None else "(file)",
                     f.title,
                     str(f.confidence),
                 )
@@ -128,9 +128,9 @@ class TextRenderer(Renderer):
                 line = Text()
                 line.append(f"[{f.severity}]", style=SEVERITY_STYLE[f.severity])
                 line.append(f" {f.rule_id} ", style="bold")
-                line.append(f"{f.layer if f.layer is not None else '(file)'}: {f.title}")
+                line.append(f"{printable(f.layer) if f.layer is not None else '(file)'}: {f.title}")
                 console.print(line, soft_wrap=True)
-                body = Text(f.message)
+                body = Text(printable(f.message))
                 for wrapped in body.wrap(console, WIDTH - 4):
                     console.print(Text("    ") + wrapped, soft_wrap=True)
                 if f.evidence:

@@ -530,3 +530,14 @@ def test_option_errors_are_one_line(args, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fedguard: error: ") and message in lines[0]
     assert "--help'" in lines[0]
+
+
+def test_names_from_the_model_file_cannot_drive_the_terminal(workdir):
+    """A tensor name with a newline, ESC sequences or a bidi override is shown escaped in the text report."""
+    evil = "fc\n\x1b[2J\x1b]0;owned\x07\u202e.weight"
+    torch.save({evil: torch.full((3, 4), float("nan")), "fc.bias": torch.zeros(3)}, workdir / "names.pt")  # FG002 names it
+    result = invoke("inspect", workdir / "names.pt")
+    assert_no_crash(result)
+    assert "\x1b" not in result.output and "\u202e" not in result.output and "\x07" not in result.output
+    assert "\\x1b[2J" in result.output  # shown, not acted on
+    assert not any(line.startswith("\x1b[2J") or line.startswith(".weight") for line in result.output.splitlines())
