@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from fedguard.detectors.base import NEEDS_REFERENCE, Detector, InspectContext, register_detector, rounded
+from fedguard.detectors.base import NEEDS_MODULE, NEEDS_REFERENCE, Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.rows import finite
 from fedguard.types import Confidence, Rule, Severity
 
@@ -61,10 +61,10 @@ class ArchitectureDrift(Detector):
         ),
     )
 
+    needs = frozenset({NEEDS_MODULE})
+
     def run(self, context: InspectContext):
         module = context.view.module
-        if module is None:
-            return
         expected = {k: v.shape for k, v in module.state_dict().items()}
         diff = compare_shapes(context.view.tensors, expected)
         if any(diff.values()):

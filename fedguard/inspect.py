@@ -199,6 +199,11 @@ def _client_batch(data, arch, module, input_shape, seed):
         from fedguard.data import load_data
 
         inputs, labels = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
+    if len(labels) < 2:
+        raise InputError(
+            f"--data holds {len(labels)} example; the behavioural checks weigh each example against the rest "
+            "of the batch and need at least 2; pass more of your data"
+        )
     outputs = _output_size(module, inputs)
     if int(labels.max()) >= outputs:
         raise InputError(

@@ -438,6 +438,8 @@ BAD_INPUTS = {
     "huge-num-classes": _with_model("--arch", "lenet5", "--num-classes", str(10**12)),
     "negative-seed": _with_model("--arch", "lenet5", "--data", "digits", "--seed", "-1"),
     "detector-without-its-data": _with_model("--detector", "gradient_snr"),
+    "detector-without-its-arch": _with_model("--detector", "architecture_drift"),
+    "data-of-one-example": _with_data(np.zeros((1, 1, 28, 28), np.float32), np.array([0])),
     "arch-returns-tuple": _module_file("tuplenet", _TUPLE_NET, "--arch", "tuplenet:TupleNet", "--input-shape", "1,8,8"),
     "output-is-arch-module": _module_file("plainnet", _PLAIN_NET, "--arch", "plainnet:net", "-o", "plainnet.py"),
     "output-is-data-file": lambda d: _with_data(np.zeros((4, 1, 28, 28), np.float32), np.array([0, 1, 2, 0]))(d) + ["-o", "mydata.npz"],
