@@ -142,12 +142,12 @@ class ModelView:
         return [layer for layer in self.layers if layer.is_weight_layer]
 
     def scored_layers(self, min_fan_in: int = 1, kinds: tuple[str, ...] = (LINEAR, CONV)) -> Iterator[Layer]:
-        """Weight layers of ``kinds`` with at least ``min_fan_in`` inputs and only finite weights.
+        """Weight layers of ``kinds`` with at least ``min_fan_in`` inputs: the layers the weight-pattern detectors score.
 
-        The layers the weight-pattern detectors score; non-finite ones are FG002's.
+        Their NaN and infinite values read as 0 (:func:`effective_tensors`); FG002 reports them.
         """
         for layer in self.weight_layers():
-            if layer.kind in kinds and layer.fan_in >= min_fan_in and layer.stats.finite:
+            if layer.kind in kinds and layer.fan_in >= min_fan_in:
                 yield layer
 
     def next_weight_layer(self, layer: Layer) -> Layer | None:
@@ -173,8 +173,11 @@ def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[to
     ``weight_orig * weight_mask``, weight normalisation's ``g v / ||v||``
     (``weight_g``/``weight_v``, or ``parametrizations.weight.original0/1``),
     and any other parametrisation's ``original``. Saved this way, an imprint
-    layer was otherwise read as no layer at all.
+    layer was otherwise read as no layer at all. NaN and infinite values read
+    as 0, so one of them cannot hide the rest of a layer from the checks
+    (FG002 reports them from the stored tensors).
     """
+    tensors = {name: _finite(t) for name, t in tensors.items()}
     out: dict[str, tuple[torch.Tensor, str]] = {name: (t, name) for name, t in tensors.items()}
 
     def fold(target: str, value: torch.Tensor, stored: str, *parts: str) -> None:
@@ -200,6 +203,13 @@ def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[to
                 if t.numel() == v.shape[0] and v.ndim >= 1:
                     fold(target, _weight_norm(t.float(), v), name[:-1] + "1", name, name[:-1] + "1")
     return out
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy with its NaN and infinite values set to 0."""
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return t
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

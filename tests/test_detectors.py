@@ -122,7 +122,8 @@ def test_reference_drift_reports_inserted_block():
     assert findings[0].evidence["unexpected"]
 
 
-def test_nan_weights_are_a_finding_and_other_detectors_skip_the_layer():
+def test_nan_weights_are_a_finding_and_do_not_hide_the_rest_of_the_layer():
+    """NaN/Inf are FG002 on an honest model, and read as 0 by the other checks: a crafted layer stays caught."""
     sd = {k: v.clone() for k, v in _entry(benign_entries(), "trained/mlp/3ep").state_dict.items()}
     first = next(k for k in sd if k.endswith("weight"))
     sd[first][0, 0] = float("nan")
@@ -130,6 +131,13 @@ def test_nan_weights_are_a_finding_and_other_detectors_skip_the_layer():
     findings = static_findings(sd)
     assert [(f.rule_id, f.evidence["nan"], f.evidence["inf"]) for f in findings] == [("FG002", 1, 1)]
     assert judge(findings) is Verdict.SUSPICIOUS
+    for kind in ("class_fishing", "trap_weights"):
+        entry = next(e for e in crafted_entries() if e.kind == kind)
+        sd = {k: v.clone() for k, v in entry.state_dict.items()}
+        last = [k for k in sd if k.endswith("weight") and sd[k].ndim >= 2][-1 if kind == "class_fishing" else 0]
+        sd[last].view(-1)[0] = float("nan")
+        findings = static_findings(sd)
+        assert {"FG002"} | EXPECTED[kind] <= {f.rule_id for f in findings} and judge(findings) is Verdict.MALICIOUS, kind
 
 
 def _rules_of(state_dict):
