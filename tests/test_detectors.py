@@ -110,7 +110,19 @@ def test_reference_drift_trained_round_is_quiet_replaced_layer_is_not():
     replaced["classifier.0.weight"] = torch.randn_like(trained["classifier.0.weight"]) * 0.05
     context = InspectContext(view=ModelView.from_state_dict(replaced), reference=ModelView.from_state_dict(trained))
     findings, _ = run_detectors(context, ["reference_drift"])
-    assert [(f.rule_id, f.layer) for f in findings] == [("FG702", "classifier.0")]
+    assert [(f.rule_id, f.layer, f.severity) for f in findings] == [("FG702", "classifier.0", Severity.HIGH)]
+
+
+def test_reference_drift_when_every_layer_moved_far_is_low():
+    """Aggressive training moves every layer (the ConvNet's head to cosine 0.09): not a replaced layer among trained ones."""
+    torch.manual_seed(0)
+    base = _entry(benign_entries(), "init/lenet5/seed0").state_dict
+    moved = {k: v + (8.0 if k == "classifier.0.weight" else 1.5) * v.std() * torch.randn_like(v) if v.ndim >= 2 else v
+             for k, v in base.items()}  # fmt: skip
+    context = InspectContext(view=ModelView.from_state_dict(moved), reference=ModelView.from_state_dict(base))
+    findings, _ = run_detectors(context, ["reference_drift"])
+    assert findings and {(f.rule_id, f.severity) for f in findings} == {("FG702", Severity.LOW)}
+    assert judge(findings) is Verdict.CLEAN
 
 
 def test_reference_drift_reports_inserted_block():
