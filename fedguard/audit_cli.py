@@ -191,11 +191,12 @@ def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(_formats()), default="text", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
 @click.option("--fail-on", type=click.Choice(LEVELS), default="high", show_default=True, help="Verdict block (exit 1) at or above this leakage level.")
+@click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
                   update, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
                   exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise,
-                  seed, device, fmt, output, fail_on, quiet):
+                  seed, device, fmt, output, fail_on, force, quiet):
     """Attack your own pending update as the server could, and measure what leaks.
 
     Computes the update training would upload (or reads --update), runs the
@@ -219,7 +220,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
-        check_output_path(output, inputs=inputs)
+        check_output_path(output, inputs=inputs, force=force)
         _check_grid_paths(output)
     threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
     options = {}

@@ -77,8 +77,9 @@ def _formats() -> list[str]:
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600) instead of stdout.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default="medium", show_default=True, help="Exit 1 when a finding is at or above this severity.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for data sampling.")
+@click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; rely on the exit code (and --output).")
-def inspect_command(model, arch, num_classes, input_shape, reference, data, detectors, fmt, output, fail_on, seed, quiet):
+def inspect_command(model, arch, num_classes, input_shape, reference, data, detectors, fmt, output, fail_on, seed, force, quiet):
     """Inspect MODEL, a received global model, for planted leakage parameters.
 
     Reads .pt/.pth/.bin/.ckpt state_dicts, .safetensors and .npz (named arrays or
@@ -92,7 +93,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, reference, data=data, arch=arch)
     if output is not None:
-        check_output_path(output, inputs=inputs)
+        check_output_path(output, inputs=inputs, force=force)
     report = inspect_model(
         model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
         data=data, detectors=detectors or None, seed=seed,

@@ -66,9 +66,10 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
 @click.option("--updates", "updates_path", type=click.Path(path_type=Path, readable=False), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
+@click.option("--force", is_flag=True, help="Replace existing --output, --updates or --save-rounds files that fedguard did not write.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout (use with --output).")
 def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, participation, noise, seed, save_rounds,
-                         time_limit, workers, fmt, output, updates_path, quiet):
+                         time_limit, workers, fmt, output, updates_path, force, quiet):
     """Rebuild every user's update from securely aggregated round sums (Lam et al., ICML 2021).
 
     ROUNDS.npz holds `aggregates` (rounds x d, each round's summed update),
@@ -82,7 +83,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
     scores the recovery against the truth.
     """
     from fedguard.attacks import disaggregation as dis
-    from fedguard.io import check_output_path, write_atomic
+    from fedguard.io import check_output_path, is_fedguard_report, write_atomic
     from fedguard.reports.disaggregation_report import disaggregation_to_dict, render_disaggregation
 
     if simulate and rounds_file is not None:
@@ -97,10 +98,11 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
             raise InputError(f"{updates_path}, where the recovered updates would go, holds something else; move it, "
                              f"choose another --output or name the file with --updates")  # fmt: skip
     named = {"--output": output, "--updates": updates_path, "--save-rounds": save_rounds}
+    ours = {"--output": is_fedguard_report, "--updates": dis.is_updates_file, "--save-rounds": None}  # rounds may be data you observed
     targets = [p for p in named.values() if p is not None]
     for option, target in named.items():
         if target is not None:
-            check_output_path(target, inputs=[rounds_file], option=option)
+            check_output_path(target, inputs=[rounds_file], option=option, force=force, replaceable=ours[option])
     if len({p.resolve() for p in targets}) < len(targets):
         raise InputError("--output, --updates and --save-rounds must be different files")
 

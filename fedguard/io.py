@@ -4,19 +4,46 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from fedguard.errors import InputError
 
 
-def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), option: str = "--output") -> Path:
+#: How the text reports fedguard writes begin: a verdict, or the disaggregation summary.
+_TEXT_REPORT_START = re.compile(r"(CLEAN|SUSPICIOUS|MALICIOUS|PASS|WARN|BLOCK)  |fedguard disaggregate: ")
+#: What the JSON, SARIF and HTML reports carry near their start.
+_REPORT_MARKS = ('"name": "fedguard"', '<meta name="generator" content="fedguard')
+
+
+def is_fedguard_report(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a report fedguard wrote, in any format (judged by its first 4 KiB)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(4096)
+    except OSError:
+        return False
+    if b"\0" in raw:
+        return False
+    head = raw.decode("utf-8", "ignore")
+    return any(mark in head for mark in _REPORT_MARKS) or bool(_TEXT_REPORT_START.match(head))
+
+
+def check_output_path(
+    output: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    option: str = "--output",
+    *,
+    force: bool = False,
+    replaceable: Callable[[Path], bool] | None = is_fedguard_report,
+) -> Path:
     """Validate an output path before any work is done.
 
     Raises :class:`InputError` when the folder is missing or not writable, the
@@ -25,6 +52,9 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
     (which would be overwritten), or it lies inside an input folder (a data
     set it would add a file to). ``option`` names the command-line option in
     the message. A symbolic link is checked, and later written, as its target.
+    An existing file is replaced only when ``replaceable`` says fedguard wrote
+    it (by default: one of its reports) or with ``force``; the user's other
+    files are never lost to an output.
     """
     path = Path(output)
     if str(output) == "-":
@@ -48,6 +78,9 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
             raise InputError(f"{option} {path} is also an input and would be overwritten; choose another {option}")
         if source.is_dir() and source in resolved.parents:
             raise InputError(f"{option} {path} lies inside the input folder {item}, which it would add a file to; choose another {option}")
+    if path.is_file() and not force and (replaceable is None or not replaceable(path)):
+        what = "exists" if replaceable is None else "exists and is not a file fedguard wrote"
+        raise InputError(f"{option} {path} {what}; choose another name, or pass --force to replace it")
     return path
 
 

@@ -152,9 +152,9 @@ def test_sarif_is_2_1_0(high_model):
 
 def test_html_output_file_is_owner_only(high_model, workdir):
     out = workdir / "x.html"
-    out.write_text("old report")
+    assert invoke("inspect", high_model, "--format", "html", "-o", out).exit_code == 1
     out.chmod(0o644)
-    result = invoke("inspect", high_model, "--format", "html", "-o", out)
+    result = invoke("inspect", high_model, "--format", "html", "-o", out)  # replaces its own earlier report
     assert_no_crash(result)
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -176,7 +176,7 @@ def test_json_output_file(clean_model, workdir, schema):
 
 def test_output_through_a_link_or_to_what_is_not_a_file(clean_model, workdir):
     """A symbolic link is written through (the link stays); '-', a pipe or a device is refused before any work."""
-    (workdir / "real.json").write_text("old report")
+    assert invoke("inspect", clean_model, "--format", "json", "-o", workdir / "real.json").exit_code == 0
     (workdir / "link.json").symlink_to("real.json")
     assert invoke("inspect", clean_model, "--format", "json", "-o", workdir / "link.json").exit_code == 0
     assert (workdir / "link.json").is_symlink() and json.loads((workdir / "real.json").read_text())["verdict"] == "clean"
@@ -186,6 +186,21 @@ def test_output_through_a_link_or_to_what_is_not_a_file(clean_model, workdir):
         line = assert_input_error(invoke("inspect", clean_model, "-o", target))
         assert expected in line and "without --output, reports print on stdout" in line
     assert not (workdir / "-").exists()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
+def test_output_replaces_only_reports_without_force(clean_model, workdir, fmt):
+    """An earlier report in any format is replaced; a file of the user's (here a model) only with --force."""
+    out = workdir / f"report.{fmt}"
+    for _ in range(2):
+        assert invoke("inspect", clean_model, "--format", fmt, "-o", out).exit_code == 0
+    victim = workdir / "victim.pt"
+    victim.write_bytes(b"PK\x03\x04 a model of mine")
+    line = assert_input_error(invoke("inspect", clean_model, "--format", fmt, "-o", victim))
+    assert "is not a file fedguard wrote" in line and "--force" in line
+    assert victim.read_bytes() == b"PK\x03\x04 a model of mine"
+    assert invoke("inspect", clean_model, "--format", fmt, "-o", victim, "--force").exit_code == 0
+    assert victim.read_bytes() != b"PK\x03\x04 a model of mine"
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])

@@ -327,3 +327,14 @@ def test_api_bad_arguments_are_input_errors(good, call, message):
 def test_validate_rejects_strings():
     with pytest.raises(InputError, match="aggregates has dtype"):
         validate_rounds(np.array([["a"]]), np.ones((1, 1)), 1)
+
+
+def test_cli_save_rounds_never_replaces_a_file_without_force(tmp_path):
+    """Rounds may be sums the user observed: --save-rounds replaces an existing file only with --force."""
+    target = tmp_path / "observed.npz"
+    target.write_bytes(b"rounds I recorded")
+    args = ["--simulate", "--users", "4", "--rounds", "20", "--dim", "12", "--window", "5", "--save-rounds", str(target)]
+    res = _run(args)
+    assert res.exit_code == 2 and "--save-rounds" in res.output and "--force" in res.output
+    assert target.read_bytes() == b"rounds I recorded"
+    assert _run([*args, "--force"]).exit_code == 0 and target.read_bytes() != b"rounds I recorded"
