@@ -52,6 +52,7 @@ def _parse_options(name: str, pairs: tuple[str, ...]) -> dict[str, object]:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
             value = text.strip()  # a bare word such as paper or identity
+            value = {"true": True, "false": False}.get(value.lower(), value)  # as shells and YAML spell them
         options[key] = value
     return options
 

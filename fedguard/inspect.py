@@ -127,7 +127,7 @@ def inspect_model(
     """
     start = time.perf_counter()
     torch.manual_seed(seed)
-    names = list(detectors) if detectors else DETECTORS.names()
+    names = list(dict.fromkeys(detectors)) if detectors else DETECTORS.names()  # a detector named twice runs once
     for name in names:
         if name not in DETECTORS:
             raise InputError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS.names())}")
@@ -226,7 +226,9 @@ def _output_size(module: nn.Module, inputs: torch.Tensor) -> int:
 
 
 def _report(loaded, findings, ran, start, arch, reference, view: ModelView | None = None) -> InspectionReport:
-    findings = tuple(findings)
+    from fedguard.reports.base import sorted_findings
+
+    findings = tuple(sorted_findings(findings))  # worst first, as every renderer shows them
     return InspectionReport(
         path=loaded.path,
         sha256=loaded.sha256,

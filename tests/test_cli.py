@@ -558,3 +558,8 @@ def test_names_from_the_model_file_cannot_drive_the_terminal(workdir):
     assert "\x1b" not in result.output and "\u202e" not in result.output and "\x07" not in result.output
     assert "\\x1b[2J" in result.output  # shown, not acted on
     assert not any(line.startswith("\x1b[2J") or line.startswith(".weight") for line in result.output.splitlines())
+
+
+def test_a_detector_named_twice_runs_once(high_model):
+    report = json.loads(invoke("inspect", high_model, "--detector", "magnitude", "--detector", "magnitude", "--format", "json").stdout)
+    assert report["detectors_run"] == ["magnitude"] and len(report["findings"]) == len({f["layer"] for f in report["findings"]})

@@ -59,6 +59,9 @@ def test_options_and_seeds_change_the_model(tmp_path):
     assert _run("craft", "mkor", "--arch", "lenet", "--set", "noise=0.01", "-o", noisy).exit_code == 0
     p, n = load_model_file(plain).tensors, load_model_file(noisy).tensors
     assert any(not torch.equal(p[k], n[k]) for k in p)
+    for spelling in ("true", "True"):  # as shells and YAML spell a flag, and as Python does
+        out = tmp_path / f"trap-{spelling}.pt"
+        assert _run("craft", "trap_weights", "--arch", "lenet", "--set", f"pass_through_convs={spelling}", "-o", out).exit_code == 0
 
 
 def test_from_given_weights(tmp_path):
