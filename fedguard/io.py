@@ -128,7 +128,7 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
             magic = handle.read(4)
     except OSError as exc:
         raise InputError(f"cannot read {path} ({exc.strerror or type(exc).__name__}); check the file's permissions") from None
-    if magic != b"PK\x03\x04":
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # the second: an empty archive (np.savez of nothing)
         raise InputError(f"{path} is not an .npz (zip) archive; {fix}")
     try:
         _check_declared_sizes(path, fix)

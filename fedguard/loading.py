@@ -166,7 +166,7 @@ def _sniff(path: Path) -> str:
         # RuntimeError covers zipfile's error for an unsupported compression method too
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
             raise InputError(f"{path} is a corrupt or truncated zip archive; re-download or re-export it") from None
-        if names and all(name.endswith(".npy") for name in names):
+        if all(name.endswith(".npy") for name in names):  # np.savez with no arrays writes an empty archive
             return NPZ
         return "zip"
     # safetensors before pickle: an 8-byte header length can start with 0x80 or "(".

@@ -435,6 +435,7 @@ BAD_INPUTS = {
     "string-value": _write_torch("strings.pt", {"w": torch.ones(2, 2), "note": "hello"}),
     "zero-sized-tensor": _write_torch("zero.pt", {"w": torch.ones(0, 3), "b": torch.ones(3)}),
     "npz-object-array": _npz_object,
+    "npz-with-no-arrays": lambda d: (np.savez(d / "empty.npz"), ["empty.npz"])[1],
     "unknown-arch": _with_model("--arch", "no_such_net"),
     "bad-input-shape": _with_model("--arch", "lenet5", "--input-shape", "3,32"),
     "zero-input-shape": _with_model("--arch", "lenet5", "--input-shape", "0,28,28"),
