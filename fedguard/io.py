@@ -23,13 +23,18 @@ _TEXT_REPORT_START = re.compile(r"(CLEAN|SUSPICIOUS|MALICIOUS|PASS|WARN|BLOCK)  
 _REPORT_MARKS = ('"name": "fedguard"', '<meta name="generator" content="fedguard')
 
 
-def is_fedguard_report(path: str | os.PathLike) -> bool:
-    """True when ``path`` holds a report fedguard wrote, in any format (judged by its first 4 KiB)."""
+def read_head(path: str | os.PathLike, size: int) -> bytes:
+    """The first ``size`` bytes of ``path``; empty when it cannot be read."""
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(4096)
+            return handle.read(size)
     except OSError:
-        return False
+        return b""
+
+
+def is_fedguard_report(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a report fedguard wrote, in any format (judged by its first 4 KiB)."""
+    raw = read_head(path, 4096)
     if b"\0" in raw:
         return False
     head = raw.decode("utf-8", "ignore")

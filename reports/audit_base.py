@@ -70,11 +70,9 @@ PNG_MARK = b"Software\x00fedguard"
 
 def is_fedguard_png(path: str | os.PathLike) -> bool:
     """True when ``path`` is a PNG :func:`encode_png` wrote."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(64)
-    except OSError:
-        return False
+    from fedguard.io import read_head
+
+    head = read_head(path, 64)
     return head.startswith(b"\x89PNG\r\n\x1a\n") and PNG_MARK in head
 
 
