@@ -564,3 +564,17 @@ def test_names_from_the_model_file_cannot_drive_the_terminal(workdir):
 def test_a_detector_named_twice_runs_once(high_model):
     report = json.loads(invoke("inspect", high_model, "--detector", "magnitude", "--detector", "magnitude", "--format", "json").stdout)
     assert report["detectors_run"] == ["magnitude"] and len(report["findings"]) == len({f["layer"] for f in report["findings"]})
+
+
+def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(clean_model):
+    """Importing torch takes about a second; a Ctrl-C then is a clean stop, like one during the work."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "fedguard", "inspect", str(clean_model)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert process.returncode in (0, 130) and (process.returncode == 0 or "interrupted" in err)
