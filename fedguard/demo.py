@@ -96,7 +96,7 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     """Craft, inspect and report; returns the inspection reports."""
     from fedguard.data import load_data
     from fedguard.inspect import inspect_model, rules
-    from fedguard.io import check_output_path, write_atomic
+    from fedguard.io import check_output_path, is_fedguard_report, write_atomic
     from fedguard.reports import render
     from fedguard.reports.html import render_summary
 
@@ -107,8 +107,10 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         (output_dir / "models").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create --output-dir {output_dir} ({exc.strerror or type(exc).__name__}); choose another path") from None
-    for folder in (output_dir, output_dir / "models"):
-        check_output_path(folder / "summary.html", option="--output-dir")
+    if (output_dir / "summary.html").is_file() and not is_fedguard_report(output_dir / "summary.html"):
+        raise InputError(f"--output-dir {output_dir} holds a summary.html fedguard did not write; choose another --output-dir")
+    for folder in (output_dir, output_dir / "models"):  # writable folders; the demo replaces its own files
+        check_output_path(folder / "summary.html", option="--output-dir", force=True)
     start = time.perf_counter()
     inputs, labels = load_data("digits", input_shape=SHAPE)
     echo(f"fedguard demo: {len(inputs)} real handwritten digits (scikit-learn), upscaled to 28x28")

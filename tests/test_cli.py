@@ -578,3 +578,11 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(clean
     _, err = process.communicate(timeout=60)
     assert "Traceback" not in err, err
     assert process.returncode in (0, 130) and (process.returncode == 0 or "interrupted" in err)
+
+
+def test_demo_leaves_a_page_it_did_not_write(workdir):
+    """The demo replaces its own summary.html on a rerun, never one of yours (refused before any work)."""
+    (workdir / "out").mkdir()
+    (workdir / "out" / "summary.html").write_text("my page")
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "out"))
+    assert "fedguard did not write" in line and (workdir / "out" / "summary.html").read_text() == "my page"
