@@ -27,6 +27,7 @@ import torch
 
 from fedguard.detectors.base import NEEDS_MODULE, NEEDS_REFERENCE, Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.rows import finite
+from fedguard.modelview import effective_tensors
 from fedguard.types import Confidence, Rule, Severity
 
 REPLACED_COSINE = 0.2
@@ -35,13 +36,18 @@ TRAINED_COSINE = 0.6
 SHOWN = 6
 
 
-def compare_shapes(received: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> dict:
+def folded_shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Size]:
+    """Name -> shape, with pruned and weight-normalised layouts under the names of the weights they fold into."""
+    return {name: t.shape for name, (t, _) in effective_tensors(tensors).items()}
+
+
+def compare_shapes(received: Mapping[str, torch.Size], expected: Mapping[str, torch.Size]) -> dict:
     """Keys missing, unexpected and of a different shape, each as a sorted list."""
     missing = [k for k in expected if k not in received]
     unexpected = [k for k in received if k not in expected]
     reshaped = [
-        f"{k}: {tuple(received[k].shape)} vs {tuple(expected[k])}"
-        for k in expected if k in received and tuple(received[k].shape) != tuple(expected[k])
+        f"{k}: {tuple(received[k])} vs {tuple(expected[k])}"
+        for k in expected if k in received and tuple(received[k]) != tuple(expected[k])
     ]
     return {"missing": missing, "unexpected": unexpected, "reshaped": reshaped}
 
@@ -73,8 +79,7 @@ class ArchitectureDrift(Detector):
 
     def run(self, context: InspectContext):
         module = context.view.module
-        expected = {k: v.shape for k, v in module.state_dict().items()}
-        diff = compare_shapes(context.view.tensors, expected)
+        diff = compare_shapes(folded_shapes(context.view.tensors), folded_shapes(module.state_dict()))
         if any(diff.values()):
             yield self.finding(
                 "FG701", "Model does not match the expected architecture", Severity.HIGH, Confidence.HIGH, None,
@@ -100,8 +105,7 @@ class ReferenceDrift(Detector):
     )
 
     def run(self, context: InspectContext):
-        received, previous = context.view.tensors, context.reference.tensors
-        diff = compare_shapes(received, {k: v.shape for k, v in previous.items()})
+        diff = compare_shapes(folded_shapes(context.view.tensors), folded_shapes(context.reference.tensors))
         if any(diff.values()):
             yield self.finding(
                 "FG702", "Structure changed since the previous round", Severity.HIGH, Confidence.HIGH, None,
@@ -110,8 +114,9 @@ class ReferenceDrift(Detector):
                 **{k: v[:50] for k, v in diff.items()},
             )
         moves = []  # (layer, cosine to last round, change relative to last round's norm)
+        previous = {layer.name: layer.weight for layer in context.reference.weight_layers()}
         for layer in context.view.weight_layers():
-            before = previous.get(layer.key("weight"))
+            before = previous.get(layer.name)
             if before is None or before.shape != layer.weight.shape:
                 continue
             now, then = layer.weight_f32().flatten(), before.detach().to(torch.float32).flatten()

@@ -3,9 +3,9 @@
 Every weight check reads a layer's ``weight`` (and ``bias``); pruned and
 weight-normalised layouts are folded back first
 (:func:`fedguard.modelview.effective_tensors`). A tensor of two or more
-dimensions under any other name (``kernel``, ``w``, a custom scheme) is not a
-layer the checks recognise, so a server could hide an imprint or fishing layer
-by renaming it. With no layer recognised at all, nothing was checked and the
+dimensions under any other name (``kernel``, ``w``, a custom scheme, or a
+second layout beside a layer's own ``weight``) is not a layer the checks
+recognise, so a server could hide an imprint or fishing layer by renaming it. With no layer recognised at all, nothing was checked and the
 model must not pass as clean (medium); some unrecognised tensors beside
 recognised layers are reported at low severity (honest models have them too:
 LSTM gates ``weight_ih_l0``, positional embeddings). ``--arch`` compares every
@@ -42,9 +42,8 @@ class Unscored(Detector):
         unscored = [
             layer.key(leaf)
             for layer in view.layers
-            if layer.kind not in SCORED_KINDS
             for leaf, tensor in layer.tensors.items()
-            if tensor.is_floating_point() and tensor.ndim >= 2
+            if tensor.is_floating_point() and tensor.ndim >= 2 and not (layer.kind in SCORED_KINDS and leaf == "weight")
         ]
         if not unscored:
             return

@@ -17,10 +17,16 @@ import numpy as np
 from fedguard.errors import InputError
 
 
-#: How the text reports fedguard writes begin: a verdict, or the disaggregation summary.
-_TEXT_REPORT_START = re.compile(r"(CLEAN|SUSPICIOUS|MALICIOUS|PASS|WARN|BLOCK)  |fedguard disaggregate: ")
-#: What the JSON, SARIF and HTML reports carry near their start.
-_REPORT_MARKS = ('"name": "fedguard"', '<meta name="generator" content="fedguard')
+#: How each report fedguard writes begins, format by format: inspect's and audit's text verdict lines, the
+#: disaggregation summary, the JSON reports, SARIF, and the HTML pages (their generator tag).
+_REPORT_STARTS = re.compile(
+    r"(CLEAN|SUSPICIOUS|MALICIOUS)  .*  \(sha256 [0-9a-f]{12}…, "
+    r"|(PASS|WARN|BLOCK)  leakage (none|low|medium|high)"
+    r"|fedguard disaggregate: \d+ rounds x d=\d+, "
+    r'|\{\n  "schema_version": "[0-9.]+",\n  "tool": \{\n    "name": "fedguard",'
+    r'|\{\n  "\$schema": "https://docs\.oasis-open\.org/sarif/[^"]*",\n  "version": "2\.1\.0",\n  "runs": \[\n    \{\n      "tool": \{\n        "driver": \{\n          "name": "fedguard",'
+    r'|<!DOCTYPE html>\s*<html lang="en">\s*<head>\s*<meta charset="utf-8">\s*(<meta name="viewport"[^>]*>\s*)?<meta name="generator" content="fedguard '
+)
 
 
 def read_head(path: str | os.PathLike, size: int) -> bytes:
@@ -33,12 +39,11 @@ def read_head(path: str | os.PathLike, size: int) -> bytes:
 
 
 def is_fedguard_report(path: str | os.PathLike) -> bool:
-    """True when ``path`` holds a report fedguard wrote, in any format (judged by its first 4 KiB)."""
+    """True when ``path`` starts the way a report fedguard wrote does, in any format (or is empty: nothing to lose)."""
     raw = read_head(path, 4096)
-    if b"\0" in raw:
-        return False
-    head = raw.decode("utf-8", "ignore")
-    return any(mark in head for mark in _REPORT_MARKS) or bool(_TEXT_REPORT_START.match(head))
+    if not raw:
+        return Path(path).is_file()
+    return b"\0" not in raw and bool(_REPORT_STARTS.match(raw.decode("utf-8", "ignore")))
 
 
 def check_output_path(
@@ -64,6 +69,10 @@ def check_output_path(
     path = Path(output)
     if str(output) == "-":
         raise InputError(f"{option} - is not a file name; name a file (without {option}, reports print on stdout)")
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # a symbolic link that loops
+        raise InputError(f"{option} {path} is a symbolic link that loops; remove it or choose another {option}") from None
     if path.is_dir():
         raise InputError(f"{option} {path} is a directory; name a file inside it, e.g. {path / 'report.json'}")
     if path.exists() and not path.is_file():
@@ -74,7 +83,6 @@ def check_output_path(
         raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shlex.quote(str(parent))})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{option} folder {parent} is not writable; choose another {option} or fix the folder's permissions")
-    resolved = path.resolve()
     for item in inputs:
         if item is None:
             continue

@@ -170,38 +170,43 @@ def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[to
 
     Reparametrised weights are folded back into the ``weight`` (or ``bias``)
     the layer uses, so the checks see them: ``torch.nn.utils.prune``'s
-    ``weight_orig * weight_mask``, weight normalisation's ``g v / ||v||``
+    ``weight_orig * weight_mask``, the old spectral norm's ``weight_orig``
+    (beside ``weight_u``/``weight_v``), weight normalisation's ``g v / ||v||``
     (``weight_g``/``weight_v``, or ``parametrizations.weight.original0/1``),
     and any other parametrisation's ``original``. Saved this way, an imprint
-    layer was otherwise read as no layer at all. NaN and infinite values read
+    layer was otherwise read as no layer at all. A layer that also stores the
+    folded name itself keeps both: its stored weight is checked, and the
+    other layout's tensors are left for FG003. NaN and infinite values read
     as 0, so one of them cannot hide the rest of a layer from the checks
     (FG002 reports them from the stored tensors).
     """
     tensors = {name: _finite(t) for name, t in tensors.items()}
     out: dict[str, tuple[torch.Tensor, str]] = {name: (t, name) for name, t in tensors.items()}
 
-    def fold(target: str, value: torch.Tensor, stored: str, *parts: str) -> None:
+    def fold(target: str, value: torch.Tensor | None, stored: str, *parts: str) -> None:
+        if value is None or target in tensors:  # not a layout we can fold, or the layer stores its weight as well
+            return
         for part in parts:
             out.pop(part, None)
         out[target] = (value, stored)
 
     for name, t in tensors.items():
-        if name.endswith("_orig") and f"{name[:-5]}_mask" in tensors and tensors[f"{name[:-5]}_mask"].shape == t.shape:
-            fold(name[:-5], t.float() * tensors[f"{name[:-5]}_mask"].float(), name, name, f"{name[:-5]}_mask")
+        stem = name[:-5]
+        if name.endswith("_orig") and f"{stem}_mask" in tensors:
+            mask = tensors[f"{stem}_mask"]
+            fold(stem, t.float() * mask.float() if mask.shape == t.shape else None, name, name, f"{stem}_mask")
+        elif name.endswith("_orig") and f"{stem}_u" in tensors and f"{stem}_v" in tensors:
+            fold(stem, t, name, name)  # spectral norm divides by the largest singular value: the pattern stays
         elif name.endswith("_g") and f"{name[:-2]}_v" in tensors:
-            g, v = t.float(), tensors[f"{name[:-2]}_v"].float()
-            if g.numel() == v.shape[0] and v.ndim >= 1:
-                fold(name[:-2], _weight_norm(g, v), f"{name[:-2]}_v", name, f"{name[:-2]}_v")
-        elif _PARAMETRIZED in name and name.endswith((".original", ".original0")):
-            base, _, rest = name.rpartition(_PARAMETRIZED)
+            fold(name[:-2], _weight_norm(t, tensors[f"{name[:-2]}_v"]), f"{name[:-2]}_v", name, f"{name[:-2]}_v")
+        elif (_PARAMETRIZED in name or name.startswith(_PARAMETRIZED[1:])) and name.endswith((".original", ".original0")):
+            base, _, rest = f".{name}".rpartition(_PARAMETRIZED)
             leaf = rest.rsplit(".", 1)[0]
-            target = f"{base}.{leaf}" if base else leaf
+            target = f"{base[1:]}.{leaf}" if base else leaf
             if name.endswith(".original"):
                 fold(target, t, name, name)
             elif name[:-1] + "1" in tensors:
-                v = tensors[name[:-1] + "1"].float()
-                if t.numel() == v.shape[0] and v.ndim >= 1:
-                    fold(target, _weight_norm(t.float(), v), name[:-1] + "1", name, name[:-1] + "1")
+                fold(target, _weight_norm(t, tensors[name[:-1] + "1"]), name[:-1] + "1", name, name[:-1] + "1")
     return out
 
 
@@ -212,10 +217,19 @@ def _finite(t: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``g v / ||v||``, the norm of each output unit's slice of ``v`` (torch's weight_norm, dim 0)."""
-    norms = v.flatten(1).norm(dim=1) if v.ndim > 1 else v.abs()
-    return v * (g.flatten() / norms.clamp_min(torch.finfo(v.dtype).tiny)).reshape(-1, *[1] * (v.ndim - 1))
+def _weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """``g v / ||v||`` (torch's weight_norm), the norm taken over the dimensions where ``g`` has size 1 (all of them
+    for a scalar ``g``: ``dim=None``); None when ``g`` and ``v`` do not pair up that way."""
+    if not (g.is_floating_point() and v.is_floating_point()) or v.ndim == 0:
+        return None
+    g, v = g.float(), v.float()
+    if g.numel() == 1:
+        g = g.reshape([1] * v.ndim)
+    if g.ndim != v.ndim or any(a not in (1, b) for a, b in zip(g.shape, v.shape)):
+        return None
+    dims = [d for d in range(v.ndim) if g.shape[d] == 1]
+    norms = v.pow(2).sum(dim=dims, keepdim=True).sqrt() if dims else v.abs()
+    return v * g / norms.clamp_min(torch.finfo(v.dtype).tiny)
 
 
 def _split(name: str) -> tuple[str, str]:

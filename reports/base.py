@@ -157,8 +157,8 @@ def fired_rules(findings: Iterable[Finding], rules: Mapping[str, Rule]) -> list[
 
 
 #: Characters a terminal acts on instead of printing: C0/C1 controls (ESC starts colour, title and clear-screen
-#: sequences; a newline would forge a report line) and the bidirectional overrides that reorder text.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: sequences; a newline or a Unicode line separator would forge a report line) and the bidirectional overrides.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
