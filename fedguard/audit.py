@@ -524,6 +524,7 @@ def audit(
     outcomes: list[AttackOutcome] = []
     prior = aux[0].mean(0) if aux is not None else None
     baseline = baseline_psnr(batch_x, prior)
+    exposure = None
     with _first_interrupt_sets(stop, notify), _numerics():
         for name in names:
             if stop.is_set():
@@ -569,10 +570,8 @@ def audit(
             )
             if cls.kind == "labels" and view.labels is None and rec.labels is not None and len(rec.labels) == B:
                 view = dataclasses.replace(view, labels=rec.labels.long(), label_counts=rec.label_counts, label_source=f"recovered by {name}")
-
-    exposure = None
-    if federation is not None and not stop.is_set():
-        exposure = _exposure(upd, federation, seed, time_budget, stop, progress)
+        if federation is not None and not stop.is_set():  # Ctrl-C here too keeps the attacks' results
+            exposure = _exposure(upd, federation, seed, time_budget, stop, progress)
 
     from fedguard.metrics import THRESHOLDS
 
