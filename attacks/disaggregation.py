@@ -397,15 +397,26 @@ def save_rounds(path: str | os.PathLike, rounds: Rounds | Federation) -> Path:
 
 
 _UPDATES_FILE_KEYS = frozenset({"updates", "participation", "status", "residual"})
+_SIMULATION_FILE_KEYS = frozenset({"aggregates", "counts", "window", "true_participation", "true_updates"})
+
+
+def _npz_keys(path: str | os.PathLike) -> set[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {Path(name).stem for name in archive.namelist()}
+    except (OSError, zipfile.BadZipFile):
+        return set()
+
+
+def is_simulation_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an ``.npz`` :func:`save_rounds` wrote for a simulation (it holds the truth, which no
+    observed rounds file has)."""
+    return _npz_keys(path) - {"noise_scale"} == _SIMULATION_FILE_KEYS
 
 
 def is_updates_file(path: str | os.PathLike) -> bool:
     """True when ``path`` is an ``.npz`` :func:`save_updates` wrote (its arrays, none else)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return {Path(name).stem for name in archive.namelist()} == _UPDATES_FILE_KEYS
-    except (OSError, zipfile.BadZipFile):
-        return False
+    return _npz_keys(path) == _UPDATES_FILE_KEYS
 
 
 def save_updates(path: str | os.PathLike, result: Disaggregation) -> Path:

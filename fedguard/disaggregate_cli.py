@@ -66,7 +66,7 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
 @click.option("--updates", "updates_path", type=click.Path(path_type=Path, readable=False), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
-@click.option("--force", is_flag=True, help="Replace existing --output, --updates or --save-rounds files that fedguard did not write.")
+@click.option("--force", is_flag=True, help="Replace existing --output, --updates (or OUTPUT-updates.npz) or --save-rounds files that fedguard did not write.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout (use with --output).")
 def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, participation, noise, seed, save_rounds,
                          time_limit, workers, fmt, output, updates_path, force, quiet):
@@ -94,11 +94,12 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         raise InputError("--save-rounds only applies with --simulate")
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)
-        if updates_path.exists() and not dis.is_updates_file(updates_path):
+        if updates_path.exists() and not force and not dis.is_updates_file(updates_path):
             raise InputError(f"{updates_path}, where the recovered updates would go, holds something else; move it, "
                              f"choose another --output or name the file with --updates")  # fmt: skip
     named = {"--output": output, "--updates": updates_path, "--save-rounds": save_rounds}
-    ours = {"--output": is_fedguard_report, "--updates": dis.is_updates_file, "--save-rounds": None}  # rounds may be data you observed
+    # a rounds file is replaced only when fedguard simulated it: observed rounds are data
+    ours = {"--output": is_fedguard_report, "--updates": dis.is_updates_file, "--save-rounds": dis.is_simulation_file}
     targets = [p for p in named.values() if p is not None]
     for option, target in named.items():
         if target is not None:

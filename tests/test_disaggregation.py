@@ -330,7 +330,7 @@ def test_validate_rejects_strings():
 
 
 def test_cli_save_rounds_never_replaces_a_file_without_force(tmp_path):
-    """Rounds may be sums the user observed: --save-rounds replaces an existing file only with --force."""
+    """Rounds may be sums the user observed: --save-rounds replaces only a simulation it wrote, else needs --force."""
     target = tmp_path / "observed.npz"
     target.write_bytes(b"rounds I recorded")
     args = ["--simulate", "--users", "4", "--rounds", "20", "--dim", "12", "--window", "5", "--save-rounds", str(target)]
@@ -338,3 +338,4 @@ def test_cli_save_rounds_never_replaces_a_file_without_force(tmp_path):
     assert res.exit_code == 2 and "--save-rounds" in res.output and "--force" in res.output
     assert target.read_bytes() == b"rounds I recorded"
     assert _run([*args, "--force"]).exit_code == 0 and target.read_bytes() != b"rounds I recorded"
+    assert _run(args).exit_code == 0  # its own simulation it replaces (a run that failed left it there)
