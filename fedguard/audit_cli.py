@@ -122,13 +122,16 @@ def _grid_path(output: Path, attack: str) -> Path:
     return output.with_name(f"{output.stem}-{attack}.png")
 
 
-def _check_grid_paths(output: Path) -> None:
-    """Refuse, before any work, an output whose grids would replace a folder or a file fedguard did not write."""
+def _check_grid_paths(output: Path, inputs: list) -> None:
+    """Refuse, before any work, an output whose grids would replace a folder or a file fedguard did not write, or
+    land on or in an input (through a link too)."""
     from fedguard.attacks.base import attacks
+    from fedguard.io import check_output_path
     from fedguard.reports.audit_base import is_fedguard_png
 
     for name in attacks().names():
         path = _grid_path(output, name)
+        check_output_path(path, inputs=inputs, option=f"--output (its {name} grid)", force=True)  # the folder, inputs
         if path.is_dir() or (path.exists() and not is_fedguard_png(path)):
             what = "a folder" if path.is_dir() else "a file fedguard did not write"
             raise InputError(f"{path}, where the {name} grid would go, is {what}; move it or choose another --output")
@@ -221,7 +224,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
         check_output_path(output, inputs=inputs, force=force)
-        _check_grid_paths(output)
+        _check_grid_paths(output, inputs)
     threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
     options = {}
     if dlg_starts:

@@ -389,6 +389,10 @@ def test_grids_replace_only_their_own_files(workdir):
         assert (workdir / "t-dlg.png").read_bytes().startswith(PNG_MAGIC)
     assert invoke(*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "label_counts", "-o", "t.json").exit_code == 0
     assert not (workdir / "t-dlg.png").exists()  # the earlier report's grid, which this one does not rebuild, is gone
+    (workdir / "photos" / "cat").mkdir(parents=True)
+    (workdir / "u-dlg.png").symlink_to(workdir / "photos" / "cat" / "leak.png")  # a grid path leading into an input
+    line = assert_input_error(invoke(*TINY, "--data", "photos", "-o", "u.json"))
+    assert "dlg grid" in line and "inside the input folder photos" in line
 
 
 def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(workdir):
