@@ -131,10 +131,10 @@ def _check_grid_paths(output: Path, inputs: list) -> None:
 
     for name in attacks().names():
         path = _grid_path(output, name)
-        check_output_path(path, inputs=inputs, option=f"--output (its {name} grid)", force=True)  # the folder, inputs
         if path.is_dir() or (path.exists() and not is_fedguard_png(path)):
             what = "a folder" if path.is_dir() else "a file fedguard did not write"
             raise InputError(f"{path}, where the {name} grid would go, is {what}; move it or choose another --output")
+        check_output_path(path, inputs=inputs, option=f"--output (its {name} grid)", force=True)  # the folder, inputs
 
 
 def _remove_stale_grids(output: Path, keep: Mapping[str, bytes]) -> None:
