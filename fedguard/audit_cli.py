@@ -220,6 +220,9 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     _refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
     _refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise"),
                    "sets up the exposure analysis, which --no-exposure turns off; drop --no-exposure")  # fmt: skip
+    _refuse_unused(bool(attacks) and "dlg" not in attacks, ("dlg_starts",), "sets up DLG, which --attack leaves out; add --attack dlg")
+    _refuse_unused(bool(attacks) and "inverting_gradients" not in attacks, ("ig_restarts", "ig_tv"),
+                   "sets up Inverting Gradients, which --attack leaves out; add --attack inverting_gradients")  # fmt: skip
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
