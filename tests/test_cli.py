@@ -552,11 +552,11 @@ def test_option_errors_are_one_line(args, message):
 
 def test_names_from_the_model_file_cannot_drive_the_terminal(workdir):
     """A tensor name with a newline, ESC sequences or a bidi override is shown escaped in the text report."""
-    evil = "fc\n\x1b[2J\x1b]0;owned\x07\u202e.weight"
+    evil = "fc\n\x1b[2J\x1b]0;owned\x07\u202e\u2028.weight"
     torch.save({evil: torch.full((3, 4), float("nan")), "fc.bias": torch.zeros(3)}, workdir / "names.pt")  # FG002 names it
     result = invoke("inspect", workdir / "names.pt")
     assert_no_crash(result)
-    assert "\x1b" not in result.output and "\u202e" not in result.output and "\x07" not in result.output
+    assert not any(c in result.output for c in "\x1b\u202e\x07\u2028")
     assert "\\x1b[2J" in result.output  # shown, not acted on
     assert not any(line.startswith("\x1b[2J") or line.startswith(".weight") for line in result.output.splitlines())
 
@@ -586,3 +586,21 @@ def test_demo_leaves_a_page_it_did_not_write(workdir):
     (workdir / "out" / "summary.html").write_text("my page")
     line = assert_input_error(invoke("demo", "--output-dir", workdir / "out"))
     assert "fedguard did not write" in line and (workdir / "out" / "summary.html").read_text() == "my page"
+
+
+def test_only_fedguard_reports_count_as_fedguard_reports(clean_model, workdir):
+    """Files that merely mention fedguard, or start like another tool's log, are the user's and stay."""
+    from fedguard.io import is_fedguard_report
+
+    lookalikes = {
+        "package.json": '{\n  "name": "fedguard",\n  "version": "1.0.0"\n}\n',
+        "jest.log": "PASS  src/app.test.js\n  ok\n",
+        "notes.md": 'a report says "tool": {"name": "fedguard"} and CLEAN  x.pt  (sha256 0123456789ab…, 1 layer)\n',
+    }
+    for name, text in lookalikes.items():
+        (workdir / name).write_text(text)
+        assert not is_fedguard_report(workdir / name), name
+        assert "--force" in assert_input_error(invoke("inspect", clean_model, "-o", workdir / name))
+        assert (workdir / name).read_text() == text
+    (workdir / "loop").symlink_to("loop")
+    assert "loops" in assert_input_error(invoke("inspect", clean_model, "-o", workdir / "loop"))

@@ -267,3 +267,18 @@ def test_weights_under_unknown_names_are_not_passed_as_clean():
     head = [k for k in benign if k.endswith(".weight")][-1]
     findings = static_findings({(head[: -len("weight")] + "kernel" if k == head else k): v for k, v in benign.items()})
     assert [(f.rule_id, f.severity) for f in findings] == [("FG003", Severity.LOW)] and judge(findings) is Verdict.CLEAN
+
+
+def test_odd_layouts_fold_or_stay_visible_without_crashing():
+    """Old spectral norm folds; a second layout beside a stored weight is FG003, not folded over the weight;
+    scalar weight-norm tensors are no layer, and no crash."""
+    trap = next(e for e in crafted_entries() if e.kind == "trap_weights").state_dict
+    first = next(k for k in trap if k.endswith(".weight") and trap[k].ndim == 2)
+    spectral = {(k + "_orig" if k == first else k): v for k, v in trap.items()}
+    spectral[first + "_u"], spectral[first + "_v"] = torch.ones(trap[first].shape[0]), torch.ones(trap[first].shape[1])
+    assert "FG401" in {f.rule_id for f in static_findings(spectral)}
+    both = dict(trap)
+    both[first + "_orig"], both[first + "_mask"] = torch.randn_like(trap[first]), torch.ones_like(trap[first])
+    findings = static_findings(both)
+    assert {"FG401", "FG003"} <= {f.rule_id for f in findings} and judge(findings) is Verdict.MALICIOUS
+    assert static_findings({"fc.weight_g": torch.tensor(1.0), "fc.weight_v": torch.tensor(2.0)}) == []
