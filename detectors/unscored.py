@@ -5,9 +5,10 @@ weight-normalised layouts are folded back first
 (:func:`fedguard.modelview.effective_tensors`). A tensor of two or more
 dimensions under any other name (``kernel``, ``w``, a custom scheme, or a
 second layout beside a layer's own ``weight``) is not a layer the checks
-recognise, so a server could hide an imprint or fishing layer by renaming it. With no layer recognised at all, nothing was checked and the
-model must not pass as clean (medium); some unrecognised tensors beside
-recognised layers are reported at low severity (honest models have them too:
+recognise, so a server could hide an imprint or fishing layer by renaming
+it. With no layer recognised at all, nothing was checked and the model must
+not pass as clean (medium); some unrecognised tensors beside recognised
+layers are reported at low severity (honest models have them too:
 LSTM gates ``weight_ih_l0``, positional embeddings). ``--arch`` compares every
 key with the architecture you expect (FG701).
 """

@@ -42,7 +42,10 @@ def is_fedguard_report(path: str | os.PathLike) -> bool:
     """True when ``path`` starts the way a report fedguard wrote does, in any format (or is empty: nothing to lose)."""
     raw = read_head(path, 4096)
     if not raw:
-        return Path(path).is_file()
+        try:
+            return os.path.getsize(path) == 0  # not a file it cannot read
+        except OSError:
+            return False
     return b"\0" not in raw and bool(_REPORT_STARTS.match(raw.decode("utf-8", "ignore")))
 
 
