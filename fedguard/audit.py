@@ -39,7 +39,7 @@ from fedguard.checks import MAX_SEED, is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
-from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Leakage, LeakageLevel
+from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
 from fedguard.update import Update, compute_update, load_update, resolve_device
 
 __all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "attack_names"]
@@ -470,9 +470,7 @@ def audit(
             )
         index = np.arange(len(y_all))
     else:
-        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or int(batch_size) < 1:
-            raise InputError(f"bad --batch-size {batch_size!r}; give a positive number of examples")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size  # checked whole and >= 1 above
         if int(batch_size) > len(y_all):
             raise InputError(f"--batch-size {batch_size} is larger than --data ({len(y_all)} examples); use at most {len(y_all)}")
         index = _choose_batch(len(y_all), int(batch_size), seed)
@@ -585,15 +583,12 @@ def audit(
         baseline_psnr=baseline,
         thresholds=dict(THRESHOLDS),
     )
-    verdict = verdict_for(level, fail_level)
-    if verdict is AuditVerdict.PASS and (not outcomes or stop.is_set()):
-        verdict = AuditVerdict.WARN  # nothing measured, or stopped part-way, is not a pass
     n_params = sum(p.numel() for p in module.parameters())
     model_info.update(
         {"num_classes": n_out, "input_shape": list(batch_x.shape[1:]), "n_parameters": int(n_params)}
     )
     return AuditReport(
-        verdict=verdict,
+        verdict=verdict_for(level, fail_level, complete=bool(outcomes) and not stop.is_set()),
         leakage=leakage,
         attacks=tuple(outcomes),
         skipped=skipped,

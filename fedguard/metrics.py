@@ -183,11 +183,12 @@ def class_image_scores(
             [psnr(r, t) if r is not None else 0.0 for r, t in pairs])
 
 
-def verdict_for(level: LeakageLevel, fail_on: LeakageLevel) -> AuditVerdict:
-    """block at or above ``fail_on``; warn one level below it (when that is at least low); else pass."""
+def verdict_for(level: LeakageLevel, fail_on: LeakageLevel, complete: bool = True) -> AuditVerdict:
+    """block at or above ``fail_on``; warn one level below it (when that is at least low), or when the audit is not
+    ``complete`` (no attack ran, or it was stopped: nothing measured is not a pass); else pass."""
     if level >= fail_on:
         return AuditVerdict.BLOCK
-    if level >= LeakageLevel.LOW and int(level) == int(fail_on) - 1:
+    if (level >= LeakageLevel.LOW and int(level) == int(fail_on) - 1) or not complete:
         return AuditVerdict.WARN
     return AuditVerdict.PASS
 
