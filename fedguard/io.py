@@ -80,8 +80,7 @@ def check_output_path(
         raise InputError(f"{option} {path} is a directory; name a file inside it, e.g. {path / 'report.json'}")
     if path.exists() and not path.is_file():
         raise InputError(f"{option} {path} is not a regular file; name a file (without {option}, reports print on stdout)")
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
-    parent = target.parent if str(target.parent) else Path(".")
+    parent = resolved.parent if path.is_symlink() else path.parent  # a link's target's folder; else as typed
     if not parent.is_dir():
         raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shlex.quote(str(parent))})")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -107,11 +106,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    except OSError as exc:
-        raise InputError(f"cannot write {path} ({exc.strerror or type(exc).__name__}); choose another output path") from None
-    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -119,7 +116,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {path} ({exc.strerror or type(exc).__name__}); choose another output path") from None
