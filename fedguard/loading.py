@@ -124,10 +124,11 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
                 f"{path} is a whole pickled nn.Module, which cannot be loaded without running code; "
                 "export the weights instead: torch.save(model.state_dict(), 'model.pt')"
             )
-        mapped = sniffed == TORCH and _stored_uncompressed(path)
+        members = _zip_members(path) if sniffed == TORCH else []
+        mapped = bool(members) and all(info.compress_type == zipfile.ZIP_STORED for info in members)  # torch can mmap it
         raw = _load_torch(path, mmap=mapped)
         if mapped:
-            _check_storage_sizes(path, raw)
+            _check_storage_sizes(path, raw, members)
     elif file_format == SAFETENSORS:
         raw = _load_safetensors(path)
     else:
@@ -240,10 +241,10 @@ def _code_finding(unsafe: list[str]) -> Finding:
     )
 
 
-def _stored_uncompressed(path: Path) -> bool:
-    """True when every member of the zip is stored as is, so that torch can memory-map it."""
+def _zip_members(path: Path) -> list[zipfile.ZipInfo]:
+    """The zip's members, read once for the memory-map decision and the storage-size check."""
     with zipfile.ZipFile(path) as archive:
-        return all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+        return archive.infolist()
 
 
 def _load_torch(path: Path, mmap: bool) -> Any:
@@ -267,15 +268,14 @@ def _tensors_in(raw: Any):
             yield from _tensors_in(value)
 
 
-def _check_storage_sizes(path: Path, raw: Any) -> None:
+def _check_storage_sizes(path: Path, raw: Any, members: list[zipfile.ZipInfo]) -> None:
     """Refuse a zip checkpoint whose tensors claim more bytes than its ``data/`` members hold.
 
     Memory-mapped, torch does not compare a storage's size with its member's
     and reads a truncated member's tensor past its end, from the next one
     (read into memory, it does).
     """
-    with zipfile.ZipFile(path) as archive:
-        held = sum(info.file_size for info in archive.infolist() if re.search(r"(^|/)data/[^/]+$", info.filename))
+    held = sum(info.file_size for info in members if re.search(r"(^|/)data/[^/]+$", info.filename))
     claimed = {}
     for tensor in _tensors_in(raw):
         if tensor.layout == torch.strided and not tensor.is_meta:
