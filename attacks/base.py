@@ -16,21 +16,48 @@ from __future__ import annotations
 
 import abc
 import importlib
+import math
 import threading
 import time
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 from fedguard.registry import Registry
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-__all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES"]
+__all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES", "whole_option", "number_option", "choice_option", "ENGINES"]
 
 #: Modules that register the built-in attacks, in the order the audit runs them:
 #: label attacks first, because their labels seed the image attacks; analytic before optimisation.
 BUILTIN_MODULES: tuple[str, ...] = ("label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients", "imprint", "class_fishing", "feature_fishing", "mkor")
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
+
+#: How the optimisation attacks evaluate their starts: ``vmap`` (one batched call), ``loop`` (one call each,
+#: side by side in worker threads on a CPU), or ``auto`` (by device and model size).
+ENGINES: tuple[str, ...] = ("auto", "vmap", "loop")
+
+
+def whole_option(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``; ValueError naming the option ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"bad {name} {value!r}; give a whole number of at least {minimum}")
+    return int(value)
+
+
+def number_option(value: Any, name: str, *, positive: bool) -> float:
+    """``value`` as a finite float above 0 (``positive``) or at least 0; ValueError naming ``name`` otherwise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise ValueError(f"bad {name} {value!r}; give a finite number {'above 0' if positive else 'of at least 0'}")
+    return float(value)
+
+
+def choice_option(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; ValueError listing them otherwise."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
+    return value
 
 
 def register_attack(name: str):

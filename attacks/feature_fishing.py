@@ -50,7 +50,7 @@ from fedguard.threat import NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
 from ._head import find_head, layer_input
-from .base import Attack, Budget, register_attack
+from .base import Attack, Budget, register_attack, whole_option
 from .class_fishing import fishing_target, invert_isolated
 from .mkor import MKOR
 
@@ -139,9 +139,7 @@ class FeatureFishing(Attack):
     default: ClassVar[bool] = False
 
     def __init__(self, max_rounds: int = 16):
-        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 2:
-            raise ValueError(f"feature fishing needs at least 2 rounds, got max_rounds={max_rounds!r}")
-        self.max_rounds = max_rounds
+        self.max_rounds = whole_option(max_rounds, "feature fishing max_rounds", 2)
         self._memo: tuple[object, int | None, FishingPlan | None] | None = None
 
     def _plan(self, view: ServerView) -> FishingPlan | None:

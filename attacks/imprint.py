@@ -32,7 +32,7 @@ from typing import ClassVar
 from fedguard.threat import NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
-from .base import Attack, Budget, register_attack
+from .base import Attack, Budget, register_attack, whole_option
 from .fc_inversion import invert_rows
 
 __all__ = ["ImprintEmulator", "DEFAULT_BINS"]
@@ -66,7 +66,7 @@ class ImprintEmulator(Attack):
     default: ClassVar[bool] = False
 
     def __init__(self, num_bins: int = DEFAULT_BINS):
-        self.num_bins = max(2, int(num_bins))
+        self.num_bins = whole_option(num_bins, "imprint num_bins", 2)
 
     def crafter_options(self, view: ServerView) -> dict:
         return {"num_bins": self.num_bins, "linfunc": "randn"}

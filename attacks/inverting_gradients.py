@@ -50,7 +50,7 @@ from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
 from ._matching import MatchingObjective, ServerModel
-from .base import Attack, Budget, register_attack
+from .base import ENGINES, Attack, Budget, choice_option, number_option, register_attack, whole_option
 
 __all__ = ["InvertingGradients", "MEAN", "STD", "milestones"]
 
@@ -98,10 +98,10 @@ class InvertingGradients(Attack):
     default_iterations: ClassVar[int] = 2000
 
     def __init__(self, restarts: int = DEFAULT_RESTARTS, tv: float = DEFAULT_TV, lr: float = 0.1, engine: str = "auto"):
-        self.restarts = max(1, int(restarts))
-        self.tv = float(tv)
-        self.lr = float(lr)
-        self.engine = engine
+        self.restarts = whole_option(restarts, "Inverting Gradients restarts", 1)
+        self.tv = number_option(tv, "Inverting Gradients tv", positive=False)
+        self.lr = number_option(lr, "Inverting Gradients lr", positive=True)
+        self.engine = choice_option(engine, "Inverting Gradients engine", ENGINES)
 
     def applies(self, view: ServerView) -> str | None:
         if view.batch_size is None:

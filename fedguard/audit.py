@@ -19,6 +19,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
@@ -40,7 +41,8 @@ from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
-from fedguard.update import Update, compute_update, load_update, resolve_device
+from fedguard.randomness import own_random_state
+from fedguard.update import Update, checked_update, compute_update, load_update, resolve_device
 
 __all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "attack_names"]
 
@@ -123,17 +125,18 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
     from fedguard.architectures import build_model, resolve_input_shape
     from fedguard.inspect import build_expected_module, name_by_architecture
-    from fedguard.loading import load_model_file
+    from fedguard.loading import load_model_file, to_state_dict
 
     shape = resolve_input_shape(arch, input_shape)
-    if isinstance(model, nn.Module):
-        return model, {"path": None, "sha256": None, "weights": "in-memory module", "arch": arch}
+    if isinstance(model, nn.Module):  # a copy: the audit moves it to its device, and the caller's model stays as it was
+        return copy.deepcopy(model), {"path": None, "sha256": None, "weights": "in-memory module", "arch": arch}
     if model is None:
-        torch.manual_seed(seed)
-        module = build_model(arch, num_classes=num_classes or 10, input_shape=input_shape)
+        with own_random_state(seed):
+            module = build_model(arch, num_classes=num_classes or 10, input_shape=input_shape)
         return module, {"path": None, "sha256": None, "weights": f"fresh initialisation of --arch (seed {seed})", "arch": arch}
     if isinstance(model, Mapping):
-        tensors, named, info = dict(model), True, {"path": None, "sha256": None, "weights": "in-memory state_dict"}
+        tensors, named = to_state_dict(model, "the state_dict passed in")
+        info = {"path": None, "sha256": None, "weights": "in-memory state_dict"}
     else:
         if not os.path.exists(model):
             raise InputError(f"--model {model} does not exist; check the path")
@@ -212,15 +215,35 @@ def _first_interrupt_sets(stop: threading.Event, notify: Callable[[str], None] |
         signal.signal(signal.SIGINT, previous)
 
 
+def _flushing_denormals() -> bool:
+    """Whether torch flushes denormals now (torch has no getter: a denormal times one reads 0 when it does)."""
+    return float(torch.tensor([1e-40], dtype=torch.float32).mul(1.0)) == 0.0
+
+
 @contextlib.contextmanager
 def _numerics():
-    """Flush denormals: saturated sigmoids make gradients denormal, which is 10-100x slower on CPUs."""
+    """Flush denormals: saturated sigmoids make gradients denormal, which is 10-100x slower on CPUs.
+    The caller's setting is restored afterwards."""
+    was = _flushing_denormals()
     changed = torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        if changed:
+        if changed and not was:
             torch.set_flush_denormal(False)
+
+
+def _caller_state_kept(fn: Callable) -> Callable:
+    """Run ``fn`` with gradients on (also inside the caller's ``no_grad`` or ``inference_mode``), denormals
+    flushed (:func:`_numerics`) and torch's random generators restored afterwards: the audit seeds and trains,
+    the caller's global state stays its own."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with own_random_state(), torch.inference_mode(False), torch.enable_grad(), _numerics():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 # --------------------------------------------------------------------------- the audit
@@ -258,6 +281,14 @@ def _label_seed(view: ServerView, done: dict[str, Any]) -> tuple[torch.Tensor | 
     return labels, torch.as_tensor(counts), "recovered by label_counts"
 
 
+def _no_iteration(stopped: str, time_budget: float | None) -> str:
+    """Why an attack that applies measured nothing: the time budget or a stop came before its first iteration."""
+    if stopped == "time_budget":
+        return (f"the time budget of {time_budget:g} s ran out before its first iteration, so it measured nothing; "
+                "raise --time-budget")
+    return "interrupted before its first iteration, so it measured nothing"
+
+
 def _emulate(
     crafter: str,
     options: Mapping[str, Any],
@@ -271,12 +302,10 @@ def _emulate(
     """What a malicious server would see: the model crafted by ``crafter`` for this architecture, and
     the client's update computed under it with the same protocol (the client's side, run here).
     Its ``next_round(options)`` crafts again from the same model for a later round on the same batch."""
-    import copy
-
     from fedguard.attacks.craft import craft
 
     public = aux[0] if aux is not None and view.threat.auxiliary_data else None
-    with torch.random.fork_rng(devices=[]):
+    with own_random_state():
         crafted = craft(crafter, copy.deepcopy(view.model).cpu(), input_shape=view.input_shape,
                         num_classes=view.num_classes, data=public, seed=seed, **options).to(view.device)
         evil = compute_update(crafted, batch_x.to(view.device), batch_y.to(view.device), protocol=upd.protocol,
@@ -314,6 +343,7 @@ def _exposure(
     return result.to_dict()
 
 
+@_caller_state_kept
 def audit(
     model: str | os.PathLike | nn.Module | Mapping[str, torch.Tensor] | None = None,
     *,
@@ -427,10 +457,14 @@ def audit(
             "against a fresh initialisation of --arch the attacks would read the wrong weights"
         )
     reg = registry()
+    if attacks is not None and (isinstance(attacks, (str, bytes)) or not isinstance(attacks, Sequence) or not attacks):
+        raise InputError(f"attacks is {attacks!r}; pass a non-empty list of attack names such as ['dlg'], or None for the default")
     requested = list(dict.fromkeys(attacks)) if attacks else None
     for name in requested or []:
-        if name not in reg:
+        if not isinstance(name, str) or name not in reg:
             raise InputError(f"unknown attack {name!r}; valid: {', '.join(reg.names())}")
+    # label attacks first; malicious-server emulators only when asked for
+    names = [n for n in reg.names() if n in requested] if requested else [n for n in reg.names() if reg.get(n).default]
     if attack_options is not None and not isinstance(attack_options, Mapping):
         raise InputError(f"attack_options is a {type(attack_options).__name__}; pass a mapping such as {{'dlg': {{'starts': 8}}}}")
     options = dict(attack_options or {})
@@ -443,6 +477,14 @@ def audit(
         unknown = [k for k in given if k not in known]
         if unknown:
             raise InputError(f"{name} has no option {unknown[0]!r}; its options: {', '.join(known) or 'none'}")
+        if name not in names:
+            raise InputError(f"options for {name}, which this audit does not run; add it to attacks or drop its options")
+    chosen = {}
+    for name in names:
+        try:
+            chosen[name] = reg.get(name)(**options.get(name, {}))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"bad options for {name}: {first_line(exc).split(': ', 1)[-1]}") from None
     try:
         fail_level = fail_on if isinstance(fail_on, LeakageLevel) else LeakageLevel.parse(str(fail_on))
     except ValueError as exc:
@@ -482,15 +524,14 @@ def audit(
         threat = dataclasses.replace(threat, auxiliary_data=False)
 
     module = module.to(dev)
-    with _numerics():
-        if isinstance(update, Update):
-            upd = update.to(dev)
-        elif update is not None:
-            upd = load_update(update, module, batch_size=len(index), protocol=protocol, local_steps=local_steps,
-                              local_lr=local_lr, local_batch_size=local_batch_size)
-        else:
-            upd = compute_update(module, batch_x.to(dev), batch_y.to(dev), protocol=protocol, local_steps=local_steps,
-                                 local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
+    if isinstance(update, Update):
+        upd = checked_update(update, module, batch_size=len(index))
+    elif update is not None:
+        upd = load_update(update, module, batch_size=len(index), protocol=protocol, local_steps=local_steps,
+                          local_lr=local_lr, local_batch_size=local_batch_size)
+    else:
+        upd = compute_update(module, batch_x.to(dev), batch_y.to(dev), protocol=protocol, local_steps=local_steps,
+                             local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
 
     B = len(index)
     known_labels = threat.labels == "known"
@@ -515,21 +556,20 @@ def audit(
 
     stop = stop or threading.Event()
     notify = progress.message if progress is not None else None
-    # label attacks first; malicious-server emulators only when asked for
-    names = [n for n in reg.names() if n in requested] if requested else [n for n in reg.names() if reg.get(n).default]
     skipped: dict[str, str] = {}
+    unmeasured = False  # an attack that applies stopped before its first iteration
     done: dict[str, Any] = {}
     outcomes: list[AttackOutcome] = []
     prior = aux[0].mean(0) if aux is not None else None
     baseline = baseline_psnr(batch_x, prior)
     exposure = None
-    with _first_interrupt_sets(stop, notify), _numerics():
+    with _first_interrupt_sets(stop, notify):
         for name in names:
-            if stop.is_set():
-                skipped[name] = "interrupted before it started"
-                continue
             cls = reg.get(name)
-            attack = cls(**options.get(name, {}))
+            attack = chosen[name]
+            if stop.is_set():  # an attack that could never run keeps its reason
+                skipped[name] = (cls.emulates is None and attack.applies(view)) or "interrupted before it started"
+                continue
             if cls.kind == "images" and view.labels is None and not known_labels:
                 labels, counts, source = _label_seed(view, done)
                 if labels is not None:
@@ -562,6 +602,11 @@ def audit(
                 continue
             if progress is not None:
                 progress.finish(name, rec.stopped)
+            if rec.iterations == 0 and rec.stopped in ("time_budget", "interrupted"):  # cut before it rebuilt anything:
+                # its images would be the random start's (an analytic attack that ends by itself has 0 iterations too)
+                skipped[name] = _no_iteration(rec.stopped, time_budget)
+                unmeasured = True
+                continue
             done[name] = rec
             outcomes.append(
                 score(rec, batch_x, batch_y, n_out, title=cls.title, reference=cls.reference, kind=cls.kind, prior=prior)
@@ -588,7 +633,7 @@ def audit(
         {"num_classes": n_out, "input_shape": list(batch_x.shape[1:]), "n_parameters": int(n_params)}
     )
     return AuditReport(
-        verdict=verdict_for(level, fail_level, complete=bool(outcomes) and not stop.is_set()),
+        verdict=verdict_for(level, fail_level, complete=bool(outcomes) and not unmeasured and not stop.is_set()),
         leakage=leakage,
         attacks=tuple(outcomes),
         skipped=skipped,

@@ -18,7 +18,7 @@ import click
 from click.core import ParameterSource
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, FiniteFloatRange, input_paths
+from fedguard.options import SEED, FiniteFloatRange, input_paths, print_report, resolve_format
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -118,8 +118,10 @@ class _Quiet:
 
 
 def _grid_path(output: Path, attack: str) -> Path:
-    """Where ``attack``'s reconstruction grid goes: next to the report, named after it."""
-    return output.with_name(f"{output.stem}-{attack}.png")
+    """Where ``attack``'s reconstruction grid goes: beside the report (beside a link's target, where the report
+    lands), named after the report's whole file name, so that ``r.json`` and ``r.html`` keep their own grids."""
+    report = Path(os.path.realpath(output))
+    return report.with_name(f"{report.name}-{attack}.png")
 
 
 def _check_grid_paths(output: Path, inputs: list) -> None:
@@ -148,10 +150,12 @@ def _remove_stale_grids(output: Path, keep: Mapping[str, bytes]) -> None:
             path.unlink()
 
 
-def _formats() -> list[str]:
+def _formats() -> dict[str, str]:
+    """Each output format and its file extension."""
     from fedguard.reports.audit_base import audit_renderers
 
-    return audit_renderers().names()
+    renderers = audit_renderers()
+    return {name: renderers.get(name).suffix for name in renderers.names()}
 
 
 def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
@@ -191,7 +195,7 @@ def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
 @click.option("--aggregate-noise", type=FiniteFloatRange(min=0), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat when --max-iterations, not --time-budget, ends them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
-@click.option("--format", "fmt", type=click.Choice(_formats()), default="text", show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
 @click.option("--fail-on", type=click.Choice(LEVELS), default="high", show_default=True, help="Verdict block (exit 1) at or above this leakage level.")
 @click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
@@ -215,6 +219,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.exposure import FederationSettings
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports.audit_base import grid_png, render_audit
+    from fedguard.reports.base import printable
     from fedguard.threat import ThreatModel
 
     _refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
@@ -223,6 +228,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     _refuse_unused(bool(attacks) and "dlg" not in attacks, ("dlg_starts",), "sets up DLG, which --attack leaves out; add --attack dlg")
     _refuse_unused(bool(attacks) and "inverting_gradients" not in attacks, ("ig_restarts", "ig_tv"),
                    "sets up Inverting Gradients, which --attack leaves out; add --attack inverting_gradients")  # fmt: skip
+    fmt = resolve_format(fmt, output, _formats())
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
@@ -267,9 +273,10 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         write_atomic(output, text)
         _remove_stale_grids(output, keep=images)
         if not quiet:
-            click.echo(f"{report.verdict}: leakage {report.leakage.level}; report written to {output}", err=True)
+            leakage = report.leakage.level if report.attacks else "not measured"
+            click.echo(printable(f"{report.verdict}: leakage {leakage}; report written to {output}"), err=True)
     elif not quiet:
-        click.echo(text, nl=not text.endswith("\n"))
+        print_report(text)
     if report.interrupted:
         click.echo("fedguard: interrupted; the report holds the partial results", err=True)
         sys.exit(EXIT_INTERRUPTED)

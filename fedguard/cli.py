@@ -14,7 +14,7 @@ import click
 
 import fedguard
 from fedguard.errors import InputError
-from fedguard.options import SEED, input_paths
+from fedguard.options import SEED, input_paths, print_report, resolve_format
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
@@ -59,10 +59,11 @@ def _architecture_help() -> str:
     return "Expected architecture: " + ", ".join(ARCHITECTURES.names()) + ", or package.module:callable."
 
 
-def _formats() -> list[str]:
+def _formats() -> dict[str, str]:
+    """Each output format and its file extension."""
     from fedguard.reports import RENDERERS
 
-    return RENDERERS.names()
+    return {name: RENDERERS.get(name).suffix for name in RENDERERS.names()}
 
 
 @main.command("inspect")
@@ -73,7 +74,7 @@ def _formats() -> list[str]:
 @click.option("--reference", type=click.Path(path_type=Path), help="Last round's global model, to detect drift.")
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): digits, images, a folder, or an .npz with x and y.")
 @click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable). See `fedguard rules`.")
-@click.option("--format", "fmt", type=click.Choice(_formats()), default="text", show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600) instead of stdout.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default="medium", show_default=True, help="Exit 1 when a finding is at or above this severity.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for data sampling.")
@@ -89,7 +90,9 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.inspect import inspect_model, rules
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports import render
+    from fedguard.reports.base import printable
 
+    fmt = resolve_format(fmt, output, _formats())
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, reference, data=data, arch=arch)
     if output is not None:
@@ -103,9 +106,9 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     if output is not None:
         write_atomic(output, text)
         if not quiet:
-            click.echo(f"{report.verdict}: report written to {output}", err=True)
+            click.echo(printable(f"{report.verdict}: report written to {output}"), err=True)
     elif not quiet:
-        click.echo(text, nl=not text.endswith("\n"))
+        print_report(text)
     failing = report.at_or_above(Severity.parse(fail_on))
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
 

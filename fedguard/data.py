@@ -95,7 +95,9 @@ def load_data(
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
-        raise InputError(f"bad data {spec!r}; use one of {', '.join(DATASETS)}, a folder of class subfolders, or a .npz file")
+        what = repr(spec) if isinstance(spec, str) else f"a {type(spec).__name__}"
+        raise InputError(f"bad data {what}; use one of {', '.join(DATASETS)}, a folder of class subfolders, a .npz file, "
+                         "or (from Python) a pair (x, y)")
     text = spec.strip()
     if text == "digits":
         x, y = _digits()

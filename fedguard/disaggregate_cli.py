@@ -13,7 +13,10 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, FiniteFloatRange
+from fedguard.options import SEED, FiniteFloatRange, print_report, resolve_format
+
+#: The output formats and their file extensions.
+FORMATS = {"text": ".txt", "json": ".json"}
 
 
 class _UserBar:
@@ -63,7 +66,7 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--save-rounds", type=click.Path(path_type=Path, readable=False), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
 @click.option("--time-limit", type=FiniteFloatRange(min=0), default=60.0, show_default=True, help="Seconds per user for the integer-programming fallback (0 skips it).")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes for the integer programs (default: the usable CPU cores).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
 @click.option("--updates", "updates_path", type=click.Path(path_type=Path, readable=False), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
 @click.option("--force", is_flag=True, help="Replace existing --output, --updates (or OUTPUT-updates.npz) or --save-rounds files that fedguard did not write.")
@@ -86,6 +89,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
     from fedguard.io import check_output_path, is_fedguard_report, write_atomic
     from fedguard.reports.disaggregation_report import disaggregation_to_dict, render_disaggregation
 
+    fmt = resolve_format(fmt, output, FORMATS)
     if simulate and rounds_file is not None:
         raise InputError("give either ROUNDS.npz or --simulate, not both")
     if not simulate and rounds_file is None:
@@ -138,4 +142,4 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
                 f"{result.users_exact}/{result.n_users} users recovered exactly; report written to {output}", err=True
             )
     elif not quiet:
-        click.echo(text, nl=False)
+        print_report(text)

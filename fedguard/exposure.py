@@ -332,7 +332,8 @@ class Scenario:
     ``outcome`` is ``exposed`` (recovered within ``stable_rounds``),
     ``not exposed`` (attacked, never recovered), ``not identifiable`` (these
     settings leave the server too few rounds for the users: the defence
-    holds by construction) or ``not run`` (time budget spent or stopped).
+    holds by construction) or ``not run`` (time budget spent or stopped; with
+    ``exposure`` set it ran part of the way, and reports call it cut short).
     """
 
     label: str

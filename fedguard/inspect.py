@@ -24,6 +24,7 @@ from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, I
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, load_model_file
 from fedguard.modelview import ModelView
+from fedguard.randomness import own_random_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
 
 
@@ -126,7 +127,6 @@ def inspect_model(
         For unreadable files, unknown architectures or data that does not fit.
     """
     start = time.perf_counter()
-    torch.manual_seed(seed)
     names = list(dict.fromkeys(detectors)) if detectors else DETECTORS.names()  # a detector named twice runs once
     for name in names:
         if name not in DETECTORS:
@@ -138,35 +138,36 @@ def inspect_model(
             missing = [options[need] for need in DETECTORS.get(name).needs if not given[need]]
             if missing:
                 raise InputError(f"detector {name} needs {' and '.join(missing)}; pass them or leave out --detector {name}")
-    loaded = load_model_file(path)
-    if loaded.refused:
-        return _report(loaded, loaded.findings, (), start, arch, reference)
+    with own_random_state(seed):  # architectures' initialisation; the caller's generators are kept
+        loaded = load_model_file(path)
+        if loaded.refused:
+            return _report(loaded, loaded.findings, (), start, arch, reference)
 
-    module = None
-    tensors = loaded.tensors
-    if arch:
-        module = build_expected_module(arch, tensors, num_classes, input_shape, named=loaded.named)
-        if not loaded.named:
-            tensors = name_by_architecture(loaded, module)
-    ref_view = None
-    if reference is not None:
-        ref_loaded = load_model_file(reference)
-        if ref_loaded.refused:
-            raise InputError(f"reference {reference} would execute code when loaded; it cannot serve as a reference")
-        ref_tensors = ref_loaded.tensors
-        if not ref_loaded.named:  # a Flower list: the names MODEL has (its own or the architecture's)
-            ref_tensors = names_from(tensors, ref_tensors)
-        elif not loaded.named and module is None:
-            tensors = names_from(ref_tensors, tensors)
-        ref_view = ModelView.from_state_dict(ref_tensors)
-    batch = _client_batch(data, arch, module, input_shape, seed) if data is not None else None
-    if batch is not None and not load_into(module, tensors):
-        batch = None  # the weights do not fit --arch; FG701 says how, behavioural checks cannot run
-    view = ModelView.from_state_dict(tensors, module)
-    context = InspectContext(view=view, reference=ref_view, data=batch)
+        module = None
+        tensors = loaded.tensors
+        if arch:
+            module = build_expected_module(arch, tensors, num_classes, input_shape, named=loaded.named)
+            if not loaded.named:
+                tensors = name_by_architecture(loaded, module)
+        ref_view = None
+        if reference is not None:
+            ref_loaded = load_model_file(reference)
+            if ref_loaded.refused:
+                raise InputError(f"reference {reference} would execute code when loaded; it cannot serve as a reference")
+            ref_tensors = ref_loaded.tensors
+            if not ref_loaded.named:  # a Flower list: the names MODEL has (its own or the architecture's)
+                ref_tensors = names_from(tensors, ref_tensors)
+            elif not loaded.named and module is None:
+                tensors = names_from(ref_tensors, tensors)
+            ref_view = ModelView.from_state_dict(ref_tensors)
+        batch = _client_batch(data, arch, module, input_shape, seed) if data is not None else None
+        if batch is not None and not load_into(module, tensors):
+            batch = None  # the weights do not fit --arch; FG701 says how, behavioural checks cannot run
+        view = ModelView.from_state_dict(tensors, module)
+        context = InspectContext(view=view, reference=ref_view, data=batch)
 
-    findings, ran = run_detectors(context, names)
-    return _report(loaded, list(loaded.findings) + findings, ran, start, arch, reference, view)
+        findings, ran = run_detectors(context, names)
+        return _report(loaded, list(loaded.findings) + findings, ran, start, arch, reference, view)
 
 
 def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -> tuple[list[Finding], list[str]]:

@@ -133,7 +133,7 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
         raw = _load_safetensors(path)
     else:
         raw = _load_npz(path)
-    tensors, named = _to_state_dict(raw, path)
+    tensors, named = to_state_dict(raw, path)
     return tensors, (), named
 
 
@@ -328,8 +328,10 @@ def _load_npz(path: Path) -> Any:
     return arrays
 
 
-def _to_state_dict(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """Unwrap checkpoint wrappers, validate the values, and name unnamed lists."""
+def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], bool]:
+    """``raw`` (what a model file held, or a mapping handed in from Python) as named tensors, and whether it named
+    them: checkpoint wrappers unwrapped, ``module.`` prefixes stripped, numpy arrays turned into tensors, unnamed
+    lists named in order. ``path`` names the source in the InputError for anything else."""
     if isinstance(raw, (torch.Tensor, np.ndarray)):
         raise InputError(f"{path} holds a single tensor, not a state_dict; save model.state_dict() instead")
     if isinstance(raw, (list, tuple)):

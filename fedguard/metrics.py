@@ -87,26 +87,36 @@ THRESHOLDS: dict[str, float] = {
 }
 
 
+def _same_shape(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float64 arrays of one shape; ValueError naming both shapes otherwise (no broadcasting)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"{what} of images of shapes {a.shape} and {b.shape}; pass two images of one shape")
+    return a, b
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB for images in [0, 1] (capped at :data:`PSNR_CAP`)."""
-    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
+    a, b = _same_shape(a, b, "PSNR")
+    mse = float(np.mean((a - b) ** 2))
     if mse <= 10 ** (-PSNR_CAP / 10):
         return PSNR_CAP
     return 10.0 * math.log10(1.0 / mse)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two ``C,H,W`` images in [0, 1]; NaN when an image is smaller than 3x3."""
+    """SSIM of two ``C,H,W`` images in [0, 1] (channels first); NaN when an image is smaller than 3x3."""
     from skimage.metrics import structural_similarity
 
+    a, b = _same_shape(a, b, "SSIM")
+    if a.ndim != 3:
+        raise ValueError(f"SSIM of images of shape {a.shape}; pass C,H,W images (channels first)")
     side = min(a.shape[-2:])
     win = min(7, side if side % 2 else side - 1)
     if win < 3:
         return float("nan")
     return float(
-        structural_similarity(
-            np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), data_range=1.0, channel_axis=0, win_size=win
-        )
+        structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=win)
     )
 
 
@@ -114,8 +124,10 @@ def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
     """Pairs ``(true index, rebuilt index)`` minimising the total MSE (Hungarian algorithm)."""
     from scipy.optimize import linear_sum_assignment
 
-    t = true.reshape(len(true), -1).double()
-    r = rebuilt.reshape(len(rebuilt), -1).double()
+    t = torch.as_tensor(true).detach().cpu().reshape(len(true), -1).double()
+    r = torch.as_tensor(rebuilt).detach().cpu().reshape(len(rebuilt), -1).double()
+    if t.shape[1] != r.shape[1]:
+        raise ValueError(f"cannot match images of shape {tuple(true.shape[1:])} to images of shape {tuple(rebuilt.shape[1:])}")
     cost = torch.cdist(t, r).pow(2).numpy() / t.shape[1]
     rows, cols = linear_sum_assignment(cost)
     return [(int(i), int(j)) for i, j in zip(rows, cols)]
@@ -123,7 +135,8 @@ def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
 
 def baseline_psnr(true: torch.Tensor, prior: torch.Tensor | None = None) -> float:
     """Mean PSNR of the server's guess without the update (``prior`` image, or mid-grey)."""
-    guess = prior if prior is not None else torch.full_like(true[0], 0.5)
+    true = torch.as_tensor(true).detach().cpu()
+    guess = torch.as_tensor(prior).detach().cpu() if prior is not None else torch.full_like(true[0], 0.5)
     return float(np.mean([psnr(guess.numpy(), x.numpy()) for x in true]))
 
 
@@ -183,9 +196,11 @@ def class_image_scores(
             [psnr(r, t) if r is not None else 0.0 for r, t in pairs])
 
 
-def verdict_for(level: LeakageLevel, fail_on: LeakageLevel, complete: bool = True) -> AuditVerdict:
+def verdict_for(level: LeakageLevel | str, fail_on: LeakageLevel | str, complete: bool = True) -> AuditVerdict:
     """block at or above ``fail_on``; warn one level below it (when that is at least low), or when the audit is not
-    ``complete`` (no attack ran, or it was stopped: nothing measured is not a pass); else pass."""
+    ``complete`` (no attack ran, or it was stopped: nothing measured is not a pass); else pass.
+    Levels may be given by name (``"low"``)."""
+    level, fail_on = (v if isinstance(v, LeakageLevel) else LeakageLevel.parse(str(v)) for v in (level, fail_on))
     if level >= fail_on:
         return AuditVerdict.BLOCK
     if (level >= LeakageLevel.LOW and int(level) == int(fail_on) - 1) or not complete:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
+from typing import Mapping
 
 import click
 
 from fedguard.checks import MAX_SEED
+from fedguard.errors import InputError
 
 #: Seeds numpy's and torch's generators both take.
 SEED = click.IntRange(0, MAX_SEED)
@@ -42,3 +45,37 @@ def input_paths(*files: str | os.PathLike | None, data: str | None = None, arch:
     if arch is not None:
         paths.append(arch_source(arch))
     return [p for p in paths if p is not None]
+
+
+def print_report(text: str) -> None:
+    """Print a report on stdout. A stdout that cannot take it (a full disk) is one InputError naming ``-o``, not a
+    traceback and not exit 1, which means block; a closed pipe (``| head``) is left to end the run as it does."""
+    try:
+        click.echo(text, nl=not text.endswith("\n"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        sys.stdout = open(os.devnull, "w")  # what is still buffered cannot be written either: no second error at exit
+        raise InputError(f"cannot write the report to standard output ({exc.strerror or exc}); write it to a file with -o") from None
+
+
+def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, str]) -> str:
+    """``--format``, else the format whose extension ``--output`` has (``report.html``: html), else text.
+
+    ``suffixes`` maps each format to its extension. A ``--format`` that
+    contradicts the extension of another format is an InputError: a JSON
+    report in ``report.html`` is a mistake, not a wish.
+    """
+    by_suffix = {suffix: name for name, suffix in suffixes.items()}
+    if "html" in suffixes:
+        by_suffix[".htm"] = "html"
+    named = by_suffix.get(output.suffix.lower()) if output is not None else None
+    if fmt is None:
+        return named or "text"
+    if named not in (None, "text", fmt):
+        raise InputError(
+            f"--output {output.name} has the extension of the {named} format but --format is {fmt}; "
+            f"drop --format, or name the file {output.with_suffix(suffixes[fmt]).name}"
+        )
+    return fmt

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,8 +31,9 @@ from torch import nn
 
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
+from fedguard.randomness import own_random_state
 
-__all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "resolve_device", "minibatch_slices"]
+__all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "checked_update", "check_protocol", "resolve_device", "minibatch_slices"]
 
 PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
 #: Below this a local SGD step (lr times a gradient of order one) is under float32's resolution of a weight of 0.001
@@ -115,7 +116,11 @@ class Update:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an InputError."""
     if isinstance(device, torch.device):
-        return device
+        if device.type not in ("cpu", "cuda"):
+            raise InputError(f"device {device} is not supported; use auto, cpu or cuda")
+        device = str(device)
+    if device is not None and not isinstance(device, str):
+        raise InputError(f"bad device {device!r}; use auto, cpu, cuda or cuda:N")
     text = (device or "auto").strip().lower()
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,8 +180,8 @@ def compute_update(
     labels: torch.Tensor,
     *,
     protocol: str = "fedsgd",
-    local_steps: int = 1,
-    local_lr: float | None = None,
+    local_steps: int = 5,
+    local_lr: float = 0.01,
     local_batch_size: int | None = None,
     seed: int = 0,
 ) -> Update:
@@ -208,32 +213,35 @@ def compute_update(
     params = _trainable(net)
     if not params:
         raise InputError("the model has no trainable parameters; there is no update to audit")
-    torch.manual_seed(seed)  # dropout masks
-    try:
-        if protocol == "fedsgd":
-            loss = F.cross_entropy(net(inputs), labels)
-            grads = torch.autograd.grad(loss, list(params.values()))
-            tensors = {name: g.detach() for name, g in zip(params, grads)}
-            first_loss = float(loss.detach())
-        else:
-            start = {name: p.detach().clone() for name, p in params.items()}
-            first_loss = None
-            for sl in minibatch_slices(batch, local_batch_size, local_steps):
-                loss = F.cross_entropy(net(inputs[sl]), labels[sl])
-                if first_loss is None:
-                    first_loss = float(loss.detach())
+    # dropout masks from seed, the caller's generators kept; training works inside the caller's no_grad too
+    with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
+        if inputs.is_inference():  # made under the caller's inference_mode: autograd cannot save it for backward
+            inputs = inputs.clone()
+        try:
+            if protocol == "fedsgd":
+                loss = F.cross_entropy(net(inputs), labels)
                 grads = torch.autograd.grad(loss, list(params.values()))
-                with torch.no_grad():
-                    for p, g in zip(params.values(), grads):
-                        p.sub_(float(local_lr) * g)
-            tensors = {name: (p.detach() - start[name]) for name, p in params.items()}
-    except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a label outside the model's classes
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "more than 1 value per channel" in text:
-            raise InputError(
-                "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
-            ) from None
-        raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
+                tensors = {name: g.detach() for name, g in zip(params, grads)}
+                first_loss = float(loss.detach())
+            else:
+                start = {name: p.detach().clone() for name, p in params.items()}
+                first_loss = None
+                for sl in minibatch_slices(batch, local_batch_size, local_steps):
+                    loss = F.cross_entropy(net(inputs[sl]), labels[sl])
+                    if first_loss is None:
+                        first_loss = float(loss.detach())
+                    grads = torch.autograd.grad(loss, list(params.values()))
+                    with torch.no_grad():
+                        for p, g in zip(params.values(), grads):
+                            p.sub_(float(local_lr) * g)
+                tensors = {name: (p.detach() - start[name]) for name, p in params.items()}
+        except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a label outside the model's classes
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "more than 1 value per channel" in text:
+                raise InputError(
+                    "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
+                ) from None
+            raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         if protocol == "fedavg":
             raise InputError("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
@@ -255,8 +263,8 @@ def load_update(
     *,
     batch_size: int,
     protocol: str = "fedsgd",
-    local_steps: int = 1,
-    local_lr: float | None = None,
+    local_steps: int = 5,
+    local_lr: float = 0.01,
     local_batch_size: int | None = None,
 ) -> Update:
     """Read an update computed elsewhere; its tensors must match ``model``'s parameters.
@@ -277,40 +285,7 @@ def load_update(
     loaded = load_model_file(path)
     if loaded.refused:
         raise InputError(f"update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")
-    params = _trainable(model)
-    tensors = dict(loaded.tensors)
-    if not loaded.named or not (set(tensors) & set(params)):
-        values = list(tensors.values())
-        if len(values) != len(params):
-            raise InputError(
-                f"update {path} has {len(values)} unnamed tensors but the model has {len(params)} parameters; "
-                "save a dict of parameter names to tensors"
-            )
-        tensors = dict(zip(params, values))
-    missing = [name for name in params if name not in tensors]
-    extra = [name for name in tensors if name not in params]
-    if missing:
-        raise InputError(
-            f"update {path} has no tensor for parameter {missing[0]!r}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + "; save one tensor per model parameter, named as in model.named_parameters()"
-        )
-    if extra:
-        raise InputError(f"update {path} has tensor {extra[0]!r} that is not a parameter of the model; remove it or check --arch")
-    out = {}
-    for name, p in params.items():
-        t = tensors[name]
-        if tuple(t.shape) != tuple(p.shape):
-            raise InputError(
-                f"update {path}: layer {name} has shape {list(t.shape)} but the model's parameter has {list(p.shape)}; "
-                "the update does not come from this model"
-            )
-        if not t.is_floating_point():
-            raise InputError(f"update {path}: {name} has dtype {t.dtype}; an update holds floating-point values")
-        t = t.to(device=p.device, dtype=p.dtype)
-        if not torch.isfinite(t).all():
-            raise InputError(f"update {path}: {name} holds NaN or infinite values; recompute the update")
-        out[name] = t
+    out = _matched_tensors(dict(loaded.tensors), loaded.named, _trainable(model), f"update {path}")
     if protocol == "fedsgd":
         local_steps, local_lr, local_batch_size = 1, None, None
     else:
@@ -325,3 +300,67 @@ def load_update(
         local_batch_size=local_batch_size,
         source=str(path),
     )
+
+
+def _matched_tensors(tensors: dict[str, Any], named: bool, params: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """``tensors`` as one finite floating-point tensor per parameter of ``params`` (same names, shapes, device and
+    dtype; an unnamed list is taken in parameter order), or InputError starting with ``where``."""
+    if not named or not (set(tensors) & set(params)):
+        values = list(tensors.values())
+        if len(values) != len(params):
+            raise InputError(
+                f"{where} has {len(values)} unnamed tensors but the model has {len(params)} parameters; "
+                "save a dict of parameter names to tensors"
+            )
+        tensors = dict(zip(params, values))
+    missing = [name for name in params if name not in tensors]
+    extra = [name for name in tensors if name not in params]
+    if missing:
+        raise InputError(
+            f"{where} has no tensor for parameter {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; give one tensor per model parameter, named as in model.named_parameters()"
+        )
+    if extra:
+        raise InputError(f"{where} has tensor {extra[0]!r} that is not a parameter of the model; remove it or check --arch")
+    out = {}
+    for name, p in params.items():
+        t = tensors[name]
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{where}: {name} is a {type(t).__name__}; an update holds torch tensors")
+        if tuple(t.shape) != tuple(p.shape):
+            raise InputError(
+                f"{where}: layer {name} has shape {list(t.shape)} but the model's parameter has {list(p.shape)}; "
+                "the update does not come from this model"
+            )
+        if not t.is_floating_point():
+            raise InputError(f"{where}: {name} has dtype {t.dtype}; an update holds floating-point values")
+        t = t.detach().to(device=p.device, dtype=p.dtype)
+        if not torch.isfinite(t).all():
+            raise InputError(f"{where}: {name} holds NaN or infinite values; recompute the update")
+        out[name] = t
+    return out
+
+
+def checked_update(update: Update, model: nn.Module, batch_size: int) -> Update:
+    """An in-memory ``update`` checked as :func:`load_update` checks a file: one finite tensor per parameter of
+    ``model`` (moved to its device), computed on ``batch_size`` examples with a schedule that can run.
+
+    Raises
+    ------
+    InputError
+        Naming the tensor, the count or the schedule that does not fit.
+    """
+    if not isinstance(update.tensors, Mapping):
+        raise InputError(f"update.tensors is a {type(update.tensors).__name__}; pass a dict of parameter names to tensors")
+    out = _matched_tensors(dict(update.tensors), True, _trainable(model), "update")
+    if not is_whole(update.batch_size) or int(update.batch_size) != int(batch_size):
+        raise InputError(
+            f"the update was computed on {update.batch_size!r} examples but the data holds {batch_size}; "
+            "pass exactly the batch the update came from"
+        )
+    local_batch_size = update.local_batch_size
+    if update.protocol == "fedavg" and local_batch_size is None:
+        local_batch_size = batch_size
+    check_protocol(update.protocol, update.local_steps, update.local_lr, local_batch_size, batch_size)
+    return replace(update, tensors=out, local_batch_size=local_batch_size)

@@ -19,7 +19,7 @@ the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
         {"name": "dlg", "level": "high", "psnr_mean": 52.1, "psnr_max": 52.1,
          "ssim_mean": 0.9999, "ssim_max": 0.9999, "label_accuracy": 1.0,
          "seconds": 18.2, "iterations": 131, "starts": 4, "start_success_rate": 0.75,
-         "image_file": "audit-dlg.png", "samples": [...], ...}
+         "image_file": "audit.json-dlg.png", "samples": [...], ...}
       ],
       "skipped": {"label_counts": "..."},
       "model": {...}, "data": {...}, "update": {...}, "threat": {...}, "config": {...},
@@ -41,6 +41,8 @@ from .audit_base import AuditRenderer, register_audit_renderer
 from .base import json_safe, read_schema
 
 SCHEMA_VERSION = "1.0"
+#: Significant digits of every float in the document: PSNR to 0.0001 dB, seconds to the millisecond.
+JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"
 
 
@@ -111,7 +113,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         "exposure": None if report.exposure is None else dict(report.exposure),
         "seconds": report.seconds,
     }
-    return json_safe(doc)
+    return json_safe(doc, digits=JSON_DIGITS)
 
 
 def load_audit_schema() -> dict[str, Any]:

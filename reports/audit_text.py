@@ -5,24 +5,29 @@ Colour only when asked (the CLI asks only on a TTY). Sample output::
     BLOCK  leakage high (worst: dlg, PSNR max 52.1 dB)  fail-on high
     lenet · digits, batch 1 · fedsgd · cpu · 4 attacks in 24.1 s
 
-     attack               level    PSNR mean/max   SSIM mean/max   labels   iters   time     stopped
-    ─────────────────────────────────────────────────────────────────────────────────────────────────
-     label_counts         medium   –               –               1.00     0       0.1 s    done
-     idlg                 medium   –               –               1.00     0       0.0 s    done
-     dlg                  high     52.1 / 52.1     1.000 / 1.000   1.00     131     18.2 s   converged
-     inverting_gradients  medium   19.3 / 19.3     0.612 / 0.612   1.00     950     20.0 s   time_budget
+    attack              level  PSNR dB   SSIM      label iters time   stopped
+    ───────────────────────────────────────────────────────────────────────────
+    label_counts        medium –         –         1.00  0     0.1 s  done
+    idlg                medium –         –         1.00  0     0.0 s  done
+    dlg                 high   52.1/52.1 1.00/1.00 1.00  131   18.2 s converged
+    inverting_gradients medium 19.3/19.3 0.61/0.61 1.00  950   20.0 s time_budget
 
-    dlg: 3 of 4 random starts reached the high level (75 %)
+    dlg: 3 of 4 random starts reached the high level (75%)
 
-    exposure across rounds: secure aggregation hides this update for only 30 rounds: with 10 users per round ...
+    exposure across rounds: secure aggregation hides this update for only 30
+    rounds: with 10 users per round ...
       what if DP noise 1 on the sums: not exposed
-    grids: audit-dlg.png, audit-inverting_gradients.png
-    levels per example, counted only 3 dB / 0.1 SSIM above the no-update baseline (mean 11.3 dB): high >= 25 dB ...
+    grids: audit.txt-dlg.png, audit.txt-inverting_gradients.png
+    levels per example, counted only 3 dB / 0.1 SSIM above the no-update
+    baseline (mean 11.3 dB): high >= 25 dB ...
+
+The table fits 80 columns; the prose wraps at the terminal's width (``COLUMNS``), 100 in a file.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
 from typing import ClassVar, Mapping
 
 from rich import box
@@ -35,7 +40,8 @@ from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 from .audit_base import AuditRenderer, register_audit_renderer
 from .base import fmt_num, plural, printable
 
-WIDTH = 110
+#: Widest and narrowest the report is laid out for: the terminal's width (``COLUMNS``) within these, 100 for a file.
+MAX_WIDTH, MIN_WIDTH = 120, 80
 VERDICT_STYLE = {AuditVerdict.PASS: "bold green", AuditVerdict.WARN: "bold yellow", AuditVerdict.BLOCK: "bold white on red"}
 LEVEL_STYLE = {LeakageLevel.HIGH: "bold red", LeakageLevel.MEDIUM: "yellow", LeakageLevel.LOW: "cyan", LeakageLevel.NONE: "green"}
 
@@ -50,13 +56,16 @@ class AuditTextRenderer(AuditRenderer):
     def render(self, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
         buffer = io.StringIO()
         console = Console(
-            file=buffer, width=WIDTH, force_terminal=color, no_color=not color,
+            file=buffer, width=_width(), force_terminal=color, no_color=not color,
             color_system="standard" if color else None, highlight=False, emoji=False, markup=False,
         )  # fmt: skip
         lk = report.leakage
         head = Text()
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
-        head.append(f"  leakage {lk.level}", style=LEVEL_STYLE[lk.level])
+        if report.attacks:
+            head.append(f"  leakage {lk.level}", style=LEVEL_STYLE[lk.level])
+        else:
+            head.append("  leakage not measured", style="yellow")
         if lk.worst_attack:
             worst = report.outcome(lk.worst_attack)
             extra = f", PSNR max {fmt_num(worst.psnr_max)} dB" if worst.psnr_max is not None else ""
@@ -64,7 +73,7 @@ class AuditTextRenderer(AuditRenderer):
         head.append(f"  fail-on {report.fail_on}")
         if report.interrupted:
             head.append("  INTERRUPTED: partial results", style="bold yellow")
-        console.print(head, soft_wrap=True)
+        console.print(head)
         m, d, u = report.model, report.data, report.update
         where = m.get("path") or m.get("weights")
         context = [
@@ -74,14 +83,15 @@ class AuditTextRenderer(AuditRenderer):
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
-        console.print(Text(printable(" · ".join(context)), style="dim"), soft_wrap=True)
+        console.print(Text(printable(" · ".join(context)), style="dim"), soft_wrap=True)  # one line, however long
         if report.attacks:
-            table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=True, header_style="bold")
-            for col in ("attack", "level", "PSNR mean/max", "SSIM mean/max", "labels", "iters", "time", "stopped"):
-                table.add_column(col, no_wrap=True)
+            # one space between columns: the table fits 80 columns (a stop reason too long for it folds)
+            table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0, header_style="bold")
+            for col in ("attack", "level", "PSNR dB", "SSIM", "label", "iters", "time", "stopped"):
+                table.add_column(col, no_wrap=col != "stopped", overflow="fold")
             for o in report.attacks:
-                psnr = "–" if o.psnr_max is None else f"{fmt_num(o.psnr_mean)} / {fmt_num(o.psnr_max)}"
-                ssim = "–" if o.ssim_max is None else f"{fmt_num(o.ssim_mean, 3)} / {fmt_num(o.ssim_max, 3)}"
+                psnr = "–" if o.psnr_max is None else f"{fmt_num(o.psnr_mean)}/{fmt_num(o.psnr_max)}"
+                ssim = "–" if o.ssim_max is None else f"{fmt_num(o.ssim_mean, 2)}/{fmt_num(o.ssim_max, 2)}"
                 table.add_row(
                     o.name, Text(str(o.level), style=LEVEL_STYLE[o.level]), psnr, ssim,
                     fmt_num(o.label_accuracy, 2), str(o.iterations), f"{o.seconds:.1f} s", o.stopped,
@@ -92,23 +102,22 @@ class AuditTextRenderer(AuditRenderer):
             console.print(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
         for o in report.attacks:
             if o.recovered_fraction:
-                console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)", soft_wrap=True)
+                console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)")
             if o.starts and o.start_success_rate is not None:
                 k = round(o.start_success_rate * o.starts)
-                console.print(f"{o.name}: {k} of {o.starts} random starts reached the high level ({o.start_success_rate:.0%})", soft_wrap=True)
+                console.print(f"{o.name}: {k} of {plural(o.starts, 'random start')} reached the high level ({o.start_success_rate:.0%})")
             if o.label_counts_exact is not None and o.kind == "labels":
                 console.print(
                     f"{o.name}: {o.label_counts_exact:.0%} of per-class counts exact, "
-                    f"count error {o.label_count_error} over {d.get('batch_size')} examples",
-                    soft_wrap=True,
-                )
+                    f"count error {o.label_count_error} over {plural(d.get('batch_size'), 'example')}",
+                    )
         for name, why in report.skipped.items():
-            console.print(Text(printable(f"skipped {name}: {why}"), style="dim"), soft_wrap=True)
+            console.print(Text(printable(f"skipped {name}: {why}"), style="dim"))
         if report.exposure is not None:
             _exposure(console, report.exposure)
         files = [o.image_file for o in report.attacks if o.image_file]
         if files:
-            console.print(f"grids: {', '.join(files)}", soft_wrap=True)
+            console.print(f"grids: {', '.join(files)}")
         t = lk.thresholds
         if t:
             console.print(
@@ -118,9 +127,13 @@ class AuditTextRenderer(AuditRenderer):
                     f"medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the baseline or SSIM >= {t['low_ssim']:g}",
                     style="dim",
                 ),
-                soft_wrap=True,
             )
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+def _width() -> int:
+    """The terminal's width (or ``COLUMNS``) within :data:`MIN_WIDTH`..:data:`MAX_WIDTH`; 100 when there is none."""
+    return max(MIN_WIDTH, min(MAX_WIDTH, shutil.get_terminal_size((100, 24)).columns))
 
 
 def exposure_summary(exposure: Mapping) -> str:
@@ -140,9 +153,12 @@ def exposure_summary(exposure: Mapping) -> str:
 
 def _exposure(console: Console, exposure: Mapping) -> None:
     console.print()
-    console.print(Text(f"exposure across rounds: {exposure_summary(exposure)}"), soft_wrap=True)
+    console.print(Text(f"exposure across rounds: {exposure_summary(exposure)}"))
     for s in exposure["scenarios"][1:]:
         rounds = s["rounds_to_exposure"]
-        result = f"exposed after {rounds} rounds" if rounds is not None else s["outcome"]
+        if rounds is not None:
+            result = f"exposed after {rounds} rounds"
+        else:  # "not run" with a detail ran part of the way before the time budget ended it
+            result = "cut short" if s["outcome"] == "not run" and s["detail"] is not None else s["outcome"]
         note = f" ({s['note']})" if s["outcome"] != "not identifiable" and s["note"] else ""
-        console.print(Text(f"  what if {s['label']}: {result}{note}", style="dim"), soft_wrap=True)
+        console.print(Text(f"  what if {s['label']}: {result}{note}", style="dim"))

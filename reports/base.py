@@ -94,14 +94,15 @@ def severity_counts(findings: Iterable[Finding]) -> dict[str, int]:
     return counts
 
 
-def json_safe(value: Any) -> Any:
+def json_safe(value: Any, digits: int | None = None) -> Any:
     """Convert evidence to plain JSON values.
 
     numpy and torch scalars become Python numbers, arrays and tensors become
     (nested) lists, tuples and sets become lists, enums their string value,
     mapping keys strings, and non-finite floats the strings ``"nan"``,
     ``"inf"`` and ``"-inf"`` (JSON has no literal for them). Anything else
-    unknown becomes ``str(value)``.
+    unknown becomes ``str(value)``. With ``digits``, floats keep that many
+    significant digits (measurements, not 17-digit noise).
     """
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -114,15 +115,15 @@ def json_safe(value: Any) -> Any:
             return "nan"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return float(value)
+        return float(value) if digits is None else float(f"{value:.{digits}g}")
     if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return [json_safe(v) for v in items]
+        return [json_safe(v, digits) for v in items]
     tolist = getattr(value, "tolist", None)  # numpy scalar/array, torch tensor
     if callable(tolist):
-        return json_safe(tolist())
+        return json_safe(tolist(), digits)
     return str(value)
 
 
@@ -159,15 +160,21 @@ def fired_rules(findings: Iterable[Finding], rules: Mapping[str, Rule]) -> list[
 #: Characters a terminal acts on instead of printing: C0/C1 controls (ESC starts colour, title and clear-screen
 #: sequences; a newline or a Unicode line separator would forge a report line) and the bidirectional overrides.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: The same but for tabs and line breaks, which a web page lays out as spaces.
+_UNPRINTABLE_INLINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, keep_line_breaks: bool = False) -> str:
     """``text`` with every character a terminal would act on shown as its escape (``\\x1b``, ``\\n``).
 
-    Tensor names come from the model file, which the server wrote; in a text
-    report they must not move the cursor, recolour, retitle or forge lines.
+    Tensor names come from the model file, which the server wrote, and paths
+    from the file system; in a report they must not move the cursor, recolour,
+    retitle, forge lines or reverse the text after them (U+202E).
+    ``keep_line_breaks`` leaves tabs and line breaks, for HTML, where they are
+    whitespace.
     """
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    pattern = _UNPRINTABLE_INLINE if keep_line_breaks else _UNPRINTABLE
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def plural(n: int, word: str) -> str:

@@ -39,6 +39,7 @@ from .base import (
     fired_rules,
     fmt_num,
     format_value,
+    printable,
     register_renderer,
     severity_counts,
     sorted_findings,
@@ -46,6 +47,16 @@ from .base import (
 )
 
 TEMPLATE = "inspect.html"
+
+
+def _shown(value: Any) -> Any:
+    """Every value a page prints, with bidirectional overrides and control characters shown as escapes
+    (:func:`printable`); markup the page built itself is left as it is."""
+    import markupsafe
+
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return printable(value, keep_line_breaks=True)
+    return value
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,6 +67,7 @@ def template_environment():
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
         autoescape=True,
+        finalize=_shown,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

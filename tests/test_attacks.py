@@ -768,7 +768,7 @@ def test_feature_fishing_needs_several_rounds_and_public_data(digits):
     view, _, _ = server_view(mlp8(0), digits, list(range(8)), seed=0)
     assert "several" in FeatureFishing().applies(view)
     assert "public data" in FeatureFishing().applies(dataclasses.replace(view, next_round=lambda options: view, auxiliary=None))
-    with pytest.raises(ValueError, match="at least 2 rounds"):
+    with pytest.raises(ValueError, match="bad feature fishing max_rounds 1; give a whole number of at least 2"):
         FeatureFishing(max_rounds=1)
 
 

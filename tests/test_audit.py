@@ -110,10 +110,10 @@ def test_json_report_validates_and_png_grids_are_written_next_to_it(workdir, sch
     ig = attacks["inverting_gradients"]
     assert ig["iterations"] == 30 and ig["stopped"] == "max_iterations" and ig["psnr_mean"] is not None
     for name in ("dlg", "inverting_gradients"):
-        assert attacks[name]["image_file"] == f"audit-{name}.png"
-        png = (out.parent / f"audit-{name}.png").read_bytes()
+        assert attacks[name]["image_file"] == f"audit.json-{name}.png"
+        png = (out.parent / f"audit.json-{name}.png").read_bytes()
         assert png.startswith(PNG_MAGIC) and len(png) > 100
-    assert sorted(p.name for p in out.parent.iterdir()) == ["audit-dlg.png", "audit-inverting_gradients.png", "audit.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["audit.json", "audit.json-dlg.png", "audit.json-inverting_gradients.png"]
 
 
 def test_text_report_on_stdout(workdir):
@@ -137,7 +137,7 @@ def test_html_report_embeds_the_grids(workdir):
     assert page.lstrip().lower().startswith("<!doctype html")
     assert "data:image/png;base64," in page
     assert "Deep Leakage from Gradients" in page and "iDLG" in page
-    assert (workdir / "audit-dlg.png").read_bytes().startswith(PNG_MAGIC)
+    assert (workdir / "audit.html-dlg.png").read_bytes().startswith(PNG_MAGIC)
 
 
 # --------------------------------------------------------------------------- verdicts and exit codes
@@ -379,19 +379,19 @@ def test_grids_replace_only_their_own_files(workdir):
     when the new report has none for its attack, removed."""
     digits_npz(workdir / "digits.npz", n=8)
     args = (*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "dlg", "--dlg-starts", "1", "--max-iterations", "3")
-    (workdir / "r-dlg.png").write_bytes(b"my holiday photo")
+    (workdir / "r.json-dlg.png").write_bytes(b"my holiday photo")
     line = assert_input_error(invoke(*args, "-o", "r.json"))
-    assert "r-dlg.png" in line and "did not write" in line
-    assert (workdir / "r-dlg.png").read_bytes() == b"my holiday photo" and not (workdir / "r.json").exists()
-    (workdir / "s-idlg.png").mkdir()
+    assert "r.json-dlg.png" in line and "did not write" in line
+    assert (workdir / "r.json-dlg.png").read_bytes() == b"my holiday photo" and not (workdir / "r.json").exists()
+    (workdir / "s.json-idlg.png").mkdir()
     assert "a folder" in assert_input_error(invoke(*args, "-o", "s.json"))
     for _ in range(2):  # the second run replaces the first run's grid
         assert invoke(*args, "-o", "t.json").exit_code in (0, 1)  # pass or block, not an input error
-        assert (workdir / "t-dlg.png").read_bytes().startswith(PNG_MAGIC)
+        assert (workdir / "t.json-dlg.png").read_bytes().startswith(PNG_MAGIC)
     assert invoke(*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "label_counts", "-o", "t.json").exit_code == 0
-    assert not (workdir / "t-dlg.png").exists()  # the earlier report's grid, which this one does not rebuild, is gone
+    assert not (workdir / "t.json-dlg.png").exists()  # the earlier report's grid, which this one does not rebuild, is gone
     (workdir / "photos" / "cat").mkdir(parents=True)
-    (workdir / "u-dlg.png").symlink_to(workdir / "photos" / "cat" / "leak.png")  # a grid path leading into an input
+    (workdir / "u.json-dlg.png").symlink_to(workdir / "photos" / "cat" / "leak.png")  # a grid path leading into an input
     line = assert_input_error(invoke(*TINY, "--data", "photos", "-o", "u.json"))
     assert "dlg grid" in line and "inside the input folder photos" in line
 
@@ -427,6 +427,17 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"data": (3 * torch.rand(6, 1, 8, 8), torch.arange(6))}, "scale floats to [0, 1]"),
         ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6) - 1)}, "holds negative labels"),
         ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6), None)}, "data is a tuple of 3"),
+        ({"data": torch.rand(6, 1, 8, 8)}, "bad data a Tensor;"),
+        ({"attacks": "dlg"}, "pass a non-empty list of attack names"),
+        ({"attacks": []}, "pass a non-empty list of attack names"),
+        ({"attack_options": {"dlg": {"starts": 2}}}, "options for dlg, which this audit does not run"),
+        ({"attacks": ["dlg"], "attack_options": {"dlg": {"starts": 0}}}, "bad options for dlg: bad DLG starts 0"),
+        ({"attacks": ["dlg"], "attack_options": {"dlg": {"starts": "x"}}}, "bad DLG starts 'x'"),
+        ({"attacks": ["dlg"], "attack_options": {"dlg": {"engine": "bogus"}}}, "unknown DLG engine 'bogus'"),
+        ({"attacks": ["inverting_gradients"], "attack_options": {"inverting_gradients": {"tv": float("nan")}}}, "bad Inverting Gradients tv nan"),
+        ({"attacks": ["inverting_gradients"], "attack_options": {"inverting_gradients": {"lr": -1}}}, "bad Inverting Gradients lr -1"),
+        ({"device": torch.device("meta")}, "device meta is not supported"),
+        ({"device": 1}, "bad device 1"),
     ],
 )
 def test_python_api_bad_arguments_are_input_errors(given, message):
@@ -515,3 +526,155 @@ def test_the_batch_size_cannot_be_withheld():
     with pytest.raises(InputError, match="needs the batch size"):
         ThreatModel(batch_size=False)
     assert "--attacker-without" in assert_input_error(invoke(*TINY, "--data", "digits", "--attacker-without", "batch-size"))
+
+
+# --------------------------------------------------------------------------- the Python API leaves the caller's state alone
+
+
+def test_the_audit_leaves_the_callers_model_generators_grad_mode_and_denormals_alone():
+    """A library call must not move the caller's model (``.to(device)`` works in place), re-seed its generators,
+    trip over its ``no_grad`` or switch off its denormal flushing."""
+    from fedguard.audit import _flushing_denormals, audit
+
+    model = lenet8()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    flushing = torch.set_flush_denormal(True)
+    try:
+        with torch.no_grad():
+            report = audit(model, arch="lenet", input_shape=(1, 8, 8), data=(x, y), batch_size=2,
+                           attacks=["label_counts", "dlg"], max_iterations=2, time_budget=30)  # fmt: skip
+        assert torch.equal(torch.rand(3), expected)  # the caller's generator carries on as if nothing ran
+        assert not flushing or _flushing_denormals()  # the caller's denormal setting is kept
+    finally:
+        torch.set_flush_denormal(False)
+    assert {o.name for o in report.attacks} == {"label_counts", "dlg"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_update_object_is_checked_as_a_file_is():
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+    from fedguard.update import Update, compute_update
+
+    model, x, y = lenet8(), torch.rand(4, 1, 8, 8), torch.arange(4)
+    good = compute_update(model, x, y)
+    run = {"arch": "lenet", "input_shape": (1, 8, 8), "data": (x, y), "attacks": ["label_counts"]}
+    nan = Update(tensors={k: torch.full_like(v, float("nan")) for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)
+    with pytest.raises(InputError, match="holds NaN or infinite values"):
+        audit(model, update=nan, **run)
+    first, *_ = good.tensors
+    renamed = Update(tensors={("nope" if k == first else k): t for k, t in good.tensors.items()}, protocol="fedsgd", batch_size=4)
+    with pytest.raises(InputError, match="has no tensor for parameter"):
+        audit(model, update=renamed, **run)
+    with pytest.raises(InputError, match="computed on 2 examples but the data holds 4"):
+        audit(model, update=Update(tensors=good.tensors, protocol="fedsgd", batch_size=2), **run)
+    with pytest.raises(InputError, match="bad --local-lr None"):
+        audit(model, update=Update(tensors=good.tensors, protocol="fedavg", batch_size=4), **run)
+    assert audit(model, update=good, **run).attacks[0].label_counts_exact == 1.0
+
+
+def test_an_in_memory_state_dict_is_read_as_a_file_is():
+    """Wrappers and ``module.`` prefixes (DataParallel, Opacus' GradSampleModule) as a file may have them."""
+    from fedguard.audit import audit
+
+    model = lenet8()
+    wrapped = {"state_dict": {f"module.{k}": v.numpy() for k, v in model.state_dict().items()}}
+    report = audit(wrapped, arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(4, 1, 8, 8), torch.arange(4)),
+                   attacks=["label_counts"], batch_size=4)  # fmt: skip
+    assert report.model["weights"] == "in-memory state_dict" and report.attacks[0].name == "label_counts"
+
+
+def test_an_attack_stopped_before_its_first_iteration_measured_nothing():
+    """Its score would be the random start's: it is skipped with the reason, and the verdict is at least warn."""
+    from fedguard.audit import audit
+
+    report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=1, attacks=["dlg"], max_iterations=5,
+                   time_budget=1e-9, fail_on="low")  # fmt: skip
+    assert report.attacks == () and "before its first iteration" in report.skipped["dlg"]
+    assert str(report.verdict) == "warn"
+
+
+def test_a_stop_before_the_attacks_keeps_the_reasons_of_those_that_could_not_run():
+    import threading
+
+    from fedguard.audit import audit
+
+    stop = threading.Event()
+    stop.set()
+    report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=4, stop=stop)
+    assert "batch of one" in report.skipped["idlg"] and report.skipped["dlg"] == "interrupted before it started"
+
+
+def test_metrics_refuse_images_of_different_shapes_and_read_levels_by_name():
+    from fedguard.metrics import psnr, ssim, verdict_for
+
+    with pytest.raises(ValueError, match="shapes"):
+        psnr(np.zeros((1, 8, 8)), np.zeros((3, 8, 8)))
+    with pytest.raises(ValueError, match="channels first"):
+        ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+    assert [str(verdict_for(level, "high")) for level in ("none", "low", "medium", "high")] == ["pass", "pass", "warn", "block"]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_the_format_follows_the_output_extension_and_a_contradiction_is_an_error(workdir):
+    run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts")
+    assert invoke(*run, "-o", "r.html").exit_code == 0
+    assert (workdir / "r.html").read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
+    line = assert_input_error(invoke(*run, "--format", "json", "-o", "s.html"))
+    assert "extension of the html format" in line and "s.json" in line and not (workdir / "s.html").exists()
+    assert invoke(*run, "--format", "json", "-o", "t.txt").exit_code == 0  # any format may go into a .txt
+
+
+def test_reports_of_one_name_in_two_formats_keep_their_own_grids_and_a_link_gets_them_beside_its_target(workdir):
+    run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "dlg", "--dlg-starts", "1", "--max-iterations", "3")
+    assert invoke(*run, "-o", "r.json").exit_code in (0, 1)
+    assert invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts", "-o", "r.html").exit_code == 0
+    assert (workdir / "r.json-dlg.png").read_bytes().startswith(PNG_MAGIC)  # the HTML report, without grids, left it
+    (workdir / "elsewhere").mkdir()
+    (workdir / "link.json").symlink_to(workdir / "elsewhere" / "real.json")
+    assert invoke(*run, "-o", "link.json").exit_code in (0, 1)
+    assert (workdir / "elsewhere" / "real.json-dlg.png").exists() and not (workdir / "link.json-dlg.png").exists()
+    assert json.loads((workdir / "elsewhere" / "real.json").read_text())["attacks"][0]["image_file"] == "real.json-dlg.png"
+
+
+def test_text_report_when_nothing_was_measured_plurals_and_rounded_json(workdir):
+    text = invoke(*TINY, "--data", "digits", "--batch-size", "4", "--attack", "idlg").stdout
+    assert text.splitlines()[0].startswith("WARN  leakage not measured")
+    one = (*TINY, "--data", "digits", "--batch-size", "1", "--attack", "label_counts")
+    assert "count error 0 over 1 example\n" in invoke(*one).stdout
+    report = json.loads(invoke(*one, "--format", "json").stdout)
+    floats = [report["seconds"], report["leakage"]["baseline_psnr"], *report["attacks"][0]["details"].values()]
+    assert all(float(f"{v:.6g}") == v for v in floats if isinstance(v, float))
+
+
+def test_html_report_shows_a_bidi_override_in_a_path_as_its_escape(workdir):
+    """U+202E in a file name would reverse the text after it on the page, as in a terminal."""
+    name = "m\u202egnp.pt"
+    torch.save(lenet8().state_dict(), workdir / name)
+    assert invoke("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts",
+                  "-o", "r.html").exit_code == 0  # fmt: skip
+    page = (workdir / "r.html").read_text(encoding="utf-8")
+    assert "\u202e" not in page and "m\\u202egnp.pt" in page
+
+
+def test_a_report_that_cannot_be_printed_is_one_error_not_a_block(tmp_path):
+    """stdout on a full disk: one line, exit 2; exit 1 would read as a block verdict."""
+    import subprocess
+    import sys
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "fedguard", "audit", *TINY, "--data", "digits", "--batch-size", "2",
+                               "--attack", "label_counts", "--no-exposure"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "fedguard: error: cannot write the report to standard output (No space left on device); write it to a file with -o"
+    ]
+
