@@ -375,7 +375,8 @@ def audit(
     ----------
     model : path, nn.Module, state_dict or None
         The global model as received (loaded safely, as ``fedguard inspect``
-        does); None audits a fresh initialisation of ``arch`` (seeded).
+        does; a module is audited as a copy and left as it was); None audits
+        a fresh initialisation of ``arch`` (seeded).
     arch : str
         Architecture: a built-in name or ``package.module:callable``.
     data : str or (x, y)
@@ -388,11 +389,13 @@ def audit(
         Options of ``arch`` (classes default to the received head's).
     protocol : {"fedsgd", "fedavg"}
     local_steps, local_lr, local_batch_size
-        FedAvg's local schedule (mini-batches default to the whole batch).
+        FedAvg's local schedule (mini-batches default to the whole batch);
+        FedSGD does not read them.
     update : path or Update, optional
         An update computed elsewhere from ``model`` (required then) on exactly
         ``data`` (same names and shapes as the model's parameters; FedAvg:
-        ``W_T - W_0``).
+        ``W_T - W_0``). An :class:`~fedguard.update.Update` brings its own
+        protocol and schedule and is checked as a file is.
     attacks : list of str, optional
         Registry names to run; default every one that applies.
     max_iterations : int, optional
@@ -409,7 +412,7 @@ def audit(
         ``warn``. A run in which no attack ran, or that was stopped, is at
         least ``warn``.
     attack_options : mapping, optional
-        Constructor options per attack, e.g. ``{"dlg": {"starts": 8}}``.
+        Constructor options per attack that runs, e.g. ``{"dlg": {"starts": 8}}``.
     progress : AuditProgress, optional
     stop : threading.Event, optional
         Set it (or press Ctrl-C in the main thread) to stop after the current
@@ -426,11 +429,18 @@ def audit(
     Returns
     -------
     AuditReport
+        Its JSON document is :func:`fedguard.reports.audit_json.audit_to_dict`.
 
     Raises
     ------
-    InputError
+    fedguard.errors.InputError
         Bad model, data, attack names, options or device (one line, says what to do).
+
+    Notes
+    -----
+    The caller's state is left as it was: torch's random generators (the
+    audit seeds its own), grad mode (it trains inside ``torch.no_grad()``
+    too), the denormal setting and the SIGINT handler.
     """
     from fedguard.attacks.base import Budget
     from fedguard.attacks.base import attacks as registry
