@@ -304,8 +304,9 @@ def load_update(
 
 def _matched_tensors(tensors: dict[str, Any], named: bool, params: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """``tensors`` as one finite floating-point tensor per parameter of ``params`` (same names, shapes, device and
-    dtype; an unnamed list is taken in parameter order), or InputError starting with ``where``."""
-    if not named or not (set(tensors) & set(params)):
+    dtype; an unnamed list, as Flower sends, is taken in parameter order), or InputError starting with ``where``.
+    Named tensors are matched by name only: two of one shape in another order would pass a check by position."""
+    if not named:
         values = list(tensors.values())
         if len(values) != len(params):
             raise InputError(

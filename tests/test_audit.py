@@ -200,6 +200,35 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     assert result.exit_code == 1
 
 
+def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):
+    """A FedAvg delta read as a gradient is attacked with the wrong sign (iDLG names the wrong label and the audit
+    passes): its direction against the batch's own gradient gives it away, and so does a gradient read as a delta."""
+    from fedguard.update import compute_update
+
+    x, y = digits_npz(workdir / "batch.npz", n=1, start=3)
+    model = lenet8(3)
+    torch.save(model.state_dict(), workdir / "global.pt")
+    torch.save(dict(compute_update(model, x, y, protocol="fedavg").tensors), workdir / "delta.pt")
+    torch.save(dict(compute_update(model, x, y).tensors), workdir / "grad.pt")
+    run = ("--model", "global.pt", *TINY, "--data", "batch.npz", "--attack", "idlg")
+    line = assert_input_error(invoke(*run, "--update", "delta.pt"))
+    assert "as a FedAvg weight delta" in line and "--protocol fedavg" in line
+    line = assert_input_error(invoke(*run, "--update", "grad.pt", "--protocol", "fedavg"))
+    assert "as a FedSGD gradient does" in line
+    assert invoke(*run, "--update", "delta.pt", "--protocol", "fedavg", "--format", "json").exit_code == 0
+
+
+def test_an_update_named_unlike_the_model_is_refused_not_matched_by_position(workdir):
+    from fedguard.update import compute_update
+
+    x, y = digits_npz(workdir / "batch.npz", n=2)
+    model = lenet8()
+    torch.save(model.state_dict(), workdir / "global.pt")
+    torch.save({f"x.{k}": v for k, v in compute_update(model, x, y).tensors.items()}, workdir / "update.pt")
+    line = assert_input_error(invoke("--model", "global.pt", *TINY, "--data", "batch.npz", "--update", "update.pt"))
+    assert "has no tensor for parameter" in line
+
+
 # --------------------------------------------------------------------------- Python API: determinism, interruption
 
 
