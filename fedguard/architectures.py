@@ -535,7 +535,7 @@ def _resolve_callable(arch: str) -> tuple[Any, Any]:
                     f"run fedguard from the folder that contains it or install its package"
                 ) from None
             raise InputError(f"importing module {module_name!r} for --arch {arch} failed: {first_line(exc)}; install what it needs") from None
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: a module that calls sys.exit() when imported
             raise InputError(f"importing module {module_name!r} for --arch {arch} failed: {first_line(exc)}; fix the module") from None
     obj: Any = module
     for part in attr.split("."):
@@ -578,10 +578,14 @@ def _build_custom(arch: str, num_classes: int, input_shape: Shape | None, kwargs
     with _CwdOnPath():
         try:
             model = fn(**call_kwargs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in the callable would end fedguard silently
             raise InputError(f"calling {arch}({shown}) failed: {first_line(exc)}; fix the callable or its arguments") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"{arch}({shown}) returned a {type(model).__name__}, not a torch.nn.Module; make it return the model")
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()} - {"float32"})
+    if dtypes:
+        raise InputError(f"the model from {arch} has {' and '.join(dtypes)} weights, but fedguard computes in float32; "
+                         "make the callable return model.float()")  # fmt: skip
     shape = input_shape if input_shape is not None else _custom_default_shape(arch)
     if shape is None:
         if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):

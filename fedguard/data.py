@@ -22,6 +22,7 @@ and the fix.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ def load_data(
             if path.suffix.lower() != ".npz":
                 raise InputError(f"unsupported data file {text}; give a .npz with arrays x and y, or a folder of class subfolders")
             x, y = _npz(path)
+        elif path.exists():  # a pipe, a device, a socket
+            raise InputError(f"data path {text} is not a regular file or folder; give a .npz file or a folder of class subfolders")
         elif os.sep in text or "/" in text or path.suffix:
             raise InputError(f"data path {text} does not exist; check the path (built-in data: {', '.join(DATASETS)})")
         else:
@@ -142,13 +145,22 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
     return t.clamp(0.0, 1.0).contiguous()
 
 
-def _unit_range(a: np.ndarray, what: str) -> np.ndarray:
-    """uint8/uint16/other ints (0-255) or floats (0-1) -> float32 in [0, 1]."""
+def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarray:
+    """uint8/uint16/other ints (0-255) or floats (0-1) -> float32 in [0, 1].
+
+    uint16 is 0-65535 in an image file (16-bit PNG, TIFF). In an array it is
+    ambiguous when every value is at most 255: 8-bit pixels stored as uint16
+    would turn almost black, and a 16-bit image that dark is unlikely, so
+    that is an error asking which was meant.
+    """
     if a.dtype == np.bool_:
         return a.astype(np.float32)
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
     if a.dtype == np.uint16:
+        if not image_file and a.size and int(a.max()) <= 255:
+            raise InputError(f"{what} is uint16 with values up to {int(a.max())}: 8-bit pixels stored as uint16 would read "
+                             "as almost black; store them as uint8 (or scale 16-bit images to 0-65535)")  # fmt: skip
         return a.astype(np.float32) / 65535.0
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = int(a.min()), int(a.max())
@@ -189,7 +201,7 @@ def _as_chw(img: np.ndarray, what: str) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
         raise InputError(f"{what} is not a 2-D grey or colour image (array shape {img.shape}); remove it or convert it")
     img = img[:, :, :1] if img.shape[2] == 2 else img[:, :, :3]
-    return _unit_range(np.ascontiguousarray(img.transpose(2, 0, 1)), what)
+    return _unit_range(np.ascontiguousarray(img.transpose(2, 0, 1)), what, image_file=True)
 
 
 def _to_channels(img: np.ndarray, c: int) -> np.ndarray:
@@ -280,6 +292,10 @@ def _folder(root: Path, shape: tuple[int, int, int] | None) -> tuple[torch.Tenso
                     warnings.simplefilter("ignore")
                     arr = np.asarray(skimage.io.imread(file))
             except Exception as exc:
+                if type(exc).__name__ == "DecompressionBombError":  # Pillow's guard against huge images
+                    pixels = re.search(r"\((\d+) pixels\)", str(exc))
+                    size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+                    raise InputError(f"image {file} has {size}, more than is safe to decode; shrink it or remove it") from None
                 raise InputError(f"cannot read image {file} ({type(exc).__name__}); remove or re-save it") from None
             images.append(_as_chw(arr, f"image {file}"))
             labels.append(label)

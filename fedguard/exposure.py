@@ -218,7 +218,10 @@ def exposure(
     used, default ``max(4 * users, 128)``). The server attacks the first ``t``
     rounds for growing ``t`` (multiples of ``window``); the client is exposed
     at the first ``t`` where its column is recovered ``exact`` and its update
-    to within ``target_error`` relative error. Prefixes are tested by doubling
+    to within ``target_error`` relative error. A client alone in the
+    federation (one user) hides behind nothing: it is exposed once the mean
+    of its rounds is within ``target_error`` of its update, after
+    ``(noise / target_error)²`` rounds, at least one. Prefixes are tested by doubling
     then bisection, assuming more rounds never help the client. No new
     prefix is attacked after ``deadline`` (a :func:`time.perf_counter` value);
     the result then says ``complete=False``.
@@ -242,6 +245,18 @@ def exposure(
     dim = int(dim)
     if dim < users:
         raise InputError(f"dim {dim} is below the {users} users; the attack needs d >= users (give a larger dim)")
+    if users == 1:  # nobody to hide among: every round's sum is the client's update, plus the noise
+        # The mean of t rounds errs by noise / sqrt(t) (noise is relative to an update's RMS entry).
+        needed = max(1, math.ceil((noise / target_error) ** 2))
+        t = min(needed, int(rounds))
+        point = ExposurePoint(t, True, float(t == needed), "exact" if t == needed else "approximate",
+                              noise / math.sqrt(t), time.perf_counter() - start)  # fmt: skip
+        return Exposure(
+            users=1, users_per_round=float(users_per_round), participation=float(participation), window=int(window),
+            dim=dim, noise=float(noise), max_rounds=int(rounds), target_error=float(target_error),
+            rounds_to_exposure=needed if t == needed else None, points=(point,), seed=int(seed),
+            seconds=time.perf_counter() - start, complete=True,
+        )  # fmt: skip
     rounds = (int(rounds) // int(window)) * int(window)
     if rounds <= users:
         raise InputError(

@@ -142,6 +142,8 @@ def _check_file(path: Path) -> str:
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{path} is a directory; pass a model file ({_supported()})")
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file (a pipe or a device); save the model to a file and pass that")
     file_format = EXTENSIONS.get(path.suffix.lower())
     if file_format is None:
         raise InputError(f"{path}: unsupported extension {path.suffix or '(none)'!r}; fedguard reads {_supported()}")

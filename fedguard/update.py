@@ -238,6 +238,11 @@ def compute_update(
         except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a label outside the model's classes
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "more than 1 value per channel" in text:
+                if protocol == "fedavg" and batch > 1:  # a local mini-batch of one: the whole batch, or the last slice
+                    raise InputError(
+                        f"the model has BatchNorm and cannot train on a local mini-batch of one example (--local-batch-size "
+                        f"{local_batch_size} over a batch of {batch}); use a --local-batch-size that leaves 2 or more in each"
+                    ) from None
                 raise InputError(
                     "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
                 ) from None

@@ -139,10 +139,13 @@ def _width() -> int:
 def exposure_summary(exposure: Mapping) -> str:
     """One sentence on the configured federation's exposure (also used by the HTML page)."""
     st = exposure["settings"]
-    where = (f"{st['users_per_round']} users per round (participation {st['participation']:g}, {st['users']} in all), "
+    where = (f"{plural(st['users_per_round'], 'user')} per round (participation {st['participation']:g}, {st['users']} in all), "
              f"counts per {plural(st['window'], 'round')}")
+    if exposure["outcome"] == "exposed" and st["users"] == 1:
+        return (f"secure aggregation cannot hide this update: with {where}, each round's sum is this update alone, "
+                f"recovered after {plural(exposure['rounds_to_exposure'], 'round')}")
     if exposure["outcome"] == "exposed":
-        return (f"secure aggregation hides this update for only {exposure['rounds_to_exposure']} rounds: with {where}, "
+        return (f"secure aggregation hides this update for only {plural(exposure['rounds_to_exposure'], 'round')}: with {where}, "
                 f"gradient disaggregation recovers it once it stays the same that long (it stays {st['stable_rounds']})")
     if exposure["outcome"] == "not identifiable":
         return f"with {where}, {st['stable_rounds']} stable rounds are too few for gradient disaggregation to single it out"
@@ -157,7 +160,7 @@ def _exposure(console: Console, exposure: Mapping) -> None:
     for s in exposure["scenarios"][1:]:
         rounds = s["rounds_to_exposure"]
         if rounds is not None:
-            result = f"exposed after {rounds} rounds"
+            result = f"exposed after {plural(rounds, 'round')}"
         else:  # "not run" with a detail ran part of the way before the time budget ended it
             result = "cut short" if s["outcome"] == "not run" and s["detail"] is not None else s["outcome"]
         note = f" ({s['note']})" if s["outcome"] != "not identifiable" and s["note"] else ""

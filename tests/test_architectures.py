@@ -207,6 +207,12 @@ def broken(num_classes=10):
 def not_a_model(num_classes=10):
     return 42
 
+def exits(num_classes=10):
+    raise SystemExit(3)
+
+def double(num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(144, num_classes)).double()
+
 instance = tiny()
 NUMBER = 3
 """
@@ -256,6 +262,8 @@ def test_module_callable_found_from_working_directory(tmp_path, monkeypatch):
         ("{m}:missing", r"has no attribute 'missing'.*tiny.*fix the name"),
         ("{m}:broken", r"calling .*broken\(num_classes=10\) failed: ValueError: no weights for you"),
         ("{m}:not_a_model", r"returned a int, not a torch.nn.Module"),
+        ("{m}:exits", r"calling .*exits\(num_classes=10\) failed: SystemExit: 3"),
+        ("{m}:double", r"has float64 weights, but fedguard computes in float32; make the callable return model.float\(\)"),
         ("{m}:instance", r"model instance, not a callable"),
         ("{m}:NUMBER", r"not a callable"),
         (":tiny", r"package.module:callable"),

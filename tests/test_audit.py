@@ -218,6 +218,13 @@ def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):
     assert invoke(*run, "--update", "delta.pt", "--protocol", "fedavg", "--format", "json").exit_code == 0
 
 
+def test_an_allocation_too_large_for_the_machine_is_one_error(workdir):
+    """Exit 1 would read as a block verdict; a size that asks for hundreds of GiB is a usage error."""
+    line = assert_input_error(invoke("--arch", "lenet", "--input-shape", "3,5000,5000", "--data", "digits",
+                                     "--attack", "label_counts"))  # fmt: skip
+    assert line.startswith("fedguard: error: out of memory") and "smaller --input-shape" in line
+
+
 def test_an_update_named_unlike_the_model_is_refused_not_matched_by_position(workdir):
     from fedguard.update import compute_update
 
@@ -287,8 +294,9 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
         (np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32), np.arange(6), "3-channel"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(4), "4 labels but x has 6"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(6) - 1, "negative labels"),
+        (np.full((6, 8, 8), 200, np.uint16), np.arange(6), "8-bit pixels stored as uint16"),
     ],
-    ids=["flat-x", "out-of-range", "nan", "channels", "label-count", "negative-label"],
+    ids=["flat-x", "out-of-range", "nan", "channels", "label-count", "negative-label", "uint16-holding-8-bit"],
 )
 def test_bad_data_file(workdir, x, y, expected):
     np.savez(workdir / "bad.npz", x=x, y=y)
@@ -495,6 +503,18 @@ def test_compute_update_bad_arguments_are_input_errors(given, message):
     args = {"inputs": torch.rand(4, 1, 8, 8), "labels": torch.arange(4), **given}
     with pytest.raises(InputError, match=re.escape(message)):
         compute_update(lenet8(), **args)
+
+
+def test_batchnorm_on_one_example_names_the_option_that_made_it():
+    from fedguard.errors import InputError
+    from fedguard.update import compute_update
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10))
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    with pytest.raises(InputError, match=re.escape("local mini-batch of one example (--local-batch-size 1 over a batch of 4)")):
+        compute_update(net, x, y, protocol="fedavg", local_batch_size=1)
+    with pytest.raises(InputError, match="use --batch-size 2 or more"):
+        compute_update(net, x[:1], y[:1])
 
 
 def test_load_update_and_load_data_bad_arguments_are_input_errors():
@@ -706,4 +726,13 @@ def test_a_report_that_cannot_be_printed_is_one_error_not_a_block(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "fedguard: error: cannot write the report to standard output (No space left on device); write it to a file with -o"
     ]
+
+
+def test_a_client_alone_in_the_federation_is_exposed_at_once_or_when_the_noise_averages_out():
+    """One user: each round's sum is its update; the mean of t rounds errs by noise / sqrt(t)."""
+    from fedguard.exposure import TARGET_ERROR, exposure
+
+    assert exposure(users_per_round=1, participation=1, rounds=200).rounds_to_exposure == 1
+    assert exposure(users_per_round=1, participation=1, rounds=200, noise=0.1).rounds_to_exposure == round((0.1 / TARGET_ERROR) ** 2)
+    assert exposure(users_per_round=1, participation=1, rounds=200, noise=1.0).rounds_to_exposure is None
 
