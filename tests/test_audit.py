@@ -324,6 +324,11 @@ def test_empty_and_missing_data(workdir):
     (workdir / "classes" / "zero").mkdir(parents=True)
     assert "has no images" in assert_input_error(invoke(*TINY, "--data", "classes"))
     assert "does not exist" in assert_input_error(invoke(*TINY, "--data", "missing.npz"))
+    import os
+
+    os.mkfifo(workdir / "pipe.npz")  # would block a reader forever
+    assert "not a regular file or folder" in assert_input_error(invoke(*TINY, "--data", "pipe.npz"))
+    assert "not a regular file (a pipe or a device)" in assert_input_error(invoke("--model", "pipe.npz", *TINY, "--data", "digits"))
 
 
 def test_unknown_attack_lists_the_valid_ones(workdir):
