@@ -193,7 +193,11 @@ class MKOR(Attack):
     def __init__(self, rows: list[torch.Tensor] | None = None) -> None:
         """``rows``: each class's rows of the first Linear layer, for a server that knows them (it planted
         them); by default they are found from the model's paths (:func:`class_rows`)."""
-        self.rows = rows
+        if rows is not None and (
+            not isinstance(rows, (list, tuple)) or not all(isinstance(r, torch.Tensor) and r.dim() == 1 for r in rows)
+        ):
+            raise ValueError(f"bad MKOR rows {rows!r:.60}; give one 1-D tensor of row indices per class, or None")
+        self.rows = rows if rows is None else list(rows)
 
     def _class_rows(self, linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]:
         return self.rows if self.rows is not None else class_rows(linears, num_classes)

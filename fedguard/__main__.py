@@ -25,7 +25,20 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("fedguard: interrupted\n")
         sys.exit(130)
-    main()
+    try:
+        main()
+    except OSError as exc:  # an output that failed outside the reports' own checks (--help or rules on a full disk)
+        from fedguard.options import silence_stdout
+
+        silence_stdout()
+        where = f"{exc.filename}: " if exc.filename else ""
+        try:
+            sys.stderr.write(f"fedguard: error: {where}writing the output failed ({exc.strerror or exc}); "
+                             "free some space or write it elsewhere\n")  # fmt: skip
+            sys.stderr.flush()
+        except OSError:
+            pass
+        sys.exit(2)
 
 
 if __name__ == "__main__":

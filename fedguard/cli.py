@@ -14,7 +14,7 @@ import click
 
 import fedguard
 from fedguard.errors import InputError
-from fedguard.options import SEED, input_paths, print_report, resolve_format
+from fedguard.options import SEED, input_paths, print_report, resolve_format, silence_stdout
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
@@ -40,6 +40,9 @@ class FedguardGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("fedguard: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # the reader took what it wanted (``fedguard rules | head -1``): not a failure
+            silence_stdout()
+            ctx.exit(EXIT_OK)
         except (MemoryError, RuntimeError) as exc:  # an allocation too large for this machine: a usage error, not a block
             if not _out_of_memory(exc):
                 raise
@@ -143,8 +146,9 @@ def rules_command():
 def demo_command(output_dir):
     """Craft malicious and benign models on built-in data, inspect each, write an HTML summary."""
     from fedguard.demo import run_demo
+    from fedguard.reports.base import printable
 
-    run_demo(output_dir, echo=click.echo)
+    run_demo(output_dir, echo=lambda line: click.echo(printable(line, keep_line_breaks=True)))  # the folder's name is the user's
 
 
 from fedguard.audit_cli import audit_command  # noqa: E402  (``fedguard audit``: self-attack the pending update)

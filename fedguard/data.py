@@ -149,18 +149,19 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
     """uint8/uint16/other ints (0-255) or floats (0-1) -> float32 in [0, 1].
 
     uint16 is 0-65535 in an image file (16-bit PNG, TIFF). In an array it is
-    ambiguous when every value is at most 255: 8-bit pixels stored as uint16
-    would turn almost black, and a 16-bit image that dark is unlikely, so
-    that is an error asking which was meant.
+    ambiguous when every value is below 4096: 8-, 10- or 12-bit pixels stored
+    as uint16 would read as almost black (at most 1/16 of the range), and a
+    16-bit image that dark is unlikely, so that is an error asking for a
+    scale.
     """
     if a.dtype == np.bool_:
         return a.astype(np.float32)
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
     if a.dtype == np.uint16:
-        if not image_file and a.size and int(a.max()) <= 255:
-            raise InputError(f"{what} is uint16 with values up to {int(a.max())}: 8-bit pixels stored as uint16 would read "
-                             "as almost black; store them as uint8 (or scale 16-bit images to 0-65535)")  # fmt: skip
+        if not image_file and a.size and int(a.max()) < 4096:
+            raise InputError(f"{what} is uint16 with values up to {int(a.max())}: 8- to 12-bit pixels stored as uint16 "
+                             "would read as almost black; store 8-bit pixels as uint8, or scale to 0-65535 or to floats 0-1")  # fmt: skip
         return a.astype(np.float32) / 65535.0
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = int(a.min()), int(a.max())

@@ -126,7 +126,7 @@ def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
 
     t = torch.as_tensor(true).detach().cpu().reshape(len(true), -1).double()
     r = torch.as_tensor(rebuilt).detach().cpu().reshape(len(rebuilt), -1).double()
-    if t.shape[1] != r.shape[1]:
+    if tuple(true.shape[1:]) != tuple(rebuilt.shape[1:]):
         raise ValueError(f"cannot match images of shape {tuple(true.shape[1:])} to images of shape {tuple(rebuilt.shape[1:])}")
     cost = torch.cdist(t, r).pow(2).numpy() / t.shape[1]
     rows, cols = linear_sum_assignment(cost)

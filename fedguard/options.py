@@ -47,17 +47,31 @@ def input_paths(*files: str | os.PathLike | None, data: str | None = None, arch:
     return [p for p in paths if p is not None]
 
 
+def silence_stdout() -> None:
+    """Send whatever is still written or buffered for stdout to ``os.devnull``: after a reader went away or a
+    write failed, nothing more can arrive, and Python's flush at exit must not raise a second error."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test runner's buffer)
+        sys.stdout = open(os.devnull, "w")
+
+
 def print_report(text: str) -> None:
-    """Print a report on stdout. A stdout that cannot take it (a full disk) is one InputError naming ``-o``, not a
-    traceback and not exit 1, which means block; a closed pipe (``| head``) is left to end the run as it does."""
+    """Print a report on stdout. A reader that stops early (``| head -1``) ends the printing, not the run: the exit
+    code still says the verdict. A stdout that cannot take it (a full disk) is one InputError naming ``-o``, not a
+    traceback and not exit 1, which means block."""
     try:
         click.echo(text, nl=not text.endswith("\n"))
         sys.stdout.flush()
     except BrokenPipeError:
-        raise
+        silence_stdout()
     except OSError as exc:
-        sys.stdout = open(os.devnull, "w")  # what is still buffered cannot be written either: no second error at exit
+        silence_stdout()
         raise InputError(f"cannot write the report to standard output ({exc.strerror or exc}); write it to a file with -o") from None
+
+
+#: The extensions of every report format fedguard writes, and the format each names.
+REPORT_SUFFIXES = {".txt": "text", ".json": "JSON", ".html": "HTML", ".htm": "HTML", ".sarif": "SARIF"}
 
 
 def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, str]) -> str:
@@ -70,7 +84,11 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
     by_suffix = {suffix: name for name, suffix in suffixes.items()}
     if "html" in suffixes:
         by_suffix[".htm"] = "html"
-    named = by_suffix.get(output.suffix.lower()) if output is not None else None
+    suffix = output.suffix.lower() if output is not None else ""
+    if suffix in REPORT_SUFFIXES and suffix not in by_suffix:
+        raise InputError(f"--output {output.name}: this command writes no {REPORT_SUFFIXES[suffix]} report; "
+                         f"name the file {', '.join('*' + x for x in suffixes.values())}")  # fmt: skip
+    named = by_suffix.get(suffix)
     if fmt is None:
         return named or "text"
     if named not in (None, "text", fmt):

@@ -208,15 +208,16 @@ def compute_update(
     else:
         local_batch_size = batch if local_batch_size is None else local_batch_size
     check_protocol(protocol, local_steps, local_lr, local_batch_size, batch)
-    net = copy.deepcopy(model)
-    net.train()
-    params = _trainable(net)
-    if not params:
-        raise InputError("the model has no trainable parameters; there is no update to audit")
-    # dropout masks from seed, the caller's generators kept; training works inside the caller's no_grad too
+    # dropout masks from seed, the caller's generators kept; training works inside the caller's no_grad and
+    # inference_mode too (the copy is made outside inference mode, or its weights could not be trained)
     with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
-        if inputs.is_inference():  # made under the caller's inference_mode: autograd cannot save it for backward
-            inputs = inputs.clone()
+        net = copy.deepcopy(model)
+        net.train()
+        params = _trainable(net)
+        if not params:
+            raise InputError("the model has no trainable parameters; there is no update to audit")
+        # made under the caller's inference_mode: autograd cannot save them for backward
+        inputs, labels = (t.clone() if t.is_inference() else t for t in (inputs, labels))
         try:
             if protocol == "fedsgd":
                 loss = F.cross_entropy(net(inputs), labels)
@@ -359,7 +360,10 @@ def checked_update(update: Update, model: nn.Module, batch_size: int) -> Update:
     """
     if not isinstance(update.tensors, Mapping):
         raise InputError(f"update.tensors is a {type(update.tensors).__name__}; pass a dict of parameter names to tensors")
-    out = _matched_tensors(dict(update.tensors), True, _trainable(model), "update")
+    from fedguard.loading import to_state_dict
+
+    tensors, named = to_state_dict(dict(update.tensors), "update")  # module. prefixes, numpy arrays: as in a file
+    out = _matched_tensors(tensors, named, _trainable(model), "update")
     if not is_whole(update.batch_size) or int(update.batch_size) != int(batch_size):
         raise InputError(
             f"the update was computed on {update.batch_size!r} examples but the data holds {batch_size}; "

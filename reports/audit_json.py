@@ -41,7 +41,7 @@ from .audit_base import AuditRenderer, register_audit_renderer
 from .base import json_safe, read_schema
 
 SCHEMA_VERSION = "1.0"
-#: Significant digits of every float in the document: PSNR to 0.0001 dB, seconds to the millisecond.
+#: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"
 
@@ -113,7 +113,23 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         "exposure": None if report.exposure is None else dict(report.exposure),
         "seconds": report.seconds,
     }
-    return json_safe(doc, digits=JSON_DIGITS)
+    doc = json_safe(doc)
+    for key in ("attacks", "leakage", "seconds"):
+        doc[key] = json_safe(doc[key], digits=JSON_DIGITS)
+    for key in ("norm", "loss"):
+        doc["update"][key] = json_safe(doc["update"][key], digits=JSON_DIGITS)
+    doc["exposure"] = _measurements_rounded(doc["exposure"])
+    return doc
+
+
+def _measurements_rounded(value: Any) -> Any:
+    """``value`` with its floats to :data:`JSON_DIGITS` significant digits, except under ``settings``: what the
+    user asked for stays as typed, so that the report says how to repeat the run."""
+    if isinstance(value, dict):
+        return {k: v if k == "settings" else _measurements_rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_measurements_rounded(v) for v in value]
+    return json_safe(value, digits=JSON_DIGITS)
 
 
 def load_audit_schema() -> dict[str, Any]:

@@ -294,7 +294,7 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
         (np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32), np.arange(6), "3-channel"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(4), "4 labels but x has 6"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(6) - 1, "negative labels"),
-        (np.full((6, 8, 8), 200, np.uint16), np.arange(6), "8-bit pixels stored as uint16"),
+        (np.full((6, 8, 8), 300, np.uint16), np.arange(6), "8- to 12-bit pixels stored as uint16"),
     ],
     ids=["flat-x", "out-of-range", "nan", "channels", "label-count", "negative-label", "uint16-holding-8-bit"],
 )
@@ -478,6 +478,7 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"attacks": ["dlg"], "attack_options": {"dlg": {"engine": "bogus"}}}, "unknown DLG engine 'bogus'"),
         ({"attacks": ["inverting_gradients"], "attack_options": {"inverting_gradients": {"tv": float("nan")}}}, "bad Inverting Gradients tv nan"),
         ({"attacks": ["inverting_gradients"], "attack_options": {"inverting_gradients": {"lr": -1}}}, "bad Inverting Gradients lr -1"),
+        ({"attacks": ["mkor"], "attack_options": {"mkor": {"rows": "abc"}}}, "bad options for mkor: bad MKOR rows"),
         ({"device": torch.device("meta")}, "device meta is not supported"),
         ({"device": 1}, "bad device 1"),
     ],
@@ -520,6 +521,16 @@ def test_batchnorm_on_one_example_names_the_option_that_made_it():
         compute_update(net, x, y, protocol="fedavg", local_batch_size=1)
     with pytest.raises(InputError, match="use --batch-size 2 or more"):
         compute_update(net, x[:1], y[:1])
+
+
+def test_compute_update_inside_the_callers_inference_mode():
+    from fedguard.update import compute_update
+
+    model = lenet8()
+    with torch.inference_mode():
+        x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+        for protocol in ("fedsgd", "fedavg"):
+            assert compute_update(model, x, y, protocol=protocol).norm() > 0
 
 
 def test_load_update_and_load_data_bad_arguments_are_input_errors():
@@ -629,6 +640,8 @@ def test_an_update_object_is_checked_as_a_file_is():
     with pytest.raises(InputError, match="bad --local-lr None"):
         audit(model, update=Update(tensors=good.tensors, protocol="fedavg", batch_size=4), **run)
     assert audit(model, update=good, **run).attacks[0].label_counts_exact == 1.0
+    prefixed = Update(tensors={f"module.{k}": v for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)
+    assert audit(model, update=prefixed, **run).attacks[0].label_counts_exact == 1.0  # as a DataParallel file would be
 
 
 def test_an_in_memory_state_dict_is_read_as_a_file_is():
@@ -664,12 +677,14 @@ def test_a_stop_before_the_attacks_keeps_the_reasons_of_those_that_could_not_run
 
 
 def test_metrics_refuse_images_of_different_shapes_and_read_levels_by_name():
-    from fedguard.metrics import psnr, ssim, verdict_for
+    from fedguard.metrics import match, psnr, ssim, verdict_for
 
     with pytest.raises(ValueError, match="shapes"):
         psnr(np.zeros((1, 8, 8)), np.zeros((3, 8, 8)))
     with pytest.raises(ValueError, match="channels first"):
         ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="cannot match images of shape"):
+        match(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 2, 8))  # as many pixels, another shape
     assert [str(verdict_for(level, "high")) for level in ("none", "low", "medium", "high")] == ["pass", "pass", "warn", "block"]
 
 
@@ -683,6 +698,7 @@ def test_the_format_follows_the_output_extension_and_a_contradiction_is_an_error
     line = assert_input_error(invoke(*run, "--format", "json", "-o", "s.html"))
     assert "extension of the html format" in line and "s.json" in line and not (workdir / "s.html").exists()
     assert invoke(*run, "--format", "json", "-o", "t.txt").exit_code == 0  # any format may go into a .txt
+    assert "this command writes no SARIF report" in assert_input_error(invoke(*run, "-o", "u.sarif"))
 
 
 def test_reports_of_one_name_in_two_formats_keep_their_own_grids_and_a_link_gets_them_beside_its_target(workdir):
@@ -705,6 +721,9 @@ def test_text_report_when_nothing_was_measured_plurals_and_rounded_json(workdir)
     report = json.loads(invoke(*one, "--format", "json").stdout)
     floats = [report["seconds"], report["leakage"]["baseline_psnr"], *report["attacks"][0]["details"].values()]
     assert all(float(f"{v:.6g}") == v for v in floats if isinstance(v, float))
+    typed = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts", "--protocol",
+                              "fedavg", "--local-lr", "0.0123456789", "--format", "json").stdout)  # fmt: skip
+    assert typed["update"]["local_lr"] == 0.0123456789  # a setting stays as given: the report says how to repeat the run
 
 
 def test_html_report_shows_a_bidi_override_in_a_path_as_its_escape(workdir):
@@ -731,6 +750,9 @@ def test_a_report_that_cannot_be_printed_is_one_error_not_a_block(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "fedguard: error: cannot write the report to standard output (No space left on device); write it to a file with -o"
     ]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "fedguard", "rules"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("fedguard: error: writing the output failed (No space left on device)")
 
 
 def test_a_client_alone_in_the_federation_is_exposed_at_once_or_when_the_noise_averages_out():
