@@ -17,6 +17,14 @@ row below 1 in a narrow band: with 32+ rows, all ratios in [0.5, 1) and a
 spread ≤ 25 % of the median is reported. Honest layers never have all rows
 below 1 (held-out set: at most 94.5 %, a first layer trained with Adam at
 1e-2, whose ratios span 0.007–1.49).
+
+Rows that balance exactly (ratio 1 to within :data:`BALANCED`) are not
+traps: a unit whose positive and negative weights cancel is as often active
+as not. Zero-mean rows are what Weight Standardization (Qiao et al., 2019)
+exports, and they share one ratio (1, to within float rounding: spread
+5e-8 to 8e-8 on the MLP, LeNet-5, the ConvNet and ResNet-18), so without
+this bound every such honest layer read as a trap. The paper's factor is
+0.95; a trap factor within 0.5 % of 1 silences almost nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ BAND_LOW = 0.5
 BAND_WIDTH = 0.25
 #: Rows looked at one by one for the mirrored reading.
 MIRROR_SAMPLE = 64
+#: A shared ratio this close to 1 is balance (zero-mean rows), not a trap.
+BALANCED = 0.005
 
 
 @register_detector("trap_weights")
@@ -65,6 +75,8 @@ class TrapWeights(Detector):
             centre = float(ratio.median())
             spread = float((ratio - centre).abs().max()) / centre
             sample = layer.rows(both.nonzero()[:MIRROR_SAMPLE, 0])
+            if abs(centre - 1) <= BALANCED:  # zero-mean rows (Weight Standardization): balanced, not silent
+                continue
             if (spread > REL_TOL or not 0 < centre < 1) and not _mirrored(sample) and not _banded(ratio):
                 continue
             signs = (sample < 0).float().mean(dim=1)

@@ -189,6 +189,17 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def _standardized(model: nn.Module) -> nn.Module:
+    """Weight Standardization (Qiao et al., 2019) exported as the weights the layers use: every unit's row has zero
+    mean and unit spread, so its positive and negative weights balance exactly (ratio 1, as no trap row has)."""
+    out = _copy(model)
+    with torch.no_grad():
+        for m in _weight_layers(out):
+            w = m.weight.reshape(len(m.weight), -1)
+            m.weight.copy_(((w - w.mean(1, keepdim=True)) / (w.std(1, keepdim=True) + 1e-5) / w.shape[1] ** 0.5).reshape(m.weight.shape))
+    return out
+
+
 def _zero_head(model: nn.Module) -> nn.Module:
     out = _copy(model)
     last = [m for m in out.modules() if isinstance(m, nn.Linear)][-1]
@@ -349,6 +360,8 @@ def _benign_entries() -> tuple[ZooEntry, ...]:
     for arch in ("lenet5", "mlp", "convnet", "mobilenet_v3_small", "resnet18"):
         add(f"zero-head/{arch}/init", arch, _zero_head(inits[arch, 1]), resolve_input_shape(arch))
     add("zero-head/mlp/trained", "mlp", _zero_head(trained["mlp"]), (1, 28, 28))
+    for arch in ("mlp", "lenet5", "convnet", "resnet18"):
+        add(f"weight-standardized/{arch}/init", arch, _standardized(inits[arch, 0]), resolve_input_shape(arch))
 
     add("lora/mlp/r4", None, _with_lora(inits["mlp", 0], 4, seed=20), (1, 28, 28))
     add("lora/mlp/r16", None, _with_lora(inits["mlp", 1], 16, seed=21), (1, 28, 28))
