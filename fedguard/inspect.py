@@ -11,6 +11,7 @@ Example
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 import fedguard
+from fedguard.checks import MAX_SEED, is_seed, is_whole
 from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
@@ -123,14 +125,20 @@ def inspect_model(
 
     Raises
     ------
-    InputError
-        For unreadable files, unknown architectures or data that does not fit.
+    fedguard.errors.InputError
+        For unreadable files, bad arguments, unknown architectures or data that does not fit.
     """
     start = time.perf_counter()
-    names = list(dict.fromkeys(detectors)) if detectors else DETECTORS.names()  # a detector named twice runs once
-    for name in names:
-        if name not in DETECTORS:
-            raise InputError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS.names())}")
+    for value, option in ((path, "path"), (reference, "reference")):
+        if value is not None and not isinstance(value, (str, os.PathLike)) or (option == "path" and value is None):
+            raise InputError(f"{option} is {value!r:.40}; pass the model file's path as a str or pathlib.Path")
+    if arch is not None and (not isinstance(arch, str) or not arch.strip()):
+        raise InputError(f"arch is {arch!r:.40}; pass an architecture name such as 'lenet5', or None")
+    if num_classes is not None and (not is_whole(num_classes) or num_classes < 1):
+        raise InputError(f"bad --num-classes {num_classes!r}; give a whole number of classes, 1 or more")
+    if not is_seed(seed):
+        raise InputError(f"bad --seed {seed!r}; give a whole number from 0 to {MAX_SEED}")
+    names = _detector_names(detectors)
     if detectors:  # a detector asked for by name must be able to run
         given = {NEEDS_MODULE: arch is not None, NEEDS_DATA: arch is not None and data is not None, NEEDS_REFERENCE: reference is not None}
         options = {NEEDS_MODULE: "--arch", NEEDS_DATA: "--arch and --data", NEEDS_REFERENCE: "--reference"}
@@ -138,7 +146,9 @@ def inspect_model(
             missing = [options[need] for need in DETECTORS.get(name).needs if not given[need]]
             if missing:
                 raise InputError(f"detector {name} needs {' and '.join(missing)}; pass them or leave out --detector {name}")
-    with own_random_state(seed):  # architectures' initialisation; the caller's generators are kept
+    # architectures' initialisation seeded, the caller's generators kept; the behavioural checks take gradients,
+    # also inside the caller's no_grad or inference_mode
+    with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
         loaded = load_model_file(path)
         if loaded.refused:
             return _report(loaded, loaded.findings, (), start, arch, reference)
@@ -175,17 +185,31 @@ def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -
 
     Returns the findings and the names of the detectors that ran. This is the
     in-memory core of :func:`inspect_model`, for callers that already hold a
-    state_dict (a Flower client, a test).
+    state_dict (a Flower client, a test). An unknown name is an InputError.
     """
+    if not isinstance(context, InspectContext):
+        raise InputError(f"context is a {type(context).__name__}; pass an InspectContext")
     findings: list[Finding] = []
     ran = []
-    for name in names or DETECTORS.names():
+    for name in _detector_names(names):
         detector = DETECTORS.get(name)()
         if not all(context.has(need) for need in detector.needs):
             continue
         findings.extend(detector.run(context))
         ran.append(name)
     return findings, ran
+
+
+def _detector_names(names: Sequence[str] | None) -> list[str]:
+    """Every detector when ``names`` is None or empty, else the names given, each once; InputError for a name that is
+    not a detector (or a bare string where a list belongs)."""
+    if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
+        raise InputError(f"detectors is {names!r:.40}; pass a list of detector names such as ['imprint'], or None")
+    chosen = list(dict.fromkeys(names)) if names else DETECTORS.names()  # a detector named twice runs once
+    for name in chosen:
+        if name not in DETECTORS:
+            raise InputError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS.names())}")
+    return chosen
 
 
 def _client_batch(data, arch, module, input_shape, seed):

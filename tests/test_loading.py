@@ -14,6 +14,7 @@ import importlib
 import os
 import pickle
 import shlex
+import re
 import subprocess
 import sys
 import warnings
@@ -590,3 +591,36 @@ def test_truncated_safetensors(tmp_path):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(InputError):
         load_model_file(path)
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"path": 5}, "path is 5; pass the model file's path"),
+        ({"path": None}, "path is None"),
+        ({"reference": 5}, "reference is 5"),
+        ({"detectors": "imprint"}, "pass a list of detector names"),
+        ({"detectors": ["nope"]}, "unknown detector 'nope'"),
+        ({"seed": -1}, "bad --seed -1"),
+        ({"num_classes": 0}, "bad --num-classes 0"),
+        ({"arch": ""}, "arch is ''"),
+    ],
+)
+def test_inspect_api_bad_arguments_are_input_errors(tmp_path, given, message):
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("lenet5").state_dict(), tmp_path / "m.pt")
+    args = {"path": tmp_path / "m.pt", **given}
+    with pytest.raises(InputError, match=re.escape(message)):
+        inspect_model(args.pop("path"), **args)
+
+
+def test_inspect_api_runs_its_behavioural_checks_inside_the_callers_no_grad_and_inference_mode(tmp_path):
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("lenet5").state_dict(), tmp_path / "m.pt")
+    x = torch.rand(8, 1, 28, 28, requires_grad=True)  # a batch that requires grad is read as values
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            report = inspect_model(tmp_path / "m.pt", arch="lenet5", data=(x, torch.arange(8)))
+        assert str(report.verdict) == "clean" and "gradient_snr" in report.detectors_run
