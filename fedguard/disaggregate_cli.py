@@ -139,7 +139,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         write_atomic(output, text)
         if not quiet:
             click.echo(
-                f"{result.users_exact}/{result.n_users} users recovered exactly; report written to {output}", err=True
+                f"{result.users_recovered}/{result.n_users} users' updates recovered exactly; report written to {output}", err=True
             )
     elif not quiet:
         print_report(text)

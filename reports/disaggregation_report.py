@@ -83,8 +83,10 @@ def _text(doc: Mapping[str, Any]) -> str:
     users = doc["users"]
     lines = [
         f"fedguard disaggregate: {doc['rounds']} rounds x d={doc['dim']}, {plural(users, 'user')}, counts per {plural(doc['window'], 'round')}",
-        f"  recovered exactly: {doc['users_exact']}/{users} users"
-        f" (approximate {doc['users_approximate']}, failed {doc['users_failed']})",
+        f"  recovered exactly: {doc['users_recovered']}/{users} users' updates"
+        f" (approximate {doc['users_approximate']}, failed {doc['users_failed']}"
+        + (f"; {absent} never took part: exact column, no update in the sums" if (absent := doc["users_exact"] - doc["users_recovered"]) else "")
+        + ")",
         f"  noise scale {doc['noise_scale']:.3g} ({'estimated' if doc['noise_estimated'] else 'given'}),"
         f" rank {doc['rank']}",
         "  found by: " + ", ".join(f"{k} {v}" for k, v in doc["stages"].items() if v),
@@ -106,7 +108,7 @@ def _text(doc: Mapping[str, Any]) -> str:
     exposed = doc["users_recovered"]  # not users_exact: one who never took part has an exact column but no update in the sums
     if exposed:
         lines.append(
-            f"  => secure aggregation did not hide {exposed} user(s): their individual updates are recoverable"
+            f"  => secure aggregation did not hide {plural(exposed, 'user')}: their individual updates are recoverable"
         )
     else:
         lines.append("  => no user's individual update was recovered from these sums")

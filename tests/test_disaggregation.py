@@ -208,7 +208,7 @@ def _validate_schema(doc):
 def test_cli_text():
     res = _run(["--simulate", "--users", "10", "--rounds", "60", "--dim", "20"])
     assert res.exit_code == 0, res.output
-    assert "recovered exactly: 10/10 users" in res.output
+    assert "recovered exactly: 10/10 users' updates" in res.output
     assert "P exact" in res.output
 
 
@@ -339,3 +339,15 @@ def test_cli_save_rounds_never_replaces_a_file_without_force(tmp_path):
     assert target.read_bytes() == b"rounds I recorded"
     assert _run([*args, "--force"]).exit_code == 0 and target.read_bytes() != b"rounds I recorded"
     assert _run(args).exit_code == 0  # its own simulation it replaces (a run that failed left it there)
+
+
+def test_a_user_who_never_took_part_is_not_counted_as_recovered(tmp_path):
+    """Its column is exact (all zero), but the sums hold no update of it: the summary counts updates."""
+    saved = tmp_path / "rounds.npz"
+    assert _run(["--simulate", "--users", "10", "--rounds", "60", "--dim", "20", "--save-rounds", str(saved), "-q"]).exit_code == 0
+    d = dict(np.load(saved))
+    counts = np.vstack([d["counts"], np.zeros((1, d["counts"].shape[1]), d["counts"].dtype)])
+    np.savez(tmp_path / "absent.npz", aggregates=d["aggregates"], counts=counts, window=d["window"])
+    res = _run([str(tmp_path / "absent.npz")])
+    assert res.exit_code == 0, res.output
+    assert "recovered exactly: 10/11 users' updates" in res.output and "1 never took part" in res.output
