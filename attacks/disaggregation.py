@@ -301,7 +301,7 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     if G.shape[0] < 1 or G.shape[1] < 1:
         raise InputError(f"aggregates has shape {G.shape}; it needs at least one round and one dimension")
     w_arr = np.asarray(window)
-    if w_arr.size != 1 or w_arr.dtype.kind not in "biuf":
+    if w_arr.size != 1 or w_arr.dtype.kind not in "iuf":
         raise InputError(f"window must be one integer (rounds per counting window), got {w_arr.tolist()!r}")
     w_val = float(w_arr.reshape(()))
     if not math.isfinite(w_val) or w_val != int(w_val) or w_val < 1:
