@@ -235,6 +235,7 @@ def good():
         (lambda a: a.update(counts=a["counts"] - 3), "negative"),
         (lambda a: a.update(counts=a["counts"] + 0.5), "non-integer"),
         (lambda a: a.update(window=np.asarray(0)), "positive integer"),
+        (lambda a: a.update(window=np.asarray(True)), "one integer"),
         (lambda a: a.update(counts=np.ones((70, 6), int)), "not identifiable"),
         (lambda a: a.update(noise_scale=np.asarray(-1.0)), "noise_scale"),
     ],
