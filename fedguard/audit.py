@@ -609,8 +609,9 @@ def audit(
         for name in names:
             cls = reg.get(name)
             attack = chosen[name]
-            if stop.is_set():  # an attack that could never run keeps its reason
-                skipped[name] = (cls.emulates is None and attack.applies(view)) or "interrupted before it started"
+            if stop.is_set():  # an attack that could never run keeps its reason (an image attack's may hang on labels)
+                never = cls.emulates is None and (cls.kind != "images" or view.labels is not None) and attack.applies(view)
+                skipped[name] = never or "interrupted before it started"
                 continue
             if cls.kind == "images" and view.labels is None and not known_labels:
                 labels, counts, source = _label_seed(view, done)

@@ -51,7 +51,11 @@ def silence_stdout() -> None:
     """Send whatever is still written or buffered for stdout to ``os.devnull``: after a reader went away or a
     write failed, nothing more can arrive, and Python's flush at exit must not raise a second error."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
     except (OSError, ValueError, AttributeError):  # no real file descriptor (a test runner's buffer)
         sys.stdout = open(os.devnull, "w")
 

@@ -4,7 +4,9 @@ fedguard seeds torch's global generators where a layer's initialisation or
 dropout needs them (a fresh ``--arch`` model, the client's local training).
 A library must not re-seed its caller's generators, so those places run inside
 :func:`own_random_state`, which restores them on the way out
-(:func:`torch.random.fork_rng`).
+(:func:`torch.random.fork_rng`). The generators are the process's: calls
+from several threads at once still share them, and the one that finishes
+last decides what the caller finds.
 """
 
 from __future__ import annotations
