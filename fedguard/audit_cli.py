@@ -192,7 +192,7 @@ def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
 @click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")
 @click.option("--count-window", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: rounds per window of published participation counts.")
 @click.option("--stable-rounds", type=click.IntRange(min=1), default=200, show_default=True, help="Exposure: rounds your update stays (nearly) the same.")
-@click.option("--aggregate-noise", type=FiniteFloatRange(min=0), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
+@click.option("--aggregate-noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat when --max-iterations, not --time-budget, ends them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")

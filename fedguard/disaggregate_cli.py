@@ -61,7 +61,7 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--dim", type=click.IntRange(min=1), default=200, show_default=True, help="--simulate: entries per update (must be at least --users).")
 @click.option("--window", type=click.IntRange(min=1), default=10, show_default=True, help="--simulate: rounds per window of published counts.")
 @click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="--simulate: chance a user joins a round.")
-@click.option("--noise", type=FiniteFloatRange(min=0), default=0.0, show_default=True, help="--simulate: Gaussian noise on each aggregate entry, relative to an update's scale (0.05 = 5 %).")
+@click.option("--noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="--simulate: Gaussian noise on each aggregate entry, relative to an update's scale (0.05 = 5 %).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the simulation and the attack's random restarts.")
 @click.option("--save-rounds", type=click.Path(path_type=Path, readable=False), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
 @click.option("--time-limit", type=FiniteFloatRange(min=0), default=60.0, show_default=True, help="Seconds per user for the integer-programming fallback (0 skips it).")
