@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, ClassVar, Sequence
 
+from fedguard.checks import is_number, is_whole
 from fedguard.registry import Registry
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
@@ -40,15 +41,14 @@ ENGINES: tuple[str, ...] = ("auto", "vmap", "loop")
 
 def whole_option(value: Any, name: str, minimum: int) -> int:
     """``value`` as an int of at least ``minimum``; ValueError naming the option ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_whole(value) or value < minimum:
         raise ValueError(f"bad {name} {value!r}; give a whole number of at least {minimum}")
     return int(value)
 
 
 def number_option(value: Any, name: str, *, positive: bool) -> float:
     """``value`` as a finite float above 0 (``positive``) or at least 0; ValueError naming ``name`` otherwise."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
+    if not is_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"bad {name} {value!r}; give a finite number {'above 0' if positive else 'of at least 0'}")
     return float(value)
 

@@ -76,7 +76,7 @@ def _architecture_help() -> str:
     return "Expected architecture: " + ", ".join(ARCHITECTURES.names()) + ", or package.module:callable."
 
 
-def _detector_names() -> list[str]:
+def _detector_list() -> list[str]:
     from fedguard.detectors import DETECTORS
 
     return DETECTORS.names()
@@ -96,7 +96,7 @@ def _formats() -> dict[str, str]:
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
 @click.option("--reference", type=click.Path(path_type=Path), help="Last round's global model, to detect drift.")
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): digits, images, a folder, or an .npz with x and y.")
-@click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable): " + ", ".join(_detector_names()) + ". `fedguard rules` lists the rules they report.")
+@click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600) instead of stdout.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default="medium", show_default=True, help="Exit 1 when a finding is at or above this severity.")
