@@ -273,8 +273,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         write_atomic(output, text)
         _remove_stale_grids(output, keep=images)
         if not quiet:
-            leakage = report.leakage.level if report.attacks else "not measured"
-            click.echo(printable(f"{report.verdict}: leakage {leakage}; report written to {output}"), err=True)
+            click.echo(printable(f"{report.verdict}: leakage {report.leakage_said}; report written to {output}"), err=True)
     elif not quiet:
         print_report(text)
     if report.interrupted:

@@ -298,6 +298,11 @@ class AuditReport:
     true_images: Any = field(default=None, repr=False, compare=False)
     true_labels: Any = field(default=None, repr=False, compare=False)
 
+    @property
+    def leakage_said(self) -> str:
+        """The leakage level as reports say it: ``not measured`` when no attack ran (the level then reads none)."""
+        return str(self.leakage.level) if self.attacks else "not measured"
+
     def outcome(self, name: str) -> AttackOutcome:
         """The outcome of attack ``name`` (KeyError when it did not run)."""
         for item in self.attacks:

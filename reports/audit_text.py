@@ -62,10 +62,7 @@ class AuditTextRenderer(AuditRenderer):
         lk = report.leakage
         head = Text()
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
-        if report.attacks:
-            head.append(f"  leakage {lk.level}", style=LEVEL_STYLE[lk.level])
-        else:
-            head.append("  leakage not measured", style="yellow")
+        head.append(f"  leakage {report.leakage_said}", style=LEVEL_STYLE[lk.level] if report.attacks else "yellow")
         if lk.worst_attack:
             worst = report.outcome(lk.worst_attack)
             extra = f", PSNR max {fmt_num(worst.psnr_max)} dB" if worst.psnr_max is not None else ""
