@@ -18,7 +18,7 @@ import click
 from click.core import ParameterSource
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, FiniteFloatRange, input_paths, print_report, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, input_paths, print_report, resolve_format
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -196,7 +196,7 @@ def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat when --max-iterations, not --time-budget, ends them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
+@click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
 @click.option("--fail-on", type=click.Choice(LEVELS), default="high", show_default=True, help="Verdict block (exit 1) at or above this leakage level.")
 @click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")

@@ -14,7 +14,7 @@ import click
 
 import fedguard
 from fedguard.errors import InputError
-from fedguard.options import SEED, input_paths, print_report, resolve_format, silence_stdout
+from fedguard.options import OUTPUT_FILE, SEED, input_paths, print_report, resolve_format, silence_stdout
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
@@ -98,7 +98,7 @@ def _formats() -> dict[str, str]:
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): digits, images, a folder, or an .npz with x and y.")
 @click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600) instead of stdout.")
+@click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600) instead of stdout.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default="medium", show_default=True, help="Exit 1 when a finding is at or above this severity.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for data sampling.")
 @click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")

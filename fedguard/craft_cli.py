@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, input_paths
+from fedguard.options import SEED, OutputFile, input_paths
 
 SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
 #: Parameters every crafter takes; the rest are its options (``--set``).
@@ -85,7 +85,7 @@ def serialise(state: dict, suffix: str) -> bytes:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="A crafter option (repeatable); --list-options shows them.")
 @click.option("--list-options", is_flag=True, help="List ATTACK's options and their defaults, then exit.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the initialisation and the crafter.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Where to write the crafted model: .pt, .pth, .safetensors or .npz (mode 0600).")
+@click.option("-o", "--output", type=OutputFile("model.pt"), help="Where to write the crafted model: .pt, .pth, .safetensors or .npz (mode 0600).")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def craft_command(attack, arch, model, num_classes, input_shape, data, settings, list_options, seed, output, force):
     """Write the global model a malicious server would send for ATTACK (red-team your pipeline).

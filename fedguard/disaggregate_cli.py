@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, FiniteFloatRange, print_report, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, OutputFile, FiniteFloatRange, print_report, resolve_format
 
 #: The output formats and their file extensions.
 FORMATS = {"text": ".txt", "json": ".json"}
@@ -63,12 +63,12 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="--simulate: chance a user joins a round.")
 @click.option("--noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="--simulate: Gaussian noise on each aggregate entry, relative to an update's scale (0.05 = 5 %).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the simulation and the attack's random restarts.")
-@click.option("--save-rounds", type=click.Path(path_type=Path, readable=False), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
+@click.option("--save-rounds", type=OutputFile("rounds.npz"), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
 @click.option("--time-limit", type=FiniteFloatRange(min=0), default=60.0, show_default=True, help="Seconds per user for the integer-programming fallback (0 skips it).")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes for the integer programs (default: the usable CPU cores).")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Output format (default: the one --output's extension names, else text).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
-@click.option("--updates", "updates_path", type=click.Path(path_type=Path, readable=False), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
+@click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
+@click.option("--updates", "updates_path", type=OutputFile("updates.npz"), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
 @click.option("--force", is_flag=True, help="Replace existing --output, --updates (or OUTPUT-updates.npz) or --save-rounds files that fedguard did not write.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout (use with --output).")
 def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, participation, noise, seed, save_rounds,

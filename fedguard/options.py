@@ -29,6 +29,25 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class OutputFile(click.Path):
+    """:class:`click.Path` for a file to write: refuses a name that ends with a slash (a folder, which
+    :class:`~pathlib.Path` would silently turn into a file of that name)."""
+
+    def __init__(self, example: str = "report.json"):
+        super().__init__(path_type=Path, readable=False)  # a folder that exists is refused later, with a fix
+        self.example = example  # the file name the message suggests
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
+            self.fail(f"{value} ends with a slash, which names a folder; name a file inside it, e.g. {value}{self.example}",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
+#: The type of the options that name a report to write.
+OUTPUT_FILE = OutputFile()
+
+
 def input_paths(*files: str | os.PathLike | None, data: str | None = None, arch: str | None = None) -> list[Path]:
     """Every file or folder a command reads, which no output may overwrite or write into.
 

@@ -188,6 +188,14 @@ def test_output_through_a_link_or_to_what_is_not_a_file(clean_model, workdir):
     assert not (workdir / "-").exists()
 
 
+def test_output_ending_with_a_slash_names_a_folder(clean_model, workdir):
+    """``-o out/`` is a folder, not a file named ``out``: refused with a file name inside it to use instead."""
+    for args, example in ((("inspect", clean_model), "report.json"), (("craft", "imprint", "--arch", "lenet"), "model.pt")):
+        line = assert_input_error(invoke(*args, "-o", "out/"))
+        assert f"out/ ends with a slash, which names a folder; name a file inside it, e.g. out/{example}" in line
+    assert not (workdir / "out").exists()
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
 def test_output_replaces_only_reports_without_force(clean_model, workdir, fmt):
     """An earlier report in any format is replaced; a file of the user's (here a model) only with --force."""
