@@ -279,4 +279,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     if report.interrupted:
         click.echo("fedguard: interrupted; the report holds the partial results", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    if stop.is_set():  # Ctrl-C after the last attack ended, before the audit handed its report back
+        click.echo("fedguard: interrupted after the attacks ended; the report is complete", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(EXIT_BLOCK if str(report.verdict) == "block" else EXIT_OK)

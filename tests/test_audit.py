@@ -272,6 +272,26 @@ def test_a_set_stop_event_keeps_partial_results():
     assert set(report.skipped) == {"label_counts", "idlg", "fc_inversion", "dlg", "inverting_gradients"}
 
 
+def test_ctrl_c_after_the_attacks_ended_exits_130_with_the_whole_report(workdir, monkeypatch):
+    """A Ctrl-C that lands after the last attack (stop set, but the report already whole) still exits 130."""
+    import fedguard.audit
+
+    real = fedguard.audit.audit
+
+    def audit_then_ctrl_c(*args, stop, **kwargs):
+        report = real(*args, stop=stop, **kwargs)
+        stop.set()
+        return report
+
+    monkeypatch.setattr(fedguard.audit, "audit", audit_then_ctrl_c)
+    result = invoke(*TINY, "--data", "digits", "--attack", "idlg", "--batch-size", "1",
+                    "--format", "json", "-o", "r.json")  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert "interrupted after the attacks ended; the report is complete" in result.stderr
+    report = json.loads((workdir / "r.json").read_text())
+    assert report["attacks"][0]["name"] == "idlg" and report["interrupted"] is False
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
