@@ -80,7 +80,8 @@ class AuditTextRenderer(AuditRenderer):
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
-        console.print(Text(printable(" · ".join(context)), style="dim"), soft_wrap=True)  # one line, however long
+        for line in _joined_lines([printable(c) for c in context], " · ", console.width):
+            console.print(Text(line, style="dim"), soft_wrap=True)  # a path longer than the line stays whole
         if report.attacks:
             # one space between columns: the table fits 80 columns (a stop reason too long for it folds)
             table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0, header_style="bold")
@@ -126,6 +127,17 @@ class AuditTextRenderer(AuditRenderer):
                 ),
             )
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+def _joined_lines(items: list[str], sep: str, width: int) -> list[str]:
+    """``items`` joined by ``sep`` into lines of at most ``width`` characters, breaking only between items."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + len(sep) + len(item) <= width:
+            lines[-1] += sep + item
+        else:
+            lines.append(item)
+    return lines
 
 
 def _width() -> int:

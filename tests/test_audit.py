@@ -746,6 +746,16 @@ def test_text_report_when_nothing_was_measured_plurals_and_rounded_json(workdir)
     assert typed["update"]["local_lr"] == 0.0123456789  # a setting stays as given: the report says how to repeat the run
 
 
+def test_text_report_fits_80_columns_with_a_long_model_path(workdir, monkeypatch):
+    """The context line breaks between its items (never inside a path) to fit the terminal's width."""
+    monkeypatch.setenv("COLUMNS", "80")
+    name = "global-model-received-from-the-aggregation-server-round-0042.pt"
+    torch.save(lenet8().state_dict(), workdir / name)
+    text = invoke("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts").stdout
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert f"lenet ({name})" in text
+
+
 def test_html_report_shows_a_bidi_override_in_a_path_as_its_escape(workdir):
     """U+202E in a file name would reverse the text after it on the page, as in a terminal."""
     name = "m\u202egnp.pt"
