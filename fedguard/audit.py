@@ -41,7 +41,7 @@ from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
-from fedguard.randomness import own_random_state
+from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.update import Update, checked_update, compute_update, load_update, resolve_device
 
 __all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "attack_names"]
@@ -234,13 +234,13 @@ def _numerics():
 
 
 def _caller_state_kept(fn: Callable) -> Callable:
-    """Run ``fn`` with gradients on (also inside the caller's ``no_grad`` or ``inference_mode``), denormals
-    flushed (:func:`_numerics`) and torch's random generators restored afterwards: the audit seeds and trains,
-    the caller's global state stays its own."""
+    """Run ``fn`` inside :func:`~fedguard.torch_state.own_torch_state` (gradients on, float32, torch's random
+    generators restored afterwards) with denormals flushed (:func:`_numerics`): the audit seeds and trains, the
+    caller's global state stays its own."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with own_random_state(), torch.inference_mode(False), torch.enable_grad(), _numerics():
+        with own_torch_state(), _numerics():
             return fn(*args, **kwargs)
 
     return run

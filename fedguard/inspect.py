@@ -26,7 +26,7 @@ from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, I
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, load_model_file
 from fedguard.modelview import ModelView
-from fedguard.randomness import own_random_state
+from fedguard.torch_state import own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
 
 
@@ -146,9 +146,9 @@ def inspect_model(
             missing = [options[need] for need in DETECTORS.get(name).needs if not given[need]]
             if missing:
                 raise InputError(f"detector {name} needs {' and '.join(missing)}; pass them or leave out --detector {name}")
-    # architectures' initialisation seeded, the caller's generators kept; the behavioural checks take gradients,
-    # also inside the caller's no_grad or inference_mode
-    with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
+    # architectures' initialisation seeded, the caller's generators and default dtype kept; the behavioural checks
+    # take gradients, also inside the caller's no_grad or inference_mode
+    with own_torch_state(seed):
         loaded = load_model_file(path)
         if loaded.refused:
             return _report(loaded, loaded.findings, (), start, arch, reference)

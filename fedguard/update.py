@@ -31,7 +31,7 @@ from torch import nn
 
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
-from fedguard.randomness import own_random_state
+from fedguard.torch_state import own_torch_state
 
 __all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "checked_update", "check_protocol", "resolve_device", "minibatch_slices"]
 
@@ -208,9 +208,9 @@ def compute_update(
     else:
         local_batch_size = batch if local_batch_size is None else local_batch_size
     check_protocol(protocol, local_steps, local_lr, local_batch_size, batch)
-    # dropout masks from seed, the caller's generators kept; training works inside the caller's no_grad and
-    # inference_mode too (the copy is made outside inference mode, or its weights could not be trained)
-    with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
+    # dropout masks from seed, the caller's generators and default dtype kept; training works inside the caller's
+    # no_grad and inference_mode too (the copy is made outside inference mode, or its weights could not be trained)
+    with own_torch_state(seed):
         net = copy.deepcopy(model)
         net.train()
         params = _trainable(net)

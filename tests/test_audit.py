@@ -640,6 +640,22 @@ def test_the_audit_leaves_the_callers_model_generators_grad_mode_and_denormals_a
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():
+    from fedguard.audit import audit
+    from fedguard.update import compute_update
+
+    model = lenet8()  # the caller's float32 model
+    torch.set_default_dtype(torch.float64)
+    try:
+        report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["label_counts"])
+        upd = compute_update(model, torch.rand(2, 1, 8, 8, dtype=torch.float32), torch.arange(2))
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert report.outcome("label_counts").label_accuracy == 1.0
+    assert all(t.dtype == torch.float32 for t in upd.tensors.values())
+
+
 def test_an_update_object_is_checked_as_a_file_is():
     from fedguard.audit import audit
     from fedguard.errors import InputError

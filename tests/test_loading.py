@@ -615,6 +615,21 @@ def test_inspect_api_bad_arguments_are_input_errors(tmp_path, given, message):
         inspect_model(args.pop("path"), **args)
 
 
+def test_inspect_api_works_under_the_callers_float64_default_and_keeps_it(tmp_path):
+    """``torch.set_default_dtype(torch.float64)`` in the caller's code would have built a float64 --arch model that
+    the file's float32 weights and the data do not fit."""
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("lenet", input_shape=(1, 8, 8)).state_dict(), tmp_path / "m.pt")
+    torch.set_default_dtype(torch.float64)
+    try:
+        report = inspect_model(tmp_path / "m.pt", arch="lenet", input_shape=(1, 8, 8), data="digits")
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert str(report.verdict) == "clean" and "gradient_snr" in report.detectors_run
+
+
 def test_inspect_api_runs_its_behavioural_checks_inside_the_callers_no_grad_and_inference_mode(tmp_path):
     from fedguard.architectures import build_model
 
