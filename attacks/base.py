@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import abc
 import importlib
-import math
 import threading
 import time
 from typing import Any, Callable, ClassVar, Sequence
 
-from fedguard.checks import is_number, is_whole
+from fedguard.checks import finite, whole
 from fedguard.registry import Registry
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
@@ -41,16 +40,12 @@ ENGINES: tuple[str, ...] = ("auto", "vmap", "loop")
 
 def whole_option(value: Any, name: str, minimum: int) -> int:
     """``value`` as an int of at least ``minimum``; ValueError naming the option ``name`` otherwise."""
-    if not is_whole(value) or value < minimum:
-        raise ValueError(f"bad {name} {value!r}; give a whole number of at least {minimum}")
-    return int(value)
+    return whole(value, name, minimum, error=ValueError)
 
 
 def number_option(value: Any, name: str, *, positive: bool) -> float:
     """``value`` as a finite float above 0 (``positive``) or at least 0; ValueError naming ``name`` otherwise."""
-    if not is_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"bad {name} {value!r}; give a finite number {'above 0' if positive else 'of at least 0'}")
-    return float(value)
+    return finite(value, name, positive=positive, error=ValueError)
 
 
 def choice_option(value: Any, name: str, choices: Sequence[str]) -> str:

@@ -86,7 +86,8 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from fedguard.checks import MAX_SEED, is_number, is_seed, is_whole
+from fedguard import checks
+from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 
 __all__ = [
@@ -460,8 +461,7 @@ def simulate_federation(
     for name, value in (("users", users), ("rounds", rounds), ("dim", dim), ("window", window)):
         if not is_whole(value) or value < 1:
             raise InputError(f"--{name} must be a positive integer, got {value!r}")
-    if not is_seed(seed):
-        raise InputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    checks.seed(seed)
     if not (is_number(participation) and is_number(noise)):
         raise InputError(f"--participation and --noise must be numbers, got {participation!r} and {noise!r}")
     if rounds % window:
@@ -952,8 +952,7 @@ def disaggregate(
         raise InputError(f"time limit must be a finite number of seconds >= 0, got {time_limit!r}")
     if workers is not None and not (is_whole(workers) and workers >= 1):
         raise InputError(f"workers must be a whole number >= 1 (processes for the integer programs), got {workers!r}")
-    if not is_seed(seed):
-        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    checks.seed(seed, "seed")
     if progress is not None and not callable(progress):
         raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(settled, total) or None")
     workers = _default_workers() if workers is None else int(workers)

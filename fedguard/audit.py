@@ -36,7 +36,7 @@ from torch import nn
 
 import fedguard
 from fedguard.architectures import first_line
-from fedguard.checks import MAX_SEED, is_number, is_whole
+from fedguard import checks
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.threat import ServerView, ThreatModel
@@ -76,21 +76,6 @@ def attack_names() -> list[str]:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def _whole(value: Any, option: str, minimum: int = 1, maximum: int | None = None) -> int:
-    """``value`` as an int in ``[minimum, maximum]``, or InputError naming ``option``."""
-    if not is_whole(value) or value < minimum or (maximum is not None and value > maximum):
-        bound = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
-        raise InputError(f"bad {option} {value!r}; give a whole number {bound}")
-    return int(value)
-
-
-def _positive(value: Any, option: str) -> float:
-    """``value`` as a finite float above 0, or InputError naming ``option``."""
-    if not is_number(value) or not (math.isfinite(value) and value > 0):
-        raise InputError(f"bad {option} {value!r}; give a positive number")
-    return float(value)
 
 
 def _first(items: Sequence[str]) -> str:
@@ -477,13 +462,13 @@ def audit(
     from fedguard.metrics import baseline_psnr, score, verdict_for
 
     t_start = time.perf_counter()
-    seed = _whole(seed, "--seed", minimum=0, maximum=MAX_SEED)
+    seed = checks.seed(seed)
     batch_size, num_classes, max_iterations = (
-        None if value is None else _whole(value, option)
+        None if value is None else checks.whole(value, option)
         for value, option in ((batch_size, "--batch-size"), (num_classes, "--num-classes"), (max_iterations, "--max-iterations"))
     )  # the local schedule is checked with the update (update.check_protocol)
     if time_budget is not None:
-        time_budget = _positive(time_budget, "--time-budget")
+        time_budget = checks.finite(time_budget, "--time-budget", positive=True)
     for value, kind, name in ((threat, ThreatModel, "threat"), (federation, FederationSettings, "federation")):
         if value is not None and not isinstance(value, kind):
             raise InputError(f"{name} is a {type(value).__name__}; pass a {kind.__name__} or None")

@@ -1,10 +1,15 @@
-"""Type tests the library's argument checks share: Python's and numpy's numbers, never a bool."""
+"""The library's argument checks: Python's and numpy's numbers (never a bool), and the one-line errors that
+name the argument and the values it takes."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import numpy as np
+
+from fedguard.errors import InputError
 
 
 #: The largest seed fedguard takes; numpy's and torch's generators both take every seed from 0 to it.
@@ -21,6 +26,21 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
-def is_seed(value: Any) -> bool:
-    """True for a whole number from 0 to :data:`MAX_SEED`."""
-    return is_whole(value) and 0 <= value <= MAX_SEED
+def whole(value: Any, name: str, minimum: int = 1, maximum: int | None = None, *, error: type[Exception] = InputError) -> int:
+    """``value`` as an int in ``[minimum, maximum]``; otherwise ``error`` naming the argument ``name``."""
+    if not is_whole(value) or value < minimum or (maximum is not None and value > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        raise error(f"bad {name} {value!r}; give a whole number {bound}")
+    return int(value)
+
+
+def seed(value: Any, name: str = "--seed") -> int:
+    """``value`` as a seed (:func:`whole` from 0 to :data:`MAX_SEED`)."""
+    return whole(value, name, 0, MAX_SEED)
+
+
+def finite(value: Any, name: str, *, positive: bool, error: type[Exception] = InputError) -> float:
+    """``value`` as a finite float above 0 (``positive``) or at least 0; otherwise ``error`` naming ``name``."""
+    if not is_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise error(f"bad {name} {value!r}; give a finite number {'above 0' if positive else 'of at least 0'}")
+    return float(value)

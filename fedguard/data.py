@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fedguard.architectures import check_input_shape
-from fedguard.checks import MAX_SEED, is_seed
+from fedguard import checks
 from fedguard.errors import InputError
 from fedguard.io import read_npz
 
@@ -89,8 +89,7 @@ def load_data(
     source order; all of the data when it has fewer examples).
     """
     shape = check_input_shape(input_shape) if input_shape is not None else None
-    if not is_seed(seed):
-        raise InputError(f"bad seed {seed!r}; give a whole number from 0 to {MAX_SEED}")
+    checks.seed(seed, "seed")
     if limit is not None and (isinstance(limit, bool) or not hasattr(limit, "__index__") or int(limit) < 1):
         raise InputError(f"bad data limit {limit!r}; give a positive number of examples such as 64")
     if isinstance(spec, os.PathLike):

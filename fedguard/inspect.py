@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 import fedguard
-from fedguard.checks import MAX_SEED, is_seed, is_whole
+from fedguard import checks
+from fedguard.checks import is_whole
 from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
@@ -136,8 +137,7 @@ def inspect_model(
         raise InputError(f"arch is {arch!r:.40}; pass an architecture name such as 'lenet5', or None")
     if num_classes is not None and (not is_whole(num_classes) or num_classes < 1):
         raise InputError(f"bad --num-classes {num_classes!r}; give a whole number of classes, 1 or more")
-    if not is_seed(seed):
-        raise InputError(f"bad --seed {seed!r}; give a whole number from 0 to {MAX_SEED}")
+    checks.seed(seed)
     names = _detector_names(detectors)
     if detectors:  # a detector asked for by name must be able to run
         given = {NEEDS_MODULE: arch is not None, NEEDS_DATA: arch is not None and data is not None, NEEDS_REFERENCE: reference is not None}
