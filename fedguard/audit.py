@@ -587,7 +587,7 @@ def audit(
     unmeasured = False  # an attack that applies stopped before its first iteration
     done: dict[str, Any] = {}
     outcomes: list[AttackOutcome] = []
-    prior = aux[0].mean(0) if aux is not None else None
+    prior = view.auxiliary[0].mean(0) if view.auxiliary is not None else None  # what the server would guess without the update
     baseline = baseline_psnr(batch_x, prior)
     exposure = None
     with _first_interrupt_sets(stop, notify):
