@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import torch
 
-from fedguard.threat import NO_GRADIENT, ServerView
+from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
 from ._head import Head, find_head
@@ -57,7 +57,8 @@ def fishing_target(view: ServerView) -> int:
 def invert_isolated(
     view: ServerView, head: Head, gradient: dict, labels: torch.Tensor, budget: Budget, through: str = "gradients"
 ) -> tuple[Reconstruction, str]:
-    """Invert ``gradient``, the isolated gradient of ``len(labels)`` examples fished with ``view.model`` (head ``head``).
+    """Invert ``gradient``, the isolated gradient (or a positive multiple of it) of ``len(labels)`` examples fished with
+    ``view.model`` (head ``head``).
 
     By FC inversion where a Linear layer sees the input (exact). Otherwise
     ``through="gradients"`` runs Inverting Gradients on the layers below the
@@ -116,8 +117,6 @@ class ClassFishing(Attack):
         head = find_head(view.model, view.input_shape, view.device, view.num_classes)
         if head is None or head.bias is None or head.weight not in view.tensors:
             return "the model has no classification head with a bias to fish with"
-        if view.as_gradient() is None:
-            return NO_GRADIENT
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
@@ -129,7 +128,8 @@ class ClassFishing(Attack):
             count = max(1, int(torch.as_tensor(view.label_counts)[target]))
         labels = torch.full((count,), target, dtype=torch.long)
         # the layers below the head and the head's target row hold the fished examples' gradient alone
-        rec, inversion = invert_isolated(view, head, view.as_gradient(), labels, budget)
+        # FC inversion's quotient and Inverting Gradients' cosine need no scale, so no local schedule
+        rec, inversion = invert_isolated(view, head, view.gradient_direction(), labels, budget)
         details = {"target_class": target, "examples_fished": count, "inversion": inversion, **rec.details}
         return dataclasses.replace(
             rec, attack=self.name, labels=labels[: len(rec.images)], seconds=time.perf_counter() - start, details=details

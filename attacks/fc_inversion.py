@@ -41,7 +41,7 @@ from typing import ClassVar
 
 import torch
 
-from fedguard.threat import NO_GRADIENT, ServerView
+from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
 from ._head import find_first_layer
@@ -130,15 +130,13 @@ class FCInversion(Attack):
             return "the first Linear layer has no bias in the update (the quotient needs ∇b)"
         if view.batch_size is None:
             return "the server does not know the batch size (threat model)"
-        if view.as_gradient() is None:
-            return NO_GRADIENT
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         budget.check(0)
         layer = self._layer(view)
-        grads = view.as_gradient()
+        grads = view.gradient_direction()  # the quotient needs no scale, so no local schedule
         rows, details = invert_rows(
             grads[layer.weight].detach().cpu(), grads[layer.bias].detach().cpu(), int(view.batch_size), view.threat.input_range
         )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from fedguard.threat import NO_GRADIENT, ServerView
+from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
 from .base import Attack, Budget, register_attack, whole_option
@@ -74,14 +74,12 @@ class ImprintEmulator(Attack):
     def applies(self, view: ServerView) -> str | None:
         if WEIGHT not in view.tensors or BIAS not in view.tensors:
             return "the model has no imprint block (the audit inserts one for this emulator)"
-        if view.as_gradient() is None:
-            return NO_GRADIENT
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         budget.check(0)
-        grads = view.as_gradient()
+        grads = view.gradient_direction()  # quotients of bin differences need no scale, so no local schedule
         gw, gb = grads[WEIGHT].detach().cpu().double(), grads[BIAS].detach().cpu().double()
         rows, details = invert_rows(gw[:-1] - gw[1:], gb[:-1] - gb[1:], len(gb), view.threat.input_range)
         details = {"bins": len(gb), **details}

@@ -129,6 +129,14 @@ class ServerView:
     auxiliary: Any = field(default=None, repr=False)
     next_round: Any = field(default=None, repr=False)
 
+    def gradient_direction(self) -> dict[str, torch.Tensor]:
+        """The update as the average gradient up to a positive factor, which needs no schedule: FedSGD's gradient,
+        FedAvg's ``-(W_T - W_0)`` (``T lr`` times it). Enough for attacks that read quotients (``∇W / ∇b``) or
+        cosines, in which the factor cancels."""
+        if self.protocol == "fedsgd":
+            return dict(self.tensors)
+        return {k: -v for k, v in self.tensors.items()}
+
     def as_gradient(self) -> dict[str, torch.Tensor] | None:
         """The update as one average gradient (FedAvg: ``-(W_T - W_0) / (T lr)``), or None without the schedule."""
         if self.protocol == "fedsgd":

@@ -611,6 +611,17 @@ def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
     assert report["leakage"]["baseline_psnr"] == pytest.approx(grey, abs=1e-4) and grey < with_public - 3
 
 
+def test_quotient_attacks_need_no_local_schedule():
+    """FC inversion's ∇W/∇b is the same for -(W_T - W_0) as for the average gradient: without the schedule the
+    FedAvg update of a one-example batch still gives the image away exactly."""
+    run = ("--arch", "mlp", "--input-shape", "1,8,8", "--data", "digits", "--batch-size", "1", "--protocol", "fedavg",
+           "--attack", "fc_inversion", "--format", "json")  # fmt: skip
+    known, unknown = (json.loads(invoke(*run, *extra).stdout) for extra in ((), ("--attacker-without", "local-schedule")))
+    assert unknown["threat"]["local_schedule"] is False and "fc_inversion" not in unknown["skipped"]
+    assert unknown["attacks"][0]["psnr_max"] == known["attacks"][0]["psnr_max"] > 60
+    assert unknown["verdict"] == known["verdict"] == "block"
+
+
 def test_the_batch_size_cannot_be_withheld():
     """Every attack needs it: a threat model without it is refused, and the CLI does not offer it."""
     from fedguard.errors import InputError
