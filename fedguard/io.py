@@ -21,7 +21,7 @@ from fedguard.errors import InputError
 #: disaggregation summary, the JSON reports, SARIF, and the HTML pages (their generator tag).
 _REPORT_STARTS = re.compile(
     r"(CLEAN|SUSPICIOUS|MALICIOUS)  .*  \(sha256 [0-9a-f]{12}…, "
-    r"|(PASS|WARN|BLOCK)  leakage (none|low|medium|high)"
+    r"|(PASS|WARN|BLOCK)  leakage (none|low|medium|high|not measured)"
     r"|fedguard disaggregate: \d+ rounds x d=\d+, "
     r'|\{\n  "schema_version": "[0-9.]+",\n  "tool": \{\n    "name": "fedguard",'
     r'|\{\n  "\$schema": "https://docs\.oasis-open\.org/sarif/[^"]*",\n  "version": "2\.1\.0",\n  "runs": \[\n    \{\n      "tool": \{\n        "driver": \{\n          "name": "fedguard",'
