@@ -782,7 +782,7 @@ def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float,
     and the program re-solved while time is left. Returns
     ``(user, column or None, residual, seconds, outcome)`` per user.
     """
-    users, counts, excluded, row_tols, taus, time_limit = task
+    users, counts, excluded, row_tols, taus, time_limit, deadline = task
     NT, W, T = _MILP_STATE["NT"], _MILP_STATE["W"], _MILP_STATE["T"]
     out = []
     excluded = [np.asarray(x) for x in excluded]
@@ -793,7 +793,8 @@ def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float,
         outcome = "time limit"
         cuts: list[np.ndarray] = list(excluded)
         for _ in range(_MILP_TRIES):
-            left = time_limit - (time.perf_counter() - t0)
+            now = time.perf_counter()
+            left = min(time_limit - (now - t0), math.inf if deadline is None else deadline - now)
             if left <= 0.05:
                 break
             cons = [LinearConstraint(NT, -row_tol, row_tol), LinearConstraint(W, counts, counts)]
@@ -819,7 +820,9 @@ def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float,
     return out
 
 
-def _stage_milp(book: _Book, users: np.ndarray, time_limit: float, workers: int, notes: list[str]) -> None:
+def _stage_milp(
+    book: _Book, users: np.ndarray, time_limit: float, workers: int, notes: list[str], deadline: float | None
+) -> None:
     geo = book.geo
     # Users whose best candidate the noise already makes uncertifiable: no program can certify them either.
     residual, threshold, predicted = geo.check(book.X[:, users])
@@ -843,7 +846,7 @@ def _stage_milp(book: _Book, users: np.ndarray, time_limit: float, workers: int,
         excluded = [book.X[:, v].copy() for v, k in enumerate(book.group_of) if k == key and book.exact[v]]
         tasks.append((
             [int(users[j]) for j in members], book.counts[users[members[0]]].astype(np.float64), excluded,
-            [float(row_tol[j]) for j in members], [float(tau[j]) for j in members], float(time_limit),
+            [float(row_tol[j]) for j in members], [float(tau[j]) for j in members], float(time_limit), deadline,
         ))
     _MILP_STATE.clear()
     _MILP_STATE.update(_milp_setup(geo))
@@ -865,7 +868,8 @@ def _stage_milp(book: _Book, users: np.ndarray, time_limit: float, workers: int,
         _MILP_STATE.clear()
     timed_out = sum(1 for r in results if r[4] == "time limit")
     if timed_out:
-        notes.append(f"{timed_out} integer program(s) hit the {time_limit:g} s per-user time limit")
+        limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")
+        notes.append(f"{timed_out} integer program(s) hit {limit}")
 
 
 def _milp_record(book: _Book, group: list[tuple[int, np.ndarray | None, float, float, str]]) -> None:
@@ -904,6 +908,7 @@ def disaggregate(
     workers: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> Disaggregation:
     """Recover the participation matrix and every user's update from round sums.
 
@@ -927,6 +932,9 @@ def disaggregate(
         (up to integer programs stopped by ``time_limit``).
     progress : callable, optional
         Called as ``progress(users_settled, users)`` as users are recovered.
+    deadline : float, optional
+        A :func:`time.perf_counter` value after which no integer program runs
+        on (a caller's overall time budget); users left open stay approximate.
 
     Returns
     -------
@@ -955,6 +963,8 @@ def disaggregate(
     checks.seed(seed, "seed")
     if progress is not None and not callable(progress):
         raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(settled, total) or None")
+    if deadline is not None and not (is_number(deadline) and math.isfinite(deadline)):
+        raise InputError(f"deadline is {deadline!r}; pass a time.perf_counter() value or None")
     workers = _default_workers() if workers is None else int(workers)
     rng = np.random.default_rng(seed)
     notes: list[str] = []
@@ -983,7 +993,7 @@ def disaggregate(
             _stage_search(book, open_users[still], final[:, still], rng)
         left = open_users[~book.exact[open_users]]
         if left.size and time_limit > 0:
-            _stage_milp(book, left, time_limit, workers, notes)
+            _stage_milp(book, left, time_limit, workers, notes, deadline)
 
     status = ["exact" if book.exact[u] else "failed" for u in range(n_users)]
     open_left = [u for u in range(n_users) if not book.exact[u] and book.have[u]]

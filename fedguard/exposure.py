@@ -223,8 +223,9 @@ def exposure(
     of its rounds is within ``target_error`` of its update, after
     ``(noise / target_error)²`` rounds, at least one. Prefixes are tested by doubling
     then bisection, assuming more rounds never help the client. No new
-    prefix is attacked after ``deadline`` (a :func:`time.perf_counter` value);
-    the result then says ``complete=False``.
+    prefix is attacked after ``deadline`` (a :func:`time.perf_counter` value)
+    and no integer program runs past it; the result then says ``complete=False``
+    unless the client was already found exposed.
 
     References
     ----------
@@ -279,7 +280,7 @@ def exposure(
         t0 = time.perf_counter()
         try:
             result = disaggregate(sub.aggregates, sub.counts, window, noise_scale=sub.noise_scale or None,
-                                  time_limit=time_limit, workers=workers, seed=seed)
+                                  time_limit=time_limit, workers=workers, seed=seed, deadline=deadline)
         except InputError:
             point = ExposurePoint(t, False, 0.0, "failed", float("nan"), time.perf_counter() - t0)
         else:
@@ -332,6 +333,8 @@ def exposure(
                 else:
                     lo = mid
             found = grid[hi]
+        if found is None and late():  # the deadline cut an integer program short: "not exposed" is not shown
+            complete = False
     return Exposure(
         users=users, users_per_round=float(users_per_round), participation=float(participation),
         window=int(window), dim=dim, noise=float(noise), max_rounds=rounds, target_error=float(target_error),

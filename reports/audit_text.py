@@ -160,7 +160,11 @@ def exposure_summary(exposure: Mapping) -> str:
         return f"with {where}, {st['stable_rounds']} stable rounds are too few for gradient disaggregation to single it out"
     if exposure["outcome"] == "not exposed":
         return f"with {where}, gradient disaggregation did not recover this update within {st['stable_rounds']} rounds"
-    return "the exposure analysis did not run"
+    configured = exposure["scenarios"][0]
+    if configured["detail"] is not None:  # ran part of the way: what it found bounds nothing beyond those rounds
+        return (f"with {where}, the analysis was cut short ({configured['note']}); a server with more time may still "
+                f"recover this update within {st['stable_rounds']} rounds")
+    return "the exposure analysis did not run" + (f" ({configured['note']})" if configured["note"] else "")
 
 
 def _exposure(console: Console, exposure: Mapping) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -162,6 +163,22 @@ def test_client_exposure_budget_and_unidentifiable():
     assert all(s.outcome == "not run" for s in result.scenarios[1:])
     with pytest.raises(InputError, match="participation"):
         FederationSettings(participation=0)
+
+
+def test_client_exposure_cut_short_keeps_to_its_budget_and_says_so():
+    """40 users over windows of 10 rounds send every user to an integer program (0.25 s each, 10 s a prefix): the
+    budget stops them, and "not exposed" is not claimed from programs that never ran."""
+    from fedguard.reports.audit_text import exposure_summary
+
+    update = np.random.default_rng(0).standard_normal(5000)
+    start = time.perf_counter()
+    result = client_exposure(update, FederationSettings(users_per_round=20, stable_rounds=100), budget=1.0)
+    assert time.perf_counter() - start < 3.0  # one prefix had taken 10.6 s
+    first = result.configured
+    assert first.outcome == "not run" and first.exposure is not None and not first.exposure.complete
+    assert "not exposed up to" in first.note
+    summary = exposure_summary(result.to_dict())
+    assert "cut short" in summary and "may still recover this update within 100 rounds" in summary
 
 
 # --------------------------------------------------------------------------- command line
