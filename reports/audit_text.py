@@ -80,8 +80,9 @@ class AuditTextRenderer(AuditRenderer):
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
-        for line in _joined_lines([printable(c) for c in context], " · ", console.width):
-            console.print(Text(line, style="dim"), soft_wrap=True)  # a path longer than the line stays whole
+        for items in ([printable(c) for c in context], _threat(report)):
+            for line in _joined_lines(items, " · ", console.width):
+                console.print(Text(line, style="dim"), soft_wrap=True)  # a path longer than the line stays whole
         if report.attacks:
             # one space between columns: the table fits 80 columns (a stop reason too long for it folds)
             table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0, header_style="bold")
@@ -127,6 +128,16 @@ class AuditTextRenderer(AuditRenderer):
                 ),
             )
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+def _threat(report: AuditReport) -> list[str]:
+    """What the threat model grants the server, as the items of one line."""
+    t, public = report.threat, report.data.get("auxiliary_examples") or 0
+    items = ["server knows: the model and batch size", "the true labels" if t.get("labels") == "known" else "labels inferred"]
+    if report.update.get("protocol") == "fedavg":
+        items.append("the local schedule" if t.get("local_schedule") else "not the local schedule")
+    items.append(plural(public, "public example") if t.get("auxiliary_data") and public else "no public data")
+    return items
 
 
 def _joined_lines(items: list[str], sep: str, width: int) -> list[str]:

@@ -609,6 +609,9 @@ def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
     grey = baseline_psnr(x[report["data"]["batch_indices"]])
     with_public = json.loads(invoke(*run).stdout)["leakage"]["baseline_psnr"]
     assert report["leakage"]["baseline_psnr"] == pytest.approx(grey, abs=1e-4) and grey < with_public - 3
+    text = invoke(*run[:-2], "--protocol", "fedavg", "--attacker-without", "public-data", "--attacker-without",
+                  "local-schedule", "--attacker-labels", "known").stdout  # fmt: skip
+    assert "server knows: the model and batch size · the true labels · not the local schedule · no public data" in text
 
 
 def test_quotient_attacks_need_no_local_schedule():
