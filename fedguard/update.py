@@ -277,8 +277,9 @@ def load_update(
 
     Accepts what :func:`fedguard.loading.load_model_file` accepts: a mapping of
     parameter names to tensors (FedSGD: the gradient; FedAvg: ``W_T - W_0``),
-    or an unnamed Flower-style list in parameter order. A file that would run
-    code when loaded is refused.
+    or an unnamed Flower-style list in parameter order or ``state_dict`` order
+    (buffers such as BatchNorm's running statistics are left out). A file that
+    would run code when loaded is refused.
     """
     from fedguard.loading import load_model_file
 
@@ -291,7 +292,7 @@ def load_update(
     loaded = load_model_file(path)
     if loaded.refused:
         raise InputError(f"update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")
-    out = _matched_tensors(dict(loaded.tensors), loaded.named, _trainable(model), f"update {path}")
+    out = _matched_tensors(dict(loaded.tensors), loaded.named, model, f"update {path}")
     if protocol == "fedsgd":
         local_steps, local_lr, local_batch_size = 1, None, None
     else:
@@ -308,18 +309,24 @@ def load_update(
     )
 
 
-def _matched_tensors(tensors: dict[str, Any], named: bool, params: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """``tensors`` as one finite floating-point tensor per parameter of ``params`` (same names, shapes, device and
-    dtype; an unnamed list, as Flower sends, is taken in parameter order), or InputError starting with ``where``.
-    Named tensors are matched by name only: two of one shape in another order would pass a check by position."""
+def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, where: str) -> dict[str, torch.Tensor]:
+    """``tensors`` as one finite floating-point tensor per trainable parameter of ``model`` (same names, shapes,
+    device and dtype), or InputError starting with ``where``. An unnamed list, as Flower sends, is taken in
+    parameter order, or in ``state_dict`` order when it also holds the buffers (Flower's usual
+    ``[v.numpy() for v in net.state_dict().values()]``); the model's buffers and frozen parameters, named or
+    not, are left out, since they are not trained. Named tensors are matched by name only: two of one shape in
+    another order would pass a check by position."""
+    params = _trainable(model)
+    state = list(model.state_dict())
     if not named:
         values = list(tensors.values())
-        if len(values) != len(params):
+        if len(values) not in (len(params), len(state)):
             raise InputError(
-                f"{where} has {len(values)} unnamed tensors but the model has {len(params)} parameters; "
-                "save a dict of parameter names to tensors"
+                f"{where} has {len(values)} unnamed tensors but the model has {len(params)} parameters "
+                f"({len(state)} state_dict entries with its buffers); save a dict of parameter names to tensors"
             )
-        tensors = dict(zip(params, values))
+        tensors = dict(zip(params if len(values) == len(params) else state, values))
+    tensors = {name: t for name, t in tensors.items() if name in params or name not in state}
     missing = [name for name in params if name not in tensors]
     extra = [name for name in tensors if name not in params]
     if missing:
@@ -363,7 +370,7 @@ def checked_update(update: Update, model: nn.Module, batch_size: int) -> Update:
     from fedguard.loading import to_state_dict
 
     tensors, named = to_state_dict(dict(update.tensors), "update")  # module. prefixes, numpy arrays: as in a file
-    out = _matched_tensors(tensors, named, _trainable(model), "update")
+    out = _matched_tensors(tensors, named, model, "update")
     if not is_whole(update.batch_size) or int(update.batch_size) != int(batch_size):
         raise InputError(
             f"the update was computed on {update.batch_size!r} examples but the data holds {batch_size}; "

@@ -236,6 +236,31 @@ def test_an_update_named_unlike_the_model_is_refused_not_matched_by_position(wor
     assert "has no tensor for parameter" in line
 
 
+def test_an_update_with_the_models_buffers_as_flower_sends_it(workdir):
+    """Flower's usual ``[v.numpy() for v in net.state_dict().values()]`` holds BatchNorm's running statistics too:
+    the list is read in state_dict order and the buffers, which no gradient reaches, are left out; so are named ones."""
+    from torch import nn
+
+    from fedguard.errors import InputError
+    from fedguard.update import compute_update, load_update
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 10))
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    upd = compute_update(model, x, y)
+    state = model.state_dict()
+    flower = [(upd.tensors[k] if k in upd.tensors else v).numpy() for k, v in state.items()]
+    np.savez(workdir / "flower.npz", *flower)
+    torch.save({**upd.tensors, **{k: v for k, v in state.items() if k not in upd.tensors}}, workdir / "named.pt")
+    for name in ("flower.npz", "named.pt"):
+        read = load_update(workdir / name, model, batch_size=4)
+        assert read.tensors.keys() == upd.tensors.keys()
+        assert all(torch.equal(read.tensors[k], v) for k, v in upd.tensors.items())
+    np.savez(workdir / "short.npz", *flower[:-1])
+    with pytest.raises(InputError, match="has 8 unnamed tensors but the model has 6 parameters \\(9 state_dict entries"):
+        load_update(workdir / "short.npz", model, batch_size=4)
+
+
 # --------------------------------------------------------------------------- Python API: determinism, interruption
 
 
