@@ -9,8 +9,8 @@ int64 labels. ``spec`` is one of:
   the label is the index of the source photograph;
 * a folder whose subfolders are the classes (sorted names -> labels 0, 1, ...)
   holding image files;
-* a ``.npz`` archive with arrays ``x`` (``N,H,W`` or ``N,C,H,W``, uint8 0-255
-  or float 0-1) and ``y`` (integer labels).
+* a ``.npz`` archive with arrays ``x`` (``N,H,W``, ``N,C,H,W`` or ``N,H,W,C``
+  with alpha dropped; uint8 0-255 or float 0-1) and ``y`` (integer labels).
 
 With ``input_shape`` (C, H, W) the images are resized (bilinear, antialiased
 when shrinking) and 1-channel data is repeated to C channels; image files (and
@@ -311,8 +311,11 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = archive["x"], archive["y"]
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 2, 3, 4) and x.shape[3] in (1, 2, 3, 4):
-        x = x.transpose(0, 3, 1, 2)  # N,H,W,C as numpy images usually are (grey, grey+alpha, RGB, RGBA)
+    elif x.ndim == 4 and (x.shape[1] not in (1, 2, 3, 4) or x.shape[1] not in (1, 3) and x.shape[3] in (1, 3)) \
+            and x.shape[3] in (1, 2, 3, 4):
+        # N,H,W,C as numpy images usually are (grey, grey+alpha, RGB, RGBA; 4x4 RGB too): alpha dropped as in files
+        x = x[..., :1] if x.shape[3] == 2 else x[..., :3]
+        x = x.transpose(0, 3, 1, 2)
     elif x.ndim != 4:
         raise InputError(f"x in {path} has shape {x.shape}; store images as N,H,W or N,C,H,W")
     if len(x) == 0:

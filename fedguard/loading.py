@@ -339,13 +339,13 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
     if isinstance(raw, (list, tuple)):
         values = [_as_tensor(v, f"item {i}", path) for i, v in enumerate(raw)]
         if not values:
-            raise InputError(f"{path} holds an empty list; it has no parameters to inspect")
+            raise InputError(f"{path} holds an empty list, no tensors; save the model's weights (or the update's tensors) in it")
         return name_unnamed(values), False
     if not isinstance(raw, Mapping):
         raise InputError(f"{path} holds a {type(raw).__name__}, not a state_dict (a mapping of names to tensors); save model.state_dict()")
     raw = _unwrap(raw)
     if not raw:
-        raise InputError(f"{path} holds an empty state_dict; it has no parameters to inspect")
+        raise InputError(f"{path} holds an empty state_dict, no tensors; save the model's weights (or the update's tensors) in it")
     tensors = {str(k): _as_tensor(v, f"key {k!r}", path) for k, v in raw.items()}
     return _strip_prefixes(tensors), True
 

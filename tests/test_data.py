@@ -125,6 +125,12 @@ def test_npz_float_round_trip(tmp_path):
     # channels-last arrays, as numpy images usually are, are accepted too
     np.savez(tmp_path / "hwc.npz", x=x.transpose(0, 2, 3, 1), y=np.arange(5))
     assert torch.equal(load_data(str(tmp_path / "hwc.npz"))[0], xs)
+    # with alpha, which is dropped as in image files; and tiny 4x4 RGB, whose 4 rows are not 4 channels
+    rgba = np.concatenate([x.transpose(0, 2, 3, 1), np.ones((5, 8, 8, 1), np.float32)], axis=3)
+    np.savez(tmp_path / "rgba.npz", x=rgba, y=np.arange(5))
+    assert torch.equal(load_data(str(tmp_path / "rgba.npz"))[0], xs)
+    np.savez(tmp_path / "tiny.npz", x=x[:, :, :4, :4].transpose(0, 2, 3, 1), y=np.arange(5))
+    assert torch.equal(load_data(str(tmp_path / "tiny.npz"))[0], xs[:, :, :4, :4])
 
 
 # --------------------------------------------------------------------------- bad inputs
