@@ -343,20 +343,52 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
         return name_unnamed(values), False
     if not isinstance(raw, Mapping):
         raise InputError(f"{path} holds a {type(raw).__name__}, not a state_dict (a mapping of names to tensors); save model.state_dict()")
-    raw = _unwrap(raw)
+    raw = _unwrap(raw, path)
     if not raw:
         raise InputError(f"{path} holds an empty state_dict, no tensors; save the model's weights (or the update's tensors) in it")
     tensors = {str(k): _as_tensor(v, f"key {k!r}", path) for k, v in raw.items()}
     return _strip_prefixes(tensors), True
 
 
-def _unwrap(raw: Mapping) -> Mapping:
+def _unwrap(raw: Mapping, path: Path | str) -> Mapping:
+    """The state_dict inside checkpoint wrappers (``{"state_dict": ...}``, up to three deep). Two different ones
+    side by side (``{"state_dict": A, "model": B}``) are refused: a client may load either, and judging one would
+    pass the other unseen."""
     for _ in range(3):
-        inner = next((raw[k] for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping)), None)
-        if inner is None:
+        keys = [k for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping)]
+        if not keys:
             return raw
-        raw = inner
+        if any(not _same_mapping(raw[keys[0]], raw[k]) for k in keys[1:]):
+            raise InputError(
+                f"{path} holds {len(keys)} different state_dicts, under {' and '.join(map(repr, keys))}; a client may "
+                "load either, so fedguard will not pick one: save each alone and inspect every one"
+            )
+        raw = raw[keys[0]]
     return raw
+
+
+def _same_mapping(a: Mapping, b: Mapping) -> bool:
+    """Whether two wrapped state_dicts hold the same names and values."""
+    if a is b:
+        return True
+    if list(a) != list(b):
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, (torch.Tensor, np.ndarray)) and isinstance(y, (torch.Tensor, np.ndarray)):
+            x, y = torch.as_tensor(x), torch.as_tensor(y)
+            if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
+                return False
+        elif isinstance(x, Mapping) and isinstance(y, Mapping):
+            if not _same_mapping(x, y):
+                return False
+        elif x is not y:
+            try:
+                if not bool(x == y):
+                    return False
+            except Exception:  # values that do not compare (a tensor against a list): not the same
+                return False
+    return True
 
 
 def _strip_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -179,6 +179,17 @@ def test_checkpoint_wrappers(tmp_path, key):
     assert_same(load_model_file(path).tensors, sd)
 
 
+def test_two_different_wrapped_state_dicts_are_refused_the_same_one_twice_is_read(tmp_path):
+    """``{"state_dict": benign, "model": crafted}``: judging the first would pass the one a client may load."""
+    sd = tiny_state_dict()
+    other = {k: v + 1 for k, v in sd.items()}
+    torch.save({"state_dict": sd, "model": other}, tmp_path / "two.pt")
+    with pytest.raises(InputError, match="holds 2 different state_dicts, under 'state_dict' and 'model'"):
+        load_model_file(tmp_path / "two.pt")
+    torch.save({"state_dict": sd, "model": {k: v.clone() for k, v in sd.items()}, "epoch": 3}, tmp_path / "same.pt")
+    assert_same(load_model_file(tmp_path / "same.pt").tensors, sd)
+
+
 @pytest.mark.parametrize("prefix", ["module.", "_module.", "_module.module."])
 def test_data_parallel_and_opacus_prefixes(tmp_path, prefix):
     sd = tiny_state_dict()
