@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedguard.architectures import check_input_shape
 from fedguard import checks
+from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError
 from fedguard.io import read_npz
 

@@ -25,7 +25,7 @@ from fedguard.checks import is_whole
 from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
-from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, load_model_file
+from fedguard.loading import CODE_IMPORT_RULE, RUNNING_STATS, LoadedModel, load_model_file, name_in_order
 from fedguard.modelview import ModelView
 from fedguard.torch_state import own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
@@ -72,20 +72,21 @@ def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str,
 
 
 def names_from(named: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    """``values`` under ``named``'s names when they line up in order, shape for shape; else ``values`` unchanged."""
-    listed = list(values.values())
-    if len(listed) == len(named) and all(v.shape == e.shape for v, e in zip(listed, named.values())):
-        return dict(zip(named, listed))
-    return values
+    """``values`` under ``named``'s names when they line up layer by layer (:func:`~fedguard.loading.name_in_order`);
+    else ``values`` unchanged."""
+    return name_in_order({k: v.shape for k, v in named.items()}, list(values.values())) or values
 
 
 def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:
-    """Copy the received weights into ``module``; False when they do not fit it."""
+    """Copy the received weights into ``module``; False when they do not fit it. Running statistics the file
+    leaves out (:data:`~fedguard.loading.RUNNING_STATS`) keep the module's own, as a client's model would."""
     try:
-        module.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()})
+        missing, unexpected = module.load_state_dict(
+            {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}, strict=False
+        )
     except (RuntimeError, KeyError):
         return False
-    return True
+    return not unexpected and all(k.rsplit(".", 1)[-1] in RUNNING_STATS for k in missing)
 
 
 def inspect_model(

@@ -439,6 +439,44 @@ def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
     return value.to(_WIDENED[value.dtype]) if value.dtype in _WIDENED else value
 
 
+#: Buffers of normalisation layers that FL code often leaves out (all three, or only the step count): a client
+#: keeps its own, so their absence is no change of architecture.
+RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """An unnamed list under the known ``names`` (name -> shape, in ``state_dict`` order) when it lines up layer by
+    layer, else None.
+
+    The list may hold every entry, or leave out the ``num_batches_tracked`` counts or all running statistics (as
+    filters in FL code do); within a layer its entries may come in any order their shapes tell apart (a layer
+    pruned with ``torch.nn.utils.prune`` lists its bias before its weight).
+    """
+    for dropped in ((), RUNNING_STATS[2:], RUNNING_STATS):
+        kept = [n for n in names if n.rsplit(".", 1)[-1] not in dropped]
+        if len(kept) != len(values):
+            continue
+        layers: dict[str, list[str]] = {}
+        for name in kept:
+            layers.setdefault(name.rpartition(".")[0], []).append(name)
+        named: dict[str, torch.Tensor] = {}
+        start = 0
+        for members in layers.values():
+            free = list(members)
+            for value in values[start : start + len(members)]:
+                match = next((n for n in free if tuple(names[n]) == tuple(value.shape)), None)
+                if match is None:
+                    break
+                free.remove(match)
+                named[match] = value
+            if free:
+                break
+            start += len(members)
+        else:
+            return {n: named[n] for n in kept}
+    return None
+
+
 def name_unnamed(values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Give a Flower-style list of arrays layer names by shape.
 
@@ -446,20 +484,31 @@ def name_unnamed(values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     1-D tensors after it that match its output size fill the layer's remaining
     slots: ``bias`` after a weight matrix, ``bias``, ``running_mean``,
     ``running_var`` after a 1-D (normalisation) weight; a 0-d tensor after those
-    is ``num_batches_tracked``. With ``--arch`` the real names are used instead
-    (:func:`fedguard.inspect.name_by_architecture`).
+    is ``num_batches_tracked``. A 1-D tensor just before a weight matrix of its
+    output size is that layer's bias (a layer pruned with
+    ``torch.nn.utils.prune`` lists its bias first). With ``--arch`` the real
+    names are used instead (:func:`fedguard.inspect.name_by_architecture`).
     """
     named: dict[str, torch.Tensor] = {}
     layer, slots, size = -1, [], None
-    for value in values:
+    for i, value in enumerate(values):
         if value.ndim == 0 and slots == ["num_batches_tracked"]:
             named[f"layer{layer}.{slots.pop(0)}"] = value
             continue
         if value.ndim == 1 and slots and slots[0] != "num_batches_tracked" and value.shape[0] == size:
             named[f"layer{layer}.{slots.pop(0)}"] = value
             continue
+        following = values[i + 1] if i + 1 < len(values) else None
+        if value.ndim == 1 and following is not None and following.ndim >= 2 and following.shape[0] == value.shape[0]:
+            named[f"layer{layer + 1}.bias"] = value  # the next layer's, listed before its weight
+            slots = []
+            continue
         layer += 1
         named[f"layer{layer}.weight"] = value
         size = value.shape[0] if value.ndim else None
-        slots = ["bias"] if value.ndim >= 2 else ["bias", "running_mean", "running_var", "num_batches_tracked"]
+        if f"layer{layer}.bias" in named:
+            named[f"layer{layer}.bias"] = named.pop(f"layer{layer}.bias")  # after its weight, as torch lists it
+            slots = []
+        else:
+            slots = ["bias"] if value.ndim >= 2 else ["bias", "running_mean", "running_var", "num_batches_tracked"]
     return named

@@ -311,21 +311,23 @@ def load_update(
 
 def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, where: str) -> dict[str, torch.Tensor]:
     """``tensors`` as one finite floating-point tensor per trainable parameter of ``model`` (same names, shapes,
-    device and dtype), or InputError starting with ``where``. An unnamed list, as Flower sends, is taken in
-    parameter order, or in ``state_dict`` order when it also holds the buffers (Flower's usual
-    ``[v.numpy() for v in net.state_dict().values()]``); the model's buffers and frozen parameters, named or
-    not, are left out, since they are not trained. Named tensors are matched by name only: two of one shape in
-    another order would pass a check by position."""
+    device and dtype), or InputError starting with ``where``. An unnamed list, as Flower sends, is named layer by
+    layer in parameter or ``state_dict`` order, with or without the buffers (Flower's usual
+    ``[v.numpy() for v in net.state_dict().values()]`` holds them; :func:`~fedguard.loading.name_in_order`);
+    the model's buffers and frozen parameters, named or not, are left out, since they are not trained. Named
+    tensors are matched by name only: two of one shape in another order would pass a check by position."""
+    from fedguard.loading import name_in_order
+
     params = _trainable(model)
-    state = list(model.state_dict())
+    state = {name: t.shape for name, t in model.state_dict().items()}
     if not named:
         values = list(tensors.values())
-        if len(values) not in (len(params), len(state)):
+        tensors = name_in_order({name: p.shape for name, p in params.items()}, values) or name_in_order(state, values)
+        if tensors is None:
             raise InputError(
-                f"{where} has {len(values)} unnamed tensors but the model has {len(params)} parameters "
-                f"({len(state)} state_dict entries with its buffers); save a dict of parameter names to tensors"
+                f"{where} has {len(values)} unnamed tensors that do not line up with the model's {len(params)} "
+                f"parameters ({len(state)} state_dict entries with its buffers); save a dict of parameter names to tensors"
             )
-        tensors = dict(zip(params if len(values) == len(params) else state, values))
     tensors = {name: t for name, t in tensors.items() if name in params or name not in state}
     missing = [name for name in params if name not in tensors]
     extra = [name for name in tensors if name not in params]

@@ -257,7 +257,7 @@ def test_an_update_with_the_models_buffers_as_flower_sends_it(workdir):
         assert read.tensors.keys() == upd.tensors.keys()
         assert all(torch.equal(read.tensors[k], v) for k, v in upd.tensors.items())
     np.savez(workdir / "short.npz", *flower[:-1])
-    with pytest.raises(InputError, match="has 8 unnamed tensors but the model has 6 parameters \\(9 state_dict entries"):
+    with pytest.raises(InputError, match="has 8 unnamed tensors that do not line up with the model.s 6 parameters \\(9 state_dict entries"):
         load_update(workdir / "short.npz", model, batch_size=4)
 
 

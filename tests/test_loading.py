@@ -266,6 +266,61 @@ def test_flower_list_named_by_architecture(tmp_path):
     assert report.verdict == Verdict.CLEAN, [f.rule_id for f in report.findings]
 
 
+def _bias_first(sd: dict) -> dict:
+    """The order ``torch.nn.utils.prune.remove`` leaves: each pruned layer's bias before its weight."""
+    out = {}
+    for key in sd:
+        prefix = key.rpartition(".")[0]
+        if key.endswith(".weight") and f"{prefix}.bias" in sd and sd[key].ndim >= 2:
+            out[f"{prefix}.bias"] = sd[f"{prefix}.bias"]
+        if key not in out:
+            out[key] = sd[key]
+    return out
+
+
+@pytest.mark.parametrize("kept", ["pruned order", "without num_batches_tracked", "parameters only"])
+def test_flower_lists_as_fl_code_sends_them_are_named_by_architecture(tmp_path, kept):
+    """A pruned layer lists its bias first, and FL code often leaves the BatchNorm step counts or all buffers out:
+    each still lines up with --arch layer by layer (it had been read as drift, FG701 high)."""
+    from fedguard.architectures import build_model
+
+    sd = build_model("convnet", input_shape=(1, 16, 16)).state_dict()
+    if kept == "pruned order":
+        sd = _bias_first(sd)
+    drop = {"without num_batches_tracked": ("num_batches_tracked",),
+            "parameters only": ("running_mean", "running_var", "num_batches_tracked")}.get(kept, ())  # fmt: skip
+    arrays = [v.numpy() for k, v in sd.items() if k.rsplit(".", 1)[-1] not in drop]
+    np.savez(tmp_path / "flower.npz", *arrays)
+    report = inspect_model(tmp_path / "flower.npz", arch="convnet", input_shape=(1, 16, 16), data="digits")
+    assert report.verdict == Verdict.CLEAN, [(f.rule_id, f.message) for f in report.findings]
+    assert "gradient_snr" in report.detectors_run  # the weights were loaded into the architecture
+
+
+def test_a_named_state_dict_without_batchnorm_step_counts_is_no_drift(tmp_path):
+    """torch loads it strictly, and FL code often drops the counts: FG701 had called it malicious."""
+    from fedguard.architectures import build_model
+
+    sd = {k: v for k, v in build_model("convnet", input_shape=(1, 16, 16)).state_dict().items() if "num_batches" not in k}
+    torch.save(sd, tmp_path / "m.pt")
+    report = inspect_model(tmp_path / "m.pt", arch="convnet", input_shape=(1, 16, 16))
+    assert report.verdict == Verdict.CLEAN, [(f.rule_id, f.message) for f in report.findings]
+
+
+def test_a_crafted_model_listed_bias_first_is_still_caught_without_arch(tmp_path):
+    """Named by shape alone, a bias listed before its weight had been read as a normalisation weight: the class
+    fishing bias of 1000 went unseen."""
+    from fedguard.architectures import build_model
+    from fedguard.attacks.craft import craft
+
+    model = craft("class_fishing", build_model("lenet5"), input_shape=(1, 28, 28), num_classes=10, target=3)
+    sd = _bias_first(model.state_dict())
+    np.savez(tmp_path / "fished.npz", *[v.numpy() for v in sd.values()])
+    loaded = load_model_file(tmp_path / "fished.npz")
+    assert all(loaded.tensors[f"layer{i}.weight"].ndim >= 2 for i in range(5))
+    report = inspect_model(tmp_path / "fished.npz")
+    assert report.verdict == Verdict.MALICIOUS and "FG201" in {f.rule_id for f in report.findings}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("suffix, save", [(".pt", _save_zip), (".pth", _save_legacy), (".safetensors", _save_safetensors)])
 def test_half_precision_round_trip(tmp_path, dtype, suffix, save):
