@@ -115,6 +115,12 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (CPU or GPU), not some other runtime error."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
 def _dry_run(module: nn.Module, input_shape: Shape) -> torch.Tensor:
     """Run one all-zero example through ``module`` in eval mode without gradients."""
     was_training = module.training
@@ -128,14 +134,19 @@ def _dry_run(module: nn.Module, input_shape: Shape) -> torch.Tensor:
 
 def _flat_size(arch: str, body: nn.Module, input_shape: Shape) -> int:
     """Number of features ``body`` produces per example, by a dry forward pass."""
+    default = _fmt(ARCHITECTURES.get(arch).input_shape) if arch in ARCHITECTURES else "3,32,32"
     try:
         n = _dry_run(body, input_shape).flatten(1).shape[1]
-    except RuntimeError as exc:
+    except (RuntimeError, MemoryError) as exc:
+        if out_of_memory(exc):
+            raise InputError(
+                f"architecture {arch!r} at input shape {_fmt(input_shape)} needs more memory than this machine has "
+                f"({first_line(exc)}); use smaller images, e.g. --input-shape {default}"
+            ) from None
         n, why = 0, first_line(exc)
     else:
         why = "no features left"
     if n == 0:
-        default = _fmt(ARCHITECTURES.get(arch).input_shape) if arch in ARCHITECTURES else "3,32,32"
         raise InputError(
             f"architecture {arch!r} cannot take input shape {_fmt(input_shape)} ({why}); "
             f"use larger images, e.g. --input-shape {default}"

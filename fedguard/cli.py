@@ -44,19 +44,13 @@ class FedguardGroup(click.Group):
             silence_stdout()
             ctx.exit(EXIT_OK)
         except (MemoryError, RuntimeError) as exc:  # an allocation too large for this machine: a usage error, not a block
-            if not _out_of_memory(exc):
-                raise
-            from fedguard.architectures import first_line
+            from fedguard.architectures import first_line, out_of_memory
 
+            if not out_of_memory(exc):
+                raise
             click.echo(f"fedguard: error: out of memory ({first_line(exc)}); use a smaller --input-shape, "
                        "--batch-size or data set, or a machine with more memory", err=True)  # fmt: skip
             ctx.exit(EXIT_INPUT)
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation that failed (CPU or GPU), not some other runtime error."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 @click.group(cls=FedguardGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -160,6 +160,11 @@ def test_too_small_input_is_a_clear_error(arch, shape):
     assert "\n" not in str(err.value)
 
 
+def test_too_large_input_says_to_use_smaller_images():
+    with pytest.raises(InputError, match=r"lenet5' at input shape 1,400000,400000 needs more memory.*use smaller images"):
+        build_model("lenet5", 10, (1, 400000, 400000))  # terabytes: more than any machine it runs on
+
+
 def test_unknown_arch_lists_valid_names():
     with pytest.raises(InputError) as err:
         build_model("resnet1800")
