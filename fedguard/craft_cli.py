@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import inspect as pyinspect
 import io
+import shlex
 from pathlib import Path
 
 import click
@@ -129,4 +130,11 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     except (TypeError, ValueError, IndexError, RuntimeError, MemoryError) as exc:  # RuntimeError: e.g. a size too large
         raise InputError(f"{attack} cannot craft {arch} with these options: {first_line(exc)}; change the --set values") from None
     write_atomic(output, serialise(crafted.state_dict(), suffix))
-    click.echo(f"{attack}: crafted {arch} written to {output}; check it with: fedguard inspect {output} --arch {arch}", err=True)
+    from fedguard.reports.base import printable  # the file name is the user's
+
+    check = ["fedguard", "inspect", str(output), "--arch", arch]  # with the options it was crafted with, or FG701 says drift
+    if input_shape is not None:
+        check += ["--input-shape", ",".join(map(str, shape))]
+    if num_classes is not None:
+        check += ["--num-classes", str(num_classes)]
+    click.echo(printable(f"{attack}: crafted {arch} written to {output}; check it with: {shlex.join(check)}"), err=True)

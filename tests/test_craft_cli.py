@@ -39,6 +39,19 @@ def test_crafted_model_round_trips_and_is_caught(tmp_path, attack, arch):
     assert doc["verdict"] == "malicious", (attack, arch, [f["rule_id"] for f in doc["findings"]])
 
 
+def test_the_suggested_check_is_one_that_runs_as_crafted(tmp_path):
+    """The hint names the crafted input shape and classes: without them, inspect reads the model as drift."""
+    import shlex
+
+    out = tmp_path / "fish.pt"
+    res = _run("craft", "class_fishing", "--arch", "lenet5", "--input-shape", "3,32,32", "--num-classes", "4", "-o", out)
+    hint = res.stderr.strip().split("check it with: ")[1]
+    assert hint == f"fedguard inspect {shlex.quote(str(out))} --arch lenet5 --input-shape 3,32,32 --num-classes 4"
+    res = _run(*shlex.split(hint)[1:], "--format", "json")
+    assert res.exit_code == 1
+    assert {f["rule_id"] for f in json.loads(res.stdout)["findings"]}.isdisjoint({"FG701"})
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pth"])
 def test_formats_and_determinism(tmp_path, suffix):
     a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
