@@ -58,7 +58,8 @@ def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise InputError(f"data is a {type(data).__name__}{f' of {len(data)}' if isinstance(data, (tuple, list)) else ''}; {fix}")
     try:
-        x = torch.as_tensor(data[0], dtype=torch.float32).detach()  # a batch that requires grad is read as values
+        x = torch.as_tensor(data[0]).detach()  # a batch that requires grad is read as values; uint8 stays 0-255
+        x = x.float() if x.is_floating_point() else x  # float16 and bfloat16, which numpy lacks or reads oddly
         y = torch.as_tensor(data[1]).detach()
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"data holds a {type(data[0]).__name__} and a {type(data[1]).__name__}, not arrays; {fix}") from None

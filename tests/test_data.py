@@ -116,6 +116,17 @@ def test_npz_uint8_round_trip(tmp_path):
     _check(xr, ys, (3, 18, 18))
 
 
+def test_an_in_memory_batch_keeps_uint8_as_0_to_255():
+    """From Python as from an .npz: uint8 pixels are 0-255 (they had been read as floats and refused as out of range)."""
+    from fedguard.data import in_memory_batch
+
+    pixels = torch.arange(2 * 64, dtype=torch.uint8).reshape(2, 1, 8, 8) * 2
+    x, y = in_memory_batch((pixels, torch.arange(2)))
+    assert x.dtype == torch.float32 and torch.equal(x, pixels.float() / 255) and y.tolist() == [0, 1]
+    half, _ = in_memory_batch((torch.full((2, 1, 8, 8), 0.5, dtype=torch.bfloat16), [0, 1]))
+    assert half.dtype == torch.float32 and bool((half == 0.5).all())
+
+
 def test_npz_float_round_trip(tmp_path):
     x = np.random.default_rng(2).random((5, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "f.npz", x=x, y=np.arange(5, dtype=np.float64))
