@@ -828,10 +828,9 @@ def _stage_milp(
     residual, threshold, predicted = geo.check(book.X[:, users])
     hopeless = threshold < 0
     if hopeless.any():
-        notes.append(
-            f"{int(hopeless.sum())} user(s) could not be certified: at this noise level a one-swap error fits the "
-            f"aggregates as well as the truth (no integer program run for them)"
-        )
+        why = ("at this noise level a one-swap error fits the aggregates as well as the truth" if geo.sigma > 0 else
+               "a one-swap error fits the noise-free sums exactly (too few rounds, or users who take part too rarely)")
+        notes.append(f"{int(hopeless.sum())} user(s) could not be certified, so no integer program ran for them: {why}")
     users, predicted, threshold = users[~hopeless], predicted[~hopeless], threshold[~hopeless]
     if users.size == 0:
         return

@@ -188,6 +188,12 @@ def _run(args):
     return CliRunner().invoke(main, ["disaggregate", *args])
 
 
+def test_users_that_cannot_be_certified_without_noise_are_not_blamed_on_noise():
+    res = _run(["--simulate", "--users", "10", "--rounds", "40", "--dim", "10", "--participation", "0.01"])
+    assert res.exit_code == 0, res.output
+    assert "a one-swap error fits the noise-free sums exactly" in res.output and "at this noise level" not in res.output
+
+
 def test_cli_simulate_json(tmp_path):
     out = tmp_path / "report.json"
     saved = tmp_path / "rounds.npz"
