@@ -33,15 +33,19 @@ class OutputFile(click.Path):
     """:class:`click.Path` for a file to write: refuses a name that ends with a slash (a folder, which
     :class:`~pathlib.Path` would silently turn into a file of that name)."""
 
-    def __init__(self, example: str = "report.json"):
+    def __init__(self, example: str = "report.json", suffix: str | None = None):
         super().__init__(path_type=Path, readable=False)  # a folder that exists is refused later, with a fix
         self.example = example  # the file name the message suggests
+        self.suffix = suffix  # the one extension the file's format has, when it has one
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
             self.fail(f"{value} ends with a slash, which names a folder; name a file inside it, e.g. {value}{self.example}",
                       param, ctx)
-        return super().convert(value, param, ctx)
+        path = super().convert(value, param, ctx)
+        if self.suffix is not None and path.suffix.lower() != self.suffix:
+            self.fail(f"{value}: this file is written as {self.suffix}; name it {path.with_suffix(self.suffix).name}", param, ctx)
+        return path
 
 
 #: The type of the options that name a report to write.
@@ -107,7 +111,12 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
     by_suffix = {suffix: name for name, suffix in suffixes.items()}
     if "html" in suffixes:
         by_suffix[".htm"] = "html"
+    from fedguard.loading import EXTENSIONS
+
     suffix = output.suffix.lower() if output is not None else ""
+    if suffix in EXTENSIONS:  # a report under a model's or data set's name would be taken for one
+        raise InputError(f"--output {output.name} has the extension of a model or data file, not of a report; "
+                         f"name the file {', '.join('*' + x for x in suffixes.values())}")  # fmt: skip
     if suffix in REPORT_SUFFIXES and suffix not in by_suffix:
         raise InputError(f"--output {output.name}: this command writes no {REPORT_SUFFIXES[suffix]} report; "
                          f"name the file {', '.join('*' + x for x in suffixes.values())}")  # fmt: skip
