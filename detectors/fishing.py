@@ -77,11 +77,13 @@ class Fishing(Detector):
         count = int(fished.sum())
         if not count:
             return
+        quiet = int(muted.sum()) - count  # muted too, with ordinary biases
         yield self.finding(
             "FG201", "Class fishing: muted rows with huge biases", Severity.HIGH, Confidence.HIGH, layer.name,
             f"{count} of {stats.rows} units of {layer.name} have (near-)zero weights and biases up to "
-            f"{float(bias[fished].abs().max()):.4g}: their outputs are constants, so only the "
-            f"{int((~muted).sum())} remaining unit(s) carry a gradient and isolate their samples. "
+            f"{float(bias[fished].abs().max()):.4g}: their outputs are constants"
+            + (f" (as are {quiet} more muted unit(s) with small biases)" if quiet else "")
+            + f", so only the {int((~muted).sum())} unit(s) with weights carry a gradient and isolate their samples. "
             "Do not train on this model.",
             muted_rows=count, rows=stats.rows, active_rows=int((~muted).sum()),
             max_abs_bias=rounded(bias[fished].abs().max()), bias_threshold=HUGE_BIAS,

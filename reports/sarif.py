@@ -14,16 +14,16 @@ Sample output (abridged)::
       "version": "2.1.0",
       "runs": [{
         "tool": {"driver": {"name": "fedguard", "version": "0.1.0",
-                            "rules": [{"id": "FG003", "name": "ImprintBins", ...}]}},
+                            "rules": [{"id": "FG001", "name": "code-importing-pickle", ...}, ...]}},
         "invocations": [{"executionSuccessful": true}],
         "artifacts": [{"location": {"uri": "global.pt"}, "hashes": {"sha-256": "6f1c..."}}],
         "results": [{
-          "ruleId": "FG003", "ruleIndex": 0, "level": "error",
-          "message": {"text": "Identical rows with a bias ladder (imprint) in fc1: ..."},
+          "ruleId": "FG101", "ruleIndex": 3, "level": "error",
+          "message": {"text": "Averaging (constant-weight) rows in imprint.0: ..."},
           "locations": [{
             "physicalLocation": {"artifactLocation": {"uri": "global.pt", "index": 0}},
-            "logicalLocations": [{"name": "fc1", "fullyQualifiedName": "fc1", "kind": "module"}]}],
-          "properties": {"severity": "critical", "confidence": "high", "evidence": {...}}
+            "logicalLocations": [{"name": "imprint.0", "fullyQualifiedName": "imprint.0", "kind": "module"}]}],
+          "properties": {"severity": "high", "confidence": "high", "evidence": {...}}
         }]
       }]
     }
