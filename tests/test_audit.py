@@ -426,7 +426,7 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["--protocol", "fedavg", "--local-steps", "0"], "--local-steps"),
         (["--protocol", "fedavg", "--local-batch-size", "9"], "--local-batch-size 9"),
         (["--input-shape", "1,8"], "input shape"),
-        (["-o", "digits.npz"], "also an input"),
+        (["-o", "digits.npz"], "has the extension of a model or data file"),
         (["--ig-tv", "nan"], "--ig-tv"),
         (["--seed", "-1"], "--seed"),
         (["--protocol", "fedavg", "--local-lr", "1e-45"], "--local-lr 1e-45 is below"),

@@ -209,11 +209,11 @@ def test_output_named_like_a_model_or_data_file_is_refused(clean_model, workdir)
 
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
 def test_output_replaces_only_reports_without_force(clean_model, workdir, fmt):
-    """An earlier report in any format is replaced; a file of the user's (here a model) only with --force."""
+    """An earlier report in any format is replaced; a file of the user's (here notes of theirs) only with --force."""
     out = workdir / f"report.{fmt}"
     for _ in range(2):
         assert invoke("inspect", clean_model, "--format", fmt, "-o", out).exit_code == 0
-    victim = workdir / "victim.pt"
+    victim = workdir / "victim.txt"
     victim.write_bytes(b"PK\x03\x04 a model of mine")
     line = assert_input_error(invoke("inspect", clean_model, "--format", fmt, "-o", victim))
     assert "is not a file fedguard wrote" in line and "--force" in line
