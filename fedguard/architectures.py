@@ -115,6 +115,13 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def check_float32(model: nn.Module, what: str, fix: str) -> None:
+    """InputError naming ``what`` and ``fix`` when ``model`` has floating-point weights other than float32."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()} - {"float32"})
+    if dtypes:
+        raise InputError(f"{what} has {' and '.join(dtypes)} weights, but fedguard computes in float32; {fix}")
+
+
 def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation that failed (CPU or GPU), not some other runtime error."""
     text = str(exc).lower()
@@ -593,10 +600,7 @@ def _build_custom(arch: str, num_classes: int, input_shape: Shape | None, kwargs
             raise InputError(f"calling {arch}({shown}) failed: {first_line(exc)}; fix the callable or its arguments") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"{arch}({shown}) returned a {type(model).__name__}, not a torch.nn.Module; make it return the model")
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()} - {"float32"})
-    if dtypes:
-        raise InputError(f"the model from {arch} has {' and '.join(dtypes)} weights, but fedguard computes in float32; "
-                         "make the callable return model.float()")  # fmt: skip
+    check_float32(model, f"the model from {arch}", "make the callable return model.float()")
     shape = input_shape if input_shape is not None else _custom_default_shape(arch)
     if shape is None:
         if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):

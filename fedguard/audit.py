@@ -36,7 +36,7 @@ from torch import nn
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import first_line
+from fedguard.architectures import check_float32, first_line
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import RUNNING_STATS
@@ -115,6 +115,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
 
     shape = resolve_input_shape(arch, input_shape)
     if isinstance(model, nn.Module):  # a copy: the audit moves it to its device, and the caller's model stays as it was
+        check_float32(model, "the model passed in", "pass model.float()")
         return copy.deepcopy(model), {"path": None, "sha256": None, "weights": "in-memory module", "arch": arch}
     if model is None:
         with own_random_state(seed):

@@ -355,16 +355,25 @@ def _unwrap(raw: Mapping, path: Path | str) -> Mapping:
     side by side (``{"state_dict": A, "model": B}``) are refused: a client may load either, and judging one would
     pass the other unseen."""
     for _ in range(3):
-        keys = [k for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping)]
+        keys = [k for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping) and _holds_tensors(raw[k])]
         if not keys:
             return raw
-        if any(not _same_mapping(raw[keys[0]], raw[k]) for k in keys[1:]):
+        others = [k for k in keys[1:] if not _same_mapping(raw[keys[0]], raw[k])]
+        if others:
             raise InputError(
-                f"{path} holds {len(keys)} different state_dicts, under {' and '.join(map(repr, keys))}; a client may "
-                "load either, so fedguard will not pick one: save each alone and inspect every one"
+                f"{path} holds different state_dicts under {keys[0]!r} and {' and '.join(map(repr, others))}; a client "
+                "may load either, so fedguard will not pick one: save each alone and inspect every one"
             )
         raw = raw[keys[0]]
     return raw
+
+
+def _holds_tensors(mapping: Mapping, depth: int = 3) -> bool:
+    """Whether a wrapper's value is a state_dict (tensors or arrays, maybe wrapped again), not, say, hyperparameters."""
+    return any(
+        isinstance(v, (torch.Tensor, np.ndarray)) or (depth > 0 and isinstance(v, Mapping) and _holds_tensors(v, depth - 1))
+        for v in mapping.values()
+    )
 
 
 def _same_mapping(a: Mapping, b: Mapping) -> bool:
@@ -375,14 +384,19 @@ def _same_mapping(a: Mapping, b: Mapping) -> bool:
         return False
     for key in a:
         x, y = a[key], b[key]
+        if x is y:
+            continue
         if isinstance(x, (torch.Tensor, np.ndarray)) and isinstance(y, (torch.Tensor, np.ndarray)):
             x, y = torch.as_tensor(x), torch.as_tensor(y)
-            if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return False
+            same = torch.equal(x, y) if not x.is_floating_point() else torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+            if not same:
                 return False
         elif isinstance(x, Mapping) and isinstance(y, Mapping):
             if not _same_mapping(x, y):
                 return False
-        elif x is not y:
+        else:
             try:
                 if not bool(x == y):
                     return False
@@ -507,8 +521,7 @@ def name_unnamed(values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         named[f"layer{layer}.weight"] = value
         size = value.shape[0] if value.ndim else None
         if f"layer{layer}.bias" in named:
-            named[f"layer{layer}.bias"] = named.pop(f"layer{layer}.bias")  # after its weight, as torch lists it
             slots = []
         else:
             slots = ["bias"] if value.ndim >= 2 else ["bias", "running_mean", "running_var", "num_batches_tracked"]
-    return named
+    return named  # in the list's order, which --arch names by (name_in_order)

@@ -111,11 +111,12 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
     by_suffix = {suffix: name for name, suffix in suffixes.items()}
     if "html" in suffixes:
         by_suffix[".htm"] = "html"
+    from fedguard.data import IMAGE_EXTENSIONS
     from fedguard.loading import EXTENSIONS
 
     suffix = output.suffix.lower() if output is not None else ""
-    if suffix in EXTENSIONS:  # a report under a model's or data set's name would be taken for one
-        raise InputError(f"--output {output.name} has the extension of a model or data file, not of a report; "
+    if suffix in EXTENSIONS or suffix in IMAGE_EXTENSIONS:  # a report under a model's, data set's or image's name
+        raise InputError(f"--output {output.name} has the extension of a model, data or image file, not of a report; "
                          f"name the file {', '.join('*' + x for x in suffixes.values())}")  # fmt: skip
     if suffix in REPORT_SUFFIXES and suffix not in by_suffix:
         raise InputError(f"--output {output.name}: this command writes no {REPORT_SUFFIXES[suffix]} report; "

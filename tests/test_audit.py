@@ -426,7 +426,7 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["--protocol", "fedavg", "--local-steps", "0"], "--local-steps"),
         (["--protocol", "fedavg", "--local-batch-size", "9"], "--local-batch-size 9"),
         (["--input-shape", "1,8"], "input shape"),
-        (["-o", "digits.npz"], "has the extension of a model or data file"),
+        (["-o", "digits.npz"], "has the extension of a model, data or image file"),
         (["--ig-tv", "nan"], "--ig-tv"),
         (["--seed", "-1"], "--seed"),
         (["--protocol", "fedavg", "--local-lr", "1e-45"], "--local-lr 1e-45 is below"),
@@ -689,6 +689,7 @@ def test_the_audit_leaves_the_callers_model_generators_grad_mode_and_denormals_a
 
 def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():
     from fedguard.audit import audit
+    from fedguard.errors import InputError
     from fedguard.update import compute_update
 
     model = lenet8()  # the caller's float32 model
@@ -696,6 +697,8 @@ def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():
     try:
         report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["label_counts"])
         upd = compute_update(model, torch.rand(2, 1, 8, 8, dtype=torch.float32), torch.arange(2))
+        with pytest.raises(InputError, match="the model passed in has float64 weights.*pass model.float()"):
+            audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["label_counts"])
         assert torch.get_default_dtype() == torch.float64
     finally:
         torch.set_default_dtype(torch.float32)

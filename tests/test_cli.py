@@ -198,9 +198,9 @@ def test_output_ending_with_a_slash_names_a_folder(clean_model, workdir):
 
 def test_output_named_like_a_model_or_data_file_is_refused(clean_model, workdir):
     """A report in ``r.pt`` or ``r.npz`` would later be taken for a model or a data set; the updates are an .npz."""
-    for name in ("r.pt", "r.npz", "r.safetensors"):
+    for name in ("r.pt", "r.npz", "r.safetensors", "r.png"):
         line = assert_input_error(invoke("inspect", clean_model, "-o", name))
-        assert "has the extension of a model or data file, not of a report" in line and "*.json" in line
+        assert "has the extension of a model, data or image file, not of a report" in line and "*.json" in line
     line = assert_input_error(invoke("disaggregate", "--simulate", "--users", "5", "--rounds", "20", "--dim", "10",
                                      "-o", "d.json", "--updates", "d.txt"))  # fmt: skip
     assert "d.txt: this file is written as .npz; name it d.npz" in line

@@ -300,7 +300,7 @@ def test_cli_refuses_non_npz_and_overwriting_input(tmp_path, good):
     path = _npz(tmp_path / "rounds.npz", **good)
     before = (tmp_path / "rounds.npz").read_bytes()
     res = _run([path, "-o", path])
-    assert res.exit_code == 2 and "has the extension of a model or data file" in res.output
+    assert res.exit_code == 2 and "has the extension of a model, data or image file" in res.output
     res = _run([path, "--updates", path])
     assert res.exit_code == 2 and "--updates" in res.output and "choose another --updates" in res.output
     assert (tmp_path / "rounds.npz").read_bytes() == before

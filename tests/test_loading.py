@@ -184,10 +184,17 @@ def test_two_different_wrapped_state_dicts_are_refused_the_same_one_twice_is_rea
     sd = tiny_state_dict()
     other = {k: v + 1 for k, v in sd.items()}
     torch.save({"state_dict": sd, "model": other}, tmp_path / "two.pt")
-    with pytest.raises(InputError, match="holds 2 different state_dicts, under 'state_dict' and 'model'"):
+    with pytest.raises(InputError, match="holds different state_dicts under 'state_dict' and 'model'"):
         load_model_file(tmp_path / "two.pt")
     torch.save({"state_dict": sd, "model": {k: v.clone() for k, v in sd.items()}, "epoch": 3}, tmp_path / "same.pt")
     assert_same(load_model_file(tmp_path / "same.pt").tensors, sd)
+    # hyperparameters under a wrapper's name are no second state_dict; a NaN is the same NaN in both copies
+    torch.save({"model": sd, "params": {"lr": 0.01, "epochs": 5}}, tmp_path / "hparams.pt")
+    assert_same(load_model_file(tmp_path / "hparams.pt").tensors, sd)
+    nan = {k: v.clone() for k, v in sd.items()}
+    next(iter(nan.values())).view(-1)[0] = float("nan")
+    torch.save({"state_dict": nan, "model": {k: v.clone() for k, v in nan.items()}}, tmp_path / "nan.pt")
+    assert torch.isnan(next(iter(load_model_file(tmp_path / "nan.pt").tensors.values()))).any()
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_module.", "_module.module."])
@@ -278,20 +285,22 @@ def _bias_first(sd: dict) -> dict:
     return out
 
 
+@pytest.mark.parametrize("arch", ["convnet", "resnet18"])
 @pytest.mark.parametrize("kept", ["pruned order", "without num_batches_tracked", "parameters only"])
-def test_flower_lists_as_fl_code_sends_them_are_named_by_architecture(tmp_path, kept):
+def test_flower_lists_as_fl_code_sends_them_are_named_by_architecture(tmp_path, kept, arch):
     """A pruned layer lists its bias first, and FL code often leaves the BatchNorm step counts or all buffers out:
-    each still lines up with --arch layer by layer (it had been read as drift, FG701 high)."""
+    each still lines up with --arch layer by layer (it had been read as drift, FG701 high). ResNet's convolutions
+    have no bias, so a BatchNorm's bias sits right before the next convolution's weight."""
     from fedguard.architectures import build_model
 
-    sd = build_model("convnet", input_shape=(1, 16, 16)).state_dict()
+    sd = build_model(arch, input_shape=(1, 16, 16)).state_dict()
     if kept == "pruned order":
         sd = _bias_first(sd)
     drop = {"without num_batches_tracked": ("num_batches_tracked",),
             "parameters only": ("running_mean", "running_var", "num_batches_tracked")}.get(kept, ())  # fmt: skip
     arrays = [v.numpy() for k, v in sd.items() if k.rsplit(".", 1)[-1] not in drop]
     np.savez(tmp_path / "flower.npz", *arrays)
-    report = inspect_model(tmp_path / "flower.npz", arch="convnet", input_shape=(1, 16, 16), data="digits")
+    report = inspect_model(tmp_path / "flower.npz", arch=arch, input_shape=(1, 16, 16), data="digits")
     assert report.verdict == Verdict.CLEAN, [(f.rule_id, f.message) for f in report.findings]
     assert "gradient_snr" in report.detectors_run  # the weights were loaded into the architecture
 
