@@ -352,13 +352,17 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
 
 def _unwrap(raw: Mapping, path: Path | str) -> Mapping:
     """The state_dict inside checkpoint wrappers (``{"state_dict": ...}``, up to three deep). Two different ones
-    side by side (``{"state_dict": A, "model": B}``) are refused: a client may load either, and judging one would
-    pass the other unseen."""
+    side by side (``{"state_dict": A, "model": B}``, or ``{"state_dict": A, "ema_state_dict": B}`` with B under
+    A's names) are refused: a client may load either, and judging one would pass the other unseen. An optimizer's
+    state, under other names, is no second state_dict."""
     for _ in range(3):
         keys = [k for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping) and _holds_tensors(raw[k])]
         if not keys:
             return raw
-        others = [k for k in keys[1:] if not _same_mapping(raw[keys[0]], raw[k])]
+        chosen = raw[keys[0]]
+        twins = [k for k, v in raw.items() if k != keys[0] and isinstance(v, Mapping) and _holds_tensors(v)
+                 and (k in keys or list(v) == list(chosen))]  # fmt: skip
+        others = [k for k in twins if not _same_mapping(chosen, raw[k])]
         if others:
             raise InputError(
                 f"{path} holds different state_dicts under {keys[0]!r} and {' and '.join(map(repr, others))}; a client "

@@ -188,6 +188,14 @@ def test_two_different_wrapped_state_dicts_are_refused_the_same_one_twice_is_rea
         load_model_file(tmp_path / "two.pt")
     torch.save({"state_dict": sd, "model": {k: v.clone() for k, v in sd.items()}, "epoch": 3}, tmp_path / "same.pt")
     assert_same(load_model_file(tmp_path / "same.pt").tensors, sd)
+    # a second copy of the weights under any name (EMA weights) is compared too; an optimizer's state is not
+    torch.save({"state_dict": sd, "ema_state_dict": other}, tmp_path / "ema.pt")
+    with pytest.raises(InputError, match="holds different state_dicts under 'state_dict' and 'ema_state_dict'"):
+        load_model_file(tmp_path / "ema.pt")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    optimizer.state[optimizer.param_groups[0]["params"][0]]["momentum_buffer"] = torch.ones(2)
+    torch.save({"model": sd, "optimizer": optimizer.state_dict()}, tmp_path / "opt.pt")
+    assert_same(load_model_file(tmp_path / "opt.pt").tensors, sd)
     # hyperparameters under a wrapper's name are no second state_dict; a NaN is the same NaN in both copies
     torch.save({"model": sd, "params": {"lr": 0.01, "epochs": 5}}, tmp_path / "hparams.pt")
     assert_same(load_model_file(tmp_path / "hparams.pt").tensors, sd)
