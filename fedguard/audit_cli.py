@@ -232,7 +232,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
-        check_output_path(output, inputs=inputs, force=force)
+        check_output_path(output, inputs=inputs, force=force, example=f"report{_formats()[fmt]}")
         _check_grid_paths(output, inputs)
     threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
     options = {}

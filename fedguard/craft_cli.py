@@ -116,7 +116,8 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     suffix = output.suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError(f"--output {output} has suffix {output.suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
-    check_output_path(output, inputs=input_paths(model, data=data, arch=arch), force=force, replaceable=None)
+    check_output_path(output, inputs=input_paths(model, data=data, arch=arch), force=force, replaceable=None,
+                      example="model.pt")  # fmt: skip
     options = _parse_options(attack, settings)
     shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape is not None else None)
     module, _ = load_global_model(model, arch, num_classes, shape, seed)

@@ -107,7 +107,9 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
     targets = [p for p in named.values() if p is not None]
     for option, target in named.items():
         if target is not None:
-            check_output_path(target, inputs=[rounds_file], option=option, force=force, replaceable=ours[option])
+            example = {"--output": f"report{FORMATS[fmt]}", "--updates": "updates.npz", "--save-rounds": "rounds.npz"}[option]
+            check_output_path(target, inputs=[rounds_file], option=option, force=force, replaceable=ours[option],
+                              example=example)  # fmt: skip
     if len({p.resolve() for p in targets}) < len(targets):
         raise InputError("--output, --updates and --save-rounds must be different files")
 

@@ -56,6 +56,7 @@ def check_output_path(
     *,
     force: bool = False,
     replaceable: Callable[[Path], bool] | None = is_fedguard_report,
+    example: str = "report.json",
 ) -> Path:
     """Validate an output path before any work is done.
 
@@ -64,7 +65,7 @@ def check_output_path(
     device such as ``/dev/stdout``, a pipe), it names one of the ``inputs``
     (which would be overwritten), or it lies inside an input folder (a data
     set it would add a file to). ``option`` names the command-line option in
-    the message. A symbolic link is checked, and later written, as its target.
+    the message; ``example`` is the file name a directory's message suggests. A symbolic link is checked, and later written, as its target.
     An existing file is replaced only when ``replaceable`` says fedguard wrote
     it (by default: one of its reports) or with ``force``; the user's other
     files are never lost to an output.
@@ -77,7 +78,7 @@ def check_output_path(
     except (RuntimeError, OSError):  # a symbolic link that loops
         raise InputError(f"{option} {path} is a symbolic link that loops; remove it or choose another {option}") from None
     if path.is_dir():
-        raise InputError(f"{option} {path} is a directory; name a file inside it, e.g. {path / 'report.json'}")
+        raise InputError(f"{option} {path} is a directory; name a file inside it, e.g. {path / example}")
     if path.exists() and not path.is_file():
         raise InputError(f"{option} {path} is not a regular file; name a file (without {option}, reports print on stdout)")
     parent = resolved.parent if path.is_symlink() else path.parent  # a link's target's folder; else as typed

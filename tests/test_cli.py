@@ -194,6 +194,9 @@ def test_output_ending_with_a_slash_names_a_folder(clean_model, workdir):
         line = assert_input_error(invoke(*args, "-o", "out/"))
         assert f"out/ ends with a slash, which names a folder; name a file inside it, e.g. out/{example}" in line
     assert not (workdir / "out").exists()
+    (workdir / "out").mkdir()  # an existing folder: the suggestion has the chosen format's extension
+    line = assert_input_error(invoke("inspect", clean_model, "-o", "out", "--format", "sarif"))
+    assert "--output out is a directory; name a file inside it, e.g. out/report.sarif" in line
 
 
 def test_output_named_like_a_model_or_data_file_is_refused(clean_model, workdir):
