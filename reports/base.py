@@ -157,11 +157,14 @@ def fired_rules(findings: Iterable[Finding], rules: Mapping[str, Rule]) -> list[
     return [out[k] for k in sorted(out)]
 
 
+#: Characters shown as nothing, or that act on the text around them: the bidirectional marks and overrides, zero-width
+#: spaces and joiners, invisible operators and the byte-order mark (a file name with them looks like another's).
+_INVISIBLE = "\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 #: Characters a terminal acts on instead of printing: C0/C1 controls (ESC starts colour, title and clear-screen
-#: sequences; a newline or a Unicode line separator would forge a report line) and the bidirectional overrides.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: sequences; a newline or a Unicode line separator would forge a report line) and the invisible ones.
+_UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}]")
 #: The same but for tabs and line breaks, which a web page lays out as spaces.
-_UNPRINTABLE_INLINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_INLINE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_INVISIBLE}]")
 
 
 def printable(text: str, *, keep_line_breaks: bool = False) -> str:

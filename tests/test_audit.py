@@ -832,6 +832,10 @@ def test_html_report_shows_a_bidi_override_in_a_path_as_its_escape(workdir):
                   "-o", "r.html").exit_code == 0  # fmt: skip
     page = (workdir / "r.html").read_text(encoding="utf-8")
     assert "\u202e" not in page and "m\\u202egnp.pt" in page
+    # zero-width and other invisible characters would make the name look like another file's
+    from fedguard.reports.base import printable
+
+    assert printable("a\u061cb\u200bc\u2060d\ufeffe.pt") == "a\\u061cb\\u200bc\\u2060d\\ufeffe.pt"
 
 
 def test_a_report_that_cannot_be_printed_is_one_error_not_a_block(tmp_path):
