@@ -160,7 +160,7 @@ def exposure_summary(exposure: Mapping) -> str:
     """One sentence on the configured federation's exposure (also used by the HTML page)."""
     st = exposure["settings"]
     where = (f"{plural(st['users_per_round'], 'user')} per round (participation {st['participation']:g}, {st['users']} in all), "
-             f"counts per {plural(st['window'], 'round')}")
+             f"counts per {plural(st['window'], 'round')}" + (f", noise {st['noise']:g} on the sums" if st["noise"] else ""))
     if exposure["outcome"] == "exposed" and st["users"] == 1:
         return (f"secure aggregation cannot hide this update: with {where}, each round's sum is this update alone, "
                 f"recovered after {plural(exposure['rounds_to_exposure'], 'round')}")

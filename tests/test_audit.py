@@ -617,6 +617,15 @@ def test_exposure_section_in_every_format(workdir, schema):
     assert json.loads(off.read_text(encoding="utf-8"))["exposure"] is None
 
 
+def test_the_exposure_sentence_names_the_noise_on_the_sums():
+    from fedguard.reports.audit_text import exposure_summary
+
+    settings = {"users_per_round": 10, "participation": 0.5, "users": 20, "window": 10, "stable_rounds": 100}
+    doc = {"outcome": "not exposed", "rounds_to_exposure": None, "scenarios": []}
+    assert "noise" not in exposure_summary({**doc, "settings": {**settings, "noise": 0.0}})
+    assert "counts per 10 rounds, noise 0.05 on the sums" in exposure_summary({**doc, "settings": {**settings, "noise": 0.05}})
+
+
 def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
     """--attacker-without: FedAvg attacks that need the schedule are skipped with the reason; no public data, none counted."""
     run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts", "--format", "json")
