@@ -7,13 +7,13 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.0",
+      "schema_version": "1.1",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "verdict": "block",
       "fail_on": "high",
       "interrupted": false,
-      "leakage": {"level": "high", "worst_attack": "dlg", "baseline_psnr": 11.3,
+      "leakage": {"level": "high", "measured": true, "worst_attack": "dlg", "baseline_psnr": 11.3,
                   "by_attack": {"idlg": "medium", "dlg": "high"}, "thresholds": {...}},
       "attacks": [
         {"name": "dlg", "level": "high", "psnr_mean": 52.1, "psnr_max": 52.1,
@@ -40,7 +40,7 @@ from fedguard.types import AttackOutcome, AuditReport
 from .audit_base import AuditRenderer, register_audit_renderer
 from .base import json_safe, read_schema
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: leakage.measured
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"
@@ -98,6 +98,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         "interrupted": bool(report.interrupted),
         "leakage": {
             "level": str(report.leakage.level),
+            "measured": bool(report.attacks),
             "worst_attack": report.leakage.worst_attack,
             "baseline_psnr": report.leakage.baseline_psnr,
             "by_attack": {k: str(v) for k, v in report.leakage.by_attack.items()},

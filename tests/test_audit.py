@@ -191,6 +191,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     report = json.loads(result.stdout)
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
+    assert report["schema_version"] == "1.1" and report["leakage"]["measured"] is True
     assert report["data"]["batch_indices"] == [0, 1, 2, 3]
     assert report["threat"]["auxiliary_data"] is False  # the batch is all of --data: no public data is left over
     assert report["model"]["path"] == "global.pt" and len(report["model"]["sha256"]) == 64
@@ -813,6 +814,8 @@ def test_text_report_when_nothing_was_measured_plurals_and_rounded_json(workdir)
     assert text.splitlines()[0].startswith("WARN  leakage not measured")
     for _ in range(2):  # such a report is one of fedguard's own: the next run replaces it
         assert invoke(*TINY, "--data", "digits", "--batch-size", "4", "--attack", "idlg", "-o", "r.txt").exit_code == 0
+    unmeasured = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "4", "--attack", "idlg", "--format", "json").stdout)
+    assert unmeasured["leakage"]["level"] == "none" and unmeasured["leakage"]["measured"] is False
     one = (*TINY, "--data", "digits", "--batch-size", "1", "--attack", "label_counts")
     assert "count error 0 over 1 example\n" in invoke(*one).stdout
     report = json.loads(invoke(*one, "--format", "json").stdout)
