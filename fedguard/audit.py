@@ -146,6 +146,15 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     return module, info
 
 
+def _file_sha256(data: Any) -> str | None:
+    """The SHA-256 of ``--data`` when it names a file (an .npz), for the report's provenance; else None."""
+    from fedguard.data import data_source
+    from fedguard.loading import sha256_of
+
+    source = data_source(data) if isinstance(data, (str, os.PathLike)) else None
+    return sha256_of(source) if source is not None and source.is_file() else None
+
+
 def _outputs(module: nn.Module, x: torch.Tensor) -> int:
     was = module.training
     module.eval()
@@ -671,6 +680,7 @@ def audit(
         model=model_info,
         data={
             "spec": data_spec,
+            "sha256": _file_sha256(data),
             "n_examples": int(len(y_all)),
             "batch_indices": [int(i) for i in index],
             "batch_size": B,

@@ -60,6 +60,8 @@ class Update:
         DP guarantee of the defense, when it has one.
     source : str
         ``computed`` or the path of the file it was read from.
+    sha256 : str or None
+        The SHA-256 of that file (None when computed here).
     loss : float or None
         Training loss on the batch before the first step (client-side only).
     """
@@ -74,6 +76,7 @@ class Update:
     epsilon: float | None = None
     delta: float | None = None
     source: str = "computed"
+    sha256: str | None = None
     loss: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -106,6 +109,7 @@ class Update:
             "epsilon": self.epsilon,
             "delta": self.delta,
             "source": self.source,
+            "sha256": self.sha256,
             "n_tensors": len(self.tensors),
             "n_parameters": int(sum(t.numel() for t in self.tensors.values())),
             "norm": self.norm(),
@@ -306,6 +310,7 @@ def load_update(
         local_lr=None if local_lr is None else float(local_lr),
         local_batch_size=local_batch_size,
         source=str(path),
+        sha256=loaded.sha256,
     )
 
 

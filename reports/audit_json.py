@@ -40,7 +40,7 @@ from fedguard.types import AttackOutcome, AuditReport
 from .audit_base import AuditRenderer, register_audit_renderer
 from .base import json_safe, read_schema
 
-SCHEMA_VERSION = "1.1"  # 1.1: leakage.measured
+SCHEMA_VERSION = "1.1"  # 1.1: leakage.measured, data.sha256, update.sha256
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"
