@@ -138,6 +138,10 @@ def test_html_report_embeds_the_grids(workdir):
     assert "data:image/png;base64," in page
     assert "Deep Leakage from Gradients" in page and "iDLG" in page
     assert (workdir / "audit.html-dlg.png").read_bytes().startswith(PNG_MAGIC)
+    # the settings that repeat the audit are on the page, as in the JSON
+    doc = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "1", "--attack", "idlg", "--format", "json").stdout)
+    assert "Settings (to repeat this audit)" in page and "<td>1,8,8</td>" in page
+    assert f"<td>{doc['data']['batch_indices'][0]}</td>" in page and "max_iterations</th><td>20</td>" in page
 
 
 # --------------------------------------------------------------------------- verdicts and exit codes
