@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fedguard-installed
-# The CPU build of torch is enough for everything fedguard does; pinning it keeps
-# set-up from pulling several GB of CUDA wheels on machines without a GPU.
+# torch is pinned so that set-up is repeatable; the CPU build is enough for
+# everything fedguard does (pip installs the build its configured index offers).
 TORCH  ?= torch==2.13.0
 
 .PHONY: demo test bench clean

@@ -168,7 +168,7 @@ def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
 
 
 @click.command("audit")
-@click.option("--model", "model", type=click.Path(path_type=Path), help="The global model as received (.pt/.pth/.safetensors/.npz). Default: a fresh --arch initialisation (seeded).")
+@click.option("--model", "model", type=click.Path(path_type=Path), help="The global model as received (.pt/.pth/.bin/.ckpt/.tar, .safetensors, .npz; as inspect reads it). Default: a fresh --arch initialisation (seeded).")
 @click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture of the model (as for `fedguard inspect`).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off the model's head, else 10).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")

@@ -100,7 +100,7 @@ def _formats() -> dict[str, str]:
 def inspect_command(model, arch, num_classes, input_shape, reference, data, detectors, fmt, output, fail_on, seed, force, quiet):
     """Inspect MODEL, a received global model, for planted leakage parameters.
 
-    Reads .pt/.pth/.bin/.ckpt state_dicts, .safetensors and .npz (named arrays or
+    Reads .pt/.pth/.bin/.ckpt/.tar state_dicts, .safetensors and .npz (named arrays or
     a Flower list of ndarrays) without ever executing code from the file.
     """
     from fedguard.architectures import parse_input_shape

@@ -105,7 +105,7 @@ def inspect_model(
     Parameters
     ----------
     path : path
-        The global model as received (.pt/.pth/.bin/.ckpt, .safetensors, .npz).
+        The global model as received (.pt/.pth/.bin/.ckpt/.tar, .safetensors, .npz).
     arch : str, optional
         Expected architecture: a built-in name or ``module:callable``. Enables the
         architecture-drift check and, with ``data``, the behavioural checks.
