@@ -65,7 +65,8 @@ def check_output_path(
     device such as ``/dev/stdout``, a pipe), it names one of the ``inputs``
     (which would be overwritten), or it lies inside an input folder (a data
     set it would add a file to). ``option`` names the command-line option in
-    the message; ``example`` is the file name a directory's message suggests. A symbolic link is checked, and later written, as its target.
+    the message; ``example`` is the file name a directory's message suggests.
+    A symbolic link is checked, and later written, as its target.
     An existing file is replaced only when ``replaceable`` says fedguard wrote
     it (by default: one of its reports) or with ``force``; the user's other
     files are never lost to an output.
