@@ -27,7 +27,7 @@ import torch
 
 from fedguard.detectors.base import NEEDS_MODULE, NEEDS_REFERENCE, Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.rows import finite
-from fedguard.loading import RUNNING_STATS
+from fedguard.loading import is_running_stat
 from fedguard.modelview import effective_tensors
 from fedguard.types import Confidence, Rule, Severity
 
@@ -45,7 +45,7 @@ def folded_shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Size]:
 def compare_shapes(received: Mapping[str, torch.Size], expected: Mapping[str, torch.Size]) -> dict:
     """Keys missing, unexpected and of a different shape, each as a sorted list. Normalisation layers' running
     statistics may be missing (:data:`~fedguard.loading.RUNNING_STATS`): FL code often sends parameters only."""
-    missing = [k for k in expected if k not in received and k.rsplit(".", 1)[-1] not in RUNNING_STATS]
+    missing = [k for k in expected if k not in received and not is_running_stat(k)]
     unexpected = [k for k in received if k not in expected]
     reshaped = [
         f"{k}: {tuple(received[k])} vs {tuple(expected[k])}"

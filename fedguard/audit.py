@@ -39,7 +39,7 @@ from fedguard import checks
 from fedguard.architectures import check_float32, first_line
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
-from fedguard.loading import RUNNING_STATS
+from fedguard.loading import is_running_stat
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
@@ -93,7 +93,7 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: s
                 f"model {path} does not fit --arch {arch}: layer {key} has shape {list(value.shape)} in the file "
                 f"but {list(expected[key].shape)} in the architecture; {hint}"
             )
-    missing = [k for k in expected if k not in tensors and k.rsplit(".", 1)[-1] not in RUNNING_STATS]  # kept as built
+    missing = [k for k in expected if k not in tensors and not is_running_stat(k)]  # kept as built
     if missing:
         raise InputError(f"model {path} does not fit --arch {arch}: the file has no tensor for {_first(missing)}; {hint}")
     unexpected = [k for k in tensors if k not in expected]

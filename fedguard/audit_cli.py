@@ -228,11 +228,12 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     _refuse_unused(bool(attacks) and "dlg" not in attacks, ("dlg_starts",), "sets up DLG, which --attack leaves out; add --attack dlg")
     _refuse_unused(bool(attacks) and "inverting_gradients" not in attacks, ("ig_restarts", "ig_tv"),
                    "sets up Inverting Gradients, which --attack leaves out; add --attack inverting_gradients")  # fmt: skip
-    fmt = resolve_format(fmt, output, _formats())
+    formats = _formats()
+    fmt = resolve_format(fmt, output, formats)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
-        check_output_path(output, inputs=inputs, force=force, example=f"report{_formats()[fmt]}")
+        check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
         _check_grid_paths(output, inputs)
     threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
     options = {}

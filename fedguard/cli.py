@@ -109,11 +109,12 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.reports import render
     from fedguard.reports.base import printable
 
-    fmt = resolve_format(fmt, output, _formats())
+    formats = _formats()
+    fmt = resolve_format(fmt, output, formats)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     inputs = input_paths(model, reference, data=data, arch=arch)
     if output is not None:
-        check_output_path(output, inputs=inputs, force=force, example=f"report{_formats()[fmt]}")
+        check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
     report = inspect_model(
         model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
         data=data, detectors=detectors or None, seed=seed,

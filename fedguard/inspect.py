@@ -25,7 +25,7 @@ from fedguard.checks import is_whole
 from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
-from fedguard.loading import CODE_IMPORT_RULE, RUNNING_STATS, LoadedModel, load_model_file, name_in_order
+from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import ModelView
 from fedguard.torch_state import own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
@@ -86,7 +86,7 @@ def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:
         )
     except (RuntimeError, KeyError):
         return False
-    return not unexpected and all(k.rsplit(".", 1)[-1] in RUNNING_STATS for k in missing)
+    return not unexpected and all(is_running_stat(k) for k in missing)
 
 
 def inspect_model(

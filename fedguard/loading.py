@@ -462,6 +462,11 @@ def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def is_running_stat(name: str) -> bool:
+    """Whether the state_dict entry ``name`` is one of :data:`RUNNING_STATS`, which a file may leave out."""
+    return name.rsplit(".", 1)[-1] in RUNNING_STATS
+
+
 def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """An unnamed list under the known ``names`` (name -> shape, in ``state_dict`` order) when it lines up layer by
     layer, else None.

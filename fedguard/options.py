@@ -108,12 +108,12 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
     contradicts the extension of another format is an InputError: a JSON
     report in ``report.html`` is a mistake, not a wish.
     """
-    by_suffix = {suffix: name for name, suffix in suffixes.items()}
-    if "html" in suffixes:
-        by_suffix[".htm"] = "html"
     from fedguard.data import IMAGE_EXTENSIONS
     from fedguard.loading import EXTENSIONS
 
+    by_suffix = {suffix: name for name, suffix in suffixes.items()}
+    if "html" in suffixes:
+        by_suffix[".htm"] = "html"
     suffix = output.suffix.lower() if output is not None else ""
     if suffix in EXTENSIONS or suffix in IMAGE_EXTENSIONS:  # a report under a model's, data set's or image's name
         raise InputError(f"--output {output.name} has the extension of a model, data or image file, not of a report; "
