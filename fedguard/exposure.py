@@ -350,8 +350,9 @@ class Scenario:
     ``outcome`` is ``exposed`` (recovered within ``stable_rounds``),
     ``not exposed`` (attacked, never recovered), ``not identifiable`` (these
     settings leave the server too few rounds for the users: the defence
-    holds by construction) or ``not run`` (time budget spent or stopped; with
-    ``exposure`` set it ran part of the way, and reports call it cut short).
+    holds by construction), ``cut short`` (the time budget ended it part of
+    the way: not exposed up to the rounds it reached, ``exposure`` says how
+    far) or ``not run`` (time budget spent or stopped before it started).
     """
 
     label: str
@@ -429,7 +430,7 @@ def client_exposure(
     The configured federation always runs; each what-if runs while ``budget``
     seconds are left and ``stop()`` is false, else it is ``not run``.
     A what-if that runs out of ``budget`` part-way keeps what it found (an
-    upper bound on the rounds, or ``not run`` with the rounds it reached).
+    upper bound on the rounds, or ``cut short`` with the rounds it reached).
     ``time_limit`` caps each user's integer program: a server with more
     compute can only do better, so ``rounds_to_exposure`` is an upper bound on
     when a determined server recovers the update. Integer programs run
@@ -464,6 +465,6 @@ def client_exposure(
             scenarios.append(Scenario(label, change, what, "not exposed", result))
         else:
             tried = max(p.rounds for p in result.points)
-            scenarios.append(Scenario(label, change, what, "not run", result,
+            scenarios.append(Scenario(label, change, what, "cut short", result,
                                       f"time budget of {budget:g} s spent; not exposed up to {tried} rounds"))
     return ClientExposure(tuple(scenarios), TARGET_ERROR, time.perf_counter() - start)

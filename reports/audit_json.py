@@ -7,7 +7,7 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.1",
+      "schema_version": "1.2",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "verdict": "block",
@@ -40,7 +40,7 @@ from fedguard.types import AttackOutcome, AuditReport
 from .audit_base import AuditRenderer, register_audit_renderer
 from .base import json_safe, read_schema
 
-SCHEMA_VERSION = "1.1"  # 1.1: leakage.measured, data.sha256, update.sha256
+SCHEMA_VERSION = "1.2"  # 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"

@@ -172,7 +172,7 @@ def exposure_summary(exposure: Mapping) -> str:
     if exposure["outcome"] == "not exposed":
         return f"with {where}, gradient disaggregation did not recover this update within {st['stable_rounds']} rounds"
     configured = exposure["scenarios"][0]
-    if configured["detail"] is not None:  # ran part of the way: what it found bounds nothing beyond those rounds
+    if exposure["outcome"] == "cut short":  # what it found bounds nothing beyond the rounds it reached
         return (f"with {where}, the analysis was cut short ({configured['note']}); a server with more time may still "
                 f"recover this update within {st['stable_rounds']} rounds")
     return "the exposure analysis did not run" + (f" ({configured['note']})" if configured["note"] else "")
@@ -185,7 +185,7 @@ def _exposure(console: Console, exposure: Mapping) -> None:
         rounds = s["rounds_to_exposure"]
         if rounds is not None:
             result = f"exposed after {plural(rounds, 'round')}"
-        else:  # "not run" with a detail ran part of the way before the time budget ended it
-            result = "cut short" if s["outcome"] == "not run" and s["detail"] is not None else s["outcome"]
+        else:
+            result = s["outcome"]
         note = f" ({s['note']})" if s["outcome"] != "not identifiable" and s["note"] else ""
         console.print(Text(f"  what if {s['label']}: {result}{note}", style="dim"))

@@ -175,7 +175,7 @@ def test_client_exposure_cut_short_keeps_to_its_budget_and_says_so():
     result = client_exposure(update, FederationSettings(users_per_round=20, stable_rounds=100), budget=1.0)
     assert time.perf_counter() - start < 3.0  # one prefix had taken 10.6 s
     first = result.configured
-    assert first.outcome == "not run" and first.exposure is not None and not first.exposure.complete
+    assert first.outcome == "cut short" and first.exposure is not None and not first.exposure.complete
     assert "not exposed up to" in first.note
     summary = exposure_summary(result.to_dict())
     assert "cut short" in summary and "may still recover this update within 100 rounds" in summary
@@ -205,7 +205,7 @@ def test_cli_simulate_json(tmp_path):
     assert len(doc["participation"]) == 60 and len(doc["participation"][0]) == 10
     assert doc["score"]["matrix_exact"] is True
     assert doc["seconds"] >= 0
-    updates = tmp_path / "report-updates.npz"
+    updates = tmp_path / "report.json-updates.npz"
     assert doc["updates_file"] == str(updates)
     with np.load(updates) as data:
         assert data["updates"].shape == (10, 20)
@@ -308,13 +308,13 @@ def test_cli_refuses_non_npz_and_overwriting_input(tmp_path, good):
 
 def test_cli_replaces_only_its_own_updates_file(tmp_path, good):
     path = _npz(tmp_path / "rounds.npz", **good)
-    (tmp_path / "r-updates.npz").write_bytes(b"precious")
+    (tmp_path / "r.json-updates.npz").write_bytes(b"precious")
     res = _run([path, "-o", str(tmp_path / "r.json")])
     assert res.exit_code == 2 and "holds something else" in res.output
-    assert (tmp_path / "r-updates.npz").read_bytes() == b"precious" and not (tmp_path / "r.json").exists()
+    assert (tmp_path / "r.json-updates.npz").read_bytes() == b"precious" and not (tmp_path / "r.json").exists()
     for _ in range(2):  # the second run replaces the first run's updates
         assert _run([path, "-o", str(tmp_path / "s.json"), "-q"]).exit_code == 0
-    assert is_updates_file(tmp_path / "s-updates.npz")
+    assert is_updates_file(tmp_path / "s.json-updates.npz")
 
 
 def test_cli_refuses_counts_without_windows_and_oversized_simulations(tmp_path, good):
