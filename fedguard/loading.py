@@ -353,13 +353,22 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
 def _unwrap(raw: Mapping, path: Path | str) -> Mapping:
     """The state_dict inside checkpoint wrappers (``{"state_dict": ...}``, up to three deep). Two different ones
     side by side (``{"state_dict": A, "model": B}``, or ``{"state_dict": A, "ema_state_dict": B}`` with B under
-    A's names) are refused: a client may load either, and judging one would pass the other unseen. An optimizer's
+    A's names) are refused: a client may load either, and judging one would pass the other unseen. So are
+    weight-shaped tensors beside the state_dict (``{"state_dict": A, "fc.weight": W}``), which a client that loads
+    the whole file leniently would take; scalars there (``best_acc1``, a step count) are metrics. An optimizer's
     state, under other names, is no second state_dict."""
     for _ in range(3):
         keys = [k for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping) and _holds_tensors(raw[k])]
         if not keys:
             return raw
         chosen = raw[keys[0]]
+        beside = [str(k) for k, v in raw.items() if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0]
+        if beside:
+            raise InputError(
+                f"{path} holds tensors beside the state_dict under {keys[0]!r} ({', '.join(map(repr, beside[:3]))}"
+                f"{', ...' if len(beside) > 3 else ''}); a client may load either, so fedguard will not pick one: save "
+                "the state_dict alone"
+            )
         twins = [k for k, v in raw.items() if k != keys[0] and isinstance(v, Mapping) and _holds_tensors(v)
                  and (k in keys or list(v) == list(chosen))]  # fmt: skip
         others = [k for k in twins if not _same_mapping(chosen, raw[k])]

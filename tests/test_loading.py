@@ -199,6 +199,12 @@ def test_two_different_wrapped_state_dicts_are_refused_the_same_one_twice_is_rea
     # hyperparameters under a wrapper's name are no second state_dict; a NaN is the same NaN in both copies
     torch.save({"model": sd, "params": {"lr": 0.01, "epochs": 5}}, tmp_path / "hparams.pt")
     assert_same(load_model_file(tmp_path / "hparams.pt").tensors, sd)
+    # weights beside the wrapper are a second model a lenient loader would take; a scalar metric there is not
+    torch.save({"state_dict": sd, "fc.weight": torch.ones(4, 3)}, tmp_path / "beside.pt")
+    with pytest.raises(InputError, match=r"holds tensors beside the state_dict under 'state_dict' \('fc.weight'\)"):
+        load_model_file(tmp_path / "beside.pt")
+    torch.save({"state_dict": sd, "best_acc1": torch.tensor(91.2)}, tmp_path / "metric.pt")
+    assert_same(load_model_file(tmp_path / "metric.pt").tensors, sd)
     nan = {k: v.clone() for k, v in sd.items()}
     next(iter(nan.values())).view(-1)[0] = float("nan")
     torch.save({"state_dict": nan, "model": {k: v.clone() for k, v in nan.items()}}, tmp_path / "nan.pt")
