@@ -50,7 +50,9 @@ class _UserBar:
 
 
 def _default_updates_path(output: Path) -> Path:
-    return output.with_name(f"{output.stem}-updates.npz")
+    """``OUTPUT-updates.npz`` with the report's whole name (``d.json-updates.npz``), so ``d.json`` and ``d.txt`` keep
+    their own."""
+    return output.with_name(f"{output.name}-updates.npz")
 
 
 @click.command("disaggregate")
