@@ -154,12 +154,14 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
     16-bit image that dark is unlikely, so that is an error asking for a
     scale.
     """
+    if a.size == 0:  # the callers refuse N = 0 first: here an image dimension is 0
+        raise InputError(f"{what} has shape {tuple(a.shape)}, images without pixels; store images of at least 1x1 pixel")
     if a.dtype == np.bool_:
         return a.astype(np.float32)
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
     if a.dtype == np.uint16:
-        if not image_file and a.size and int(a.max()) < 4096:
+        if not image_file and int(a.max()) < 4096:
             raise InputError(f"{what} is uint16 with values up to {int(a.max())}: 8- to 12-bit pixels stored as uint16 "
                              "would read as almost black; store 8-bit pixels as uint8, or scale to 0-65535 or to floats 0-1")  # fmt: skip
         return a.astype(np.float32) / 65535.0

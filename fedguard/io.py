@@ -138,6 +138,8 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
         raise InputError(f"{path} does not exist; {fix}")
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an .npz archive; {fix}")
+    if not path.is_file():  # a pipe would block the read below, a device stream without end
+        raise InputError(f"{path} is not a regular file (a pipe, device or socket); give an .npz archive on disk")
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)

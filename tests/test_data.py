@@ -125,6 +125,8 @@ def test_an_in_memory_batch_keeps_uint8_as_0_to_255():
     assert x.dtype == torch.float32 and torch.equal(x, pixels.float() / 255) and y.tolist() == [0, 1]
     half, _ = in_memory_batch((torch.full((2, 1, 8, 8), 0.5, dtype=torch.bfloat16), [0, 1]))
     assert half.dtype == torch.float32 and bool((half == 0.5).all())
+    with pytest.raises(InputError, match=r"data x has shape \(2, 1, 0, 8\), images without pixels"):
+        in_memory_batch((torch.zeros(2, 1, 0, 8), [0, 1]))
 
 
 def test_npz_float_round_trip(tmp_path):
@@ -172,6 +174,8 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": GOOD_X, "y": np.eye(4)}, r"one integer class label per example"),
         ({"x": np.zeros((4, 8), np.uint8), "y": GOOD_Y}, r"N,H,W or N,C,H,W"),
         ({"x": np.zeros((0, 8, 8), np.uint8), "y": GOOD_Y[:0]}, r"no examples"),
+        ({"x": np.zeros((4, 1, 0, 8), np.float32), "y": GOOD_Y}, r"shape \(4, 1, 0, 8\), images without pixels"),
+        ({"x": np.zeros((4, 0, 8), np.uint16), "y": GOOD_Y}, r"images without pixels"),
     ],
 )
 def test_bad_npz(tmp_path, arrays, match):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import time
 
@@ -297,6 +298,9 @@ def test_cli_refuses_non_npz_and_overwriting_input(tmp_path, good):
     text.write_text("{}")
     res = _run([str(text)])
     assert res.exit_code == 2 and "not an .npz (zip) archive" in res.output
+    os.mkfifo(tmp_path / "pipe.npz")  # a reader would block on it forever
+    res = _run([str(tmp_path / "pipe.npz")])
+    assert res.exit_code == 2 and "not a regular file (a pipe, device or socket)" in res.output
     path = _npz(tmp_path / "rounds.npz", **good)
     before = (tmp_path / "rounds.npz").read_bytes()
     res = _run([path, "-o", path])
