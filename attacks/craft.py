@@ -169,6 +169,18 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+#: Parameters a crafter may add (4 GiB in float32): above it a size option (``num_bins``, ``width``, ...) is refused
+#: before anything is allocated, instead of swapping or being killed for memory.
+MAX_ADDED_PARAMETERS = 2**30
+
+
+def _check_added(parameters: int, crafter: str, options: str) -> None:
+    """ValueError when the layers ``crafter`` is about to add hold more than :data:`MAX_ADDED_PARAMETERS`."""
+    if parameters > MAX_ADDED_PARAMETERS:
+        raise ValueError(f"{crafter} would add {parameters:,} parameters ({parameters * 4 / 2**30:,.1f} GiB), "
+                         f"above the limit of {MAX_ADDED_PARAMETERS:,}; lower {options}")  # fmt: skip
+
+
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
@@ -793,6 +805,7 @@ def imprint(
     base = copy.deepcopy(model)
     data = _check_data(data, input_shape)
     n = math.prod(input_shape)
+    _check_added(2 * n * num_bins + num_bins + n, "imprint", "num_bins")
     gen = _generator(seed)
     h = _measurement(linfunc, n, mode, gen)
     values = data.flatten(1) @ h if data is not None else None
@@ -867,6 +880,7 @@ def trap_weights(
     if mode == "block":
         base = copy.deepcopy(model)
         n = math.prod(input_shape)
+        _check_added(2 * n * num_neurons + num_neurons + n, "trap_weights", "num_neurons")
         first = _seeded_linear(n, num_neurons, seed)
         second = _seeded_linear(num_neurons, n, seed + 1)
         with torch.no_grad():
@@ -954,6 +968,7 @@ def loki(
     c, hgt, wid = input_shape
     n = c * hgt * wid
     k = int(num_bins or 4 * batch_size)
+    _check_added((num_clients * n + 1) * k + (k + 1) * n, "loki", "num_bins (or batch_size) and num_clients")
     if data is not None:
         avg = data.flatten(1).mean(dim=1)
         mu = float(avg.mean()) if mu is None else mu
@@ -1025,6 +1040,8 @@ def oversized_fc(
     target = lins[0] if position == "first" else lins[-1]
     d_in = target.module.in_features
     w = int(width) if width is not None else max(factor * d_in, 4 * int(batch_size or 0))
+    fed = lins[1] if position == "first" and len(lins) > 1 else target  # the layer that takes the wide one's output
+    _check_added((d_in + 1) * w + (w + 1) * fed.module.out_features, "oversized_fc", "width (or factor, batch_size)")
     s = float(std) if std is not None else 1.0 / math.sqrt(d_in)
     gen = _generator(seed)
     wide = _seeded_linear(d_in, w, seed)

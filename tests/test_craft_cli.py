@@ -104,7 +104,11 @@ def test_from_given_weights(tmp_path):
         (["craft", "imprint", "--arch", "lenet", "--set", "gain=nan", "-o", "x.pt"], "gain='nan' is not a number"),
         (["craft", "mkor", "--arch", "lenet", "--set", "bn=bogus", "-o", "x.pt"], "bn='bogus' is not 'identity' or 'keep'"),
         (["craft", "feature_fishing", "--arch", "lenet", "--set", "quantile=2", "-o", "x.pt"], "strictly between 0 and 1"),
-        (["craft", "oversized_fc", "--arch", "lenet", "--set", "width=100000000", "-o", "x.pt"], "GiB of memory"),
+        (["craft", "oversized_fc", "--arch", "lenet", "--set", "width=100000000", "-o", "x.pt"], "GiB), above the limit of 1,073,741,824; lower width"),
+        # refused before the bins are computed: these ran for minutes and were killed for memory
+        (["craft", "imprint", "--arch", "lenet", "--set", "num_bins=1000000000", "-o", "x.pt"], "lower num_bins"),
+        (["craft", "loki", "--arch", "lenet", "--set", "num_bins=1000000000", "-o", "x.pt"], "lower num_bins"),
+        (["craft", "trap_weights", "--arch", "lenet", "--set", "mode=block", "--set", "num_neurons=100000000", "-o", "x.pt"], "lower num_neurons"),
         (["craft", "mkor", "--arch", "lenet", "--seed", "99999999999999999999", "-o", "x.pt"], "--seed"),
     ],
 )
