@@ -23,6 +23,18 @@ from torch import nn
 from fedguard.errors import InputError
 
 ARCH, SHAPE = "lenet5", (1, 28, 28)
+#: The published attacks crafted on the honest LeNet-5, with their descriptions.
+CRAFTED = [
+    ("mkor", "MKOR averaging + pass-through parameters (Wang et al., WACV 2024)"),
+    ("mkor_inconspicuous", "MKOR's inconspicuous form: opposite row pairs, noisy shuffled filters (Wang et al., WACV 2024)"),
+    ("class_fishing", "class fishing (Wen et al., ICML 2022)"),
+    ("feature_fishing", "feature fishing (Wen et al., ICML 2022)"),
+    ("trap_weights", "trap weights (Boenisch et al., EuroS&P 2023)"),
+    ("oversized_fc", "oversized FC layer"),
+]
+#: Every model file the demo writes under ``models/``; each gets a JSON report ``<stem>.json`` beside summary.html.
+MODEL_FILES = ("benign-lenet5.pt", *(f"{attack}-lenet5.pt" for attack, _ in CRAFTED),
+               "imprint-mlp.safetensors", "flower-benign-lenet5.npz", "trojan-lenet5.pt")  # fmt: skip
 
 
 class _PrintsWhenUnpickled:
@@ -63,14 +75,7 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
     torch.save(benign.state_dict(), path)
     models.append(("honest LeNet-5, trained 2 epochs on digits", path, client))
 
-    for attack, description in [
-        ("mkor", "MKOR averaging + pass-through parameters (Wang et al., WACV 2024)"),
-        ("mkor_inconspicuous", "MKOR's inconspicuous form: opposite row pairs, noisy shuffled filters (Wang et al., WACV 2024)"),
-        ("class_fishing", "class fishing (Wen et al., ICML 2022)"),
-        ("feature_fishing", "feature fishing (Wen et al., ICML 2022)"),
-        ("trap_weights", "trap weights (Boenisch et al., EuroS&P 2023)"),
-        ("oversized_fc", "oversized FC layer"),
-    ]:
+    for attack, description in CRAFTED:
         crafted = craft(attack, benign, input_shape=SHAPE, num_classes=10, data=inputs[:256], seed=1)
         path = folder / f"{attack}-lenet5.pt"
         torch.save(crafted.state_dict(), path)
@@ -103,12 +108,22 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} exists and is not a folder; choose another path")
+    summary = output_dir / "summary.html"
+    if summary.is_file() and not is_fedguard_report(summary):
+        raise InputError(f"--output-dir {output_dir} holds a summary.html fedguard did not write; choose another --output-dir")
+    earlier_demo = summary.is_file()  # the models beside an earlier demo's summary are that demo's, replaced on each run
+    for name in MODEL_FILES:
+        model_file, report_file = output_dir / "models" / name, output_dir / f"{Path(name).stem}.json"
+        if model_file.is_symlink() or model_file.exists() and not (earlier_demo and model_file.is_file()):
+            raise InputError(f"--output-dir {output_dir} already holds {model_file}, which no earlier demo wrote; "
+                             f"choose another --output-dir or move the file")  # fmt: skip
+        if report_file.is_symlink() or report_file.exists() and not is_fedguard_report(report_file):
+            raise InputError(f"--output-dir {output_dir} holds {report_file}, which fedguard did not write; "
+                             f"choose another --output-dir or move the file")  # fmt: skip
     try:
         (output_dir / "models").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create --output-dir {output_dir} ({exc.strerror or type(exc).__name__}); choose another path") from None
-    if (output_dir / "summary.html").is_file() and not is_fedguard_report(output_dir / "summary.html"):
-        raise InputError(f"--output-dir {output_dir} holds a summary.html fedguard did not write; choose another --output-dir")
     for folder in (output_dir, output_dir / "models"):  # writable folders; the demo replaces its own files
         check_output_path(folder / "summary.html", option="--output-dir", force=True)
     start = time.perf_counter()

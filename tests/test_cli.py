@@ -610,6 +610,27 @@ def test_demo_leaves_a_page_it_did_not_write(workdir):
     assert "fedguard did not write" in line and (workdir / "out" / "summary.html").read_text() == "my page"
 
 
+def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
+    """Your files under the demo's names are refused before any work (no models/ folder left behind); an earlier
+    demo's own files are replaced on a rerun."""
+    (workdir / "mine" / "models").mkdir(parents=True)
+    (workdir / "mine" / "models" / "mkor-lenet5.pt").write_bytes(b"my model")
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "mine"))
+    assert "which no earlier demo wrote" in line and (workdir / "mine" / "models" / "mkor-lenet5.pt").read_bytes() == b"my model"
+    (workdir / "json").mkdir()
+    (workdir / "json" / "imprint-mlp.json").write_text('{"mine": 1}')
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "json"))
+    assert "fedguard did not write" in line and (workdir / "json" / "imprint-mlp.json").read_text() == '{"mine": 1}'
+    assert not (workdir / "json" / "models").exists()
+
+    for _ in range(2):  # the second run replaces the first one's files
+        result = invoke("demo", "--output-dir", workdir / "demo")
+        assert result.exit_code == 0, result.output
+    assert "MALICIOUS" in result.output and (workdir / "demo" / "summary.html").is_file()
+    (workdir / "demo" / "benign-lenet5.json").write_text("my notes")
+    assert "fedguard did not write" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
+
+
 def test_only_fedguard_reports_count_as_fedguard_reports(clean_model, workdir):
     """Files that merely mention fedguard, or start like another tool's log, are the user's and stay."""
     from fedguard.io import is_fedguard_report
