@@ -613,6 +613,8 @@ def test_demo_leaves_a_page_it_did_not_write(workdir):
 def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     """Your files under the demo's names are refused before any work (no models/ folder left behind); an earlier
     demo's own files are replaced on a rerun."""
+    from fedguard.demo import MODEL_FILES
+
     (workdir / "mine" / "models").mkdir(parents=True)
     (workdir / "mine" / "models" / "mkor-lenet5.pt").write_bytes(b"my model")
     line = assert_input_error(invoke("demo", "--output-dir", workdir / "mine"))
@@ -627,6 +629,7 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
         result = invoke("demo", "--output-dir", workdir / "demo")
         assert result.exit_code == 0, result.output
     assert "MALICIOUS" in result.output and (workdir / "demo" / "summary.html").is_file()
+    assert sorted(p.name for p in (workdir / "demo" / "models").iterdir()) == sorted(MODEL_FILES)  # the names checked first
     (workdir / "demo" / "benign-lenet5.json").write_text("my notes")
     assert "fedguard did not write" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
 
