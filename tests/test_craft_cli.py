@@ -39,6 +39,38 @@ def test_crafted_model_round_trips_and_is_caught(tmp_path, attack, arch):
     assert doc["verdict"] == "malicious", (attack, arch, [f["rule_id"] for f in doc["findings"]])
 
 
+def _documented_rules() -> dict[tuple[str, str], set[str]]:
+    """docs/craft.md's table of the rules ``inspect`` reports on each default craft: (crafter, arch) -> rule IDs."""
+    lines = open("docs/craft.md", encoding="utf-8").read().split("| crafter | `lenet`", 1)[1].splitlines()
+    arches = ["lenet", *(cell.strip(" `") for cell in lines[0].strip().strip("|").split("|"))]
+    table = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        name, *cells = (cell.strip(" `") for cell in line.strip().strip("|").split("|"))
+        for arch, cell in zip(arches, cells, strict=True):
+            same = cell.removeprefix("same as `")
+            table[name, arch] = table[name, same] if same in arches else set(cell.split(", "))
+    return table
+
+
+DOCUMENTED_RULES = _documented_rules()
+
+
+@pytest.mark.parametrize(("attack", "arch"), sorted(DOCUMENTED_RULES))
+def test_the_documented_rules_per_crafter_are_what_inspect_reports(tmp_path, attack, arch):
+    out = tmp_path / f"{attack}.pt"
+    assert _run("craft", attack, "--arch", arch, "--data", "digits", "-o", out).exit_code == 0
+    res = _run("inspect", out, "--arch", arch, "--format", "json")
+    doc = json.loads(res.stdout)
+    assert doc["verdict"] == "malicious"
+    assert {f["rule_id"] for f in doc["findings"]} == DOCUMENTED_RULES[attack, arch], "re-measure docs/craft.md's table"
+
+
+def test_the_documented_table_covers_every_crafter():
+    assert {attack for attack, _ in DOCUMENTED_RULES} == set(CRAFTERS.names())
+
+
 def test_the_suggested_check_is_one_that_runs_as_crafted(tmp_path):
     """The hint names the crafted input shape and classes: without them, inspect reads the model as drift."""
     import shlex
