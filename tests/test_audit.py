@@ -885,3 +885,33 @@ def test_a_client_alone_in_the_federation_is_exposed_at_once_or_when_the_noise_a
     assert exposure(users_per_round=1, participation=1, rounds=200, noise=0.1).rounds_to_exposure == round((0.1 / TARGET_ERROR) ** 2)
     assert exposure(users_per_round=1, participation=1, rounds=200, noise=1.0).rounds_to_exposure is None
 
+
+
+def _python_blocks(section: str) -> list[str]:
+    text = Path("docs/audit.md").read_text(encoding="utf-8").split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_documented_flower_gate_refuses_a_crafted_model_and_runs_the_audit():
+    from fedguard.architectures import build_model
+    from fedguard.attacks.craft import craft
+
+    gate, client = _python_blocks("Gate a Flower client's upload")
+    compile(client, "docs/audit.md (Flower client)", "exec")
+    ns: dict = {}
+    exec(gate, ns)
+    ns.update(ARCH="lenet", TIME_BUDGET=2)
+    torch.manual_seed(0)
+    honest = build_model("lenet", num_classes=10)
+    as_flower = [v.numpy() for v in honest.state_dict().values()]
+    assert ns["received_model_is_safe"](as_flower)
+    fishing = craft("class_fishing", build_model("lenet", num_classes=10), input_shape=(3, 32, 32), num_classes=10)
+    assert not ns["received_model_is_safe"]([v.detach().numpy() for v in fishing.state_dict().values()])
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    before = [p.detach().clone() for p in honest.parameters()]
+    ns["GATE_ATTACKS"] = ["label_counts"]  # counts alone leak little: the update goes out
+    assert ns["upload_is_safe"](honest, x, y, local_steps=2, local_lr=0.01) is True
+    assert all(torch.equal(a, p) for a, p in zip(before, honest.parameters()))  # the client's model is left as it was
+    ns.update(ARCH="mlp", GATE_ATTACKS=["fc_inversion"])  # one example through a first linear layer: rebuilt exactly
+    mlp = build_model("mlp", num_classes=10)
+    assert ns["upload_is_safe"](mlp, torch.rand(1, 1, 28, 28), torch.tensor([3]), local_steps=1, local_lr=0.01) is False
