@@ -84,21 +84,23 @@ def _first(items: Sequence[str]) -> str:
 
 
 def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: str, arch: str) -> None:
-    """Copy ``tensors`` into ``module``; InputError naming the first layer that does not fit."""
+    """Copy ``tensors`` into ``module``; InputError naming the first layer that does not fit.
+
+    ``path`` names the model in the messages: a file's path, ``state_dict`` or ``passed in``."""
     expected = module.state_dict()
     hint = "pass the --arch (and --num-classes / --input-shape) the server uses"
     for key, value in tensors.items():
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise InputError(
-                f"model {path} does not fit --arch {arch}: layer {key} has shape {list(value.shape)} in the file "
+                f"model {path} does not fit --arch {arch}: layer {key} has shape {list(value.shape)} in the model "
                 f"but {list(expected[key].shape)} in the architecture; {hint}"
             )
     missing = [k for k in expected if k not in tensors and not is_running_stat(k)]  # kept as built
     if missing:
-        raise InputError(f"model {path} does not fit --arch {arch}: the file has no tensor for {_first(missing)}; {hint}")
+        raise InputError(f"model {path} does not fit --arch {arch}: it has no tensor for {_first(missing)}; {hint}")
     unexpected = [k for k in tensors if k not in expected]
     if unexpected:
-        raise InputError(f"model {path} does not fit --arch {arch}: the file has {_first(unexpected)}, which the architecture lacks; {hint}")
+        raise InputError(f"model {path} does not fit --arch {arch}: it has {_first(unexpected)}, which the architecture lacks; {hint}")
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
@@ -110,13 +112,25 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
     from fedguard.architectures import build_model, resolve_input_shape
-    from fedguard.inspect import build_expected_module, name_by_architecture
+    from fedguard.inspect import build_expected_module, name_by_architecture, names_from
     from fedguard.loading import load_model_file, to_state_dict
 
     shape = resolve_input_shape(arch, input_shape)
     if isinstance(model, nn.Module):  # a copy: the audit moves it to its device, and the caller's model stays as it was
         check_float32(model, "the model passed in", "pass model.float()")
-        return copy.deepcopy(model), {"path": None, "sha256": None, "weights": "in-memory module", "arch": arch}
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            raise InputError("the model passed in is on the meta device (shapes without values); load its weights first")
+        # The report names --arch, so it must be this model's: layer by layer by shape (a wrapper's names differ),
+        # else the check a file gets, which names the first layer that does not fit.
+        tensors, _ = to_state_dict(dict(model.state_dict()), "the model passed in")
+        expected = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None)
+        if names_from(expected.state_dict(), tensors) is tensors:
+            load_weights(expected, tensors, "passed in", arch)
+        try:
+            module = copy.deepcopy(model)
+        except Exception as exc:  # an attribute that cannot be copied: a lock, a file handle, a process pool
+            raise InputError(f"the model passed in cannot be copied ({first_line(exc)}); pass its state_dict()") from None
+        return module, {"path": None, "sha256": None, "weights": "in-memory module", "arch": arch}
     if model is None:
         with own_random_state(seed):
             module = build_model(arch, num_classes=num_classes or 10, input_shape=input_shape)
@@ -166,8 +180,17 @@ def _outputs(module: nn.Module, x: torch.Tensor) -> int:
             f"--data of shape {tuple(x.shape[1:])} does not fit the model ({str(exc).splitlines()[0][:120]}); "
             "pass --input-shape or data of the architecture's input shape"
         ) from None
+    except Exception as exc:  # a forward that wants more arguments, or raises its own error
+        raise InputError(
+            f"the model fails on one batch of images ({first_line(exc)[:120]}); "
+            "audit needs a model whose forward(x) takes images [N, C, H, W] and returns logits"
+        ) from None
     finally:
         module.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"the model returns a {type(out).__name__}, not a tensor of logits; audit needs a classifier whose forward returns [batch, classes]")
+    if not out.is_floating_point():
+        raise InputError(f"the model returns {out.dtype} values, not float logits; audit needs a classifier whose forward returns float [batch, classes]")
     if out.dim() != 2:
         raise InputError(f"the model returns shape {tuple(out.shape)}, not [batch, classes]; audit needs a classifier")
     return int(out.shape[1])
@@ -487,6 +510,16 @@ def audit(
         raise InputError(f"stop is a {type(stop).__name__}; pass a threading.Event or None")
     if progress is not None and not all(callable(getattr(progress, m, None)) for m in ("start", "update", "finish", "message")):
         raise InputError(f"progress is a {type(progress).__name__} without start, update, finish and message; see AuditProgress")
+    if model is not None and not isinstance(model, (str, os.PathLike, nn.Module, Mapping)):
+        raise InputError(
+            f"model is {model!r:.60}; pass a path, an nn.Module or a state_dict "
+            "(a Flower list of arrays: load it into your module first, or save it with np.savez and pass the path)"
+        )
+    if update is not None and not isinstance(update, (str, os.PathLike, Update)):
+        raise InputError(
+            f"update is a {type(update).__name__}; pass a path or an Update "
+            "(e.g. Update(tensors=dict_of_tensors, protocol='fedavg', batch_size=len(y), local_steps=5, local_lr=0.01))"
+        )
     if update is not None and model is None:
         raise InputError(
             "--update needs --model, the global model the update was computed from; "
@@ -495,10 +528,10 @@ def audit(
     reg = registry()
     if attacks is not None and (isinstance(attacks, (str, bytes)) or not isinstance(attacks, Sequence) or not attacks):
         raise InputError(f"attacks is {attacks!r}; pass a non-empty list of attack names such as ['dlg'], or None for the default")
-    requested = list(dict.fromkeys(attacks)) if attacks else None
-    for name in requested or []:
+    for name in attacks or []:
         if not isinstance(name, str) or name not in reg:
             raise InputError(f"unknown attack {name!r}; valid: {', '.join(reg.names())}")
+    requested = list(dict.fromkeys(attacks)) if attacks else None
     # label attacks first; malicious-server emulators only when asked for
     names = [n for n in reg.names() if n in requested] if requested else [n for n in reg.names() if reg.get(n).default]
     if attack_options is not None and not isinstance(attack_options, Mapping):
@@ -521,8 +554,10 @@ def audit(
             chosen[name] = reg.get(name)(**options.get(name, {}))
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad options for {name}: {first_line(exc).split(': ', 1)[-1]}") from None
+    if not isinstance(fail_on, (str, LeakageLevel)):
+        raise InputError(f"fail_on is {fail_on!r}; use low, medium or high")
     try:
-        fail_level = fail_on if isinstance(fail_on, LeakageLevel) else LeakageLevel.parse(str(fail_on))
+        fail_level = fail_on if isinstance(fail_on, LeakageLevel) else LeakageLevel.parse(fail_on)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if fail_level == LeakageLevel.NONE:

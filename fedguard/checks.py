@@ -22,8 +22,8 @@ def is_whole(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    """True for an int, a float or a numpy number; False for a bool or anything else."""
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    """True for an int, a float or a numpy integer or float; False for a bool, a complex number or anything else."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def whole(value: Any, name: str, minimum: int = 1, maximum: int | None = None, *, error: type[Exception] = InputError) -> int:

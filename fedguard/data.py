@@ -21,6 +21,7 @@ and the fix.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -48,6 +49,9 @@ _SKIMAGE_FILES = (
     "coins.png", "moon.png", "page.png", "brick.png", "grass.png",
 )  # fmt: skip
 _CROPS_PER_IMAGE = 8
+#: The most float32 values the loaded data may take once resized to the input shape (8 GiB): beyond it a large
+#: --input-shape would ask for more memory than the machine has and die in the allocator.
+MAX_DATA_VALUES = 2**31
 _GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -63,6 +67,9 @@ def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.as_tensor(data[1]).detach()
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"data holds a {type(data[0]).__name__} and a {type(data[1]).__name__}, not arrays; {fix}") from None
+    for t, what in ((x, "x"), (y, "y")):
+        if t.is_meta or t.layout != torch.strided:  # no values to read, or a sparse layout numpy cannot take
+            raise InputError(f"data {what} is a {'meta' if t.is_meta else str(t.layout).removeprefix('torch.')} tensor; {fix}, as dense tensors with values")
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y) or len(y) == 0:
         raise InputError(f"data has x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}; {fix}")
     labels = _labels(y.cpu().numpy(), len(x), "data y")  # the checks an .npz's arrays get
@@ -121,10 +128,21 @@ def load_data(
     if limit is not None and int(limit) < len(y):
         keep = np.sort(np.random.default_rng(seed).choice(len(y), size=int(limit), replace=False))
         x, y = x[keep], y[keep]
+    if shape is not None:
+        _check_size(len(y), shape, f"data {text}")
     return _fit(x, shape, text), torch.as_tensor(y, dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_size(n: int, shape: tuple[int, int, int], what: str) -> None:
+    """InputError when ``n`` images at ``shape`` would take more than :data:`MAX_DATA_VALUES` values."""
+    if n * math.prod(shape) > MAX_DATA_VALUES:
+        raise InputError(
+            f"{what}: {n} images at input shape {'x'.join(map(str, shape))} would take "
+            f"{n * math.prod(shape) * 4 / 2**30:,.0f} GiB; use a smaller --input-shape or fewer images"
+        )
 
 
 def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what: str) -> torch.Tensor:
@@ -216,6 +234,8 @@ def _to_channels(img: np.ndarray, c: int) -> np.ndarray:
 
 def _stack_images(images: list[np.ndarray], shape: tuple[int, int, int] | None, what: str) -> torch.Tensor:
     """Bring image arrays of any size to one tensor ``[N, C, H, W]``."""
+    if shape is not None:
+        _check_size(len(images), shape, what)
     c = shape[0] if shape is not None else max(img.shape[0] for img in images)
     images = [_to_channels(img, c) for img in images]
     if shape is None:
@@ -246,6 +266,7 @@ def _skimage_photos(shape: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarr
     import skimage.data
     import skimage.io
 
+    _check_size(len(_SKIMAGE_FILES) * _CROPS_PER_IMAGE, shape, "data images")
     xs, ys = [], []
     for label, name in enumerate(_SKIMAGE_FILES):
         path = Path(skimage.data.data_dir) / name

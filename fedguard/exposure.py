@@ -47,6 +47,7 @@ from fedguard.attacks.disaggregation import (
     score,
     simulate_federation,
 )
+from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 
 __all__ = [
@@ -84,16 +85,18 @@ class FederationSettings:
     noise: float = 0.0
 
     def __post_init__(self):
-        if not (isinstance(self.users_per_round, int) and self.users_per_round >= 1):
+        if not (is_whole(self.users_per_round) and self.users_per_round >= 1):
             raise InputError(f"users per round must be a whole number >= 1, got {self.users_per_round!r}")
-        if not 0 < self.participation <= 1:
-            raise InputError(f"participation must be in (0, 1], got {self.participation!r}")
-        if not (isinstance(self.window, int) and self.window >= 1):
+        if not (is_number(self.participation) and 0 < self.participation <= 1):
+            raise InputError(f"participation must be a number in (0, 1], got {self.participation!r}")
+        if not (is_whole(self.window) and self.window >= 1):
             raise InputError(f"window must be a whole number of rounds >= 1, got {self.window!r}")
-        if not (math.isfinite(self.noise) and self.noise >= 0):
+        if not (is_number(self.noise) and math.isfinite(self.noise) and self.noise >= 0):
             raise InputError(f"noise must be a finite number >= 0, got {self.noise!r}")
-        if not (isinstance(self.stable_rounds, int) and self.stable_rounds >= 1):
+        if not (is_whole(self.stable_rounds) and self.stable_rounds >= 1):
             raise InputError(f"stable rounds must be a whole number >= 1, got {self.stable_rounds!r}")
+        for name, kind in (("users_per_round", int), ("participation", float), ("window", int), ("stable_rounds", int), ("noise", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))  # numpy numbers as Python's, for the JSON
 
     @property
     def users(self) -> int:

@@ -31,11 +31,13 @@ server's public data.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from fedguard.checks import is_number
 from fedguard.errors import InputError
 
 __all__ = ["LABEL_KNOWLEDGE", "NO_GRADIENT", "ThreatModel", "ServerView"]
@@ -57,7 +59,15 @@ class ThreatModel:
     input_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.labels not in LABEL_KNOWLEDGE:
+        for name in ("architecture", "batch_size", "local_schedule", "auxiliary_data"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"threat model {name} is {getattr(self, name)!r}; give True or False")
+        pair = self.input_range
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(is_number(v) and math.isfinite(v) for v in pair)
+                and pair[0] < pair[1]):
+            raise InputError(f"threat model input_range is {pair!r:.60}; give (low, high), two finite numbers with low < high, such as (0.0, 1.0)")
+        object.__setattr__(self, "input_range", (float(pair[0]), float(pair[1])))
+        if not isinstance(self.labels, str) or self.labels not in LABEL_KNOWLEDGE:
             raise InputError(f"unknown label knowledge {self.labels!r}; use one of {', '.join(LABEL_KNOWLEDGE)}")
         if not self.architecture:
             raise InputError(

@@ -227,11 +227,20 @@ def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):
     assert invoke(*run, "--update", "delta.pt", "--protocol", "fedavg", "--format", "json").exit_code == 0
 
 
-def test_an_allocation_too_large_for_the_machine_is_one_error(workdir):
+def test_an_allocation_too_large_for_the_machine_is_one_error(workdir, monkeypatch):
     """Exit 1 would read as a block verdict; a size that asks for hundreds of GiB is a usage error."""
-    line = assert_input_error(invoke("--arch", "lenet", "--input-shape", "3,5000,5000", "--data", "digits",
-                                     "--attack", "label_counts"))  # fmt: skip
-    assert line.startswith("fedguard: error: out of memory") and "smaller --input-shape" in line
+    run = ("--arch", "lenet", "--input-shape", "3,5000,5000", "--data", "digits", "--attack", "label_counts")
+    line = assert_input_error(invoke(*run))  # refused before the data are resized
+    assert line == ("fedguard: error: data digits: 1797 images at input shape 3x5000x5000 would take 502 GiB; "
+                    "use a smaller --input-shape or fewer images")
+
+    def allocator_fails(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 361783885824 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr("fedguard.data.load_data", allocator_fails)  # any allocation past the checks
+    line = assert_input_error(invoke(*run))
+    assert line.startswith("fedguard: error: out of memory") and "336.9 GiB" in line and "smaller --input-shape" in line
 
 
 def test_an_update_named_unlike_the_model_is_refused_not_matched_by_position(workdir):
@@ -535,6 +544,18 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"attacks": ["mkor"], "attack_options": {"mkor": {"rows": "abc"}}}, "bad options for mkor: bad MKOR rows"),
         ({"device": torch.device("meta")}, "device meta is not supported"),
         ({"device": 1}, "bad device 1"),
+        ({"device": "cuda:abc"}, "bad device 'cuda:abc'"),
+        ({"attacks": [["dlg"]]}, "unknown attack ['dlg']"),
+        ({"model": [1, 2]}, "model is [1, 2]; pass a path, an nn.Module or a state_dict"),
+        ({"model": 1}, "model is 1; pass a path"),
+        ({"model": b"global.pt"}, "model is b'global.pt'; pass a path"),
+        ({"model": "MODEL", "update": {"a": torch.zeros(1)}}, "update is a dict; pass a path or an Update"),
+        ({"fail_on": None}, "fail_on is None; use low, medium or high"),
+        ({"protocol": "fedavg", "local_steps": 10**7}, "--local-steps 10000000 is more than an audit replays (at most 1000"),
+        ({"data": (torch.rand(6, 1, 8, 8).to_sparse(), torch.arange(6))}, "data x is a sparse_coo tensor"),
+        ({"data": (torch.rand(6, 1, 8, 8).to("meta"), torch.arange(6))}, "data x is a meta tensor"),
+        ({"threat": "RANGE_NONE"}, "threat model input_range is None; give (low, high)"),
+        ({"federation": "PARTICIPATION"}, "participation must be a number in (0, 1], got '0.5'"),
     ],
 )
 def test_python_api_bad_arguments_are_input_errors(given, message):
@@ -542,9 +563,89 @@ def test_python_api_bad_arguments_are_input_errors(given, message):
     from fedguard.audit import audit
     from fedguard.errors import InputError
 
+    from fedguard.exposure import FederationSettings
+    from fedguard.threat import ThreatModel
+
+    built = {  # arguments whose construction is itself the bad input
+        "MODEL": lambda: lenet8().state_dict(),
+        "RANGE_NONE": lambda: ThreatModel(input_range=None),
+        "PARTICIPATION": lambda: FederationSettings(participation="0.5"),
+    }
     x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
     with pytest.raises(InputError, match=re.escape(message)):
+        given = {k: built[v]() if isinstance(v, str) and v in built else v for k, v in given.items()}
         audit(**{"arch": "lenet", "input_shape": (1, 8, 8), "data": (x, y), "batch_size": 2, "attacks": ["label_counts"], **given})
+
+
+def test_settings_take_numpy_numbers_and_refuse_look_alikes():
+    from fedguard.errors import InputError
+    from fedguard.exposure import FederationSettings
+    from fedguard.threat import ThreatModel
+
+    settings = FederationSettings(users_per_round=np.int64(10), window=np.int64(5), participation=np.float32(0.5))
+    assert type(settings.users_per_round) is int and type(settings.participation) is float  # plain JSON numbers
+    assert ThreatModel(input_range=[0, 255]).input_range == (0.0, 255.0)
+    for bad in ({"auxiliary_data": "no"}, {"local_schedule": 1}, {"input_range": (1, 0)}, {"input_range": (0, 1, 2)}):
+        with pytest.raises(InputError, match="threat model"):
+            ThreatModel(**bad)
+    for bad in ({"users_per_round": True}, {"participation": None}, {"noise": "x"}, {"participation": np.complex64(0.5)}):
+        with pytest.raises(InputError, match="must be"):
+            FederationSettings(**bad)
+
+
+def test_load_update_wants_the_module(tmp_path):
+    from fedguard.errors import InputError
+    from fedguard.update import load_update
+
+    torch.save(dict(lenet8().named_parameters()), tmp_path / "u.pt")
+    with pytest.raises(InputError, match="model is a str; pass the nn.Module the update was computed from"):
+        load_update(tmp_path / "u.pt", "lenet", batch_size=4)
+
+
+class _Lenet8Wrapper(torch.nn.Module):
+    """The 8x8 LeNet behind a forward of another kind, for the checks on a module passed in."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.net, self.kind = lenet8(), kind
+
+    def forward(self, x, *rest):
+        if self.kind == "two arguments" and not rest:
+            raise TypeError("forward() missing 1 required positional argument: 'mask'")
+        out = self.net(x)
+        return {"tuple": (out, x), "dict": {"logits": out}, "integers": out.long()}.get(self.kind, out)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("tuple", "the model returns a tuple, not a tensor of logits"),
+        ("dict", "the model returns a dict, not a tensor of logits"),
+        ("integers", "the model returns torch.int64 values, not float logits"),
+        ("two arguments", "the model fails on one batch of images (TypeError: forward() missing 1 required"),
+        ("lock", "the model passed in cannot be copied (TypeError: cannot pickle"),
+        ("meta", "the model passed in is on the meta device"),
+        ("other architecture", "does not fit --arch lenet: layer features.0.weight has shape"),
+    ],
+)
+def test_python_api_a_module_that_cannot_be_audited_is_an_input_error(kind, message):
+    """A module passed in must be the --arch the report names, a classifier of images, and copyable."""
+    import threading
+
+    from fedguard.architectures import build_model
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+
+    if kind == "other architecture":
+        module = build_model("lenet", num_classes=10, input_shape=(3, 8, 8))  # three channels where --arch has one
+    elif kind == "meta":
+        module = lenet8().to("meta")
+    else:
+        module = _Lenet8Wrapper(kind)
+        module.lock = threading.Lock() if kind == "lock" else None
+    with pytest.raises(InputError, match=re.escape(message)):
+        audit(module, arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(6, 1, 8, 8), torch.arange(6)), batch_size=2,
+              attacks=["label_counts"])
 
 
 @pytest.mark.parametrize(
