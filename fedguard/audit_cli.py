@@ -175,7 +175,7 @@ def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
 @click.option("--data", required=True, metavar="SPEC", help="Your data: digits, images, a folder of class subfolders, or an .npz with x and y.")
 @click.option("--batch-size", type=int, help="Examples in the private batch (default 8; with --update, all of --data).")
 @click.option("--protocol", type=click.Choice(["fedsgd", "fedavg"]), default="fedsgd", show_default=True, help="fedsgd: one gradient; fedavg: local SGD steps, the update is W_T - W_0.")
-@click.option("--local-steps", type=int, default=5, show_default=True, help="FedAvg: local SGD steps.")
+@click.option("--local-steps", type=int, default=5, show_default=True, help="FedAvg: local SGD steps (at most 1000).")
 @click.option("--local-lr", type=float, default=0.01, show_default=True, help="FedAvg: local learning rate.")
 @click.option("--local-batch-size", type=int, help="FedAvg: mini-batch size of each local step (default: the whole batch).")
 @click.option("--update", "update", type=click.Path(path_type=Path), help="An update computed elsewhere from --model on exactly --data (gradient, or W_T - W_0 for fedavg); needs --model.")
