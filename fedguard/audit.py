@@ -123,7 +123,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         # The report names --arch, so it must be this model's: layer by layer by shape (a wrapper's names differ),
         # else the check a file gets, which names the first layer that does not fit.
         tensors, _ = to_state_dict(dict(model.state_dict()), "the model passed in")
-        expected = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None)
+        expected = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None, named=False)
         if names_from(expected.state_dict(), tensors) is tensors:
             load_weights(expected, tensors, "passed in", arch)
         try:

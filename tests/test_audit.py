@@ -1016,3 +1016,21 @@ def test_the_documented_flower_gate_refuses_a_crafted_model_and_runs_the_audit()
     ns.update(ARCH="mlp", GATE_ATTACKS=["fc_inversion"])  # one example through a first linear layer: rebuilt exactly
     mlp = build_model("mlp", num_classes=10)
     assert ns["upload_is_safe"](mlp, torch.rand(1, 1, 28, 28), torch.tensor([3]), local_steps=1, local_lr=0.01) is False
+
+
+def test_a_wrapper_around_the_architecture_is_audited():
+    """Names differ (``net.``) and the head has 2 classes: the layers still line up with --arch by shape."""
+    from fedguard.architectures import build_model
+    from fedguard.audit import audit
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("lenet", num_classes=2, input_shape=(1, 8, 8))
+
+        def forward(self, x):
+            return self.net(x)
+
+    report = audit(Wrapper(), arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(6, 1, 8, 8), torch.arange(6) % 2),
+                   batch_size=2, attacks=["label_counts"])
+    assert report.model["num_classes"] == 2 and report.attacks[0].label_counts_exact == 1.0
