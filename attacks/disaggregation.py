@@ -1064,7 +1064,18 @@ def match_users(result: Disaggregation, participation: np.ndarray, counts: np.nd
 
 
 def score(result: Disaggregation, federation: Federation) -> Score:
-    """Score ``result`` against the truth of ``federation`` (see :class:`Score`)."""
+    """Score ``result`` against the truth of ``federation`` (see :class:`Score`).
+
+    Raises :class:`~fedguard.errors.InputError` unless ``result`` is a :class:`Disaggregation` of the rounds of
+    ``federation``, a :class:`Federation`.
+    """
+    if not isinstance(result, Disaggregation) or not isinstance(federation, Federation):
+        raise InputError(f"score takes a Disaggregation and a Federation, got a {type(result).__name__} and a "
+                         f"{type(federation).__name__}; pass disaggregate()'s result and simulate_federation()'s federation")  # fmt: skip
+    if result.participation.shape != federation.participation.shape:
+        raise InputError(f"the result is for {result.participation.shape[0]} rounds of {result.participation.shape[1]} users, "
+                         f"the federation has {federation.participation.shape[0]} of {federation.participation.shape[1]}; "
+                         "score a result against the federation it was disaggregated from")  # fmt: skip
     match = match_users(result, federation.participation, federation.counts)
     n = len(match)
     exact = int((match >= 0).sum())

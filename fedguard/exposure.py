@@ -39,8 +39,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedguard import checks
 from fedguard.attacks.disaggregation import (
     Federation,
+    NotIdentifiable,
     disaggregate,
     finite_or_none,
     match_users,
@@ -181,17 +183,54 @@ def _with_client(fed: Federation, client: int, update: np.ndarray) -> Federation
     return dataclasses.replace(fed, aggregates=aggregates, updates=updates)
 
 
-def _client_sample(update: np.ndarray, dim: int, seed: int) -> np.ndarray:
-    """``dim`` seeded coordinates of ``update``, scaled to RMS 1 (the attack is scale-free)."""
-    flat = np.asarray(update, dtype=np.float64).ravel()
+def client_vector(update: Any) -> np.ndarray:
+    """``update`` (a numpy array, a torch tensor or nested sequences of numbers, any shape) as a flat real array.
+
+    Not copied where it already is one (a torch tensor is detached and moved to the CPU; bfloat16, which numpy
+    lacks, becomes float32). Raises :class:`~fedguard.errors.InputError` for anything that is not a non-empty,
+    finite, real-valued array, so that no bad update reads as "not exposed".
+    """
+    import torch  # here: the disaggregation analysis itself needs no torch
+
+    if update is None:
+        raise InputError("the update is None; pass the client's update (an array or a tensor of any shape)")
+    if isinstance(update, torch.Tensor):
+        if update.is_meta or update.layout != torch.strided:
+            raise InputError(f"the update is a {update.layout} tensor on {update.device}; pass a dense tensor with values")
+        update = update.detach().cpu()
+        array = (update.float() if update.dtype == torch.bfloat16 else update).numpy()
+    else:
+        try:
+            array = np.asarray(update)
+        except (TypeError, ValueError):
+            array = np.asarray(None)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InputError(f"the update is {type(update).__name__} of {array.dtype}, not real numbers; pass the client's update as an array or a tensor")
+    flat = array.reshape(-1)
+    if flat.size == 0:
+        raise InputError("the update is empty; pass the client's update (an array or a tensor of any shape)")
     if not np.isfinite(flat).all():
         raise InputError("the update has non-finite values (NaN or inf); fix the training step before auditing it")
-    idx = np.random.default_rng(seed).choice(flat.size, size=dim, replace=False) if flat.size > dim else np.arange(flat.size)
-    sample = flat[idx]
-    rms = float(np.sqrt(np.mean(sample**2)))
-    if rms == 0:
-        raise InputError("the update is all zeros on the sampled coordinates; nothing to place among peers")
-    return sample / rms
+    return flat
+
+
+def _informative(flat: np.ndarray) -> np.ndarray:
+    """The non-zero coordinates of the flat update (``flat`` itself when it has no zero).
+
+    Coordinates a client leaves at zero (frozen layers, pruned weights) are zero in every peer's update of the same
+    model too: they carry nothing a server could disaggregate, so they are not sampled.
+    """
+    nonzero = int(np.count_nonzero(flat))
+    if nonzero == 0:
+        raise InputError("the update is all zeros (no parameter changed); check the training step before auditing it")
+    return flat if nonzero == flat.size else flat[flat != 0]
+
+
+def _client_sample(values: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """``dim`` seeded entries of ``values``, as float64 scaled to RMS 1 (the attack is scale-free)."""
+    idx = np.random.default_rng(seed).choice(values.size, size=dim, replace=False) if values.size > dim else np.arange(values.size)
+    sample = values[idx].astype(np.float64)
+    return sample / float(np.sqrt(np.mean(sample**2)))
 
 
 def exposure(
@@ -235,20 +274,31 @@ def exposure(
     Lam et al., ICML 2021 (gradient disaggregation).
     """
     start = time.perf_counter()
-    if not users_per_round > 0:
-        raise InputError(f"users per round must be > 0, got {users_per_round!r}")
-    if not 0 < participation <= 1:
-        raise InputError(f"participation must be in (0, 1], got {participation!r}")
+    users_per_round = checks.finite(users_per_round, "users_per_round", positive=True)
+    if not (is_number(participation) and 0 < participation <= 1):
+        raise InputError(f"bad participation {participation!r}; give a number in (0, 1]")
+    participation = float(participation)
+    rounds = checks.whole(rounds, "rounds")
+    window = checks.whole(window, "window")
+    noise = checks.finite(noise, "noise", positive=False)
+    seed = checks.seed(seed, "seed")
+    target_error = checks.finite(target_error, "target_error", positive=True)
+    time_limit = checks.finite(time_limit, "time_limit", positive=False)
+    if workers is not None:
+        workers = checks.whole(workers, "workers")
+    if deadline is not None and not (is_number(deadline) and math.isfinite(deadline)):
+        raise InputError(f"bad deadline {deadline!r}; give a time.perf_counter() value or None")
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(point) or None")
     users = max(1, int(round(users_per_round / participation)))
-    if not 0 <= client < users:
-        raise InputError(f"client {client} is not one of the {users} users (0..{users - 1})")
+    client = checks.whole(client, "client", 0, users - 1)
+    values = None if client_update is None else _informative(client_vector(client_update))
     if dim is None:
-        dim = max(4 * users, 128)
-        if client_update is not None:
-            dim = min(dim, int(np.asarray(client_update).size))
-    dim = int(dim)
+        dim = max(4 * users, 128) if values is None else min(max(4 * users, 128), values.size)
+    dim = checks.whole(dim, "dim")
     if dim < users:
-        raise InputError(f"dim {dim} is below the {users} users; the attack needs d >= users (give a larger dim)")
+        raise NotIdentifiable(f"{dim} coordinates are fewer than the {users} users; the attack needs d >= users"
+                              + (" (give a larger dim)" if values is None else " (the update has too few non-zero values)"))
     if users == 1:  # nobody to hide among: every round's sum is the client's update, plus the noise
         # The mean of t rounds errs by noise / sqrt(t) (noise is relative to an update's RMS entry).
         needed = max(1, math.ceil((noise / target_error) ** 2))
@@ -261,15 +311,15 @@ def exposure(
             rounds_to_exposure=needed if t == needed else None, points=(point,), seed=int(seed),
             seconds=time.perf_counter() - start, complete=True,
         )  # fmt: skip
-    rounds = (int(rounds) // int(window)) * int(window)
+    rounds = (rounds // window) * window
     if rounds <= users:
-        raise InputError(
+        raise NotIdentifiable(
             f"{rounds} rounds (whole windows of {window}) do not exceed the {users} users (users per round / "
             f"participation): the server cannot identify who took part; no exposure to simulate with these settings"
         )
     fed = simulate_federation(users, rounds, dim, window, participation, noise, seed)
-    if client_update is not None:
-        fed = _with_client(fed, client, _client_sample(client_update, dim, seed))
+    if values is not None:
+        fed = _with_client(fed, client, _client_sample(values, dim, seed))
 
     tested: dict[int, ExposurePoint] = {}
 
@@ -284,7 +334,7 @@ def exposure(
         try:
             result = disaggregate(sub.aggregates, sub.counts, window, noise_scale=sub.noise_scale or None,
                                   time_limit=time_limit, workers=workers, seed=seed, deadline=deadline)
-        except InputError:
+        except NotIdentifiable:
             point = ExposurePoint(t, False, 0.0, "failed", float("nan"), time.perf_counter() - t0)
         else:
             match = match_users(result, sub.participation, sub.counts)
@@ -428,7 +478,7 @@ def client_exposure(
     stop: Callable[[], bool] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ClientExposure:
-    """Exposure of ``update`` (the client's update, any shape) under ``settings`` and what-if defences.
+    """Exposure of ``update`` (the client's update: an array or a tensor, any shape) under ``settings`` and what-if defences.
 
     The configured federation always runs; each what-if runs while ``budget``
     seconds are left and ``stop()`` is false, else it is ``not run``.
@@ -440,7 +490,18 @@ def client_exposure(
     in-process (``workers=1``), so this is safe to call next to torch.
     """
     start = time.perf_counter()
-    settings = settings or FederationSettings()
+    values = _informative(client_vector(update))
+    if settings is None:
+        settings = FederationSettings()
+    elif not isinstance(settings, FederationSettings):
+        raise InputError(f"settings is a {type(settings).__name__}; pass FederationSettings(...) or None for the defaults")
+    seed = checks.seed(seed, "seed")
+    time_limit = checks.finite(time_limit, "time_limit", positive=False)
+    if budget is not None:
+        budget = checks.finite(budget, "budget", positive=False)
+    for name, hook in (("stop", stop), ("progress", progress)):
+        if hook is not None and not callable(hook):
+            raise InputError(f"{name} is a {type(hook).__name__}; pass a callable or None")
     scenarios: list[Scenario] = []
     for label, change, what in what_ifs(settings):
         first = not scenarios
@@ -455,10 +516,10 @@ def client_exposure(
         try:
             result = exposure(
                 users_per_round=what.users_per_round, rounds=what.stable_rounds, window=what.window,
-                noise=what.noise, participation=what.participation, seed=seed, client_update=update,
+                noise=what.noise, participation=what.participation, seed=seed, client_update=values,
                 time_limit=time_limit, workers=1, deadline=None if budget is None else start + budget,
             )
-        except InputError as exc:
+        except NotIdentifiable as exc:
             scenarios.append(Scenario(label, change, what, "not identifiable", note=str(exc)))
             continue
         if result.rounds_to_exposure is not None:

@@ -166,6 +166,78 @@ def test_client_exposure_budget_and_unidentifiable():
         FederationSettings(participation=0)
 
 
+def test_score_names_a_result_of_the_wrong_kind_or_size():
+    fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=0)
+    other = simulate_federation(users=10, rounds=70, dim=20, window=10, seed=0)
+    with pytest.raises(InputError, match="score takes a Disaggregation and a Federation, got a dict and a Federation"):
+        score({}, fed)
+    with pytest.raises(InputError, match="the result is for 70 rounds of 10 users, the federation has 60 of 10"):
+        score(_attack(other), fed)
+
+
+_SMALL = FederationSettings(users_per_round=5, participation=0.5, window=10, stable_rounds=60)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"update": None}, "the update is None"),
+        ({"update": "abc"}, "not real numbers"),
+        ({"update": np.zeros(0)}, "the update is empty"),
+        ({"update": np.array([1.0, np.nan])}, "non-finite"),
+        ({"update": np.zeros(300)}, "all zeros"),
+        ({"update": np.ones(3, dtype=complex)}, "not real numbers"),
+        ({"settings": {"users_per_round": 5}}, "settings is a dict; pass FederationSettings"),
+        ({"seed": -1}, "bad seed -1"),
+        ({"time_limit": "x"}, "bad time_limit 'x'"),
+        ({"time_limit": -1}, "bad time_limit -1"),
+        ({"budget": float("nan")}, "bad budget nan"),
+        ({"budget": "5"}, "bad budget '5'"),
+        ({"stop": True}, "stop is a bool; pass a callable"),
+        ({"progress": 3}, "progress is a int; pass a callable"),
+    ],
+)
+def test_a_bad_argument_is_an_error_never_an_all_clear(changes, message):
+    """Each of these once read "not exposed" or "not identifiable", or audited a random update instead."""
+    arguments = {"update": np.random.default_rng(0).standard_normal(300), "settings": _SMALL, **changes}
+    with pytest.raises(InputError, match=message):
+        client_exposure(**arguments)
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        ({"users_per_round": float("nan")}, InputError, "bad users_per_round nan"),
+        ({"rounds": 2.5}, InputError, "bad rounds 2.5"),
+        ({"client": 10}, InputError, "bad client 10; give a whole number from 0 to 9"),
+        ({"time_limit": "x"}, InputError, "bad time_limit 'x'"),
+        ({"target_error": 0}, InputError, "bad target_error 0"),
+        ({"dim": 5}, NotIdentifiable, "5 coordinates are fewer than the 10 users"),
+        ({"client_update": np.ones(5)}, NotIdentifiable, "the update has too few non-zero values"),
+        ({"rounds": 10}, NotIdentifiable, "do not exceed the 10 users"),
+    ],
+)
+def test_exposure_checks_its_arguments(changes, error, message):
+    with pytest.raises(error, match=message):
+        exposure(**{"users_per_round": 5, "participation": 0.5, "rounds": 60, **changes})
+
+
+def test_a_tensor_update_is_taken_as_it_is_and_frozen_coordinates_are_not_sampled():
+    import torch
+
+    update = np.random.default_rng(0).standard_normal(300)
+    reference = client_exposure(update, _SMALL).to_dict()
+    as_tensor = client_exposure(torch.tensor(update, requires_grad=True), _SMALL).to_dict()
+    assert as_tensor["outcome"] == reference["outcome"] == "exposed"
+    assert as_tensor["rounds_to_exposure"] == reference["rounds_to_exposure"]
+    frozen = np.zeros(100_000)  # a fine-tuned head: all but 300 coordinates left at zero, as in every peer's update
+    frozen[-300:] = update
+    assert client_exposure(frozen, _SMALL).to_dict()["rounds_to_exposure"] == reference["rounds_to_exposure"]
+    for bad in (torch.zeros(300, device="meta"), torch.eye(300).to_sparse()):
+        with pytest.raises(InputError, match="pass a dense tensor"):
+            client_exposure(bad, _SMALL)
+
+
 def test_client_exposure_cut_short_keeps_to_its_budget_and_says_so():
     """40 users over windows of 10 rounds send every user to an integer program (0.25 s each, 10 s a prefix): the
     budget stops them, and "not exposed" is not claimed from programs that never ran."""
