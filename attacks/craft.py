@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections.abc
 import copy
+import inspect
 import math
 import types
 import typing
@@ -49,6 +50,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedguard import checks
+from fedguard.architectures import build_model, check_input_shape, check_num_classes, first_line, resolve_input_shape
+from fedguard.checks import is_number, is_whole
+from fedguard.errors import InputError
 from fedguard.registry import Registry
 
 __all__ = [
@@ -56,6 +61,7 @@ __all__ = [
     "FrontEndModel",
     "check_options",
     "craft",
+    "crafter_options",
     "craft_model",
     "mkor",
     "mkor_inconspicuous",
@@ -72,6 +78,8 @@ Crafter = Callable[..., nn.Module]
 
 #: Name -> crafter function. ``CRAFTERS.get(name)`` raises KeyError listing the valid names.
 CRAFTERS: Registry[Crafter] = Registry("crafter")
+#: Arguments every crafter takes; the rest of its signature are its options.
+_COMMON = frozenset({"model", "input_shape", "num_classes", "data", "seed"})
 
 
 # --------------------------------------------------------------------------- the wrapper
@@ -555,7 +563,9 @@ def mkor_inconspicuous(
 
 
 def _targets(target: int | Sequence[int], num_classes: int) -> list[int]:
-    targets = [int(target)] if isinstance(target, (int, np.integer)) else [int(t) for t in target]
+    targets = [int(target)] if is_whole(target) else [int(t) for t in target]
+    if not targets:
+        raise ValueError("no target class given; name at least one, e.g. target=0")
     for t in targets:
         if not 0 <= t < num_classes:
             raise ValueError(f"target class {t} is outside 0..{num_classes - 1}")
@@ -1087,9 +1097,9 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_whole(value)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if hint is str:
         return isinstance(value, str)
     return True
@@ -1106,16 +1116,31 @@ def _type_name(hint: Any) -> str:
     return {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
+def crafter_options(name: str) -> dict[str, Any]:
+    """The options of crafter ``name`` (beyond the arguments every crafter takes) with their defaults."""
+    params = inspect.signature(_crafter(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON}
+
+
+def _crafter(name: Any) -> Crafter:
+    if not isinstance(name, str) or name not in CRAFTERS:
+        raise InputError(f"unknown crafter {name!r}; valid: {', '.join(CRAFTERS.names())}")
+    return CRAFTERS.get(name)
+
+
 def check_options(name: str, options: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first of ``options`` that crafter ``name`` cannot take: wrong type, not one of
-    its choices, not finite, or out of bounds (``_AT_LEAST_ONE`` ...). Unknown names are left to the call."""
-    fn = CRAFTERS.get(name)
-    hints = typing.get_type_hints(fn)
+    """Raise :class:`~fedguard.errors.InputError` naming the first of ``options`` that crafter ``name`` cannot
+    take: not one of its options, wrong type, not one of its choices, not finite, or out of bounds (``_AT_LEAST_ONE``
+    ...)."""
+    hints = typing.get_type_hints(_crafter(name))
+    valid = crafter_options(name)
     for key, value in options.items():
+        if key not in valid:
+            raise InputError(f"{name} has no option {key!r}; its options: {', '.join(valid) or 'none'}")
         hint = hints.get(key, Any)
         if not _fits(value, hint):
-            raise ValueError(f"{key}={value!r} is not {_type_name(hint)}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InputError(f"{name} option {key}={value!r} is not {_type_name(hint)}")
+        if not is_number(value):
             continue
         bounds = [
             (math.isfinite(value), "a finite number"),
@@ -1126,7 +1151,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
         ]
         for ok, need in bounds:
             if not ok:
-                raise ValueError(f"{key}={value!r} must be {need}")
+                raise InputError(f"{name} option {key}={value!r} must be {need}")
 
 
 def craft(
@@ -1139,10 +1164,27 @@ def craft(
     seed: int = 0,
     **options: Any,
 ) -> nn.Module:
-    """Run the crafter called ``name`` (KeyError listing the valid names if unknown; ValueError for a bad option)."""
-    fn = CRAFTERS.get(name)
+    """Run the crafter called ``name`` on ``model`` (left unchanged) and return the crafted module.
+
+    Raises
+    ------
+    InputError
+        One line naming the problem: an unknown crafter (listing the valid ones), a ``model`` that is not an
+        ``nn.Module``, a bad ``input_shape``, ``num_classes`` or ``seed``, an option the crafter does not have or a
+        value it cannot take, public ``data`` that are not finite inputs of ``input_shape``, or a model the
+        crafter cannot work on (e.g. no ``nn.Linear`` layer).
+    """
+    fn = _crafter(name)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model is a {type(model).__name__}; pass an nn.Module (e.g. fedguard.architectures.build_model('lenet'))")
+    shape = check_input_shape(input_shape)
+    num_classes = check_num_classes(num_classes)
+    seed = checks.seed(seed, "seed")
     check_options(name, options)
-    return fn(model, input_shape=tuple(input_shape), num_classes=num_classes, data=data, seed=seed, **options)
+    try:
+        return fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
+    except (TypeError, ValueError, IndexError, RuntimeError, MemoryError) as exc:  # RuntimeError: e.g. a size too large
+        raise InputError(f"{name} cannot craft this {type(model).__name__}: {first_line(exc)}; change its options or the model") from None
 
 
 def craft_model(
@@ -1154,12 +1196,10 @@ def craft_model(
     seed: int = 0,
     **options: Any,
 ) -> nn.Module:
-    """Build ``arch`` (initialised from ``seed``) and craft it with ``name``."""
-    from fedguard.architectures import build_model, resolve_input_shape
-
-    CRAFTERS.get(name)  # fail on a bad name before building anything
+    """Build ``arch`` (initialised from ``seed``) and craft it with ``name`` (errors as :func:`craft`)."""
+    _crafter(name)  # fail on a bad name before building anything
     shape = resolve_input_shape(arch, input_shape)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+        torch.manual_seed(checks.seed(seed, "seed"))
         model = build_model(arch, num_classes=num_classes, input_shape=shape)
     return craft(name, model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)

@@ -41,6 +41,7 @@ __all__ = [
     "resolve_input_shape",
     "parse_input_shape",
     "check_input_shape",
+    "check_num_classes",
     "arch_source",
     "first_line",
 ]
@@ -100,7 +101,8 @@ def check_input_shape(shape: Any) -> Shape:
     return out  # type: ignore[return-value]
 
 
-def _check_num_classes(num_classes: Any) -> int:
+def check_num_classes(num_classes: Any) -> int:
+    """Return ``num_classes`` as a positive int; otherwise :class:`~fedguard.errors.InputError`."""
     if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or int(num_classes) < 1:
         raise InputError(f"bad number of classes {num_classes!r}; give a positive integer such as 10")
     return int(num_classes)
@@ -668,7 +670,7 @@ def build_model(arch: str, num_classes: int = 10, input_shape: Any = None, **kwa
     raises :class:`InputError`.
     """
     spec = _spec(arch)
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     shape = check_input_shape(input_shape) if input_shape is not None else None
     if spec is None:
         return _build_custom(arch.strip(), num_classes, shape, kwargs)

@@ -373,7 +373,7 @@ def _exposure(
     progress: AuditProgress | None,
 ) -> dict[str, Any]:
     """The exposure section: this update among simulated peers (see :mod:`fedguard.exposure`)."""
-    vector = torch.cat([t.detach().reshape(-1).double().cpu() for t in upd.tensors.values()]).numpy()
+    vector = torch.cat([t.detach().reshape(-1).cpu() for t in upd.tensors.values()])
     name = "exposure"
     scenarios = len(what_ifs(federation))
     budget = EXPOSURE_BUDGET if time_budget is None else min(EXPOSURE_BUDGET, time_budget)
@@ -652,7 +652,11 @@ def audit(
             try:
                 target = view
                 if cls.emulates is not None:
-                    target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)
+                    try:
+                        target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)
+                    except InputError as exc:  # the crafter cannot work on this architecture
+                        skipped[name] = f"could not craft the server's model from this one: {exc}"
+                        continue
                 reason = attack.applies(target)
                 if reason is not None:
                     skipped[name] = reason

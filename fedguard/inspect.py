@@ -206,11 +206,10 @@ def _detector_names(names: Sequence[str] | None) -> list[str]:
     not a detector (or a bare string where a list belongs)."""
     if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
         raise InputError(f"detectors is {names!r:.40}; pass a list of detector names such as ['imprint'], or None")
-    chosen = list(dict.fromkeys(names)) if names else DETECTORS.names()  # a detector named twice runs once
-    for name in chosen:
-        if name not in DETECTORS:
-            raise InputError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS.names())}")
-    return chosen
+    for name in names or ():
+        if not isinstance(name, str) or name not in DETECTORS:
+            raise InputError(f"unknown detector {name!r:.40}; valid: {', '.join(DETECTORS.names())}")
+    return list(dict.fromkeys(names)) if names else DETECTORS.names()  # a detector named twice runs once
 
 
 def _client_batch(data, arch, module, input_shape, seed):

@@ -94,6 +94,8 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
         extension, corrupt, a bare tensor, a pickled ``nn.Module``, non-tensor
         values, zero-sized tensors.
     """
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise InputError(f"the model path is {path!r}; pass the path of a model file ({_supported()})")
     path = Path(path)
     file_format = _check_file(path)
     size = path.stat().st_size

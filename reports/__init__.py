@@ -15,7 +15,7 @@ from typing import Mapping
 
 from fedguard.types import InspectionReport, Rule
 
-from .base import RENDERERS, Renderer, register_renderer
+from .base import RENDERERS, Renderer, check_report, register_renderer
 from . import text, json_report, sarif, html  # noqa: E402,F401  (register the formats)
 from .html import render_summary
 
@@ -28,4 +28,6 @@ def render(fmt: str, report: InspectionReport, rules: Mapping[str, Rule], color:
     Raises ``KeyError`` naming the valid formats when ``fmt`` is unknown.
     ``color`` only affects ``text``; pass True only when writing to a TTY.
     """
-    return RENDERERS.get(fmt)().render(report, rules, color=color)
+    renderer = RENDERERS.get(fmt)
+    check_report(report, InspectionReport, "fedguard.inspect.inspect_model")
+    return renderer().render(report, rules, color=color)

@@ -24,6 +24,8 @@ import numpy as np
 from fedguard.registry import Registry
 from fedguard.types import AuditReport
 
+from .base import check_report
+
 __all__ = ["AuditRenderer", "AUDIT_RENDERERS", "register_audit_renderer", "audit_renderers", "render_audit", "grid_png", "encode_png", "is_fedguard_png"]
 
 AUDIT_RENDERERS: Registry[type["AuditRenderer"]] = Registry("audit output format")
@@ -58,7 +60,9 @@ def audit_renderers() -> Registry[type[AuditRenderer]]:
 
 def render_audit(fmt: str, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
     """Render ``report`` as ``fmt`` (KeyError naming the valid formats when unknown)."""
-    return audit_renderers().get(fmt)().render(report, color=color, images=images)
+    renderer = audit_renderers().get(fmt)
+    check_report(report, AuditReport, "fedguard.audit.audit")
+    return renderer().render(report, color=color, images=images)
 
 
 # --------------------------------------------------------------------------- PNG

@@ -38,7 +38,7 @@ import fedguard
 from fedguard.types import AttackOutcome, AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import json_safe, read_schema
+from .base import check_report, json_safe, read_schema
 
 SCHEMA_VERSION = "1.2"  # 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
@@ -89,6 +89,7 @@ def _outcome(o: AttackOutcome) -> dict[str, Any]:
 
 def audit_to_dict(report: AuditReport) -> dict[str, Any]:
     """The JSON document for ``report`` as plain Python values."""
+    check_report(report, AuditReport, "fedguard.audit.audit")
     doc = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "fedguard", "version": report.tool_version or fedguard.__version__},

@@ -20,6 +20,7 @@ import re
 from typing import Any, ClassVar, Iterable, Mapping
 
 import fedguard
+from fedguard.errors import InputError
 from fedguard.registry import Registry
 from fedguard.types import Finding, InspectionReport, Rule, Severity
 
@@ -71,6 +72,12 @@ def register_renderer(name: str):
 
 
 # ---------------------------------------------------------------- shared helpers
+
+
+def check_report(report: Any, kind: type, made_by: str) -> None:
+    """:class:`~fedguard.errors.InputError` unless ``report`` is a ``kind`` (what ``made_by`` returns)."""
+    if not isinstance(report, kind):
+        raise InputError(f"report is a {type(report).__name__}; pass the {kind.__name__} that {made_by} returns")
 
 
 def tool_version(report: InspectionReport) -> str:

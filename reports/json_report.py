@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Mapping
 
 from fedguard.types import InspectionReport, Rule
 
-from .base import Renderer, json_safe, read_schema, register_renderer, severity_counts, sorted_findings, tool_version
+from .base import Renderer, check_report, json_safe, read_schema, register_renderer, severity_counts, sorted_findings, tool_version
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_FILE = "inspect-report.schema.json"
@@ -45,6 +45,7 @@ SCHEMA_FILE = "inspect-report.schema.json"
 
 def report_to_dict(report: InspectionReport) -> dict[str, Any]:
     """The JSON document for ``report`` as plain Python values."""
+    check_report(report, InspectionReport, "fedguard.inspect.inspect_model")
     findings = []
     for finding in sorted_findings(report.findings):
         item = finding.to_dict()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fedguard.architectures import ARCHITECTURES, build_model
 from fedguard.attacks.craft import CRAFTERS, FrontEndModel, _trap_rows, craft, craft_model
+from fedguard.errors import InputError
 from tests.zoo import _CRAFTED, benign_entries, benign_models, crafted_entries, crafted_models, digits
 
 MNIST = (1, 28, 28)
@@ -53,12 +55,11 @@ def test_registry_lists_every_crafter():
         assert fn.__doc__ and "References" in fn.__doc__, name
 
 
-def test_unknown_crafter_raises_key_error_listing_valid_names():
-    with pytest.raises(KeyError) as err:
-        craft_model("no_such_attack", "mlp")
-    assert "mkor" in str(err.value) and "imprint" in str(err.value)
-    with pytest.raises(KeyError):
-        craft("nope", build_model("mlp"), input_shape=MNIST, num_classes=10)
+def test_unknown_crafter_is_an_input_error_listing_valid_names():
+    for call in (lambda: craft_model("no_such_attack", "mlp"), lambda: craft("nope", build_model("mlp"), input_shape=MNIST, num_classes=10)):
+        with pytest.raises(InputError) as err:
+            call()
+        assert "mkor" in str(err.value) and "imprint" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -66,8 +67,41 @@ def test_unknown_crafter_raises_key_error_listing_valid_names():
     [(torch.full((4, 3, 32, 32), float("nan")), "NaN or infinite"), (torch.zeros(0, 3, 32, 32), "does not hold inputs")],
 )
 def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         craft_model("imprint", "lenet", data=data)
+
+
+@pytest.mark.parametrize(
+    "name, changes, message",
+    [
+        ("mkor", {"model": "lenet"}, "model is a str; pass an nn.Module"),
+        ("mkor", {"num_classes": 0}, "bad number of classes 0"),
+        ("mkor", {"num_classes": "10"}, "bad number of classes '10'"),
+        ("mkor", {"num_classes": 2.5}, "bad number of classes 2.5"),
+        ("mkor", {"seed": -1}, "bad seed -1"),
+        ("mkor", {"input_shape": (1, 28)}, "bad input shape (1, 28)"),
+        ("mkor", {"bogus": 1}, "mkor has no option 'bogus'; its options:"),
+        ("mkor", {"bn": "bogus"}, "mkor option bn='bogus' is not 'identity' or 'keep'"),
+        ("imprint", {"num_bins": 0}, "imprint option num_bins=0 must be at least 1"),
+        ("imprint", {"num_bins": 10**12}, "lower num_bins"),
+        ("class_fishing", {"target": []}, "no target class given"),
+        ("class_fishing", {"target": 10}, "target class 10 is outside 0..9"),
+        ("oversized_fc", {"model": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())}, "needs a model with at least one nn.Linear"),
+        ("imprint", {"data": "digits"}, "imprint cannot craft"),
+    ],
+)
+def test_every_bad_argument_is_one_input_error(name, changes, message):
+    arguments = {"model": build_model("lenet5"), "input_shape": MNIST, "num_classes": 10, **changes}
+    with pytest.raises(InputError) as err:
+        craft(name, **arguments)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_numpy_numbers_are_options_like_python_ones():
+    base = build_model("lenet5")
+    plain = craft("imprint", base, input_shape=MNIST, num_classes=10, num_bins=16, seed=3)
+    numpy = craft("imprint", base, input_shape=MNIST, num_classes=np.int64(10), num_bins=np.int64(16), seed=np.uint32(3))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), numpy.state_dict().values()))
 
 
 @pytest.mark.parametrize("name", ALL)

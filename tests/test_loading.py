@@ -690,6 +690,8 @@ def test_truncated_safetensors(tmp_path):
         ({"reference": 5}, "reference is 5"),
         ({"detectors": "imprint"}, "pass a list of detector names"),
         ({"detectors": ["nope"]}, "unknown detector 'nope'"),
+        ({"detectors": [["imprint"]]}, "unknown detector ['imprint']"),
+        ({"path": ""}, "the model path is ''; pass the path of a model file"),
         ({"seed": -1}, "bad --seed -1"),
         ({"num_classes": 0}, "bad --num-classes 0"),
         ({"arch": ""}, "arch is ''"),

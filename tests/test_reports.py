@@ -154,6 +154,23 @@ def test_registry_lists_every_format_with_suffix():
         render("xml", None, RULES)
 
 
+def test_a_report_of_the_wrong_kind_is_named_not_a_traceback(clean):
+    from fedguard.errors import InputError
+    from fedguard.reports.audit_base import render_audit
+    from fedguard.reports.audit_json import audit_to_dict
+    from fedguard.reports.json_report import report_to_dict
+
+    for call, wanted in [
+        (lambda: render("json", {"verdict": "clean"}, RULES), "report is a dict; pass the InspectionReport that fedguard.inspect.inspect_model returns"),
+        (lambda: report_to_dict(None), "report is a NoneType; pass the InspectionReport"),
+        (lambda: render_audit("json", "report.json"), "report is a str; pass the AuditReport that fedguard.audit.audit returns"),
+        (lambda: audit_to_dict(clean), "report is a InspectionReport; pass the AuditReport"),
+    ]:
+        with pytest.raises(InputError) as err:
+            call()
+        assert wanted in str(err.value)
+
+
 def test_json_safe_converts_numpy_torch_and_non_finite():
     got = json_safe({"a": np.float64(0.5), "b": np.int32(3), "c": float("nan"), "d": [np.inf, -np.inf],
                      "e": torch.tensor([1.5, 2.5]), "f": (1, 2), "g": np.bool_(True), "h": Severity.HIGH})
