@@ -75,6 +75,7 @@ import io
 import math
 import multiprocessing
 import os
+import sys
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -98,12 +99,14 @@ __all__ = [
     "NotIdentifiable",
     "Rounds",
     "Score",
+    "as_numpy",
     "disaggregate",
     "load_rounds",
     "save_rounds",
     "save_updates",
     "score",
     "simulate_federation",
+    "simulated_elements",
     "validate_rounds",
 ]
 
@@ -274,11 +277,23 @@ def finite_or_none(value: float) -> float | None:
 # --------------------------------------------------------------------------- validation and files
 
 
-def _as_float_array(value: Any, name: str, ndim: int) -> np.ndarray:
+def as_numpy(value: Any, name: str) -> np.ndarray:
+    """``value`` as a numpy array, not copied where it is one; a torch tensor is detached and moved to the CPU
+    (bfloat16, which numpy lacks, as float32). :class:`~fedguard.errors.InputError` naming ``name`` otherwise."""
+    torch = sys.modules.get("torch")  # a tensor means torch is imported; this module does not need it otherwise
+    if torch is not None and isinstance(value, torch.Tensor):
+        if value.is_meta or value.layout != torch.strided:
+            raise InputError(f"{name} is a {value.layout} tensor on {value.device}; pass a dense tensor with values")
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     try:
-        array = np.asarray(value)
-    except Exception:  # pragma: no cover - exotic objects
-        raise InputError(f"{name} is not an array; give a numeric {ndim}-D array") from None
+        return np.asarray(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} is not an array; give an array of numbers") from None
+
+
+def _as_float_array(value: Any, name: str, ndim: int) -> np.ndarray:
+    array = as_numpy(value, name)
     if array.dtype.kind not in "biuf":
         raise InputError(f"{name} has dtype {array.dtype}, not numbers; give a numeric {ndim}-D array")
     if array.ndim != ndim:
@@ -303,7 +318,7 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
         raise InputError(f"aggregates has shape {G.shape}; it needs at least one round and one dimension")
     w_arr = np.asarray(window)
     if w_arr.size != 1 or w_arr.dtype.kind not in "iuf":
-        raise InputError(f"window must be one integer (rounds per counting window), got {w_arr.tolist()!r}")
+        raise InputError(f"window must be one integer (rounds per counting window), got {checks.shown(window)}")
     w_val = float(w_arr.reshape(()))
     if not math.isfinite(w_val) or w_val != int(w_val) or w_val < 1:
         raise InputError(f"window must be a positive integer (rounds per counting window), got {w_val!r}")
@@ -440,6 +455,11 @@ def save_updates(path: str | os.PathLike, result: Disaggregation) -> Path:
 MAX_SIMULATED_ELEMENTS = 2**28
 
 
+def simulated_elements(users: int, rounds: int, dim: int) -> int:
+    """The numbers a simulated federation holds: participation (rounds x users), updates (users x dim), sums."""
+    return rounds * users + users * dim + rounds * dim
+
+
 def simulate_federation(
     users: int = 50,
     rounds: int = 200,
@@ -481,7 +501,7 @@ def simulate_federation(
             f"--dim {dim} is below --users {users}: the sums then span fewer dimensions than there are users; "
             f"use --dim >= --users"
         )
-    elements = rounds * users + users * dim + rounds * dim
+    elements = simulated_elements(users, rounds, dim)
     if elements > MAX_SIMULATED_ELEMENTS:
         raise InputError(
             f"a federation of {users} users, {rounds} rounds and {dim} entries would take {elements * 8 / 2**30:,.1f} GiB; "
@@ -708,8 +728,14 @@ class _Book:
         self.stage[u] = stage
 
 
-def _stage_projection(book: _Book, users: np.ndarray) -> np.ndarray:
-    """Convex Douglas-Rachford on box ∩ V_u for all ``users`` at once; returns the final iterates."""
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+def _stage_projection(book: _Book, users: np.ndarray, deadline: float | None) -> np.ndarray:
+    """Convex Douglas-Rachford on box ∩ V_u for all ``users`` at once; returns the final iterates.
+
+    Stops at ``deadline`` (between iterations), the users left open."""
     geo = book.geo
     C = book.counts[users]
     X0 = geo.anchors(C)
@@ -728,14 +754,14 @@ def _stage_projection(book: _Book, users: np.ndarray) -> np.ndarray:
             if not keep.all():
                 active, Y, X0 = active[keep], Y[:, keep], X0[:, keep]
         book.seconds[users[active]] += (time.perf_counter() - t0) / max(len(active), 1)
-        if active.size == 0:
+        if active.size == 0 or _past(deadline):
             break
     final[:, active] = Y
     return final
 
 
-def _stage_search(book: _Book, users: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> None:
-    """Non-convex difference map between V_u and {0/1 with window counts} for the open ``users``."""
+def _stage_search(book: _Book, users: np.ndarray, start: np.ndarray, rng: np.random.Generator, deadline: float | None) -> None:
+    """Non-convex difference map between V_u and {0/1 with window counts} for the open ``users``, until ``deadline``."""
     geo = book.geo
     C = book.counts[users]
     X0 = geo.anchors(C)
@@ -750,7 +776,7 @@ def _stage_search(book: _Book, users: np.ndarray, start: np.ndarray, rng: np.ran
         if accepted.any():
             keep = ~accepted
             active, Y, X0, S = active[keep], Y[:, keep], X0[:, keep], S[:, keep]
-        if active.size == 0:
+        if active.size == 0 or _past(deadline):
             break
         if it % _SEARCH_RESTART == 0:
             Y = X0 + 0.5 * rng.standard_normal(Y.shape)
@@ -932,8 +958,9 @@ def disaggregate(
     progress : callable, optional
         Called as ``progress(users_settled, users)`` as users are recovered.
     deadline : float, optional
-        A :func:`time.perf_counter` value after which no integer program runs
-        on (a caller's overall time budget); users left open stay approximate.
+        A :func:`time.perf_counter` value (a caller's overall time budget) at
+        which the projection and search stages stop between iterations and no
+        integer program runs on; users left open stay approximate or failed.
 
     Returns
     -------
@@ -986,13 +1013,16 @@ def disaggregate(
 
     open_users = np.flatnonzero(active)
     if open_users.size:
-        final = _stage_projection(book, open_users)
+        final = _stage_projection(book, open_users, deadline)
         still = ~book.exact[open_users]
         if still.any():
-            _stage_search(book, open_users[still], final[:, still], rng)
+            _stage_search(book, open_users[still], final[:, still], rng, deadline)
         left = open_users[~book.exact[open_users]]
         if left.size and time_limit > 0:
             _stage_milp(book, left, time_limit, workers, notes, deadline)
+        still_open = int((~book.exact[open_users]).sum())
+        if still_open and _past(deadline):
+            notes.append(f"the deadline ended the search with {still_open} user(s) open")
 
     status = ["exact" if book.exact[u] else "failed" for u in range(n_users)]
     open_left = [u for u in range(n_users) if not book.exact[u] and book.have[u]]

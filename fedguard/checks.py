@@ -26,11 +26,21 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, short: a whole number of more than 15 digits in scientific notation, anything
+    else cut at 40 characters."""
+    if is_whole(value) and abs(value) >= 10**15:
+        digits = len(str(abs(int(value))))
+        return f"{'-' if value < 0 else ''}{str(abs(int(value)))[0]}e+{digits - 1} (a {digits}-digit number)"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def whole(value: Any, name: str, minimum: int = 1, maximum: int | None = None, *, error: type[Exception] = InputError) -> int:
     """``value`` as an int in ``[minimum, maximum]``; otherwise ``error`` naming the argument ``name``."""
     if not is_whole(value) or value < minimum or (maximum is not None and value > maximum):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
-        raise error(f"bad {name} {value!r}; give a whole number {bound}")
+        raise error(f"bad {name} {shown(value)}; give a whole number {bound}")
     return int(value)
 
 
@@ -42,5 +52,5 @@ def seed(value: Any, name: str = "--seed") -> int:
 def finite(value: Any, name: str, *, positive: bool, error: type[Exception] = InputError) -> float:
     """``value`` as a finite float above 0 (``positive``) or at least 0; otherwise ``error`` naming ``name``."""
     if not is_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise error(f"bad {name} {value!r}; give a finite number {'above 0' if positive else 'of at least 0'}")
+        raise error(f"bad {name} {shown(value)}; give a finite number {'above 0' if positive else 'of at least 0'}")
     return float(value)

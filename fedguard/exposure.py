@@ -41,13 +41,16 @@ import numpy as np
 
 from fedguard import checks
 from fedguard.attacks.disaggregation import (
+    MAX_SIMULATED_ELEMENTS,
     Federation,
     NotIdentifiable,
+    as_numpy,
     disaggregate,
     finite_or_none,
     match_users,
     score,
     simulate_federation,
+    simulated_elements,
 )
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
@@ -58,6 +61,7 @@ __all__ = [
     "ExposurePoint",
     "FederationSettings",
     "Scenario",
+    "TooLarge",
     "client_exposure",
     "exposure",
     "what_ifs",
@@ -65,6 +69,9 @@ __all__ = [
 
 #: Relative error below which a recovered update counts as the client's update.
 TARGET_ERROR = 0.05
+#: The most users per round and stable rounds a federation is described with (far beyond what it can simulate:
+#: the simulation's size is checked on its own, see :data:`~fedguard.attacks.disaggregation.MAX_SIMULATED_ELEMENTS`).
+MAX_FEDERATION_SIZE = 10**7
 
 
 @dataclass(frozen=True)
@@ -87,16 +94,16 @@ class FederationSettings:
     noise: float = 0.0
 
     def __post_init__(self):
-        if not (is_whole(self.users_per_round) and self.users_per_round >= 1):
-            raise InputError(f"users per round must be a whole number >= 1, got {self.users_per_round!r}")
+        if not (is_whole(self.users_per_round) and 1 <= self.users_per_round <= MAX_FEDERATION_SIZE):
+            raise InputError(f"users per round must be a whole number from 1 to {MAX_FEDERATION_SIZE:,}, got {checks.shown(self.users_per_round)}")
         if not (is_number(self.participation) and 0 < self.participation <= 1):
             raise InputError(f"participation must be a number in (0, 1], got {self.participation!r}")
-        if not (is_whole(self.window) and self.window >= 1):
-            raise InputError(f"window must be a whole number of rounds >= 1, got {self.window!r}")
+        if not (is_whole(self.window) and 1 <= self.window <= MAX_FEDERATION_SIZE):
+            raise InputError(f"window must be a whole number of rounds from 1 to {MAX_FEDERATION_SIZE:,}, got {checks.shown(self.window)}")
         if not (is_number(self.noise) and math.isfinite(self.noise) and self.noise >= 0):
             raise InputError(f"noise must be a finite number >= 0, got {self.noise!r}")
-        if not (is_whole(self.stable_rounds) and self.stable_rounds >= 1):
-            raise InputError(f"stable rounds must be a whole number >= 1, got {self.stable_rounds!r}")
+        if not (is_whole(self.stable_rounds) and 1 <= self.stable_rounds <= MAX_FEDERATION_SIZE):
+            raise InputError(f"stable rounds must be a whole number from 1 to {MAX_FEDERATION_SIZE:,}, got {checks.shown(self.stable_rounds)}")
         for name, kind in (("users_per_round", int), ("participation", float), ("window", int), ("stable_rounds", int), ("noise", float)):
             object.__setattr__(self, name, kind(getattr(self, name)))  # numpy numbers as Python's, for the JSON
 
@@ -174,6 +181,10 @@ class Exposure:
         }
 
 
+class TooLarge(InputError):
+    """The federation asked for is too large to simulate."""
+
+
 def _with_client(fed: Federation, client: int, update: np.ndarray) -> Federation:
     """``fed`` with user ``client``'s update replaced (same participation, same noise draw)."""
     updates = fed.updates.copy()
@@ -183,27 +194,16 @@ def _with_client(fed: Federation, client: int, update: np.ndarray) -> Federation
     return dataclasses.replace(fed, aggregates=aggregates, updates=updates)
 
 
-def client_vector(update: Any) -> np.ndarray:
-    """``update`` (a numpy array, a torch tensor or nested sequences of numbers, any shape) as a flat real array.
+def _client_vector(update: Any) -> np.ndarray:
+    """``update`` (a numpy array, a torch tensor or nested sequences of numbers, any shape) as a flat real array,
+    not copied where it already is one (see :func:`~fedguard.attacks.disaggregation.as_numpy`).
 
-    Not copied where it already is one (a torch tensor is detached and moved to the CPU; bfloat16, which numpy
-    lacks, becomes float32). Raises :class:`~fedguard.errors.InputError` for anything that is not a non-empty,
-    finite, real-valued array, so that no bad update reads as "not exposed".
+    Raises :class:`~fedguard.errors.InputError` for anything that is not a non-empty, finite, real-valued array,
+    so that no bad update reads as "not exposed".
     """
-    import torch  # here: the disaggregation analysis itself needs no torch
-
     if update is None:
         raise InputError("the update is None; pass the client's update (an array or a tensor of any shape)")
-    if isinstance(update, torch.Tensor):
-        if update.is_meta or update.layout != torch.strided:
-            raise InputError(f"the update is a {update.layout} tensor on {update.device}; pass a dense tensor with values")
-        update = update.detach().cpu()
-        array = (update.float() if update.dtype == torch.bfloat16 else update).numpy()
-    else:
-        try:
-            array = np.asarray(update)
-        except (TypeError, ValueError):
-            array = np.asarray(None)
+    array = as_numpy(update, "the update")
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InputError(f"the update is {type(update).__name__} of {array.dtype}, not real numbers; pass the client's update as an array or a tensor")
     flat = array.reshape(-1)
@@ -275,11 +275,13 @@ def exposure(
     """
     start = time.perf_counter()
     users_per_round = checks.finite(users_per_round, "users_per_round", positive=True)
+    if users_per_round > MAX_FEDERATION_SIZE:
+        raise InputError(f"bad users_per_round {users_per_round:.3g}; give a number up to {MAX_FEDERATION_SIZE:,}")
     if not (is_number(participation) and 0 < participation <= 1):
         raise InputError(f"bad participation {participation!r}; give a number in (0, 1]")
     participation = float(participation)
-    rounds = checks.whole(rounds, "rounds")
-    window = checks.whole(window, "window")
+    rounds = checks.whole(rounds, "rounds", 1, MAX_FEDERATION_SIZE)
+    window = checks.whole(window, "window", 1, MAX_FEDERATION_SIZE)
     noise = checks.finite(noise, "noise", positive=False)
     seed = checks.seed(seed, "seed")
     target_error = checks.finite(target_error, "target_error", positive=True)
@@ -292,7 +294,7 @@ def exposure(
         raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(point) or None")
     users = max(1, int(round(users_per_round / participation)))
     client = checks.whole(client, "client", 0, users - 1)
-    values = None if client_update is None else _informative(client_vector(client_update))
+    values = None if client_update is None else _informative(_client_vector(client_update))
     if dim is None:
         dim = max(4 * users, 128) if values is None else min(max(4 * users, 128), values.size)
     dim = checks.whole(dim, "dim")
@@ -317,6 +319,9 @@ def exposure(
             f"{rounds} rounds (whole windows of {window}) do not exceed the {users} users (users per round / "
             f"participation): the server cannot identify who took part; no exposure to simulate with these settings"
         )
+    if simulated_elements(users, rounds, dim) > MAX_SIMULATED_ELEMENTS:
+        raise TooLarge(f"{users:,} users over {rounds:,} rounds are too many to simulate (more than "
+                       f"{MAX_SIMULATED_ELEMENTS * 8 / 2**30:g} GiB); lower the users per round or the rounds")  # fmt: skip
     fed = simulate_federation(users, rounds, dim, window, participation, noise, seed)
     if values is not None:
         fed = _with_client(fed, client, _client_sample(values, dim, seed))
@@ -490,7 +495,7 @@ def client_exposure(
     in-process (``workers=1``), so this is safe to call next to torch.
     """
     start = time.perf_counter()
-    values = _informative(client_vector(update))
+    values = _informative(_client_vector(update))
     if settings is None:
         settings = FederationSettings()
     elif not isinstance(settings, FederationSettings):
@@ -521,6 +526,11 @@ def client_exposure(
             )
         except NotIdentifiable as exc:
             scenarios.append(Scenario(label, change, what, "not identifiable", note=str(exc)))
+            continue
+        except TooLarge as exc:
+            if first:  # the federation as configured must be measured, or the settings changed
+                raise
+            scenarios.append(Scenario(label, change, what, "not run", note=str(exc)))
             continue
         if result.rounds_to_exposure is not None:
             note = None if result.complete else "upper bound: the time budget ended the search for the first round"

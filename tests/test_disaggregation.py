@@ -166,6 +166,23 @@ def test_client_exposure_budget_and_unidentifiable():
         FederationSettings(participation=0)
 
 
+def test_the_budget_stops_the_search_stage_of_a_large_federation():
+    """400 users over 410 rounds leave every user to the search stage, which ignored the deadline: that stage
+    alone took 204 s (800 users with a 2 s budget: 360 s)."""
+    start = time.perf_counter()
+    result = client_exposure(np.random.default_rng(0).standard_normal(20_000),
+                             FederationSettings(users_per_round=200, stable_rounds=600), budget=1.0)
+    assert time.perf_counter() - start < 5.0
+    assert result.configured.outcome == "cut short" and "not exposed up to 410 rounds" in result.configured.note
+
+
+def test_settings_beyond_what_can_be_simulated_are_named():
+    with pytest.raises(InputError, match=r"got 1e\+300 \(a 301-digit number\)"):
+        FederationSettings(stable_rounds=10**300)
+    with pytest.raises(InputError, match="10,000 users over 20,000 rounds are too many to simulate"):
+        client_exposure(np.ones(100_000), FederationSettings(users_per_round=5000, stable_rounds=20_000))
+
+
 def test_score_names_a_result_of_the_wrong_kind_or_size():
     fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=0)
     other = simulate_federation(users=10, rounds=70, dim=20, window=10, seed=0)
