@@ -359,7 +359,7 @@ def _emulate(
                         num_classes=view.num_classes, data=public, seed=seed, **options).to(view.device)
         evil = compute_update(crafted, batch_x.to(view.device), batch_y.to(view.device), protocol=upd.protocol,
                               local_steps=upd.local_steps, local_lr=upd.local_lr,
-                              local_batch_size=upd.local_batch_size, seed=seed)
+                              local_batch_size=upd.local_batch_size, seed=seed, allow_divergence=True)
     again = functools.partial(_emulate, crafter, view=view, upd=upd, batch_x=batch_x, batch_y=batch_y, aux=aux, seed=seed)
     return dataclasses.replace(view, model=crafted, tensors=evil.tensors, next_round=again)
 

@@ -166,6 +166,10 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
 def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarray:
     """uint8/uint16/other ints (0-255) or floats (0-1) -> float32 in [0, 1].
 
+    Integers that are all 0 or 1 (both present) in an array are refused: a binary image
+    stored that way would read as black (1/255), and an 8-bit image that dark
+    is unlikely.
+
     uint16 is 0-65535 in an image file (16-bit PNG, TIFF). In an array it is
     ambiguous when every value is below 4096: 8-, 10- or 12-bit pixels stored
     as uint16 would read as almost black (at most 1/16 of the range), and a
@@ -176,6 +180,9 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
         raise InputError(f"{what} has shape {tuple(a.shape)}, images without pixels; store images of at least 1x1 pixel")
     if a.dtype == np.bool_:
         return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer) and not image_file and int(a.max()) == 1 and int(a.min()) == 0:
+        raise InputError(f"{what} holds only the integers 0 and 1: as 8-bit pixels they would read as black; store "
+                         "binary images as bool or floats 0-1, 8-bit images as uint8 0-255")  # fmt: skip
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
     if a.dtype == np.uint16:

@@ -60,8 +60,9 @@ def check_output_path(
 ) -> Path:
     """Validate an output path before any work is done.
 
-    Raises :class:`InputError` when the folder is missing or not writable, the
-    path is ``-``, a directory or another file that is not a regular one (a
+    Raises :class:`InputError` when the folder is missing or takes no new
+    files, the file is write-protected, the path is ``-``, a directory or
+    another file that is not a regular one (a
     device such as ``/dev/stdout``, a pipe), it names one of the ``inputs``
     (which would be overwritten), or it lies inside an input folder (a data
     set it would add a file to). ``option`` names the command-line option in
@@ -87,6 +88,15 @@ def check_output_path(
         raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shlex.quote(str(parent))})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{option} folder {parent} is not writable; choose another {option} or fix the folder's permissions")
+    try:  # what access() cannot tell: a file system that takes no files (/proc), a read-only mount, a full disk
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{option} folder {parent} takes no new files ({exc.strerror or type(exc).__name__}); "
+                         f"choose another {option}") from None  # fmt: skip
+    if path.is_file() and not os.access(path, os.W_OK):  # read-only or immutable (chattr +i): kept as the user set it
+        raise InputError(f"{option} {path} is write-protected; choose another {option}, or make it writable to replace it")
     for item in inputs:
         if item is None:
             continue

@@ -43,6 +43,10 @@ MIN_LOCAL_LR = 1e-10
 #: Gradients unrolls them in each iteration, label counts simulate them dozens of times), so the cost of an
 #: audit grows with them: at 17 ms a step on the DLG LeNet, 1000 steps take 17 s to compute once.
 MAX_LOCAL_STEPS = 1000
+#: Rise of the cross-entropy within the local steps (in nats) beyond which local training has diverged: 100 nats
+#: puts a probability of e^-100 on the true label. Finite weights can hide it: at --local-lr 1e30 the DLG LeNet's
+#: loss goes from 2.3 to about 1e31 in one step and the update stays finite, so the NaN check alone passed it.
+DIVERGED_NATS = 100.0
 
 
 @dataclass(frozen=True)
@@ -197,17 +201,22 @@ def compute_update(
     local_lr: float = 0.01,
     local_batch_size: int | None = None,
     seed: int = 0,
+    allow_divergence: bool = False,
 ) -> Update:
     """Compute the update the client would upload after training on ``(inputs, labels)``.
 
     ``model`` is not modified (a copy is trained). Inputs, labels and the model
     must be on the same device; the update's tensors are on that device.
+    FedAvg training whose loss rises by :data:`DIVERGED_NATS` is refused, as
+    no client would upload it, unless ``allow_divergence`` (a server's
+    simulation: a crafted model may make training diverge on purpose).
 
     Raises
     ------
     InputError
-        For an unknown protocol, a FedAvg schedule that cannot run, or a model
-        that cannot train on this batch (e.g. BatchNorm with a batch of one).
+        For an unknown protocol, a FedAvg schedule that cannot run, a model
+        that cannot train on this batch (e.g. BatchNorm with a batch of one),
+        or training that diverges.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model is a {type(model).__name__}; pass the torch.nn.Module to train")
@@ -239,16 +248,21 @@ def compute_update(
                 first_loss = float(loss.detach())
             else:
                 start = {name: p.detach().clone() for name, p in params.items()}
-                first_loss = None
+                losses = []
                 for sl in minibatch_slices(batch, local_batch_size, local_steps):
                     loss = F.cross_entropy(net(inputs[sl]), labels[sl])
-                    if first_loss is None:
-                        first_loss = float(loss.detach())
+                    losses.append(loss.detach())
                     grads = torch.autograd.grad(loss, list(params.values()))
                     with torch.no_grad():
                         for p, g in zip(params.values(), grads):
                             p.sub_(float(local_lr) * g)
                 tensors = {name: (p.detach() - start[name]) for name, p in params.items()}
+                first_loss, worst = float(losses[0]), float(torch.stack(losses).max())
+                if worst > first_loss + DIVERGED_NATS and not allow_divergence:
+                    raise InputError(
+                        f"local training diverged at --local-lr {local_lr:g}: the loss rose from {first_loss:.3g} to "
+                        f"{worst:.3g} within the local steps, an update no client would upload; lower --local-lr"
+                    )
         except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a label outside the model's classes
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "more than 1 value per channel" in text:
@@ -327,7 +341,7 @@ def load_update(
 
 def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, where: str) -> dict[str, torch.Tensor]:
     """``tensors`` as one finite floating-point tensor per trainable parameter of ``model`` (same names, shapes,
-    device and dtype), or InputError starting with ``where``. An unnamed list, as Flower sends, is named layer by
+    device and dtype), not all zero, or InputError starting with ``where``. An unnamed list, as Flower sends, is named layer by
     layer in parameter or ``state_dict`` order, with or without the buffers (Flower's usual
     ``[v.numpy() for v in net.state_dict().values()]`` holds them; :func:`~fedguard.loading.name_in_order`);
     the model's buffers and frozen parameters, named or not, are left out, since they are not trained. Named
@@ -347,6 +361,12 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
     tensors = {name: t for name, t in tensors.items() if name in params or name not in state}
     missing = [name for name in params if name not in tensors]
     extra = [name for name in tensors if name not in params]
+    if missing and len(missing) == len(params) and extra:
+        raise InputError(
+            f"{where} names none of the model's parameters (it has {extra[0]!r}, the model {missing[0]!r}); "
+            "it comes from another architecture (check --arch) or its names carry a prefix; name its tensors as "
+            "model.named_parameters() does"
+        )
     if missing:
         raise InputError(
             f"{where} has no tensor for parameter {missing[0]!r}"
@@ -371,6 +391,9 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
         if not torch.isfinite(t).all():
             raise InputError(f"{where}: {name} holds NaN or infinite values; recompute the update")
         out[name] = t
+    if not any(bool(t.any()) for t in out.values()):
+        raise InputError(f"{where} is zero everywhere: no training step leaves every weight unchanged; "
+                         "pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload")  # fmt: skip
     return out
 
 

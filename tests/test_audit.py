@@ -251,7 +251,7 @@ def test_an_update_named_unlike_the_model_is_refused_not_matched_by_position(wor
     torch.save(model.state_dict(), workdir / "global.pt")
     torch.save({f"x.{k}": v for k, v in compute_update(model, x, y).tensors.items()}, workdir / "update.pt")
     line = assert_input_error(invoke("--model", "global.pt", *TINY, "--data", "batch.npz", "--update", "update.pt"))
-    assert "has no tensor for parameter" in line
+    assert "names none of the model's parameters (it has 'x.features.0.weight'" in line and "prefix" in line
 
 
 def test_an_update_with_the_models_buffers_as_flower_sends_it(workdir):
@@ -434,6 +434,11 @@ def test_update_that_does_not_fit_the_model(workdir):
     torch.save({k: torch.zeros_like(v) for k, v in params.items()}, workdir / "ok.pt")
     line = assert_input_error(invoke(*at, "--data", "d.npz", "--update", "ok.pt", "--batch-size", "2"))
     assert "4 examples" in line and "--batch-size is 2" in line
+    line = assert_input_error(invoke(*at, "--data", "d.npz", "--update", "ok.pt"))
+    assert "zero everywhere" in line and "W_T - W_0" in line
+    torch.save({f"net.{k}": torch.ones_like(v) for k, v in params.items()}, workdir / "other-arch.pt")
+    line = assert_input_error(invoke(*at, "--data", "d.npz", "--update", "other-arch.pt"))
+    assert "names none of the model's parameters" in line and "another architecture (check --arch)" in line
 
 
 @pytest.mark.parametrize(
@@ -448,12 +453,13 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["--ig-tv", "nan"], "--ig-tv"),
         (["--seed", "-1"], "--seed"),
         (["--protocol", "fedavg", "--local-lr", "1e-45"], "--local-lr 1e-45 is below"),
+        (["--protocol", "fedavg", "--local-lr", "1e30"], "local training diverged at --local-lr 1e+30: the loss rose from"),
         (["--aggregate-noise", "inf"], "--aggregate-noise"),
         (["--local-steps", "3"], "--local-steps applies to --protocol fedavg only"),
         (["--no-exposure", "--participation", "0.2"], "--participation sets up the exposure analysis"),
         (["--attack", "idlg", "--ig-tv", "0.1"], "--ig-tv sets up Inverting Gradients"),
     ],
-    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "local-lr-tiny", "noise-inf", "local-with-fedsgd", "exposure-off", "ig-option-without-ig"],
+    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "local-lr-tiny", "local-lr-diverges", "noise-inf", "local-with-fedsgd", "exposure-off", "ig-option-without-ig"],
 )
 def test_bad_options(workdir, args, expected):
     digits_npz(workdir / "digits.npz", n=8)

@@ -225,6 +225,20 @@ def test_output_replaces_only_reports_without_force(clean_model, workdir, fmt):
     assert victim.read_bytes() != b"PK\x03\x04 a model of mine"
 
 
+def test_output_where_no_file_can_be_written_is_refused_before_any_work(clean_model, workdir):
+    """A folder that takes no files (/proc passes an access() check as root) and a write-protected report are named
+    up front: an audit would otherwise run to its end and fail on writing, and its grids would be left behind."""
+    line = assert_input_error(invoke("inspect", clean_model, "-o", "/proc/fedguard-report.json"))
+    assert "--output" in line and "/proc" in line
+    report = workdir / "kept.json"
+    assert invoke("inspect", clean_model, "--format", "json", "-o", report).exit_code == 0
+    report.chmod(0o444)
+    if os.access(report, os.W_OK):  # root may write anyway
+        pytest.skip("this user can write to read-only files")
+    line = assert_input_error(invoke("inspect", clean_model, "-o", report, "--force"))
+    assert "is write-protected" in line
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
 def test_quiet_prints_nothing(high_model, fmt):
     result = invoke("inspect", high_model, "--format", fmt, "--quiet")

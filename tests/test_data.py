@@ -169,6 +169,8 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": np.full((4, 8, 8), np.nan, np.float32), "y": GOOD_Y}, r"NaN or infinite"),
         ({"x": np.full((4, 8, 8), 255.0, np.float32), "y": GOOD_Y}, r"values lie in \[255, 255\].*\[0, 1\]"),
         ({"x": np.full((4, 8, 8), 300, np.int64), "y": GOOD_Y}, r"integers in \[300, 300\].*uint8"),
+        ({"x": np.eye(8, dtype=np.int64)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*bool or floats 0-1"),
+        ({"x": np.eye(8, dtype=np.uint8)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*read as black"),
         ({"x": GOOD_X, "y": np.array([0, -1, 0, 1])}, r"negative labels"),
         ({"x": GOOD_X, "y": np.array([0, 0.5, 0, 1])}, r"non-integer labels"),
         ({"x": GOOD_X, "y": np.eye(4)}, r"one integer class label per example"),
