@@ -1181,10 +1181,19 @@ def craft(
     num_classes = check_num_classes(num_classes)
     seed = checks.seed(seed, "seed")
     check_options(name, options)
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its default options"
     try:
-        return fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
+        with np.errstate(all="ignore"):  # an overflow is reported below, as one line
+            crafted = fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
     except (TypeError, ValueError, IndexError, RuntimeError, MemoryError) as exc:  # RuntimeError: e.g. a size too large
-        raise InputError(f"{name} cannot craft this {type(model).__name__}: {first_line(exc)}; change its options or the model") from None
+        overflow = "overflow" in str(exc)  # a value beyond float32 (about 3.4e38)
+        raise InputError(f"{name} cannot craft this {type(model).__name__}: {first_line(exc)}; "
+                         + (f"with {given} the weights go beyond float32's range (3.4e38): use smaller values" if overflow
+                            else "change its options or the model")) from None  # fmt: skip
+    spoilt = next((k for k, t in crafted.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if spoilt is not None:  # a huge but finite option overflowed float32: such a model shows nothing a detector looks for
+        raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use smaller values")
+    return crafted
 
 
 def craft_model(

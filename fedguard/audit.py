@@ -305,19 +305,37 @@ def _label_seed(view: ServerView, done: dict[str, Any]) -> tuple[torch.Tensor | 
 #: ConvNet on digits, batches 1-64, 5-20 steps at lr 0.01-0.3, whole and one-example mini-batches); a FedSGD
 #: gradient computed as fedguard does lies at +1, and DP noise pulls either towards 0, never across.
 MISREAD_COSINE = 0.3
+#: Cosine between an update read in and the one recomputed here (same protocol and schedule) below which the
+#: update is not what --model gives on --data. Measured on digits (MLP, LeNet, ConvNet, VGG-11, MobileNetV3;
+#: batches 2-32; FedSGD, FedAvg 5 steps at lr 0.01-0.1, whole and quarter mini-batches): recomputed with another
+#: seed, >= 0.995 without dropout (MobileNetV3's dropout: 0.005-0.96, which is why a mismatch only counts when
+#: two recomputations agree); the update of another batch of the same size: -0.25 to 0.97; half the batch
+#: swapped: 0.01-0.999; the local mini-batches in another order: 0.19-1.0; 1 or 50 local steps for 5: 0.02-1.0;
+#: Gaussian noise of 1x / 0.1x the update's norm: 0.71 / 0.995. So a cosine below it is a mismatch, one above
+#: it is no proof of a match (0.1x noise, a batch that differs in one example).
+AGREEMENT_COSINE = 0.99
 
 
-def _check_direction(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
-    """InputError when an update read in points the way the other protocol's would: a FedAvg delta passed as a
-    FedSGD gradient (or the reverse) is attacked with the wrong sign, and the audit understates the leak."""
+def _cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    dot = sum(float((a[k].double() * g.double()).sum()) for k, g in b.items())
+    norms = math.sqrt(sum(float((a[k].double() ** 2).sum()) for k in b)) * math.sqrt(
+        sum(float((g.double() ** 2).sum()) for g in b.values()))
+    return dot / norms if norms > 0 else 0.0
+
+
+def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, Any] | None:
+    """How well an update read in matches the one training ``module`` on ``(x, y)`` gives here: ``cosine`` with
+    it and whether that training is ``reproducible`` (two seeds agree; dropout makes them differ), or None when
+    the model cannot train on this batch here. InputError when the update points the way the other protocol's
+    would: a FedAvg delta passed as a FedSGD gradient (or the reverse) is attacked with the wrong sign, and the
+    audit understates the leak."""
+    schedule = dict(protocol=upd.protocol, local_steps=upd.local_steps, local_lr=upd.local_lr,
+                    local_batch_size=upd.local_batch_size, allow_divergence=True)  # fmt: skip
     try:
         grad = compute_update(module, x, y, seed=seed).tensors
     except InputError:  # e.g. BatchNorm on one example: nothing to compare with
-        return
-    dot = sum(float((upd.tensors[k].double() * g.double()).sum()) for k, g in grad.items())
-    norms = math.sqrt(sum(float((upd.tensors[k].double() ** 2).sum()) for k in grad)) * math.sqrt(
-        sum(float((g.double() ** 2).sum()) for g in grad.values()))
-    cosine = dot / norms if norms > 0 else 0.0
+        return None
+    cosine = _cosine(upd.tensors, grad)
     if upd.protocol == "fedsgd" and cosine < -MISREAD_COSINE:
         raise InputError(
             f"--update points against the gradient of --data at --model (cosine {cosine:.2f}), as a FedAvg weight delta "
@@ -328,6 +346,21 @@ def _check_direction(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.T
             f"--update points along the gradient of --data at --model (cosine {cosine:.2f}), as a FedSGD gradient does, "
             "not against it as a FedAvg delta W_T - W_0; pass --protocol fedsgd, or check the sign of the update"
         )
+    mine = grad if upd.protocol == "fedsgd" else compute_update(module, x, y, seed=seed, **schedule).tensors
+    cosine = _cosine(upd.tensors, mine)
+    reproducible = cosine >= AGREEMENT_COSINE or (
+        _cosine(mine, compute_update(module, x, y, seed=seed + 1, **schedule).tensors) >= AGREEMENT_COSINE)
+    return {"cosine": cosine, "reproducible": bool(reproducible)}
+
+
+def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | None:
+    """The report's note when an update read in is, reproducibly, not what --model gives on --data."""
+    if agreement is None or not agreement["reproducible"] or agreement["cosine"] >= AGREEMENT_COSINE:
+        return None
+    how = "its local mini-batches in another order, another --local-steps or --local-lr, " if protocol == "fedavg" else ""
+    return (f"--update is not what --model gives on --data here (cosine {agreement['cosine']:.3f} with the update "
+            f"recomputed, below {AGREEMENT_COSINE}): it was made on other data, with {how}a defence such as DP noise, "
+            "or from another model; what is measured is what it reveals about --data, so the verdict is at least warn")
 
 
 def _no_iteration(stopped: str, time_budget: float | None) -> str:
@@ -597,14 +630,16 @@ def audit(
     module = module.to(dev)
     if isinstance(update, Update):
         upd = checked_update(update, module, batch_size=len(index))
-        _check_direction(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
+        agreement = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
     elif update is not None:
         upd = load_update(update, module, batch_size=len(index), protocol=protocol, local_steps=local_steps,
                           local_lr=local_lr, local_batch_size=local_batch_size)
-        _check_direction(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
+        agreement = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
     else:
         upd = compute_update(module, batch_x.to(dev), batch_y.to(dev), protocol=protocol, local_steps=local_steps,
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
+        agreement = None
+    mismatch = _mismatch_note(agreement, upd.protocol)
 
     B = len(index)
     known_labels = threat.labels == "known"
@@ -711,7 +746,9 @@ def audit(
         {"num_classes": n_out, "input_shape": list(batch_x.shape[1:]), "n_parameters": int(n_params)}
     )
     return AuditReport(
-        verdict=verdict_for(level, fail_level, complete=bool(outcomes) and not unmeasured and not stop.is_set()),
+        verdict=verdict_for(
+            level, fail_level, conclusive=bool(outcomes) and not unmeasured and not stop.is_set() and mismatch is None),
+        notes=(mismatch,) if mismatch else (),
         leakage=leakage,
         attacks=tuple(outcomes),
         skipped=skipped,
@@ -726,7 +763,7 @@ def audit(
             "class_counts": torch.bincount(batch_y, minlength=n_out).tolist(),
             "auxiliary_examples": 0 if aux is None or not threat.auxiliary_data else int(len(aux[1])),
         },
-        update=upd.summary(),
+        update={**upd.summary(), "agreement": agreement},
         threat=threat.to_dict(),
         config={
             "seed": int(seed),

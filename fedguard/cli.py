@@ -142,7 +142,7 @@ def rules_command():
 
 
 @main.command("demo")
-@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
+@click.option("--output-dir", type=click.Path(), default="demo-output", show_default=True,
               help="Folder for the crafted models and the HTML summary (created if missing; the demo's own files in it are replaced on each run).")
 def demo_command(output_dir):
     """Craft malicious and benign models on built-in data, inspect each, write an HTML summary."""

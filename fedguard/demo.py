@@ -105,20 +105,22 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     from fedguard.reports import render
     from fedguard.reports.html import render_summary
 
+    if not str(output_dir).strip():
+        raise InputError("--output-dir is empty; name a folder for the demo's models and reports, e.g. demo-output")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} exists and is not a folder; choose another path")
     summary = output_dir / "summary.html"
     if summary.is_file() and not is_fedguard_report(summary):
         raise InputError(f"--output-dir {output_dir} holds a summary.html fedguard did not write; choose another --output-dir")
-    earlier_demo = summary.is_file()  # the models beside an earlier demo's summary are that demo's, replaced on each run
+    earlier_demo = summary.is_file()  # the files beside an earlier demo's summary are that demo's, replaced on each run
     for name in MODEL_FILES:
         model_file, report_file = output_dir / "models" / name, output_dir / f"{Path(name).stem}.json"
         if model_file.is_symlink() or model_file.exists() and not (earlier_demo and model_file.is_file()):
             raise InputError(f"--output-dir {output_dir} already holds {model_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
-        if report_file.is_symlink() or report_file.exists() and not is_fedguard_report(report_file):
-            raise InputError(f"--output-dir {output_dir} holds {report_file}, which fedguard did not write; "
+        if report_file.is_symlink() or report_file.exists() and not (earlier_demo and is_fedguard_report(report_file)):
+            raise InputError(f"--output-dir {output_dir} holds {report_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
     try:
         (output_dir / "models").mkdir(parents=True, exist_ok=True)

@@ -170,6 +170,11 @@ def inspect_model(
                 ref_tensors = names_from(tensors, ref_tensors)
             elif not loaded.named and module is None:
                 tensors = names_from(ref_tensors, tensors)
+            spoilt = next((name for name, t in ref_tensors.items()
+                           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())), None)  # fmt: skip
+            if spoilt is not None:  # FG702 could not compare that layer, and a replaced one would pass
+                raise InputError(f"reference {reference} holds NaN or infinite values in {spoilt}; "
+                                 "pass last round's model as you received it")  # fmt: skip
             ref_view = ModelView.from_state_dict(ref_tensors)
         batch = _client_batch(data, arch, module, input_shape, seed) if data is not None else None
         if batch is not None and not load_into(module, tensors):

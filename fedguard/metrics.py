@@ -196,14 +196,15 @@ def class_image_scores(
             [psnr(r, t) if r is not None else 0.0 for r, t in pairs])
 
 
-def verdict_for(level: LeakageLevel | str, fail_on: LeakageLevel | str, complete: bool = True) -> AuditVerdict:
+def verdict_for(level: LeakageLevel | str, fail_on: LeakageLevel | str, conclusive: bool = True) -> AuditVerdict:
     """block at or above ``fail_on``; warn one level below it (when that is at least low), or when the audit is not
-    ``complete`` (no attack ran, or it was stopped: nothing measured is not a pass); else pass.
+    ``conclusive`` (no attack ran, it was stopped, or the update read in is not the batch's: nothing measured is
+    not a pass); else pass.
     Levels may be given by name (``"low"``)."""
     level, fail_on = (v if isinstance(v, LeakageLevel) else LeakageLevel.parse(str(v)) for v in (level, fail_on))
     if level >= fail_on:
         return AuditVerdict.BLOCK
-    if (level >= LeakageLevel.LOW and int(level) == int(fail_on) - 1) or not complete:
+    if (level >= LeakageLevel.LOW and int(level) == int(fail_on) - 1) or not conclusive:
         return AuditVerdict.WARN
     return AuditVerdict.PASS
 

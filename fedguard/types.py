@@ -279,6 +279,8 @@ class AuditReport:
     kept in memory only; the JSON report never contains pixel data.
     ``exposure`` is :meth:`fedguard.exposure.ClientExposure.to_dict` (None when
     not asked for): whether secure aggregation hides this update across rounds.
+    ``notes`` are what the reader must know beyond the figures (an update read in
+    that is not what the model gives on the batch).
     """
 
     verdict: AuditVerdict
@@ -295,6 +297,7 @@ class AuditReport:
     interrupted: bool = False
     tool_version: str = ""
     exposure: Mapping[str, Any] | None = None
+    notes: tuple[str, ...] = ()
     true_images: Any = field(default=None, repr=False, compare=False)
     true_labels: Any = field(default=None, repr=False, compare=False)
 

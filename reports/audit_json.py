@@ -7,12 +7,13 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.2",
+      "schema_version": "1.3",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "verdict": "block",
       "fail_on": "high",
       "interrupted": false,
+      "notes": [],
       "leakage": {"level": "high", "measured": true, "worst_attack": "dlg", "baseline_psnr": 11.3,
                   "by_attack": {"idlg": "medium", "dlg": "high"}, "thresholds": {...}},
       "attacks": [
@@ -40,7 +41,8 @@ from fedguard.types import AttackOutcome, AuditReport
 from .audit_base import AuditRenderer, register_audit_renderer
 from .base import check_report, json_safe, read_schema
 
-SCHEMA_VERSION = "1.2"  # 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"
+#: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement
+SCHEMA_VERSION = "1.3"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"
@@ -97,6 +99,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         "verdict": str(report.verdict),
         "fail_on": str(report.fail_on),
         "interrupted": bool(report.interrupted),
+        "notes": list(report.notes),
         "leakage": {
             "level": str(report.leakage.level),
             "measured": bool(report.attacks),
@@ -120,6 +123,8 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         doc[key] = json_safe(doc[key], digits=JSON_DIGITS)
     for key in ("norm", "loss"):
         doc["update"][key] = json_safe(doc["update"][key], digits=JSON_DIGITS)
+    if doc["update"].get("agreement"):
+        doc["update"]["agreement"]["cosine"] = json_safe(doc["update"]["agreement"]["cosine"], digits=JSON_DIGITS)
     doc["exposure"] = _measurements_rounded(doc["exposure"])
     return doc
 

@@ -71,6 +71,8 @@ class AuditTextRenderer(AuditRenderer):
         if report.interrupted:
             head.append("  INTERRUPTED: partial results", style="bold yellow")
         console.print(head)
+        for note in report.notes:
+            console.print(Text(printable(f"note: {note}"), style="bold yellow"))
         m, d, u = report.model, report.data, report.update
         where = m.get("path") or m.get("weights")
         context = [

@@ -227,8 +227,8 @@ def test_levels_and_verdicts():
     assert verdict_for(LeakageLevel.LOW, LeakageLevel.HIGH) == AuditVerdict.PASS
     assert verdict_for(LeakageLevel.LOW, LeakageLevel.LOW) == AuditVerdict.BLOCK
     assert verdict_for(LeakageLevel.NONE, LeakageLevel.LOW) == AuditVerdict.PASS
-    assert verdict_for(LeakageLevel.NONE, LeakageLevel.HIGH, complete=False) == AuditVerdict.WARN
-    assert verdict_for(LeakageLevel.HIGH, LeakageLevel.HIGH, complete=False) == AuditVerdict.BLOCK
+    assert verdict_for(LeakageLevel.NONE, LeakageLevel.HIGH, conclusive=False) == AuditVerdict.WARN
+    assert verdict_for(LeakageLevel.HIGH, LeakageLevel.HIGH, conclusive=False) == AuditVerdict.BLOCK
 
 
 def test_round_counts_of_a_skewed_batch_stay_on_its_classes():

@@ -195,7 +195,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     report = json.loads(result.stdout)
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
-    assert report["schema_version"] == "1.2" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.3" and report["leakage"]["measured"] is True
     import hashlib  # provenance: the exact files audited
 
     for section, name in (("update", "update.pt"), ("data", "batch.npz")):
@@ -206,7 +206,31 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     attacks = {a["name"]: a for a in report["attacks"]}
     assert attacks["label_counts"]["label_count_error"] == 0
     assert attacks["dlg"]["psnr_mean"] >= 30.0
+    assert report["update"]["agreement"]["cosine"] > 0.9999 and report["notes"] == []
     assert result.exit_code == 1
+
+
+def test_an_update_of_another_batch_is_attacked_as_given_with_a_note_and_never_passes(workdir, schema):
+    """The update of 4 other digits, read as the batch's: what it reveals about the batch is little (it would pass),
+    but the audit cannot vouch for it; the note names the mismatch in every format and the verdict is warn."""
+    from fedguard.update import compute_update
+
+    x, y = digits_npz(workdir / "other.npz", n=4, start=40)
+    digits_npz(workdir / "batch.npz", n=4, start=20)
+    model = lenet8(3)
+    torch.save(model.state_dict(), workdir / "global.pt")
+    torch.save(dict(compute_update(model, x, y).tensors), workdir / "update.pt")
+    run = ("--model", "global.pt", *TINY, "--data", "batch.npz", "--update", "update.pt", "--attack", "label_counts")
+    result = invoke(*run, "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(schema).validate(report)
+    agreement = report["update"]["agreement"]
+    assert agreement["reproducible"] is True and agreement["cosine"] < 0.99
+    assert report["verdict"] == "warn" and len(report["notes"]) == 1
+    assert "--update is not what --model gives on --data here" in report["notes"][0]
+    for fmt in ("text", "html"):
+        assert "is not what --model gives on --data here" in invoke(*run, "--format", fmt).stdout
 
 
 def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):

@@ -509,6 +509,16 @@ def test_flower_list_and_named_files_compare_as_the_same_model(workdir):
         assert result.exit_code == 0 and json.loads(result.stdout)["findings"] == [], (model, reference, result.output)
 
 
+def test_a_reference_with_a_nan_layer_is_refused_not_skipped(workdir):
+    """A layer FG702 cannot compare would let a replaced one pass as clean against that reference."""
+    sd = tiny_state_dict()
+    torch.save(sd, workdir / "model.pt")
+    name = next(k for k, v in sd.items() if v.dim() == 2)
+    torch.save({**sd, name: torch.full_like(sd[name], float("nan"))}, workdir / "prev.pt")
+    line = assert_input_error(invoke("inspect", "model.pt", "--reference", "prev.pt"))
+    assert f"reference prev.pt holds NaN or infinite values in {name}" in line
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input(workdir, case):
     args = BAD_INPUTS[case](workdir)
@@ -636,8 +646,15 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     (workdir / "json").mkdir()
     (workdir / "json" / "imprint-mlp.json").write_text('{"mine": 1}')
     line = assert_input_error(invoke("demo", "--output-dir", workdir / "json"))
-    assert "fedguard did not write" in line and (workdir / "json" / "imprint-mlp.json").read_text() == '{"mine": 1}'
+    assert "which no earlier demo wrote" in line and (workdir / "json" / "imprint-mlp.json").read_text() == '{"mine": 1}'
     assert not (workdir / "json" / "models").exists()
+    (workdir / "reports").mkdir()  # a report of yours that inspect wrote, with no demo's summary beside it
+    torch.save(tiny_state_dict(), workdir / "mine.pt")
+    assert invoke("inspect", workdir / "mine.pt", "--format", "json", "-o", workdir / "reports" / "benign-lenet5.json").exit_code == 0
+    kept = (workdir / "reports" / "benign-lenet5.json").read_bytes()
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "reports"))
+    assert "which no earlier demo wrote" in line and (workdir / "reports" / "benign-lenet5.json").read_bytes() == kept
+    assert "--output-dir is empty; name a folder" in assert_input_error(invoke("demo", "--output-dir", ""))
 
     for _ in range(2):  # the second run replaces the first one's files
         result = invoke("demo", "--output-dir", workdir / "demo")
@@ -645,7 +662,7 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     assert "MALICIOUS" in result.output and (workdir / "demo" / "summary.html").is_file()
     assert sorted(p.name for p in (workdir / "demo" / "models").iterdir()) == sorted(MODEL_FILES)  # the names checked first
     (workdir / "demo" / "benign-lenet5.json").write_text("my notes")
-    assert "fedguard did not write" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
+    assert "which no earlier demo wrote" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
 
 
 def test_only_fedguard_reports_count_as_fedguard_reports(clean_model, workdir):
