@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Mapping
 
 import click
-from click.core import ParameterSource
 
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, input_paths, print_report, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, input_paths, print_report, refuse_unused, resolve_format
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -158,15 +157,6 @@ def _formats() -> dict[str, str]:
     return {name: renderers.get(name).suffix for name in renderers.names()}
 
 
-def _refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
-    """InputError when ``unused`` and one of the options ``names`` was given, so it would silently do nothing."""
-    ctx = click.get_current_context()
-    given = [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
-    if unused and given:
-        option = "--" + given[0].replace("_", "-")
-        raise InputError(f"{option} {why}, or drop {option}")
-
-
 @click.command("audit")
 @click.option("--model", "model", type=click.Path(path_type=Path), help="The global model as received (.pt/.pth/.bin/.ckpt/.tar, .safetensors, .npz; as inspect reads it). Default: a fresh --arch initialisation (seeded).")
 @click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture of the model (as for `fedguard inspect`).")
@@ -222,11 +212,11 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.reports.base import printable
     from fedguard.threat import ThreatModel
 
-    _refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
-    _refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise"),
+    refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
+    refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise"),
                    "sets up the exposure analysis, which --no-exposure turns off; drop --no-exposure")  # fmt: skip
-    _refuse_unused(bool(attacks) and "dlg" not in attacks, ("dlg_starts",), "sets up DLG, which --attack leaves out; add --attack dlg")
-    _refuse_unused(bool(attacks) and "inverting_gradients" not in attacks, ("ig_restarts", "ig_tv"),
+    refuse_unused(bool(attacks) and "dlg" not in attacks, ("dlg_starts",), "sets up DLG, which --attack leaves out; add --attack dlg")
+    refuse_unused(bool(attacks) and "inverting_gradients" not in attacks, ("ig_restarts", "ig_tv"),
                    "sets up Inverting Gradients, which --attack leaves out; add --attack inverting_gradients")  # fmt: skip
     formats = _formats()
     fmt = resolve_format(fmt, output, formats)

@@ -14,7 +14,7 @@ import click
 
 import fedguard
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, input_paths, print_report, resolve_format, silence_stdout
+from fedguard.options import OUTPUT_FILE, SEED, input_paths, print_report, refuse_unused, resolve_format, silence_stdout
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
@@ -109,6 +109,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.reports import render
     from fedguard.reports.base import printable
 
+    refuse_unused(arch is None, ("num_classes", "input_shape"), "describes --arch, which is not given; add --arch")
     formats = _formats()
     fmt = resolve_format(fmt, output, formats)
     shape = parse_input_shape(input_shape) if input_shape is not None else None

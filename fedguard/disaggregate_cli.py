@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, OutputFile, FiniteFloatRange, print_report, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, OutputFile, print_report, refuse_unused, resolve_format
 
 #: The output formats and their file extensions.
 FORMATS = {"text": ".txt", "json": ".json"}
@@ -96,8 +96,8 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         raise InputError("give either ROUNDS.npz or --simulate, not both")
     if not simulate and rounds_file is None:
         raise InputError("give a ROUNDS.npz to attack, or --simulate to generate a federation")
-    if save_rounds is not None and not simulate:
-        raise InputError("--save-rounds only applies with --simulate")
+    refuse_unused(not simulate, ("users", "rounds", "dim", "window", "participation", "noise", "save_rounds"),
+                  "only applies with --simulate (ROUNDS.npz brings its own rounds); add --simulate instead of ROUNDS.npz")  # fmt: skip
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)
         if updates_path.exists() and not force and not dis.is_updates_file(updates_path):

@@ -183,7 +183,14 @@ def inspect_model(
         context = InspectContext(view=view, reference=ref_view, data=batch)
 
         findings, ran = run_detectors(context, names)
-        return _report(loaded, list(loaded.findings) + findings, ran, start, arch, reference, view)
+        findings = list(loaded.findings) + findings
+        if not findings and not view.weight_layers():  # clean would claim checks that had nothing to look at
+            from fedguard.reports.base import plural
+
+            count = sum(t.numel() for t in tensors.values() if isinstance(t, torch.Tensor))
+            raise InputError(f"{path} holds no weight matrix or filter to check ({plural(len(tensors), 'tensor')}, "
+                             f"{plural(count, 'value')}); pass the global model's state_dict or its Flower list of arrays")  # fmt: skip
+        return _report(loaded, findings, ran, start, arch, reference, view)
 
 
 def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -> tuple[list[Finding], list[str]]:

@@ -1,4 +1,5 @@
-"""What the commands share: click types for seeds and finite number ranges, and the paths of the user's inputs."""
+"""What the commands share: click types for seeds and finite number ranges, options given where they do nothing, and the
+paths of the user's inputs."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ from pathlib import Path
 from typing import Mapping
 
 import click
+from click.core import ParameterSource
 
 from fedguard.checks import MAX_SEED
 from fedguard.errors import InputError
 
 #: Seeds numpy's and torch's generators both take.
 SEED = click.IntRange(0, MAX_SEED)
+
+
+def refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
+    """InputError when ``unused`` and one of the options ``names`` was given, so it would silently do nothing."""
+    ctx = click.get_current_context()
+    given = [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+    if unused and given:
+        option = "--" + given[0].replace("_", "-")
+        raise InputError(f"{option} {why}, or drop {option}")
 
 
 class FiniteFloatRange(click.FloatRange):

@@ -373,6 +373,8 @@ def test_cli_bad_rounds_file(tmp_path, good, change, message):
         (["--simulate", "--users", "30", "--dim", "10"], "--dim 10 is below --users 30"),
         (["--simulate", "--rounds", "205"], "not a multiple of --window"),
         (["--simulate", "-o", "no/such/dir/r.json"], "does not exist"),
+        (["missing.npz", "--users", "5"], "--users only applies with --simulate"),  # before the file: nothing ignored
+        (["missing.npz", "--noise", "0.1"], "--noise only applies with --simulate"),
     ],
 )
 def test_cli_bad_arguments(tmp_path, args, message):
