@@ -973,9 +973,12 @@ def loki(
     """
     if not 0 <= client < num_clients:
         raise ValueError(f"client slot {client} is outside 0..{num_clients - 1}")
+    c, hgt, wid = input_shape
+    if kernel_size % 2 == 0 or kernel_size > min(hgt, wid):  # "same" padding keeps the image's size only then
+        raise InputError(f"loki option kernel_size={kernel_size} must be odd and at most the image's side "
+                         f"({min(hgt, wid)}), e.g. 3")  # fmt: skip
     base = copy.deepcopy(model)
     data = _check_data(data, input_shape)
-    c, hgt, wid = input_shape
     n = c * hgt * wid
     k = int(num_bins or 4 * batch_size)
     _check_added((num_clients * n + 1) * k + (k + 1) * n, "loki", "num_bins (or batch_size) and num_clients")

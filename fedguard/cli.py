@@ -21,6 +21,17 @@ SEVERITIES = [str(s) for s in Severity]
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 
 
+#: What to make smaller when a command runs out of memory. A model or rounds file can declare tensors far larger
+#: than itself (compressed .npz members, stride-0 tensors), so its size on disk is no guide.
+OUT_OF_MEMORY_FIX = {
+    "audit": "use a smaller --input-shape, --batch-size or data set",
+    "inspect": "the file's tensors (as it declares them, which can be far more than its size) do not fit; check the file",
+    "disaggregate": "the rounds file's arrays (as it declares them) do not fit; use fewer rounds or entries per update",
+    "craft": "use a smaller model, --input-shape or crafter options",
+    "demo": "close other programs",
+}
+
+
 class FedguardGroup(click.Group):
     """Turns every :class:`InputError` into one line on stderr and exit code 2."""
 
@@ -48,8 +59,8 @@ class FedguardGroup(click.Group):
 
             if not out_of_memory(exc):
                 raise
-            click.echo(f"fedguard: error: out of memory ({first_line(exc)}); use a smaller --input-shape, "
-                       "--batch-size or data set, or a machine with more memory", err=True)  # fmt: skip
+            fix = OUT_OF_MEMORY_FIX.get(ctx.invoked_subcommand or "", "use smaller inputs")
+            click.echo(f"fedguard: error: out of memory ({first_line(exc)}); {fix}, or a machine with more memory", err=True)
             ctx.exit(EXIT_INPUT)
 
 

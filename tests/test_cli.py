@@ -513,6 +513,17 @@ def test_flower_list_and_named_files_compare_as_the_same_model(workdir):
         assert result.exit_code == 0 and json.loads(result.stdout)["findings"] == [], (model, reference, result.output)
 
 
+def test_out_of_memory_names_what_to_make_smaller_for_inspect(clean_model, monkeypatch):
+    """A small compressed file can declare tensors of many GiB: the advice is about the file, not an audit's batch."""
+    def allocator_fails(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 14400000000 bytes.")
+
+    monkeypatch.setattr("fedguard.inspect.load_model_file", allocator_fails)
+    line = assert_input_error(invoke("inspect", clean_model))
+    assert line.startswith("fedguard: error: out of memory") and "the file's tensors (as it declares them" in line
+    assert "--batch-size" not in line
+
+
 def test_a_reference_with_a_nan_layer_is_refused_not_skipped(workdir):
     """A layer FG702 cannot compare would let a replaced one pass as clean against that reference."""
     sd = tiny_state_dict()

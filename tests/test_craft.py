@@ -88,6 +88,8 @@ def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
         ("class_fishing", {"target": 10}, "target class 10 is outside 0..9"),
         ("oversized_fc", {"model": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())}, "needs a model with at least one nn.Linear"),
         ("imprint", {"data": "digits"}, "imprint cannot craft"),
+        ("loki", {"kernel_size": 4}, "loki option kernel_size=4 must be odd and at most the image's side (28)"),
+        ("loki", {"kernel_size": 1001}, "must be odd and at most the image's side"),  # had taken 70 s to fail
         ("mkor", {"noise": 1e308}, "mkor with noise=1e+308 gives"),  # finite options, infinite weights
         ("imprint", {"gain": 1e308}, "NaN or infinite values (beyond float32's 3.4e38); use smaller values"),
         ("class_fishing", {"bias_multiplier": 1e308}, "with bias_multiplier=1e+308 the weights go beyond float32's range"),
