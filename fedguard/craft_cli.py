@@ -41,6 +41,8 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
         except (ValueError, SyntaxError):
             value = text.strip()  # a bare word such as paper or identity
             value = {"true": True, "false": False}.get(value.lower(), value)  # as shells and YAML spell them
+        if key in options:
+            raise InputError(f"--set {key} is given twice ({options[key]!r} and {value!r}); give it once")
         options[key] = value
     return options
 

@@ -129,6 +129,7 @@ def test_from_given_weights(tmp_path):
         (["craft", "mkor", "--arch", "lenet", "-o", "x.onnx"], "use one of .pt, .pth, .safetensors, .npz"),
         (["craft", "mkor", "--arch", "lenet", "--set", "bogus=1", "-o", "x.pt"], "mkor has no option 'bogus'"),
         (["craft", "mkor", "--arch", "lenet", "--set", "noise", "-o", "x.pt"], "is not KEY=VALUE"),
+        (["craft", "mkor", "--arch", "lenet", "--set", "noise=1", "--set", "noise=2", "-o", "x.pt"], "--set noise is given twice (1 and 2)"),
         (["craft", "mkor", "--arch", "no_such_net", "-o", "x.pt"], "no_such_net"),
         (["craft", "mkor", "--arch", "lenet", "--model", "missing.pt", "-o", "x.pt"], "does not exist"),
         (["craft", "mkor", "-o", "x.pt"], "give --arch"),
