@@ -169,12 +169,24 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
         raise InputError(f"{path} is a corrupt or truncated .npz archive ({type(exc).__name__}); {fix}") from None
 
 
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _check_declared_sizes(path: Path, fix: str) -> None:
-    """Refuse an ``.npy`` member whose header declares more bytes than the member holds.
+    """Refuse an ``.npy`` member whose header declares more bytes than the member holds, and an archive whose
+    arrays together declare more than this machine's memory.
 
     numpy allocates what the header declares before it reads: a few bytes that
-    claim a shape of 10¹¹ would ask for hundreds of GiB.
+    claim a shape of 10¹¹ would ask for hundreds of GiB. A compressed member
+    holds what it declares, but 14 MB of zeros can unpack to 14 GB: refused at
+    once instead of after a minute of swapping and an allocation that fails.
     """
+    total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
@@ -190,3 +202,8 @@ def _check_declared_sizes(path: Path, fix: str) -> None:
                     f"{path}: {info.filename} declares shape {tuple(shape)} ({declared} bytes) but holds {max(held, 0)} bytes; "
                     f"the file is corrupt or forged, {fix}"
                 )
+            total += declared
+    memory = physical_memory()
+    if memory is not None and total > memory:
+        raise InputError(f"{path} unpacks to {total / 2**30:.1f} GiB of arrays, more than this machine's memory "
+                         f"({memory / 2**30:.1f} GiB); check the file, or use a machine with more memory")  # fmt: skip

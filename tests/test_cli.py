@@ -524,6 +524,14 @@ def test_out_of_memory_names_what_to_make_smaller_for_inspect(clean_model, monke
     assert "--batch-size" not in line
 
 
+def test_a_compressed_npz_that_unpacks_beyond_memory_is_refused_up_front(workdir, monkeypatch):
+    """14 MB of compressed zeros can declare 14 GB: refused from the headers, before numpy allocates."""
+    np.savez_compressed(workdir / "bomb.npz", w=np.zeros((1024, 1024), np.float32))  # 4 MiB that packs to 4 KiB
+    monkeypatch.setattr("fedguard.io.physical_memory", lambda: 2**20)  # a machine of 1 MiB
+    line = assert_input_error(invoke("inspect", workdir / "bomb.npz"))
+    assert "bomb.npz unpacks to 0.0 GiB of arrays, more than this machine's memory" in line
+
+
 def test_a_reference_with_a_nan_layer_is_refused_not_skipped(workdir):
     """A layer FG702 cannot compare would let a replaced one pass as clean against that reference."""
     sd = tiny_state_dict()
