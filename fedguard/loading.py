@@ -464,6 +464,9 @@ def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
         value = value.to_dense()
     if value.is_quantized:
         value = value.dequantize()
+    if value.numel() > MAX_DENSE_ELEMENTS and not value.is_contiguous() and value.untyped_storage().nbytes() < value.numel() * value.element_size():
+        raise InputError(f"{path}: {where} is an expanded view of {value.numel():,} values on {value.untyped_storage().nbytes():,} bytes "
+                         "(entries share memory), too large to expand; save real tensors (.contiguous())")  # fmt: skip
     value = value.detach()  # a tensor saved with requires_grad (an unfinished p_new - p_old) is still just values
     return value.to(_WIDENED[value.dtype]) if value.dtype in _WIDENED else value
 

@@ -471,6 +471,7 @@ BAD_INPUTS = {
     "string-value": _write_torch("strings.pt", {"w": torch.ones(2, 2), "note": "hello"}),
     "zero-sized-tensor": _write_torch("zero.pt", {"w": torch.ones(0, 3), "b": torch.ones(3)}),
     "nothing-to-check-list": _write_torch("list.pt", [torch.zeros(3)]),
+    "stride-0-tensor": _write_torch("expanded.pt", {"w": torch.zeros(1).expand(50_000, 50_000)}),  # 4 bytes as 10 GB
     "nothing-to-check-scalar": _write_torch("scalar.pt", {"w": torch.tensor(1.0)}),
     "npz-object-array": _npz_object,
     "npz-with-no-arrays": lambda d: (np.savez(d / "empty.npz"), ["empty.npz"])[1],
