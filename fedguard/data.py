@@ -166,9 +166,9 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
 def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarray:
     """uint8/uint16/other ints (0-255) or floats (0-1) -> float32 in [0, 1].
 
-    Integers that are all 0 or 1 (both present) in an array are refused: a binary image
-    stored that way would read as black (1/255), and an 8-bit image that dark
-    is unlikely.
+    Integers that are all 0 or 1 (both present) in an array are refused: a
+    binary image stored that way would read as black (1/255), and an 8-bit
+    image that dark is unlikely.
 
     uint16 is 0-65535 in an image file (16-bit PNG, TIFF). In an array it is
     ambiguous when every value is below 4096: 8-, 10- or 12-bit pixels stored
