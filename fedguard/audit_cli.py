@@ -17,7 +17,7 @@ from typing import Mapping
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, input_paths, print_report, refuse_unused, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, input_paths, print_report, refuse_unused, resolve_format
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -158,7 +158,7 @@ def _formats() -> dict[str, str]:
 
 
 @click.command("audit")
-@click.option("--model", "model", type=click.Path(path_type=Path), help="The global model as received (.pt/.pth/.bin/.ckpt/.tar, .safetensors, .npz; as inspect reads it). Default: a fresh --arch initialisation (seeded).")
+@click.option("--model", "model", type=NamedPath(), help="The global model as received (.pt/.pth/.bin/.ckpt/.tar, .safetensors, .npz; as inspect reads it). Default: a fresh --arch initialisation (seeded).")
 @click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture of the model (as for `fedguard inspect`).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off the model's head, else 10).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
@@ -168,7 +168,7 @@ def _formats() -> dict[str, str]:
 @click.option("--local-steps", type=int, default=5, show_default=True, help="FedAvg: local SGD steps (at most 1000).")
 @click.option("--local-lr", type=float, default=0.01, show_default=True, help="FedAvg: local learning rate.")
 @click.option("--local-batch-size", type=int, help="FedAvg: mini-batch size of each local step (default: the whole batch).")
-@click.option("--update", "update", type=click.Path(path_type=Path), help="An update computed elsewhere from --model on exactly --data (gradient, or W_T - W_0 for fedavg); needs --model.")
+@click.option("--update", "update", type=NamedPath(), help="An update computed elsewhere from --model on exactly --data (gradient, or W_T - W_0 for fedavg); needs --model.")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())
 @click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000).")
 @click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack, checked between iterations (one iteration on a batch of hundreds can take longer).")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 
 import fedguard
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, input_paths, print_report, refuse_unused, resolve_format, silence_stdout
+from fedguard.options import OUTPUT_FILE, SEED, NamedPath, input_paths, print_report, refuse_unused, resolve_format, silence_stdout
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
@@ -95,11 +94,11 @@ def _formats() -> dict[str, str]:
 
 
 @main.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("model", type=NamedPath(dir_okay=True))
 @click.option("--arch", metavar="NAME|module:callable", help=_architecture_help())
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off the model's head).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
-@click.option("--reference", type=click.Path(path_type=Path), help="Last round's global model, to detect drift.")
+@click.option("--reference", type=NamedPath(), help="Last round's global model, to detect drift.")
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): digits, images, a folder, or an .npz with x and y.")
 @click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")

@@ -12,12 +12,11 @@ from __future__ import annotations
 import ast
 import io
 import shlex
-from pathlib import Path
 
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, OutputFile, input_paths
+from fedguard.options import SEED, NamedPath, OutputFile, input_paths
 
 SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
 
@@ -68,7 +67,7 @@ def serialise(state: dict, suffix: str) -> bytes:
 @click.command("craft")
 @click.argument("attack", metavar="ATTACK", type=click.Choice(_crafter_names()))
 @click.option("--arch", metavar="NAME|module:callable", help="Architecture to craft (as for `fedguard inspect`); required unless --list-options.")
-@click.option("--model", "model", type=click.Path(path_type=Path), help="Start from these weights (default: a fresh seeded initialisation of --arch).")
+@click.option("--model", "model", type=NamedPath(), help="Start from these weights (default: a fresh seeded initialisation of --arch).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off --model's head, else 10).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
 @click.option("--data", metavar="SPEC", help="The server's public data, to calibrate bins and thresholds: digits, images, a folder, or an .npz with x and y.")

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, OutputFile, print_report, refuse_unused, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, OutputFile, print_report, refuse_unused, resolve_format
 
 #: The output formats and their file extensions.
 FORMATS = {"text": ".txt", "json": ".json"}
@@ -56,7 +56,7 @@ def _default_updates_path(output: Path) -> Path:
 
 
 @click.command("disaggregate")
-@click.argument("rounds_file", metavar="ROUNDS.npz", required=False, type=click.Path(path_type=Path))
+@click.argument("rounds_file", metavar="ROUNDS.npz", required=False, type=NamedPath())
 @click.option("--simulate", is_flag=True, help="Generate a federation with known truth, attack it and score the recovery.")
 @click.option("--users", type=click.IntRange(min=1), default=50, show_default=True, help="--simulate: users in the federation.")
 @click.option("--rounds", type=click.IntRange(min=1), default=200, show_default=True, help="--simulate: rounds of aggregates.")

@@ -40,12 +40,25 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-class OutputFile(click.Path):
+class NamedPath(click.Path):
+    """:class:`click.Path` giving a :class:`~pathlib.Path` that refuses an empty name, which ``Path("")`` would
+    silently read as the current folder."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{"path_type": Path, **kwargs})
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty; name a file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class OutputFile(NamedPath):
     """:class:`click.Path` for a file to write: refuses a name that ends with a slash (a folder, which
     :class:`~pathlib.Path` would silently turn into a file of that name)."""
 
     def __init__(self, example: str = "report.json", suffix: str | None = None):
-        super().__init__(path_type=Path, readable=False)  # a folder that exists is refused later, with a fix
+        super().__init__(readable=False)  # a folder that exists is refused later, with a fix
         self.example = example  # the file name the message suggests
         self.suffix = suffix  # the one extension the file's format has, when it has one
 

@@ -492,6 +492,8 @@ BAD_INPUTS = {
     "meta-tensor": _write_torch("meta.pt", {"w": torch.empty(3, 3, device="meta")}),
     "pickle-protocol-4": _pickle_protocol_4,
     "empty-arch": _with_model("--arch", ""),
+    "empty-model-path": lambda d: [""],  # Path("") would be the current folder
+    "empty-reference-path": _with_model("--reference", ""),
     "huge-num-classes": _with_model("--arch", "lenet5", "--num-classes", str(10**12)),
     "negative-seed": _with_model("--arch", "lenet5", "--data", "digits", "--seed", "-1"),
     "detector-without-its-data": _with_model("--detector", "gradient_snr"),
