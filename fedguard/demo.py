@@ -125,7 +125,10 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     try:
         (output_dir / "models").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create --output-dir {output_dir} ({exc.strerror or type(exc).__name__}); choose another path") from None
+        why = exc.strerror or type(exc).__name__
+        if output_dir.is_dir():  # it exists: its models/ folder could not be made in it
+            raise InputError(f"--output-dir {output_dir} takes no new files ({why}); choose another --output-dir or fix its permissions") from None
+        raise InputError(f"cannot create --output-dir {output_dir} ({why}); choose another path") from None
     for folder in (output_dir, output_dir / "models"):  # writable folders; the demo replaces its own files
         check_output_path(folder / "summary.html", option="--output-dir", force=True)
     start = time.perf_counter()

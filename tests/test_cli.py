@@ -652,6 +652,18 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(clean
     assert process.returncode in (0, 130) and (process.returncode == 0 or "interrupted" in err)
 
 
+def test_demo_names_a_folder_it_cannot_write_into(workdir, monkeypatch):
+    """An existing folder that takes no files (read-only, immutable) is named as such, not as one to create."""
+    (workdir / "locked").mkdir()
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "locked"))
+    assert "locked takes no new files (Operation not permitted)" in line and "fix its permissions" in line
+
+
 def test_demo_leaves_a_page_it_did_not_write(workdir):
     """The demo replaces its own summary.html on a rerun, never one of yours (refused before any work)."""
     (workdir / "out").mkdir()
