@@ -227,6 +227,7 @@ def test_an_update_of_another_batch_is_attacked_as_given_with_a_note_and_never_p
     jsonschema.Draft202012Validator(schema).validate(report)
     agreement = report["update"]["agreement"]
     assert agreement["reproducible"] is True and agreement["cosine"] < 0.99
+    assert report["leakage"]["level"] in ("none", "low")  # a pass without the note (measured: none)
     assert report["verdict"] == "warn" and len(report["notes"]) == 1
     assert "--update is not what --model gives on --data here" in report["notes"][0]
     for fmt in ("text", "html"):
