@@ -54,6 +54,7 @@ from fedguard import checks
 from fedguard.architectures import build_model, check_input_shape, check_num_classes, first_line, resolve_input_shape
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
+from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
 
 __all__ = [
@@ -1193,7 +1194,7 @@ def craft(
         raise InputError(f"{name} cannot craft this {type(model).__name__}: {first_line(exc)}; "
                          + (f"with {given} the weights go beyond float32's range (3.4e38): use smaller values" if overflow
                             else "change its options or the model")) from None  # fmt: skip
-    spoilt = next((k for k, t in crafted.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    spoilt = first_non_finite(crafted.state_dict())
     if spoilt is not None:  # a huge but finite option overflowed float32: such a model shows nothing a detector looks for
         raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use smaller values")
     return crafted

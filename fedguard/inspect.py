@@ -26,7 +26,7 @@ from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
-from fedguard.modelview import ModelView
+from fedguard.modelview import ModelView, first_non_finite
 from fedguard.torch_state import own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
 
@@ -170,8 +170,7 @@ def inspect_model(
                 ref_tensors = names_from(tensors, ref_tensors)
             elif not loaded.named and module is None:
                 tensors = names_from(ref_tensors, tensors)
-            spoilt = next((name for name, t in ref_tensors.items()
-                           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())), None)  # fmt: skip
+            spoilt = first_non_finite(ref_tensors)
             if spoilt is not None:  # FG702 could not compare that layer, and a replaced one would pass
                 raise InputError(f"reference {reference} holds NaN or infinite values in {spoilt}; "
                                  "pass last round's model as you received it")  # fmt: skip

@@ -210,6 +210,12 @@ def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[to
     return out
 
 
+def first_non_finite(tensors: Mapping[str, object]) -> str | None:
+    """The name of the first floating-point tensor in ``tensors`` holding a NaN or infinite value (others skipped)."""
+    return next((name for name, t in tensors.items()
+                 if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())), None)  # fmt: skip
+
+
 def _finite(t: torch.Tensor) -> torch.Tensor:
     """``t``, or a copy with its NaN and infinite values set to 0."""
     if not t.is_floating_point() or bool(torch.isfinite(t).all()):

@@ -31,6 +31,7 @@ from torch import nn
 
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
+from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
 
 __all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "checked_update", "check_protocol", "resolve_device", "minibatch_slices"]
@@ -275,7 +276,7 @@ def compute_update(
                     "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
                 ) from None
             raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
-    if not all(torch.isfinite(t).all() for t in tensors.values()):
+    if first_non_finite(tensors) is not None:
         if protocol == "fedavg":
             raise InputError("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
         raise InputError("the gradient holds NaN or infinite values; check the model: its loss on this batch is not finite")
