@@ -63,7 +63,7 @@ from ._lbfgs import BatchedLBFGS
 from ._matching import MatchingObjective, ServerModel
 from .base import ENGINES, Attack, Budget, choice_option, register_attack, whole_option
 
-__all__ = ["DLG", "ABANDON_RATIO", "CHECKPOINTS", "HALVING_STEPS", "PLATEAU_STEPS", "INITS"]
+__all__ = ["DLG", "ABANDON_RATIO", "CHECKPOINTS", "HALVING_STEPS", "PLATEAU_STEPS", "INITS", "HISTORY_BYTES"]
 
 #: A start whose gradient distance is this many times the best start's is abandoned at a check-point.
 #: Measured on the DLG LeNet (benchmarks/attack_fidelity.py): at step 20-30 the starts that end
@@ -86,6 +86,10 @@ DEFAULT_STARTS = 4
 INITS = ("range", "normal")
 #: Noise of the ``range`` start, as a fraction of the input range's width.
 RANGE_INIT_NOISE = 0.1
+#: Memory for the L-BFGS curvature history of all starts (``2 x history x starts x unknowns`` floats,
+#: allocated up front). torch's 100 pairs fit up to a batch of about 100 3x32x32 images with 4
+#: starts; a larger batch keeps fewer pairs (the 1797 digits with 100 pairs had asked for 17.7 GB).
+HISTORY_BYTES = 1 << 30
 
 
 @register_attack("dlg")
@@ -97,7 +101,8 @@ class DLG(Attack):
     starts : int
         Random starts run side by side.
     history_size : int
-        L-BFGS memory (torch's default 100).
+        L-BFGS memory (torch's default 100), fewer pairs where they would not fit in
+        :data:`HISTORY_BYTES`.
     engine : {"auto", "vmap", "loop"}
         How the starts are evaluated (see :mod:`fedguard.attacks._matching`).
     init : {"range", "normal"}
@@ -162,7 +167,8 @@ class DLG(Attack):
         final = x0.clone()
         final_loss = torch.full((K,), float("inf"), dtype=torch.float64)
         abandoned_at = {}
-        opt = BatchedLBFGS(x0, closure, history_size=self.history_size, safeguard=True, scale_invariant=True)
+        history = max(1, min(self.history_size, HISTORY_BYTES // (2 * x0.numel() * x0.element_size())))
+        opt = BatchedLBFGS(x0, closure, history_size=history, safeguard=True, scale_invariant=True)
         scale = float(objective.t_norm) ** 2  # the received gradient's squared norm
         best_hist: list[float] = []
         stopped = None
@@ -231,7 +237,7 @@ class DLG(Attack):
                 "gradient_distance": final_loss_list[best_id],
                 "distance": "squared L2 over all parameters",
                 "optimizer": "L-BFGS (lr 1, undone and shortened when the distance rises, 20 inner iterations per step, history %d)"
-                % self.history_size,
+                % history,
                 "init": "middle of the input range + N(0, %g^2)" % RANGE_INIT_NOISE if self.init == "range" else "N(0, 1)",
             },
         )

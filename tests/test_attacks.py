@@ -454,6 +454,19 @@ def test_dlg_rebuilds_tiny_digits_without_knowing_the_labels(digits, batch):
     assert rec.seconds < 30  # measured 1-2.5 s
 
 
+def test_dlg_keeps_fewer_curvature_pairs_where_torchs_100_would_not_fit(digits, monkeypatch):
+    # The history is allocated up front: 100 pairs for the 1797 digits with 4 starts had asked for 17.7 GB.
+    import fedguard.attacks.dlg as dlg
+
+    view, _, _ = server_view(lenet(0), digits, [0, 1], known_labels=True)
+    unknowns = 2 * 2 * math.prod(SHAPE)  # starts x batch x image
+    assert "history 100" in DLG(starts=2).run(view, Budget(1)).details["optimizer"]
+    monkeypatch.setattr(dlg, "HISTORY_BYTES", 2 * 7 * unknowns * 4)
+    assert "history 7" in DLG(starts=2).run(view, Budget(1)).details["optimizer"]
+    monkeypatch.setattr(dlg, "HISTORY_BYTES", 1)
+    assert "history 1" in DLG(starts=2).run(view, Budget(1)).details["optimizer"]
+
+
 def test_dlg_skips_fedavg(digits):
     view, _, _ = server_view(lenet(0), digits, [0], protocol="fedavg", local_steps=2, local_lr=0.1)
     assert "FedSGD" in DLG().applies(view)
