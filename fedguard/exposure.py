@@ -186,11 +186,15 @@ class TooLarge(InputError):
 
 
 def _with_client(fed: Federation, client: int, update: np.ndarray) -> Federation:
-    """``fed`` with user ``client``'s update replaced (same participation, same noise draw)."""
+    """``fed`` with user ``client``'s update replaced (same participation, same noise draw).
+
+    The sums change by the client's column of the participation times the
+    change of its update (a rank-one correction; summing again was 7.5 s of a
+    50 s exposure at 3 000 users).
+    """
     updates = fed.updates.copy()
     updates[client] = update
-    noise = fed.aggregates - fed.participation @ fed.updates
-    aggregates = fed.participation @ updates + noise
+    aggregates = fed.aggregates + np.outer(fed.participation[:, client], update - fed.updates[client])
     return dataclasses.replace(fed, aggregates=aggregates, updates=updates)
 
 
