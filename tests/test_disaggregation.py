@@ -83,6 +83,18 @@ def test_estimated_noise_close_to_truth():
     assert 0.07 < result.noise_scale < 0.13
 
 
+@pytest.mark.parametrize("shape", [(60, 80), (60, 121), (60, 400), (300, 90)])
+def test_left_singular_vectors_are_the_thin_svds_on_either_side_of_the_qr_switch(shape):
+    from fedguard.attacks.disaggregation import _left_singular
+
+    G = np.random.default_rng(0).standard_normal(shape)
+    G[:, :5] *= 1e6  # singular values over six orders of magnitude
+    U, s = _left_singular(G)
+    U0, s0, _ = np.linalg.svd(G, full_matrices=False)
+    assert U.shape == U0.shape and np.allclose(s, s0, rtol=0, atol=1e-12 * s0[0])
+    assert np.allclose(np.abs(np.sum(U * U0, axis=0)), 1.0, atol=1e-8)  # the same vectors up to sign
+
+
 def test_users_who_never_took_part():
     fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=6)
     counts = np.vstack([fed.counts, np.zeros((1, fed.counts.shape[1]), int)])
