@@ -1,5 +1,6 @@
 """The ``fedguard`` console script and ``python -m fedguard``."""
 
+import errno
 import signal
 import sys
 
@@ -31,10 +32,15 @@ def run() -> None:
         from fedguard.options import silence_stdout
 
         silence_stdout()
-        where = f"{exc.filename}: " if exc.filename else ""
+        from fedguard.reports.base import printable
+
+        name = printable(str(exc.filename)) if exc.filename else ""
+        if exc.errno == errno.ENAMETOOLONG:  # a path the system refuses to look up, input or output
+            line = f"a path is too long for this file system ({name[:60]}...); give a shorter one"
+        else:
+            line = f"{name + ': ' if name else ''}writing the output failed ({exc.strerror or exc}); free some space or write it elsewhere"
         try:
-            sys.stderr.write(f"fedguard: error: {where}writing the output failed ({exc.strerror or exc}); "
-                             "free some space or write it elsewhere\n")  # fmt: skip
+            sys.stderr.write(f"fedguard: error: {line}\n")
             sys.stderr.flush()
         except OSError:
             pass

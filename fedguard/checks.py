@@ -16,6 +16,17 @@ from fedguard.errors import InputError
 MAX_SEED = 2**32 - 1
 
 
+def utf8_path(text: str, what: str) -> str:
+    """``text``, a path, unless its name is not UTF-8 (bytes Python keeps as lone surrogates), which no report
+    can write and torch and safetensors cannot open."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown_name = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise InputError(f"the name of {what} {shown_name} is not UTF-8; rename it (or copy it to a UTF-8 name)") from None
+    return text
+
+
 def is_whole(value: Any) -> bool:
     """True for an int or a numpy integer; False for a bool, a float or anything else."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

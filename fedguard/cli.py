@@ -44,7 +44,9 @@ class FedguardGroup(click.Group):
             ctx.exit(EXIT_INPUT)
         except click.UsageError as exc:  # an option click itself rejects: one line too, with where to look
             command = exc.ctx.command_path if exc.ctx is not None else "fedguard"
-            message = " ".join(exc.format_message().split()).rstrip(".")
+            from fedguard.reports.base import printable  # an argument or a path in the message is the user's
+
+            message = printable(" ".join(exc.format_message().split()).rstrip("."))
             click.echo(f"fedguard: error: {message}; see '{command} --help'", err=True)
             ctx.exit(EXIT_INPUT)
         except KeyboardInterrupt:
@@ -158,9 +160,8 @@ def rules_command():
 def demo_command(output_dir):
     """Craft malicious and benign models on built-in data, inspect each, write an HTML summary."""
     from fedguard.demo import run_demo
-    from fedguard.reports.base import printable
 
-    run_demo(output_dir, echo=lambda line: click.echo(printable(line, keep_line_breaks=True)))  # the folder's name is the user's
+    run_demo(output_dir, echo=click.echo)
 
 
 from fedguard.audit_cli import audit_command  # noqa: E402  (``fedguard audit``: self-attack the pending update)

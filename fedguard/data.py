@@ -112,7 +112,7 @@ def load_data(
     elif text == "images":
         x, y = _skimage_photos(shape or (3, 32, 32))
     else:
-        path = Path(text).expanduser()
+        path = Path(checks.utf8_path(text, "the data")).expanduser()
         if path.is_dir():
             x, y = _folder(path, shape)
         elif path.is_file():

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fedguard.errors import InputError
+from fedguard.reports.base import printable
 
 ARCH, SHAPE = "lenet5", (1, 28, 28)
 #: The published attacks crafted on the honest LeNet-5, with their descriptions.
@@ -146,5 +147,5 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         write_atomic(output_dir / f"{path.stem}.json", render("json", report, all_rules))
     summary = output_dir / "summary.html"
     write_atomic(summary, render_summary(reports, all_rules, title="fedguard demo: inspected global models"))
-    echo(f"\nHTML summary: {summary}  (JSON reports beside it; {time.perf_counter() - start:.1f} s)")
+    echo(f"\nHTML summary: {printable(str(summary))}  (JSON reports beside it; {time.perf_counter() - start:.1f} s)")
     return reports

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
+from fedguard.reports.base import printable
 from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, OutputFile, print_report, refuse_unused, resolve_format
 
 #: The output formats and their file extensions.
@@ -143,7 +144,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         write_atomic(output, text)
         if not quiet:
             click.echo(
-                f"{result.users_recovered}/{result.n_users} users' updates recovered exactly; report written to {output}", err=True
+                printable(f"{result.users_recovered}/{result.n_users} users' updates recovered exactly; report written to {output}"), err=True
             )
     elif not quiet:
         print_report(text)

@@ -12,7 +12,7 @@ from typing import Mapping
 import click
 from click.core import ParameterSource
 
-from fedguard.checks import MAX_SEED
+from fedguard.checks import MAX_SEED, utf8_path
 from fedguard.errors import InputError
 
 #: Seeds numpy's and torch's generators both take.
@@ -50,6 +50,11 @@ class NamedPath(click.Path):
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail("the path is empty; name a file", param, ctx)
+        if isinstance(value, str):
+            try:
+                utf8_path(value, "the file")
+            except InputError as exc:
+                self.fail(str(exc), param, ctx)
         return super().convert(value, param, ctx)
 
 

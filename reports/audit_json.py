@@ -152,4 +152,4 @@ class AuditJsonRenderer(AuditRenderer):
     suffix: ClassVar[str] = ".json"
 
     def render(self, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
-        return json.dumps(audit_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return json.dumps(audit_to_dict(report), indent=2, ensure_ascii=True, allow_nan=False) + "\n"

@@ -118,7 +118,7 @@ class AuditTextRenderer(AuditRenderer):
             _exposure(console, report.exposure)
         files = [o.image_file for o in report.attacks if o.image_file]
         if files:
-            console.print(f"grids: {', '.join(files)}")
+            console.print(printable(f"grids: {', '.join(files)}"))
         t = lk.thresholds
         if t:
             console.print(

@@ -165,13 +165,19 @@ def fired_rules(findings: Iterable[Finding], rules: Mapping[str, Rule]) -> list[
 
 
 #: Characters shown as nothing, or that act on the text around them: the bidirectional marks and overrides, zero-width
-#: spaces and joiners, invisible operators and the byte-order mark (a file name with them looks like another's).
-_INVISIBLE = "\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+#: spaces and joiners, invisible operators, the byte-order mark, the soft hyphen, fillers, variation selectors and tag
+#: characters (a file name with them looks like another's).
+_INVISIBLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f"
+)
+#: Lone surrogates: the bytes of a file name that is not UTF-8 (Python's surrogateescape), which no report can encode.
+_SURROGATES = "\ud800-\udfff"
 #: Characters a terminal acts on instead of printing: C0/C1 controls (ESC starts colour, title and clear-screen
 #: sequences; a newline or a Unicode line separator would forge a report line) and the invisible ones.
-_UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}]")
+_UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}{_SURROGATES}]")
 #: The same but for tabs and line breaks, which a web page lays out as spaces.
-_UNPRINTABLE_INLINE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_INVISIBLE}]")
+_UNPRINTABLE_INLINE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_INVISIBLE}{_SURROGATES}]")
 
 
 def printable(text: str, *, keep_line_breaks: bool = False) -> str:

@@ -83,4 +83,4 @@ class JsonRenderer(Renderer):
     suffix: ClassVar[str] = ".json"
 
     def render(self, report: InspectionReport, rules: Mapping[str, Rule], *, color: bool = False) -> str:
-        return json.dumps(report_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return json.dumps(report_to_dict(report), indent=2, ensure_ascii=True, allow_nan=False) + "\n"

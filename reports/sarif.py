@@ -81,7 +81,7 @@ def artifact_uri(path: str) -> str:
     pure: PurePath = PurePosixPath(text.replace(os.sep, "/") if os.sep != "/" else text)
     if pure.is_absolute():
         return pure.as_uri()
-    return quote(pure.as_posix(), safe="/-._~")
+    return quote(os.fsencode(pure.as_posix()), safe="/-._~")  # a name that is not UTF-8 keeps its bytes
 
 
 def _descriptor(rule: Rule) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def _descriptor(rule: Rule) -> dict[str, Any]:
 
 def _fingerprint(report: InspectionReport, finding: Finding) -> str:
     key = "\x1f".join([report.sha256, finding.rule_id, finding.layer or ""])
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict[str, Any]:
@@ -194,4 +194,4 @@ class SarifRenderer(Renderer):
     suffix: ClassVar[str] = ".sarif"
 
     def render(self, report: InspectionReport, rules: Mapping[str, Rule], *, color: bool = False) -> str:
-        return json.dumps(report_to_sarif(report, rules), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return json.dumps(report_to_sarif(report, rules), indent=2, ensure_ascii=True, allow_nan=False) + "\n"

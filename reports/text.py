@@ -99,7 +99,7 @@ class TextRenderer(Renderer):
         if report.arch:
             context.append(f"arch {report.arch}")
         if report.reference:
-            context.append(f"reference {report.reference}")
+            context.append(f"reference {printable(str(report.reference))}")
         context.append(f"{plural(len(report.detectors_run), 'detector')} in {report.seconds:.2f} s")
         console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
 

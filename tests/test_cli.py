@@ -719,3 +719,29 @@ def test_only_fedguard_reports_count_as_fedguard_reports(clean_model, workdir):
         assert (workdir / name).read_text() == text
     (workdir / "loop").symlink_to("loop")
     assert "loops" in assert_input_error(invoke("inspect", clean_model, "-o", workdir / "loop"))
+
+
+def test_names_that_are_not_utf8_are_escaped_in_every_report_or_refused(workdir):
+    """A lone surrogate (a file name's byte that is not UTF-8, or a key written so) had crashed every report
+    writer with a traceback and exit 1, which reads as 'findings'."""
+    w = torch.full((64, 64), 1 / 64)
+    torch.save({"\udcff.weight": w, "\udcff.bias": torch.linspace(-1, 1, 64)}, workdir / "odd.pt")
+    for fmt in ("text", "json", "sarif", "html"):
+        result = invoke("inspect", "odd.pt", "--format", fmt, "-o", f"r.{fmt}")
+        assert result.exit_code == 1, result.output  # the averaging rows are found
+        written = (workdir / f"r.{fmt}").read_text(encoding="utf-8")
+        assert "\\udcff" in written
+    json.loads((workdir / "r.sarif").read_text(encoding="utf-8"))
+    torch.save(tiny_state_dict(), workdir / "m\udcff.pt")
+    result = invoke("inspect", "m\udcff.pt")
+    assert result.exit_code == 2 and "m\\xff.pt is not UTF-8; rename it" in result.output
+    assert invoke("audit", "--arch", "lenet", "--data", "d\udcff").exit_code == 2
+
+
+def test_usage_errors_show_control_characters_as_escapes(clean_model):
+    result = invoke("inspect", clean_model, "extra\x1b]0;title\x07\n[high] forged\u202e")
+    assert result.exit_code == 2 and "\x1b" not in result.output and "\u202e" not in result.output
+    assert result.output.count("\n") == 1 and "extra\\x1b]0;title\\x07" in result.output
+    from fedguard.reports.base import printable
+
+    assert printable("fc\U000e0041\u00ad\u3164\ufe0f") == "fc\\U000e0041\\xad\\u3164\\ufe0f"
