@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.reports.base import printable
 from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, OutputFile, print_report, refuse_unused, resolve_format
+from fedguard.reports.base import printable
 
 #: The output formats and their file extensions.
 FORMATS = {"text": ".txt", "json": ".json"}
