@@ -219,6 +219,8 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
         raise InputError(f"{what} has dtype {y.dtype}; store integer class labels 0, 1, 2, ...")
     if n and y.min() < 0:
         raise InputError(f"{what} holds negative labels (min {int(y.min())}); use class labels 0, 1, 2, ...")
+    if n and y.dtype.kind == "u" and y.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{what} holds labels up to {int(y.max())}, beyond any class; use class labels 0, 1, 2, ...")
     return y.astype(np.int64)
 
 

@@ -264,8 +264,12 @@ def compute_update(
                         f"local training diverged at --local-lr {local_lr:g}: the loss rose from {first_loss:.3g} to "
                         f"{worst:.3g} within the local steps, an update no client would upload; lower --local-lr"
                     )
-        except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a label outside the model's classes
+        except (InputError, MemoryError):
+            raise
+        except Exception as exc:  # the model's own code can raise anything (IndexError: a label outside its classes)
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, (RuntimeError, ValueError, IndexError)):
+                text = f"{type(exc).__name__}: {text}"
             if "more than 1 value per channel" in text:
                 if protocol == "fedavg" and batch > 1:  # a local mini-batch of one: the whole batch, or the last slice
                     raise InputError(

@@ -1065,3 +1065,21 @@ def test_a_wrapper_around_the_architecture_is_audited():
     report = audit(Wrapper(), arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(6, 1, 8, 8), torch.arange(6) % 2),
                    batch_size=2, attacks=["label_counts"])
     assert report.model["num_classes"] == 2 and report.attacks[0].label_counts_exact == 1.0
+
+
+def test_a_model_whose_training_raises_anything_is_one_input_error():
+    """A TypeError or AssertionError from the model's own forward had escaped as a traceback with exit 1 (a block)."""
+    from fedguard.errors import InputError
+    from fedguard.update import compute_update
+
+    class Refuses(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            assert not self.training, "no training here"
+            return self.fc(x)
+
+    with pytest.raises(InputError, match=r"training the model on the batch failed \(AssertionError: no training here\)"):
+        compute_update(Refuses(), torch.rand(2, 4), torch.tensor([0, 1]))
