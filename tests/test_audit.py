@@ -1083,3 +1083,22 @@ def test_a_model_whose_training_raises_anything_is_one_input_error():
 
     with pytest.raises(InputError, match=r"training the model on the batch failed \(AssertionError: no training here\)"):
         compute_update(Refuses(), torch.rand(2, 4), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("factor", [4.0, 0.01])
+def test_an_update_of_the_batch_at_another_size_is_named_and_warns(workdir, schema, factor):
+    """A summed loss (batch size times the mean's gradient) or a gradient times a learning rate has cosine 1.0 with
+    the recomputed update; DLG, which matches its size, had measured little and the audit passed."""
+    from fedguard.update import compute_update
+
+    x, y = digits_npz(workdir / "batch.npz", n=4, start=20)
+    model = lenet8(3)
+    torch.save(model.state_dict(), workdir / "global.pt")
+    torch.save({k: v * factor for k, v in compute_update(model, x, y).tensors.items()}, workdir / "update.pt")
+    result = invoke("--model", "global.pt", *TINY, "--data", "batch.npz", "--update", "update.pt",
+                    "--attack", "label_counts", "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(schema).validate(report)
+    assert report["update"]["agreement"]["scale"] == pytest.approx(factor, rel=1e-4)
+    assert report["verdict"] == "warn" and f"--update is {factor:.3g} times the size" in report["notes"][0]
