@@ -320,10 +320,14 @@ AGREEMENT_COSINE = 0.99
 AGREEMENT_SCALE = 1.1
 
 
+def _norm(tensors: Mapping[str, torch.Tensor], names) -> float:
+    """The Euclidean norm of the tensors ``names`` of ``tensors`` taken together."""
+    return math.sqrt(sum(float((tensors[k].double() ** 2).sum()) for k in names))
+
+
 def _cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     dot = sum(float((a[k].double() * g.double()).sum()) for k, g in b.items())
-    norms = math.sqrt(sum(float((a[k].double() ** 2).sum()) for k in b)) * math.sqrt(
-        sum(float((g.double() ** 2).sum()) for g in b.values()))
+    norms = _norm(a, b) * _norm(b, b)
     return dot / norms if norms > 0 else 0.0
 
 
@@ -352,8 +356,8 @@ def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
         )
     mine = grad if upd.protocol == "fedsgd" else compute_update(module, x, y, seed=seed, **schedule).tensors
     cosine = _cosine(upd.tensors, mine)
-    norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in mine.values()))
-    scale = math.sqrt(sum(float((upd.tensors[k].double() ** 2).sum()) for k in mine)) / norm if norm > 0 else 1.0
+    norm = _norm(mine, mine)
+    scale = _norm(upd.tensors, mine) / norm if norm > 0 else 1.0
     reproducible = cosine >= AGREEMENT_COSINE or (
         _cosine(mine, compute_update(module, x, y, seed=seed + 1, **schedule).tensors) >= AGREEMENT_COSINE)
     return {"cosine": cosine, "reproducible": bool(reproducible), "scale": scale}
