@@ -682,7 +682,7 @@ def audit(
     stop = stop or threading.Event()
     notify = progress.message if progress is not None else None
     skipped: dict[str, str] = {}
-    unmeasured = False  # an attack that applies stopped before its first iteration
+    unmeasured = False  # an attack that applies failed, or stopped before its first iteration
     done: dict[str, Any] = {}
     outcomes: list[AttackOutcome] = []
     prior = view.auxiliary[0].mean(0) if view.auxiliary is not None else None  # what the server would guess without the update
@@ -696,12 +696,12 @@ def audit(
                 never = cls.emulates is None and (cls.kind != "images" or view.labels is not None) and attack.applies(view)
                 skipped[name] = never or "interrupted before it started"
                 continue
-            if cls.kind == "images" and view.labels is None and not known_labels:
-                labels, counts, source = _label_seed(view, done)
-                if labels is not None:
-                    view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
             started = False
             try:
+                if cls.kind == "images" and view.labels is None and not known_labels:
+                    labels, counts, source = _label_seed(view, done)
+                    if labels is not None:
+                        view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
                 target = view
                 if cls.emulates is not None:
                     try:
@@ -725,8 +725,11 @@ def audit(
                 )
                 torch.manual_seed(seed)
                 rec = attack.run(target, budget)
-            except (RuntimeError, ValueError) as exc:  # torch cannot do what the attack needs on this model
+            except InputError:
+                raise
+            except Exception as exc:  # torch cannot do what the attack needs on this model, or the model's own code raised
                 skipped[name] = f"could not run on this model: {first_line(exc)}"
+                unmeasured = True  # what it would have rebuilt is unknown: not a pass
                 if started:
                     progress.finish(name, "failed")
                 continue

@@ -198,8 +198,8 @@ def class_image_scores(
 
 def verdict_for(level: LeakageLevel | str, fail_on: LeakageLevel | str, conclusive: bool = True) -> AuditVerdict:
     """block at or above ``fail_on``; warn one level below it (when that is at least low), or when the audit is not
-    ``conclusive`` (no attack ran, it was stopped, or the update read in is not the batch's: nothing measured is
-    not a pass); else pass.
+    ``conclusive`` (no attack ran, one could not run or was stopped, or the update read in is not the batch's:
+    nothing measured is not a pass); else pass.
     Levels may be given by name (``"low"``)."""
     level, fail_on = (v if isinstance(v, LeakageLevel) else LeakageLevel.parse(str(v)) for v in (level, fail_on))
     if level >= fail_on:

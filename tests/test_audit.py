@@ -510,6 +510,25 @@ def test_an_attack_the_model_cannot_take_is_skipped_with_its_reason(workdir):
     assert report["attacks"] == [] and report["verdict"] == "warn"  # nothing measured is not a pass
 
 
+def test_an_attack_that_raises_is_skipped_and_the_verdict_is_not_a_pass(workdir, monkeypatch):
+    """The model's own code may raise anything inside an attack (a KeyError from a forward hook, an assertion on
+    the input): that attack is skipped with the exception named, the others still run, and what it would have
+    rebuilt being unknown, the verdict is at least warn (no traceback, no exit 1)."""
+    from fedguard.attacks.dlg import DLG
+
+    def raising(self, view, budget):
+        raise KeyError("feature map")
+
+    monkeypatch.setattr(DLG, "run", raising)
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "dlg", "--attack", "label_counts",
+                    "--max-iterations", "2", "--fail-on", "high", "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["skipped"]["dlg"] == "could not run on this model: KeyError: 'feature map'"
+    assert [a["name"] for a in report["attacks"]] == ["label_counts"]
+    assert report["leakage"]["level"] in ("none", "low") and report["verdict"] == "warn"
+
+
 def test_grids_replace_only_their_own_files(workdir):
     """A grid path holding the user's file or a folder stops the audit before it runs; an earlier grid is replaced or,
     when the new report has none for its attack, removed."""
