@@ -17,7 +17,7 @@ from typing import Mapping
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, input_paths, print_report, refuse_unused, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, input_paths, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -221,7 +221,8 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     formats = _formats()
     fmt = resolve_format(fmt, output, formats)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
-    inputs = input_paths(model, update, data=data, arch=arch)
+    with user_code_prints_to_stderr():  # importing --arch runs its module's code
+        inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
         check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
         _check_grid_paths(output, inputs)
@@ -238,7 +239,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     ) if exposure else None  # fmt: skip
     show = not quiet and sys.stderr.isatty()
     stop = threading.Event()
-    with (_Bars() if show else _Quiet(echo=not quiet)) as bars:
+    with user_code_prints_to_stderr(), (_Bars() if show else _Quiet(echo=not quiet)) as bars:
         report = audit(
             model, arch=arch, data=data, batch_size=batch_size, num_classes=num_classes, input_shape=shape,
             protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,

@@ -13,7 +13,10 @@ import click
 
 import fedguard
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, NamedPath, input_paths, print_report, refuse_unused, resolve_format, silence_stdout
+from fedguard.options import (
+    OUTPUT_FILE, SEED, NamedPath, input_paths, print_report, refuse_unused, resolve_format, silence_stdout,
+    user_code_prints_to_stderr,
+)
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
@@ -125,13 +128,14 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     formats = _formats()
     fmt = resolve_format(fmt, output, formats)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
-    inputs = input_paths(model, reference, data=data, arch=arch)
-    if output is not None:
-        check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
-    report = inspect_model(
-        model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
-        data=data, detectors=detectors or None, seed=seed,
-    )
+    with user_code_prints_to_stderr():
+        inputs = input_paths(model, reference, data=data, arch=arch)
+        if output is not None:
+            check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
+        report = inspect_model(
+            model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
+            data=data, detectors=detectors or None, seed=seed,
+        )
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = render(fmt, report, rules(), color=color)
     if output is not None:

@@ -3,6 +3,7 @@ paths of the user's inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -159,3 +160,9 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
             f"drop --format, or name the file {output.with_suffix(suffixes[fmt]).name}"
         )
     return fmt
+
+
+def user_code_prints_to_stderr() -> contextlib.AbstractContextManager:
+    """While an ``--arch`` module is imported, built and run: what it ``print()``s goes to stderr, so stdout carries
+    the report alone (``--format json | jq`` stays parseable). Writes below Python (a C extension's) are not caught."""
+    return contextlib.redirect_stdout(sys.stderr)

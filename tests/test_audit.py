@@ -529,6 +529,32 @@ def test_an_attack_that_raises_is_skipped_and_the_verdict_is_not_a_pass(workdir,
     assert report["leakage"]["level"] in ("none", "low") and report["verdict"] == "warn"
 
 
+def test_what_the_arch_code_prints_goes_to_stderr_and_json_on_stdout_stays_parseable(workdir):
+    """An --arch module that prints at import, when built and in every forward: audit's and inspect's JSON on
+    stdout still parse (the prints had been written into them), and the prints are on stderr."""
+    (workdir / "chatty_net.py").write_text(
+        "from fedguard.architectures import build_model\n"
+        "print('importing chatty_net')\n\n"
+        "def net(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    print('building')\n"
+        "    model = build_model('lenet', num_classes, input_shape)\n"
+        "    model.register_forward_hook(lambda *_: print('forward'))\n"
+        "    return model\n"
+    )
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("lenet", 10, (1, 8, 8)).state_dict(), workdir / "global.pt")
+    arch = ("--arch", "chatty_net:net", "--input-shape", "1,8,8")
+    audited = invoke(*arch, "--model", "global.pt", "--data", "digits", "--batch-size", "2", "--attack", "label_counts",
+                     "--format", "json")  # fmt: skip
+    inspected = CliRunner().invoke(main, ["inspect", "global.pt", *arch, "--format", "json"], catch_exceptions=True)
+    for result in (audited, inspected):
+        assert result.exit_code in (0, 1), result.output
+        assert json.loads(result.stdout)["verdict"]
+    assert "importing chatty_net" in audited.stderr + inspected.stderr  # imported once per process
+    assert "building" in audited.stderr and "forward" in audited.stderr and "forward" in inspected.stderr
+
+
 def test_grids_replace_only_their_own_files(workdir):
     """A grid path holding the user's file or a folder stops the audit before it runs; an earlier grid is replaced or,
     when the new report has none for its attack, removed."""
