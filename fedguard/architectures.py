@@ -117,6 +117,37 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def classifier_outputs(module: nn.Module, x: torch.Tensor, command: str) -> int:
+    """How many classes ``module`` scores: one of the images ``x`` is run through it (eval mode, no gradients).
+    InputError naming the problem when it does not take them or does not return float logits [batch, classes];
+    ``command`` (``audit``, ``inspect``) is named in the fix."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x[:1])
+    except RuntimeError as exc:
+        raise InputError(
+            f"--data of shape {tuple(x.shape[1:])} does not fit the model ({first_line(exc)[:120]}); "
+            "pass --input-shape or data of the architecture's input shape"
+        ) from None
+    except Exception as exc:  # a forward that wants more arguments, or raises its own error
+        raise InputError(
+            f"the model fails on one batch of images ({first_line(exc)[:120]}); "
+            f"{command} needs a model whose forward(x) takes images [N, C, H, W] and returns logits"
+        ) from None
+    finally:
+        module.train(was)
+    fix = f"{command} needs a classifier whose forward returns float logits [batch, classes]"
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"the model returns a {type(out).__name__}, not a tensor of logits; {fix}")
+    if not out.is_floating_point():
+        raise InputError(f"the model returns {out.dtype} values, not float logits; {fix}")
+    if out.dim() != 2:
+        raise InputError(f"the model returns shape {tuple(out.shape)}, not [batch, classes]; {fix}")
+    return int(out.shape[1])
+
+
 def check_float32(model: nn.Module, what: str, fix: str) -> None:
     """InputError naming ``what`` and ``fix`` when ``model`` has floating-point weights other than float32."""
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()} - {"float32"})

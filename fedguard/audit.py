@@ -36,7 +36,7 @@ from torch import nn
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import check_float32, first_line
+from fedguard.architectures import check_float32, classifier_outputs, first_line
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
@@ -167,33 +167,6 @@ def _file_sha256(data: Any) -> str | None:
 
     source = data_source(data) if isinstance(data, (str, os.PathLike)) else None
     return sha256_of(source) if source is not None and source.is_file() else None
-
-
-def _outputs(module: nn.Module, x: torch.Tensor) -> int:
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            out = module(x[:1])
-    except RuntimeError as exc:
-        raise InputError(
-            f"--data of shape {tuple(x.shape[1:])} does not fit the model ({str(exc).splitlines()[0][:120]}); "
-            "pass --input-shape or data of the architecture's input shape"
-        ) from None
-    except Exception as exc:  # a forward that wants more arguments, or raises its own error
-        raise InputError(
-            f"the model fails on one batch of images ({first_line(exc)[:120]}); "
-            "audit needs a model whose forward(x) takes images [N, C, H, W] and returns logits"
-        ) from None
-    finally:
-        module.train(was)
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returns a {type(out).__name__}, not a tensor of logits; audit needs a classifier whose forward returns [batch, classes]")
-    if not out.is_floating_point():
-        raise InputError(f"the model returns {out.dtype} values, not float logits; audit needs a classifier whose forward returns float [batch, classes]")
-    if out.dim() != 2:
-        raise InputError(f"the model returns shape {tuple(out.shape)}, not [batch, classes]; audit needs a classifier")
-    return int(out.shape[1])
 
 
 def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -617,7 +590,7 @@ def audit(
 
     module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
-    n_out = _outputs(module, x_all)
+    n_out = classifier_outputs(module, x_all, "audit")
     if int(y_all.max()) >= n_out or int(y_all.min()) < 0:
         raise InputError(
             f"--data has labels up to {int(y_all.max())} but the model has {n_out} outputs; "

@@ -21,6 +21,7 @@ from torch import nn
 
 import fedguard
 from fedguard import checks
+from fedguard.architectures import classifier_outputs, first_line
 from fedguard.checks import is_whole
 from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
@@ -207,7 +208,18 @@ def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -
         detector = DETECTORS.get(name)()
         if not all(context.has(need) for need in detector.needs):
             continue
-        findings.extend(detector.run(context))
+        try:
+            findings.extend(detector.run(context))
+        except InputError:
+            raise
+        except Exception as exc:
+            if not detector.needs & {NEEDS_MODULE, NEEDS_DATA}:
+                raise  # a static check reads tensors only: its failure is fedguard's own, not the model's code
+            given = "--data" if NEEDS_DATA in detector.needs else "--arch"
+            raise InputError(
+                f"the {name} check runs the model, which raised {first_line(exc)}; "
+                f"fix the architecture's code, or drop {given} to run the checks that do not need it"
+            ) from None
         ran.append(name)
     return findings, ran
 
@@ -240,25 +252,13 @@ def _client_batch(data, arch, module, input_shape, seed):
             f"--data holds {len(labels)} example; the behavioural checks weigh each example against the rest "
             "of the batch and need at least 2; pass more of your data"
         )
-    outputs = _output_size(module, inputs)
+    outputs = classifier_outputs(module, inputs, "inspect")
     if int(labels.max()) >= outputs:
         raise InputError(
             f"--data has labels up to {int(labels.max())} but the model has {outputs} outputs; "
             "pass data whose labels fit the model (or --num-classes)"
         )
     return inputs, labels
-
-
-def _output_size(module: nn.Module, inputs: torch.Tensor) -> int:
-    module.eval()
-    try:
-        with torch.no_grad():
-            return int(module(inputs[:1]).shape[-1])
-    except RuntimeError as exc:
-        raise InputError(
-            f"--data of shape {tuple(inputs.shape[1:])} does not fit --arch ({str(exc).splitlines()[0][:120]}); "
-            "pass --input-shape or data of the architecture's input shape"
-        ) from None
 
 
 def _report(loaded, findings, ran, start, arch, reference, view: ModelView | None = None) -> InspectionReport:

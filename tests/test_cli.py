@@ -239,6 +239,33 @@ def test_output_where_no_file_can_be_written_is_refused_before_any_work(clean_mo
     assert "is write-protected" in line
 
 
+def test_a_behavioural_check_the_model_code_breaks_is_one_input_error(workdir):
+    """The client's --arch code raising inside a behavioural check (here: in any forward with gradients, as
+    gradient_snr runs it) is one line naming the check and the exception, exit 2; it had been a traceback with
+    exit 1, which scripts read as findings. Without --data the static checks still run."""
+    (workdir / "grad_shy_net.py").write_text(
+        "import torch\n"
+        "from fedguard.architectures import build_model\n\n"
+        "def net(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    model = build_model('lenet', num_classes, input_shape)\n"
+        "    def refuse(*_):\n"
+        "        if torch.is_grad_enabled():\n"
+        "            raise KeyError('no gradients here')\n"
+        "    model.register_forward_hook(refuse)\n"
+        "    return model\n"
+    )
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("lenet", 10, (1, 8, 8)).state_dict(), workdir / "global.pt")
+    args = ("inspect", "global.pt", "--arch", "grad_shy_net:net", "--input-shape", "1,8,8")
+    line = assert_input_error(invoke(*args, "--data", "digits"))
+    assert "the gradient_snr check runs the model, which raised KeyError: 'no gradients here'" in line
+    assert "drop --data" in line
+    result = invoke(*args)
+    assert_no_crash(result)
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
 def test_quiet_prints_nothing(high_model, fmt):
     result = invoke("inspect", high_model, "--format", fmt, "--quiet")
