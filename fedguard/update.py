@@ -48,6 +48,12 @@ MAX_LOCAL_STEPS = 1000
 #: puts a probability of e^-100 on the true label. Finite weights can hide it: at --local-lr 1e30 the DLG LeNet's
 #: loss goes from 2.3 to about 1e31 in one step and the update stays finite, so the NaN check alone passed it.
 DIVERGED_NATS = 100.0
+#: Distance from the model's own parameters, relative to the update's size, below which an update read in is the
+#: model's weights (W_T, or W_0 sent back), not a gradient or W_T - W_0. Measured on digits (MLP, LeNet, ConvNet,
+#: two inits each; FedSGD batches 8 and 64; FedAvg 5 steps at lr 0.01 to 50 steps at lr 1.0): a true update lies
+#: 1.3x (ConvNet FedSGD) to 450x its size away; W_T lies 0.002-0.08x away (0.4-0.9x only after 20-50 steps at
+#: lr 0.3-1.0, which the agreement check then flags). Attacked as an update, weights rebuild nothing.
+WEIGHTS_DISTANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -349,8 +355,10 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
     device and dtype), not all zero, or InputError starting with ``where``. An unnamed list, as Flower sends, is named layer by
     layer in parameter or ``state_dict`` order, with or without the buffers (Flower's usual
     ``[v.numpy() for v in net.state_dict().values()]`` holds them; :func:`~fedguard.loading.name_in_order`);
-    the model's buffers and frozen parameters, named or not, are left out, since they are not trained. Named
-    tensors are matched by name only: two of one shape in another order would pass a check by position."""
+    the model's buffers and frozen parameters, named or not, are left out, since they are not trained (a nonzero
+    tensor for a frozen parameter says the client trained it: InputError, as for the model's weights passed as
+    the update, see :data:`WEIGHTS_DISTANCE`). Named tensors are matched by name only: two of one shape in another
+    order would pass a check by position."""
     from fedguard.loading import name_in_order
 
     params = _trainable(model)
@@ -363,6 +371,9 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
                 f"{where} has {len(values)} unnamed tensors that do not line up with the model's {len(params)} "
                 f"parameters ({len(state)} state_dict entries with its buffers); save a dict of parameter names to tensors"
             )
+    frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+    moved = [name for name, t in tensors.items() if name in frozen and isinstance(t, torch.Tensor) and t.is_floating_point()
+             and tuple(t.shape) == tuple(frozen[name].shape) and bool(t.detach().any())]  # fmt: skip
     tensors = {name: t for name, t in tensors.items() if name in params or name not in state}
     missing = [name for name in params if name not in tensors]
     extra = [name for name in tensors if name not in params]
@@ -399,6 +410,20 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
     if not any(bool(t.any()) for t in out.values()):
         raise InputError(f"{where} is zero everywhere: no training step leaves every weight unchanged; "
                          "pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload")  # fmt: skip
+    size = math.sqrt(sum(float(t.double().square().sum()) for t in out.values()))
+    distance = math.sqrt(sum(float((out[n] - p.detach()).double().square().sum()) for n, p in params.items()))
+    if distance < WEIGHTS_DISTANCE * size:
+        raise InputError(
+            f"{where} holds the model's weights, not an update (it lies within {distance / size:.1%} of its own size "
+            "of the model's parameters); pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload"
+        )
+    if moved:
+        raise InputError(
+            f"{where} changes {moved[0]!r}, which the model freezes (requires_grad=False)"
+            + (f", and {len(moved) - 1} more" if len(moved) > 1 else "")
+            + "; the client trained a model with it unfrozen: build --arch as the client trains it, "
+            "or zero that tensor if it is not uploaded"
+        )
     return out
 
 

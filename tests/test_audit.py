@@ -304,6 +304,36 @@ def test_an_update_with_the_models_buffers_as_flower_sends_it(workdir):
         load_update(workdir / "short.npz", model, batch_size=4)
 
 
+def test_an_update_that_is_the_models_weights_or_trains_a_frozen_layer_is_refused(workdir):
+    """W_T (or Flower's usual list of weights) passed for W_T - W_0 rebuilds nothing and had been attacked with a
+    warn; a nonzero tensor for a parameter the model freezes had been dropped, so the audit attacked less than the
+    server gets. A zero tensor for it (what a client sends for a frozen layer) is fine."""
+    from fedguard.errors import InputError
+    from fedguard.update import compute_update, load_update
+
+    x, y = digits_npz(workdir / "batch.npz", n=4, start=20)
+    model = lenet8(3)
+    torch.save(model.state_dict(), workdir / "global.pt")
+    delta = compute_update(model, x, y, protocol="fedavg", local_steps=5, local_lr=0.01).tensors
+    weights = {k: p.detach() + delta[k] for k, p in model.named_parameters()}
+    torch.save(weights, workdir / "weights.pt")
+    np.savez(workdir / "flower.npz", *[v.numpy() for v in weights.values()])
+    run = ("--model", "global.pt", *TINY, "--data", "batch.npz", "--protocol", "fedavg", "--attack", "label_counts")
+    for name in ("weights.pt", "flower.npz"):
+        line = assert_input_error(invoke(*run, "--update", name))
+        assert f"update {name} holds the model's weights, not an update (it lies within 0." in line and "W_T - W_0" in line
+
+    model.classifier[0].requires_grad_(False)  # the client's --arch freezes the head
+    trained = {k: v for k, v in compute_update(lenet8(3), x, y).tensors.items()}  # ... but the update trains it
+    torch.save(trained, workdir / "trained_head.pt")
+    with pytest.raises(InputError, match="changes 'classifier.0.weight', which the model freezes .requires_grad=False., and 1 more"):
+        load_update(workdir / "trained_head.pt", model, batch_size=4)
+    kept = {k: (torch.zeros_like(v) if k.startswith("classifier.0.") else v) for k, v in trained.items()}
+    torch.save(kept, workdir / "frozen_head.pt")
+    assert load_update(workdir / "frozen_head.pt", model, batch_size=4).tensors.keys() == {
+        k for k, p in model.named_parameters() if p.requires_grad}
+
+
 # --------------------------------------------------------------------------- Python API: determinism, interruption
 
 
