@@ -167,26 +167,35 @@ def _solve_conditional(M: np.ndarray, g: np.ndarray, batch: int) -> np.ndarray:
 
 
 class _Stats:
-    """Softmax and head-input statistics of a model on the server's data (in training mode, in chunks of the batch size)."""
+    """Softmax and head-input statistics of a model on the server's data (in training mode, in chunks of the batch
+    size); once ``out_of_time()`` says so, of the chunks measured by then (at least one)."""
 
-    def __init__(self, model: nn.Module, head: Head, inputs: torch.Tensor, labels: torch.Tensor | None, chunk: int, num_classes: int):
+    def __init__(self, model: nn.Module, head: Head, inputs: torch.Tensor, labels: torch.Tensor | None, chunk: int,
+                 num_classes: int, out_of_time: Callable[[], bool]):  # fmt: skip
         net = copy.deepcopy(model)
         net.train()
         feats: list[torch.Tensor] = []
         hook = dict(net.named_modules())[head.name].register_forward_hook(lambda m, a, o: feats.append(a[0].detach()))
         probs = []
         chunk = max(2, int(chunk))
+        measured = 0
         try:
             with torch.no_grad():
                 for start in range(0, len(inputs), chunk):
+                    if probs and out_of_time():
+                        break
                     xb = inputs[start : start + chunk]
                     if len(xb) < 2:
                         xb = inputs[-2:] if len(inputs) >= 2 else xb.expand(2, *xb.shape[1:])
                     probs.append(F.softmax(net(xb), dim=-1))
+                    measured = min(len(inputs), start + chunk)
         finally:
             hook.remove()
-        self.probs = torch.cat(probs)[: len(inputs)].double().cpu()
-        self.features = torch.cat(feats)[: len(inputs)].flatten(1).double().cpu()
+        self._summarise(torch.cat(probs)[:measured].double().cpu(), torch.cat(feats)[:measured].flatten(1).double().cpu(),
+                        labels, num_classes)  # fmt: skip
+
+    def _summarise(self, probs: torch.Tensor, features: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> None:
+        self.probs, self.features, self.examples = probs, features, len(probs)
         self.p_mean = self.probs.mean(0).numpy()
         self.feature_sum = float(self.features.sum(1).mean())
         self.conditional = None
@@ -195,6 +204,12 @@ class _Stats:
             counts = torch.bincount(y, minlength=num_classes)
             if int(counts.min()) >= MIN_PER_CLASS_FOR_CONDITIONAL:
                 self.conditional = np.stack([self.probs[y == j].mean(0).numpy() for j in range(num_classes)])
+
+    def first(self, n: int, labels: torch.Tensor | None, num_classes: int) -> "_Stats":
+        """The statistics of the first ``n`` examples only (points of a path cut short at different lengths)."""
+        out = copy.copy(self)
+        out._summarise(self.probs[:n], self.features[:n], labels, num_classes)
+        return out
 
 
 def _shifted(model: nn.Module, tensors: dict, scale: float) -> nn.Module:
@@ -534,17 +549,26 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     xs, ys = xs[:use], (None if ys is None else ys[:use])
     chunk = batch if batch > 1 else 2
     details: dict = {"route": "bias" if use_bias else "weight_rows", "server_data": "public" if ys is not None else "noise"}
+
+    def out_of_budget() -> bool:  # Ctrl-C or --time-budget: estimate from the statistics measured so far
+        return budget is not None and (budget.interrupted() or budget.remaining() <= 0)
+
     if view.protocol == "fedsgd":
-        stats = _Stats(view.model, head, xs, ys, chunk, view.num_classes)
+        stats = _Stats(view.model, head, xs, ys, chunk, view.num_classes, out_of_budget)
         raw = _raw_counts(g_head, stats.p_mean, batch, use_bias, stats.feature_sum, stats.conditional)
-        details["model"] = "conditional" if stats.conditional is not None else "mean"
+        details.update({"model": "conditional" if stats.conditional is not None else "mean", "server_examples": stats.examples})
         return round_counts(raw, batch), raw, details
     from scipy.optimize import least_squares
 
     # FedAvg: solve n = raw(p_sim(n)) with the local training simulated (a bounded least-squares solve, scipy's
     # trust-region reflective, keeps n in [0, B]); then weigh it against the counts the head's weight update gives
     points = PATH_POINTS if ys is not None else (PATH_POINTS[0], PATH_POINTS[-1])  # the inner points serve the weight update's estimate
-    path = [_Stats(_shifted(view.model, view.tensors, s), head, xs, ys, chunk, view.num_classes) for s in points]
+    path = [_Stats(_shifted(view.model, view.tensors, s), head, xs, ys, chunk, view.num_classes, out_of_budget) for s in points]
+    measured = min(stats.examples for stats in path)
+    if measured < len(xs):  # cut short by the budget: every point on the same examples
+        xs, ys = xs[:measured], (None if ys is None else ys[:measured])
+        path = [stats.first(measured, ys, view.num_classes) for stats in path]
+    details["server_examples"] = measured
     p0 = np.mean([path[0].p_mean, path[-1].p_mean], axis=0)
     o0 = float(np.mean([path[0].feature_sum, path[-1].feature_sum]))
     raw = _raw_counts(g_head, p0, batch, use_bias, o0, None)
@@ -630,6 +654,6 @@ class LabelCounts(Attack):
             label_counts=torch.as_tensor(counts, dtype=torch.int64),
             iterations=0,
             seconds=time.perf_counter() - start,
-            stopped="interrupted" if budget.interrupted() else "done",
+            stopped="interrupted" if budget.interrupted() else "time_budget" if budget.remaining() <= 0 else "done",
             details=details,
         )

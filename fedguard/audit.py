@@ -708,8 +708,9 @@ def audit(
                 continue
             if progress is not None:
                 progress.finish(name, rec.stopped)
-            if rec.iterations == 0 and rec.stopped in ("time_budget", "interrupted"):  # cut before it rebuilt anything:
-                # its images would be the random start's (an analytic attack that ends by itself has 0 iterations too)
+            if cls.kind == "images" and rec.iterations == 0 and rec.stopped in ("time_budget", "interrupted"):  # cut before
+                # it rebuilt anything: its images would be the random start's (an analytic attack that ends by itself
+                # has 0 iterations too; label counts cut short are an estimate from the statistics measured by then)
                 skipped[name] = _no_iteration(rec.stopped, time_budget)
                 unmeasured = True
                 continue

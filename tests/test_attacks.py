@@ -332,6 +332,35 @@ def test_label_counts_skip_fedavg_without_the_local_schedule(digits):
     assert "local schedule" in LabelCounts().applies(view)
 
 
+@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
+def test_label_counts_statistics_stop_at_the_time_budget_and_at_ctrl_c(digits, protocol):
+    """The statistics pass over the server's public data ran to its end whatever the budget (68 s on a model whose
+    forward sleeps 1 s, against a budget of 2 s); it now stops there and estimates from the chunks measured."""
+    import threading
+    import time
+
+    class Slow(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            time.sleep(0.02)
+            return self.inner(x)
+
+    fedavg = dict(protocol="fedavg", local_steps=2, local_lr=0.05) if protocol == "fedavg" else {}
+    view, _, by = server_view(Slow(lenet(0)), digits, np.arange(8), **fedavg)
+    start = time.perf_counter()
+    rec = LabelCounts().run(view, Budget(1, seconds=0.3))
+    assert time.perf_counter() - start < 3.0  # the whole pass: 512 examples in chunks of 8, 64 forwards per point
+    assert rec.stopped == "time_budget" and 8 <= rec.details["server_examples"] < 512
+    assert int(rec.label_counts.sum()) == 8
+    stop = threading.Event()
+    stop.set()
+    rec = LabelCounts().run(view, Budget(1, stop=stop))
+    assert rec.stopped == "interrupted" and rec.details["server_examples"] == 8
+
+
 @pytest.mark.parametrize("minibatch", [None, 4], ids=["full-batch-steps", "minibatch-steps"])
 def test_label_counts_from_the_head_s_weight_update(minibatch):
     # class prototypes as the head's input: the client's class means are the public ones, so the weight update
