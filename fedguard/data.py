@@ -7,8 +7,10 @@ int64 labels. ``spec`` is one of:
 * ``images`` -- square crops of photographs that ship inside scikit-image
   (``skimage.data``: astronaut, camera, chelsea the cat, coffee, rocket, ...);
   the label is the index of the source photograph;
-* a folder whose subfolders are the classes (sorted names -> labels 0, 1, ...)
-  holding image files;
+* a folder whose subfolders are the classes (sorted names -> labels 0, 1, ...,
+  as torchvision's ``ImageFolder`` numbers them) holding image files, read with
+  Pillow (first frame of an animation, alpha dropped, CMYK and palettes to RGB);
+  a local file or folder named like a built-in set is refused as ambiguous;
 * a ``.npz`` archive with arrays ``x`` (``N,H,W``, ``N,C,H,W`` or ``N,H,W,C``
   with alpha dropped; uint8 0-255 or float 0-1) and ``y`` (integer labels).
 
@@ -26,7 +28,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -107,6 +109,9 @@ def load_data(
         raise InputError(f"bad data {what}; use one of {', '.join(DATASETS)}, a folder of class subfolders, a .npz file, "
                          "or (from Python) a pair (x, y)")
     text = spec.strip()
+    if text in DATASETS and any(os.path.lexists(p) for p in {spec, text}):
+        raise InputError(f"--data {text} names the built-in data set, but {spec!r} is also a file or folder here; "
+                         f"write ./{spec} for yours, or use the built-in set from another folder")  # fmt: skip
     if text == "digits":
         x, y = _digits()
     elif text == "images":
@@ -114,7 +119,11 @@ def load_data(
     else:
         path = Path(checks.utf8_path(text, "the data")).expanduser()
         if path.is_dir():
-            x, y = _folder(path, shape)
+            files, y = _folder_files(path)
+            keep = _kept(len(y), limit, seed)
+            files, y = [files[i] for i in keep], y[keep]
+            size = shape[1:] if shape is not None else None
+            x = _stack_images((_image_file(f, size) for f in files), len(files), shape, f"data folder {path}")
         elif path.is_file():
             if path.suffix.lower() != ".npz":
                 raise InputError(f"unsupported data file {text}; give a .npz with arrays x and y, or a folder of class subfolders")
@@ -125,8 +134,8 @@ def load_data(
             raise InputError(f"data path {text} does not exist; check the path (built-in data: {', '.join(DATASETS)})")
         else:
             raise InputError(f"unknown data set {text!r}; use one of {', '.join(DATASETS)}, a folder of class subfolders, or a .npz file")
-    if limit is not None and int(limit) < len(y):
-        keep = np.sort(np.random.default_rng(seed).choice(len(y), size=int(limit), replace=False))
+    keep = _kept(len(y), limit, seed)
+    if len(keep) < len(y):  # a folder's were drawn before decoding
         x, y = x[keep], y[keep]
     if shape is not None:
         _check_size(len(y), shape, f"data {text}")
@@ -134,6 +143,14 @@ def load_data(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _kept(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of the examples ``limit`` keeps: a random subset drawn with ``seed``, in the source order (all ``n``
+    when there are no more than ``limit``)."""
+    if limit is None or int(limit) >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(limit), replace=False))
 
 
 def _check_size(n: int, shape: tuple[int, int, int], what: str) -> None:
@@ -170,11 +187,11 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
     binary image stored that way would read as black (1/255), and an 8-bit
     image that dark is unlikely.
 
-    uint16 is 0-65535 in an image file (16-bit PNG, TIFF). In an array it is
-    ambiguous when every value is below 4096: 8-, 10- or 12-bit pixels stored
-    as uint16 would read as almost black (at most 1/16 of the range), and a
-    16-bit image that dark is unlikely, so that is an error asking for a
-    scale.
+    uint16 is 0-65535 (16-bit PNG, TIFF, arrays). It is ambiguous when every
+    value is below 4096: 8-, 10- or 12-bit pixels stored in 16 bits (medical
+    and camera exports) would read as almost black (at most 1/16 of the
+    range), and a 16-bit image that dark is unlikely, so that is an error
+    asking for a scale, in an image file as in an array.
     """
     if a.size == 0:  # the callers refuse N = 0 first: here an image dimension is 0
         raise InputError(f"{what} has shape {tuple(a.shape)}, images without pixels; store images of at least 1x1 pixel")
@@ -186,9 +203,11 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
     if a.dtype == np.uint16:
-        if not image_file and int(a.max()) < 4096:
-            raise InputError(f"{what} is uint16 with values up to {int(a.max())}: 8- to 12-bit pixels stored as uint16 "
-                             "would read as almost black; store 8-bit pixels as uint8, or scale to 0-65535 or to floats 0-1")  # fmt: skip
+        if int(a.max()) < 4096:
+            fix = ("re-save it as 8-bit, or scaled to the full 16-bit range" if image_file else
+                   "store 8-bit pixels as uint8, or scale to 0-65535 or to floats 0-1")  # fmt: skip
+            raise InputError(f"{what} is 16-bit with values up to {int(a.max())}: 8- to 12-bit pixels stored in 16 bits "
+                             f"would read as almost black; {fix}")  # fmt: skip
         return a.astype(np.float32) / 65535.0
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = int(a.min()), int(a.max())
@@ -241,22 +260,23 @@ def _to_channels(img: np.ndarray, c: int) -> np.ndarray:
     return img
 
 
-def _stack_images(images: list[np.ndarray], shape: tuple[int, int, int] | None, what: str) -> torch.Tensor:
-    """Bring image arrays of any size to one tensor ``[N, C, H, W]``."""
+def _stack_images(images: Iterable[np.ndarray], n: int, shape: tuple[int, int, int] | None, what: str) -> torch.Tensor:
+    """Bring ``n`` image arrays of any size to one tensor ``[N, C, H, W]``; with ``shape`` each is resized as it comes,
+    so only one is held at full size (a folder of phone photos would otherwise take 144 MB each)."""
     if shape is not None:
-        _check_size(len(images), shape, what)
-    c = shape[0] if shape is not None else max(img.shape[0] for img in images)
+        _check_size(n, shape, what)
+        return torch.cat([_fit(_to_channels(img, shape[0])[None], shape, what) for img in images])
+    images = list(images)
+    c = max(img.shape[0] for img in images)
     images = [_to_channels(img, c) for img in images]
-    if shape is None:
-        sizes = {img.shape[1:] for img in images}
-        if len(sizes) > 1:
-            a, b = sorted(sizes)[:2]
-            raise InputError(
-                f"images in {what} have different sizes (e.g. {a[0]}x{a[1]} and {b[0]}x{b[1]}); "
-                f"pass --input-shape C,H,W to resize them"
-            )
-        shape = (c, *next(iter(sizes)))
-    return torch.cat([_fit(img[None], shape, what) for img in images])
+    sizes = {img.shape[1:] for img in images}
+    if len(sizes) > 1:
+        a, b = sorted(sizes)[:2]
+        raise InputError(
+            f"images in {what} have different sizes (e.g. {a[0]}x{a[1]} and {b[0]}x{b[1]}); "
+            f"pass --input-shape C,H,W to resize them"
+        )
+    return torch.cat([_fit(img[None], (c, *img.shape[1:]), what) for img in images])
 
 
 # --------------------------------------------------------------------------- sources
@@ -273,7 +293,6 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 def _skimage_photos(shape: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarray]:
     """Several fixed square crops of each photograph shipped with scikit-image."""
     import skimage.data
-    import skimage.io
 
     _check_size(len(_SKIMAGE_FILES) * _CROPS_PER_IMAGE, shape, "data images")
     xs, ys = [], []
@@ -281,7 +300,7 @@ def _skimage_photos(shape: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarr
         path = Path(skimage.data.data_dir) / name
         if not path.is_file():
             continue
-        img = _to_channels(_as_chw(skimage.io.imread(path), f"scikit-image photo {name}"), shape[0])
+        img = _to_channels(_image_file(path, None), shape[0])
         h, w = img.shape[1:]
         rng = np.random.default_rng(label)
         for k in range(_CROPS_PER_IMAGE):
@@ -303,36 +322,63 @@ def _listing(folder: Path) -> list[Path]:
         raise InputError(f"cannot list data folder {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
 
 
-def _folder(root: Path, shape: tuple[int, int, int] | None) -> tuple[torch.Tensor, np.ndarray]:
-    import skimage.io
-
+def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
+    """The image files of a folder of class subfolders and their labels (sorted subfolder names -> 0, 1, ..., as
+    torchvision's ImageFolder numbers them)."""
     entries = _listing(root)
     if not entries:
         raise InputError(f"data folder {root} is empty; put one subfolder of images per class in it")
     classes = sorted(p for p in entries if p.is_dir())
     if not classes:
         raise InputError(f"data folder {root} has no class subfolders; put the images in one subfolder per class")
-    images, labels = [], []
+    files, labels = [], []
     for label, folder in enumerate(classes):
-        files = [p for p in _listing(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        if not files:
+        found = [p for p in _listing(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not found:
             raise InputError(
                 f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some or remove the folder"
             )
-        for file in files:
-            try:
-                with warnings.catch_warnings():  # imageio's plugin deprecation chatter on unreadable files
-                    warnings.simplefilter("ignore")
-                    arr = np.asarray(skimage.io.imread(file))
-            except Exception as exc:
-                if type(exc).__name__ == "DecompressionBombError":  # Pillow's guard against huge images
-                    pixels = re.search(r"\((\d+) pixels\)", str(exc))
-                    size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
-                    raise InputError(f"image {file} has {size}, more than is safe to decode; shrink it or remove it") from None
-                raise InputError(f"cannot read image {file} ({type(exc).__name__}); remove or re-save it") from None
-            images.append(_as_chw(arr, f"image {file}"))
-            labels.append(label)
-    return _stack_images(images, shape, f"data folder {root}"), np.array(labels, dtype=np.int64)
+        files += found
+        labels += [label] * len(found)
+    return files, np.array(labels, dtype=np.int64)
+
+
+#: Pillow modes read as they are (grey, grey + alpha, colour, colour + alpha, 16-bit grey); every other mode
+#: (palette, CMYK, YCbCr, LAB, HSV, 1-bit) is converted to RGB by Pillow, which also undoes the inverted CMYK
+#: that Adobe's JPEGs store (read raw, those came out in negative colours).
+_PIL_MODES_KEPT = frozenset({"L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"})
+
+
+def _image_file(file: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """One image file as float32 ``C, H, W`` in [0, 1]: its first frame (a GIF or an animated PNG), alpha dropped.
+    With ``size`` (H, W) a large image is scaled down while decoding (JPEG) or by whole factors (box filter) to no
+    less than twice ``size``, so the antialiased resize that follows sees the same content at a fraction of the
+    memory (a 12000x12000 PNG took 1.7 GB as floats)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: its error, past twice the limit, is kept
+            with Image.open(file) as im:
+                if size is not None and im.format == "JPEG":
+                    im.draft(None, (2 * size[1], 2 * size[0]))
+                im.seek(0)
+                im.load()
+                frame = im if im.mode in _PIL_MODES_KEPT else im.convert("RGB")
+                if size is not None and frame.mode in ("L", "LA", "RGB", "RGBA"):
+                    factor = min(frame.width // size[1], frame.height // size[0]) // 2
+                    if factor >= 2:
+                        frame = frame.reduce(factor)
+                arr = np.array(frame)
+    except Exception as exc:
+        if type(exc).__name__ == "DecompressionBombError":  # Pillow's guard against huge images
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            count = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+            raise InputError(f"image {file} has {count}, more than is safe to decode; shrink it or remove it") from None
+        raise InputError(f"cannot read image {file} ({type(exc).__name__}); remove or re-save it") from None
+    if arr.dtype == np.int32 and arr.size and 0 <= int(arr.min()) and int(arr.max()) <= 65535:
+        arr = arr.astype(np.uint16)  # 16-bit grey that Pillow widened to its 32-bit integer mode
+    return _as_chw(arr, f"image {file}")
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -103,6 +103,59 @@ def test_folder_of_mixed_sizes_needs_input_shape(tmp_path):
     _check(x, y, (3, 16, 16))
 
 
+def test_gif_palette_and_cmyk_image_files_load_as_their_colours(tmp_path):
+    """A one-frame GIF (read as a frame axis, it was refused), an animation (its first frame), a palette PNG and an
+    Adobe CMYK JPEG (read raw, its colours came out inverted: 200,50,10 as 55,205,245) all load as their RGB."""
+    from PIL import Image
+
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[...] = (200, 50, 10)
+    other = np.full((8, 8, 3), 90, np.uint8)
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b").mkdir()
+    Image.fromarray(colour).save(tmp_path / "d" / "a" / "one.gif")
+    frames = [Image.fromarray(colour), Image.fromarray(other)]
+    frames[0].save(tmp_path / "d" / "a" / "two.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(colour).convert("P").save(tmp_path / "d" / "b" / "palette.png")
+    Image.fromarray(colour).convert("CMYK").save(tmp_path / "d" / "b" / "cmyk.jpg", quality=100)
+    x, y = load_data(tmp_path / "d")
+    _check(x, y, (3, 8, 8))
+    assert y.tolist() == [0, 0, 1, 1]
+    for i, tolerance in enumerate((1, 1, 1, 15)):  # the JPEG is lossy (204, 51, 0); inverted it was off by 150+
+        assert np.abs(x[i, :, 4, 4].numpy() * 255 - (200, 50, 10)).max() <= tolerance, i
+
+
+def test_twelve_bit_pixels_in_a_sixteen_bit_png_are_refused_full_range_ones_read(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    skimage.io.imsave(tmp_path / "d" / "a" / "x.png", np.full((4, 4), 4000, np.uint16), check_contrast=False)
+    with pytest.raises(InputError, match=r"x.png is 16-bit with values up to 4000: 8- to 12-bit pixels .* re-save it as 8-bit"):
+        load_data(tmp_path / "d")
+    skimage.io.imsave(tmp_path / "d" / "a" / "x.png", np.full((4, 4), 65535 // 5, np.uint16), check_contrast=False)
+    x, _ = load_data(tmp_path / "d")
+    assert torch.allclose(x, torch.full_like(x, 0.2))
+
+
+def test_large_images_are_shrunk_while_read_to_what_a_full_size_resize_gives(tmp_path, monkeypatch):
+    """A folder's images are decoded one at a time, the limit drawn before decoding, and big ones reduced by whole
+    factors to twice the input shape first: the result matches resizing the full-size image."""
+    import fedguard.data
+    from fedguard.data import _fit
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, size=(30, 40, 3)), np.ones((40, 40, 1))).astype(np.uint8)  # 1200x1600
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    for i in range(5):
+        skimage.io.imsave(tmp_path / "d" / "a" / f"{i}.png", np.roll(smooth, 40 * i, axis=1), check_contrast=False)
+    opened = []
+    real = fedguard.data._image_file
+    monkeypatch.setattr(fedguard.data, "_image_file", lambda f, size: opened.append(f.name) or real(f, size))
+    x, y = load_data(tmp_path / "d", (3, 30, 40), limit=2, seed=0)
+    assert len(opened) == 2 and len(y) == 2
+    first = int(opened[0].split(".")[0])
+    full = _fit(np.roll(smooth, 40 * first, axis=1).transpose(2, 0, 1)[None] / 255.0, (3, 30, 40), "full size")
+    assert float((x[0] - full[0]).abs().mean()) < 0.01
+
+
 def test_npz_uint8_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, size=(6, 9, 9), dtype=np.uint8)
@@ -202,6 +255,17 @@ def test_missing_path_and_unknown_name(tmp_path):
         load_data(str(tmp_path / "nowhere"))
     with pytest.raises(InputError, match=r"unknown data set 'cifar10'; use one of digits, images"):
         load_data("cifar10")
+
+
+def test_a_local_folder_named_like_a_built_in_set_is_ambiguous(tmp_path, monkeypatch):
+    """``--data digits`` with a folder ``digits`` here (or `` digits``) had silently read the built-in set."""
+    monkeypatch.chdir(tmp_path)
+    _write_folder(tmp_path / "digits")
+    for spec in ("digits", " digits"):
+        with pytest.raises(InputError, match=r"--data digits names the built-in data set, but '.*digits' is also a file or folder here; write ./"):
+            load_data(spec)
+    x, y = load_data("./digits")
+    assert len(y) == 6
 
 
 def test_bad_files_and_folders(tmp_path):
