@@ -412,7 +412,7 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
         (np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32), np.arange(6), "3-channel"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(4), "4 labels but x has 6"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(6) - 1, "negative labels"),
-        (np.full((6, 8, 8), 300, np.uint16), np.arange(6), "8- to 12-bit pixels stored as uint16"),
+        (np.full((6, 8, 8), 300, np.uint16), np.arange(6), "8- to 12-bit pixels stored in 16 bits"),
     ],
     ids=["flat-x", "out-of-range", "nan", "channels", "label-count", "negative-label", "uint16-holding-8-bit"],
 )
