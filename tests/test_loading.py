@@ -730,3 +730,24 @@ def test_inspect_api_runs_its_behavioural_checks_inside_the_callers_no_grad_and_
         with mode():
             report = inspect_model(tmp_path / "m.pt", arch="lenet5", data=(x, torch.arange(8)))
         assert str(report.verdict) == "clean" and "gradient_snr" in report.detectors_run
+
+
+def test_names_of_megabytes_are_shortened_before_they_reach_reports(tmp_path):
+    """A 4 MB model with a 2,000,000-character layer name gave a 15 MB text report (20 MB SARIF): names beyond
+    MAX_NAME keep their ends, length and a digest; a layer's weight and bias stay one layer, two long paths stay
+    two, and ordinary names are untouched."""
+    from fedguard.inspect import rules
+    from fedguard.loading import MAX_NAME
+    from fedguard.reports import render
+
+    long_a, long_b = "A" * 2_000_000, "A" * 1_999_999 + "B"
+    sd = {f"{long_a}.weight": torch.full((64, 64), 0.01), f"{long_a}.bias": torch.zeros(64),
+          f"{long_b}.weight": torch.randn(10, 64) * 0.1, "head.bias": torch.zeros(10)}  # fmt: skip
+    torch.save(sd, tmp_path / "long.pt")
+    report = inspect_model(tmp_path / "long.pt")
+    layers = {f.layer for f in report.findings if f.layer}
+    assert layers and all(len(name) < MAX_NAME for name in layers)
+    assert any("[2,000,000 characters, sha256 " in name for name in layers)
+    assert report.n_layers == 2  # the long A and B layers, each with its weight (and bias) together
+    for fmt in ("text", "json", "sarif", "html"):
+        assert len(render(fmt, report, rules())) < 100_000, fmt
