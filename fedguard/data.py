@@ -15,8 +15,8 @@ int64 labels. ``spec`` is one of:
   with alpha dropped; uint8 0-255 or float 0-1) and ``y`` (integer labels).
 
 With ``input_shape`` (C, H, W) the images are resized (bilinear, antialiased
-when shrinking) and 1-channel data is repeated to C channels; image files (and
-the built-in photographs) in colour are turned to grey when C is 1. Nothing is
+when shrinking) and 1-channel data is repeated to C channels; colour images
+(files, arrays, the built-in photographs) are turned to grey when C is 1. Nothing is
 ever downloaded. Every bad input raises :class:`InputError` naming the problem
 and the fix.
 """
@@ -168,11 +168,13 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
     if shape is None:
         return t.contiguous()
     c, h, w = shape
+    if c == 1 and t.shape[1] == 3:  # colour to grey, as for image files
+        t = torch.einsum("c,nchw->nhw", torch.from_numpy(_GREY), t)[:, None]
     if t.shape[1] != c:
-        if t.shape[1] != 1:
+        if t.shape[1] != 1:  # the input shape is the architecture's: changing it to fit the data would change the model
             raise InputError(
-                f"{what} has {t.shape[1]}-channel images but the input shape needs {c}; "
-                f"give {c}-channel{' or 1-channel' if c != 1 else ''} data, or pass --input-shape {t.shape[1]},{h},{w}"
+                f"{what} has {t.shape[1]}-channel images but the architecture takes {c} (input shape {c},{h},{w}); "
+                f"give {c}-channel{' or 1-channel' if c != 1 else ''} data"
             )
         t = t.expand(-1, c, -1, -1)
     if tuple(t.shape[2:]) != (h, w):

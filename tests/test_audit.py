@@ -409,7 +409,7 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
         (np.random.default_rng(0).random((6, 64)).astype(np.float32), np.arange(6), "has shape (6, 64)"),
         ((2 * np.random.default_rng(0).random((6, 8, 8))).astype(np.float32), np.arange(6), "scale floats to [0, 1]"),
         (np.full((6, 8, 8), np.nan, np.float32), np.arange(6), "NaN"),
-        (np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32), np.arange(6), "3-channel"),
+        (np.random.default_rng(0).random((6, 2, 8, 8)).astype(np.float32), np.arange(6), "2-channel"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(4), "4 labels but x has 6"),
         (np.zeros((6, 8, 8), np.uint8), np.arange(6) - 1, "negative labels"),
         (np.full((6, 8, 8), 300, np.uint16), np.arange(6), "8- to 12-bit pixels stored in 16 bits"),

@@ -239,12 +239,15 @@ def test_bad_npz(tmp_path, arrays, match):
     assert "\n" not in str(err.value)
 
 
-def test_channels_that_cannot_be_matched(tmp_path):
-    path = _npz(tmp_path, x=np.zeros((4, 3, 8, 8), np.uint8), y=GOOD_Y)
-    with pytest.raises(InputError, match=r"3-channel images but the input shape needs 1.*--input-shape 3,28,28"):
-        load_data(path, (1, 28, 28))
+def test_channels_colour_arrays_turn_grey_and_others_cannot_be_matched(tmp_path):
+    """Colour arrays for a one-channel architecture turn grey as image files do; the error had suggested an
+    --input-shape of the data's channels, with which inspect then called a benign model drifted (FG701)."""
+    colour = np.zeros((4, 3, 8, 8), np.uint8)
+    colour[:, 0], colour[:, 1], colour[:, 2] = 255, 128, 0
+    x, _ = load_data(_npz(tmp_path, x=colour, y=GOOD_Y), (1, 8, 8))
+    assert torch.allclose(x, torch.full_like(x, 0.299 + 0.587 * 128 / 255))
     path = _npz(tmp_path, x=np.zeros((4, 2, 8, 8), np.uint8), y=GOOD_Y)
-    with pytest.raises(InputError, match=r"2-channel images but the input shape needs 3"):
+    with pytest.raises(InputError, match=r"2-channel images but the architecture takes 3 \(input shape 3,8,8\); give 3-channel or 1-channel data$"):
         load_data(path, (3, 8, 8))
 
 
