@@ -641,10 +641,15 @@ def _build_custom(arch: str, num_classes: int, input_shape: Shape | None, kwargs
         return model
     try:
         out = _dry_run(model, shape)  # also gives lazy layers their shapes
-    except Exception as exc:
+    except RuntimeError as exc:  # what torch raises for a shape a layer cannot take
         raise InputError(
             f"the model from {arch} cannot take input shape {_fmt(shape)}: {first_line(exc)}; "
             f"pass the --input-shape C,H,W it expects"
+        ) from None
+    except Exception as exc:  # the model's own code: no input shape would help
+        raise InputError(
+            f"the model from {arch} raised {first_line(exc)} on one all-zero input of shape {_fmt(shape)}; "
+            "fix its forward"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"

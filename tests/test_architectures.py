@@ -286,6 +286,24 @@ def test_module_callable_wrong_input_shape(user_module):
         build_model(f"{user_module}:tiny", 10, (3, 32, 32))
 
 
+def test_module_callable_whose_forward_raises_is_not_blamed_on_the_input_shape(tmp_path, monkeypatch):
+    (tmp_path / "fg_raising.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Linear):\n"
+        "    def forward(self, x):\n"
+        "        raise KeyError('feature map')\n"
+        "def make(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    return Net(64, num_classes)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(InputError, match=r"the model from fg_raising:make raised KeyError: 'feature map' on one "
+                                             r"all-zero input of shape 1,8,8; fix its forward$"):  # fmt: skip
+            build_model("fg_raising:make", 10, (1, 8, 8))
+    finally:
+        sys.modules.pop("fg_raising", None)
+
+
 def test_module_callable_without_default_shape(tmp_path, monkeypatch):
     (tmp_path / "fg_shapeless.py").write_text("from torch import nn\ndef make(num_classes):\n    return nn.Linear(4, num_classes)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
