@@ -574,6 +574,12 @@ def _resolve_callable(arch: str) -> tuple[Any, Any]:
     """Import ``package.module:callable``; return (module, attribute)."""
     module_name, _, attr = arch.partition(":")
     module_name, attr = module_name.strip(), attr.strip()
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        file = Path(module_name)
+        raise InputError(
+            f"--arch takes a module name, not a file: for {file} write {file.stem}:{attr or 'callable'}, run from "
+            f"{file.parent if str(file.parent) != '.' else 'its folder'} or add that folder to PYTHONPATH"
+        )
     if not module_name or not attr or not all(part.isidentifier() for part in module_name.split(".") + attr.split(".")):
         raise InputError(f"bad --arch {arch!r}; write a built-in name ({', '.join(ARCHITECTURES.names())}) or package.module:callable")
     with _CwdOnPath():
@@ -596,6 +602,9 @@ def _resolve_callable(arch: str) -> tuple[Any, Any]:
                 if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__
             )[:10]
             hint = f" (callables there: {', '.join(public)})" if public else ""
+            if module_name.split(".")[0] in sys.stdlib_module_names:  # found before a file of that name in the folder
+                raise InputError(f"module {module_name!r} is Python's own, imported instead of a file of that name, and has "
+                                 f"no {attr!r}; rename your module (e.g. my_{module_name.split('.')[0]}.py)")  # fmt: skip
             raise InputError(f"module {module_name!r} has no attribute {attr!r}{hint}; fix the name after ':' in --arch")
         obj = getattr(obj, part)
     if isinstance(obj, nn.Module):

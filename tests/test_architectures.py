@@ -273,6 +273,10 @@ def test_module_callable_found_from_working_directory(tmp_path, monkeypatch):
         ("{m}:NUMBER", r"not a callable"),
         (":tiny", r"package.module:callable"),
         ("{m}:", r"package.module:callable"),
+        ("models/net.py:make", r"--arch takes a module name, not a file: for models/net.py write net:make, run from models "),
+        ("net.py:make", r"for net.py write net:make, run from its folder or add that folder to PYTHONPATH$"),
+        ("types:make", r"module 'types' is Python's own, imported instead of a file of that name, and has no 'make'; "
+                       r"rename your module \(e.g. my_types.py\)$"),
     ],
 )
 def test_module_callable_errors(user_module, arch, match):
