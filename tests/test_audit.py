@@ -559,6 +559,25 @@ def test_an_attack_that_raises_is_skipped_and_the_verdict_is_not_a_pass(workdir,
     assert report["leakage"]["level"] in ("none", "low") and report["verdict"] == "warn"
 
 
+def test_an_image_attack_cut_short_by_the_time_budget_is_noted_and_never_passes(workdir, monkeypatch):
+    """DLG stopped by the budget after 2 of its 300 iterations rebuilds noise (level none): that said a pass with no
+    word of it. Below CUT_SHORT of its iterations the report notes it and the verdict is at least warn."""
+    from fedguard.attacks.dlg import DLG
+    from fedguard.types import Reconstruction
+
+    def cut(self, view, budget):
+        images = torch.rand(view.batch_size, *view.input_shape, generator=torch.Generator().manual_seed(0))
+        return Reconstruction(attack="dlg", images=images, iterations=2, seconds=0.1, stopped="time_budget")
+
+    monkeypatch.setattr(DLG, "run", cut)
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "dlg", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["leakage"]["level"] == "none" and report["verdict"] == "warn"
+    assert report["notes"] == ["dlg was stopped by the time budget after 2 of 300 iterations: what it rebuilt "
+                               "understates what a server with more time would; raise --time-budget"]  # fmt: skip
+
+
 def test_what_the_arch_code_prints_goes_to_stderr_and_json_on_stdout_stays_parseable(workdir):
     """An --arch module that prints at import, when built and in every forward: audit's and inspect's JSON on
     stdout still parse (the prints had been written into them), and the prints are on stderr."""
