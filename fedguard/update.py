@@ -350,6 +350,11 @@ def load_update(
     )
 
 
+def _first_of(names: list[str]) -> str:
+    """The first of ``names`` quoted, and how many more there are."""
+    return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
 def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, where: str) -> dict[str, torch.Tensor]:
     """``tensors`` as one finite floating-point tensor per trainable parameter of ``model`` (same names, shapes,
     device and dtype), not all zero, or InputError starting with ``where``. An unnamed list, as Flower sends, is named layer by
@@ -384,11 +389,8 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
             "model.named_parameters() does"
         )
     if missing:
-        raise InputError(
-            f"{where} has no tensor for parameter {missing[0]!r}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + "; give one tensor per model parameter, named as in model.named_parameters()"
-        )
+        raise InputError(f"{where} has no tensor for parameter {_first_of(missing)}; give one tensor per model parameter, "
+                         "named as in model.named_parameters()")  # fmt: skip
     if extra:
         raise InputError(f"{where} has tensor {extra[0]!r} that is not a parameter of the model; remove it or check --arch")
     out = {}
@@ -419,10 +421,8 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
         )
     if moved:
         raise InputError(
-            f"{where} changes {moved[0]!r}, which the model freezes (requires_grad=False)"
-            + (f", and {len(moved) - 1} more" if len(moved) > 1 else "")
-            + "; the client trained a model with it unfrozen: build --arch as the client trains it, "
-            "or zero that tensor if it is not uploaded"
+            f"{where} changes {_first_of(moved)}, which the model freezes (requires_grad=False); the client trained a "
+            "model with it unfrozen: build --arch as the client trains it, or zero that tensor if it is not uploaded"
         )
     return out
 
