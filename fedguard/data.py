@@ -197,6 +197,8 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
     """
     if a.size == 0:  # the callers refuse N = 0 first: here an image dimension is 0
         raise InputError(f"{what} has shape {tuple(a.shape)}, images without pixels; store images of at least 1x1 pixel")
+    if not a.dtype.isnative:  # big-endian (a TIFF's I;16B, an array saved on such a machine): '>u2' is no np.uint16
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype == np.bool_:
         return a.astype(np.float32)
     if np.issubdtype(a.dtype, np.integer) and not image_file and int(a.max()) == 1 and int(a.min()) == 0:

@@ -156,6 +156,15 @@ def test_large_images_are_shrunk_while_read_to_what_a_full_size_resize_gives(tmp
     assert float((x[0] - full[0]).abs().mean()) < 0.01
 
 
+def test_big_endian_arrays_read_as_native_ones(tmp_path):
+    """'>u2' is not np.uint16: big-endian 16-bit pixels had been refused as integers beyond 255."""
+    native = (np.arange(6 * 64).reshape(6, 8, 8) * 100).astype(np.uint16)
+    np.savez(tmp_path / "le.npz", x=native, y=np.arange(6))
+    np.savez(tmp_path / "be.npz", x=native.astype(">u2"), y=np.arange(6).astype(">i8"))
+    (x_le, y_le), (x_be, y_be) = load_data(tmp_path / "le.npz"), load_data(tmp_path / "be.npz")
+    assert torch.equal(x_le, x_be) and torch.equal(y_le, y_be)
+
+
 def test_npz_uint8_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, size=(6, 9, 9), dtype=np.uint8)
