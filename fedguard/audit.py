@@ -358,6 +358,26 @@ def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | 
             "or from another model; what is measured is what it reveals about --data, so the verdict is at least warn")
 
 
+def _probabilities_note(module: nn.Module, x: torch.Tensor) -> str | None:
+    """The report's note when the model's outputs are probabilities (rows of non-negative values summing to 1, on
+    the first 4 examples): the audit trains with cross-entropy on the outputs as logits, as a client with
+    nn.CrossEntropyLoss does; a client taking their log (nn.NLLLoss) uploads another update."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x[:4]).double()
+    except Exception:  # a model that fails on 4 examples fails again in training, which says why in one line
+        return None
+    finally:
+        module.train(was)
+    if bool((out >= 0).all()) and torch.allclose(out.sum(1), torch.ones(len(out), dtype=out.dtype), atol=1e-4):
+        return ("the model's outputs are probabilities (each row sums to 1): the audit applied cross-entropy to them as "
+                "logits, as nn.CrossEntropyLoss does; if the client takes their log instead (nn.NLLLoss), its update "
+                "differs (drop the final softmax from --arch to audit that one); the verdict is at least warn")
+    return None
+
+
 def _no_iteration(stopped: str, time_budget: float | None) -> str:
     """Why an attack that applies measured nothing: the time budget or a stop came before its first iteration."""
     if stopped == "time_budget":
@@ -635,7 +655,7 @@ def audit(
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
         agreement = None
     mismatch = _mismatch_note(agreement, upd.protocol)
-    notes = [mismatch] if mismatch else []  # each one makes the verdict at least warn
+    notes = [note for note in (mismatch, _probabilities_note(module, batch_x.to(dev))) if note]  # each: at least warn
 
     B = len(index)
     known_labels = threat.labels == "known"

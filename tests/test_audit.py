@@ -578,6 +578,25 @@ def test_an_image_attack_cut_short_by_the_time_budget_is_noted_and_never_passes(
                                "understates what a server with more time would; raise --time-budget"]  # fmt: skip
 
 
+def test_a_model_that_returns_probabilities_is_noted_and_never_passes(workdir):
+    """A final softmax: the audit's cross-entropy on its outputs is a client's with nn.CrossEntropyLoss, not one with
+    nn.NLLLoss on their log. It had been audited without a word; log-probabilities and logits get no note."""
+    (workdir / "soft_net.py").write_text(
+        "from torch import nn\n"
+        "from fedguard.architectures import build_model\n\n"
+        "def probabilities(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    return nn.Sequential(build_model('lenet', num_classes, input_shape), nn.Softmax(dim=1))\n\n"
+        "def log_probabilities(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    return nn.Sequential(build_model('lenet', num_classes, input_shape), nn.LogSoftmax(dim=1))\n"
+    )
+    run = ("--input-shape", "1,8,8", "--data", "digits", "--attack", "label_counts", "--format", "json")
+    report = json.loads(invoke("--arch", "soft_net:probabilities", *run).stdout)
+    assert report["verdict"] == "warn" and len(report["notes"]) == 1
+    assert report["notes"][0].startswith("the model's outputs are probabilities (each row sums to 1)")
+    for arch in ("soft_net:log_probabilities", "lenet"):
+        assert json.loads(invoke("--arch", arch, *run).stdout)["notes"] == []
+
+
 def test_what_the_arch_code_prints_goes_to_stderr_and_json_on_stdout_stays_parseable(workdir):
     """An --arch module that prints at import, when built and in every forward: audit's and inspect's JSON on
     stdout still parse (the prints had been written into them), and the prints are on stderr."""
