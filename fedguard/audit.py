@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
 from fedguard.update import Update, checked_update, compute_update, load_update, resolve_device
+
+if TYPE_CHECKING:
+    from fedguard.attacks.base import Budget
 
 __all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "attack_names"]
 
@@ -246,8 +249,9 @@ def _choose_batch(n: int, batch_size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=batch_size, replace=False))
 
 
-def _label_seed(view: ServerView, done: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
-    """Labels for the image attacks: from a label attack that ran, else inferred quietly (or None)."""
+def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
+    """Labels for the image attacks: from a label attack that ran, else inferred quietly (or None), within
+    ``budget``'s time and stop."""
     from fedguard.attacks._head import find_head
     from fedguard.attacks.idlg import idlg_label
     from fedguard.attacks.label_counts import estimate_counts
@@ -268,7 +272,7 @@ def _label_seed(view: ServerView, done: dict[str, Any]) -> tuple[torch.Tensor | 
         return torch.tensor([label]), counts, "recovered by idlg"
     if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
         return None, None, None
-    counts, _, _ = estimate_counts(view, head)
+    counts, _, _ = estimate_counts(view, head, budget)
     labels = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
     return labels, torch.as_tensor(counts), "recovered by label_counts"
 
@@ -698,7 +702,7 @@ def audit(
             started = False
             try:
                 if cls.kind == "images" and view.labels is None and not known_labels:
-                    labels, counts, source = _label_seed(view, done)
+                    labels, counts, source = _label_seed(view, done, Budget(1, time_budget, stop))
                     if labels is not None:
                         view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
                 target = view
