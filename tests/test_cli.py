@@ -505,7 +505,7 @@ BAD_INPUTS = {
     "unknown-arch": _with_model("--arch", "no_such_net"),
     "bad-input-shape": _with_model("--arch", "lenet5", "--input-shape", "3,32"),
     "zero-input-shape": _with_model("--arch", "lenet5", "--input-shape", "0,28,28"),
-    "data-wrong-channels": _with_data(np.random.default_rng(0).random((4, 3, 28, 28), dtype=np.float32), np.array([0, 1, 2, 0])),
+    "data-wrong-channels": _with_data(np.random.default_rng(0).random((4, 2, 28, 28), dtype=np.float32), np.array([0, 1, 2, 0])),
     "data-labels-too-large": _with_data(np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32), np.array([0, 1, 2, 50])),
     "data-without-arch": _with_model("--data", "digits"),
     "input-shape-without-arch": _with_model("--input-shape", "1,28,28"),
