@@ -126,7 +126,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         # The report names --arch, so it must be this model's: layer by layer by shape (a wrapper's names differ),
         # else the check a file gets, which names the first layer that does not fit.
         tensors, _ = to_state_dict(dict(model.state_dict()), "the model passed in")
-        expected = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None, named=False)
+        expected = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None)
         if names_from(expected.state_dict(), tensors) is tensors:
             load_weights(expected, tensors, "passed in", arch)
         try:
@@ -487,7 +487,8 @@ def audit(
     batch_size : int
         Examples in the private batch (default 8; with ``update``, all of ``data``).
     num_classes, input_shape : optional
-        Options of ``arch`` (classes default to the received head's).
+        Options of ``arch`` (classes default to the received head's; the input shape to the architecture's own, or,
+        for an architecture without one, to the shape of in-memory ``data``).
     protocol : {"fedsgd", "fedavg"}
     local_steps, local_lr, local_batch_size
         FedAvg's local schedule (mini-batches default to the whole batch);
@@ -617,6 +618,14 @@ def audit(
     threat = threat or ThreatModel()
     dev = resolve_device(device)
 
+    if input_shape is None and isinstance(data, (tuple, list)):
+        from fedguard.architectures import resolve_input_shape
+        from fedguard.data import in_memory_batch
+
+        try:
+            resolve_input_shape(arch)
+        except InputError:  # no default shape: in-memory data go in as they are, so theirs is the input shape
+            input_shape = tuple(in_memory_batch(data)[0].shape[1:])
     module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
     n_out = classifier_outputs(module, x_all, "audit")

@@ -52,15 +52,26 @@ def build_expected_module(
 ) -> nn.Module:
     """The ``--arch`` module, with the class count read off the received head when not given.
 
-    For an unnamed (Flower) list, the head is the last 2-D tensor of the list.
+    The head is the Linear layer whose output is the logits, found by running the module (the last Linear declared
+    may be a hidden one: reading the class count off it had called an unchanged model drifted); without an input
+    shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list, or when the tensors do not name that
+    layer (a wrapper's prefix), the head is the last 2-D tensor.
     """
-    from fedguard.architectures import build_model
+    from fedguard.architectures import build_model, resolve_input_shape
+    from fedguard.attacks._head import find_head
 
     module = build_model(arch, num_classes=num_classes or 10, input_shape=input_shape)
     if num_classes is None:
-        head = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
-        received = tensors.get(f"{head[-1]}.weight") if head else None
-        if received is None and head and not named:
+        received = None
+        if named:
+            try:
+                head = find_head(module, resolve_input_shape(arch, input_shape), torch.device("cpu"), 10)
+                weight = head.weight if head is not None else None
+            except InputError:  # no input shape to run it on: the last Linear with the 10 outputs it was built for
+                heads = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear) and sub.out_features == 10]
+                weight = f"{heads[-1]}.weight".lstrip(".") if heads else None
+            received = tensors.get(weight) if weight is not None else None
+        if received is None:
             received = next((t for t in reversed(list(tensors.values())) if t.ndim == 2), None)
         if received is not None and received.ndim == 2 and received.shape[0] != 10:
             module = build_model(arch, num_classes=int(received.shape[0]), input_shape=input_shape)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -595,6 +596,36 @@ def test_a_model_that_returns_probabilities_is_noted_and_never_passes(workdir):
     assert report["notes"][0].startswith("the model's outputs are probabilities (each row sums to 1)")
     for arch in ("soft_net:log_probabilities", "lenet"):
         assert json.loads(invoke("--arch", arch, *run).stdout)["notes"] == []
+
+
+def test_the_class_count_is_read_off_the_layer_that_gives_the_logits(workdir, monkeypatch):
+    """An architecture that declares its head before a hidden Linear: the class count had been read off the hidden
+    layer (64 rows), so inspect called the unchanged model drifted (FG701, malicious) and audit refused it."""
+    from fedguard.audit import audit
+    from fedguard.inspect import inspect_model
+
+    (workdir / "head_first.py").write_text(
+        "from torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, input_shape=(1, 8, 8)):\n"
+        "        super().__init__()\n"
+        "        self.classifier = nn.Linear(32, num_classes)\n"
+        "        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())\n\n"
+        "    def forward(self, x):\n"
+        "        return self.classifier(self.encoder(x))\n"
+    )
+    monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.delitem(sys.modules, "head_first", raising=False)
+    import head_first
+
+    torch.manual_seed(0)
+    for classes in (10, 4):
+        net = head_first.Net(classes)
+        torch.save(net.state_dict(), workdir / "global.pt")
+        report = inspect_model(workdir / "global.pt", arch="head_first:Net")
+        assert str(report.verdict) == "clean" and not report.findings, (classes, report.findings)
+        x, y = torch.rand(4, 1, 8, 8), torch.arange(4) % classes
+        assert audit(net, arch="head_first:Net", data=(x, y), batch_size=4, attacks=["label_counts"]).attacks
 
 
 def test_what_the_arch_code_prints_goes_to_stderr_and_json_on_stdout_stays_parseable(workdir):
