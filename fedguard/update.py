@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedguard import checks
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.modelview import first_non_finite
@@ -198,6 +199,13 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _gradients(loss: torch.Tensor, params: Mapping[str, nn.Parameter]) -> list[torch.Tensor]:
+    """d loss / d each parameter; zeros for one the forward does not use (an auxiliary head), as an optimizer
+    leaves it and the client uploads it (autograd had refused the whole model)."""
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params.values())]
+
+
 def compute_update(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -229,8 +237,17 @@ def compute_update(
         raise InputError(f"model is a {type(model).__name__}; pass the torch.nn.Module to train")
     if not (isinstance(inputs, torch.Tensor) and isinstance(labels, torch.Tensor)):
         raise InputError(f"inputs and labels are a {type(inputs).__name__} and a {type(labels).__name__}; pass tensors ([N, C, H, W] and [N])")
-    if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0 or labels.is_floating_point():
+    if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0 or labels.is_floating_point() or labels.is_complex():
         raise InputError(f"labels of shape {list(labels.shape)} and dtype {labels.dtype} for {len(inputs)} inputs; pass one integer class label per example")
+    if int(labels.min()) < 0:  # cross-entropy skips -100 (its ignore_index): the update would leave those examples out
+        raise InputError(f"labels hold negative values (min {int(labels.min())}); pass class labels 0, 1, 2, ...")
+    labels = labels.long()  # int32 or uint8 labels, which cross-entropy refuses
+    if not inputs.is_floating_point():
+        raise InputError(f"inputs are {inputs.dtype}; pass float images in [0, 1] (fedguard.data.in_memory_batch converts 0-255)")
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+    if dtypes and str(inputs.dtype) not in dtypes:
+        raise InputError(f"inputs are {inputs.dtype} but the model's weights {' and '.join(dtypes)}; pass inputs of the model's dtype")
+    seed = checks.whole(seed, "seed", 0, 2**63 - 1)  # torch's generators' range: the audit passes its seed plus offsets
     batch = int(inputs.shape[0])
     if protocol == "fedsgd":
         local_steps, local_lr, local_batch_size = 1, None, None
@@ -250,7 +267,7 @@ def compute_update(
         try:
             if protocol == "fedsgd":
                 loss = F.cross_entropy(net(inputs), labels)
-                grads = torch.autograd.grad(loss, list(params.values()))
+                grads = _gradients(loss, params)
                 tensors = {name: g.detach() for name, g in zip(params, grads)}
                 first_loss = float(loss.detach())
             else:
@@ -259,7 +276,7 @@ def compute_update(
                 for sl in minibatch_slices(batch, local_batch_size, local_steps):
                     loss = F.cross_entropy(net(inputs[sl]), labels[sl])
                     losses.append(loss.detach())
-                    grads = torch.autograd.grad(loss, list(params.values()))
+                    grads = _gradients(loss, params)
                     with torch.no_grad():
                         for p, g in zip(params.values(), grads):
                             p.sub_(float(local_lr) * g)

@@ -830,6 +830,11 @@ def test_python_api_a_module_that_cannot_be_audited_is_an_input_error(kind, mess
         ({"labels": [0, 1, 2, 3]}, "pass tensors"),
         ({"labels": torch.arange(0)}, "one integer class label per example"),
         ({"protocol": "fedavg", "local_lr": "x"}, "bad --local-lr 'x'"),
+        ({"labels": torch.tensor([0, 1, -100, 3])}, "labels hold negative values (min -100)"),  # ignore_index: dropped
+        ({"inputs": torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)}, "inputs are torch.uint8; pass float images"),
+        ({"inputs": torch.rand(4, 1, 8, 8, dtype=torch.float64)}, "inputs are torch.float64 but the model's weights torch.float32"),
+        ({"seed": "a"}, "bad seed 'a'"),
+        ({"seed": -1}, "bad seed -1"),
     ],
 )
 def test_compute_update_bad_arguments_are_input_errors(given, message):
@@ -839,6 +844,21 @@ def test_compute_update_bad_arguments_are_input_errors(given, message):
     args = {"inputs": torch.rand(4, 1, 8, 8), "labels": torch.arange(4), **given}
     with pytest.raises(InputError, match=re.escape(message)):
         compute_update(lenet8(), **args)
+
+
+def test_compute_update_takes_int32_labels_and_parameters_the_forward_leaves_out():
+    """int32 labels (cross-entropy wants int64) and an auxiliary head the forward does not use (autograd had refused
+    the whole model): its gradient is zero, as the client's optimizer leaves it, for FedSGD and FedAvg."""
+    from fedguard.update import compute_update
+
+    net = lenet8()
+    net.aux = torch.nn.Linear(48, 3)
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    plain = compute_update(lenet8(), x, y)
+    upd = compute_update(net, x, y.int())
+    assert all(torch.equal(upd.tensors[k], v) for k, v in plain.tensors.items())
+    assert not upd.tensors["aux.weight"].any() and not upd.tensors["aux.bias"].any()
+    assert not compute_update(net, x, y, protocol="fedavg", local_steps=2).tensors["aux.weight"].any()
 
 
 def test_batchnorm_on_one_example_names_the_option_that_made_it():
