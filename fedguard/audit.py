@@ -119,6 +119,8 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     from fedguard.loading import load_model_file, to_state_dict
 
     shape = resolve_input_shape(arch, input_shape)
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):  # the network it runs on its devices
+        model = model.module  # (torch.func, which the attacks use, cannot call the wrapper)
     if isinstance(model, nn.Module):  # a copy: the audit moves it to its device, and the caller's model stays as it was
         check_float32(model, "the model passed in", "pass model.float()")
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):

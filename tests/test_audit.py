@@ -1229,6 +1229,10 @@ def test_a_wrapper_around_the_architecture_is_audited():
     report = audit(Wrapper(), arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(6, 1, 8, 8), torch.arange(6) % 2),
                    batch_size=2, attacks=["label_counts"])
     assert report.model["num_classes"] == 2 and report.attacks[0].label_counts_exact == 1.0
+    # nn.DataParallel: the network inside is audited (torch.func, which DLG uses, cannot call the wrapper: skipped)
+    report = audit(torch.nn.DataParallel(lenet8()), arch="lenet", input_shape=(1, 8, 8), batch_size=1,
+                   data=(torch.rand(6, 1, 8, 8), torch.arange(6)), attacks=["dlg"], max_iterations=2)
+    assert [o.name for o in report.attacks] == ["dlg"] and not report.skipped
 
 
 def test_a_model_whose_training_raises_anything_is_one_input_error():
