@@ -11,6 +11,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -213,26 +214,44 @@ def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -
     """
     if not isinstance(context, InspectContext):
         raise InputError(f"context is a {type(context).__name__}; pass an InspectContext")
+    for view, what in ((context.view, "view"), (context.reference, "reference")):
+        if not isinstance(view, ModelView) and (view is not None or what == "view"):
+            given = "None" if view is None else f"a {type(view).__name__}"
+            raise InputError(f"context.{what} is {given}; pass ModelView.from_state_dict(state_dict, module)")
+    module = context.view.module
+    if context.data is not None and module is not None:
+        context = dataclasses.replace(context, data=_checked_batch(context.data, module))
+    modes = [(m, m.training) for m in module.modules()] if module is not None else []
     findings: list[Finding] = []
     ran = []
-    for name in _detector_names(names):
-        detector = DETECTORS.get(name)()
-        if not all(context.has(need) for need in detector.needs):
-            continue
-        try:
-            findings.extend(detector.run(context))
-        except InputError:
-            raise
-        except Exception as exc:
-            if not detector.needs & {NEEDS_MODULE, NEEDS_DATA}:
-                raise  # a static check reads tensors only: its failure is fedguard's own, not the model's code
-            given = "--data" if NEEDS_DATA in detector.needs else "--arch"
-            raise InputError(
-                f"the {name} check runs the model, which raised {first_line(exc)}; "
-                f"fix the architecture's code, or drop {given} to run the checks that do not need it"
-            ) from None
-        ran.append(name)
+    try:
+        with own_torch_state():  # gradients on, float32, the caller's generators kept (as inspect_model runs it)
+            for name in _detector_names(names):
+                detector = DETECTORS.get(name)()
+                if not all(context.has(need) for need in detector.needs):
+                    continue
+                findings.extend(_run_detector(detector, context))
+                ran.append(name)
+    finally:
+        for m, mode in modes:  # behavioural checks run the model in eval mode: the caller's modes back
+            m.training = mode
     return findings, ran
+
+
+def _run_detector(detector, context: InspectContext) -> list[Finding]:
+    """``detector``'s findings; the model's own code raising in a behavioural check is one InputError."""
+    try:
+        return list(detector.run(context))
+    except InputError:
+        raise
+    except Exception as exc:
+        if not detector.needs & {NEEDS_MODULE, NEEDS_DATA}:
+            raise  # a static check reads tensors only: its failure is fedguard's own, not the model's code
+        given = "--data" if NEEDS_DATA in detector.needs else "--arch"
+        raise InputError(
+            f"the {detector.name} check runs the model, which raised {first_line(exc)}; "
+            f"fix the architecture's code, or drop {given} to run the checks that do not need it"
+        ) from None
 
 
 def _detector_names(names: Sequence[str] | None) -> list[str]:
@@ -249,20 +268,26 @@ def _detector_names(names: Sequence[str] | None) -> list[str]:
 def _client_batch(data, arch, module, input_shape, seed):
     if arch is None:
         raise InputError("--data needs --arch: the behavioural checks run your data through the architecture")
-    if isinstance(data, (tuple, list)):
-        from fedguard.data import in_memory_batch
-
-        inputs, labels = in_memory_batch(data)
-    else:
+    if not isinstance(data, (tuple, list)):
         from fedguard.architectures import resolve_input_shape
         from fedguard.data import load_data
 
-        inputs, labels = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
+        data = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
+    inputs, labels = _checked_batch(data, module)
     if len(labels) < 2:
         raise InputError(
             f"--data holds {len(labels)} example; the behavioural checks weigh each example against the rest "
             "of the batch and need at least 2; pass more of your data"
         )
+    return inputs, labels
+
+
+def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data`` as a batch the behavioural checks can take: float ``[N, C, H, W]`` in [0, 1] (uint8 read as 0-255),
+    int64 labels within the model's outputs; InputError otherwise."""
+    from fedguard.data import in_memory_batch
+
+    inputs, labels = in_memory_batch(data)
     outputs = classifier_outputs(module, inputs, "inspect")
     if int(labels.max()) >= outputs:
         raise InputError(

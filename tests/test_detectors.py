@@ -100,6 +100,33 @@ def test_dsnr_needs_two_examples():
     assert _behavioural(_entry(benign_entries(), "trained/lenet5/3ep"), n=1) == {}
 
 
+def test_run_detectors_leaves_the_callers_model_and_torch_state_and_checks_its_context():
+    """From Python: the model stays in train mode (gradient_snr had left it in eval), the caller's no_grad and float64
+    default dtype neither break the checks nor change; uint8 images and list labels are read as inspect reads them."""
+    from fedguard.errors import InputError
+
+    entry = _entry(crafted_entries(), "class_fishing/lenet5/t0-b1000")
+    module = entry.module.float().train()
+    x, y = digits(entry.input_shape)
+    view = ModelView.from_state_dict(module.state_dict(), module)
+    expected = {f.rule_id for f in run_detectors(InspectContext(view=view, data=(x[:16], y[:16])))[0]}
+    assert "FG801" in expected and module.training
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            pixels = (x[:16] * 255).round().to(torch.uint8)
+            found, ran = run_detectors(InspectContext(view=view, data=(pixels, y[:16].tolist())))
+            assert torch.get_default_dtype() == torch.float64 and not torch.is_grad_enabled()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert {f.rule_id for f in found} == expected and "gradient_snr" in ran
+    assert all(m.training for m in module.modules())
+    with pytest.raises(InputError, match="context.view is a dict; pass ModelView.from_state_dict"):
+        run_detectors(InspectContext(view=dict(module.state_dict())))
+    with pytest.raises(InputError, match="--data has labels up to 19 but the model has 10 outputs"):
+        run_detectors(InspectContext(view=view, data=(x[:4], torch.tensor([0, 1, 2, 19]))))
+
+
 def test_reference_drift_trained_round_is_quiet_replaced_layer_is_not():
     base = _entry(benign_entries(), "init/lenet5/seed0").state_dict
     trained = _entry(benign_entries(), "trained/lenet5/3ep").state_dict
