@@ -96,6 +96,15 @@ class Update:
     loss: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """InputError for what no upload can be: tensors that are no mapping, a batch that is no positive whole
+        number, an unknown protocol or a FedAvg schedule that cannot run (its methods had failed on them later)."""
+        if not isinstance(self.tensors, Mapping):
+            raise InputError(f"update.tensors is a {type(self.tensors).__name__}; pass a dict of parameter names to tensors")
+        if not is_whole(self.batch_size) or self.batch_size < 1:
+            raise InputError(f"bad update batch_size {self.batch_size!r}; give the number of examples it was computed on")
+        check_protocol(self.protocol, self.local_steps, self.local_lr, self.local_batch_size, int(self.batch_size))
+
     def as_gradient(self) -> dict[str, torch.Tensor]:
         """The update as one average gradient: FedSGD as is, FedAvg as ``(W_0 - W_T) / (T * lr)``.
 
@@ -108,7 +117,7 @@ class Update:
         return {name: t * scale for name, t in self.tensors.items()}
 
     def norm(self) -> float:
-        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in self.tensors.values())))
+        return math.sqrt(sum(float(torch.as_tensor(t).double().square().sum()) for t in self.tensors.values()))
 
     def to(self, device: torch.device) -> "Update":
         return Update(**{**self.__dict__, "tensors": {k: v.to(device) for k, v in self.tensors.items()}})
@@ -127,7 +136,7 @@ class Update:
             "source": self.source,
             "sha256": self.sha256,
             "n_tensors": len(self.tensors),
-            "n_parameters": int(sum(t.numel() for t in self.tensors.values())),
+            "n_parameters": int(sum(math.prod(t.shape) for t in self.tensors.values())),
             "norm": self.norm(),
             "loss": self.loss,
         }

@@ -1042,6 +1042,13 @@ def test_an_update_object_is_checked_as_a_file_is():
     assert audit(model, update=good, **run).attacks[0].label_counts_exact == 1.0
     prefixed = Update(tensors={f"module.{k}": v for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)
     assert audit(model, update=prefixed, **run).attacks[0].label_counts_exact == 1.0  # as a DataParallel file would be
+    # what no upload can be is refused when the Update is made (its methods had raised TypeError, AttributeError)
+    for bad, message in (({"tensors": [1]}, "update.tensors is a list"), ({"batch_size": None}, "bad update batch_size None"),
+                         ({"protocol": "sgd"}, "unknown protocol 'sgd'")):  # fmt: skip
+        with pytest.raises(InputError, match=re.escape(message)):
+            Update(**{"tensors": good.tensors, "protocol": "fedsgd", "batch_size": 4, **bad})
+    numpy = Update(tensors={k: v.numpy() for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)
+    assert numpy.summary()["n_parameters"] == good.summary()["n_parameters"] and numpy.norm() == pytest.approx(good.norm())
 
 
 def test_an_in_memory_state_dict_is_read_as_a_file_is():
