@@ -56,6 +56,7 @@ from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
+from fedguard.torch_state import own_torch_state
 
 __all__ = [
     "CRAFTERS",
@@ -204,7 +205,10 @@ def _seeded_linear(n_in: int, n_out: int, seed: int, bias: bool = True) -> nn.Li
 def _check_data(data: torch.Tensor | None, input_shape: Shape) -> torch.Tensor | None:
     if data is None:
         return None
-    data = torch.as_tensor(data).detach().to(torch.float32)
+    data = torch.as_tensor(data).detach()
+    if data.dtype == torch.uint8:  # 0-255 pixels, read as fedguard.data reads them
+        data = data / 255.0
+    data = data.to(torch.float32)
     if data.numel() == 0 or data.numel() % math.prod(input_shape):
         raise ValueError(f"data of shape {tuple(data.shape)} does not hold inputs of shape {tuple(input_shape)}")
     if not torch.isfinite(data).all():
@@ -1186,8 +1190,8 @@ def craft(
     seed = checks.seed(seed, "seed")
     check_options(name, options)
     given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its default options"
-    try:
-        with np.errstate(all="ignore"):  # an overflow is reported below, as one line
+    try:  # the caller's generators, grad mode and default dtype kept (a float64 default had broken every crafter)
+        with np.errstate(all="ignore"), own_torch_state():  # an overflow is reported below, as one line
             crafted = fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
     except (TypeError, ValueError, IndexError, RuntimeError, MemoryError) as exc:  # RuntimeError: e.g. a size too large
         overflow = "overflow" in str(exc)  # a value beyond float32 (about 3.4e38)

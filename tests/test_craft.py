@@ -135,6 +135,28 @@ def test_same_seed_same_model_and_another_seed_another_model(name):
     assert any(a[k].shape != c[k].shape or not torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_crafting_keeps_the_callers_torch_state_and_reads_uint8_data_as_pixels(name):
+    """Under a caller's float64 default dtype every crafter had failed ('Input type (double) and bias type (float)');
+    uint8 public data had been read as 0-255. The caller's generator and default dtype are as they were."""
+    data = digits(MNIST)[0][:64]
+    model = build_model("lenet5", num_classes=10)
+    expected = craft(name, model, input_shape=MNIST, num_classes=10, data=data, seed=3).state_dict()
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    torch.set_default_dtype(torch.float64)
+    try:
+        crafted = craft(name, model, input_shape=MNIST, num_classes=10, data=data, seed=3).state_dict()
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(expected[k], crafted[k]) for k in expected)
+    pixels = (data * 255).round().to(torch.uint8)
+    from_pixels = craft(name, model, input_shape=MNIST, num_classes=10, data=pixels, seed=3).state_dict()
+    assert all(torch.allclose(expected[k], from_pixels[k], atol=0.05, rtol=0.05) for k in expected), name
+
+
 # --------------------------------------------------------------------------- MKOR
 
 
