@@ -727,7 +727,8 @@ def build_model(arch: str, num_classes: int = 10, input_shape: Any = None, **kwa
             raise InputError(f"architecture {spec.name!r} does not take {', '.join(kwargs)} ({first_line(exc)}); drop the option") from None
         raise
     except (RuntimeError, MemoryError) as exc:  # e.g. a typo'd size that asks for more memory than there is
+        options = "".join(f", {k}={v!r}" for k, v in kwargs.items())
         raise InputError(
-            f"building {spec.name} for {num_classes} classes and input shape {_fmt(shape)} failed ({first_line(exc)}); "
-            f"check --num-classes and --input-shape"
+            f"building {spec.name} for {num_classes} classes and input shape {_fmt(shape)}{options} failed "
+            f"({first_line(exc)}); check --num-classes, --input-shape{''.join(', ' + k for k in kwargs)}"
         ) from None
