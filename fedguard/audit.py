@@ -544,7 +544,10 @@ def audit(
     -----
     The caller's state is left as it was: torch's random generators (the
     audit seeds its own), grad mode (it trains inside ``torch.no_grad()``
-    too), the denormal setting and the SIGINT handler.
+    too), the denormal setting and the SIGINT handler. A module passed in
+    is copied, hooks included (weight normalisation and pruning work
+    through them), so a hook that records activations into the caller's
+    objects fires on the audit's passes too: remove such hooks first.
     """
     from fedguard.attacks.base import Budget
     from fedguard.attacks.base import attacks as registry
