@@ -541,6 +541,9 @@ def mkor_inconspicuous(
         if len(lins) > 1:
             first = lins[0]
             classes = min(num_classes, first.out_features // 2, *(lin.out_features for lin in lins[1:-1]))
+            if classes < 1:  # a pair of rows per class, and a unit per class in every hidden layer
+                raise ValueError(f"its first linear layer has {first.out_features} units and its narrowest hidden layer "
+                                 f"{min(lin.out_features for lin in lins[:-1])}: MKOR needs 2 and 1 per class")  # fmt: skip
             rows = torch.randperm(first.out_features, generator=gen)[: 2 * classes].view(2, classes)
             first.weight[rows[1]] = -first.weight[rows[0]]
             if first.bias is not None:
@@ -618,6 +621,8 @@ def class_fishing(
     lins = _need_linear(_trace(model, input_shape), "class_fishing")
     last: nn.Linear = lins[-1].module
     targets = _targets(target, last.out_features)
+    if len(set(targets)) == last.out_features:  # no logit left to swamp: the model is an honest classifier
+        raise ValueError(f"every one of the {last.out_features} classes is a target (no other logit is left to swamp)")
     with torch.no_grad():
         w = torch.zeros_like(last.weight)
         if target_row == "keep":
@@ -1150,6 +1155,8 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
             raise InputError(f"{name} option {key}={value!r} is not {_type_name(hint)}")
         if not is_number(value):
             continue
+        if isinstance(value, int) and abs(value) > 2**53:  # past float's exact integers (1e400 overflows math.isfinite)
+            raise InputError(f"{name} option {key}={checks.shown(value)} is too large; use a value below 2**53")
         bounds = [
             (math.isfinite(value), "a finite number"),
             (key not in _AT_LEAST_ONE or value >= 1, "at least 1"),
@@ -1160,6 +1167,18 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
         for ok, need in bounds:
             if not ok:
                 raise InputError(f"{name} option {key}={value!r} must be {need}")
+
+
+def _parametrised(model: nn.Module) -> str | None:
+    """The first layer whose weight is computed from other tensors (``torch.nn.utils.parametrizations`` or the older
+    hook-based ``weight_norm`` / ``spectral_norm``): writing its ``weight`` changes nothing the model computes (a
+    crafted LeNet with weight norm had come out unchanged and was reported crafted)."""
+    from torch.nn.utils import parametrize
+
+    for layer_name, module in model.named_modules():
+        if parametrize.is_parametrized(module) or hasattr(module, "weight_g") or hasattr(module, "weight_orig"):
+            return layer_name or type(module).__name__
+    return None
 
 
 def craft(
@@ -1190,10 +1209,17 @@ def craft(
     seed = checks.seed(seed, "seed")
     check_options(name, options)
     given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its default options"
+    parametrised = _parametrised(model)
+    if parametrised is not None:
+        raise InputError(f"{name} cannot craft this {type(model).__name__}: layer {parametrised} computes its weight "
+                         "from others (weight or spectral norm), which crafters do not write; remove the "
+                         "parametrisation first (torch.nn.utils.parametrize.remove_parametrizations)")  # fmt: skip
     try:  # the caller's generators, grad mode and default dtype kept (a float64 default had broken every crafter)
         with np.errstate(all="ignore"), own_torch_state():  # an overflow is reported below, as one line
             crafted = fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
-    except (TypeError, ValueError, IndexError, RuntimeError, MemoryError) as exc:  # RuntimeError: e.g. a size too large
+    except InputError:
+        raise
+    except (Exception, SystemExit) as exc:  # a size too large, or the model's own code (SystemExit: sys.exit() in it)
         overflow = "overflow" in str(exc)  # a value beyond float32 (about 3.4e38)
         raise InputError(f"{name} cannot craft this {type(model).__name__}: {first_line(exc)}; "
                          + (f"with {given} the weights go beyond float32's range (3.4e38): use smaller values" if overflow

@@ -93,6 +93,14 @@ def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
         ("mkor", {"noise": 1e308}, "mkor with noise=1e+308 gives"),  # finite options, infinite weights
         ("imprint", {"gain": 1e308}, "NaN or infinite values (beyond float32's 3.4e38); use smaller values"),
         ("class_fishing", {"bias_multiplier": 1e308}, "with bias_multiplier=1e+308 the weights go beyond float32's range"),
+        ("imprint", {"num_bins": 10**400}, "num_bins=1e+400 (a 401-digit number) is too large"),  # had been OverflowError
+        ("class_fishing", {"target": list(range(10))}, "every one of the 10 classes is a target"),  # had crafted nothing
+        ("mkor_inconspicuous", {"model": nn.Sequential(nn.Flatten(), nn.Linear(784, 1), nn.ReLU(), nn.Linear(1, 10))},
+         "its first linear layer has 1 units and its narrowest hidden layer 1: MKOR needs 2 and 1 per class"),
+        ("mkor", {"model": nn.Sequential(nn.Flatten(), nn.utils.parametrizations.weight_norm(nn.Linear(784, 10)))},
+         "layer 1 computes its weight from others (weight or spectral norm)"),  # had come out unchanged, "crafted"
+        ("trap_weights", {"model": nn.Sequential(nn.Flatten(), nn.utils.spectral_norm(nn.Linear(784, 10)))},
+         "layer 1 computes its weight from others"),
     ],
 )
 def test_every_bad_argument_is_one_input_error(name, changes, message):
@@ -133,6 +141,22 @@ def test_same_seed_same_model_and_another_seed_another_model(name):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     c = craft_model(name, "lenet5", data=data, seed=4).state_dict()
     assert any(a[k].shape != c[k].shape or not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("raised", [AssertionError("batch too large"), KeyError("feature"), SystemExit(0)])
+def test_the_models_own_code_raising_while_crafted_is_one_input_error(raised):
+    """feature_fishing runs the model on the public data: an AssertionError (or a sys.exit()) in its forward had
+    escaped as a traceback with exit 1 (or ended the command with exit 0 and no file)."""
+
+    class Picky(nn.Sequential):
+        def forward(self, x):
+            if len(x) > 2:
+                raise raised
+            return super().forward(x)
+
+    model = Picky(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    with pytest.raises(InputError, match=f"feature_fishing cannot craft this Picky: {type(raised).__name__}"):
+        craft("feature_fishing", model, input_shape=MNIST, num_classes=10, data=digits(MNIST)[0][:64])
 
 
 @pytest.mark.parametrize("name", ALL)
