@@ -95,7 +95,8 @@ def check_output_path(
     except OSError as exc:
         raise InputError(f"{option} folder {parent} takes no new files ({exc.strerror or type(exc).__name__}); "
                          f"choose another {option}") from None  # fmt: skip
-    if path.is_file() and not os.access(path, os.W_OK):  # read-only or immutable (chattr +i): kept as the user set it
+    # read-only (no write bit: root may write anyway, so access() alone passes it) or immutable (chattr +i): kept
+    if path.is_file() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
         raise InputError(f"{option} {path} is write-protected; choose another {option}, or make it writable to replace it")
     for item in inputs:
         if item is None:
