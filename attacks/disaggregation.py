@@ -293,6 +293,10 @@ def as_numpy(value: Any, name: str) -> np.ndarray:
         raise InputError(f"{name} is not an array; give an array of numbers") from None
 
 
+#: Largest magnitude of an aggregate entry: squares of about 1e154 overflow float64, and the SVD sums many of them.
+MAX_AGGREGATE = 1e150
+
+
 def _as_float_array(value: Any, name: str, ndim: int) -> np.ndarray:
     array = as_numpy(value, name)
     if array.dtype.kind not in "biuf":
@@ -317,6 +321,10 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     G = _as_float_array(aggregates, "aggregates", 2)
     if G.shape[0] < 1 or G.shape[1] < 1:
         raise InputError(f"aggregates has shape {G.shape}; it needs at least one round and one dimension")
+    peak = float(np.abs(G).max())
+    if peak > MAX_AGGREGATE:  # the SVD's sums of squares overflow: rank 0, which had been blamed on dependent updates
+        raise InputError(f"aggregates hold values up to {peak:.3g}, beyond what float64 can square and sum (about "
+                         f"{MAX_AGGREGATE:.0e}); divide them (and noise_scale) by a constant and the updates back by it")  # fmt: skip
     w_arr = np.asarray(window)
     if w_arr.size != 1 or w_arr.dtype.kind not in "iuf":
         raise InputError(f"window must be one integer (rounds per counting window), got {checks.shown(window)}")

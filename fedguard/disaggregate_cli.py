@@ -63,7 +63,7 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--rounds", type=click.IntRange(min=1), default=200, show_default=True, help="--simulate: rounds of aggregates.")
 @click.option("--dim", type=click.IntRange(min=1), default=200, show_default=True, help="--simulate: entries per update (must be at least --users).")
 @click.option("--window", type=click.IntRange(min=1), default=10, show_default=True, help="--simulate: rounds per window of published counts.")
-@click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="--simulate: chance a user joins a round.")
+@click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True, help="--simulate: chance a user joins a round (below 1: with everyone in every round no update can be told apart).")
 @click.option("--noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="--simulate: Gaussian noise on each aggregate entry, relative to an update's scale (0.05 = 5 %).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the simulation and the attack's random restarts.")
 @click.option("--save-rounds", type=OutputFile("rounds.npz", ".npz"), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
@@ -122,8 +122,6 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         observed = federation.rounds
         source = {"kind": "simulation", "users": users, "rounds": rounds, "dim": dim, "window": window,
                   "participation": participation, "noise": noise, "seed": seed}
-        if save_rounds is not None:
-            dis.save_rounds(save_rounds, federation)
     else:
         observed = dis.load_rounds(rounds_file)
         source = {"kind": "file", "path": str(rounds_file)}
@@ -133,6 +131,8 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
             observed.aggregates, observed.counts, observed.window, noise_scale=observed.noise_scale,
             time_limit=time_limit, workers=workers, seed=seed, progress=bar,
         )
+    if save_rounds is not None:  # once the attack ran: a run refused as bad input leaves no file behind
+        dis.save_rounds(save_rounds, federation)
     score = dis.score(result, federation) if federation is not None else None
     if updates_path is not None:
         dis.save_updates(updates_path, result)

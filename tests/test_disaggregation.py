@@ -363,6 +363,7 @@ def good():
         (lambda a: a.update(window=np.asarray(True)), "one integer"),
         (lambda a: a.update(counts=np.ones((70, 6), int)), "not identifiable"),
         (lambda a: a.update(noise_scale=np.asarray(-1.0)), "noise_scale"),
+        (lambda a: a.update(aggregates=a["aggregates"] * 1e306), "beyond what float64 can square and sum"),  # "rank 0"
     ],
 )
 def test_cli_bad_rounds_file(tmp_path, good, change, message):
@@ -387,6 +388,7 @@ def test_cli_bad_rounds_file(tmp_path, good, change, message):
         (["--simulate", "-o", "no/such/dir/r.json"], "does not exist"),
         (["missing.npz", "--users", "5"], "--users only applies with --simulate"),  # before the file: nothing ignored
         (["missing.npz", "--noise", "0.1"], "--noise only applies with --simulate"),
+        (["--simulate", "--participation", "1"], "1.0 is not in the range 0<x<1"),  # everyone, every round: rank 1
     ],
 )
 def test_cli_bad_arguments(tmp_path, args, message):
@@ -460,7 +462,7 @@ def test_validate_rejects_strings():
         validate_rounds(np.array([["a"]]), np.ones((1, 1)), 1)
 
 
-def test_cli_save_rounds_never_replaces_a_file_without_force(tmp_path):
+def test_cli_save_rounds_never_replaces_a_file_without_force(tmp_path, monkeypatch):
     """Rounds may be sums the user observed: --save-rounds replaces only a simulation it wrote, else needs --force."""
     target = tmp_path / "observed.npz"
     target.write_bytes(b"rounds I recorded")
@@ -470,6 +472,15 @@ def test_cli_save_rounds_never_replaces_a_file_without_force(tmp_path):
     assert target.read_bytes() == b"rounds I recorded"
     assert _run([*args, "--force"]).exit_code == 0 and target.read_bytes() != b"rounds I recorded"
     assert _run(args).exit_code == 0  # its own simulation it replaces (a run that failed left it there)
+    import fedguard.attacks.disaggregation as dis
+
+    def refuses(*args, **kwargs):  # as the attack refuses sums whose users cannot be told apart
+        raise InputError("aggregates has rank 1 but 4 users took part")
+
+    monkeypatch.setattr(dis, "disaggregate", refuses)
+    fresh = tmp_path / "fresh.npz"
+    res = _run([*args[:-1], str(fresh)])
+    assert res.exit_code == 2 and not fresh.exists()  # a run refused as bad input leaves no file behind
 
 
 def test_a_user_who_never_took_part_is_not_counted_as_recovered(tmp_path):
