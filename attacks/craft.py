@@ -1129,6 +1129,11 @@ def _type_name(hint: Any) -> str:
     return {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
+#: The crafters that read the server's public ``data`` (to calibrate bins, quantiles, a feature); the others craft
+#: the same model with or without it.
+READS_DATA = frozenset({"feature_fishing", "imprint", "loki"})
+
+
 def crafter_options(name: str) -> dict[str, Any]:
     """The options of crafter ``name`` (beyond the arguments every crafter takes) with their defaults."""
     params = inspect.signature(_crafter(name)).parameters

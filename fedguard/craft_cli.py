@@ -16,7 +16,7 @@ import shlex
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, NamedPath, OutputFile, input_paths
+from fedguard.options import SEED, NamedPath, OutputFile, input_paths, refuse_unused, user_code_prints_to_stderr
 
 SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
 
@@ -87,12 +87,16 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     """
     import torch
 
-    from fedguard.architectures import parse_input_shape, resolve_input_shape
-    from fedguard.attacks.craft import check_options, craft, crafter_options
+    from fedguard.architectures import classifier_outputs, parse_input_shape, resolve_input_shape
+    from fedguard.attacks.craft import READS_DATA, check_options, craft, crafter_options
     from fedguard.audit import load_global_model
     from fedguard.data import load_data
     from fedguard.io import check_output_path, write_atomic
 
+    refuse_unused(list_options, ("arch", "model", "num_classes", "input_shape", "data", "settings", "output", "force"),
+                  "has no effect with --list-options, which only lists the options; drop --list-options to craft")  # fmt: skip
+    refuse_unused(attack not in READS_DATA, ("data",),
+                  f"calibrates {', '.join(sorted(READS_DATA))} only; {attack} crafts the same model without it")  # fmt: skip
     if list_options:
         listing = ", ".join(f"{k}={v!r}" for k, v in crafter_options(attack).items()) or "none"
         click.echo(f"{attack} options (defaults): {listing}")
@@ -104,18 +108,17 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     suffix = output.suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError(f"--output {output} has suffix {output.suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
-    check_output_path(output, inputs=input_paths(model, data=data, arch=arch), force=force, replaceable=None,
-                      example="model.pt")  # fmt: skip
+    with user_code_prints_to_stderr():  # importing --arch runs its module's code
+        check_output_path(output, inputs=input_paths(model, data=data, arch=arch), force=force, replaceable=None,
+                          example="model.pt")  # fmt: skip
     options = _parse_options(settings)
     check_options(attack, options)
-    shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape is not None else None)
-    module, _ = load_global_model(model, arch, num_classes, shape, seed)
-    n_classes = num_classes
-    if n_classes is None:
-        with torch.no_grad():
-            n_classes = int(module.eval()(torch.zeros(1, *shape)).shape[-1])
-    public = load_data(data, input_shape=shape, limit=512, seed=seed)[0] if data else None
-    crafted = craft(attack, module, input_shape=shape, num_classes=n_classes, data=public, seed=seed, **options)
+    with user_code_prints_to_stderr():
+        shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape is not None else None)
+        module, _ = load_global_model(model, arch, num_classes, shape, seed)
+        n_classes = num_classes or classifier_outputs(module, torch.zeros(1, *shape), "craft")
+        public = load_data(data, input_shape=shape, limit=512, seed=seed)[0] if data else None
+        crafted = craft(attack, module, input_shape=shape, num_classes=n_classes, data=public, seed=seed, **options)
     write_atomic(output, serialise(crafted.state_dict(), suffix))
     from fedguard.reports.base import printable  # the file name is the user's
 

@@ -99,6 +99,8 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         raise InputError("give a ROUNDS.npz to attack, or --simulate to generate a federation")
     refuse_unused(not simulate, ("users", "rounds", "dim", "window", "participation", "noise", "save_rounds"),
                   "only applies with --simulate (ROUNDS.npz brings its own rounds); add --simulate instead of ROUNDS.npz")  # fmt: skip
+    if quiet and output is None and updates_path is None and save_rounds is None:
+        raise InputError("--quiet prints no report and no --output is given, so the run would leave nothing; add --output")
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)
         if updates_path.exists() and not force and not dis.is_updates_file(updates_path):

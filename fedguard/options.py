@@ -25,7 +25,8 @@ def refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
     ctx = click.get_current_context()
     given = [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
     if unused and given:
-        option = "--" + given[0].replace("_", "-")
+        opts = next((p.opts for p in ctx.command.params if p.name == given[0]), ["--" + given[0].replace("_", "-")])
+        option = max(opts, key=len)  # --set for the parameter settings, --output rather than -o
         raise InputError(f"{option} {why}, or drop {option}")
 
 

@@ -143,6 +143,10 @@ def test_from_given_weights(tmp_path):
         (["craft", "loki", "--arch", "lenet", "--set", "num_bins=1000000000", "-o", "x.pt"], "lower num_bins"),
         (["craft", "trap_weights", "--arch", "lenet", "--set", "mode=block", "--set", "num_neurons=100000000", "-o", "x.pt"], "lower num_neurons"),
         (["craft", "mkor", "--arch", "lenet", "--seed", "99999999999999999999", "-o", "x.pt"], "--seed"),
+        # options that would do nothing
+        (["craft", "mkor", "--list-options", "--arch", "lenet", "-o", "x.pt"], "--arch has no effect with --list-options"),
+        (["craft", "mkor", "--list-options", "--set", "noise=1"], "--set has no effect with --list-options"),
+        (["craft", "mkor", "--arch", "lenet", "--data", "digits", "-o", "x.pt"], "--data calibrates feature_fishing, imprint, loki only"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
@@ -152,6 +156,36 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fedguard: error:") and message in lines[0], res.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_what_the_arch_code_prints_goes_to_stderr(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chatty_craft.py").write_text(
+        "from fedguard.architectures import build_model\n"
+        "print('importing')\n"
+        "input_shape = (1, 8, 8)\n\n"
+        "def net(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    print('building')\n"
+        "    return build_model('mlp', num_classes, input_shape)\n"
+    )
+    res = _run("craft", "mkor", "--arch", "chatty_craft:net", "-o", "x.pt")
+    assert res.exit_code == 0 and res.stdout == "" and "building" in res.stderr, res.output
+
+
+def test_the_crafters_said_to_ignore_data_craft_the_same_model_without_it():
+    """READS_DATA decides where --data is refused as doing nothing: every other crafter must ignore it."""
+    import torch
+
+    from fedguard.architectures import build_model
+    from fedguard.attacks.craft import READS_DATA, craft
+    from fedguard.data import load_data
+
+    data = load_data("digits", input_shape=(1, 28, 28), limit=64)[0]
+    model = build_model("lenet5")
+    for name in CRAFTERS.names():
+        with_data, without = (craft(name, model, input_shape=(1, 28, 28), num_classes=10, data=d).state_dict() for d in (data, None))
+        same = with_data.keys() == without.keys() and all(torch.equal(with_data[k], without[k]) for k in without)
+        assert same == (name not in READS_DATA), name
 
 
 def test_list_options_needs_no_arch():
