@@ -995,7 +995,11 @@ def loki(
     if data is not None:
         avg = data.flatten(1).mean(dim=1)
         mu = float(avg.mean()) if mu is None else mu
-        sigma = float(avg.std()) if sigma is None else sigma
+        if sigma is None:
+            sigma = float(avg.std()) if len(avg) > 1 else 0.0
+            if not sigma > 0:  # one example, or all of one brightness: no spread to place bins by
+                raise ValueError(f"the {len(avg)} example(s) of data have no spread in average brightness to place its "
+                                 "bins by; pass more varied data, or set sigma (e.g. --set sigma=0.12)")  # fmt: skip
     mu = 0.4733630142373343 if mu is None else float(mu)
     sigma = 0.1252652199273531 if sigma is None else float(sigma)
     bins, widths = _loki_bins(k, mu, sigma)
@@ -1231,7 +1235,8 @@ def craft(
                             else "change its options or the model")) from None  # fmt: skip
     spoilt = first_non_finite(crafted.state_dict())
     if spoilt is not None:  # a huge but finite option overflowed float32: such a model shows nothing a detector looks for
-        raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use smaller values")
+        raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use values "
+                         "nearer 1 (a huge one overflows, and so does a tiny one the crafter divides by)")  # fmt: skip
     return crafted
 
 

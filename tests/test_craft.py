@@ -91,7 +91,9 @@ def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
         ("loki", {"kernel_size": 4}, "loki option kernel_size=4 must be odd and at most the image's side (28)"),
         ("loki", {"kernel_size": 1001}, "must be odd and at most the image's side"),  # had taken 70 s to fail
         ("mkor", {"noise": 1e308}, "mkor with noise=1e+308 gives"),  # finite options, infinite weights
-        ("imprint", {"gain": 1e308}, "NaN or infinite values (beyond float32's 3.4e38); use smaller values"),
+        ("imprint", {"gain": 1e308}, "NaN or infinite values (beyond float32's 3.4e38); use values nearer 1"),
+        ("imprint", {"gain": 1e-320}, "NaN or infinite values (beyond float32's 3.4e38); use values nearer 1"),  # "smaller"
+        ("loki", {"data": torch.ones(1, 1, 28, 28)}, "the 1 example(s) of data have no spread in average brightness"),
         ("class_fishing", {"bias_multiplier": 1e308}, "with bias_multiplier=1e+308 the weights go beyond float32's range"),
         ("imprint", {"num_bins": 10**400}, "num_bins=1e+400 (a 401-digit number) is too large"),  # had been OverflowError
         ("class_fishing", {"target": list(range(10))}, "every one of the 10 classes is a target"),  # had crafted nothing
