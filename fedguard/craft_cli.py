@@ -93,8 +93,6 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     from fedguard.data import load_data
     from fedguard.io import check_output_path, write_atomic
 
-    refuse_unused(list_options, ("arch", "model", "num_classes", "input_shape", "data", "settings", "output", "force"),
-                  "has no effect with --list-options, which only lists the options; drop --list-options to craft")  # fmt: skip
     refuse_unused(attack not in READS_DATA, ("data",),
                   f"calibrates {', '.join(sorted(READS_DATA))} only; {attack} crafts the same model without it")  # fmt: skip
     if list_options:

@@ -59,8 +59,11 @@ DOCUMENTED_RULES = _documented_rules()
 
 @pytest.mark.parametrize(("attack", "arch"), sorted(DOCUMENTED_RULES))
 def test_the_documented_rules_per_crafter_are_what_inspect_reports(tmp_path, attack, arch):
+    from fedguard.attacks.craft import READS_DATA
+
     out = tmp_path / f"{attack}.pt"
-    assert _run("craft", attack, "--arch", arch, "--data", "digits", "-o", out).exit_code == 0
+    data = ("--data", "digits") if attack in READS_DATA else ()
+    assert _run("craft", attack, "--arch", arch, *data, "-o", out).exit_code == 0
     res = _run("inspect", out, "--arch", arch, "--format", "json")
     doc = json.loads(res.stdout)
     assert doc["verdict"] == "malicious"
@@ -144,8 +147,6 @@ def test_from_given_weights(tmp_path):
         (["craft", "trap_weights", "--arch", "lenet", "--set", "mode=block", "--set", "num_neurons=100000000", "-o", "x.pt"], "lower num_neurons"),
         (["craft", "mkor", "--arch", "lenet", "--seed", "99999999999999999999", "-o", "x.pt"], "--seed"),
         # options that would do nothing
-        (["craft", "mkor", "--list-options", "--arch", "lenet", "-o", "x.pt"], "--arch has no effect with --list-options"),
-        (["craft", "mkor", "--list-options", "--set", "noise=1"], "--set has no effect with --list-options"),
         (["craft", "mkor", "--arch", "lenet", "--data", "digits", "-o", "x.pt"], "--data calibrates feature_fishing, imprint, loki only"),
     ],
 )
