@@ -55,8 +55,8 @@ def build_expected_module(
 
     The head is the Linear layer whose output is the logits, found by running the module (the last Linear declared
     may be a hidden one: reading the class count off it had called an unchanged model drifted); without an input
-    shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list, or when the tensors do not name that
-    layer (a wrapper's prefix), the head is the last 2-D tensor.
+    shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list,
+    or when the tensors do not name that layer (a wrapper's prefix), the head is the last 2-D tensor.
     """
     from fedguard.architectures import build_model, resolve_input_shape
     from fedguard.attacks._head import find_head
@@ -68,7 +68,8 @@ def build_expected_module(
             try:
                 head = find_head(module, resolve_input_shape(arch, input_shape), torch.device("cpu"), 10)
                 weight = head.weight if head is not None else None
-            except InputError:  # no input shape to run it on: the last Linear with the 10 outputs it was built for
+            except Exception:  # no input shape to run it on (or a forward that refuses two zero images): the last
+                # Linear declared with the 10 outputs it was built for
                 heads = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear) and sub.out_features == 10]
                 weight = f"{heads[-1]}.weight".lstrip(".") if heads else None
             received = tensors.get(weight) if weight is not None else None
