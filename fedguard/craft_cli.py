@@ -70,7 +70,7 @@ def serialise(state: dict, suffix: str) -> bytes:
 @click.option("--model", "model", type=NamedPath(), help="Start from these weights (default: a fresh seeded initialisation of --arch).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off --model's head, else 10).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
-@click.option("--data", metavar="SPEC", help="The server's public data, to calibrate bins and thresholds: digits, images, a folder, or an .npz with x and y.")
+@click.option("--data", metavar="SPEC", help="The server's public data, to calibrate bins and thresholds (feature_fishing, imprint and loki read it): digits, images, a folder, or an .npz with x and y.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="A crafter option (repeatable); --list-options shows them.")
 @click.option("--list-options", is_flag=True, help="List ATTACK's options and their defaults, then exit.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the initialisation and the crafter.")
