@@ -25,6 +25,10 @@ from fedguard.types import Confidence, Rule, Severity
 MIN_FAN_IN = 16
 MIN_DENSITY = 0.5
 MALICIOUS_GROUP = 4
+#: Biases closer than this, relative to the largest, count as one: float rounding in training and averaging leaves
+#: identical rows' biases 3e-7 apart (a 100-class zero-initialised head fine-tuned on 10 classes), while a ladder's
+#: bins stand range / bins apart (1e-4 of the largest or more up to 10,000 bins).
+SAME_BIAS = 1e-5
 
 
 @register_detector("imprint")
@@ -59,6 +63,9 @@ class Imprint(Detector):
             if evidence.get("distinct_biases") == 1 and _constant(layer, group):
                 continue  # equal averaging rows with one bias: MKOR's layer, reported by FG101, no bins
             follower = view.next_weight_layer(layer)
+            if follower is None and evidence.get("distinct_biases") == 1:
+                continue  # head rows alike, biases too: no bins. A zero-initialised head's classes that no example
+                # of the client's showed get identical updates and stay alike (LeNet-5, digits 0-4 only: 5 rows)
             if follower is not None and follower.stats.finite:
                 s = follower.stats
                 spread = float(s.maximum.max() - s.minimum.min())
@@ -81,8 +88,9 @@ class Imprint(Detector):
             return {}
         ladder = bias[group.sort().values]
         steps = ladder[1:] - ladder[:-1]
+        gaps = ladder.sort().values.diff().abs()
         return {
-            "distinct_biases": int(ladder.unique().numel()),
+            "distinct_biases": 1 + int((gaps > SAME_BIAS * float(ladder.abs().max())).sum()),
             "bias_min": rounded(ladder.min()), "bias_max": rounded(ladder.max()),
             "bias_ladder_monotone": bool((steps > 0).all() or (steps < 0).all()),
         }

@@ -374,6 +374,20 @@ def _benign_entries() -> tuple[ZooEntry, ...]:
     add("trained/bn-net/40steps", None, _train(_bn_net(40), x, y, epochs=40 / 15, seed=40), (1, 28, 28))
     x3, y3 = _client((3, 32, 32))
     add("trained/resnet18/2steps", "resnet18", _train(_build("resnet18", 41), x3, y3, epochs=2 / 29, seed=41, batch=32), (3, 32, 32))
+    # non-IID: a zero-initialised head trained on digits 0-4 only; the unseen classes' rows get identical updates
+    few = y < 5
+    add("zero-head/lenet5/trained-on-5-classes", "lenet5", _train(_zero_head(inits["lenet5", 0]), x[few], y[few], 2, seed=42),
+        (1, 28, 28))  # fmt: skip
+    # two inputs per unit (a toy two-moons classifier): one weight 50 times the other in 1 % of rows by chance
+    for seed in (0, 1):
+        torch.manual_seed(50 + seed)
+        add(f"two-input-mlp/init/seed{seed}", None, nn.Sequential(nn.Linear(2, 1000), nn.ReLU(), nn.Linear(1000, 250),
+                                                                  nn.ReLU(), nn.Linear(250, 10)), (2,))  # fmt: skip
+    # an embedding named as PyTorch's word_language_model names it: N(0, 1) draws of 2048 columns reach z = 230
+    torch.manual_seed(52)
+    language_model = nn.Module()
+    language_model.encoder, language_model.decoder = nn.Embedding(2000, 2048), nn.Linear(2048, 10)
+    add("embedding-named-encoder/init", None, language_model, (1,))
     return tuple(out)
 
 
