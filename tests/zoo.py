@@ -35,12 +35,16 @@ Benign zoo (labels ``<group>/<arch>/<variant>``):
 * ``fp16``: state_dicts cast to half (``fp16``) and half then back to float
   (``fp16rt``) of the trained models and of several inits;
 * ``zero-head``: last Linear weight and bias 0 (lenet5, mlp, convnet,
-  mobilenet_v3_small, resnet18; and the trained mlp);
+  mobilenet_v3_small, resnet18; and the trained mlp), and a zero-head lenet5
+  trained on digits 0-4 only (the unseen classes' rows stay identical);
 * ``lora``: PEFT-style LoRA adapters (``base_layer``, ``lora_A.default``
   kaiming-uniform, ``lora_B.default`` zeros) on every Linear of the mlp (r 4 and
   16) and on the trained lenet5's classifier (r 8);
 * ``large-mlp``: 784-4096-4096-10 with N(0, 0.02) weights and zero biases, and
-  with PyTorch's default initialisation.
+  with PyTorch's default initialisation;
+* ``two-input-mlp``: 2-1000-250-10 at init (seeds 0, 1), as toy 2-D classifiers are;
+* ``embedding-named-encoder``: an ``nn.Embedding(2000, 2048)`` named ``encoder``
+  (PyTorch's word_language_model example) at its N(0, 1) init.
 
 Crafted zoo: every crafter of ``fedguard.attacks.craft`` on at least three
 architectures, with several option variants (scales, bins, seeds, with and
