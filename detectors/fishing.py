@@ -12,8 +12,14 @@ Thresholds, from the benign zoo (tests/zoo.py) and a held-out benign set
 classes; see docs/detectors.md): a muted row is one whose norm is below 5 %
 of the layer's largest row (fishing shrinks or zeroes rows, it need not zero
 them exactly), and honest muted rows carry biases of at most 0.57, so a
-muted row with ``|bias| ≥ 5`` is class fishing. A head whose rows are *all*
-zero isolates nothing and is skipped. Honest dense rows never have one
+muted row with ``|bias| ≥ 5`` is class fishing. What isolates the target is
+the gap between the muted classes' constant logits and the target's: a
+crafter can keep the biases small (non-target biases 2-4, or 0 with a target
+bias of -20) and still mute every other class. Over the 19 layers with muted
+rows in the benign zoo and the held-out set, the muted rows' lowest bias
+never exceeds the weighted rows' highest (largest gap -0.003), so muted rows
+whose biases all stand ``≥ 2`` above every weighted row's are class fishing
+too. A head whose rows are *all* zero isolates nothing and is skipped. Honest dense rows never have one
 weight more than 20× the RMS of the rest; feature fishing's is ≥ 50×.
 """
 
@@ -29,6 +35,8 @@ from fedguard.types import Confidence, Rule, Severity
 #: A row is muted when its L2 norm is below this share of the layer's largest row norm.
 MUTED = 0.05
 HUGE_BIAS = 5.0
+#: Gap between the muted rows' biases and the highest bias of a weighted row beyond which the muted classes swamp it.
+BIAS_MARGIN = 2.0
 OUTLIER_RATIO = 50.0
 MIN_OTHERS = 8
 
@@ -74,6 +82,8 @@ class Fishing(Detector):
             return  # a zero head: every logit is its bias, nothing is isolated
         muted = norm <= MUTED * top
         fished = muted & (bias.abs() >= HUGE_BIAS)
+        if muted.any() and float(bias[muted].min() - bias[~muted].max()) >= BIAS_MARGIN:
+            fished = muted  # every muted class's constant logit above every weighted one's
         count = int(fished.sum())
         if not count:
             return
@@ -87,6 +97,7 @@ class Fishing(Detector):
             "Do not train on this model.",
             muted_rows=count, rows=stats.rows, active_rows=int((~muted).sum()),
             max_abs_bias=rounded(bias[fished].abs().max()), bias_threshold=HUGE_BIAS,
+            bias_margin=rounded(bias[fished].min() - bias[~muted].max()), margin_threshold=BIAS_MARGIN,
         )
 
     def _feature_fishing(self, layer, stats):

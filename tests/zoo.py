@@ -437,6 +437,9 @@ _CRAFTED: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
     ("class_fishing", "resnet18", "t1-b1000-keepbias", {"target": 1, "target_bias": "keep"}, False),
     ("class_fishing", "vgg11", "t[2,8]-b1e4", {"target": [2, 8], "bias_multiplier": 1e4}, False),
     ("class_fishing", "lenet", "t9-b100", {"target": 9, "bias_multiplier": 100.0}, False),
+    # small biases that still mute every other class (below FG201's |bias| >= 5 and FG502's 50): caught by the gap
+    ("class_fishing", "mlp", "t0-b2", {"bias_multiplier": 2.0}, False),
+    ("class_fishing", "lenet5", "t4-b0-target-20", {"target": 4, "bias_multiplier": 0.0, "target_bias": -20.0}, False),
     # feature fishing (Wen et al., ICML 2022)
     ("feature_fishing", "lenet5", "x300-data", {}, True),
     ("feature_fishing", "mlp", "x300-nodata", {"target": 4}, False),
