@@ -1179,9 +1179,9 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
 
 
 def _parametrised(model: nn.Module) -> str | None:
-    """The first layer whose weight is computed from other tensors (``torch.nn.utils.parametrizations`` or the older
-    hook-based ``weight_norm`` / ``spectral_norm``): writing its ``weight`` changes nothing the model computes (a
-    crafted LeNet with weight norm had come out unchanged and was reported crafted)."""
+    """The first layer whose weight is computed from other tensors (``torch.nn.utils.parametrizations``, the older
+    hook-based ``weight_norm`` / ``spectral_norm``, or ``prune`` before ``prune.remove``): writing its ``weight``
+    changes nothing the model computes (a crafted LeNet with weight norm had come out unchanged, reported crafted)."""
     from torch.nn.utils import parametrize
 
     for layer_name, module in model.named_modules():
@@ -1221,8 +1221,8 @@ def craft(
     parametrised = _parametrised(model)
     if parametrised is not None:
         raise InputError(f"{name} cannot craft this {type(model).__name__}: layer {parametrised} computes its weight "
-                         "from others (weight or spectral norm), which crafters do not write; remove the "
-                         "parametrisation first (torch.nn.utils.parametrize.remove_parametrizations)")  # fmt: skip
+                         "from others (weight or spectral norm, or pruning not made permanent), which crafters do not "
+                         "write; remove that first (torch.nn.utils.parametrize.remove_parametrizations, prune.remove)")  # fmt: skip
     try:  # the caller's generators, grad mode and default dtype kept (a float64 default had broken every crafter)
         with np.errstate(all="ignore"), own_torch_state():  # an overflow is reported below, as one line
             crafted = fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
