@@ -100,9 +100,11 @@ def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
         ("mkor_inconspicuous", {"model": nn.Sequential(nn.Flatten(), nn.Linear(784, 1), nn.ReLU(), nn.Linear(1, 10))},
          "its first linear layer has 1 units and its narrowest hidden layer 1: MKOR needs 2 and 1 per class"),
         ("mkor", {"model": nn.Sequential(nn.Flatten(), nn.utils.parametrizations.weight_norm(nn.Linear(784, 10)))},
-         "layer 1 computes its weight from others (weight or spectral norm)"),  # had come out unchanged, "crafted"
+         "layer 1 computes its weight from others (weight or spectral norm"),  # had come out unchanged, "crafted"
         ("trap_weights", {"model": nn.Sequential(nn.Flatten(), nn.utils.spectral_norm(nn.Linear(784, 10)))},
          "layer 1 computes its weight from others"),
+        ("mkor", {"model": nn.utils.prune.random_unstructured(nn.Linear(784, 10), "weight", 0.5)},
+         "or pruning not made permanent"),  # its weight is recomputed from weight_orig on every forward
     ],
 )
 def test_every_bad_argument_is_one_input_error(name, changes, message):
