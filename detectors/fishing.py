@@ -19,8 +19,9 @@ bias of -20) and still mute every other class. Over the 19 layers with muted
 rows in the benign zoo and the held-out set, the muted rows' lowest bias
 never exceeds the weighted rows' highest (largest gap -0.003), so muted rows
 whose biases all stand ``≥ 2`` above every weighted row's are class fishing
-too. A head whose rows are *all* zero isolates nothing and is skipped. Honest dense rows never have one
-weight more than 20× the RMS of the rest; feature fishing's is ≥ 50×.
+too. A head whose rows are *all* zero isolates nothing and is skipped.
+Honest dense rows never have one weight more than 20× the RMS of the rest;
+feature fishing's is ≥ 50×.
 """
 
 from __future__ import annotations
