@@ -117,15 +117,15 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def classifier_outputs(module: nn.Module, x: torch.Tensor, command: str) -> int:
-    """How many classes ``module`` scores: one of the images ``x`` is run through it (eval mode, no gradients).
+def classifier_logits(module: nn.Module, x: torch.Tensor, command: str) -> torch.Tensor:
+    """The logits ``module`` gives for the first 4 of the images ``x`` (eval mode, no gradients), ``[n, classes]``.
     InputError naming the problem when it does not take them or does not return float logits [batch, classes];
     ``command`` (``audit``, ``inspect``) is named in the fix."""
     was = module.training
     module.eval()
     try:
         with torch.no_grad():
-            out = module(x[:1])
+            out = module(x[:4])
     except RuntimeError as exc:
         raise InputError(
             f"--data of shape {tuple(x.shape[1:])} does not fit the model ({first_line(exc)[:120]}); "
@@ -145,7 +145,7 @@ def classifier_outputs(module: nn.Module, x: torch.Tensor, command: str) -> int:
         raise InputError(f"the model returns {out.dtype} values, not float logits; {fix}")
     if out.dim() != 2:
         raise InputError(f"the model returns shape {tuple(out.shape)}, not [batch, classes]; {fix}")
-    return int(out.shape[1])
+    return out
 
 
 def check_float32(model: nn.Module, what: str, fix: str) -> None:

@@ -36,7 +36,7 @@ from torch import nn
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import check_float32, classifier_outputs, first_line
+from fedguard.architectures import check_float32, classifier_logits, first_line
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
@@ -364,19 +364,11 @@ def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | 
             "or from another model; what is measured is what it reveals about --data, so the verdict is at least warn")
 
 
-def _probabilities_note(module: nn.Module, x: torch.Tensor) -> str | None:
-    """The report's note when the model's outputs are probabilities (rows of non-negative values summing to 1, on
-    the first 4 examples): the audit trains with cross-entropy on the outputs as logits, as a client with
+def _probabilities_note(logits: torch.Tensor) -> str | None:
+    """The report's note when the model's outputs (``logits`` of a few examples) are probabilities, rows of
+    non-negative values summing to 1: the audit trains with cross-entropy on the outputs as logits, as a client with
     nn.CrossEntropyLoss does; a client taking their log (nn.NLLLoss) uploads another update."""
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            out = module(x[:4]).double()
-    except Exception:  # a model that fails on 4 examples fails again in training, which says why in one line
-        return None
-    finally:
-        module.train(was)
+    out = logits.double()
     if bool((out >= 0).all()) and torch.allclose(out.sum(1), torch.ones(len(out), dtype=out.dtype), atol=1e-4):
         return ("the model's outputs are probabilities (each row sums to 1): the audit applied cross-entropy to them as "
                 "logits, as nn.CrossEntropyLoss does; if the client takes their log instead (nn.NLLLoss), its update "
@@ -633,7 +625,8 @@ def audit(
             input_shape = tuple(in_memory_batch(data)[0].shape[1:])
     module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
-    n_out = classifier_outputs(module, x_all, "audit")
+    logits = classifier_logits(module, x_all, "audit")
+    n_out = logits.shape[1]
     if int(y_all.max()) >= n_out or int(y_all.min()) < 0:
         raise InputError(
             f"--data has labels up to {int(y_all.max())} but the model has {n_out} outputs; "
@@ -673,7 +666,7 @@ def audit(
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
         agreement = None
     mismatch = _mismatch_note(agreement, upd.protocol)
-    notes = [note for note in (mismatch, _probabilities_note(module, batch_x.to(dev))) if note]  # each: at least warn
+    notes = [note for note in (mismatch, _probabilities_note(logits)) if note]  # each makes the verdict at least warn
 
     B = len(index)
     known_labels = threat.labels == "known"

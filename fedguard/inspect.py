@@ -22,7 +22,7 @@ from torch import nn
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import classifier_outputs, first_line
+from fedguard.architectures import classifier_logits, first_line
 from fedguard.checks import is_whole
 from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
@@ -289,7 +289,7 @@ def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     from fedguard.data import in_memory_batch
 
     inputs, labels = in_memory_batch(data)
-    outputs = classifier_outputs(module, inputs, "inspect")
+    outputs = classifier_logits(module, inputs, "inspect").shape[1]
     if int(labels.max()) >= outputs:
         raise InputError(
             f"--data has labels up to {int(labels.max())} but the model has {outputs} outputs; "
