@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import functools
 import inspect
-import math
 import os
 import signal
 import threading
@@ -43,7 +42,7 @@ from fedguard.loading import is_running_stat
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
-from fedguard.update import Update, checked_update, compute_update, load_update, resolve_device
+from fedguard.update import Update, checked_update, compute_update, l2_norm, load_update, resolve_device
 
 if TYPE_CHECKING:
     from fedguard.attacks.base import Budget
@@ -306,7 +305,7 @@ CUT_SHORT = 0.1
 
 def _norm(tensors: Mapping[str, torch.Tensor], names) -> float:
     """The Euclidean norm of the tensors ``names`` of ``tensors`` taken together."""
-    return math.sqrt(sum(float((tensors[k].double() ** 2).sum()) for k in names))
+    return l2_norm(tensors[k] for k in names)
 
 
 def _cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:

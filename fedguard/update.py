@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,11 @@ DIVERGED_NATS = 100.0
 #: 1.3x (ConvNet FedSGD) to 450x its size away; W_T lies 0.002-0.08x away (0.4-0.9x only after 20-50 steps at
 #: lr 0.3-1.0, which the agreement check then flags). Attacked as an update, weights rebuild nothing.
 WEIGHTS_DISTANCE = 0.5
+
+
+def l2_norm(tensors: Iterable[Any]) -> float:
+    """The L2 norm of ``tensors`` (tensors or arrays) taken together, in float64."""
+    return math.sqrt(sum(float(torch.as_tensor(t).double().square().sum()) for t in tensors))
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class Update:
         return {name: t * scale for name, t in self.tensors.items()}
 
     def norm(self) -> float:
-        return math.sqrt(sum(float(torch.as_tensor(t).double().square().sum()) for t in self.tensors.values()))
+        return l2_norm(self.tensors.values())
 
     def to(self, device: torch.device) -> "Update":
         return Update(**{**self.__dict__, "tensors": {k: v.to(device) for k, v in self.tensors.items()}})
@@ -438,8 +443,8 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
     if not any(bool(t.any()) for t in out.values()):
         raise InputError(f"{where} is zero everywhere: no training step leaves every weight unchanged; "
                          "pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload")  # fmt: skip
-    size = math.sqrt(sum(float(t.double().square().sum()) for t in out.values()))
-    distance = math.sqrt(sum(float((out[n] - p.detach()).double().square().sum()) for n, p in params.items()))
+    size = l2_norm(out.values())
+    distance = l2_norm(out[n] - p.detach() for n, p in params.items())
     if distance < WEIGHTS_DISTANCE * size:
         raise InputError(
             f"{where} holds the model's weights, not an update (it lies within {distance / size:.1%} of its own size "
