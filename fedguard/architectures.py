@@ -43,6 +43,7 @@ __all__ = [
     "check_input_shape",
     "check_num_classes",
     "arch_source",
+    "builds_any_class_count",
     "first_line",
 ]
 
@@ -627,11 +628,12 @@ def _custom_default_shape(arch: str) -> Shape | None:
     return None
 
 
-def _build_custom(arch: str, num_classes: int, input_shape: Shape | None, kwargs: dict[str, Any]) -> nn.Module:
+def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None, kwargs: dict[str, Any]) -> nn.Module:
     module, fn = _resolve_callable(arch)
     call_kwargs = dict(kwargs)
-    if _accepts(fn, "num_classes"):
-        call_kwargs["num_classes"] = num_classes
+    takes_classes = _accepts(fn, "num_classes")
+    if takes_classes:
+        call_kwargs["num_classes"] = num_classes or 10
     if input_shape is not None and _accepts(fn, "input_shape"):
         call_kwargs["input_shape"] = input_shape
     shown = ", ".join(f"{k}={v!r}" for k, v in call_kwargs.items())
@@ -663,6 +665,9 @@ def _build_custom(arch: str, num_classes: int, input_shape: Shape | None, kwargs
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise InputError(f"the model from {arch} returns {got}, not logits of shape [N, classes]; make its forward return the logits")
+    if num_classes is not None and not takes_classes and out.shape[1] != num_classes:  # it could not be built for them
+        raise InputError(f"the model from {arch} gives {out.shape[1]} classes, not {num_classes}, and takes no num_classes "
+                         f"argument; use the class count it gives, or make the callable take num_classes")  # fmt: skip
     return model
 
 
@@ -689,6 +694,11 @@ def arch_source(arch: str) -> Path | None:
     return Path(source) if source else None
 
 
+def builds_any_class_count(arch: str) -> bool:
+    """Whether ``arch`` is built for the class count asked for: every built-in, a callable that takes ``num_classes``."""
+    return _spec(arch) is not None or _accepts(_resolve_callable(arch.strip())[1], "num_classes")
+
+
 def resolve_input_shape(arch: str, input_shape: Any = None) -> Shape:
     """The (C, H, W) to use with ``arch``: ``input_shape`` when given, else its default.
 
@@ -707,19 +717,24 @@ def resolve_input_shape(arch: str, input_shape: Any = None) -> Shape:
     return shape
 
 
-def build_model(arch: str, num_classes: int = 10, input_shape: Any = None, **kwargs: Any) -> nn.Module:
+def build_model(arch: str, num_classes: int | None = None, input_shape: Any = None, **kwargs: Any) -> nn.Module:
     """Build ``arch`` (a registered name or ``package.module:callable``) for ``num_classes``.
+
+    ``num_classes`` None builds the architecture's default, 10 classes (or what a callable without a
+    ``num_classes`` argument gives); a count such a callable does not give is an InputError where its output can be
+    seen (an input shape to run it on).
 
     ``input_shape`` (C, H, W) defaults to the architecture's own; extra keyword
     arguments (e.g. ``hidden=`` for ``mlp``) go to the builder. Any problem
     raises :class:`InputError`.
     """
     spec = _spec(arch)
-    num_classes = check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes) if num_classes is not None else None
     shape = check_input_shape(input_shape) if input_shape is not None else None
     if spec is None:
         return _build_custom(arch.strip(), num_classes, shape, kwargs)
     shape = shape or spec.input_shape
+    num_classes = num_classes or 10
     try:
         return spec.build(num_classes=num_classes, input_shape=shape, **kwargs)
     except TypeError as exc:

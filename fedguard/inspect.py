@@ -58,10 +58,10 @@ def build_expected_module(
     shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list,
     or when the tensors do not name that layer (a wrapper's prefix), the head is the last 2-D tensor.
     """
-    from fedguard.architectures import build_model, resolve_input_shape
+    from fedguard.architectures import build_model, builds_any_class_count, resolve_input_shape
     from fedguard.attacks._head import find_head
 
-    module = build_model(arch, num_classes=num_classes or 10, input_shape=input_shape)
+    module = build_model(arch, num_classes=num_classes, input_shape=input_shape)
     if num_classes is None:
         received = None
         if named:
@@ -75,7 +75,7 @@ def build_expected_module(
             received = tensors.get(weight) if weight is not None else None
         if received is None:
             received = next((t for t in reversed(list(tensors.values())) if t.ndim == 2), None)
-        if received is not None and received.ndim == 2 and received.shape[0] != 10:
+        if received is not None and received.ndim == 2 and received.shape[0] != 10 and builds_any_class_count(arch):
             module = build_model(arch, num_classes=int(received.shape[0]), input_shape=input_shape)
     return module
 

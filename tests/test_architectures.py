@@ -245,6 +245,13 @@ def test_module_callable_builds(user_module):
     shaped = build_model(f"{user_module}:shaped", num_classes=3, input_shape=(2, 5, 5))
     assert shaped(torch.rand(1, 2, 5, 5)).shape == (1, 3)
     assert build_model(f"{user_module}:fixed")[1].out_features == 5  # num_classes not passed
+    assert build_model(f"{user_module}:fixed", num_classes=5)[1].out_features == 5  # the count it gives
+
+
+def test_module_callable_that_cannot_take_the_class_count_asked_for(user_module):
+    with pytest.raises(InputError, match=r"the model from .*:fixed gives 5 classes, not 7, and takes no num_classes "
+                                         r"argument; use the class count it gives, or make the callable take num_classes$"):  # fmt: skip
+        build_model(f"{user_module}:fixed", num_classes=7)
 
 
 def test_module_callable_found_from_working_directory(tmp_path, monkeypatch):
