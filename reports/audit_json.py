@@ -39,7 +39,7 @@ import fedguard
 from fedguard.types import AttackOutcome, AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import check_report, json_safe, read_schema
+from .base import check_report, json_safe, printable_values, read_schema
 
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement
 SCHEMA_VERSION = "1.3"
@@ -126,7 +126,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
     if doc["update"].get("agreement"):
         doc["update"]["agreement"]["cosine"] = json_safe(doc["update"]["agreement"]["cosine"], digits=JSON_DIGITS)
     doc["exposure"] = _measurements_rounded(doc["exposure"])
-    return doc
+    return printable_values(doc)
 
 
 def _measurements_rounded(value: Any) -> Any:

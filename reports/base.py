@@ -193,6 +193,22 @@ def printable(text: str, *, keep_line_breaks: bool = False) -> str:
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def printable_values(value: Any) -> Any:
+    """Plain JSON ``value`` with every string in it, keys included, :func:`printable`.
+
+    A machine-readable report is read with ``jq -r`` and shown by CI logs as often as it is parsed: a tensor name
+    must not reach a terminal as an escape sequence there either, and a lone surrogate would make the document
+    invalid UTF-8, which strict parsers refuse.
+    """
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(k): printable_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable_values(v) for v in value]
+    return value
+
+
 def plural(n: int, word: str) -> str:
     """``n word`` or ``n words``."""
     return f"{n} {word}{'' if n == 1 else 's'}"

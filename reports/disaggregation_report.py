@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from fedguard import __version__
 from fedguard.attacks.disaggregation import Disaggregation, Score
-from fedguard.reports.base import plural
+from fedguard.reports.base import plural, printable_values
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
 
@@ -51,7 +51,7 @@ def disaggregation_to_dict(
     simulation.
     """
     rounds = int(result.participation.shape[0])
-    return {
+    return printable_values({
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "fedguard", "version": __version__},
         "command": "disaggregate",
@@ -76,7 +76,7 @@ def disaggregation_to_dict(
         "updates_file": updates_file,
         "score": score.to_dict() if score is not None else None,
         "notes": list(result.notes),
-    }
+    })  # fmt: skip
 
 
 def _text(doc: Mapping[str, Any]) -> str:

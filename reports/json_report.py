@@ -37,7 +37,17 @@ from typing import Any, ClassVar, Mapping
 
 from fedguard.types import InspectionReport, Rule
 
-from .base import Renderer, check_report, json_safe, read_schema, register_renderer, severity_counts, sorted_findings, tool_version
+from .base import (
+    Renderer,
+    check_report,
+    json_safe,
+    printable_values,
+    read_schema,
+    register_renderer,
+    severity_counts,
+    sorted_findings,
+    tool_version,
+)
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_FILE = "inspect-report.schema.json"
@@ -51,7 +61,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         item = finding.to_dict()
         item["evidence"] = json_safe(item["evidence"])
         findings.append(item)
-    return {
+    return printable_values({
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "fedguard", "version": tool_version(report)},
         "path": str(report.path),
@@ -67,7 +77,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "findings": findings,
         "detectors_run": list(report.detectors_run),
         "seconds": json_safe(float(report.seconds)),
-    }
+    })  # fmt: skip
 
 
 def load_schema() -> dict[str, Any]:

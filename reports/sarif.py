@@ -43,6 +43,7 @@ from fedguard.types import Finding, InspectionReport, Rule, Severity
 from .base import (
     Renderer,
     json_safe,
+    printable_values,
     register_renderer,
     severity_counts,
     sorted_findings,
@@ -169,15 +170,15 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
         "invocations": [
             {
                 "executionSuccessful": True,
-                "properties": {
+                "properties": printable_values({
                     "detectorsRun": list(report.detectors_run),
                     "seconds": json_safe(float(report.seconds)),
                     "reference": report.reference,
-                },
+                }),
             }
         ],
-        "artifacts": [artifact],
-        "results": results,
+        "artifacts": printable_values([artifact]),  # the rules above are fedguard's own text, Markdown line breaks included
+        "results": printable_values(results),
         "properties": {
             "verdict": str(report.verdict),
             "summary": severity_counts(report.findings),

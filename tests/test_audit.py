@@ -1147,7 +1147,7 @@ def test_text_report_fits_80_columns_with_a_long_model_path(workdir, monkeypatch
     assert f"lenet ({name})" in text
 
 
-def test_html_report_shows_a_bidi_override_in_a_path_as_its_escape(workdir):
+def test_html_and_json_reports_show_a_bidi_override_in_a_path_as_its_escape(workdir):
     """U+202E in a file name would reverse the text after it on the page, as in a terminal."""
     name = "m\u202egnp.pt"
     torch.save(lenet8().state_dict(), workdir / name)
@@ -1155,6 +1155,9 @@ def test_html_report_shows_a_bidi_override_in_a_path_as_its_escape(workdir):
                   "-o", "r.html").exit_code == 0  # fmt: skip
     page = (workdir / "r.html").read_text(encoding="utf-8")
     assert "\u202e" not in page and "m\\u202egnp.pt" in page
+    doc = json.loads(invoke("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts",
+                            "--format", "json").stdout)  # fmt: skip
+    assert doc["model"]["path"] == "m\\u202egnp.pt"  # as jq -r shows it
     # zero-width and other invisible characters would make the name look like another file's
     from fedguard.reports.base import printable
 
