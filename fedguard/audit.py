@@ -36,6 +36,7 @@ from torch import nn
 import fedguard
 from fedguard import checks
 from fedguard.architectures import check_float32, classifier_logits, first_line
+from fedguard.data import data_sha256
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
@@ -162,15 +163,6 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     load_weights(module, tensors, info.get("path") or "state_dict", arch)
     info["arch"] = arch
     return module, info
-
-
-def _file_sha256(data: Any) -> str | None:
-    """The SHA-256 of ``--data`` when it names a file (an .npz), for the report's provenance; else None."""
-    from fedguard.data import data_source
-    from fedguard.loading import sha256_of
-
-    source = data_source(data) if isinstance(data, (str, os.PathLike)) else None
-    return sha256_of(source) if source is not None and source.is_file() else None
 
 
 def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -789,7 +781,7 @@ def audit(
         model=model_info,
         data={
             "spec": data_spec,
-            "sha256": _file_sha256(data),
+            "sha256": data_sha256(data),
             "n_examples": int(len(y_all)),
             "batch_indices": [int(i) for i in index],
             "batch_size": B,

@@ -6,6 +6,7 @@ it; 2 = usage or input error (one line on stderr saying what to do).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -136,6 +137,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
             model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
             data=data, detectors=detectors or None, seed=seed,
         )
+    report = dataclasses.replace(report, config={**report.config, "fail_on": fail_on})  # what the exit code follows
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = render(fmt, report, rules(), color=color)
     if output is not None:

@@ -86,6 +86,15 @@ def data_source(spec: str | os.PathLike[str] | None) -> Path | None:
     return path if path.exists() else None
 
 
+def data_sha256(spec: Any) -> str | None:
+    """The SHA-256 of the file ``spec`` names (an .npz), for a report's provenance; None for anything else (a
+    built-in set, a folder, tensors in memory)."""
+    from fedguard.loading import sha256_of
+
+    source = data_source(spec) if isinstance(spec, (str, os.PathLike)) else None
+    return sha256_of(source) if source is not None and source.is_file() else None
+
+
 def load_data(
     spec: str | os.PathLike[str],
     input_shape: Any = None,

@@ -22,8 +22,9 @@ from torch import nn
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import classifier_logits, first_line
+from fedguard.architectures import check_input_shape, classifier_logits, first_line
 from fedguard.checks import is_whole
+from fedguard.data import data_sha256
 from fedguard.detectors import DETECTORS, all_rules
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
@@ -164,9 +165,20 @@ def inspect_model(
     # architectures' initialisation seeded, the caller's generators and default dtype kept; the behavioural checks
     # take gradients, also inside the caller's no_grad or inference_mode
     with own_torch_state(seed):
+        config = {
+            "num_classes": num_classes,
+            "input_shape": list(check_input_shape(input_shape)) if input_shape is not None else None,
+            "data": None if data is None else "in-memory" if isinstance(data, (tuple, list)) else str(data),
+            "data_sha256": data_sha256(data),
+            "data_examples": None,
+            "seed": int(seed),
+            "detectors_requested": names if detectors else None,
+            "reference_sha256": None,
+            "torch": torch.__version__,
+        }
         loaded = load_model_file(path)
         if loaded.refused:
-            return _report(loaded, loaded.findings, (), start, arch, reference)
+            return _report(loaded, loaded.findings, (), start, arch, reference, config)
 
         module = None
         tensors = loaded.tensors
@@ -177,6 +189,7 @@ def inspect_model(
         ref_view = None
         if reference is not None:
             ref_loaded = load_model_file(reference)
+            config["reference_sha256"] = ref_loaded.sha256
             if ref_loaded.refused:
                 raise InputError(f"reference {reference} would execute code when loaded; it cannot serve as a reference")
             ref_tensors = ref_loaded.tensors
@@ -190,6 +203,7 @@ def inspect_model(
                                  "pass last round's model as you received it")  # fmt: skip
             ref_view = ModelView.from_state_dict(ref_tensors)
         batch = _client_batch(data, arch, module, input_shape, seed) if data is not None else None
+        config["data_examples"] = len(batch[1]) if batch is not None else None
         if batch is not None and not load_into(module, tensors):
             batch = None  # the weights do not fit --arch; FG701 says how, behavioural checks cannot run
         view = ModelView.from_state_dict(tensors, module)
@@ -203,7 +217,7 @@ def inspect_model(
             count = sum(t.numel() for t in tensors.values() if isinstance(t, torch.Tensor))
             raise InputError(f"{path} holds no weight matrix or filter to check ({plural(len(tensors), 'tensor')}, "
                              f"{plural(count, 'value')}); pass the global model's state_dict or its Flower list of arrays")  # fmt: skip
-        return _report(loaded, findings, ran, start, arch, reference, view)
+        return _report(loaded, findings, ran, start, arch, reference, config, view)
 
 
 def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -> tuple[list[Finding], list[str]]:
@@ -298,7 +312,7 @@ def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     return inputs, labels
 
 
-def _report(loaded, findings, ran, start, arch, reference, view: ModelView | None = None) -> InspectionReport:
+def _report(loaded, findings, ran, start, arch, reference, config, view: ModelView | None = None) -> InspectionReport:
     from fedguard.reports.base import sorted_findings
 
     findings = tuple(sorted_findings(findings))  # worst first, as every renderer shows them
@@ -316,4 +330,6 @@ def _report(loaded, findings, ran, start, arch, reference, view: ModelView | Non
         arch=arch,
         reference=str(reference) if reference is not None else None,
         tool_version=fedguard.__version__,
+        loaded=not loaded.refused,
+        config=config,
     )

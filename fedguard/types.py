@@ -122,6 +122,11 @@ class InspectionReport:
     arch: str | None = None
     reference: str | None = None
     tool_version: str = ""
+    #: False for a file refused unread (a pickle that would run code): nothing in it was counted or checked.
+    loaded: bool = True
+    #: How the inspection was run, for its provenance: the options given, the data's description, the seed, the
+    #: reference's SHA-256, torch's version (and the CLI's --fail-on).
+    config: Mapping[str, Any] = field(default_factory=dict)
 
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), default=None)

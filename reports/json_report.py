@@ -7,7 +7,7 @@ JSON: numpy/torch numbers become numbers, arrays become lists, and NaN/±Inf
 become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
 
     {
-      "schema_version": "1.0",
+      "schema_version": "1.1",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "path": "global.pt",
       "sha256": "6f1c0a93e2b4...",
@@ -15,6 +15,7 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
       "size_bytes": 251234,
       "n_parameters": 62006,
       "n_layers": 11,
+      "loaded": true,
       "arch": "lenet5",
       "reference": null,
       "verdict": "malicious",
@@ -26,7 +27,10 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
          "evidence": {"max_row_cosine": 1.0, "n_rows": 128}}
       ],
       "detectors_run": ["imprint", "mkor", "fishing"],
-      "seconds": 0.42
+      "seconds": 0.42,
+      "config": {"num_classes": null, "input_shape": null, "data": null, "data_sha256": null,
+                 "data_examples": null, "seed": 0, "detectors_requested": null,
+                 "reference_sha256": null, "torch": "2.13.0", "fail_on": "medium"}
     }
 """
 
@@ -49,7 +53,7 @@ from .base import (
     tool_version,
 )
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_FILE = "inspect-report.schema.json"
 
 
@@ -70,6 +74,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "size_bytes": int(report.size_bytes),
         "n_parameters": int(report.n_parameters),
         "n_layers": int(report.n_layers),
+        "loaded": bool(report.loaded),
         "arch": report.arch,
         "reference": None if report.reference is None else str(report.reference),
         "verdict": str(report.verdict),
@@ -77,6 +82,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "findings": findings,
         "detectors_run": list(report.detectors_run),
         "seconds": json_safe(float(report.seconds)),
+        "config": json_safe(dict(report.config)),
     })  # fmt: skip
 
 

@@ -156,6 +156,7 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
             "fileFormat": report.file_format,
             "nParameters": int(report.n_parameters),
             "nLayers": int(report.n_layers),
+            "loaded": bool(report.loaded),
             "arch": report.arch,
         },
     }
@@ -174,6 +175,7 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
                     "detectorsRun": list(report.detectors_run),
                     "seconds": json_safe(float(report.seconds)),
                     "reference": report.reference,
+                    "config": json_safe(dict(report.config)),
                 }),
             }
         ],

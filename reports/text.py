@@ -89,10 +89,9 @@ class TextRenderer(Renderer):
         head = Text()
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
         head.append(f"  {printable(str(report.path))}  ", style="bold")
-        head.append(
-            f"(sha256 {report.sha256[:12]}…, {plural(report.n_layers, 'layer')}, "
-            f"{report.n_parameters:,} parameters)"
-        )
+        contents = (f"{plural(report.n_layers, 'layer')}, {report.n_parameters:,} parameters" if report.loaded
+                    else "not loaded: it would run code")  # fmt: skip
+        head.append(f"(sha256 {report.sha256[:12]}…, {contents})")
         console.print(head, soft_wrap=True)
 
         context = [f"format {report.file_format}"]
@@ -100,6 +99,10 @@ class TextRenderer(Renderer):
             context.append(f"arch {report.arch}")
         if report.reference:
             context.append(f"reference {printable(str(report.reference))}")
+        if report.config.get("data"):
+            examples = report.config.get("data_examples")
+            sample = f" ({examples} examples, seed {report.config.get('seed')})" if examples else ""
+            context.append(f"data {printable(str(report.config['data']))}{sample}")
         context.append(f"{plural(len(report.detectors_run), 'detector')} in {report.seconds:.2f} s")
         console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
 

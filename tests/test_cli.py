@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import fedguard
+from fedguard.architectures import build_model
 from fedguard.cli import main
 
 from .cli_checks import assert_input_error, assert_no_crash
@@ -163,6 +164,28 @@ def test_html_output_file_is_owner_only(high_model, workdir):
     html = out.read_text(encoding="utf-8")
     assert "<html" in html.lower() and "malicious" in html.lower()
     assert sorted(p.name for p in workdir.iterdir()) == ["high.pt", "x.html"]  # no temp file left behind
+
+
+def test_reports_say_how_the_inspection_was_run(clean_model, workdir, schema):
+    """The data, seed, reference and --fail-on behind a verdict, so that a finding on 'your data' can be traced
+    and repeated (the reports had named the model file only)."""
+    np.savez(workdir / "mine.npz", x=np.random.default_rng(0).random((6, 1, 28, 28)), y=np.arange(6))
+    torch.save(build_model("lenet5").state_dict(), workdir / "m.pt")
+    args = ("inspect", "m.pt", "--arch", "lenet5", "--data", "mine.npz", "--seed", "3", "--reference", clean_model,
+            "--fail-on", "high")  # fmt: skip
+    report = json.loads(invoke(*args, "--format", "json").stdout)
+    jsonschema.validate(report, schema)
+    assert report["loaded"] is True and report["config"] == {
+        "num_classes": None, "input_shape": None, "data": "mine.npz", "data_examples": 6, "seed": 3,
+        "data_sha256": hashlib.sha256((workdir / "mine.npz").read_bytes()).hexdigest(),
+        "reference_sha256": hashlib.sha256(clean_model.read_bytes()).hexdigest(), "detectors_requested": None,
+        "torch": torch.__version__, "fail_on": "high",
+    }  # fmt: skip
+    sarif = json.loads(invoke(*args, "--format", "sarif").stdout)
+    assert sarif["runs"][0]["invocations"][0]["properties"]["config"] == report["config"]
+    assert "data mine.npz (6 examples, seed 3)" in invoke(*args).stdout
+    page = invoke(*args, "--format", "html").stdout
+    assert report["config"]["data_sha256"] in page and report["config"]["reference_sha256"] in page
 
 
 def test_json_output_file(clean_model, workdir, schema):
@@ -364,9 +387,10 @@ def test_code_importing_pickle(workdir, name):
     assert finding["rule_id"] == "FG001" and finding["severity"] == "critical"
     assert callables & set(finding["evidence"]["imports"]), finding
     assert any(c in finding["message"] for c in callables)
+    assert report["loaded"] is False  # its 0 parameters are not a count
 
     text = invoke("inspect", path)
-    assert text.exit_code == 1 and "FG001" in text.stdout
+    assert text.exit_code == 1 and "FG001" in text.stdout and "not loaded: it would run code" in text.stdout
     assert not target.exists()
     assert snapshot(workdir) == before
 
