@@ -146,6 +146,8 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         echo(f"{str(report.verdict).upper():<11} {len(report.findings):>8}  {path.name}: {description} [{ids}]")
         write_atomic(output_dir / f"{path.stem}.json", render("json", report, all_rules))
     summary = output_dir / "summary.html"
-    write_atomic(summary, render_summary(reports, all_rules, title="fedguard demo: inspected global models"))
+    page = render_summary(reports, all_rules, title="fedguard demo: inspected global models",
+                          descriptions=[description for description, _, _ in models])  # fmt: skip
+    write_atomic(summary, page)
     echo(f"\nHTML summary: {printable(str(summary))}  (JSON reports beside it; {time.perf_counter() - start:.1f} s)")
     return reports

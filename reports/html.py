@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+from fedguard.errors import InputError
 from fedguard.types import InspectionReport, Rule
 
 from .base import (
@@ -87,11 +88,12 @@ def generated_at() -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _model(report: InspectionReport, anchor: str) -> dict[str, Any]:
+def _model(report: InspectionReport, anchor: str, description: str | None = None) -> dict[str, Any]:
     return {
         "anchor": anchor,
         "report": report,
         "name": Path(report.path).name or report.path,
+        "description": description,
         "verdict": str(report.verdict),
         "tool_version": tool_version(report),
         "findings": sorted_findings(report.findings),
@@ -99,8 +101,17 @@ def _model(report: InspectionReport, anchor: str) -> dict[str, Any]:
     }
 
 
-def _page(reports: Sequence[InspectionReport], rules: Mapping[str, Rule], title: str, summary: bool) -> str:
-    models = [_model(r, f"model-{i + 1}") for i, r in enumerate(reports)]
+def _page(
+    reports: Sequence[InspectionReport],
+    rules: Mapping[str, Rule],
+    title: str,
+    summary: bool,
+    descriptions: Sequence[str] | None = None,
+) -> str:
+    descriptions = list(descriptions) if descriptions is not None else [None] * len(reports)
+    if len(descriptions) != len(reports):
+        raise InputError(f"{len(descriptions)} descriptions for {len(reports)} reports; give one per report")
+    models = [_model(r, f"model-{i + 1}", d) for i, (r, d) in enumerate(zip(reports, descriptions))]
     every_finding = [f for r in reports for f in r.findings]
     versions = sorted({m["tool_version"] for m in models})
     return template_environment().get_template(TEMPLATE).render(
@@ -119,7 +130,9 @@ def render_report(report: InspectionReport, rules: Mapping[str, Rule]) -> str:
     return _page([report], rules, f"fedguard inspect — {Path(report.path).name or report.path}", summary=False)
 
 
-def render_summary(reports: Sequence[InspectionReport], rules: Mapping[str, Rule], title: str) -> str:
+def render_summary(
+    reports: Sequence[InspectionReport], rules: Mapping[str, Rule], title: str, descriptions: Sequence[str] | None = None
+) -> str:
     """One HTML page over several inspections (the demo's summary).
 
     Parameters
@@ -130,6 +143,8 @@ def render_summary(reports: Sequence[InspectionReport], rules: Mapping[str, Rule
         Every rule fedguard has, by rule id.
     title : str
         Page title and heading.
+    descriptions : sequence of str, optional
+        What each model is (e.g. "honest LeNet-5, trained 2 epochs"), one per report, shown beside its name.
 
     Returns
     -------
@@ -137,7 +152,7 @@ def render_summary(reports: Sequence[InspectionReport], rules: Mapping[str, Rule
         A self-contained page: an overview table (model, verdict, findings per
         severity), one section per model, and an appendix of the rules that fired.
     """
-    return _page(list(reports), rules, title, summary=True)
+    return _page(list(reports), rules, title, summary=True, descriptions=descriptions)
 
 
 @register_renderer("html")

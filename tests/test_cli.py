@@ -750,6 +750,9 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
         result = invoke("demo", "--output-dir", workdir / "demo")
         assert result.exit_code == 0, result.output
     assert "MALICIOUS" in result.output and (workdir / "demo" / "summary.html").is_file()
+    page = (workdir / "demo" / "summary.html").read_text(encoding="utf-8")
+    assert "honest LeNet-5, trained 2 epochs on digits" in page  # which models are meant to be benign
+    assert "not loaded (it would run code)" in page  # the trojan's parameters are not counted as 0
     assert sorted(p.name for p in (workdir / "demo" / "models").iterdir()) == sorted(MODEL_FILES)  # the names checked first
     (workdir / "demo" / "benign-lenet5.json").write_text("my notes")
     assert "which no earlier demo wrote" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))

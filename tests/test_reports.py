@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedguard.errors import InputError
 from fedguard.reports import RENDERERS, Renderer, render, render_summary
 from fedguard.reports.base import json_safe
 from fedguard.reports.json_report import SCHEMA_VERSION, load_schema
@@ -155,7 +156,6 @@ def test_registry_lists_every_format_with_suffix():
 
 
 def test_a_report_of_the_wrong_kind_is_named_not_a_traceback(clean):
-    from fedguard.errors import InputError
     from fedguard.reports.audit_base import render_audit
     from fedguard.reports.audit_json import audit_to_dict
     from fedguard.reports.json_report import report_to_dict
@@ -407,3 +407,7 @@ def test_html_summary_lists_each_model(malicious, clean):
     cells = re.findall(r'<td class="num[^"]*">(\d+)</td>', overview)
     assert cells == ["1", "1", "1", "1", "0", "4", "0", "0", "0", "0", "0", "0"]
     assert page.count("Rules that fired") == 1
+    described = render_summary([malicious, clean], RULES, title="t", descriptions=["crafted <imprint>", "honest"])
+    assert described.count("crafted &lt;imprint&gt;") == 2 and described.count("honest") == 2  # table and section
+    with pytest.raises(InputError, match="1 descriptions for 2 reports; give one per report"):
+        render_summary([malicious, clean], RULES, title="t", descriptions=["one"])
