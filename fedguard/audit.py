@@ -139,7 +139,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     if model is None:
         with own_random_state(seed):
             module = build_model(arch, num_classes=num_classes, input_shape=input_shape)
-        return module, {"path": None, "sha256": None, "weights": f"fresh initialisation of --arch (seed {seed})", "arch": arch}
+        return module, {"path": None, "sha256": None, "weights": f"fresh initialisation of --arch, seed {seed}", "arch": arch}
     if isinstance(model, Mapping):
         tensors, named = to_state_dict(model, "the state_dict passed in")
         info = {"path": None, "sha256": None, "weights": "in-memory state_dict"}

@@ -78,7 +78,8 @@ class AuditTextRenderer(AuditRenderer):
         context = [
             f"{m.get('arch')} ({where})",
             f"{d.get('spec')}, batch {d.get('batch_size')}",
-            u.get("protocol") + (f" {u.get('local_steps')} steps lr {u.get('local_lr')}" if u.get("protocol") == "fedavg" else ""),
+            u.get("protocol") + (f" {u.get('local_steps')} steps lr {u.get('local_lr')} mini-batch {u.get('local_batch_size')}"
+                                 if u.get("protocol") == "fedavg" else ""),  # fmt: skip
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
@@ -92,18 +93,22 @@ class AuditTextRenderer(AuditRenderer):
                 table.add_column(col, no_wrap=col != "stopped", overflow="fold")
             for o in report.attacks:
                 psnr = "–" if o.psnr_max is None else f"{fmt_num(o.psnr_mean)}/{fmt_num(o.psnr_max)}"
-                ssim = "–" if o.ssim_max is None else f"{fmt_num(o.ssim_mean, 2)}/{fmt_num(o.ssim_max, 2)}"
+                ssim = "–" if o.ssim_max is None else f"{fmt_num(o.ssim_mean, 3)}/{fmt_num(o.ssim_max, 3)}"
                 table.add_row(
                     o.name, Text(str(o.level), style=LEVEL_STYLE[o.level]), psnr, ssim,
                     fmt_num(o.label_accuracy, 2), str(o.iterations), f"{o.seconds:.1f} s", o.stopped,
                 )  # fmt: skip
             console.print()
             console.print(table)
+            if any(o.psnr_max is not None for o in report.attacks):
+                console.print(Text("PSNR and SSIM: mean/max over the examples an attack rebuilt", style="dim"))
         else:
             console.print(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
         for o in report.attacks:
             if o.recovered_fraction:
                 console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)")
+            if 0 < len(o.samples) < d.get("batch_size", 0) and o.kind == "images":
+                console.print(f"{o.name}: rebuilt {len(o.samples)} of {plural(d['batch_size'], 'example')}; the rest are not in its means")
             if o.starts and o.start_success_rate is not None:
                 k = round(o.start_success_rate * o.starts)
                 console.print(f"{o.name}: {k} of {plural(o.starts, 'random start')} reached the high level ({o.start_success_rate:.0%})")
