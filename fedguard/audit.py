@@ -347,8 +347,9 @@ def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | 
         if 1 / AGREEMENT_SCALE <= scale <= AGREEMENT_SCALE:
             return None
         return (f"--update is {scale:.3g} times the size of the update recomputed from --model on --data, in the same "
-                "direction: a summed instead of a mean loss, or a gradient already multiplied by a learning rate; DLG "
-                "matches the gradient's size, so what it measured understates the leak and the verdict is at least warn")
+                "direction: a summed instead of a mean loss, or a gradient already multiplied by a learning rate; attacks "
+                "that match the update's size (DLG, label counts) read it as another batch's, so what the audit measures may "
+                "understate the leak and the verdict is at least warn")
     how = "its local mini-batches in another order, another --local-steps or --local-lr, " if protocol == "fedavg" else ""
     return (f"--update is not what --model gives on --data here (cosine {agreement['cosine']:.3f} with the update "
             f"recomputed, below {AGREEMENT_COSINE}): it was made on other data, with {how}a defence such as DP noise, "
@@ -743,8 +744,10 @@ def audit(
                 unmeasured = True
                 continue
             if cls.kind == "images" and rec.stopped == "time_budget" and rec.iterations < CUT_SHORT * total:
-                notes.append(f"{name} was stopped by the time budget after {rec.iterations} of {total} iterations: what "
-                             "it rebuilt understates what a server with more time would; raise --time-budget")  # fmt: skip
+                planned = rec.details.get("planned_iterations", total)  # Inverting Gradients fits its schedule to the budget
+                fitted = f" (its schedule shortened to {planned} to fit the budget)" if planned != total else ""
+                notes.append(f"{name} was stopped by the time budget after {rec.iterations} of {total} iterations{fitted}: "
+                             "what it rebuilt understates what a server with more time would; raise --time-budget")  # fmt: skip
             done[name] = rec
             outcomes.append(
                 score(rec, batch_x, batch_y, n_out, title=cls.title, reference=cls.reference, kind=cls.kind, prior=prior)

@@ -578,6 +578,15 @@ def test_an_image_attack_cut_short_by_the_time_budget_is_noted_and_never_passes(
     assert report["notes"] == ["dlg was stopped by the time budget after 2 of 300 iterations: what it rebuilt "
                                "understates what a server with more time would; raise --time-budget"]  # fmt: skip
 
+    def fitted(self, view, budget):  # Inverting Gradients shortens its schedule to the budget: both numbers are said
+        return Reconstruction(attack="dlg", images=cut(self, view, budget).images, iterations=2, seconds=0.1,
+                              stopped="time_budget", details={"planned_iterations": 3})  # fmt: skip
+
+    monkeypatch.setattr(DLG, "run", fitted)
+    report = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "dlg", "--format", "json").stdout)
+    assert report["notes"][0].startswith("dlg was stopped by the time budget after 2 of 300 iterations (its schedule "
+                                         "shortened to 3 to fit the budget): ")  # fmt: skip
+
 
 def test_a_model_that_returns_probabilities_is_noted_and_never_passes(workdir):
     """A final softmax: the audit's cross-entropy on its outputs is a client's with nn.CrossEntropyLoss, not one with
