@@ -97,8 +97,10 @@ def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap
     """True images (upper row of each pair) over their matched reconstructions (lower row).
 
     ``true_images`` and ``rebuilt`` are ``[N, C, H, W]`` in [0, 1] in the same
-    order (as :func:`fedguard.metrics.score` returns them). Small images are
-    enlarged (nearest neighbour) to at least ``min_side`` pixels.
+    order (as :func:`fedguard.metrics.score` returns them; an example the attack
+    did not rebuild is black). Small images are enlarged (nearest neighbour) to
+    at least ``min_side`` pixels. Beyond ``columns`` examples the pairs of rows
+    stack, a quarter of an image apart so that each pair reads as one.
     """
     t = np.asarray(true_images.detach().cpu().float().clamp(0, 1).numpy() if hasattr(true_images, "detach") else true_images)
     r = np.asarray(rebuilt.detach().cpu().float().clamp(0, 1).numpy() if hasattr(rebuilt, "detach") else rebuilt)
@@ -111,10 +113,11 @@ def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap
     H, W = h * scale, w * scale
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
-    canvas = np.full((rows * (2 * H + gap) + (rows + 1) * gap * 2, cols * (W + gap) + gap, 3), 255, dtype=np.uint8)
+    apart = gap + H // 4  # between pairs of rows; the two rows of a pair are ``gap`` apart
+    canvas = np.full((rows * (2 * H + gap) + (rows + 1) * apart, cols * (W + gap) + gap, 3), 255, dtype=np.uint8)
     for i in range(n):
         row, col = divmod(i, cols)
-        top = gap * 2 + row * (2 * H + gap + gap * 2)
+        top = apart + row * (2 * H + gap + apart)
         left = gap + col * (W + gap)
         for k, img in enumerate((t[i], r[i])):
             tile = (np.transpose(img, (1, 2, 0)) * 255 + 0.5).astype(np.uint8)

@@ -411,3 +411,25 @@ def test_html_summary_lists_each_model(malicious, clean):
     assert described.count("crafted &lt;imprint&gt;") == 2 and described.count("honest") == 2  # table and section
     with pytest.raises(InputError, match="1 descriptions for 2 reports; give one per report"):
         render_summary([malicious, clean], RULES, title="t", descriptions=["one"])
+
+
+def test_grid_keeps_each_true_image_with_its_reconstruction():
+    """Beyond one row of pairs, the pairs stack a quarter of an image apart, the rows of a pair 2 pixels apart
+    (every gap had been 2-4 pixels, so that a reconstruction read as the next pair's true image)."""
+    import io
+
+    from PIL import Image
+
+    from fedguard.reports.audit_base import grid_png
+
+    true = torch.zeros(20, 1, 64, 64)  # black tiles on white: white rows are the gaps
+    grid = np.asarray(Image.open(io.BytesIO(grid_png(true, true))).convert("L"))
+    white = (grid == 255).all(axis=1)
+    gaps, run = [], 0
+    for is_white in white:
+        if is_white:
+            run += 1
+        elif run:
+            gaps.append(run)
+            run = 0
+    assert gaps == [18, 2, 18, 2] and grid.shape == (4 * 64 + 2 * 2 + 3 * 18, 16 * 66 + 2)
