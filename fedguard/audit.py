@@ -748,6 +748,10 @@ def audit(
                 fitted = f" (its schedule shortened to {planned} to fit the budget)" if planned != total else ""
                 notes.append(f"{name} was stopped by the time budget after {rec.iterations} of {total} iterations{fitted}: "
                              "what it rebuilt understates what a server with more time would; raise --time-budget")  # fmt: skip
+            if cls.kind == "images" and rec.stopped == "diverged" and rec.iterations < CUT_SHORT * total:
+                notes.append(f"{name} diverged after {rec.iterations} of {total} iterations (its objective became infinite, "
+                             "as on a model with huge weights): what it rebuilt says nothing of what a server with a "
+                             "steadier optimiser would")  # fmt: skip
             done[name] = rec
             outcomes.append(
                 score(rec, batch_x, batch_y, n_out, title=cls.title, reference=cls.reference, kind=cls.kind, prior=prior)

@@ -560,7 +560,7 @@ def test_an_attack_that_raises_is_skipped_and_the_verdict_is_not_a_pass(workdir,
     assert report["leakage"]["level"] in ("none", "low") and report["verdict"] == "warn"
 
 
-def test_an_image_attack_cut_short_by_the_time_budget_is_noted_and_never_passes(workdir, monkeypatch):
+def test_an_image_attack_cut_short_by_the_time_budget_or_diverged_is_noted_and_never_passes(workdir, monkeypatch):
     """DLG stopped by the budget after 2 of its 300 iterations rebuilds noise (level none): that said a pass with no
     word of it. Below CUT_SHORT of its iterations the report notes it and the verdict is at least warn."""
     from fedguard.attacks.dlg import DLG
@@ -586,6 +586,14 @@ def test_an_image_attack_cut_short_by_the_time_budget_is_noted_and_never_passes(
     report = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "dlg", "--format", "json").stdout)
     assert report["notes"][0].startswith("dlg was stopped by the time budget after 2 of 300 iterations (its schedule "
                                          "shortened to 3 to fit the budget): ")  # fmt: skip
+
+    def diverged(self, view, budget):  # DLG on weights times 1e12 had passed after one step
+        return Reconstruction(attack="dlg", images=cut(self, view, budget).images, iterations=1, seconds=0.1,
+                              stopped="diverged")  # fmt: skip
+
+    monkeypatch.setattr(DLG, "run", diverged)
+    report = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "dlg", "--format", "json").stdout)
+    assert report["verdict"] == "warn" and report["notes"][0].startswith("dlg diverged after 1 of 300 iterations")
 
 
 def test_a_model_that_returns_probabilities_is_noted_and_never_passes(workdir):
