@@ -339,9 +339,15 @@ def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | None:
-    """The report's note when an update read in is, reproducibly, not what --model gives on --data."""
-    if agreement is None or not agreement["reproducible"]:
+    """The report's note when an update read in is, reproducibly, not what --model gives on --data, or when that
+    cannot be checked (a training here that does not repeat itself, as with dropout, and no match)."""
+    if agreement is None:
         return None
+    if not agreement["reproducible"]:  # an update made on other data had passed unremarked on a dropout model
+        return (f"--update could not be checked against --data: training this model here does not repeat itself "
+                f"(dropout or another random layer), and the update's cosine with one recomputation is "
+                f"{agreement['cosine']:.3f}; what is measured is what it reveals about --data, so the verdict is at least "
+                "warn (compute the update with fedguard.update.compute_update and its seed to have it checked)")
     scale = agreement.get("scale", 1.0)
     if agreement["cosine"] >= AGREEMENT_COSINE:
         if 1 / AGREEMENT_SCALE <= scale <= AGREEMENT_SCALE:

@@ -235,6 +235,36 @@ def test_an_update_of_another_batch_is_attacked_as_given_with_a_note_and_never_p
         assert "is not what --model gives on --data here" in invoke(*run, "--format", fmt).stdout
 
 
+def test_an_update_that_cannot_be_checked_for_dropout_is_noted(workdir, monkeypatch):
+    """With dropout two recomputations differ, so an update of other data cannot be told from the batch's: it had
+    passed without a note (an MLP with dropout 0.5, the update of 4 other digits: cosine 0.64, pass)."""
+    from fedguard.update import compute_update
+
+    (workdir / "fg_dropnets.py").write_text(
+        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+        "def dropnet(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, num_classes))\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(workdir))
+    from fedguard.architectures import build_model
+
+    x, y = digits_npz(workdir / "other.npz", n=4, start=40)
+    xb, yb = digits_npz(workdir / "batch.npz", n=4, start=20)
+    torch.manual_seed(0)
+    model = build_model("fg_dropnets:dropnet")
+    torch.save(model.state_dict(), workdir / "global.pt")
+    run = ("--model", "global.pt", "--arch", "fg_dropnets:dropnet", "--data", "batch.npz", "--attack", "label_counts",
+           "--no-exposure", "--format", "json")  # fmt: skip
+    torch.save(dict(compute_update(model, x, y).tensors), workdir / "other.pt")
+    report = json.loads(invoke(*run, "--update", "other.pt").stdout)
+    assert report["update"]["agreement"]["reproducible"] is False
+    assert report["verdict"] == "warn" and report["notes"][0].startswith("--update could not be checked against --data")
+    torch.save(dict(compute_update(model, xb, yb).tensors), workdir / "own.pt")  # the same seed: the same dropout
+    report = json.loads(invoke(*run, "--update", "own.pt").stdout)
+    assert report["update"]["agreement"]["reproducible"] is True and report["notes"] == []
+    sys.modules.pop("fg_dropnets", None)
+
+
 def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):
     """A FedAvg delta read as a gradient is attacked with the wrong sign (iDLG names the wrong label and the audit
     passes): its direction against the batch's own gradient gives it away, and so does a gradient read as a delta."""
