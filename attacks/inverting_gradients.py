@@ -106,10 +106,10 @@ class InvertingGradients(Attack):
     def applies(self, view: ServerView) -> str | None:
         if view.batch_size is None:
             return "the server does not know the batch size (threat model)"
+        if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):  # before the labels:
+            return "the server does not know the local schedule to unroll (threat model)"  # label counts need it too
         if view.labels is None:
             return "no labels to fix (run a label attack, or the threat model's labels=known)"
-        if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
-            return "the server does not know the local schedule to unroll (threat model)"
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:

@@ -984,6 +984,9 @@ def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
     report = json.loads(invoke(*run, "--protocol", "fedavg", "--attacker-without", "local-schedule").stdout)
     assert report["threat"]["local_schedule"] is False and "local schedule" in report["skipped"]["label_counts"]
     assert report["verdict"] == "warn"
+    ig = json.loads(invoke(*run, "--attack", "inverting_gradients", "--protocol", "fedavg", "--attacker-without",
+                           "local-schedule").stdout)["skipped"]["inverting_gradients"]  # fmt: skip
+    assert "local schedule" in ig  # not "run a label attack", which is skipped for the same reason
     report = json.loads(invoke(*run, "--attacker-without", "public-data").stdout)
     assert report["threat"]["auxiliary_data"] is False and report["data"]["auxiliary_examples"] == 0
     assert report["attacks"][0]["name"] == "label_counts"
