@@ -25,7 +25,7 @@ from fedguard.registry import Registry
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-__all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES", "whole_option", "number_option", "choice_option", "ENGINES"]
+__all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES", "whole_option", "number_option", "choice_option", "ENGINES", "KNOWN_LABELS"]
 
 #: Modules that register the built-in attacks, in the order the audit runs them:
 #: label attacks first, because their labels seed the image attacks; analytic before optimisation.
@@ -36,6 +36,10 @@ ATTACKS: Registry[type["Attack"]] = Registry("attack")
 #: How the optimisation attacks evaluate their starts: ``vmap`` (one batched call), ``loop`` (one call each,
 #: side by side in worker threads on a CPU), or ``auto`` (by device and model size).
 ENGINES: tuple[str, ...] = ("auto", "vmap", "loop")
+
+#: Why a label attack does not apply to a server that knows the labels (``--attacker-labels known``): recovering
+#: them reveals nothing it did not have (they had been counted as leakage: medium for a batch of one).
+KNOWN_LABELS = "the server knows the labels already (threat model labels=known): recovering them reveals nothing more"
 
 
 def whole_option(value: Any, name: str, minimum: int) -> int:

@@ -31,7 +31,7 @@ from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
 from ._head import find_head
-from .base import Attack, Budget, register_attack
+from .base import KNOWN_LABELS, Attack, Budget, register_attack
 
 __all__ = ["IDLG", "idlg_label"]
 
@@ -68,6 +68,8 @@ class IDLG(Attack):
     default_iterations: ClassVar[int] = 0
 
     def applies(self, view: ServerView) -> str | None:
+        if view.threat.labels == "known":
+            return KNOWN_LABELS
         if view.batch_size != 1:
             return "iDLG needs a batch of one example (known to the server)"
         head = find_head(view.model, view.input_shape, view.device, view.num_classes)

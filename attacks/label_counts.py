@@ -86,7 +86,7 @@ from fedguard.types import Reconstruction
 from fedguard.update import compute_update, minibatch_slices
 
 from ._head import Head, find_head
-from .base import Attack, Budget, register_attack
+from .base import KNOWN_LABELS, Attack, Budget, register_attack
 
 __all__ = ["LabelCounts", "round_counts", "estimate_counts"]
 
@@ -629,6 +629,8 @@ class LabelCounts(Attack):
     default_iterations: ClassVar[int] = 0
 
     def applies(self, view: ServerView) -> str | None:
+        if view.threat.labels == "known":
+            return KNOWN_LABELS
         head = find_head(view.model, view.input_shape, view.device, view.num_classes)
         if head is None:
             return "the model's logits do not come from a Linear layer with one row per class"

@@ -164,7 +164,7 @@ def test_matching_recovers_a_permuted_batch(digits):
     assert sorted(pairs) == sorted((int(perm[j]), j) for j in range(6))
 
 
-def test_score_matches_before_measuring_and_reads_labels_through_the_match(digits):
+def test_score_matches_images_before_measuring_and_counts_labels_as_counts(digits):
     from fedguard.types import Reconstruction
 
     x, y = digits
@@ -178,12 +178,17 @@ def test_score_matches_before_measuring_and_reads_labels_through_the_match(digit
     assert out.level == LeakageLevel.HIGH
     assert [s.match for s in out.samples] == [int(torch.nonzero(perm == i)) for i in range(6)]
     assert torch.equal(out.images, true_x)  # reconstructions put back in the true batch's order
-    # wrong labels are counted wrong after matching
-    wrong = Reconstruction(attack="t", images=true_x[perm].clone(), labels=(true_y[perm] + 1) % 10)
+    # labels are counted as counts, not through the match: the batch holds digits 0-5
+    assert set(true_y.tolist()) == set(range(6))
+    wrong = Reconstruction(attack="t", images=true_x[perm].clone(), labels=torch.full_like(true_y, 9))
     assert measure(wrong, true_x, true_y).label_accuracy == 0.0
-    # a grey square is not a leak: it does not beat the grey baseline
-    grey = Reconstruction(attack="t", images=torch.full_like(true_x, 0.5))
-    assert measure(grey, true_x, true_y).level == LeakageLevel.NONE
+    half = Reconstruction(attack="t", images=true_x[perm].clone(), labels=torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert measure(half, true_x, true_y).label_accuracy == pytest.approx(2 / 6)
+    # a grey square is not a leak: it does not beat the grey baseline; the labels it came with count all the same
+    # (paired through the match they had counted as well as random images pair: 0.25 for labels the server knew)
+    grey = Reconstruction(attack="t", images=torch.full_like(true_x, 0.5), labels=true_y[perm].clone())
+    out = measure(grey, true_x, true_y)
+    assert out.level == LeakageLevel.NONE and out.label_accuracy == 1.0
 
 
 def test_empty_and_non_finite_reconstructions_score_as_no_leak(digits):

@@ -1003,6 +1003,17 @@ def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
     assert "server knows: the model and batch size · the true labels · not the local schedule · no public data" in text
 
 
+def test_label_attacks_do_not_count_against_a_server_that_knows_the_labels(workdir):
+    """With --attacker-labels known, recovering the labels tells the server nothing: they had made a batch of one
+    leak at medium."""
+    run = (*TINY, "--data", "digits", "--batch-size", "1", "--attacker-labels", "known", "--attack", "label_counts",
+           "--attack", "idlg", "--format", "json")  # fmt: skip
+    report = json.loads(invoke(*run).stdout)
+    assert report["attacks"] == [] and report["leakage"]["measured"] is False
+    for name in ("label_counts", "idlg"):
+        assert report["skipped"][name].startswith("the server knows the labels already")
+
+
 def test_quotient_attacks_need_no_local_schedule():
     """FC inversion's ∇W/∇b is the same for -(W_T - W_0) as for the average gradient: without the schedule the
     FedAvg update of a one-example batch still gives the image away exactly."""
