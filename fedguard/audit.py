@@ -736,7 +736,10 @@ def audit(
             except InputError:
                 raise
             except Exception as exc:  # torch cannot do what the attack needs on this model, or the model's own code raised
-                skipped[name] = f"could not run on this model: {first_line(exc)}"
+                why = first_line(exc)
+                if "more than 1 value per channel" in why:  # the batch itself trains (checked): the attack's own examples
+                    why = "a BatchNorm layer in training mode cannot take the one example at a time it rebuilds"
+                skipped[name] = f"could not run on this model: {why}"
                 unmeasured = True  # what it would have rebuilt is unknown: not a pass
                 if started:
                     progress.finish(name, "failed")

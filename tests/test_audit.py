@@ -589,6 +589,14 @@ def test_an_attack_that_raises_is_skipped_and_the_verdict_is_not_a_pass(workdir,
     assert [a["name"] for a in report["attacks"]] == ["label_counts"]
     assert report["leakage"]["level"] in ("none", "low") and report["verdict"] == "warn"
 
+    def one_per_channel(self, view, budget):  # class fishing on MobileNetV3: its one fished example through a BatchNorm
+        raise ValueError("Expected more than 1 value per channel when training, got input size torch.Size([1, 288, 1, 1])")
+
+    monkeypatch.setattr(DLG, "run", one_per_channel)
+    report = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "2", "--attack", "dlg", "--format", "json").stdout)
+    assert report["skipped"]["dlg"] == ("could not run on this model: a BatchNorm layer in training mode cannot take "
+                                        "the one example at a time it rebuilds")  # fmt: skip
+
 
 def test_an_image_attack_cut_short_by_the_time_budget_or_diverged_is_noted_and_never_passes(workdir, monkeypatch):
     """DLG stopped by the budget after 2 of its 300 iterations rebuilds noise (level none): that said a pass with no
