@@ -97,12 +97,13 @@ class Budget:
         seconds: float | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[int, int, dict], None] | None = None,
+        spent: float = 0.0,
     ):
         self.max_iterations = int(max_iterations)
         self.seconds = None if seconds is None else float(seconds)
         self.stop = stop if stop is not None else threading.Event()
         self.progress = progress
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - spent  # ``spent``: seconds the attack took before it started (crafting)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

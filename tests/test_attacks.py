@@ -703,6 +703,10 @@ def test_imprint_emulator_rebuilds_most_of_a_batch_of_64():
     # Measured with 256 bins (seeds 0-2): 73 %, 69 % (ConvNet) of the 64 digits exact; target >= 60 %.
     assert out.recovered_fraction >= 0.6
     assert out.level == LeakageLevel.HIGH and out.details["bins"] == 256
+    # crafting the server's model is part of the attack's time (and its budget), and what it attacked is said
+    assert out.seconds >= out.details["crafting_seconds"] > 0
+    assert out.details["update"] == "what --data gives under the crafted model"
+    assert Budget(10, 1.0, spent=2.0).check(0) == "time_budget" and Budget(10, 1.0).check(0) is None
     again = audit(arch="lenet", data="digits", batch_size=64, attacks=["imprint"], device="cpu", seed=0).outcome("imprint")
     assert again.recovered_fraction == out.recovered_fraction
     # its means are over the examples it rebuilt, which the reports say (a PSNR of 100/100 read as the whole batch)
