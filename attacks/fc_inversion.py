@@ -97,6 +97,9 @@ def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_ra
         "distinct_quotients": distinct,
         "group_sizes": group_sizes,
     }
+    if not len(rows):  # what the reports say instead of a row of dashes
+        details["why_nothing"] = ("no unit of the layer is active in the update (its bias gradient is zero)" if not len(active)
+                                  else "no active unit's quotient lies in the input range")  # fmt: skip
     return rows.clamp(lo, hi), details
 
 

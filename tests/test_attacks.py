@@ -690,6 +690,12 @@ def test_invert_rows_merges_identical_quotients():
     rows, details = invert_rows(delta @ x, delta.sum(1), 2)
     assert details["group_sizes"] == [2, 1]
     assert torch.allclose(rows[0], x[0]) and torch.allclose(rows[1], x[1])
+    assert "why_nothing" not in details
+    # nothing to read: the reports say why instead of a row of dashes (FedAvg at lr 1e-9 rounds the update to 0)
+    rows, details = invert_rows(torch.zeros(4, 2), torch.zeros(4), 2)
+    assert len(rows) == 0 and details["why_nothing"].startswith("no unit of the layer is active")
+    rows, details = invert_rows(delta @ x * 5, delta.sum(1), 2)  # quotients of 4.5 for pixels in [0, 1]
+    assert len(rows) == 0 and details["why_nothing"] == "no active unit's quotient lies in the input range"
 
 
 # --------------------------------------------------------------------------- malicious-server emulators
