@@ -150,7 +150,7 @@ def _check_file(path: Path) -> str:
     if file_format is None:
         raise InputError(f"{path}: unsupported extension {path.suffix or '(none)'!r}; fedguard reads {_supported()}")
     if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes); re-download or re-export the model")
+        raise InputError(f"{path} is empty (0 bytes); re-download or re-export it")
     return file_format
 
 
@@ -357,7 +357,8 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
     them: checkpoint wrappers unwrapped, ``module.`` prefixes stripped, numpy arrays turned into tensors, unnamed
     lists named in order. ``path`` names the source in the InputError for anything else."""
     if isinstance(raw, (torch.Tensor, np.ndarray)):
-        raise InputError(f"{path} holds a single tensor, not a state_dict; save model.state_dict() instead")
+        raise InputError(f"{path} holds a single tensor, not named tensors; save a dict by parameter name instead "
+                         "(a model's state_dict(), an update's {name: tensor})")  # fmt: skip
     if isinstance(raw, (list, tuple)):
         values = [_as_tensor(v, f"item {i}", path) for i, v in enumerate(raw)]
         if not values:

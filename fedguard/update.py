@@ -447,8 +447,8 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
     distance = l2_norm(out[n] - p.detach() for n, p in params.items())
     if distance < WEIGHTS_DISTANCE * size:
         raise InputError(
-            f"{where} holds the model's weights, not an update (it lies within {distance / size:.1%} of its own size "
-            "of the model's parameters); pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload"
+            f"{where} holds the model's weights, not an update (its distance from the model's parameters is "
+            f"{distance / size:.1%} of its own size); pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload"
         )
     if moved:
         raise InputError(

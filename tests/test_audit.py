@@ -352,7 +352,7 @@ def test_an_update_that_is_the_models_weights_or_trains_a_frozen_layer_is_refuse
     run = ("--model", "global.pt", *TINY, "--data", "batch.npz", "--protocol", "fedavg", "--attack", "label_counts")
     for name in ("weights.pt", "flower.npz"):
         line = assert_input_error(invoke(*run, "--update", name))
-        assert f"update {name} holds the model's weights, not an update (it lies within 0." in line and "W_T - W_0" in line
+        assert f"update {name} holds the model's weights, not an update (its distance from the model's parameters is 0." in line and "W_T - W_0" in line
 
     model.classifier[0].requires_grad_(False)  # the client's --arch freezes the head
     trained = {k: v for k, v in compute_update(lenet8(3), x, y).tensors.items()}  # ... but the update trains it
