@@ -8,7 +8,8 @@ int64 labels. ``spec`` is one of:
   (``skimage.data``: astronaut, camera, chelsea the cat, coffee, rocket, ...);
   the label is the index of the source photograph;
 * a folder whose subfolders are the classes (sorted names -> labels 0, 1, ...,
-  as torchvision's ``ImageFolder`` numbers them) holding image files, read with
+  as torchvision's ``ImageFolder`` numbers them) holding image files (nested
+  folders within a class included, as ``ImageFolder`` reads them), read with
   Pillow (first frame of an animation, alpha dropped, CMYK and palettes to RGB);
   a local file or folder named like a built-in set is refused as ambiguous;
 * a ``.npz`` archive with arrays ``x`` (``N,H,W``, ``N,C,H,W`` or ``N,H,W,C``
@@ -335,6 +336,22 @@ def _listing(folder: Path) -> list[Path]:
         raise InputError(f"cannot list data folder {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """The image files in ``folder`` and its subfolders at any depth, in sorted order, as torchvision's ImageFolder
+    finds them (nested images had been left out without a word); a folder reached twice through links is read once."""
+    found, seen, pending = [], set(), [folder]
+    while pending:
+        current = pending.pop()
+        real = current.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        entries = _listing(current)
+        found += [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        pending += reversed([p for p in entries if p.is_dir()])
+    return sorted(found)
+
+
 def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
     """The image files of a folder of class subfolders and their labels (sorted subfolder names -> 0, 1, ..., as
     torchvision's ImageFolder numbers them)."""
@@ -346,7 +363,7 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
         raise InputError(f"data folder {root} has no class subfolders; put the images in one subfolder per class")
     files, labels = [], []
     for label, folder in enumerate(classes):
-        found = [p for p in _listing(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        found = _images_under(folder)
         if not found:
             raise InputError(
                 f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some or remove the folder"

@@ -93,6 +93,13 @@ def test_folder_round_trip(tmp_path):
     assert torch.allclose(x[4], cat)
     x1, _ = load_data(tmp_path / "data", (1, 16, 16))  # PathLike; colour -> grey, resized
     _check(x1, y, (1, 16, 16))
+    # images in nested folders of a class are its images, as torchvision's ImageFolder reads them (they had been
+    # left out without a word); a link back up the tree is followed once
+    (tmp_path / "data" / "ant" / "more" / "deeper").mkdir(parents=True)
+    skimage.io.imsave(tmp_path / "data" / "ant" / "more" / "deeper" / "9.png", pixels[("ant", 2)], check_contrast=False)
+    (tmp_path / "data" / "ant" / "more" / "loop").symlink_to(tmp_path / "data" / "ant")
+    x2, y2 = load_data(str(tmp_path / "data"))
+    assert y2.tolist() == [0, 0, 0, 0, 1, 1, 1] and torch.equal(x2[3], x[2])  # 0, 1, 2, more/deeper/9
 
 
 def test_folder_of_mixed_sizes_needs_input_shape(tmp_path):
