@@ -224,7 +224,10 @@ def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
         return str(value)
     if v != v:
         return "nan"
-    return f"{v:.{digits}f}{suffix}"
+    text = f"{v:.{digits}f}"
+    if float(text) == 0:  # -0.0004 rounds to "-0.000", which reads as a sign that is not there
+        text = text.lstrip("-")
+    return f"{text}{suffix}"
 
 
 def read_schema(filename: str) -> dict[str, Any]:

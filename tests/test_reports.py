@@ -433,3 +433,10 @@ def test_grid_keeps_each_true_image_with_its_reconstruction():
             gaps.append(run)
             run = 0
     assert gaps == [18, 2, 18, 2] and grid.shape == (4 * 64 + 2 * 2 + 3 * 18, 16 * 66 + 2)
+
+
+def test_table_numbers_show_no_sign_that_rounds_away():
+    from fedguard.reports.base import fmt_num
+
+    assert fmt_num(-0.0004, 3) == "0.000" and fmt_num(-0.004, 2) == "0.00" and fmt_num(-0.02, 2) == "-0.02"
+    assert fmt_num(None) == "–" and fmt_num(float("nan")) == "nan" and fmt_num(12.345, 1, " dB") == "12.3 dB"
