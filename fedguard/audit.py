@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import hashlib
 import os
 import signal
 import threading
@@ -163,6 +164,14 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     load_weights(module, tensors, info.get("path") or "state_dict", arch)
     info["arch"] = arch
     return module, info
+
+
+def batch_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
+    """SHA-256 of a batch as audited: its float32 pixels then its int64 labels, little-endian, in batch order. It
+    names the exact images whatever they were read from (a folder or the built-in sets have no file digest)."""
+    digest = hashlib.sha256(x.detach().cpu().float().contiguous().numpy().astype("<f4").tobytes())
+    digest.update(y.detach().cpu().long().numpy().astype("<i8").tobytes())
+    return digest.hexdigest()
 
 
 def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -803,6 +812,7 @@ def audit(
         data={
             "spec": data_spec,
             "sha256": data_sha256(data),
+            "batch_sha256": batch_sha256(batch_x, batch_y),
             "n_examples": int(len(y_all)),
             "batch_indices": [int(i) for i in index],
             "batch_size": B,

@@ -196,12 +196,15 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     report = json.loads(result.stdout)
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
-    assert report["schema_version"] == "1.3" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.4" and report["leakage"]["measured"] is True
     import hashlib  # provenance: the exact files audited
 
     for section, name in (("update", "update.pt"), ("data", "batch.npz")):
         assert report[section]["sha256"] == hashlib.sha256((workdir / name).read_bytes()).hexdigest()
     assert report["data"]["batch_indices"] == [0, 1, 2, 3]
+    x, y = np.load(workdir / "batch.npz")["x"], np.load(workdir / "batch.npz")["y"]
+    pixels = torch.as_tensor(x, dtype=torch.float32)[:, None].numpy().astype("<f4").tobytes()
+    assert report["data"]["batch_sha256"] == hashlib.sha256(pixels + y.astype("<i8").tobytes()).hexdigest()
     assert report["threat"]["auxiliary_data"] is False  # the batch is all of --data: no public data is left over
     assert report["model"]["path"] == "global.pt" and len(report["model"]["sha256"]) == 64
     attacks = {a["name"]: a for a in report["attacks"]}
