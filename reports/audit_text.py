@@ -102,7 +102,7 @@ class AuditTextRenderer(AuditRenderer):
             console.print()
             console.print(table)
             if any(o.psnr_max is not None for o in report.attacks):
-                console.print(Text("PSNR and SSIM: mean/max over the examples an attack rebuilt", style="dim"))
+                console.print(Text("PSNR and SSIM: mean/max over the examples an attack rebuilt; 100 dB: exact", style="dim"))
         else:
             console.print(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
         for o in report.attacks:
