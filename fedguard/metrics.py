@@ -175,9 +175,12 @@ def recovered_fraction(samples, batch_size: int) -> float:
     """Share of the batch rebuilt "exactly": PSNR >= :data:`RECOVERED_PSNR` dB or SSIM >= :data:`RECOVERED_SSIM`.
 
     30 dB / 0.9 is where a reconstruction is the example for every purpose
-    (``benchmarks/leakage_thresholds.py``: SSIM 0.88-0.97, 100 % re-identified).
+    (``benchmarks/leakage_thresholds.py``: SSIM 0.88-0.97, 100 % re-identified). Like the levels, it counts only
+    reconstructions that beat the server's guess without the update (level high): on a batch of identical
+    images the public mean is already exact, and 100 % had been "recovered" at level none.
     """
-    hits = sum(1 for s in samples if s.psnr >= RECOVERED_PSNR or (s.ssim == s.ssim and s.ssim >= RECOVERED_SSIM))
+    hits = sum(1 for s in samples if s.level >= LeakageLevel.HIGH
+               and (s.psnr >= RECOVERED_PSNR or (s.ssim == s.ssim and s.ssim >= RECOVERED_SSIM)))  # fmt: skip
     return hits / max(int(batch_size), 1)
 
 

@@ -191,6 +191,19 @@ def test_score_matches_images_before_measuring_and_counts_labels_as_counts(digit
     assert out.level == LeakageLevel.NONE and out.label_accuracy == 1.0
 
 
+def test_a_batch_the_servers_guess_already_gives_is_not_recovered():
+    """Four identical grey-ish images: the public mean is already exact, so an exact reconstruction reveals nothing
+    (level none), and none of the batch counts as recovered (it had read 100 %)."""
+    from fedguard.types import Reconstruction
+
+    same = torch.full((4, 1, 8, 8), 0.3)
+    rec = Reconstruction(attack="t", images=same.clone())
+    out = score(rec, same, torch.arange(4), 10, title="t", reference="r", kind="images", prior=same[0])
+    assert out.level == LeakageLevel.NONE and out.recovered_fraction == 0.0
+    out = score(rec, same, torch.arange(4), 10, title="t", reference="r", kind="images")  # against mid-grey: a leak
+    assert out.level == LeakageLevel.HIGH and out.recovered_fraction == 1.0
+
+
 def test_empty_and_non_finite_reconstructions_score_as_no_leak(digits):
     """An attack that rebuilds nothing, or NaN pixels, leaks nothing; neither may stop the audit."""
     from fedguard.types import Reconstruction
