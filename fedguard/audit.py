@@ -22,8 +22,8 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import inspect
 import hashlib
+import inspect
 import os
 import signal
 import threading
@@ -719,14 +719,14 @@ def audit(
                     labels, counts, source = _label_seed(view, done, Budget(1, time_budget, stop))
                     if labels is not None:
                         view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
-                target, crafting = view, time.perf_counter()
+                target, crafting_started = view, time.perf_counter()
                 if cls.emulates is not None:
                     try:
                         target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)
                     except InputError as exc:  # the crafter cannot work on this architecture
                         skipped[name] = f"could not craft the server's model from this one: {exc}"
                         continue
-                crafting = time.perf_counter() - crafting  # part of the attack's time and budget (ResNet-18: 0.2-1.1 s)
+                crafting = time.perf_counter() - crafting_started  # the attack's time and budget (ResNet-18: 0.2-1.1 s)
                 reason = attack.applies(target)
                 if reason is not None:
                     skipped[name] = reason
