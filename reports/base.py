@@ -176,21 +176,18 @@ _SURROGATES = "\ud800-\udfff"
 #: Characters a terminal acts on instead of printing: C0/C1 controls (ESC starts colour, title and clear-screen
 #: sequences; a newline or a Unicode line separator would forge a report line) and the invisible ones.
 _UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}{_SURROGATES}]")
-#: The same but for tabs and line breaks, which a web page lays out as spaces.
-_UNPRINTABLE_INLINE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_INVISIBLE}{_SURROGATES}]")
 
 
-def printable(text: str, *, keep_line_breaks: bool = False) -> str:
+def printable(text: str) -> str:
     """``text`` with every character a terminal would act on shown as its escape (``\\x1b``, ``\\n``).
 
     Tensor names come from the model file, which the server wrote, and paths
     from the file system; in a report they must not move the cursor, recolour,
-    retitle, forge lines or reverse the text after them (U+202E).
-    ``keep_line_breaks`` leaves tabs and line breaks, for HTML, where they are
-    whitespace.
+    retitle, forge lines or reverse the text after them (U+202E). Web pages show
+    the same escapes, so that a name reads alike in every format (a line break
+    had been laid out as a space there).
     """
-    pattern = _UNPRINTABLE_INLINE if keep_line_breaks else _UNPRINTABLE
-    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def printable_values(value: Any) -> Any:

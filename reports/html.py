@@ -56,7 +56,7 @@ def _shown(value: Any) -> Any:
     import markupsafe
 
     if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
-        return printable(value, keep_line_breaks=True)
+        return printable(value)
     return value
 
 

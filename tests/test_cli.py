@@ -683,6 +683,8 @@ def test_names_from_the_model_file_cannot_drive_the_terminal(workdir):
     for fmt in ("json", "sarif"):  # read with `jq -r` and shown by CI logs: their strings are shown escaped too
         strings = json.dumps(json.loads(invoke("inspect", workdir / "names.pt", "--format", fmt).stdout), ensure_ascii=False)
         assert not any(c in strings for c in "\x1b\u202e\x07\u2028") and "\\\\x1b[2J" in strings, fmt
+    page = invoke("inspect", workdir / "names.pt", "--format", "html").stdout  # the name reads as in the text report
+    assert "fc\\n\\x1b[2J" in page and "fc\n" not in page
 
 
 def test_a_detector_named_twice_runs_once(high_model):
