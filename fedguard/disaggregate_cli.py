@@ -71,7 +71,7 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--workers", type=click.IntRange(min=1), help="Processes for the integer programs (default: the usable CPU cores).")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
-@click.option("--updates", "updates_path", type=OutputFile("updates.npz", ".npz"), help="Where to write the recovered updates (.npz: updates, participation, status). Default: beside --output.")
+@click.option("--updates", "updates_path", type=OutputFile("updates.npz", ".npz"), help="Where to write the recovered updates (.npz: updates, participation, status, residual). Default: beside --output.")
 @click.option("--force", is_flag=True, help="Replace existing --output, --updates (or OUTPUT-updates.npz) or --save-rounds files that fedguard did not write.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout (use with --output).")
 def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, participation, noise, seed, save_rounds,
