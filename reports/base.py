@@ -176,6 +176,11 @@ _SURROGATES = "\ud800-\udfff"
 #: Characters a terminal acts on instead of printing: C0/C1 controls (ESC starts colour, title and clear-screen
 #: sequences; a newline or a Unicode line separator would forge a report line) and the invisible ones.
 _UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}{_SURROGATES}]")
+_SURROGATE = re.compile(f"[{_SURROGATES}]")
+
+
+def _escaped(match: re.Match) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def printable(text: str) -> str:
@@ -187,20 +192,27 @@ def printable(text: str) -> str:
     the same escapes, so that a name reads alike in every format (a line break
     had been laid out as a space there).
     """
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return _UNPRINTABLE.sub(_escaped, text)
+
+
+#: Keys whose string values name files: JSON keeps them exact, so that they open the file (a right-to-left mark is
+#: part of many a Hebrew or Arabic file name); only a lone surrogate, which no UTF-8 document can hold, is escaped.
+FILE_KEYS = frozenset({"path", "reference", "spec", "source", "image_file", "updates_file", "data"})
 
 
 def printable_values(value: Any) -> Any:
-    """Plain JSON ``value`` with every string in it, keys included, :func:`printable`.
+    """Plain JSON ``value`` with every string in it, keys included, :func:`printable`, except the file names under
+    :data:`FILE_KEYS`.
 
     A machine-readable report is read with ``jq -r`` and shown by CI logs as often as it is parsed: a tensor name
     must not reach a terminal as an escape sequence there either, and a lone surrogate would make the document
-    invalid UTF-8, which strict parsers refuse.
+    invalid UTF-8, which strict parsers refuse. File names are the user's own, given on the command line.
     """
     if isinstance(value, str):
         return printable(value)
     if isinstance(value, dict):
-        return {printable(k): printable_values(v) for k, v in value.items()}
+        return {printable(k): _SURROGATE.sub(_escaped, v) if k in FILE_KEYS and isinstance(v, str) else printable_values(v)
+                for k, v in value.items()}  # fmt: skip
     if isinstance(value, list):
         return [printable_values(v) for v in value]
     return value

@@ -440,3 +440,13 @@ def test_table_numbers_show_no_sign_that_rounds_away():
 
     assert fmt_num(-0.0004, 3) == "0.000" and fmt_num(-0.004, 2) == "0.00" and fmt_num(-0.02, 2) == "-0.02"
     assert fmt_num(None) == "–" and fmt_num(float("nan")) == "nan" and fmt_num(12.345, 1, " dB") == "12.3 dB"
+
+
+def test_json_keeps_file_names_exact_and_escapes_the_rest():
+    """A right-to-left mark belongs to many a Hebrew or Arabic file name: escaped, image_file had named no file."""
+    from fedguard.reports.base import printable_values
+
+    doc = printable_values({"image_file": "r\u200fx.json-dlg.png", "layer": "fc\u202e\x1b[2J", "path": "m\udcff.pt",
+                            "attacks": [{"image_file": "a\u200f.png", "message": "in fc\n"}]})  # fmt: skip
+    assert doc == {"image_file": "r\u200fx.json-dlg.png", "layer": "fc\\u202e\\x1b[2J", "path": "m\\udcff.pt",
+                   "attacks": [{"image_file": "a\u200f.png", "message": "in fc\\n"}]}  # fmt: skip
