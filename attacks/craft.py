@@ -51,7 +51,14 @@ import torch
 from torch import nn
 
 from fedguard import checks
-from fedguard.architectures import build_model, check_input_shape, check_num_classes, first_line, resolve_input_shape
+from fedguard.architectures import (
+    build_model,
+    check_input_shape,
+    check_num_classes,
+    classifier_logits,
+    first_line,
+    resolve_input_shape,
+)
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.modelview import first_non_finite
@@ -1243,16 +1250,18 @@ def craft(
 def craft_model(
     name: str,
     arch: str,
-    num_classes: int = 10,
+    num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
     data: torch.Tensor | None = None,
     seed: int = 0,
     **options: Any,
 ) -> nn.Module:
-    """Build ``arch`` (initialised from ``seed``) and craft it with ``name`` (errors as :func:`craft`)."""
+    """Build ``arch`` (initialised from ``seed``; ``num_classes`` None: the architecture's own count, 10 for the
+    built-ins) and craft it with ``name`` (errors as :func:`craft`)."""
     _crafter(name)  # fail on a bad name before building anything
     shape = resolve_input_shape(arch, input_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(checks.seed(seed, "seed"))
         model = build_model(arch, num_classes=num_classes, input_shape=shape)
-    return craft(name, model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
+    classes = num_classes or classifier_logits(model, torch.zeros(1, *shape), "craft").shape[1]
+    return craft(name, model, input_shape=shape, num_classes=classes, data=data, seed=seed, **options)

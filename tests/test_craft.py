@@ -7,6 +7,7 @@ client step on sklearn digits and recover data the way the server would.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -145,6 +146,19 @@ def test_same_seed_same_model_and_another_seed_another_model(name):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     c = craft_model(name, "lenet5", data=data, seed=4).state_dict()
     assert any(a[k].shape != c[k].shape or not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_craft_model_takes_the_class_count_a_callable_gives(tmp_path, monkeypatch):
+    """A module:callable without a num_classes argument is crafted at its own count (the default of 10 classes had
+    been refused for one that gives 5)."""
+    (tmp_path / "fg_five.py").write_text("from torch import nn\ninput_shape = (1, 28, 28)\n"
+                                         "def five():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        crafted = craft_model("class_fishing", "fg_five:five")
+        assert crafted(torch.zeros(2, *MNIST)).shape == (2, 5)
+    finally:
+        sys.modules.pop("fg_five", None)
 
 
 @pytest.mark.parametrize("raised", [AssertionError("batch too large"), KeyError("feature"), SystemExit(0)])
