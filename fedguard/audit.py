@@ -356,7 +356,7 @@ def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | 
         return (f"--update could not be checked against --data: training this model here does not repeat itself "
                 f"(dropout or another random layer), and the update's cosine with one recomputation is "
                 f"{agreement['cosine']:.3f}; what is measured is what it reveals about --data, so the verdict is at least "
-                "warn (compute the update with fedguard.update.compute_update and its seed to have it checked)")
+                "warn (compute the update with fedguard.update.compute_update and this audit's seed to have it checked)")
     scale = agreement.get("scale", 1.0)
     if agreement["cosine"] >= AGREEMENT_COSINE:
         if 1 / AGREEMENT_SCALE <= scale <= AGREEMENT_SCALE:
@@ -746,7 +746,7 @@ def audit(
                 rec = attack.run(target, budget)
                 if cls.emulates is not None:  # the update it attacks is the client's under the crafted model, not --update
                     rec = dataclasses.replace(rec, seconds=rec.seconds + crafting, details={
-                        **rec.details, "crafting_seconds": crafting, "update": "what --data gives under the crafted model"})
+                        **rec.details, "crafting_seconds": crafting, "update": "what the batch gives under the crafted model"})
             except InputError:
                 raise
             except Exception as exc:  # torch cannot do what the attack needs on this model, or the model's own code raised

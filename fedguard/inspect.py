@@ -203,9 +203,9 @@ def inspect_model(
                                  "pass last round's model as you received it")  # fmt: skip
             ref_view = ModelView.from_state_dict(ref_tensors)
         batch = _client_batch(data, arch, module, input_shape, seed) if data is not None else None
-        config["data_examples"] = len(batch[1]) if batch is not None else None
         if batch is not None and not load_into(module, tensors):
             batch = None  # the weights do not fit --arch; FG701 says how, behavioural checks cannot run
+        config["data_examples"] = len(batch[1]) if batch is not None else None  # what the behavioural checks ran on
         view = ModelView.from_state_dict(tensors, module)
         context = InspectContext(view=view, reference=ref_view, data=batch)
 

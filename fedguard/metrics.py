@@ -299,8 +299,10 @@ def score(
         mses = [s.mse for s in samples]
         if rec.labels is not None and len(rec.labels) > 0:  # the labels it holds, as counts: pairing them through
             # the image match made them as good as the images (0.25 for labels the server was given, on poor images)
-            held = torch.bincount(torch.as_tensor(rec.labels).long().cpu(), minlength=len(true_counts))
-            label_accuracy = float(torch.minimum(held, true_counts).sum()) / len(rec.labels)
+            labels = torch.as_tensor(rec.labels).long().cpu()
+            valid = labels[(labels >= 0) & (labels < len(true_counts))]  # a label outside the classes is wrong
+            held = torch.bincount(valid, minlength=len(true_counts))
+            label_accuracy = float(torch.minimum(held, true_counts).sum()) / len(labels)
         if rec.candidates is not None:
             per_start = []
             for cand in rec.candidates:

@@ -108,7 +108,7 @@ class AuditTextRenderer(AuditRenderer):
         for o in report.attacks:
             if o.recovered_fraction:
                 console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)")
-            if 0 < len(o.samples) < d.get("batch_size", 0) and o.kind == "images":
+            if o.kind == "images" and isinstance(d.get("batch_size"), int) and 0 < len(o.samples) < d["batch_size"]:
                 console.print(f"{o.name}: rebuilt {len(o.samples)} of {plural(d['batch_size'], 'example')}; the rest are not in its means")
             if o.details.get("why_nothing"):
                 console.print(f"{o.name}: rebuilt nothing: {o.details['why_nothing']}")

@@ -40,6 +40,7 @@ from .base import (
     fired_rules,
     fmt_num,
     format_value,
+    plural,
     printable,
     register_renderer,
     severity_counts,
@@ -110,7 +111,7 @@ def _page(
 ) -> str:
     descriptions = list(descriptions) if descriptions is not None else [None] * len(reports)
     if len(descriptions) != len(reports):
-        raise InputError(f"{len(descriptions)} descriptions for {len(reports)} reports; give one per report")
+        raise InputError(f"{plural(len(descriptions), 'description')} for {plural(len(reports), 'report')}; give one per report")
     models = [_model(r, f"model-{i + 1}", d) for i, (r, d) in enumerate(zip(reports, descriptions))]
     every_finding = [f for r in reports for f in r.findings]
     versions = sorted({m["tool_version"] for m in models})

@@ -184,6 +184,8 @@ def test_score_matches_images_before_measuring_and_counts_labels_as_counts(digit
     assert measure(wrong, true_x, true_y).label_accuracy == 0.0
     half = Reconstruction(attack="t", images=true_x[perm].clone(), labels=torch.tensor([0, 0, 0, 1, 1, 1]))
     assert measure(half, true_x, true_y).label_accuracy == pytest.approx(2 / 6)
+    outside = Reconstruction(attack="t", images=true_x[perm].clone(), labels=torch.tensor([0, 1, 2, 3, 12, -1]))
+    assert measure(outside, true_x, true_y).label_accuracy == pytest.approx(4 / 6)  # a plug-in's stray labels: wrong
     # a grey square is not a leak: it does not beat the grey baseline; the labels it came with count all the same
     # (paired through the match they had counted as well as random images pair: 0.25 for labels the server knew)
     grey = Reconstruction(attack="t", images=torch.full_like(true_x, 0.5), labels=true_y[perm].clone())
@@ -724,7 +726,7 @@ def test_imprint_emulator_rebuilds_most_of_a_batch_of_64():
     assert out.level == LeakageLevel.HIGH and out.details["bins"] == 256
     # crafting the server's model is part of the attack's time (and its budget), and what it attacked is said
     assert out.seconds >= out.details["crafting_seconds"] > 0
-    assert out.details["update"] == "what --data gives under the crafted model"
+    assert out.details["update"] == "what the batch gives under the crafted model"
     assert Budget(10, 1.0, spent=2.0).check(0) == "time_budget" and Budget(10, 1.0).check(0) is None
     again = audit(arch="lenet", data="digits", batch_size=64, attacks=["imprint"], device="cpu", seed=0).outcome("imprint")
     assert again.recovered_fraction == out.recovered_fraction

@@ -186,6 +186,9 @@ def test_reports_say_how_the_inspection_was_run(clean_model, workdir, schema):
     assert "data mine.npz (6 examples, seed 3)" in invoke(*args).stdout
     page = invoke(*args, "--format", "html").stdout
     assert report["config"]["data_sha256"] in page and report["config"]["reference_sha256"] in page
+    torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # not lenet5's: FG701, no behavioural check
+    other = json.loads(invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz", "--format", "json").stdout)
+    assert other["findings"][0]["rule_id"] == "FG701" and other["config"]["data_examples"] is None
 
 
 def test_json_output_file(clean_model, workdir, schema):

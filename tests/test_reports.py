@@ -409,7 +409,7 @@ def test_html_summary_lists_each_model(malicious, clean):
     assert page.count("Rules that fired") == 1
     described = render_summary([malicious, clean], RULES, title="t", descriptions=["crafted <imprint>", "honest"])
     assert described.count("crafted &lt;imprint&gt;") == 2 and described.count("honest") == 2  # table and section
-    with pytest.raises(InputError, match="1 descriptions for 2 reports; give one per report"):
+    with pytest.raises(InputError, match="1 description for 2 reports; give one per report"):
         render_summary([malicious, clean], RULES, title="t", descriptions=["one"])
 
 
