@@ -337,9 +337,11 @@ def _listing(folder: Path) -> list[Path]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """The image files in ``folder`` and its subfolders at any depth, in sorted order, as torchvision's ImageFolder
-    finds them (nested images had been left out without a word); a folder reached twice through links is read once."""
-    found, seen, pending = [], set(), [folder]
+    """The image files in ``folder`` and its subfolders at any depth, as torchvision's ImageFolder finds and orders
+    them (folders by path, each one's files by name: a folder's own images before its subfolders'; nested images had
+    been left out without a word); links are followed, and a folder reached twice through them is read once."""
+    by_folder: dict[str, list[Path]] = {}
+    seen, pending = set(), [folder]
     while pending:
         current = pending.pop()
         real = current.resolve()
@@ -347,9 +349,9 @@ def _images_under(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         entries = _listing(current)
-        found += [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        pending += reversed([p for p in entries if p.is_dir()])
-    return sorted(found)
+        by_folder[str(current)] = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        pending += [p for p in entries if p.is_dir()]
+    return [file for name in sorted(by_folder) for file in by_folder[name]]
 
 
 def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:

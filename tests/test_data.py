@@ -98,8 +98,11 @@ def test_folder_round_trip(tmp_path):
     (tmp_path / "data" / "ant" / "more" / "deeper").mkdir(parents=True)
     skimage.io.imsave(tmp_path / "data" / "ant" / "more" / "deeper" / "9.png", pixels[("ant", 2)], check_contrast=False)
     (tmp_path / "data" / "ant" / "more" / "loop").symlink_to(tmp_path / "data" / "ant")
+    skimage.io.imsave(tmp_path / "data" / "ant" / "z.png", pixels[("ant", 1)], check_contrast=False)
     x2, y2 = load_data(str(tmp_path / "data"))
-    assert y2.tolist() == [0, 0, 0, 0, 1, 1, 1] and torch.equal(x2[3], x[2])  # 0, 1, 2, more/deeper/9
+    assert y2.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    # ImageFolder's order: a folder's own files by name (0, 1, 2, z), then its subfolders' (more/deeper/9)
+    assert torch.equal(x2[3], x[1]) and torch.equal(x2[4], x[2])
 
 
 def test_folder_of_mixed_sizes_needs_input_shape(tmp_path):
