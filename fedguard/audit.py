@@ -383,11 +383,13 @@ def _probabilities_note(logits: torch.Tensor) -> str | None:
     return None
 
 
-def _no_iteration(stopped: str, time_budget: float | None) -> str:
-    """Why an attack that applies measured nothing: the time budget or a stop came before its first iteration."""
+def _no_iteration(stopped: str, time_budget: float | None, crafting: float = 0.0) -> str:
+    """Why an attack that applies measured nothing: the time budget or a stop came before its first iteration
+    (``crafting``: the seconds an emulator spent on the server's model, part of its budget)."""
     if stopped == "time_budget":
-        return (f"the time budget of {time_budget:g} s ran out before its first iteration, so it measured nothing; "
-                "raise --time-budget")
+        spent = f" (crafting the server's model took {crafting:.1f} s of it)" if crafting >= 0.05 else ""
+        return (f"the time budget of {time_budget:g} s ran out before its first iteration{spent}, so it measured "
+                "nothing; raise --time-budget")
     return "interrupted before its first iteration, so it measured nothing"
 
 
@@ -763,7 +765,7 @@ def audit(
             if cls.kind == "images" and rec.iterations == 0 and rec.stopped in ("time_budget", "interrupted"):  # cut before
                 # it rebuilt anything: its images would be the random start's (an analytic attack that ends by itself
                 # has 0 iterations too; label counts cut short are an estimate from the statistics measured by then)
-                skipped[name] = _no_iteration(rec.stopped, time_budget)
+                skipped[name] = _no_iteration(rec.stopped, time_budget, crafting)
                 unmeasured = True
                 continue
             if cls.kind == "images" and rec.stopped == "time_budget" and rec.iterations < CUT_SHORT * total:

@@ -601,6 +601,15 @@ def test_an_attack_that_raises_is_skipped_and_the_verdict_is_not_a_pass(workdir,
                                         "the one example at a time it rebuilds")  # fmt: skip
 
 
+def test_an_emulator_whose_crafting_spent_its_budget_says_so():
+    from fedguard.audit import _no_iteration
+
+    assert _no_iteration("time_budget", 2.0, crafting=1.6) == (
+        "the time budget of 2 s ran out before its first iteration (crafting the server's model took 1.6 s of it), "
+        "so it measured nothing; raise --time-budget")  # fmt: skip
+    assert "crafting" not in _no_iteration("time_budget", 2.0)
+
+
 def test_an_image_attack_cut_short_by_the_time_budget_or_diverged_is_noted_and_never_passes(workdir, monkeypatch):
     """DLG stopped by the budget after 2 of its 300 iterations rebuilds noise (level none): that said a pass with no
     word of it. Below CUT_SHORT of its iterations the report notes it and the verdict is at least warn."""
