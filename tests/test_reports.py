@@ -450,3 +450,11 @@ def test_json_keeps_file_names_exact_and_escapes_the_rest():
                             "attacks": [{"image_file": "a\u200f.png", "message": "in fc\n"}]})  # fmt: skip
     assert doc == {"image_file": "r\u200fx.json-dlg.png", "layer": "fc\\u202e\\x1b[2J", "path": "m\\udcff.pt",
                    "attacks": [{"image_file": "a\u200f.png", "message": "in fc\\n"}]}  # fmt: skip
+
+
+def test_html_shows_a_rules_help_on_its_lines(malicious):
+    """Web pages escape line breaks in what they print (a tensor name's would forge a line); a rule's own help,
+    fedguard's or a plug-in's, keeps its lines as line breaks, each escaped."""
+    rules = {**RULES, "FG001": Rule("FG001", "Averaging", "Rows average.", "Do not train.\n<Ask> the server.", "Ref")}
+    page = render("html", malicious, rules)
+    assert "Do not train.<br>&lt;Ask&gt; the server." in page and "\\n" not in page
