@@ -258,14 +258,16 @@ def test_an_update_that_cannot_be_checked_for_dropout_is_noted(workdir, monkeypa
     torch.save(model.state_dict(), workdir / "global.pt")
     run = ("--model", "global.pt", "--arch", "fg_dropnets:dropnet", "--data", "batch.npz", "--attack", "label_counts",
            "--no-exposure", "--format", "json")  # fmt: skip
-    torch.save(dict(compute_update(model, x, y).tensors), workdir / "other.pt")
-    report = json.loads(invoke(*run, "--update", "other.pt").stdout)
-    assert report["update"]["agreement"]["reproducible"] is False
-    assert report["verdict"] == "warn" and report["notes"][0].startswith("--update could not be checked against --data")
-    torch.save(dict(compute_update(model, xb, yb).tensors), workdir / "own.pt")  # the same seed: the same dropout
-    report = json.loads(invoke(*run, "--update", "own.pt").stdout)
-    assert report["update"]["agreement"]["reproducible"] is True and report["notes"] == []
-    sys.modules.pop("fg_dropnets", None)
+    try:
+        torch.save(dict(compute_update(model, x, y).tensors), workdir / "other.pt")
+        report = json.loads(invoke(*run, "--update", "other.pt").stdout)
+        assert report["update"]["agreement"]["reproducible"] is False
+        assert report["verdict"] == "warn" and report["notes"][0].startswith("--update could not be checked against --data")
+        torch.save(dict(compute_update(model, xb, yb).tensors), workdir / "own.pt")  # the same seed: the same dropout
+        report = json.loads(invoke(*run, "--update", "own.pt").stdout)
+        assert report["update"]["agreement"]["reproducible"] is True and report["notes"] == []
+    finally:
+        sys.modules.pop("fg_dropnets", None)
 
 
 def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):
@@ -1228,8 +1230,9 @@ def test_text_report_fits_80_columns_with_a_long_model_path(workdir, monkeypatch
     assert f"lenet ({name})" in text
 
 
-def test_html_and_json_reports_show_a_bidi_override_in_a_path_as_its_escape(workdir):
-    """U+202E in a file name would reverse the text after it on the page, as in a terminal."""
+def test_html_shows_a_bidi_override_in_a_path_as_its_escape_and_json_keeps_the_name(workdir):
+    """U+202E in a file name would reverse the text after it on the page, as in a terminal; JSON keeps the name
+    exact, so that it opens the file."""
     name = "m\u202egnp.pt"
     torch.save(lenet8().state_dict(), workdir / name)
     assert invoke("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts",
