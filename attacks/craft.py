@@ -1202,12 +1202,14 @@ def craft(
     model: nn.Module,
     *,
     input_shape: Shape,
-    num_classes: int,
+    num_classes: int | None = None,
     data: torch.Tensor | None = None,
     seed: int = 0,
     **options: Any,
 ) -> nn.Module:
     """Run the crafter called ``name`` on ``model`` (left unchanged) and return the crafted module.
+
+    ``num_classes`` None: the count of the logits ``model`` gives.
 
     Raises
     ------
@@ -1221,6 +1223,8 @@ def craft(
     if not isinstance(model, nn.Module):
         raise InputError(f"model is a {type(model).__name__}; pass an nn.Module (e.g. fedguard.architectures.build_model('lenet'))")
     shape = check_input_shape(input_shape)
+    if num_classes is None:
+        num_classes = classifier_logits(model, torch.zeros(1, *shape), "craft").shape[1]
     num_classes = check_num_classes(num_classes)
     seed = checks.seed(seed, "seed")
     check_options(name, options)
@@ -1263,5 +1267,4 @@ def craft_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(checks.seed(seed, "seed"))
         model = build_model(arch, num_classes=num_classes, input_shape=shape)
-    classes = num_classes or classifier_logits(model, torch.zeros(1, *shape), "craft").shape[1]
-    return craft(name, model, input_shape=shape, num_classes=classes, data=data, seed=seed, **options)
+    return craft(name, model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)

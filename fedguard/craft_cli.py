@@ -85,9 +85,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     trap_weights (Boenisch et al. 2023), loki (Zhao et al. 2024), oversized_fc.
     Then run `fedguard inspect OUTPUT --arch ARCH` to see it caught.
     """
-    import torch
-
-    from fedguard.architectures import classifier_logits, parse_input_shape, resolve_input_shape
+    from fedguard.architectures import parse_input_shape, resolve_input_shape
     from fedguard.attacks.craft import READS_DATA, check_options, craft, crafter_options
     from fedguard.audit import load_global_model
     from fedguard.data import load_data
@@ -114,9 +112,8 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     with user_code_prints_to_stderr():
         shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape is not None else None)
         module, _ = load_global_model(model, arch, num_classes, shape, seed)
-        n_classes = num_classes or classifier_logits(module, torch.zeros(1, *shape), "craft").shape[1]
         public = load_data(data, input_shape=shape, limit=512, seed=seed)[0] if data else None
-        crafted = craft(attack, module, input_shape=shape, num_classes=n_classes, data=public, seed=seed, **options)
+        crafted = craft(attack, module, input_shape=shape, num_classes=num_classes, data=public, seed=seed, **options)
     write_atomic(output, serialise(crafted.state_dict(), suffix))
     from fedguard.reports.base import printable  # the file name is the user's
 
