@@ -33,8 +33,13 @@ Transmit-SNR (FG802) asks the same of the first layer's forward pass: for
 each unit, the energy of its single strongest input term (one pixel times one
 weight) against the energy of everything else it mixes in. Copy, shift and
 identity units transmit one pixel untouched (T-SNR → ∞); learned units mix
-many inputs (T-SNR of a few at most). Thresholds and the benign measurements
-behind them are in docs/detectors.md.
+many inputs (T-SNR of a few at most). As FG102/FG103 (pass-through units)
+it is medium severity: such units carry the input to a leaking layer, which
+its own rule reports, and an identity-initialised first layer (``eye_``)
+has them honestly. Units left with a single weight by pruning are not
+reported when the layer's other units are sparse too (a 3×3 convolution
+pruned to 90 % is one tap per filter), as in FG102/FG103. Thresholds and
+the benign measurements behind them are in docs/detectors.md.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ import torch
 from torch import nn
 
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
+from fedguard.detectors.rows import pruned_beside
+from fedguard.rowstats import weight_rows
 from fedguard.types import Confidence, Rule, Severity
 
 BATCH = 16
@@ -134,8 +141,8 @@ class GradientSNR(Detector):
             "FG802", "transmit-snr",
             "First-layer units transmit single input values untouched (high transmit-SNR).",
             "Units whose output is one input pixel times a weight, with nothing else mixed in, carry the "
-            "raw private input into the network and the update. Learned first-layer units mix many inputs. "
-            "Do not train on this model.",
+            "raw private input into the network and the update, where a leaking layer can read it. Learned "
+            "first-layer units mix many inputs; identity-initialised ones pass inputs through honestly.",
             "Garov et al., ICLR 2024; Wang et al., MKOR, WACV 2024",
         ),
     )
@@ -186,12 +193,14 @@ class GradientSNR(Detector):
             snr = transmit_snr(first, inputs)
         high = snr >= TSNR_LIMIT
         fraction = float(high.float().mean())
-        if fraction >= TSNR_FRACTION:
+        rows = weight_rows(first.weight).float()
+        single = high | ((rows != 0).sum(dim=1) == 1)  # a one-weight unit that reads a blank pixel transmits nothing
+        if fraction >= TSNR_FRACTION and not pruned_beside(rows, single.nonzero()[:, 0]):
             yield self.finding(
-                "FG802", "First layer transmits raw inputs (transmit-SNR)", Severity.HIGH, Confidence.MEDIUM, name,
+                "FG802", "First layer transmits raw inputs (transmit-SNR)", Severity.MEDIUM, Confidence.MEDIUM, name,
                 f"{int(high.sum())} of {snr.numel()} units of {name} pass a single input value through with "
                 f"transmit-SNR ≥ {TSNR_LIMIT:g} on your data (median {float(snr.median()):.3g}): the private "
-                "input reaches the update untouched. Do not train on this model.",
+                "input reaches the update untouched.",
                 units_flagged=int(high.sum()), units=snr.numel(), fraction=rounded(fraction),
                 median_tsnr=rounded(snr.median()), limit=TSNR_LIMIT,
             )

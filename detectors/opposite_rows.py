@@ -23,6 +23,15 @@ N(0, 0.01) init is smaller than the noise's ``1/sqrt(fan_in)`` scale), 0.3 at
 ``1/noise``: the merged test catches 7-10 of the 10 pairs up to noise 0.2 and
 2-3 at 0.3 (docs/detectors.md). One pair is reported as suspicious, two or
 more (one per class) as malicious.
+
+One honest layer has exact opposite rows: a softmax head trained from zero
+weights. Every update of its rows sums to zero over the classes
+(``Σ_k (p_k − y_k) = 0``, and Adam's per-coordinate steps keep it so for
+two classes), so a two-class head's rows are ``w`` and ``−w`` (cosine
+−1.000000) and a head of several two-class tasks is made of such pairs.
+The model's last weight layer is not checked when its rows sum to zero
+(within ``ZERO_SUM`` of its largest row norm): no ReLU follows the logits,
+so its pairs carry nothing, and MKOR's pairs feed a merging layer.
 """
 
 from __future__ import annotations
@@ -50,6 +59,14 @@ SKETCH_MARGIN = 0.25
 #: Columns of the next layer read at a time (bounds the extra memory to one block).
 COLUMN_BLOCK = 512
 MALICIOUS_PAIRS = 2
+#: A last layer whose rows sum to at most this share of its largest row norm is a zero-initialised softmax head.
+ZERO_SUM = 1e-3
+
+
+def zero_sum_rows(layer: Layer) -> bool:
+    """True when the layer's rows sum to (nearly) the zero vector, as a softmax head trained from zero does."""
+    rows = layer.rows()
+    return float(rows.sum(dim=0).norm()) <= ZERO_SUM * float(torch.linalg.vector_norm(rows, dim=1).max())
 
 
 def merged_pairs(layer: Layer, follower: Layer) -> list[torch.Tensor]:
@@ -120,8 +137,10 @@ class OppositeRows(Detector):
     def run(self, context: InspectContext):
         view = context.view
         for layer in view.scored_layers(MIN_FAN_IN, kinds=(LINEAR,)):
-            exact = [p for p in opposite_pairs(layer, -MAX_COSINE) if dense_rows(layer, p)]
             follower = view.next_weight_layer(layer)
+            if follower is None and zero_sum_rows(layer):
+                continue
+            exact = [p for p in opposite_pairs(layer, -MAX_COSINE) if dense_rows(layer, p)]
             merged = merged_pairs(layer, follower) if follower is not None and follower.stats.finite else []
             seen = {frozenset(p.tolist()) for p in exact}
             nearly = [p for p in merged if frozenset(p.tolist()) not in seen and dense_rows(layer, p)]

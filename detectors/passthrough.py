@@ -37,15 +37,13 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import dominance, largest_equal_group, live_rows
+from fedguard.detectors.rows import dominance, largest_equal_group, pruned_beside
 from fedguard.modelview import CONV, LINEAR
 from fedguard.types import Confidence, Rule, Severity
 
 DOMINANCE = 50.0
 SAME_MAGNITUDE = 0.02
 MIN_GROUP = 3
-#: Share of non-zero weights below which a layer's other units count as pruned.
-MIN_DENSITY = 0.5
 #: Identity taps of this size or more are "scaled" (LOKI uses ~500; honest weights stay far below 10).
 SCALED = 10.0
 #: Convolutions a model needs for FG105 (one pass-through layer alone is a Dirac-initialised stem).
@@ -111,7 +109,7 @@ class PassThrough(Detector):
             keep = ratio >= DOMINANCE
             candidates, index, value = candidates[keep], index[keep], value[keep]
             group = largest_equal_group(value.abs(), rel=SAME_MAGNITUDE)
-            if group.numel() < MIN_GROUP or _pruned_layer(layer, candidates[group]):
+            if group.numel() < MIN_GROUP or pruned_beside(layer.rows(), candidates[group]):
                 continue
             if layer.kind == CONV:
                 wired.append(layer.name)
@@ -161,17 +159,3 @@ class PassThrough(Detector):
         return {"centre_taps": int((tap == centre).sum()), "off_centre_taps": int((tap != centre).sum()),
                 "kernel": list(kernel)}
 
-
-def _pruned_layer(layer, members: torch.Tensor) -> bool:
-    """True when the layer's other live units are sparse: single weights left over by pruning.
-
-    Magnitude pruning can leave a filter with one weight, and survivors of a
-    uniform initialisation cluster near its bound; but then the layer's other
-    units are sparse too. MKOR's pass-through units sit beside dense ones, or
-    fill the whole layer.
-    """
-    others = live_rows(layer)
-    others[members] = False
-    if not bool(others.any()):
-        return False
-    return float((layer.rows(others.nonzero()[:, 0]) != 0).float().mean()) < MIN_DENSITY

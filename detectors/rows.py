@@ -34,6 +34,24 @@ def live_rows(layer: Layer, rel: float = 1e-6) -> torch.Tensor:
     return peak > rel * top if top > 0 else torch.zeros_like(peak, dtype=torch.bool)
 
 
+def pruned_beside(rows: torch.Tensor, members: torch.Tensor, min_density: float = 0.5) -> bool:
+    """True when a layer's live rows other than ``members`` are sparse: ``members`` are pruning's leftovers.
+
+    Magnitude pruning can leave a unit with a single weight (a pass-through
+    unit by its looks), but then the layer's other units are sparse too
+    (under ``min_density`` non-zero). MKOR's pass-through units sit beside
+    dense units, or fill the whole layer (nothing beside them: False).
+    ``rows`` is the layer's weight as (units, fan_in) rows.
+    """
+    peak = rows.abs().amax(dim=1)
+    top = float(peak.max()) if peak.numel() else 0.0
+    others = peak > 1e-6 * top if top > 0 else torch.zeros_like(peak, dtype=torch.bool)
+    others[members] = False
+    if not bool(others.any()):
+        return False
+    return float((rows[others] != 0).float().mean()) < min_density
+
+
 def dominance(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each row: index of its largest |entry|, that entry, and its ratio to the runner-up.
 

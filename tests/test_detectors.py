@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils import prune
 
 from fedguard.detectors import DETECTORS, InspectContext, all_rules
 from fedguard.inspect import judge, run_detectors
@@ -64,13 +65,17 @@ def _entry(entries, label):
     return next(e for e in entries if e.label == label)
 
 
-def _behavioural(entry, n=16):
-    x, y = digits(entry.input_shape)
-    module = entry.module.float()
+def _with_data(module, input_shape, detectors=None, n=16):
+    """Findings by rule of ``detectors`` (all by default) on ``module`` with ``n`` digits as the client's data."""
+    x, y = digits(input_shape)
     context = InspectContext(view=ModelView.from_state_dict(module.state_dict(), module), data=(x[:n], y[:n]))
-    findings, ran = run_detectors(context, ["gradient_snr"])
-    assert ran == ["gradient_snr"]
+    findings, ran = run_detectors(context, detectors)
+    assert detectors is None or ran == detectors
     return {f.rule_id: f for f in findings}
+
+
+def _behavioural(entry, n=16):
+    return _with_data(entry.module.float(), entry.input_shape, ["gradient_snr"], n)
 
 
 def test_dsnr_flags_class_fishing_on_client_data():
@@ -93,6 +98,45 @@ def test_transmit_snr_flags_mkor_pass_through_first_layer():
 @pytest.mark.parametrize("label", ["trained/lenet5/3ep", "trained/convnet/2ep", "trained/mlp/3ep", "init/resnet18/seed0"])
 def test_behavioural_checks_quiet_on_benign_models(label):
     assert _behavioural(_entry(benign_entries(), label)) == {}
+
+
+def test_transmit_snr_quiet_on_a_layerwise_pruned_convnet():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 8 * 8, 10))  # fmt: skip
+    for layer in (model[0], model[3]):  # 90 % of a 3x3 filter: one or two taps left, as copy filters have
+        prune.l1_unstructured(layer, "weight", 0.9)
+        prune.remove(layer, "weight")
+    assert 1 in (model[0].weight != 0).flatten(1).sum(1).tolist()
+    assert _with_data(model, (1, 8, 8)) == {}
+
+
+def test_transmit_snr_on_an_identity_first_layer_is_suspicious_not_malicious():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    torch.nn.init.eye_(model[1].weight)
+    found = _with_data(model, (1, 8, 8))
+    assert found["FG802"].severity is Severity.MEDIUM  # blank border pixels: not every unit transmits
+    assert judge(list(found.values())) is Verdict.SUSPICIOUS
+
+
+def test_a_head_of_two_binary_tasks_trained_from_zero_is_not_opposite_pairs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    torch.nn.init.zeros_(model[3].weight)
+    torch.nn.init.zeros_(model[3].bias)
+    x, y = digits((1, 8, 8))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for start in range(0, 640, 64):
+        out = model(x[start : start + 64])
+        loss = torch.nn.functional.cross_entropy(out[:, :2], (y[start : start + 64] >= 5).long())
+        loss = loss + torch.nn.functional.cross_entropy(out[:, 2:], (y[start : start + 64] % 2).long())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head = model[3].weight
+    assert float(torch.cosine_similarity(head[0], head[1], 0)) < -0.9999  # the pattern FG104 looks for
+    assert "FG104" not in {f.rule_id for f in static_findings(model.state_dict())}
 
 
 def test_dsnr_needs_two_examples():

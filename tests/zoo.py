@@ -332,8 +332,9 @@ def benign_entries() -> tuple[ZooEntry, ...]:
 def _benign_entries() -> tuple[ZooEntry, ...]:
     out: list[ZooEntry] = []
 
-    def add(label: str, arch: str | None, module: nn.Module, shape: Shape, sd: StateDict | None = None) -> None:
-        out.append(ZooEntry(label, "benign", arch, _sd(module) if sd is None else sd, shape, 10, module))
+    def add(label: str, arch: str | None, module: nn.Module, shape: Shape, sd: StateDict | None = None,
+            classes: int = 10) -> None:  # fmt: skip
+        out.append(ZooEntry(label, "benign", arch, _sd(module) if sd is None else sd, shape, classes, module))
 
     inits: dict[tuple[str, int], nn.Module] = {}
     for arch in ARCHITECTURES.names():
@@ -382,6 +383,10 @@ def _benign_entries() -> tuple[ZooEntry, ...]:
     few = y < 5
     add("zero-head/lenet5/trained-on-5-classes", "lenet5", _train(_zero_head(inits["lenet5", 0]), x[few], y[few], 2, seed=42),
         (1, 28, 28))  # fmt: skip
+    # a two-class softmax head trained from zero: its rows are w and -w exactly (the updates sum to zero over classes)
+    odd = (y % 2).long()
+    add("zero-head/mlp/trained-2-classes", "mlp", _train(_zero_head(_build("mlp", 43, num_classes=2)), x, odd, 2, seed=43),
+        (1, 28, 28), classes=2)  # fmt: skip
     # two inputs per unit (a toy two-moons classifier): one weight 50 times the other in 1 % of rows by chance
     for seed in (0, 1):
         torch.manual_seed(50 + seed)
