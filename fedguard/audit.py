@@ -100,11 +100,11 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: s
                 f"but {list(expected[key].shape)} in the architecture; {hint}"
             )
     missing = [k for k in expected if k not in tensors and not is_running_stat(k)]  # kept as built
-    if missing:
-        raise InputError(f"model {path} does not fit --arch {arch}: it has no tensor for {_first(missing)}; {hint}")
     unexpected = [k for k in tensors if k not in expected]
-    if unexpected:
-        raise InputError(f"model {path} does not fit --arch {arch}: it has {_first(unexpected)}, which the architecture lacks; {hint}")
+    said = ([f"it has no tensor for {_first(missing)}"] if missing else []) + (
+        [f"it has {_first(unexpected)}, which the architecture lacks"] if unexpected else [])
+    if said:  # both halves: a wrapper's extra layer ('0.mean') explains the names the architecture misses
+        raise InputError(f"model {path} does not fit --arch {arch}: {' and '.join(said)}; {hint}")
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():

@@ -439,6 +439,24 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
     assert "does not fit --arch mlp" in line
 
 
+def test_a_wrapped_module_against_the_bare_arch_names_what_is_missing_and_what_is_extra():
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+
+    class Normalize(torch.nn.Module):  # a normalisation layer in front of the network, with buffers
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(0.5))
+
+        def forward(self, x):
+            return x - self.mean
+
+    wrapped = torch.nn.Sequential(Normalize(), lenet8())
+    with pytest.raises(InputError, match=r"no tensor for 'features\.0\.weight'.* and it has '0\.mean'"):
+        audit(wrapped, arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(4, 1, 8, 8), torch.arange(4)),
+              attacks=["label_counts"])  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "x, y, expected",
     [
