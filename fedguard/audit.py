@@ -297,8 +297,8 @@ AGREEMENT_COSINE = 0.99
 #: data gives the same size to float rounding on CPU (ratio 1.000 on the tests' models); a summed loss gives the batch
 #: size (8x), a gradient times a learning rate 0.01x, both of which had passed with cosine 1.0 and no note.
 AGREEMENT_SCALE = 1.1
-#: Share of an image attack's iterations below which a stop by the time budget leaves its figures meaningless: the
-#: audit notes it and the verdict is at least warn. The default audit (LeNet, digits, batch 8, 20 s) reaches 21 %
+#: Share of an image attack's iterations below which a stop by the time budget, or a --max-iterations under that
+#: share of the attack's own, leaves its figures meaningless: the audit notes it and the verdict is at least warn. The default audit (LeNet, digits, batch 8, 20 s) reaches 21 %
 #: of DLG's 300 and 66 % of Inverting Gradients' 2000 iterations; DLG's random starts are only weeded out at steps
 #: 10 and 25, and its successes on LeNet come between steps 30 and 150.
 CUT_SHORT = 0.1
@@ -773,6 +773,10 @@ def audit(
                 fitted = f" (its schedule shortened to {planned} to fit the budget)" if planned != total else ""
                 notes.append(f"{name} was stopped by the time budget after {rec.iterations} of {total} iterations{fitted}: "
                              "what it rebuilt understates what a server with more time would; raise --time-budget")  # fmt: skip
+            if cls.kind == "images" and cls.default_iterations and total < CUT_SHORT * cls.default_iterations:
+                notes.append(f"{name} ran at most {total} iterations (--max-iterations; the attack's own is "
+                             f"{cls.default_iterations}): what it rebuilt understates what a server running it longer "
+                             "would; raise --max-iterations")  # fmt: skip
             if cls.kind == "images" and rec.stopped == "diverged" and rec.iterations < CUT_SHORT * total:
                 notes.append(f"{name} diverged after {rec.iterations} of {total} iterations (its objective became infinite, "
                              "as on a model with huge weights): what it rebuilt says nothing of what a server with a "

@@ -1173,6 +1173,18 @@ def test_an_attack_stopped_before_its_first_iteration_measured_nothing():
     assert str(report.verdict) == "warn"
 
 
+def test_max_iterations_far_below_the_attacks_own_is_noted_and_never_a_pass():
+    """Two of DLG's 300 iterations measure next to nothing, as a time budget that stops it there does not."""
+    from fedguard.audit import audit
+
+    run = dict(arch="lenet5_sigmoid", data="digits", batch_size=8, attacks=["dlg"], time_budget=None,
+               attack_options={"dlg": {"starts": 1}})  # fmt: skip
+    short = audit(max_iterations=2, **run)
+    assert short.attacks[0].level.name == "NONE" and str(short.verdict) == "warn"
+    assert any("ran at most 2 iterations (--max-iterations; the attack's own is 300)" in n for n in short.notes)
+    assert not audit(max_iterations=30, **run).notes  # a tenth of the attack's own and more: no note
+
+
 def test_a_stop_before_the_attacks_keeps_the_reasons_of_those_that_could_not_run():
     import threading
 
