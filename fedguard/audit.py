@@ -279,6 +279,9 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
     return labels, torch.as_tensor(counts), "recovered by label_counts"
 
 
+#: Share of an image attack's time budget that inferring the batch's labels for it may take (label counts on a
+#: FedAvg ConvNet run up to their 30 s cap): the rest is left for its iterations.
+LABELLING_SHARE = 0.5
 #: |cosine| between an update read in and the batch's gradient at the global model beyond which its sign says
 #: which protocol made it. FedAvg deltas point against the gradient: cosine -0.04 to -1.0 (MLP, LeNet and the
 #: ConvNet on digits, batches 1-64, 5-20 steps at lr 0.01-0.3, whole and one-example mini-batches); a FedSGD
@@ -383,11 +386,14 @@ def _probabilities_note(logits: torch.Tensor) -> str | None:
     return None
 
 
-def _no_iteration(stopped: str, time_budget: float | None, crafting: float = 0.0) -> str:
+def _no_iteration(stopped: str, time_budget: float | None, crafting: float = 0.0, labelling: float = 0.0) -> str:
     """Why an attack that applies measured nothing: the time budget or a stop came before its first iteration
-    (``crafting``: the seconds an emulator spent on the server's model, part of its budget)."""
+    (``crafting``: the seconds an emulator spent on the server's model, ``labelling`` those spent inferring the
+    batch's labels; both part of its budget)."""
     if stopped == "time_budget":
-        spent = f" (crafting the server's model took {crafting:.1f} s of it)" if crafting >= 0.05 else ""
+        parts = [f"{what} took {seconds:.1f} s" for what, seconds in
+                 (("inferring the labels", labelling), ("crafting the server's model", crafting)) if seconds >= 0.05]
+        spent = f" ({' and '.join(parts)} of it)" if parts else ""
         return (f"the time budget of {time_budget:g} s ran out before its first iteration{spent}, so it measured "
                 "nothing; raise --time-budget")
     return "interrupted before its first iteration, so it measured nothing"
@@ -717,8 +723,11 @@ def audit(
                 continue
             started = False
             try:
+                labelling, labelling_started = 0.0, time.perf_counter()
                 if cls.kind == "images" and view.labels is None and not known_labels:
-                    labels, counts, source = _label_seed(view, done, Budget(1, time_budget, stop))
+                    seeding = None if time_budget is None else LABELLING_SHARE * time_budget
+                    labels, counts, source = _label_seed(view, done, Budget(1, seeding, stop))
+                    labelling = time.perf_counter() - labelling_started  # the server's first step: this attack's time
                     if labels is not None:
                         view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
                 target, crafting_started = view, time.perf_counter()
@@ -742,13 +751,15 @@ def audit(
                     time_budget,
                     stop,
                     (lambda d, t, f, n=name: progress.update(n, d, t, f)) if progress is not None else None,
-                    spent=crafting,
+                    spent=labelling + crafting,
                 )
                 torch.manual_seed(seed)
                 rec = attack.run(target, budget)
+                before = {"labelling_seconds": labelling} if labelling else {}
                 if cls.emulates is not None:  # the update it attacks is the client's under the crafted model, not --update
-                    rec = dataclasses.replace(rec, seconds=rec.seconds + crafting, details={
-                        **rec.details, "crafting_seconds": crafting, "update": "what the batch gives under the crafted model"})
+                    before.update(crafting_seconds=crafting, update="what the batch gives under the crafted model")
+                if before:
+                    rec = dataclasses.replace(rec, seconds=rec.seconds + labelling + crafting, details={**rec.details, **before})
             except InputError:
                 raise
             except Exception as exc:  # torch cannot do what the attack needs on this model, or the model's own code raised
@@ -765,7 +776,7 @@ def audit(
             if cls.kind == "images" and rec.iterations == 0 and rec.stopped in ("time_budget", "interrupted"):  # cut before
                 # it rebuilt anything: its images would be the random start's (an analytic attack that ends by itself
                 # has 0 iterations too; label counts cut short are an estimate from the statistics measured by then)
-                skipped[name] = _no_iteration(rec.stopped, time_budget, crafting)
+                skipped[name] = _no_iteration(rec.stopped, time_budget, crafting, labelling)
                 unmeasured = True
                 continue
             if cls.kind == "images" and rec.stopped == "time_budget" and rec.iterations < CUT_SHORT * total:

@@ -1185,6 +1185,17 @@ def test_max_iterations_far_below_the_attacks_own_is_noted_and_never_a_pass():
     assert not audit(max_iterations=30, **run).notes  # a tenth of the attack's own and more: no note
 
 
+def test_labels_inferred_for_an_image_attack_count_in_its_time():
+    """With no label attack run first, the image attack infers the labels itself, within half its budget."""
+    from fedguard.audit import audit
+
+    report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=4, attacks=["inverting_gradients"],
+                   max_iterations=20, protocol="fedavg", local_steps=2)  # fmt: skip
+    out = report.outcome("inverting_gradients")
+    assert out.seconds >= out.details["labelling_seconds"] > 0
+    assert report.threat["labels"] != "known" and out.label_accuracy is not None
+
+
 def test_a_stop_before_the_attacks_keeps_the_reasons_of_those_that_could_not_run():
     import threading
 
