@@ -486,7 +486,10 @@ def audit(
     model : path, nn.Module, state_dict or None
         The global model as received (loaded safely, as ``fedguard inspect``
         does; a module is audited as a copy and left as it was); None audits
-        a fresh initialisation of ``arch`` (seeded).
+        a fresh initialisation of ``arch`` (seeded). Weights are audited in
+        float32: a file's or state_dict's half-precision tensors are read
+        into ``arch``'s float32 layers, a half-precision module is refused
+        (pass ``model.float()``).
     arch : str
         Architecture: a built-in name or ``package.module:callable``.
     data : str or (x, y)

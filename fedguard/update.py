@@ -110,6 +110,12 @@ class Update:
             raise InputError(f"bad update batch_size {self.batch_size!r}; give the number of examples it was computed on")
         check_protocol(self.protocol, self.local_steps, self.local_lr, self.local_batch_size, int(self.batch_size))
 
+    def __repr__(self) -> str:
+        """The fields, with the tensors summarised (printed whole, a LeNet's ran to 32 KB)."""
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "tensors")
+        values = sum(int(t.numel()) for t in self.tensors.values())
+        return f"Update(tensors=<{len(self.tensors)} tensors, {values:,} values>, {fields})"
+
     def as_gradient(self) -> dict[str, torch.Tensor]:
         """The update as one average gradient: FedSGD as is, FedAvg as ``(W_0 - W_T) / (T * lr)``.
 

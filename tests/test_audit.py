@@ -1121,6 +1121,13 @@ def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():
     assert all(t.dtype == torch.float32 for t in upd.tensors.values())
 
 
+def test_an_update_prints_as_its_fields_not_its_values():
+    from fedguard.update import Update
+
+    update = Update(tensors={"w": torch.zeros(100, 100), "b": torch.zeros(100)}, protocol="fedsgd", batch_size=4)
+    assert repr(update).startswith("Update(tensors=<2 tensors, 10,100 values>, protocol='fedsgd', batch_size=4,")
+
+
 def test_an_update_object_is_checked_as_a_file_is():
     from fedguard.audit import audit
     from fedguard.errors import InputError
