@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import finite
+from fedguard.rowstats import finite
 from fedguard.modelview import LINEAR
 from fedguard.types import Confidence, Rule, Severity
 

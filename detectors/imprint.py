@@ -12,6 +12,17 @@ A group is rows with |cosine| ≥ 0.999 among dense (≥ 50 % non-zero), non-zer
 rows of at least 16 inputs. The benign zoo (tests/zoo.py) has a largest
 honest max-|cosine| of 0.97 (tiny, 16-input rows of pruned models are
 excluded by the density rule); imprint rows have cosine 1.0.
+
+Noise on the rows does not stop the binning: with 5 % noise (cosine
+0.998) the server still rebuilt 7 of 32 digits above 30 dB, with 10 %
+(0.99) 5 of 32, and FG301 had called such a layer clean. So a group of
+at least ``MALICIOUS_GROUP`` rows with |cosine| ≥ ``NEAR_COS`` and as many
+distinct biases (the bins' ladder) is reported too. Over the zoo, the
+held-out set (``benchmarks/heldout_detection.py``) and 103 further honest
+models (LayerNorm, GRU/LSTM, Fixup, transformers, 2-100 classes, pruned,
+fp16/bf16), the largest dense group at |cosine| ≥ 0.95 is two rows; the one
+larger group, the unseen classes of a zero-initialised head fine-tuned on
+half the classes (5 rows at 0.99), has a single bias.
 """
 
 from __future__ import annotations
@@ -19,12 +30,15 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, finite, is_opposite_pair
+from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, is_opposite_pair
+from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 16
 MIN_DENSITY = 0.5
 MALICIOUS_GROUP = 4
+#: Nearly identical rows: |cosine| at least this, in a group of MALICIOUS_GROUP rows or more with as many biases.
+NEAR_COS = 0.95
 #: Biases closer than this, relative to the largest, count as one: float rounding in training and averaging leaves
 #: identical rows' biases 3e-7 apart (a 100-class zero-initialised head fine-tuned on 10 classes), while a ladder's
 #: bins stand range / bins apart (1e-4 of the largest or more up to 10,000 bins).
@@ -49,10 +63,10 @@ class Imprint(Detector):
     def run(self, context: InspectContext):
         view = context.view
         for layer in view.scored_layers(MIN_FAN_IN):
-            groups = [
-                g for g in duplicate_row_groups(layer)
-                if dense_rows(layer, g, MIN_DENSITY) and not is_opposite_pair(layer, g)  # FG104's pairs
-            ]
+            groups, near = _groups(layer), False
+            if not groups:  # noise on an imprint's rows: a big enough group with a ladder of biases
+                groups = [g for g in _groups(layer, NEAR_COS) if g.numel() >= MALICIOUS_GROUP]
+                near = True
             if not groups:
                 continue
             group = groups[0]
@@ -60,6 +74,10 @@ class Imprint(Detector):
             size = int(group.numel())
             evidence = dict(identical_rows=size, rows=n_rows, groups=len(groups), fan_in=layer.fan_in)
             evidence.update(self._bias_ladder(layer, group))
+            if near:
+                if evidence.get("distinct_biases", 0) < MALICIOUS_GROUP:
+                    continue
+                evidence["min_abs_cosine"] = rounded(_least_cosine(layer, group))
             if evidence.get("distinct_biases") == 1 and _constant(layer, group):
                 continue  # equal averaging rows with one bias: MKOR's layer, reported by FG101, no bins
             follower = view.next_weight_layer(layer)
@@ -75,6 +93,7 @@ class Imprint(Detector):
             yield self.finding(
                 "FG301", "Imprint layer: identical rows", severity, Confidence.HIGH, layer.name,
                 f"{size} of {n_rows} units of {layer.name} share one weight vector"
+                + (f" up to noise (|cosine| ≥ {evidence['min_abs_cosine']:.3g})" if near else "")
                 + (f" with {evidence['distinct_biases']} distinct biases" if "distinct_biases" in evidence else "")
                 + ": they bin the batch by one measurement so each bin's gradient reveals one input "
                 "exactly (Robbing the Fed). Do not train on this model.",
@@ -94,6 +113,19 @@ class Imprint(Detector):
             "bias_min": rounded(ladder.min()), "bias_max": rounded(ladder.max()),
             "bias_ladder_monotone": bool((steps > 0).all() or (steps < 0).all()),
         }
+
+
+def _groups(layer, min_cos: float = 0.999) -> list[torch.Tensor]:
+    """Groups of dense rows with |cosine| ≥ ``min_cos`` (FG104's opposite pairs left out), largest first."""
+    return [g for g in duplicate_row_groups(layer, min_cos)
+            if dense_rows(layer, g, MIN_DENSITY) and not is_opposite_pair(layer, g)]  # fmt: skip
+
+
+def _least_cosine(layer, group: torch.Tensor) -> float:
+    """The smallest |cosine| between the group's first row and the others."""
+    rows = layer.rows(group)
+    unit = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    return float((unit @ unit[0]).abs().min())
 
 
 def _constant(layer, group: torch.Tensor) -> bool:

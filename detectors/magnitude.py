@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import finite
+from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
 
 Z_LIMIT = 200.0

@@ -9,9 +9,8 @@ layer (a class-fishing head with one NaN is still FG201); this one reports them.
 
 from __future__ import annotations
 
-import torch
-
 from fedguard.detectors.base import Detector, InspectContext, register_detector
+from fedguard.rowstats import nan_inf_counts
 from fedguard.types import Confidence, Rule, Severity
 
 
@@ -30,14 +29,11 @@ class NonFinite(Detector):
     )
 
     def run(self, context: InspectContext):
-        for name, tensor in context.view.tensors.items():  # as stored: the layers' copies read NaN/Inf as 0
-            if not tensor.is_floating_point():
-                continue
-            bad = ~torch.isfinite(tensor)
-            count = int(bad.sum())
-            if count:
-                yield self.finding(
-                    "FG002", "NaN/Inf parameters", Severity.MEDIUM, Confidence.HIGH, name,
-                    f"{count} of {tensor.numel()} values of {name} are NaN or Inf; do not train on this model.",
-                    nan=int(torch.isnan(tensor).sum()), inf=int(torch.isinf(tensor).sum()), numel=tensor.numel(),
-                )
+        for name in context.view.non_finite:  # as stored: the layers' copies read NaN/Inf as 0
+            tensor = context.view.tensors[name]
+            nan, inf = nan_inf_counts(tensor)
+            yield self.finding(
+                "FG002", "NaN/Inf parameters", Severity.MEDIUM, Confidence.HIGH, name,
+                f"{nan + inf} of {tensor.numel()} values of {name} are NaN or Inf; do not train on this model.",
+                nan=nan, inf=inf, numel=tensor.numel(),
+            )

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector
-from fedguard.detectors.rows import dense_rows, opposite_pairs, rows_on_columns, sketch_columns
+from fedguard.detectors.rows import SKETCH_MARGIN, dense_rows, opposite_pairs, rows_on_columns, sketch_columns
 from fedguard.modelview import LINEAR, Layer
 from fedguard.types import Confidence, Rule, Severity
 
@@ -53,9 +53,6 @@ MERGE_DOMINANCE = 3.0
 MIN_MERGE_UNITS = 8
 #: Pairs tried per group of columns one unit dominates (a merge takes two; larger groups are chance).
 MERGED_GROUP_PAIRS = 8
-#: A pair whose cosine on the sketch's columns is above MERGED_MAX_COSINE + this is not checked on whole rows
-#: (the sketch's error on 256 columns is about 0.06 for unrelated rows, less for near-opposite ones).
-SKETCH_MARGIN = 0.25
 #: Columns of the next layer read at a time (bounds the extra memory to one block).
 COLUMN_BLOCK = 512
 MALICIOUS_PAIRS = 2

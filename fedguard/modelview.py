@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from fedguard.rowstats import RowStats, compute_row_stats, weight_rows
+from fedguard.rowstats import RowStats, compute_row_stats, finite, weight_rows
 
 #: Layer kinds a detector can ask for.
 LINEAR, CONV, NORM, EMBEDDING, OTHER = "linear", "conv", "norm", "embedding", "other"
@@ -96,11 +96,15 @@ class ModelView:
         The tensors grouped by name prefix, in order of first appearance.
     module : nn.Module or None
         The architecture, when the user named one with ``--arch``.
+    non_finite : tuple of str
+        The floating-point tensors holding NaN or infinite values, in the order stored (found once, while the
+        layers' copies set those values to 0).
     """
 
     tensors: Mapping[str, torch.Tensor]
     layers: tuple[Layer, ...]
     module: nn.Module | None = None
+    non_finite: tuple[str, ...] = ()
     _by_name: Mapping[str, Layer] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -110,7 +114,8 @@ class ModelView:
         module_kinds = _kinds_from_module(module) if module is not None else {}
         groups: dict[str, dict[str, torch.Tensor]] = {}
         keys: dict[str, dict[str, str]] = {}
-        for name, (tensor, stored) in effective_tensors(tensors).items():
+        spoilt = tuple(name for name, t in tensors.items() if not finite(t))
+        for name, (tensor, stored) in effective_tensors(tensors, spoilt).items():
             prefix, leaf = _split(name)
             groups.setdefault(prefix, {})[leaf] = tensor
             keys.setdefault(prefix, {})[leaf] = stored
@@ -128,6 +133,7 @@ class ModelView:
             tensors=tensors,
             layers=layers,
             module=module,
+            non_finite=spoilt,
             _by_name={layer.name: layer for layer in layers},
         )
 
@@ -165,7 +171,9 @@ class ModelView:
 _PARAMETRIZED = ".parametrizations."
 
 
-def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, str]]:
+def effective_tensors(
+    tensors: Mapping[str, torch.Tensor], non_finite: Iterable[str] | None = None
+) -> dict[str, tuple[torch.Tensor, str]]:
     """Name -> (the tensor a layer computes with, the stored key it comes from).
 
     Reparametrised weights are folded back into the ``weight`` (or ``bias``)
@@ -178,9 +186,11 @@ def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[to
     folded name itself keeps both: its stored weight is checked, and the
     other layout's tensors are left for FG003. NaN and infinite values read
     as 0, so one of them cannot hide the rest of a layer from the checks
-    (FG002 reports them from the stored tensors).
+    (FG002 reports them from the stored tensors). ``non_finite`` names the
+    tensors that hold them, when known (found here otherwise).
     """
-    tensors = {name: _finite(t) for name, t in tensors.items()}
+    spoilt = {name for name, t in tensors.items() if not finite(t)} if non_finite is None else set(non_finite)
+    tensors = {name: _zeroed(t) if name in spoilt else t for name, t in tensors.items()}
     out: dict[str, tuple[torch.Tensor, str]] = {name: (t, name) for name, t in tensors.items()}
 
     def fold(target: str, value: torch.Tensor | None, stored: str, *parts: str) -> None:
@@ -213,13 +223,11 @@ def effective_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[to
 def first_non_finite(tensors: Mapping[str, object]) -> str | None:
     """The name of the first floating-point tensor in ``tensors`` holding a NaN or infinite value (others skipped)."""
     return next((name for name, t in tensors.items()
-                 if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())), None)  # fmt: skip
+                 if isinstance(t, torch.Tensor) and not finite(t)), None)
 
 
-def _finite(t: torch.Tensor) -> torch.Tensor:
-    """``t``, or a copy with its NaN and infinite values set to 0."""
-    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
-        return t
+def _zeroed(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` with its NaN and infinite values set to 0."""
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
 
 

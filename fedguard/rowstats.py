@@ -9,6 +9,7 @@ the cost of loading the file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,30 @@ class RowStats:
         rest = (self.l2sq - peak.square()).clamp_min(0) / max(self.fan_in - 1, 1)
         ratio = peak / rest.sqrt()
         return torch.where(peak > 0, ratio, torch.zeros_like(peak))
+
+
+def finite(tensor: torch.Tensor) -> bool:
+    """True when ``tensor`` holds no NaN or infinite value, read in chunks: ``torch.isfinite`` on a whole layer
+    allocates more than the layer itself (a VGG16's 411 MB ``fc6``: 1.4 GB at peak for a 528 MB file)."""
+    if not tensor.is_floating_point():
+        return True
+    flat = tensor.reshape(-1)
+    return all(_finite_chunk(flat[i : i + CHUNK]) for i in range(0, flat.numel(), CHUNK))
+
+
+def _finite_chunk(chunk: torch.Tensor) -> bool:
+    """A finite sum proves every value finite (one reduction, a third of ``isfinite``'s time); a sum that is not
+    finite may have overflowed, so then each value is tested."""
+    return math.isfinite(float(chunk.sum())) or bool(torch.isfinite(chunk).all())
+
+
+def nan_inf_counts(tensor: torch.Tensor) -> tuple[int, int]:
+    """How many NaN and how many infinite values ``tensor`` holds, read in chunks as :func:`finite` does."""
+    if not tensor.is_floating_point():
+        return 0, 0
+    flat = tensor.reshape(-1)
+    chunks = [flat[i : i + CHUNK] for i in range(0, flat.numel(), CHUNK)]
+    return sum(int(torch.isnan(c).sum()) for c in chunks), sum(int(torch.isinf(c).sum()) for c in chunks)
 
 
 def weight_rows(weight: torch.Tensor) -> torch.Tensor:

@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import io
 import shutil
-from typing import ClassVar, Mapping
-
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
 from .base import fmt_num, plural, printable
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: Widest and narrowest the report is laid out for: the terminal's width (``COLUMNS``) within these, 100 for a file.
 MAX_WIDTH, MIN_WIDTH = 120, 80
@@ -54,6 +52,11 @@ class AuditTextRenderer(AuditRenderer):
     suffix: ClassVar[str] = ".txt"
 
     def render(self, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
+        from rich import box  # imported here: listing the formats at start-up would pay 0.1 s for it
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
         buffer = io.StringIO()
         console = Console(
             file=buffer, width=_width(), force_terminal=color, no_color=not color,
@@ -189,6 +192,8 @@ def exposure_summary(exposure: Mapping) -> str:
 
 
 def _exposure(console: Console, exposure: Mapping) -> None:
+    from rich.text import Text
+
     console.print()
     console.print(Text(f"exposure across rounds: {exposure_summary(exposure)}"))
     for s in exposure["scenarios"][1:]:

@@ -223,6 +223,21 @@ def test_nan_weights_are_a_finding_and_do_not_hide_the_rest_of_the_layer():
         assert {"FG002"} | EXPECTED[kind] <= {f.rule_id for f in findings} and judge(findings) is Verdict.MALICIOUS, kind
 
 
+@pytest.mark.parametrize("noise", [0.05, 0.1, 0.2])
+def test_an_imprint_layer_with_noisy_rows_is_still_caught(noise):
+    """Noise on the rows keeps the bins (5 %: 7 of 32 digits rebuilt above 30 dB); only FG301's near tier sees it."""
+    entry = _entry(crafted_entries(), "imprint/mlp/randn-k128-data")
+    sd = {k: v.clone() for k, v in entry.state_dict.items()}
+    exact = {f.layer for f in static_findings(sd) if f.rule_id == "FG301"}
+    gen = torch.Generator().manual_seed(0)
+    for name in exact:
+        rows = sd[f"{name}.weight"]
+        rows += noise * rows.norm(dim=1, keepdim=True) / rows.shape[1] ** 0.5 * torch.randn(rows.shape, generator=gen)
+    findings = [f for f in static_findings(sd) if f.rule_id == "FG301"]
+    assert {f.layer for f in findings} == exact and judge(findings) is Verdict.MALICIOUS
+    assert all(0.9 < f.evidence["min_abs_cosine"] < 0.999 for f in findings)
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
