@@ -35,10 +35,15 @@ def run() -> None:
         from fedguard.reports.base import printable
 
         name = printable(str(exc.filename)) if exc.filename else ""
+        at = f"{name}: " if name else ""
         if exc.errno == errno.ENAMETOOLONG:  # a path the system refuses to look up, input or output
             line = f"a path is too long for this file system ({name[:60]}...); give a shorter one"
+        elif exc.errno in (errno.EACCES, errno.EPERM):  # a file read or written, an input as much as an output
+            line = f"{at}permission denied; check its permissions (and its folder's) or choose another path"
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            line = f"{at}writing the output failed ({exc.strerror or exc}); free some space or write it elsewhere"
         else:
-            line = f"{name + ': ' if name else ''}writing the output failed ({exc.strerror or exc}); free some space or write it elsewhere"
+            line = f"{at}{exc.strerror or exc}; check the path, or write the output elsewhere"
         try:
             sys.stderr.write(f"fedguard: error: {line}\n")
             sys.stderr.flush()

@@ -102,6 +102,8 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     if output is None:
         raise InputError("give -o/--output, the file to write the crafted model to (.pt, .safetensors or .npz)")
     suffix = output.suffix.lower()
+    if output.is_dir():  # before the suffix: a folder named without one would be told to change its suffix
+        raise InputError(f"--output {output} is a directory; name a file inside it, e.g. {output / 'model.pt'}")
     if suffix not in SUFFIXES:
         raise InputError(f"--output {output} has suffix {output.suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
     with user_code_prints_to_stderr():  # importing --arch runs its module's code

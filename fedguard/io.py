@@ -85,6 +85,9 @@ def check_output_path(
         raise InputError(f"{option} {path} is not a regular file; name a file (without {option}, reports print on stdout)")
     parent = resolved.parent if path.is_symlink() else path.parent  # a link's target's folder; else as typed
     if not parent.is_dir():
+        above = next((p for p in (parent, *parent.parents) if p.exists() or p.is_symlink()), None)
+        if above is not None and not above.is_dir():  # mkdir -p would fail on it: a file where a folder should be
+            raise InputError(f"{option} {path}: {above} is a file, not a folder; choose another {option}")
         raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shlex.quote(str(parent))})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{option} folder {parent} is not writable; choose another {option} or fix the folder's permissions")

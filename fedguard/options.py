@@ -57,6 +57,8 @@ class NamedPath(click.Path):
                 utf8_path(value, "the file")
             except InputError as exc:
                 self.fail(str(exc), param, ctx)
+            if self.readable and os.path.exists(value) and not os.access(value, os.R_OK):  # click's says no fix
+                self.fail(f"{value} is not readable (permission denied); check its permissions", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -74,6 +76,8 @@ class OutputFile(NamedPath):
             self.fail(f"{value} ends with a slash, which names a folder; name a file inside it, e.g. {value}{self.example}",
                       param, ctx)
         path = super().convert(value, param, ctx)
+        if self.suffix is not None and path.is_dir():  # before the suffix: its fix would name a file beside the folder
+            self.fail(f"{value} is a directory; name a file inside it, e.g. {path / ('updates' + self.suffix)}", param, ctx)
         if self.suffix is not None and path.suffix.lower() != self.suffix:
             self.fail(f"{value}: this file is written as {self.suffix}; name it {path.with_suffix(self.suffix).name}", param, ctx)
         return path

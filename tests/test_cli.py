@@ -225,6 +225,40 @@ def test_output_ending_with_a_slash_names_a_folder(clean_model, workdir):
     assert "--output out is a directory; name a file inside it, e.g. out/report.sarif" in line
 
 
+def test_output_inside_a_file_or_named_as_a_folder_says_which(clean_model, workdir):
+    """``-o mine.txt/x.txt`` with ``mine.txt`` a file: not "create the folder", which mkdir -p cannot; a folder as
+    craft's or disaggregate's file is named as a folder before its suffix is judged."""
+    (workdir / "mine.txt").write_text("precious")
+    for args in (("inspect", clean_model), ("craft", "imprint", "--arch", "lenet")):
+        line = assert_input_error(invoke(*args, "-o", "mine.txt/x.pt" if args[0] == "craft" else "mine.txt/x.txt"))
+        assert "mine.txt is a file, not a folder; choose another --output" in line
+    assert (workdir / "mine.txt").read_text() == "precious"
+    (workdir / "d").mkdir()
+    line = assert_input_error(invoke("craft", "imprint", "--arch", "lenet", "-o", "d"))
+    assert "--output d is a directory; name a file inside it, e.g. d/model.pt" in line
+    line = assert_input_error(invoke("disaggregate", "--simulate", "--users", "5", "--rounds", "40", "--dim", "10",
+                                     "-o", "n.json", "--updates", "d"))  # fmt: skip
+    assert "d is a directory; name a file inside it, e.g. d/updates.npz" in line
+
+
+def test_an_os_error_past_the_checks_names_its_cause(monkeypatch, capsys):
+    """The last resort for an OSError: a permission problem is not a full disk."""
+    import errno
+
+    import fedguard.cli
+    from fedguard.__main__ import run
+
+    for code, expected in ((errno.EACCES, "d.npz: permission denied; check its permissions"),
+                           (errno.ENOSPC, "writing the output failed"), (errno.ENOTDIR, "check the path")):  # fmt: skip
+        def fail(code=code):
+            raise OSError(code, os.strerror(code), "d.npz")
+
+        monkeypatch.setattr(fedguard.cli, "main", fail)
+        with pytest.raises(SystemExit) as stop:
+            run()
+        assert stop.value.code == 2 and expected in capsys.readouterr().err
+
+
 def test_output_named_like_a_model_or_data_file_is_refused(clean_model, workdir):
     """A report in ``r.pt`` or ``r.npz`` would later be taken for a model or a data set; the updates are an .npz."""
     for name in ("r.pt", "r.npz", "r.safetensors", "r.png"):
