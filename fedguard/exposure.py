@@ -342,7 +342,8 @@ def exposure(
         t0 = time.perf_counter()
         try:
             result = disaggregate(sub.aggregates, sub.counts, window, noise_scale=sub.noise_scale or None,
-                                  time_limit=time_limit, workers=workers, seed=seed, deadline=deadline)
+                                  time_limit=time_limit, workers=workers, seed=seed, deadline=deadline,
+                                  prove_unique=False)  # each column is checked against the truth below
         except NotIdentifiable:
             point = ExposurePoint(t, False, 0.0, "failed", float("nan"), time.perf_counter() - t0)
         else:

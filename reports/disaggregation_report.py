@@ -83,9 +83,9 @@ def _text(doc: Mapping[str, Any]) -> str:
     users = doc["users"]
     lines = [
         f"fedguard disaggregate: {doc['rounds']} rounds x d={doc['dim']}, {plural(users, 'user')}, counts per {plural(doc['window'], 'round')}",
-        f"  recovered exactly: {doc['users_recovered']}/{users} users' updates"
+        f"  recovered exactly: {doc['users_recovered']}/{users} users' updates, {doc['users_exact']}/{users} columns"
         f" (approximate {doc['users_approximate']}, failed {doc['users_failed']}"
-        + (f"; {absent} never took part: exact column, no update in the sums" if (absent := doc["users_exact"] - doc["users_recovered"]) else "")
+        + (f"; {absent} never took part: exact column, no update in the sums" if (absent := doc["stages"]["zero"]) else "")
         + ")",
         f"  noise scale {doc['noise_scale']:.3g} ({'estimated' if doc['noise_estimated'] else 'given'}),"
         f" rank {doc['rank']}",
@@ -106,9 +106,15 @@ def _text(doc: Mapping[str, Any]) -> str:
     for note in doc["notes"]:
         lines.append(f"  note: {note}")
     exposed = doc["users_recovered"]  # not users_exact: one who never took part has an exact column but no update in the sums
+    known = doc["users_exact"] - doc["stages"]["zero"]
     if exposed:
         lines.append(
             f"  => secure aggregation did not hide {plural(exposed, 'user')}: their individual updates are recoverable"
+        )
+    elif known:
+        lines.append(
+            f"  => {plural(known, 'user')}' rounds recovered exactly, not their updates: the columns that are not exact "
+            "pull every least-squares estimate off"
         )
     else:
         lines.append("  => no user's individual update was recovered from these sums")

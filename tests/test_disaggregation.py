@@ -62,6 +62,16 @@ def test_noise_five_percent_mostly_exact():
     assert sc.update_error_median < 0.05
 
 
+def test_a_column_that_another_column_fits_as_well_is_not_exact():
+    """Rounds just above users: other 0/1 columns with a user's counts lie in the subspace (one swap away or not)."""
+    fed = simulate_federation(users=20, rounds=24, dim=40, window=12, seed=1)
+    result = _attack(fed)
+    sc = score(result, fed)
+    assert sc.claimed_exact_wrong == 0 and result.users_exact < sc.users  # 7 wrong columns had been called exact
+    assert result.users_recovered == 0  # the columns that are not exact pull every update off
+    assert any("another 0/1 column with their counts" in note for note in result.notes)
+
+
 def test_noise_degrades_gracefully_and_never_lies():
     shares = []
     for noise in (0.0, 0.3, 1.0, 3.0):
