@@ -658,6 +658,8 @@ def test_integer_and_bool_arrays_are_accepted(tmp_path):
         ("empty.pt", lambda p: torch.save({"w": torch.ones(0, 4)}, p), "zero-sized"),
         ("emptydict.pt", lambda p: torch.save({}, p), "empty"),
         ("complex.pt", lambda p: torch.save({"w": torch.ones(2, dtype=torch.complex64)}, p), "real-valued"),
+        ("int.pt", lambda p: torch.save({"fc.weight": torch.ones(2, 2).long()}, p), "int64; a layer's weights are floating"),
+        ("bool.pt", lambda p: torch.save({"fc.bias": torch.ones(2).bool()}, p), "bool; a layer's weights are floating"),
         ("obj.npz", lambda p: np.savez(p, w=np.array([1, "x"], dtype=object)), "pickle"),
         ("torch.npz", lambda p: torch.save({"w": torch.ones(2)}, p), "torch checkpoint"),
         ("st.pt", lambda p: _save_safetensors({"w": torch.ones(2)}, p), "safetensors"),
