@@ -100,11 +100,7 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
 
 def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> list:
     """Craft, inspect and report; returns the inspection reports."""
-    from fedguard.data import load_data
-    from fedguard.inspect import inspect_model, rules
-    from fedguard.io import check_output_path, is_fedguard_report, write_atomic
-    from fedguard.reports import render
-    from fedguard.reports.html import render_summary
+    from fedguard.io import is_fedguard_report
 
     if not str(output_dir).strip():
         raise InputError("--output-dir is empty; name a folder for the demo's models and reports, e.g. demo-output")
@@ -123,6 +119,7 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         if report_file.is_symlink() or report_file.exists() and not (earlier_demo and is_fedguard_report(report_file)):
             raise InputError(f"--output-dir {output_dir} holds {report_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
+    made = [f for f in (output_dir / "models", *(output_dir / "models").parents) if not f.exists()]  # deepest first
     try:
         (output_dir / "models").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -130,6 +127,25 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         if output_dir.is_dir():  # it exists: its models/ folder could not be made in it
             raise InputError(f"--output-dir {output_dir} takes no new files ({why}); choose another --output-dir or fix its permissions") from None
         raise InputError(f"cannot create --output-dir {output_dir} ({why}); choose another path") from None
+    try:
+        return _demo(output_dir, echo)
+    except BaseException:  # Ctrl-C or an error: the folders this run made are not left behind empty
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the models written so far), or gone
+                pass
+        raise
+
+
+def _demo(output_dir: Path, echo: Callable[[str], None]) -> list:
+    """The demo's work in ``output_dir``, whose ``models`` folder exists."""
+    from fedguard.data import load_data
+    from fedguard.inspect import inspect_model, rules
+    from fedguard.io import check_output_path, write_atomic
+    from fedguard.reports import render
+    from fedguard.reports.html import render_summary
+
     for folder in (output_dir, output_dir / "models"):  # writable folders; the demo replaces its own files
         check_output_path(folder / "summary.html", option="--output-dir", force=True)
     start = time.perf_counter()

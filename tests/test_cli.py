@@ -755,6 +755,20 @@ def test_demo_names_a_folder_it_cannot_write_into(workdir, monkeypatch):
     assert "locked takes no new files (Operation not permitted)" in line and "fix its permissions" in line
 
 
+def test_an_interrupted_demo_leaves_no_empty_folders_it_made(workdir, monkeypatch):
+    import fedguard.demo
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedguard.demo, "_write_models", interrupted)
+    for folder in ("fresh/nested", "kept"):
+        (workdir / "kept").mkdir(exist_ok=True)
+        with pytest.raises(KeyboardInterrupt):
+            fedguard.demo.run_demo(folder, echo=lambda line: None)
+    assert not (workdir / "fresh").exists() and (workdir / "kept").is_dir() and not (workdir / "kept" / "models").exists()
+
+
 def test_demo_leaves_a_page_it_did_not_write(workdir):
     """The demo replaces its own summary.html on a rerun, never one of yours (refused before any work)."""
     (workdir / "out").mkdir()
