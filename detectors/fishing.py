@@ -9,15 +9,18 @@ the batch splits on that feature and one sample ends up alone.
 
 Thresholds, from the benign zoo (tests/zoo.py) and a held-out benign set
 (log-prior heads, structured-pruned heads, 100-class heads trained on 10
-classes; see docs/detectors.md): a muted row is one whose norm is below 5 %
+classes; see docs/detectors.md): a muted row is one whose norm is below 25 %
 of the layer's largest row (fishing shrinks or zeroes rows, it need not zero
-them exactly), and honest muted rows carry biases of at most 0.57, so a
-muted row with ``|bias| ≥ 5`` is class fishing. What isolates the target is
+them: rows at 6 % with biases of 20 still isolated the target class's
+samples 18×, and a 5 % cut had passed them), and honest rows that weak
+carry biases of at most 0.77 (0.57 below 5 %), so a muted row with
+``|bias| ≥ 5`` is class fishing. What isolates the target is
 the gap between the muted classes' constant logits and the target's: a
 crafter can keep the biases small (non-target biases 2-4, or 0 with a target
 bias of -20) and still mute every other class. Over the 19 layers with muted
-rows in the benign zoo and the held-out set, the muted rows' lowest bias
-never exceeds the weighted rows' highest (largest gap -0.003), so muted rows
+rows in the benign zoo and the held-out set (and 103 further honest models,
+at the 25 % cut), the muted rows' lowest bias never exceeds the weighted
+rows' highest (largest gap -0.003), so muted rows
 whose biases all stand ``≥ 2`` above every weighted row's are class fishing
 too. A head whose rows are *all* zero isolates nothing and is skipped.
 Honest dense rows never have one weight more than 20× the RMS of the rest;
@@ -34,7 +37,7 @@ from fedguard.modelview import LINEAR
 from fedguard.types import Confidence, Rule, Severity
 
 #: A row is muted when its L2 norm is below this share of the layer's largest row norm.
-MUTED = 0.05
+MUTED = 0.25
 HUGE_BIAS = 5.0
 #: Gap between the muted rows' biases and the highest bias of a weighted row beyond which the muted classes swamp it.
 BIAS_MARGIN = 2.0

@@ -260,13 +260,15 @@ def test_fused_attention_projections_are_scanned():
     assert found["FG101"].layer == "self_attn.in_proj"
 
 
-def test_class_fishing_with_shrunk_rows_and_moderate_biases():
+@pytest.mark.parametrize("scale, bias", [(1e-2, 8.0), (0.06, 20.0), (0.2, 20.0)])
+def test_class_fishing_with_shrunk_rows_and_moderate_biases(scale, bias):
+    """Rows shrunk to 6 % with biases of 20 (past the old 5 % cut) still isolate the target class 18x."""
     torch.manual_seed(0)
     head = torch.nn.Linear(84, 10)
     sd = {k: v.clone() for k, v in head.state_dict().items()}
     keep = torch.arange(10) != 3
-    sd["weight"][keep] *= 1e-2
-    sd["bias"][keep] = 8.0
+    sd["weight"][keep] *= scale
+    sd["bias"][keep] = bias
     assert "FG201" in _rules_of(sd)
     assert judge(static_findings(sd)) is Verdict.MALICIOUS
 
