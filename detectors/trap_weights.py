@@ -18,6 +18,15 @@ spread ≤ 25 % of the median is reported. Honest layers never have all rows
 below 1 (held-out set: at most 94.5 %, a first layer trained with Adam at
 1e-2, whose ratios span 0.007–1.49).
 
+Trap rows can also sit among honest ones (every other row of the crafted
+layer replaced by its honest initialisation: 13 of 128 rows then fired for
+exactly one of 32 examples, and the layer had passed as clean). So a group
+of at least ``PART_ROWS`` rows, and ``PART_SHARE`` of the layer's, sharing
+one ratio below 1 to within 0.2 % is reported too. Over the zoo, the
+held-out set and 103 further honest models, the largest such group is 4.7 %
+of a layer's rows (24 of 512 in an fp16 VGG-11 at init; 108 of 4,096 in a
+784-4096-4096 MLP).
+
 Rows that balance exactly (ratio 1 to within :data:`BALANCED`) are not
 traps: a unit whose positive and negative weights cancel is as often active
 as not. Zero-mean rows are what Weight Standardization (Qiao et al., 2019)
@@ -32,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL
+from fedguard.detectors.rows import REL_TOL, largest_equal_group
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 8
@@ -45,6 +54,9 @@ BAND_WIDTH = 0.25
 MIRROR_SAMPLE = 64
 #: A shared ratio this close to 1 is balance (zero-mean rows), not a trap.
 BALANCED = 0.005
+#: Trap rows among honest ones: at least this many rows, and this share of the layer's, sharing one ratio below 1.
+PART_ROWS = 16
+PART_SHARE = 0.1
 
 
 @register_detector("trap_weights")
@@ -75,17 +87,25 @@ class TrapWeights(Detector):
             centre = float(ratio.median())
             spread = float((ratio - centre).abs().max()) / centre
             sample = layer.rows(both.nonzero()[:MIRROR_SAMPLE, 0])
-            if abs(centre - 1) <= BALANCED:  # zero-mean rows (Weight Standardization): balanced, not silent
-                continue
-            if (spread > REL_TOL or not 0 < centre < 1) and not _mirrored(sample) and not _banded(ratio):
-                continue
+            balanced = abs(centre - 1) <= BALANCED  # zero-mean rows (Weight Standardization): balanced, not silent
+            whole = not balanced and ((spread <= REL_TOL and 0 < centre < 1) or _mirrored(sample) or _banded(ratio))
+            rows = both.nonzero()[:, 0]
+            if not whole:  # trap rows among honest ones: a group sharing one ratio below 1
+                below = (ratio < 1 - BALANCED).nonzero()[:, 0]
+                group = below[largest_equal_group(ratio[below], rel=REL_TOL)]
+                if group.numel() < max(PART_ROWS, PART_SHARE * ratio.numel()):
+                    continue
+                rows, centre = rows[group], float(ratio[group].median())
+                spread = float((ratio[group] - centre).abs().max()) / centre
+                sample = layer.rows(rows[:MIRROR_SAMPLE])
             signs = (sample < 0).float().mean(dim=1)
+            who = f"All {int(both.sum())}" if whole else f"{rows.numel()} of the {int(both.sum())}"
             yield self.finding(
                 "FG401", "Trap weights", Severity.HIGH, Confidence.HIGH, layer.name,
-                f"All {int(both.sum())} units of {layer.name} have positive weights summing to exactly "
+                f"{who} units of {layer.name} have positive weights summing to exactly "
                 f"{centre:.4g}× their negative weights (spread {spread:.1e}): most units stay silent and one "
                 "that fires for a single sample leaks it exactly. Do not train on this model.",
-                rows=int(both.sum()), ratio=rounded(centre), relative_spread=rounded(spread, 2),
+                rows=rows.numel(), units=int(both.sum()), ratio=rounded(centre), relative_spread=rounded(spread, 2),
                 negative_share=rounded(float(signs.mean())),
             )
 

@@ -287,6 +287,17 @@ def test_trap_weights_with_a_different_factor_per_row():
     assert "FG401" in _rules_of(sd)
 
 
+def test_trap_rows_among_honest_rows_are_caught():
+    """Every other row of a crafted trap layer back at its honest init: the trap half still leaks single samples."""
+    entry = next(e for e in crafted_entries() if e.kind == "trap_weights" and e.state_dict[next(iter(e.state_dict))].ndim == 2)
+    sd = {k: v.clone() for k, v in entry.state_dict.items()}
+    name = next(k for k in sd if k.endswith("weight"))
+    honest = torch.nn.Linear(sd[name].shape[1], sd[name].shape[0])
+    sd[name][::2] = honest.weight.detach()[::2]
+    found = _rules_of(sd)["FG401"]
+    assert found.evidence["rows"] == sd[name].shape[0] // 2 and found.message.startswith(f"{sd[name].shape[0] // 2} of the")
+
+
 def test_identity_init_alone_is_suspicious_not_malicious():
     layer = torch.nn.Linear(128, 128)
     torch.nn.init.eye_(layer.weight)
