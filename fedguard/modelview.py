@@ -9,6 +9,7 @@ known (``--arch``), in which case the module's own layer types win.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Iterator, Mapping
@@ -246,10 +247,20 @@ def _weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     return v * g / norms.clamp_min(torch.finfo(v.dtype).tiny)
 
 
+#: A recurrent layer's input weights (``weight_ih_l0``, ``bias_ih_l1_reverse``): rows that read the data as a linear
+#: layer's do, and where an imprint's identical rows had passed unscored. The recurrent ``hh`` weights stay unscored
+#: (an IRNN's identity ``weight_hh`` is honest).
+_RNN_INPUT = re.compile(r"(weight|bias)_(ih_l\d+(?:_reverse)?)")
+
+
 def _split(name: str) -> tuple[str, str]:
     """``a.b.weight`` -> (``a.b``, ``weight``); fused projections such as
-    ``attn.in_proj_weight`` / ``in_proj_bias`` become their own layer ``attn.in_proj``."""
+    ``attn.in_proj_weight`` / ``in_proj_bias`` become their own layer ``attn.in_proj``, and a recurrent layer's
+    ``rnn.weight_ih_l0`` / ``bias_ih_l0`` the layer ``rnn.ih_l0``."""
     prefix, _, leaf = name.rpartition(".")
+    rnn = _RNN_INPUT.fullmatch(leaf)
+    if rnn:
+        return (f"{prefix}.{rnn.group(2)}" if prefix else rnn.group(2)), rnn.group(1)
     for kind in ("weight", "bias"):
         stem = leaf[: -len(kind) - 1]
         if leaf.endswith(f"_{kind}") and stem:

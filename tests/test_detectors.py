@@ -260,6 +260,17 @@ def test_fused_attention_projections_are_scanned():
     assert found["FG101"].layer == "self_attn.in_proj"
 
 
+def test_a_recurrent_layers_input_weights_are_scanned():
+    torch.manual_seed(0)
+    for rnn in (torch.nn.GRU(64, 32, bidirectional=True), torch.nn.LSTM(64, 32, num_layers=2)):
+        assert judge(static_findings(rnn.state_dict())) is Verdict.CLEAN
+    sd = {k: v.clone() for k, v in torch.nn.GRU(64, 32).state_dict().items()}
+    sd["weight_ih_l0"][:] = torch.rand(64)  # an imprint's identical rows, with a ladder of biases
+    sd["bias_ih_l0"][:] = torch.linspace(-1, 1, 96)
+    found = _rules_of(sd)
+    assert found["FG301"].layer == "ih_l0" and judge(list(found.values())) is Verdict.MALICIOUS
+
+
 @pytest.mark.parametrize("scale, bias", [(1e-2, 8.0), (0.06, 20.0), (0.2, 20.0)])
 def test_class_fishing_with_shrunk_rows_and_moderate_biases(scale, bias):
     """Rows shrunk to 6 % with biases of 20 (past the old 5 % cut) still isolate the target class 18x."""
