@@ -364,6 +364,8 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
             f"counts has {C.shape[1]} windows but {T} rounds / window {w} = {T // w}; "
             f"counts must have one column per window of {w} rounds"
         )
+    if not C.any() and G.any():  # nobody took part, yet the sums hold something: the counts are not these rounds'
+        raise InputError("counts are 0 for every user, yet the aggregates are not zero; pass the counts of these rounds")
     sigma: float | None = None
     if noise_scale is not None:
         s_arr = np.asarray(noise_scale)

@@ -461,6 +461,7 @@ def test_users_who_never_took_part_are_not_counted_as_recovered(good):
         (lambda g: disaggregate(g["aggregates"], g["counts"], 10, time_limit="a"), "time limit must be"),
         (lambda g: disaggregate(g["aggregates"], g["counts"], 10, workers=0), "workers must be a whole number >= 1"),
         (lambda g: disaggregate(g["aggregates"], g["counts"], 10, progress="x"), "pass a callable"),
+        (lambda g: disaggregate(g["aggregates"], 0 * g["counts"], 10), "counts are 0 for every user, yet the aggregates"),
     ],
 )
 def test_api_bad_arguments_are_input_errors(good, call, message):
