@@ -835,16 +835,6 @@ def _milp_setup(geo: _Geometry) -> dict[str, Any]:
     return {"NT": np.ascontiguousarray(Q[:, n:].T), "W": W, "T": T}
 
 
-def _feasible_column(NT: np.ndarray, W: Any, counts: np.ndarray, row_tol: float, cuts: list[np.ndarray], seconds: float):
-    """``milp``'s answer to the paper's program: ``x`` binary, ``|N^T x| <= row_tol`` row by row, window sums equal
-    to ``counts``, and a no-good cut (differ in at least one round) for every column in ``cuts``."""
-    cons = [LinearConstraint(NT, -row_tol, row_tol), LinearConstraint(W, counts, counts)]
-    for x in cuts:
-        cons.append(LinearConstraint(np.where(x > 0.5, -1.0, 1.0)[None, :], 1.0 - float((x > 0.5).sum()), np.inf))
-    return milp(np.zeros(NT.shape[1]), constraints=cons, integrality=np.ones(NT.shape[1]), bounds=Bounds(0.0, 1.0),
-                options={"time_limit": float(seconds), "disp": False})
-
-
 def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float, str]]:
     """Solve one user, or users with identical counts in turn (kept on distinct columns).
 
@@ -856,7 +846,7 @@ def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float,
     ``(user, column or None, residual, seconds, outcome)`` per user.
     """
     users, counts, excluded, row_tols, taus, time_limit, deadline = task
-    NT, W = _MILP_STATE["NT"], _MILP_STATE["W"]
+    NT, W, T = _MILP_STATE["NT"], _MILP_STATE["W"], _MILP_STATE["T"]
     out = []
     excluded = [np.asarray(x) for x in excluded]
     for u, row_tol, tau in zip(users, row_tols, taus):
@@ -870,7 +860,11 @@ def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float,
             left = min(time_limit - (now - t0), math.inf if deadline is None else deadline - now)
             if left <= 0.05:
                 break
-            res = _feasible_column(NT, W, counts, row_tol, cuts, left)
+            cons = [LinearConstraint(NT, -row_tol, row_tol), LinearConstraint(W, counts, counts)]
+            for x in cuts:  # no-good cut: differ from x in at least one round
+                cons.append(LinearConstraint(np.where(x > 0.5, -1.0, 1.0)[None, :], 1.0 - float((x > 0.5).sum()), np.inf))
+            res = milp(np.zeros(T), constraints=cons, integrality=np.ones(T), bounds=Bounds(0.0, 1.0),
+                       options={"time_limit": float(left), "disp": False})
             if res.x is None:
                 outcome = "infeasible" if res.status == 2 else "time limit"
                 break
@@ -903,7 +897,8 @@ def _stage_milp(
     users, predicted, threshold = users[~hopeless], predicted[~hopeless], threshold[~hopeless]
     if users.size == 0:
         return
-    row_tol = _row_tolerance(geo, predicted)
+    row_floor = 1e-7 * math.sqrt(geo.T)
+    row_tol = np.maximum(row_floor, _ROW_FACTOR * predicted / math.sqrt(max(geo.T - geo.n, 1)))
     tau = np.maximum(threshold, geo.tol_abs)
     groups: dict[bytes, list[int]] = {}
     for j, u in enumerate(users):
@@ -937,11 +932,6 @@ def _stage_milp(
     if timed_out:
         limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")
         notes.append(f"{timed_out} integer program(s) hit {limit}")
-
-
-def _row_tolerance(geo: _Geometry, predicted: np.ndarray) -> np.ndarray:
-    """The integer programs' bound on each null-space coordinate of a column, from its predicted noise residual."""
-    return np.maximum(1e-7 * math.sqrt(geo.T), _ROW_FACTOR * predicted / math.sqrt(max(geo.T - geo.n, 1)))
 
 
 def _only_column(geo: _Geometry, x: np.ndarray) -> bool:

@@ -26,9 +26,9 @@ from typing import Mapping
 import torch
 
 from fedguard.detectors.base import NEEDS_MODULE, NEEDS_REFERENCE, Detector, InspectContext, register_detector, rounded
-from fedguard.rowstats import finite
 from fedguard.loading import is_running_stat
 from fedguard.modelview import effective_tensors
+from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
 
 REPLACED_COSINE = 0.2

@@ -32,8 +32,8 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.rowstats import finite
 from fedguard.modelview import LINEAR
+from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
 
 #: A row is muted when its L2 norm is below this share of the layer's largest row norm.
