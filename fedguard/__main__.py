@@ -50,6 +50,8 @@ def run() -> None:
         except OSError:
             pass
         sys.exit(2)
+    finally:  # the command has said how it ended: a Ctrl-C during the exit would end the process by the signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # (exit 130, no word said, after a complete report)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import shlex
+import signal
 import stat
 import struct
 import subprocess
@@ -254,8 +255,12 @@ def test_an_os_error_past_the_checks_names_its_cause(monkeypatch, capsys):
             raise OSError(code, os.strerror(code), "d.npz")
 
         monkeypatch.setattr(fedguard.cli, "main", fail)
-        with pytest.raises(SystemExit) as stop:
-            run()
+        try:
+            with pytest.raises(SystemExit) as stop:
+                run()
+        finally:  # run() leaves Ctrl-C ignored for the process's exit
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         assert stop.value.code == 2 and expected in capsys.readouterr().err
 
 
