@@ -1168,7 +1168,8 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
             raise InputError(f"{name} has no option {key!r}; its options: {', '.join(valid) or 'none'}")
         hint = hints.get(key, Any)
         if not _fits(value, hint):
-            raise InputError(f"{name} option {key}={value!r} is not {_type_name(hint)}")
+            raise InputError(f"{name} option {key}={value!r} is not {_type_name(hint)}; its default: "
+                             f"{key}={valid[key]!r}")
         if not is_number(value):
             continue
         if isinstance(value, int) and abs(value) > 2**53:  # past float's exact integers (1e400 overflows math.isfinite)
@@ -1182,7 +1183,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
         ]
         for ok, need in bounds:
             if not ok:
-                raise InputError(f"{name} option {key}={value!r} must be {need}")
+                raise InputError(f"{name} option {key}={value!r} must be {need}; its default: {key}={valid[key]!r}")
 
 
 def _parametrised(model: nn.Module) -> str | None:
