@@ -77,7 +77,7 @@ class OutputFile(NamedPath):
                       param, ctx)
         path = super().convert(value, param, ctx)
         if self.suffix is not None and path.is_dir():  # before the suffix: its fix would name a file beside the folder
-            self.fail(f"{value} is a directory; name a file inside it, e.g. {path / ('updates' + self.suffix)}", param, ctx)
+            self.fail(f"{value} is a directory; name a file inside it, e.g. {path / self.example}", param, ctx)
         if self.suffix is not None and path.suffix.lower() != self.suffix:
             self.fail(f"{value}: this file is written as {self.suffix}; name it {path.with_suffix(self.suffix).name}", param, ctx)
         return path
