@@ -994,9 +994,12 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
     seconds = min(time_limit, _RIVAL_SECONDS)
     unproven: set[int] = set()
     checked = set(users.tolist())
+    exact_by_counts: dict[bytes, list[int]] = {}  # fixed during the loop: demotions come after it
+    for v in np.flatnonzero(book.exact):
+        exact_by_counts.setdefault(book.group_of[v], []).append(int(v))
     for u, tol in zip(users, tols):
         t0 = time.perf_counter()
-        same = [v for v in range(book.X.shape[1]) if book.group_of[v] == book.group_of[u] and book.exact[v]]
+        same = exact_by_counts[book.group_of[u]]
         proven = len(same) == 1 and _only_column(geo, book.X[:, u])
         cuts = [book.X[:, v] for v in same]
         for _ in range(0 if proven else _MILP_TRIES):  # a rival the noise does not explain is cut, and the search goes on

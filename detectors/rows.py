@@ -28,7 +28,11 @@ SKETCH_MARGIN = 0.25
 
 def live_rows(layer: Layer, rel: float = 1e-6) -> torch.Tensor:
     """Mask of rows that are not (numerically) all zero, relative to the layer's largest entry."""
-    peak = layer.stats.peak
+    return _live(layer.stats.peak, rel)
+
+
+def _live(peak: torch.Tensor, rel: float = 1e-6) -> torch.Tensor:
+    """Mask of the rows whose largest |entry| ``peak`` is above ``rel`` times the largest of all."""
     top = float(peak.max()) if peak.numel() else 0.0
     return peak > rel * top if top > 0 else torch.zeros_like(peak, dtype=torch.bool)
 
@@ -42,9 +46,7 @@ def pruned_beside(rows: torch.Tensor, members: torch.Tensor, min_density: float 
     dense units, or fill the whole layer (nothing beside them: False).
     ``rows`` is the layer's weight as (units, fan_in) rows.
     """
-    peak = rows.abs().amax(dim=1)
-    top = float(peak.max()) if peak.numel() else 0.0
-    others = peak > 1e-6 * top if top > 0 else torch.zeros_like(peak, dtype=torch.bool)
+    others = _live(rows.abs().amax(dim=1))
     others[members] = False
     if not bool(others.any()):
         return False

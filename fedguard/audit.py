@@ -301,7 +301,8 @@ AGREEMENT_COSINE = 0.99
 #: size (8x), a gradient times a learning rate 0.01x, both of which had passed with cosine 1.0 and no note.
 AGREEMENT_SCALE = 1.1
 #: Share of an image attack's iterations below which a stop by the time budget, or a --max-iterations under that
-#: share of the attack's own, leaves its figures meaningless: the audit notes it and the verdict is at least warn. The default audit (LeNet, digits, batch 8, 20 s) reaches 21 %
+#: share of the attack's own, leaves its figures meaningless: the audit notes it and the verdict is at least warn.
+#: The default audit (LeNet, digits, batch 8, 20 s) reaches 21 %
 #: of DLG's 300 and 66 % of Inverting Gradients' 2000 iterations; DLG's random starts are only weeded out at steps
 #: 10 and 25, and its successes on LeNet come between steps 30 and 150.
 CUT_SHORT = 0.1
