@@ -1226,6 +1226,19 @@ def test_metrics_refuse_images_of_different_shapes_and_read_levels_by_name():
     assert [str(verdict_for(level, "high")) for level in ("none", "low", "medium", "high")] == ["pass", "pass", "warn", "block"]
 
 
+def test_matching_credits_an_exact_reconstruction_that_least_total_mse_would_pair_elsewhere():
+    """True images 0.5 and 0.0; rebuilt: an exact 0.5 and a near one, 0.55. Least total MSE pairs the exact copy with
+    0.0 (0.25 + 0.0025 < 0 + 0.3025); the pairing of most total PSNR keeps it on its own example."""
+    from fedguard.metrics import PSNR_CAP, match, score
+    from fedguard.types import Reconstruction
+
+    true = torch.tensor([0.5, 0.0]).reshape(2, 1, 1, 1).expand(2, 1, 4, 4).clone()
+    rebuilt = torch.tensor([0.55, 0.5]).reshape(2, 1, 1, 1).expand(2, 1, 4, 4).clone()
+    assert sorted(match(true, rebuilt)) == [(0, 1), (1, 0)]
+    outcome = score(Reconstruction(attack="dlg", images=rebuilt), true, torch.tensor([0, 1]), 2, title="DLG", reference="-", kind="images")
+    assert outcome.psnr_max == PSNR_CAP
+
+
 # --------------------------------------------------------------------------- outputs
 
 
