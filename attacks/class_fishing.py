@@ -75,8 +75,9 @@ def invert_isolated(
         view, tensors=below, protocol="fedsgd", batch_size=count, local_steps=None, local_lr=None,
         local_batch_size=None, labels=labels, label_counts=None, label_source="the fished class", next_round=None,
     )  # fmt: skip
-    if FCInversion().applies(isolated) is None:
-        return FCInversion().run(isolated, budget), "fc_inversion"
+    if FCInversion().applies(isolated) is None:  # its "protocol" would be the isolated view's, not the client's
+        rec = FCInversion().run(isolated, budget)
+        return dataclasses.replace(rec, details={k: v for k, v in rec.details.items() if k != "protocol"}), "fc_inversion"
     if through == "gradients":
         return InvertingGradients().run(isolated, budget), "inverting_gradients"
     row = int(labels[0])

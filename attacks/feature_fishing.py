@@ -24,8 +24,9 @@ fedguard's emulator, playing the server with its public data:
   the public data (about ``4 σ_f / B``); an untrained LeNet's features spread
   by ~0.03, where 300 would blur the windows' counts;
 * **rounds** -- boundaries below and above every public value first, then the
-  window holding the fewest examples but at least two is split at the
-  public data's median inside it (its midpoint when none lies there), at
+  window holding the fewest examples but at least two is split between two
+  of the public data's values inside it, about its median, never within the
+  softmax's transition of a public value (:meth:`FishingPlan.split`), at
   most ``max_rounds`` rounds. A window whose count is within
   :data:`COUNT_TOLERANCE` of one is one example. Without one, the smallest
   window is inverted as a batch of its examples.
@@ -58,6 +59,8 @@ __all__ = ["FeatureFishing", "FishingPlan", "fishing_plan", "COUNT_TOLERANCE"]
 
 #: A window whose example count (read off the target bias) is this close to 1 holds one example.
 COUNT_TOLERANCE = 0.2
+#: Half the width, in logits, of the softmax's transition at a boundary (see :attr:`FishingPlan.margin`).
+TRANSITION_LOGITS = 5.0
 #: Public examples the feature statistics are measured on.
 MAX_PUBLIC = 256
 #: The paper's boundary steepness (``feat_multiplier``), and how far the emulator raises it per example per σ_f.
@@ -87,10 +90,40 @@ class FishingPlan:
         return {"target": self.target, "feature": self.feature, "feature_val": float(boundary),
                 "calibrate": True, "feat_multiplier": self.multiplier}  # fmt: skip
 
-    def split(self, low: float, high: float) -> float:
-        """Where to split the window ``[low, high)``: the public data's median inside it, else its midpoint."""
+    def holds_tie(self, low: float, high: float) -> bool:
+        """Whether ``[low, high)`` holds a value several public examples share: a ReLU's 0, where ``f`` sends no
+        gradient below the head (``∇f = 0``), so an example fished there cannot be inverted."""
+        inside = self.public[(self.public >= low) & (self.public < high)]
+        return len(torch.unique(inside)) < len(inside)
+
+    @property
+    def margin(self) -> float:
+        """Half the width of the softmax's transition in ``f``: an example closer to a boundary counts only partly."""
+        return TRANSITION_LOGITS / self.multiplier
+
+    def split(self, low: float, high: float) -> float | None:
+        """Where to split the window ``[low, high)``, or None where it cannot be split.
+
+        Halfway between two neighbouring distinct public values inside the window, the pair that halves its public
+        values most evenly (with one value inside, the middle of its wider side; with none, the window's middle), at
+        least :attr:`margin` from every public value and from the window's ends. Many examples can share one value (a ReLU's 0): a boundary on or near
+        them counts each partly -- two such parts had read as one example, and the window was inverted to
+        nothing -- and a window that holds only them cannot be split (bisecting towards them had spent the rounds).
+        """
         inside = self.public[(self.public > low) & (self.public < high)]
-        return float(inside.median()) if len(inside) else 0.5 * (low + high)
+        values = torch.unique(inside)
+        if len(values) >= 2:
+            cuts = 0.5 * (values[1:] + values[:-1])
+            ok = (values[1:] - values[:-1] > 2 * self.margin) & (cuts - low > self.margin) & (high - cuts > self.margin)
+            if not ok.any():
+                return None
+            below = torch.searchsorted(inside.sort().values, cuts[ok])
+            return float(cuts[ok][torch.argmin((2 * below - len(inside)).abs())])
+        if len(inside) > len(values):  # one value that several public examples share: where the window's examples are
+            return None
+        ends = [low, *values.tolist(), high]  # around a single public value, the middle of the wider side
+        left, right = max(zip(ends, ends[1:]), key=lambda pair: pair[1] - pair[0])
+        return 0.5 * (left + right) if right - left > 2 * self.margin else None
 
 
 def fishing_plan(view: ServerView) -> FishingPlan | None:
@@ -191,19 +224,23 @@ class FeatureFishing(Attack):
         while True:
             bounds = sorted(grads)
             windows = [(count(a, b), a, b) for a, b in zip(bounds, bounds[1:])]
-            split = [(n, a, b) for n, a, b in windows if n >= 1 + COUNT_TOLERANCE and b - a > 10.0 / plan.multiplier]
-            single = [(abs(n - 1), a, b) for n, a, b in windows if abs(n - 1) <= COUNT_TOLERANCE]
+            split = [(n, cut) for n, a, b in windows if n >= 1 + COUNT_TOLERANCE and (cut := plan.split(a, b)) is not None]
+            single = [(abs(n - 1), a, b) for n, a, b in windows if abs(n - 1) <= COUNT_TOLERANCE and not plan.holds_tie(a, b)]
             if single:
-                window = min(single)[1:]
+                window, ended = min(single)[1:], "isolated"
                 break
-            half_spent = budget.seconds is not None and budget.elapsed() >= budget.seconds / 2
-            if not split or len(grads) >= self.max_rounds or budget.interrupted() or half_spent:
-                held = [(n, a, b) for n, a, b in windows if n >= 1 - COUNT_TOLERANCE]
+            ended = (
+                "interrupted" if budget.interrupted()
+                else "time_budget" if budget.seconds is not None and budget.elapsed() >= budget.seconds / 2
+                else "max_rounds" if len(grads) >= self.max_rounds
+                else None if split else "unsplittable"
+            )  # fmt: skip
+            if ended is not None:
+                held = [(plan.holds_tie(a, b), n, a, b) for n, a, b in windows if n >= 1 - COUNT_TOLERANCE]
                 if held:
-                    window = min(held)[1:]
+                    window = min(held)[2:]
                 break
-            _, a, b = min(split)
-            ask(plan.split(a, b))
+            ask(min(split)[1])
         low, high = window
         fished = max(1, round(count(low, high)))
         # the window's examples, as the "high" round's model sees a batch of them: their gradient alone
@@ -212,8 +249,11 @@ class FeatureFishing(Attack):
         rec, inversion = invert_isolated(view, head, isolated, labels, budget, through="features")
         details = {
             "target_class": plan.target, "feature": plan.feature, "multiplier": round(plan.multiplier, 1),
-            "rounds": len(grads), "window": [round(low, 6), round(high, 6)], "examples_fished": fished,
-            "inversion": inversion, **rec.details,
+            "rounds": len(grads), "rounds_ended": ended, "window": [round(low, 6), round(high, 6)],
+            "examples_fished": fished, "inversion": inversion, **rec.details,
         }  # fmt: skip
+        if ended == "time_budget":
+            details["cut_short"] = (f"its rounds were stopped at half the time budget after {len(grads)} of at most "
+                                    f"{self.max_rounds}, before one example was isolated (it inverted {fished} together)")  # fmt: skip
         # the window's examples may be of any class: the difference of two rounds does not tell
         return dataclasses.replace(rec, attack=self.name, labels=None, seconds=time.perf_counter() - start, details=details)

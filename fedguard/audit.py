@@ -788,6 +788,13 @@ def audit(
                 fitted = f" (its schedule shortened to {planned} to fit the budget)" if planned != total else ""
                 notes.append(f"{name} was stopped by the time budget after {rec.iterations} of {total} iterations{fitted}: "
                              "what it rebuilt understates what a server with more time would; raise --time-budget")  # fmt: skip
+            if rec.details.get("cut_short"):  # the attack's own unit (rounds) was cut by the budget
+                notes.append(f"{name}: {rec.details['cut_short']}: what it rebuilt understates what a server with more "
+                             "time would; raise --time-budget")  # fmt: skip
+            if cls.emulates is not None and rec.details.get("why_nothing"):
+                notes.append(f"{name} rebuilt nothing ({rec.details['why_nothing']}): the emulated server's crafted "
+                             "model did not isolate the batch's examples here, which says nothing of what a server "
+                             "that chose its rounds or parameters otherwise would rebuild")  # fmt: skip
             if cls.kind == "images" and cls.default_iterations and total < CUT_SHORT * cls.default_iterations:
                 notes.append(f"{name} ran at most {total} iterations (--max-iterations; the attack's own is "
                              f"{cls.default_iterations}): what it rebuilt understates what a server running it longer "
