@@ -116,6 +116,11 @@ def _text(doc: Mapping[str, Any]) -> str:
             f"  => {plural(known, 'user')}' rounds recovered exactly, not their updates: the columns that are not exact "
             "pull every least-squares estimate off"
         )
+    elif approximate := doc["users_approximate"]:
+        lines.append(
+            f"  => no user's update was recovered exactly; {plural(approximate, 'user')}' rounds were estimated "
+            "approximately" + (", and the updates written are estimates from them" if doc["updates_file"] else "")
+        )
     else:
         lines.append("  => no user's individual update was recovered from these sums")
     return "\n".join(lines) + "\n"
