@@ -1,8 +1,8 @@
 """The benign measurements behind the detectors' thresholds.
 
 For every weight layer of every benign model in ``tests/zoo.py`` this prints
-the largest value each static statistic reaches, next to the threshold the
-detector uses; and, for benign models with a known architecture, the largest
+the largest value each static statistic reaches over the rows its rule scores,
+next to the threshold the detector uses; and, for benign models with a known architecture, the largest
 D-SNR and transmit-SNR on a batch of digits. ``docs/detectors.md`` quotes
 these figures. Run from the repository root:
 
@@ -19,42 +19,55 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedguard.detectors import fishing, gradient_snr, magnitude, passthrough, trap_weights  # noqa: E402
-from fedguard.detectors.rows import duplicate_row_groups, live_rows  # noqa: E402
+from fedguard.detectors import fishing, gradient_snr, imprint, magnitude, passthrough, trap_weights  # noqa: E402
+from fedguard.detectors.rows import live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
 
 
 def layer_figures(layer) -> dict[str, float]:
+    """Each statistic over what its rule scores: dense rows (at least half non-zero; a pruned row's one survivor
+    is an outlier of nothing), trap ratios below 1 and not balanced (Weight Standardization's zero-mean rows), z
+    also without N(0, 1) fills (an embedding, which FG502 leaves out), duplicate groups with distinct
+    biases (an imprint's bins; a zero-initialised head's untrained rows are equal, biases too)."""
     s = layer.stats
     peak = float(s.peak.max())
     bias = layer.bias
+    density = (layer.rows(torch.arange(s.rows)) != 0).float().mean(dim=1)
+    dense = density >= 0.5
     both = (s.positive > 0) & (s.negative > 0)
     ratio = s.positive[both] / s.negative[both]
-    spread = float((ratio - ratio.median()).abs().max() / ratio.median()) if ratio.numel() >= 4 else math.inf
-    live = live_rows(layer).nonzero()[:, 0][:512]
+    spread = math.inf
+    if ratio.numel() >= 4 and float(ratio.median()) < 1 - trap_weights.BALANCED:  # rows that take more than they give
+        spread = float((ratio - ratio.median()).abs().max() / ratio.median())
+    live = (live_rows(layer) & dense).nonzero()[:, 0][:512]
     cos = 0.0
     if layer.fan_in >= 16 and live.numel() >= 2:
         unit = torch.nn.functional.normalize(layer.rows(live), dim=1)
         gram = (unit @ unit.T).abs().fill_diagonal_(0)
         cos = float(gram.max())
+    z = peak * math.sqrt(layer.fan_in)
+    groups = imprint._groups(layer) if layer.fan_in >= 16 else []
+    distinct = [g for g in groups if bias is not None and float(bias[g].float().std()) > imprint.SAME_BIAS * float(bias[g].float().abs().max())]
     return {
-        "z = max|w|·sqrt(fan_in)": peak * math.sqrt(layer.fan_in),
+        "z = max|w|·sqrt(fan_in)": z,
+        "z, N(0, 1) fills left out": 0.0 if magnitude._unit_gaussian_fill(layer) else z,
         "max |bias|": float(bias.float().abs().max()) if bias is not None else 0.0,
-        "max |w| / RMS(rest of row)": float(s.peak_to_rest.max()) if layer.fan_in > 8 else 0.0,
-        "max |cosine| between rows (fan_in >= 16)": cos,
-        "trap: min spread of Σw+/Σ|w-| (fan_in >= 8)": spread if layer.fan_in >= 8 else math.inf,
-        "duplicate row groups (|cos| >= 0.999)": float(len(duplicate_row_groups(layer))) if layer.fan_in >= 16 else 0.0,
+        "max |w| / RMS(rest of row), dense rows": float(s.peak_to_rest[dense].max()) if layer.fan_in > 8 and dense.any() else 0.0,
+        "max |cosine| between dense rows (fan_in >= 16)": cos,
+        "trap: min spread of Σw+/Σ|w-| < 1 (fan_in >= 8)": spread if layer.fan_in >= 8 else math.inf,
+        "dense duplicate row groups, distinct biases": float(len(distinct)),
     }
 
 
 THRESHOLDS = {
     "z = max|w|·sqrt(fan_in)": f">= {magnitude.Z_LIMIT:g} (and |w| >= {magnitude.ABS_WEIGHT_LIMIT:g})",
+    "z, N(0, 1) fills left out": f">= {magnitude.Z_LIMIT:g} (and |w| >= {magnitude.ABS_WEIGHT_LIMIT:g}; FG502)",
     "max |bias|": f">= {magnitude.BIAS_LIMIT:g} (FG502), >= {fishing.HUGE_BIAS:g} on a muted row (FG201)",
-    "max |w| / RMS(rest of row)": f">= {fishing.OUTLIER_RATIO:g} (FG202), >= {passthrough.DOMINANCE:g} pass-through candidate",
-    "max |cosine| between rows (fan_in >= 16)": ">= 0.999 (FG301)",
-    "trap: min spread of Σw+/Σ|w-| (fan_in >= 8)": f"<= {trap_weights.REL_TOL:g} (FG401)",
-    "duplicate row groups (|cos| >= 0.999)": "any dense group (FG301)",
+    "max |w| / RMS(rest of row), dense rows": f">= {fishing.OUTLIER_RATIO:g} (FG202), >= {passthrough.DOMINANCE:g} pass-through candidate",
+    "max |cosine| between dense rows (fan_in >= 16)": ">= 0.999 (FG301)",
+    "trap: min spread of Σw+/Σ|w-| < 1 (fan_in >= 8)": f"<= {trap_weights.REL_TOL:g} (FG401)",
+    "dense duplicate row groups, distinct biases": "any (FG301)",
 }
 
 
@@ -77,8 +90,11 @@ def main() -> None:
         if entry.module is None or entry.arch is None:
             continue
         x, y = digits(entry.input_shape)
-        batch = (x[: gradient_snr.BATCH], y[: gradient_snr.BATCH])
         module = entry.module.float()
+        with torch.no_grad():
+            classes = module.eval()(x[:1]).shape[1]
+        x, y = x[y < classes], y[y < classes]  # a two-class head gets the digits 0 and 1
+        batch = (x[: gradient_snr.BATCH], y[: gradient_snr.BATCH])
         norms = gradient_snr.per_example_gradient_norms(module, *batch)
         score = max(gradient_snr.dsnr(n) for n in norms.values() if float(n.max()) > 0)
         first = next(m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))

@@ -17,6 +17,14 @@ one epoch of SGD at lr 0.05 with momentum 0.9 from the ConvNet's
 initialisation leaves its convolutions at cosine 0.41-0.54 and its small-init
 head at 0.09 (its norm grows tenfold). Planted structure in such a model is
 still what the pattern checks look for.
+
+A layer *rescaled* along its own weights (cosine to last round's at least
+0.9, norm grown at least threefold) is reported the same way: training that
+keeps a layer's direction barely changes its size. Measured over 32 rounds
+(MLP, LeNet, ConvNet, ResNet-18 on digits; SGD, SGD with momentum, Adam and
+AdamW, 1-3 epochs from initialisation), the layers that kept cosine 0.9
+changed norm by at most 15 %; a magnified layer (gradient magnification,
+Wen et al. 2022) keeps cosine 1.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from fedguard.types import Confidence, Rule, Severity
 REPLACED_COSINE = 0.2
 REPLACED_CHANGE = 0.5
 TRAINED_COSINE = 0.6
+RESCALED_COSINE = 0.9
+RESCALED_GROWTH = 3.0
 SHOWN = 6
 
 
@@ -100,8 +110,8 @@ class ReferenceDrift(Detector):
             "FG702", "round-to-round-drift",
             "The model's structure or a layer's weights changed between rounds in a way training does not.",
             "Between two rounds the architecture stays fixed and each layer moves a little along its "
-            "previous weights. New or resized layers, or a layer whose weights were replaced wholesale, "
-            "mean the server planted parameters. Compare the two models and ask the server why.",
+            "previous weights. New or resized layers, or a layer whose weights were replaced wholesale "
+            "or magnified along their own direction, mean the server planted parameters. Compare the two models and ask the server why.",
             "Fowl et al., ICLR 2022; Wang et al., WACV 2024; Garov et al., ICLR 2024",
         ),
     )
@@ -125,14 +135,25 @@ class ReferenceDrift(Detector):
             if not (finite(now) and finite(then)) or float(then.norm()) == 0:
                 continue
             cosine = float(torch.nn.functional.cosine_similarity(now, then, dim=0))
-            moves.append((layer, cosine, float((now - then).norm() / then.norm())))
-        for layer, cosine, change in moves:
-            if cosine >= REPLACED_COSINE or change <= REPLACED_CHANGE:
+            moves.append((layer, cosine, float((now - then).norm() / then.norm()), float(now.norm() / then.norm())))
+        for layer, cosine, change, growth in moves:
+            rescaled = cosine >= RESCALED_COSINE and growth >= RESCALED_GROWTH
+            if not rescaled and (cosine >= REPLACED_COSINE or change <= REPLACED_CHANGE):
                 continue
-            others = [c for other, c, _ in moves if other is not layer]
+            others = [c for other, c, _, _ in moves if other is not layer]
             rest = float(torch.tensor(others).median()) if others else 1.0
-            evidence = {"cosine_to_previous": rounded(cosine), "relative_change": rounded(change), "others_median_cosine": rounded(rest)}
-            if rest >= TRAINED_COSINE:
+            evidence = {"cosine_to_previous": rounded(cosine), "relative_change": rounded(change),
+                        "norm_growth": rounded(growth), "others_median_cosine": rounded(rest)}  # fmt: skip
+            if rest >= TRAINED_COSINE and rescaled:
+                yield self.finding(
+                    "FG702", "Layer rescaled since the previous round", Severity.HIGH, Confidence.MEDIUM, layer.name,
+                    f"{layer.name}'s weights kept their direction (cosine {cosine:.2f} to last round's) but grew "
+                    f"{growth:.1f}-fold while the other layers trained as usual (median cosine {rest:.2f}): training "
+                    "does not do that; magnified weights magnify what the update says of single examples. "
+                    "Ask the server why before training on it.",
+                    **evidence,
+                )
+            elif rest >= TRAINED_COSINE:
                 yield self.finding(
                     "FG702", "Layer replaced since the previous round", Severity.HIGH, Confidence.MEDIUM, layer.name,
                     f"{layer.name}'s weights have cosine {cosine:.2f} to last round's and moved by {change:.0%} of their "

@@ -184,6 +184,19 @@ def test_reference_drift_trained_round_is_quiet_replaced_layer_is_not():
     assert [(f.rule_id, f.layer, f.severity) for f in findings] == [("FG702", "classifier.0", Severity.HIGH)]
 
 
+@pytest.mark.parametrize("factor", [4.0, 50.0])
+def test_reference_drift_reports_a_layer_magnified_along_its_own_weights(factor):
+    """Cosine 1 to last round's weights, so not "replaced"; honest rounds that keep a layer's direction change its
+    norm by at most 15 % (the module docstring). FG502 had been the only finding at 50x, none at 4x."""
+    trained = _entry(benign_entries(), "trained/lenet5/3ep").state_dict
+    magnified = {**trained, "classifier.0.weight": factor * trained["classifier.0.weight"]}
+    context = InspectContext(view=ModelView.from_state_dict(magnified), reference=ModelView.from_state_dict(trained))
+    findings, _ = run_detectors(context, ["reference_drift"])
+    assert [(f.rule_id, f.layer, f.severity, f.title) for f in findings] == [
+        ("FG702", "classifier.0", Severity.HIGH, "Layer rescaled since the previous round")]
+    assert findings[0].evidence["norm_growth"] == pytest.approx(factor, rel=1e-3)
+
+
 def test_reference_drift_when_every_layer_moved_far_is_low():
     """Aggressive training moves every layer (the ConvNet's head to cosine 0.09): not a replaced layer among trained ones."""
     torch.manual_seed(0)
