@@ -5,6 +5,14 @@ import signal
 import sys
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM (``timeout``, systemd, docker stop) ends the command as an exception, so that what it was writing
+    is removed as on Ctrl-C: the signal's default had left an 879 MB temporary file of a crafted model behind."""
+    from fedguard.errors import Terminated
+
+    raise Terminated(signum)
+
+
 def run() -> None:
     """Load the command line and run it.
 
@@ -26,8 +34,14 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("fedguard: interrupted\n")
         sys.exit(130)
+    from fedguard.errors import Terminated
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
+    except Terminated as exc:
+        sys.stderr.write("fedguard: terminated\n")
+        sys.exit(128 + exc.signum)
     except OSError as exc:  # an output that failed outside the reports' own checks (--help or rules on a full disk)
         from fedguard.options import silence_stdout
 

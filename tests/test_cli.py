@@ -748,6 +748,32 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(clean
     assert process.returncode in (0, 130) and (process.returncode == 0 or "interrupted" in err)
 
 
+def test_sigterm_while_writing_leaves_no_temporary_file_and_is_not_taken_for_the_models_own_exit(workdir, monkeypatch):
+    """SIGTERM (timeout, systemd, docker stop) had ended the process by the signal's default, leaving an 879 MB
+    temporary file of a crafted model behind. The console script's handler raises Terminated: every cleanup runs, and
+    the guards that turn a model's own sys.exit() into an input error let it through."""
+    import fedguard.io
+    from fedguard.__main__ import _terminated
+    from fedguard.attacks import craft as craft_module
+    from fedguard.errors import Terminated
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        monkeypatch.setattr(fedguard.io.os, "fsync", lambda fd: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(Terminated):
+            fedguard.io.write_atomic(workdir / "model.pt", b"x" * 1024)
+        assert list(workdir.iterdir()) == []
+
+        def terminated(model, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(craft_module, "_crafter", lambda name: terminated)
+        with pytest.raises(Terminated):
+            craft_module.craft("mkor", nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), input_shape=(1, 2, 2), num_classes=2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_demo_names_a_folder_it_cannot_write_into(workdir, monkeypatch):
     """An existing folder that takes no files (read-only, immutable) is named as such, not as one to create."""
     (workdir / "locked").mkdir()
