@@ -833,6 +833,9 @@ def imprint(
     data = _check_data(data, input_shape)
     n = math.prod(input_shape)
     _check_added(2 * n * num_bins + num_bins + n, "imprint", "num_bins")
+    if linfunc == "fourier" and mode >= n:  # a higher mode aliases a lower one, scaled up (mode=100000: weights of 130)
+        raise InputError(f"imprint mode={mode} is beyond the {n} DCT modes of a {'x'.join(map(str, input_shape))} input; "
+                         f"give a mode from 0 to {n - 1}")
     gen = _generator(seed)
     h = _measurement(linfunc, n, mode, gen)
     values = data.flatten(1) @ h if data is not None else None

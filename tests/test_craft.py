@@ -316,6 +316,14 @@ def test_feature_fishing_splits_the_class_on_one_feature():
 # --------------------------------------------------------------------------- imprint
 
 
+def test_imprint_fourier_mode_beyond_the_inputs_modes_is_refused():
+    """A DCT mode past the input's size aliases a lower one, scaled by the mode (mode=100000 on LeNet: weights of 130
+    against 1.33), which had been written as if it were the paper's layer."""
+    with pytest.raises(InputError, match=r"imprint mode=784 is beyond the 784 DCT modes of a 1x28x28 input; give a mode from 0 to 783"):
+        craft_model("imprint", "lenet5", linfunc="fourier", mode=784)
+    assert craft_model("imprint", "lenet5", linfunc="fourier", mode=783) is not None
+
+
 def test_imprint_block_layout_rows_and_biases():
     base = build_model("lenet5")
     data = digits(MNIST)[0][::2]
