@@ -33,6 +33,8 @@ CRAFTED = [
     ("trap_weights", "trap weights (Boenisch et al., EuroS&P 2023)"),
     ("oversized_fc", "oversized FC layer"),
 ]
+#: The summary page's title, which also marks a summary.html as an earlier demo's.
+TITLE = "fedguard demo: inspected global models"
 #: Every model file the demo writes under ``models/``; each gets a JSON report ``<stem>.json`` beside summary.html.
 MODEL_FILES = ("benign-lenet5.pt", *(f"{attack}-lenet5.pt" for attack, _ in CRAFTED),
                "imprint-mlp.safetensors", "flower-benign-lenet5.npz", "trojan-lenet5.pt")  # fmt: skip
@@ -98,25 +100,32 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
     return models
 
 
+def _demo_wrote(path: Path, mark: str) -> bool:
+    """Whether ``path`` is a report an earlier demo wrote: a fedguard report that holds ``mark`` (the summary's title,
+    or the demo's model file a JSON report inspected). Any fedguard report had passed, so that the user's own
+    ``inspect -o summary.html`` was replaced."""
+    from fedguard.io import is_fedguard_report, read_head
+
+    return is_fedguard_report(path) and mark in read_head(path, 65536).decode("utf-8", "ignore")
+
+
 def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> list:
     """Craft, inspect and report; returns the inspection reports."""
-    from fedguard.io import is_fedguard_report
-
     if not str(output_dir).strip():
         raise InputError("--output-dir is empty; name a folder for the demo's models and reports, e.g. demo-output")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} exists and is not a folder; choose another path")
     summary = output_dir / "summary.html"
-    if summary.is_file() and not is_fedguard_report(summary):
-        raise InputError(f"--output-dir {output_dir} holds a summary.html fedguard did not write; choose another --output-dir")
+    if summary.is_file() and not _demo_wrote(summary, TITLE):
+        raise InputError(f"--output-dir {output_dir} holds a summary.html no earlier demo wrote; choose another --output-dir")
     earlier_demo = summary.is_file()  # the files beside an earlier demo's summary are that demo's, replaced on each run
     for name in MODEL_FILES:
         model_file, report_file = output_dir / "models" / name, output_dir / f"{Path(name).stem}.json"
         if model_file.is_symlink() or model_file.exists() and not (earlier_demo and model_file.is_file()):
             raise InputError(f"--output-dir {output_dir} already holds {model_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
-        if report_file.is_symlink() or report_file.exists() and not (earlier_demo and is_fedguard_report(report_file)):
+        if report_file.is_symlink() or report_file.exists() and not (earlier_demo and _demo_wrote(report_file, f"models/{name}")):
             raise InputError(f"--output-dir {output_dir} holds {report_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
     made = [f for f in (output_dir / "models", *(output_dir / "models").parents) if not f.exists()]  # deepest first
@@ -162,7 +171,7 @@ def _demo(output_dir: Path, echo: Callable[[str], None]) -> list:
         echo(f"{str(report.verdict).upper():<11} {len(report.findings):>8}  {path.name}: {description} [{ids}]")
         write_atomic(output_dir / f"{path.stem}.json", render("json", report, all_rules))
     summary = output_dir / "summary.html"
-    page = render_summary(reports, all_rules, title="fedguard demo: inspected global models",
+    page = render_summary(reports, all_rules, title=TITLE,
                           descriptions=[description for description, _, _ in models])  # fmt: skip
     write_atomic(summary, page)
     echo(f"\nHTML summary: {printable(str(summary))}  (JSON reports beside it; {time.perf_counter() - start:.1f} s)")

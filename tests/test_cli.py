@@ -801,11 +801,17 @@ def test_an_interrupted_demo_leaves_no_empty_folders_it_made(workdir, monkeypatc
 
 
 def test_demo_leaves_a_page_it_did_not_write(workdir):
-    """The demo replaces its own summary.html on a rerun, never one of yours (refused before any work)."""
+    """The demo replaces its own summary.html on a rerun, never one of yours (refused before any work): nor a report
+    of yours that inspect wrote there (any fedguard report had been taken for the demo's)."""
     (workdir / "out").mkdir()
     (workdir / "out" / "summary.html").write_text("my page")
     line = assert_input_error(invoke("demo", "--output-dir", workdir / "out"))
-    assert "fedguard did not write" in line and (workdir / "out" / "summary.html").read_text() == "my page"
+    assert "no earlier demo wrote" in line and (workdir / "out" / "summary.html").read_text() == "my page"
+    torch.save(tiny_state_dict(), workdir / "mine.pt")
+    assert invoke("inspect", workdir / "mine.pt", "--format", "html", "-o", workdir / "out" / "summary.html", "--force").exit_code == 0
+    kept = (workdir / "out" / "summary.html").read_bytes()
+    assert "no earlier demo wrote" in assert_input_error(invoke("demo", "--output-dir", workdir / "out"))
+    assert (workdir / "out" / "summary.html").read_bytes() == kept
 
 
 def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
@@ -839,6 +845,9 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     assert "not loaded (it would run code)" in page  # the trojan's parameters are not counted as 0
     assert sorted(p.name for p in (workdir / "demo" / "models").iterdir()) == sorted(MODEL_FILES)  # the names checked first
     (workdir / "demo" / "benign-lenet5.json").write_text("my notes")
+    assert "which no earlier demo wrote" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
+    mine = ("inspect", workdir / "mine.pt", "--format", "json", "-o", workdir / "demo" / "benign-lenet5.json", "--force")
+    assert invoke(*mine).exit_code == 0  # a report of yours under a demo's name, beside the demo's summary
     assert "which no earlier demo wrote" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
 
 
