@@ -11,6 +11,7 @@ printed and written to ``summary.html`` plus one JSON report per model.
 
 from __future__ import annotations
 
+import io
 import pickle
 import time
 from pathlib import Path
@@ -64,10 +65,11 @@ def _train_benign(inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> nn.M
 
 
 def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> list[tuple[str, Path, dict]]:
-    """Save the demo's models; return (description, path, inspect options) for each."""
-    from safetensors.torch import save_file
-
+    """Save the demo's models (atomically, mode 0600, as craft writes); return (description, path, inspect options)
+    for each."""
     from fedguard.attacks.craft import craft, craft_model
+    from fedguard.craft_cli import serialise
+    from fedguard.io import write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     client = {"arch": ARCH, "data": (inputs[:64], labels[:64])}
@@ -75,27 +77,28 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
     models = []
 
     path = folder / "benign-lenet5.pt"
-    torch.save(benign.state_dict(), path)
+    write_atomic(path, serialise(benign.state_dict(), path.suffix))
     models.append(("honest LeNet-5, trained 2 epochs on digits", path, client))
 
     for attack, description in CRAFTED:
         crafted = craft(attack, benign, input_shape=SHAPE, num_classes=10, data=inputs[:256], seed=1)
         path = folder / f"{attack}-lenet5.pt"
-        torch.save(crafted.state_dict(), path)
+        write_atomic(path, serialise(crafted.state_dict(), path.suffix))
         models.append((description, path, client))
 
     imprinted = craft_model("imprint", "mlp", input_shape=SHAPE, data=inputs[:256], seed=2)
     path = folder / "imprint-mlp.safetensors"
-    save_file({k: v.contiguous() for k, v in imprinted.state_dict().items()}, str(path))
+    write_atomic(path, serialise(imprinted.state_dict(), path.suffix))
     models.append(("Robbing the Fed imprint block in front of an MLP (safetensors)", path, {}))
 
     path = folder / "flower-benign-lenet5.npz"
-    np.savez(path, *[v.numpy() for v in benign.state_dict().values()])
+    flower = io.BytesIO()
+    np.savez(flower, *[v.numpy() for v in benign.state_dict().values()])
+    write_atomic(path, flower.getvalue())
     models.append(("honest LeNet-5 as a Flower list of ndarrays (.npz)", path, {"arch": ARCH}))
 
     path = folder / "trojan-lenet5.pt"
-    with open(path, "wb") as handle:
-        pickle.dump({**benign.state_dict(), "payload": _PrintsWhenUnpickled()}, handle)
+    write_atomic(path, pickle.dumps({**benign.state_dict(), "payload": _PrintsWhenUnpickled()}))
     models.append(("state_dict with a code-executing pickle payload", path, {}))
     return models
 
