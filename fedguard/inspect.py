@@ -25,7 +25,7 @@ from fedguard import checks
 from fedguard.architectures import check_input_shape, classifier_logits, first_line
 from fedguard.checks import is_whole
 from fedguard.data import data_sha256
-from fedguard.detectors import DETECTORS, all_rules
+from fedguard.detectors import DETECTORS, all_rules, gradient_snr
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
@@ -289,10 +289,12 @@ def _client_batch(data, arch, module, input_shape, seed):
 
         data = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
     inputs, labels = _checked_batch(data, module)
-    if len(labels) < 2:
+    need = gradient_snr.BATCH
+    if len(labels) < need:  # with 2 examples D-SNR is the ratio of two norms: honest LeNets had read as malicious
         raise InputError(
-            f"--data holds {len(labels)} example; the behavioural checks weigh each example against the rest "
-            "of the batch and need at least 2; pass more of your data"
+            f"--data holds {len(labels)} example{'s' if len(labels) != 1 else ''}; the behavioural checks weigh each "
+            f"example against the rest of a batch of {need}, on which their thresholds were measured, and need at "
+            f"least {need}; pass more of your data (or leave out --data for the static checks)"
         )
     return inputs, labels
 

@@ -170,26 +170,38 @@ def test_html_output_file_is_owner_only(high_model, workdir):
 def test_reports_say_how_the_inspection_was_run(clean_model, workdir, schema):
     """The data, seed, reference and --fail-on behind a verdict, so that a finding on 'your data' can be traced
     and repeated (the reports had named the model file only)."""
-    np.savez(workdir / "mine.npz", x=np.random.default_rng(0).random((6, 1, 28, 28)), y=np.arange(6))
+    np.savez(workdir / "mine.npz", x=np.random.default_rng(0).random((16, 1, 28, 28)), y=np.arange(16) % 10)
     torch.save(build_model("lenet5").state_dict(), workdir / "m.pt")
     args = ("inspect", "m.pt", "--arch", "lenet5", "--data", "mine.npz", "--seed", "3", "--reference", clean_model,
             "--fail-on", "high")  # fmt: skip
     report = json.loads(invoke(*args, "--format", "json").stdout)
     jsonschema.validate(report, schema)
     assert report["loaded"] is True and report["config"] == {
-        "num_classes": None, "input_shape": None, "data": "mine.npz", "data_examples": 6, "seed": 3,
+        "num_classes": None, "input_shape": None, "data": "mine.npz", "data_examples": 16, "seed": 3,
         "data_sha256": hashlib.sha256((workdir / "mine.npz").read_bytes()).hexdigest(),
         "reference_sha256": hashlib.sha256(clean_model.read_bytes()).hexdigest(), "detectors_requested": None,
         "torch": torch.__version__, "fail_on": "high",
     }  # fmt: skip
     sarif = json.loads(invoke(*args, "--format", "sarif").stdout)
     assert sarif["runs"][0]["invocations"][0]["properties"]["config"] == report["config"]
-    assert "data mine.npz (6 examples, seed 3)" in invoke(*args).stdout
+    assert "data mine.npz (16 examples, seed 3)" in invoke(*args).stdout
     page = invoke(*args, "--format", "html").stdout
     assert report["config"]["data_sha256"] in page and report["config"]["reference_sha256"] in page
     torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # not lenet5's: FG701, no behavioural check
     other = json.loads(invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz", "--format", "json").stdout)
     assert other["findings"][0]["rule_id"] == "FG701" and other["config"]["data_examples"] is None
+
+
+def test_behavioural_checks_need_a_batch_of_16(workdir):
+    """D-SNR weighs one example against the rest of a batch of 16; on 2 examples it is the ratio of two gradient
+    norms, and 2 of 10 pairs of digits had made a freshly initialised LeNet malicious (FG801)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(workdir / "few.npz", x=digits.images[:15] / 16, y=digits.target[:15])
+    torch.save(build_model("lenet").state_dict(), workdir / "m.pt")
+    line = assert_input_error(invoke("inspect", "m.pt", "--arch", "lenet", "--data", "few.npz"))
+    assert "--data holds 15 examples" in line and "need at least 16" in line and "leave out --data" in line
 
 
 def test_json_output_file(clean_model, workdir, schema):
