@@ -29,7 +29,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -336,12 +336,10 @@ def _listing(folder: Path) -> list[Path]:
         raise InputError(f"cannot list data folder {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """The image files in ``folder`` and its subfolders at any depth, as torchvision's ImageFolder finds and orders
-    them (folders by path, each one's files by name: a folder's own images before its subfolders'; nested images had
-    been left out without a word); links are followed, and a folder reached twice through them is read once."""
-    by_folder: dict[str, list[Path]] = {}
-    seen, pending = set(), [folder]
+def _folders(folder: Path, seen: set[Path]) -> Iterator[tuple[Path, list[Path]]]:
+    """Each folder under ``folder`` (itself included) with its entries, following links; a folder whose real path
+    is in ``seen`` is skipped, and every one reached is added to it."""
+    pending = [folder]
     while pending:
         current = pending.pop()
         real = current.resolve()
@@ -349,9 +347,34 @@ def _images_under(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         entries = _listing(current)
-        by_folder[str(current)] = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        yield current, entries
         pending += [p for p in entries if p.is_dir()]
+
+
+def _images_under(folder: Path, seen: set[Path]) -> list[Path]:
+    """The image files in ``folder`` and its subfolders at any depth, as torchvision's ImageFolder finds and orders
+    them (folders by path, each one's files by name: a folder's own images before its subfolders'; nested images had
+    been left out without a word); links are followed, and a folder reached twice through them (``seen``: across
+    the classes too) is read once."""
+    by_folder = {str(current): [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+                 for current, entries in _folders(folder, seen)}  # fmt: skip
     return [file for name in sorted(by_folder) for file in by_folder[name]]
+
+
+def linked_folders(spec: str | os.PathLike[str] | None) -> list[Path]:
+    """The real folders outside a data folder ``spec`` that links in it lead to, which the loader reads too (an
+    output must not land in one of them: a link to a class folder had taken an audit's PNGs into the data set)."""
+    root = data_source(spec)
+    if root is None or not root.is_dir():
+        return []
+    base = root.resolve()
+    reached: set[Path] = set()
+    try:
+        for _ in _folders(root, reached):
+            pass
+    except InputError:  # a folder it cannot list: the loader says so
+        pass
+    return sorted(real for real in reached if real != base and base not in real.parents)
 
 
 def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
@@ -363,9 +386,9 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
     classes = sorted(p for p in entries if p.is_dir())
     if not classes:
         raise InputError(f"data folder {root} has no class subfolders; put the images in one subfolder per class")
-    files, labels = [], []
+    files, labels, seen = [], [], {root.resolve()}
     for label, folder in enumerate(classes):
-        found = _images_under(folder)
+        found = _images_under(folder, seen)
         if not found:
             raise InputError(
                 f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some or remove the folder"

@@ -91,15 +91,15 @@ def input_paths(*files: str | os.PathLike | None, data: str | None = None, arch:
     """Every file or folder a command reads, which no output may overwrite or write into.
 
     ``files`` are input files as given (None skipped); ``data`` is a ``--data``
-    spec (its file or folder when it names one) and ``arch`` an ``--arch``
+    spec (its file or folder when it names one, and the folders its links lead to) and ``arch`` an ``--arch``
     (the module file of a ``module:callable``; a bad ``--arch`` raises
     :class:`~fedguard.errors.InputError` here, before any work).
     """
     from fedguard.architectures import arch_source
-    from fedguard.data import data_source
+    from fedguard.data import data_source, linked_folders
 
     paths = [Path(f) for f in files if f is not None]
-    paths.append(data_source(data))
+    paths += [data_source(data), *linked_folders(data)]
     if arch is not None:
         paths.append(arch_source(arch))
     return [p for p in paths if p is not None]

@@ -103,6 +103,24 @@ def test_folder_round_trip(tmp_path):
     assert y2.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
     # ImageFolder's order: a folder's own files by name (0, 1, 2, z), then its subfolders' (more/deeper/9)
     assert torch.equal(x2[3], x[1]) and torch.equal(x2[4], x[2])
+    # a link from one class to the data folder is followed once over all classes: the other class's images had
+    # come back under this class's label too
+    (tmp_path / "data" / "ant" / "up").symlink_to(tmp_path / "data")
+    assert load_data(str(tmp_path / "data"))[1].tolist() == y2.tolist()
+
+
+def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path):
+    """A class folder that is a link to a folder elsewhere is read as data: an audit's -o there had added its PNG
+    grids to the data set (the next load held them, labelled as that class)."""
+    from fedguard.io import check_output_path
+    from fedguard.options import input_paths
+
+    _write_folder(tmp_path / "data")
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "data" / "dog").symlink_to(tmp_path / "dogs")
+    with pytest.raises(InputError, match="lies inside the input folder .*dogs"):
+        check_output_path(tmp_path / "dogs" / "report.html", inputs=input_paths(data=str(tmp_path / "data")))
+    check_output_path(tmp_path / "report.html", inputs=input_paths(data=str(tmp_path / "data")))
 
 
 def test_folder_of_mixed_sizes_needs_input_shape(tmp_path):
