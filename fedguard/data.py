@@ -44,7 +44,7 @@ __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "lo
 
 DATASETS: tuple[str, ...] = ("digits", "images")
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 # Photographs shipped inside the scikit-image wheel (never fetched with pooch).
 _SKIMAGE_FILES = (

@@ -123,6 +123,17 @@ def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path
     check_output_path(tmp_path / "report.html", inputs=input_paths(data=str(tmp_path / "data")))
 
 
+def test_netpbm_images_are_read_as_imagefolder_reads_them(tmp_path):
+    """.ppm and .pgm are in torchvision's ImageFolder extensions; they had been left out without a word."""
+    from PIL import Image
+
+    for name, mode, value, suffix in (("colour", "RGB", (200, 200, 200), ".ppm"), ("grey", "L", 200, ".pgm")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new(mode, (8, 8), value).save(tmp_path / "data" / name / f"0{suffix}")
+    x, y = load_data(str(tmp_path / "data"), (3, 8, 8))
+    assert y.tolist() == [0, 1] and torch.allclose(x, torch.full_like(x, 200 / 255))
+
+
 def test_folder_of_mixed_sizes_needs_input_shape(tmp_path):
     _write_folder(tmp_path / "data", sizes=((10, 12), (20, 20)))
     with pytest.raises(InputError, match="different sizes.*--input-shape"):
