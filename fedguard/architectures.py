@@ -128,9 +128,11 @@ def classifier_logits(module: nn.Module, x: torch.Tensor, command: str) -> torch
         with torch.no_grad():
             out = module(x[:4])
     except RuntimeError as exc:
+        last = x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3)  # images in memory, channels last
         raise InputError(
             f"--data of shape {tuple(x.shape[1:])} does not fit the model ({first_line(exc)[:120]}); "
-            "pass --input-shape or data of the architecture's input shape"
+            + ("its channels come last: pass images as N, C, H, W (x.permute(0, 3, 1, 2))" if last
+               else "pass --input-shape or data of the architecture's input shape")
         ) from None
     except Exception as exc:  # a forward that wants more arguments, or raises its own error
         raise InputError(

@@ -1425,3 +1425,13 @@ def test_an_update_of_the_batch_at_another_size_is_named_and_warns(workdir, sche
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["agreement"]["scale"] == pytest.approx(factor, rel=1e-4)
     assert report["verdict"] == "warn" and f"--update is {factor:.3g} times the size" in report["notes"][0]
+
+
+def test_images_in_memory_with_their_channels_last_are_told_how_to_permute():
+    """The .npz loader reads N, H, W, C; tensors passed in memory go to the model as they are, and the error had
+    advised --input-shape, which cannot help."""
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+
+    with pytest.raises(InputError, match=r"its channels come last: pass images as N, C, H, W \(x.permute\(0, 3, 1, 2\)\)"):
+        audit(arch="lenet", data=(torch.rand(4, 32, 32, 3), torch.arange(4)), batch_size=1, attacks=["idlg"])
