@@ -106,9 +106,10 @@ class FishingPlan:
 
         Halfway between two neighbouring distinct public values inside the window, the pair that halves its public
         values most evenly (with one value inside, the middle of its wider side; with none, the window's middle), at
-        least :attr:`margin` from every public value and from the window's ends. Many examples can share one value (a ReLU's 0): a boundary on or near
-        them counts each partly -- two such parts had read as one example, and the window was inverted to
-        nothing -- and a window that holds only them cannot be split (bisecting towards them had spent the rounds).
+        least :attr:`margin` from every public value and from the window's ends. Many examples can share one value
+        (a ReLU's 0): a boundary on or near them counts each partly -- two such parts had read as one example, and
+        the window was inverted to nothing -- and a window that holds only them cannot be split (bisecting towards
+        them had spent the rounds).
         """
         inside = self.public[(self.public > low) & (self.public < high)]
         values = torch.unique(inside)

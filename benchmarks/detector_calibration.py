@@ -2,9 +2,9 @@
 
 For every weight layer of every benign model in ``tests/zoo.py`` this prints
 the largest value each static statistic reaches over the rows its rule scores,
-next to the threshold the detector uses; and, for benign models with a known architecture, the largest
-D-SNR and transmit-SNR on a batch of digits. ``docs/detectors.md`` quotes
-these figures. Run from the repository root:
+next to the threshold the detector uses; and, for benign models with a known
+architecture, the largest D-SNR and transmit-SNR on a batch of digits.
+``docs/detectors.md`` quotes these figures. Run from the repository root:
 
     python benchmarks/detector_calibration.py
 """
@@ -48,7 +48,8 @@ def layer_figures(layer) -> dict[str, float]:
         cos = float(gram.max())
     z = peak * math.sqrt(layer.fan_in)
     groups = imprint._groups(layer) if layer.fan_in >= 16 else []
-    distinct = [g for g in groups if bias is not None and float(bias[g].float().std()) > imprint.SAME_BIAS * float(bias[g].float().abs().max())]
+    distinct = [g for g in groups
+                if bias is not None and float(bias[g].float().std()) > imprint.SAME_BIAS * float(bias[g].float().abs().max())]
     return {
         "z = max|w|·sqrt(fan_in)": z,
         "z, N(0, 1) fills left out": 0.0 if magnitude._unit_gaussian_fill(layer) else z,

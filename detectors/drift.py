@@ -111,7 +111,8 @@ class ReferenceDrift(Detector):
             "The model's structure or a layer's weights changed between rounds in a way training does not.",
             "Between two rounds the architecture stays fixed and each layer moves a little along its "
             "previous weights. New or resized layers, or a layer whose weights were replaced wholesale "
-            "or magnified along their own direction, mean the server planted parameters. Compare the two models and ask the server why.",
+            "or magnified along their own direction, mean the server planted parameters. Compare the two "
+            "models and ask the server why.",
             "Fowl et al., ICLR 2022; Wang et al., WACV 2024; Garov et al., ICLR 2024",
         ),
     )
