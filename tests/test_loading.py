@@ -727,10 +727,10 @@ def test_inspect_api_runs_its_behavioural_checks_inside_the_callers_no_grad_and_
     from fedguard.architectures import build_model
 
     torch.save(build_model("lenet5").state_dict(), tmp_path / "m.pt")
-    x = torch.rand(8, 1, 28, 28, requires_grad=True)  # a batch that requires grad is read as values
+    x = torch.rand(16, 1, 28, 28, requires_grad=True)  # a batch that requires grad is read as values
     for mode in (torch.no_grad, torch.inference_mode):
         with mode():
-            report = inspect_model(tmp_path / "m.pt", arch="lenet5", data=(x, torch.arange(8)))
+            report = inspect_model(tmp_path / "m.pt", arch="lenet5", data=(x, torch.arange(16) % 10))
         assert str(report.verdict) == "clean" and "gradient_snr" in report.detectors_run
 
 
