@@ -388,6 +388,9 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
         raise InputError(f"data folder {root} has no class subfolders; put the images in one subfolder per class")
     files, labels, seen = [], [], {root.resolve()}
     for label, folder in enumerate(classes):
+        if folder.resolve() in seen:  # a link to a folder read already: its images would carry two labels
+            raise InputError(f"class folder {folder} leads to a folder read already (as another class, or the data "
+                             "folder itself); give each class a folder of its own")  # fmt: skip
         found = _images_under(folder, seen)
         if not found:
             raise InputError(

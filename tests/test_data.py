@@ -107,6 +107,9 @@ def test_folder_round_trip(tmp_path):
     # come back under this class's label too
     (tmp_path / "data" / "ant" / "up").symlink_to(tmp_path / "data")
     assert load_data(str(tmp_path / "data"))[1].tolist() == y2.tolist()
+    (tmp_path / "data" / "dog").symlink_to(tmp_path / "data" / "cat")  # a class that is another's folder
+    with pytest.raises(InputError, match=r"class folder .*dog leads to a folder read already .*own"):
+        load_data(str(tmp_path / "data"))
 
 
 def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path):
