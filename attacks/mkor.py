@@ -264,6 +264,8 @@ class MKOR(Attack):
             "features_known": int(known.sum()),
             **fit,
         }
+        if not len(classes):  # e.g. a normalisation between the input and the crafted layer spoils its class rows
+            details["why_nothing"] = "no class's rows in the crafted layer show an example of the batch"
         return Reconstruction(
             attack=self.name,
             images=images.float(),

@@ -914,3 +914,18 @@ def test_fishing_target_is_the_rarest_class_present():
     assert fishing_target(view) == 0
     counts = torch.tensor([3, 0, 2, 1, 0, 4, 1, 0, 0, 0])
     assert fishing_target(dataclasses.replace(view, label_counts=counts)) == 3
+
+
+def test_mkor_that_found_no_class_makes_the_audit_inconclusive(tmp_path, monkeypatch):
+    """A LayerNorm after MKOR's crafted layer spoils its class rows: it had reported a pass, level none."""
+    from fedguard.audit import audit
+
+    (tmp_path / "lnmlp.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    report = audit(arch="lnmlp:net", input_shape=SHAPE, data="digits", batch_size=8, attacks=["mkor"], device="cpu", seed=0)
+    assert report.outcome("mkor").details["why_nothing"].startswith("no class's rows")
+    assert str(report.verdict) == "warn"
