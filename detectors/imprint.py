@@ -23,6 +23,22 @@ models (LayerNorm, GRU/LSTM, Fixup, transformers, 2-100 classes, pruned,
 fp16/bf16), the largest dense group at |cosine| ≥ 0.95 is two rows; the one
 larger group, the unseen classes of a zero-initialised head fine-tuned on
 half the classes (5 rows at 0.99), has a single bias.
+
+Rows of the logits layer (stored last, its outputs read by no other layer)
+bin nothing: no ReLU follows them, so every row's gradient is
+``Σ_i (p_ik − y_ik) x_i`` and rows alike have gradients that are multiples
+of one another. Honest heads have them: the classes that no training
+example showed all get the gradient ``E[p_k x]`` and, under weight decay,
+lose their random start (a 100-class MLP head trained with SGD and weight
+decay 5e-3 on the ten digits: 90 rows at cosine 0.9999997 with their 90
+initial biases). Such a group is reported as low. A block stored last that
+still feeds a decoder is read by it and is checked as any other layer.
+
+*Known false positives* (docs/detectors.md): hidden layers of small MLPs
+after long, heavily regularised training (SGD, weight decay 5e-3 on every
+weight, 200 epochs on five classes: 5 rows at |cosine| ≥ 0.977 in a
+32-unit layer) or Adam from ``nn.init.sparse_`` (5 rows at ≥ 0.967),
+above the near-duplicate threshold.
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, is_opposite_pair
+from fedguard.modelview import LINEAR
 from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
 
@@ -81,7 +98,8 @@ class Imprint(Detector):
             if evidence.get("distinct_biases") == 1 and _constant(layer, group):
                 continue  # equal averaging rows with one bias: MKOR's layer, reported by FG101, no bins
             follower = view.next_weight_layer(layer)
-            if follower is None and evidence.get("distinct_biases") == 1:
+            logits = follower is None and _plain_linear(layer) and not _read_by_a_layer(view, layer)
+            if logits and evidence.get("distinct_biases") == 1:
                 continue  # head rows alike, biases too: no bins. A zero-initialised head's classes that no example
                 # of the client's showed get identical updates and stay alike (LeNet-5, digits 0-4 only: 5 rows)
             if follower is not None and follower.stats.finite:
@@ -89,6 +107,17 @@ class Imprint(Detector):
                 spread = float(s.maximum.max() - s.minimum.min())
                 evidence["next_layer"] = follower.name
                 evidence["next_layer_constant"] = spread <= REL_TOL * float(s.peak.max())
+            if logits:
+                yield self.finding(
+                    "FG301", "Classifier rows alike", Severity.LOW, Confidence.MEDIUM, layer.name,
+                    f"{size} of {n_rows} rows of {layer.name}, the last layer and one no other layer reads, share "
+                    "one weight vector with different biases. No ReLU follows logits, so the rows sort nothing into "
+                    "bins: their gradients are multiples of one another. An honest head's classes that no training "
+                    "example showed converge to one row like this under weight decay. If the model's forward uses "
+                    f"{layer.name} before its output, run with --arch and --data.",
+                    **evidence,
+                )
+                continue
             severity = Severity.HIGH if size >= MALICIOUS_GROUP else Severity.MEDIUM
             yield self.finding(
                 "FG301", "Imprint layer: identical rows", severity, Confidence.HIGH, layer.name,
@@ -119,6 +148,18 @@ def _groups(layer, min_cos: float = 0.999) -> list[torch.Tensor]:
     """Groups of dense rows with |cosine| ≥ ``min_cos`` (FG104's opposite pairs left out), largest first."""
     return [g for g in duplicate_row_groups(layer, min_cos)
             if dense_rows(layer, g, MIN_DENSITY) and not is_opposite_pair(layer, g)]  # fmt: skip
+
+
+def _plain_linear(layer) -> bool:
+    """An ``nn.Linear``'s weight, not a recurrent layer's input gates (``weight_ih_l0``), which feed its state."""
+    return layer.kind == LINEAR and layer.key("weight").rpartition(".")[2] == "weight"
+
+
+def _read_by_a_layer(view, layer) -> bool:
+    """True when another weight layer takes ``layer``'s outputs as its inputs (as wide): an imprint block stored
+    last still feeds its decoder, ``Linear(K -> C·H·W)``."""
+    return any(other is not layer and other.weight.ndim >= 2 and other.weight.shape[1] == layer.out_features
+               for other in view.weight_layers())  # fmt: skip
 
 
 def _least_cosine(layer, group: torch.Tensor) -> float:

@@ -251,6 +251,20 @@ def test_an_imprint_layer_with_noisy_rows_is_still_caught(noise):
     assert all(0.9 < f.evidence["min_abs_cosine"] < 0.999 for f in findings)
 
 
+def test_head_rows_of_unseen_classes_are_low_but_the_same_rows_feeding_a_layer_are_an_imprint():
+    """Weight decay turns a head's unseen classes into one row with their own biases (a 100-class head on the ten
+    digits: 90 rows, cosine 0.9999997); logits bin nothing. Stored last but read by a decoder, the rows bin."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 100))
+    sd = {k: v.clone() for k, v in mlp.state_dict().items()}
+    sd["2.weight"][10:] = -0.1 * torch.rand(32)
+    found = _rules_of(sd)
+    assert found["FG301"].severity is Severity.LOW and judge(list(found.values())) is Verdict.CLEAN
+    decoder = {"3.weight": torch.randn(64, 100) * 0.1, "3.bias": torch.zeros(64)}
+    found = _rules_of({**decoder, **sd})  # the decoder stored first: 2 is still the last layer stored
+    assert found["FG301"].severity is Severity.HIGH and judge(list(found.values())) is Verdict.MALICIOUS
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
