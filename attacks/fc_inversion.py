@@ -35,6 +35,7 @@ Models." ICLR 2022.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import ClassVar
@@ -44,10 +45,13 @@ import torch
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_first_layer
+from ._head import find_first_layer, layer_input
 from .base import Attack, Budget, register_attack
 
-__all__ = ["FCInversion", "MERGE_TOLERANCE", "invert_rows"]
+__all__ = ["FCInversion", "MERGE_TOLERANCE", "affine_input_map", "invert_rows"]
+
+#: ``(scale, shift)``: a layer reads ``scale * x + shift`` of the flattened input ``x``.
+InputMap = tuple[torch.Tensor, torch.Tensor]
 
 #: Quotients closer than this (RMS over the input, in input units) are the same example.
 #: Exact quotients agree to float32 rounding (~1e-6); mixtures of two digits differ by > 0.05.
@@ -58,18 +62,24 @@ ACTIVE_FRACTION = 1e-6
 MAX_ROWS = 4096
 
 
-def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_range=(0.0, 1.0)) -> tuple[torch.Tensor, dict]:
+def invert_rows(
+    grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_range=(0.0, 1.0), input_map: InputMap | None = None
+) -> tuple[torch.Tensor, dict]:
     """Inputs recovered from a Linear layer's gradients ``[out, in]`` and ``[out]``.
 
     Returns the ``limit`` largest groups of agreeing in-range quotients as
     rows ``[k, in]`` (``k <= limit``; fewer when fewer distinct quotients
-    exist) and the numbers behind them.
+    exist) and the numbers behind them. ``input_map`` ``(scale, shift)``:
+    the layer reads ``scale * x + shift`` (a normalisation the model applies
+    first), undone on each quotient before the range check.
     """
     gw, gb = grad_w.double(), grad_b.double()
-    scale = float(gb.abs().max()) if gb.numel() else 0.0
-    active = torch.nonzero(gb.abs() > ACTIVE_FRACTION * scale).flatten() if scale > 0 else torch.zeros(0, dtype=torch.long)
+    peak = float(gb.abs().max()) if gb.numel() else 0.0
+    active = torch.nonzero(gb.abs() > ACTIVE_FRACTION * peak).flatten() if peak > 0 else torch.zeros(0, dtype=torch.long)
     active = active[torch.argsort(gb[active].abs(), descending=True)][:MAX_ROWS]
     quotients = gw[active] / gb[active, None]
+    if input_map is not None:
+        quotients = (quotients - input_map[1].double()) / input_map[0].double()
     lo, hi = input_range
     slack = 1e-4 * (hi - lo)
     low, high = torch.aminmax(quotients, dim=1)
@@ -101,6 +111,40 @@ def invert_rows(grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_ra
         details["why_nothing"] = ("no unit of the layer is active in the update (its bias gradient is zero)" if not len(active)
                                   else "no active unit's quotient lies in the input range")  # fmt: skip
     return rows.clamp(lo, hi), details
+
+
+def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape, device, input_range) -> InputMap | None:
+    """``(scale, shift)`` with ``layer``'s input ``= scale * x + shift`` (flattened) for every input ``x``.
+
+    None when the steps before ``layer`` are not per-value affine with a
+    non-zero scale, or differ between training and evaluation (BatchNorm on
+    the batch's own statistics): the server cannot undo them exactly. Probed
+    on the ends of the input range and two random inputs, in both modes.
+    """
+    lo, hi = input_range
+    gen = torch.Generator().manual_seed(0)
+    probes = torch.cat([torch.full((1, *input_shape), float(lo)), torch.full((1, *input_shape), float(hi)),
+                        lo + (hi - lo) * torch.rand(2, *input_shape, generator=gen)]).to(device)  # fmt: skip
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            seen = layer_input(model, layer, probes).double()
+            model.train()
+            memo: dict = {}
+            twin = copy.deepcopy(model, memo)  # BatchNorm would update the model's own statistics
+            trained = layer_input(twin, memo[id(layer)], probes).double()
+    finally:
+        model.train(was_training)
+    flat = probes.flatten(1).double()
+    scale = (seen[1] - seen[0]) / (hi - lo)
+    shift = seen[0] - scale * lo
+    tolerance = 1e-5 * float(seen.abs().max().clamp_min(1e-12))
+    if bool((scale.abs() <= tolerance).any()):
+        return None
+    if float((scale * flat + shift - seen).abs().max()) > tolerance or float((trained - seen).abs().max()) > tolerance:
+        return None
+    return scale.float().cpu(), shift.float().cpu()
 
 
 @register_attack("fc_inversion")
@@ -140,9 +184,20 @@ class FCInversion(Attack):
         budget.check(0)
         layer = self._layer(view)
         grads = view.gradient_direction()  # the quotient needs no scale, so no local schedule
-        rows, details = invert_rows(
-            grads[layer.weight].detach().cpu(), grads[layer.bias].detach().cpu(), int(view.batch_size), view.threat.input_range
+        input_map = affine_input_map(view.model, layer.module, view.input_shape, view.device, view.threat.input_range)
+        identity = input_map is not None and bool(
+            torch.allclose(input_map[0], torch.ones(1)) and torch.allclose(input_map[1], torch.zeros(1))
         )
+        rows, details = invert_rows(
+            grads[layer.weight].detach().cpu(), grads[layer.bias].detach().cpu(), int(view.batch_size),
+            view.threat.input_range, None if identity else input_map,
+        )  # fmt: skip
+        if input_map is not None and not identity:
+            details["input_map"] = "the model's own per-value affine first step (a normalisation), undone"
+        if input_map is None and not len(rows) and details["active_rows"]:
+            details["inconclusive"] = ("the first Linear layer reads the input through steps the server cannot undo "
+                                       "exactly (e.g. BatchNorm on the batch's own statistics), so its quotients are "
+                                       "not images in the input range")  # fmt: skip
         images = rows.float().reshape(-1, *view.input_shape)
         details["layer"] = layer.name
         details["protocol"] = view.protocol + (" (as one average gradient: approximate)" if view.protocol == "fedavg" else "")

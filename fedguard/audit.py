@@ -795,6 +795,9 @@ def audit(
                 notes.append(f"{name} rebuilt nothing ({rec.details['why_nothing']}): the emulated server's crafted "
                              "model did not isolate the batch's examples here, which says nothing of what a server "
                              "that chose its rounds or parameters otherwise would rebuild")  # fmt: skip
+            if rec.details.get("inconclusive"):  # the attack ran but could not read the update as the server might
+                notes.append(f"{name} rebuilt nothing: {rec.details['inconclusive']}; a server that models those "
+                             "steps may rebuild more")  # fmt: skip
             if cls.kind == "images" and cls.default_iterations and total < CUT_SHORT * cls.default_iterations:
                 notes.append(f"{name} ran at most {total} iterations (--max-iterations; the attack's own is "
                              f"{cls.default_iterations}): what it rebuilt understates what a server running it longer "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -916,16 +917,63 @@ def test_fishing_target_is_the_rarest_class_present():
     assert fishing_target(dataclasses.replace(view, label_counts=counts)) == 3
 
 
-def test_mkor_that_found_no_class_makes_the_audit_inconclusive(tmp_path, monkeypatch):
+_OWN_ARCHS = itertools.count()
+
+
+@pytest.fixture
+def own_arch(tmp_path, monkeypatch):
+    """Write ``source`` (defining ``net``) as a module of its own and return its ``module:net`` for ``arch=``."""
+
+    def write(source: str) -> str:
+        name = f"own_arch_{next(_OWN_ARCHS)}"  # a new name each time: imported modules stay in sys.modules
+        (tmp_path / f"{name}.py").write_text(f"import torch\nimport torch.nn as nn\n\n{source}\n")
+        monkeypatch.chdir(tmp_path)
+        return f"{name}:net"
+
+    return write
+
+
+def test_mkor_that_found_no_class_makes_the_audit_inconclusive(own_arch):
     """A LayerNorm after MKOR's crafted layer spoils its class rows: it had reported a pass, level none."""
     from fedguard.audit import audit
 
-    (tmp_path / "lnmlp.py").write_text(
-        "import torch.nn as nn\n"
-        "def net(num_classes=10):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, num_classes))\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    report = audit(arch="lnmlp:net", input_shape=SHAPE, data="digits", batch_size=8, attacks=["mkor"], device="cpu", seed=0)
+    arch = own_arch("def net(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32), "
+                    "nn.ReLU(), nn.Linear(32, num_classes))")  # fmt: skip
+    report = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=8, attacks=["mkor"], device="cpu", seed=0)
     assert report.outcome("mkor").details["why_nothing"].startswith("no class's rows")
     assert str(report.verdict) == "warn"
+
+
+NORMALISED_MLP = """
+class Normalised(nn.Module):
+    def __init__(self, num_classes, first):
+        super().__init__()
+        self.first, self.net = first, nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.net(self.first(x))
+
+
+def net(num_classes=10):
+    return Normalised(num_classes, {first})
+"""
+
+
+def test_fc_inversion_undoes_the_models_own_normalisation(own_arch):
+    """``(x - 0.1307) / 0.3081`` inside the model, as docs/audit.md advises: the quotients are the normalised
+    images, which the server un-normalises (exact); they had been out of range and the audit had passed."""
+    from fedguard.audit import audit
+
+    arch = own_arch(NORMALISED_MLP.format(first="lambda x: (x - 0.1307) / 0.3081"))
+    out = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=4, attacks=["fc_inversion"], device="cpu",
+                seed=0).outcome("fc_inversion")  # fmt: skip
+    assert out.psnr_max == PSNR_CAP and out.details["input_map"].startswith("the model's own")
+
+
+def test_fc_inversion_behind_batch_statistics_is_inconclusive(own_arch):
+    from fedguard.audit import audit
+
+    arch = own_arch(NORMALISED_MLP.format(first="nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Unflatten(1, (1, 8, 8)))"))
+    report = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=4, attacks=["fc_inversion"], device="cpu", seed=0)
+    assert "inconclusive" in report.outcome("fc_inversion").details and str(report.verdict) == "warn"
+    assert any(n.startswith("fc_inversion rebuilt nothing: the first Linear layer reads") for n in report.notes)
