@@ -197,7 +197,10 @@ class Disaggregation:
     the aggregates' column space, ``threshold`` the largest distance that still
     counts as ``exact``. ``stage`` says which step found each column.
     ``user_seconds`` splits the wall time over users (shared steps divided
-    evenly among the users they worked on).
+    evenly among the users they worked on). ``interchangeable`` lists the
+    groups of users who took part with identical count rows: their columns
+    and updates are recovered as a set, but which is whose no attacker can
+    tell from the counts (``status`` calls each exact when the set is).
     """
 
     participation: np.ndarray
@@ -213,6 +216,7 @@ class Disaggregation:
     noise_estimated: bool
     rank: int
     notes: tuple[str, ...] = ()
+    interchangeable: tuple[tuple[int, ...], ...] = ()
 
     @property
     def n_users(self) -> int:
@@ -1179,6 +1183,13 @@ def disaggregate(
         updates[used] = solution
         if len(used) < int(active.sum()):
             notes.append("updates of recovered users are least-squares estimates with the unrecovered users' share left out")
+    interchangeable = _same_counts(rounds.counts, active)
+    if interchangeable:
+        listed = "; ".join(", ".join(map(str, group)) for group in interchangeable[:10])
+        notes.append(f"users with the same counts in every window ({listed}"
+                     f"{'; ...' if len(interchangeable) > 10 else ''}) are recovered as a set: their rounds and "
+                     "updates are found, but which is whose no attacker can tell from the counts, and the updates "
+                     "file lists them in one of the possible orders")  # fmt: skip
     seconds = time.perf_counter() - start
     if progress is not None:
         progress(n_users, n_users)
@@ -1196,7 +1207,16 @@ def disaggregate(
         noise_estimated=estimated,
         rank=rank,
         notes=tuple(notes),
+        interchangeable=interchangeable,
     )
+
+
+def _same_counts(counts: np.ndarray, active: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """Groups (two or more) of users who took part and share one count row, in user order."""
+    groups: dict[bytes, list[int]] = {}
+    for u in np.flatnonzero(active):
+        groups.setdefault(np.asarray(counts[u]).tobytes(), []).append(int(u))
+    return tuple(tuple(g) for g in groups.values() if len(g) > 1)
 
 
 # --------------------------------------------------------------------------- scoring

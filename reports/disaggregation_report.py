@@ -5,14 +5,14 @@ The JSON document is described by ``schemas/disaggregate-report.schema.json``
 notes in ``docs/disaggregation.md``). Sample::
 
     {
-      "schema_version": "1.0",
+      "schema_version": "1.1",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "disaggregate",
       "source": {"kind": "file", "path": "rounds.npz"},
       "rounds": 200, "users": 50, "dim": 200, "window": 10,
       "noise_scale": 0.0, "noise_estimated": true, "rank": 50,
       "users_recovered": 50, "users_exact": 50, "users_approximate": 0, "users_failed": 0,
-      "status": ["exact", ...], "stage": ["projection", ...],
+      "status": ["exact", ...], "stage": ["projection", ...], "interchangeable": [],
       "participation": [[0, 1, ...], ...],
       "seconds": 0.41, "seconds_per_user": 0.008,
       "updates_file": "report-updates.npz",
@@ -32,7 +32,7 @@ from fedguard.reports.base import plural, printable_values
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_FILE = "disaggregate-report.schema.json"
 FORMATS = ("text", "json")
 
@@ -70,6 +70,7 @@ def disaggregation_to_dict(
         "status": list(result.status),
         "stage": list(result.stage),
         "stages": result.stage_counts(),
+        "interchangeable": [list(group) for group in result.interchangeable],
         "participation": result.participation.astype(int).tolist(),
         "seconds": float(result.seconds),
         "seconds_per_user": float(result.seconds / max(result.n_users, 1)),
@@ -108,9 +109,12 @@ def _text(doc: Mapping[str, Any]) -> str:
     exposed = doc["users_recovered"]  # not users_exact: one who never took part has an exact column but no update in the sums
     known = doc["users_exact"] - doc["stages"]["zero"]
     if exposed:
+        shared = sum(len(group) for group in doc["interchangeable"])
         lines.append(
             f"  => secure aggregation did not hide {plural(exposed, 'user')}: their individual updates are recoverable"
-        )
+            + (f" ({shared} of them as a set among users with the same counts: whose is whose stays unknown)"
+               if shared else "")
+        )  # fmt: skip
     elif known:
         lines.append(
             f"  => {plural(known, 'user')}' rounds recovered exactly, not their updates: the columns that are not exact "

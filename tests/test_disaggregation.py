@@ -22,6 +22,7 @@ from fedguard.attacks.disaggregation import (
     validate_rounds,
 )
 from fedguard.cli import main
+from fedguard.reports.disaggregation_report import disaggregation_to_dict, render_disaggregation
 from fedguard.errors import InputError
 from fedguard.exposure import FederationSettings, client_exposure, exposure
 
@@ -113,6 +114,26 @@ def test_users_who_never_took_part():
     assert not result.participation[:, -1].any()
     assert np.isnan(result.updates[-1]).all()
     assert result.users_exact == 11
+
+
+def test_users_with_the_same_counts_are_a_set_not_told_apart():
+    """User 1's rounds are user 0's shuffled within each window: the counts cannot tell them apart, and they had been
+    reported as each recovered exactly, with their updates swapped."""
+    rng = np.random.default_rng(3)
+    fed = simulate_federation(users=12, rounds=60, dim=30, window=10, seed=3)
+    P = fed.participation.copy()
+    for k in range(0, 60, 10):
+        P[k : k + 10, 1] = rng.permutation(P[k : k + 10, 0])
+    counts = P.reshape(6, 10, 12).sum(axis=1).T
+    result = disaggregate(P @ fed.updates, counts, 10, time_limit=5, workers=1)
+    assert result.interchangeable == ((0, 1),)
+    assert any("recovered as a set" in note for note in result.notes)
+    recovered = {result.participation[:, u].tobytes() for u in (0, 1)}
+    assert recovered == {P[:, u].astype(np.int8).tobytes() for u in (0, 1)}  # the pair's rounds, in some order
+    doc = disaggregation_to_dict(result, {"kind": "file", "path": "rounds.npz"}, 30)
+    assert doc["interchangeable"] == [[0, 1]]
+    assert "(2 of them as a set among users with the same counts" in render_disaggregation("text", doc)
+    _validate_schema(doc)
 
 
 def test_deterministic_for_a_seed():
