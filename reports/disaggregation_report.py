@@ -115,16 +115,13 @@ def _text(doc: Mapping[str, Any]) -> str:
             + (f" ({shared} of them as a set among users with the same counts: whose is whose stays unknown)"
                if shared else "")
         )  # fmt: skip
-    elif known:
-        lines.append(
-            f"  => {plural(known, 'user')}' rounds recovered exactly, not their updates: the columns that are not exact "
-            "pull every least-squares estimate off"
-        )
-    elif approximate := doc["users_approximate"]:
-        lines.append(
-            f"  => no user's update was recovered exactly; {plural(approximate, 'user')}' rounds were estimated "
-            "approximately" + (", and the updates written are estimates from them" if doc["updates_file"] else "")
-        )
+    elif known or doc["users_approximate"]:
+        approximate = doc["users_approximate"]
+        found = f"{known} of {users} users' rounds recovered exactly" if known else "no user's rounds certified exact"
+        estimated = (f", {approximate} estimated (estimated rounds are often right, see docs/disaggregation.md: this is "
+                     "no sign that secure aggregation hid them)" if approximate else "")  # fmt: skip
+        lines.append(f"  => {found}{estimated}; no update is certified, since a column that is not exact shifts "
+                     "every least-squares estimate by an unknown amount")  # fmt: skip
     else:
         lines.append("  => no user's individual update was recovered from these sums")
     return "\n".join(lines) + "\n"
