@@ -810,7 +810,8 @@ def audit(
             outcomes.append(
                 score(rec, batch_x, batch_y, n_out, title=cls.title, reference=cls.reference, kind=cls.kind, prior=prior)
             )
-            if cls.kind == "labels" and view.labels is None and rec.labels is not None and len(rec.labels) == B:
+            if cls.emulates is None and view.labels is None and rec.labels is not None and len(rec.labels) == B:
+                # the same server's labels seed the attacks after it (DLG's, where no label attack applies)
                 view = dataclasses.replace(view, labels=rec.labels.long(), label_counts=rec.label_counts, label_source=f"recovered by {name}")
         if federation is not None and not stop.is_set():  # Ctrl-C here too keeps the attacks' results
             exposure = _exposure(upd, federation, seed, time_budget, stop, progress)

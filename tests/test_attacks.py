@@ -977,3 +977,15 @@ def test_fc_inversion_behind_batch_statistics_is_inconclusive(own_arch):
     report = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=4, attacks=["fc_inversion"], device="cpu", seed=0)
     assert "inconclusive" in report.outcome("fc_inversion").details and str(report.verdict) == "warn"
     assert any(n.startswith("fc_inversion rebuilt nothing: the first Linear layer reads") for n in report.notes)
+
+
+def test_dlgs_labels_seed_inverting_gradients_where_no_label_attack_applies(own_arch):
+    """A 1x1-convolution head (no Linear): label counts and iDLG do not apply; Inverting Gradients had been skipped
+    for want of labels while DLG had recovered them, and the audit had passed."""
+    from fedguard.audit import audit
+
+    arch = own_arch("def net(num_classes=10):\n    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), "
+                    "nn.Conv2d(16, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())")  # fmt: skip
+    report = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=4, device="cpu", seed=0, max_iterations=10,
+                   attacks=["dlg", "inverting_gradients"])  # fmt: skip
+    assert [o.name for o in report.attacks] == ["dlg", "inverting_gradients"]
