@@ -36,8 +36,10 @@ identity units transmit one pixel untouched (T-SNR → ∞); learned units mix
 many inputs (T-SNR of a few at most). As FG102/FG103 (pass-through units)
 it is medium severity: such units carry the input to a leaking layer, which
 its own rule reports, and an identity-initialised first layer (``eye_``)
-has them honestly. Units left with a single weight by pruning are not
-reported when the layer's other units are sparse too (a 3×3 convolution
+has them honestly. A layer whose units read one input each (a 1×1
+convolution on a one-channel image, a ViT with one-pixel patches) mixes
+nothing by construction and is not scored. Units left with a single weight
+by pruning are not reported when the layer's other units are sparse too (a 3×3 convolution
 pruned to 90 % is one tap per filter), as in FG102/FG103. Thresholds and
 the benign measurements behind them are in docs/detectors.md.
 """
@@ -187,7 +189,7 @@ class GradientSNR(Detector):
     def _transmit(self, module: nn.Module, inputs: torch.Tensor):
         first = next((m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
         name = next((n for n, m in module.named_modules() if m is first), None)
-        if first is None:
+        if first is None or first.weight[0].numel() == 1:  # one input per unit (a 1x1 stem on one channel): no mixing
             return
         with torch.no_grad():
             snr = transmit_snr(first, inputs)

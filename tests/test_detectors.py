@@ -111,6 +111,14 @@ def test_transmit_snr_quiet_on_a_layerwise_pruned_convnet():
     assert _with_data(model, (1, 8, 8)) == {}
 
 
+def test_transmit_snr_skips_a_first_layer_of_one_input_per_unit():
+    """A 1x1 stem on a one-channel image has T-SNR infinite by construction: it had been flagged, init or trained."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))  # fmt: skip
+    assert "FG802" not in _with_data(model, (1, 8, 8))
+
+
 def test_transmit_snr_on_an_identity_first_layer_is_suspicious_not_malicious():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
