@@ -27,7 +27,11 @@ largest. Saturating activations silence samples in a few tensors of honest
 networks too (MobileNetV3's hard-sigmoid gates at xavier init: 81 % of the
 batch in one squeeze-excitation tensor), but never across the network: the
 model is reported when at least half of its parameter tensors have at least
-half the batch silent (benign zoo: at most 1.4 % of tensors; fishing: ≥ 67 %).
+half the batch silent (benign zoo: at most 1.4 % of tensors; fishing: ≥ 67 %),
+and at least half the batch is silent in all of those tensors together
+(fishing: 13-15 of 16 samples; a Switch-style top-1 mixture of experts
+silences 73 % of tensors for some samples each, but no sample in all of
+them: 0 of 16, and it had been reported).
 
 Transmit-SNR (FG802) asks the same of the first layer's forward pass: for
 each unit, the energy of its single strongest input term (one pixel times one
@@ -157,12 +161,16 @@ class GradientSNR(Detector):
             return []
         norms = {name: n for name, n in per_example_gradient_norms(module, inputs, labels).items() if float(n.max()) > 0}
         scores = {name: dsnr(n) for name, n in norms.items()}
-        silent = {name: float((n <= SILENT * n.max()).float().mean()) for name, n in norms.items()}
+        quiet = {name: n <= SILENT * n.max() for name, n in norms.items()}
+        silent = {name: float(q.float().mean()) for name, q in quiet.items()}
         if scores:
             worst = max(scores, key=scores.get)
             muted = sorted(name for name, share in silent.items() if share >= SILENT_SHARE)
             muted_share = len(muted) / len(silent)
-            if scores[worst] < DSNR_LIMIT and muted_share >= SILENT_TENSORS:
+            # the same samples silent in all of them: a mixture of experts routes each sample around most experts,
+            # but every sample through some
+            isolated = float(torch.stack([quiet[name] for name in muted]).all(0).float().mean()) if muted else 0.0
+            if scores[worst] < DSNR_LIMIT and muted_share >= SILENT_TENSORS and isolated >= SILENT_SHARE:
                 yield self.finding(
                     "FG801", "Most of the batch is silent across the network (class isolation)", Severity.HIGH,
                     Confidence.MEDIUM, None,
@@ -170,6 +178,7 @@ class GradientSNR(Detector):
                     f"{len(muted)} of {len(silent)} parameter tensors: the model routes the update through a few "
                     "samples (e.g. one class) so they can be separated and reconstructed. Do not train on this model.",
                     silent_tensor_share=rounded(muted_share), max_silent_samples=rounded(max(silent.values())),
+                    silent_everywhere=rounded(isolated),
                     dsnr=rounded(scores[worst]), batch=len(inputs), tensors_flagged=muted[:20], limit=SILENT_TENSORS,
                 )
             elif scores[worst] >= DSNR_LIMIT:

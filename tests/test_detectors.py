@@ -111,6 +111,37 @@ def test_transmit_snr_quiet_on_a_layerwise_pruned_convnet():
     assert _with_data(model, (1, 8, 8)) == {}
 
 
+class _TopOneExperts(torch.nn.Module):
+    """A Switch-style mixture of experts: each sample goes through the one expert its router picks."""
+
+    def __init__(self, experts: int = 4, hidden: int = 32):
+        super().__init__()
+        self.embed = torch.nn.Linear(64, hidden)
+        self.router = torch.nn.Linear(hidden, experts)
+        self.experts = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(hidden, 2 * hidden), torch.nn.ReLU(), torch.nn.Linear(2 * hidden, hidden))
+            for _ in range(experts)
+        )
+        self.fc = torch.nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.embed(x.flatten(1)))
+        gate = self.router(h).softmax(-1)
+        top = gate.argmax(-1)
+        out = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):
+            chosen = top == e
+            if chosen.any():
+                out[chosen] = expert(h[chosen]) * gate[chosen, e : e + 1]
+        return self.fc(h + out)
+
+
+def test_a_mixture_of_experts_is_not_class_isolation():
+    """Hard routing silences most samples in most experts' tensors, but no sample in all of them."""
+    torch.manual_seed(0)
+    assert "FG801" not in _with_data(_TopOneExperts(), (1, 8, 8), ["gradient_snr"])
+
+
 def test_transmit_snr_skips_a_first_layer_of_one_input_per_unit():
     """A 1x1 stem on a one-channel image has T-SNR infinite by construction: it had been flagged, init or trained."""
     torch.manual_seed(0)
