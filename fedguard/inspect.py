@@ -57,7 +57,8 @@ def build_expected_module(
     The head is the Linear layer whose output is the logits, found by running the module (the last Linear declared
     may be a hidden one: reading the class count off it had called an unchanged model drifted); without an input
     shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list,
-    or when the tensors do not name that layer (a wrapper's prefix), the head is the last 2-D tensor.
+    or when the tensors do not name that layer (a wrapper's prefix), the head is the last 2-D tensor. A count that
+    fits the received tensors worse than the module's own 10 classes is not taken.
     """
     from fedguard.architectures import build_model, builds_any_class_count, resolve_input_shape
     from fedguard.attacks._head import find_head
@@ -77,8 +78,16 @@ def build_expected_module(
         if received is None:
             received = next((t for t in reversed(list(tensors.values())) if t.ndim == 2), None)
         if received is not None and received.ndim == 2 and received.shape[0] != 10 and builds_any_class_count(arch):
-            module = build_model(arch, num_classes=int(received.shape[0]), input_shape=input_shape)
+            rebuilt = build_model(arch, num_classes=int(received.shape[0]), input_shape=input_shape)
+            if _misfits(rebuilt, tensors) <= _misfits(module, tensors):  # a head that is no Linear (a cosine
+                # classifier's bare weight) leaves the last Linear, a hidden one, to be read: its width is no class count
+                module = rebuilt
     return module
+
+
+def _misfits(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> int:
+    """How many of ``module``'s tensors the received ones name with another shape."""
+    return sum(1 for k, v in module.state_dict().items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape))
 
 
 def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str, torch.Tensor]:

@@ -218,6 +218,14 @@ def exits(num_classes=10):
 def double(num_classes=10):
     return nn.Sequential(nn.Flatten(), nn.Linear(144, num_classes)).double()
 
+class Cosine(nn.Module):  # a cosine classifier: the class matrix a bare parameter, the last Linear a hidden layer
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(144, 32))
+        self.weight = nn.Parameter(torch.randn(num_classes, 32))
+    def forward(self, x):
+        return 16 * nn.functional.normalize(self.body(x), dim=1) @ nn.functional.normalize(self.weight, dim=1).T
+
 instance = tiny()
 NUMBER = 3
 """
@@ -246,6 +254,16 @@ def test_module_callable_builds(user_module):
     assert shaped(torch.rand(1, 2, 5, 5)).shape == (1, 3)
     assert build_model(f"{user_module}:fixed")[1].out_features == 5  # num_classes not passed
     assert build_model(f"{user_module}:fixed", num_classes=5)[1].out_features == 5  # the count it gives
+
+
+def test_inspect_reads_no_class_count_off_a_hidden_layer_of_a_cosine_classifier(user_module, tmp_path):
+    """The hidden Linear's 32 outputs had been taken for the class count: the model was then 'drifted' (FG701)."""
+    from fedguard.inspect import inspect_model
+
+    torch.manual_seed(0)
+    torch.save(build_model(f"{user_module}:Cosine").state_dict(), tmp_path / "cosine.pt")
+    report = inspect_model(tmp_path / "cosine.pt", arch=f"{user_module}:Cosine", data="digits")
+    assert [f.rule_id for f in report.findings] == []
 
 
 def test_module_callable_that_cannot_take_the_class_count_asked_for(user_module):
