@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fedguard
 from fedguard import checks
@@ -717,7 +718,8 @@ def audit(
     prior = view.auxiliary[0].mean(0) if view.auxiliary is not None else None  # what the server would guess without the update
     baseline = baseline_psnr(batch_x, prior)
     exposure = None
-    with _first_interrupt_sets(stop, notify):
+    # the attacks differentiate gradients; only the math kernel of scaled_dot_product_attention has a double backward
+    with _first_interrupt_sets(stop, notify), sdpa_kernel(SDPBackend.MATH):
         for name in names:
             cls = reg.get(name)
             attack = chosen[name]

@@ -989,3 +989,28 @@ def test_dlgs_labels_seed_inverting_gradients_where_no_label_attack_applies(own_
     report = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=4, device="cpu", seed=0, max_iterations=10,
                    attacks=["dlg", "inverting_gradients"])  # fmt: skip
     assert [o.name for o in report.attacks] == ["dlg", "inverting_gradients"]
+
+
+TRANSFORMER = """
+class Rows(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, 16), nn.Linear(16, num_classes)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 1)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x[:, 0])).mean(1))
+
+
+def net(num_classes=10):
+    return Rows(num_classes)
+"""
+
+
+def test_attacks_run_through_scaled_dot_product_attention(own_arch):
+    """The attacks' double backward needs the math kernel of attention: on CPU's flash kernel they had been skipped."""
+    from fedguard.audit import audit
+
+    report = audit(arch=own_arch(TRANSFORMER), input_shape=SHAPE, data="digits", batch_size=2, device="cpu", seed=0,
+                   max_iterations=3, attacks=["dlg", "inverting_gradients"])  # fmt: skip
+    assert [o.name for o in report.attacks] == ["dlg", "inverting_gradients"] and not report.skipped
