@@ -1346,6 +1346,7 @@ def _python_blocks(section: str) -> list[str]:
 def test_the_documented_flower_gate_refuses_a_crafted_model_and_runs_the_audit():
     from fedguard.architectures import build_model
     from fedguard.attacks.craft import craft
+    from fedguard.data import load_data
 
     gate, client = _python_blocks("Gate a Flower client's upload")
     compile(client, "docs/audit.md (Flower client)", "exec")
@@ -1355,17 +1356,20 @@ def test_the_documented_flower_gate_refuses_a_crafted_model_and_runs_the_audit()
     torch.manual_seed(0)
     honest = build_model("lenet", num_classes=10)
     as_flower = [v.numpy() for v in honest.state_dict().values()]
-    assert ns["received_model_is_safe"](as_flower)
+    own_x, own_y = load_data("digits", input_shape=(3, 32, 32))
+    own_x, own_y = own_x[:16], own_y[:16]
+    assert ns["received_model_is_safe"](as_flower, own_x, own_y)
     fishing = craft("class_fishing", build_model("lenet", num_classes=10), input_shape=(3, 32, 32), num_classes=10)
-    assert not ns["received_model_is_safe"]([v.detach().numpy() for v in fishing.state_dict().values()])
+    assert not ns["received_model_is_safe"]([v.detach().numpy() for v in fishing.state_dict().values()], own_x, own_y)
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     before = [p.detach().clone() for p in honest.parameters()]
     ns["GATE_ATTACKS"] = ["label_counts"]  # counts alone leak little: the update goes out
-    assert ns["upload_is_safe"](honest, x, y, local_steps=2, local_lr=0.01) is True
+    assert ns["upload_is_safe"](honest, x, y, local_steps=2, local_lr=0.01, local_batch_size=2) is True
     assert all(torch.equal(a, p) for a, p in zip(before, honest.parameters()))  # the client's model is left as it was
     ns.update(ARCH="mlp", GATE_ATTACKS=["fc_inversion"])  # one example through a first linear layer: rebuilt exactly
     mlp = build_model("mlp", num_classes=10)
-    assert ns["upload_is_safe"](mlp, torch.rand(1, 1, 28, 28), torch.tensor([3]), local_steps=1, local_lr=0.01) is False
+    one = torch.rand(1, 1, 28, 28), torch.tensor([3])
+    assert ns["upload_is_safe"](mlp, *one, local_steps=1, local_lr=0.01, local_batch_size=1) is False
 
 
 def test_a_wrapper_around_the_architecture_is_audited():
