@@ -1252,7 +1252,18 @@ def craft(
     if spoilt is not None:  # a huge but finite option overflowed float32: such a model shows nothing a detector looks for
         raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use values "
                          "nearer 1 (a huge one overflows, and so does a tiny one the crafter divides by)")  # fmt: skip
+    if _unchanged(model, crafted):  # no layer it works on was found: a file that is the model itself would mislead
+        raise InputError(f"{name} found nothing to plant in this {type(model).__name__} with {given} (no layer of the "
+                         "kind it changes where it looks); pick another attack or architecture")  # fmt: skip
     return crafted
+
+
+def _unchanged(model: nn.Module, crafted: nn.Module) -> bool:
+    """Whether ``crafted`` holds exactly ``model``'s tensors under the same names."""
+    before, after = model.state_dict(), crafted.state_dict()
+    return before.keys() == after.keys() and all(
+        before[k].shape == after[k].shape and torch.equal(before[k], after[k]) for k in before
+    )
 
 
 def craft_model(

@@ -202,6 +202,21 @@ def test_crafting_keeps_the_callers_torch_state_and_reads_uint8_data_as_pixels(n
 # --------------------------------------------------------------------------- MKOR
 
 
+def test_a_crafter_that_changes_nothing_is_an_input_error():
+    """A recurrent classifier has no layer mkor_inconspicuous plants in: it had written the model itself, exit 0."""
+
+    class Rows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru, self.head = nn.GRU(8, 16, batch_first=True), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.gru(x[:, 0])[0][:, -1])
+
+    with pytest.raises(InputError, match="^mkor_inconspicuous found nothing to plant in this Rows with its default options"):
+        craft("mkor_inconspicuous", Rows(), input_shape=(1, 8, 8))
+
+
 def test_mkor_parameters_follow_the_paper():
     model = craft_model("mkor", "lenet5")
     fc1, fc2, fc3 = linears(model)
