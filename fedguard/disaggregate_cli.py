@@ -7,6 +7,7 @@ error, including aggregates that cannot identify the participation matrix
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +53,9 @@ class _UserBar:
 
 def _default_updates_path(output: Path) -> Path:
     """``OUTPUT-updates.npz`` with the report's whole name (``d.json-updates.npz``), so ``d.json`` and ``d.txt`` keep
-    their own."""
-    return output.with_name(f"{output.name}-updates.npz")
+    their own; beside a link's target, where the report lands (as audit's grids)."""
+    report = Path(os.path.realpath(output))
+    return report.with_name(f"{report.name}-updates.npz")
 
 
 @click.command("disaggregate")

@@ -327,6 +327,16 @@ def test_users_that_cannot_be_certified_without_noise_are_not_blamed_on_noise():
     assert "a one-swap error fits the noise-free sums exactly" in res.output and "at this noise level" not in res.output
 
 
+def test_the_updates_go_beside_a_linked_reports_target(tmp_path):
+    """As audit's grids: they had gone beside the link, the report to its target."""
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "reports" / "target.json")
+    res = _run(["--simulate", "--users", "10", "--rounds", "40", "--dim", "20", "-o", str(tmp_path / "link.json")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "reports" / "target.json-updates.npz").is_file()
+    assert not (tmp_path / "link.json-updates.npz").exists()
+
+
 def test_cli_simulate_json(tmp_path):
     out = tmp_path / "report.json"
     saved = tmp_path / "rounds.npz"
