@@ -431,15 +431,14 @@ def _exposure(
     upd: Update,
     federation: FederationSettings,
     seed: int,
-    time_budget: float | None,
+    budget: float,
     stop: threading.Event,
     progress: AuditProgress | None,
 ) -> dict[str, Any]:
-    """The exposure section: this update among simulated peers (see :mod:`fedguard.exposure`)."""
+    """The exposure section: this update among simulated peers (see :mod:`fedguard.exposure`), within ``budget`` s."""
     vector = torch.cat([t.detach().reshape(-1).cpu() for t in upd.tensors.values()])
     name = "exposure"
     scenarios = len(what_ifs(federation))
-    budget = EXPOSURE_BUDGET if time_budget is None else min(EXPOSURE_BUDGET, time_budget)
     if progress is not None:
         progress.start(name, scenarios, budget)
     seen: list[str] = []
@@ -452,7 +451,7 @@ def _exposure(
     result = client_exposure(vector, federation, seed=seed, budget=budget, stop=stop.is_set, progress=step)
     if progress is not None:
         progress.finish(name, "interrupted" if stop.is_set() else "done")
-    return result.to_dict()
+    return {**result.to_dict(), "budget": budget}
 
 
 @_caller_state_kept
@@ -480,6 +479,7 @@ def audit(
     progress: AuditProgress | None = None,
     stop: threading.Event | None = None,
     federation: FederationSettings | None = None,
+    exposure_budget: float | None = None,
 ) -> AuditReport:
     """Compute the pending update, attack it as the server would, and measure what leaks.
 
@@ -539,8 +539,11 @@ def audit(
         When given, the report gets an ``exposure`` section: after how many
         rounds gradient disaggregation recovers this update from securely
         aggregated sums, and how DP noise, coarser counts or rarer
-        participation change that (:mod:`fedguard.exposure`). Bounded by
-        :data:`EXPOSURE_BUDGET` seconds (or ``time_budget`` when smaller).
+        participation change that (:mod:`fedguard.exposure`).
+    exposure_budget : float, optional
+        Seconds for the exposure analysis, all its scenarios together; default
+        :data:`EXPOSURE_BUDGET` (or ``time_budget`` when smaller). What-ifs it
+        does not reach are reported as not run, never as not exposed.
 
     Returns
     -------
@@ -573,6 +576,10 @@ def audit(
     )  # the local schedule is checked with the update (update.check_protocol)
     if time_budget is not None:
         time_budget = checks.finite(time_budget, "--time-budget", positive=True)
+    if exposure_budget is not None:
+        exposure_seconds = checks.finite(exposure_budget, "--exposure-budget", positive=True)
+    else:
+        exposure_seconds = EXPOSURE_BUDGET if time_budget is None else min(EXPOSURE_BUDGET, time_budget)
     for value, kind, name in ((threat, ThreatModel, "threat"), (federation, FederationSettings, "federation")):
         if value is not None and not isinstance(value, kind):
             raise InputError(f"{name} is a {type(value).__name__}; pass a {kind.__name__} or None")
@@ -816,7 +823,7 @@ def audit(
                 # the same server's labels seed the attacks after it (DLG's, where no label attack applies)
                 view = dataclasses.replace(view, labels=rec.labels.long(), label_counts=rec.label_counts, label_source=f"recovered by {name}")
         if federation is not None and not stop.is_set():  # Ctrl-C here too keeps the attacks' results
-            exposure = _exposure(upd, federation, seed, time_budget, stop, progress)
+            exposure = _exposure(upd, federation, seed, exposure_seconds, stop, progress)
 
     from fedguard.metrics import THRESHOLDS
 

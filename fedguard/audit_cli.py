@@ -183,6 +183,7 @@ def _formats() -> dict[str, str]:
 @click.option("--count-window", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: rounds per window of published participation counts.")
 @click.option("--stable-rounds", type=click.IntRange(min=1), default=200, show_default=True, help="Exposure: rounds your update stays (nearly) the same.")
 @click.option("--aggregate-noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
+@click.option("--exposure-budget", type=FiniteFloatRange(min=0, min_open=True), help="Exposure: seconds for the whole analysis, its what-ifs included (default 5, or --time-budget when smaller); what-ifs it does not reach are reported as not run.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat when --max-iterations, not --time-budget, ends them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats())), help="Output format (default: the one --output's extension names, else text).")
@@ -192,7 +193,7 @@ def _formats() -> dict[str, str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
                   update, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
-                  exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise,
+                  exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise, exposure_budget,
                   seed, device, fmt, output, fail_on, force, quiet):
     """Attack your own pending update as the server could, and measure what leaks.
 
@@ -213,7 +214,8 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.threat import ThreatModel
 
     refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
-    refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise"),
+    refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise",
+                                 "exposure_budget"),
                    "sets up the exposure analysis, which --no-exposure turns off; drop --no-exposure")  # fmt: skip
     refuse_unused(bool(attacks) and "dlg" not in attacks, ("dlg_starts",), "sets up DLG, which --attack leaves out; add --attack dlg")
     refuse_unused(bool(attacks) and "inverting_gradients" not in attacks, ("ig_restarts", "ig_tv"),
@@ -245,7 +247,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
             protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
             update=update, attacks=list(attacks) or None, max_iterations=max_iterations, time_budget=time_budget,
             threat=threat, seed=seed, device=device, fail_on=fail_on, attack_options=options, progress=bars, stop=stop,
-            federation=federation,
+            federation=federation, exposure_budget=exposure_budget,
         )  # fmt: skip
     images: dict[str, bytes] = {}
     outcomes = []

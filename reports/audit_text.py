@@ -190,6 +190,9 @@ def exposure_summary(exposure: Mapping) -> str:
                 f"gradient disaggregation recovers it once it stays the same that long (it stays {st['stable_rounds']})")
     if exposure["outcome"] == "not identifiable":
         return f"with {where}, {st['stable_rounds']} stable rounds are too few for gradient disaggregation to single it out"
+    if exposure["outcome"] == "not exposed" and st["participation"] == 1:
+        return (f"with {where}, every user is in every round: each sum holds all the updates alike, so gradient "
+                "disaggregation cannot single this one out (the sums still reveal the federation's total)")
     if exposure["outcome"] == "not exposed":
         return f"with {where}, gradient disaggregation did not recover this update within {st['stable_rounds']} rounds"
     configured = exposure["scenarios"][0]

@@ -994,6 +994,7 @@ def test_exposure_section_in_every_format(workdir, schema):
     report = json.loads(out.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator(schema).validate(report)
     exposure = report["exposure"]
+    assert exposure["budget"] == 5.0  # the default cap
     assert exposure["settings"]["users"] == 6 and exposure["settings"]["window"] == 5
     assert exposure["outcome"] == "exposed" and 6 < exposure["rounds_to_exposure"] <= 40
     labels = [s["label"] for s in exposure["scenarios"]]
@@ -1009,6 +1010,17 @@ def test_exposure_section_in_every_format(workdir, schema):
     assert json.loads(off.read_text(encoding="utf-8"))["exposure"] is None
 
 
+def test_the_exposure_budget_is_the_users_to_set():
+    run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts", "--format", "json")
+    report = json.loads(invoke(*run, "--users-per-round", "3", "--stable-rounds", "40", "--exposure-budget", "0.5",
+                               exposure=True).stdout)  # fmt: skip
+    assert report["exposure"]["budget"] == 0.5
+    for args, message in ((("--no-exposure", "--exposure-budget", "9"), "--exposure-budget sets up the exposure"),
+                          (("--exposure-budget", "0"), "--exposure-budget")):  # fmt: skip
+        res = invoke(*run, *args)
+        assert res.exit_code == 2 and message in res.stderr
+
+
 def test_the_exposure_sentence_names_the_noise_on_the_sums():
     from fedguard.reports.audit_text import exposure_summary
 
@@ -1016,6 +1028,8 @@ def test_the_exposure_sentence_names_the_noise_on_the_sums():
     doc = {"outcome": "not exposed", "rounds_to_exposure": None, "scenarios": []}
     assert "noise" not in exposure_summary({**doc, "settings": {**settings, "noise": 0.0}})
     assert "counts per 10 rounds, noise 0.05 on the sums" in exposure_summary({**doc, "settings": {**settings, "noise": 0.05}})
+    everyone = {**settings, "noise": 0.0, "participation": 1.0, "users": 10}
+    assert "every user is in every round" in exposure_summary({**doc, "settings": everyone})
 
 
 def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
