@@ -196,7 +196,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     report = json.loads(result.stdout)
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
-    assert report["schema_version"] == "1.4" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.5" and report["leakage"]["measured"] is True
     import hashlib  # provenance: the exact files audited
 
     for section, name in (("update", "update.pt"), ("data", "batch.npz")):
