@@ -12,6 +12,12 @@ are not zero. Measured on the benign zoo (tests/zoo.py: default, xavier,
 kaiming, orthogonal, trunc-normal inits; trained, 50–90 % pruned, fp16, zero
 heads and adapters): no constant non-zero row with 4+ entries ever occurs, so
 a single such row is reported and two or more make the model malicious.
+
+A binarised layer (every row ±α of its own α, both signs: XNOR-Net,
+Rastegari et al. 2016) has rows of one sign honestly: a trained XNOR-Net's 3x3 single-channel
+filters had 2 of 16 all +α, reported as malicious. In such a layer constant
+rows are reported only when they are half the rows or more; every crafted
+averaging layer (MKOR, imprint, LOKI, trap blocks) is constant in all its rows.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from fedguard.detectors.rows import REL_TOL, live_rows
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 4
+#: In a binarised layer (every weight ±α), rows of one sign are rows, not planted averages, below this share.
+BINARISED_SHARE = 0.5
 
 
 @register_detector("constant_rows")
@@ -46,7 +54,7 @@ class ConstantRows(Detector):
             mean = stats.mean
             constant = live_rows(layer) & (stats.maximum - stats.minimum <= REL_TOL * mean.abs())
             count = int(constant.sum())
-            if not count:
+            if not count or (count < BINARISED_SHARE * stats.rows and _binarised(layer)):
                 continue
             value = float(mean[constant].abs().median())
             n_rows = stats.rows
@@ -59,3 +67,13 @@ class ConstantRows(Detector):
                 constant_rows=count, rows=n_rows, fraction=rounded(count / n_rows),
                 weight_value=rounded(value), weight_times_fan_in=rounded(value * layer.fan_in), fan_in=layer.fan_in,
             )
+
+
+def _binarised(layer) -> bool:
+    """Whether every row of ``layer`` is ±α of its own α > 0, both signs in the layer (XNOR-Net scales each filter
+    by its mean magnitude; BinaryConnect uses one α)."""
+    rows = layer.rows()
+    magnitude = rows.abs()
+    peak = magnitude.amax(dim=1)
+    return bool((peak > 0).all() and (magnitude.amin(dim=1) >= (1 - REL_TOL) * peak).all()
+                and (rows > 0).any() and (rows < 0).any())  # fmt: skip

@@ -336,6 +336,16 @@ def test_linear_layers_named_like_embeddings_are_scored(crafter):
     assert {layer.kind for layer in view} == {"embedding"}
 
 
+def test_a_binarised_layers_rows_of_one_sign_are_not_averaging_rows():
+    """XNOR-Net filters are ±α: 2 of 16 3x3 filters all +α had been malicious; a layer all of one sign still is."""
+    torch.manual_seed(0)
+    conv = torch.sign(torch.randn(16, 1, 3, 3)) * torch.linspace(0.33, 0.46, 16)[:, None, None, None]  # α per filter
+    conv[:2] = conv[:2].abs()
+    net = {"f.0.weight": conv, "fc.weight": torch.randn(10, 16 * 36) * 0.05, "fc.bias": torch.zeros(10)}
+    assert "FG101" not in _rules_of(net)
+    assert _rules_of({**net, "f.0.weight": conv.abs()})["FG101"].severity is Severity.HIGH
+
+
 def test_fused_attention_projections_are_scanned():
     encoder = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4)
     sd = {k: v.clone() for k, v in encoder.state_dict().items()}
