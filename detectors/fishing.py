@@ -22,7 +22,10 @@ rows in the benign zoo and the held-out set (and 103 further honest models,
 at the 25 % cut), the muted rows' lowest bias never exceeds the weighted
 rows' highest (largest gap -0.003), so muted rows
 whose biases all stand ``≥ 2`` above every weighted row's are class fishing
-too. A head whose rows are *all* zero isolates nothing and is skipped.
+too, when they are at least half the rows: fishing mutes every class but its
+targets, while a K+1 head with one constant "reject" logit (zero weights,
+bias 3, above every class's) isolates nothing and had been reported. A head
+whose rows are *all* zero isolates nothing and is skipped.
 Honest dense rows never have one weight more than 20× the RMS of the rest;
 feature fishing's is ≥ 50×.
 """
@@ -86,8 +89,9 @@ class Fishing(Detector):
             return  # a zero head: every logit is its bias, nothing is isolated
         muted = norm <= MUTED * top
         fished = muted & (bias.abs() >= HUGE_BIAS)
-        if muted.any() and float(bias[muted].min() - bias[~muted].max()) >= BIAS_MARGIN:
-            fished = muted  # every muted class's constant logit above every weighted one's
+        if 2 * int(muted.sum()) >= stats.rows and float(bias[muted].min() - bias[~muted].max()) >= BIAS_MARGIN:
+            fished = muted  # most classes' constant logits above every weighted one's (one constant "reject" class of
+            # a K+1 head isolates nothing: the other K still carry every sample's gradient)
         count = int(fished.sum())
         if not count:
             return

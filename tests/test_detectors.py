@@ -378,6 +378,17 @@ def test_class_fishing_with_shrunk_rows_and_moderate_biases(scale, bias):
     assert judge(static_findings(sd)) is Verdict.MALICIOUS
 
 
+def test_one_constant_reject_logit_is_not_class_fishing():
+    """A K+1 head: ten trained rows and one zero row with bias 3 above every class's; nothing is isolated."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(84, 11)
+    sd = {k: v.clone() for k, v in head.state_dict().items()}
+    sd["weight"][10], sd["bias"][10] = 0.0, 3.0
+    assert "FG201" not in _rules_of(sd)
+    sd["weight"][5:10], sd["bias"][5:10] = 0.0, 3.0  # half the classes muted above the rest: fishing
+    assert "FG201" in _rules_of(sd)
+
+
 def test_trap_weights_with_a_different_factor_per_row():
     gen = torch.Generator().manual_seed(0)
     rows = []
