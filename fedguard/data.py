@@ -454,7 +454,8 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         x = x[..., :1] if x.shape[3] == 2 else x[..., :3]
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim != 4:
-        raise InputError(f"x in {path} has shape {x.shape}; store images as N,H,W or N,C,H,W")
+        raise InputError(f"x in {path} has shape {x.shape}; store images as N,H,W or N,C,H,W"
+                         + (" (rows of features as N,1,F: one image of one row each)" if x.ndim == 2 else ""))
     if len(x) == 0:
         raise InputError(f"x in {path} holds no examples; save at least one image")
     y = _labels(np.asarray(y), len(x), f"y in {path}")

@@ -278,7 +278,7 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": GOOD_X, "y": np.array([0, -1, 0, 1])}, r"negative labels"),
         ({"x": GOOD_X, "y": np.array([0, 0.5, 0, 1])}, r"non-integer labels"),
         ({"x": GOOD_X, "y": np.eye(4)}, r"one integer class label per example"),
-        ({"x": np.zeros((4, 8), np.uint8), "y": GOOD_Y}, r"N,H,W or N,C,H,W"),
+        ({"x": np.zeros((4, 8), np.uint8), "y": GOOD_Y}, r"N,H,W or N,C,H,W \(rows of features as N,1,F"),
         ({"x": np.zeros((0, 8, 8), np.uint8), "y": GOOD_Y[:0]}, r"no examples"),
         ({"x": np.zeros((4, 1, 0, 8), np.float32), "y": GOOD_Y}, r"shape \(4, 1, 0, 8\), images without pixels"),
         ({"x": np.zeros((4, 0, 8), np.uint16), "y": GOOD_Y}, r"images without pixels"),
