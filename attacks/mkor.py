@@ -40,6 +40,7 @@ Reconstruction with Gradients in Federated Learning", WACV 2024
 
 from __future__ import annotations
 
+import math
 import time
 from typing import ClassVar
 
@@ -206,6 +207,16 @@ class MKOR(Attack):
         linears = [h.module for h in linear_layers(view.model, view.input_shape, view.device)]
         if not linears or linears[0].bias is None:
             return "the model has no fully connected layer with a bias"
+        was_training = view.model.training
+        try:
+            with torch.no_grad():
+                view.model.eval()  # one example through BatchNorm
+                seen = layer_input(view.model, linears[0], torch.zeros(1, *view.input_shape, device=view.device)).shape[1]
+        finally:
+            view.model.train(was_training)
+        if seen != linears[0].in_features:
+            return ("the first fully connected layer is applied to each token or position, not once to the example "
+                    "(its update mixes them: MKOR reads one feature vector per example)")
         if not any(len(r) for r in self._class_rows(linears, view.num_classes)):
             return "no row of the first fully connected layer reaches one class alone (not an MKOR model)"
         if view.batch_size is None:
@@ -238,10 +249,11 @@ class MKOR(Attack):
             targets = features[classes].to(view.device, torch.float32)
             prior = public.mean(0, keepdim=True).expand(len(classes), *view.input_shape)
             lo, hi = view.threat.input_range
+            flat_size = math.prod(view.input_shape)  # a first Linear applied per token reads part of the input
             if not len(classes):
                 images, fit = torch.zeros(0, *view.input_shape), {"inversion_iterations": 0}
                 budget.check(0)
-            elif find_first_layer(model, view.input_shape, view.device).module is first:
+            elif find_first_layer(model, view.input_shape, view.device).module is first and first.in_features == flat_size:
                 flat = torch.where(known.to(view.device), targets, prior.flatten(1))
                 images, fit = flat.reshape(-1, *view.input_shape).clamp(lo, hi), {"inversion_iterations": 0}
                 budget.check(0)

@@ -1024,3 +1024,11 @@ def test_attacks_run_through_scaled_dot_product_attention(own_arch):
     report = audit(arch=own_arch(TRANSFORMER), input_shape=SHAPE, data="digits", batch_size=2, device="cpu", seed=0,
                    max_iterations=3, attacks=["dlg", "inverting_gradients"])  # fmt: skip
     assert [o.name for o in report.attacks] == ["dlg", "inverting_gradients"] and not report.skipped
+
+
+def test_mkor_says_why_it_cannot_read_a_linear_layer_applied_per_token(own_arch):
+    from fedguard.audit import audit
+
+    report = audit(arch=own_arch(TRANSFORMER), input_shape=SHAPE, data="digits", batch_size=2, device="cpu", seed=0,
+                   attacks=["mkor"])  # fmt: skip
+    assert report.skipped["mkor"].startswith("the first fully connected layer is applied to each token")
