@@ -3,7 +3,8 @@
 For every weight layer of every benign model in ``tests/zoo.py`` this prints
 the largest value each static statistic reaches over the rows its rule scores,
 next to the threshold the detector uses; and, for benign models with a known
-architecture, the largest D-SNR and transmit-SNR on a batch of digits.
+architecture, the largest D-SNR and transmit-SNR on a batch of digits and the
+first Linear layer's firing rates and response correlations on 64 digits.
 ``docs/detectors.md`` quotes these figures. Run from the repository root:
 
     python benchmarks/detector_calibration.py
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedguard.detectors import fishing, gradient_snr, imprint, magnitude, passthrough, trap_weights  # noqa: E402
+from fedguard.detectors import fishing, gradient_snr, imprint, magnitude, passthrough, responses, trap_weights  # noqa: E402
 from fedguard.detectors.rows import live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
     print(f"benign zoo: {len(entries)} models")
     for key, (value, where) in worst.items():
         print(f"  {key:<46} benign extreme {value:10.4g}  threshold {THRESHOLDS[key]:<40} at {where}")
-    dsnr, tsnr = (0.0, ""), (0.0, "")
+    dsnr, tsnr, rare, same = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, "")
     for entry in entries:
         if entry.module is None or entry.arch is None:
             continue
@@ -103,8 +104,16 @@ def main() -> None:
             t = float(gradient_snr.transmit_snr(first, batch[0]).max())
         dsnr = max(dsnr, (score, entry.label))
         tsnr = max(tsnr, (t, entry.label))
+        measured = responses.first_layer_responses(module, x[:64])
+        if measured is not None:
+            _, response, bias = measured
+            rare = max(rare, (responses.rare_share(response + bias)[0], entry.label))
+            corr = responses.response_correlations(response)[0].abs().fill_diagonal_(0)
+            same = max(same, (float(corr.max()) if corr.numel() else 0.0, entry.label))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")
+    print(f"  {'first Linear: units firing for <= 1/16 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of live units (FG803)  at {rare[1]}")
+    print(f"  {'first Linear: |r| between units on 64 digits':<46} benign max {same[0]:10.4g}  threshold >= {responses.SAME_RESPONSE:g} in {responses.MIN_GROUP}+ units (FG804)  at {same[1]}")
 
 
 if __name__ == "__main__":

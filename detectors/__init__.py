@@ -19,6 +19,7 @@ detector                  rules
 ``architecture_drift``    FG701 differs from ``--arch``
 ``reference_drift``       FG702 differs from ``--reference``
 ``gradient_snr``          FG801 D-SNR, FG802 transmit-SNR (needs ``--arch`` and ``--data``)
+``responses``             FG803 sparse firing, FG804 data-space imprint (needs ``--arch`` and ``--data``)
 ========================  =====================================================
 """
 
@@ -33,6 +34,7 @@ from fedguard.detectors import (  # noqa: F401  (imported to register)
     opposite_rows,
     oversized,
     passthrough,
+    responses,
     trap_weights,
     unscored,
 )

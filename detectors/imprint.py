@@ -9,7 +9,8 @@ bin, and the difference of two neighbouring rows' gradients divided by the
 difference of their bias gradients *is* that sample.
 
 A group is rows with |cosine| ≥ 0.999 among dense (≥ 50 % non-zero), non-zero
-rows of at least 16 inputs. The benign zoo (tests/zoo.py) has a largest
+rows of at least 16 inputs, or four or more such rows of at least eight
+non-zero weights each (a sparse measurement bins as well as a dense one). The benign zoo (tests/zoo.py) has a largest
 honest max-|cosine| of 0.97 (tiny, 16-input rows of pruned models are
 excluded by the density rule); imprint rows have cosine 1.0.
 
@@ -53,6 +54,9 @@ from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 16
 MIN_DENSITY = 0.5
+#: Non-zero entries each row of a sparse group needs: 256 identical rows of 30 non-zero weights out of 64 with a ladder
+#: of biases rebuilt 33-44 of 64 digits exactly and had passed the density rule as clean.
+MIN_SUPPORT = 8
 MALICIOUS_GROUP = 4
 #: Nearly identical rows: |cosine| at least this, in a group of MALICIOUS_GROUP rows or more with as many biases.
 NEAR_COS = 0.95
@@ -145,9 +149,19 @@ class Imprint(Detector):
 
 
 def _groups(layer, min_cos: float = 0.999) -> list[torch.Tensor]:
-    """Groups of dense rows with |cosine| ≥ ``min_cos`` (FG104's opposite pairs left out), largest first."""
+    """Groups of dense rows with |cosine| ≥ ``min_cos`` (FG104's opposite pairs left out), largest first; identical
+    sparse rows (cosine 0.999) count too in a group of ``MALICIOUS_GROUP`` or more with ``MIN_SUPPORT`` non-zero
+    entries each."""
+    exact = min_cos >= 0.999
     return [g for g in duplicate_row_groups(layer, min_cos)
-            if dense_rows(layer, g, MIN_DENSITY) and not is_opposite_pair(layer, g)]  # fmt: skip
+            if (dense_rows(layer, g, MIN_DENSITY) or (exact and _supported(layer, g)))
+            and not is_opposite_pair(layer, g)]  # fmt: skip
+
+
+def _supported(layer, group: torch.Tensor) -> bool:
+    """A group of at least ``MALICIOUS_GROUP`` rows with ``MIN_SUPPORT`` non-zero entries each: pruning leaves rows
+    of one or two weights that coincide, not rows of eight or more."""
+    return group.numel() >= MALICIOUS_GROUP and bool(((layer.rows(group) != 0).sum(dim=1) >= MIN_SUPPORT).all())
 
 
 def _plain_linear(layer) -> bool:

@@ -75,7 +75,7 @@ def _with_data(module, input_shape, detectors=None, n=16):
 
 
 def _behavioural(entry, n=16):
-    return _with_data(entry.module.float(), entry.input_shape, ["gradient_snr"], n)
+    return _with_data(entry.module.float(), entry.input_shape, ["gradient_snr", "responses"], n)
 
 
 def test_dsnr_flags_class_fishing_on_client_data():
@@ -95,9 +95,46 @@ def test_transmit_snr_flags_mkor_pass_through_first_layer():
     assert found["FG802"].evidence["fraction"] >= 0.25
 
 
-@pytest.mark.parametrize("label", ["trained/lenet5/3ep", "trained/convnet/2ep", "trained/mlp/3ep", "init/resnet18/seed0"])
+@pytest.mark.parametrize("label", ["trained/lenet5/3ep", "trained/convnet/2ep", "trained/mlp/3ep", "init/resnet18/seed0",
+                                   "init/mlp/seed0", "reinit/mlp/kaiming_normal", "pruned/mlp/trained-90pct"])
 def test_behavioural_checks_quiet_on_benign_models(label):
-    assert _behavioural(_entry(benign_entries(), label)) == {}
+    assert _behavioural(_entry(benign_entries(), label), n=64) == {}
+
+
+def _honest_mlp(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def test_biases_at_a_high_quantile_of_each_units_response_are_sparse_firing():
+    """Honest weights, each bias at the 63/64 quantile of its unit's response on public digits: 40-44 of 64 digits
+    rebuilt exactly (honest: 3-9) and every static rule had called it clean."""
+    model = _honest_mlp()
+    public = digits((1, 8, 8))[0][1::2][:512]
+    with torch.no_grad():
+        response = public.flatten(1) @ model[1].weight.T
+        model[1].bias.copy_(-torch.quantile(response, 1 - 1 / 64, dim=0))
+    assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG803"].evidence["rare_share"] >= 0.9
+
+
+def test_imprint_rows_that_differ_only_where_the_data_never_varies_are_one_measurement():
+    """Brightness rows plus large noise on always-blank pixels: no group FG301 reads as one in weight space, the same
+    bins on the data (such rows among 256 rebuilt 29-32 of 64 digits exactly)."""
+    model = _honest_mlp()
+    x = digits((1, 8, 8))[0].flatten(1)
+    blank = (x.std(dim=0) == 0).nonzero()[:, 0]
+    assert len(blank) >= 3
+    torch.manual_seed(1)
+    noise = torch.zeros(32, 64).index_copy_(1, blank, torch.randn(32, len(blank)))
+    rows = 1 / 8 + 3 * noise / noise.norm(dim=1, keepdim=True)  # the noise 3x the measurement's norm
+    with torch.no_grad():
+        model[1].weight[:32] = rows
+        model[1].bias[:32] = -torch.linspace(0.5, 4.0, 32)
+    assert "FG301" not in _rules_of(model.state_dict())
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG804"].evidence["units"] == 32 and found["FG804"].evidence["thresholds"] >= 4
 
 
 def test_transmit_snr_quiet_on_a_layerwise_pruned_convnet():
@@ -288,6 +325,18 @@ def test_an_imprint_layer_with_noisy_rows_is_still_caught(noise):
     findings = [f for f in static_findings(sd) if f.rule_id == "FG301"]
     assert {f.layer for f in findings} == exact and judge(findings) is Verdict.MALICIOUS
     assert all(0.9 < f.evidence["min_abs_cosine"] < 0.999 for f in findings)
+
+
+def test_an_imprint_of_identical_sparse_rows_is_caught():
+    """256 rows of one 30-of-64 sparse measurement with a ladder of biases rebuilt 33-44 of 64 digits exactly; the
+    density rule (meant for rows pruned to a weight or two) had passed it as clean."""
+    torch.manual_seed(0)
+    measurement = torch.rand(64) * (torch.rand(64) < 0.47)
+    sd = {"1.weight": measurement.repeat(256, 1), "1.bias": -torch.linspace(0.1, 3.0, 256),
+          "3.weight": torch.randn(10, 256) * 0.05, "3.bias": torch.zeros(10)}  # fmt: skip
+    assert (sd["1.weight"][0] != 0).float().mean() < 0.5
+    found = _rules_of(sd)
+    assert found["FG301"].layer == "1" and judge(list(found.values())) is Verdict.MALICIOUS
 
 
 def test_head_rows_of_unseen_classes_are_low_but_the_same_rows_feeding_a_layer_are_an_imprint():
