@@ -1187,9 +1187,9 @@ def disaggregate(
     if interchangeable:
         listed = "; ".join(", ".join(map(str, group)) for group in interchangeable[:10])
         notes.append(f"users with the same counts in every window ({listed}"
-                     f"{'; ...' if len(interchangeable) > 10 else ''}) are recovered as a set: their rounds and "
-                     "updates are found, but which is whose no attacker can tell from the counts, and the updates "
-                     "file lists them in one of the possible orders")  # fmt: skip
+                     f"{'; ...' if len(interchangeable) > 10 else ''}) are recovered as a set: where their rounds "
+                     "are found, so are their updates, but which is whose no attacker can tell from the counts, and "
+                     "the updates file lists them in one of the possible orders")  # fmt: skip
     seconds = time.perf_counter() - start
     if progress is not None:
         progress(n_users, n_users)

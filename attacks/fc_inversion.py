@@ -35,7 +35,6 @@ Models." ICLR 2022.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import ClassVar
@@ -126,21 +125,23 @@ def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape
     probes = torch.cat([torch.full((1, *input_shape), float(lo)), torch.full((1, *input_shape), float(hi)),
                         lo + (hi - lo) * torch.rand(2, *input_shape, generator=gen)]).to(device)  # fmt: skip
     was_training = model.training
+    buffers = {name: b.clone() for name, b in model.named_buffers()}  # training mode updates BatchNorm's statistics
     try:
         with torch.no_grad():
             model.eval()
             seen = layer_input(model, layer, probes).double()
             model.train()
-            memo: dict = {}
-            twin = copy.deepcopy(model, memo)  # BatchNorm would update the model's own statistics
-            trained = layer_input(twin, memo[id(layer)], probes).double()
+            trained = layer_input(model, layer, probes).double()
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
     flat = probes.flatten(1).double()
     scale = (seen[1] - seen[0]) / (hi - lo)
     shift = seen[0] - scale * lo
     tolerance = 1e-5 * float(seen.abs().max().clamp_min(1e-12))
-    if bool((scale.abs() <= tolerance).any()):
+    if bool((scale.abs() * (hi - lo) <= tolerance).any()):  # a value the layer does not see: nothing to undo
         return None
     if float((scale * flat + shift - seen).abs().max()) > tolerance or float((trained - seen).abs().max()) > tolerance:
         return None
