@@ -14,9 +14,10 @@ heads and adapters): no constant non-zero row with 4+ entries ever occurs, so
 a single such row is reported and two or more make the model malicious.
 
 A binarised layer (every row ±α of its own α, both signs: XNOR-Net,
-Rastegari et al. 2016) has rows of one sign honestly: a trained XNOR-Net's 3x3 single-channel
-filters had 2 of 16 all +α, reported as malicious. In such a layer constant
-rows are reported only when they are half the rows or more; every crafted
+Rastegari et al. 2016) has rows of one sign honestly: a trained XNOR-Net's
+3x3 single-channel filters had 2 of 16 all +α, reported as malicious. In
+such a layer of at most 16 inputs per row (one sign by chance: 2^(1-fan_in) a row) constant rows
+are reported only when they are half the rows or more; every crafted
 averaging layer (MKOR, imprint, LOKI, trap blocks) is constant in all its rows.
 """
 
@@ -27,8 +28,10 @@ from fedguard.detectors.rows import REL_TOL, live_rows
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 4
-#: In a binarised layer (every weight ±α), rows of one sign are rows, not planted averages, below this share.
+#: In a binarised layer (every weight ±α) of at most BINARISED_FAN_IN inputs, rows of one sign are rows, not planted
+#: averages, below this share: 9 signs agree by chance one time in 256, 64 never.
 BINARISED_SHARE = 0.5
+BINARISED_FAN_IN = 16
 
 
 @register_detector("constant_rows")
@@ -54,7 +57,8 @@ class ConstantRows(Detector):
             mean = stats.mean
             constant = live_rows(layer) & (stats.maximum - stats.minimum <= REL_TOL * mean.abs())
             count = int(constant.sum())
-            if not count or (count < BINARISED_SHARE * stats.rows and _binarised(layer)):
+            chance = count < BINARISED_SHARE * stats.rows and layer.fan_in <= BINARISED_FAN_IN and _binarised(layer)
+            if not count or chance:
                 continue
             value = float(mean[constant].abs().median())
             n_rows = stats.rows

@@ -393,6 +393,9 @@ def test_a_binarised_layers_rows_of_one_sign_are_not_averaging_rows():
     net = {"f.0.weight": conv, "fc.weight": torch.randn(10, 16 * 36) * 0.05, "fc.bias": torch.zeros(10)}
     assert "FG101" not in _rules_of(net)
     assert _rules_of({**net, "f.0.weight": conv.abs()})["FG101"].severity is Severity.HIGH
+    wide = torch.sign(torch.randn(16, 64)) * 0.1  # 64 signs never agree by chance: 7 planted rows are caught
+    wide[:7] = 0.1
+    assert "FG101" in _rules_of({"0.weight": wide, "0.bias": torch.zeros(16)})
 
 
 def test_fused_attention_projections_are_scanned():
