@@ -32,8 +32,12 @@ of one another. Honest heads have them: the classes that no training
 example showed all get the gradient ``E[p_k x]`` and, under weight decay,
 lose their random start (a 100-class MLP head trained with SGD and weight
 decay 5e-3 on the ten digits: 90 rows at cosine 0.9999997 with their 90
-initial biases). Such a group is reported as low. A block stored last that
-still feeds a decoder is read by it and is checked as any other layer.
+initial biases). Such a group is reported as low when the model, run on
+the client's data (``--arch`` and ``--data``), returns that layer's output,
+and as medium otherwise: an imprint layer registered last and read by no
+weight layer (its ReLU output added to the logits) looks the same in the
+file. A block stored last that still feeds a decoder is checked as any
+other layer.
 
 *Known false positives* (docs/detectors.md): hidden layers of small MLPs
 after long, heavily regularised training (SGD, weight decay 5e-3 on every
@@ -103,6 +107,7 @@ class Imprint(Detector):
                 continue  # equal averaging rows with one bias: MKOR's layer, reported by FG101, no bins
             follower = view.next_weight_layer(layer)
             logits = follower is None and _plain_linear(layer) and not _read_by_a_layer(view, layer)
+            shown = logits and _gives_the_output(context, layer.name)  # run on the client's data: certainly logits
             if logits and evidence.get("distinct_biases") == 1:
                 continue  # head rows alike, biases too: no bins. A zero-initialised head's classes that no example
                 # of the client's showed get identical updates and stay alike (LeNet-5, digits 0-4 only: 5 rows)
@@ -113,14 +118,17 @@ class Imprint(Detector):
                 evidence["next_layer_constant"] = spread <= REL_TOL * float(s.peak.max())
             if logits:
                 yield self.finding(
-                    "FG301", "Classifier rows alike", Severity.LOW, Confidence.MEDIUM, layer.name,
-                    f"{size} of {n_rows} rows of {layer.name}, the last layer and one no other layer reads, share "
-                    "one weight vector with different biases. No ReLU follows logits, so the rows sort nothing into "
-                    "bins: their gradients are multiples of one another. An honest head's classes that no training "
-                    "example showed converge to one row like this under weight decay. If the model's forward uses "
-                    f"{layer.name} before its output, run with --arch and --data.",
-                    **evidence,
-                )
+                    "FG301", "Classifier rows alike", Severity.LOW if shown else Severity.MEDIUM, Confidence.MEDIUM,
+                    layer.name,
+                    f"{size} of {n_rows} rows of {layer.name}, the last layer stored and one no other layer reads, "
+                    "share one weight vector with different biases. If they are the logits, no ReLU follows them and "
+                    "they sort nothing into bins: an honest head's classes that no training example showed converge "
+                    "to one row like this under weight decay. "
+                    + ("On your data the model's output is this layer's, so they are." if shown else
+                       f"Whether the model's forward uses {layer.name} as its output is unknown here (an imprint layer "
+                       "stored last would look the same): run with --arch and --data to settle it."),
+                    **evidence, logits_shown=shown,
+                )  # fmt: skip
                 continue
             severity = Severity.HIGH if size >= MALICIOUS_GROUP else Severity.MEDIUM
             yield self.finding(
@@ -162,6 +170,29 @@ def _supported(layer, group: torch.Tensor) -> bool:
     """A group of at least ``MALICIOUS_GROUP`` rows with ``MIN_SUPPORT`` non-zero entries each: pruning leaves rows
     of one or two weights that coincide, not rows of eight or more."""
     return group.numel() >= MALICIOUS_GROUP and bool(((layer.rows(group) != 0).sum(dim=1) >= MIN_SUPPORT).all())
+
+
+def _gives_the_output(context: InspectContext, name: str) -> bool:
+    """Whether the module (``--arch``), run on the client's data (``--data``), returns layer ``name``'s output."""
+    if context.data is None or context.view.module is None:
+        return False
+    module = context.view.module
+    target = dict(module.named_modules()).get(name)
+    if target is None:
+        return False
+    seen: list[torch.Tensor] = []
+    handle = target.register_forward_hook(lambda _module, _args, out: seen.append(out))
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            output = module(context.data[0][:2].float())
+    except Exception:  # the module cannot run here: nothing shown
+        return False
+    finally:
+        handle.remove()
+        module.train(was_training)
+    return len(seen) == 1 and isinstance(output, torch.Tensor) and torch.equal(seen[0], output)
 
 
 def _plain_linear(layer) -> bool:

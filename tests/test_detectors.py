@@ -343,13 +343,16 @@ def test_head_rows_of_unseen_classes_are_low_but_the_same_rows_feeding_a_layer_a
     """Weight decay turns a head's unseen classes into one row with their own biases (a 100-class head on the ten
     digits: 90 rows, cosine 0.9999997); logits bin nothing. Stored last but read by a decoder, the rows bin."""
     torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 100))
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 100))
+    with torch.no_grad():
+        mlp[3].weight[10:] = -0.1 * torch.rand(32)
     sd = {k: v.clone() for k, v in mlp.state_dict().items()}
-    sd["2.weight"][10:] = -0.1 * torch.rand(32)
-    found = _rules_of(sd)
-    assert found["FG301"].severity is Severity.LOW and judge(list(found.values())) is Verdict.CLEAN
-    decoder = {"3.weight": torch.randn(64, 100) * 0.1, "3.bias": torch.zeros(64)}
-    found = _rules_of({**decoder, **sd})  # the decoder stored first: 2 is still the last layer stored
+    found = _rules_of(sd)  # from the file alone, an imprint layer stored last and read by no layer looks the same
+    assert found["FG301"].severity is Severity.MEDIUM and judge(list(found.values())) is Verdict.SUSPICIOUS
+    found = _with_data(mlp, (1, 8, 8), ["imprint"])  # the model's output is that layer's: logits
+    assert found["FG301"].severity is Severity.LOW and found["FG301"].evidence["logits_shown"]
+    decoder = {"4.weight": torch.randn(64, 100) * 0.1, "4.bias": torch.zeros(64)}
+    found = _rules_of({**decoder, **sd})  # the decoder stored first: 3 is still the last layer stored
     assert found["FG301"].severity is Severity.HIGH and judge(list(found.values())) is Verdict.MALICIOUS
 
 
