@@ -5,8 +5,7 @@ true example by the Hungarian algorithm (``scipy.optimize.linear_sum_assignment`
 so as to maximise the total PSNR (the pairing most favourable to the server); then, per matched pair, PSNR (data range
 1), SSIM (``skimage.metrics.structural_similarity``, Wang et al. 2004, data
 range 1, 7x7 window or the largest odd window the image allows) and MSE, and
-whether the label the attack gave it is right. Images smaller than 24 pixels
-a side are judged by PSNR alone (:data:`SSIM_MIN_SIDE`). Label attacks are scored on
+whether the label the attack gave it is right. Label attacks are scored on
 their per-class counts.
 
 Leakage levels, per example; an attack's level is the worst over the
@@ -59,7 +58,6 @@ from fedguard.types import AttackOutcome, AuditVerdict, LeakageLevel, Reconstruc
 __all__ = [
     "THRESHOLDS",
     "PSNR_CAP",
-    "SSIM_MIN_SIDE",
     "psnr",
     "ssim",
     "match",
@@ -74,10 +72,6 @@ __all__ = [
 
 #: A reconstruction at or above either counts as recovered (see :func:`recovered_fraction`).
 RECOVERED_PSNR, RECOVERED_SSIM = 30.0, 0.9
-#: Images with a side below this are judged by PSNR alone (their SSIM is still reported): on digits, another example
-#: of the same class has SSIM >= 0.80 against an example 20 % of the time at 8x8, 24 % at 12x12 and 18 % at 16x16,
-#: against 7 % at 24x24 and 4 % at 32x32 (PSNR >= 18 dB: 0-9 % at every size); the window covers most of the image.
-SSIM_MIN_SIDE = 24
 #: PSNR of an exact reconstruction is infinite; reported values are capped here.
 PSNR_CAP = 100.0
 
@@ -90,7 +84,6 @@ THRESHOLDS: dict[str, float] = {
     "low_ssim": 0.25,
     "ssim_over_baseline": 0.10,
     "low_label_accuracy": 0.5,
-    "ssim_min_side": float(SSIM_MIN_SIDE),
 }
 
 
@@ -250,7 +243,7 @@ def _score_images(
                 mse=float(np.mean((a.astype(np.float64) - b) ** 2)),
                 label=int(true_y[i]),
                 rebuilt_label=rebuilt_label,
-                level=image_level(p, s if min(b.shape[-2:]) >= SSIM_MIN_SIDE else None, base[i][0], base[i][1]),
+                level=image_level(p, s, base[i][0], base[i][1]),
                 baseline_psnr=base[i][0],
                 baseline_ssim=base[i][1],
             )

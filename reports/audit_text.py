@@ -30,7 +30,6 @@ import io
 import shutil
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
-from fedguard.metrics import SSIM_MIN_SIDE
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
@@ -137,8 +136,7 @@ class AuditTextRenderer(AuditRenderer):
                 Text(
                     f"levels per example, counted only {t['low_psnr_over_baseline']:g} dB / {t['ssim_over_baseline']:g} SSIM above the "
                     f"no-update baseline (mean {fmt_num(lk.baseline_psnr)} dB): high >= {t['high_psnr']:g} dB or SSIM >= {t['high_ssim']:g}; "
-                    f"medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the baseline or SSIM >= {t['low_ssim']:g}"
-                    + (f"; SSIM not judged on images under {SSIM_MIN_SIDE} pixels a side" if _small(report) else ""),
+                    f"medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the baseline or SSIM >= {t['low_ssim']:g}",
                     style="dim",
                 ),
             )
@@ -164,12 +162,6 @@ def _joined_lines(items: list[str], sep: str, width: int) -> list[str]:
         else:
             lines.append(item)
     return lines
-
-
-def _small(report: AuditReport) -> bool:
-    """Whether the images are too small for SSIM to judge (:data:`~fedguard.metrics.SSIM_MIN_SIDE`)."""
-    shape = report.model.get("input_shape") or []
-    return len(shape) >= 2 and min(shape[-2:]) < SSIM_MIN_SIDE
 
 
 def _width() -> int:
