@@ -78,16 +78,24 @@ def build_expected_module(
         if received is None:
             received = next((t for t in reversed(list(tensors.values())) if t.ndim == 2), None)
         if received is not None and received.ndim == 2 and received.shape[0] != 10 and builds_any_class_count(arch):
-            rebuilt = build_model(arch, num_classes=int(received.shape[0]), input_shape=input_shape)
-            if _misfits(rebuilt, tensors) <= _misfits(module, tensors):  # a head that is no Linear (a cosine
-                # classifier's bare weight) leaves the last Linear, a hidden one, to be read: its width is no class count
-                module = rebuilt
+            # a head that is no Linear (a cosine classifier's bare weight) leaves the last Linear, a hidden one, to be
+            # read: its width is no class count. The first sizes of the tensors the 10-class module misfits are tried
+            # too, and the count that fits the file best is kept (the one read off the head on a tie).
+            counts = [int(received.shape[0])] + [int(tensors[k].shape[0]) for k in _misfit_names(module, tensors)]
+            best, fewest = module, len(_misfit_names(module, tensors))
+            for count in dict.fromkeys(c for c in counts if c not in (0, 10)):
+                rebuilt = build_model(arch, num_classes=count, input_shape=input_shape)
+                misfits = len(_misfit_names(rebuilt, tensors))
+                if misfits < fewest or (misfits == fewest and best is module and count == counts[0]):
+                    best, fewest = rebuilt, misfits
+            module = best
     return module
 
 
-def _misfits(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> int:
-    """How many of ``module``'s tensors the received ones name with another shape."""
-    return sum(1 for k, v in module.state_dict().items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape))
+def _misfit_names(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of ``module``'s tensors that the received ones hold with another shape."""
+    return [k for k, v in module.state_dict().items()
+            if k in tensors and getattr(tensors[k], "ndim", 0) >= 1 and tuple(tensors[k].shape) != tuple(v.shape)]  # fmt: skip
 
 
 def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str, torch.Tensor]:

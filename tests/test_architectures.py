@@ -260,10 +260,15 @@ def test_inspect_reads_no_class_count_off_a_hidden_layer_of_a_cosine_classifier(
     """The hidden Linear's 32 outputs had been taken for the class count: the model was then 'drifted' (FG701)."""
     from fedguard.inspect import inspect_model
 
+    from fedguard.data import load_data
+
+    x, y = load_data("digits", input_shape=(1, 12, 12))
     torch.manual_seed(0)
-    torch.save(build_model(f"{user_module}:Cosine").state_dict(), tmp_path / "cosine.pt")
-    report = inspect_model(tmp_path / "cosine.pt", arch=f"{user_module}:Cosine", data="digits")
-    assert [f.rule_id for f in report.findings] == []
+    for classes in (10, 5):
+        torch.save(build_model(f"{user_module}:Cosine", num_classes=classes).state_dict(), tmp_path / "cosine.pt")
+        own = (x[y < classes], y[y < classes])
+        report = inspect_model(tmp_path / "cosine.pt", arch=f"{user_module}:Cosine", data=own)
+        assert [f.rule_id for f in report.findings] == [], classes
 
 
 def test_module_callable_that_cannot_take_the_class_count_asked_for(user_module):
