@@ -25,9 +25,6 @@ LINEAR, CONV, NORM, EMBEDDING, OTHER = "linear", "conv", "norm", "embedding", "o
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _NORM_WORDS = ("norm", "bn", "ln", "gn")
-#: Name words of a lookup table (``nn.Embedding``); matched as whole words of the layer's name (or a word starting
-#: with ``emb``), so ``ensemble_head`` or ``member`` is no embedding.
-_EMBED_WORDS = frozenset({"wte", "wpe", "lookup", "vocab", "token", "tokens", "tok"})
 
 
 @dataclass(frozen=True)
@@ -284,19 +281,10 @@ def _kinds_from_module(module: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def _names_embedding(words: str) -> bool:
-    """Whether a layer's lower-cased name says lookup table: a word containing ``embed``, starting with ``emb``
-    or one of :data:`_EMBED_WORDS` (``patch_embed``, ``tok_embeddings``, ``wte``; not ``ensemble``)."""
-    return any(
-        "embed" in word or word.startswith("emb") or word in _EMBED_WORDS for word in re.split(r"[^a-z]+", words)
-    )
-
-
 def _infer_kind(prefix: str, group: Mapping[str, torch.Tensor]) -> str:
-    """A layer's kind from its tensors and name alone (no module given). A 2-D weight is a lookup table only when
-    its name says so and it has no bias: ``nn.Embedding`` has none, and a named ``*_embed`` layer with a bias is a
-    Linear layer that the weight-pattern rules must score (a crafted layer named ``ensemble_head`` had gone
-    unscored)."""
+    """A layer's kind from its tensors and name alone (no module given). A 2-D weight is always scored as a Linear
+    layer: a name is the server's to choose, and crafted layers named ``ensemble_head`` or ``patch_embed`` (with or
+    without a bias) had passed as lookup tables, clean. ``--arch`` tells an ``nn.Embedding`` apart."""
     weight = group.get("weight")
     words = prefix.lower()
     if any(buffer in group for buffer in _NORM_BUFFERS):
@@ -306,7 +294,7 @@ def _infer_kind(prefix: str, group: Mapping[str, torch.Tensor]) -> str:
     if weight.ndim == 1:
         return NORM if any(w in words for w in _NORM_WORDS) or "bias" in group else OTHER
     if weight.ndim == 2:
-        return EMBEDDING if "bias" not in group and _names_embedding(words) else LINEAR
+        return LINEAR
     if weight.ndim in (3, 4, 5):
         return CONV
     return OTHER

@@ -370,22 +370,22 @@ def test_lookup_tables_and_transformer_blocks_are_not_oversized_layers():
     assert judge(static_findings(encoder.state_dict())) is Verdict.CLEAN
 
 
-@pytest.mark.parametrize("crafter", ["class_fishing", "trap_weights", "mkor_inconspicuous"])
-def test_linear_layers_named_like_embeddings_are_scored(crafter):
-    """A layer with a bias is never a lookup table, and ``ensemble`` is no ``emb``: both had skipped every rule."""
+@pytest.mark.parametrize("crafter, bias", [("class_fishing", True), ("trap_weights", True), ("trap_weights", False),
+                                           ("mkor_inconspicuous", True), ("mkor_inconspicuous", False)])
+def test_linear_layers_named_like_embeddings_are_scored(crafter, bias):
+    """Names are the server's to choose: layers named ``patch_embed`` and ``ensemble_head`` had been read as lookup
+    tables and skipped by every rule."""
     from fedguard.attacks.craft import craft
 
     torch.manual_seed(0)
     net = torch.nn.Sequential()
     net.add_module("flat", torch.nn.Flatten())
-    net.add_module("patch_embed", torch.nn.Linear(64, 64))
+    net.add_module("patch_embed", torch.nn.Linear(64, 64, bias=bias))
     net.add_module("act", torch.nn.ReLU())
     net.add_module("ensemble_head", torch.nn.Linear(64, 10))
     assert judge(static_findings(net.state_dict())) is Verdict.CLEAN
     crafted = craft(crafter, net, input_shape=(1, 8, 8), seed=0)
     assert judge(static_findings(crafted.state_dict())) is Verdict.MALICIOUS
-    view = ModelView.from_state_dict({"tok_embeddings.weight": torch.randn(100, 8), "wte.weight": torch.randn(50, 8)})
-    assert {layer.kind for layer in view} == {"embedding"}
 
 
 def test_a_binarised_layers_rows_of_one_sign_are_not_averaging_rows():
