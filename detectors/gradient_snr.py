@@ -42,7 +42,9 @@ it is medium severity: such units carry the input to a leaking layer, which
 its own rule reports, and an identity-initialised first layer (``eye_``)
 has them honestly. A layer whose units read one input each (a 1×1
 convolution on a one-channel image, a ViT with one-pixel patches) mixes
-nothing by construction and is not scored. Units left with a single weight
+nothing by construction: the layer after it is scored instead, on what it
+reads (a one-channel 1×1 stem of weight 1 in front of an identity layer had
+hidden the identity). Units left with a single weight
 by pruning are not reported when the layer's other units are sparse too (a 3×3 convolution
 pruned to 90 % is one tap per filter), as in FG102/FG103. Thresholds and
 the benign measurements behind them are in docs/detectors.md.
@@ -94,6 +96,20 @@ def per_example_gradient_norms(
             if grad is not None:
                 norms[name][i] = torch.linalg.vector_norm(grad.detach()) / scale
     return norms
+
+
+def _input_of(module: nn.Module, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
+    """What ``layer`` reads when ``module`` (eval mode) runs on ``inputs``; None when it does not run."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_pre_hook(lambda _layer, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            module.eval()(inputs)
+    except Exception:  # the forward cannot run on these inputs: nothing to score
+        return None
+    finally:
+        handle.remove()
+    return seen[0] if seen else None
 
 
 def dsnr(norms: torch.Tensor) -> float:
@@ -196,10 +212,18 @@ class GradientSNR(Detector):
         yield from self._transmit(module, inputs)
 
     def _transmit(self, module: nn.Module, inputs: torch.Tensor):
-        first = next((m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-        name = next((n for n, m in module.named_modules() if m is first), None)
-        if first is None or first.weight[0].numel() == 1:  # one input per unit (a 1x1 stem on one channel): no mixing
+        layers = [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not layers:
             return
+        name, first = layers[0]
+        if first.weight[0].numel() == 1:  # one input per unit (a 1x1 stem on one channel) mixes nothing by
+            # construction: the layer after it is the first that could, scored on what it reads
+            if len(layers) == 1:
+                return
+            name, first = layers[1]
+            inputs = _input_of(module, first, inputs)
+            if inputs is None:
+                return
         with torch.no_grad():
             snr = transmit_snr(first, inputs)
         high = snr >= TSNR_LIMIT

@@ -185,6 +185,12 @@ def test_transmit_snr_skips_a_first_layer_of_one_input_per_unit():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))  # fmt: skip
     assert "FG802" not in _with_data(model, (1, 8, 8))
+    stem = torch.nn.Conv2d(1, 1, 1)  # a stem of weight 1 in front of an identity layer: the identity is scored
+    identity = torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        stem.weight.fill_(1.0), stem.bias.zero_(), identity.weight.copy_(torch.eye(64)), identity.bias.zero_()
+    hidden = torch.nn.Sequential(stem, torch.nn.Flatten(), identity, torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    assert _with_data(hidden, (1, 8, 8))["FG802"].layer == "2"
 
 
 def test_transmit_snr_on_an_identity_first_layer_is_suspicious_not_malicious():
