@@ -68,7 +68,7 @@ def first_layer_responses(module: nn.Module, inputs: torch.Tensor) -> tuple[str,
             if seen.shape[1] != layer.in_features or layer.in_features != math.prod(inputs.shape[1:]):
                 return None  # applied per token, or reading features rather than the input
             weight = layer.weight[:MAX_UNITS].double()
-            bias = layer.bias[:MAX_UNITS].double() if layer.bias is not None else torch.zeros(len(weight), dtype=torch.float64)
+            bias = torch.zeros(len(weight), dtype=torch.float64) if layer.bias is None else layer.bias[:MAX_UNITS].double()
             return head.name, seen.double() @ weight.T, bias
     finally:
         module.train(was_training)
