@@ -16,9 +16,10 @@ a single such row is reported and two or more make the model malicious.
 A binarised layer (every row ±α of its own α, both signs: XNOR-Net,
 Rastegari et al. 2016) has rows of one sign honestly: a trained XNOR-Net's
 3x3 single-channel filters had 2 of 16 all +α, reported as malicious. In
-such a layer of at most 16 inputs per row (one sign by chance: 2^(1-fan_in) a row) constant rows
-are reported only when they are half the rows or more; every crafted
-averaging layer (MKOR, imprint, LOKI, trap blocks) is constant in all its rows.
+such a layer of at most 16 inputs per row (one sign by chance: 2^(1-fan_in)
+a row) constant rows are reported only when they are half the rows or more;
+every crafted averaging layer (MKOR, imprint, LOKI, trap blocks) is constant
+in all its rows.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ has them honestly. A layer whose units read one input each (a 1×1
 convolution on a one-channel image, a ViT with one-pixel patches) mixes
 nothing by construction: the layer after it is scored instead, on what it
 reads (a one-channel 1×1 stem of weight 1 in front of an identity layer had
-hidden the identity). Units left with a single weight
-by pruning are not reported when the layer's other units are sparse too (a 3×3 convolution
+hidden the identity). Units left with a single weight by pruning are not
+reported when the layer's other units are sparse too (a 3×3 convolution
 pruned to 90 % is one tap per filter), as in FG102/FG103. Thresholds and
 the benign measurements behind them are in docs/detectors.md.
 """

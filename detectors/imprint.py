@@ -10,8 +10,8 @@ difference of their bias gradients *is* that sample.
 
 A group is rows with |cosine| ≥ 0.999 among dense (≥ 50 % non-zero), non-zero
 rows of at least 16 inputs, or four or more such rows of at least eight
-non-zero weights each (a sparse measurement bins as well as a dense one). The benign zoo (tests/zoo.py) has a largest
-honest max-|cosine| of 0.97 (tiny, 16-input rows of pruned models are
+non-zero weights each (a sparse measurement bins as well as a dense one).
+The benign zoo (tests/zoo.py) has a largest honest max-|cosine| of 0.97 (tiny, 16-input rows of pruned models are
 excluded by the density rule); imprint rows have cosine 1.0.
 
 Noise on the rows does not stop the binning: with 5 % noise (cosine
