@@ -1022,3 +1022,24 @@ def test_mkor_says_why_it_cannot_read_a_linear_layer_applied_per_token(own_arch)
     report = audit(arch=own_arch(TRANSFORMER), input_shape=SHAPE, data="digits", batch_size=2, device="cpu", seed=0,
                    attacks=["mkor"])  # fmt: skip
     assert report.skipped["mkor"].startswith("the first fully connected layer is applied to each token")
+
+
+def test_fc_inversion_reads_bins_off_rows_that_measure_one_quantity():
+    """An imprint planted in the client's own MLP (256 identical sparse rows, a ladder of biases, constant columns
+    after them) leaves single inputs only in neighbouring rows' differences: single rows had given 1 of 16."""
+    from fedguard.architectures import build_model
+    from fedguard.audit import audit
+
+    torch.manual_seed(0)
+    honest = build_model("mlp", input_shape=SHAPE)
+    planted = build_model("mlp", input_shape=SHAPE)
+    public = load_data("digits", input_shape=SHAPE)[0][1::2].flatten(1)
+    measurement = torch.rand(64) * (torch.rand(64) < 0.5)
+    with torch.no_grad():
+        planted[1].weight.copy_(measurement.repeat(256, 1))
+        planted[1].bias.copy_(-torch.quantile(public @ measurement, torch.linspace(0.0, 1.0, 256)))
+        planted[3].weight.fill_(0.01)
+    runs = {name: audit(model, arch="mlp", input_shape=SHAPE, data="digits", batch_size=16, attacks=["fc_inversion"],
+                        device="cpu", seed=0).outcome("fc_inversion") for name, model in (("honest", honest), ("planted", planted))}  # fmt: skip
+    assert runs["honest"].details["bin_differences"] == 0
+    assert runs["planted"].details["bin_differences"] == 255 and runs["planted"].recovered_fraction >= 0.5
