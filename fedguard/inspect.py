@@ -57,8 +57,9 @@ def build_expected_module(
     The head is the Linear layer whose output is the logits, found by running the module (the last Linear declared
     may be a hidden one: reading the class count off it had called an unchanged model drifted); without an input
     shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list,
-    or when the tensors do not name that layer (a wrapper's prefix), the head is the last 2-D tensor. A count that
-    fits the received tensors worse than the module's own 10 classes is not taken.
+    or when the tensors do not name that layer (a wrapper's prefix), the head is the last 2-D tensor. Of that count,
+    the module's own 10 and the first sizes of the tensors a 10-class module misfits, the one whose module fits the
+    received tensors best is built.
     """
     from fedguard.architectures import build_model, builds_any_class_count, resolve_input_shape
     from fedguard.attacks._head import find_head
