@@ -82,8 +82,9 @@ def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Hea
     return _describe(model, order[0]) if order else None
 
 
-def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input ``layer`` sees when ``model`` runs on ``x`` (the forward stops there), flattened."""
+def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor, flatten: bool = True) -> torch.Tensor:
+    """The input ``layer`` sees when ``model`` runs on ``x`` (the forward stops there), flattened unless ``flatten``
+    is False."""
     got: list[torch.Tensor] = []
 
     def hook(module, args):
@@ -97,4 +98,4 @@ def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Te
         pass
     finally:
         handle.remove()
-    return got[0].flatten(1)
+    return got[0].flatten(1) if flatten else got[0]

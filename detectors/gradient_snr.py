@@ -55,6 +55,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedguard.attacks._head import layer_input
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.rows import pruned_beside
 from fedguard.rowstats import weight_rows
@@ -96,20 +97,6 @@ def per_example_gradient_norms(
             if grad is not None:
                 norms[name][i] = torch.linalg.vector_norm(grad.detach()) / scale
     return norms
-
-
-def _input_of(module: nn.Module, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
-    """What ``layer`` reads when ``module`` (eval mode) runs on ``inputs``; None when it does not run."""
-    seen: list[torch.Tensor] = []
-    handle = layer.register_forward_pre_hook(lambda _layer, args: seen.append(args[0].detach()))
-    try:
-        with torch.no_grad():
-            module.eval()(inputs)
-    except Exception:  # the forward cannot run on these inputs: nothing to score
-        return None
-    finally:
-        handle.remove()
-    return seen[0] if seen else None
 
 
 def dsnr(norms: torch.Tensor) -> float:
@@ -221,8 +208,10 @@ class GradientSNR(Detector):
             if len(layers) == 1:
                 return
             name, first = layers[1]
-            inputs = _input_of(module, first, inputs)
-            if inputs is None:
+            try:
+                with torch.no_grad():
+                    inputs = layer_input(module.eval(), first, inputs, flatten=False)
+            except Exception:  # the forward cannot run on these inputs, or never reaches the layer: nothing to score
                 return
         with torch.no_grad():
             snr = transmit_snr(first, inputs)
