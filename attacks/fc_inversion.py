@@ -55,7 +55,7 @@ from fedguard.types import Reconstruction
 from ._head import find_first_layer, layer_input
 from .base import Attack, Budget, register_attack
 
-__all__ = ["FCInversion", "MERGE_TOLERANCE", "affine_input_map", "invert_rows"]
+__all__ = ["FCInversion", "MERGE_TOLERANCE", "affine_input_map", "bin_neighbours", "invert_rows", "response_correlations"]
 
 #: ``(scale, shift)``: a layer reads ``scale * x + shift`` of the flattened input ``x``.
 InputMap = tuple[torch.Tensor, torch.Tensor]
@@ -67,7 +67,7 @@ MERGE_TOLERANCE = 1e-3
 ACTIVE_FRACTION = 1e-6
 #: At most this many rows (the most strongly activated) are clustered.
 MAX_ROWS = 4096
-#: Rows whose responses correlate this much measure one quantity; MIN_BINS such rows make bins (as FG804 reads them).
+#: Rows whose responses correlate this much measure one quantity; MIN_BINS such rows make bins (FG804 reads the same).
 SAME_MEASUREMENT = 0.999
 MIN_BINS = 4
 
@@ -159,6 +159,18 @@ def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape
     return scale.float().cpu(), shift.float().cpu()
 
 
+def response_correlations(response: torch.Tensor, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(r, index, norm)``: the signed correlations ``[k, k]`` of the units' responses (the columns of ``response``,
+    ``[examples, units]``, centred over the examples unless ``centre`` is False) for the ``k`` units at ``index``
+    whose response varies, and every unit's response norm."""
+    if centre:
+        response = response - response.mean(dim=0)
+    norm = torch.linalg.vector_norm(response, dim=0)
+    index = (norm > 1e-9 * float(norm.max())).nonzero()[:, 0] if norm.numel() else norm.nonzero()[:, 0]
+    unit = response[:, index] / norm[index]
+    return unit.T @ unit, index, norm
+
+
 def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Index pairs ``(lower, upper)`` of neighbouring bins: rows in groups of :data:`MIN_BINS` or more that measure
     one quantity, each next to the row of the next higher threshold.
@@ -175,22 +187,18 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     weight = layer.weight.detach().double().cpu()
     bias = layer.bias.detach().double().cpu()
     if public is not None and public[0].numel() == weight.shape[1]:
-        response = public.detach().double().cpu().flatten(1) @ weight.T
-        response = response - response.mean(dim=0)
+        corr, index, norm = response_correlations(public.detach().double().cpu().flatten(1) @ weight.T)
     else:
-        response = weight.T
-    norm = torch.linalg.vector_norm(response, dim=0)
-    if not len(norm) or float(norm.max()) == 0:
-        return none
-    unit = response / norm.clamp_min(1e-12 * float(norm.max()))
-    same = (unit.T @ unit) >= SAME_MEASUREMENT  # the same sign: a flipped row reads the bins from the other side
-    lower, upper, free = [], [], torch.ones(len(norm), dtype=torch.bool)
-    for u in range(len(norm)):
+        corr, index, norm = response_correlations(weight.T, centre=False)
+    same = corr >= SAME_MEASUREMENT  # the same sign: a flipped row reads the bins from the other side
+    lower, upper, free = [], [], torch.ones(len(index), dtype=torch.bool)
+    for u in range(len(index)):
         group = (same[u] & free).nonzero()[:, 0]
         if not free[u] or len(group) < MIN_BINS:
             continue
         free[group] = False
-        order = group[torch.argsort(-bias[group] / norm[group])]  # ascending threshold -b/|r|
+        units = index[group]
+        order = units[torch.argsort(-bias[units] / norm[units])]  # ascending threshold -b/|r|
         lower.append(order[:-1])
         upper.append(order[1:])
     return (torch.cat(lower), torch.cat(upper)) if lower else none

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedguard.attacks.fc_inversion import response_correlations  # noqa: E402
 from fedguard.detectors import fishing, gradient_snr, imprint, magnitude, passthrough, responses, trap_weights  # noqa: E402
 from fedguard.detectors.rows import live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
@@ -107,8 +108,8 @@ def main() -> None:
         measured = responses.first_layer_responses(module, x[:64])
         if measured is not None:
             _, response, bias = measured
-            rare = max(rare, (responses.rare_share(response + bias)[0], entry.label))
-            corr = responses.response_correlations(response)[0].abs().fill_diagonal_(0)
+            rare = max(rare, (responses.rare_share(responses.firing_rates(response + bias))[0], entry.label))
+            corr = response_correlations(response)[0].abs().fill_diagonal_(0)
             same = max(same, (float(corr.max()) if corr.numel() else 0.0, entry.label))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from fedguard.attacks._head import find_first_layer, layer_input
+from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
 from fedguard.types import Confidence, Rule, Severity
 
@@ -46,9 +47,9 @@ from fedguard.types import Confidence, Rule, Severity
 RARE = 1 / 16
 #: FG803: share of the live units that fire rarely.
 RARE_SHARE = 0.5
-#: FG804: |correlation| of two units' responses that makes them one measurement, and the group size reported.
-SAME_RESPONSE = 0.999
-MIN_GROUP = 4
+#: FG804: |correlation| of two units' responses that makes them one measurement, and the group size reported (the
+#: bins fc_inversion reads; MIN_GROUP is also the fewest rarely-firing units FG803 reports).
+SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
 
@@ -74,23 +75,17 @@ def first_layer_responses(module: nn.Module, inputs: torch.Tensor) -> tuple[str,
         module.train(was_training)
 
 
-def rare_share(pre: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+def firing_rates(pre: torch.Tensor) -> torch.Tensor:
+    """Per unit, the share of the examples that switch it on; ``pre`` is ``[examples, units]`` pre-activations."""
+    return (pre > 0).double().mean(dim=0)
+
+
+def rare_share(fires: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Share of the live units (firing for some example) that fire for at most :data:`RARE` of the examples, with the
-    rare and live masks; ``pre`` is ``[examples, units]`` pre-activations."""
-    fires = (pre > 0).double().mean(dim=0)
+    rare and live masks, from :func:`firing_rates`."""
     live = fires > 0
     rare = live & (fires <= RARE)
     return float(rare.sum()) / max(int(live.sum()), 1), rare, live
-
-
-def response_correlations(response: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(|r|, index, norm)``: absolute correlations ``[k, k]`` of the units' centred responses, for the ``k`` units
-    at ``index`` whose response varies, and every unit's centred-response norm."""
-    centred = response - response.mean(dim=0)
-    norm = torch.linalg.vector_norm(centred, dim=0)
-    index = (norm > 1e-9 * float(norm.max())).nonzero()[:, 0] if norm.numel() else norm.nonzero()[:, 0]
-    unit = centred[:, index] / norm[index]
-    return unit.T @ unit, index, norm
 
 
 @register_detector("responses")
@@ -126,9 +121,9 @@ class FirstLayerResponses(Detector):
         yield from self._same(name, response, bias)
 
     def _sparse(self, name: str, pre: torch.Tensor, examples: int):
-        share, rare, live = rare_share(pre)
+        fires = firing_rates(pre)
+        share, rare, live = rare_share(fires)
         if share >= RARE_SHARE and int(rare.sum()) >= MIN_GROUP:
-            fires = (pre > 0).double().mean(dim=0)
             yield self.finding(
                 "FG803", "First layer fires for single examples", Severity.HIGH, Confidence.MEDIUM, name,
                 f"On {examples} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
