@@ -57,11 +57,13 @@ def compare_shapes(received: Mapping[str, torch.Size], expected: Mapping[str, to
     statistics may be missing (:data:`~fedguard.loading.RUNNING_STATS`): FL code often sends parameters only."""
     missing = [k for k in expected if k not in received and not is_running_stat(k)]
     unexpected = [k for k in received if k not in expected]
-    reshaped = [
-        f"{k}: {tuple(received[k])} vs {tuple(expected[k])}"
-        for k in expected if k in received and tuple(received[k]) != tuple(expected[k])
-    ]
+    reshaped = [f"{k}: {tuple(received[k])} vs {tuple(expected[k])}" for k in reshaped_names(received, expected)]
     return {"missing": missing, "unexpected": unexpected, "reshaped": reshaped}
+
+
+def reshaped_names(received: Mapping[str, torch.Size], expected: Mapping[str, torch.Size]) -> list[str]:
+    """The names in both whose shapes differ, in ``expected``'s order."""
+    return [k for k in expected if k in received and tuple(received[k]) != tuple(expected[k])]
 
 
 def _summary(diff: dict) -> str:

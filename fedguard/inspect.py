@@ -63,6 +63,7 @@ def build_expected_module(
     """
     from fedguard.architectures import build_model, builds_any_class_count, resolve_input_shape
     from fedguard.attacks._head import find_head
+    from fedguard.detectors.drift import reshaped_names
 
     module = build_model(arch, num_classes=num_classes, input_shape=input_shape)
     if num_classes is None:
@@ -82,21 +83,17 @@ def build_expected_module(
             # a head that is no Linear (a cosine classifier's bare weight) leaves the last Linear, a hidden one, to be
             # read: its width is no class count. The first sizes of the tensors the 10-class module misfits are tried
             # too, and the count that fits the file best is kept (the one read off the head on a tie).
-            counts = [int(received.shape[0])] + [int(tensors[k].shape[0]) for k in _misfit_names(module, tensors)]
-            best, fewest = module, len(_misfit_names(module, tensors))
+            shapes = {k: t.shape for k, t in tensors.items()}
+            misfits = reshaped_names(shapes, {k: v.shape for k, v in module.state_dict().items()})
+            counts = [int(received.shape[0])] + [int(shapes[k][0]) for k in misfits if len(shapes[k])]
+            best, fewest = module, len(misfits)
             for count in dict.fromkeys(c for c in counts if c not in (0, 10)):
                 rebuilt = build_model(arch, num_classes=count, input_shape=input_shape)
-                misfits = len(_misfit_names(rebuilt, tensors))
-                if misfits < fewest or (misfits == fewest and best is module and count == counts[0]):
-                    best, fewest = rebuilt, misfits
+                left = len(reshaped_names(shapes, {k: v.shape for k, v in rebuilt.state_dict().items()}))
+                if left < fewest or (left == fewest and best is module and count == counts[0]):
+                    best, fewest = rebuilt, left
             module = best
     return module
-
-
-def _misfit_names(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """The names of ``module``'s tensors that the received ones hold with another shape."""
-    return [k for k, v in module.state_dict().items()
-            if k in tensors and getattr(tensors[k], "ndim", 0) >= 1 and tuple(tensors[k].shape) != tuple(v.shape)]  # fmt: skip
 
 
 def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str, torch.Tensor]:
