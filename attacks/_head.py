@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedguard.torch_state import evaluating
+
 
 @dataclass(frozen=True)
 class Head:
@@ -35,17 +37,14 @@ def execution_order(model: nn.Module, input_shape, device: torch.device, types: 
             raise _Stop
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(torch.zeros(2, *input_shape, device=device))
     except _Stop:
         pass
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return order
 
 

@@ -63,7 +63,7 @@ from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError
 from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
-from fedguard.torch_state import own_torch_state
+from fedguard.torch_state import evaluating, own_torch_state
 
 __all__ = [
     "CRAFTERS",
@@ -149,10 +149,8 @@ def _trace(model: nn.Module, input_shape: Shape) -> list[_Site]:
     for m in model.modules():
         if isinstance(m, _TRACED):
             hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(torch.zeros(2, *input_shape))
     except Exception:
         # Fall back to registration order (no shapes) for models a zero batch cannot run.
@@ -160,7 +158,6 @@ def _trace(model: nn.Module, input_shape: Shape) -> list[_Site]:
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return sites
 
 
@@ -227,28 +224,21 @@ def _inputs_of(model: nn.Module, layer: nn.Module, data: torch.Tensor, batch: in
     """The inputs ``layer`` sees when ``model`` runs (eval mode) on ``data``, flattened per example."""
     got: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda m, a, o: got.append(a[0].detach().flatten(1)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             for i in range(0, len(data), batch):
                 model(data[i : i + batch])
     finally:
         handle.remove()
-        model.train(was_training)
     return torch.cat(got)
 
 
 def _dry_check(model: nn.Module, input_shape: Shape, crafter: str) -> nn.Module:
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(torch.zeros(1, *input_shape))
     except Exception as exc:  # pragma: no cover - a crafter bug, not user input
         raise RuntimeError(f"crafter {crafter!r} produced a model that does not run: {exc}") from exc
-    finally:
-        model.train(was_training)
     return model
 
 

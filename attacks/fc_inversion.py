@@ -50,6 +50,7 @@ from typing import ClassVar
 import torch
 
 from fedguard.threat import ServerView
+from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
 from ._head import find_first_layer, layer_input
@@ -135,16 +136,13 @@ def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape
     gen = torch.Generator().manual_seed(0)
     probes = torch.cat([torch.full((1, *input_shape), float(lo)), torch.full((1, *input_shape), float(hi)),
                         lo + (hi - lo) * torch.rand(2, *input_shape, generator=gen)]).to(device)  # fmt: skip
-    was_training = model.training
     buffers = {name: b.clone() for name, b in model.named_buffers()}  # training mode updates BatchNorm's statistics
     try:
-        with torch.no_grad():
-            model.eval()
+        with evaluating(model), torch.no_grad():
             seen = layer_input(model, layer, probes).double()
             model.train()
             trained = layer_input(model, layer, probes).double()
     finally:
-        model.train(was_training)
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from fedguard.threat import NO_GRADIENT, ServerView
+from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
 from ._head import find_first_layer, layer_input, linear_layers
@@ -141,9 +142,7 @@ def invert_features(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
     norms = (targets * mask).pow(2).sum(1).clamp_min(1e-12)
     residual, done, stopped = float("nan"), 0, "max_iterations"
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for done in range(1, iterations + 1):
             fit = (((layer_input(model, layer, x) - targets) * mask).pow(2).sum(1) / norms).sum()
             weight = PRIOR_WEIGHT * PRIOR_DECAY ** (done / iterations)
@@ -158,8 +157,6 @@ def invert_features(
             if reason is not None:
                 stopped = reason
                 break
-    finally:
-        model.train(was_training)
     return x.detach(), {"inversion_iterations": done, "feature_error": residual, "stopped": stopped}
 
 
@@ -207,13 +204,8 @@ class MKOR(Attack):
         linears = [h.module for h in linear_layers(view.model, view.input_shape, view.device)]
         if not linears or linears[0].bias is None:
             return "the model has no fully connected layer with a bias"
-        was_training = view.model.training
-        try:
-            with torch.no_grad():
-                view.model.eval()  # one example through BatchNorm
-                seen = layer_input(view.model, linears[0], torch.zeros(1, *view.input_shape, device=view.device)).shape[1]
-        finally:
-            view.model.train(was_training)
+        with evaluating(view.model), torch.no_grad():  # one example through BatchNorm
+            seen = layer_input(view.model, linears[0], torch.zeros(1, *view.input_shape, device=view.device)).shape[1]
         if seen != linears[0].in_features:
             return ("the first fully connected layer is applied to each token or position, not once to the example "
                     "(its update mixes them: MKOR reads one feature vector per example)")
@@ -228,9 +220,7 @@ class MKOR(Attack):
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         model = view.model
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             heads = linear_layers(model, view.input_shape, view.device)
             linears = [h.module for h in heads]
             first = linears[0]
@@ -261,8 +251,6 @@ class MKOR(Attack):
                 images, fit = invert_features(
                     model, first, targets, prior.contiguous(), (lo, hi), budget, budget.max_iterations, known
                 )
-        finally:
-            model.train(was_training)
         repeats = torch.as_tensor(round_counts(counts[classes].numpy(), int(view.batch_size))).clamp_min(1)
         images = images.cpu().repeat_interleave(repeats, dim=0)
         labels = classes.repeat_interleave(repeats)

@@ -54,6 +54,7 @@ from fedguard.detectors.base import Detector, InspectContext, register_detector,
 from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, is_opposite_pair
 from fedguard.modelview import LINEAR
 from fedguard.rowstats import finite
+from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 16
@@ -182,16 +183,13 @@ def _gives_the_output(context: InspectContext, name: str) -> bool:
         return False
     seen: list[torch.Tensor] = []
     handle = target.register_forward_hook(lambda _module, _args, out: seen.append(out))
-    was_training = module.training
     try:
-        module.eval()
-        with torch.no_grad():
+        with evaluating(module), torch.no_grad():
             output = module(context.data[0][:2].float())
     except Exception:  # the module cannot run here: nothing shown
         return False
     finally:
         handle.remove()
-        module.train(was_training)
     return len(seen) == 1 and isinstance(output, torch.Tensor) and torch.equal(seen[0], output)
 
 

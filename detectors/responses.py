@@ -41,6 +41,7 @@ from torch import nn
 from fedguard.attacks._head import find_first_layer, layer_input
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
+from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
 
 #: A unit fires rarely when at most this share of the client's examples switch it on.
@@ -57,22 +58,17 @@ MAX_UNITS = 8192
 def first_layer_responses(module: nn.Module, inputs: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor] | None:
     """``(name, W x, b)`` of the first layer on ``inputs`` (float64, ``[examples, units]`` and ``[units]``), or None
     when the input does not meet a Linear layer that reads all of it at once."""
-    was_training = module.training
-    try:
-        module.eval()
-        head = find_first_layer(module, tuple(inputs.shape[1:]), torch.device("cpu"))
-        if head is None or not isinstance(head.module, nn.Linear):
-            return None
-        layer = head.module
-        with torch.no_grad():
-            seen = layer_input(module, layer, inputs.float())
-            if seen.shape[1] != layer.in_features or layer.in_features != math.prod(inputs.shape[1:]):
-                return None  # applied per token, or reading features rather than the input
-            weight = layer.weight[:MAX_UNITS].double()
-            bias = torch.zeros(len(weight), dtype=torch.float64) if layer.bias is None else layer.bias[:MAX_UNITS].double()
-            return head.name, seen.double() @ weight.T, bias
-    finally:
-        module.train(was_training)
+    head = find_first_layer(module, tuple(inputs.shape[1:]), torch.device("cpu"))
+    if head is None or not isinstance(head.module, nn.Linear):
+        return None
+    layer = head.module
+    with evaluating(module), torch.no_grad():
+        seen = layer_input(module, layer, inputs.float())
+        if seen.shape[1] != layer.in_features or layer.in_features != math.prod(inputs.shape[1:]):
+            return None  # applied per token, or reading features rather than the input
+        weight = layer.weight[:MAX_UNITS].double()
+        bias = torch.zeros(len(weight), dtype=torch.float64) if layer.bias is None else layer.bias[:MAX_UNITS].double()
+        return head.name, seen.double() @ weight.T, bias
 
 
 def firing_rates(pre: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from fedguard.errors import InputError
 from fedguard.registry import Registry
+from fedguard.torch_state import evaluating
 
 __all__ = [
     "ArchSpec",
@@ -166,13 +167,8 @@ def out_of_memory(exc: BaseException) -> bool:
 
 def _dry_run(module: nn.Module, input_shape: Shape) -> torch.Tensor:
     """Run one all-zero example through ``module`` in eval mode without gradients."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            return module(torch.zeros(1, *input_shape))
-    finally:
-        module.train(was_training)
+    with evaluating(module), torch.no_grad():
+        return module(torch.zeros(1, *input_shape))
 
 
 def _flat_size(arch: str, body: nn.Module, input_shape: Shape) -> int:

@@ -18,7 +18,19 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["own_random_state", "own_torch_state"]
+__all__ = ["evaluating", "own_random_state", "own_torch_state"]
+
+
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the block with ``module`` in eval mode (BatchNorm at its running statistics, dropout off), then give it
+    back the mode its caller left it in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @contextlib.contextmanager
