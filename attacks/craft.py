@@ -65,6 +65,8 @@ from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating, own_torch_state
 
+from ._head import layer_input
+
 __all__ = [
     "CRAFTERS",
     "FrontEndModel",
@@ -222,15 +224,8 @@ def _check_data(data: torch.Tensor | None, input_shape: Shape) -> torch.Tensor |
 
 def _inputs_of(model: nn.Module, layer: nn.Module, data: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """The inputs ``layer`` sees when ``model`` runs (eval mode) on ``data``, flattened per example."""
-    got: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda m, a, o: got.append(a[0].detach().flatten(1)))
-    try:
-        with evaluating(model), torch.no_grad():
-            for i in range(0, len(data), batch):
-                model(data[i : i + batch])
-    finally:
-        handle.remove()
-    return torch.cat(got)
+    with evaluating(model), torch.no_grad():
+        return torch.cat([layer_input(model, layer, data[i : i + batch]) for i in range(0, len(data), batch)])
 
 
 def _dry_check(model: nn.Module, input_shape: Shape, crafter: str) -> nn.Module:
