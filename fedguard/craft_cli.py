@@ -93,9 +93,12 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
 
     refuse_unused(attack not in READS_DATA, ("data",),
                   f"calibrates {', '.join(sorted(READS_DATA))} only; {attack} crafts the same model without it")  # fmt: skip
-    if list_options:
-        listing = ", ".join(f"{k}={v!r}" for k, v in crafter_options(attack).items()) or "none"
-        click.echo(f"{attack} options (defaults): {listing}")
+    options = _parse_options(settings)
+    check_options(attack, options)
+    if list_options:  # with any --set given checked and shown in place of its default
+        values = crafter_options(attack) | options
+        listing = ", ".join(f"{k}={v!r}" + (" (--set)" if k in options else "") for k, v in values.items()) or "none"
+        click.echo(f"{attack} options ({'defaults; yours marked --set' if options else 'defaults'}): {listing}")
         return
     if arch is None:
         raise InputError("give --arch, the architecture to craft (e.g. --arch lenet); see 'fedguard craft --help'")
@@ -109,8 +112,6 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     with user_code_prints_to_stderr():  # importing --arch runs its module's code
         check_output_path(output, inputs=input_paths(model, data=data, arch=arch), force=force, replaceable=None,
                           example="model.pt")  # fmt: skip
-    options = _parse_options(settings)
-    check_options(attack, options)
     with user_code_prints_to_stderr():
         shape = resolve_input_shape(arch, parse_input_shape(input_shape) if input_shape is not None else None)
         module, _ = load_global_model(model, arch, num_classes, shape, seed)

@@ -194,6 +194,13 @@ def test_list_options_needs_no_arch():
     assert res.exit_code == 0 and "num_bins=128" in res.output
 
 
+def test_list_options_checks_and_shows_a_set_option():
+    res = _run("craft", "imprint", "--list-options", "--set", "num_bins=8")
+    assert res.exit_code == 0 and "num_bins=8 (--set)" in res.output and "num_bins=128" not in res.output
+    res = _run("craft", "imprint", "--list-options", "--set", "num_bins=abc")
+    assert res.exit_code == 2 and "not an integer" in res.output
+
+
 def test_force_never_overwrites_an_input(tmp_path):
     data = tmp_path / "public.npz"
     np.savez(data, x=np.zeros((4, 3, 32, 32), np.float32), y=np.arange(4))
