@@ -64,6 +64,14 @@ InputMap = tuple[torch.Tensor, torch.Tensor]
 #: Quotients closer than this (RMS over the input, in input units) are the same example.
 #: Exact quotients agree to float32 rounding (~1e-6); mixtures of two digits differ by > 0.05.
 MERGE_TOLERANCE = 1e-3
+#: Quotients at most this far outside the input range (RMS of the excess, in input units) are read as noisy examples,
+#: and such quotients closer than NOISY_MERGE_TOLERANCE as the same one. Measured on the built-in MLP, digits, 3 seeds,
+#: Gaussian noise on the update at 0.1 % / 1 % of its norm, where the exact test kept no quotient at all: batch 4,
+#: 11 / 9 of 12 examples at >= 30 dB; batch 16, 14 / 2 of 48; batch 64, 15 / 2 of 192 (49 / 40 at >= 20 dB). Without
+#: noise batches 4 and 16 are unchanged, batch 64 gains (21 of 192 at >= 30 dB against 20, 51 against 36 at >= 20 dB).
+#: An RMS excess of 0.05 let in more mixtures than examples (batch 64 without noise: 2 of 192 at >= 30 dB).
+NEAR_RANGE = 0.02
+NOISY_MERGE_TOLERANCE = 0.02
 #: Rows whose bias gradient is below this fraction of the largest carry only rounding.
 ACTIVE_FRACTION = 1e-6
 #: At most this many rows (the most strongly activated) are clustered.
@@ -73,6 +81,24 @@ SAME_MEASUREMENT = 0.999
 MIN_BINS = 4
 
 
+def _group(quotients: torch.Tensor, tolerance: float, limit: int) -> tuple[torch.Tensor, list[int], int]:
+    """The ``limit`` largest groups of ``quotients`` (rows, strongest first) that agree to ``tolerance`` RMS, as their
+    means, with the groups' sizes and how many groups there are. Each quotient joins the group of the first quotient
+    that agrees with it."""
+    dim = quotients.shape[1]
+    if not len(quotients):
+        return quotients, [], 0
+    if bool((torch.linalg.vector_norm(quotients - quotients[0], dim=1) / math.sqrt(dim) <= tolerance).all()):
+        leader = torch.zeros(len(quotients), dtype=torch.long)  # one example (a batch of one): no distance matrix
+    else:
+        leader = (torch.cdist(quotients, quotients) / math.sqrt(dim) <= tolerance).to(torch.int8).argmax(dim=0)
+    leaders, members = torch.unique(leader, return_inverse=True)
+    sizes = torch.bincount(members, minlength=len(leaders))
+    order = torch.argsort(-sizes, stable=True)[:limit]
+    sums = torch.zeros(len(leaders), dim, dtype=quotients.dtype).index_add_(0, members, quotients)
+    return (sums / sizes[:, None])[order], sizes[order].tolist(), len(leaders)
+
+
 def invert_rows(
     grad_w: torch.Tensor, grad_b: torch.Tensor, limit: int, input_range=(0.0, 1.0), input_map: InputMap | None = None
 ) -> tuple[torch.Tensor, dict]:
@@ -80,9 +106,13 @@ def invert_rows(
 
     Returns the ``limit`` largest groups of agreeing in-range quotients as
     rows ``[k, in]`` (``k <= limit``; fewer when fewer distinct quotients
-    exist) and the numbers behind them. ``input_map`` ``(scale, shift)``:
-    the layer reads ``scale * x + shift`` (a normalisation the model applies
-    first), undone on each quotient before the range check.
+    exist) and the numbers behind them. Slots the exact quotients leave are
+    filled with quotients that lie near the range (:data:`NEAR_RANGE`),
+    clipped and merged at :data:`NOISY_MERGE_TOLERANCE`: the quotients of an
+    update with noise, quantisation or clipping in it (``details.approximate_rows``).
+    ``input_map`` ``(scale, shift)``: the layer reads ``scale * x + shift``
+    (a normalisation the model applies first), undone on each quotient
+    before the range check.
     """
     gw, gb = grad_w.double(), grad_b.double()
     peak = float(gb.abs().max()) if gb.numel() else 0.0
@@ -95,32 +125,28 @@ def invert_rows(
     slack = 1e-4 * (hi - lo)
     low, high = torch.aminmax(quotients, dim=1)
     in_range = (low >= lo - slack) & (high <= hi + slack)
-    quotients = quotients[in_range]
-    dim = gw.shape[1]
-    if len(quotients):
-        # Each quotient joins the group of the first (most strongly activated) quotient that agrees with it.
-        tolerance = MERGE_TOLERANCE * (hi - lo)
-        if bool((torch.linalg.vector_norm(quotients - quotients[0], dim=1) / math.sqrt(dim) <= tolerance).all()):
-            leader = torch.zeros(len(quotients), dtype=torch.long)  # one example (a batch of one): no distance matrix
-        else:
-            leader = (torch.cdist(quotients, quotients) / math.sqrt(dim) <= tolerance).to(torch.int8).argmax(dim=0)
-        leaders, members = torch.unique(leader, return_inverse=True)
-        sizes = torch.bincount(members, minlength=len(leaders))
-        order = torch.argsort(-sizes, stable=True)[:limit]
-        sums = torch.zeros(len(leaders), dim, dtype=quotients.dtype).index_add_(0, members, quotients)
-        rows = (sums / sizes[:, None])[order]
-        group_sizes, distinct = sizes[order].tolist(), len(leaders)
-    else:
-        rows, group_sizes, distinct = torch.zeros(0, dim, dtype=gw.dtype), [], 0
+    rows, group_sizes, distinct = _group(quotients[in_range], MERGE_TOLERANCE * (hi - lo), limit)
+    approximate = 0
+    if len(rows) < limit:
+        excess = torch.linalg.vector_norm(quotients - quotients.clamp(lo, hi), dim=1) / math.sqrt(gw.shape[1])
+        near = quotients[~in_range & (excess <= NEAR_RANGE * (hi - lo))].clamp(lo, hi)
+        tolerance = NOISY_MERGE_TOLERANCE * (hi - lo)
+        extra, extra_sizes, _ = _group(near, tolerance, len(near))
+        if len(rows) and len(extra):  # not a second copy of an example the exact quotients gave
+            new = (torch.cdist(extra, rows) / math.sqrt(gw.shape[1])).min(dim=1).values > tolerance
+            extra, extra_sizes = extra[new], [size for size, keep in zip(extra_sizes, new.tolist()) if keep]
+        extra, extra_sizes = extra[: limit - len(rows)], extra_sizes[: limit - len(rows)]
+        rows, group_sizes, approximate = torch.cat([rows, extra]), group_sizes + extra_sizes, len(extra)
     details = {
         "active_rows": int(len(active)),
         "rows_in_range": int(in_range.sum()),
         "distinct_quotients": distinct,
         "group_sizes": group_sizes,
+        "approximate_rows": approximate,
     }
     if not len(rows):  # what the reports say instead of a row of dashes
         details["why_nothing"] = ("no unit of the layer is active in the update (its bias gradient is zero)" if not len(active)
-                                  else "no active unit's quotient lies in the input range")  # fmt: skip
+                                  else "no active unit's quotient lies in or near the input range")  # fmt: skip
     return rows.clamp(lo, hi), details
 
 
