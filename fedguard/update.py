@@ -76,9 +76,14 @@ class Update:
     local_steps, local_lr, local_batch_size
         FedAvg's local schedule (1, None, None for FedSGD).
     defense : str
-        Defense applied before upload (``none`` in this version).
+        Defense applied before upload, as declared: ``none`` for an update
+        fedguard computed, ``unknown`` by default (an update read from a file
+        or built elsewhere: fedguard measures what leaks, it does not tell
+        which defense made the update), else the caller's name for it, e.g.
+        ``dp-sgd``.
     epsilon, delta : float or None
-        DP guarantee of the defense, when it has one.
+        DP guarantee of the defense, when it has one, as declared (not
+        checked against the update): ``epsilon >= 0``, ``0 <= delta < 1``.
     source : str
         ``computed`` or the path of the file it was read from.
     sha256 : str or None
@@ -93,7 +98,7 @@ class Update:
     local_steps: int = 1
     local_lr: float | None = None
     local_batch_size: int | None = None
-    defense: str = "none"
+    defense: str = "unknown"
     epsilon: float | None = None
     delta: float | None = None
     source: str = "computed"
@@ -109,6 +114,12 @@ class Update:
         if not is_whole(self.batch_size) or self.batch_size < 1:
             raise InputError(f"bad update batch_size {self.batch_size!r}; give the number of examples it was computed on")
         check_protocol(self.protocol, self.local_steps, self.local_lr, self.local_batch_size, int(self.batch_size))
+        if not isinstance(self.defense, str) or not self.defense.strip():
+            raise InputError(f"update defense is {checks.shown(self.defense)}; name it, e.g. 'dp-sgd', or leave it 'unknown'")
+        for name, value, upper in (("epsilon", self.epsilon, math.inf), ("delta", self.delta, 1.0)):
+            if value is not None and not (is_number(value) and 0 <= value < upper):
+                bound = "a finite number of at least 0" if upper == math.inf else "a number from 0 to below 1"
+                raise InputError(f"bad update {name} {checks.shown(value)}; give {bound}, or None when the defense has no DP guarantee")
 
     def __repr__(self) -> str:
         """The fields, with the tensors summarised (printed whole, a LeNet's ran to 32 KB)."""
@@ -334,6 +345,7 @@ def compute_update(
         local_steps=int(local_steps),
         local_lr=None if local_lr is None else float(local_lr),
         local_batch_size=local_batch_size,
+        defense="none",
         loss=first_loss,
     )
 

@@ -23,7 +23,7 @@ from typing import ClassVar, Mapping
 from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .audit_text import exposure_summary
+from .audit_text import defense_summary, exposure_summary
 from .html import generated_at, template_environment
 
 TEMPLATE = "audit.html"
@@ -41,6 +41,7 @@ class AuditHtmlRenderer(AuditRenderer):
         return template_environment().get_template(TEMPLATE).render(
             r=report,
             exposure_summary=exposure_summary(report.exposure) if report.exposure is not None else None,
+            defense=defense_summary(report.update) if report.update.get("defense", "none") != "none" else None,
             pictures=pictures,
             generated=generated_at(),
             tool_version=report.tool_version,

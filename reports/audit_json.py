@@ -7,7 +7,7 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.5",
+      "schema_version": "1.6",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "verdict": "block",
@@ -42,8 +42,8 @@ from .audit_base import AuditRenderer, register_audit_renderer
 from .base import check_report, json_safe, printable_values, read_schema
 
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
-#: 1.4: data.batch_sha256; 1.5: exposure.budget
-SCHEMA_VERSION = "1.5"
+#: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute
+SCHEMA_VERSION = "1.6"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"

@@ -84,6 +84,7 @@ class AuditTextRenderer(AuditRenderer):
             f"{d.get('spec')}, batch {d.get('batch_size')}",
             u.get("protocol") + (f" {u.get('local_steps')} steps lr {u.get('local_lr')} mini-batch {u.get('local_batch_size')}"
                                  if u.get("protocol") == "fedavg" else ""),  # fmt: skip
+            *([defense_summary(u)] if u.get("defense", "none") != "none" else []),
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
@@ -167,6 +168,14 @@ def _joined_lines(items: list[str], sep: str, width: int) -> list[str]:
 def _width() -> int:
     """The terminal's width (or ``COLUMNS``) within :data:`MIN_WIDTH`..:data:`MAX_WIDTH`; 100 when there is none."""
     return max(MIN_WIDTH, min(MAX_WIDTH, shutil.get_terminal_size((100, 24)).columns))
+
+
+def defense_summary(update: Mapping) -> str:
+    """The update's defense as declared, with its DP guarantee when it has one: ``unknown`` for a file, whose
+    defense fedguard does not tell."""
+    text = f"defense {update.get('defense')}"
+    guarantee = [f"{k} {update[k]:g}" for k in ("epsilon", "delta") if update.get(k) is not None]
+    return text + (f" ({', '.join(guarantee)}, as declared)" if guarantee else "")
 
 
 def exposure_summary(exposure: Mapping) -> str:

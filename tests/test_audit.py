@@ -196,7 +196,8 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     report = json.loads(result.stdout)
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
-    assert report["schema_version"] == "1.5" and report["leakage"]["measured"] is True
+    assert report["update"]["defense"] == "unknown"  # a file's defense is not measured; it had read "none"
+    assert report["schema_version"] == "1.6" and report["leakage"]["measured"] is True
     import hashlib  # provenance: the exact files audited
 
     for section, name in (("update", "update.pt"), ("data", "batch.npz")):
@@ -1140,6 +1141,22 @@ def test_an_update_prints_as_its_fields_not_its_values():
 
     update = Update(tensors={"w": torch.zeros(100, 100), "b": torch.zeros(100)}, protocol="fedsgd", batch_size=4)
     assert repr(update).startswith("Update(tensors=<2 tensors, 10,100 values>, protocol='fedsgd', batch_size=4,")
+
+
+def test_an_updates_declared_defense_is_checked_and_shown():
+    from fedguard.errors import InputError
+    from fedguard.reports.audit_text import defense_summary
+    from fedguard.update import Update, compute_update
+
+    tensors = {"w": torch.zeros(2)}
+    assert compute_update(lenet8(), torch.rand(2, 1, 8, 8), torch.arange(2)).defense == "none"
+    assert Update(tensors=tensors, protocol="fedsgd", batch_size=4).defense == "unknown"
+    for bad in ({"epsilon": "abc"}, {"epsilon": -3.0}, {"epsilon": float("nan")}, {"delta": 5.0}, {"delta": float("inf")},
+                {"defense": None}, {"defense": " "}):  # fmt: skip
+        with pytest.raises(InputError, match="update (defense|epsilon|delta)"):
+            Update(tensors=tensors, protocol="fedsgd", batch_size=4, **bad)
+    declared = Update(tensors=tensors, protocol="fedsgd", batch_size=4, defense="dp-sgd", epsilon=2, delta=1e-5)
+    assert defense_summary(declared.summary()) == "defense dp-sgd (epsilon 2, delta 1e-05, as declared)"
 
 
 def test_an_update_object_is_checked_as_a_file_is():
