@@ -84,20 +84,28 @@ def attack_names() -> list[str]:
 # --------------------------------------------------------------------------- loading
 
 
+#: What a file or state_dict that does not fit ``arch`` is told to do.
+SERVER_ARCH = "pass the --arch (and --num-classes / --input-shape) the server uses"
+
+
 def _first(items: Sequence[str]) -> str:
     return repr(items[0]) + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
 
 
-def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: str, arch: str) -> None:
+def load_weights(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], path: str, arch: str, hint: str = SERVER_ARCH
+) -> None:
     """Copy ``tensors`` into ``module``; InputError naming the first layer that does not fit.
 
-    ``path`` names the model in the messages: a file's path, ``state_dict`` or ``passed in``."""
-    expected = module.state_dict()
-    hint = "pass the --arch (and --num-classes / --input-shape) the server uses"
+    ``path`` names the model in the messages: a file's path, ``state_dict`` or ``passed in``. With a ``hint`` other
+    than :data:`SERVER_ARCH` (a module passed in, compared by its parameters), only ``module``'s parameters are
+    expected."""
+    expected = module.state_dict() if hint == SERVER_ARCH else dict(module.named_parameters())
+    option = "--arch" if hint == SERVER_ARCH else "arch"  # a module is passed in from Python
     for key, value in tensors.items():
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise InputError(
-                f"model {path} does not fit --arch {arch}: layer {key} has shape {list(value.shape)} in the model "
+                f"model {path} does not fit {option} {arch}: layer {key} has shape {list(value.shape)} in the model "
                 f"but {list(expected[key].shape)} in the architecture; {hint}"
             )
     missing = [k for k in expected if k not in tensors and not is_running_stat(k)]  # kept as built
@@ -105,7 +113,7 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: s
     said = ([f"it has no tensor for {_first(missing)}"] if missing else []) + (
         [f"it has {_first(unexpected)}, which the architecture lacks"] if unexpected else [])
     if said:  # both halves: a wrapper's extra layer ('0.mean') explains the names the architecture misses
-        raise InputError(f"model {path} does not fit --arch {arch}: {' and '.join(said)}; {hint}")
+        raise InputError(f"model {path} does not fit {option} {arch}: {' and '.join(said)}; {hint}")
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
@@ -127,12 +135,14 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         check_float32(model, "the model passed in", "pass model.float()")
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise InputError("the model passed in is on the meta device (shapes without values); load its weights first")
-        # The report names --arch, so it must be this model's: layer by layer by shape (a wrapper's names differ),
-        # else the check a file gets, which names the first layer that does not fit.
-        tensors, _ = to_state_dict(dict(model.state_dict()), "the model passed in")
+        # The report names --arch, so it must be this model's: its parameters layer by layer by shape (a wrapper's
+        # names differ, and its own buffers, a normalisation's mean and std, are no layers), else the check a file
+        # gets, which names the first layer that does not fit.
+        tensors, _ = to_state_dict(dict(model.named_parameters()), "the model passed in")
         expected = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None)
-        if names_from(expected.state_dict(), tensors) is tensors:
-            load_weights(expected, tensors, "passed in", arch)
+        if names_from(dict(expected.named_parameters()), tensors) is tensors:
+            load_weights(expected, tensors, "passed in", arch, hint="pass the arch this module is built as (a "
+                         "package.module:callable that builds it, wrapper and all, when no built-in name is)")  # fmt: skip
         try:
             module = copy.deepcopy(model)
         except Exception as exc:  # an attribute that cannot be copied: a lock, a file handle, a process pool

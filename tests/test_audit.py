@@ -888,7 +888,7 @@ class _Lenet8Wrapper(torch.nn.Module):
         ("two arguments", "the model fails on one batch of images (TypeError: forward() missing 1 required"),
         ("lock", "the model passed in cannot be copied (TypeError: cannot pickle"),
         ("meta", "the model passed in is on the meta device"),
-        ("other architecture", "does not fit --arch lenet: layer features.0.weight has shape"),
+        ("other architecture", "does not fit arch lenet: layer features.0.weight has shape"),
     ],
 )
 def test_python_api_a_module_that_cannot_be_audited_is_an_input_error(kind, message):
@@ -1419,6 +1419,19 @@ def test_a_wrapper_around_the_architecture_is_audited():
     report = audit(Wrapper(), arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(6, 1, 8, 8), torch.arange(6) % 2),
                    batch_size=2, attacks=["label_counts"])
     assert report.model["num_classes"] == 2 and report.attacks[0].label_counts_exact == 1.0
+
+    class Normalised(Wrapper):  # the normalisation as buffers in front (docs/audit.md's advice) had been refused
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(0.13))
+            self.register_buffer("std", torch.tensor(0.3))
+
+        def forward(self, x):
+            return self.net((x - self.mean) / self.std)
+
+    report = audit(Normalised(), arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(6, 1, 8, 8), torch.arange(6) % 2),
+                   batch_size=2, attacks=["label_counts"])
+    assert report.attacks[0].label_counts_exact == 1.0
     # nn.DataParallel: the network inside is audited (torch.func, which DLG uses, cannot call the wrapper: skipped)
     report = audit(torch.nn.DataParallel(lenet8()), arch="lenet", input_shape=(1, 8, 8), batch_size=1,
                    data=(torch.rand(6, 1, 8, 8), torch.arange(6)), attacks=["dlg"], max_iterations=2)
