@@ -160,6 +160,36 @@ class LeakageLevel(enum.IntEnum):
             valid = ", ".join(str(s) for s in cls)
             raise ValueError(f"unknown leakage level {text!r}; use one of {valid}") from None
 
+    @classmethod
+    def _missing_(cls, value):
+        """``LeakageLevel("high")`` as :meth:`parse` reads it."""
+        return cls.parse(value) if isinstance(value, str) else None
+
+    # A level compares with its name as verdicts do (``report.leakage.level == "high"``, ``level >= "medium"``); a
+    # string that names no level is a ValueError, not False, so that a gate with a typo fails loudly.
+    def _other(self, other):
+        return LeakageLevel.parse(other) if isinstance(other, str) else other
+
+    def __eq__(self, other):
+        return int.__eq__(self, self._other(other))
+
+    def __ne__(self, other):
+        return int.__ne__(self, self._other(other))
+
+    def __lt__(self, other):
+        return int.__lt__(self, self._other(other))
+
+    def __le__(self, other):
+        return int.__le__(self, self._other(other))
+
+    def __gt__(self, other):
+        return int.__gt__(self, self._other(other))
+
+    def __ge__(self, other):
+        return int.__ge__(self, self._other(other))
+
+    __hash__ = int.__hash__
+
 
 class AuditVerdict(str, enum.Enum):
     """What to do with the pending update: upload (pass), look closer (warn), do not upload (block)."""

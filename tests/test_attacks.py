@@ -248,6 +248,11 @@ def test_levels_and_verdicts():
     assert verdict_for(LeakageLevel.LOW, LeakageLevel.HIGH) == AuditVerdict.PASS
     assert verdict_for(LeakageLevel.LOW, LeakageLevel.LOW) == AuditVerdict.BLOCK
     assert verdict_for(LeakageLevel.NONE, LeakageLevel.LOW) == AuditVerdict.PASS
+    # a gate compares levels with their names, as it does verdicts ("high" had never equalled HIGH); a typo raises
+    assert LeakageLevel.HIGH == "high" and LeakageLevel("high") is LeakageLevel.HIGH and LeakageLevel.LOW != "high"
+    assert LeakageLevel.MEDIUM >= "medium" > LeakageLevel.LOW and LeakageLevel.HIGH == 3
+    with pytest.raises(ValueError, match="unknown leakage level 'hgih'"):
+        _ = LeakageLevel.HIGH == "hgih"
     assert verdict_for(LeakageLevel.NONE, LeakageLevel.HIGH, conclusive=False) == AuditVerdict.WARN
     assert verdict_for(LeakageLevel.HIGH, LeakageLevel.HIGH, conclusive=False) == AuditVerdict.BLOCK
 
