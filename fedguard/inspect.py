@@ -163,7 +163,10 @@ def inspect_model(
     start = time.perf_counter()
     for value, option in ((path, "path"), (reference, "reference")):
         if value is not None and not isinstance(value, (str, os.PathLike)) or (option == "path" and value is None):
-            raise InputError(f"{option} is {value!r:.40}; pass the model file's path as a str or pathlib.Path")
+            if isinstance(value, (nn.Module, Mapping)):  # inspect reads files as received, never live objects
+                raise InputError(f"{option} is a {type(value).__name__}, not a file; save it with "
+                                 f"torch.save(model.state_dict(), path) and pass that path")  # fmt: skip
+            raise InputError(f"{option} is {checks.shown(value)}; pass the model file's path as a str or pathlib.Path")
     if arch is not None and (not isinstance(arch, str) or not arch.strip()):
         raise InputError(f"arch is {arch!r:.40}; pass an architecture name such as 'lenet5', or None")
     if num_classes is not None and (not is_whole(num_classes) or num_classes < 1):

@@ -689,6 +689,7 @@ def test_truncated_safetensors(tmp_path):
     [
         ({"path": 5}, "path is 5; pass the model file's path"),
         ({"path": None}, "path is None"),
+        ({"path": torch.nn.Linear(2, 2)}, "path is a Linear, not a file; save it with torch.save(model.state_dict(), path)"),
         ({"reference": 5}, "reference is 5"),
         ({"detectors": "imprint"}, "pass a list of detector names"),
         ({"detectors": ["nope"]}, "unknown detector 'nope'"),
