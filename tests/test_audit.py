@@ -444,10 +444,10 @@ def test_a_wrapped_module_against_the_bare_arch_names_what_is_missing_and_what_i
     from fedguard.audit import audit
     from fedguard.errors import InputError
 
-    class Normalize(torch.nn.Module):  # a normalisation layer in front of the network, with buffers
+    class Normalize(torch.nn.Module):  # a learnt normalisation in front of the network (buffers alone are accepted)
         def __init__(self):
             super().__init__()
-            self.register_buffer("mean", torch.tensor(0.5))
+            self.mean = torch.nn.Parameter(torch.tensor(0.5))
 
         def forward(self, x):
             return x - self.mean
