@@ -330,6 +330,17 @@ def _cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> flo
     return dot / norms if norms > 0 else 0.0
 
 
+def _running_statistics_note(upd: Update) -> str | None:
+    """The note for an update that carries BatchNorm running statistics (:func:`~fedguard.update.running_statistics`):
+    they average the batch's features per channel and no attack here reads them, so the audit cannot vouch for them."""
+    stats = upd.extra.get("running_statistics")
+    if not stats:
+        return None
+    return (f"the update carries BatchNorm running statistics ({len(stats)} tensors, e.g. {stats[0]}), which no attack "
+            "here reads: they average the batch's features per channel and go to the server as they are, so the "
+            "verdict is at least warn; keep them local (as FedBN does) or upload the parameters only")
+
+
 def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, Any] | None:
     """How well an update read in matches the one training ``module`` on ``(x, y)`` gives here: ``cosine`` with
     it and whether that training is ``reproducible`` (two seeds agree; dropout makes them differ), or None when
@@ -704,7 +715,7 @@ def audit(
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
         agreement = None
     mismatch = _mismatch_note(agreement, upd.protocol)
-    notes = [note for note in (mismatch, _probabilities_note(logits)) if note]  # each makes the verdict at least warn
+    notes = [note for note in (mismatch, _probabilities_note(logits), _running_statistics_note(upd)) if note]  # each: warn
 
     B = len(index)
     known_labels = threat.labels == "known"

@@ -396,12 +396,26 @@ def load_update(
         local_batch_size=local_batch_size,
         source=str(path),
         sha256=loaded.sha256,
+        extra={"running_statistics": stats} if (stats := running_statistics(loaded.tensors, loaded.named, model)) else {},
     )
 
 
 def _first_of(names: list[str]) -> str:
     """The first of ``names`` quoted, and how many more there are."""
     return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
+def running_statistics(tensors: Mapping[str, Any], named: bool, model: nn.Module) -> list[str]:
+    """Names of the BatchNorm running means and variances of ``model`` that ``tensors`` (an update as read, named or
+    an unnamed list in ``state_dict`` order) carries with a nonzero value: statistics of the client's batch that go
+    to the server beside the parameters (Flower's ``state_dict`` lists hold them), which no attack here reads."""
+    from fedguard.loading import name_in_order
+
+    if not named:
+        tensors = name_in_order({k: t.shape for k, t in model.state_dict().items()}, list(tensors.values())) or {}
+    stats = dict(model.named_buffers())
+    return [name for name, t in tensors.items() if name in stats and name.rsplit(".", 1)[-1] in ("running_mean", "running_var")
+            and isinstance(t, torch.Tensor) and bool(t.detach().any())]  # fmt: skip
 
 
 def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, where: str) -> dict[str, torch.Tensor]:
@@ -500,4 +514,6 @@ def checked_update(update: Update, model: nn.Module, batch_size: int) -> Update:
     if update.protocol == "fedavg" and local_batch_size is None:
         local_batch_size = batch_size
     check_protocol(update.protocol, update.local_steps, update.local_lr, local_batch_size, batch_size)
-    return replace(update, tensors=out, local_batch_size=local_batch_size)
+    stats = running_statistics(tensors, named, model)
+    extra = {**update.extra, "running_statistics": stats} if stats else update.extra
+    return replace(update, tensors=out, local_batch_size=local_batch_size, extra=extra)

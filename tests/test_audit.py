@@ -20,6 +20,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 from fedguard.cli import main
@@ -1157,6 +1158,37 @@ def test_an_updates_declared_defense_is_checked_and_shown():
             Update(tensors=tensors, protocol="fedsgd", batch_size=4, **bad)
     declared = Update(tensors=tensors, protocol="fedsgd", batch_size=4, defense="dp-sgd", epsilon=2, delta=1e-5)
     assert defense_summary(declared.summary()) == "defense dp-sgd (epsilon 2, delta 1e-05, as declared)"
+
+
+def test_an_update_with_batchnorm_running_statistics_is_at_least_warn(tmp_path):
+    """Flower's state_dict lists send BatchNorm's running statistics beside the parameters; no attack reads them, so
+    the audit cannot vouch for them (they had been dropped without a word)."""
+    import copy
+
+    from fedguard.architectures import build_model
+    from fedguard.audit import audit
+    from fedguard.update import Update
+
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=(1, 8, 8))
+    trained = copy.deepcopy(model).train()
+    optimiser = torch.optim.SGD(trained.parameters(), lr=0.01)
+    for _ in range(2):
+        optimiser.zero_grad()
+        F.cross_entropy(trained(x), y).backward()
+        optimiser.step()
+    before = model.state_dict()
+    delta = {k: v - before[k] for k, v in trained.state_dict().items() if v.is_floating_point()}
+    run = dict(arch="convnet", input_shape=(1, 8, 8), data=(x, y), attacks=["label_counts"])
+    report = audit(model, update=Update(tensors=delta, protocol="fedavg", batch_size=4, local_steps=2, local_lr=0.01), **run)
+    assert str(report.verdict) == "warn" and report.notes[0].startswith("the update carries BatchNorm running statistics (6 tensors")
+    torch.save(delta, tmp_path / "update.pt")  # a file too
+    report = audit(model, update=tmp_path / "update.pt", protocol="fedavg", local_steps=2, local_lr=0.01, **run)
+    assert any("BatchNorm running statistics" in note for note in report.notes)
+    parameters = {k: delta[k] for k, _ in model.named_parameters()}
+    report = audit(model, update=Update(tensors=parameters, protocol="fedavg", batch_size=4, local_steps=2, local_lr=0.01), **run)
+    assert report.notes == ()
 
 
 def test_an_update_object_is_checked_as_a_file_is():
