@@ -838,9 +838,13 @@ def audit(
                              "as on a model with huge weights): what it rebuilt says nothing of what a server with a "
                              "steadier optimiser would")  # fmt: skip
             done[name] = rec
-            outcomes.append(
-                score(rec, batch_x, batch_y, n_out, title=cls.title, reference=cls.reference, kind=cls.kind, prior=prior)
-            )
+            outcome = score(rec, batch_x, batch_y, n_out, title=cls.title, reference=cls.reference, kind=cls.kind, prior=prior)
+            outcomes.append(outcome)
+            exact = outcome.label_counts_exact if outcome.label_counts_exact is not None else outcome.label_accuracy
+            if cls.kind == "labels" and rec.stopped == "time_budget" and exact is not None and exact < 1.0:
+                what = "per-class counts exact" if outcome.label_counts_exact is not None else "labels right"
+                notes.append(f"{name} was stopped by the time budget with {exact:.0%} of the {what}: a server with "
+                             "more time estimates them from more of its data; raise --time-budget")  # fmt: skip
             if cls.emulates is None and view.labels is None and rec.labels is not None and len(rec.labels) == B:
                 # the same server's labels seed the attacks after it (DLG's, where no label attack applies)
                 view = dataclasses.replace(view, labels=rec.labels.long(), label_counts=rec.label_counts, label_source=f"recovered by {name}")

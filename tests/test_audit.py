@@ -1191,6 +1191,29 @@ def test_an_update_with_batchnorm_running_statistics_is_at_least_warn(tmp_path):
     assert report.notes == ()
 
 
+def test_label_counts_cut_short_with_wrong_counts_is_a_note(monkeypatch):
+    """A label attack the time budget stopped had kept its level without a word, even with counts wrong."""
+    import dataclasses
+
+    from fedguard.attacks.label_counts import LabelCounts
+    from fedguard.audit import audit
+
+    run = LabelCounts.run
+
+    def cut_short(self, view, budget):
+        rec = run(self, view, budget)
+        counts = rec.label_counts.clone()
+        counts[0], counts[1] = counts[0] + 1, counts[1] - 1  # as a shorter estimate might read them
+        return dataclasses.replace(rec, label_counts=counts, stopped="time_budget")
+
+    monkeypatch.setattr(LabelCounts, "run", cut_short)
+    report = audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data=(torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 1, 2, 3, 4])),
+                   batch_size=6, attacks=["label_counts"])  # fmt: skip
+    assert str(report.verdict) == "warn"
+    assert report.notes == ("label_counts was stopped by the time budget with 80% of the per-class counts exact: a "
+                            "server with more time estimates them from more of its data; raise --time-budget",)
+
+
 def test_an_update_object_is_checked_as_a_file_is():
     from fedguard.audit import audit
     from fedguard.errors import InputError
