@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
 
 Z_LIMIT = 200.0
@@ -49,22 +48,23 @@ class ExtremeMagnitude(Detector):
             peak = float(layer.stats.peak.max())
             z = peak * math.sqrt(layer.fan_in)
             bias = layer.bias_f32()
-            bias_peak = float(bias.abs().max()) if bias is not None and finite(bias) else 0.0
+            bias_peak = float(bias.abs().max()) if bias is not None and bias.numel() else 0.0
+            spoilt = bias is not None and layer.key("bias") in context.view.non_finite  # read as 0 here, FG002's
             weight_hit = z >= Z_LIMIT and peak >= ABS_WEIGHT_LIMIT and not _unit_gaussian_fill(layer)
             bias_hit = bias_peak >= BIAS_LIMIT
             if not (weight_hit or bias_hit):
                 continue
             parts = []
             if weight_hit:
-                parts.append(f"a weight of {peak:.4g} ({z:.0f}× the 1/sqrt(fan_in) init scale)")
+                parts.append(f"a weight of {peak:.4g} ({z:.4g}× the 1/sqrt(fan_in) init scale)")
             if bias_hit:
                 parts.append(f"a bias of {bias_peak:.4g}")
             yield self.finding(
                 "FG502", "Extreme weight/bias magnitudes", Severity.HIGH, Confidence.MEDIUM, layer.name,
                 f"{layer.name} has {' and '.join(parts)}: far beyond honest training; such values isolate or "
                 "amplify single samples in the update. Do not train on this model.",
-                max_abs_weight=rounded(peak), z=rounded(z), max_abs_bias=rounded(bias_peak),
-                z_limit=Z_LIMIT, bias_limit=BIAS_LIMIT,
+                max_abs_weight=rounded(peak), z=rounded(z), z_limit=Z_LIMIT, bias_limit=BIAS_LIMIT,
+                max_abs_bias=rounded(bias_peak), **({"bias_non_finite": "NaN or inf, read as 0 (FG002)"} if spoilt else {}),
             )
 
 

@@ -318,6 +318,17 @@ def test_nan_weights_are_a_finding_and_do_not_hide_the_rest_of_the_layer():
         assert {"FG002"} | EXPECTED[kind] <= {f.rule_id for f in findings} and judge(findings) is Verdict.MALICIOUS, kind
 
 
+def test_fg502_says_when_a_bias_it_read_as_zero_was_nan():
+    """A bias of NaNs only beside a huge weight: FG502's evidence had said max_abs_bias=0 and nothing more."""
+    sd = {k: v.clone() for k, v in _entry(benign_entries(), "trained/mlp/3ep").state_dict.items()}
+    bias = next(k for k in sd if k.endswith("bias"))
+    sd[bias].fill_(float("nan"))
+    sd[bias.replace("bias", "weight")][0, 0] = 1e6
+    fg502 = [f for f in static_findings(sd) if f.rule_id == "FG502"]
+    assert len(fg502) == 1 and fg502[0].evidence["bias_non_finite"] == "NaN or inf, read as 0 (FG002)"
+    assert f"({fg502[0].evidence['z']:.4g}× the 1/sqrt(fan_in) init scale)" in fg502[0].message  # as the evidence writes it
+
+
 @pytest.mark.parametrize("noise", [0.05, 0.1, 0.2])
 def test_an_imprint_layer_with_noisy_rows_is_still_caught(noise):
     """Noise on the rows keeps the bins (5 %: 7 of 32 digits rebuilt above 30 dB); only FG301's near tier sees it."""
