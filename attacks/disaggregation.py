@@ -217,6 +217,8 @@ class Disaggregation:
     rank: int
     notes: tuple[str, ...] = ()
     interchangeable: tuple[tuple[int, ...], ...] = ()
+    #: Integer programs the time limit stopped plus users the deadline left open: with more time, more may be exact.
+    timed_out: int = 0
 
     @property
     def n_users(self) -> int:
@@ -733,6 +735,7 @@ class _Book:
         self.progress = progress
         self.total = total
         self.settled = 0
+        self.timed_out = 0
         keys = [counts[u].tobytes() for u in range(n)]
         self.group_of = keys
         self.claimed: dict[bytes, dict[bytes, int]] = {}
@@ -933,6 +936,7 @@ def _stage_milp(
     finally:
         _MILP_STATE.clear()
     timed_out = sum(1 for r in results if r[4] == "time limit")
+    book.timed_out += timed_out
     if timed_out:
         limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")
         notes.append(f"{timed_out} integer program(s) hit {limit}")
@@ -1162,6 +1166,7 @@ def disaggregate(
             _stage_unique(book, open_users[book.exact[open_users]], time_limit, notes, deadline)
         still_open = int((~book.exact[open_users]).sum())
         if still_open and _past(deadline):
+            book.timed_out += still_open
             notes.append(f"the deadline ended the search with {still_open} user(s) open")
 
     status = ["exact" if book.exact[u] else "failed" for u in range(n_users)]
@@ -1208,6 +1213,7 @@ def disaggregate(
         rank=rank,
         notes=tuple(notes),
         interchangeable=interchangeable,
+        timed_out=book.timed_out,
     )
 
 

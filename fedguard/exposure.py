@@ -331,6 +331,7 @@ def exposure(
         fed = _with_client(fed, client, _client_sample(values, dim, seed))
 
     tested: dict[int, ExposurePoint] = {}
+    timed_out: set[int] = set()
 
     def attack(t: int) -> ExposurePoint:
         if t in tested:
@@ -356,6 +357,8 @@ def exposure(
             if status == "exact" and match[client] < 0:
                 status = "wrong"
             point = ExposurePoint(t, True, score(result, sub).share_exact, status, err, time.perf_counter() - t0)
+            if result.timed_out and not exposed(point):  # with more time this prefix may have exposed the client
+                timed_out.add(t)
         tested[t] = point
         if progress is not None:
             progress(point)
@@ -397,6 +400,8 @@ def exposure(
                     lo = mid
             found = grid[hi]
         if found is None and late():  # the deadline cut an integer program short: "not exposed" is not shown
+            complete = False
+        if any(found is None or t < found for t in timed_out):  # a miss the time limits decided: an upper bound
             complete = False
     return Exposure(
         users=users, users_per_round=float(users_per_round), participation=float(participation),
@@ -538,12 +543,14 @@ def client_exposure(
             scenarios.append(Scenario(label, change, what, "not run", note=str(exc)))
             continue
         if result.rounds_to_exposure is not None:
-            note = None if result.complete else "upper bound: the time budget ended the search for the first round"
+            note = None if result.complete else ("upper bound: time limits cut the attack short at fewer rounds, "
+                                                 "which more time (or a faster machine) may expose")  # fmt: skip
             scenarios.append(Scenario(label, change, what, "exposed", result, note))
         elif result.complete:
             scenarios.append(Scenario(label, change, what, "not exposed", result))
         else:
             tried = max(p.rounds for p in result.points)
-            scenarios.append(Scenario(label, change, what, "cut short", result,
-                                      f"time budget of {budget:g} s spent; not exposed up to {tried} rounds"))
+            spent = (f"time budget of {budget:g} s spent" if budget is not None and time.perf_counter() >= start + budget
+                     else "time limits cut the attack short")  # fmt: skip
+            scenarios.append(Scenario(label, change, what, "cut short", result, f"{spent}; not exposed up to {tried} rounds"))
     return ClientExposure(tuple(scenarios), TARGET_ERROR, time.perf_counter() - start)

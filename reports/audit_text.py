@@ -187,8 +187,10 @@ def exposure_summary(exposure: Mapping) -> str:
         return (f"secure aggregation cannot hide this update: with {where}, each round's sum is this update alone, "
                 f"recovered after {plural(exposure['rounds_to_exposure'], 'round')}")
     if exposure["outcome"] == "exposed":
-        return (f"secure aggregation hides this update for only {plural(exposure['rounds_to_exposure'], 'round')}: with {where}, "
-                f"gradient disaggregation recovers it once it stays the same that long (it stays {st['stable_rounds']})")
+        bound = " or fewer (time limits cut the attack short at fewer rounds)" if exposure["scenarios"][0].get("note") else ""
+        return (f"secure aggregation hides this update for only {plural(exposure['rounds_to_exposure'], 'round')}{bound}: "
+                f"with {where}, gradient disaggregation recovers it once it stays the same that long (it stays "
+                f"{st['stable_rounds']})")  # fmt: skip
     if exposure["outcome"] == "not identifiable":
         return f"with {where}, {st['stable_rounds']} stable rounds are too few for gradient disaggregation to single it out"
     if exposure["outcome"] == "not exposed" and st["participation"] == 1:

@@ -179,6 +179,34 @@ def test_exposure_finds_the_round_of_recovery():
     assert noisy.rounds_to_exposure is None or noisy.rounds_to_exposure > result.rounds_to_exposure
 
 
+def test_a_miss_the_time_limit_decided_makes_the_exposure_an_upper_bound(monkeypatch):
+    """Under load, an integer program the per-user time limit stopped had left a prefix unexposed, and the round of
+    exposure was reported later, as if complete (40 rounds on a busy machine, 30 on an idle one)."""
+    import dataclasses
+
+    import fedguard.exposure as exposure_module
+    from fedguard.reports.audit_text import exposure_summary
+
+    run = dict(users_per_round=5, rounds=100, window=5, participation=0.5, seed=0, workers=1, time_limit=1)
+    honest = exposure(**run)  # measured: 15 rounds not exposed, 20 exposed
+    found = honest.rounds_to_exposure
+    assert honest.complete and any(p.rounds < found for p in honest.points)
+    real = exposure_module.disaggregate
+
+    def slow(aggregates, *args, **kwargs):
+        result = real(aggregates, *args, **kwargs)
+        return dataclasses.replace(result, timed_out=1) if len(aggregates) < found else result
+
+    monkeypatch.setattr(exposure_module, "disaggregate", slow)
+    bounded = exposure(**run)
+    assert bounded.rounds_to_exposure == found and not bounded.complete
+    update = np.random.default_rng(0).standard_normal(150)
+    settings = FederationSettings(users_per_round=5, participation=0.5, window=5, stable_rounds=100)
+    configured = client_exposure(update, settings, seed=0).to_dict()
+    assert configured["scenarios"][0]["note"].startswith("upper bound: time limits cut the attack short")
+    assert " or fewer (time limits cut the attack short at fewer rounds)" in exposure_summary(configured)
+
+
 def test_client_exposure_scenarios():
     update = np.random.default_rng(0).standard_normal((6, 5, 5))  # any shape; 150 coordinates
     settings = FederationSettings(users_per_round=5, participation=0.5, window=10, stable_rounds=60)
