@@ -138,6 +138,16 @@ class InspectionReport:
 # --------------------------------------------------------------------------- audit (self-attack) results
 
 
+def _by_name(op: str):
+    """``int``'s comparison ``op`` for :class:`LeakageLevel`, with a string on the other side read as a level name."""
+    compare = getattr(int, f"__{op}__")
+
+    def method(self, other):
+        return compare(self, LeakageLevel.parse(other) if isinstance(other, str) else other)
+
+    return method
+
+
 class LeakageLevel(enum.IntEnum):
     """How much of the private batch an attack rebuilt, ordered so that ``a >= b`` compares.
 
@@ -167,27 +177,7 @@ class LeakageLevel(enum.IntEnum):
 
     # A level compares with its name as verdicts do (``report.leakage.level == "high"``, ``level >= "medium"``); a
     # string that names no level is a ValueError, not False, so that a gate with a typo fails loudly.
-    def _other(self, other):
-        return LeakageLevel.parse(other) if isinstance(other, str) else other
-
-    def __eq__(self, other):
-        return int.__eq__(self, self._other(other))
-
-    def __ne__(self, other):
-        return int.__ne__(self, self._other(other))
-
-    def __lt__(self, other):
-        return int.__lt__(self, self._other(other))
-
-    def __le__(self, other):
-        return int.__le__(self, self._other(other))
-
-    def __gt__(self, other):
-        return int.__gt__(self, self._other(other))
-
-    def __ge__(self, other):
-        return int.__ge__(self, self._other(other))
-
+    __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = (_by_name(op) for op in ("eq", "ne", "lt", "le", "gt", "ge"))
     __hash__ = int.__hash__
 
 
