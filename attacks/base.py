@@ -154,6 +154,11 @@ class Attack(abc.ABC):
         """None when the attack can run on ``view``; else why not (one phrase)."""
         return None
 
+    def planted(self, view: ServerView) -> bool:
+        """Whether the model in ``view`` already carries what the crafter named by :attr:`emulates` plants: a
+        server sent it. The audit then attacks the client's own update under it, and runs the attack unasked."""
+        return False
+
     @abc.abstractmethod
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         """Attack the update in ``view`` within ``budget``; keep the best result on interruption."""

@@ -70,6 +70,7 @@ from ._head import layer_input
 __all__ = [
     "CRAFTERS",
     "FrontEndModel",
+    "NothingToPlant",
     "check_options",
     "craft",
     "crafter_options",
@@ -1237,10 +1238,16 @@ def craft(
     if spoilt is not None:  # a huge but finite option overflowed float32: such a model shows nothing a detector looks for
         raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use values "
                          "nearer 1 (a huge one overflows, and so does a tiny one the crafter divides by)")  # fmt: skip
-    if _unchanged(model, crafted):  # no layer it works on was found: a file that is the model itself would mislead
-        raise InputError(f"{name} found nothing to plant in this {type(model).__name__} with {given} (no layer of the "
-                         "kind it changes where it looks); pick another attack or architecture")  # fmt: skip
+    if _unchanged(model, crafted):  # no layer it works on, or planted already: a file that is the model would mislead
+        raise NothingToPlant(f"{name} found nothing to plant in this {type(model).__name__} with {given} (no layer of "
+                             "the kind it changes where it looks, or its parameters are there already); pick another "
+                             "attack or architecture")  # fmt: skip
     return crafted
+
+
+class NothingToPlant(InputError):
+    """The crafter left the model as it was: it has no layer of the kind the crafter changes, or carries the
+    crafter's parameters already (the audit then attacks it as received)."""
 
 
 def _unchanged(model: nn.Module, crafted: nn.Module) -> bool:

@@ -217,6 +217,20 @@ class MKOR(Attack):
             return NO_GRADIENT
         return None
 
+    def planted(self, view: ServerView) -> bool:
+        """Rows of the first fully connected layer that reach one class alone, for at least half the classes (an
+        MKOR model has them for every class; honest models, 60 of the zoo's with two Linear layers or more, had
+        them for at most one class, class fishing's for one). Not for a lone Linear head, every class's alone in
+        any model: the features before it passed on linearly did not tell MKOR's sigmoid LeNet (2.6-10 % off
+        linear at a midpoint) from honest ones (0.6-13 %); `fedguard inspect` reads those paths."""
+        if self.applies(view) is not None:
+            return False
+        linears = [h.module for h in linear_layers(view.model, view.input_shape, view.device)]
+        if len(linears) == 1:
+            return False
+        owners = sum(len(r) > 0 for r in self._class_rows(linears, view.num_classes))
+        return owners >= max(2, math.ceil(view.num_classes / 2))
+
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         model = view.model

@@ -966,6 +966,26 @@ def test_mkor_that_found_no_class_makes_the_audit_inconclusive(own_arch):
     assert str(report.verdict) == "warn"
 
 
+def test_a_received_mkor_model_is_attacked_as_received():
+    """A model that already carries MKOR's parameters had passed the default audit without mkor, and `--attack mkor`
+    on it was skipped (the crafter had nothing left to plant). Now it is attacked with the client's own update."""
+    from fedguard.attacks.craft import craft_model
+    from fedguard.audit import audit
+
+    def run(model, attacks=None):
+        return audit(model, arch="mlp", input_shape=SHAPE, data="digits", batch_size=8, attacks=attacks, device="cpu",
+                     seed=0, max_iterations=30, time_budget=None)  # fmt: skip
+
+    received = craft_model("mkor", "mlp", input_shape=SHAPE)
+    default = run(received, ["label_counts", "fc_inversion"])  # named attacks: nothing added
+    assert "mkor" not in {o.name for o in default.attacks}
+    for report in (run(received), run(received, ["mkor"])):
+        outcome = report.outcome("mkor")
+        assert outcome.details["update"].startswith("the client's own") and "crafting_seconds" not in outcome.details
+    honest = run(mlp8(0))  # an honest MLP's head has no class's rows: mkor stays on request
+    assert "mkor" not in {o.name for o in honest.attacks} and "mkor" not in honest.skipped
+
+
 NORMALISED_MLP = """
 class Normalised(nn.Module):
     def __init__(self, num_classes, first):
