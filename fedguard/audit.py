@@ -113,6 +113,9 @@ def load_weights(
     said = ([f"it has no tensor for {_first(missing)}"] if missing else []) + (
         [f"it has {_first(unexpected)}, which the architecture lacks"] if unexpected else [])
     if said:  # both halves: a wrapper's extra layer ('0.mean') explains the names the architecture misses
+        if unexpected and hint == SERVER_ARCH:  # a server that added layers (imprint, LOKI) sent another architecture
+            hint += (", a package.module:callable that builds the file's layers if no built-in name does; "
+                     "`fedguard inspect` reports layers added to the architecture you agreed on (FG701)")
         raise InputError(f"model {path} does not fit {option} {arch}: {' and '.join(said)}; {hint}")
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     for k, v in state.items():

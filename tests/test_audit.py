@@ -439,6 +439,7 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
     assert "classifier.0.weight" in line and "[10, 48]" in line and "[5, 48]" in line
     line = assert_input_error(invoke("--model", "lenet8.pt", "--arch", "mlp", "--input-shape", "1,8,8", "--data", "digits"))
     assert "does not fit --arch mlp" in line
+    assert line.endswith("`fedguard inspect` reports layers added to the architecture you agreed on (FG701)")  # extra layers
 
 
 def test_a_wrapped_module_against_the_bare_arch_names_what_is_missing_and_what_is_extra():
