@@ -84,24 +84,25 @@ def attack_names() -> list[str]:
 # --------------------------------------------------------------------------- loading
 
 
-#: What a file or state_dict that does not fit ``arch`` is told to do.
-SERVER_ARCH = "pass the --arch (and --num-classes / --input-shape) the server uses"
-
-
 def _first(items: Sequence[str]) -> str:
     return repr(items[0]) + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
 
 
 def load_weights(
-    module: nn.Module, tensors: Mapping[str, torch.Tensor], path: str, arch: str, hint: str = SERVER_ARCH
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], path: str, arch: str, *, passed_in: bool = False
 ) -> None:
     """Copy ``tensors`` into ``module``; InputError naming the first layer that does not fit.
 
-    ``path`` names the model in the messages: a file's path, ``state_dict`` or ``passed in``. With a ``hint`` other
-    than :data:`SERVER_ARCH` (a module passed in, compared by its parameters), only ``module``'s parameters are
-    expected."""
-    expected = module.state_dict() if hint == SERVER_ARCH else dict(module.named_parameters())
-    option = "--arch" if hint == SERVER_ARCH else "arch"  # a module is passed in from Python
+    ``path`` names the model in the messages: a file's path, ``state_dict`` or ``passed in``. A module
+    ``passed_in`` from Python is compared by its parameters only (a wrapper's own buffers are no layers), and its
+    messages name ``arch``, not ``--arch``."""
+    if passed_in:
+        expected, option = dict(module.named_parameters()), "arch"
+        hint = ("pass the arch this module is built as (a package.module:callable that builds it, wrapper and all, "
+                "when no built-in name is)")
+    else:
+        expected, option = module.state_dict(), "--arch"
+        hint = "pass the --arch (and --num-classes / --input-shape) the server uses"
     for key, value in tensors.items():
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise InputError(
@@ -113,7 +114,7 @@ def load_weights(
     said = ([f"it has no tensor for {_first(missing)}"] if missing else []) + (
         [f"it has {_first(unexpected)}, which the architecture lacks"] if unexpected else [])
     if said:  # both halves: a wrapper's extra layer ('0.mean') explains the names the architecture misses
-        if unexpected and hint == SERVER_ARCH:  # a server that added layers (imprint, LOKI) sent another architecture
+        if unexpected and not passed_in:  # a server that added layers (imprint, LOKI) sent another architecture
             hint += (", a package.module:callable that builds the file's layers if no built-in name does; "
                      "`fedguard inspect` reports layers added to the architecture you agreed on (FG701)")
         raise InputError(f"model {path} does not fit {option} {arch}: {' and '.join(said)}; {hint}")
@@ -144,8 +145,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         tensors, _ = to_state_dict(dict(model.named_parameters()), "the model passed in")
         expected = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None)
         if names_from(dict(expected.named_parameters()), tensors) is tensors:
-            load_weights(expected, tensors, "passed in", arch, hint="pass the arch this module is built as (a "
-                         "package.module:callable that builds it, wrapper and all, when no built-in name is)")  # fmt: skip
+            load_weights(expected, tensors, "passed in", arch, passed_in=True)
         try:
             module = copy.deepcopy(model)
         except Exception as exc:  # an attribute that cannot be copied: a lock, a file handle, a process pool
