@@ -41,7 +41,7 @@ class AuditHtmlRenderer(AuditRenderer):
         return template_environment().get_template(TEMPLATE).render(
             r=report,
             exposure_summary=exposure_summary(report.exposure) if report.exposure is not None else None,
-            defense=defense_summary(report.update) if report.update.get("defense", "none") != "none" else None,
+            defense=defense_summary(report.update),
             pictures=pictures,
             generated=generated_at(),
             tool_version=report.tool_version,

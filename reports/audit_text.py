@@ -84,7 +84,7 @@ class AuditTextRenderer(AuditRenderer):
             f"{d.get('spec')}, batch {d.get('batch_size')}",
             u.get("protocol") + (f" {u.get('local_steps')} steps lr {u.get('local_lr')} mini-batch {u.get('local_batch_size')}"
                                  if u.get("protocol") == "fedavg" else ""),  # fmt: skip
-            *([defense_summary(u)] if u.get("defense", "none") != "none" else []),
+            *filter(None, [defense_summary(u)]),
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
@@ -170,9 +170,11 @@ def _width() -> int:
     return max(MIN_WIDTH, min(MAX_WIDTH, shutil.get_terminal_size((100, 24)).columns))
 
 
-def defense_summary(update: Mapping) -> str:
-    """The update's defense as declared, with its DP guarantee when it has one: ``unknown`` for a file, whose
-    defense fedguard does not tell."""
+def defense_summary(update: Mapping) -> str | None:
+    """The update's defense as declared, with its DP guarantee when it has one (``unknown`` for a file, whose
+    defense fedguard does not tell); None for ``none``, an update fedguard computed."""
+    if update.get("defense", "none") == "none":
+        return None
     text = f"defense {update.get('defense')}"
     guarantee = [f"{k} {update[k]:g}" for k in ("epsilon", "delta") if update.get(k) is not None]
     return text + (f" ({', '.join(guarantee)}, as declared)" if guarantee else "")
