@@ -405,14 +405,22 @@ def _first_of(names: list[str]) -> str:
     return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
 
 
+def _named_list(values: list[Any], model: nn.Module) -> dict[str, Any] | None:
+    """An unnamed list of tensors (as Flower sends) named layer by layer in ``model``'s trainable-parameter order, else
+    in its ``state_dict`` order (buffers included), or None when neither lines up
+    (:func:`~fedguard.loading.name_in_order`)."""
+    from fedguard.loading import name_in_order
+
+    params = {name: p.shape for name, p in _trainable(model).items()}
+    return name_in_order(params, values) or name_in_order({k: t.shape for k, t in model.state_dict().items()}, values)
+
+
 def running_statistics(tensors: Mapping[str, Any], named: bool, model: nn.Module) -> list[str]:
     """Names of the BatchNorm running means and variances of ``model`` that ``tensors`` (an update as read, named or
     an unnamed list in ``state_dict`` order) carries with a nonzero value: statistics of the client's batch that go
     to the server beside the parameters (Flower's ``state_dict`` lists hold them), which no attack here reads."""
-    from fedguard.loading import name_in_order
-
     if not named:
-        tensors = name_in_order({k: t.shape for k, t in model.state_dict().items()}, list(tensors.values())) or {}
+        tensors = _named_list(list(tensors.values()), model) or {}
     stats = dict(model.named_buffers())
     return [name for name, t in tensors.items() if name in stats and name.rsplit(".", 1)[-1] in ("running_mean", "running_var")
             and isinstance(t, torch.Tensor) and bool(t.detach().any())]  # fmt: skip
@@ -427,13 +435,11 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
     tensor for a frozen parameter says the client trained it: InputError, as for the model's weights passed as
     the update, see :data:`WEIGHTS_DISTANCE`). Named tensors are matched by name only: two of one shape in another
     order would pass a check by position."""
-    from fedguard.loading import name_in_order
-
     params = _trainable(model)
     state = {name: t.shape for name, t in model.state_dict().items()}
     if not named:
         values = list(tensors.values())
-        tensors = name_in_order({name: p.shape for name, p in params.items()}, values) or name_in_order(state, values)
+        tensors = _named_list(values, model)
         if tensors is None:
             raise InputError(
                 f"{where} has {len(values)} unnamed tensors that do not line up with the model's {len(params)} "

@@ -1184,9 +1184,12 @@ def test_an_update_with_batchnorm_running_statistics_is_at_least_warn(tmp_path):
     run = dict(arch="convnet", input_shape=(1, 8, 8), data=(x, y), attacks=["label_counts"])
     report = audit(model, update=Update(tensors=delta, protocol="fedavg", batch_size=4, local_steps=2, local_lr=0.01), **run)
     assert str(report.verdict) == "warn" and report.notes[0].startswith("the update carries BatchNorm running statistics (6 tensors")
-    torch.save(delta, tmp_path / "update.pt")  # a file too
-    report = audit(model, update=tmp_path / "update.pt", protocol="fedavg", local_steps=2, local_lr=0.01, **run)
-    assert any("BatchNorm running statistics" in note for note in report.notes)
+    torch.save(delta, tmp_path / "update.pt")  # a file too, and Flower's unnamed list in state_dict order
+    after = trained.state_dict()
+    np.savez(tmp_path / "update.npz", *[(after[k] - v).numpy() for k, v in before.items()])
+    for path in ("update.pt", "update.npz"):
+        report = audit(model, update=tmp_path / path, protocol="fedavg", local_steps=2, local_lr=0.01, **run)
+        assert any("BatchNorm running statistics (6 tensors" in note for note in report.notes), path
     parameters = {k: delta[k] for k, _ in model.named_parameters()}
     report = audit(model, update=Update(tensors=parameters, protocol="fedavg", batch_size=4, local_steps=2, local_lr=0.01), **run)
     assert report.notes == ()
