@@ -12,7 +12,6 @@ printed and written to ``summary.html`` plus one JSON report per model.
 from __future__ import annotations
 
 import io
-import pickle
 import time
 from pathlib import Path
 from typing import Callable
@@ -98,7 +97,9 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
     models.append(("honest LeNet-5 as a Flower list of ndarrays (.npz)", path, {"arch": ARCH}))
 
     path = folder / "trojan-lenet5.pt"
-    write_atomic(path, pickle.dumps({**benign.state_dict(), "payload": _PrintsWhenUnpickled()}))
+    trojan = io.BytesIO()  # a torch checkpoint as torch.save writes it (byte-identical between runs), payload inside
+    torch.save({**benign.state_dict(), "payload": _PrintsWhenUnpickled()}, trojan)
+    write_atomic(path, trojan.getvalue())
     models.append(("state_dict with a code-executing pickle payload", path, {}))
     return models
 

@@ -848,9 +848,12 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     assert "which no earlier demo wrote" in line and (workdir / "reports" / "benign-lenet5.json").read_bytes() == kept
     assert "--output-dir is empty; name a folder" in assert_input_error(invoke("demo", "--output-dir", ""))
 
-    for _ in range(2):  # the second run replaces the first one's files
+    runs = []
+    for _ in range(2):  # the second run replaces the first one's files, with the same bytes (the trojan's too)
         result = invoke("demo", "--output-dir", workdir / "demo")
         assert result.exit_code == 0, result.output
+        runs.append({p.name: p.read_bytes() for p in (workdir / "demo" / "models").iterdir()})
+    assert runs[0] == runs[1]
     assert "MALICIOUS" in result.output and (workdir / "demo" / "summary.html").is_file()
     page = (workdir / "demo" / "summary.html").read_text(encoding="utf-8")
     assert "honest LeNet-5, trained 2 epochs on digits" in page  # which models are meant to be benign
