@@ -49,6 +49,7 @@ class ConstantRows(Detector):
             "have exactly equal weights. Do not train on this model.",
             "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024; "
             "Fowl et al., Robbing the Fed, ICLR 2022",
+            url="https://arxiv.org/abs/2310.19222",
         ),
     )
 

@@ -86,6 +86,7 @@ class ArchitectureDrift(Detector):
             "state_dict's keys or shapes. Train only on the architecture you agreed to: ask the server "
             "why the model changed.",
             "Fowl et al., Robbing the Fed, ICLR 2022; Boenisch et al., EuroS&P 2023",
+            url="https://arxiv.org/abs/2110.13057",
         ),
     )
 
@@ -116,6 +117,7 @@ class ReferenceDrift(Detector):
             "or magnified along their own direction, mean the server planted parameters. Compare the two "
             "models and ask the server why.",
             "Fowl et al., ICLR 2022; Wang et al., WACV 2024; Garov et al., ICLR 2024",
+            url="https://arxiv.org/abs/2110.13057",
         ),
     )
 

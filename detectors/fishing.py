@@ -56,6 +56,7 @@ _RULES = (
         "the rest of the batch for reconstruction. Do not train on this model.",
         "Wen et al., Fishing for User Data in Large-Batch Federated Learning via Gradient "
         "Magnification, ICML 2022",
+        url="https://arxiv.org/abs/2202.00580",
     ),
     Rule(
         "FG202", "feature-fishing",
@@ -65,6 +66,7 @@ _RULES = (
         "carry one weight dozens of times their RMS. Do not train on this model.",
         "Wen et al., Fishing for User Data in Large-Batch Federated Learning via Gradient "
         "Magnification, ICML 2022",
+        url="https://arxiv.org/abs/2202.00580",
     ),
 )
 

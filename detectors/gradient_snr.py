@@ -145,6 +145,7 @@ class GradientSNR(Detector):
             "Do not train on this model.",
             "Garov et al., Hiding in Plain Sight: Disguising Data Stealing Attacks in Federated "
             "Learning (SEER), ICLR 2024",
+            url="https://arxiv.org/abs/2306.03013",
         ),
         Rule(
             "FG802", "transmit-snr",
@@ -153,6 +154,7 @@ class GradientSNR(Detector):
             "raw private input into the network and the update, where a leaking layer can read it. Learned "
             "first-layer units mix many inputs; identity-initialised ones pass inputs through honestly.",
             "Garov et al., ICLR 2024; Wang et al., MKOR, WACV 2024",
+            url="https://arxiv.org/abs/2306.03013",
         ),
     )
 

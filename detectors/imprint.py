@@ -83,6 +83,7 @@ class Imprint(Detector):
             "Trained or randomly initialised rows never coincide. Do not train on this model.",
             "Fowl et al., Robbing the Fed: Directly Obtaining Private Data in Federated Learning "
             "with Modified Models, ICLR 2022",
+            url="https://arxiv.org/abs/2110.13057",
         ),
     )
 

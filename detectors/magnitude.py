@@ -40,6 +40,7 @@ class ExtremeMagnitude(Detector):
             "1/sqrt(fan_in). Such values amplify one sample's gradient or pin activations. "
             "Do not train on this model.",
             "Zhao et al., LOKI, IEEE S&P 2024; Wen et al., ICML 2022; Fowl et al., ICLR 2022",
+            url="https://arxiv.org/abs/2303.12233",
         ),
     )
 

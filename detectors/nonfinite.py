@@ -25,6 +25,7 @@ class NonFinite(Detector):
             "Training never produces NaN/Inf weights in a model the server means to use. "
             "Do not train on this model; ask the server for a fresh copy and compare hashes.",
             "IEEE 754; honest-but-curious vs malicious server model (Fowl et al., ICLR 2022)",
+            url="https://arxiv.org/abs/2110.13057",
         ),
     )
 

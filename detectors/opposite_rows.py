@@ -128,6 +128,7 @@ class OppositeRows(Detector):
             "opposites, nor nearly opposite pairs that the next layer merges into one unit. Do not train on "
             "this model.",
             "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024",
+            url="https://arxiv.org/abs/2310.19222",
         ),
     )
 

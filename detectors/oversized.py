@@ -45,6 +45,7 @@ class OversizedFC(Detector):
             "the model with the architecture you expect (--arch) or last round's model (--reference).",
             "Phong et al., Privacy-Preserving Deep Learning via Additively Homomorphic Encryption, 2018; "
             "Fowl et al., ICLR 2022; Boenisch et al., EuroS&P 2023",
+            url="https://eprint.iacr.org/2017/715",
         ),
     )
 

@@ -62,6 +62,7 @@ _RULES = (
         "MKOR makes the FC layers after the first one identities so class-mean inputs reach the "
         "gradient intact. Honest trained or initialised rows are dense. Do not train on this model.",
         "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024",
+        url="https://arxiv.org/abs/2310.19222",
     ),
     Rule(
         "FG105", "pass-through-stack",
@@ -71,6 +72,7 @@ _RULES = (
         "whose inconspicuous form leaves the dense layers untouched. Honest Dirac or identity "
         "initialisations touch some layers, not the whole stack. Do not train on this model.",
         "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024",
+        url="https://arxiv.org/abs/2310.19222",
     ),
     Rule(
         "FG103", "copy-conv-filters",
@@ -79,6 +81,7 @@ _RULES = (
         "MKOR's min filter) or shifts (off-centre) one input channel, passing the private image through "
         "the convolutional stack. Learned filters are never delta functions of one common size.",
         "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024",
+        url="https://arxiv.org/abs/2310.19222",
     ),
     Rule(
         "FG501", "scaled-identity",
@@ -87,6 +90,7 @@ _RULES = (
         "into disjoint channels so they survive secure aggregation. Do not train on this model.",
         "Zhao et al., LOKI: Large-scale Data Reconstruction Attack against Federated Learning "
         "through Model Manipulation, IEEE S&P 2024",
+        url="https://arxiv.org/abs/2303.12233",
     ),
 )
 

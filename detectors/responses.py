@@ -96,6 +96,7 @@ class FirstLayerResponses(Detector):
             "gradient divided by its bias gradient is the input. Biases set at a high quantile of each unit's "
             "response make that happen with honest-looking weights. Do not train on this model.",
             "Phong et al., IEEE TIFS 2018; Boenisch et al., When the Curious Abandon Honesty, IEEE EuroS&P 2023",
+            url="https://eprint.iacr.org/2017/715",
         ),
         Rule(
             "FG804", "data-space-imprint",
@@ -104,6 +105,7 @@ class FirstLayerResponses(Detector):
             "as Robbing the Fed's imprint layer does, whatever their weights look like; differences of "
             "neighbouring bins' gradients return single inputs. Do not train on this model.",
             "Fowl et al., Robbing the Fed, ICLR 2022",
+            url="https://arxiv.org/abs/2110.13057",
         ),
     )
 

@@ -72,6 +72,7 @@ class TrapWeights(Detector):
             "Do not train on this model.",
             "Boenisch et al., When the Curious Abandon Honesty: Federated Learning Is Not Private, "
             "IEEE EuroS&P 2023",
+            url="https://arxiv.org/abs/2112.02918",
         ),
     )
 

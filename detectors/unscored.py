@@ -35,6 +35,7 @@ class Unscored(Detector):
             "The checks read layers saved as torch names them (...weight, ...bias). Ask the server for a plain "
             "state_dict of the model, or inspect with --arch to compare every key with the architecture you expect.",
             "PyTorch state_dict conventions; Fowl et al., Robbing the Fed, ICLR 2022 (a layer hidden from a check leaks as well)",
+            url="https://arxiv.org/abs/2110.13057",
         ),
     )
 

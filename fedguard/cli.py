@@ -158,6 +158,8 @@ def rules_command():
     for rule in rules().values():
         click.echo(f"{rule.rule_id}  {rule.name:<26} {rule.summary}")
         click.echo(f"       {rule.reference}")
+        if rule.url:
+            click.echo(f"       {rule.url}")
 
 
 @main.command("demo")

@@ -55,6 +55,7 @@ CODE_IMPORT_RULE = Rule(
         "file anywhere; ask the server for a safetensors or weights-only state_dict."
     ),
     reference="Python pickle documentation (security warning); PyTorch torch.load weights_only",
+    url="https://docs.python.org/3/library/pickle.html",
 )
 
 

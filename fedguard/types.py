@@ -103,6 +103,9 @@ class Rule:
     summary: str
     help: str
     reference: str
+    #: Where the first paper (or document) ``reference`` names can be read: SARIF's ``helpUri``, ``fedguard rules``
+    #: (HTML reports name no address: they are offline pages).
+    url: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """SARIF 2.1.0 for CI dashboards (GitHub code scanning, Azure DevOps, DefectDojo).
 
 One run: ``tool.driver`` lists every fedguard rule as a ``reportingDescriptor``
-(help text in text and markdown, paper in ``properties.reference``); each
-finding is a ``result`` whose level follows its severity (critical/high ->
-``error``, medium -> ``warning``, low/info -> ``note``), located at the model
-file (``physicalLocation``) and, when it has one, the layer (``logicalLocation``
-of kind ``module``). The file itself is the run's only ``artifact``, with its
+(help text in text and markdown, paper in ``properties.reference``, where to
+read it in ``helpUri``); each finding is a ``result`` whose level follows its
+severity (critical/high -> ``error``, medium -> ``warning``, low/info ->
+``note``), located at the model file (``physicalLocation``) and, when it has
+one, the layer (``logicalLocation`` of kind ``module``). The file itself is the run's only ``artifact``, with its
 SHA-256. Output validates against the OASIS SARIF 2.1.0 schema (errata 01).
 Sample output (abridged)::
 
@@ -88,7 +88,7 @@ def artifact_uri(path: str) -> str:
 def _descriptor(rule: Rule) -> dict[str, Any]:
     markdown = rule.help or rule.summary
     if rule.reference:
-        markdown += f"\n\n**Reference:** {rule.reference}"
+        markdown += f"\n\n**Reference:** {rule.reference}" + (f" ({rule.url})" if rule.url else "")
     descriptor: dict[str, Any] = {
         "id": rule.rule_id,
         "name": rule.name,
@@ -97,6 +97,8 @@ def _descriptor(rule: Rule) -> dict[str, Any]:
         "help": {"text": rule.help or rule.summary or rule.name, "markdown": markdown},
         "properties": {"tags": ["security", "federated-learning"]},
     }
+    if rule.url:
+        descriptor["helpUri"] = rule.url
     if rule.reference:
         descriptor["properties"]["reference"] = rule.reference
     return descriptor

@@ -120,6 +120,7 @@ def test_rules_lists_every_rule_id():
     assert {rule.rule_id for _, detector in DETECTORS.items() for rule in detector.rules} <= ids
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("FG")}
     assert listed == ids
+    assert "\n       https://arxiv.org/abs/2110.13057\n" in result.stdout  # where to read a rule's paper
 
 
 def test_clean_model_exits_zero(clean_model):

@@ -56,7 +56,7 @@ def test_benign_model_is_clean(entry):
 def test_every_detector_has_documented_rules():
     text = open("docs/detectors.md", encoding="utf-8").read()
     for rule_id, rule in all_rules().items():
-        assert rule.help and rule.reference, rule_id
+        assert rule.help and rule.reference and rule.url.startswith("https://"), rule_id
         assert rule_id in text, f"{rule_id} missing from docs/detectors.md"
     assert len(DETECTORS) >= 10
 

@@ -40,6 +40,7 @@ RULES = {
         "First linear layer averages its inputs (MKOR).",
         "Every weight of the first linear layer equals 1/d_in.\nA server can read class means from the gradient.",
         "Wang et al., Maximum Knowledge Orthogonality Reconstruction, WACV 2024",
+        url="https://arxiv.org/abs/2310.19222",
     ),
     "FG003": Rule(
         "FG003",
@@ -307,6 +308,8 @@ def test_sarif_validates_and_maps_levels(malicious):
     assert fg001["fullDescription"]["text"] == RULES["FG001"].help
     assert fg001["help"]["text"] == RULES["FG001"].help and "WACV 2024" in fg001["help"]["markdown"]
     assert fg001["properties"]["reference"] == RULES["FG001"].reference
+    assert fg001["helpUri"] == RULES["FG001"].url and RULES["FG001"].url in fg001["help"]["markdown"]
+    assert "helpUri" not in driver["rules"][rule_ids.index("FG020")]  # a rule without an address gets none
     assert "security-severity" not in driver["rules"][rule_ids.index("FG020")]["properties"]
 
     results = run["results"]
