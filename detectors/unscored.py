@@ -10,7 +10,8 @@ it. With no layer recognised at all, nothing was checked and the model must
 not pass as clean (medium); some unrecognised tensors beside recognised
 layers are reported at low severity (honest models have them too:
 LSTM gates ``weight_ih_l0``, positional embeddings). ``--arch`` compares every
-key with the architecture you expect (FG701).
+key with the architecture you expect (FG701); an architecture that itself
+keeps its weights as bare parameters is told so, since ``--arch`` cannot help.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ class Unscored(Detector):
             return
         shown = ", ".join(unscored[:SHOWN]) + (f" and {len(unscored) - SHOWN} more" if len(unscored) > SHOWN else "")
         if not view.weight_layers():
+            own = view.module is not None and set(unscored) <= set(view.module.state_dict())
+            fix = ("The architecture itself holds them as bare parameters, outside the torch layers (nn.Linear, "
+                   "nn.Conv2d, ...) whose weights the checks read: build it from those layers to have it checked."
+                   if own else "Ask for a plain state_dict or use --arch.")  # fmt: skip
             yield self.finding(
                 "FG003", "No layer the checks recognise", Severity.MEDIUM, Confidence.MEDIUM, None,
                 f"None of the {len(unscored)} weight-like tensors ({shown}) is saved as a layer's weight, so no "
-                "weight check ran on this model; do not treat it as clean. Ask for a plain state_dict or use --arch.",
+                f"weight check ran on this model; do not treat it as clean. {fix}",
                 tensors=unscored,
             )
         else:

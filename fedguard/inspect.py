@@ -209,7 +209,8 @@ def inspect_model(
             ref_loaded = load_model_file(reference)
             config["reference_sha256"] = ref_loaded.sha256
             if ref_loaded.refused:
-                raise InputError(f"reference {reference} would execute code when loaded; it cannot serve as a reference")
+                raise InputError(f"reference {reference} would execute code when loaded; it cannot serve as a reference; "
+                                 "pass last round's model as a weights-only .pt, a .safetensors or an .npz")  # fmt: skip
             ref_tensors = ref_loaded.tensors
             if not ref_loaded.named:  # a Flower list: the names MODEL has (its own or the architecture's)
                 ref_tensors = names_from(tensors, ref_tensors)

@@ -142,6 +142,8 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
 
 def _check_file(path: Path) -> str:
     if not path.exists():
+        if path.is_symlink():  # exists() follows the link: a loop or a missing target reads as no file
+            raise InputError(f"{path} is a symbolic link that leads to no file (a loop or a missing target); pass the model file itself")
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{path} is a directory; pass a model file ({_supported()})")
@@ -472,7 +474,7 @@ MAX_DENSE_ELEMENTS = 1 << 31
 def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
     """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError)."""
     if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biuf":
+        if value.dtype.kind not in "biufc":  # complex: refused below as the torch tensor it becomes
             raise InputError(f"{path}: {where} is an array of {value.dtype}, not numbers; save numeric weights only")
         if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # long double: no torch type
             value = value.astype(np.float64)

@@ -450,6 +450,15 @@ def test_code_importing_pickle(workdir, name):
     assert snapshot(workdir) == before
 
 
+def test_a_code_importing_reference_is_refused_with_what_to_pass(workdir):
+    target = workdir / "pwned"
+    PAYLOADS["torch-zip"][0](workdir / "prev.pt", target)
+    torch.save(tiny_state_dict(), workdir / "model.pt")
+    line = assert_input_error(invoke("inspect", "model.pt", "--reference", "prev.pt"))
+    assert "would execute code when loaded" in line and "pass last round's model as a weights-only .pt" in line
+    assert not target.exists()
+
+
 def test_pickled_module_is_refused(workdir):
     path = workdir / "whole.pt"
     torch.save(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), path)

@@ -556,6 +556,27 @@ def test_weights_under_unknown_names_are_not_passed_as_clean():
     assert [(f.rule_id, f.severity) for f in findings] == [("FG003", Severity.LOW)] and judge(findings) is Verdict.CLEAN
 
 
+class _BareParameters(torch.nn.Module):
+    """An MLP whose weights are bare parameters, not nn.Linear layers: nothing a weight check reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.b1 = torch.nn.Parameter(torch.randn(16, 64) * 0.1), torch.nn.Parameter(torch.zeros(16))
+        self.w2, self.b2 = torch.nn.Parameter(torch.randn(10, 16) * 0.1), torch.nn.Parameter(torch.zeros(10))
+
+    def forward(self, x):
+        return torch.relu(x.flatten(1) @ self.w1.T + self.b1) @ self.w2.T + self.b2
+
+
+def test_an_architecture_of_bare_parameters_is_told_to_use_torch_layers():
+    """With the module that holds them, FG003 says why --arch did not help: the architecture has no torch layers."""
+    module = _BareParameters()
+    view = ModelView.from_state_dict(module.state_dict(), module)
+    (finding,) = run_detectors(InspectContext(view=view), None)[0]
+    assert finding.rule_id == "FG003" and finding.severity is Severity.MEDIUM
+    assert "holds them as bare parameters" in finding.message and "use --arch" not in finding.message
+
+
 def test_odd_layouts_fold_or_stay_visible_without_crashing():
     """Old spectral norm folds; a second layout beside a stored weight is FG003, not folded over the weight;
     scalar weight-norm tensors are no layer, and no crash."""

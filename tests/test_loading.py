@@ -658,6 +658,7 @@ def test_integer_and_bool_arrays_are_accepted(tmp_path):
         ("empty.pt", lambda p: torch.save({"w": torch.ones(0, 4)}, p), "zero-sized"),
         ("emptydict.pt", lambda p: torch.save({}, p), "empty"),
         ("complex.pt", lambda p: torch.save({"w": torch.ones(2, dtype=torch.complex64)}, p), "real-valued"),
+        ("complex.npz", lambda p: np.savez(p, w=np.ones(2, dtype=np.complex128)), "complex128; fedguard expects real-valued"),
         ("int.pt", lambda p: torch.save({"fc.weight": torch.ones(2, 2).long()}, p), "int64; a layer's weights are floating"),
         ("bool.pt", lambda p: torch.save({"fc.bias": torch.ones(2).bool()}, p), "bool; a layer's weights are floating"),
         ("obj.npz", lambda p: np.savez(p, w=np.array([1, "x"], dtype=object)), "pickle"),
@@ -674,6 +675,16 @@ def test_loader_input_errors(tmp_path, name, write, match):
     with pytest.raises(InputError, match=match) as info:
         load_model_file(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_link_to_no_file_is_named_as_such(tmp_path):
+    """A symbolic-link loop or a link to a missing file is not a mistyped path."""
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    (tmp_path / "gone.pt").symlink_to(tmp_path / "missing.pt")
+    for name in ("a.pt", "gone.pt"):
+        with pytest.raises(InputError, match="is a symbolic link that leads to no file"):
+            load_model_file(tmp_path / name)
 
 
 def test_truncated_safetensors(tmp_path):
