@@ -459,6 +459,14 @@ def test_a_code_importing_reference_is_refused_with_what_to_pass(workdir):
     assert not target.exists()
 
 
+def test_integer_matrices_under_plain_names_are_named(workdir):
+    """A file whose only matrix is int8 (names without .weight) says so, not that it holds no matrix."""
+    torch.save({"w": torch.ones(10, 20, dtype=torch.int8), "b": torch.ones(3)}, workdir / "int8.pt")
+    assert "its matrices are int8, not floating point: save the float model" in assert_input_error(invoke("inspect", "int8.pt"))
+    torch.save({"b": torch.ones(3)}, workdir / "vector.pt")
+    assert "pass the global model's state_dict" in assert_input_error(invoke("inspect", "vector.pt"))
+
+
 def test_pickled_module_is_refused(workdir):
     path = workdir / "whole.pt"
     torch.save(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), path)
