@@ -632,8 +632,9 @@ def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None,
     takes_classes = _accepts(fn, "num_classes")
     if takes_classes:
         call_kwargs["num_classes"] = num_classes or 10
-    if input_shape is not None and _accepts(fn, "input_shape"):
-        call_kwargs["input_shape"] = input_shape
+    shape = input_shape if input_shape is not None else _custom_default_shape(arch)
+    if shape is not None and _accepts(fn, "input_shape"):  # the module's own input_shape, as the README says
+        call_kwargs["input_shape"] = shape
     shown = ", ".join(f"{k}={v!r}" for k, v in call_kwargs.items())
     with _CwdOnPath():
         try:
@@ -643,7 +644,6 @@ def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None,
     if not isinstance(model, nn.Module):
         raise InputError(f"{arch}({shown}) returned a {type(model).__name__}, not a torch.nn.Module; make it return the model")
     check_float32(model, f"the model from {arch}", "make the callable return model.float()")
-    shape = input_shape if input_shape is not None else _custom_default_shape(arch)
     if shape is None:
         if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):
             raise InputError(f"the model from {arch} has lazy layers, which take their shapes from a first input; pass --input-shape C,H,W")

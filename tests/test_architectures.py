@@ -252,6 +252,7 @@ def test_module_callable_builds(user_module):
     assert net.fc.out_features == 4
     shaped = build_model(f"{user_module}:shaped", num_classes=3, input_shape=(2, 5, 5))
     assert shaped(torch.rand(1, 2, 5, 5)).shape == (1, 3)
+    assert build_model(f"{user_module}:shaped", num_classes=3)[1].in_features == 144  # the module's input_shape, passed
     assert build_model(f"{user_module}:fixed")[1].out_features == 5  # num_classes not passed
     assert build_model(f"{user_module}:fixed", num_classes=5)[1].out_features == 5  # the count it gives
 
