@@ -570,6 +570,8 @@ def _targets(target: int | Sequence[int], num_classes: int) -> list[int]:
     for t in targets:
         if not 0 <= t < num_classes:
             raise ValueError(f"target class {t} is outside 0..{num_classes - 1}")
+    if len(set(targets)) < len(targets):
+        raise ValueError(f"target classes {targets} name a class twice; name each once")
     return targets
 
 
@@ -629,6 +631,9 @@ def class_fishing(
             raise ValueError("class_fishing needs a last linear layer with a bias")
         b = torch.full_like(last.bias, bias_multiplier)
         b[targets] = last.bias[targets] if target_bias == "keep" else float(target_bias)
+        if not bool((b[targets].max() < bias_multiplier)):  # the muted logits must stand above the target's
+            raise ValueError(f"bias_multiplier {bias_multiplier} is not above the target's bias "
+                             f"({float(b[targets].max()):.4g}): no class is muted; use a larger bias_multiplier")
         last.bias.copy_(b)
     return _dry_check(model, input_shape, "class_fishing")
 
@@ -1063,6 +1068,10 @@ def oversized_fc(
     target = lins[0] if position == "first" else lins[-1]
     d_in = target.module.in_features
     w = int(width) if width is not None else max(factor * d_in, 4 * int(batch_size or 0))
+    replaced = target.module.out_features if position == "first" else d_in  # what the wide layer must outgrow
+    if w <= replaced:
+        what = "the layer it replaces" if position == "first" else "its input"
+        raise ValueError(f"width {w} is not wider than {what} ({replaced} units): nothing oversized; use a larger width or factor")
     fed = lins[1] if position == "first" and len(lins) > 1 else target  # the layer that takes the wide one's output
     _check_added((d_in + 1) * w + (w + 1) * fed.module.out_features, "oversized_fc", "width (or factor, batch_size)")
     s = float(std) if std is not None else 1.0 / math.sqrt(d_in)
@@ -1089,11 +1098,13 @@ def oversized_fc(
 
 
 #: Bounds of numeric crafter options, by name (a name means the same quantity in every crafter): counts at
-#: least 1, noise and a Fourier mode at least 0, scales and spreads above 0, a quantile inside (0, 1).
+#: least 1, noise and a Fourier mode at least 0, scales and spreads above 0, a quantile and trap weights'
+#: positive-to-negative ratio inside (0, 1) (at 1 or more the rows are balanced or positive, an honest layer's: the
+#: trap is gone).
 _AT_LEAST_ONE = frozenset({"num_bins", "width", "factor", "batch_size", "num_clients", "max_examples", "num_neurons", "kernel_size"})
 _AT_LEAST_ZERO = frozenset({"noise", "mode"})
-_ABOVE_ZERO = frozenset({"gain", "sigma", "std", "scale", "conv_scale", "fc_scale", "scale_factor"})
-_INSIDE_UNIT = frozenset({"quantile"})
+_ABOVE_ZERO = frozenset({"gain", "sigma", "std", "scale", "conv_scale", "fc_scale"})
+_INSIDE_UNIT = frozenset({"quantile", "scale_factor"})
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -1219,9 +1230,10 @@ def craft(
     seed = checks.seed(seed, "seed")
     check_options(name, options)
     given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its default options"
+    kind = getattr(model, "arch_name", type(model).__name__)  # "lenet" rather than FeatureNet
     parametrised = _parametrised(model)
     if parametrised is not None:
-        raise InputError(f"{name} cannot craft this {type(model).__name__}: layer {parametrised} computes its weight "
+        raise InputError(f"{name} cannot craft this {kind}: layer {parametrised} computes its weight "
                          "from others (weight or spectral norm, or pruning not made permanent), which crafters do not "
                          "write; remove that first (torch.nn.utils.parametrize.remove_parametrizations, prune.remove)")  # fmt: skip
     try:  # the caller's generators, grad mode and default dtype kept (a float64 default had broken every crafter)
@@ -1231,15 +1243,16 @@ def craft(
         raise
     except (Exception, SystemExit) as exc:  # a size too large, or the model's own code (SystemExit: sys.exit() in it)
         overflow = "overflow" in str(exc)  # a value beyond float32 (about 3.4e38)
-        raise InputError(f"{name} cannot craft this {type(model).__name__}: {first_line(exc)}; "
-                         + (f"with {given} the weights go beyond float32's range (3.4e38): use smaller values" if overflow
-                            else "change its options or the model")) from None  # fmt: skip
+        why = str(exc).splitlines()[0] if type(exc) is ValueError and str(exc) else first_line(exc)  # a crafter's own words
+        fix = (f"with {given} the weights go beyond float32's range (3.4e38): use smaller values" if overflow
+               else "" if "; " in why else "change its options or the model")
+        raise InputError(f"{name} cannot craft this {kind}: {why}" + (f"; {fix}" if fix else "")) from None
     spoilt = first_non_finite(crafted.state_dict())
     if spoilt is not None:  # a huge but finite option overflowed float32: such a model shows nothing a detector looks for
         raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use values "
                          "nearer 1 (a huge one overflows, and so does a tiny one the crafter divides by)")  # fmt: skip
     if _unchanged(model, crafted):  # no layer it works on, or planted already: a file that is the model would mislead
-        raise NothingToPlant(f"{name} found nothing to plant in this {type(model).__name__} with {given} (no layer of "
+        raise NothingToPlant(f"{name} found nothing to plant in this {kind} with {given} (no layer of "
                              "the kind it changes where it looks, or its parameters are there already); pick another "
                              "attack or architecture")  # fmt: skip
     return crafted

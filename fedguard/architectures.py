@@ -244,6 +244,7 @@ class FeatureNet(nn.Module):
         avgpool: nn.Module | None = None,
     ):
         super().__init__()
+        self.arch_name = arch  # what messages call the model (not saved in its state_dict)
         self.features = features
         self.avgpool = avgpool if avgpool is not None else nn.Identity()
         self.classifier = classifier(_flat_size(arch, nn.Sequential(features, self.avgpool), input_shape))

@@ -86,7 +86,12 @@ def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
         ("imprint", {"num_bins": 0}, "imprint option num_bins=0 must be at least 1"),
         ("imprint", {"num_bins": 10**12}, "lower num_bins"),
         ("class_fishing", {"target": []}, "no target class given"),
-        ("class_fishing", {"target": 10}, "target class 10 is outside 0..9"),
+        ("class_fishing", {"target": 10}, "class_fishing cannot craft this lenet5: target class 10 is outside 0..9; change"),
+        ("class_fishing", {"target": [1, 1]}, "target classes [1, 1] name a class twice"),
+        ("class_fishing", {"bias_multiplier": 0.0}, "bias_multiplier 0.0 is not above the target's bias (0): no class is muted"),
+        ("trap_weights", {"scale_factor": 1.0}, "scale_factor=1.0 must be strictly between 0 and 1"),  # rows balanced: no trap
+        ("oversized_fc", {"width": 10}, "width 10 is not wider than the layer it replaces (120 units): nothing oversized; "
+         "use a larger width or factor"),  # and no "; change its options" after the crafter's own fix
         ("oversized_fc", {"model": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())}, "needs a model with at least one nn.Linear"),
         ("imprint", {"data": "digits"}, "imprint cannot craft"),
         ("loki", {"kernel_size": 4}, "loki option kernel_size=4 must be odd and at most the image's side (28)"),
