@@ -48,6 +48,10 @@ MIN_GROUP = 3
 SCALED = 10.0
 #: Convolutions a model needs for FG105 (one pass-through layer alone is a Dirac-initialised stem).
 MIN_STACK = 2
+#: Pass-through filters of one size that count a convolution into FG105's stack (not enough for FG103 alone): MKOR's
+#: inconspicuous form on a one-channel input plants a copy and a min filter in the first convolution and copies of
+#: those two channels after it; a 1->8->8 network crafted so, two such filters in each convolution, came out clean.
+STACK_GROUP = 2
 #: Fewest inputs per unit scored. With 2, one weight is 50 times the other by chance in 1 % of uniformly initialised
 #: rows: a 2-input layer of 1000 units (a two-moons classifier) had 3 such rows of one size and was called
 #: suspicious at init and after training. With 3 inputs the chance is about 1e-4 per row, and three of one size
@@ -106,18 +110,20 @@ class PassThrough(Detector):
             if layer.kind == CONV:
                 convs.append(layer.name)
             stats = layer.stats
+            fewest = STACK_GROUP if layer.kind == CONV else MIN_GROUP
             candidates = (stats.peak_to_rest >= DOMINANCE).nonzero()[:, 0]
-            if candidates.numel() < MIN_GROUP:
+            if candidates.numel() < fewest:
                 continue
             index, value, ratio = dominance(layer.rows(candidates))
             keep = ratio >= DOMINANCE
             candidates, index, value = candidates[keep], index[keep], value[keep]
             group = largest_equal_group(value.abs(), rel=SAME_MAGNITUDE)
-            if group.numel() < MIN_GROUP or pruned_beside(layer.rows(), candidates[group]):
+            if group.numel() < fewest or pruned_beside(layer.rows(), candidates[group]):
                 continue
             if layer.kind == CONV:
                 wired.append(layer.name)
-            yield self._finding(layer, stats.rows, candidates[group], index[group], value[group])
+            if group.numel() >= MIN_GROUP:
+                yield self._finding(layer, stats.rows, candidates[group], index[group], value[group])
         if len(convs) >= MIN_STACK and wired == convs:
             yield self.finding(
                 "FG105", "Pass-through convolution stack", Severity.HIGH, Confidence.HIGH, None,

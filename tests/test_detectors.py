@@ -556,6 +556,33 @@ def test_weights_under_unknown_names_are_not_passed_as_clean():
     assert [(f.rule_id, f.severity) for f in findings] == [("FG003", Severity.LOW)] and judge(findings) is Verdict.CLEAN
 
 
+def _one_channel_conv_net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv2d
+    return torch.nn.Sequential(conv(1, 8, 3, padding=1), torch.nn.ReLU(), conv(8, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 10))  # fmt: skip
+
+
+def test_a_pass_through_stack_on_one_input_channel_is_caught():
+    """MKOR's inconspicuous form on a one-channel image plants two filters per convolution (a copy and a min, then
+    copies of both): FG105 counts them, the same network at init and trained stays clean."""
+    from fedguard.attacks.craft import craft
+
+    for seed in range(3):
+        honest = _one_channel_conv_net(seed)
+        crafted = craft("mkor_inconspicuous", honest, input_shape=(1, 12, 12), num_classes=10, seed=seed)
+        findings = static_findings(crafted.state_dict())
+        assert "FG105" in {f.rule_id for f in findings} and judge(findings) is Verdict.MALICIOUS
+        assert not static_findings(honest.state_dict())
+        x, y = digits((1, 12, 12))
+        optimiser = torch.optim.SGD(honest.parameters(), lr=0.05)
+        for _ in range(30):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(honest(x[:128]), y[:128]).backward()
+            optimiser.step()
+        assert not static_findings(honest.state_dict())
+
+
 class _BareParameters(torch.nn.Module):
     """An MLP whose weights are bare parameters, not nn.Linear layers: nothing a weight check reads."""
 
