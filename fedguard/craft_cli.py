@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import io
 import shlex
+from pathlib import Path
 
 import click
 
@@ -109,6 +110,8 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
         raise InputError(f"--output {output} is a directory; name a file inside it, e.g. {output / 'model.pt'}")
     if suffix not in SUFFIXES:
         raise InputError(f"--output {output} has suffix {output.suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
+    if model is not None and Path(model).is_dir():  # before the output check, which would call it an input folder
+        raise InputError(f"--model {model} is a directory; pass the global model's file (.pt, .safetensors or .npz)")
     with user_code_prints_to_stderr():  # importing --arch runs its module's code
         check_output_path(output, inputs=input_paths(model, data=data, arch=arch), force=force, replaceable=None,
                           example="model.pt")  # fmt: skip

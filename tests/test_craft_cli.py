@@ -135,6 +135,7 @@ def test_from_given_weights(tmp_path):
         (["craft", "mkor", "--arch", "lenet", "--set", "noise=1", "--set", "noise=2", "-o", "x.pt"], "--set noise is given twice (1 and 2)"),
         (["craft", "mkor", "--arch", "no_such_net", "-o", "x.pt"], "no_such_net"),
         (["craft", "mkor", "--arch", "lenet", "--model", "missing.pt", "-o", "x.pt"], "does not exist"),
+        (["craft", "mkor", "--arch", "lenet", "--model", ".", "-o", "x.pt"], "--model . is a directory; pass the global model's file"),
         (["craft", "mkor", "-o", "x.pt"], "give --arch"),
         (["craft", "imprint", "--arch", "lenet", "--set", "num_bins=-1", "-o", "x.pt"], "num_bins=-1 must be at least 1"),
         (["craft", "imprint", "--arch", "lenet", "--set", "gain=nan", "-o", "x.pt"], "gain='nan' is not a number"),
