@@ -736,6 +736,25 @@ def test_fc_inversion_reads_an_update_with_noise_in_it(digits, seed):
     assert all(psnr(bx[i].numpy(), rows[j].float().reshape(bx[i].shape).numpy()) >= 35 for i, j in match(bx, rows.float().reshape(-1, 1, 8, 8)))
 
 
+def test_fc_inversion_reads_an_8_bit_quantised_update(digits):
+    """Quantisation to 8 bits leaves the quotients in range but none exact: the exact test had kept the strongest,
+    mixtures of two or more digits, and the noisy grouping finds the digits: at batch 4 over 3 seeds, 28x28 8 of 12
+    at >= 30 dB against 0 (benchmarks/fc_inversion_fidelity.py), here 8x8 11 of 12 against 1."""
+    def quantised(t):
+        step = t.abs().max() / 127
+        return (t / step).round() * step
+
+    rebuilt = 0
+    for seed in range(3):
+        model = mlp8(seed)
+        bx, by = digits[0][4 * seed : 4 * seed + 4], digits[1][4 * seed : 4 * seed + 4]
+        grads = compute_update(model, bx, by).tensors
+        rows, details = invert_rows(quantised(grads["1.weight"]), quantised(grads["1.bias"]), 4)
+        rows = rows.float().reshape(-1, 1, 8, 8)
+        rebuilt += sum(psnr(bx[i].numpy(), rows[j].numpy()) >= 30 for i, j in match(bx, rows))
+    assert rebuilt >= 10, rebuilt
+
+
 # --------------------------------------------------------------------------- malicious-server emulators
 
 
