@@ -631,7 +631,7 @@ def class_fishing(
             raise ValueError("class_fishing needs a last linear layer with a bias")
         b = torch.full_like(last.bias, bias_multiplier)
         b[targets] = last.bias[targets] if target_bias == "keep" else float(target_bias)
-        if not bool((b[targets].max() < bias_multiplier)):  # the muted logits must stand above the target's
+        if float(b[targets].max()) >= bias_multiplier:  # the muted logits must stand above the target's
             raise ValueError(f"bias_multiplier {bias_multiplier} is not above the target's bias "
                              f"({float(b[targets].max()):.4g}): no class is muted; use a larger bias_multiplier")
         last.bias.copy_(b)

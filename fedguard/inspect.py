@@ -234,7 +234,8 @@ def inspect_model(
             from fedguard.reports.base import plural
 
             count = sum(t.numel() for t in tensors.values() if isinstance(t, torch.Tensor))
-            whole = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.ndim >= 2 and not t.is_floating_point()})
+            whole = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()
+                            if isinstance(t, torch.Tensor) and t.ndim >= 2 and not t.is_floating_point()})
             fix = (f"its matrices are {' and '.join(whole)}, not floating point: save the float model"
                    if whole else "pass the global model's state_dict or its Flower list of arrays")  # fmt: skip
             raise InputError(f"{path} holds no weight matrix or filter to check ({plural(len(tensors), 'tensor')}, "
