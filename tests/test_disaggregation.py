@@ -73,6 +73,47 @@ def test_a_column_that_another_column_fits_as_well_is_not_exact():
     assert any("another 0/1 column with their counts" in note for note in result.notes)
 
 
+def _small_federation(case: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """A noise-free federation of 3-6 users and at most 16 rounds (drawn as ``case`` picks), its P included."""
+    rng = np.random.default_rng(1000 + case)
+    users, window = int(rng.integers(3, 7)), int(rng.choice([2, 3, 4]))
+    rounds = window * int(rng.integers(max(2, users // window + 1), 16 // window + 1))
+    rate = rng.uniform(0.15, 0.85)
+    participation = (rng.random((rounds, users)) < rate).astype(float)
+    counts = participation.reshape(rounds // window, window, users).sum(1).T
+    return participation @ rng.normal(size=(users, users + 2)), counts, window, participation
+
+
+def _only_columns(participation: np.ndarray, window: int) -> list[bool]:
+    """Per user: whether no other 0/1 column with its window counts lies in the span of the columns (every one of
+    the 2**rounds columns tried)."""
+    rounds, users = participation.shape
+    basis = np.linalg.qr(participation)[0]
+    columns = np.array(np.meshgrid(*[[0.0, 1.0]] * rounds, indexing="ij")).reshape(rounds, -1).T
+    inside = columns[np.abs(columns - (columns @ basis) @ basis.T).max(1) < 1e-9]
+    sums = inside.reshape(len(inside), rounds // window, window).sum(2)
+    own = participation.reshape(rounds // window, window, users).sum(1).T
+    return [int((sums == own[u]).all(1).sum()) == 1 for u in range(users)]
+
+
+@pytest.mark.parametrize("case", [18, 56, 57, 65, 103, 143])
+def test_exact_is_claimed_for_exactly_the_users_whose_column_is_the_only_one(case):
+    """Brute force over every 0/1 column: a user whose column is the only one with its counts in the sums' span is
+    exact, and no other is. The one-swap separation had been the smallest over every user's swaps, so one user
+    with a close swap held back users whose column is the only one (each case here had one). With each column's
+    own swaps, a rival that fits as well as the noise allows must defeat the proof whatever its own swaps: the
+    uniqueness search had cut such rivals as unexplained, and called wrong columns exact in cases 18, 56, 57, 65."""
+    aggregates, counts, window, participation = _small_federation(case)
+    result = disaggregate(aggregates, counts, window, time_limit=10, workers=1)
+    together = {u for group in result.interchangeable for u in group}
+    for user, only in enumerate(_only_columns(participation, window)):
+        if user in together:
+            continue
+        assert (result.status[user] == "exact") == only, (user, result.status)
+        if only:
+            assert np.array_equal(result.participation[:, user], participation[:, user])
+
+
 def test_noise_degrades_gracefully_and_never_lies():
     shares = []
     for noise in (0.0, 0.3, 1.0, 3.0):
