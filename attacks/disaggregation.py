@@ -381,6 +381,12 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
         if not math.isfinite(sigma) or sigma < 0:
             raise InputError(f"noise_scale must be a finite number >= 0, got {sigma!r}")
     active = int((C.sum(axis=1) > 0).sum())
+    if T <= active and w == 1:  # the counts are P itself: nothing to identify, and no subspace to find it in
+        raise NotIdentifiable(
+            f"window is 1, so counts are the participation matrix itself: nothing to disaggregate (the updates, "
+            f"where {T} rounds for {active} users determine them, are its pseudo-inverse times the sums, which "
+            f"fedguard does not compute); pass counts per window of several rounds"
+        )
     if T <= active:
         raise NotIdentifiable(
             f"counts has {active} users who took part but aggregates has only {T} rounds: with rounds <= users every "
