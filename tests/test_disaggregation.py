@@ -187,7 +187,7 @@ def test_deterministic_for_a_seed():
 def test_rank_deficiency_is_explained():
     with pytest.raises(NotIdentifiable, match="rounds <= users"):
         validate_rounds(np.ones((20, 30)), np.ones((25, 2)), 10)
-    participation = (np.arange(30).reshape(5, 6) % 3 == 0).astype(float)  # a window of one round: counts are P
+    participation = 1.0 - np.eye(5, 6)  # 6 users in 5 rounds, a window of one round: the counts are P
     with pytest.raises(NotIdentifiable, match="window is 1, so counts are the participation matrix itself"):
         validate_rounds(participation @ np.ones((6, 8)), participation.T, 1)
     fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=8)
