@@ -356,8 +356,13 @@ def _images_under(folder: Path, seen: set[Path]) -> list[Path]:
     them (folders by path, each one's files by name: a folder's own images before its subfolders'; nested images had
     been left out without a word); links are followed, and a folder reached twice through them (``seen``: across
     the classes too) is read once."""
-    by_folder = {str(current): [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-                 for current, entries in _folders(folder, seen)}  # fmt: skip
+    by_folder = {}
+    for current, entries in _folders(folder, seen):
+        images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+        lost = next((p for p in images if p.is_symlink() and not p.exists()), None)
+        if lost is not None:  # it had dropped out of the data without a word
+            raise InputError(f"image {lost} is a symbolic link to no file; remove it or point it at the image")
+        by_folder[str(current)] = [p for p in images if p.is_file()]
     return [file for name in sorted(by_folder) for file in by_folder[name]]
 
 

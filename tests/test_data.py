@@ -112,6 +112,14 @@ def test_folder_round_trip(tmp_path):
         load_data(str(tmp_path / "data"))
 
 
+def test_an_image_link_to_no_file_is_named(tmp_path):
+    """A dangling link to an image had dropped out of the data without a word."""
+    _write_folder(tmp_path / "data")
+    (tmp_path / "data" / "ant" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(InputError, match=r"image .*gone.png is a symbolic link to no file; remove it"):
+        load_data(str(tmp_path / "data"))
+
+
 def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path):
     """A class folder that is a link to a folder elsewhere is read as data: an audit's -o there had added its PNG
     grids to the data set (the next load held them, labelled as that class)."""
