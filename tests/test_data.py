@@ -306,7 +306,7 @@ def test_channels_colour_arrays_turn_grey_and_others_cannot_be_matched(tmp_path)
     x, _ = load_data(_npz(tmp_path, x=colour, y=GOOD_Y), (1, 8, 8))
     assert torch.allclose(x, torch.full_like(x, 0.299 + 0.587 * 128 / 255))
     path = _npz(tmp_path, x=np.zeros((4, 2, 8, 8), np.uint8), y=GOOD_Y)
-    with pytest.raises(InputError, match=r"2-channel images but the architecture takes 3 \(input shape 3,8,8\); give 3-channel or 1-channel data$"):
+    with pytest.raises(InputError, match=r"2-channel images but the architecture takes 3 \(input shape 3,8,8\); give 3-channel or 1-channel data \(channels-first arrays keep every channel: if the last is alpha, drop it, x\[:, :1\]\)$"):
         load_data(path, (3, 8, 8))
 
 
