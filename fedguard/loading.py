@@ -378,8 +378,8 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
         tensors[name] = _as_tensor(value, f"key {name!r}", path)
         if name.rsplit(".", 1)[-1] in ("weight", "bias") and not tensors[name].is_floating_point():
             # the checks read only floating-point tensors: a model cast to integers had passed as clean, unread
-            raise InputError(f"{path}: {name} has dtype {tensors[name].dtype}; a layer's weights are floating point: "
-                             "save the float model (dequantize a quantized one)")  # fmt: skip
+            raise InputError(f"{path}: {name} has dtype {tensors[name].dtype}; a layer's weights, and an update's, "
+                             "are floating point: save the float model or update (dequantize a quantized one)")  # fmt: skip
     return _strip_prefixes(tensors), True
 
 
