@@ -172,9 +172,14 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         info = {"path": str(model), "sha256": loaded.sha256, "file_format": loaded.file_format, "weights": "file"}
     module = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None, named=named)
     if not named:
-        from fedguard.loading import LoadedModel
+        from fedguard.loading import LoadedModel, misfit_in_order
 
+        listed = list(tensors.values())
         tensors = name_by_architecture(LoadedModel("", "", "", 0, tensors, (), False), module)
+        why = misfit_in_order({k: v.shape for k, v in module.state_dict().items()}, listed)
+        if why is not None:  # its names are fedguard's own (layer0.weight ...): name the item and the shape instead
+            raise InputError(f"model {info.get('path') or 'list'} is an unnamed list of arrays (Flower's) that does not "
+                             f"fit --arch {arch}: {why}; pass the --arch (and --num-classes / --input-shape) the server uses")  # fmt: skip
     load_weights(module, tensors, info.get("path") or "state_dict", arch)
     info["arch"] = arch
     return module, info

@@ -520,6 +520,17 @@ def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -
     filters in FL code do); within a layer its entries may come in any order their shapes tell apart (a layer
     pruned with ``torch.nn.utils.prune`` lists its bias before its weight).
     """
+    return _line_up(names, values)[0]
+
+
+def misfit_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> str | None:
+    """Why an unnamed list does not line up with ``names`` (:func:`name_in_order`): the first item whose shape no
+    entry of its layer has, or the counts; None when it lines up."""
+    return _line_up(names, values)[1]
+
+
+def _line_up(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    why = f"it holds {len(values)} arrays where the architecture has {len(names)} tensors"
     for dropped in ((), RUNNING_STATS[2:], RUNNING_STATS):
         kept = [n for n in names if n.rsplit(".", 1)[-1] not in dropped]
         if len(kept) != len(values):
@@ -531,9 +542,11 @@ def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -
         start = 0
         for members in layers.values():
             free = list(members)
-            for value in values[start : start + len(members)]:
+            for at, value in enumerate(values[start : start + len(members)], start):
                 match = next((n for n in free if tuple(names[n]) == tuple(value.shape)), None)
                 if match is None:
+                    why = (f"item {at} has shape {list(value.shape)} where the architecture has "
+                           + " or ".join(f"{n} of shape {list(names[n])}" for n in free))  # fmt: skip
                     break
                 free.remove(match)
                 named[match] = value
@@ -541,8 +554,8 @@ def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -
                 break
             start += len(members)
         else:
-            return {n: named[n] for n in kept}
-    return None
+            return {n: named[n] for n in kept}, None
+    return None, why
 
 
 def name_unnamed(values: list[torch.Tensor]) -> dict[str, torch.Tensor]:

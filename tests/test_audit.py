@@ -440,6 +440,14 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
     line = assert_input_error(invoke("--model", "lenet8.pt", "--arch", "mlp", "--input-shape", "1,8,8", "--data", "digits"))
     assert "does not fit --arch mlp" in line
     assert line.endswith("`fedguard inspect` reports layers added to the architecture you agreed on (FG701)")  # extra layers
+    # Flower's unnamed list: the item and its shape, not names fedguard made up for it (layer0.weight ...)
+    np.savez(workdir / "flower.npz", *[v.numpy() for v in lenet8().state_dict().values()])
+    line = assert_input_error(invoke("--model", "flower.npz", "--arch", "lenet", "--data", "digits"))
+    assert "is an unnamed list of arrays (Flower's) that does not fit --arch lenet: item 0 has shape [12, 1, 5, 5]" in line
+    assert "layer0" not in line
+    np.savez(workdir / "short.npz", *[v.numpy() for v in lenet8().state_dict().values()][:-1])
+    line = assert_input_error(invoke("--model", "short.npz", *TINY, "--data", "digits"))
+    assert "it holds 9 arrays where the architecture has 10 tensors" in line
 
 
 def test_a_wrapped_module_against_the_bare_arch_names_what_is_missing_and_what_is_extra():
