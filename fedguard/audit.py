@@ -129,7 +129,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
     from fedguard.architectures import build_model, resolve_input_shape
-    from fedguard.inspect import build_expected_module, name_by_architecture, names_from
+    from fedguard.inspect import build_expected_module, names_from
     from fedguard.loading import load_model_file, to_state_dict
 
     shape = resolve_input_shape(arch, input_shape)
@@ -172,14 +172,13 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         info = {"path": str(model), "sha256": loaded.sha256, "file_format": loaded.file_format, "weights": "file"}
     module = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None, named=named)
     if not named:
-        from fedguard.loading import LoadedModel, misfit_in_order
+        from fedguard.loading import line_up
 
-        listed = list(tensors.values())
-        tensors = name_by_architecture(LoadedModel("", "", "", 0, tensors, (), False), module)
-        why = misfit_in_order({k: v.shape for k, v in module.state_dict().items()}, listed)
-        if why is not None:  # its names are fedguard's own (layer0.weight ...): name the item and the shape instead
+        lined, why = line_up({k: v.shape for k, v in module.state_dict().items()}, list(tensors.values()))
+        if lined is None:  # its names are fedguard's own (layer0.weight ...): name the item and the shape instead
             raise InputError(f"model {info.get('path') or 'list'} is an unnamed list of arrays (Flower's) that does not "
                              f"fit --arch {arch}: {why}; pass the --arch (and --num-classes / --input-shape) the server uses")  # fmt: skip
+        tensors = lined
     load_weights(module, tensors, info.get("path") or "state_dict", arch)
     info["arch"] = arch
     return module, info

@@ -520,16 +520,12 @@ def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -
     filters in FL code do); within a layer its entries may come in any order their shapes tell apart (a layer
     pruned with ``torch.nn.utils.prune`` lists its bias before its weight).
     """
-    return _line_up(names, values)[0]
+    return line_up(names, values)[0]
 
 
-def misfit_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> str | None:
-    """Why an unnamed list does not line up with ``names`` (:func:`name_in_order`): the first item whose shape no
-    entry of its layer has, or the counts; None when it lines up."""
-    return _line_up(names, values)[1]
-
-
-def _line_up(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+def line_up(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """:func:`name_in_order`'s naming, or None and why not: the first item whose shape no entry of its layer has,
+    or the counts."""
     why = f"it holds {len(values)} arrays where the architecture has {len(names)} tensors"
     for dropped in ((), RUNNING_STATS[2:], RUNNING_STATS):
         kept = [n for n in names if n.rsplit(".", 1)[-1] not in dropped]
