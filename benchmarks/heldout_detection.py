@@ -83,6 +83,12 @@ def cast(sd, dtype):
 
 
 def train(model, x, y, epochs, seed, opt="adam", lr=1e-3, wd=0.0, batch=64, loss_fn=None):
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seeded, or runs differ
+        torch.manual_seed(seed)
+        return _train(model, x, y, epochs, seed, opt, lr, wd, batch, loss_fn)
+
+
+def _train(model, x, y, epochs, seed, opt, lr, wd, batch, loss_fn):
     gen = torch.Generator().manual_seed(seed)
     if opt == "adam":
         o = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)

@@ -46,7 +46,9 @@ SAME_MAGNITUDE = 0.02
 MIN_GROUP = 3
 #: Identity taps of this size or more are "scaled" (LOKI uses ~500; honest weights stay far below 10).
 SCALED = 10.0
-#: Convolutions a model needs for FG105 (one pass-through layer alone is a Dirac-initialised stem).
+#: Convolutions a model needs for FG105 (one pass-through layer alone is a Dirac-initialised stem), unless that one
+#: reads an input tap with both signs: MKOR's copy and min filters (centre +1, and centre -1 with bias 1), which no
+#: Dirac or identity initialisation has; a one-convolution net crafted so (its only Linear the head) came out clean.
 MIN_STACK = 2
 #: Pass-through filters of one size that count a convolution into FG105's stack (not enough for FG103 alone): MKOR's
 #: inconspicuous form on a one-channel input plants a copy and a min filter in the first convolution and copies of
@@ -105,7 +107,7 @@ class PassThrough(Detector):
     rules = _RULES
 
     def run(self, context: InspectContext):
-        convs, wired = [], []
+        convs, wired, mirrored = [], [], False
         for layer in context.view.scored_layers(min_fan_in=MIN_FAN_IN):
             if layer.kind == CONV:
                 convs.append(layer.name)
@@ -122,12 +124,16 @@ class PassThrough(Detector):
                 continue
             if layer.kind == CONV:
                 wired.append(layer.name)
+                taps = index[group]  # a copy and a min filter: one input tap, read with both signs
+                mirrored |= bool(torch.isin(taps[value[group] > 0], taps[value[group] < 0]).any())
             if group.numel() >= MIN_GROUP:
                 yield self._finding(layer, stats.rows, candidates[group], index[group], value[group])
-        if len(convs) >= MIN_STACK and wired == convs:
+        if convs and wired == convs and (len(convs) >= MIN_STACK or mirrored):
             yield self.finding(
                 "FG105", "Pass-through convolution stack", Severity.HIGH, Confidence.HIGH, None,
-                f"every one of the {len(convs)} convolutions has copy/min/shift filters: the input reaches the "
+                (f"every one of the {len(convs)} convolutions has copy/min/shift filters" if len(convs) > 1 else
+                 "its one convolution has a copy and a min filter of the same input tap")
+                + ": the input reaches the "
                 "fully connected layers unchanged, so their update holds class-mean images (MKOR). "
                 "Do not train on this model.",
                 convolutions=len(convs), first=convs[0], last=convs[-1],

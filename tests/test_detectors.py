@@ -556,20 +556,22 @@ def test_weights_under_unknown_names_are_not_passed_as_clean():
     assert [(f.rule_id, f.severity) for f in findings] == [("FG003", Severity.LOW)] and judge(findings) is Verdict.CLEAN
 
 
-def _one_channel_conv_net(seed: int) -> torch.nn.Module:
+def _one_channel_conv_net(seed: int, convolutions: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    conv = torch.nn.Conv2d
-    return torch.nn.Sequential(conv(1, 8, 3, padding=1), torch.nn.ReLU(), conv(8, 8, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 10))  # fmt: skip
+    layers = [torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU()]
+    layers += [torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()] * (convolutions - 1)
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 10))
 
 
-def test_a_pass_through_stack_on_one_input_channel_is_caught():
+@pytest.mark.parametrize("convolutions", [1, 2])
+def test_a_pass_through_stack_on_one_input_channel_is_caught(convolutions):
     """MKOR's inconspicuous form on a one-channel image plants two filters per convolution (a copy and a min, then
-    copies of both): FG105 counts them, the same network at init and trained stays clean."""
+    copies of both): FG105 counts them, and a lone convolution with a copy and a min filter of one tap too (no
+    Dirac stem reads a tap with both signs); the same networks at init and trained stay clean."""
     from fedguard.attacks.craft import craft
 
     for seed in range(3):
-        honest = _one_channel_conv_net(seed)
+        honest = _one_channel_conv_net(seed, convolutions)
         crafted = craft("mkor_inconspicuous", honest, input_shape=(1, 12, 12), num_classes=10, seed=seed)
         findings = static_findings(crafted.state_dict())
         assert "FG105" in {f.rule_id for f in findings} and judge(findings) is Verdict.MALICIOUS
