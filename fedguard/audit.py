@@ -745,12 +745,14 @@ def audit(
         auxiliary=aux if threat.auxiliary_data else None,
     )
 
+    sent: set[str] = set()  # emulators whose parameters the received model carries: attacked as received
     if requested is None:  # a received model that already carries an emulated server's parameters: attack it unasked
         for name in reg.names():
             cls = reg.get(name)
             if (cls.emulates is not None and name not in names and not any(issubclass(cls, type(chosen[n])) for n in names)
                     and cls().planted(view)):  # fmt: skip  (mkor_inconspicuous reads it as mkor does)
                 names, chosen[name] = [*names, name], cls()
+                sent.add(name)
 
     from fedguard.attacks.craft import NothingToPlant
 
@@ -782,7 +784,7 @@ def audit(
                     if labels is not None:
                         view = dataclasses.replace(view, labels=labels, label_counts=counts, label_source=source)
                 target, crafting_started = view, time.perf_counter()
-                planted = cls.emulates is not None and attack.planted(view)  # the server sent it: no crafting on top
+                planted = cls.emulates is not None and (name in sent or attack.planted(view))  # sent: no crafting on top
                 if cls.emulates is not None and not planted:
                     try:
                         target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)

@@ -5,8 +5,9 @@ One run: ``tool.driver`` lists every fedguard rule as a ``reportingDescriptor``
 read it in ``helpUri``); each finding is a ``result`` whose level follows its
 severity (critical/high -> ``error``, medium -> ``warning``, low/info ->
 ``note``), located at the model file (``physicalLocation``) and, when it has
-one, the layer (``logicalLocation`` of kind ``module``). The file itself is the run's only ``artifact``, with its
-SHA-256. Output validates against the OASIS SARIF 2.1.0 schema (errata 01).
+one, the layer (``logicalLocation`` of kind ``module``). The file itself is
+the run's only ``artifact``, with its SHA-256. Output validates against the
+OASIS SARIF 2.1.0 schema (errata 01).
 Sample output (abridged)::
 
     {
