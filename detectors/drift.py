@@ -29,6 +29,7 @@ Wen et al. 2022) keeps cosine 1.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -36,7 +37,7 @@ import torch
 from fedguard.detectors.base import NEEDS_MODULE, NEEDS_REFERENCE, Detector, InspectContext, register_detector, rounded
 from fedguard.loading import is_running_stat
 from fedguard.modelview import effective_tensors
-from fedguard.rowstats import finite
+from fedguard.rowstats import FLOAT32_SAFE, finite
 from fedguard.types import Confidence, Rule, Severity
 
 REPLACED_COSINE = 0.2
@@ -137,7 +138,12 @@ class ReferenceDrift(Detector):
             if before is None or before.shape != layer.weight.shape:
                 continue
             now, then = layer.weight_f32().flatten(), before.detach().to(torch.float32).flatten()
-            if not (finite(now) and finite(then)) or float(then.norm()) == 0:
+            if not (finite(now) and finite(then)):
+                continue
+            scale = max(float(torch.linalg.vector_norm(t, ord=math.inf)) for t in (now, then))
+            if scale >= FLOAT32_SAFE:  # squares of a server's 1e37 weights overflow; every figure below is scale-free
+                now, then = now / scale, then / scale
+            if float(then.norm()) == 0:
                 continue
             cosine = float(torch.nn.functional.cosine_similarity(now, then, dim=0))
             moves.append((layer, cosine, float((now - then).norm() / then.norm()), float(now.norm() / then.norm())))

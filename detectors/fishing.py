@@ -85,7 +85,7 @@ class Fishing(Detector):
             yield from self._feature_fishing(layer, stats)
 
     def _class_fishing(self, layer, stats, bias):
-        norm = stats.l2sq.sqrt().to(torch.float32)
+        norm = stats.l2sq.sqrt()  # float64: a server's 3e38 weights overflow float32's norms
         top = float(norm.max())
         if top == 0:
             return  # a zero head: every logit is its bias, nothing is isolated

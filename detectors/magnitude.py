@@ -48,8 +48,8 @@ class ExtremeMagnitude(Detector):
         for layer in context.view.scored_layers():
             peak = float(layer.stats.peak.max())
             z = peak * math.sqrt(layer.fan_in)
-            bias = layer.bias_f32()
-            bias_peak = float(bias.abs().max()) if bias is not None and bias.numel() else 0.0
+            bias = layer.bias
+            bias_peak = float(bias.detach().abs().max()) if bias is not None and bias.numel() else 0.0  # own dtype: float64's 1e300 is no inf
             spoilt = bias is not None and layer.key("bias") in context.view.non_finite  # read as 0 here, FG002's
             weight_hit = z >= Z_LIMIT and peak >= ABS_WEIGHT_LIMIT and not _unit_gaussian_fill(layer)
             bias_hit = bias_peak >= BIAS_LIMIT
@@ -75,7 +75,10 @@ def _unit_gaussian_fill(layer) -> bool:
     training, whatever its name."""
     stats = layer.stats
     n = stats.rows * stats.fan_in
+    peak = float(stats.peak.max())
+    spreads = math.sqrt(2 * math.log(max(n, 2))) + 1.0
+    if not peak <= 2.0 * spreads:  # beyond the widest spread's tail (and before a server's 1e300 weights overflow)
+        return False
     mean = float(stats.total.sum()) / n
     spread = math.sqrt(max(float(stats.l2sq.sum()) / n - mean**2, 0.0))
-    tail = spread * (math.sqrt(2 * math.log(max(n, 2))) + 1.0)
-    return layer.bias is None and 0.5 <= spread <= 2.0 and float(stats.peak.max()) <= tail
+    return layer.bias is None and 0.5 <= spread <= 2.0 and peak <= spread * spreads

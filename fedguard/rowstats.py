@@ -17,6 +17,10 @@ import torch
 
 #: Elements per chunk of rows: 4 Mi float32 values = 16 MiB of temporaries.
 CHUNK = 1 << 22
+#: A chunk with a weight this large (or one a float64 weight overflows float32 with) is read in float64: squares of
+#: weights below it, summed over up to 10^8 inputs, stay under float32's 3.4e38 (a server's 1e37 weights had made
+#: every row's norm infinite).
+FLOAT32_SAFE = 1e15
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def weight_rows(weight: torch.Tensor) -> torch.Tensor:
 
 
 def compute_row_stats(weight: torch.Tensor) -> RowStats:
-    """Four passes (min/max, sum, L1, L2) over chunks of rows converted to float32."""
+    """Four passes (min/max, sum, L1, L2) over chunks of rows converted to float32 (float64 for huge weights)."""
     rows = weight_rows(weight)
     n, d = rows.shape
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("minimum", "maximum", "total", "l1", "l2sq")}
@@ -109,6 +113,9 @@ def compute_row_stats(weight: torch.Tensor) -> RowStats:
     for start in range(0, n, step):
         chunk = rows[start : start + step].to(torch.float32)
         lo, hi = torch.aminmax(chunk, dim=1)
+        if max(-float(lo.min()), float(hi.max())) >= FLOAT32_SAFE:  # (NaN compares False: FG002 reports it)
+            chunk = rows[start : start + step].to(torch.float64)
+            lo, hi = torch.aminmax(chunk, dim=1)
         parts["minimum"].append(lo)
         parts["maximum"].append(hi)
         parts["total"].append(chunk.sum(dim=1))

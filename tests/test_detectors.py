@@ -8,6 +8,8 @@ adapters and large normally-initialised MLPs.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.nn.utils import prune
@@ -327,6 +329,34 @@ def test_fg502_says_when_a_bias_it_read_as_zero_was_nan():
     fg502 = [f for f in static_findings(sd) if f.rule_id == "FG502"]
     assert len(fg502) == 1 and fg502[0].evidence["bias_non_finite"] == "NaN or inf, read as 0 (FG002)"
     assert f"({fg502[0].evidence['z']:.4g}× the 1/sqrt(fan_in) init scale)" in fg502[0].message  # as the evidence writes it
+
+
+@pytest.mark.parametrize("how", ["all x 1e37", "head at 3e38", "head at -3e38", "float64 x 1e300", "bf16 x 1e36"])
+def test_huge_finite_weights_are_fg502_not_a_crash(how):
+    """Finite weights whose squares overflow float32 (a server's 1e37, or float64's 1e300) had crashed the fishing
+    check (every row's norm infinite, so every row "muted") and the Gaussian-fill test (OverflowError)."""
+    sd = {k: v.clone() for k, v in _entry(benign_entries(), "trained/lenet5/3ep").state_dict.items()}
+    head = [k for k in sd if k.endswith("weight")][-1]
+    if how.startswith("head"):
+        sd[head].fill_(float(how.split()[-1]))
+    else:
+        dtype, factor = {"all": (torch.float32, 1e37), "float64": (torch.float64, 1e300), "bf16": (torch.bfloat16, 1e36)}[how.split()[0]]
+        sd = {k: v.to(dtype) * factor if v.is_floating_point() else v for k, v in sd.items()}
+    findings = static_findings(sd)
+    fg502 = [f for f in findings if f.rule_id == "FG502"]
+    assert fg502 and judge(findings) is Verdict.MALICIOUS and "FG002" not in {f.rule_id for f in findings}
+    assert all(math.isfinite(f.evidence["max_abs_weight"]) and math.isfinite(f.evidence["max_abs_bias"]) for f in fg502)
+
+
+def test_reference_drift_of_huge_weights_has_finite_figures():
+    """Against a last round of 3e38 weights FG702 had read "moved by nan% of their norm" (norms overflowed)."""
+    base = {k: v.clone() for k, v in _entry(benign_entries(), "init/lenet5/seed0").state_dict.items()}
+    huge = {k: v * 1e37 if v.is_floating_point() else v for k, v in base.items()}
+    other = {k: v * 1e37 for k, v in _entry(benign_entries(), "init/lenet5/seed1").state_dict.items()}
+    for model, reference in ((base, huge), (other, huge), (huge, {k: v.flip(0) for k, v in huge.items()})):
+        context = InspectContext(view=ModelView.from_state_dict(model), reference=ModelView.from_state_dict(reference))
+        findings, _ = run_detectors(context, ["reference_drift"])
+        assert findings and all(math.isfinite(v) for f in findings for v in f.evidence.values() if isinstance(v, float))
 
 
 @pytest.mark.parametrize("noise", [0.05, 0.1, 0.2])
