@@ -21,7 +21,7 @@ from fedguard.options import (
 from fedguard.types import Severity
 
 SEVERITIES = [str(s) for s in Severity]
-EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 #: What to make smaller when a command runs out of memory. A model or rounds file can declare tensors far larger
@@ -59,14 +59,21 @@ class FedguardGroup(click.Group):
         except BrokenPipeError:  # the reader took what it wanted (``fedguard rules | head -1``): not a failure
             silence_stdout()
             ctx.exit(EXIT_OK)
-        except (MemoryError, RuntimeError) as exc:  # an allocation too large for this machine: a usage error, not a block
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
             from fedguard.architectures import first_line, out_of_memory
+            from fedguard.reports.base import printable
 
-            if not out_of_memory(exc):
+            if isinstance(exc, (MemoryError, RuntimeError)) and out_of_memory(exc):  # an allocation too large for this machine: a usage error, not a block
+                fix = OUT_OF_MEMORY_FIX.get(ctx.invoked_subcommand or "", "use smaller inputs")
+                click.echo(f"fedguard: error: out of memory ({first_line(exc)}); {fix}, or a machine with more memory", err=True)
+                ctx.exit(EXIT_INPUT)
+            if os.environ.get("FEDGUARD_DEBUG"):
                 raise
-            fix = OUT_OF_MEMORY_FIX.get(ctx.invoked_subcommand or "", "use smaller inputs")
-            click.echo(f"fedguard: error: out of memory ({first_line(exc)}); {fix}, or a machine with more memory", err=True)
-            ctx.exit(EXIT_INPUT)
+            click.echo(f"fedguard: internal error: {printable(first_line(exc))}; a fault in "
+                       "fedguard, not a verdict: rerun with FEDGUARD_DEBUG=1 for the traceback and report it", err=True)
+            ctx.exit(EXIT_INTERNAL)
 
 
 @click.group(cls=FedguardGroup, context_settings={"help_option_names": ["-h", "--help"]})

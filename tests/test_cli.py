@@ -648,6 +648,23 @@ def test_out_of_memory_names_what_to_make_smaller_for_inspect(clean_model, monke
     assert "--batch-size" not in line
 
 
+def test_a_fault_in_fedguard_is_one_line_and_exit_3_not_a_verdict(clean_model, monkeypatch):
+    """A detector that raised (finite 3e38 weights had overflowed the fishing check) printed a traceback and exited 1,
+    which a gate reads as findings; FEDGUARD_DEBUG=1 keeps the traceback for a report."""
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("float division by zero\nsecond line")
+
+    monkeypatch.setattr("fedguard.inspect.run_detectors", broken)
+    monkeypatch.delenv("FEDGUARD_DEBUG", raising=False)
+    result = invoke("inspect", clean_model)
+    assert result.exit_code == 3 and result.stdout == "", result.output
+    assert result.stderr.splitlines() == ["fedguard: internal error: ZeroDivisionError: float division by zero; a fault in "
+                                          "fedguard, not a verdict: rerun with FEDGUARD_DEBUG=1 for the traceback and "
+                                          "report it"]  # fmt: skip
+    monkeypatch.setenv("FEDGUARD_DEBUG", "1")
+    assert isinstance(invoke("inspect", clean_model).exception, ZeroDivisionError)
+
+
 def test_a_compressed_npz_that_unpacks_beyond_memory_is_refused_up_front(workdir, monkeypatch):
     """14 MB of compressed zeros can declare 14 GB: refused from the headers, before numpy allocates."""
     np.savez_compressed(workdir / "bomb.npz", w=np.zeros((1024, 1024), np.float32))  # 4 MiB that packs to 4 KiB
