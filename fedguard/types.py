@@ -43,15 +43,46 @@ class Confidence(enum.IntEnum):
         return self.name.lower()
 
 
-class Verdict(str, enum.Enum):
+class _Ranked(str, enum.Enum):
+    """A verdict: its name, ordered from harmless to worst (``"block" > "warn"``).
+
+    It compares with another of its kind or with a name (``report.verdict >= "warn"``); a string that names none of
+    its members is a ValueError, not False, so that a gate with a typo fails loudly.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str) -> "_Ranked":
+        for member in cls:
+            if member.value == text.strip().lower():
+                return member
+        raise ValueError(f"unknown verdict {text!r}; use one of {', '.join(m.value for m in cls)}")
+
+    def _compare(self, other, op: str):
+        if isinstance(other, str) and not isinstance(other, _Ranked):
+            other = self.parse(other)
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        rank = type(self)._member_names_.index
+        return getattr(int, f"__{op}__")(rank(self._name_), rank(other._name_))
+
+    __hash__ = str.__hash__  # as a name: `verdict in {"pass", "warn"}`
+    __eq__ = lambda self, other: self._compare(other, "eq")  # noqa: E731
+    __ne__ = lambda self, other: self._compare(other, "ne")  # noqa: E731
+    __lt__ = lambda self, other: self._compare(other, "lt")  # noqa: E731
+    __le__ = lambda self, other: self._compare(other, "le")  # noqa: E731
+    __gt__ = lambda self, other: self._compare(other, "gt")  # noqa: E731
+    __ge__ = lambda self, other: self._compare(other, "ge")  # noqa: E731
+
+
+class Verdict(_Ranked):
     """Overall judgement of a received model."""
 
     CLEAN = "clean"
     SUSPICIOUS = "suspicious"
     MALICIOUS = "malicious"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -184,15 +215,12 @@ class LeakageLevel(enum.IntEnum):
     __hash__ = int.__hash__
 
 
-class AuditVerdict(str, enum.Enum):
+class AuditVerdict(_Ranked):
     """What to do with the pending update: upload (pass), look closer (warn), do not upload (block)."""
 
     PASS = "pass"
     WARN = "warn"
     BLOCK = "block"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from fedguard.metrics import (
     PSNR_CAP, THRESHOLDS, baseline_psnr, class_image_scores, image_level, label_level, match, psnr, score, ssim, verdict_for,
 )
 from fedguard.threat import ServerView, ThreatModel
-from fedguard.types import AuditVerdict, LeakageLevel
+from fedguard.types import AuditVerdict, LeakageLevel, Verdict
 from fedguard.update import compute_update
 
 SHAPE = (1, 8, 8)
@@ -253,6 +253,13 @@ def test_levels_and_verdicts():
     assert LeakageLevel.MEDIUM >= "medium" > LeakageLevel.LOW and LeakageLevel.HIGH == 3
     with pytest.raises(ValueError, match="unknown leakage level 'hgih'"):
         _ = LeakageLevel.HIGH == "hgih"
+    # verdicts too, ordered by severity: "block" had compared below "warn" (alphabetically), and a typo was False
+    assert AuditVerdict.BLOCK >= "warn" and AuditVerdict.BLOCK > AuditVerdict.WARN > "pass" and AuditVerdict.PASS == "pass"
+    assert Verdict.MALICIOUS > Verdict.SUSPICIOUS > "clean" and Verdict.CLEAN in {"clean"} and max(AuditVerdict) == "block"
+    with pytest.raises(ValueError, match="unknown verdict 'pas'; use one of pass, warn, block"):
+        _ = AuditVerdict.PASS == "pas"
+    with pytest.raises(TypeError):
+        _ = AuditVerdict.PASS < Verdict.CLEAN
     assert verdict_for(LeakageLevel.NONE, LeakageLevel.HIGH, conclusive=False) == AuditVerdict.WARN
     assert verdict_for(LeakageLevel.HIGH, LeakageLevel.HIGH, conclusive=False) == AuditVerdict.BLOCK
 
