@@ -125,7 +125,8 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
     for key in ("norm", "loss"):
         doc["update"][key] = json_safe(doc["update"][key], digits=JSON_DIGITS)
     if doc["update"].get("agreement"):
-        doc["update"]["agreement"]["cosine"] = json_safe(doc["update"]["agreement"]["cosine"], digits=JSON_DIGITS)
+        for key in ("cosine", "scale"):
+            doc["update"]["agreement"][key] = json_safe(doc["update"]["agreement"][key], digits=JSON_DIGITS)
     doc["exposure"] = _measurements_rounded(doc["exposure"])
     return printable_values(doc)
 

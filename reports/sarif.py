@@ -74,13 +74,14 @@ SECURITY_SEVERITY: dict[Severity, str] = {
 
 
 def artifact_uri(path: str) -> str:
-    """A valid URI reference for ``path``: absolute paths become ``file:`` URIs,
-    relative ones a percent-encoded relative reference with ``/`` separators."""
+    """A valid URI reference for ``path`` as this system reads it: absolute paths become ``file:`` URIs,
+    relative ones a percent-encoded relative reference with ``/`` separators (on POSIX, ``c:/m.pt`` is the
+    folder ``c:`` and ``//tmp/m.pt`` is ``/tmp/m.pt``, not Windows' drive and network share)."""
     text = str(path)
-    windows = PureWindowsPath(text)
-    if windows.drive and windows.is_absolute():
-        return windows.as_uri()
-    pure: PurePath = PurePosixPath(text.replace(os.sep, "/") if os.sep != "/" else text)
+    if os.name == "nt":
+        pure: PurePath = PureWindowsPath(text)
+    else:
+        pure = PurePosixPath("/" + text.lstrip("/") if text.startswith("/") else text)
     if pure.is_absolute():
         return pure.as_uri()
     return quote(os.fsencode(pure.as_posix()), safe="/-._~")  # a name that is not UTF-8 keeps its bytes

@@ -347,6 +347,10 @@ def test_sarif_clean_and_unknown_rule_validate(clean):
     assert doc["runs"][0]["tool"]["driver"]["rules"][result["ruleIndex"]]["id"] == "FG999"
     assert result["level"] == "note"
     assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "file:///abs/dir/m.pt"
+    for path, uri in (("c:/x.pt", "c%3A/x.pt"), ("//abs/m.pt", "file:///abs/m.pt")):  # POSIX: a folder "c:"; not a share
+        report = InspectionReport(**{**clean.__dict__, "findings": (stray,), "path": path})
+        doc = json.loads(render("sarif", report, RULES))
+        assert doc["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == uri, path
 
 
 def test_sarif_schema_check_is_not_vacuous(malicious):
