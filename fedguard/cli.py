@@ -59,8 +59,8 @@ class FedguardGroup(click.Group):
         except BrokenPipeError:  # the reader took what it wanted (``fedguard rules | head -1``): not a failure
             silence_stdout()
             ctx.exit(EXIT_OK)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort, OSError):
+            raise  # click's own ends; an output that failed (a full disk) is __main__'s one line
         except Exception as exc:
             from fedguard.architectures import first_line, out_of_memory
             from fedguard.reports.base import printable
