@@ -170,7 +170,7 @@ def _formats() -> dict[str, str]:
 @click.option("--local-batch-size", type=int, help="FedAvg: mini-batch size of each local step (default: the whole batch).")
 @click.option("--update", "update", type=NamedPath(), help="An update computed elsewhere from --model on exactly --data (gradient, or W_T - W_0 for fedavg); needs --model.")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())
-@click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000; under a tenth of that the verdict is at least warn).")
+@click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000; under a tenth of that the verdict is at least warn, as it is when --time-budget stops an attack before them).")
 @click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack, checked between iterations (one iteration on a batch of hundreds can take longer).")
 @click.option("--attacker-labels", type=click.Choice(["infer", "known"]), default="infer", show_default=True, help="infer: the server recovers labels from the update; known: it has them (the label attacks are then skipped: they would reveal nothing more).")
 @click.option("--attacker-without", "withheld", multiple=True, type=click.Choice(sorted(WITHHOLD)), help="Knowledge the server lacks (repeatable). Default: it knows all of them.")
