@@ -53,6 +53,7 @@ from torch import nn
 from fedguard import checks
 from fedguard.architectures import (
     build_model,
+    check_float32,
     check_input_shape,
     check_num_classes,
     classifier_logits,
@@ -1210,23 +1211,30 @@ def craft(
 ) -> nn.Module:
     """Run the crafter called ``name`` on ``model`` (left unchanged) and return the crafted module.
 
-    ``num_classes`` None: the count of the logits ``model`` gives.
+    ``num_classes`` None: the count of the logits ``model`` gives (any other count is refused). ``data``, the
+    server's public inputs (a tensor, no labels), only for the crafters in :data:`READS_DATA`.
 
     Raises
     ------
     InputError
-        One line naming the problem: an unknown crafter (listing the valid ones), a ``model`` that is not an
-        ``nn.Module``, a bad ``input_shape``, ``num_classes`` or ``seed``, an option the crafter does not have or a
+        One line naming the problem: an unknown crafter (listing the valid ones), a ``model`` that is not a
+        float32 ``nn.Module``, a bad ``input_shape``, ``num_classes`` or ``seed``, an option the crafter does not have or a
         value it cannot take, public ``data`` that are not finite inputs of ``input_shape``, or a model the
         crafter cannot work on (e.g. no ``nn.Linear`` layer).
     """
     fn = _crafter(name)
     if not isinstance(model, nn.Module):
         raise InputError(f"model is a {type(model).__name__}; pass an nn.Module (e.g. fedguard.architectures.build_model('lenet'))")
+    check_float32(model, "model", "pass model.float()")
     shape = check_input_shape(input_shape)
     if num_classes is None:
         num_classes = classifier_logits(model, torch.zeros(1, *shape), "craft").shape[1]
     num_classes = check_num_classes(num_classes)
+    if data is not None and name not in READS_DATA:  # as the command line refuses --data
+        raise InputError(f"{name} reads no public data (only {', '.join(sorted(READS_DATA))} do); pass data=None")
+    if data is not None and not isinstance(data, (torch.Tensor, np.ndarray)):
+        raise InputError(f"data is a {type(data).__name__}; pass the server's public inputs as one tensor [N, C, H, W], "
+                         "without labels (e.g. fedguard.data.load_data('digits', input_shape=...)[0])")
     seed = checks.seed(seed, "seed")
     check_options(name, options)
     given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its default options"
@@ -1236,6 +1244,10 @@ def craft(
         raise InputError(f"{name} cannot craft this {kind}: layer {parametrised} computes its weight "
                          "from others (weight or spectral norm, or pruning not made permanent), which crafters do not "
                          "write; remove that first (torch.nn.utils.parametrize.remove_parametrizations, prune.remove)")  # fmt: skip
+    if any(isinstance(m, nn.Linear) for m in model.modules()):  # (without one, each crafter says what it needs)
+        logits = classifier_logits(model, torch.zeros(1, *shape, dtype=torch.float32), "craft").shape[1]
+        if num_classes != logits:  # the crafters size their rows and targets by it: a model's head is what it is
+            raise InputError(f"num_classes={num_classes} but the model gives {logits} logits; pass num_classes={logits} or None")
     try:  # the caller's generators, grad mode and default dtype kept (a float64 default had broken every crafter)
         with np.errstate(all="ignore"), own_torch_state():  # an overflow is reported below, as one line
             crafted = fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)

@@ -80,7 +80,8 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
     models.append(("honest LeNet-5, trained 2 epochs on digits", path, client))
 
     for attack, description in CRAFTED:
-        crafted = craft(attack, benign, input_shape=SHAPE, num_classes=10, data=inputs[:256], seed=1)
+        public = inputs[:256] if attack in READS_DATA else None  # the crafters that calibrate on the server's data
+        crafted = craft(attack, benign, input_shape=SHAPE, num_classes=10, data=public, seed=1)
         path = folder / f"{attack}-lenet5.pt"
         write_atomic(path, serialise(crafted.state_dict(), path.suffix))
         models.append((description, path, client))

@@ -174,20 +174,27 @@ def test_what_the_arch_code_prints_goes_to_stderr(tmp_path, monkeypatch):
     assert res.exit_code == 0 and res.stdout == "" and "building" in res.stderr, res.output
 
 
-def test_the_crafters_said_to_ignore_data_craft_the_same_model_without_it():
-    """READS_DATA decides where --data is refused as doing nothing: every other crafter must ignore it."""
+def test_reads_data_names_exactly_the_crafters_that_read_it_and_data_is_refused_elsewhere():
+    """READS_DATA decides where data is refused as doing nothing (--data, and craft(data=...) from Python): every
+    other crafter, called directly, must craft the same model without it."""
     import torch
 
     from fedguard.architectures import build_model
     from fedguard.attacks.craft import READS_DATA, craft
     from fedguard.data import load_data
+    from fedguard.errors import InputError
 
     data = load_data("digits", input_shape=(1, 28, 28), limit=64)[0]
     model = build_model("lenet5")
     for name in CRAFTERS.names():
-        with_data, without = (craft(name, model, input_shape=(1, 28, 28), num_classes=10, data=d).state_dict() for d in (data, None))
+        crafter = CRAFTERS.get(name)
+        with_data, without = (crafter(model, input_shape=(1, 28, 28), num_classes=10, data=d, seed=0).state_dict()
+                              for d in (data, None))  # fmt: skip
         same = with_data.keys() == without.keys() and all(torch.equal(with_data[k], without[k]) for k in without)
         assert same == (name not in READS_DATA), name
+        if name not in READS_DATA:
+            with pytest.raises(InputError, match=f"^{name} reads no public data"):
+                craft(name, model, input_shape=(1, 28, 28), num_classes=10, data=data)
 
 
 def test_list_options_needs_no_arch():
