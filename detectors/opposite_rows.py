@@ -41,6 +41,7 @@ import torch
 from fedguard.detectors.base import Detector, InspectContext, register_detector
 from fedguard.detectors.rows import SKETCH_MARGIN, dense_rows, opposite_pairs, rows_on_columns, sketch_columns
 from fedguard.modelview import LINEAR, Layer
+from fedguard.rowstats import weight_rows
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 16
@@ -51,6 +52,12 @@ MERGED_MAX_COSINE = -0.75
 MERGE_DOMINANCE = 3.0
 #: Dominance means nothing in a layer of a few units (a 2-unit head): the next layer needs at least this many.
 MIN_MERGE_UNITS = 8
+#: A nearly opposite pair counts only when no third row of the layer has cosine at most this to either of its rows.
+#: MKOR's pairs are a row and its own opposite: the most negative third row is -0.08 to -0.17 (mkor_inconspicuous at
+#: noise 0.1-0.5 on LeNet-5, its stride-2 form and the MLP, seeds 0-1). A layer that collapsed in honest training
+#: (stride-2 LeNet-5, 3 epochs of SGD at lr 0.05 with momentum 0.9: 22-37 % accuracy on digits) holds groups of rows
+#: along one direction and its opposite, so each nearly opposite pair has third rows at -0.78 to -0.86.
+THIRD_MAX_COSINE = -0.5
 #: Pairs tried per group of columns one unit dominates (a merge takes two; larger groups are chance).
 MERGED_GROUP_PAIRS = 8
 #: Columns of the next layer read at a time (bounds the extra memory to one block).
@@ -112,7 +119,33 @@ def merged_pairs(layer: Layer, follower: Layer) -> list[torch.Tensor]:
         torch.linalg.vector_norm(rows_a, dim=1) * torch.linalg.vector_norm(rows_b, dim=1)
     ).clamp_min(1e-30)
     keep = cosine <= MERGED_MAX_COSINE
-    return list(torch.stack([a[keep], b[keep]], dim=1))
+    a, b = a[keep], b[keep]
+    if not len(a):
+        return []
+    alone = _no_third_opposite(layer, a, b)
+    return list(torch.stack([a[alone], b[alone]], dim=1))
+
+
+def _no_third_opposite(layer: Layer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Which pairs ``(a[i], b[i])`` have no third row with cosine ≤ THIRD_MAX_COSINE to either of their rows.
+
+    One pass over the layer in blocks of rows, against the pairs' rows only.
+    """
+    ends = torch.cat([a, b])  # row k's partner is ends[(k + P) % 2P]
+    partner = torch.cat([b, a])
+    rows = layer.rows(ends)
+    rows = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(1e-30)
+    norms = layer.stats.l2sq.sqrt().to(torch.float32).clamp_min(1e-30)
+    weight = weight_rows(layer.weight)
+    worst = torch.ones(len(ends))
+    for start in range(0, weight.shape[0], COLUMN_BLOCK):
+        block = weight[start : start + COLUMN_BLOCK].to(torch.float32)
+        cosine = rows @ block.T / norms[start : start + COLUMN_BLOCK]
+        index = torch.arange(start, start + len(block))
+        cosine[(index[None] == ends[:, None]) | (index[None] == partner[:, None])] = 1.0
+        worst = torch.minimum(worst, cosine.min(dim=1).values)
+    worst = torch.minimum(worst[: len(a)], worst[len(a) :])
+    return worst > THIRD_MAX_COSINE
 
 
 @register_detector("opposite_rows")
