@@ -66,7 +66,7 @@ def _train_benign(inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> nn.M
 def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> list[tuple[str, Path, dict]]:
     """Save the demo's models (atomically, mode 0600, as craft writes); return (description, path, inspect options)
     for each."""
-    from fedguard.attacks.craft import craft, craft_model
+    from fedguard.attacks.craft import READS_DATA, craft, craft_model
     from fedguard.craft_cli import serialise
     from fedguard.io import write_atomic
 
