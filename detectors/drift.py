@@ -67,7 +67,8 @@ def reshaped_names(received: Mapping[str, torch.Size], expected: Mapping[str, to
     return [k for k in expected if k in received and tuple(received[k]) != tuple(expected[k])]
 
 
-def _summary(diff: dict) -> str:
+def shape_summary(diff: dict) -> str:
+    """``compare_shapes``' lists in one phrase, the first few of each named."""
     parts = []
     for what, items in diff.items():
         if items:
@@ -99,7 +100,7 @@ class ArchitectureDrift(Detector):
         if any(diff.values()):
             yield self.finding(
                 "FG701", "Model does not match the expected architecture", Severity.HIGH, Confidence.HIGH, None,
-                f"Compared with --arch: {_summary(diff)}. Do not train on a model whose structure changed; "
+                f"Compared with --arch: {shape_summary(diff)}. Do not train on a model whose structure changed; "
                 "ask the server why.",
                 **{k: v[:50] for k, v in diff.items()},
             )
@@ -127,7 +128,7 @@ class ReferenceDrift(Detector):
         if any(diff.values()):
             yield self.finding(
                 "FG702", "Structure changed since the previous round", Severity.HIGH, Confidence.HIGH, None,
-                f"Compared with --reference: {_summary(diff)}. The architecture of a federation does not change "
+                f"Compared with --reference: {shape_summary(diff)}. The architecture of a federation does not change "
                 "between rounds; ask the server why.",
                 **{k: v[:50] for k, v in diff.items()},
             )

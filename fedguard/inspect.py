@@ -27,6 +27,7 @@ from fedguard.checks import is_whole
 from fedguard.data import data_sha256
 from fedguard.detectors import DETECTORS, all_rules, gradient_snr
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
+from fedguard.detectors.drift import compare_shapes, folded_shapes, shape_summary
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import ModelView, first_non_finite
@@ -216,6 +217,12 @@ def inspect_model(
                 ref_tensors = names_from(tensors, ref_tensors)
             elif not loaded.named and module is None:
                 tensors = names_from(ref_tensors, tensors)
+            if module is not None:  # the model fits --arch and the reference does not: the file passed is wrong
+                expected = folded_shapes(module.state_dict())
+                misfit = compare_shapes(folded_shapes(ref_tensors), expected)
+                if any(misfit.values()) and not any(compare_shapes(folded_shapes(tensors), expected).values()):
+                    raise InputError(f"reference {reference} does not fit --arch {arch} ({shape_summary(misfit)}) while "
+                                     "the model does; pass last round's model of this architecture")  # fmt: skip
             spoilt = first_non_finite(ref_tensors)
             if spoilt is not None:  # FG702 could not compare that layer, and a replaced one would pass
                 raise InputError(f"reference {reference} holds NaN or infinite values in {spoilt}; "
@@ -331,8 +338,8 @@ def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     outputs = classifier_logits(module, inputs, "inspect").shape[1]
     if int(labels.max()) >= outputs:
         raise InputError(
-            f"--data has labels up to {int(labels.max())} but the model has {outputs} outputs; "
-            "pass data whose labels fit the model (or --num-classes)"
+            f"--data has labels up to {int(labels.max())} but the architecture as built (--arch, --num-classes) has "
+            f"{outputs} outputs; pass data whose labels fit it, or the --num-classes the model has"
         )
     return inputs, labels
 

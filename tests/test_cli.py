@@ -683,6 +683,20 @@ def test_a_reference_with_a_nan_layer_is_refused_not_skipped(workdir):
     assert f"reference prev.pt holds NaN or infinite values in {name}" in line
 
 
+def test_a_reference_of_another_architecture_than_arch_is_the_users_error_not_the_servers(workdir):
+    """The model fits --arch and last round's file does not: FG702 had blamed the server (malicious, exit 1); a model
+    that does not fit --arch either is still reported, as FG701 and FG702."""
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("mlp").state_dict(), workdir / "model.pt")
+    torch.save(build_model("lenet5").state_dict(), workdir / "prev.pt")
+    line = assert_input_error(invoke("inspect", "model.pt", "--arch", "mlp", "--reference", "prev.pt"))
+    assert line.startswith("fedguard: error: reference prev.pt does not fit --arch mlp (6 missing: 1.weight, 1.bias")
+    assert line.endswith("while the model does; pass last round's model of this architecture")
+    result = invoke("inspect", "model.pt", "--arch", "lenet5", "--reference", "prev.pt", "--format", "json")
+    assert result.exit_code == 1 and {"FG701", "FG702"} <= {f["rule_id"] for f in json.loads(result.stdout)["findings"]}
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input(workdir, case):
     args = BAD_INPUTS[case](workdir)

@@ -251,7 +251,7 @@ def test_run_detectors_leaves_the_callers_model_and_torch_state_and_checks_its_c
     assert all(m.training for m in module.modules())
     with pytest.raises(InputError, match="context.view is a dict; pass ModelView.from_state_dict"):
         run_detectors(InspectContext(view=dict(module.state_dict())))
-    with pytest.raises(InputError, match="--data has labels up to 19 but the model has 10 outputs"):
+    with pytest.raises(InputError, match=r"--data has labels up to 19 but the architecture as built \(--arch, --num-classes\) has 10 outputs"):
         run_detectors(InspectContext(view=view, data=(x[:4], torch.tensor([0, 1, 2, 19]))))
 
 
