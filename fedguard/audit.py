@@ -557,9 +557,9 @@ def audit(
         Seeds the batch, the model initialisation (``model=None``), the attacks.
     device : {"auto", "cpu", "cuda"}
     fail_on : {"low", "medium", "high"}
-        Level at which the verdict is ``block``; one level below it is
-        ``warn``. A run in which no attack ran, or that was stopped, is at
-        least ``warn``.
+        Level at which the verdict is ``block``; one level below it (from
+        ``low`` up) is ``warn``. A run in which no attack ran, or that was
+        stopped, is at least ``warn``.
     attack_options : mapping, optional
         Constructor options per attack that runs, e.g. ``{"dlg": {"starts": 8}}``.
     progress : AuditProgress, optional

@@ -126,6 +126,8 @@ def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
     The pairing most favourable to the server, so that an exact reconstruction is always credited: the
     pairing of least total MSE had put two exact rebuilds of a class-fishing attack on other examples (their
     errors there were smaller than those of the blurred rebuilds it then paired with the two true ones).
+    Identical true examples all take the best rebuild any of them was paired with: one exact rebuild of an
+    image the batch holds twice had been credited to one copy (the other scored against a leftover, 23 dB).
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -135,7 +137,16 @@ def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
         raise ValueError(f"cannot match images of shape {tuple(true.shape[1:])} to images of shape {tuple(rebuilt.shape[1:])}")
     mse = torch.cdist(t, r).pow(2) / t.shape[1]
     rows, cols = linear_sum_assignment(mse.clamp_min(10 ** (-PSNR_CAP / 10)).log10().numpy())
-    return [(int(i), int(j)) for i, j in zip(rows, cols)]
+    pairs = {int(i): int(j) for i, j in zip(rows, cols)}
+    copies: dict[bytes, list[int]] = {}
+    for i in range(len(t)):
+        copies.setdefault(t[i].numpy().tobytes(), []).append(i)
+    for members in copies.values():  # identical examples: the server that rebuilt one holds every copy
+        got = [pairs[i] for i in members if i in pairs]
+        if len(members) > 1 and got:
+            best = min(got, key=lambda j: float(mse[members[0], j]))
+            pairs.update(dict.fromkeys(members, best))
+    return sorted(pairs.items())
 
 
 def baseline_psnr(true: torch.Tensor, prior: torch.Tensor | None = None) -> float:

@@ -165,6 +165,19 @@ def test_matching_recovers_a_permuted_batch(digits):
     assert sorted(pairs) == sorted((int(perm[j]), j) for j in range(6))
 
 
+def test_every_copy_of_an_example_the_batch_holds_twice_is_credited_with_its_rebuild(digits):
+    """fc_inversion rebuilds one image for a digit the batch holds twice: one copy had scored 100 dB and the other
+    a leftover rebuild (23 dB), or nothing (recovered_fraction 0.5 of an exactly rebuilt batch)."""
+    from fedguard.types import Reconstruction
+
+    x, y = digits
+    true_x, true_y = x[[3, 3, 7]], y[[3, 3, 7]]
+    assert [i for i, _ in match(true_x, true_x[[0, 2]])] == [0, 1, 2]  # the unmatched copy takes its twin's rebuild
+    for rebuilt in (true_x[[0, 2]], true_x[[2, 0, 1]], torch.cat([true_x[[0, 2]], torch.full_like(true_x[:1], 0.5)])):
+        out = measure(Reconstruction(attack="t", images=rebuilt.clone()), true_x, true_y)
+        assert [s.psnr for s in out.samples] == [PSNR_CAP] * 3 and out.recovered_fraction == 1.0
+
+
 def test_score_matches_images_before_measuring_and_counts_labels_as_counts(digits):
     from fedguard.types import Reconstruction
 
