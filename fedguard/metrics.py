@@ -180,6 +180,8 @@ def image_level(
 
 
 def label_level(label_accuracy: float | None, batch_size: int) -> LeakageLevel:
+    """A label attack's level (table above): medium for the one label of a one-example batch, low for counts with
+    accuracy at least ``THRESHOLDS["low_label_accuracy"]``, none otherwise or when nothing was measured."""
     if label_accuracy is None or label_accuracy < THRESHOLDS["low_label_accuracy"]:
         return LeakageLevel.NONE
     if batch_size == 1 and label_accuracy >= 1.0:

@@ -90,6 +90,10 @@ class Update:
         The SHA-256 of that file (None when computed here).
     loss : float or None
         Training loss on the batch before the first step (client-side only).
+    extra : mapping
+        What else the upload carries beside the parameters' update:
+        ``running_statistics``, the names of BatchNorm running statistics an
+        update file holds (the audit notes them; no attack reads them).
     """
 
     tensors: Mapping[str, torch.Tensor]
