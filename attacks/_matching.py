@@ -38,6 +38,7 @@ BatchNorm layers use the statistics of the batch (as in training) in both.
 from __future__ import annotations
 
 import copy
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -256,11 +257,13 @@ class MatchingObjective:
                 fn = grad_and_value(self._single, argnums=(0, 1), has_aux=True)
                 self._vmapped = (vmap(fn, randomness="same"), True)
         fn, with_logits = self._vmapped
-        if with_logits:
-            (gz, gl), (loss, d) = fn(z, logits)
-        else:
-            gz, (loss, d) = fn(z)
-            gl = None
+        with warnings.catch_warnings():  # torch's note that an op (weight_norm's) runs as a loop under vmap: same numbers
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            if with_logits:
+                (gz, gl), (loss, d) = fn(z, logits)
+            else:
+                gz, (loss, d) = fn(z)
+                gl = None
         return loss.detach(), d.detach(), gz.detach(), None if gl is None else gl.detach()
 
     def _loop_one(self, server: ServerModel, z: torch.Tensor, logits: torch.Tensor | None):

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 
@@ -53,7 +53,7 @@ from fedguard.threat import ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
-from ._head import find_first_layer, layer_input
+from ._head import Head, find_first_layer, layer_input
 from .base import Attack, Budget, register_attack
 
 __all__ = ["FCInversion", "MERGE_TOLERANCE", "affine_input_map", "bin_neighbours", "invert_rows", "response_correlations"]
@@ -239,6 +239,24 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     return (torch.cat(lower), torch.cat(upper)) if lower else none
 
 
+def weight_gradient(layer: Head, grads: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """``layer``'s ∇W from the update: its own, or rebuilt from ``torch.nn.utils.parametrizations.weight_norm``'s
+    magnitude ``g`` and direction ``v`` (``W = g v / ‖v‖`` per row, Salimans & Kingma 2016), ``∇W = (‖v‖ / g) ∇v +
+    ∇g v / ‖v‖``; None when the update holds neither (a frozen weight, another parametrisation)."""
+    if layer.weight in grads:
+        return grads[layer.weight]
+    stem = layer.weight[: -len("weight")] + "parametrizations.weight."
+    norm = getattr(getattr(layer.module, "parametrizations", {}), "weight", None)
+    if not (norm is not None and len(norm) == 1 and type(norm[0]).__name__ == "_WeightNorm" and norm[0].dim == 0
+            and f"{stem}original0" in grads and f"{stem}original1" in grads):  # fmt: skip
+        return None
+    g, v = norm.original0.detach(), norm.original1.detach()
+    length = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    if not bool((g != 0).all() and (length > 0).all()):  # a row without magnitude or direction has no such ∇W
+        return None
+    return length / g * grads[f"{stem}original1"] + grads[f"{stem}original0"] * v / length
+
+
 @register_attack("fc_inversion")
 class FCInversion(Attack):
     """Exact inputs from a first Linear layer's update, ``∇W_i / ∇b_i`` (Phong et al. 2017).
@@ -265,8 +283,13 @@ class FCInversion(Attack):
             return "the input meets a convolution first, not a Linear layer (no ∇W/∇b identity on the input)"
         if layer.module.in_features != math.prod(view.input_shape):
             return "the first Linear layer does not see the raw input (it would recover features, not images)"
-        if layer.bias is None or layer.bias not in view.tensors or layer.weight not in view.tensors:
-            return "the first Linear layer has no bias in the update (the quotient needs ∇b)"
+        if layer.bias is None:
+            return "the first Linear layer has no bias (the quotient needs ∇b)"
+        if layer.bias not in view.tensors:
+            return "the first Linear layer's bias is not in the update (frozen; the quotient needs ∇b)"
+        if weight_gradient(layer, view.tensors) is None:
+            return ("the first Linear layer's weight is not in the update (frozen, or reparametrised other than by "
+                    "torch's weight_norm, whose ∇W the server rebuilds)")  # fmt: skip
         if view.batch_size is None:
             return "the server does not know the batch size (threat model)"
         return None
@@ -280,7 +303,7 @@ class FCInversion(Attack):
         identity = input_map is not None and bool(
             torch.allclose(input_map[0], torch.ones(1)) and torch.allclose(input_map[1], torch.zeros(1))
         )
-        grad_w, grad_b = grads[layer.weight].detach().cpu(), grads[layer.bias].detach().cpu()
+        grad_w, grad_b = weight_gradient(layer, grads).detach().cpu(), grads[layer.bias].detach().cpu()
         lower, upper = bin_neighbours(layer.module, view.auxiliary[0] if view.auxiliary is not None else None)
         if len(lower):  # rows that measure one quantity: neighbouring bins' differences are single inputs too
             grad_w = torch.cat([grad_w, grad_w[lower] - grad_w[upper]])

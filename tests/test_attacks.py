@@ -723,6 +723,23 @@ def test_fc_inversion_applies_only_to_a_linear_layer_on_the_input(digits):
     no_bias = nn.Sequential(nn.Flatten(), nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 10))
     view, _, _ = server_view(no_bias, digits, [0], seed=0)
     assert "no bias" in FCInversion().applies(view)
+    frozen = mlp8(0)  # every reason had read "no bias in the update", a frozen weight's and a frozen bias's alike
+    for name, why in (("weight", "weight is not in the update (frozen, or reparametrised"),
+                      ("bias", "bias is not in the update (frozen")):  # fmt: skip
+        getattr(next(m for m in frozen.modules() if isinstance(m, nn.Linear)), name).requires_grad_(False)
+        view, _, _ = server_view(frozen, digits, [0], seed=0)
+        assert why in FCInversion().applies(view), name
+
+
+def test_fc_inversion_rebuilds_the_weight_gradient_of_a_weight_normalised_layer(digits):
+    """weight_norm stores g and v, not W: the update holds ∇g and ∇v, from which the server rebuilds ∇W exactly;
+    the attack had been skipped ("no bias in the update") while the inputs were there to read."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.utils.parametrizations.weight_norm(nn.Linear(64, 32)), nn.ReLU(), nn.Linear(32, 10))
+    view, bx, by = server_view(model, digits, [3], seed=0)
+    assert FCInversion().applies(view) is None
+    out = score(FCInversion().run(view, Budget(1)), bx, by, 10, title="", reference="", kind="images")
+    assert out.psnr_max >= 60.0 and out.level == LeakageLevel.HIGH
 
 
 def test_invert_rows_merges_identical_quotients():
