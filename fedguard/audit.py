@@ -444,9 +444,9 @@ def _emulate(
     """What a malicious server would see: the model crafted by ``crafter`` for this architecture, and
     the client's update computed under it with the same protocol (the client's side, run here).
     Its ``next_round(options)`` crafts again from the same model for a later round on the same batch."""
-    from fedguard.attacks.craft import craft
+    from fedguard.attacks.craft import READS_DATA, craft
 
-    public = aux[0] if aux is not None and view.threat.auxiliary_data else None
+    public = aux[0] if aux is not None and view.threat.auxiliary_data and crafter in READS_DATA else None
     with own_random_state():
         crafted = craft(crafter, copy.deepcopy(view.model).cpu(), input_shape=view.input_shape,
                         num_classes=view.num_classes, data=public, seed=seed, **options).to(view.device)
