@@ -168,19 +168,21 @@ def test_html_output_file_is_owner_only(high_model, workdir):
     assert sorted(p.name for p in workdir.iterdir()) == ["high.pt", "x.html"]  # no temp file left behind
 
 
-def test_reports_say_how_the_inspection_was_run(clean_model, workdir, schema):
+def test_reports_say_how_the_inspection_was_run(workdir, schema):
     """The data, seed, reference and --fail-on behind a verdict, so that a finding on 'your data' can be traced
     and repeated (the reports had named the model file only)."""
     np.savez(workdir / "mine.npz", x=np.random.default_rng(0).random((16, 1, 28, 28)), y=np.arange(16) % 10)
     torch.save(build_model("lenet5").state_dict(), workdir / "m.pt")
-    args = ("inspect", "m.pt", "--arch", "lenet5", "--data", "mine.npz", "--seed", "3", "--reference", clean_model,
+    previous = workdir / "prev.pt"  # last round's model, of the same architecture
+    torch.save(build_model("lenet5").state_dict(), previous)
+    args = ("inspect", "m.pt", "--arch", "lenet5", "--data", "mine.npz", "--seed", "3", "--reference", previous,
             "--fail-on", "high")  # fmt: skip
     report = json.loads(invoke(*args, "--format", "json").stdout)
     jsonschema.validate(report, schema)
     assert report["loaded"] is True and report["config"] == {
         "num_classes": None, "input_shape": None, "data": "mine.npz", "data_examples": 16, "seed": 3,
         "data_sha256": hashlib.sha256((workdir / "mine.npz").read_bytes()).hexdigest(),
-        "reference_sha256": hashlib.sha256(clean_model.read_bytes()).hexdigest(), "detectors_requested": None,
+        "reference_sha256": hashlib.sha256(previous.read_bytes()).hexdigest(), "detectors_requested": None,
         "torch": torch.__version__, "fail_on": "high",
     }  # fmt: skip
     sarif = json.loads(invoke(*args, "--format", "sarif").stdout)
