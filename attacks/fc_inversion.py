@@ -304,7 +304,8 @@ class FCInversion(Attack):
             torch.allclose(input_map[0], torch.ones(1)) and torch.allclose(input_map[1], torch.zeros(1))
         )
         grad_w, grad_b = weight_gradient(layer, grads).detach().cpu(), grads[layer.bias].detach().cpu()
-        lower, upper = bin_neighbours(layer.module, view.auxiliary[0] if view.auxiliary is not None else None)
+        lower, upper = (bin_neighbours(layer.module, view.auxiliary[0] if view.auxiliary is not None else None)
+                        if view.batch_size > 1 else ((), ()))  # one example: every active row's quotient is it already
         if len(lower):  # rows that measure one quantity: neighbouring bins' differences are single inputs too
             grad_w = torch.cat([grad_w, grad_w[lower] - grad_w[upper]])
             grad_b = torch.cat([grad_b, grad_b[lower] - grad_b[upper]])
