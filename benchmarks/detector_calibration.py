@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedguard.attacks.fc_inversion import response_correlations  # noqa: E402
-from fedguard.detectors import fishing, gradient_snr, imprint, magnitude, passthrough, responses, trap_weights  # noqa: E402
+from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, trap_weights  # noqa: E402
 from fedguard.detectors.rows import live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
@@ -52,6 +52,9 @@ def layer_figures(layer) -> dict[str, float]:
     groups = imprint._groups(layer) if layer.fan_in >= 16 else []
     distinct = [g for g in groups
                 if bias is not None and float(bias[g].float().std()) > imprint.SAME_BIAS * float(bias[g].float().abs().max())]
+    magnitude_mean = s.l1 / s.fan_in
+    one_sign = live_rows(layer) & ((s.minimum > 0) | (s.maximum < 0)) & (magnitude_mean > 0)
+    variation = (s.l2sq / s.fan_in - magnitude_mean.square()).clamp_min(0).sqrt() / magnitude_mean.clamp_min(1e-30)
     return {
         "z = max|w|·sqrt(fan_in)": z,
         "z, N(0, 1) fills left out": 0.0 if magnitude._unit_gaussian_fill(layer) else z,
@@ -60,6 +63,8 @@ def layer_figures(layer) -> dict[str, float]:
         "max |cosine| between dense rows (fan_in >= 16)": cos,
         "trap: min spread of Σw+/Σ|w-| < 1 (fan_in >= 8)": spread if layer.fan_in >= 8 else math.inf,
         "dense duplicate row groups, distinct biases": float(len(distinct)),
+        "one-sign rows: min |w| variation (fan_in >= 16)": (float(variation[one_sign].min())
+                                                           if layer.fan_in >= 16 and one_sign.any() else math.inf),
     }
 
 
@@ -71,6 +76,7 @@ THRESHOLDS = {
     "max |cosine| between dense rows (fan_in >= 16)": ">= 0.999 (FG301)",
     "trap: min spread of Σw+/Σ|w-| < 1 (fan_in >= 8)": f"<= {trap_weights.REL_TOL:g} (FG401)",
     "dense duplicate row groups, distinct biases": "any (FG301)",
+    "one-sign rows: min |w| variation (fan_in >= 16)": f"<= {constant_rows.NEAR_CV:g} (FG101 near tier)",
 }
 
 
@@ -82,7 +88,7 @@ def main() -> None:
             if not layer.stats.finite:
                 continue
             for key, value in layer_figures(layer).items():
-                better = min if key.startswith("trap") else max
+                better = min if key.startswith(("trap", "one-sign")) else max
                 if key not in worst or better(value, worst[key][0]) != worst[key][0]:
                     worst[key] = (value, f"{entry.label}:{layer.name}")
     print(f"benign zoo: {len(entries)} models")

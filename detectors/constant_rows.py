@@ -29,6 +29,13 @@ from fedguard.detectors.rows import REL_TOL, live_rows
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 4
+#: Rows of one sign whose magnitudes vary by at most this coefficient of variation (std / mean) average their input
+#: with noise on the weights: MKOR's rows times (1 + 0.1 N(0, 1)) pass the class means into the update as exactly
+#: (a row's gradient does not depend on its weights) and had come out clean. Benign: no row of 16 or more inputs in
+#: the zoo is of one sign; in the held-out set three trained first convolutions (27 inputs) have such filters, the
+#: most even at 0.37.
+NEAR_CV = 0.2
+NEAR_FAN_IN = 16
 #: In a binarised layer (every weight ±α) of at most BINARISED_FAN_IN inputs, rows of one sign are rows, not planted
 #: averages, below this share: 9 signs agree by chance one time in 256, 64 never.
 BINARISED_SHARE = 0.5
@@ -60,6 +67,8 @@ class ConstantRows(Detector):
             constant = live_rows(layer) & (stats.maximum - stats.minimum <= REL_TOL * mean.abs())
             count = int(constant.sum())
             chance = count < BINARISED_SHARE * stats.rows and layer.fan_in <= BINARISED_FAN_IN and _binarised(layer)
+            if not count and layer.fan_in >= NEAR_FAN_IN:
+                yield from self._near(layer)
             if not count or chance:
                 continue
             value = float(mean[constant].abs().median())
@@ -73,6 +82,27 @@ class ConstantRows(Detector):
                 constant_rows=count, rows=n_rows, fraction=rounded(count / n_rows),
                 weight_value=rounded(value), weight_times_fan_in=rounded(value * layer.fan_in), fan_in=layer.fan_in,
             )
+
+
+    def _near(self, layer):
+        """Rows of one sign whose magnitudes vary by at most NEAR_CV: averaging rows with noise on them."""
+        stats = layer.stats
+        mean = stats.l1 / stats.fan_in  # of the magnitudes; one sign: the row's mean up to its sign
+        spread = (stats.l2sq / stats.fan_in - mean.square()).clamp_min(0).sqrt()
+        near = live_rows(layer) & ((stats.minimum > 0) | (stats.maximum < 0)) & (spread <= NEAR_CV * mean)
+        count = int(near.sum())
+        if not count:
+            return
+        cv = float((spread[near] / mean[near]).max())
+        yield self.finding(
+            "FG101", "Near-averaging rows (one sign, nearly equal weights)",
+            Severity.HIGH if count >= 2 or stats.rows == 1 else Severity.MEDIUM, Confidence.MEDIUM, layer.name,
+            f"{count} of {stats.rows} units of {layer.name} have weights of one sign within {cv:.0%} of their mean "
+            f"(coefficient of variation at most {NEAR_CV:g}; honest units mix signs): they pass a near-mean of the "
+            "input into the update, as MKOR's averaging rows do with noise added to hide them. Do not train on this "
+            "model.",
+            near_rows=count, rows=stats.rows, max_variation=rounded(cv), variation_limit=NEAR_CV, fan_in=layer.fan_in,
+        )
 
 
 def _binarised(layer) -> bool:

@@ -435,6 +435,24 @@ def test_linear_layers_named_like_embeddings_are_scored(crafter, bias):
     assert judge(static_findings(crafted.state_dict())) is Verdict.MALICIOUS
 
 
+@pytest.mark.parametrize("arch, shape", [("mlp", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("convnet", (3, 32, 32))])
+def test_averaging_rows_with_noise_on_every_weight_are_still_fg101(arch, shape):
+    """MKOR times (1 + 0.1 N(0, 1)) on every tensor had come out clean on the MLP; the rows' gradients, which do not
+    depend on their weights, still carry the class means. Honest units of 16 or more inputs mix signs (no benign
+    model's are within NEAR_CV; the benign zoo's own test), so the near tier reports rows of one sign that are nearly
+    equal."""
+    from fedguard.architectures import build_model
+    from fedguard.attacks.craft import craft
+
+    for sigma in (0.1, 0.2):
+        torch.manual_seed(0)
+        crafted = craft("mkor", build_model(arch, input_shape=shape), input_shape=shape, seed=0).state_dict()
+        noise = torch.Generator().manual_seed(1)
+        noisy = {k: v * (1 + sigma * torch.randn(v.shape, generator=noise)) for k, v in crafted.items()}
+        found = [f for f in static_findings(noisy) if f.rule_id == "FG101"]
+        assert found and found[0].evidence["max_variation"] <= 0.2 and judge(static_findings(noisy)) is Verdict.MALICIOUS
+
+
 def test_a_binarised_layers_rows_of_one_sign_are_not_averaging_rows():
     """XNOR-Net filters are ±α: 2 of 16 3x3 filters all +α had been malicious; a layer all of one sign still is."""
     torch.manual_seed(0)
