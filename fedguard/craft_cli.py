@@ -128,4 +128,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
         check += ["--input-shape", ",".join(map(str, shape))]
     if num_classes is not None:
         check += ["--num-classes", str(num_classes)]
-    click.echo(printable(f"{attack}: crafted {arch} written to {output}; check it with: {shlex.join(check)}"), err=True)
+    try:
+        click.echo(printable(f"{attack}: crafted {arch} written to {output}; check it with: {shlex.join(check)}"), err=True)
+    except OSError:  # stderr full or closed: the model is written, which is what the exit code says
+        pass
