@@ -65,7 +65,7 @@ class FedguardGroup(click.Group):
             from fedguard.architectures import first_line, out_of_memory
             from fedguard.reports.base import printable
 
-            if isinstance(exc, (MemoryError, RuntimeError)) and out_of_memory(exc):  # an allocation too large for this machine: a usage error, not a block
+            if isinstance(exc, (MemoryError, RuntimeError)) and out_of_memory(exc):  # too large for this machine: not a block
                 fix = OUT_OF_MEMORY_FIX.get(ctx.invoked_subcommand or "", "use smaller inputs")
                 click.echo(f"fedguard: error: out of memory ({first_line(exc)}); {fix}, or a machine with more memory", err=True)
                 ctx.exit(EXIT_INPUT)

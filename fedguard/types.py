@@ -43,6 +43,22 @@ class Confidence(enum.IntEnum):
         return self.name.lower()
 
 
+def _by_rank(op: str):
+    """``int``'s comparison ``op`` of two verdicts' places in their order, a string on the other side read as a
+    verdict's name (another kind of verdict: NotImplemented)."""
+    compare = getattr(int, f"__{op}__")
+
+    def method(self, other):
+        if isinstance(other, str) and not isinstance(other, _Ranked):
+            other = self.parse(other)
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        rank = type(self)._member_names_.index
+        return compare(rank(self._name_), rank(other._name_))
+
+    return method
+
+
 class _Ranked(str, enum.Enum):
     """A verdict: its name, ordered from harmless to worst (``"block" > "warn"``).
 
@@ -60,21 +76,8 @@ class _Ranked(str, enum.Enum):
                 return member
         raise ValueError(f"unknown verdict {text!r}; use one of {', '.join(m.value for m in cls)}")
 
-    def _compare(self, other, op: str):
-        if isinstance(other, str) and not isinstance(other, _Ranked):
-            other = self.parse(other)
-        if not isinstance(other, type(self)):
-            return NotImplemented
-        rank = type(self)._member_names_.index
-        return getattr(int, f"__{op}__")(rank(self._name_), rank(other._name_))
-
+    __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = (_by_rank(op) for op in ("eq", "ne", "lt", "le", "gt", "ge"))
     __hash__ = str.__hash__  # as a name: `verdict in {"pass", "warn"}`
-    __eq__ = lambda self, other: self._compare(other, "eq")  # noqa: E731
-    __ne__ = lambda self, other: self._compare(other, "ne")  # noqa: E731
-    __lt__ = lambda self, other: self._compare(other, "lt")  # noqa: E731
-    __le__ = lambda self, other: self._compare(other, "le")  # noqa: E731
-    __gt__ = lambda self, other: self._compare(other, "gt")  # noqa: E731
-    __ge__ = lambda self, other: self._compare(other, "ge")  # noqa: E731
 
 
 class Verdict(_Ranked):
