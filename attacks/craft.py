@@ -1247,7 +1247,8 @@ def craft(
     if any(isinstance(m, nn.Linear) for m in model.modules()):  # (without one, each crafter says what it needs)
         logits = classifier_logits(model, torch.zeros(1, *shape, dtype=torch.float32), "craft").shape[1]
         if num_classes != logits:  # the crafters size their rows and targets by it: a model's head is what it is
-            raise InputError(f"num_classes={num_classes} but the model gives {logits} logits; pass num_classes={logits} or None")
+            raise InputError(f"num_classes={num_classes} but the model gives {logits} logits; "
+                             f"pass num_classes={logits} or None")
     try:  # the caller's generators, grad mode and default dtype kept (a float64 default had broken every crafter)
         with np.errstate(all="ignore"), own_torch_state():  # an overflow is reported below, as one line
             crafted = fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)

@@ -1191,7 +1191,7 @@ def disaggregate(
         if still.any():
             _stage_search(book, open_users[still], final[:, still], rng, deadline)
         left = open_users[~book.exact[open_users]]
-        if left.size and time_limit > 0 and not _past(deadline):  # past it, the programs' set-up alone (a QR of rounds x rounds) would overrun
+        if left.size and time_limit > 0 and not _past(deadline):  # past it, their set-up alone (a QR) would overrun
             _stage_milp(book, left, time_limit, workers, notes, deadline)
         if prove_unique:
             _stage_unique(book, open_users[book.exact[open_users]], time_limit, notes, deadline)

@@ -49,7 +49,7 @@ class ExtremeMagnitude(Detector):
             peak = float(layer.stats.peak.max())
             z = peak * math.sqrt(layer.fan_in)
             bias = layer.bias
-            bias_peak = float(bias.detach().abs().max()) if bias is not None and bias.numel() else 0.0  # own dtype: float64's 1e300 is no inf
+            bias_peak = float(bias.detach().abs().max()) if bias is not None and bias.numel() else 0.0  # own dtype
             spoilt = bias is not None and layer.key("bias") in context.view.non_finite  # read as 0 here, FG002's
             weight_hit = z >= Z_LIMIT and peak >= ABS_WEIGHT_LIMIT and not _unit_gaussian_fill(layer)
             bias_hit = bias_peak >= BIAS_LIMIT
