@@ -1227,8 +1227,10 @@ def craft(
         raise InputError(f"model is a {type(model).__name__}; pass an nn.Module (e.g. fedguard.architectures.build_model('lenet'))")
     check_float32(model, "model", "pass model.float()")
     shape = check_input_shape(input_shape)
+    device = next((p.device for p in model.parameters()), None)  # a zero input where the model is
+    probe = torch.zeros(1, *shape, dtype=torch.float32, device=device)
     if num_classes is None:
-        num_classes = classifier_logits(model, torch.zeros(1, *shape), "craft").shape[1]
+        num_classes = classifier_logits(model, probe, "craft").shape[1]
     num_classes = check_num_classes(num_classes)
     if data is not None and name not in READS_DATA:  # as the command line refuses --data
         raise InputError(f"{name} reads no public data (only {', '.join(sorted(READS_DATA))} do); pass data=None")
@@ -1245,7 +1247,7 @@ def craft(
                          "from others (weight or spectral norm, or pruning not made permanent), which crafters do not "
                          "write; remove that first (torch.nn.utils.parametrize.remove_parametrizations, prune.remove)")  # fmt: skip
     if any(isinstance(m, nn.Linear) for m in model.modules()):  # (without one, each crafter says what it needs)
-        logits = classifier_logits(model, torch.zeros(1, *shape, dtype=torch.float32), "craft").shape[1]
+        logits = classifier_logits(model, probe, "craft").shape[1]
         if num_classes != logits:  # the crafters size their rows and targets by it: a model's head is what it is
             raise InputError(f"num_classes={num_classes} but the model gives {logits} logits; "
                              f"pass num_classes={logits} or None")

@@ -69,7 +69,7 @@ class FedguardGroup(click.Group):
                 fix = OUT_OF_MEMORY_FIX.get(ctx.invoked_subcommand or "", "use smaller inputs")
                 click.echo(f"fedguard: error: out of memory ({first_line(exc)}); {fix}, or a machine with more memory", err=True)
                 ctx.exit(EXIT_INPUT)
-            if os.environ.get("FEDGUARD_DEBUG"):
+            if os.environ.get("FEDGUARD_DEBUG", "") not in ("", "0"):
                 raise
             click.echo(f"fedguard: internal error: {printable(first_line(exc))}; a fault in "
                        "fedguard, not a verdict: rerun with FEDGUARD_DEBUG=1 for the traceback and report it", err=True)

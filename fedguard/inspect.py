@@ -217,10 +217,11 @@ def inspect_model(
                 ref_tensors = names_from(tensors, ref_tensors)
             elif not loaded.named and module is None:
                 tensors = names_from(ref_tensors, tensors)
-            if module is not None:  # the model fits --arch and the reference does not: the file passed is wrong
-                expected = folded_shapes(module.state_dict())
-                misfit = compare_shapes(folded_shapes(ref_tensors), expected)
-                if any(misfit.values()) and not any(compare_shapes(folded_shapes(tensors), expected).values()):
+            if module is not None:  # the model fits --arch and the reference's names do not: the file passed is wrong
+                expected = folded_shapes(module.state_dict())  # (a resized layer is FG702's: --arch reads the head off
+                misfit = compare_shapes(folded_shapes(ref_tensors), expected)  # the received model, whatever its size)
+                names_misfit = misfit["missing"] or misfit["unexpected"]
+                if names_misfit and not any(compare_shapes(folded_shapes(tensors), expected).values()):
                     raise InputError(f"reference {reference} does not fit --arch {arch} ({shape_summary(misfit)}) while "
                                      "the model does; pass last round's model of this architecture")  # fmt: skip
             spoilt = first_non_finite(ref_tensors)

@@ -44,12 +44,14 @@ class Confidence(enum.IntEnum):
 
 
 def _by_rank(op: str):
-    """``int``'s comparison ``op`` of two verdicts' places in their order, a string on the other side read as a
-    verdict's name (another kind of verdict: NotImplemented)."""
+    """``int``'s comparison ``op`` of two verdicts' places in their order, a string on the other side of an ordering
+    read as a verdict's name (another kind of verdict: NotImplemented)."""
     compare = getattr(int, f"__{op}__")
 
     def method(self, other):
         if isinstance(other, str) and not isinstance(other, _Ranked):
+            if op in ("eq", "ne"):  # the name's own equality: any other string is simply unequal (`v in ["error", v]`)
+                return getattr(str, f"__{op}__")(self, other)
             other = self.parse(other)
         if not isinstance(other, type(self)):
             return NotImplemented
@@ -62,8 +64,9 @@ def _by_rank(op: str):
 class _Ranked(str, enum.Enum):
     """A verdict: its name, ordered from harmless to worst (``"block" > "warn"``).
 
-    It compares with another of its kind or with a name (``report.verdict >= "warn"``); a string that names none of
-    its members is a ValueError, not False, so that a gate with a typo fails loudly.
+    It equals its name (``report.verdict == "pass"``) and orders against another of its kind or a name
+    (``report.verdict >= "warn"``); ordered against a string that names none of its members it raises ValueError,
+    so that a gate with a typo fails loudly.
     """
 
     def __str__(self) -> str:
