@@ -933,7 +933,7 @@ def _stage_milp(
                "a one-swap error fits the noise-free sums exactly (too few rounds, or users who take part too rarely)")
         notes.append(f"{int(hopeless.sum())} user(s) could not be certified, so no integer program ran for them: {why}")
     users, predicted, threshold = users[~hopeless], predicted[~hopeless], threshold[~hopeless]
-    if users.size == 0:
+    if users.size == 0 or _past(deadline):  # past it, the programs' set-up alone (a QR of rounds x rounds) would overrun
         return
     row_floor = 1e-7 * math.sqrt(geo.T)
     row_tol = np.maximum(row_floor, _ROW_FACTOR * predicted / math.sqrt(max(geo.T - geo.n, 1)))
@@ -1191,7 +1191,7 @@ def disaggregate(
         if still.any():
             _stage_search(book, open_users[still], final[:, still], rng, deadline)
         left = open_users[~book.exact[open_users]]
-        if left.size and time_limit > 0 and not _past(deadline):  # past it, their set-up alone (a QR) would overrun
+        if left.size and time_limit > 0:
             _stage_milp(book, left, time_limit, workers, notes, deadline)
         if prove_unique:
             _stage_unique(book, open_users[book.exact[open_users]], time_limit, notes, deadline)
