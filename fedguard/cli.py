@@ -145,6 +145,9 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
             data=data, detectors=detectors or None, seed=seed,
         )
     report = dataclasses.replace(report, config={**report.config, "fail_on": fail_on})  # what the exit code follows
+    if reference is not None and report.config.get("reference_sha256") == report.sha256 and not quiet:
+        click.echo(printable(f"fedguard: note: --reference {reference} has the same contents as {model} (one SHA-256): "
+                             "nothing can have moved between them; pass last round's model"), err=True)  # fmt: skip
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = render(fmt, report, rules(), color=color)
     if output is not None:

@@ -699,6 +699,8 @@ def test_a_reference_of_another_architecture_than_arch_is_the_users_error_not_th
     assert result.exit_code == 1 and {"FG701", "FG702"} <= {f["rule_id"] for f in json.loads(result.stdout)["findings"]}
     # a server that resized the head: --arch reads the class count off the received model, so only the reference
     # differs, in shape, not in names; that is FG702's to report, not the user's error
+    same = invoke("inspect", "model.pt", "--arch", "mlp", "--reference", "model.pt")  # had been clean without a word
+    assert same.exit_code == 0 and same.stderr.startswith("fedguard: note: --reference model.pt has the same contents as ")
     torch.save(build_model("lenet5", num_classes=12).state_dict(), workdir / "resized.pt")
     torch.save(build_model("lenet5").state_dict(), workdir / "prev.pt")
     result = invoke("inspect", "resized.pt", "--arch", "lenet5", "--reference", "prev.pt", "--format", "json")
