@@ -1229,7 +1229,8 @@ def craft(
     shape = check_input_shape(input_shape)
     device = next((p.device for p in model.parameters()), None)  # a zero input where the model is
     probe = torch.zeros(1, *shape, dtype=torch.float32, device=device)
-    if num_classes is None:
+    counted = num_classes is None  # then the head's own count: nothing to check it against
+    if counted:
         num_classes = classifier_logits(model, probe, "craft").shape[1]
     num_classes = check_num_classes(num_classes)
     if data is not None and name not in READS_DATA:  # as the command line refuses --data
@@ -1246,7 +1247,7 @@ def craft(
         raise InputError(f"{name} cannot craft this {kind}: layer {parametrised} computes its weight "
                          "from others (weight or spectral norm, or pruning not made permanent), which crafters do not "
                          "write; remove that first (torch.nn.utils.parametrize.remove_parametrizations, prune.remove)")  # fmt: skip
-    if any(isinstance(m, nn.Linear) for m in model.modules()):  # (without one, each crafter says what it needs)
+    if not counted and any(isinstance(m, nn.Linear) for m in model.modules()):  # (without one, the crafter says why)
         logits = classifier_logits(model, probe, "craft").shape[1]
         if num_classes != logits:  # the crafters size their rows and targets by it: a model's head is what it is
             raise InputError(f"num_classes={num_classes} but the model gives {logits} logits; "

@@ -29,7 +29,6 @@ Wen et al. 2022) keeps cosine 1.
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
@@ -133,15 +132,15 @@ class ReferenceDrift(Detector):
                 **{k: v[:50] for k, v in diff.items()},
             )
         moves = []  # (layer, cosine to last round, change relative to last round's norm)
-        previous = {layer.name: layer.weight for layer in context.reference.weight_layers()}
+        previous = {layer.name: layer for layer in context.reference.weight_layers()}
         for layer in context.view.weight_layers():
-            before = previous.get(layer.name)
-            if before is None or before.shape != layer.weight.shape:
+            last = previous.get(layer.name)
+            if last is None or last.weight.shape != layer.weight.shape:
                 continue
-            now, then = layer.weight_f32().flatten(), before.detach().to(torch.float32).flatten()
+            now, then = layer.weight_f32().flatten(), last.weight_f32().flatten()
             if not (finite(now) and finite(then)):
                 continue
-            scale = max(float(torch.linalg.vector_norm(t, ord=math.inf)) for t in (now, then))
+            scale = max(float(layer.stats.peak.max()), float(last.stats.peak.max()))  # largest |w|, from the row stats
             if scale >= FLOAT32_SAFE:  # squares of a server's 1e37 weights overflow; every figure below is scale-free
                 now, then = now / scale, then / scale
             if float(then.norm()) == 0:

@@ -131,8 +131,8 @@ def _no_third_opposite(layer: Layer, a: torch.Tensor, b: torch.Tensor) -> torch.
 
     One pass over the layer in blocks of rows, against the pairs' rows only.
     """
-    ends = torch.cat([a, b])  # row k's partner is ends[(k + P) % 2P]
-    partner = torch.cat([b, a])
+    ends = torch.cat([a, b])
+    partner = torch.cat([b, a])  # of each row in ends
     rows = layer.rows(ends)
     rows = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(1e-30)
     norms = layer.stats.l2sq.sqrt().to(torch.float32).clamp_min(1e-30)

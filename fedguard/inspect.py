@@ -217,9 +217,11 @@ def inspect_model(
                 ref_tensors = names_from(tensors, ref_tensors)
             elif not loaded.named and module is None:
                 tensors = names_from(ref_tensors, tensors)
-            if module is not None:  # the model fits --arch and the reference's names do not: the file passed is wrong
-                expected = folded_shapes(module.state_dict())  # (a resized layer is FG702's: --arch reads the head off
-                misfit = compare_shapes(folded_shapes(ref_tensors), expected)  # the received model, whatever its size)
+            if module is not None:
+                # the model fits --arch and the reference's names do not: the file passed is wrong. A layer resized
+                # since is FG702's: --arch reads the head off the received model, whatever its size.
+                expected = folded_shapes(module.state_dict())
+                misfit = compare_shapes(folded_shapes(ref_tensors), expected)
                 names_misfit = misfit["missing"] or misfit["unexpected"]
                 if names_misfit and not any(compare_shapes(folded_shapes(tensors), expected).values()):
                     raise InputError(f"reference {reference} does not fit --arch {arch} ({shape_summary(misfit)}) while "
