@@ -217,11 +217,16 @@ def _check_data(data: torch.Tensor | None, input_shape: Shape) -> torch.Tensor |
     if data.dtype == torch.uint8:  # 0-255 pixels, read as fedguard.data reads them
         data = data / 255.0
     data = data.to(torch.float32)
-    if data.numel() == 0 or data.numel() % math.prod(input_shape):
-        raise ValueError(f"data of shape {tuple(data.shape)} does not hold inputs of shape {tuple(input_shape)}")
+    shape = tuple(input_shape)
+    if data.dim() == 4 and tuple(data.shape[1:]) == (*shape[1:], shape[0]) != shape:
+        raise InputError(f"data of shape {tuple(data.shape)} have their channels last; pass images as N, C, H, W "
+                         "(data.permute(0, 3, 1, 2))")
+    if data.dim() != 1 + len(shape) or tuple(data.shape[1:]) != shape or len(data) == 0:
+        raise InputError(f"data of shape {tuple(data.shape)} are not inputs of input_shape {shape}; pass a tensor "
+                         f"[N, {', '.join(map(str, shape))}] with N of at least 1")
     if not torch.isfinite(data).all():
-        raise ValueError("data holds NaN or infinite values; pass finite inputs")
-    return data.reshape(-1, *input_shape)
+        raise InputError("data holds NaN or infinite values; pass finite inputs")
+    return data
 
 
 def _inputs_of(model: nn.Module, layer: nn.Module, data: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -1231,7 +1236,7 @@ def craft(
     probe = torch.zeros(1, *shape, dtype=torch.float32, device=device)
     counted = num_classes is None  # then the head's own count: nothing to check it against
     if counted:
-        num_classes = classifier_logits(model, probe, "craft").shape[1]
+        num_classes = classifier_logits(model, probe, "craft", probe=True).shape[1]
     num_classes = check_num_classes(num_classes)
     if data is not None and name not in READS_DATA:  # as the command line refuses --data
         raise InputError(f"{name} reads no public data (only {', '.join(sorted(READS_DATA))} do); pass data=None")
@@ -1248,7 +1253,7 @@ def craft(
                          "from others (weight or spectral norm, or pruning not made permanent), which crafters do not "
                          "write; remove that first (torch.nn.utils.parametrize.remove_parametrizations, prune.remove)")  # fmt: skip
     if not counted and any(isinstance(m, nn.Linear) for m in model.modules()):  # (without one, the crafter says why)
-        logits = classifier_logits(model, probe, "craft").shape[1]
+        logits = classifier_logits(model, probe, "craft", probe=True).shape[1]
         if num_classes != logits:  # the crafters size their rows and targets by it: a model's head is what it is
             raise InputError(f"num_classes={num_classes} but the model gives {logits} logits; "
                              f"pass num_classes={logits} or None")

@@ -59,6 +59,7 @@ from fedguard.attacks._head import layer_input
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.rows import pruned_beside
 from fedguard.rowstats import weight_rows
+from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
 
 BATCH = 16
@@ -82,20 +83,20 @@ def per_example_gradient_norms(
     evaluated in ``eval`` mode so batch-norm layers use their running
     statistics and samples stay independent.
     """
-    module.eval()
     params = {name: p for name, p in module.named_parameters() if p.requires_grad}
     norms = {name: torch.zeros(len(inputs)) for name in params}
     loss_fn = nn.CrossEntropyLoss()
-    for i in range(len(inputs)):
-        output = module(inputs[i : i + 1])
-        grads = torch.autograd.grad(loss_fn(output, labels[i : i + 1]), list(params.values()), allow_unused=True)
-        scale = 1.0
-        if normalise:
-            residual = output.detach().softmax(-1) - nn.functional.one_hot(labels[i : i + 1], output.shape[-1])
-            scale = float(residual.norm()) or 1.0
-        for name, grad in zip(params, grads):
-            if grad is not None:
-                norms[name][i] = torch.linalg.vector_norm(grad.detach()) / scale
+    with evaluating(module):
+        for i in range(len(inputs)):
+            output = module(inputs[i : i + 1])
+            grads = torch.autograd.grad(loss_fn(output, labels[i : i + 1]), list(params.values()), allow_unused=True)
+            scale = 1.0
+            if normalise:
+                residual = output.detach().softmax(-1) - nn.functional.one_hot(labels[i : i + 1], output.shape[-1])
+                scale = float(residual.norm()) or 1.0
+            for name, grad in zip(params, grads):
+                if grad is not None:
+                    norms[name][i] = torch.linalg.vector_norm(grad.detach()) / scale
     return norms
 
 
@@ -211,8 +212,8 @@ class GradientSNR(Detector):
                 return
             name, first = layers[1]
             try:
-                with torch.no_grad():
-                    inputs = layer_input(module.eval(), first, inputs, flatten=False)
+                with evaluating(module), torch.no_grad():
+                    inputs = layer_input(module, first, inputs, flatten=False)
             except Exception:  # the forward cannot run on these inputs, or never reaches the layer: nothing to score
                 return
         with torch.no_grad():

@@ -119,16 +119,18 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def classifier_logits(module: nn.Module, x: torch.Tensor, command: str) -> torch.Tensor:
+def classifier_logits(module: nn.Module, x: torch.Tensor, command: str, probe: bool = False) -> torch.Tensor:
     """The logits ``module`` gives for the first 4 of the images ``x`` (eval mode, no gradients), ``[n, classes]``.
     InputError naming the problem when it does not take them or does not return float logits [batch, classes];
-    ``command`` (``audit``, ``inspect``) is named in the fix."""
-    was = module.training
-    module.eval()
+    ``command`` (``audit``, ``inspect``, ``craft``) is named in the fix. ``probe``: ``x`` is zeros of the
+    ``input_shape`` given, not the user's data, and the error names that instead."""
     try:
-        with torch.no_grad():
+        with evaluating(module), torch.no_grad():
             out = module(x[:4])
     except RuntimeError as exc:
+        if probe:
+            raise InputError(f"input_shape {tuple(x.shape[1:])} does not fit the model ({first_line(exc)[:120]}); "
+                             f"pass the input_shape (C, H, W) the model takes") from None
         last = x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3)  # images in memory, channels last
         raise InputError(
             f"--data of shape {tuple(x.shape[1:])} does not fit the model ({first_line(exc)[:120]}); "
@@ -140,8 +142,6 @@ def classifier_logits(module: nn.Module, x: torch.Tensor, command: str) -> torch
             f"the model fails on one batch of images ({first_line(exc)[:120]}); "
             f"{command} needs a model whose forward(x) takes images [N, C, H, W] and returns logits"
         ) from None
-    finally:
-        module.train(was)
     fix = f"{command} needs a classifier whose forward returns float logits [batch, classes]"
     if not isinstance(out, torch.Tensor):
         raise InputError(f"the model returns a {type(out).__name__}, not a tensor of logits; {fix}")

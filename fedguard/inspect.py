@@ -11,6 +11,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -31,7 +32,7 @@ from fedguard.detectors.drift import compare_shapes, folded_shapes, shape_summar
 from fedguard.errors import InputError
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import ModelView, first_non_finite
-from fedguard.torch_state import own_torch_state
+from fedguard.torch_state import kept_modes, own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
 
 
@@ -267,12 +268,12 @@ def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -
             given = "None" if view is None else f"a {type(view).__name__}"
             raise InputError(f"context.{what} is {given}; pass ModelView.from_state_dict(state_dict, module)")
     module = context.view.module
-    if context.data is not None and module is not None:
-        context = dataclasses.replace(context, data=_checked_batch(context.data, module))
-    modes = [(m, m.training) for m in module.modules()] if module is not None else []
     findings: list[Finding] = []
     ran = []
-    try:
+    # behavioural checks run the model in eval mode: each submodule's own mode back afterwards
+    with kept_modes(module) if module is not None else contextlib.nullcontext():
+        if context.data is not None and module is not None:
+            context = dataclasses.replace(context, data=_checked_batch(context.data, module))
         with own_torch_state():  # gradients on, float32, the caller's generators kept (as inspect_model runs it)
             for name in _detector_names(names):
                 detector = DETECTORS.get(name)()
@@ -280,9 +281,6 @@ def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -
                     continue
                 findings.extend(_run_detector(detector, context))
                 ran.append(name)
-    finally:
-        for m, mode in modes:  # behavioural checks run the model in eval mode: the caller's modes back
-            m.training = mode
     return findings, ran
 
 

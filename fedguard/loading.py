@@ -473,6 +473,8 @@ MAX_DENSE_ELEMENTS = 1 << 31
 
 def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
     """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError)."""
+    if isinstance(value, np.generic):  # a numpy scalar: the difference of two 0-d arrays (BatchNorm's batch counter)
+        value = np.asarray(value)
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biufc":  # complex: refused below as the torch tensor it becomes
             raise InputError(f"{path}: {where} is an array of {value.dtype}, not numbers; save numeric weights only")

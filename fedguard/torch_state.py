@@ -6,31 +6,47 @@ trains (which needs gradients on) and builds tensors with torch's default
 dtype. A library called from someone's notebook or Flower client must not
 leave any of that changed, nor depend on how the caller set it: those
 places run inside :func:`own_torch_state`, which sets what fedguard needs
-and restores the caller's settings on the way out. The generators are the
-process's: calls from several threads at once still share them, and the one
-that finishes last decides what the caller finds.
+and restores the caller's settings on the way out. That state is the
+process's, not a thread's: calls from several threads take turns (a lock),
+or each would restore the dtype and generators another had just set.
+Modules that run in eval mode for a while get back each submodule's own
+train/eval mode, not one mode for all (a caller's frozen BatchNorm or
+disabled dropout in a training model stays as it was).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import torch
 
-__all__ = ["evaluating", "own_random_state", "own_torch_state"]
+__all__ = ["evaluating", "kept_modes", "own_random_state", "own_torch_state"]
+
+#: Held while fedguard sets process-wide torch state; re-entrant, as those blocks nest.
+_PROCESS_STATE = threading.RLock()
+
+
+@contextlib.contextmanager
+def kept_modes(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the block, then give each submodule of ``module`` back its own train/eval mode (``module.train(mode)``
+    would set one mode on all of them)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 @contextlib.contextmanager
 def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run the block with ``module`` in eval mode (BatchNorm at its running statistics, dropout off), then give it
-    back the mode its caller left it in."""
-    was_training = module.training
-    module.eval()
-    try:
+    """Run the block with ``module`` in eval mode (BatchNorm at its running statistics, dropout off), then give
+    each submodule back the mode its caller left it in."""
+    with kept_modes(module):
+        module.eval()
         yield module
-    finally:
-        module.train(was_training)
 
 
 @contextlib.contextmanager
@@ -38,7 +54,7 @@ def own_random_state(seed: int | None = None) -> Iterator[None]:
     """Run the block with torch's CPU generator (and those of CUDA devices already in use) restored afterwards;
     seeded with ``seed`` when given (:func:`torch.random.fork_rng`)."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    with _PROCESS_STATE, torch.random.fork_rng(devices=devices):
         if seed is not None:
             torch.manual_seed(seed)
         yield
@@ -49,10 +65,11 @@ def own_torch_state(seed: int | None = None) -> Iterator[None]:
     """:func:`own_random_state`, with gradients on (also inside the caller's ``no_grad`` or ``inference_mode``)
     and float32 as the default dtype (a caller's ``torch.set_default_dtype(torch.float64)`` would build float64
     models and dummies that the float32 weights of a model file do not fit); all restored afterwards."""
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        torch.set_default_dtype(dtype)
+    with _PROCESS_STATE:
+        dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
+                yield
+        finally:
+            torch.set_default_dtype(dtype)

@@ -7,11 +7,46 @@ mutates them in between.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 
-class Severity(enum.IntEnum):
+def _by_name(op: str):
+    """``int``'s comparison ``op`` for a :class:`_Level`, with a string on the other side read as one of its names."""
+    compare = getattr(int, f"__{op}__")
+
+    def method(self, other):
+        return compare(self, type(self).parse(other) if isinstance(other, str) else other)
+
+    return method
+
+
+class _Level(enum.IntEnum):
+    """An ordered level (``a >= b``) that also equals and orders against its name (``severity >= "medium"``,
+    ``LeakageLevel("high")``); a string that names none of its members is a ValueError, not False, so that a gate
+    with a typo fails loudly."""
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> "_Level":
+        try:
+            return cls[text.strip().upper()]
+        except (KeyError, AttributeError):
+            kind = " ".join(re.findall(r"[A-Z][a-z]+", cls.__name__)).lower()
+            raise ValueError(f"unknown {kind} {text!r}; use one of {', '.join(str(s) for s in cls)}") from None
+
+    @classmethod
+    def _missing_(cls, value):
+        return cls.parse(value) if isinstance(value, str) else None
+
+    __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = (_by_name(op) for op in ("eq", "ne", "lt", "le", "gt", "ge"))
+    __hash__ = int.__hash__
+
+
+class Severity(_Level):
     """How bad a finding is, ordered so that ``a >= b`` compares severity."""
 
     INFO = 0
@@ -20,27 +55,13 @@ class Severity(enum.IntEnum):
     HIGH = 3
     CRITICAL = 4
 
-    def __str__(self) -> str:
-        return self.name.lower()
 
-    @classmethod
-    def parse(cls, text: str) -> "Severity":
-        try:
-            return cls[text.strip().upper()]
-        except KeyError:
-            valid = ", ".join(str(s) for s in cls)
-            raise ValueError(f"unknown severity {text!r}; use one of {valid}") from None
-
-
-class Confidence(enum.IntEnum):
+class Confidence(_Level):
     """How sure the detector is that the pattern is deliberate."""
 
     LOW = 0
     MEDIUM = 1
     HIGH = 2
-
-    def __str__(self) -> str:
-        return self.name.lower()
 
 
 def _by_rank(op: str):
@@ -171,24 +192,16 @@ class InspectionReport:
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), default=None)
 
-    def at_or_above(self, severity: Severity) -> tuple[Finding, ...]:
+    def at_or_above(self, severity: Severity | str) -> tuple[Finding, ...]:
+        """The findings at or above ``severity`` (a :class:`Severity` or its name, as ``--fail-on`` takes it)."""
+        severity = Severity.parse(severity) if isinstance(severity, str) else severity
         return tuple(f for f in self.findings if f.severity >= severity)
 
 
 # --------------------------------------------------------------------------- audit (self-attack) results
 
 
-def _by_name(op: str):
-    """``int``'s comparison ``op`` for :class:`LeakageLevel`, with a string on the other side read as a level name."""
-    compare = getattr(int, f"__{op}__")
-
-    def method(self, other):
-        return compare(self, LeakageLevel.parse(other) if isinstance(other, str) else other)
-
-    return method
-
-
-class LeakageLevel(enum.IntEnum):
+class LeakageLevel(_Level):
     """How much of the private batch an attack rebuilt, ordered so that ``a >= b`` compares.
 
     The thresholds behind each level are in :mod:`fedguard.metrics` and ``docs/audit.md``.
@@ -198,27 +211,6 @@ class LeakageLevel(enum.IntEnum):
     LOW = 1
     MEDIUM = 2
     HIGH = 3
-
-    def __str__(self) -> str:
-        return self.name.lower()
-
-    @classmethod
-    def parse(cls, text: str) -> "LeakageLevel":
-        try:
-            return cls[text.strip().upper()]
-        except KeyError:
-            valid = ", ".join(str(s) for s in cls)
-            raise ValueError(f"unknown leakage level {text!r}; use one of {valid}") from None
-
-    @classmethod
-    def _missing_(cls, value):
-        """``LeakageLevel("high")`` as :meth:`parse` reads it."""
-        return cls.parse(value) if isinstance(value, str) else None
-
-    # A level compares with its name as verdicts do (``report.leakage.level == "high"``, ``level >= "medium"``); a
-    # string that names no level is a ValueError, not False, so that a gate with a typo fails loudly.
-    __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = (_by_name(op) for op in ("eq", "ne", "lt", "le", "gt", "ge"))
-    __hash__ = int.__hash__
 
 
 class AuditVerdict(_Ranked):

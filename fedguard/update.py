@@ -62,6 +62,13 @@ def l2_norm(tensors: Iterable[Any]) -> float:
     return math.sqrt(sum(float(torch.as_tensor(t).double().square().sum()) for t in tensors))
 
 
+def _check_mapping(tensors: Any) -> None:
+    """InputError unless ``tensors`` maps names to an update's tensors."""
+    if not isinstance(tensors, Mapping):
+        raise InputError(f"update.tensors is a {type(tensors).__name__}; pass a dict of parameter names to tensors "
+                         "(name a Flower list of arrays in state_dict order: dict(zip(model.state_dict(), arrays)))")
+
+
 @dataclass(frozen=True)
 class Update:
     """What would be uploaded, per parameter name.
@@ -113,8 +120,7 @@ class Update:
     def __post_init__(self) -> None:
         """InputError for what no upload can be: tensors that are no mapping, a batch that is no positive whole
         number, an unknown protocol or a FedAvg schedule that cannot run (its methods had failed on them later)."""
-        if not isinstance(self.tensors, Mapping):
-            raise InputError(f"update.tensors is a {type(self.tensors).__name__}; pass a dict of parameter names to tensors")
+        _check_mapping(self.tensors)
         if not is_whole(self.batch_size) or self.batch_size < 1:
             raise InputError(f"bad update batch_size {self.batch_size!r}; give the number of examples it was computed on")
         check_protocol(self.protocol, self.local_steps, self.local_lr, self.local_batch_size, int(self.batch_size))
@@ -509,8 +515,7 @@ def checked_update(update: Update, model: nn.Module, batch_size: int) -> Update:
     InputError
         Naming the tensor, the count or the schedule that does not fit.
     """
-    if not isinstance(update.tensors, Mapping):
-        raise InputError(f"update.tensors is a {type(update.tensors).__name__}; pass a dict of parameter names to tensors")
+    _check_mapping(update.tensors)
     from fedguard.loading import to_state_dict
 
     tensors, named = to_state_dict(dict(update.tensors), "update")  # module. prefixes, numpy arrays: as in a file

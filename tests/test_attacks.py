@@ -50,7 +50,7 @@ from fedguard.metrics import (
     PSNR_CAP, THRESHOLDS, baseline_psnr, class_image_scores, image_level, label_level, match, psnr, score, ssim, verdict_for,
 )
 from fedguard.threat import ServerView, ThreatModel
-from fedguard.types import AuditVerdict, LeakageLevel, Verdict
+from fedguard.types import AuditVerdict, Confidence, Finding, InspectionReport, LeakageLevel, Severity, Verdict
 from fedguard.update import compute_update
 
 SHAPE = (1, 8, 8)
@@ -266,6 +266,13 @@ def test_levels_and_verdicts():
     assert LeakageLevel.MEDIUM >= "medium" > LeakageLevel.LOW and LeakageLevel.HIGH == 3
     with pytest.raises(ValueError, match="unknown leakage level 'hgih'"):
         _ = LeakageLevel.HIGH == "hgih"
+    # and severities and confidences, as --fail-on takes them (``report.at_or_above("medium")`` had been a TypeError)
+    assert Severity.HIGH >= "medium" and Severity("low") is Severity.LOW and Confidence.LOW < "high" and str(Severity.INFO) == "info"
+    with pytest.raises(ValueError, match="unknown severity 'mediun'; use one of info, low, medium, high, critical"):
+        _ = Severity.HIGH >= "mediun"
+    high = Finding("FG101", "averaging rows", Severity.HIGH, Confidence.HIGH, None, "planted")
+    report = InspectionReport("m.pt", "", "torch", 0, 0, 0, (high,), Verdict.MALICIOUS, (), 0.0)
+    assert report.at_or_above("medium") == (high,) and report.at_or_above(Severity.CRITICAL) == ()
     # verdicts too, ordered by severity: "block" had compared below "warn" (alphabetically), and a typo was False
     assert AuditVerdict.BLOCK >= "warn" and AuditVerdict.BLOCK > AuditVerdict.WARN > "pass" and AuditVerdict.PASS == "pass"
     assert Verdict.MALICIOUS > Verdict.SUSPICIOUS > "clean" and Verdict.CLEAN in {"clean"} and max(AuditVerdict) == "block"

@@ -323,7 +323,7 @@ def test_an_update_with_the_models_buffers_as_flower_sends_it(workdir):
     from torch import nn
 
     from fedguard.errors import InputError
-    from fedguard.update import compute_update, load_update
+    from fedguard.update import Update, checked_update, compute_update, load_update
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 10))
@@ -337,6 +337,14 @@ def test_an_update_with_the_models_buffers_as_flower_sends_it(workdir):
         read = load_update(workdir / name, model, batch_size=4)
         assert read.tensors.keys() == upd.tensors.keys()
         assert all(torch.equal(read.tensors[k], v) for k, v in upd.tensors.items())
+    # in memory, named by the model's state_dict: numpy's difference of two 0-d arrays (the batch counter) is a numpy
+    # scalar, which had been refused as "not a tensor"
+    before = [v.numpy() for v in state.values()]
+    after = [b + (upd.tensors[k].numpy() if k in upd.tensors else 0) for k, b in zip(state, before)]
+    named = Update(tensors=dict(zip(state, [a - b for a, b in zip(after, before)])), protocol="fedsgd", batch_size=4)
+    assert checked_update(named, model, batch_size=4).tensors.keys() == upd.tensors.keys()
+    with pytest.raises(InputError, match=r"update.tensors is a list; .*dict\(zip\(model.state_dict\(\), arrays\)\)"):
+        Update(tensors=flower, protocol="fedsgd", batch_size=4)
     np.savez(workdir / "short.npz", *flower[:-1])
     with pytest.raises(InputError, match="has 8 unnamed tensors that do not line up with the model.s 6 parameters \\(9 state_dict entries"):
         load_update(workdir / "short.npz", model, batch_size=4)

@@ -65,11 +65,33 @@ def test_unknown_crafter_is_an_input_error_listing_valid_names():
 
 @pytest.mark.parametrize(
     "data, message",
-    [(torch.full((4, 3, 32, 32), float("nan")), "NaN or infinite"), (torch.zeros(0, 3, 32, 32), "does not hold inputs")],
+    [
+        (torch.full((4, 3, 32, 32), float("nan")), "NaN or infinite"),
+        (torch.zeros(0, 3, 32, 32), r"data of shape \(0, 3, 32, 32\) are not inputs of input_shape \(3, 32, 32\)"),
+        # channels last, and three grey images per colour one: both had been reshaped silently into scrambled inputs
+        (torch.zeros(4, 32, 32, 3), r"have their channels last; pass images as N, C, H, W \(data.permute\(0, 3, 1, 2\)\)"),
+        (torch.zeros(12, 32, 32), r"data of shape \(12, 32, 32\) are not inputs of input_shape \(3, 32, 32\); pass a tensor \[N, 3, 32, 32\]"),
+    ],
 )
 def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
     with pytest.raises(InputError, match=message):
         craft_model("imprint", "lenet", data=data)
+
+
+def test_a_shape_the_model_cannot_take_names_input_shape_not_data():
+    """Without data, the zeros craft() runs the model on are of ``input_shape``: the error had named --data."""
+    with pytest.raises(InputError, match=r"^input_shape \(3, 32, 32\) does not fit the model .*pass the input_shape \(C, H, W\)"):
+        craft("mkor", build_model("lenet5"), input_shape=(3, 32, 32))
+
+
+def test_crafting_gives_each_submodule_its_own_train_or_eval_mode_back():
+    """A caller's frozen BatchNorm (eval inside a training model) stays frozen: ``module.train(was)`` had set one mode
+    on every submodule."""
+    model = build_model("convnet", num_classes=10).train()
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0].eval()
+    modes = [m.training for m in model.modules()]
+    craft("mkor", model, input_shape=(3, 32, 32), num_classes=10)
+    assert [m.training for m in model.modules()] == modes and not frozen.training
 
 
 @pytest.mark.parametrize(

@@ -249,10 +249,38 @@ def test_run_detectors_leaves_the_callers_model_and_torch_state_and_checks_its_c
         torch.set_default_dtype(torch.float32)
     assert {f.rule_id for f in found} == expected and "gradient_snr" in ran
     assert all(m.training for m in module.modules())
+    frozen = module.features[1].eval()  # a caller's frozen layer in a training model: each submodule's mode back
+    modes = [m.training for m in module.modules()]
+    run_detectors(InspectContext(view=view, data=(x[:16], y[:16])))
+    assert [m.training for m in module.modules()] == modes and not frozen.training
     with pytest.raises(InputError, match="context.view is a dict; pass ModelView.from_state_dict"):
         run_detectors(InspectContext(view=dict(module.state_dict())))
     with pytest.raises(InputError, match=r"--data has labels up to 19 but the architecture as built \(--arch, --num-classes\) has 10 outputs"):
         run_detectors(InspectContext(view=view, data=(x[:4], torch.tensor([0, 1, 2, 19]))))
+
+
+def test_checks_from_several_threads_keep_the_callers_float64_default():
+    """Each call sets float32 as torch's default dtype and puts the caller's back: run from four threads at once,
+    they had restored one another's float32 mid-run (models built in float64, a dtype error) and left it behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    entry = _entry(crafted_entries(), "class_fishing/lenet5/t0-b1000")
+    x, y = digits(entry.input_shape)
+
+    def check(_):
+        module = entry.module.float()
+        view = ModelView.from_state_dict(module.state_dict(), module)
+        return sorted(f.rule_id for f in run_detectors(InspectContext(view=view, data=(x[:16], y[:16])))[0])
+
+    alone = check(0)
+    torch.set_default_dtype(torch.float64)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(check, range(4)))
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert together == [alone] * 4
 
 
 def test_reference_drift_trained_round_is_quiet_replaced_layer_is_not():
