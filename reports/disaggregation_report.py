@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from fedguard import __version__
 from fedguard.attacks.disaggregation import Disaggregation, Score
-from fedguard.reports.base import plural, printable_values
+from fedguard.reports.base import plural, printable, printable_values
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
 
@@ -103,7 +103,7 @@ def _text(doc: Mapping[str, Any]) -> str:
             f" update relative error {'n/a' if err is None else f'{err:.2e}'}"
         )
     if doc["updates_file"]:
-        lines.append(f"  recovered updates: {doc['updates_file']}")
+        lines.append(f"  recovered updates: {printable(doc['updates_file'])}")  # kept exact in the JSON only
     for note in doc["notes"]:
         lines.append(f"  note: {note}")
     exposed = doc["users_recovered"]  # not users_exact: one who never took part has an exact column but no update in the sums

@@ -443,11 +443,17 @@ def _validate_schema(doc):
     jsonschema.validate(doc, schema)
 
 
-def test_cli_text():
+def test_cli_text(tmp_path):
     res = _run(["--simulate", "--users", "10", "--rounds", "60", "--dim", "20"])
     assert res.exit_code == 0, res.output
     assert "recovered exactly: 10/10 users' updates" in res.output
     assert "P exact" in res.output
+    # the updates file's name reaches the terminal escaped (it had printed an escape sequence in it raw)
+    updates = tmp_path / "\x1b]0;title\x07\u202eu.npz"
+    res = _run(["--simulate", "--users", "4", "--rounds", "30", "--dim", "8", "--updates", str(updates)])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "\u202e" not in res.output
+    assert "recovered updates: " + str(tmp_path) + "/\\x1b]0;title\\x07\\u202eu.npz" in res.output
 
 
 def _npz(path, **arrays):
