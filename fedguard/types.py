@@ -189,6 +189,11 @@ class InspectionReport:
     #: reference's SHA-256, torch's version (and the CLI's --fail-on).
     config: Mapping[str, Any] = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        """One line for a log: the verdict and the findings by rule (``repr`` has every field)."""
+        rules = ", ".join(sorted({f"{f.rule_id} {f.severity}" for f in self.findings})) or "no findings"
+        return f"{self.path}: {self.verdict} ({rules})"
+
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), default=None)
 
@@ -354,6 +359,11 @@ class AuditReport:
     notes: tuple[str, ...] = ()
     true_images: Any = field(default=None, repr=False, compare=False)
     true_labels: Any = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        """One line for a log: the verdict, the leakage and each attack's level (``repr`` has every field)."""
+        attacks = ", ".join(f"{a.name} {a.level}" for a in self.attacks) or "no attack ran"
+        return f"audit: {self.verdict}, leakage {self.leakage_said} ({attacks}; {self.seconds:.1f} s)"
 
     @property
     def leakage_said(self) -> str:

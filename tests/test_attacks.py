@@ -273,6 +273,7 @@ def test_levels_and_verdicts():
     high = Finding("FG101", "averaging rows", Severity.HIGH, Confidence.HIGH, None, "planted")
     report = InspectionReport("m.pt", "", "torch", 0, 0, 0, (high,), Verdict.MALICIOUS, (), 0.0)
     assert report.at_or_above("medium") == (high,) and report.at_or_above(Severity.CRITICAL) == ()
+    assert str(report) == "m.pt: malicious (FG101 high)"  # one line for a log; the dataclass's repr had run to 3.5 KB
     # verdicts too, ordered by severity: "block" had compared below "warn" (alphabetically), and a typo was False
     assert AuditVerdict.BLOCK >= "warn" and AuditVerdict.BLOCK > AuditVerdict.WARN > "pass" and AuditVerdict.PASS == "pass"
     assert Verdict.MALICIOUS > Verdict.SUSPICIOUS > "clean" and Verdict.CLEAN in {"clean"} and max(AuditVerdict) == "block"
