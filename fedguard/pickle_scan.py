@@ -54,22 +54,6 @@ SAFE_GLOBALS = frozenset(
     }
 )
 
-#: Modules whose callables mean "run code / touch the system" outright.
-DANGEROUS_MODULES = frozenset(
-    {
-        "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib",
-        "pickle", "_pickle", "marshal", "types", "runpy", "pty", "code", "codeop",
-        "webbrowser", "urllib", "http", "requests", "ctypes", "multiprocessing",
-        "asyncio", "tempfile", "pathlib", "io", "operator", "functools", "pdb",
-        "timeit", "platform", "commands", "popen2", "signal", "threading",
-    }
-)
-DANGEROUS_BUILTINS = frozenset(
-    {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr",
-     "delattr", "globals", "locals", "vars", "input", "breakpoint", "apply",
-     "execfile", "file", "reload"}
-)
-
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
                "SHORT_BINSTRING", "BINSTRING", "STRING"}
 _TORCH_SCALAR_TYPES = ("Storage", "Tensor")
@@ -86,11 +70,6 @@ class PickleScan:
     def unsafe(self) -> list[str]:
         """Imports outside the state_dict allow-list, as ``module.name``."""
         return sorted(f"{m}.{n}" for m, n in self.globals if not is_safe_global(m, n))
-
-    @property
-    def dangerous(self) -> list[str]:
-        """Imports that execute code or reach the system when called."""
-        return sorted(f"{m}.{n}" for m, n in self.globals if is_dangerous_global(m, n))
 
     @property
     def pickled_module(self) -> bool:
@@ -122,15 +101,6 @@ def is_safe_global(module: str, name: str) -> bool:
     # torch.sparse_coo, torch.per_tensor_affine) are data.
     if module == "torch" and (name.endswith(_TORCH_SCALAR_TYPES) or name in _TORCH_DATA_NAMES):
         return True
-    return False
-
-
-def is_dangerous_global(module: str, name: str) -> bool:
-    root = module.split(".")[0]
-    if root in DANGEROUS_MODULES:
-        return True
-    if root in ("builtins", "__builtin__"):
-        return name in DANGEROUS_BUILTINS
     return False
 
 

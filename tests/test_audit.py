@@ -27,7 +27,6 @@ from fedguard.cli import main
 
 from .cli_checks import assert_input_error, assert_no_crash
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "reports" / "schemas" / "audit-report.schema.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--arch", "lenet", "--input-shape", "1,8,8"]
 FAST = ["--max-iterations", "30", "--time-budget", "60"]
@@ -44,7 +43,9 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    from fedguard.reports.audit_json import load_audit_schema
+
+    return load_audit_schema()
 
 
 def invoke(*args, exposure: bool = False):
