@@ -341,7 +341,7 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     w_arr = np.asarray(window)
     if w_arr.size != 1 or w_arr.dtype.kind not in "iuf":
         raise InputError(f"window must be one integer (rounds per counting window), got {checks.shown(window)}")
-    w_val = float(w_arr.reshape(()))
+    w_val = w_arr.reshape(()).item()  # an int as stored (through a float, 2**63 - 1 had read 2**63), or a float
     if not math.isfinite(w_val) or w_val != int(w_val) or w_val < 1:
         raise InputError(f"window must be a positive integer (rounds per counting window), got {w_val!r}")
     w = int(w_val)
@@ -360,6 +360,9 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
             f"counts per window cannot exceed window={w}"
         )
     T = G.shape[0]
+    if w > T:
+        raise InputError(f"window={w} is longer than the {T} rounds aggregates holds; give the rounds per counting "
+                         "window (a divisor of the rounds) or more rounds")
     if T % w:
         raise InputError(
             f"aggregates has {T} rounds, not a multiple of window={w}: counts cover whole windows of {w} rounds; "

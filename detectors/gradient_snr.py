@@ -84,6 +84,8 @@ def per_example_gradient_norms(
     statistics and samples stay independent.
     """
     params = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    if not params:  # every parameter frozen: training sends no update, nothing to weigh
+        return {}
     norms = {name: torch.zeros(len(inputs)) for name in params}
     loss_fn = nn.CrossEntropyLoss()
     with evaluating(module):

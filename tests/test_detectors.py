@@ -259,6 +259,18 @@ def test_run_detectors_leaves_the_callers_model_and_torch_state_and_checks_its_c
         run_detectors(InspectContext(view=view, data=(x[:4], torch.tensor([0, 1, 2, 19]))))
 
 
+def test_gradient_snr_on_a_model_with_every_parameter_frozen_weighs_nothing():
+    """Training such a model sends no update: the check had failed on torch's empty grad() call, blaming the
+    architecture's code (exit 2)."""
+    from fedguard.architectures import build_model
+
+    module = build_model("lenet5", num_classes=10).requires_grad_(False)
+    x, y = digits((1, 28, 28))
+    view = ModelView.from_state_dict(module.state_dict(), module)
+    findings, ran = run_detectors(InspectContext(view=view, data=(x[:16], y[:16])), ["gradient_snr"])
+    assert findings == [] and ran == ["gradient_snr"]
+
+
 def test_checks_from_several_threads_keep_the_callers_float64_default():
     """Each call sets float32 as torch's default dtype and puts the caller's back: run from four threads at once,
     they had restored one another's float32 mid-run (models built in float64, a dtype error) and left it behind."""

@@ -480,6 +480,8 @@ def good():
         (lambda a: a.update(counts=a["counts"] + 0.5), "non-integer"),
         (lambda a: a.update(window=np.asarray(0)), "positive integer"),
         (lambda a: a.update(window=np.asarray(True)), "one integer"),
+        # longer than the run: the advice had been to drop all its rounds; 2**63 - 1 had been shown as 2**63
+        (lambda a: a.update(window=np.asarray(2**63 - 1)), "window=9223372036854775807 is longer than the 60 rounds"),
         (lambda a: a.update(counts=np.ones((70, 6), int)), "not identifiable"),
         (lambda a: a.update(noise_scale=np.asarray(-1.0)), "noise_scale"),
         (lambda a: a.update(aggregates=a["aggregates"] * 1e306), "beyond what float64 can square and sum"),  # "rank 0"
