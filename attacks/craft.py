@@ -210,7 +210,8 @@ def _seeded_linear(n_in: int, n_out: int, seed: int, bias: bool = True) -> nn.Li
         return nn.Linear(n_in, n_out, bias=bias)
 
 
-def _check_data(data: torch.Tensor | None, input_shape: Shape) -> torch.Tensor | None:
+def _check_data(data: torch.Tensor | np.ndarray | None, input_shape: Shape) -> torch.Tensor | None:
+    """``data`` as float32 inputs ``[N, *input_shape]`` (uint8 read as 0-255 pixels), or InputError naming the fix."""
     if data is None:
         return None
     data = torch.as_tensor(data).detach()
@@ -695,7 +696,6 @@ def feature_fishing(
     ICML 2022 (code: breaching ``reconfigure_for_feature_attack``).
     """
     model = copy.deepcopy(model)
-    data = _check_data(data, input_shape)
     lins = _need_linear(_trace(model, input_shape), "feature_fishing")
     last: nn.Linear = lins[-1].module
     (t,) = _targets(target, last.out_features)
@@ -827,7 +827,6 @@ def imprint(
     Models", ICLR 2022 (code: breaching ``ImprintBlock``).
     """
     base = copy.deepcopy(model)
-    data = _check_data(data, input_shape)
     n = math.prod(input_shape)
     _check_added(2 * n * num_bins + num_bins + n, "imprint", "num_bins")
     if linfunc == "fourier" and mode >= n:  # a higher mode aliases a lower one, scaled up (mode=100000: weights of 130)
@@ -995,7 +994,6 @@ def loki(
         raise InputError(f"loki option kernel_size={kernel_size} must be odd and at most the image's side "
                          f"({min(hgt, wid)}), e.g. 3")  # fmt: skip
     base = copy.deepcopy(model)
-    data = _check_data(data, input_shape)
     n = c * hgt * wid
     k = int(num_bins or 4 * batch_size)
     _check_added((num_clients * n + 1) * k + (k + 1) * n, "loki", "num_bins (or batch_size) and num_clients")
@@ -1243,6 +1241,7 @@ def craft(
     if data is not None and not isinstance(data, (torch.Tensor, np.ndarray)):
         raise InputError(f"data is a {type(data).__name__}; pass the server's public inputs as one tensor [N, C, H, W], "
                          "without labels (e.g. fedguard.data.load_data('digits', input_shape=...)[0])")
+    data = _check_data(data, shape)  # once here: the crafters that read it take finite inputs of the shape
     seed = checks.seed(seed, "seed")
     check_options(name, options)
     given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its default options"

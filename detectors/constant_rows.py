@@ -83,7 +83,6 @@ class ConstantRows(Detector):
                 weight_value=rounded(value), weight_times_fan_in=rounded(value * layer.fan_in), fan_in=layer.fan_in,
             )
 
-
     def _near(self, layer):
         """Rows of one sign whose magnitudes vary by at most NEAR_CV: averaging rows with noise on them."""
         stats = layer.stats
