@@ -61,7 +61,7 @@ from fedguard.architectures import (
     resolve_input_shape,
 )
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError
+from fedguard.errors import InputError, keyword_names
 from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating, own_torch_state
@@ -1202,6 +1202,7 @@ def _parametrised(model: nn.Module) -> str | None:
     return None
 
 
+@keyword_names
 def craft(
     name: str,
     model: nn.Module,

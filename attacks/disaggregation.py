@@ -91,7 +91,7 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError
+from fedguard.errors import InputError, keyword_names
 
 __all__ = [
     "STATUSES",
@@ -493,6 +493,7 @@ def simulated_elements(users: int, rounds: int, dim: int) -> int:
     return rounds * users + users * dim + rounds * dim
 
 
+@keyword_names
 def simulate_federation(
     users: int = 50,
     rounds: int = 200,
@@ -1095,6 +1096,7 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@keyword_names
 def disaggregate(
     aggregates: Any,
     counts: Any,

@@ -39,7 +39,7 @@ import fedguard
 from fedguard import checks
 from fedguard.architectures import check_float32, classifier_logits, first_line
 from fedguard.data import data_sha256
-from fedguard.errors import InputError
+from fedguard.errors import InputError, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
 from fedguard.threat import ServerView, ThreatModel
@@ -484,6 +484,7 @@ def _exposure(
     return {**result.to_dict(), "budget": budget}
 
 
+@keyword_names
 @_caller_state_kept
 def audit(
     model: str | os.PathLike | nn.Module | Mapping[str, torch.Tensor] | None = None,

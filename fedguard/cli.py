@@ -13,7 +13,7 @@ import sys
 import click
 
 import fedguard
-from fedguard.errors import InputError
+from fedguard.errors import COMMAND_LINE, InputError
 from fedguard.options import (
     OUTPUT_FILE, SEED, NamedPath, input_paths, print_report, refuse_unused, resolve_format, silence_stdout,
     user_code_prints_to_stderr,
@@ -39,6 +39,7 @@ class FedguardGroup(click.Group):
     """Turns every :class:`InputError` into one line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context):
+        token = COMMAND_LINE.set(True)  # messages name the flags typed, not Python's keyword arguments
         try:
             return super().invoke(ctx)
         except InputError as exc:
@@ -74,6 +75,8 @@ class FedguardGroup(click.Group):
             click.echo(f"fedguard: internal error: {printable(first_line(exc))}; a fault in "
                        "fedguard, not a verdict: rerun with FEDGUARD_DEBUG=1 for the traceback and report it", err=True)
             ctx.exit(EXIT_INTERNAL)
+        finally:
+            COMMAND_LINE.reset(token)
 
 
 @click.group(cls=FedguardGroup, context_settings={"help_option_names": ["-h", "--help"]})

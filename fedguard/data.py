@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from fedguard import checks
 from fedguard.architectures import check_input_shape
-from fedguard.errors import InputError
+from fedguard.errors import InputError, keyword_names
 from fedguard.io import read_npz
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data"]
@@ -96,6 +96,7 @@ def data_sha256(spec: Any) -> str | None:
     return sha256_of(source) if source is not None and source.is_file() else None
 
 
+@keyword_names(aliases={"--data": "spec"})
 def load_data(
     spec: str | os.PathLike[str],
     input_shape: Any = None,

@@ -1,4 +1,26 @@
-"""The exception the CLI turns into a one-line message and exit code 2, and the one a SIGTERM raises."""
+"""The exception the CLI turns into a one-line message and exit code 2, and the one a SIGTERM raises.
+
+Messages are written in the command line's terms (``--batch-size 8 is larger
+than --data``). A public function wrapped in :func:`keyword_names` names,
+when called from Python, each flag that is one of its keyword arguments as
+that argument instead (``batch_size 8 is larger than data``); the CLI marks
+its own calls with :data:`COMMAND_LINE`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import re
+from typing import Callable, Mapping, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+#: True inside a ``fedguard`` command: messages keep the flags the user typed.
+COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_command_line", default=False)
+
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
 class InputError(Exception):
@@ -6,6 +28,37 @@ class InputError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(message.split()))
+
+
+def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = None) -> F | Callable[[F], F]:
+    """Decorate a public function so that, called from Python, its :class:`InputError` names keyword arguments.
+
+    A flag ``--local-lr`` in the message becomes ``local_lr`` where ``fn``
+    takes that argument; ``aliases`` maps flags whose argument is spelt
+    otherwise (``{"--detector": "detectors"}``). Other flags, and every message
+    inside a ``fedguard`` command, stay as they are. The exception itself is
+    re-raised, its type and traceback kept.
+    """
+
+    def decorate(func: F) -> F:
+        names = {f"--{p.replace('_', '-')}": p for p in inspect.signature(func).parameters}
+        names.update(aliases or {})
+
+        def rename(match: re.Match) -> str:
+            return names.get(match.group(0), match.group(0))
+
+        @functools.wraps(func)
+        def call(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except InputError as exc:
+                if not COMMAND_LINE.get() and exc.args and isinstance(exc.args[0], str):
+                    exc.args = (_FLAG.sub(rename, exc.args[0]), *exc.args[1:])
+                raise
+
+        return call  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate
 
 
 class Terminated(BaseException):

@@ -29,7 +29,7 @@ from fedguard.data import data_sha256
 from fedguard.detectors import DETECTORS, all_rules, gradient_snr
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.detectors.drift import compare_shapes, folded_shapes, shape_summary
-from fedguard.errors import InputError
+from fedguard.errors import InputError, keyword_names
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import ModelView, first_non_finite
 from fedguard.torch_state import kept_modes, own_torch_state
@@ -121,6 +121,7 @@ def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:
     return not unexpected and all(is_running_stat(k) for k in missing)
 
 
+@keyword_names(aliases={"--detector": "detectors"})
 def inspect_model(
     path: str | Path,
     *,
@@ -181,7 +182,7 @@ def inspect_model(
         for name in names:
             missing = [options[need] for need in DETECTORS.get(name).needs if not given[need]]
             if missing:
-                raise InputError(f"detector {name} needs {' and '.join(missing)}; pass them or leave out --detector {name}")
+                raise InputError(f"detector {name} needs {' and '.join(missing)}; pass them or leave {name} out of --detector")
     # architectures' initialisation seeded, the caller's generators and default dtype kept; the behavioural checks
     # take gradients, also inside the caller's no_grad or inference_mode
     with own_torch_state(seed):

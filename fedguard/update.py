@@ -31,7 +31,7 @@ from torch import nn
 
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError
+from fedguard.errors import InputError, keyword_names
 from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
 
@@ -212,6 +212,7 @@ def minibatch_slices(batch_size: int, local_batch_size: int, local_steps: int) -
     return [slice((t % n) * b, min(batch_size, (t % n) * b + b)) for t in range(local_steps)]
 
 
+@keyword_names
 def check_protocol(protocol: str, local_steps: int, local_lr: float | None, local_batch_size: int | None, batch_size: int) -> None:
     """InputError for an unknown protocol or a FedAvg schedule that cannot run."""
     if protocol not in PROTOCOLS:
@@ -247,6 +248,7 @@ def _gradients(loss: torch.Tensor, params: Mapping[str, nn.Parameter]) -> list[t
     return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params.values())]
 
 
+@keyword_names
 def compute_update(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -360,6 +362,7 @@ def compute_update(
     )
 
 
+@keyword_names
 def load_update(
     path: str | Path,
     model: nn.Module,

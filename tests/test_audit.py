@@ -820,13 +820,13 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
 @pytest.mark.parametrize(
     "given, message",
     [
-        ({"seed": -1}, "bad --seed -1"),
-        ({"seed": "0"}, "bad --seed '0'"),
-        ({"batch_size": 2.5}, "bad --batch-size 2.5"),
-        ({"num_classes": 0}, "bad --num-classes 0"),
-        ({"time_budget": "abc"}, "bad --time-budget"),
-        ({"protocol": "fedavg", "local_lr": "abc"}, "bad --local-lr"),
-        ({"protocol": "fedavg", "local_batch_size": 1.5}, "bad --local-batch-size"),
+        ({"seed": -1}, "bad seed -1"),
+        ({"seed": "0"}, "bad seed '0'"),
+        ({"batch_size": 2.5}, "bad batch_size 2.5"),
+        ({"num_classes": 0}, "bad num_classes 0"),
+        ({"time_budget": "abc"}, "bad time_budget"),
+        ({"protocol": "fedavg", "local_lr": "abc"}, "bad local_lr"),
+        ({"protocol": "fedavg", "local_batch_size": 1.5}, "bad local_batch_size"),
         ({"attack_options": ["dlg"]}, "attack_options is a list"),
         ({"attack_options": {"dlg": {"bogus": 1}}}, "dlg has no option 'bogus'"),
         ({"threat": "known"}, "pass a ThreatModel"),
@@ -854,7 +854,7 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"model": b"global.pt"}, "model is b'global.pt'; pass a path"),
         ({"model": "MODEL", "update": {"a": torch.zeros(1)}}, "update is a dict; pass a path or an Update"),
         ({"fail_on": None}, "fail_on is None; use low, medium or high"),
-        ({"protocol": "fedavg", "local_steps": 10**7}, "--local-steps 10000000 is more than an audit replays (at most 1000"),
+        ({"protocol": "fedavg", "local_steps": 10**7}, "local_steps 10000000 is more than an audit replays (at most 1000"),
         ({"data": (torch.rand(6, 1, 8, 8).to_sparse(), torch.arange(6))}, "data x is a sparse_coo tensor"),
         ({"data": (torch.rand(6, 1, 8, 8).to("meta"), torch.arange(6))}, "data x is a meta tensor"),
         ({"threat": "RANGE_NONE"}, "threat model input_range is None; give (low, high)"),
@@ -957,7 +957,7 @@ def test_python_api_a_module_that_cannot_be_audited_is_an_input_error(kind, mess
         ({"labels": torch.tensor([0, 1, 2, 12])}, "Target 12 is out of bounds"),
         ({"labels": [0, 1, 2, 3]}, "pass tensors"),
         ({"labels": torch.arange(0)}, "one integer class label per example"),
-        ({"protocol": "fedavg", "local_lr": "x"}, "bad --local-lr 'x'"),
+        ({"protocol": "fedavg", "local_lr": "x"}, "bad local_lr 'x'"),
         ({"labels": torch.tensor([0, 1, -100, 3])}, "labels hold negative values (min -100)"),  # ignore_index: dropped
         ({"inputs": torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)}, "inputs are torch.uint8; pass float images"),
         ({"inputs": torch.rand(4, 1, 8, 8, dtype=torch.float64)}, "inputs are torch.float64 but the model's weights torch.float32"),
@@ -995,7 +995,7 @@ def test_batchnorm_on_one_example_names_the_option_that_made_it():
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10))
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
-    with pytest.raises(InputError, match=re.escape("local mini-batch of one example (--local-batch-size 1 over a batch of 4)")):
+    with pytest.raises(InputError, match=re.escape("local mini-batch of one example (local_batch_size 1 over a batch of 4)")):
         compute_update(net, x, y, protocol="fedavg", local_batch_size=1)
     with pytest.raises(InputError, match="use --batch-size 2 or more"):
         compute_update(net, x[:1], y[:1])
@@ -1016,12 +1016,28 @@ def test_load_update_and_load_data_bad_arguments_are_input_errors():
     from fedguard.errors import InputError
     from fedguard.update import load_update
 
-    with pytest.raises(InputError, match="bad --batch-size 0"):
+    with pytest.raises(InputError, match="bad batch_size 0"):
         load_update("update.pt", lenet8(), batch_size=0)
     with pytest.raises(InputError, match="pass the path of the update file"):
         load_update(None, lenet8(), batch_size=2)
     with pytest.raises(InputError, match="bad seed -1"):
         load_data("digits", seed=-1)
+
+
+def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_line():
+    """The same mistake, made from Python and from the CLI: each message names what its caller typed."""
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+    from fedguard.inspect import inspect_model
+
+    with pytest.raises(InputError, match=r"^batch_size 5000 is larger than data \(1797 examples\); use at most 1797$"):
+        audit(arch="lenet", data="digits", batch_size=5000)
+    with pytest.raises(InputError, match=r"^bad local_lr -1; give a positive learning rate"):
+        audit(arch="lenet", data="digits", batch_size=8, protocol="fedavg", local_lr=-1)
+    with pytest.raises(InputError, match=r"^detector reference_drift needs reference; pass them or leave reference_drift out of detectors$"):
+        inspect_model(Path(__file__), detectors=["reference_drift"])
+    assert assert_input_error(invoke(*TINY, "--data", "digits", "--batch-size", "5000")) == (
+        "fedguard: error: --batch-size 5000 is larger than --data (1797 examples); use at most 1797")
 
 
 # --------------------------------------------------------------------------- exposure to disaggregation
@@ -1274,7 +1290,7 @@ def test_an_update_object_is_checked_as_a_file_is():
         audit(model, update=renamed, **run)
     with pytest.raises(InputError, match="computed on 2 examples but the data holds 4"):
         audit(model, update=Update(tensors=good.tensors, protocol="fedsgd", batch_size=2), **run)
-    with pytest.raises(InputError, match="bad --local-lr None"):
+    with pytest.raises(InputError, match="bad local_lr None"):
         audit(model, update=Update(tensors=good.tensors, protocol="fedavg", batch_size=4), **run)
     assert audit(model, update=good, **run).attacks[0].label_counts_exact == 1.0
     prefixed = Update(tensors={f"module.{k}": v for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)

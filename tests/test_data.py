@@ -147,7 +147,7 @@ def test_netpbm_images_are_read_as_imagefolder_reads_them(tmp_path):
 
 def test_folder_of_mixed_sizes_needs_input_shape(tmp_path):
     _write_folder(tmp_path / "data", sizes=((10, 12), (20, 20)))
-    with pytest.raises(InputError, match="different sizes.*--input-shape"):
+    with pytest.raises(InputError, match="different sizes.*pass input_shape C,H,W"):
         load_data(str(tmp_path / "data"))
     x, y = load_data(str(tmp_path / "data"), (3, 16, 16))
     _check(x, y, (3, 16, 16))
@@ -324,7 +324,7 @@ def test_a_local_folder_named_like_a_built_in_set_is_ambiguous(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     _write_folder(tmp_path / "digits")
     for spec in ("digits", " digits"):
-        with pytest.raises(InputError, match=r"--data digits names the built-in data set, but '.*digits' is also a file or folder here; write ./"):
+        with pytest.raises(InputError, match=r"spec digits names the built-in data set, but '.*digits' is also a file or folder here; write ./"):
             load_data(spec)
     x, y = load_data("./digits")
     assert len(y) == 6

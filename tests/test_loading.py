@@ -706,8 +706,8 @@ def test_truncated_safetensors(tmp_path):
         ({"detectors": ["nope"]}, "unknown detector 'nope'"),
         ({"detectors": [["imprint"]]}, "unknown detector ['imprint']"),
         ({"path": ""}, "the model path is ''; pass the path of a model file"),
-        ({"seed": -1}, "bad --seed -1"),
-        ({"num_classes": 0}, "bad --num-classes 0"),
+        ({"seed": -1}, "bad seed -1"),
+        ({"num_classes": 0}, "bad num_classes 0"),
         ({"arch": ""}, "arch is ''"),
     ],
 )
