@@ -20,6 +20,9 @@ F = TypeVar("F", bound=Callable)
 #: True inside a ``fedguard`` command: messages keep the flags the user typed.
 COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_command_line", default=False)
 
+#: True inside a call to a function wrapped in :func:`keyword_names`: the outermost one names the arguments.
+_RENAMING: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_renaming", default=False)
+
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
@@ -36,8 +39,10 @@ def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = No
     A flag ``--local-lr`` in the message becomes ``local_lr`` where ``fn``
     takes that argument; ``aliases`` maps flags whose argument is spelt
     otherwise (``{"--detector": "detectors"}``). Other flags, and every message
-    inside a ``fedguard`` command, stay as they are. The exception itself is
-    re-raised, its type and traceback kept.
+    inside a ``fedguard`` command, stay as they are; so do those of a wrapped
+    function called by another (``audit`` reading its ``data`` through
+    ``load_data(spec)``): the outermost call names its own arguments. The
+    exception itself is re-raised, its type and traceback kept.
     """
 
     def decorate(func: F) -> F:
@@ -49,12 +54,17 @@ def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = No
 
         @functools.wraps(func)
         def call(*args, **kwargs):
+            if COMMAND_LINE.get() or _RENAMING.get():
+                return func(*args, **kwargs)
+            token = _RENAMING.set(True)
             try:
                 return func(*args, **kwargs)
             except InputError as exc:
-                if not COMMAND_LINE.get() and exc.args and isinstance(exc.args[0], str):
+                if exc.args and isinstance(exc.args[0], str):
                     exc.args = (_FLAG.sub(rename, exc.args[0]), *exc.args[1:])
                 raise
+            finally:
+                _RENAMING.reset(token)
 
         return call  # type: ignore[return-value]
 

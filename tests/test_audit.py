@@ -1024,9 +1024,11 @@ def test_load_update_and_load_data_bad_arguments_are_input_errors():
         load_data("digits", seed=-1)
 
 
-def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_line():
-    """The same mistake, made from Python and from the CLI: each message names what its caller typed."""
+def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_line(tmp_path, monkeypatch):
+    """The same mistake, made from Python and from the CLI: each message names what its caller typed, and a
+    function called by another (the audit reads its data through load_data(spec)) names the caller's argument."""
     from fedguard.audit import audit
+    from fedguard.data import load_data
     from fedguard.errors import InputError
     from fedguard.inspect import inspect_model
 
@@ -1038,6 +1040,12 @@ def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_li
         inspect_model(Path(__file__), detectors=["reference_drift"])
     assert assert_input_error(invoke(*TINY, "--data", "digits", "--batch-size", "5000")) == (
         "fedguard: error: --batch-size 5000 is larger than --data (1797 examples); use at most 1797")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()  # a folder named like the built-in set: ambiguous
+    with pytest.raises(InputError, match=r"^data digits names the built-in data set"):
+        audit(arch="lenet", data="digits", batch_size=4)
+    with pytest.raises(InputError, match=r"^spec digits names the built-in data set"):
+        load_data("digits")
 
 
 # --------------------------------------------------------------------------- exposure to disaggregation
