@@ -209,6 +209,9 @@ class MKOR(Attack):
         if seen != linears[0].in_features:
             return ("the first fully connected layer is applied to each token or position, not once to the example "
                     "(its update mixes them: MKOR reads one feature vector per example)")
+        if any(after.in_features != before.out_features for before, after in zip(linears, linears[1:])):
+            return ("the fully connected layers do not form one chain (parallel branches or heads): MKOR follows "
+                    "each row's paths to the logits through a chain")
         if not any(len(r) for r in self._class_rows(linears, view.num_classes)):
             return "no row of the first fully connected layer reaches one class alone (not an MKOR model)"
         if view.batch_size is None:

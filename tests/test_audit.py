@@ -1606,3 +1606,35 @@ def test_images_in_memory_with_their_channels_last_are_told_how_to_permute():
 
     with pytest.raises(InputError, match=r"its channels come last: pass images as N, C, H, W \(x.permute\(0, 3, 1, 2\)\)"):
         audit(arch="lenet", data=(torch.rand(4, 32, 32, 3), torch.arange(4)), batch_size=1, attacks=["idlg"])
+
+
+def test_linear_layers_in_parallel_are_no_mkor_chain(workdir, monkeypatch):
+    """Two Linear branches concatenated before the head, or two heads summed: the default audit's check for MKOR's
+    planted rows had multiplied their weights as a chain and failed inside torch (exit 3)."""
+    from fedguard.audit import audit
+
+    (workdir / "fg_branches.py").write_text(
+        "import torch\nfrom torch import nn\ninput_shape = (1, 8, 8)\n"
+        "class Towers(nn.Module):\n"
+        "    def __init__(self, num_classes=10):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b, self.head = nn.Linear(64, 16), nn.Linear(64, 16), nn.Linear(32, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        x = x.flatten(1)\n"
+        "        return self.head(torch.cat([self.a(x).relu(), self.b(x).relu()], 1))\n"
+        "class Heads(nn.Module):\n"
+        "    def __init__(self, num_classes=10):\n"
+        "        super().__init__()\n"
+        "        self.body, self.one, self.two = nn.Linear(64, 32), nn.Linear(32, num_classes), nn.Linear(32, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        h = self.body(x.flatten(1)).relu()\n"
+        "        return self.one(h) + self.two(h)\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(workdir))
+    try:
+        for arch in ("fg_branches:Towers", "fg_branches:Heads"):
+            report = audit(arch=arch, data="digits", batch_size=4, attacks=["label_counts", "mkor"], max_iterations=5)
+            assert report.skipped["mkor"].startswith("the fully connected layers do not form one chain"), report.skipped
+            assert report.attacks[0].label_counts_exact == 1.0
+    finally:
+        sys.modules.pop("fg_branches", None)
