@@ -293,6 +293,9 @@ def _infer_kind(prefix: str, group: Mapping[str, torch.Tensor]) -> str:
         return OTHER
     if weight.ndim == 1:
         return NORM if any(w in words for w in _NORM_WORDS) or "bias" in group else OTHER
+    bias = group.get("bias")
+    if bias is not None and bias.ndim >= 2 and bias.shape == weight.shape:
+        return NORM  # an element-wise affine (LayerNorm over several dimensions): a Linear's or a conv's bias is 1-D
     if weight.ndim == 2:
         return LINEAR
     if weight.ndim in (3, 4, 5):

@@ -733,3 +733,25 @@ def test_odd_layouts_fold_or_stay_visible_without_crashing():
     findings = static_findings(both)
     assert {"FG401", "FG003"} <= {f.rule_id for f in findings} and judge(findings) is Verdict.MALICIOUS
     assert static_findings({"fc.weight_g": torch.tensor(1.0), "fc.weight_v": torch.tensor(2.0)}) == []
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 8), (8, 8)])
+def test_a_layer_norm_over_several_dimensions_is_no_linear_layer(shape):
+    """LayerNorm's affine weight over several dimensions is 2-D or 3-D, all ones at initialisation: read as a Linear
+    or conv layer, an honest model had been malicious (FG101 at init, FG301 after training). Its bias has the
+    weight's shape, which no Linear or conv layer's bias has."""
+    torch.manual_seed(0)
+    channels = (torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU()) if len(shape) == 3 else ()
+    width = math.prod(shape)
+    model = torch.nn.Sequential(*channels, torch.nn.LayerNorm(shape), torch.nn.Flatten(), torch.nn.Linear(width, 10))
+    x, y = digits((1, 8, 8))
+    optimizer = torch.optim.SGD(model.parameters(), 0.05)
+    for step in range(2):
+        if step:
+            for start in range(0, 640, 64):
+                loss = torch.nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        found = {f.rule_id: f for f in static_findings(model.state_dict())}
+        assert judge(list(found.values())) is Verdict.CLEAN, {k: f.message for k, f in found.items()}
