@@ -124,9 +124,10 @@ def classifier_logits(module: nn.Module, x: torch.Tensor, command: str, probe: b
     InputError naming the problem when it does not take them or does not return float logits [batch, classes];
     ``command`` (``audit``, ``inspect``, ``craft``) is named in the fix. ``probe``: ``x`` is zeros of the
     ``input_shape`` given, not the user's data, and the error names that instead."""
+    sample = x[:4].clone()
     try:
         with evaluating(module), torch.no_grad():
-            out = module(x[:4])
+            out = module(sample)
     except RuntimeError as exc:
         if probe:
             raise InputError(f"input_shape {tuple(x.shape[1:])} does not fit the model ({first_line(exc)[:120]}); "
@@ -142,6 +143,9 @@ def classifier_logits(module: nn.Module, x: torch.Tensor, command: str, probe: b
             f"the model fails on one batch of images ({first_line(exc)[:120]}); "
             f"{command} needs a model whose forward(x) takes images [N, C, H, W] and returns logits"
         ) from None
+    if not torch.equal(sample, x[:4]):  # the true batch, the server's data and every rebuilt image would change too
+        raise InputError(f"the model's forward changes its input in place; {command} feeds the same images to it again: "
+                         f"make the forward leave its input as it is (x = x * 2 - 1 instead of x.mul_(2).sub_(1))")
     fix = f"{command} needs a classifier whose forward returns float logits [batch, classes]"
     if not isinstance(out, torch.Tensor):
         raise InputError(f"the model returns a {type(out).__name__}, not a tensor of logits; {fix}")

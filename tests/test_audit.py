@@ -1638,3 +1638,26 @@ def test_linear_layers_in_parallel_are_no_mkor_chain(workdir, monkeypatch):
             assert report.attacks[0].label_counts_exact == 1.0
     finally:
         sys.modules.pop("fg_branches", None)
+
+
+def test_a_forward_that_changes_its_input_in_place_is_refused(workdir, monkeypatch):
+    """``x.mul_(2).sub_(1)`` in forward had rewritten the true batch the audit measures against: PSNR -1 dB, MSE
+    1.2 for images in [0, 1]."""
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+
+    (workdir / "fg_inplace.py").write_text(
+        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(64, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.mul_(2).sub_(1).flatten(1))\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(workdir))
+    try:
+        with pytest.raises(InputError, match=r"^the model's forward changes its input in place; audit feeds"):
+            audit(arch="fg_inplace:Net", data="digits", batch_size=2, attacks=["label_counts"])
+    finally:
+        sys.modules.pop("fg_inplace", None)
