@@ -689,10 +689,13 @@ def audit(
     logits = classifier_logits(module, x_all, "audit")
     n_out = logits.shape[1]
     if int(y_all.max()) >= n_out or int(y_all.min()) < 0:
-        raise InputError(
-            f"--data has labels up to {int(y_all.max())} but the model has {n_out} outputs; "
-            "pass data whose labels fit the model (or --num-classes)"
-        )
+        from fedguard.architectures import builds_any_class_count
+
+        if int(y_all.min()) == 1 and int(y_all.max()) == n_out:
+            fix = "the labels look numbered from 1: number the classes from 0 (y - 1)"
+        else:
+            fix = "pass data whose labels fit the model" + (" (or --num-classes)" if builds_any_class_count(arch) else "")
+        raise InputError(f"--data has labels up to {int(y_all.max())} but the model has {n_out} outputs; {fix}")
     if update is not None:
         if not isinstance(update, Update) and not os.path.exists(update):
             raise InputError(f"--update {update} does not exist; check the path")

@@ -1661,3 +1661,27 @@ def test_a_forward_that_changes_its_input_in_place_is_refused(workdir, monkeypat
             audit(arch="fg_inplace:Net", data="digits", batch_size=2, attacks=["label_counts"])
     finally:
         sys.modules.pop("fg_inplace", None)
+
+
+def test_labels_beyond_the_outputs_get_the_fix_that_applies(workdir, monkeypatch):
+    """Labels counted from 1 are named as such, and --num-classes is offered only where the callable takes it (a
+    callable without it had been told to pass --num-classes, which is then refused)."""
+    from fedguard.audit import audit
+    from fedguard.data import load_data
+    from fedguard.errors import InputError
+
+    x, y = load_data("digits", input_shape=(1, 8, 8))
+    with pytest.raises(InputError, match=r"labels up to 10 but the model has 10 outputs; the labels look numbered from 1"):
+        audit(arch="lenet", input_shape=(1, 8, 8), data=(x, y + 1), batch_size=2)
+    (workdir / "fg_five.py").write_text(
+        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+        "def net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(workdir))
+    try:
+        with pytest.raises(InputError, match=r"labels up to 9 but the model has 5 outputs; pass data whose labels fit the model$"):
+            audit(arch="fg_five:net", data="digits", batch_size=2)
+        with pytest.raises(InputError, match=r"fit the model \(or num_classes\)$"):
+            audit(arch="lenet", input_shape=(1, 8, 8), data=(x, y * 2), batch_size=2)
+    finally:
+        sys.modules.pop("fg_five", None)
