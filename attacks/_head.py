@@ -70,6 +70,19 @@ def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: 
     return _describe(model, last)
 
 
+def head_not_updated(model: nn.Module, head: Head, tensors) -> str | None:
+    """Why the update ``tensors`` hold nothing of ``head``'s weight to read labels from; None when they do."""
+    if head.weight in tensors:
+        return None
+    parameter = dict(model.named_parameters()).get(head.weight)
+    if parameter is None:
+        return (f"the head's weight {head.weight} is computed from other tensors (a parametrisation such as spectral "
+                "norm), so the update holds no gradient of it to read labels from")
+    if not parameter.requires_grad:
+        return f"the head {head.weight} is frozen (requires_grad=False): the update holds nothing of it to read labels from"
+    return f"the update has no tensor for the head {head.weight}"
+
+
 def linear_layers(model: nn.Module, input_shape, device: torch.device) -> list[Head]:
     """Every Linear layer in the order a forward pass runs it."""
     return [_describe(model, m) for m in execution_order(model, input_shape, device, (nn.Linear,))]

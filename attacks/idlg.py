@@ -30,7 +30,7 @@ import torch
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_head
+from ._head import find_head, head_not_updated
 from .base import KNOWN_LABELS, Attack, Budget, register_attack
 
 __all__ = ["IDLG", "idlg_label"]
@@ -75,8 +75,8 @@ class IDLG(Attack):
         head = find_head(view.model, view.input_shape, view.device, view.num_classes)
         if head is None:
             return "the model's logits do not come from a Linear layer with one row per class"
-        if head.weight not in view.tensors:
-            return f"the update has no tensor for the head {head.weight}"
+        if (missing := head_not_updated(view.model, head, view.tensors)) is not None:
+            return missing
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:

@@ -85,7 +85,7 @@ from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 from fedguard.update import compute_update, minibatch_slices
 
-from ._head import Head, find_head
+from ._head import Head, find_head, head_not_updated
 from .base import KNOWN_LABELS, Attack, Budget, register_attack
 
 __all__ = ["LabelCounts", "round_counts", "estimate_counts"]
@@ -634,8 +634,8 @@ class LabelCounts(Attack):
         head = find_head(view.model, view.input_shape, view.device, view.num_classes)
         if head is None:
             return "the model's logits do not come from a Linear layer with one row per class"
-        if head.weight not in view.tensors:
-            return f"the update has no tensor for the head {head.weight}"
+        if (missing := head_not_updated(view.model, head, view.tensors)) is not None:
+            return missing
         if view.batch_size is None:
             return "the server does not know the batch size (threat model)"
         if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):

@@ -1685,3 +1685,32 @@ def test_labels_beyond_the_outputs_get_the_fix_that_applies(workdir, monkeypatch
             audit(arch="lenet", input_shape=(1, 8, 8), data=(x, y * 2), batch_size=2)
     finally:
         sys.modules.pop("fg_five", None)
+
+
+def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(workdir, monkeypatch):
+    """Both had been skipped with 'the update has no tensor for the head 3.weight', which did not say why."""
+    from fedguard.audit import audit
+    from fedguard.data import load_data
+
+    (workdir / "fg_heads.py").write_text(
+        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+        "def plain(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, num_classes))\n"
+        "def spectral(num_classes=10):\n"
+        "    head = nn.utils.parametrizations.spectral_norm(nn.Linear(32, num_classes))\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), head)\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(workdir))
+    x, y = load_data("digits", input_shape=(1, 8, 8))
+    try:
+        from fg_heads import plain
+
+        frozen = plain()
+        frozen[3].requires_grad_(False)
+        report = audit(frozen, arch="fg_heads:plain", data=(x[:1], y[:1]), batch_size=1, attacks=["label_counts", "idlg"])
+        assert set(report.skipped.values()) == {
+            "the head 3.weight is frozen (requires_grad=False): the update holds nothing of it to read labels from"}
+        report = audit(arch="fg_heads:spectral", data=(x[:8], y[:8]), batch_size=8, attacks=["label_counts"])
+        assert report.skipped["label_counts"].startswith("the head's weight 3.weight is computed from other tensors")
+    finally:
+        sys.modules.pop("fg_heads", None)
