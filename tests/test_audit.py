@@ -10,6 +10,7 @@ leaks ``high``; label counts alone leak ``low`` and iDLG alone ``medium``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import stat
@@ -1607,14 +1608,24 @@ def test_images_in_memory_with_their_channels_last_are_told_how_to_permute():
     with pytest.raises(InputError, match=r"its channels come last: pass images as N, C, H, W \(x.permute\(0, 3, 1, 2\)\)"):
         audit(arch="lenet", data=(torch.rand(4, 32, 32, 3), torch.arange(4)), batch_size=1, attacks=["idlg"])
 
+@contextlib.contextmanager
+def user_architectures(workdir: Path, monkeypatch, name: str, source: str):
+    """A module ``name`` of architectures (torch, nn and ``input_shape = (1, 8, 8)`` imported) importable as
+    ``name:callable`` inside the block, and forgotten after it."""
+    (workdir / f"{name}.py").write_text("import torch\nfrom torch import nn\ninput_shape = (1, 8, 8)\n" + source)
+    monkeypatch.syspath_prepend(str(workdir))
+    try:
+        yield
+    finally:
+        sys.modules.pop(name, None)
+
 
 def test_linear_layers_in_parallel_are_no_mkor_chain(workdir, monkeypatch):
     """Two Linear branches concatenated before the head, or two heads summed: the default audit's check for MKOR's
     planted rows had multiplied their weights as a chain and failed inside torch (exit 3)."""
     from fedguard.audit import audit
 
-    (workdir / "fg_branches.py").write_text(
-        "import torch\nfrom torch import nn\ninput_shape = (1, 8, 8)\n"
+    source = (
         "class Towers(nn.Module):\n"
         "    def __init__(self, num_classes=10):\n"
         "        super().__init__()\n"
@@ -1630,14 +1641,11 @@ def test_linear_layers_in_parallel_are_no_mkor_chain(workdir, monkeypatch):
         "        h = self.body(x.flatten(1)).relu()\n"
         "        return self.one(h) + self.two(h)\n"
     )  # fmt: skip
-    monkeypatch.syspath_prepend(str(workdir))
-    try:
+    with user_architectures(workdir, monkeypatch, "fg_branches", source):
         for arch in ("fg_branches:Towers", "fg_branches:Heads"):
             report = audit(arch=arch, data="digits", batch_size=4, attacks=["label_counts", "mkor"], max_iterations=5)
             assert report.skipped["mkor"].startswith("the fully connected layers do not form one chain"), report.skipped
             assert report.attacks[0].label_counts_exact == 1.0
-    finally:
-        sys.modules.pop("fg_branches", None)
 
 
 def test_a_forward_that_changes_its_input_in_place_is_refused(workdir, monkeypatch):
@@ -1646,8 +1654,7 @@ def test_a_forward_that_changes_its_input_in_place_is_refused(workdir, monkeypat
     from fedguard.audit import audit
     from fedguard.errors import InputError
 
-    (workdir / "fg_inplace.py").write_text(
-        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+    source = (
         "class Net(nn.Module):\n"
         "    def __init__(self, num_classes=10):\n"
         "        super().__init__()\n"
@@ -1655,12 +1662,9 @@ def test_a_forward_that_changes_its_input_in_place_is_refused(workdir, monkeypat
         "    def forward(self, x):\n"
         "        return self.fc(x.mul_(2).sub_(1).flatten(1))\n"
     )  # fmt: skip
-    monkeypatch.syspath_prepend(str(workdir))
-    try:
+    with user_architectures(workdir, monkeypatch, "fg_inplace", source):
         with pytest.raises(InputError, match=r"^the model's forward changes its input in place; audit feeds"):
             audit(arch="fg_inplace:Net", data="digits", batch_size=2, attacks=["label_counts"])
-    finally:
-        sys.modules.pop("fg_inplace", None)
 
 
 def test_labels_beyond_the_outputs_get_the_fix_that_applies(workdir, monkeypatch):
@@ -1673,18 +1677,14 @@ def test_labels_beyond_the_outputs_get_the_fix_that_applies(workdir, monkeypatch
     x, y = load_data("digits", input_shape=(1, 8, 8))
     with pytest.raises(InputError, match=r"labels up to 10 but the model has 10 outputs; the labels look numbered from 1"):
         audit(arch="lenet", input_shape=(1, 8, 8), data=(x, y + 1), batch_size=2)
-    (workdir / "fg_five.py").write_text(
-        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+    source = (
         "def net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))\n"
     )  # fmt: skip
-    monkeypatch.syspath_prepend(str(workdir))
-    try:
+    with user_architectures(workdir, monkeypatch, "fg_five", source):
         with pytest.raises(InputError, match=r"labels up to 9 but the model has 5 outputs; pass data whose labels fit the model$"):
             audit(arch="fg_five:net", data="digits", batch_size=2)
         with pytest.raises(InputError, match=r"fit the model \(or num_classes\)$"):
             audit(arch="lenet", input_shape=(1, 8, 8), data=(x, y * 2), batch_size=2)
-    finally:
-        sys.modules.pop("fg_five", None)
 
 
 def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(workdir, monkeypatch):
@@ -1692,17 +1692,15 @@ def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(
     from fedguard.audit import audit
     from fedguard.data import load_data
 
-    (workdir / "fg_heads.py").write_text(
-        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+    source = (
         "def plain(num_classes=10):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, num_classes))\n"
         "def spectral(num_classes=10):\n"
         "    head = nn.utils.parametrizations.spectral_norm(nn.Linear(32, num_classes))\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), head)\n"
     )  # fmt: skip
-    monkeypatch.syspath_prepend(str(workdir))
     x, y = load_data("digits", input_shape=(1, 8, 8))
-    try:
+    with user_architectures(workdir, monkeypatch, "fg_heads", source):
         from fg_heads import plain
 
         frozen = plain()
@@ -1712,5 +1710,3 @@ def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(
             "the head 3.weight is frozen (requires_grad=False): the update holds nothing of it to read labels from"}
         report = audit(arch="fg_heads:spectral", data=(x[:8], y[:8]), batch_size=8, attacks=["label_counts"])
         assert report.skipped["label_counts"].startswith("the head's weight 3.weight is computed from other tensors")
-    finally:
-        sys.modules.pop("fg_heads", None)
