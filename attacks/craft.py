@@ -635,7 +635,7 @@ def class_fishing(
             raise ValueError(f"unknown target_row {target_row!r}; use 'keep' or 'constant'")
         last.weight.copy_(w)
         if last.bias is None:
-            raise ValueError("class_fishing needs a last linear layer with a bias")
+            raise ValueError("it needs a last linear layer with a bias")
         b = torch.full_like(last.bias, bias_multiplier)
         b[targets] = last.bias[targets] if target_bias == "keep" else float(target_bias)
         if float(b[targets].max()) >= bias_multiplier:  # the muted logits must stand above the target's
@@ -700,7 +700,7 @@ def feature_fishing(
     last: nn.Linear = lins[-1].module
     (t,) = _targets(target, last.out_features)
     if last.bias is None:
-        raise ValueError("feature_fishing needs a last linear layer with a bias")
+        raise ValueError("it needs a last linear layer with a bias")
     if data is not None and len(data) > max_examples:
         data = data[torch.randperm(len(data), generator=_generator(seed))[:max_examples]]
     feats = _inputs_of(model, last, data) if data is not None else None

@@ -552,3 +552,11 @@ def test_benign_zoo_has_what_it_promises():
     assert accuracy > 0.8
     assert [t[0] for t in benign_models()] == labels
     assert {t[1] for t in crafted_models()} == set(CRAFTERS.names())
+
+
+@pytest.mark.parametrize("name", ["class_fishing", "feature_fishing"])
+def test_a_head_without_bias_is_named_once(name):
+    """The crafter's name had come twice: 'feature_fishing cannot craft this Sequential: feature_fishing needs ...'."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10, bias=False))
+    with pytest.raises(InputError, match=rf"^{name} cannot craft this Sequential: it needs a last linear layer with a bias;"):
+        craft(name, model, input_shape=(1, 8, 8), data=torch.rand(16, 1, 8, 8) if name == "feature_fishing" else None)
