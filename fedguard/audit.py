@@ -484,6 +484,16 @@ def _exposure(
     return {**result.to_dict(), "budget": budget}
 
 
+def _check_schedule_agrees(update: Update, **given: Any) -> None:
+    """InputError when an argument of the training schedule, given other than its default, contradicts the one the
+    ``Update`` object carries (whose schedule the audit uses: the other had been dropped without a word)."""
+    defaults = inspect.signature(audit).parameters
+    for name, value in given.items():
+        if value != defaults[name].default and value != getattr(update, name):
+            raise InputError(f"{name}={value!r} but the Update object was computed with {name}={getattr(update, name)!r}; "
+                             f"leave {name} out (an Update carries its own schedule) or pass the update it describes")
+
+
 @keyword_names
 @_caller_state_kept
 def audit(
@@ -719,6 +729,8 @@ def audit(
 
     module = module.to(dev)
     if isinstance(update, Update):
+        _check_schedule_agrees(update, protocol=protocol, local_steps=local_steps, local_lr=local_lr,
+                               local_batch_size=local_batch_size)
         upd = checked_update(update, module, batch_size=len(index))
         agreement = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
     elif update is not None:

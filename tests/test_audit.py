@@ -1301,6 +1301,10 @@ def test_an_update_object_is_checked_as_a_file_is():
         audit(model, update=Update(tensors=good.tensors, protocol="fedsgd", batch_size=2), **run)
     with pytest.raises(InputError, match="bad local_lr None"):
         audit(model, update=Update(tensors=good.tensors, protocol="fedavg", batch_size=4), **run)
+    local = compute_update(model, x, y, protocol="fedavg", local_steps=3, local_lr=0.05)
+    with pytest.raises(InputError, match=r"^local_lr=0.2 but the Update object was computed with local_lr=0.05; leave"):
+        audit(model, update=local, protocol="fedavg", local_lr=0.2, **run)  # had been dropped without a word
+    assert audit(model, update=local, protocol="fedavg", local_steps=3, **run).attacks[0].label_counts_exact is not None
     assert audit(model, update=good, **run).attacks[0].label_counts_exact == 1.0
     prefixed = Update(tensors={f"module.{k}": v for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)
     assert audit(model, update=prefixed, **run).attacks[0].label_counts_exact == 1.0  # as a DataParallel file would be
