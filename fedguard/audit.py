@@ -37,7 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import check_float32, classifier_logits, first_line
+from fedguard.architectures import builds_any_class_count, check_float32, classifier_logits, first_line
 from fedguard.data import data_sha256
 from fedguard.errors import InputError, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
@@ -699,8 +699,6 @@ def audit(
     logits = classifier_logits(module, x_all, "audit")
     n_out = logits.shape[1]
     if int(y_all.max()) >= n_out or int(y_all.min()) < 0:
-        from fedguard.architectures import builds_any_class_count
-
         if int(y_all.min()) == 1 and int(y_all.max()) == n_out:
             fix = "the labels look numbered from 1: number the classes from 0 (y - 1)"
         else:

@@ -23,7 +23,7 @@ COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_co
 #: True inside a call to a function wrapped in :func:`keyword_names`: the outermost one names the arguments.
 _RENAMING: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_renaming", default=False)
 
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 
 class InputError(Exception):

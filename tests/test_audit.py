@@ -55,6 +55,18 @@ def invoke(*args, exposure: bool = False):
     return CliRunner().invoke(main, ["audit", *[str(a) for a in args], *extra], catch_exceptions=True)
 
 
+@contextlib.contextmanager
+def user_architectures(workdir: Path, monkeypatch, name: str, source: str):
+    """A module ``name`` of architectures (torch, nn and ``input_shape = (1, 8, 8)`` imported) importable as
+    ``name:callable`` inside the block, and forgotten after it."""
+    (workdir / f"{name}.py").write_text("import torch\nfrom torch import nn\ninput_shape = (1, 8, 8)\n" + source)
+    monkeypatch.syspath_prepend(str(workdir))
+    try:
+        yield
+    finally:
+        sys.modules.pop(name, None)
+
+
 def digits_npz(path: Path, n: int = 6, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` digits from ``start`` as an .npz (float 0-1, N,H,W); returns them as loaded."""
     from fedguard.data import load_data
@@ -245,24 +257,21 @@ def test_an_update_of_another_batch_is_attacked_as_given_with_a_note_and_never_p
 def test_an_update_that_cannot_be_checked_for_dropout_is_noted(workdir, monkeypatch):
     """With dropout two recomputations differ, so an update of other data cannot be told from the batch's: it had
     passed without a note (an MLP with dropout 0.5, the update of 4 other digits: cosine 0.64, pass)."""
+    from fedguard.architectures import build_model
     from fedguard.update import compute_update
 
-    (workdir / "fg_dropnets.py").write_text(
-        "from torch import nn\ninput_shape = (1, 8, 8)\n"
+    source = (
         "def dropnet(num_classes=10):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, num_classes))\n"
     )  # fmt: skip
-    monkeypatch.syspath_prepend(str(workdir))
-    from fedguard.architectures import build_model
-
     x, y = digits_npz(workdir / "other.npz", n=4, start=40)
     xb, yb = digits_npz(workdir / "batch.npz", n=4, start=20)
-    torch.manual_seed(0)
-    model = build_model("fg_dropnets:dropnet")
-    torch.save(model.state_dict(), workdir / "global.pt")
     run = ("--model", "global.pt", "--arch", "fg_dropnets:dropnet", "--data", "batch.npz", "--attack", "label_counts",
            "--no-exposure", "--format", "json")  # fmt: skip
-    try:
+    with user_architectures(workdir, monkeypatch, "fg_dropnets", source):
+        torch.manual_seed(0)
+        model = build_model("fg_dropnets:dropnet")
+        torch.save(model.state_dict(), workdir / "global.pt")
         torch.save(dict(compute_update(model, x, y).tensors), workdir / "other.pt")
         report = json.loads(invoke(*run, "--update", "other.pt").stdout)
         assert report["update"]["agreement"]["reproducible"] is False
@@ -270,8 +279,6 @@ def test_an_update_that_cannot_be_checked_for_dropout_is_noted(workdir, monkeypa
         torch.save(dict(compute_update(model, xb, yb).tensors), workdir / "own.pt")  # the same seed: the same dropout
         report = json.loads(invoke(*run, "--update", "own.pt").stdout)
         assert report["update"]["agreement"]["reproducible"] is True and report["notes"] == []
-    finally:
-        sys.modules.pop("fg_dropnets", None)
 
 
 def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):
@@ -1611,17 +1618,6 @@ def test_images_in_memory_with_their_channels_last_are_told_how_to_permute():
 
     with pytest.raises(InputError, match=r"its channels come last: pass images as N, C, H, W \(x.permute\(0, 3, 1, 2\)\)"):
         audit(arch="lenet", data=(torch.rand(4, 32, 32, 3), torch.arange(4)), batch_size=1, attacks=["idlg"])
-
-@contextlib.contextmanager
-def user_architectures(workdir: Path, monkeypatch, name: str, source: str):
-    """A module ``name`` of architectures (torch, nn and ``input_shape = (1, 8, 8)`` imported) importable as
-    ``name:callable`` inside the block, and forgotten after it."""
-    (workdir / f"{name}.py").write_text("import torch\nfrom torch import nn\ninput_shape = (1, 8, 8)\n" + source)
-    monkeypatch.syspath_prepend(str(workdir))
-    try:
-        yield
-    finally:
-        sys.modules.pop(name, None)
 
 
 def test_linear_layers_in_parallel_are_no_mkor_chain(workdir, monkeypatch):
