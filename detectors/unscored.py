@@ -46,7 +46,7 @@ class Unscored(Detector):
             layer.key(leaf)
             for layer in view.layers
             for leaf, tensor in layer.tensors.items()
-            if tensor.is_floating_point() and tensor.ndim >= 2 and not (layer.kind in SCORED_KINDS and leaf == "weight")
+            if tensor.is_floating_point() and tensor.ndim >= 2 and not _read_by_checks(layer.kind, leaf)
         ]
         if not unscored:
             return
@@ -63,9 +63,17 @@ class Unscored(Detector):
                 tensors=unscored,
             )
         else:
+            fix = ("they are keys of the architecture given with --arch, which FG701 compared"
+                   if view.module is not None else "use --arch to compare every key with the architecture you expect")  # fmt: skip
             yield self.finding(
                 "FG003", "Unrecognised weight-like tensors", Severity.LOW, Confidence.LOW, None,
                 f"{len(unscored)} weight-like tensor(s) ({shown}) are not saved as a layer's weight and were not "
-                "checked; use --arch to compare every key with the architecture you expect.",
+                f"checked; {fix}.",
                 tensors=unscored,
             )
+
+
+def _read_by_checks(kind: str, leaf: str) -> bool:
+    """Whether the checks read a layer's tensor ``leaf``: every scored layer's weight, and a normalisation layer's
+    element-wise bias (a LayerNorm over several dimensions keeps a bias the shape of its weight)."""
+    return kind in SCORED_KINDS and leaf == "weight" or kind == NORM and leaf == "bias"

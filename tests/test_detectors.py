@@ -720,6 +720,16 @@ def test_an_architecture_of_bare_parameters_is_told_to_use_torch_layers():
     assert "holds them as bare parameters" in finding.message and "use --arch" not in finding.message
 
 
+def test_unscored_tensors_of_the_given_architecture_are_not_sent_back_to_arch():
+    """An LSTM's recurrent weights stay unscored (FG003 low); with --arch the finding says FG701 compared them
+    instead of telling the user to give the --arch they gave."""
+    module = torch.nn.LSTM(64, 32)
+    for given in (None, module):
+        (finding,) = run_detectors(InspectContext(view=ModelView.from_state_dict(module.state_dict(), given)), None)[0]
+        assert finding.rule_id == "FG003" and finding.severity is Severity.LOW
+        assert ("use --arch" in finding.message) is (given is None), finding.message
+
+
 def test_odd_layouts_fold_or_stay_visible_without_crashing():
     """Old spectral norm folds; a second layout beside a stored weight is FG003, not folded over the weight;
     scalar weight-norm tensors are no layer, and no crash."""
@@ -739,7 +749,7 @@ def test_odd_layouts_fold_or_stay_visible_without_crashing():
 def test_a_layer_norm_over_several_dimensions_is_no_linear_layer(shape):
     """LayerNorm's affine weight over several dimensions is 2-D or 3-D, all ones at initialisation: read as a Linear
     or conv layer, an honest model had been malicious (FG101 at init, FG301 after training). Its bias has the
-    weight's shape, which no Linear or conv layer's bias has."""
+    weight's shape, which no Linear or conv layer's bias has, and that bias is the layer's own (no FG003)."""
     torch.manual_seed(0)
     channels = (torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU()) if len(shape) == 3 else ()
     width = math.prod(shape)
@@ -754,4 +764,4 @@ def test_a_layer_norm_over_several_dimensions_is_no_linear_layer(shape):
                 loss.backward()
                 optimizer.step()
         found = {f.rule_id: f for f in static_findings(model.state_dict())}
-        assert judge(list(found.values())) is Verdict.CLEAN, {k: f.message for k, f in found.items()}
+        assert not found, {k: f.message for k, f in found.items()}
