@@ -51,6 +51,14 @@ class _UserBar:
             self.progress.update(self.task, completed=settled, total=total)
 
 
+def _updates_file(updates_path: Path | None, output: Path | None) -> str | None:
+    """The updates file as the report names it: relative to the report's folder when there is a report file (so
+    the two move together, as an audit's image files do), else as written."""
+    if updates_path is None:
+        return None
+    return os.path.relpath(updates_path, output.parent) if output is not None else str(updates_path)
+
+
 def _default_updates_path(output: Path) -> Path:
     """``OUTPUT-updates.npz`` with the report's whole name (``d.json-updates.npz``), so ``d.json`` and ``d.txt`` keep
     their own; beside a link's target, where the report lands (as audit's grids)."""
@@ -141,7 +149,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
     if updates_path is not None:
         dis.save_updates(updates_path, result)
     doc = disaggregation_to_dict(
-        result, source, observed.dim, score=score, updates_file=str(updates_path) if updates_path else None,
+        result, source, observed.dim, score=score, updates_file=_updates_file(updates_path, output),
     )
     text = render_disaggregation(fmt, doc)
     if output is not None:
