@@ -89,8 +89,11 @@ class Update:
         which defense made the update), else the caller's name for it, e.g.
         ``dp-sgd``.
     epsilon, delta : float or None
-        DP guarantee of the defense, when it has one, as declared (not
-        checked against the update): ``epsilon >= 0``, ``0 <= delta < 1``.
+        DP guarantee of the defense, when it has one, as declared:
+        ``epsilon >= 0``, ``0 <= delta < 1``; ``delta`` only with ``epsilon``
+        (``epsilon`` alone is pure DP), and neither for ``none`` or
+        ``unknown``. Not proven against the update; the audit notes an update
+        that carries no measurable noise.
     source : str
         ``computed`` or the path of the file it was read from.
     sha256 : str or None
@@ -130,6 +133,12 @@ class Update:
             if value is not None and not (is_number(value) and 0 <= value < upper):
                 bound = "a finite number of at least 0" if upper == math.inf else "a number from 0 to below 1"
                 raise InputError(f"bad update {name} {checks.shown(value)}; give {bound}, or None when the defense has no DP guarantee")
+        if self.delta is not None and self.epsilon is None:
+            raise InputError(f"update delta {self.delta:g} given without epsilon: an (epsilon, delta) guarantee needs both; "
+                             "give epsilon too, or drop delta")
+        if self.epsilon is not None and self.defense.strip() in ("none", "unknown"):
+            raise InputError(f"update epsilon {self.epsilon:g} given with defense {self.defense.strip()!r}: a DP guarantee is "
+                             "a defense's; name it (e.g. defense='dp-sgd') or drop epsilon and delta")
 
     def __repr__(self) -> str:
         """The fields, with the tensors summarised (printed whole, a LeNet's ran to 32 KB)."""

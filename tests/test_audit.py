@@ -1225,11 +1225,33 @@ def test_an_updates_declared_defense_is_checked_and_shown():
     assert compute_update(lenet8(), torch.rand(2, 1, 8, 8), torch.arange(2)).defense == "none"
     assert Update(tensors=tensors, protocol="fedsgd", batch_size=4).defense == "unknown"
     for bad in ({"epsilon": "abc"}, {"epsilon": -3.0}, {"epsilon": float("nan")}, {"delta": 5.0}, {"delta": float("inf")},
-                {"defense": None}, {"defense": " "}):  # fmt: skip
+                {"defense": None}, {"defense": " "}, {"epsilon": 1.0}, {"defense": "none", "epsilon": 1.0},
+                {"defense": "dp-sgd", "delta": 1e-5}):  # fmt: skip
         with pytest.raises(InputError, match="update (defense|epsilon|delta)"):
             Update(tensors=tensors, protocol="fedsgd", batch_size=4, **bad)
     declared = Update(tensors=tensors, protocol="fedsgd", batch_size=4, defense="dp-sgd", epsilon=2, delta=1e-5)
     assert defense_summary(declared.summary()) == "defense dp-sgd (epsilon 2, delta 1e-05, as declared)"
+
+
+def test_an_update_declared_private_but_without_noise_is_at_least_warn():
+    """An update declared DP-SGD with an epsilon that is the noise-free update recomputed here carries no DP noise:
+    the audit says the declared guarantee does not hold (it had been shown as declared, verdict pass); the same
+    update with DP-SGD's noise at epsilon 10 (sigma 0.53, clip 1, batch 4) draws no such note."""
+    from fedguard.audit import audit
+    from fedguard.data import load_data
+    from fedguard.update import Update, compute_update
+
+    x, y = (part[:4] for part in load_data("digits"))
+    model = lenet8()
+    clean = compute_update(model, x, y, seed=0)
+    run = dict(arch="lenet", input_shape=(1, 8, 8), data=(x, y), batch_size=4, attacks=["label_counts"], seed=0)
+    declared = dict(protocol="fedsgd", batch_size=4, defense="dp-sgd", epsilon=10.0, delta=1e-5)
+    report = audit(model, update=Update(tensors=clean.tensors, **declared), **run)
+    assert str(report.verdict) == "warn" and any("no DP noise is measurable" in n for n in report.notes), report.notes
+    generator = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.53 * torch.randn(v.shape, generator=generator) / 4 for k, v in clean.tensors.items()}
+    report = audit(model, update=Update(tensors=noisy, **declared), **run)
+    assert not any("no DP noise is measurable" in n for n in report.notes), report.notes
 
 
 def test_an_update_with_batchnorm_running_statistics_is_at_least_warn(tmp_path):
