@@ -16,6 +16,7 @@ large model costs little more than its size.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import pickletools
 import re
@@ -32,7 +33,7 @@ import torch
 
 from fedguard.errors import InputError
 from fedguard.io import read_npz
-from fedguard.pickle_scan import scan_file
+from fedguard.pickle_scan import DATA_GLOBALS, scan_file
 from fedguard.types import Confidence, Finding, Rule, Severity
 
 TORCH, SAFETENSORS, NPZ = "torch", "safetensors", "npz"
@@ -274,10 +275,25 @@ def _zip_members(path: Path) -> list[zipfile.ZipInfo]:
         return archive.infolist()
 
 
+def _data_globals() -> list[tuple[Any, str]]:
+    """:data:`~fedguard.pickle_scan.DATA_GLOBALS` as ``torch.serialization.safe_globals`` takes them: each object
+    under the name a pickle calls it by (numpy 1's ``numpy.core`` is numpy 2's ``numpy._core``)."""
+    allowed = []
+    for module, name in sorted(DATA_GLOBALS):
+        with warnings.catch_warnings():  # numpy 2 warns on importing numpy.core
+            warnings.simplefilter("ignore")
+            try:
+                value = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):  # a numpy without this dtype class writes no pickle naming it
+                continue
+        allowed.append((value, f"{module}.{name}"))
+    return allowed
+
+
 def _load_torch(path: Path, mmap: bool) -> Any:
     try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols and deprecated storages
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_data_globals()):
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols and deprecated storages
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises UnpicklingError subclasses and more for odd files
         raise InputError(f"{path} could not be read as a torch state_dict ({_torch_reason(exc)}); re-export it with {_hint(TORCH)}") from None
@@ -375,7 +391,10 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
     tensors = {}
     for key, value in raw.items():
         name = short_name(str(key))
-        tensors[name] = _as_tensor(value, f"key {name!r}", path)
+        # an empty buffer (a mask registered as torch.empty(0)) holds nothing; an empty layer, list item or matrix
+        # is malformed
+        may_be_empty = str(name).rsplit(".", 1)[-1] not in ("weight", "bias")
+        tensors[name] = _as_tensor(value, f"key {name!r}", path, may_be_empty)
         if name.rsplit(".", 1)[-1] in ("weight", "bias") and not tensors[name].is_floating_point():
             # the checks read only floating-point tensors: a model cast to integers had passed as clean, unread
             raise InputError(f"{path}: {name} has dtype {tensors[name].dtype}; a layer's weights, and an update's, "
@@ -387,15 +406,17 @@ def _unwrap(raw: Mapping, path: Path | str) -> Mapping:
     """The state_dict inside checkpoint wrappers (``{"state_dict": ...}``, up to three deep). Two different ones
     side by side (``{"state_dict": A, "model": B}``, or ``{"state_dict": A, "ema_state_dict": B}`` with B under
     A's names) are refused: a client may load either, and judging one would pass the other unseen. So are
-    weight-shaped tensors beside the state_dict (``{"state_dict": A, "fc.weight": W}``), which a client that loads
-    the whole file leniently would take; scalars there (``best_acc1``, a step count) are metrics. An optimizer's
+    tensors beside the state_dict under a layer's name (``{"state_dict": A, "fc.weight": W}``, a dotted name or one
+    of A's), which a client that loads the whole file leniently would take; scalars there (``best_acc1``, a step
+    count) are metrics and other tensors (``rng_state``, a sample count per class) no layer's. An optimizer's
     state, under other names, is no second state_dict."""
     for _ in range(3):
         keys = [k for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping) and _holds_tensors(raw[k])]
         if not keys:
             return raw
         chosen = raw[keys[0]]
-        beside = [str(k) for k, v in raw.items() if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0]
+        beside = [str(k) for k, v in raw.items() if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0
+                  and (k in chosen or "." in str(k))]  # fmt: skip
         if beside:
             raise InputError(
                 f"{path} holds tensors beside the state_dict under {keys[0]!r} ({', '.join(map(repr, beside[:3]))}"
@@ -471,7 +492,7 @@ _WIDENED = {
 MAX_DENSE_ELEMENTS = 1 << 31
 
 
-def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
+def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False) -> torch.Tensor:
     """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError)."""
     if isinstance(value, np.generic):  # a numpy scalar: the difference of two 0-d arrays (BatchNorm's batch counter)
         value = np.asarray(value)
@@ -487,7 +508,7 @@ def _as_tensor(value: Any, where: str, path: Path) -> torch.Tensor:
         )
     if value.is_meta:
         raise InputError(f"{path}: {where} is a meta tensor, a shape without values; save the model's real weights")
-    if value.numel() == 0:
+    if value.numel() == 0 and not (may_be_empty and value.ndim == 1):
         raise InputError(f"{path}: {where} is a zero-sized tensor (shape {tuple(value.shape)}); the file is malformed, re-export it")
     if value.is_complex():
         raise InputError(f"{path}: {where} has dtype {value.dtype}; fedguard expects real-valued weights")

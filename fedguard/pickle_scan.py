@@ -42,15 +42,30 @@ SAFE_GLOBALS = frozenset(
         ("torch", "UntypedStorage"),
         ("torch.storage", "UntypedStorage"),
         ("torch", "strided"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.dtypes", "Float32DType"),
         ("_codecs", "encode"),
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("builtins", "slice"),
+    }
+)
+
+#: Globals of plain data that training scripts save beside a state_dict and torch's ``weights_only`` loader refuses
+#: unless allowed: numpy arrays, scalars (``best_acc = np.float64(...)``) and their numeric dtypes, and the
+#: ``argparse.Namespace`` of a run's arguments. Each builds a value from the pickle's own data and runs nothing
+#: else; :func:`fedguard.loading.load_torch` allows exactly these (torch's serialization notes allow the same numpy
+#: ones).
+DATA_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("argparse", "Namespace"),
+        *(("numpy.dtypes", f"{kind}DType") for kind in
+          ("Bool", *(f"{sign}Int{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)),
+           "Float16", "Float32", "Float64", "Complex64", "Complex128")),
     }
 )
 
@@ -95,7 +110,7 @@ def _is_layer_class(module: str, name: str) -> bool:
 
 
 def is_safe_global(module: str, name: str) -> bool:
-    if (module, name) in SAFE_GLOBALS:
+    if (module, name) in SAFE_GLOBALS or (module, name) in DATA_GLOBALS:
         return True
     # Typed storages (torch.FloatStorage ...), dtypes, layouts and quantisation schemes (torch.float32,
     # torch.sparse_coo, torch.per_tensor_affine) are data.

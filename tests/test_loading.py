@@ -179,6 +179,34 @@ def test_checkpoint_wrappers(tmp_path, key):
     assert_same(load_model_file(path).tensors, sd)
 
 
+def test_checkpoints_with_numpy_values_and_run_arguments_load(tmp_path):
+    """Training scripts save numpy scalars (``best_acc``), numpy arrays and the run's ``argparse.Namespace`` beside the
+    state_dict, or the state_dict as numpy arrays: plain data, read as such (they had been FG001, critical, or
+    refused). A numpy object array naming a function is still FG001."""
+    import argparse
+
+    sd = tiny_state_dict()
+    extras = {"best_acc": np.float64(0.91), "step": np.int64(3), "seen": np.arange(4), "args": argparse.Namespace(lr=0.1)}
+    torch.save({"model": sd, **extras}, tmp_path / "ckpt.pt")
+    assert_same(load_model_file(tmp_path / "ckpt.pt").tensors, sd)
+    torch.save({k: v.numpy() for k, v in sd.items()}, tmp_path / "arrays.pt")
+    assert_same(load_model_file(tmp_path / "arrays.pt").tensors, sd)
+    torch.save({"model": sd, "hook": np.array([print], dtype=object)}, tmp_path / "hook.pt")
+    loaded = load_model_file(tmp_path / "hook.pt")
+    assert loaded.refused and loaded.findings[0].rule_id == "FG001"
+
+
+def test_an_empty_buffer_loads_an_empty_layer_is_refused(tmp_path):
+    """A module's buffer registered as ``torch.empty(0)`` holds nothing and loads (it had made the file
+    "malformed"); an empty weight or bias is still refused."""
+    sd = {**tiny_state_dict(), "mask": torch.empty(0)}
+    torch.save(sd, tmp_path / "buffer.pt")
+    assert_same(load_model_file(tmp_path / "buffer.pt").tensors, sd)
+    torch.save({**sd, "2.bias": torch.empty(0)}, tmp_path / "layer.pt")
+    with pytest.raises(InputError, match="key '2.bias' is a zero-sized tensor"):
+        load_model_file(tmp_path / "layer.pt")
+
+
 def test_two_different_wrapped_state_dicts_are_refused_the_same_one_twice_is_read(tmp_path):
     """``{"state_dict": benign, "model": crafted}``: judging the first would pass the one a client may load."""
     sd = tiny_state_dict()
@@ -203,6 +231,11 @@ def test_two_different_wrapped_state_dicts_are_refused_the_same_one_twice_is_rea
     torch.save({"state_dict": sd, "fc.weight": torch.ones(4, 3)}, tmp_path / "beside.pt")
     with pytest.raises(InputError, match=r"holds tensors beside the state_dict under 'state_dict' \('fc.weight'\)"):
         load_model_file(tmp_path / "beside.pt")
+    torch.save({"state_dict": sd, next(iter(sd)): torch.ones(4, 3)}, tmp_path / "beside_own.pt")
+    with pytest.raises(InputError, match=r"holds tensors beside the state_dict"):
+        load_model_file(tmp_path / "beside_own.pt")
+    torch.save({"state_dict": sd, "rng_state": torch.get_rng_state()}, tmp_path / "rng.pt")  # no layer's name
+    assert_same(load_model_file(tmp_path / "rng.pt").tensors, sd)
     torch.save({"state_dict": sd, "best_acc1": torch.tensor(91.2)}, tmp_path / "metric.pt")
     assert_same(load_model_file(tmp_path / "metric.pt").tensors, sd)
     nan = {k: v.clone() for k, v in sd.items()}
