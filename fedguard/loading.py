@@ -122,6 +122,7 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise InputError(f"{path} is a corrupt torch checkpoint ({str(exc)[:120]}); re-download or re-export it") from None
         if scan.unsafe and not scan.pickled_module:
+            _refuse_compiled(path, scan.unsafe)
             return {}, (_code_finding(scan.unsafe),), True
         if scan.pickled_module:
             raise InputError(
@@ -139,6 +140,27 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
         raw = _load_npz(path)
     tensors, named = to_state_dict(raw, path)
     return tensors, (), named
+
+
+#: What a quantised model's packed parameters name in a pickle (``quantize_dynamic``, ``convert``).
+_PACKED = "torch.ScriptObject"
+_QUANTISED = (" holds packed quantised parameters (torch.ao.quantization), which load only through torch's own "
+              "compiled classes; inspect the float model before quantising: torch.save(model.state_dict(), 'model.pt')")
+
+
+def _refuse_compiled(path: Path, unsafe: list[str]) -> None:
+    """InputError for the compiled forms torch writes, whose pickles import no Python function: a TorchScript
+    archive (``torch.jit.save``; ``__torch__`` classes) and a quantised model's packed parameters. Anything beside
+    them stays FG001."""
+    if not all(name.startswith("__torch__.") or name == _PACKED for name in unsafe):
+        return
+    if any(name.startswith("__torch__.") for name in unsafe):
+        raise InputError(
+            f"{path} is a TorchScript archive (torch.jit.save): loading it runs its compiled program, which fedguard "
+            "neither runs nor checks (do not load it from a server you do not trust); ask for the weights as a "
+            "state_dict: torch.save(model.state_dict(), 'model.pt')"
+        )
+    raise InputError(f"{path}{_QUANTISED}")
 
 
 def _check_file(path: Path) -> str:
@@ -502,6 +524,8 @@ def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False) -
         if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # long double: no torch type
             value = value.astype(np.float64)
         value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor) and "_packed_params" in where:
+        raise InputError(f"{path}{_QUANTISED}")
     if not isinstance(value, torch.Tensor):
         raise InputError(
             f"{path}: {where} is a {type(value).__name__}, not a tensor; save model.state_dict() (names to tensors only)"

@@ -196,6 +196,26 @@ def test_checkpoints_with_numpy_values_and_run_arguments_load(tmp_path):
     assert loaded.refused and loaded.findings[0].rule_id == "FG001"
 
 
+def test_torchscript_and_quantised_models_are_refused_by_name(tmp_path):
+    """A TorchScript archive and a quantised model's packed parameters import no Python function, only torch's
+    compiled classes: each is named, with the export that works (they had been FG001, critical, or a dtype
+    "not a tensor"); a TorchScript archive with a payload beside its classes is still FG001."""
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's and torch.ao.quantization's deprecation notices
+        torch.jit.save(torch.jit.script(model), tmp_path / "scripted.pt")
+        with pytest.raises(InputError, match=r"is a TorchScript archive \(torch.jit.save\).*model.state_dict\(\)"):
+            load_model_file(tmp_path / "scripted.pt")
+        for quantised in (torch.ao.quantization.quantize_dynamic(model, {nn.Linear}),
+                          torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.LSTM(8, 4)), {nn.LSTM})):
+            torch.save(quantised.state_dict(), tmp_path / "quantised.pt")
+            with pytest.raises(InputError, match="holds packed quantised parameters .* the float model"):
+                load_model_file(tmp_path / "quantised.pt")
+    from fedguard.loading import _refuse_compiled
+
+    _refuse_compiled(tmp_path / "mixed.pt", ["__torch__.nets.MLP", "os.system"])  # not refused here: FG001 follows
+
+
 def test_an_empty_buffer_loads_an_empty_layer_is_refused(tmp_path):
     """A module's buffer registered as ``torch.empty(0)`` holds nothing and loads (it had made the file
     "malformed"); an empty weight or bias is still refused."""
