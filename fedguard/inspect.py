@@ -99,8 +99,29 @@ def build_expected_module(
 
 
 def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str, torch.Tensor]:
-    """Give an unnamed (Flower-style) list the architecture's names when it lines up exactly."""
-    return names_from(module.state_dict(), loaded.tensors)
+    """Give an unnamed (Flower-style) list the architecture's names when it lines up exactly. A list of
+    ``module.parameters()``, which holds tied weights (an embedding shared with the head) once, lines up too: each
+    tied name gets the tensor of the name it shares (the list had been read as drift, FG701 high)."""
+    state = module.state_dict()
+    named = names_from(state, loaded.tensors)
+    tied = _tied_names(module)
+    if named is not loaded.tensors or not tied:
+        return named
+    named = names_from({k: v for k, v in state.items() if k not in tied}, loaded.tensors)
+    if named is loaded.tensors:
+        return named
+    return {k: named[tied.get(k, k)] for k in state if tied.get(k, k) in named}
+
+
+def _tied_names(module: nn.Module) -> dict[str, str]:
+    """Each ``state_dict`` name whose tensor is one listed before it, mapped to that first name."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, value in module.state_dict(keep_vars=True).items():
+        tied_to = first.setdefault(id(value), name)
+        if tied_to != name:
+            tied[name] = tied_to
+    return tied
 
 
 def names_from(named: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:

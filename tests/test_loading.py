@@ -340,6 +340,19 @@ def test_flower_list_named_by_architecture(tmp_path):
     assert report.verdict == Verdict.CLEAN, [f.rule_id for f in report.findings]
 
 
+def test_a_list_of_parameters_with_tied_weights_is_named_by_architecture(tmp_path):
+    """``model.parameters()`` lists a weight tied between the embedding and the head once: with --arch both names
+    get it (it had been drift, FG701 high); a list of the whole state_dict lines up as before."""
+    from fedguard.inspect import name_by_architecture
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50))
+    model[2].weight = model[0].weight
+    for values, path in ((list(model.parameters()), tmp_path / "params.npz"), (list(model.state_dict().values()), tmp_path / "all.npz")):
+        np.savez(path, *[v.detach().numpy() for v in values])
+        assert_same(name_by_architecture(load_model_file(path), model), model.state_dict())
+
+
 def _bias_first(sd: dict) -> dict:
     """The order ``torch.nn.utils.prune.remove`` leaves: each pruned layer's bias before its weight."""
     out = {}
