@@ -13,7 +13,9 @@ widens its input at least 6×, or, behind convolutions, widens ≥ 2× and
 holds most of the parameters or feeds the classifier directly. Honest heads
 narrow towards the classes (ResNet, VGG, AlexNet heads shrink; MobileNetV3's
 widens 1.8×). A transformer feed-forward block (attention parameters in the
-model, and the next layer maps back to the block's input width; PyTorch's
+model, by name or, in an unnamed list, as a fused ``[3d, d]`` query-key-value
+projection followed by a ``[d, d]`` output projection; and the next layer
+maps back to the block's input width; PyTorch's
 default ``dim_feedforward=2048`` at small ``d_model`` widens 32×) and a pure-MLP
 layer that widens 4–6× and dominates the parameters are low severity only.
 Known false-positive risk: an honest MLP whose first hidden layer is ≥ 6× its
@@ -53,7 +55,7 @@ class OversizedFC(Detector):
         view = context.view
         total = view.n_parameters
         layers = view.weight_layers()
-        attention = any(word in name for name in view.tensors for word in ATTENTION_WORDS)
+        attention = any(word in name for name in view.tensors for word in ATTENTION_WORDS) or _fused_attention(layers)
         for position, layer in enumerate(layers):
             if layer.kind != LINEAR or layer is layers[-1]:
                 continue
@@ -82,3 +84,12 @@ class OversizedFC(Detector):
                 "architecture you expect with --arch or --reference.",
                 units=units, fan_in=fan_in, widening=rounded(units / fan_in), parameter_share=rounded(share),
             )
+
+
+def _fused_attention(layers) -> bool:
+    """Whether the model holds a fused attention projection by shape alone (``nn.MultiheadAttention``'s
+    ``in_proj`` of ``3d`` rows over ``d`` inputs, then its ``d x d`` ``out_proj``): what an unnamed list keeps of it."""
+    return any(
+        a.kind == LINEAR and b.kind == LINEAR and a.out_features == 3 * a.fan_in and (b.out_features, b.fan_in) == (a.fan_in, a.fan_in)
+        for a, b in zip(layers, layers[1:])
+    )

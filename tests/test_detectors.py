@@ -514,6 +514,21 @@ def test_fused_attention_projections_are_scanned():
     assert found["FG101"].layer == "self_attn.in_proj"
 
 
+def test_a_transformers_feed_forward_block_in_an_unnamed_list_is_low_only():
+    """Unnamed, the default encoder layer's 64 -> 2048 feed-forward block keeps its attention by shape (a [192, 64]
+    projection, then [64, 64]): low, as when named (it had been medium, suspicious); the same widening with no
+    attention beside it stays medium."""
+    from fedguard.loading import name_unnamed
+
+    torch.manual_seed(0)
+    encoder = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4)
+    found = _rules_of(name_unnamed(list(encoder.state_dict().values())))
+    assert found["FG601"].severity is Severity.LOW and judge(list(found.values())) is Verdict.CLEAN
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 64), torch.nn.Linear(64, 10))
+    found = _rules_of(name_unnamed(list(mlp.state_dict().values())))
+    assert found["FG601"].severity is Severity.MEDIUM
+
+
 def test_a_recurrent_layers_input_weights_are_scanned():
     torch.manual_seed(0)
     for rnn in (torch.nn.GRU(64, 32, bidirectional=True), torch.nn.LSTM(64, 32, num_layers=2)):
