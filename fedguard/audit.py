@@ -39,6 +39,7 @@ import fedguard
 from fedguard import checks
 from fedguard.architectures import builds_any_class_count, check_float32, classifier_logits, first_line
 from fedguard.data import data_sha256
+from fedguard.defenses import DPSGD, Defense, GaussianNoise, Pruning
 from fedguard.errors import InputError, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
@@ -456,9 +457,10 @@ def _emulate(
     batch_y: torch.Tensor,
     aux: tuple[torch.Tensor, torch.Tensor] | None,
     seed: int,
+    defense: Defense | None = None,
 ) -> ServerView:
     """What a malicious server would see: the model crafted by ``crafter`` for this architecture, and
-    the client's update computed under it with the same protocol (the client's side, run here).
+    the client's update computed under it with the same protocol and ``defense`` (the client's side, run here).
     Its ``next_round(options)`` crafts again from the same model for a later round on the same batch."""
     from fedguard.attacks.craft import READS_DATA, craft
 
@@ -468,8 +470,9 @@ def _emulate(
                         num_classes=view.num_classes, data=public, seed=seed, **options).to(view.device)
         evil = compute_update(crafted, batch_x.to(view.device), batch_y.to(view.device), protocol=upd.protocol,
                               local_steps=upd.local_steps, local_lr=upd.local_lr,
-                              local_batch_size=upd.local_batch_size, seed=seed, allow_divergence=True)
-    again = functools.partial(_emulate, crafter, view=view, upd=upd, batch_x=batch_x, batch_y=batch_y, aux=aux, seed=seed)
+                              local_batch_size=upd.local_batch_size, seed=seed, allow_divergence=True, defense=defense)
+    again = functools.partial(_emulate, crafter, view=view, upd=upd, batch_x=batch_x, batch_y=batch_y, aux=aux, seed=seed,
+                              defense=defense)
     return dataclasses.replace(view, model=crafted, tensors=evil.tensors, next_round=again)
 
 
@@ -525,6 +528,7 @@ def audit(
     local_lr: float = 0.01,
     local_batch_size: int | None = None,
     update: str | os.PathLike | Update | None = None,
+    defense: Defense | None = None,
     attacks: Sequence[str] | None = None,
     max_iterations: int | None = None,
     time_budget: float | None = DEFAULT_TIME_BUDGET,
@@ -569,6 +573,11 @@ def audit(
         ``data`` (same names and shapes as the model's parameters; FedAvg:
         ``W_T - W_0``). An :class:`~fedguard.update.Update` brings its own
         protocol and schedule and is checked as a file is.
+    defense : DPSGD, Pruning or GaussianNoise, optional
+        A defense the client applies (:mod:`fedguard.defenses`): the update
+        is computed under it, the malicious-server emulators' updates too, and
+        the report gives its settings (DP-SGD's epsilon for the round). Not
+        with ``update``, which is attacked as it is.
     attacks : list of str, optional
         Registry names to run; default every one that applies.
     max_iterations : int, optional
@@ -656,6 +665,13 @@ def audit(
         raise InputError(
             f"update is a {type(update).__name__}; pass a path or an Update "
             "(e.g. Update(tensors=dict_of_tensors, protocol='fedavg', batch_size=len(y), local_steps=5, local_lr=0.01))"
+        )
+    if defense is not None and not isinstance(defense, (DPSGD, Pruning, GaussianNoise)):
+        raise InputError(f"defense is a {type(defense).__name__}; pass a fedguard.defenses DPSGD, Pruning or GaussianNoise, or None")
+    if defense is not None and update is not None:
+        raise InputError(
+            "--defense applies to the update fedguard computes; --update is attacked as it is (in Python, declare "
+            "its defense with Update(defense=..., epsilon=..., delta=...)); drop one of them"
         )
     if update is not None and model is None:
         raise InputError(
@@ -753,7 +769,7 @@ def audit(
         agreement = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
     else:
         upd = compute_update(module, batch_x.to(dev), batch_y.to(dev), protocol=protocol, local_steps=local_steps,
-                             local_lr=local_lr, local_batch_size=local_batch_size, seed=seed)
+                             local_lr=local_lr, local_batch_size=local_batch_size, seed=seed, defense=defense)
         agreement = None
     mismatch = _mismatch_note(agreement, upd.protocol)
     notes = [note for note in (mismatch, _noiseless_note(upd, agreement), _probabilities_note(logits),
@@ -822,7 +838,8 @@ def audit(
                 planted = cls.emulates is not None and (name in sent or attack.planted(view))  # sent: no crafting on top
                 if cls.emulates is not None and not planted:
                     try:
-                        target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed)
+                        target = _emulate(cls.emulates, attack.crafter_options(view), view, upd, batch_x, batch_y, aux, seed,
+                                          defense)
                     except NothingToPlant as exc:  # nothing of the kind it changes, or its parameters there already
                         planted = attack.applies(view) is None  # then the server sent them: attack the update as is
                         if not planted:

@@ -169,6 +169,12 @@ def _formats() -> dict[str, str]:
 @click.option("--local-lr", type=float, default=0.01, show_default=True, help="FedAvg: local learning rate.")
 @click.option("--local-batch-size", type=int, help="FedAvg: mini-batch size of each local step (default: the whole batch).")
 @click.option("--update", "update", type=NamedPath(), help="An update computed elsewhere from --model on exactly --data (gradient, or W_T - W_0 for fedavg); needs --model.")
+@click.option("--defense", type=click.Choice(["none", "dp-sgd", "prune", "noise"]), default="none", show_default=True, help="Apply a defense to the computed update before attacking it: dp-sgd (Opacus: per-example clipping and Gaussian noise at every local step; the report gives the round's epsilon), prune (zero each tensor's smallest values), noise (Gaussian noise on the update).")
+@click.option("--noise-multiplier", type=FiniteFloatRange(min=0, min_open=True), help="--defense dp-sgd: noise std over the clipping norm (sigma), e.g. 1.0.")
+@click.option("--max-grad-norm", type=FiniteFloatRange(min=0, min_open=True), default=1.0, show_default=True, help="--defense dp-sgd: each example's gradient is clipped to this L2 norm.")
+@click.option("--delta", type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-5, show_default=True, help="--defense dp-sgd: the delta at which epsilon is reported.")
+@click.option("--prune-fraction", type=FiniteFloatRange(min=0, max=1, max_open=True), help="--defense prune: share of each tensor's values (smallest magnitudes) set to zero, e.g. 0.9.")
+@click.option("--noise-std", type=FiniteFloatRange(min=0, min_open=True), help="--defense noise: standard deviation of the noise added to every value, e.g. 0.01.")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())
 @click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000; under a tenth of that the verdict is at least warn, as it is when --time-budget stops an attack before them).")
 @click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack, checked between iterations (one iteration on a batch of hundreds can take longer).")
@@ -192,7 +198,7 @@ def _formats() -> dict[str, str]:
 @click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
-                  update, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
+                  update, defense, noise_multiplier, max_grad_norm, delta, prune_fraction, noise_std, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
                   exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise, exposure_budget,
                   seed, device, fmt, output, fail_on, force, quiet):
     """Attack your own pending update as the server could, and measure what leaks.
@@ -207,6 +213,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     """
     from fedguard.architectures import parse_input_shape
     from fedguard.audit import audit
+    from fedguard.defenses import parse_defense
     from fedguard.exposure import FederationSettings
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports.audit_base import grid_png, render_audit
@@ -214,6 +221,9 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.threat import ThreatModel
 
     refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
+    refuse_unused(defense != "dp-sgd", ("noise_multiplier", "max_grad_norm", "delta"), "applies to --defense dp-sgd only; add --defense dp-sgd")
+    refuse_unused(defense != "prune", ("prune_fraction",), "applies to --defense prune only; add --defense prune")
+    refuse_unused(defense != "noise", ("noise_std",), "applies to --defense noise only; add --defense noise")
     refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise",
                                  "exposure_budget"),
                    "sets up the exposure analysis, which --no-exposure turns off; drop --no-exposure")  # fmt: skip
@@ -229,6 +239,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
         _check_grid_paths(output, inputs)
     threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
+    client_defense = parse_defense(defense, noise_multiplier, max_grad_norm, delta, prune_fraction, noise_std)
     options = {}
     if dlg_starts:
         options["dlg"] = {"starts": dlg_starts}
@@ -245,7 +256,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         report = audit(
             model, arch=arch, data=data, batch_size=batch_size, num_classes=num_classes, input_shape=shape,
             protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
-            update=update, attacks=list(attacks) or None, max_iterations=max_iterations, time_budget=time_budget,
+            update=update, defense=client_defense, attacks=list(attacks) or None, max_iterations=max_iterations, time_budget=time_budget,
             threat=threat, seed=seed, device=device, fail_on=fail_on, attack_options=options, progress=bars, stop=stop,
             federation=federation, exposure_budget=exposure_budget,
         )  # fmt: skip

@@ -31,6 +31,7 @@ from torch import nn
 
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
+from fedguard.defenses import DPSGD, Defense, GaussianNoise, Pruning, PrivateGradients
 from fedguard.errors import InputError, keyword_names
 from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
@@ -104,6 +105,10 @@ class Update:
         What else the upload carries beside the parameters' update:
         ``running_statistics``, the names of BatchNorm running statistics an
         update file holds (the audit notes them; no attack reads them).
+    defense_settings : mapping or None
+        The settings of a defense fedguard applied itself
+        (:mod:`fedguard.defenses`; ``epsilon`` is then computed, not
+        declared); None otherwise.
     """
 
     tensors: Mapping[str, torch.Tensor]
@@ -119,6 +124,7 @@ class Update:
     sha256: str | None = None
     loss: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    defense_settings: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         """InputError for what no upload can be: tensors that are no mapping, a batch that is no positive whole
@@ -180,6 +186,7 @@ class Update:
             "n_parameters": int(sum(math.prod(t.shape) for t in self.tensors.values())),
             "norm": self.norm(),
             "loss": self.loss,
+            "defense_settings": None if self.defense_settings is None else dict(self.defense_settings),
         }
 
 
@@ -250,6 +257,13 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _plain_gradients(net: nn.Module, params: Mapping[str, nn.Parameter], inputs: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+    """A mini-batch's mean cross-entropy and its gradient, as plain SGD takes its step."""
+    loss = F.cross_entropy(net(inputs), labels)
+    return loss, _gradients(loss, params)
+
+
 def _gradients(loss: torch.Tensor, params: Mapping[str, nn.Parameter]) -> list[torch.Tensor]:
     """d loss / d each parameter; zeros for one the forward does not use (an auxiliary head), as an optimizer
     leaves it and the client uploads it (autograd had refused the whole model)."""
@@ -269,11 +283,15 @@ def compute_update(
     local_batch_size: int | None = None,
     seed: int = 0,
     allow_divergence: bool = False,
+    defense: Defense | None = None,
 ) -> Update:
     """Compute the update the client would upload after training on ``(inputs, labels)``.
 
     ``model`` is not modified (a copy is trained). Inputs, labels and the model
     must be on the same device; the update's tensors are on that device.
+    ``defense`` (:mod:`fedguard.defenses`) is applied as the client would:
+    DP-SGD at every local step, pruning or noise on the update (seeded by
+    ``seed``); the update says which, with DP-SGD's epsilon for the round.
     FedAvg training whose loss rises by :data:`DIVERGED_NATS` is refused, as
     no client would upload it, unless ``allow_divergence`` (a server's
     simulation: a crafted model may make training diverge on purpose).
@@ -300,6 +318,8 @@ def compute_update(
     if dtypes and str(inputs.dtype) not in dtypes:
         raise InputError(f"inputs are {inputs.dtype} but the model's weights {' and '.join(dtypes)}; pass inputs of the model's dtype")
     seed = checks.whole(seed, "seed", 0, 2**63 - 1)  # torch's generators' range: the audit passes its seed plus offsets
+    if defense is not None and not isinstance(defense, (DPSGD, Pruning, GaussianNoise)):
+        raise InputError(f"defense is a {type(defense).__name__}; pass a fedguard.defenses DPSGD, Pruning or GaussianNoise, or None")
     batch = int(inputs.shape[0])
     if protocol == "fedsgd":
         local_steps, local_lr, local_batch_size = 1, None, None
@@ -316,19 +336,22 @@ def compute_update(
             raise InputError("the model has no trainable parameters; there is no update to audit")
         # made under the caller's inference_mode: autograd cannot save them for backward
         inputs, labels = (t.clone() if t.is_inference() else t for t in (inputs, labels))
+        generator = torch.Generator(device=inputs.device).manual_seed(seed)
+        private = None
         try:
+            if isinstance(defense, DPSGD):
+                private = PrivateGradients(net, params, defense, local_batch_size or batch, generator)
+            step = private if private is not None else (lambda x, y: _plain_gradients(net, params, x, y))
             if protocol == "fedsgd":
-                loss = F.cross_entropy(net(inputs), labels)
-                grads = _gradients(loss, params)
+                loss, grads = step(inputs, labels)
                 tensors = {name: g.detach() for name, g in zip(params, grads)}
                 first_loss = float(loss.detach())
             else:
                 start = {name: p.detach().clone() for name, p in params.items()}
                 losses = []
                 for sl in minibatch_slices(batch, local_batch_size, local_steps):
-                    loss = F.cross_entropy(net(inputs[sl]), labels[sl])
+                    loss, grads = step(inputs[sl], labels[sl])
                     losses.append(loss.detach())
-                    grads = _gradients(loss, params)
                     with torch.no_grad():
                         for p, g in zip(params.values(), grads):
                             p.sub_(float(local_lr) * g)
@@ -355,6 +378,11 @@ def compute_update(
                     "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
                 ) from None
             raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
+        finally:
+            if private is not None:
+                private.close()
+        if isinstance(defense, (Pruning, GaussianNoise)):
+            tensors = defense.apply(tensors, generator)
     if first_non_finite(tensors) is not None:
         if protocol == "fedavg":
             raise InputError("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
@@ -366,8 +394,11 @@ def compute_update(
         local_steps=int(local_steps),
         local_lr=None if local_lr is None else float(local_lr),
         local_batch_size=local_batch_size,
-        defense="none",
+        defense="none" if defense is None else defense.name,
+        epsilon=defense.epsilon(int(local_steps), (local_batch_size or batch) / batch) if isinstance(defense, DPSGD) else None,
+        delta=defense.delta if isinstance(defense, DPSGD) else None,
         loss=first_loss,
+        defense_settings=None if defense is None else defense.settings(),
     )
 
 

@@ -171,11 +171,18 @@ def _width() -> int:
 
 
 def defense_summary(update: Mapping) -> str | None:
-    """The update's defense as declared, with its DP guarantee when it has one (``unknown`` for a file, whose
-    defense fedguard does not tell); None for ``none``, an update fedguard computed."""
+    """The update's defense: applied here (``defense_settings``; DP-SGD's epsilon computed for this round) or as
+    declared, with its DP guarantee when it has one (``unknown`` for a file, whose defense fedguard does not tell);
+    None for ``none``, an update fedguard computed without one."""
     if update.get("defense", "none") == "none":
         return None
     text = f"defense {update.get('defense')}"
+    settings = update.get("defense_settings")
+    if settings is not None:
+        shown = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in settings.items() if k != "delta")
+        bound = (f"; epsilon {update['epsilon']:.3g} at delta {update['delta']:g} for this round, Opacus RDP accountant"
+                 if update.get("epsilon") is not None else "")  # fmt: skip
+        return f"{text} applied here ({shown}{bound})"
     guarantee = [f"{k} {update[k]:g}" for k in ("epsilon", "delta") if update.get(k) is not None]
     return text + (f" ({', '.join(guarantee)}, as declared)" if guarantee else "")
 

@@ -212,7 +212,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
     assert report["update"]["defense"] == "unknown"  # a file's defense is not measured; it had read "none"
-    assert report["schema_version"] == "1.6" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.7" and report["leakage"]["measured"] is True
     import hashlib  # provenance: the exact files audited
 
     for section, name in (("update", "update.pt"), ("data", "batch.npz")):
