@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -67,9 +68,7 @@ class DPSGD:
 
     def epsilon(self, steps: int, sample_rate: float) -> float:
         """The round's epsilon at :attr:`delta` (Opacus' RDP accountant)."""
-        from opacus.accountants import RDPAccountant
-
-        accountant = RDPAccountant()
+        accountant = _opacus("accountants").RDPAccountant()
         for _ in range(steps):
             accountant.step(noise_multiplier=float(self.noise_multiplier), sample_rate=float(sample_rate))
         with warnings.catch_warnings():  # at tiny noise the best RDP order is the smallest Opacus tries: a loose bound
@@ -165,9 +164,7 @@ class PrivateGradients:
 
     def __init__(self, net: nn.Module, params: Mapping[str, nn.Parameter], dp: DPSGD, expected_batch_size: int,
                  generator: torch.Generator):  # fmt: skip
-        from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
-
+        GradSampleModule, DPOptimizer = _opacus("grad_sample").GradSampleModule, _opacus("optimizers").DPOptimizer
         with warnings.catch_warnings():  # Opacus' notes on secure RNG and on hooks
             warnings.simplefilter("ignore")
             try:
@@ -199,3 +196,11 @@ class PrivateGradients:
     def close(self) -> None:
         """Remove Opacus' hooks from the trained copy."""
         self.module._close()
+
+
+def _opacus(module: str):
+    """``opacus.<module>``, or InputError saying how to install it (the ``dp`` extra)."""
+    try:
+        return importlib.import_module(f"opacus.{module}")
+    except ImportError:
+        raise InputError("--defense dp-sgd needs Opacus; install it with pip install 'fedguard[dp]' (or opacus)") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -105,6 +107,13 @@ def test_a_batchnorm_model_and_bad_settings_are_refused(batch):
                        (lambda: compute_update(_lenet(), x, y, defense="dp-sgd"), "pass a fedguard.defenses")):  # fmt: skip
         with pytest.raises(InputError, match=match):
             bad()
+
+
+def test_dp_sgd_without_opacus_says_how_to_install_it(batch, monkeypatch):
+    for module in ("opacus.grad_sample", "opacus.accountants"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    with pytest.raises(InputError, match=r"needs Opacus; install it with pip install 'fedguard\[dp\]'"):
+        compute_update(_lenet(), *batch, defense=DPSGD(1.0))
 
 
 def test_the_audit_attacks_the_defended_update():
