@@ -160,6 +160,7 @@ class PrivateGradients:
     ``max_grad_norm``, sums them, adds the noise (drawn from ``generator``) and
     divides by ``expected_batch_size``. InputError for a model Opacus cannot
     give per-example gradients for (BatchNorm mixes a batch's examples).
+    Opacus' hooks stay on ``net``: pass a copy that is trained and dropped.
     """
 
     def __init__(self, net: nn.Module, params: Mapping[str, nn.Parameter], dp: DPSGD, expected_batch_size: int,
@@ -192,10 +193,6 @@ class PrivateGradients:
                 p.grad_sample = torch.zeros((len(labels), *p.shape), dtype=p.dtype, device=p.device)
             self.optimizer.pre_step()
         return loss.detach(), [p.grad.detach().clone() for p in self.params]
-
-    def close(self) -> None:
-        """Remove Opacus' hooks from the trained copy."""
-        self.module._close()
 
 
 def _opacus(module: str):

@@ -19,6 +19,7 @@ as the model's parameters, same sign conventions).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -337,11 +338,11 @@ def compute_update(
         # made under the caller's inference_mode: autograd cannot save them for backward
         inputs, labels = (t.clone() if t.is_inference() else t for t in (inputs, labels))
         generator = torch.Generator(device=inputs.device).manual_seed(seed)
-        private = None
         try:
             if isinstance(defense, DPSGD):
-                private = PrivateGradients(net, params, defense, local_batch_size or batch, generator)
-            step = private if private is not None else (lambda x, y: _plain_gradients(net, params, x, y))
+                step = PrivateGradients(net, params, defense, local_batch_size or batch, generator)
+            else:
+                step = functools.partial(_plain_gradients, net, params)
             if protocol == "fedsgd":
                 loss, grads = step(inputs, labels)
                 tensors = {name: g.detach() for name, g in zip(params, grads)}
@@ -378,9 +379,6 @@ def compute_update(
                     "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
                 ) from None
             raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
-        finally:
-            if private is not None:
-                private.close()
         if isinstance(defense, (Pruning, GaussianNoise)):
             tensors = defense.apply(tensors, generator)
     if first_non_finite(tensors) is not None:

@@ -17,6 +17,7 @@ from fedguard.attacks.dlg import DLG
 from fedguard.attacks.inverting_gradients import InvertingGradients
 from fedguard.audit import audit
 from fedguard.data import load_data
+from fedguard.defenses import DPSGD, GaussianNoise
 from fedguard.exposure import FederationSettings
 from fedguard.types import LeakageLevel
 from fedguard.update import compute_update
@@ -29,6 +30,17 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return load_data("digits")
+
+
+@pytest.mark.parametrize("defense", [DPSGD(1e-9, max_grad_norm=0.5), GaussianNoise(1e-9)])
+def test_a_defended_update_on_the_gpu_is_the_cpu_update(digits, defense):
+    """Opacus' per-example clipping, and noise (negligible here), give on the GPU the update they give on the CPU."""
+    x, y = digits[0][:8], digits[1][:8]
+    cpu = compute_update(lenet(0), x, y, defense=defense)
+    gpu = compute_update(lenet(0).cuda(), x.cuda(), y.cuda(), defense=defense)
+    for name, tensor in cpu.tensors.items():
+        assert gpu.tensors[name].is_cuda
+        torch.testing.assert_close(gpu.tensors[name].cpu(), tensor, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize(("protocol", "steps", "lr"), [("fedsgd", 1, None), ("fedavg", 3, 0.1)])
