@@ -140,6 +140,11 @@ class Update:
             if value is not None and not (is_number(value) and 0 <= value < upper):
                 bound = "a finite number of at least 0" if upper == math.inf else "a number from 0 to below 1"
                 raise InputError(f"bad update {name} {checks.shown(value)}; give {bound}, or None when the defense has no DP guarantee")
+        settings = self.defense_settings
+        if settings is not None and not (isinstance(settings, Mapping) and all(
+                isinstance(k, str) and is_number(v) and math.isfinite(v) for k, v in settings.items())):
+            raise InputError(f"update defense_settings is {checks.shown(settings)}; give a mapping of setting names to "
+                             "numbers (as fedguard.defenses' settings()), or None")
         if self.delta is not None and self.epsilon is None:
             raise InputError(f"update delta {self.delta:g} given without epsilon: an (epsilon, delta) guarantee needs both; "
                              "give epsilon too, or drop delta")

@@ -1226,8 +1226,8 @@ def test_an_updates_declared_defense_is_checked_and_shown():
     assert Update(tensors=tensors, protocol="fedsgd", batch_size=4).defense == "unknown"
     for bad in ({"epsilon": "abc"}, {"epsilon": -3.0}, {"epsilon": float("nan")}, {"delta": 5.0}, {"delta": float("inf")},
                 {"defense": None}, {"defense": " "}, {"epsilon": 1.0}, {"defense": "none", "epsilon": 1.0},
-                {"defense": "dp-sgd", "delta": 1e-5}):  # fmt: skip
-        with pytest.raises(InputError, match="update (defense|epsilon|delta)"):
+                {"defense": "dp-sgd", "delta": 1e-5}, {"defense_settings": {"std": "high"}}):  # fmt: skip
+        with pytest.raises(InputError, match="update (defense|epsilon|delta|defense_settings)"):
             Update(tensors=tensors, protocol="fedsgd", batch_size=4, **bad)
     declared = Update(tensors=tensors, protocol="fedsgd", batch_size=4, defense="dp-sgd", epsilon=2, delta=1e-5)
     assert defense_summary(declared.summary()) == "defense dp-sgd (epsilon 2, delta 1e-05, as declared)"
