@@ -24,11 +24,12 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import itertools
 import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -458,21 +459,27 @@ def _emulate(
     aux: tuple[torch.Tensor, torch.Tensor] | None,
     seed: int,
     defense: Defense | None = None,
+    rounds: Iterator[int] | None = None,
 ) -> ServerView:
     """What a malicious server would see: the model crafted by ``crafter`` for this architecture, and
     the client's update computed under it with the same protocol and ``defense`` (the client's side, run here).
-    Its ``next_round(options)`` crafts again from the same model for a later round on the same batch."""
+    Its ``next_round(options)`` crafts again from the same model for a later round on the same batch; under a
+    defense each round draws its own noise, as a client's training does (the same noise twice would cancel in the
+    difference of two rounds that feature fishing reads)."""
     from fedguard.attacks.craft import READS_DATA, craft
 
+    rounds = itertools.count() if rounds is None else rounds  # one count for every round of this emulation
+    round_index = next(rounds)
     public = aux[0] if aux is not None and view.threat.auxiliary_data and crafter in READS_DATA else None
     with own_random_state():
         crafted = craft(crafter, copy.deepcopy(view.model).cpu(), input_shape=view.input_shape,
                         num_classes=view.num_classes, data=public, seed=seed, **options).to(view.device)
         evil = compute_update(crafted, batch_x.to(view.device), batch_y.to(view.device), protocol=upd.protocol,
                               local_steps=upd.local_steps, local_lr=upd.local_lr,
-                              local_batch_size=upd.local_batch_size, seed=seed, allow_divergence=True, defense=defense)
+                              local_batch_size=upd.local_batch_size, seed=seed if defense is None else seed + round_index,
+                              allow_divergence=True, defense=defense)  # fmt: skip
     again = functools.partial(_emulate, crafter, view=view, upd=upd, batch_x=batch_x, batch_y=batch_y, aux=aux, seed=seed,
-                              defense=defense)
+                              defense=defense, rounds=rounds)
     return dataclasses.replace(view, model=crafted, tensors=evil.tensors, next_round=again)
 
 

@@ -172,7 +172,7 @@ def _formats() -> dict[str, str]:
 @click.option("--defense", type=click.Choice(["none", "dp-sgd", "prune", "noise"]), default="none", show_default=True, help="Apply a defense to the computed update before attacking it: dp-sgd (Opacus: per-example clipping and Gaussian noise at every local step; the report gives the round's epsilon), prune (zero each tensor's smallest values), noise (Gaussian noise on the update).")
 @click.option("--noise-multiplier", type=FiniteFloatRange(min=0, min_open=True), help="--defense dp-sgd: noise std over the clipping norm (sigma), e.g. 1.0.")
 @click.option("--max-grad-norm", type=FiniteFloatRange(min=0, min_open=True), default=1.0, show_default=True, help="--defense dp-sgd: each example's gradient is clipped to this L2 norm.")
-@click.option("--delta", type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-5, show_default=True, help="--defense dp-sgd: the delta at which epsilon is reported.")
+@click.option("--delta", type=FiniteFloatRange(min=0, max=0.01, min_open=True), default=1e-5, show_default=True, help="--defense dp-sgd: the delta at which epsilon is reported (below 1 / examples).")
 @click.option("--prune-fraction", type=FiniteFloatRange(min=0, max=1, max_open=True), help="--defense prune: share of each tensor's values (smallest magnitudes) set to zero, e.g. 0.9.")
 @click.option("--noise-std", type=FiniteFloatRange(min=0, min_open=True), help="--defense noise: standard deviation of the noise added to every value, e.g. 0.01.")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())

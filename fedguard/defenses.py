@@ -5,9 +5,11 @@
   to ``max_grad_norm``, Gaussian noise of ``noise_multiplier * max_grad_norm``
   added to their sum at every step, through Opacus' per-example gradients
   (``GradSampleModule``) and ``DPOptimizer``. The round's ``epsilon`` at
-  ``delta`` comes from Opacus' RDP accountant over the local steps, at a
-  sample rate of local batch over batch (1 for FedSGD); rounds compose, so a
-  client's total budget is larger.
+  ``delta`` (add/remove-one neighbours, Opacus' convention) comes from
+  Opacus' RDP accountant composing the local steps that hold one example (the
+  most any example is in) at sample rate 1: the local mini-batches are fixed
+  slices of the batch, not Poisson samples, so no subsampling amplification
+  applies. Rounds compose, so a client's total budget is larger.
 - :class:`Pruning`: the smallest-magnitude ``fraction`` of each tensor of the
   update set to zero (Zhu et al., *Deep Leakage from Gradients*, NeurIPS
   2019, section 5: pruning over 20 % defends DLG on their nets).
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -37,6 +40,11 @@ from fedguard.errors import InputError
 DEFENSES = ("none", "dp-sgd", "prune", "noise")
 #: Opacus' default delta is the caller's; this one is the usual 1e-5 (below 1 / examples for datasets of <= 100k).
 DEFAULT_DELTA = 1e-5
+#: Largest delta taken: a guarantee that fails with probability above 1 % is none (delta should be below 1 / examples).
+MAX_DELTA = 0.01
+#: Largest relative gap between the mean of the per-example gradients and the batch's gradient: they agree to float
+#: rounding (LeNet, MLP, GroupNorm and LayerNorm nets: <= 1e-6); a layer that mixes examples (a batch mean) gave 0.05.
+PER_EXAMPLE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class DPSGD:
     max_grad_norm : float
         Each example's gradient is clipped to this L2 norm (C), ``> 0``.
     delta : float
-        The ``delta`` at which the round's ``epsilon`` is reported, in ``(0, 1)``.
+        The ``delta`` at which the round's ``epsilon`` is reported, in ``(0, 0.01]``.
     """
 
     noise_multiplier: float
@@ -63,17 +71,26 @@ class DPSGD:
         object.__setattr__(self, "max_grad_norm", checks.finite(self.max_grad_norm, "--max-grad-norm", positive=True))
         delta = checks.finite(self.delta, "--delta", positive=True)
         object.__setattr__(self, "delta", delta)
-        if delta >= 1:
-            raise InputError(f"--delta {delta:g} is no guarantee; give a small probability such as 1e-5 (below 1 / examples)")
+        if delta > MAX_DELTA:
+            raise InputError(f"--delta {delta:g} is no guarantee; give a small probability of at most {MAX_DELTA:g}, "
+                             "below 1 / examples (e.g. 1e-5)")
 
-    def epsilon(self, steps: int, sample_rate: float) -> float:
-        """The round's epsilon at :attr:`delta` (Opacus' RDP accountant)."""
+    def epsilon(self, steps_per_example: int) -> float:
+        """The round's epsilon at :attr:`delta` (Opacus' RDP accountant) over the ``steps_per_example`` local steps
+        whose mini-batch holds one example, each at sample rate 1 (fixed slices: no subsampling amplification)."""
         accountant = _opacus("accountants").RDPAccountant()
-        for _ in range(steps):
-            accountant.step(noise_multiplier=float(self.noise_multiplier), sample_rate=float(sample_rate))
+        for _ in range(int(steps_per_example)):
+            accountant.step(noise_multiplier=float(self.noise_multiplier), sample_rate=1.0)
         with warnings.catch_warnings():  # at tiny noise the best RDP order is the smallest Opacus tries: a loose bound
             warnings.simplefilter("ignore")
-            return float(accountant.get_epsilon(delta=float(self.delta)))
+            try:
+                epsilon = float(accountant.get_epsilon(delta=float(self.delta)))
+            except ArithmeticError:  # sigma so small that the accountant's orders overflow
+                epsilon = math.inf
+        if not math.isfinite(epsilon):
+            raise InputError(f"--noise-multiplier {self.noise_multiplier:g} adds too little noise for any privacy "
+                             "bound (epsilon overflows); give a noise multiplier such as 0.5 or 1")
+        return epsilon
 
     def settings(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm, "delta": self.delta}
@@ -168,13 +185,13 @@ class PrivateGradients:
         GradSampleModule, DPOptimizer = _opacus("grad_sample").GradSampleModule, _opacus("optimizers").DPOptimizer
         with warnings.catch_warnings():  # Opacus' notes on secure RNG and on hooks
             warnings.simplefilter("ignore")
+            batch_norms = sorted({type(m).__name__ for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+            if batch_norms:
+                raise _mixes_examples(f"it has {batch_norms[0]}, which normalises by the batch's statistics")
             try:
                 self.module = GradSampleModule(net)
             except Exception as exc:  # opacus' UnsupportedModuleError and its kin for layers it cannot handle
-                raise InputError(
-                    f"DP-SGD cannot train this model ({first_line(exc)}): per-example gradients need layers without "
-                    "BatchNorm; audit the model your DP training really uses (e.g. after opacus ModuleValidator.fix)"
-                ) from None
+                raise _mixes_examples(f"Opacus: {first_line(exc)[:120]}") from None
         self.params = list(params.values())
         self.optimizer = DPOptimizer(
             torch.optim.SGD(self.params, lr=0.0), noise_multiplier=float(dp.noise_multiplier),
@@ -184,15 +201,34 @@ class PrivateGradients:
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The mini-batch's loss and the private gradient of each parameter."""
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.expected_batch_size = len(labels)  # a last, shorter mini-batch is averaged over its own size
         loss = F.cross_entropy(self.module(inputs), labels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loss.backward()
-            unused = [p for p in self.params if getattr(p, "grad_sample", None) is None]
-            for p in unused:  # a parameter the forward does not use (an auxiliary head): zero for every example
-                p.grad_sample = torch.zeros((len(labels), *p.shape), dtype=p.dtype, device=p.device)
+            for p in self.params:
+                if getattr(p, "grad_sample", None) is None:  # unused by the forward (an auxiliary head): zero for all
+                    p.grad_sample = torch.zeros((len(labels), *p.shape), dtype=p.dtype, device=p.device)
+            self._check_per_example()
             self.optimizer.pre_step()
         return loss.detach(), [p.grad.detach().clone() for p in self.params]
+
+    def _check_per_example(self) -> None:
+        """InputError when the per-example gradients do not average to the batch's gradient: a layer mixes the
+        batch's examples (a batch statistic), so clipping each would bound no example's share."""
+        gap = sum(float((p.grad_sample.mean(0) - p.grad).pow(2).sum()) for p in self.params if p.grad is not None)
+        size = sum(float(p.grad.pow(2).sum()) for p in self.params if p.grad is not None)
+        if gap > (PER_EXAMPLE_TOLERANCE**2) * max(size, 1e-30):
+            raise _mixes_examples(f"the mean of its per-example gradients is {math.sqrt(gap / max(size, 1e-30)):.1%} off "
+                                  "the batch's gradient, so a layer mixes the batch's examples")
+
+
+def _mixes_examples(why: str) -> InputError:
+    return InputError(
+        f"DP-SGD cannot train this model: {why}; per-example gradients need layers that treat each example alone. "
+        "Audit the model your DP training uses (GroupNorm for BatchNorm, as opacus ModuleValidator.fix does) "
+        "through --arch module:callable"
+    )
 
 
 def _opacus(module: str):

@@ -234,6 +234,18 @@ def minibatch_slices(batch_size: int, local_batch_size: int, local_steps: int) -
     return [slice((t % n) * b, min(batch_size, (t % n) * b + b)) for t in range(local_steps)]
 
 
+def _most_steps_per_example(protocol: str, batch_size: int, local_batch_size: int | None, local_steps: int) -> int:
+    """How many local steps the example used most often takes part in (:func:`minibatch_slices`; 1 for FedSGD):
+    what DP-SGD's accounting composes."""
+    if protocol == "fedsgd":
+        return 1
+    counts = [0] * batch_size
+    for sl in minibatch_slices(batch_size, local_batch_size or batch_size, local_steps):
+        for i in range(sl.start, sl.stop):
+            counts[i] += 1
+    return max(counts)
+
+
 @keyword_names
 def check_protocol(protocol: str, local_steps: int, local_lr: float | None, local_batch_size: int | None, batch_size: int) -> None:
     """InputError for an unknown protocol or a FedAvg schedule that cannot run."""
@@ -398,7 +410,8 @@ def compute_update(
         local_lr=None if local_lr is None else float(local_lr),
         local_batch_size=local_batch_size,
         defense="none" if defense is None else defense.name,
-        epsilon=defense.epsilon(int(local_steps), (local_batch_size or batch) / batch) if isinstance(defense, DPSGD) else None,
+        epsilon=defense.epsilon(_most_steps_per_example(protocol, batch, local_batch_size, local_steps))
+        if isinstance(defense, DPSGD) else None,
         delta=defense.delta if isinstance(defense, DPSGD) else None,
         loss=first_loss,
         defense_settings=None if defense is None else defense.settings(),

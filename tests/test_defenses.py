@@ -55,8 +55,9 @@ def test_dp_sgd_clips_each_example_and_averages(batch):
 
 def test_dp_sgd_noise_epsilon_and_seed(batch):
     """Noise of sigma * C per step over the batch: the update's distance to the noise-free one matches
-    sigma * C * sqrt(d) / B; epsilon is Opacus' RDP accountant's for the local steps at rate local batch / batch;
-    the same seed gives the same update, another seed another."""
+    sigma * C * sqrt(d) / B; epsilon is Opacus' RDP accountant's over the steps that hold one example (5 steps of
+    4 over 8 in fixed slices: 3), at sample rate 1, since fixed slices get no subsampling amplification (rate 0.5
+    over 5 steps had given 8.23 against 9.01); the same seed gives the same update, another seed another."""
     from opacus.accountants import RDPAccountant
 
     x, y = batch
@@ -71,8 +72,8 @@ def test_dp_sgd_noise_epsilon_and_seed(batch):
     assert _max_difference(compute_update(model, x, y, defense=dp, seed=4).tensors, noisy.tensors) > 0
     fedavg = compute_update(model, x, y, defense=dp, protocol="fedavg", local_steps=5, local_lr=0.1, local_batch_size=4)
     accountant = RDPAccountant()
-    for _ in range(5):
-        accountant.step(noise_multiplier=1.0, sample_rate=0.5)
+    for _ in range(3):
+        accountant.step(noise_multiplier=1.0, sample_rate=1.0)
     assert fedavg.epsilon == pytest.approx(accountant.get_epsilon(delta=1e-5))
     assert noisy.epsilon < fedavg.epsilon and noisy.delta == 1e-5
     assert (noisy.defense, noisy.summary()["defense_settings"]) == ("dp-sgd", dp.settings())
@@ -98,15 +99,55 @@ def test_a_batchnorm_model_and_bad_settings_are_refused(batch):
     x, y = batch
     torch.manual_seed(0)
     convnet = build_model("convnet", input_shape=(1, 8, 8))
-    with pytest.raises(InputError, match="DP-SGD cannot train this model .*BatchNorm"):
+    with pytest.raises(InputError, match="DP-SGD cannot train this model: it has BatchNorm2d"):
         compute_update(convnet, x, y, defense=DPSGD(1.0))
-    for bad, match in ((lambda: DPSGD(0.0), "--noise-multiplier"), (lambda: DPSGD(1.0, delta=1.0), "--delta 1 is no guarantee"),
+    for bad, match in ((lambda: DPSGD(0.0), "--noise-multiplier"), (lambda: DPSGD(1.0, delta=0.5), "--delta 0.5 is no guarantee"),
+                       (lambda: compute_update(_lenet(), x, y, defense=DPSGD(1e-200)), "too little noise for any privacy bound"),
                        (lambda: Pruning(1.0), "would upload nothing"), (lambda: GaussianNoise(-1), "--noise-std"),
                        (lambda: parse_defense("dp-sgd"), "needs --noise-multiplier"),
                        (lambda: parse_defense("prune"), "needs --prune-fraction"),
                        (lambda: compute_update(_lenet(), x, y, defense="dp-sgd"), "pass a fedguard.defenses")):  # fmt: skip
         with pytest.raises(InputError, match=match):
             bad()
+
+
+class _BatchMeanCentring(torch.nn.Module):
+    """Subtracts the batch's mean, then scales: no buffers for Opacus to refuse, yet each example's output depends
+    on the others."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(64))
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return (x - x.mean(0)) * self.scale
+
+
+def test_a_layer_that_mixes_examples_is_refused_and_a_short_last_batch_is_its_own_mean(batch):
+    """Per-example gradients that do not average to the batch's gradient mean a layer mixes examples, and clipping
+    them bounds nothing (it had passed with an epsilon); a last mini-batch shorter than the others is averaged over
+    its own size, as plain SGD does (it had been divided by the full size: 34 % off)."""
+    x, y = batch
+    torch.manual_seed(0)
+    mixer = torch.nn.Sequential(_BatchMeanCentring(), torch.nn.Linear(64, 10))
+    with pytest.raises(InputError, match="a layer mixes the batch's examples"):
+        compute_update(mixer, x, y, defense=DPSGD(1.0))
+    schedule = dict(protocol="fedavg", local_steps=3, local_lr=0.1, local_batch_size=3)
+    plain = compute_update(_lenet(), x, y, **schedule)
+    private = compute_update(_lenet(), x, y, defense=DPSGD(1e-9, max_grad_norm=100.0), **schedule)
+    assert _max_difference(private.tensors, plain.tensors) < 1e-6
+
+
+def test_emulated_rounds_draw_their_own_noise():
+    """feature_fishing reads the difference of two rounds' updates: with the same noise in both it cancelled, and
+    noise of std 0.1 had left the example exact (100 dB, as with no defense)."""
+    from fedguard.audit import audit
+
+    run = dict(arch="mlp", input_shape=(1, 8, 8), data="digits", batch_size=16, attacks=["feature_fishing"], seed=0)
+    (open_outcome,) = audit(None, **run).attacks
+    (noisy,) = audit(None, defense=GaussianNoise(0.1), **run).attacks
+    assert open_outcome.psnr_max == 100.0 and (noisy.psnr_max or 0) < 30
 
 
 def test_dp_sgd_without_opacus_says_how_to_install_it(batch, monkeypatch):
