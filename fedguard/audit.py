@@ -40,7 +40,7 @@ import fedguard
 from fedguard import checks
 from fedguard.architectures import builds_any_class_count, check_float32, classifier_logits, first_line
 from fedguard.data import data_sha256
-from fedguard.defenses import DPSGD, Defense, GaussianNoise, Pruning
+from fedguard.defenses import Defense, check_defense
 from fedguard.errors import InputError, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
@@ -673,9 +673,7 @@ def audit(
             f"update is a {type(update).__name__}; pass a path or an Update "
             "(e.g. Update(tensors=dict_of_tensors, protocol='fedavg', batch_size=len(y), local_steps=5, local_lr=0.01))"
         )
-    if defense is not None and not isinstance(defense, (DPSGD, Pruning, GaussianNoise)):
-        raise InputError(f"defense is a {type(defense).__name__}; pass a fedguard.defenses DPSGD, Pruning or GaussianNoise, or None")
-    if defense is not None and update is not None:
+    if check_defense(defense) is not None and update is not None:
         raise InputError(
             "--defense applies to the update fedguard computes; --update is attacked as it is (in Python, declare "
             "its defense with Update(defense=..., epsilon=..., delta=...)); drop one of them"

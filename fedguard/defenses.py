@@ -146,6 +146,13 @@ class GaussianNoise:
 Defense = DPSGD | Pruning | GaussianNoise
 
 
+def check_defense(defense: Any) -> Defense | None:
+    """``defense`` when it is one of this module's defenses or None; InputError otherwise."""
+    if defense is not None and not isinstance(defense, (DPSGD, Pruning, GaussianNoise)):
+        raise InputError(f"defense is a {type(defense).__name__}; pass a fedguard.defenses DPSGD, Pruning or GaussianNoise, or None")
+    return defense
+
+
 def parse_defense(name: str, noise_multiplier: float | None = None, max_grad_norm: float | None = None,
                   delta: float | None = None, prune_fraction: float | None = None,
                   noise_std: float | None = None) -> Defense | None:  # fmt: skip
@@ -175,8 +182,9 @@ class PrivateGradients:
     ``net``'s trainable ``params`` get per-example gradients from
     ``GradSampleModule``; ``DPOptimizer.pre_step`` clips each example's to
     ``max_grad_norm``, sums them, adds the noise (drawn from ``generator``) and
-    divides by ``expected_batch_size``. InputError for a model Opacus cannot
-    give per-example gradients for (BatchNorm mixes a batch's examples).
+    divides by the mini-batch's size. InputError for a model without
+    per-example gradients (BatchNorm, or any layer that mixes the batch's
+    examples: checked at every step).
     Opacus' hooks stay on ``net``: pass a copy that is trained and dropped.
     """
 

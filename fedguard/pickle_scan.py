@@ -52,7 +52,7 @@ SAFE_GLOBALS = frozenset(
 #: Globals of plain data that training scripts save beside a state_dict and torch's ``weights_only`` loader refuses
 #: unless allowed: numpy arrays, scalars (``best_acc = np.float64(...)``) and their numeric dtypes, and the
 #: ``argparse.Namespace`` of a run's arguments. Each builds a value from the pickle's own data and runs nothing
-#: else; :func:`fedguard.loading.load_torch` allows exactly these (torch's serialization notes allow the same numpy
+#: else; the loader (:mod:`fedguard.loading`) allows exactly these (torch's serialization notes allow the same numpy
 #: ones).
 DATA_GLOBALS = frozenset(
     {

@@ -32,7 +32,7 @@ from torch import nn
 
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
-from fedguard.defenses import DPSGD, Defense, GaussianNoise, Pruning, PrivateGradients
+from fedguard.defenses import DPSGD, Defense, GaussianNoise, Pruning, PrivateGradients, check_defense
 from fedguard.errors import InputError, keyword_names
 from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
@@ -336,8 +336,7 @@ def compute_update(
     if dtypes and str(inputs.dtype) not in dtypes:
         raise InputError(f"inputs are {inputs.dtype} but the model's weights {' and '.join(dtypes)}; pass inputs of the model's dtype")
     seed = checks.whole(seed, "seed", 0, 2**63 - 1)  # torch's generators' range: the audit passes its seed plus offsets
-    if defense is not None and not isinstance(defense, (DPSGD, Pruning, GaussianNoise)):
-        raise InputError(f"defense is a {type(defense).__name__}; pass a fedguard.defenses DPSGD, Pruning or GaussianNoise, or None")
+    check_defense(defense)
     batch = int(inputs.shape[0])
     if protocol == "fedsgd":
         local_steps, local_lr, local_batch_size = 1, None, None
