@@ -188,8 +188,7 @@ class PrivateGradients:
     Opacus' hooks stay on ``net``: pass a copy that is trained and dropped.
     """
 
-    def __init__(self, net: nn.Module, params: Mapping[str, nn.Parameter], dp: DPSGD, expected_batch_size: int,
-                 generator: torch.Generator):  # fmt: skip
+    def __init__(self, net: nn.Module, params: Mapping[str, nn.Parameter], dp: DPSGD, generator: torch.Generator):
         GradSampleModule, DPOptimizer = _opacus("grad_sample").GradSampleModule, _opacus("optimizers").DPOptimizer
         with warnings.catch_warnings():  # Opacus' notes on secure RNG and on hooks
             warnings.simplefilter("ignore")
@@ -201,9 +200,10 @@ class PrivateGradients:
             except Exception as exc:  # opacus' UnsupportedModuleError and its kin for layers it cannot handle
                 raise _mixes_examples(f"Opacus: {first_line(exc)[:120]}") from None
         self.params = list(params.values())
+        # expected_batch_size is each mini-batch's own, set at every step (__call__)
         self.optimizer = DPOptimizer(
             torch.optim.SGD(self.params, lr=0.0), noise_multiplier=float(dp.noise_multiplier),
-            max_grad_norm=float(dp.max_grad_norm), expected_batch_size=int(expected_batch_size), generator=generator,
+            max_grad_norm=float(dp.max_grad_norm), expected_batch_size=1, generator=generator,
         )  # fmt: skip
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

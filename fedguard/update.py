@@ -343,6 +343,9 @@ def compute_update(
     else:
         local_batch_size = batch if local_batch_size is None else local_batch_size
     check_protocol(protocol, local_steps, local_lr, local_batch_size, batch)
+    # before training: a noise multiplier too small for any bound is refused without training first
+    epsilon = (defense.epsilon(_most_steps_per_example(protocol, batch, local_batch_size, local_steps))
+               if isinstance(defense, DPSGD) else None)  # fmt: skip
     # dropout masks from seed, the caller's generators and default dtype kept; training works inside the caller's
     # no_grad and inference_mode too (the copy is made outside inference mode, or its weights could not be trained)
     with own_torch_state(seed):
@@ -356,7 +359,7 @@ def compute_update(
         generator = torch.Generator(device=inputs.device).manual_seed(seed)
         try:
             if isinstance(defense, DPSGD):
-                step = PrivateGradients(net, params, defense, local_batch_size or batch, generator)
+                step = PrivateGradients(net, params, defense, generator)
             else:
                 step = functools.partial(_plain_gradients, net, params)
             if protocol == "fedsgd":
@@ -409,8 +412,7 @@ def compute_update(
         local_lr=None if local_lr is None else float(local_lr),
         local_batch_size=local_batch_size,
         defense="none" if defense is None else defense.name,
-        epsilon=defense.epsilon(_most_steps_per_example(protocol, batch, local_batch_size, local_steps))
-        if isinstance(defense, DPSGD) else None,
+        epsilon=epsilon,
         delta=defense.delta if isinstance(defense, DPSGD) else None,
         loss=first_loss,
         defense_settings=None if defense is None else defense.settings(),
