@@ -114,6 +114,22 @@ def _demo_wrote(path: Path, mark: str) -> bool:
     return is_fedguard_report(path) and mark in read_head(path, 65536).decode("utf-8", "ignore")
 
 
+def _demo_model(model_file: Path, report_file: Path) -> bool:
+    """Whether ``model_file`` is the model an earlier demo wrote: the demo's JSON report beside it inspected this
+    very file (its SHA-256). A file of yours put in its place, even beside the demo's summary, is not."""
+    import json
+
+    from fedguard.loading import sha256_of
+
+    if not model_file.is_file() or not report_file.is_file() or not _demo_wrote(report_file, f"models/{model_file.name}"):
+        return False
+    try:
+        recorded = json.loads(report_file.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded == sha256_of(model_file)
+
+
 def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> list:
     """Craft, inspect and report; returns the inspection reports."""
     if not str(output_dir).strip():
@@ -124,13 +140,12 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     summary = output_dir / "summary.html"
     if summary.is_file() and not _demo_wrote(summary, TITLE):
         raise InputError(f"--output-dir {output_dir} holds a summary.html no earlier demo wrote; choose another --output-dir")
-    earlier_demo = summary.is_file()  # the files beside an earlier demo's summary are that demo's, replaced on each run
     for name in MODEL_FILES:
         model_file, report_file = output_dir / "models" / name, output_dir / f"{Path(name).stem}.json"
-        if model_file.is_symlink() or model_file.exists() and not (earlier_demo and model_file.is_file()):
+        if model_file.is_symlink() or model_file.exists() and not _demo_model(model_file, report_file):
             raise InputError(f"--output-dir {output_dir} already holds {model_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
-        if report_file.is_symlink() or report_file.exists() and not (earlier_demo and _demo_wrote(report_file, f"models/{name}")):
+        if report_file.is_symlink() or report_file.exists() and not _demo_wrote(report_file, f"models/{name}"):
             raise InputError(f"--output-dir {output_dir} holds {report_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
     made = [f for f in (output_dir / "models", *(output_dir / "models").parents) if not f.exists()]  # deepest first
@@ -143,7 +158,11 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         raise InputError(f"cannot create --output-dir {output_dir} ({why}); choose another path") from None
     try:
         return _demo(output_dir, echo)
-    except BaseException:  # Ctrl-C or an error: the folders this run made are not left behind empty
+    except BaseException:  # Ctrl-C or an error: what this run wrote and did not report on, and the folders it made
+        for name in MODEL_FILES:  # every model there before passed _demo_model: one that fails it is this run's
+            model_file = output_dir / "models" / name
+            if model_file.is_file() and not model_file.is_symlink() and not _demo_model(model_file, output_dir / f"{Path(name).stem}.json"):
+                model_file.unlink()
         for folder in made:
             try:
                 folder.rmdir()

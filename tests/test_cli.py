@@ -923,6 +923,26 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     mine = ("inspect", workdir / "mine.pt", "--format", "json", "-o", workdir / "demo" / "benign-lenet5.json", "--force")
     assert invoke(*mine).exit_code == 0  # a report of yours under a demo's name, beside the demo's summary
     assert "which no earlier demo wrote" in assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
+    (workdir / "demo" / "benign-lenet5.json").unlink()  # your report gone, and the model it stood beside
+    (workdir / "demo" / "models" / "benign-lenet5.pt").unlink()
+    mkor = workdir / "demo" / "models" / "mkor-lenet5.pt"
+    torch.save(tiny_state_dict(), mkor)  # your model under a demo's name beside the demo's report: it had been replaced
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
+    assert f"already holds {mkor}, which no earlier demo wrote" in line and mkor.read_bytes() != runs[0][mkor.name]
+
+
+def test_an_interrupted_demo_leaves_no_models_it_did_not_report_on(workdir, monkeypatch):
+    """Models written before the inspections, then Ctrl-C: a rerun had refused them as files no demo wrote."""
+    import fedguard.demo
+    import fedguard.inspect
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedguard.inspect, "inspect_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fedguard.demo.run_demo(workdir / "demo", echo=lambda line: None)
+    assert not (workdir / "demo").exists()
 
 
 def test_only_fedguard_reports_count_as_fedguard_reports(clean_model, workdir):

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn.utils import prune
 
 from fedguard.detectors import DETECTORS, InspectContext, all_rules
@@ -330,6 +331,28 @@ def test_reference_drift_when_every_layer_moved_far_is_low():
     context = InspectContext(view=ModelView.from_state_dict(moved), reference=ModelView.from_state_dict(base))
     findings, _ = run_detectors(context, ["reference_drift"])
     assert findings and {(f.rule_id, f.severity) for f in findings} == {("FG702", Severity.LOW)}
+    assert judge(findings) is Verdict.CLEAN
+
+
+def test_reference_drift_of_a_single_layer_model_is_low():
+    """One epoch of logistic regression on digits moves its only layer to cosine 0.17: with no other layer to show
+    that the round trained as usual, that is no replaced layer (it had been high, "the other layers kept cosine 1")."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = torch.tensor(digits.data / 16, dtype=torch.float32), torch.tensor(digits.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for batch in torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).split(32):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        optimiser.step()
+    context = InspectContext(view=ModelView.from_state_dict(model.state_dict()), reference=ModelView.from_state_dict(before))
+    findings, _ = run_detectors(context, ["reference_drift"])
+    assert [(f.rule_id, f.severity) for f in findings] == [("FG702", Severity.LOW)]
+    assert findings[0].evidence["cosine_to_previous"] < 0.2 and "others_median_cosine" not in findings[0].evidence
     assert judge(findings) is Verdict.CLEAN
 
 
