@@ -375,11 +375,11 @@ def _pass_through_convs(
             slots = list(range(conv.out_channels))
         taps = [(cy, cx), (cy, cx + 1), (cy + 1, cx), (cy + 1, cx + 1)] if kind == "shift" else [(cy, cx)]
         placed: list[int] = []
-        for t, tap in enumerate(taps):
-            for i, ch in enumerate(active):
-                k = t * n + i
-                if k < len(slots) and _place_tap(conv, slots[k], ch, tap, 1.0):
-                    placed.append(slots[k])
+        for tap in taps:  # each channel's tap in the first free slot of its group (a grouped conv's had been left out)
+            for ch in active:
+                slot = next((s for s in slots if s not in placed and _same_group(conv, s, ch)), None)
+                if slot is not None and _place_tap(conv, slot, ch, tap, 1.0):
+                    placed.append(slot)
         if kind == "copy+min":
             for i, ch in enumerate(active):
                 out = slots[n + i]

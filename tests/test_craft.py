@@ -560,3 +560,27 @@ def test_a_head_without_bias_is_named_once(name):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10, bias=False))
     with pytest.raises(InputError, match=rf"^{name} cannot craft this Sequential: it needs a last linear layer with a bias;"):
         craft(name, model, input_shape=(1, 8, 8), data=torch.rand(16, 1, 8, 8) if name == "feature_fishing" else None)
+
+
+@pytest.mark.parametrize("groups", [4, 16])
+def test_mkor_inconspicuous_taps_a_grouped_convolution_in_each_channels_group(groups, tmp_path, monkeypatch):
+    """Shuffled pass-through channels land in any group of the next convolution: each tap goes to a free filter of
+    its channel's group. The grouped convolution had been left as it was (2 of 16 first filters changed), and
+    inspect called the half-made model clean."""
+    from fedguard.inspect import inspect_model
+
+    (tmp_path / "grouped_net.py").write_text(
+        "import torch.nn as nn\n"
+        "input_shape = (1, 8, 8)\n"
+        "def net(num_classes=10):\n"
+        f"    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups={groups}),\n"
+        "                         nn.ReLU(), nn.Flatten(), nn.Linear(1024, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    net = build_model("grouped_net:net", num_classes=10, input_shape=(1, 8, 8))
+    crafted = craft("mkor_inconspicuous", net, input_shape=(1, 8, 8), num_classes=10, seed=0)
+    assert not torch.equal(crafted[2].weight, net[2].weight)
+    torch.save(crafted.state_dict(), tmp_path / "crafted.pt")
+    report = inspect_model(tmp_path / "crafted.pt", arch="grouped_net:net", data="digits")
+    assert report.verdict == "malicious", [f.rule_id for f in report.findings]
