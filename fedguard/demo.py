@@ -148,6 +148,9 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         if report_file.is_symlink() or report_file.exists() and not _demo_wrote(report_file, f"models/{name}"):
             raise InputError(f"--output-dir {output_dir} holds {report_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
+    if (output_dir / "models").exists() and not (output_dir / "models").is_dir():
+        raise InputError(f"--output-dir {output_dir} holds a file named models where the demo puts its models folder; "
+                         "choose another --output-dir or move the file")  # fmt: skip
     made = [f for f in (output_dir / "models", *(output_dir / "models").parents) if not f.exists()]  # deepest first
     try:
         (output_dir / "models").mkdir(parents=True, exist_ok=True)

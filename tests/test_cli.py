@@ -857,6 +857,13 @@ def test_demo_names_a_folder_it_cannot_write_into(workdir, monkeypatch):
     assert "locked takes no new files (Operation not permitted)" in line and "fix its permissions" in line
 
 
+def test_demo_names_a_file_where_its_models_folder_goes(workdir):
+    (workdir / "out").mkdir()
+    (workdir / "out" / "models").write_text("my notes")
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "out"))
+    assert "holds a file named models" in line and (workdir / "out" / "models").read_text() == "my notes"
+
+
 def test_an_interrupted_demo_leaves_no_empty_folders_it_made(workdir, monkeypatch):
     import fedguard.demo
 
