@@ -375,10 +375,12 @@ def _pass_through_convs(
             slots = list(range(conv.out_channels))
         taps = [(cy, cx), (cy, cx + 1), (cy + 1, cx), (cy + 1, cx + 1)] if kind == "shift" else [(cy, cx)]
         placed: list[int] = []
+        free = list(slots)
         for tap in taps:  # each channel's tap in the first free slot of its group (a grouped conv's had been left out)
             for ch in active:
-                slot = next((s for s in slots if s not in placed and _same_group(conv, s, ch)), None)
+                slot = next((s for s in free if _same_group(conv, s, ch)), None)
                 if slot is not None and _place_tap(conv, slot, ch, tap, 1.0):
+                    free.remove(slot)
                     placed.append(slot)
         if kind == "copy+min":
             for i, ch in enumerate(active):

@@ -154,20 +154,11 @@ class ReferenceDrift(Detector):
             if not rescaled and (cosine >= REPLACED_COSINE or change <= REPLACED_CHANGE):
                 continue
             others = [c for other, c, _, _ in moves if other is not layer]
+            rest = float(torch.tensor(others).median()) if others else None  # one weight layer: nothing to compare
             evidence = {"cosine_to_previous": rounded(cosine), "relative_change": rounded(change), "norm_growth": rounded(growth)}
-            if not others:  # nothing to tell a replaced layer from a round that moved it far (one epoch of logistic regression)
-                yield self.finding(
-                    "FG702", "Layer moved far, nothing to compare it with", Severity.LOW, Confidence.LOW, layer.name,
-                    f"{layer.name}'s weights have cosine {cosine:.2f} to last round's, moved by {change:.0%} of their norm "
-                    f"and grew {growth:.1f}-fold, and the model has no other weight layer to show whether the round "
-                    "trained as usual: an aggressive round of training or a swapped layer; the other checks look for "
-                    "planted structure.",
-                    **evidence,
-                )
-                continue
-            rest = float(torch.tensor(others).median())
-            evidence["others_median_cosine"] = rounded(rest)
-            if rest >= TRAINED_COSINE and rescaled:
+            if rest is not None:
+                evidence["others_median_cosine"] = rounded(rest)
+            if rest is not None and rest >= TRAINED_COSINE and rescaled:
                 yield self.finding(
                     "FG702", "Layer rescaled since the previous round", Severity.HIGH, Confidence.MEDIUM, layer.name,
                     f"{layer.name}'s weights kept their direction (cosine {cosine:.2f} to last round's) but grew "
@@ -176,7 +167,7 @@ class ReferenceDrift(Detector):
                     "Ask the server why before training on it.",
                     **evidence,
                 )
-            elif rest >= TRAINED_COSINE:
+            elif rest is not None and rest >= TRAINED_COSINE:
                 yield self.finding(
                     "FG702", "Layer replaced since the previous round", Severity.HIGH, Confidence.MEDIUM, layer.name,
                     f"{layer.name}'s weights have cosine {cosine:.2f} to last round's and moved by {change:.0%} of their "
@@ -185,10 +176,17 @@ class ReferenceDrift(Detector):
                     **evidence,
                 )
             else:
+                title, context, swapped = (
+                    ("Layer moved far with the rest of the model",
+                     f"the other layers moved far too (median cosine {rest:.2f})", "every layer swapped")
+                    if rest is not None else
+                    ("Layer moved far, nothing to compare it with",
+                     "the model has no other weight layer to show whether the round trained as usual", "a swapped layer")
+                )  # fmt: skip
                 yield self.finding(
-                    "FG702", "Layer moved far with the rest of the model", Severity.LOW, Confidence.LOW, layer.name,
+                    "FG702", title, Severity.LOW, Confidence.LOW, layer.name,
                     f"{layer.name}'s weights have cosine {cosine:.2f} to last round's and moved by {change:.0%} of their "
-                    f"norm, and the other layers moved far too (median cosine {rest:.2f}): an aggressive round of "
-                    "training or every layer swapped; the other checks look for planted structure.",
+                    f"norm, and {context}: an aggressive round of training or {swapped}; the other checks look for "
+                    "planted structure.",
                     **evidence,
                 )

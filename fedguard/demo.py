@@ -114,6 +114,11 @@ def _demo_wrote(path: Path, mark: str) -> bool:
     return is_fedguard_report(path) and mark in read_head(path, 65536).decode("utf-8", "ignore")
 
 
+def _demo_files(output_dir: Path) -> list[tuple[Path, Path]]:
+    """Each model file the demo writes in ``output_dir`` with its JSON report."""
+    return [(output_dir / "models" / name, output_dir / f"{Path(name).stem}.json") for name in MODEL_FILES]
+
+
 def _demo_model(model_file: Path, report_file: Path) -> bool:
     """Whether ``model_file`` is the model an earlier demo wrote: the demo's JSON report beside it inspected this
     very file (its SHA-256). A file of yours put in its place, even beside the demo's summary, is not."""
@@ -140,12 +145,11 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     summary = output_dir / "summary.html"
     if summary.is_file() and not _demo_wrote(summary, TITLE):
         raise InputError(f"--output-dir {output_dir} holds a summary.html no earlier demo wrote; choose another --output-dir")
-    for name in MODEL_FILES:
-        model_file, report_file = output_dir / "models" / name, output_dir / f"{Path(name).stem}.json"
+    for model_file, report_file in _demo_files(output_dir):
         if model_file.is_symlink() or model_file.exists() and not _demo_model(model_file, report_file):
             raise InputError(f"--output-dir {output_dir} already holds {model_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
-        if report_file.is_symlink() or report_file.exists() and not _demo_wrote(report_file, f"models/{name}"):
+        if report_file.is_symlink() or report_file.exists() and not _demo_wrote(report_file, f"models/{model_file.name}"):
             raise InputError(f"--output-dir {output_dir} holds {report_file}, which no earlier demo wrote; "
                              f"choose another --output-dir or move the file")  # fmt: skip
     if (output_dir / "models").exists() and not (output_dir / "models").is_dir():
@@ -162,9 +166,8 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     try:
         return _demo(output_dir, echo)
     except BaseException:  # Ctrl-C or an error: what this run wrote and did not report on, and the folders it made
-        for name in MODEL_FILES:  # every model there before passed _demo_model: one that fails it is this run's
-            model_file = output_dir / "models" / name
-            if model_file.is_file() and not model_file.is_symlink() and not _demo_model(model_file, output_dir / f"{Path(name).stem}.json"):
+        for model_file, report_file in _demo_files(output_dir):  # every model there before passed _demo_model:
+            if model_file.is_file() and not model_file.is_symlink() and not _demo_model(model_file, report_file):  # this run's
                 model_file.unlink()
         for folder in made:
             try:
