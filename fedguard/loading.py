@@ -559,46 +559,99 @@ def is_running_stat(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in RUNNING_STATS
 
 
-def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor], deltas: bool = False) -> dict[str, torch.Tensor] | None:
     """An unnamed list under the known ``names`` (name -> shape, in ``state_dict`` order) when it lines up layer by
     layer, else None.
 
     The list may hold every entry, or leave out the ``num_batches_tracked`` counts or all running statistics (as
     filters in FL code do); within a layer its entries may come in any order their shapes tell apart (a layer
-    pruned with ``torch.nn.utils.prune`` lists its bias before its weight).
+    pruned with ``torch.nn.utils.prune`` lists its bias before its weight). A layer pruned that way and not
+    ``prune.remove``d also lists a mask after its members (``weight_orig``, then ``weight_mask``, of 0s and 1s):
+    the member is then ``orig * mask``, the weight its forward uses. In a list of ``deltas`` (an update) a mask's
+    entry is its change, all zero, and the member is the change of ``orig`` as sent.
     """
-    return line_up(names, values)[0]
+    return line_up(names, values, deltas)[0]
 
 
-def line_up(names: Mapping[str, torch.Size], values: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+def line_up(
+    names: Mapping[str, torch.Size], values: list[torch.Tensor], deltas: bool = False
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """:func:`name_in_order`'s naming, or None and why not: the first item whose shape no entry of its layer has,
     or the counts."""
     why = f"it holds {len(values)} arrays where the architecture has {len(names)} tensors"
     for dropped in ((), RUNNING_STATS[2:], RUNNING_STATS):
         kept = [n for n in names if n.rsplit(".", 1)[-1] not in dropped]
-        if len(kept) != len(values):
+        if not 0 <= len(values) - len(kept) <= sum(len(names[n]) > 0 for n in kept):
             continue
         layers: dict[str, list[str]] = {}
         for name in kept:
             layers.setdefault(name.rpartition(".")[0], []).append(name)
-        named: dict[str, torch.Tensor] = {}
-        start = 0
-        for members in layers.values():
-            free = list(members)
-            for at, value in enumerate(values[start : start + len(members)], start):
-                match = next((n for n in free if tuple(names[n]) == tuple(value.shape)), None)
-                if match is None:
-                    why = (f"item {at} has shape {list(value.shape)} where the architecture has "
-                           + " or ".join(f"{n} of shape {list(names[n])}" for n in free))  # fmt: skip
-                    break
-                free.remove(match)
-                named[match] = value
-            if free:
-                break
-            start += len(members)
-        else:
+        named, failed = _line_up_layers(list(layers.values()), names, values, deltas)
+        if named is not None:
             return {n: named[n] for n in kept}, None
+        why = failed or why
     return None, why
+
+
+def _line_up_layers(
+    layers: list[list[str]], names: Mapping[str, torch.Size], values: list[torch.Tensor], deltas: bool
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """``values`` named layer by layer, each layer taking its members and as many pruning masks as the list's
+    surplus over the layers allows (fewest first, backtracking where a later layer does not fit), or None and why
+    for the furthest item that fitted no layer."""
+    after = [sum(len(m) for m in layers[i:]) for i in range(len(layers) + 1)]  # members from layer i on
+    placed: list[tuple[int, int, dict[str, torch.Tensor]]] = []  # each placed layer's start, masks and naming
+    exhausted: set[tuple[int, int]] = set()
+    furthest: tuple[int, str | None] = (-1, None)
+    layer, start, masks = 0, 0, 0
+    while True:
+        if layer == len(layers) and start == len(values):
+            return {name: value for *_, block in placed for name, value in block.items()}, None
+        if layer < len(layers) and (layer, start) not in exhausted and masks <= min(len(values) - start - after[layer], len(layers[layer])):
+            block, failed = _fit_block(layers[layer], names, values, start, len(layers[layer]) + masks, deltas)
+            if block is not None:
+                placed.append((start, masks, block))
+                layer, start, masks = layer + 1, start + len(layers[layer]) + masks, 0
+                continue
+            furthest = max(furthest, failed, key=lambda f: f[0])
+            masks += 1
+            continue
+        exhausted.add((layer, start))
+        if not placed:
+            return None, furthest[1]
+        start, masks, _ = placed.pop()
+        layer, masks = layer - 1, masks + 1
+
+
+def _fit_block(
+    members: list[str], names: Mapping[str, torch.Size], values: list[torch.Tensor], start: int, size: int, deltas: bool
+) -> tuple[dict[str, torch.Tensor] | None, tuple[int, str | None]]:
+    """``values[start:start + size]`` as one layer's ``members`` by shape, each item past a free member's shape being
+    the pruning mask of an earlier member of its shape (0s and 1s; all zero in ``deltas``), or None and the item
+    that fitted nothing, with why."""
+    free, named, masked = list(members), {}, set()
+    for at in range(start, start + size):
+        value = values[at]
+        match = next((n for n in free if tuple(names[n]) == tuple(value.shape)), None)
+        if match is not None:
+            free.remove(match)
+            named[match] = value
+            continue
+        orig = next((n for n in named if n not in masked and tuple(names[n]) == tuple(value.shape) and len(names[n])), None)
+        if orig is None or not _is_mask(value, deltas):
+            return None, (at, f"item {at} has shape {list(value.shape)} where the architecture has "
+                              + " or ".join(f"{n} of shape {list(names[n])}" for n in free or members))  # fmt: skip
+        masked.add(orig)
+        if not deltas:
+            named[orig] = named[orig] * value.to(named[orig].dtype)
+    return named, (-1, None)
+
+
+def _is_mask(value: torch.Tensor, deltas: bool) -> bool:
+    """Whether ``value`` reads as a ``torch.nn.utils.prune`` mask: 0s and 1s, or all zero where it is a change."""
+    if value.dtype == torch.bool:
+        return not deltas or not bool(value.any())
+    return bool(((value == 0) | (value == 1)).all()) if not deltas else not bool(value.any())
 
 
 def name_unnamed(values: list[torch.Tensor]) -> dict[str, torch.Tensor]:

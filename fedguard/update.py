@@ -482,7 +482,8 @@ def _named_list(values: list[Any], model: nn.Module) -> dict[str, Any] | None:
     from fedguard.loading import name_in_order
 
     params = {name: p.shape for name, p in _trainable(model).items()}
-    return name_in_order(params, values) or name_in_order({k: t.shape for k, t in model.state_dict().items()}, values)
+    state = {k: t.shape for k, t in model.state_dict().items()}
+    return name_in_order(params, values, deltas=True) or name_in_order(state, values, deltas=True)
 
 
 def running_statistics(tensors: Mapping[str, Any], named: bool, model: nn.Module) -> list[str]:

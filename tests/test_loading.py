@@ -385,6 +385,86 @@ def test_flower_lists_as_fl_code_sends_them_are_named_by_architecture(tmp_path, 
     assert "gradient_snr" in report.detectors_run  # the weights were loaded into the architecture
 
 
+def _pruned_not_removed(model: nn.Module, amount: float = 0.5) -> nn.Module:
+    """``model`` L1-pruned by ``torch.nn.utils.prune`` and left so: each weight as ``weight_orig`` and ``weight_mask``."""
+    from torch.nn.utils import prune
+
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            prune.l1_unstructured(module, "weight", amount=amount)
+    return model
+
+
+def _as_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state_dict with each pruning mask applied to its weight, as its forward uses them."""
+    sd = model.state_dict()
+    out = {}
+    for key, value in sd.items():
+        if key.endswith("_mask"):
+            continue
+        if key.endswith("_orig"):
+            key, value = key[: -len("_orig")], value * sd[key[: -len("_orig")] + "_mask"]
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("kept", ["all", "parameters only"])
+def test_a_list_of_a_model_pruned_without_remove_is_named_by_architecture(tmp_path, kept):
+    """A model pruned with ``torch.nn.utils.prune`` and not ``prune.remove``d lists each weight as ``weight_orig``
+    and ``weight_mask`` after its bias: with --arch the weight is their product, as the model's forward uses it (the
+    list had been FG701, malicious, where the named file is clean)."""
+    from fedguard.architectures import build_model
+    from fedguard.inspect import name_by_architecture
+
+    torch.manual_seed(0)
+    model = _pruned_not_removed(build_model("convnet", input_shape=(1, 16, 16)))
+    drop = ("running_mean", "running_var", "num_batches_tracked") if kept == "parameters only" else ()
+    np.savez(tmp_path / "flower.npz", *[v.numpy() for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in drop])
+    arch = build_model("convnet", input_shape=(1, 16, 16))
+    named = name_by_architecture(load_model_file(tmp_path / "flower.npz"), arch)
+    expected = {k: v for k, v in _as_weights(model).items() if k.rsplit(".", 1)[-1] not in drop}
+    assert_same(named, expected, ordered=False)
+    report = inspect_model(tmp_path / "flower.npz", arch="convnet", input_shape=(1, 16, 16), data="digits")
+    assert report.verdict == Verdict.CLEAN, [(f.rule_id, f.message) for f in report.findings]
+
+
+def test_a_crafted_model_pruned_without_remove_is_caught_by_architecture(tmp_path):
+    """Folding the masks in is what the client runs, so a crafted model hides nothing behind them."""
+    from fedguard.architectures import build_model
+    from fedguard.attacks.craft import craft
+
+    crafted = craft("class_fishing", build_model("convnet", input_shape=(1, 16, 16)), input_shape=(1, 16, 16), num_classes=10, target=3)
+    np.savez(tmp_path / "fished.npz", *[v.numpy() for v in _pruned_not_removed(crafted, 0.2).state_dict().values()])
+    report = inspect_model(tmp_path / "fished.npz", arch="convnet", input_shape=(1, 16, 16))
+    assert report.verdict == Verdict.MALICIOUS and "FG701" not in {f.rule_id for f in report.findings}
+
+
+def test_pruning_masks_line_up_only_where_they_are_masks():
+    """A mask of a square layer fits the next square layer's weight by shape: lining up backtracks to the naming
+    under which every later layer fits. A surplus array that is not 0s and 1s is no mask; in an update, a mask's
+    entry is its change, all zero, and the weight's change is taken as sent."""
+    from torch.nn.utils import prune
+
+    from fedguard.loading import name_in_order
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 10))
+
+    torch.manual_seed(0)
+    names = {k: v.shape for k, v in net().state_dict().items()}
+    pruned = _pruned_not_removed(net())
+    for module in (pruned[0], pruned[3]):
+        prune.remove(module, "weight")  # layers 2 and 4 keep their masks
+    values = list(pruned.state_dict().values())
+    assert_same(name_in_order(names, values), _as_weights(pruned), ordered=False)
+    assert name_in_order(names, values[:-1] + [values[-1] * 0.5]) is None
+    deltas = [torch.randn(v.shape) if not k.endswith(("_mask", "num_batches_tracked")) else torch.zeros_like(v)
+              for k, v in pruned.state_dict().items()]  # fmt: skip
+    named = name_in_order(names, deltas, deltas=True)
+    assert torch.equal(named["4.weight"], deltas[-2]) and torch.equal(named["2.weight"], deltas[list(pruned.state_dict()).index("2.weight_orig")])
+    assert name_in_order(names, values, deltas=True) is None
+
+
 def test_a_named_state_dict_without_batchnorm_step_counts_is_no_drift(tmp_path):
     """torch loads it strictly, and FL code often drops the counts: FG701 had called it malicious."""
     from fedguard.architectures import build_model
