@@ -207,7 +207,13 @@ def _check_declared_sizes(path: Path, fix: str) -> None:
                     f"the file is corrupt or forged, {fix}"
                 )
             total += declared
+    refuse_beyond_memory(path, total, "unpacks to", "arrays")
+
+
+def refuse_beyond_memory(path: Path, total: int, verb: str, what: str) -> None:
+    """InputError when ``path`` ``verb`` ``total`` bytes of ``what``, more than this machine's memory, before anything
+    is allocated for them."""
     memory = physical_memory()
     if memory is not None and total > memory:
-        raise InputError(f"{path} unpacks to {total / 2**30:.1f} GiB of arrays, more than this machine's memory "
+        raise InputError(f"{path} {verb} {total / 2**30:.1f} GiB of {what}, more than this machine's memory "
                          f"({memory / 2**30:.1f} GiB); check the file, or use a machine with more memory")  # fmt: skip

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fedguard.errors import InputError
-from fedguard.io import read_npz
+from fedguard.io import read_npz, refuse_beyond_memory
 from fedguard.pickle_scan import DATA_GLOBALS, scan_file
 from fedguard.types import Confidence, Finding, Rule, Severity
 
@@ -373,6 +373,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    refuse_beyond_memory(path, path.stat().st_size, "holds", "tensors")  # read whole into memory (a sparse file's mmap fails)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

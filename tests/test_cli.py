@@ -995,3 +995,14 @@ def test_usage_errors_show_control_characters_as_escapes(clean_model):
     from fedguard.reports.base import printable
 
     assert printable("fc\U000e0041\u00ad\u3164\ufe0f") == "fc\\U000e0041\\xad\\u3164\\ufe0f"
+
+
+def test_a_safetensors_file_beyond_memory_is_refused_as_too_large_not_corrupt(workdir, monkeypatch):
+    """Its tensors are read whole into memory: a 30 GB file had been called corrupt ("unable to mmap ... Cannot
+    allocate memory")."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(512, 1024)}, str(workdir / "big.safetensors"))  # 2 MiB
+    monkeypatch.setattr("fedguard.io.physical_memory", lambda: 2**20)  # a machine of 1 MiB
+    line = assert_input_error(invoke("inspect", workdir / "big.safetensors"))
+    assert "big.safetensors holds 0.0 GiB of tensors, more than this machine's memory" in line
