@@ -23,6 +23,7 @@ import re
 import struct
 import warnings
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 
 from fedguard.errors import InputError
 from fedguard.io import read_npz, refuse_beyond_memory
-from fedguard.pickle_scan import DATA_GLOBALS, scan_file
+from fedguard.pickle_scan import DATA_GLOBALS, scan_file, scan_npz
 from fedguard.types import Confidence, Finding, Rule, Severity
 
 TORCH, SAFETENSORS, NPZ = "torch", "safetensors", "npz"
@@ -137,6 +138,9 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
     elif file_format == SAFETENSORS:
         raw = _load_safetensors(path)
     else:
+        unsafe = _npz_imports(path)
+        if unsafe:
+            return {}, (_code_finding(unsafe),), True
         raw = _load_npz(path)
     tensors, named = to_state_dict(raw, path)
     return tensors, (), named
@@ -283,8 +287,8 @@ def _code_finding(unsafe: list[str]) -> Finding:
         confidence=Confidence.HIGH,
         layer=None,
         message=(
-            f"Unpickling this file imports {shown}. It was not loaded. Do not open it with "
-            "an unrestricted torch.load or pickle anywhere; report the server and ask for "
+            f"Unpickling this file imports {shown}. It was not loaded. Do not open it with an unrestricted "
+            "torch.load, np.load(allow_pickle=True) or pickle anywhere; report the server and ask for "
             "a safetensors or weights-only state_dict."
         ),
         evidence={"imports": unsafe},
@@ -385,6 +389,15 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _natural_key(name: str) -> tuple:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
+
+
+def _npz_imports(path: Path) -> list[str]:
+    """What the archive's object arrays would import when unpickled (outside the data allow-list); a corrupt
+    archive is left to :func:`_load_npz` to name."""
+    try:
+        return scan_npz(str(path)).unsafe
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error):
+        return []
 
 
 def _load_npz(path: Path) -> Any:

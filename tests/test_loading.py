@@ -194,6 +194,12 @@ def test_checkpoints_with_numpy_values_and_run_arguments_load(tmp_path):
     torch.save({"model": sd, "hook": np.array([print], dtype=object)}, tmp_path / "hook.pt")
     loaded = load_model_file(tmp_path / "hook.pt")
     assert loaded.refused and loaded.findings[0].rule_id == "FG001"
+    np.savez(tmp_path / "hook.npz", w=sd["0.weight"].numpy(), hook=np.array([print], dtype=object))
+    loaded = load_model_file(tmp_path / "hook.npz")
+    assert loaded.refused and loaded.findings[0].evidence["imports"] == ["builtins.print"]
+    np.savez(tmp_path / "objects.npz", w=sd["0.weight"].numpy(), tags=np.array([1, "a"], dtype=object))  # data only
+    with pytest.raises(InputError, match="objects.npz holds object arrays that would need pickle"):
+        load_model_file(tmp_path / "objects.npz")
 
 
 def test_torchscript_and_quantised_models_are_refused_by_name(tmp_path):
@@ -623,6 +629,8 @@ PAYLOADS = {
     "torch-zip": (lambda p, t: torch.save({"evil": _SystemPayload(t), "0.weight": torch.ones(2, 2)}, p), ("system",), ".pt"),
     "stack-global-memo": (lambda p, t: p.write_bytes(_stack_global_payload(t)), ("os.system",), ".bin"),
     "protocol0-global": (lambda p, t: p.write_bytes(_protocol0_payload(t)), ("system",), ".ckpt"),
+    "npz-object-array": (lambda p, t: np.savez(p, w=np.ones((2, 2)), evil=np.array([_SystemPayload(t)], dtype=object)),
+                         ("system",), ".npz"),  # np.load(allow_pickle=True) runs it
 }
 
 
@@ -644,6 +652,11 @@ def _named(imports: list[str], callable_: str) -> bool:
 _LIVE_CHECK = r"""
 import io, pickle, sys, zipfile
 path = sys.argv[1]
+if path.endswith(".npz"):
+    import numpy
+    with numpy.load(path, allow_pickle=True) as archive:
+        [archive[key] for key in archive.files]
+    sys.exit()
 if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as archive:
         data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
