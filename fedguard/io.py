@@ -10,7 +10,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -191,6 +191,21 @@ def _check_declared_sizes(path: Path, fix: str) -> None:
     once instead of after a minute of swapping and an allocation that fails.
     """
     total = 0
+    for info, member, shape, dtype in npy_members(path):
+        held = info.file_size - member.tell()
+        declared = math.prod(shape) * dtype.itemsize
+        if not dtype.hasobject and declared > held:
+            raise InputError(
+                f"{path}: {info.filename} declares shape {tuple(shape)} ({declared} bytes) but holds {max(held, 0)} bytes; "
+                f"the file is corrupt or forged, {fix}"
+            )
+        total += declared
+    refuse_beyond_memory(path, total, "unpacks to", "arrays")
+
+
+def npy_members(path: str | os.PathLike) -> Iterator[tuple[zipfile.ZipInfo, IO[bytes], tuple[int, ...], np.dtype]]:
+    """Each ``.npy`` member of an ``.npz`` archive: its zip entry, the open member just past its header (the array's
+    bytes, or for an object array its pickle, come next), and the shape and dtype the header declares."""
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
@@ -199,15 +214,7 @@ def _check_declared_sizes(path: Path, fix: str) -> None:
                 version = np.lib.format.read_magic(member)
                 read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read_header(member)
-                held = info.file_size - member.tell()
-            declared = math.prod(shape) * dtype.itemsize
-            if not dtype.hasobject and declared > held:
-                raise InputError(
-                    f"{path}: {info.filename} declares shape {tuple(shape)} ({declared} bytes) but holds {max(held, 0)} bytes; "
-                    f"the file is corrupt or forged, {fix}"
-                )
-            total += declared
-    refuse_beyond_memory(path, total, "unpacks to", "arrays")
+                yield info, member, shape, dtype
 
 
 def refuse_beyond_memory(path: Path, total: int, verb: str, what: str) -> None:

@@ -21,6 +21,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from fedguard.io import npy_members
+
 #: Globals a state_dict saved by torch or numpy legitimately imports.
 SAFE_GLOBALS = frozenset(
     {
@@ -201,21 +203,13 @@ def scan_file(path: str, is_zip: bool) -> PickleScan:
 def scan_npz(path: str) -> PickleScan:
     """Scan the pickles of an ``.npz`` archive's object arrays (what ``np.load(allow_pickle=True)`` would unpickle:
     each such ``.npy`` member's bytes after its header)."""
-    import numpy as np
-
     found: set[tuple[str, str]] = set()
     streams = 0
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                if read_header(member)[2].hasobject:
-                    more, n = scan_pickle_stream(io.BytesIO(member.read()))
-                    found |= more
-                    streams += n
+    for _info, member, _shape, dtype in npy_members(path):
+        if dtype.hasobject:
+            more, n = scan_pickle_stream(io.BytesIO(member.read()))
+            found |= more
+            streams += n
     return PickleScan(frozenset(found), streams)
 
 
