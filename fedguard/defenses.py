@@ -45,6 +45,10 @@ MAX_DELTA = 0.01
 #: Largest relative gap between the mean of the per-example gradients and the batch's gradient: they agree to float
 #: rounding (LeNet, MLP, GroupNorm and LayerNorm nets: <= 1e-6); a layer that mixes examples (a batch mean) gave 0.05.
 PER_EXAMPLE_TOLERANCE = 1e-3
+#: Largest noise standard deviation taken (``--noise-std``, ``sigma * C``): float32 noise draws of several standard
+#: deviations, summed over a step's parameters, must stay finite (float32 ends at 3.4e38; 1e39 had turned the update
+#: into infinities, refused as a model whose loss is not finite).
+MAX_NOISE_STD = 1e30
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,18 @@ class DPSGD:
         if delta > MAX_DELTA:
             raise InputError(f"--delta {delta:g} is no guarantee; give a small probability of at most {MAX_DELTA:g}, "
                              "below 1 / examples (e.g. 1e-5)")
+        if self.noise_multiplier * self.max_grad_norm > MAX_NOISE_STD:
+            raise InputError(f"--noise-multiplier {self.noise_multiplier:g} times --max-grad-norm {self.max_grad_norm:g} "
+                             f"is noise beyond float32's range (at most {MAX_NOISE_STD:g}); clip to a norm such as 1")  # fmt: skip
 
-    def epsilon(self, steps_per_example: int) -> float:
+    def epsilon(self, steps_per_example: int, examples: int) -> float:
         """The round's epsilon at :attr:`delta` (Opacus' RDP accountant) over the ``steps_per_example`` local steps
-        whose mini-batch holds one example, each at sample rate 1 (fixed slices: no subsampling amplification)."""
+        whose mini-batch holds one example, each at sample rate 1 (fixed slices: no subsampling amplification).
+        InputError when :attr:`delta` is not below ``1 / examples``: a release of one of the batch's ``examples``
+        outright meets such a guarantee."""
+        if self.delta * examples >= 1:
+            raise InputError(f"--delta {self.delta:g} is not below 1 / {examples} (one over the batch's examples): it "
+                             f"allows one example to be released outright; give a delta such as {DEFAULT_DELTA:g}")
         accountant = _opacus("accountants").RDPAccountant()
         for _ in range(int(steps_per_example)):
             accountant.step(noise_multiplier=float(self.noise_multiplier), sample_rate=1.0)
@@ -133,6 +145,9 @@ class GaussianNoise:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "std", checks.finite(self.std, "--noise-std", positive=True))
+        if self.std > MAX_NOISE_STD:
+            raise InputError(f"--noise-std {self.std:g} is beyond float32's range (at most {MAX_NOISE_STD:g}); give a "
+                             "standard deviation on the update's scale, e.g. 0.01")
 
     def apply(self, tensors: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {name: value + self.std * torch.randn(value.shape, generator=generator, dtype=value.dtype,

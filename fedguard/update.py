@@ -344,7 +344,7 @@ def compute_update(
         local_batch_size = batch if local_batch_size is None else local_batch_size
     check_protocol(protocol, local_steps, local_lr, local_batch_size, batch)
     # before training: a noise multiplier too small for any bound is refused without training first
-    epsilon = (defense.epsilon(_most_steps_per_example(protocol, batch, local_batch_size, local_steps))
+    epsilon = (defense.epsilon(_most_steps_per_example(protocol, batch, local_batch_size, local_steps), batch)
                if isinstance(defense, DPSGD) else None)  # fmt: skip
     # dropout masks from seed, the caller's generators and default dtype kept; training works inside the caller's
     # no_grad and inference_mode too (the copy is made outside inference mode, or its weights could not be trained)

@@ -104,6 +104,8 @@ def test_a_batchnorm_model_and_bad_settings_are_refused(batch):
     for bad, match in ((lambda: DPSGD(0.0), "--noise-multiplier"), (lambda: DPSGD(1.0, delta=0.5), "--delta 0.5 is no guarantee"),
                        (lambda: compute_update(_lenet(), x, y, defense=DPSGD(1e-200)), "too little noise for any privacy bound"),
                        (lambda: Pruning(1.0), "would upload nothing"), (lambda: GaussianNoise(-1), "--noise-std"),
+                       (lambda: GaussianNoise(1e39), r"--noise-std 1e\+39 is beyond float32's range"),  # had been inf
+                       (lambda: DPSGD(1.0, max_grad_norm=1e39), r"times --max-grad-norm 1e\+39 is noise beyond float32's"),
                        (lambda: parse_defense("dp-sgd"), "needs --noise-multiplier"),
                        (lambda: parse_defense("prune"), "needs --prune-fraction"),
                        (lambda: compute_update(_lenet(), x, y, defense="dp-sgd"), "pass a fedguard.defenses")):  # fmt: skip
@@ -183,6 +185,8 @@ def test_the_audit_attacks_the_defended_update():
         (["--noise-multiplier", "1"], "--noise-multiplier applies to --defense dp-sgd only"),
         (["--defense", "prune", "--noise-std", "0.1"], "--noise-std applies to --defense noise only"),
         (["--defense", "dp-sgd"], "--defense dp-sgd needs --noise-multiplier"),
+        (["--defense", "dp-sgd", "--noise-multiplier", "1", "--delta", "0.01", "--batch-size", "200"],
+         "--delta 0.01 is not below 1 / 200 (one over the batch's examples)"),
         (["--defense", "noise", "--noise-std", "0.1", "--model", "{model}", "--update", "{model}"], "--update is attacked as it is"),
     ],
 )
