@@ -80,13 +80,11 @@ def class_rows(linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]
     Signed products let the small noise an inconspicuous server puts on
     the cut connections average out instead of piling up.
     """
-    first = linears[0]
-    if len(linears) == 1:
-        paths = torch.eye(first.out_features, dtype=torch.float64)[:num_classes]
-    else:
-        paths = linears[-1].weight.detach().double()[:num_classes]
-        for lin in reversed(linears[1:-1]):
-            paths = paths @ lin.weight.detach().double()
+    if len(linears) == 1:  # each row is one class's logit (an identity of paths, without building it)
+        return [torch.tensor([j]) if j < linears[0].out_features else torch.zeros(0, dtype=torch.long) for j in range(num_classes)]
+    paths = linears[-1].weight.detach().double()[:num_classes]
+    for lin in reversed(linears[1:-1]):
+        paths = paths @ lin.weight.detach().double()
     energy = paths.pow(2)
     total = energy.sum(0)
     share, owner = (energy / total.clamp_min(1e-300)).max(0)

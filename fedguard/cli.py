@@ -27,7 +27,7 @@ EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 #: What to make smaller when a command runs out of memory. A model or rounds file can declare tensors far larger
 #: than itself (compressed .npz members, stride-0 tensors), so its size on disk is no guide.
 OUT_OF_MEMORY_FIX = {
-    "audit": "use a smaller --input-shape, --batch-size or data set",
+    "audit": "use a smaller --input-shape, --batch-size, --num-classes or data set",
     "inspect": "the file's tensors (as it declares them, which can be far more than its size) do not fit; check the file",
     "disaggregate": "the rounds file's arrays (as it declares them) do not fit; use fewer rounds or entries per update",
     "craft": "use a smaller model, --input-shape or crafter options",

@@ -141,7 +141,8 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
 
     ``suffixes`` maps each format to its extension. A ``--format`` that
     contradicts the extension of another format is an InputError: a JSON
-    report in ``report.html`` is a mistake, not a wish.
+    report in ``report.html`` is a mistake, not a wish. A ``.txt`` file
+    takes any format (a plain file to keep a JSON report in).
     """
     from fedguard.data import IMAGE_EXTENSIONS
     from fedguard.loading import EXTENSIONS

@@ -868,6 +868,15 @@ def test_mkor_emulators_rebuild_class_means_of_a_batch_of_100(crafter, arch, min
     assert torch.equal(again.images, rec.images)
 
 
+def test_mkor_reads_a_head_only_net_of_many_classes_without_an_identity_matrix():
+    """A head that is the only Linear layer owns one row per class: the audit of LeNet at --num-classes 100000 had
+    built a 100000 x 100000 identity for it and ran out of memory (80 GB)."""
+    from fedguard.attacks.mkor import class_rows
+
+    rows = class_rows([nn.Linear(8, 100_000)], 100_001)
+    assert len(rows) == 100_001 and rows[99_999].tolist() == [99_999] and rows[100_000].numel() == 0
+
+
 def test_mkor_needs_class_wise_rows_and_an_mlp_needs_no_fit(digits):
     from fedguard.attacks.craft import craft
     from fedguard.attacks.mkor import MKOR, class_rows
