@@ -735,6 +735,9 @@ def audit(
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
     logits = classifier_logits(module, x_all, "audit")
     n_out = logits.shape[1]
+    if n_out == 1:  # softmax over one logit is 1 whatever the weights: the update would be zero everywhere
+        raise InputError("the model has a single output, through which cross-entropy (what the audit trains with) sends "
+                         "no gradient; audit a binary classifier as two logits (nn.Linear(..., 2)) trained with cross-entropy")  # fmt: skip
     if int(y_all.max()) >= n_out or int(y_all.min()) < 0:
         if int(y_all.min()) == 1 and int(y_all.max()) == n_out:
             fix = "the labels look numbered from 1: number the classes from 0 (y - 1)"

@@ -1707,6 +1707,9 @@ def test_labels_beyond_the_outputs_get_the_fix_that_applies(workdir, monkeypatch
             audit(arch="fg_five:net", data="digits", batch_size=2)
         with pytest.raises(InputError, match=r"fit the model \(or num_classes\)$"):
             audit(arch="lenet", input_shape=(1, 8, 8), data=(x, y * 2), batch_size=2)
+    # one output: cross-entropy sends no gradient, and the audit had attacked an update of zeros (label counts "low")
+    with pytest.raises(InputError, match=r"the model has a single output, .* as two logits \(nn.Linear\(..., 2\)\)"):
+        audit(arch="lenet", input_shape=(1, 8, 8), num_classes=1, data=(x, y * 0), batch_size=2)
 
 
 def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(workdir, monkeypatch):
