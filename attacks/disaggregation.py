@@ -345,6 +345,9 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     if not math.isfinite(w_val) or w_val != int(w_val) or w_val < 1:
         raise InputError(f"window must be a positive integer (rounds per counting window), got {w_val!r}")
     w = int(w_val)
+    if w > 1 and as_numpy(counts, "counts").dtype.kind == "b":  # took part or not, where a count per window is asked for
+        raise InputError(f"counts is boolean, but a window holds {w} rounds; give how many rounds of each window each "
+                         f"user took part in (integers 0..{w}), or booleans per round with window=1")  # fmt: skip
     C = _as_float_array(counts, "counts", 2)
     if C.shape[0] < 1:
         raise InputError("counts has no users (shape[0] == 0); give one row per user")

@@ -478,6 +478,7 @@ def good():
         (lambda a: a["aggregates"].__setitem__((0, 0), np.nan), "non-finite"),
         (lambda a: a.update(counts=a["counts"] - 3), "negative"),
         (lambda a: a.update(counts=a["counts"] + 0.5), "non-integer"),
+        (lambda a: a.update(counts=a["counts"] > 0), "counts is boolean, but a window holds 10 rounds"),  # read as 0/1
         (lambda a: a.update(window=np.asarray(0)), "positive integer"),
         (lambda a: a.update(window=np.asarray(True)), "one integer"),
         # longer than the run: the advice had been to drop all its rounds; 2**63 - 1 had been shown as 2**63
