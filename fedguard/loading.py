@@ -590,8 +590,8 @@ def name_in_order(names: Mapping[str, torch.Size], values: list[torch.Tensor], d
 def line_up(
     names: Mapping[str, torch.Size], values: list[torch.Tensor], deltas: bool = False
 ) -> tuple[dict[str, torch.Tensor] | None, str | None]:
-    """:func:`name_in_order`'s naming, or None and why not: the first item whose shape no entry of its layer has,
-    or the counts."""
+    """:func:`name_in_order`'s naming, or None and why not: the furthest item whose shape no entry of its layer
+    has (nor a mask's), or the counts."""
     why = f"it holds {len(values)} arrays where the architecture has {len(names)} tensors"
     for dropped in ((), RUNNING_STATS[2:], RUNNING_STATS):
         kept = [n for n in names if n.rsplit(".", 1)[-1] not in dropped]
