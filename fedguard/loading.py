@@ -663,9 +663,9 @@ def _fit_block(
 
 def _is_mask(value: torch.Tensor, deltas: bool) -> bool:
     """Whether ``value`` reads as a ``torch.nn.utils.prune`` mask: 0s and 1s, or all zero where it is a change."""
-    if value.dtype == torch.bool:
-        return not deltas or not bool(value.any())
-    return bool(((value == 0) | (value == 1)).all()) if not deltas else not bool(value.any())
+    if deltas:
+        return not bool(value.any())
+    return value.dtype == torch.bool or bool(((value == 0) | (value == 1)).all())
 
 
 def name_unnamed(values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
