@@ -196,7 +196,7 @@ def _gives_the_output(context: InspectContext, name: str) -> bool:
 
 def _plain_linear(layer) -> bool:
     """An ``nn.Linear``'s weight, not a recurrent layer's input gates (``weight_ih_l0``), which feed its state."""
-    return layer.kind == LINEAR and layer.key("weight").rpartition(".")[2] == "weight"
+    return layer.kind == LINEAR and not layer.is_recurrent_input
 
 
 def _read_by_a_layer(view, layer) -> bool:

@@ -2,11 +2,14 @@
 
 Every weight check reads a layer's ``weight`` (and ``bias``); pruned and
 weight-normalised layouts are folded back first
-(:func:`fedguard.modelview.effective_tensors`). A tensor of two or more
-dimensions under any other name (``kernel``, ``w``, a custom scheme, or a
-second layout beside a layer's own ``weight``) is not a layer the checks
-recognise, so a server could hide an imprint or fishing layer by renaming
-it. With no layer recognised at all, nothing was checked and the model must
+(:func:`fedguard.modelview.effective_tensors`), and a module holding one
+kernel under another name, with at most a bias beside it (``imp.kernel``,
+``imp.W``/``imp.B``, stored transposed or not), is read as a layer
+(:func:`fedguard.modelview._read_renamed_layers`). A tensor of two or more
+dimensions that is still no layer (several kernels in one module, a
+recurrent layer's ``weight_hh_l0``, a positional embedding, a second layout
+beside a layer's own ``weight``) was not checked, so a server could hide an
+imprint or fishing layer that way. With no layer recognised at all, nothing was checked and the model must
 not pass as clean (medium); some unrecognised tensors beside recognised
 layers are reported at low severity (honest models have them too:
 LSTM gates ``weight_ih_l0``, positional embeddings). ``--arch`` compares every

@@ -80,6 +80,11 @@ class Layer:
         return int(w.numel() // w.shape[0]) if w.shape[0] else 0
 
     @property
+    def is_recurrent_input(self) -> bool:
+        """A recurrent layer's input weights (``weight_ih_l0``), read as the linear layer ``NAME.ih_l0``."""
+        return bool(_RNN_INPUT.fullmatch(self.key("weight").rpartition(".")[2]))
+
+    @property
     def is_weight_layer(self) -> bool:
         return self.kind in (LINEAR, CONV) and self.weight is not None
 
@@ -119,6 +124,7 @@ class ModelView:
             prefix, leaf = _split(name)
             groups.setdefault(prefix, {})[leaf] = tensor
             keys.setdefault(prefix, {})[leaf] = stored
+        _read_renamed_layers(groups, keys, module_kinds)
         layers = tuple(
             Layer(
                 name=prefix,
@@ -265,6 +271,60 @@ def _split(name: str) -> tuple[str, str]:
         if leaf.endswith(f"_{kind}") and stem:
             return (f"{prefix}.{stem}" if prefix else stem), kind
     return prefix, leaf
+
+
+#: A recurrent layer's state weights under torch's own names (``weight_hh_l0``, ``bias_hr_l1_reverse``) and a Mamba
+#: layer's state matrix (``A_log``, beside its skip vector ``D``: mamba_ssm and transformers' MambaMixer), whose rows
+#: are one and the same ``log(1..N)`` by design (read as a layer, an honest Mamba was an imprint, FG301 high).
+_STATE_WEIGHTS = re.compile(r"(weight|bias)_(hh|hr)_l\d+(?:_reverse)?|A_log")
+
+
+def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] | None:
+    """The leaves of a layer saved under names of the server's choosing (``imp.kernel`` and ``imp.bias``, ``imp.W``
+    and ``imp.B``): a group with no ``weight`` whose floating-point tensors are one kernel (2-D, or 3- to 5-D with
+    several filters) and at most one 1-D tensor as long as its rows (or, for a 2-D one, its columns: a weight stored
+    input-major). None for anything else: two 2-D tensors, a norm layer's buffers, a recurrent or state-space layer's
+    state weights (:data:`_STATE_WEIGHTS`; an honest IRNN keeps an identity there), a single-filter tensor such as a
+    positional embedding ``(1, tokens, width)``."""
+    floating = {leaf: t for leaf, t in group.items() if t.is_floating_point()}
+    kernels = [leaf for leaf, t in floating.items() if t.ndim == 2 or t.ndim in (3, 4, 5) and len(t) > 1]
+    vectors = [leaf for leaf, t in floating.items() if t.ndim == 1]
+    if ("weight" in group or len(kernels) != 1 or len(vectors) > 1 or len(kernels) + len(vectors) != len(floating)
+            or any(b in group for b in _NORM_BUFFERS) or any(_STATE_WEIGHTS.fullmatch(leaf) for leaf in floating)):
+        return None
+    weight, bias = floating[kernels[0]], floating[vectors[0]] if vectors else None
+    if bias is not None and len(bias) != len(weight) and (weight.ndim != 2 or len(bias) != weight.shape[1]):
+        return None
+    return kernels[0], vectors[0] if vectors else None
+
+
+def _read_renamed_layers(groups: dict[str, dict[str, torch.Tensor]], keys: dict[str, dict[str, str]],
+                         known: Iterable[str]) -> None:
+    """Read the layers saved under other names (:func:`_renamed_parts`) as ``weight`` and ``bias``, in place; ``known``
+    prefixes (the layers of ``--arch``) are left alone. Renamed so, an imprint block holding 200k of a model's 471k
+    parameters had been FG003 low only: clean. A 2-D weight stored input-major (used as ``x @ W``) is read
+    transposed, so its rows are still the units: a bias as long as a weight's columns and not its rows marks one, and
+    when every such mark in the file says input-major, its square and bias-free weights are read that way too (a
+    square layer read the wrong way round had hidden MKOR's opposite rows from FG104)."""
+    parts = {prefix: found for prefix, group in groups.items()
+             if prefix not in known and (found := _renamed_parts(group))}  # fmt: skip
+
+    def marks(axis: int) -> bool:
+        for prefix, (kernel, vector) in parts.items():
+            w = groups[prefix][kernel]
+            if vector is not None and w.ndim == 2 and len(groups[prefix][vector]) == w.shape[axis] != w.shape[1 - axis]:
+                return True
+        return False
+
+    input_major = marks(1) and not marks(0)
+    for prefix, (kernel, vector) in parts.items():
+        group = groups[prefix]
+        weight, bias = group.pop(kernel), group.pop(vector) if vector else None
+        if weight.ndim == 2 and (input_major or bias is not None and len(bias) != len(weight)):
+            weight = weight.t()
+        group.update(weight=weight, **({"bias": bias} if bias is not None else {}))
+        names = keys[prefix]
+        names.update(weight=names.pop(kernel), **({"bias": names.pop(vector)} if vector else {}))
 
 
 def _kinds_from_module(module: nn.Module) -> dict[str, str]:
