@@ -12,7 +12,7 @@ escaped by Jinja2's autoescape. Layout (``templates/inspect.html``)::
     ├ Findings ────────────────────────────────────────────────────┤
     │ severity │ rule  │ layer │ title │ confidence │ message │ evidence │
     ├ Rules that fired ────────────────────────────────────────────┤
-    │ FG003 ImprintBins — help text — reference                    │
+    │ FG301 imprint-identical-rows — help text — reference         │
     └──────────────────────────────────────────────────────────────┘
 
 :func:`render_summary` puts several reports on one page: a table model ->

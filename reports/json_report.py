@@ -19,14 +19,14 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
       "arch": "lenet5",
       "reference": null,
       "verdict": "malicious",
-      "summary": {"critical": 1, "high": 0, "medium": 0, "low": 0, "info": 0},
+      "summary": {"critical": 0, "high": 1, "medium": 0, "low": 0, "info": 0},
       "findings": [
-        {"rule_id": "FG003", "title": "Identical rows with a bias ladder (imprint)",
-         "severity": "critical", "confidence": "high", "layer": "fc1",
-         "message": "A server can read each input ...",
-         "evidence": {"max_row_cosine": 1.0, "n_rows": 128}}
+        {"rule_id": "FG301", "title": "Imprint layer: identical rows",
+         "severity": "high", "confidence": "high", "layer": "imprint.0",
+         "message": "128 of 128 units of imprint.0 share one weight vector ...",
+         "evidence": {"identical_rows": 128, "rows": 128, "distinct_biases": 128, ...}}
       ],
-      "detectors_run": ["imprint", "mkor", "fishing"],
+      "detectors_run": ["constant_rows", "architecture_drift", "fishing", "imprint", ...],
       "seconds": 0.42,
       "config": {"num_classes": null, "input_shape": null, "data": null, "data_sha256": null,
                  "data_examples": null, "seed": 0, "detectors_requested": null,

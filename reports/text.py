@@ -3,27 +3,23 @@
 Colour only when asked (the CLI asks only on a TTY); otherwise plain text that
 pipes, greps and diffs cleanly. Sample output::
 
-    MALICIOUS  global.pt  (sha256 6f1c0a93e2b4…, 11 layers, 62,006 parameters)
-    format torch · arch lenet5 · 6 detectors in 0.42 s
+    MALICIOUS  global.pt  (sha256 9a4a0d482d6a…, 7 layers, 263,322 parameters)
+    format torch · arch lenet5 · 11 detectors in 0.03 s
 
-     severity   rule    layer    title                                         confidence
-    ──────────────────────────────────────────────────────────────────────────────────────
-     critical   FG003   fc1      Identical rows with a bias ladder (imprint)   high
-     high       FG001   fc2      Averaging linear layer (MKOR)                 medium
-     low        FG010   (file)   Unexpected extra tensors                      low
+     severity   rule    layer       title                                            confidence
+    ────────────────────────────────────────────────────────────────────────────────────────────
+     high       FG101   imprint.0   Averaging (constant-weight) rows                 high
+     high       FG301   imprint.0   Imprint layer: identical rows                    high
+     high       FG701   (file)      Model does not match the expected architecture   high
 
-    [critical] FG003 fc1: Identical rows with a bias ladder (imprint)
-        A server can read each input of your batch back from the gradient of one bin. Do not train on
-        this model; report it to the federation operator.
-        evidence: max_row_cosine=1, n_rows=128, bias_monotone=true
-    [high] FG001 fc2: Averaging linear layer (MKOR)
-        Every weight of this layer is 1/d_in: a server can read class means from the update.
-        evidence: row_std=0, d_in=120
-    [low] FG010 (file): Unexpected extra tensors
-        The file holds tensors the architecture does not use.
-        evidence: extra=[aux.weight]
+    [high] FG301 imprint.0: Imprint layer: identical rows
+        128 of 128 units of imprint.0 share one weight vector with 128 distinct biases: they bin the
+        batch by one measurement so each bin's gradient reveals one input exactly (Robbing the Fed). Do
+        not train on this model.
+        evidence: identical_rows=128, rows=128, groups=1, fan_in=784, distinct_biases=128, ...
+    ...
 
-    3 findings: 1 critical, 1 high, 0 medium, 1 low, 0 info
+    3 findings: 0 critical, 3 high, 0 medium, 0 low, 0 info
 
 A clean model ends with ``clean: no findings (6 detectors run in 0.08 s)``.
 """
