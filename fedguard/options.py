@@ -136,13 +136,18 @@ def print_report(text: str) -> None:
 REPORT_SUFFIXES = {".txt": "text", ".json": "JSON", ".html": "HTML", ".htm": "HTML", ".sarif": "SARIF"}
 
 
+#: SARIF's second file name (``report.sarif.json``).
+SARIF_JSON = ".sarif.json"
+
+
 def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, str]) -> str:
     """``--format``, else the format whose extension ``--output`` has (``report.html``: html), else text.
 
     ``suffixes`` maps each format to its extension. A ``--format`` that
     contradicts the extension of another format is an InputError: a JSON
     report in ``report.html`` is a mistake, not a wish. A ``.txt`` file
-    takes any format (a plain file to keep a JSON report in).
+    takes any format (a plain file to keep a JSON report in). ``.sarif.json``,
+    the other name SARIF viewers and GitHub code scanning take, is SARIF.
     """
     from fedguard.data import IMAGE_EXTENSIONS
     from fedguard.loading import EXTENSIONS
@@ -151,6 +156,8 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
     if "html" in suffixes:
         by_suffix[".htm"] = "html"
     suffix = output.suffix.lower() if output is not None else ""
+    if "sarif" in suffixes and output is not None and output.name.lower().endswith(SARIF_JSON):
+        by_suffix[suffix := SARIF_JSON] = "sarif"
     if suffix in EXTENSIONS or suffix in IMAGE_EXTENSIONS:  # a report under a model's, data set's or image's name
         raise InputError(f"--output {output.name} has the extension of a model, data or image file, not of a report; "
                          f"name the file {', '.join('*' + x for x in suffixes.values())}")  # fmt: skip
@@ -163,7 +170,7 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
     if named not in (None, "text", fmt):
         raise InputError(
             f"--output {output.name} has the extension of the {named} format but --format is {fmt}; "
-            f"drop --format, or name the file {output.with_suffix(suffixes[fmt]).name}"
+            f"drop --format, or name the file {output.name[: len(output.name) - len(suffix)]}{suffixes[fmt]}"
         )
     return fmt
 

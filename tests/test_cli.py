@@ -305,6 +305,17 @@ def test_output_replaces_only_reports_without_force(clean_model, workdir, fmt):
     assert victim.read_bytes() != b"PK\x03\x04 a model of mine"
 
 
+def test_sarif_json_names_a_sarif_report(clean_model, workdir):
+    """``report.sarif.json`` (the other name SARIF viewers and code scanning take) is SARIF, with or without
+    --format sarif; --format json there is named as a clash and the way out keeps the stem."""
+    out = workdir / "report.sarif.json"
+    for extra in ((), ("--format", "sarif")):
+        assert invoke("inspect", clean_model, "-o", out, *extra).exit_code == 0
+        assert json.loads(out.read_text())["version"] == "2.1.0"
+    line = assert_input_error(invoke("inspect", clean_model, "-o", out, "--format", "json"))
+    assert "has the extension of the sarif format but --format is json" in line and "report.json" in line
+
+
 def test_output_where_no_file_can_be_written_is_refused_before_any_work(clean_model, workdir):
     """A folder that takes no files (/proc passes an access() check as root) and a write-protected report are named
     up front: an audit would otherwise run to its end and fail on writing, and its grids would be left behind."""
