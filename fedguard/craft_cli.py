@@ -66,7 +66,7 @@ def serialise(state: dict, suffix: str) -> bytes:
 
 
 @click.command("craft")
-@click.argument("attack", metavar="ATTACK", type=click.Choice(_crafter_names()))
+@click.argument("attack", metavar="ATTACK", type=click.Choice(_crafter_names(), case_sensitive=False))
 @click.option("--arch", metavar="NAME|module:callable", help="Architecture to craft (as for `fedguard inspect`); required unless --list-options.")
 @click.option("--model", "model", type=NamedPath(), help="Start from these weights (default: a fresh seeded initialisation of --arch).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off --model's head, else 10).")

@@ -368,6 +368,8 @@ def test_fail_on(high_model):
     assert invoke("inspect", high_model, "--fail-on", "high").exit_code == 1
     assert invoke("inspect", high_model, "--fail-on", "critical").exit_code == 0
     assert invoke("inspect", high_model, "--fail-on", "critical", "-q").exit_code == 0
+    result = invoke("inspect", high_model, "--fail-on", "CRITICAL", "--format", "JSON")  # as Python's Severity.parse
+    assert result.exit_code == 0 and json.loads(result.stdout)["config"]["fail_on"] == "critical"
 
 
 def test_no_colour_when_not_a_tty(high_model):
