@@ -38,6 +38,16 @@ OUT_OF_MEMORY_FIX = {
 class FedguardGroup(click.Group):
     """Turns every :class:`InputError` into one line on stderr and exit code 2."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``fedguard``'s own options (``fedguard --bogus``): a usage error in one line, as a command's are; a bare
+        ``fedguard`` still shows the help."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
+
     def invoke(self, ctx: click.Context):
         token = COMMAND_LINE.set(True)  # messages name the flags typed, not Python's keyword arguments
         try:
@@ -48,12 +58,7 @@ class FedguardGroup(click.Group):
             click.echo(f"fedguard: error: {printable(str(exc))}", err=True)
             ctx.exit(EXIT_INPUT)
         except click.UsageError as exc:  # an option click itself rejects: one line too, with where to look
-            command = exc.ctx.command_path if exc.ctx is not None else "fedguard"
-            from fedguard.reports.base import printable  # an argument or a path in the message is the user's
-
-            message = printable(" ".join(exc.format_message().split()).rstrip("."))
-            click.echo(f"fedguard: error: {message}; see '{command} --help'", err=True)
-            ctx.exit(EXIT_INPUT)
+            _usage_error(exc, ctx)
         except KeyboardInterrupt:
             click.echo("fedguard: interrupted", err=True)
             ctx.exit(130)
@@ -77,6 +82,16 @@ class FedguardGroup(click.Group):
             ctx.exit(EXIT_INTERNAL)
         finally:
             COMMAND_LINE.reset(token)
+
+
+def _usage_error(exc: click.UsageError, ctx: click.Context) -> None:
+    """Exit 2 with click's message in one line on stderr, and where to look."""
+    from fedguard.reports.base import printable  # an argument or a path in the message is the user's
+
+    command = exc.ctx.command_path if exc.ctx is not None else "fedguard"
+    message = printable(" ".join(exc.format_message().split()).rstrip("."))
+    click.echo(f"fedguard: error: {message}; see '{command} --help'", err=True)
+    ctx.exit(EXIT_INPUT)
 
 
 @click.group(cls=FedguardGroup, context_settings={"help_option_names": ["-h", "--help"]})

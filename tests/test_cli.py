@@ -787,6 +787,8 @@ def test_end_to_end_input_error(tmp_path):
         (["audit", "--data", "digits"], "Missing option '--arch'"),
         (["disaggregate", "--users", "many"], "Invalid value for '--users'"),
         (["no-such-command"], "No such command"),
+        (["--bogus"], "No such option '--bogus'"),
+        (["--version=3"], "does not take a value"),
     ],
 )
 def test_option_errors_are_one_line(args, message):
