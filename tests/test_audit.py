@@ -151,7 +151,7 @@ def test_html_report_embeds_the_grids(workdir):
     assert result.exit_code == 1
     page = out.read_text(encoding="utf-8")
     assert page.lstrip().lower().startswith("<!doctype html")
-    assert "data:image/png;base64," in page
+    assert "data:image/png;base64," in page and "img-src data:;" in page  # the page's policy lets only its own grids load
     assert "Deep Leakage from Gradients" in page and "iDLG" in page
     assert (workdir / "audit.html-dlg.png").read_bytes().startswith(PNG_MAGIC)
     # the settings that repeat the audit are on the page, as in the JSON

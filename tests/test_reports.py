@@ -371,6 +371,8 @@ def _assert_offline(page: str):
     assert "@import" not in lowered and "url(" not in lowered
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", lowered)
     assert "http://" not in lowered and "https://" not in lowered
+    # and a browser is told so: nothing loads, nothing runs, even if a name from the model slipped through escaping
+    assert """<meta http-equiv="Content-Security-Policy" content="default-src 'none';""" in page
 
 
 def test_html_single_report(malicious):
