@@ -7,6 +7,7 @@ it; 2 = usage or input error (one line on stderr saying what to do).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -179,10 +180,15 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
 
 
 @main.command("rules")
-def rules_command():
+@click.option("--format", "fmt", type=click.Choice(["text", "json"], case_sensitive=False), default="text", show_default=True,
+              help="json: a list of every rule's rule_id, name, summary, help, reference and url, for scripts.")
+def rules_command(fmt):
     """List every rule fedguard reports, with its paper."""
     from fedguard.inspect import rules
 
+    if fmt == "json":
+        click.echo(json.dumps([dataclasses.asdict(rule) for rule in rules().values()], indent=2, ensure_ascii=False))
+        return
     for rule in rules().values():
         click.echo(f"{rule.rule_id}  {rule.name:<26} {rule.summary}")
         click.echo(f"       {rule.reference}")

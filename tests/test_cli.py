@@ -120,6 +120,9 @@ def test_rules_lists_every_rule_id():
     assert {rule.rule_id for _, detector in DETECTORS.items() for rule in detector.rules} <= ids
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("FG")}
     assert listed == ids
+    listed = json.loads(invoke("rules", "--format", "json").stdout)
+    assert [r["rule_id"] for r in listed] == list(rules()) and all(r["summary"] and r["reference"] for r in listed)
+    assert set(listed[0]) == {"rule_id", "name", "summary", "help", "reference", "url"}
     assert "\n       https://arxiv.org/abs/2110.13057\n" in result.stdout  # where to read a rule's paper
 
 
