@@ -10,6 +10,7 @@ its own calls with :data:`COMMAND_LINE`.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 import re
@@ -42,7 +43,9 @@ def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = No
     inside a ``fedguard`` command, stay as they are; so do those of a wrapped
     function called by another (``audit`` reading its ``data`` through
     ``load_data(spec)``): the outermost call names its own arguments. The
-    exception itself is re-raised, its type and traceback kept.
+    exception itself is re-raised, its type and traceback kept. A returned
+    report's ``notes`` and ``skipped`` reasons ("raise --time-budget") are
+    renamed the same way.
     """
 
     def decorate(func: F) -> F:
@@ -58,7 +61,7 @@ def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = No
                 return func(*args, **kwargs)
             token = _RENAMING.set(True)
             try:
-                return func(*args, **kwargs)
+                return _renamed_report(func(*args, **kwargs), lambda text: _FLAG.sub(rename, text))
             except InputError as exc:
                 if exc.args and isinstance(exc.args[0], str):
                     exc.args = (_FLAG.sub(rename, exc.args[0]), *exc.args[1:])
@@ -69,6 +72,19 @@ def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = No
         return call  # type: ignore[return-value]
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _renamed_report(result, rename: Callable[[str], str]):
+    """``result`` with the flags in its ``notes`` and ``skipped`` reasons renamed (a frozen dataclass report); any
+    other result as it is."""
+    if not dataclasses.is_dataclass(result) or isinstance(result, type):
+        return result
+    changes = {}
+    if isinstance(notes := getattr(result, "notes", None), tuple):
+        changes["notes"] = tuple(rename(n) if isinstance(n, str) else n for n in notes)
+    if isinstance(skipped := getattr(result, "skipped", None), Mapping):
+        changes["skipped"] = {k: rename(v) if isinstance(v, str) else v for k, v in skipped.items()}
+    return dataclasses.replace(result, **changes) if changes else result
 
 
 class Terminated(BaseException):

@@ -1046,6 +1046,8 @@ def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_li
         audit(arch="lenet", data="digits", batch_size=8, protocol="fedavg", local_lr=-1)
     with pytest.raises(InputError, match=r"^detector reference_drift needs reference; pass them or leave reference_drift out of detectors$"):
         inspect_model(Path(__file__), detectors=["reference_drift"])
+    report = audit(arch="lenet", data="digits", batch_size=2, attacks=["dlg"], time_budget=0.01)  # notes and reasons too
+    assert report.skipped["dlg"].endswith("so it measured nothing; raise time_budget"), report.skipped
     assert assert_input_error(invoke(*TINY, "--data", "digits", "--batch-size", "5000")) == (
         "fedguard: error: --batch-size 5000 is larger than --data (1797 examples); use at most 1797")
     monkeypatch.chdir(tmp_path)
@@ -1308,7 +1310,7 @@ def test_label_counts_cut_short_with_wrong_counts_is_a_note(monkeypatch):
                    batch_size=6, attacks=["label_counts"])  # fmt: skip
     assert str(report.verdict) == "warn"
     assert report.notes == ("label_counts was stopped by the time budget with 80% of the per-class counts exact: a "
-                            "server with more time estimates them from more of its data; raise --time-budget",)
+                            "server with more time estimates them from more of its data; raise time_budget",)  # Python's name
 
 
 def test_an_update_object_is_checked_as_a_file_is():
