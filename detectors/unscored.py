@@ -10,12 +10,9 @@ dimensions that is still no layer (several kernels in one module, a
 recurrent layer's ``weight_hh_l0``, a positional embedding, a second layout
 beside a layer's own ``weight``) was not checked, so a server could hide an
 imprint or fishing layer that way. With no layer recognised at all, nothing was checked and the model must
-not pass as clean (medium). Beside recognised layers, tensors of several
-rows that nothing explains (kernels side by side in one module, ``imp.W1``
-and ``imp.W2``) are medium too without ``--arch``; recurrent and state-space
-state weights (``weight_hh_l0``, Mamba's ``A_log``) and single-row tensors
-(class tokens, positional embeddings ``(1, tokens, width)``), which honest
-models have, are low. ``--arch`` compares every
+not pass as clean (medium); some unrecognised tensors beside recognised
+layers are reported at low severity (honest models have them too:
+LSTM gates ``weight_ih_l0``, positional embeddings). ``--arch`` compares every
 key with the architecture you expect (FG701); an architecture that itself
 keeps its weights as bare parameters is told so, since ``--arch`` cannot help.
 """
@@ -23,7 +20,7 @@ keeps its weights as bare parameters is told so, since ``--arch`` cannot help.
 from __future__ import annotations
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector
-from fedguard.modelview import CONV, EMBEDDING, LINEAR, NORM, STATE_WEIGHTS
+from fedguard.modelview import CONV, EMBEDDING, LINEAR, NORM
 from fedguard.types import Confidence, Rule, Severity
 
 #: Layer kinds whose tensors the checks read.
@@ -48,13 +45,12 @@ class Unscored(Detector):
 
     def run(self, context: InspectContext):
         view = context.view
-        unscored, unexplained = [], []
-        for layer in view.layers:
-            for leaf, tensor in layer.tensors.items():
-                if tensor.is_floating_point() and tensor.ndim >= 2 and not _read_by_checks(layer.kind, leaf):
-                    unscored.append(layer.key(leaf))
-                    if not (STATE_WEIGHTS.fullmatch(leaf) or len(tensor) == 1):
-                        unexplained.append(layer.key(leaf))
+        unscored = [
+            layer.key(leaf)
+            for layer in view.layers
+            for leaf, tensor in layer.tensors.items()
+            if tensor.is_floating_point() and tensor.ndim >= 2 and not _read_by_checks(layer.kind, leaf)
+        ]
         if not unscored:
             return
         shown = ", ".join(unscored[:SHOWN]) + (f" and {len(unscored) - SHOWN} more" if len(unscored) > SHOWN else "")
@@ -69,16 +65,6 @@ class Unscored(Detector):
                 f"weight check ran on this model; do not treat it as clean. {fix}",
                 tensors=unscored,
             )
-        elif unexplained and view.module is None:
-            listed = ", ".join(unexplained[:SHOWN]) + (f" and {len(unexplained) - SHOWN} more" if len(unexplained) > SHOWN else "")
-            yield self.finding(
-                "FG003", "Unchecked weights that could be a layer", Severity.MEDIUM, Confidence.LOW, None,
-                f"{len(unexplained)} tensor(s) of several rows ({listed}) are stored under names no check reads, "
-                "neither a recurrent layer's state weights nor a single-row embedding: a layer stored this way (its "
-                "kernels side by side in one module) would bin or fish data as well, unchecked. Ask for a plain "
-                "state_dict, or use --arch to compare every key with the architecture you expect (FG701).",
-                tensors=unscored,
-            )  # fmt: skip
         else:
             fix = ("they are keys of the architecture given with --arch, which FG701 compared"
                    if view.module is not None else "use --arch to compare every key with the architecture you expect")  # fmt: skip

@@ -276,7 +276,7 @@ def _split(name: str) -> tuple[str, str]:
 #: A recurrent layer's state weights under torch's own names (``weight_hh_l0``, ``bias_hr_l1_reverse``) and a Mamba
 #: layer's state matrix (``A_log``, beside its skip vector ``D``: mamba_ssm and transformers' MambaMixer), whose rows
 #: are one and the same ``log(1..N)`` by design (read as a layer, an honest Mamba was an imprint, FG301 high).
-STATE_WEIGHTS = re.compile(r"(weight|bias)_(hh|hr)_l\d+(?:_reverse)?|A_log")
+_STATE_WEIGHTS = re.compile(r"(weight|bias)_(hh|hr)_l\d+(?:_reverse)?|A_log")
 
 
 def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] | None:
@@ -284,13 +284,13 @@ def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] 
     and ``imp.B``): a group with no ``weight`` whose floating-point tensors are one kernel (2-D, or 3- to 5-D with
     several filters) and at most one 1-D tensor as long as its rows (or, for a 2-D one, its columns: a weight stored
     input-major). None for anything else: two 2-D tensors, a norm layer's buffers, a recurrent or state-space layer's
-    state weights (:data:`STATE_WEIGHTS`; an honest IRNN keeps an identity there), a single-filter tensor such as a
+    state weights (:data:`_STATE_WEIGHTS`; an honest IRNN keeps an identity there), a single-filter tensor such as a
     positional embedding ``(1, tokens, width)``."""
     floating = {leaf: t for leaf, t in group.items() if t.is_floating_point()}
     kernels = [leaf for leaf, t in floating.items() if t.ndim == 2 or t.ndim in (3, 4, 5) and len(t) > 1]
     vectors = [leaf for leaf, t in floating.items() if t.ndim == 1]
     if ("weight" in group or len(kernels) != 1 or len(vectors) > 1 or len(kernels) + len(vectors) != len(floating)
-            or any(b in group for b in _NORM_BUFFERS) or any(STATE_WEIGHTS.fullmatch(leaf) for leaf in floating)):
+            or any(b in group for b in _NORM_BUFFERS) or any(_STATE_WEIGHTS.fullmatch(leaf) for leaf in floating)):
         return None
     weight, bias = floating[kernels[0]], floating[vectors[0]] if vectors else None
     if bias is not None and len(bias) != len(weight) and (weight.ndim != 2 or len(bias) != weight.shape[1]):
