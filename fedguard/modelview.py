@@ -187,7 +187,10 @@ def effective_tensors(
     ``weight_orig * weight_mask``, the old spectral norm's ``weight_orig``
     (beside ``weight_u``/``weight_v``), weight normalisation's ``g v / ||v||``
     (``weight_g``/``weight_v``, or ``parametrizations.weight.original0/1``),
-    and any other parametrisation's ``original``. Saved this way, an imprint
+    and any other parametrisation's ``original`` but ``orthogonal``'s (beside
+    its ``0.base``, ``original`` holds the skew-symmetric generator, not the
+    weight: read as one, an honest orthogonal layer was MKOR's pass-through,
+    FG102). Saved this way, an imprint
     layer was otherwise read as no layer at all. A layer that also stores the
     folded name itself keeps both: its stored weight is checked, and the
     other layout's tensors are left for FG003. NaN and infinite values read
@@ -220,7 +223,8 @@ def effective_tensors(
             leaf = rest.rsplit(".", 1)[0]
             target = f"{base[1:]}.{leaf}" if base else leaf
             if name.endswith(".original"):
-                fold(target, t, name, name)
+                if name[: -len("original")] + "0.base" not in tensors:  # orthogonal's: the weight is base @ exp(A)
+                    fold(target, t, name, name)
             elif name[:-1] + "1" in tensors:
                 fold(target, _weight_norm(t, tensors[name[:-1] + "1"]), name[:-1] + "1", name, name[:-1] + "1")
     return out
@@ -279,15 +283,26 @@ def _split(name: str) -> tuple[str, str]:
 _STATE_WEIGHTS = re.compile(r"(weight|bias)_(hh|hr)_l\d+(?:_reverse)?|A_log")
 
 
+#: Fixed tables a model computes from positions and keeps beside its layers: rotary caches (``inv_freq``, ``freqs``,
+#: ``freqs_cis``, ``cos_cached``/``sin_cached``) and sinusoidal encodings (``pe``). Their rows are ``t * inv_freq``
+#: (parallel) or smooth in ``t``; read as a layer with ``inv_freq`` as its bias, an honest rotary attention was
+#: malicious (FG301, FG502).
+_FIXED_TABLES = re.compile(r"_?(inv_freq|freqs?(_cis)?|(cos|sin)(_cached)?|pe|sinusoids?|pos(itional)?_(enc|encoding)s?)")
+
+
 def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] | None:
     """The leaves of a layer saved under names of the server's choosing (``imp.kernel`` and ``imp.bias``, ``imp.W``
     and ``imp.B``): a group with no ``weight`` whose floating-point tensors are one kernel (2-D, or 3- to 5-D with
     several filters) and at most one 1-D tensor as long as its rows (or, for a 2-D one, its columns: a weight stored
     input-major). None for anything else: two 2-D tensors, a norm layer's buffers, a recurrent or state-space layer's
-    state weights (:data:`_STATE_WEIGHTS`; an honest IRNN keeps an identity there), a single-filter tensor such as a
-    positional embedding ``(1, tokens, width)``."""
+    state weights (:data:`_STATE_WEIGHTS`; an honest IRNN keeps an identity there), a fixed table
+    (:data:`_FIXED_TABLES`), a tensor named ``bias`` (a 2-D ``down_proj_bias`` of stacked experts), a single-filter
+    tensor such as a positional embedding ``(1, tokens, width)``."""
     floating = {leaf: t for leaf, t in group.items() if t.is_floating_point()}
-    kernels = [leaf for leaf, t in floating.items() if t.ndim == 2 or t.ndim in (3, 4, 5) and len(t) > 1]
+    if any(_FIXED_TABLES.fullmatch(leaf) for leaf in floating):
+        return None
+    kernels = [leaf for leaf, t in floating.items()
+               if leaf != "bias" and (t.ndim == 2 or t.ndim in (3, 4, 5) and len(t) > 1)]  # fmt: skip
     vectors = [leaf for leaf, t in floating.items() if t.ndim == 1]
     if ("weight" in group or len(kernels) != 1 or len(vectors) > 1 or len(kernels) + len(vectors) != len(floating)
             or any(b in group for b in _NORM_BUFFERS) or any(_STATE_WEIGHTS.fullmatch(leaf) for leaf in floating)):
@@ -306,8 +321,8 @@ def _read_renamed_layers(groups: dict[str, dict[str, torch.Tensor]], keys: dict[
     transposed, so its rows are still the units: a bias as long as a weight's columns and not its rows marks one, and
     when every such mark in the file says input-major, its square and bias-free weights are read that way too (a
     square layer read the wrong way round had hidden MKOR's opposite rows from FG104)."""
-    parts = {prefix: found for prefix, group in groups.items()
-             if prefix not in known and (found := _renamed_parts(group))}  # fmt: skip
+    parts = {prefix: found for prefix, group in groups.items()  # a parametrisation's own tensors are no layer
+             if prefix not in known and _PARAMETRIZED not in f".{prefix}." and (found := _renamed_parts(group))}  # fmt: skip
 
     def marks(axis: int) -> bool:
         for prefix, (kernel, vector) in parts.items():

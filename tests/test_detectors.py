@@ -834,6 +834,49 @@ def test_a_mamba_state_matrix_is_not_read_as_a_layer():
         assert findings[0].evidence["tensors"] == ["layers.0.mixer.A_log"]
 
 
+@pytest.mark.parametrize("dim, positions", [(8, 64), (32, 128), (64, 2048)])
+def test_fixed_tables_and_stacked_biases_are_not_read_as_layers(dim, positions):
+    """Rotary caches (rows ``t * inv_freq``, parallel, with ``inv_freq`` as long as their columns) and a sinusoidal
+    ``pe`` beside honest layers had read as an input-major layer with a bias (FG301, FG502: malicious); a 2-D
+    ``down_proj_bias`` of stacked experts (group ``down_proj``, leaf ``bias``) as a weight. All stay FG003 low."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, dim, 2).float() / dim)
+    freqs = torch.outer(torch.arange(positions).float(), inv_freq)
+    emb = torch.cat([freqs, freqs], -1)
+    tables = [{"rotary.inv_freq": inv_freq, "rotary.freqs": freqs},
+              {"rotary.inv_freq": inv_freq, "rotary.cos_cached": emb.cos(), "rotary.sin_cached": emb.sin()},
+              {"rotary.freqs": freqs}, {"rotary.inv_freq": inv_freq, "rotary.cos": freqs.cos()},
+              {"encoding.pe": torch.cat([emb.sin(), emb.cos()], -1)},
+              {"experts.down_proj_bias": torch.zeros(4, dim)}]  # fmt: skip
+    benign = benign_entries()[0].state_dict
+    for extra in tables:
+        for cast in (torch.float32, torch.float16):
+            findings = static_findings({**benign, **{k: v.to(cast) for k, v in extra.items()}})
+            assert {(f.rule_id, f.severity) for f in findings} <= {("FG003", Severity.LOW)}, (list(extra), findings)
+
+
+def test_an_orthogonal_layer_is_not_read_by_its_generator():
+    """``parametrizations.orthogonal`` stores the skew-symmetric generator as ``original`` beside ``0.base``; read as
+    the weight, an honest layer was MKOR's pass-through (FG102) at init and a fishing row (FG202) once trained."""
+    from torch.nn.utils.parametrizations import orthogonal
+
+    x, y = digits((1, 8, 8))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), orthogonal(nn.Linear(64, 64)), nn.ReLU(), nn.Linear(64, 10))
+        states = [model.state_dict()]
+        if seed == 0:
+            optimiser = torch.optim.Adam(model.parameters(), 1e-3)
+            for _ in range(2):
+                for i in range(0, len(x), 64):
+                    optimiser.zero_grad()
+                    nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
+                    optimiser.step()
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        for state in states:
+            findings = static_findings(state)
+            assert {(f.rule_id, f.severity) for f in findings} <= {("FG003", Severity.LOW)}, findings
+
+
 def test_weights_under_unknown_names_are_not_passed_as_clean():
     """Weights that cannot be read as layers (several 2-D tensors in one module): with no layer recognised, nothing
     was checked, so FG003 at medium (suspicious); beside recognised layers: low."""
