@@ -617,3 +617,27 @@ def test_a_user_who_never_took_part_is_not_counted_as_recovered(tmp_path):
     res = _run([str(tmp_path / "absent.npz")])
     assert res.exit_code == 0, res.output
     assert "recovered exactly: 10/11 users' updates" in res.output and "1 never took part" in res.output
+
+
+def _worker_handlers(_):
+    import signal
+
+    return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+
+def test_pool_workers_die_on_terminate_and_leave_ctrl_c_to_the_parent():
+    """The integer programs' workers: SIGTERM (the pool's terminate) kills one at once and Ctrl-C is the parent's;
+    with the command's own SIGTERM handler inherited, an interrupted 400-user run had waited minutes for them."""
+    import multiprocessing
+    import signal
+
+    from fedguard.attacks.disaggregation import _worker_signals
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the pool forks")
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as fedguard's console script installs one
+    try:
+        with multiprocessing.get_context("fork").Pool(1, initializer=_worker_signals) as pool:
+            assert pool.map(_worker_handlers, [0]) == [(signal.SIG_DFL, signal.SIG_IGN)]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
