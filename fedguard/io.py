@@ -25,7 +25,7 @@ _REPORT_STARTS = re.compile(
     r"|fedguard disaggregate: \d+ rounds x d=\d+, "
     r'|\{\n  "schema_version": "[0-9.]+",\n  "tool": \{\n    "name": "fedguard",'
     r'|\{\n  "\$schema": "https://docs\.oasis-open\.org/sarif/[^"]*",\n  "version": "2\.1\.0",\n  "runs": \[\n    \{\n      "tool": \{\n        "driver": \{\n          "name": "fedguard",'
-    r'|<!DOCTYPE html>\s*<html lang="en">\s*<head>\s*<meta charset="utf-8">\s*(<meta name="viewport"[^>]*>\s*)?<meta name="generator" content="fedguard '
+    r'|<!DOCTYPE html>\s*<html lang="en">\s*<head>\s*<meta charset="utf-8">\s*(<meta name="viewport"[^>]*>\s*)?(<meta http-equiv="Content-Security-Policy"[^>]*>\s*)?<meta name="generator" content="fedguard '
 )
 
 
