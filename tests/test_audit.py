@@ -1377,7 +1377,7 @@ def test_max_iterations_far_below_the_attacks_own_is_noted_and_never_a_pass():
                attack_options={"dlg": {"starts": 1}})  # fmt: skip
     short = audit(max_iterations=2, **run)
     assert short.attacks[0].level.name == "NONE" and str(short.verdict) == "warn"
-    assert any("ran at most 2 iterations (--max-iterations; the attack's own is 300)" in n for n in short.notes)
+    assert any("ran at most 2 iterations (max_iterations; the attack's own is 300)" in n for n in short.notes)  # Python's name
     assert not audit(max_iterations=30, **run).notes  # a tenth of the attack's own and more: no note
 
 
