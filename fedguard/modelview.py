@@ -297,14 +297,16 @@ def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] 
     input-major). None for anything else: two 2-D tensors, a norm layer's buffers, a recurrent or state-space layer's
     state weights (:data:`_STATE_WEIGHTS`; an honest IRNN keeps an identity there), a fixed table
     (:data:`_FIXED_TABLES`), a tensor named ``bias`` (a 2-D ``down_proj_bias`` of stacked experts), a single-filter
-    tensor such as a positional embedding ``(1, tokens, width)``."""
+    tensor such as a positional embedding ``(1, tokens, width)``. A 1-D ``weight`` beside a kernel named ``bias`` is
+    a layer whose names were swapped (it had been read as a norm layer, and no check looked at the kernel)."""
     floating = {leaf: t for leaf, t in group.items() if t.is_floating_point()}
     if any(_FIXED_TABLES.fullmatch(leaf) for leaf in floating):
         return None
+    swapped = "weight" in floating and floating["weight"].ndim == 1 and "bias" in floating and floating["bias"].ndim >= 2
     kernels = [leaf for leaf, t in floating.items()
-               if leaf != "bias" and (t.ndim == 2 or t.ndim in (3, 4, 5) and len(t) > 1)]  # fmt: skip
+               if (leaf != "bias" or swapped) and (t.ndim == 2 or t.ndim in (3, 4, 5) and len(t) > 1)]  # fmt: skip
     vectors = [leaf for leaf, t in floating.items() if t.ndim == 1]
-    if ("weight" in group or len(kernels) != 1 or len(vectors) > 1 or len(kernels) + len(vectors) != len(floating)
+    if ("weight" in group and not swapped or len(kernels) != 1 or len(vectors) > 1 or len(kernels) + len(vectors) != len(floating)
             or any(b in group for b in _NORM_BUFFERS) or any(_STATE_WEIGHTS.fullmatch(leaf) for leaf in floating)):
         return None
     weight, bias = floating[kernels[0]], floating[vectors[0]] if vectors else None

@@ -726,6 +726,16 @@ def test_layers_under_other_names_are_read_as_layers(layout):
         assert judge(findings) is Verdict.CLEAN and {f.rule_id for f in findings} <= {"FG003"}, entry.label
 
 
+def test_a_layer_with_its_weight_and_bias_names_swapped_is_read_as_a_layer():
+    """``imp.weight`` the ladder of biases, ``imp.bias`` the imprint's rows (either way round): read as a norm layer,
+    no check had looked at the rows and the file raised nothing."""
+    rows, ladder = torch.full((128, 64), 1 / 64), torch.linspace(-1, 1, 128)
+    benign = benign_entries()[0].state_dict
+    for kernel in (rows, rows.t().contiguous()):
+        findings = static_findings({**benign, "imp.weight": ladder, "imp.bias": kernel})
+        assert judge(findings) is Verdict.MALICIOUS and {"FG101", "FG301"} <= {f.rule_id for f in findings}
+
+
 class _Dense(nn.Module):
     """A linear layer kept as bare parameters ``W`` and ``b``, stored output- or input-major."""
 
