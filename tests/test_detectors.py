@@ -19,6 +19,7 @@ from fedguard.detectors import DETECTORS, InspectContext, all_rules
 from fedguard.inspect import judge, run_detectors
 from fedguard.modelview import ModelView
 from fedguard.types import Severity, Verdict
+from tests.zoo import _train as train_with_adam
 from tests.zoo import benign_entries, crafted_entries, digits
 
 #: The rules that name each attack; a crafted model must raise at least one of its own.
@@ -810,12 +811,7 @@ def test_honest_bare_parameters_stay_clean():
     for label, model in _honest_bare_parameter_models():
         states = {label: model.state_dict()}
         if label.endswith("init0"):
-            optimiser = torch.optim.Adam(model.parameters(), 1e-2)
-            for _ in range(12):
-                for i in range(0, len(x), 64):
-                    optimiser.zero_grad()
-                    nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
-                    optimiser.step()
+            train_with_adam(model, x, y, epochs=12, seed=0, lr=1e-2)
             assert (model(x).argmax(1) == y).float().mean() > 0.8, label
             states[f"{label}/trained"] = trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
             states[f"{label}/trained/fp16"] = {k: v.half() if v.is_floating_point() else v for k, v in trained.items()}
@@ -875,12 +871,7 @@ def test_an_orthogonal_layer_is_not_read_by_its_generator():
         model = nn.Sequential(nn.Flatten(), orthogonal(nn.Linear(64, 64)), nn.ReLU(), nn.Linear(64, 10))
         states = [model.state_dict()]
         if seed == 0:
-            optimiser = torch.optim.Adam(model.parameters(), 1e-3)
-            for _ in range(2):
-                for i in range(0, len(x), 64):
-                    optimiser.zero_grad()
-                    nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
-                    optimiser.step()
+            train_with_adam(model, x, y, epochs=2, seed=0)
             states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         for state in states:
             findings = static_findings(state)
