@@ -5,7 +5,8 @@ weight-normalised layouts are folded back first
 (:func:`fedguard.modelview.effective_tensors`), and a module holding one
 kernel under another name, with at most a bias beside it (``imp.kernel``,
 ``imp.W``/``imp.B``, stored transposed or not), is read as a layer
-(:func:`fedguard.modelview._read_renamed_layers`). A tensor of two or more
+(:func:`fedguard.modelview._read_renamed_layers`; an info finding names them,
+since their rows may be the stored columns). A tensor of two or more
 dimensions that is still no layer (several kernels in one module, a
 recurrent layer's ``weight_hh_l0``, a positional embedding, a second layout
 beside a layer's own ``weight``) was not checked, so a server could hide an
@@ -45,6 +46,18 @@ class Unscored(Detector):
 
     def run(self, context: InspectContext):
         view = context.view
+        renamed = [layer for layer in view.layers if layer.renamed]
+        if renamed:
+            read = {layer.name: ", ".join(layer.key(leaf) for leaf in ("weight", "bias") if leaf in layer.tensors)
+                    + (" (stored input-major: rows are the stored columns)" if layer.renamed == "transposed" else "")
+                    for layer in renamed}  # fmt: skip
+            yield self.finding(
+                "FG003", "Layers under other names, read as layers", Severity.INFO, Confidence.MEDIUM, None,
+                f"{len(read)} layer(s) saved under names other than torch's were read as layers and checked: "
+                + "; ".join(f"{name} from {keys}" for name, keys in list(read.items())[:SHOWN])
+                + (f"; and {len(read) - SHOWN} more" if len(read) > SHOWN else "") + ".",
+                read_as_layers=read,
+            )  # fmt: skip
         unscored = [
             layer.key(leaf)
             for layer in view.layers

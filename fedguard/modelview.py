@@ -40,6 +40,9 @@ class Layer:
     tensors: Mapping[str, torch.Tensor]
     index: int
     keys: Mapping[str, str] = field(default_factory=dict)
+    #: Saved under names of the server's choosing and read as this layer (:func:`_read_renamed_layers`): ``"as
+    #: stored"``, or ``"transposed"`` for a weight stored input-major, whose rows here are the stored columns.
+    renamed: str = ""
 
     def key(self, leaf: str) -> str:
         """The state_dict name of one of this layer's tensors."""
@@ -124,7 +127,7 @@ class ModelView:
             prefix, leaf = _split(name)
             groups.setdefault(prefix, {})[leaf] = tensor
             keys.setdefault(prefix, {})[leaf] = stored
-        _read_renamed_layers(groups, keys, module_kinds)
+        renamed = _read_renamed_layers(groups, keys, module_kinds)
         layers = tuple(
             Layer(
                 name=prefix,
@@ -132,6 +135,7 @@ class ModelView:
                 tensors=group,
                 index=i,
                 keys=keys[prefix],
+                renamed=renamed.get(prefix, ""),
             )
             for i, (prefix, group) in enumerate(groups.items())
         )
@@ -316,9 +320,10 @@ def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] 
 
 
 def _read_renamed_layers(groups: dict[str, dict[str, torch.Tensor]], keys: dict[str, dict[str, str]],
-                         known: Iterable[str]) -> None:
-    """Read the layers saved under other names (:func:`_renamed_parts`) as ``weight`` and ``bias``, in place; ``known``
-    prefixes (the layers of ``--arch``) are left alone. Renamed so, an imprint block holding 200k of a model's 471k
+                         known: Iterable[str]) -> dict[str, str]:
+    """Read the layers saved under other names (:func:`_renamed_parts`) as ``weight`` and ``bias``, in place, and
+    return how each was read (``"as stored"`` or ``"transposed"``, by prefix); ``known`` prefixes (the layers of
+    ``--arch``) are left alone. Renamed so, an imprint block holding 200k of a model's 471k
     parameters had been FG003 low only: clean. A 2-D weight stored input-major (used as ``x @ W``) is read
     transposed, so its rows are still the units: a bias as long as a weight's columns and not its rows marks one, and
     when every such mark in the file says input-major, its square and bias-free weights are read that way too (a
@@ -334,14 +339,16 @@ def _read_renamed_layers(groups: dict[str, dict[str, torch.Tensor]], keys: dict[
         return False
 
     input_major = marks(1) and not marks(0)
+    read = {}
     for prefix, (kernel, vector) in parts.items():
         group = groups[prefix]
         weight, bias = group.pop(kernel), group.pop(vector) if vector else None
-        if weight.ndim == 2 and (input_major or bias is not None and len(bias) != len(weight)):
-            weight = weight.t()
-        group.update(weight=weight, **({"bias": bias} if bias is not None else {}))
+        transposed = weight.ndim == 2 and (input_major or bias is not None and len(bias) != len(weight))
+        group.update(weight=weight.t() if transposed else weight, **({"bias": bias} if bias is not None else {}))
         names = keys[prefix]
         names.update(weight=names.pop(kernel), **({"bias": names.pop(vector)} if vector else {}))
+        read[prefix] = "transposed" if transposed else "as stored"
+    return read
 
 
 def _kinds_from_module(module: nn.Module) -> dict[str, str]:

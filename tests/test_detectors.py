@@ -722,6 +722,8 @@ def test_layers_under_other_names_are_read_as_layers(layout):
         for entry in [e for e in crafted_entries() if e.kind == kind][:2]:
             findings = static_findings(relayout(entry.state_dict))
             assert judge(findings) is Verdict.MALICIOUS and EXPECTED[kind] & {f.rule_id for f in findings}, entry.label
+            read = next(f for f in findings if f.severity is Severity.INFO).evidence["read_as_layers"]  # said so
+            assert read and all(("input-major" in how) is (layout == "input_major") for how in read.values())
     for entry in benign_entries()[::6]:
         findings = static_findings(relayout(entry.state_dict))
         assert judge(findings) is Verdict.CLEAN and {f.rule_id for f in findings} <= {"FG003"}, entry.label
