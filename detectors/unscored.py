@@ -10,10 +10,12 @@ since their rows may be the stored columns). A tensor of two or more
 dimensions that is still no layer (several kernels in one module, a
 recurrent layer's ``weight_hh_l0``, a positional embedding, a second layout
 beside a layer's own ``weight``) was not checked, so a server could hide an
-imprint or fishing layer that way. With no layer recognised at all, nothing was checked and the model must
-not pass as clean (medium); some unrecognised tensors beside recognised
-layers are reported at low severity (honest models have them too:
-LSTM gates ``weight_ih_l0``, positional embeddings). ``--arch`` compares every
+imprint or fishing layer that way. With no layer recognised at all, nothing
+was checked and the model must not pass as clean (medium); unrecognised
+tensors beside recognised layers are reported at low severity (honest
+models have them too: recurrent ``weight_hh_l0``, positional embeddings,
+stacked experts; a medium tier for those called several honest families
+suspicious, docs/detectors.md). ``--arch`` compares every
 key with the architecture you expect (FG701); an architecture that itself
 keeps its weights as bare parameters is told so, since ``--arch`` cannot help.
 """
