@@ -301,22 +301,34 @@ def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] 
     input-major). None for anything else: two 2-D tensors, a norm layer's buffers, a recurrent or state-space layer's
     state weights (:data:`_STATE_WEIGHTS`; an honest IRNN keeps an identity there), a fixed table
     (:data:`_FIXED_TABLES`), a tensor named ``bias`` (a 2-D ``down_proj_bias`` of stacked experts), a single-filter
-    tensor such as a positional embedding ``(1, tokens, width)``. A 1-D ``weight`` beside a kernel named ``bias`` is
+    tensor such as a positional embedding ``(1, tokens, width)`` with no bias as long as its rows beside it (one
+    that has one is that layer, stored with a leading dimension of one). A 1-D ``weight`` beside a kernel named ``bias`` is
     a layer whose names were swapped (it had been read as a norm layer, and no check looked at the kernel)."""
     floating = {leaf: t for leaf, t in group.items() if t.is_floating_point()}
     if any(_FIXED_TABLES.fullmatch(leaf) for leaf in floating):
         return None
     swapped = "weight" in floating and floating["weight"].ndim == 1 and "bias" in floating and floating["bias"].ndim >= 2
-    kernels = [leaf for leaf, t in floating.items()
-               if (leaf != "bias" or swapped) and (t.ndim == 2 or t.ndim in (3, 4, 5) and len(t) > 1)]  # fmt: skip
     vectors = [leaf for leaf, t in floating.items() if t.ndim == 1]
+    lengths = {len(floating[leaf]) for leaf in vectors}
+
+    def is_kernel(t: torch.Tensor) -> bool:
+        k = _unbatched(t)  # a leading dimension of one counts as a kernel only beside a bias as long as its rows
+        return (k is t or bool(lengths & {len(k), k.shape[-1] if k.ndim == 2 else 0})) and (
+            k.ndim == 2 or k.ndim in (3, 4, 5) and len(k) > 1)
+
+    kernels = [leaf for leaf, t in floating.items() if (leaf != "bias" or swapped) and t.ndim >= 2 and is_kernel(t)]
     if ("weight" in group and not swapped or len(kernels) != 1 or len(vectors) > 1 or len(kernels) + len(vectors) != len(floating)
             or any(b in group for b in _NORM_BUFFERS) or any(_STATE_WEIGHTS.fullmatch(leaf) for leaf in floating)):
         return None
-    weight, bias = floating[kernels[0]], floating[vectors[0]] if vectors else None
+    weight, bias = _unbatched(floating[kernels[0]]), floating[vectors[0]] if vectors else None
     if bias is not None and len(bias) != len(weight) and (weight.ndim != 2 or len(bias) != weight.shape[1]):
         return None
     return kernels[0], vectors[0] if vectors else None
+
+
+def _unbatched(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without a leading dimension of one (``(1, 128, 64)`` -> ``(128, 64)``); ``t`` itself otherwise."""
+    return t[0] if t.ndim >= 3 and len(t) == 1 else t
 
 
 def _read_renamed_layers(groups: dict[str, dict[str, torch.Tensor]], keys: dict[str, dict[str, str]],
@@ -333,7 +345,7 @@ def _read_renamed_layers(groups: dict[str, dict[str, torch.Tensor]], keys: dict[
 
     def marks(axis: int) -> bool:
         for prefix, (kernel, vector) in parts.items():
-            w = groups[prefix][kernel]
+            w = _unbatched(groups[prefix][kernel])
             if vector is not None and w.ndim == 2 and len(groups[prefix][vector]) == w.shape[axis] != w.shape[1 - axis]:
                 return True
         return False
@@ -342,7 +354,7 @@ def _read_renamed_layers(groups: dict[str, dict[str, torch.Tensor]], keys: dict[
     read = {}
     for prefix, (kernel, vector) in parts.items():
         group = groups[prefix]
-        weight, bias = group.pop(kernel), group.pop(vector) if vector else None
+        weight, bias = _unbatched(group.pop(kernel)), group.pop(vector) if vector else None
         transposed = weight.ndim == 2 and (input_major or bias is not None and len(bias) != len(weight))
         group.update(weight=weight.t() if transposed else weight, **({"bias": bias} if bias is not None else {}))
         names = keys[prefix]

@@ -729,14 +729,20 @@ def test_layers_under_other_names_are_read_as_layers(layout):
         assert judge(findings) is Verdict.CLEAN and {f.rule_id for f in findings} <= {"FG003"}, entry.label
 
 
-def test_a_layer_with_its_weight_and_bias_names_swapped_is_read_as_a_layer():
-    """``imp.weight`` the ladder of biases, ``imp.bias`` the imprint's rows (either way round): read as a norm layer,
-    no check had looked at the rows and the file raised nothing."""
+def test_a_layer_with_swapped_names_or_a_leading_dimension_of_one_is_read_as_a_layer():
+    """``imp.weight`` the ladder of biases and ``imp.bias`` the imprint's rows (read as a norm layer, no check had
+    looked at the rows and the file raised nothing), or the rows stored as ``(1, 128, 64)`` beside their bias (left
+    as a positional embedding's shape: FG003 low, clean); either way round. A ``(1, tokens, width)`` tensor with no
+    bias as long as its rows stays a positional embedding."""
     rows, ladder = torch.full((128, 64), 1 / 64), torch.linspace(-1, 1, 128)
     benign = benign_entries()[0].state_dict
     for kernel in (rows, rows.t().contiguous()):
-        findings = static_findings({**benign, "imp.weight": ladder, "imp.bias": kernel})
-        assert judge(findings) is Verdict.MALICIOUS and {"FG101", "FG301"} <= {f.rule_id for f in findings}
+        for planted in ({"imp.weight": ladder, "imp.bias": kernel}, {"imp.kernel": kernel[None], "imp.bias": ladder}):
+            findings = static_findings({**benign, **planted})
+            assert judge(findings) is Verdict.MALICIOUS and {"FG101", "FG301"} <= {f.rule_id for f in findings}
+    for alone in ({"imp.kernel": rows[None]}, {"encoder.pos_embedding": torch.randn(1, 17, 32)}):
+        findings = static_findings({**benign, **alone})
+        assert [(f.rule_id, f.severity) for f in findings] == [("FG003", Severity.LOW)]
 
 
 class _Dense(nn.Module):
