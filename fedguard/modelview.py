@@ -302,19 +302,18 @@ def _renamed_parts(group: Mapping[str, torch.Tensor]) -> tuple[str, str | None] 
     state weights (:data:`_STATE_WEIGHTS`; an honest IRNN keeps an identity there), a fixed table
     (:data:`_FIXED_TABLES`), a tensor named ``bias`` (a 2-D ``down_proj_bias`` of stacked experts), a single-filter
     tensor such as a positional embedding ``(1, tokens, width)`` with no bias as long as its rows beside it (one
-    that has one is that layer, stored with a leading dimension of one). A 1-D ``weight`` beside a kernel named ``bias`` is
-    a layer whose names were swapped (it had been read as a norm layer, and no check looked at the kernel)."""
+    that has one is that layer, stored with a leading dimension of one). A 1-D ``weight`` beside a kernel named
+    ``bias`` is a layer whose names were swapped (it had been read as a norm layer, and no check looked at the
+    kernel)."""
     floating = {leaf: t for leaf, t in group.items() if t.is_floating_point()}
     if any(_FIXED_TABLES.fullmatch(leaf) for leaf in floating):
         return None
     swapped = "weight" in floating and floating["weight"].ndim == 1 and "bias" in floating and floating["bias"].ndim >= 2
     vectors = [leaf for leaf, t in floating.items() if t.ndim == 1]
-    lengths = {len(floating[leaf]) for leaf in vectors}
 
     def is_kernel(t: torch.Tensor) -> bool:
-        k = _unbatched(t)  # a leading dimension of one counts as a kernel only beside a bias as long as its rows
-        return (k is t or bool(lengths & {len(k), k.shape[-1] if k.ndim == 2 else 0})) and (
-            k.ndim == 2 or k.ndim in (3, 4, 5) and len(k) > 1)
+        k = _unbatched(t)  # a leading dimension of one only beside a bias (its length is checked below)
+        return (k is t or bool(vectors)) and (k.ndim == 2 or k.ndim in (3, 4, 5) and len(k) > 1)
 
     kernels = [leaf for leaf, t in floating.items() if (leaf != "bias" or swapped) and t.ndim >= 2 and is_kernel(t)]
     if ("weight" in group and not swapped or len(kernels) != 1 or len(vectors) > 1 or len(kernels) + len(vectors) != len(floating)
