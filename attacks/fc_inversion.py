@@ -43,6 +43,7 @@ Models." ICLR 2022.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import ClassVar, Mapping
@@ -81,6 +82,16 @@ MAX_ROWS = 4096
 #: Rows whose responses correlate this much measure one quantity; MIN_BINS such rows make bins (FG804 reads the same).
 SAME_MEASUREMENT = 0.999
 MIN_BINS = 4
+#: The bin search reads at most this many of the server's public examples, evenly spaced. FG804's threshold was set on
+#: 64 (honest units reach 0.996 there, ``benchmarks/detector_calibration.py``); all 1 781 spare digits through the
+#: built-in MLP's first layer had taken 6 ms of a 9 ms attack at batch 16 (``benchmarks/analytic_speed.py``).
+BIN_EXAMPLES = 128
+#: Units are screened on a random sketch of this many dimensions before their exact correlations: two units at
+#: SAME_MEASUREMENT (2.6 degrees apart) stay above SCREEN_CORRELATION (26 degrees) unless one chi-squared draw of 32
+#: degrees of freedom exceeds another a hundredfold, which does not happen; a unit without MIN_BINS such partners on
+#: the sketch cannot be in a group of bins.
+SKETCH_DIM = 32
+SCREEN_CORRELATION = 0.9
 
 
 def _group(quotients: torch.Tensor, tolerance: float, limit: int) -> tuple[torch.Tensor, list[int], int]:
@@ -120,16 +131,17 @@ def invert_rows(
     (a normalisation the model applies first), undone on each quotient
     before the range check.
     """
-    gw, gb = grad_w.double(), grad_b.double()
+    dtype = torch.promote_types(grad_w.dtype, torch.float32)  # the update's precision, at least float32
+    gw, gb = grad_w.to(dtype), grad_b.to(dtype)
     peak = float(gb.abs().max()) if gb.numel() else 0.0
     active = torch.nonzero(gb.abs() > ACTIVE_FRACTION * peak).flatten() if peak > 0 else torch.zeros(0, dtype=torch.long)
     active = active[torch.argsort(gb[active].abs(), descending=True)][:MAX_ROWS]
     quotients = gw[active] / gb[active, None]
     if input_map is not None:
-        quotients = (quotients - input_map[1].double()) / input_map[0].double()
+        quotients = (quotients - input_map[1].to(dtype)) / input_map[0].to(dtype)
     lo, hi = input_range
     slack = 1e-4 * (hi - lo)
-    low, high = torch.aminmax(quotients, dim=1)
+    low, high = quotients.amin(dim=1), quotients.amax(dim=1)  # two passes: aminmax along a dim is several times slower
     in_range = (low >= lo - slack) & (high <= hi + slack)
     exact, sizes, distinct = _group(quotients[in_range], MERGE_TOLERANCE * (hi - lo), len(quotients))
     repeated = torch.tensor(sizes, dtype=torch.long) >= 2
@@ -192,16 +204,39 @@ def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape
     return scale.float().cpu(), shift.float().cpu()
 
 
+def _unit_rows(rows: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(unit, index, norm)``: the responses (rows of ``rows``, ``[units, examples]``, centred unless ``centre`` is
+    False) of the units at ``index`` whose response varies, scaled to unit length, and every unit's response norm."""
+    if centre:
+        rows = rows - rows.mean(dim=1, keepdim=True)
+    norm = torch.linalg.vector_norm(rows, dim=1)
+    index = (norm > 1e-9 * float(norm.max())).nonzero()[:, 0] if norm.numel() else norm.nonzero()[:, 0]
+    return rows[index] / norm[index, None], index, norm
+
+
 def response_correlations(response: torch.Tensor, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(r, index, norm)``: the signed correlations ``[k, k]`` of the units' responses (the columns of ``response``,
     ``[examples, units]``, centred over the examples unless ``centre`` is False) for the ``k`` units at ``index``
     whose response varies, and every unit's response norm."""
-    if centre:
-        response = response - response.mean(dim=0)
-    norm = torch.linalg.vector_norm(response, dim=0)
-    index = (norm > 1e-9 * float(norm.max())).nonzero()[:, 0] if norm.numel() else norm.nonzero()[:, 0]
-    unit = response[:, index] / norm[index]
-    return unit.T @ unit, index, norm
+    unit, index, norm = _unit_rows(response.T, centre)
+    return unit @ unit.T, index, norm
+
+
+@functools.lru_cache(maxsize=4)
+def _sketch(dim: int) -> torch.Tensor:
+    """A fixed random projection ``[dim, SKETCH_DIM]``."""
+    return torch.randn(dim, SKETCH_DIM, generator=torch.Generator().manual_seed(0))
+
+
+def _screened(unit: torch.Tensor) -> torch.Tensor:
+    """The rows of ``unit`` (unit vectors) with at least :data:`MIN_BINS` rows, themselves included, correlated at
+    :data:`SCREEN_CORRELATION` or more on a fixed random sketch of :data:`SKETCH_DIM` dimensions: every member of a
+    group of bins, and in an honest layer few or none."""
+    if unit.shape[1] <= SKETCH_DIM:
+        return torch.arange(unit.shape[0])
+    sketch = unit @ _sketch(unit.shape[1])
+    sketch = sketch / torch.linalg.vector_norm(sketch, dim=1, keepdim=True).clamp_min(1e-30)
+    return ((sketch @ sketch.T >= SCREEN_CORRELATION).sum(dim=1) >= MIN_BINS).nonzero()[:, 0]
 
 
 def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,8 +244,9 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     one quantity, each next to the row of the next higher threshold.
 
     Rows measure one quantity when their responses correlate at :data:`SAME_MEASUREMENT` or more on the server's
-    public examples (without them, when the weight rows themselves do): an imprint's rows, even with noise where the
-    data never varies. A unit with threshold ``t`` fires for every example whose measurement exceeds ``t``, so two
+    public examples (:data:`BIN_EXAMPLES` of them; without them, when the weight rows themselves do): an imprint's
+    rows, even with noise where the data never varies. Only the rows a random sketch keeps (:func:`_screened`) are
+    correlated exactly. A unit with threshold ``t`` fires for every example whose measurement exceeds ``t``, so two
     neighbours' gradient difference holds only the examples between their thresholds (Fowl et al., ICLR 2022).
     Layers of more than :data:`MAX_ROWS` units are not grouped.
     """
@@ -222,10 +258,13 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     weight = layer.weight.detach().float().cpu()
     bias = layer.bias.detach().float().cpu()
     if public is not None and public[0].numel() == weight.shape[1]:
-        corr, index, norm = response_correlations(public.detach().float().cpu().flatten(1) @ weight.T)
+        public = public[:: max(1, len(public) // BIN_EXAMPLES)][:BIN_EXAMPLES]
+        unit, index, norm = _unit_rows(weight @ public.detach().float().cpu().flatten(1).T, centre=True)
     else:
-        corr, index, norm = response_correlations(weight.T, centre=False)
-    same = corr >= SAME_MEASUREMENT  # the same sign: a flipped row reads the bins from the other side
+        unit, index, norm = _unit_rows(weight, centre=False)
+    kept = _screened(unit)
+    unit, index = unit[kept], index[kept]
+    same = unit @ unit.T >= SAME_MEASUREMENT  # the same sign: a flipped row reads the bins from the other side
     lower, upper, free = [], [], torch.ones(len(index), dtype=torch.bool)
     for u in (same.sum(dim=1) >= MIN_BINS).nonzero()[:, 0].tolist():  # an honest layer has none: no loop over units
         group = (same[u] & free).nonzero()[:, 0]

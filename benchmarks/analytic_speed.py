@@ -4,7 +4,8 @@ For ``fc_inversion`` (the MLP as received) and the ``imprint`` and
 ``class_fishing`` emulators (LeNet with the crafted block, the MLP with the
 fishing head; the attack step only, not the client-side crafting), prints the attack's median time over repeats, the median time of
 one forward+backward of the same model on the same batch, and their ratio
-(target <= 3x).
+(target <= 3x). The server has the rest of digits as public data, as in the
+audit (``fc_inversion`` reads its bins on them).
 
 Usage: ``python benchmarks/analytic_speed.py [--repeats 20]``
 """
@@ -53,7 +54,8 @@ def _view(arch: str, batch: int) -> tuple[ServerView, object, torch.Tensor, torc
     view = ServerView(model=model, tensors=upd.tensors, protocol="fedsgd", batch_size=batch, local_steps=None,
                       local_lr=None, local_batch_size=None, num_classes=10, input_shape=tuple(shape),
                       threat=ThreatModel(), device=torch.device("cpu"), labels=None,
-                      label_counts=torch.bincount(by, minlength=10))  # as the label attack finds them (FedSGD: exact)
+                      label_counts=torch.bincount(by, minlength=10),  # as the label attack finds them (FedSGD: exact)
+                      auxiliary=(x[batch:], y[batch:]))  # the public examples the audit hands the server: the rest
     return view, upd, bx, by
 
 

@@ -105,17 +105,17 @@ def weight_rows(weight: torch.Tensor) -> torch.Tensor:
 
 
 def compute_row_stats(weight: torch.Tensor) -> RowStats:
-    """Four passes (min/max, sum, L1, L2) over chunks of rows converted to float32 (float64 for huge weights)."""
+    """Five passes (min, max, sum, L1, L2) over chunks of rows converted to float32 (float64 for huge weights)."""
     rows = weight_rows(weight)
     n, d = rows.shape
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("minimum", "maximum", "total", "l1", "l2sq")}
     step = max(1, CHUNK // max(d, 1))
     for start in range(0, n, step):
         chunk = rows[start : start + step].to(torch.float32)
-        lo, hi = torch.aminmax(chunk, dim=1)
+        lo, hi = chunk.amin(dim=1), chunk.amax(dim=1)  # torch.aminmax along a dimension is 6-25x slower than both
         if max(-float(lo.min()), float(hi.max())) >= FLOAT32_SAFE:  # (NaN compares False: FG002 reports it)
             chunk = rows[start : start + step].to(torch.float64)
-            lo, hi = torch.aminmax(chunk, dim=1)
+            lo, hi = chunk.amin(dim=1), chunk.amax(dim=1)
         parts["minimum"].append(lo)
         parts["maximum"].append(hi)
         parts["total"].append(chunk.sum(dim=1))

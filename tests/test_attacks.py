@@ -1140,6 +1140,31 @@ def test_mkor_says_why_it_cannot_read_a_linear_layer_applied_per_token(own_arch)
     assert report.skipped["mkor"].startswith("the first fully connected layer is applied to each token")
 
 
+def test_bin_search_on_a_sample_and_a_sketch_finds_what_every_pair_on_every_example_finds():
+    """The bin search correlates 128 public examples and only the units its random sketch keeps: on rows that
+    measure one quantity under noise where the data never varies (weights correlated at 0.01), and under noise
+    everywhere (responses correlated at 0.9994), it finds the groups a full search over every example and pair finds,
+    and in an honest layer none."""
+    from fedguard.attacks import fc_inversion as fc
+
+    public = load_data("digits", input_shape=(1, 28, 28))[0][::2].flatten(1)
+    still = public.std(dim=0) == 0
+    gen = torch.Generator().manual_seed(0)
+    layer = nn.Linear(784, 256)
+    with torch.no_grad():
+        layer.weight[:64] = torch.rand(784, generator=gen) + 5 * torch.randn(64, 784, generator=gen) * still
+        layer.weight[64:96] = torch.rand(784, generator=gen) + 0.03 * torch.randn(32, 784, generator=gen)
+
+    def full_search():
+        corr, index, norm = fc.response_correlations(public @ layer.weight.detach().T)
+        return sorted(len(g) for g in {tuple(index[row].tolist()) for row in corr >= fc.SAME_MEASUREMENT} if len(g) >= fc.MIN_BINS)
+
+    lower, upper = fc.bin_neighbours(layer, public)
+    assert full_search() == [32, 64] and len(lower) == 31 + 63
+    assert set(lower.tolist()) | set(upper.tolist()) == set(range(96))
+    assert len(fc.bin_neighbours(nn.Linear(784, 256), public)[0]) == 0
+
+
 def test_fc_inversion_reads_bins_off_rows_that_measure_one_quantity():
     """An imprint planted in the client's own MLP (256 identical sparse rows, a ladder of biases, constant columns
     after them) leaves single inputs only in neighbouring rows' differences: single rows had given 1 of 16."""
