@@ -43,7 +43,6 @@ Models." ICLR 2022.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from typing import ClassVar, Mapping
@@ -222,19 +221,13 @@ def response_correlations(response: torch.Tensor, centre: bool = True) -> tuple[
     return unit @ unit.T, index, norm
 
 
-@functools.lru_cache(maxsize=4)
-def _sketch(dim: int) -> torch.Tensor:
-    """A fixed random projection ``[dim, SKETCH_DIM]``."""
-    return torch.randn(dim, SKETCH_DIM, generator=torch.Generator().manual_seed(0))
-
-
 def _screened(unit: torch.Tensor) -> torch.Tensor:
     """The rows of ``unit`` (unit vectors) with at least :data:`MIN_BINS` rows, themselves included, correlated at
     :data:`SCREEN_CORRELATION` or more on a fixed random sketch of :data:`SKETCH_DIM` dimensions: every member of a
     group of bins, and in an honest layer few or none."""
     if unit.shape[1] <= SKETCH_DIM:
         return torch.arange(unit.shape[0])
-    sketch = unit @ _sketch(unit.shape[1])
+    sketch = unit @ torch.randn(unit.shape[1], SKETCH_DIM, generator=torch.Generator().manual_seed(0))
     sketch = sketch / torch.linalg.vector_norm(sketch, dim=1, keepdim=True).clamp_min(1e-30)
     return ((sketch @ sketch.T >= SCREEN_CORRELATION).sum(dim=1) >= MIN_BINS).nonzero()[:, 0]
 
