@@ -214,7 +214,7 @@ def _check_data(data: torch.Tensor | np.ndarray | None, input_shape: Shape) -> t
     """``data`` as float32 inputs ``[N, *input_shape]`` (uint8 read as 0-255 pixels), or InputError naming the fix."""
     if data is None:
         return None
-    data = torch.as_tensor(data).detach()
+    data = torch.as_tensor(data).detach().cpu()  # the crafters work on the CPU
     if data.dtype == torch.uint8:  # 0-255 pixels, read as fedguard.data reads them
         data = data / 255.0
     data = data.to(torch.float32)
@@ -1259,9 +1259,11 @@ def craft(
         if num_classes != logits:  # the crafters size their rows and targets by it: a model's head is what it is
             raise InputError(f"num_classes={num_classes} but the model gives {logits} logits; "
                              f"pass num_classes={logits} or None")
+    # the crafters build their layers and noise on the CPU: a model on a GPU is crafted as a CPU copy and moved back
+    source = model if device is None or device.type == "cpu" else copy.deepcopy(model).cpu()
     try:  # the caller's generators, grad mode and default dtype kept (a float64 default had broken every crafter)
         with np.errstate(all="ignore"), own_torch_state():  # an overflow is reported below, as one line
-            crafted = fn(model, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
+            crafted = fn(source, input_shape=shape, num_classes=num_classes, data=data, seed=seed, **options)
     except InputError:
         raise
     except (Exception, SystemExit) as exc:  # a size too large, or the model's own code (SystemExit: sys.exit() in it)
@@ -1274,11 +1276,11 @@ def craft(
     if spoilt is not None:  # a huge but finite option overflowed float32: such a model shows nothing a detector looks for
         raise InputError(f"{name} with {given} gives {spoilt} NaN or infinite values (beyond float32's 3.4e38); use values "
                          "nearer 1 (a huge one overflows, and so does a tiny one the crafter divides by)")  # fmt: skip
-    if _unchanged(model, crafted):  # no layer it works on, or planted already: a file that is the model would mislead
+    if _unchanged(source, crafted):  # no layer it works on, or planted already: a file that is the model would mislead
         raise NothingToPlant(f"{name} found nothing to plant in this {kind} with {given} (no layer of "
                              "the kind it changes where it looks, or its parameters are there already); pick another "
                              "attack or architecture")  # fmt: skip
-    return crafted
+    return crafted if source is model else crafted.to(device)
 
 
 class NothingToPlant(InputError):

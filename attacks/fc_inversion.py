@@ -101,13 +101,13 @@ def _group(quotients: torch.Tensor, tolerance: float, limit: int) -> tuple[torch
     if not len(quotients):
         return quotients, [], 0
     if bool((torch.linalg.vector_norm(quotients - quotients[0], dim=1) / math.sqrt(dim) <= tolerance).all()):
-        leader = torch.zeros(len(quotients), dtype=torch.long)  # one example (a batch of one): no distance matrix
+        leader = torch.zeros(len(quotients), dtype=torch.long, device=quotients.device)  # one example (a batch of one): no distance matrix
     else:
         leader = (torch.cdist(quotients, quotients) / math.sqrt(dim) <= tolerance).to(torch.int8).argmax(dim=0)
     leaders, members = torch.unique(leader, return_inverse=True)
     sizes = torch.bincount(members, minlength=len(leaders))
     order = torch.argsort(-sizes, stable=True)[:limit]
-    sums = torch.zeros(len(leaders), dim, dtype=quotients.dtype).index_add_(0, members, quotients)
+    sums = torch.zeros(len(leaders), dim, dtype=quotients.dtype, device=quotients.device).index_add_(0, members, quotients)
     return (sums / sizes[:, None])[order], sizes[order].tolist(), len(leaders)
 
 

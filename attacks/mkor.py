@@ -82,9 +82,9 @@ def class_rows(linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]
     """
     if len(linears) == 1:  # each row is one class's logit (an identity of paths, without building it)
         return [torch.tensor([j]) if j < linears[0].out_features else torch.zeros(0, dtype=torch.long) for j in range(num_classes)]
-    paths = linears[-1].weight.detach().double()[:num_classes]
+    paths = linears[-1].weight.detach().cpu().double()[:num_classes]  # rows on the CPU, where the update is read
     for lin in reversed(linears[1:-1]):
-        paths = paths @ lin.weight.detach().double()
+        paths = paths @ lin.weight.detach().cpu().double()
     energy = paths.pow(2)
     total = energy.sum(0)
     share, owner = (energy / total.clamp_min(1e-300)).max(0)
@@ -193,7 +193,7 @@ class MKOR(Attack):
             not isinstance(rows, (list, tuple)) or not all(isinstance(r, torch.Tensor) and r.dim() == 1 for r in rows)
         ):
             raise ValueError(f"bad MKOR rows {rows!r:.60}; give one 1-D tensor of row indices per class, or None")
-        self.rows = rows if rows is None else list(rows)
+        self.rows = rows if rows is None else [r.cpu() for r in rows]  # indices into the update, read on the CPU
 
     def _class_rows(self, linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]:
         return self.rows if self.rows is not None else class_rows(linears, num_classes)

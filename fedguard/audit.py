@@ -149,7 +149,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         if names_from(dict(expected.named_parameters()), tensors) is tensors:
             load_weights(expected, tensors, "passed in", arch, passed_in=True)
         try:
-            module = copy.deepcopy(model)
+            module = copy.deepcopy(model).cpu()  # where the data are; the audit moves it to its device later
         except Exception as exc:  # an attribute that cannot be copied: a lock, a file handle, a process pool
             raise InputError(f"the model passed in cannot be copied ({first_line(exc)}); pass its state_dict()") from None
         return module, {"path": None, "sha256": None, "weights": "in-memory module", "arch": arch}

@@ -52,12 +52,21 @@ def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 @contextlib.contextmanager
 def own_random_state(seed: int | None = None) -> Iterator[None]:
     """Run the block with torch's CPU generator (and those of CUDA devices already in use) restored afterwards;
-    seeded with ``seed`` when given (:func:`torch.random.fork_rng`)."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with _PROCESS_STATE, torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
+    seeded with ``seed`` when given (:func:`torch.random.fork_rng`). CUDA first used inside the block is left as
+    the caller's first use would have found it: seeded with the caller's seed (``torch.manual_seed`` and
+    ``torch.seed`` seed CUDA with the CPU's, when CUDA starts; never seeded, both have the same default)."""
+    cuda_ready = torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda_ready else []
+    caller_seed = torch.initial_seed()
+    with _PROCESS_STATE:
+        try:
+            with torch.random.fork_rng(devices=devices):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                yield
+        finally:
+            if not cuda_ready and torch.cuda.is_initialized():
+                torch.cuda.manual_seed_all(caller_seed)
 
 
 @contextlib.contextmanager

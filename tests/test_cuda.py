@@ -115,3 +115,41 @@ def test_audit_command_on_the_gpu(tmp_path):
 
     doc = json.loads(out.read_text())
     assert doc["config"]["device"].startswith("cuda")
+
+
+def test_a_model_on_the_gpu_is_audited_and_crafted():
+    """A module already on the GPU, handed in from Python: the audit copies it where the data are (its forward on
+    CPU inputs had been refused as data that do not fit), and every crafter crafts it as it crafts the same model on
+    the CPU and hands it back on the GPU."""
+    from fedguard.attacks.craft import CRAFTERS, READS_DATA, craft
+
+    model = lenet(0).cuda()
+    report = audit(model, arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=4, device="cuda",
+                   attacks=["dlg"], max_iterations=5)  # fmt: skip
+    assert report.outcome("dlg") is not None and next(model.parameters()).is_cuda
+    data = load_data("digits")[0][:64]
+    for name in CRAFTERS.names():
+        public = data if name in READS_DATA else None
+        on_cpu = craft(name, lenet(0), input_shape=(1, 8, 8), data=public).state_dict()
+        on_gpu = craft(name, model, input_shape=(1, 8, 8), data=None if public is None else public.cuda()).state_dict()
+        assert on_gpu.keys() == on_cpu.keys() and all(on_gpu[k].is_cuda for k in on_gpu), name
+        for key, tensor in on_cpu.items():
+            torch.testing.assert_close(on_gpu[key].cpu(), tensor, msg=f"{name}: {key}")
+
+
+def test_an_audit_that_starts_cuda_leaves_its_generator_as_the_callers_first_use_finds_it():
+    """The caller's CUDA generator, not yet started, is not left at the audit's seed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from fedguard.audit import audit\n"
+        "torch.manual_seed(123)\n"
+        "audit(arch='lenet', data='digits', batch_size=2, device='cuda', attacks=['dlg'], max_iterations=2)\n"
+        "after = torch.cuda.get_rng_state()\n"
+        "torch.cuda.manual_seed_all(123)\n"
+        "print(bool(torch.equal(after, torch.cuda.get_rng_state())))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True"
