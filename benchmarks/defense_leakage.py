@@ -4,8 +4,8 @@ For the MLP (whose first layer the analytic attack inverts) and the DLG LeNet
 on digits at 8x8, one FedSGD batch of 8 (seed 0), it audits the update with
 no defense, DP-SGD at several noise multipliers (clip 1), pruning at several
 fractions and Gaussian noise at several standard deviations, and prints per
-setting: the leakage level, the best attack's PSNR and SSIM (max over the
-batch), the label accuracy of the label-count attack and, for DP-SGD, the
+setting: the leakage level, the PSNR and SSIM (max over the batch) of the
+image attack with the highest level (then PSNR), the label accuracy of the label-count attack and, for DP-SGD, the
 round's epsilon at delta 1e-5 (Opacus RDP accountant, sample rate 1).
 
 Usage: ``python benchmarks/defense_leakage.py [--time-budget S]``; the
@@ -37,7 +37,7 @@ def _row(arch: str, defense, budget: float) -> str:
     report = audit(None, arch=arch, input_shape=(1, 8, 8), data="digits", batch_size=8, defense=defense,
                    max_iterations=300, time_budget=budget, seed=0)  # fmt: skip
     images = [o for o in report.attacks if o.psnr_max is not None]
-    best = max(images, key=lambda o: o.psnr_max, default=None)
+    best = max(images, key=lambda o: (int(o.level), o.psnr_max), default=None)  # the attack behind the level
     labels = next((o.label_accuracy for o in report.attacks if o.name == "label_counts"), None)
     name = "none" if defense is None else f"{defense.name} {next(iter(defense.settings().values())):g}"
     epsilon = f"{report.update['epsilon']:.3g}" if report.update.get("epsilon") is not None else "-"

@@ -642,7 +642,7 @@ def audit(
     """
     from fedguard.attacks.base import Budget
     from fedguard.attacks.base import attacks as registry
-    from fedguard.metrics import baseline_psnr, score, verdict_for
+    from fedguard.metrics import NoUpdateGuess, baseline_psnr, score, verdict_for
 
     t_start = time.perf_counter()
     seed = checks.seed(seed)
@@ -821,8 +821,9 @@ def audit(
     unmeasured = False  # an attack that applies failed, or stopped before its first iteration
     done: dict[str, Any] = {}
     outcomes: list[AttackOutcome] = []
-    prior = view.auxiliary[0].mean(0) if view.auxiliary is not None else None  # what the server would guess without the update
-    baseline = baseline_psnr(batch_x, prior)
+    # what the server would guess without the update: its public data's mean image, each class's, the classes' shares
+    prior = NoUpdateGuess.from_public(*view.auxiliary, n_out) if view.auxiliary is not None else NoUpdateGuess()
+    baseline = baseline_psnr(batch_x, prior, batch_y)
     exposure = None
     # the attacks differentiate gradients; only the math kernel of scaled_dot_product_attention has a double backward
     with _first_interrupt_sets(stop, notify), sdpa_kernel(SDPBackend.MATH):

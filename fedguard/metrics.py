@@ -9,18 +9,26 @@ whether the label the attack gave it is right. Label attacks are scored on
 their per-class counts.
 
 Leakage levels, per example; an attack's level is the worst over the
-examples of the batch (one rebuilt example is already a leak), the audit's
-the worst over attacks. A criterion counts only when the reconstruction beats
-what the server knows *without* the update -- the mean image of its public
-data (mid-grey without it) -- by a margin: 3 dB of PSNR or 0.10 of SSIM (a
-flat image is "rebuilt" at 25 dB by a grey square).
+examples of the batch (one rebuilt example is already a leak), each rebuilt
+image also scored against the true example closest to it where the pairing
+put it elsewhere; the audit's the worst over attacks. A criterion counts only
+when the reconstruction beats what the server knows *without* the update
+(:class:`NoUpdateGuess`) -- the better of the mean image of its public data
+(mid-grey without it) and the mean image of the example's class, which the
+labels an update gives away make a guess too -- by a margin: 3 dB of PSNR or
+0.10 of SSIM (a flat image is "rebuilt" at 25 dB by a grey square; at 8x8
+the class's mean image alone reaches SSIM 0.80 against most digits). A label
+attack's accuracy counts only above what guessing the public data's class
+shares gets: its mean plus two standard deviations over batches drawn from
+them (about 0.82 for a batch of 8 digits).
 
 =========  ===================================================  ================================
 level      image attacks (and beating the baseline)             label-only attacks
 =========  ===================================================  ================================
 high       PSNR >= 25 dB or SSIM >= 0.80                        --
 medium     PSNR >= 18 dB or SSIM >= 0.50                        the label of a one-example batch
-low        PSNR >= baseline + 3 dB or SSIM >= 0.25              label accuracy >= 0.5 (counts)
+low        PSNR >= baseline + 3 dB or SSIM >= 0.25              label accuracy >= 0.5 (counts), and
+                                                               above the class-share guess
 none       otherwise                                            otherwise
 =========  ===================================================  ================================
 
@@ -47,7 +55,7 @@ Logistics Quarterly 2, 1955.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +70,7 @@ __all__ = [
     "ssim",
     "match",
     "baseline_psnr",
+    "NoUpdateGuess",
     "score",
     "image_level",
     "label_level",
@@ -72,6 +81,8 @@ __all__ = [
 
 #: A reconstruction at or above either counts as recovered (see :func:`recovered_fraction`).
 RECOVERED_PSNR, RECOVERED_SSIM = 30.0, 0.9
+#: Batches drawn from the public class shares to measure what guessing them gets (:class:`NoUpdateGuess`).
+GUESS_DRAWS = 2000
 #: PSNR of an exact reconstruction is infinite; reported values are capped here.
 PSNR_CAP = 100.0
 
@@ -99,6 +110,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB for images in [0, 1] (capped at :data:`PSNR_CAP`)."""
     a, b = _same_shape(a, b, "PSNR")
     mse = float(np.mean((a - b) ** 2))
+    if not math.isfinite(mse):  # an infinite pixel: no signal at all; a NaN one: nothing to say
+        return -math.inf if mse == math.inf else math.nan
     if mse <= 10 ** (-PSNR_CAP / 10):
         return PSNR_CAP
     return 10.0 * math.log10(1.0 / mse)
@@ -149,11 +162,75 @@ def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
     return sorted(pairs.items())
 
 
-def baseline_psnr(true: torch.Tensor, prior: torch.Tensor | None = None) -> float:
-    """Mean PSNR of the server's guess without the update (``prior`` image, or mid-grey)."""
-    true = torch.as_tensor(true).detach().cpu()
-    guess = torch.as_tensor(prior).detach().cpu() if prior is not None else torch.full_like(true[0], 0.5)
-    return float(np.mean([psnr(guess.numpy(), x.numpy()) for x in true]))
+@dataclass(frozen=True)
+class NoUpdateGuess:
+    """What the server holds without the update, which a leak must beat: the mean image of its public data
+    (mid-grey when None), each class's mean image (the labels an update gives away make the class's mean image a
+    guess of every example of that class), and the classes' shares of its public examples (uniform when None).
+
+    Build it from the server's public examples with :meth:`from_public`.
+    """
+
+    image: torch.Tensor | None = None
+    class_images: dict[int, torch.Tensor] = field(default_factory=dict)
+    class_shares: np.ndarray | None = None
+
+    @classmethod
+    def from_public(cls, x: torch.Tensor, y: torch.Tensor | None, num_classes: int) -> "NoUpdateGuess":
+        x = x.detach().float().cpu()
+        if y is None:
+            return cls(image=x.mean(0))
+        y = torch.as_tensor(y).long().cpu()
+        present = [c for c in range(num_classes) if bool((y == c).any())]
+        shares = torch.bincount(y[(y >= 0) & (y < num_classes)], minlength=num_classes).double().numpy()
+        return cls(image=x.mean(0), class_images={c: x[y == c].mean(0) for c in present},
+                   class_shares=shares / max(shares.sum(), 1.0))  # fmt: skip
+
+    def image_scores(self, true_x: torch.Tensor, true_y: torch.Tensor | None = None) -> list[tuple[float, float]]:
+        """Per true example, the best PSNR and the best SSIM of the guesses it has: the mean image, and its class's
+        mean image when ``true_y`` is given."""
+        true_x = torch.as_tensor(true_x).detach().float().cpu()
+        mean = (self.image.detach().float().cpu() if self.image is not None else torch.full_like(true_x[0], 0.5)).numpy()
+        out = []
+        for i, x in enumerate(true_x.numpy()):
+            guesses = [mean]
+            if true_y is not None and int(true_y[i]) in self.class_images:
+                guesses.append(self.class_images[int(true_y[i])].detach().float().cpu().numpy())
+            best_ssim = _max([ssim(g, x) for g in guesses])  # None where the images are too small for SSIM
+            out.append((max(psnr(g, x) for g in guesses), math.nan if best_ssim is None else best_ssim))
+        return out
+
+    def label_counts(self, batch_size: int, num_classes: int) -> np.ndarray:
+        """The counts the server guesses for a batch of ``batch_size``: its class shares in whole examples (Hamilton's
+        method)."""
+        from fedguard.attacks.label_counts import round_counts
+
+        return round_counts(self._shares(num_classes), batch_size)
+
+    def label_accuracy_bound(self, batch_size: int, num_classes: int) -> float:
+        """The label accuracy (as counts) a label attack must beat: the mean plus two standard deviations of what
+        :meth:`label_counts` gets over :data:`GUESS_DRAWS` batches drawn from the class shares. On random batches of
+        digits (2-64 examples, 400 each) the guess alone beats it in 1-4 % of them; the plain 0.5 it had been held to,
+        in 20 % (2 examples), 83 % (8) and all from 32 on."""
+        shares = self._shares(num_classes)
+        draws = np.random.default_rng(0).multinomial(batch_size, shares, size=GUESS_DRAWS)
+        accuracy = np.minimum(draws, self.label_counts(batch_size, num_classes)).sum(axis=1) / max(batch_size, 1)
+        return float(accuracy.mean() + 2 * accuracy.std())
+
+    def _shares(self, num_classes: int) -> np.ndarray:
+        if self.class_shares is None or len(self.class_shares) != num_classes:
+            return np.full(num_classes, 1.0 / num_classes)
+        return self.class_shares
+
+
+def _as_guess(prior: NoUpdateGuess | torch.Tensor | None) -> NoUpdateGuess:
+    return prior if isinstance(prior, NoUpdateGuess) else NoUpdateGuess(image=prior)
+
+
+def baseline_psnr(true: torch.Tensor, prior: NoUpdateGuess | torch.Tensor | None = None, labels: torch.Tensor | None = None) -> float:
+    """Mean PSNR of the server's guess without the update: ``prior`` (a :class:`NoUpdateGuess`, or one image; mid-grey
+    when None), with each example's class's mean image as a guess too when ``labels`` are given."""
+    return float(np.mean([p for p, _ in _as_guess(prior).image_scores(true, labels)]))
 
 
 def image_level(
@@ -179,10 +256,13 @@ def image_level(
     return LeakageLevel.NONE
 
 
-def label_level(label_accuracy: float | None, batch_size: int) -> LeakageLevel:
+def label_level(label_accuracy: float | None, batch_size: int, baseline_accuracy: float = 0.0) -> LeakageLevel:
     """A label attack's level (table above): medium for the one label of a one-example batch, low for counts with
-    accuracy at least ``THRESHOLDS["low_label_accuracy"]``, none otherwise or when nothing was measured."""
-    if label_accuracy is None or label_accuracy < THRESHOLDS["low_label_accuracy"]:
+    accuracy at least ``THRESHOLDS["low_label_accuracy"]``; none otherwise, when nothing was measured, or when the
+    accuracy is not above ``baseline_accuracy``, what the server's guess without the update gets
+    (:meth:`NoUpdateGuess.label_accuracy_bound`)."""
+    if (label_accuracy is None or label_accuracy < THRESHOLDS["low_label_accuracy"]
+            or label_accuracy <= baseline_accuracy):  # fmt: skip
         return LeakageLevel.NONE
     if batch_size == 1 and label_accuracy >= 1.0:
         return LeakageLevel.MEDIUM
@@ -234,12 +314,18 @@ def verdict_for(level: LeakageLevel | str, fail_on: LeakageLevel | str, conclusi
 class _ImageScores:
     samples: tuple[SampleLeak, ...]
     ordered: torch.Tensor  # reconstructions in true-batch order
+    nearest: tuple[tuple[float, float, LeakageLevel], ...]  # PSNR, SSIM, level of rebuilt images matched elsewhere
+
+    @property
+    def level(self) -> LeakageLevel:
+        return max([s.level for s in self.samples] + [level for _, _, level in self.nearest], default=LeakageLevel.NONE)
 
 
 def _score_images(
     images: torch.Tensor, labels: torch.Tensor | None, true_x: torch.Tensor, true_y: torch.Tensor, base: list[tuple[float, float]]
 ) -> _ImageScores:
-    images = torch.nan_to_num(images.detach().float().cpu(), nan=0.5).clamp(0, 1)  # a NaN pixel tells the server nothing
+    # a NaN or infinite pixel tells the server nothing
+    images = torch.nan_to_num(images.detach().float().cpu(), nan=0.5, posinf=0.5, neginf=0.5).clamp(0, 1)
     pairs = match(true_x, images)
     samples = []
     ordered = torch.zeros_like(true_x)
@@ -262,7 +348,18 @@ def _score_images(
             )
         )
         ordered[i] = images[j]
-    return _ImageScores(tuple(sorted(samples, key=lambda s: s.index)), ordered)
+    # A rebuilt image scored against the true example it is closest to, where the pairing put it elsewhere (or
+    # nowhere): the pairing of most total PSNR can trade one image's 25 dB for two at 24 and lower the level.
+    t, r = true_x.reshape(len(true_x), -1).double(), images.reshape(len(images), -1).double()
+    closest = torch.cdist(r, t).argmin(dim=1).tolist()
+    partner = {j: i for i, j in pairs}
+    nearest = []
+    for j, i in enumerate(closest):
+        if partner.get(j) != i:
+            a, b = images[j].numpy(), true_x[i].numpy()
+            p, s = psnr(a, b), ssim(a, b)
+            nearest.append((p, s, image_level(p, s, base[i][0], base[i][1])))
+    return _ImageScores(tuple(sorted(samples, key=lambda s: s.index)), ordered, tuple(nearest))
 
 
 def _mean(values) -> float | None:
@@ -284,20 +381,21 @@ def score(
     title: str,
     reference: str,
     kind: str,
-    prior: torch.Tensor | None = None,
+    prior: NoUpdateGuess | torch.Tensor | None = None,
 ) -> AttackOutcome:
     """Measure ``rec`` against the true batch; see the module docstring for the levels.
 
-    ``prior`` is the server's guess without the update (the mean image of its
-    public data); mid-grey when None.
+    ``prior`` is the server's guess without the update, a :class:`NoUpdateGuess` (from its public data), or one
+    image (the mean image alone); mid-grey and uniform class shares when None.
     """
     true_x = true_x.detach().float().cpu()
     true_y = true_y.detach().long().cpu()
-    guess = (prior.detach().float().cpu() if prior is not None else torch.full_like(true_x[0], 0.5)).numpy()
-    base = [(psnr(guess, x.numpy()), ssim(guess, x.numpy())) for x in true_x]
+    guess = _as_guess(prior)
+    base = guess.image_scores(true_x, true_y)
     B = len(true_y)
     true_counts = torch.bincount(true_y, minlength=num_classes)
     samples: tuple[SampleLeak, ...] = ()
+    image_leak, nearest = LeakageLevel.NONE, ()
     ordered = None
     psnrs: list[float] = []
     ssims: list[float] = []
@@ -315,6 +413,7 @@ def score(
         psnrs = [s.psnr for s in samples]
         ssims = [s.ssim for s in samples]
         mses = [s.mse for s in samples]
+        image_leak, nearest = scored.level, scored.nearest
         if rec.labels is not None and len(rec.labels) > 0:  # the labels it holds, as counts: pairing them through
             # the image match made them as good as the images (0.25 for labels the server was given, on poor images)
             labels = torch.as_tensor(rec.labels).long().cpu()
@@ -324,8 +423,8 @@ def score(
         if rec.candidates is not None:
             per_start = []
             for cand in rec.candidates:
-                cs = _score_images(cand, None, true_x, true_y, base).samples
-                per_start.append((_mean([s.psnr for s in cs]), max(s.level for s in cs)))
+                cs = _score_images(cand, None, true_x, true_y, base)
+                per_start.append((_mean([s.psnr for s in cs.samples]), cs.level))
             starts = len(per_start)
             success_rate = float(np.mean([lv >= LeakageLevel.HIGH for _, lv in per_start]))
             details["start_psnr_mean"] = [round(p, 2) if p is not None else None for p, _ in per_start]
@@ -341,11 +440,12 @@ def score(
         counts = torch.bincount(torch.as_tensor(rec.labels).long().cpu(), minlength=num_classes)
         label_accuracy = float(torch.minimum(counts, true_counts).sum()) / max(B, 1)
 
-    psnr_max, ssim_max = _max(psnrs), _max(ssims)
+    # the best rebuilt image, against its match or the true example it is closest to
+    psnr_max, ssim_max = _max(psnrs + [p for p, _, _ in nearest]), _max(ssims + [s for _, s, _ in nearest])
     if kind == "images" and rec.images is not None:
-        level = max((s.level for s in samples), default=LeakageLevel.NONE)
+        level = image_leak
     else:
-        level = label_level(label_accuracy, B)
+        level = label_level(label_accuracy, B, guess.label_accuracy_bound(B, len(true_counts)))
     return AttackOutcome(
         name=rec.attack,
         title=title,
