@@ -13,11 +13,12 @@ examples of the batch (one rebuilt example is already a leak), each rebuilt
 image also scored against the true example closest to it where the pairing
 put it elsewhere; the audit's the worst over attacks. A criterion counts only
 when the reconstruction beats what the server knows *without* the update
-(:class:`NoUpdateGuess`) -- the better of the mean image of its public data
-(mid-grey without it) and the mean image of the example's class, which the
-labels an update gives away make a guess too -- by a margin: 3 dB of PSNR or
-0.10 of SSIM (a flat image is "rebuilt" at 25 dB by a grey square; at 8x8
-the class's mean image alone reaches SSIM 0.80 against most digits). A label
+(:class:`NoUpdateGuess`) -- the best of the mean image of its public data
+(mid-grey without it) and the mean images of the classes the batch holds,
+which the label counts an update gives away make guesses too -- by a
+margin: 3 dB of PSNR or 0.10 of SSIM (a flat image is "rebuilt" at 25 dB by
+a grey square; at 8x8 an example's class mean image alone reaches SSIM 0.80
+against most digits). A label
 attack's accuracy counts only above what guessing the public data's class
 shares gets: its mean plus two standard deviations over batches drawn from
 them (about 0.82 for a batch of 8 digits).
@@ -165,8 +166,8 @@ def match(true: torch.Tensor, rebuilt: torch.Tensor) -> list[tuple[int, int]]:
 @dataclass(frozen=True)
 class NoUpdateGuess:
     """What the server holds without the update, which a leak must beat: the mean image of its public data
-    (mid-grey when None), each class's mean image (the labels an update gives away make the class's mean image a
-    guess of every example of that class), and the classes' shares of its public examples (uniform when None).
+    (mid-grey when None), each class's mean image (the label counts an update gives away name the classes a batch
+    holds, and so their mean images), and the classes' shares of its public examples (uniform when None).
 
     Build it from the server's public examples with :meth:`from_public`.
     """
@@ -187,15 +188,14 @@ class NoUpdateGuess:
                    class_shares=shares / max(shares.sum(), 1.0))  # fmt: skip
 
     def image_scores(self, true_x: torch.Tensor, true_y: torch.Tensor | None = None) -> list[tuple[float, float]]:
-        """Per true example, the best PSNR and the best SSIM of the guesses it has: the mean image, and its class's
-        mean image when ``true_y`` is given."""
+        """Per true example, the best PSNR and the best SSIM of the guesses: the mean image, and, when ``true_y`` is
+        given, the mean image of every class the batch holds (the label counts an update gives away name them)."""
         true_x = torch.as_tensor(true_x).detach().float().cpu()
         mean = (self.image.detach().float().cpu() if self.image is not None else torch.full_like(true_x[0], 0.5)).numpy()
+        held = sorted({int(c) for c in true_y} & set(self.class_images)) if true_y is not None else []
+        guesses = [mean] + [self.class_images[c].detach().float().cpu().numpy() for c in held]
         out = []
-        for i, x in enumerate(true_x.numpy()):
-            guesses = [mean]
-            if true_y is not None and int(true_y[i]) in self.class_images:
-                guesses.append(self.class_images[int(true_y[i])].detach().float().cpu().numpy())
+        for x in true_x.numpy():
             best_ssim = _max([ssim(g, x) for g in guesses])  # None where the images are too small for SSIM
             out.append((max(psnr(g, x) for g in guesses), math.nan if best_ssim is None else best_ssim))
         return out

@@ -19,7 +19,7 @@ Colour only when asked (the CLI asks only on a TTY). Sample output::
       what if DP noise 1 on the sums: not exposed
     grids: audit.txt-dlg.png, audit.txt-inverting_gradients.png
     levels per example, counted only 3 dB / 0.1 SSIM above the no-update
-    guess (public mean image or the class's; mean 11.3 dB): high >= 25 dB ...
+    guess (public mean image or a class mean; mean 11.3 dB): high >= 25 dB ...
 
 The table fits 80 columns; the prose wraps at the terminal's width (``COLUMNS``), 100 in a file.
 """
@@ -136,7 +136,7 @@ class AuditTextRenderer(AuditRenderer):
             console.print(
                 Text(
                     f"levels per example, counted only {t['low_psnr_over_baseline']:g} dB / {t['ssim_over_baseline']:g} SSIM above the "
-                    f"no-update guess (public mean image or the class's; mean {fmt_num(lk.baseline_psnr)} dB): high >= {t['high_psnr']:g} dB or SSIM >= {t['high_ssim']:g}; "
+                    f"no-update guess (public mean image or a class mean; mean {fmt_num(lk.baseline_psnr)} dB): high >= {t['high_psnr']:g} dB or SSIM >= {t['high_ssim']:g}; "
                     f"medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the baseline or SSIM >= {t['low_ssim']:g}",
                     style="dim",
                 ),
