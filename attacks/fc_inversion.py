@@ -101,7 +101,8 @@ def _group(quotients: torch.Tensor, tolerance: float, limit: int) -> tuple[torch
     if not len(quotients):
         return quotients, [], 0
     if bool((torch.linalg.vector_norm(quotients - quotients[0], dim=1) / math.sqrt(dim) <= tolerance).all()):
-        leader = torch.zeros(len(quotients), dtype=torch.long, device=quotients.device)  # one example (a batch of one): no distance matrix
+        # one example (a batch of one): no distance matrix
+        leader = torch.zeros(len(quotients), dtype=torch.long, device=quotients.device)
     else:
         leader = (torch.cdist(quotients, quotients) / math.sqrt(dim) <= tolerance).to(torch.int8).argmax(dim=0)
     leaders, members = torch.unique(leader, return_inverse=True)

@@ -18,10 +18,10 @@ when the reconstruction beats what the server knows *without* the update
 which the label counts an update gives away make guesses too -- by a
 margin: 3 dB of PSNR or 0.10 of SSIM (a flat image is "rebuilt" at 25 dB by
 a grey square; at 8x8 an example's class mean image alone reaches SSIM 0.80
-against most digits). A label
-attack's accuracy counts only above what guessing the public data's class
-shares gets: its mean plus two standard deviations over batches drawn from
-them (about 0.82 for a batch of 8 digits).
+against most digits). A label attack's accuracy counts only above what
+guessing the public data's class shares gets: its mean plus two standard
+deviations over batches drawn from them (about 0.82 for a batch of 8
+digits).
 
 =========  ===================================================  ================================
 level      image attacks (and beating the baseline)             label-only attacks
@@ -178,6 +178,7 @@ class NoUpdateGuess:
 
     @classmethod
     def from_public(cls, x: torch.Tensor, y: torch.Tensor | None, num_classes: int) -> "NoUpdateGuess":
+        """From the server's public examples ``x`` and their labels ``y`` (None: the mean image alone)."""
         x = x.detach().float().cpu()
         if y is None:
             return cls(image=x.mean(0))
@@ -229,7 +230,7 @@ def _as_guess(prior: NoUpdateGuess | torch.Tensor | None) -> NoUpdateGuess:
 
 def baseline_psnr(true: torch.Tensor, prior: NoUpdateGuess | torch.Tensor | None = None, labels: torch.Tensor | None = None) -> float:
     """Mean PSNR of the server's guess without the update: ``prior`` (a :class:`NoUpdateGuess`, or one image; mid-grey
-    when None), with each example's class's mean image as a guess too when ``labels`` are given."""
+    when None), with the mean images of the classes ``labels`` hold as guesses too when they are given."""
     return float(np.mean([p for p, _ in _as_guess(prior).image_scores(true, labels)]))
 
 
