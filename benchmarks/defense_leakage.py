@@ -5,8 +5,9 @@ on digits at 8x8, one FedSGD batch of 8 (seed 0), it audits the update with
 no defense, DP-SGD at several noise multipliers (clip 1), pruning at several
 fractions and Gaussian noise at several standard deviations, and prints per
 setting: the leakage level, the PSNR and SSIM (max over the batch) of the
-image attack with the highest level (then PSNR), the label accuracy of the label-count attack and, for DP-SGD, the
-round's epsilon at delta 1e-5 (Opacus RDP accountant, sample rate 1).
+image attack with the highest level (then PSNR), the label accuracy of the
+label-count attack and, for DP-SGD, the round's epsilon at delta 1e-5
+(Opacus RDP accountant, sample rate 1).
 
 Usage: ``python benchmarks/defense_leakage.py [--time-budget S]``; the
 attacks stop at 300 iterations or the time budget (default 10 s) each.
