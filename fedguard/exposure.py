@@ -305,12 +305,13 @@ def exposure(
     if dim < users:
         raise NotIdentifiable(f"{dim} coordinates are fewer than the {users} users; the attack needs d >= users"
                               + (" (give a larger dim)" if values is None else " (the update has too few non-zero values)"))
-    if users == 1:  # nobody to hide among: every round's sum is the client's update, plus the noise
-        # The mean of t rounds errs by noise / sqrt(t) (noise is relative to an update's RMS entry).
-        needed = max(1, math.ceil((noise / target_error) ** 2))
+    if users == 1:  # nobody to hide among: every round's sum it takes part in is its update, plus the noise
+        # The mean of the rounds it took part in (a share `participation` of them, told apart by the sums' size or
+        # the window counts) errs by noise / sqrt(participation * t) (noise is relative to an update's RMS entry).
+        needed = max(1, math.ceil((noise / target_error) ** 2 / participation))
         t = min(needed, int(rounds))
         point = ExposurePoint(t, True, float(t == needed), "exact" if t == needed else "approximate",
-                              noise / math.sqrt(t), time.perf_counter() - start)  # fmt: skip
+                              noise / math.sqrt(participation * t), time.perf_counter() - start)  # fmt: skip
         return Exposure(
             users=1, users_per_round=float(users_per_round), participation=float(participation), window=int(window),
             dim=dim, noise=float(noise), max_rounds=int(rounds), target_error=float(target_error),

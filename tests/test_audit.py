@@ -1518,12 +1518,16 @@ def test_a_report_that_cannot_be_printed_is_one_error_not_a_block(tmp_path):
 
 
 def test_a_client_alone_in_the_federation_is_exposed_at_once_or_when_the_noise_averages_out():
-    """One user: each round's sum is its update; the mean of t rounds errs by noise / sqrt(t)."""
+    """One user: each round's sum it takes part in is its update; the mean of those rounds, a share p of t, errs by
+    noise / sqrt(p t)."""
     from fedguard.exposure import TARGET_ERROR, exposure
 
     assert exposure(users_per_round=1, participation=1, rounds=200).rounds_to_exposure == 1
     assert exposure(users_per_round=1, participation=1, rounds=200, noise=0.1).rounds_to_exposure == round((0.1 / TARGET_ERROR) ** 2)
     assert exposure(users_per_round=1, participation=1, rounds=200, noise=1.0).rounds_to_exposure is None
+    # taking part in 70 % of the rounds it needs 1 / 0.7 as many (100 had been reported; a simulation of the mean of
+    # the rounds it took part in needs about 143)
+    assert exposure(users_per_round=1, participation=0.7, noise=0.5, rounds=400, window=10).rounds_to_exposure == 143
 
 
 
