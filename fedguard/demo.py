@@ -2,7 +2,7 @@
 
 Everything runs offline on built-in real data (scikit-learn's digits, upscaled
 to 28×28): one honest LeNet-5 trained for two epochs, the same architecture
-crafted by five published attacks, an MLP with a Robbing-the-Fed imprint
+crafted by six published attacks, an MLP with a Robbing-the-Fed imprint
 block saved as safetensors, a Flower-style ``.npz``, and a pickle that would
 run code when loaded. Each is inspected as a client would (``--arch lenet5
 --data digits`` where the architecture is known), and the verdicts are

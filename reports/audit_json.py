@@ -7,7 +7,7 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.6",
+      "schema_version": "1.7",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "verdict": "block",
