@@ -93,22 +93,38 @@ SKETCH_DIM = 32
 SCREEN_CORRELATION = 0.9
 
 
+def _close(a: torch.Tensor, b: torch.Tensor | None, tolerance: float) -> torch.Tensor:
+    """``[len(a), len(b)]``: which rows of ``a`` and ``b`` (``a`` itself when None) agree to ``tolerance`` RMS.
+
+    Squared distances from one matrix product, as ``torch.cdist`` forms them past 25 rows, but of rows centred on
+    ``a``'s mean, so the rounding stays at the scale of the rows' spread, not of their values; with fewer steps
+    around the product (measured on 40 quotients of 784 values: 63 against 81 us; on 20, 40 against 129 us, where
+    ``cdist`` takes its slower exact route)."""
+    centre = a.mean(dim=0)
+    a = a - centre
+    squares_a = (a * a).sum(dim=1, keepdim=True)
+    if b is None:
+        b, squares_b = a, squares_a.T
+    else:
+        b = b - centre
+        squares_b = (b * b).sum(dim=1)
+    return torch.addmm(squares_a, a, b.T, alpha=-2).add_(squares_b) <= tolerance**2 * a.shape[1]
+
+
 def _group(quotients: torch.Tensor, tolerance: float, limit: int) -> tuple[torch.Tensor, list[int], int]:
     """The ``limit`` largest groups of ``quotients`` (rows, strongest first) that agree to ``tolerance`` RMS, as their
     means, with the groups' sizes and how many groups there are. Each quotient joins the group of the first quotient
     that agrees with it."""
-    dim = quotients.shape[1]
     if not len(quotients):
         return quotients, [], 0
-    if bool((torch.linalg.vector_norm(quotients - quotients[0], dim=1) / math.sqrt(dim) <= tolerance).all()):
-        # one example (a batch of one): no distance matrix
-        leader = torch.zeros(len(quotients), dtype=torch.long, device=quotients.device)
-    else:
-        leader = (torch.cdist(quotients, quotients) / math.sqrt(dim) <= tolerance).to(torch.int8).argmax(dim=0)
+    if bool((torch.linalg.vector_norm(quotients - quotients[0], dim=1) <= tolerance * math.sqrt(quotients.shape[1])).all()):
+        return quotients.mean(dim=0, keepdim=True), [len(quotients)], 1  # one example (a batch of one): one group
+    leader = _close(quotients, None, tolerance).to(torch.int8).argmax(dim=0)
     leaders, members = torch.unique(leader, return_inverse=True)
     sizes = torch.bincount(members, minlength=len(leaders))
     order = torch.argsort(-sizes, stable=True)[:limit]
-    sums = torch.zeros(len(leaders), dim, dtype=quotients.dtype, device=quotients.device).index_add_(0, members, quotients)
+    sums = torch.zeros(len(leaders), quotients.shape[1], dtype=quotients.dtype, device=quotients.device)
+    sums.index_add_(0, members, quotients)
     return (sums / sizes[:, None])[order], sizes[order].tolist(), len(leaders)
 
 
@@ -154,7 +170,7 @@ def invert_rows(
         once = exact[~repeated]  # strongest first, ahead of the near-range ones where group sizes tie
         extra, extra_sizes, _ = _group(torch.cat([once, near]), tolerance, len(once) + len(near))
         if len(rows) and len(extra):  # not a second copy of an example the exact quotients gave
-            new = (torch.cdist(extra, rows) / math.sqrt(gw.shape[1])).min(dim=1).values > tolerance
+            new = ~_close(extra, rows, tolerance).any(dim=1)
             extra, extra_sizes = extra[new], [size for size, keep in zip(extra_sizes, new.tolist()) if keep]
         extra, extra_sizes = extra[: limit - len(rows)], extra_sizes[: limit - len(rows)]
         rows, group_sizes, approximate = torch.cat([rows, extra]), group_sizes + extra_sizes, len(extra)
@@ -222,14 +238,18 @@ def response_correlations(response: torch.Tensor, centre: bool = True) -> tuple[
     return unit @ unit.T, index, norm
 
 
-def _screened(unit: torch.Tensor) -> torch.Tensor:
-    """The rows of ``unit`` (unit vectors) with at least :data:`MIN_BINS` rows, themselves included, correlated at
+def _screened(weight: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor:
+    """Indices of the rows of ``weight`` whose responses (``weight @ readout``, or the rows themselves when
+    ``readout`` is None) have at least :data:`MIN_BINS` responses, themselves included, correlated at
     :data:`SCREEN_CORRELATION` or more on a fixed random sketch of :data:`SKETCH_DIM` dimensions: every member of a
-    group of bins, and in an honest layer few or none."""
-    if unit.shape[1] <= SKETCH_DIM:
-        return torch.arange(unit.shape[0])
-    sketch = unit @ torch.randn(unit.shape[1], SKETCH_DIM, generator=torch.Generator().manual_seed(0))
-    sketch = sketch / torch.linalg.vector_norm(sketch, dim=1, keepdim=True).clamp_min(1e-30)
+    group of bins, and in an honest layer few or none. The sketch is ``weight @ (readout @ gaussian)``: the responses
+    themselves are never formed."""
+    dims = weight.shape[1] if readout is None else readout.shape[1]
+    if dims <= SKETCH_DIM:
+        return torch.arange(weight.shape[0])
+    gaussian = torch.randn(dims, SKETCH_DIM, generator=torch.Generator().manual_seed(0))
+    sketch = weight @ (gaussian if readout is None else readout @ gaussian)
+    sketch = sketch / torch.linalg.vector_norm(sketch, dim=1, keepdim=True).clamp_min(1e-30)  # a constant unit: 0
     return ((sketch @ sketch.T >= SCREEN_CORRELATION).sum(dim=1) >= MIN_BINS).nonzero()[:, 0]
 
 
@@ -251,13 +271,13 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     # 0.996), and the units x units products take a third of the time they take in float64
     weight = layer.weight.detach().float().cpu()
     bias = layer.bias.detach().float().cpu()
+    readout = None  # the weight rows themselves
     if public is not None and public[0].numel() == weight.shape[1]:
-        public = public[:: max(1, len(public) // BIN_EXAMPLES)][:BIN_EXAMPLES]
-        unit, index, norm = _unit_rows(weight @ public.detach().float().cpu().flatten(1).T, centre=True)
-    else:
-        unit, index, norm = _unit_rows(weight, centre=False)
-    kept = _screened(unit)
-    unit, index = unit[kept], index[kept]
+        public = public[:: max(1, len(public) // BIN_EXAMPLES)][:BIN_EXAMPLES].detach().float().cpu().flatten(1)
+        readout = (public - public.mean(dim=0)).T  # a unit's responses, centred over the examples: its row @ this
+    candidates = _screened(weight, readout)
+    unit, varying, norm = _unit_rows(weight[candidates] if readout is None else weight[candidates] @ readout, centre=False)
+    index, norm = candidates[varying], norm[varying]
     same = unit @ unit.T >= SAME_MEASUREMENT  # the same sign: a flipped row reads the bins from the other side
     lower, upper, free = [], [], torch.ones(len(index), dtype=torch.bool)
     for u in (same.sum(dim=1) >= MIN_BINS).nonzero()[:, 0].tolist():  # an honest layer has none: no loop over units
@@ -265,8 +285,7 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
         if not free[u] or len(group) < MIN_BINS:
             continue
         free[group] = False
-        units = index[group]
-        order = units[torch.argsort(-bias[units] / norm[units])]  # ascending threshold -b/|r|
+        order = index[group[torch.argsort(-bias[index[group]] / norm[group])]]  # ascending threshold -b/|r|
         lower.append(order[:-1])
         upper.append(order[1:])
     return (torch.cat(lower), torch.cat(upper)) if lower else none
@@ -333,8 +352,9 @@ class FCInversion(Attack):
         layer = self._layer(view)
         grads = view.gradient_direction()  # the quotient needs no scale, so no local schedule
         input_map = affine_input_map(view.model, layer.module, view.input_shape, view.device, view.threat.input_range)
-        identity = input_map is not None and bool(
-            torch.allclose(input_map[0], torch.ones(1)) and torch.allclose(input_map[1], torch.zeros(1))
+        span = view.threat.input_range[1] - view.threat.input_range[0]
+        identity = input_map is not None and bool(  # the raw input, to float32 rounding of the probes' range
+            (input_map[0] - 1).abs().max() <= 1e-5 and input_map[1].abs().max() <= 1e-5 * span
         )
         grad_w, grad_b = weight_gradient(layer, grads).detach().cpu(), grads[layer.bias].detach().cpu()
         lower, upper = (bin_neighbours(layer.module, view.auxiliary[0] if view.auxiliary is not None else None)
