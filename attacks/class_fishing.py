@@ -62,9 +62,11 @@ def invert_isolated(
 
     By FC inversion where a Linear layer sees the input (exact). Otherwise
     ``through="gradients"`` runs Inverting Gradients on the layers below the
-    head, as a batch of its own; ``through="features"`` reads the examples'
-    mean feature off the fished row of the head (``∇W_t / ∇b_t``, exact for
-    one example) and fits an image to it through the layers below
+    head, as a batch of its own; ``through="features"``, or where the update
+    holds nothing below the head (layers the client froze, or no layers
+    below it), reads the examples' mean feature off the fished row of the
+    head (``∇W_t / ∇b_t``, exact for one example) and fits an image to it
+    through the layers below
     (:func:`~fedguard.attacks.mkor.invert_features`, from the public data's
     mean image, or the box's middle without public data). Returns the reconstruction and the route taken.
     """
@@ -78,8 +80,8 @@ def invert_isolated(
     if FCInversion().applies(isolated) is None:  # its "protocol" would be the isolated view's, not the client's
         rec = FCInversion().run(isolated, budget)
         return dataclasses.replace(rec, details={k: v for k, v in rec.details.items() if k != "protocol"}), "fc_inversion"
-    if through == "gradients":
-        return InvertingGradients().run(isolated, budget), "inverting_gradients"
+    if through == "gradients" and below:  # nothing below the head in the update (frozen, or the head is the only
+        return InvertingGradients().run(isolated, budget), "inverting_gradients"  # layer): its fished row, as below
     row = int(labels[0])
     feature = (gradient[head.weight][row] / gradient[head.bias][row]).detach().float().to(view.device)
     lo, hi = view.threat.input_range

@@ -199,9 +199,13 @@ class MKOR(Attack):
         return self.rows if self.rows is not None else class_rows(linears, num_classes)
 
     def applies(self, view: ServerView) -> str | None:
-        linears = [h.module for h in linear_layers(view.model, view.input_shape, view.device)]
+        heads = linear_layers(view.model, view.input_shape, view.device)
+        linears = [h.module for h in heads]
         if not linears or linears[0].bias is None:
             return "the model has no fully connected layer with a bias"
+        if heads[0].weight not in view.tensors or heads[0].bias not in view.tensors:
+            return (f"the first fully connected layer ({heads[0].name}), where MKOR's rows are planted, is not in the "
+                    "update (frozen in the client's training, or reparametrised): nothing of it to read")
         with evaluating(view.model), torch.no_grad():  # one example through BatchNorm
             seen = layer_input(view.model, linears[0], torch.zeros(1, *view.input_shape, device=view.device)).shape[1]
         if seen != linears[0].in_features:

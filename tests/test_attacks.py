@@ -1091,6 +1091,47 @@ def test_mkor_that_found_no_class_makes_the_audit_inconclusive(own_arch):
     assert str(report.verdict) == "warn"
 
 
+FROZEN_BODY = """
+class Frozen(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())
+        self.head = nn.Linear(32, num_classes)
+        self.body.requires_grad_(False)  # fine-tuning the head alone
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def net(num_classes=10):
+    return Frozen(num_classes)
+"""
+
+
+def test_emulated_servers_on_a_client_that_trains_only_the_head(own_arch):
+    """Layers the client froze are not in its update. MKOR, whose rows go into the frozen first layer, had been
+    skipped as "KeyError: 'body.1.weight'", class fishing as "Tensor list must have at least one tensor": MKOR says
+    why, and class fishing reads the fished row of the head and fits an image to it through the frozen layers."""
+    from fedguard.audit import audit
+
+    report = audit(arch=own_arch(FROZEN_BODY), input_shape=SHAPE, data="digits", batch_size=8, device="cpu", seed=0,
+                   attacks=["mkor", "class_fishing"], time_budget=5)  # fmt: skip
+    assert "not in the update (frozen in the client's training" in report.skipped["mkor"]
+    assert report.outcome("class_fishing").details["inversion"] == "feature_inversion"
+
+
+def test_class_fishing_on_a_single_linear_layer_reads_the_fished_row(own_arch):
+    """Logistic regression: the head is the only layer, so nothing lies below it to invert, and the fished row's
+    quotient is the example itself (it had been skipped: "Tensor list must have at least one tensor")."""
+    from fedguard.audit import audit
+
+    arch = own_arch("def net(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))")
+    report = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=8, device="cpu", seed=0,
+                   attacks=["class_fishing"], time_budget=5)  # fmt: skip
+    outcome = report.outcome("class_fishing")
+    assert outcome.details["inversion"] == "feature_inversion" and outcome.psnr_max >= 50
+
+
 def test_a_received_mkor_model_is_attacked_as_received():
     """A model that already carries MKOR's parameters had passed the default audit without mkor, and `--attack mkor`
     on it was skipped (the crafter had nothing left to plant). Now it is attacked with the client's own update."""
