@@ -198,6 +198,22 @@ class MKOR(Attack):
     def _class_rows(self, linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]:
         return self.rows if self.rows is not None else class_rows(linears, num_classes)
 
+    def crafter_options(self, view: ServerView) -> dict:
+        """The averaging rows' bias (``first_bias``): the paper's 0 where the first layer's input is never negative
+        (pixels in ``[0, 1]``), else half as much again as the lowest input mean over the server's public examples
+        and the input box's two constant images, so that every example switches the rows on. A model that
+        normalises its input first, ``(x - 0.5) / 0.2``, had every row off for a digit's dark background: nothing
+        rebuilt where the inconspicuous form, whose pairs of opposite rows always have one on, rebuilt 16 dB."""
+        first = find_first_layer(view.model, view.input_shape, view.device)
+        if first is None or not isinstance(first.module, nn.Linear):  # convolutions first: their crafted
+            return {}  # pass-through filters set what the layer sees (after a ReLU, never negative)
+        lo, hi = view.threat.input_range
+        box = torch.tensor([lo, hi], dtype=torch.float32).view(2, *[1] * len(view.input_shape)).expand(2, *view.input_shape)
+        probes = torch.cat([public_examples(view)[0], box.to(view.device)])
+        with evaluating(view.model), torch.no_grad():
+            lowest = float(layer_input(view.model, first.module, probes).mean(dim=1).min())
+        return {"first_bias": -1.5 * lowest} if lowest < 0 else {}
+
     def applies(self, view: ServerView) -> str | None:
         heads = linear_layers(view.model, view.input_shape, view.device)
         linears = [h.module for h in heads]
@@ -303,3 +319,6 @@ class InconspicuousMKOR(MKOR):
     name: ClassVar[str] = "mkor_inconspicuous"
     title: ClassVar[str] = "MKOR class-wise reconstruction, malicious server (inconspicuous parameters)"
     emulates: ClassVar[str | None] = "mkor_inconspicuous"
+
+    def crafter_options(self, view: ServerView) -> dict:
+        return {}  # one row of each opposite pair is on for any input: no bias to choose

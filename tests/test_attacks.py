@@ -1091,6 +1091,20 @@ def test_mkor_that_found_no_class_makes_the_audit_inconclusive(own_arch):
     assert str(report.verdict) == "warn"
 
 
+def test_naive_mkor_keeps_its_averaging_rows_on_for_a_model_that_normalises_its_input(own_arch):
+    """A model that computes ``(x - 0.5) / 0.2`` first feeds the averaging rows negative means (a digit's dark
+    background): with the paper's bias 0 every row was off and MKOR rebuilt nothing, where the inconspicuous form
+    rebuilt 16 dB. The emulated server now sets the bias from its public data: every class and count found."""
+    from fedguard.audit import audit
+
+    arch = own_arch("class Norm(nn.Module):\n    def forward(self, x):\n        return (x - 0.5) / 0.2\n\n\n"
+                    "def net(num_classes=10):\n    return nn.Sequential(Norm(), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), "
+                    "nn.Linear(32, num_classes))")  # fmt: skip
+    report = audit(arch=arch, input_shape=SHAPE, data="digits", batch_size=8, attacks=["mkor"], device="cpu", seed=0)
+    outcome = report.outcome("mkor")
+    assert sum(outcome.details["estimated_counts"]) == pytest.approx(8, abs=0.5) and outcome.psnr_max >= 14
+
+
 FROZEN_BODY = """
 class Frozen(nn.Module):
     def __init__(self, num_classes=10):
