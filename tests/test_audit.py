@@ -1096,6 +1096,16 @@ def test_the_exposure_budget_is_the_users_to_set():
         assert res.exit_code == 2 and message in res.stderr
 
 
+def test_an_exposure_cut_short_is_noted_beside_the_verdict():
+    """The exposure does not change the verdict, so a pass beside an exposure its budget cut short had read as if
+    secure aggregation hid the update (an independent review); a note says it is undecided and what to raise."""
+    run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts", "--format", "json")
+    report = json.loads(invoke(*run, "--exposure-budget", "0.001", exposure=True).stdout)
+    assert report["exposure"]["outcome"] == "cut short"
+    assert any(note.startswith("the exposure analysis was cut short by its 0.001 s budget") and "--exposure-budget" in note
+               for note in report["notes"])  # fmt: skip
+
+
 def test_the_exposure_sentence_names_the_noise_on_the_sums():
     from fedguard.reports.audit_text import exposure_summary
 
