@@ -1108,6 +1108,24 @@ def test_naive_mkor_keeps_its_averaging_rows_on_for_a_model_that_normalises_its_
     assert sum(outcome.details["estimated_counts"]) == pytest.approx(8, abs=0.5) and outcome.psnr_max >= 14
 
 
+def test_a_class_count_tried_and_not_kept_says_nothing(own_arch):
+    """Two heads of 5 classes concatenated: the count read off the last head (5) is tried, builds a Linear of 0
+    outputs and is not kept; its build had warned "Initializing zero-element tensors is a no-op" on every run."""
+    import warnings
+
+    from fedguard.inspect import build_expected_module
+
+    arch = own_arch("class Two(nn.Module):\n    def __init__(self, num_classes=10):\n        super().__init__()\n"
+                    "        self.h1, self.h2 = nn.Linear(64, 5), nn.Linear(64, num_classes - 5)\n\n"
+                    "    def forward(self, x):\n        return torch.cat([self.h1(x.flatten(1)), self.h2(x.flatten(1))], 1)\n\n\n"
+                    "def net(num_classes=10):\n    return Two(num_classes)")  # fmt: skip
+    tensors = build_model(arch, input_shape=SHAPE).state_dict()
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        module = build_expected_module(arch, tensors, None, SHAPE)
+    assert module.h2.out_features == 5 and not heard
+
+
 FROZEN_BODY = """
 class Frozen(nn.Module):
     def __init__(self, num_classes=10):
