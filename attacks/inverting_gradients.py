@@ -109,7 +109,8 @@ class InvertingGradients(Attack):
         if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):  # before the labels:
             return "the server does not know the local schedule to unroll (threat model)"  # label counts need it too
         if view.labels is None:
-            return "no labels to fix (run a label attack, or the threat model's labels=known)"
+            return ("no labels to fix: none could be read off the update (no Linear head of one row per class, or DLG "
+                    "found none within its budget); the threat model's labels=known audits a server that knows them")
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
