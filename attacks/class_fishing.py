@@ -80,8 +80,8 @@ def invert_isolated(
     if FCInversion().applies(isolated) is None:  # its "protocol" would be the isolated view's, not the client's
         rec = FCInversion().run(isolated, budget)
         return dataclasses.replace(rec, details={k: v for k, v in rec.details.items() if k != "protocol"}), "fc_inversion"
-    if through == "gradients" and below:  # nothing below the head in the update (frozen, or the head is the only
-        return InvertingGradients().run(isolated, budget), "inverting_gradients"  # layer): its fished row, as below
+    if through == "gradients" and below:  # with no layer below the head in the update, the head's fished row
+        return InvertingGradients().run(isolated, budget), "inverting_gradients"
     row = int(labels[0])
     feature = (gradient[head.weight][row] / gradient[head.bias][row]).detach().float().to(view.device)
     lo, hi = view.threat.input_range
