@@ -309,7 +309,7 @@ class MatchingObjective:
         losses, dists, gzs, gls = zip(*results)
         return torch.stack(losses), torch.stack(dists), torch.stack(gzs), None if logits is None else torch.stack(gls)
 
-    def _choose_engine(self, z, logits) -> None:
+    def _choose_engine(self, z) -> None:
         if self.engine != "auto":
             return
         if z.device.type == "cuda":
@@ -321,7 +321,7 @@ class MatchingObjective:
 
     def __call__(self, z: torch.Tensor, logits: torch.Tensor | None = None):
         """``(loss [K], distance [K], grad_z [K, ...], grad_logits [K, ...] or None)`` for ``K`` guesses."""
-        self._choose_engine(z, logits)
+        self._choose_engine(z)
         self.evaluations += 1
         if self.engine == "vmap":
             try:

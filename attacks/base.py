@@ -61,13 +61,7 @@ def choice_option(value: Any, name: str, choices: Sequence[str]) -> str:
 
 def register_attack(name: str):
     """Class decorator: register an :class:`Attack` subclass under ``name``."""
-
-    def add(cls: type[Attack]) -> type[Attack]:
-        if getattr(cls, "name", None) != name:
-            raise ValueError(f"attack {cls.__name__} has name {getattr(cls, 'name', None)!r}, registered as {name!r}")
-        return ATTACKS.register(name)(cls)
-
-    return add
+    return ATTACKS.register_class(name)
 
 
 def attacks() -> Registry[type["Attack"]]:
@@ -76,10 +70,7 @@ def attacks() -> Registry[type["Attack"]]:
         importlib.import_module(f"{__package__}.{module}")
     # Registration follows import order (a caller may import dlg before label_counts):
     # put the built-ins back in audit order, any other attack after them.
-    names = ATTACKS.names()
-    order = [n for n in BUILTIN_MODULES if n in names] + [n for n in names if n not in BUILTIN_MODULES]
-    if order != names:
-        ATTACKS._entries = {n: ATTACKS._entries[n] for n in order}
+    ATTACKS.reorder(list(BUILTIN_MODULES))
     return ATTACKS
 
 

@@ -473,13 +473,13 @@ def is_updates_file(path: str | os.PathLike) -> bool:
 
 
 def save_updates(path: str | os.PathLike, result: Disaggregation) -> Path:
-    """Write the recovered ``updates``, ``participation`` and ``status`` as an ``.npz`` (atomic, 0600)."""
+    """Write the recovered ``updates``, ``participation``, ``status`` and ``residual`` as an ``.npz`` (atomic, 0600)."""
     from fedguard.io import write_atomic
 
     arrays = {
         "updates": result.updates,
         "participation": result.participation.astype(np.int8),
-        "status": np.asarray(result.status, dtype="U11"),
+        "status": np.asarray(result.status, dtype=f"U{max(map(len, STATUSES))}"),
         "residual": result.residual,
     }
     return write_atomic(path, _npz_bytes(arrays))
@@ -1152,7 +1152,9 @@ def disaggregate(
         Standard deviation of noise on each aggregate entry (FedAvg drift, DP).
         Estimated from the aggregates' trailing singular values when omitted.
     time_limit : float
-        Seconds per user for the integer-programming fallback; 0 skips it.
+        Seconds per user for the integer-programming fallback; 0 skips it,
+        and the proof that each exact column is the only one (``prove_unique``;
+        exact columns are then certified against one-swap changes only).
     workers : int, optional
         Processes for the integer programs (default: the usable CPU cores).
     seed : int
@@ -1282,12 +1284,17 @@ def disaggregate(
     )
 
 
+def _by_counts(counts: np.ndarray, users) -> list[list[int]]:
+    """``users`` grouped by their count rows (users with one row are interchangeable to any attacker), in order."""
+    groups: dict[bytes, list[int]] = {}
+    for u in users:
+        groups.setdefault(np.asarray(counts[u]).tobytes(), []).append(int(u))
+    return list(groups.values())
+
+
 def _same_counts(counts: np.ndarray, active: np.ndarray) -> tuple[tuple[int, ...], ...]:
     """Groups (two or more) of users who took part and share one count row, in user order."""
-    groups: dict[bytes, list[int]] = {}
-    for u in np.flatnonzero(active):
-        groups.setdefault(np.asarray(counts[u]).tobytes(), []).append(int(u))
-    return tuple(tuple(g) for g in groups.values() if len(g) > 1)
+    return tuple(tuple(g) for g in _by_counts(counts, np.flatnonzero(active)) if len(g) > 1)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -1302,10 +1309,7 @@ def match_users(result: Disaggregation, participation: np.ndarray, counts: np.nd
     n = participation.shape[1]
     truth = np.asarray(participation, dtype=np.int8)
     match = np.full(n, -1)
-    groups: dict[bytes, list[int]] = {}
-    for u in range(n):
-        groups.setdefault(np.asarray(counts[u]).tobytes(), []).append(u)
-    for members in groups.values():
+    for members in _by_counts(counts, range(n)):
         free = set(members)
         for u in members:
             if result.status[u] == "failed":

@@ -56,7 +56,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fedguard.threat import ServerView
+from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.types import Reconstruction
 
 from ._lbfgs import BatchedLBFGS
@@ -129,7 +129,7 @@ class DLG(Attack):
         if view.protocol != "fedsgd":
             return "DLG matches one gradient (FedSGD); FedAvg updates are attacked by inverting_gradients"
         if view.batch_size is None:
-            return "the server does not know the batch size (threat model)"
+            return NO_BATCH_SIZE
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:

@@ -49,7 +49,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
-from fedguard.threat import ServerView
+from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
@@ -343,7 +343,7 @@ class FCInversion(Attack):
             return ("the first Linear layer's weight is not in the update (frozen, or reparametrised other than by "
                     "torch's weight_norm, whose ∇W the server rebuilds)")  # fmt: skip
         if view.batch_size is None:
-            return "the server does not know the batch size (threat model)"
+            return NO_BATCH_SIZE
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:

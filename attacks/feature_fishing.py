@@ -47,7 +47,7 @@ from typing import ClassVar
 
 import torch
 
-from fedguard.threat import NO_GRADIENT, ServerView
+from fedguard.threat import NO_BATCH_SIZE, NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
 from ._head import find_head, layer_input
@@ -200,7 +200,7 @@ class FeatureFishing(Attack):
         if view.as_gradient() is None:
             return NO_GRADIENT
         if view.batch_size is None:
-            return "the server does not know the batch size (threat model)"
+            return NO_BATCH_SIZE
         if view.next_round is None:
             return "the server gets one round; feature fishing needs several with the same batch (malicious-server emulation)"
         if self._plan(view) is None:

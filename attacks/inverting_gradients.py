@@ -46,7 +46,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fedguard.threat import ServerView
+from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.types import Reconstruction
 
 from ._matching import MatchingObjective, ServerModel
@@ -105,7 +105,7 @@ class InvertingGradients(Attack):
 
     def applies(self, view: ServerView) -> str | None:
         if view.batch_size is None:
-            return "the server does not know the batch size (threat model)"
+            return NO_BATCH_SIZE
         if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):  # before the labels:
             return "the server does not know the local schedule to unroll (threat model)"  # label counts need it too
         if view.labels is None:

@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedguard.threat import ServerView
+from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.types import Reconstruction
 from fedguard.update import compute_update, minibatch_slices
 
@@ -637,7 +637,7 @@ class LabelCounts(Attack):
         if (missing := head_not_updated(view.model, head, view.tensors)) is not None:
             return missing
         if view.batch_size is None:
-            return "the server does not know the batch size (threat model)"
+            return NO_BATCH_SIZE
         if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
             return "the server does not know the local schedule (threat model)"
         return None

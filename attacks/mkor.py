@@ -47,7 +47,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedguard.threat import NO_GRADIENT, ServerView
+from fedguard.threat import NO_BATCH_SIZE, NO_GRADIENT, ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
@@ -233,7 +233,7 @@ class MKOR(Attack):
         if not any(len(r) for r in self._class_rows(linears, view.num_classes)):
             return "no row of the first fully connected layer reaches one class alone (not an MKOR model)"
         if view.batch_size is None:
-            return "the server does not know the batch size (threat model)"
+            return NO_BATCH_SIZE
         if view.as_gradient() is None:
             return NO_GRADIENT
         return None

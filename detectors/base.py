@@ -71,7 +71,7 @@ class Detector(abc.ABC):
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
-register_detector = DETECTORS.register
+register_detector = DETECTORS.register_class
 
 
 def rounded(value: float, digits: int = 4) -> float:

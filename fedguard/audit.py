@@ -41,7 +41,7 @@ from fedguard import checks
 from fedguard.architectures import builds_any_class_count, check_float32, classifier_logits, first_line
 from fedguard.data import data_sha256
 from fedguard.defenses import Defense, check_defense
-from fedguard.errors import InputError, keyword_names
+from fedguard.errors import InputError, first_of, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
 from fedguard.threat import ServerView, ThreatModel
@@ -52,7 +52,7 @@ from fedguard.update import Update, checked_update, compute_update, l2_norm, loa
 if TYPE_CHECKING:
     from fedguard.attacks.base import Budget
 
-__all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "attack_names"]
+__all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE"]
 
 #: Seconds each attack may run when ``time_budget`` is not given.
 DEFAULT_TIME_BUDGET = 20.0
@@ -76,18 +76,7 @@ class AuditProgress(Protocol):
     def message(self, text: str) -> None: ...
 
 
-def attack_names() -> list[str]:
-    """Every registered attack, in the order the audit runs them."""
-    from fedguard.attacks.base import attacks
-
-    return attacks().names()
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _first(items: Sequence[str]) -> str:
-    return repr(items[0]) + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
 
 
 def load_weights(
@@ -113,8 +102,8 @@ def load_weights(
             )
     missing = [k for k in expected if k not in tensors and not is_running_stat(k)]  # kept as built
     unexpected = [k for k in tensors if k not in expected]
-    said = ([f"it has no tensor for {_first(missing)}"] if missing else []) + (
-        [f"it has {_first(unexpected)}, which the architecture lacks"] if unexpected else [])
+    said = ([f"it has no tensor for {first_of(missing)}"] if missing else []) + (
+        [f"it has {first_of(unexpected)}, which the architecture lacks"] if unexpected else [])
     if said:  # both halves: a wrapper's extra layer ('0.mean') explains the names the architecture misses
         if unexpected and not passed_in:  # a server that added layers (imprint, LOKI) sent another architecture
             hint += (", a package.module:callable that builds the file's layers if no built-in name does; "
@@ -598,7 +587,7 @@ def audit(
         What the server knows; default its realistic knowledge.
     seed : int
         Seeds the batch, the model initialisation (``model=None``), the attacks.
-    device : {"auto", "cpu", "cuda"}
+    device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device
     fail_on : {"low", "medium", "high"}
         Level at which the verdict is ``block``; one level below it (from
         ``low`` up) is ``warn``. A run in which no attack ran, or that was

@@ -16,6 +16,9 @@ from typing import Mapping
 
 import click
 
+from fedguard.attacks.dlg import DLG, DEFAULT_STARTS
+from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
+from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA
 from fedguard.errors import InputError
 from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, input_paths, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
 
@@ -169,20 +172,20 @@ def _formats() -> dict[str, str]:
 @click.option("--local-lr", type=float, default=0.01, show_default=True, help="FedAvg: local learning rate.")
 @click.option("--local-batch-size", type=int, help="FedAvg: mini-batch size of each local step (default: the whole batch).")
 @click.option("--update", "update", type=NamedPath(), help="An update computed elsewhere from --model on exactly --data (gradient, or W_T - W_0 for fedavg); needs --model.")
-@click.option("--defense", type=click.Choice(["none", "dp-sgd", "prune", "noise"], case_sensitive=False), default="none", show_default=True, help="Apply a defense to the computed update before attacking it: dp-sgd (Opacus: per-example clipping and Gaussian noise at every local step; the report gives the round's epsilon), prune (zero each tensor's smallest values), noise (Gaussian noise on the update).")
+@click.option("--defense", type=click.Choice(DEFENSES, case_sensitive=False), default="none", show_default=True, help="Apply a defense to the computed update before attacking it: dp-sgd (Opacus: per-example clipping and Gaussian noise at every local step; the report gives the round's epsilon), prune (zero each tensor's smallest values), noise (Gaussian noise on the update).")
 @click.option("--noise-multiplier", type=FiniteFloatRange(min=0, min_open=True), help="--defense dp-sgd: noise std over the clipping norm (sigma), e.g. 1.0.")
 @click.option("--max-grad-norm", type=FiniteFloatRange(min=0, min_open=True), default=1.0, show_default=True, help="--defense dp-sgd: each example's gradient is clipped to this L2 norm.")
-@click.option("--delta", type=FiniteFloatRange(min=0, max=0.01, min_open=True), default=1e-5, show_default=True, help="--defense dp-sgd: the delta at which epsilon is reported (below 1 / examples).")
+@click.option("--delta", type=FiniteFloatRange(min=0, max=MAX_DELTA, min_open=True), default=DEFAULT_DELTA, show_default=True, help="--defense dp-sgd: the delta at which epsilon is reported (below 1 / examples).")
 @click.option("--prune-fraction", type=FiniteFloatRange(min=0, max=1, max_open=True), help="--defense prune: share of each tensor's values (smallest magnitudes) set to zero, e.g. 0.9.")
 @click.option("--noise-std", type=FiniteFloatRange(min=0, min_open=True), help="--defense noise: standard deviation of the noise added to every value, e.g. 0.01.")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help=_attack_help())
-@click.option("--max-iterations", type=int, help="Iterations per attack (default: DLG 300 L-BFGS steps, Inverting Gradients 2000; under a tenth of that the verdict is at least warn, as it is when --time-budget stops an attack before them).")
+@click.option("--max-iterations", type=int, help=f"Iterations per attack (default: DLG {DLG.default_iterations} L-BFGS steps, Inverting Gradients {InvertingGradients.default_iterations}; under a tenth of that the verdict is at least warn, as it is when --time-budget stops an attack before them).")
 @click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack, checked between iterations (one iteration on a batch of hundreds can take longer).")
 @click.option("--attacker-labels", type=click.Choice(["infer", "known"], case_sensitive=False), default="infer", show_default=True, help="infer: the server recovers labels from the update; known: it has them (the label attacks are then skipped: they would reveal nothing more).")
 @click.option("--attacker-without", "withheld", multiple=True, type=click.Choice(sorted(WITHHOLD), case_sensitive=False), help="Knowledge the server lacks (repeatable). Default: it knows all of them.")
-@click.option("--dlg-starts", type=click.IntRange(min=1), help="DLG: random starts (default 4).")
-@click.option("--ig-restarts", type=click.IntRange(min=1), help="Inverting Gradients: restarts (default 2).")
-@click.option("--ig-tv", type=FiniteFloatRange(min=0), help="Inverting Gradients: total-variation weight (default 0.01).")
+@click.option("--dlg-starts", type=click.IntRange(min=1), help=f"DLG: random starts (default {DEFAULT_STARTS}).")
+@click.option("--ig-restarts", type=click.IntRange(min=1), help=f"Inverting Gradients: restarts (default {DEFAULT_RESTARTS}).")
+@click.option("--ig-tv", type=FiniteFloatRange(min=0), help=f"Inverting Gradients: total-variation weight (default {DEFAULT_TV:g}).")
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Also measure after how many rounds secure aggregation stops hiding this update (gradient disaggregation on simulated peers).")
 @click.option("--users-per-round", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: clients aggregated per round.")
 @click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")

@@ -34,6 +34,11 @@ class InputError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+def first_of(names) -> str:
+    """The first of ``names`` quoted, and how many more there are: a message's way to name a long list."""
+    return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
 def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = None) -> F | Callable[[F], F]:
     """Decorate a public function so that, called from Python, its :class:`InputError` names keyword arguments.
 

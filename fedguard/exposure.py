@@ -261,13 +261,13 @@ def exposure(
     published per ``window`` rounds and Gaussian noise ``noise`` (relative to
     an update's RMS entry) on each aggregate. ``client_update``, when given,
     is the client's own update (any shape; ``dim`` of its coordinates are
-    used, default ``max(4 * users, 128)``). The server attacks the first ``t``
+    used, default ``max(4 * users, 128)``, at most its non-zero entries). The server attacks the first ``t``
     rounds for growing ``t`` (multiples of ``window``); the client is exposed
     at the first ``t`` where its column is recovered ``exact`` and its update
     to within ``target_error`` relative error. A client alone in the
     federation (one user) hides behind nothing: it is exposed once the mean
-    of its rounds is within ``target_error`` of its update, after
-    ``(noise / target_error)²`` rounds, at least one. Prefixes are tested by doubling
+    of the rounds it takes part in is within ``target_error`` of its update,
+    after ``(noise / target_error)² / participation`` rounds, at least one. Prefixes are tested by doubling
     then bisection, assuming more rounds never help the client. No new
     prefix is attacked after ``deadline`` (a :func:`time.perf_counter` value)
     and no integer program runs past it; the result then says ``complete=False``

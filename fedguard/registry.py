@@ -30,6 +30,22 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_class(self, name: str) -> Callable[[T], T]:
+        """Class decorator registering ``cls`` under ``name``, which must be the class's own ``name`` attribute
+        (what the CLI and the reports show)."""
+
+        def add(cls: T) -> T:
+            if getattr(cls, "name", None) != name:
+                raise ValueError(f"{self.kind} {cls.__name__} has name {getattr(cls, 'name', None)!r}, registered as {name!r}")
+            return self.register(name)(cls)
+
+        return add
+
+    def reorder(self, first: list[str]) -> None:
+        """Put the entries named in ``first`` (those registered) first, in that order, and the others after them."""
+        order = [n for n in first if n in self._entries] + [n for n in self._entries if n not in first]
+        self._entries = {n: self._entries[n] for n in order}
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

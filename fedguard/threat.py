@@ -40,11 +40,13 @@ import torch
 from fedguard.checks import is_number
 from fedguard.errors import InputError
 
-__all__ = ["LABEL_KNOWLEDGE", "NO_GRADIENT", "ThreatModel", "ServerView"]
+__all__ = ["LABEL_KNOWLEDGE", "NO_BATCH_SIZE", "NO_GRADIENT", "ThreatModel", "ServerView"]
 
 LABEL_KNOWLEDGE: tuple[str, ...] = ("infer", "known")
 #: Why an attack that needs :meth:`ServerView.as_gradient` cannot run when it is None.
 NO_GRADIENT = "the server does not know the local schedule to turn the FedAvg update into a gradient"
+#: Why an attack that needs the batch size cannot run without it.
+NO_BATCH_SIZE = "the server does not know the batch size (threat model)"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class ServerView:
         model says ``known``, else those recovered by an earlier label attack.
     label_counts : tensor or None
         Examples per class, known or recovered.
+    label_source : str or None
+        Where ``labels`` came from, in words (``"recovered by label_counts"``), for the reports.
     auxiliary : (inputs, labels) or None
         Public data of the same domain (the server's own).
     next_round : callable or None

@@ -33,7 +33,7 @@ from torch import nn
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
 from fedguard.defenses import DPSGD, Defense, GaussianNoise, Pruning, PrivateGradients, check_defense
-from fedguard.errors import InputError, keyword_names
+from fedguard.errors import InputError, first_of, keyword_names
 from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
 
@@ -219,7 +219,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
         return dev
-    raise InputError(f"bad device {device!r}; use auto, cpu or cuda")
+    raise InputError(f"bad device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def minibatch_slices(batch_size: int, local_batch_size: int, local_steps: int) -> list[slice]:
@@ -269,6 +269,20 @@ def check_protocol(protocol: str, local_steps: int, local_lr: float | None, loca
             raise InputError(
                 f"--local-batch-size {local_batch_size} does not fit a batch of {batch_size}; give 1..{batch_size}"
             )
+
+
+def checked_schedule(
+    protocol: str, local_steps: int, local_lr: float | None, local_batch_size: int | None, batch_size: int
+) -> tuple[int, float | None, int | None]:
+    """``(local_steps, local_lr, local_batch_size)`` as ``protocol`` runs them on a batch of ``batch_size``: FedSGD's
+    one gradient ``(1, None, None)``, FedAvg's steps on the whole batch unless a local batch is given; InputError
+    (:func:`check_protocol`) for a schedule that cannot run."""
+    if protocol == "fedsgd":
+        local_steps, local_lr, local_batch_size = 1, None, None
+    elif local_batch_size is None:
+        local_batch_size = batch_size
+    check_protocol(protocol, local_steps, local_lr, local_batch_size, batch_size)
+    return local_steps, local_lr, local_batch_size
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -338,11 +352,7 @@ def compute_update(
     seed = checks.whole(seed, "seed", 0, 2**63 - 1)  # torch's generators' range: the audit passes its seed plus offsets
     check_defense(defense)
     batch = int(inputs.shape[0])
-    if protocol == "fedsgd":
-        local_steps, local_lr, local_batch_size = 1, None, None
-    else:
-        local_batch_size = batch if local_batch_size is None else local_batch_size
-    check_protocol(protocol, local_steps, local_lr, local_batch_size, batch)
+    local_steps, local_lr, local_batch_size = checked_schedule(protocol, local_steps, local_lr, local_batch_size, batch)
     # before training: a noise multiplier too small for any bound is refused without training first
     epsilon = (defense.epsilon(_most_steps_per_example(protocol, batch, local_batch_size, local_steps), batch)
                if isinstance(defense, DPSGD) else None)  # fmt: skip
@@ -452,11 +462,7 @@ def load_update(
     if loaded.refused:
         raise InputError(f"update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")
     out = _matched_tensors(dict(loaded.tensors), loaded.named, model, f"update {path}")
-    if protocol == "fedsgd":
-        local_steps, local_lr, local_batch_size = 1, None, None
-    else:
-        local_batch_size = batch_size if local_batch_size is None else local_batch_size
-    check_protocol(protocol, local_steps, local_lr, local_batch_size, batch_size)
+    local_steps, local_lr, local_batch_size = checked_schedule(protocol, local_steps, local_lr, local_batch_size, batch_size)
     return Update(
         tensors=out,
         protocol=protocol,
@@ -468,11 +474,6 @@ def load_update(
         sha256=loaded.sha256,
         extra={"running_statistics": stats} if (stats := running_statistics(loaded.tensors, loaded.named, model)) else {},
     )
-
-
-def _first_of(names: list[str]) -> str:
-    """The first of ``names`` quoted, and how many more there are."""
-    return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
 
 
 def _named_list(values: list[Any], model: nn.Module) -> dict[str, Any] | None:
@@ -529,7 +530,7 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
             "model.named_parameters() does"
         )
     if missing:
-        raise InputError(f"{where} has no tensor for parameter {_first_of(missing)}; give one tensor per model parameter, "
+        raise InputError(f"{where} has no tensor for parameter {first_of(missing)}; give one tensor per model parameter, "
                          "named as in model.named_parameters()")  # fmt: skip
     if extra:
         raise InputError(f"{where} has tensor {extra[0]!r} that is not a parameter of the model; remove it or check --arch")
@@ -561,7 +562,7 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
         )
     if moved:
         raise InputError(
-            f"{where} changes {_first_of(moved)}, which the model freezes (requires_grad=False); the client trained a "
+            f"{where} changes {first_of(moved)}, which the model freezes (requires_grad=False); the client trained a "
             "model with it unfrozen: build --arch as the client trains it, or zero that tensor if it is not uploaded"
         )
     return out

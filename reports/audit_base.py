@@ -44,12 +44,8 @@ class AuditRenderer(abc.ABC):
 
 
 def register_audit_renderer(name: str):
-    def add(cls: type[AuditRenderer]) -> type[AuditRenderer]:
-        if getattr(cls, "name", None) != name:
-            raise ValueError(f"renderer {cls.__name__} has name {getattr(cls, 'name', None)!r}, registered as {name!r}")
-        return AUDIT_RENDERERS.register(name)(cls)
-
-    return add
+    """Class decorator: register an :class:`AuditRenderer` subclass under ``name``."""
+    return AUDIT_RENDERERS.register_class(name)
 
 
 def audit_renderers() -> Registry[type[AuditRenderer]]:

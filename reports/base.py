@@ -62,13 +62,7 @@ RENDERERS: Registry[type[Renderer]] = Registry("output format")
 
 def register_renderer(name: str):
     """Class decorator: register a :class:`Renderer` subclass under ``name``."""
-
-    def add(cls: type[Renderer]) -> type[Renderer]:
-        if getattr(cls, "name", None) != name:
-            raise ValueError(f"renderer {cls.__name__} has name {getattr(cls, 'name', None)!r}, registered as {name!r}")
-        return RENDERERS.register(name)(cls)
-
-    return add
+    return RENDERERS.register_class(name)
 
 
 # ---------------------------------------------------------------- shared helpers

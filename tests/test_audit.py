@@ -1751,3 +1751,20 @@ def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(
             "the head 3.weight is frozen (requires_grad=False): the update holds nothing of it to read labels from"}
         report = audit(arch="fg_heads:spectral", data=(x[:8], y[:8]), batch_size=8, attacks=["label_counts"])
         assert report.skipped["label_counts"].startswith("the head's weight 3.weight is computed from other tensors")
+
+
+def test_the_cli_defaults_are_the_library_defaults():
+    """The audit command keeps a few defaults as literals (importing the audit and exposure modules would slow every
+    fedguard command's start by 0.3 s): they must be the library's own."""
+    from fedguard.audit import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET, EXPOSURE_BUDGET
+    from fedguard.audit_cli import audit_command
+    from fedguard.exposure import FederationSettings
+
+    options = {p.name: p for p in audit_command.params}
+    assert options["time_budget"].default == DEFAULT_TIME_BUDGET
+    assert f"default {DEFAULT_BATCH_SIZE};" in options["batch_size"].help
+    assert f"default {EXPOSURE_BUDGET:g}," in options["exposure_budget"].help
+    settings = FederationSettings()
+    for option, field in (("users_per_round", "users_per_round"), ("participation", "participation"),
+                          ("count_window", "window"), ("stable_rounds", "stable_rounds"), ("aggregate_noise", "noise")):  # fmt: skip
+        assert options[option].default == getattr(settings, field), option
