@@ -31,7 +31,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedguard.attacks.disaggregation import disaggregate, score, simulate_federation  # noqa: E402
+from fedguard.attacks.disaggregation import disaggregate, score  # noqa: E402
+from fedguard.attacks.federation import simulate_federation  # noqa: E402
 
 
 def baseline_milp_loop(aggregates: np.ndarray, counts: np.ndarray, window: int) -> np.ndarray:

@@ -99,6 +99,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
     scores the recovery against the truth.
     """
     from fedguard.attacks import disaggregation as dis
+    from fedguard.attacks import federation as fed
     from fedguard.io import check_output_path, is_fedguard_report, write_atomic
     from fedguard.reports.disaggregation_report import disaggregation_to_dict, render_disaggregation
 
@@ -118,7 +119,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
                              f"choose another --output or name the file with --updates")  # fmt: skip
     named = {"--output": output, "--updates": updates_path, "--save-rounds": save_rounds}
     # a rounds file is replaced only when fedguard simulated it: observed rounds are data
-    ours = {"--output": is_fedguard_report, "--updates": dis.is_updates_file, "--save-rounds": dis.is_simulation_file}
+    ours = {"--output": is_fedguard_report, "--updates": dis.is_updates_file, "--save-rounds": fed.is_simulation_file}
     targets = [p for p in named.values() if p is not None]
     for option, target in named.items():
         if target is not None:
@@ -130,12 +131,12 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
 
     federation = None
     if simulate:
-        federation = dis.simulate_federation(users, rounds, dim, window, participation, noise, seed)
+        federation = fed.simulate_federation(users, rounds, dim, window, participation, noise, seed)
         observed = federation.rounds
         source = {"kind": "simulation", "users": users, "rounds": rounds, "dim": dim, "window": window,
                   "participation": participation, "noise": noise, "seed": seed}
     else:
-        observed = dis.load_rounds(rounds_file)
+        observed = fed.load_rounds(rounds_file)
         source = {"kind": "file", "path": str(rounds_file)}
 
     with _UserBar(enabled=not quiet and sys.stderr.isatty()) as bar:
@@ -144,7 +145,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
             time_limit=time_limit, workers=workers, seed=seed, progress=bar,
         )
     if save_rounds is not None:  # once the attack ran: a run refused as bad input leaves no file behind
-        dis.save_rounds(save_rounds, federation)
+        fed.save_rounds(save_rounds, federation)
     score = dis.score(result, federation) if federation is not None else None
     if updates_path is not None:
         dis.save_updates(updates_path, result)

@@ -40,15 +40,13 @@ from typing import Any, Callable
 import numpy as np
 
 from fedguard import checks
-from fedguard.attacks.disaggregation import (
+from fedguard.attacks.disaggregation import disaggregate, match_users, score
+from fedguard.attacks.federation import (
     MAX_SIMULATED_ELEMENTS,
     Federation,
     NotIdentifiable,
     as_numpy,
-    disaggregate,
     finite_or_none,
-    match_users,
-    score,
     simulate_federation,
     simulated_elements,
 )
@@ -70,7 +68,7 @@ __all__ = [
 #: Relative error below which a recovered update counts as the client's update.
 TARGET_ERROR = 0.05
 #: The most users per round and stable rounds a federation is described with (far beyond what it can simulate:
-#: the simulation's size is checked on its own, see :data:`~fedguard.attacks.disaggregation.MAX_SIMULATED_ELEMENTS`).
+#: the simulation's size is checked on its own, see :data:`~fedguard.attacks.federation.MAX_SIMULATED_ELEMENTS`).
 MAX_FEDERATION_SIZE = 10**7
 
 
@@ -200,7 +198,7 @@ def _with_client(fed: Federation, client: int, update: np.ndarray) -> Federation
 
 def _client_vector(update: Any) -> np.ndarray:
     """``update`` (a numpy array, a torch tensor or nested sequences of numbers, any shape) as a flat real array,
-    not copied where it already is one (see :func:`~fedguard.attacks.disaggregation.as_numpy`).
+    not copied where it already is one (see :func:`~fedguard.attacks.federation.as_numpy`).
 
     Raises :class:`~fedguard.errors.InputError` for anything that is not a non-empty, finite, real-valued array,
     so that no bad update reads as "not exposed".

@@ -11,16 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fedguard.attacks.disaggregation import (
-    NotIdentifiable,
-    disaggregate,
-    is_updates_file,
-    load_rounds,
-    save_rounds,
-    score,
-    simulate_federation,
-    validate_rounds,
-)
+from fedguard.attacks.disaggregation import disaggregate, is_updates_file, score
+from fedguard.attacks.federation import NotIdentifiable, load_rounds, save_rounds, simulate_federation, validate_rounds
 from fedguard.cli import main
 from fedguard.reports.disaggregation_report import disaggregation_to_dict, render_disaggregation
 from fedguard.errors import InputError
