@@ -5,11 +5,17 @@
   to ``max_grad_norm``, Gaussian noise of ``noise_multiplier * max_grad_norm``
   added to their sum at every step, through Opacus' per-example gradients
   (``GradSampleModule``) and ``DPOptimizer``. The round's ``epsilon`` at
-  ``delta`` (add/remove-one neighbours, Opacus' convention) comes from
-  Opacus' RDP accountant composing the local steps that hold one example (the
-  most any example is in) at sample rate 1: the local mini-batches are fixed
-  slices of the batch, not Poisson samples, so no subsampling amplification
-  applies. Rounds compose, so a client's total budget is larger.
+  ``delta`` is for neighbours that differ in one example *replaced*: the
+  batch's size is public (the server is told it, and divides by it), so
+  adding or removing an example would be no secret, and the local
+  mini-batches are fixed slices of the batch, not Poisson samples, so no
+  subsampling amplification applies. One example replaced moves a step's
+  clipped sum by up to ``2 * max_grad_norm`` (Opacus' add/remove convention
+  counts ``max_grad_norm``), so Opacus' RDP accountant composes the local
+  steps that hold one example (the most any example is in) at noise
+  multiplier ``sigma / 2`` and sample rate 1 (sigma 1, one step, delta 1e-5:
+  epsilon 10.7, where the add/remove reading had reported 4.73; an
+  independent review). Rounds compose, so a client's total budget is larger.
 - :class:`Pruning`: the smallest-magnitude ``fraction`` of each tensor of the
   update set to zero (Zhu et al., *Deep Leakage from Gradients*, NeurIPS
   2019, section 5: pruning over 20 % defends DLG on their nets).
@@ -42,6 +48,12 @@ DEFENSES = ("none", "dp-sgd", "prune", "noise")
 DEFAULT_DELTA = 1e-5
 #: Largest delta taken: a guarantee that fails with probability above 1 % is none (delta should be below 1 / examples).
 MAX_DELTA = 0.01
+#: Smallest delta taken: below the smallest normal float64 the accountant's log(delta) is lost (a subnormal delta had
+#: been flushed to 0 and blamed on the noise multiplier).
+MIN_DELTA = 1e-300
+#: Epsilon of a round above which the report notes that the guarantee bounds little (the level measures only the
+#: attacks run); epsilon 10 lets one example change an outcome's odds by e^10, about 22 000 times.
+WEAK_EPSILON = 10.0
 #: Largest relative gap between the mean of the per-example gradients and the batch's gradient: they agree to float
 #: rounding (LeNet, MLP, GroupNorm and LayerNorm nets: <= 1e-6); a layer that mixes examples (a batch mean) gave 0.05.
 PER_EXAMPLE_TOLERANCE = 1e-3
@@ -78,13 +90,17 @@ class DPSGD:
         if delta > MAX_DELTA:
             raise InputError(f"--delta {delta:g} is no guarantee; give a small probability of at most {MAX_DELTA:g}, "
                              "below 1 / examples (e.g. 1e-5)")
+        if delta < MIN_DELTA:
+            raise InputError(f"--delta {delta:.3g} is below {MIN_DELTA:g}, too small to compute an epsilon with; give a "
+                             f"probability such as {DEFAULT_DELTA:g}")
         if self.noise_multiplier * self.max_grad_norm > MAX_NOISE_STD:
             raise InputError(f"--noise-multiplier {self.noise_multiplier:g} times --max-grad-norm {self.max_grad_norm:g} "
                              f"is noise beyond float32's range (at most {MAX_NOISE_STD:g}); clip to a norm such as 1")  # fmt: skip
 
     def epsilon(self, steps_per_example: int, examples: int) -> float:
-        """The round's epsilon at :attr:`delta` (Opacus' RDP accountant) over the ``steps_per_example`` local steps
-        whose mini-batch holds one example, each at sample rate 1 (fixed slices: no subsampling amplification).
+        """The round's epsilon at :attr:`delta` for one example replaced (Opacus' RDP accountant at noise multiplier
+        ``sigma / 2``, see the module docstring) over the ``steps_per_example`` local steps whose mini-batch holds one
+        example, each at sample rate 1 (fixed slices: no subsampling amplification).
         InputError when :attr:`delta` is not below ``1 / examples``: a release of one of the batch's ``examples``
         outright meets such a guarantee."""
         if self.delta * examples >= 1:
@@ -92,7 +108,7 @@ class DPSGD:
                              f"allows one example to be released outright; give a delta such as {DEFAULT_DELTA:g}")
         accountant = _opacus("accountants").RDPAccountant()
         for _ in range(int(steps_per_example)):
-            accountant.step(noise_multiplier=float(self.noise_multiplier), sample_rate=1.0)
+            accountant.step(noise_multiplier=float(self.noise_multiplier) / 2, sample_rate=1.0)  # sensitivity 2C
         with warnings.catch_warnings():  # at tiny noise the best RDP order is the smallest Opacus tries: a loose bound
             warnings.simplefilter("ignore")
             try:
@@ -128,8 +144,9 @@ class Pruning:
             if drop == 0:
                 pruned[name] = value
                 continue
-            threshold = value.abs().flatten().kthvalue(drop).values
-            pruned[name] = torch.where(value.abs() <= threshold, torch.zeros_like(value), value)
+            flat = value.flatten().clone()  # exactly `drop` values: a threshold had zeroed every value tied with it
+            flat[torch.topk(value.abs().flatten(), drop, largest=False, sorted=False).indices] = 0
+            pruned[name] = flat.reshape(value.shape)
         return pruned
 
     def settings(self) -> dict[str, Any]:
@@ -198,8 +215,14 @@ class PrivateGradients:
     ``GradSampleModule``; ``DPOptimizer.pre_step`` clips each example's to
     ``max_grad_norm``, sums them, adds the noise (drawn from ``generator``) and
     divides by the mini-batch's size. InputError for a model without
-    per-example gradients (BatchNorm, or any layer that mixes the batch's
-    examples: checked at every step).
+    per-example gradients: BatchNorm, layers Opacus has no per-example
+    gradients for (``nn.MultiheadAttention``, ``nn.LSTM``, ``nn.GRU``,
+    ``nn.RNN``, the legacy ``torch.nn.utils.weight_norm``; each named with
+    Opacus' replacement), or any computation that mixes the batch's examples:
+    checked at the first step by replacing one example (no other example's
+    output may move: ``h - h.mean(0)`` or ``F.batch_norm`` have no parameters
+    for the per-example gradients to show them), and at every step by the
+    per-example gradients' mean against the batch's gradient.
     Opacus' hooks stay on ``net``: pass a copy that is trained and dropped.
     """
 
@@ -210,11 +233,13 @@ class PrivateGradients:
             batch_norms = sorted({type(m).__name__ for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
             if batch_norms:
                 raise _mixes_examples(f"it has {batch_norms[0]}, which normalises by the batch's statistics")
+            _check_opacus_layers(net)
             try:
                 self.module = GradSampleModule(net)
             except Exception as exc:  # opacus' UnsupportedModuleError and its kin for layers it cannot handle
                 raise _mixes_examples(f"Opacus: {first_line(exc)[:120]}") from None
         self.params = list(params.values())
+        self.checked = False  # whether a step has replaced one example to see that the others' outputs stay
         # expected_batch_size is each mini-batch's own, set at every step (__call__)
         self.optimizer = DPOptimizer(
             torch.optim.SGD(self.params, lr=0.0), noise_multiplier=float(dp.noise_multiplier),
@@ -225,6 +250,9 @@ class PrivateGradients:
         """The mini-batch's loss and the private gradient of each parameter."""
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer.expected_batch_size = len(labels)  # a last, shorter mini-batch is averaged over its own size
+        if not self.checked and len(labels) > 1:
+            _check_independent(self.module._module, inputs)
+            self.checked = True
         loss = F.cross_entropy(self.module(inputs), labels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -244,6 +272,53 @@ class PrivateGradients:
         if gap > (PER_EXAMPLE_TOLERANCE**2) * max(size, 1e-30):
             raise _mixes_examples(f"the mean of its per-example gradients is {math.sqrt(gap / max(size, 1e-30)):.1%} off "
                                   "the batch's gradient, so a layer mixes the batch's examples")
+
+
+#: Layers Opacus computes no per-example gradients for, with its drop-in replacement (``ModuleValidator.fix`` swaps
+#: them in). They had failed inside their forward ("MultiheadAttention.forward() missing 2 required positional
+#: arguments"), blamed on --arch, --input-shape and --data.
+OPACUS_REPLACEMENTS = {nn.MultiheadAttention: "opacus.layers.DPMultiheadAttention", nn.LSTM: "opacus.layers.DPLSTM",
+                       nn.GRU: "opacus.layers.DPGRU", nn.RNN: "opacus.layers.DPRNN"}  # fmt: skip
+
+
+def _check_opacus_layers(net: nn.Module) -> None:
+    """InputError naming the first layer of ``net`` that Opacus computes no per-example gradients for."""
+    for name, module in net.named_modules():
+        replacement = next((r for kind, r in OPACUS_REPLACEMENTS.items() if type(module) is kind), None)
+        if replacement is not None:
+            raise _no_per_example(f"its layer {name} is a torch {type(module).__name__}, for which Opacus computes no "
+                                  f"per-example gradients; use {replacement}, a drop-in replacement")  # fmt: skip
+        if any(type(hook).__name__ == "WeightNorm" for hook in module._forward_pre_hooks.values()):
+            raise _no_per_example(f"its layer {name} has the legacy torch.nn.utils.weight_norm, whose weight Opacus does not "
+                                  "see; use torch.nn.utils.parametrizations.weight_norm")  # fmt: skip
+
+
+def _check_independent(net: nn.Module, inputs: torch.Tensor) -> None:
+    """InputError when replacing the first example of ``inputs`` moves another example's output: a computation mixes
+    the batch's examples, so clipping each example's gradient bounds no example's share. Both passes draw the same
+    random numbers (dropout), so only the replaced example may change."""
+    other = inputs.clone()
+    other[0] = inputs[-1] if not torch.equal(inputs[0], inputs[-1]) else inputs[0] + 1
+    devices = [inputs.device] if inputs.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        state = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
+        first = net(inputs)
+        torch.set_rng_state(state[0])
+        for device, cuda_state in zip(devices, state[1]):
+            torch.cuda.set_rng_state(cuda_state, device)
+        second = net(other)
+    if not (isinstance(first, torch.Tensor) and first.shape == second.shape):
+        return  # outputs the training step itself refuses
+    scale = float(first[1:].abs().max()) if first[1:].numel() else 0.0
+    moved = float((first[1:] - second[1:]).abs().max()) if first[1:].numel() else 0.0
+    if moved > PER_EXAMPLE_TOLERANCE * max(scale, 1e-30):
+        raise _mixes_examples(f"replacing one example moved the other examples' outputs by up to {moved:.3g} "
+                              f"(largest {scale:.3g}), so a computation mixes the batch's examples (a batch statistic)")
+
+
+def _no_per_example(why: str) -> InputError:
+    return InputError(f"DP-SGD cannot train this model: {why} (or audit the model your DP training uses through --arch "
+                      "module:callable)")
 
 
 def _mixes_examples(why: str) -> InputError:

@@ -359,7 +359,11 @@ def compute_update(
     # dropout masks from seed, the caller's generators and default dtype kept; training works inside the caller's
     # no_grad and inference_mode too (the copy is made outside inference mode, or its weights could not be trained)
     with own_torch_state(seed):
-        net = copy.deepcopy(model)
+        try:
+            net = copy.deepcopy(model)
+        except RuntimeError as exc:  # a computed tensor held as an attribute: the legacy weight_norm's weight
+            raise InputError("the model cannot be copied to train it (a tensor attribute that is not a leaf, as the legacy "
+                             "torch.nn.utils.weight_norm keeps); use torch.nn.utils.parametrizations.weight_norm") from exc
         net.train()
         params = _trainable(net)
         if not params:

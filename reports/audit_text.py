@@ -30,6 +30,7 @@ import io
 import shutil
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
+from fedguard.defenses import WEAK_EPSILON
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
@@ -180,8 +181,10 @@ def defense_summary(update: Mapping) -> str | None:
     settings = update.get("defense_settings")
     if settings is not None:
         shown = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in settings.items() if k != "delta")
-        bound = (f"; epsilon {update['epsilon']:.3g} at delta {update['delta']:g} for this round, Opacus RDP accountant"
-                 if update.get("epsilon") is not None else "")  # fmt: skip
+        bound = (f"; epsilon {update['epsilon']:.3g} at delta {update['delta']:g} for this round, one example replaced, "
+                 "Opacus RDP accountant" if update.get("epsilon") is not None else "")  # fmt: skip
+        if update.get("epsilon") is not None and update["epsilon"] > WEAK_EPSILON:
+            bound += f"; above {WEAK_EPSILON:g}, a weak guarantee: the level measures only the attacks run"
         return f"{text} applied here ({shown}{bound})"
     guarantee = [f"{k} {update[k]:g}" for k in ("epsilon", "delta") if update.get(k) is not None]
     return text + (f" ({', '.join(guarantee)}, as declared)" if guarantee else "")
