@@ -817,6 +817,16 @@ def test_invert_rows_merges_identical_quotients():
     assert len(rows) == 0 and details["why_nothing"] == "no active unit's quotient lies in or near the input range"
 
 
+def test_invert_rows_tells_large_examples_apart_at_any_scale():
+    """Two binary images in [0, 255] of 12 288 values, each alone on three rows: float32 squared distances from one
+    product had put each quotient farther from itself than the tolerance, and the six merged into one blend."""
+    torch.manual_seed(1)
+    x = 255 * (torch.rand(2, 12_288) > 0.5).float()
+    gb = torch.tensor([3.0, 2.5, 2.0, 1.5, 1.2, 1.1])
+    rows, details = invert_rows(torch.cat([x[0:1] * gb[:3, None], x[1:2] * gb[3:, None]]), gb, 2, (0.0, 255.0))
+    assert details["group_sizes"] == [3, 3] and torch.equal(rows, x)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fc_inversion_reads_an_update_with_noise_in_it(digits, seed):
     """Noise of 1 % of the update's norm (DP noise, quantisation) leaves no quotient exactly in range; it had made
@@ -1290,6 +1300,23 @@ def test_bin_search_on_a_sample_and_a_sketch_finds_what_every_pair_on_every_exam
     assert full_search() == [32, 64] and len(lower) == 31 + 63
     assert set(lower.tolist()) | set(upper.tolist()) == set(range(96))
     assert len(fc.bin_neighbours(nn.Linear(784, 256), public)[0]) == 0
+
+
+def test_units_that_see_only_constant_pixels_are_no_bins():
+    """Normalised public data keep their constant pixels away from 0, where the centring over the examples left a
+    rounding residue the same on every example: units that read only those pixels correlated at 1 and were paired as
+    bins (11 pairs on 32 examples; an independent review)."""
+    from fedguard.attacks import fc_inversion as fc
+
+    digits = load_data("digits", input_shape=(1, 28, 28))[0].flatten(1)
+    normalised = (digits - 0.1307) / 0.3081
+    gen = torch.Generator().manual_seed(0)
+    layer = nn.Linear(784, 256)
+    with torch.no_grad():
+        layer.weight.copy_(0.01 * torch.randn(256, 784, generator=gen))
+        layer.weight[96:112] = torch.randn(16, 784, generator=gen) * (digits.std(dim=0) == 0)
+    for examples in (20, 128):
+        assert len(fc.bin_neighbours(layer, normalised[:examples])[0]) == 0
 
 
 def test_fc_inversion_reads_bins_off_rows_that_measure_one_quantity():
