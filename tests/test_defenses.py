@@ -263,3 +263,46 @@ def test_a_weak_epsilon_is_called_one_beside_the_defense():
                 "delta": 1e-5}  # fmt: skip
     assert "weak guarantee" in defense_summary({**settings, "epsilon": 96.0})
     assert "weak guarantee" not in defense_summary({**settings, "epsilon": 4.7})
+
+
+class _OwnDropout(torch.nn.Module):
+    """Dropout drawn from the module's own generator (a reproducibility-minded model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(0)
+
+    def forward(self, h):
+        return h * (torch.rand(h.shape, generator=self.generator) > 0.5) * 2 if self.training else h
+
+
+class _BatchMax(torch.nn.Module):
+    def forward(self, h):
+        return h / h.abs().max()
+
+
+def test_the_independence_check_replays_randomness_and_sees_a_batch_maximum(batch):
+    """Replacing one example by a larger one moves the others' outputs under a batch maximum (it had been replaced by
+    another example, which rarely took the maximum) and under a batch mean at batch 512 (1/512 of the change had
+    stayed under the tolerance); dropout from a module's own generator replays and is accepted (it had been refused).
+    An independent review's cases."""
+    x, y = batch
+
+    def mlp(*middle):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), *middle, torch.nn.Linear(32, 10))
+
+    assert compute_update(mlp(_OwnDropout()), x, y, defense=DPSGD(1.0)).epsilon > 0
+    with pytest.raises(InputError, match="replacing one example moved the other examples' outputs"):
+        compute_update(mlp(_BatchMax()), x, y, defense=DPSGD(1.0))
+    many = load_data("digits", input_shape=(1, 8, 8), limit=512, seed=0)
+    with pytest.raises(InputError, match="replacing one example moved the other examples' outputs"):
+        compute_update(mlp(_Centring()), *many, defense=DPSGD(1.0))
+
+
+def test_a_convolution_that_pads_other_than_with_zeros_is_named(batch):
+    """Opacus forms a convolution's per-example gradients as if it padded with zeros: lenet5_stride2 (replicate
+    padding) had been refused as a layer that mixes examples (its per-example gradients 3.5 % off the batch's)."""
+    x, y = batch
+    model = build_model("lenet5_stride2", input_shape=(1, 8, 8))
+    with pytest.raises(InputError, match="its layer features.0 is a convolution with padding_mode 'replicate'"):
+        compute_update(model, x, y, defense=DPSGD(1.0))
