@@ -26,8 +26,7 @@ digits).
 =========  ===================================================  ================================
 level      image attacks (and beating the baseline)             label-only attacks
 =========  ===================================================  ================================
-high       PSNR >= 25 dB, or SSIM >= 0.80 with PSNR beating     --
-           the baseline too (SSIM alone: perhaps the class's look)
+high       PSNR >= 25 dB or SSIM >= 0.80                        --
 medium     PSNR >= 18 dB or SSIM >= 0.50                        the label of a one-example batch
 low        PSNR >= baseline + 3 dB or SSIM >= 0.25              label accuracy >= 0.5 (counts), and
                                                                above the class-share guess
@@ -249,7 +248,7 @@ def image_level(
     bs = -math.inf if baseline_ssim_value is None or math.isnan(baseline_ssim_value) else baseline_ssim_value
     p_ok = p >= bp + t["low_psnr_over_baseline"]
     s_ok = s >= bs + t["ssim_over_baseline"]
-    if p_ok and (p >= t["high_psnr"] or (s_ok and s >= t["high_ssim"])):  # SSIM alone: perhaps the class's look
+    if (p_ok and p >= t["high_psnr"]) or (s_ok and s >= t["high_ssim"]):
         return LeakageLevel.HIGH
     if (p_ok and p >= t["medium_psnr"]) or (s_ok and s >= t["medium_ssim"]):
         return LeakageLevel.MEDIUM

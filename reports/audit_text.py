@@ -137,7 +137,7 @@ class AuditTextRenderer(AuditRenderer):
             console.print(
                 Text(
                     f"levels per example, counted only {t['low_psnr_over_baseline']:g} dB / {t['ssim_over_baseline']:g} SSIM above the "
-                    f"no-update guess (public mean image or a class mean; mean {fmt_num(lk.baseline_psnr)} dB): high >= {t['high_psnr']:g} dB, or SSIM >= {t['high_ssim']:g} with the PSNR above the guess; "
+                    f"no-update guess (public mean image or a class mean; mean {fmt_num(lk.baseline_psnr)} dB): high >= {t['high_psnr']:g} dB or SSIM >= {t['high_ssim']:g}; "
                     f"medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the baseline or SSIM >= {t['low_ssim']:g}",
                     style="dim",
                 ),
