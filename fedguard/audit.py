@@ -929,9 +929,10 @@ def audit(
         if federation is not None and not stop.is_set():  # Ctrl-C here too keeps the attacks' results
             exposure = _exposure(upd, federation, seed, exposure_seconds, stop, progress)
             if exposure["outcome"] == "cut short":  # undecided, which a pass next to it must not read as hidden
-                notes.append(f"the exposure analysis was cut short by its {exposure_seconds:g} s budget "
-                             f"({exposure['scenarios'][0]['note']}): whether secure aggregation hides this update is "
-                             "undecided; raise --exposure-budget (the exposure does not change the leakage level)")  # fmt: skip
+                notes.append(f"the exposure analysis was cut short ({exposure['scenarios'][0]['note']}): whether secure "
+                             f"aggregation hides this update is undecided; more time (--exposure-budget, "
+                             f"{exposure_seconds:g} s here) or an idle machine may decide it (the exposure does not change "
+                             "the leakage level)")  # fmt: skip
 
     from fedguard.metrics import THRESHOLDS
 

@@ -292,7 +292,7 @@ OPACUS_REPLACEMENTS = {nn.MultiheadAttention: "opacus.layers.DPMultiheadAttentio
 def _check_opacus_layers(net: nn.Module) -> None:
     """InputError naming the first layer of ``net`` that Opacus computes no per-example gradients for, or wrong ones."""
     for name, module in net.named_modules():
-        replacement = next((r for kind, r in OPACUS_REPLACEMENTS.items() if type(module) is kind), None)
+        replacement = next((r for kind, r in OPACUS_REPLACEMENTS.items() if isinstance(module, kind)), None)
         if replacement is not None:
             raise _no_per_example(f"its layer {name} is a torch {type(module).__name__}, for which Opacus computes no "
                                   f"per-example gradients; use {replacement}, a drop-in replacement")  # fmt: skip

@@ -1102,7 +1102,7 @@ def test_an_exposure_cut_short_is_noted_beside_the_verdict():
     run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts", "--format", "json")
     report = json.loads(invoke(*run, "--exposure-budget", "0.001", exposure=True).stdout)
     assert report["exposure"]["outcome"] == "cut short"
-    assert any(note.startswith("the exposure analysis was cut short by its 0.001 s budget") and "--exposure-budget" in note
+    assert any(note.startswith("the exposure analysis was cut short (time budget of 0.001 s spent") and "--exposure-budget" in note
                for note in report["notes"])  # fmt: skip
 
 
