@@ -311,15 +311,15 @@ def _check_independent(net: nn.Module, inputs: torch.Tensor) -> None:
     no example's share. Both passes draw the same random numbers (torch's generators, the modules' own, Python's
     and numpy's), so dropout leaves the other examples' outputs as they were, to float rounding; a batch mean moves
     them by about the change over the batch's size (1/512 of it at batch 512), a batch maximum when the larger
-    example takes it."""
+    example takes it. The training goes on as if the check had not run: every random state and buffer is put back."""
     other = inputs.clone()
     other[0] = inputs[0] * 10 + 1
     devices = [inputs.device] if inputs.device.type == "cuda" else []
     own = [g for m in net.modules() for g in vars(m).values() if isinstance(g, torch.Generator)]
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        state = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices], [g.get_state() for g in own],
-                 random.getstate(), np.random.get_state())  # fmt: skip
-        first = net(inputs)
+    state = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices], [g.get_state() for g in own],
+             random.getstate(), np.random.get_state(), {name: b.clone() for name, b in net.named_buffers()})  # fmt: skip
+
+    def replay() -> None:
         torch.set_rng_state(state[0])
         for device, cuda_state in zip(devices, state[1]):
             torch.cuda.set_rng_state(cuda_state, device)
@@ -327,7 +327,16 @@ def _check_independent(net: nn.Module, inputs: torch.Tensor) -> None:
             generator.set_state(generator_state)
         random.setstate(state[3])
         np.random.set_state(state[4])
-        second = net(other)
+        for name, buffer in net.named_buffers():
+            buffer.copy_(state[5][name])
+
+    with torch.no_grad():
+        try:
+            first = net(inputs)
+            replay()
+            second = net(other)
+        finally:
+            replay()
     if not (isinstance(first, torch.Tensor) and first.shape == second.shape and len(first) > 1):
         return  # outputs the training step itself refuses
     before, after = first[1:].double(), second[1:].double()
