@@ -16,7 +16,7 @@ from typing import Mapping
 
 import click
 
-from fedguard.attacks.dlg import DLG, DEFAULT_STARTS
+from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
 from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA
 from fedguard.errors import InputError
