@@ -91,6 +91,9 @@ BIN_EXAMPLES = 128
 #: the sketch cannot be in a group of bins.
 SKETCH_DIM = 32
 SCREEN_CORRELATION = 0.9
+#: Fewer public examples than this say nothing of which units measure one quantity (two examples make every pair of
+#: units correlate at +-1: every honest unit had been a bin), and none at all had raised: the weight rows decide then.
+MIN_PUBLIC = 16
 
 
 def _close(a: torch.Tensor, b: torch.Tensor | None, tolerance: float) -> torch.Tensor:
@@ -260,8 +263,8 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     one quantity, each next to the row of the next higher threshold.
 
     Rows measure one quantity when their responses correlate at :data:`SAME_MEASUREMENT` or more on the server's
-    public examples (:data:`BIN_EXAMPLES` of them; without them, when the weight rows themselves do): an imprint's
-    rows, even with noise where the data never varies. Only the rows a random sketch keeps (:func:`_screened`) are
+    public examples (:data:`BIN_EXAMPLES` of them; without :data:`MIN_PUBLIC` of them, when the weight rows themselves
+    do): an imprint's rows, even with noise where the data never varies. Only the rows a random sketch keeps (:func:`_screened`) are
     correlated exactly. A unit with threshold ``t`` fires for every example whose measurement exceeds ``t``, so two
     neighbours' gradient difference holds only the examples between their thresholds (Fowl et al., ICLR 2022).
     Layers of more than :data:`MAX_ROWS` units are not grouped.
@@ -274,7 +277,7 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     weight = layer.weight.detach().float().cpu()
     bias = layer.bias.detach().float().cpu()
     readout = None  # the weight rows themselves
-    if public is not None and public[0].numel() == weight.shape[1]:
+    if public is not None and len(public) >= MIN_PUBLIC and public[0].numel() == weight.shape[1]:
         public = public[:: max(1, len(public) // BIN_EXAMPLES)][:BIN_EXAMPLES].detach().float().cpu().flatten(1)
         shifted = public - public[0]  # exactly 0 where a pixel is constant: its mean can no longer round off it
         readout = (shifted - shifted.mean(dim=0)).T  # a unit's responses, centred over the examples: its row @ this

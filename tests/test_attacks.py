@@ -1317,6 +1317,9 @@ def test_units_that_see_only_constant_pixels_are_no_bins():
         layer.weight[96:112] = torch.randn(16, 784, generator=gen) * (digits.std(dim=0) == 0)
     for examples in (20, 128):
         assert len(fc.bin_neighbours(layer, normalised[:examples])[0]) == 0
+    # two public examples had made every honest unit a bin, none had raised: the weight rows decide
+    for examples in (0, 2):
+        assert len(fc.bin_neighbours(layer, normalised[:examples])[0]) == 0
 
 
 def test_fc_inversion_reads_bins_off_rows_that_measure_one_quantity():
