@@ -492,6 +492,16 @@ class _Book:
                 self._store(u, column, residual[j], threshold[j], stage)
         return accepted
 
+    def known(self, users: np.ndarray, X: np.ndarray, stage: str) -> None:
+        """Record columns known without a search (the counts of one-round windows) as exact, whatever their fit."""
+        residual, threshold, _ = self.geo.check(X)
+        for j, u in enumerate(users):
+            self._store(u, X[:, j], residual[j], max(threshold[j], residual[j]), stage)
+            self.exact[u] = True
+            self.settled += 1
+        if self.progress is not None:
+            self.progress(self.settled, self.total)
+
     def _store(self, u: int, column: np.ndarray, residual: float, threshold: float, stage: str) -> None:
         self.X[:, u] = column
         self.residual[u] = residual
@@ -909,7 +919,13 @@ def disaggregate(
         book.stage[u] = "zero"
         book.settled += 1
 
-    open_users = np.flatnonzero(active)
+    if rounds.window == 1:  # each window is one round, so the counts are the participation itself
+        alone = np.array([g[0] for g in by_count_rows(C, np.flatnonzero(active)) if len(g) == 1], dtype=np.int64)
+        if alone.size:  # users who share a column are left to the search, which tells no such twins apart either
+            book.known(alone, C[alone].T.astype(np.float64), "projection")
+        notes.append("the counts are per round, so they are the participation itself: a column no other user shares "
+                     "is known from them, whatever noise the sums hold")  # fmt: skip
+    open_users = np.flatnonzero(active & ~book.exact)
     if open_users.size:
         final = _stage_projection(book, open_users, deadline)
         still = ~book.exact[open_users]

@@ -204,6 +204,15 @@ def test_rank_deficiency_is_explained():
         disaggregate(fed.participation @ g, fed.counts, 10)
 
 
+def test_counts_per_round_are_the_columns_whatever_the_noise():
+    """With a window of one round the counts are the participation itself. At noise 0.5 every column had failed
+    its fit to the noisy subspace (all 20 users `failed`); now each is exact, and the updates come from the sums."""
+    fed = simulate_federation(users=20, rounds=60, dim=40, window=1, noise=0.5, seed=0)
+    result = disaggregate(fed.aggregates, fed.counts, 1, noise_scale=fed.noise_scale, seed=0, time_limit=2)
+    assert result.status == ("exact",) * 20 and np.array_equal(result.participation, fed.participation)
+    assert score(result, fed).claimed_exact_wrong == 0 and any("the participation itself" in n for n in result.notes)
+
+
 def test_round_trip_through_npz(tmp_path):
     fed = simulate_federation(users=10, rounds=60, dim=20, window=10, noise=0.01, seed=9)
     path = save_rounds(tmp_path / "rounds.npz", fed)
