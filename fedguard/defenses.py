@@ -67,6 +67,9 @@ PER_EXAMPLE_TOLERANCE = 1e-3
 #: deviations, summed over a step's parameters, must stay finite (float32 ends at 3.4e38; 1e39 had turned the update
 #: into infinities, refused as a model whose loss is not finite).
 MAX_NOISE_STD = 1e30
+#: Smallest noise standard deviation taken: float32's smallest normal number (below it the draws round to nothing,
+#: and the update had been reported as defended).
+MIN_NOISE_STD = float(torch.finfo(torch.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,10 @@ class DPSGD:
         if self.noise_multiplier * self.max_grad_norm > MAX_NOISE_STD:
             raise InputError(f"--noise-multiplier {self.noise_multiplier:g} times --max-grad-norm {self.max_grad_norm:g} "
                              f"is noise beyond float32's range (at most {MAX_NOISE_STD:g}); clip to a norm such as 1")  # fmt: skip
+        if self.max_grad_norm < MIN_NOISE_STD or self.noise_multiplier * self.max_grad_norm < MIN_NOISE_STD:
+            raise InputError(f"--max-grad-norm {self.max_grad_norm:g} with --noise-multiplier {self.noise_multiplier:g} "
+                             f"is below float32's smallest normal number ({MIN_NOISE_STD:.3g}): the clipping and noise "
+                             "would round to nothing; clip to a norm such as 1")  # fmt: skip
 
     def epsilon(self, steps_per_example: int, examples: int) -> float:
         """The round's epsilon at :attr:`delta` for one example replaced (Opacus' RDP accountant at noise multiplier
@@ -171,6 +178,9 @@ class GaussianNoise:
         if self.std > MAX_NOISE_STD:
             raise InputError(f"--noise-std {self.std:g} is beyond float32's range (at most {MAX_NOISE_STD:g}); give a "
                              "standard deviation on the update's scale, e.g. 0.01")
+        if self.std < MIN_NOISE_STD:
+            raise InputError(f"--noise-std {self.std:g} is below float32's smallest normal number ({MIN_NOISE_STD:.3g}): "
+                             "the noise would round to nothing; give a standard deviation on the update's scale, e.g. 0.01")
 
     def apply(self, tensors: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {name: value + self.std * torch.randn(value.shape, generator=generator, dtype=value.dtype,

@@ -104,7 +104,7 @@ def test_a_batchnorm_model_and_bad_settings_are_refused(batch):
     with pytest.raises(InputError, match="DP-SGD cannot train this model: it has BatchNorm2d"):
         compute_update(convnet, x, y, defense=DPSGD(1.0))
     for bad, match in ((lambda: DPSGD(0.0), "--noise-multiplier"), (lambda: DPSGD(1.0, delta=0.5), "--delta 0.5 is no guarantee"),
-                       (lambda: compute_update(_lenet(), x, y, defense=DPSGD(1e-200)), "too little noise for any privacy bound"),
+                       (lambda: compute_update(_lenet(), x, y, defense=DPSGD(1e-200)), "would round to nothing"),
                        (lambda: Pruning(1.0), "would upload nothing"), (lambda: GaussianNoise(-1), "--noise-std"),
                        (lambda: GaussianNoise(1e39), r"--noise-std 1e\+39 is beyond float32's range"),  # had been inf
                        (lambda: DPSGD(1.0, max_grad_norm=1e39), r"times --max-grad-norm 1e\+39 is noise beyond float32's"),
@@ -244,10 +244,15 @@ def test_layers_opacus_cannot_train_are_named_with_their_replacement(batch):
     assert compute_update(_Attending(), x, y).tensors  # without the defense it trains
 
 
-def test_a_subnormal_delta_is_refused_by_its_own_name():
-    """A delta below the smallest normal float had been flushed to 0 in the audit and blamed on the noise."""
+def test_subnormal_settings_are_refused_by_their_own_names():
+    """A delta below the smallest normal float had been flushed to 0 in the audit and blamed on the noise; noise or a
+    clipping norm below float32's smallest normal number rounds to nothing, and had been reported as a defense."""
     with pytest.raises(InputError, match="--delta 1e-320 is below 1e-300"):
         DPSGD(1.0, delta=1e-320)
+    with pytest.raises(InputError, match="--noise-std 1e-45 is below float32's smallest normal number"):
+        GaussianNoise(1e-45)
+    with pytest.raises(InputError, match="--max-grad-norm 1e-45 with --noise-multiplier 1 is below"):
+        DPSGD(1.0, max_grad_norm=1e-45)
 
 
 def test_pruning_zeroes_exactly_its_share_when_values_tie():
