@@ -99,10 +99,14 @@ class ArchitectureDrift(Detector):
         module = context.view.module
         diff = compare_shapes(folded_shapes(context.view.tensors), folded_shapes(module.state_dict()))
         if any(diff.values()):
+            expected = [k for k in module.state_dict() if not is_running_stat(k)]
+            disjoint = bool(expected) and len(diff["missing"]) == len(expected)  # not one layer name in common
+            check = (" Not one layer of the model is named as in --arch: if --arch is not the architecture you "
+                     "train (or build it wrapped differently), fix --arch first." if disjoint else "")  # fmt: skip
             yield self.finding(
                 "FG701", "Model does not match the expected architecture", Severity.HIGH, Confidence.HIGH, None,
-                f"Compared with --arch: {shape_summary(diff)}. Do not train on a model whose structure changed; "
-                "ask the server why.",
+                f"Compared with --arch: {shape_summary(diff)}.{check} Do not train on a model whose structure "
+                "changed; ask the server why.",
                 **{k: v[:50] for k, v in diff.items()},
             )
 

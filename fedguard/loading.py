@@ -289,7 +289,8 @@ def _code_finding(unsafe: list[str]) -> Finding:
         message=(
             f"Unpickling this file imports {shown}. It was not loaded. Do not open it with an unrestricted "
             "torch.load, np.load(allow_pickle=True) or pickle anywhere; report the server and ask for "
-            "a safetensors or weights-only state_dict."
+            "a safetensors or weights-only state_dict. (If you saved this file yourself, as torch.save(model), "
+            "save torch.save(model.state_dict(), path) instead.)"
         ),
         evidence={"imports": unsafe},
     )

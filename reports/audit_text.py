@@ -14,8 +14,8 @@ Colour only when asked (the CLI asks only on a TTY). Sample output::
 
     dlg: 3 of 4 random starts reached the high level (75%)
 
-    exposure across rounds: secure aggregation hides this update for only 30
-    rounds: with 10 users per round ...
+    exposure across rounds (beside the verdict, which is this round's update's):
+    secure aggregation hides this update for only 30 rounds: with 10 users per round ...
       what if DP noise 1 on the sums: not exposed
     grids: audit.txt-dlg.png, audit.txt-inverting_gradients.png
     levels per example, counted only 3 dB / 0.1 SSIM above the no-update
@@ -75,6 +75,8 @@ class AuditTextRenderer(AuditRenderer):
         if report.interrupted:
             head.append("  INTERRUPTED: partial results", style="bold yellow")
         console.print(head)
+        if report.next_step:
+            console.print(Text(report.next_step, style="bold"))
         for note in report.notes:
             console.print(Text(printable(f"note: {note}"), style="bold yellow"))
         m, d, u = report.model, report.data, report.update
@@ -221,7 +223,8 @@ def _exposure(console: Console, exposure: Mapping) -> None:
     from rich.text import Text
 
     console.print()
-    console.print(Text(f"exposure across rounds: {exposure_summary(exposure)}"))
+    console.print(Text("exposure across rounds (beside the verdict, which is this round's update's):"))
+    console.print(Text(exposure_summary(exposure)))
     for s in exposure["scenarios"][1:]:
         rounds = s["rounds_to_exposure"]
         if rounds is not None:

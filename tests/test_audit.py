@@ -1768,3 +1768,19 @@ def test_the_cli_defaults_are_the_library_defaults():
     for option, field in (("users_per_round", "users_per_round"), ("participation", "participation"),
                           ("count_window", "window"), ("stable_rounds", "stable_rounds"), ("aggregate_noise", "noise")):  # fmt: skip
         assert options[option].default == getattr(settings, field), option
+
+
+def test_the_report_says_what_the_verdict_asks():
+    """A verdict alone had left the user to guess why and what next (an independent review from a new user's side):
+    block says not to upload and what lowers the leak, a warn that measured too little says it is inconclusive."""
+    from fedguard.audit import audit
+    from fedguard.reports.audit_text import AuditTextRenderer
+
+    run = dict(arch="mlp", input_shape=(1, 8, 8), data="digits", batch_size=8, device="cpu", seed=0)
+    blocked = audit(attacks=["fc_inversion"], **run)
+    assert str(blocked.verdict) == "block" and blocked.next_step.startswith("Do not upload this update as it is")
+    assert "Do not upload this update as it is" in AuditTextRenderer().render(blocked)
+    from fedguard.threat import ThreatModel
+
+    unsure = audit(attacks=["label_counts"], threat=ThreatModel(labels="known"), **run)  # skipped: nothing measured
+    assert str(unsure.verdict) == "warn" and unsure.next_step.startswith("Inconclusive")
