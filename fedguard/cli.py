@@ -91,7 +91,9 @@ def _usage_error(exc: click.UsageError, ctx: click.Context) -> None:
 
     command = exc.ctx.command_path if exc.ctx is not None else "fedguard"
     message = printable(" ".join(exc.format_message().split()).rstrip("."))
-    click.echo(f"fedguard: error: {message}; see '{command} --help'", err=True)
+    where = f"see '{command} --help'"
+    tail = f" ({where})" if message.endswith("?") else f"; {where}"  # "Did you mean 'inspect'?; see" had read oddly
+    click.echo(f"fedguard: error: {message}{tail}", err=True)
     ctx.exit(EXIT_INPUT)
 
 
