@@ -8,6 +8,7 @@ nothing is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -219,7 +220,10 @@ def test_text_clean(clean):
     out = render("text", clean, RULES)
     lines = out.splitlines()
     assert lines[0].startswith("CLEAN  models/clean.safetensors  (sha256 ")
-    assert lines[-1] == "clean: no findings (3 detectors run in 0.03 s)"
+    # what the options it was not given would add (a newcomer had not known)
+    assert lines[-1].startswith("clean: no findings (3 detectors run in 0.03 s; --arch, --data, --reference would run ")
+    asked = dataclasses.replace(clean, config={**clean.config, "detectors_requested": ["magnitude"]})
+    assert render("text", asked, RULES).splitlines()[-1] == "clean: no findings (3 detectors run in 0.03 s)"
     assert "severity" not in out  # no empty table
 
 
