@@ -182,7 +182,7 @@ class GradientSNR(Detector):
                 yield self.finding(
                     "FG801", "Most of the batch is silent across the network (class isolation)", Severity.HIGH,
                     Confidence.MEDIUM, None,
-                    f"On {len(inputs)} of your samples, at least half the batch contributes no gradient to "
+                    f"On a batch of {len(inputs)} of your examples, at least half contributes no gradient to "
                     f"{len(muted)} of {len(silent)} parameter tensors: the model routes the update through a few "
                     "samples (e.g. one class) so they can be separated and reconstructed. Do not train on this model.",
                     silent_tensor_share=rounded(muted_share), max_silent_samples=rounded(max(silent.values())),
@@ -195,7 +195,7 @@ class GradientSNR(Detector):
                 yield self.finding(
                     "FG801", "One sample dominates the update (D-SNR)", Severity.HIGH, Confidence.MEDIUM,
                     worst.rpartition(".")[0] or worst,
-                    f"On {len(inputs)} of your samples, sample {sample}'s gradient in {worst} is "
+                    f"On a batch of {len(inputs)} of your examples, example {sample}'s gradient in {worst} is "
                     f"{scores[worst]:.3g}× the sum of all others' (D-SNR ≥ {DSNR_LIMIT:g} in {len(flagged)} "
                     "parameter tensors): the update would isolate it for reconstruction. Do not train on this model.",
                     dsnr=rounded(scores[worst]), sample=sample, batch=len(inputs),
