@@ -370,13 +370,13 @@ class AuditReport:
         """What the verdict asks of the client, in one sentence; None for a pass."""
         level, fail_on = self.leakage.level, LeakageLevel(self.fail_on)
         if self.verdict == AuditVerdict.BLOCK:
-            return (f"Do not upload this update as it is: {self.leakage.worst_attack} rebuilds your data at level {level}, "
+            return (f"Do not upload this update as it is: {self.leakage.worst_attack} recovers your data at level {level}, "
                     f"at or above the fail-on level {fail_on}. A larger batch, more local steps or a defense such as "
                     "DP-SGD can lower what leaks (docs/audit.md: defenses); audit again after the change.")  # fmt: skip
         if self.verdict != AuditVerdict.WARN:
             return None
         if self.attacks and level > LeakageLevel.NONE and int(level) == int(fail_on) - 1:
-            return (f"Look closer before uploading: {self.leakage.worst_attack} rebuilds your data at level {level}, one "
+            return (f"Look closer before uploading: {self.leakage.worst_attack} recovers your data at level {level}, one "
                     f"below the fail-on level {fail_on}.")  # fmt: skip
         return ("Inconclusive: the audit did not measure all it set out to (see the notes and skipped attacks), so it "
                 "does not pass; give it the time, labels or settings they name and audit again.")
