@@ -906,6 +906,7 @@ def disaggregate(
     n_users = C.shape[0]
     T = rounds.n_rounds
     active = C.sum(axis=1) > 0
+    by_counts = by_count_rows(C, np.flatnonzero(active))  # users who took part, grouped by their count rows
     idle = np.flatnonzero(~active)
     if idle.size:
         notes.append(f"{idle.size} user(s) never took part (all counts 0): their column is known, their update is not in the sums")
@@ -920,7 +921,7 @@ def disaggregate(
         book.settled += 1
 
     if rounds.window == 1:  # each window is one round, so the counts are the participation itself
-        alone = np.array([g[0] for g in by_count_rows(C, np.flatnonzero(active)) if len(g) == 1], dtype=np.int64)
+        alone = np.array([g[0] for g in by_counts if len(g) == 1], dtype=np.int64)
         if alone.size:  # users who share a column are left to the search, which tells no such twins apart either
             book.known(alone, C[alone].T.astype(np.float64), "projection")
         notes.append("the counts are per round, so they are the participation itself: a column no other user shares "
@@ -960,7 +961,7 @@ def disaggregate(
         updates[used] = solution
         if len(used) < int(active.sum()):
             notes.append("updates of recovered users are least-squares estimates with the unrecovered users' share left out")
-    interchangeable = _same_counts(rounds.counts, active)
+    interchangeable = tuple(tuple(g) for g in by_counts if len(g) > 1)  # in user order
     if interchangeable:
         listed = "; ".join(", ".join(map(str, group)) for group in interchangeable[:10])
         notes.append(f"users with the same counts in every window ({listed}"
@@ -987,11 +988,6 @@ def disaggregate(
         interchangeable=interchangeable,
         timed_out=book.timed_out,
     )
-
-
-def _same_counts(counts: np.ndarray, active: np.ndarray) -> tuple[tuple[int, ...], ...]:
-    """Groups (two or more) of users who took part and share one count row, in user order."""
-    return tuple(tuple(g) for g in by_count_rows(counts, np.flatnonzero(active)) if len(g) > 1)
 
 
 # --------------------------------------------------------------------------- scoring
