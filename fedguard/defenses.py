@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.weight_norm import WeightNorm
 
 from fedguard import checks
 from fedguard.architectures import first_line
@@ -310,7 +311,7 @@ def _check_opacus_layers(net: nn.Module) -> None:
             raise _no_per_example(f"its layer {name} is a convolution with padding_mode {module.padding_mode!r}, whose "
                                   "per-example gradients Opacus computes as if it padded with zeros (3.5 % off on "
                                   "lenet5_stride2); pad with torch.nn.functional.pad before a zero-padded convolution")  # fmt: skip
-        if any(type(hook).__name__ == "WeightNorm" for hook in module._forward_pre_hooks.values()):
+        if any(isinstance(hook, WeightNorm) for hook in module._forward_pre_hooks.values()):
             raise _no_per_example(f"its layer {name} has the legacy torch.nn.utils.weight_norm, whose weight Opacus does not "
                                   "see; use torch.nn.utils.parametrizations.weight_norm")  # fmt: skip
 
