@@ -79,6 +79,15 @@ def tool_version(report: InspectionReport) -> str:
     return report.tool_version or fedguard.__version__
 
 
+def data_used(report: InspectionReport) -> str:
+    """What the behavioural checks ran on, for the header beside ``data``: ``(64 examples, seed 0)``, or why they did
+    not run (weights that do not fit --arch leave only FG701 to say so, and the header had read as if they ran)."""
+    config = report.config
+    if config.get("data_examples"):
+        return f"({config['data_examples']} examples, seed {config.get('seed')})"
+    return "(behavioural checks not run: the model does not fit --arch)" if config.get("data") and report.loaded else ""
+
+
 def sorted_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Worst first: severity, then confidence, then rule id and layer (stable)."""
     return sorted(

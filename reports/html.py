@@ -37,6 +37,7 @@ from fedguard.types import InspectionReport, Rule
 from .base import (
     SEVERITY_ORDER,
     Renderer,
+    data_used,
     fired_rules,
     fmt_num,
     format_value,
@@ -99,6 +100,7 @@ def _model(report: InspectionReport, anchor: str, description: str | None = None
         "tool_version": tool_version(report),
         "findings": sorted_findings(report.findings),
         "counts": severity_counts(report.findings),
+        "data_used": data_used(report),
     }
 
 

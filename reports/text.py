@@ -32,7 +32,16 @@ from typing import ClassVar, Mapping
 
 from fedguard.types import InspectionReport, Rule, Severity, Verdict
 
-from .base import Renderer, format_value, plural, printable, register_renderer, severity_counts, sorted_findings
+from .base import (
+    Renderer,
+    data_used,
+    format_value,
+    plural,
+    printable,
+    register_renderer,
+    severity_counts,
+    sorted_findings,
+)
 
 WIDTH = 100
 
@@ -114,9 +123,7 @@ class TextRenderer(Renderer):
         if report.reference:
             context.append(f"reference {printable(str(report.reference))}")
         if report.config.get("data"):
-            examples = report.config.get("data_examples")
-            sample = f" ({examples} examples, seed {report.config.get('seed')})" if examples else ""
-            context.append(f"data {printable(str(report.config['data']))}{sample}")
+            context.append(" ".join(filter(None, (f"data {printable(str(report.config['data']))}", data_used(report)))))
         context.append(f"{plural(len(report.detectors_run), 'detector')} in {report.seconds:.2f} s")
         console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
 

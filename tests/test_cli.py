@@ -196,6 +196,10 @@ def test_reports_say_how_the_inspection_was_run(workdir, schema):
     torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # not lenet5's: FG701, no behavioural check
     other = json.loads(invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz", "--format", "json").stdout)
     assert other["findings"][0]["rule_id"] == "FG701" and other["config"]["data_examples"] is None
+    # and the text and HTML say so beside the data, where the header had read as if the checks ran
+    not_run = "(behavioural checks not run: the model does not fit --arch)"
+    assert f"data mine.npz {not_run}" in invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz").stdout
+    assert not_run in invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz", "--format", "html").stdout
 
 
 def test_behavioural_checks_need_a_batch_of_16(workdir):
