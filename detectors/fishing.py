@@ -81,10 +81,10 @@ class Fishing(Detector):
             stats = layer.stats
             bias = layer.bias_f32()
             if bias is not None and finite(bias) and bias.shape[0] == stats.rows:
-                yield from self._class_fishing(layer, stats, bias)
+                yield from self._class_fishing(context, layer, stats, bias)
             yield from self._feature_fishing(layer, stats)
 
-    def _class_fishing(self, layer, stats, bias):
+    def _class_fishing(self, context, layer, stats, bias):
         norm = stats.l2sq.sqrt()  # float64: a server's 3e38 weights overflow float32's norms
         top = float(norm.max())
         if top == 0:
@@ -98,14 +98,25 @@ class Fishing(Detector):
         if not count:
             return
         quiet = int(muted.sum()) - count  # muted too, with ordinary biases
+        active = int((~muted).sum())
+        constants = (f"{count} of {stats.rows} units of {layer.name} have (near-)zero weights and biases up to "
+                     f"{float(bias[fished].abs().max()):.4g}: their outputs are constants"
+                     + (f" (as are {quiet} more muted unit(s) with small biases)" if quiet else ""))  # fmt: skip
+        one_input = (stats.peak_to_rest[~muted] >= OUTLIER_RATIO).all()
+        if context.view.next_weight_layer(layer) is not None:  # inside the network: no class is fished there
+            kind, title = "planted", "Muted units with huge biases"
+            why = (", as planted blocks' bins are (imprint, LOKI); honest units that weak carry biases of at most "
+                   "0.77. Do not train on this model.")
+        elif one_input:
+            kind, title = "feature", "Feature fishing: muted rows, the active unit reads one input"
+            why = (f", so only the {active} unit(s) with weights carry a gradient, and each reads one input far above "
+                   "its others: the batch is split on that feature to isolate one sample. Do not train on this model.")
+        else:
+            kind, title = "class", "Class fishing: muted rows with huge biases"
+            why = f", so only the {active} unit(s) with weights carry a gradient and isolate their samples. Do not train on this model."
         yield self.finding(
-            "FG201", "Class fishing: muted rows with huge biases", Severity.HIGH, Confidence.HIGH, layer.name,
-            f"{count} of {stats.rows} units of {layer.name} have (near-)zero weights and biases up to "
-            f"{float(bias[fished].abs().max()):.4g}: their outputs are constants"
-            + (f" (as are {quiet} more muted unit(s) with small biases)" if quiet else "")
-            + f", so only the {int((~muted).sum())} unit(s) with weights carry a gradient and isolate their samples. "
-            "Do not train on this model.",
-            muted_rows=count, rows=stats.rows, active_rows=int((~muted).sum()),
+            "FG201", title, Severity.HIGH, Confidence.HIGH, layer.name, constants + why,
+            fishing=kind, muted_rows=count, rows=stats.rows, active_rows=active,
             max_abs_bias=rounded(bias[fished].abs().max()), bias_threshold=HUGE_BIAS,
             bias_margin=rounded(bias[fished].min() - bias[~muted].max()), margin_threshold=BIAS_MARGIN,
         )

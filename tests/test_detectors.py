@@ -577,6 +577,20 @@ def test_class_fishing_with_shrunk_rows_and_moderate_biases(scale, bias):
     assert judge(static_findings(sd)) is Verdict.MALICIOUS
 
 
+@pytest.mark.parametrize("attack, fishing", [("class_fishing", "class"), ("feature_fishing", "feature"), ("loki", "planted")])
+def test_fg201_names_the_craft(attack, fishing):
+    """Feature fishing mutes the other classes as class fishing does (one weight left: FG202 has nothing to compare
+    with) and LOKI's bins are muted units inside the network: each is named for what it is, not 'class fishing'."""
+    from fedguard.architectures import build_model
+    from fedguard.attacks.craft import craft
+
+    torch.manual_seed(0)
+    crafted = craft(attack, build_model("lenet"), input_shape=(3, 32, 32), seed=0)
+    findings = [f for f in static_findings(crafted.state_dict()) if f.rule_id == "FG201"]
+    assert findings and {f.evidence["fishing"] for f in findings} == {fishing}
+    assert all(("Class fishing" in f.title) == (fishing == "class") for f in findings)
+
+
 def test_one_constant_reject_logit_is_not_class_fishing():
     """A K+1 head: ten trained rows and one zero row with bias 3 above every class's; nothing is isolated."""
     torch.manual_seed(0)
