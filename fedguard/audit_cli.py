@@ -38,11 +38,27 @@ def _attack_help() -> str:
 
 
 class _Bars:
-    """One rich progress bar per attack on stderr, with the time budget's bound on the ETA."""
+    """One rich progress bar per attack on stderr; its ETA is at most the attack's time budget left."""
 
     def __init__(self):
+        import datetime
+
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.text import Text
+
+        class BoundedRemaining(TimeRemainingColumn):
+            """rich's estimate from the iterations' pace, at most what is left of the attack's time budget (an attack
+            stops there: the estimate alone had shown minutes for a 20 s budget)."""
+
+            def render(self, task):
+                budget = task.fields.get("budget")
+                if budget is None or task.finished:
+                    return super().render(task)
+                left = max(0.0, budget - (task.elapsed or 0.0))
+                pace = task.time_remaining
+                shown = left if pace is None else min(pace, left)
+                return Text(str(datetime.timedelta(seconds=int(shown))), style="progress.remaining")
 
         self.progress = Progress(
             TextColumn("{task.description:<20}"),
@@ -50,13 +66,12 @@ class _Bars:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("eta"),
-            TimeRemainingColumn(),
+            BoundedRemaining(),
             TextColumn("{task.fields[info]}"),
             console=Console(stderr=True),
             transient=False,
         )
         self.tasks: dict[str, int] = {}
-        self.budget: dict[str, float | None] = {}
 
     def __enter__(self):
         self.progress.start()
@@ -66,8 +81,8 @@ class _Bars:
         self.progress.stop()
 
     def start(self, attack: str, total: int, seconds: float | None) -> None:
-        self.tasks[attack] = self.progress.add_task(attack, total=total, info="")
-        self.budget[attack] = seconds
+        info = f"budget {seconds:.0f}s" if seconds is not None else ""
+        self.tasks[attack] = self.progress.add_task(attack, total=total, info=info, budget=seconds)
 
     def update(self, attack: str, done: int, total: int, fields: dict) -> None:
         from fedguard.reports.base import plural
@@ -80,10 +95,9 @@ class _Bars:
             info.append(plural(int(fields["starts"]), "start"))
         if fields.get("planned") and fields["planned"] != total:
             total = fields["planned"]
-        budget = self.budget.get(attack)
+        budget = self.progress.tasks[task].fields.get("budget")
         if budget is not None:
-            elapsed = self.progress.tasks[self.tasks[attack]].elapsed or 0.0
-            info.append(f"≤{max(0.0, budget - elapsed):.0f}s left")
+            info.append(f"budget {budget:.0f}s")
         self.progress.update(task, completed=done, total=total, info=" ".join(info))
 
     def finish(self, attack: str, stopped: str) -> None:

@@ -1784,3 +1784,25 @@ def test_the_report_says_what_the_verdict_asks():
 
     unsure = audit(attacks=["label_counts"], threat=ThreatModel(labels="known"), **run)  # skipped: nothing measured
     assert str(unsure.verdict) == "warn" and unsure.next_step.startswith("Inconclusive")
+
+
+def test_progress_eta_is_bounded_by_the_time_budget():
+    """An attack stops at its time budget: the bar's ETA from the iterations' pace (minutes, for a 20 s budget) is
+    shown at most as what is left of the budget; without a budget it is the pace's."""
+    import time
+
+    from fedguard.audit_cli import _Bars
+
+    bars = _Bars()
+    bars.start("dlg", 1000, 5.0)
+    bars.start("ig", 1000, None)
+    time.sleep(0.2)
+    for done in (2, 3):
+        bars.update("dlg", done, 1000, {})
+        bars.update("ig", done, 1000, {})
+        time.sleep(0.1)
+    eta = bars.progress.columns[5]
+    seconds = [sum(int(part) * 60**i for i, part in enumerate(reversed(str(eta.render(task)).split(":"))))
+               for task in bars.progress.tasks]  # fmt: skip
+    assert 0 < seconds[0] <= 5 and bars.progress.tasks[0].fields["info"] == "budget 5s"
+    assert seconds[1] > 30  # ~1000 iterations at ~10 per second
