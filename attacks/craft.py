@@ -61,7 +61,7 @@ from fedguard.architectures import (
     resolve_input_shape,
 )
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError, keyword_names
+from fedguard.errors import InputError, did_you_mean, keyword_names
 from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating, own_torch_state
@@ -1159,7 +1159,7 @@ def crafter_options(name: str) -> dict[str, Any]:
 
 def _crafter(name: Any) -> Crafter:
     if not isinstance(name, str) or name not in CRAFTERS:
-        raise InputError(f"unknown crafter {name!r}; valid: {', '.join(CRAFTERS.names())}")
+        raise InputError(f"unknown crafter {name!r}{did_you_mean(name, CRAFTERS.names())}; valid: {', '.join(CRAFTERS.names())}")
     return CRAFTERS.get(name)
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from fedguard.errors import InputError
+from fedguard.errors import InputError, did_you_mean
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating
 
@@ -685,7 +685,8 @@ def _spec(arch: str) -> ArchSpec | None:
         return ARCHITECTURES.get(arch)
     if ":" in arch:
         return None
-    raise InputError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES.names())} or package.module:callable")
+    raise InputError(f"unknown architecture {arch!r}{did_you_mean(arch, ARCHITECTURES.names())}; "
+                     f"use one of {', '.join(ARCHITECTURES.names())} or package.module:callable")
 
 
 def arch_source(arch: str) -> Path | None:

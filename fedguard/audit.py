@@ -41,7 +41,7 @@ from fedguard import checks
 from fedguard.architectures import builds_any_class_count, check_float32, classifier_logits, first_line
 from fedguard.data import data_sha256
 from fedguard.defenses import Defense, check_defense
-from fedguard.errors import InputError, first_of, keyword_names
+from fedguard.errors import InputError, did_you_mean, first_of, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.loading import is_running_stat
 from fedguard.threat import ServerView, ThreatModel
@@ -677,7 +677,7 @@ def audit(
         raise InputError(f"attacks is {attacks!r}; pass a non-empty list of attack names such as ['dlg'], or None for the default")
     for name in attacks or []:
         if not isinstance(name, str) or name not in reg:
-            raise InputError(f"unknown attack {name!r}; valid: {', '.join(reg.names())}")
+            raise InputError(f"unknown attack {name!r}{did_you_mean(name, reg.names())}; valid: {', '.join(reg.names())}")
     requested = list(dict.fromkeys(attacks)) if attacks else None
     # label attacks first; malicious-server emulators only when asked for
     names = [n for n in reg.names() if n in requested] if requested else [n for n in reg.names() if reg.get(n).default]
@@ -686,7 +686,7 @@ def audit(
     options = dict(attack_options or {})
     for name, given in options.items():
         if name not in reg:
-            raise InputError(f"options for unknown attack {name!r}; valid: {', '.join(reg.names())}")
+            raise InputError(f"options for unknown attack {name!r}{did_you_mean(name, reg.names())}; valid: {', '.join(reg.names())}")
         if not isinstance(given, Mapping):
             raise InputError(f"options for {name} are a {type(given).__name__}; pass a mapping of option names to values")
         known = [k for k in inspect.signature(reg.get(name)).parameters if k != "self"]

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from fedguard import checks
 from fedguard.architectures import check_input_shape
-from fedguard.errors import InputError, keyword_names
+from fedguard.errors import InputError, did_you_mean, keyword_names
 from fedguard.io import read_npz
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data"]
@@ -144,7 +144,7 @@ def load_data(
         elif os.sep in text or "/" in text or path.suffix:
             raise InputError(f"data path {text} does not exist; check the path (built-in data: {', '.join(DATASETS)})")
         else:
-            raise InputError(f"unknown data set {text!r}; use one of {', '.join(DATASETS)}, a folder of class subfolders, or a .npz file")
+            raise InputError(f"unknown data set {text!r}{did_you_mean(text, DATASETS)}; use one of {', '.join(DATASETS)}, a folder of class subfolders, or a .npz file")
     keep = _kept(len(y), limit, seed)
     if len(keep) < len(y):  # a folder's were drawn before decoding
         x, y = x[keep], y[keep]

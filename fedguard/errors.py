@@ -39,6 +39,18 @@ def first_of(names) -> str:
     return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
 
 
+def did_you_mean(name: object, choices) -> str:
+    """`` (did you mean 'lenet'?)`` when ``name`` is a near miss of one of ``choices`` (a typo, another case), else
+    ``""``: for the messages that list the valid names."""
+    import difflib
+
+    if not isinstance(name, str) or not name.strip():
+        return ""
+    lowered = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(name.strip().lower(), list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
 def keyword_names(fn: F | None = None, *, aliases: Mapping[str, str] | None = None) -> F | Callable[[F], F]:
     """Decorate a public function so that, called from Python, its :class:`InputError` names keyword arguments.
 

@@ -30,7 +30,7 @@ from fedguard.data import data_sha256
 from fedguard.detectors import DETECTORS, all_rules, gradient_snr
 from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.detectors.drift import compare_shapes, folded_shapes, shape_summary
-from fedguard.errors import InputError, keyword_names
+from fedguard.errors import InputError, did_you_mean, keyword_names
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import ModelView, first_non_finite
 from fedguard.torch_state import kept_modes, own_torch_state
@@ -334,7 +334,7 @@ def _detector_names(names: Sequence[str] | None) -> list[str]:
         raise InputError(f"detectors is {names!r:.40}; pass a list of detector names such as ['imprint'], or None")
     for name in names or ():
         if not isinstance(name, str) or name not in DETECTORS:
-            raise InputError(f"unknown detector {name!r:.40}; valid: {', '.join(DETECTORS.names())}")
+            raise InputError(f"unknown detector {name!r:.40}{did_you_mean(name, DETECTORS.names())}; valid: {', '.join(DETECTORS.names())}")
     return list(dict.fromkeys(names)) if names else DETECTORS.names()  # a detector named twice runs once
 
 

@@ -1028,3 +1028,23 @@ def test_a_safetensors_file_beyond_memory_is_refused_as_too_large_not_corrupt(wo
     monkeypatch.setattr("fedguard.io.physical_memory", lambda: 2**20)  # a machine of 1 MiB
     line = assert_input_error(invoke("inspect", workdir / "big.safetensors"))
     assert "big.safetensors holds 0.0 GiB of tensors, more than this machine's memory" in line
+
+
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (("inspect", "clean.pt", "--arch", "lenett"), "unknown architecture 'lenett' (did you mean 'lenet'?); use one of"),
+        (("inspect", "clean.pt", "--arch", "LeNet5"), "(did you mean 'lenet5'?)"),
+        (("inspect", "clean.pt", "--arch", "resnet"), "(did you mean 'resnet18'?)"),
+        (("inspect", "clean.pt", "--detector", "imprnt"), "unknown detector 'imprnt' (did you mean 'imprint'?); valid:"),
+        (("audit", "--arch", "lenet", "--data", "digit"), "unknown data set 'digit' (did you mean 'digits'?); use one of"),
+        (("audit", "--arch", "lenet", "--data", "digits", "--attack", "idgl"), "unknown attack 'idgl' (did you mean 'idlg'?)"),
+    ],
+)
+def test_a_near_miss_of_a_name_is_suggested(clean_model, args, hint):
+    assert hint in assert_input_error(invoke(*args))
+
+
+def test_no_suggestion_for_a_name_near_nothing(clean_model):
+    line = assert_input_error(invoke("inspect", "clean.pt", "--arch", "transformer"))
+    assert "did you mean" not in line and "use one of lenet" in line
