@@ -24,6 +24,8 @@ from fedguard.errors import InputError
 from fedguard.reports.base import printable
 
 ARCH, SHAPE = "lenet5", (1, 28, 28)
+#: Digits the behavioural checks take as the client's data.
+CLIENT_EXAMPLES = 64
 #: The published attacks crafted on the honest LeNet-5, with their descriptions.
 CRAFTED = [
     ("mkor", "MKOR averaging + pass-through parameters (Wang et al., WACV 2024)"),
@@ -71,7 +73,7 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
     from fedguard.io import write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
-    client = {"arch": ARCH, "data": (inputs[:64], labels[:64])}
+    client = {"arch": ARCH, "data": (inputs[:CLIENT_EXAMPLES], labels[:CLIENT_EXAMPLES])}
     benign = _train_benign(inputs, labels, seed=0)
     models = []
 
@@ -201,8 +203,17 @@ def _demo(output_dir: Path, echo: Callable[[str], None]) -> list:
         echo(f"{str(report.verdict).upper():<11} {len(report.findings):>8}  {path.name}: {description} [{ids}]")
         write_atomic(output_dir / f"{path.stem}.json", render("json", report, all_rules))
     summary = output_dir / "summary.html"
-    page = render_summary(reports, all_rules, title=TITLE,
-                          descriptions=[description for description, _, _ in models])  # fmt: skip
+    honest = sum(description.startswith("honest") for description, _, _ in models)
+    introduction = (
+        f"fedguard inspected {len(models)} global models a federated-learning client might receive: {honest} honest "
+        f"and {len(models) - honest} that a malicious server could send, crafted as the papers named beside them "
+        f"describe. The behavioural checks ran the LeNet-5s on {CLIENT_EXAMPLES} real handwritten digits "
+        "(scikit-learn) as the client's data. Each honest model should read CLEAN and every other MALICIOUS; each "
+        "model's section gives its findings per layer with their evidence, and the rules that fired are explained "
+        "at the end."
+    )
+    page = render_summary(reports, all_rules, title=TITLE, descriptions=[description for description, _, _ in models],
+                          introduction=introduction)  # fmt: skip
     write_atomic(summary, page)
     echo(f"\nHTML summary: {printable(str(summary))}  (JSON reports beside it; {time.perf_counter() - start:.1f} s)")
     return reports

@@ -110,6 +110,7 @@ def _page(
     title: str,
     summary: bool,
     descriptions: Sequence[str] | None = None,
+    introduction: str | None = None,
 ) -> str:
     descriptions = list(descriptions) if descriptions is not None else [None] * len(reports)
     if len(descriptions) != len(reports):
@@ -119,6 +120,7 @@ def _page(
     versions = sorted({m["tool_version"] for m in models})
     return template_environment().get_template(TEMPLATE).render(
         title=title,
+        introduction=introduction,
         summary=summary,
         models=models,
         severities=[str(s) for s in SEVERITY_ORDER],
@@ -134,7 +136,11 @@ def render_report(report: InspectionReport, rules: Mapping[str, Rule]) -> str:
 
 
 def render_summary(
-    reports: Sequence[InspectionReport], rules: Mapping[str, Rule], title: str, descriptions: Sequence[str] | None = None
+    reports: Sequence[InspectionReport],
+    rules: Mapping[str, Rule],
+    title: str,
+    descriptions: Sequence[str] | None = None,
+    introduction: str | None = None,
 ) -> str:
     """One HTML page over several inspections (the demo's summary).
 
@@ -148,6 +154,8 @@ def render_summary(
         Page title and heading.
     descriptions : sequence of str, optional
         What each model is (e.g. "honest LeNet-5, trained 2 epochs"), one per report, shown beside its name.
+    introduction : str, optional
+        A paragraph under the title: what was inspected and why (the demo says what its models are).
 
     Returns
     -------
@@ -155,7 +163,7 @@ def render_summary(
         A self-contained page: an overview table (model, verdict, findings per
         severity), one section per model, and an appendix of the rules that fired.
     """
-    return _page(list(reports), rules, title, summary=True, descriptions=descriptions)
+    return _page(list(reports), rules, title, summary=True, descriptions=descriptions, introduction=introduction)
 
 
 @register_renderer("html")
