@@ -1,106 +1,164 @@
-"""FG803/FG804: how the first fully connected layer responds to the client's own data.
+"""FG803/FG804: how the fully connected layers respond to the client's own data.
 
-The analytic inversion of a first Linear layer (``∇W_i / ∇b_i``, Phong et
-al. 2017; the core of Robbing the Fed, Fowl et al., ICLR 2022, and of trap
-weights, Boenisch et al., EuroS&P 2023) returns example ``n`` exactly from
-every unit that only ``n`` switches on. A server can arrange that without any
-weight pattern the static rules read:
+The analytic inversion of a Linear layer (``∇W_i / ∇b_i``, Phong et al.
+2017; the core of Robbing the Fed, Fowl et al., ICLR 2022, and of trap
+weights, Boenisch et al., EuroS&P 2023) returns example ``n``'s input to the
+layer exactly from every unit whose gradient only ``n`` reaches. A server can
+arrange that without any weight pattern the static rules read, in the first
+layer or deeper (there the input is the earlier layers' features, from which
+the server solves for the image through the layers it wrote):
 
 * **Sparse firing (FG803).** Leave the weights at an honest initialisation and
   set each unit's bias at a high quantile of its own response on public data,
   so each unit fires for about one example in a batch: 40-44 of 64 digits
   were rebuilt exactly against 3-9 for the honest model, and every static
-  rule had called it clean. Reported when at least half of the layer's live
-  units fire for at most 1/16 of the client's examples. Benign zoo
-  (``benchmarks/detector_calibration.py``, 64 digits): at most 12.7 % of the
-  units (kaiming-initialised MLP); crafted trap weights 16-30 %.
+  rule had called it clean. A unit is reached by an example when that
+  example's gradient at the unit's output is not zero (a ReLU unit that
+  example switches on; a sigmoid's always), and it is rare when at most 1/16
+  of the client's examples reach it. Reported when at least
+  :data:`RARE_SHARE` of a layer's reached units are rare. Measured on every
+  Linear layer of the benign zoo with a known architecture, six random batches
+  of 64 digits each (``benchmarks/detector_calibration.py``): at most 19.4 %
+  (LeNet-5's 84-unit layer, Xavier-normal), and 10-13.5 % in honest MLPs
+  256-4096 units wide, at every width (a count of isolated examples grows with
+  the width instead: 19-25 of 64 at 1024 units, 39-46 at 4096, and was left
+  out); three batches of 16 and of 32 digits: at most 14.9 % and 16.3 %.
+  Crafted: 96-99 % with every unit planted (first or second layer), 44-50 %
+  with half of them planted among honest units (35 of 64 rebuilt exactly; the
+  limit had been 50 % and this passed), 24.6 % with a quarter (27-28 of 64;
+  not reported, documented).
 * **Imprint in data space (FG804).** Robbing the Fed's rows measure one
   quantity; noise the data never excites (pixels always zero, directions of
-  no variance) makes the rows differ in weight space (|cosine| 0.94 and
-  less) but not in what they measure, and 29-32 of 64 digits were still
-  rebuilt exactly. Reported when four or more units' responses to the
-  client's examples (``W_i · x``, centred) correlate at ``|r| ≥ 0.999``.
-  Benign zoo: largest correlation between two units 0.996 (an MLP trained
-  on two classes, on digits 0 and 1), never a group of four; every crafted
-  imprint layer correlates at 1.0 in all its units.
+  no variance; in a second layer, directions the first layer never
+  produces) makes the rows differ in weight space (|cosine| 0.94 and less, 0.45
+  in the second layer) but not in what they measure, and 29-32 of 64 digits
+  were still rebuilt exactly. Reported when eight or more units' responses to
+  the client's examples (``W_i · x``, centred) correlate at ``|r| ≥ 0.999``
+  with four or more thresholds, on the first layer where it happens (the
+  layers after it see nothing but its one measurement). Benign zoo: largest
+  correlation between two first-layer units 0.996 (an MLP trained on two
+  classes, on digits 0 and 1); at most 4 units of any layer at 0.999 (a
+  hidden layer of that MLP trained from a zero head, whose two rows move every
+  hidden unit along one direction); every crafted imprint layer correlates at
+  1.0 in all its units.
 
-Only a first layer that is a Linear reading the whole flattened input is
-measured (the layer the inversion reads images from), on at most
-:data:`MAX_UNITS` units. References: Phong et al., IEEE TIFS 2018; Fowl et
-al., ICLR 2022; Boenisch et al., "When the Curious Abandon Honesty", IEEE
-EuroS&P 2023.
+Every ``nn.Linear`` that one forward pass applies once to a batch of feature
+vectors is measured (not one applied per token, nor one applied twice, nor
+the head), on at most :data:`MAX_UNITS` units. References: Phong et al., IEEE
+TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al., "When the Curious Abandon
+Honesty", IEEE EuroS&P 2023.
 """
 
 from __future__ import annotations
 
-import math
+import collections
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fedguard.attacks._head import find_first_layer, layer_input
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
 
-#: A unit fires rarely when at most this share of the client's examples switch it on.
+#: A unit is rare when at most this share of the client's examples reach it.
 RARE = 1 / 16
-#: FG803: share of the live units that fire rarely.
-RARE_SHARE = 0.5
-#: FG804: |correlation| of two units' responses that makes them one measurement, and the group size reported (the
-#: bins fc_inversion reads; MIN_GROUP is also the fewest rarely-firing units FG803 reports).
+#: FG803: share of a layer's reached units that are rare.
+RARE_SHARE = 0.35
+#: FG804: |correlation| of two units' responses that makes them one measurement; the fewest distinct thresholds among
+#: them (the bins fc_inversion reads; also the fewest rare units FG803 reports).
 SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
+#: FG804: the fewest units measuring one quantity: twice the largest honest group (4 units of a hidden layer of an MLP
+#: trained on two classes from a zero head, whose two rows move every hidden unit along one direction).
+MIN_SAME_UNITS = 8
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
 
 
-def first_layer_responses(module: nn.Module, inputs: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor] | None:
-    """``(name, W x, b)`` of the first layer on ``inputs`` (float64, ``[examples, units]`` and ``[units]``), or None
-    when the input does not meet a Linear layer that reads all of it at once."""
-    head = find_first_layer(module, tuple(inputs.shape[1:]), torch.device("cpu"))
-    if head is None or not isinstance(head.module, nn.Linear):
-        return None
-    layer = head.module
-    with evaluating(module), torch.no_grad():
-        seen = layer_input(module, layer, inputs.float())
-        if seen.shape[1] != layer.in_features or layer.in_features != math.prod(inputs.shape[1:]):
-            return None  # applied per token, or reading features rather than the input
-        weight = layer.weight[:MAX_UNITS].double()
-        bias = torch.zeros(len(weight), dtype=torch.float64) if layer.bias is None else layer.bias[:MAX_UNITS].double()
-        return head.name, seen.double() @ weight.T, bias
+@dataclass(frozen=True)
+class LinearSeen:
+    """One fully connected layer as one forward pass of the client's examples meets it."""
+
+    name: str
+    layer: nn.Linear
+    #: What the layer reads, ``[examples, in_features]``, float64.
+    inputs: torch.Tensor
+    #: The gradient of the summed cross-entropy at the layer's output, ``[examples, units]``: row ``n`` is example
+    #: ``n``'s own (in eval mode no layer mixes examples).
+    grad: torch.Tensor
+
+    def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
+        weight = self.layer.weight[:MAX_UNITS].detach().double()
+        bias = self.layer.bias[:MAX_UNITS].detach().double() if self.layer.bias is not None else weight.new_zeros(len(weight))
+        return self.inputs @ weight.T, bias
 
 
-def firing_rates(pre: torch.Tensor) -> torch.Tensor:
-    """Per unit, the share of the examples that switch it on; ``pre`` is ``[examples, units]`` pre-activations."""
-    return (pre > 0).double().mean(dim=0)
+def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> list[LinearSeen]:
+    """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` (eval mode) applies once to a
+    ``[examples, features]`` input, in the order it applies them, with what each read and its output's gradient; not
+    the head (the last one applied, when its output is as wide as the logits): the softmax reads every logit, no unit
+    of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity."""
+    calls: list[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]] = []  # in the order the forward pass makes them
+    names = {layer: name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
+
+    def record(layer, args, output):
+        calls.append((names[layer], layer, args[0].detach(), output))
+        output.retain_grad()
+
+    hooks = [layer.register_forward_hook(record) for layer in names]
+    try:
+        with evaluating(module), torch.enable_grad():
+            logits = module(inputs.float().clone().requires_grad_(True))  # every output has a gradient, frozen or not
+            if calls:
+                nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=[c[3] for c in calls])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    head = calls[-1][0] if calls and calls[-1][3].shape == logits.shape else None
+    times = collections.Counter(name for name, *_ in calls)
+    return [LinearSeen(name, layer, read.double(), output.grad.double()) for name, layer, read, output in calls
+            if name != head and times[name] == 1 and read.ndim == 2 and output.grad is not None and output.grad.ndim == 2]  # fmt: skip
 
 
-def rare_share(fires: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Share of the live units (firing for some example) that fire for at most :data:`RARE` of the examples, with the
-    rare and live masks, from :func:`firing_rates`."""
-    live = fires > 0
-    rare = live & (fires <= RARE)
+def reach_rates(grad: torch.Tensor) -> torch.Tensor:
+    """Per unit, the share of the examples whose gradient reaches it, from the output gradient ``[examples, units]``."""
+    return (grad != 0).double().mean(dim=0)
+
+
+def rare_share(rates: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Share of the reached units that at most :data:`RARE` of the examples reach, with the rare and reached masks,
+    from :func:`reach_rates`."""
+    live = rates > 0
+    rare = live & (rates <= RARE)
     return float(rare.sum()) / max(int(live.sum()), 1), rare, live
 
 
+def isolated_examples(grad: torch.Tensor) -> int:
+    """How many examples are each the only one whose gradient reaches some unit: the examples a server reads off the
+    layer's update exactly (that unit's weight gradient over its bias gradient)."""
+    reached = grad != 0
+    return int(reached[:, reached.sum(dim=0) == 1].any(dim=1).sum())
+
+
 @register_detector("responses")
-class FirstLayerResponses(Detector):
+class LayerResponses(Detector):
     name = "responses"
     needs = frozenset({NEEDS_DATA})
     rules = (
         Rule(
             "FG803", "sparse-firing",
-            "On the client's own data, most units of the first fully connected layer fire for one example or so.",
-            "A unit that only one example switches on hands that example to the server exactly: its weight "
-            "gradient divided by its bias gradient is the input. Biases set at a high quantile of each unit's "
-            "response make that happen with honest-looking weights. Do not train on this model.",
+            "On the client's own data, many units of a fully connected layer fire for one example or so.",
+            "A unit that only one example switches on hands that example's input to the layer to the server "
+            "exactly: its weight gradient divided by its bias gradient. Biases set at a high quantile of each "
+            "unit's response make that happen with honest-looking weights. Do not train on this model.",
             "Phong et al., IEEE TIFS 2018; Boenisch et al., When the Curious Abandon Honesty, IEEE EuroS&P 2023",
             url="https://eprint.iacr.org/2017/715",
         ),
         Rule(
             "FG804", "data-space-imprint",
-            "On the client's own data, several first-layer units measure one and the same quantity.",
+            "On the client's own data, several units of a fully connected layer measure one and the same quantity.",
             "Units whose responses to your examples are perfectly correlated bin the batch by one measurement, "
             "as Robbing the Fed's imprint layer does, whatever their weights look like; differences of "
             "neighbouring bins' gradients return single inputs. Do not train on this model.",
@@ -110,30 +168,34 @@ class FirstLayerResponses(Detector):
     )
 
     def run(self, context: InspectContext):
-        inputs, _ = context.data
-        measured = first_layer_responses(context.view.module, inputs)
-        if measured is None:
-            return
-        name, response, bias = measured
-        yield from self._sparse(name, response + bias, len(inputs))
-        yield from self._same(name, response, bias)
+        inputs, labels = context.data
+        binned = False
+        for seen in linear_layers_seen(context.view.module, inputs, labels):
+            yield from self._sparse(seen.name, seen.grad)
+            if not binned:  # the layers after one that bins the batch see nothing but that one measurement
+                same = list(self._same(seen.name, *seen.responses()))
+                binned = bool(same)
+                yield from same
 
-    def _sparse(self, name: str, pre: torch.Tensor, examples: int):
-        fires = firing_rates(pre)
-        share, rare, live = rare_share(fires)
+    def _sparse(self, name: str, grad: torch.Tensor):
+        rates = reach_rates(grad)
+        share, rare, live = rare_share(rates)
         if share >= RARE_SHARE and int(rare.sum()) >= MIN_GROUP:
+            isolated = isolated_examples(grad)
             yield self.finding(
-                "FG803", "First layer fires for single examples", Severity.HIGH, Confidence.MEDIUM, name,
-                f"On {examples} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
-                f"fire at all fire for at most {RARE:.0%} of them (median {float(fires[live].median()):.1%}): each "
-                "such unit's update is one of your inputs, exactly. Do not train on this model.",
+                "FG803", "Layer fires for single examples", Severity.HIGH, Confidence.MEDIUM, name,
+                f"On {len(grad)} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
+                f"fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; honest "
+                f"layers: at most 19 %), and {isolated} of your examples are each the only one to reach some unit: "
+                f"each such unit's update is that example's input to {name}, exactly. Do not train on this model.",
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
-                median_firing=rounded(fires[live].median()), limit=RARE_SHARE, examples=examples,
+                median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=len(grad),
+                isolated_examples=isolated,
             )
 
     def _same(self, name: str, response: torch.Tensor, bias: torch.Tensor):
         corr, index, norm = response_correlations(response)
-        if len(index) < MIN_GROUP:
+        if len(index) < MIN_SAME_UNITS:
             return
         close = corr.abs() >= SAME_RESPONSE
         best = int(close.sum(dim=1).argmax())
@@ -141,10 +203,10 @@ class FirstLayerResponses(Detector):
         # each unit's threshold on the shared measurement (a unit measuring minus the quantity has its sign flipped)
         thresholds = bias[group] / norm[group] * torch.sign(corr[best, close[best]])
         bins = 1 + int((thresholds.sort().values.diff() > 1e-4 * float(thresholds.abs().max())).sum())
-        if len(group) < MIN_GROUP or bins < MIN_GROUP:  # one threshold: an average, not bins (FG101's rows)
+        if len(group) < MIN_SAME_UNITS or bins < MIN_GROUP:  # one threshold: an average, not bins (FG101's rows)
             return
         yield self.finding(
-            "FG804", "First-layer units measure one quantity", Severity.HIGH, Confidence.HIGH, name,
+            "FG804", "Units measure one quantity", Severity.HIGH, Confidence.HIGH, name,
             f"On your examples, {len(group)} units of {name} respond in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) "
             f"with {bins} different thresholds: they bin your batch by one measurement so that neighbouring bins' "
             "gradients return single inputs (Robbing the Fed). Do not train on this model.",

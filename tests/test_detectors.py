@@ -100,9 +100,22 @@ def test_transmit_snr_flags_mkor_pass_through_first_layer():
 
 
 @pytest.mark.parametrize("label", ["trained/lenet5/3ep", "trained/convnet/2ep", "trained/mlp/3ep", "init/resnet18/seed0",
-                                   "init/mlp/seed0", "reinit/mlp/kaiming_normal", "pruned/mlp/trained-90pct"])
+                                   "init/mlp/seed0", "init/mlp/seed1", "init/lenet5/seed1", "reinit/mlp/kaiming_normal",
+                                   "pruned/mlp/trained-90pct", "fp16/lenet5/trained", "fp16rt/lenet5/init",
+                                   "fp16/mlp/trained", "fp16/vgg11/init", "fp16/mobilenet_v3_small/init"])
 def test_behavioural_checks_quiet_on_benign_models(label):
-    assert _behavioural(_entry(benign_entries(), label), n=64) == {}
+    import copy
+
+    entry = _entry(benign_entries(), label)
+    module = copy.deepcopy(entry.module).float()  # an fp16 entry's module is the float32 model it was cast from:
+    module.load_state_dict({k: v.float() for k, v in entry.state_dict.items()})  # the weights it was sent with
+    assert _with_data(module, entry.input_shape, ["gradient_snr", "responses"], 64) == {}
+
+
+def test_feature_fishing_that_keeps_the_row_is_fg202():
+    """The target row keeps its other weights: the one feature scaled x1000 stands out of them (FG202), beside FG201."""
+    rules = _rules_of(_entry(crafted_entries(), "feature_fishing/mlp/x1000-keeprow").state_dict)
+    assert "FG202" in rules and rules["FG202"].evidence["ratio_to_row_rms"] >= 50 and "FG201" in rules
 
 
 def _honest_mlp(seed: int = 0) -> torch.nn.Module:
@@ -121,6 +134,71 @@ def test_biases_at_a_high_quantile_of_each_units_response_are_sparse_firing():
     assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
     assert found["FG803"].evidence["rare_share"] >= 0.9
+
+
+def _sparse_firing(layer: torch.nn.Linear, inputs: torch.Tensor, share: float = 1.0) -> None:
+    """Set ``share`` of ``layer``'s units' biases at the 63/64 quantile of their response to ``inputs`` (public
+    digits): each fires for about one example of a batch of 64."""
+    with torch.no_grad():
+        planted = torch.randperm(layer.out_features, generator=torch.Generator().manual_seed(0))
+        planted = planted[: round(share * layer.out_features)]
+        response = inputs @ layer.weight[planted].T
+        layer.bias[planted] = -torch.quantile(response, 1 - 1 / 64, dim=0)
+
+
+def test_sparse_firing_in_half_a_layer_among_honest_units():
+    """An adaptive server plants just under half the units among honest ones, which fire for about half the examples:
+    the share of rare units had been compared with 50 %, passed at 48 %, and 35 of 64 digits were rebuilt exactly
+    (honest: 6)."""
+    model = _honest_mlp()
+    _sparse_firing(model[1], digits((1, 8, 8))[0][1::2][:512].flatten(1), share=0.49)
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert 0.35 <= found["FG803"].evidence["rare_share"] < 0.5 and found["FG803"].evidence["isolated_examples"] >= 24
+
+
+def test_sparse_firing_in_a_second_layer():
+    """Every unit of the second Linear fires for about one example: each hands the server that example's first-layer
+    features, from which it solves for the image (43 of 64 digits at >= 30 dB); only the first layer had been read."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                                torch.nn.ReLU(), torch.nn.Linear(256, 10))  # fmt: skip
+    with torch.no_grad():
+        features = model[2](model[1](digits((1, 8, 8))[0][1::2][:512].flatten(1)))
+    _sparse_firing(model[3], features)
+    assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG803"].layer == "3" and found["FG803"].evidence["rare_share"] >= 0.9
+
+
+def test_imprint_in_a_second_layer_with_dissimilar_rows():
+    """Robbing the Fed's bins moved to the second Linear, each row the brightness measurement through the first
+    layer plus three times its norm in directions the first layer never produces (|cosine| between rows 0.45 at
+    most): one measurement on the data (31 of 64 digits rebuilt at >= 30 dB), nothing in weight space."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                                torch.nn.ReLU(), torch.nn.Linear(256, 10))  # fmt: skip
+    public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
+    with torch.no_grad():
+        first = model[1].weight
+        model[1].bias.copy_(-(public @ first.T).min(dim=0).values + 0.05)  # on for every digit: affine, rank 64
+        through = first @ torch.linalg.solve(first.T @ first, torch.full((64,), 1 / 64))  # brightness through layer 1
+        unseen = torch.eye(256) - first @ torch.linalg.solve(first.T @ first, first.T)
+        noise = torch.randn(128, 256) @ unseen
+        rows = through + 3 * through.norm() * noise / noise.norm(dim=1, keepdim=True)
+        model[3].weight[:128] = rows
+        model[3].bias[:128] = -torch.quantile(public.mean(dim=1), (torch.arange(128) + 0.5) / 128) - rows @ model[1].bias
+    assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
+
+
+@pytest.mark.parametrize("width", [1024, 4096])
+def test_wide_honest_layers_are_not_sparse_firing(width):
+    """An honest layer isolates more examples the wider it is (19-25 of 64 at 1024 units, 39-46 at 4096), but the
+    share of its rarely reached units stays at 10-13.5 %: FG803 measures the share."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, 10))
+    assert _with_data(model, (1, 8, 8), ["responses"], n=64) == {}
 
 
 def test_imprint_rows_that_differ_only_where_the_data_never_varies_are_one_measurement():
@@ -621,10 +699,14 @@ def test_trap_rows_among_honest_rows_are_caught():
     entry = next(e for e in crafted_entries() if e.kind == "trap_weights" and e.state_dict[next(iter(e.state_dict))].ndim == 2)
     sd = {k: v.clone() for k, v in entry.state_dict.items()}
     name = next(k for k in sd if k.endswith("weight"))
+    torch.manual_seed(0)  # the honest rows were whatever the tests before had left the generator at
     honest = torch.nn.Linear(sd[name].shape[1], sd[name].shape[0])
     sd[name][::2] = honest.weight.detach()[::2]
     found = _rules_of(sd)["FG401"]
-    assert found.evidence["rows"] == sd[name].shape[0] // 2 and found.message.startswith(f"{sd[name].shape[0] // 2} of the")
+    # an honest row whose ratio falls within FG401's 0.2 % of the traps' own is counted with them: 0-2 of the 128
+    # over seeds 0-7 (the finding is the traps'; honest layers alone have no such group: benign spread >= 5.8 %)
+    traps = sd[name].shape[0] // 2
+    assert traps <= found.evidence["rows"] <= traps + 2 and found.message.startswith(f"{found.evidence['rows']} of the")
 
 
 def test_identity_init_alone_is_suspicious_not_malicious():
