@@ -720,8 +720,10 @@ def audit(
             resolve_input_shape(arch)
         except InputError:  # no default shape: in-memory data go in as they are, so theirs is the input shape
             input_shape = tuple(in_memory_batch(data)[0].shape[1:])
-    module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
+    # the data first: an --input-shape too large for them is refused before the model is built at that size (LeNet at
+    # 3x5000x5000 had allocated its classifier for 7 s before the data said 502 GiB)
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
+    module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
     logits = classifier_logits(module, x_all, "audit")
     n_out = logits.shape[1]
     if n_out == 1:  # softmax over one logit is 1 whatever the weights: the update would be zero everywhere

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# numpy's and scipy's BLAS read these when first imported (and the CLI tests' subprocesses inherit them): the small
+# solves here run faster on one thread, and far faster on a busy machine (a time-limited search had taken 2.0-6.7 s
+# under load against 1.1 s on one thread)
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny models run faster on one thread, and far faster on a busy machine (no OpenMP spinning)."""
+    """Tiny models run faster on one thread, and far faster on a busy machine (no OpenMP spinning): one collapsed
+    layer's test took 12.2 s on two threads and 0.39 s on one."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -56,9 +56,6 @@ from fedguard.update import compute_update
 SHAPE = (1, 8, 8)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return load_data("digits")

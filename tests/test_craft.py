@@ -24,9 +24,6 @@ CIFAR = (3, 32, 32)
 ALL = ("mkor", "class_fishing", "feature_fishing", "imprint", "trap_weights", "loki", "oversized_fc")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = float(((a - b) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)

@@ -18,9 +18,6 @@ from fedguard.loading import load_model_file
 ARCHES = tuple(ARCHITECTURES.names())
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

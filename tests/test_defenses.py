@@ -17,8 +17,6 @@ from fedguard.update import compute_update
 
 from .cli_checks import assert_input_error
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def batch():
