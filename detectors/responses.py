@@ -105,14 +105,16 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
 
     def record(layer, args, output):
         calls.append((names[layer], layer, args[0].detach(), output))
-        output.retain_grad()
+        if output.requires_grad:  # not where the model's own forward turns gradients off
+            output.retain_grad()
 
     hooks = [layer.register_forward_hook(record) for layer in names]
     try:
         with evaluating(module), torch.enable_grad():
             logits = module(inputs.float().clone().requires_grad_(True))  # every output has a gradient, frozen or not
-            if calls:
-                nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=[c[3] for c in calls])
+            outputs = [output for *_, output in calls if output.requires_grad]
+            if outputs and logits.requires_grad:
+                nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=outputs)
     finally:
         for hook in hooks:
             hook.remove()

@@ -156,12 +156,16 @@ def test_sparse_firing_in_half_a_layer_among_honest_units():
     assert 0.35 <= found["FG803"].evidence["rare_share"] < 0.5 and found["FG803"].evidence["isolated_examples"] >= 24
 
 
+def _two_hidden_layers() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                               torch.nn.ReLU(), torch.nn.Linear(256, 10))  # fmt: skip
+
+
 def test_sparse_firing_in_a_second_layer():
     """Every unit of the second Linear fires for about one example: each hands the server that example's first-layer
     features, from which it solves for the image (43 of 64 digits at >= 30 dB); only the first layer had been read."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))  # fmt: skip
+    model = _two_hidden_layers()
     with torch.no_grad():
         features = model[2](model[1](digits((1, 8, 8))[0][1::2][:512].flatten(1)))
     _sparse_firing(model[3], features)
@@ -174,9 +178,7 @@ def test_imprint_in_a_second_layer_with_dissimilar_rows():
     """Robbing the Fed's bins moved to the second Linear, each row the brightness measurement through the first
     layer plus three times its norm in directions the first layer never produces (|cosine| between rows 0.45 at
     most): one measurement on the data (31 of 64 digits rebuilt at >= 30 dB), nothing in weight space."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))  # fmt: skip
+    model = _two_hidden_layers()
     public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
     with torch.no_grad():
         first = model[1].weight
@@ -1091,3 +1093,21 @@ def test_a_layer_norm_over_several_dimensions_is_no_linear_layer(shape):
                 optimizer.step()
         found = {f.rule_id: f for f in static_findings(model.state_dict())}
         assert not found, {k: f.message for k, f in found.items()}
+
+
+def test_responses_on_a_model_that_turns_gradients_off_inside_its_forward():
+    """A frozen feature extractor run under no_grad inside forward: nothing to read there (nor any update), and the
+    check runs on instead of raising that it cannot keep the layer's gradient."""
+
+    class Frozen(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.head = torch.nn.Linear(64, 256), torch.nn.Linear(256, 10)
+
+        def forward(self, x):
+            with torch.no_grad():
+                h = torch.relu(self.features(x.flatten(1)))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    assert _with_data(Frozen(), (1, 8, 8), ["responses"], n=64) == {}
