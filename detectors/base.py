@@ -21,6 +21,8 @@ from fedguard.types import Confidence, Finding, Rule, Severity
 
 #: Everything a detector may look at.
 NEEDS_MODULE, NEEDS_DATA, NEEDS_REFERENCE = "module", "data", "reference"
+#: The command-line option that gives each (the data are run through --arch, which they need too).
+NEED_FLAGS = {NEEDS_MODULE: "--arch", NEEDS_DATA: "--data", NEEDS_REFERENCE: "--reference"}
 
 
 @dataclass(frozen=True)

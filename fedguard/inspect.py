@@ -28,7 +28,7 @@ from fedguard.architectures import check_input_shape, classifier_logits, first_l
 from fedguard.checks import is_whole
 from fedguard.data import data_sha256
 from fedguard.detectors import DETECTORS, all_rules, gradient_snr
-from fedguard.detectors.base import NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
+from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.detectors.drift import compare_shapes, folded_shapes, shape_summary
 from fedguard.errors import InputError, did_you_mean, keyword_names
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
@@ -204,7 +204,7 @@ def inspect_model(
     names = _detector_names(detectors)
     if detectors:  # a detector asked for by name must be able to run
         given = {NEEDS_MODULE: arch is not None, NEEDS_DATA: arch is not None and data is not None, NEEDS_REFERENCE: reference is not None}
-        options = {NEEDS_MODULE: "--arch", NEEDS_DATA: "--arch and --data", NEEDS_REFERENCE: "--reference"}
+        options = {**NEED_FLAGS, NEEDS_DATA: f"{NEED_FLAGS[NEEDS_MODULE]} and {NEED_FLAGS[NEEDS_DATA]}"}
         for name in names:
             missing = [options[need] for need in DETECTORS.get(name).needs if not given[need]]
             if missing:
@@ -320,7 +320,7 @@ def _run_detector(detector, context: InspectContext) -> list[Finding]:
     except Exception as exc:
         if not detector.needs & {NEEDS_MODULE, NEEDS_DATA}:
             raise  # a static check reads tensors only: its failure is fedguard's own, not the model's code
-        given = "--data" if NEEDS_DATA in detector.needs else "--arch"
+        given = NEED_FLAGS[NEEDS_DATA if NEEDS_DATA in detector.needs else NEEDS_MODULE]
         raise InputError(
             f"the {detector.name} check runs the model, which raised {first_line(exc)}; "
             f"fix the architecture's code, or drop {given} to run the checks that do not need it"
