@@ -22,3 +22,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh folder, the working directory for the test."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits as fedguard loads them: float ``[1797, 1, 8, 8]`` in [0, 1] and int64 labels."""
+    from fedguard.data import load_data
+
+    return load_data("digits")

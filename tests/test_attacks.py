@@ -49,80 +49,18 @@ from fedguard.data import load_data
 from fedguard.metrics import (
     PSNR_CAP, THRESHOLDS, baseline_psnr, class_image_scores, image_level, label_level, match, psnr, score, ssim, verdict_for,
 )
-from fedguard.threat import ServerView, ThreatModel
 from fedguard.types import AuditVerdict, Confidence, Finding, InspectionReport, LeakageLevel, Severity, Verdict
 from fedguard.update import compute_update
 
-SHAPE = (1, 8, 8)
+from .helpers import DIGITS_SHAPE as SHAPE
+from .helpers import lenet8, measure, one_per_class, server_view
 
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    return load_data("digits")
-
-
-def lenet(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model("lenet", input_shape=SHAPE)
 
 
 def batch_norm_mlp() -> nn.Module:
     """A 64-unit MLP with BatchNorm on 8x8 digits, seeded."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def one_per_class(y: torch.Tensor, k: int = 0) -> np.ndarray:
-    """Index of the k-th example of every class 0..9."""
-    return np.array([int(np.nonzero(y.numpy() == c)[0][k]) for c in range(10)])
-
-
-def server_view(
-    model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
-    index,
-    *,
-    protocol: str = "fedsgd",
-    local_steps: int = 1,
-    local_lr: float | None = None,
-    local_batch_size: int | None = None,
-    known_labels: bool = False,
-    auxiliary: bool = True,
-    seed: int = 0,
-    device: str = "cpu",
-) -> tuple[ServerView, torch.Tensor, torch.Tensor]:
-    """The update of ``model`` on ``data[index]`` as the server sees it (on ``device``), and the true batch."""
-    x, y = data
-    index = np.asarray(index)
-    bx, by = x[index], y[index]
-    model = model.to(device)
-    upd = compute_update(
-        model, bx.to(device), by.to(device), protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size
-    )
-    rest = np.random.default_rng(seed + 1).permutation(np.setdiff1d(np.arange(len(y)), index))[:512]
-    fedavg = protocol == "fedavg"
-    view = ServerView(
-        model=model,
-        tensors=upd.tensors,
-        protocol=protocol,
-        batch_size=len(index),
-        local_steps=upd.local_steps if fedavg else None,
-        local_lr=upd.local_lr if fedavg else None,
-        local_batch_size=upd.local_batch_size if fedavg else None,
-        num_classes=10,
-        input_shape=tuple(bx.shape[1:]),
-        threat=ThreatModel(labels="known" if known_labels else "infer"),
-        device=torch.device(device),
-        seed=seed,
-        labels=by.clone() if known_labels else None,
-        label_counts=torch.bincount(by, minlength=10) if known_labels else None,
-        auxiliary=(x[rest], y[rest]) if auxiliary else None,
-    )
-    return view, bx, by
-
-
-def measure(rec, bx, by, kind="images"):
-    return score(rec, bx, by, 10, title="t", reference="r", kind=kind)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -365,7 +303,7 @@ def test_registry_lists_every_builtin_attack_in_audit_order():
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
 def test_idlg_recovers_the_label_of_single_examples_of_every_class(digits, protocol):
-    model = lenet(0)
+    model = lenet8(0)
     found = []
     for i in one_per_class(digits[1], k=1):
         view, bx, by = server_view(model, digits, [i], protocol=protocol, local_steps=5, local_lr=0.1)
@@ -390,7 +328,7 @@ def test_idlg_reads_the_weight_rows_of_a_head_without_bias(digits):
 
 
 def test_idlg_applies_only_to_one_example(digits):
-    view, _, _ = server_view(lenet(0), digits, [0, 1])
+    view, _, _ = server_view(lenet8(0), digits, [0, 1])
     assert "one example" in IDLG().applies(view)
 
 
@@ -403,7 +341,7 @@ def test_idlg_applies_only_to_one_example(digits):
 def test_label_counts_are_exact_for_a_small_batch(digits, protocol, steps, lr, minibatch, seed):
     index = np.sort(np.random.default_rng(seed).choice(len(digits[1]), 8, replace=False))
     view, bx, by = server_view(
-        lenet(seed), digits, index, protocol=protocol, local_steps=steps, local_lr=lr, local_batch_size=minibatch, seed=seed
+        lenet8(seed), digits, index, protocol=protocol, local_steps=steps, local_lr=lr, local_batch_size=minibatch, seed=seed
     )
     assert LabelCounts().applies(view) is None
     rec = LabelCounts().run(view, Budget(1))
@@ -416,7 +354,7 @@ def test_label_counts_are_exact_for_a_small_batch(digits, protocol, steps, lr, m
 
 def test_label_counts_without_public_data_and_with_a_bias_free_head(digits):
     index = np.sort(np.random.default_rng(3).choice(len(digits[1]), 8, replace=False))
-    view, _, by = server_view(lenet(3), digits, index, auxiliary=False)
+    view, _, by = server_view(lenet8(3), digits, index, auxiliary=False)
     rec = LabelCounts().run(view, Budget(1))
     assert rec.details["server_data"] == "noise"
     assert rec.label_counts.tolist() == torch.bincount(by, minlength=10).tolist()
@@ -431,7 +369,7 @@ def test_label_counts_without_public_data_and_with_a_bias_free_head(digits):
 def test_label_counts_skip_fedavg_without_the_local_schedule(digits):
     import dataclasses
 
-    view, _, _ = server_view(lenet(0), digits, [0, 1, 2], protocol="fedavg", local_steps=2, local_lr=0.1)
+    view, _, _ = server_view(lenet8(0), digits, [0, 1, 2], protocol="fedavg", local_steps=2, local_lr=0.1)
     view = dataclasses.replace(view, local_steps=None, local_lr=None)
     assert "local schedule" in LabelCounts().applies(view)
 
@@ -453,7 +391,7 @@ def test_label_counts_statistics_stop_at_the_time_budget_and_at_ctrl_c(digits, p
             return self.inner(x)
 
     fedavg = dict(protocol="fedavg", local_steps=2, local_lr=0.05) if protocol == "fedavg" else {}
-    view, _, by = server_view(Slow(lenet(0)), digits, np.arange(8), **fedavg)
+    view, _, by = server_view(Slow(lenet8(0)), digits, np.arange(8), **fedavg)
     start = time.perf_counter()
     rec = LabelCounts().run(view, Budget(1, seconds=0.3))
     assert time.perf_counter() - start < 3.0  # the whole pass: 512 examples in chunks of 8, 64 forwards per point
@@ -573,7 +511,7 @@ def test_public_examples_for_the_statistics_are_capped_by_their_forward_cost(mon
 @pytest.mark.parametrize("batch", [1, 2])
 def test_dlg_rebuilds_tiny_digits_without_knowing_the_labels(digits, batch):
     index = one_per_class(digits[1])[[4, 7][:batch]]
-    view, bx, by = server_view(lenet(0), digits, index)
+    view, bx, by = server_view(lenet8(0), digits, index)
     assert DLG().applies(view) is None
     rec = DLG().run(view, Budget(50))
     out = measure(rec, bx, by)
@@ -591,7 +529,7 @@ def test_dlg_keeps_fewer_curvature_pairs_where_torchs_100_would_not_fit(digits, 
     # The history is allocated up front: 100 pairs for the 1797 digits with 4 starts had asked for 17.7 GB.
     import fedguard.attacks.dlg as dlg
 
-    view, _, _ = server_view(lenet(0), digits, [0, 1], known_labels=True)
+    view, _, _ = server_view(lenet8(0), digits, [0, 1], known_labels=True)
     unknowns = 2 * 2 * math.prod(SHAPE)  # starts x batch x image
     assert "history 100" in DLG(starts=2).run(view, Budget(1)).details["optimizer"]
     monkeypatch.setattr(dlg, "HISTORY_BYTES", 2 * 7 * unknowns * 4)
@@ -601,13 +539,13 @@ def test_dlg_keeps_fewer_curvature_pairs_where_torchs_100_would_not_fit(digits, 
 
 
 def test_dlg_skips_fedavg(digits):
-    view, _, _ = server_view(lenet(0), digits, [0], protocol="fedavg", local_steps=2, local_lr=0.1)
+    view, _, _ = server_view(lenet8(0), digits, [0], protocol="fedavg", local_steps=2, local_lr=0.1)
     assert "FedSGD" in DLG().applies(view)
 
 
 def test_inverting_gradients_rebuilds_tiny_digits_far_above_the_baseline(digits):
     index = one_per_class(digits[1])[[2, 8]]
-    view, bx, by = server_view(lenet(1), digits, index, known_labels=True, seed=1)
+    view, bx, by = server_view(lenet8(1), digits, index, known_labels=True, seed=1)
     assert InvertingGradients().applies(view) is None
     rec = InvertingGradients(tv=0.0).run(view, Budget(200))
     out = measure(rec, bx, by)
@@ -623,7 +561,7 @@ def test_inverting_gradients_rebuilds_tiny_digits_far_above_the_baseline(digits)
 
 def test_inverting_gradients_unrolls_fedavg_local_steps(digits):
     index = one_per_class(digits[1])[[2, 8]] + 2
-    view, bx, by = server_view(lenet(2), digits, index, protocol="fedavg", local_steps=3, local_lr=0.1, known_labels=True, seed=2)
+    view, bx, by = server_view(lenet8(2), digits, index, protocol="fedavg", local_steps=3, local_lr=0.1, known_labels=True, seed=2)
     assert InvertingGradients().applies(view) is None
     rec = InvertingGradients(tv=0.0).run(view, Budget(200))
     out = measure(rec, bx, by)
@@ -634,7 +572,7 @@ def test_inverting_gradients_unrolls_fedavg_local_steps(digits):
 
 
 def test_inverting_gradients_needs_labels(digits):
-    view, _, _ = server_view(lenet(0), digits, [0, 1])
+    view, _, _ = server_view(lenet8(0), digits, [0, 1])
     assert "labels" in InvertingGradients().applies(view)
 
 
@@ -644,7 +582,7 @@ def test_inverting_gradients_needs_labels(digits):
 @pytest.mark.parametrize("engine", ["vmap", "loop"])
 def test_attacks_are_deterministic_for_a_seed(digits, engine):
     # Each engine on its own; "auto" is a fixed choice between them (test below).
-    model = lenet(0)
+    model = lenet8(0)
     index = [5, 9]
     v0, _, _ = server_view(model, digits, index, known_labels=True, seed=0)
     a = DLG(starts=2, engine=engine).run(v0, Budget(3))
@@ -661,7 +599,7 @@ def test_attacks_are_deterministic_for_a_seed(digits, engine):
 
 def test_auto_engine_is_a_fixed_choice_so_a_seed_gives_the_same_result(digits):
     # vmap and loop round differently; "auto" must pick by a rule, not by timing.
-    view, _, _ = server_view(lenet(0), digits, [5, 9], known_labels=True, seed=0)
+    view, _, _ = server_view(lenet8(0), digits, [5, 9], known_labels=True, seed=0)
     a = DLG(starts=2).run(view, Budget(3))
     b = DLG(starts=2).run(view, Budget(3))
     assert a.details["engine"] == b.details["engine"]
@@ -675,7 +613,7 @@ def test_loop_engine_runs_guesses_side_by_side_with_the_numbers_of_one_at_a_time
     # With two threads the loop engine splits three guesses between two workers (one extra model copy).
     from fedguard.attacks._matching import MatchingObjective, ServerModel
 
-    view, _, _ = server_view(lenet(0), digits, [5, 9, 11], protocol=protocol, local_steps=2, local_lr=0.01, local_batch_size=2)
+    view, _, _ = server_view(lenet8(0), digits, [5, 9, 11], protocol=protocol, local_steps=2, local_lr=0.01, local_batch_size=2)
     objective = MatchingObjective(ServerModel(view), list(view.tensors.values()), distance="cosine", tv_weight=0.01, engine="loop")
     gen = torch.Generator().manual_seed(0)
     z, logits = torch.rand(3, 3, *SHAPE, generator=gen), torch.randn(3, 3, 10, generator=gen)
@@ -736,7 +674,7 @@ def test_split_convolutions_give_torch_s_update_and_image_gradient(conv, local_s
 def test_an_interrupted_attack_keeps_a_result(digits):
     import threading
 
-    view, bx, by = server_view(lenet(0), digits, [0, 1], known_labels=True)
+    view, bx, by = server_view(lenet8(0), digits, [0, 1], known_labels=True)
     stop = threading.Event()
     stop.set()
     rec = InvertingGradients().run(view, Budget(100, None, stop))
@@ -776,7 +714,7 @@ def test_fc_inversion_rebuilds_examples_that_own_rows(digits):
 
 
 def test_fc_inversion_applies_only_to_a_linear_layer_on_the_input(digits):
-    view, _, _ = server_view(lenet(0), digits, [0], seed=0)
+    view, _, _ = server_view(lenet8(0), digits, [0], seed=0)
     assert "convolution first" in FCInversion().applies(view)
     no_bias = nn.Sequential(nn.Flatten(), nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 10))
     view, _, _ = server_view(no_bias, digits, [0], seed=0)

@@ -27,16 +27,11 @@ from click.testing import CliRunner
 from fedguard.cli import main
 
 from .cli_checks import assert_input_error, assert_no_crash
+from .helpers import lenet8
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--arch", "lenet", "--input-shape", "1,8,8"]
 FAST = ["--max-iterations", "30", "--time-budget", "60"]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +67,6 @@ def digits_npz(path: Path, n: int = 6, start: int = 0) -> tuple[torch.Tensor, to
     x, y = x[start : start + n], y[start : start + n]
     np.savez(path, x=x[:, 0].numpy(), y=y.numpy())
     return x, y
-
-
-def lenet8(seed: int = 0):
-    from fedguard.architectures import build_model
-
-    torch.manual_seed(seed)
-    return build_model("lenet", input_shape=(1, 8, 8))
 
 
 # --------------------------------------------------------------------------- the report

@@ -34,6 +34,7 @@ from fedguard.architectures import build_model
 from fedguard.cli import main
 
 from .cli_checks import assert_input_error, assert_no_crash
+from .helpers import tiny_state_dict
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "reports" / "schemas" / "inspect-report.schema.json"
 ANSI = "\x1b["
@@ -54,18 +55,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
         key = str(path.relative_to(root))
         state[key] = ("dir",) if path.is_dir() else (path.read_bytes(), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
     return state
-
-
-def tiny_state_dict() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture
@@ -944,6 +933,7 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
         runs.append({p.name: p.read_bytes() for p in (workdir / "demo" / "models").iterdir()})
     assert runs[0] == runs[1]
     assert "MALICIOUS" in result.output and (workdir / "demo" / "summary.html").is_file()
+    assert result.output.splitlines()[-1] == "Every verdict as expected: the 2 honest models clean, the 8 others malicious."
     page = (workdir / "demo" / "summary.html").read_text(encoding="utf-8")
     assert "honest LeNet-5, trained 2 epochs on digits" in page  # which models are meant to be benign
     assert "not loaded (it would run code)" in page  # the trojan's parameters are not counted as 0
@@ -962,6 +952,24 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     torch.save(tiny_state_dict(), mkor)  # your model under a demo's name beside the demo's report: it had been replaced
     line = assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
     assert f"already holds {mkor}, which no earlier demo wrote" in line and mkor.read_bytes() != runs[0][mkor.name]
+
+
+def test_a_demo_verdict_not_as_expected_is_named_and_exits_1(workdir, monkeypatch):
+    """The demo checks its own verdicts: a crafted model an inspection calls clean is a failure, not a line to
+    overlook in the table."""
+    import fedguard.demo
+    from fedguard.types import Verdict
+
+    def one_model(folder, inputs, labels):
+        path = folder / "mkor-lenet5.pt"
+        torch.save(tiny_state_dict(), path)
+        return [fedguard.demo.DemoModel("a crafted model that is not", path, {}, Verdict.MALICIOUS)]
+
+    monkeypatch.setattr(fedguard.demo, "_write_models", one_model)
+    result = invoke("demo", "--output-dir", workdir / "demo")
+    assert_no_crash(result)
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == "not as expected: mkor-lenet5.pt reads clean, where it should read malicious"
 
 
 def test_an_interrupted_demo_leaves_no_models_it_did_not_report_on(workdir, monkeypatch):

@@ -22,22 +22,17 @@ from fedguard.exposure import FederationSettings
 from fedguard.types import LeakageLevel
 from fedguard.update import compute_update
 
-from .test_attacks import lenet, measure, one_per_class, server_view
+from .helpers import lenet8, measure, one_per_class, server_view
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    return load_data("digits")
 
 
 @pytest.mark.parametrize("defense", [DPSGD(1e-9, max_grad_norm=0.5), GaussianNoise(1e-9)])
 def test_a_defended_update_on_the_gpu_is_the_cpu_update(digits, defense):
     """Opacus' per-example clipping, and noise (negligible here), give on the GPU the update they give on the CPU."""
     x, y = digits[0][:8], digits[1][:8]
-    cpu = compute_update(lenet(0), x, y, defense=defense)
-    gpu = compute_update(lenet(0).cuda(), x.cuda(), y.cuda(), defense=defense)
+    cpu = compute_update(lenet8(0), x, y, defense=defense)
+    gpu = compute_update(lenet8(0).cuda(), x.cuda(), y.cuda(), defense=defense)
     for name, tensor in cpu.tensors.items():
         assert gpu.tensors[name].is_cuda
         torch.testing.assert_close(gpu.tensors[name].cpu(), tensor, rtol=1e-3, atol=1e-5)
@@ -46,8 +41,8 @@ def test_a_defended_update_on_the_gpu_is_the_cpu_update(digits, defense):
 @pytest.mark.parametrize(("protocol", "steps", "lr"), [("fedsgd", 1, None), ("fedavg", 3, 0.1)])
 def test_the_update_on_the_gpu_is_the_cpu_update(digits, protocol, steps, lr):
     x, y = digits[0][:16], digits[1][:16]
-    cpu = compute_update(lenet(0), x, y, protocol=protocol, local_steps=steps, local_lr=lr)
-    gpu = compute_update(lenet(0).cuda(), x.cuda(), y.cuda(), protocol=protocol, local_steps=steps, local_lr=lr)
+    cpu = compute_update(lenet8(0), x, y, protocol=protocol, local_steps=steps, local_lr=lr)
+    gpu = compute_update(lenet8(0).cuda(), x.cuda(), y.cuda(), protocol=protocol, local_steps=steps, local_lr=lr)
     for name, tensor in cpu.tensors.items():
         assert gpu.tensors[name].is_cuda
         torch.testing.assert_close(gpu.tensors[name].cpu(), tensor, rtol=1e-3, atol=1e-5)
@@ -56,11 +51,11 @@ def test_the_update_on_the_gpu_is_the_cpu_update(digits, protocol, steps, lr):
 @pytest.mark.parametrize("engine", ["vmap", "loop"])
 def test_dlg_and_inverting_gradients_rebuild_digits_on_the_gpu(digits, engine):
     index = one_per_class(digits[1])[[2, 8]]
-    view, bx, by = server_view(lenet(1), digits, index, known_labels=True, seed=1, device="cuda")
+    view, bx, by = server_view(lenet8(1), digits, index, known_labels=True, seed=1, device="cuda")
     rec = InvertingGradients(tv=0.0, engine=engine).run(view, Budget(200))
     assert rec.images.device.type == "cpu" and rec.details["engine"] == engine
     assert measure(rec, bx, by).psnr_mean >= 30.0  # CPU: 43-99 dB
-    view, bx, by = server_view(lenet(0), digits, index[:1], device="cuda")
+    view, bx, by = server_view(lenet8(0), digits, index[:1], device="cuda")
     out = measure(DLG(engine=engine).run(view, Budget(50)), bx, by)
     assert out.psnr_mean >= 40.0 and out.label_accuracy == 1.0  # CPU: 56-82 dB
 
@@ -123,14 +118,14 @@ def test_a_model_on_the_gpu_is_audited_and_crafted():
     the CPU and hands it back on the GPU."""
     from fedguard.attacks.craft import CRAFTERS, READS_DATA, craft
 
-    model = lenet(0).cuda()
+    model = lenet8(0).cuda()
     report = audit(model, arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=4, device="cuda",
                    attacks=["dlg"], max_iterations=5)  # fmt: skip
     assert report.outcome("dlg") is not None and next(model.parameters()).is_cuda
     data = load_data("digits")[0][:64]
     for name in CRAFTERS.names():
         public = data if name in READS_DATA else None
-        on_cpu = craft(name, lenet(0), input_shape=(1, 8, 8), data=public).state_dict()
+        on_cpu = craft(name, lenet8(0), input_shape=(1, 8, 8), data=public).state_dict()
         on_gpu = craft(name, model, input_shape=(1, 8, 8), data=None if public is None else public.cuda()).state_dict()
         assert on_gpu.keys() == on_cpu.keys() and all(on_gpu[k].is_cuda for k in on_gpu), name
         for key, tensor in on_cpu.items():

@@ -23,11 +23,6 @@ def test_builtin_names():
     assert DATASETS == ("digits", "images")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
-
-
 def test_digits(digits):
     x, y = digits
     _check(x, y, (1, 8, 8))

@@ -16,17 +16,13 @@ from fedguard.errors import InputError
 from fedguard.update import compute_update
 
 from .cli_checks import assert_input_error
+from .helpers import lenet8
 
 
 @pytest.fixture(scope="module")
 def batch():
     x, y = load_data("digits")
     return x[:8], y[:8]
-
-
-def _lenet(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model("lenet", input_shape=(1, 8, 8))
 
 
 def _max_difference(a, b) -> float:
@@ -37,7 +33,7 @@ def test_dp_sgd_clips_each_example_and_averages(batch):
     """With noise negligible, DP-SGD's FedSGD update is the mean of the per-example gradients each clipped to C
     (computed one example at a time here); with C above every example's norm it is the plain gradient."""
     x, y = batch
-    model = _lenet()
+    model = lenet8()
     clip = 0.5
     clipped = []
     for i in range(len(y)):
@@ -61,7 +57,7 @@ def test_dp_sgd_noise_epsilon_and_seed(batch):
     from opacus.accountants import RDPAccountant
 
     x, y = batch
-    model = _lenet()
+    model = lenet8()
     dp = DPSGD(1.0, max_grad_norm=1.0, delta=1e-5)
     clean = compute_update(model, x, y, defense=DPSGD(1e-9))
     noisy = compute_update(model, x, y, defense=dp, seed=3)
@@ -82,7 +78,7 @@ def test_dp_sgd_noise_epsilon_and_seed(batch):
 def test_pruning_and_noise_change_the_update_as_named(batch):
     """Pruning zeroes the stated share of each tensor, smallest magnitudes first; noise has the stated std."""
     x, y = batch
-    model = _lenet()
+    model = lenet8()
     plain = compute_update(model, x, y).tensors
     pruned = compute_update(model, x, y, defense=Pruning(0.9)).tensors
     for name, value in pruned.items():
@@ -102,13 +98,13 @@ def test_a_batchnorm_model_and_bad_settings_are_refused(batch):
     with pytest.raises(InputError, match="DP-SGD cannot train this model: it has BatchNorm2d"):
         compute_update(convnet, x, y, defense=DPSGD(1.0))
     for bad, match in ((lambda: DPSGD(0.0), "--noise-multiplier"), (lambda: DPSGD(1.0, delta=0.5), "--delta 0.5 is no guarantee"),
-                       (lambda: compute_update(_lenet(), x, y, defense=DPSGD(1e-200)), "would round to nothing"),
+                       (lambda: compute_update(lenet8(), x, y, defense=DPSGD(1e-200)), "would round to nothing"),
                        (lambda: Pruning(1.0), "would upload nothing"), (lambda: GaussianNoise(-1), "--noise-std"),
                        (lambda: GaussianNoise(1e39), r"--noise-std 1e\+39 is beyond float32's range"),  # had been inf
                        (lambda: DPSGD(1.0, max_grad_norm=1e39), r"times --max-grad-norm 1e\+39 is noise beyond float32's"),
                        (lambda: parse_defense("dp-sgd"), "needs --noise-multiplier"),
                        (lambda: parse_defense("prune"), "needs --prune-fraction"),
-                       (lambda: compute_update(_lenet(), x, y, defense="dp-sgd"), "pass a fedguard.defenses")):  # fmt: skip
+                       (lambda: compute_update(lenet8(), x, y, defense="dp-sgd"), "pass a fedguard.defenses")):  # fmt: skip
         with pytest.raises(InputError, match=match):
             bad()
 
@@ -154,8 +150,8 @@ def test_a_layer_that_mixes_examples_is_refused_and_a_short_last_batch_is_its_ow
         with pytest.raises(InputError, match="the mean of its per-example gradients is .* off the batch's gradient"):
             compute_update(mixer, x, y, defense=DPSGD(1.0))
     schedule = dict(protocol="fedavg", local_steps=3, local_lr=0.1, local_batch_size=3)
-    plain = compute_update(_lenet(), x, y, **schedule)
-    private = compute_update(_lenet(), x, y, defense=DPSGD(1e-9, max_grad_norm=100.0), **schedule)
+    plain = compute_update(lenet8(), x, y, **schedule)
+    private = compute_update(lenet8(), x, y, defense=DPSGD(1e-9, max_grad_norm=100.0), **schedule)
     assert _max_difference(private.tensors, plain.tensors) < 1e-6
 
 
@@ -174,7 +170,7 @@ def test_dp_sgd_without_opacus_says_how_to_install_it(batch, monkeypatch):
     for module in ("opacus.grad_sample", "opacus.accountants"):
         monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     with pytest.raises(InputError, match=r"needs Opacus; install it with pip install 'fedguard\[dp\]'"):
-        compute_update(_lenet(), *batch, defense=DPSGD(1.0))
+        compute_update(lenet8(), *batch, defense=DPSGD(1.0))
 
 
 def test_the_audit_attacks_the_defended_update():
@@ -210,7 +206,7 @@ def test_the_audit_attacks_the_defended_update():
 )
 def test_cli_defense_options_are_checked(tmp_path, args, message):
     model = tmp_path / "model.pt"
-    torch.save(_lenet().state_dict(), model)
+    torch.save(lenet8().state_dict(), model)
     argv = ["audit", "--arch", "lenet", "--input-shape", "1,8,8", "--data", "digits", "--no-exposure",
             *[a.format(model=model) for a in args]]  # fmt: skip
     assert message in assert_input_error(CliRunner().invoke(main, argv))

@@ -31,14 +31,10 @@ from fedguard.inspect import inspect_model
 from fedguard.loading import CODE_IMPORT_RULE, load_model_file
 from fedguard.types import Severity, Verdict
 
+from .helpers import tiny_state_dict
+
 
 # --------------------------------------------------------------------------- models
-
-
-def tiny_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def bn_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -67,6 +67,7 @@ from torch.nn.utils import prune
 
 from fedguard.architectures import ARCHITECTURES, build_model, resolve_input_shape
 from fedguard.attacks.craft import CRAFTERS, craft
+from fedguard.data import load_data
 
 __all__ = [
     "ZooEntry",
@@ -108,18 +109,8 @@ class ZooEntry:
 @lru_cache(maxsize=None)
 def digits(input_shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:
     """sklearn digits as float ``[N, C, H, W]`` in [0, 1] and int64 labels, resized to ``input_shape``."""
-    try:
-        from fedguard.data import load_data
-
-        x, y = load_data("digits", input_shape=tuple(input_shape))
-        return x.float(), y.long()
-    except ImportError:  # pragma: no cover - only before fedguard.data exists
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-        x = nn.functional.interpolate(x, size=tuple(input_shape[1:]), mode="bilinear", align_corners=False)
-        return x.repeat(1, input_shape[0], 1, 1).clamp(0, 1), torch.as_tensor(d.target, dtype=torch.int64)
+    x, y = load_data("digits", input_shape=tuple(input_shape))
+    return x.float(), y.long()
 
 
 def _public(input_shape: Shape) -> torch.Tensor:
