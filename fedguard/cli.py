@@ -202,10 +202,15 @@ def rules_command(fmt):
 @click.option("--output-dir", type=click.Path(), default="demo-output", show_default=True,
               help="Folder for the crafted models and the HTML summary (created if missing; the demo's own files in it are replaced on each run).")
 def demo_command(output_dir):
-    """Craft malicious and benign models on built-in data, inspect each, write an HTML summary."""
+    """Craft malicious and benign models on built-in data, inspect each, write an HTML summary.
+
+    Exit status: 0 when every model reads as it should (the honest ones clean, the crafted ones malicious), 1 when
+    one does not, 2 on bad input.
+    """
     from fedguard.demo import run_demo
 
-    run_demo(output_dir, echo=click.echo)
+    if any(report.verdict != model.expected for model, report in run_demo(output_dir, echo=click.echo)):
+        sys.exit(1)
 
 
 from fedguard.audit_cli import audit_command  # noqa: E402  (``fedguard audit``: self-attack the pending update)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 
 from fedguard.errors import InputError
 from fedguard.reports.base import printable
+from fedguard.types import InspectionReport, Verdict
 
 ARCH, SHAPE = "lenet5", (1, 28, 28)
 #: Digits the behavioural checks take as the client's data.
@@ -40,6 +41,16 @@ TITLE = "fedguard demo: inspected global models"
 #: Every model file the demo writes under ``models/``; each gets a JSON report ``<stem>.json`` beside summary.html.
 MODEL_FILES = ("benign-lenet5.pt", *(f"{attack}-lenet5.pt" for attack, _ in CRAFTED),
                "imprint-mlp.safetensors", "flower-benign-lenet5.npz", "trojan-lenet5.pt")  # fmt: skip
+
+
+class DemoModel(NamedTuple):
+    """A model the demo writes: what it is, where, the options a client inspects it with, and the verdict an
+    inspection must give it (clean for the honest ones)."""
+
+    description: str
+    path: Path
+    options: dict
+    expected: Verdict
 
 
 class _PrintsWhenUnpickled:
@@ -65,9 +76,8 @@ def _train_benign(inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> nn.M
     return model
 
 
-def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> list[tuple[str, Path, dict]]:
-    """Save the demo's models (atomically, mode 0600, as craft writes); return (description, path, inspect options)
-    for each."""
+def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> list[DemoModel]:
+    """Save the demo's models (atomically, mode 0600, as craft writes) and return them."""
     from fedguard.attacks.craft import READS_DATA, craft, craft_model
     from fedguard.craft_cli import serialise
     from fedguard.io import write_atomic
@@ -79,31 +89,31 @@ def _write_models(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> l
 
     path = folder / "benign-lenet5.pt"
     write_atomic(path, serialise(benign.state_dict(), path.suffix))
-    models.append(("honest LeNet-5, trained 2 epochs on digits", path, client))
+    models.append(DemoModel("honest LeNet-5, trained 2 epochs on digits", path, client, Verdict.CLEAN))
 
     for attack, description in CRAFTED:
         public = inputs[:256] if attack in READS_DATA else None  # the crafters that calibrate on the server's data
         crafted = craft(attack, benign, input_shape=SHAPE, num_classes=10, data=public, seed=1)
         path = folder / f"{attack}-lenet5.pt"
         write_atomic(path, serialise(crafted.state_dict(), path.suffix))
-        models.append((description, path, client))
+        models.append(DemoModel(description, path, client, Verdict.MALICIOUS))
 
     imprinted = craft_model("imprint", "mlp", input_shape=SHAPE, data=inputs[:256], seed=2)
     path = folder / "imprint-mlp.safetensors"
     write_atomic(path, serialise(imprinted.state_dict(), path.suffix))
-    models.append(("Robbing the Fed imprint block in front of an MLP (safetensors)", path, {}))
+    models.append(DemoModel("Robbing the Fed imprint block in front of an MLP (safetensors)", path, {}, Verdict.MALICIOUS))
 
     path = folder / "flower-benign-lenet5.npz"
     flower = io.BytesIO()
     np.savez(flower, *[v.numpy() for v in benign.state_dict().values()])
     write_atomic(path, flower.getvalue())
-    models.append(("honest LeNet-5 as a Flower list of ndarrays (.npz)", path, {"arch": ARCH}))
+    models.append(DemoModel("honest LeNet-5 as a Flower list of ndarrays (.npz)", path, {"arch": ARCH}, Verdict.CLEAN))
 
     path = folder / "trojan-lenet5.pt"
     trojan = io.BytesIO()  # a torch checkpoint as torch.save writes it (byte-identical between runs), payload inside
     torch.save({**benign.state_dict(), "payload": _PrintsWhenUnpickled()}, trojan)
     write_atomic(path, trojan.getvalue())
-    models.append(("state_dict with a code-executing pickle payload", path, {}))
+    models.append(DemoModel("state_dict with a code-executing pickle payload", path, {}, Verdict.MALICIOUS))
     return models
 
 
@@ -137,8 +147,8 @@ def _demo_model(model_file: Path, report_file: Path) -> bool:
     return recorded == sha256_of(model_file)
 
 
-def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> list:
-    """Craft, inspect and report; returns the inspection reports."""
+def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> list[tuple[DemoModel, InspectionReport]]:
+    """Craft, inspect and report; returns each model the demo wrote with its inspection report."""
     if not str(output_dir).strip():
         raise InputError("--output-dir is empty; name a folder for the demo's models and reports, e.g. demo-output")
     output_dir = Path(output_dir)
@@ -179,7 +189,7 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
         raise
 
 
-def _demo(output_dir: Path, echo: Callable[[str], None]) -> list:
+def _demo(output_dir: Path, echo: Callable[[str], None]) -> list[tuple[DemoModel, InspectionReport]]:
     """The demo's work in ``output_dir``, whose ``models`` folder exists."""
     from fedguard.data import load_data
     from fedguard.inspect import inspect_model, rules
@@ -196,14 +206,14 @@ def _demo(output_dir: Path, echo: Callable[[str], None]) -> list:
     all_rules = rules()
     reports = []
     echo(f"\n{'verdict':<11} {'findings':>8}  model")
-    for description, path, options in models:
-        report = inspect_model(path, **options)
+    for model in models:
+        report = inspect_model(model.path, **model.options)
         reports.append(report)
         ids = ", ".join(sorted({f.rule_id for f in report.findings})) or "-"
-        echo(f"{str(report.verdict).upper():<11} {len(report.findings):>8}  {path.name}: {description} [{ids}]")
-        write_atomic(output_dir / f"{path.stem}.json", render("json", report, all_rules))
+        echo(f"{str(report.verdict).upper():<11} {len(report.findings):>8}  {model.path.name}: {model.description} [{ids}]")
+        write_atomic(output_dir / f"{model.path.stem}.json", render("json", report, all_rules))
     summary = output_dir / "summary.html"
-    honest = sum(description.startswith("honest") for description, _, _ in models)
+    honest = sum(model.expected is Verdict.CLEAN for model in models)
     introduction = (
         f"fedguard inspected {len(models)} global models a federated-learning client might receive: {honest} honest "
         f"and {len(models) - honest} that a malicious server could send, crafted as the papers named beside them "
@@ -212,8 +222,13 @@ def _demo(output_dir: Path, echo: Callable[[str], None]) -> list:
         "model's section gives its findings per layer with their evidence, and the rules that fired are explained "
         "at the end."
     )
-    page = render_summary(reports, all_rules, title=TITLE, descriptions=[description for description, _, _ in models],
+    page = render_summary(reports, all_rules, title=TITLE, descriptions=[model.description for model in models],
                           introduction=introduction)  # fmt: skip
     write_atomic(summary, page)
     echo(f"\nHTML summary: {printable(str(summary))}  (JSON reports beside it; {time.perf_counter() - start:.1f} s)")
-    return reports
+    unexpected = [(model, report) for model, report in zip(models, reports) if report.verdict != model.expected]
+    for model, report in unexpected:
+        echo(f"not as expected: {model.path.name} reads {report.verdict}, where it should read {model.expected}")
+    if not unexpected:
+        echo(f"Every verdict as expected: the {honest} honest models clean, the {len(models) - honest} others malicious.")
+    return list(zip(models, reports))
