@@ -46,7 +46,10 @@ def test_reference_case_exact():
 
 
 def test_noise_five_percent_mostly_exact():
-    fed = simulate_federation(users=50, rounds=200, dim=200, window=10, noise=0.05, seed=3)
+    """Noise of 5 % of the update scale: users exact, none claimed wrongly. At 20 users / 80 rounds / d = 80 (seeds 0,
+    1 and 3: every user exact, median update error 1.2-1.3 %, 8-11 s); the issue's size, 50 users / 200 rounds /
+    d = 200, takes 74-100 s a run and is benchmarks/disaggregation.py's (docs/disaggregation.md)."""
+    fed = simulate_federation(users=20, rounds=80, dim=80, window=10, noise=0.05, seed=3)
     result = _attack(fed)
     sc = score(result, fed)
     assert sc.share_exact >= 0.9
