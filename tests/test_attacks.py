@@ -322,9 +322,38 @@ def test_idlg_reads_the_weight_rows_of_a_head_without_bias(digits):
     for i in one_per_class(digits[1], k=2):
         view, _, _ = server_view(model, digits, [i])
         rec = IDLG().run(view, Budget(1))
-        assert rec.details["route"] == "weight_rows"
+        assert rec.details["route"] == "weight_row_norms"
         found.append(int(rec.labels[0]))
     assert found == list(range(10))
+
+
+@pytest.mark.parametrize("activation", [nn.Tanh, lambda: nn.LayerNorm(32)], ids=["tanh", "layernorm"])
+@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
+def test_idlg_reads_a_bias_free_head_whose_input_can_be_negative(digits, activation, protocol):
+    """The weight rows' signs give the label only for a non-negative head input; after Tanh or LayerNorm the sign rule
+    had named the right class for 3-5 of these 10 examples. The rows' norms do not care."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), activation(), nn.Linear(32, 10, bias=False))
+    found = []
+    for i in one_per_class(digits[1], k=3):
+        view, _, _ = server_view(model, digits, [i], protocol=protocol, local_steps=3, local_lr=0.1)
+        found.append(int(IDLG().run(view, Budget(1)).labels[0]))
+    assert found == list(range(10))
+
+
+@pytest.mark.parametrize("activation", [nn.Tanh, lambda: nn.LayerNorm(32)], ids=["tanh", "layernorm"])
+def test_label_counts_of_a_bias_free_head_whose_input_can_be_negative(digits, activation):
+    """Without a bias the weight rows' sums count labels only for non-negative features (Geng et al.); after Tanh or
+    LayerNorm they are read along the features' steadiest direction instead (the row sums had 5 and 4 of these 20
+    counts exact)."""
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), activation(), nn.Linear(32, 10, bias=False))
+        index = np.sort(np.random.default_rng(seed).choice(len(digits[1]), 16, replace=False))
+        view, _, by = server_view(model, digits, index, seed=seed)
+        rec = LabelCounts().run(view, Budget(1))
+        assert "steadiest direction" in rec.details["readout"]
+        assert rec.label_counts.tolist() == torch.bincount(by, minlength=10).tolist()
 
 
 def test_idlg_applies_only_to_one_example(digits):
