@@ -119,6 +119,8 @@ class AuditTextRenderer(AuditRenderer):
                 console.print(f"{o.name}: rebuilt {len(o.samples)} of {plural(d['batch_size'], 'example')}; the rest are not in its means")
             if o.details.get("why_nothing"):
                 console.print(f"{o.name}: rebuilt nothing: {o.details['why_nothing']}")
+            if o.details.get("label_order"):
+                console.print(f"{o.name}: {o.details['label_order']}")
             if o.starts and o.start_success_rate is not None:
                 k = round(o.start_success_rate * o.starts)
                 console.print(f"{o.name}: {k} of {plural(o.starts, 'random start')} reached the high level ({o.start_success_rate:.0%})")
