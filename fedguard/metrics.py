@@ -3,8 +3,10 @@
 Reconstructions come back in arbitrary order, so each is first matched to a
 true example by the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``)
 so as to maximise the total PSNR (the pairing most favourable to the server); then, per matched pair, PSNR (data range
-1), SSIM (``skimage.metrics.structural_similarity``, Wang et al. 2004, data
-range 1, 7x7 window or the largest odd window the image allows) and MSE, and
+1), SSIM (``skimage.metrics.structural_similarity`` in its default form: Wang
+et al. 2004's index with a uniform 7x7 window, or the largest odd window the
+image allows, and sample covariances, not the paper's Gaussian window of
+sigma 1.5, which an 8x8 image cannot hold; data range 1) and MSE, and
 whether the label the attack gave it is right. Label attacks are scored on
 their per-class counts.
 
@@ -119,7 +121,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two ``C,H,W`` images in [0, 1] (channels first); NaN when an image is smaller than 3x3."""
+    """SSIM of two ``C,H,W`` images in [0, 1] (channels first; a uniform window, see the module's note); NaN when an
+    image is smaller than 3x3."""
     from skimage.metrics import structural_similarity
 
     a, b = _same_shape(a, b, "SSIM")
