@@ -122,7 +122,11 @@ _ROW_FACTOR = 5.0           # MILP row tolerance, in predicted residual per null
 _MILP_TRIES = 5             # re-solves with a no-good cut when a noisy MILP answer fails verification
 _SWAP_PAIRS = 20_000_000    # cap on T * window * n work for the one-swap separation
 _UNIQUE_MAX = 20_000        # cap on rounds x M's columns for proving exact columns the only ones (_stage_unique)
-_RIVAL_SECONDS = 2.0        # per user, for the integer program that looks for a rival column (_stage_unique)
+#: Branch-and-bound nodes per integer program that looks for a rival column (_stage_unique): a bound on work, not
+#: on time, so a proof comes out the same on any machine (a 2 s cap had certified user 15 of a 20-user, 80-round
+#: federation at 5 % noise in one run and not in the next: an independent review). 1 000 left one of those 20
+#: unproven, 3 000 none (seeds 1-3), and every user of 50 / 200 rounds / d = 200 (seeds 0 and 3, calls up to 3.9 s).
+_RIVAL_NODES = 3000
 _SPREAD_MARGIN = 1.5        # rival search's per-round tolerance over the largest round's expected share (_stage_unique)
 _EXACT_TOL = 1e-6           # residual allowed (per sqrt(rounds)) on exact aggregates
 
@@ -159,6 +163,9 @@ class Disaggregation:
     interchangeable: tuple[tuple[int, ...], ...] = ()
     #: Integer programs the time limit stopped plus users the deadline left open: with more time, more may be exact.
     timed_out: int = 0
+    #: What the run was given, to run it again: seconds per user for the integer programs, their worker processes,
+    #: the seed.
+    settings: dict = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -732,7 +739,7 @@ def _rival(geo: _Geometry, x: np.ndarray, cuts: list[np.ndarray], tol: float, se
                                      1.0 - float((c > 0.5).sum()), np.inf))  # fmt: skip
     lower, upper = np.concatenate([np.zeros(T), np.full(m, -np.inf)]), np.concatenate([np.ones(T), np.full(m, np.inf)])
     return milp(np.zeros(T + m), constraints=cons, integrality=np.concatenate([np.ones(T), np.zeros(m)]),
-                bounds=Bounds(lower, upper), options={"time_limit": float(seconds), "disp": False})
+                bounds=Bounds(lower, upper), options={"time_limit": float(seconds), "node_limit": _RIVAL_NODES, "disp": False})
 
 
 def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list[str], deadline: float | None) -> None:
@@ -744,7 +751,7 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
     window counts lie in the subspace too, and ``exact`` had been claimed
     for wrong columns (20 users, 24 rounds: 7 of 20). A column stays exact
     only when :func:`_only_column`'s LP, or else an integer program
-    (:func:`_rival`) within ``_RIVAL_SECONDS``, proves no other exists (above
+    (:func:`_rival`) within ``_RIVAL_NODES`` nodes, proves no other exists (above
     ``_UNIQUE_MAX`` the check does not run, and a note says so). Users with
     identical counts are told apart by no attacker: a rival that is another
     of them is no rival, and when one of them is not proven none of them is.
@@ -762,8 +769,7 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
     # (measured 0.40-0.45 on the review's cases, T 6-40), with half as much again to spare.
     spread = min(1.0, _SPREAD_MARGIN * math.sqrt(2.0 * math.log(2.0 * geo.T) / geo.T))
     tols = np.maximum(1e-6, spread * (geo.fits(predicted) + residual))
-    seconds = min(time_limit, _RIVAL_SECONDS)
-    unproven: set[int] = set()
+    unproven: dict[int, str] = {}  # user: why ("rival", "search" or "time")
     checked = set(users.tolist())
     exact_by_counts: dict[bytes, list[int]] = {}  # fixed during the loop: demotions come after it
     for v in np.flatnonzero(book.exact):
@@ -773,28 +779,42 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
         same = exact_by_counts[book.group_of[u]]
         proven = len(same) == 1 and _only_column(geo, book.X[:, u], float(tol))
         cuts = [book.X[:, v] for v in same]
+        why = "search"  # the tries spent on rivals the noise does not explain, or the node budget spent
         for _ in range(0 if proven else _MILP_TRIES):  # a rival the noise does not explain is cut, and the search goes on
-            left = min(seconds - (time.perf_counter() - t0), math.inf if deadline is None else deadline - time.perf_counter())
+            left = min(time_limit - (time.perf_counter() - t0), math.inf if deadline is None else deadline - time.perf_counter())
             if left <= 0.05:
+                why = "time"
                 break
             res = _rival(geo, book.X[:, u], cuts, float(tol), left)
             proven = res.status == 2  # infeasible: no other column
             if res.x is None:
+                why = "time" if res.status == 1 else "search"
                 break
             rival = np.round(res.x[: geo.T]).clip(0.0, 1.0)
             residual, _, predicted = geo.check(rival[:, None])
             if residual[0] <= geo.fits(predicted)[0]:  # it fits as well as the noise allows: a true rival
+                why = "rival"
                 break
             cuts.append(rival)
         book.seconds[u] += time.perf_counter() - t0
         if not proven:
-            unproven.update(v for v in same if v in checked)
+            unproven.update((v, why) for v in same if v in checked)
     for u in sorted(unproven):
         book.exact[u] = False
         book.claimed.get(book.group_of[u], {}).pop(book.X[:, u].astype(np.int8).tobytes(), None)
-    if unproven:
-        notes.append(f"{len(unproven)} user(s) have another 0/1 column with their counts that fits the sums as well "
-                     "(or none was ruled out in time): their columns are approximate")
+    whys = list(unproven.values())
+    if whys.count("rival"):
+        notes.append(f"{whys.count('rival')} user(s) have another 0/1 column with their counts that fits the sums as "
+                     "well: their columns are approximate")  # fmt: skip
+    if whys.count("search"):
+        notes.append(f"{whys.count('search')} user(s) could not be proven the only 0/1 column with their counts within "
+                     f"a search of {_MILP_TRIES} integer programs of at most {_RIVAL_NODES} branch-and-bound nodes each: their columns "
+                     "are approximate")  # fmt: skip
+    if whys.count("time"):
+        book.timed_out += whys.count("time")
+        limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")
+        notes.append(f"{whys.count('time')} user(s) were not proven the only 0/1 column with their counts within {limit} "
+                     "(how far a proof gets depends on the machine's speed): their columns are approximate")
 
 
 def _milp_record(book: _Book, group: list[tuple[int, np.ndarray | None, float, float, str]]) -> None:
@@ -987,6 +1007,7 @@ def disaggregate(
         notes=tuple(notes),
         interchangeable=interchangeable,
         timed_out=book.timed_out,
+        settings={"time_limit": float(time_limit), "workers": workers, "seed": int(seed)},
     )
 
 

@@ -32,7 +32,7 @@ from fedguard.reports.base import plural, printable, printable_values
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SCHEMA_FILE = "disaggregate-report.schema.json"
 FORMATS = ("text", "json")
 
@@ -56,6 +56,7 @@ def disaggregation_to_dict(
         "tool": {"name": "fedguard", "version": __version__},
         "command": "disaggregate",
         "source": dict(source),
+        "settings": dict(result.settings),
         "rounds": rounds,
         "users": result.n_users,
         "dim": int(dim),

@@ -45,14 +45,15 @@ def test_reference_case_exact():
     assert np.array_equal(result.participation, fed.participation)
 
 
-def test_noise_five_percent_mostly_exact():
-    """Noise of 5 % of the update scale: users exact, none claimed wrongly. At 20 users / 80 rounds / d = 80 (seeds 0,
-    1 and 3: every user exact, median update error 1.2-1.3 %, 8-11 s); the issue's size, 50 users / 200 rounds /
-    d = 200, takes 74-100 s a run and is benchmarks/disaggregation.py's (docs/disaggregation.md)."""
-    fed = simulate_federation(users=20, rounds=80, dim=80, window=10, noise=0.05, seed=3)
+def test_noise_five_percent_exact_and_the_same_in_every_run():
+    """Noise of 5 % of the update scale: every user exact and proven so, none claimed wrongly, at 20 users / 80 rounds
+    / d = 40 (about 10 s; the issue's 50 users / 200 rounds / d = 200 is benchmarks/disaggregation.py's). The proof
+    that a column is the only one had its own 2 s cap: this federation's user 15 was certified in one run and not in
+    the next (an independent review); bounded by nodes, the outcome no longer depends on the machine's speed."""
+    fed = simulate_federation(users=20, rounds=80, dim=40, window=10, noise=0.05, seed=3)
     result = _attack(fed)
     sc = score(result, fed)
-    assert sc.share_exact >= 0.9
+    assert sc.share_exact == 1.0 and result.users_exact == 20 and result.users_recovered == 20
     assert sc.claimed_exact_wrong == 0
     # With P exact, the update error is the noise pushed through P^+: about 1-2 % here.
     assert sc.update_error_median < 0.05
@@ -443,11 +444,12 @@ def test_cli_simulate_json(tmp_path):
         assert data["updates"].shape == (10, 20)
     _validate_schema(doc)
     # The saved rounds attack the same way from the file.
-    res = _run([str(saved), "--format", "json"])
+    res = _run([str(saved), "--format", "json", "--time-limit", "7", "--workers", "1", "--seed", "4"])
     assert res.exit_code == 0, res.output
     again = json.loads(res.output)
     assert again["participation"] == doc["participation"]
     assert again["source"] == {"kind": "file", "path": str(saved)}
+    assert again["settings"] == {"time_limit": 7.0, "workers": 1, "seed": 4}  # what re-running it takes
     assert again["score"] is None
 
 
