@@ -175,6 +175,19 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     return module, info
 
 
+def weights_sha256(module: nn.Module) -> str:
+    """SHA-256 of a model's weights as audited: each ``state_dict`` entry's name, dtype and shape, then its values
+    (little-endian), in ``state_dict`` order. It names the exact weights whatever they came from: a module or
+    state_dict passed in from Python has no file digest, and a compliance record must say which weights it judged."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{values.dtype}\0{tuple(values.shape)}\0".encode("utf-8", "surrogatepass"))
+        array = values.numpy()
+        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
 def batch_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
     """SHA-256 of a batch as audited: its float32 pixels then its int64 labels, little-endian, in batch order. It
     names the exact images whatever they were read from (a folder or the built-in sets have no file digest)."""
@@ -724,6 +737,7 @@ def audit(
     # 3x5000x5000 had allocated its classifier for 7 s before the data said 502 GiB)
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
     module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
+    model_info["weights_sha256"] = weights_sha256(module)
     logits = classifier_logits(module, x_all, "audit")
     n_out = logits.shape[1]
     if n_out == 1:  # softmax over one logit is 1 whatever the weights: the update would be zero everywhere

@@ -197,7 +197,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
     assert report["update"]["defense"] == "unknown"  # a file's defense is not measured; it had read "none"
-    assert report["schema_version"] == "1.7" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.8" and report["leakage"]["measured"] is True
     import hashlib  # provenance: the exact files audited
 
     for section, name in (("update", "update.pt"), ("data", "batch.npz")):
@@ -1220,6 +1220,20 @@ def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():
     assert report.outcome("label_counts").label_accuracy == 1.0
     assert str(report) == f"audit: pass, leakage low (label_counts low; {report.seconds:.1f} s)"  # labels alone: low
     assert all(t.dtype == torch.float32 for t in upd.tensors.values())
+
+
+def test_the_report_names_the_weights_it_judged_whatever_they_came_from(workdir):
+    """A compliance record must say which weights it judged: a module passed in from Python (the Flower gate's way)
+    had no digest at all. The same weights as a file, a module and a state_dict give one digest; others another."""
+    from fedguard.audit import audit
+
+    net = lenet8(3)
+    torch.save(net.state_dict(), workdir / "global.pt")
+    digests = [audit(weights, arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["idlg"],
+                     federation=None).model["weights_sha256"]
+               for weights in (workdir / "global.pt", net, net.state_dict(), lenet8(4))]  # fmt: skip
+    assert digests[0] == digests[1] == digests[2] != digests[3]
+    assert all(len(d) == 64 for d in digests)
 
 
 def test_an_update_prints_as_its_fields_not_its_values():
