@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import warnings
 from pathlib import Path
@@ -300,7 +301,11 @@ def _stack_images(images: Iterable[np.ndarray], n: int, shape: tuple[int, int, i
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    state = random.getstate()  # scikit-learn's first import draws from Python's generator: the caller's is kept
+    try:
+        from sklearn.datasets import load_digits
+    finally:
+        random.setstate(state)
 
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[:, None]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import skimage.io
@@ -21,6 +24,14 @@ def _check(x: torch.Tensor, y: torch.Tensor, shape: tuple[int, ...] | None = Non
 
 def test_builtin_names():
     assert DATASETS == ("digits", "images")
+
+
+def test_loading_digits_leaves_pythons_random_state_as_it_was():
+    """scikit-learn's first import draws from Python's generator; a caller's seeded ``random`` had moved on (a
+    reproducibility review). In a fresh process, where that first import happens."""
+    code = ("import random; random.seed(7); before = random.getstate(); from fedguard.data import load_data; "
+            "load_data('digits'); assert random.getstate() == before")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_digits(digits):
