@@ -950,6 +950,11 @@ def audit(
                              f"{exposure_seconds:g} s here) or an idle machine may decide it (the exposure does not change "
                              "the leakage level)")  # fmt: skip
 
+    not_run = [name for name in requested or () if name in skipped]
+    if not_run and not stop.is_set():  # what was asked for and not measured is no pass (the default skips freely)
+        notes.append(f"named but not run: {', '.join(not_run)} (the reasons are under skipped): the audit measured less "
+                     "than it was asked to")  # fmt: skip
+
     from fedguard.metrics import THRESHOLDS
 
     by_attack = {o.name: o.level for o in outcomes}

@@ -613,6 +613,19 @@ def test_recovered_labels_placed_across_local_mini_batches_are_said_to_understat
     assert (said in " ".join(result.stdout.split())) == (minibatch == "2"), result.stdout
 
 
+def test_an_attack_named_that_does_not_apply_is_no_pass(workdir):
+    """DLG named for a FedAvg update is skipped (Inverting Gradients unrolls the steps): with label counts alone the
+    audit had passed, having measured less than it was asked to (a review)."""
+    result = invoke(*TINY, "--data", "digits", "--protocol", "fedavg", "--attack", "label_counts", "--attack", "dlg",
+                    "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "inverting_gradients" in report["skipped"]["dlg"] and [a["name"] for a in report["attacks"]] == ["label_counts"]
+    assert report["verdict"] == "warn"
+    assert report["notes"] == ["named but not run: dlg (the reasons are under skipped): the audit measured less than it "
+                               "was asked to"]
+
+
 def test_an_attack_the_model_cannot_take_is_skipped_with_its_reason(workdir):
     """mobilenet_v3_small's hardsigmoid has no second derivative in torch: DLG is skipped, and with no attack run the verdict warns."""
     result = invoke("--arch", "mobilenet_v3_small", "--data", "digits", "--batch-size", "2", "--attack", "dlg",
