@@ -122,8 +122,9 @@ _ROW_FACTOR = 5.0           # MILP row tolerance, in predicted residual per null
 _MILP_TRIES = 5             # re-solves with a no-good cut when a noisy MILP answer fails verification
 _SWAP_PAIRS = 20_000_000    # cap on T * window * n work for the one-swap separation
 _UNIQUE_MAX = 20_000        # cap on rounds x M's columns for proving exact columns the only ones (_stage_unique)
-#: Branch-and-bound nodes per integer program that looks for a rival column (_stage_unique): a bound on work, not
-#: on time, so a proof comes out the same on any machine (a 2 s cap had certified user 15 of a 20-user, 80-round
+#: Branch-and-bound nodes per user for the integer programs that look for a rival column (_stage_unique; shared by
+#: its ``_MILP_TRIES`` tries, each of which cuts off a rival the noise does not explain): a bound on work, not
+#: on time, so a proof comes out the same on any machine (unless ``time_limit`` ends it) (a 2 s cap had certified user 15 of a 20-user, 80-round
 #: federation at 5 % noise in one run and not in the next: an independent review). 1 000 left one of those 20
 #: unproven, 3 000 none (seeds 1-3), and every user of 50 / 200 rounds / d = 200 (seeds 0 and 3, calls up to 3.9 s).
 _RIVAL_NODES = 3000
@@ -728,7 +729,7 @@ def _only_column(geo: _Geometry, x: np.ndarray, tol: float) -> bool:
     return res.status == 0 and float(sign @ x) - float(res.fun) < 2.0 - 1e-6
 
 
-def _rival(geo: _Geometry, x: np.ndarray, cuts: list[np.ndarray], tol: float, seconds: float):
+def _rival(geo: _Geometry, x: np.ndarray, cuts: list[np.ndarray], tol: float, seconds: float, nodes: int):
     """``milp``'s search for a 0/1 column other than every one in ``cuts`` among :func:`_near_columns`: what else
     has ``x``'s window counts and fits the sums as well. ``T`` binaries and ``M``'s columns free: a rounds x M
     program, where the paper's form (rounds x null space) took about 1 s a user at 50 users and 200 rounds."""
@@ -739,7 +740,7 @@ def _rival(geo: _Geometry, x: np.ndarray, cuts: list[np.ndarray], tol: float, se
                                      1.0 - float((c > 0.5).sum()), np.inf))  # fmt: skip
     lower, upper = np.concatenate([np.zeros(T), np.full(m, -np.inf)]), np.concatenate([np.ones(T), np.full(m, np.inf)])
     return milp(np.zeros(T + m), constraints=cons, integrality=np.concatenate([np.ones(T), np.zeros(m)]),
-                bounds=Bounds(lower, upper), options={"time_limit": float(seconds), "node_limit": _RIVAL_NODES, "disp": False})
+                bounds=Bounds(lower, upper), options={"time_limit": float(seconds), "node_limit": int(nodes), "disp": False})
 
 
 def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list[str], deadline: float | None) -> None:
@@ -779,13 +780,14 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
         same = exact_by_counts[book.group_of[u]]
         proven = len(same) == 1 and _only_column(geo, book.X[:, u], float(tol))
         cuts = [book.X[:, v] for v in same]
-        why = "search"  # the tries spent on rivals the noise does not explain, or the node budget spent
+        why, nodes = "search", _RIVAL_NODES  # the user's node budget, shared by the tries
         for _ in range(0 if proven else _MILP_TRIES):  # a rival the noise does not explain is cut, and the search goes on
             left = min(time_limit - (time.perf_counter() - t0), math.inf if deadline is None else deadline - time.perf_counter())
-            if left <= 0.05:
-                why = "time"
+            if left <= 0.05 or nodes < 1:
+                why = "time" if left <= 0.05 else "search"
                 break
-            res = _rival(geo, book.X[:, u], cuts, float(tol), left)
+            res = _rival(geo, book.X[:, u], cuts, float(tol), left, nodes)
+            nodes -= max(1, int(res.get("mip_node_count") or 0))
             proven = res.status == 2  # infeasible: no other column
             if res.x is None:
                 why = "time" if res.status == 1 else "search"
@@ -808,8 +810,7 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
                      "well: their columns are approximate")  # fmt: skip
     if whys.count("search"):
         notes.append(f"{whys.count('search')} user(s) could not be proven the only 0/1 column with their counts within "
-                     f"a search of {_MILP_TRIES} integer programs of at most {_RIVAL_NODES} branch-and-bound nodes each: their columns "
-                     "are approximate")  # fmt: skip
+                     f"a search of {_RIVAL_NODES} branch-and-bound nodes: their columns are approximate")  # fmt: skip
     if whys.count("time"):
         book.timed_out += whys.count("time")
         limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")
