@@ -954,6 +954,9 @@ def audit(
     if not_run and not stop.is_set():  # what was asked for and not measured is no pass (the default skips freely)
         notes.append(f"named but not run: {', '.join(not_run)} (the reasons are under skipped): the audit measured less "
                      "than it was asked to")  # fmt: skip
+    for name in reg.names():  # what a reader of a pass must know was not tried: the default attacks left out
+        if requested is not None and reg.get(name).default and name not in requested:
+            skipped[name] = "not requested (the audit was asked for other attacks)"
 
     from fedguard.metrics import THRESHOLDS
 

@@ -211,13 +211,14 @@ def _formats() -> dict[str, str]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"], case_sensitive=False), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats()), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
+@click.option("--no-images", is_flag=True, help="Write no reconstruction grids and embed none in an HTML report: they show your private batch beside what the attacks rebuilt.")
 @click.option("--fail-on", type=click.Choice(LEVELS, case_sensitive=False), default="high", show_default=True, help="Verdict block (exit 1) at or above this leakage level.")
 @click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
                   update, defense, noise_multiplier, max_grad_norm, delta, prune_fraction, noise_std, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
                   exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise, exposure_budget,
-                  seed, device, fmt, output, fail_on, force, quiet):
+                  seed, device, fmt, output, no_images, fail_on, force, quiet):
     """Attack your own pending update as the server could, and measure what leaks.
 
     Computes the update training would upload (or reads --update), runs the
@@ -254,7 +255,8 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         inputs = input_paths(model, update, data=data, arch=arch)
     if output is not None:
         check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
-        _check_grid_paths(output, inputs)
+        if not no_images:
+            _check_grid_paths(output, inputs)
     threat = ThreatModel(labels=attacker_labels, **{WITHHOLD[w]: False for w in withheld})
     client_defense = parse_defense(defense, noise_multiplier, max_grad_norm, delta, prune_fraction, noise_std)
     options = {}
@@ -280,7 +282,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     images: dict[str, bytes] = {}
     outcomes = []
     for o in report.attacks:
-        if o.images is not None and report.true_images is not None:
+        if o.images is not None and report.true_images is not None and not no_images:
             png = grid_png(report.true_images, o.images)
             images[o.name] = png
             if output is not None:

@@ -214,21 +214,22 @@ def _demo(output_dir: Path, echo: Callable[[str], None]) -> list[tuple[DemoModel
         write_atomic(output_dir / f"{model.path.stem}.json", render("json", report, all_rules))
     summary = output_dir / "summary.html"
     honest = sum(model.expected is Verdict.CLEAN for model in models)
+    unexpected = [(model, report) for model, report in zip(models, reports) if report.verdict != model.expected]
+    outcome = ([f"not as expected: {model.path.name} reads {report.verdict}, where it should read {model.expected}"
+                for model, report in unexpected]
+               or [f"Every verdict as expected: the {honest} honest models clean, the {len(models) - honest} others malicious."])  # fmt: skip
     introduction = (
         f"fedguard inspected {len(models)} global models a federated-learning client might receive: {honest} honest "
         f"and {len(models) - honest} that a malicious server could send, crafted as the papers named beside them "
         f"describe. The behavioural checks ran the LeNet-5s on {CLIENT_EXAMPLES} real handwritten digits "
         "(scikit-learn) as the client's data. Each honest model should read CLEAN and every other MALICIOUS; each "
         "model's section gives its findings per layer with their evidence, and the rules that fired are explained "
-        "at the end."
+        f"at the end. Outcome: {' '.join(outcome)}"
     )
     page = render_summary(reports, all_rules, title=TITLE, descriptions=[model.description for model in models],
                           introduction=introduction)  # fmt: skip
     write_atomic(summary, page)
     echo(f"\nHTML summary: {printable(str(summary))}  (JSON reports beside it; {time.perf_counter() - start:.1f} s)")
-    unexpected = [(model, report) for model, report in zip(models, reports) if report.verdict != model.expected]
-    for model, report in unexpected:
-        echo(f"not as expected: {model.path.name} reads {report.verdict}, where it should read {model.expected}")
-    if not unexpected:
-        echo(f"Every verdict as expected: the {honest} honest models clean, the {len(models) - honest} others malicious.")
+    for line in outcome:
+        echo(line)
     return list(zip(models, reports))

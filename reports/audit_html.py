@@ -23,8 +23,9 @@ from typing import ClassVar, Mapping
 from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .audit_text import defense_summary, exposure_summary
-from .html import generated_at, template_environment
+from .audit_text import defense_summary, exposure_summary, threat_items, thresholds_said
+from .base import generated_at
+from .html import template_environment
 
 TEMPLATE = "audit.html"
 
@@ -42,7 +43,14 @@ class AuditHtmlRenderer(AuditRenderer):
             r=report,
             exposure_summary=exposure_summary(report.exposure) if report.exposure is not None else None,
             defense=defense_summary(report.update),
+            threat_said="; ".join(threat_items(report)),
+            thresholds_said=_sentence(thresholds_said(report)) if report.leakage.thresholds else "",
             pictures=pictures,
             generated=generated_at(),
             tool_version=report.tool_version,
         )
+
+
+def _sentence(text: str) -> str:
+    """``text`` with its first letter upper case (``str.capitalize`` lowers the rest: dB, SSIM)."""
+    return text[:1].upper() + text[1:]

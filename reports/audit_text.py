@@ -92,7 +92,7 @@ class AuditTextRenderer(AuditRenderer):
             report.config.get("device", ""),
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
-        for items in ([printable(c) for c in context], _threat(report)):
+        for items in ([printable(c) for c in context], threat_items(report)):
             for line in _joined_lines(items, " · ", console.width):
                 console.print(Text(line, style="dim"), soft_wrap=True)  # a path longer than the line stays whole
         if report.attacks:
@@ -134,23 +134,27 @@ class AuditTextRenderer(AuditRenderer):
             console.print(Text(printable(f"skipped {name}: {why}"), style="dim"))
         if report.exposure is not None:
             _exposure(console, report.exposure)
+        else:
+            why = "the audit was interrupted" if report.interrupted else "turned off"
+            console.print(Text(f"secure aggregation across rounds: not analysed ({why})", style="dim"))
         files = [o.image_file for o in report.attacks if o.image_file]
         if files:
             console.print(printable(f"grids: {', '.join(files)}"))
-        t = lk.thresholds
-        if t:
-            console.print(
-                Text(
-                    f"levels per example, counted only {t['low_psnr_over_baseline']:g} dB / {t['ssim_over_baseline']:g} SSIM above the "
-                    f"no-update guess (public mean image or a class mean; mean {fmt_num(lk.baseline_psnr)} dB): high >= {t['high_psnr']:g} dB or SSIM >= {t['high_ssim']:g}; "
-                    f"medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the baseline or SSIM >= {t['low_ssim']:g}",
-                    style="dim",
-                ),
-            )
+        if lk.thresholds:
+            console.print(Text(thresholds_said(report), style="dim"))
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
-def _threat(report: AuditReport) -> list[str]:
+def thresholds_said(report: AuditReport) -> str:
+    """The leakage levels' thresholds in one sentence."""
+    t, baseline = report.leakage.thresholds, report.leakage.baseline_psnr
+    return (f"levels per example, counted only {t['low_psnr_over_baseline']:g} dB / {t['ssim_over_baseline']:g} SSIM above the "
+            f"no-update guess (public mean image or a class mean; mean {fmt_num(baseline)} dB): high >= {t['high_psnr']:g} dB "
+            f"or SSIM >= {t['high_ssim']:g}; medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the "
+            f"baseline or SSIM >= {t['low_ssim']:g}")  # fmt: skip
+
+
+def threat_items(report: AuditReport) -> list[str]:
     """What the threat model grants the server, as the items of one line."""
     t, public = report.threat, report.data.get("auxiliary_examples") or 0
     items = ["server knows: the model and batch size", "the true labels" if t.get("labels") == "known" else "labels inferred"]

@@ -13,9 +13,11 @@ with ``@register_renderer("name")`` and is imported by ``fedguard.reports``.
 from __future__ import annotations
 
 import abc
+import datetime as _dt
 import enum
 import json
 import math
+import os
 import re
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -247,3 +249,13 @@ def read_schema(filename: str) -> dict[str, Any]:
     from importlib import resources
 
     return json.loads(resources.files("fedguard.reports.schemas").joinpath(filename).read_text(encoding="utf-8"))
+
+
+def generated_at() -> str:
+    """When a report is written, in UTC (``SOURCE_DATE_EPOCH``, when set, for reproducible output)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.strip().isdigit():
+        when = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+    else:
+        when = _dt.datetime.now(tz=_dt.timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")

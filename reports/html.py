@@ -25,9 +25,7 @@ for reproducible pages.
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -41,6 +39,7 @@ from .base import (
     fired_rules,
     fmt_num,
     format_value,
+    generated_at,
     plural,
     printable,
     register_renderer,
@@ -79,15 +78,6 @@ def template_environment():
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     env.filters["num"] = fmt_num
     return env
-
-
-def generated_at() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.strip().isdigit():
-        when = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
-    else:
-        when = _dt.datetime.now(tz=_dt.timezone.utc)
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _model(report: InspectionReport, anchor: str, description: str | None = None) -> dict[str, Any]:

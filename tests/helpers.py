@@ -81,3 +81,8 @@ def server_view(
 def measure(rec, bx, by, kind="images"):
     """``rec`` scored against the true batch, 10 classes."""
     return score(rec, bx, by, 10, title="t", reference="r", kind=kind)
+
+
+def skipped_when_asked(report) -> dict[str, str]:
+    """An audit report's skipped attacks but the defaults it was not asked to run."""
+    return {name: why for name, why in report.skipped.items() if not why.startswith("not requested")}

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from fedguard.cli import main
 
 from .cli_checks import assert_input_error, assert_no_crash
-from .helpers import lenet8
+from .helpers import lenet8, skipped_when_asked
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--arch", "lenet", "--input-shape", "1,8,8"]
@@ -143,6 +143,29 @@ def test_html_report_embeds_the_grids(workdir):
     doc = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "1", "--attack", "idlg", "--format", "json").stdout)
     assert "Settings (to repeat this audit)" in page and "<td>1,8,8</td>" in page
     assert f"<td>{doc['data']['batch_indices'][0]}</td>" in page and "max_iterations</th><td>20</td>" in page
+    # for a reader who is no expert: what was checked and assumed, what the verdicts mean, what was not checked, and
+    # that the page holds private images (a compliance reader's review)
+    words = " ".join(page.split())
+    assert "runs on it the attacks a server could run (server knows: the model and batch size; labels inferred" in words
+    assert "BLOCK</b> a leak at or above the level the audit fails on" in words and "PASS</b> a leak at least two" in words
+    assert "The pictures below show images of the private batch" in words
+    assert "Not analysed (turned off)" in words  # --no-exposure, which invoke() adds
+    assert "label_counts</code>: not requested" in words and "inverting_gradients</code>: not requested" in words
+    assert "Levels per example, counted only 3 dB" in words  # the thresholds as a sentence, as the text report has them
+
+
+def test_no_images_writes_no_grids_and_embeds_none(workdir):
+    """The grids show the private batch beside what was rebuilt: --no-images leaves them out, and removes the grids an
+    earlier report of that name left."""
+    out = workdir / "audit.html"
+    run = (*TINY, "--data", "digits", "--batch-size", "1", "--attack", "dlg", "--max-iterations", "5", "--format", "html",
+           "-o", out)  # fmt: skip
+    assert invoke(*run).exit_code in (0, 1) and (workdir / "audit.html-dlg.png").is_file()
+    result = invoke(*run, "--no-images")
+    assert_no_crash(result)
+    page = out.read_text(encoding="utf-8")
+    assert "data:image/png" not in page and "images of the private batch" not in page
+    assert sorted(p.name for p in workdir.iterdir()) == ["audit.html"]
 
 
 # --------------------------------------------------------------------------- verdicts and exit codes
@@ -1634,7 +1657,7 @@ def test_a_wrapper_around_the_architecture_is_audited():
     # nn.DataParallel: the network inside is audited (torch.func, which DLG uses, cannot call the wrapper: skipped)
     report = audit(torch.nn.DataParallel(lenet8()), arch="lenet", input_shape=(1, 8, 8), batch_size=1,
                    data=(torch.rand(6, 1, 8, 8), torch.arange(6)), attacks=["dlg"], max_iterations=2)
-    assert [o.name for o in report.attacks] == ["dlg"] and not report.skipped
+    assert [o.name for o in report.attacks] == ["dlg"] and not skipped_when_asked(report)
 
 
 def test_a_model_whose_training_raises_anything_is_one_input_error():
@@ -1774,7 +1797,7 @@ def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(
         frozen = plain()
         frozen[3].requires_grad_(False)
         report = audit(frozen, arch="fg_heads:plain", data=(x[:1], y[:1]), batch_size=1, attacks=["label_counts", "idlg"])
-        assert set(report.skipped.values()) == {
+        assert set(skipped_when_asked(report).values()) == {
             "the head 3.weight is frozen (requires_grad=False): the update holds nothing of it to read labels from"}
         report = audit(arch="fg_heads:spectral", data=(x[:8], y[:8]), batch_size=8, attacks=["label_counts"])
         assert report.skipped["label_counts"].startswith("the head's weight 3.weight is computed from other tensors")

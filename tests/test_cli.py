@@ -939,6 +939,7 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     assert "not loaded (it would run code)" in page  # the trojan's parameters are not counted as 0
     # what was inspected and how to read a verdict, before the table (the page had started with the table)
     assert "fedguard inspected 10 global models" in page and "2 honest and 8 that a malicious server" in page
+    assert "Outcome: Every verdict as expected" in page
     assert "on 64 real handwritten digits" in page and "which does not prove the model safe" in page
     assert sorted(p.name for p in (workdir / "demo" / "models").iterdir()) == sorted(MODEL_FILES)  # the names checked first
     (workdir / "demo" / "benign-lenet5.json").write_text("my notes")
