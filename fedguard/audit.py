@@ -175,12 +175,12 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     return module, info
 
 
-def weights_sha256(module: nn.Module) -> str:
-    """SHA-256 of a model's weights as audited: each ``state_dict`` entry's name, dtype and shape, then its values
-    (little-endian), in ``state_dict`` order. It names the exact weights whatever they came from: a module or
-    state_dict passed in from Python has no file digest, and a compliance record must say which weights it judged."""
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors: each one's name, dtype and shape, then its values (little-endian), in order. It names
+    the exact weights (a model's ``state_dict``) or update whatever they came from: a module passed in from Python,
+    or an update computed here, has no file digest, and a compliance record must say what it judged."""
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
+    for name, tensor in tensors.items():
         values = tensor.detach().cpu().contiguous()
         digest.update(f"{name}\0{values.dtype}\0{tuple(values.shape)}\0".encode("utf-8", "surrogatepass"))
         array = values.numpy()
@@ -737,7 +737,7 @@ def audit(
     # 3x5000x5000 had allocated its classifier for 7 s before the data said 502 GiB)
     x_all, y_all, data_spec = _data(data, arch, input_shape, seed)
     module, model_info = load_global_model(model, arch, num_classes, input_shape, seed)
-    model_info["weights_sha256"] = weights_sha256(module)
+    model_info["weights_sha256"] = tensors_sha256(module.state_dict())
     logits = classifier_logits(module, x_all, "audit")
     n_out = logits.shape[1]
     if n_out == 1:  # softmax over one logit is 1 whatever the weights: the update would be zero everywhere
@@ -993,7 +993,7 @@ def audit(
             "class_counts": torch.bincount(batch_y, minlength=n_out).tolist(),
             "auxiliary_examples": 0 if aux is None or not threat.auxiliary_data else int(len(aux[1])),
         },
-        update={**upd.summary(), "agreement": agreement},
+        update={**upd.summary(), "tensors_sha256": tensors_sha256(upd.tensors), "agreement": agreement},
         threat=threat.to_dict(),
         config={
             "seed": int(seed),

@@ -44,7 +44,7 @@ from .base import check_report, generated_at, json_safe, printable_values, read_
 
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
-#: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, generated
+#: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated
 SCHEMA_VERSION = "1.8"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6

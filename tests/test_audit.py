@@ -1258,18 +1258,21 @@ def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():
     assert all(t.dtype == torch.float32 for t in upd.tensors.values())
 
 
-def test_the_report_names_the_weights_it_judged_whatever_they_came_from(workdir):
-    """A compliance record must say which weights it judged: a module passed in from Python (the Flower gate's way)
-    had no digest at all. The same weights as a file, a module and a state_dict give one digest; others another."""
+def test_the_report_names_the_weights_and_update_it_judged_whatever_they_came_from(workdir):
+    """A compliance record must say which weights and update it judged: a module passed in from Python (the Flower
+    gate's way) and an update computed here had no digest at all. The same weights as a file, a module and a
+    state_dict give one digest, and one update digest; others others."""
     from fedguard.audit import audit
 
     net = lenet8(3)
     torch.save(net.state_dict(), workdir / "global.pt")
-    digests = [audit(weights, arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["idlg"],
-                     federation=None).model["weights_sha256"]
-               for weights in (workdir / "global.pt", net, net.state_dict(), lenet8(4))]  # fmt: skip
+    reports = [audit(weights, arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["idlg"])
+               for weights in (workdir / "global.pt", net, net.state_dict(), lenet8(4))]
+    digests = [report.model["weights_sha256"] for report in reports]
     assert digests[0] == digests[1] == digests[2] != digests[3]
-    assert all(len(d) == 64 for d in digests)
+    updates = [report.update["tensors_sha256"] for report in reports]  # and the update it attacked
+    assert updates[0] == updates[1] == updates[2] != updates[3]
+    assert all(len(d) == 64 for d in digests + updates)
 
 
 def test_an_update_prints_as_its_fields_not_its_values():
