@@ -259,3 +259,19 @@ def generated_at() -> str:
     else:
         when = _dt.datetime.now(tz=_dt.timezone.utc)
     return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def more_detectors(report: InspectionReport) -> str:
+    """``--data, --reference would run N more detectors`` when a clean inspection left out detectors for options it
+    was not given (a newcomer had not known what they would add): only the options not given, and only the detectors
+    they would add; nothing when detectors were named with --detector."""
+    from fedguard.detectors import DETECTORS
+    from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE
+
+    if report.config.get("detectors_requested") or not report.loaded:
+        return ""
+    given = {NEEDS_MODULE: report.arch, NEEDS_DATA: report.config.get("data"), NEEDS_REFERENCE: report.reference}
+    missing = {need for need, value in given.items() if not value}
+    left = [cls for name, cls in DETECTORS.items() if name not in report.detectors_run and cls.needs & missing]
+    options = [flag for need, flag in NEED_FLAGS.items() if need in missing and any(need in cls.needs for cls in left)]
+    return f"{', '.join(options)} would run {plural(len(left), 'more detector')}" if left else ""

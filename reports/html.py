@@ -40,6 +40,7 @@ from .base import (
     fmt_num,
     format_value,
     generated_at,
+    more_detectors,
     plural,
     printable,
     register_renderer,
@@ -77,6 +78,7 @@ def template_environment():
     env.filters["value"] = format_value
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     env.filters["num"] = fmt_num
+    env.filters["more_detectors"] = more_detectors
     return env
 
 

@@ -36,6 +36,7 @@ from .base import (
     Renderer,
     data_used,
     format_value,
+    more_detectors,
     plural,
     printable,
     register_renderer,
@@ -57,22 +58,6 @@ SEVERITY_STYLE = {
     Severity.LOW: "cyan",
     Severity.INFO: "dim",
 }
-
-
-def _more_detectors(report: InspectionReport) -> str:
-    """``; --data, --reference would run N more detectors`` when a clean inspection left out detectors for options it
-    was not given (a newcomer had not known what they would add): only the options not given, and only the detectors
-    they would add; nothing when detectors were named with --detector."""
-    from fedguard.detectors import DETECTORS
-    from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE
-
-    if report.config.get("detectors_requested") or not report.loaded:
-        return ""
-    given = {NEEDS_MODULE: report.arch, NEEDS_DATA: report.config.get("data"), NEEDS_REFERENCE: report.reference}
-    missing = {need for need, value in given.items() if not value}
-    left = [cls for name, cls in DETECTORS.items() if name not in report.detectors_run and cls.needs & missing]
-    options = [flag for need, flag in NEED_FLAGS.items() if need in missing and any(need in cls.needs for cls in left)]
-    return f"; {', '.join(options)} would run {plural(len(left), 'more detector')}" if left else ""
 
 
 def _evidence_line(evidence: Mapping) -> str:
@@ -170,7 +155,7 @@ class TextRenderer(Renderer):
             if worst is None:
                 summary = Text(
                     f"clean: no findings ({plural(len(report.detectors_run), 'detector')} run "
-                    f"in {report.seconds:.2f} s{_more_detectors(report)})",
+                    f"in {report.seconds:.2f} s{'; ' + more if (more := more_detectors(report)) else ''})",
                     style="green",
                 )
             elif worst < Severity.CRITICAL:

@@ -230,6 +230,8 @@ def test_text_clean(clean):
     asked = dataclasses.replace(clean, config={**clean.config, "detectors_requested": ["magnitude"]})
     assert render("text", asked, RULES).splitlines()[-1] == "clean: no findings (3 detectors run in 0.03 s)"
     assert "severity" not in out  # no empty table
+    page = render("html", clean, RULES)  # the HTML page says it too (it had been the text report's alone)
+    assert "found nothing to report (--data, --reference would run 3 more detectors)." in page
 
 
 def test_text_clean_with_only_low_findings(clean):
