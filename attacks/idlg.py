@@ -14,7 +14,13 @@ head has one (a FedAvg update over several steps on the same example keeps
 its sign pattern: ``W_T - W_0`` has the opposite sign of the gradients, read
 off ``-(W_T - W_0)``). Without a bias it reads the rows' norms, which need no
 sign of ``o``: row ``c``'s factor ``1 - p_c`` is the sum of every other
-``p_j``, so it is the largest. The signs fail where ``o`` can be negative: on
+``p_j``, so it is the largest. With two classes the two rows are opposite
+(``p_j = 1 - p_c``) and their norms tie: the row that points against the
+head's typical input (read along :func:`~fedguard.attacks.label_counts.readout`
+of its inputs on the server's data: the all-ones vector after ReLU, which is
+the sign rule) is the label's (digits 0 and 1 on a two-class MLP, 40 single
+examples: the norms alone 16-22 of 40 right, a coin toss; the signs after ReLU
+40 of 40, an independent review). The signs fail where ``o`` can be negative: on
 an MLP whose bias-free head reads Tanh, LayerNorm or GELU features (100
 single digits, FedSGD and FedAvg of 3 steps) the sign rule named the wrong
 class for 109, 115 and 25 of 200 updates, and the image attacks it seeds
@@ -37,10 +43,18 @@ import torch
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_head, head_not_updated
+from fedguard.torch_state import evaluating
+
+from ._head import find_head, head_not_updated, layer_input
 from .base import KNOWN_LABELS, Attack, Budget, register_attack
+from .label_counts import readout
 
 __all__ = ["IDLG", "idlg_label"]
+
+#: Two rows' norms within this fraction of each other tie (a two-class head's rows are opposite, equal to rounding).
+TIE = 1e-4
+#: Inputs of the server's data the head's typical input is read on, to break a tie.
+READOUT_EXAMPLES = 256
 
 
 def idlg_label(view: ServerView) -> tuple[int, dict]:
@@ -52,10 +66,21 @@ def idlg_label(view: ServerView) -> tuple[int, dict]:
         label = int(torch.argmin(score))
         return label, {"route": "bias", "negative_entries": int((score < 0).sum()),
                        "margin": float(torch.sort(score).values[1] - score[label])}  # fmt: skip
-    norms = torch.linalg.vector_norm(view.tensors[head.weight].double(), dim=1)
-    label = int(torch.argmax(norms))
-    runner_up = float(torch.sort(norms, descending=True).values[1]) if len(norms) > 1 else 0.0
-    return label, {"route": "weight_row_norms", "margin": (float(norms[label]) - runner_up) / max(float(norms[label]), 1e-300)}
+    rows = view.tensors[head.weight].double()
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    order = torch.argsort(norms, descending=True)
+    label = int(order[0])
+    runner_up = float(norms[order[1]]) if len(norms) > 1 else 0.0
+    margin = (float(norms[label]) - runner_up) / max(float(norms[label]), 1e-300)
+    if len(norms) > 1 and margin < TIE:  # opposite rows: the one against the head's typical input is the label's
+        with evaluating(view.model), torch.no_grad():
+            features = layer_input(view.model, head.module, view.server_data(READOUT_EXAMPLES)[0][:READOUT_EXAMPLES])
+        sign = 1.0 if view.protocol == "fedsgd" else -1.0  # FedAvg uploads W_T - W_0 = -lr * sum of gradients
+        tied = order[:2]
+        along = sign * (rows[tied] @ readout(features).to(rows.device))
+        label = int(tied[int(torch.argmin(along))])
+        return label, {"route": "weight_row_signs", "margin": float((along.max() - along.min()) / along.abs().max().clamp_min(1e-300))}
+    return label, {"route": "weight_row_norms", "margin": margin}
 
 
 @register_attack("idlg")

@@ -536,17 +536,6 @@ def _affordable_examples(model: nn.Module, xs: torch.Tensor) -> int:
     return int(min(MAX_SERVER_EXAMPLES, max(MIN_SERVER_EXAMPLES, STATS_FLOPS // per_example)))
 
 
-def _server_data(view: ServerView, need: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The server's public data of the domain, or uniform noise in the input box without it."""
-    if view.threat.auxiliary_data and view.auxiliary is not None and len(view.auxiliary[1]) > 0:
-        x, y = view.auxiliary
-        return x.to(view.device), y.to(view.device)
-    gen = torch.Generator(device="cpu").manual_seed(view.seed + 17)
-    lo, hi = view.threat.input_range
-    x = lo + (hi - lo) * torch.rand(max(need, 64), *view.input_shape, generator=gen)
-    return x.to(view.device), None
-
-
 def _simulation_set(view: ServerView, xs: torch.Tensor, ys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Up to SIMULATION_PER_CLASS public examples per class (noise, labelled per class, when a class has none), with
     the indices of the public examples taken."""
@@ -573,7 +562,7 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     grads = view.as_gradient()
     batch = int(view.batch_size)
     use_bias = head.bias is not None and head.bias in grads
-    xs, ys = _server_data(view, batch)
+    xs, ys = view.server_data(batch)
     use = _affordable_examples(view.model, xs)
     xs, ys = xs[:use], (None if ys is None else ys[:use])
     chunk = batch if batch > 1 else 2

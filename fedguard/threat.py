@@ -143,6 +143,17 @@ class ServerView:
     auxiliary: Any = field(default=None, repr=False)
     next_round: Any = field(default=None, repr=False)
 
+    def server_data(self, need: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(inputs, labels)`` the server runs the model on: its public data of the domain, or without it ``need``
+        (at least 64) inputs of seeded uniform noise in the input box, unlabelled (None)."""
+        if self.threat.auxiliary_data and self.auxiliary is not None and len(self.auxiliary[1]) > 0:
+            x, y = self.auxiliary
+            return x.to(self.device), y.to(self.device)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed + 17)
+        lo, hi = self.threat.input_range
+        x = lo + (hi - lo) * torch.rand(max(need, 64), *self.input_shape, generator=gen)
+        return x.to(self.device), None
+
     def gradient_direction(self) -> dict[str, torch.Tensor]:
         """The update as the average gradient up to a positive factor, which needs no schedule: FedSGD's gradient,
         FedAvg's ``-(W_T - W_0)`` (``T lr`` times it). Enough for attacks that read quotients (``∇W / ∇b``) or

@@ -356,6 +356,25 @@ def test_label_counts_of_a_bias_free_head_whose_input_can_be_negative(digits, ac
         assert rec.label_counts.tolist() == torch.bincount(by, minlength=10).tolist()
 
 
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh], ids=["relu", "tanh"])
+def test_idlg_reads_a_bias_free_two_class_head(digits, activation):
+    """Two classes: the rows are opposite and their norms tie (the norms alone had been right for 16-22 of 40, a coin
+    toss); the row against the head's typical input is the label's, as the sign rule reads it after ReLU."""
+    x, y = digits
+    keep = torch.nonzero(y < 2).flatten()
+    two = (x[keep], y[keep])
+    found = []
+    for i in range(10):
+        torch.manual_seed(i)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), activation(), nn.Linear(32, 2, bias=False))
+        view, _, by = server_view(model, two, [i])
+        view = dataclasses.replace(view, num_classes=2)
+        rec = IDLG().run(view, Budget(1))
+        assert rec.details["route"] == "weight_row_signs"
+        found.append(int(rec.labels[0]) == int(by[0]))
+    assert all(found)
+
+
 def test_idlg_applies_only_to_one_example(digits):
     view, _, _ = server_view(lenet8(0), digits, [0, 1])
     assert "one example" in IDLG().applies(view)
