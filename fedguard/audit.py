@@ -175,16 +175,25 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     return module, info
 
 
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of named tensors: each one's name, dtype and shape, then its values (little-endian), in order. It names
-    the exact weights (a model's ``state_dict``) or update whatever they came from: a module passed in from Python,
-    or an update computed here, has no file digest, and a compliance record must say what it judged."""
+def tensors_sha256(tensors: Mapping[str, Any]) -> str:
+    """SHA-256 of named tensors: each one's name, dtype and shape, then its values' bytes (the machine's byte order:
+    little-endian on x86 and ARM), in order; sparse tensors as dense, quantised ones as their dequantised values, an
+    entry that is no tensor (a module's extra state) by its name and type. It names the exact weights (a model's
+    ``state_dict``) or update whatever they came from: a module passed in from Python, or an update computed here,
+    has no file digest, and a compliance record must say what it judged."""
     digest = hashlib.sha256()
-    for name, tensor in tensors.items():
-        values = tensor.detach().cpu().contiguous()
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            digest.update(f"{name}\0{type(value).__qualname__}\0".encode("utf-8", "surrogatepass"))
+            continue
+        values = value.detach().cpu()
+        if values.layout != torch.strided:
+            values = values.to_dense()
+        if values.is_quantized:
+            values = values.dequantize()
+        values = values.resolve_conj().resolve_neg().contiguous()
         digest.update(f"{name}\0{values.dtype}\0{tuple(values.shape)}\0".encode("utf-8", "surrogatepass"))
-        array = values.numpy()
-        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype: bfloat16, float8, bool
     return digest.hexdigest()
 
 
