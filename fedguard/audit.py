@@ -313,6 +313,8 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
 #: Share of an image attack's time budget that inferring the batch's labels for it may take (label counts on a
 #: FedAvg ConvNet run up to their 30 s cap): the rest is left for its iterations.
 LABELLING_SHARE = 0.5
+#: The reason given under ``skipped`` for a default attack an audit that named others did not run.
+NOT_REQUESTED = "not requested (the audit was asked for other attacks)"
 #: |cosine| between an update read in and the batch's gradient at the global model beyond which its sign says
 #: which protocol made it. FedAvg deltas point against the gradient: cosine -0.04 to -1.0 (MLP, LeNet and the
 #: ConvNet on digits, batches 1-64, 5-20 steps at lr 0.01-0.3, whole and one-example mini-batches); a FedSGD
@@ -651,7 +653,7 @@ def audit(
     through them), so a hook that records activations into the caller's
     objects fires on the audit's passes too: remove such hooks first.
     """
-    from fedguard.attacks.base import Budget
+    from fedguard.attacks.base import KNOWN_LABELS, Budget
     from fedguard.attacks.base import attacks as registry
     from fedguard.metrics import NoUpdateGuess, baseline_psnr, score, verdict_for
 
@@ -959,13 +961,17 @@ def audit(
                              f"{exposure_seconds:g} s here) or an idle machine may decide it (the exposure does not change "
                              "the leakage level)")  # fmt: skip
 
-    not_run = [name for name in requested or () if name in skipped]
-    if not_run and not stop.is_set():  # what was asked for and not measured is no pass (the default skips freely)
-        notes.append(f"named but not run: {', '.join(not_run)} (the reasons are under skipped): the audit measured less "
-                     "than it was asked to")  # fmt: skip
+    # what was asked for and not measured is no pass (the default skips freely): an attack named and skipped, where no
+    # attack of its kind (images, labels) measured anything instead and labels the server knows are not the reason
+    measured = {reg.get(o.name).kind for o in outcomes}
+    not_run = [name for name in requested or ()
+               if name in skipped and reg.get(name).kind not in measured and skipped[name] != KNOWN_LABELS]  # fmt: skip
+    if not_run and not stop.is_set():
+        notes.append(f"named but not run: {', '.join(not_run)} (the reasons are under skipped), and no other attack "
+                     "measured that kind of leak: the audit measured less than it was asked to")  # fmt: skip
     for name in reg.names():  # what a reader of a pass must know was not tried: the default attacks left out
         if requested is not None and reg.get(name).default and name not in requested:
-            skipped[name] = "not requested (the audit was asked for other attacks)"
+            skipped[name] = NOT_REQUESTED
 
     from fedguard.metrics import THRESHOLDS
 
