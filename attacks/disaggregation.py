@@ -162,7 +162,8 @@ class Disaggregation:
     rank: int
     notes: tuple[str, ...] = ()
     interchangeable: tuple[tuple[int, ...], ...] = ()
-    #: Integer programs the time limit stopped plus users the deadline left open: with more time, more may be exact.
+    #: Integer programs the time limit stopped, users the deadline left open and users whose proof of being the only
+    #: column the time limit stopped: with more time, more may be exact.
     timed_out: int = 0
     #: What the run was given, to run it again: seconds per user for the integer programs, their worker processes,
     #: the seed.
@@ -810,7 +811,8 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
                      "well: their columns are approximate")  # fmt: skip
     if whys.count("search"):
         notes.append(f"{whys.count('search')} user(s) could not be proven the only 0/1 column with their counts within "
-                     f"a search of {_RIVAL_NODES} branch-and-bound nodes: their columns are approximate")  # fmt: skip
+                     f"a search of {_RIVAL_NODES} branch-and-bound nodes and {_MILP_TRIES} integer programs (each "
+                     "cutting off a column the noise does not explain): their columns are approximate")  # fmt: skip
     if whys.count("time"):
         book.timed_out += whys.count("time")
         limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")

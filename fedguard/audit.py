@@ -1019,6 +1019,7 @@ def audit(
             "attack_options": {k: dict(v) for k, v in options.items()},
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "exposure_requested": federation is not None,
         },
         seconds=time.perf_counter() - t_start,
         interrupted=stop.is_set(),

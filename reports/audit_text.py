@@ -135,7 +135,7 @@ class AuditTextRenderer(AuditRenderer):
         if report.exposure is not None:
             _exposure(console, report.exposure)
         else:
-            why = "the audit was interrupted" if report.interrupted else "turned off"
+            why = "turned off" if not report.config.get("exposure_requested", report.interrupted) else "the audit was interrupted before it"
             console.print(Text(f"secure aggregation across rounds: not analysed ({why})", style="dim"))
         files = [o.image_file for o in report.attacks if o.image_file]
         if files:

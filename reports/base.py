@@ -13,6 +13,7 @@ with ``@register_renderer("name")`` and is imported by ``fedguard.reports``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as _dt
 import enum
 import json
@@ -252,12 +253,13 @@ def read_schema(filename: str) -> dict[str, Any]:
 
 
 def generated_at() -> str:
-    """When a report is written, in UTC (``SOURCE_DATE_EPOCH``, when set, for reproducible output)."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.strip().isdigit():
-        when = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
-    else:
-        when = _dt.datetime.now(tz=_dt.timezone.utc)
+    """When a report is written, in UTC (``SOURCE_DATE_EPOCH``, when set to a time a date can hold, for reproducible
+    output; one past the year 9999 had raised)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = _dt.datetime.now(tz=_dt.timezone.utc)
+    if epoch.isdigit():
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            when = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
     return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

@@ -5,10 +5,11 @@ The JSON document is described by ``schemas/disaggregate-report.schema.json``
 notes in ``docs/disaggregation.md``). Sample::
 
     {
-      "schema_version": "1.1",
+      "schema_version": "1.2",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "disaggregate",
       "source": {"kind": "file", "path": "rounds.npz"},
+      "settings": {"time_limit": 60.0, "workers": 2, "seed": 0},
       "rounds": 200, "users": 50, "dim": 200, "window": 10,
       "noise_scale": 0.0, "noise_estimated": true, "rank": 50,
       "users_recovered": 50, "users_exact": 50, "users_approximate": 0, "users_failed": 0,

@@ -478,3 +478,13 @@ def test_html_shows_a_rules_help_on_its_lines(malicious):
     rules = {**RULES, "FG001": Rule("FG001", "Averaging", "Rows average.", "Do not train.\n<Ask> the server.", "Ref")}
     page = render("html", malicious, rules)
     assert "Do not train.<br>&lt;Ask&gt; the server." in page and "\\n" not in page
+
+
+def test_reports_are_dated_by_source_date_epoch_when_a_date_can_hold_it(monkeypatch):
+    """SOURCE_DATE_EPOCH dates a report for reproducible output; one past the year 9999 had raised a traceback."""
+    from fedguard.reports.base import generated_at
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    assert generated_at() == "1970-01-02 00:00:00 UTC"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "999999999999")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", generated_at()) and not generated_at().startswith("1970")
