@@ -123,10 +123,11 @@ _MILP_TRIES = 5             # re-solves with a no-good cut when a noisy MILP ans
 _SWAP_PAIRS = 20_000_000    # cap on T * window * n work for the one-swap separation
 _UNIQUE_MAX = 20_000        # cap on rounds x M's columns for proving exact columns the only ones (_stage_unique)
 #: Branch-and-bound nodes per user for the integer programs that look for a rival column (_stage_unique; shared by
-#: its ``_MILP_TRIES`` tries, each of which cuts off a rival the noise does not explain): a bound on work, not
-#: on time, so a proof comes out the same on any machine (unless ``time_limit`` ends it) (a 2 s cap had certified user 15 of a 20-user, 80-round
-#: federation at 5 % noise in one run and not in the next: an independent review). 1 000 left one of those 20
-#: unproven, 3 000 none (seeds 1-3), and every user of 50 / 200 rounds / d = 200 (seeds 0 and 3, calls up to 3.9 s).
+#: its ``_MILP_TRIES`` tries, each of which cuts off a rival the noise does not explain): a bound on work, not on
+#: time, so a proof comes out the same on any machine unless ``time_limit`` ends it. A 2 s cap had certified user 15
+#: of a 20-user, 80-round federation at 5 % noise in one run and not in the next (an independent review). 1 000 left
+#: one of those 20 unproven, 3 000 none (seeds 1-3), and every user of 50 / 200 rounds / d = 200 (seeds 0 and 3,
+#: programs up to 3.9 s).
 _RIVAL_NODES = 3000
 _SPREAD_MARGIN = 1.5        # rival search's per-round tolerance over the largest round's expected share (_stage_unique)
 _EXACT_TOL = 1e-6           # residual allowed (per sqrt(rounds)) on exact aggregates

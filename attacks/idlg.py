@@ -41,9 +41,8 @@ from typing import ClassVar
 import torch
 
 from fedguard.threat import ServerView
-from fedguard.types import Reconstruction
-
 from fedguard.torch_state import evaluating
+from fedguard.types import Reconstruction
 
 from ._head import find_head, head_not_updated, layer_input
 from .base import KNOWN_LABELS, Attack, Budget, register_attack
