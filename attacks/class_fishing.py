@@ -40,6 +40,10 @@ from .fc_inversion import FCInversion
 from .inverting_gradients import InvertingGradients
 from .mkor import invert_features, public_examples
 
+#: The least bias of a fishing head's zeroed rows: a logit no input moves, far above any honest head's biases (the
+#: inspect rule FG502 calls a bias of 50 high).
+PLANTED_BIAS = 100.0
+
 __all__ = ["ClassFishing", "fishing_target", "invert_isolated"]
 
 
@@ -121,6 +125,16 @@ class ClassFishing(Attack):
         if head is None or head.bias is None or head.weight not in view.tensors:
             return "the model has no classification head with a bias to fish with"
         return None
+
+    def planted(self, view: ServerView) -> bool:
+        """A fishing head sent: rows of exactly zero whose biases swamp every logit (``PLANTED_BIAS`` or more; the
+        paper's code uses 1000), beside at least one row that is not zero (the class fished for)."""
+        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+        if head is None or head.bias is None:
+            return False
+        weight, bias = head.module.weight.detach(), head.module.bias.detach()
+        zero = (weight == 0).all(dim=1)
+        return bool(zero.any() and (~zero).any() and (bias[zero] >= PLANTED_BIAS).all())
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()

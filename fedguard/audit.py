@@ -821,13 +821,20 @@ def audit(
     )
 
     sent: set[str] = set()  # emulators whose parameters the received model carries: attacked as received
-    if requested is None:  # a received model that already carries an emulated server's parameters: attack it unasked
-        for name in reg.names():
-            cls = reg.get(name)
-            if (cls.emulates is not None and name not in names and not any(issubclass(cls, type(chosen[n])) for n in names)
-                    and cls().planted(view)):  # fmt: skip  (mkor_inconspicuous reads it as mkor does)
+    carried = []  # the same, where the attacks were named and these left out
+    for name in reg.names():  # a received model that already carries an emulated server's parameters: attack it unasked
+        cls = reg.get(name)
+        if (cls.emulates is not None and name not in names and not any(issubclass(cls, type(chosen[n])) for n in names)
+                and cls().planted(view)):  # fmt: skip  (mkor_inconspicuous reads it as mkor does)
+            if requested is None:
                 names, chosen[name] = [*names, name], cls()
                 sent.add(name)
+            else:
+                carried.append(name)
+    if carried:  # a pass from the attacks named must not hide a model crafted to leak (a compliance reader's review)
+        notes.append(f"the received model carries the parameters a malicious server plants for {', '.join(carried)}, "
+                     "which the attacks named leave out: add them to the attacks, and inspect the model (fedguard "
+                     "inspect) before training on it")  # fmt: skip
 
     from fedguard.attacks.craft import NothingToPlant
 

@@ -1160,9 +1160,11 @@ def test_class_fishing_on_a_single_linear_layer_reads_the_fished_row(own_arch):
     assert outcome.details["inversion"] == "feature_inversion" and outcome.psnr_max >= 50
 
 
-def test_a_received_mkor_model_is_attacked_as_received():
+def test_a_received_mkor_or_class_fishing_model_is_attacked_as_received():
     """A model that already carries MKOR's parameters had passed the default audit without mkor, and `--attack mkor`
-    on it was skipped (the crafter had nothing left to plant). Now it is attacked with the client's own update."""
+    on it was skipped (the crafter had nothing left to plant). Now it is attacked with the client's own update, as is
+    one that carries class fishing's head; where the attacks named leave it out, a note says so and the audit does
+    not pass (an audit of a fishing model with label counts alone had passed: a compliance reader's review)."""
     from fedguard.attacks.craft import craft_model
     from fedguard.audit import audit
 
@@ -1170,14 +1172,17 @@ def test_a_received_mkor_model_is_attacked_as_received():
         return audit(model, arch="mlp", input_shape=SHAPE, data="digits", batch_size=8, attacks=attacks, device="cpu",
                      seed=0, max_iterations=30, time_budget=None)  # fmt: skip
 
-    received = craft_model("mkor", "mlp", input_shape=SHAPE)
-    default = run(received, ["label_counts", "fc_inversion"])  # named attacks: nothing added
-    assert "mkor" not in {o.name for o in default.attacks}
-    for report in (run(received), run(received, ["mkor"])):
-        outcome = report.outcome("mkor")
-        assert outcome.details["update"].startswith("the client's own") and "crafting_seconds" not in outcome.details
-    honest = run(mlp8(0))  # an honest MLP's head has no class's rows: mkor stays on request
-    assert "mkor" not in {o.name for o in honest.attacks} and "mkor" not in honest.skipped
+    for emulator in ("mkor", "class_fishing"):  # class fishing's zeroed head rows with swamping biases: found too
+        received = craft_model(emulator, "mlp", input_shape=SHAPE)
+        named = run(received, ["label_counts", "fc_inversion"])  # named attacks: nothing added, but a warning
+        assert emulator not in {o.name for o in named.attacks} and str(named.verdict) != "pass"
+        assert f"carries the parameters a malicious server plants for {emulator}" in named.notes[-1]
+        for report in (run(received), run(received, [emulator])):
+            outcome = report.outcome(emulator)
+            assert outcome.details["update"].startswith("the client's own") and "crafting_seconds" not in outcome.details
+    honest = run(mlp8(0))  # an honest MLP's head has no class's rows: the emulators stay on request
+    assert not {"mkor", "class_fishing"} & ({o.name for o in honest.attacks} | set(honest.skipped))
+    assert not any("malicious server plants" in note for note in run(mlp8(0), ["label_counts"]).notes)
 
 
 NORMALISED_MLP = """
