@@ -61,18 +61,27 @@ class _PrintsWhenUnpickled:
 
 
 def _train_benign(inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> nn.Module:
+    """The honest LeNet-5: two epochs of SGD on the digits, on one thread, so that the demo writes the same models
+    whatever the machine's cores (on two threads the sums of the products had rounded otherwise, two epochs had
+    carried that into other weights, and a crafted model built on them had one finding more: a reproducibility
+    review). 0.3-0.5 s either way."""
     from fedguard.architectures import build_model
 
-    torch.manual_seed(seed)
-    model = build_model(ARCH, num_classes=10, input_shape=SHAPE)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(2):
-        for batch in torch.randperm(len(inputs)).split(64):
-            optimiser.zero_grad()
-            loss_fn(model(inputs[batch]), labels[batch]).backward()
-            optimiser.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = build_model(ARCH, num_classes=10, input_shape=SHAPE)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        for _ in range(2):
+            for batch in torch.randperm(len(inputs)).split(64):
+                optimiser.zero_grad()
+                loss_fn(model(inputs[batch]), labels[batch]).backward()
+                optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
     return model
 
 

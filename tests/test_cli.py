@@ -955,6 +955,24 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     assert f"already holds {mkor}, which no earlier demo wrote" in line and mkor.read_bytes() != runs[0][mkor.name]
 
 
+def test_the_demo_trains_its_honest_model_alike_on_any_number_of_cores(digits):
+    """Two threads had rounded the training's sums otherwise: other weights, other crafted models, one finding more
+    on one of them (a reproducibility review). The demo trains on one thread, and leaves the caller's setting."""
+    from fedguard.demo import SHAPE, _train_benign
+
+    x, y = torch.nn.functional.interpolate(digits[0][:256], size=SHAPE[1:]), digits[1][:256]
+    before = torch.get_num_threads()
+    weights = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            weights.append(_train_benign(x, y, seed=0).state_dict())
+        finally:
+            torch.set_num_threads(before)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert torch.get_num_threads() == before
+
+
 def test_a_demo_verdict_not_as_expected_is_named_and_exits_1(workdir, monkeypatch):
     """The demo checks its own verdicts: a crafted model an inspection calls clean is a failure, not a line to
     overlook in the table."""
