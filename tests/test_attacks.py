@@ -619,6 +619,24 @@ def test_inverting_gradients_unrolls_fedavg_local_steps(digits):
     assert rec.seconds < 30
 
 
+@pytest.mark.parametrize("engine", ["vmap", "loop"])
+def test_inverting_gradients_tries_recovered_labels_in_more_than_one_order_across_mini_batches(digits, engine):
+    """Recovered labels do not say which mini-batch held which example: the first restart takes them in class order,
+    the others seeded shuffles; the labels reported are the best restart's, a reordering of the recovered ones."""
+    index = np.sort(np.random.default_rng(2).choice(len(digits[1]), 8, replace=False))
+    torch.manual_seed(2)
+    view, bx, by = server_view(build_model("mlp", input_shape=SHAPE), digits, index, protocol="fedavg", local_steps=4,
+                               local_lr=0.1, local_batch_size=2, known_labels=True, seed=2)  # fmt: skip
+    recovered = dataclasses.replace(view, labels=torch.sort(by).values, label_source="recovered by label_counts")
+    rec = InvertingGradients(tv=0.0, restarts=4, engine=engine).run(recovered, Budget(25))
+    assert sorted(rec.labels.tolist()) == sorted(by.tolist())
+    assert "in class order for one restart, shuffled for the 3 others (the best: " in rec.details["label_order"]
+    again = InvertingGradients(tv=0.0, restarts=4, engine=engine).run(recovered, Budget(25))
+    assert torch.equal(rec.images, again.images) and torch.equal(rec.labels, again.labels)  # seeded
+    known = InvertingGradients(tv=0.0, restarts=4, engine=engine).run(view, Budget(25))  # known labels keep their order
+    assert torch.equal(known.labels, by) and "label_order" not in known.details
+
+
 def test_inverting_gradients_needs_labels(digits):
     view, _, _ = server_view(lenet8(0), digits, [0, 1])
     assert "labels" in InvertingGradients().applies(view)
