@@ -128,8 +128,10 @@ class AuditTextRenderer(AuditRenderer):
             if o.label_counts_exact is not None and o.kind == "labels":
                 console.print(
                     f"{o.name}: {o.label_counts_exact:.0%} of per-class counts exact, "
-                    f"count error {o.label_count_error} over {plural(d.get('batch_size'), 'example')}",
-                    )
+                    f"count error {o.label_count_error} over {plural(d.get('batch_size'), 'example')}"
+                    + ("" if o.label_accuracy is None else
+                       f" (label accuracy {fmt_num(o.label_accuracy, 2)}: the share of the batch's labels they get right)"),
+                    )  # fmt: skip
         for name, why in report.skipped.items():
             console.print(Text(printable(f"skipped {name}: {why}"), style="dim"))
         if report.exposure is not None:
