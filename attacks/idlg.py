@@ -59,8 +59,8 @@ READOUT_EXAMPLES = 256
 def idlg_label(view: ServerView) -> tuple[int, dict]:
     """The label of the single example behind ``view``'s update, and how it was read."""
     head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+    sign = 1.0 if view.protocol == "fedsgd" else -1.0  # FedAvg uploads W_T - W_0 = -lr * sum of gradients
     if head.bias is not None and head.bias in view.tensors:
-        sign = 1.0 if view.protocol == "fedsgd" else -1.0  # FedAvg uploads W_T - W_0 = -lr * sum of gradients
         score = sign * view.tensors[head.bias].double()
         label = int(torch.argmin(score))
         return label, {"route": "bias", "negative_entries": int((score < 0).sum()),
@@ -74,7 +74,6 @@ def idlg_label(view: ServerView) -> tuple[int, dict]:
     if len(norms) > 1 and margin < TIE:  # opposite rows: the one against the head's typical input is the label's
         with evaluating(view.model), torch.no_grad():
             features = layer_input(view.model, head.module, view.server_data(READOUT_EXAMPLES)[0][:READOUT_EXAMPLES])
-        sign = 1.0 if view.protocol == "fedsgd" else -1.0  # FedAvg uploads W_T - W_0 = -lr * sum of gradients
         tied = order[:2]
         along = sign * (rows[tied] @ readout(features).to(rows.device))
         label = int(tied[int(torch.argmin(along))])

@@ -139,7 +139,7 @@ class InvertingGradients(Attack):
         z_lo, z_hi = (lo - mean) / std, (hi - mean) / std
         labels = F.one_hot(view.labels.to(view.device).long(), C).to(z.dtype)
         minibatches = -(-B // int(view.local_batch_size or B))
-        shuffled = view.protocol == "fedavg" and minibatches > 1 and (view.label_source or "").startswith("recovered")
+        shuffled = view.protocol == "fedavg" and minibatches > 1 and view.threat.labels != "known"  # recovered labels
         orders = [torch.arange(B)] + [torch.randperm(B, generator=gen) for _ in range(R - 1)] if shuffled else None
         # per restart, labels as near-one-hot logits (the objective's per-guess labels; their gradient goes unused)
         logits = LABEL_LOGIT * torch.stack([labels[order.to(labels.device)] for order in orders]) if shuffled else None

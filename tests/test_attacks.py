@@ -49,6 +49,7 @@ from fedguard.data import load_data
 from fedguard.metrics import (
     PSNR_CAP, THRESHOLDS, baseline_psnr, class_image_scores, image_level, label_level, match, psnr, score, ssim, verdict_for,
 )
+from fedguard.threat import ThreatModel
 from fedguard.types import AuditVerdict, Confidence, Finding, InspectionReport, LeakageLevel, Severity, Verdict
 from fedguard.update import compute_update
 
@@ -627,7 +628,8 @@ def test_inverting_gradients_tries_recovered_labels_in_more_than_one_order_acros
     torch.manual_seed(2)
     view, bx, by = server_view(build_model("mlp", input_shape=SHAPE), digits, index, protocol="fedavg", local_steps=4,
                                local_lr=0.1, local_batch_size=2, known_labels=True, seed=2)  # fmt: skip
-    recovered = dataclasses.replace(view, labels=torch.sort(by).values, label_source="recovered by label_counts")
+    recovered = dataclasses.replace(view, labels=torch.sort(by).values, label_source="recovered by label_counts",
+                                    threat=ThreatModel(labels="infer"))
     rec = InvertingGradients(tv=0.0, restarts=4, engine=engine).run(recovered, Budget(25))
     assert sorted(rec.labels.tolist()) == sorted(by.tolist())
     assert "in class order for one restart, shuffled for the 3 others (the best: " in rec.details["label_order"]
