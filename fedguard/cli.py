@@ -42,6 +42,7 @@ class FedguardGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """``fedguard``'s own options (``fedguard --bogus``): a usage error in one line, as a command's are; a bare
         ``fedguard`` still shows the help."""
+        ctx.meta["fedguard.arguments"] = tuple(args)  # before click takes them apart: the reports record them
         try:
             return super().parse_args(ctx, args)
         except click.exceptions.NoArgsIsHelpError:
@@ -50,7 +51,8 @@ class FedguardGroup(click.Group):
             _usage_error(exc, ctx)
 
     def invoke(self, ctx: click.Context):
-        token = COMMAND_LINE.set(True)  # messages name the flags typed, not Python's keyword arguments
+        # messages name the flags typed, not Python's keyword arguments, and reports say how they were made
+        token = COMMAND_LINE.set(("fedguard", *ctx.meta.get("fedguard.arguments", ())))
         try:
             return super().invoke(ctx)
         except InputError as exc:

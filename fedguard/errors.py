@@ -18,8 +18,9 @@ from typing import Callable, Mapping, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
-#: True inside a ``fedguard`` command: messages keep the flags the user typed.
-COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_command_line", default=False)
+#: Inside a ``fedguard`` command, the command as typed (``("fedguard", "audit", "--model", ...)``): messages keep
+#: the flags the user typed, and reports record it. Empty outside one.
+COMMAND_LINE: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fedguard_command_line", default=())
 
 #: True inside a call to a function wrapped in :func:`keyword_names`: the outermost one names the arguments.
 _RENAMING: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_renaming", default=False)

@@ -24,7 +24,7 @@ from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
 from .audit_text import defense_summary, exposure_summary, threat_items, thresholds_said
-from .base import generated_at
+from .base import command_line, generated_at, shown_command
 from .html import template_environment
 
 TEMPLATE = "audit.html"
@@ -47,6 +47,7 @@ class AuditHtmlRenderer(AuditRenderer):
             thresholds_said=_sentence(thresholds_said(report)) if report.leakage.thresholds else "",
             pictures=pictures,
             generated=generated_at(),
+            command=shown_command(typed) if (typed := command_line()) else None,
             tool_version=report.tool_version,
         )
 

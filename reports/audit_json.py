@@ -7,10 +7,11 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.8",
+      "schema_version": "1.9",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "generated": "2026-12-06 03:00:00 UTC",
+      "command_line": ["fedguard", "audit", "--arch", "lenet", "--data", "digits", "--format", "json"],
       "verdict": "block",
       "fail_on": "high",
       "interrupted": false,
@@ -40,12 +41,13 @@ import fedguard
 from fedguard.types import AttackOutcome, AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import check_report, generated_at, json_safe, printable_values, read_schema
+from .base import check_report, command_line, generated_at, json_safe, printable_values, read_schema
 
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
-#: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated
-SCHEMA_VERSION = "1.8"
+#: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated;
+#: 1.9: command_line
+SCHEMA_VERSION = "1.9"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 SCHEMA_FILE = "audit-report.schema.json"
@@ -100,6 +102,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         "tool": {"name": "fedguard", "version": report.tool_version or fedguard.__version__},
         "command": "audit",
         "generated": generated_at(),
+        "command_line": command_line(),
         "verdict": str(report.verdict),
         "fail_on": str(report.fail_on),
         "interrupted": bool(report.interrupted),

@@ -20,10 +20,11 @@ import json
 import math
 import os
 import re
-from typing import Any, ClassVar, Iterable, Mapping
+import shlex
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import fedguard
-from fedguard.errors import InputError
+from fedguard.errors import COMMAND_LINE, InputError
 from fedguard.registry import Registry
 from fedguard.types import Finding, InspectionReport, Rule, Severity
 
@@ -261,6 +262,17 @@ def generated_at() -> str:
         with contextlib.suppress(OverflowError, OSError, ValueError):
             when = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
     return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def command_line() -> list[str] | None:
+    """The ``fedguard`` command writing a report, as typed (``["fedguard", "audit", "--model", ...]``), so that a
+    report says how to repeat it; None when called from Python (its settings are in the report either way)."""
+    return list(COMMAND_LINE.get()) or None
+
+
+def shown_command(arguments: Sequence[str]) -> str:
+    """``arguments`` as one shell line, each quoted where the shell needs it, control characters escaped."""
+    return printable(shlex.join(arguments))
 
 
 def more_detectors(report: InspectionReport) -> str:

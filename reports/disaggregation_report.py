@@ -5,9 +5,10 @@ The JSON document is described by ``schemas/disaggregate-report.schema.json``
 notes in ``docs/disaggregation.md``). Sample::
 
     {
-      "schema_version": "1.2",
+      "schema_version": "1.3",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "disaggregate",
+      "command_line": ["fedguard", "disaggregate", "rounds.npz", "-o", "report.json"],
       "source": {"kind": "file", "path": "rounds.npz"},
       "settings": {"time_limit": 60.0, "workers": 2, "seed": 0},
       "rounds": 200, "users": 50, "dim": 200, "window": 10,
@@ -29,11 +30,11 @@ from typing import Any, Mapping
 
 from fedguard import __version__
 from fedguard.attacks.disaggregation import Disaggregation, Score
-from fedguard.reports.base import plural, printable, printable_values
+from fedguard.reports.base import command_line, plural, printable, printable_values
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 SCHEMA_FILE = "disaggregate-report.schema.json"
 FORMATS = ("text", "json")
 
@@ -56,6 +57,7 @@ def disaggregation_to_dict(
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "fedguard", "version": __version__},
         "command": "disaggregate",
+        "command_line": command_line(),
         "source": dict(source),
         "settings": dict(result.settings),
         "rounds": rounds,

@@ -35,6 +35,7 @@ from fedguard.types import InspectionReport, Rule
 from .base import (
     SEVERITY_ORDER,
     Renderer,
+    command_line,
     data_used,
     fired_rules,
     fmt_num,
@@ -45,6 +46,7 @@ from .base import (
     printable,
     register_renderer,
     severity_counts,
+    shown_command,
     sorted_findings,
     tool_version,
 )
@@ -119,6 +121,7 @@ def _page(
         fired=fired_rules(every_finding, rules),
         tool_version=", ".join(versions),
         generated=generated_at(),
+        command=shown_command(typed) if (typed := command_line()) else None,
     )
 
 

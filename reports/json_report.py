@@ -7,7 +7,7 @@ JSON: numpy/torch numbers become numbers, arrays become lists, and NaN/±Inf
 become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
 
     {
-      "schema_version": "1.1",
+      "schema_version": "1.2",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "path": "global.pt",
       "sha256": "6f1c0a93e2b4...",
@@ -30,7 +30,8 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
       "seconds": 0.42,
       "config": {"num_classes": null, "input_shape": null, "data": null, "data_sha256": null,
                  "data_examples": null, "seed": 0, "detectors_requested": null,
-                 "reference_sha256": null, "torch": "2.13.0", "fail_on": "medium"}
+                 "reference_sha256": null, "torch": "2.13.0", "fail_on": "medium"},
+      "command_line": ["fedguard", "inspect", "global.pt", "--arch", "lenet5", "--format", "json"]
     }
 """
 
@@ -44,6 +45,7 @@ from fedguard.types import InspectionReport, Rule
 from .base import (
     Renderer,
     check_report,
+    command_line,
     json_safe,
     printable_values,
     read_schema,
@@ -53,7 +55,7 @@ from .base import (
     tool_version,
 )
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SCHEMA_FILE = "inspect-report.schema.json"
 
 
@@ -83,6 +85,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "detectors_run": list(report.detectors_run),
         "seconds": json_safe(float(report.seconds)),
         "config": json_safe(dict(report.config)),
+        "command_line": command_line(),
     })  # fmt: skip
 
 

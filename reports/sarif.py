@@ -16,7 +16,8 @@ Sample output (abridged)::
       "runs": [{
         "tool": {"driver": {"name": "fedguard", "version": "0.1.0",
                             "rules": [{"id": "FG001", "name": "code-importing-pickle", ...}, ...]}},
-        "invocations": [{"executionSuccessful": true}],
+        "invocations": [{"executionSuccessful": true, "commandLine": "fedguard inspect global.pt --format sarif",
+                         "arguments": ["inspect", "global.pt", "--format", "sarif"], "properties": {...}}],
         "artifacts": [{"location": {"uri": "global.pt"}, "hashes": {"sha-256": "6f1c..."}}],
         "results": [{
           "ruleId": "FG101", "ruleIndex": 3, "level": "error",
@@ -43,10 +44,12 @@ from fedguard.types import Finding, InspectionReport, Rule, Severity
 
 from .base import (
     Renderer,
+    command_line,
     json_safe,
     printable_values,
     register_renderer,
     severity_counts,
+    shown_command,
     sorted_findings,
     tool_version,
 )
@@ -164,6 +167,16 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
             "arch": report.arch,
         },
     }
+    invocation: dict[str, Any] = {"executionSuccessful": True}
+    typed = command_line()
+    if typed:  # how to repeat the run (from Python there is no command line, and the config says what was given)
+        invocation.update(commandLine=shown_command(typed), arguments=printable_values(typed[1:]))
+    invocation["properties"] = printable_values({
+        "detectorsRun": list(report.detectors_run),
+        "seconds": json_safe(float(report.seconds)),
+        "reference": report.reference,
+        "config": json_safe(dict(report.config)),
+    })
     run: dict[str, Any] = {
         "tool": {
             "driver": {
@@ -172,17 +185,7 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
                 "rules": descriptors,
             }
         },
-        "invocations": [
-            {
-                "executionSuccessful": True,
-                "properties": printable_values({
-                    "detectorsRun": list(report.detectors_run),
-                    "seconds": json_safe(float(report.seconds)),
-                    "reference": report.reference,
-                    "config": json_safe(dict(report.config)),
-                }),
-            }
-        ],
+        "invocations": [invocation],
         "artifacts": printable_values([artifact]),  # the rules above are fedguard's own text, Markdown line breaks included
         "results": printable_values(results),
         "properties": {

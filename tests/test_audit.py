@@ -143,6 +143,7 @@ def test_html_report_embeds_the_grids(workdir):
     # the settings that repeat the audit are on the page, as in the JSON
     doc = json.loads(invoke(*TINY, "--data", "digits", "--batch-size", "1", "--attack", "idlg", "--format", "json").stdout)
     assert "Settings (to repeat this audit)" in page and "<td>1,8,8</td>" in page
+    assert "<code>fedguard audit --arch lenet --input-shape 1,8,8 --data digits --batch-size 1 --attack idlg" in page
     assert f"<td>{doc['data']['batch_indices'][0]}</td>" in page and "max_iterations</th><td>20</td>" in page
     # for a reader who is no expert: what was checked and assumed, what the verdicts mean, what was not checked, and
     # that the page holds private images (a compliance reader's review)
@@ -221,7 +222,10 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
     assert report["update"]["defense"] == "unknown"  # a file's defense is not measured; it had read "none"
-    assert report["schema_version"] == "1.8" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.9" and report["leakage"]["measured"] is True
+    assert report["command_line"] == ["fedguard", "audit", "--model", "global.pt", *TINY, "--data", "batch.npz",
+                                      "--update", "update.pt", "--attack", "label_counts", "--attack", "dlg", *FAST,
+                                      "--format", "json", "--no-exposure"]  # how to repeat it: as typed  # fmt: skip
     import hashlib  # provenance: the exact files audited
 
     for section, name in (("update", "update.pt"), ("data", "batch.npz")):

@@ -178,11 +178,16 @@ def test_reports_say_how_the_inspection_was_run(workdir, schema):
         "reference_sha256": hashlib.sha256(previous.read_bytes()).hexdigest(), "detectors_requested": None,
         "torch": torch.__version__, "fail_on": "high",
     }  # fmt: skip
+    assert report["command_line"] == ["fedguard", *map(str, args), "--format", "json"]  # as typed, to repeat it
     sarif = json.loads(invoke(*args, "--format", "sarif").stdout)
-    assert sarif["runs"][0]["invocations"][0]["properties"]["config"] == report["config"]
+    invocation = sarif["runs"][0]["invocations"][0]
+    assert invocation["properties"]["config"] == report["config"]
+    assert invocation["arguments"] == [*map(str, args), "--format", "sarif"]
+    assert invocation["commandLine"] == shlex.join(["fedguard", *invocation["arguments"]])
     assert "data mine.npz (16 examples, seed 3)" in invoke(*args).stdout
     page = invoke(*args, "--format", "html").stdout
     assert report["config"]["data_sha256"] in page and report["config"]["reference_sha256"] in page
+    assert "<code>fedguard inspect m.pt --arch lenet5 --data mine.npz --seed 3 --reference " in page
     torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # not lenet5's: FG701, no behavioural check
     other = json.loads(invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz", "--format", "json").stdout)
     assert other["findings"][0]["rule_id"] == "FG701" and other["config"]["data_examples"] is None

@@ -181,7 +181,7 @@ def test_users_with_the_same_counts_are_a_set_not_told_apart():
     recovered = {result.participation[:, u].tobytes() for u in (0, 1)}
     assert recovered == {P[:, u].astype(np.int8).tobytes() for u in (0, 1)}  # the pair's rounds, in some order
     doc = disaggregation_to_dict(result, {"kind": "file", "path": "rounds.npz"}, 30)
-    assert doc["interchangeable"] == [[0, 1]]
+    assert doc["interchangeable"] == [[0, 1]] and doc["command_line"] is None  # from Python: no command line
     assert "(2 of them as a set among users with the same counts" in render_disaggregation("text", doc)
     _validate_schema(doc)
 
@@ -453,6 +453,8 @@ def test_cli_simulate_json(tmp_path):
     assert again["participation"] == doc["participation"]
     assert again["source"] == {"kind": "file", "path": str(saved)}
     assert again["settings"] == {"time_limit": 7.0, "workers": 1, "seed": 4}  # what re-running it takes
+    assert again["command_line"] == ["fedguard", "disaggregate", str(saved), "--format", "json", "--time-limit", "7",
+                                     "--workers", "1", "--seed", "4"]  # fmt: skip
     assert again["score"] is None
 
 

@@ -253,7 +253,8 @@ def _validate_json(doc):
 def test_json_fields_and_schema(malicious):
     text = render("json", malicious, RULES)
     doc = json.loads(text)  # strict: the renderer used allow_nan=False
-    assert doc["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert doc["schema_version"] == SCHEMA_VERSION == "1.2"
+    assert doc["command_line"] is None  # rendered from Python: no command line
     assert doc["tool"] == {"name": "fedguard", "version": "0.1.0"}
     assert doc["path"] == "round 7/global.pt" and doc["sha256"] == malicious.sha256
     assert doc["file_format"] == "torch" and doc["size_bytes"] == 251_234
