@@ -234,7 +234,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.defenses import parse_defense
     from fedguard.exposure import FederationSettings
     from fedguard.io import check_output_path, write_atomic
-    from fedguard.reports.audit_base import grid_png, render_audit
+    from fedguard.reports.audit_base import grid_captions, grid_png, render_audit
     from fedguard.reports.base import printable
     from fedguard.threat import ThreatModel
 
@@ -283,7 +283,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     outcomes = []
     for o in report.attacks:
         if o.images is not None and report.true_images is not None and not no_images:
-            png = grid_png(report.true_images, o.images)
+            png = grid_png(report.true_images, o.images, captions=grid_captions(o, report.true_labels))
             images[o.name] = png
             if output is not None:
                 path = _grid_path(output, o.name)

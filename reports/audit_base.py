@@ -5,9 +5,11 @@ turns one :class:`~fedguard.types.AuditReport` into a string; the CLI picks it
 by ``--format`` and writes it atomically. ``text``, ``json`` and ``html`` are
 registered in :data:`AUDIT_RENDERERS` by :func:`audit_renderers`.
 
-:func:`grid_png` draws one attack's reconstructions under the true images
-(PNG bytes, no dependency beyond zlib); the CLI writes one per image attack
-next to ``--output`` and the HTML page embeds them.
+:func:`grid_png` draws one attack's reconstructions under the true images,
+each pair captioned by :func:`grid_captions` (its place in the batch, its
+label and the pair's PSNR, so that the picture reads beside the report's
+table); the CLI writes one per image attack next to ``--output`` and the HTML
+page embeds them.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ import importlib
 import os
 import struct
 import zlib
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from fedguard.registry import Registry
-from fedguard.types import AuditReport
+from fedguard.types import AttackOutcome, AuditReport
 
 from .base import check_report
 
-__all__ = ["AuditRenderer", "AUDIT_RENDERERS", "register_audit_renderer", "audit_renderers", "render_audit", "grid_png", "encode_png", "is_fedguard_png"]
+__all__ = ["AuditRenderer", "AUDIT_RENDERERS", "register_audit_renderer", "audit_renderers", "render_audit", "grid_png", "grid_captions",
+           "encode_png", "is_fedguard_png"]
 
 AUDIT_RENDERERS: Registry[type["AuditRenderer"]] = Registry("audit output format")
 _MODULES = ("audit_text", "audit_json", "audit_html")
@@ -89,7 +92,20 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", PNG_MARK) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
-def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap: int = 2) -> bytes:
+def grid_captions(outcome: AttackOutcome, true_labels: Sequence[int]) -> list[str]:
+    """One caption per example of the batch for :func:`grid_png`: ``#3: 7`` (its place in the batch and its label;
+    ``7->2`` where the attack gave its reconstruction another label) over the pair's PSNR, or ``not rebuilt``."""
+    scored = {s.index: s for s in outcome.samples}
+    captions = []
+    for index, label in enumerate(int(y) for y in true_labels):
+        s = scored.get(index)
+        given = f"->{s.rebuilt_label}" if s is not None and s.rebuilt_label not in (None, label) else ""
+        captions.append(f"#{index}: {label}{given}\n" + (f"{s.psnr:.1f} dB" if s is not None else "not rebuilt"))
+    return captions
+
+
+def grid_png(true_images, rebuilt, *, captions: Sequence[str] | None = None, columns: int = 16, min_side: int = 64,
+             gap: int = 2) -> bytes:
     """True images (upper row of each pair) over their matched reconstructions (lower row).
 
     ``true_images`` and ``rebuilt`` are ``[N, C, H, W]`` in [0, 1] in the same
@@ -97,6 +113,8 @@ def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap
     did not rebuild is black). Small images are enlarged (nearest neighbour) to
     at least ``min_side`` pixels. Beyond ``columns`` examples the pairs of rows
     stack, a quarter of an image apart so that each pair reads as one.
+    ``captions`` (one per example, lines split by ``\\n``; :func:`grid_captions`)
+    are written under their pairs in Pillow's default font.
     """
     t = np.asarray(true_images.detach().cpu().float().clamp(0, 1).numpy() if hasattr(true_images, "detach") else true_images)
     r = np.asarray(rebuilt.detach().cpu().float().clamp(0, 1).numpy() if hasattr(rebuilt, "detach") else rebuilt)
@@ -110,6 +128,12 @@ def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
     apart = gap + H // 4  # between pairs of rows; the two rows of a pair are ``gap`` apart
+    if captions is not None:
+        from PIL import ImageFont
+
+        font = ImageFont.load_default()
+        line = sum(font.getmetrics()) + 1
+        apart = max(apart, 2 * gap + line * max(c.count("\n") + 1 for c in captions))
     canvas = np.full((rows * (2 * H + gap) + (rows + 1) * apart, cols * (W + gap) + gap, 3), 255, dtype=np.uint8)
     for i in range(n):
         row, col = divmod(i, cols)
@@ -120,4 +144,14 @@ def grid_png(true_images, rebuilt, *, columns: int = 16, min_side: int = 64, gap
             tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
             y0 = top + k * (H + gap)
             canvas[y0 : y0 + H, left : left + W] = tile
+    if captions is not None:
+        from PIL import Image, ImageDraw
+
+        picture = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(picture)
+        for i, caption in enumerate(captions[:n]):
+            row, col = divmod(i, cols)
+            below = apart + row * (2 * H + gap + apart) + 2 * H + gap + gap
+            draw.multiline_text((gap + col * (W + gap), below), caption, fill=(0, 0, 0), font=font, spacing=1)
+        canvas = np.asarray(picture)
     return encode_png(canvas)

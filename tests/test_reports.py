@@ -456,6 +456,34 @@ def test_grid_keeps_each_true_image_with_its_reconstruction():
     assert gaps == [18, 2, 18, 2] and grid.shape == (4 * 64 + 2 * 2 + 3 * 18, 16 * 66 + 2)
 
 
+def test_grid_captions_name_each_example_under_its_pair():
+    """Each pair is captioned with its place in the batch, its label (and the attack's, where it differs) and its
+    PSNR, in the space under it, so that a grid read on its own ties to the report's table (a compliance reader's
+    review: the grids had carried no labels)."""
+    import io
+
+    from PIL import Image
+
+    from fedguard.reports.audit_base import grid_captions, grid_png
+    from fedguard.types import AttackOutcome, LeakageLevel, SampleLeak
+
+    samples = (SampleLeak(0, 1, 31.25, 0.9, 0.001, 7, 2), SampleLeak(2, 0, 12.0, 0.3, 0.06, 1, 1))
+    outcome = AttackOutcome(name="dlg", title="", reference="", kind="images", level=LeakageLevel.HIGH, psnr_mean=21.6,
+                            psnr_max=31.25, ssim_mean=0.6, ssim_max=0.9, mse_mean=0.03, label_accuracy=0.5,
+                            label_count_error=None, label_counts_exact=None, seconds=1.0, iterations=10,
+                            stopped="converged", samples=samples)  # fmt: skip
+    captions = grid_captions(outcome, [7, 4, 1])
+    assert captions == ["#0: 7->2\n31.2 dB", "#1: 4\nnot rebuilt", "#2: 1\n12.0 dB"]
+    true = torch.zeros(3, 1, 64, 64)  # black tiles on white
+    grid = np.asarray(Image.open(io.BytesIO(grid_png(true, true, captions=captions))).convert("L"))
+    tiles = np.flatnonzero((grid[:, 2:66] == 0).all(axis=1))
+    assert len(tiles) == 2 * 64 and tiles[-1] - tiles[0] == 2 * 64 + 2 - 1  # the pair as without captions
+    for column in range(3):
+        ink = grid[tiles[-1] + 1 :, 2 + column * 66 : 2 + column * 66 + 64] < 128
+        assert ink.sum() > 20 and ink.any(axis=1).sum() >= 16  # two lines of text under each pair
+        assert not (grid[: tiles[0], 2 + column * 66 : 2 + column * 66 + 64] < 255).any()  # nothing above it
+
+
 def test_table_numbers_show_no_sign_that_rounds_away():
     from fedguard.reports.base import fmt_num
 
