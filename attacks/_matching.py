@@ -44,7 +44,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from torch.func import functional_call, grad, grad_and_value, replace_all_batch_norm_modules_, vmap
 

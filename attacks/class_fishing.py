@@ -31,10 +31,10 @@ from typing import ClassVar
 
 import torch
 
+from fedguard.layers import Head, find_head
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-from ._head import Head, find_head
 from .base import Attack, Budget, register_attack
 from .fc_inversion import FCInversion
 from .inverting_gradients import InvertingGradients

@@ -57,16 +57,15 @@ from fedguard.architectures import (
     check_input_shape,
     check_num_classes,
     classifier_logits,
-    first_line,
     resolve_input_shape,
 )
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError, did_you_mean, keyword_names
+from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
+from fedguard.layers import layer_input
 from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating, own_torch_state
 
-from ._head import layer_input
 
 __all__ = [
     "CRAFTERS",

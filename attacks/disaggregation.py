@@ -142,8 +142,7 @@ class Disaggregation:
     who never took part). ``residual`` is each recovered column's distance to
     the aggregates' column space, ``threshold`` the largest distance that still
     counts as ``exact``. ``stage`` says which step found each column.
-    ``user_seconds`` splits the wall time over users (shared steps divided
-    evenly among the users they worked on). ``interchangeable`` lists the
+    ``interchangeable`` lists the
     groups of users who took part with identical count rows: their columns
     and updates are recovered as a set, but which is whose no attacker can
     tell from the counts (``status`` calls each exact when the set is).
@@ -155,7 +154,6 @@ class Disaggregation:
     stage: tuple[str, ...]
     residual: np.ndarray
     threshold: np.ndarray
-    user_seconds: np.ndarray
     seconds: float
     window: int
     noise_scale: float
@@ -287,7 +285,6 @@ class _Geometry:
     sigma: float
     tol_abs: float
     swap: float              # smallest residual any one-swap change adds (see _swap_distance)
-    G: np.ndarray = field(repr=False)
     pair_sq: np.ndarray | None = field(default=None, repr=False)  # windows x w x w: each swap's, None when sampled
 
     @property
@@ -422,7 +419,7 @@ def _geometry(rounds: Rounds, active: np.ndarray, notes: list[str]) -> tuple[_Ge
     WBpinv = np.linalg.pinv(WB) if n else np.zeros((0, K))
     geo = _Geometry(
         B=B, s=s[:n], M=M, WBpinv=WBpinv, window=w, sigma=sigma,
-        tol_abs=_EXACT_TOL * math.sqrt(T), swap=swap, G=G, pair_sq=pair_sq,
+        tol_abs=_EXACT_TOL * math.sqrt(T), swap=swap, pair_sq=pair_sq,
     )
     return geo, estimated, rank
 
@@ -469,7 +466,6 @@ class _Book:
         self.exact = np.zeros(n, bool)
         self.have = np.zeros(n, bool)
         self.stage = ["none"] * n
-        self.seconds = np.zeros(n)
         self.progress = progress
         self.total = total
         self.settled = 0
@@ -535,7 +531,6 @@ def _stage_projection(book: _Book, users: np.ndarray, deadline: float | None) ->
     active = np.arange(len(users))
     final = np.zeros_like(Y)
     for it in range(1, _PROJECTION_ITERS + 1):
-        t0 = time.perf_counter()
         box = np.clip(Y, 0.0, 1.0)
         Y = Y + geo.project_V(2.0 * box - Y, X0) - box
         if it % _CHECK_EVERY == 0 or it == _PROJECTION_ITERS:
@@ -545,7 +540,6 @@ def _stage_projection(book: _Book, users: np.ndarray, deadline: float | None) ->
             final[:, active[accepted]] = Y[:, accepted]
             if not keep.all():
                 active, Y, X0 = active[keep], Y[:, keep], X0[:, keep]
-        book.seconds[users[active]] += (time.perf_counter() - t0) / max(len(active), 1)
         if active.size == 0 or _past(deadline):
             break
     final[:, active] = Y
@@ -562,7 +556,6 @@ def _stage_search(book: _Book, users: np.ndarray, start: np.ndarray, rng: np.ran
     Y = Y + 0.05 * rng.standard_normal(Y.shape)
     active = np.arange(len(users))
     for it in range(1, _SEARCH_ITERS + 1):
-        t0 = time.perf_counter()
         S = _window_projection(Y, C[active], geo.window)
         accepted = book.offer(users[active], S, "search")
         if accepted.any():
@@ -574,7 +567,6 @@ def _stage_search(book: _Book, users: np.ndarray, start: np.ndarray, rng: np.ran
             Y = X0 + 0.5 * rng.standard_normal(Y.shape)
         else:
             Y = Y + geo.project_V(2.0 * S - Y, X0) - S
-        book.seconds[users[active]] += (time.perf_counter() - t0) / max(len(active), 1)
 
 
 # ---- MILP stage (runs in worker processes; state inherited through fork)
@@ -590,7 +582,7 @@ def _milp_setup(geo: _Geometry) -> dict[str, Any]:
     return {"NT": np.ascontiguousarray(Q[:, n:].T), "W": W, "T": T}
 
 
-def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float, str]]:
+def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, str]]:
     """Solve one user, or users with identical counts in turn (kept on distinct columns).
 
     The paper's feasibility program: ``x`` binary, ``|N^T x| <= row_tol`` row by
@@ -598,7 +590,7 @@ def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float,
     window sums equal to the counts, and a no-good cut for every column
     excluded. An answer whose residual ``||N^T x||`` exceeds ``tau`` is cut off
     and the program re-solved while time is left. Returns
-    ``(user, column or None, residual, seconds, outcome)`` per user.
+    ``(user, column or None, residual, outcome)`` per user.
     """
     users, counts, excluded, row_tols, taus, time_limit, deadline = task
     NT, W, T = _MILP_STATE["NT"], _MILP_STATE["W"], _MILP_STATE["T"]
@@ -634,7 +626,7 @@ def _milp_group(task: tuple) -> list[tuple[int, np.ndarray | None, float, float,
             cuts.append(x)
         if outcome == "solved" and best is not None:
             excluded.append(best)
-        out.append((u, best, best_res, time.perf_counter() - t0, outcome))
+        out.append((u, best, best_res, outcome))
     return out
 
 
@@ -685,7 +677,7 @@ def _stage_milp(
                 _milp_record(book, group)
     finally:
         _MILP_STATE.clear()
-    timed_out = sum(1 for r in results if r[4] == "time limit")
+    timed_out = sum(1 for r in results if r[3] == "time limit")
     book.timed_out += timed_out
     if timed_out:
         limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")
@@ -800,7 +792,6 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
                 why = "rival"
                 break
             cuts.append(rival)
-        book.seconds[u] += time.perf_counter() - t0
         if not proven:
             unproven.update((v, why) for v in same if v in checked)
     for u in sorted(unproven):
@@ -821,9 +812,8 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
                      "(how far a proof gets depends on the machine's speed): their columns are approximate")
 
 
-def _milp_record(book: _Book, group: list[tuple[int, np.ndarray | None, float, float, str]]) -> None:
-    for u, x, _, seconds, _ in group:
-        book.seconds[u] += seconds
+def _milp_record(book: _Book, group: list[tuple[int, np.ndarray | None, float, str]]) -> None:
+    for u, x, _, _ in group:
         if x is not None:
             book.offer(np.array([u]), x[:, None], "milp")
 
@@ -1002,7 +992,6 @@ def disaggregate(
         stage=tuple(book.stage),
         residual=np.where(np.isfinite(book.residual), book.residual, np.nan),
         threshold=book.threshold,
-        user_seconds=book.seconds,
         seconds=seconds,
         window=rounds.window,
         noise_scale=float(geo.sigma),

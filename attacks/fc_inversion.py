@@ -49,11 +49,11 @@ from typing import ClassVar, Mapping
 
 import torch
 
+from fedguard.layers import Head, find_first_layer, layer_input
 from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
-from ._head import Head, find_first_layer, layer_input
 from .base import Attack, Budget, register_attack
 
 __all__ = ["FCInversion", "MERGE_TOLERANCE", "affine_input_map", "bin_neighbours", "invert_rows", "response_correlations"]
@@ -235,11 +235,11 @@ def _unit_rows(rows: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torch.Te
     return rows[index] / norm[index, None], index, norm
 
 
-def response_correlations(response: torch.Tensor, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def response_correlations(response: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(r, index, norm)``: the signed correlations ``[k, k]`` of the units' responses (the columns of ``response``,
-    ``[examples, units]``, centred over the examples unless ``centre`` is False) for the ``k`` units at ``index``
-    whose response varies, and every unit's response norm."""
-    unit, index, norm = _unit_rows(response.T, centre)
+    ``[examples, units]``, centred over the examples) for the ``k`` units at ``index`` whose response varies, and
+    every unit's response norm."""
+    unit, index, norm = _unit_rows(response.T, centre=True)
     return unit @ unit.T, index, norm
 
 

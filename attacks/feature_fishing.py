@@ -47,10 +47,10 @@ from typing import ClassVar
 
 import torch
 
+from fedguard.layers import find_head, layer_input
 from fedguard.threat import NO_BATCH_SIZE, NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
-from ._head import find_head, layer_input
 from .base import Attack, Budget, register_attack, whole_option
 from .class_fishing import fishing_target, invert_isolated
 from .mkor import MKOR

@@ -40,11 +40,11 @@ from typing import ClassVar
 
 import torch
 
+from fedguard.layers import find_head, head_not_updated, layer_input
 from fedguard.threat import ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
-from ._head import find_head, head_not_updated, layer_input
 from .base import KNOWN_LABELS, Attack, Budget, register_attack
 from .label_counts import readout
 

@@ -84,11 +84,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedguard.layers import Head, find_head, head_not_updated
 from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.types import Reconstruction
 from fedguard.update import compute_update, minibatch_slices
 
-from ._head import Head, find_head, head_not_updated
 from .base import KNOWN_LABELS, Attack, Budget, register_attack
 
 __all__ = ["LabelCounts", "round_counts", "estimate_counts", "readout"]

@@ -47,11 +47,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fedguard.layers import find_first_layer, layer_input, linear_layers
 from fedguard.threat import NO_BATCH_SIZE, NO_GRADIENT, ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
-from ._head import find_first_layer, layer_input, linear_layers
 from .base import Attack, Budget, register_attack
 from .label_counts import round_counts
 

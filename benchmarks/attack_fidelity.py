@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fedguard.architectures import build_model  # noqa: E402
+from fedguard import metrics  # noqa: E402
 from fedguard.audit import audit  # noqa: E402
 from fedguard.data import load_data  # noqa: E402
 from fedguard.threat import ServerView, ThreatModel  # noqa: E402
@@ -66,8 +67,8 @@ from fedguard.update import compute_update  # noqa: E402
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.clamp(0, 1) - b) ** 2).mean())
-    return 100.0 if mse <= 1e-10 else 10 * np.log10(1.0 / mse)
+    """:func:`fedguard.metrics.psnr` of a reconstruction, clipped to the image range, against the true image."""
+    return metrics.psnr(a.detach().clamp(0, 1).numpy(), b.detach().numpy())
 
 
 _IMAGES: dict = {}
@@ -190,7 +191,7 @@ def _skewed_batches(y: torch.Tensor) -> list[tuple[int, np.ndarray, np.ndarray]]
 
 
 def _count_trials(arch: str, protocol: str, lr: float, cases, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    from fedguard.attacks._head import find_head
+    from fedguard.layers import find_head
     from fedguard.attacks.label_counts import estimate_counts
 
     exact = total = 0
@@ -320,8 +321,7 @@ def _gaussian_noise(tensors: dict, scale: float, seed: int) -> dict:
 def _soteria(net, tensors: dict, bx: torch.Tensor, percent: float) -> dict:
     """Soteria (Sun et al., CVPR 2021) as in MKOR's code: zero the first FC layer's weight gradient for the
     ``percent`` % of its input features with the smallest sum over examples of ||dr/dx|| / |r|."""
-    from fedguard.attacks._head import linear_layers
-    from fedguard.attacks._head import layer_input
+    from fedguard.layers import layer_input, linear_layers
 
     first = linear_layers(net, tuple(bx.shape[1:]), torch.device("cpu"))[0]
     x = bx.clone().requires_grad_(True)

@@ -30,7 +30,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
 from fedguard.architectures import build_model  # noqa: E402
-from fedguard.attacks.craft import FrontEndModel, craft  # noqa: E402
+from fedguard.attacks.craft import craft  # noqa: E402
 from fedguard.data import load_data  # noqa: E402
 from fedguard.detectors.base import InspectContext  # noqa: E402
 from fedguard.inspect import judge, run_detectors  # noqa: E402

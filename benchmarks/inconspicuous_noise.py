@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from fedguard.architectures import build_model  # noqa: E402
-from fedguard.attacks._head import linear_layers  # noqa: E402
+from fedguard.layers import linear_layers  # noqa: E402
 from fedguard.attacks.base import Budget  # noqa: E402
 from fedguard.attacks.craft import craft  # noqa: E402
 from fedguard.attacks.mkor import MKOR, class_rows  # noqa: E402

@@ -1,7 +1,8 @@
 """Static and behavioural signature checks for received global models.
 
-Each module registers one detector in :data:`DETECTORS`; the CLI, the API,
-``docs/detectors.md`` and the tests all enumerate that registry.
+Each module registers its detector (``drift`` two, for FG701 and FG702) in
+:data:`DETECTORS`; the CLI, the API, ``docs/detectors.md`` and the tests all
+enumerate that registry.
 
 ========================  =====================================================
 detector                  rules

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from fedguard.errors import InputError, did_you_mean
+from fedguard.errors import InputError, did_you_mean, first_line, out_of_memory
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating
 
@@ -45,7 +45,6 @@ __all__ = [
     "check_num_classes",
     "arch_source",
     "builds_any_class_count",
-    "first_line",
 ]
 
 Shape = tuple[int, int, int]
@@ -110,15 +109,6 @@ def check_num_classes(num_classes: Any) -> int:
     return int(num_classes)
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (at most 200 characters), for one-line errors; how much a failed allocation asked for."""
-    wanted = re.search(r"tried to allocate (\d+) bytes", str(exc))
-    if wanted:
-        return f"{type(exc).__name__}: it asks for {int(wanted.group(1)) / 2**30:,.1f} GiB of memory"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
 def classifier_logits(module: nn.Module, x: torch.Tensor, command: str, probe: bool = False) -> torch.Tensor:
     """The logits ``module`` gives for the first 4 of the images ``x`` (eval mode, no gradients), ``[n, classes]``.
     InputError naming the problem when it does not take them or does not return float logits [batch, classes];
@@ -161,12 +151,6 @@ def check_float32(model: nn.Module, what: str, fix: str) -> None:
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()} - {"float32"})
     if dtypes:
         raise InputError(f"{what} has {' and '.join(dtypes)} weights, but fedguard computes in float32; {fix}")
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation that failed (CPU or GPU), not some other runtime error."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def _dry_run(module: nn.Module, input_shape: Shape) -> torch.Tensor:

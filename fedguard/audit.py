@@ -38,12 +38,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import builds_any_class_count, check_float32, classifier_logits, first_line
-from fedguard.data import data_sha256
+from fedguard.architectures import (
+    build_model, builds_any_class_count, check_float32, classifier_logits, resolve_input_shape,
+)
+from fedguard.data import data_sha256, in_memory_batch, load_data
 from fedguard.defenses import Defense, check_defense
-from fedguard.errors import InputError, did_you_mean, first_of, keyword_names
+from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
-from fedguard.loading import is_running_stat
+from fedguard.layers import find_head
+from fedguard.loading import is_running_stat, line_up, load_model_file, to_state_dict
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.types import AttackOutcome, AuditReport, Leakage, LeakageLevel
@@ -119,9 +122,7 @@ def load_weights(
 def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
-    from fedguard.architectures import build_model, resolve_input_shape
     from fedguard.inspect import build_expected_module, names_from
-    from fedguard.loading import load_model_file, to_state_dict
 
     shape = resolve_input_shape(arch, input_shape)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):  # the network it runs on its devices
@@ -163,7 +164,6 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         info = {"path": str(model), "sha256": loaded.sha256, "file_format": loaded.file_format, "weights": "file"}
     module = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None, named=named)
     if not named:
-        from fedguard.loading import line_up
 
         lined, why = line_up({k: v.shape for k, v in module.state_dict().items()}, list(tensors.values()))
         if lined is None:  # its names are fedguard's own (layer0.weight ...): name the item and the shape instead
@@ -206,8 +206,6 @@ def batch_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    from fedguard.architectures import resolve_input_shape
-    from fedguard.data import in_memory_batch, load_data
 
     if isinstance(data, (tuple, list)):
         x, y = in_memory_batch(data)
@@ -285,7 +283,6 @@ def _choose_batch(n: int, batch_size: int, seed: int) -> np.ndarray:
 def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
     """Labels for the image attacks: from a label attack that ran, else inferred quietly (or None), within
     ``budget``'s time and stop."""
-    from fedguard.attacks._head import find_head
     from fedguard.attacks.idlg import idlg_label
     from fedguard.attacks.label_counts import estimate_counts
 
@@ -737,8 +734,6 @@ def audit(
     dev = resolve_device(device)
 
     if input_shape is None and isinstance(data, (tuple, list)):
-        from fedguard.architectures import resolve_input_shape
-        from fedguard.data import in_memory_batch
 
         try:
             resolve_input_shape(arch)

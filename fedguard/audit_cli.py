@@ -18,7 +18,7 @@ import click
 
 from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
 from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
-from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA
+from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
 from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, input_paths, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
 
@@ -145,7 +145,7 @@ def _check_grid_paths(output: Path, inputs: list) -> None:
     land on or in an input (through a link too)."""
     from fedguard.attacks.base import attacks
     from fedguard.io import check_output_path
-    from fedguard.reports.audit_base import is_fedguard_png
+    from fedguard.reports.grids import is_fedguard_png
 
     for name in attacks().names():
         path = _grid_path(output, name)
@@ -158,7 +158,7 @@ def _check_grid_paths(output: Path, inputs: list) -> None:
 def _remove_stale_grids(output: Path, keep: Mapping[str, bytes]) -> None:
     """Delete the grids an earlier report of this name left for attacks this one did not rebuild (fedguard's own only)."""
     from fedguard.attacks.base import attacks
-    from fedguard.reports.audit_base import is_fedguard_png
+    from fedguard.reports.grids import is_fedguard_png
 
     for name in attacks().names():
         path = _grid_path(output, name)
@@ -231,10 +231,10 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     """
     from fedguard.architectures import parse_input_shape
     from fedguard.audit import audit
-    from fedguard.defenses import parse_defense
     from fedguard.exposure import FederationSettings
     from fedguard.io import check_output_path, write_atomic
-    from fedguard.reports.audit_base import grid_captions, grid_png, render_audit
+    from fedguard.reports.audit_base import render_audit
+    from fedguard.reports.grids import grid_captions, grid_png
     from fedguard.reports.base import printable
     from fedguard.threat import ThreatModel
 

@@ -14,7 +14,7 @@ import sys
 import click
 
 import fedguard
-from fedguard.errors import COMMAND_LINE, InputError
+from fedguard.errors import COMMAND_LINE, InputError, first_line, out_of_memory
 from fedguard.options import (
     OUTPUT_FILE, SEED, NamedPath, input_paths, print_report, refuse_unused, resolve_format, silence_stdout,
     user_code_prints_to_stderr,
@@ -71,7 +71,6 @@ class FedguardGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, OSError):
             raise  # click's own ends; an output that failed (a full disk) is __main__'s one line
         except Exception as exc:
-            from fedguard.architectures import first_line, out_of_memory
             from fedguard.reports.base import printable
 
             if isinstance(exc, (MemoryError, RuntimeError)) and out_of_memory(exc):  # too large for this machine: not a block

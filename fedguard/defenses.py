@@ -42,8 +42,7 @@ from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
 from fedguard import checks
-from fedguard.architectures import first_line
-from fedguard.errors import InputError
+from fedguard.errors import InputError, first_line
 
 #: Names of the defenses, as ``--defense`` takes them.
 DEFENSES = ("none", "dp-sgd", "prune", "noise")

@@ -4,7 +4,8 @@ Messages are written in the command line's terms (``--batch-size 8 is larger
 than --data``). A public function wrapped in :func:`keyword_names` names,
 when called from Python, each flag that is one of its keyword arguments as
 that argument instead (``batch_size 8 is larger than data``); the CLI marks
-its own calls with :data:`COMMAND_LINE`.
+its own calls with :data:`COMMAND_LINE`. :func:`first_line` and
+:func:`out_of_memory` read any other exception for such a line.
 """
 
 from __future__ import annotations
@@ -112,3 +113,19 @@ class Terminated(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for one-line errors; how much a failed
+    allocation asked for."""
+    wanted = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    if wanted:
+        return f"{type(exc).__name__}: it asks for {int(wanted.group(1)) / 2**30:,.1f} GiB of memory"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (CPU or GPU), not some other runtime error."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text

@@ -24,13 +24,16 @@ from torch import nn
 
 import fedguard
 from fedguard import checks
-from fedguard.architectures import check_input_shape, classifier_logits, first_line
+from fedguard.architectures import (
+    build_model, builds_any_class_count, check_input_shape, classifier_logits, resolve_input_shape,
+)
 from fedguard.checks import is_whole
-from fedguard.data import data_sha256
+from fedguard.data import data_sha256, in_memory_batch, load_data
 from fedguard.detectors import DETECTORS, all_rules, gradient_snr
 from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
-from fedguard.detectors.drift import compare_shapes, folded_shapes, shape_summary
-from fedguard.errors import InputError, did_you_mean, keyword_names
+from fedguard.detectors.drift import compare_shapes, folded_shapes, reshaped_names, shape_summary
+from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
+from fedguard.layers import find_head
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import ModelView, first_non_finite
 from fedguard.torch_state import kept_modes, own_torch_state
@@ -64,10 +67,6 @@ def build_expected_module(
     the module's own 10 and the first sizes of the tensors a 10-class module misfits, the one whose module fits the
     received tensors best is built.
     """
-    from fedguard.architectures import build_model, builds_any_class_count, resolve_input_shape
-    from fedguard.attacks._head import find_head
-    from fedguard.detectors.drift import reshaped_names
-
     module = build_model(arch, num_classes=num_classes, input_shape=input_shape)
     if num_classes is None:
         received = None
@@ -342,8 +341,6 @@ def _client_batch(data, arch, module, input_shape, seed):
     if arch is None:
         raise InputError("--data needs --arch: the behavioural checks run your data through the architecture")
     if not isinstance(data, (tuple, list)):
-        from fedguard.architectures import resolve_input_shape
-        from fedguard.data import load_data
 
         data = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
     inputs, labels = _checked_batch(data, module)
@@ -360,7 +357,6 @@ def _client_batch(data, arch, module, input_shape, seed):
 def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``data`` as a batch the behavioural checks can take: float ``[N, C, H, W]`` in [0, 1] (uint8 read as 0-255),
     int64 labels within the model's outputs; InputError otherwise."""
-    from fedguard.data import in_memory_batch
 
     inputs, labels = in_memory_batch(data)
     outputs = classifier_logits(module, inputs, "inspect").shape[1]

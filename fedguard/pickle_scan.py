@@ -81,7 +81,6 @@ class PickleScan:
     """What the pickle streams of one file would import."""
 
     globals: frozenset[tuple[str, str]]
-    streams: int
 
     @property
     def unsafe(self) -> list[str]:
@@ -132,23 +131,21 @@ _TORCH_DATA_NAMES = frozenset(
 )
 
 
-def scan_pickle_stream(stream: BinaryIO) -> tuple[set[tuple[str, str]], int]:
+def scan_pickle_stream(stream: BinaryIO) -> set[tuple[str, str]]:
     """Collect (module, name) pairs from every pickle stored back to back in ``stream``.
 
-    Returns the globals and how many pickles were read. Stops at the end of the
+    Stops at the end of the
     stream or at the first bytes that are not a valid pickle (e.g. the raw
     storages after a legacy torch file's pickles).
     """
     found: set[tuple[str, str]] = set()
-    streams = 0
     while stream.read(1):
         stream.seek(-1, io.SEEK_CUR)
         try:
             _scan_one(stream, found)
         except Exception:
             break
-        streams += 1
-    return found, streams
+    return found
 
 
 def _scan_one(stream: BinaryIO, found: set[tuple[str, str]]) -> None:
@@ -186,31 +183,25 @@ def _scan_one(stream: BinaryIO, found: set[tuple[str, str]]) -> None:
 def scan_file(path: str, is_zip: bool) -> PickleScan:
     """Scan a torch zip archive's ``*.pkl`` members, or a whole legacy pickle file."""
     found: set[tuple[str, str]] = set()
-    streams = 0
     if is_zip:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
                 if info.filename.endswith(".pkl"):
-                    more, n = scan_pickle_stream(io.BytesIO(_read_member(archive, info)))
-                    found |= more
-                    streams += n
+                    found |= scan_pickle_stream(io.BytesIO(_read_member(archive, info)))
     else:
         with open(path, "rb") as handle:
-            found, streams = scan_pickle_stream(handle)
-    return PickleScan(frozenset(found), streams)
+            found = scan_pickle_stream(handle)
+    return PickleScan(frozenset(found))
 
 
 def scan_npz(path: str) -> PickleScan:
     """Scan the pickles of an ``.npz`` archive's object arrays (what ``np.load(allow_pickle=True)`` would unpickle:
     each such ``.npy`` member's bytes after its header)."""
     found: set[tuple[str, str]] = set()
-    streams = 0
     for _info, member, _shape, dtype in npy_members(path):
         if dtype.hasobject:
-            more, n = scan_pickle_stream(io.BytesIO(member.read()))
-            found |= more
-            streams += n
-    return PickleScan(frozenset(found), streams)
+            found |= scan_pickle_stream(io.BytesIO(member.read()))
+    return PickleScan(frozenset(found))
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

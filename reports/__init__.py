@@ -16,7 +16,7 @@ from typing import Mapping
 from fedguard.types import InspectionReport, Rule
 
 from .base import RENDERERS, Renderer, check_report, register_renderer
-from . import text, json_report, sarif, html  # noqa: E402,F401  (register the formats)
+from . import text, json_report, sarif, html  # noqa: F401  (register the formats)
 from .html import render_summary
 
 __all__ = ["RENDERERS", "Renderer", "register_renderer", "render", "render_summary"]

@@ -230,7 +230,7 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
+def fmt_num(value: Any, digits: int = 1) -> str:
     """``value`` with ``digits`` decimals for tables; an en dash for None."""
     if value is None:
         return "–"
@@ -243,7 +243,7 @@ def fmt_num(value: Any, digits: int = 1, suffix: str = "") -> str:
     text = f"{v:.{digits}f}"
     if float(text) == 0:  # -0.0004 rounds to "-0.000", which reads as a sign that is not there
         text = text.lstrip("-")
-    return f"{text}{suffix}"
+    return text
 
 
 def read_schema(filename: str) -> dict[str, Any]:

@@ -323,7 +323,7 @@ def test_an_allocation_too_large_for_the_machine_is_one_error(workdir, monkeypat
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 361783885824 bytes. Error code 12 (Cannot allocate memory)")
 
-    monkeypatch.setattr("fedguard.data.load_data", allocator_fails)  # any allocation past the checks
+    monkeypatch.setattr("fedguard.audit.load_data", allocator_fails)  # any allocation past the checks
     line = assert_input_error(invoke(*run))
     assert line.startswith("fedguard: error: out of memory") and "336.9 GiB" in line and "smaller --input-shape" in line
 

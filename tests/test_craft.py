@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedguard import metrics
 from fedguard.architectures import ARCHITECTURES, build_model
 from fedguard.attacks.craft import CRAFTERS, READS_DATA, FrontEndModel, _trap_rows, craft, craft_model
 from fedguard.errors import InputError
@@ -25,8 +26,7 @@ ALL = ("mkor", "class_fishing", "feature_fishing", "imprint", "trap_weights", "l
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    return metrics.psnr(a.detach().numpy(), b.detach().numpy())
 
 
 def batch(shape=MNIST, n=16, start=0):

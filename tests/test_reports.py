@@ -441,7 +441,7 @@ def test_grid_keeps_each_true_image_with_its_reconstruction():
 
     from PIL import Image
 
-    from fedguard.reports.audit_base import grid_png
+    from fedguard.reports.grids import grid_png
 
     true = torch.zeros(20, 1, 64, 64)  # black tiles on white: white rows are the gaps
     grid = np.asarray(Image.open(io.BytesIO(grid_png(true, true))).convert("L"))
@@ -464,7 +464,7 @@ def test_grid_captions_name_each_example_under_its_pair():
 
     from PIL import Image
 
-    from fedguard.reports.audit_base import grid_captions, grid_png
+    from fedguard.reports.grids import grid_captions, grid_png
     from fedguard.types import AttackOutcome, LeakageLevel, SampleLeak
 
     samples = (SampleLeak(0, 1, 31.25, 0.9, 0.001, 7, 2), SampleLeak(2, 0, 12.0, 0.3, 0.06, 1, 1))
@@ -488,7 +488,7 @@ def test_table_numbers_show_no_sign_that_rounds_away():
     from fedguard.reports.base import fmt_num
 
     assert fmt_num(-0.0004, 3) == "0.000" and fmt_num(-0.004, 2) == "0.00" and fmt_num(-0.02, 2) == "-0.02"
-    assert fmt_num(None) == "–" and fmt_num(float("nan")) == "nan" and fmt_num(12.345, 1, " dB") == "12.3 dB"
+    assert fmt_num(None) == "–" and fmt_num(float("nan")) == "nan" and fmt_num(12.345) == "12.3"
 
 
 def test_json_keeps_file_names_exact_and_escapes_the_rest():
