@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import abc
-from typing import ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import torch
+from torch import nn
 
 from fedguard.modelview import ModelView
 from fedguard.registry import Registry
@@ -37,11 +38,15 @@ class InspectContext:
         The previous round's model (``--reference``).
     data : tuple of (inputs, labels) or None
         A batch of the client's own data (``--data``), float inputs in [0, 1].
+    fresh : callable or None
+        Builds the expected architecture (``--arch``) afresh, at its own initialisation: what an honest model of it
+        does is a baseline for a behavioural check (FG801).
     """
 
     view: ModelView
     reference: ModelView | None = None
     data: tuple[torch.Tensor, torch.Tensor] | None = None
+    fresh: Callable[[], nn.Module] | None = None
 
     def has(self, need: str) -> bool:
         return {

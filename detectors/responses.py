@@ -74,6 +74,9 @@ SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
 MIN_SAME_UNITS = 8
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
+#: Examples per forward and backward pass: autograd keeps every layer's activations for the backward, and 64
+#: photographs at 224x224 had taken ConvNeXt-T to 9.6 GB (EfficientNet-B0, a 21 MB model: 5.9 GB).
+CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -99,29 +102,55 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` (eval mode) applies once to a
     ``[examples, features]`` input, in the order it applies them, with what each read and its output's gradient; not
     the head (the last one applied, when its output is as wide as the logits): the softmax reads every logit, no unit
-    of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity."""
-    calls: list[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]] = []  # in the order the forward pass makes them
+    of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity.
+
+    Which layers those are is read off a pass of two examples without gradients; the examples then go through in
+    chunks of :data:`CHUNK` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN
+    whose only Linear layers are its head and per-token ones)."""
     names = {layer: name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
+    with torch.no_grad():
+        probe, logits = _linear_calls(module, names, inputs[:2], None)
+    head = probe[-1][0] if probe and probe[-1][3].shape == logits.shape else None
+    times = collections.Counter(name for name, *_ in probe)
+    measured = {name for name, _, read, output in probe if name != head and times[name] == 1 and read.ndim == 2
+                and output.ndim == 2}  # fmt: skip
+    if not measured:
+        return []
+    reads: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
+    grads: dict[str, list[torch.Tensor | None]] = collections.defaultdict(list)
+    for start in range(0, len(inputs), CHUNK):
+        calls, _ = _linear_calls(module, names, inputs[start : start + CHUNK], labels[start : start + CHUNK])
+        for name, _, read, output in calls:
+            if name in measured:
+                reads[name].append(read.double())
+                grads[name].append(output.grad.double() if output.grad is not None else None)
+    layers = {name: layer for layer, name in names.items()}
+    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]))
+            for name in dict.fromkeys(name for name, *_ in probe) if name in measured and None not in grads[name]]  # fmt: skip
+
+
+def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None):
+    """One forward pass of ``inputs`` (eval mode): each call of a Linear in ``names`` as ``(name, layer, its input,
+    its output)``, in order, and the logits; with ``labels``, the summed cross-entropy's gradient at each output
+    (``output.grad``; None where the model's own forward turns gradients off)."""
+    calls: list[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]] = []
 
     def record(layer, args, output):
         calls.append((names[layer], layer, args[0].detach(), output))
-        if output.requires_grad:  # not where the model's own forward turns gradients off
+        if output.requires_grad:
             output.retain_grad()
 
     hooks = [layer.register_forward_hook(record) for layer in names]
     try:
-        with evaluating(module), torch.enable_grad():
-            logits = module(inputs.float().clone().requires_grad_(True))  # every output has a gradient, frozen or not
+        with evaluating(module), torch.set_grad_enabled(labels is not None):
+            logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs = [output for *_, output in calls if output.requires_grad]
-            if outputs and logits.requires_grad:
+            if labels is not None and outputs and logits.requires_grad:
                 nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=outputs)
     finally:
         for hook in hooks:
             hook.remove()
-    head = calls[-1][0] if calls and calls[-1][3].shape == logits.shape else None
-    times = collections.Counter(name for name, *_ in calls)
-    return [LinearSeen(name, layer, read.double(), output.grad.double()) for name, layer, read, output in calls
-            if name != head and times[name] == 1 and read.ndim == 2 and output.grad is not None and output.grad.ndim == 2]  # fmt: skip
+    return calls, logits
 
 
 def reach_rates(grad: torch.Tensor) -> torch.Tensor:

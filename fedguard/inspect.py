@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -263,7 +264,9 @@ def inspect_model(
             batch = None  # the weights do not fit --arch; FG701 says how, behavioural checks cannot run
         config["data_examples"] = len(batch[1]) if batch is not None else None  # what the behavioural checks ran on
         view = ModelView.from_state_dict(tensors, module)
-        context = InspectContext(view=view, reference=ref_view, data=batch)
+        fresh = None if module is None else functools.partial(  # the module as built, before the received weights
+            build_expected_module, arch, loaded.tensors, num_classes, input_shape, named=loaded.named)
+        context = InspectContext(view=view, reference=ref_view, data=batch, fresh=fresh)
 
         findings, ran = run_detectors(context, names)
         findings = list(loaded.findings) + findings

@@ -1111,3 +1111,87 @@ def test_responses_on_a_model_that_turns_gradients_off_inside_its_forward():
 
     torch.manual_seed(0)
     assert _with_data(Frozen(), (1, 8, 8), ["responses"], n=64) == {}
+
+
+_CHANNEL_NORM_NET = '''
+import torch
+from torch import nn
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels at each position, as ConvNeXt's."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def net(num_classes=10, input_shape=(1, 8, 8)):
+    conv = nn.Conv2d(input_shape[0], 8, 3, padding=1)
+    nn.init.zeros_(conv.bias)  # as ConvNeXt initialises its convolutions
+    return nn.Sequential(conv, ChannelNorm(8), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+'''
+
+
+def test_fg801_is_low_where_a_fresh_initialisation_of_the_architecture_does_the_same(workdir, monkeypatch):
+    """A LayerNorm over channels right after a convolution whose bias starts at zero (ConvNeXt) divides a near-black
+    image's gradient by its tiny spread: that example dominates the convolution's bias honestly, and FG801 had called
+    an honest torchvision ConvNeXt-T malicious (D-SNR 4.4-5.5 at three initialisations, an independent review). With
+    --arch, the same measurement on a fresh initialisation of the architecture tells the two apart: low where it does
+    the same, high where the received weights go further (class fishing on the same net: D-SNR 44-67)."""
+    import importlib
+
+    from fedguard.attacks.craft import craft
+    from fedguard.inspect import inspect_model
+
+    (workdir / "channel_norm_net.py").write_text(_CHANNEL_NORM_NET)
+    monkeypatch.syspath_prepend(str(workdir))
+    net = importlib.import_module("channel_norm_net").net
+    x, y = digits((1, 8, 8))
+    x, y = 0.2 + 0.8 * x[:16], y[:16]  # photographs: light everywhere
+    x[0] = 0.0005 + 0.0005 * x[0]  # but one, nearly black
+    torch.manual_seed(1)
+    honest = net()
+    unseen = _findings_on(honest, (x, y))  # without the architecture to compare with, as before
+    assert unseen["FG801"].severity == Severity.HIGH and unseen["FG801"].evidence["sample"] == 0
+    torch.save(honest.state_dict(), workdir / "honest.pt")
+    report = inspect_model("honest.pt", arch="channel_norm_net:net", data=(x, y), detectors=["gradient_snr"])
+    (found,) = [f for f in report.findings if f.rule_id == "FG801"]
+    assert found.severity == Severity.LOW and report.verdict == Verdict.CLEAN
+    assert found.evidence["fresh_init_dsnr"] >= 2 and "a fresh initialisation of --arch does the same" in found.message
+    torch.save(craft("class_fishing", honest, input_shape=(1, 8, 8)).state_dict(), workdir / "fishing.pt")
+    report = inspect_model("fishing.pt", arch="channel_norm_net:net", data=(x, y), detectors=["gradient_snr"])
+    (found,) = [f for f in report.findings if f.rule_id == "FG801"]
+    assert found.severity == Severity.HIGH and report.verdict == Verdict.MALICIOUS and found.evidence["dsnr"] > 20
+
+
+def _findings_on(module, data, detectors=("gradient_snr",)):
+    context = InspectContext(view=ModelView.from_state_dict(module.state_dict(), module), data=data)
+    return {f.rule_id: f for f in run_detectors(context, list(detectors))[0]}
+
+
+def test_responses_are_read_in_chunks_as_in_one_pass(monkeypatch):
+    """The examples go through in chunks (autograd keeps every layer's activations: 64 photographs at 224x224 had
+    taken ConvNeXt-T to 9.6 GB); in eval mode the chunks give what one pass gives, and a model whose only Linear layer
+    is its head is not run with gradients at all."""
+    from fedguard.architectures import build_model
+    from fedguard.detectors import responses
+
+    x, y = digits((1, 8, 8))
+    x, y = x[:40], y[:40]
+    torch.manual_seed(0)
+    mlp = build_model("mlp", 10, (1, 8, 8))
+    monkeypatch.setattr(responses, "CHUNK", 16)
+    chunked = responses.linear_layers_seen(mlp, x, y)
+    monkeypatch.setattr(responses, "CHUNK", 1000)
+    whole = responses.linear_layers_seen(mlp, x, y)
+    assert [s.name for s in chunked] == [s.name for s in whole] == ["1", "3"]
+    for a, b in zip(chunked, whole):
+        assert a.inputs.shape == (40, a.layer.in_features) and a.grad.shape == (40, a.layer.out_features)
+        torch.testing.assert_close(a.inputs, b.inputs)
+        torch.testing.assert_close(a.grad, b.grad)
+        assert torch.equal(a.grad != 0, b.grad != 0)  # which units each example reaches: what FG803 counts
+    passes = []
+    real = responses._linear_calls
+    monkeypatch.setattr(responses, "_linear_calls", lambda *a: passes.append(a[3] is not None) or real(*a))
+    assert responses.linear_layers_seen(build_model("resnet18", 10, (3, 32, 32)), torch.rand(4, 3, 32, 32),
+                                        torch.arange(4)) == [] and passes == [False]  # fmt: skip
