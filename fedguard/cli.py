@@ -6,6 +6,7 @@ it; 2 = usage or input error (one line on stderr saying what to do).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -162,10 +163,11 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         inputs = input_paths(model, reference, data=data, arch=arch)
         if output is not None:
             check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
-        report = inspect_model(
-            model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
-            data=data, detectors=detectors or None, seed=seed,
-        )
+        with _status(show=not quiet and sys.stderr.isatty()) as progress:
+            report = inspect_model(
+                model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
+                data=data, detectors=detectors or None, seed=seed, progress=progress,
+            )
     report = dataclasses.replace(report, config={**report.config, "fail_on": fail_on})  # what the exit code follows
     if reference is not None and report.config.get("reference_sha256") == report.sha256 and not quiet:
         click.echo(printable(f"fedguard: note: --reference {reference} has the same contents as {model} (one SHA-256): "
@@ -180,6 +182,24 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         print_report(text)
     failing = report.at_or_above(Severity.parse(fail_on))
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
+
+
+@contextlib.contextmanager
+def _status(show: bool):
+    """A spinner on stderr naming the step under way and the time so far (gone when the work ends), and the callback
+    that names the next step; None when not shown."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from fedguard.reports.base import printable
+
+    columns = (SpinnerColumn(), TextColumn("inspect: {task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda step: bar.update(task, description=printable(step))
 
 
 @main.command("rules")

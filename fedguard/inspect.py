@@ -18,7 +18,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -158,6 +158,7 @@ def inspect_model(
     data: str | tuple[torch.Tensor, torch.Tensor] | None = None,
     detectors: Sequence[str] | None = None,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> InspectionReport:
     """Inspect one received model file.
 
@@ -179,6 +180,9 @@ def inspect_model(
         Registry names to run; default all.
     seed : int
         Seeds the data subset and anything random in the detectors.
+    progress : callable, optional
+        Called with each step as it starts (``"reading global.pt"``, ``"gradient_snr (7 of 14)"``); the command
+        line shows it on a terminal (the behavioural checks of a large model take minutes).
 
     Returns
     -------
@@ -223,6 +227,8 @@ def inspect_model(
             "reference_sha256": None,
             "torch": torch.__version__,
         }
+        if progress is not None:
+            progress(f"reading {path}")
         loaded = load_model_file(path)
         if loaded.refused:
             return _report(loaded, loaded.findings, (), start, arch, reference, config)
@@ -268,7 +274,7 @@ def inspect_model(
             build_expected_module, arch, loaded.tensors, num_classes, input_shape, named=loaded.named)
         context = InspectContext(view=view, reference=ref_view, data=batch, fresh=fresh)
 
-        findings, ran = run_detectors(context, names)
+        findings, ran = run_detectors(context, names, progress)
         findings = list(loaded.findings) + findings
         if not findings and not view.weight_layers():  # clean would claim checks that had nothing to look at
             from fedguard.reports.base import plural
@@ -283,12 +289,15 @@ def inspect_model(
         return _report(loaded, findings, ran, start, arch, reference, config, view)
 
 
-def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -> tuple[list[Finding], list[str]]:
+def run_detectors(
+    context: InspectContext, names: Sequence[str] | None = None, progress: Callable[[str], None] | None = None
+) -> tuple[list[Finding], list[str]]:
     """Run the named detectors (default all) whose needs ``context`` meets.
 
     Returns the findings and the names of the detectors that ran. This is the
     in-memory core of :func:`inspect_model`, for callers that already hold a
     state_dict (a Flower client, a test). An unknown name is an InputError.
+    ``progress`` is called with each detector as it starts (``"gradient_snr (7 of 14)"``).
     """
     if not isinstance(context, InspectContext):
         raise InputError(f"context is a {type(context).__name__}; pass an InspectContext")
@@ -304,12 +313,13 @@ def run_detectors(context: InspectContext, names: Sequence[str] | None = None) -
         if context.data is not None and module is not None:
             context = dataclasses.replace(context, data=_checked_batch(context.data, module))
         with own_torch_state():  # gradients on, float32, the caller's generators kept (as inspect_model runs it)
-            for name in _detector_names(names):
-                detector = DETECTORS.get(name)()
-                if not all(context.has(need) for need in detector.needs):
-                    continue
+            detectors = [DETECTORS.get(name)() for name in _detector_names(names)]
+            detectors = [d for d in detectors if all(context.has(need) for need in d.needs)]
+            for i, detector in enumerate(detectors, 1):
+                if progress is not None:
+                    progress(f"{detector.name} ({i} of {len(detectors)})")
                 findings.extend(_run_detector(detector, context))
-                ran.append(name)
+                ran.append(detector.name)
     return findings, ran
 
 

@@ -127,6 +127,18 @@ def test_clean_model_exits_zero(clean_model):
 # --------------------------------------------------------------------------- formats
 
 
+def test_inspect_says_each_step_as_it_starts(workdir):
+    """The behavioural checks of a large model take minutes (ViT-B/16 at 224x224: 83 s): the command line shows the
+    step under way on a terminal, from this callback (an independent review: nothing had shown until the report)."""
+    from fedguard.inspect import inspect_model
+
+    torch.save(build_model("lenet5").state_dict(), workdir / "m.pt")
+    steps: list[str] = []
+    report = inspect_model("m.pt", arch="lenet5", data="digits", progress=steps.append)
+    assert steps[0] == "reading m.pt" and len(steps) == len(report.detectors_run) + 1
+    assert steps[1:] == [f"{name} ({i} of {len(steps) - 1})" for i, name in enumerate(report.detectors_run, 1)]
+
+
 def test_json_validates_against_schema(clean_model, high_model, schema):
     validator = jsonschema.Draft202012Validator(schema)
     for model, code, verdict in ((clean_model, 0, "clean"), (high_model, 1, "malicious")):
