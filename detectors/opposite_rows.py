@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector
-from fedguard.detectors.rows import SKETCH_MARGIN, dense_rows, opposite_pairs, rows_on_columns, sketch_columns
+from fedguard.detectors.rows import SKETCH_MARGIN, column_sketch, dense_rows, opposite_pairs
 from fedguard.modelview import LINEAR, Layer
 from fedguard.rowstats import weight_rows
 from fedguard.types import Confidence, Rule, Severity
@@ -110,7 +110,7 @@ def merged_pairs(layer: Layer, follower: Layer) -> list[torch.Tensor]:
         return []
     i, j = torch.cat(firsts), torch.cat(seconds)
     # most pairs are chance: a sketch on a few hundred columns rules them out before whole rows are read
-    sample = rows_on_columns(layer, candidates, sketch_columns(layer.fan_in, torch.Generator().manual_seed(0)))
+    sample = column_sketch(layer)[0][candidates]
     sample = sample / torch.linalg.vector_norm(sample, dim=1, keepdim=True).clamp_min(1e-30)
     near = (sample[i] * sample[j]).sum(dim=1) <= MERGED_MAX_COSINE + SKETCH_MARGIN
     a, b = candidates[i[near]], candidates[j[near]]

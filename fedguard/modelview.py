@@ -43,6 +43,8 @@ class Layer:
     #: Saved under names of the server's choosing and read as this layer (:func:`_read_renamed_layers`): ``"as
     #: stored"``, or ``"transposed"`` for a weight stored input-major, whose rows here are the stored columns.
     renamed: str = ""
+    #: What the detectors compute once on this layer and share, by name (:func:`fedguard.detectors.rows.column_sketch`).
+    shared: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def key(self, leaf: str) -> str:
         """The state_dict name of one of this layer's tensors."""
