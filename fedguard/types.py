@@ -369,6 +369,10 @@ class AuditReport:
     def next_step(self) -> str | None:
         """What the verdict asks of the client, in one sentence; None for a pass."""
         level, fail_on = self.leakage.level, LeakageLevel(self.fail_on)
+        if self.verdict == AuditVerdict.BLOCK and (self.model.get("inspection") or {}).get("verdict") == "malicious":
+            return ("Do not train on the model received, nor upload an update computed on it: fedguard inspect finds "
+                    "parameters in it planted to rebuild your data (see the notes); tell the server, and run "
+                    "`fedguard inspect` on every model it sends.")  # fmt: skip
         if self.verdict == AuditVerdict.BLOCK:
             return (f"Do not upload this update as it is: {self.leakage.worst_attack} recovers your data at level {level}, "
                     f"at or above the fail-on level {fail_on}. A larger batch, more local steps or a defense such as "

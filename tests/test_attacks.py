@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -1349,3 +1350,35 @@ def test_fc_inversion_reads_bins_off_rows_that_measure_one_quantity():
                         device="cpu", seed=0).outcome("fc_inversion") for name, model in (("honest", honest), ("planted", planted))}  # fmt: skip
     assert runs["honest"].details["bin_differences"] == 0
     assert runs["planted"].details["bin_differences"] == 255 and runs["planted"].recovered_fraction >= 0.5
+
+
+def test_a_model_inspect_calls_malicious_is_blocked_whatever_the_attacks_rebuild():
+    """An imprint planted in an MLP's second layer, behind a first layer every example passes (an orthogonal map with
+    biases of 1000): every quotient of the first layer is the same mixture, the optimisation attacks stall, and the
+    audit had passed while the bins gave back the batch exactly (an independent review). The audit reads the received
+    weights as `fedguard inspect` does: malicious (FG301) makes it block, with a note and the findings in the report;
+    an honest model reads clean and its verdict is the attacks' alone."""
+    from fedguard.audit import audit
+
+    shape = (1, 16, 16)
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=shape)
+    x, _ = load_data("digits", input_shape=shape)
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(256, 256))
+        model[1].weight.copy_(q)
+        model[1].bias.fill_(1000.0)  # every unit on for every example: the layer hands the input on, rotated
+        measure = q @ torch.full((256,), 1 / 256) / (1 / 256)  # the bins measure mean brightness through it
+        public = (x[1000:1512].flatten(1) @ q.T + 1000.0) @ measure
+        model[3].weight.copy_(measure.repeat(256, 1))
+        model[3].bias.copy_(-torch.quantile(public, torch.linspace(0, 1, 258)[1:-1]))
+    run = functools.partial(audit, arch="mlp", input_shape=shape, data="digits", batch_size=8, device="cpu", seed=0,
+                            attacks=["label_counts", "fc_inversion"], time_budget=None)  # fmt: skip
+    report = run(model)
+    assert report.model["inspection"]["verdict"] == "malicious" and str(report.verdict) == "block"
+    assert "FG301" in {f["rule_id"] for f in report.model["inspection"]["findings"]}
+    assert report.leakage.level < LeakageLevel.HIGH  # what the attacks here rebuild: not what the bins give
+    assert any(note.startswith("fedguard inspect calls the model received malicious: FG301") for note in report.notes)
+    assert report.next_step.startswith("Do not train on the model received")
+    honest = run(build_model("mlp", input_shape=shape))
+    assert honest.model["inspection"] == {"verdict": "clean", "findings": []} and not honest.notes
