@@ -78,6 +78,9 @@ TSNR_FRACTION = 0.25
 #: and 4.4, in the depthwise convolutions' biases, each example 5 (had been FG801 high, malicious); fishing's is
 #: infinite.
 ARCH_FACTOR = 4.0
+#: For class isolation, the received model may leave at most this much more of the batch silent everywhere than the
+#: fresh initialisation does (2 examples of 16).
+ISOLATION_MARGIN = 2 / BATCH
 
 
 def per_example_gradient_norms(
@@ -232,20 +235,31 @@ class GradientSNR(Detector):
         then the architecture does it, not the weights received. None otherwise, or without ``--arch``."""
         if context.fresh is None:
             return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            fresh = context.fresh()
-        base = concentration(fresh, inputs, labels)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                fresh = context.fresh().to(inputs.device)
+            base = concentration(fresh, inputs, labels)
+        except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
+            return None
         if base is None or base.kind != found.kind:
             return None
         if found.kind == "dominance" and not found.dsnr < ARCH_FACTOR * base.dsnr:
+            return None
+        if found.kind == "isolation" and found.isolated > base.isolated + ISOLATION_MARGIN:
             return None
         return base
 
     def _concentrated(self, found: Concentration, base: Concentration | None, batch: int):
         """The FG801 finding for ``found``: high, or low when ``base`` (the fresh architecture) does the same."""
         severity, confidence = (Severity.HIGH, Confidence.MEDIUM) if base is None else (Severity.LOW, Confidence.LOW)
-        fresh = {} if base is None else {"fresh_init_dsnr": rounded(base.dsnr), "fresh_init_flagged": len(base.flagged)}
+        fresh, said_fresh = {}, ""
+        if base is not None and found.kind == "isolation":
+            fresh = {"fresh_init_silent_everywhere": rounded(base.isolated), "fresh_init_flagged": len(base.flagged)}
+            said_fresh = f"{base.isolated:.0%} of the batch silent in {len(base.flagged)} tensors"
+        elif base is not None:
+            fresh = {"fresh_init_dsnr": rounded(base.dsnr), "fresh_init_flagged": len(base.flagged)}
+            said_fresh = f"D-SNR {base.dsnr:.3g}, {len(base.flagged)} tensors"
         if found.kind == "isolation":
             said = (f"On a batch of {batch} of your examples, at least half contributes no gradient to "
                     f"{len(found.flagged)} of {found.tensors} parameter tensors")  # fmt: skip
@@ -264,9 +278,9 @@ class GradientSNR(Detector):
             message = f"{said}: {harm}. Do not train on this model."
         else:
             title += ", as in a fresh initialisation of the architecture"
-            message = (f"{said}, and a fresh initialisation of --arch does the same on this batch (D-SNR "
-                       f"{base.dsnr:.3g}, {len(base.flagged)} tensors): the architecture concentrates the update on "
-                       "some inputs by itself, not these weights. Low by this check; the other rules still apply.")
+            message = (f"{said}, and a fresh initialisation of --arch does the same on this batch ({said_fresh}): the "
+                       "architecture concentrates the update on some inputs by itself, not these weights. Low by this "
+                       "check; the other rules still apply.")  # fmt: skip
         return self.finding("FG801", title, severity, confidence, layer, message, dsnr=rounded(found.dsnr), batch=batch,
                             tensors_flagged=found.flagged[:20], **evidence, **fresh)  # fmt: skip
 

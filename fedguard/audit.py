@@ -453,8 +453,9 @@ def inspect_received(module: nn.Module) -> dict[str, Any]:
     The attacks measure what their own methods rebuild; a server's method may read more. An imprint planted in an
     MLP's second layer behind a first layer that every example passes (an independent review: biases of 1000)
     left every quotient of the first layer one mixture, and the audit passed while the bins gave back the batch's
-    images exactly (94 and 58 dB); the weight-pattern rules read it (FG301, FG401). Milliseconds for the built-in
-    nets; the seconds of ``fedguard inspect`` on large ones.
+    images exactly (94 and 58 dB); the weight-pattern rules read it (FG301, FG401). 6-9 ms on LeNet, the ConvNet and
+    the MLP, 0.05-0.1 s on ResNet-18, VGG-16 and MobileNetV3 (an idle 2-core machine); the seconds of ``fedguard
+    inspect`` on large models.
     """
     from fedguard.detectors import DETECTORS, InspectContext
     from fedguard.inspect import judge, run_detectors
@@ -477,8 +478,11 @@ def _inspection_note(inspection: Mapping[str, Any]) -> str | None:
     """The note for a received model ``fedguard inspect`` does not call clean (:func:`inspect_received`)."""
     if inspection["verdict"] == "clean":
         return None
-    rules = ", ".join(dict.fromkeys(f"{f['rule_id']} ({f['title'].lower()}" + (f" in layer {f['layer']})" if f["layer"] else ")")
-                                    for f in inspection["findings"][:3]))  # fmt: skip
+    layers: dict[tuple[str, str], list[str]] = {}  # each rule's layers, worst first
+    for f in inspection["findings"]:
+        layers.setdefault((f["rule_id"], f["title"]), []).extend([f["layer"]] if f["layer"] else [])
+    rules = "; ".join(f"{rule} {title}" + (f" in {', '.join(dict.fromkeys(where))}" if where else "")
+                      for (rule, title), where in list(layers.items())[:3])  # fmt: skip
     if inspection["verdict"] == "malicious":
         return (f"fedguard inspect calls the model received malicious: {rules}; a server that planted these parameters "
                 "can rebuild more than the attacks here measure, so the verdict is block: do not train on this model")

@@ -185,9 +185,9 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
 
 
 @contextlib.contextmanager
-def _status(show: bool):
-    """A spinner on stderr naming the step under way and the time so far (gone when the work ends), and the callback
-    that names the next step; None when not shown."""
+def _status(show: bool, console=None):
+    """A spinner on stderr (or ``console``) naming the step under way and the time so far (gone when the work ends),
+    and the callback that names the next step; None when not shown."""
     if not show:
         yield None
         return
@@ -196,8 +196,9 @@ def _status(show: bool):
 
     from fedguard.reports.base import printable
 
-    columns = (SpinnerColumn(), TextColumn("inspect: {task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    columns = (SpinnerColumn(), TextColumn("inspect: {task.description}", markup=False), TimeElapsedColumn())  # a path
+    # such as d[/x].pt is no markup
+    with Progress(*columns, console=console or Console(stderr=True), transient=True) as bar:
         task = bar.add_task("starting", total=None)
         yield lambda step: bar.update(task, description=printable(step))
 

@@ -315,11 +315,16 @@ def run_detectors(
         with own_torch_state():  # gradients on, float32, the caller's generators kept (as inspect_model runs it)
             detectors = [DETECTORS.get(name)() for name in _detector_names(names)]
             detectors = [d for d in detectors if all(context.has(need) for need in d.needs)]
-            for i, detector in enumerate(detectors, 1):
-                if progress is not None:
-                    progress(f"{detector.name} ({i} of {len(detectors)})")
-                findings.extend(_run_detector(detector, context))
-                ran.append(detector.name)
+            try:
+                for i, detector in enumerate(detectors, 1):
+                    if progress is not None:
+                        progress(f"{detector.name} ({i} of {len(detectors)})")
+                    findings.extend(_run_detector(detector, context))
+                    ran.append(detector.name)
+            finally:  # what the detectors shared holds for these weights now: a caller may change them in place
+                for view in (context.view, context.reference):
+                    for layer in view.layers if view is not None else ():
+                        layer.shared.clear()
     return findings, ran
 
 

@@ -43,7 +43,8 @@ class Layer:
     #: Saved under names of the server's choosing and read as this layer (:func:`_read_renamed_layers`): ``"as
     #: stored"``, or ``"transposed"`` for a weight stored input-major, whose rows here are the stored columns.
     renamed: str = ""
-    #: What the detectors compute once on this layer and share, by name (:func:`fedguard.detectors.rows.column_sketch`).
+    #: What the detectors compute once on this layer and share within one run, by name
+    #: (:func:`fedguard.detectors.rows.column_sketch`); :func:`fedguard.inspect.run_detectors` empties it after.
     shared: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def key(self, leaf: str) -> str:

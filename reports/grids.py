@@ -11,6 +11,7 @@ nothing else.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -21,6 +22,9 @@ import numpy as np
 from fedguard.types import AttackOutcome
 
 __all__ = ["grid_png", "grid_captions", "encode_png", "is_fedguard_png"]
+
+#: Pixels between a caption's lines.
+CAPTION_SPACING = 1
 
 #: The text chunk that marks a PNG as fedguard's, so that a later audit may replace it (and nothing else).
 PNG_MARK = b"Software\x00fedguard"
@@ -69,11 +73,20 @@ def grid_png(true_images, rebuilt, *, captions: Sequence[str] | None = None, col
     at least ``min_side`` pixels. Beyond ``columns`` examples the pairs of rows
     stack, a quarter of an image apart so that each pair reads as one.
     ``captions`` (one per example, lines split by ``\\n``; :func:`grid_captions`)
-    are written under their pairs in Pillow's default font.
+    are written under their pairs in Pillow's default font, the images enlarged
+    further where a caption is wider.
     """
     t = np.asarray(true_images.detach().cpu().float().clamp(0, 1).numpy() if hasattr(true_images, "detach") else true_images)
     r = np.asarray(rebuilt.detach().cpu().float().clamp(0, 1).numpy() if hasattr(rebuilt, "detach") else rebuilt)
     n, c, h, w = t.shape
+    font, line = None, 0
+    if captions:
+        from PIL import ImageFont
+
+        font = ImageFont.load_default()  # FreeType's, or the bitmap font where Pillow has no FreeType
+        written = [text for caption in captions[:n] for text in caption.split("\n")]
+        min_side = max(min_side, max(math.ceil(font.getlength(text)) for text in written))
+        line = font.getbbox("Ag#")[3] + CAPTION_SPACING
     scale = max(1, -(-min_side // max(h, w)))
     if c == 1:
         t, r = np.repeat(t, 3, axis=1), np.repeat(r, 3, axis=1)
@@ -83,12 +96,8 @@ def grid_png(true_images, rebuilt, *, captions: Sequence[str] | None = None, col
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
     apart = gap + H // 4  # between pairs of rows; the two rows of a pair are ``gap`` apart
-    if captions is not None:
-        from PIL import ImageFont
-
-        font = ImageFont.load_default()
-        line = sum(font.getmetrics()) + 1
-        apart = max(apart, 2 * gap + line * max(c.count("\n") + 1 for c in captions))
+    if font is not None:
+        apart = max(apart, 2 * gap + line * max(caption.count("\n") + 1 for caption in captions[:n]))
     canvas = np.full((rows * (2 * H + gap) + (rows + 1) * apart, cols * (W + gap) + gap, 3), 255, dtype=np.uint8)
     for i in range(n):
         row, col = divmod(i, cols)
@@ -99,7 +108,7 @@ def grid_png(true_images, rebuilt, *, captions: Sequence[str] | None = None, col
             tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
             y0 = top + k * (H + gap)
             canvas[y0 : y0 + H, left : left + W] = tile
-    if captions is not None:
+    if font is not None:
         from PIL import Image, ImageDraw
 
         picture = Image.fromarray(canvas)
@@ -107,6 +116,6 @@ def grid_png(true_images, rebuilt, *, captions: Sequence[str] | None = None, col
         for i, caption in enumerate(captions[:n]):
             row, col = divmod(i, cols)
             below = apart + row * (2 * H + gap + apart) + 2 * H + gap + gap
-            draw.multiline_text((gap + col * (W + gap), below), caption, fill=(0, 0, 0), font=font, spacing=1)
+            draw.multiline_text((gap + col * (W + gap), below), caption, fill=(0, 0, 0), font=font, spacing=CAPTION_SPACING)
         canvas = np.asarray(picture)
     return encode_png(canvas)

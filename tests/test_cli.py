@@ -139,6 +139,20 @@ def test_inspect_says_each_step_as_it_starts(workdir):
     assert steps[1:] == [f"{name} ({i} of {len(steps) - 1})" for i, name in enumerate(report.detectors_run, 1)]
 
 
+def test_the_inspect_spinner_shows_a_path_with_brackets_as_it_is():
+    """The step is shown as text, not rich markup: a file named d[/x].pt had raised inside the spinner (exit 3)."""
+    import io
+
+    from rich.console import Console
+
+    from fedguard.cli import _status
+
+    out = io.StringIO()
+    with _status(True, Console(file=out, force_terminal=True, width=100)) as progress:
+        progress("reading d[/x].pt")
+    assert "reading d[/x].pt" in out.getvalue()
+
+
 def test_json_validates_against_schema(clean_model, high_model, schema):
     validator = jsonschema.Draft202012Validator(schema)
     for model, code, verdict in ((clean_model, 0, "clean"), (high_model, 1, "malicious")):

@@ -1195,3 +1195,45 @@ def test_responses_are_read_in_chunks_as_in_one_pass(monkeypatch):
     monkeypatch.setattr(responses, "_linear_calls", lambda *a: passes.append(a[3] is not None) or real(*a))
     assert responses.linear_layers_seen(build_model("resnet18", 10, (3, 32, 32)), torch.rand(4, 3, 32, 32),
                                         torch.arange(4)) == [] and passes == [False]  # fmt: skip
+
+
+def test_fg801_keeps_its_severity_when_the_fresh_architecture_cannot_be_built_or_goes_less_far():
+    """A fresh build that raises leaves the received model judged alone (it had turned the whole inspection into an
+    input error), and class isolation is low only when the received model silences at most 2 more of the 16
+    examples everywhere than the fresh one does (any isolation in the fresh model had made it low)."""
+    x, y = digits((1, 8, 8))
+    x, y = x[:16], y[:16]
+    brightness = x.flatten(1).sum(1)
+
+    def gate(share):  # every hidden unit on only for the brightest examples: the rest send nothing below the head
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        with torch.no_grad():
+            net[1].weight.fill_(1.0)
+            net[1].bias.fill_(-float(torch.quantile(brightness, share)))
+        return net
+
+    def failing():
+        raise RuntimeError("weights cache already in use")
+
+    for received, fresh, severity in ((gate(0.7), failing, Severity.HIGH), (gate(0.7), lambda: gate(0.55), Severity.LOW),
+                                      (gate(0.8), lambda: gate(0.55), Severity.HIGH)):  # fmt: skip
+        context = InspectContext(view=ModelView.from_state_dict(received.state_dict(), received), data=(x, y), fresh=fresh)
+        (found,) = [f for f in run_detectors(context, ["gradient_snr"])[0] if f.rule_id == "FG801"]
+        assert found.title.startswith("Most of the batch is silent") and found.severity == severity
+        assert ("fresh_init_silent_everywhere" in found.evidence) == (severity == Severity.LOW)
+
+
+def test_what_detectors_share_on_a_layer_lasts_one_run():
+    """A caller that keeps a view of a model's state_dict and runs the detectors again after the weights changed in
+    place is told what the weights are now (the rows' sketch had been kept from the first run: clean)."""
+    from fedguard.architectures import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    context = InspectContext(view=ModelView.from_state_dict(model.state_dict(), model))
+    assert judge(run_detectors(context)[0]) == Verdict.CLEAN
+    with torch.no_grad():  # next round's weights, copied in: an imprint in the second layer
+        model[3].weight.copy_(model[3].weight[0].abs().repeat(model[3].weight.shape[0], 1))
+        model[3].bias.copy_(-torch.linspace(0, 1, model[3].weight.shape[0]))
+    assert "FG301" in {f.rule_id for f in run_detectors(context)[0]}
+    assert all(not layer.shared for layer in context.view.layers)

@@ -482,6 +482,28 @@ def test_grid_captions_name_each_example_under_its_pair():
         ink = grid[tiles[-1] + 1 :, 2 + column * 66 : 2 + column * 66 + 64] < 128
         assert ink.sum() > 20 and ink.any(axis=1).sum() >= 16  # two lines of text under each pair
         assert not (grid[: tiles[0], 2 + column * 66 : 2 + column * 66 + 64] < 255).any()  # nothing above it
+    assert grid_png(true, true, captions=[]) == grid_png(true, true)  # no captions, none drawn
+
+
+def test_grid_captions_fit_their_columns_in_either_of_pillows_fonts(monkeypatch):
+    """A caption wider than its image enlarges the images (it had run into the next column), and Pillow built
+    without FreeType draws them in its bitmap font (its metrics had raised)."""
+    import io
+
+    from PIL import Image, ImageFont
+
+    from fedguard.reports.grids import grid_png
+
+    true = torch.zeros(3, 1, 8, 8)
+    captions = ["#0: 1\n1.0 dB", "#511: 999->998\n31.2 dB", "#2: 3\nnot rebuilt"]
+    for font in (ImageFont.load_default(), ImageFont.load_default_imagefont()):
+        monkeypatch.setattr(ImageFont, "load_default", lambda font=font: font)
+        grid = np.asarray(Image.open(io.BytesIO(grid_png(true, true, captions=captions))).convert("L"))
+        side = (grid.shape[1] - 2) // 3 - 2  # the enlarged images' side
+        assert side >= font.getlength("#511: 999->998") and side % 8 == 0
+        row = grid[int((grid[:, 2] == 0).nonzero()[0][0])]  # the first row of the black tiles
+        assert [int(row[2 + k * (side + 2)]) for k in range(3)] == [0, 0, 0]  # each column starts where it should
+        assert [int(row[2 + side + k * (side + 2)]) for k in range(2)] == [255, 255]  # white between them
 
 
 def test_table_numbers_show_no_sign_that_rounds_away():
