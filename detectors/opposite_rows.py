@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector
-from fedguard.detectors.rows import SKETCH_MARGIN, column_sketch, dense_rows, opposite_pairs
+from fedguard.detectors.rows import SKETCH_MARGIN, dense_rows, opposite_pairs, row_directions
 from fedguard.modelview import LINEAR, Layer
 from fedguard.rowstats import weight_rows
 from fedguard.types import Confidence, Rule, Severity
@@ -110,8 +110,12 @@ def merged_pairs(layer: Layer, follower: Layer) -> list[torch.Tensor]:
         return []
     i, j = torch.cat(firsts), torch.cat(seconds)
     # most pairs are chance: a sketch on a few hundred columns rules them out before whole rows are read
-    sample = column_sketch(layer)[0][candidates]
-    sample = sample / torch.linalg.vector_norm(sample, dim=1, keepdim=True).clamp_min(1e-30)
+    index, unit, _ = row_directions(layer)
+    place = torch.full((layer.stats.rows,), -1, dtype=torch.long)
+    place[index] = torch.arange(len(index))
+    sample = torch.zeros(len(candidates), unit.shape[1])  # a row without a sketch (all zero there) is read whole
+    sketched = place[candidates] >= 0
+    sample[sketched] = unit[place[candidates[sketched]]]
     near = (sample[i] * sample[j]).sum(dim=1) <= MERGED_MAX_COSINE + SKETCH_MARGIN
     a, b = candidates[i[near]], candidates[j[near]]
     rows_a, rows_b = layer.rows(a), layer.rows(b)

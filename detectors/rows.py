@@ -90,12 +90,12 @@ def duplicate_row_groups(layer: Layer, min_cos: float = 0.999) -> list[torch.Ten
 
     Rows equal on all columns are equal on any subset, so rows are first
     sketched on ``SKETCH_COLUMNS`` random columns (cost: rows × 256; once per
-    layer, :func:`column_sketch`) and bucketed by the quantised direction of
+    layer, :func:`row_directions`) and bucketed by the quantised direction of
     their sketch; each bucket is then checked exactly on whole rows against its
     first member. Opposite rows (cosine ≈ −1) are folded onto one direction.
     All-zero rows are ignored.
     """
-    idx, sample, sketch = _directions(layer)
+    idx, sample, sketch = row_directions(layer)
     if idx.numel() < 2:
         return []
     tol = math.sqrt(2 * (1 - min_cos)) * 4
@@ -136,31 +136,25 @@ def dense_rows(layer: Layer, index: torch.Tensor, min_density: float = 0.5) -> b
     return bool(((layer.rows(index) != 0).float().mean(dim=1) >= min_density).all())
 
 
-def column_sketch(layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every row of ``layer`` on ``SKETCH_COLUMNS`` random columns, sorted (all of them in a narrower layer), as
-    float32, and the random ``[columns, 8]`` projection :func:`duplicate_row_groups` buckets their directions by; seed
-    0, read once per layer (the row checks ask at several thresholds: 150 calls on the 50 layers of a ViT-B, where
-    gathering the columns each time took 2.3 of an inspection's 22 s)."""
-    if "column_sketch" not in layer.shared:
+def row_directions(layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(index, unit, code)``: the live rows of ``layer`` whose sketch is not zero, their sketches as unit vectors,
+    and those projected on 8 random directions, each folded to a positive first coordinate.
+
+    A row's sketch is its entries on ``SKETCH_COLUMNS`` random columns, sorted (all of them in a narrower layer),
+    as float32; columns and directions are drawn from seed 0. Computed once per layer in a run of the detectors and
+    shared (the row checks ask at several thresholds: 150 calls on the 50 layers of a ViT-B, where gathering the
+    columns each time took 2.3 of an inspection's 22 s).
+    """
+    if "row_directions" not in layer.shared:
         gen = torch.Generator().manual_seed(0)
+        index = live_rows(layer).nonzero()[:, 0]
         rows = weight_rows(layer.weight)
         if layer.fan_in > SKETCH_COLUMNS:  # columns first: no full copy
             rows = rows[:, torch.randperm(layer.fan_in, generator=gen)[:SKETCH_COLUMNS].sort().values]
-        sample = rows.to(torch.float32)
-        layer.shared["column_sketch"] = (sample, torch.randn(sample.shape[1], 8, generator=gen))
-    return layer.shared["column_sketch"]
-
-
-def _directions(layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The live rows of ``layer`` whose sketch is not zero (their indices), their sketches as unit vectors, and those
-    projected on :func:`column_sketch`'s 8 directions, each folded to a positive first coordinate (once per layer)."""
-    if "directions" not in layer.shared:
-        sample, projection = column_sketch(layer)
-        idx = live_rows(layer).nonzero()[:, 0]
-        sample = sample[idx]
+        sample = rows[index].to(torch.float32)
         norms = torch.linalg.vector_norm(sample, dim=1)
         keep = norms > 0
-        idx, sample = idx[keep], sample[keep] / norms[keep, None]
-        sketch = sample @ projection
-        layer.shared["directions"] = (idx, sample, sketch * torch.where(sketch[:, :1] < 0, -1.0, 1.0))
-    return layer.shared["directions"]
+        index, unit = index[keep], sample[keep] / norms[keep, None]
+        code = unit @ torch.randn(unit.shape[1], 8, generator=gen)
+        layer.shared["row_directions"] = (index, unit, code * torch.where(code[:, :1] < 0, -1.0, 1.0))
+    return layer.shared["row_directions"]

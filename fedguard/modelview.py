@@ -44,7 +44,7 @@ class Layer:
     #: stored"``, or ``"transposed"`` for a weight stored input-major, whose rows here are the stored columns.
     renamed: str = ""
     #: What the detectors compute once on this layer and share within one run, by name
-    #: (:func:`fedguard.detectors.rows.column_sketch`); :func:`fedguard.inspect.run_detectors` empties it after.
+    #: (:func:`fedguard.detectors.rows.row_directions`); :func:`fedguard.inspect.run_detectors` empties it after.
     shared: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def key(self, leaf: str) -> str:
