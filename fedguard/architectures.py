@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from fedguard.checks import is_count
 from fedguard.errors import InputError, did_you_mean, first_line, out_of_memory
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating
@@ -94,17 +95,14 @@ def check_input_shape(shape: Any) -> Shape:
         items = list(shape)
     except TypeError:
         raise InputError(f"bad input shape {shape!r}; {fix}") from None
-    if len(items) != 3 or not all(hasattr(s, "__index__") and not isinstance(s, bool) for s in items):
+    if len(items) != 3 or not all(is_count(s) for s in items):
         raise InputError(f"bad input shape {shape!r}; {fix}")
-    out = tuple(int(s) for s in items)
-    if min(out) < 1:
-        raise InputError(f"bad input shape {shape!r}; {fix}")
-    return out  # type: ignore[return-value]
+    return tuple(int(s) for s in items)  # type: ignore[return-value]
 
 
 def check_num_classes(num_classes: Any) -> int:
     """Return ``num_classes`` as a positive int; otherwise :class:`~fedguard.errors.InputError`."""
-    if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or int(num_classes) < 1:
+    if not is_count(num_classes):
         raise InputError(f"bad number of classes {num_classes!r}; give a positive integer such as 10")
     return int(num_classes)
 
@@ -357,7 +355,7 @@ def mlp(num_classes: int = 10, input_shape: Shape = (1, 28, 28), hidden: int = 2
     The fully connected baseline used across gradient-leakage studies (e.g.
     Geiping et al., NeurIPS 2020; Fowl et al., ICLR 2022 analyse such layers).
     """
-    if isinstance(hidden, bool) or not hasattr(hidden, "__index__") or int(hidden) < 1:
+    if not is_count(hidden):
         raise InputError(f"bad mlp hidden width {hidden!r}; give a positive integer such as 256")
     return nn.Sequential(nn.Flatten(), *_mlp_head(hidden, hidden, num_classes)(math.prod(input_shape)))
 

@@ -32,6 +32,12 @@ def is_whole(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def is_count(value: Any) -> bool:
+    """True for a whole number of 1 or more given as anything with ``__index__`` (an int, a numpy integer, a 0-d
+    integer tensor) but a bool."""
+    return hasattr(value, "__index__") and not isinstance(value, bool) and int(value) >= 1
+
+
 def is_number(value: Any) -> bool:
     """True for an int, a float or a numpy integer or float; False for a bool, a complex number or anything else."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

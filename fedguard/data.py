@@ -112,7 +112,7 @@ def load_data(
     """
     shape = check_input_shape(input_shape) if input_shape is not None else None
     checks.seed(seed, "seed")
-    if limit is not None and (isinstance(limit, bool) or not hasattr(limit, "__index__") or int(limit) < 1):
+    if limit is not None and not checks.is_count(limit):
         raise InputError(f"bad data limit {limit!r}; give a positive number of examples such as 64")
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
