@@ -231,8 +231,10 @@ class GradientSNR(Detector):
     def _fresh_baseline(context: InspectContext, inputs: torch.Tensor, labels: torch.Tensor,
                         found: Concentration) -> Concentration | None:
         """The same measurement on a fresh initialisation of ``--arch`` (seed 0), when it concentrates the batch's
-        update the same way and, for dominance, the received model does not go :data:`ARCH_FACTOR` times further:
-        then the architecture does it, not the weights received. None otherwise, or without ``--arch``."""
+        update the same way and the received model goes no further (a D-SNR under :data:`ARCH_FACTOR` times the
+        fresh one's; for isolation, at most :data:`ISOLATION_MARGIN` more of the batch silent everywhere): then the
+        architecture does it, not the weights received. None otherwise, without ``--arch``, or when the architecture
+        cannot be built or run again."""
         if context.fresh is None:
             return None
         try:

@@ -49,7 +49,7 @@ from fedguard.layers import find_head
 from fedguard.loading import is_running_stat, line_up, load_model_file, to_state_dict
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
-from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Leakage, LeakageLevel
+from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Leakage, LeakageLevel, Severity
 from fedguard.update import Update, checked_update, compute_update, l2_norm, load_update, resolve_device
 
 if TYPE_CHECKING:
@@ -164,7 +164,6 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         info = {"path": str(model), "sha256": loaded.sha256, "file_format": loaded.file_format, "weights": "file"}
     module = build_expected_module(arch, tensors, num_classes, shape if input_shape is not None else None, named=named)
     if not named:
-
         lined, why = line_up({k: v.shape for k, v in module.state_dict().items()}, list(tensors.values()))
         if lined is None:  # its names are fedguard's own (layer0.weight ...): name the item and the shape instead
             raise InputError(f"model {info.get('path') or 'list'} is an unnamed list of arrays (Flower's) that does not "
@@ -206,7 +205,6 @@ def batch_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-
     if isinstance(data, (tuple, list)):
         x, y = in_memory_batch(data)
         return x, y, "in-memory"
@@ -461,7 +459,6 @@ def inspect_received(module: nn.Module) -> dict[str, Any]:
     from fedguard.inspect import judge, run_detectors
     from fedguard.modelview import ModelView
     from fedguard.reports.base import sorted_findings
-    from fedguard.types import Severity
 
     static = [name for name in DETECTORS.names() if not DETECTORS.get(name).needs]
     state = {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
@@ -778,7 +775,6 @@ def audit(
     dev = resolve_device(device)
 
     if input_shape is None and isinstance(data, (tuple, list)):
-
         try:
             resolve_input_shape(arch)
         except InputError:  # no default shape: in-memory data go in as they are, so theirs is the input shape

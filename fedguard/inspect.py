@@ -359,7 +359,6 @@ def _client_batch(data, arch, module, input_shape, seed):
     if arch is None:
         raise InputError("--data needs --arch: the behavioural checks run your data through the architecture")
     if not isinstance(data, (tuple, list)):
-
         data = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
     inputs, labels = _checked_batch(data, module)
     need = gradient_snr.BATCH
@@ -375,7 +374,6 @@ def _client_batch(data, arch, module, input_shape, seed):
 def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``data`` as a batch the behavioural checks can take: float ``[N, C, H, W]`` in [0, 1] (uint8 read as 0-255),
     int64 labels within the model's outputs; InputError otherwise."""
-
     inputs, labels = in_memory_batch(data)
     outputs = classifier_logits(module, inputs, "inspect").shape[1]
     if int(labels.max()) >= outputs:
