@@ -23,7 +23,7 @@ from typing import ClassVar, Mapping
 from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .audit_text import defense_summary, exposure_summary, threat_items, thresholds_said
+from .audit_sentences import defense_summary, exposure_summary, thresholds_said, threat_items
 from .base import command_line, generated_at, shown_command
 from .html import template_environment
 

@@ -1160,7 +1160,7 @@ def test_an_exposure_cut_short_is_noted_beside_the_verdict():
 
 
 def test_the_exposure_sentence_names_the_noise_on_the_sums():
-    from fedguard.reports.audit_text import exposure_summary
+    from fedguard.reports.audit_sentences import exposure_summary
 
     settings = {"users_per_round": 10, "participation": 0.5, "users": 20, "window": 10, "stable_rounds": 100}
     doc = {"outcome": "not exposed", "rounds_to_exposure": None, "scenarios": []}
@@ -1309,7 +1309,7 @@ def test_an_update_prints_as_its_fields_not_its_values():
 
 def test_an_updates_declared_defense_is_checked_and_shown():
     from fedguard.errors import InputError
-    from fedguard.reports.audit_text import defense_summary
+    from fedguard.reports.audit_sentences import defense_summary
     from fedguard.update import Update, compute_update
 
     tensors = {"w": torch.zeros(2)}

@@ -256,7 +256,7 @@ def test_pruning_zeroes_exactly_its_share_when_values_tie():
 
 
 def test_a_weak_epsilon_is_called_one_beside_the_defense():
-    from fedguard.reports.audit_text import defense_summary
+    from fedguard.reports.audit_sentences import defense_summary
 
     settings = {"defense": "dp-sgd", "defense_settings": {"noise_multiplier": 0.1, "max_grad_norm": 1.0, "delta": 1e-5},
                 "delta": 1e-5}  # fmt: skip

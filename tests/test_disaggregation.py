@@ -250,7 +250,7 @@ def test_a_miss_the_time_limit_decided_makes_the_exposure_an_upper_bound(monkeyp
     import dataclasses
 
     import fedguard.exposure as exposure_module
-    from fedguard.reports.audit_text import exposure_summary
+    from fedguard.reports.audit_sentences import exposure_summary
 
     run = dict(users_per_round=5, rounds=100, window=5, participation=0.5, seed=0, workers=1, time_limit=1)
     honest = exposure(**run)  # measured: 15 rounds not exposed, 20 exposed
@@ -394,7 +394,7 @@ def test_a_tensor_update_is_taken_as_it_is_and_frozen_coordinates_are_not_sample
 def test_client_exposure_cut_short_keeps_to_its_budget_and_says_so():
     """40 users over windows of 10 rounds send every user to an integer program (0.25 s each, 10 s a prefix): the
     budget stops them, and "not exposed" is not claimed from programs that never ran."""
-    from fedguard.reports.audit_text import exposure_summary
+    from fedguard.reports.audit_sentences import exposure_summary
 
     update = np.random.default_rng(0).standard_normal(5000)
     start = time.perf_counter()
