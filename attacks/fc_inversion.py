@@ -30,6 +30,11 @@ never varies) are bins: each fires for every example above its threshold, so
 the difference of two neighbours' gradients holds only the examples between
 their thresholds, and those differences join the quotients (Fowl et al.,
 2022). On an MLP with such rows, 1 of 16 digits came back from single rows.
+Where the first layer does not give every example, a Linear layer further in
+with such rows (not the head) is read too, its bins' differences giving that
+layer's input, mapped back to images where the layers before it are affine on
+the data (:func:`deeper_bins`): an imprint behind a first layer every example
+passes had left one mixture in every first-layer quotient.
 
 References
 ----------
@@ -49,7 +54,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
-from fedguard.layers import Head, find_first_layer, layer_input
+from fedguard.layers import Head, find_first_layer, layer_input, linear_layers
 from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
@@ -297,6 +302,70 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     return (torch.cat(lower), torch.cat(upper)) if lower else none
 
 
+def deeper_bins(view: ServerView, grads: Mapping[str, torch.Tensor], first: Head) -> tuple[torch.Tensor, dict] | None:
+    """Inputs read off bins planted in a Linear layer past the first (not the head), through the layers before it.
+
+    An imprint further in (Fowl et al.'s block behind layers that hand the input on: an independent review planted
+    one in an MLP's second layer behind an orthogonal first layer every example passes) gives, from neighbouring
+    bins, that layer's input for single examples. Where the layers before it are affine on the data (checked on
+    public examples to 1e-4), the server solves for the image: the least-squares preimage nearest the public mean
+    image (exact where the map is injective), then grouped as the first layer's quotients are
+    (:func:`invert_rows`). ``(rows, details)`` of the first layer with bins (flattened images), or None when no
+    layer has them.
+    """
+    if view.auxiliary is None or len(view.auxiliary[0]) < MIN_PUBLIC:
+        return None
+    public = view.auxiliary[0][:: max(1, len(view.auxiliary[0]) // BIN_EXAMPLES)][:BIN_EXAMPLES].to(view.device).float()
+    layers = linear_layers(view.model, view.input_shape, view.device)
+    if layers and layers[-1].module.out_features == view.num_classes:  # the head (as find_head reads it)
+        layers = layers[:-1]
+    for layer in layers:
+        if layer.module is first.module or layer.bias is None:
+            continue
+        grad_w = weight_gradient(layer, grads)
+        if grad_w is None or layer.bias not in grads or not len(bin_neighbours(layer.module, None)[0]):
+            continue  # (an honest layer has no rows alike: no pass over the public data for it)
+        with evaluating(view.model), torch.no_grad():
+            features = layer_input(view.model, layer.module, public)
+        lower, upper = bin_neighbours(layer.module, features)
+        if not len(lower):
+            continue
+        details = {"layer": layer.name, "bin_differences": int(len(lower))}
+        preimage = _affine_preimage(view.model, layer.module, public, view.input_shape)
+        if preimage is None:
+            details["why_nothing"] = "the layers before it are not affine on the data: its bins give features, not images"
+            return torch.zeros(0, math.prod(view.input_shape)), details
+        grad_w, grad_b = grad_w.detach().cpu().double(), grads[layer.bias].detach().cpu().double()
+        diff_w, diff_b = grad_w[lower] - grad_w[upper], grad_b[lower] - grad_b[upper]
+        active = diff_b.abs() > ACTIVE_FRACTION * float(diff_b.abs().max())
+        images = preimage(diff_w[active] / diff_b[active, None])
+        rows, found = invert_rows(images * diff_b[active, None], diff_b[active], int(view.batch_size), view.threat.input_range)
+        return rows, {**details, **found}
+    return None
+
+
+def _affine_preimage(model: torch.nn.Module, layer: torch.nn.Module, public: torch.Tensor, input_shape):
+    """A map from ``layer``'s inputs to images, when the model's steps before ``layer`` are affine on the public
+    examples (``f(x) = A (x - x0) + f(x0)``, ``x0`` their mean, to 1e-4 relative on each): the least-squares
+    preimage nearest ``x0``; None when they are not."""
+    x0 = public.mean(dim=0, keepdim=True)
+
+    def features(flat: torch.Tensor) -> torch.Tensor:
+        return layer_input(model, layer, flat.reshape(-1, *input_shape))
+
+    with evaluating(model):
+        jacobian = torch.autograd.functional.jacobian(lambda flat: features(flat[None])[0], x0.flatten()).double()
+        with torch.no_grad():
+            f0 = features(x0.flatten()[None])[0].double()
+            probe = public[:8].flatten(1).double()
+            predicted = (probe - x0.flatten().double()) @ jacobian.T + f0
+            actual = features(public[:8].flatten(1)).double()
+    if bool((torch.linalg.vector_norm(actual - predicted, dim=1) > 1e-4 * torch.linalg.vector_norm(actual, dim=1)).any()):
+        return None
+    inverse = torch.linalg.pinv(jacobian)
+    return lambda targets: x0.flatten().double().cpu() + (targets - f0.cpu()) @ inverse.T.cpu()
+
+
 def weight_gradient(layer: Head, grads: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
     """``layer``'s ∇W from the update: its own, or rebuilt from ``torch.nn.utils.parametrizations.weight_norm``'s
     magnitude ``g`` and direction ``v`` (``W = g v / ‖v‖`` per row, Salimans & Kingma 2016), ``∇W = (‖v‖ / g) ∇v +
@@ -372,6 +441,10 @@ class FCInversion(Attack):
             grad_w, grad_b, int(view.batch_size), view.threat.input_range, None if identity else input_map
         )
         details["bin_differences"] = int(len(lower))
+        if view.batch_size > 1 and len(rows) - details["approximate_rows"] < view.batch_size:
+            deeper = deeper_bins(view, grads, layer)  # the first layer did not give every example: bins further in?
+            if deeper is not None:  # ahead of the first layer's, which are mixtures
+                rows, details["deeper_bins"] = torch.cat([deeper[0].to(rows.dtype), rows]), deeper[1]
         if input_map is not None and not identity:
             details["input_map"] = "the model's own per-value affine first step (a normalisation), undone"
         if input_map is None and not len(rows) and details["active_rows"]:

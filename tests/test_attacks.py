@@ -1352,12 +1352,14 @@ def test_fc_inversion_reads_bins_off_rows_that_measure_one_quantity():
     assert runs["planted"].details["bin_differences"] == 255 and runs["planted"].recovered_fraction >= 0.5
 
 
-def test_a_model_inspect_calls_malicious_is_blocked_whatever_the_attacks_rebuild():
+def test_a_model_inspect_calls_malicious_is_blocked_and_bins_past_the_first_layer_are_read():
     """An imprint planted in an MLP's second layer, behind a first layer every example passes (an orthogonal map with
     biases of 1000): every quotient of the first layer is the same mixture, the optimisation attacks stall, and the
     audit had passed while the bins gave back the batch exactly (an independent review). The audit reads the received
-    weights as `fedguard inspect` does: malicious (FG301) makes it block, with a note and the findings in the report;
-    an honest model reads clean and its verdict is the attacks' alone."""
+    weights as `fedguard inspect` does: malicious (FG301) makes it block whatever the attacks rebuild, with a note and
+    the findings in the report; and fc_inversion reads the bins through the first layer, which is affine on the data
+    (exact images, level high). An honest model reads clean, has no bins further in, and its verdict is the attacks'
+    alone."""
     from fedguard.audit import audit
 
     shape = (1, 16, 16)
@@ -1373,12 +1375,16 @@ def test_a_model_inspect_calls_malicious_is_blocked_whatever_the_attacks_rebuild
         model[3].weight.copy_(measure.repeat(256, 1))
         model[3].bias.copy_(-torch.quantile(public, torch.linspace(0, 1, 258)[1:-1]))
     run = functools.partial(audit, arch="mlp", input_shape=shape, data="digits", batch_size=8, device="cpu", seed=0,
-                            attacks=["label_counts", "fc_inversion"], time_budget=None)  # fmt: skip
-    report = run(model)
-    assert report.model["inspection"]["verdict"] == "malicious" and str(report.verdict) == "block"
-    assert "FG301" in {f["rule_id"] for f in report.model["inspection"]["findings"]}
-    assert report.leakage.level < LeakageLevel.HIGH  # what the attacks here rebuild: not what the bins give
-    assert any(note.startswith("fedguard inspect calls the model received malicious: FG301") for note in report.notes)
-    assert report.next_step.startswith("Do not train on the model received")
-    honest = run(build_model("mlp", input_shape=shape))
+                            time_budget=None)  # fmt: skip
+    counts = run(model, attacks=["label_counts"])
+    assert counts.model["inspection"]["verdict"] == "malicious" and str(counts.verdict) == "block"
+    assert counts.leakage.level < LeakageLevel.HIGH  # what label counts rebuild: the inspection blocks
+    assert "FG301" in {f["rule_id"] for f in counts.model["inspection"]["findings"]}
+    assert any(note.startswith("fedguard inspect calls the model received malicious: FG301") for note in counts.notes)
+    assert counts.next_step.startswith("Do not train on the model received")
+    read = run(model, attacks=["fc_inversion"]).outcome("fc_inversion")
+    assert read.details["group_sizes"] == [256] and read.details["deeper_bins"]["layer"] == "3"  # one mixture; bins
+    assert read.level == LeakageLevel.HIGH and read.psnr_max >= 60
+    honest = run(build_model("mlp", input_shape=shape), attacks=["label_counts", "fc_inversion"])
     assert honest.model["inspection"] == {"verdict": "clean", "findings": []} and not honest.notes
+    assert "deeper_bins" not in honest.outcome("fc_inversion").details
