@@ -90,6 +90,8 @@ MIN_BINS = 4
 #: 64 (honest units reach 0.996 there, ``benchmarks/detector_calibration.py``); all 1 781 spare digits through the
 #: built-in MLP's first layer had taken 6 ms of a 9 ms attack at batch 16 (``benchmarks/analytic_speed.py``).
 BIN_EXAMPLES = 128
+#: Entries of the Jacobian from images to a deeper layer's input that :func:`deeper_bins` forms (float64: 128 MB).
+MAX_JACOBIAN = 1 << 24
 #: Units are screened on a random sketch of this many dimensions before their exact correlations: two units at
 #: SAME_MEASUREMENT (2.6 degrees apart) stay above SCREEN_CORRELATION (26 degrees) unless one chi-squared draw of 32
 #: degrees of freedom exceeds another a hundredfold, which does not happen; a unit without MIN_BINS such partners on
@@ -331,6 +333,9 @@ def deeper_bins(view: ServerView, grads: Mapping[str, torch.Tensor], first: Head
         if not len(lower):
             continue
         details = {"layer": layer.name, "bin_differences": int(len(lower))}
+        if layer.module.in_features * math.prod(view.input_shape) > MAX_JACOBIAN:
+            details["why_nothing"] = "the map from images to its input is too large to solve here: its bins give features"
+            return torch.zeros(0, math.prod(view.input_shape)), details
         preimage = _affine_preimage(view.model, layer.module, public, view.input_shape)
         if preimage is None:
             details["why_nothing"] = "the layers before it are not affine on the data: its bins give features, not images"

@@ -1363,17 +1363,22 @@ def test_a_model_inspect_calls_malicious_is_blocked_and_bins_past_the_first_laye
     from fedguard.audit import audit
 
     shape = (1, 16, 16)
-    torch.manual_seed(0)
-    model = build_model("mlp", input_shape=shape)
     x, _ = load_data("digits", input_shape=shape)
-    with torch.no_grad():
-        q, _ = torch.linalg.qr(torch.randn(256, 256))
-        model[1].weight.copy_(q)
-        model[1].bias.fill_(1000.0)  # every unit on for every example: the layer hands the input on, rotated
-        measure = q @ torch.full((256,), 1 / 256) / (1 / 256)  # the bins measure mean brightness through it
-        public = (x[1000:1512].flatten(1) @ q.T + 1000.0) @ measure
-        model[3].weight.copy_(measure.repeat(256, 1))
-        model[3].bias.copy_(-torch.quantile(public, torch.linspace(0, 1, 258)[1:-1]))
+
+    def hidden_imprint(first_bias: float) -> nn.Module:
+        torch.manual_seed(0)
+        model = build_model("mlp", input_shape=shape)
+        with torch.no_grad():
+            q, _ = torch.linalg.qr(torch.randn(256, 256))
+            model[1].weight.copy_(q)
+            model[1].bias.fill_(first_bias)  # 1000: every unit on for every example, the input handed on, rotated
+            measure = q @ torch.full((256,), 1.0)  # the bins measure mean brightness through it
+            public = torch.relu(x[1000:1512].flatten(1) @ q.T + first_bias) @ measure
+            model[3].weight.copy_(measure.repeat(256, 1))
+            model[3].bias.copy_(-torch.quantile(public, torch.linspace(0, 1, 258)[1:-1]))
+        return model
+
+    model = hidden_imprint(1000.0)
     run = functools.partial(audit, arch="mlp", input_shape=shape, data="digits", batch_size=8, device="cpu", seed=0,
                             time_budget=None)  # fmt: skip
     counts = run(model, attacks=["label_counts"])
@@ -1385,6 +1390,8 @@ def test_a_model_inspect_calls_malicious_is_blocked_and_bins_past_the_first_laye
     read = run(model, attacks=["fc_inversion"]).outcome("fc_inversion")
     assert read.details["group_sizes"] == [256] and read.details["deeper_bins"]["layer"] == "3"  # one mixture; bins
     assert read.level == LeakageLevel.HIGH and read.psnr_max >= 60
+    switching = run(hidden_imprint(1.0), attacks=["fc_inversion"]).outcome("fc_inversion").details  # units switch
+    assert "not affine on the data" in switching["deeper_bins"]["why_nothing"]
     honest = run(build_model("mlp", input_shape=shape), attacks=["label_counts", "fc_inversion"])
     assert honest.model["inspection"] == {"verdict": "clean", "findings": []} and not honest.notes
     assert "deeper_bins" not in honest.outcome("fc_inversion").details
