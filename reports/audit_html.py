@@ -24,7 +24,7 @@ from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
 from .audit_sentences import defense_summary, exposure_summary, thresholds_said, threat_items
-from .base import command_line, generated_at, shown_command
+from .base import generated_at, shown_command
 from .html import template_environment
 
 TEMPLATE = "audit.html"
@@ -47,7 +47,7 @@ class AuditHtmlRenderer(AuditRenderer):
             thresholds_said=_sentence(thresholds_said(report)) if report.leakage.thresholds else "",
             pictures=pictures,
             generated=generated_at(),
-            command=shown_command(typed) if (typed := command_line()) else None,
+            command=shown_command(),
             tool_version=report.tool_version,
         )
 

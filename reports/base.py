@@ -21,7 +21,7 @@ import math
 import os
 import re
 import shlex
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping
 
 import fedguard
 from fedguard.errors import COMMAND_LINE, InputError
@@ -270,9 +270,11 @@ def command_line() -> list[str] | None:
     return list(COMMAND_LINE.get()) or None
 
 
-def shown_command(arguments: Sequence[str]) -> str:
-    """``arguments`` as one shell line, each quoted where the shell needs it, control characters escaped."""
-    return printable(shlex.join(arguments))
+def shown_command() -> str | None:
+    """:func:`command_line` as one shell line, each argument quoted where the shell needs it, control characters
+    escaped; None when called from Python."""
+    typed = command_line()
+    return printable(shlex.join(typed)) if typed else None
 
 
 def more_detectors(report: InspectionReport) -> str:

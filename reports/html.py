@@ -35,7 +35,6 @@ from fedguard.types import InspectionReport, Rule
 from .base import (
     SEVERITY_ORDER,
     Renderer,
-    command_line,
     data_used,
     fired_rules,
     fmt_num,
@@ -121,7 +120,7 @@ def _page(
         fired=fired_rules(every_finding, rules),
         tool_version=", ".join(versions),
         generated=generated_at(),
-        command=shown_command(typed) if (typed := command_line()) else None,
+        command=shown_command(),
     )
 
 

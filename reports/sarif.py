@@ -170,7 +170,7 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
     invocation: dict[str, Any] = {"executionSuccessful": True}
     typed = command_line()
     if typed:  # how to repeat the run (from Python there is no command line, and the config says what was given)
-        invocation.update(commandLine=shown_command(typed), arguments=printable_values(typed[1:]))
+        invocation.update(commandLine=shown_command(), arguments=printable_values(typed[1:]))
     invocation["properties"] = printable_values({
         "detectorsRun": list(report.detectors_run),
         "seconds": json_safe(float(report.seconds)),
