@@ -15,11 +15,11 @@ from typing import Mapping
 
 from fedguard.types import InspectionReport, Rule
 
-from .base import RENDERERS, Renderer, check_report, register_renderer
+from .base import RENDERERS, Renderer, check_report, load_schema, register_renderer
 from . import text, json_report, sarif, html  # noqa: F401  (register the formats)
 from .html import render_summary
 
-__all__ = ["RENDERERS", "Renderer", "register_renderer", "render", "render_summary"]
+__all__ = ["RENDERERS", "Renderer", "load_schema", "register_renderer", "render", "render_summary"]
 
 
 def render(fmt: str, report: InspectionReport, rules: Mapping[str, Rule], color: bool = False) -> str:

@@ -41,7 +41,7 @@ import fedguard
 from fedguard.types import AttackOutcome, AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import check_report, command_line, generated_at, json_safe, printable_values, read_schema
+from .base import check_report, command_line, generated_at, json_safe, printable_values
 
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
@@ -50,7 +50,6 @@ from .base import check_report, command_line, generated_at, json_safe, printable
 SCHEMA_VERSION = "1.10"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
-SCHEMA_FILE = "audit-report.schema.json"
 
 
 def _outcome(o: AttackOutcome) -> dict[str, Any]:
@@ -145,11 +144,6 @@ def _measurements_rounded(value: Any) -> Any:
     if isinstance(value, list):
         return [_measurements_rounded(v) for v in value]
     return json_safe(value, digits=JSON_DIGITS)
-
-
-def load_audit_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) this renderer's output satisfies."""
-    return read_schema(SCHEMA_FILE)
 
 
 @register_audit_renderer("json")

@@ -246,11 +246,28 @@ def fmt_num(value: Any, digits: int = 1) -> str:
     return text
 
 
-def read_schema(filename: str) -> dict[str, Any]:
-    """A JSON Schema shipped in ``fedguard.reports.schemas``, parsed."""
+#: The JSON Schema file, in ``fedguard.reports.schemas``, of each command's JSON report.
+SCHEMA_FILES = {
+    "inspect": "inspect-report.schema.json",
+    "audit": "audit-report.schema.json",
+    "disaggregate": "disaggregate-report.schema.json",
+}
+
+
+def load_schema(report: str = "inspect") -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) that ``fedguard <report> --format json`` output satisfies.
+
+    Parameters
+    ----------
+    report : {'inspect', 'audit', 'disaggregate'}
+        The command whose report the schema describes.
+    """
     from importlib import resources
 
-    return json.loads(resources.files("fedguard.reports.schemas").joinpath(filename).read_text(encoding="utf-8"))
+    if report not in SCHEMA_FILES:
+        raise ValueError(f"no JSON report for {report!r}; choose one of {', '.join(SCHEMA_FILES)}")
+    text = resources.files("fedguard.reports.schemas").joinpath(SCHEMA_FILES[report]).read_text(encoding="utf-8")
+    return json.loads(text)
 
 
 def generated_at() -> str:

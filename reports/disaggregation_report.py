@@ -32,10 +32,9 @@ from fedguard import __version__
 from fedguard.attacks.disaggregation import Disaggregation, Score
 from fedguard.reports.base import command_line, plural, printable, printable_values
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "disaggregation_to_dict", "render_disaggregation"]
+__all__ = ["SCHEMA_VERSION", "disaggregation_to_dict", "render_disaggregation"]
 
 SCHEMA_VERSION = "1.3"
-SCHEMA_FILE = "disaggregate-report.schema.json"
 FORMATS = ("text", "json")
 
 

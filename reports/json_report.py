@@ -48,7 +48,6 @@ from .base import (
     command_line,
     json_safe,
     printable_values,
-    read_schema,
     register_renderer,
     severity_counts,
     sorted_findings,
@@ -56,7 +55,6 @@ from .base import (
 )
 
 SCHEMA_VERSION = "1.2"
-SCHEMA_FILE = "inspect-report.schema.json"
 
 
 def report_to_dict(report: InspectionReport) -> dict[str, Any]:
@@ -87,11 +85,6 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "config": json_safe(dict(report.config)),
         "command_line": command_line(),
     })  # fmt: skip
-
-
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) this renderer's output satisfies."""
-    return read_schema(SCHEMA_FILE)
 
 
 @register_renderer("json")

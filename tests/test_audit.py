@@ -37,9 +37,9 @@ FAST = ["--max-iterations", "30", "--time-budget", "60"]
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    from fedguard.reports.audit_json import load_audit_schema
+    from fedguard.reports import load_schema
 
-    return load_audit_schema()
+    return load_schema("audit")
 
 
 def invoke(*args, exposure: bool = False):

@@ -178,7 +178,8 @@ def test_the_audit_attacks_the_defended_update():
     at sigma 1 nothing comes back (level none, under 15 dB), the report gives the round's epsilon, and the
     JSON validates."""
     from fedguard.audit import audit
-    from fedguard.reports.audit_json import audit_to_dict, load_audit_schema
+    from fedguard.reports import load_schema
+    from fedguard.reports.audit_json import audit_to_dict
     import jsonschema
 
     run = dict(arch="mlp", input_shape=(1, 8, 8), data="digits", batch_size=4, attacks=["fc_inversion", "dlg"],
@@ -188,7 +189,7 @@ def test_the_audit_attacks_the_defended_update():
     private = audit(None, defense=DPSGD(1.0), **run)
     assert str(private.leakage.level) == "none" and all(o.psnr_max is None or o.psnr_max < 15 for o in private.attacks)
     doc = audit_to_dict(private)
-    jsonschema.Draft202012Validator(load_audit_schema()).validate(doc)
+    jsonschema.Draft202012Validator(load_schema("audit")).validate(doc)
     assert doc["update"]["defense"] == "dp-sgd" and 10 < doc["update"]["epsilon"] < 11
     assert doc["update"]["defense_settings"] == {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
 

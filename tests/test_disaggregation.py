@@ -460,10 +460,9 @@ def test_cli_simulate_json(tmp_path):
 
 def _validate_schema(doc):
     jsonschema = pytest.importorskip("jsonschema")
-    from fedguard.reports.base import read_schema
-    from fedguard.reports.disaggregation_report import SCHEMA_FILE
+    from fedguard.reports import load_schema
 
-    schema = read_schema(SCHEMA_FILE)
+    schema = load_schema("disaggregate")
     jsonschema.validate(doc, schema)
 
 

@@ -23,7 +23,8 @@ import torch
 from fedguard.errors import InputError
 from fedguard.reports import RENDERERS, Renderer, render, render_summary
 from fedguard.reports.base import json_safe
-from fedguard.reports.json_report import SCHEMA_VERSION, load_schema
+from fedguard.reports import load_schema
+from fedguard.reports.json_report import SCHEMA_VERSION
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
 
 # The OASIS "sarif-2.1/schema/sarif-schema-2.1.0.json" (errata 01) has this SHA-256;
@@ -248,6 +249,13 @@ def _validate_json(doc):
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.Draft202012Validator(schema).validate(doc)
+
+
+def test_each_commands_schema_loads_by_its_name_and_a_wrong_name_lists_them():
+    ids = {name: load_schema(name)["$id"] for name in ("inspect", "audit", "disaggregate")}
+    assert ids == {name: f"urn:fedguard:schema:{name}-report:1" for name in ids}
+    with pytest.raises(ValueError, match="choose one of inspect, audit, disaggregate"):
+        load_schema("craft")
 
 
 def test_json_fields_and_schema(malicious):
