@@ -20,7 +20,7 @@ from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
 from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, input_paths, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -167,11 +167,9 @@ def _remove_stale_grids(output: Path, keep: Mapping[str, bytes]) -> None:
 
 
 def _formats() -> dict[str, str]:
-    """Each output format and its file extension."""
     from fedguard.reports.audit_base import audit_renderers
 
-    renderers = audit_renderers()
-    return {name: renderers.get(name).suffix for name in renderers.names()}
+    return format_suffixes(audit_renderers())
 
 
 @click.command("audit")

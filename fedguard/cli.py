@@ -17,7 +17,7 @@ import click
 import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, first_line, out_of_memory
 from fedguard.options import (
-    OUTPUT_FILE, SEED, NamedPath, input_paths, print_report, refuse_unused, resolve_format, silence_stdout,
+    OUTPUT_FILE, SEED, NamedPath, format_suffixes, input_paths, print_report, refuse_unused, resolve_format, silence_stdout,
     user_code_prints_to_stderr,
 )
 from fedguard.types import Severity
@@ -123,10 +123,9 @@ def _detector_list() -> list[str]:
 
 
 def _formats() -> dict[str, str]:
-    """Each output format and its file extension."""
     from fedguard.reports import RENDERERS
 
-    return {name: RENDERERS.get(name).suffix for name in RENDERERS.names()}
+    return format_suffixes(RENDERERS)
 
 
 @main.command("inspect")

@@ -140,6 +140,11 @@ REPORT_SUFFIXES = {".txt": "text", ".json": "JSON", ".html": "HTML", ".htm": "HT
 SARIF_JSON = ".sarif.json"
 
 
+def format_suffixes(renderers) -> dict[str, str]:
+    """Each format of a renderer registry (``fedguard.reports.RENDERERS``, the audit's) and its file extension."""
+    return {name: renderers.get(name).suffix for name in renderers.names()}
+
+
 def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, str]) -> str:
     """``--format``, else the format whose extension ``--output`` has (``report.html``: html), else text.
 
