@@ -6,8 +6,8 @@ still reads every pickle stream of a file opcode by opcode, without running
 it, to *report* what the file would import: a model file that reaches for
 ``os.system`` is evidence of an attack on the client, whatever it holds.
 
-The scan follows ``GLOBAL``/``INST`` arguments and the two strings that a
-protocol-4 ``STACK_GLOBAL`` pops, including strings fetched back from the memo.
+The scan follows ``GLOBAL``/``INST`` arguments and, for a protocol-4
+``STACK_GLOBAL``, the unpickler's stack, to the two strings it pops.
 References: the pickle opcode catalogue in CPython's ``pickletools``; the same
 approach as picklescan and fickling.
 """
@@ -74,6 +74,7 @@ DATA_GLOBALS = frozenset(
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
                "SHORT_BINSTRING", "BINSTRING", "STRING"}
 _TORCH_SCALAR_TYPES = ("Storage", "Tensor")
+_MARK = object()  # a MARK on the simulated unpickler's stack
 
 
 @dataclass(frozen=True)
@@ -149,35 +150,66 @@ def scan_pickle_stream(stream: BinaryIO) -> set[tuple[str, str]]:
 
 
 def _scan_one(stream: BinaryIO, found: set[tuple[str, str]]) -> None:
-    """Add the globals of one pickle to ``found`` as they are met (kept on errors)."""
-    strings: list[str] = []
+    """Add the globals of one pickle to ``found`` as they are met (kept on errors).
+
+    The unpickler's stack is followed opcode by opcode, with the effects ``pickletools`` lists for each (marks,
+    the memo and ``DUP`` as ``pickle`` handles them), so the two strings a ``STACK_GLOBAL`` takes are the ones it
+    pops, however many strings were pushed and popped before (a decoy pair pushed after the real one and popped
+    had hidden ``os.system``). A ``STACK_GLOBAL`` whose operands are not strings the pickle spelt out, and an
+    ``EXT`` code (a global named through the copyreg registry), are recorded as unknown imports.
+    """
+    stack: list[object] = []  # a str the pickle spelt out, _MARK, or None for any other value
     memo: dict[int, object] = {}
-    last: object = None
+
+    def pop_to_mark() -> None:
+        while stack and stack[-1] is not _MARK:
+            stack.pop()
+        if not stack:
+            raise ValueError("pickle pops a mark it never pushed")
+        stack.pop()
+
+    def pop(count: int) -> None:
+        if count > len(stack):
+            raise ValueError("pickle pops more than it pushed")
+        del stack[len(stack) - count:]
+
     for opcode, arg, _pos in pickletools.genops(stream):
         name = opcode.name
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
             found.add((module, attr))
-            last = None
         elif name == "STACK_GLOBAL":
-            if len(strings) >= 2:
-                found.add((strings[-2], strings[-1]))
-            else:
-                found.add(("<unknown>", "<dynamic STACK_GLOBAL>"))
-            last = None
-        elif name in _STRING_OPS:
-            last = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
-            strings.append(last)
+            module, attr = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
+            both = isinstance(module, str) and isinstance(attr, str)
+            found.add((module, attr) if both else ("<unknown>", "<dynamic STACK_GLOBAL>"))
+            pop(2)
+            stack.append(None)
+            continue
+        elif name.startswith("EXT"):
+            found.add(("<extension registry>", f"code {arg}"))
+        if name in _STRING_OPS:
+            stack.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+        elif name == "MARK":
+            stack.append(_MARK)
+        elif name == "POP":  # pops the top, or the mark when nothing is above it
+            pop(1)
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else None)
         elif name == "MEMOIZE":
-            memo[len(memo)] = last
+            memo[len(memo)] = stack[-1] if stack else None
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = last
+            memo[int(arg)] = stack[-1] if stack else None
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            last = memo.get(int(arg))
-            if isinstance(last, str):
-                strings.append(last)
+            stack.append(memo.get(int(arg)))
         else:
-            last = None
+            before = opcode.stack_before
+            if pickletools.markobject in before:
+                pop_to_mark()
+                pop(before.index(pickletools.markobject))
+            else:
+                pop(len(before))
+            stack.extend([None] * len(opcode.stack_after))
+
 
 
 def scan_file(path: str, is_zip: bool) -> PickleScan:

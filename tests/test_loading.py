@@ -610,6 +610,30 @@ def _stack_global_payload(target: Path) -> bytes:
     )
 
 
+def _stack_global_decoy(target: Path) -> bytes:
+    """Protocol 4: "os" "system" pushed, then a decoy pair "collections" "OrderedDict" pushed and popped: the
+    STACK_GLOBAL takes os.system, not the last two strings the pickle spelt out."""
+    return (
+        b"\x80\x04" + _short_unicode("os") + _short_unicode("system")
+        + _short_unicode("collections") + _short_unicode("OrderedDict") + b"00"  # POP POP: the decoy is gone
+        + b"\x93" + _short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
+    )
+
+
+def _npz_object_member(path: Path, payload: bytes) -> None:
+    """An .npz with a float array and an object array whose pickle is ``payload`` (as np.load unpickles it)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    weights = io.BytesIO()
+    np.save(weights, np.ones((2, 2), dtype=np.float32))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("w.npy", weights.getvalue())
+        archive.writestr("evil.npy", header.getvalue() + payload)  # the header starts with numpy's magic
+
+
 def _protocol0_payload(target: Path) -> bytes:
     """Protocol 0 text pickle: GLOBAL 'os system' (no PROTO byte at the start)."""
     data = pickle.dumps(_SystemPayload(target), protocol=0)
@@ -624,6 +648,8 @@ PAYLOADS = {
     "builtins-exec": (lambda p, t: p.write_bytes(pickle.dumps(_ExecPayload(t))), ("builtins.exec",), ".pth"),
     "torch-zip": (lambda p, t: torch.save({"evil": _SystemPayload(t), "0.weight": torch.ones(2, 2)}, p), ("system",), ".pt"),
     "stack-global-memo": (lambda p, t: p.write_bytes(_stack_global_payload(t)), ("os.system",), ".bin"),
+    "stack-global-decoy": (lambda p, t: p.write_bytes(_stack_global_decoy(t)), ("os.system",), ".pt"),
+    "npz-stack-global-decoy": (lambda p, t: _npz_object_member(p, _stack_global_decoy(t)), ("os.system",), ".npz"),
     "protocol0-global": (lambda p, t: p.write_bytes(_protocol0_payload(t)), ("system",), ".ckpt"),
     "npz-object-array": (lambda p, t: np.savez(p, w=np.ones((2, 2)), evil=np.array([_SystemPayload(t)], dtype=object)),
                          ("system",), ".npz"),  # np.load(allow_pickle=True) runs it
