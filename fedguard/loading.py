@@ -16,7 +16,6 @@ large model costs little more than its size.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import pickletools
 import re
@@ -34,7 +33,8 @@ import torch
 
 from fedguard.errors import InputError
 from fedguard.io import read_npz, refuse_beyond_memory
-from fedguard.pickle_scan import DATA_GLOBALS, scan_file, scan_npz
+from fedguard import pickled_data
+from fedguard.pickle_scan import scan_file, scan_npz
 from fedguard.types import Confidence, Finding, Rule, Severity
 
 TORCH, SAFETENSORS, NPZ = "torch", "safetensors", "npz"
@@ -302,28 +302,49 @@ def _zip_members(path: Path) -> list[zipfile.ZipInfo]:
         return archive.infolist()
 
 
-def _data_globals() -> list[tuple[Any, str]]:
-    """:data:`~fedguard.pickle_scan.DATA_GLOBALS` as ``torch.serialization.safe_globals`` takes them: each object
-    under the name a pickle calls it by (numpy 1's ``numpy.core`` is numpy 2's ``numpy._core``)."""
-    allowed = []
-    for module, name in sorted(DATA_GLOBALS):
-        with warnings.catch_warnings():  # numpy 2 warns on importing numpy.core
-            warnings.simplefilter("ignore")
-            try:
-                value = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):  # a numpy without this dtype class writes no pickle naming it
-                continue
-        allowed.append((value, f"{module}.{name}"))
-    return allowed
-
-
 def _load_torch(path: Path, mmap: bool) -> Any:
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals(_data_globals()):
+        # sparse tensors' indices checked against their shapes as they load: unchecked, an index out of range
+        # writes outside the tensor when it is made dense
+        with warnings.catch_warnings(), torch.serialization.safe_globals(pickled_data.safe_globals()), \
+                torch.sparse.check_sparse_tensor_invariants(True):  # fmt: skip
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols and deprecated storages
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises UnpicklingError subclasses and more for odd files
         raise InputError(f"{path} could not be read as a torch state_dict ({_torch_reason(exc)}); re-export it with {_hint(TORCH)}") from None
+    return _plain(raw, path)
+
+
+#: How deep a checkpoint's containers may nest (a state_dict under a wrapper under a wrapper is three).
+MAX_NESTING = 32
+
+
+def _plain(raw: Any, path: Path) -> Any:
+    """``raw`` with every dict a plain ``dict`` of its own entries, every list or tuple a list, every pickled
+    array a plain ndarray.
+
+    A pickle's ``BUILD`` may set attributes on an ``OrderedDict`` (torch sets ``_metadata``), among them ones that
+    shadow its methods (``items = 1``): the entries are read past them. Containers nested deeper than
+    :data:`MAX_NESTING` are refused (a pickle can nest thousands deep, past Python's recursion limit).
+    """
+    root = [raw]
+    pending: list[tuple[Any, Any, Any, int]] = [(root, 0, raw, 0)]  # container[key] = plain(value), at depth
+    while pending:
+        container, key, value, depth = pending.pop()
+        if isinstance(value, (dict, list, tuple)):
+            if depth >= MAX_NESTING:
+                raise InputError(f"{path} nests containers more than {MAX_NESTING} deep, where a checkpoint nests a "
+                                 f"few; re-export it with {_hint(TORCH)}")  # fmt: skip
+            if isinstance(value, dict):
+                value = dict(dict.items(value))
+                pending.extend((value, k, v, depth + 1) for k, v in value.items())
+            else:
+                value = list(list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value))
+                pending.extend((value, i, v, depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, pickled_data.PickledArray):
+            value = value.view(np.ndarray)
+        container[key] = value
+    return root[0]
 
 
 def _tensors_in(raw: Any):

@@ -175,6 +175,102 @@ def test_checkpoint_wrappers(tmp_path, key):
     assert_same(load_model_file(path).tensors, sd)
 
 
+class _ForgedArray:
+    """Pickles as numpy pickles an array (``_reconstruct``, then ``BUILD``) but with the state given."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        rebuild, args, _state = np.zeros(1).__reduce__()
+        return rebuild, args, self.state
+
+
+def _dtype_with_object_field() -> np.dtype:
+    """A float64 dtype as a dtype's ``__setstate__`` can leave it: with a field of Python objects."""
+    dtype = np.dtype("f8", False, True)
+    dtype.__setstate__((3, "<", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 63))
+    assert dtype.hasobject
+    return dtype
+
+
+def test_numpy_arrays_of_every_number_type_and_layout_load_as_saved(tmp_path):
+    sd = tiny_state_dict()
+    extras = {"f": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "be": np.array([1.5, -2], dtype=">f4"),
+              "flags": np.array([True, False]), "u8": np.arange(3, dtype=np.uint8), "c": np.array([1 + 2j]),
+              "zero_d": np.array(4.0), "half": np.float16(0.5), "truth": np.bool_(True)}  # fmt: skip
+    torch.save({"model": sd, "extras": extras}, tmp_path / "ckpt.pt")
+    assert_same(load_model_file(tmp_path / "ckpt.pt").tensors, sd)
+    from fedguard.loading import _load_torch
+
+    raw = _load_torch(tmp_path / "ckpt.pt", mmap=False)
+    for key, value in extras.items():
+        got = raw["extras"][key]
+        assert type(got) is type(value) and got.dtype.kind == value.dtype.kind and np.array_equal(got, value), key
+    assert raw["extras"]["f"].flags.f_contiguous
+
+
+@pytest.mark.parametrize("state, reason", [
+    ((1, (1000,), np.dtype("O"), False, []), "dtype object is not plain numbers"),  # numpy 2.4 segfaults on it
+    ((1, (2,), _dtype_with_object_field(), False, b"\x00" * 16), "is not plain numbers"),  # pointers from the file
+    ((1, (2, 2), np.dtype("f4"), False, b"\x00" * 8), "holds 8 bytes, not 16"),
+    ((1, (2,), np.dtype("f4"), False, [1.0, 2.0]), "holds list bytes"),
+], ids=["object-array-short-list", "object-field", "short-bytes", "list-data"])
+def test_forged_numpy_arrays_are_refused_before_numpy_reads_them(tmp_path, state, reason):
+    """numpy's ``_reconstruct`` and ``ndarray.__setstate__`` trust the pickle: an object array with fewer items than
+    its shape crashed the process (SIGSEGV), a float dtype given an object field reads pointers from the file. Each
+    state is checked before numpy sees it; run in a child process, so that a regression crashes it, not the tests."""
+    path = tmp_path / "forged.pt"
+    torch.save({"0.weight": torch.ones(2, 2), "extra": _ForgedArray(state)}, path)
+    res = subprocess.run([sys.executable, "-m", "fedguard", "inspect", str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert reason in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_pickle_that_allocates_numpy_arrays_directly_is_refused(tmp_path):
+    class Allocate:
+        def __reduce__(self):
+            return np.ndarray, ((1 << 28,),)  # 2 GiB of uninitialised memory from a few bytes
+
+    torch.save({"0.weight": torch.ones(2, 2), "extra": Allocate()}, tmp_path / "alloc.pt")
+    with pytest.raises(InputError, match="calls numpy.ndarray allocates an array it does not hold"):
+        load_model_file(tmp_path / "alloc.pt")
+
+
+@pytest.mark.parametrize("index, reason", [(10**6, "size is inconsistent with indices"), (-5, "negative index -5")])
+def test_sparse_tensors_with_indices_outside_their_shape_are_refused(tmp_path, index, reason):
+    """Unchecked, ``to_dense`` wrote the value outside the tensor (SIGSEGV, or heap corruption and a clean verdict)."""
+    forged = torch.sparse_coo_tensor(torch.tensor([[index], [1]]), torch.tensor([7.0]), (4, 3), check_invariants=False)
+    torch.save({"0.weight": forged, "0.bias": torch.ones(4)}, tmp_path / "sparse.pt")
+    with pytest.raises(InputError, match=reason):
+        load_model_file(tmp_path / "sparse.pt")
+
+
+def test_containers_nested_past_the_limit_are_refused_and_shadowed_dict_methods_ignored(tmp_path):
+    from collections import OrderedDict
+
+    from fedguard.loading import MAX_NESTING
+
+    sd = tiny_state_dict()
+    deep: dict = {"0.weight": torch.ones(2, 2)}
+    for _ in range(2000):  # past Python's recursion limit: this had been an internal error (exit 3)
+        deep = {"inner": deep}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)  # for pickle to write it
+    try:
+        torch.save({"model": sd, "deep": deep}, tmp_path / "deep.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(InputError, match=f"nests containers more than {MAX_NESTING} deep"):
+        load_model_file(tmp_path / "deep.pt")
+    class Shadowed:  # an OrderedDict whose BUILD sets attributes over its methods, as torch sets _metadata
+        def __reduce__(self):
+            return OrderedDict, (), {"items": 1, "values": None, "keys": None, "get": None}, None, iter(sd.items())
+
+    torch.save(Shadowed(), tmp_path / "shadowed.pt")  # items = 1 had been an internal error (exit 3)
+    assert_same(load_model_file(tmp_path / "shadowed.pt").tensors, sd)
+
+
 def test_checkpoints_with_numpy_values_and_run_arguments_load(tmp_path):
     """Training scripts save numpy scalars (``best_acc``), numpy arrays and the run's ``argparse.Namespace`` beside the
     state_dict, or the state_dict as numpy arrays: plain data, read as such (they had been FG001, critical, or
