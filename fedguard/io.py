@@ -166,6 +166,8 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as exc:
+        if "max_header_size" in str(exc):  # numpy's limit on an array header, whose message also names allow_pickle
+            raise InputError(f"{path} has an array header larger than numpy reads safely; {fix}") from None
         if "pickle" in str(exc).lower():
             raise InputError(f"{path} holds object arrays that would need pickle; {fix} from plain numeric arrays") from None
         raise InputError(f"{path} is a corrupt .npz archive ({str(exc)[:120]}); {fix}") from None
@@ -203,10 +205,25 @@ def _check_declared_sizes(path: Path, fix: str) -> None:
     refuse_beyond_memory(path, total, "unpacks to", "arrays")
 
 
+#: The compressions ``torch.save`` and numpy write: stored and deflate. zipfile unpacks bzip2 and LZMA members
+#: without a bound on each read, so a few KB of them fill the memory before a check can look at what they hold.
+ARCHIVE_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+def refuse_unusual_compression(archive: zipfile.ZipFile, path: str | os.PathLike, fix: str) -> None:
+    """InputError naming the first member of ``archive`` compressed other than :data:`ARCHIVE_COMPRESSIONS`."""
+    for info in archive.infolist():
+        if info.compress_type not in ARCHIVE_COMPRESSIONS:
+            method = zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
+            raise InputError(f"{path}: {info.filename} is compressed with {method}, which neither torch.save nor numpy "
+                             f"writes; {fix}")  # fmt: skip
+
+
 def npy_members(path: str | os.PathLike) -> Iterator[tuple[zipfile.ZipInfo, IO[bytes], tuple[int, ...], np.dtype]]:
     """Each ``.npy`` member of an ``.npz`` archive: its zip entry, the open member just past its header (the array's
     bytes, or for an object array its pickle, come next), and the shape and dtype the header declares."""
     with zipfile.ZipFile(path) as archive:
+        refuse_unusual_compression(archive, path, "save it with np.savez or np.savez_compressed")
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 continue

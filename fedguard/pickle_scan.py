@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from fedguard.errors import InputError
 from fedguard.io import npy_members
 
 #: Globals a state_dict saved by torch or numpy legitimately imports.
@@ -212,13 +213,26 @@ def _scan_one(stream: BinaryIO, found: set[tuple[str, str]]) -> None:
 
 
 
+#: The largest pickle member a torch archive may hold. Its pickles name tensors and shapes (the tensors are stored
+#: beside them): a few MiB for a model of a million tensors.
+MAX_PICKLE_BYTES = 256 << 20
+
+
 def scan_file(path: str, is_zip: bool) -> PickleScan:
-    """Scan a torch zip archive's ``*.pkl`` members, or a whole legacy pickle file."""
+    """Scan a torch zip archive's ``*.pkl`` members, or a whole legacy pickle file.
+
+    Raises InputError for a pickle member larger than :data:`MAX_PICKLE_BYTES` (a deflated one of 2 GiB fits in 2 MB).
+    """
     found: set[tuple[str, str]] = set()
     if is_zip:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
                 if info.filename.endswith(".pkl"):
+                    if info.file_size > MAX_PICKLE_BYTES:
+                        raise InputError(
+                            f"{path}: {info.filename} is a pickle of {info.file_size / 2**20:,.0f} MiB, where a torch "
+                            f"checkpoint's pickles name its tensors in a few MiB; re-export it"
+                        )
                     found |= scan_pickle_stream(io.BytesIO(_read_member(archive, info)))
     else:
         with open(path, "rb") as handle:

@@ -156,7 +156,7 @@ def test_deflated_checkpoint_loads_and_truncated_storage_is_refused(tmp_path):
     _rewrite_zip(tmp_path / "model.pt", tmp_path / "deflated.pt", zipfile.ZIP_DEFLATED)
     assert_same(load_model_file(tmp_path / "deflated.pt").tensors, sd)
     _rewrite_zip(tmp_path / "model.pt", tmp_path / "short.pt", cut="data/0")
-    with pytest.raises(InputError, match="claim .* bytes of storage but the archive holds"):
+    with pytest.raises(InputError, match="claim .* bytes of storage but the file holds"):
         load_model_file(tmp_path / "short.pt")
 
 
@@ -1042,3 +1042,88 @@ def test_names_of_megabytes_are_shortened_before_they_reach_reports(tmp_path):
     assert report.n_layers == 2  # the long A and B layers, each with its weight (and bias) together
     for fmt in ("text", "json", "sarif", "html"):
         assert len(render(fmt, report, rules())) < 100_000, fmt
+
+
+# ---------------------------------------------------------------------- files that declare more than they hold
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+def test_archives_compressed_with_bzip2_or_lzma_are_refused_unread(tmp_path, suffix):
+    """torch.save and numpy write stored or deflated members; zipfile unpacks bzip2 and LZMA without a bound on each
+    read (2.6 KB of bzip2 had filled 4.3 GB), so they are refused by name before anything is read."""
+    sd = tiny_state_dict()
+    plain = tmp_path / f"plain{suffix}"
+    torch.save(sd, plain) if suffix == ".pt" else np.savez(plain, **{k: v.numpy() for k, v in sd.items()})
+    for compression, name in ((zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "lzma")):
+        packed = tmp_path / f"{name}{suffix}"
+        _rewrite_zip(plain, packed, compression)
+        with pytest.raises(InputError, match=f"is compressed with {name}, which neither torch.save nor numpy writes"):
+            load_model_file(packed)
+    deflated = tmp_path / f"deflated{suffix}"
+    _rewrite_zip(plain, deflated, zipfile.ZIP_DEFLATED)
+    assert_same(load_model_file(deflated).tensors, sd, ordered=False)
+
+
+def test_a_pickle_member_past_the_limit_is_refused(tmp_path, monkeypatch):
+    import fedguard.pickle_scan
+
+    torch.save(tiny_state_dict(), tmp_path / "model.pt")
+    monkeypatch.setattr(fedguard.pickle_scan, "MAX_PICKLE_BYTES", 64)  # the real limit, 256 MiB, would take a while
+    with pytest.raises(InputError, match=r"data.pkl is a pickle of 0 MiB, where a torch checkpoint's pickles"):
+        load_model_file(tmp_path / "model.pt")
+
+
+def test_storage_a_pickle_creates_without_holding_it_is_refused(tmp_path):
+    """``torch.Tensor(n)`` in a pickle allocates n values the file does not hold (4 GiB from 1 KB, read as weights)."""
+
+    class Allocate:
+        def __reduce__(self):
+            return torch.Tensor, (1 << 22,)
+
+    torch.save({"0.weight": torch.ones(2, 2), "0.bias": Allocate()}, tmp_path / "alloc.pt")
+    _rewrite_zip(tmp_path / "alloc.pt", tmp_path / "deflated.pt", zipfile.ZIP_DEFLATED)  # read into memory, not mapped
+    for name in ("alloc.pt", "deflated.pt"):
+        with pytest.raises(InputError, match=r"its tensors claim \d+ bytes of storage but the file holds \d+"):
+            load_model_file(tmp_path / name)
+
+
+def test_views_and_sparse_tensors_that_expand_far_past_what_they_store_are_refused(tmp_path):
+    """A 1 KB file had declared 2^31 values sharing 12 stored ones (50 s, 4 GB, clean); honest small views load."""
+    from fedguard.loading import MAX_UNSTORED_VALUES
+
+    torch.save({"0.weight": torch.ones(1, 1).expand(1 << 13, 1 << 12), "0.bias": torch.ones(1 << 13)}, tmp_path / "view.pt")
+    with pytest.raises(InputError, match=r"'0.weight' is a view of 33,554,432 values on 1 stored ones"):
+        load_model_file(tmp_path / "view.pt")
+    torch.save({"0.weight": torch.ones(1, 4).expand(64, 4), "0.bias": torch.ones(64)}, tmp_path / "small.pt")
+    assert torch.equal(load_model_file(tmp_path / "small.pt").tensors["0.weight"], torch.ones(64, 4))
+    one = torch.sparse_coo_tensor(torch.tensor([[0], [0]]), torch.tensor([1.0]), (1 << 13, 1 << 12))
+    assert one.numel() > MAX_UNSTORED_VALUES + 1000
+    torch.save({"0.weight": one, "0.bias": torch.ones(1 << 13)}, tmp_path / "sparse.pt")
+    with pytest.raises(InputError, match="is a sparse tensor of shape .* that stores 1 values, too few to expand"):
+        load_model_file(tmp_path / "sparse.pt")
+
+
+@pytest.mark.parametrize("error, reason", [
+    (RuntimeError("[enforce fail at inline_container.cc:340] . file in archive is not in a subdirectory archive/: ../x"),
+     "file in archive is not in a subdirectory archive/"),
+    (RuntimeError("[enforce fail at inline_container.cc:340] "), "torch's archive reader refused the archive's layout"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0"), "a tensor larger than this machine's memory"),
+    (ValueError("_rebuild_qtensor: per_channel axis 99 out of range for size (4, 3)"),
+     "_rebuild_qtensor: per_channel axis 99 out of range for size (4, 3)"),
+    (pickle.UnpicklingError("Weights only load failed. ... WeightsUnpickler error: Unsupported global: GLOBAL "
+                            "torch.UntypedStorage was not an allowed global by default."),
+     "it builds torch.UntypedStorage, which torch's weights-only loader does not"),
+])
+def test_torch_errors_are_said_in_words_not_source_locations(error, reason):
+    from fedguard.loading import _torch_reason
+
+    assert _torch_reason(error) == reason
+
+
+def test_an_npz_header_past_numpys_limit_is_named_as_such(tmp_path):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }".ljust(20000) + "\n"
+    member = np.lib.format.MAGIC_PREFIX + b"\x02\x00" + len(header).to_bytes(4, "little") + header.encode() + b"\0" * 4
+    with zipfile.ZipFile(tmp_path / "header.npz", "w") as archive:
+        archive.writestr("w.npy", member)
+    with pytest.raises(InputError, match="has an array header larger than numpy reads safely"):
+        load_model_file(tmp_path / "header.npz")
