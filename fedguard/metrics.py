@@ -249,8 +249,9 @@ def image_level(
     s = -math.inf if ssim_value is None or math.isnan(ssim_value) else ssim_value
     bp = -math.inf if baseline_psnr_value is None or math.isnan(baseline_psnr_value) else baseline_psnr_value
     bs = -math.inf if baseline_ssim_value is None or math.isnan(baseline_ssim_value) else baseline_ssim_value
-    p_ok = p >= bp + t["low_psnr_over_baseline"]
-    s_ok = s >= bs + t["ssim_over_baseline"]
+    # nothing measured is no leak, also where no guess was measured either (-inf against -inf)
+    p_ok = p > -math.inf and p >= bp + t["low_psnr_over_baseline"]
+    s_ok = s > -math.inf and s >= bs + t["ssim_over_baseline"]
     if (p_ok and p >= t["high_psnr"]) or (s_ok and s >= t["high_ssim"]):
         return LeakageLevel.HIGH
     if (p_ok and p >= t["medium_psnr"]) or (s_ok and s >= t["medium_ssim"]):

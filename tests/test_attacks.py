@@ -1395,3 +1395,57 @@ def test_a_model_inspect_calls_malicious_is_blocked_and_bins_past_the_first_laye
     honest = run(build_model("mlp", input_shape=shape), attacks=["label_counts", "fc_inversion"])
     assert honest.model["inspection"] == {"verdict": "clean", "findings": []} and not honest.notes
     assert "deeper_bins" not in honest.outcome("fc_inversion").details
+
+
+# ---------------------------------------------------------------------- leakage thresholds at their boundaries
+
+
+@pytest.mark.parametrize("psnr_value, ssim_value, baseline, baseline_ssim, level", [
+    (25.0, None, 10.0, None, LeakageLevel.HIGH),
+    (24.99, None, 10.0, None, LeakageLevel.MEDIUM),
+    (18.0, None, 10.0, None, LeakageLevel.MEDIUM),
+    (17.99, None, 10.0, None, LeakageLevel.LOW),
+    (13.0, None, 10.0, None, LeakageLevel.LOW),  # 3 dB over the no-update guess
+    (12.99, None, 10.0, None, LeakageLevel.NONE),
+    (30.0, None, 27.5, None, LeakageLevel.NONE),  # high PSNR, but the guess without the update gets as close
+    (None, 0.80, None, 0.0, LeakageLevel.HIGH),
+    (None, 0.79, None, 0.0, LeakageLevel.MEDIUM),
+    (None, 0.50, None, 0.0, LeakageLevel.MEDIUM),
+    (None, 0.49, None, 0.0, LeakageLevel.LOW),
+    (None, 0.25, None, 0.0, LeakageLevel.LOW),
+    (None, 0.24, None, 0.0, LeakageLevel.NONE),
+    (None, 0.84, None, 0.75, LeakageLevel.NONE),  # under 0.10 over the guess's SSIM
+])
+def test_image_levels_change_exactly_at_their_thresholds(psnr_value, ssim_value, baseline, baseline_ssim, level):
+    assert image_level(psnr_value, ssim_value, baseline, baseline_ssim) is level
+
+
+@pytest.mark.parametrize("accuracy, batch, baseline, level", [
+    (0.75, 8, 0.75, LeakageLevel.NONE),  # no better than the server's guess without the update
+    (0.76, 8, 0.75, LeakageLevel.LOW),
+    (0.49, 8, 0.0, LeakageLevel.NONE),
+    (0.50, 8, 0.0, LeakageLevel.LOW),
+    (1.0, 1, 0.0, LeakageLevel.MEDIUM),  # the one example's label
+    (1.0, 1, 1.0, LeakageLevel.NONE),
+])
+def test_label_levels_change_exactly_at_their_thresholds(accuracy, batch, baseline, level):
+    assert label_level(accuracy, batch, baseline) is level
+
+
+def test_ssim_reads_images_on_the_range_0_to_1():
+    """On a constant pair SSIM is its luminance term alone, ``C1 / (mu^2 + C1)`` with ``C1 = (0.01 L)^2``: 0.0385 for
+    black against 0.05 at L = 1 (a range of 2 would read 0.138, and dark reconstructions would score too high)."""
+    value = ssim(np.zeros((1, 8, 8)), np.full((1, 8, 8), 0.05))
+    assert value == pytest.approx(1e-4 / (0.05**2 + 1e-4), rel=1e-6)
+
+
+def test_the_conditional_count_solve_keeps_counts_non_negative_and_summing_to_the_batch():
+    """Bounded least squares: an estimate of the head's gradient that a count below zero would fit better (the last
+    class's entry moved by 0.25) still gives counts in [0, B] that sum to B."""
+    from fedguard.attacks.label_counts import _solve_conditional
+
+    M = 0.8 * np.eye(3) + 0.1 * (1 - np.eye(3))
+    g = (M.T - np.eye(3)) @ np.array([5.0, 3.0, 0.0]) / 8 + np.array([0.0, 0.0, 0.25])
+    counts = _solve_conditional(M, g, 8)
+    assert (counts >= -1e-9).all() and counts.sum() == pytest.approx(8, abs=1e-3)
+    assert np.round(counts).tolist() == [5, 3, 0]

@@ -1885,3 +1885,17 @@ def test_progress_eta_is_bounded_by_the_time_budget():
                for task in bars.progress.tasks]  # fmt: skip
     assert 0 < seconds[0] <= 5 and bars.progress.tasks[0].fields["info"] == "budget 5s"
     assert seconds[1] > 30  # ~1000 iterations at ~10 per second
+
+
+def test_the_worst_attack_is_the_highest_level_not_the_highest_psnr():
+    """iDLG gives a one-example batch's label (medium, no image); Inverting Gradients after one iteration rebuilds a
+    blur (6 dB, level none). The audit's level and worst attack are iDLG's, and --fail-on medium blocks."""
+    from fedguard.audit import audit
+    from fedguard.types import AuditVerdict, LeakageLevel
+
+    report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=1, max_iterations=1,
+                   attacks=["idlg", "inverting_gradients"], fail_on="medium")  # fmt: skip
+    levels = {o.name: o.level for o in report.attacks}
+    assert levels == {"idlg": LeakageLevel.MEDIUM, "inverting_gradients": LeakageLevel.NONE}
+    assert report.leakage.level is LeakageLevel.MEDIUM and report.leakage.worst_attack == "idlg"
+    assert report.verdict is AuditVerdict.BLOCK

@@ -306,3 +306,10 @@ def test_a_convolution_that_pads_other_than_with_zeros_is_named(batch):
     model = build_model("lenet5_stride2", input_shape=(1, 8, 8))
     with pytest.raises(InputError, match="its layer features.0 is a convolution with padding_mode 'replicate'"):
         compute_update(model, x, y, defense=DPSGD(1.0))
+
+
+def test_delta_must_be_strictly_below_one_over_the_examples():
+    """At delta = 1 / examples one example may be released outright with that probability: no guarantee."""
+    with pytest.raises(InputError, match="not below 1 / 100"):
+        DPSGD(1.0, max_grad_norm=1.0, delta=0.01).epsilon(1, 100)
+    assert DPSGD(1.0, max_grad_norm=1.0, delta=0.0099).epsilon(1, 100) > 0

@@ -1237,3 +1237,92 @@ def test_what_detectors_share_on_a_layer_lasts_one_run():
         model[3].bias.copy_(-torch.linspace(0, 1, model[3].weight.shape[0]))
     assert "FG301" in {f.rule_id for f in run_detectors(context)[0]}
     assert all(not layer.shared for layer in context.view.layers)
+
+
+# ---------------------------------------------------------------------- thresholds at their boundaries
+
+
+def _set_head_bias(value):
+    def edit(m):
+        m[2].bias[3] = value
+    return edit
+
+
+def _constant_rows(count):
+    def edit(m):
+        m[0].weight[:count] = 1 / 64  # MKOR's averaging rows
+    return edit
+
+
+def _muted_head_rows(count, bias):
+    def edit(m):
+        m[2].weight[:count] = 0
+        m[2].bias[:count] = bias
+        m[2].bias[count:] = 0
+    return edit
+
+
+def _identical_rows(count):
+    def edit(m):
+        m[0].weight[1:count] = m[0].weight[0]
+        m[0].bias[:count] = torch.arange(1, count + 1) / 10  # an imprint's ladder of biases
+    return edit
+
+
+def _opposite_pairs(count):
+    def edit(m):
+        for i in range(count):
+            m[0].weight[2 * i + 1] = -m[0].weight[2 * i]
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected, verdict", [
+    (lambda m: None, [], Verdict.CLEAN),
+    (_set_head_bias(50.0), [("FG502", Severity.HIGH)], Verdict.MALICIOUS),  # BIAS_LIMIT, inclusive
+    (_set_head_bias(49.0), [], Verdict.CLEAN),
+    (_constant_rows(2), [("FG101", Severity.HIGH), ("FG301", Severity.MEDIUM)], Verdict.MALICIOUS),
+    (_constant_rows(1), [("FG101", Severity.MEDIUM)], Verdict.SUSPICIOUS),
+    (_muted_head_rows(5, 3.0), [("FG201", Severity.HIGH)], Verdict.MALICIOUS),  # half the classes muted: any bias
+    (_muted_head_rows(4, 3.0), [], Verdict.CLEAN),
+    (_muted_head_rows(1, 5.0), [("FG201", Severity.HIGH)], Verdict.MALICIOUS),  # HUGE_BIAS, inclusive
+    (_muted_head_rows(1, 4.9), [], Verdict.CLEAN),
+    (_identical_rows(4), [("FG301", Severity.HIGH)], Verdict.MALICIOUS),
+    (_identical_rows(3), [("FG301", Severity.MEDIUM)], Verdict.SUSPICIOUS),
+    (_opposite_pairs(2), [("FG104", Severity.HIGH)], Verdict.MALICIOUS),  # MALICIOUS_PAIRS
+    (_opposite_pairs(1), [("FG104", Severity.MEDIUM)], Verdict.SUSPICIOUS),
+], ids=["honest", "bias-50", "bias-49", "2-constant-rows", "1-constant-row", "half-head-muted", "4-of-10-muted",
+        "muted-bias-5", "muted-bias-4.9", "4-identical-rows", "3-identical-rows", "2-opposite-pairs", "1-opposite-pair"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_threshold_holds_at_its_boundary_and_sets_the_verdict(edit, expected, verdict, seed):
+    """One planted change to a 64-128-10 MLP just at and just past each static rule's threshold: the rule, its
+    severity (high makes the model malicious, medium suspicious) and nothing else."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    with torch.no_grad():
+        edit(model)
+    findings = static_findings(model.state_dict())
+    assert sorted((f.rule_id, f.severity) for f in findings) == expected
+    assert judge(findings) is verdict
+
+
+def test_fg801_compares_with_the_fresh_architecture_exactly_at_its_factor_and_margin(monkeypatch):
+    """Low (the architecture does it) while the received D-SNR is under ARCH_FACTOR times the fresh one's, or at most
+    ISOLATION_MARGIN more of the batch is silent everywhere; high from there on."""
+    from types import SimpleNamespace
+
+    from fedguard.detectors import gradient_snr
+
+    def measured(kind, dsnr=0.0, isolated=0.0):
+        return gradient_snr.Concentration(kind, "0.bias", dsnr, 0, ["0.bias"], 2, 0.5, 0.5, isolated)
+
+    context = SimpleNamespace(fresh=lambda: nn.Linear(4, 2))
+    x, y = torch.zeros(16, 4), torch.zeros(16, dtype=torch.long)
+    baseline = gradient_snr.GradientSNR._fresh_baseline
+    fresh = measured("dominance", dsnr=2.0)
+    monkeypatch.setattr(gradient_snr, "concentration", lambda *args: fresh)
+    assert baseline(context, x, y, measured("dominance", dsnr=7.99)) is fresh
+    assert baseline(context, x, y, measured("dominance", dsnr=8.0)) is None  # ARCH_FACTOR 4
+    assert baseline(context, x, y, measured("isolation", isolated=0.625)) is None  # another kind: no baseline
+    fresh = measured("isolation", isolated=0.5)
+    assert baseline(context, x, y, measured("isolation", isolated=0.5 + 2 / 16)) is fresh
+    assert baseline(context, x, y, measured("isolation", isolated=0.5 + 3 / 16)) is None

@@ -664,3 +664,18 @@ def test_pool_workers_die_on_terminate_and_leave_ctrl_c_to_the_parent():
             assert pool.map(_worker_handlers, [0]) == [(signal.SIG_DFL, signal.SIG_IGN)]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_users_with_identical_counts_get_distinct_columns_and_never_an_excluded_one(monkeypatch):
+    """The integer program's no-good cuts: with every column of two rounds in four fitting the sums equally well,
+    three users of the same counts get three different columns, none of them the one already taken."""
+    from scipy.sparse import csr_matrix
+
+    from fedguard.attacks import disaggregation
+
+    monkeypatch.setattr(disaggregation, "_MILP_STATE", {"NT": np.zeros((1, 4)), "W": csr_matrix(np.ones((1, 4))), "T": 4})
+    taken = np.array([1.0, 1.0, 0.0, 0.0])
+    solved = disaggregation._milp_group(([0, 1, 2], np.array([2.0]), [taken], [1e-6] * 3, [1e-6] * 3, 10.0, None))
+    columns = [tuple(column) for _user, column, _residual, outcome in solved if outcome == "solved"]
+    assert len(columns) == 3 and len(set(columns)) == 3 and tuple(taken) not in columns
+    assert all(sum(column) == 2 for column in columns)

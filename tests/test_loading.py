@@ -17,6 +17,7 @@ import shlex
 import re
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -730,6 +731,12 @@ def _npz_object_member(path: Path, payload: bytes) -> None:
         archive.writestr("evil.npy", header.getvalue() + payload)  # the header starts with numpy's magic
 
 
+def _getattr_import_payload(target: Path) -> bytes:
+    """Protocol 0: ``getattr(__import__("os"), "system")(...)``, reaching os.system through two builtins."""
+    command = f"touch {shlex.quote(str(target))}"
+    return (b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(Vos\ntRVsystem\ntR(V" + command.encode() + b"\ntR.")
+
+
 def _protocol0_payload(target: Path) -> bytes:
     """Protocol 0 text pickle: GLOBAL 'os system' (no PROTO byte at the start)."""
     data = pickle.dumps(_SystemPayload(target), protocol=0)
@@ -746,6 +753,7 @@ PAYLOADS = {
     "stack-global-memo": (lambda p, t: p.write_bytes(_stack_global_payload(t)), ("os.system",), ".bin"),
     "stack-global-decoy": (lambda p, t: p.write_bytes(_stack_global_decoy(t)), ("os.system",), ".pt"),
     "npz-stack-global-decoy": (lambda p, t: _npz_object_member(p, _stack_global_decoy(t)), ("os.system",), ".npz"),
+    "getattr-import": (lambda p, t: p.write_bytes(_getattr_import_payload(t)), ("builtins.getattr", "builtins.__import__"), ".pt"),
     "protocol0-global": (lambda p, t: p.write_bytes(_protocol0_payload(t)), ("system",), ".ckpt"),
     "npz-object-array": (lambda p, t: np.savez(p, w=np.ones((2, 2)), evil=np.array([_SystemPayload(t)], dtype=object)),
                          ("system",), ".npz"),  # np.load(allow_pickle=True) runs it
@@ -799,6 +807,9 @@ def test_payloads_are_live(tmp_path, name):
     """Control: plain pickle really runs each payload (in a throwaway subprocess)."""
     path, target, _ = make_payload(tmp_path, name)
     subprocess.run([sys.executable, "-c", _LIVE_CHECK, str(path)], check=True, timeout=60, cwd=tmp_path)
+    deadline = time.monotonic() + 30  # subprocess.Popen's child may still be starting when the unpickler returns
+    while not target.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert target.exists(), f"payload {name} did not run under pickle; the refusal tests would prove nothing"
 
 
@@ -1127,3 +1138,11 @@ def test_an_npz_header_past_numpys_limit_is_named_as_such(tmp_path):
         archive.writestr("w.npy", member)
     with pytest.raises(InputError, match="has an array header larger than numpy reads safely"):
         load_model_file(tmp_path / "header.npz")
+
+
+@pytest.mark.parametrize("name", ["getattr", "setattr", "delattr", "eval", "exec", "compile", "__import__", "open",
+                                  "globals", "vars", "breakpoint", "input"])
+def test_no_builtin_that_reaches_code_or_files_is_on_the_allow_list(name):
+    from fedguard.pickle_scan import is_safe_global
+
+    assert not is_safe_global("builtins", name) and not is_safe_global("__builtin__", name)

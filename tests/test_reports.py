@@ -287,6 +287,7 @@ def test_json_fields_and_schema(malicious):
 def test_json_clean_validates_and_schema_rejects_drift(clean):
     doc = json.loads(render("json", clean, RULES))
     assert doc["findings"] == [] and doc["verdict"] == "clean" and doc["arch"] == "lenet5"
+    assert doc["reference"] is None  # no --reference: null, not the string "None"
     assert sum(doc["summary"].values()) == 0
     _validate_json(doc)
     for broken in ({**doc, "verdict": "evil"}, {**doc, "extra": 1}, {k: v for k, v in doc.items() if k != "sha256"}):
