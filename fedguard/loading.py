@@ -325,38 +325,48 @@ def _plain(raw: Any, path: Path) -> Any:
 
     A pickle's ``BUILD`` may set attributes on an ``OrderedDict`` (torch sets ``_metadata``), among them ones that
     shadow its methods (``items = 1``): the entries are read past them. Containers nested deeper than
-    :data:`MAX_NESTING` are refused (a pickle can nest thousands deep, past Python's recursion limit).
+    :data:`MAX_NESTING` are refused (a pickle can nest thousands deep, past Python's recursion limit). A container
+    the pickle refers to again (through its memo) is converted once and shared: 31 lists that each hold the next
+    twice, 2^30 paths, take 31 steps, and a list that holds itself ends.
     """
     root = [raw]
+    done: dict[int, Any] = {}
     pending: list[tuple[Any, Any, Any, int]] = [(root, 0, raw, 0)]  # container[key] = plain(value), at depth
     while pending:
         container, key, value, depth = pending.pop()
+        if id(value) in done:
+            container[key] = done[id(value)]
+            continue
         if isinstance(value, (dict, list, tuple)):
             if depth >= MAX_NESTING:
                 raise InputError(f"{path} nests containers more than {MAX_NESTING} deep, where a checkpoint nests a "
                                  f"few; re-export it with {_hint(TORCH)}")  # fmt: skip
             if isinstance(value, dict):
-                value = dict(dict.items(value))
-                pending.extend((value, k, v, depth + 1) for k, v in value.items())
+                plain: Any = dict(dict.items(value))
+                pending.extend((plain, k, v, depth + 1) for k, v in plain.items())
             else:
-                value = list(list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value))
-                pending.extend((value, i, v, depth + 1) for i, v in enumerate(value))
+                plain = list(list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value))
+                pending.extend((plain, i, v, depth + 1) for i, v in enumerate(plain))
+            done[id(value)] = plain
         elif isinstance(value, pickled_data.PickledArray):
-            value = value.view(np.ndarray)
-        container[key] = value
+            plain = value.view(np.ndarray)
+        else:
+            plain = value
+        container[key] = plain
     return root[0]
 
 
 def _tensors_in(raw: Any):
-    """Every tensor in a loaded checkpoint, through nested mappings, lists and tuples."""
-    if isinstance(raw, torch.Tensor):
-        yield raw
-    elif isinstance(raw, Mapping):
-        for value in raw.values():
-            yield from _tensors_in(value)
-    elif isinstance(raw, (list, tuple)):
-        for value in raw:
-            yield from _tensors_in(value)
+    """Every tensor in a loaded checkpoint, through nested mappings, lists and tuples (each container once)."""
+    seen: set[int] = set()
+    pending = [raw]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (Mapping, list, tuple)) and id(value) not in seen:
+            seen.add(id(value))
+            pending.extend(value.values() if isinstance(value, Mapping) else value)
 
 
 def _check_storage_sizes(path: Path, raw: Any, members: list[zipfile.ZipInfo]) -> None:

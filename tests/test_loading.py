@@ -1146,3 +1146,20 @@ def test_no_builtin_that_reaches_code_or_files_is_on_the_allow_list(name):
     from fedguard.pickle_scan import is_safe_global
 
     assert not is_safe_global("builtins", name) and not is_safe_global("__builtin__", name)
+
+
+def test_shared_and_self_referencing_containers_are_read_once(tmp_path):
+    """A pickle refers to a container again through its memo: 30 lists that each hold the next twice are 2^30 paths
+    in a file of a few KB, and a list may hold itself. Each container is read once: the state_dict beside them loads
+    at once."""
+    sd = tiny_state_dict()
+    laughs: list = [torch.ones(1)]
+    for _ in range(30):
+        laughs = [laughs, laughs]
+    loop: list = []
+    loop.append(loop)
+    torch.save({"model": sd, "laughs": laughs, "loop": loop}, tmp_path / "shared.pt")
+    assert (tmp_path / "shared.pt").stat().st_size < 20_000
+    started = time.perf_counter()
+    assert_same(load_model_file(tmp_path / "shared.pt").tensors, sd)
+    assert time.perf_counter() - started < 10
