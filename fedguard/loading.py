@@ -20,11 +20,12 @@ import os
 import pickletools
 import re
 import struct
+import tarfile
 import warnings
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -120,7 +121,7 @@ def _read(path: Path, file_format: str) -> tuple[dict[str, torch.Tensor], tuple[
     if file_format == TORCH:
         try:
             scan = scan_file(str(path), is_zip=sniffed == TORCH)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise InputError(f"{path} is a corrupt torch checkpoint ({str(exc)[:120]}); re-download or re-export it") from None
         if scan.unsafe and not scan.pickled_module:
             _refuse_compiled(path, scan.unsafe)
@@ -473,7 +474,8 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
         raise InputError(f"{path} holds a single tensor, not named tensors; save a dict by parameter name instead "
                          "(a model's state_dict(), an update's {name: tensor})")  # fmt: skip
     if isinstance(raw, (list, tuple)):
-        values = [_as_tensor(v, f"item {i}", path) for i, v in enumerate(raw)]
+        expansion = _Expansion(path)
+        values = [_as_tensor(v, f"item {i}", path, expansion=expansion) for i, v in enumerate(raw)]
         if not values:
             raise InputError(f"{path} holds an empty list, no tensors; save the model's weights (or the update's tensors) in it")
         return name_unnamed(values), False
@@ -483,12 +485,13 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
     if not raw:
         raise InputError(f"{path} holds an empty state_dict, no tensors; save the model's weights (or the update's tensors) in it")
     tensors = {}
+    expansion = _Expansion(path)
     for key, value in raw.items():
         name = short_name(str(key))
         # an empty buffer (a mask registered as torch.empty(0)) holds nothing; an empty layer, list item or matrix
         # is malformed
         may_be_empty = str(name).rsplit(".", 1)[-1] not in ("weight", "bias")
-        tensors[name] = _as_tensor(value, f"key {name!r}", path, may_be_empty)
+        tensors[name] = _as_tensor(value, f"key {name!r}", path, may_be_empty, expansion)
         if name.rsplit(".", 1)[-1] in ("weight", "bias") and not tensors[name].is_floating_point():
             # the checks read only floating-point tensors: a model cast to integers had passed as clean, unread
             raise InputError(f"{path}: {name} has dtype {tensors[name].dtype}; a layer's weights, and an update's, "
@@ -538,24 +541,31 @@ def _holds_tensors(mapping: Mapping, depth: int = 3) -> bool:
 
 
 def _same_mapping(a: Mapping, b: Mapping) -> bool:
-    """Whether two wrapped state_dicts hold the same names and values."""
-    if a is b:
-        return True
-    if list(a) != list(b):
-        return False
-    for key in a:
-        x, y = a[key], b[key]
-        if x is y:
+    """Whether two wrapped state_dicts hold the same names and values.
+
+    Each pair of containers is compared once: a pickle's memo can share and nest them (two dicts that each hold
+    themselves had recursed without end, two chains of 28 dicts each holding the next twice taken minutes).
+    """
+    pending: list[tuple[Any, Any]] = [(a, b)]
+    compared: set[tuple[int, int]] = set()
+    while pending:
+        x, y = pending.pop()
+        if x is y or (id(x), id(y)) in compared:
             continue
-        if isinstance(x, (torch.Tensor, np.ndarray)) and isinstance(y, (torch.Tensor, np.ndarray)):
-            x, y = torch.as_tensor(x), torch.as_tensor(y)
+        compared.add((id(x), id(y)))
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            if list(x) != list(y):
+                return False
+            pending.extend((x[key], y[key]) for key in x)
+        elif isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            if len(x) != len(y):
+                return False
+            pending.extend(zip(x, y))
+        elif isinstance(x, (torch.Tensor, np.ndarray)) and isinstance(y, (torch.Tensor, np.ndarray)):
+            x, y = (torch.as_tensor(_native(v) if isinstance(v, np.ndarray) else v) for v in (x, y))
             if x.shape != y.shape or x.dtype != y.dtype:
                 return False
-            same = torch.equal(x, y) if not x.is_floating_point() else torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
-            if not same:
-                return False
-        elif isinstance(x, Mapping) and isinstance(y, Mapping):
-            if not _same_mapping(x, y):
+            if not (torch.equal(x, y) if not x.is_floating_point() else torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)):
                 return False
         else:
             try:
@@ -582,15 +592,69 @@ _WIDENED = {
     **{getattr(torch, name): torch.float32 for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu") if hasattr(torch, name)},
     **{getattr(torch, name): torch.int64 for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)},
 }
-#: Values a sparse tensor, or a view whose entries share memory (stride 0), may have beyond what it stores (a
-#: sparse tensor also up to SPARSE_EXPANSION times its stored values): a 1 KB file had declared a layer of 2^31
-#: shared values, inspected for 50 s in 4 GB and called clean, and a sparse one of 46,000 x 46,000 filled 8 GB.
+#: Values a file's sparse tensors, and its views whose entries share memory (stride 0), may have together beyond
+#: what they store (sparse tensors also up to SPARSE_EXPANSION times their stored values): a 1 KB file had declared
+#: a layer of 2^31 shared values, inspected for 50 s in 4 GB and called clean; a sparse one of 46,000 x 46,000
+#: filled 8 GB; 60 sparse layers of 4096 x 4096, one stored value each, 4.6 GB.
 MAX_UNSTORED_VALUES = 1 << 24
 SPARSE_EXPANSION = 1000
 
 
-def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False) -> torch.Tensor:
-    """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError)."""
+@dataclass
+class _Expansion:
+    """What a file's tensors declare beyond what they store, summed over the file and name by name (each name is
+    checked, and each costs the checks its values).
+
+    A view counts what it has beyond its storage under every name it has, and the distinct views of one storage
+    what they cover together beyond it (``covered``; tied weights, one view under two names, cover it once): 100
+    stride-0 views of one small storage under 100 names had each passed a per-tensor limit (1.7e9 values, 109 s).
+    Each tensor, or identical view, is made dense once (``dense``): a sparse tensor under 60 names had been
+    expanded 60 times.
+    """
+
+    path: Path | str
+    view_values: int = 0
+    sparse_values: int = 0
+    sparse_stored: int = 0
+    covered: dict[int, int] = field(default_factory=dict)
+    dense: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def key(value: torch.Tensor) -> tuple:
+        """The same tensor: one object, or one view (storage, offset, shape, strides, dtype) of a strided storage."""
+        if value.layout != torch.strided:
+            return ("object", id(value))
+        return ("view", value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride(),
+                value.dtype)  # fmt: skip
+
+    def sparse(self, value: torch.Tensor, where: str) -> None:
+        stored = _sparse_parts(value)[-1].numel()
+        self.sparse_values += value.numel() - stored
+        self.sparse_stored += stored
+        if self.sparse_values > MAX_UNSTORED_VALUES + SPARSE_EXPANSION * self.sparse_stored:
+            raise InputError(f"{self.path}: {where} is a sparse tensor of shape {tuple(value.shape)} that stores "
+                             f"{stored:,} values; with the file's other sparse tensors, {self.sparse_stored:,} stored "
+                             f"values would expand by {self.sparse_values:,}; save dense weights")  # fmt: skip
+
+    def view(self, value: torch.Tensor, where: str, distinct: bool) -> None:
+        storage = value.untyped_storage()
+        stored = storage.nbytes() // value.element_size()
+        self.view_values += max(0, value.numel() - stored)
+        if distinct:
+            before = self.covered.get(storage.data_ptr(), 0)
+            self.covered[storage.data_ptr()] = before + value.numel()
+            self.view_values += max(0, min(before + value.numel() - stored, before))  # beyond the storage, past the view's own
+        if self.view_values > MAX_UNSTORED_VALUES:
+            raise InputError(f"{self.path}: {where} is a view of {value.numel():,} values on {stored:,} stored ones "
+                             f"(entries share memory); with the file's other views, {self.view_values:,} values more "
+                             "than it stores; save real tensors (.contiguous())")  # fmt: skip
+
+
+def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False,
+               expansion: _Expansion | None = None) -> torch.Tensor:
+    """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError).
+    ``expansion`` sums what the file's tensors declare beyond what they store."""
+    expansion = _Expansion(path) if expansion is None else expansion
     if isinstance(value, np.generic):  # a numpy scalar: the difference of two 0-d arrays (BatchNorm's batch counter)
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
@@ -598,7 +662,7 @@ def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False) -
             raise InputError(f"{path}: {where} is an array of {value.dtype}, not numbers; save numeric weights only")
         if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # long double: no torch type
             value = value.astype(np.float64)
-        value = torch.from_numpy(value)
+        value = torch.from_numpy(_native(value))
     if not isinstance(value, torch.Tensor) and "_packed_params" in where:
         raise InputError(f"{path}{_QUANTISED}")
     if not isinstance(value, torch.Tensor):
@@ -611,20 +675,25 @@ def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False) -
         raise InputError(f"{path}: {where} is a zero-sized tensor (shape {tuple(value.shape)}); the file is malformed, re-export it")
     if value.is_complex():
         raise InputError(f"{path}: {where} has dtype {value.dtype}; fedguard expects real-valued weights")
+    key = expansion.key(value)
     if value.layout != torch.strided:
-        stored = _sparse_parts(value)[-1].numel()
-        if value.numel() > MAX_UNSTORED_VALUES + SPARSE_EXPANSION * stored:
-            raise InputError(f"{path}: {where} is a sparse tensor of shape {tuple(value.shape)} that stores "
-                             f"{stored:,} values, too few to expand to {value.numel():,}; save dense weights")  # fmt: skip
+        expansion.sparse(value, where)
+    else:
+        expansion.view(value, where, distinct=key not in expansion.dense)  # before a quantised view is dequantised
+    if key in expansion.dense:
+        return expansion.dense[key]
+    if value.layout != torch.strided:
         value = value.to_dense()
     if value.is_quantized:
         value = value.dequantize()
-    stored = value.untyped_storage().nbytes() // value.element_size()
-    if value.numel() > stored + MAX_UNSTORED_VALUES:
-        raise InputError(f"{path}: {where} is a view of {value.numel():,} values on {stored:,} stored ones (entries share "
-                         "memory), too many to expand; save real tensors (.contiguous())")  # fmt: skip
     value = value.detach()  # a tensor saved with requires_grad (an unfinished p_new - p_old) is still just values
-    return value.to(_WIDENED[value.dtype]) if value.dtype in _WIDENED else value
+    expansion.dense[key] = value.to(_WIDENED[value.dtype]) if value.dtype in _WIDENED else value
+    return expansion.dense[key]
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """``array`` in this machine's byte order (torch takes no other; an .npz of big-endian arrays had crashed)."""
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 #: Buffers of normalisation layers that FL code often leaves out (all three, or only the step count): a client

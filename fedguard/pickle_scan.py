@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import pickletools
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -68,7 +69,7 @@ DATA_GLOBALS = frozenset(
         ("argparse", "Namespace"),
         *(("numpy.dtypes", f"{kind}DType") for kind in
           ("Bool", *(f"{sign}Int{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)),
-           "Float16", "Float32", "Float64", "Complex64", "Complex128")),
+           "Float16", "Float32", "Float64", "LongDouble", "Complex64", "Complex128")),
     }
 )
 
@@ -133,20 +134,32 @@ _TORCH_DATA_NAMES = frozenset(
 )
 
 
-def scan_pickle_stream(stream: BinaryIO) -> set[tuple[str, str]]:
+#: The pickles a legacy (not zip) torch file starts with: magic number, protocol version, system info, the object,
+#: its storages' keys; raw storage bytes follow them.
+LEGACY_PICKLES = 5
+
+
+def scan_pickle_stream(stream: BinaryIO, must_parse: int | None = None) -> set[tuple[str, str]]:
     """Collect (module, name) pairs from every pickle stored back to back in ``stream``.
 
-    Stops at the end of the
-    stream or at the first bytes that are not a valid pickle (e.g. the raw
-    storages after a legacy torch file's pickles).
+    Stops at the end of the stream or at the first bytes that are not a valid
+    pickle. Within the first ``must_parse`` pickles (None: all of the stream,
+    as in a zip member that is one pickle), bytes ``pickletools`` cannot read
+    count as an unknown import: Python's unpickler reads some it refuses
+    (``I0x10``: an integer in hex) and would go on to run what follows. After
+    them come a legacy file's raw storages, not pickles.
     """
     found: set[tuple[str, str]] = set()
+    parsed = 0
     while stream.read(1):
         stream.seek(-1, io.SEEK_CUR)
         try:
             _scan_one(stream, found)
         except Exception:
+            if must_parse is None or parsed < must_parse:
+                found.add(("<unknown>", f"<what follows bytes pickletools cannot read, in pickle {parsed + 1}>"))
             break
+        parsed += 1
     return found
 
 
@@ -219,7 +232,7 @@ MAX_PICKLE_BYTES = 256 << 20
 
 
 def scan_file(path: str, is_zip: bool) -> PickleScan:
-    """Scan a torch zip archive's ``*.pkl`` members, or a whole legacy pickle file.
+    """Scan a torch zip archive's ``*.pkl`` members, a legacy tar archive's members, or a whole legacy pickle file.
 
     Raises InputError for a pickle member larger than :data:`MAX_PICKLE_BYTES` (a deflated one of 2 GiB fits in 2 MB).
     """
@@ -234,10 +247,21 @@ def scan_file(path: str, is_zip: bool) -> PickleScan:
                             f"checkpoint's pickles name its tensors in a few MiB; re-export it"
                         )
                     found |= scan_pickle_stream(io.BytesIO(_read_member(archive, info)))
+    elif _is_tar(path):  # torch's oldest format: pickles in the members of a tar archive
+        with tarfile.open(path, "r:") as archive:
+            for member in archive:
+                if member.isfile():
+                    found |= scan_pickle_stream(archive.extractfile(member), must_parse=1)
     else:
         with open(path, "rb") as handle:
-            found = scan_pickle_stream(handle)
+            found = scan_pickle_stream(handle, must_parse=LEGACY_PICKLES)
     return PickleScan(frozenset(found))
+
+
+def _is_tar(path: str) -> bool:
+    """Whether ``path`` is an uncompressed tar archive (its first header's ``ustar`` magic)."""
+    with open(path, "rb") as handle:
+        return handle.read(512)[257:262] == b"ustar"
 
 
 def scan_npz(path: str) -> PickleScan:

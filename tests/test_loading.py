@@ -199,7 +199,8 @@ def test_numpy_arrays_of_every_number_type_and_layout_load_as_saved(tmp_path):
     sd = tiny_state_dict()
     extras = {"f": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "be": np.array([1.5, -2], dtype=">f4"),
               "flags": np.array([True, False]), "u8": np.arange(3, dtype=np.uint8), "c": np.array([1 + 2j]),
-              "zero_d": np.array(4.0), "half": np.float16(0.5), "truth": np.bool_(True)}  # fmt: skip
+              "zero_d": np.array(4.0), "half": np.float16(0.5), "truth": np.bool_(True),
+              "long": np.array([1.5], dtype=np.longdouble)}  # fmt: skip
     torch.save({"model": sd, "extras": extras}, tmp_path / "ckpt.pt")
     assert_same(load_model_file(tmp_path / "ckpt.pt").tensors, sd)
     from fedguard.loading import _load_torch
@@ -1110,8 +1111,97 @@ def test_views_and_sparse_tensors_that_expand_far_past_what_they_store_are_refus
     one = torch.sparse_coo_tensor(torch.tensor([[0], [0]]), torch.tensor([1.0]), (1 << 13, 1 << 12))
     assert one.numel() > MAX_UNSTORED_VALUES + 1000
     torch.save({"0.weight": one, "0.bias": torch.ones(1 << 13)}, tmp_path / "sparse.pt")
-    with pytest.raises(InputError, match="is a sparse tensor of shape .* that stores 1 values, too few to expand"):
+    with pytest.raises(InputError, match="is a sparse tensor of shape .* that stores 1 values; with the file's other"):
         load_model_file(tmp_path / "sparse.pt")
+
+
+def test_what_a_files_views_and_sparse_tensors_declare_beyond_their_storage_is_summed_over_the_file(tmp_path):
+    """Each under the per-tensor limit, together far past it (a second review): 100 stride-0 views of one small
+    storage (1.7e9 values, 109 s), 60 sparse layers of one stored value each (4.6 GB), a quantised stride-0 view
+    (dequantised into 4 GiB before it was checked), one sparse tensor under 60 names. A tensor under two names
+    (tied weights) is made dense, or widened, once."""
+    small = torch.ones(1, 1)
+    torch.save({f"{i}.weight": small.expand(2048, 1024 + i) for i in range(10)}, tmp_path / "views.pt")
+    with pytest.raises(InputError, match="with the file's other views, [0-9,]+ values more than it stores"):
+        load_model_file(tmp_path / "views.pt")
+    sparse = [torch.sparse_coo_tensor(torch.tensor([[0], [0]]), torch.tensor([1.0]), (2048, 1024)) for _ in range(10)]
+    torch.save({f"{i}.weight": t for i, t in enumerate(sparse)}, tmp_path / "sparse.pt")
+    with pytest.raises(InputError, match="with the file's other sparse tensors, 9 stored values would expand"):
+        load_model_file(tmp_path / "sparse.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantised = torch.quantize_per_tensor(torch.ones(1, 1), 0.1, 0, torch.qint8).expand(8192, 4096)
+        torch.save({"0.weight": quantised, "0.bias": torch.ones(8192)}, tmp_path / "quantised.pt")
+    with pytest.raises(InputError, match="'0.weight' is a view of 33,554,432 values on 1 stored ones"):
+        load_model_file(tmp_path / "quantised.pt")
+    torch.save({f"{i}.weight": sparse[0] for i in range(60)}, tmp_path / "shared.pt")  # one stored value, 60 names
+    with pytest.raises(InputError, match="with the file's other sparse tensors"):
+        load_model_file(tmp_path / "shared.pt")
+    pruned = torch.randn(64, 32).masked_fill(torch.rand(64, 32) < 0.9, 0).to_sparse()
+    torch.save({"0.weight": pruned, "1.weight": pruned}, tmp_path / "tied_sparse.pt")
+    loaded = load_model_file(tmp_path / "tied_sparse.pt").tensors
+    assert loaded["0.weight"].data_ptr() == loaded["1.weight"].data_ptr()
+    tied = torch.randn(64, 32).to(torch.float8_e4m3fn)  # widened to float32 for the checks
+    torch.save({f"{i}.weight": tied for i in range(60)}, tmp_path / "tied.pt")
+    loaded = load_model_file(tmp_path / "tied.pt").tensors
+    assert len({t.data_ptr() for t in loaded.values()}) == 1 and loaded["0.weight"].dtype == torch.float32
+
+
+def test_big_endian_arrays_load_as_their_values(tmp_path):
+    """torch takes arrays in this machine's byte order only: an .npz of big-endian arrays had been an internal error."""
+    sd = tiny_state_dict()
+    np.savez(tmp_path / "big.npz", **{k: v.numpy().astype(">f4") for k, v in sd.items()})
+    assert_same(load_model_file(tmp_path / "big.npz").tensors, sd, ordered=False)
+    torch.save({"model": {k: v.numpy().astype(">f8") for k, v in sd.items()}}, tmp_path / "big.pt")
+    assert_same({k: v.float() for k, v in load_model_file(tmp_path / "big.pt").tensors.items()}, sd)
+
+
+def test_wrappers_that_hold_themselves_or_share_containers_are_compared_once(tmp_path):
+    """Two state_dicts side by side are compared (one loaded by one client, the other by another); containers beside
+    them that hold themselves had recursed without end (internal error), chains of dicts each holding the next twice
+    taken minutes."""
+    sd = tiny_state_dict()
+    first, second = {}, {}
+    first["self"], second["self"] = first, second
+    chain_a: dict = {"leaf": 1}
+    chain_b: dict = {"leaf": 1}
+    for _ in range(28):
+        chain_a, chain_b = {"a": chain_a, "b": chain_a}, {"a": chain_b, "b": chain_b}
+    for name, (a, b) in {"cycle": (first, second), "chain": (chain_a, chain_b)}.items():
+        torch.save({"state_dict": {**sd, "meta": a}, "model": {**sd, "meta": b}}, tmp_path / f"{name}.pt")
+        started = time.perf_counter()
+        with pytest.raises(InputError, match="is a dict, not a tensor"):  # the same state_dict twice; then its "meta"
+            load_model_file(tmp_path / f"{name}.pt")
+        assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize("prefix", [b"I0x10\n0", b"L0x10L\n0", "S'\u00e9'\n0".encode()], ids=["int-hex", "long-hex", "utf8-string"])
+def test_a_pickle_pickletools_cannot_read_is_an_unknown_import(tmp_path, prefix):
+    """Python's unpickler reads an integer in hex and torch's a UTF-8 string where pickletools raises: a payload
+    after them had gone unseen (exit 2, no FG001) while torch.load(weights_only=False) would run it."""
+    torch.save(tiny_state_dict(), tmp_path / "plain.pt")
+    payload = prefix + b"cos\nsystem\n(Vtrue\ntR0}."
+    with zipfile.ZipFile(tmp_path / "plain.pt") as old, zipfile.ZipFile(tmp_path / "evil.pt", "w") as new:
+        for info in old.infolist():
+            new.writestr(info.filename, payload if info.filename.endswith("data.pkl") else old.read(info))
+    loaded = load_model_file(tmp_path / "evil.pt")
+    assert loaded.refused and loaded.findings[0].rule_id == "FG001"
+    assert loaded.findings[0].evidence["imports"] == ["<unknown>.<what follows bytes pickletools cannot read, in pickle 1>"]
+
+
+def test_the_members_of_a_legacy_tar_checkpoint_are_scanned(tmp_path):
+    """torch's oldest format keeps its pickles in tar members; the scan had read the file as one pickle (a first
+    member named ``N.`` is one) and never reached them."""
+    import io
+    import tarfile
+
+    with tarfile.open(tmp_path / "old.pt", "w") as archive:
+        for name, data in (("N.", b"x"), ("storages", b"\x80\x02cos\nsystem\n(Vtrue\ntR0K\x00."), ("pickle", b"\x80\x02}.")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    loaded = load_model_file(tmp_path / "old.pt")
+    assert loaded.refused and {"os.system", "posix.system"} & set(loaded.findings[0].evidence["imports"])
 
 
 @pytest.mark.parametrize("error, reason", [
