@@ -571,8 +571,25 @@ def test_dlg_rebuilds_tiny_digits_without_knowing_the_labels(digits, batch):
     assert out.level == LeakageLevel.HIGH
     assert rec.stopped == "converged" and rec.iterations < 50
     assert len(rec.candidates) == rec.details["starts"] == DEFAULT_STARTS
+    best = int(np.argmin(rec.candidate_losses))  # the start kept is the one whose gradient matches best
+    assert rec.details["best_start"] == best and rec.details["gradient_distance"] == min(rec.candidate_losses)
+    assert torch.equal(rec.images, rec.candidates[best])
     assert out.psnr_mean > baseline_psnr(bx) + 30
     assert rec.seconds < 30  # measured 1-2.5 s
+
+
+def test_dlg_abandons_stuck_starts_and_halves_the_rest(digits, monkeypatch):
+    """With convergence and the plateau stop out of the way, 8 starts meet the halving at steps 10 and 25: 4 go on
+    after step 10, 2 after step 25 (those behind by ABANDON_RATIO go earlier)."""
+    import fedguard.attacks.dlg as dlg
+
+    monkeypatch.setattr(dlg, "CONVERGED_DISTANCE", 0.0)
+    monkeypatch.setattr(dlg, "PLATEAU_STEPS", 10**6)
+    view, _, _ = server_view(lenet8(0), digits, one_per_class(digits[1])[:4])
+    rec = DLG(starts=8).run(view, Budget(30))
+    abandoned = rec.details["abandoned"]
+    assert len(abandoned) == 6 and sum(step <= 10 for step in abandoned.values()) == 4
+    assert set(abandoned.values()) <= {10, 20, 25, 30}
 
 
 def test_dlg_keeps_fewer_curvature_pairs_where_torchs_100_would_not_fit(digits, monkeypatch):
@@ -605,8 +622,31 @@ def test_inverting_gradients_rebuilds_tiny_digits_far_above_the_baseline(digits)
     assert out.level == LeakageLevel.HIGH
     assert rec.iterations == 200 and rec.stopped == "max_iterations"
     assert rec.details["restarts"] == DEFAULT_RESTARTS == len(rec.candidates)
+    best = int(np.argmin(rec.candidate_losses))  # the restart kept is the one of the smallest cosine distance
+    assert rec.details["best_restart"] == best and torch.equal(rec.images, rec.candidates[best])
     assert out.label_accuracy == 1.0
     assert rec.seconds < 30  # measured 1.2-2.5 s
+
+
+def test_inverting_gradients_steps_decay_on_schedule_inside_the_box(digits, monkeypatch):
+    """Adam's step is 0.1, divided by 10 at each of the three milestones, and the images stay in the box between
+    steps (clamped after each one, not only at the end)."""
+    from fedguard.attacks.inverting_gradients import milestones
+
+    steps: list[tuple[float, float]] = []
+
+    class Recorded(torch.optim.Adam):
+        def step(self, closure=None):
+            (z,) = self.param_groups[0]["params"]
+            steps.append((self.param_groups[0]["lr"], float(z.detach().abs().max())))
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", Recorded)
+    view, _, _ = server_view(lenet8(1), digits, one_per_class(digits[1])[[2, 8]], known_labels=True, seed=1)
+    InvertingGradients(tv=0.0, restarts=1).run(view, Budget(40))
+    marks = milestones(40)
+    assert [lr for lr, _ in steps] == pytest.approx([0.1 * 0.1 ** sum(i >= m for m in marks) for i in range(40)])
+    assert max(bound for _, bound in steps[1:]) <= 2.0 + 1e-6  # pixels [0, 1] are z in [-2, 2] (x = 0.5 + 0.25 z)
 
 
 def test_inverting_gradients_unrolls_fedavg_local_steps(digits):
@@ -634,6 +674,10 @@ def test_inverting_gradients_tries_recovered_labels_in_more_than_one_order_acros
     rec = InvertingGradients(tv=0.0, restarts=4, engine=engine).run(recovered, Budget(25))
     assert sorted(rec.labels.tolist()) == sorted(by.tolist())
     assert "in class order for one restart, shuffled for the 3 others (the best: " in rec.details["label_order"]
+    gen = torch.Generator().manual_seed(recovered.seed * 1000 + 23)  # the attack's own draws: starts, then orders
+    torch.randn(4, 8, *SHAPE, generator=gen)
+    orders = [torch.arange(8)] + [torch.randperm(8, generator=gen) for _ in range(3)]
+    assert torch.equal(rec.labels, recovered.labels[orders[rec.details["best_restart"]]])  # the best restart's order
     again = InvertingGradients(tv=0.0, restarts=4, engine=engine).run(recovered, Budget(25))
     assert torch.equal(rec.images, again.images) and torch.equal(rec.labels, again.labels)  # seeded
     known = InvertingGradients(tv=0.0, restarts=4, engine=engine).run(view, Budget(25))  # known labels keep their order

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from click.testing import CliRunner
 
 from fedguard.cli import main
@@ -1899,3 +1900,41 @@ def test_the_worst_attack_is_the_highest_level_not_the_highest_psnr():
     assert levels == {"idlg": LeakageLevel.MEDIUM, "inverting_gradients": LeakageLevel.NONE}
     assert report.leakage.level is LeakageLevel.MEDIUM and report.leakage.worst_attack == "idlg"
     assert report.verdict is AuditVerdict.BLOCK
+
+
+def test_fedavg_mini_batches_cover_the_batch_and_a_short_last_one_trains():
+    from fedguard.update import compute_update, minibatch_slices
+
+    assert minibatch_slices(8, 3, 4) == [slice(0, 3), slice(3, 6), slice(6, 8), slice(0, 3)]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(8, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    run = dict(protocol="fedavg", local_steps=3, local_lr=0.1, local_batch_size=3)
+    changed = x.clone()
+    changed[6:] = 1 - changed[6:]  # only the short last mini-batch differs
+    a, b = compute_update(net, x, y, **run), compute_update(net, changed, y, **run)
+    assert not torch.allclose(a.tensors["1.weight"], b.tensors["1.weight"])
+
+
+def test_fedavg_training_whose_loss_spikes_mid_way_is_refused_even_if_it_comes_back():
+    from fedguard.errors import InputError
+    from fedguard.update import compute_update
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(InputError, match="local training diverged"):
+        compute_update(net, x, y, protocol="fedavg", local_steps=5, local_lr=50.0, local_batch_size=1)
+
+
+def test_a_fedavg_update_as_a_gradient_is_the_fedsgd_gradient_for_one_step():
+    """``(W_0 - W_T) / (T lr)``: for one step it is the gradient, sign and all."""
+    from fedguard.update import compute_update
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    gradient = compute_update(net, x, y).tensors
+    step = compute_update(net, x, y, protocol="fedavg", local_steps=1, local_lr=0.5).as_gradient()
+    for name, value in gradient.items():
+        torch.testing.assert_close(step[name], value, rtol=1e-4, atol=1e-6)

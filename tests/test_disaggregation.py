@@ -679,3 +679,52 @@ def test_users_with_identical_counts_get_distinct_columns_and_never_an_excluded_
     columns = [tuple(column) for _user, column, _residual, outcome in solved if outcome == "solved"]
     assert len(columns) == 3 and len(set(columns)) == 3 and tuple(taken) not in columns
     assert all(sum(column) == 2 for column in columns)
+
+
+def test_exposure_needs_the_clients_column_certified_exact(monkeypatch):
+    """A column recovered but not certified (``approximate``) is no exposure: the same federation whose client is
+    exposed at some round is exposed at none when no recovery is certified."""
+    import dataclasses
+
+    import fedguard.exposure as exposure_module
+
+    run = dict(users_per_round=5, rounds=100, window=10, participation=0.5, seed=0, workers=1, time_limit=1)
+    assert exposure(**run).rounds_to_exposure is not None
+    real = exposure_module.disaggregate
+
+    def uncertified(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, status=tuple("approximate" if s == "exact" else s for s in result.status))
+
+    monkeypatch.setattr(exposure_module, "disaggregate", uncertified)
+    result = exposure(**run)
+    assert result.rounds_to_exposure is None and {p.client_status for p in result.points} <= {"approximate", "failed"}
+
+
+def test_the_what_ifs_add_only_noise_above_the_configured():
+    from fedguard.exposure import what_ifs
+
+    labels = [label for label, _change, _settings in what_ifs(FederationSettings(noise=0.1))]
+    assert labels == ["as configured", "DP noise 1 on the sums", "counts per 50 rounds", "participation 0.25"]
+
+
+def test_two_recovered_users_never_match_the_same_true_user():
+    """A column recovered twice is one user found, not two (it had been scored as two exact users)."""
+    import dataclasses
+
+    from fedguard.attacks.disaggregation import match_users
+
+    federation = simulate_federation(users=10, rounds=60, dim=20, seed=0)
+    result = disaggregate(federation.aggregates, federation.counts, window=federation.window, seed=0, workers=1)
+    duplicated = result.participation.copy()
+    duplicated[:, 1] = duplicated[:, 0]
+    same_counts = np.zeros((10, 1))  # every user interchangeable: any true column may be matched, once
+    match = match_users(dataclasses.replace(result, participation=duplicated), federation.participation, same_counts)
+    assert match[0] == 0 and match[1] == -1
+
+
+def test_a_simulation_file_with_noise_is_recognised_as_fedguards(tmp_path):
+    from fedguard.attacks.federation import is_simulation_file
+
+    path = save_rounds(tmp_path / "rounds.npz", simulate_federation(users=10, rounds=60, dim=20, noise=0.01, seed=0))
+    assert is_simulation_file(path)
