@@ -348,3 +348,14 @@ def test_module_callable_without_default_shape(tmp_path, monkeypatch):
         assert build_model("fg_shapeless:make", 2).out_features == 2  # nothing to check against
     finally:
         sys.modules.pop("fg_shapeless", None)
+
+
+def test_a_callables_own_input_shape_wins_over_its_modules(tmp_path, monkeypatch):
+    from fedguard.architectures import resolve_input_shape
+
+    (tmp_path / "shapes_module.py").write_text(
+        "input_shape = (3, 32, 32)\n\ndef small():\n    pass\n\nsmall.input_shape = (1, 8, 8)\n\ndef plain():\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_input_shape("shapes_module:small") == (1, 8, 8)
+    assert resolve_input_shape("shapes_module:plain") == (3, 32, 32)

@@ -1938,3 +1938,25 @@ def test_a_fedavg_update_as_a_gradient_is_the_fedsgd_gradient_for_one_step():
     step = compute_update(net, x, y, protocol="fedavg", local_steps=1, local_lr=0.5).as_gradient()
     for name, value in gradient.items():
         torch.testing.assert_close(step[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_an_interrupted_audit_exits_130_with_its_partial_report(workdir, monkeypatch):
+    """A script reads exit 0 as "no block": partial results are no pass."""
+    import dataclasses
+
+    import fedguard.audit
+
+    real = fedguard.audit.audit
+    monkeypatch.setattr(fedguard.audit, "audit", lambda *a, **k: dataclasses.replace(real(*a, **k), interrupted=True))
+    result = invoke(*TINY, "--data", "digits", "--attack", "idlg", "--batch-size", "1", "--format", "json", "-o", "r.json")
+    assert result.exit_code == 130 and "interrupted; the report holds the partial results" in result.stderr
+    assert json.loads((workdir / "r.json").read_text())["interrupted"] is True
+
+
+def test_dlg_options_are_taken_when_every_attack_runs(workdir):
+    """--dlg-starts is refused only when --attack leaves DLG out, not when no --attack is given (all run)."""
+    (workdir / "out").mkdir()
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "1", "--dlg-starts", "2", "-o", "out")
+    assert result.exit_code == 2 and "sets up DLG" not in result.stderr and "out is a directory" in result.stderr
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "1", "--dlg-starts", "2", "--attack", "idlg")
+    assert result.exit_code == 2 and "sets up DLG, which --attack leaves out" in result.stderr

@@ -1110,3 +1110,15 @@ def test_a_near_miss_of_a_name_is_suggested(clean_model, args, hint):
 def test_no_suggestion_for_a_name_near_nothing(clean_model):
     line = assert_input_error(invoke("inspect", "clean.pt", "--arch", "transformer"))
     assert "did you mean" not in line and "use one of lenet" in line
+
+
+def test_ctrl_c_during_an_inspection_exits_130_not_as_findings(clean_model, monkeypatch):
+    """Exit 1 means findings at or above --fail-on: a stopped run must not read as a malicious model."""
+    import fedguard.inspect
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedguard.inspect, "inspect_model", interrupted)
+    result = invoke("inspect", str(clean_model))
+    assert result.exit_code == 130 and "interrupted" in result.stderr

@@ -1253,3 +1253,14 @@ def test_shared_and_self_referencing_containers_are_read_once(tmp_path):
     started = time.perf_counter()
     assert_same(load_model_file(tmp_path / "shared.pt").tensors, sd)
     assert time.perf_counter() - started < 10
+
+
+def test_in_an_update_list_only_a_zero_change_is_read_as_a_pruning_mask():
+    """A pruned layer's mask does not change (its update is zeros); a second non-zero weight-shaped change is not a
+    mask, and dropping it would leave part of the upload unread: the list does not line up."""
+    from fedguard.loading import name_in_order
+
+    names = {"fc.weight": torch.Size([3, 4]), "fc.bias": torch.Size([3])}
+    weight, bias = torch.randn(3, 4), torch.randn(3)
+    assert name_in_order(names, [weight, torch.zeros(3, 4), bias], deltas=True) is not None
+    assert name_in_order(names, [weight, torch.randn(3, 4), bias], deltas=True) is None

@@ -548,3 +548,23 @@ def test_reports_are_dated_by_source_date_epoch_when_a_date_can_hold_it(monkeypa
     assert generated_at() == "1970-01-02 00:00:00 UTC"
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "999999999999")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", generated_at()) and not generated_at().startswith("1970")
+
+
+def test_sarif_gives_each_rule_its_worst_severity_and_each_finding_its_own_fingerprint(malicious):
+    """Code scanning sorts alerts by a rule's security-severity (the worst of its findings) and merges results of
+    one fingerprint: one rule firing in two layers is two alerts."""
+    import dataclasses
+
+    first = malicious.findings[0]
+    twice = dataclasses.replace(malicious, findings=(
+        dataclasses.replace(first, severity=Severity.LOW, layer="fc1"),
+        dataclasses.replace(first, severity=Severity.HIGH, layer="fc2"),
+    ))  # fmt: skip
+    (run,) = json.loads(render("sarif", twice, RULES))["runs"]
+    rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
+    assert rules[first.rule_id]["properties"]["security-severity"] == "8.0"  # high, not the low seen first
+    prints = [r["partialFingerprints"]["fedguardFinding/v1"] for r in run["results"]]
+    assert len(prints) == 2 and len(set(prints)) == 2
+    (run,) = json.loads(render("sarif", malicious, RULES))["runs"]
+    rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
+    assert [rules[r]["properties"]["security-severity"] for r in ("FG003", "FG005", "FG010")] == ["9.5", "5.5", "3.0"]
