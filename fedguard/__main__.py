@@ -1,8 +1,26 @@
 """The ``fedguard`` console script and ``python -m fedguard``."""
 
 import errno
+import os
 import signal
 import sys
+
+#: How long, in spins, a waiting OpenMP thread of torch's (GNU OpenMP, in its Linux wheels) spins before it sleeps.
+#: libgomp's default, 300,000, is made for a machine to itself: beside other busy processes (training on the same
+#: CPU) the threads spin for the cores those need, and fedguard's many small operations crawl. On the 2-core
+#: machine with two busy processes beside it (benchmarks/, docs/benchmarks.md): inspecting a ResNet-50-sized file
+#: 9.5 s by default, 2.45 s at 1,000; in an audit's 10 s per attack, DLG 1 L-BFGS step and Inverting Gradients 8
+#: iterations by default, 11 and 515 at 1,000 (with one thread, 9 and 460). On the idle machine the same within
+#: the runs' spread (DLG 28-29 and 30-32 steps, Inverting Gradients 906-928 and 891-934 iterations). The thread count,
+#: and so every number the attacks compute, stays as it was.
+GOMP_SPIN_COUNT = "1000"
+
+
+def _yielding_openmp() -> None:
+    """Set :data:`GOMP_SPIN_COUNT` for torch's OpenMP threads, before torch is imported, unless the environment
+    already says how OpenMP threads wait."""
+    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPIN_COUNT
 
 
 def _terminated(signum, frame) -> None:
@@ -21,6 +39,7 @@ def run() -> None:
     abort the process): a Ctrl-C pressed then exits 130 quietly once loading
     ends, like one pressed during the work.
     """
+    _yielding_openmp()
     hold = hasattr(signal, "pthread_sigmask")
     try:
         if hold:
