@@ -605,11 +605,12 @@ class _Expansion:
     """What a file's tensors declare beyond what they store, summed over the file and name by name (each name is
     checked, and each costs the checks its values).
 
-    A view counts what it has beyond its storage under every name it has, and the distinct views of one storage
-    what they cover together beyond it (``covered``; tied weights, one view under two names, cover it once): 100
-    stride-0 views of one small storage under 100 names had each passed a per-tensor limit (1.7e9 values, 109 s).
-    Each tensor, or identical view, is made dense once (``dense``): a sparse tensor under 60 names had been
-    expanded 60 times.
+    A view counts what it has beyond its storage under every name it has (100 stride-0 views of one small storage
+    under 100 names had each passed a per-tensor limit: 1.7e9 values, 109 s), and the distinct views of one
+    storage what they cover beyond twice it (``covered``: a flat buffer and its parameters' slices, or a fused
+    weight and its q/k/v, cover it twice, honestly). Each tensor, or identical view of a storage, is made dense
+    once (``dense``): a sparse tensor under 60 names had been expanded 60 times. Keys are the file's own objects,
+    alive while the file is read (a quantised tensor by itself: its scale is not in its view).
     """
 
     path: Path | str
@@ -620,16 +621,16 @@ class _Expansion:
     dense: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     @staticmethod
-    def key(value: torch.Tensor) -> tuple:
-        """The same tensor: one object, or one view (storage, offset, shape, strides, dtype) of a strided storage."""
-        if value.layout != torch.strided:
-            return ("object", id(value))
-        return ("view", value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride(),
-                value.dtype)  # fmt: skip
+    def key(value: Any) -> tuple:
+        """The same tensor: one view (storage, offset, shape, strides, dtype) of a plain tensor, else one object."""
+        if isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_quantized:
+            return ("view", value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                    value.stride(), value.dtype)  # fmt: skip
+        return ("object", id(value))
 
     def sparse(self, value: torch.Tensor, where: str) -> None:
         stored = _sparse_parts(value)[-1].numel()
-        self.sparse_values += value.numel() - stored
+        self.sparse_values += max(0, value.numel() - stored)
         self.sparse_stored += stored
         if self.sparse_values > MAX_UNSTORED_VALUES + SPARSE_EXPANSION * self.sparse_stored:
             raise InputError(f"{self.path}: {where} is a sparse tensor of shape {tuple(value.shape)} that stores "
@@ -643,7 +644,7 @@ class _Expansion:
         if distinct:
             before = self.covered.get(storage.data_ptr(), 0)
             self.covered[storage.data_ptr()] = before + value.numel()
-            self.view_values += max(0, min(before + value.numel() - stored, before))  # beyond the storage, past the view's own
+            self.view_values += max(0, before + value.numel() - 2 * stored) - max(0, before - 2 * stored)
         if self.view_values > MAX_UNSTORED_VALUES:
             raise InputError(f"{self.path}: {where} is a view of {value.numel():,} values on {stored:,} stored ones "
                              f"(entries share memory); with the file's other views, {self.view_values:,} values more "
@@ -655,6 +656,7 @@ def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False,
     """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError).
     ``expansion`` sums what the file's tensors declare beyond what they store."""
     expansion = _Expansion(path) if expansion is None else expansion
+    source = value
     if isinstance(value, np.generic):  # a numpy scalar: the difference of two 0-d arrays (BatchNorm's batch counter)
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
@@ -675,10 +677,10 @@ def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False,
         raise InputError(f"{path}: {where} is a zero-sized tensor (shape {tuple(value.shape)}); the file is malformed, re-export it")
     if value.is_complex():
         raise InputError(f"{path}: {where} has dtype {value.dtype}; fedguard expects real-valued weights")
-    key = expansion.key(value)
+    key = expansion.key(source)
     if value.layout != torch.strided:
         expansion.sparse(value, where)
-    else:
+    elif value is source:  # the file's own tensor (numpy's arrays are whole, each on its own memory)
         expansion.view(value, where, distinct=key not in expansion.dense)  # before a quantised view is dequantised
     if key in expansion.dense:
         return expansion.dense[key]

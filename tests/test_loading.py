@@ -1264,3 +1264,28 @@ def test_in_an_update_list_only_a_zero_change_is_read_as_a_pruning_mask():
     weight, bias = torch.randn(3, 4), torch.randn(3)
     assert name_in_order(names, [weight, torch.zeros(3, 4), bias], deltas=True) is not None
     assert name_in_order(names, [weight, torch.randn(3, 4), bias], deltas=True) is None
+
+
+def test_tensors_sharing_memory_keep_their_own_values(tmp_path):
+    """The dense cache had keyed a quantised tensor by its view, without its scale (a second scale's weights read
+    as the first's), and by the address of temporaries freed in between (big-endian uint16 arrays 0..5 read as
+    zeros). A flat buffer saved before its parameters' slices covers its storage twice, honestly, in any order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ints = torch.quantize_per_tensor(torch.full((8, 8), 0.5), 0.01, 0, torch.qint8)
+        small, large = (torch._make_per_tensor_quantized_tensor(ints.int_repr(), scale, 0) for scale in (0.01, 100.0))
+        torch.save({"0.weight": small, "1.weight": large}, tmp_path / "apart.pt")
+    with zipfile.ZipFile(tmp_path / "apart.pt") as apart, zipfile.ZipFile(tmp_path / "scales.pt", "w") as shared:
+        for info in apart.infolist():  # the second tensor's storage key "1" made the first's, "0": one storage
+            data = apart.read(info)
+            shared.writestr(info, data.replace(b"X\x01\x00\x00\x001", b"X\x01\x00\x00\x000", 1)
+                            if info.filename.endswith("data.pkl") else data)  # fmt: skip
+    loaded = load_model_file(tmp_path / "scales.pt").tensors
+    assert float(loaded["0.weight"][0, 0]) == pytest.approx(0.5) and float(loaded["1.weight"][0, 0]) == pytest.approx(5000)
+    np.savez(tmp_path / "counts.npz", **{f"c{i}": np.array([i], dtype=">u2") for i in range(6)})
+    assert [int(t) for t in load_model_file(tmp_path / "counts.npz").tensors.values()] == list(range(6))
+    flat = torch.randn(64 * 1024)
+    slices = {f"{i}.weight": flat[i * 1024:(i + 1) * 1024].view(32, 32) for i in range(64)}
+    for name, entries in (("first", {"flat": flat, **slices}), ("last", {**slices, "flat": flat})):
+        torch.save(entries, tmp_path / f"{name}.pt")
+        assert len(load_model_file(tmp_path / f"{name}.pt").tensors) == 65
