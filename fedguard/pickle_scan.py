@@ -67,6 +67,8 @@ DATA_GLOBALS = frozenset(
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("argparse", "Namespace"),
+        ("__builtin__", "bytes"),  # protocol 2 writes an empty array's b"" as bytes()
+        ("builtins", "bytes"),
         *(("numpy.dtypes", f"{kind}DType") for kind in
           ("Bool", *(f"{sign}Int{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)),
            "Float16", "Float32", "Float64", "LongDouble", "Complex64", "Complex128")),
@@ -225,7 +227,6 @@ def _scan_one(stream: BinaryIO, found: set[tuple[str, str]]) -> None:
             stack.extend([None] * len(opcode.stack_after))
 
 
-
 #: The largest pickle member a torch archive may hold. Its pickles name tensors and shapes (the tensors are stored
 #: beside them): a few MiB for a model of a million tensors.
 MAX_PICKLE_BYTES = 256 << 20
@@ -247,21 +248,16 @@ def scan_file(path: str, is_zip: bool) -> PickleScan:
                             f"checkpoint's pickles name its tensors in a few MiB; re-export it"
                         )
                     found |= scan_pickle_stream(io.BytesIO(_read_member(archive, info)))
-    elif _is_tar(path):  # torch's oldest format: pickles in the members of a tar archive
-        with tarfile.open(path, "r:") as archive:
-            for member in archive:
-                if member.isfile():
-                    found |= scan_pickle_stream(archive.extractfile(member), must_parse=1)
     else:
-        with open(path, "rb") as handle:
-            found = scan_pickle_stream(handle, must_parse=LEGACY_PICKLES)
+        try:  # torch reads a file as its oldest format, pickles in a tar archive's members, when tarfile opens it
+            with tarfile.open(path, "r:") as archive:
+                for member in archive:
+                    if member.isfile():
+                        found |= scan_pickle_stream(archive.extractfile(member), must_parse=1)
+        except tarfile.TarError:  # and as a legacy file of pickles otherwise
+            with open(path, "rb") as handle:
+                found = scan_pickle_stream(handle, must_parse=LEGACY_PICKLES)
     return PickleScan(frozenset(found))
-
-
-def _is_tar(path: str) -> bool:
-    """Whether ``path`` is an uncompressed tar archive (its first header's ``ustar`` magic)."""
-    with open(path, "rb") as handle:
-        return handle.read(512)[257:262] == b"ustar"
 
 
 def scan_npz(path: str) -> PickleScan:

@@ -13,7 +13,10 @@ So each name is bound to a stand-in that rebuilds only numeric data and checks
 it before numpy sees it: a dtype must be a plain number type (bool, integer,
 float, complex; no fields, no objects) and is rebuilt from its type string; an
 array's bytes must be exactly its shape times its item size; a scalar's exactly
-one item. ``numpy.ndarray`` itself is only a name that the array rebuild takes.
+one item. ``numpy.ndarray`` itself is only a name that the array rebuild takes,
+and ``bytes`` (protocol 2's way to write an empty array's data) gives only ``b""``.
+numpy's dtype classes are taken as ``type(numpy.dtype(code))``, which numpy
+before 1.25 has without a ``numpy.dtypes`` module to name them.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ def _scalar(dtype: Any, data: Any = None) -> np.generic:
     return np.frombuffer(data, dtype=dtype)[0]
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``, which protocol 2 writes for an empty array's data; ``bytes(n)`` would allocate n bytes."""
+    if args:
+        raise UnpicklingError("a pickle that calls bytes() with arguments allocates what it does not hold")
+    return b""
+
+
 class _NDArray:
     """Stands for ``numpy.ndarray`` in a pickle: the array rebuild takes it; creating one is refused."""
 
@@ -91,7 +101,13 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> PickledArray:
 
 #: What each name a pickle may call stands for; every other name in DATA_GLOBALS is itself (numpy's dtype
 #: classes, whose instances a dtype's BUILD fills; argparse.Namespace).
-_STAND_INS = {"_reconstruct": _reconstruct, "scalar": _scalar, "ndarray": _NDArray, "dtype": _dtype}
+_STAND_INS = {"_reconstruct": _reconstruct, "scalar": _scalar, "ndarray": _NDArray, "dtype": _dtype,
+              "bytes": _empty_bytes}
+#: The type code of each of numpy's number dtype classes: the class is ``type(numpy.dtype(code))``, which numpy
+#: before 1.25 has without the ``numpy.dtypes`` module that names it.
+_DTYPE_CODES = {"Bool": "?", "Int8": "i1", "Int16": "i2", "Int32": "i4", "Int64": "i8", "UInt8": "u1", "UInt16": "u2",
+                "UInt32": "u4", "UInt64": "u8", "Float16": "f2", "Float32": "f4", "Float64": "f8", "LongDouble": "g",
+                "Complex64": "c8", "Complex128": "c16"}
 
 
 def safe_globals() -> list[tuple[Any, str]]:
@@ -100,8 +116,11 @@ def safe_globals() -> list[tuple[Any, str]]:
     :class:`PickledArray`, whose state the pickle's ``BUILD`` sets."""
     allowed: list[tuple[Any, str]] = [(PickledArray, f"{__name__}.PickledArray")]
     for module, name in sorted(DATA_GLOBALS):
-        if module.startswith("numpy") and name in _STAND_INS:
+        if name in _STAND_INS:
             allowed.append((_STAND_INS[name], f"{module}.{name}"))
+            continue
+        if module == "numpy.dtypes":
+            allowed.append((type(np.dtype(_DTYPE_CODES[name[:-len("DType")]])), f"{module}.{name}"))
             continue
         with warnings.catch_warnings():  # numpy 2 warns on importing numpy.core
             warnings.simplefilter("ignore")

@@ -200,7 +200,7 @@ def test_numpy_arrays_of_every_number_type_and_layout_load_as_saved(tmp_path):
     extras = {"f": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "be": np.array([1.5, -2], dtype=">f4"),
               "flags": np.array([True, False]), "u8": np.arange(3, dtype=np.uint8), "c": np.array([1 + 2j]),
               "zero_d": np.array(4.0), "half": np.float16(0.5), "truth": np.bool_(True),
-              "long": np.array([1.5], dtype=np.longdouble)}  # fmt: skip
+              "long": np.array([1.5], dtype=np.longdouble), "empty": np.zeros((0, 3))}  # fmt: skip
     torch.save({"model": sd, "extras": extras}, tmp_path / "ckpt.pt")
     assert_same(load_model_file(tmp_path / "ckpt.pt").tensors, sd)
     from fedguard.loading import _load_torch
@@ -229,13 +229,17 @@ def test_forged_numpy_arrays_are_refused_before_numpy_reads_them(tmp_path, state
     assert reason in res.stderr and res.stderr.count("\n") == 1
 
 
-def test_a_pickle_that_allocates_numpy_arrays_directly_is_refused(tmp_path):
+@pytest.mark.parametrize("allocate, message", [
+    ((np.ndarray, ((1 << 28,),)), "calls numpy.ndarray allocates an array it does not hold"),  # 2 GiB, uninitialised
+    ((bytes, (1 << 30,)), "calls bytes\\(\\) with arguments allocates what it does not hold"),  # 1 GiB of zeros
+], ids=["numpy.ndarray", "bytes"])
+def test_a_pickle_that_allocates_memory_directly_is_refused(tmp_path, allocate, message):
     class Allocate:
         def __reduce__(self):
-            return np.ndarray, ((1 << 28,),)  # 2 GiB of uninitialised memory from a few bytes
+            return allocate
 
     torch.save({"0.weight": torch.ones(2, 2), "extra": Allocate()}, tmp_path / "alloc.pt")
-    with pytest.raises(InputError, match="calls numpy.ndarray allocates an array it does not hold"):
+    with pytest.raises(InputError, match=message):
         load_model_file(tmp_path / "alloc.pt")
 
 
@@ -1289,3 +1293,16 @@ def test_tensors_sharing_memory_keep_their_own_values(tmp_path):
     for name, entries in (("first", {"flat": flat, **slices}), ("last", {**slices, "flat": flat})):
         torch.save(entries, tmp_path / f"{name}.pt")
         assert len(load_model_file(tmp_path / f"{name}.pt").tensors) == 65
+
+
+def test_a_pickle_that_only_looks_like_a_tar_is_scanned_as_pickles(tmp_path):
+    """torch reads a file as a tar when tarfile opens it, and as pickles otherwise: the bytes "ustar" where a tar
+    header has them had sent the scan down the tar path, which failed, and the file was called corrupt (exit 2)
+    instead of FG001."""
+    padding = bytearray(b"a" * 300)
+    padding[257 - 7:257 - 7 + 5] = b"ustar"  # after PROTO (2 bytes) and BINUNICODE's opcode and length (5)
+    data = b"\x80\x02X" + len(padding).to_bytes(4, "little") + bytes(padding) + b"0cposix\nsystem\nX\x04\x00\x00\x00true\x85R."
+    assert data[257:262] == b"ustar"
+    (tmp_path / "decoy.pt").write_bytes(data)
+    loaded = load_model_file(tmp_path / "decoy.pt")
+    assert loaded.refused and loaded.findings[0].evidence["imports"] == ["posix.system"]
