@@ -189,8 +189,14 @@ def _scan_one(stream: BinaryIO, found: set[tuple[str, str]]) -> None:
             raise ValueError("pickle pops more than it pushed")
         del stack[len(stack) - count:]
 
-    for opcode, arg, _pos in pickletools.genops(stream):
+    frame_end = None
+    for opcode, arg, pos in pickletools.genops(stream):
         name = opcode.name
+        if name == "FRAME":
+            frame_end = pos + 9 + int(arg)  # the opcode, its 8-byte length, the frame
+        elif name == "STOP" and frame_end is not None and pos + 1 < frame_end:
+            # Python's unpickler skips the rest of a frame after STOP, pickletools reads on: out of step from here
+            found.add(("<unknown>", "<bytes after a STOP inside its frame, which Python's unpickler skips>"))
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
             found.add((module, attr))

@@ -1306,3 +1306,14 @@ def test_a_pickle_that_only_looks_like_a_tar_is_scanned_as_pickles(tmp_path):
     (tmp_path / "decoy.pt").write_bytes(data)
     loaded = load_model_file(tmp_path / "decoy.pt")
     assert loaded.refused and loaded.findings[0].evidence["imports"] == ["posix.system"]
+
+
+def test_a_frame_that_runs_past_its_pickles_stop_is_an_unknown_import(tmp_path):
+    """Python's unpickler skips what is left of a frame after STOP; pickletools reads on, so a frame tail that opens
+    a bytes opcode swallowed the real next pickle (os.system) from the scan."""
+    evil = b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R."
+    first = b"\x80\x04\x95" + (7).to_bytes(8, "little") + b"N.B" + len(evil).to_bytes(4, "little")
+    (tmp_path / "framed.pt").write_bytes(first + evil + b".")
+    loaded = load_model_file(tmp_path / "framed.pt")
+    assert loaded.refused
+    assert loaded.findings[0].evidence["imports"] == ["<unknown>.<bytes after a STOP inside its frame, which Python's unpickler skips>"]
