@@ -32,9 +32,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from fedguard import pickled_data
 from fedguard.errors import InputError
 from fedguard.io import read_npz, refuse_beyond_memory, refuse_unusual_compression
-from fedguard import pickled_data
 from fedguard.pickle_scan import scan_file, scan_npz
 from fedguard.types import Confidence, Finding, Rule, Severity
 
