@@ -475,7 +475,7 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
                          "(a model's state_dict(), an update's {name: tensor})")  # fmt: skip
     if isinstance(raw, (list, tuple)):
         expansion = _Expansion(path)
-        values = [_as_tensor(v, f"item {i}", path, expansion=expansion) for i, v in enumerate(raw)]
+        values = [_as_tensor(v, f"item {i}", path, expansion) for i, v in enumerate(raw)]
         if not values:
             raise InputError(f"{path} holds an empty list, no tensors; save the model's weights (or the update's tensors) in it")
         return name_unnamed(values), False
@@ -491,7 +491,7 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
         # an empty buffer (a mask registered as torch.empty(0)) holds nothing; an empty layer, list item or matrix
         # is malformed
         may_be_empty = str(name).rsplit(".", 1)[-1] not in ("weight", "bias")
-        tensors[name] = _as_tensor(value, f"key {name!r}", path, may_be_empty, expansion)
+        tensors[name] = _as_tensor(value, f"key {name!r}", path, expansion, may_be_empty)
         if name.rsplit(".", 1)[-1] in ("weight", "bias") and not tensors[name].is_floating_point():
             # the checks read only floating-point tensors: a model cast to integers had passed as clean, unread
             raise InputError(f"{path}: {name} has dtype {tensors[name].dtype}; a layer's weights, and an update's, "
@@ -651,11 +651,9 @@ class _Expansion:
                              "than it stores; save real tensors (.contiguous())")  # fmt: skip
 
 
-def _as_tensor(value: Any, where: str, path: Path, may_be_empty: bool = False,
-               expansion: _Expansion | None = None) -> torch.Tensor:
+def _as_tensor(value: Any, where: str, path: Path, expansion: _Expansion, may_be_empty: bool = False) -> torch.Tensor:
     """``value`` as a dense, real tensor of a type the checks compute with (or why not, as InputError).
     ``expansion`` sums what the file's tensors declare beyond what they store."""
-    expansion = _Expansion(path) if expansion is None else expansion
     source = value
     if isinstance(value, np.generic):  # a numpy scalar: the difference of two 0-d arrays (BatchNorm's batch counter)
         value = np.asarray(value)

@@ -53,6 +53,12 @@ SAFE_GLOBALS = frozenset(
     }
 )
 
+#: numpy's number dtype classes as ``numpy.dtypes`` names them (``Float32DType``: ``Float32``), each with its type
+#: code: the class is ``type(numpy.dtype(code))``, which numpy before 1.25 has without a module to name it.
+NUMBER_DTYPES = {"Bool": "?", "Int8": "i1", "Int16": "i2", "Int32": "i4", "Int64": "i8", "UInt8": "u1", "UInt16": "u2",
+                 "UInt32": "u4", "UInt64": "u8", "Float16": "f2", "Float32": "f4", "Float64": "f8", "LongDouble": "g",
+                 "Complex64": "c8", "Complex128": "c16"}
+
 #: Globals of plain data that training scripts save beside a state_dict and torch's ``weights_only`` loader refuses
 #: unless allowed: numpy arrays, scalars (``best_acc = np.float64(...)``) and their numeric dtypes, and the
 #: ``argparse.Namespace`` of a run's arguments. Each builds a value from the pickle's own data and runs nothing
@@ -69,9 +75,7 @@ DATA_GLOBALS = frozenset(
         ("argparse", "Namespace"),
         ("__builtin__", "bytes"),  # protocol 2 writes an empty array's b"" as bytes()
         ("builtins", "bytes"),
-        *(("numpy.dtypes", f"{kind}DType") for kind in
-          ("Bool", *(f"{sign}Int{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)),
-           "Float16", "Float32", "Float64", "LongDouble", "Complex64", "Complex128")),
+        *(("numpy.dtypes", f"{kind}DType") for kind in NUMBER_DTYPES),
     }
 )
 

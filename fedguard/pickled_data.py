@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import warnings
 from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
 
-from fedguard.pickle_scan import DATA_GLOBALS
+from fedguard.pickle_scan import DATA_GLOBALS, NUMBER_DTYPES
 
 
 def _numeric(dtype: Any) -> np.dtype:
@@ -99,15 +98,10 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> PickledArray:
     return np.ndarray.__new__(PickledArray, (0,), np.uint8)
 
 
-#: What each name a pickle may call stands for; every other name in DATA_GLOBALS is itself (numpy's dtype
-#: classes, whose instances a dtype's BUILD fills; argparse.Namespace).
+#: What each name a pickle may call stands for; of the other names in DATA_GLOBALS, numpy's dtype classes (whose
+#: instances a dtype's BUILD fills) are taken by their type codes and argparse.Namespace is itself.
 _STAND_INS = {"_reconstruct": _reconstruct, "scalar": _scalar, "ndarray": _NDArray, "dtype": _dtype,
               "bytes": _empty_bytes}
-#: The type code of each of numpy's number dtype classes: the class is ``type(numpy.dtype(code))``, which numpy
-#: before 1.25 has without the ``numpy.dtypes`` module that names it.
-_DTYPE_CODES = {"Bool": "?", "Int8": "i1", "Int16": "i2", "Int32": "i4", "Int64": "i8", "UInt8": "u1", "UInt16": "u2",
-                "UInt32": "u4", "UInt64": "u8", "Float16": "f2", "Float32": "f4", "Float64": "f8", "LongDouble": "g",
-                "Complex64": "c8", "Complex128": "c16"}
 
 
 def safe_globals() -> list[tuple[Any, str]]:
@@ -120,13 +114,8 @@ def safe_globals() -> list[tuple[Any, str]]:
             allowed.append((_STAND_INS[name], f"{module}.{name}"))
             continue
         if module == "numpy.dtypes":
-            allowed.append((type(np.dtype(_DTYPE_CODES[name[:-len("DType")]])), f"{module}.{name}"))
-            continue
-        with warnings.catch_warnings():  # numpy 2 warns on importing numpy.core
-            warnings.simplefilter("ignore")
-            try:
-                value = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):  # a numpy without this dtype class writes no pickle naming it
-                continue
+            value = type(np.dtype(NUMBER_DTYPES[name.removesuffix("DType")]))
+        else:  # argparse.Namespace
+            value = getattr(importlib.import_module(module), name)
         allowed.append((value, f"{module}.{name}"))
     return allowed

@@ -21,6 +21,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -143,12 +144,18 @@ def test_flower_list_with_a_gap_keeps_the_numeric_order(tmp_path):
     assert shapes == [(3, 2), (3,), (4, 3)]
 
 
-def _rewrite_zip(src: Path, dst: Path, compression: int = zipfile.ZIP_STORED, cut: str | None = None) -> None:
-    """``src``'s members into ``dst`` with ``compression``, the member ending in ``cut`` cut to 10 bytes (CRC kept valid)."""
+def _rewrite_zip(src: Path, dst: Path, compression: int = zipfile.ZIP_STORED, cut: str | None = None,
+                 pickle_edit: Callable[[bytes], bytes] | None = None) -> None:
+    """``src``'s members into ``dst`` with ``compression``, the member ending in ``cut`` cut to 10 bytes and
+    ``data.pkl`` passed through ``pickle_edit`` (CRCs kept valid)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=compression) as zout:
         for info in zin.infolist():
             data = zin.read(info.filename)
-            zout.writestr(info.filename, data[:10] if cut and info.filename.endswith(cut) else data)
+            if cut and info.filename.endswith(cut):
+                data = data[:10]
+            if pickle_edit is not None and info.filename.endswith("data.pkl"):
+                data = pickle_edit(data)
+            zout.writestr(info.filename, data)
 
 
 def test_deflated_checkpoint_loads_and_truncated_storage_is_refused(tmp_path):
@@ -1185,9 +1192,7 @@ def test_a_pickle_pickletools_cannot_read_is_an_unknown_import(tmp_path, prefix)
     after them had gone unseen (exit 2, no FG001) while torch.load(weights_only=False) would run it."""
     torch.save(tiny_state_dict(), tmp_path / "plain.pt")
     payload = prefix + b"cos\nsystem\n(Vtrue\ntR0}."
-    with zipfile.ZipFile(tmp_path / "plain.pt") as old, zipfile.ZipFile(tmp_path / "evil.pt", "w") as new:
-        for info in old.infolist():
-            new.writestr(info.filename, payload if info.filename.endswith("data.pkl") else old.read(info))
+    _rewrite_zip(tmp_path / "plain.pt", tmp_path / "evil.pt", pickle_edit=lambda _data: payload)
     loaded = load_model_file(tmp_path / "evil.pt")
     assert loaded.refused and loaded.findings[0].rule_id == "FG001"
     assert loaded.findings[0].evidence["imports"] == ["<unknown>.<what follows bytes pickletools cannot read, in pickle 1>"]
@@ -1279,11 +1284,9 @@ def test_tensors_sharing_memory_keep_their_own_values(tmp_path):
         ints = torch.quantize_per_tensor(torch.full((8, 8), 0.5), 0.01, 0, torch.qint8)
         small, large = (torch._make_per_tensor_quantized_tensor(ints.int_repr(), scale, 0) for scale in (0.01, 100.0))
         torch.save({"0.weight": small, "1.weight": large}, tmp_path / "apart.pt")
-    with zipfile.ZipFile(tmp_path / "apart.pt") as apart, zipfile.ZipFile(tmp_path / "scales.pt", "w") as shared:
-        for info in apart.infolist():  # the second tensor's storage key "1" made the first's, "0": one storage
-            data = apart.read(info)
-            shared.writestr(info, data.replace(b"X\x01\x00\x00\x001", b"X\x01\x00\x00\x000", 1)
-                            if info.filename.endswith("data.pkl") else data)  # fmt: skip
+    # the second tensor's storage key "1" made the first's, "0": one storage
+    _rewrite_zip(tmp_path / "apart.pt", tmp_path / "scales.pt",
+                 pickle_edit=lambda data: data.replace(b"X\x01\x00\x00\x001", b"X\x01\x00\x00\x000", 1))
     loaded = load_model_file(tmp_path / "scales.pt").tensors
     assert float(loaded["0.weight"][0, 0]) == pytest.approx(0.5) and float(loaded["1.weight"][0, 0]) == pytest.approx(5000)
     np.savez(tmp_path / "counts.npz", **{f"c{i}": np.array([i], dtype=">u2") for i in range(6)})
