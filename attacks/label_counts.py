@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedguard.layers import Head, find_head, head_not_updated
+from fedguard.layers import Head, find_head, forward_flops, head_not_updated
 from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.types import Reconstruction
 from fedguard.update import compute_update, minibatch_slices
@@ -525,14 +525,10 @@ def _equation_sd(view: ServerView, head: Head, direction: torch.Tensor | None, x
 
 def _affordable_examples(model: nn.Module, xs: torch.Tensor) -> int:
     """How many public examples the statistics measure: ``STATS_FLOPS`` worth of forward passes, within the bounds."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     net = copy.deepcopy(model)
     net.train()
     probe = xs[:2] if len(xs) >= 2 else xs.expand(2, *xs.shape[1:])
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(probe)
-    per_example = max(counter.get_total_flops() / 2, 1.0)
+    per_example = max(forward_flops(net, probe) / 2, 1.0)
     return int(min(MAX_SERVER_EXAMPLES, max(MIN_SERVER_EXAMPLES, STATS_FLOPS // per_example)))
 
 

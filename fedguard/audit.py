@@ -79,6 +79,23 @@ class AuditProgress(Protocol):
     def message(self, text: str) -> None: ...
 
 
+class _ProgressRaised(Exception):
+    """The caller's progress object raised (its exception is the cause): the caller's fault to see, not an attack
+    that could not run on the model."""
+
+
+def _callers(method: Callable) -> Callable:
+    """``method`` of the caller's progress object, its exceptions raised as :class:`_ProgressRaised`."""
+
+    def call(*args):
+        try:
+            return method(*args)
+        except Exception as exc:
+            raise _ProgressRaised from exc
+
+    return call
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -218,11 +235,12 @@ def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.
 
 @contextlib.contextmanager
 def _first_interrupt_sets(stop: threading.Event, notify: Callable[[str], None] | None):
-    """First Ctrl-C sets ``stop`` (attacks end after their current iteration); the second one aborts."""
-    if threading.current_thread() is not threading.main_thread():
+    """First Ctrl-C sets ``stop`` (attacks end after their current iteration); the second one aborts. A caller that
+    ignores SIGINT (``signal.SIG_IGN``) keeps ignoring it; outside the main thread no handler can be set."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None or previous is signal.SIG_IGN:
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
         if stop.is_set():
@@ -924,13 +942,13 @@ def audit(
                     continue
                 total = int(max_iterations or cls.default_iterations or 1)
                 if progress is not None:
-                    progress.start(name, total, time_budget)
+                    _callers(progress.start)(name, total, time_budget)
                     started = True
                 budget = Budget(
                     total,
                     time_budget,
                     stop,
-                    (lambda d, t, f, n=name: progress.update(n, d, t, f)) if progress is not None else None,
+                    (lambda d, t, f, n=name: _callers(progress.update)(n, d, t, f)) if progress is not None else None,
                     spent=labelling + crafting,
                 )
                 torch.manual_seed(seed)
@@ -944,6 +962,8 @@ def audit(
                     rec = dataclasses.replace(rec, seconds=rec.seconds + labelling + crafting, details={**rec.details, **before})
             except InputError:
                 raise
+            except _ProgressRaised as exc:
+                raise exc.__cause__ from None
             except Exception as exc:  # torch cannot do what the attack needs on this model, or the model's own code raised
                 why = first_line(exc)
                 if "more than 1 value per channel" in why:  # the batch itself trains (checked): the attack's own examples

@@ -71,3 +71,15 @@ def finite(value: Any, name: str, *, positive: bool, error: type[Exception] = In
     if not is_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise error(f"bad {name} {shown(value)}; give a finite number {'above 0' if positive else 'of at least 0'}")
     return float(value)
+
+
+def class_labels(labels: Any, logits: Any) -> Any:
+    """``labels`` (a tensor of class indices) when each names one of the classes of ``logits`` (cross-entropy's
+    input: classes along dimension 1); otherwise an InputError (cross-entropy's own error, "Target 10 is out of
+    bounds", would be read as the model's fault)."""
+    outputs = logits.shape[1 if logits.dim() > 1 else 0]
+    top = int(labels.max())
+    if top >= outputs:
+        raise InputError(f"labels reach {top} but the model has {outputs} outputs; pass labels from 0 to {outputs - 1}, "
+                         "or the model they were made for")  # fmt: skip
+    return labels

@@ -270,7 +270,8 @@ class PrivateGradients:
         if not self.checked and len(labels) > 1:
             _check_independent(self.module._module, inputs)
             self.checked = True
-        loss = F.cross_entropy(self.module(inputs), labels)
+        logits = self.module(inputs)
+        loss = F.cross_entropy(logits, checks.class_labels(labels, logits))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loss.backward()

@@ -205,6 +205,7 @@ def inspect_model(
     if num_classes is not None and (not is_whole(num_classes) or num_classes < 1):
         raise InputError(f"bad --num-classes {num_classes!r}; give a whole number of classes, 1 or more")
     checks.seed(seed)
+    _check_progress(progress)
     names = _detector_names(detectors)
     if detectors:  # a detector asked for by name must be able to run
         given = {NEEDS_MODULE: arch is not None, NEEDS_DATA: arch is not None and data is not None, NEEDS_REFERENCE: reference is not None}
@@ -305,6 +306,7 @@ def run_detectors(
         if not isinstance(view, ModelView) and (view is not None or what == "view"):
             given = "None" if view is None else f"a {type(view).__name__}"
             raise InputError(f"context.{what} is {given}; pass ModelView.from_state_dict(state_dict, module)")
+    _check_progress(progress)
     module = context.view.module
     findings: list[Finding] = []
     ran = []
@@ -342,6 +344,11 @@ def _run_detector(detector, context: InspectContext) -> list[Finding]:
             f"the {detector.name} check runs the model, which raised {first_line(exc)}; "
             f"fix the architecture's code, or drop {given} to run the checks that do not need it"
         ) from None
+
+
+def _check_progress(progress) -> None:
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress is {checks.shown(progress)}; pass a function that takes the step's text, or None")
 
 
 def _detector_names(names: Sequence[str] | None) -> list[str]:

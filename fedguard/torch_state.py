@@ -8,7 +8,12 @@ leave any of that changed, nor depend on how the caller set it: those
 places run inside :func:`own_torch_state`, which sets what fedguard needs
 and restores the caller's settings on the way out. That state is the
 process's, not a thread's: calls from several threads take turns (a lock),
-or each would restore the dtype and generators another had just set.
+or each would restore the dtype and generators another had just set. Other
+threads of the caller's own see fedguard's settings while a call runs (its
+seeded global generator, float32 as the default dtype), and what they change
+there meanwhile is undone when the call restores the caller's: a client
+that draws from torch's global generator or sets the default dtype in
+another thread should not do so while fedguard runs.
 Modules that run in eval mode for a while get back each submodule's own
 train/eval mode, not one mode for all (a caller's frozen BatchNorm or
 disabled dropout in a training model stays as it was).
@@ -71,14 +76,17 @@ def own_random_state(seed: int | None = None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def own_torch_state(seed: int | None = None) -> Iterator[None]:
-    """:func:`own_random_state`, with gradients on (also inside the caller's ``no_grad`` or ``inference_mode``)
-    and float32 as the default dtype (a caller's ``torch.set_default_dtype(torch.float64)`` would build float64
-    models and dummies that the float32 weights of a model file do not fit); all restored afterwards."""
+    """:func:`own_random_state`, with gradients on (also inside the caller's ``no_grad`` or ``inference_mode``),
+    float32 as the default dtype (a caller's ``torch.set_default_dtype(torch.float64)`` would build float64
+    models and dummies that the float32 weights of a model file do not fit) and autograd's anomaly detection off
+    (a caller's ``torch.autograd.set_detect_anomaly(True)`` made each of Inverting Gradients' iterations 3-8x
+    slower, which a time budget turns into other figures); all restored afterwards."""
     with _PROCESS_STATE:
         dtype = torch.get_default_dtype()
         torch.set_default_dtype(torch.float32)
         try:
-            with own_random_state(seed), torch.inference_mode(False), torch.enable_grad():
+            with (own_random_state(seed), torch.inference_mode(False), torch.enable_grad(),
+                  torch.autograd.set_detect_anomaly(False)):
                 yield
         finally:
             torch.set_default_dtype(dtype)

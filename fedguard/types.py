@@ -43,7 +43,9 @@ class _Level(enum.IntEnum):
         return cls.parse(value) if isinstance(value, str) else None
 
     __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = (_by_name(op) for op in ("eq", "ne", "lt", "le", "gt", "ge"))
-    __hash__ = int.__hash__
+
+    def __hash__(self) -> int:  # as its name, which it equals: `level in {"medium", "high"}`, a dict keyed by names
+        return hash(str(self))
 
 
 class Severity(_Level):

@@ -292,7 +292,8 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 def _plain_gradients(net: nn.Module, params: Mapping[str, nn.Parameter], inputs: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
     """A mini-batch's mean cross-entropy and its gradient, as plain SGD takes its step."""
-    loss = F.cross_entropy(net(inputs), labels)
+    logits = net(inputs)
+    loss = F.cross_entropy(logits, checks.class_labels(labels, logits))
     return loss, _gradients(loss, params)
 
 
@@ -303,7 +304,7 @@ def _gradients(loss: torch.Tensor, params: Mapping[str, nn.Parameter]) -> list[t
     return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params.values())]
 
 
-@keyword_names
+@keyword_names(aliases={"--arch": "model", "--input-shape": "inputs", "--data": "labels", "--batch-size": "inputs"})
 def compute_update(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -319,8 +320,10 @@ def compute_update(
 ) -> Update:
     """Compute the update the client would upload after training on ``(inputs, labels)``.
 
-    ``model`` is not modified (a copy is trained). Inputs, labels and the model
-    must be on the same device; the update's tensors are on that device.
+    ``model`` is not modified (a copy is trained, in ``train()`` mode throughout: a
+    caller's frozen BatchNorm or disabled dropout in that copy is set training,
+    and the module's own hooks run on it). Inputs, labels and the model must be
+    on the same device; the update's tensors are on that device.
     ``defense`` (:mod:`fedguard.defenses`) is applied as the client would:
     DP-SGD at every local step, pruning or noise on the update (seeded by
     ``seed``); the update says which, with DP-SGD's epsilon for the round.
@@ -409,7 +412,7 @@ def compute_update(
                         f"{local_batch_size} over a batch of {batch}); use a --local-batch-size that leaves 2 or more in each"
                     ) from None
                 raise InputError(
-                    "the model has BatchNorm and cannot train on a batch of one example; use --batch-size 2 or more"
+                    "the model has BatchNorm and cannot train on a batch of one example; use a batch of 2 or more (--batch-size)"
                 ) from None
             raise InputError(f"training the model on the batch failed ({text[:160]}); check --arch, --input-shape and --data") from None
         if isinstance(defense, (Pruning, GaussianNoise)):

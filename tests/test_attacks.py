@@ -255,6 +255,9 @@ def test_levels_and_verdicts():
     assert LeakageLevel.MEDIUM >= "medium" > LeakageLevel.LOW and LeakageLevel.HIGH == 3
     with pytest.raises(ValueError, match="unknown leakage level 'hgih'"):
         _ = LeakageLevel.HIGH == "hgih"
+    # hashed as their names, which they equal: a gate's `level in {"medium", "high"}` had never fired
+    assert LeakageLevel.HIGH in {"medium", "high"} and {"high": 1}.get(LeakageLevel.HIGH) == 1
+    assert Severity.MEDIUM in {"medium"} and Confidence.LOW in {"low"} and LeakageLevel.LOW not in {"medium", "high"}
     # and severities and confidences, as --fail-on takes them (``report.at_or_above("medium")`` had been a TypeError)
     assert Severity.HIGH >= "medium" and Severity("low") is Severity.LOW and Confidence.LOW < "high" and str(Severity.INFO) == "info"
     with pytest.raises(ValueError, match="unknown severity 'mediun'; use one of info, low, medium, high, critical"):
@@ -553,6 +556,27 @@ def test_public_examples_for_the_statistics_are_capped_by_their_forward_cost(mon
     assert lc._affordable_examples(net, xs) == 500
     monkeypatch.setattr(lc, "STATS_FLOPS", 320)
     assert lc._affordable_examples(net, xs) == lc.MIN_SERVER_EXAMPLES
+
+
+def test_forward_flops_counts_the_multiply_adds_of_linear_convolution_and_attention_projections():
+    from fedguard.layers import forward_flops
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, groups=1), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    x = torch.rand(2, 1, 8, 8)
+    assert forward_flops(net, x) == 2 * (4 * 9) * (2 * 6 * 6) + 2 * (144 * 10) * 2
+    grouped = nn.Conv2d(4, 8, 3, groups=2)  # each output sees 2 of the 4 input channels
+    assert forward_flops(grouped, torch.rand(1, 4, 5, 5)) == 2 * (8 * 2 * 9) * 9
+    attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = attention
+
+        def forward(self, x):
+            return self.attention(x, x, x)[0]
+
+    assert forward_flops(SelfAttention(), torch.rand(2, 3, 8)) == 2 * (3 * 8 * 8 + 8 * 8) * 6  # 6 tokens
 
 
 # --------------------------------------------------------------------------- image attacks

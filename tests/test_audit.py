@@ -1016,7 +1016,7 @@ def test_python_api_a_module_that_cannot_be_audited_is_an_input_error(kind, mess
 @pytest.mark.parametrize(
     "given, message",
     [
-        ({"labels": torch.tensor([0, 1, 2, 12])}, "Target 12 is out of bounds"),
+        ({"labels": torch.tensor([0, 1, 2, 12])}, "labels reach 12 but the model has 10 outputs; pass labels from 0 to 9"),
         ({"labels": [0, 1, 2, 3]}, "pass tensors"),
         ({"labels": torch.arange(0)}, "one integer class label per example"),
         ({"protocol": "fedavg", "local_lr": "x"}, "bad local_lr 'x'"),
@@ -1059,7 +1059,7 @@ def test_batchnorm_on_one_example_names_the_option_that_made_it():
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
     with pytest.raises(InputError, match=re.escape("local mini-batch of one example (local_batch_size 1 over a batch of 4)")):
         compute_update(net, x, y, protocol="fedavg", local_batch_size=1)
-    with pytest.raises(InputError, match="use --batch-size 2 or more"):
+    with pytest.raises(InputError, match=r"use a batch of 2 or more \(inputs\)"):
         compute_update(net, x[:1], y[:1])
 
 
@@ -1253,6 +1253,78 @@ def test_the_audit_leaves_the_callers_model_generators_grad_mode_and_denormals_a
         torch.set_flush_denormal(False)
     assert {o.name for o in report.attacks} == {"label_counts", "dlg"}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_audit_runs_without_the_callers_anomaly_detection_and_keeps_its_sigint_ignored():
+    """A caller's ``set_detect_anomaly(True)`` had made each attack iteration several times slower (a time budget
+    turned that into other figures); a caller that ignores SIGINT had had Ctrl-C stop the audit anyway."""
+    import signal
+
+    from fedguard.audit import audit
+
+    seen = []
+
+    class Watch:
+        def start(self, attack, total, seconds):
+            seen.append((torch.is_anomaly_enabled(), signal.getsignal(signal.SIGINT)))
+
+        def update(self, attack, done, total, fields): ...
+
+        def finish(self, attack, stopped): ...
+
+        def message(self, text): ...
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with torch.autograd.set_detect_anomaly(True):
+            audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["label_counts"],
+                  progress=Watch())  # fmt: skip
+            assert torch.is_anomaly_enabled()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [(False, signal.SIG_IGN)]
+
+
+def test_an_exception_of_the_callers_progress_object_reaches_the_caller():
+    """It had been read as the attack failing on the model (skipped, verdict warn)."""
+    from fedguard.audit import audit
+
+    class Broken:
+        def start(self, attack, total, seconds): ...
+
+        def update(self, attack, done, total, fields):
+            raise ValueError("bug in my progress bar")
+
+        def finish(self, attack, stopped): ...
+
+        def message(self, text): ...
+
+    with pytest.raises(ValueError, match="bug in my progress bar"):
+        audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["dlg"],
+              max_iterations=2, progress=Broken())  # fmt: skip
+
+
+def test_compute_update_refuses_labels_the_model_has_no_output_for_naming_its_own_arguments():
+    from fedguard.errors import InputError
+    from fedguard.update import compute_update
+
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(InputError, match=r"^labels reach 10 but the model has 10 outputs; pass labels from 0 to 9"):
+        compute_update(lenet8(), x, torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(InputError, match=r"^labels reach 10 but the model has 10 outputs"):
+        compute_update(lenet8(), x, torch.tensor([0, 1, 2, 10]), protocol="fedavg", local_batch_size=2)
+
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(x)  # no flatten: shapes do not fit
+
+    with pytest.raises(InputError, match=r"training the model on the batch failed \(.*\); check model, inputs and labels$"):
+        compute_update(Fails(), x, torch.arange(4))
 
 
 def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():
@@ -1606,6 +1678,24 @@ def test_a_report_that_cannot_be_printed_is_one_error_not_a_block(tmp_path):
     with open("/dev/full", "w") as full:
         done = subprocess.run([sys.executable, "-m", "fedguard", "rules"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.startswith("fedguard: error: writing the output failed (No space left on device)")
+
+
+def test_a_fedavg_audit_leaves_no_torch_compiler_state_in_the_callers_process():
+    """Counting the public examples' forward cost with FlopCounterMode had imported torch._dynamo on the first call
+    (1-2 s), which set TORCHINDUCTOR_CACHE_DIR in the caller's environment and added warning filters and loggers."""
+    import subprocess
+
+    code = (
+        "import os, sys, torch\n"
+        "before = set(os.environ)\n"
+        "from fedguard.audit import audit\n"
+        "audit(arch='lenet', input_shape=(1, 8, 8), data=(torch.rand(12, 1, 8, 8), torch.arange(12) % 4), batch_size=4, "
+        "attacks=['label_counts'], protocol='fedavg', local_steps=2, time_budget=30)\n"
+        "print('torch._dynamo' in sys.modules, sorted(set(os.environ) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "False []"
 
 
 def test_a_client_alone_in_the_federation_is_exposed_at_once_or_when_the_noise_averages_out():

@@ -1009,6 +1009,7 @@ def test_truncated_safetensors(tmp_path):
         ({"seed": -1}, "bad seed -1"),
         ({"num_classes": 0}, "bad num_classes 0"),
         ({"arch": ""}, "arch is ''"),
+        ({"progress": 5}, "progress is 5; pass a function that takes the step's text, or None"),
     ],
 )
 def test_inspect_api_bad_arguments_are_input_errors(tmp_path, given, message):
@@ -1237,6 +1238,25 @@ def test_an_npz_header_past_numpys_limit_is_named_as_such(tmp_path):
         archive.writestr("w.npy", member)
     with pytest.raises(InputError, match="has an array header larger than numpy reads safely"):
         load_model_file(tmp_path / "header.npz")
+
+
+@pytest.mark.parametrize("shape, reason", [
+    ("(2, 8, 8", "has an array header numpy cannot parse"),  # numpy's parser let tokenize.TokenError through: exit 3
+    ("(True, 8, 8)", "declares the shape (True, 8, 8), which is not a tuple of sizes"),  # numpy read True as a size
+])
+def test_an_npz_header_numpy_cannot_parse_is_a_corrupt_archive_for_models_and_data(tmp_path, shape, reason):
+    from fedguard.data import load_data
+
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }" % shape
+    header = header.ljust(117) + "\n"
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as archive:
+        archive.writestr("x.npy", np.lib.format.MAGIC_PREFIX + b"\x01\x00" + len(header).to_bytes(2, "little")
+                         + header.encode() + bytes(2 * 64 * 4))  # fmt: skip
+        archive.writestr("y.npy", b"")
+    with pytest.raises(InputError, match=re.escape(f"bad.npz is a corrupt .npz archive (x.npy {reason}")):
+        load_model_file(tmp_path / "bad.npz")
+    with pytest.raises(InputError, match=re.escape(f"bad.npz is a corrupt .npz archive (x.npy {reason}")):
+        load_data(str(tmp_path / "bad.npz"))
 
 
 @pytest.mark.parametrize("name", ["getattr", "setattr", "delattr", "eval", "exec", "compile", "__import__", "open",
