@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from fedguard import checks
 from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError, did_you_mean, keyword_names
-from fedguard.io import read_npz
+from fedguard.io import read_npz, refuse_beyond_memory
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data"]
 
@@ -69,6 +69,7 @@ def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(data[0]).detach()  # a batch that requires grad is read as values; uint8 stays 0-255
         x = x.float() if x.is_floating_point() else x  # float16 and bfloat16, which numpy lacks or reads oddly
         y = torch.as_tensor(data[1]).detach()
+        y = y.double() if y.is_floating_point() else y  # bfloat16 and float8 labels, which numpy lacks (checked whole below)
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"data holds a {type(data[0]).__name__} and a {type(data[1]).__name__}, not arrays; {fix}") from None
     for t, what in ((x, "x"), (y, "y")):
@@ -82,10 +83,16 @@ def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def data_source(spec: str | os.PathLike[str] | None) -> Path | None:
     """The file or folder ``spec`` names, when it names one that exists; None for the built-in data sets."""
-    if spec is None or str(spec).strip() in DATASETS:
+    if spec is None or _spec_text(str(spec)) in DATASETS:
         return None
-    path = Path(str(spec).strip()).expanduser()
+    path = Path(_spec_text(str(spec))).expanduser()
     return path if path.exists() else None
+
+
+def _spec_text(spec: str) -> str:
+    """``spec`` as given when a file or folder has that very name (``" x.npz"``), else without the spaces around it
+    (a name pasted with a space after it)."""
+    return spec if os.path.lexists(spec) else spec.strip()
 
 
 def data_sha256(spec: Any) -> str | None:
@@ -120,8 +127,8 @@ def load_data(
         what = repr(spec) if isinstance(spec, str) else f"a {type(spec).__name__}"
         raise InputError(f"bad data {what}; use one of {', '.join(DATASETS)}, a folder of class subfolders, a .npz file, "
                          "or (from Python) a pair (x, y)")
-    text = spec.strip()
-    if text in DATASETS and any(os.path.lexists(p) for p in {spec, text}):
+    text = _spec_text(spec)
+    if text in DATASETS and os.path.lexists(text):
         raise InputError(f"--data {text} names the built-in data set, but {spec!r} is also a file or folder here; "
                          f"write ./{spec} for yours, or use the built-in set from another folder")  # fmt: skip
     if text == "digits":
@@ -181,7 +188,7 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
         return t.contiguous()
     c, h, w = shape
     if c == 1 and t.shape[1] == 3:  # colour to grey, as for image files
-        t = torch.einsum("c,nchw->nhw", torch.from_numpy(_GREY), t)[:, None]
+        t = torch.einsum("c,nchw->nhw", torch.from_numpy(_GREY), t)[:, None].clamp_(0.0, 1.0)  # rounding may stray past 1
     if t.shape[1] != c:
         if t.shape[1] != 1:  # the input shape is the architecture's: changing it to fit the data would change the model
             raise InputError(
@@ -191,9 +198,9 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
                    if t.shape[1] in (2, 4) else "")  # channels-last ones lose alpha, as image files do
             )
         t = t.expand(-1, c, -1, -1)
-    if tuple(t.shape[2:]) != (h, w):
-        t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    return t.clamp(0.0, 1.0).contiguous()
+    if tuple(t.shape[2:]) != (h, w):  # resampling may stray a rounding error outside [0, 1]
+        t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+    return t.contiguous()
 
 
 def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarray:
@@ -219,19 +226,19 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
         raise InputError(f"{what} holds only the integers 0 and 1: as 8-bit pixels they would read as black; store "
                          "binary images as bool or floats 0-1, 8-bit images as uint8 0-255")  # fmt: skip
     if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
+        return _scaled(a, 255.0)
     if a.dtype == np.uint16:
         if int(a.max()) < 4096:
             fix = ("re-save it as 8-bit, or scaled to the full 16-bit range" if image_file else
                    "store 8-bit pixels as uint8, or scale to 0-65535 or to floats 0-1")  # fmt: skip
             raise InputError(f"{what} is 16-bit with values up to {int(a.max())}: 8- to 12-bit pixels stored in 16 bits "
                              f"would read as almost black; {fix}")  # fmt: skip
-        return a.astype(np.float32) / 65535.0
+        return _scaled(a, 65535.0)
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 255:
             raise InputError(f"{what} holds integers in [{lo}, {hi}]; store images as uint8 0-255 or floats 0-1")
-        return a.astype(np.float32) / 255.0
+        return _scaled(a, 255.0)
     if not np.issubdtype(a.dtype, np.floating):
         raise InputError(f"{what} has dtype {a.dtype}; store images as uint8 0-255 or floats 0-1")
     if not np.isfinite(a).all():
@@ -240,6 +247,13 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise InputError(f"{what} values lie in [{lo:.4g}, {hi:.4g}]; scale floats to [0, 1] or store uint8 0-255")
     return np.clip(a.astype(np.float32), 0.0, 1.0)
+
+
+def _scaled(a: np.ndarray, full: float) -> np.ndarray:
+    """Integer pixels as float32 fractions of ``full``, divided in place: one float32 copy of the images, not two."""
+    out = a.astype(np.float32)
+    out /= np.float32(full)
+    return out
 
 
 def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -256,7 +270,7 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
         raise InputError(f"{what} has dtype {y.dtype}; store integer class labels 0, 1, 2, ...")
     if n and y.min() < 0:
         raise InputError(f"{what} holds negative labels (min {int(y.min())}); use class labels 0, 1, 2, ...")
-    if n and y.dtype.kind == "u" and y.max() > np.iinfo(np.int64).max:
+    if n and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:  # float labels of 1e20 had wrapped negative
         raise InputError(f"{what} holds labels up to {int(y.max())}, beyond any class; use class labels 0, 1, 2, ...")
     return y.astype(np.int64)
 
@@ -337,11 +351,19 @@ def _skimage_photos(shape: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarr
 
 
 def _listing(folder: Path) -> list[Path]:
-    """The folder's entries, hidden ones left out, sorted."""
+    """The folder's entries, hidden ones left out, sorted. A symbolic link to nothing named as an image or as a
+    folder (no extension) is an InputError: it had dropped out of the data without a word (a class folder's link
+    had shifted every later class's label down by one)."""
     try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as exc:
         raise InputError(f"cannot list data folder {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
+    for p in entries:
+        image = p.suffix.lower() in IMAGE_EXTENSIONS
+        if (image or not p.suffix) and p.is_symlink() and not p.exists():
+            what = ("image", "file", "image") if image else ("folder", "folder", "folder it stands for")
+            raise InputError(f"{what[0]} {p} is a symbolic link to no {what[1]}; remove it or point it at the {what[2]}")
+    return entries
 
 
 def _folders(folder: Path, seen: set[Path]) -> Iterator[tuple[Path, list[Path]]]:
@@ -366,11 +388,7 @@ def _images_under(folder: Path, seen: set[Path]) -> list[Path]:
     the classes too) is read once."""
     by_folder = {}
     for current, entries in _folders(folder, seen):
-        images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
-        lost = next((p for p in images if p.is_symlink() and not p.exists()), None)
-        if lost is not None:  # it had dropped out of the data without a word
-            raise InputError(f"image {lost} is a symbolic link to no file; remove it or point it at the image")
-        by_folder[str(current)] = [p for p in images if p.is_file()]
+        by_folder[str(current)] = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     return [file for name in sorted(by_folder) for file in by_folder[name]]
 
 
@@ -446,6 +464,8 @@ def _image_file(file: Path, size: tuple[int, int] | None) -> np.ndarray:
             pixels = re.search(r"\((\d+) pixels\)", str(exc))
             count = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
             raise InputError(f"image {file} has {count}, more than is safe to decode; shrink it or remove it") from None
+        if isinstance(exc, PermissionError):
+            raise InputError(f"cannot read image {file} (permission denied); check its permissions") from None
         raise InputError(f"cannot read image {file} ({type(exc).__name__}); remove or re-save it") from None
     if arr.dtype == np.int32 and arr.size and 0 <= int(arr.min()) and int(arr.max()) <= 65535:
         arr = arr.astype(np.uint16)  # 16-bit grey that Pillow widened to its 32-bit integer mode
@@ -472,4 +492,6 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(x) == 0:
         raise InputError(f"x in {path} holds no examples; save at least one image")
     y = _labels(np.asarray(y), len(x), f"y in {path}")
+    # a compressed member holds far more than its bytes on disk: the images as stored and as float32 must fit
+    refuse_beyond_memory(path, x.nbytes + 4 * x.size, "needs", "memory to read as float32 images")
     return _unit_range(np.ascontiguousarray(x), f"x in {path}"), y

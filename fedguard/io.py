@@ -221,16 +221,27 @@ def refuse_unusual_compression(archive: zipfile.ZipFile, path: str | os.PathLike
 
 def npy_members(path: str | os.PathLike) -> Iterator[tuple[zipfile.ZipInfo, IO[bytes], tuple[int, ...], np.dtype]]:
     """Each ``.npy`` member of an ``.npz`` archive: its zip entry, the open member just past its header (the array's
-    bytes, or for an object array its pickle, come next), and the shape and dtype the header declares."""
+    bytes, or for an object array its pickle, come next), and the shape and dtype the header declares.
+
+    A header numpy cannot parse, or whose shape is not sizes (``(True, 8, 8)``, negative), is a ValueError:
+    numpy's parser lets a tokenizer's error through for an unclosed bracket, and reads ``True`` as a size.
+    """
     with zipfile.ZipFile(path) as archive:
         refuse_unusual_compression(archive, path, "save it with np.savez or np.savez_compressed")
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 continue
             with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read_header(member)
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(member)
+                except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error):
+                    raise
+                except Exception as exc:  # tokenize.TokenError, SyntaxError and the like from the header's text
+                    raise ValueError(f"{info.filename} has an array header numpy cannot parse ({type(exc).__name__})") from None
+                if not all(type(size) is int and size >= 0 for size in shape):
+                    raise ValueError(f"{info.filename} declares the shape {shape!r:.60}, which is not a tuple of sizes")
                 yield info, member, shape, dtype
 
 

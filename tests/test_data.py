@@ -124,6 +124,11 @@ def test_an_image_link_to_no_file_is_named(tmp_path):
     (tmp_path / "data" / "ant" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(InputError, match=r"image .*gone.png is a symbolic link to no file; remove it"):
         load_data(str(tmp_path / "data"))
+    (tmp_path / "data" / "ant" / "gone.png").unlink()
+    (tmp_path / "data" / "aardvark").symlink_to(tmp_path / "nowhere")  # a class folder's link: every label had shifted
+    with pytest.raises(InputError, match=r"folder .*aardvark is a symbolic link to no folder; remove it or point it at "
+                                         r"the folder it stands for$"):  # fmt: skip
+        load_data(str(tmp_path / "data"))
 
 
 def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path):
@@ -241,8 +246,8 @@ def test_an_in_memory_batch_keeps_uint8_as_0_to_255():
     pixels = torch.arange(2 * 64, dtype=torch.uint8).reshape(2, 1, 8, 8) * 2
     x, y = in_memory_batch((pixels, torch.arange(2)))
     assert x.dtype == torch.float32 and torch.equal(x, pixels.float() / 255) and y.tolist() == [0, 1]
-    half, _ = in_memory_batch((torch.full((2, 1, 8, 8), 0.5, dtype=torch.bfloat16), [0, 1]))
-    assert half.dtype == torch.float32 and bool((half == 0.5).all())
+    half, labels = in_memory_batch((torch.full((2, 1, 8, 8), 0.5, dtype=torch.bfloat16), torch.tensor([0, 1.0]).bfloat16()))
+    assert half.dtype == torch.float32 and bool((half == 0.5).all()) and labels.tolist() == [0, 1]  # numpy has no bfloat16
     with pytest.raises(InputError, match=r"data x has shape \(2, 1, 0, 8\), images without pixels"):
         in_memory_batch((torch.zeros(2, 1, 0, 8), [0, 1]))
 
@@ -291,6 +296,7 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": np.eye(8, dtype=np.uint8)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*read as black"),
         ({"x": GOOD_X, "y": np.array([0, -1, 0, 1])}, r"negative labels"),
         ({"x": GOOD_X, "y": np.array([0, 0.5, 0, 1])}, r"non-integer labels"),
+        ({"x": GOOD_X, "y": np.array([0, 1e20, 0, 1])}, r"labels up to 100000000000000000000, beyond any class"),  # had wrapped
         ({"x": GOOD_X, "y": np.eye(4)}, r"one integer class label per example"),
         ({"x": np.zeros((4, 8), np.uint8), "y": GOOD_Y}, r"N,H,W or N,C,H,W \(rows of features as N,1,F"),
         ({"x": np.zeros((0, 8, 8), np.uint8), "y": GOOD_Y[:0]}, r"no examples"),
@@ -388,3 +394,39 @@ def test_an_output_that_is_an_input_under_another_name_is_refused_even_with_forc
         with pytest.raises(InputError, match="is also an input and would be overwritten"):
             check_output_path(tmp_path / output, inputs=[tmp_path / given], force=True)
     assert (tmp_path / "model.pt").read_bytes() == b"weights"
+
+
+def test_an_npz_whose_images_as_float32_outgrow_the_memory_is_refused_before_converting(tmp_path, monkeypatch):
+    """A compressed member of zeros holds far more than its size on disk, and its images take four bytes a pixel
+    once read: 2.5 MB of uint8 zeros had reached 22 GiB."""
+    import fedguard.io
+
+    path = _npz(tmp_path, x=np.zeros((4, 8, 8), np.uint8), y=GOOD_Y)  # 256 bytes stored, 1 KiB as float32
+    monkeypatch.setattr(fedguard.io, "physical_memory", lambda: 1024)
+    with pytest.raises(InputError, match=r"bad.npz needs 0.0 GiB of memory to read as float32 images, more than this "
+                                         r"machine's memory \(0.0 GiB\)"):  # fmt: skip
+        load_data(path)
+
+
+def test_a_data_path_with_spaces_in_its_name_is_read_as_given(tmp_path, monkeypatch):
+    """The spaces around --data had been stripped: " x.npz" read x.npz beside it (or did not exist)."""
+    monkeypatch.chdir(tmp_path)
+    np.savez("x.npz", x=np.zeros((4, 8, 8), np.uint8), y=GOOD_Y)
+    np.savez(" x.npz", x=np.full((3, 8, 8), 255, np.uint8), y=GOOD_Y[:3])
+    x, _ = load_data(" x.npz")
+    assert len(x) == 3 and bool((x == 1).all())
+    assert len(load_data("x.npz ")[0]) == 4  # no such file: a space pasted after the name is dropped
+
+
+def test_an_image_without_read_permission_is_said_so(tmp_path, monkeypatch):
+    """The advice had been to remove or re-save a file whose only fault was its permissions."""
+    from PIL import Image
+
+    _write_folder(tmp_path / "data")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(InputError, match=r"cannot read image .*\.png \(permission denied\); check its permissions$"):
+        load_data(str(tmp_path / "data"))
