@@ -50,6 +50,10 @@ SAFE_GLOBALS = frozenset(
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("builtins", "slice"),
+        # torch.save's protocol 2 names them as Python 2 did; the unpickler maps __builtin__ to builtins
+        ("__builtin__", "set"),
+        ("__builtin__", "frozenset"),
+        ("__builtin__", "slice"),
     }
 )
 

@@ -365,6 +365,17 @@ def test_two_different_wrapped_state_dicts_are_refused_the_same_one_twice_is_rea
     torch.save({"state_dict": sd, next(iter(sd)): torch.ones(4, 3)}, tmp_path / "beside_own.pt")
     with pytest.raises(InputError, match=r"holds tensors beside the state_dict"):
         load_model_file(tmp_path / "beside_own.pt")
+    first = next(iter(k for k, v in sd.items() if v.ndim == 1))  # a bias beside it: one dimension is enough
+    torch.save({"state_dict": sd, first: torch.full_like(sd[first], 100.0)}, tmp_path / "beside_bias.pt")
+    with pytest.raises(InputError, match=r"holds tensors beside the state_dict"):
+        load_model_file(tmp_path / "beside_bias.pt")
+    nudged = {k: v.clone() for k, v in sd.items()}
+    nudged[first][0] += 5e-4  # two copies that differ anywhere are two models, however little
+    torch.save({"state_dict": sd, "model": nudged}, tmp_path / "nudged.pt")
+    with pytest.raises(InputError, match="holds different state_dicts"):
+        load_model_file(tmp_path / "nudged.pt")
+    torch.save({"checkpoint": 1, "model": {"state_dict": {"module": sd}}}, tmp_path / "deep.pt")  # three wrappers deep
+    assert_same(load_model_file(tmp_path / "deep.pt").tensors, sd)
     torch.save({"state_dict": sd, "rng_state": torch.get_rng_state()}, tmp_path / "rng.pt")  # no layer's name
     assert_same(load_model_file(tmp_path / "rng.pt").tensors, sd)
     torch.save({"state_dict": sd, "best_acc1": torch.tensor(91.2)}, tmp_path / "metric.pt")
@@ -729,6 +740,25 @@ def _stack_global_decoy(target: Path) -> bytes:
     )
 
 
+def _pop_mark_decoy(target: Path) -> bytes:
+    """Protocol 4: the decoy pair pushed after a MARK and dropped with POP_MARK; STACK_GLOBAL takes os.system."""
+    return (
+        b"\x80\x04" + _short_unicode("os") + _short_unicode("system")
+        + b"(" + _short_unicode("collections") + _short_unicode("OrderedDict") + b"1"  # MARK ... POP_MARK
+        + b"\x93" + _short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
+    )
+
+
+def _appends_decoy(target: Path) -> bytes:
+    """Protocol 4: the decoy pair under two lists that MARK ... APPENDS fill and four POPs drop; STACK_GLOBAL takes
+    os.system."""
+    return (
+        b"\x80\x04" + _short_unicode("os") + _short_unicode("system")
+        + _short_unicode("collections") + _short_unicode("OrderedDict") + b"](e](e0000"  # EMPTY_LIST MARK APPENDS, x2
+        + b"\x93" + _short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
+    )
+
+
 def _npz_object_member(path: Path, payload: bytes) -> None:
     """An .npz with a float array and an object array whose pickle is ``payload`` (as np.load unpickles it)."""
     import io
@@ -764,6 +794,8 @@ PAYLOADS = {
     "torch-zip": (lambda p, t: torch.save({"evil": _SystemPayload(t), "0.weight": torch.ones(2, 2)}, p), ("system",), ".pt"),
     "stack-global-memo": (lambda p, t: p.write_bytes(_stack_global_payload(t)), ("os.system",), ".bin"),
     "stack-global-decoy": (lambda p, t: p.write_bytes(_stack_global_decoy(t)), ("os.system",), ".pt"),
+    "pop-mark-decoy": (lambda p, t: p.write_bytes(_pop_mark_decoy(t)), ("os.system",), ".pt"),
+    "appends-decoy": (lambda p, t: p.write_bytes(_appends_decoy(t)), ("os.system",), ".pt"),
     "npz-stack-global-decoy": (lambda p, t: _npz_object_member(p, _stack_global_decoy(t)), ("os.system",), ".npz"),
     "getattr-import": (lambda p, t: p.write_bytes(_getattr_import_payload(t)), ("builtins.getattr", "builtins.__import__"), ".pt"),
     "protocol0-global": (lambda p, t: p.write_bytes(_protocol0_payload(t)), ("system",), ".ckpt"),
@@ -849,6 +881,34 @@ def test_code_importing_pickle_is_refused(tmp_path, name):
     assert path.read_bytes() == before
 
 
+def test_a_payload_in_a_legacy_torch_file_is_fg001(tmp_path):
+    """torch's format before 1.6 writes several pickles one after another (magic number, version, system info, then
+    the state_dict): the payload sits in the fourth."""
+    target = tmp_path / "pwned"
+    torch.save({"0.weight": torch.ones(2, 2), "evil": _SystemPayload(target)}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    loaded = load_model_file(tmp_path / "legacy.pt")
+    assert loaded.refused and _named(list(loaded.findings[0].evidence["imports"]), "system") and not target.exists()
+
+
+def test_a_global_from_the_extension_registry_is_fg001(tmp_path):
+    """EXT1 looks a global up in copyreg's extension registry: whatever is registered there is imported."""
+    (tmp_path / "ext.pt").write_bytes(b"\x80\x02\x82\x01.")
+    loaded = load_model_file(tmp_path / "ext.pt")
+    assert loaded.refused and loaded.findings[0].evidence["imports"] == ["<extension registry>.code 1"]
+
+
+def test_sets_and_other_builtins_torch_save_writes_are_data_not_code(tmp_path):
+    """torch.save's protocol 2 names them as ``__builtin__ set``: a checkpoint holding a set of the classes seen had
+    been FG001, critical, "would run code"."""
+    sd = tiny_state_dict()
+    torch.save({"model": sd, "classes_seen": {1, 2}}, tmp_path / "set.pt")
+    assert_same(load_model_file(tmp_path / "set.pt").tensors, sd)
+    torch.save({"model": sd, "window": slice(1, 2)}, tmp_path / "slice.pt")  # torch's weights-only loader refuses it
+    with pytest.raises(InputError, match="it builds slice, which torch's weights-only loader does not"):
+        load_model_file(tmp_path / "slice.pt")
+
+
 def test_pickled_module_is_refused_with_state_dict_hint(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), path)
@@ -880,12 +940,16 @@ class _CustomLayer(nn.Module):
     pass
 
 
-@pytest.mark.parametrize("extra", [_RunstringPayload, _CustomLayer], ids=["unlisted-function", "custom-class"])
+@pytest.mark.parametrize("extra", [_RunstringPayload, _CustomLayer, "layer-module-function"],
+                         ids=["unlisted-function", "custom-class", "layer-module-function"])
 def test_pickled_module_with_anything_beyond_torch_layers_is_fg001(tmp_path, extra):
-    """Beside torch's layer classes, any other import is code the unpickler would run: FG001, not "export the weights"."""
+    """Beside torch's layer classes, any other import is code the unpickler would run: FG001, not "export the weights".
+    A function of a layer module (lower case) is not a layer class."""
     target = tmp_path / "pwned"
     path = tmp_path / "whole.pt"
     model = nn.Sequential(nn.Linear(4, 2))
+    if extra == "layer-module-function":
+        extra = lambda: torch.nn.modules.module.register_module_forward_hook  # noqa: E731
     model.extra = extra(target) if extra is _RunstringPayload else extra()
     torch.save(model, path)
     loaded = load_model_file(path)
@@ -1127,6 +1191,68 @@ def test_views_and_sparse_tensors_that_expand_far_past_what_they_store_are_refus
         load_model_file(tmp_path / "sparse.pt")
 
 
+def test_the_expansion_limits_hold_at_their_bounds(tmp_path):
+    """Sparse tensors may declare SPARSE_EXPANSION times their stored values beyond MAX_UNSTORED_VALUES; distinct
+    views of one storage may cover it twice (a flat buffer and its slices) plus MAX_UNSTORED_VALUES; one stride-0
+    view counts under each of its names."""
+    def sparse(stored: int, shape: tuple[int, int]) -> torch.Tensor:
+        return torch.sparse_coo_tensor(torch.stack([torch.arange(stored), torch.zeros(stored, dtype=torch.long)]),
+                                       torch.ones(stored), shape, check_invariants=True)  # fmt: skip
+
+    # 200 stored values may declare 2^24 + 1000 x 200 = 16,977,216 more: 4141 x 4100 is past it, 4140 x 4100 within
+    torch.save({"0.weight": sparse(200, (4141, 4100))}, tmp_path / "sparse.pt")
+    with pytest.raises(InputError, match="stores 200 values"):
+        load_model_file(tmp_path / "sparse.pt")
+    torch.save({"0.weight": sparse(200, (4140, 4100))}, tmp_path / "sparse_within.pt")
+    assert load_model_file(tmp_path / "sparse_within.pt").tensors["0.weight"].shape == (4140, 4100)
+    flat = torch.zeros(1 << 20)
+    length = (1 << 20) - 64
+    for count, refused in ((18, False), (19, True)):  # 18 x length - 2 x 2^20 is just under 2^24, 19 just over
+        torch.save({f"{i}.weight": flat[i : i + length] for i in range(count)}, tmp_path / "views.pt")
+        if refused:
+            with pytest.raises(InputError, match="with the file's other views"):
+                load_model_file(tmp_path / "views.pt")
+        else:
+            assert len(load_model_file(tmp_path / "views.pt").tensors) == count
+    one = torch.ones(1, 1).expand(2048, 1024)  # 2^21 shared values under each name, and once as its storage's cover
+    for count, refused in ((7, False), (8, True)):
+        torch.save({f"{i}.weight": one for i in range(count)}, tmp_path / "names.pt")
+        if refused:
+            with pytest.raises(InputError, match="with the file's other views"):
+                load_model_file(tmp_path / "names.pt")
+        else:
+            assert len(load_model_file(tmp_path / "names.pt").tensors) == count
+
+
+def test_storage_a_padded_pickle_creates_is_not_counted_as_held(tmp_path):
+    """The bytes a file holds for its tensors are its data/ members': a long string in data.pkl had counted."""
+
+    class Allocate:
+        def __reduce__(self):
+            return torch.Tensor, (1 << 16,)
+
+    torch.save({"model": {"0.weight": torch.ones(2, 2), "0.bias": Allocate()}, "note": "x" * 400_000}, tmp_path / "pad.pt")
+    with pytest.raises(InputError, match=r"its tensors claim \d+ bytes of storage but the file holds \d+"):
+        load_model_file(tmp_path / "pad.pt")
+
+
+def test_a_long_name_is_shortened_whatever_its_last_part():
+    from fedguard.loading import MAX_NAME, short_name
+
+    for name in ("a." + "b" * 10**6, "c" * 10**6, "d" * 10**6 + ".weight"):
+        shown = short_name(name)
+        assert len(shown) < MAX_NAME and "1,000,00" in shown
+
+
+def test_only_torch_and_torchvision_layer_classes_make_a_pickled_model():
+    """A pickled model of layer classes is asked to be re-exported; any other import is code (FG001)."""
+    from fedguard.pickle_scan import PickleScan
+
+    layers = {("torch.nn.modules.linear", "Linear"), ("torchvision.ops.misc", "FrozenBatchNorm2d")}
+    assert PickleScan(frozenset(layers)).pickled_module
+    assert not PickleScan(frozenset(layers | {("torchvision.datasets.folder", "ImageFolder")})).pickled_module
+
+
 def test_what_a_files_views_and_sparse_tensors_declare_beyond_their_storage_is_summed_over_the_file(tmp_path):
     """Each under the per-tensor limit, together far past it (a second review): 100 stride-0 views of one small
     storage (1.7e9 values, 109 s), 60 sparse layers of one stored value each (4.6 GB), a quantised stride-0 view
@@ -1197,21 +1323,33 @@ def test_a_pickle_pickletools_cannot_read_is_an_unknown_import(tmp_path, prefix)
     loaded = load_model_file(tmp_path / "evil.pt")
     assert loaded.refused and loaded.findings[0].rule_id == "FG001"
     assert loaded.findings[0].evidence["imports"] == ["<unknown>.<what follows bytes pickletools cannot read, in pickle 1>"]
+    # a legacy file's pickles one after another: torch reads five (the fifth its storage keys), each checked
+    header = pickle.dumps(0x1950A86A20F9469CFC6C, 2) + pickle.dumps(1001, 2) + pickle.dumps({"little_endian": True}, 2)
+    (tmp_path / "legacy.pt").write_bytes(header + pickle.dumps({}, 2) + payload[:-2] + b"].")
+    loaded = load_model_file(tmp_path / "legacy.pt")
+    assert loaded.refused
+    assert loaded.findings[0].evidence["imports"] == ["<unknown>.<what follows bytes pickletools cannot read, in pickle 5>"]
 
 
-def test_the_members_of_a_legacy_tar_checkpoint_are_scanned(tmp_path):
+@pytest.mark.parametrize("member, pickle_bytes, imports", [
+    ("storages", b"\x80\x02cos\nsystem\n(Vtrue\ntR0K\x00.", None),
+    ("pickle", b"I0x10\n0cos\nsystem\n(Vtrue\ntR0}.", "<unknown>.<what follows bytes pickletools cannot read, in pickle 1>"),
+], ids=["payload", "unreadable-start"])
+def test_the_members_of_a_legacy_tar_checkpoint_are_scanned(tmp_path, member, pickle_bytes, imports):
     """torch's oldest format keeps its pickles in tar members; the scan had read the file as one pickle (a first
-    member named ``N.`` is one) and never reached them."""
+    member named ``N.`` is one) and never reached them. A member's first pickle must be read through."""
     import io
     import tarfile
 
+    members = {"N.": b"x", "storages": b"\x80\x02K\x00.", "pickle": b"\x80\x02}.", member: pickle_bytes}
     with tarfile.open(tmp_path / "old.pt", "w") as archive:
-        for name, data in (("N.", b"x"), ("storages", b"\x80\x02cos\nsystem\n(Vtrue\ntR0K\x00."), ("pickle", b"\x80\x02}.")):
+        for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     loaded = load_model_file(tmp_path / "old.pt")
-    assert loaded.refused and {"os.system", "posix.system"} & set(loaded.findings[0].evidence["imports"])
+    found = set(loaded.findings[0].evidence["imports"]) if loaded.refused else set()
+    assert {imports} == found if imports else {"os.system", "posix.system"} & found
 
 
 @pytest.mark.parametrize("error, reason", [
@@ -1337,6 +1475,10 @@ def test_a_frame_that_runs_past_its_pickles_stop_is_an_unknown_import(tmp_path):
     evil = b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R."
     first = b"\x80\x04\x95" + (7).to_bytes(8, "little") + b"N.B" + len(evil).to_bytes(4, "little")
     (tmp_path / "framed.pt").write_bytes(first + evil + b".")
-    loaded = load_model_file(tmp_path / "framed.pt")
-    assert loaded.refused
-    assert loaded.findings[0].evidence["imports"] == ["<unknown>.<bytes after a STOP inside its frame, which Python's unpickler skips>"]
+    # one byte left in the frame: UNICODE reads to the end of a line, through the next pickle's os.system
+    real = b"\x80\x04\x8c\x05posix\x8c\x06system\x93\x8c\x04true\x85R0N\x8c\x01\n0N."
+    (tmp_path / "one_byte.pt").write_bytes(b"\x80\x04\x95" + (3).to_bytes(8, "little") + b"N.V" + real)
+    for name in ("framed.pt", "one_byte.pt"):
+        loaded = load_model_file(tmp_path / name)
+        assert loaded.refused
+        assert loaded.findings[0].evidence["imports"] == ["<unknown>.<bytes after a STOP inside its frame, which Python's unpickler skips>"]
