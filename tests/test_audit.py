@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
+import shlex
 import stat
 import sys
 from pathlib import Path
@@ -391,6 +393,12 @@ def test_an_update_that_is_the_models_weights_or_trains_a_frozen_layer_is_refuse
     for name in ("weights.pt", "flower.npz"):
         line = assert_input_error(invoke(*run, "--update", name))
         assert f"update {name} holds the model's weights, not an update (its distance from the model's parameters is 0." in line and "W_T - W_0" in line
+    generator = torch.Generator().manual_seed(0)  # W_T further from W_0: each weight about 10 % off
+    torch.save({k: p.detach() * (1 + 0.1 * torch.randn(p.shape, generator=generator)) for k, p in model.named_parameters()},
+               workdir / "noisy.pt")  # fmt: skip
+    with pytest.raises(InputError, match=r"update .*noisy.pt holds the model's weights, not an update \(its distance from "
+                                         r"the model's parameters is (9\.\d|10\.\d)% of its own size\)"):  # fmt: skip
+        load_update(workdir / "noisy.pt", model, batch_size=4)
 
     model.classifier[0].requires_grad_(False)  # the client's --arch freezes the head
     trained = {k: v for k, v in compute_update(lenet8(3), x, y).tensors.items()}  # ... but the update trains it
@@ -562,6 +570,34 @@ def test_missing_model_and_update_files(workdir):
     (workdir / "updates").mkdir()
     line = assert_input_error(invoke("--model", "global.pt", *TINY, "--data", "d.npz", "--update", "updates"))
     assert "is a directory; pass the update file" in line
+
+
+class _TouchPayload:
+    """Pickled, it runs ``touch target`` when loaded."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(self.target)}",))
+
+
+def test_an_update_that_would_run_code_when_loaded_is_refused_unloaded(workdir):
+    """An update file is a pickle as a model file is: one that imports os.system beside its tensors is refused as
+    code, from Python and on the command line, and never run."""
+    from fedguard.errors import InputError
+    from fedguard.update import load_update
+
+    digits_npz(workdir / "d.npz", n=4)
+    model = lenet8()
+    torch.save(model.state_dict(), workdir / "global.pt")
+    torch.save({**{k: torch.ones_like(v) for k, v in model.named_parameters()}, "evil": _TouchPayload(workdir / "pwned")},
+               workdir / "evil.pt")  # fmt: skip
+    with pytest.raises(InputError, match=r"update .*evil.pt would execute code when loaded; fedguard will not load it"):
+        load_update(workdir / "evil.pt", model, batch_size=4)
+    line = assert_input_error(invoke("--model", "global.pt", *TINY, "--data", "d.npz", "--update", "evil.pt"))
+    assert "update evil.pt would execute code when loaded" in line
+    assert not (workdir / "pwned").exists()
 
 
 def test_an_update_without_its_global_model_is_refused(workdir):
@@ -1021,6 +1057,7 @@ def test_python_api_a_module_that_cannot_be_audited_is_an_input_error(kind, mess
         ({"labels": torch.arange(0)}, "one integer class label per example"),
         ({"protocol": "fedavg", "local_lr": "x"}, "bad local_lr 'x'"),
         ({"labels": torch.tensor([0, 1, -100, 3])}, "labels hold negative values (min -100)"),  # ignore_index: dropped
+        ({"labels": torch.tensor([0.0, 1.7, 2.0, 3.0])}, "labels of shape [4] and dtype torch.float32 for 4 inputs"),  # not 1
         ({"inputs": torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)}, "inputs are torch.uint8; pass float images"),
         ({"inputs": torch.rand(4, 1, 8, 8, dtype=torch.float64)}, "inputs are torch.float64 but the model's weights torch.float32"),
         ({"seed": "a"}, "bad seed 'a'"),
@@ -1390,7 +1427,8 @@ def test_an_updates_declared_defense_is_checked_and_shown():
     assert Update(tensors=tensors, protocol="fedsgd", batch_size=4).defense == "unknown"
     for bad in ({"epsilon": "abc"}, {"epsilon": -3.0}, {"epsilon": float("nan")}, {"delta": 5.0}, {"delta": float("inf")},
                 {"defense": None}, {"defense": " "}, {"epsilon": 1.0}, {"defense": "none", "epsilon": 1.0},
-                {"defense": "dp-sgd", "delta": 1e-5}, {"defense_settings": {"std": "high"}}):  # fmt: skip
+                {"defense": "dp-sgd", "delta": 1e-5}, {"defense": "dp-sgd", "epsilon": 1.0, "delta": 1.0},
+                {"defense_settings": {"std": "high"}}):  # fmt: skip
         with pytest.raises(InputError, match="update (defense|epsilon|delta|defense_settings)"):
             Update(tensors=tensors, protocol="fedsgd", batch_size=4, **bad)
     declared = Update(tensors=tensors, protocol="fedsgd", batch_size=4, defense="dp-sgd", epsilon=2, delta=1e-5)
@@ -1503,7 +1541,7 @@ def test_an_update_object_is_checked_as_a_file_is():
     assert audit(model, update=prefixed, **run).attacks[0].label_counts_exact == 1.0  # as a DataParallel file would be
     # what no upload can be is refused when the Update is made (its methods had raised TypeError, AttributeError)
     for bad, message in (({"tensors": [1]}, "update.tensors is a list"), ({"batch_size": None}, "bad update batch_size None"),
-                         ({"protocol": "sgd"}, "unknown protocol 'sgd'")):  # fmt: skip
+                         ({"batch_size": 0}, "bad update batch_size 0"), ({"protocol": "sgd"}, "unknown protocol 'sgd'")):  # fmt: skip
         with pytest.raises(InputError, match=re.escape(message)):
             Update(**{"tensors": good.tensors, "protocol": "fedsgd", "batch_size": 4, **bad})
     numpy = Update(tensors={k: v.numpy() for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)

@@ -90,6 +90,10 @@ def _write_folder(root, sizes=((10, 12), (10, 12))):
 
 def test_folder_round_trip(tmp_path):
     pixels = _write_folder(tmp_path / "data")
+    # hidden entries are left out: a notebook's checkpoint folder is no class (it would come first, as class 0, with
+    # no images), macOS's ._ files beside the images are no images
+    (tmp_path / "data" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "data" / "ant" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     x, y = load_data(str(tmp_path / "data"))
     _check(x, y, (3, 10, 12))  # grey "ant" images repeated to the colour "cat" ones
     assert y.tolist() == [0, 0, 0, 1, 1, 1]  # sorted class names: ant=0, cat=1
@@ -186,6 +190,26 @@ def test_gif_palette_and_cmyk_image_files_load_as_their_colours(tmp_path):
         assert np.abs(x[i, :, 4, 4].numpy() * 255 - (200, 50, 10)).max() <= tolerance, i
 
 
+def test_grey_alpha_upper_case_and_32_bit_integer_image_files_load(tmp_path):
+    """A grey + alpha PNG is one grey channel, its alpha dropped (not two channels); X.PNG, as cameras name
+    files, is an image; a grey TIFF that Pillow opens in its 32-bit integer mode I, values up to 30000, reads as 16-bit
+    pixels, 30000 / 65535 (not refused as integers beyond 255)."""
+    from PIL import Image
+
+    for name in "abc":
+        (tmp_path / "d" / name).mkdir(parents=True)
+    Image.fromarray(np.dstack([np.full((4, 4), 200, np.uint8), np.full((4, 4), 255, np.uint8)])).save(tmp_path / "d" / "a" / "x.png")
+    Image.fromarray(np.full((4, 4), 100, np.uint8)).save(tmp_path / "d" / "b" / "X.PNG")
+    Image.fromarray(np.full((4, 4), 30000, np.int32)).save(tmp_path / "d" / "c" / "x.tif")
+    for file, mode in (("a/x.png", "LA"), ("c/x.tif", "I")):
+        with Image.open(tmp_path / "d" / file) as im:
+            assert im.mode == mode
+    x, y = load_data(tmp_path / "d")
+    _check(x, y, (1, 4, 4))
+    assert y.tolist() == [0, 1, 2]
+    assert torch.allclose(x.amax((1, 2, 3)), torch.tensor([200 / 255, 100 / 255, 30000 / 65535]))
+
+
 def test_twelve_bit_pixels_in_a_sixteen_bit_png_are_refused_full_range_ones_read(tmp_path):
     (tmp_path / "d" / "a").mkdir(parents=True)
     skimage.io.imsave(tmp_path / "d" / "a" / "x.png", np.full((4, 4), 4000, np.uint16), check_contrast=False)
@@ -215,6 +239,30 @@ def test_large_images_are_shrunk_while_read_to_what_a_full_size_resize_gives(tmp
     first = int(opened[0].split(".")[0])
     full = _fit(np.roll(smooth, 40 * first, axis=1).transpose(2, 0, 1)[None] / 255.0, (3, 30, 40), "full size")
     assert float((x[0] - full[0]).abs().mean()) < 0.01
+
+
+def test_npz_labels_as_a_column_and_bool_images_load(tmp_path):
+    """Labels of shape (N, 1), as a column sliced from a table, are the N labels; bool images are 0 and 1 (True 1.0)."""
+    np.savez(tmp_path / "d.npz", x=np.eye(4, dtype=bool)[None].repeat(3, 0), y=np.arange(3)[:, None])
+    x, y = load_data(tmp_path / "d.npz")
+    _check(x, y, (1, 4, 4))
+    assert y.tolist() == [0, 1, 2] and torch.equal(x[:, 0], torch.eye(4).expand(3, 4, 4))
+
+
+def test_an_input_shape_too_large_for_the_images_is_refused_before_any_is_decoded(tmp_path, monkeypatch):
+    """A folder's images and the built-in photographs are counted against the memory the input shape asks for before
+    the first one is opened (decoded first, a folder of thousands would be read whole to be refused)."""
+    import fedguard.data
+
+    _write_folder(tmp_path / "data")  # 6 images: 6 x 3x16x16 values
+    monkeypatch.setattr(fedguard.data, "MAX_DATA_VALUES", 1000)  # stands for 8 GiB
+    opened = []
+    real = fedguard.data._image_file
+    monkeypatch.setattr(fedguard.data, "_image_file", lambda f, size: opened.append(f.name) or real(f, size))
+    for spec in (tmp_path / "data", "images"):
+        with pytest.raises(InputError, match=r"images at input shape 3x16x16 would take 0 GiB; use a smaller"):
+            load_data(spec, (3, 16, 16))
+        assert opened == [], spec
 
 
 def test_big_endian_arrays_read_as_native_ones(tmp_path):
@@ -292,11 +340,14 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": np.full((4, 8, 8), np.nan, np.float32), "y": GOOD_Y}, r"NaN or infinite"),
         ({"x": np.full((4, 8, 8), 255.0, np.float32), "y": GOOD_Y}, r"values lie in \[255, 255\].*\[0, 1\]"),
         ({"x": np.full((4, 8, 8), 300, np.int64), "y": GOOD_Y}, r"integers in \[300, 300\].*uint8"),
+        ({"x": np.full((4, 8, 8), 256, np.int64), "y": GOOD_Y}, r"integers in \[256, 256\].*uint8"),  # one past 8 bits
         ({"x": np.eye(8, dtype=np.int64)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*bool or floats 0-1"),
         ({"x": np.eye(8, dtype=np.uint8)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*read as black"),
         ({"x": GOOD_X, "y": np.array([0, -1, 0, 1])}, r"negative labels"),
         ({"x": GOOD_X, "y": np.array([0, 0.5, 0, 1])}, r"non-integer labels"),
         ({"x": GOOD_X, "y": np.array([0, 1e20, 0, 1])}, r"labels up to 100000000000000000000, beyond any class"),  # had wrapped
+        ({"x": GOOD_X, "y": np.array([0, 2**63, 0, 1], np.uint64)}, r"labels up to 9223372036854775808, beyond any class"),
+        ({"x": GOOD_X, "y": np.array([0, np.inf, 0, 1])}, r"non-integer labels"),  # not a class, nor an OverflowError
         ({"x": GOOD_X, "y": np.eye(4)}, r"one integer class label per example"),
         ({"x": np.zeros((4, 8), np.uint8), "y": GOOD_Y}, r"N,H,W or N,C,H,W \(rows of features as N,1,F"),
         ({"x": np.zeros((0, 8, 8), np.uint8), "y": GOOD_Y[:0]}, r"no examples"),
@@ -322,9 +373,12 @@ def test_channels_colour_arrays_turn_grey_and_others_cannot_be_matched(tmp_path)
         load_data(path, (3, 8, 8))
 
 
-def test_missing_path_and_unknown_name(tmp_path):
+def test_missing_path_and_unknown_name(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"does not exist; check the path"):
         load_data(str(tmp_path / "nowhere.npz"))
+    monkeypatch.chdir(tmp_path)  # a file name alone, no folder: a path still, not a data set's name
+    with pytest.raises(InputError, match=r"data path nowhere.npz does not exist; check the path"):
+        load_data("nowhere.npz")
     with pytest.raises(InputError, match=r"does not exist"):
         load_data(str(tmp_path / "nowhere"))
     with pytest.raises(InputError, match=r"unknown data set 'cifar10'; use one of digits, images"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -248,6 +249,8 @@ def test_subnormal_settings_are_refused_by_their_own_names():
         GaussianNoise(1e-45)
     with pytest.raises(InputError, match="--max-grad-norm 1e-45 with --noise-multiplier 1 is below"):
         DPSGD(1.0, max_grad_norm=1e-45)
+    with pytest.raises(InputError, match=r"--max-grad-norm 1e-45 with --noise-multiplier 1e\+10 is below"):
+        DPSGD(1e10, max_grad_norm=1e-45)  # the noise (1e-35) is a normal float32, the clipping norm is not
 
 
 def test_pruning_zeroes_exactly_its_share_when_values_tie():
@@ -306,6 +309,39 @@ def test_a_convolution_that_pads_other_than_with_zeros_is_named(batch):
     model = build_model("lenet5_stride2", input_shape=(1, 8, 8))
     with pytest.raises(InputError, match="its layer features.0 is a convolution with padding_mode 'replicate'"):
         compute_update(model, x, y, defense=DPSGD(1.0))
+
+
+def test_delta_may_be_at_most_one_percent():
+    """A guarantee that fails with probability above 1 % is none; 1 % itself is taken (with a batch of over 100)."""
+    assert DPSGD(1.0, delta=0.01).delta == 0.01
+    with pytest.raises(InputError, match="is no guarantee; give a small probability of at most 0.01"):
+        DPSGD(1.0, delta=math.nextafter(0.01, 1.0))
+
+
+def test_parse_defense_passes_each_option_to_its_defense():
+    """The options given on the command line are the defense's settings (defaults only for those not given)."""
+    assert parse_defense("dp-sgd", noise_multiplier=2.0, max_grad_norm=0.1, delta=1e-6) == DPSGD(2.0, 0.1, 1e-6)
+    assert parse_defense("dp-sgd", noise_multiplier=2.0) == DPSGD(2.0, 1.0, 1e-5)
+    assert parse_defense("prune", prune_fraction=0.3) == Pruning(0.3)
+    assert parse_defense("noise", noise_std=0.2) == GaussianNoise(0.2)
+    assert parse_defense("none") is None
+
+
+def test_dp_sgd_trains_an_unused_head_and_an_unpadded_replicate_convolution(batch):
+    """A parameter the forward does not use (an auxiliary head) gets no per-example gradient from Opacus: its
+    gradient is zero (plus the noise), as without the defense; padding_mode matters only to a convolution that pads,
+    so one with padding 0 trains (only a padded one is refused)."""
+    x, y = batch
+    net = lenet8()
+    net.aux = torch.nn.Linear(48, 3)
+    private = compute_update(net, x, y, defense=DPSGD(1e-9, max_grad_norm=100.0))
+    plain = compute_update(lenet8(), x, y)
+    assert _max_difference({k: private.tensors[k] for k in plain.tensors}, plain.tensors) < 1e-6
+    assert float(private.tensors["aux.weight"].abs().max()) < 1e-6 and float(private.tensors["aux.bias"].abs().max()) < 1e-6
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=0, padding_mode="replicate"), torch.nn.Flatten(),
+                               torch.nn.Linear(72, 10))  # fmt: skip
+    assert compute_update(conv, x, y, defense=DPSGD(1.0)).epsilon > 0
 
 
 def test_delta_must_be_strictly_below_one_over_the_examples():
