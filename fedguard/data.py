@@ -192,7 +192,8 @@ def _fit(x: np.ndarray | torch.Tensor, shape: tuple[int, int, int] | None, what:
     if t.shape[1] != c:
         if t.shape[1] != 1:  # the input shape is the architecture's: changing it to fit the data would change the model
             raise InputError(
-                f"{what} has {t.shape[1]}-channel images but the architecture takes {c} (input shape {c},{h},{w}); "
+                f"{what} has {t.shape[1]}-channel images{'' if t.shape[1] <= 4 else f' (shape {tuple(t.shape)} read as N,C,H,W)'} "
+                f"but the architecture takes {c} (input shape {c},{h},{w}); "
                 f"give {c}-channel{' or 1-channel' if c != 1 else ''} data"
                 + (f" (channels-first arrays keep every channel: if the last is alpha, drop it, x[:, :{t.shape[1] - 1}])"
                    if t.shape[1] in (2, 4) else "")  # channels-last ones lose alpha, as image files do

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -371,6 +372,9 @@ def test_channels_colour_arrays_turn_grey_and_others_cannot_be_matched(tmp_path)
     path = _npz(tmp_path, x=np.zeros((4, 2, 8, 8), np.uint8), y=GOOD_Y)
     with pytest.raises(InputError, match=r"2-channel images but the architecture takes 3 \(input shape 3,8,8\); give 3-channel or 1-channel data \(channels-first arrays keep every channel: if the last is alpha, drop it, x\[:, :1\]\)$"):
         load_data(path, (3, 8, 8))
+    path = _npz(tmp_path, x=np.zeros((4, 8, 8, 5), np.uint8), y=GOOD_Y)  # five channels last are not read as such
+    with pytest.raises(InputError, match=re.escape("has 8-channel images (shape (4, 8, 8, 5) read as N,C,H,W) but the")):
+        load_data(path, (1, 8, 8))
 
 
 def test_missing_path_and_unknown_name(tmp_path, monkeypatch):
