@@ -79,21 +79,36 @@ class AuditProgress(Protocol):
     def message(self, text: str) -> None: ...
 
 
-class _ProgressRaised(Exception):
-    """The caller's progress object raised (its exception is the cause): the caller's fault to see, not an attack
-    that could not run on the model."""
+class _CallersProgress:
+    """The caller's progress object, remembering the exceptions its methods raise: the attack loop re-raises those
+    as they are, where any other exception is an attack that could not run on the model (a bug in a progress bar
+    had been reported as the attack skipped, and the verdict warn)."""
 
+    def __init__(self, progress: AuditProgress):
+        self.progress = progress
+        self.raised: list[BaseException] = []
 
-def _callers(method: Callable) -> Callable:
-    """``method`` of the caller's progress object, its exceptions raised as :class:`_ProgressRaised`."""
+    def raised_by_it(self, exc: BaseException) -> bool:
+        return any(exc is seen for seen in self.raised)
 
-    def call(*args):
+    def _call(self, method: str, *args) -> None:
         try:
-            return method(*args)
+            getattr(self.progress, method)(*args)
         except Exception as exc:
-            raise _ProgressRaised from exc
+            self.raised.append(exc)
+            raise
 
-    return call
+    def start(self, attack: str, total: int, seconds: float | None) -> None:
+        self._call("start", attack, total, seconds)
+
+    def update(self, attack: str, done: int, total: int, fields: dict) -> None:
+        self._call("update", attack, done, total, fields)
+
+    def finish(self, attack: str, stopped: str) -> None:
+        self._call("finish", attack, stopped)
+
+    def message(self, text: str) -> None:
+        self._call("message", text)
 
 
 # --------------------------------------------------------------------------- loading
@@ -894,6 +909,7 @@ def audit(
     from fedguard.attacks.craft import NothingToPlant
 
     stop = stop or threading.Event()
+    progress = _CallersProgress(progress) if progress is not None else None
     notify = progress.message if progress is not None else None
     skipped: dict[str, str] = {}
     unmeasured = False  # an attack that applies failed, or stopped before its first iteration
@@ -942,13 +958,13 @@ def audit(
                     continue
                 total = int(max_iterations or cls.default_iterations or 1)
                 if progress is not None:
-                    _callers(progress.start)(name, total, time_budget)
+                    progress.start(name, total, time_budget)
                     started = True
                 budget = Budget(
                     total,
                     time_budget,
                     stop,
-                    (lambda d, t, f, n=name: _callers(progress.update)(n, d, t, f)) if progress is not None else None,
+                    (lambda d, t, f, n=name: progress.update(n, d, t, f)) if progress is not None else None,
                     spent=labelling + crafting,
                 )
                 torch.manual_seed(seed)
@@ -962,9 +978,9 @@ def audit(
                     rec = dataclasses.replace(rec, seconds=rec.seconds + labelling + crafting, details={**rec.details, **before})
             except InputError:
                 raise
-            except _ProgressRaised as exc:
-                raise exc.__cause__ from None
             except Exception as exc:  # torch cannot do what the attack needs on this model, or the model's own code raised
+                if progress is not None and progress.raised_by_it(exc):
+                    raise  # the caller's own, as it was raised
                 why = first_line(exc)
                 if "more than 1 value per channel" in why:  # the batch itself trains (checked): the attack's own examples
                     why = "a BatchNorm layer in training mode cannot take the one example at a time it rebuilds"

@@ -75,9 +75,11 @@ def finite(value: Any, name: str, *, positive: bool, error: type[Exception] = In
 
 def class_labels(labels: Any, logits: Any) -> Any:
     """``labels`` (a tensor of class indices) when each names one of the classes of ``logits`` (cross-entropy's
-    input: classes along dimension 1); otherwise an InputError (cross-entropy's own error, "Target 10 is out of
+    input, ``[N, C, ...]``: classes along dimension 1); otherwise an InputError (cross-entropy's own error, "Target 10 is out of
     bounds", would be read as the model's fault)."""
-    outputs = logits.shape[1 if logits.dim() > 1 else 0]
+    if not hasattr(logits, "dim") or logits.dim() < 2:  # a tuple, one logit per example: cross-entropy says what is wrong
+        return labels
+    outputs = logits.shape[1]
     top = int(labels.max())
     if top >= outputs:
         raise InputError(f"labels reach {top} but the model has {outputs} outputs; pass labels from 0 to {outputs - 1}, "

@@ -129,8 +129,8 @@ def load_data(
                          "or (from Python) a pair (x, y)")
     text = _spec_text(spec)
     if text in DATASETS and os.path.lexists(text):
-        raise InputError(f"--data {text} names the built-in data set, but {spec!r} is also a file or folder here; "
-                         f"write ./{spec} for yours, or use the built-in set from another folder")  # fmt: skip
+        raise InputError(f"--data {text} names the built-in data set, but {text!r} is also a file or folder here; "
+                         f"write ./{text} for yours, or use the built-in set from another folder")  # fmt: skip
     if text == "digits":
         x, y = _digits()
     elif text == "images":
@@ -271,7 +271,7 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
         raise InputError(f"{what} has dtype {y.dtype}; store integer class labels 0, 1, 2, ...")
     if n and y.min() < 0:
         raise InputError(f"{what} holds negative labels (min {int(y.min())}); use class labels 0, 1, 2, ...")
-    if n and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:  # float labels of 1e20 had wrapped negative
+    if n and y.dtype.kind in "uf" and y.max() >= 2**63:  # beyond int64: float labels of 1e20 (or 2^63) had wrapped negative
         raise InputError(f"{what} holds labels up to {int(y.max())}, beyond any class; use class labels 0, 1, 2, ...")
     return y.astype(np.int64)
 
@@ -351,18 +351,18 @@ def _skimage_photos(shape: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarr
     return torch.cat(xs), np.array(ys, dtype=np.int64)
 
 
-def _listing(folder: Path) -> list[Path]:
-    """The folder's entries, hidden ones left out, sorted. A symbolic link to nothing named as an image or as a
-    folder (no extension) is an InputError: it had dropped out of the data without a word (a class folder's link
-    had shifted every later class's label down by one)."""
+def _listing(folder: Path, *, classes: bool = False) -> list[Path]:
+    """The folder's entries, hidden ones left out, sorted. A symbolic link to nothing is an InputError where it
+    would have been read: among a data folder's ``classes`` any but an image's (images there are not read: a class
+    folder's link had shifted every later class's label down by one), within a class an image's."""
     try:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as exc:
         raise InputError(f"cannot list data folder {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
     for p in entries:
         image = p.suffix.lower() in IMAGE_EXTENSIONS
-        if (image or not p.suffix) and p.is_symlink() and not p.exists():
-            what = ("image", "file", "image") if image else ("folder", "folder", "folder it stands for")
+        if image != classes and p.is_symlink() and not p.exists():
+            what = ("class folder", "folder", "class's images") if classes else ("image", "file", "image")
             raise InputError(f"{what[0]} {p} is a symbolic link to no {what[1]}; remove it or point it at the {what[2]}")
     return entries
 
@@ -412,7 +412,7 @@ def linked_folders(spec: str | os.PathLike[str] | None) -> list[Path]:
 def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
     """The image files of a folder of class subfolders and their labels (sorted subfolder names -> 0, 1, ..., as
     torchvision's ImageFolder numbers them)."""
-    entries = _listing(root)
+    entries = _listing(root, classes=True)
     if not entries:
         raise InputError(f"data folder {root} is empty; put one subfolder of images per class in it")
     classes = sorted(p for p in entries if p.is_dir())
@@ -493,6 +493,7 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(x) == 0:
         raise InputError(f"x in {path} holds no examples; save at least one image")
     y = _labels(np.asarray(y), len(x), f"y in {path}")
-    # a compressed member holds far more than its bytes on disk: the images as stored and as float32 must fit
-    refuse_beyond_memory(path, x.nbytes + 4 * x.size, "needs", "memory to read as float32 images")
+    # a compressed member holds far more than its bytes on disk: the images as stored (twice when reordered or
+    # byte-swapped) and as float32 must fit
+    refuse_beyond_memory(path, 2 * x.nbytes + 4 * x.size, "needs", "memory to read as float32 images")
     return _unit_range(np.ascontiguousarray(x), f"x in {path}"), y

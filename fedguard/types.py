@@ -44,7 +44,10 @@ class _Level(enum.IntEnum):
 
     __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = (_by_name(op) for op in ("eq", "ne", "lt", "le", "gt", "ge"))
 
-    def __hash__(self) -> int:  # as its name, which it equals: `level in {"medium", "high"}`, a dict keyed by names
+    def __hash__(self) -> int:
+        """As its lower-case name, which it equals: ``level in {"medium", "high"}`` and a dict keyed by names find it.
+        It also equals its number and its name in any case, which no one hash can follow: ``level in {3}`` does not
+        find it."""
         return hash(str(self))
 
 
@@ -141,6 +144,10 @@ class Finding:
     layer: str | None
     message: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # a detector's 3 or "high" as the member, which the renderers' tables are keyed by
+        object.__setattr__(self, "severity", Severity(self.severity))
+        object.__setattr__(self, "confidence", Confidence(self.confidence))
 
     def to_dict(self) -> dict[str, Any]:
         return {

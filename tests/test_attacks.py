@@ -258,6 +258,9 @@ def test_levels_and_verdicts():
     # hashed as their names, which they equal: a gate's `level in {"medium", "high"}` had never fired
     assert LeakageLevel.HIGH in {"medium", "high"} and {"high": 1}.get(LeakageLevel.HIGH) == 1
     assert Severity.MEDIUM in {"medium"} and Confidence.LOW in {"low"} and LeakageLevel.LOW not in {"medium", "high"}
+    # a finding made with a number or a name holds the member the renderers' tables are keyed by
+    made = Finding("FG999", "t", 3, "high", None, "m")
+    assert made.severity is Severity.HIGH and made.confidence is Confidence.HIGH
     # and severities and confidences, as --fail-on takes them (``report.at_or_above("medium")`` had been a TypeError)
     assert Severity.HIGH >= "medium" and Severity("low") is Severity.LOW and Confidence.LOW < "high" and str(Severity.INFO) == "info"
     with pytest.raises(ValueError, match="unknown severity 'mediun'; use one of info, low, medium, high, critical"):
@@ -577,6 +580,25 @@ def test_forward_flops_counts_the_multiply_adds_of_linear_convolution_and_attent
             return self.attention(x, x, x)[0]
 
     assert forward_flops(SelfAttention(), torch.rand(2, 3, 8)) == 2 * (3 * 8 * 8 + 8 * 8) * 6  # 6 tokens
+
+    class CrossAttention(SelfAttention):  # 6 queries, 20 keys and values: each projection on its own tokens
+        def forward(self, x):
+            memory = torch.ones(2, 10, 8)
+            return self.attention(x, key=memory, value=memory)[0]
+
+    assert forward_flops(CrossAttention(), torch.rand(2, 3, 8)) == 2 * 8 * 8 * (6 + 20 + 20 + 6)
+    spread = nn.ConvTranspose2d(3, 4, 2, stride=2)  # each of 2 x 16 input positions over a 3 x 4 x 2 x 2 kernel
+    assert forward_flops(spread, torch.rand(2, 3, 4, 4)) == 2 * (3 * 4 * 4) * 32
+
+    class Functional(nn.Module):  # no layer a hook sees: twice the parameters per example
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(10, 64))
+
+        def forward(self, x):
+            return F.linear(x.flatten(1), self.weight)
+
+    assert forward_flops(Functional(), torch.rand(2, 1, 8, 8)) == 2 * 640 * 2
 
 
 # --------------------------------------------------------------------------- image attacks

@@ -1325,6 +1325,8 @@ def test_the_audit_runs_without_the_callers_anomaly_detection_and_keeps_its_sigi
 
 def test_an_exception_of_the_callers_progress_object_reaches_the_caller():
     """It had been read as the attack failing on the model (skipped, verdict warn)."""
+    import signal
+
     from fedguard.audit import audit
 
     class Broken:
@@ -1337,9 +1339,31 @@ def test_an_exception_of_the_callers_progress_object_reaches_the_caller():
 
         def message(self, text): ...
 
-    with pytest.raises(ValueError, match="bug in my progress bar"):
+    with pytest.raises(ValueError, match="bug in my progress bar") as raised:
         audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["dlg"],
               max_iterations=2, progress=Broken())  # fmt: skip
+    assert raised.value.__cause__ is None and not raised.value.__suppress_context__  # as raised, not re-chained
+
+    class Chained(Broken):
+        def update(self, attack, done, total, fields):
+            raise ValueError("no terminal") from OSError("closed")
+
+    with pytest.raises(ValueError, match="no terminal") as raised:
+        audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["dlg"],
+              max_iterations=2, progress=Chained())  # fmt: skip
+    assert isinstance(raised.value.__cause__, OSError)  # the caller's own chain kept
+
+    class MessageBroken(Broken):
+        def update(self, attack, done, total, fields):  # Ctrl-C during the attack: the audit's handler says so
+            signal.raise_signal(signal.SIGINT)
+
+        def message(self, text):
+            raise RuntimeError("message broke")
+
+    with pytest.raises(RuntimeError, match="message broke"):
+        audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["dlg"],
+              max_iterations=2, progress=MessageBroken())  # fmt: skip
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_compute_update_refuses_labels_the_model_has_no_output_for_naming_its_own_arguments():
@@ -1362,6 +1386,9 @@ def test_compute_update_refuses_labels_the_model_has_no_output_for_naming_its_ow
 
     with pytest.raises(InputError, match=r"training the model on the batch failed \(.*\); check model, inputs and labels$"):
         compute_update(Fails(), x, torch.arange(4))
+    one_logit = nn.Sequential(nn.Flatten(0), nn.Linear(4 * 64, 4))  # one number per example: cross-entropy's own error
+    with pytest.raises(InputError, match=r"training the model on the batch failed \((?!.*outputs).*\); check model"):
+        compute_update(one_logit, x, torch.tensor([0, 1, 2, 5]))
 
 
 def test_the_audit_works_under_the_callers_float64_default_and_keeps_it():

@@ -130,10 +130,14 @@ def test_an_image_link_to_no_file_is_named(tmp_path):
     with pytest.raises(InputError, match=r"image .*gone.png is a symbolic link to no file; remove it"):
         load_data(str(tmp_path / "data"))
     (tmp_path / "data" / "ant" / "gone.png").unlink()
-    (tmp_path / "data" / "aardvark").symlink_to(tmp_path / "nowhere")  # a class folder's link: every label had shifted
-    with pytest.raises(InputError, match=r"folder .*aardvark is a symbolic link to no folder; remove it or point it at "
-                                         r"the folder it stands for$"):  # fmt: skip
-        load_data(str(tmp_path / "data"))
+    for name in ("aardvark", "ant.v2"):  # a class folder's link, whatever its name: every later label had shifted
+        (tmp_path / "data" / name).symlink_to(tmp_path / "nowhere")
+        with pytest.raises(InputError, match=rf"class folder .*{name} is a symbolic link to no folder; remove it or point "
+                                             r"it at the class's images$"):  # fmt: skip
+            load_data(str(tmp_path / "data"))
+        (tmp_path / "data" / name).unlink()
+    (tmp_path / "data" / "stray.png").symlink_to(tmp_path / "nowhere.png")  # images beside the classes are not read
+    assert load_data(str(tmp_path / "data"))[1].tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path):
@@ -347,6 +351,7 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": GOOD_X, "y": np.array([0, -1, 0, 1])}, r"negative labels"),
         ({"x": GOOD_X, "y": np.array([0, 0.5, 0, 1])}, r"non-integer labels"),
         ({"x": GOOD_X, "y": np.array([0, 1e20, 0, 1])}, r"labels up to 100000000000000000000, beyond any class"),  # had wrapped
+        ({"x": GOOD_X, "y": np.array([0, 2.0**63, 0, 1])}, r"labels up to 9223372036854775808, beyond any class"),
         ({"x": GOOD_X, "y": np.array([0, 2**63, 0, 1], np.uint64)}, r"labels up to 9223372036854775808, beyond any class"),
         ({"x": GOOD_X, "y": np.array([0, np.inf, 0, 1])}, r"non-integer labels"),  # not a class, nor an OverflowError
         ({"x": GOOD_X, "y": np.eye(4)}, r"one integer class label per example"),
@@ -456,14 +461,19 @@ def test_an_output_that_is_an_input_under_another_name_is_refused_even_with_forc
 
 def test_an_npz_whose_images_as_float32_outgrow_the_memory_is_refused_before_converting(tmp_path, monkeypatch):
     """A compressed member of zeros holds far more than its size on disk, and its images take four bytes a pixel
-    once read: 2.5 MB of uint8 zeros had reached 22 GiB."""
+    once read: 2.5 MB of uint8 zeros declare 2.4 GiB of pixels, which took about 22 GiB to convert."""
     import fedguard.io
 
     path = _npz(tmp_path, x=np.zeros((4, 8, 8), np.uint8), y=GOOD_Y)  # 256 bytes stored, 1 KiB as float32
-    monkeypatch.setattr(fedguard.io, "physical_memory", lambda: 1024)
+    import fedguard.data
+
+    converted = []
+    monkeypatch.setattr(fedguard.data, "_unit_range", lambda *args, **kwargs: converted.append(args))
+    monkeypatch.setattr(fedguard.io, "physical_memory", lambda: 1500)  # the stored images fit, twice; as float32 not
     with pytest.raises(InputError, match=r"bad.npz needs 0.0 GiB of memory to read as float32 images, more than this "
                                          r"machine's memory \(0.0 GiB\)"):  # fmt: skip
         load_data(path)
+    assert converted == []
 
 
 def test_a_data_path_with_spaces_in_its_name_is_read_as_given(tmp_path, monkeypatch):
