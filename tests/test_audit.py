@@ -2115,3 +2115,70 @@ def test_dlg_options_are_taken_when_every_attack_runs(workdir):
     assert result.exit_code == 2 and "sets up DLG" not in result.stderr and "out is a directory" in result.stderr
     result = invoke(*TINY, "--data", "digits", "--batch-size", "1", "--dlg-starts", "2", "--attack", "idlg")
     assert result.exit_code == 2 and "sets up DLG, which --attack leaves out" in result.stderr
+
+
+def test_the_text_reports_first_line_says_interrupted_fail_on_and_the_worst_attack():
+    """The verdict line carries what a reader needs beside the verdict: the --fail-on it was judged at, the attack
+    that leaked most, and that an interrupted audit's results are partial."""
+    import threading
+
+    from fedguard.audit import audit
+    from fedguard.reports.audit_text import AuditTextRenderer
+
+    run = dict(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, device="cpu")
+    stop = threading.Event()
+    stop.set()
+    stopped = AuditTextRenderer().render(audit(stop=stop, fail_on="medium", **run)).splitlines()[0]
+    assert stopped == "WARN  leakage not measured  fail-on medium  INTERRUPTED: partial results"
+    whole = AuditTextRenderer().render(audit(attacks=["label_counts"], **run)).splitlines()[0]
+    assert whole == "PASS  leakage low (worst: label_counts)  fail-on high"
+
+
+def test_the_text_reports_context_names_the_defense_applied():
+    """An update noised here is shown as such beside the protocol: the level measured is the noised update's."""
+    from fedguard.audit import audit
+    from fedguard.defenses import GaussianNoise
+    from fedguard.reports.audit_text import AuditTextRenderer
+
+    report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, device="cpu",
+                   attacks=["label_counts"], defense=GaussianNoise(0.01))  # fmt: skip
+    assert "fedsgd · defense noise applied here (std 0.01) · cpu" in AuditTextRenderer().render(report)
+
+
+def test_a_hostile_model_path_and_layer_name_are_escaped_in_the_text_report(workdir, monkeypatch):
+    """A --model path and a layer name a note quotes (the server names the layers) reach the terminal as escapes,
+    never as an OSC retitle or a screen clear."""
+    import copy
+
+    from fedguard.audit import audit
+    from fedguard.reports.audit_text import AuditTextRenderer
+    from fedguard.update import Update
+
+    name = "m\x1b]0;owned\x07.pt"
+    torch.save(lenet8().state_dict(), workdir / name)
+    result = invoke("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts")
+    assert_no_crash(result)
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "lenet (m\\x1b]0;owned\\x07.pt)" in result.stdout
+    source = ('from collections import OrderedDict\ndef net(num_classes=10, input_shape=input_shape):\n'
+              '    return nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 4, 3)), ("bn\\x1b[2J", nn.BatchNorm2d(4)),'
+              ' ("flat", nn.Flatten()), ("fc", nn.Linear(144, num_classes))]))\n')  # fmt: skip
+    with user_architectures(workdir, monkeypatch, "hostile_bn", source):
+        import hostile_bn
+
+        x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+        torch.manual_seed(0)
+        model = hostile_bn.net()
+        trained = copy.deepcopy(model).train()
+        optimiser = torch.optim.SGD(trained.parameters(), lr=0.01)
+        for _ in range(2):
+            optimiser.zero_grad()
+            F.cross_entropy(trained(x), y).backward()
+            optimiser.step()
+        before = model.state_dict()
+        delta = {k: v - before[k] for k, v in trained.state_dict().items() if v.is_floating_point()}
+        report = audit(model, arch="hostile_bn:net", input_shape=(1, 8, 8), data=(x, y), attacks=["label_counts"],
+                       update=Update(tensors=delta, protocol="fedavg", batch_size=4, local_steps=2, local_lr=0.01))
+    assert "bn\x1b[2J.running_mean" in report.notes[0]  # the note quotes the layer as named
+    text = AuditTextRenderer().render(report)
+    assert "\x1b" not in text and "e.g. bn\\x1b[2J.running_mean" in " ".join(text.split())

@@ -344,6 +344,15 @@ def test_sarif_json_names_a_sarif_report(clean_model, workdir):
     assert "has the extension of the sarif format but --format is json" in line and "report.json" in line
 
 
+def test_an_htm_output_is_an_html_report(high_model, workdir):
+    """``.htm`` is HTML's other extension: the page is written there, without --format, as for ``.html``."""
+    result = invoke("inspect", high_model, "-o", "r.htm")
+    assert_no_crash(result)
+    assert result.exit_code == 1 and result.stdout == ""
+    page = (workdir / "r.htm").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and '<span class="verdict v-malicious">MALICIOUS</span>' in page
+
+
 def test_output_where_no_file_can_be_written_is_refused_before_any_work(clean_model, workdir):
     """A folder that takes no files (/proc passes an access() check as root) and a write-protected report are named
     up front: an audit would otherwise run to its end and fail on writing, and its grids would be left behind."""
@@ -984,6 +993,40 @@ def test_demo_leaves_models_and_reports_it_did_not_write(workdir):
     torch.save(tiny_state_dict(), mkor)  # your model under a demo's name beside the demo's report: it had been replaced
     line = assert_input_error(invoke("demo", "--output-dir", workdir / "demo"))
     assert f"already holds {mkor}, which no earlier demo wrote" in line and mkor.read_bytes() != runs[0][mkor.name]
+
+
+def test_demo_refuses_a_link_under_a_models_name_before_any_work(workdir):
+    """A link in the models folder, even one leading nowhere yet, would have the demo write its model through it,
+    wherever it leads: refused before any work, the link and where it leads left alone."""
+    (workdir / "out" / "models").mkdir(parents=True)
+    link = workdir / "out" / "models" / "mkor-lenet5.pt"
+    link.symlink_to(workdir / "elsewhere.pt")
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "out"))
+    assert f"already holds {link}, which no earlier demo wrote" in line
+    assert link.is_symlink() and not (workdir / "elsewhere.pt").exists()
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["models"]
+
+
+def test_demo_names_an_output_dir_that_is_a_file(workdir):
+    (workdir / "notes").write_text("mine")
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "notes"))
+    assert f"--output-dir {workdir / 'notes'} exists and is not a folder; choose another path" in line
+
+
+def test_an_interrupted_rerun_of_the_demo_keeps_the_models_the_earlier_demo_wrote(workdir, monkeypatch):
+    """Only the models this run wrote and did not report on are removed; the earlier demo's, with their reports, stay."""
+    import fedguard.demo
+
+    fedguard.demo.run_demo("demo", echo=lambda line: None)
+    before = {p.name: p.read_bytes() for p in (workdir / "demo" / "models").iterdir()}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedguard.demo, "_write_models", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fedguard.demo.run_demo("demo", echo=lambda line: None)
+    assert {p.name: p.read_bytes() for p in (workdir / "demo" / "models").iterdir()} == before
 
 
 def test_the_demo_trains_its_honest_model_alike_on_any_number_of_cores(digits):

@@ -134,6 +134,7 @@ def test_from_given_weights(tmp_path):
         (["craft", "mkor", "--arch", "lenet", "--model", "missing.pt", "-o", "x.pt"], "does not exist"),
         (["craft", "mkor", "--arch", "lenet", "--model", ".", "-o", "x.pt"], "--model . is a directory; pass the global model's file"),
         (["craft", "mkor", "-o", "x.pt"], "give --arch"),
+        (["craft", "mkor", "--arch", "lenet", "-o", ""], "Invalid value for '-o' / '--output': the path is empty; name a file"),
         (["craft", "imprint", "--arch", "lenet", "--set", "num_bins=-1", "-o", "x.pt"], "num_bins=-1 must be at least 1"),
         (["craft", "imprint", "--arch", "lenet", "--set", "gain=nan", "-o", "x.pt"], "gain='nan' is not a number"),
         (["craft", "mkor", "--arch", "lenet", "--set", "bn=bogus", "-o", "x.pt"], "bn='bogus' is not 'identity' or 'keep'"),

@@ -728,3 +728,73 @@ def test_a_simulation_file_with_noise_is_recognised_as_fedguards(tmp_path):
 
     path = save_rounds(tmp_path / "rounds.npz", simulate_federation(users=10, rounds=60, dim=20, noise=0.01, seed=0))
     assert is_simulation_file(path)
+
+
+#: A simulation too short to pin every user's rounds (the time limit 0 leaves out the integer programs, so its
+#: outcome is the same on every machine): columns exact and estimated, one of the exact ones wrong, users alike.
+SHORT = ["--simulate", "--users", "10", "--rounds", "12", "--dim", "30", "--window", "6", "--time-limit", "0"]
+
+
+def test_cli_text_of_a_short_simulation_says_what_is_estimated_wrong_and_noted():
+    res = _run(SHORT)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "  recovered exactly: 0/10 users' updates, 2/10 columns (approximate 4, failed 4)" in lines
+    assert "  noise scale 0 (estimated), rank 10" in lines
+    assert ("  against the truth: P not exact, 2/10 columns right, 1 wrongly claimed exact, update relative error "
+            in res.output)  # fmt: skip
+    notes = [line for line in lines if line.startswith("  note: ")]
+    assert len(notes) == 3 and "are recovered as a set" in notes[-1]
+    assert lines[-1].startswith("  => 2 of 10 users' rounds recovered exactly, 4 estimated (estimated rounds are often")
+
+
+def test_the_text_summary_counts_updates_recovered_and_says_what_is_only_estimated_or_a_set():
+    """The last line counts users whose updates the sums give back (not columns: one who never took part has an exact
+    column but no update in them), says "estimated" where nothing is certified, and "as a set" for users alike."""
+    res = _run([*SHORT, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+
+    def said(**changes):
+        stages = {**doc["stages"], "zero": changes.pop("zero", 0)}
+        return render_disaggregation("text", {**doc, "stages": stages, **changes}).splitlines()[-1]
+
+    nothing_exact = said(users_recovered=0, users_exact=0, users_approximate=3)
+    assert nothing_exact.startswith("  => no user's rounds certified exact, 3 estimated (estimated rounds are often right")
+    alike = said(users_recovered=10, users_exact=10, users_approximate=0, interchangeable=[[3, 5], [6, 8, 9]])
+    assert alike == ("  => secure aggregation did not hide 10 users: their individual updates are recoverable (5 of them "
+                     "as a set among users with the same counts: whose is whose stays unknown)")  # fmt: skip
+    one = said(users_recovered=1, users_exact=1, users_approximate=0, interchangeable=[])
+    assert one == "  => secure aggregation did not hide 1 user: their individual updates are recoverable"
+    absent = said(users=11, users_recovered=10, users_exact=11, users_approximate=0, interchangeable=[], zero=1)
+    assert absent.startswith("  => secure aggregation did not hide 10 users:")
+    only_absent = said(users=11, users_recovered=0, users_exact=1, users_approximate=0, interchangeable=[], zero=1)
+    assert only_absent == "  => no user's individual update was recovered from these sums"
+
+
+def test_cli_takes_an_upper_case_npz_suffix_for_the_updates(tmp_path, monkeypatch):
+    """U.NPZ is an .npz (as a model's or a report's extension, the case of a suffix does not matter)."""
+    monkeypatch.chdir(tmp_path)
+    res = _run(["--simulate", "--users", "4", "--rounds", "20", "--dim", "8", "--window", "5", "--time-limit", "0",
+                "--updates", "U.NPZ", "-o", "r.json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert is_updates_file(tmp_path / "U.NPZ") and json.loads((tmp_path / "r.json").read_text())["updates_file"] == "U.NPZ"
+
+
+def test_cli_json_keeps_the_updates_file_exact_and_escapes_the_command_line(tmp_path):
+    """``jq -r .command_line[]`` must not send an escape sequence to a terminal; the file name stays exact, to open."""
+    updates = str(tmp_path / "\x1b]0;title\x07u.npz")
+    res = _run(["--simulate", "--users", "4", "--rounds", "20", "--dim", "8", "--window", "5", "--time-limit", "0",
+                "--updates", updates, "--format", "json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["updates_file"] == updates
+    assert doc["command_line"][-4:] == ["--updates", updates.replace("\x1b", "\\x1b").replace("\x07", "\\x07"), "--format",
+                                        "json"]  # fmt: skip
+
+
+def test_cli_refuses_a_rounds_file_beside_simulate(tmp_path, good):
+    """Which would be attacked, the file or a simulation? Neither is picked silently."""
+    rounds = _npz(tmp_path / "rounds.npz", **good)
+    res = _run([rounds, "--simulate"])
+    assert res.exit_code == 2 and "give either ROUNDS.npz or --simulate, not both" in res.output, res.output

@@ -568,3 +568,87 @@ def test_sarif_gives_each_rule_its_worst_severity_and_each_finding_its_own_finge
     (run,) = json.loads(render("sarif", malicious, RULES))["runs"]
     rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
     assert [rules[r]["properties"]["security-severity"] for r in ("FG003", "FG005", "FG010")] == ["9.5", "5.5", "3.0"]
+
+
+def test_text_escapes_a_hostile_path_and_evidence(malicious):
+    """The verdict line's path and a finding's evidence come from the file system and the model file: a terminal
+    must see their escapes, never an OSC retitle, a screen clear or a right-to-left override."""
+    first = dataclasses.replace(malicious.findings[0], evidence={"layer": "fc\x1b[2J\u202e", "n_rows": 3})
+    hostile = dataclasses.replace(malicious, path="m\x1b]0;owned\x07.pt", findings=(first,))
+    out = render("text", hostile, RULES)
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert out.splitlines()[0].startswith("MALICIOUS  m\\x1b]0;owned\\x07.pt  (sha256 ")
+    assert "evidence: layer=fc\\x1b[2J\\u202e, n_rows=3" in out
+
+
+def test_text_context_line_counts_the_detectors_run_not_the_findings(clean):
+    """Three detectors that found nothing are three detectors, not none (and one finding from three is three)."""
+    assert render("text", clean, RULES).splitlines()[1] == "format safetensors · arch lenet5 · 3 detectors in 0.03 s"
+    low = Finding("FG010", "Odd key", Severity.INFO, Confidence.LOW, None, "Just so you know.", {})
+    one = dataclasses.replace(clean, findings=(low,))
+    assert render("text", one, RULES).splitlines()[1].endswith(" · 3 detectors in 0.03 s")
+
+
+def test_html_summary_keeps_the_rules_of_every_model_not_only_the_first(malicious, clean):
+    """A clean model listed first leaves the appendix with the rules every later model's findings cite."""
+    page = render_summary([clean, malicious], RULES, title="t")
+    for rule_id in {f.rule_id for f in malicious.findings}:
+        assert f'id="rule-{rule_id}"' in page
+    assert 'id="rule-FG020"' not in page
+
+
+def test_html_summary_refuses_more_descriptions_than_reports(malicious, clean):
+    """One description too many is a mistake in the caller's list (shifted by one), not something to drop."""
+    with pytest.raises(InputError, match="3 descriptions for 2 reports; give one per report"):
+        render_summary([malicious, clean], RULES, title="t", descriptions=["crafted", "honest", "extra"])
+
+
+def test_a_png_is_fedguards_own_only_with_both_the_png_signature_and_fedguards_mark(tmp_path):
+    """A later audit replaces only the grids an earlier one wrote: a user's own PNG beside the report (no mark) and a
+    file that merely holds the mark (not a PNG) are not fedguard's."""
+    import io
+
+    from PIL import Image
+
+    from fedguard.reports.grids import PNG_MARK, encode_png, is_fedguard_png
+
+    ours = tmp_path / "ours.png"
+    ours.write_bytes(encode_png(np.zeros((4, 4, 3), dtype=np.uint8)))
+    photo = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(photo, format="PNG")
+    theirs = tmp_path / "theirs.png"
+    theirs.write_bytes(photo.getvalue())
+    marked = tmp_path / "notes.png"
+    marked.write_bytes(b"my notes: " + PNG_MARK)
+    assert is_fedguard_png(ours)
+    assert not is_fedguard_png(theirs) and not is_fedguard_png(marked)
+
+
+def test_html_counts_one_detector_in_the_singular_and_none_in_the_plural(clean):
+    one = render("html", dataclasses.replace(clean, detectors_run=("imprint",)), RULES)
+    assert "No findings: 1 detector ran and found nothing to report" in one
+    none = render("html", dataclasses.replace(clean, detectors_run=()), RULES)
+    assert "No findings: 0 detectors ran and found nothing to report" in none
+
+
+def test_html_keeps_a_finding_in_the_root_module_apart_from_one_about_the_file(malicious):
+    """A bare nn.Linear saved as it is has tensors ``weight`` and ``bias``: their layer is the root module, named
+    ``""``, not the file (layer None), in the page as in the text report."""
+    root = dataclasses.replace(malicious.findings[0], layer="")
+    page = render("html", dataclasses.replace(malicious, findings=(root,)), RULES)
+    assert "<td><code></code></td>" in page and '<span class="muted">file</span>' not in page
+
+
+def test_grid_puts_each_true_image_above_its_reconstruction():
+    import io
+
+    from PIL import Image
+
+    from fedguard.reports.grids import grid_png
+
+    true, rebuilt = torch.zeros(2, 1, 8, 8), torch.full((2, 1, 8, 8), 0.5)  # black above grey
+    grid = np.asarray(Image.open(io.BytesIO(grid_png(true, rebuilt))).convert("L"))
+    column = grid[:, 2 + 3]  # through the first pair
+    tiles = column[column < 255]
+    assert len(tiles) == 2 * 64  # enlarged to 64 pixels a side
+    assert (tiles[:64] == 0).all() and (abs(tiles[64:].astype(int) - 128) <= 1).all()
