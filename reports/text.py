@@ -158,15 +158,13 @@ class TextRenderer(Renderer):
                     f"in {report.seconds:.2f} s{'; ' + more if (more := more_detectors(report)) else ''})",
                     style="green",
                 )
-            elif worst < Severity.CRITICAL:
+            else:  # a clean verdict's findings are all below medium (inspect.judge)
                 floor = Severity(int(worst) + 1)
                 summary = Text(
                     f"clean: no findings at or above {floor} "
                     f"({plural(len(findings), 'lower finding')}: {per_severity})",
                     style="green",
                 )
-            else:
-                summary = Text(f"clean, with {plural(len(findings), 'finding')}: {per_severity}", style="green")
         else:
             summary = Text(f"{plural(len(findings), 'finding')}: {per_severity}")
         console.print(summary, soft_wrap=True)

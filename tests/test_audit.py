@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import shlex
 import stat
 import sys
 from pathlib import Path
@@ -32,6 +30,7 @@ from fedguard.cli import main
 
 from .cli_checks import assert_input_error, assert_no_crash
 from .helpers import lenet8, skipped_when_asked
+from .payloads import SystemPayload
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--arch", "lenet", "--input-shape", "1,8,8"]
@@ -572,16 +571,6 @@ def test_missing_model_and_update_files(workdir):
     assert "is a directory; pass the update file" in line
 
 
-class _TouchPayload:
-    """Pickled, it runs ``touch target`` when loaded."""
-
-    def __init__(self, target):
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(self.target)}",))
-
-
 def test_an_update_that_would_run_code_when_loaded_is_refused_unloaded(workdir):
     """An update file is a pickle as a model file is: one that imports os.system beside its tensors is refused as
     code, from Python and on the command line, and never run."""
@@ -591,7 +580,7 @@ def test_an_update_that_would_run_code_when_loaded_is_refused_unloaded(workdir):
     digits_npz(workdir / "d.npz", n=4)
     model = lenet8()
     torch.save(model.state_dict(), workdir / "global.pt")
-    torch.save({**{k: torch.ones_like(v) for k, v in model.named_parameters()}, "evil": _TouchPayload(workdir / "pwned")},
+    torch.save({**{k: torch.ones_like(v) for k, v in model.named_parameters()}, "evil": SystemPayload(workdir / "pwned")},
                workdir / "evil.pt")  # fmt: skip
     with pytest.raises(InputError, match=r"update .*evil.pt would execute code when loaded; fedguard will not load it"):
         load_update(workdir / "evil.pt", model, batch_size=4)

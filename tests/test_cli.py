@@ -8,7 +8,6 @@ console script in a real subprocess.
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
 import os
@@ -35,6 +34,7 @@ from fedguard.cli import main
 
 from .cli_checks import assert_input_error, assert_no_crash
 from .helpers import tiny_state_dict
+from .payloads import ExecPayload, PopenPayload, SystemPayload, short_unicode
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "reports" / "schemas" / "inspect-report.schema.json"
 ANSI = "\x1b["
@@ -436,42 +436,19 @@ def test_non_finite_weights_are_a_finding_not_an_input_error(workdir, value):
 # --------------------------------------------------------------------------- malicious pickles
 
 
-class _SystemPayload:
-    def __init__(self, target):
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(self.target)}",))
-
-
-class _PopenPayload(_SystemPayload):
-    def __reduce__(self):
-        return (subprocess.Popen, (["touch", self.target],))
-
-
-class _ExecPayload(_SystemPayload):
-    def __reduce__(self):
-        return (builtins.exec, (f"open({self.target!r}, 'w').close()",))
-
-
-def _unicode(text: str) -> bytes:
-    raw = text.encode()
-    return b"\x8c" + bytes([len(raw)]) + raw
-
-
 def _stack_global(target) -> bytes:
     """Protocol 4 STACK_GLOBAL whose two strings come back from the memo (BINGET)."""
-    return (b"\x80\x04" + _unicode("os") + b"\x94" + _unicode("system") + b"\x94" + b"00h\x00h\x01\x93"
-            + _unicode(f"touch {shlex.quote(str(target))}") + b"\x85R.")
+    return (b"\x80\x04" + short_unicode("os") + b"\x94" + short_unicode("system") + b"\x94" + b"00h\x00h\x01\x93"
+            + short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R.")
 
 
 PAYLOADS = {
-    "os-system": (lambda p, t: p.write_bytes(pickle.dumps(_SystemPayload(t))), {"os.system", "posix.system"}),
-    "subprocess-popen": (lambda p, t: p.write_bytes(pickle.dumps(_PopenPayload(t))), {"subprocess.Popen"}),
-    "builtins-exec": (lambda p, t: p.write_bytes(pickle.dumps(_ExecPayload(t))), {"builtins.exec"}),
-    "torch-zip": (lambda p, t: torch.save({"evil": _SystemPayload(t), "w": torch.ones(2, 2)}, p), {"os.system", "posix.system"}),
+    "os-system": (lambda p, t: p.write_bytes(pickle.dumps(SystemPayload(t))), {"os.system", "posix.system"}),
+    "subprocess-popen": (lambda p, t: p.write_bytes(pickle.dumps(PopenPayload(t))), {"subprocess.Popen"}),
+    "builtins-exec": (lambda p, t: p.write_bytes(pickle.dumps(ExecPayload(t))), {"builtins.exec"}),
+    "torch-zip": (lambda p, t: torch.save({"evil": SystemPayload(t), "w": torch.ones(2, 2)}, p), {"os.system", "posix.system"}),
     "stack-global-memo": (lambda p, t: p.write_bytes(_stack_global(t)), {"os.system"}),
-    "protocol0-global": (lambda p, t: p.write_bytes(pickle.dumps(_SystemPayload(t), protocol=0)), {"os.system", "posix.system"}),
+    "protocol0-global": (lambda p, t: p.write_bytes(pickle.dumps(SystemPayload(t), protocol=0)), {"os.system", "posix.system"}),
 }
 
 
@@ -800,7 +777,7 @@ def _run(args, cwd):
 def test_end_to_end_malicious_pickle(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "global.pt"
-    torch.save({"payload": _SystemPayload(target), "fc.weight": torch.ones(2, 2)}, path)
+    torch.save({"payload": SystemPayload(target), "fc.weight": torch.ones(2, 2)}, path)
     proc = _run(["inspect", str(path), "--format", "json"], tmp_path)
     assert not target.exists()
     assert proc.returncode == 1, proc.stderr

@@ -8,13 +8,11 @@ shown to be live in a subprocess first, so "no file was created" means something
 from __future__ import annotations
 
 import ast
-import builtins
 import hashlib
 import importlib
-import os
 import pickle
-import shlex
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ from fedguard.loading import CODE_IMPORT_RULE, load_model_file
 from fedguard.types import Severity, Verdict
 
 from .helpers import tiny_state_dict
+from .payloads import ExecPayload, PopenPayload, SystemPayload, short_unicode
 
 
 # --------------------------------------------------------------------------- models
@@ -693,39 +692,16 @@ def test_corrupt_tensor_bytes_are_detected(tmp_path):
 # --------------------------------------------------------------------------- malicious pickles
 
 
-class _SystemPayload:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(str(self.target))}",))
-
-
-class _PopenPayload(_SystemPayload):
-    def __reduce__(self):
-        return (subprocess.Popen, (["touch", str(self.target)],))
-
-
-class _ExecPayload(_SystemPayload):
-    def __reduce__(self):
-        return (builtins.exec, (f"open({str(self.target)!r}, 'w').close()",))
-
-
-def _short_unicode(text: str) -> bytes:
-    raw = text.encode()
-    return b"\x8c" + bytes([len(raw)]) + raw
-
-
 def _stack_global_payload(target: Path) -> bytes:
     """Protocol 4: "os" and "system" memoized, popped, then fetched back with BINGET for STACK_GLOBAL."""
     return (
         b"\x80\x04"
-        + _short_unicode("os") + b"\x94"        # memo 0
-        + _short_unicode("system") + b"\x94"    # memo 1
+        + short_unicode("os") + b"\x94"        # memo 0
+        + short_unicode("system") + b"\x94"    # memo 1
         + b"00"                                 # POP POP: the strings are only in the memo now
         + b"h\x00h\x01"                         # BINGET 0, BINGET 1
         + b"\x93"                               # STACK_GLOBAL -> os.system
-        + _short_unicode(f"touch {shlex.quote(str(target))}")
+        + short_unicode(f"touch {shlex.quote(str(target))}")
         + b"\x85R."                             # TUPLE1 REDUCE STOP
     )
 
@@ -734,18 +710,18 @@ def _stack_global_decoy(target: Path) -> bytes:
     """Protocol 4: "os" "system" pushed, then a decoy pair "collections" "OrderedDict" pushed and popped: the
     STACK_GLOBAL takes os.system, not the last two strings the pickle spelt out."""
     return (
-        b"\x80\x04" + _short_unicode("os") + _short_unicode("system")
-        + _short_unicode("collections") + _short_unicode("OrderedDict") + b"00"  # POP POP: the decoy is gone
-        + b"\x93" + _short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
+        b"\x80\x04" + short_unicode("os") + short_unicode("system")
+        + short_unicode("collections") + short_unicode("OrderedDict") + b"00"  # POP POP: the decoy is gone
+        + b"\x93" + short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
     )
 
 
 def _pop_mark_decoy(target: Path) -> bytes:
     """Protocol 4: the decoy pair pushed after a MARK and dropped with POP_MARK; STACK_GLOBAL takes os.system."""
     return (
-        b"\x80\x04" + _short_unicode("os") + _short_unicode("system")
-        + b"(" + _short_unicode("collections") + _short_unicode("OrderedDict") + b"1"  # MARK ... POP_MARK
-        + b"\x93" + _short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
+        b"\x80\x04" + short_unicode("os") + short_unicode("system")
+        + b"(" + short_unicode("collections") + short_unicode("OrderedDict") + b"1"  # MARK ... POP_MARK
+        + b"\x93" + short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
     )
 
 
@@ -753,9 +729,9 @@ def _appends_decoy(target: Path) -> bytes:
     """Protocol 4: the decoy pair under two lists that MARK ... APPENDS fill and four POPs drop; STACK_GLOBAL takes
     os.system."""
     return (
-        b"\x80\x04" + _short_unicode("os") + _short_unicode("system")
-        + _short_unicode("collections") + _short_unicode("OrderedDict") + b"](e](e0000"  # EMPTY_LIST MARK APPENDS, x2
-        + b"\x93" + _short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
+        b"\x80\x04" + short_unicode("os") + short_unicode("system")
+        + short_unicode("collections") + short_unicode("OrderedDict") + b"](e](e0000"  # EMPTY_LIST MARK APPENDS, x2
+        + b"\x93" + short_unicode(f"touch {shlex.quote(str(target))}") + b"\x85R."
     )
 
 
@@ -781,17 +757,17 @@ def _getattr_import_payload(target: Path) -> bytes:
 
 def _protocol0_payload(target: Path) -> bytes:
     """Protocol 0 text pickle: GLOBAL 'os system' (no PROTO byte at the start)."""
-    data = pickle.dumps(_SystemPayload(target), protocol=0)
+    data = pickle.dumps(SystemPayload(target), protocol=0)
     assert data[:1] == b"c"
     return data
 
 
 #: name -> (writer(path, target), callables that must be named, file suffix)
 PAYLOADS = {
-    "os-system": (lambda p, t: p.write_bytes(pickle.dumps(_SystemPayload(t))), ("system",), ".pt"),
-    "subprocess-popen": (lambda p, t: p.write_bytes(pickle.dumps(_PopenPayload(t))), ("subprocess.Popen",), ".pt"),
-    "builtins-exec": (lambda p, t: p.write_bytes(pickle.dumps(_ExecPayload(t))), ("builtins.exec",), ".pth"),
-    "torch-zip": (lambda p, t: torch.save({"evil": _SystemPayload(t), "0.weight": torch.ones(2, 2)}, p), ("system",), ".pt"),
+    "os-system": (lambda p, t: p.write_bytes(pickle.dumps(SystemPayload(t))), ("system",), ".pt"),
+    "subprocess-popen": (lambda p, t: p.write_bytes(pickle.dumps(PopenPayload(t))), ("subprocess.Popen",), ".pt"),
+    "builtins-exec": (lambda p, t: p.write_bytes(pickle.dumps(ExecPayload(t))), ("builtins.exec",), ".pth"),
+    "torch-zip": (lambda p, t: torch.save({"evil": SystemPayload(t), "0.weight": torch.ones(2, 2)}, p), ("system",), ".pt"),
     "stack-global-memo": (lambda p, t: p.write_bytes(_stack_global_payload(t)), ("os.system",), ".bin"),
     "stack-global-decoy": (lambda p, t: p.write_bytes(_stack_global_decoy(t)), ("os.system",), ".pt"),
     "pop-mark-decoy": (lambda p, t: p.write_bytes(_pop_mark_decoy(t)), ("os.system",), ".pt"),
@@ -799,7 +775,7 @@ PAYLOADS = {
     "npz-stack-global-decoy": (lambda p, t: _npz_object_member(p, _stack_global_decoy(t)), ("os.system",), ".npz"),
     "getattr-import": (lambda p, t: p.write_bytes(_getattr_import_payload(t)), ("builtins.getattr", "builtins.__import__"), ".pt"),
     "protocol0-global": (lambda p, t: p.write_bytes(_protocol0_payload(t)), ("system",), ".ckpt"),
-    "npz-object-array": (lambda p, t: np.savez(p, w=np.ones((2, 2)), evil=np.array([_SystemPayload(t)], dtype=object)),
+    "npz-object-array": (lambda p, t: np.savez(p, w=np.ones((2, 2)), evil=np.array([SystemPayload(t)], dtype=object)),
                          ("system",), ".npz"),  # np.load(allow_pickle=True) runs it
 }
 
@@ -885,7 +861,7 @@ def test_a_payload_in_a_legacy_torch_file_is_fg001(tmp_path):
     """torch's format before 1.6 writes several pickles one after another (magic number, version, system info, then
     the state_dict): the payload sits in the fourth."""
     target = tmp_path / "pwned"
-    torch.save({"0.weight": torch.ones(2, 2), "evil": _SystemPayload(target)}, tmp_path / "legacy.pt",
+    torch.save({"0.weight": torch.ones(2, 2), "evil": SystemPayload(target)}, tmp_path / "legacy.pt",
                _use_new_zipfile_serialization=False)  # fmt: skip
     loaded = load_model_file(tmp_path / "legacy.pt")
     assert loaded.refused and _named(list(loaded.findings[0].evidence["imports"]), "system") and not target.exists()
@@ -921,13 +897,13 @@ def test_pickled_module_with_payload_is_fg001(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "whole.pt"
     model = nn.Sequential(nn.Linear(4, 2))
-    model.payload = _SystemPayload(target)
+    model.payload = SystemPayload(target)
     torch.save(model, path)
     loaded = load_model_file(path)
     assert loaded.refused and not target.exists()
 
 
-class _RunstringPayload(_SystemPayload):
+class _RunstringPayload(SystemPayload):
     """Code run through a function of a module no deny list names (numpy's test helper ``runstring``)."""
 
     def __reduce__(self):
