@@ -75,8 +75,8 @@ def finite(value: Any, name: str, *, positive: bool, error: type[Exception] = In
 
 def class_labels(labels: Any, logits: Any) -> Any:
     """``labels`` (a tensor of class indices) when each names one of the classes of ``logits`` (cross-entropy's
-    input, ``[N, C, ...]``: classes along dimension 1); otherwise an InputError (cross-entropy's own error, "Target 10 is out of
-    bounds", would be read as the model's fault)."""
+    input, ``[N, C, ...]``: classes along dimension 1); otherwise an InputError (cross-entropy's own error,
+    "Target 10 is out of bounds", would be read as the model's fault)."""
     if not hasattr(logits, "dim") or logits.dim() < 2:  # a tuple, one logit per example: cross-entropy says what is wrong
         return labels
     outputs = logits.shape[1]
