@@ -11,6 +11,7 @@ leaks ``high``; label counts alone leak ``low`` and iDLG alone ``medium``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import re
@@ -1472,11 +1473,21 @@ def test_an_update_declared_private_but_without_noise_is_at_least_warn():
     assert not any("no DP noise is measurable" in n for n in report.notes), report.notes
 
 
+def _two_sgd_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` after two steps of SGD at lr 0.01 on ``(x, y)`` in training mode (BatchNorm's running
+    statistics move too)."""
+    trained = copy.deepcopy(model).train()
+    optimiser = torch.optim.SGD(trained.parameters(), lr=0.01)
+    for _ in range(2):
+        optimiser.zero_grad()
+        F.cross_entropy(trained(x), y).backward()
+        optimiser.step()
+    return trained
+
+
 def test_an_update_with_batchnorm_running_statistics_is_at_least_warn(tmp_path):
     """Flower's state_dict lists send BatchNorm's running statistics beside the parameters; no attack reads them, so
     the audit cannot vouch for them (they had been dropped without a word)."""
-    import copy
-
     from fedguard.architectures import build_model
     from fedguard.audit import audit
     from fedguard.update import Update
@@ -1484,13 +1495,7 @@ def test_an_update_with_batchnorm_running_statistics_is_at_least_warn(tmp_path):
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
     torch.manual_seed(0)
     model = build_model("convnet", input_shape=(1, 8, 8))
-    trained = copy.deepcopy(model).train()
-    optimiser = torch.optim.SGD(trained.parameters(), lr=0.01)
-    for _ in range(2):
-        optimiser.zero_grad()
-        F.cross_entropy(trained(x), y).backward()
-        optimiser.step()
-    before = model.state_dict()
+    trained, before = _two_sgd_steps(model, x, y), model.state_dict()
     delta = {k: v - before[k] for k, v in trained.state_dict().items() if v.is_floating_point()}
     run = dict(arch="convnet", input_shape=(1, 8, 8), data=(x, y), attacks=["label_counts"])
     report = audit(model, update=Update(tensors=delta, protocol="fedavg", batch_size=4, local_steps=2, local_lr=0.01), **run)
@@ -2137,8 +2142,6 @@ def test_the_text_reports_context_names_the_defense_applied():
 def test_a_hostile_model_path_and_layer_name_are_escaped_in_the_text_report(workdir, monkeypatch):
     """A --model path and a layer name a note quotes (the server names the layers) reach the terminal as escapes,
     never as an OSC retitle or a screen clear."""
-    import copy
-
     from fedguard.audit import audit
     from fedguard.reports.audit_text import AuditTextRenderer
     from fedguard.update import Update
@@ -2158,16 +2161,40 @@ def test_a_hostile_model_path_and_layer_name_are_escaped_in_the_text_report(work
         x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
         torch.manual_seed(0)
         model = hostile_bn.net()
-        trained = copy.deepcopy(model).train()
-        optimiser = torch.optim.SGD(trained.parameters(), lr=0.01)
-        for _ in range(2):
-            optimiser.zero_grad()
-            F.cross_entropy(trained(x), y).backward()
-            optimiser.step()
-        before = model.state_dict()
+        trained, before = _two_sgd_steps(model, x, y), model.state_dict()
         delta = {k: v - before[k] for k, v in trained.state_dict().items() if v.is_floating_point()}
         report = audit(model, arch="hostile_bn:net", input_shape=(1, 8, 8), data=(x, y), attacks=["label_counts"],
                        update=Update(tensors=delta, protocol="fedavg", batch_size=4, local_steps=2, local_lr=0.01))
     assert "bn\x1b[2J.running_mean" in report.notes[0]  # the note quotes the layer as named
     text = AuditTextRenderer().render(report)
     assert "\x1b" not in text and "e.g. bn\\x1b[2J.running_mean" in " ".join(text.split())
+
+
+
+@pytest.mark.parametrize(
+    "error, code, message",
+    [
+        (BrokenPipeError(32, "Broken pipe"), 1, None),  # `| head -1`: the reader took what it wanted
+        (OSError(28, "No space left on device"), 2,
+         "cannot write the report to standard output (No space left on device); write it to a file with -o"),
+    ],
+    ids=["reader-gone", "disk-full"],
+)
+def test_a_stdout_that_takes_no_report_keeps_the_verdicts_exit_code_or_says_so(workdir, monkeypatch, error, code, message):
+    """A reader gone away ends the printing, not the verdict: exit 0 there lets a leaky update through. A stdout that
+    cannot take the report (a full disk) is one line naming -o: the report silently lost had read as written."""
+    import click
+
+    real_echo = click.echo
+
+    def echo(message=None, file=None, nl=True, err=False, color=None):
+        if err or file is not None:
+            return real_echo(message, file=file, nl=nl, err=err, color=color)
+        raise error
+
+    monkeypatch.setattr(click, "echo", echo)
+    result = invoke(*TINY, "--data", "digits", "--batch-size", "8", "--attack", "label_counts", "--fail-on", "low")
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    if message is not None:
+        assert message in assert_input_error(result)

@@ -129,11 +129,13 @@ def test_from_given_weights(tmp_path):
         (["craft", "mkor", "--arch", "lenet", "-o", "x.onnx"], "use one of .pt, .pth, .safetensors, .npz"),
         (["craft", "mkor", "--arch", "lenet", "--set", "bogus=1", "-o", "x.pt"], "mkor has no option 'bogus'"),
         (["craft", "mkor", "--arch", "lenet", "--set", "noise", "-o", "x.pt"], "is not KEY=VALUE"),
+        (["craft", "mkor", "--arch", "lenet", "--set", "=0.01", "-o", "x.pt"], "'=0.01' is not KEY=VALUE"),  # no key
         (["craft", "mkor", "--arch", "lenet", "--set", "noise=1", "--set", "noise=2", "-o", "x.pt"], "--set noise is given twice (1 and 2)"),
         (["craft", "mkor", "--arch", "no_such_net", "-o", "x.pt"], "no_such_net"),
         (["craft", "mkor", "--arch", "lenet", "--model", "missing.pt", "-o", "x.pt"], "does not exist"),
         (["craft", "mkor", "--arch", "lenet", "--model", ".", "-o", "x.pt"], "--model . is a directory; pass the global model's file"),
         (["craft", "mkor", "-o", "x.pt"], "give --arch"),
+        (["craft", "mkor", "--arch", "lenet", "--num-classes", "0", "-o", "x.pt"], "--num-classes': 0 is not in the range x>=1"),
         (["craft", "mkor", "--arch", "lenet", "-o", ""], "Invalid value for '-o' / '--output': the path is empty; name a file"),
         (["craft", "imprint", "--arch", "lenet", "--set", "num_bins=-1", "-o", "x.pt"], "num_bins=-1 must be at least 1"),
         (["craft", "imprint", "--arch", "lenet", "--set", "gain=nan", "-o", "x.pt"], "gain='nan' is not a number"),
@@ -238,3 +240,45 @@ def test_a_crafted_model_written_is_exit_0_even_when_stderr_is_full(tmp_path):
         done = subprocess.run([sys.executable, "-m", "fedguard", "craft", "mkor", "--arch", "mlp", "-o", "m.pt"],
                               stderr=full, cwd=tmp_path, timeout=300)  # fmt: skip
     assert done.returncode == 0 and (tmp_path / "m.pt").stat().st_size > 0
+
+
+def test_an_upper_case_suffix_names_the_same_format(tmp_path):
+    """M.NPZ is an .npz, as a model's extension is read anywhere else: refusing it as no known suffix would be wrong."""
+    out = tmp_path / "M.NPZ"
+    res = _run("craft", "mkor", "--arch", "mlp", "-o", out)
+    assert res.exit_code == 0, res.output
+    with np.load(out) as arrays:
+        assert set(arrays.files) == set(load_model_file(out).tensors)
+
+
+def test_the_demo_inspects_each_lenet5_as_a_client_would(tmp_path, monkeypatch):
+    """The demo's page says the LeNet-5s are inspected with --arch lenet5 on 64 of the client's digits: without the
+    data the behavioural checks would not run, without the arch the Flower .npz's layers would go unchecked."""
+    import fedguard.attacks.craft as craft_module
+    import fedguard.demo as demo
+    from fedguard.architectures import build_model
+
+    # the models themselves do not matter here, only how the demo inspects them: no training, no crafting
+    monkeypatch.setattr(demo, "_train_benign", lambda inputs, labels, seed: build_model(demo.ARCH))
+    monkeypatch.setattr(craft_module, "craft", lambda attack, model, **kwargs: model)
+    monkeypatch.setattr(craft_module, "craft_model", lambda attack, arch, input_shape, **kwargs: build_model(arch, input_shape=input_shape))
+    inputs, labels = torch.rand(100, *demo.SHAPE), torch.arange(100) % 10
+    options = {model.path.name: model.options for model in demo._write_models(tmp_path, inputs, labels)}
+    assert sorted(options) == sorted(demo.MODEL_FILES)
+    client = ["benign-lenet5.pt", *(f"{attack}-lenet5.pt" for attack, _ in demo.CRAFTED)]
+    for name in client:
+        x, y = options[name]["data"]
+        assert options[name]["arch"] == "lenet5" and torch.equal(x, inputs[:64]) and torch.equal(y, labels[:64]), name
+    assert options["flower-benign-lenet5.npz"] == {"arch": "lenet5"}  # a list of arrays names no layers: the arch does
+
+
+def test_the_demo_refuses_a_folder_named_summary_html_before_any_work(tmp_path):
+    """A folder where the demo's page goes is refused before any work: else the demo crafts and inspects every model,
+    then fails writing the page."""
+    from fedguard.demo import run_demo
+    from fedguard.errors import InputError
+
+    (tmp_path / "out" / "summary.html").mkdir(parents=True)
+    with pytest.raises(InputError, match="summary.html is a directory"):
+        run_demo(tmp_path / "out", echo=lambda line: None)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.html"]  # no models, no reports

@@ -798,3 +798,33 @@ def test_cli_refuses_a_rounds_file_beside_simulate(tmp_path, good):
     rounds = _npz(tmp_path / "rounds.npz", **good)
     res = _run([rounds, "--simulate"])
     assert res.exit_code == 2 and "give either ROUNDS.npz or --simulate, not both" in res.output, res.output
+
+
+SMALL = ["--simulate", "--users", "4", "--rounds", "20", "--dim", "8", "--window", "5", "--time-limit", "0"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--participation", "0"], "0.0 is not in the range 0<x<1"),  # nobody in any round: nothing to recover
+        (["--noise", "1001"], "1001.0 is not in the range 0<=x<=1000"),
+        (["--time-limit", "-1"], "-1.0 is not in the range x>=0"),
+        (["--updates", "same.npz", "--save-rounds", "same.npz"], "--output, --updates and --save-rounds must be different files"),
+    ],
+)
+def test_cli_refuses_settings_out_of_range_and_two_files_in_one(tmp_path, monkeypatch, args, message):
+    """Each is refused before the run, one line, exit 2; two outputs in one file would leave only the last written."""
+    monkeypatch.chdir(tmp_path)
+    res = _run([*SMALL, *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "same.npz").exists()
+
+
+def test_cli_quiet_with_only_updates_prints_nothing_and_the_report_format_follows_its_extension(tmp_path, monkeypatch):
+    """-q with --updates and no --output writes the updates and prints no report; -o r.json without --format is JSON."""
+    monkeypatch.chdir(tmp_path)
+    res = _run([*SMALL, "--updates", "u.npz", "-q"])
+    assert res.exit_code == 0 and res.output == "" and is_updates_file(tmp_path / "u.npz"), res.output
+    res = _run([*SMALL, "-o", "r.json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["users_recovered"] >= 0

@@ -652,3 +652,181 @@ def test_grid_puts_each_true_image_above_its_reconstruction():
     tiles = column[column < 255]
     assert len(tiles) == 2 * 64  # enlarged to 64 pixels a side
     assert (tiles[:64] == 0).all() and (abs(tiles[64:].astype(int) - 128) <= 1).all()
+
+
+# --------------------------------------------------------------------------- audit reports, built by hand
+
+
+def _audit_report(**changes):
+    """An audit report built by hand (no attack run): a label attack at low, an image attack at high with its starts,
+    grids and a partial batch, one that rebuilt nothing, a skipped attack and a hostile note."""
+    from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Leakage, LeakageLevel, SampleLeak
+
+    def outcome(name, kind, level, **kw):
+        fields = dict(title=name.upper(), reference="Someone, 2020", psnr_mean=None, psnr_max=None, ssim_mean=None,
+                      ssim_max=None, mse_mean=None, label_accuracy=None, label_count_error=None, label_counts_exact=None,
+                      samples=(), iterations=7, seconds=1.0, stopped="done")  # fmt: skip
+        return AttackOutcome(name=name, kind=kind, level=level, **{**fields, **kw})
+
+    sample = SampleLeak(index=0, match=0, psnr=30.0, ssim=0.9, mse=0.001, label=3, rebuilt_label=3, level=LeakageLevel.HIGH)
+    attacks = (
+        outcome("label_counts", "labels", LeakageLevel.LOW, label_accuracy=0.5, label_count_error=2, label_counts_exact=0.25),
+        outcome("dlg", "images", LeakageLevel.HIGH, psnr_mean=20.0, psnr_max=30.0, ssim_mean=0.5, ssim_max=0.9,
+                samples=(sample,), starts=4, start_success_rate=0.75, recovered_fraction=0.5, image_file="audit.txt-dlg.png"),
+        outcome("inverting_gradients", "images", LeakageLevel.NONE, psnr_mean=9.0, psnr_max=9.0, ssim_mean=0.1,
+                ssim_max=0.1, samples=(sample, dataclasses.replace(sample, index=1, match=1))),
+        outcome("fc_inversion", "images", LeakageLevel.NONE, details={"why_nothing": "no bias to divide by"}),
+    )
+    thresholds = {"high_psnr": 25.0, "high_ssim": 0.8, "medium_psnr": 18.0, "medium_ssim": 0.5,
+                  "low_psnr_over_baseline": 3.0, "low_ssim": 0.25, "ssim_over_baseline": 0.1, "low_label_accuracy": 0.5}
+    report = AuditReport(
+        verdict=AuditVerdict.BLOCK,
+        leakage=Leakage(LeakageLevel.HIGH, {a.name: a.level for a in attacks}, "dlg", 12.0, thresholds),
+        attacks=attacks, skipped={"idlg": "needs <b>one</b> example"}, fail_on=LeakageLevel.HIGH,
+        model={"arch": "lenet", "path": "m.pt", "sha256": "ab" * 32, "n_parameters": 1000, "input_shape": [1, 8, 8],
+               "num_classes": 10},
+        data={"spec": "digits", "batch_size": 2, "n_examples": 10, "batch_indices": [0, 1], "class_counts": [1, 1],
+              "auxiliary_examples": 0, "sha256": None},
+        update={"protocol": "fedsgd", "batch_size": 2, "defense": "none", "epsilon": None, "delta": None,
+                "source": "computed", "sha256": None, "norm": 1.0, "defense_settings": None},
+        threat={"labels": "infer", "local_schedule": True, "auxiliary_data": True},
+        config={"seed": 0, "device": "cpu", "exposure_requested": False}, seconds=3.0,
+        notes=("a note <script>alert(1)</script>",),
+    )
+    return dataclasses.replace(report, **changes)
+
+
+def _exposure_doc(outcome="exposed", rounds=30, note=None, **settings):
+    """An exposure section as ``ClientExposure.to_dict`` gives it, with three what-ifs after the configured one."""
+    settings = {"users_per_round": 4, "participation": 0.5, "users": 8, "window": 5, "stable_rounds": 100, "noise": 0.0,
+                **settings}
+    scenarios = [
+        {"label": "as configured", "change": "", "outcome": outcome, "rounds_to_exposure": rounds, "note": note},
+        {"label": "DP noise 0.1 on the sums", "change": "noise 0 -> 0.1", "outcome": "exposed", "rounds_to_exposure": 60,
+         "note": "cut at 60 by the time limit"},
+        {"label": "counts per 25 rounds", "change": "window 5 -> 25", "outcome": "not identifiable",
+         "rounds_to_exposure": None, "note": "too few rounds"},
+        {"label": "participation 0.25", "change": "participation 0.5 -> 0.25", "outcome": "not exposed",
+         "rounds_to_exposure": None, "note": None},
+    ]
+    return {"method": "gradient disaggregation", "settings": settings, "outcome": outcome, "rounds_to_exposure": rounds,
+            "target_error": 0.05, "seconds": 1.0, "scenarios": scenarios}
+
+
+def test_audit_text_report_says_each_attacks_own_level_numbers_and_what_it_rebuilt():
+    """The text audit report built by hand: a row read at the overall level, mean and max swapped, a start count of
+    every start, a missing line (recovered share, label counts, partial batch, nothing rebuilt, skipped, grids,
+    thresholds) or one where it does not belong would each mislead the reader."""
+    from fedguard.reports.audit_text import AuditTextRenderer
+
+    text = AuditTextRenderer().render(_audit_report())
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split() and line.split()[0] in
+            ("label_counts", "dlg", "inverting_gradients")}  # fmt: skip
+    assert rows["label_counts"][1] == "low" and rows["dlg"][1] == "high" and rows["inverting_gradients"][1] == "none"
+    assert rows["dlg"][2] == "20.0/30.0"  # mean/max, as the header says
+    assert "dlg: 3 of 4 random starts reached the high level (75%)" in text
+    assert "dlg: 50% of the batch recovered" in text
+    assert "dlg: rebuilt 1 of 2 examples; the rest are not in its means" in text
+    assert "inverting_gradients: rebuilt" not in text  # it rebuilt the whole batch
+    assert "fc_inversion: rebuilt nothing: no bias to divide by" in text
+    assert "label_counts: 25% of per-class counts exact, count error 2 over 2 examples" in text
+    assert "skipped idlg: needs <b>one</b> example" in text
+    assert "secure aggregation across rounds: not analysed (turned off)" in text
+    assert "grids: audit.txt-dlg.png" in text
+    assert "high >= 25 dB or SSIM >= 0.8; medium >= 18 dB" in " ".join(text.split())
+    asked = AuditTextRenderer().render(_audit_report(config={"seed": 0, "device": "cpu", "exposure_requested": True}))
+    assert "not analysed (the audit was interrupted before it)" in asked
+
+
+def test_audit_text_report_lists_every_what_if_with_its_rounds_and_only_the_notes_that_apply():
+    """Each what-if after the configured federation, with the rounds it takes: a dropped row, an outcome without its
+    rounds or the note of an unidentifiable one would misstate the defence."""
+    from fedguard.reports.audit_text import AuditTextRenderer
+
+    text = AuditTextRenderer().render(_audit_report(exposure=_exposure_doc()))
+    assert "what if as configured" not in text
+    assert "what if DP noise 0.1 on the sums: exposed after 60 rounds (cut at 60 by the time limit)" in text
+    assert "what if counts per 25 rounds: not identifiable\n" in text
+    assert "what if participation 0.25: not exposed\n" in text
+
+
+def test_the_audit_sentences_say_each_outcome_threat_and_defense():
+    """exposure_summary, threat_items and defense_summary case by case: each branch a user reads."""
+    from fedguard.reports.audit_sentences import defense_summary, exposure_summary, threat_items
+
+    assert "4 users per round (participation 0.5, 8 in all), counts per 5 rounds" in exposure_summary(_exposure_doc())
+    assert "hides this update for only 30 rounds:" in exposure_summary(_exposure_doc())
+    assert "30 rounds or fewer (time limits" in exposure_summary(_exposure_doc(note="cut short by the time limit"))
+    alone = exposure_summary(_exposure_doc(rounds=1, users=1, users_per_round=1, participation=1.0))
+    assert alone.startswith("secure aggregation cannot hide this update") and "recovered after 1 round" in alone
+    assert "100 stable rounds are too few" in exposure_summary(_exposure_doc("not identifiable", None))
+    assert "did not recover this update within 100 rounds" in exposure_summary(_exposure_doc("not exposed", None))
+    cut = exposure_summary(_exposure_doc("cut short", None, note="time budget of 5 s spent"))
+    assert "the analysis was cut short (time budget of 5 s spent)" in cut
+    assert exposure_summary(_exposure_doc("not run", None, note="stopped")) == "the exposure analysis did not run (stopped)"
+
+    report = _audit_report()
+    assert threat_items(report) == ["server knows: the model and batch size", "labels inferred", "no public data"]
+    known = _audit_report(threat={"labels": "known", "local_schedule": False, "auxiliary_data": True},
+                          update={**report.update, "protocol": "fedavg"}, data={**report.data, "auxiliary_examples": 5})
+    assert threat_items(known) == ["server knows: the model and batch size", "the true labels",
+                                   "not the local schedule", "5 public examples"]  # fmt: skip
+    no_aux = _audit_report(threat={"labels": "infer", "local_schedule": True, "auxiliary_data": False},
+                           update={**report.update, "protocol": "fedavg"}, data={**report.data, "auxiliary_examples": 5})
+    assert threat_items(no_aux)[2:] == ["the local schedule", "no public data"]
+
+    assert defense_summary({"defense": "none", "epsilon": 1.0}) is None
+    assert defense_summary({"defense": "dp", "epsilon": 1.0, "delta": 1e-5}) == "defense dp (epsilon 1, delta 1e-05, as declared)"
+    at_bound = defense_summary({"defense": "dp_sgd", "defense_settings": {"clip": 1.0}, "epsilon": 10.0, "delta": 1e-5})
+    assert "epsilon 10 at delta 1e-05" in at_bound and "weak guarantee" not in at_bound
+    above = defense_summary({"defense": "dp_sgd", "defense_settings": {"clip": 1.0}, "epsilon": 10.5, "delta": 1e-5})
+    assert "above 10, a weak guarantee" in above
+
+
+def test_audit_html_page_shows_the_verdict_levels_sections_and_escapes_what_it_quotes():
+    """The HTML audit page built by hand: the verdict (not the fail-on), each attack's own level chip, the starts, the
+    next step, notes, skipped attacks, grids as PNG data, the threat, defense, thresholds and exposure, every quoted
+    string escaped."""
+    from fedguard.reports.audit_html import AuditHtmlRenderer
+
+    report = _audit_report(interrupted=True,
+                           update={**_audit_report().update, "defense": "dp", "epsilon": 2.0, "delta": 1e-5})
+    page = AuditHtmlRenderer().render(report, images={"dlg": b"\x89PNG fake"})
+    assert '<span class="verdict v-block">BLOCK</span>' in page
+    assert '<span class="chip l-low">low</span>' in page and '<span class="chip l-none">none</span>' in page
+    assert "<code>dlg</code>: 3 of 4 random starts reached the high level." in page
+    assert "Do not upload this update as it is" in page
+    assert "a note &lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert "<h3>Skipped</h3>" in page and "<code>idlg</code>: needs &lt;b&gt;one&lt;/b&gt; example" in page
+    assert '<img src="data:image/png;base64,iVBORyBmYWtl"' in page and '<p class="privacy">' in page
+    assert "interrupted: partial results" in page
+    assert "server knows: the model and batch size; labels inferred; no public data" in page
+    assert "defense dp (epsilon 2, delta 1e-05, as declared)" in page
+    assert "Levels per example, counted only 3 dB" in page
+    assert "Not analysed (turned off)" in page and "Across rounds:" not in page
+    exposed = AuditHtmlRenderer().render(_audit_report(exposure=_exposure_doc()))
+    assert "Across rounds: secure aggregation hides this update for only 30 rounds" in exposed
+    assert '<img src="data:' not in exposed and '<p class="privacy">' not in exposed
+
+
+def test_the_report_format_follows_the_output_name_whatever_its_case():
+    """resolve_format: the extension names the format in any case (R.SARIF.JSON is SARIF, R.HTML HTML), a .txt takes
+    any --format, another format's extension contradicts --format, and an extension this command has no format for
+    is refused rather than written as text."""
+    from pathlib import Path
+
+    from fedguard.options import format_suffixes, resolve_format
+
+    inspect_formats = format_suffixes(RENDERERS)
+    assert resolve_format(None, Path("R.SARIF.JSON"), inspect_formats) == "sarif"
+    assert resolve_format(None, Path("R.HTML"), inspect_formats) == "html"
+    assert resolve_format(None, Path("r.htm"), inspect_formats) == "html"
+    assert resolve_format(None, Path("r.json"), inspect_formats) == "json"
+    assert resolve_format(None, None, inspect_formats) == "text"
+    assert resolve_format("json", Path("r.txt"), inspect_formats) == "json"
+    with pytest.raises(InputError, match="has the extension of the html format but --format is json"):
+        resolve_format("json", Path("r.html"), inspect_formats)
+    with pytest.raises(InputError, match="has the extension of a model, data or image file"):
+        resolve_format(None, Path("R.PT"), inspect_formats)
+    with pytest.raises(InputError, match="this command writes no HTML report"):
+        resolve_format(None, Path("r.html"), {"text": ".txt", "json": ".json"})
