@@ -419,6 +419,7 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
     if not classes:
         raise InputError(f"data folder {root} has no class subfolders; put the images in one subfolder per class")
     files, labels, seen = [], [], {root.resolve()}
+    owners: dict[tuple[int, int], tuple[Path, int]] = {}  # each file (device, inode) with the first class it is in
     for label, folder in enumerate(classes):
         if folder.resolve() in seen:  # a link to a folder read already: its images would carry two labels
             raise InputError(f"class folder {folder} leads to a folder read already (as another class, or the data "
@@ -428,6 +429,12 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
             raise InputError(
                 f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some or remove the folder"
             )
+        for file in found:  # a file linked (or hard-linked) into two classes would carry two labels
+            info = file.stat()
+            first, owner = owners.setdefault((info.st_dev, info.st_ino), (file, label))
+            if owner != label:
+                raise InputError(f"image {file} is the same file as {first}, in another class (a link); give each "
+                                 "image one class")  # fmt: skip
         files += found
         labels += [label] * len(found)
     return files, np.array(labels, dtype=np.int64)

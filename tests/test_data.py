@@ -138,6 +138,14 @@ def test_an_image_link_to_no_file_is_named(tmp_path):
         (tmp_path / "data" / name).unlink()
     (tmp_path / "data" / "stray.png").symlink_to(tmp_path / "nowhere.png")  # images beside the classes are not read
     assert load_data(str(tmp_path / "data"))[1].tolist() == [0, 0, 0, 1, 1, 1]
+    first = sorted((tmp_path / "data" / "ant").iterdir())[0]
+    (tmp_path / "data" / "cat" / "also.png").symlink_to(first)  # one image in two classes would carry two labels
+    with pytest.raises(InputError, match=r"image .*also.png is the same file as .*ant.*, in another class \(a link\); "
+                                         r"give each image one class$"):  # fmt: skip
+        load_data(str(tmp_path / "data"))
+    (tmp_path / "data" / "cat" / "also.png").unlink()
+    (tmp_path / "data" / "ant" / "again.png").symlink_to(first)  # twice in its own class: an example read twice
+    assert load_data(str(tmp_path / "data"))[1].tolist() == [0, 0, 0, 0, 1, 1, 1]
 
 
 def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path):
