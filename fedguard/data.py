@@ -431,6 +431,8 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
             )
         for file in found:  # a file linked (or hard-linked) into two classes would carry two labels
             info = file.stat()
+            if not info.st_ino:  # a file system without inode numbers (some FUSE mounts): no file is told apart
+                continue
             first, owner = owners.setdefault((info.st_dev, info.st_ino), (file, label))
             if owner != label:
                 raise InputError(f"image {file} is the same file as {first}, in another class (a link); give each "
