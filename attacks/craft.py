@@ -61,7 +61,7 @@ from fedguard.architectures import (
 )
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
-from fedguard.layers import layer_input
+from fedguard.layers import forward_hooks, layer_input
 from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating, own_torch_state
@@ -140,7 +140,6 @@ def _trace(model: nn.Module, input_shape: Shape) -> list[_Site]:
     sites: list[_Site] = []
     seen: set[int] = set()
     names = {id(m): n for n, m in model.named_modules()}
-    hooks = []
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         if id(module) in seen or not args or not isinstance(args[0], torch.Tensor):
@@ -149,18 +148,12 @@ def _trace(model: nn.Module, input_shape: Shape) -> list[_Site]:
         out_shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
         sites.append(_Site(names.get(id(module), ""), module, tuple(args[0].shape), out_shape))
 
-    for m in model.modules():
-        if isinstance(m, _TRACED):
-            hooks.append(m.register_forward_hook(hook))
     try:
-        with evaluating(model), torch.no_grad():
+        with forward_hooks(model, _TRACED, hook), evaluating(model), torch.no_grad():
             model(torch.zeros(2, *input_shape))
     except Exception:
         # Fall back to registration order (no shapes) for models a zero batch cannot run.
         sites = [_Site(n, m, (), ()) for n, m in model.named_modules() if isinstance(m, _TRACED)]
-    finally:
-        for h in hooks:
-            h.remove()
     return sites
 
 

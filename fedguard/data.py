@@ -83,9 +83,10 @@ def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def data_source(spec: str | os.PathLike[str] | None) -> Path | None:
     """The file or folder ``spec`` names, when it names one that exists; None for the built-in data sets."""
-    if spec is None or _spec_text(str(spec)) in DATASETS:
+    text = None if spec is None else _spec_text(str(spec))
+    if text is None or text in DATASETS:
         return None
-    path = Path(_spec_text(str(spec))).expanduser()
+    path = Path(text).expanduser()
     return path if path.exists() else None
 
 

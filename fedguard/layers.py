@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +26,18 @@ class _Stop(Exception):
     """Raised by a forward hook to end a forward pass at the layer it watches."""
 
 
+@contextlib.contextmanager
+def forward_hooks(model: nn.Module, kinds: tuple[type, ...], hook: Callable, with_kwargs: bool = False) -> Iterator[None]:
+    """Run the block with ``hook`` as a forward hook on every module of ``model`` of one of ``kinds``, removed
+    afterwards."""
+    handles = [m.register_forward_hook(hook, with_kwargs=with_kwargs) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def execution_order(model: nn.Module, input_shape, device: torch.device, types: tuple[type, ...], limit: int | None = None) -> list[nn.Module]:
     """Modules of ``types`` in the order one forward pass runs them (forward hooks, eval mode).
 
@@ -36,15 +50,11 @@ def execution_order(model: nn.Module, input_shape, device: torch.device, types: 
         if limit is not None and len(order) >= limit:
             raise _Stop
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
     try:
-        with evaluating(model), torch.no_grad():
+        with forward_hooks(model, types, record), evaluating(model), torch.no_grad():
             model(torch.zeros(2, *input_shape, device=device))
     except _Stop:
         pass
-    finally:
-        for h in hooks:
-            h.remove()
     return order
 
 
@@ -82,13 +92,8 @@ def forward_flops(model: nn.Module, inputs: torch.Tensor) -> int:
             total += 2 * module.weight.numel() * tokens(out, units)
 
     kinds = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
-    hooks = [m.register_forward_hook(count, with_kwargs=True) for m in model.modules() if isinstance(m, kinds)]
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    with forward_hooks(model, kinds, count, with_kwargs=True), torch.no_grad():
+        model(inputs)
     return total or 2 * sum(p.numel() for p in model.parameters()) * len(inputs)
 
 

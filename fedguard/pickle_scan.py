@@ -50,10 +50,6 @@ SAFE_GLOBALS = frozenset(
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("builtins", "slice"),
-        # torch.save's protocol 2 names them as Python 2 did; the unpickler maps __builtin__ to builtins
-        ("__builtin__", "set"),
-        ("__builtin__", "frozenset"),
-        ("__builtin__", "slice"),
     }
 )
 
@@ -77,8 +73,7 @@ DATA_GLOBALS = frozenset(
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("argparse", "Namespace"),
-        ("__builtin__", "bytes"),  # protocol 2 writes an empty array's b"" as bytes()
-        ("builtins", "bytes"),
+        ("builtins", "bytes"),  # protocol 2 writes an empty array's b"" as bytes()
         *(("numpy.dtypes", f"{kind}DType") for kind in NUMBER_DTYPES),
     }
 )
@@ -124,6 +119,8 @@ def _is_layer_class(module: str, name: str) -> bool:
 
 
 def is_safe_global(module: str, name: str) -> bool:
+    if module == "__builtin__":  # protocol 2 (torch.save's) names builtins as Python 2 did; the unpickler maps them
+        module = "builtins"
     if (module, name) in SAFE_GLOBALS or (module, name) in DATA_GLOBALS:
         return True
     # Typed storages (torch.FloatStorage ...), dtypes, layouts and quantisation schemes (torch.float32,
