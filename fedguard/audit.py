@@ -47,9 +47,11 @@ from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyw
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.layers import find_head
 from fedguard.loading import is_running_stat, line_up, load_model_file, to_state_dict
+from fedguard.inspect import rules
+from fedguard.suppressions import Ignore, parse_ignores, split_findings, unmatched
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
-from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Leakage, LeakageLevel, Severity
+from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity
 from fedguard.update import Update, checked_update, compute_update, l2_norm, load_update, resolve_device
 
 if TYPE_CHECKING:
@@ -477,9 +479,11 @@ def _probabilities_note(logits: torch.Tensor) -> str | None:
     return None
 
 
-def inspect_received(module: nn.Module) -> dict[str, Any]:
+def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = ()) -> dict[str, Any]:
     """What ``fedguard inspect`` reads in the received model's weights (the rules that need neither ``--data`` nor
-    ``--reference``): ``{"verdict": ..., "findings": [...]}``, the findings at medium severity or above, worst first.
+    ``--reference``): ``{"verdict", "findings", "suppressed", "ignore", "ignore_unmatched"}``, the findings at medium
+    severity or above, worst first; those ``ignores`` accept (``--ignore``) apart, not judged, and the entries of
+    ``ignores`` that matched nothing.
 
     The attacks measure what their own methods rebuild; a server's method may read more. An imprint planted in an
     MLP's second layer behind a first layer that every example passes (an independent review: biases of 1000)
@@ -496,11 +500,18 @@ def inspect_received(module: nn.Module) -> dict[str, Any]:
     static = [name for name in DETECTORS.names() if not DETECTORS.get(name).needs]
     state = {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
     findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(state, module)), static)
-    shown = [f for f in sorted_findings(findings) if f.severity >= Severity.MEDIUM]
+    findings, suppressed = split_findings(findings, ignores)
+
+    def listed(found: list[Finding]) -> list[dict[str, Any]]:
+        shown = [f for f in sorted_findings(found) if f.severity >= Severity.MEDIUM]
+        return [{"rule_id": f.rule_id, "severity": str(f.severity), "layer": f.layer, "title": f.title} for f in shown[:20]]
+
     return {
         "verdict": str(judge(findings)),
-        "findings": [{"rule_id": f.rule_id, "severity": str(f.severity), "layer": f.layer, "title": f.title}
-                     for f in shown[:20]],  # fmt: skip
+        "findings": listed(findings),
+        "suppressed": listed(suppressed),
+        "ignore": [str(i) for i in ignores],
+        "ignore_unmatched": [str(i) for i in unmatched(ignores, suppressed)],
     }
 
 
@@ -632,6 +643,7 @@ def audit(
     stop: threading.Event | None = None,
     federation: FederationSettings | None = None,
     exposure_budget: float | None = None,
+    ignore: Sequence[str] | None = None,
 ) -> AuditReport:
     """Compute the pending update, attack it as the server would, and measure what leaks.
 
@@ -704,6 +716,10 @@ def audit(
         Seconds for the exposure analysis, all its scenarios together; default
         :data:`EXPOSURE_BUDGET` (or ``time_budget`` when smaller). What-ifs it
         does not reach are reported as not run, never as not exposed.
+    ignore : list of str, optional
+        Findings of ``fedguard inspect``'s weight rules on the received model to accept, as ``RULE`` or
+        ``RULE:LAYER`` (:mod:`fedguard.suppressions`): listed in ``model.inspection.suppressed``, they neither
+        block nor warn. What the attacks measure still counts.
 
     Returns
     -------
@@ -806,6 +822,7 @@ def audit(
         raise InputError("--fail-on none would block every update; use low, medium or high")
     threat = threat or ThreatModel()
     dev = resolve_device(device)
+    ignores = parse_ignores(ignore, rules())
 
     if input_shape is None and isinstance(data, (tuple, list)):
         try:
@@ -864,7 +881,7 @@ def audit(
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed, defense=defense)
         agreement = None
     mismatch = _mismatch_note(agreement, upd.protocol)
-    model_info["inspection"] = inspect_received(module)
+    model_info["inspection"] = inspect_received(module, ignores)
     notes = [note for note in (mismatch, _noiseless_note(upd, agreement), _probabilities_note(logits),
                                _running_statistics_note(upd), _inspection_note(model_info["inspection"])) if note]
     # each: warn; a model inspect calls malicious: block

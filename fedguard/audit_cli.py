@@ -20,7 +20,7 @@ from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
 from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -207,6 +207,7 @@ def _formats() -> dict[str, str]:
 @click.option("--exposure-budget", type=FiniteFloatRange(min=0, min_open=True), help="Exposure: seconds for the whole analysis, its what-ifs included (default 5, or --time-budget when smaller); what-ifs it does not reach are reported as not run.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat when --max-iterations, not --time-budget, ends them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"], case_sensitive=False), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
+@click.option("--ignore", multiple=True, metavar="RULE[:LAYER]", help="Accept this `fedguard inspect` rule's findings on the received model (repeatable): RULE anywhere, or RULE:LAYER in that layer and what is under it, e.g. FG301:features.0. Reported apart, they neither block nor warn; what the attacks measure still counts. FG001 cannot be ignored.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats()), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
 @click.option("--no-images", is_flag=True, help="Write no reconstruction grids and embed none in an HTML report: they show your private batch beside what the attacks rebuilt.")
@@ -216,7 +217,7 @@ def _formats() -> dict[str, str]:
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
                   update, defense, noise_multiplier, max_grad_norm, delta, prune_fraction, noise_std, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
                   exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise, exposure_budget,
-                  seed, device, fmt, output, no_images, fail_on, force, quiet):
+                  seed, device, ignore, fmt, output, no_images, fail_on, force, quiet):
     """Attack your own pending update as the server could, and measure what leaks.
 
     Computes the update training would upload (or reads --update), runs the
@@ -275,8 +276,10 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
             protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
             update=update, defense=client_defense, attacks=list(attacks) or None, max_iterations=max_iterations, time_budget=time_budget,
             threat=threat, seed=seed, device=device, fail_on=fail_on, attack_options=options, progress=bars, stop=stop,
-            federation=federation, exposure_budget=exposure_budget,
+            federation=federation, exposure_budget=exposure_budget, ignore=ignore,
         )  # fmt: skip
+    if not quiet:
+        note_unmatched_ignores(report.model["inspection"]["ignore_unmatched"])
     images: dict[str, bytes] = {}
     outcomes = []
     for o in report.attacks:

@@ -17,8 +17,8 @@ import click
 import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, first_line, out_of_memory
 from fedguard.options import (
-    OUTPUT_FILE, SEED, NamedPath, format_suffixes, input_paths, print_report, refuse_unused, resolve_format, silence_stdout,
-    user_code_prints_to_stderr,
+    OUTPUT_FILE, SEED, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report,
+    refuse_unused, resolve_format, silence_stdout, user_code_prints_to_stderr,
 )
 from fedguard.types import Severity
 
@@ -136,13 +136,14 @@ def _formats() -> dict[str, str]:
 @click.option("--reference", type=NamedPath(), help="Last round's global model, to detect drift.")
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): digits, images, a folder, or an .npz with x and y.")
 @click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
+@click.option("--ignore", multiple=True, metavar="RULE[:LAYER]", help="Accept this rule's findings (repeatable): RULE anywhere, or RULE:LAYER in that layer and what is under it, e.g. FG301:features.0. Reported apart, not judged: the verdict and exit code follow the rest. FG001 cannot be ignored.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats()), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600) instead of stdout.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES, case_sensitive=False), default="medium", show_default=True, help="Exit 1 when a finding is at or above this severity.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for data sampling.")
 @click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; rely on the exit code (and --output).")
-def inspect_command(model, arch, num_classes, input_shape, reference, data, detectors, fmt, output, fail_on, seed, force, quiet):
+def inspect_command(model, arch, num_classes, input_shape, reference, data, detectors, ignore, fmt, output, fail_on, seed, force, quiet):
     """Inspect MODEL, a received global model, for planted leakage parameters.
 
     Reads .pt/.pth/.bin/.ckpt/.tar state_dicts, .safetensors and .npz (named arrays or
@@ -153,6 +154,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports import render
     from fedguard.reports.base import printable
+    from fedguard.suppressions import Ignore, unmatched
 
     refuse_unused(arch is None, ("num_classes", "input_shape"), "describes --arch, which is not given; add --arch")
     formats = _formats()
@@ -165,12 +167,14 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         with _status(show=not quiet and sys.stderr.isatty()) as progress:
             report = inspect_model(
                 model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
-                data=data, detectors=detectors or None, seed=seed, progress=progress,
+                data=data, detectors=detectors or None, seed=seed, progress=progress, ignore=ignore,
             )
     report = dataclasses.replace(report, config={**report.config, "fail_on": fail_on})  # what the exit code follows
     if reference is not None and report.config.get("reference_sha256") == report.sha256 and not quiet:
         click.echo(printable(f"fedguard: note: --reference {reference} has the same contents as {model} (one SHA-256): "
                              "nothing can have moved between them; pass last round's model"), err=True)  # fmt: skip
+    if not quiet:
+        note_unmatched_ignores(unmatched([Ignore.from_text(i) for i in report.config["ignore"]], report.suppressed))
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = render(fmt, report, rules(), color=color)
     if output is not None:

@@ -37,6 +37,7 @@ from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
 from fedguard.layers import find_head
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import ModelView, first_non_finite
+from fedguard.suppressions import Ignore, parse_ignores, split_findings
 from fedguard.torch_state import kept_modes, own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
 
@@ -159,6 +160,7 @@ def inspect_model(
     detectors: Sequence[str] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    ignore: Sequence[str] | None = None,
 ) -> InspectionReport:
     """Inspect one received model file.
 
@@ -183,6 +185,9 @@ def inspect_model(
     progress : callable, optional
         Called with each step as it starts (``"reading global.pt"``, ``"gradient_snr (7 of 14)"``); the command
         line shows it on a terminal (the behavioural checks of a large model take minutes).
+    ignore : list of str, optional
+        Findings to accept, as ``RULE`` or ``RULE:LAYER`` (``["FG301:features.0"]``): reported apart in
+        :attr:`~fedguard.types.InspectionReport.suppressed`, not judged (:mod:`fedguard.suppressions`).
 
     Returns
     -------
@@ -206,6 +211,7 @@ def inspect_model(
         raise InputError(f"bad --num-classes {num_classes!r}; give a whole number of classes, 1 or more")
     checks.seed(seed)
     _check_progress(progress)
+    ignores = parse_ignores(ignore, rules())
     names = _detector_names(detectors)
     if detectors:  # a detector asked for by name must be able to run
         given = {NEEDS_MODULE: arch is not None, NEEDS_DATA: arch is not None and data is not None, NEEDS_REFERENCE: reference is not None}
@@ -225,6 +231,7 @@ def inspect_model(
             "data_examples": None,
             "seed": int(seed),
             "detectors_requested": names if detectors else None,
+            "ignore": [str(i) for i in ignores],
             "reference_sha256": None,
             "torch": torch.__version__,
         }
@@ -232,7 +239,7 @@ def inspect_model(
             progress(f"reading {path}")
         loaded = load_model_file(path)
         if loaded.refused:
-            return _report(loaded, loaded.findings, (), start, arch, reference, config)
+            return _report(loaded, loaded.findings, (), start, arch, reference, config, ignores=ignores)
 
         module = None
         tensors = loaded.tensors
@@ -287,7 +294,7 @@ def inspect_model(
                    if whole else "pass the global model's state_dict or its Flower list of arrays")  # fmt: skip
             raise InputError(f"{path} holds no weight matrix or filter to check ({plural(len(tensors), 'tensor')}, "
                              f"{plural(count, 'value')}); {fix}")  # fmt: skip
-        return _report(loaded, findings, ran, start, arch, reference, config, view)
+        return _report(loaded, findings, ran, start, arch, reference, config, view, ignores)
 
 
 def run_detectors(
@@ -391,9 +398,11 @@ def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     return inputs, labels
 
 
-def _report(loaded, findings, ran, start, arch, reference, config, view: ModelView | None = None) -> InspectionReport:
+def _report(loaded, findings, ran, start, arch, reference, config, view: ModelView | None = None,
+            ignores: Sequence[Ignore] = ()) -> InspectionReport:
     from fedguard.reports.base import sorted_findings
 
+    findings, suppressed = split_findings(findings, ignores)
     findings = tuple(sorted_findings(findings))  # worst first, as every renderer shows them
     return InspectionReport(
         path=loaded.path,
@@ -411,4 +420,5 @@ def _report(loaded, findings, ran, start, arch, reference, config, view: ModelVi
         tool_version=fedguard.__version__,
         loaded=not loaded.refused,
         config=config,
+        suppressed=tuple(sorted_findings(suppressed)),
     )

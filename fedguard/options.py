@@ -184,3 +184,14 @@ def user_code_prints_to_stderr() -> contextlib.AbstractContextManager:
     """While an ``--arch`` module is imported, built and run: what it ``print()``s goes to stderr, so stdout carries
     the report alone (``--format json | jq`` stays parseable). Writes below Python (a C extension's) are not caught."""
     return contextlib.redirect_stdout(sys.stderr)
+
+
+def note_unmatched_ignores(stale) -> None:
+    """One stderr note naming the ``--ignore`` entries no finding matched: a stale entry or a misspelt layer accepts
+    nothing, and saying so is how the user learns."""
+    from fedguard.reports.base import printable
+
+    if stale:
+        entries = " ".join(f"--ignore {entry}" for entry in stale)
+        click.echo(printable(f"fedguard: note: {entries} matched no finding; drop it, or check the rule and layer "
+                             "against the report's findings"), err=True)  # fmt: skip

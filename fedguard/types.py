@@ -197,6 +197,9 @@ class InspectionReport:
     #: How the inspection was run, for its provenance: the options given, the data's description, the seed, the
     #: reference's SHA-256, torch's version (and the CLI's --fail-on).
     config: Mapping[str, Any] = field(default_factory=dict)
+    #: Findings the caller accepted with ``ignore`` (``--ignore``), worst first: listed apart, not judged
+    #: (:mod:`fedguard.suppressions`).
+    suppressed: tuple[Finding, ...] = ()
 
     def __str__(self) -> str:
         """One line for a log: the verdict and the findings by rule (``repr`` has every field)."""

@@ -23,7 +23,7 @@ from typing import ClassVar, Mapping
 from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .audit_sentences import defense_summary, exposure_summary, thresholds_said, threat_items
+from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
 from .base import generated_at, shown_command
 from .html import template_environment
 
@@ -43,6 +43,7 @@ class AuditHtmlRenderer(AuditRenderer):
             r=report,
             exposure_summary=exposure_summary(report.exposure) if report.exposure is not None else None,
             defense=defense_summary(report.update),
+            accepted=_sentence(accepted) if (accepted := accepted_said(report)) else None,
             threat_said="; ".join(threat_items(report)),
             thresholds_said=_sentence(thresholds_said(report)) if report.leakage.thresholds else "",
             pictures=pictures,

@@ -7,7 +7,7 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.10",
+      "schema_version": "1.11",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "generated": "2026-12-06 03:00:00 UTC",
@@ -46,8 +46,8 @@ from .base import check_report, command_line, generated_at, json_safe, printable
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
 #: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated;
-#: 1.9: command_line; 1.10: model.inspection
-SCHEMA_VERSION = "1.10"
+#: 1.9: command_line; 1.10: model.inspection; 1.11: model.inspection's suppressed, ignore and ignore_unmatched
+SCHEMA_VERSION = "1.11"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 

@@ -10,7 +10,7 @@ from fedguard.types import AuditReport
 
 from .base import fmt_num, plural
 
-__all__ = ["thresholds_said", "threat_items", "defense_summary", "exposure_summary"]
+__all__ = ["thresholds_said", "threat_items", "defense_summary", "exposure_summary", "accepted_said"]
 
 
 def thresholds_said(report: AuditReport) -> str:
@@ -76,3 +76,12 @@ def exposure_summary(exposure: Mapping) -> str:
         return (f"with {where}, the analysis was cut short ({configured['note']}); a server with more time may still "
                 f"recover this update within {st['stable_rounds']} rounds")
     return "the exposure analysis did not run" + (f" ({configured['note']})" if configured["note"] else "")
+
+
+def accepted_said(report: AuditReport) -> str | None:
+    """The received model's findings the client accepted with ``--ignore``, in one sentence; None when none."""
+    accepted = report.model.get("inspection", {}).get("suppressed") or []
+    if not accepted:
+        return None
+    found = ", ".join(f"{f['rule_id']} {f['severity']} in {f['layer'] if f['layer'] is not None else '(file)'}" for f in accepted)
+    return f"accepted with --ignore, not judged: fedguard inspect's {found} on the received model"

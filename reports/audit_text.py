@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar, Mapping
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .audit_sentences import defense_summary, exposure_summary, thresholds_said, threat_items
+from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
 from .base import fmt_num, plural, printable
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class AuditTextRenderer(AuditRenderer):
             console.print(Text(report.next_step, style="bold"))
         for note in report.notes:
             console.print(Text(printable(f"note: {note}"), style="bold yellow"))
+        if accepted := accepted_said(report):
+            console.print(Text(printable(accepted), style="dim"))
         m, d, u = report.model, report.data, report.update
         where = m.get("path") or m.get("weights")
         context = [

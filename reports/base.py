@@ -308,3 +308,11 @@ def more_detectors(report: InspectionReport) -> str:
     left = [cls for name, cls in DETECTORS.items() if name not in report.detectors_run and cls.needs & missing]
     options = [flag for need, flag in NEED_FLAGS.items() if need in missing and any(need in cls.needs for cls in left)]
     return f"{', '.join(options)} would run {plural(len(left), 'more detector')}" if left else ""
+
+
+def suppressed_line(report: InspectionReport, limit: int = 8) -> str:
+    """``ignored with --ignore: FG301 high in features.0, FG803 medium in fc1`` (the first ``limit``, worst first)."""
+    shown = [f"{f.rule_id} {f.severity} in {f.layer if f.layer is not None else '(file)'}"
+             for f in sorted_findings(report.suppressed)]  # fmt: skip
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return f"ignored with --ignore: {', '.join(shown[:limit])}{more}"

@@ -92,6 +92,7 @@ def _model(report: InspectionReport, anchor: str, description: str | None = None
         "verdict": str(report.verdict),
         "tool_version": tool_version(report),
         "findings": sorted_findings(report.findings),
+        "suppressed": sorted_findings(report.suppressed),
         "counts": severity_counts(report.findings),
         "data_used": data_used(report),
     }
@@ -109,7 +110,7 @@ def _page(
     if len(descriptions) != len(reports):
         raise InputError(f"{plural(len(descriptions), 'description')} for {plural(len(reports), 'report')}; give one per report")
     models = [_model(r, f"model-{i + 1}", d) for i, (r, d) in enumerate(zip(reports, descriptions))]
-    every_finding = [f for r in reports for f in r.findings]
+    every_finding = [f for r in reports for f in (*r.findings, *r.suppressed)]
     versions = sorted({m["tool_version"] for m in models})
     return template_environment().get_template(TEMPLATE).render(
         title=title,

@@ -7,7 +7,7 @@ JSON: numpy/torch numbers become numbers, arrays become lists, and NaN/±Inf
 become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
 
     {
-      "schema_version": "1.2",
+      "schema_version": "1.3",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "path": "global.pt",
       "sha256": "6f1c0a93e2b4...",
@@ -26,10 +26,11 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
          "message": "128 of 128 units of imprint.0 share one weight vector ...",
          "evidence": {"identical_rows": 128, "rows": 128, "distinct_biases": 128, ...}}
       ],
+      "suppressed": [],
       "detectors_run": ["constant_rows", "architecture_drift", "fishing", "imprint", ...],
       "seconds": 0.42,
       "config": {"num_classes": null, "input_shape": null, "data": null, "data_sha256": null,
-                 "data_examples": null, "seed": 0, "detectors_requested": null,
+                 "data_examples": null, "seed": 0, "detectors_requested": null, "ignore": [],
                  "reference_sha256": null, "torch": "2.13.0", "fail_on": "medium"},
       "command_line": ["fedguard", "inspect", "global.pt", "--arch", "lenet5", "--format", "json"]
     }
@@ -54,17 +55,22 @@ from .base import (
     tool_version,
 )
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
+
+
+def _finding_dicts(findings) -> list[dict[str, Any]]:
+    """``findings`` as JSON objects, worst first."""
+    items = []
+    for finding in sorted_findings(findings):
+        item = finding.to_dict()
+        item["evidence"] = json_safe(item["evidence"])
+        items.append(item)
+    return items
 
 
 def report_to_dict(report: InspectionReport) -> dict[str, Any]:
     """The JSON document for ``report`` as plain Python values."""
     check_report(report, InspectionReport, "fedguard.inspect.inspect_model")
-    findings = []
-    for finding in sorted_findings(report.findings):
-        item = finding.to_dict()
-        item["evidence"] = json_safe(item["evidence"])
-        findings.append(item)
     return printable_values({
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "fedguard", "version": tool_version(report)},
@@ -79,7 +85,8 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "reference": None if report.reference is None else str(report.reference),
         "verdict": str(report.verdict),
         "summary": severity_counts(report.findings),
-        "findings": findings,
+        "findings": _finding_dicts(report.findings),
+        "suppressed": _finding_dicts(report.suppressed),
         "detectors_run": list(report.detectors_run),
         "seconds": json_safe(float(report.seconds)),
         "config": json_safe(dict(report.config)),

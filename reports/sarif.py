@@ -40,6 +40,7 @@ from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, Mapping
 from urllib.parse import quote
 
+from fedguard.suppressions import Ignore
 from fedguard.types import Finding, InspectionReport, Rule, Severity
 
 from .base import (
@@ -114,13 +115,43 @@ def _fingerprint(report: InspectionReport, finding: Finding) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def _result(report: InspectionReport, f: Finding, rule_index: int, uri: str) -> dict[str, Any]:
+    """The SARIF ``result`` for finding ``f``."""
+    where = f" in {f.layer}" if f.layer is not None else ""
+    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}}}
+    if f.layer is not None:
+        location["logicalLocations"] = [{"name": f.layer, "fullyQualifiedName": f.layer, "kind": "module"}]
+    return {
+        "ruleId": f.rule_id,
+        "ruleIndex": rule_index,
+        "level": LEVELS[f.severity],
+        "message": {"text": f"{f.title}{where}: {f.message}"},
+        "locations": [location],
+        "partialFingerprints": {"fedguardFinding/v1": _fingerprint(report, f)},
+        "properties": {
+            "severity": str(f.severity),
+            "confidence": str(f.confidence),
+            "title": f.title,
+            "layer": f.layer,
+            "evidence": json_safe(f.evidence),
+        },
+    }
+
+
+def _accepted_by(report: InspectionReport, f: Finding) -> str:
+    """The ``--ignore`` entry (as the report's config records it) that matches ``f``."""
+    matching = (text for text in report.config.get("ignore") or () if Ignore.from_text(str(text)).matches(f))
+    return next(matching, f.rule_id)
+
+
 def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict[str, Any]:
     """The SARIF log for ``report`` as plain Python values."""
     findings = sorted_findings(report.findings)
+    suppressed = sorted_findings(report.suppressed)
 
     # Every rule fedguard has, by id; a finding whose rule is unknown still gets one.
     all_rules: dict[str, Rule] = dict(rules)
-    for f in findings:
+    for f in [*findings, *suppressed]:
         all_rules.setdefault(f.rule_id, Rule(f.rule_id, f.title, f.title, "", ""))
     rule_ids = sorted(all_rules)
     index = {rule_id: i for i, rule_id in enumerate(rule_ids)}
@@ -131,29 +162,12 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
             props["security-severity"] = SECURITY_SEVERITY[f.severity]
 
     uri = artifact_uri(report.path)
-    results = []
-    for f in findings:
-        where = f" in {f.layer}" if f.layer is not None else ""
-        location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}}}
-        if f.layer is not None:
-            location["logicalLocations"] = [{"name": f.layer, "fullyQualifiedName": f.layer, "kind": "module"}]
-        results.append(
-            {
-                "ruleId": f.rule_id,
-                "ruleIndex": index[f.rule_id],
-                "level": LEVELS[f.severity],
-                "message": {"text": f"{f.title}{where}: {f.message}"},
-                "locations": [location],
-                "partialFingerprints": {"fedguardFinding/v1": _fingerprint(report, f)},
-                "properties": {
-                    "severity": str(f.severity),
-                    "confidence": str(f.confidence),
-                    "title": f.title,
-                    "layer": f.layer,
-                    "evidence": json_safe(f.evidence),
-                },
-            }
-        )
+    results = [_result(report, f, index[f.rule_id], uri) for f in findings]
+    for f in suppressed:  # listed as code scanning lists a dismissed alert: there, with the reason
+        result = _result(report, f, index[f.rule_id], uri)
+        result["suppressions"] = [{"kind": "external", "status": "accepted",
+                                   "justification": f"accepted with fedguard --ignore {_accepted_by(report, f)}"}]
+        results.append(result)
 
     artifact: dict[str, Any] = {
         "location": {"uri": uri},

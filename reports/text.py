@@ -21,7 +21,8 @@ pipes, greps and diffs cleanly. Sample output::
 
     3 findings: 0 critical, 3 high, 0 medium, 0 low, 0 info
 
-A clean model ends with ``clean: no findings (10 detectors run in 0.02 s; --arch, --data,
+Findings accepted with ``--ignore`` are named on one line before the last
+(``ignored with --ignore: FG301 high in features.0``). A clean model ends with ``clean: no findings (10 detectors run in 0.02 s; --arch, --data,
 --reference would run 4 more detectors)``.
 """
 
@@ -42,6 +43,7 @@ from .base import (
     register_renderer,
     severity_counts,
     sorted_findings,
+    suppressed_line,
 )
 
 WIDTH = 100
@@ -147,7 +149,11 @@ class TextRenderer(Renderer):
                         console.print(Text("    ") + wrapped, soft_wrap=True)
             console.print()
 
-        # 4. one-line summary.
+        # 4. what --ignore accepted: not judged, never hidden.
+        if report.suppressed:
+            console.print(Text(printable(suppressed_line(report)), style="dim"), soft_wrap=True)
+
+        # 5. one-line summary.
         counts = severity_counts(report.findings)
         per_severity = ", ".join(f"{n} {name}" for name, n in counts.items())
         if report.verdict is Verdict.CLEAN:

@@ -225,7 +225,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
     assert report["update"]["defense"] == "unknown"  # a file's defense is not measured; it had read "none"
-    assert report["schema_version"] == "1.10" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.11" and report["leakage"]["measured"] is True
     assert report["command_line"] == ["fedguard", "audit", "--model", "global.pt", *TINY, "--data", "batch.npz",
                                       "--update", "update.pt", "--attack", "label_counts", "--attack", "dlg", *FAST,
                                       "--format", "json", "--no-exposure"]  # how to repeat it: as typed  # fmt: skip

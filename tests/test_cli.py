@@ -202,7 +202,7 @@ def test_reports_say_how_the_inspection_was_run(workdir, schema):
         "num_classes": None, "input_shape": None, "data": "mine.npz", "data_examples": 16, "seed": 3,
         "data_sha256": hashlib.sha256((workdir / "mine.npz").read_bytes()).hexdigest(),
         "reference_sha256": hashlib.sha256(previous.read_bytes()).hexdigest(), "detectors_requested": None,
-        "torch": torch.__version__, "fail_on": "high",
+        "ignore": [], "torch": torch.__version__, "fail_on": "high",
     }  # fmt: skip
     assert report["command_line"] == ["fedguard", *map(str, args), "--format", "json"]  # as typed, to repeat it
     sarif = json.loads(invoke(*args, "--format", "sarif").stdout)
