@@ -357,7 +357,8 @@ def _listing(folder: Path, *, classes: bool = False) -> list[Path]:
     would have been read: among a data folder's ``classes`` any but an image's (images there are not read: a class
     folder's link had shifted every later class's label down by one), within a class an image's."""
     try:
-        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        # by name, as ImageFolder sorts them (Windows' paths compare without case: Bird and apple had swapped labels)
+        entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
     except OSError as exc:
         raise InputError(f"cannot list data folder {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
     for p in entries:
@@ -386,8 +387,8 @@ def _folders(folder: Path, seen: set[Path]) -> Iterator[tuple[Path, list[Path]]]
 def _images_under(folder: Path, seen: set[Path]) -> list[Path]:
     """The image files in ``folder`` and its subfolders at any depth, as torchvision's ImageFolder finds and orders
     them (folders by path, each one's files by name: a folder's own images before its subfolders'; nested images had
-    been left out without a word); links are followed, and a folder reached twice through them (``seen``: across
-    the classes too) is read once."""
+    been left out without a word); links are followed, and a folder reached twice through them (``seen``) is read
+    once."""
     by_folder = {}
     for current, entries in _folders(folder, seen):
         by_folder[str(current)] = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
@@ -416,16 +417,23 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
     entries = _listing(root, classes=True)
     if not entries:
         raise InputError(f"data folder {root} is empty; put one subfolder of images per class in it")
-    classes = sorted(p for p in entries if p.is_dir())
+    classes = [p for p in entries if p.is_dir()]
     if not classes:
         raise InputError(f"data folder {root} has no class subfolders; put the images in one subfolder per class")
-    files, labels, seen = [], [], {root.resolve()}
+    files, labels, base = [], [], root.resolve()
+    readers = {base: root}  # each real folder read, with the class folder that reached it
     owners: dict[tuple[int, int], tuple[Path, int]] = {}  # each file (device, inode) with the first class it is in
     for label, folder in enumerate(classes):
-        if folder.resolve() in seen:  # a link to a folder read already: its images would carry two labels
+        if folder.resolve() in readers:  # a link to a folder read already: its images would carry two labels
             raise InputError(f"class folder {folder} leads to a folder read already (as another class, or the data "
                              "folder itself); give each class a folder of its own")  # fmt: skip
+        seen = {base}  # a link back to the data folder is not followed
         found = _images_under(folder, seen)
+        for real in sorted(seen - {base}):  # a folder linked from two classes had been read as the first one's only
+            reader = readers.setdefault(real, folder)
+            if reader != folder:
+                raise InputError(f"folder {real} is reached from class folders {reader} and {folder} (through a link), "
+                                 "so its images would carry two labels; give each class a folder of its own")  # fmt: skip
         if not found:
             raise InputError(
                 f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some or remove the folder"

@@ -148,6 +148,21 @@ def test_an_image_link_to_no_file_is_named(tmp_path):
     assert load_data(str(tmp_path / "data"))[1].tolist() == [0, 0, 0, 0, 1, 1, 1]
 
 
+def test_a_folder_linked_from_two_classes_is_refused_and_twice_from_one_is_read_once(tmp_path):
+    """A folder outside the data linked from two classes had been read as the first class's only, without a word."""
+    _write_folder(tmp_path / "data")
+    _write_folder(tmp_path / "elsewhere")
+    shared = tmp_path / "elsewhere" / "ant"
+    (tmp_path / "data" / "ant" / "extra").symlink_to(shared)
+    (tmp_path / "data" / "ant" / "extra2").symlink_to(shared)  # twice within one class: read once
+    assert load_data(str(tmp_path / "data"))[1].tolist() == [0] * 6 + [1] * 3
+    (tmp_path / "data" / "cat" / "extra").symlink_to(shared)
+    with pytest.raises(InputError, match=r"folder .*elsewhere/ant is reached from class folders .*data/ant and "
+                                         r".*data/cat \(through a link\), so its images would carry two labels; "
+                                         r"give each class a folder of its own$"):  # fmt: skip
+        load_data(str(tmp_path / "data"))
+
+
 def test_an_output_may_not_land_in_a_folder_a_link_in_the_data_leads_to(tmp_path):
     """A class folder that is a link to a folder elsewhere is read as data: an audit's -o there had added its PNG
     grids to the data set (the next load held them, labelled as that class)."""
