@@ -164,6 +164,10 @@ def run_demo(output_dir: str | Path, echo: Callable[[str], None] = print) -> lis
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} exists and is not a folder; choose another path")
     summary = output_dir / "summary.html"
+    for own in (summary, *(file for pair in _demo_files(output_dir) for file in pair)):
+        if own.is_dir():  # the demo writes a file there (the message of the output check had named the folder)
+            raise InputError(f"--output-dir {output_dir} holds a folder {own} where the demo writes a file; choose "
+                             "another --output-dir or move the folder")  # fmt: skip
     if summary.is_file() and not _demo_wrote(summary, TITLE):
         raise InputError(f"--output-dir {output_dir} holds a summary.html no earlier demo wrote; choose another --output-dir")
     for model_file, report_file in _demo_files(output_dir):

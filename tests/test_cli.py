@@ -893,6 +893,15 @@ def test_demo_names_a_file_where_its_models_folder_goes(workdir):
     assert "holds a file named models" in line and (workdir / "out" / "models").read_text() == "my notes"
 
 
+@pytest.mark.parametrize("name", ["summary.html", "imprint-mlp.json", "models/trojan-lenet5.pt"])
+def test_demo_names_a_folder_where_it_writes_a_file(workdir, name):
+    """The output check had named the folder as the --output-dir and asked for a file inside it."""
+    (workdir / "out" / name).mkdir(parents=True)
+    line = assert_input_error(invoke("demo", "--output-dir", workdir / "out"))
+    assert line.endswith(f"--output-dir {workdir / 'out'} holds a folder {workdir / 'out' / name} where the demo writes "
+                         "a file; choose another --output-dir or move the folder")  # fmt: skip
+
+
 def test_an_interrupted_demo_leaves_no_empty_folders_it_made(workdir, monkeypatch):
     import fedguard.demo
 
