@@ -1,9 +1,11 @@
 """The ``fedguard`` console script and ``python -m fedguard``."""
 
+import codecs
 import errno
 import os
 import signal
 import sys
+import unicodedata
 
 #: How long, in spins, a waiting OpenMP thread of torch's (GNU OpenMP, in its Linux wheels) spins before it sleeps.
 #: libgomp's default, 300,000, is made for a machine to itself: beside other busy processes (training on the same
@@ -23,6 +25,32 @@ def _yielding_openmp() -> None:
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPIN_COUNT
 
 
+#: ASCII for the characters fedguard's output uses that a legacy encoding lacks (others fall back to their letters
+#: without accents, else ``?``).
+ASCII_FALLBACK = {"─": "-", "│": "|", "≥": ">=", "≤": "<=", "−": "-", "–": "-", "—": "-", "…": "...", "·": "-",
+                  "×": "x", "→": "->", "≈": "~", "±": "+/-", "∞": "inf", "‖": "||", "≠": "!=", "Σ": "sum", "∇": "grad"}
+
+
+def _ascii_fallback(exc: UnicodeError) -> tuple[str, int]:
+    """Error handler ``fedguard.ascii``: the characters ``exc`` could not encode as ASCII look-alikes."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    text = exc.object[exc.start : exc.end]
+    plain = (ASCII_FALLBACK.get(c) or unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode() or "?" for c in text)
+    return "".join(plain), exc.end
+
+
+def _encodable_output() -> None:
+    """Where stdout or stderr is not UTF-8 (Windows writes a redirected stdout in its ANSI code page, cp1252 in the
+    West, with strict errors), the characters it lacks are written as ASCII look-alikes: the reports' rules (``─``)
+    and ``≥`` had ended ``fedguard inspect m.pt > report.txt``, and a finished audit, with exit 3 and no report."""
+    codecs.register_error("fedguard.ascii", _ascii_fallback)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="fedguard.ascii")
+
+
 def _terminated(signum, frame) -> None:
     """SIGTERM (``timeout``, systemd, docker stop) ends the command as an exception, so that what it was writing
     is removed as on Ctrl-C: the signal's default had left an 879 MB temporary file of a crafted model behind."""
@@ -40,6 +68,7 @@ def run() -> None:
     ends, like one pressed during the work.
     """
     _yielding_openmp()
+    _encodable_output()
     hold = hasattr(signal, "pthread_sigmask")
     try:
         if hold:

@@ -786,6 +786,20 @@ def test_end_to_end_malicious_pickle(tmp_path):
     assert [f["rule_id"] for f in report["findings"]] == ["FG001"]
 
 
+def test_a_stdout_in_a_legacy_encoding_gets_ascii_look_alikes(high_model):
+    """Windows writes a redirected stdout in its code page (cp1252) with strict errors: the table's rules and a
+    rule's '≥' had ended the command with exit 3 and no report."""
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    rules = subprocess.run([sys.executable, "-m", "fedguard", "rules"], env=env, capture_output=True, timeout=120)
+    assert rules.returncode == 0 and rules.stderr == b"", rules.stderr
+    assert "(D-SNR >= 2)" in rules.stdout.decode("cp1252")
+    report = subprocess.run([sys.executable, "-m", "fedguard", "inspect", str(high_model)], env=env,
+                            capture_output=True, timeout=120)  # fmt: skip
+    assert report.returncode == 1 and report.stderr == b"", report.stderr
+    text = report.stdout.decode("cp1252")
+    assert text.startswith("MALICIOUS") and "-" * 40 in text and "FG502" in text
+
+
 def test_end_to_end_input_error(tmp_path):
     (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04" + b"\0" * 60)
     proc = _run(["inspect", "trunc.pt"], tmp_path)
