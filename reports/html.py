@@ -69,7 +69,7 @@ def template_environment():
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        loader=jinja2.PackageLoader("fedguard.reports", "templates"),  # as the schemas: also from a zip
         autoescape=True,
         finalize=_shown,
         undefined=jinja2.StrictUndefined,
