@@ -76,6 +76,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -661,8 +662,7 @@ def _stage_milp(
     _MILP_STATE.update(_milp_setup(geo))
     results: list[tuple[int, np.ndarray | None, float, float, str]] = []
     try:
-        use_pool = workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods()
-        if use_pool:
+        if workers > 1 and len(tasks) > 1:  # disaggregate() set workers to 1 where forking_workers() is False
             ctx = multiprocessing.get_context("fork")
             # leaving the block terminates the workers: Ctrl-C or a SIGTERM ends the command at once, not after the
             # integer programs running in them (the pool of concurrent.futures waited for those, minutes at 400 users)
@@ -831,6 +831,13 @@ def _chance_residual(geo: _Geometry, X: np.ndarray, rng: np.random.Generator, dr
     return total / draws
 
 
+def forking_workers() -> bool:
+    """Whether the integer programs can run in forked workers, which read the programs' set-up forked with them:
+    not on Windows (no fork) nor on macOS, where forking a process that has loaded torch and the system's
+    frameworks can crash or hang the child (Python's own default there is spawn)."""
+    return sys.platform != "darwin" and "fork" in multiprocessing.get_all_start_methods()
+
+
 def _default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -869,7 +876,8 @@ def disaggregate(
         and the proof that each exact column is the only one (``prove_unique``;
         exact columns are then certified against one-swap changes only).
     workers : int, optional
-        Processes for the integer programs (default: the usable CPU cores).
+        Processes for the integer programs (default: the usable CPU cores); one on macOS and Windows
+        (:func:`forking_workers`), which the report's settings record.
     seed : int
         Seeds the random restarts; results are deterministic for a seed
         (up to integer programs stopped by ``time_limit``).
@@ -913,7 +921,7 @@ def disaggregate(
         raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(settled, total) or None")
     if deadline is not None and not (is_number(deadline) and math.isfinite(deadline)):
         raise InputError(f"deadline is {deadline!r}; pass a time.perf_counter() value or None")
-    workers = _default_workers() if workers is None else int(workers)
+    workers = (_default_workers() if workers is None else int(workers)) if forking_workers() else 1
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     C = rounds.counts

@@ -45,6 +45,21 @@ def test_reference_case_exact():
     assert np.array_equal(result.participation, fed.participation)
 
 
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_no_forked_workers_where_forking_is_unsafe_or_absent(monkeypatch, platform):
+    """macOS can crash or hang a child forked from a process that loaded torch, Windows cannot fork: one process,
+    the same result, and the settings say so."""
+    import fedguard.attacks.disaggregation as module
+
+    fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=0)
+    monkeypatch.setattr(module.sys, "platform", platform)
+    if platform == "win32":
+        monkeypatch.setattr(module.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert not module.forking_workers()
+    result = _attack(fed, workers=4)
+    assert result.settings["workers"] == 1 and score(result, fed).matrix_exact
+
+
 def test_noise_five_percent_every_user_exact_and_proven():
     """Noise of 5 % of the update scale: every user exact and proven so, none claimed wrongly, at 20 users / 80 rounds
     / d = 40 (about 10 s; the issue's 50 users / 200 rounds / d = 200 is benchmarks/disaggregation.py's). The proof
