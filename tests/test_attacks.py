@@ -1483,7 +1483,7 @@ def test_a_model_inspect_calls_malicious_is_blocked_and_bins_past_the_first_laye
     switching = run(hidden_imprint(1.0), attacks=["fc_inversion"]).outcome("fc_inversion").details  # units switch
     assert "not affine on the data" in switching["deeper_bins"]["why_nothing"]
     honest = run(build_model("mlp", input_shape=shape), attacks=["label_counts", "fc_inversion"])
-    assert honest.model["inspection"] == {"verdict": "clean", "findings": []} and not honest.notes
+    assert honest.model["inspection"] == {"verdict": "clean", "findings": [], "suppressed": [], "ignore": [], "ignore_unmatched": []} and not honest.notes
     assert "deeper_bins" not in honest.outcome("fc_inversion").details
 
 
