@@ -5,7 +5,7 @@ the largest value each static statistic reaches over the rows its rule scores,
 next to the threshold the detector uses; and, for benign models with a known
 architecture, the largest D-SNR and transmit-SNR on a batch of digits and, over
 every Linear layer, the share of rarely reached units and the largest response
-correlation on six random batches of 64 digits.
+correlation on six random batches of 64 digits, and the batches whose examples reach the head as one (FG805).
 ``docs/detectors.md`` quotes these figures. Run from the repository root:
 
     python benchmarks/detector_calibration.py
@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedguard.attacks.fc_inversion import response_correlations  # noqa: E402
-from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, trap_weights  # noqa: E402
+from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
 from fedguard.detectors.rows import live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
@@ -95,7 +95,7 @@ def main() -> None:
     print(f"benign zoo: {len(entries)} models")
     for key, (value, where) in worst.items():
         print(f"  {key:<46} benign extreme {value:10.4g}  threshold {THRESHOLDS[key]:<40} at {where}")
-    dsnr, tsnr, rare, same = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, "")
+    dsnr, tsnr, rare, same, merged = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), []
     for entry in entries:
         if entry.module is None or entry.arch is None:
             continue
@@ -114,6 +114,8 @@ def main() -> None:
         tsnr = max(tsnr, (t, entry.label))
         for seed in range(6):
             pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:64]
+            if silenced.merging_layers(module, x[pick]) is not None:
+                merged.append(entry.label)
             for seen in responses.linear_layers_seen(module, x[pick], y[pick]):
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:
@@ -123,7 +125,8 @@ def main() -> None:
                 same = max(same, (group, f"{entry.label}:{seen.name}"))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")
-    print(f"  {'Linear layers: units reached by <= 1/16 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of reached units (FG803)  at {rare[1]}")
+    print(f"  {'Linear layers: units reached by <= 1/8 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of reached units (FG803)  at {rare[1]}")
+    print(f"  {'head input the same for all of 64 digits':<46} benign {len(merged)} of the batches  (FG805)  in {sorted(set(merged))}")
     print(f"  {'Linear layers: units at |r| >= 0.999 on 64 digits':<46} benign max {same[0]:10.4g}  threshold >= {responses.MIN_SAME_UNITS} units, {responses.MIN_GROUP}+ thresholds (FG804)  at {same[1]}")
 
 

@@ -21,6 +21,7 @@ detector                  rules
 ``reference_drift``       FG702 differs from ``--reference``
 ``gradient_snr``          FG801 D-SNR, FG802 transmit-SNR (needs ``--arch`` and ``--data``)
 ``responses``             FG803 sparse firing, FG804 data-space imprint (needs ``--arch`` and ``--data``)
+``silenced``              FG805 the model discards the client's data (needs ``--arch`` and ``--data``)
 ========================  =====================================================
 """
 
@@ -36,6 +37,7 @@ from fedguard.detectors import (  # noqa: F401  (imported to register)
     oversized,
     passthrough,
     responses,
+    silenced,
     trap_weights,
     unscored,
 )

@@ -14,19 +14,25 @@ the server solves for the image through the layers it wrote):
   were rebuilt exactly against 3-9 for the honest model, and every static
   rule had called it clean. A unit is reached by an example when that
   example's gradient at the unit's output is not zero (a ReLU unit that
-  example switches on; a sigmoid's always), and it is rare when at most 1/16
+  example switches on; a sigmoid's always), and it is rare when at most 1/8
   of the client's examples reach it. Reported when at least
   :data:`RARE_SHARE` of a layer's reached units are rare. Measured on every
   Linear layer of the benign zoo with a known architecture, six random batches
-  of 64 digits each (``benchmarks/detector_calibration.py``): at most 19.4 %
-  (LeNet-5's 84-unit layer, Xavier-normal), and 10-13.5 % in honest MLPs
-  256-4096 units wide, at every width (a count of isolated examples grows with
-  the width instead: 19-25 of 64 at 1024 units, 39-46 at 4096, and was left
-  out); three batches of 16 and of 32 digits: at most 14.9 % and 16.3 %.
-  Crafted: 96-99 % with every unit planted (first or second layer), 44-50 %
-  with half of them planted among honest units (35 of 64 rebuilt exactly; the
-  limit had been 50 % and this passed), 24.6 % with a quarter (27-28 of 64;
-  not reported, documented).
+  of 64 digits each (``benchmarks/detector_calibration.py``): at most 24.3 %
+  (the MLP, truncated-normal init), and 4-19 % in honest MLPs 256-4096 units
+  wide, at init and trained, at every width (a count of isolated examples
+  grows with the width instead: 19-25 of 64 at 1024 units, 39-46 at 4096, and
+  was left out); three batches of 16 and of 32 digits: at most 20.8 % and
+  21.7 %. Crafted: 96-99 % with every unit planted (first or second layer),
+  44-50 % with half of them planted among honest units (35 of 64 rebuilt
+  exactly; the limit had been 50 % and this passed). The cut was 1/16 (honest
+  at most 19.4 %) until an adaptive server set the quantile for the client's
+  batch instead (an independent review, QBI: each unit at 1/8-1/10 of the
+  examples, which at batches of 8-16 still fires for one example or so):
+  94-95 % of a batch of 16 rebuilt at ≥ 30 dB against 61 % for the honest
+  MLP, biases alone changed, and clean; at 1/8 such layers read 55-84 %, and
+  trap weights with the negative half scaled down (ratios 1.0-3.3, which
+  FG401 does not read) 75-89 %.
 * **Imprint in data space (FG804).** Robbing the Fed's rows measure one
   quantity; noise the data never excites (pixels always zero, directions of
   no variance; in a second layer, directions the first layer never
@@ -63,7 +69,7 @@ from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
 
 #: A unit is rare when at most this share of the client's examples reach it.
-RARE = 1 / 16
+RARE = 1 / 8
 #: FG803: share of a layer's reached units that are rare.
 RARE_SHARE = 0.35
 #: FG804: |correlation| of two units' responses that makes them one measurement; the fewest distinct thresholds among

@@ -23,7 +23,7 @@ pipes, greps and diffs cleanly. Sample output::
 
 Findings accepted with ``--ignore`` are named on one line before the last
 (``ignored with --ignore: FG301 high in features.0``). A clean model ends with ``clean: no findings (10 detectors run in 0.02 s; --arch, --data,
---reference would run 4 more detectors)``.
+--reference would run 5 more detectors)``.
 """
 
 from __future__ import annotations

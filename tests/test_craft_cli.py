@@ -279,6 +279,6 @@ def test_the_demo_refuses_a_folder_named_summary_html_before_any_work(tmp_path):
     from fedguard.errors import InputError
 
     (tmp_path / "out" / "summary.html").mkdir(parents=True)
-    with pytest.raises(InputError, match="summary.html is a directory"):
+    with pytest.raises(InputError, match="holds a folder .*summary.html where the demo writes a file"):
         run_demo(tmp_path / "out", echo=lambda line: None)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.html"]  # no models, no reports

@@ -109,7 +109,7 @@ def test_behavioural_checks_quiet_on_benign_models(label):
     entry = _entry(benign_entries(), label)
     module = copy.deepcopy(entry.module).float()  # an fp16 entry's module is the float32 model it was cast from:
     module.load_state_dict({k: v.float() for k, v in entry.state_dict.items()})  # the weights it was sent with
-    assert _with_data(module, entry.input_shape, ["gradient_snr", "responses"], 64) == {}
+    assert _with_data(module, entry.input_shape, ["gradient_snr", "responses", "silenced"], 64) == {}
 
 
 def test_feature_fishing_that_keeps_the_row_is_fg202():
@@ -136,14 +136,26 @@ def test_biases_at_a_high_quantile_of_each_units_response_are_sparse_firing():
     assert found["FG803"].evidence["rare_share"] >= 0.9
 
 
-def _sparse_firing(layer: torch.nn.Linear, inputs: torch.Tensor, share: float = 1.0) -> None:
-    """Set ``share`` of ``layer``'s units' biases at the 63/64 quantile of their response to ``inputs`` (public
-    digits): each fires for about one example of a batch of 64."""
+def _sparse_firing(layer: torch.nn.Linear, inputs: torch.Tensor, share: float = 1.0, batch: int = 64) -> None:
+    """Set ``share`` of ``layer``'s units' biases at the ``1 - 1/batch`` quantile of their response to ``inputs``
+    (public digits): each fires for about one example of a batch of ``batch``."""
     with torch.no_grad():
         planted = torch.randperm(layer.out_features, generator=torch.Generator().manual_seed(0))
         planted = planted[: round(share * layer.out_features)]
         response = inputs @ layer.weight[planted].T
-        layer.bias[planted] = -torch.quantile(response, 1 - 1 / 64, dim=0)
+        layer.bias[planted] = -torch.quantile(response, 1 - 1 / batch, dim=0)
+
+
+@pytest.mark.parametrize("batch", [8, 10])
+def test_sparse_firing_set_for_the_clients_batch_size(batch):
+    """QBI (an independent review): biases alone set so that each unit fires for one example of a batch of 8-10, not
+    of the 64 the check reads: 94-95 % of a batch of 16 rebuilt against 61 % for the honest MLP, and clean while a
+    rare unit was one at most 1/16 of the examples reach."""
+    model = _honest_mlp()
+    _sparse_firing(model[1], digits((1, 8, 8))[0][1::2][:512].flatten(1), batch=batch)
+    assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG803"].evidence["rare_share"] >= 0.5 and found["FG803"].severity is Severity.HIGH
 
 
 def test_sparse_firing_in_half_a_layer_among_honest_units():
@@ -153,7 +165,42 @@ def test_sparse_firing_in_half_a_layer_among_honest_units():
     model = _honest_mlp()
     _sparse_firing(model[1], digits((1, 8, 8))[0][1::2][:512].flatten(1), share=0.49)
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    assert 0.35 <= found["FG803"].evidence["rare_share"] < 0.5 and found["FG803"].evidence["isolated_examples"] >= 24
+    # 0.44-0.50 when a rare unit was one at most 1/16 of the examples reach, 0.50 at 1/8
+    assert 0.35 <= found["FG803"].evidence["rare_share"] < 0.6 and found["FG803"].evidence["isolated_examples"] >= 24
+
+
+def test_a_layer_dead_on_the_clients_data_is_model_inconsistency():
+    """Pasquini et al. (CCS 2022): every first-layer unit below zero on any image, so the client's update is zero
+    below the head and the aggregate is another client's alone; every rule had called it clean."""
+    model = _honest_mlp()
+    with torch.no_grad():
+        model[1].weight.copy_(-model[1].weight.abs())  # pixels are >= 0: no unit ever fires
+        model[1].bias.fill_(-0.3)
+    assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
+    found = _with_data(model, (1, 8, 8), ["silenced"], n=64)
+    finding = found["FG805"]
+    assert (finding.severity, finding.layer, finding.evidence) == (Severity.MEDIUM, "2", {"examples": 64, "head": "3"})
+    with torch.no_grad():  # half the units alive again: the examples stay apart
+        model[1].bias[:128] = 10.0
+    assert _with_data(model, (1, 8, 8), ["silenced"], n=64) == {}
+
+
+def test_a_zero_head_and_zero_residual_branches_keep_the_examples_apart():
+    """A head initialised at zero gives every example the same logits, ResNet's zero-initialised residual branches
+    the same branch output; neither discards the data (only the head's input counts)."""
+    from fedguard.architectures import build_model
+
+    model = _honest_mlp()
+    with torch.no_grad():
+        model[3].weight.zero_()
+        model[3].bias.zero_()
+    assert _with_data(model, (1, 8, 8), ["silenced"], n=16) == {}
+    torch.manual_seed(0)
+    resnet = build_model("resnet18")
+    for name, norm in resnet.named_modules():
+        if name.endswith("bn2"):
+            torch.nn.init.zeros_(norm.weight)
+    assert _with_data(resnet, (3, 32, 32), ["silenced"], n=16) == {}
 
 
 def _two_hidden_layers() -> torch.nn.Module:

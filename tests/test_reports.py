@@ -223,16 +223,16 @@ def test_text_clean(clean):
     assert lines[0].startswith("CLEAN  models/clean.safetensors  (sha256 ")
     # what the options it was not given would add (a newcomer had not known)
     # only the options not given (--arch was), and only the detectors they would add
-    assert lines[-1] == "clean: no findings (3 detectors run in 0.03 s; --data, --reference would run 3 more detectors)"
+    assert lines[-1] == "clean: no findings (3 detectors run in 0.03 s; --data, --reference would run 4 more detectors)"
     bare = dataclasses.replace(clean, arch=None)
-    assert render("text", bare, RULES).splitlines()[-1].endswith("; --arch, --data, --reference would run 4 more detectors)")
+    assert render("text", bare, RULES).splitlines()[-1].endswith("; --arch, --data, --reference would run 5 more detectors)")
     every = dataclasses.replace(clean, reference="last.pt", config={**clean.config, "data": "digits"})
     assert render("text", every, RULES).splitlines()[-1] == "clean: no findings (3 detectors run in 0.03 s)"
     asked = dataclasses.replace(clean, config={**clean.config, "detectors_requested": ["magnitude"]})
     assert render("text", asked, RULES).splitlines()[-1] == "clean: no findings (3 detectors run in 0.03 s)"
     assert "severity" not in out  # no empty table
     page = render("html", clean, RULES)  # the HTML page says it too (it had been the text report's alone)
-    assert "found nothing to report (--data, --reference would run 3 more detectors)." in page
+    assert "found nothing to report (--data, --reference would run 4 more detectors)." in page
 
 
 def test_text_clean_with_only_low_findings(clean):
