@@ -479,11 +479,14 @@ def _probabilities_note(logits: torch.Tensor) -> str | None:
     return None
 
 
-def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = ()) -> dict[str, Any]:
+def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = (),
+                     batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """What ``fedguard inspect`` reads in the received model's weights (the rules that need neither ``--data`` nor
-    ``--reference``): ``{"verdict", "findings", "suppressed", "ignore", "ignore_unmatched"}``, the findings at medium
-    severity or above, worst first; those ``ignores`` accept (``--ignore``) apart, not judged, and the entries of
-    ``ignores`` that matched nothing.
+    ``--reference``) and, with the client's ``batch``, whether the model discards it (FG805: a server that sends
+    every client but one such a model reads that one's update alone out of the secure sum; the audit had passed
+    it, as nothing of the batch leaks): ``{"verdict", "findings", "suppressed", "ignore", "ignore_unmatched"}``, the
+    findings at medium severity or above, worst first; those ``ignores`` accept (``--ignore``) apart, not judged,
+    and the entries of ``ignores`` that matched nothing.
 
     The attacks measure what their own methods rebuild; a server's method may read more. An imprint planted in an
     MLP's second layer behind a first layer that every example passes (an independent review: biases of 1000)
@@ -497,9 +500,9 @@ def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = ()) -> dict[
     from fedguard.modelview import ModelView
     from fedguard.reports.base import sorted_findings
 
-    static = [name for name in DETECTORS.names() if not DETECTORS.get(name).needs]
+    names = [name for name in DETECTORS.names() if not DETECTORS.get(name).needs] + (["silenced"] if batch else [])
     state = {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
-    findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(state, module)), static)
+    findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(state, module), data=batch), names)
     findings, suppressed = split_findings(findings, ignores)
 
     def listed(found: list[Finding]) -> list[dict[str, Any]]:
@@ -881,7 +884,7 @@ def audit(
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed, defense=defense)
         agreement = None
     mismatch = _mismatch_note(agreement, upd.protocol)
-    model_info["inspection"] = inspect_received(module, ignores)
+    model_info["inspection"] = inspect_received(module, ignores, (batch_x.to(dev), batch_y.to(dev)))
     notes = [note for note in (mismatch, _noiseless_note(upd, agreement), _probabilities_note(logits),
                                _running_statistics_note(upd), _inspection_note(model_info["inspection"])) if note]
     # each: warn; a model inspect calls malicious: block

@@ -2198,3 +2198,23 @@ def test_a_stdout_that_takes_no_report_keeps_the_verdicts_exit_code_or_says_so(w
     assert "Traceback" not in result.output
     if message is not None:
         assert message in assert_input_error(result)
+
+
+def test_a_model_that_discards_the_batch_warns_though_nothing_of_it_leaks():
+    """Model inconsistency (Pasquini et al., CCS 2022): a first layer dead on any image leaves this client's update
+    zero below the head, and the secure sum another client's alone; the audit had passed it (FG805 on its batch)."""
+    from fedguard.architectures import build_model
+    from fedguard.audit import audit
+
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    with torch.no_grad():
+        model[1].weight.copy_(-model[1].weight.abs())
+        model[1].bias.fill_(-0.3)
+    report = audit(model, arch="mlp", data="digits", attacks=["label_counts"], seed=0)
+    assert str(report.verdict) == "warn" and report.model["inspection"]["verdict"] == "suspicious"
+    assert report.model["inspection"]["findings"] == [
+        {"rule_id": "FG805", "severity": "medium", "layer": "2", "title": "Model discards your data"}]
+    assert any(note.startswith("fedguard inspect calls the model received suspicious: FG805") for note in report.notes)
+    accepted = audit(model, arch="mlp", data="digits", attacks=["label_counts"], seed=0, ignore=["FG805"])
+    assert accepted.model["inspection"]["verdict"] == "clean" and str(accepted.verdict) == "pass"
