@@ -95,7 +95,7 @@ def main() -> None:
     print(f"benign zoo: {len(entries)} models")
     for key, (value, where) in worst.items():
         print(f"  {key:<46} benign extreme {value:10.4g}  threshold {THRESHOLDS[key]:<40} at {where}")
-    dsnr, tsnr, rare, same, merged = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), []
+    dsnr, tsnr, rare, same, silent, merged = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), []
     for entry in entries:
         if entry.module is None or entry.arch is None:
             continue
@@ -114,18 +114,22 @@ def main() -> None:
         tsnr = max(tsnr, (t, entry.label))
         for seed in range(6):
             pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:64]
-            if silenced.merging_layers(module, x[pick]) is not None:
+            if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
             for seen in responses.linear_layers_seen(module, x[pick], y[pick]):
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:
                     rare = max(rare, (share, f"{entry.label}:{seen.name}"))
+                dead, units = silenced.silent_units(seen)
+                if bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
+                    silent = max(silent, (dead / units, f"{entry.label}:{seen.name}"))
                 corr = response_correlations(seen.responses()[0])[0].abs()
                 group = int((corr >= responses.SAME_RESPONSE).sum(dim=1).max()) if corr.numel() else 0
                 same = max(same, (group, f"{entry.label}:{seen.name}"))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")
     print(f"  {'Linear layers: units reached by <= 1/8 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of reached units (FG803)  at {rare[1]}")
+    print(f"  {'Linear layers: units silent on 64 digits':<46} benign max {silent[0]:10.4g}  threshold >= {silenced.DEAD_SHARE:g} of {silenced.MIN_UNITS}+ units (FG805)  at {silent[1]}")
     print(f"  {'head input the same for all of 64 digits':<46} benign {len(merged)} of the batches  (FG805)  in {sorted(set(merged))}")
     print(f"  {'Linear layers: units at |r| >= 0.999 on 64 digits':<46} benign max {same[0]:10.4g}  threshold >= {responses.MIN_SAME_UNITS} units, {responses.MIN_GROUP}+ thresholds (FG804)  at {same[1]}")
 

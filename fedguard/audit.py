@@ -479,14 +479,22 @@ def _probabilities_note(logits: torch.Tensor) -> str | None:
     return None
 
 
+def audited_rules() -> set[str]:
+    """The rule ids :func:`inspect_received` can report: ``fedguard inspect``'s weight rules and FG805."""
+    from fedguard.detectors import DETECTORS
+
+    detectors = [DETECTORS.get(name) for name in DETECTORS.names()]
+    return {rule.rule_id for d in detectors if not d.needs or d.name == "silenced" for rule in d.rules}
+
+
 def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = (),
                      batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """What ``fedguard inspect`` reads in the received model's weights (the rules that need neither ``--data`` nor
     ``--reference``) and, with the client's ``batch``, whether the model discards it (FG805: a server that sends
     every client but one such a model reads that one's update alone out of the secure sum; the audit had passed
     it, as nothing of the batch leaks): ``{"verdict", "findings", "suppressed", "ignore", "ignore_unmatched"}``, the
-    findings at medium severity or above, worst first; those ``ignores`` accept (``--ignore``) apart, not judged,
-    and the entries of ``ignores`` that matched nothing.
+    findings at medium severity or above, worst first; those ``ignores`` accept (``--ignore``) apart, at any
+    severity, not judged, and the entries of ``ignores`` that matched nothing.
 
     The attacks measure what their own methods rebuild; a server's method may read more. An imprint planted in an
     MLP's second layer behind a first layer that every example passes (an independent review: biases of 1000)
@@ -505,14 +513,14 @@ def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = (),
     findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(state, module), data=batch), names)
     findings, suppressed = split_findings(findings, ignores)
 
-    def listed(found: list[Finding]) -> list[dict[str, Any]]:
-        shown = [f for f in sorted_findings(found) if f.severity >= Severity.MEDIUM]
+    def listed(found: list[Finding], floor: Severity) -> list[dict[str, Any]]:
+        shown = [f for f in sorted_findings(found) if f.severity >= floor]
         return [{"rule_id": f.rule_id, "severity": str(f.severity), "layer": f.layer, "title": f.title} for f in shown[:20]]
 
     return {
         "verdict": str(judge(findings)),
-        "findings": listed(findings),
-        "suppressed": listed(suppressed),
+        "findings": listed(findings, Severity.MEDIUM),
+        "suppressed": listed(suppressed, Severity.INFO),  # whatever an entry accepted, so that no entry goes unseen
         "ignore": [str(i) for i in ignores],
         "ignore_unmatched": [str(i) for i in unmatched(ignores, suppressed)],
     }
@@ -826,6 +834,11 @@ def audit(
     threat = threat or ThreatModel()
     dev = resolve_device(device)
     ignores = parse_ignores(ignore, rules())
+    for entry in ignores:
+        if entry.rule_id not in audited_rules():
+            raise InputError(f"--ignore {entry}: the audit does not run {entry.rule_id} (it reads the received model with "
+                             f"the weight rules and FG805 only); accept it with fedguard inspect's --ignore, and leave it "
+                             "out of the audit's")  # fmt: skip
 
     if input_shape is None and isinstance(data, (tuple, list)):
         try:

@@ -207,7 +207,7 @@ def _formats() -> dict[str, str]:
 @click.option("--exposure-budget", type=FiniteFloatRange(min=0, min_open=True), help="Exposure: seconds for the whole analysis, its what-ifs included (default 5, or --time-budget when smaller); what-ifs it does not reach are reported as not run.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat when --max-iterations, not --time-budget, ends them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"], case_sensitive=False), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")
-@click.option("--ignore", multiple=True, metavar="RULE[:LAYER]", help="Accept this `fedguard inspect` rule's findings on the received model (repeatable): RULE anywhere, or RULE:LAYER in that layer and what is under it, e.g. FG301:features.0. Reported apart, they neither block nor warn; what the attacks measure still counts. FG001 cannot be ignored.")
+@click.option("--ignore", multiple=True, metavar="RULE[:LAYER]", help="Accept this `fedguard inspect` rule's findings on the received model (repeatable; its weight rules and FG805, which the audit runs): RULE anywhere, or RULE:LAYER in that layer and what is under it, e.g. FG301:features.0. Reported apart, they neither block nor warn; what the attacks measure still counts. FG001 cannot be ignored.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats()), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
 @click.option("--no-images", is_flag=True, help="Write no reconstruction grids and embed none in an HTML report: they show your private batch beside what the attacks rebuilt.")
@@ -300,7 +300,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         if not quiet:
             click.echo(printable(f"{report.verdict}: leakage {report.leakage_said}; report written to {output}"), err=True)
     elif not quiet:
-        print_report(text)
+        print_report(text, utf8=fmt == "html")
     if report.interrupted:
         click.echo("fedguard: interrupted; the report holds the partial results", err=True)
         sys.exit(EXIT_INTERRUPTED)

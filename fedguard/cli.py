@@ -182,7 +182,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         if not quiet:
             click.echo(printable(f"{report.verdict}: report written to {output}"), err=True)
     elif not quiet:
-        print_report(text)
+        print_report(text, utf8=fmt == "html")
     failing = report.at_or_above(Severity.parse(fail_on))
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
 

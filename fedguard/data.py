@@ -429,7 +429,8 @@ def _folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
                              "folder itself); give each class a folder of its own")  # fmt: skip
         seen = {base}  # a link back to the data folder is not followed
         found = _images_under(folder, seen)
-        for real in sorted(seen - {base}):  # a folder linked from two classes had been read as the first one's only
+        for real in sorted(seen & {file.parent.resolve() for file in found}):  # a folder of images linked from two
+            # classes had been read as the first one's only; one without images (notes) may be shared
             reader = readers.setdefault(real, folder)
             if reader != folder:
                 raise InputError(f"folder {real} is reached from class folders {reader} and {folder} (through a link), "

@@ -118,12 +118,20 @@ def silence_stdout() -> None:
         sys.stdout = open(os.devnull, "w")
 
 
-def print_report(text: str) -> None:
-    """Print a report on stdout. A reader that stops early (``| head -1``) ends the printing, not the run: the exit
-    code still says the verdict. A stdout that cannot take it (a full disk) is one InputError naming ``-o``, not a
-    traceback and not exit 1, which means block."""
+def print_report(text: str, utf8: bool = False) -> None:
+    """Print a report on stdout; with ``utf8`` (an HTML page, which declares its charset) as UTF-8 bytes whatever
+    the stream's encoding (a stdout in cp1252 had written the page's dashes as bytes no browser reads as UTF-8). A
+    reader that stops early (``| head -1``) ends the printing, not the run: the exit code still says the verdict. A
+    stdout that cannot take it (a full disk) is one InputError naming ``-o``, not a traceback and not exit 1, which
+    means block."""
     try:
-        click.echo(text, nl=not text.endswith("\n"))
+        binary = getattr(sys.stdout, "buffer", None) if utf8 else None
+        if binary is not None:
+            sys.stdout.flush()
+            binary.write((text if text.endswith("\n") else text + "\n").encode("utf-8"))
+            binary.flush()
+        else:
+            click.echo(text, nl=not text.endswith("\n"))
         sys.stdout.flush()
     except BrokenPipeError:
         silence_stdout()

@@ -5,7 +5,7 @@ imprint layer, FG301), and a gate that blocks on it every round leaves its user 
 As bandit's ``--skip`` and pip-audit's ``--ignore-vuln`` do, ``--ignore`` names what to accept: a rule, by its id
 (``FG301``) or name (``imprint-identical-rows``), anywhere or in one layer (``FG301:features.0``: that layer and
 the parameters under it). An ignored finding is not dropped: reports list it apart as suppressed (SARIF: a result
-with an external suppression, which code scanning reads as dismissed), and the verdict and exit code follow the
+with an external suppression, SARIF's record of an accepted finding), and the verdict and exit code follow the
 findings left. The layer is scoped so that accepting one layer's pattern does not hide the same pattern planted in
 another layer next round; an ``--ignore`` that matched nothing is named (:func:`unmatched`), as a stale entry
 should be dropped or corrected.

@@ -163,7 +163,7 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
 
     uri = artifact_uri(report.path)
     results = [_result(report, f, index[f.rule_id], uri) for f in findings]
-    for f in suppressed:  # listed as code scanning lists a dismissed alert: there, with the reason
+    for f in suppressed:  # listed, with the reason: SARIF's record of an accepted finding
         result = _result(report, f, index[f.rule_id], uri)
         result["suppressions"] = [{"kind": "external", "status": "accepted",
                                    "justification": f"accepted with fedguard --ignore {_accepted_by(report, f)}"}]

@@ -798,6 +798,10 @@ def test_a_stdout_in_a_legacy_encoding_gets_ascii_look_alikes(high_model):
     assert report.returncode == 1 and report.stderr == b"", report.stderr
     text = report.stdout.decode("cp1252")
     assert text.startswith("MALICIOUS") and "-" * 40 in text and "FG502" in text
+    page = subprocess.run([sys.executable, "-m", "fedguard", "inspect", str(high_model), "--format", "html"], env=env,
+                          capture_output=True, timeout=120)  # fmt: skip
+    assert page.returncode == 1 and "<meta charset=\"utf-8\">" in page.stdout.decode("utf-8")  # the page as it declares
+    assert "fedguard inspect \u2014 high.pt" in page.stdout.decode("utf-8")
 
 
 def test_end_to_end_input_error(tmp_path):

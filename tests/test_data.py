@@ -152,6 +152,10 @@ def test_a_folder_linked_from_two_classes_is_refused_and_twice_from_one_is_read_
     """A folder outside the data linked from two classes had been read as the first class's only, without a word."""
     _write_folder(tmp_path / "data")
     _write_folder(tmp_path / "elsewhere")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("no images here")
+    for name in ("ant", "cat"):  # a folder without images may be linked from every class
+        (tmp_path / "data" / name / "notes").symlink_to(tmp_path / "notes")
     shared = tmp_path / "elsewhere" / "ant"
     (tmp_path / "data" / "ant" / "extra").symlink_to(shared)
     (tmp_path / "data" / "ant" / "extra2").symlink_to(shared)  # twice within one class: read once

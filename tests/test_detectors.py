@@ -180,9 +180,38 @@ def test_a_layer_dead_on_the_clients_data_is_model_inconsistency():
     found = _with_data(model, (1, 8, 8), ["silenced"], n=64)
     finding = found["FG805"]
     assert (finding.severity, finding.layer, finding.evidence) == (Severity.MEDIUM, "2", {"examples": 64, "head": "3"})
-    with torch.no_grad():  # half the units alive again: the examples stay apart
+    with torch.no_grad():  # one unit alive for every example: the examples stay apart, 255 rows of the update zero
+        model[1].bias[0] = 10.0
+    silent = _with_data(model, (1, 8, 8), ["silenced"], n=64)["FG805"]
+    assert (silent.title, silent.layer) == ("Layer silent on your data", "1")
+    assert silent.evidence == {"dead_units": 255, "units": 256, "dead_share": 0.9961, "examples": 64}
+    with torch.no_grad():  # half the units alive (honest layers: up to 54 % silent): not told from honest
         model[1].bias[:128] = 10.0
     assert _with_data(model, (1, 8, 8), ["silenced"], n=64) == {}
+
+
+class _FunctionalNet(torch.nn.Module):
+    """The functional style: ``F.relu`` in forward, no activation module; a learned temperature, a 0-d tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 10)
+        self.log_t, self.positive = torch.nn.Parameter(torch.tensor(0.5)), torch.nn.Softplus()
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.relu(self.fc1(x.flatten(1)))) / self.positive(self.log_t)
+
+
+def test_a_layer_dead_behind_a_functional_relu_is_named_and_scalars_are_no_batch():
+    """From a review: a scalar through a module (a learned temperature) had raised (len() of a 0-d tensor), and a
+    layer dead behind F.relu right before the head had gone unseen."""
+    torch.manual_seed(0)
+    model = _FunctionalNet()
+    assert _with_data(model, (1, 8, 8), ["silenced"], n=16) == {}
+    with torch.no_grad():
+        model.fc1.weight.copy_(-model.fc1.weight.abs())
+        model.fc1.bias.fill_(-0.3)
+    assert _with_data(model, (1, 8, 8), ["silenced"], n=16)["FG805"].layer == "fc1"
 
 
 def test_a_zero_head_and_zero_residual_branches_keep_the_examples_apart():
@@ -195,6 +224,10 @@ def test_a_zero_head_and_zero_residual_branches_keep_the_examples_apart():
         model[3].weight.zero_()
         model[3].bias.zero_()
     assert _with_data(model, (1, 8, 8), ["silenced"], n=16) == {}
+    hidden = torch.nn.Sequential(*_honest_mlp(), torch.nn.ReLU(), torch.nn.Linear(10, 10))
+    with torch.no_grad():  # a hidden layer at zero gives every example its bias, yet trains: its gradient is not zero
+        hidden[3].weight.zero_()
+    assert _with_data(hidden, (1, 8, 8), ["silenced"], n=16) == {}
     torch.manual_seed(0)
     resnet = build_model("resnet18")
     for name, norm in resnet.named_modules():

@@ -148,7 +148,7 @@ def test_audit_accepts_inspect_findings_but_not_what_the_attacks_measure(trap_ml
     blocked = invoke(*common)
     assert blocked.exit_code == 1 and json.loads(blocked.stdout)["verdict"] == "block"
 
-    result = invoke(*common, "--ignore", "FG401", "--ignore", "FG803:x")
+    result = invoke(*common, "--ignore", "FG401", "--ignore", "FG301:x")
     assert_no_crash(result)
     doc = json.loads(result.stdout)
     jsonschema.validate(doc, load_schema("audit"))
@@ -156,8 +156,12 @@ def test_audit_accepts_inspect_findings_but_not_what_the_attacks_measure(trap_ml
     inspection = doc["model"]["inspection"]
     assert inspection["verdict"] == "clean" and inspection["findings"] == []
     assert inspection["suppressed"] == [{"rule_id": "FG401", "severity": "high", "layer": "1", "title": "Trap weights"}]
-    assert inspection["ignore"] == ["FG401", "FG803:x"] and inspection["ignore_unmatched"] == ["FG803:x"]
-    assert "--ignore FG803:x matched no finding" in result.stderr
+    assert inspection["ignore"] == ["FG401", "FG301:x"] and inspection["ignore_unmatched"] == ["FG301:x"]
+    assert "--ignore FG301:x matched no finding" in result.stderr
+    line = assert_input_error(invoke(*common, "--ignore", "FG803"))  # a data rule the audit does not run
+    assert line.endswith("--ignore FG803: the audit does not run FG803 (it reads the received model with the weight "
+                         "rules and FG805 only); accept it with fedguard inspect's --ignore, and leave it out of the "
+                         "audit's")  # fmt: skip
 
     text = invoke(*common[:-2], "--ignore", "FG401").stdout
     assert "accepted with --ignore, not judged: fedguard inspect's FG401 high in 1 on the received model" in text
