@@ -115,7 +115,7 @@ class FishingPlan:
         values = torch.unique(inside)
         if len(values) >= 2:
             cuts = 0.5 * (values[1:] + values[:-1])
-            ok = (values[1:] - values[:-1] > 2 * self.margin) & (cuts - low > self.margin) & (high - cuts > self.margin)
+            ok = values[1:] - values[:-1] > 2 * self.margin  # halfway between values inside: a margin from the ends too
             if not ok.any():
                 return None
             below = torch.searchsorted(inside.sort().values, cuts[ok])

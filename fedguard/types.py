@@ -283,7 +283,7 @@ class Reconstruction:
 
 @dataclass(frozen=True)
 class SampleLeak:
-    """One true example and the reconstruction matched to it (Hungarian matching on MSE)."""
+    """One true example and the reconstruction matched to it (Hungarian matching of the most total PSNR)."""
 
     index: int
     match: int
