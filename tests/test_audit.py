@@ -1350,10 +1350,14 @@ def test_an_exception_of_the_callers_progress_object_reaches_the_caller():
         def message(self, text):
             raise RuntimeError("message broke")
 
-    with pytest.raises(RuntimeError, match="message broke"):
-        audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["dlg"],
-              max_iterations=2, progress=MessageBroken())  # fmt: skip
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
+    try:
+        with pytest.raises(RuntimeError, match="message broke"):
+            audit(lenet8(), arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=2, attacks=["dlg"],
+                  max_iterations=2, progress=MessageBroken())  # fmt: skip
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_compute_update_refuses_labels_the_model_has_no_output_for_naming_its_own_arguments():
