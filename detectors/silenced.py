@@ -1,25 +1,25 @@
 """FG805: the model discards the client's data: every example reaches the head as the same features.
 
 Secure aggregation hides one client's update in the sum of many. A server that sends every client but its target a
-model whose hidden layer is dead on their data (each ReLU unit's bias below its response to any input) receives
-zero from them everywhere below the head, so the sum it is handed is the target's update alone, which it then
-inverts (Pasquini et al., "Eluding Secure Aggregation in Federated Learning via Model Inconsistency", ACM CCS 2022).
-A non-target client cannot see the attack on its own data, but it can see the tell: its examples' features are
-identical by the time they reach the head, so the model's output cannot depend on them, and the update it would
-upload carries nothing of them below the head. An independent review's models (the first layer's units all dead, by a margin of
-0.3 or with every row made negative) aggregated with one target's model gave back the target's batch of 8
-exactly, and every rule had called them clean.
+model whose hidden layer is dead on their data (each ReLU unit's bias below its response to any input) receives zero
+from them everywhere below the head, so the sum it is handed is the target's update alone, which it then inverts
+(Pasquini et al., "Eluding Secure Aggregation in Federated Learning via Model Inconsistency", ACM CCS 2022). A non-
+target client cannot see the attack on its own data, but it can see the tell: its examples' features are identical
+by the time they reach the head, so the model's output cannot depend on them, and the update it would upload carries
+nothing of them below the head. An independent review's models (the first layer's units all dead, by a margin of 0.3
+or with every row made negative) aggregated with one target's model gave back the target's batch of 8 exactly, and
+every rule had called them clean.
 
-Measured on the client's examples in one forward and backward pass (eval mode, :func:`discarding_layers`): the
-head receives the same features for every example while the examples differ, and the update is zero up to where
-they merged.
-Honest models keep their examples apart at the head: the benign zoo with a known architecture, six batches of 64
-digits each, never reads so, a head initialised at zero included (its input still differs; only its output is the
-same) and zero-initialised residual branches (ResNet's last BatchNorm of a block at weight 0: the skip carries the
-data), but for one: MobileNetV3-Small magnitude-pruned by 90 % at initialisation, whose depthwise filters the
+Measured on the client's examples in one forward and backward pass (eval mode, :func:`discarding_layers`): the head
+receives the same features for every example while the examples differ, and the update is zero up to where they
+merged. Honest models keep their examples apart at the head: the benign zoo with a known architecture, six batches
+of 64 digits each, never reads so, a head initialised at zero included (its input still differs; only its output is
+the same) and zero-initialised residual branches (ResNet's last BatchNorm of a block at weight 0: the skip carries
+the data), but for one: MobileNetV3-Small magnitude-pruned by 90 % at initialisation, whose depthwise filters the
 pruning empties, so that its output is the same for every input. A model whose every unit of a layer died in
-training (a diverged run), or a hidden layer whose weights and biases start at zero before a ReLU, reads the same: no update can
-train them, and the finding says both readings. Medium severity: the client's own data does not leak through it.
+training (a diverged run), or a hidden layer whose weights and biases start at zero before a ReLU, reads the same:
+no update can train them, and the finding says both readings. Medium severity: the client's own data does not leak
+through it.
 
 A server that leaves a unit or a few alive keeps the examples apart, while the dead rows of the target's update
 are still its own in the sum (a review's model: 255 of 256 units dead, clean). So a fully connected layer (as FG803
@@ -140,9 +140,9 @@ class SilencedData(Detector):
             "FG805", "Model discards your data", Severity.MEDIUM, Confidence.HIGH, where,
             f"All {len(inputs)} of your examples reach {head} as the same features (from {where} on, every example "
             "gives the same output), so the model's output cannot depend on your data and the update you would "
-            "upload carries nothing of it below the head. Sent to every client but one, such a model leaves that client's update "
-            "alone in the securely aggregated sum (model inconsistency); a diverged or over-pruned model reads the "
-            "same. Either way training on it teaches nothing: do not, and report it to the federation.",
+            "upload carries nothing of it below the head. Sent to every client but one, such a model leaves that "
+            "client's update alone in the securely aggregated sum (model inconsistency); a diverged or over-pruned "
+            "model reads the same. Either way training on it teaches nothing: do not, and report it to the federation.",
             examples=len(inputs), head=head,
         )
 

@@ -27,22 +27,23 @@ def finding(rule_id: str, layer: str | None) -> Finding:
     return Finding(rule_id, "t", Severity.HIGH, Confidence.HIGH, layer, "m")
 
 
+def _crafted(factory, attack: str):
+    path = factory.mktemp(attack) / f"{attack}.pt"
+    result = invoke("craft", attack, "--arch", "mlp", "-o", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
 @pytest.fixture(scope="module")
 def imprint_mlp(tmp_path_factory):
     """fedguard's imprint crafted on the MLP: FG101 and FG301 in imprint.0 and imprint.2, all high."""
-    path = tmp_path_factory.mktemp("imprint") / "imprint.pt"
-    result = invoke("craft", "imprint", "--arch", "mlp", "-o", path)
-    assert result.exit_code == 0, result.output
-    return path
+    return _crafted(tmp_path_factory, "imprint")
 
 
 @pytest.fixture(scope="module")
 def trap_mlp(tmp_path_factory):
     """Trap weights crafted on the MLP as --arch mlp builds it: one FG401 (high) in layer 1."""
-    path = tmp_path_factory.mktemp("trap") / "trap.pt"
-    result = invoke("craft", "trap_weights", "--arch", "mlp", "-o", path)
-    assert result.exit_code == 0, result.output
-    return path
+    return _crafted(tmp_path_factory, "trap_weights")
 
 
 def test_entries_parse_by_id_or_name_in_any_case_and_repeat_once():
