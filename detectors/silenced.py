@@ -35,14 +35,14 @@ import torch
 from torch import nn
 
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.responses import LinearSeen, linear_layers_seen, reach_rates
+from fedguard.detectors.responses import CHUNK, LinearSeen, linear_layers_seen, reach_rates
 from fedguard.layers import forward_hooks
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
 
 
 #: A fully connected layer is silenced when at least this share of its units fire for none of the client's examples
-#: (no example's gradient reaches them), and it has at least :data:`MIN_UNITS` units.
+#: (:func:`silent_units`), and it has at least :data:`MIN_UNITS` units.
 DEAD_SHARE = 0.9
 MIN_UNITS = 16
 
@@ -75,38 +75,40 @@ def discarding_layers(module: nn.Module, inputs: torch.Tensor, labels: torch.Ten
     examples, yet trains (its gradient is not zero); modules after the head (a temperature, a normalisation of the
     logits) are not the head."""
     names = {m: name for name, m in module.named_modules()}
-    calls: list[tuple[nn.Module, torch.Tensor | None, torch.Tensor]] = []  # module, its input, its output
+    # per leaf call, in order: the module, whether every example read the same input (None: no tensor input) and
+    # gave the same output, and the output's shape; flags only, so that a large model's activations are not kept
+    calls: list[tuple[nn.Module, bool | None, bool, torch.Size]] = []
 
     def record(mod, args, output):
         if next(mod.children(), None) is not None or not isinstance(output, torch.Tensor):
             return  # containers: their leaves say where the examples merged
         if output.dim() == 0 or len(output) != len(inputs):  # a scalar (a learned temperature), a reshaped batch
             return
-        read = args[0].detach() if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0 else None
-        calls.append((mod, read, output.detach()))
+        read = args[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0 else None
+        calls.append((mod, None if read is None else _same_for_all(read), _same_for_all(output), output.shape))
 
     if _same_for_all(inputs):
         return None
-    with forward_hooks(module, (nn.Module,), record), evaluating(module), torch.enable_grad():
+    with forward_hooks(module, (nn.Module,), record), evaluating(module), torch.no_grad():
         logits = module(inputs.float())
-        heads = [i for i, (m, _, out) in enumerate(calls) if isinstance(m, nn.Linear) and out.shape == logits.shape]
-        if not heads or not logits.requires_grad:
-            return None
-        head = heads[-1]
-        read = calls[head][1]
-        if read is None or not _same_for_all(read):
-            return None
-        # the first module to give every example the same output; else a function just before the head merged them
-        merged = next((i for i, (_, _, out) in enumerate(calls[:head]) if _same_for_all(out)), head)
-        itself = calls[merged][1] is not None and not _same_for_all(calls[merged][1])  # it merged them, not a function
-        upstream = [m for m, *_ in calls[: merged + itself]]
-        below = list(dict.fromkeys(p for m in upstream for p in m.parameters(recurse=False) if p.requires_grad))
-        if not below:
-            return None
-        loss = nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="sum")
-        grads = torch.autograd.grad(loss, below, allow_unused=True)
-    if any(g is not None and bool(torch.any(g != 0)) for g in grads):
+    heads = [i for i, (m, _, _, shape) in enumerate(calls) if isinstance(m, nn.Linear) and shape == logits.shape]
+    if not heads or not calls[heads[-1]][1]:  # the head's input differs between examples (or is no tensor)
         return None
+    head = heads[-1]
+    # the first module to give every example the same output; else a function just before the head merged them
+    merged = next((i for i, call in enumerate(calls[:head]) if call[2]), head)
+    itself = calls[merged][1] is False  # it merged differing inputs itself, not a function before it
+    upstream = [m for m, *_ in calls[: merged + itself]]
+    below = list(dict.fromkeys(p for m in upstream for p in m.parameters(recurse=False) if p.requires_grad))
+    if not below:
+        return None
+    with evaluating(module), torch.enable_grad():  # the update in chunks, as FG803 takes its gradients
+        for start in range(0, len(inputs), CHUNK):
+            chunk = module(inputs[start : start + CHUNK].float())
+            loss = nn.functional.cross_entropy(chunk, labels[start : start + CHUNK].to(chunk.device), reduction="sum")
+            grads = torch.autograd.grad(loss, below, allow_unused=True)
+            if any(g is not None and bool(torch.any(g != 0)) for g in grads):
+                return None
     weighted = [m for m in upstream if next(m.parameters(recurse=False), None) is not None]
     where = calls[merged][0] if itself or not weighted else weighted[-1]
     return names[calls[head][0]], names[where]
