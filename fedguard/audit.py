@@ -46,8 +46,8 @@ from fedguard.defenses import Defense, check_defense
 from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyword_names
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.layers import find_head
-from fedguard.loading import is_running_stat, line_up, load_model_file, to_state_dict
 from fedguard.inspect import rules
+from fedguard.loading import is_running_stat, line_up, load_model_file, to_state_dict
 from fedguard.suppressions import Ignore, parse_ignores, split_findings, unmatched
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
@@ -479,12 +479,18 @@ def _probabilities_note(logits: torch.Tensor) -> str | None:
     return None
 
 
-def audited_rules() -> set[str]:
-    """The rule ids :func:`inspect_received` can report: ``fedguard inspect``'s weight rules and FG805."""
+def audited_detectors(batch: bool = True) -> list[str]:
+    """The detectors :func:`inspect_received` runs: ``fedguard inspect``'s weight rules and, on a batch, FG805's."""
     from fedguard.detectors import DETECTORS
 
-    detectors = [DETECTORS.get(name) for name in DETECTORS.names()]
-    return {rule.rule_id for d in detectors if not d.needs or d.name == "silenced" for rule in d.rules}
+    return [name for name in DETECTORS.names() if not DETECTORS.get(name).needs or (batch and name == "silenced")]
+
+
+def audited_rules() -> set[str]:
+    """The rule ids :func:`inspect_received` can report."""
+    from fedguard.detectors import DETECTORS
+
+    return {rule.rule_id for name in audited_detectors() for rule in DETECTORS.get(name).rules}
 
 
 def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = (),
@@ -503,12 +509,12 @@ def inspect_received(module: nn.Module, ignores: Sequence[Ignore] = (),
     the MLP, 0.05-0.1 s on ResNet-18, VGG-16 and MobileNetV3 (an idle 2-core machine); the seconds of ``fedguard
     inspect`` on large models.
     """
-    from fedguard.detectors import DETECTORS, InspectContext
+    from fedguard.detectors import InspectContext
     from fedguard.inspect import judge, run_detectors
     from fedguard.modelview import ModelView
     from fedguard.reports.base import sorted_findings
 
-    names = [name for name in DETECTORS.names() if not DETECTORS.get(name).needs] + (["silenced"] if batch else [])
+    names = audited_detectors(batch is not None)
     state = {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
     findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(state, module), data=batch), names)
     findings, suppressed = split_findings(findings, ignores)
@@ -834,8 +840,9 @@ def audit(
     threat = threat or ThreatModel()
     dev = resolve_device(device)
     ignores = parse_ignores(ignore, rules())
+    run = audited_rules()
     for entry in ignores:
-        if entry.rule_id not in audited_rules():
+        if entry.rule_id not in run:
             raise InputError(f"--ignore {entry}: the audit does not run {entry.rule_id} (it reads the received model with "
                              f"the weight rules and FG805 only); accept it with fedguard inspect's --ignore, and leave it "
                              "out of the audit's")  # fmt: skip

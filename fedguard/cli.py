@@ -154,7 +154,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports import render
     from fedguard.reports.base import printable
-    from fedguard.suppressions import Ignore, unmatched
+    from fedguard.suppressions import recorded_ignores, unmatched
 
     refuse_unused(arch is None, ("num_classes", "input_shape"), "describes --arch, which is not given; add --arch")
     formats = _formats()
@@ -174,7 +174,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         click.echo(printable(f"fedguard: note: --reference {reference} has the same contents as {model} (one SHA-256): "
                              "nothing can have moved between them; pass last round's model"), err=True)  # fmt: skip
     if not quiet:
-        note_unmatched_ignores(unmatched([Ignore.from_text(i) for i in report.config["ignore"]], report.suppressed))
+        note_unmatched_ignores(unmatched(recorded_ignores(report), report.suppressed))
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = render(fmt, report, rules(), color=color)
     if output is not None:

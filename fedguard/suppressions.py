@@ -92,6 +92,11 @@ def split_findings(findings: Iterable[Finding], ignores: Sequence[Ignore]) -> tu
     return kept, suppressed
 
 
+def recorded_ignores(report) -> list[Ignore]:
+    """The ``--ignore`` entries an inspection report's config records (none for a report built without them)."""
+    return [Ignore.from_text(str(text)) for text in report.config.get("ignore") or ()]
+
+
 def unmatched(ignores: Sequence[Ignore], suppressed: Iterable[Finding]) -> list[Ignore]:
     """The entries of ``ignores`` that matched none of ``suppressed`` (stale or misspelt layers)."""
     suppressed = list(suppressed)

@@ -40,7 +40,7 @@ from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, Mapping
 from urllib.parse import quote
 
-from fedguard.suppressions import Ignore
+from fedguard.suppressions import recorded_ignores
 from fedguard.types import Finding, InspectionReport, Rule, Severity
 
 from .base import (
@@ -140,8 +140,7 @@ def _result(report: InspectionReport, f: Finding, rule_index: int, uri: str) -> 
 
 def _accepted_by(report: InspectionReport, f: Finding) -> str:
     """The ``--ignore`` entry (as the report's config records it) that matches ``f``."""
-    matching = (text for text in report.config.get("ignore") or () if Ignore.from_text(str(text)).matches(f))
-    return next(matching, f.rule_id)
+    return next((str(entry) for entry in recorded_ignores(report) if entry.matches(f)), f.rule_id)
 
 
 def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict[str, Any]:

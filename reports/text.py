@@ -22,8 +22,8 @@ pipes, greps and diffs cleanly. Sample output::
     3 findings: 0 critical, 3 high, 0 medium, 0 low, 0 info
 
 Findings accepted with ``--ignore`` are named on one line before the last
-(``ignored with --ignore: FG301 high in features.0``). A clean model ends with ``clean: no findings (10 detectors run in 0.02 s; --arch, --data,
---reference would run 5 more detectors)``.
+(``ignored with --ignore: FG301 high in features.0``). A clean model ends with
+``clean: no findings (10 detectors run in 0.02 s; --arch, --data, --reference would run 5 more detectors)``.
 """
 
 from __future__ import annotations
