@@ -46,7 +46,8 @@ the server solves for the image through the layers it wrote):
   classes, on digits 0 and 1); at most 4 units of any layer at 0.999 (a
   hidden layer of that MLP trained from a zero head, whose two rows move every
   hidden unit along one direction); every crafted imprint layer correlates at
-  1.0 in all its units.
+  1.0 in all its units. Units whose response varies by rounding alone are left
+  out (:data:`ROUNDING`).
 
 Every ``nn.Linear`` that one forward pass applies once to a batch of feature
 vectors is measured (not one applied per token, nor one applied twice, nor
@@ -78,6 +79,13 @@ SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
 #: FG804: the fewest units measuring one quantity: twice the largest honest group (4 units of a hidden layer of an MLP
 #: trained on two classes from a zero head, whose two rows move every hidden unit along one direction).
 MIN_SAME_UNITS = 8
+#: FG804: a unit's response varies by the data when its spread over the examples exceeds this share of the scale of
+#: float32's rounding error in it (:meth:`LinearSeen.resolved_units`): float32's machine epsilon. Honest models whose
+#: layer input the examples no longer move (MobileNetV3-Small trained, then magnitude-pruned by 90-95 %; LeNet-5 with
+#: sigmoids and every weight scaled by 0.01) read spreads of 1e-8 of that scale and less, by rounding alone, and such
+#: noise had correlated across hundreds of units (FG804, high); crafted imprint layers on data, 0.03 and more. A
+#: measurement float32 cannot resolve in the model's own forward pass is not one a server reads off the update.
+ROUNDING = float(torch.finfo(torch.float32).eps)
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
 #: Examples per forward and backward pass: autograd keeps every layer's activations for the backward, and 64
@@ -99,9 +107,20 @@ class LinearSeen:
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
-        weight = self.layer.weight[:MAX_UNITS].detach().double()
+        weight = self._weight()
         bias = self.layer.bias[:MAX_UNITS].detach().double() if self.layer.bias is not None else weight.new_zeros(len(weight))
         return self.inputs @ weight.T, bias
+
+    def resolved_units(self, response: torch.Tensor) -> torch.Tensor:
+        """Indices of the units (columns of :meth:`responses`' ``response``) whose response to the examples varies by
+        more than float32 resolves: a spread (root mean square about the mean) above :data:`ROUNDING` times the
+        mean of ``Σ_k |W_ik x_nk|``, the scale of float32's rounding error in the products the unit sums."""
+        spread = (response - response.mean(dim=0)).square().mean(dim=0).sqrt()
+        scale = (self.inputs.abs() @ self._weight().abs().T).mean(dim=0)
+        return (spread > ROUNDING * scale).nonzero()[:, 0]
+
+    def _weight(self) -> torch.Tensor:
+        return self.layer.weight[:MAX_UNITS].detach().double()
 
 
 def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> list[LinearSeen]:
@@ -210,7 +229,7 @@ class LayerResponses(Detector):
         for seen in linear_layers_seen(context.view.module, inputs, labels):
             yield from self._sparse(seen.name, seen.grad)
             if not binned:  # the layers after one that bins the batch see nothing but that one measurement
-                same = list(self._same(seen.name, *seen.responses()))
+                same = list(self._same(seen))
                 binned = bool(same)
                 yield from same
 
@@ -230,16 +249,22 @@ class LayerResponses(Detector):
                 isolated_examples=isolated,
             )
 
-    def _same(self, name: str, response: torch.Tensor, bias: torch.Tensor):
-        corr, index, norm = response_correlations(response)
+    def _same(self, seen: LinearSeen):
+        name, (response, bias) = seen.name, seen.responses()
+        resolved = seen.resolved_units(response)
+        corr, index, norm = response_correlations(response[:, resolved])
         if len(index) < MIN_SAME_UNITS:
             return
         close = corr.abs() >= SAME_RESPONSE
         best = int(close.sum(dim=1).argmax())
         group = index[close[best]]
         # each unit's threshold on the shared measurement (a unit measuring minus the quantity has its sign flipped)
-        thresholds = bias[group] / norm[group] * torch.sign(corr[best, close[best]])
-        bins = 1 + int((thresholds.sort().values.diff() > 1e-4 * float(thresholds.abs().max())).sum())
+        thresholds = bias[resolved[group]] / norm[group] * torch.sign(corr[best, close[best]])
+        # thresholds apart by more than 1e-4 of the measurement's range on the examples (not of the thresholds' size,
+        # which an offset the server adds to the layer's input makes as large as it likes)
+        measured = response[:, resolved[index[best]]] / norm[index[best]]
+        apart = 1e-4 * float(measured.max() - measured.min())
+        bins = 1 + int((thresholds.sort().values.diff() > apart).sum())
         if len(group) < MIN_SAME_UNITS or bins < MIN_GROUP:  # one threshold: an average, not bins (FG101's rows)
             return
         yield self.finding(

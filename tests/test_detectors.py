@@ -274,6 +274,63 @@ def test_imprint_in_a_second_layer_with_dissimilar_rows():
     assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
 
 
+def _largest_raw_group(module: nn.Module, input_shape, name: str) -> int:
+    """The most units of layer ``name`` whose raw responses to 64 digits correlate at FG804's |r| with one unit's."""
+    from fedguard.attacks.fc_inversion import response_correlations
+    from fedguard.detectors.responses import SAME_RESPONSE, linear_layers_seen
+
+    x, y = digits(input_shape)
+    seen = next(s for s in linear_layers_seen(module, x[:64], y[:64]) if s.name == name)
+    corr = response_correlations(seen.responses()[0])[0]
+    return int((corr.abs() >= SAME_RESPONSE).sum(dim=1).max())
+
+
+def test_units_that_vary_by_rounding_alone_are_not_one_measurement():
+    """Honest models whose layer input the examples no longer move: LeNet-5 with sigmoids and every weight scaled by
+    0.001, and MobileNetV3-Small trained five steps and then magnitude-pruned by 95 % per tensor. Their units'
+    responses vary by float32's rounding alone (1e-8 of its scale and less), and that noise correlated across 53
+    and some 650-700 units: FG804, high, malicious, on honest models."""
+    from fedguard.architectures import build_model, resolve_input_shape
+
+    torch.manual_seed(0)
+    scaled = build_model("lenet5_sigmoid", 10, resolve_input_shape("lenet5_sigmoid"))
+    with torch.no_grad():
+        for parameter in scaled.parameters():
+            parameter.mul_(1e-3)
+    shape = resolve_input_shape("mobilenet_v3_small")
+    torch.manual_seed(0)
+    pruned = build_model("mobilenet_v3_small", 10, shape)
+    x, y = digits(shape)
+    optimiser = torch.optim.SGD(pruned.parameters(), lr=0.01)
+    for step in range(5):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(pruned(x[32 * step : 32 * step + 32]), y[32 * step : 32 * step + 32]).backward()
+        optimiser.step()
+    for layer in pruned.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            prune.l1_unstructured(layer, "weight", 0.95)
+            prune.remove(layer, "weight")
+    for model, input_shape, layer in ((scaled, (1, 28, 28), "classifier.2"), (pruned, shape, "classifier.0")):
+        assert _largest_raw_group(model, input_shape, layer) >= 8  # the noise FG804 had read as one measurement
+        assert "FG804" not in _with_data(model, input_shape, ["responses"], n=64)
+
+
+def test_an_imprint_under_a_large_offset_is_still_one_measurement():
+    """Robbing the Fed's brightness bins on digits that an earlier layer has shifted by 10 000: each response spans
+    Σ|W x| of 80 000 and varies by 5e-5 of it, far above float32's resolution (1.2e-7), and the bins still split the
+    batch. An offset that pushed the variation below float32's resolution would also leave the model itself unable to
+    tell the examples' measurements apart."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(64))
+        model[1].bias.fill_(1e4)
+        model[3].weight[:32] = 1 / 8
+        model[3].bias[:32] = -(1e4 * 8 + torch.linspace(0.5, 4.0, 32))
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] == 32
+
+
 @pytest.mark.parametrize("width", [1024, 4096])
 def test_wide_honest_layers_are_not_sparse_firing(width):
     """An honest layer isolates more examples the wider it is (19-25 of 64 at 1024 units, 39-46 at 4096), but the
