@@ -4,8 +4,8 @@ For every weight layer of every benign model in ``tests/zoo.py`` this prints
 the largest value each static statistic reaches over the rows its rule scores,
 next to the threshold the detector uses; and, for benign models with a known
 architecture, the largest D-SNR and transmit-SNR on a batch of digits and, over
-every Linear layer, the share of rarely reached units and the largest response
-correlation on six random batches of 64 digits, and the batches whose examples reach the head as one (FG805).
+every Linear layer, the share of rarely reached units and the most units in
+groups that measure one quantity (FG804) on six random batches of 64 digits, and the batches whose examples reach the head as one (FG805).
 ``docs/detectors.md`` quotes these figures. Run from the repository root:
 
     python benchmarks/detector_calibration.py
@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedguard.attacks.fc_inversion import response_correlations  # noqa: E402
 from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
 from fedguard.detectors.rows import live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
@@ -123,15 +122,14 @@ def main() -> None:
                 dead, units = silenced.silent_units(seen)
                 if bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
                     silent = max(silent, (dead / units, f"{entry.label}:{seen.name}"))
-                corr = response_correlations(seen.responses()[0])[0].abs()
-                group = int((corr >= responses.SAME_RESPONSE).sum(dim=1).max()) if corr.numel() else 0
-                same = max(same, (group, f"{entry.label}:{seen.name}"))
+                groups = [g for g in responses.measurement_groups(seen) if g.thresholds >= responses.MIN_GROUP]
+                same = max(same, (sum(len(g.units) for g in groups), f"{entry.label}:{seen.name}"))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")
     print(f"  {'Linear layers: units reached by <= 1/8 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of reached units (FG803)  at {rare[1]}")
     print(f"  {'Linear layers: units silent on 64 digits':<46} benign max {silent[0]:10.4g}  threshold >= {silenced.DEAD_SHARE:g} of {silenced.MIN_UNITS}+ units (FG805)  at {silent[1]}")
     print(f"  {'head input the same for all of 64 digits':<46} benign {len(merged)} of the batches  (FG805)  in {sorted(set(merged))}")
-    print(f"  {'Linear layers: units at |r| >= 0.999 on 64 digits':<46} benign max {same[0]:10.4g}  threshold >= {responses.MIN_SAME_UNITS} units, {responses.MIN_GROUP}+ thresholds (FG804)  at {same[1]}")
+    print(f"  {'Linear layers: units in groups at |r| >= 0.999':<46} benign max {same[0]:10.4g}  threshold >= {responses.MIN_SAME_UNITS} units in groups of {responses.MIN_GROUP}+ units and thresholds (FG804)  at {same[1]}")
 
 
 if __name__ == "__main__":

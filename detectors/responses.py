@@ -38,12 +38,16 @@ the server solves for the image through the layers it wrote):
   no variance; in a second layer, directions the first layer never
   produces) makes the rows differ in weight space (|cosine| 0.94 and less, 0.45
   in the second layer) but not in what they measure, and 29-32 of 64 digits
-  were still rebuilt exactly. Reported when eight or more units' responses to
-  the client's examples (``W_i · x``, centred) correlate at ``|r| ≥ 0.999``
-  with four or more thresholds, on the first layer where it happens (the
-  layers after it see nothing but its one measurement). Benign zoo: largest
+  were still rebuilt exactly. Units whose responses to the client's examples
+  (``W_i · x``, centred) correlate at ``|r| ≥ 0.999`` measure one quantity;
+  groups of four or more such units with four or more thresholds bin the
+  batch (:func:`measurement_groups`). Reported when eight or more units are
+  in such groups, on the first layer where it happens (the layers after it
+  see nothing but its one measurement): one large group, or many small ones
+  (an independent review's 36 groups of 7 units, each under the 8 one group
+  had to reach, had rebuilt 98 % of a batch of 16, clean). Benign zoo: largest
   correlation between two first-layer units 0.996 (an MLP trained on two
-  classes, on digits 0 and 1); at most 4 units of any layer at 0.999 (a
+  classes, on digits 0 and 1); at most 4 units of any layer in such groups (a
   hidden layer of that MLP trained from a zero head, whose two rows move every
   hidden unit along one direction); every crafted imprint layer correlates at
   1.0 in all its units. Units whose response varies by rounding alone are left
@@ -76,8 +80,8 @@ RARE_SHARE = 0.35
 #: FG804: |correlation| of two units' responses that makes them one measurement; the fewest distinct thresholds among
 #: them (the bins fc_inversion reads; also the fewest rare units FG803 reports).
 SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
-#: FG804: the fewest units measuring one quantity: twice the largest honest group (4 units of a hidden layer of an MLP
-#: trained on two classes from a zero head, whose two rows move every hidden unit along one direction).
+#: FG804: the fewest units in groups measuring one quantity: twice the most an honest layer has (4 units of a hidden
+#: layer of an MLP trained on two classes from a zero head, whose two rows move every hidden unit along one direction).
 MIN_SAME_UNITS = 8
 #: FG804: a unit's response varies by the data when its spread over the examples exceeds this share of the scale of
 #: float32's rounding error in it (:meth:`LinearSeen.resolved_units`): float32's machine epsilon. Honest models whose
@@ -178,6 +182,46 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     return calls, logits
 
 
+@dataclass(frozen=True)
+class MeasurementGroup:
+    """Units of one layer that measure one quantity on the examples (FG804)."""
+
+    #: Their indices among the layer's units.
+    units: torch.Tensor
+    #: How many distinct thresholds they put on the measurement: the bins they cut the examples into, less one.
+    thresholds: int
+
+
+def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
+    """The groups of at least :data:`MIN_GROUP` units of ``seen`` whose responses to the examples are one measurement,
+    largest first: the unit with the most others correlated with it at ``|r| ≥`` :data:`SAME_RESPONSE` and those
+    others, then the same among the units left (units whose response varies by rounding alone, see
+    :meth:`LinearSeen.resolved_units`, left out); each with its count of distinct thresholds on the measurement."""
+    response, bias = seen.responses()
+    resolved = seen.resolved_units(response)
+    corr, index, norm = response_correlations(response[:, resolved])
+    close = corr.abs() >= SAME_RESPONSE
+    partners = close.sum(dim=1)  # per unit, the units left that correlate with it, itself included
+    left = torch.ones(len(index), dtype=torch.bool)
+    groups = []
+    while len(index):
+        centre = int(torch.where(left, partners, 0).argmax())
+        if int(partners[centre]) < MIN_GROUP or not left[centre]:
+            break
+        members = (close[centre] & left).nonzero()[:, 0]
+        left[members] = False
+        partners -= close[:, members].sum(dim=1)
+        # each unit's threshold on the shared measurement (a unit measuring minus the quantity has its sign flipped),
+        # apart by more than 1e-4 of the measurement's range on the examples (not of the thresholds' size, which an
+        # offset the server adds to the layer's input makes as large as it likes)
+        thresholds = bias[resolved[index[members]]] / norm[index[members]] * torch.sign(corr[centre, members])
+        measured = response[:, resolved[index[centre]]] / norm[index[centre]]
+        apart = 1e-4 * float(measured.max() - measured.min())
+        bins = 1 + int((thresholds.sort().values.diff() > apart).sum())
+        groups.append(MeasurementGroup(resolved[index[members]], bins))
+    return groups
+
+
 def reach_rates(grad: torch.Tensor) -> torch.Tensor:
     """Per unit, the share of the examples whose gradient reaches it, from the output gradient ``[examples, units]``."""
     return (grad != 0).double().mean(dim=0)
@@ -250,27 +294,22 @@ class LayerResponses(Detector):
             )
 
     def _same(self, seen: LinearSeen):
-        name, (response, bias) = seen.name, seen.responses()
-        resolved = seen.resolved_units(response)
-        corr, index, norm = response_correlations(response[:, resolved])
-        if len(index) < MIN_SAME_UNITS:
+        groups = [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
+        units = sum(len(group.units) for group in groups)
+        if units < MIN_SAME_UNITS:  # one threshold is an average, not bins (FG101's rows)
             return
-        close = corr.abs() >= SAME_RESPONSE
-        best = int(close.sum(dim=1).argmax())
-        group = index[close[best]]
-        # each unit's threshold on the shared measurement (a unit measuring minus the quantity has its sign flipped)
-        thresholds = bias[resolved[group]] / norm[group] * torch.sign(corr[best, close[best]])
-        # thresholds apart by more than 1e-4 of the measurement's range on the examples (not of the thresholds' size,
-        # which an offset the server adds to the layer's input makes as large as it likes)
-        measured = response[:, resolved[index[best]]] / norm[index[best]]
-        apart = 1e-4 * float(measured.max() - measured.min())
-        bins = 1 + int((thresholds.sort().values.diff() > apart).sum())
-        if len(group) < MIN_SAME_UNITS or bins < MIN_GROUP:  # one threshold: an average, not bins (FG101's rows)
-            return
+        largest = max(groups, key=lambda group: len(group.units))
+        if len(groups) == 1:
+            said = f"{units} units of {seen.name} respond in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with " \
+                   f"{largest.thresholds} different thresholds: they bin"
+        else:
+            said = f"{units} units of {seen.name} form {len(groups)} groups (the largest of {len(largest.units)}), " \
+                   f"each responding in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with {MIN_GROUP} or more " \
+                   "different thresholds: each group bins"
         yield self.finding(
-            "FG804", "Units measure one quantity", Severity.HIGH, Confidence.HIGH, name,
-            f"On your examples, {len(group)} units of {name} respond in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) "
-            f"with {bins} different thresholds: they bin your batch by one measurement so that neighbouring bins' "
-            "gradients return single inputs (Robbing the Fed). Do not train on this model.",
-            units=len(group), thresholds=bins, layer_units=int(response.shape[1]), min_correlation=SAME_RESPONSE,
+            "FG804", "Units measure one quantity", Severity.HIGH, Confidence.HIGH, seen.name,
+            f"On your examples, {said} your batch by one measurement so that neighbouring bins' gradients return "
+            "single inputs (Robbing the Fed). Do not train on this model.",
+            units=units, groups=len(groups), largest_group=len(largest.units), thresholds=largest.thresholds,
+            layer_units=int(seen.layer.weight[:MAX_UNITS].shape[0]), min_correlation=SAME_RESPONSE,
         )
