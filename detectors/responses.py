@@ -294,18 +294,19 @@ class LayerResponses(Detector):
             )
 
     def _same(self, seen: LinearSeen):
+        # one threshold is an average, not bins (FG101's rows)
         groups = [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
         units = sum(len(group.units) for group in groups)
-        if units < MIN_SAME_UNITS:  # one threshold is an average, not bins (FG101's rows)
+        if units < MIN_SAME_UNITS:
             return
-        largest = max(groups, key=lambda group: len(group.units))
+        largest = groups[0]
         if len(groups) == 1:
-            said = f"{units} units of {seen.name} respond in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with " \
-                   f"{largest.thresholds} different thresholds: they bin"
+            said = (f"{units} units of {seen.name} respond in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with "
+                    f"{largest.thresholds} different thresholds: they bin")  # fmt: skip
         else:
-            said = f"{units} units of {seen.name} form {len(groups)} groups (the largest of {len(largest.units)}), " \
-                   f"each responding in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with {MIN_GROUP} or more " \
-                   "different thresholds: each group bins"
+            said = (f"{units} units of {seen.name} form {len(groups)} groups (the largest of {len(largest.units)}), "
+                    f"each responding in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with {MIN_GROUP} or more "
+                    "different thresholds: each group bins")  # fmt: skip
         yield self.finding(
             "FG804", "Units measure one quantity", Severity.HIGH, Confidence.HIGH, seen.name,
             f"On your examples, {said} your batch by one measurement so that neighbouring bins' gradients return "
