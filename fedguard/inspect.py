@@ -36,7 +36,7 @@ from fedguard.detectors.drift import compare_shapes, folded_shapes, reshaped_nam
 from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
 from fedguard.layers import find_head
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
-from fedguard.modelview import ModelView, first_non_finite
+from fedguard.modelview import ModelView, effective_tensors, first_non_finite
 from fedguard.suppressions import Ignore, parse_ignores, split_findings
 from fedguard.torch_state import kept_modes, own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
@@ -138,7 +138,15 @@ def names_from(named: Mapping[str, torch.Tensor], values: Mapping[str, torch.Ten
 
 def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:
     """Copy the received weights into ``module``; False when they do not fit it. Running statistics the file
-    leaves out (:data:`~fedguard.loading.RUNNING_STATS`) keep the module's own, as a client's model would."""
+    leaves out (:data:`~fedguard.loading.RUNNING_STATS`) keep the module's own, as a client's model would. Layers
+    stored reparametrised (pruning's ``weight_orig`` and ``weight_mask``, weight normalisation) go in as the weights
+    they compute with (:func:`~fedguard.modelview.effective_tensors`): saved so, a model had skipped every behavioural
+    check, clean."""
+    folded = {name: tensor for name, (tensor, _) in effective_tensors(tensors).items()}
+    return _loaded(module, tensors) or (folded.keys() != tensors.keys() and _loaded(module, folded))
+
+
+def _loaded(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:
     try:
         missing, unexpected = module.load_state_dict(
             {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}, strict=False

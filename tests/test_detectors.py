@@ -168,6 +168,23 @@ def _sparse_firing(layer: torch.nn.Linear, inputs: torch.Tensor, share: float = 
         layer.bias[planted] = -torch.quantile(response, 1 - 1 / batch, dim=0)
 
 
+def test_behavioural_checks_run_on_a_model_saved_with_its_pruning_masks(tmp_path):
+    """Quantile biases (FG803's attack, which only the behavioural checks read) in a model saved as torch's pruning
+    leaves it, ``weight_orig`` beside ``weight_mask``: the weights had not loaded into --arch as stored, so no
+    behavioural check ran and the model read clean. They go in as the weights the layers compute with."""
+    from fedguard.architectures import build_model
+    from fedguard.inspect import inspect_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    prune.l1_unstructured(model[1], "weight", 0.3)
+    _sparse_firing(model[1], digits((1, 28, 28))[0][1::2].flatten(1))
+    assert {"1.weight_orig", "1.weight_mask"} <= set(model.state_dict())
+    torch.save(model.state_dict(), tmp_path / "masked.pt")
+    report = inspect_model(tmp_path / "masked.pt", arch="mlp", data="digits")
+    assert report.config["data_examples"] == 64 and "FG803" in {f.rule_id for f in report.findings}
+
+
 @pytest.mark.parametrize("batch", [8, 10])
 def test_sparse_firing_set_for_the_clients_batch_size(batch):
     """QBI (an independent review): biases alone set so that each unit fires for one example of a batch of 8-10, not
