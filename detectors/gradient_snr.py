@@ -81,13 +81,6 @@ ARCH_FACTOR = 4.0
 #: For class isolation, the received model may leave at most this much more of the batch silent everywhere than the
 #: fresh initialisation does (2 examples of 16).
 ISOLATION_MARGIN = 2 / BATCH
-#: Squeeze-and-excitation gates by class name: torchvision's and fedguard's ``SqueezeExcitation``, timm's
-#: ``SqueezeExcite`` and ``SEModule``. One example dominating nothing but their tensors is FG801 low: the other
-#: examples saturate the gates' hard sigmoids, and the gates read an example through its channel means only.
-#: MobileNetV3-Small pruned by magnitude at initialisation (50-90 % per tensor, seeds 0-5): 3 of 18 dominated by one
-#: example, D-SNR infinite, in 1-2 gate tensors of 130-133 and nowhere else (had been high, malicious); every
-#: dominance of the crafted zoo spans 4 or more tensors outside any gate.
-GATES = frozenset({"SqueezeExcitation", "SqueezeExcite", "SEModule"})
 
 
 def per_example_gradient_norms(
@@ -147,14 +140,6 @@ class Concentration:
     muted_share: float
     max_silent: float
     isolated: float
-
-
-def gate_parameters(module: nn.Module) -> set[str]:
-    """Names of the parameters of ``module`` inside squeeze-and-excitation gates (Hu et al., CVPR 2018), known by
-    class name (:data:`GATES`): a gate scales its input's channels by a function of their global averages, so an
-    example reaches the gate's parameters through its channel means alone."""
-    return {f"{prefix}.{name}" if prefix else name for prefix, gate in module.named_modules()
-            if type(gate).__name__ in GATES for name, _ in gate.named_parameters()}  # fmt: skip
 
 
 def concentration(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> Concentration | None:
@@ -239,9 +224,7 @@ class GradientSNR(Detector):
             return []
         found = concentration(module, inputs, labels)
         if found is not None:
-            gated = found.kind == "dominance" and set(found.flagged) <= gate_parameters(module)
-            base = None if gated else self._fresh_baseline(context, inputs, labels, found)
-            yield self._concentrated(found, base, len(inputs), gated)
+            yield self._concentrated(found, self._fresh_baseline(context, inputs, labels, found), len(inputs))
         yield from self._transmit(module, inputs)
 
     @staticmethod
@@ -269,11 +252,9 @@ class GradientSNR(Detector):
             return None
         return base
 
-    def _concentrated(self, found: Concentration, base: Concentration | None, batch: int, gated: bool = False):
-        """The FG801 finding for ``found``: high; low when ``base`` (the fresh architecture) does the same, or when
-        ``gated``: one example dominates nothing but squeeze-and-excitation gates (:data:`GATES`)."""
-        low = base is not None or gated
-        severity, confidence = (Severity.LOW, Confidence.LOW) if low else (Severity.HIGH, Confidence.MEDIUM)
+    def _concentrated(self, found: Concentration, base: Concentration | None, batch: int):
+        """The FG801 finding for ``found``: high, or low when ``base`` (the fresh architecture) does the same."""
+        severity, confidence = (Severity.HIGH, Confidence.MEDIUM) if base is None else (Severity.LOW, Confidence.LOW)
         fresh, said_fresh = {}, ""
         if base is not None and found.kind == "isolation":
             fresh = {"fresh_init_silent_everywhere": rounded(base.isolated), "fresh_init_flagged": len(base.flagged)}
@@ -289,19 +270,13 @@ class GradientSNR(Detector):
                             silent_everywhere=rounded(found.isolated), limit=SILENT_TENSORS)  # fmt: skip
             harm = "the model routes the update through a few samples (e.g. one class) so they can be separated and reconstructed"
         else:
-            tensors = f"{len(found.flagged)} parameter tensor{'s' if len(found.flagged) != 1 else ''}"
             said = (f"On a batch of {batch} of your examples, example {found.sample}'s gradient in {found.worst} is "
-                    f"{found.dsnr:.3g}× the sum of all others' (D-SNR ≥ {DSNR_LIMIT:g} in {tensors})")  # fmt: skip
+                    f"{found.dsnr:.3g}× the sum of all others' (D-SNR ≥ {DSNR_LIMIT:g} in {len(found.flagged)} "
+                    "parameter tensors)")  # fmt: skip
             title, layer = "One sample dominates the update (D-SNR)", found.worst.rpartition(".")[0] or found.worst
             evidence = dict(sample=found.sample, limit=DSNR_LIMIT)
             harm = "the update would isolate it for reconstruction"
-        if gated:
-            title = "One sample dominates squeeze-and-excitation gates only"
-            message = (f"{said}, all inside squeeze-and-excitation gates, which the other examples saturate. A gate "
-                       "reads an example only through its channel means at that block, so that is all its update "
-                       "isolates, not the example; magnitude-pruned MobileNetV3s do this honestly. Low by this check; "
-                       "the other rules still apply.")  # fmt: skip
-        elif base is None:
+        if base is None:
             message = f"{said}: {harm}. Do not train on this model."
         else:
             title += ", as in a fresh initialisation of the architecture"

@@ -93,28 +93,6 @@ def test_dsnr_flags_a_single_isolated_sample():
     assert found["FG801"].evidence["dsnr"] >= 2  # digit 9 occurs once in the first 16 samples
 
 
-def test_dominance_confined_to_squeeze_excitation_gates_is_low():
-    """MobileNetV3-Small magnitude-pruned by 75 % per tensor at its seed-2 initialisation: the other examples saturate
-    two gates' hard sigmoids, so one example alone reaches their tensors (D-SNR infinite) and nowhere else. A gate
-    reads an example through its channel means only; FG801 had called the model malicious. Class fishing on the same
-    network, where one example dominates every tensor below the head, stays high."""
-    from fedguard.architectures import build_model, resolve_input_shape
-    from fedguard.detectors.gradient_snr import gate_parameters
-
-    shape = resolve_input_shape("mobilenet_v3_small")
-    torch.manual_seed(2)
-    model = build_model("mobilenet_v3_small", 10, shape)
-    for layer in model.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            prune.l1_unstructured(layer, "weight", 0.75)
-            prune.remove(layer, "weight")
-    found = _with_data(model, shape, ["gradient_snr"])["FG801"]
-    assert found.severity is Severity.LOW and found.evidence["dsnr"] == math.inf
-    assert set(found.evidence["tensors_flagged"]) <= gate_parameters(model)
-    fishing = _entry(crafted_entries(), "class_fishing/lenet5/t0-b1000")
-    assert _behavioural(fishing)["FG801"].severity is Severity.HIGH and not gate_parameters(fishing.module)
-
-
 def test_transmit_snr_flags_mkor_pass_through_first_layer():
     found = _behavioural(_entry(crafted_entries(), "mkor/lenet5/paper"))
     assert "FG802" in found
