@@ -270,9 +270,9 @@ class GradientSNR(Detector):
                             silent_everywhere=rounded(found.isolated), limit=SILENT_TENSORS)  # fmt: skip
             harm = "the model routes the update through a few samples (e.g. one class) so they can be separated and reconstructed"
         else:
+            tensors = f"{len(found.flagged)} parameter tensor{'s' if len(found.flagged) != 1 else ''}"
             said = (f"On a batch of {batch} of your examples, example {found.sample}'s gradient in {found.worst} is "
-                    f"{found.dsnr:.3g}× the sum of all others' (D-SNR ≥ {DSNR_LIMIT:g} in {len(found.flagged)} "
-                    "parameter tensors)")  # fmt: skip
+                    f"{found.dsnr:.3g}× the sum of all others' (D-SNR ≥ {DSNR_LIMIT:g} in {tensors})")  # fmt: skip
             title, layer = "One sample dominates the update (D-SNR)", found.worst.rpartition(".")[0] or found.worst
             evidence = dict(sample=found.sample, limit=DSNR_LIMIT)
             harm = "the update would isolate it for reconstruction"
