@@ -50,7 +50,7 @@ the server solves for the image through the layers it wrote):
   classes, on digits 0 and 1); at most 4 units of any layer in such groups (a
   hidden layer of that MLP trained from a zero head, whose two rows move every
   hidden unit along one direction); every crafted imprint layer correlates at
-  1.0 in all its units. Units whose response varies by rounding alone are left
+  1.0 in all its units. Input features that vary by rounding alone are left
   out (:data:`ROUNDING`).
 
 Every ``nn.Linear`` that one forward pass applies once to a batch of feature
@@ -63,6 +63,8 @@ Honesty", IEEE EuroS&P 2023.
 from __future__ import annotations
 
 import collections
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -83,13 +85,18 @@ SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
 #: FG804: the fewest units in groups measuring one quantity: twice the most an honest layer has (4 units of a hidden
 #: layer of an MLP trained on two classes from a zero head, whose two rows move every hidden unit along one direction).
 MIN_SAME_UNITS = 8
-#: FG804: a unit's response varies by the data when its spread over the examples exceeds this share of the scale of
-#: float32's rounding error in it (:meth:`LinearSeen.resolved_units`): float32's machine epsilon. Honest models whose
-#: layer input the examples no longer move (MobileNetV3-Small trained, then magnitude-pruned by 90-95 %; LeNet-5 with
-#: sigmoids and every weight scaled by 0.01) read spreads of 1e-8 of that scale and less, by rounding alone, and such
-#: noise had correlated across hundreds of units (FG804, high); crafted imprint layers on data, 0.03 and more. A
-#: measurement float32 cannot resolve in the model's own forward pass is not one a server reads off the update.
-ROUNDING = float(torch.finfo(torch.float32).eps)
+#: FG804: an input feature of a layer varies by the data when its spread over the examples exceeds this multiple of
+#: float32's rounding error in it, measured as the difference from the same forward pass in float64
+#: (:meth:`LinearSeen.varying_responses`). Honest models whose layer input the examples no longer move
+#: (MobileNetV3-Small trained, then magnitude-pruned by 90-95 %; LeNet-5 with sigmoids and every weight scaled by
+#: 0.01) vary by rounding alone, and that noise had correlated across hundreds of units (FG804, high). A feature that
+#: float32 does not resolve in the model's own forward pass is not one a server reads off the update. (Measured per
+#: unit against a bound, ``eps Σ_k |W_ik x_nk|``, as first written, an independent review's weights on constant
+#: features that cancel exactly inflated the bound and hid 192 bins, 13 of 16 digits rebuilt, clean; against each
+#: feature's own size, features that are small differences of larger ones upstream kept their noise.) Spread over
+#: rounding error on 64 digits: MobileNetV3-Small trained 5 steps and pruned by 90 %, 0.04-1.0 (noise); LeNet-5 and
+#: the MLP trained, 4e4-1e7; MobileNetV3-Small trained 5 steps, unpruned, 1.2-22 (its pooled features barely move).
+ROUNDING = 4.0
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
 #: Examples per forward and backward pass: autograd keeps every layer's activations for the backward, and 64
@@ -108,6 +115,8 @@ class LinearSeen:
     #: The gradient of the summed cross-entropy at the layer's output, ``[examples, units]``: row ``n`` is example
     #: ``n``'s own (in eval mode no layer mixes examples).
     grad: torch.Tensor
+    #: Float32's rounding error in ``inputs`` (them less the same forward pass in float64), when measured.
+    rounding: torch.Tensor | None = None
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
@@ -115,13 +124,15 @@ class LinearSeen:
         bias = self.layer.bias[:MAX_UNITS].detach().double() if self.layer.bias is not None else weight.new_zeros(len(weight))
         return self.inputs @ weight.T, bias
 
-    def resolved_units(self, response: torch.Tensor) -> torch.Tensor:
-        """Indices of the units (columns of :meth:`responses`' ``response``) whose response to the examples varies by
-        more than float32 resolves: a spread (root mean square about the mean) above :data:`ROUNDING` times the
-        mean of ``Σ_k |W_ik x_nk|``, the scale of float32's rounding error in the products the unit sums."""
-        spread = (response - response.mean(dim=0)).square().mean(dim=0).sqrt()
-        scale = (self.inputs.abs() @ self._weight().abs().T).mean(dim=0)
-        return (spread > ROUNDING * scale).nonzero()[:, 0]
+    def varying_responses(self) -> torch.Tensor:
+        """``W (x - x̄)`` of the first :data:`MAX_UNITS` units, ``[examples, units]``, float64; with :attr:`rounding`
+        measured, from only the input features that the examples move by more than :data:`ROUNDING` times float32's
+        rounding error in them (each as a root mean square over the examples). The others add exact zeros, so a unit
+        that reads nothing else responds with exact zeros."""
+        centred = self.inputs - self.inputs.mean(dim=0)
+        if self.rounding is not None:
+            centred = centred * (centred.square().mean(dim=0) > ROUNDING**2 * self.rounding.square().mean(dim=0))
+        return centred @ self._weight().T
 
     def _weight(self) -> torch.Tensor:
         return self.layer.weight[:MAX_UNITS].detach().double()
@@ -195,10 +206,10 @@ class MeasurementGroup:
 def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     """The groups of at least :data:`MIN_GROUP` units of ``seen`` whose responses to the examples are one measurement,
     largest first: the unit with the most others correlated with it at ``|r| ≥`` :data:`SAME_RESPONSE` and those
-    others, then the same among the units left (units whose response varies by rounding alone, see
-    :meth:`LinearSeen.resolved_units`, left out); each with its count of distinct thresholds on the measurement."""
-    response, bias = seen.responses()
-    resolved = seen.resolved_units(response)
+    others, then the same among the units left; each with its count of distinct thresholds on the measurement.
+    Responses are read from the input features the examples move (:meth:`LinearSeen.varying_responses`)."""
+    response, bias = seen.varying_responses(), seen.responses()[1]
+    resolved = (response != 0).any(dim=0).nonzero()[:, 0]
     corr, index, norm = response_correlations(response[:, resolved])
     close = corr.abs() >= SAME_RESPONSE
     partners = close.sum(dim=1)  # per unit, the units left that correlate with it, itself included
@@ -220,6 +231,28 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
         bins = 1 + int((thresholds.sort().values.diff() > apart).sum())
         groups.append(MeasurementGroup(resolved[index[members]], bins))
     return groups
+
+
+def _binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
+    """:func:`measurement_groups` with :data:`MIN_GROUP` or more thresholds: one threshold is an average, not bins
+    (FG101's rows)."""
+    return [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
+
+
+def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> LinearSeen:
+    """``seen`` with :attr:`LinearSeen.rounding` measured: the same examples through a float64 copy of ``module``
+    (eval mode, in chunks of :data:`CHUNK`). ``seen`` as it was when the model does not run in float64."""
+    reads: list[torch.Tensor] = []
+    try:
+        twin = copy.deepcopy(module).double()
+        dict(twin.named_modules())[seen.name].register_forward_hook(lambda _, args, __: reads.append(args[0].detach()))
+        with evaluating(twin), torch.no_grad():
+            for start in range(0, len(inputs), CHUNK):
+                twin(inputs[start : start + CHUNK].double())
+        exact = torch.cat(reads).double()
+    except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
+        return seen
+    return dataclasses.replace(seen, rounding=seen.inputs - exact) if exact.shape == seen.inputs.shape else seen
 
 
 def reach_rates(grad: torch.Tensor) -> torch.Tensor:
@@ -273,7 +306,7 @@ class LayerResponses(Detector):
         for seen in linear_layers_seen(context.view.module, inputs, labels):
             yield from self._sparse(seen.name, seen.grad)
             if not binned:  # the layers after one that bins the batch see nothing but that one measurement
-                same = list(self._same(seen))
+                same = list(self._same(seen, context.view.module, inputs))
                 binned = bool(same)
                 yield from same
 
@@ -293,9 +326,10 @@ class LayerResponses(Detector):
                 isolated_examples=isolated,
             )
 
-    def _same(self, seen: LinearSeen):
-        # one threshold is an average, not bins (FG101's rows)
-        groups = [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
+    def _same(self, seen: LinearSeen, module: nn.Module, inputs: torch.Tensor):
+        groups = _binning_groups(seen)
+        if sum(len(group.units) for group in groups) >= MIN_SAME_UNITS:  # what of it float32 resolves
+            groups = _binning_groups(with_rounding(seen, module, inputs))
         units = sum(len(group.units) for group in groups)
         if units < MIN_SAME_UNITS:
             return

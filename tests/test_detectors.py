@@ -291,6 +291,47 @@ def test_imprint_in_a_second_layer_with_dissimilar_rows():
     assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
 
 
+def test_an_imprint_behind_weights_that_cancel_exactly_is_still_one_measurement():
+    """An independent review's evasion of a rounding floor set against ``eps Σ_k |W_ik x_nk|``: 64 first-layer units
+    constant (zero rows, biases on a power-of-two grid, in equal pairs), and second-layer bins weighting each pair
+    +r and -r (exactly 0 in float32 as in float64) beside a measurement 1e-9 as large on the data's features. The
+    pairs inflated the bound, the bins fell under it, and 13 of 16 digits came back exactly, clean. The floor is now
+    each feature's own float32 rounding error, measured against a float64 forward pass."""
+    model = _two_hidden_layers()
+    public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model[1].weight[:64] = 0
+        model[1].bias[:64] = (torch.randint(1, 5, (32,), generator=generator) / 4).repeat(2)
+        reading = torch.rand(192, generator=generator) + 0.5
+        measured = torch.relu(model[1](public))[:, 64:] @ reading
+        cancel = torch.randint(1, 17, (128, 32), generator=generator) / 256
+        model[3].weight[:128] = torch.cat([cancel, -cancel, 1e-9 * reading.expand(128, -1)], dim=1)
+        model[3].bias[:128] = -1e-9 * torch.quantile(measured, torch.linspace(0.05, 0.95, 128))
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
+
+
+def test_an_imprint_in_a_model_that_runs_in_float32_only_is_still_reported():
+    """A model whose code casts its input to float32 cannot run in float64, so its rounding error cannot be measured:
+    every feature counts as varying, as before the floor."""
+
+    class Float32Only(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _honest_mlp()
+
+        def forward(self, x):
+            return self.net(x.float())
+
+    model = Float32Only()
+    with torch.no_grad():
+        model.net[1].weight[:32] = 1 / 8
+        model.net[1].bias[:32] = -torch.linspace(0.5, 4.0, 32)
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG804"].evidence["units"] == 32
+
+
 def test_many_small_imprints_are_read_together():
     """Robbing the Fed's bins in 36 groups of 7 units, each group one sparse measurement of 7 pixels with its biases at
     the public 1/8..7/8 quantiles: under FG301's 8 non-zeros and under the 8 units one group had to reach, clean,
