@@ -40,8 +40,8 @@ the server solves for the image through the layers it wrote):
   in the second layer) but not in what they measure, and 29-32 of 64 digits
   were still rebuilt exactly. Units whose responses to the client's examples
   (``W_i · x``, centred) correlate at ``|r| ≥ 0.999`` measure one quantity;
-  groups of four or more such units with four or more thresholds bin the
-  batch (:func:`measurement_groups`). Reported when eight or more units are
+  groups of four or more such units with four or more thresholds among the
+  examples (where the units switch) bin the batch (:func:`measurement_groups`). Reported when eight or more units are
   in such groups, on the first layer where it happens (the layers after it
   see nothing but its one measurement): one large group, or many small ones
   (an independent review's 36 groups of 7 units, each under the 8 one group
@@ -97,6 +97,13 @@ MIN_SAME_UNITS = 8
 #: rounding error on 64 digits: MobileNetV3-Small trained 5 steps and pruned by 90 %, 0.04-1.0 (noise); LeNet-5 and
 #: the MLP trained, 4e4-1e7; MobileNetV3-Small trained 5 steps, unpruned, 1.2-22 (its pooled features barely move).
 ROUNDING = 4.0
+#: FG804 trusts the float64 pass only where it agrees with the float32 one on the layer's input as a whole, to this
+#: many of float32's epsilons of the input's size (root mean squares): honest models 0.3-1.6 (MobileNetV3-Small,
+#: pruned or not, LeNet-5, LeNet-5 with sigmoids scaled by 0.01). An independent review had the two passes part on
+#: purpose (1e8 + 12 - 1e8 is 16 in float32 and 12 in float64) and so switched an imprint's input off in the float64
+#: pass alone, which hid it; past this bound every feature is taken as varying.
+AGREEMENT = 8.0
+EPSILON = float(torch.finfo(torch.float32).eps)
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
 #: Examples per forward and backward pass: autograd keeps every layer's activations for the backward, and 64
@@ -199,7 +206,8 @@ class MeasurementGroup:
 
     #: Their indices among the layer's units.
     units: torch.Tensor
-    #: How many distinct thresholds they put on the measurement: the bins they cut the examples into, less one.
+    #: How many distinct thresholds they put on the measurement among the examples: the bins they cut the examples
+    #: into, less one (thresholds below or above every example cut nothing).
     thresholds: int
 
 
@@ -208,7 +216,9 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     largest first: the unit with the most others correlated with it at ``|r| ≥`` :data:`SAME_RESPONSE` and those
     others, then the same among the units left; each with its count of distinct thresholds on the measurement.
     Responses are read from the input features the examples move (:meth:`LinearSeen.varying_responses`)."""
-    response, bias = seen.varying_responses(), seen.responses()[1]
+    response = seen.varying_responses()
+    uncentred, bias = seen.responses()
+    offset = bias + uncentred.mean(dim=0)  # each unit's output at the examples' mean input: W x̄ + b
     resolved = (response != 0).any(dim=0).nonzero()[:, 0]
     corr, index, norm = response_correlations(response[:, resolved])
     close = corr.abs() >= SAME_RESPONSE
@@ -222,14 +232,17 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
         members = (close[centre] & left).nonzero()[:, 0]
         left[members] = False
         partners -= close[:, members].sum(dim=1)
-        # each unit's threshold on the shared measurement (a unit measuring minus the quantity has its sign flipped),
-        # apart by more than 1e-4 of the measurement's range on the examples (not of the thresholds' size, which an
-        # offset the server adds to the layer's input makes as large as it likes)
-        thresholds = bias[resolved[index[members]]] / norm[index[members]] * torch.sign(corr[centre, members])
+        # where on the shared measurement (the centre's response, scaled to unit norm) each unit switches: its output
+        # at the mean input (bias and all: a threshold set through a constant feature counts too) over its response's
+        # norm, with the sign of a unit that measures minus the quantity; counted when among the examples, and apart
+        # by more than 1e-4 of their range (not of the thresholds' size, which an offset makes as large as it likes)
+        units = resolved[index[members]]
+        switches = -offset[units] / norm[index[members]] * torch.sign(corr[centre, members])
         measured = response[:, resolved[index[centre]]] / norm[index[centre]]
-        apart = 1e-4 * float(measured.max() - measured.min())
-        bins = 1 + int((thresholds.sort().values.diff() > apart).sum())
-        groups.append(MeasurementGroup(resolved[index[members]], bins))
+        low, high = float(measured.min()), float(measured.max())
+        among = switches[(switches > low) & (switches < high)].sort().values
+        thresholds = int(len(among) > 0) + int((among.diff() > 1e-4 * (high - low)).sum())
+        groups.append(MeasurementGroup(units, thresholds))
     return groups
 
 
@@ -252,7 +265,12 @@ def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> 
         exact = torch.cat(reads).double()
     except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
         return seen
-    return dataclasses.replace(seen, rounding=seen.inputs - exact) if exact.shape == seen.inputs.shape else seen
+    if exact.shape != seen.inputs.shape:
+        return seen
+    error = seen.inputs - exact
+    if error.square().mean().sqrt() > AGREEMENT * EPSILON * seen.inputs.square().mean().sqrt():
+        return seen  # float32 computes something else than the weights say: every feature is taken as varying
+    return dataclasses.replace(seen, rounding=error - error.mean(dim=0))  # an offset moves no example apart
 
 
 def reach_rates(grad: torch.Tensor) -> torch.Tensor:

@@ -312,6 +312,33 @@ def test_an_imprint_behind_weights_that_cancel_exactly_is_still_one_measurement(
     assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
 
 
+def test_an_imprint_whose_input_float64_computes_otherwise_is_still_reported():
+    """A diff review's evasion of the float64 pass: the model carries the pixels through identity rows, computes
+    1e8 + 12 - 1e8 beside them (16 in float32, 12 in float64) and adds 100 times its excess over 16 to every pixel
+    feature, so that the imprint's input is the pixels plus 10 in float32 and switched off by the ReLU in float64.
+    Read as float32's rounding error, that difference had hidden the imprint; the two passes part far beyond rounding,
+    so the float64 one is not trusted."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 80), nn.ReLU(), nn.Linear(80, 80), nn.ReLU(), nn.Linear(80, 80),
+                          nn.ReLU(), nn.Linear(80, 80), nn.ReLU(), nn.Linear(80, 80), nn.ReLU(), nn.Linear(80, 10))  # fmt: skip
+    carry, add, cancel, shift, imprint = model[1], model[3], model[5], model[7], model[9]
+    with torch.no_grad():
+        for layer in (carry, add, cancel, shift):
+            layer.weight.zero_()
+            layer.bias.zero_()
+            layer.weight[:64, :64] = torch.eye(64)
+        carry.bias[64], carry.bias[65] = 1e8, 12.0
+        add.weight[64, 64] = add.weight[64, 65] = 1
+        cancel.weight[64, 64], cancel.bias[64] = 1, -1e8
+        shift.weight[:64, 64], shift.bias[:64] = 100, -16 * 100 + 10
+        measured = digits((1, 8, 8))[0][1::2][:512].flatten(1).sum(dim=1) / 8 + 80
+        imprint.weight[:32] = 0
+        imprint.weight[:32, :64] = 1 / 8
+        imprint.bias[:32] = -torch.quantile(measured, torch.linspace(0.05, 0.95, 32))
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert found["FG804"].layer == "9" and found["FG804"].evidence["units"] == 32
+
+
 def test_an_imprint_in_a_model_that_runs_in_float32_only_is_still_reported():
     """A model whose code casts its input to float32 cannot run in float64, so its rounding error cannot be measured:
     every feature counts as varying, as before the floor."""
@@ -330,6 +357,29 @@ def test_an_imprint_in_a_model_that_runs_in_float32_only_is_still_reported():
         model.net[1].bias[:32] = -torch.linspace(0.5, 4.0, 32)
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
     assert found["FG804"].evidence["units"] == 32
+
+
+def test_thresholds_count_where_units_switch_among_the_examples():
+    """A unit's threshold is where it switches on the data: bins set through a constant first-layer feature with no
+    bias are one measurement with 32 thresholds (a diff review: they had read as one threshold, clean), and eight alike
+    units that stay on for every example cut nothing (they had been reported)."""
+    model = _two_hidden_layers()
+    measured = digits((1, 8, 8))[0][1::2][:512].flatten(1).sum(dim=1) / 8
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].weight[:64, :64] = torch.eye(64)
+        model[1].bias[64] = 1.0  # a feature that is 1 for every example
+        model[3].weight[:32] = 0
+        model[3].weight[:32, :64] = 1 / 8
+        model[3].weight[:32, 64] = -torch.quantile(measured, torch.linspace(0.05, 0.95, 32))
+        model[3].bias[:32] = 0
+    assert _with_data(model, (1, 8, 8), ["responses"], n=64)["FG804"].evidence["thresholds"] >= 30
+    model = _honest_mlp()
+    with torch.no_grad():
+        model[1].weight[:8] = 1 / 8
+        model[1].bias[:8] = torch.arange(1.0, 9.0)
+    assert "FG804" not in _with_data(model, (1, 8, 8), ["responses"], n=64)
 
 
 def test_many_small_imprints_are_read_together():
