@@ -41,9 +41,10 @@ the server solves for the image through the layers it wrote):
   were still rebuilt exactly. Units whose responses to the client's examples
   (``W_i · x``, centred) correlate at ``|r| ≥ 0.999`` measure one quantity;
   groups of four or more such units with four or more thresholds among the
-  examples (where the units switch) bin the batch (:func:`measurement_groups`). Reported when eight or more units are
-  in such groups, on the first layer where it happens (the layers after it
-  see nothing but its one measurement): one large group, or many small ones
+  examples (where the units switch) bin the batch
+  (:func:`measurement_groups`). Reported when eight or more units are in
+  such groups, on the first layer where it happens (the layers after it see
+  nothing but its one measurement): one large group, or many small ones
   (an independent review's 36 groups of 7 units, each under the 8 one group
   had to reach, had rebuilt 98 % of a batch of 16, clean). Benign zoo: largest
   correlation between two first-layer units 0.996 (an MLP trained on two
