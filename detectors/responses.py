@@ -48,9 +48,9 @@ the server solves for the image through the layers it wrote):
   (an independent review's 36 groups of 7 units, each under the 8 one group
   had to reach, had rebuilt 98 % of a batch of 16, clean). Benign zoo: largest
   correlation between two first-layer units 0.996 (an MLP trained on two
-  classes, on digits 0 and 1); at most 4 units of any layer in such groups (a
-  hidden layer of that MLP trained from a zero head, whose two rows move every
-  hidden unit along one direction); every crafted imprint layer correlates at
+  classes, on digits 0 and 1); no units of any layer in such groups (4 in a
+  hidden layer of that MLP trained from a zero head before thresholds counted
+  only among the examples); every crafted imprint layer correlates at
   1.0 in all its units. Input features that vary by rounding alone are left
   out (:data:`ROUNDING`).
 
@@ -83,8 +83,9 @@ RARE_SHARE = 0.35
 #: FG804: |correlation| of two units' responses that makes them one measurement; the fewest distinct thresholds among
 #: them (the bins fc_inversion reads; also the fewest rare units FG803 reports).
 SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
-#: FG804: the fewest units in groups measuring one quantity: twice the most an honest layer has (4 units of a hidden
-#: layer of an MLP trained on two classes from a zero head, whose two rows move every hidden unit along one direction).
+#: FG804: the fewest units in groups measuring one quantity: twice the most an honest layer of the benign zoo had (4
+#: units of a hidden layer of an MLP trained on two classes from a zero head, whose two rows move every hidden unit
+#: along one direction; none since thresholds count only among the examples).
 MIN_SAME_UNITS = 8
 #: FG804: an input feature of a layer varies by the data when its spread over the examples exceeds this multiple of
 #: float32's rounding error in it, measured as the difference from the same forward pass in float64
