@@ -122,8 +122,8 @@ def main() -> None:
                 dead, units = silenced.silent_units(seen)
                 if bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
                     silent = max(silent, (dead / units, f"{entry.label}:{seen.name}"))
-                groups = [g for g in responses.measurement_groups(seen) if g.thresholds >= responses.MIN_GROUP]
-                same = max(same, (sum(len(g.units) for g in groups), f"{entry.label}:{seen.name}"))
+                grouped = sum(len(group.units) for group in responses.binning_groups(seen))
+                same = max(same, (grouped, f"{entry.label}:{seen.name}"))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")
     print(f"  {'Linear layers: units reached by <= 1/8 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of reached units (FG803)  at {rare[1]}")

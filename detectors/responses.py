@@ -129,9 +129,11 @@ class LinearSeen:
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
-        weight = self._weight()
-        bias = self.layer.bias[:MAX_UNITS].detach().double() if self.layer.bias is not None else weight.new_zeros(len(weight))
-        return self.inputs @ weight.T, bias
+        return self.inputs @ self._weight().T, self._bias()
+
+    def output_at_mean(self) -> torch.Tensor:
+        """``W x̄ + b`` of the first :data:`MAX_UNITS` units, float64: each unit's output at the examples' mean input."""
+        return self.inputs.mean(dim=0) @ self._weight().T + self._bias()
 
     def varying_responses(self) -> torch.Tensor:
         """``W (x - x̄)`` of the first :data:`MAX_UNITS` units, ``[examples, units]``, float64; with :attr:`rounding`
@@ -145,6 +147,11 @@ class LinearSeen:
 
     def _weight(self) -> torch.Tensor:
         return self.layer.weight[:MAX_UNITS].detach().double()
+
+    def _bias(self) -> torch.Tensor:
+        if self.layer.bias is None:
+            return self.inputs.new_zeros(min(len(self.layer.weight), MAX_UNITS))
+        return self.layer.bias[:MAX_UNITS].detach().double()
 
 
 def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> list[LinearSeen]:
@@ -218,9 +225,7 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     largest first: the unit with the most others correlated with it at ``|r| ≥`` :data:`SAME_RESPONSE` and those
     others, then the same among the units left; each with its count of distinct thresholds on the measurement.
     Responses are read from the input features the examples move (:meth:`LinearSeen.varying_responses`)."""
-    response = seen.varying_responses()
-    uncentred, bias = seen.responses()
-    offset = bias + uncentred.mean(dim=0)  # each unit's output at the examples' mean input: W x̄ + b
+    response, offset = seen.varying_responses(), seen.output_at_mean()
     resolved = (response != 0).any(dim=0).nonzero()[:, 0]
     corr, index, norm = response_correlations(response[:, resolved])
     close = corr.abs() >= SAME_RESPONSE
@@ -248,7 +253,7 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     return groups
 
 
-def _binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
+def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     """:func:`measurement_groups` with :data:`MIN_GROUP` or more thresholds: one threshold is an average, not bins
     (FG101's rows)."""
     return [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
@@ -347,9 +352,9 @@ class LayerResponses(Detector):
             )
 
     def _same(self, seen: LinearSeen, module: nn.Module, inputs: torch.Tensor):
-        groups = _binning_groups(seen)
+        groups = binning_groups(seen)
         if sum(len(group.units) for group in groups) >= MIN_SAME_UNITS:  # what of it float32 resolves
-            groups = _binning_groups(with_rounding(seen, module, inputs))
+            groups = binning_groups(with_rounding(seen, module, inputs))
         units = sum(len(group.units) for group in groups)
         if units < MIN_SAME_UNITS:
             return
