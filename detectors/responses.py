@@ -32,7 +32,9 @@ the server solves for the image through the layers it wrote):
   94-95 % of a batch of 16 rebuilt at ≥ 30 dB against 61 % for the honest
   MLP, biases alone changed, and clean; at 1/8 such layers read 55-84 %, and
   trap weights with the negative half scaled down (ratios 1.0-3.3, which
-  FG401 does not read) 75-89 %.
+  FG401 does not read) 75-89 %. Honest federated training on one class per
+  client reaches 35-43 % (docs/detectors.md), and isolates examples too (16
+  of 64): a real leak, reported as one.
 * **Imprint in data space (FG804).** Robbing the Fed's rows measure one
   quantity; noise the data never excites (pixels always zero, directions of
   no variance; in a second layer, directions the first layer never
@@ -344,8 +346,10 @@ class LayerResponses(Detector):
                 "FG803", "Layer fires for single examples", Severity.HIGH, Confidence.MEDIUM, name,
                 f"On {len(grad)} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
                 f"fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; honest "
-                f"layers: at most 19 %), and {isolated} of your examples are each the only one to reach some unit: "
-                f"each such unit's update is that example's input to {name}, exactly. Do not train on this model.",
+                f"layers: at most 24 %), and {isolated} of your examples are each the only one to reach some unit: "
+                f"each such unit's update is that example's input to {name}, exactly. Planted biases do this; so can "
+                "training on one class or two per client (non-IID rounds), and the leak is the same either way. Do "
+                "not train on this model.",
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
                 median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=len(grad),
                 isolated_examples=isolated,

@@ -813,6 +813,43 @@ def test_head_rows_of_unseen_classes_are_low_but_the_same_rows_feeding_a_layer_a
     assert found["FG301"].severity is Severity.HIGH and judge(list(found.values())) is Verdict.MALICIOUS
 
 
+def _sign_step_rows(bias_at_quantiles: bool) -> nn.Module:
+    """An MLP whose first layer has 8 rows near minus the all-ones vector (|cosine| 0.97 or more), as a server's Adam
+    with a tiny epsilon leaves units that died on pixels (Flower's FedAdam, tau 1e-9: groups of 5-83 rows at
+    0.951-0.962 by round 10-50, the model 95 % accurate); biases small and negative (dead on every digit), or at
+    quantiles of the rows' responses on digits (a noisy imprint that bins them)."""
+    from fedguard.architectures import build_model
+
+    torch.manual_seed(0)
+    mlp = build_model("mlp")
+    x, _ = digits((1, 28, 28))
+    moved = (x.flatten(1).std(dim=0) > 0).float()  # a pixel always blank gets no gradient, so no step either
+    rows = mlp[1].weight[:8].detach() - 0.17 * moved * (1 + 0.1 * torch.randn(8, 784))
+    with torch.no_grad():
+        mlp[1].weight[:8] = rows
+        if bias_at_quantiles:
+            response = x[64:].flatten(1) @ rows.T
+            mlp[1].bias[:8] = -torch.quantile(response, torch.linspace(0.2, 0.8, 8), dim=0).diagonal()
+        else:
+            mlp[1].bias[:8] = -torch.linspace(0.12, 0.17, 8)
+    return mlp
+
+
+@pytest.mark.parametrize("bias_at_quantiles", [False, True])
+def test_alike_rows_that_no_example_reaches_are_low_with_the_clients_data(bias_at_quantiles):
+    """From the file alone they are an imprint's noisy rows (high); on the client's digits, rows dead by 6.3-7.1
+    standard deviations in the federated runs bin nothing (low), while the same rows with a ladder among the
+    examples still bin them (high)."""
+    mlp = _sign_step_rows(bias_at_quantiles)
+    found = _rules_of({k: v.clone() for k, v in mlp.state_dict().items()})
+    assert found["FG301"].severity is Severity.HIGH and "min_abs_cosine" in found["FG301"].evidence
+    found = _with_data(mlp, (1, 28, 28), ["imprint"], n=64)["FG301"]
+    if bias_at_quantiles:
+        assert found.severity is Severity.HIGH and "silent_margin" not in found.evidence
+    else:
+        assert found.severity is Severity.LOW and found.evidence["silent_margin"] >= 3
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
