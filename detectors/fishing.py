@@ -13,18 +13,24 @@ classes; see docs/detectors.md): a muted row is one whose norm is below 25 %
 of the layer's largest row (fishing shrinks or zeroes rows, it need not zero
 them: rows at 6 % with biases of 20 still isolated the target class's
 samples 18×, and a 5 % cut had passed them), and honest rows that weak
-carry biases of at most 0.77 (0.57 below 5 %), so a muted row with
-``|bias| ≥ 5`` is class fishing. What isolates the target is
-the gap between the muted classes' constant logits and the target's: a
+carry biases of at most 0.77 (0.57 below 5 %), so a muted unit inside the
+network with ``|bias| ≥ 5`` is planted (LOKI's, imprint blocks' bins).
+In a head, what isolates the target is the gap between the muted classes' constant logits and the target's: a
 crafter can keep the biases small (non-target biases 2-4, or 0 with a target
 bias of -20) and still mute every other class. Over the 19 layers with muted
 rows in the benign zoo and the held-out set (and 103 further honest models,
 at the 25 % cut), the muted rows' lowest bias never exceeds the weighted
-rows' highest (largest gap -0.003), so muted rows
-whose biases all stand ``≥ 2`` above every weighted row's are class fishing
-too, when they are at least half the rows: fishing mutes every class but its
-targets, while a K+1 head with one constant "reject" logit (zero weights,
-bias 3, above every class's) isolates nothing and had been reported. A head
+rows' highest (largest gap -0.003), so in a head, muted rows whose biases
+stand ``≥ 2`` above every weighted row's are class fishing when they are at
+least half the rows: fishing mutes every class but its targets, while a K+1
+head with one constant "reject" logit (zero weights, bias 3, above every
+class's) isolates nothing and had been reported. A head's biases count only
+by their differences (the softmax reads nothing else), and a muted class
+below the weighted ones is never predicted and mutes nothing: a language
+model's head trained from zeros with log-unigram biases keeps small rows
+(an honest sweep: 297 of 5,000 rows under a quarter of the largest, biases
+-1.3 to -20, against the weighted rows' -6.6 to -12.6), which the absolute
+``|bias| ≥ 5`` that inside layers keep had read as class fishing. A head
 whose rows are *all* zero isolates nothing and is skipped.
 Honest dense rows never have one weight more than 20× the RMS of the rest;
 feature fishing's is ≥ 50×.
@@ -90,10 +96,13 @@ class Fishing(Detector):
         if top == 0:
             return  # a zero head: every logit is its bias, nothing is isolated
         muted = norm <= MUTED * top
-        fished = muted & (bias.abs() >= HUGE_BIAS)
-        if 2 * int(muted.sum()) >= stats.rows and float(bias[muted].min() - bias[~muted].max()) >= BIAS_MARGIN:
-            fished = muted  # most classes' constant logits above every weighted one's (one constant "reject" class of
-            # a K+1 head isolates nothing: the other K still carry every sample's gradient)
+        inside = context.view.next_weight_layer(layer) is not None
+        if inside:  # muted units with huge biases: constants, as planted blocks' bins are
+            fished = muted & (bias.abs() >= HUGE_BIAS)
+        else:  # a head: most classes' constant logits above every weighted class's (softmax reads only differences)
+            fished = muted & (bias >= bias[~muted].max() + BIAS_MARGIN)
+            if 2 * int(fished.sum()) < stats.rows:
+                fished = torch.zeros_like(muted)
         count = int(fished.sum())
         if not count:
             return
@@ -103,7 +112,7 @@ class Fishing(Detector):
                      f"{float(bias[fished].abs().max()):.4g}: their outputs are constants"
                      + (f" (as are {quiet} more muted unit(s) with small biases)" if quiet else ""))  # fmt: skip
         one_input = (stats.peak_to_rest[~muted] >= OUTLIER_RATIO).all()
-        if context.view.next_weight_layer(layer) is not None:  # inside the network: no class is fished there
+        if inside:  # inside the network: no class is fished there
             kind, title = "planted", "Muted units with huge biases"
             why = (", as planted blocks' bins are (imprint, LOKI); honest units that weak carry biases of at most "
                    "0.77. Do not train on this model.")

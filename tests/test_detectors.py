@@ -974,6 +974,17 @@ def test_fg201_names_the_craft(attack, fishing):
     assert all(("Class fishing" in f.title) == (fishing == "class") for f in findings)
 
 
+def test_log_prior_biases_on_rows_training_barely_moved_are_not_class_fishing():
+    """A language model's head from zeros with log-unigram biases: its rare words' rows stay small (under a quarter
+    of the largest) beside biases of -9 to -12 (an honest sweep: 114 of 5,000), below every frequent word's; such
+    classes are never predicted and mute nothing. The same rows with biases above the weighted ones' fish."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.cat([torch.randn(20, 64, generator=gen) / 8, torch.randn(180, 64, generator=gen) / 200])
+    prior = torch.cat([-torch.linspace(2.0, 5.0, 20), -torch.linspace(9.0, 12.0, 180)])
+    assert "FG201" not in _rules_of({"weight": weight, "bias": prior})
+    assert "FG201" in _rules_of({"weight": weight, "bias": torch.cat([prior[:20], torch.full((180,), 9.0)])})
+
+
 def test_one_constant_reject_logit_is_not_class_fishing():
     """A K+1 head: ten trained rows and one zero row with bias 3 above every class's; nothing is isolated."""
     torch.manual_seed(0)
@@ -1565,6 +1576,13 @@ def _muted_head_rows(count, bias):
     return edit
 
 
+def _muted_hidden_rows(count, bias):
+    def edit(m):
+        m[0].weight[:count] = 0
+        m[0].bias[:count] = bias
+    return edit
+
+
 def _identical_rows(count):
     def edit(m):
         m[0].weight[1:count] = m[0].weight[0]
@@ -1585,16 +1603,20 @@ def _opposite_pairs(count):
     (_set_head_bias(49.0), [], Verdict.CLEAN),
     (_constant_rows(2), [("FG101", Severity.HIGH), ("FG301", Severity.MEDIUM)], Verdict.MALICIOUS),
     (_constant_rows(1), [("FG101", Severity.MEDIUM)], Verdict.SUSPICIOUS),
-    (_muted_head_rows(5, 3.0), [("FG201", Severity.HIGH)], Verdict.MALICIOUS),  # half the classes muted: any bias
+    (_muted_head_rows(5, 3.0), [("FG201", Severity.HIGH)], Verdict.MALICIOUS),  # half the classes muted above
     (_muted_head_rows(4, 3.0), [], Verdict.CLEAN),
-    (_muted_head_rows(1, 5.0), [("FG201", Severity.HIGH)], Verdict.MALICIOUS),  # HUGE_BIAS, inclusive
-    (_muted_head_rows(1, 4.9), [], Verdict.CLEAN),
+    (_muted_head_rows(5, 2.0), [("FG201", Severity.HIGH)], Verdict.MALICIOUS),  # BIAS_MARGIN, inclusive
+    (_muted_head_rows(5, 1.9), [], Verdict.CLEAN),
+    (_muted_head_rows(9, -5.0), [], Verdict.CLEAN),  # below the weighted class: never predicted, mutes nothing
+    (_muted_hidden_rows(1, 5.0), [("FG201", Severity.HIGH)], Verdict.MALICIOUS),  # HUGE_BIAS, inclusive
+    (_muted_hidden_rows(1, 4.9), [], Verdict.CLEAN),
     (_identical_rows(4), [("FG301", Severity.HIGH)], Verdict.MALICIOUS),
     (_identical_rows(3), [("FG301", Severity.MEDIUM)], Verdict.SUSPICIOUS),
     (_opposite_pairs(2), [("FG104", Severity.HIGH)], Verdict.MALICIOUS),  # MALICIOUS_PAIRS
     (_opposite_pairs(1), [("FG104", Severity.MEDIUM)], Verdict.SUSPICIOUS),
 ], ids=["honest", "bias-50", "bias-49", "2-constant-rows", "1-constant-row", "half-head-muted", "4-of-10-muted",
-        "muted-bias-5", "muted-bias-4.9", "4-identical-rows", "3-identical-rows", "2-opposite-pairs", "1-opposite-pair"])
+        "muted-margin-2", "muted-margin-1.9", "muted-below", "muted-hidden-bias-5", "muted-hidden-bias-4.9",
+        "4-identical-rows", "3-identical-rows", "2-opposite-pairs", "1-opposite-pair"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_each_threshold_holds_at_its_boundary_and_sets_the_verdict(edit, expected, verdict, seed):
     """One planted change to a 64-128-10 MLP just at and just past each static rule's threshold: the rule, its
