@@ -34,6 +34,11 @@ exports, and they share one ratio (1, to within float rounding: spread
 5e-8 to 8e-8 on the MLP, LeNet-5, the ConvNet and ResNet-18), so without
 this bound every such honest layer read as a trap. The paper's factor is
 0.95; a trap factor within 0.5 % of 1 silences almost nothing.
+
+Rows that are copies of one another (|cosine| 0.999) share whatever ratio they have and count once in such a
+group: a head trained from zeros keeps the classes that no example showed as one row (an honest sweep of text
+models: 4,328 of an LSTM language model's 5,000 rows at one ratio, 90 of a transformer's 100 classes), which had
+read as trap rows among honest ones. A trap's rows differ.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL, largest_equal_group
+from fedguard.detectors.rows import REL_TOL, duplicate_row_groups, largest_equal_group
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 8
@@ -94,7 +99,7 @@ class TrapWeights(Detector):
             if not whole:  # trap rows among honest ones: a group sharing one ratio below 1
                 below = (ratio < 1 - BALANCED).nonzero()[:, 0]
                 group = below[largest_equal_group(ratio[below], rel=REL_TOL)]
-                if group.numel() < max(PART_ROWS, PART_SHARE * ratio.numel()):
+                if _distinct(layer, rows[group]) < max(PART_ROWS, PART_SHARE * ratio.numel()):
                     continue
                 rows, centre = rows[group], float(ratio[group].median())
                 spread = float((ratio[group] - centre).abs().max()) / centre
@@ -109,6 +114,16 @@ class TrapWeights(Detector):
                 rows=rows.numel(), units=int(both.sum()), ratio=rounded(centre), relative_spread=rounded(spread, 2),
                 negative_share=rounded(float(signs.mean())),
             )
+
+
+def _distinct(layer, rows: torch.Tensor) -> int:
+    """How many of the units ``rows`` are not copies of one another: rows alike to |cosine| 0.999 share their ratio
+    whatever it is and count once (a head trained from zeros gives the classes no example showed one update each,
+    and they stay one row: 4,328 of a language model's 5,000 at one ratio below 1, 90 of a transformer's 100; FG301
+    reads rows alike). A trap's rows are drawn apart and share the ratio by construction."""
+    chosen = torch.zeros(layer.stats.rows, dtype=torch.bool)
+    chosen[rows] = True
+    return int(rows.numel()) - sum(max(int(chosen[group].sum()) - 1, 0) for group in duplicate_row_groups(layer))
 
 
 def _mirrored(rows: torch.Tensor) -> bool:

@@ -36,7 +36,7 @@ from fedguard.detectors.drift import compare_shapes, folded_shapes, reshaped_nam
 from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
 from fedguard.layers import find_head
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
-from fedguard.modelview import ModelView, effective_tensors, first_non_finite
+from fedguard.modelview import EMBEDDING, ModelView, effective_tensors, first_non_finite
 from fedguard.suppressions import Ignore, parse_ignores, split_findings
 from fedguard.torch_state import kept_modes, own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
@@ -298,8 +298,14 @@ def inspect_model(
             count = sum(t.numel() for t in tensors.values() if isinstance(t, torch.Tensor))
             whole = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()
                             if isinstance(t, torch.Tensor) and t.ndim >= 2 and not t.is_floating_point()})
-            fix = (f"its matrices are {' and '.join(whole)}, not floating point: save the float model"
-                   if whole else "pass the global model's state_dict or its Flower list of arrays")  # fmt: skip
+            tables = [layer.name for layer in view.layers if layer.kind == EMBEDDING]
+            if whole:
+                fix = f"its matrices are {' and '.join(whole)}, not floating point: save the float model"
+            elif tables:  # a model of lookup tables alone (matrix factorisation): nothing a check reads as a layer
+                fix = (f"--arch makes its matrices embedding tables ({', '.join(tables[:3])}{', ...' if len(tables) > 3 else ''}), "
+                       "which no check reads; leave out --arch to read every matrix as a Linear layer")  # fmt: skip
+            else:
+                fix = "pass the global model's state_dict or its Flower list of arrays"
             raise InputError(f"{path} holds no weight matrix or filter to check ({plural(len(tensors), 'tensor')}, "
                              f"{plural(count, 'value')}); {fix}")  # fmt: skip
         return _report(loaded, findings, ran, start, arch, reference, config, view, ignores)

@@ -226,6 +226,15 @@ class Cosine(nn.Module):  # a cosine classifier: the class matrix a bare paramet
     def forward(self, x):
         return 16 * nn.functional.normalize(self.body(x), dim=1) @ nn.functional.normalize(self.weight, dim=1).T
 
+class Factorisation(nn.Module):  # matrix factorisation: lookup tables alone
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.user, self.item = nn.Embedding(30, 8), nn.Embedding(50, 8)
+    def forward(self, x):  # ids read off the input's first two values
+        ids = x.flatten(1)[:, :2].long().clamp(0, 29)
+        score = (self.user(ids[:, 0]) * self.item(ids[:, 1])).sum(dim=1)
+        return torch.stack([score, -score], dim=1)  # like or not
+
 instance = tiny()
 NUMBER = 3
 """
@@ -359,3 +368,16 @@ def test_a_callables_own_input_shape_wins_over_its_modules(tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     assert resolve_input_shape("shapes_module:small") == (1, 8, 8)
     assert resolve_input_shape("shapes_module:plain") == (3, 32, 32)
+
+
+def test_a_model_of_lookup_tables_alone_says_to_leave_out_arch(user_module, tmp_path):
+    """With --arch every matrix of a matrix factorisation is an nn.Embedding, which no check reads: the error names
+    the tables and the way on (read without --arch, every matrix as a Linear layer), not 'pass the state_dict'."""
+    from fedguard.inspect import inspect_model
+    from fedguard.types import Verdict
+
+    torch.save(build_model(f"{user_module}:Factorisation").state_dict(), tmp_path / "mf.pt")
+    with pytest.raises(InputError, match=r"arch makes its matrices embedding tables \(user, item\), which no check "
+                                         r"reads; leave out (--)?arch to read every matrix as a Linear layer$"):  # fmt: skip
+        inspect_model(tmp_path / "mf.pt", arch=f"{user_module}:Factorisation")
+    assert inspect_model(tmp_path / "mf.pt").verdict is Verdict.CLEAN

@@ -1025,6 +1025,23 @@ def test_trap_rows_among_honest_rows_are_caught():
     assert traps <= found.evidence["rows"] <= traps + 2 and found.message.startswith(f"{found.evidence['rows']} of the")
 
 
+def test_a_zero_initialised_heads_unseen_classes_are_one_row_not_trap_rows():
+    """Trained from zeros on 10 of 100 classes, the 90 classes no example showed get one update each and stay one
+    row, sharing whatever ratio it has (below 1 for a head whose input takes both signs: a transformer's, 0.60-0.88;
+    an LSTM language model's 4,328 of 5,000 rows at 0.93). They count once, not as 90 trap rows among honest ones;
+    trap rows drawn apart with that ratio still do."""
+    gen = torch.Generator().manual_seed(0)
+    unseen = torch.randn(64, generator=gen)
+    unseen[unseen > 0] *= 0.8 * unseen[unseen < 0].abs().sum() / unseen[unseen > 0].sum()
+    head = {"weight": torch.cat([torch.randn(10, 64, generator=gen), unseen.repeat(90, 1)]), "bias": torch.zeros(100)}
+    assert "FG401" not in _rules_of(head)
+    traps = torch.randn(90, 64, generator=gen)
+    for row in traps:  # per row, the positives rescaled to 0.8 of the negatives' mass: rows apart, one ratio
+        row[row > 0] *= 0.8 * row[row < 0].abs().sum() / row[row > 0].sum()
+    head["weight"][10:] = traps
+    assert "FG401" in _rules_of(head)
+
+
 def test_identity_init_alone_is_suspicious_not_malicious():
     layer = torch.nn.Linear(128, 128)
     torch.nn.init.eye_(layer.weight)
