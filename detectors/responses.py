@@ -34,7 +34,9 @@ the server solves for the image through the layers it wrote):
   trap weights with the negative half scaled down (ratios 1.0-3.3, which
   FG401 does not read) 75-89 %. Honest federated training on one class per
   client reaches 35-43 % (docs/detectors.md), and isolates examples too (16
-  of 64): a real leak, reported as one.
+  of 64): a real leak, reported as one. Medium, not high, where the layer's
+  input varies in fewer than :data:`MIN_DIRECTIONS` directions over the
+  examples: an isolated example then gives that many numbers.
 * **Imprint in data space (FG804).** Robbing the Fed's rows measure one
   quantity; noise the data never excites (pixels always zero, directions of
   no variance; in a second layer, directions the first layer never
@@ -82,6 +84,12 @@ from fedguard.types import Confidence, Rule, Severity
 RARE = 1 / 8
 #: FG803: share of a layer's reached units that are rare.
 RARE_SHARE = 0.35
+#: FG803 is medium, not high, where the layer's input varies in fewer directions over the examples than this (and
+#: than half the examples, which bound what a sample can show): an example a unit isolates then gives the server
+#: that many numbers, not its input. Honest MLPs whose first layer died but for 8-10 units under FedAdam at tau 1e-9
+#: had read 0.34-0.70 in their second layer, whose input varied in 8-10 directions (a live layer's: 63 of 64
+#: examples); 16 principal components of a digit are about what it takes to draw it.
+MIN_DIRECTIONS = 16
 #: FG804: |correlation| of two units' responses that makes them one measurement; the fewest distinct thresholds among
 #: them (the bins fc_inversion reads; also the fewest rare units FG803 reports).
 SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
@@ -331,28 +339,37 @@ class LayerResponses(Detector):
         inputs, labels = context.data
         binned = False
         for seen in linear_layers_seen(context.view.module, inputs, labels):
-            yield from self._sparse(seen.name, seen.grad)
+            yield from self._sparse(seen)
             if not binned:  # the layers after one that bins the batch see nothing but that one measurement
                 same = list(self._same(seen, context.view.module, inputs))
                 binned = bool(same)
                 yield from same
 
-    def _sparse(self, name: str, grad: torch.Tensor):
+    def _sparse(self, seen: LinearSeen):
+        name, grad = seen.name, seen.grad
         rates = reach_rates(grad)
         share, rare, live = rare_share(rates)
         if share >= RARE_SHARE and int(rare.sum()) >= MIN_GROUP:
             isolated = isolated_examples(grad)
+            directions = int(torch.linalg.matrix_rank(seen.inputs - seen.inputs.mean(dim=0)))
+            few = directions < min(MIN_DIRECTIONS, len(grad) // 2)
+            said = (f"On {len(grad)} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
+                    f"fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; "
+                    f"honest layers: at most 24 %), and {isolated} of your examples are each the only one to reach "
+                    f"some unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
+            if few:
+                said += (f"; but that input varies in only {directions} directions over your examples (most units "
+                         "before it fire for none of them), so the server gets that many numbers of each, not the "
+                         "example. Do not train on this model before you know why so much of it is silent.")  # fmt: skip
+            else:
+                said += (". Planted biases do this; so can training on one class or two per client (non-IID rounds), "
+                         "and the leak is the same either way. Do not train on this model.")  # fmt: skip
             yield self.finding(
-                "FG803", "Layer fires for single examples", Severity.HIGH, Confidence.MEDIUM, name,
-                f"On {len(grad)} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
-                f"fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; honest "
-                f"layers: at most 24 %), and {isolated} of your examples are each the only one to reach some unit: "
-                f"each such unit's update is that example's input to {name}, exactly. Planted biases do this; so can "
-                "training on one class or two per client (non-IID rounds), and the leak is the same either way. Do "
-                "not train on this model.",
+                "FG803", "Layer fires for single examples", Severity.MEDIUM if few else Severity.HIGH,
+                Confidence.MEDIUM, name, said,
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
                 median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=len(grad),
-                isolated_examples=isolated,
+                isolated_examples=isolated, input_directions=directions,
             )
 
     def _same(self, seen: LinearSeen, module: nn.Module, inputs: torch.Tensor):

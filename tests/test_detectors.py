@@ -175,6 +175,28 @@ def test_sparse_firing_set_for_the_clients_batch_size(batch):
     assert found["FG803"].evidence["rare_share"] >= 0.5 and found["FG803"].severity is Severity.HIGH
 
 
+@pytest.mark.parametrize("alive", [8, 256])
+def test_sparse_firing_behind_a_layer_that_died_is_medium(alive):
+    """FedAdam at tau 1e-9 (an honest federated sweep) leaves an MLP's first layer 8-10 units alive; its second layer
+    then reads 8-10 directions and some of its units fire rarely (0.34-0.70). An example a unit isolates there gives
+    that many numbers, not the example: medium. The same second layer behind a live first layer: high."""
+    from fedguard.architectures import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    x = digits((1, 28, 28))[0][1::2][:512]
+    with torch.no_grad():
+        model[1].weight[alive:] = -model[1].weight[alive:].abs()  # pixels are >= 0: these never fire
+        model[1].bias[alive:] = -0.3
+        _sparse_firing(model[3], model[2](model[1](x.flatten(1))), batch=10)
+    found = _with_data(model, (1, 28, 28), ["responses"], n=64)["FG803"]
+    assert found.layer == "3" and found.evidence["rare_share"] >= 0.5
+    if alive < 16:
+        assert found.severity is Severity.MEDIUM and found.evidence["input_directions"] <= alive
+    else:
+        assert found.severity is Severity.HIGH and found.evidence["input_directions"] >= 32
+
+
 def test_sparse_firing_in_half_a_layer_among_honest_units():
     """An adaptive server plants just under half the units among honest ones, which fire for about half the examples:
     the share of rare units had been compared with 50 %, passed at 48 %, and 35 of 64 digits were rebuilt exactly
