@@ -14,10 +14,11 @@ of the layer's largest row (fishing shrinks or zeroes rows, it need not zero
 them: rows at 6 % with biases of 20 still isolated the target class's
 samples 18×, and a 5 % cut had passed them), and honest rows that weak
 carry biases of at most 0.77 (0.57 below 5 %), so a muted unit inside the
-network with ``|bias| ≥ 5`` is planted (LOKI's, imprint blocks' bins).
-In a head, what isolates the target is the gap between the muted classes' constant logits and the target's: a
-crafter can keep the biases small (non-target biases 2-4, or 0 with a target
-bias of -20) and still mute every other class. Over the 19 layers with muted
+network with ``|bias| ≥ 5`` is planted (LOKI's, imprint blocks' bins). In
+a head, what isolates the target is the gap between the muted classes'
+constant logits and the target's: a crafter can keep the biases small
+(non-target biases 2-4, or 0 with a target bias of -20) and still mute
+every other class. Over the 19 layers with muted
 rows in the benign zoo and the held-out set (and 103 further honest models,
 at the 25 % cut), the muted rows' lowest bias never exceeds the weighted
 rows' highest (largest gap -0.003), so in a head, muted rows whose biases

@@ -302,8 +302,9 @@ def inspect_model(
             if whole:
                 fix = f"its matrices are {' and '.join(whole)}, not floating point: save the float model"
             elif tables:  # a model of lookup tables alone (matrix factorisation): nothing a check reads as a layer
-                fix = (f"--arch makes its matrices embedding tables ({', '.join(tables[:3])}{', ...' if len(tables) > 3 else ''}), "
-                       "which no check reads; leave out --arch to read every matrix as a Linear layer")  # fmt: skip
+                named = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
+                fix = (f"--arch makes its matrices embedding tables ({named}), which no check reads; leave out --arch "
+                       "to read every matrix as a Linear layer")  # fmt: skip
             else:
                 fix = "pass the global model's state_dict or its Flower list of arrays"
             raise InputError(f"{path} holds no weight matrix or filter to check ({plural(len(tensors), 'tensor')}, "
