@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
-from fedguard.detectors.rows import live_rows  # noqa: E402
+from fedguard.detectors.rows import SAME_BIAS, live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
 
@@ -51,7 +51,7 @@ def layer_figures(layer) -> dict[str, float]:
     z = peak * math.sqrt(layer.fan_in)
     groups = imprint._groups(layer) if layer.fan_in >= 16 else []
     distinct = [g for g in groups
-                if bias is not None and float(bias[g].float().std()) > imprint.SAME_BIAS * float(bias[g].float().abs().max())]
+                if bias is not None and float(bias[g].float().std()) > SAME_BIAS * float(bias[g].float().abs().max())]
     magnitude_mean = s.l1 / s.fan_in
     one_sign = live_rows(layer) & ((s.minimum > 0) | (s.maximum < 0)) & (magnitude_mean > 0)
     variation = (s.l2sq / s.fan_in - magnitude_mean.square()).clamp_min(0).sqrt() / magnitude_mean.clamp_min(1e-30)

@@ -63,7 +63,7 @@ import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.responses import MAX_UNITS, linear_layers_seen
-from fedguard.detectors.rows import REL_TOL, dense_rows, duplicate_row_groups, is_opposite_pair
+from fedguard.detectors.rows import REL_TOL, SAME_BIAS, dense_rows, duplicate_row_groups, is_opposite_pair
 from fedguard.modelview import LINEAR
 from fedguard.rowstats import finite
 from fedguard.torch_state import evaluating
@@ -77,10 +77,6 @@ MIN_SUPPORT = 8
 MALICIOUS_GROUP = 4
 #: Nearly identical rows: |cosine| at least this, in a group of MALICIOUS_GROUP rows or more with as many biases.
 NEAR_COS = 0.95
-#: Biases closer than this, relative to the largest, count as one: float rounding in training and averaging leaves
-#: identical rows' biases 3e-7 apart (a 100-class zero-initialised head fine-tuned on 10 classes), while a ladder's
-#: bins stand range / bins apart (1e-4 of the largest or more up to 10,000 bins).
-SAME_BIAS = 1e-5
 #: A near group is silent on the client's data when no example reaches its rows and each stays below switching on by
 #: at least this many standard deviations of its response over the examples: an example of the client's that a
 #: sample of 64 did not show would have to lie that far beyond them to reach a bin.

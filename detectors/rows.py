@@ -19,6 +19,10 @@ from fedguard.rowstats import weight_rows
 #: Relative tolerance for "equal" values: fp16 round-trips move values by up
 #: to 2**-11 ≈ 4.9e-4 relative, so equality is tested at 2e-3.
 REL_TOL = 2e-3
+#: Biases closer than this, relative to the largest, count as one: float rounding in training and averaging leaves
+#: identical rows' biases 3e-7 apart (a 100-class zero-initialised head fine-tuned on 10 classes), while a ladder's
+#: bins stand range / bins apart (1e-4 of the largest or more up to 10,000 bins).
+SAME_BIAS = 1e-5
 #: Columns sampled to sketch rows when searching for duplicates.
 SKETCH_COLUMNS = 256
 #: Rows whose sketches' |cosine| falls this far below the one sought are not read whole (the sketch's error on 256

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL, duplicate_row_groups, largest_equal_group
+from fedguard.detectors.rows import REL_TOL, SAME_BIAS, duplicate_row_groups, largest_equal_group
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 8
@@ -117,13 +117,24 @@ class TrapWeights(Detector):
 
 
 def _distinct(layer, rows: torch.Tensor) -> int:
-    """How many of the units ``rows`` are not copies of one another: rows alike to |cosine| 0.999 share their ratio
-    whatever it is and count once (a head trained from zeros gives the classes no example showed one update each,
-    and they stay one row: 4,328 of a language model's 5,000 at one ratio below 1, 90 of a transformer's 100; FG301
-    reads rows alike). A trap's rows are drawn apart and share the ratio by construction."""
+    """How many of the units ``rows`` are not copies of one another: rows alike to |cosine| 0.999 with one bias (to
+    :data:`SAME_BIAS`) switch together, share their ratio whatever it is and count once (a head trained from zeros
+    gives the classes no example showed one update each, and they stay one row and one bias: 4,328 of a language
+    model's 5,000 at one ratio below 1, 90 of a transformer's 100; FG301 reads rows alike). Copies with a ladder of
+    biases fire for different examples and count each (a review's trap rows stored three times each, scaled by
+    0.99-1.01 with biases at three quantiles, had passed: 10-13 of 64 digits rebuilt against 7-11)."""
     chosen = torch.zeros(layer.stats.rows, dtype=torch.bool)
     chosen[rows] = True
-    return int(rows.numel()) - sum(max(int(chosen[group].sum()) - 1, 0) for group in duplicate_row_groups(layer))
+    bias = layer.bias_f32()
+    copies = 0
+    for group in duplicate_row_groups(layer):
+        group = group[chosen[group]]
+        if bias is not None and bias.shape[0] == layer.stats.rows and group.numel() > 1:
+            spread = float(bias[group].max() - bias[group].min())
+            if spread > SAME_BIAS * max(float(bias.abs().max()), 1e-30):
+                continue  # a ladder: each copy switches at its own threshold
+        copies += max(group.numel() - 1, 0)
+    return int(rows.numel()) - copies
 
 
 def _mirrored(rows: torch.Tensor) -> bool:

@@ -1062,6 +1062,12 @@ def test_a_zero_initialised_heads_unseen_classes_are_one_row_not_trap_rows():
         row[row > 0] *= 0.8 * row[row < 0].abs().sum() / row[row > 0].sum()
     head["weight"][10:] = traps
     assert "FG401" in _rules_of(head)
+    # 14 trap rows stored three times each, scaled by 0.99-1.01 with a ladder of biases (a review's evasion: each copy
+    # fires at its own threshold, 10-13 of 64 digits rebuilt against 7-11): copies with biases apart count each
+    head["weight"][10:52] = (traps[:14, None] * torch.tensor([1.0, 1.01, 0.99])[:, None]).reshape(42, 64)
+    head["weight"][52:] = torch.randn(48, 64, generator=gen)  # honest rows, each of its own ratio
+    head["bias"][10:52] = -torch.linspace(0.5, 2.0, 42)
+    assert _rules_of(head)["FG401"].evidence["rows"] >= 42
 
 
 def test_identity_init_alone_is_suspicious_not_malicious():
