@@ -48,7 +48,8 @@ bin nothing: with the client's data (``--arch`` and ``--data``) a near group tha
 below switching on by at least :data:`SILENT_MARGIN` standard deviations of their responses over the examples (the
 eight such models of an independent sweep of federated runs, three seeds and IID or Dirichlet clients: 6.3-7.1), is
 reported as low; an imprint that bins the client's data has thresholds among its examples. Without the data the
-group stays high: the same rows on inputs a client standardises (negative pixels) would bin.
+group stays high: the same rows on inputs a client standardises (negative pixels) would bin. So it does where the
+layer reads other inputs in training than in the check's eval pass (a BatchNorm, dropout).
 
 *Known false positives* (docs/detectors.md): hidden layers of small MLPs
 after long, heavily regularised training (SGD, weight decay 5e-3 on every
@@ -59,10 +60,12 @@ above the near-duplicate threshold.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.responses import MAX_UNITS, linear_layers_seen
+from fedguard.detectors.responses import CHUNK, MAX_UNITS, linear_layers_seen
 from fedguard.detectors.rows import REL_TOL, SAME_BIAS, dense_rows, duplicate_row_groups, is_opposite_pair
 from fedguard.modelview import LINEAR
 from fedguard.rowstats import finite
@@ -232,12 +235,35 @@ def _silent_margin(context: InspectContext, name: str, group: torch.Tensor) -> f
         return None
     if seen is None or bool((seen.grad[:, group] != 0).any()):
         return None
+    if not _reads_the_same_in_training(context.view.module, name, context.data[0], seen.inputs):
+        return None
     response, bias = seen.responses()
     output = response[:, group] + bias[group]
     peak = output.max(dim=0).values
     if bool((peak >= 0).any()):
         return None
     return float((-peak / output.std(dim=0)).min())
+
+
+def _reads_the_same_in_training(module: torch.nn.Module, name: str, inputs: torch.Tensor, read: torch.Tensor) -> bool:
+    """Whether layer ``name`` of a copy of ``module`` in training mode reads ``read``, what it read in eval mode, from
+    ``inputs`` (in chunks of :data:`CHUNK`, the copy's running statistics spent). A BatchNorm before it standardises
+    the client's training batch by the batch's own statistics, where the check's eval pass uses the running ones: a
+    red team's noisy imprint behind a BatchNorm left at its start (mean 0, variance 1) read raw pixels in eval mode,
+    dead by 4.7 standard deviations, and binned the standardised batch in training (8-11 of 16 digits rebuilt). So
+    does dropout, and any layer that asks whether it is training."""
+    reads: list[torch.Tensor] = []
+    try:
+        twin = copy.deepcopy(module).train()
+        dict(twin.named_modules())[name].register_forward_hook(lambda _, args, __: reads.append(args[0].detach()))
+        with torch.no_grad():
+            for start in range(0, len(inputs), CHUNK):
+                twin(inputs[start : start + CHUNK].float())
+    except Exception:  # the module cannot run here in training mode: nothing shown
+        return False
+    if not reads or torch.cat(reads).shape != read.shape:
+        return False
+    return torch.allclose(torch.cat(reads).double(), read, rtol=1e-5, atol=1e-6 * float(read.abs().max()))
 
 
 def _plain_linear(layer) -> bool:

@@ -872,6 +872,21 @@ def test_alike_rows_that_no_example_reaches_are_low_with_the_clients_data(bias_a
         assert found.severity is Severity.LOW and found.evidence["silent_margin"] >= 3
 
 
+def test_alike_rows_silent_in_eval_mode_but_not_in_training_stay_high():
+    """A red team's evasion of the relief above: a BatchNorm before the rows, left at its start (mean 0, variance 1),
+    hands them raw pixels in the check's eval pass (dead) but the batch standardised by its own statistics in the
+    client's training, where they bin it (8-11 of 16 digits rebuilt). The layer reads otherwise in training: high."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(784), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    x, _ = digits((1, 28, 28))
+    moved = (x.flatten(1).std(dim=0) > 0).float()
+    with torch.no_grad():
+        model[2].weight[:8] = model[2].weight[:8] - 0.17 * moved * (1 + 0.1 * torch.randn(8, 784))
+        model[2].bias[:8] = -torch.linspace(0.12, 0.17, 8)
+    found = _with_data(model, (1, 28, 28), ["imprint"], n=64)["FG301"]
+    assert found.severity is Severity.HIGH and "silent_margin" not in found.evidence
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
