@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
+from fedguard.detectors.rows import REL_TOL, SAME_BIAS, duplicate_row_groups
 from fedguard.modelview import LINEAR
 from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
@@ -98,6 +99,13 @@ class Fishing(Detector):
             return  # a zero head: every logit is its bias, nothing is isolated
         muted = norm <= MUTED * top
         inside = context.view.next_weight_layer(layer) is not None
+        common = None if inside else _common_row(layer, bias)
+        if common is not None:  # a head reads only differences: rows and biases taken relative to its common row
+            norm, bias = _norms_from(layer, common[0]), bias - common[1]
+            top = float(norm.max())
+            if top == 0:
+                return
+            muted = norm <= MUTED * top
         if inside:  # muted units with huge biases: constants, as planted blocks' bins are
             fished = muted & (bias.abs() >= HUGE_BIAS)
         else:  # a head: most classes' constant logits above every weighted class's (softmax reads only differences)
@@ -111,7 +119,11 @@ class Fishing(Detector):
         active = int((~muted).sum())
         constants = (f"{count} of {stats.rows} units of {layer.name} have (near-)zero weights and biases up to "
                      f"{float(bias[fished].abs().max()):.4g}: their outputs are constants"
-                     + (f" (as are {quiet} more muted unit(s) with small biases)" if quiet else ""))  # fmt: skip
+                     if common is None else
+                     f"{count} of {stats.rows} units of {layer.name} are one row with one bias, "
+                     f"{float(bias[fished].min()):.4g} above every other unit's relative to it: the softmax reads only "
+                     "the logits' differences, so theirs are constants")  # fmt: skip
+        constants += f" (as are {quiet} more muted unit(s) with small biases)" if quiet else ""
         one_input = (stats.peak_to_rest[~muted] >= OUTLIER_RATIO).all()
         if inside:  # inside the network: no class is fished there
             kind, title = "planted", "Muted units with huge biases"
@@ -157,3 +169,28 @@ class Fishing(Detector):
             rows_flagged=int(hits.numel()), worst_row=worst, worst_input=int(top_index[best]),
             ratio_to_row_rms=rounded(ratio[best]), threshold=OUTLIER_RATIO,
         )
+
+
+def _common_row(layer, bias: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """``(row, bias)`` that at least half a head's rows share, weights to :data:`~fedguard.detectors.rows.REL_TOL` of
+    their norm and bias to :data:`~fedguard.detectors.rows.SAME_BIAS`; None when no row is that common. Adding one
+    row and bias to every class changes no probability, so a server can fish with every non-target row a copy of an
+    honest-looking one instead of zero (a red team's head: the target's examples 96-97 % of the gradient below it,
+    clean); the rows a zero-initialised head never trained are such copies too, below the trained classes."""
+    groups = duplicate_row_groups(layer)
+    if not groups or 2 * len(groups[0]) < layer.stats.rows:
+        return None
+    group = groups[0]
+    rows = layer.rows(group)
+    row = rows[0]
+    alike = (rows - row).norm(dim=1) <= REL_TOL * row.norm()
+    same = alike & ((bias[group] - bias[group[0]]).abs() <= SAME_BIAS * max(float(bias.abs().max()), 1e-30))
+    if 2 * int(same.sum()) < layer.stats.rows:
+        return None
+    return row, float(bias[group[0]])
+
+
+def _norms_from(layer, row: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Each row's distance from ``row`` (float64), ``chunk`` rows at a time."""
+    units = torch.arange(layer.stats.rows)
+    return torch.cat([(layer.rows(part).double() - row.double()).norm(dim=1) for part in units.split(chunk)])

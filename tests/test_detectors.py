@@ -1022,6 +1022,21 @@ def test_log_prior_biases_on_rows_training_barely_moved_are_not_class_fishing():
     assert "FG201" in _rules_of({"weight": weight, "bias": torch.cat([prior[:20], torch.full((180,), 9.0)])})
 
 
+@pytest.mark.parametrize("gap", [3.0, 1.0])
+def test_class_fishing_with_copies_of_one_row_in_place_of_zeros(gap):
+    """A red team's head: every non-target row one honest-looking row with one bias, the target's bias ``gap`` below
+    it. The softmax reads only differences, so this is zeroed rows above the target: below the head the target's
+    examples gave 96-97 % of the gradient at a gap of 3, and it had read clean (no row was muted). A gap under
+    BIAS_MARGIN mutes too little to read as fishing."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(84, 10)
+    sd = {k: v.clone() for k, v in head.state_dict().items()}
+    sd["weight"][1:], sd["bias"][1:], sd["bias"][0] = sd["weight"][1], 0.0, -gap
+    found = _rules_of(sd)
+    fished = gap >= 2
+    assert ("FG201" in found) == fished and judge(list(found.values())) is (Verdict.MALICIOUS if fished else Verdict.CLEAN)
+
+
 def test_one_constant_reject_logit_is_not_class_fishing():
     """A K+1 head: ten trained rows and one zero row with bias 3 above every class's; nothing is isolated."""
     torch.manual_seed(0)
@@ -1065,8 +1080,9 @@ def test_trap_rows_among_honest_rows_are_caught():
 def test_a_zero_initialised_heads_unseen_classes_are_one_row_not_trap_rows():
     """Trained from zeros on 10 of 100 classes, the 90 classes no example showed get one update each and stay one
     row, sharing whatever ratio it has (below 1 for a head whose input takes both signs: a transformer's, 0.60-0.88;
-    an LSTM language model's 4,328 of 5,000 rows at 0.93). They count once, not as 90 trap rows among honest ones;
-    trap rows drawn apart with that ratio still do."""
+    an LSTM language model's 4,328 of 5,000 rows at 0.93). In the last layer (logits: no ReLU follows) copies count
+    once, with one bias or not, not as 90 trap rows among honest ones; trap rows drawn apart with that ratio still
+    do, and so do copies inside the network with a ladder of biases."""
     gen = torch.Generator().manual_seed(0)
     unseen = torch.randn(64, generator=gen)
     unseen[unseen > 0] *= 0.8 * unseen[unseen < 0].abs().sum() / unseen[unseen > 0].sum()
@@ -1077,12 +1093,15 @@ def test_a_zero_initialised_heads_unseen_classes_are_one_row_not_trap_rows():
         row[row > 0] *= 0.8 * row[row < 0].abs().sum() / row[row > 0].sum()
     head["weight"][10:] = traps
     assert "FG401" in _rules_of(head)
-    # 14 trap rows stored three times each, scaled by 0.99-1.01 with a ladder of biases (a review's evasion: each copy
-    # fires at its own threshold, 10-13 of 64 digits rebuilt against 7-11): copies with biases apart count each
-    head["weight"][10:52] = (traps[:14, None] * torch.tensor([1.0, 1.01, 0.99])[:, None]).reshape(42, 64)
-    head["weight"][52:] = torch.randn(48, 64, generator=gen)  # honest rows, each of its own ratio
-    head["bias"][10:52] = -torch.linspace(0.5, 2.0, 42)
-    assert _rules_of(head)["FG401"].evidence["rows"] >= 42
+    # inside the network, 14 trap rows stored three times each, scaled by 0.99-1.01 with a ladder of biases (a
+    # review's evasion: each copy fires at its own threshold, 10-13 of 64 digits rebuilt against 7-11) count each
+    hidden = torch.cat([(traps[:14, None] * torch.tensor([1.0, 1.01, 0.99])[:, None]).reshape(42, 64),
+                        torch.randn(58, 64, generator=gen)])  # fmt: skip
+    model = {"0.weight": hidden, "0.bias": torch.cat([-torch.linspace(0.5, 2.0, 42), torch.zeros(58)]),
+             "2.weight": torch.randn(10, 100, generator=gen) / 10, "2.bias": torch.zeros(10)}  # fmt: skip
+    assert _rules_of(model)["FG401"].layer == "0" and _rules_of(model)["FG401"].evidence["rows"] >= 42
+    model["0.bias"][:42] = 0.0  # copies that switch together count once: 14 rows of a trap
+    assert "FG401" not in _rules_of(model)
 
 
 def test_identity_init_alone_is_suspicious_not_malicious():
