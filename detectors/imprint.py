@@ -66,8 +66,14 @@ import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.responses import CHUNK, MAX_UNITS, linear_layers_seen
-from fedguard.detectors.rows import REL_TOL, SAME_BIAS, dense_rows, duplicate_row_groups, is_opposite_pair
-from fedguard.modelview import LINEAR
+from fedguard.detectors.rows import (
+    REL_TOL,
+    SAME_BIAS,
+    dense_rows,
+    duplicate_row_groups,
+    is_opposite_pair,
+    stored_as_logits,
+)
 from fedguard.rowstats import finite
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
@@ -123,7 +129,7 @@ class Imprint(Detector):
             if evidence.get("distinct_biases") == 1 and _constant(layer, group):
                 continue  # equal averaging rows with one bias: MKOR's layer, reported by FG101, no bins
             follower = view.next_weight_layer(layer)
-            logits = follower is None and _plain_linear(layer) and not _read_by_a_layer(view, layer)
+            logits = stored_as_logits(view, layer)
             shown = logits and _gives_the_output(context, layer.name)  # run on the client's data: certainly logits
             if logits and evidence.get("distinct_biases") == 1:
                 continue  # head rows alike, biases too: no bins. A zero-initialised head's classes that no example
@@ -264,18 +270,6 @@ def _reads_the_same_in_training(module: torch.nn.Module, name: str, inputs: torc
     if not reads or torch.cat(reads).shape != read.shape:
         return False
     return torch.allclose(torch.cat(reads).double(), read, rtol=1e-5, atol=1e-6 * float(read.abs().max()))
-
-
-def _plain_linear(layer) -> bool:
-    """An ``nn.Linear``'s weight, not a recurrent layer's input gates (``weight_ih_l0``), which feed its state."""
-    return layer.kind == LINEAR and not layer.is_recurrent_input
-
-
-def _read_by_a_layer(view, layer) -> bool:
-    """True when another weight layer takes ``layer``'s outputs as its inputs (as wide): an imprint block stored
-    last still feeds its decoder, ``Linear(K -> C·H·W)``."""
-    return any(other is not layer and other.weight.ndim >= 2 and other.weight.shape[1] == layer.out_features
-               for other in view.weight_layers())  # fmt: skip
 
 
 def _least_cosine(layer, group: torch.Tensor) -> float:

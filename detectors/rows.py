@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from fedguard.modelview import Layer
+from fedguard.modelview import LINEAR, Layer, ModelView
 from fedguard.rowstats import weight_rows
 
 #: Relative tolerance for "equal" values: fp16 round-trips move values by up
@@ -162,3 +162,14 @@ def row_directions(layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         code = unit @ torch.randn(unit.shape[1], 8, generator=gen)
         layer.shared["row_directions"] = (index, unit, code * torch.where(code[:, :1] < 0, -1.0, 1.0))
     return layer.shared["row_directions"]
+
+
+def stored_as_logits(view: ModelView, layer: Layer) -> bool:
+    """Whether ``layer`` is the logits as far as the file tells: a plain ``nn.Linear`` (not a recurrent layer's input
+    gates) stored last, whose outputs no other weight layer takes as its inputs (as wide; an imprint block stored
+    last still feeds its decoder, ``Linear(K -> C·H·W)``). No ReLU follows logits, so their rows bin nothing; a
+    layer stored last whose ReLU output reaches the loss without a weight layer looks the same (FG301 settles it
+    with the client's data)."""
+    return (view.next_weight_layer(layer) is None and layer.kind == LINEAR and not layer.is_recurrent_input
+            and not any(other is not layer and other.weight.ndim >= 2 and other.weight.shape[1] == layer.out_features
+                        for other in view.weight_layers()))  # fmt: skip

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL, SAME_BIAS, duplicate_row_groups, largest_equal_group
+from fedguard.detectors.rows import REL_TOL, SAME_BIAS, duplicate_row_groups, largest_equal_group, stored_as_logits
 from fedguard.types import Confidence, Rule, Severity
 
 MIN_FAN_IN = 8
@@ -99,8 +99,8 @@ class TrapWeights(Detector):
             if not whole:  # trap rows among honest ones: a group sharing one ratio below 1
                 below = (ratio < 1 - BALANCED).nonzero()[:, 0]
                 group = below[largest_equal_group(ratio[below], rel=REL_TOL)]
-                last = context.view.next_weight_layer(layer) is None
-                if _distinct(layer, rows[group], last) < max(PART_ROWS, PART_SHARE * ratio.numel()):
+                logits = stored_as_logits(context.view, layer)
+                if _distinct(layer, rows[group], logits) < max(PART_ROWS, PART_SHARE * ratio.numel()):
                     continue
                 rows, centre = rows[group], float(ratio[group].median())
                 spread = float((ratio[group] - centre).abs().max()) / centre
@@ -117,22 +117,22 @@ class TrapWeights(Detector):
             )
 
 
-def _distinct(layer, rows: torch.Tensor, last: bool) -> int:
+def _distinct(layer, rows: torch.Tensor, logits: bool) -> int:
     """How many of the units ``rows`` are not copies of one another: rows alike to |cosine| 0.999 share their ratio
     whatever it is, and count once where they switch together, with one bias (to :data:`SAME_BIAS`), or in the
-    ``last`` layer stored, whose logits no ReLU follows (a head trained from zeros gives the classes no example
-    showed one update each, and they stay one row: 4,328 of a language model's 5,000 at one ratio below 1, 90 of a
-    transformer's 100; with log-unigram biases, one direction scaled by each word's prior; FG301 reads rows alike).
-    Copies inside the network with a ladder of biases fire for different examples and count each (a review's trap
-    rows stored three times each, scaled by 0.99-1.01 with biases at three quantiles, had passed: 10-13 of 64
-    digits rebuilt against 7-11)."""
+    ``logits`` (:func:`~fedguard.detectors.rows.stored_as_logits`), which no ReLU follows. A head trained from zeros
+    gives the classes no example showed one update each, and they stay one row: 4,328 of a language model's 5,000
+    at one ratio below 1, 90 of a transformer's 100; with log-unigram biases, one direction scaled by each word's
+    prior; FG301 reads rows alike. Copies inside the network with a ladder of biases fire for different examples
+    and count each (a review's trap rows stored three times each, scaled by 0.99-1.01 with biases at three
+    quantiles, had passed: 10-13 of 64 digits rebuilt against 7-11)."""
     chosen = torch.zeros(layer.stats.rows, dtype=torch.bool)
     chosen[rows] = True
     bias = layer.bias_f32()
     copies = 0
     for group in duplicate_row_groups(layer):
         group = group[chosen[group]]
-        if not last and bias is not None and bias.shape[0] == layer.stats.rows and group.numel() > 1:
+        if not logits and bias is not None and bias.shape[0] == layer.stats.rows and group.numel() > 1:
             spread = float(bias[group].max() - bias[group].min())
             if spread > SAME_BIAS * max(float(bias.abs().max()), 1e-30):
                 continue  # a ladder: each copy switches at its own threshold

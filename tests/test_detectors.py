@@ -1100,6 +1100,8 @@ def test_a_zero_initialised_heads_unseen_classes_are_one_row_not_trap_rows():
     model = {"0.weight": hidden, "0.bias": torch.cat([-torch.linspace(0.5, 2.0, 42), torch.zeros(58)]),
              "2.weight": torch.randn(10, 100, generator=gen) / 10, "2.bias": torch.zeros(10)}  # fmt: skip
     assert _rules_of(model)["FG401"].layer == "0" and _rules_of(model)["FG401"].evidence["rows"] >= 42
+    stored_last = {k: model[k] for k in ("2.weight", "2.bias", "0.weight", "0.bias")}  # the file's order is the server's
+    assert _rules_of(stored_last)["FG401"].layer == "0"  # still read by a layer as wide: not the logits
     model["0.bias"][:42] = 0.0  # copies that switch together count once: 14 rows of a trap
     assert "FG401" not in _rules_of(model)
 
