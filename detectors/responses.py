@@ -36,7 +36,10 @@ the server solves for the image through the layers it wrote):
   client reaches 35-43 % (docs/detectors.md), and isolates examples too (16
   of 64): a real leak, reported as one. Medium, not high, where the layer's
   input varies in fewer than :data:`MIN_DIRECTIONS` directions over the
-  examples: an isolated example then gives that many numbers.
+  examples (an isolated example then gives that many numbers), or where the
+  layer isolates no more examples than a fresh initialisation of ``--arch``
+  does on them (units dying in honest training: 2-5 of 64 against the fresh
+  MLP's 7).
 * **Imprint in data space (FG804).** Robbing the Fed's rows measure one
   quantity; noise the data never excites (pixels always zero, directions of
   no variance; in a second layer, directions the first layer never
@@ -310,6 +313,23 @@ def isolated_examples(grad: torch.Tensor) -> int:
     return int(reached[:, reached.sum(dim=0) == 1].any(dim=1).sum())
 
 
+def _fresh_isolated(context: InspectContext, name: str) -> int | None:
+    """How many of the client's examples a fresh initialisation of ``--arch`` (seed 0) isolates at layer ``name``
+    (:func:`isolated_examples`); None without ``--arch``, when the architecture cannot be built or run again, or has
+    no such layer measured."""
+    if context.fresh is None:
+        return None
+    inputs, labels = context.data
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            fresh = context.fresh().to(inputs.device)
+        seen = next((s for s in linear_layers_seen(fresh, inputs, labels) if s.name == name), None)
+    except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
+        return None
+    return None if seen is None else isolated_examples(seen.grad)
+
+
 @register_detector("responses")
 class LayerResponses(Detector):
     name = "responses"
@@ -339,13 +359,13 @@ class LayerResponses(Detector):
         inputs, labels = context.data
         binned = False
         for seen in linear_layers_seen(context.view.module, inputs, labels):
-            yield from self._sparse(seen)
+            yield from self._sparse(context, seen)
             if not binned:  # the layers after one that bins the batch see nothing but that one measurement
                 same = list(self._same(seen, context.view.module, inputs))
                 binned = bool(same)
                 yield from same
 
-    def _sparse(self, seen: LinearSeen):
+    def _sparse(self, context: InspectContext, seen: LinearSeen):
         name, grad = seen.name, seen.grad
         rates = reach_rates(grad)
         share, rare, live = rare_share(rates)
@@ -353,11 +373,17 @@ class LayerResponses(Detector):
             isolated = isolated_examples(grad)
             directions = int(torch.linalg.matrix_rank(seen.inputs - seen.inputs.mean(dim=0)))
             few = directions < min(MIN_DIRECTIONS, len(grad) // 2)
+            fresh = None if few else _fresh_isolated(context, name)
+            few = few or (fresh is not None and isolated <= fresh)
             said = (f"On {len(grad)} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
                     f"fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; "
                     f"honest layers: at most 24 %), and {isolated} of your examples are each the only one to reach "
                     f"some unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
-            if few:
+            if fresh is not None and few:
+                said += (f"; no more than a fresh initialisation of --arch isolates on them ({fresh}), so the leak "
+                         "is the architecture's. Do not train on this model before you know why so many of its units "
+                         "are rare (units dying in training read so).")  # fmt: skip
+            elif few:
                 said += (f"; but that input varies in only {directions} directions over your examples (most units "
                          "before it fire for none of them), so the server gets that many numbers of each, not the "
                          "example. Do not train on this model before you know why so much of it is silent.")  # fmt: skip
@@ -370,6 +396,7 @@ class LayerResponses(Detector):
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
                 median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=len(grad),
                 isolated_examples=isolated, input_directions=directions,
+                **({} if fresh is None else {"fresh_init_isolated": fresh}),
             )
 
     def _same(self, seen: LinearSeen, module: nn.Module, inputs: torch.Tensor):

@@ -197,6 +197,31 @@ def test_sparse_firing_behind_a_layer_that_died_is_medium(alive):
         assert found.severity is Severity.HIGH and found.evidence["input_directions"] >= 32
 
 
+def test_sparse_firing_that_isolates_no_more_than_a_fresh_initialisation_is_medium(monkeypatch):
+    """Honest federated runs whose units were dying (FedAdam's first rounds, Adam clients that killed most of a layer)
+    read rare shares of 0.39-0.68 while isolating 2-5 of 64 examples, fewer than a fresh MLP does (7): medium, the
+    leak the architecture's. Quantile biases isolate far more than the fresh model: high."""
+    from fedguard.architectures import build_model
+    from fedguard.detectors import responses
+
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    _sparse_firing(model[1], digits((1, 28, 28))[0][1::2][:512].flatten(1), batch=10)
+    x, y = digits((1, 28, 28))
+    context = InspectContext(view=ModelView.from_state_dict(model.state_dict(), model), data=(x[:64], y[:64]),
+                             fresh=lambda: build_model("mlp"))  # fmt: skip
+
+    def fg803():
+        return {f.rule_id: f for f in run_detectors(context, ["responses"])[0]}["FG803"]
+
+    found = fg803()
+    assert found.severity is Severity.HIGH and found.evidence["isolated_examples"] > found.evidence["fresh_init_isolated"]
+    monkeypatch.setattr(responses, "_fresh_isolated", lambda *args: found.evidence["isolated_examples"])
+    assert fg803().severity is Severity.MEDIUM and "fresh initialisation" in fg803().message
+    monkeypatch.setattr(responses, "_fresh_isolated", lambda *args: found.evidence["isolated_examples"] - 1)
+    assert fg803().severity is Severity.HIGH
+
+
 def test_sparse_firing_in_half_a_layer_among_honest_units():
     """An adaptive server plants just under half the units among honest ones, which fire for about half the examples:
     the share of rare units had been compared with 50 %, passed at 48 %, and 35 of 64 digits were rebuilt exactly
