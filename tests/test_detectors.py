@@ -215,7 +215,8 @@ def test_sparse_firing_that_isolates_no_more_than_a_fresh_initialisation_is_medi
         return {f.rule_id: f for f in run_detectors(context, ["responses"])[0]}["FG803"]
 
     found = fg803()
-    assert found.severity is Severity.HIGH and found.evidence["isolated_examples"] > found.evidence["fresh_init_isolated"]
+    evidence = found.evidence
+    assert found.severity is Severity.HIGH and evidence["isolated_examples"] > evidence["fresh_init_isolated"]
     monkeypatch.setattr(responses, "_fresh_isolated", lambda *args: found.evidence["isolated_examples"])
     assert fg803().severity is Severity.MEDIUM and "fresh initialisation" in fg803().message
     monkeypatch.setattr(responses, "_fresh_isolated", lambda *args: found.evidence["isolated_examples"] - 1)
