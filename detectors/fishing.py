@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.rows import REL_TOL, SAME_BIAS, duplicate_row_groups
+from fedguard.detectors.rows import duplicate_row_groups
 from fedguard.modelview import LINEAR
 from fedguard.rowstats import finite
 from fedguard.types import Confidence, Rule, Severity
@@ -120,9 +120,9 @@ class Fishing(Detector):
         constants = (f"{count} of {stats.rows} units of {layer.name} have (near-)zero weights and biases up to "
                      f"{float(bias[fished].abs().max()):.4g}: their outputs are constants"
                      if common is None else
-                     f"{count} of {stats.rows} units of {layer.name} are one row with one bias, "
-                     f"{float(bias[fished].min()):.4g} above every other unit's relative to it: the softmax reads only "
-                     "the logits' differences, so theirs are constants")  # fmt: skip
+                     f"{count} of {stats.rows} units of {layer.name} are copies of one row (|cosine| 0.999) with "
+                     f"biases {float(bias[fished].min()):.4g} or more above every other unit's relative to them: the "
+                     "softmax reads only the logits' differences, so theirs are constants")  # fmt: skip
         constants += f" (as are {quiet} more muted unit(s) with small biases)" if quiet else ""
         one_input = (stats.peak_to_rest[~muted] >= OUTLIER_RATIO).all()
         if inside:  # inside the network: no class is fished there
@@ -172,25 +172,19 @@ class Fishing(Detector):
 
 
 def _common_row(layer, bias: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-    """``(row, bias)`` that at least half a head's rows share, weights to :data:`~fedguard.detectors.rows.REL_TOL` of
-    their norm and bias to :data:`~fedguard.detectors.rows.SAME_BIAS`; None when no row is that common. Adding one
-    row and bias to every class changes no probability, so a server can fish with every non-target row a copy of an
+    """``(row, bias)``, the mean of the rows alike to |cosine| 0.999 (:func:`~fedguard.detectors.rows.duplicate_row_groups`)
+    that at least half a head's rows are, and of their biases; None when no group is that large. Adding one row and
+    bias to every class changes no probability, so a server can fish with every non-target row a copy of an
     honest-looking one instead of zero (a red team's head: the target's examples 96-97 % of the gradient below it,
-    clean); the rows a zero-initialised head never trained are such copies too, below the trained classes."""
+    clean; with 1 % noise on each copy, 98 %); the rows a zero-initialised head never trained are such copies too,
+    below the trained classes."""
     groups = duplicate_row_groups(layer)
     if not groups or 2 * len(groups[0]) < layer.stats.rows:
         return None
-    group = groups[0]
-    rows = layer.rows(group)
-    row = rows[0]
-    alike = (rows - row).norm(dim=1) <= REL_TOL * row.norm()
-    same = alike & ((bias[group] - bias[group[0]]).abs() <= SAME_BIAS * max(float(bias.abs().max()), 1e-30))
-    if 2 * int(same.sum()) < layer.stats.rows:
-        return None
-    return row, float(bias[group[0]])
+    return layer.rows(groups[0]).double().mean(dim=0), float(bias[groups[0]].double().mean())
 
 
 def _norms_from(layer, row: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Each row's distance from ``row`` (float64), ``chunk`` rows at a time."""
     units = torch.arange(layer.stats.rows)
-    return torch.cat([(layer.rows(part).double() - row.double()).norm(dim=1) for part in units.split(chunk)])
+    return torch.cat([(layer.rows(part).double() - row).norm(dim=1) for part in units.split(chunk)])

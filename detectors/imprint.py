@@ -252,24 +252,26 @@ def _silent_margin(context: InspectContext, name: str, group: torch.Tensor) -> f
 
 
 def _reads_the_same_in_training(module: torch.nn.Module, name: str, inputs: torch.Tensor, read: torch.Tensor) -> bool:
-    """Whether layer ``name`` of a copy of ``module`` in training mode reads ``read``, what it read in eval mode, from
-    ``inputs`` (in chunks of :data:`CHUNK`, the copy's running statistics spent). A BatchNorm before it standardises
-    the client's training batch by the batch's own statistics, where the check's eval pass uses the running ones: a
-    red team's noisy imprint behind a BatchNorm left at its start (mean 0, variance 1) read raw pixels in eval mode,
-    dead by 4.7 standard deviations, and binned the standardised batch in training (8-11 of 16 digits rebuilt). So
-    does dropout, and any layer that asks whether it is training."""
+    """Whether a copy of ``module`` in training mode computes what the eval pass did on ``inputs``: layer ``name``
+    reads ``read`` and the outputs agree (in chunks of :data:`CHUNK`, the copy's running statistics spent). A
+    BatchNorm standardises the client's training batch by the batch's own statistics, where the check's eval pass
+    uses the running ones: a red team's noisy imprint behind a BatchNorm left at its start (mean 0, variance 1) read
+    raw pixels in eval mode, dead by 4.7 standard deviations, and binned the standardised batch in training (8-11 of
+    16 digits rebuilt); one after the rows would move their thresholds in training alone. So does dropout, and any
+    layer that asks whether it is training."""
     reads: list[torch.Tensor] = []
     try:
-        twin = copy.deepcopy(module).train()
+        twin = copy.deepcopy(module)
         dict(twin.named_modules())[name].register_forward_hook(lambda _, args, __: reads.append(args[0].detach()))
         with torch.no_grad():
-            for start in range(0, len(inputs), CHUNK):
-                twin(inputs[start : start + CHUNK].float())
+            outputs = [(twin.train()(part), twin.eval()(part)) for part in inputs.float().split(CHUNK)]
     except Exception:  # the module cannot run here in training mode: nothing shown
         return False
-    if not reads or torch.cat(reads).shape != read.shape:
+    training = reads[0::2]
+    if not training or torch.cat(training).shape != read.shape:
         return False
-    return torch.allclose(torch.cat(reads).double(), read, rtol=1e-5, atol=1e-6 * float(read.abs().max()))
+    same_read = torch.allclose(torch.cat(training).double(), read, rtol=1e-5, atol=1e-6 * float(read.abs().max()))
+    return same_read and all(torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max())) for a, b in outputs)
 
 
 def _least_cosine(layer, group: torch.Tensor) -> float:

@@ -119,20 +119,24 @@ class TrapWeights(Detector):
 
 def _distinct(layer, rows: torch.Tensor, logits: bool) -> int:
     """How many of the units ``rows`` are not copies of one another: rows alike to |cosine| 0.999 share their ratio
-    whatever it is, and count once where they switch together, with one bias (to :data:`SAME_BIAS`), or in the
-    ``logits`` (:func:`~fedguard.detectors.rows.stored_as_logits`), which no ReLU follows. A head trained from zeros
-    gives the classes no example showed one update each, and they stay one row: 4,328 of a language model's 5,000
-    at one ratio below 1, 90 of a transformer's 100; with log-unigram biases, one direction scaled by each word's
-    prior; FG301 reads rows alike. Copies inside the network with a ladder of biases fire for different examples
-    and count each (a review's trap rows stored three times each, scaled by 0.99-1.01 with biases at three
-    quantiles, had passed: 10-13 of 64 digits rebuilt against 7-11)."""
+    whatever it is, and count once where they switch together, with one bias (to :data:`SAME_BIAS`), or, in the
+    ``logits`` (:func:`~fedguard.detectors.rows.stored_as_logits`), which no ReLU follows, where :data:`PART_ROWS` or
+    more share one direction. A head trained from zeros gives the classes no example showed one update each, and
+    they stay one row: 4,328 of a language model's 5,000 at one ratio below 1, 90 of a transformer's 100; with
+    log-unigram biases, one direction scaled by each word's prior; FG301 reads rows alike. Fewer copies with a
+    ladder of biases fire for different examples and count each, wherever the file stores them (a review's trap
+    rows stored three times each, scaled by 0.99-1.01 with biases at three quantiles, had passed: 10-13 of 64
+    digits rebuilt against 7-11; stored last beside a branch no layer reads as wide, they had looked like logits)."""
     chosen = torch.zeros(layer.stats.rows, dtype=torch.bool)
     chosen[rows] = True
     bias = layer.bias_f32()
     copies = 0
     for group in duplicate_row_groups(layer):
         group = group[chosen[group]]
-        if not logits and bias is not None and bias.shape[0] == layer.stats.rows and group.numel() > 1:
+        if bias is not None and bias.shape[0] == layer.stats.rows and group.numel() > 1:
+            if logits and group.numel() >= PART_ROWS:  # one direction that many classes share: untrained classes
+                copies += group.numel() - 1
+                continue
             spread = float(bias[group].max() - bias[group].min())
             if spread > SAME_BIAS * max(float(bias.abs().max()), 1e-30):
                 continue  # a ladder: each copy switches at its own threshold

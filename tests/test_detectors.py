@@ -197,6 +197,25 @@ def test_sparse_firing_behind_a_layer_that_died_is_medium(alive):
         assert found.severity is Severity.HIGH and found.evidence["input_directions"] >= 32
 
 
+def test_input_directions_count_the_features_a_layer_reads_each_at_its_own_scale():
+    """A red team made one input feature 1e15 times the others through a BatchNorm's gain, its weights zero: the
+    rank's tolerance, relative to the largest singular value, read one direction where 52 were, and FG803's quantile
+    biases (35-39 of 64 digits rebuilt) read medium. Features count at unit spread, and only those the layer reads;
+    features of no spread (units that died before the layer) count none."""
+    from fedguard.detectors.responses import LinearSeen, input_directions
+
+    gen = torch.Generator().manual_seed(0)
+    layer = nn.Linear(41, 8)
+    inputs = torch.randn(64, 41, generator=gen, dtype=torch.float64)
+    inputs[:, 0] *= 1e15
+    with torch.no_grad():
+        layer.weight[:, 0] = 0
+    seen = LinearSeen("0", layer, inputs, torch.zeros(64, 8, dtype=torch.float64))
+    assert input_directions(seen) == 40
+    inputs[:, 9:] = 0.5  # 8 features vary, the rest are constant
+    assert input_directions(seen) == 8
+
+
 def test_sparse_firing_that_isolates_no_more_than_a_fresh_initialisation_is_medium(monkeypatch):
     """Honest federated runs whose units were dying (FedAdam's first rounds, Adam clients that killed most of a layer)
     read rare shares of 0.39-0.68 while isolating 2-5 of 64 examples, fewer than a fresh MLP does (7): medium, the
@@ -898,12 +917,16 @@ def test_alike_rows_that_no_example_reaches_are_low_with_the_clients_data(bias_a
         assert found.severity is Severity.LOW and found.evidence["silent_margin"] >= 3
 
 
-def test_alike_rows_silent_in_eval_mode_but_not_in_training_stay_high():
+@pytest.mark.parametrize("norm_after", [False, True])
+def test_alike_rows_silent_in_eval_mode_but_not_in_training_stay_high(norm_after):
     """A red team's evasion of the relief above: a BatchNorm before the rows, left at its start (mean 0, variance 1),
     hands them raw pixels in the check's eval pass (dead) but the batch standardised by its own statistics in the
-    client's training, where they bin it (8-11 of 16 digits rebuilt). The layer reads otherwise in training: high."""
+    client's training, where they bin it (8-11 of 16 digits rebuilt). One after them (argued by a second red team)
+    moves their thresholds in training alone. The model computes otherwise in training: high."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(784), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    norm = [nn.BatchNorm1d(256)] if norm_after else []
+    model = nn.Sequential(nn.Flatten(), nn.Identity() if norm_after else nn.BatchNorm1d(784), nn.Linear(784, 256),
+                          *norm, nn.ReLU(), nn.Linear(256, 10))  # fmt: skip
     x, _ = digits((1, 28, 28))
     moved = (x.flatten(1).std(dim=0) > 0).float()
     with torch.no_grad():
@@ -1058,6 +1081,7 @@ def test_class_fishing_with_copies_of_one_row_in_place_of_zeros(gap):
     head = torch.nn.Linear(84, 10)
     sd = {k: v.clone() for k, v in head.state_dict().items()}
     sd["weight"][1:], sd["bias"][1:], sd["bias"][0] = sd["weight"][1], 0.0, -gap
+    sd["weight"][1:] += 0.01 * sd["weight"][1].norm() / 84**0.5 * torch.randn(9, 84)  # 1 % noise on each copy
     found = _rules_of(sd)
     fished = gap >= 2
     assert ("FG201" in found) == fished and judge(list(found.values())) is (Verdict.MALICIOUS if fished else Verdict.CLEAN)
@@ -1128,6 +1152,12 @@ def test_a_zero_initialised_heads_unseen_classes_are_one_row_not_trap_rows():
     assert _rules_of(model)["FG401"].layer == "0" and _rules_of(model)["FG401"].evidence["rows"] >= 42
     stored_last = {k: model[k] for k in ("2.weight", "2.bias", "0.weight", "0.bias")}  # the file's order is the server's
     assert _rules_of(stored_last)["FG401"].layer == "0"  # still read by a layer as wide: not the logits
+    # a second branch joined with it, the head as wide as both: "0" stored last, read by no layer as wide, looks like
+    # the logits (a red team's evasion: 7-12 of 64 digits rebuilt against 5-8)
+    branch = {"1.weight": torch.randn(100, 64, generator=gen), "1.bias": torch.zeros(100),
+              "2.weight": torch.randn(10, 200, generator=gen) / 10, "2.bias": torch.zeros(10),
+              "0.weight": model["0.weight"], "0.bias": model["0.bias"]}  # fmt: skip
+    assert _rules_of(branch)["FG401"].layer == "0"  # groups of 3 copies with a ladder count each, logits or not
     model["0.bias"][:42] = 0.0  # copies that switch together count once: 14 rows of a trap
     assert "FG401" not in _rules_of(model)
 
