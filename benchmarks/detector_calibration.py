@@ -71,7 +71,7 @@ def layer_figures(layer) -> dict[str, float]:
 THRESHOLDS = {
     "z = max|w|·sqrt(fan_in)": f">= {magnitude.Z_LIMIT:g} (and |w| >= {magnitude.ABS_WEIGHT_LIMIT:g})",
     "z, N(0, 1) fills left out": f">= {magnitude.Z_LIMIT:g} (and |w| >= {magnitude.ABS_WEIGHT_LIMIT:g}; FG502)",
-    "max |bias|": f">= {magnitude.BIAS_LIMIT:g} (FG502), >= {fishing.HUGE_BIAS:g} on a muted row (FG201)",
+    "max |bias|": f">= {magnitude.BIAS_LIMIT:g} (FG502), >= {fishing.HUGE_BIAS:g} on a muted unit inside the network (FG201)",
     "max |w| / RMS(rest of row), dense rows": f">= {fishing.OUTLIER_RATIO:g} (FG202), >= {passthrough.DOMINANCE:g} pass-through candidate",
     "max |cosine| between dense rows (fan_in >= 16)": ">= 0.999 (FG301)",
     "trap: min spread of Σw+/Σ|w-| < 1 (fan_in >= 8)": f"<= {trap_weights.REL_TOL:g} (FG401)",
