@@ -172,12 +172,12 @@ class Fishing(Detector):
 
 
 def _common_row(layer, bias: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-    """``(row, bias)``, the mean of the rows alike to |cosine| 0.999 (:func:`~fedguard.detectors.rows.duplicate_row_groups`)
-    that at least half a head's rows are, and of their biases; None when no group is that large. Adding one row and
-    bias to every class changes no probability, so a server can fish with every non-target row a copy of an
-    honest-looking one instead of zero (a red team's head: the target's examples 96-97 % of the gradient below it,
-    clean; with 1 % noise on each copy, 98 %); the rows a zero-initialised head never trained are such copies too,
-    below the trained classes."""
+    """``(row, bias)``: the mean of the rows alike to |cosine| 0.999
+    (:func:`~fedguard.detectors.rows.duplicate_row_groups`) that at least half a head's rows are, and of their
+    biases; None when no group is that large. Adding one row and bias to every class changes no probability, so a
+    server can fish with every non-target row a copy of an honest-looking one instead of zero (a red team's head:
+    the target's examples 96-97 % of the gradient below it, clean; with 1 % noise on each copy, 98 %); the rows a
+    zero-initialised head never trained are such copies too, below the trained classes."""
     groups = duplicate_row_groups(layer)
     if not groups or 2 * len(groups[0]) < layer.stats.rows:
         return None

@@ -398,7 +398,8 @@ class LayerResponses(Detector):
             elif few:
                 said += (f"; but that input varies in only {directions} directions over your examples (most units "
                          "before it fire for none of them), so the server gets that many numbers of each, not the "
-                         "example. Do not train on this model before you know why so much of it is silent.")  # fmt: skip
+                         "example. Do not train on this model before you know why so much of it is "
+                         "silent.")  # fmt: skip
             else:
                 said += (". Planted biases do this; so can training on one class or two per client (non-IID rounds), "
                          "and the leak is the same either way. Do not train on this model.")  # fmt: skip

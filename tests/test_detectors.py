@@ -1084,7 +1084,8 @@ def test_class_fishing_with_copies_of_one_row_in_place_of_zeros(gap):
     sd["weight"][1:] += 0.01 * sd["weight"][1].norm() / 84**0.5 * torch.randn(9, 84)  # 1 % noise on each copy
     found = _rules_of(sd)
     fished = gap >= 2
-    assert ("FG201" in found) == fished and judge(list(found.values())) is (Verdict.MALICIOUS if fished else Verdict.CLEAN)
+    assert ("FG201" in found) == fished
+    assert judge(list(found.values())) is (Verdict.MALICIOUS if fished else Verdict.CLEAN)
 
 
 def test_one_constant_reject_logit_is_not_class_fishing():
