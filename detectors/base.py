@@ -40,7 +40,7 @@ class InspectContext:
         A batch of the client's own data (``--data``), float inputs in [0, 1].
     fresh : callable or None
         Builds the expected architecture (``--arch``) afresh, at its own initialisation: what an honest model of it
-        does is a baseline for a behavioural check (FG801).
+        does is a baseline for a behavioural check (FG801, FG803); :func:`fresh_module` builds it seeded.
     """
 
     view: ModelView
@@ -54,6 +54,14 @@ class InspectContext:
             NEEDS_DATA: self.data is not None and self.view.module is not None,
             NEEDS_REFERENCE: self.reference is not None,
         }[need]
+
+
+def fresh_module(context: InspectContext, device: torch.device) -> nn.Module:
+    """``context.fresh()`` on ``device``, seeded 0 so that a baseline is the same every run (the caller's random state
+    kept). Raises what the architecture's code raises."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return context.fresh().to(device)
 
 
 class Detector(abc.ABC):

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
+from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
 from fedguard.detectors.rows import pruned_beside
 from fedguard.layers import layer_input
 from fedguard.rowstats import weight_rows
@@ -238,10 +238,7 @@ class GradientSNR(Detector):
         if context.fresh is None:
             return None
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                fresh = context.fresh().to(inputs.device)
-            base = concentration(fresh, inputs, labels)
+            base = concentration(fresh_module(context, inputs.device), inputs, labels)
         except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
             return None
         if base is None or base.kind != found.kind:

@@ -74,6 +74,7 @@ from fedguard.detectors.rows import (
     is_opposite_pair,
     stored_as_logits,
 )
+from fedguard.layers import layer_input
 from fedguard.rowstats import finite
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
@@ -259,18 +260,18 @@ def _reads_the_same_in_training(module: torch.nn.Module, name: str, inputs: torc
     raw pixels in eval mode, dead by 4.7 standard deviations, and binned the standardised batch in training (8-11 of
     16 digits rebuilt); one after the rows would move their thresholds in training alone. So does dropout, and any
     layer that asks whether it is training."""
-    reads: list[torch.Tensor] = []
     try:
         twin = copy.deepcopy(module)
-        dict(twin.named_modules())[name].register_forward_hook(lambda _, args, __: reads.append(args[0].detach()))
+        layer = dict(twin.named_modules())[name]
         with torch.no_grad():
-            outputs = [(twin.train()(part), twin.eval()(part)) for part in inputs.float().split(CHUNK)]
+            parts = inputs.float().split(CHUNK)
+            training = torch.cat([layer_input(twin.train(), layer, part) for part in parts]).double()
+            outputs = [(twin.train()(part), twin.eval()(part)) for part in parts]
     except Exception:  # the module cannot run here in training mode: nothing shown
         return False
-    training = reads[0::2]
-    if not training or torch.cat(training).shape != read.shape:
+    if training.shape != read.shape:
         return False
-    same_read = torch.allclose(torch.cat(training).double(), read, rtol=1e-5, atol=1e-6 * float(read.abs().max()))
+    same_read = torch.allclose(training, read, rtol=1e-5, atol=1e-6 * float(read.abs().max()))
     return same_read and all(torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max())) for a, b in outputs)
 
 

@@ -79,7 +79,8 @@ import torch
 from torch import nn
 
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
-from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
+from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
+from fedguard.layers import layer_input
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
 
@@ -275,14 +276,11 @@ def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
 def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> LinearSeen:
     """``seen`` with :attr:`LinearSeen.rounding` measured: the same examples through a float64 copy of ``module``
     (eval mode, in chunks of :data:`CHUNK`). ``seen`` as it was when the model does not run in float64."""
-    reads: list[torch.Tensor] = []
     try:
         twin = copy.deepcopy(module).double()
-        dict(twin.named_modules())[seen.name].register_forward_hook(lambda _, args, __: reads.append(args[0].detach()))
+        layer = dict(twin.named_modules())[seen.name]
         with evaluating(twin), torch.no_grad():
-            for start in range(0, len(inputs), CHUNK):
-                twin(inputs[start : start + CHUNK].double())
-        exact = torch.cat(reads).double()
+            exact = torch.cat([layer_input(twin, layer, part) for part in inputs.double().split(CHUNK)])
     except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
         return seen
     if exact.shape != seen.inputs.shape:
@@ -333,10 +331,8 @@ def _fresh_isolated(context: InspectContext, name: str) -> int | None:
         return None
     inputs, labels = context.data
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            fresh = context.fresh().to(inputs.device)
-        seen = next((s for s in linear_layers_seen(fresh, inputs, labels) if s.name == name), None)
+        seen = next((s for s in linear_layers_seen(fresh_module(context, inputs.device), inputs, labels)
+                     if s.name == name), None)  # fmt: skip
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None
     return None if seen is None else isolated_examples(seen.grad)
