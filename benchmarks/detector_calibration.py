@@ -5,7 +5,8 @@ the largest value each static statistic reaches over the rows its rule scores,
 next to the threshold the detector uses; and, for benign models with a known
 architecture, the largest D-SNR and transmit-SNR on a batch of digits and, over
 every Linear layer, the share of rarely reached units and the most units in
-groups that measure one quantity (FG804) on six random batches of 64 digits, and the batches whose examples reach the head as one (FG805).
+groups that measure one quantity (FG804) on six random batches of 64 digits (in eval mode and, for models with
+BatchNorm, as training normalises them), and the batches whose examples reach the head as one (FG805).
 ``docs/detectors.md`` quotes these figures. Run from the repository root:
 
     python benchmarks/detector_calibration.py
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
 from fedguard.detectors.rows import SAME_BIAS, live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
+from fedguard.torch_state import running_statistics  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
 
 
@@ -115,15 +117,17 @@ def main() -> None:
             pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:64]
             if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
-            for seen in responses.linear_layers_seen(module, x[pick], y[pick]):
+            passes = (False, True) if running_statistics(module) else (False,)  # FG803/FG804 read training too
+            for seen in (s for by_batch in passes for s in responses.linear_layers_seen(module, x[pick], y[pick], by_batch)):
+                where = f"{entry.label}:{seen.name}{' (training)' if seen.by_batch else ''}"
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:
-                    rare = max(rare, (share, f"{entry.label}:{seen.name}"))
+                    rare = max(rare, (share, where))
                 dead, units = silenced.silent_units(seen)
-                if bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
-                    silent = max(silent, (dead / units, f"{entry.label}:{seen.name}"))
+                if not seen.by_batch and bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
+                    silent = max(silent, (dead / units, where))
                 grouped = sum(len(group.units) for group in responses.binning_groups(seen))
-                same = max(same, (grouped, f"{entry.label}:{seen.name}"))
+                same = max(same, (grouped, where))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")
     print(f"  {'Linear layers: units reached by <= 1/8 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of reached units (FG803)  at {rare[1]}")

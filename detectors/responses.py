@@ -73,6 +73,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,7 @@ from torch import nn
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
 from fedguard.layers import layer_input
-from fedguard.torch_state import evaluating
+from fedguard.torch_state import evaluating, normalising_by_batch, running_statistics
 from fedguard.types import Confidence, Rule, Severity
 
 #: A unit is rare when at most this share of the client's examples reach it.
@@ -136,10 +137,14 @@ class LinearSeen:
     #: What the layer reads, ``[examples, in_features]``, float64.
     inputs: torch.Tensor
     #: The gradient of the summed cross-entropy at the layer's output, ``[examples, units]``: row ``n`` is example
-    #: ``n``'s own (in eval mode no layer mixes examples).
+    #: ``n``'s own in eval mode, where no layer mixes examples (with :attr:`by_batch`, a BatchNorm after the layer
+    #: mixes them: more reach a unit, none fewer).
     grad: torch.Tensor
     #: Float32's rounding error in ``inputs`` (them less the same forward pass in float64), when measured.
     rounding: torch.Tensor | None = None
+    #: Whether the pass ran with normalisation by each chunk's own statistics, as in training
+    #: (:func:`~fedguard.torch_state.normalising_by_batch`), rather than in eval mode.
+    by_batch: bool = False
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
@@ -168,18 +173,27 @@ class LinearSeen:
         return self.layer.bias[:MAX_UNITS].detach().double()
 
 
-def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> list[LinearSeen]:
+def chunks(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensor`` split along its first dimension into the fewest parts of at most :data:`CHUNK`, of near-equal sizes
+    (normalised by its own statistics, a part of one example would have none)."""
+    return tensor.tensor_split(max(1, math.ceil(len(tensor) / CHUNK)))
+
+
+def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, by_batch: bool = False
+                       ) -> list[LinearSeen]:  # fmt: skip
     """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` (eval mode) applies once to a
     ``[examples, features]`` input, in the order it applies them, with what each read and its output's gradient; not
     the head (the last one applied, when its output is as wide as the logits): the softmax reads every logit, no unit
     of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity.
 
     Which layers those are is read off a pass of two examples without gradients; the examples then go through in
-    chunks of :data:`CHUNK` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN
-    whose only Linear layers are its head and per-token ones)."""
+    :func:`chunks` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN whose only
+    Linear layers are its head and per-token ones). With ``by_batch``, in eval mode but for the normalisation layers,
+    which standardise each chunk by its own statistics as the client's training does (:attr:`LinearSeen.by_batch`).
+    """
     names = {layer: name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
     with torch.no_grad():
-        probe, logits = _linear_calls(module, names, inputs[:2], None)
+        probe, logits = _linear_calls(module, names, inputs[:2], None, by_batch)
     head = probe[-1][0] if probe and probe[-1][3].shape == logits.shape else None
     times = collections.Counter(name for name, *_ in probe)
     measured = {name for name, _, read, output in probe if name != head and times[name] == 1 and read.ndim == 2
@@ -188,19 +202,20 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
         return []
     reads: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
     grads: dict[str, list[torch.Tensor | None]] = collections.defaultdict(list)
-    for start in range(0, len(inputs), CHUNK):
-        calls, _ = _linear_calls(module, names, inputs[start : start + CHUNK], labels[start : start + CHUNK])
+    for part, part_labels in zip(chunks(inputs), chunks(labels)):
+        calls, _ = _linear_calls(module, names, part, part_labels, by_batch)
         for name, _, read, output in calls:
             if name in measured:
                 reads[name].append(read.double())
                 grads[name].append(output.grad.double() if output.grad is not None else None)
     layers = {name: layer for layer, name in names.items()}
-    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]))
+    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]), by_batch=by_batch)
             for name in dict.fromkeys(name for name, *_ in probe) if name in measured and None not in grads[name]]  # fmt: skip
 
 
-def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None):
-    """One forward pass of ``inputs`` (eval mode): each call of a Linear in ``names`` as ``(name, layer, its input,
+def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None,
+                  by_batch: bool):  # fmt: skip
+    """One forward pass of ``inputs`` (eval mode; with ``by_batch``, normalised by their own statistics): each call of a Linear in ``names`` as ``(name, layer, its input,
     its output)``, in order, and the logits; with ``labels``, the summed cross-entropy's gradient at each output
     (``output.grad``; None where the model's own forward turns gradients off)."""
     calls: list[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]] = []
@@ -212,7 +227,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
 
     hooks = [layer.register_forward_hook(record) for layer in names]
     try:
-        with evaluating(module), torch.set_grad_enabled(labels is not None):
+        with _mode(by_batch)(module), torch.set_grad_enabled(labels is not None):
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs = [output for *_, output in calls if output.requires_grad]
             if labels is not None and outputs and logits.requires_grad:
@@ -221,6 +236,10 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
         for hook in hooks:
             hook.remove()
     return calls, logits
+
+
+def _mode(by_batch: bool):
+    return normalising_by_batch if by_batch else evaluating
 
 
 @dataclass(frozen=True)
@@ -275,12 +294,12 @@ def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
 
 def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> LinearSeen:
     """``seen`` with :attr:`LinearSeen.rounding` measured: the same examples through a float64 copy of ``module``
-    (eval mode, in chunks of :data:`CHUNK`). ``seen`` as it was when the model does not run in float64."""
+    (in the pass's mode and :func:`chunks`). ``seen`` as it was when the model does not run in float64."""
     try:
         twin = copy.deepcopy(module).double()
         layer = dict(twin.named_modules())[seen.name]
-        with evaluating(twin), torch.no_grad():
-            exact = torch.cat([layer_input(twin, layer, part) for part in inputs.double().split(CHUNK)])
+        with _mode(seen.by_batch)(twin), torch.no_grad():
+            exact = torch.cat([layer_input(twin, layer, part) for part in chunks(inputs.double())])
     except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
         return seen
     if exact.shape != seen.inputs.shape:
@@ -323,15 +342,15 @@ def input_directions(seen: LinearSeen) -> int:
     return int(torch.linalg.matrix_rank(moving)) if moving.numel() else 0
 
 
-def _fresh_isolated(context: InspectContext, name: str) -> int | None:
+def _fresh_isolated(context: InspectContext, name: str, by_batch: bool) -> int | None:
     """How many of the client's examples a fresh initialisation of ``--arch`` (seed 0) isolates at layer ``name``
-    (:func:`isolated_examples`); None without ``--arch``, when the architecture cannot be built or run again, or has
-    no such layer measured."""
+    (:func:`isolated_examples`, in the same mode); None without ``--arch``, when the architecture cannot be built or
+    run again, or has no such layer measured."""
     if context.fresh is None:
         return None
     inputs, labels = context.data
     try:
-        seen = next((s for s in linear_layers_seen(fresh_module(context, inputs.device), inputs, labels)
+        seen = next((s for s in linear_layers_seen(fresh_module(context, inputs.device), inputs, labels, by_batch)
                      if s.name == name), None)  # fmt: skip
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None
@@ -364,12 +383,34 @@ class LayerResponses(Detector):
     )
 
     def run(self, context: InspectContext):
+        """The layers in eval mode, then, for a model with running statistics, as the client's training normalises
+        them (each batch by its own statistics): a red team's noisy imprint behind a BatchNorm left at its start
+        (mean 0, variance 1) read raw pixels in eval mode and binned the batch standardised in training (8-11 of 16
+        digits rebuilt); quantile biases set so read as one dead layer (FG805, medium) in eval mode, while training
+        isolated 22 of 64 digits. A rule is reported once per layer, from the eval pass where both report it."""
         inputs, labels = context.data
+        module = context.view.module
+        reported = set()
+        for by_batch in (False, True):
+            if by_batch and (len(inputs) < 2 or not running_statistics(module)):
+                return
+            try:
+                layers = linear_layers_seen(module, inputs, labels, by_batch)
+            except Exception:  # the architecture's code does not run normalised by chunks here: the eval pass alone
+                if not by_batch:
+                    raise
+                return
+            for finding in self._findings(context, layers):
+                if (finding.rule_id, finding.layer) not in reported:
+                    reported.add((finding.rule_id, finding.layer))
+                    yield finding
+
+    def _findings(self, context: InspectContext, layers: list[LinearSeen]):
         binned = False
-        for seen in linear_layers_seen(context.view.module, inputs, labels):
+        for seen in layers:
             yield from self._sparse(context, seen)
             if not binned:  # the layers after one that bins the batch see nothing but that one measurement
-                same = list(self._same(seen, context.view.module, inputs))
+                same = list(self._same(seen, context.view.module, context.data[0]))
                 binned = bool(same)
                 yield from same
 
@@ -381,9 +422,9 @@ class LayerResponses(Detector):
             isolated = isolated_examples(grad)
             directions = input_directions(seen)
             few = directions < min(MIN_DIRECTIONS, len(grad) // 2)
-            fresh = None if few else _fresh_isolated(context, name)
+            fresh = None if few else _fresh_isolated(context, name, seen.by_batch)
             few = few or (fresh is not None and isolated <= fresh)
-            said = (f"On {len(grad)} of your examples, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
+            said = (f"On {len(grad)} of your examples{_IN_TRAINING if seen.by_batch else ''}, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
                     f"fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; "
                     f"honest layers: at most 24 %), and {isolated} of your examples are each the only one to reach "
                     f"some unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
@@ -405,7 +446,7 @@ class LayerResponses(Detector):
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
                 median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=len(grad),
                 isolated_examples=isolated, input_directions=directions,
-                **({} if fresh is None else {"fresh_init_isolated": fresh}),
+                **({} if fresh is None else {"fresh_init_isolated": fresh}), **_mode_evidence(seen),
             )
 
     def _same(self, seen: LinearSeen, module: nn.Module, inputs: torch.Tensor):
@@ -425,8 +466,18 @@ class LayerResponses(Detector):
                     "different thresholds: each group bins")  # fmt: skip
         yield self.finding(
             "FG804", "Units measure one quantity", Severity.HIGH, Confidence.HIGH, seen.name,
-            f"On your examples, {said} your batch by one measurement so that neighbouring bins' gradients return "
+            f"On your examples{_IN_TRAINING if seen.by_batch else ''}, {said} your batch by one measurement so that neighbouring bins' gradients return "
             "single inputs (Robbing the Fed). Do not train on this model.",
             units=units, groups=len(groups), largest_group=len(largest.units), thresholds=largest.thresholds,
             layer_units=int(seen.layer.weight[:MAX_UNITS].shape[0]), min_correlation=SAME_RESPONSE,
+            **_mode_evidence(seen),
         )
+
+
+#: How a finding of the pass normalised by batch says where it was seen.
+_IN_TRAINING = (" as your training computes (normalisation layers standardising each batch by its own statistics; at "
+                "their running statistics, as the eval-mode checks run, the layer reads otherwise)")
+
+
+def _mode_evidence(seen: LinearSeen) -> dict[str, str]:
+    return {"normalisation": "batch statistics (training)"} if seen.by_batch else {}

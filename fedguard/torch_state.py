@@ -27,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["evaluating", "kept_modes", "own_random_state", "own_torch_state"]
+__all__ = ["evaluating", "kept_modes", "normalising_by_batch", "own_random_state", "own_torch_state", "running_statistics"]
 
 #: Held while fedguard sets process-wide torch state; re-entrant, as those blocks nest.
 _PROCESS_STATE = threading.RLock()
@@ -52,6 +52,33 @@ def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     with kept_modes(module):
         module.eval()
         yield module
+
+
+def running_statistics(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The normalisation layers of ``module`` (BatchNorm, InstanceNorm) that keep running statistics: in eval mode
+    they standardise by those, in training by the batch's own."""
+    return [m for m in module.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.running_mean is not None]  # fmt: skip
+
+
+@contextlib.contextmanager
+def normalising_by_batch(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the block with ``module`` in eval mode but for the layers of :func:`running_statistics`, which standardise
+    each batch by its own statistics, as in the client's training (dropout stays off); each submodule's mode and
+    those layers' running statistics are given back afterwards."""
+    norms = running_statistics(module)
+    saved = [[buffer.clone() for buffer in norm.buffers(recurse=False)] for norm in norms]
+    with kept_modes(module):
+        module.eval()
+        for norm in norms:
+            norm.train()
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for norm, buffers in zip(norms, saved):
+                    for buffer, value in zip(norm.buffers(recurse=False), buffers):
+                        buffer.copy_(value)
 
 
 @contextlib.contextmanager

@@ -936,6 +936,61 @@ def test_alike_rows_silent_in_eval_mode_but_not_in_training_stay_high(norm_after
     assert found.severity is Severity.HIGH and "silent_margin" not in found.evidence
 
 
+def _behind_a_batchnorm(attack: str, running_var: float = 1.0) -> nn.Module:
+    """An MLP whose first Linear layer reads a BatchNorm at its running statistics ``(0, running_var)``, set to leak the
+    batch as the client's training standardises it by its own statistics: biases at the 95th percentile of each
+    honest unit's response (``"quantile"``) or 64 copies of one row with a ladder of biases (``"imprint"``), both on
+    public digits so standardised."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(784), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    public = digits((1, 28, 28))[0][64:].flatten(1)
+    standardised = (public - public.mean(dim=0)) / (public.var(dim=0, unbiased=False) + 1e-5).sqrt()
+    with torch.no_grad():
+        model[1].running_var.fill_(running_var)
+        if attack == "quantile":
+            model[2].bias.copy_(-torch.quantile(standardised @ model[2].weight.T, 0.95, dim=0))
+        else:
+            model[2].weight[:64] = torch.randn(784)
+            model[2].bias[:64] = -torch.quantile(standardised @ model[2].weight[0], torch.linspace(0.02, 0.98, 64))
+    return model
+
+
+def test_sparse_firing_that_only_training_normalisation_sets_off_is_reported_from_that_pass():
+    """In eval mode the BatchNorm hands the layer raw pixels, on which every unit is dead (FG805, medium); the
+    client's training standardises the batch and 252 of 253 reached units fire for at most 1/8 of it, isolating 22
+    of 64 digits."""
+    found = _with_data(_behind_a_batchnorm("quantile"), (1, 28, 28), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "2"
+    assert found.evidence["normalisation"] == "batch statistics (training)" and found.evidence["isolated_examples"] >= 16
+    assert "as your training computes" in found.message
+
+
+def test_an_imprint_that_only_training_normalisation_sets_off_is_reported_from_that_pass():
+    """A running variance of 1e8 makes the eval pass's input all but the same for every example, every threshold
+    outside it; standardised by the batch, the 64 copies cut it into bins."""
+    model = _behind_a_batchnorm("imprint", running_var=1e8)
+    found = _with_data(model, (1, 28, 28), ["responses"], n=64)
+    assert list(found) == ["FG804"] and found["FG804"].evidence["normalisation"] == "batch statistics (training)"
+    assert found["FG804"].evidence["units"] >= 60
+
+
+def test_a_layer_reported_in_eval_mode_is_reported_once():
+    model = _behind_a_batchnorm("imprint")  # at running variance 1 the eval pass bins the raw pixels too
+    x, y = digits((1, 28, 28))
+    found, _ = run_detectors(InspectContext(ModelView.from_state_dict(model.state_dict(), model), data=(x[:64], y[:64])),
+                             ["responses"])  # fmt: skip
+    assert [f.rule_id for f in found] == ["FG804"] and "normalisation" not in found[0].evidence
+
+
+def test_the_training_pass_leaves_the_callers_running_statistics_and_modes():
+    model = _behind_a_batchnorm("quantile").train()
+    frozen = model[1].eval()  # a caller's frozen BatchNorm in a training model
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    assert "FG803" in _with_data(model, (1, 28, 28), ["responses"], n=64)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    assert not frozen.training and all(m.training for m in model.modules() if m is not frozen)
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
