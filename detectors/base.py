@@ -9,9 +9,9 @@ and are skipped, with a note, when it is not there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import abc
-from typing import Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Hashable, Iterable
 
 import torch
 from torch import nn
@@ -47,6 +47,16 @@ class InspectContext:
     reference: ModelView | None = None
     data: tuple[torch.Tensor, torch.Tensor] | None = None
     fresh: Callable[[], nn.Module] | None = None
+    #: What :meth:`shared` computed, by key (empty in a copy made with ``dataclasses.replace``).
+    computed: dict[Hashable, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once for this context: what several detectors read (the client's examples through the
+        model's fully connected layers) is computed by the first to ask. A ``compute`` that raises is tried again by
+        the next."""
+        if key not in self.computed:
+            self.computed[key] = compute()
+        return self.computed[key]
 
     def has(self, need: str) -> bool:
         return {

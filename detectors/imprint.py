@@ -65,7 +65,7 @@ import copy
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.responses import MAX_UNITS, chunks, linear_layers_seen
+from fedguard.detectors.responses import MAX_UNITS, chunks, layers_seen
 from fedguard.detectors.rows import (
     REL_TOL,
     SAME_BIAS,
@@ -233,11 +233,12 @@ def _silent_margin(context: InspectContext, name: str, group: torch.Tensor) -> f
     """With the client's data (``--arch``, ``--data``): when no example's gradient reaches any row of ``group`` in
     layer ``name``, the fewest standard deviations of a row's response over the examples by which it stays below
     switching on (infinite for a response the examples do not move); else None, as when the layer is not a fully
-    connected one that a forward pass applies once (:func:`linear_layers_seen`) or the module cannot run here."""
+    connected one that a forward pass applies once (:func:`~fedguard.detectors.responses.linear_layers_seen`) or the
+    module cannot run here."""
     if context.data is None or context.view.module is None or int(group.max()) >= MAX_UNITS:
         return None
     try:
-        seen = next((s for s in linear_layers_seen(context.view.module, *context.data) if s.name == name), None)
+        seen = next((s for s in layers_seen(context) if s.name == name), None)
     except Exception:  # the module cannot run here: nothing shown
         return None
     if seen is None or bool((seen.grad[:, group] != 0).any()):

@@ -213,6 +213,13 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
             for name in dict.fromkeys(name for name, *_ in probe) if name in measured and None not in grads[name]]  # fmt: skip
 
 
+def layers_seen(context: InspectContext, by_batch: bool = False) -> list[LinearSeen]:
+    """:func:`linear_layers_seen` of the received model on the client's examples, computed once per context (FG803,
+    FG804, FG805 and FG301's relief read it)."""
+    return context.shared(("linear_layers_seen", by_batch),
+                          lambda: linear_layers_seen(context.view.module, *context.data, by_batch))  # fmt: skip
+
+
 def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None,
                   by_batch: bool):  # fmt: skip
     """One forward pass of ``inputs`` (eval mode; with ``by_batch``, normalised by their own statistics): each call of a Linear in ``names`` as ``(name, layer, its input,
@@ -395,7 +402,7 @@ class LayerResponses(Detector):
             if by_batch and (len(inputs) < 2 or not running_statistics(module)):
                 return
             try:
-                layers = linear_layers_seen(module, inputs, labels, by_batch)
+                layers = layers_seen(context, by_batch)
             except Exception:  # the architecture's code does not run normalised by chunks here: the eval pass alone
                 if not by_batch:
                     raise

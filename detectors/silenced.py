@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.responses import CHUNK, LinearSeen, linear_layers_seen, reach_rates
+from fedguard.detectors.responses import CHUNK, LinearSeen, layers_seen, reach_rates
 from fedguard.layers import forward_hooks
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
@@ -135,7 +135,7 @@ class SilencedData(Detector):
         inputs, labels = context.data
         merged = discarding_layers(context.view.module, inputs, labels)
         if merged is None:
-            yield from self._silenced_layers(context.view.module, inputs, labels)
+            yield from self._silenced_layers(context)
             return
         head, where = merged
         yield self.finding(
@@ -148,11 +148,11 @@ class SilencedData(Detector):
             examples=len(inputs), head=head,
         )
 
-    def _silenced_layers(self, module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
+    def _silenced_layers(self, context: InspectContext):
         """The first fully connected layer (as FG803 measures them) in which at least :data:`DEAD_SHARE` of the units
         fire for none of the examples (their response is never above zero and no gradient reaches them); nothing when
         no gradient reaches any such layer (a head at zero passes none back, honestly)."""
-        seen = linear_layers_seen(module, inputs, labels)
+        seen, examples = layers_seen(context), len(context.data[0])
         if not any(bool((layer.grad != 0).any()) for layer in seen):
             return
         for layer in seen:
@@ -160,11 +160,11 @@ class SilencedData(Detector):
             if units >= MIN_UNITS and dead >= DEAD_SHARE * units:
                 yield self.finding(
                     "FG805", "Layer silent on your data", Severity.MEDIUM, Confidence.HIGH, name,
-                    f"{dead} of the {units} units of {name} fire for none of your {len(inputs)} examples (honest "
+                    f"{dead} of the {units} units of {name} fire for none of your {examples} examples (honest "
                     "layers: at most 54 %), so their rows of the update you would upload are zero. Sent to every "
                     "client but one, such a model leaves those rows of that client's update alone in the securely "
                     "aggregated sum (model inconsistency); a diverged model reads the same. Either way do not train "
                     "on it, and report it to the federation.",
-                    dead_units=dead, units=units, dead_share=rounded(dead / units), examples=len(inputs),
+                    dead_units=dead, units=units, dead_share=rounded(dead / units), examples=examples,
                 )
                 return

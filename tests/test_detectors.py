@@ -991,6 +991,17 @@ def test_the_training_pass_leaves_the_callers_running_statistics_and_modes():
     assert not frozen.training and all(m.training for m in model.modules() if m is not frozen)
 
 
+def test_the_examples_go_through_the_received_model_once_for_every_check_that_reads_its_layers(monkeypatch):
+    """FG803/FG804, FG805 and FG301's relief read the same pass (each had run its own; the relief one per group)."""
+    from fedguard.detectors import responses
+
+    model, calls = _sign_step_rows(bias_at_quantiles=False), []
+    measure = responses.linear_layers_seen
+    monkeypatch.setattr(responses, "linear_layers_seen", lambda module, *args: calls.append(module) or measure(module, *args))
+    found = _with_data(model, (1, 28, 28), ["imprint", "responses", "silenced"], n=64)
+    assert found["FG301"].severity is Severity.LOW and calls == [model]
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
