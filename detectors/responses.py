@@ -140,6 +140,10 @@ class LinearSeen:
     #: ``n``'s own in eval mode, where no layer mixes examples (with :attr:`by_batch`, a BatchNorm after the layer
     #: mixes them: more reach a unit, none fewer).
     grad: torch.Tensor
+    #: What the first :data:`MAX_UNITS` units switch on at zero, ``[examples, units]``, float64: the layer's output,
+    #: or the output of a normalisation layer that reads it as it is (:data:`NORMALISATIONS`), whose shift and
+    #: scale move each unit's threshold (a BatchNorm's in training, by each batch's own statistics).
+    switching: torch.Tensor
     #: Float32's rounding error in ``inputs`` (them less the same forward pass in float64), when measured.
     rounding: torch.Tensor | None = None
     #: Whether the pass ran with normalisation by each chunk's own statistics, as in training
@@ -149,10 +153,6 @@ class LinearSeen:
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
         return self.inputs @ self._weight().T, self._bias()
-
-    def output_at_mean(self) -> torch.Tensor:
-        """``W x̄ + b`` of the first :data:`MAX_UNITS` units, float64: each unit's output at the examples' mean input."""
-        return self.inputs.mean(dim=0) @ self._weight().T + self._bias()
 
     def varying_responses(self) -> torch.Tensor:
         """``W (x - x̄)`` of the first :data:`MAX_UNITS` units, ``[examples, units]``, float64; with :attr:`rounding`
@@ -194,23 +194,26 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     names = {layer: name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
     with torch.no_grad():
         probe, logits = _linear_calls(module, names, inputs[:2], None, by_batch)
-    head = probe[-1][0] if probe and probe[-1][3].shape == logits.shape else None
-    times = collections.Counter(name for name, *_ in probe)
-    measured = {name for name, _, read, output in probe if name != head and times[name] == 1 and read.ndim == 2
-                and output.ndim == 2}  # fmt: skip
+    head = probe[-1].name if probe and probe[-1].output.shape == logits.shape else None
+    times = collections.Counter(call.name for call in probe)
+    measured = {call.name for call in probe if call.name != head and times[call.name] == 1 and call.read.ndim == 2
+                and call.output.ndim == 2}  # fmt: skip
     if not measured:
         return []
     reads: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
     grads: dict[str, list[torch.Tensor | None]] = collections.defaultdict(list)
+    switching: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
     for part, part_labels in zip(chunks(inputs), chunks(labels)):
         calls, _ = _linear_calls(module, names, part, part_labels, by_batch)
-        for name, _, read, output in calls:
-            if name in measured:
-                reads[name].append(read.double())
-                grads[name].append(output.grad.double() if output.grad is not None else None)
+        for call in calls:
+            if call.name in measured:
+                reads[call.name].append(call.read.double())
+                grads[call.name].append(None if call.output.grad is None else call.output.grad.double())
+                switching[call.name].append(call.switching[:, :MAX_UNITS].double())
     layers = {name: layer for layer, name in names.items()}
-    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]), by_batch=by_batch)
-            for name in dict.fromkeys(name for name, *_ in probe) if name in measured and None not in grads[name]]  # fmt: skip
+    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]), torch.cat(switching[name]),
+                       by_batch=by_batch)
+            for name in dict.fromkeys(call.name for call in probe) if name in measured and None not in grads[name]]  # fmt: skip
 
 
 def layers_seen(context: InspectContext, by_batch: bool = False) -> list[LinearSeen]:
@@ -220,23 +223,44 @@ def layers_seen(context: InspectContext, by_batch: bool = False) -> list[LinearS
                           lambda: linear_layers_seen(context.view.module, *context.data, by_batch))  # fmt: skip
 
 
+@dataclass
+class _Call:
+    """One call of a Linear layer in a forward pass."""
+
+    name: str
+    read: torch.Tensor
+    output: torch.Tensor
+    #: What the units switch on: the output, or a normalisation layer's where one reads the output as it is.
+    switching: torch.Tensor
+
+
+#: Normalisation layers whose output the units of a Linear layer they read switch on.
+NORMALISATIONS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
 def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None,
-                  by_batch: bool):  # fmt: skip
-    """One forward pass of ``inputs`` (eval mode; with ``by_batch``, normalised by their own statistics): each call of a Linear in ``names`` as ``(name, layer, its input,
-    its output)``, in order, and the logits; with ``labels``, the summed cross-entropy's gradient at each output
-    (``output.grad``; None where the model's own forward turns gradients off)."""
-    calls: list[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]] = []
+                  by_batch: bool) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
+    """One forward pass of ``inputs`` (eval mode; with ``by_batch``, normalised by their own statistics): each call of
+    a Linear in ``names``, in order, and the logits; with ``labels``, the summed cross-entropy's gradient at each
+    output (``output.grad``; None where the model's own forward turns gradients off)."""
+    calls: list[_Call] = []
 
     def record(layer, args, output):
-        calls.append((names[layer], layer, args[0].detach(), output))
+        calls.append(_Call(names[layer], args[0].detach(), output, output.detach()))
         if output.requires_grad:
             output.retain_grad()
 
+    def normalised(norm, args, output):
+        for call in calls:
+            if call.output is args[0] and isinstance(output, torch.Tensor) and output.shape == args[0].shape:
+                call.switching = output.detach()
+
     hooks = [layer.register_forward_hook(record) for layer in names]
+    hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
     try:
         with _mode(by_batch)(module), torch.set_grad_enabled(labels is not None):
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
-            outputs = [output for *_, output in calls if output.requires_grad]
+            outputs = [call.output for call in calls if call.output.requires_grad]
             if labels is not None and outputs and logits.requires_grad:
                 nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=outputs)
     finally:
@@ -256,7 +280,7 @@ class MeasurementGroup:
     #: Their indices among the layer's units.
     units: torch.Tensor
     #: How many distinct thresholds they put on the measurement among the examples: the bins they cut the examples
-    #: into, less one (thresholds below or above every example cut nothing).
+    #: into, less one (thresholds below or above every example cut nothing, two between the same two examples one).
     thresholds: int
 
 
@@ -265,9 +289,9 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     largest first: the unit with the most others correlated with it at ``|r| ≥`` :data:`SAME_RESPONSE` and those
     others, then the same among the units left; each with its count of distinct thresholds on the measurement.
     Responses are read from the input features the examples move (:meth:`LinearSeen.varying_responses`)."""
-    response, offset = seen.varying_responses(), seen.output_at_mean()
+    response = seen.varying_responses()
     resolved = (response != 0).any(dim=0).nonzero()[:, 0]
-    corr, index, norm = response_correlations(response[:, resolved])
+    corr, index, _ = response_correlations(response[:, resolved])
     close = corr.abs() >= SAME_RESPONSE
     partners = close.sum(dim=1)  # per unit, the units left that correlate with it, itself included
     left = torch.ones(len(index), dtype=torch.bool)
@@ -279,16 +303,15 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
         members = (close[centre] & left).nonzero()[:, 0]
         left[members] = False
         partners -= close[:, members].sum(dim=1)
-        # where on the shared measurement (the centre's response, scaled to unit norm) each unit switches: its output
-        # at the mean input (bias and all: a threshold set through a constant feature counts too) over its response's
-        # norm, with the sign of a unit that measures minus the quantity; counted when among the examples, and apart
-        # by more than 1e-4 of their range (not of the thresholds' size, which an offset makes as large as it likes)
+        # the cuts the units make in the examples: each unit's examples on (switching above zero; for a unit that
+        # measures minus the quantity, the others, the same cut), counted once per distinct cut that parts them. A
+        # threshold set by a bias, through a constant feature or by a normalisation layer after the units counts
+        # alike (an offset on the input moves none); thresholds beyond every example cut nothing, and two between the
+        # same two examples cut once
         units = resolved[index[members]]
-        switches = -offset[units] / norm[index[members]] * torch.sign(corr[centre, members])
-        measured = response[:, resolved[index[centre]]] / norm[index[centre]]
-        low, high = float(measured.min()), float(measured.max())
-        among = switches[(switches > low) & (switches < high)].sort().values
-        thresholds = int(len(among) > 0) + int((among.diff() > 1e-4 * (high - low)).sum())
+        on = (seen.switching[:, units] > 0) ^ (corr[centre, members] < 0)
+        cuts = on[:, on.any(dim=0) & ~on.all(dim=0)]
+        thresholds = torch.unique(cuts, dim=1).shape[1] if cuts.shape[1] else 0
         groups.append(MeasurementGroup(units, thresholds))
     return groups
 

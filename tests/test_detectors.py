@@ -210,7 +210,7 @@ def test_input_directions_count_the_features_a_layer_reads_each_at_its_own_scale
     inputs[:, 0] *= 1e15
     with torch.no_grad():
         layer.weight[:, 0] = 0
-    seen = LinearSeen("0", layer, inputs, torch.zeros(64, 8, dtype=torch.float64))
+    seen = LinearSeen("0", layer, inputs, torch.zeros(64, 8, dtype=torch.float64), torch.zeros(64, 8, dtype=torch.float64))
     assert input_directions(seen) == 40
     inputs[:, 9:] = 0.5  # 8 features vary, the rest are constant
     assert input_directions(seen) == 8
@@ -428,8 +428,9 @@ def test_an_imprint_in_a_model_that_runs_in_float32_only_is_still_reported():
 
 def test_thresholds_count_where_units_switch_among_the_examples():
     """A unit's threshold is where it switches on the data: bins set through a constant first-layer feature with no
-    bias are one measurement with 32 thresholds (a diff review: they had read as one threshold, clean), and eight alike
-    units that stay on for every example cut nothing (they had been reported)."""
+    bias are one measurement with 32 thresholds, 27 distinct cuts of the 64 examples (a diff review: they had read as
+    one threshold, clean), and eight alike units that stay on for every example cut nothing (they had been
+    reported)."""
     model = _two_hidden_layers()
     measured = digits((1, 8, 8))[0][1::2][:512].flatten(1).sum(dim=1) / 8
     with torch.no_grad():
@@ -441,7 +442,7 @@ def test_thresholds_count_where_units_switch_among_the_examples():
         model[3].weight[:32, :64] = 1 / 8
         model[3].weight[:32, 64] = -torch.quantile(measured, torch.linspace(0.05, 0.95, 32))
         model[3].bias[:32] = 0
-    assert _with_data(model, (1, 8, 8), ["responses"], n=64)["FG804"].evidence["thresholds"] >= 30
+    assert _with_data(model, (1, 8, 8), ["responses"], n=64)["FG804"].evidence["thresholds"] >= 24  # 27 cuts of 64
     model = _honest_mlp()
     with torch.no_grad():
         model[1].weight[:8] = 1 / 8
@@ -980,6 +981,25 @@ def test_a_layer_reported_in_eval_mode_is_reported_once():
     found, _ = run_detectors(InspectContext(ModelView.from_state_dict(model.state_dict(), model), data=(x[:64], y[:64])),
                              ["responses"])  # fmt: skip
     assert [f.rule_id for f in found] == ["FG804"] and "normalisation" not in found[0].evidence
+
+
+@pytest.mark.parametrize("hidden_from_eval", [False, True])
+def test_an_imprint_whose_thresholds_a_batchnorm_after_it_sets_is_one_measurement(hidden_from_eval):
+    """64 copies of one row, no bias, then a BatchNorm whose shifts are a ladder of z-scores: in training each batch is
+    binned at those z-scores of its own measurement, whatever the data's scale. The rows alone put every threshold at
+    zero (one, clean); the cuts are read where the units switch, after the BatchNorm. At running statistics of the
+    public data the eval pass bins the examples too; at a running variance of 1e8 only the training pass does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+    measured = digits((1, 28, 28))[0][64:].flatten(1) @ model[1].weight[0].detach()
+    with torch.no_grad():
+        model[1].weight.copy_(model[1].weight[0].clone())
+        model[2].bias.copy_(torch.linspace(-2, 2, 64))
+        model[2].running_mean.fill_(float(measured.mean()))
+        model[2].running_var.fill_(1e8 if hidden_from_eval else float(measured.var()))
+    found = _with_data(model, (1, 28, 28), ["responses"], n=64)
+    assert found["FG804"].evidence["units"] == 64 and found["FG804"].evidence["thresholds"] >= 32
+    assert ("normalisation" in found["FG804"].evidence) is hidden_from_eval
 
 
 def test_the_training_pass_leaves_the_callers_running_statistics_and_modes():
