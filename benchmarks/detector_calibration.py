@@ -118,13 +118,13 @@ def main() -> None:
             if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
             passes = (False, True) if running_statistics(module) else (False,)  # FG803/FG804 read training too
-            for seen in (s for by_batch in passes for s in responses.linear_layers_seen(module, x[pick], y[pick], by_batch)):
-                where = f"{entry.label}:{seen.name}{' (training)' if seen.by_batch else ''}"
+            for seen in (s for trained in passes for s in responses.linear_layers_seen(module, x[pick], y[pick], trained)):
+                where = f"{entry.label}:{seen.name}{' (training)' if seen.as_in_training else ''}"
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:
                     rare = max(rare, (share, where))
                 dead, units = silenced.silent_units(seen)
-                if not seen.by_batch and bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
+                if not seen.as_in_training and bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
                     silent = max(silent, (dead / units, where))
                 grouped = sum(len(group.units) for group in responses.binning_groups(seen))
                 same = max(same, (grouped, where))

@@ -65,7 +65,7 @@ import copy
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.responses import MAX_UNITS, chunks, layers_seen
+from fedguard.detectors.responses import CHUNK, MAX_UNITS, layers_seen
 from fedguard.detectors.rows import (
     REL_TOL,
     SAME_BIAS,
@@ -255,17 +255,17 @@ def _silent_margin(context: InspectContext, name: str, group: torch.Tensor) -> f
 
 def _reads_the_same_in_training(module: torch.nn.Module, name: str, inputs: torch.Tensor, read: torch.Tensor) -> bool:
     """Whether a copy of ``module`` in training mode computes what the eval pass did on ``inputs``: layer ``name``
-    reads ``read`` and the outputs agree (in :func:`~fedguard.detectors.responses.chunks`, the copy's running
-    statistics spent). A BatchNorm standardises the client's training batch by the batch's own statistics, where the
-    check's eval pass uses the running ones: a red team's noisy imprint behind a BatchNorm left at its start (mean
-    0, variance 1) read raw pixels in eval mode, dead by 4.7 standard deviations, and binned the standardised batch in training (8-11 of
+    reads ``read`` and the outputs agree (in chunks of :data:`CHUNK`, the copy's running statistics spent). A
+    BatchNorm standardises the client's training batch by the batch's own statistics, where the check's eval pass
+    uses the running ones: a red team's noisy imprint behind a BatchNorm left at its start (mean 0, variance 1) read
+    raw pixels in eval mode, dead by 4.7 standard deviations, and binned the standardised batch in training (8-11 of
     16 digits rebuilt); one after the rows would move their thresholds in training alone. So does dropout, and any
     layer that asks whether it is training."""
     try:
         twin = copy.deepcopy(module)
         layer = dict(twin.named_modules())[name]
         with torch.no_grad():
-            parts = chunks(inputs.float())
+            parts = inputs.float().split(CHUNK)
             training = torch.cat([layer_input(twin.train(), layer, part) for part in parts]).double()
             outputs = [(twin.train()(part), twin.eval()(part)) for part in parts]
     except Exception:  # the module cannot run here in training mode: nothing shown

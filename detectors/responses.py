@@ -73,7 +73,6 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -82,7 +81,7 @@ from torch import nn
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
 from fedguard.layers import layer_input
-from fedguard.torch_state import evaluating, normalising_by_batch, running_statistics
+from fedguard.torch_state import evaluating, normalising_as_in_training, running_statistics
 from fedguard.types import Confidence, Rule, Severity
 
 #: A unit is rare when at most this share of the client's examples reach it.
@@ -137,18 +136,17 @@ class LinearSeen:
     #: What the layer reads, ``[examples, in_features]``, float64.
     inputs: torch.Tensor
     #: The gradient of the summed cross-entropy at the layer's output, ``[examples, units]``: row ``n`` is example
-    #: ``n``'s own in eval mode, where no layer mixes examples (with :attr:`by_batch`, a BatchNorm after the layer
-    #: mixes them: more reach a unit, none fewer).
+    #: ``n``'s own (no layer mixes examples in the passes here).
     grad: torch.Tensor
     #: What the first :data:`MAX_UNITS` units switch on at zero, ``[examples, units]``, float64: the layer's output,
     #: or the output of a normalisation layer that reads it as it is (:data:`NORMALISATIONS`), whose shift and
-    #: scale move each unit's threshold (a BatchNorm's in training, by each batch's own statistics).
+    #: scale move each unit's threshold.
     switching: torch.Tensor
     #: Float32's rounding error in ``inputs`` (them less the same forward pass in float64), when measured.
     rounding: torch.Tensor | None = None
-    #: Whether the pass ran with normalisation by each chunk's own statistics, as in training
-    #: (:func:`~fedguard.torch_state.normalising_by_batch`), rather than in eval mode.
-    by_batch: bool = False
+    #: Whether the pass normalised as the client's training does
+    #: (:func:`~fedguard.torch_state.normalising_as_in_training`), rather than in eval mode.
+    as_in_training: bool = False
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
@@ -173,13 +171,7 @@ class LinearSeen:
         return self.layer.bias[:MAX_UNITS].detach().double()
 
 
-def chunks(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``tensor`` split along its first dimension into the fewest parts of at most :data:`CHUNK`, of near-equal sizes
-    (normalised by its own statistics, a part of one example would have none)."""
-    return tensor.tensor_split(max(1, math.ceil(len(tensor) / CHUNK)))
-
-
-def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, by_batch: bool = False
+def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool = False
                        ) -> list[LinearSeen]:  # fmt: skip
     """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` (eval mode) applies once to a
     ``[examples, features]`` input, in the order it applies them, with what each read and its output's gradient; not
@@ -187,13 +179,19 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity.
 
     Which layers those are is read off a pass of two examples without gradients; the examples then go through in
-    :func:`chunks` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN whose only
-    Linear layers are its head and per-token ones). With ``by_batch``, in eval mode but for the normalisation layers,
-    which standardise each chunk by its own statistics as the client's training does (:attr:`LinearSeen.by_batch`).
+    chunks of :data:`CHUNK` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN
+    whose only Linear layers are its head and per-token ones). With ``as_in_training``, the normalisation layers
+    standardise as the client's training does (:attr:`LinearSeen.as_in_training`).
     """
+    with _mode(as_in_training, inputs)(module):
+        return _linear_layers_seen(module, inputs, labels, as_in_training)
+
+
+def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool
+                        ) -> list[LinearSeen]:  # fmt: skip
     names = {layer: name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
     with torch.no_grad():
-        probe, logits = _linear_calls(module, names, inputs[:2], None, by_batch)
+        probe, logits = _linear_calls(module, names, inputs[:2], None)
     head = probe[-1].name if probe and probe[-1].output.shape == logits.shape else None
     times = collections.Counter(call.name for call in probe)
     measured = {call.name for call in probe if call.name != head and times[call.name] == 1 and call.read.ndim == 2
@@ -203,24 +201,24 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     reads: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
     grads: dict[str, list[torch.Tensor | None]] = collections.defaultdict(list)
     switching: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
-    for part, part_labels in zip(chunks(inputs), chunks(labels)):
-        calls, _ = _linear_calls(module, names, part, part_labels, by_batch)
+    for start in range(0, len(inputs), CHUNK):
+        calls, _ = _linear_calls(module, names, inputs[start : start + CHUNK], labels[start : start + CHUNK])
         for call in calls:
             if call.name in measured:
                 reads[call.name].append(call.read.double())
                 grads[call.name].append(None if call.output.grad is None else call.output.grad.double())
                 switching[call.name].append(call.switching[:, :MAX_UNITS].double())
     layers = {name: layer for layer, name in names.items()}
-    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]), torch.cat(switching[name]),
-                       by_batch=by_batch)
+    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]),
+                       torch.cat(switching[name]), as_in_training=as_in_training)
             for name in dict.fromkeys(call.name for call in probe) if name in measured and None not in grads[name]]  # fmt: skip
 
 
-def layers_seen(context: InspectContext, by_batch: bool = False) -> list[LinearSeen]:
+def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[LinearSeen]:
     """:func:`linear_layers_seen` of the received model on the client's examples, computed once per context (FG803,
     FG804, FG805 and FG301's relief read it)."""
-    return context.shared(("linear_layers_seen", by_batch),
-                          lambda: linear_layers_seen(context.view.module, *context.data, by_batch))  # fmt: skip
+    return context.shared(("linear_layers_seen", as_in_training),
+                          lambda: linear_layers_seen(context.view.module, *context.data, as_in_training))  # fmt: skip
 
 
 @dataclass
@@ -238,11 +236,11 @@ class _Call:
 NORMALISATIONS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None,
-                  by_batch: bool) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
-    """One forward pass of ``inputs`` (eval mode; with ``by_batch``, normalised by their own statistics): each call of
-    a Linear in ``names``, in order, and the logits; with ``labels``, the summed cross-entropy's gradient at each
-    output (``output.grad``; None where the model's own forward turns gradients off)."""
+def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None
+                  ) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
+    """One forward pass of ``inputs`` in the module's modes: each call of a Linear in ``names``, in order, and the
+    logits; with ``labels``, the summed cross-entropy's gradient at each output (``output.grad``; None where the
+    model's own forward turns gradients off)."""
     calls: list[_Call] = []
 
     def record(layer, args, output):
@@ -258,7 +256,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     hooks = [layer.register_forward_hook(record) for layer in names]
     hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
     try:
-        with _mode(by_batch)(module), torch.set_grad_enabled(labels is not None):
+        with torch.set_grad_enabled(labels is not None):
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs = [call.output for call in calls if call.output.requires_grad]
             if labels is not None and outputs and logits.requires_grad:
@@ -269,8 +267,11 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     return calls, logits
 
 
-def _mode(by_batch: bool):
-    return normalising_by_batch if by_batch else evaluating
+def _mode(as_in_training: bool, inputs: torch.Tensor):
+    """The modes a pass runs ``module`` in: a context manager of it."""
+    if as_in_training:
+        return lambda module: normalising_as_in_training(module, inputs)
+    return evaluating
 
 
 @dataclass(frozen=True)
@@ -324,12 +325,12 @@ def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
 
 def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> LinearSeen:
     """``seen`` with :attr:`LinearSeen.rounding` measured: the same examples through a float64 copy of ``module``
-    (in the pass's mode and :func:`chunks`). ``seen`` as it was when the model does not run in float64."""
+    (in the pass's modes, in chunks of :data:`CHUNK`). ``seen`` as it was when the model does not run in float64."""
     try:
-        twin = copy.deepcopy(module).double()
+        twin, examples = copy.deepcopy(module).double(), inputs.double()
         layer = dict(twin.named_modules())[seen.name]
-        with _mode(seen.by_batch)(twin), torch.no_grad():
-            exact = torch.cat([layer_input(twin, layer, part) for part in chunks(inputs.double())])
+        with _mode(seen.as_in_training, examples)(twin), torch.no_grad():
+            exact = torch.cat([layer_input(twin, layer, part) for part in examples.split(CHUNK)])
     except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
         return seen
     if exact.shape != seen.inputs.shape:
@@ -372,7 +373,7 @@ def input_directions(seen: LinearSeen) -> int:
     return int(torch.linalg.matrix_rank(moving)) if moving.numel() else 0
 
 
-def _fresh_isolated(context: InspectContext, name: str, by_batch: bool) -> int | None:
+def _fresh_isolated(context: InspectContext, name: str, as_in_training: bool) -> int | None:
     """How many of the client's examples a fresh initialisation of ``--arch`` (seed 0) isolates at layer ``name``
     (:func:`isolated_examples`, in the same mode); None without ``--arch``, when the architecture cannot be built or
     run again, or has no such layer measured."""
@@ -380,7 +381,7 @@ def _fresh_isolated(context: InspectContext, name: str, by_batch: bool) -> int |
         return None
     inputs, labels = context.data
     try:
-        seen = next((s for s in linear_layers_seen(fresh_module(context, inputs.device), inputs, labels, by_batch)
+        seen = next((s for s in linear_layers_seen(fresh_module(context, inputs.device), inputs, labels, as_in_training)
                      if s.name == name), None)  # fmt: skip
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None
@@ -413,21 +414,22 @@ class LayerResponses(Detector):
     )
 
     def run(self, context: InspectContext):
-        """The layers in eval mode, then, for a model with running statistics, as the client's training normalises
-        them (each batch by its own statistics): a red team's noisy imprint behind a BatchNorm left at its start
-        (mean 0, variance 1) read raw pixels in eval mode and binned the batch standardised in training (8-11 of 16
-        digits rebuilt); quantile biases set so read as one dead layer (FG805, medium) in eval mode, while training
-        isolated 22 of 64 digits. A rule is reported once per layer, from the eval pass where both report it."""
+        """The layers in eval mode, then, for a model with running statistics, normalised as the client's training
+        normalises them (:func:`~fedguard.torch_state.normalising_as_in_training`): a red team's noisy imprint
+        behind a BatchNorm left at its start (mean 0, variance 1) read raw pixels in eval mode and binned the batch
+        standardised in training (8-11 of 16 digits rebuilt); quantile biases set so read as one dead layer (FG805,
+        medium) in eval mode, while training isolated 22 of 64 digits. A rule is reported once per layer, from the
+        eval pass where both report it."""
         inputs, labels = context.data
         module = context.view.module
         reported = set()
-        for by_batch in (False, True):
-            if by_batch and (len(inputs) < 2 or not running_statistics(module)):
+        for as_in_training in (False, True):
+            if as_in_training and (len(inputs) < 2 or not running_statistics(module)):
                 return
             try:
-                layers = layers_seen(context, by_batch)
-            except Exception:  # the architecture's code does not run normalised by chunks here: the eval pass alone
-                if not by_batch:
+                layers = layers_seen(context, as_in_training)
+            except Exception:  # the architecture's code does not run so here: the eval pass alone
+                if not as_in_training:
                     raise
                 return
             for finding in self._findings(context, layers):
@@ -452,10 +454,10 @@ class LayerResponses(Detector):
             isolated = isolated_examples(grad)
             directions = input_directions(seen)
             few = directions < min(MIN_DIRECTIONS, len(grad) // 2)
-            fresh = None if few else _fresh_isolated(context, name, seen.by_batch)
+            fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
-            said = (f"On {len(grad)} of your examples{_IN_TRAINING if seen.by_batch else ''}, {int(rare.sum())} of the {int(live.sum())} units of {name} that "
-                    f"fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; "
+            said = (f"On {len(grad)} of your examples{_normalised(seen)}, {int(rare.sum())} of the "
+                    f"{int(live.sum())} units of {name} that fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; "
                     f"honest layers: at most 24 %), and {isolated} of your examples are each the only one to reach "
                     f"some unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
             if fresh is not None and few:
@@ -496,18 +498,21 @@ class LayerResponses(Detector):
                     "different thresholds: each group bins")  # fmt: skip
         yield self.finding(
             "FG804", "Units measure one quantity", Severity.HIGH, Confidence.HIGH, seen.name,
-            f"On your examples{_IN_TRAINING if seen.by_batch else ''}, {said} your batch by one measurement so that neighbouring bins' gradients return "
-            "single inputs (Robbing the Fed). Do not train on this model.",
+            f"On your examples{_normalised(seen)}, {said} your batch by one measurement so that neighbouring bins' "
+            "gradients return single inputs (Robbing the Fed). Do not train on this model.",
             units=units, groups=len(groups), largest_group=len(largest.units), thresholds=largest.thresholds,
             layer_units=int(seen.layer.weight[:MAX_UNITS].shape[0]), min_correlation=SAME_RESPONSE,
             **_mode_evidence(seen),
         )
 
 
-#: How a finding of the pass normalised by batch says where it was seen.
-_IN_TRAINING = (" as your training computes (normalisation layers standardising each batch by its own statistics; at "
-                "their running statistics, as the eval-mode checks run, the layer reads otherwise)")
+def _normalised(seen: LinearSeen) -> str:
+    """How a finding says that its pass normalised as the client's training does."""
+    if not seen.as_in_training:
+        return ""
+    return (" normalised as your training normalises them (BatchNorm by your data's own statistics; at the model's "
+            "running statistics, which the eval-mode checks use, the layer reads otherwise)")
 
 
 def _mode_evidence(seen: LinearSeen) -> dict[str, str]:
-    return {"normalisation": "batch statistics (training)"} if seen.by_batch else {}
+    return {"normalisation": "as in training"} if seen.as_in_training else {}

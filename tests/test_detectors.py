@@ -962,8 +962,8 @@ def test_sparse_firing_that_only_training_normalisation_sets_off_is_reported_fro
     of 64 digits."""
     found = _with_data(_behind_a_batchnorm("quantile"), (1, 28, 28), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.layer == "2"
-    assert found.evidence["normalisation"] == "batch statistics (training)" and found.evidence["isolated_examples"] >= 16
-    assert "as your training computes" in found.message
+    assert found.evidence["normalisation"] == "as in training" and found.evidence["isolated_examples"] >= 16
+    assert "normalised as your training normalises them" in found.message
 
 
 def test_an_imprint_that_only_training_normalisation_sets_off_is_reported_from_that_pass():
@@ -971,7 +971,7 @@ def test_an_imprint_that_only_training_normalisation_sets_off_is_reported_from_t
     outside it; standardised by the batch, the 64 copies cut it into bins."""
     model = _behind_a_batchnorm("imprint", running_var=1e8)
     found = _with_data(model, (1, 28, 28), ["responses"], n=64)
-    assert list(found) == ["FG804"] and found["FG804"].evidence["normalisation"] == "batch statistics (training)"
+    assert list(found) == ["FG804"] and found["FG804"].evidence["normalisation"] == "as in training"
     assert found["FG804"].evidence["units"] >= 60
 
 
@@ -1000,6 +1000,35 @@ def test_an_imprint_whose_thresholds_a_batchnorm_after_it_sets_is_one_measuremen
     found = _with_data(model, (1, 28, 28), ["responses"], n=64)
     assert found["FG804"].evidence["units"] == 64 and found["FG804"].evidence["thresholds"] >= 32
     assert ("normalisation" in found["FG804"].evidence) is hidden_from_eval
+
+
+def test_units_that_only_batches_larger_than_a_chunk_set_off_are_sparse_firing():
+    """A red team's units past the bound a batch puts on its own standardisation: ``n`` examples standardised by
+    their own statistics stand at most ``sqrt(n - 1)`` deviations out (3.87 at 16, 7.94 at 64). 85 % of a second
+    layer reads one BatchNorm feature each, its bias above what any batch of 8-16 public digits reaches; in training
+    at batch 64 each fires for the batch's top example (half the digits rebuilt at >= 30 dB, 0 % for the honest
+    model), and in eval mode a running variance 25 times the data's keeps it dead. Standardised by batches of 16
+    the pass had read it dead too (clean); by the statistics of all the client's examples, high."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.BatchNorm1d(512), nn.Linear(512, 512),
+                          nn.ReLU(), nn.Linear(512, 10))  # fmt: skip
+    public = digits((1, 8, 8))[0].flatten(1)
+    with torch.no_grad():
+        model[1].bias.copy_(-torch.quantile(public @ model[1].weight.T, 0.8, dim=0))
+        features = model[2](model[1](public))
+        model[3].running_mean.copy_(features.mean(dim=0))
+        model[3].running_var.copy_(features.var(dim=0) * 25)
+        planted, read = torch.randperm(512)[:435], torch.randperm(512)[:435]
+        model[4].weight[planted] = 0.03 * torch.randn(435, 512)
+        model[4].weight[planted, read] = 1.0
+        highest = torch.full((512,), -math.inf)
+        for size in torch.randint(8, 17, (300,)).tolist():
+            batch = features[torch.randperm(len(features))[:size]]
+            standardised = (batch - batch.mean(dim=0)) / (batch.var(dim=0, unbiased=False) + 1e-5).sqrt()
+            highest = torch.maximum(highest, (standardised @ model[4].weight.T).max(dim=0).values)
+        model[4].bias[planted] = -(1.03 * highest[planted] + 0.05)
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["normalisation"] == "as in training"
 
 
 def test_the_training_pass_leaves_the_callers_running_statistics_and_modes():
