@@ -222,8 +222,8 @@ class MKOR(Attack):
         if heads[0].weight not in view.tensors or heads[0].bias not in view.tensors:
             return (f"the first fully connected layer ({heads[0].name}), where MKOR's rows are planted, is not in the "
                     "update (frozen in the client's training, or reparametrised): nothing of it to read")
-        with evaluating(view.model), torch.no_grad():  # one example through BatchNorm
-            seen = layer_input(view.model, linears[0], torch.zeros(1, *view.input_shape, device=view.device)).shape[1]
+        with evaluating(view.model), torch.no_grad():  # two examples: BatchNorm without running statistics needs them
+            seen = layer_input(view.model, linears[0], torch.zeros(2, *view.input_shape, device=view.device)).shape[1]
         if seen != linears[0].in_features:
             return ("the first fully connected layer is applied to each token or position, not once to the example "
                     "(its update mixes them: MKOR reads one feature vector per example)")

@@ -152,9 +152,10 @@ def check_float32(model: nn.Module, what: str, fix: str) -> None:
 
 
 def _dry_run(module: nn.Module, input_shape: Shape) -> torch.Tensor:
-    """Run one all-zero example through ``module`` in eval mode without gradients."""
+    """Run two all-zero examples through ``module`` in eval mode without gradients (two: a BatchNorm without running
+    statistics standardises by the batch's own in eval mode too, and one example has none)."""
     with evaluating(module), torch.no_grad():
-        return module(torch.zeros(1, *input_shape))
+        return module(torch.zeros(2, *input_shape))
 
 
 def _flat_size(arch: str, body: nn.Module, input_shape: Shape) -> int:
@@ -644,7 +645,7 @@ def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None,
         ) from None
     except Exception as exc:  # the model's own code: no input shape would help
         raise InputError(
-            f"the model from {arch} raised {first_line(exc)} on one all-zero input of shape {_fmt(shape)}; "
+            f"the model from {arch} raised {first_line(exc)} on two all-zero inputs of shape {_fmt(shape)}; "
             "fix its forward"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:

@@ -341,11 +341,27 @@ def test_module_callable_whose_forward_raises_is_not_blamed_on_the_input_shape(t
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        with pytest.raises(InputError, match=r"the model from fg_raising:make raised KeyError: 'feature map' on one "
-                                             r"all-zero input of shape 1,8,8; fix its forward$"):  # fmt: skip
+        with pytest.raises(InputError, match=r"the model from fg_raising:make raised KeyError: 'feature map' on two "
+                                             r"all-zero inputs of shape 1,8,8; fix its forward$"):  # fmt: skip
             build_model("fg_raising:make", 10, (1, 8, 8))
     finally:
         sys.modules.pop("fg_raising", None)
+
+
+def test_module_callable_with_batchnorm_that_keeps_no_running_statistics_builds(tmp_path, monkeypatch):
+    """Such a BatchNorm standardises by the batch in eval mode too, and the dry run's one example had none: honest
+    models were refused as raising in their forward."""
+    (tmp_path / "fg_batch_stats.py").write_text(
+        "from torch import nn\n"
+        "def make(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32, track_running_stats=False),\n"
+        "                         nn.ReLU(), nn.Linear(32, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert build_model("fg_batch_stats:make", 10, (1, 8, 8))[-1].out_features == 10
+    finally:
+        sys.modules.pop("fg_batch_stats", None)
 
 
 def test_module_callable_without_default_shape(tmp_path, monkeypatch):
