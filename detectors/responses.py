@@ -173,7 +173,7 @@ class LinearSeen:
 
 def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool = False
                        ) -> list[LinearSeen]:  # fmt: skip
-    """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` (eval mode) applies once to a
+    """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` applies once to a
     ``[examples, features]`` input, in the order it applies them, with what each read and its output's gradient; not
     the head (the last one applied, when its output is as wide as the logits): the softmax reads every logit, no unit
     of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity.
@@ -209,9 +209,10 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
                 grads[call.name].append(None if call.output.grad is None else call.output.grad.double())
                 switching[call.name].append(call.switching[:, :MAX_UNITS].double())
     layers = {name: layer for layer, name in names.items()}
+    order = dict.fromkeys(call.name for call in probe)
     return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]),
                        torch.cat(switching[name]), as_in_training=as_in_training)
-            for name in dict.fromkeys(call.name for call in probe) if name in measured and None not in grads[name]]  # fmt: skip
+            for name in order if name in measured and None not in grads[name]]
 
 
 def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[LinearSeen]:
@@ -381,8 +382,8 @@ def _fresh_isolated(context: InspectContext, name: str, as_in_training: bool) ->
         return None
     inputs, labels = context.data
     try:
-        seen = next((s for s in linear_layers_seen(fresh_module(context, inputs.device), inputs, labels, as_in_training)
-                     if s.name == name), None)  # fmt: skip
+        fresh = fresh_module(context, inputs.device)
+        seen = next((s for s in linear_layers_seen(fresh, inputs, labels, as_in_training) if s.name == name), None)
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None
     return None if seen is None else isolated_examples(seen.grad)
@@ -457,9 +458,10 @@ class LayerResponses(Detector):
             fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
             said = (f"On {len(grad)} of your examples{_normalised(seen)}, {int(rare.sum())} of the "
-                    f"{int(live.sum())} units of {name} that fire at all fire for at most {RARE:.0%} of them (median {float(rates[live].median()):.1%}; "
-                    f"honest layers: at most 24 %), and {isolated} of your examples are each the only one to reach "
-                    f"some unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
+                    f"{int(live.sum())} units of {name} that fire at all fire for at most {RARE:.0%} of them "
+                    f"(median {float(rates[live].median()):.1%}; honest layers: at most 24 %), and {isolated} of your "
+                    f"examples are each the only one to reach some unit: each such unit's update is that example's "
+                    f"input to {name}, exactly")  # fmt: skip
             if fresh is not None and few:
                 said += (f"; no more than a fresh initialisation of --arch isolates on them ({fresh}), so the leak "
                          "is the architecture's. Do not train on this model before you know why so many of its units "

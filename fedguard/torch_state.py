@@ -28,7 +28,12 @@ from typing import Iterator
 import torch
 
 __all__ = [
-    "evaluating", "kept_modes", "normalising_as_in_training", "own_random_state", "own_torch_state", "running_statistics",
+    "evaluating",
+    "kept_modes",
+    "normalising_as_in_training",
+    "own_random_state",
+    "own_torch_state",
+    "running_statistics",
 ]
 
 #: Held while fedguard sets process-wide torch state; re-entrant, as those blocks nest.
