@@ -61,7 +61,7 @@ from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_
 from fedguard.detectors.rows import pruned_beside
 from fedguard.layers import layer_input
 from fedguard.rowstats import weight_rows
-from fedguard.torch_state import evaluating
+from fedguard.torch_state import evaluating, evaluating_one_by_one
 from fedguard.types import Confidence, Rule, Severity
 
 BATCH = 16
@@ -92,14 +92,15 @@ def per_example_gradient_norms(
     loss gradient at the logits, ``‖softmax − onehot‖``, so a sample that
     merely has a larger loss does not count as dominant. The module is
     evaluated in ``eval`` mode so batch-norm layers use their running
-    statistics and samples stay independent.
+    statistics (those that keep none, the batch's) and samples stay
+    independent.
     """
     params = {name: p for name, p in module.named_parameters() if p.requires_grad}
     if not params:  # every parameter frozen: training sends no update, nothing to weigh
         return {}
     norms = {name: torch.zeros(len(inputs)) for name in params}
     loss_fn = nn.CrossEntropyLoss()
-    with evaluating(module):
+    with evaluating_one_by_one(module, inputs):
         for i in range(len(inputs)):
             output = module(inputs[i : i + 1])
             grads = torch.autograd.grad(loss_fn(output, labels[i : i + 1]), list(params.values()), allow_unused=True)

@@ -29,6 +29,7 @@ import torch
 
 __all__ = [
     "evaluating",
+    "evaluating_one_by_one",
     "kept_modes",
     "normalising_as_in_training",
     "own_random_state",
@@ -59,6 +60,37 @@ def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     with kept_modes(module):
         module.eval()
         yield module
+
+
+@contextlib.contextmanager
+def evaluating_one_by_one(module: torch.nn.Module, inputs: torch.Tensor) -> Iterator[torch.nn.Module]:
+    """:func:`evaluating`, for running ``inputs`` through ``module`` one example at a time: a BatchNorm that keeps no
+    running statistics standardises every batch by its own, in eval mode too, and one example has none (honest
+    models so built had failed the per-example checks); each such layer holds the statistics of all of ``inputs``
+    (at least two) as running ones meanwhile, and keeps none again afterwards."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.running_mean is None and m.running_var is None]  # fmt: skip
+    settings = [(norm.track_running_stats, norm.momentum) for norm in norms]
+    with kept_modes(module):
+        module.eval()
+        try:
+            for norm in norms:
+                norm.register_buffer("running_mean", torch.zeros(norm.num_features, device=inputs.device))
+                norm.register_buffer("running_var", torch.ones(norm.num_features, device=inputs.device))
+                norm.register_buffer("num_batches_tracked", torch.tensor(0, device=inputs.device))
+                norm.track_running_stats, norm.momentum = True, 1.0  # the running statistics become the batch's
+                norm.train()
+            if norms:
+                with torch.no_grad():
+                    module(inputs)
+                for norm in norms:
+                    norm.eval()
+            yield module
+        finally:
+            for norm, (track, momentum) in zip(norms, settings):
+                norm.track_running_stats, norm.momentum = track, momentum
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    norm.register_buffer(name, None)
 
 
 def running_statistics(module: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1051,6 +1051,18 @@ def test_the_examples_go_through_the_received_model_once_for_every_check_that_re
     assert found["FG301"].severity is Severity.LOW and calls == [model]
 
 
+def test_a_model_whose_batchnorm_keeps_no_running_statistics_is_checked_with_the_clients_data():
+    """Such a layer standardises every batch by its own, in eval mode too: the per-example gradients of FG801 had
+    failed on one example (exit 2, "fix the architecture's code", for an honest model). Its statistics are the
+    data's while the examples go through one by one, and it keeps none afterwards."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.BatchNorm1d(128, track_running_stats=False), nn.ReLU(),
+                          nn.Linear(128, 10))  # fmt: skip
+    found = _with_data(model, (1, 8, 8), n=64)
+    assert not found and model[2].running_mean is None and not model[2].track_running_stats
+    assert "running_mean" not in model.state_dict() and "2.running_mean" not in model.state_dict()
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
