@@ -71,6 +71,7 @@ Honesty", IEEE EuroS&P 2023.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ from torch import nn
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
 from fedguard.layers import layer_input
-from fedguard.torch_state import evaluating, normalising_as_in_training, running_statistics
+from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training, running_statistics
 from fedguard.types import Confidence, Rule, Severity
 
 #: A unit is rare when at most this share of the client's examples reach it.
@@ -183,7 +184,7 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     whose only Linear layers are its head and per-token ones). With ``as_in_training``, the normalisation layers
     standardise as the client's training does (:attr:`LinearSeen.as_in_training`).
     """
-    with _mode(as_in_training, inputs)(module):
+    with _mode(as_in_training, inputs, module):
         return _linear_layers_seen(module, inputs, labels, as_in_training)
 
 
@@ -268,11 +269,18 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     return calls, logits
 
 
-def _mode(as_in_training: bool, inputs: torch.Tensor):
-    """The modes a pass runs ``module`` in: a context manager of it."""
-    if as_in_training:
-        return lambda module: normalising_as_in_training(module, inputs)
-    return evaluating
+@contextlib.contextmanager
+def _mode(as_in_training: bool, inputs: torch.Tensor, module: nn.Module):
+    """The modes a pass runs ``module`` in: eval mode, a BatchNorm that keeps no running statistics at those of all
+    of ``inputs`` (in chunks of 16 by their own, such a layer had put no example past 3.87 deviations: a red team's
+    units past that rebuilt half a batch of 64, clean); with ``as_in_training``, as the client's training
+    normalises."""
+    with evaluating_one_by_one(module, inputs):
+        if not as_in_training:
+            yield module
+            return
+        with normalising_as_in_training(module, inputs):
+            yield module
 
 
 @dataclass(frozen=True)
@@ -310,12 +318,19 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
         # threshold set by a bias, through a constant feature or by a normalisation layer after the units counts
         # alike (an offset on the input moves none); thresholds beyond every example cut nothing, and two between the
         # same two examples cut once
+        # alike, and the cuts the examples' gradients make (a unit is on for the examples whose gradient reaches it):
+        # a red team's ladder of thresholds in a parameter added after bias-free rows had read as one cut
         units = resolved[index[members]]
-        on = (seen.switching[:, units] > 0) ^ (corr[centre, members] < 0)
-        cuts = on[:, on.any(dim=0) & ~on.all(dim=0)]
-        thresholds = torch.unique(cuts, dim=1).shape[1] if cuts.shape[1] else 0
+        opposite = corr[centre, members] < 0
+        thresholds = max(_cuts((seen.switching[:, units] > 0) ^ opposite), _cuts((seen.grad[:, units] != 0) ^ opposite))
         groups.append(MeasurementGroup(units, thresholds))
     return groups
+
+
+def _cuts(on: torch.Tensor) -> int:
+    """How many distinct cuts the columns of ``on`` (``[examples, units]``) make in the examples, but all or none."""
+    cuts = on[:, on.any(dim=0) & ~on.all(dim=0)]
+    return torch.unique(cuts, dim=1).shape[1] if cuts.shape[1] else 0
 
 
 def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
@@ -330,7 +345,7 @@ def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> 
     try:
         twin, examples = copy.deepcopy(module).double(), inputs.double()
         layer = dict(twin.named_modules())[seen.name]
-        with _mode(seen.as_in_training, examples)(twin), torch.no_grad():
+        with _mode(seen.as_in_training, examples, twin), torch.no_grad():
             exact = torch.cat([layer_input(twin, layer, part) for part in examples.split(CHUNK)])
     except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
         return seen

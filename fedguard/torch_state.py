@@ -64,10 +64,10 @@ def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 @contextlib.contextmanager
 def evaluating_one_by_one(module: torch.nn.Module, inputs: torch.Tensor) -> Iterator[torch.nn.Module]:
-    """:func:`evaluating`, for running ``inputs`` through ``module`` one example at a time: a BatchNorm that keeps no
-    running statistics standardises every batch by its own, in eval mode too, and one example has none (honest
-    models so built had failed the per-example checks); each such layer holds the statistics of all of ``inputs``
-    (at least two) as running ones meanwhile, and keeps none again afterwards."""
+    """:func:`evaluating`, for running ``inputs`` through ``module`` in parts (an example or a chunk at a time): a
+    BatchNorm that keeps no running statistics standardises every batch by its own, in eval mode too, and one
+    example has none (honest models so built had failed the per-example checks); each such layer holds the
+    statistics of all of ``inputs`` (at least two) as running ones meanwhile, and keeps none again afterwards."""
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and m.running_mean is None and m.running_var is None]  # fmt: skip
     settings = [(norm.track_running_stats, norm.momentum) for norm in norms]

@@ -1002,22 +1002,26 @@ def test_an_imprint_whose_thresholds_a_batchnorm_after_it_sets_is_one_measuremen
     assert ("normalisation" in found["FG804"].evidence) is hidden_from_eval
 
 
-def test_units_that_only_batches_larger_than_a_chunk_set_off_are_sparse_firing():
+@pytest.mark.parametrize("running", [True, False])
+def test_units_that_only_batches_larger_than_a_chunk_set_off_are_sparse_firing(running):
     """A red team's units past the bound a batch puts on its own standardisation: ``n`` examples standardised by
     their own statistics stand at most ``sqrt(n - 1)`` deviations out (3.87 at 16, 7.94 at 64). 85 % of a second
     layer reads one BatchNorm feature each, its bias above what any batch of 8-16 public digits reaches; in training
     at batch 64 each fires for the batch's top example (half the digits rebuilt at >= 30 dB, 0 % for the honest
     model), and in eval mode a running variance 25 times the data's keeps it dead. Standardised by batches of 16
-    the pass had read it dead too (clean); by the statistics of all the client's examples, high."""
+    the pass had read it dead too (clean); by the statistics of all the client's examples, high. A BatchNorm that
+    keeps no running statistics (a second red team) standardises by the batch in eval mode too: read in chunks of 16,
+    the same units had been dead there; now at the statistics of all the examples."""
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.BatchNorm1d(512), nn.Linear(512, 512),
-                          nn.ReLU(), nn.Linear(512, 10))  # fmt: skip
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.BatchNorm1d(512, track_running_stats=running),
+                          nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))  # fmt: skip
     public = digits((1, 8, 8))[0].flatten(1)
     with torch.no_grad():
         model[1].bias.copy_(-torch.quantile(public @ model[1].weight.T, 0.8, dim=0))
         features = model[2](model[1](public))
-        model[3].running_mean.copy_(features.mean(dim=0))
-        model[3].running_var.copy_(features.var(dim=0) * 25)
+        if running:
+            model[3].running_mean.copy_(features.mean(dim=0))
+            model[3].running_var.copy_(features.var(dim=0) * 25)
         planted, read = torch.randperm(512)[:435], torch.randperm(512)[:435]
         model[4].weight[planted] = 0.03 * torch.randn(435, 512)
         model[4].weight[planted, read] = 1.0
@@ -1028,7 +1032,34 @@ def test_units_that_only_batches_larger_than_a_chunk_set_off_are_sparse_firing()
             highest = torch.maximum(highest, (standardised @ model[4].weight.T).max(dim=0).values)
         model[4].bias[planted] = -(1.03 * highest[planted] + 0.05)
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
-    assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["normalisation"] == "as in training"
+    assert found.severity is Severity.HIGH and found.layer == "4"
+    assert found.evidence.get("normalisation") == ("as in training" if running else None)
+
+
+class _ShiftedRows(nn.Module):
+    """Bias-free rows with their thresholds in a parameter of their own, added before the ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.shift = nn.Linear(784, 64, bias=False), nn.Parameter(torch.zeros(64))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.rows(x.flatten(1)) + self.shift))
+
+
+def test_an_imprint_whose_thresholds_are_added_after_the_rows_is_one_measurement():
+    """A red team's ladder held by a parameter added to bias-free rows' output: read on the rows' output the 64 units
+    switch together (one cut, clean); the examples' gradients, which reach each unit above its threshold, cut them
+    into bins (82-100 % of batches of 8-64 rebuilt)."""
+    torch.manual_seed(0)
+    model = _ShiftedRows()
+    measured = digits((1, 28, 28))[0][64:].flatten(1) @ model.rows.weight[0].detach()
+    with torch.no_grad():
+        model.rows.weight.copy_(model.rows.weight[0].clone())
+        model.shift.copy_(-torch.quantile(measured, torch.linspace(0.02, 0.98, 64)))
+    found = _with_data(model, (1, 28, 28), ["responses"], n=64)["FG804"]
+    assert found.evidence["units"] == 64 and found.evidence["thresholds"] >= 32
 
 
 def test_the_training_pass_leaves_the_callers_running_statistics_and_modes():
