@@ -314,12 +314,11 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
         left[members] = False
         partners -= close[:, members].sum(dim=1)
         # the cuts the units make in the examples: each unit's examples on (switching above zero; for a unit that
-        # measures minus the quantity, the others, the same cut), counted once per distinct cut that parts them. A
-        # threshold set by a bias, through a constant feature or by a normalisation layer after the units counts
-        # alike (an offset on the input moves none); thresholds beyond every example cut nothing, and two between the
-        # same two examples cut once
-        # alike, and the cuts the examples' gradients make (a unit is on for the examples whose gradient reaches it):
-        # a red team's ladder of thresholds in a parameter added after bias-free rows had read as one cut
+        # measures minus the quantity, the others, the same cut), counted once per distinct cut that parts them, and
+        # the same from the examples' gradients (on where its gradient reaches the unit), the larger kept. A
+        # threshold set by a bias, through a constant feature, by a normalisation layer after the units or by a
+        # parameter added to their output counts alike (an offset on the input moves none); thresholds beyond every
+        # example cut nothing, and two between the same two examples cut once
         units = resolved[index[members]]
         opposite = corr[centre, members] < 0
         thresholds = max(_cuts((seen.switching[:, units] > 0) ^ opposite), _cuts((seen.grad[:, units] != 0) ^ opposite))
