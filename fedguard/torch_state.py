@@ -75,8 +75,9 @@ def evaluating_one_by_one(module: torch.nn.Module, inputs: torch.Tensor) -> Iter
         module.eval()
         try:
             for norm in norms:
-                norm.register_buffer("running_mean", torch.zeros(norm.num_features, device=inputs.device))
-                norm.register_buffer("running_var", torch.ones(norm.num_features, device=inputs.device))
+                like = {"device": inputs.device, "dtype": inputs.dtype}  # a float64 twin's statistics are float64
+                norm.register_buffer("running_mean", torch.zeros(norm.num_features, **like))
+                norm.register_buffer("running_var", torch.ones(norm.num_features, **like))
                 norm.register_buffer("num_batches_tracked", torch.tensor(0, device=inputs.device))
                 norm.track_running_stats, norm.momentum = True, 1.0  # the running statistics become the batch's
                 norm.train()

@@ -8,6 +8,7 @@ adapters and large normally-initialised MLPs.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from torch.nn.utils import prune
 from fedguard.detectors import DETECTORS, InspectContext, all_rules
 from fedguard.inspect import judge, run_detectors
 from fedguard.modelview import ModelView
+from fedguard.torch_state import evaluating_one_by_one
 from fedguard.types import Severity, Verdict
 from tests.zoo import _train as train_with_adam
 from tests.zoo import benign_entries, crafted_entries, digits
@@ -1092,6 +1094,9 @@ def test_a_model_whose_batchnorm_keeps_no_running_statistics_is_checked_with_the
     found = _with_data(model, (1, 8, 8), n=64)
     assert not found and model[2].running_mean is None and not model[2].track_running_stats
     assert "running_mean" not in model.state_dict() and "2.running_mean" not in model.state_dict()
+    twin, x = copy.deepcopy(model).double(), digits((1, 8, 8))[0][:64].double()  # FG804's float64 pass runs it too
+    with evaluating_one_by_one(twin, x):
+        assert twin(x[:1]).dtype == torch.float64
 
 
 def _rules_of(state_dict):
