@@ -79,19 +79,29 @@ def evaluating_one_by_one(module: torch.nn.Module, inputs: torch.Tensor) -> Iter
                 norm.register_buffer("running_mean", torch.zeros(norm.num_features, **like))
                 norm.register_buffer("running_var", torch.ones(norm.num_features, **like))
                 norm.register_buffer("num_batches_tracked", torch.tensor(0, device=inputs.device))
-                norm.track_running_stats, norm.momentum = True, 1.0  # the running statistics become the batch's
-                norm.train()
-            if norms:
-                with torch.no_grad():
-                    module(inputs)
-                for norm in norms:
-                    norm.eval()
+                norm.track_running_stats = True
+            _take_statistics(module, norms, inputs)
             yield module
         finally:
             for norm, (track, momentum) in zip(norms, settings):
                 norm.track_running_stats, norm.momentum = track, momentum
                 for name in ("running_mean", "running_var", "num_batches_tracked"):
                     norm.register_buffer(name, None)
+
+
+def _take_statistics(module: torch.nn.Module, norms: list[torch.nn.Module], inputs: torch.Tensor) -> None:
+    """Set the running statistics of ``norms`` (BatchNorm layers of ``module``, which is in eval mode) to those of
+    ``inputs``: one pass of them as a batch without gradients, those layers in training mode with momentum 1 (the
+    running statistics become the batch's), then in eval mode. The momentum is the caller's to give back."""
+    if not norms:
+        return
+    for norm in norms:
+        norm.momentum = 1.0
+        norm.train()
+    with torch.no_grad():
+        module(inputs)
+    for norm in norms:
+        norm.eval()
 
 
 def running_statistics(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -120,10 +130,7 @@ def normalising_as_in_training(module: torch.nn.Module, inputs: torch.Tensor) ->
         try:
             for norm in batch_norms:
                 norm.reset_running_stats()
-                norm.momentum = 1.0  # the running statistics become the batch's
-                norm.train()
-            with torch.no_grad():
-                module(inputs)
+            _take_statistics(module, batch_norms, inputs)
             for norm in norms:
                 norm.train(norm not in batch_norms)
             yield module

@@ -106,8 +106,6 @@ def test_transmit_snr_flags_mkor_pass_through_first_layer():
                                    "pruned/mlp/trained-90pct", "fp16/lenet5/trained", "fp16rt/lenet5/init",
                                    "fp16/mlp/trained", "fp16/vgg11/init", "fp16/mobilenet_v3_small/init"])
 def test_behavioural_checks_quiet_on_benign_models(label):
-    import copy
-
     entry = _entry(benign_entries(), label)
     module = copy.deepcopy(entry.module).float()  # an fp16 entry's module is the float32 model it was cast from:
     module.load_state_dict({k: v.float() for k, v in entry.state_dict.items()})  # the weights it was sent with
