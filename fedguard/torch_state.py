@@ -80,8 +80,8 @@ def evaluating_one_by_one(module: torch.nn.Module, inputs: torch.Tensor) -> Iter
                 norm.register_buffer("running_var", torch.ones(norm.num_features, **like))
                 norm.register_buffer("num_batches_tracked", torch.tensor(0, device=inputs.device))
                 norm.track_running_stats = True
-            _take_statistics(module, norms, inputs)
-            yield module
+            with _holding_statistics(module, norms, inputs):
+                yield module
         finally:
             for norm, (track, momentum) in zip(norms, settings):
                 norm.track_running_stats, norm.momentum = track, momentum
@@ -89,19 +89,58 @@ def evaluating_one_by_one(module: torch.nn.Module, inputs: torch.Tensor) -> Iter
                     norm.register_buffer(name, None)
 
 
-def _take_statistics(module: torch.nn.Module, norms: list[torch.nn.Module], inputs: torch.Tensor) -> None:
-    """Set the running statistics of ``norms`` (BatchNorm layers of ``module``, which is in eval mode) to those of
+@contextlib.contextmanager
+def _holding_statistics(module: torch.nn.Module, norms: list[torch.nn.Module], inputs: torch.Tensor) -> Iterator[None]:
+    """Run the block with ``norms`` (BatchNorm layers of ``module``, which is in eval mode) at the statistics of
     ``inputs``: one pass of them as a batch without gradients, those layers in training mode with momentum 1 (the
-    running statistics become the batch's), then in eval mode. The momentum is the caller's to give back."""
-    if not norms:
-        return
-    for norm in norms:
-        norm.momentum = 1.0
-        norm.train()
-    with torch.no_grad():
-        module(inputs)
-    for norm in norms:
-        norm.eval()
+    running statistics become the batch's), then in eval mode. The momentum is the caller's to give back.
+
+    A layer the forward pass calls more than once (one module applied to two tensors) standardises each call by
+    that call's statistics, as training does; its running statistics keep only the last call's (a red team's
+    BatchNorm applied to its features and once more to five times them, output unused, left planted units dead
+    in the checks, which rebuilt 76-99 % of the layer's inputs in training, clean)."""
+    calls: dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {norm: [] for norm in norms}
+
+    def record(norm: torch.nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        dims = [0, *range(2, x.dim())]
+        calls[norm].append((x.mean(dims), x.var(dims)))  # the variance unbiased, as the running one
+
+    handles = [norm.register_forward_pre_hook(record) for norm in norms]
+    try:
+        for norm in norms:
+            norm.momentum = 1.0
+            norm.train()
+        if norms:
+            with torch.no_grad():
+                module(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for norm in norms:
+            norm.eval()
+    repeated = {norm: stats for norm, stats in calls.items() if len(stats) > 1}
+    made = {norm: 0 for norm in repeated}
+
+    def restart(_module: torch.nn.Module, _args: tuple) -> None:
+        for norm in made:
+            made[norm] = 0
+
+    def per_call(norm: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if norm.training:  # an enclosing block's own statistics pass
+            return None
+        stats = repeated[norm]
+        mean, var = stats[min(made[norm], len(stats) - 1)]
+        made[norm] += 1
+        return torch.nn.functional.batch_norm(args[0], mean, var, norm.weight, norm.bias, False, 0.0, norm.eps)
+
+    handles = [module.register_forward_pre_hook(restart)] if repeated else []
+    handles += [norm.register_forward_hook(per_call) for norm in repeated]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def running_statistics(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -130,10 +169,10 @@ def normalising_as_in_training(module: torch.nn.Module, inputs: torch.Tensor) ->
         try:
             for norm in batch_norms:
                 norm.reset_running_stats()
-            _take_statistics(module, batch_norms, inputs)
-            for norm in norms:
-                norm.train(norm not in batch_norms)
-            yield module
+            with _holding_statistics(module, batch_norms, inputs):
+                for norm in norms:
+                    norm.train(norm not in batch_norms)
+                yield module
         finally:
             with torch.no_grad():
                 for norm, (buffers, momentum) in zip(norms, saved):

@@ -19,7 +19,7 @@ from torch.nn.utils import prune
 from fedguard.detectors import DETECTORS, InspectContext, all_rules
 from fedguard.inspect import judge, run_detectors
 from fedguard.modelview import ModelView
-from fedguard.torch_state import evaluating_one_by_one
+from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training
 from fedguard.types import Severity, Verdict
 from tests.zoo import _train as train_with_adam
 from tests.zoo import benign_entries, crafted_entries, digits
@@ -1002,8 +1002,25 @@ def test_an_imprint_whose_thresholds_a_batchnorm_after_it_sets_is_one_measuremen
     assert ("normalisation" in found["FG804"].evidence) is hidden_from_eval
 
 
+class _NormedTwice(nn.Module):
+    """A red team's BatchNorm called twice in one forward pass: on the features and on five times them, the second
+    output unused. Running statistics set by a pass keep the second call's."""
+
+    def __init__(self, running: bool):
+        super().__init__()
+        self.rows, self.norm = nn.Linear(64, 512), nn.BatchNorm1d(512, track_running_stats=running)
+        self.planted, self.head = nn.Linear(512, 512), nn.Linear(512, 10)
+
+    def forward(self, x):
+        features = torch.relu(self.rows(x.flatten(1)))
+        normed = self.norm(features)
+        self.norm(5 * features)
+        return self.head(torch.relu(self.planted(normed)))
+
+
 @pytest.mark.parametrize("running", [True, False])
-def test_units_that_only_batches_larger_than_a_chunk_set_off_are_sparse_firing(running):
+@pytest.mark.parametrize("twice", [False, True])
+def test_units_that_only_batches_larger_than_a_chunk_set_off_are_sparse_firing(running, twice):
     """A red team's units past the bound a batch puts on its own standardisation: ``n`` examples standardised by
     their own statistics stand at most ``sqrt(n - 1)`` deviations out (3.87 at 16, 7.94 at 64). 85 % of a second
     layer reads one BatchNorm feature each, its bias above what any batch of 8-16 public digits reaches; in training
@@ -1011,28 +1028,35 @@ def test_units_that_only_batches_larger_than_a_chunk_set_off_are_sparse_firing(r
     model), and in eval mode a running variance 25 times the data's keeps it dead. Standardised by batches of 16
     the pass had read it dead too (clean); by the statistics of all the client's examples, high. A BatchNorm that
     keeps no running statistics (a second red team) standardises by the batch in eval mode too: read in chunks of 16,
-    the same units had been dead there; now at the statistics of all the examples."""
+    the same units had been dead there; now at the statistics of all the examples. The same BatchNorm called once
+    more, before the planted layer reads it (a third), had kept that call's statistics: each call has its own now."""
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.BatchNorm1d(512, track_running_stats=running),
-                          nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))  # fmt: skip
+    if twice:
+        model = _NormedTwice(running)
+        rows, norm, planted_layer = model.rows, model.norm, model.planted
+    else:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(),
+                              nn.BatchNorm1d(512, track_running_stats=running), nn.Linear(512, 512), nn.ReLU(),
+                              nn.Linear(512, 10))  # fmt: skip
+        rows, norm, planted_layer = model[1], model[3], model[4]
     public = digits((1, 8, 8))[0].flatten(1)
     with torch.no_grad():
-        model[1].bias.copy_(-torch.quantile(public @ model[1].weight.T, 0.8, dim=0))
-        features = model[2](model[1](public))
+        rows.bias.copy_(-torch.quantile(public @ rows.weight.T, 0.8, dim=0))
+        features = torch.relu(rows(public))
         if running:
-            model[3].running_mean.copy_(features.mean(dim=0))
-            model[3].running_var.copy_(features.var(dim=0) * 25)
+            norm.running_mean.copy_(features.mean(dim=0))
+            norm.running_var.copy_(features.var(dim=0) * 25)
         planted, read = torch.randperm(512)[:435], torch.randperm(512)[:435]
-        model[4].weight[planted] = 0.03 * torch.randn(435, 512)
-        model[4].weight[planted, read] = 1.0
+        planted_layer.weight[planted] = 0.03 * torch.randn(435, 512)
+        planted_layer.weight[planted, read] = 1.0
         highest = torch.full((512,), -math.inf)
         for size in torch.randint(8, 17, (300,)).tolist():
             batch = features[torch.randperm(len(features))[:size]]
             standardised = (batch - batch.mean(dim=0)) / (batch.var(dim=0, unbiased=False) + 1e-5).sqrt()
-            highest = torch.maximum(highest, (standardised @ model[4].weight.T).max(dim=0).values)
-        model[4].bias[planted] = -(1.03 * highest[planted] + 0.05)
+            highest = torch.maximum(highest, (standardised @ planted_layer.weight.T).max(dim=0).values)
+        planted_layer.bias[planted] = -(1.03 * highest[planted] + 0.05)
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
-    assert found.severity is Severity.HIGH and found.layer == "4"
+    assert found.severity is Severity.HIGH and found.layer == ("planted" if twice else "4")
     assert found.evidence.get("normalisation") == ("as in training" if running else None)
 
 
@@ -1095,6 +1119,21 @@ def test_a_model_whose_batchnorm_keeps_no_running_statistics_is_checked_with_the
     twin, x = copy.deepcopy(model).double(), digits((1, 8, 8))[0][:64].double()  # FG804's float64 pass runs it too
     with evaluating_one_by_one(twin, x):
         assert twin(x[:1]).dtype == torch.float64
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_a_batchnorm_called_twice_normalises_each_call_as_training_does(running):
+    model, x = _NormedTwice(running), digits((1, 8, 8))[0][:64]
+    with torch.no_grad():
+        trained = model.planted(model.train().norm(torch.relu(model.rows(x.flatten(1)))))
+        model.eval()
+        before = copy.deepcopy(model.state_dict())
+        enter = normalising_as_in_training if running else evaluating_one_by_one
+        with enter(model, x):
+            seen = model.planted(model.norm(torch.relu(model.rows(x.flatten(1)))))  # the norm's first call
+    torch.testing.assert_close(seen, trained, rtol=0.02, atol=0.02)  # the running variance is the unbiased one
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def _rules_of(state_dict):
