@@ -6,7 +6,7 @@ next to the threshold the detector uses; and, for benign models with a known
 architecture, the largest D-SNR and transmit-SNR on a batch of digits and, over
 every Linear layer, the share of rarely reached units and the most units in
 groups that measure one quantity (FG804) on six random batches of 64 digits (in eval mode and, for models with
-BatchNorm, as training normalises them), and the batches whose examples reach the head as one (FG805).
+BatchNorm or dropout, as training runs them), and the batches whose examples reach the head as one (FG805).
 ``docs/detectors.md`` quotes these figures. Run from the repository root:
 
     python benchmarks/detector_calibration.py
@@ -117,7 +117,7 @@ def main() -> None:
             pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:64]
             if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
-            passes = (False, True) if running_statistics(module) else (False,)  # FG803/FG804 read training too
+            passes = (False, True) if running_statistics(module) or responses.dropouts(module) else (False,)  # FG803/FG804 read training too
             for seen in (s for trained in passes for s in responses.linear_layers_seen(module, x[pick], y[pick], trained)):
                 where = f"{entry.label}:{seen.name}{' (training)' if seen.as_in_training else ''}"
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))

@@ -1136,6 +1136,51 @@ def test_a_batchnorm_called_twice_normalises_each_call_as_training_does(running)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def _behind_dropout(planted: bool, p: float = 0.5, seed: int = 1) -> nn.Sequential:
+    """An MLP with dropout before its second layer and its head. ``planted``: a red team's biases on half of the second
+    layer's units, each just above every eval-mode response of public digits (not the client's), where training's
+    dropout sets it off for about one example in 32 (94 / 76 / 62 % of batches of 8 / 32 / 64 rebuilt at >= 30 dB)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Dropout(p), nn.Linear(512, 256), nn.ReLU(),
+                          nn.Dropout(p), nn.Linear(256, 10))  # fmt: skip
+    if planted:
+        public, layer, units = digits((1, 8, 8))[0][64:].flatten(1), model[4], torch.arange(0, 256, 2)
+        with torch.no_grad():
+            features = model[2](model[1](public))
+            evaluated = (features @ layer.weight.T)[:, units]
+            trained = torch.cat([(features * (torch.rand_like(features) >= p) / (1 - p)) @ layer.weight[units].T
+                                 for _ in range(8)])  # fmt: skip
+            top = torch.maximum(torch.quantile(trained, 1 - 1 / 32, dim=0),
+                                evaluated.max(dim=0).values + 0.02 * evaluated.std(dim=0))  # fmt: skip
+            layer.bias[units] = -top
+    return model
+
+
+def test_units_that_only_trainings_dropout_sets_off_are_sparse_firing():
+    """Dead on every example in eval mode, the planted units had read clean; one draw of the dropout, as a training
+    step takes, sets them off for single examples."""
+    found = _with_data(_behind_dropout(planted=True), (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["isolated_examples"] >= 16
+    assert found.evidence["dropout"] == 0.5 and "normalisation" not in found.evidence
+    assert "one draw of the dropout" in found.message
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_honest_models_with_dropout_read_clean_through_it(p):
+    """At initialisation (three seeds) and trained with dropout on, then pruned by 80 % and in half precision."""
+    x, y = digits((1, 8, 8))
+    for seed in range(3):
+        model = _behind_dropout(planted=False, p=p, seed=seed)
+        assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
+    trained = train_with_adam(model, x[64:], y[64:], epochs=5, seed=0)
+    assert not _with_data(trained, (1, 8, 8), ["responses"], n=64)
+    for layer in (trained[1], trained[4], trained[7]):
+        prune.l1_unstructured(layer, "weight", amount=0.8)
+        prune.remove(layer, "weight")
+    assert not _with_data(trained, (1, 8, 8), ["responses"], n=64)
+    assert not _with_data(trained.half().float(), (1, 8, 8), ["responses"], n=64)
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
