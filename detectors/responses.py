@@ -538,9 +538,9 @@ class LayerResponses(Detector):
             few = few or (fresh is not None and isolated <= fresh)
             said = (f"On {len(grad)} of your examples{_normalised(seen, module)}, {int(rare.sum())} of the "
                     f"{int(live.sum())} units of {name} that fire at all fire for at most {RARE:.0%} of them "
-                    f"(median {float(rates[live].median()):.1%}; honest layers: at most 24 %), and {isolated} of your "
-                    f"examples are each the only one to reach some unit: each such unit's update is that example's "
-                    f"input to {name}, exactly")  # fmt: skip
+                    f"(median {float(rates[live].median()):.1%}; honest layers at initialisation or trained on "
+                    f"every class: at most 24 %), and {isolated} of your examples are each the only one to reach some "
+                    f"unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
             if fresh is not None and few:
                 said += (f"; no more than a fresh initialisation of --arch isolates on them ({fresh}), so the leak "
                          "is the architecture's. Do not train on this model before you know why so many of its units "
@@ -551,8 +551,9 @@ class LayerResponses(Detector):
                          "example. Do not train on this model before you know why so much of it is "
                          "silent.")  # fmt: skip
             else:
-                said += (". Planted biases do this; so can training on one class or two per client (non-IID rounds), "
-                         "and the leak is the same either way. Do not train on this model.")  # fmt: skip
+                said += (". Planted biases do this; so can training on one class or two per client (non-IID rounds) "
+                         "and units that learnt to fire for one class, and the leak is the same either way. Do not "
+                         "train on this model.")  # fmt: skip
             yield self.finding(
                 "FG803", "Layer fires for single examples", Severity.MEDIUM if few else Severity.HIGH,
                 Confidence.MEDIUM, name, said,
