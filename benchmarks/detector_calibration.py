@@ -117,8 +117,10 @@ def main() -> None:
             pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:64]
             if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
-            passes = (False, True) if running_statistics(module) or responses.dropouts(module) else (False,)  # FG803/FG804 read training too
-            for seen in (s for trained in passes for s in responses.linear_layers_seen(module, x[pick], y[pick], trained)):
+            seen_layers = responses.linear_layers_seen(module, x[pick], y[pick])
+            if running_statistics(module) or any(seen.dropout for seen in seen_layers):  # FG803/FG804 read training too
+                seen_layers += responses.linear_layers_seen(module, x[pick], y[pick], True)
+            for seen in seen_layers:
                 where = f"{entry.label}:{seen.name}{' (training)' if seen.as_in_training else ''}"
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:

@@ -63,7 +63,9 @@ the server solves for the image through the layers it wrote):
 
 Every ``nn.Linear`` that one forward pass applies once to a batch of feature
 vectors is measured (not one applied per token, nor one applied twice, nor
-the head), on at most :data:`MAX_UNITS` units. References: Phong et al., IEEE
+the head), on at most :data:`MAX_UNITS` units, in eval mode and, for a model
+with running statistics or dropout, again as its training runs it
+(:meth:`LayerResponses.run`). References: Phong et al., IEEE
 TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al., "When the Curious Abandon
 Honesty", IEEE EuroS&P 2023.
 """
@@ -82,6 +84,7 @@ from torch import nn
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
 from fedguard.layers import layer_input
+from fedguard.dropout import DropoutTrail, draw_generator
 from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training, running_statistics
 from fedguard.types import Confidence, Rule, Severity
 
@@ -148,8 +151,9 @@ class LinearSeen:
     #: Whether the pass normalised as the client's training does
     #: (:func:`~fedguard.torch_state.normalising_as_in_training`), rather than in eval mode.
     as_in_training: bool = False
-    #: The rate of the ``nn.Dropout`` whose output the layer reads (0 where none does); in a pass
-    #: :attr:`as_in_training`, :attr:`inputs` are then one draw of it (:func:`through_dropout`).
+    #: The rate at which training's dropout zeroes the layer's input features (0 where none does;
+    #: :class:`~fedguard.dropout.DropoutTrail`); in a pass :attr:`as_in_training`, :attr:`inputs` are then one draw of
+    #: it (:func:`through_dropout`).
     dropout: float = 0.0
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,12 +189,12 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     Which layers those are is read off a pass of two examples without gradients; the examples then go through in
     chunks of :data:`CHUNK` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN
     whose only Linear layers are its head and per-token ones). With ``as_in_training``, the normalisation layers
-    standardise as the client's training does (:attr:`LinearSeen.as_in_training`), and a layer that reads an
-    ``nn.Dropout`` reads one draw of it (:func:`through_dropout`).
+    standardise as the client's training does (:attr:`LinearSeen.as_in_training`), and a layer whose input training
+    thins by dropout reads one draw of it (:func:`through_dropout`).
     """
     with _mode(as_in_training, inputs, module):
         layers = _linear_layers_seen(module, inputs, labels, as_in_training)
-    return [through_dropout(seen) if as_in_training and seen.dropout else seen for seen in layers]
+    return [through_dropout(seen, inputs) if as_in_training and seen.dropout else seen for seen in layers]
 
 
 def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool
@@ -231,28 +235,22 @@ def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[L
 
     def measure() -> list[LinearSeen]:
         if as_in_training and not running_statistics(module):
-            return [through_dropout(dataclasses.replace(seen, as_in_training=True))
+            return [through_dropout(dataclasses.replace(seen, as_in_training=True), context.data[0])
                     for seen in layers_seen(context) if seen.dropout]  # fmt: skip
         return linear_layers_seen(module, *context.data, as_in_training)
 
     return context.shared(("linear_layers_seen", as_in_training), measure)
 
 
-def dropouts(module: nn.Module) -> list[nn.Dropout]:
-    """The ``nn.Dropout`` layers of ``module`` that drop anything in training (a rate strictly between 0 and 1)."""
-    return [m for m in module.modules() if isinstance(m, nn.Dropout) and 0 < m.p < 1]
-
-
-#: The seed of the one draw of dropout that a pass as in training takes (the same for a fresh initialisation's layer).
-DROPOUT_SEED = 0
 #: A unit switches on an affine map of its own output (itself, or a BatchNorm's) when that map fits its switching on
 #: the examples to this share of its spread (float32's rounding: about 1e-7).
 AFFINE_FIT = 1e-4
 
 
-def through_dropout(seen: LinearSeen) -> LinearSeen:
-    """``seen`` as one step of the client's training meets it: its input through the dropout before it, one seeded
-    draw at :attr:`LinearSeen.dropout` (each feature zeroed at that rate, the rest scaled by ``1 / (1 - p)``).
+def through_dropout(seen: LinearSeen, examples: torch.Tensor) -> LinearSeen:
+    """``seen`` as one step of the client's training meets it: its input through the dropout before it, one draw at
+    :attr:`LinearSeen.dropout` (each feature zeroed at that rate, the rest scaled by ``1 / (1 - p)``), seeded by the
+    client's ``examples`` (:func:`~fedguard.dropout.draw_generator`).
 
     Eval mode keeps dropout off, and a red team's units with biases just above every eval-mode response, on honest
     weights behind dropout 0.5, fired in training for about one example each: 94 / 76 / 62 % of batches of 8 / 32 /
@@ -261,7 +259,7 @@ def through_dropout(seen: LinearSeen) -> LinearSeen:
     that is an affine map of it, unit by unit); other units keep their own. The gradients stay unmasked by any
     dropout after the layer: that thins every layer's reach alike, honest or planted."""
     p, units = seen.dropout, seen.switching.shape[1]
-    draw = torch.rand(seen.inputs.shape, generator=torch.Generator().manual_seed(DROPOUT_SEED), dtype=torch.float64)
+    draw = torch.rand(seen.inputs.shape, generator=draw_generator(examples), dtype=torch.float64)
     dropped = seen.inputs * (draw >= p).to(seen.inputs.device) / (1 - p)
     weight, bias = seen._weight(), seen._bias()
     output = seen.inputs @ weight.T + bias
@@ -286,7 +284,7 @@ class _Call:
     output: torch.Tensor
     #: What the units switch on: the output, or a normalisation layer's where one reads the output as it is.
     switching: torch.Tensor
-    #: The rate of the ``nn.Dropout`` whose output the layer reads, 0 where none does.
+    #: The rate at which training's dropout zeroes what the layer reads, 0 where none does.
     dropout: float = 0.0
 
 
@@ -298,20 +296,16 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
                   ) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
     """One forward pass of ``inputs`` in the module's modes: each call of a Linear in ``names``, in order, and the
     logits; with ``labels``, the summed cross-entropy's gradient at each output (``output.grad``; None where the
-    model's own forward turns gradients off)."""
+    model's own forward turns gradients off); without, the rate of the dropout each call reads (:class:`DropoutTrail`;
+    0 with labels)."""
     calls: list[_Call] = []
-    dropped: list[tuple[torch.Tensor, float]] = []
+    trail = DropoutTrail() if labels is None else None  # the probe's pass: which layers read dropout
 
     def record(layer, args, output):
-        rate = next((p for out, p in dropped if out is args[0]), 0.0)
+        rate = trail.rate(args[0]) if trail is not None else 0.0
         calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate))
         if output.requires_grad:
             output.retain_grad()
-
-    def dropout(layer, args, output):
-        output = output.clone() if output is args[0] else output  # in eval mode its input: a tensor of its own
-        dropped.append((output, float(layer.p)))
-        return output
 
     def normalised(norm, args, output):
         for call in calls:
@@ -320,9 +314,8 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
 
     hooks = [layer.register_forward_hook(record) for layer in names]
     hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
-    hooks += [m.register_forward_hook(dropout) for m in dropouts(module)]
     try:
-        with torch.set_grad_enabled(labels is not None):
+        with torch.set_grad_enabled(labels is not None), trail or contextlib.nullcontext():
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs = [call.output for call in calls if call.output.requires_grad]
             if labels is not None and outputs and logits.requires_grad:
@@ -504,7 +497,8 @@ class LayerResponses(Detector):
         module = context.view.module
         reported = set()
         for as_in_training in (False, True):
-            if as_in_training and (len(inputs) < 2 or not (running_statistics(module) or dropouts(module))):
+            if as_in_training and (len(inputs) < 2 or not (running_statistics(module)
+                                                             or any(seen.dropout for seen in layers_seen(context)))):
                 return
             try:
                 layers = layers_seen(context, as_in_training)
