@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
 from fedguard.detectors.rows import SAME_BIAS, live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
-from fedguard.torch_state import running_statistics  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
 
 
@@ -117,10 +116,8 @@ def main() -> None:
             pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:64]
             if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
-            seen_layers = responses.linear_layers_seen(module, x[pick], y[pick])
-            if running_statistics(module) or any(seen.dropout for seen in seen_layers):  # FG803/FG804 read training too
-                seen_layers += responses.linear_layers_seen(module, x[pick], y[pick], True)
-            for seen in seen_layers:
+            in_eval = responses.linear_layers_seen(module, x[pick], y[pick])
+            for seen in in_eval + responses.layers_in_training(module, x[pick], y[pick], in_eval):  # FG803/FG804 read both
                 where = f"{entry.label}:{seen.name}{' (training)' if seen.as_in_training else ''}"
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:

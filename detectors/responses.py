@@ -84,7 +84,7 @@ from torch import nn
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
 from fedguard.layers import layer_input
-from fedguard.dropout import DropoutTrail, draw_generator
+from fedguard.dropout import TrainingDropout, draw_generator
 from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training, running_statistics
 from fedguard.types import Confidence, Rule, Severity
 
@@ -151,9 +151,9 @@ class LinearSeen:
     #: Whether the pass normalised as the client's training does
     #: (:func:`~fedguard.torch_state.normalising_as_in_training`), rather than in eval mode.
     as_in_training: bool = False
-    #: The rate at which training's dropout zeroes the layer's input features (0 where none does;
-    #: :class:`~fedguard.dropout.DropoutTrail`); in a pass :attr:`as_in_training`, :attr:`inputs` are then one draw of
-    #: it (:func:`through_dropout`).
+    #: The highest rate of the dropout calls the forward pass makes before this layer's (0 where none:
+    #: :class:`~fedguard.dropout.TrainingDropout`); in a pass :attr:`as_in_training`, :attr:`inputs` are then what one
+    #: draw of that dropout gives the layer (:func:`with_dropout_drawn`).
     dropout: float = 0.0
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,12 +189,12 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     Which layers those are is read off a pass of two examples without gradients; the examples then go through in
     chunks of :data:`CHUNK` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN
     whose only Linear layers are its head and per-token ones). With ``as_in_training``, the normalisation layers
-    standardise as the client's training does (:attr:`LinearSeen.as_in_training`), and a layer whose input training
-    thins by dropout reads one draw of it (:func:`through_dropout`).
+    standardise as the client's training does (:attr:`LinearSeen.as_in_training`), and a layer after dropout reads
+    what one draw of it gives (:func:`with_dropout_drawn`).
     """
     with _mode(as_in_training, inputs, module):
         layers = _linear_layers_seen(module, inputs, labels, as_in_training)
-    return [through_dropout(seen, inputs) if as_in_training and seen.dropout else seen for seen in layers]
+    return with_dropout_drawn(module, layers, inputs, labels) if as_in_training else layers
 
 
 def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool
@@ -208,10 +208,22 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
                 and call.output.ndim == 2}  # fmt: skip
     if not measured:
         return []
+    dropout = {call.name: call.dropout for call in probe}
+    seen = _in_chunks(module, names, measured, inputs, labels)
+    layers = {name: layer for layer, name in names.items()}
+    order = dict.fromkeys(call.name for call in probe)
+    return [LinearSeen(name, layers[name], *seen[name], as_in_training=as_in_training, dropout=dropout[name])
+            for name in order if name in seen]
+
+
+def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: set[str], inputs: torch.Tensor,
+               labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """What each ``measured`` layer reads, its output gradient and its switching (:class:`LinearSeen`'s ``inputs``,
+    ``grad``, ``switching``), ``inputs`` going through in chunks of :data:`CHUNK`; a layer the model's own forward
+    takes out of the gradient is left out."""
     reads: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
     grads: dict[str, list[torch.Tensor | None]] = collections.defaultdict(list)
     switching: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
-    dropout = {call.name: call.dropout for call in probe}
     for start in range(0, len(inputs), CHUNK):
         calls, _ = _linear_calls(module, names, inputs[start : start + CHUNK], labels[start : start + CHUNK])
         for call in calls:
@@ -219,60 +231,52 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
                 reads[call.name].append(call.read.double())
                 grads[call.name].append(None if call.output.grad is None else call.output.grad.double())
                 switching[call.name].append(call.switching[:, :MAX_UNITS].double())
-    layers = {name: layer for layer, name in names.items()}
-    order = dict.fromkeys(call.name for call in probe)
-    return [LinearSeen(name, layers[name], torch.cat(reads[name]), torch.cat(grads[name]),
-                       torch.cat(switching[name]), as_in_training=as_in_training, dropout=dropout[name])
-            for name in order if name in measured and None not in grads[name]]
+    return {name: (torch.cat(reads[name]), torch.cat(grads[name]), torch.cat(switching[name]))
+            for name in reads if None not in grads[name]}  # fmt: skip
 
 
 def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[LinearSeen]:
     """:func:`linear_layers_seen` of the received model on the client's examples, computed once per context (FG803,
-    FG804, FG805 and FG301's relief read it). As in training, a model without running statistics runs as in eval
-    mode but for its dropout: the eval pass's layers that read dropout, with one draw of it (VGG-11 at 128x128 had
-    taken 12 s more for a second pass)."""
-    module = context.view.module
-
-    def measure() -> list[LinearSeen]:
-        if as_in_training and not running_statistics(module):
-            return [through_dropout(dataclasses.replace(seen, as_in_training=True), context.data[0])
-                    for seen in layers_seen(context) if seen.dropout]  # fmt: skip
-        return linear_layers_seen(module, *context.data, as_in_training)
-
-    return context.shared(("linear_layers_seen", as_in_training), measure)
+    FG804, FG805 and FG301's relief read it); as in training, :func:`layers_in_training`."""
+    module, (inputs, labels) = context.view.module, context.data
+    if not as_in_training:
+        return context.shared(("linear_layers_seen", False), lambda: linear_layers_seen(module, inputs, labels))
+    return context.shared(("linear_layers_seen", True),
+                          lambda: layers_in_training(module, inputs, labels, layers_seen(context)))  # fmt: skip
 
 
-#: A unit switches on an affine map of its own output (itself, or a BatchNorm's) when that map fits its switching on
-#: the examples to this share of its spread (float32's rounding: about 1e-7).
-AFFINE_FIT = 1e-4
+def layers_in_training(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, in_eval: list[LinearSeen]
+                       ) -> list[LinearSeen]:  # fmt: skip
+    """The layers as the client's training runs them, given ``in_eval``, the eval pass's: a model with running
+    statistics is run again (:func:`linear_layers_seen` as in training); one without but with dropout, only for the
+    layers after dropout (:func:`with_dropout_drawn`; VGG-11 at 128x128 had taken 12 s more for a second pass of
+    every layer); any other model runs in training as in eval mode, and no layer is read again."""
+    if running_statistics(module):
+        return linear_layers_seen(module, inputs, labels, True)
+    after = [dataclasses.replace(seen, as_in_training=True) for seen in in_eval if seen.dropout]
+    return with_dropout_drawn(module, after, inputs, labels)
 
 
-def through_dropout(seen: LinearSeen, examples: torch.Tensor) -> LinearSeen:
-    """``seen`` as one step of the client's training meets it: its input through the dropout before it, one draw at
-    :attr:`LinearSeen.dropout` (each feature zeroed at that rate, the rest scaled by ``1 / (1 - p)``), seeded by the
-    client's ``examples`` (:func:`~fedguard.dropout.draw_generator`).
+def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torch.Tensor, labels: torch.Tensor
+                       ) -> list[LinearSeen]:  # fmt: skip
+    """``layers`` (of a pass as in training) with those after dropout (:attr:`LinearSeen.dropout`) as one step of
+    the client's training meets them: the examples go through ``module`` once more, normalised as in training and
+    its dropout applied as training applies it (:class:`~fedguard.dropout.TrainingDropout`), the masks drawn from a
+    generator seeded by ``inputs`` (:func:`~fedguard.dropout.draw_generator`); each such layer's input, switching and
+    output gradient are then that pass's.
 
     Eval mode keeps dropout off, and a red team's units with biases just above every eval-mode response, on honest
     weights behind dropout 0.5, fired in training for about one example each: 94 / 76 / 62 % of batches of 8 / 32 /
-    64 rebuilt at ≥ 30 dB, clean. Where a unit reached exactly the examples that switched it on (a ReLU-like unit),
-    its reach is read again from where it switches under the draw (its output, or a normalisation layer's output
-    that is an affine map of it, unit by unit); other units keep their own. The gradients stay unmasked by any
-    dropout after the layer: that thins every layer's reach alike, honest or planted."""
-    p, units = seen.dropout, seen.switching.shape[1]
-    draw = torch.rand(seen.inputs.shape, generator=draw_generator(examples), dtype=torch.float64)
-    dropped = seen.inputs * (draw >= p).to(seen.inputs.device) / (1 - p)
-    weight, bias = seen._weight(), seen._bias()
-    output = seen.inputs @ weight.T + bias
-    out, switch = output - output.mean(dim=0), seen.switching - seen.switching.mean(dim=0)
-    spread = out.square().sum(dim=0)
-    slope = (out * switch).sum(dim=0) / spread.clamp(min=torch.finfo(torch.float64).tiny)
-    affine = (spread > 0) & ((switch - slope * out).square().sum(dim=0) <= AFFINE_FIT**2 * switch.square().sum(dim=0))
-    reached = seen.grad[:, :units] != 0
-    gated = affine & (reached == (seen.switching > 0)).all(dim=0)
-    switching = torch.where(gated, seen.switching + slope * ((dropped - seen.inputs) @ weight.T), seen.switching)
-    grad = seen.grad.clone()
-    grad[:, :units] = torch.where(gated, (switching > 0).to(grad.dtype), grad[:, :units])
-    return dataclasses.replace(seen, inputs=dropped, grad=grad, switching=switching)
+    64 rebuilt at ≥ 30 dB, clean. The gradients go back as if nothing had been dropped: a dropout after a layer
+    thins every layer's reach alike, honest or planted."""
+    after = {seen.layer: seen.name for seen in layers if seen.dropout}
+    if not after:
+        return layers
+    with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at the draw's statistics
+        drawn = _in_chunks(module, after, set(after.values()), inputs, labels)
+    return [dataclasses.replace(seen, inputs=drawn[seen.name][0], grad=drawn[seen.name][1],
+                                switching=drawn[seen.name][2]) if seen.name in drawn else seen
+            for seen in layers]  # fmt: skip
 
 
 @dataclass
@@ -284,7 +288,7 @@ class _Call:
     output: torch.Tensor
     #: What the units switch on: the output, or a normalisation layer's where one reads the output as it is.
     switching: torch.Tensor
-    #: The rate at which training's dropout zeroes what the layer reads, 0 where none does.
+    #: The highest rate of the dropout calls the forward pass makes before the layer's, 0 where none.
     dropout: float = 0.0
 
 
@@ -296,13 +300,13 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
                   ) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
     """One forward pass of ``inputs`` in the module's modes: each call of a Linear in ``names``, in order, and the
     logits; with ``labels``, the summed cross-entropy's gradient at each output (``output.grad``; None where the
-    model's own forward turns gradients off); without, the rate of the dropout each call reads (:class:`DropoutTrail`;
-    0 with labels)."""
+    model's own forward turns gradients off); without, the highest rate of the dropout calls before each call
+    (:class:`~fedguard.dropout.TrainingDropout`; 0 with labels)."""
     calls: list[_Call] = []
-    trail = DropoutTrail() if labels is None else None  # the probe's pass: which layers read dropout
+    noted = TrainingDropout() if labels is None else None  # the probe's pass: which layers come after dropout
 
     def record(layer, args, output):
-        rate = trail.rate(args[0]) if trail is not None else 0.0
+        rate = max(noted.rates, default=0.0) if noted is not None else 0.0
         calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate))
         if output.requires_grad:
             output.retain_grad()
@@ -315,7 +319,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     hooks = [layer.register_forward_hook(record) for layer in names]
     hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
     try:
-        with torch.set_grad_enabled(labels is not None), trail or contextlib.nullcontext():
+        with torch.set_grad_enabled(labels is not None), noted or contextlib.nullcontext():
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs = [call.output for call in calls if call.output.requires_grad]
             if labels is not None and outputs and logits.requires_grad:
@@ -454,7 +458,9 @@ def _fresh_isolated(context: InspectContext, name: str, as_in_training: bool) ->
     inputs, labels = context.data
     try:
         fresh = fresh_module(context, inputs.device)
-        seen = next((s for s in linear_layers_seen(fresh, inputs, labels, as_in_training) if s.name == name), None)
+        layers = linear_layers_seen(fresh, inputs, labels)
+        layers = layers_in_training(fresh, inputs, labels, layers) if as_in_training else layers
+        seen = next((s for s in layers if s.name == name), None)
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None
     return None if seen is None else isolated_examples(seen.grad)
@@ -487,18 +493,15 @@ class LayerResponses(Detector):
 
     def run(self, context: InspectContext):
         """The layers in eval mode, then, for a model with running statistics or dropout, as the client's training
-        runs them: normalised as it normalises (:func:`~fedguard.torch_state.normalising_as_in_training`), and with
-        one draw of the dropout a layer reads (:func:`through_dropout`). A red team's noisy imprint behind a
+        runs them: normalised as it normalises (:func:`~fedguard.torch_state.normalising_as_in_training`), and the
+        layers after dropout with one draw of it (:func:`with_dropout_drawn`). A red team's noisy imprint behind a
         BatchNorm left at its start (mean 0, variance 1) read raw pixels in eval mode and binned the batch
         standardised in training (8-11 of 16 digits rebuilt); quantile biases set so read as one dead layer (FG805,
         medium) in eval mode, while training isolated 22 of 64 digits. A rule is reported once per layer, from the
         eval pass where both report it."""
-        inputs, labels = context.data
-        module = context.view.module
         reported = set()
         for as_in_training in (False, True):
-            if as_in_training and (len(inputs) < 2 or not (running_statistics(module)
-                                                             or any(seen.dropout for seen in layers_seen(context)))):
+            if as_in_training and len(context.data[0]) < 2:
                 return
             try:
                 layers = layers_seen(context, as_in_training)

@@ -1,67 +1,92 @@
-"""Which tensors of a forward pass training would thin by dropout, and at what rate.
+"""Dropout as the client's training applies it, in a pass that otherwise runs in eval mode.
 
 Eval mode turns dropout off, so a check that runs a model in eval mode sees
 inputs that its training never does: a layer whose units sit just above
 every eval-mode response fires in training wherever the dropout's noise
-lifts it. :class:`DropoutTrail` follows a forward pass and tells, for any
-tensor, the share of its elements that training's dropout would zero (each
-kept one scaled by ``1 / keep``): the output of ``F.dropout`` (which
-``nn.Dropout`` calls, as may the model's own code), carried through what
-commutes with the dropout's mask and scale element by element: a view or
-reshape (a flatten), and the positively homogeneous activations ReLU and
-LeakyReLU. Dropouts in a row multiply their keep rates. Channel-wise dropout
-(``Dropout1d/2d/3d``), ``AlphaDropout`` and dropout that the model's code
-calls only when it is training are not followed.
+lifts it. :class:`TrainingDropout` is a mode to run a forward pass in: it
+notes every dropout call (``F.dropout``, which ``nn.Dropout`` calls, as may
+the model's own code, or ``torch.dropout``; channel-wise dropout; alpha
+dropout) and, given a generator, applies it as training does, masks drawn
+from that generator, whatever the call's ``training`` flag says. What the layers after a dropout read in that pass is
+what one training step gives them, whatever lies between (a flatten, a
+pooling, a sum). Dropout that the model's code calls only when it is
+training is not seen.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["DropoutTrail", "draw_generator"]
+__all__ = ["TrainingDropout", "draw_generator"]
 
-#: Element-by-element maps that keep a dropout's mask and scale where they were (``f(m x / k) = m f(x) / k`` for a
-#: mask ``m`` of 0 and 1 and a keep rate ``k > 0``).
-_CARRIED = frozenset({
-    torch.flatten, torch.Tensor.flatten, torch.reshape, torch.Tensor.reshape, torch.Tensor.view,
-    torch.Tensor.view_as, torch.Tensor.contiguous, torch.Tensor.clone,
-    F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_, F.leaky_relu,
-})  # fmt: skip
+#: Dropout functions: the dimensions of the input their mask spans beyond the batch and channels (``None``: every
+#: element has its own mask entry; ``k``: the input is ``[batch, channels, *spatial]`` with ``k`` spatial dimensions,
+#: -1 for any, and one mask entry per channel), and whether they are alpha dropout (SELU's).
+_DROPOUTS = {
+    F.dropout: (None, False), torch.dropout: (None, False),
+    F.dropout1d: (1, False), F.dropout2d: (2, False), F.dropout3d: (3, False), torch.feature_dropout: (-1, False),
+    F.alpha_dropout: (None, True), torch.alpha_dropout: (None, True),
+    F.feature_alpha_dropout: (-1, True), torch.feature_alpha_dropout: (-1, True),
+}  # fmt: skip
+#: SELU's negative saturation, ``-scale * alpha``, where alpha dropout sets the dropped units.
+_SELU_FLOOR = 1.7580993408473766
 
 
-class DropoutTrail(TorchFunctionMode):
-    """A mode to run a forward pass in: afterwards :meth:`rate` gives the dropout rate training applies to a tensor
-    of it (0 where none). In eval mode ``F.dropout`` returns its input itself; under the trail it returns a copy, so
-    that the tensor a layer reads tells whether it came through the dropout or around it."""
+class _StraightThrough(torch.autograd.Function):
+    """``dropped`` forward; backward, the gradient as if nothing had been dropped."""
 
-    def __init__(self) -> None:
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        return dropped
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class TrainingDropout(TorchFunctionMode):
+    """Run a forward pass under this mode to note its dropout calls (:attr:`rates`, in the order the pass makes them)
+    and, with ``generator``, to apply each as training does in the forward pass, its masks drawn from ``generator``.
+    Backward, the gradient goes through as if nothing had been dropped: what a layer's units receive is then read
+    with its input as training gives it, but not thinned by the dropout after it, which thins every layer's units
+    alike, honest or planted."""
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self._kept: dict[int, tuple[torch.Tensor, float]] = {}
-
-    def rate(self, tensor: torch.Tensor) -> float:
-        """The share of ``tensor``'s elements that training's dropout zeroes."""
-        return 1.0 - self._keep(tensor)
-
-    def _keep(self, tensor: object) -> float:
-        held = self._kept.get(id(tensor))
-        return held[1] if held is not None and held[0] is tensor else 1.0
+        self.generator = generator
+        #: The rate of each dropout call that drops anything (strictly between 0 and 1), in order.
+        self.rates: list[float] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        source = args[0] if args else kwargs.get("input")
-        if func is F.dropout:
-            p = float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))
-            if 0 < p < 1 and isinstance(out, torch.Tensor):
-                out = out.clone() if out is source else out
-                self._kept[id(out)] = (out, self._keep(source) * (1 - p))
-        elif func in _CARRIED and isinstance(out, torch.Tensor) and self._keep(source) < 1:
-            self._kept[id(out)] = (out, self._keep(source))
-        return out
+        if func not in _DROPOUTS:
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs["input"]
+        p = float(args[1] if len(args) > 1 else kwargs.get("p", 0.5))
+        if not 0 < p < 1:
+            return func(*args, **kwargs)
+        self.rates.append(p)
+        spatial, alpha = _DROPOUTS[func]
+        spatial = x.dim() - 2 if spatial == -1 else spatial
+        shape = x.shape if spatial is None else (*x.shape[:2], *([1] * spatial))
+        if self.generator is None or len(shape) != x.dim():  # unbatched channel-wise input: left as eval mode has it
+            return func(*args, **kwargs)
+        with torch.no_grad():
+            kept = (torch.rand(shape, generator=self.generator, dtype=torch.float64) >= p).to(x.device, x.dtype)
+            if alpha:  # as torch's: the mean and variance of SELU's output kept
+                a = 1 / math.sqrt((_SELU_FLOOR**2 * p + 1) * (1 - p))
+                dropped = x * kept * a + (kept - 1) * _SELU_FLOOR * a + _SELU_FLOOR * a * p
+            else:
+                dropped = x * kept / (1 - p)
+        if bool(args[3] if len(args) > 3 else kwargs.get("inplace", False)):  # the model may not use the result
+            x.data.copy_(dropped)
+            return x
+        return _StraightThrough.apply(x, dropped)
 
 
 def draw_generator(examples: torch.Tensor) -> torch.Generator:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from fedguard.detectors import DETECTORS, InspectContext, all_rules
+from fedguard.detectors.responses import layers_in_training, linear_layers_seen
 from fedguard.inspect import judge, run_detectors
 from fedguard.modelview import ModelView
 from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training
@@ -1136,13 +1137,25 @@ def test_a_batchnorm_called_twice_normalises_each_call_as_training_does(running)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def _behind_dropout(planted: bool, p: float = 0.5, seed: int = 1) -> nn.Sequential:
-    """An MLP with dropout before its second layer and its head. ``planted``: a red team's biases on half of the second
-    layer's units, each just above every eval-mode response of public digits (not the client's), where training's
-    dropout sets it off for about one example in 32 (94 / 76 / 62 % of batches of 8 / 32 / 64 rebuilt at >= 30 dB)."""
+class _Shifted(nn.Module):
+    """``x * 1 + 0`` after a dropout, written as code: what the layer reads is a new tensor of the same values."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return nn.functional.dropout(x, self.p, self.training) * 1 + 0
+
+
+def _behind_dropout(planted: bool, p: float = 0.5, seed: int = 1, dropout=nn.Dropout) -> nn.Sequential:
+    """An MLP with ``dropout`` before its second layer and its head. ``planted``: a red team's biases on half of the
+    second layer's units, each just above every eval-mode response of public digits (not the client's), where
+    training's dropout sets it off for about one example in 32 (94 / 76 / 62 % of batches of 8 / 32 / 64 rebuilt at
+    >= 30 dB)."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Dropout(p), nn.Linear(512, 256), nn.ReLU(),
-                          nn.Dropout(p), nn.Linear(256, 10))  # fmt: skip
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), dropout(p), nn.Linear(512, 256), nn.ReLU(),
+                          dropout(p), nn.Linear(256, 10))  # fmt: skip
     if planted:
         public, layer, units = digits((1, 8, 8))[0][64:].flatten(1), model[4], torch.arange(0, 256, 2)
         with torch.no_grad():
@@ -1156,22 +1169,48 @@ def _behind_dropout(planted: bool, p: float = 0.5, seed: int = 1) -> nn.Sequenti
     return model
 
 
-def test_units_that_only_trainings_dropout_sets_off_are_sparse_firing():
+@pytest.mark.parametrize("dropout", [nn.Dropout, _Shifted])
+def test_units_that_only_trainings_dropout_sets_off_are_sparse_firing(dropout):
     """Dead on every example in eval mode, the planted units had read clean; one draw of the dropout, as a training
-    step takes, sets them off for single examples."""
-    found = _with_data(_behind_dropout(planted=True), (1, 8, 8), ["responses"], n=64)["FG803"]
+    step takes, sets them off for single examples. A second red team's ``* 1`` after ``F.dropout`` (and the like)
+    had hidden the dropout from a check that followed its output tensor: the pass now applies it."""
+    found = _with_data(_behind_dropout(planted=True, dropout=dropout), (1, 8, 8), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["isolated_examples"] >= 16
     assert found.evidence["dropout"] == 0.5 and "normalisation" not in found.evidence
     assert "one draw of the dropout" in found.message
 
 
+def test_units_saturated_in_eval_mode_that_dropout_brings_back_are_sparse_firing():
+    """A red team's ReLU6 after the layer, its planted units' biases past 6 on every eval-mode response (switched on,
+    but no gradient reaches them) and under 6 for about one example in 32 in training: 100 / 92 / 79 / 43 % of
+    batches of 8 / 16 / 32 / 64 rebuilt, clean while the check re-read only units whose reach was their switching."""
+    model, units = _behind_dropout(planted=False), torch.arange(0, 256, 2)
+    model[5] = nn.ReLU6()
+    public, layer = digits((1, 8, 8))[0][64:].flatten(1), model[4]
+    with torch.no_grad():
+        features = model[2](model[1](public))
+        evaluated = (features @ layer.weight.T)[:, units]
+        trained = torch.cat([(features * (torch.rand_like(features) >= 0.5) / 0.5) @ layer.weight[units].T
+                             for _ in range(8)])  # fmt: skip
+        lowest = torch.minimum(torch.quantile(trained, 1 / 32, dim=0),
+                               evaluated.min(dim=0).values - 0.02 * evaluated.std(dim=0))  # fmt: skip
+        layer.bias[units] = 6 - lowest
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["dropout"] == 0.5
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_honest_models_with_dropout_read_clean_through_it(p):
-    """At initialisation (three seeds) and trained with dropout on, then pruned by 80 % and in half precision."""
+    """At initialisation (three seeds) and trained with dropout on, then pruned by 80 % and rounded to half
+    precision; the layers after dropout are read with a draw of it (their inputs differ from eval mode's)."""
     x, y = digits((1, 8, 8))
     for seed in range(3):
         model = _behind_dropout(planted=False, p=p, seed=seed)
         assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
+    in_eval = linear_layers_seen(model, x[:64], y[:64])
+    drawn = layers_in_training(model, x[:64], y[:64], in_eval)
+    assert [seen.name for seen in drawn] == ["4"] and drawn[0].dropout == p
+    assert not torch.equal(drawn[0].inputs, in_eval[1].inputs) and bool((drawn[0].grad != 0).any())
     trained = train_with_adam(model, x[64:], y[64:], epochs=5, seed=0)
     assert not _with_data(trained, (1, 8, 8), ["responses"], n=64)
     for layer in (trained[1], trained[4], trained[7]):

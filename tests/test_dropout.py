@@ -1,4 +1,4 @@
-"""fedguard.dropout: which tensors training thins by dropout, and the draw's seed."""
+"""fedguard.dropout: dropout as training applies it, in a pass that otherwise runs in eval mode."""
 
 from __future__ import annotations
 
@@ -7,47 +7,47 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedguard.dropout import DropoutTrail, draw_generator
+from fedguard.dropout import TrainingDropout, draw_generator
 
 
-class _Read(nn.Module):
-    """Runs ``before`` on the input and records what a Linear layer then reads."""
-
-    def __init__(self, before):
+class _Calls(nn.Module):
+    def __init__(self):
         super().__init__()
-        self.before, self.layer, self.read = before, nn.Linear(16, 4), None
+        self.none, self.all, self.alpha = nn.Dropout(0.0), nn.Dropout(1.0), nn.AlphaDropout(0.2)
 
     def forward(self, x):
-        self.read = self.before(x)
-        return self.layer(self.read)
+        x = F.dropout(x, p=0.3, training=self.training)  # the model's own code, p by keyword
+        x = self.none(self.all(x)).view(-1, 4, 2, 2)  # dropping nothing or everything is not noted
+        return self.alpha(F.dropout2d(x, 0.5, self.training).flatten(1))
 
 
-@pytest.mark.parametrize(("before", "rate"), [
-    (nn.Dropout(0.5), 0.5),
-    (lambda x: F.dropout(x, 0.3, training=False), 0.3),  # the model's own code, in eval mode
-    (nn.Sequential(nn.Dropout(0.5), nn.ReLU()), 0.5),  # ReLU commutes with the mask and the scale
-    (nn.Sequential(nn.Dropout(0.5), nn.ReLU(inplace=True), nn.Identity()), 0.5),
-    (nn.Sequential(nn.Dropout(0.5), nn.Dropout(0.5)), 0.75),  # keep rates multiply
-    (lambda x: torch.flatten(nn.Dropout(0.25)(x.view(-1, 4, 2, 2)), 1), 0.25),  # PyTorch's MNIST example
-    (lambda x: nn.Dropout(0.5)(x) + 0, 0.0),  # a sum moves what the mask zeroes
-    (nn.Sequential(nn.Dropout(0.5), nn.Tanh()), 0.0),  # tanh does not commute with the scale
-    (nn.Identity(), 0.0),
-    (nn.Dropout(0.0), 0.0),
-])  # fmt: skip
-def test_the_trail_gives_the_rate_training_drops_a_layers_input_at(before, rate):
-    model = _Read(before).eval()
-    with DropoutTrail() as trail:
-        model(torch.rand(3, 16))
-    assert trail.rate(model.read) == pytest.approx(rate)
+def test_the_calls_are_noted_in_order_and_eval_mode_left_as_it_is():
+    x = torch.rand(3, 16)
+    with TrainingDropout() as noted:
+        out = _Calls().eval()(x)
+    assert noted.rates == [0.3, 0.5, 0.2] and torch.equal(out, x)
 
 
-def test_a_layer_that_reads_around_the_dropout_reads_no_dropout():
-    """In eval mode a dropout returns its input itself: a layer reading that input beside it is not thinned."""
-    features, dropped = torch.rand(3, 16), None
-    with DropoutTrail() as trail:
-        dropped = nn.Dropout(0.5).eval()(features)
-    assert dropped is not features and torch.equal(dropped, features)
-    assert trail.rate(features) == 0.0 and trail.rate(dropped) == 0.5
+@pytest.mark.parametrize("func", [F.dropout, F.dropout1d, F.dropout2d, F.dropout3d])
+def test_a_draw_drops_as_training_does(func):
+    """Each element (or each channel of channel-wise dropout) zeroed at the rate, the rest scaled by 1 / (1 - p)."""
+    x = torch.rand(64, 32, *([4] * {F.dropout: 1, F.dropout1d: 1, F.dropout2d: 2, F.dropout3d: 3}[func])) + 0.5
+    with TrainingDropout(torch.Generator().manual_seed(0)):
+        out = func(x, 0.25, training=False)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)
+    assert abs(float(kept.float().mean()) - 0.75) < 0.02
+    if func is not F.dropout:  # a channel is kept or dropped whole
+        per_channel = kept.flatten(2).float()
+        assert bool(((per_channel.mean(2) == 0) | (per_channel.mean(2) == 1)).all())
+
+
+def test_alpha_dropout_keeps_the_mean_and_variance_of_selus_output():
+    x = torch.randn(200_000)
+    with TrainingDropout(torch.Generator().manual_seed(0)):
+        out = F.alpha_dropout(x, 0.2, training=False)
+    assert abs(float(out.mean())) < 0.01 and abs(float(out.var()) - 1) < 0.02
+    assert abs(float((out != x).float().mean()) - 1) < 0.01  # the kept ones are shifted and scaled too
 
 
 def test_the_draw_is_the_datas_own():
