@@ -248,9 +248,9 @@ def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[L
 def layers_in_training(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, in_eval: list[LinearSeen]
                        ) -> list[LinearSeen]:  # fmt: skip
     """The layers as the client's training runs them, given ``in_eval``, the eval pass's: a model with running
-    statistics is run again (:func:`linear_layers_seen` as in training); one without but with dropout, only for the
-    layers after dropout (:func:`with_dropout_drawn`; VGG-11 at 128x128 had taken 12 s more for a second pass of
-    every layer); any other model runs in training as in eval mode, and no layer is read again."""
+    statistics is run again (:func:`linear_layers_seen` as in training); one without, but with dropout, is run with a
+    draw of it (:func:`with_dropout_drawn`) and only the layers after dropout are judged again; any other model runs
+    in training as in eval mode, and no layer is read again."""
     if running_statistics(module):
         return linear_layers_seen(module, inputs, labels, True)
     after = [dataclasses.replace(seen, as_in_training=True) for seen in in_eval if seen.dropout]
@@ -272,7 +272,7 @@ def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torc
     after = {seen.layer: seen.name for seen in layers if seen.dropout}
     if not after:
         return layers
-    with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at the draw's statistics
+    with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
         drawn = _in_chunks(module, after, set(after.values()), inputs, labels)
     return [dataclasses.replace(seen, inputs=drawn[seen.name][0], grad=drawn[seen.name][1],
                                 switching=drawn[seen.name][2]) if seen.name in drawn else seen

@@ -4,19 +4,23 @@ Eval mode turns dropout off, so a check that runs a model in eval mode sees
 inputs that its training never does: a layer whose units sit just above
 every eval-mode response fires in training wherever the dropout's noise
 lifts it. :class:`TrainingDropout` is a mode to run a forward pass in: it
-notes every dropout call (``F.dropout``, which ``nn.Dropout`` calls, as may
-the model's own code, or ``torch.dropout``; channel-wise dropout; alpha
-dropout) and, given a generator, applies it as training does, masks drawn
-from that generator, whatever the call's ``training`` flag says. What the layers after a dropout read in that pass is
-what one training step gives them, whatever lies between (a flatten, a
-pooling, a sum). Dropout that the model's code calls only when it is
-training is not seen.
+notes every dropout call that goes through Python (``F.dropout``, which
+``nn.Dropout`` calls, as may the model's own code; ``torch.dropout`` and
+its in-place form; channel-wise and alpha dropout) and, given a generator,
+applies it as training does, whatever the call's ``training`` flag says,
+masks drawn by torch's own functions from that generator. What the layers
+after a dropout read in that pass is what one training step gives them,
+whatever lies between (a flatten, a pooling, a sum). Not seen: dropout
+that the model's code calls only when it is training, and dropout inside
+torch's compiled code (between the layers of ``nn.LSTM``/``nn.GRU``, in
+fused attention, in TorchScript).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 
 import torch
 from torch.nn import functional as F
@@ -24,17 +28,34 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["TrainingDropout", "draw_generator"]
 
-#: Dropout functions: the dimensions of the input their mask spans beyond the batch and channels (``None``: every
-#: element has its own mask entry; ``k``: the input is ``[batch, channels, *spatial]`` with ``k`` spatial dimensions,
-#: -1 for any, and one mask entry per channel), and whether they are alpha dropout (SELU's).
+#: Dropout functions, each with the function that draws its mask the same way (which elements, or channels, it drops
+#: together, whatever the input's rank), whether it is alpha dropout (SELU's) and whether it works in place.
 _DROPOUTS = {
-    F.dropout: (None, False), torch.dropout: (None, False),
-    F.dropout1d: (1, False), F.dropout2d: (2, False), F.dropout3d: (3, False), torch.feature_dropout: (-1, False),
-    F.alpha_dropout: (None, True), torch.alpha_dropout: (None, True),
-    F.feature_alpha_dropout: (-1, True), torch.feature_alpha_dropout: (-1, True),
+    F.dropout: (torch.dropout, False, False), torch.dropout: (torch.dropout, False, False),
+    torch.dropout_: (torch.dropout, False, True),
+    F.dropout1d: (F.dropout1d, False, False), F.dropout2d: (F.dropout2d, False, False),
+    F.dropout3d: (F.dropout3d, False, False),
+    torch.feature_dropout: (torch.feature_dropout, False, False),
+    torch.feature_dropout_: (torch.feature_dropout, False, True),
+    F.alpha_dropout: (torch.dropout, True, False), torch.alpha_dropout: (torch.dropout, True, False),
+    torch.alpha_dropout_: (torch.dropout, True, True),
+    F.feature_alpha_dropout: (torch.feature_dropout, True, False),
+    torch.feature_alpha_dropout: (torch.feature_dropout, True, False),
+    torch.feature_alpha_dropout_: (torch.feature_dropout, True, True),
 }  # fmt: skip
 #: SELU's negative saturation, ``-scale * alpha``, where alpha dropout sets the dropped units.
 _SELU_FLOOR = 1.7580993408473766
+
+
+def _kept(masker, shape: torch.Size, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Which elements ``masker`` keeps of an input of ``shape`` in training, drawn by torch's own function (so that
+    channel-wise dropout of an input of another rank drops what torch drops there) from a global generator seeded
+    by ``generator``, the caller's global generator left as it was."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's warning on a channel-wise input's rank: the model's pass gives it
+        torch.manual_seed(seed)
+        return masker(torch.ones(shape, dtype=torch.float64), p, True) != 0
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -71,19 +92,17 @@ class TrainingDropout(TorchFunctionMode):
         if not 0 < p < 1:
             return func(*args, **kwargs)
         self.rates.append(p)
-        spatial, alpha = _DROPOUTS[func]
-        spatial = x.dim() - 2 if spatial == -1 else spatial
-        shape = x.shape if spatial is None else (*x.shape[:2], *([1] * spatial))
-        if self.generator is None or len(shape) != x.dim():  # unbatched channel-wise input: left as eval mode has it
+        if self.generator is None:
             return func(*args, **kwargs)
+        masker, alpha, in_place = _DROPOUTS[func]
         with torch.no_grad():
-            kept = (torch.rand(shape, generator=self.generator, dtype=torch.float64) >= p).to(x.device, x.dtype)
+            kept = _kept(masker, x.shape, p, self.generator).to(x.device, x.dtype)
             if alpha:  # as torch's: the mean and variance of SELU's output kept
                 a = 1 / math.sqrt((_SELU_FLOOR**2 * p + 1) * (1 - p))
                 dropped = x * kept * a + (kept - 1) * _SELU_FLOOR * a + _SELU_FLOOR * a * p
             else:
                 dropped = x * kept / (1 - p)
-        if bool(args[3] if len(args) > 3 else kwargs.get("inplace", False)):  # the model may not use the result
+        if in_place or bool(args[3] if len(args) > 3 else kwargs.get("inplace", False)):  # its result may go unused
             x.data.copy_(dropped)
             return x
         return _StraightThrough.apply(x, dropped)
