@@ -117,7 +117,7 @@ def main() -> None:
             if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
             in_eval = responses.linear_layers_seen(module, x[pick], y[pick])
-            for seen in in_eval + responses.layers_in_training(module, x[pick], y[pick], in_eval):  # FG803/FG804 read both
+            for seen in in_eval + responses.layers_in_training(module, x[pick], y[pick], lambda: in_eval):
                 where = f"{entry.label}:{seen.name}{' (training)' if seen.as_in_training else ''}"
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:

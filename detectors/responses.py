@@ -76,15 +76,17 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from fedguard.attacks.fc_inversion import MIN_BINS, SAME_MEASUREMENT, response_correlations
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, fresh_module, register_detector, rounded
-from fedguard.layers import layer_input
 from fedguard.dropout import TrainingDropout, draw_generator
+from fedguard.layers import layer_input
 from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training, running_statistics
 from fedguard.types import Confidence, Rule, Severity
 
@@ -242,18 +244,18 @@ def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[L
     if not as_in_training:
         return context.shared(("linear_layers_seen", False), lambda: linear_layers_seen(module, inputs, labels))
     return context.shared(("linear_layers_seen", True),
-                          lambda: layers_in_training(module, inputs, labels, layers_seen(context)))  # fmt: skip
+                          lambda: layers_in_training(module, inputs, labels, lambda: layers_seen(context)))  # fmt: skip
 
 
-def layers_in_training(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, in_eval: list[LinearSeen]
-                       ) -> list[LinearSeen]:  # fmt: skip
-    """The layers as the client's training runs them, given ``in_eval``, the eval pass's: a model with running
+def layers_in_training(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                       in_eval: Callable[[], list[LinearSeen]]) -> list[LinearSeen]:  # fmt: skip
+    """The layers as the client's training runs them, given the eval pass's (``in_eval()``): a model with running
     statistics is run again (:func:`linear_layers_seen` as in training); one without, but with dropout, is run with a
     draw of it (:func:`with_dropout_drawn`) and only the layers after dropout are judged again; any other model runs
     in training as in eval mode, and no layer is read again."""
     if running_statistics(module):
         return linear_layers_seen(module, inputs, labels, True)
-    after = [dataclasses.replace(seen, as_in_training=True) for seen in in_eval if seen.dropout]
+    after = [dataclasses.replace(seen, as_in_training=True) for seen in in_eval() if seen.dropout]
     return with_dropout_drawn(module, after, inputs, labels)
 
 
@@ -458,8 +460,8 @@ def _fresh_isolated(context: InspectContext, name: str, as_in_training: bool) ->
     inputs, labels = context.data
     try:
         fresh = fresh_module(context, inputs.device)
-        layers = linear_layers_seen(fresh, inputs, labels)
-        layers = layers_in_training(fresh, inputs, labels, layers) if as_in_training else layers
+        in_eval = functools.partial(linear_layers_seen, fresh, inputs, labels)
+        layers = layers_in_training(fresh, inputs, labels, in_eval) if as_in_training else in_eval()
         seen = next((s for s in layers if s.name == name), None)
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None

@@ -1211,7 +1211,7 @@ def test_honest_models_with_dropout_read_clean_through_it(p):
         model = _behind_dropout(planted=False, p=p, seed=seed)
         assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
     in_eval = linear_layers_seen(model, x[:64], y[:64])
-    drawn = layers_in_training(model, x[:64], y[:64], in_eval)
+    drawn = layers_in_training(model, x[:64], y[:64], lambda: in_eval)
     assert [seen.name for seen in drawn] == ["4"] and drawn[0].dropout == p
     assert not torch.equal(drawn[0].inputs, in_eval[1].inputs) and bool((drawn[0].grad != 0).any())
     trained = train_with_adam(model, x[64:], y[64:], epochs=5, seed=0)
