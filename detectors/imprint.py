@@ -233,8 +233,8 @@ def _silent_margin(context: InspectContext, name: str, group: torch.Tensor) -> f
     """With the client's data (``--arch``, ``--data``): when no example's gradient reaches any row of ``group`` in
     layer ``name``, the fewest standard deviations of a row's response over the examples by which it stays below
     switching on (infinite for a response the examples do not move); else None, as when the layer is not a fully
-    connected one that a forward pass applies once (:func:`~fedguard.detectors.responses.linear_layers_seen`) or the
-    module cannot run here."""
+    connected one that FG803 measures (:func:`~fedguard.detectors.responses.linear_layers_seen`), reads other inputs
+    in training or more than one per example, or the module cannot run here."""
     if context.data is None or context.view.module is None or int(group.max()) >= MAX_UNITS:
         return None
     try:

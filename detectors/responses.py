@@ -61,9 +61,9 @@ the server solves for the image through the layers it wrote):
   1.0 in all its units. Input features that vary by rounding alone are left
   out (:data:`ROUNDING`).
 
-Every ``nn.Linear`` that one forward pass applies once to a batch of feature
-vectors is measured (not one applied per token, nor one applied twice, nor
-the head), on at most :data:`MAX_UNITS` units, in eval mode and, for a model
+Every ``nn.Linear`` that one forward pass applies to batches of feature
+vectors is measured, over all its calls where it applies more than once
+(not one applied per token, nor the head), on at most :data:`MAX_UNITS` units, in eval mode and, for a model
 with running statistics or dropout, again as its training runs it
 (:meth:`LayerResponses.run`). References: Phong et al., IEEE
 TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al., "When the Curious Abandon
@@ -153,6 +153,9 @@ class LinearSeen:
     #: Whether the pass normalised as the client's training does
     #: (:func:`~fedguard.torch_state.normalising_as_in_training`), rather than in eval mode.
     as_in_training: bool = False
+    #: How many times one forward pass applies the layer: :attr:`inputs`, :attr:`grad` and :attr:`switching` hold one
+    #: row per example and call, the calls one after another (a unit only one row reaches gives that row's input).
+    calls: int = 1
     #: The highest rate of the dropout calls the forward pass makes before this layer's (0 where none:
     #: :class:`~fedguard.dropout.TrainingDropout`); in a pass :attr:`as_in_training`, :attr:`inputs` are then what one
     #: draw of that dropout gives the layer (:func:`with_dropout_drawn`).
@@ -183,8 +186,10 @@ class LinearSeen:
 
 def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool = False
                        ) -> list[LinearSeen]:  # fmt: skip
-    """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` applies once to a
-    ``[examples, features]`` input, in the order it applies them, with what each read and its output's gradient; not
+    """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` applies to ``[examples, features]``
+    inputs, once or more (:attr:`LinearSeen.calls`; a third red team's quantile biases in a layer applied to a digit
+    and to its mirror image had rebuilt 67-94 % of batches of 8-64, clean, while only layers applied once were read),
+    in the order it first applies them, with what each read and its output's gradient; not
     the head (the last one applied, when its output is as wide as the logits): the softmax reads every logit, no unit
     of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity.
 
@@ -206,35 +211,39 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
         probe, logits = _linear_calls(module, names, inputs[:2], None)
     head = probe[-1].name if probe and probe[-1].output.shape == logits.shape else None
     times = collections.Counter(call.name for call in probe)
-    measured = {call.name for call in probe if call.name != head and times[call.name] == 1 and call.read.ndim == 2
-                and call.output.ndim == 2}  # fmt: skip
+    flat = {call.name for call in probe if call.read.ndim == 2 and call.output.ndim == 2}
+    measured = {name: times[name] for name in flat - {head}
+                if all(call.read.ndim == 2 and call.output.ndim == 2 for call in probe if call.name == name)}
     if not measured:
         return []
     dropout = {call.name: call.dropout for call in probe}
     seen = _in_chunks(module, names, measured, inputs, labels)
     layers = {name: layer for layer, name in names.items()}
     order = dict.fromkeys(call.name for call in probe)
-    return [LinearSeen(name, layers[name], *seen[name], as_in_training=as_in_training, dropout=dropout[name])
-            for name in order if name in seen]
+    return [LinearSeen(name, layers[name], *seen[name], as_in_training=as_in_training, dropout=dropout[name],
+                       calls=measured[name]) for name in order if name in seen]  # fmt: skip
 
 
-def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: set[str], inputs: torch.Tensor,
+def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[str, int], inputs: torch.Tensor,
                labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
-    """What each ``measured`` layer reads, its output gradient and its switching (:class:`LinearSeen`'s ``inputs``,
-    ``grad``, ``switching``), ``inputs`` going through in chunks of :data:`CHUNK`; a layer the model's own forward
-    takes out of the gradient is left out."""
-    reads: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
-    grads: dict[str, list[torch.Tensor | None]] = collections.defaultdict(list)
-    switching: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
+    """What each ``measured`` layer (by name, with the times one forward pass applies it) reads, its output gradient
+    and its switching (:class:`LinearSeen`'s ``inputs``, ``grad``, ``switching``: one row per example and call, call
+    by call), ``inputs`` going through in chunks of :data:`CHUNK`; a layer the model's own forward takes out of the
+    gradient, or applies other times than the probe did, is left out."""
+    rows: dict[str, list[list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]]] = collections.defaultdict(list)
     for start in range(0, len(inputs), CHUNK):
         calls, _ = _linear_calls(module, names, inputs[start : start + CHUNK], labels[start : start + CHUNK])
+        chunk: dict[str, list] = collections.defaultdict(list)
         for call in calls:
             if call.name in measured:
-                reads[call.name].append(call.read.double())
-                grads[call.name].append(None if call.output.grad is None else call.output.grad.double())
-                switching[call.name].append(call.switching[:, :MAX_UNITS].double())
-    return {name: (torch.cat(reads[name]), torch.cat(grads[name]), torch.cat(switching[name]))
-            for name in reads if None not in grads[name]}  # fmt: skip
+                grad = None if call.output.grad is None else call.output.grad.double()
+                chunk[call.name].append((call.read.double(), grad, call.switching[:, :MAX_UNITS].double()))
+        for name, got in chunk.items():
+            rows[name].append(got)
+    kept = {name: chunks for name, chunks in rows.items()
+            if all(len(got) == measured[name] and all(grad is not None for _, grad, _ in got) for got in chunks)}
+    return {name: tuple(torch.cat([got[call][part] for call in range(measured[name]) for got in chunks])
+                        for part in range(3)) for name, chunks in kept.items()}  # fmt: skip
 
 
 def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[LinearSeen]:
@@ -274,8 +283,9 @@ def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torc
     after = {seen.layer: seen.name for seen in layers if seen.dropout}
     if not after:
         return layers
+    times = {seen.name: seen.calls for seen in layers if seen.dropout}
     with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
-        drawn = _in_chunks(module, after, set(after.values()), inputs, labels)
+        drawn = _in_chunks(module, after, times, inputs, labels)
     return [dataclasses.replace(seen, inputs=drawn[seen.name][0], grad=drawn[seen.name][1],
                                 switching=drawn[seen.name][2]) if seen.name in drawn else seen
             for seen in layers]  # fmt: skip
@@ -432,11 +442,15 @@ def rare_share(rates: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
     return float(rare.sum()) / max(int(live.sum()), 1), rare, live
 
 
-def isolated_examples(grad: torch.Tensor) -> int:
+def isolated_examples(grad: torch.Tensor, examples: int | None = None) -> int:
     """How many examples are each the only one whose gradient reaches some unit: the examples a server reads off the
-    layer's update exactly (that unit's weight gradient over its bias gradient)."""
+    layer's update exactly (that unit's weight gradient over its bias gradient). With ``examples``, ``grad`` holds
+    one row per example and call, the calls one after another, and an example counts once whichever call is alone."""
     reached = grad != 0
-    return int(reached[:, reached.sum(dim=0) == 1].any(dim=1).sum())
+    alone = reached[:, reached.sum(dim=0) == 1].any(dim=1)
+    if examples is None:
+        return int(alone.sum())
+    return int(alone.view(-1, examples).any(dim=0).sum())
 
 
 def input_directions(seen: LinearSeen) -> int:
@@ -465,7 +479,7 @@ def _fresh_isolated(context: InspectContext, name: str, as_in_training: bool) ->
         seen = next((s for s in layers if s.name == name), None)
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None
-    return None if seen is None else isolated_examples(seen.grad)
+    return None if seen is None else isolated_examples(seen.grad, len(seen.grad) // seen.calls)
 
 
 @register_detector("responses")
@@ -527,16 +541,18 @@ class LayerResponses(Detector):
 
     def _sparse(self, context: InspectContext, seen: LinearSeen):
         name, grad, module = seen.name, seen.grad, context.view.module
+        examples = len(grad) // seen.calls
         rates = reach_rates(grad)
         share, rare, live = rare_share(rates)
         if share >= RARE_SHARE and int(rare.sum()) >= MIN_GROUP:
-            isolated = isolated_examples(grad)
+            isolated = isolated_examples(grad, examples)
             directions = input_directions(seen)
-            few = directions < min(MIN_DIRECTIONS, len(grad) // 2)
+            few = directions < min(MIN_DIRECTIONS, examples // 2)
             fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
-            said = (f"On {len(grad)} of your examples{_normalised(seen, module)}, {int(rare.sum())} of the "
-                    f"{int(live.sum())} units of {name} that fire at all fire for at most {RARE:.0%} of them "
+            them = "them" if seen.calls == 1 else f"the {len(grad)} inputs {name} reads from them ({seen.calls} each)"
+            said = (f"On {examples} of your examples{_normalised(seen, module)}, {int(rare.sum())} of the "
+                    f"{int(live.sum())} units of {name} that fire at all fire for at most {RARE:.0%} of {them} "
                     f"(median {float(rates[live].median()):.1%}; honest layers at initialisation or trained on "
                     f"every class: at most 24 %), and {isolated} of your examples are each the only one to reach some "
                     f"unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
@@ -557,8 +573,9 @@ class LayerResponses(Detector):
                 "FG803", "Layer fires for single examples", Severity.MEDIUM if few else Severity.HIGH,
                 Confidence.MEDIUM, name, said,
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
-                median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=len(grad),
+                median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=examples,
                 isolated_examples=isolated, input_directions=directions,
+                **({"calls": seen.calls} if seen.calls > 1 else {}),
                 **({} if fresh is None else {"fresh_init_isolated": fresh}), **_mode_evidence(seen, module),
             )
 

@@ -1223,6 +1223,63 @@ def test_honest_models_with_dropout_read_clean_through_it(p):
     assert not _with_data(trained.half().float(), (1, 8, 8), ["responses"], n=64)
 
 
+class _AppliedTwice(nn.Module):
+    """One Linear layer applied to a digit and to its mirror image, the two summed (as a siamese or weight-tied model
+    applies a layer more than once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared, self.head = nn.Linear(64, 256), nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.head(torch.relu(self.shared(x)) + torch.relu(self.shared(x.flip(-1))))
+
+
+class _ReluCell(nn.Module):
+    """A recurrent ReLU cell written with Linear layers, run over the 8 rows of a digit."""
+
+    def __init__(self):
+        super().__init__()
+        self.read, self.carry, self.head = nn.Linear(8, 128), nn.Linear(128, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        state = x.new_zeros(len(x), 128)
+        for row in x.flatten(1).view(-1, 8, 8).unbind(1):
+            state = torch.relu(self.read(row) + self.carry(state))
+        return self.head(state)
+
+
+def test_a_layer_the_forward_pass_applies_twice_is_measured_over_both_calls():
+    """A third red team's quantile biases in a layer applied twice (not measured before: 93 / 94 / 84 / 67 % of
+    batches of 8 / 16 / 32 / 64 rebuilt, clean): rare over the 128 inputs it reads from 64 digits, and each example
+    isolated by either call counts once."""
+    torch.manual_seed(1)
+    model, (x, y) = _AppliedTwice(), digits((1, 8, 8))
+    public = x[64:].flatten(1)
+    with torch.no_grad():
+        responses = torch.cat([public, public.flip(-1)]) @ model.shared.weight.T
+        model.shared.bias.copy_(-torch.quantile(responses, 1 - 1 / 64, dim=0))
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "shared" and found.evidence["calls"] == 2
+    assert found.evidence["examples"] == 64 and 16 <= found.evidence["isolated_examples"] <= 64
+    seen = linear_layers_seen(model, x[:64], y[:64])[0]
+    assert seen.calls == 2 and seen.inputs.shape == (128, 64)
+    torch.testing.assert_close(seen.inputs[64:], x[:64].flatten(1).flip(-1).double())  # the calls one after another
+
+
+@pytest.mark.parametrize("build", [_AppliedTwice, _ReluCell])
+def test_honest_layers_applied_more_than_once_read_clean(build):
+    """At three initialisations and trained; a recurrent cell's layers read all 8 rows of each example."""
+    x, y = digits((1, 8, 8))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build()
+        assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert not _with_data(train_with_adam(model, x[64:], y[64:], epochs=5, seed=0), (1, 8, 8), ["responses"], n=64)
+    assert all(seen.calls == (2 if build is _AppliedTwice else 8) for seen in linear_layers_seen(model, x[:64], y[:64]))
+
+
 def _rules_of(state_dict):
     return {f.rule_id: f for f in static_findings(state_dict)}
 
