@@ -9,6 +9,7 @@ adapters and large normally-initialised MLPs.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from torch.nn.utils import prune
 
 from fedguard.detectors import DETECTORS, InspectContext, all_rules
 from fedguard.detectors.responses import layers_in_training, linear_layers_seen
+from fedguard.errors import InputError
 from fedguard.inspect import judge, run_detectors
 from fedguard.modelview import ModelView
 from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training
@@ -648,7 +650,6 @@ def test_dsnr_needs_two_examples():
 def test_run_detectors_leaves_the_callers_model_and_torch_state_and_checks_its_context():
     """From Python: the model stays in train mode (gradient_snr had left it in eval), the caller's no_grad and float64
     default dtype neither break the checks nor change; uint8 images and list labels are read as inspect reads them."""
-    from fedguard.errors import InputError
 
     entry = _entry(crafted_entries(), "class_fishing/lenet5/t0-b1000")
     module = entry.module.float().train()
@@ -1278,6 +1279,30 @@ def test_honest_layers_applied_more_than_once_read_clean(build):
         assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
     assert not _with_data(train_with_adam(model, x[64:], y[64:], epochs=5, seed=0), (1, 8, 8), ["responses"], n=64)
     assert all(seen.calls == (2 if build is _AppliedTwice else 8) for seen in linear_layers_seen(model, x[:64], y[:64]))
+
+
+class _RefusesTraining(nn.Module):
+    """A model whose own code refuses to run with its BatchNorm in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.layer, self.head = nn.BatchNorm1d(64), nn.Linear(64, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        if self.norm.training:
+            raise RuntimeError("this model runs in eval mode only")
+        return self.head(torch.relu(self.layer(self.norm(x.flatten(1)))))
+
+
+def test_a_second_pass_the_model_refuses_is_left_out_but_a_fault_of_fedguards_own_is_not(monkeypatch):
+    """The model's own code raising as in training leaves the eval pass's findings; a fault in fedguard's second
+    pass (the dropout pass's own had hidden all of its findings) surfaces as an error."""
+    assert _with_data(_RefusesTraining().eval(), (1, 8, 8), ["responses"], n=64) == {}
+    from fedguard.detectors import responses
+
+    monkeypatch.setattr(responses, "draw_generator", functools.partial(torch.Generator().manual_seed, "no seed"))
+    with pytest.raises(InputError, match="responses check runs the model"):
+        _with_data(_behind_dropout(planted=True), (1, 8, 8), ["responses"], n=64)
 
 
 def _rules_of(state_dict):
