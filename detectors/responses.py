@@ -66,8 +66,8 @@ vectors is measured, over all its calls where it applies more than once
 (not one applied per token, nor the head), on at most :data:`MAX_UNITS`
 units, in eval mode and, for a model with running statistics or dropout,
 again as its training runs it (:meth:`LayerResponses.run`). References:
-Phong et al., IEEE TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al., "When the Curious Abandon
-Honesty", IEEE EuroS&P 2023.
+Phong et al., IEEE TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al.,
+"When the Curious Abandon Honesty", IEEE EuroS&P 2023.
 """
 
 from __future__ import annotations
