@@ -212,9 +212,8 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
         probe, logits = _linear_calls(module, names, inputs[:2], None)
     head = probe[-1].name if probe and probe[-1].output.shape == logits.shape else None
     times = collections.Counter(call.name for call in probe)
-    flat = {call.name for call in probe if call.read.ndim == 2 and call.output.ndim == 2}
-    measured = {name: times[name] for name in flat - {head}
-                if all(call.read.ndim == 2 and call.output.ndim == 2 for call in probe if call.name == name)}
+    per_token = {call.name for call in probe if call.read.ndim != 2 or call.output.ndim != 2}
+    measured = {name: count for name, count in times.items() if name != head and name not in per_token}
     if not measured:
         return []
     dropout = {call.name: call.dropout for call in probe}

@@ -1161,16 +1161,25 @@ def _behind_dropout(planted: bool, p: float = 0.5, seed: int = 1, dropout=nn.Dro
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), dropout(p), nn.Linear(512, 256), nn.ReLU(),
                           dropout(p), nn.Linear(256, 10))  # fmt: skip
     if planted:
-        public, layer, units = digits((1, 8, 8))[0][64:].flatten(1), model[4], torch.arange(0, 256, 2)
+        units = torch.arange(0, 256, 2)
+        evaluated, trained = _public_responses(model, units, p)
         with torch.no_grad():
-            features = model[2](model[1](public))
-            evaluated = (features @ layer.weight.T)[:, units]
-            trained = torch.cat([(features * (torch.rand_like(features) >= p) / (1 - p)) @ layer.weight[units].T
-                                 for _ in range(8)])  # fmt: skip
             top = torch.maximum(torch.quantile(trained, 1 - 1 / 32, dim=0),
                                 evaluated.max(dim=0).values + 0.02 * evaluated.std(dim=0))  # fmt: skip
-            layer.bias[units] = -top
+            model[4].bias[units] = -top
     return model
+
+
+def _public_responses(model: nn.Sequential, units: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """How ``units`` of ``_behind_dropout``'s second layer respond, bias aside, to the public digits (not the
+    client's): in eval mode, and under eight draws of training's dropout at ``p``."""
+    public, layer = digits((1, 8, 8))[0][64:].flatten(1), model[4]
+    with torch.no_grad():
+        features = model[2](model[1](public))
+        evaluated = (features @ layer.weight.T)[:, units]
+        trained = torch.cat([(features * (torch.rand_like(features) >= p) / (1 - p)) @ layer.weight[units].T
+                             for _ in range(8)])  # fmt: skip
+    return evaluated, trained
 
 
 @pytest.mark.parametrize("dropout", [nn.Dropout, _Shifted])
@@ -1190,15 +1199,11 @@ def test_units_saturated_in_eval_mode_that_dropout_brings_back_are_sparse_firing
     batches of 8 / 16 / 32 / 64 rebuilt, clean while the check re-read only units whose reach was their switching."""
     model, units = _behind_dropout(planted=False), torch.arange(0, 256, 2)
     model[5] = nn.ReLU6()
-    public, layer = digits((1, 8, 8))[0][64:].flatten(1), model[4]
+    evaluated, trained = _public_responses(model, units, 0.5)
     with torch.no_grad():
-        features = model[2](model[1](public))
-        evaluated = (features @ layer.weight.T)[:, units]
-        trained = torch.cat([(features * (torch.rand_like(features) >= 0.5) / 0.5) @ layer.weight[units].T
-                             for _ in range(8)])  # fmt: skip
         lowest = torch.minimum(torch.quantile(trained, 1 / 32, dim=0),
                                evaluated.min(dim=0).values - 0.02 * evaluated.std(dim=0))  # fmt: skip
-        layer.bias[units] = 6 - lowest
+        model[4].bias[units] = 6 - lowest
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["dropout"] == 0.5
 
