@@ -129,6 +129,8 @@ AGREEMENT = 8.0
 EPSILON = float(torch.finfo(torch.float32).eps)
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
+#: Rows of a layer applied per token kept for :func:`input_directions` (a ViT-B/16's 16 examples give 3 152).
+SAMPLE_ROWS = 1024
 #: Examples per forward and backward pass: autograd keeps every layer's activations for the backward, and 64
 #: photographs at 224x224 had taken ConvNeXt-T to 9.6 GB (EfficientNet-B0, a 21 MB model: 5.9 GB).
 CHUNK = 16
@@ -162,6 +164,11 @@ class LinearSeen:
     #: draw of that dropout gives the layer (:func:`with_dropout_drawn`).
     dropout: float = 0.0
 
+    def reach_counts(self) -> torch.Tensor:
+        """Per example and unit, how many of the example's rows (one per call) the gradient reaches the unit from,
+        ``[examples, units]``."""
+        return (self.grad != 0).view(self.calls, -1, self.grad.shape[1]).sum(dim=0)
+
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
         return self.inputs @ self._weight().T, self._bias()
@@ -185,6 +192,29 @@ class LinearSeen:
         return self.layer.bias[:MAX_UNITS].detach().double()
 
 
+@dataclass(frozen=True)
+class TokenwiseSeen:
+    """One fully connected layer that the forward pass applies to every token (position, patch) of an example, as
+    one pass of the client's examples meets it: a transformer's feed-forward layers, ConvNeXt's pointwise ones. Only
+    what FG803 reads is kept, not the rows (a ViT-B/16 at 224x224 has 197 of them per example and layer)."""
+
+    name: str
+    layer: nn.Linear
+    #: The rows of the first chunk of examples, ``[rows, in_features]``, float64: what :func:`input_directions` reads.
+    inputs: torch.Tensor
+    #: Per example and unit, how many of the example's tokens the gradient reaches the unit from (all calls),
+    #: ``[examples, units]`` for the first :data:`MAX_UNITS` units. A unit only one token of one example reaches
+    #: hands the server that token's input to the layer, exactly.
+    counts: torch.Tensor
+    as_in_training: bool = False
+    #: Rows per example: tokens times the calls of one forward pass.
+    calls: int = 1
+    dropout: float = 0.0
+
+    def reach_counts(self) -> torch.Tensor:
+        return self.counts
+
+
 def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool = False
                        ) -> list[LinearSeen]:  # fmt: skip
     """Every ``nn.Linear`` of ``module`` that one forward pass of ``inputs`` applies to ``[examples, features]``
@@ -206,54 +236,105 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
 
 
 def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool
-                        ) -> list[LinearSeen]:  # fmt: skip
+                        ) -> list[LinearSeen | TokenwiseSeen]:  # fmt: skip
     names = {layer: name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
-    with torch.no_grad():
-        probe, logits = _linear_calls(module, names, inputs[:2], None)
+    probe, logits = _linear_calls(module, names, inputs[:2], None)
     head = probe[-1].name if probe and probe[-1].output.shape == logits.shape else None
-    times = collections.Counter(call.name for call in probe)
-    per_token = {call.name for call in probe if call.read.ndim != 2 or call.output.ndim != 2}
-    measured = {name: count for name, count in times.items() if name != head and name not in per_token}
+    calls = collections.defaultdict(list)
+    for call in probe:
+        calls[call.name].append(call)
+    rows = {name: len(got) for name, got in calls.items() if all(_per_example(call) for call in got)}
+    tokenwise = {name: sum(_tokens(call, len(logits)) for call in got) for name, got in calls.items()
+                 if all(_tokens(call, len(logits)) for call in got)}  # fmt: skip
+    measured = {name: count for name, count in (rows | tokenwise).items() if name != head}
     if not measured:
         return []
-    dropout = {call.name: call.dropout for call in probe}
-    seen = _in_chunks(module, names, measured, inputs, labels)
+    seen = _in_chunks(module, names, measured, inputs, labels, set(tokenwise))
     layers = {name: layer for layer, name in names.items()}
-    order = dict.fromkeys(call.name for call in probe)
-    return [LinearSeen(name, layers[name], *seen[name], as_in_training=as_in_training, dropout=dropout[name],
-                       calls=measured[name]) for name in order if name in seen]  # fmt: skip
+    return [(TokenwiseSeen if name in tokenwise else LinearSeen)(
+                name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
+                dropout=calls[name][0].dropout)
+            for name in calls if name in seen]  # fmt: skip
+
+
+def _per_example(call: _Call) -> bool:
+    """Whether a call of a Linear layer reads one feature vector per example."""
+    return call.read.ndim == 2 and call.output.ndim == 2
+
+
+def _tokens(call: _Call, examples: int) -> int:
+    """How many tokens of each of ``examples`` a call of a Linear layer reads, one feature vector each (the examples
+    along the first dimension, as in ``batch_first`` layouts); 0 when it reads otherwise. A sequence-first layout
+    (``[tokens, examples, features]``) is not taken for one: the probe's two examples and a chunk's sixteen cannot
+    both be the tokens."""
+    read, output = call.read, call.output
+    if read.ndim < 3 or read.shape[0] != examples or output.shape[:-1] != read.shape[:-1]:
+        return 0
+    return read[0, ..., 0].numel()
 
 
 def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[str, int], inputs: torch.Tensor,
-               labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
-    """What each ``measured`` layer (by name, with the times one forward pass applies it) reads, its output gradient
-    and its switching (:class:`LinearSeen`'s ``inputs``, ``grad``, ``switching``: one row per example and call, call
-    by call), ``inputs`` going through in chunks of :data:`CHUNK`; a layer the model's own forward takes out of the
-    gradient, or applies other times than the probe did, is left out."""
-    rows: dict[str, list[list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]]] = collections.defaultdict(list)
+               labels: torch.Tensor, tokenwise: set[str] = frozenset()) -> dict[str, dict[str, torch.Tensor]]:
+    """Each ``measured`` layer's fields (by name, with the rows one forward pass gives it per example: calls, times
+    tokens for those in ``tokenwise``), ``inputs`` going through in chunks of :data:`CHUNK`: for a layer applied to
+    feature vectors :class:`LinearSeen`'s ``inputs``, ``grad`` and ``switching`` (one row per example and call, call
+    by call), for one applied per token :class:`TokenwiseSeen`'s ``inputs`` and ``counts``. A layer the model's own
+    forward takes out of the gradient, or applies otherwise than the probe did, is left out."""
+    parts: dict[str, list] = collections.defaultdict(list)
+    broken: set[str] = set()
     for start in range(0, len(inputs), CHUNK):
-        calls, _ = _linear_calls(module, names, inputs[start : start + CHUNK], labels[start : start + CHUNK])
-        chunk: dict[str, list] = collections.defaultdict(list)
+        chunk_inputs = inputs[start : start + CHUNK]
+        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + CHUNK])
+        chunk: dict[str, list[_Call]] = collections.defaultdict(list)
         for call in calls:
             if call.name in measured:
-                grad = None if call.output.grad is None else call.output.grad.double()
-                chunk[call.name].append((call.read.double(), grad, call.switching[:, :MAX_UNITS].double()))
+                chunk[call.name].append(call)
         for name, got in chunk.items():
-            rows[name].append(got)
-    kept = {name: chunks for name, chunks in rows.items()
-            if all(len(got) == measured[name] and all(grad is not None for _, grad, _ in got) for got in chunks)}
-    return {name: tuple(torch.cat([got[call][part] for call in range(measured[name]) for got in chunks])
-                        for part in range(3)) for name, chunks in kept.items()}  # fmt: skip
+            if any(call.output.grad is None for call in got):
+                broken.add(name)
+            elif name in tokenwise:
+                if sum(_tokens(call, len(chunk_inputs)) for call in got) != measured[name]:
+                    broken.add(name)
+                else:
+                    parts[name].append(_token_counts(got, not parts[name]))
+            elif len(got) != measured[name] or not all(_per_example(call) for call in got):
+                broken.add(name)
+            else:
+                parts[name].append([(call.read.double(), call.output.grad.double(),
+                                     call.switching[:, :MAX_UNITS].double()) for call in got])
+    chunks = -(-len(inputs) // CHUNK)
+    kept = {name: got for name, got in parts.items() if name not in broken and len(got) == chunks}
+    fields = {}
+    for name, got in kept.items():
+        if name in tokenwise:
+            fields[name] = {"inputs": got[0][0], "counts": torch.cat([counts for _, counts in got])}
+        else:
+            fields[name] = dict(zip(("inputs", "grad", "switching"), (
+                torch.cat([part[call][index] for call in range(measured[name]) for part in got])
+                for index in range(3))))  # fmt: skip
+    return fields
 
 
-def layers_seen(context: InspectContext, as_in_training: bool = False) -> list[LinearSeen]:
+def _token_counts(calls: list[_Call], first: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """From one chunk's calls of a layer applied per token: its rows (the tokens' inputs, float64; only for the
+    ``first`` chunk, else None) and, per example and unit, the tokens the gradient reaches the unit from."""
+    counts = sum((call.output.grad[..., :MAX_UNITS] != 0).flatten(1, -2).sum(dim=1) for call in calls)
+    read = torch.cat([call.read.flatten(0, -2) for call in calls])[:SAMPLE_ROWS].double() if first else None
+    return read, counts
+
+
+def layers_seen(context: InspectContext, as_in_training: bool = False, tokenwise: bool = False
+                ) -> list[LinearSeen | TokenwiseSeen]:  # fmt: skip
     """:func:`linear_layers_seen` of the received model on the client's examples, computed once per context (FG803,
-    FG804, FG805 and FG301's relief read it); as in training, :func:`layers_in_training`."""
+    FG804, FG805 and FG301's relief read it); as in training, :func:`layers_in_training`. The layers applied per
+    token (:class:`TokenwiseSeen`, which FG803 alone reads) only with ``tokenwise``."""
     module, (inputs, labels) = context.view.module, context.data
     if not as_in_training:
-        return context.shared(("linear_layers_seen", False), lambda: linear_layers_seen(module, inputs, labels))
-    return context.shared(("linear_layers_seen", True),
-                          lambda: layers_in_training(module, inputs, labels, lambda: layers_seen(context)))  # fmt: skip
+        seen = context.shared(("linear_layers_seen", False), lambda: linear_layers_seen(module, inputs, labels))
+    else:
+        seen = context.shared(("linear_layers_seen", True), lambda: layers_in_training(
+            module, inputs, labels, lambda: layers_seen(context, tokenwise=True)))  # fmt: skip
+    return seen if tokenwise else [layer for layer in seen if isinstance(layer, LinearSeen)]
 
 
 def layers_in_training(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
@@ -284,11 +365,10 @@ def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torc
     if not after:
         return layers
     times = {seen.name: seen.calls for seen in layers if seen.dropout}
+    tokenwise = {seen.name for seen in layers if isinstance(seen, TokenwiseSeen)}
     with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
-        drawn = _in_chunks(module, after, times, inputs, labels)
-    return [dataclasses.replace(seen, inputs=drawn[seen.name][0], grad=drawn[seen.name][1],
-                                switching=drawn[seen.name][2]) if seen.name in drawn else seen
-            for seen in layers]  # fmt: skip
+        drawn = _in_chunks(module, after, times, inputs, labels, tokenwise)
+    return [dataclasses.replace(seen, **drawn[seen.name]) if seen.name in drawn else seen for seen in layers]
 
 
 @dataclass
@@ -331,7 +411,8 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     hooks = [layer.register_forward_hook(record) for layer in names]
     hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
     try:
-        with torch.set_grad_enabled(labels is not None), noted or contextlib.nullcontext():
+        with torch.enable_grad(), noted or contextlib.nullcontext():  # with gradients, torch's own encoder layers
+            # run their Linear modules (their fused path without)
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs = [call.output for call in calls if call.output.requires_grad]
             if labels is not None and outputs and logits.requires_grad:
@@ -429,9 +510,10 @@ def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> 
     return dataclasses.replace(seen, rounding=error - error.mean(dim=0))  # an offset moves no example apart
 
 
-def reach_rates(grad: torch.Tensor) -> torch.Tensor:
-    """Per unit, the share of the examples whose gradient reaches it, from the output gradient ``[examples, units]``."""
-    return (grad != 0).double().mean(dim=0)
+def reach_rates(counts: torch.Tensor) -> torch.Tensor:
+    """Per unit, the share of the examples whose gradient reaches it, from :meth:`LinearSeen.reach_counts` (or the
+    output gradient ``[examples, units]`` itself)."""
+    return (counts != 0).double().mean(dim=0)
 
 
 def rare_share(rates: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -442,15 +524,12 @@ def rare_share(rates: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
     return float(rare.sum()) / max(int(live.sum()), 1), rare, live
 
 
-def isolated_examples(grad: torch.Tensor, examples: int | None = None) -> int:
-    """How many examples are each the only one whose gradient reaches some unit: the examples a server reads off the
-    layer's update exactly (that unit's weight gradient over its bias gradient). With ``examples``, ``grad`` holds
-    one row per example and call, the calls one after another, and an example counts once whichever call is alone."""
-    reached = grad != 0
-    alone = reached[:, reached.sum(dim=0) == 1].any(dim=1)
-    if examples is None:
-        return int(alone.sum())
-    return int(alone.view(-1, examples).any(dim=0).sum())
+def isolated_examples(counts: torch.Tensor) -> int:
+    """How many examples are each the only one whose gradient reaches some unit, from one row of theirs (a call, a
+    token), from :meth:`LinearSeen.reach_counts`: the examples a server reads off the layer's update exactly (that
+    unit's weight gradient over its bias gradient gives that row's input)."""
+    alone = counts.sum(dim=0) == 1
+    return int((counts[:, alone] != 0).any(dim=1).sum())
 
 
 def input_directions(seen: LinearSeen) -> int:
@@ -479,7 +558,7 @@ def _fresh_isolated(context: InspectContext, name: str, as_in_training: bool) ->
         seen = next((s for s in layers if s.name == name), None)
     except Exception:  # the architecture's code cannot give a baseline here: the received model is judged alone
         return None
-    return None if seen is None else isolated_examples(seen.grad, len(seen.grad) // seen.calls)
+    return None if seen is None else isolated_examples(seen.reach_counts())
 
 
 @register_detector("responses")
@@ -520,7 +599,7 @@ class LayerResponses(Detector):
             if as_in_training and len(context.data[0]) < 2:
                 return
             try:
-                layers = layers_seen(context, as_in_training)
+                layers = layers_seen(context, as_in_training, tokenwise=True)
             except Exception as exc:  # the architecture's code does not run so here: the eval pass alone
                 if not as_in_training or _raised_by_fedguard(exc):
                     raise
@@ -534,28 +613,31 @@ class LayerResponses(Detector):
         binned = False
         for seen in layers:
             yield from self._sparse(context, seen)
-            if not binned:  # the layers after one that bins the batch see nothing but that one measurement
+            if not binned and isinstance(seen, LinearSeen):  # the layers after one that bins the batch see nothing but that one measurement
                 same = list(self._same(seen, context.view.module, context.data[0]))
                 binned = bool(same)
                 yield from same
 
     def _sparse(self, context: InspectContext, seen: LinearSeen):
-        name, grad, module = seen.name, seen.grad, context.view.module
-        examples = len(grad) // seen.calls
-        rates = reach_rates(grad)
+        name, counts, module = seen.name, seen.reach_counts(), context.view.module
+        examples = len(counts)
+        rates = reach_rates(counts)
         share, rare, live = rare_share(rates)
         if share >= RARE_SHARE and int(rare.sum()) >= MIN_GROUP:
-            isolated = isolated_examples(grad, examples)
+            isolated = isolated_examples(counts)
             directions = input_directions(seen)
             few = directions < min(MIN_DIRECTIONS, examples // 2)
             fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
-            them = "them" if seen.calls == 1 else f"the {len(grad)} inputs {name} reads from them ({seen.calls} each)"
+            rows = "tokens" if isinstance(seen, TokenwiseSeen) else "inputs"
+            them = "them" if seen.calls == 1 else (f"them (of the {examples * seen.calls} {rows} {name} reads from "
+                                                   f"them, {seen.calls} each)")
+            row = "token's input" if isinstance(seen, TokenwiseSeen) else "input"
             said = (f"On {examples} of your examples{_normalised(seen, module)}, {int(rare.sum())} of the "
                     f"{int(live.sum())} units of {name} that fire at all fire for at most {RARE:.0%} of {them} "
                     f"(median {float(rates[live].median()):.1%}; honest layers at initialisation or trained on "
                     f"every class: at most 24 %), and {isolated} of your examples are each the only one to reach some "
-                    f"unit: each such unit's update is that example's input to {name}, exactly")  # fmt: skip
+                    f"unit: each such unit's update is that example's {row} to {name}, exactly")  # fmt: skip
             if fresh is not None and few:
                 said += (f"; no more than a fresh initialisation of --arch isolates on them ({fresh}), so the leak "
                          "is the architecture's. Do not train on this model before you know why so many of its units "
@@ -575,7 +657,7 @@ class LayerResponses(Detector):
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
                 median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=examples,
                 isolated_examples=isolated, input_directions=directions,
-                **({"calls": seen.calls} if seen.calls > 1 else {}),
+                **({"tokens" if isinstance(seen, TokenwiseSeen) else "calls": seen.calls} if seen.calls > 1 else {}),
                 **({} if fresh is None else {"fresh_init_isolated": fresh}), **_mode_evidence(seen, module),
             )
 

@@ -52,7 +52,7 @@ def silent_units(layer: LinearSeen) -> tuple[int, int]:
     example switches it on (its response is never above zero) and no example's gradient reaches it (a unit that
     fires behind a layer initialised at zero gets no gradient either, yet is alive)."""
     response, bias = layer.responses()
-    reached = reach_rates(layer.grad)[: len(bias)] > 0
+    reached = reach_rates(layer.reach_counts())[: len(bias)] > 0
     return int((~reached & ((response + bias) <= 0).all(dim=0)).sum()), len(bias)
 
 
