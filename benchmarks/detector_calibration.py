@@ -119,9 +119,11 @@ def main() -> None:
             in_eval = responses.linear_layers_seen(module, x[pick], y[pick])
             for seen in in_eval + responses.layers_in_training(module, x[pick], y[pick], lambda: in_eval):
                 where = f"{entry.label}:{seen.name}{' (training)' if seen.as_in_training else ''}"
-                share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.grad))
+                share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.reach_counts()))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:
                     rare = max(rare, (share, where))
+                if isinstance(seen, responses.TokenwiseSeen):  # FG803 alone reads the layers applied per token
+                    continue
                 dead, units = silenced.silent_units(seen)
                 if not seen.as_in_training and bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)
                     silent = max(silent, (dead / units, where))

@@ -63,9 +63,12 @@ the server solves for the image through the layers it wrote):
 
 Every ``nn.Linear`` that one forward pass applies to batches of feature
 vectors is measured, over all its calls where it applies more than once
-(not one applied per token, nor the head), on at most :data:`MAX_UNITS`
-units, in eval mode and, for a model with running statistics or dropout,
-again as its training runs it (:meth:`LayerResponses.run`). References:
+(not the head), on at most :data:`MAX_UNITS` units, in eval mode and, for a
+model with running statistics or dropout, again as its training runs it
+(:meth:`LayerResponses.run`). FG803 also reads those applied to every token
+of an example (:class:`TokenwiseSeen`: a unit is reached by an example when
+any of its tokens reaches it, and a unit only one token reaches gives that
+token's input). References:
 Phong et al., IEEE TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al.,
 "When the Curious Abandon Honesty", IEEE EuroS&P 2023.
 """

@@ -1286,6 +1286,78 @@ def test_honest_layers_applied_more_than_once_read_clean(build):
     assert all(seen.calls == (2 if build is _AppliedTwice else 8) for seen in linear_layers_seen(model, x[:64], y[:64]))
 
 
+class _TokenTransformer(nn.Module):
+    """Digits as 8 tokens of 8 pixels through torch's encoder layer, whose feed-forward layers apply per token."""
+
+    def __init__(self, activation: str = "relu"):
+        super().__init__()
+        self.embed, self.position = nn.Linear(8, 32), nn.Parameter(torch.randn(1, 8, 32) * 0.02)
+        self.encoder = nn.TransformerEncoderLayer(32, 4, 128, dropout=0.1, activation=activation, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x.reshape(len(x), 8, 8)) + self.position).mean(1))
+
+
+def _token_inputs(model: _TokenTransformer, x: torch.Tensor) -> torch.Tensor:
+    """What the encoder's first feed-forward layer reads from ``x``, ``[examples, tokens, features]``."""
+    read = []
+    hook = model.encoder.linear1.register_forward_hook(lambda layer, args, output: read.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        hook.remove()
+    return read[0]
+
+
+def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_firing():
+    """Honest weights in a transformer's feed-forward layer, each bias at the quantile that makes its unit fire for
+    about one token of a batch of 64 digits: FG803 had read only layers applied to one feature vector per example
+    (a red team's tiny ViT so planted: 210 of 320 patches rebuilt, clean). Each example it counts as isolated has a
+    token that one unit's update gives back exactly."""
+    torch.manual_seed(0)
+    model, (x, y) = _TokenTransformer(), digits((1, 8, 8))
+    layer = model.encoder.linear1
+    with torch.no_grad():
+        response = _token_inputs(model, x[64:]).flatten(0, 1) @ layer.weight.T
+        layer.bias.copy_(-torch.quantile(response, 1 - 1 / (64 * 8), dim=0))
+    assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "encoder.linear1"
+    assert found.evidence["tokens"] == 8 and found.evidence["rare_share"] >= 0.9
+    seen = next(s for s in linear_layers_seen(model, x[:64], y[:64]) if s.name == "encoder.linear1")
+    counts = seen.reach_counts()
+    assert counts.shape == (64, 128) and int(counts.sum()) > 0
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x[:64]), y[:64], reduction="sum").backward()
+    tokens, rebuilt = _token_inputs(model, x[:64]), set()
+    for unit in (counts.sum(dim=0) == 1).nonzero()[:, 0].tolist():
+        example = int(counts[:, unit].nonzero())
+        guess = layer.weight.grad[unit] / layer.bias.grad[unit]
+        error = (tokens[example] - guess).norm(dim=1).min() / tokens[example].norm(dim=1).max()
+        assert float(error) < 1e-4
+        rebuilt.add(example)
+    assert len(rebuilt) == found.evidence["isolated_examples"] >= 16
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_honest_per_token_feed_forward_layers_read_clean(activation):
+    """At three initialisations, trained, pruned by 90 % and through fp16."""
+    x, y = digits((1, 8, 8))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        assert not _with_data(_TokenTransformer(activation), (1, 8, 8), ["responses"], n=64)
+    model = train_with_adam(_TokenTransformer(activation), x[64:], y[64:], epochs=10, seed=0)
+    assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert {type(s).__name__ for s in linear_layers_seen(model, x[:64], y[:64])} == {"TokenwiseSeen"}
+    for layer in (model.encoder.linear1, model.encoder.linear2):
+        prune.l1_unstructured(layer, "weight", amount=0.9)
+        prune.remove(layer, "weight")
+    assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
+    assert not _with_data(model.half().float(), (1, 8, 8), ["responses"], n=64)
+
+
 class _RefusesTraining(nn.Module):
     """A model whose own code refuses to run with its BatchNorm in training mode."""
 
