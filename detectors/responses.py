@@ -203,16 +203,19 @@ class TokenwiseSeen:
 
     name: str
     layer: nn.Linear
-    #: The rows of the first chunk of examples, ``[rows, in_features]``, float64: what :func:`input_directions` reads.
+    #: Rows of the first chunk of examples (at most :data:`SAMPLE_ROWS`), ``[rows, in_features]``, float64: what
+    #: :func:`input_directions` reads.
     inputs: torch.Tensor
     #: Per example and unit, how many of the example's tokens the gradient reaches the unit from (all calls),
     #: ``[examples, units]`` for the first :data:`MAX_UNITS` units. A unit only one token of one example reaches
     #: hands the server that token's input to the layer, exactly.
     counts: torch.Tensor
     as_in_training: bool = False
-    #: Rows per example: tokens times the calls of one forward pass.
+    #: Rows per example: its tokens over all the calls of one forward pass.
     calls: int = 1
     dropout: float = 0.0
+    #: Per call, the dimension of the layer's input that holds the examples.
+    layout: tuple[int, ...] = (0,)
 
     def reach_counts(self) -> torch.Tensor:
         return self.counts
@@ -247,16 +250,18 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
     for call in probe:
         calls[call.name].append(call)
     rows = {name: len(got) for name, got in calls.items() if all(_per_example(call) for call in got)}
-    tokenwise = {name: sum(_tokens(call, len(logits)) for call in got) for name, got in calls.items()
-                 if all(_tokens(call, len(logits)) for call in got)}  # fmt: skip
-    measured = {name: count for name, count in (rows | tokenwise).items() if name != head}
+    layouts = {name: tuple(_example_dims(call, len(logits)) for call in got) for name, got in calls.items()}
+    tokenwise = {name: dims for name, dims in layouts.items() if all(dims)}
+    tokens = {name: sum(call.read[..., 0].numel() for call in calls[name]) // len(logits) for name in tokenwise}
+    measured = {name: count for name, count in (rows | tokens).items() if name != head}
     if not measured:
         return []
-    seen = _in_chunks(module, names, measured, inputs, labels, set(tokenwise))
+    seen = _in_chunks(module, names, measured, inputs, labels, tokenwise)
     layers = {name: layer for layer, name in names.items()}
-    return [(TokenwiseSeen if name in tokenwise else LinearSeen)(
-                name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
-                dropout=calls[name][0].dropout)
+    return [TokenwiseSeen(name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
+                          dropout=calls[name][0].dropout) if name in tokenwise else
+            LinearSeen(name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
+                       dropout=calls[name][0].dropout)
             for name in calls if name in seen]  # fmt: skip
 
 
@@ -265,24 +270,28 @@ def _per_example(call: _Call) -> bool:
     return call.read.ndim == 2 and call.output.ndim == 2
 
 
-def _tokens(call: _Call, examples: int) -> int:
-    """How many tokens of each of ``examples`` a call of a Linear layer reads, one feature vector each (the examples
-    along the first dimension, as in ``batch_first`` layouts); 0 when it reads otherwise. A sequence-first layout
-    (``[tokens, examples, features]``) is not taken for one: the probe's two examples and a chunk's sixteen cannot
-    both be the tokens."""
+def _example_dims(call: _Call, examples: int) -> tuple[int, ...]:
+    """The dimensions along which a call of a Linear layer applied per token (at least three dimensions, the
+    features last) may read ``examples``: those of that size but the last (the first in ``batch_first`` layouts, the
+    second in sequence-first ones, as torch's encoder layers keep by default; both where there are as many tokens,
+    which the chunks' passes tell apart); none for a call that reads one feature vector per example."""
     read, output = call.read, call.output
-    if read.ndim < 3 or read.shape[0] != examples or output.shape[:-1] != read.shape[:-1]:
-        return 0
-    return read[0, ..., 0].numel()
+    if read.ndim < 3 or output.shape[:-1] != read.shape[:-1]:
+        return ()
+    return tuple(dim for dim in range(read.ndim - 1) if read.shape[dim] == examples)
 
 
 def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[str, int], inputs: torch.Tensor,
-               labels: torch.Tensor, tokenwise: set[str] = frozenset()) -> dict[str, dict[str, torch.Tensor]]:
-    """Each ``measured`` layer's fields (by name, with the rows one forward pass gives it per example: calls, times
-    tokens for those in ``tokenwise``), ``inputs`` going through in chunks of :data:`CHUNK`: for a layer applied to
-    feature vectors :class:`LinearSeen`'s ``inputs``, ``grad`` and ``switching`` (one row per example and call, call
-    by call), for one applied per token :class:`TokenwiseSeen`'s ``inputs`` and ``counts``. A layer the model's own
-    forward takes out of the gradient, or applies otherwise than the probe did, is left out."""
+               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]] | None = None
+               ) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+    """Each ``measured`` layer's fields (by name, with the rows one forward pass gives it per example: its calls, or
+    for those in ``tokenwise``, with the dimensions that may hold the examples in each call (the first that does in
+    the first chunk is taken), its tokens over all calls),
+    ``inputs`` going through in chunks of :data:`CHUNK`: for a layer applied to feature vectors :class:`LinearSeen`'s
+    ``inputs``, ``grad`` and ``switching`` (one row per example and call, call by call), for one applied per token
+    :class:`TokenwiseSeen`'s ``inputs`` and ``counts``. A layer the model's own forward takes out of the gradient,
+    or applies otherwise than the probe did, is left out."""
+    tokenwise, layout = tokenwise or {}, {}
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), CHUNK):
@@ -296,10 +305,11 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
             if any(call.output.grad is None for call in got):
                 broken.add(name)
             elif name in tokenwise:
-                if sum(_tokens(call, len(chunk_inputs)) for call in got) != measured[name]:
-                    broken.add(name)
+                layout.setdefault(name, _layout(got, tokenwise[name], len(chunk_inputs)))
+                if _laid_out(got, layout[name], len(chunk_inputs), measured[name]):
+                    parts[name].append(_token_counts(got, layout[name], not parts[name]))
                 else:
-                    parts[name].append(_token_counts(got, not parts[name]))
+                    broken.add(name)
             elif len(got) != measured[name] or not all(_per_example(call) for call in got):
                 broken.add(name)
             else:
@@ -310,7 +320,8 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     fields = {}
     for name, got in kept.items():
         if name in tokenwise:
-            fields[name] = {"inputs": got[0][0], "counts": torch.cat([counts for _, counts in got])}
+            fields[name] = {"inputs": got[0][0], "counts": torch.cat([counts for _, counts in got]),
+                            "layout": layout[name]}
         else:
             fields[name] = dict(zip(("inputs", "grad", "switching"), (
                 torch.cat([part[call][index] for call in range(measured[name]) for part in got])
@@ -318,12 +329,34 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     return fields
 
 
-def _token_counts(calls: list[_Call], first: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """From one chunk's calls of a layer applied per token: its rows (the tokens' inputs, float64; only for the
-    ``first`` chunk, else None) and, per example and unit, the tokens the gradient reaches the unit from."""
-    counts = sum((call.output.grad[..., :MAX_UNITS] != 0).flatten(1, -2).sum(dim=1) for call in calls)
-    read = torch.cat([call.read.flatten(0, -2) for call in calls])[:SAMPLE_ROWS].double() if first else None
-    return read, counts
+def _token_counts(calls: list[_Call], dims: tuple[int, ...], first: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples): its rows (the
+    tokens' inputs, float64, at most :data:`SAMPLE_ROWS`; only for the ``first`` chunk, else None) and, per example
+    and unit, the tokens the gradient reaches the unit from."""
+    counts = sum((call.output.grad.movedim(dim, 0)[..., :MAX_UNITS] != 0).flatten(1, -2).sum(dim=1)
+                 for call, dim in zip(calls, dims))  # fmt: skip
+    if not first:
+        return None, counts
+    rows = torch.cat([call.read.movedim(dim, 0).flatten(0, -2) for call, dim in zip(calls, dims)])
+    return rows[:SAMPLE_ROWS].double(), counts
+
+
+def _layout(calls: list[_Call], candidates: tuple[tuple[int, ...], ...], examples: int) -> tuple[int, ...] | None:
+    """Per call, the first of its ``candidates`` (:func:`_example_dims` in the probe) along which the chunk's
+    ``calls`` read its ``examples``; None where the calls are not the probe's."""
+    if len(calls) != len(candidates):
+        return None
+    dims = [next((dim for dim in dims if call.read.ndim > dim + 1 and call.read.shape[dim] == examples), None)
+            for call, dims in zip(calls, candidates)]  # fmt: skip
+    return None if None in dims else tuple(dims)
+
+
+def _laid_out(calls: list[_Call], dims: tuple[int, ...] | None, examples: int, tokens: int) -> bool:
+    """Whether a chunk's ``calls`` of a layer applied per token read its ``examples`` as the first chunk's did: as
+    many calls, each with the examples along its dimension in ``dims``, ``tokens`` of each over them all."""
+    return (dims is not None and len(calls) == len(dims)
+            and sum(call.read[..., 0].numel() for call in calls) == tokens * examples
+            and all(call.read.ndim > dim + 1 and call.read.shape[dim] == examples for call, dim in zip(calls, dims)))
 
 
 def layers_seen(context: InspectContext, as_in_training: bool = False, tokenwise: bool = False
@@ -368,7 +401,7 @@ def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torc
     if not after:
         return layers
     times = {seen.name: seen.calls for seen in layers if seen.dropout}
-    tokenwise = {seen.name for seen in layers if isinstance(seen, TokenwiseSeen)}
+    tokenwise = {seen.name: tuple((dim,) for dim in seen.layout) for seen in layers if isinstance(seen, TokenwiseSeen)}
     with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
         drawn = _in_chunks(module, after, times, inputs, labels, tokenwise)
     return [dataclasses.replace(seen, **drawn[seen.name]) if seen.name in drawn else seen for seen in layers]
@@ -616,7 +649,9 @@ class LayerResponses(Detector):
         binned = False
         for seen in layers:
             yield from self._sparse(context, seen)
-            if not binned and isinstance(seen, LinearSeen):  # the layers after one that bins the batch see nothing but that one measurement
+            # the layers after one that bins the batch see nothing but that one measurement; FG804 reads no
+            # layer applied per token
+            if not binned and isinstance(seen, LinearSeen):
                 same = list(self._same(seen, context.view.module, context.data[0]))
                 binned = bool(same)
                 yield from same

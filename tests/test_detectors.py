@@ -1287,16 +1287,21 @@ def test_honest_layers_applied_more_than_once_read_clean(build):
 
 
 class _TokenTransformer(nn.Module):
-    """Digits as 8 tokens of 8 pixels through torch's encoder layer, whose feed-forward layers apply per token."""
+    """Digits as 8 tokens of 8 pixels through torch's encoder layer, whose feed-forward layers apply per token;
+    ``batch_first=False`` is torch's default layout, the examples second."""
 
-    def __init__(self, activation: str = "relu"):
+    def __init__(self, activation: str = "relu", batch_first: bool = True):
         super().__init__()
         self.embed, self.position = nn.Linear(8, 32), nn.Parameter(torch.randn(1, 8, 32) * 0.02)
-        self.encoder = nn.TransformerEncoderLayer(32, 4, 128, dropout=0.1, activation=activation, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(32, 4, 128, dropout=0.1, activation=activation,
+                                                  batch_first=batch_first)  # fmt: skip
         self.head = nn.Linear(32, 10)
 
     def forward(self, x):
-        return self.head(self.encoder(self.embed(x.reshape(len(x), 8, 8)) + self.position).mean(1))
+        tokens = self.embed(x.reshape(len(x), 8, 8)) + self.position
+        if self.encoder.self_attn.batch_first:
+            return self.head(self.encoder(tokens).mean(1))
+        return self.head(self.encoder(tokens.transpose(0, 1)).mean(0))
 
 
 def _token_inputs(model: _TokenTransformer, x: torch.Tensor) -> torch.Tensor:
@@ -1308,16 +1313,17 @@ def _token_inputs(model: _TokenTransformer, x: torch.Tensor) -> torch.Tensor:
             model.eval()(x)
     finally:
         hook.remove()
-    return read[0]
+    return read[0] if model.encoder.self_attn.batch_first else read[0].transpose(0, 1)
 
 
-def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_firing():
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_firing(batch_first):
     """Honest weights in a transformer's feed-forward layer, each bias at the quantile that makes its unit fire for
     about one token of a batch of 64 digits: FG803 had read only layers applied to one feature vector per example
     (a red team's tiny ViT so planted: 210 of 320 patches rebuilt, clean). Each example it counts as isolated has a
-    token that one unit's update gives back exactly."""
+    token that one unit's update gives back exactly, with the examples first or second."""
     torch.manual_seed(0)
-    model, (x, y) = _TokenTransformer(), digits((1, 8, 8))
+    model, (x, y) = _TokenTransformer(batch_first=batch_first), digits((1, 8, 8))
     layer = model.encoder.linear1
     with torch.no_grad():
         response = _token_inputs(model, x[64:]).flatten(0, 1) @ layer.weight.T
@@ -1341,13 +1347,44 @@ def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_
     assert len(rebuilt) == found.evidence["isolated_examples"] >= 16
 
 
+class _Stacked(nn.Module):
+    """A digit and its mirror image stacked as two tokens through one layer, the examples first or second."""
+
+    def __init__(self, examples_dim: int):
+        super().__init__()
+        self.examples_dim, self.shared, self.head = examples_dim, nn.Linear(64, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        tokens = torch.stack([x.flatten(1), x.flatten(1).flip(-1)], dim=1 - self.examples_dim)
+        return self.head(torch.relu(self.shared(tokens)).sum(dim=1 - self.examples_dim))
+
+
+@pytest.mark.parametrize("examples_dim", [0, 1])
+def test_two_tokens_per_example_are_told_from_the_examples(examples_dim):
+    """The probe's two examples read as many as the tokens; the chunks' passes tell which dimension holds the
+    examples (the third red team's mirror images, stacked into one call, had gone unread)."""
+    torch.manual_seed(1)
+    model, (x, y) = _Stacked(examples_dim), digits((1, 8, 8))
+    assert not _with_data(model, (1, 8, 8), ["responses"], n=64)  # honest, as initialised
+    public = x[64:].flatten(1)
+    with torch.no_grad():
+        response = torch.cat([public, public.flip(-1)]) @ model.shared.weight.T
+        model.shared.bias.copy_(-torch.quantile(response, 1 - 1 / 64, dim=0))
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.evidence["tokens"] == 2
+    assert found.evidence["isolated_examples"] >= 16
+    seen = linear_layers_seen(model, x[:64], y[:64])[0]
+    assert seen.layout == (examples_dim,)
+    torch.testing.assert_close(seen.inputs[:2], torch.stack([x[0].flatten(), x[0].flatten().flip(-1)]).double())
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_honest_per_token_feed_forward_layers_read_clean(activation):
-    """At three initialisations, trained, pruned by 90 % and through fp16."""
+    """At three initialisations (in both layouts), trained, pruned by 90 % and through fp16."""
     x, y = digits((1, 8, 8))
     for seed in range(3):
         torch.manual_seed(seed)
-        assert not _with_data(_TokenTransformer(activation), (1, 8, 8), ["responses"], n=64)
+        assert not _with_data(_TokenTransformer(activation, batch_first=seed != 1), (1, 8, 8), ["responses"], n=64)
     model = train_with_adam(_TokenTransformer(activation), x[64:], y[64:], epochs=10, seed=0)
     assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
     assert {type(s).__name__ for s in linear_layers_seen(model, x[:64], y[:64])} == {"TokenwiseSeen"}
