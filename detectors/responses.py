@@ -96,6 +96,15 @@ from fedguard.types import Confidence, Rule, Severity
 
 #: A unit is rare when at most this share of the client's examples reach it.
 RARE = 1 / 8
+#: A row of an example reaches a unit when its gradient at the unit's output, over the size of the example's own
+#: loss gradient (:func:`loss_scale`), is more than this share of the largest such at the unit: below it, the row
+#: adds nothing the server's division (weight gradient over bias gradient) notices. A red team's LeakyReLU of
+#: slope 1e-9 below planted biases gave every example a gradient at every unit, none of them exactly zero, and
+#: rebuilt as many tokens as the ReLU it stood for, clean. Above the cut, at a slope of 1e-3, the other 63 examples
+#: of a batch of 64 add a few per cent of the input to what the server rebuilds (argued from the slope, not
+#: measured). Read so, the rare share of no layer of the benign zoo moved by more than 0.02 for a cut anywhere up
+#: to 1e-3 (two batches of 64 digits each, 194 layers and batches; the largest stays 0.226).
+NEGLIGIBLE = 1e-3
 #: FG803: share of a layer's reached units that are rare.
 RARE_SHARE = 0.35
 #: FG803 is medium, not high, where the layer's input varies in fewer directions over the examples than this (and
@@ -167,10 +176,15 @@ class LinearSeen:
     #: draw of that dropout gives the layer (:func:`with_dropout_drawn`).
     dropout: float = 0.0
 
+    #: Per row, the size of its example's loss gradient at the logits (:func:`loss_scale`); None: all alike.
+    scale: torch.Tensor | None = None
+
     def reach_counts(self) -> torch.Tensor:
-        """Per example and unit, how many of the example's rows (one per call) the gradient reaches the unit from,
+        """Per example and unit, how many of the example's rows (one per call) reach the unit (:func:`reaching`),
         ``[examples, units]``."""
-        return (self.grad != 0).view(self.calls, -1, self.grad.shape[1]).sum(dim=0)
+        weighed = self.grad.abs() if self.scale is None else self.grad.abs() / self.scale[:, None]
+        reached = reaching(weighed, weighed)
+        return reached.view(self.calls, -1, reached.shape[1]).sum(dim=0)
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
@@ -206,10 +220,11 @@ class TokenwiseSeen:
     #: Rows of the first chunk of examples (at most :data:`SAMPLE_ROWS`), ``[rows, in_features]``, float64: what
     #: :func:`input_directions` reads.
     inputs: torch.Tensor
-    #: Per example and unit, how many of the example's tokens the gradient reaches the unit from (all calls),
-    #: ``[examples, units]`` for the first :data:`MAX_UNITS` units. A unit only one token of one example reaches
-    #: hands the server that token's input to the layer, exactly.
-    counts: torch.Tensor
+    #: Per example and unit, the largest and the second largest of the example's tokens' gradients at the unit's
+    #: output (all calls; sizes over :func:`loss_scale`), ``[examples, 2, units]`` for the first :data:`MAX_UNITS`
+    #: units: what tells whether no token, one or more reach it (:func:`reaching`). A unit only one token of one
+    #: example reaches hands the server that token's input to the layer, exactly.
+    peaks: torch.Tensor
     as_in_training: bool = False
     #: Rows per example: its tokens over all the calls of one forward pass.
     calls: int = 1
@@ -218,7 +233,9 @@ class TokenwiseSeen:
     layout: tuple[int, ...] = (0,)
 
     def reach_counts(self) -> torch.Tensor:
-        return self.counts
+        """Per example and unit, how many of the example's tokens reach the unit (:func:`reaching`): 0, 1, or 2 for
+        two or more, ``[examples, units]``."""
+        return reaching(self.peaks, self.peaks[:, 0]).sum(dim=1)
 
 
 def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool = False
@@ -288,15 +305,16 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     for those in ``tokenwise``, with the dimensions that may hold the examples in each call (the first that does in
     the first chunk is taken), its tokens over all calls),
     ``inputs`` going through in chunks of :data:`CHUNK`: for a layer applied to feature vectors :class:`LinearSeen`'s
-    ``inputs``, ``grad`` and ``switching`` (one row per example and call, call by call), for one applied per token
-    :class:`TokenwiseSeen`'s ``inputs`` and ``counts``. A layer the model's own forward takes out of the gradient,
-    or applies otherwise than the probe did, is left out."""
-    tokenwise, layout = tokenwise or {}, {}
+    ``inputs``, ``grad``, ``switching`` (one row per example and call, call by call) and ``scale``, for one applied
+    per token :class:`TokenwiseSeen`'s ``inputs``, ``peaks`` and ``layout``. A layer the model's own forward takes
+    out of the gradient, or applies otherwise than the probe did, is left out."""
+    tokenwise, layout, scales = tokenwise or {}, {}, []
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), CHUNK):
         chunk_inputs = inputs[start : start + CHUNK]
-        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + CHUNK])
+        calls, logits = _linear_calls(module, names, chunk_inputs, labels[start : start + CHUNK])
+        scales.append(loss_scale(logits, labels[start : start + CHUNK]))
         chunk: dict[str, list[_Call]] = collections.defaultdict(list)
         for call in calls:
             if call.name in measured:
@@ -307,7 +325,7 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
             elif name in tokenwise:
                 layout.setdefault(name, _layout(got, tokenwise[name], len(chunk_inputs)))
                 if _laid_out(got, layout[name], len(chunk_inputs), measured[name]):
-                    parts[name].append(_token_counts(got, layout[name], not parts[name]))
+                    parts[name].append(_token_peaks(got, layout[name], scales[-1], not parts[name]))
                 else:
                     broken.add(name)
             elif len(got) != measured[name] or not all(_per_example(call) for call in got):
@@ -317,28 +335,31 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
                                      call.switching[:, :MAX_UNITS].double()) for call in got])
     chunks = -(-len(inputs) // CHUNK)
     kept = {name: got for name, got in parts.items() if name not in broken and len(got) == chunks}
-    fields = {}
+    fields, scale = {}, torch.cat(scales) if scales else None
     for name, got in kept.items():
         if name in tokenwise:
-            fields[name] = {"inputs": got[0][0], "counts": torch.cat([counts for _, counts in got]),
+            fields[name] = {"inputs": got[0][0], "peaks": torch.cat([peaks for _, peaks in got]),
                             "layout": layout[name]}
         else:
             fields[name] = dict(zip(("inputs", "grad", "switching"), (
                 torch.cat([part[call][index] for call in range(measured[name]) for part in got])
-                for index in range(3))))  # fmt: skip
+                for index in range(3))), scale=scale.repeat(measured[name]))  # fmt: skip
     return fields
 
 
-def _token_counts(calls: list[_Call], dims: tuple[int, ...], first: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples): its rows (the
-    tokens' inputs, float64, at most :data:`SAMPLE_ROWS`; only for the ``first`` chunk, else None) and, per example
-    and unit, the tokens the gradient reaches the unit from."""
-    counts = sum((call.output.grad.movedim(dim, 0)[..., :MAX_UNITS] != 0).flatten(1, -2).sum(dim=1)
-                 for call, dim in zip(calls, dims))  # fmt: skip
+def _token_peaks(calls: list[_Call], dims: tuple[int, ...], scale: torch.Tensor, first: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor]:  # fmt: skip
+    """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples; ``scale``: each
+    example's :func:`loss_scale`): its rows (the tokens' inputs, float64, at most :data:`SAMPLE_ROWS`; only for the
+    ``first`` chunk, else None) and :attr:`TokenwiseSeen.peaks`."""
+    weighed = torch.cat([call.output.grad.movedim(dim, 0)[..., :MAX_UNITS].flatten(1, -2).abs().double()
+                         for call, dim in zip(calls, dims)], dim=1) / scale[:, None, None]  # fmt: skip
+    peaks = weighed.topk(min(2, weighed.shape[1]), dim=1).values
+    peaks = torch.cat([peaks, torch.zeros_like(peaks[:, :1])], dim=1)[:, :2]  # one token: no second
     if not first:
-        return None, counts
+        return None, peaks
     rows = torch.cat([call.read.movedim(dim, 0).flatten(0, -2) for call, dim in zip(calls, dims)])
-    return rows[:SAMPLE_ROWS].double(), counts
+    return rows[:SAMPLE_ROWS].double(), peaks
 
 
 def _layout(calls: list[_Call], candidates: tuple[tuple[int, ...], ...], examples: int) -> tuple[int, ...] | None:
@@ -546,6 +567,22 @@ def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> 
     return dataclasses.replace(seen, rounding=error - error.mean(dim=0))  # an offset moves no example apart
 
 
+def loss_scale(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example, the size of its summed cross-entropy's gradient at the logits (``‖softmax - onehot‖``), float64;
+    1 where it is zero (so is every gradient of the example). The gradients a layer's units get from an example
+    scale with it: a confident example's are small everywhere, not absent."""
+    error = logits.detach().double().softmax(dim=1) - nn.functional.one_hot(labels, logits.shape[1]).double()
+    size = error.norm(dim=1)
+    return torch.where(size > 0, size, torch.ones_like(size))
+
+
+def reaching(weighed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Which of the gradient sizes ``weighed`` (over their example's :func:`loss_scale`, the units last) reach their
+    unit: those above :data:`NEGLIGIBLE` times the largest of ``rows`` (all the rows of the unit, along the first
+    dimension) at that unit."""
+    return weighed > NEGLIGIBLE * rows.amax(dim=0)
+
+
 def reach_rates(counts: torch.Tensor) -> torch.Tensor:
     """Per unit, the share of the examples whose gradient reaches it, from :meth:`LinearSeen.reach_counts` (or the
     output gradient ``[examples, units]`` itself)."""
@@ -667,6 +704,7 @@ class LayerResponses(Detector):
             few = directions < min(MIN_DIRECTIONS, examples // 2)
             fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
+            scattered = isinstance(seen, TokenwiseSeen) and isolated < RARE * examples
             rows = "tokens" if isinstance(seen, TokenwiseSeen) else "inputs"
             them = "them" if seen.calls == 1 else (f"them (of the {examples * seen.calls} {rows} {name} reads from "
                                                    f"them, {seen.calls} each)")
@@ -685,12 +723,16 @@ class LayerResponses(Detector):
                          "before it fire for none of them), so the server gets that many numbers of each, not the "
                          "example. Do not train on this model before you know why so much of it is "
                          "silent.")  # fmt: skip
+            elif scattered:
+                said += (f"; but that is under {RARE:.0%} of your examples, a token each, as an honest transformer "
+                         "trained hard can give (a tiny ViT trained with Adam at lr 0.01: 4-5 of 64). Do not train on "
+                         "this model before you know why so many of its units are rare.")  # fmt: skip
             else:
                 said += (". Planted biases do this; so can training on one class or two per client (non-IID rounds) "
                          "and units that learnt to fire for one class, and the leak is the same either way. Do not "
                          "train on this model.")  # fmt: skip
             yield self.finding(
-                "FG803", "Layer fires for single examples", Severity.MEDIUM if few else Severity.HIGH,
+                "FG803", "Layer fires for single examples", Severity.MEDIUM if few or scattered else Severity.HIGH,
                 Confidence.MEDIUM, name, said,
                 rare_units=int(rare.sum()), live_units=int(live.sum()), rare_share=rounded(share),
                 median_firing=rounded(rates[live].median()), limit=RARE_SHARE, examples=examples,

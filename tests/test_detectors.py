@@ -139,6 +139,26 @@ def test_biases_at_a_high_quantile_of_each_units_response_are_sparse_firing():
     assert found["FG803"].evidence["rare_share"] >= 0.9
 
 
+@pytest.mark.parametrize("slope", [0.0, 1e-9, 1e-4])
+def test_units_whose_gradient_below_the_bias_is_negligible_but_not_zero_are_sparse_firing(slope):
+    """A red team's LeakyReLU of slope 1e-9 behind quantile biases: every example's gradient reaches every unit, none
+    exactly zero, and the layer gave back as many examples as with a ReLU, clean. Its units that no example of the
+    batch sets off are reached by all alike (they give the server an average), so the share is lower than the
+    ReLU's, whose such units are dead."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.LeakyReLU(slope),
+                                torch.nn.Linear(256, 10))  # fmt: skip
+    torch.manual_seed(0)
+    model.apply(lambda layer: layer.reset_parameters() if isinstance(layer, torch.nn.Linear) else None)
+    assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
+    public = digits((1, 8, 8))[0][1::2][:512]
+    with torch.no_grad():
+        response = public.flatten(1) @ model[1].weight.T
+        model[1].bias.copy_(-torch.quantile(response, 1 - 1 / 64, dim=0))
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.evidence["rare_units"] >= 140
+    assert found.evidence["rare_share"] >= (0.9 if slope == 0 else 0.5) and found.evidence["isolated_examples"] >= 32
+
+
 def _sparse_firing(layer: torch.nn.Linear, inputs: torch.Tensor, share: float = 1.0, batch: int = 64) -> None:
     """Set ``share`` of ``layer``'s units' biases at the ``1 - 1/batch`` quantile of their response to ``inputs``
     (public digits): each fires for about one example of a batch of ``batch``."""
@@ -1345,6 +1365,22 @@ def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_
         assert float(error) < 1e-4
         rebuilt.add(example)
     assert len(rebuilt) == found.evidence["isolated_examples"] >= 16
+
+
+def test_rare_units_of_a_per_token_layer_isolating_few_examples_are_medium(monkeypatch):
+    """An honest tiny ViT trained with Adam at lr 0.01 had 0.38-0.44 of its feed-forward units rare on two of six
+    batches, 4-5 of 64 examples isolated (a token each): high had made it malicious."""
+    from fedguard.detectors import responses
+
+    torch.manual_seed(0)
+    model, (x, _) = _TokenTransformer(), digits((1, 8, 8))
+    with torch.no_grad():
+        response = _token_inputs(model, x[64:]).flatten(0, 1) @ model.encoder.linear1.weight.T
+        model.encoder.linear1.bias.copy_(-torch.quantile(response, 1 - 1 / (64 * 8), dim=0))
+    monkeypatch.setattr(responses, "isolated_examples", lambda counts: 7)
+    monkeypatch.setattr(responses, "_fresh_isolated", lambda *args: 2)
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.MEDIUM and "under 12% of your examples, a token each" in found.message
 
 
 class _Stacked(nn.Module):
