@@ -13,8 +13,9 @@ the server solves for the image through the layers it wrote):
   so each unit fires for about one example in a batch: 40-44 of 64 digits
   were rebuilt exactly against 3-9 for the honest model, and every static
   rule had called it clean. A unit is reached by an example when that
-  example's gradient at the unit's output is not zero (a ReLU unit that
-  example switches on; a sigmoid's always), and it is rare when at most 1/8
+  example's gradient at the unit's output is not negligible
+  (:data:`NEGLIGIBLE`: a ReLU unit that example switches on; a sigmoid's
+  unless saturated), and it is rare when at most 1/8
   of the client's examples reach it. Reported when at least
   :data:`RARE_SHARE` of a layer's reached units are rare. Measured on every
   Linear layer of the benign zoo with a known architecture, six random batches
