@@ -66,10 +66,11 @@ Every ``nn.Linear`` that one forward pass applies to batches of feature
 vectors is measured, over all its calls where it applies more than once
 (not the head), on at most :data:`MAX_UNITS` units, in eval mode and, for a
 model with running statistics or dropout, again as its training runs it
-(:meth:`LayerResponses.run`). FG803 also reads those applied to every token
-of an example (:class:`TokenwiseSeen`: a unit is reached by an example when
-any of its tokens reaches it, and a unit only one token reaches gives that
-token's input). References:
+(:meth:`LayerResponses.run`), and those applied to every token of an example
+(:class:`TokenwiseSeen`: a unit is reached by an example when any of its
+tokens reaches it, a unit only one token reaches gives that token's input,
+and FG804 reads a sample of the tokens, its groups only where the next layers
+treat their units alike, :func:`treated_alike`). References:
 Phong et al., IEEE TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al.,
 "When the Curious Abandon Honesty", IEEE EuroS&P 2023.
 """
@@ -117,6 +118,9 @@ MIN_DIRECTIONS = 16
 #: FG804: |correlation| of two units' responses that makes them one measurement; the fewest distinct thresholds among
 #: them (the bins fc_inversion reads; also the fewest rare units FG803 reports).
 SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
+#: FG804, in a layer applied per token: the most by which the gradients of a group's units may differ from
+#: proportional, as ``1 - |cosine|`` (:func:`treated_alike`).
+TIED = 1e-6
 #: FG804: the fewest units in groups measuring one quantity: twice the most an honest layer of the benign zoo had (4
 #: units of a hidden layer of an MLP trained on two classes from a zero head, whose two rows move every hidden unit
 #: along one direction; none since thresholds count only among the examples).
@@ -142,8 +146,9 @@ AGREEMENT = 8.0
 EPSILON = float(torch.finfo(torch.float32).eps)
 #: Units measured at most (the correlation matrix is units x units).
 MAX_UNITS = 8192
-#: Rows of a layer applied per token kept for :func:`input_directions` (a ViT-B/16's 16 examples give 3 152).
-SAMPLE_ROWS = 1024
+#: Rows of a layer applied per token kept for FG804 and :func:`input_directions`: all of 64 examples of 8 tokens,
+#: about 2.6 examples of a ViT-B/16 at 224x224 (0.57 GB for its 24 feed-forward layers).
+SAMPLE_ROWS = 512
 #: Examples per forward and backward pass: autograd keeps every layer's activations for the backward, and 64
 #: photographs at 224x224 had taken ConvNeXt-T to 9.6 GB (EfficientNet-B0, a 21 MB model: 5.9 GB).
 CHUNK = 16
@@ -211,27 +216,20 @@ class LinearSeen:
 
 
 @dataclass(frozen=True)
-class TokenwiseSeen:
+class TokenwiseSeen(LinearSeen):
     """One fully connected layer that the forward pass applies to every token (position, patch) of an example, as
-    one pass of the client's examples meets it: a transformer's feed-forward layers, ConvNeXt's pointwise ones. Only
-    what FG803 reads is kept, not the rows (a ViT-B/16 at 224x224 has 197 of them per example and layer)."""
+    one pass of the client's examples meets it: a transformer's feed-forward layers, ConvNeXt's pointwise ones.
+    :attr:`inputs`, :attr:`grad` and :attr:`switching` hold a sample of its rows, a token each (the first
+    :data:`SAMPLE_ROWS` in the order of the examples: FG804 and :func:`input_directions` read them), not all (a
+    ViT-B/16 at 224x224 has 197 per example and layer); :attr:`calls` is its tokens per example over all calls."""
 
-    name: str
-    layer: nn.Linear
-    #: Rows of the first chunk of examples (at most :data:`SAMPLE_ROWS`), ``[rows, in_features]``, float64: what
-    #: :func:`input_directions` reads.
-    inputs: torch.Tensor
     #: Per example and unit, the largest and the second largest of the example's tokens' gradients at the unit's
     #: output (all calls; sizes over :func:`loss_scale`), ``[examples, 2, units]`` for the first :data:`MAX_UNITS`
     #: units: what tells whether no token, one or more reach it (:func:`reaching`). A unit only one token of one
     #: example reaches hands the server that token's input to the layer, exactly.
-    peaks: torch.Tensor
-    as_in_training: bool = False
-    #: Rows per example: its tokens over all the calls of one forward pass.
-    calls: int = 1
-    dropout: float = 0.0
+    peaks: torch.Tensor = dataclasses.field(kw_only=True)
     #: Per call, the dimension of the layer's input that holds the examples.
-    layout: tuple[int, ...] = (0,)
+    layout: tuple[int, ...] = dataclasses.field(default=(0,), kw_only=True)
 
     def reach_counts(self) -> torch.Tensor:
         """Per example and unit, how many of the example's tokens reach the unit (:func:`reaching`): 0, 1, or 2 for
@@ -324,9 +322,11 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
             if any(call.output.grad is None for call in got):
                 broken.add(name)
             elif name in tokenwise:
-                layout.setdefault(name, _layout(got, tokenwise[name], len(chunk_inputs)))
+                if name not in layout:
+                    layout[name] = _layout(got, tokenwise[name], len(chunk_inputs))
                 if _laid_out(got, layout[name], len(chunk_inputs), measured[name]):
-                    parts[name].append(_token_peaks(got, layout[name], scales[-1], not parts[name]))
+                    kept = sum(len(part[0]) for part in parts[name])
+                    parts[name].append(_token_peaks(got, layout[name], scales[-1], SAMPLE_ROWS - kept))
                 else:
                     broken.add(name)
             elif len(got) != measured[name] or not all(_per_example(call) for call in got):
@@ -339,8 +339,9 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     fields, scale = {}, torch.cat(scales) if scales else None
     for name, got in kept.items():
         if name in tokenwise:
-            fields[name] = {"inputs": got[0][0], "peaks": torch.cat([peaks for _, peaks in got]),
-                            "layout": layout[name]}
+            fields[name] = dict(zip(("inputs", "grad", "switching"), (torch.cat([part[index] for part in got])
+                                                                      for index in range(3))),
+                                peaks=torch.cat([part[3] for part in got]), layout=layout[name])  # fmt: skip
         else:
             fields[name] = dict(zip(("inputs", "grad", "switching"), (
                 torch.cat([part[call][index] for call in range(measured[name]) for part in got])
@@ -348,19 +349,24 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     return fields
 
 
-def _token_peaks(calls: list[_Call], dims: tuple[int, ...], scale: torch.Tensor, first: bool
-                 ) -> tuple[torch.Tensor | None, torch.Tensor]:  # fmt: skip
+def _token_peaks(calls: list[_Call], dims: tuple[int, ...], scale: torch.Tensor, rows: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples; ``scale``: each
-    example's :func:`loss_scale`): its rows (the tokens' inputs, float64, at most :data:`SAMPLE_ROWS`; only for the
-    ``first`` chunk, else None) and :attr:`TokenwiseSeen.peaks`."""
+    example's :func:`loss_scale`): the first ``rows`` of its rows, a token each, in the order of the examples
+    (:class:`LinearSeen`'s ``inputs``, ``grad``, ``switching``, float64), and :attr:`TokenwiseSeen.peaks`."""
     weighed = torch.cat([call.output.grad.movedim(dim, 0)[..., :MAX_UNITS].flatten(1, -2).abs().double()
                          for call, dim in zip(calls, dims)], dim=1) / scale[:, None, None]  # fmt: skip
     peaks = weighed.topk(min(2, weighed.shape[1]), dim=1).values
     peaks = torch.cat([peaks, torch.zeros_like(peaks[:, :1])], dim=1)[:, :2]  # one token: no second
-    if not first:
-        return None, peaks
-    rows = torch.cat([call.read.movedim(dim, 0).flatten(0, -2) for call, dim in zip(calls, dims)])
-    return rows[:SAMPLE_ROWS].double(), peaks
+    sample = [torch.cat([_token_rows(tensor, dim) for tensor, dim in zip(got, dims)], dim=1).flatten(0, 1)
+              [: max(rows, 0)].double() for got in zip(*((call.read, call.output.grad[..., :MAX_UNITS],
+                                                           call.switching[..., :MAX_UNITS]) for call in calls))]
+    return *sample, peaks
+
+
+def _token_rows(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """A call's ``tensor`` (the examples along ``dim``, features last) as ``[examples, tokens, features]``."""
+    return tensor.movedim(dim, 0).flatten(1, -2)
 
 
 def _layout(calls: list[_Call], candidates: tuple[tuple[int, ...], ...], examples: int) -> tuple[int, ...] | None:
@@ -385,14 +391,14 @@ def layers_seen(context: InspectContext, as_in_training: bool = False, tokenwise
                 ) -> list[LinearSeen | TokenwiseSeen]:  # fmt: skip
     """:func:`linear_layers_seen` of the received model on the client's examples, computed once per context (FG803,
     FG804, FG805 and FG301's relief read it); as in training, :func:`layers_in_training`. The layers applied per
-    token (:class:`TokenwiseSeen`, which FG803 alone reads) only with ``tokenwise``."""
+    token (:class:`TokenwiseSeen`, which FG803 and FG804 read) only with ``tokenwise``."""
     module, (inputs, labels) = context.view.module, context.data
     if not as_in_training:
         seen = context.shared(("linear_layers_seen", False), lambda: linear_layers_seen(module, inputs, labels))
     else:
         seen = context.shared(("linear_layers_seen", True), lambda: layers_in_training(
             module, inputs, labels, lambda: layers_seen(context, tokenwise=True)))  # fmt: skip
-    return seen if tokenwise else [layer for layer in seen if isinstance(layer, LinearSeen)]
+    return seen if tokenwise else [layer for layer in seen if not isinstance(layer, TokenwiseSeen)]
 
 
 def layers_in_training(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
@@ -546,8 +552,32 @@ def _cuts(on: torch.Tensor) -> int:
 
 def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     """:func:`measurement_groups` with :data:`MIN_GROUP` or more thresholds: one threshold is an average, not bins
-    (FG101's rows)."""
-    return [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
+    (FG101's rows); in a layer applied per token, only groups whose units the rest of the model treats alike
+    (:func:`treated_alike`)."""
+    groups = [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
+    return [group for group in groups if treated_alike(seen, group)] if isinstance(seen, TokenwiseSeen) else groups
+
+
+def treated_alike(seen: LinearSeen, group: MeasurementGroup) -> bool:
+    """Whether the units of ``group`` get proportional gradients from the rows they share (the median over them of
+    ``1 - |cosine|`` against the unit most rows reach at most :data:`TIED`, with at least :data:`MIN_GROUP` of them
+    sharing rows): what the difference of neighbouring bins needs to return single inputs (Robbing the Fed ties the
+    next layer's columns so). Trained transformers' token features vary along a few directions, and units of an
+    honest feed-forward layer then respond in near-perfect correlation with thresholds among the tokens: 6 of 50
+    honest models had been FG804 (high) on up to six of six batches (torch's encoder layers and torchvision's ViT
+    trained with Adam at lr 0.01, a PointNet's per-point layer on 3 features, a ViT's patch embedding of 2x2 pixels
+    pruned by 90 %); their groups' medians are 1.4e-4 and above. A red team's bins in such a layer, the next
+    layer's columns tied (every example of batches of 8-64 rebuilt): 3e-14."""
+    grad = seen.grad[:, group.units]
+    reached = grad != 0
+    reference = int(reached.sum(dim=0).argmax())
+    cosines = []
+    for unit in range(grad.shape[1]):
+        shared = reached[:, reference] & reached[:, unit]
+        if unit != reference and int(shared.sum()) >= 2:
+            a, b = grad[shared, reference], grad[shared, unit]
+            cosines.append(float((a @ b).abs() / (a.norm() * b.norm())))
+    return len(cosines) >= MIN_GROUP and 1 - float(torch.tensor(cosines).median()) <= TIED
 
 
 def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> LinearSeen:
@@ -557,10 +587,14 @@ def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> 
         twin, examples = copy.deepcopy(module).double(), inputs.double()
         layer = dict(twin.named_modules())[seen.name]
         with _mode(seen.as_in_training, examples, twin), torch.no_grad():
-            exact = torch.cat([layer_input(twin, layer, part) for part in examples.split(CHUNK)])
+            if isinstance(seen, TokenwiseSeen):  # its rows as sampled, where it is applied once
+                exact = torch.cat([_token_rows(layer_input(twin, layer, part, flatten=False), seen.layout[0])
+                                   for part in examples.split(CHUNK)]).flatten(0, 1)[: len(seen.inputs)]  # fmt: skip
+            else:
+                exact = torch.cat([layer_input(twin, layer, part) for part in examples.split(CHUNK)])
     except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
         return seen
-    if exact.shape != seen.inputs.shape:
+    if exact.shape != seen.inputs.shape or len(getattr(seen, "layout", ())) > 1:
         return seen
     error = seen.inputs - exact
     if error.square().mean().sqrt() > AGREEMENT * EPSILON * seen.inputs.square().mean().sqrt():
@@ -687,9 +721,7 @@ class LayerResponses(Detector):
         binned = False
         for seen in layers:
             yield from self._sparse(context, seen)
-            # the layers after one that bins the batch see nothing but that one measurement; FG804 reads no
-            # layer applied per token
-            if not binned and isinstance(seen, LinearSeen):
+            if not binned:  # the layers after one that bins the batch see nothing but that one measurement
                 same = list(self._same(seen, context.view.module, context.data[0]))
                 binned = bool(same)
                 yield from same
