@@ -69,8 +69,8 @@ model with running statistics or dropout, again as its training runs it
 (:meth:`LayerResponses.run`), and those applied to every token of an example
 (:class:`TokenwiseSeen`: a unit is reached by an example when any of its
 tokens reaches it, a unit only one token reaches gives that token's input,
-and FG804 reads a sample of the tokens, its groups only where the next layers
-treat their units alike, :func:`treated_alike`). References:
+and FG804 reads a sample of the tokens, its groups only where the rest of the
+model treats their units alike, :func:`treated_alike`). References:
 Phong et al., IEEE TIFS 2018; Fowl et al., ICLR 2022; Boenisch et al.,
 "When the Curious Abandon Honesty", IEEE EuroS&P 2023.
 """
@@ -118,9 +118,10 @@ MIN_DIRECTIONS = 16
 #: FG804: |correlation| of two units' responses that makes them one measurement; the fewest distinct thresholds among
 #: them (the bins fc_inversion reads; also the fewest rare units FG803 reports).
 SAME_RESPONSE, MIN_GROUP = SAME_MEASUREMENT, MIN_BINS
-#: FG804, in a layer applied per token: the most by which the gradients of a group's units may differ from
-#: proportional, as ``1 - |cosine|`` (:func:`treated_alike`).
-TIED = 1e-6
+#: FG804, in a layer applied per token: singular values of a group's units' gradients below this share of the
+#: largest are taken as none (:func:`gradient_rank`): float32's rounding in gradients of an exact structure is some
+#: 1e-7 of them; honest near-collapsed groups part from one direction by 1e-2 and more.
+TIED = 1e-4
 #: FG804: the fewest units in groups measuring one quantity: twice the most an honest layer of the benign zoo had (4
 #: units of a hidden layer of an MLP trained on two classes from a zero head, whose two rows move every hidden unit
 #: along one direction; none since thresholds count only among the examples).
@@ -559,25 +560,35 @@ def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
 
 
 def treated_alike(seen: LinearSeen, group: MeasurementGroup) -> bool:
-    """Whether the units of ``group`` get proportional gradients from the rows they share (the median over them of
-    ``1 - |cosine|`` against the unit most rows reach at most :data:`TIED`, with at least :data:`MIN_GROUP` of them
-    sharing rows): what the difference of neighbouring bins needs to return single inputs (Robbing the Fed ties the
-    next layer's columns so). Trained transformers' token features vary along a few directions, and units of an
-    honest feed-forward layer then respond in near-perfect correlation with thresholds among the tokens: 6 of 50
-    honest models had been FG804 (high) on up to six of six batches (torch's encoder layers and torchvision's ViT
-    trained with Adam at lr 0.01, a PointNet's per-point layer on 3 features, a ViT's patch embedding of 2x2 pixels
-    pruned by 90 %); their groups' medians are 1.4e-4 and above. A red team's bins in such a layer, the next
-    layer's columns tied (every example of batches of 8-64 rebuilt): 3e-14."""
+    """Whether the rest of the model treats the units of ``group`` alike enough for their bins to return single
+    inputs: their gradients, on the rows that reach at least half as many of them as any row does and over the units
+    all those rows reach, span at most ``thresholds / MIN_GROUP`` directions (:func:`gradient_rank`) and fewer than
+    the rows and units they are read on. Robbing the Fed ties the next layer's columns (one direction: the
+    difference of neighbouring bins' gradients is the inputs between them); a red team's bins with two units per
+    threshold and the next layer's columns in two directions, solved two by two, rebuilt 23-26 of batches of 32
+    (the honest model: 2-4), clean while one direction was asked for. Trained transformers' token features vary
+    along a few directions, and units of an honest feed-forward layer then respond in near-perfect correlation with
+    thresholds among the tokens: 6 of 50 honest models had been FG804 (high) on up to six of six batches (torch's
+    encoder layers and torchvision's ViT trained with Adam at lr 0.01, a PointNet's per-point layer on 3 features, a
+    ViT's patch embedding of 2x2 pixels pruned by 90 %), their units' gradients in as many directions as units."""
+    rank, rows, units = gradient_rank(seen, group)
+    return 0 < rank < min(rows, units) and rank * MIN_GROUP <= group.thresholds
+
+
+def gradient_rank(seen: LinearSeen, group: MeasurementGroup) -> tuple[int, int, int]:
+    """``(rank, rows, units)``: in how many directions the gradients of ``group``'s units lie (singular values above
+    :data:`TIED` of the largest), read on the rows that reach at least half as many of the units as any row does and
+    the units every one of those rows reaches (a unit a row does not reach has no gradient there to compare)."""
     grad = seen.grad[:, group.units]
     reached = grad != 0
-    reference = int(reached.sum(dim=0).argmax())
-    cosines = []
-    for unit in range(grad.shape[1]):
-        shared = reached[:, reference] & reached[:, unit]
-        if unit != reference and int(shared.sum()) >= 2:
-            a, b = grad[shared, reference], grad[shared, unit]
-            cosines.append(float((a @ b).abs() / (a.norm() * b.norm())))
-    return len(cosines) >= MIN_GROUP and 1 - float(torch.tensor(cosines).median()) <= TIED
+    many = reached.sum(dim=1)
+    rows = many >= max(int(many.max()), 1) / 2
+    units = reached[rows].all(dim=0)
+    shared = grad[rows][:, units]
+    if min(shared.shape) < 2:
+        return 0, *shared.shape
+    values = torch.linalg.svdvals(shared)
+    return int((values > TIED * values[0]).sum()), *shared.shape
 
 
 def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> LinearSeen:

@@ -1383,13 +1383,15 @@ def test_rare_units_of_a_per_token_layer_isolating_few_examples_are_medium(monke
     assert found.severity is Severity.MEDIUM and "under 12% of your examples, a token each" in found.message
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_bins_in_a_per_token_feed_forward_layer_are_one_measurement_where_the_next_layer_ties_them(tied):
-    """A red team's Robbing the Fed in a transformer's feed-forward layer: half its units measure one direction of
+@pytest.mark.parametrize("spans", [1, 2, None])
+def test_bins_in_a_per_token_feed_forward_layer_are_one_measurement_where_the_next_layer_ties_them(spans):
+    """Red teams' Robbing the Fed in a transformer's feed-forward layer: half its units measure one direction of
     the tokens (rows alike there, apart in directions the tokens barely move, so no weight pattern shows) at
-    thresholds set by quantiles, the next layer's columns for them tied, so neighbouring bins' differences return
-    single tokens (every example of batches of 8-64, clean). Untied, the differences do not cancel, and honest
-    layers of trained transformers respond so (FG804 on 6 of 50 honest models before the tie was asked for)."""
+    thresholds set by quantiles, ``spans`` units per threshold, the next layer's columns for them in ``spans``
+    directions, so the server solves each threshold's gradients ``spans`` by ``spans`` and neighbouring bins'
+    differences return single tokens (every example of batches of 8-64 with one direction, 23-26 of 32 with two;
+    clean). With the next layer's columns as initialised (``None``) the differences do not cancel, and honest
+    layers of trained transformers respond so (FG804 on 6 of 50 honest models before the next layer was read)."""
     torch.manual_seed(0)
     model, (x, _) = _TokenTransformer(), digits((1, 8, 8))
     tokens = _token_inputs(model, x[64:]).flatten(0, 1)
@@ -1397,16 +1399,17 @@ def test_bins_in_a_per_token_feed_forward_layer_are_one_measurement_where_the_ne
     measured, quiet, generator = directions[0], directions[-8:], torch.Generator().manual_seed(3)
     noise = torch.randn(64, 8, generator=generator) @ quiet
     rows = 0.2 * measured + 0.5 * noise / noise.norm(dim=1, keepdim=True)
-    thresholds = torch.quantile(tokens @ measured, torch.linspace(0, 1, 66)[1:-1])
+    thresholds = torch.quantile(tokens @ measured, torch.linspace(0, 1, 64 // (spans or 1) + 2)[1:-1])
+    thresholds = thresholds.repeat_interleave(spans or 1)
     with torch.no_grad():
         model.encoder.linear1.weight[:64] = rows
         model.encoder.linear1.bias[:64] = -(0.2 * thresholds + (rows - 0.2 * measured) @ tokens.mean(dim=0))
-        if tied:
-            column = torch.randn(32, generator=generator)
-            model.encoder.linear2.weight[:, :64] = column[:, None] * (0.5 + torch.rand(64, generator=generator)) / 50
+        if spans:
+            columns = torch.randn(32, spans, generator=generator) @ torch.randn(spans, 64, generator=generator)
+            model.encoder.linear2.weight[:, :64] = columns / columns.norm(dim=0) / 10
     assert judge(static_findings(model.state_dict())) is not Verdict.MALICIOUS
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    if tied:
+    if spans:
         assert found["FG804"].layer == "encoder.linear1" and found["FG804"].evidence["units"] >= 60
     else:
         assert "FG804" not in found
