@@ -98,14 +98,18 @@ from fedguard.types import Confidence, Rule, Severity
 
 #: A unit is rare when at most this share of the client's examples reach it.
 RARE = 1 / 8
-#: A row of an example reaches a unit when its gradient at the unit's output, over the size of the example's own
-#: loss gradient (:func:`loss_scale`), is more than this share of the largest such at the unit: below it, the row
-#: adds nothing the server's division (weight gradient over bias gradient) notices. A red team's LeakyReLU of
-#: slope 1e-9 below planted biases gave every example a gradient at every unit, none of them exactly zero, and
-#: rebuilt as many tokens as the ReLU it stood for, clean. Above the cut, at a slope of 1e-3, the other 63 examples
-#: of a batch of 64 add a few per cent of the input to what the server rebuilds (argued from the slope, not
-#: measured). Read so, the rare share of no layer of the benign zoo moved by more than 0.02 for a cut anywhere up
-#: to 1e-3 (two batches of 64 digits each, 194 layers and batches; the largest stays 0.226).
+#: A row of an example reaches a unit when its gradient at the unit's output, over the size of the example's whole
+#: gradient at the layer's output (:func:`example_sizes`), is more than this share of the largest such at the unit:
+#: below it, the row is switched off but for a trace. A red team's LeakyReLU of slope 1e-9 below planted biases gave
+#: every example a gradient at every unit, none of them exactly zero, and rebuilt as many tokens as the ReLU it
+#: stood for, clean. Each example at its own size, but no smaller than the median example's: in an honest
+#: ConvNeXt-T at initialisation one photograph's gradient at the pointwise layers is 6e4 times the median
+#: example's, and against the largest alone the other examples had read as switched off (FG803 on 12 layers, every
+#: unit rare); an example that switches on no unit of a layer is as small as its trace, and is not made larger. On
+#: the benign zoo (six batches of 64 digits, 582 layers and batches) the rare shares are those of exact zeros but
+#: for 3, by at most 0.004 (with loss-scaled sizes, any cut up to 1e-3 had moved none by more than 0.02). Above the
+#: cut, at a slope of 1e-3, the other 63 examples of a batch of 64 add a few per cent of the input to what the
+#: server rebuilds (argued from the slope, not measured).
 NEGLIGIBLE = 1e-3
 #: FG803: share of a layer's reached units that are rare.
 RARE_SHARE = 0.35
@@ -183,15 +187,12 @@ class LinearSeen:
     #: draw of that dropout gives the layer (:func:`with_dropout_drawn`).
     dropout: float = 0.0
 
-    #: Per row, the size of its example's loss gradient at the logits (:func:`loss_scale`); None: all alike.
-    scale: torch.Tensor | None = None
-
     def reach_counts(self) -> torch.Tensor:
         """Per example and unit, how many of the example's rows (one per call) reach the unit (:func:`reaching`),
         ``[examples, units]``."""
-        weighed = self.grad.abs() if self.scale is None else self.grad.abs() / self.scale[:, None]
-        reached = reaching(weighed, weighed)
-        return reached.view(self.calls, -1, reached.shape[1]).sum(dim=0)
+        grad = self.grad.abs().view(self.calls, -1, self.grad.shape[1])
+        weighed = grad / example_sizes(grad.transpose(0, 1).flatten(1).norm(dim=1))[:, None]
+        return reaching(weighed.flatten(0, 1), weighed.flatten(0, 1)).view_as(grad).sum(dim=0)
 
     def responses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W x, b)`` of the first :data:`MAX_UNITS` units, float64: ``[examples, units]`` and ``[units]``."""
@@ -225,17 +226,20 @@ class TokenwiseSeen(LinearSeen):
     ViT-B/16 at 224x224 has 197 per example and layer); :attr:`calls` is its tokens per example over all calls."""
 
     #: Per example and unit, the largest and the second largest of the example's tokens' gradients at the unit's
-    #: output (all calls; sizes over :func:`loss_scale`), ``[examples, 2, units]`` for the first :data:`MAX_UNITS`
-    #: units: what tells whether no token, one or more reach it (:func:`reaching`). A unit only one token of one
-    #: example reaches hands the server that token's input to the layer, exactly.
+    #: output (all calls), ``[examples, 2, units]`` for the first :data:`MAX_UNITS` units: what tells whether no
+    #: token, one or more reach it (:func:`reaching`). A unit only one token of one example reaches hands the server
+    #: that token's input to the layer, exactly.
     peaks: torch.Tensor = dataclasses.field(kw_only=True)
+    #: Per example, the size of its gradient at the layer's output over all its tokens and those units.
+    norms: torch.Tensor = dataclasses.field(kw_only=True)
     #: Per call, the dimension of the layer's input that holds the examples.
     layout: tuple[int, ...] = dataclasses.field(default=(0,), kw_only=True)
 
     def reach_counts(self) -> torch.Tensor:
         """Per example and unit, how many of the example's tokens reach the unit (:func:`reaching`): 0, 1, or 2 for
         two or more, ``[examples, units]``."""
-        return reaching(self.peaks, self.peaks[:, 0]).sum(dim=1)
+        weighed = self.peaks / example_sizes(self.norms)[:, None, None]
+        return reaching(weighed, weighed[:, 0]).sum(dim=1)
 
 
 def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool = False
@@ -305,16 +309,15 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     for those in ``tokenwise``, with the dimensions that may hold the examples in each call (the first that does in
     the first chunk is taken), its tokens over all calls),
     ``inputs`` going through in chunks of :data:`CHUNK`: for a layer applied to feature vectors :class:`LinearSeen`'s
-    ``inputs``, ``grad``, ``switching`` (one row per example and call, call by call) and ``scale``, for one applied
+    ``inputs``, ``grad`` and ``switching`` (one row per example and call, call by call), for one applied
     per token :class:`TokenwiseSeen`'s ``inputs``, ``peaks`` and ``layout``. A layer the model's own forward takes
     out of the gradient, or applies otherwise than the probe did, is left out."""
-    tokenwise, layout, scales = tokenwise or {}, {}, []
+    tokenwise, layout = tokenwise or {}, {}
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), CHUNK):
         chunk_inputs = inputs[start : start + CHUNK]
-        calls, logits = _linear_calls(module, names, chunk_inputs, labels[start : start + CHUNK])
-        scales.append(loss_scale(logits, labels[start : start + CHUNK]))
+        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + CHUNK])
         chunk: dict[str, list[_Call]] = collections.defaultdict(list)
         for call in calls:
             if call.name in measured:
@@ -327,7 +330,7 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
                     layout[name] = _layout(got, tokenwise[name], len(chunk_inputs))
                 if _laid_out(got, layout[name], len(chunk_inputs), measured[name]):
                     kept = sum(len(part[0]) for part in parts[name])
-                    parts[name].append(_token_peaks(got, layout[name], scales[-1], SAMPLE_ROWS - kept))
+                    parts[name].append(_token_peaks(got, layout[name], SAMPLE_ROWS - kept))
                 else:
                     broken.add(name)
             elif len(got) != measured[name] or not all(_per_example(call) for call in got):
@@ -337,32 +340,34 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
                                      call.switching[:, :MAX_UNITS].double()) for call in got])
     chunks = -(-len(inputs) // CHUNK)
     kept = {name: got for name, got in parts.items() if name not in broken and len(got) == chunks}
-    fields, scale = {}, torch.cat(scales) if scales else None
+    fields = {}
     for name, got in kept.items():
         if name in tokenwise:
             fields[name] = dict(zip(("inputs", "grad", "switching"), (torch.cat([part[index] for part in got])
                                                                       for index in range(3))),
-                                peaks=torch.cat([part[3] for part in got]), layout=layout[name])  # fmt: skip
+                                peaks=torch.cat([part[3] for part in got]), norms=torch.cat([part[4] for part in got]),
+                                layout=layout[name])  # fmt: skip
         else:
             fields[name] = dict(zip(("inputs", "grad", "switching"), (
                 torch.cat([part[call][index] for call in range(measured[name]) for part in got])
-                for index in range(3))), scale=scale.repeat(measured[name]))  # fmt: skip
+                for index in range(3))))  # fmt: skip
     return fields
 
 
-def _token_peaks(calls: list[_Call], dims: tuple[int, ...], scale: torch.Tensor, rows: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples; ``scale``: each
-    example's :func:`loss_scale`): the first ``rows`` of its rows, a token each, in the order of the examples
-    (:class:`LinearSeen`'s ``inputs``, ``grad``, ``switching``, float64), and :attr:`TokenwiseSeen.peaks`."""
-    weighed = torch.cat([call.output.grad.movedim(dim, 0)[..., :MAX_UNITS].flatten(1, -2).abs().double()
-                         for call, dim in zip(calls, dims)], dim=1) / scale[:, None, None]  # fmt: skip
-    peaks = weighed.topk(min(2, weighed.shape[1]), dim=1).values
+def _token_peaks(calls: list[_Call], dims: tuple[int, ...], rows: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples): the first
+    ``rows`` of its rows, a token each, in the order of the examples
+    (:class:`LinearSeen`'s ``inputs``, ``grad``, ``switching``, float64), :attr:`TokenwiseSeen.peaks` and
+    :attr:`TokenwiseSeen.norms`."""
+    grad = torch.cat([call.output.grad.movedim(dim, 0)[..., :MAX_UNITS].flatten(1, -2).abs().double()
+                         for call, dim in zip(calls, dims)], dim=1)  # fmt: skip
+    peaks = grad.topk(min(2, grad.shape[1]), dim=1).values
     peaks = torch.cat([peaks, torch.zeros_like(peaks[:, :1])], dim=1)[:, :2]  # one token: no second
     sample = [torch.cat([_token_rows(tensor, dim) for tensor, dim in zip(got, dims)], dim=1).flatten(0, 1)
               [: max(rows, 0)].double() for got in zip(*((call.read, call.output.grad[..., :MAX_UNITS],
                                                            call.switching[..., :MAX_UNITS]) for call in calls))]
-    return *sample, peaks
+    return *sample, peaks, grad.flatten(1).norm(dim=1)
 
 
 def _token_rows(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -613,17 +618,16 @@ def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> 
     return dataclasses.replace(seen, rounding=error - error.mean(dim=0))  # an offset moves no example apart
 
 
-def loss_scale(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per example, the size of its summed cross-entropy's gradient at the logits (``‖softmax - onehot‖``), float64;
-    1 where it is zero (so is every gradient of the example). The gradients a layer's units get from an example
-    scale with it: a confident example's are small everywhere, not absent."""
-    error = logits.detach().double().softmax(dim=1) - nn.functional.one_hot(labels, logits.shape[1]).double()
-    size = error.norm(dim=1)
+def example_sizes(norms: torch.Tensor) -> torch.Tensor:
+    """What each example's gradients at a layer are measured against (:data:`NEGLIGIBLE`), from ``norms``, the size
+    of each one's gradient at the layer's output over all its rows and units: that size, but no smaller than the
+    median example's (and 1 where every one is zero)."""
+    size = norms.clamp(min=float(norms.median()))
     return torch.where(size > 0, size, torch.ones_like(size))
 
 
 def reaching(weighed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Which of the gradient sizes ``weighed`` (over their example's :func:`loss_scale`, the units last) reach their
+    """Which of the gradient sizes ``weighed`` (over their example's :func:`example_sizes`, the units last) reach their
     unit: those above :data:`NEGLIGIBLE` times the largest of ``rows`` (all the rows of the unit, along the first
     dimension) at that unit."""
     return weighed > NEGLIGIBLE * rows.amax(dim=0)
