@@ -111,6 +111,12 @@ RARE = 1 / 8
 #: cut, at a slope of 1e-3, the other 63 examples of a batch of 64 add a few per cent of the input to what the
 #: server rebuilds (argued from the slope, not measured).
 NEGLIGIBLE = 1e-3
+#: FG803 is medium, not high, in a layer applied per token where fewer than this share of its reached units are rare,
+#: or whose rare units isolate fewer than :data:`SCATTERED` of the examples (a token each). Honest tiny ViTs trained
+#: with Adam read 0.35-0.44 rare on 2-3 of 6 batches of 64 digits, isolating 3-15 of them (lr 0.01, 2x2 patches;
+#: depth 4, lr 0.003), and had been malicious; planted, every unit: 0.95-1.0 and 24-41 isolated; 38-44 % of the
+#: units: 0.39-0.45 and 17-18 isolated, medium now.
+TOKENS_RARE_SHARE, SCATTERED = 0.5, 0.2
 #: FG803: share of a layer's reached units that are rare.
 RARE_SHARE = 0.35
 #: FG803 is medium, not high, where the layer's input varies in fewer directions over the examples than this (and
@@ -782,7 +788,8 @@ class LayerResponses(Detector):
             few = directions < min(MIN_DIRECTIONS, examples // 2)
             fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
-            scattered = isinstance(seen, TokenwiseSeen) and isolated < RARE * examples
+            scattered = isinstance(seen, TokenwiseSeen) and (isolated < SCATTERED * examples
+                                                             or share < TOKENS_RARE_SHARE)
             rows = "tokens" if isinstance(seen, TokenwiseSeen) else "inputs"
             them = "them" if seen.calls == 1 else (f"them (of the {examples * seen.calls} {rows} {name} reads from "
                                                    f"them, {seen.calls} each)")
@@ -802,9 +809,10 @@ class LayerResponses(Detector):
                          "example. Do not train on this model before you know why so much of it is "
                          "silent.")  # fmt: skip
             elif scattered:
-                said += (f"; but that is under {RARE:.0%} of your examples, a token each, as an honest transformer "
-                         "trained hard can give (a tiny ViT trained with Adam at lr 0.01: 4-5 of 64). Do not train on "
-                         "this model before you know why so many of its units are rare.")  # fmt: skip
+                said += (f"; but under {TOKENS_RARE_SHARE:.0%} of its units are rare, or under {SCATTERED:.0%} of "
+                         "your examples isolated (a token each), as honest transformers trained hard can give (tiny "
+                         "ViTs trained with Adam: 0.35-0.44 rare, up to 15 of 64 isolated). Do not train on this model "
+                         "before you know why so many of its units are rare.")  # fmt: skip
             else:
                 said += (". Planted biases do this; so can training on one class or two per client (non-IID rounds) "
                          "and units that learnt to fire for one class, and the leak is the same either way. Do not "

@@ -1367,9 +1367,10 @@ def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_
     assert len(rebuilt) == found.evidence["isolated_examples"] >= 16
 
 
-def test_rare_units_of_a_per_token_layer_isolating_few_examples_are_medium(monkeypatch):
-    """An honest tiny ViT trained with Adam at lr 0.01 had 0.38-0.44 of its feed-forward units rare on two of six
-    batches, 4-5 of 64 examples isolated (a token each): high had made it malicious."""
+@pytest.mark.parametrize("short", ["isolated", "share"])
+def test_rare_units_of_a_per_token_layer_isolating_few_examples_are_medium(monkeypatch, short):
+    """Honest tiny ViTs trained with Adam had 0.35-0.44 of a feed-forward layer's units rare on two or three of six
+    batches, 3-15 of 64 examples isolated (a token each): high had made them malicious."""
     from fedguard.detectors import responses
 
     torch.manual_seed(0)
@@ -1377,10 +1378,13 @@ def test_rare_units_of_a_per_token_layer_isolating_few_examples_are_medium(monke
     with torch.no_grad():
         response = _token_inputs(model, x[64:]).flatten(0, 1) @ model.encoder.linear1.weight.T
         model.encoder.linear1.bias.copy_(-torch.quantile(response, 1 - 1 / (64 * 8), dim=0))
-    monkeypatch.setattr(responses, "isolated_examples", lambda counts: 7)
+    if short == "isolated":
+        monkeypatch.setattr(responses, "isolated_examples", lambda counts: 12)
+    else:
+        monkeypatch.setattr(responses, "TOKENS_RARE_SHARE", 1.01)
     monkeypatch.setattr(responses, "_fresh_isolated", lambda *args: 2)
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
-    assert found.severity is Severity.MEDIUM and "under 12% of your examples, a token each" in found.message
+    assert found.severity is Severity.MEDIUM and "or under 20% of your examples isolated" in found.message
 
 
 @pytest.mark.parametrize("spans", [1, 2, None])
