@@ -369,16 +369,13 @@ def _chunk_size(module: nn.Module, inputs: torch.Tensor) -> int:
     """How many of ``inputs`` go through ``module`` at once with gradients: :data:`CHUNK`, fewer where autograd would
     keep more than :data:`ACTIVATIONS` bytes for them, as two examples through it measure (the tensors it saves for
     the backward, each storage once, the parameters' left out)."""
-    parameters = {parameter.untyped_storage().data_ptr() for parameter in module.parameters()}
+    parameters = {_storage(parameter)[0] for parameter in module.parameters()}
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in parameters:
-                saved[storage.data_ptr()] = storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # a tensor without storage of its own (sparse, nested)
-            saved[id(tensor)] = tensor.numel() * tensor.element_size()
+        where, size = _storage(tensor)
+        if where not in parameters:
+            saved[where] = size
         return tensor
 
     probe = inputs[:2].float().clone().requires_grad_(True)
@@ -386,6 +383,15 @@ def _chunk_size(module: nn.Module, inputs: torch.Tensor) -> int:
         module(probe)
     per_example = sum(saved.values()) / len(probe)
     return max(1, min(CHUNK, int(ACTIVATIONS // max(per_example, 1.0))))
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, int]:
+    """Where ``tensor``'s storage is and its bytes (a tensor without storage of its own, sparse or nested: itself)."""
+    try:
+        storage = tensor.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return id(tensor), tensor.numel() * tensor.element_size()
 
 
 def _token_peaks(calls: list[_Call], dims: tuple[int, ...], rows: int

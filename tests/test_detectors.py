@@ -2192,6 +2192,10 @@ def test_responses_are_read_in_chunks_as_in_one_pass(monkeypatch):
     monkeypatch.setattr(responses, "CHUNK", 1000)
     whole = responses.linear_layers_seen(mlp, x, y)
     assert [s.name for s in chunked] == [s.name for s in whole] == ["1", "3"]
+    monkeypatch.setattr(responses, "ACTIVATIONS", 4096)  # what autograd keeps for two examples sets the chunks
+    assert 1 <= responses._chunk_size(mlp, x) < 16
+    for a, b in zip(responses.linear_layers_seen(mlp, x, y), whole):
+        torch.testing.assert_close(a.grad, b.grad)
     for a, b in zip(chunked, whole):
         assert a.inputs.shape == (40, a.layer.in_features) and a.grad.shape == (40, a.layer.out_features)
         torch.testing.assert_close(a.inputs, b.inputs)
