@@ -107,9 +107,11 @@ RARE = 1 / 8
 #: example's, and against the largest alone the other examples had read as switched off (FG803 on 12 layers, every
 #: unit rare); an example that switches on no unit of a layer is as small as its trace, and is not made larger. On
 #: the benign zoo (six batches of 64 digits, 582 layers and batches) the rare shares are those of exact zeros but
-#: for 3, by at most 0.004 (with loss-scaled sizes, any cut up to 1e-3 had moved none by more than 0.02). Above the
-#: cut, at a slope of 1e-3, the other 63 examples of a batch of 64 add a few per cent of the input to what the
-#: server rebuilds (argued from the slope, not measured).
+#: for 3, by at most 0.004 (with loss-scaled sizes, any cut up to 1e-3 had moved none by more than 0.02). Not
+#: caught (a third red team): at slopes of 0.002 and 0.01 the switched-off rows' part of each unit's gradient is one
+#: unknown matrix seen through the next layer's columns, which the server wrote, and a least-squares fit removes it
+#: (34 of 64 digits rebuilt, clean); judging rows by whether they switch the unit on (output above zero) catches
+#: that and had an honest GELU ViT trained with Adam at lr 0.01 high (its units mostly below zero).
 NEGLIGIBLE = 1e-3
 #: FG803 is medium, not high, in a layer applied per token where fewer than this share of its reached units are rare,
 #: or whose rare units isolate fewer than :data:`SCATTERED` of the examples (a token each). Honest tiny ViTs trained
@@ -262,9 +264,11 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
     the head (the last one applied, when its output is as wide as the logits): the softmax reads every logit, no unit
     of it fires or not, and a head trained from zeros on a few classes holds rows that measure one quantity.
 
-    Which layers those are is read off a pass of two examples without gradients; the examples then go through in
-    chunks of :data:`CHUNK` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a CNN
-    whose only Linear layers are its head and per-token ones). With ``as_in_training``, the normalisation layers
+    Which layers those are is read off a pass of three examples, with gradients but no backward (three: a layer of
+    two tokens per example in a chunk of two is then still told from its examples); the examples then go through in
+    chunks of up to :data:`CHUNK` (in eval mode no layer mixes examples), and not at all when no layer qualifies (a
+    CNN whose only Linear layer is its head). A call the forward makes again inside the backward (activation
+    checkpointing) is not another call. With ``as_in_training``, the normalisation layers
     standardise as the client's training does (:attr:`LinearSeen.as_in_training`), and a layer after dropout reads
     what one draw of it gives (:func:`with_dropout_drawn`).
     """
@@ -276,8 +280,8 @@ def linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Te
 def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, as_in_training: bool
                         ) -> list[LinearSeen | TokenwiseSeen]:  # fmt: skip
     names = {layer: name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
-    probe, logits = _linear_calls(module, names, inputs[:2], None)
-    head = probe[-1].name if probe and probe[-1].output.shape == logits.shape else None
+    probe, logits = _linear_calls(module, names, inputs[:3], None)
+    head = probe[-1].name if probe and probe[-1].output.shape[-1] == logits.shape[-1] else None
     calls = collections.defaultdict(list)
     for call in probe:
         calls[call.name].append(call)
@@ -508,15 +512,18 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     (:class:`~fedguard.dropout.TrainingDropout`; 0 with labels)."""
     calls: list[_Call] = []
     noted = TrainingDropout() if labels is None else None  # the probe's pass: which layers come after dropout
+    forward = [True]  # activation checkpointing runs the forward again inside the backward: not another call
 
     def record(layer, args, output):
+        if not forward[0]:
+            return
         rate = max(noted.rates, default=0.0) if noted is not None else 0.0
         calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate))
         if output.requires_grad:
             output.retain_grad()
 
     def normalised(norm, args, output):
-        for call in calls:
+        for call in calls if forward[0] else ():
             if call.output is args[0] and isinstance(output, torch.Tensor) and output.shape == args[0].shape:
                 call.switching = output.detach()
 
@@ -526,7 +533,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
         with torch.enable_grad(), noted or contextlib.nullcontext():  # with gradients, torch's own encoder layers
             # run their Linear modules (their fused path without)
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
-            outputs = [call.output for call in calls if call.output.requires_grad]
+            outputs, forward[0] = [call.output for call in calls if call.output.requires_grad], False
             if labels is not None and outputs and logits.requires_grad:
                 nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=outputs)
     finally:
@@ -603,7 +610,13 @@ def binning_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     (FG101's rows); in a layer applied per token, only groups whose units the rest of the model treats alike
     (:func:`treated_alike`)."""
     groups = [group for group in measurement_groups(seen) if group.thresholds >= MIN_GROUP]
-    return [group for group in groups if treated_alike(seen, group)] if isinstance(seen, TokenwiseSeen) else groups
+    return [group for group in groups if treated_alike(seen, group)] if _several_tokens(seen) else groups
+
+
+def _several_tokens(seen: LinearSeen) -> bool:
+    """Whether ``seen`` reads several tokens of each example (a layer applied to ``[examples, 1, features]`` reads one
+    feature vector per example, and is judged as such)."""
+    return isinstance(seen, TokenwiseSeen) and seen.calls > 1
 
 
 def treated_alike(seen: LinearSeen, group: MeasurementGroup) -> bool:
@@ -625,9 +638,11 @@ def treated_alike(seen: LinearSeen, group: MeasurementGroup) -> bool:
 def gradient_rank(seen: LinearSeen, group: MeasurementGroup) -> tuple[int, int, int]:
     """``(rank, rows, units)``: in how many directions the gradients of ``group``'s units lie (singular values above
     :data:`TIED` of the largest), read on the rows that reach at least half as many of the units as any row does and
-    the units every one of those rows reaches (a unit a row does not reach has no gradient there to compare)."""
+    the units every one of those rows switches on (output above zero, gradient not zero: below zero a leaky
+    activation's gradient is a trace, of a LeakyReLU of slope 1e-9 too, which had made a reviewer's bins read in 64
+    directions, clean)."""
     grad = seen.grad[:, group.units]
-    reached = grad != 0
+    reached = (seen.switching[:, group.units] > 0) & (grad != 0)
     many = reached.sum(dim=1)
     rows = many >= max(int(many.max()), 1) / 2
     units = reached[rows].all(dim=0)
@@ -794,7 +809,7 @@ class LayerResponses(Detector):
             few = directions < min(MIN_DIRECTIONS, examples // 2)
             fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
-            scattered = isinstance(seen, TokenwiseSeen) and (isolated < SCATTERED * examples
+            scattered = _several_tokens(seen) and (isolated < SCATTERED * examples
                                                              or share < TOKENS_RARE_SHARE)
             rows = "tokens" if isinstance(seen, TokenwiseSeen) else "inputs"
             them = "them" if seen.calls == 1 else (f"them (of the {examples * seen.calls} {rows} {name} reads from "

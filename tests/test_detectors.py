@@ -1387,7 +1387,7 @@ def test_rare_units_of_a_per_token_layer_isolating_few_examples_are_medium(monke
     assert found.severity is Severity.MEDIUM and "or under 20% of your examples isolated" in found.message
 
 
-@pytest.mark.parametrize("spans", [1, 2, None])
+@pytest.mark.parametrize("spans", [1, 2, None, "leaky"])
 def test_bins_in_a_per_token_feed_forward_layer_are_one_measurement_where_the_next_layer_ties_them(spans):
     """Red teams' Robbing the Fed in a transformer's feed-forward layer: half its units measure one direction of
     the tokens (rows alike there, apart in directions the tokens barely move, so no weight pattern shows) at
@@ -1395,9 +1395,14 @@ def test_bins_in_a_per_token_feed_forward_layer_are_one_measurement_where_the_ne
     directions, so the server solves each threshold's gradients ``spans`` by ``spans`` and neighbouring bins'
     differences return single tokens (every example of batches of 8-64 with one direction, 23-26 of 32 with two;
     clean). With the next layer's columns as initialised (``None``) the differences do not cancel, and honest
-    layers of trained transformers respond so (FG804 on 6 of 50 honest models before the next layer was read)."""
+    layers of trained transformers respond so (FG804 on 6 of 50 honest models before the next layer was read).
+    Behind a LeakyReLU of slope 1e-9 (a reviewer's) the tied bins had read in 64 directions, clean."""
+    leaky = spans == "leaky"
+    spans = 1 if leaky else spans
     torch.manual_seed(0)
     model, (x, _) = _TokenTransformer(), digits((1, 8, 8))
+    if leaky:
+        model.encoder.activation = nn.LeakyReLU(1e-9)
     tokens = _token_inputs(model, x[64:]).flatten(0, 1)
     _, _, directions = torch.linalg.svd(tokens - tokens.mean(dim=0), full_matrices=False)
     measured, quiet, generator = directions[0], directions[-8:], torch.Generator().manual_seed(3)
@@ -1432,9 +1437,12 @@ class _Stacked(nn.Module):
 
 
 @pytest.mark.parametrize("examples_dim", [0, 1])
-def test_two_tokens_per_example_are_told_from_the_examples(examples_dim):
-    """The probe's two examples read as many as the tokens; the chunks' passes tell which dimension holds the
-    examples (the third red team's mirror images, stacked into one call, had gone unread)."""
+def test_two_tokens_per_example_are_told_from_the_examples(examples_dim, monkeypatch):
+    from fedguard.detectors import responses
+
+    """The probe's three examples, and a chunk's sixteen, are not the two tokens: the passes tell which dimension
+    holds the examples, in chunks of two too (the third red team's mirror images, stacked into one call, had gone
+    unread)."""
     torch.manual_seed(1)
     model, (x, y) = _Stacked(examples_dim), digits((1, 8, 8))
     assert not _with_data(model, (1, 8, 8), ["responses"], n=64)  # honest, as initialised
@@ -1447,7 +1455,55 @@ def test_two_tokens_per_example_are_told_from_the_examples(examples_dim):
     assert found.evidence["isolated_examples"] >= 16
     seen = linear_layers_seen(model, x[:64], y[:64])[0]
     assert seen.layout == (examples_dim,)
+    monkeypatch.setattr(responses, "_chunk_size", lambda module, inputs: 2)  # a large model's chunks
+    assert linear_layers_seen(model, x[:64], y[:64])[0].layout == (examples_dim,)
     torch.testing.assert_close(seen.inputs[:2], torch.stack([x[0].flatten(), x[0].flatten().flip(-1)]).double())
+
+
+class _Checkpointed(nn.Module):
+    """An MLP whose hidden layer runs under activation checkpointing (its forward runs again inside the backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.head = nn.Linear(64, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        return self.head(checkpoint(lambda t: torch.relu(self.hidden(t)), x.flatten(1), use_reentrant=False))
+
+
+def test_a_layer_under_activation_checkpointing_is_read_once_per_call():
+    """The forward's second run inside the backward had counted as another call, and the layer had been dropped as
+    applied otherwise than the probe saw."""
+    x, y = digits((1, 8, 8))
+    seen = linear_layers_seen(_Checkpointed(), x[:64], y[:64])
+    assert [(s.name, s.calls) for s in seen] == [("hidden", 1)]
+
+
+class _PerTokenHead(nn.Module):
+    """Digits as 8 tokens, a hidden layer and the head applied per token, the logits averaged over the tokens."""
+
+    def __init__(self, width: int = 1):
+        super().__init__()
+        self.hidden, self.head = nn.Linear(8 * width, 32), nn.Linear(32, 10)
+        self.width = width
+
+    def forward(self, x):
+        tokens = x.reshape(len(x), 8 // self.width, 8 * self.width)
+        return self.head(torch.relu(self.hidden(tokens))).mean(1)
+
+
+def test_a_head_applied_per_token_is_the_head_and_one_token_is_a_feature_vector():
+    """The head is left out however it is applied (a per-token one had been read); a layer applied to one token per
+    example is judged as one reading a feature vector per example (it had taken the per-token rules)."""
+    from fedguard.detectors.responses import TokenwiseSeen, _several_tokens
+
+    x, y = digits((1, 8, 8))
+    seen = linear_layers_seen(_PerTokenHead(), x[:64], y[:64])
+    assert [(s.name, s.calls, isinstance(s, TokenwiseSeen)) for s in seen] == [("hidden", 8, True)]
+    one = linear_layers_seen(_PerTokenHead(width=8), x[:64], y[:64])
+    assert [s.calls for s in one] == [1] and not _several_tokens(one[0])
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
