@@ -318,16 +318,16 @@ def _example_dims(call: _Call, examples: int) -> tuple[int, ...]:
 
 
 def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[str, int], inputs: torch.Tensor,
-               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]] | None = None
+               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]]
                ) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
-    """Each ``measured`` layer's fields (by name, with the rows one forward pass gives it per example: its calls, or
-    for those in ``tokenwise``, with the dimensions that may hold the examples in each call (the first that does in
-    the first chunk is taken), its tokens over all calls),
-    ``inputs`` going through in chunks of :data:`CHUNK`: for a layer applied to feature vectors :class:`LinearSeen`'s
-    ``inputs``, ``grad`` and ``switching`` (one row per example and call, call by call), for one applied
-    per token :class:`TokenwiseSeen`'s ``inputs``, ``peaks`` and ``layout``. A layer the model's own forward takes
-    out of the gradient, or applies otherwise than the probe did, is left out."""
-    tokenwise, layout, size = tokenwise or {}, {}, _chunk_size(module, inputs)
+    """Each ``measured`` layer's fields, by name; ``measured`` gives the rows one forward pass gives each per example
+    (its calls, or for a layer in ``tokenwise``, which holds the dimensions that may hold the examples in each call,
+    its tokens over all calls; the first candidate that does in the first chunk is taken). ``inputs`` go through in
+    chunks of up to :data:`CHUNK` (:func:`_chunk_size`). For a layer applied to feature vectors the fields are
+    :class:`LinearSeen`'s ``inputs``, ``grad`` and ``switching`` (one row per example and call, call by call); for
+    one applied per token, :class:`TokenwiseSeen`'s (a sample of the rows), ``peaks``, ``norms`` and ``layout``. A
+    layer the model's own forward takes out of the gradient, or applies otherwise than the probe did, is left out."""
+    layout, size = {}, _chunk_size(module, inputs)
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), size):
@@ -401,11 +401,10 @@ def _storage(tensor: torch.Tensor) -> tuple[int, int]:
 def _token_peaks(calls: list[_Call], dims: tuple[int, ...], rows: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples): the first
-    ``rows`` of its rows, a token each, in the order of the examples
-    (:class:`LinearSeen`'s ``inputs``, ``grad``, ``switching``, float64), :attr:`TokenwiseSeen.peaks` and
-    :attr:`TokenwiseSeen.norms`."""
+    ``rows`` of its rows, a token each, in the order of the examples (:class:`LinearSeen`'s ``inputs``, ``grad``,
+    ``switching``, float64), :attr:`TokenwiseSeen.peaks` and :attr:`TokenwiseSeen.norms`."""
     grad = torch.cat([call.output.grad.movedim(dim, 0)[..., :MAX_UNITS].flatten(1, -2).abs().double()
-                         for call, dim in zip(calls, dims)], dim=1)  # fmt: skip
+                      for call, dim in zip(calls, dims)], dim=1)  # fmt: skip
     peaks = grad.topk(min(2, grad.shape[1]), dim=1).values
     peaks = torch.cat([peaks, torch.zeros_like(peaks[:, :1])], dim=1)[:, :2]  # one token: no second
     examples = -(-max(rows, 0) // grad.shape[1])  # those that hold the rows still to be kept
