@@ -391,11 +391,10 @@ def _chunk_size(module: nn.Module, inputs: torch.Tensor) -> int:
 
 def _storage(tensor: torch.Tensor) -> tuple[int, int]:
     """Where ``tensor``'s storage is and its bytes (a tensor without storage of its own, sparse or nested: itself)."""
-    try:
-        storage = tensor.untyped_storage()
-        return storage.data_ptr(), storage.nbytes()
-    except (RuntimeError, NotImplementedError, TypeError):
+    if tensor.layout is not torch.strided or tensor.is_nested:
         return id(tensor), tensor.numel() * tensor.element_size()
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
 
 
 def _token_peaks(calls: list[_Call], dims: tuple[int, ...], rows: int
@@ -425,8 +424,7 @@ def _layout(calls: list[_Call], candidates: tuple[tuple[int, ...], ...], example
     ``calls`` read its ``examples``; None where the calls are not the probe's."""
     if len(calls) != len(candidates):
         return None
-    dims = [next((dim for dim in dims if call.read.ndim > dim + 1 and call.read.shape[dim] == examples), None)
-            for call, dims in zip(calls, candidates)]  # fmt: skip
+    dims = [next((dim for dim in dims if _holds(call, dim, examples)), None) for call, dims in zip(calls, candidates)]
     return None if None in dims else tuple(dims)
 
 
@@ -435,7 +433,12 @@ def _laid_out(calls: list[_Call], dims: tuple[int, ...] | None, examples: int, t
     many calls, each with the examples along its dimension in ``dims``, ``tokens`` of each over them all."""
     return (dims is not None and len(calls) == len(dims)
             and sum(call.read[..., 0].numel() for call in calls) == tokens * examples
-            and all(call.read.ndim > dim + 1 and call.read.shape[dim] == examples for call, dim in zip(calls, dims)))
+            and all(_holds(call, dim, examples) for call, dim in zip(calls, dims)))
+
+
+def _holds(call: _Call, dim: int, examples: int) -> bool:
+    """Whether dimension ``dim`` of what a call of a Linear layer reads holds ``examples`` (the features last)."""
+    return call.read.ndim > dim + 1 and call.read.shape[dim] == examples
 
 
 def layers_seen(context: InspectContext, as_in_training: bool = False, tokenwise: bool = False
@@ -655,6 +658,8 @@ def gradient_rank(seen: LinearSeen, group: MeasurementGroup) -> tuple[int, int, 
 def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> LinearSeen:
     """``seen`` with :attr:`LinearSeen.rounding` measured: the same examples through a float64 copy of ``module``
     (in the pass's modes, in chunks of :data:`CHUNK`). ``seen`` as it was when the model does not run in float64."""
+    if isinstance(seen, TokenwiseSeen) and len(seen.layout) > 1:
+        return seen  # its sample holds the rows of several calls, which a pass to the layer's first call does not
     try:
         twin, examples = copy.deepcopy(module).double(), inputs.double()
         layer = dict(twin.named_modules())[seen.name]
@@ -666,7 +671,7 @@ def with_rounding(seen: LinearSeen, module: nn.Module, inputs: torch.Tensor) -> 
                 exact = torch.cat([layer_input(twin, layer, part) for part in examples.split(CHUNK)])
     except Exception:  # the architecture's code is float32 only: every feature is taken as varying, as before
         return seen
-    if exact.shape != seen.inputs.shape or len(getattr(seen, "layout", ())) > 1:
+    if exact.shape != seen.inputs.shape:
         return seen
     error = seen.inputs - exact
     if error.square().mean().sqrt() > AGREEMENT * EPSILON * seen.inputs.square().mean().sqrt():
@@ -690,8 +695,7 @@ def reaching(weighed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def reach_rates(counts: torch.Tensor) -> torch.Tensor:
-    """Per unit, the share of the examples whose gradient reaches it, from :meth:`LinearSeen.reach_counts` (or the
-    output gradient ``[examples, units]`` itself)."""
+    """Per unit, the share of the examples whose gradient reaches it, from :meth:`LinearSeen.reach_counts`."""
     return (counts != 0).double().mean(dim=0)
 
 

@@ -1336,6 +1336,16 @@ def _token_inputs(model: _TokenTransformer, x: torch.Tensor) -> torch.Tensor:
     return read[0] if model.encoder.self_attn.batch_first else read[0].transpose(0, 1)
 
 
+def _plant_per_token(model: _TokenTransformer, public: torch.Tensor) -> nn.Linear:
+    """Set each bias of the encoder's first feed-forward layer at the quantile of its unit's response to the tokens of
+    ``public`` digits that makes it fire for about one token of 64 digits; that layer."""
+    layer = model.encoder.linear1
+    with torch.no_grad():
+        response = _token_inputs(model, public).flatten(0, 1) @ layer.weight.T
+        layer.bias.copy_(-torch.quantile(response, 1 - 1 / (64 * 8), dim=0))
+    return layer
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_firing(batch_first):
     """Honest weights in a transformer's feed-forward layer, each bias at the quantile that makes its unit fire for
@@ -1344,10 +1354,7 @@ def test_biases_at_a_high_quantile_in_a_per_token_feed_forward_layer_are_sparse_
     token that one unit's update gives back exactly, with the examples first or second."""
     torch.manual_seed(0)
     model, (x, y) = _TokenTransformer(batch_first=batch_first), digits((1, 8, 8))
-    layer = model.encoder.linear1
-    with torch.no_grad():
-        response = _token_inputs(model, x[64:]).flatten(0, 1) @ layer.weight.T
-        layer.bias.copy_(-torch.quantile(response, 1 - 1 / (64 * 8), dim=0))
+    layer = _plant_per_token(model, x[64:])
     assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.layer == "encoder.linear1"
@@ -1375,9 +1382,7 @@ def test_rare_units_of_a_per_token_layer_isolating_few_examples_are_medium(monke
 
     torch.manual_seed(0)
     model, (x, _) = _TokenTransformer(), digits((1, 8, 8))
-    with torch.no_grad():
-        response = _token_inputs(model, x[64:]).flatten(0, 1) @ model.encoder.linear1.weight.T
-        model.encoder.linear1.bias.copy_(-torch.quantile(response, 1 - 1 / (64 * 8), dim=0))
+    _plant_per_token(model, x[64:])
     if short == "isolated":
         monkeypatch.setattr(responses, "isolated_examples", lambda counts: 12)
     else:
