@@ -199,6 +199,9 @@ class LinearSeen:
     #: :class:`~fedguard.dropout.TrainingDropout`); in a pass :attr:`as_in_training`, :attr:`inputs` are then what one
     #: draw of that dropout gives the layer (:func:`with_dropout_drawn`).
     dropout: float = 0.0
+    #: Whether the forward pass modifies the layer's output in place (``ReLU(inplace=True)``): the passes hand it a copy
+    #: and read the gradient at the layer's own output (:func:`_linear_calls`).
+    in_place: bool = False
 
     def reach_counts(self) -> torch.Tensor:
         """Per example and unit, how many of the example's rows (one per call) reach the unit (:func:`reaching`),
@@ -292,12 +295,12 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
     measured = {name: count for name, count in (rows | tokens).items() if name != head}
     if not measured:
         return []
-    seen = _in_chunks(module, names, measured, inputs, labels, tokenwise)
+    copied = frozenset(call.name for call in probe if call.in_place())
+    seen = _in_chunks(module, names, measured, inputs, labels, tokenwise, copied)
     layers = {name: layer for layer, name in names.items()}
-    return [TokenwiseSeen(name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
-                          dropout=calls[name][0].dropout) if name in tokenwise else
-            LinearSeen(name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
-                       dropout=calls[name][0].dropout)
+    return [(TokenwiseSeen if name in tokenwise else LinearSeen)(
+                name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
+                dropout=calls[name][0].dropout, in_place=name in copied)
             for name in calls if name in seen]  # fmt: skip
 
 
@@ -318,7 +321,7 @@ def _example_dims(call: _Call, examples: int) -> tuple[int, ...]:
 
 
 def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[str, int], inputs: torch.Tensor,
-               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]]
+               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]], copied: frozenset[str]
                ) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
     """Each ``measured`` layer's fields, by name; ``measured`` gives the rows one forward pass gives each per example
     (its calls, or for a layer in ``tokenwise``, which holds the dimensions that may hold the examples in each call,
@@ -326,13 +329,14 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     chunks of up to :data:`CHUNK` (:func:`_chunk_size`). For a layer applied to feature vectors the fields are
     :class:`LinearSeen`'s ``inputs``, ``grad`` and ``switching`` (one row per example and call, call by call); for
     one applied per token, :class:`TokenwiseSeen`'s (a sample of the rows), ``peaks``, ``norms`` and ``layout``. A
-    layer the model's own forward takes out of the gradient, or applies otherwise than the probe did, is left out."""
+    layer the model's own forward takes out of the gradient, or applies otherwise than the probe did, is left out.
+    The layers in ``copied`` hand the forward a copy of their output (:func:`_linear_calls`)."""
     layout, size = {}, _chunk_size(module, inputs)
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), size):
         chunk_inputs = inputs[start : start + size]
-        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size])
+        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], copied)
         chunk: dict[str, list[_Call]] = collections.defaultdict(list)
         for call in calls:
             if call.name in measured:
@@ -351,7 +355,7 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
             elif len(got) != measured[name] or not all(_per_example(call) for call in got):
                 broken.add(name)
             else:
-                parts[name].append([(call.read.double(), call.output.grad.double(),
+                parts[name].append([(call.read.double(), call.gradient().double(),
                                      call.switching[:, :MAX_UNITS].double()) for call in got])
     chunks = -(-len(inputs) // size)
     kept = {name: got for name, got in parts.items() if name not in broken and len(got) == chunks}
@@ -402,13 +406,13 @@ def _token_peaks(calls: list[_Call], dims: tuple[int, ...], rows: int
     """From one chunk's calls of a layer applied per token (``dims``: where each reads the examples): the first
     ``rows`` of its rows, a token each, in the order of the examples (:class:`LinearSeen`'s ``inputs``, ``grad``,
     ``switching``, float64), :attr:`TokenwiseSeen.peaks` and :attr:`TokenwiseSeen.norms`."""
-    grad = torch.cat([call.output.grad.movedim(dim, 0)[..., :MAX_UNITS].flatten(1, -2).abs().double()
+    grad = torch.cat([call.gradient().movedim(dim, 0)[..., :MAX_UNITS].flatten(1, -2).abs().double()
                       for call, dim in zip(calls, dims)], dim=1)  # fmt: skip
     peaks = grad.topk(min(2, grad.shape[1]), dim=1).values
     peaks = torch.cat([peaks, torch.zeros_like(peaks[:, :1])], dim=1)[:, :2]  # one token: no second
     examples = -(-max(rows, 0) // grad.shape[1])  # those that hold the rows still to be kept
     sample = [torch.cat([_token_rows(tensor, dim, examples) for tensor, dim in zip(got, dims)], dim=1).flatten(0, 1)
-              [: max(rows, 0)].double() for got in zip(*((call.read, call.output.grad[..., :MAX_UNITS],
+              [: max(rows, 0)].double() for got in zip(*((call.read, call.gradient()[..., :MAX_UNITS],
                                                            call.switching[..., :MAX_UNITS]) for call in calls))]
     return *sample, peaks, grad.flatten(1).norm(dim=1)
 
@@ -484,8 +488,9 @@ def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torc
         return layers
     times = {seen.name: seen.calls for seen in layers if seen.dropout}
     tokenwise = {seen.name: tuple((dim,) for dim in seen.layout) for seen in layers if isinstance(seen, TokenwiseSeen)}
+    copied = frozenset(seen.name for seen in layers if seen.in_place)
     with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
-        drawn = _in_chunks(module, after, times, inputs, labels, tokenwise)
+        drawn = _in_chunks(module, after, times, inputs, labels, tokenwise, copied)
     return [dataclasses.replace(seen, **drawn[seen.name]) if seen.name in drawn else seen for seen in layers]
 
 
@@ -500,34 +505,60 @@ class _Call:
     switching: torch.Tensor
     #: The highest rate of the dropout calls the forward pass makes before the layer's, 0 where none.
     dropout: float = 0.0
+    #: What the forward goes on with: :attr:`output`, or a copy of it where the forward modifies it in place.
+    handed: torch.Tensor | None = None
+    #: :attr:`output`'s version when the layer returned it: another after the forward, an in-place operation changed it.
+    version: int = 0
+    #: Autograd's nodes from :attr:`handed` (when the layer returned it: an operation in place on it gives it another)
+    #: to what the units switch on: through a BatchNorm that reads the output as it is, that layer's (None for another
+    #: normalisation, which mixes the units).
+    nodes: list = dataclasses.field(default_factory=list)
+    #: Whether the only operation that reads what the units switch on is a leaky activation (:data:`LEAKY`), and the
+    #: only one to read :attr:`handed` on the way there that BatchNorm.
+    leaky: bool = False
+
+    def gradient(self) -> torch.Tensor:
+        """The gradient at the output, but for a :attr:`leaky` activation's slope below zero (:data:`LEAKY`)."""
+        return self.output.grad * (self.switching > 0) if self.leaky else self.output.grad
+
+    def in_place(self) -> bool:
+        """Whether the forward modified the output in place after the layer returned it."""
+        return self.output._version != self.version
 
 
 #: Normalisation layers whose output the units of a Linear layer they read switch on.
 NORMALISATIONS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None
-                  ) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
+def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None,
+                  copied: frozenset[str] = frozenset()) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
     """One forward pass of ``inputs`` in the module's modes: each call of a Linear in ``names``, in order, and the
     logits; with ``labels``, the summed cross-entropy's gradient at each output (``output.grad``; None where the
-    model's own forward turns gradients off); without, the highest rate of the dropout calls before each call
-    (:class:`~fedguard.dropout.TrainingDropout`; 0 with labels)."""
+    model's own forward turns gradients off) and which outputs a leaky activation reads (:attr:`_Call.leaky`);
+    without, the highest rate of the dropout calls before each call (:class:`~fedguard.dropout.TrainingDropout`; 0
+    with labels). The layers in ``copied`` hand the forward a copy of their output: an activation that modifies it in
+    place (``ReLU(inplace=True)``, as in torchvision's VGG and AlexNet) had left the output's gradient that of the
+    activation's output, without its zeros, and quantile biases behind it read clean."""
     calls: list[_Call] = []
     noted = TrainingDropout() if labels is None else None  # the probe's pass: which layers come after dropout
     forward = [True]  # activation checkpointing runs the forward again inside the backward: not another call
 
     def record(layer, args, output):
         if not forward[0]:
-            return
+            return None
         rate = max(noted.rates, default=0.0) if noted is not None else 0.0
-        calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate))
+        handed = output.clone() if names[layer] in copied else output
+        calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate, handed, output._version,
+                           [handed.grad_fn]))
         if output.requires_grad:
             output.retain_grad()
+        return handed
 
     def normalised(norm, args, output):
         for call in calls if forward[0] else ():
-            if call.output is args[0] and isinstance(output, torch.Tensor) and output.shape == args[0].shape:
+            if call.handed is args[0] and isinstance(output, torch.Tensor) and output.shape == args[0].shape:
                 call.switching = output.detach()
+                call.nodes.append(output.grad_fn if isinstance(norm, nn.modules.batchnorm._BatchNorm) else None)
 
     hooks = [layer.register_forward_hook(record) for layer in names]
     hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
@@ -537,11 +568,42 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs, forward[0] = [call.output for call in calls if call.output.requires_grad], False
             if labels is not None and outputs and logits.requires_grad:
+                _mark_leaky(calls, logits)
                 nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=outputs)
     finally:
         for hook in hooks:
             hook.remove()
     return calls, logits
+
+
+#: Autograd's nodes of the activations that are linear below zero, at a slope other than zero (LeakyReLU, PReLU,
+#: RReLU in eval mode; in place or not).
+LEAKY = frozenset({"LeakyReluBackward0", "LeakyReluBackward1", "PreluKernelBackward0", "RreluWithNoiseBackward0",
+                   "RreluWithNoiseBackward1"})  # fmt: skip
+
+
+def _mark_leaky(calls: list[_Call], logits: torch.Tensor) -> None:
+    """Mark the calls whose output (as handed on, or through a BatchNorm that reads it as it is: per unit, an affine
+    map in these passes) only a leaky activation (:data:`LEAKY`) reads on the way to ``logits``: below zero such a unit's gradient is the slope times the next layer's, a term a server fits away
+    through the next layer's columns, which it wrote (a red team rebuilt 34 of 64 digits through quantile biases
+    under PyTorch's default slope 0.01, clean), so a row reaches such a unit only where it switches it on, as a
+    ReLU's. Judged so for every activation (output above zero), an honest GELU ViT trained with Adam at lr 0.01 had
+    read high (most of its units' rows below zero, where GELU's gradient is not a slope)."""
+    readers: dict[object, list[object]] = collections.defaultdict(list)
+    stack, met = [logits.grad_fn], {logits.grad_fn}
+    while stack:
+        reader = stack.pop()
+        for node, _ in reader.next_functions:
+            if node is None:
+                continue
+            readers[node].append(reader)
+            if node not in met:
+                met.add(node)
+                stack.append(node)
+    for call in calls:
+        read = [readers.get(node, ()) for node in call.nodes]
+        call.leaky = (all(len(got) == 1 for got in read) and type(read[-1][0]).__name__ in LEAKY
+                      and all(got[0] is node for got, node in zip(read, call.nodes[1:])))  # fmt: skip
 
 
 @contextlib.contextmanager

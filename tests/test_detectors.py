@@ -139,24 +139,58 @@ def test_biases_at_a_high_quantile_of_each_units_response_are_sparse_firing():
     assert found["FG803"].evidence["rare_share"] >= 0.9
 
 
-@pytest.mark.parametrize("slope", [0.0, 1e-9, 1e-4])
-def test_units_whose_gradient_below_the_bias_is_negligible_but_not_zero_are_sparse_firing(slope):
-    """A red team's LeakyReLU of slope 1e-9 behind quantile biases: every example's gradient reaches every unit, none
-    exactly zero, and the layer gave back as many examples as with a ReLU, clean. Its units that no example of the
-    batch sets off are reached by all alike (they give the server an average), so the share is lower than the
-    ReLU's, whose such units are dead."""
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.LeakyReLU(slope),
-                                torch.nn.Linear(256, 10))  # fmt: skip
+class _WrittenLeaky(nn.Module):
+    """A leaky ReLU written out, which autograd does not name as one."""
+
+    def __init__(self, slope: float):
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x):
+        return torch.where(x > 0, x, self.slope * x)
+
+
+def _quantile_biases_behind(activation: nn.Module, norm: nn.Module | None = None) -> tuple[nn.Module, nn.Module]:
+    """An honest MLP with ``activation`` (after ``norm``) and its twin with quantile biases (FG803's attack)."""
+    layers = [nn.Flatten(), nn.Linear(64, 256), *([norm] if norm else []), activation, nn.Linear(256, 10)]
     torch.manual_seed(0)
-    model.apply(lambda layer: layer.reset_parameters() if isinstance(layer, torch.nn.Linear) else None)
-    assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
+    honest = nn.Sequential(*layers).eval()
+    planted = copy.deepcopy(honest)
     public = digits((1, 8, 8))[0][1::2][:512]
     with torch.no_grad():
-        response = public.flatten(1) @ model[1].weight.T
-        model[1].bias.copy_(-torch.quantile(response, 1 - 1 / 64, dim=0))
-    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+        planted[1].bias.copy_(-torch.quantile(public.flatten(1) @ planted[1].weight.T, 1 - 1 / 64, dim=0))
+    return honest, planted
+
+
+@pytest.mark.parametrize("slope", [0.0, 1e-9, 1e-4])
+def test_units_whose_gradient_below_the_bias_is_negligible_but_not_zero_are_sparse_firing(slope):
+    """A red team's leaky activation of slope 1e-9 behind quantile biases: every example's gradient reaches every
+    unit, none exactly zero, and the layer gave back as many examples as with a ReLU, clean. Written out, as here,
+    autograd does not name it leaky (torch's own are read by where they switch on, below); its units that no example
+    of the batch sets off are reached by all alike (they give the server an average), so the share is lower than the
+    ReLU's, whose such units are dead."""
+    honest, planted = _quantile_biases_behind(_WrittenLeaky(slope))
+    assert not _with_data(honest, (1, 8, 8), ["responses"], n=64)
+    found = _with_data(planted, (1, 8, 8), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.evidence["rare_units"] >= 140
     assert found.evidence["rare_share"] >= (0.9 if slope == 0 else 0.5) and found.evidence["isolated_examples"] >= 32
+
+
+@pytest.mark.parametrize("activation, norm", [
+    (lambda: nn.LeakyReLU(), None), (lambda: nn.LeakyReLU(0.2, inplace=True), None), (lambda: nn.PReLU(), None),
+    (lambda: nn.PReLU(256), None), (lambda: nn.RReLU(), None), (lambda: nn.ReLU(inplace=True), None),
+    (lambda: nn.ReLU6(inplace=True), None), (lambda: nn.LeakyReLU(0.01), lambda: nn.BatchNorm1d(256)),
+], ids=["leaky", "leaky-0.2-inplace", "prelu", "prelu-per-unit", "rrelu", "relu-inplace", "relu6-inplace", "bn-leaky"])
+def test_quantile_biases_behind_torchs_leaky_and_in_place_activations_are_sparse_firing(activation, norm):
+    """Behind a leaky activation of PyTorch's default slope 0.01 or 0.002 a third red team fitted the rows below zero
+    out of each unit's gradient through the next layer's columns and rebuilt 34 of 64 digits, clean; behind an
+    activation in place (torchvision's VGG and AlexNet classifiers) the layer's output gradient had been the
+    activation's, without zeros, and a ReLU's quantile biases read clean. Honest twins: clean."""
+    honest, planted = _quantile_biases_behind(activation(), norm and norm())
+    assert not _with_data(honest, (1, 8, 8), ["responses"], n=64)
+    found = _with_data(planted, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.evidence["rare_share"] >= 0.9
+    assert found.evidence["isolated_examples"] >= 32
 
 
 def _sparse_firing(layer: torch.nn.Linear, inputs: torch.Tensor, share: float = 1.0, batch: int = 64) -> None:
