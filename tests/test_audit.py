@@ -1595,13 +1595,15 @@ def test_an_attack_stopped_before_its_first_iteration_measured_nothing():
 
 
 def test_max_iterations_far_below_the_attacks_own_is_noted_and_never_a_pass():
-    """Two of DLG's 300 iterations measure next to nothing, as a time budget that stops it there does not."""
+    """Two of DLG's 300 iterations understate what a server running it longer rebuilds, as a time budget that stops
+    it there does: noted, and never a pass. (What they measure depends on the machine's arithmetic: on one, next to
+    nothing; on another, its L-BFGS met the gradient in one step, 18.5 dB, high.)"""
     from fedguard.audit import audit
 
     run = dict(arch="lenet5_sigmoid", data="digits", batch_size=8, attacks=["dlg"], time_budget=None,
                attack_options={"dlg": {"starts": 1}})  # fmt: skip
     short = audit(max_iterations=2, **run)
-    assert short.attacks[0].level.name == "NONE" and str(short.verdict) == "warn"
+    assert short.attacks[0].iterations <= 2 and str(short.verdict) != "pass"
     assert any("ran at most 2 iterations (max_iterations; the attack's own is 300)" in n for n in short.notes)  # Python's name
     assert not audit(max_iterations=30, **run).notes  # a tenth of the attack's own and more: no note
 
