@@ -15,7 +15,8 @@ the server solves for the image through the layers it wrote):
   rule had called it clean. A unit is reached by an example when that
   example's gradient at the unit's output is not negligible
   (:data:`NEGLIGIBLE`: a ReLU unit that example switches on; a sigmoid's
-  unless saturated), and it is rare when at most 1/8
+  unless saturated; a leaky ReLU's, as the ReLU it stands for,
+  :func:`_mark_leaky`), and it is rare when at most 1/8
   of the client's examples reach it. Reported when at least
   :data:`RARE_SHARE` of a layer's reached units are rare. Measured on every
   Linear layer of the benign zoo with a known architecture, six random batches
@@ -107,11 +108,11 @@ RARE = 1 / 8
 #: example's, and against the largest alone the other examples had read as switched off (FG803 on 12 layers, every
 #: unit rare); an example that switches on no unit of a layer is as small as its trace, and is not made larger. On
 #: the benign zoo (six batches of 64 digits, 582 layers and batches) the rare shares are those of exact zeros but
-#: for 3, by at most 0.004 (with loss-scaled sizes, any cut up to 1e-3 had moved none by more than 0.02). Not
-#: caught (a third red team): at slopes of 0.002 and 0.01 the switched-off rows' part of each unit's gradient is one
-#: unknown matrix seen through the next layer's columns, which the server wrote, and a least-squares fit removes it
-#: (34 of 64 digits rebuilt, clean); judging rows by whether they switch the unit on (output above zero) catches
-#: that and had an honest GELU ViT trained with Adam at lr 0.01 high (its units mostly below zero).
+#: for 3, by at most 0.004 (with loss-scaled sizes, any cut up to 1e-3 had moved none by more than 0.02). At slopes
+#: of 0.002 and 0.01 the switched-off rows' part of each unit's gradient is one unknown matrix seen through the next
+#: layer's columns, which the server wrote, and a third red team's least-squares fit removed it (34 of 64 digits
+#: rebuilt, clean): behind the leaky activations autograd names, rows count where they switch the unit on
+#: (:func:`_mark_leaky`).
 NEGLIGIBLE = 1e-3
 #: FG803 is medium, not high, in a layer applied per token where fewer than this share of its reached units are rare,
 #: or whose rare units isolate fewer than :data:`SCATTERED` of the examples (a token each). Honest tiny ViTs trained
