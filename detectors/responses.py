@@ -15,8 +15,8 @@ the server solves for the image through the layers it wrote):
   rule had called it clean. A unit is reached by an example when that
   example's gradient at the unit's output is not negligible
   (:data:`NEGLIGIBLE`: a ReLU unit that example switches on; a sigmoid's
-  unless saturated; a leaky ReLU's, as the ReLU it stands for,
-  :func:`_mark_leaky`), and it is rare when at most 1/8
+  unless saturated; behind a ReLU or a leaky one, where the example switches
+  the unit on, :func:`_mark_switched`), and it is rare when at most 1/8
   of the client's examples reach it. Reported when at least
   :data:`RARE_SHARE` of a layer's reached units are rare. Measured on every
   Linear layer of the benign zoo with a known architecture, six random batches
@@ -111,8 +111,8 @@ RARE = 1 / 8
 #: for 3, by at most 0.004 (with loss-scaled sizes, any cut up to 1e-3 had moved none by more than 0.02). At slopes
 #: of 0.002 and 0.01 the switched-off rows' part of each unit's gradient is one unknown matrix seen through the next
 #: layer's columns, which the server wrote, and a third red team's least-squares fit removed it (34 of 64 digits
-#: rebuilt, clean): behind the leaky activations autograd names, rows count where they switch the unit on
-#: (:func:`_mark_leaky`).
+#: rebuilt, clean): behind ReLUs and the leaky activations autograd names, rows count where they switch the unit on
+#: (:func:`_mark_switched`).
 NEGLIGIBLE = 1e-3
 #: FG803 is medium, not high, in a layer applied per token where fewer than this share of its reached units are rare,
 #: or whose rare units isolate fewer than :data:`SCATTERED` of the examples (a token each). Honest tiny ViTs trained
@@ -510,17 +510,16 @@ class _Call:
     handed: torch.Tensor | None = None
     #: :attr:`output`'s version when the layer returned it: another after the forward, an in-place operation changed it.
     version: int = 0
-    #: Autograd's nodes from :attr:`handed` (when the layer returned it: an operation in place on it gives it another)
-    #: to what the units switch on: through a BatchNorm that reads the output as it is, that layer's (None for another
-    #: normalisation, which mixes the units).
-    nodes: list = dataclasses.field(default_factory=list)
-    #: Whether the only operation that reads what the units switch on is a leaky activation (:data:`LEAKY`), and the
-    #: only one to read :attr:`handed` on the way there that BatchNorm.
-    leaky: bool = False
+    #: Autograd's node of what the units switch on (:attr:`switching`) when the forward made it: :attr:`handed`'s (an
+    #: operation in place on it gives it another later), or the normalisation layer's that reads it as it is.
+    node: object = None
+    #: Whether an activation that switches rows off below zero reads what the units switch on (:data:`SWITCHES`).
+    switched: bool = False
 
     def gradient(self) -> torch.Tensor:
-        """The gradient at the output, but for a :attr:`leaky` activation's slope below zero (:data:`LEAKY`)."""
-        return self.output.grad * (self.switching > 0) if self.leaky else self.output.grad
+        """The gradient at the output, at the rows and units the activation that reads it switches on where one does
+        (:attr:`switched`), everywhere else."""
+        return self.output.grad * (self.switching > 0) if self.switched else self.output.grad
 
     def in_place(self) -> bool:
         """Whether the forward modified the output in place after the layer returned it."""
@@ -535,7 +534,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
                   copied: frozenset[str] = frozenset()) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
     """One forward pass of ``inputs`` in the module's modes: each call of a Linear in ``names``, in order, and the
     logits; with ``labels``, the summed cross-entropy's gradient at each output (``output.grad``; None where the
-    model's own forward turns gradients off) and which outputs a leaky activation reads (:attr:`_Call.leaky`);
+    model's own forward turns gradients off) and which are switched by an activation (:attr:`_Call.switched`);
     without, the highest rate of the dropout calls before each call (:class:`~fedguard.dropout.TrainingDropout`; 0
     with labels). The layers in ``copied`` hand the forward a copy of their output: an activation that modifies it in
     place (``ReLU(inplace=True)``, as in torchvision's VGG and AlexNet) had left the output's gradient that of the
@@ -550,7 +549,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
         rate = max(noted.rates, default=0.0) if noted is not None else 0.0
         handed = output.clone() if names[layer] in copied else output
         calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate, handed, output._version,
-                           [handed.grad_fn]))
+                           handed.grad_fn))
         if output.requires_grad:
             output.retain_grad()
         return handed
@@ -558,8 +557,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     def normalised(norm, args, output):
         for call in calls if forward[0] else ():
             if call.handed is args[0] and isinstance(output, torch.Tensor) and output.shape == args[0].shape:
-                call.switching = output.detach()
-                call.nodes.append(output.grad_fn if isinstance(norm, nn.modules.batchnorm._BatchNorm) else None)
+                call.switching, call.node = output.detach(), output.grad_fn
 
     hooks = [layer.register_forward_hook(record) for layer in names]
     hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
@@ -569,7 +567,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs, forward[0] = [call.output for call in calls if call.output.requires_grad], False
             if labels is not None and outputs and logits.requires_grad:
-                _mark_leaky(calls, logits)
+                _mark_switched(calls, logits)
                 nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=outputs)
     finally:
         for hook in hooks:
@@ -577,19 +575,22 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     return calls, logits
 
 
-#: Autograd's nodes of the activations that are linear below zero, at a slope other than zero (LeakyReLU, PReLU,
-#: RReLU in eval mode; in place or not).
-LEAKY = frozenset({"LeakyReluBackward0", "LeakyReluBackward1", "PreluKernelBackward0", "RreluWithNoiseBackward0",
-                   "RreluWithNoiseBackward1"})  # fmt: skip
+#: Autograd's nodes of the activations that switch a row off below zero, or leave it there only a slope's term
+#: (ReLU; LeakyReLU, PReLU, RReLU in eval mode; in place or not).
+SWITCHES = frozenset({"ReluBackward0", "ReluBackward1", "LeakyReluBackward0", "LeakyReluBackward1",
+                      "PreluKernelBackward0", "RreluWithNoiseBackward0", "RreluWithNoiseBackward1"})  # fmt: skip
 
 
-def _mark_leaky(calls: list[_Call], logits: torch.Tensor) -> None:
-    """Mark the calls whose output (as handed on, or through a BatchNorm that reads it as it is: per unit, an affine
-    map in these passes) only a leaky activation (:data:`LEAKY`) reads on the way to ``logits``: below zero such a unit's gradient is the slope times the next layer's, a term a server fits away
-    through the next layer's columns, which it wrote (a red team rebuilt 34 of 64 digits through quantile biases
-    under PyTorch's default slope 0.01, clean), so a row reaches such a unit only where it switches it on, as a
-    ReLU's. Judged so for every activation (output above zero), an honest GELU ViT trained with Adam at lr 0.01 had
-    read high (most of its units' rows below zero, where GELU's gradient is not a slope)."""
+def _mark_switched(calls: list[_Call], logits: torch.Tensor) -> None:
+    """Mark the calls whose units switch on what an activation of :data:`SWITCHES` reads on the way to ``logits``
+    (the output, or a normalisation layer's of it): a row reaches such a unit only where it switches it on
+    (:meth:`_Call.gradient`). What else reaches the unit from the rows it switches off is a term a server fits away
+    through weights it wrote, and had hidden quantile biases whose units each one example switches on (two red teams,
+    clean): a leaky ReLU's slope times the next layer's gradient (34 of 64 digits rebuilt through PyTorch's default
+    slope 0.01), a LayerNorm's mixing of the row's units between the layer and a ReLU (50 of 64), a pre-activation
+    residual's skip from the output to the head (52 of 64). Judged so for every activation, an honest GELU ViT
+    trained with Adam at lr 0.01 had read high (most of its units' rows below zero, where GELU's gradient is no
+    slope): the others keep :data:`NEGLIGIBLE`'s cut."""
     readers: dict[object, list[object]] = collections.defaultdict(list)
     stack, met = [logits.grad_fn], {logits.grad_fn}
     while stack:
@@ -602,9 +603,7 @@ def _mark_leaky(calls: list[_Call], logits: torch.Tensor) -> None:
                 met.add(node)
                 stack.append(node)
     for call in calls:
-        read = [readers.get(node, ()) for node in call.nodes]
-        call.leaky = (all(len(got) == 1 for got in read) and type(read[-1][0]).__name__ in LEAKY
-                      and all(got[0] is node for got, node in zip(read, call.nodes[1:])))  # fmt: skip
+        call.switched = any(type(reader).__name__ in SWITCHES for reader in readers.get(call.node, ()))
 
 
 @contextlib.contextmanager

@@ -152,9 +152,9 @@ class _WrittenLeaky(nn.Module):
 
 def _quantile_biases_behind(activation: nn.Module, norm: nn.Module | None = None) -> tuple[nn.Module, nn.Module]:
     """An honest MLP with ``activation`` (after ``norm``) and its twin with quantile biases (FG803's attack)."""
-    layers = [nn.Flatten(), nn.Linear(64, 256), *([norm] if norm else []), activation, nn.Linear(256, 10)]
     torch.manual_seed(0)
-    honest = nn.Sequential(*layers).eval()
+    honest = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), *([norm] if norm else []), activation,
+                           nn.Linear(256, 10)).eval()  # fmt: skip
     planted = copy.deepcopy(honest)
     public = digits((1, 8, 8))[0][1::2][:512]
     with torch.no_grad():
@@ -190,6 +190,39 @@ def test_quantile_biases_behind_torchs_leaky_and_in_place_activations_are_sparse
     assert not _with_data(honest, (1, 8, 8), ["responses"], n=64)
     found = _with_data(planted, (1, 8, 8), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.evidence["rare_share"] >= 0.9
+    assert found.evidence["isolated_examples"] >= 32
+
+
+class _PreActivationBlock(nn.Module):
+    """``h + fc(relu(h))``: the layer before it reaches the head by the skip and by the ReLU."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, h):
+        return h + self.fc(torch.relu(h))
+
+
+@pytest.mark.parametrize("between", ["layernorm", "skip"])
+def test_quantile_biases_whose_rows_switched_off_reach_the_units_through_weights_the_server_wrote(between):
+    """A red team's quantile shifts in a LayerNorm between a Linear layer and its ReLU (50 of 64 digits rebuilt) and
+    quantile biases in the layer before a pre-activation residual block (52 of 64): the LayerNorm's mixing of the
+    row, or the skip to the head, gives every example a gradient at every unit, a term the server fits away through
+    weights it wrote, and the layers had read clean. A row now reaches a unit a ReLU reads only where it switches it
+    on. Honest twins: clean."""
+    torch.manual_seed(0)
+    middle = [nn.LayerNorm(256), nn.ReLU()] if between == "layernorm" else [_PreActivationBlock(256)]
+    honest = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), *middle, nn.Linear(256, 10)).eval()
+    assert not _with_data(honest, (1, 8, 8), ["responses"], n=64)
+    planted, public = copy.deepcopy(honest), digits((1, 8, 8))[0][1::2][:512].flatten(1)
+    with torch.no_grad():
+        response = planted[1](public)
+        shifted = planted[2] if between == "layernorm" else planted[1]
+        response = planted[2](response) if between == "layernorm" else response
+        shifted.bias.sub_(torch.quantile(response, 1 - 1 / 64, dim=0))
+    found = _with_data(planted, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "1" and found.evidence["rare_share"] >= 0.9
     assert found.evidence["isolated_examples"] >= 32
 
 
