@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 
@@ -745,8 +746,9 @@ def test_a_simulation_file_with_noise_is_recognised_as_fedguards(tmp_path):
     assert is_simulation_file(path)
 
 
-#: A simulation too short to pin every user's rounds (the time limit 0 leaves out the integer programs, so its
-#: outcome is the same on every machine): columns exact and estimated, one of the exact ones wrong, users alike.
+#: A simulation too short to pin every user's rounds (the time limit 0 leaves out the integer programs): columns
+#: exact and estimated, one of the exact ones wrong, users alike. Which of the others the estimates get right or leave
+#: failed moves with the machine's arithmetic (4 and 4 on one, 5 and 3 on another), what is exact and wrong does not.
 SHORT = ["--simulate", "--users", "10", "--rounds", "12", "--dim", "30", "--window", "6", "--time-limit", "0"]
 
 
@@ -754,13 +756,16 @@ def test_cli_text_of_a_short_simulation_says_what_is_estimated_wrong_and_noted()
     res = _run(SHORT)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert "  recovered exactly: 0/10 users' updates, 2/10 columns (approximate 4, failed 4)" in lines
+    recovered = re.fullmatch(r"  recovered exactly: 0/10 users' updates, 2/10 columns \(approximate (\d), failed (\d)\)",
+                             lines[1])  # fmt: skip
+    assert recovered and int(recovered[1]) + int(recovered[2]) == 8
     assert "  noise scale 0 (estimated), rank 10" in lines
-    assert ("  against the truth: P not exact, 2/10 columns right, 1 wrongly claimed exact, update relative error "
-            in res.output)  # fmt: skip
+    assert re.search(r"  against the truth: P not exact, \d/10 columns right, 1 wrongly claimed exact, update relative "
+                     "error ", res.output)  # fmt: skip
     notes = [line for line in lines if line.startswith("  note: ")]
     assert len(notes) == 3 and "are recovered as a set" in notes[-1]
-    assert lines[-1].startswith("  => 2 of 10 users' rounds recovered exactly, 4 estimated (estimated rounds are often")
+    assert lines[-1].startswith(f"  => 2 of 10 users' rounds recovered exactly, {recovered[1]} estimated (estimated "
+                                "rounds are often")  # fmt: skip
 
 
 def test_the_text_summary_counts_updates_recovered_and_says_what_is_only_estimated_or_a_set():
