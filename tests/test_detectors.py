@@ -193,6 +193,27 @@ def test_quantile_biases_behind_torchs_leaky_and_in_place_activations_are_sparse
     assert found.evidence["isolated_examples"] >= 32
 
 
+@pytest.mark.parametrize("next_rank", [None, 16])
+def test_a_leaky_slope_is_read_as_switched_off_where_the_layers_after_it_let_a_server_fit_it_away(next_rank):
+    """Behind a LeakyReLU read by a layer of 256 units in 256 directions the slope's term is one unknown row per
+    direction, more than the units switched on by no example give a server to solve for them: read as before (the
+    slope reaches every unit; an honest LeakyReLU MLP read so behind every leaky activation had been high). A server
+    that makes that layer's weight of rank 16 brings the fit back: high."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.LeakyReLU(), nn.Linear(256, 256), nn.ReLU(),
+                          nn.Linear(256, 10)).eval()  # fmt: skip
+    public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
+    with torch.no_grad():
+        model[1].bias.copy_(-torch.quantile(public @ model[1].weight.T, 1 - 1 / 64, dim=0))
+        if next_rank:
+            model[3].weight.copy_(torch.randn(256, next_rank) @ torch.randn(next_rank, 256) / 256)
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64).get("FG803")
+    if next_rank:
+        assert found.severity is Severity.HIGH and found.layer == "1" and found.evidence["rare_share"] >= 0.9
+    else:
+        assert found is None or found.layer != "1"
+
+
 class _PreActivationBlock(nn.Module):
     """``h + fc(relu(h))``: the layer before it reaches the head by the skip and by the ReLU."""
 
