@@ -77,11 +77,13 @@ class OversizedFC(Detector):
                 severity, confidence = Severity.LOW, Confidence.LOW
             else:
                 continue
+            check = ("Check it against the architecture you expect with --arch or --reference." if view.module is None
+                     else "It is as wide in the architecture you gave (--arch): the width is the risk whoever chose "
+                     "it; with --data, FG803 measures whether its units fire for single examples.")  # fmt: skip
             yield self.finding(
                 "FG601", "Oversized fully connected layer", severity, confidence, layer.name,
                 f"{layer.name} widens {fan_in} inputs to {units} units and holds {share:.0%} of the parameters: "
-                "enough capacity for units to fire for single samples and leak them. Check it against the "
-                "architecture you expect with --arch or --reference.",
+                f"enough capacity for units to fire for single samples and leak them. {check}",
                 units=units, fan_in=fan_in, widening=rounded(units / fan_in), parameter_share=rounded(share),
             )
 

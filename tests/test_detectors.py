@@ -1723,7 +1723,10 @@ def test_a_transformers_feed_forward_block_in_an_unnamed_list_is_low_only():
     assert found["FG601"].severity is Severity.LOW and judge(list(found.values())) is Verdict.CLEAN
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 64), torch.nn.Linear(64, 10))
     found = _rules_of(name_unnamed(list(mlp.state_dict().values())))
-    assert found["FG601"].severity is Severity.MEDIUM
+    assert found["FG601"].severity is Severity.MEDIUM and "Check it against the architecture you expect" in (
+        found["FG601"].message)  # fmt: skip
+    found = run_detectors(InspectContext(view=ModelView.from_state_dict(mlp.state_dict(), mlp)), ["oversized"])[0]
+    assert "as wide in the architecture you gave (--arch)" in found[0].message  # with --arch, not asked for again
 
 
 def test_a_recurrent_layers_input_weights_are_scanned():
