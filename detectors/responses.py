@@ -332,12 +332,12 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     one applied per token, :class:`TokenwiseSeen`'s (a sample of the rows), ``peaks``, ``norms`` and ``layout``. A
     layer the model's own forward takes out of the gradient, or applies otherwise than the probe did, is left out.
     The layers in ``copied`` hand the forward a copy of their output (:func:`_linear_calls`)."""
-    layout, size, ranks = {}, _chunk_size(module, inputs), {}
+    layout, size = {}, _chunk_size(module, inputs)
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), size):
         chunk_inputs = inputs[start : start + size]
-        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], copied, ranks)
+        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], copied)
         chunk: dict[str, list[_Call]] = collections.defaultdict(list)
         for call in calls:
             if call.name in measured:
@@ -513,7 +513,7 @@ class _Call:
     #: Autograd's node of what the units switch on (:attr:`switching`) when the forward made it: :attr:`handed`'s (an
     #: operation in place on it gives it another later), or the normalisation layer's that reads it as it is.
     node: object = None
-    #: Whether a row reaches a unit only where it switches it on (:func:`_mark_switched`).
+    #: Whether an activation that switches rows off below zero reads what the units switch on (:data:`SWITCHES`).
     switched: bool = False
 
     def gradient(self) -> torch.Tensor:
@@ -531,18 +531,15 @@ NORMALISATIONS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.Tensor, labels: torch.Tensor | None,
-                  copied: frozenset[str] = frozenset(), ranks: dict[int, int] | None = None
-                  ) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
+                  copied: frozenset[str] = frozenset()) -> tuple[list[_Call], torch.Tensor]:  # fmt: skip
     """One forward pass of ``inputs`` in the module's modes: each call of a Linear in ``names``, in order, and the
     logits; with ``labels``, the summed cross-entropy's gradient at each output (``output.grad``; None where the
     model's own forward turns gradients off) and which are switched by an activation (:attr:`_Call.switched`);
     without, the highest rate of the dropout calls before each call (:class:`~fedguard.dropout.TrainingDropout`; 0
     with labels). The layers in ``copied`` hand the forward a copy of their output: an activation that modifies it in
     place (``ReLU(inplace=True)``, as in torchvision's VGG and AlexNet) had left the output's gradient that of the
-    activation's output, without its zeros, and quantile biases behind it read clean. ``ranks``: as
-    :func:`_mark_switched` takes them."""
+    activation's output, without its zeros, and quantile biases behind it read clean."""
     calls: list[_Call] = []
-    ranks = {} if ranks is None else ranks
     noted = TrainingDropout() if labels is None else None  # the probe's pass: which layers come after dropout
     forward = [True]  # activation checkpointing runs the forward again inside the backward: not another call
 
@@ -570,7 +567,7 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
             logits = module(inputs.float().clone().requires_grad_(labels is not None))  # a gradient, frozen or not
             outputs, forward[0] = [call.output for call in calls if call.output.requires_grad], False
             if labels is not None and outputs and logits.requires_grad:
-                _mark_switched(calls, logits, ranks)
+                _mark_switched(calls, logits)
                 nn.functional.cross_entropy(logits, labels, reduction="sum").backward(inputs=outputs)
     finally:
         for hook in hooks:
@@ -578,33 +575,26 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
     return calls, logits
 
 
-#: Autograd's nodes of the activations that switch a row off below zero (ReLU, in place or not), and of those that
-#: leave it there a slope's term (LeakyReLU, PReLU, RReLU in eval mode).
-RELUS = frozenset({"ReluBackward0", "ReluBackward1"})
-LEAKY = frozenset({"LeakyReluBackward0", "LeakyReluBackward1", "PreluKernelBackward0", "RreluWithNoiseBackward0",
-                   "RreluWithNoiseBackward1"})  # fmt: skip
-#: Autograd's nodes that only reshape what they read, and those of a product with a Linear layer's weight.
-RESHAPES, PRODUCTS = frozenset({"ViewBackward0", "UnsafeViewBackward0"}), frozenset({"AddmmBackward0", "MmBackward0"})
-#: A leaky activation's slope term is one a server fits away where the Linear layers that read the activation's output
-#: span at most this share of the units' directions (singular values above :data:`SPAN` of the largest): it solves
-#: for one unknown row per direction from the units no example switches on, about 1/e of them at quantile biases set
-#: for the batch (the red team's: the head's 10 directions against 256-512 units). An honest sweep of 154 leaky MLPs
-#: had, read so behind every leaky activation, a LeakyReLU MLP trained with Adam at lr 0.001 high (rare share 0.36
-#: in a layer followed by another of 512 units, against 0.20 for its ReLU twin).
-FITTED, SPAN = 1 / 3, 1e-3
+#: Autograd's nodes of the activations that switch a row off below zero, or leave it there only a slope's term
+#: (ReLU; LeakyReLU, PReLU, RReLU in eval mode; in place or not).
+SWITCHES = frozenset({"ReluBackward0", "ReluBackward1", "LeakyReluBackward0", "LeakyReluBackward1",
+                      "PreluKernelBackward0", "RreluWithNoiseBackward0", "RreluWithNoiseBackward1"})  # fmt: skip
 
 
-def _mark_switched(calls: list[_Call], logits: torch.Tensor, ranks: dict[int, int]) -> None:
-    """Mark the calls whose units switch on what a ReLU reads on the way to ``logits`` (the output, or a
-    normalisation layer's of it), or a leaky activation (:data:`LEAKY`) whose slope term a server fits away
-    (:data:`FITTED`): a row reaches such a unit only where it switches it on (:meth:`_Call.gradient`). What else
-    reaches the unit from the rows it switches off is a term the server fits away through weights it wrote, and had
-    hidden quantile biases whose units each one example switches on (two red teams, clean): a leaky ReLU's slope
-    times the next layer's gradient (34 of 64 digits rebuilt through PyTorch's default slope 0.01), a LayerNorm's
-    mixing of the row's units between the layer and a ReLU (50 of 64), a pre-activation residual's skip from the
-    output to the head (52 of 64). Judged so for every activation, an honest GELU ViT trained with Adam at lr 0.01
-    had read high (most of its units' rows below zero, where GELU's gradient is no slope): the others keep
-    :data:`NEGLIGIBLE`'s cut. ``ranks`` keeps the weights' ranks, by ``id``, from one pass to the next."""
+def _mark_switched(calls: list[_Call], logits: torch.Tensor) -> None:
+    """Mark the calls whose units switch on what an activation of :data:`SWITCHES` reads on the way to ``logits``
+    (the output, or a normalisation layer's of it): a row reaches such a unit only where it switches it on
+    (:meth:`_Call.gradient`). What else reaches the unit from the rows it switches off is a term a server fits away
+    through weights it wrote, and had hidden quantile biases whose units each one example switches on (two red teams,
+    clean): a leaky ReLU's slope times the next layer's gradient (34 of 64 digits rebuilt through PyTorch's default
+    slope 0.01), a LayerNorm's mixing of the row's units between the layer and a ReLU (50 of 64), a pre-activation
+    residual's skip from the output to the head (52 of 64). Behind a leaky activation whatever reads its output:
+    judged so only where the layers reading it spanned few directions, a red team's slope term ran on to the head's
+    10 directions through a full-rank layer every example switches on, or through a LayerNorm (52-53 of 64
+    rebuilt, clean); an honest LeakyReLU MLP trained with Adam at lr 0.001 then reads 0.36 on two of four batches
+    against its ReLU twin's 0.20 (docs/detectors.md). Judged so for every activation, an honest GELU ViT trained
+    with Adam at lr 0.01 had read high (most of its units' rows below zero, where GELU's gradient is no slope): the
+    others keep :data:`NEGLIGIBLE`'s cut."""
     readers: dict[object, list[object]] = collections.defaultdict(list)
     stack, met = [logits.grad_fn], {logits.grad_fn}
     while stack:
@@ -616,38 +606,8 @@ def _mark_switched(calls: list[_Call], logits: torch.Tensor, ranks: dict[int, in
             if node not in met:
                 met.add(node)
                 stack.append(node)
-
-    def rank(weight: torch.Tensor) -> int:
-        if id(weight) not in ranks:
-            values = torch.linalg.svdvals(weight.detach().double())
-            ranks[id(weight)] = int((values > SPAN * values[0]).sum())
-        return ranks[id(weight)]
-
     for call in calls:
-        read = [type(reader).__name__ for reader in readers.get(call.node, ())]
-        leaky = [reader for reader, name in zip(readers.get(call.node, ()), read) if name in LEAKY]
-        units = call.output.shape[-1]
-        call.switched = bool(RELUS.intersection(read)) or any(
-            weights and all(rank(weight) <= FITTED * units for weight in weights)
-            for weights in (_reading_weights(node, readers) for node in leaky))  # fmt: skip
-
-
-def _reading_weights(node: object, readers: dict[object, list[object]]) -> list[torch.Tensor]:
-    """The weights of the Linear layers that read what autograd's ``node`` computes (through reshapes), or none
-    where anything else reads it too."""
-    weights = []
-    for reader in readers.get(node, ()):
-        name = type(reader).__name__
-        if name in RESHAPES:
-            got = _reading_weights(reader, readers)
-        else:
-            got = [transposed.next_functions[0][0].variable for transposed, _ in reader.next_functions
-                   if type(transposed).__name__ == "TBackward0"
-                   and hasattr(transposed.next_functions[0][0], "variable")] if name in PRODUCTS else []  # fmt: skip
-        if not got:
-            return []
-        weights += got
-    return weights
+        call.switched = any(type(reader).__name__ in SWITCHES for reader in readers.get(call.node, ()))
 
 
 @contextlib.contextmanager

@@ -193,25 +193,24 @@ def test_quantile_biases_behind_torchs_leaky_and_in_place_activations_are_sparse
     assert found.evidence["isolated_examples"] >= 32
 
 
-@pytest.mark.parametrize("next_rank", [None, 16])
-def test_a_leaky_slope_is_read_as_switched_off_where_the_layers_after_it_let_a_server_fit_it_away(next_rank):
-    """Behind a LeakyReLU read by a layer of 256 units in 256 directions the slope's term is one unknown row per
-    direction, more than the units switched on by no example give a server to solve for them: read as before (the
-    slope reaches every unit; an honest LeakyReLU MLP read so behind every leaky activation had been high). A server
-    that makes that layer's weight of rank 16 brings the fit back: high."""
+@pytest.mark.parametrize("after", ["wide-layer-always-on", "layernorm"])
+def test_a_leaky_slope_is_read_as_switched_off_whatever_reads_the_activation(after):
+    """A second red team's plantings behind a LeakyReLU whose output goes on to a full-rank layer of 256 units that
+    every example switches on (its gradient is then the head's 10 directions through known weights: 52 of 64 digits
+    rebuilt, 47 exactly) or to a LayerNorm (53 of 64): the slope's term is one the server fits away wherever the
+    path to the loss keeps it in few known directions, which the weights the activation's output meets first do not
+    tell (a rule reading their rank had read both clean)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.LeakyReLU(), nn.Linear(256, 256), nn.ReLU(),
-                          nn.Linear(256, 10)).eval()  # fmt: skip
+    rest = ([nn.Linear(256, 256), nn.LeakyReLU()] if after == "wide-layer-always-on" else [nn.LayerNorm(256)])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.LeakyReLU(), *rest, nn.Linear(256, 10)).eval()
     public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
     with torch.no_grad():
         model[1].bias.copy_(-torch.quantile(public @ model[1].weight.T, 1 - 1 / 64, dim=0))
-        if next_rank:
-            model[3].weight.copy_(torch.randn(256, next_rank) @ torch.randn(next_rank, 256) / 256)
-    found = _with_data(model, (1, 8, 8), ["responses"], n=64).get("FG803")
-    if next_rank:
-        assert found.severity is Severity.HIGH and found.layer == "1" and found.evidence["rare_share"] >= 0.9
-    else:
-        assert found is None or found.layer != "1"
+        if after == "wide-layer-always-on":
+            response = model[3](model[2](model[1](public)))
+            model[3].bias.sub_(response.min(dim=0).values - response.std(dim=0))
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "1" and found.evidence["rare_share"] >= 0.9
 
 
 class _PreActivationBlock(nn.Module):
