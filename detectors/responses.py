@@ -513,7 +513,7 @@ class _Call:
     #: Autograd's node of what the units switch on (:attr:`switching`) when the forward made it: :attr:`handed`'s (an
     #: operation in place on it gives it another later), or the normalisation layer's that reads it as it is.
     node: object = None
-    #: Whether an activation that switches rows off below zero reads what the units switch on (:data:`SWITCHES`).
+    #: Whether an activation of :data:`SWITCHES` reads what the units switch on (:func:`_mark_switched`).
     switched: bool = False
 
     def gradient(self) -> torch.Tensor:
@@ -595,14 +595,17 @@ def _mark_switched(calls: list[_Call], logits: torch.Tensor) -> None:
     against its ReLU twin's 0.20 (docs/detectors.md). Judged so for every activation, an honest GELU ViT trained
     with Adam at lr 0.01 had read high (most of its units' rows below zero, where GELU's gradient is no slope): the
     others keep :data:`NEGLIGIBLE`'s cut."""
+    wanted = {call.node for call in calls}
     readers: dict[object, list[object]] = collections.defaultdict(list)
-    stack, met = [logits.grad_fn], {logits.grad_fn}
+    stack = [logits.grad_fn] if logits.grad_fn is not None else []  # logits that are the input itself: no graph
+    met = set(stack)
     while stack:
         reader = stack.pop()
         for node, _ in reader.next_functions:
             if node is None:
                 continue
-            readers[node].append(reader)
+            if node in wanted:
+                readers[node].append(reader)
             if node not in met:
                 met.add(node)
                 stack.append(node)
