@@ -200,9 +200,6 @@ class LinearSeen:
     #: :class:`~fedguard.dropout.TrainingDropout`); in a pass :attr:`as_in_training`, :attr:`inputs` are then what one
     #: draw of that dropout gives the layer (:func:`with_dropout_drawn`).
     dropout: float = 0.0
-    #: Whether the forward pass modifies the layer's output in place (``ReLU(inplace=True)``): the passes hand it a copy
-    #: and read the gradient at the layer's own output (:func:`_linear_calls`).
-    in_place: bool = False
 
     def reach_counts(self) -> torch.Tensor:
         """Per example and unit, how many of the example's rows (one per call) reach the unit (:func:`reaching`),
@@ -296,12 +293,11 @@ def _linear_layers_seen(module: nn.Module, inputs: torch.Tensor, labels: torch.T
     measured = {name: count for name, count in (rows | tokens).items() if name != head}
     if not measured:
         return []
-    copied = frozenset(call.name for call in probe if call.in_place())
-    seen = _in_chunks(module, names, measured, inputs, labels, tokenwise, copied)
+    seen = _in_chunks(module, names, measured, inputs, labels, tokenwise)
     layers = {name: layer for layer, name in names.items()}
     return [(TokenwiseSeen if name in tokenwise else LinearSeen)(
                 name, layers[name], **seen[name], as_in_training=as_in_training, calls=measured[name],
-                dropout=calls[name][0].dropout, in_place=name in copied)
+                dropout=calls[name][0].dropout)
             for name in calls if name in seen]  # fmt: skip
 
 
@@ -322,7 +318,7 @@ def _example_dims(call: _Call, examples: int) -> tuple[int, ...]:
 
 
 def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[str, int], inputs: torch.Tensor,
-               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]], copied: frozenset[str]
+               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]]
                ) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
     """Each ``measured`` layer's fields, by name; ``measured`` gives the rows one forward pass gives each per example
     (its calls, or for a layer in ``tokenwise``, which holds the dimensions that may hold the examples in each call,
@@ -331,13 +327,18 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     :class:`LinearSeen`'s ``inputs``, ``grad`` and ``switching`` (one row per example and call, call by call); for
     one applied per token, :class:`TokenwiseSeen`'s (a sample of the rows), ``peaks``, ``norms`` and ``layout``. A
     layer the model's own forward takes out of the gradient, or applies otherwise than the probe did, is left out.
-    The layers in ``copied`` hand the forward a copy of their output (:func:`_linear_calls`)."""
-    layout, size = {}, _chunk_size(module, inputs)
+    A layer whose output the forward modifies in place hands it a copy (:func:`_linear_calls`) from the chunk where
+    that is seen on, that chunk going through again."""
+    layout, size, copied = {}, _chunk_size(module, inputs), set()
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), size):
         chunk_inputs = inputs[start : start + size]
-        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], copied)
+        calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], frozenset(copied))
+        late = {call.name for call in calls if call.name in measured and call.name not in copied and call.in_place()}
+        if late:  # modified in place (the output's version moved): this chunk again, with copies
+            copied |= late
+            calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], frozenset(copied))
         chunk: dict[str, list[_Call]] = collections.defaultdict(list)
         for call in calls:
             if call.name in measured:
@@ -489,9 +490,8 @@ def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torc
         return layers
     times = {seen.name: seen.calls for seen in layers if seen.dropout}
     tokenwise = {seen.name: tuple((dim,) for dim in seen.layout) for seen in layers if isinstance(seen, TokenwiseSeen)}
-    copied = frozenset(seen.name for seen in layers if seen.in_place)
     with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
-        drawn = _in_chunks(module, after, times, inputs, labels, tokenwise, copied)
+        drawn = _in_chunks(module, after, times, inputs, labels, tokenwise)
     return [dataclasses.replace(seen, **drawn[seen.name]) if seen.name in drawn else seen for seen in layers]
 
 
@@ -508,11 +508,11 @@ class _Call:
     dropout: float = 0.0
     #: What the forward goes on with: :attr:`output`, or a copy of it where the forward modifies it in place.
     handed: torch.Tensor | None = None
-    #: :attr:`output`'s version when the layer returned it: another after the forward, an in-place operation changed it.
+    #: :attr:`handed`'s version when the layer returned it: another after the forward, an in-place operation changed it.
     version: int = 0
-    #: Autograd's node of what the units switch on (:attr:`switching`) when the forward made it: :attr:`handed`'s (an
-    #: operation in place on it gives it another later), or the normalisation layer's that reads it as it is.
-    node: object = None
+    #: What the units may switch on, each with autograd's node when the forward made it (an operation in place gives
+    #: a tensor another later): :attr:`handed`, then each normalisation layer's output of it as it is.
+    readings: list[tuple[object, torch.Tensor]] = dataclasses.field(default_factory=list)
     #: Whether an activation of :data:`SWITCHES` reads what the units switch on (:func:`_mark_switched`).
     switched: bool = False
 
@@ -522,8 +522,8 @@ class _Call:
         return self.output.grad * (self.switching > 0) if self.switched else self.output.grad
 
     def in_place(self) -> bool:
-        """Whether the forward modified the output in place after the layer returned it."""
-        return self.output._version != self.version
+        """Whether the forward modified what the layer handed on in place after the layer returned it."""
+        return self.handed._version != self.version
 
 
 #: Normalisation layers whose output the units of a Linear layer they read switch on.
@@ -548,16 +548,18 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
             return None
         rate = max(noted.rates, default=0.0) if noted is not None else 0.0
         handed = output.clone() if names[layer] in copied else output
-        calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate, handed, output._version,
-                           handed.grad_fn))
+        calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate, handed, handed._version,
+                           [(handed.grad_fn, output.detach())]))
         if output.requires_grad:
             output.retain_grad()
         return handed
 
     def normalised(norm, args, output):
         for call in calls if forward[0] else ():
-            if call.handed is args[0] and isinstance(output, torch.Tensor) and output.shape == args[0].shape:
-                call.switching, call.node = output.detach(), output.grad_fn
+            if (call.handed is args[0] and not call.in_place() and isinstance(output, torch.Tensor)
+                    and output.shape == args[0].shape):  # fmt: skip
+                call.switching = output.detach()
+                call.readings.append((output.grad_fn, call.switching))
 
     hooks = [layer.register_forward_hook(record) for layer in names]
     hooks += [norm.register_forward_hook(normalised) for norm in module.modules() if isinstance(norm, NORMALISATIONS)]
@@ -595,7 +597,6 @@ def _mark_switched(calls: list[_Call], logits: torch.Tensor) -> None:
     against its ReLU twin's 0.20 (docs/detectors.md). Judged so for every activation, an honest GELU ViT trained
     with Adam at lr 0.01 had read high (most of its units' rows below zero, where GELU's gradient is no slope): the
     others keep :data:`NEGLIGIBLE`'s cut."""
-    wanted = {call.node for call in calls}
     readers: dict[object, list[object]] = collections.defaultdict(list)
     stack = [logits.grad_fn] if logits.grad_fn is not None else []  # logits that are the input itself: no graph
     met = set(stack)
@@ -604,13 +605,30 @@ def _mark_switched(calls: list[_Call], logits: torch.Tensor) -> None:
         for node, _ in reader.next_functions:
             if node is None:
                 continue
-            if node in wanted:
-                readers[node].append(reader)
+            readers[node].append(reader)
             if node not in met:
                 met.add(node)
                 stack.append(node)
     for call in calls:
-        call.switched = any(type(reader).__name__ in SWITCHES for reader in readers.get(call.node, ()))
+        for node, values in reversed(call.readings):  # a normalisation's output first, where a switch reads it
+            if _switch_reads(node, readers):
+                call.switched, call.switching = True, values
+                break
+
+
+#: Autograd's nodes that hand on each element as it is, in another shape, order or type.
+PASSING = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0",
+                     "TransposeBackward0", "TransposeBackward1", "SqueezeBackward0", "SqueezeBackward1",
+                     "SqueezeBackward2", "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0"})  # fmt: skip
+
+
+def _switch_reads(node: object, readers: dict[object, list[object]]) -> bool:
+    """Whether an activation of :data:`SWITCHES` reads what autograd's ``node`` computes, as it is or through
+    :data:`PASSING` nodes (a reshape between a layer and its LeakyReLU had kept its planted units reached by every
+    example)."""
+    return any(type(reader).__name__ in SWITCHES
+               or (type(reader).__name__ in PASSING and _switch_reads(reader, readers))
+               for reader in readers.get(node, ()))  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -203,6 +203,7 @@ def test_a_leaky_slope_is_read_as_switched_off_whatever_reads_the_activation(aft
     torch.manual_seed(0)
     rest = ([nn.Linear(256, 256), nn.LeakyReLU()] if after == "wide-layer-always-on" else [nn.LayerNorm(256)])
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.LeakyReLU(), *rest, nn.Linear(256, 10)).eval()
+    assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
     public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
     with torch.no_grad():
         model[1].bias.copy_(-torch.quantile(public @ model[1].weight.T, 1 - 1 / 64, dim=0))
@@ -211,6 +212,42 @@ def test_a_leaky_slope_is_read_as_switched_off_whatever_reads_the_activation(aft
             model[3].bias.sub_(response.min(dim=0).values - response.std(dim=0))
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.layer == "1" and found.evidence["rare_share"] >= 0.9
+
+
+class _Between(nn.Module):
+    """``Linear(64, 256)``, then ``how`` the layer's output meets its activation, then the head."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.l1, self.head = how, nn.Linear(64, 256), nn.Linear(256, 10)
+        self.norm = nn.BatchNorm1d(256)
+
+    def forward(self, x):
+        h = self.l1(x.flatten(1))
+        if self.how == "in-place-then-batchnorm":  # the norm reads the activation's output, not the layer's
+            return self.head(self.norm(nn.functional.leaky_relu(h, inplace=True)))
+        if self.how == "reshaped":
+            return self.head(nn.functional.leaky_relu(h.view(len(x), 16, 16)).flatten(1))
+        if self.how == "normalised-elsewhere":  # a norm reads the output too, the activation reads it as it is
+            return self.head(nn.functional.leaky_relu(h) + self.norm(h))
+        # in place but for the three examples of the probe's pass
+        return self.head(nn.functional.relu6(h, inplace=len(x) != 3))
+
+
+@pytest.mark.parametrize("how", ["in-place-then-batchnorm", "reshaped", "normalised-elsewhere", "in-place-but-probe"])
+def test_the_switch_is_read_whatever_sits_between_a_layer_and_its_activation(how):
+    """A review's ways past the switched reading, quantile biases read clean each time: a BatchNorm after a LeakyReLU
+    in place (it got the same tensor, rewritten, and was taken for a norm of the layer's output), a reshape between
+    the layer and its LeakyReLU, a norm of the output that goes elsewhere while the LeakyReLU reads the output as it
+    is, and an activation in place for every batch but the probe's. Honest twins: clean."""
+    torch.manual_seed(0)
+    honest = _Between(how).eval()
+    assert not _with_data(honest, (1, 8, 8), ["responses"], n=64)
+    planted, public = copy.deepcopy(honest), digits((1, 8, 8))[0][1::2][:512].flatten(1)
+    with torch.no_grad():
+        planted.l1.bias.copy_(-torch.quantile(public @ planted.l1.weight.T, 1 - 1 / 64, dim=0))
+    found = _with_data(planted, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "l1" and found.evidence["rare_share"] >= 0.9
 
 
 class _PreActivationBlock(nn.Module):
@@ -1298,6 +1335,15 @@ def test_units_that_only_trainings_dropout_sets_off_are_sparse_firing(dropout):
     assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["isolated_examples"] >= 16
     assert found.evidence["dropout"] == 0.5 and "normalisation" not in found.evidence
     assert "one draw of the dropout" in found.message
+
+
+def test_units_behind_dropout_and_an_activation_in_place_are_read_from_a_copy_in_the_dropout_pass():
+    """The planted units after dropout, a ReLU6 in place after them: the dropout pass reads them from a copy too (it
+    had read the activation's output gradient there, and the layer clean)."""
+    model = _behind_dropout(planted=True)
+    model[5] = nn.ReLU6(inplace=True)
+    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["dropout"] == 0.5
 
 
 def test_units_saturated_in_eval_mode_that_dropout_brings_back_are_sparse_firing():
