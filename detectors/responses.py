@@ -502,7 +502,8 @@ class _Call:
     name: str
     read: torch.Tensor
     output: torch.Tensor
-    #: What the units switch on: the output, or a normalisation layer's where one reads the output as it is.
+    #: What the units switch on: the output, or a normalisation layer's where one reads the output as it is; of those
+    #: (:attr:`readings`), the one an activation of :data:`SWITCHES` reads where one does (:func:`_mark_switched`).
     switching: torch.Tensor
     #: The highest rate of the dropout calls the forward pass makes before the layer's, 0 where none.
     dropout: float = 0.0
