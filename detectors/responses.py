@@ -318,8 +318,8 @@ def _example_dims(call: _Call, examples: int) -> tuple[int, ...]:
 
 
 def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[str, int], inputs: torch.Tensor,
-               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]]
-               ) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+               labels: torch.Tensor, tokenwise: dict[str, tuple[tuple[int, ...], ...]],
+               draws: torch.Generator | None = None) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
     """Each ``measured`` layer's fields, by name; ``measured`` gives the rows one forward pass gives each per example
     (its calls, or for a layer in ``tokenwise``, which holds the dimensions that may hold the examples in each call,
     its tokens over all calls; the first candidate that does in the first chunk is taken). ``inputs`` go through in
@@ -328,16 +328,19 @@ def _in_chunks(module: nn.Module, names: dict[nn.Linear, str], measured: dict[st
     one applied per token, :class:`TokenwiseSeen`'s (a sample of the rows), ``peaks``, ``norms`` and ``layout``. A
     layer the model's own forward takes out of the gradient, or applies otherwise than the probe did, is left out.
     A layer whose output the forward modifies in place hands it a copy (:func:`_linear_calls`) from the chunk where
-    that is seen on, that chunk going through again."""
+    that is seen on, that chunk going through again with ``draws`` (the generator a dropout pass draws its masks
+    from) set back: the same masks as the first time, so a model reads as with its activations not in place."""
     layout, size, copied = {}, _chunk_size(module, inputs), set()
     parts: dict[str, list] = collections.defaultdict(list)
     broken: set[str] = set()
     for start in range(0, len(inputs), size):
-        chunk_inputs = inputs[start : start + size]
+        chunk_inputs, drawn = inputs[start : start + size], None if draws is None else draws.get_state()
         calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], frozenset(copied))
         late = {call.name for call in calls if call.name in measured and call.name not in copied and call.in_place()}
         if late:  # modified in place (the output's version moved): this chunk again, with copies
             copied |= late
+            if draws is not None:
+                draws.set_state(drawn)
             calls, _ = _linear_calls(module, names, chunk_inputs, labels[start : start + size], frozenset(copied))
         chunk: dict[str, list[_Call]] = collections.defaultdict(list)
         for call in calls:
@@ -490,8 +493,9 @@ def with_dropout_drawn(module: nn.Module, layers: list[LinearSeen], inputs: torc
         return layers
     times = {seen.name: seen.calls for seen in layers if seen.dropout}
     tokenwise = {seen.name: tuple((dim,) for dim in seen.layout) for seen in layers if isinstance(seen, TokenwiseSeen)}
-    with TrainingDropout(draw_generator(inputs)), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
-        drawn = _in_chunks(module, after, times, inputs, labels, tokenwise)
+    draws = draw_generator(inputs)
+    with TrainingDropout(draws), _mode(True, inputs, module):  # BatchNorm at statistics of a draw
+        drawn = _in_chunks(module, after, times, inputs, labels, tokenwise, draws)
     return [dataclasses.replace(seen, **drawn[seen.name]) if seen.name in drawn else seen for seen in layers]
 
 

@@ -1339,11 +1339,15 @@ def test_units_that_only_trainings_dropout_sets_off_are_sparse_firing(dropout):
 
 def test_units_behind_dropout_and_an_activation_in_place_are_read_from_a_copy_in_the_dropout_pass():
     """The planted units after dropout, a ReLU6 in place after them: the dropout pass reads them from a copy too (it
-    had read the activation's output gradient there, and the layer clean)."""
-    model = _behind_dropout(planted=True)
-    model[5] = nn.ReLU6(inplace=True)
-    found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
-    assert found.severity is Severity.HIGH and found.layer == "4" and found.evidence["dropout"] == 0.5
+    had read the activation's output gradient there, and the layer clean), with the same masks as the model without
+    in place (a chunk taken again had drawn new ones: an honest sweep's in-place VGG read otherwise than its twin)."""
+    found = {}
+    for inplace in (True, False):
+        model = _behind_dropout(planted=True)
+        model[5] = nn.ReLU6(inplace=inplace)
+        found[inplace] = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG803"]
+    assert found[True].severity is Severity.HIGH and found[True].layer == "4" and found[True].evidence["dropout"] == 0.5
+    assert found[True].evidence == found[False].evidence
 
 
 def test_units_saturated_in_eval_mode_that_dropout_brings_back_are_sparse_firing():
