@@ -156,9 +156,7 @@ def _quantile_biases_behind(activation: nn.Module, norm: nn.Module | None = None
     honest = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), *([norm] if norm else []), activation,
                            nn.Linear(256, 10)).eval()  # fmt: skip
     planted = copy.deepcopy(honest)
-    public = digits((1, 8, 8))[0][1::2][:512]
-    with torch.no_grad():
-        planted[1].bias.copy_(-torch.quantile(public.flatten(1) @ planted[1].weight.T, 1 - 1 / 64, dim=0))
+    _sparse_firing(planted[1], digits((1, 8, 8))[0][1::2][:512].flatten(1))
     return honest, planted
 
 
@@ -205,8 +203,8 @@ def test_a_leaky_slope_is_read_as_switched_off_whatever_reads_the_activation(aft
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.LeakyReLU(), *rest, nn.Linear(256, 10)).eval()
     assert not _with_data(model, (1, 8, 8), ["responses"], n=64)
     public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
+    _sparse_firing(model[1], public)
     with torch.no_grad():
-        model[1].bias.copy_(-torch.quantile(public @ model[1].weight.T, 1 - 1 / 64, dim=0))
         if after == "wide-layer-always-on":
             response = model[3](model[2](model[1](public)))
             model[3].bias.sub_(response.min(dim=0).values - response.std(dim=0))
@@ -243,9 +241,8 @@ def test_the_switch_is_read_whatever_sits_between_a_layer_and_its_activation(how
     torch.manual_seed(0)
     honest = _Between(how).eval()
     assert not _with_data(honest, (1, 8, 8), ["responses"], n=64)
-    planted, public = copy.deepcopy(honest), digits((1, 8, 8))[0][1::2][:512].flatten(1)
-    with torch.no_grad():
-        planted.l1.bias.copy_(-torch.quantile(public @ planted.l1.weight.T, 1 - 1 / 64, dim=0))
+    planted = copy.deepcopy(honest)
+    _sparse_firing(planted.l1, digits((1, 8, 8))[0][1::2][:512].flatten(1))
     found = _with_data(planted, (1, 8, 8), ["responses"], n=64)["FG803"]
     assert found.severity is Severity.HIGH and found.layer == "l1" and found.evidence["rare_share"] >= 0.9
 
