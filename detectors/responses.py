@@ -552,9 +552,9 @@ def _linear_calls(module: nn.Module, names: dict[nn.Linear, str], inputs: torch.
         if not forward[0]:
             return None
         rate = max(noted.rates, default=0.0) if noted is not None else 0.0
-        handed = output.clone() if names[layer] in copied else output
-        calls.append(_Call(names[layer], args[0].detach(), output, output.detach(), rate, handed, handed._version,
-                           [(handed.grad_fn, output.detach())]))
+        handed, switching = output.clone() if names[layer] in copied else output, output.detach()
+        calls.append(_Call(names[layer], args[0].detach(), output, switching, rate, handed, handed._version,
+                           [(handed.grad_fn, switching)]))
         if output.requires_grad:
             output.retain_grad()
         return handed
@@ -904,8 +904,7 @@ class LayerResponses(Detector):
             few = directions < min(MIN_DIRECTIONS, examples // 2)
             fresh = None if few else _fresh_isolated(context, name, seen.as_in_training)
             few = few or (fresh is not None and isolated <= fresh)
-            scattered = _several_tokens(seen) and (isolated < SCATTERED * examples
-                                                             or share < TOKENS_RARE_SHARE)
+            scattered = _several_tokens(seen) and (isolated < SCATTERED * examples or share < TOKENS_RARE_SHARE)
             rows = "tokens" if isinstance(seen, TokenwiseSeen) else "inputs"
             them = "them" if seen.calls == 1 else (f"them (of the {examples * seen.calls} {rows} {name} reads from "
                                                    f"them, {seen.calls} each)")
