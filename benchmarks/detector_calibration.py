@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
+from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, linear_passes, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
 from fedguard.detectors.rows import SAME_BIAS, live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
@@ -116,13 +116,13 @@ def main() -> None:
             pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:64]
             if silenced.discarding_layers(module, x[pick], y[pick]) is not None:
                 merged.append(entry.label)
-            in_eval = responses.linear_layers_seen(module, x[pick], y[pick])
-            for seen in in_eval + responses.layers_in_training(module, x[pick], y[pick], lambda: in_eval):
+            in_eval = linear_passes.linear_layers_seen(module, x[pick], y[pick])
+            for seen in in_eval + linear_passes.layers_in_training(module, x[pick], y[pick], lambda: in_eval):
                 where = f"{entry.label}:{seen.name}{' (training)' if seen.as_in_training else ''}"
                 share, rare_units, _ = responses.rare_share(responses.reach_rates(seen.reach_counts()))
                 if int(rare_units.sum()) >= responses.MIN_GROUP:
                     rare = max(rare, (share, where))
-                if isinstance(seen, responses.TokenwiseSeen):  # FG803 alone reads the layers applied per token
+                if isinstance(seen, linear_passes.TokenwiseSeen):  # FG803 alone reads the layers applied per token
                     continue
                 dead, units = silenced.silent_units(seen)
                 if not seen.as_in_training and bool((seen.grad != 0).any()):  # a head at zero passes no gradient back (FG805 reads no such model)

@@ -65,7 +65,7 @@ import copy
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.responses import CHUNK, MAX_UNITS, layers_seen
+from fedguard.detectors.linear_passes import CHUNK, MAX_UNITS, layers_seen
 from fedguard.detectors.rows import (
     REL_TOL,
     SAME_BIAS,
@@ -233,7 +233,7 @@ def _silent_margin(context: InspectContext, name: str, group: torch.Tensor) -> f
     """With the client's data (``--arch``, ``--data``): when no example's gradient reaches any row of ``group`` in
     layer ``name``, the fewest standard deviations of a row's response over the examples by which it stays below
     switching on (infinite for a response the examples do not move); else None, as when the layer is not a fully
-    connected one that FG803 measures (:func:`~fedguard.detectors.responses.linear_layers_seen`), reads other inputs
+    connected one that FG803 measures (:func:`~fedguard.detectors.linear_passes.linear_layers_seen`), reads other inputs
     in training or more than one per example, or the module cannot run here."""
     if context.data is None or context.view.module is None or int(group.max()) >= MAX_UNITS:
         return None

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from fedguard.detectors.base import NEEDS_DATA, Detector, InspectContext, register_detector, rounded
-from fedguard.detectors.responses import CHUNK, LinearSeen, layers_seen, reach_rates
+from fedguard.detectors.linear_passes import CHUNK, LinearSeen, layers_seen
+from fedguard.detectors.responses import reach_rates
 from fedguard.layers import forward_hooks
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from fedguard.detectors import DETECTORS, InspectContext, all_rules
-from fedguard.detectors.responses import layers_in_training, linear_layers_seen
+from fedguard.detectors.linear_passes import layers_in_training, linear_layers_seen
 from fedguard.errors import InputError
 from fedguard.inspect import judge, run_detectors
 from fedguard.modelview import ModelView
@@ -346,7 +346,7 @@ def test_input_directions_count_the_features_a_layer_reads_each_at_its_own_scale
     rank's tolerance, relative to the largest singular value, read one direction where 52 were, and FG803's quantile
     biases (35-39 of 64 digits rebuilt) read medium. Features count at unit spread, and only those the layer reads;
     features of no spread (units that died before the layer) count none."""
-    from fedguard.detectors.responses import LinearSeen, input_directions
+    from fedguard.detectors.linear_passes import LinearSeen, input_directions
 
     gen = torch.Generator().manual_seed(0)
     layer = nn.Linear(41, 8)
@@ -618,7 +618,7 @@ def test_many_small_imprints_are_read_together():
 def _largest_raw_group(module: nn.Module, input_shape, name: str) -> int:
     """The most units of layer ``name`` whose raw responses to 64 digits correlate at FG804's |r| with one unit's."""
     from fedguard.attacks.fc_inversion import response_correlations
-    from fedguard.detectors.responses import SAME_RESPONSE, linear_layers_seen
+    from fedguard.detectors.responses import SAME_RESPONSE
 
     x, y = digits(input_shape)
     seen = next(s for s in linear_layers_seen(module, x[:64], y[:64]) if s.name == name)
@@ -1240,11 +1240,11 @@ def test_the_training_pass_leaves_the_callers_running_statistics_and_modes():
 
 def test_the_examples_go_through_the_received_model_once_for_every_check_that_reads_its_layers(monkeypatch):
     """FG803/FG804, FG805 and FG301's relief read the same pass (each had run its own; the relief one per group)."""
-    from fedguard.detectors import responses
+    from fedguard.detectors import linear_passes
 
     model, calls = _sign_step_rows(bias_at_quantiles=False), []
-    measure = responses.linear_layers_seen
-    monkeypatch.setattr(responses, "linear_layers_seen", lambda module, *args: calls.append(module) or measure(module, *args))
+    measure = linear_passes.linear_layers_seen
+    monkeypatch.setattr(linear_passes, "linear_layers_seen", lambda module, *args: calls.append(module) or measure(module, *args))
     found = _with_data(model, (1, 28, 28), ["imprint", "responses", "silenced"], n=64)
     assert found["FG301"].severity is Severity.LOW and calls == [model]
 
@@ -1577,11 +1577,11 @@ class _Stacked(nn.Module):
 
 @pytest.mark.parametrize("examples_dim", [0, 1])
 def test_two_tokens_per_example_are_told_from_the_examples(examples_dim, monkeypatch):
-    from fedguard.detectors import responses
-
     """The probe's three examples, and a chunk's sixteen, are not the two tokens: the passes tell which dimension
     holds the examples, in chunks of two too (the third red team's mirror images, stacked into one call, had gone
     unread)."""
+    from fedguard.detectors import linear_passes
+
     torch.manual_seed(1)
     model, (x, y) = _Stacked(examples_dim), digits((1, 8, 8))
     assert not _with_data(model, (1, 8, 8), ["responses"], n=64)  # honest, as initialised
@@ -1594,7 +1594,7 @@ def test_two_tokens_per_example_are_told_from_the_examples(examples_dim, monkeyp
     assert found.evidence["isolated_examples"] >= 16
     seen = linear_layers_seen(model, x[:64], y[:64])[0]
     assert seen.layout == (examples_dim,)
-    monkeypatch.setattr(responses, "_chunk_size", lambda module, inputs: 2)  # a large model's chunks
+    monkeypatch.setattr(linear_passes, "_chunk_size", lambda module, inputs: 2)  # a large model's chunks
     assert linear_layers_seen(model, x[:64], y[:64])[0].layout == (examples_dim,)
     torch.testing.assert_close(seen.inputs[:2], torch.stack([x[0].flatten(), x[0].flatten().flip(-1)]).double())
 
@@ -1636,7 +1636,8 @@ class _PerTokenHead(nn.Module):
 def test_a_head_applied_per_token_is_the_head_and_one_token_is_a_feature_vector():
     """The head is left out however it is applied (a per-token one had been read); a layer applied to one token per
     example is judged as one reading a feature vector per example (it had taken the per-token rules)."""
-    from fedguard.detectors.responses import TokenwiseSeen, _several_tokens
+    from fedguard.detectors.linear_passes import TokenwiseSeen
+    from fedguard.detectors.responses import _several_tokens
 
     x, y = digits((1, 8, 8))
     seen = linear_layers_seen(_PerTokenHead(), x[:64], y[:64])
@@ -1679,9 +1680,9 @@ def test_a_second_pass_the_model_refuses_is_left_out_but_a_fault_of_fedguards_ow
     """The model's own code raising as in training leaves the eval pass's findings; a fault in fedguard's second
     pass (the dropout pass's own had hidden all of its findings) surfaces as an error."""
     assert _with_data(_RefusesTraining().eval(), (1, 8, 8), ["responses"], n=64) == {}
-    from fedguard.detectors import responses
+    from fedguard.detectors import linear_passes
 
-    monkeypatch.setattr(responses, "draw_generator", functools.partial(torch.Generator().manual_seed, "no seed"))
+    monkeypatch.setattr(linear_passes, "draw_generator", functools.partial(torch.Generator().manual_seed, "no seed"))
     with pytest.raises(InputError, match="responses check runs the model"):
         _with_data(_behind_dropout(planted=True), (1, 8, 8), ["responses"], n=64)
 
@@ -2379,20 +2380,20 @@ def test_responses_are_read_in_chunks_as_in_one_pass(monkeypatch):
     taken ConvNeXt-T to 9.6 GB); in eval mode the chunks give what one pass gives, and a model whose only Linear layer
     is its head is not run with gradients at all."""
     from fedguard.architectures import build_model
-    from fedguard.detectors import responses
+    from fedguard.detectors import linear_passes
 
     x, y = digits((1, 8, 8))
     x, y = x[:40], y[:40]
     torch.manual_seed(0)
     mlp = build_model("mlp", 10, (1, 8, 8))
-    monkeypatch.setattr(responses, "CHUNK", 16)
-    chunked = responses.linear_layers_seen(mlp, x, y)
-    monkeypatch.setattr(responses, "CHUNK", 1000)
-    whole = responses.linear_layers_seen(mlp, x, y)
+    monkeypatch.setattr(linear_passes, "CHUNK", 16)
+    chunked = linear_passes.linear_layers_seen(mlp, x, y)
+    monkeypatch.setattr(linear_passes, "CHUNK", 1000)
+    whole = linear_passes.linear_layers_seen(mlp, x, y)
     assert [s.name for s in chunked] == [s.name for s in whole] == ["1", "3"]
-    monkeypatch.setattr(responses, "ACTIVATIONS", 4096)  # what autograd keeps for two examples sets the chunks
-    assert 1 <= responses._chunk_size(mlp, x) < 16
-    for a, b in zip(responses.linear_layers_seen(mlp, x, y), whole):
+    monkeypatch.setattr(linear_passes, "ACTIVATIONS", 4096)  # what autograd keeps for two examples sets the chunks
+    assert 1 <= linear_passes._chunk_size(mlp, x) < 16
+    for a, b in zip(linear_passes.linear_layers_seen(mlp, x, y), whole):
         torch.testing.assert_close(a.grad, b.grad)
     for a, b in zip(chunked, whole):
         assert a.inputs.shape == (40, a.layer.in_features) and a.grad.shape == (40, a.layer.out_features)
@@ -2400,9 +2401,9 @@ def test_responses_are_read_in_chunks_as_in_one_pass(monkeypatch):
         torch.testing.assert_close(a.grad, b.grad)
         assert torch.equal(a.grad != 0, b.grad != 0)  # which units each example reaches: what FG803 counts
     passes = []
-    real = responses._linear_calls
-    monkeypatch.setattr(responses, "_linear_calls", lambda *a: passes.append(a[3] is not None) or real(*a))
-    assert responses.linear_layers_seen(build_model("resnet18", 10, (3, 32, 32)), torch.rand(4, 3, 32, 32),
+    real = linear_passes._linear_calls
+    monkeypatch.setattr(linear_passes, "_linear_calls", lambda *a: passes.append(a[3] is not None) or real(*a))
+    assert linear_passes.linear_layers_seen(build_model("resnet18", 10, (3, 32, 32)), torch.rand(4, 3, 32, 32),
                                         torch.arange(4)) == [] and passes == [False]  # fmt: skip
 
 
