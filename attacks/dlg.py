@@ -222,6 +222,7 @@ class DLG(Attack):
             attack=self.name,
             images=images[best_id],
             labels=rebuilt_labels,
+            labels_from_update=not fixed,
             candidates=images,
             candidate_losses=tuple(final_loss_list),
             iterations=step,

@@ -305,6 +305,7 @@ class MKOR(Attack):
             attack=self.name,
             images=images.float(),
             labels=labels,
+            labels_from_update=True,
             iterations=int(fit.get("inversion_iterations", 0)),
             seconds=time.perf_counter() - start,
             stopped=stopped,

@@ -16,14 +16,16 @@ image also scored against the true example closest to it where the pairing
 put it elsewhere; the audit's the worst over attacks. A criterion counts only
 when the reconstruction beats what the server knows *without* the update
 (:class:`NoUpdateGuess`) -- the best of the mean image of its public data
-(mid-grey without it) and the mean images of the classes the batch holds,
-which the label counts an update gives away make guesses too -- by a
-margin: 3 dB of PSNR or 0.10 of SSIM (a flat image is "rebuilt" at 25 dB by
-a grey square; at 8x8 an example's class mean image alone reaches SSIM 0.80
-against most digits). A label attack's accuracy counts only above what
-guessing the public data's class shares gets: its mean plus two standard
-deviations over batches drawn from them (about 0.82 for a batch of 8
-digits).
+(mid-grey without it), the mean images of the classes the batch holds,
+which the label counts an update gives away make guesses too, and the flat
+image closest to the example -- by a margin: 3 dB of PSNR or 0.10 of SSIM
+(a flat image is "rebuilt" at 25 dB by a grey square; at 8x8 an example's
+class mean image alone reaches SSIM 0.80 against most digits). A label
+attack's accuracy counts only above what guessing the public data's class
+shares gets: its mean plus two standard deviations over batches drawn from
+them (about 0.82 for a batch of 8 digits), at most one example short of
+every count right. An image attack that reads its labels off the update
+(DLG's optimised labels) takes the label level of those too.
 
 =========  ===================================================  ================================
 level      image attacks (and beating the baseline)             label-only attacks
@@ -88,6 +90,8 @@ RECOVERED_PSNR, RECOVERED_SSIM = 30.0, 0.9
 GUESS_DRAWS = 2000
 #: PSNR of an exact reconstruction is infinite; reported values are capped here.
 PSNR_CAP = 100.0
+#: How far below a margin over the guess (:func:`image_level`) a difference still reaches it: float rounding.
+MARGIN_ROUNDING = 1e-9
 
 THRESHOLDS: dict[str, float] = {
     "high_psnr": 25.0,
@@ -192,16 +196,20 @@ class NoUpdateGuess:
                    class_shares=shares / max(shares.sum(), 1.0))  # fmt: skip
 
     def image_scores(self, true_x: torch.Tensor, true_y: torch.Tensor | None = None) -> list[tuple[float, float]]:
-        """Per true example, the best PSNR and the best SSIM of the guesses: the mean image, and, when ``true_y`` is
-        given, the mean image of every class the batch holds (the label counts an update gives away name them)."""
+        """Per true example, the best PSNR and the best SSIM of the guesses: the mean image, when ``true_y`` is given
+        the mean image of every class the batch holds (the label counts an update gives away name them), and the
+        flat image closest to the example (each channel at its mean: a flat image shows nothing of an example, yet
+        a grey square scored 24 dB and SSIM 0.93 against a low-contrast photograph crop, high, where the public
+        mean image scored 30.6 dB but SSIM 0.80; 6 of 40 batches of 8 photographs had read high so)."""
         true_x = torch.as_tensor(true_x).detach().float().cpu()
         mean = (self.image.detach().float().cpu() if self.image is not None else torch.full_like(true_x[0], 0.5)).numpy()
         held = sorted({int(c) for c in true_y} & set(self.class_images)) if true_y is not None else []
         guesses = [mean] + [self.class_images[c].detach().float().cpu().numpy() for c in held]
         out = []
         for x in true_x.numpy():
-            best_ssim = _max([ssim(g, x) for g in guesses])  # None where the images are too small for SSIM
-            out.append((max(psnr(g, x) for g in guesses), math.nan if best_ssim is None else best_ssim))
+            flat = np.broadcast_to(x.mean(axis=tuple(range(1, x.ndim)), keepdims=True), x.shape)
+            best_ssim = _max([ssim(g, x) for g in (*guesses, flat)])  # None where the images are too small for SSIM
+            out.append((max(psnr(g, x) for g in (*guesses, flat)), math.nan if best_ssim is None else best_ssim))
         return out
 
     def label_counts(self, batch_size: int, num_classes: int) -> np.ndarray:
@@ -213,13 +221,16 @@ class NoUpdateGuess:
 
     def label_accuracy_bound(self, batch_size: int, num_classes: int) -> float:
         """The label accuracy (as counts) a label attack must beat: the mean plus two standard deviations of what
-        :meth:`label_counts` gets over :data:`GUESS_DRAWS` batches drawn from the class shares. On random batches of
-        digits (2-64 examples, 400 each) the guess alone beats it in 1-4 % of them; the plain 0.5 it had been held to,
-        in 20 % (2 examples), 83 % (8) and all from 32 on."""
+        :meth:`label_counts` gets over :data:`GUESS_DRAWS` batches drawn from the class shares, but no more than one
+        example short of every count right where the guess is not always right. On random batches of digits (2-64
+        examples, 400 each) the guess alone beats it in 1-4 % of them; the plain 0.5 it had been held to, in 20 % (2
+        examples), 83 % (8) and all from 32 on. Uncapped, it had been 1.5 for one example of two balanced classes and
+        1.09 for eight, so that no label attack could count on a two-class task (iDLG's exact label read none)."""
         shares = self._shares(num_classes)
         draws = np.random.default_rng(0).multinomial(batch_size, shares, size=GUESS_DRAWS)
         accuracy = np.minimum(draws, self.label_counts(batch_size, num_classes)).sum(axis=1) / max(batch_size, 1)
-        return float(accuracy.mean() + 2 * accuracy.std())
+        bound = float(accuracy.mean() + 2 * accuracy.std())
+        return bound if accuracy.min() >= 1.0 else min(bound, 1.0 - 1.0 / max(batch_size, 1))
 
     def _shares(self, num_classes: int) -> np.ndarray:
         if self.class_shares is None or len(self.class_shares) != num_classes:
@@ -249,9 +260,10 @@ def image_level(
     s = -math.inf if ssim_value is None or math.isnan(ssim_value) else ssim_value
     bp = -math.inf if baseline_psnr_value is None or math.isnan(baseline_psnr_value) else baseline_psnr_value
     bs = -math.inf if baseline_ssim_value is None or math.isnan(baseline_ssim_value) else baseline_ssim_value
-    # nothing measured is no leak, also where no guess was measured either (-inf against -inf)
-    p_ok = p > -math.inf and p >= bp + t["low_psnr_over_baseline"]
-    s_ok = s > -math.inf and s >= bs + t["ssim_over_baseline"]
+    # nothing measured is no leak, also where no guess was measured either (-inf against -inf); the margins are
+    # compared to within rounding (SSIM 0.30 over a guess of 0.20 had read none: 0.2 + 0.1 is 0.30000000000000004)
+    p_ok = p > -math.inf and p - bp >= t["low_psnr_over_baseline"] - MARGIN_ROUNDING
+    s_ok = s > -math.inf and s - bs >= t["ssim_over_baseline"] - MARGIN_ROUNDING
     if (p_ok and p >= t["high_psnr"]) or (s_ok and s >= t["high_ssim"]):
         return LeakageLevel.HIGH
     if (p_ok and p >= t["medium_psnr"]) or (s_ok and s >= t["medium_ssim"]):
@@ -439,18 +451,21 @@ def score(
         counts_exact = float((counts == true_counts).double().mean())
         details["true_counts"] = true_counts.tolist()
         details["recovered_counts"] = counts.tolist()
-        if rec.images is None:
-            label_accuracy = float(torch.minimum(counts, true_counts).sum()) / max(B, 1)
+        if rec.images is None:  # over the batch, or over the counts where they add up to more (8 in every class
+            # of a batch of 8 had read 1.0)
+            label_accuracy = float(torch.minimum(counts, true_counts).sum()) / max(B, int(counts.sum()), 1)
     elif rec.labels is not None and rec.images is None:
         counts = torch.bincount(torch.as_tensor(rec.labels).long().cpu(), minlength=num_classes)
-        label_accuracy = float(torch.minimum(counts, true_counts).sum()) / max(B, 1)
+        label_accuracy = float(torch.minimum(counts, true_counts).sum()) / max(B, int(counts.sum()), 1)
 
     # the best rebuilt image, against its match or the true example it is closest to
     psnr_max, ssim_max = _max(psnrs + [p for p, _, _ in nearest]), _max(ssims + [s for _, s, _ in nearest])
-    if kind == "images" and rec.images is not None:
-        level = image_leak
+    labelled = label_level(label_accuracy, B, guess.label_accuracy_bound(B, len(true_counts)))
+    if kind == "images" and rec.images is not None:  # and the labels it read off the update: DLG's on a model whose
+        # head is no Linear layer (no label attack runs there) had been right 6 of 6 times, none
+        level = max(image_leak, labelled) if rec.labels_from_update else image_leak
     else:
-        level = label_level(label_accuracy, B, guess.label_accuracy_bound(B, len(true_counts)))
+        level = labelled
     return AttackOutcome(
         name=rec.attack,
         title=title,

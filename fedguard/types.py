@@ -251,6 +251,9 @@ class Reconstruction:
         label-only attacks).
     labels : tensor or None
         ``[N]`` int64 labels the attack assigns to its guesses (or to the batch).
+    labels_from_update : bool
+        Whether an image attack read ``labels`` off the update itself (DLG's optimised labels, MKOR's class rows),
+        so that they are a leak of its own, not labels it was given or another attack recovered.
     label_counts : tensor or None
         ``[num_classes]`` int64 estimated examples per class.
     candidates : tensor or None
@@ -272,6 +275,7 @@ class Reconstruction:
     attack: str
     images: Any = None
     labels: Any = None
+    labels_from_update: bool = False
     label_counts: Any = None
     candidates: Any = None
     candidate_losses: tuple[float, ...] = ()

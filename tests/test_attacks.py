@@ -144,12 +144,12 @@ def test_score_matches_images_before_measuring_and_counts_labels_as_counts(digit
     assert out.level == LeakageLevel.NONE and out.label_accuracy == 1.0
 
 
-def test_a_batch_the_servers_guess_already_gives_is_not_recovered():
-    """Four identical grey-ish images: the public mean is already exact, so an exact reconstruction reveals nothing
+def test_a_batch_the_servers_guess_already_gives_is_not_recovered(digits):
+    """Four copies of one digit: the public mean is already exact, so an exact reconstruction reveals nothing
     (level none), and none of the batch counts as recovered (it had read 100 %)."""
     from fedguard.types import Reconstruction
 
-    same = torch.full((4, 1, 8, 8), 0.3)
+    same = digits[0][:1].repeat(4, 1, 1, 1)
     rec = Reconstruction(attack="t", images=same.clone())
     out = score(rec, same, torch.arange(4), 10, title="t", reference="r", kind="images", prior=same[0])
     assert out.level == LeakageLevel.NONE and out.recovered_fraction == 0.0
@@ -178,7 +178,8 @@ def test_label_only_scores_and_baseline(digits):
     assert out.label_accuracy == 0.75
     assert out.label_count_error == 2
     assert out.level == LeakageLevel.LOW
-    assert baseline_psnr(x[:4]) == pytest.approx(np.mean([psnr(np.full((1, 8, 8), 0.5), xi.numpy()) for xi in x[:4]]))
+    grey_or_flat = [max(psnr(np.full((1, 8, 8), guess), xi.numpy()) for guess in (0.5, float(xi.mean()))) for xi in x[:4]]
+    assert baseline_psnr(x[:4]) == pytest.approx(np.mean(grey_or_flat))
 
 
 def test_class_mean_images_and_a_label_guess_without_the_update_are_not_leaks(digits):
@@ -210,6 +211,65 @@ def test_class_mean_images_and_a_label_guess_without_the_update_are_not_leaks(di
     assert one.level == LeakageLevel.MEDIUM  # the label of a one-example batch: the guess gets it a tenth of the time
 
 
+@pytest.mark.parametrize("shares, batch, bound, level", [
+    ([0.5, 0.5], 1, 0.0, LeakageLevel.MEDIUM),  # the mean plus two deviations: 1.5
+    ([0.5, 0.5], 8, 0.875, LeakageLevel.LOW),  # 1.09; the guess is exact on 27 % of such batches
+    ([0.9, 0.1], 8, 0.875, LeakageLevel.LOW),
+    ([1.0, 0.0], 8, 1.0, LeakageLevel.NONE),  # the guess is always right: exact counts tell nothing
+])
+def test_exact_labels_count_on_two_classes_where_the_guess_is_not_always_right(shares, batch, bound, level):
+    """The bound a label attack must beat had been above 1 on two classes (iDLG's exact label of a binary task's one
+    example read none, and so did exact counts of eight): it is at most one example short of every count right."""
+    from fedguard.metrics import NoUpdateGuess
+    from fedguard.types import Reconstruction
+
+    guess = NoUpdateGuess(class_shares=np.array(shares))
+    assert guess.label_accuracy_bound(batch, 2) == pytest.approx(bound)
+    y = torch.tensor([0] * (batch - batch // 2) + [1] * (batch // 2)) if shares[1] else torch.zeros(batch, dtype=torch.long)
+    exact = Reconstruction(attack="c", label_counts=torch.bincount(y, minlength=2))
+    out = score(exact, torch.rand(batch, 1, 8, 8), y, 2, kind="labels", title="t", reference="r", prior=guess)
+    assert out.label_accuracy == 1.0 and out.level is level
+
+
+def test_counts_beyond_the_batch_are_scored_over_their_sum(digits):
+    """Eight in every class of a batch of eight holds every true count, yet says nothing: accuracy 0.1, none (it had
+    read 1.0, low)."""
+    from fedguard.types import Reconstruction
+
+    x, y = digits
+    out = measure(Reconstruction(attack="c", label_counts=torch.full((10,), 8)), x[:8], y[:8], kind="labels")
+    assert out.label_accuracy == pytest.approx(0.1) and out.level == LeakageLevel.NONE
+
+
+def test_labels_an_image_attack_read_off_the_update_count_and_labels_it_was_given_do_not(digits):
+    """DLG's optimised labels on a model whose head is no Linear layer (where no label attack runs) had named the label
+    of 6 of 6 one-example batches, and the attack read none by its poor images; labels given to it are not its leak."""
+    from fedguard.types import Reconstruction
+
+    x, y = digits
+    blur = torch.full_like(x[:1], float(x[0].mean()))  # a flat image: no image leak
+    for read, level in ((True, LeakageLevel.MEDIUM), (False, LeakageLevel.NONE)):
+        rec = Reconstruction(attack="dlg", images=blur, labels=y[:1].clone(), labels_from_update=read)
+        assert measure(rec, x[:1], y[:1]).level is level
+
+
+def test_a_flat_image_or_a_diverged_one_is_no_leak_against_low_contrast_photographs():
+    """A flat image shows nothing of an example, yet a grey square (or NaN pixels, scored as grey) had scored 24 dB and
+    SSIM 0.93 against a low-contrast photograph crop, high, where the public mean image reached 30.6 dB but SSIM 0.80
+    (6 of 40 batches of 8): the flat image closest to each example is among the guesses. The crops themselves are
+    still rebuilt (high)."""
+    from fedguard.metrics import NoUpdateGuess
+    from fedguard.types import Reconstruction
+
+    x, y = load_data("images", input_shape=(3, 32, 32))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    bx, by = x[order[:8]], y[order[:8]]
+    args = dict(title="t", reference="r", kind="images", prior=NoUpdateGuess.from_public(x[order[8:]], y[order[8:]], 10))
+    for pixels in (0.5, float("nan")):
+        assert score(Reconstruction(attack="t", images=torch.full_like(bx, pixels)), bx, by, 10, **args).level is LeakageLevel.NONE
+    assert score(Reconstruction(attack="t", images=bx.clone()), bx, by, 10, **args).level is LeakageLevel.HIGH
+
+
 def test_an_image_the_pairing_puts_elsewhere_still_counts_against_the_example_it_rebuilds():
     """The pairing of most total PSNR trades rebuilt 0's 25.2 dB on true 0 for two pairs at 24.0 dB (medium); the
     attack's level is that of rebuilt 0 against true 0 (high), its best PSNR too."""
@@ -217,9 +277,10 @@ def test_an_image_the_pairing_puts_elsewhere_still_counts_against_the_example_it
 
     gen = np.random.default_rng(1)
     u, v, w = (gen.choice([-1.0, 1.0], size=(1, 32, 32)) for _ in range(3))
-    grey = np.full((1, 32, 32), 0.8)
-    true = torch.tensor(np.stack([grey, grey + 0.0548 * u + 0.063 * w]), dtype=torch.float32)
-    rebuilt = torch.tensor(np.stack([grey + 0.0548 * u, grey + 0.063 * v]), dtype=torch.float32)
+    halves = np.full((1, 32, 32), 0.8)
+    halves[..., :16] = 0.5  # not flat: the flat image closest to an example is among the guesses
+    true = torch.tensor(np.stack([halves, halves + 0.0548 * u + 0.063 * w]), dtype=torch.float32)
+    rebuilt = torch.tensor(np.stack([halves + 0.0548 * u, halves + 0.063 * v]), dtype=torch.float32)
     out = measure(Reconstruction(attack="t", images=rebuilt), true, torch.tensor([0, 1]))
     assert [s.match for s in out.samples] == [1, 0] and all(s.level == LeakageLevel.MEDIUM for s in out.samples)
     assert out.level == LeakageLevel.HIGH and out.psnr_max == pytest.approx(25.2, abs=0.05)
@@ -614,7 +675,7 @@ def test_dlg_rebuilds_tiny_digits_without_knowing_the_labels(digits, batch):
     assert out.psnr_mean >= 40.0, out.psnr_mean  # measured 56-82 dB
     assert out.ssim_mean >= 0.99
     assert out.label_accuracy == 1.0  # soft labels optimised alongside the images
-    assert out.level == LeakageLevel.HIGH
+    assert out.level == LeakageLevel.HIGH and rec.labels_from_update  # they are read off the update: a leak of its own
     assert rec.stopped == "converged" and rec.iterations < 50
     assert len(rec.candidates) == rec.details["starts"] == DEFAULT_STARTS
     best = int(np.argmin(rec.candidate_losses))  # the start kept is the one whose gradient matches best
@@ -1505,6 +1566,8 @@ def test_a_model_inspect_calls_malicious_is_blocked_and_bins_past_the_first_laye
     (None, 0.25, None, 0.0, LeakageLevel.LOW),
     (None, 0.24, None, 0.0, LeakageLevel.NONE),
     (None, 0.84, None, 0.75, LeakageLevel.NONE),  # under 0.10 over the guess's SSIM
+    (None, 0.30, None, 0.20, LeakageLevel.LOW),  # 0.10 over it, though 0.2 + 0.1 is 0.30000000000000004
+    (10.2, None, 7.2, None, LeakageLevel.LOW),  # 3 dB over it, though 10.2 - 7.2 is 2.999999999999999
 ])
 def test_image_levels_change_exactly_at_their_thresholds(psnr_value, ssim_value, baseline, baseline_ssim, level):
     assert image_level(psnr_value, ssim_value, baseline, baseline_ssim) is level
