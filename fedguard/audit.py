@@ -624,10 +624,16 @@ def _exposure(
 
 def _check_schedule_agrees(update: Update, **given: Any) -> None:
     """InputError when an argument of the training schedule, given other than its default, contradicts the one the
-    ``Update`` object carries (whose schedule the audit uses: the other had been dropped without a word)."""
+    ``Update`` object carries (whose schedule the audit uses: the other had been dropped without a word). A
+    mini-batch of the whole batch is the same schedule as none (``local_batch_size=len(y)`` against an Update made
+    without one had been refused)."""
     defaults = inspect.signature(audit).parameters
+
+    def effective(name: str, value: Any) -> Any:
+        return update.batch_size if name == "local_batch_size" and value is None else value
+
     for name, value in given.items():
-        if value != defaults[name].default and value != getattr(update, name):
+        if value != defaults[name].default and effective(name, value) != effective(name, getattr(update, name)):
             raise InputError(f"{name}={value!r} but the Update object was computed with {name}={getattr(update, name)!r}; "
                              f"leave {name} out (an Update carries its own schedule) or pass the update it describes")
 

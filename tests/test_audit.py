@@ -1561,6 +1561,11 @@ def test_an_update_object_is_checked_as_a_file_is():
     with pytest.raises(InputError, match=r"^local_lr=0.2 but the Update object was computed with local_lr=0.05; leave"):
         audit(model, update=local, protocol="fedavg", local_lr=0.2, **run)  # had been dropped without a word
     assert audit(model, update=local, protocol="fedavg", local_steps=3, **run).attacks[0].label_counts_exact is not None
+    by_hand = Update(tensors=local.tensors, protocol="fedavg", batch_size=4, local_steps=3, local_lr=0.05)
+    assert by_hand.local_batch_size is None  # the whole batch each step: the same schedule as a mini-batch of 4
+    assert audit(model, update=by_hand, protocol="fedavg", local_batch_size=4, **run).attacks[0].label_counts_exact is not None
+    with pytest.raises(InputError, match=r"^local_batch_size=2 but the Update object was computed with local_batch_size=None"):
+        audit(model, update=by_hand, protocol="fedavg", local_batch_size=2, **run)
     assert audit(model, update=good, **run).attacks[0].label_counts_exact == 1.0
     prefixed = Update(tensors={f"module.{k}": v for k, v in good.tensors.items()}, protocol="fedsgd", batch_size=4)
     assert audit(model, update=prefixed, **run).attacks[0].label_counts_exact == 1.0  # as a DataParallel file would be
