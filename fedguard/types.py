@@ -30,6 +30,10 @@ class _Level(enum.IntEnum):
     def __str__(self) -> str:
         return self.name.lower()
 
+    def __format__(self, spec: str) -> str:
+        """Its name in f-strings, with a format spec too (``f"{level:<8}"`` had given ``3``, int's)."""
+        return format(str(self), spec)
+
     @classmethod
     def parse(cls, text: str) -> "_Level":
         try:

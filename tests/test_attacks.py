@@ -319,6 +319,7 @@ def test_levels_and_verdicts():
     # hashed as their names, which they equal: a gate's `level in {"medium", "high"}` had never fired
     assert LeakageLevel.HIGH in {"medium", "high"} and {"high": 1}.get(LeakageLevel.HIGH) == 1
     assert Severity.MEDIUM in {"medium"} and Confidence.LOW in {"low"} and LeakageLevel.LOW not in {"medium", "high"}
+    assert f"{LeakageLevel.HIGH:<6}|{Severity.MEDIUM}|{Confidence.LOW:>4}" == "high  |medium| low"  # a client's log line
     # a finding made with a number or a name holds the member the renderers' tables are keyed by
     made = Finding("FG999", "t", 3, "high", None, "m")
     assert made.severity is Severity.HIGH and made.confidence is Confidence.HIGH
