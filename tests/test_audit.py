@@ -1807,12 +1807,12 @@ def test_the_documented_flower_gate_refuses_a_crafted_model_and_runs_the_audit()
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     before = [p.detach().clone() for p in honest.parameters()]
     ns["GATE_ATTACKS"] = ["label_counts"]  # counts alone leak little: the update goes out
-    assert ns["upload_is_safe"](honest, x, y, local_steps=2, local_lr=0.01, local_batch_size=2) is True
+    assert ns["upload_verdict"](honest, x, y, local_steps=2, local_lr=0.01, local_batch_size=2) == "pass"
     assert all(torch.equal(a, p) for a, p in zip(before, honest.parameters()))  # the client's model is left as it was
     ns.update(ARCH="mlp", GATE_ATTACKS=["fc_inversion"])  # one example through a first linear layer: rebuilt exactly
     mlp = build_model("mlp", num_classes=10)
     one = torch.rand(1, 1, 28, 28), torch.tensor([3])
-    assert ns["upload_is_safe"](mlp, *one, local_steps=1, local_lr=0.01, local_batch_size=1) is False
+    assert ns["upload_verdict"](mlp, *one, local_steps=1, local_lr=0.01, local_batch_size=1) == "block"
 
 
 def test_a_wrapper_around_the_architecture_is_audited():
