@@ -77,15 +77,25 @@ class OversizedFC(Detector):
                 severity, confidence = Severity.LOW, Confidence.LOW
             else:
                 continue
-            check = ("Check it against the architecture you expect with --arch or --reference." if view.module is None
-                     else "It is as wide in the architecture you gave (--arch): the width is the risk whoever chose "
-                     "it; with --data, FG803 measures whether its units fire for single examples.")  # fmt: skip
+            if view.module is None:
+                check = "Check it against the architecture you expect with --arch or --reference."
+            elif _as_in(view.module, layer.name, layer.weight.shape):
+                check = ("It is as wide in the architecture you gave (--arch): the width is the risk whoever chose it; "
+                         "with --data, FG803 measures whether its units fire for single examples.")  # fmt: skip
+            else:  # the message had said "as wide in the architecture you gave" beside FG701's other shape
+                check = "The architecture you gave (--arch) has no layer of this shape here (FG701 says how it differs)."
             yield self.finding(
                 "FG601", "Oversized fully connected layer", severity, confidence, layer.name,
                 f"{layer.name} widens {fan_in} inputs to {units} units and holds {share:.0%} of the parameters: "
                 f"enough capacity for units to fire for single samples and leak them. {check}",
                 units=units, fan_in=fan_in, widening=rounded(units / fan_in), parameter_share=rounded(share),
             )
+
+
+def _as_in(module, name: str, shape) -> bool:
+    """Whether ``module`` (the architecture of ``--arch``) has the weight of layer ``name`` in that ``shape``."""
+    weight = dict(module.named_parameters()).get(f"{name}.weight")
+    return weight is not None and tuple(weight.shape) == tuple(shape)
 
 
 def _fused_attention(layers) -> bool:

@@ -1774,6 +1774,9 @@ def test_a_transformers_feed_forward_block_in_an_unnamed_list_is_low_only():
         found["FG601"].message)  # fmt: skip
     found = run_detectors(InspectContext(view=ModelView.from_state_dict(mlp.state_dict(), mlp)), ["oversized"])[0]
     assert "as wide in the architecture you gave (--arch)" in found[0].message  # with --arch, not asked for again
+    narrow = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.Linear(64, 10))
+    found = run_detectors(InspectContext(view=ModelView.from_state_dict(mlp.state_dict(), narrow)), ["oversized"])[0]
+    assert "has no layer of this shape here (FG701" in found[0].message  # not "as wide" beside FG701's other shape
 
 
 def test_a_recurrent_layers_input_weights_are_scanned():
