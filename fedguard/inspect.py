@@ -136,6 +136,40 @@ def names_from(named: Mapping[str, torch.Tensor], values: Mapping[str, torch.Ten
     return name_in_order({k: v.shape for k, v in named.items()}, list(values.values())) or values
 
 
+#: Input sides at which FG701 tries ``--arch`` again when the file has its layers in other shapes and no
+#: ``--input-shape`` was given: a built-in's stem (ResNet-18's 3x3 up to 64x64, torchvision's 7x7 above) and the
+#: Linear layer after a flatten follow the input's size. An honest torchvision ResNet-18 had read malicious against
+#: ``--arch resnet18`` at its default 3,32,32, with nothing to say that 3,224,224 fits it.
+HINT_SIDES = (224, 32, 28)
+
+
+def _with_input_shape_hint(findings: list[Finding], arch: str, tensors: Mapping[str, torch.Tensor],
+                           num_classes: int | None, named: bool) -> list[Finding]:  # fmt: skip
+    """``findings`` with FG701's message naming the input shape at which ``arch`` has every layer of ``tensors`` in
+    its shape, where its default does not and another of :data:`HINT_SIDES` does (channels as the file's first
+    filter reads them)."""
+    drift = next((f for f in findings if f.rule_id == "FG701"), None)
+    if drift is None or drift.evidence.get("missing") or drift.evidence.get("unexpected"):
+        return findings
+    default = resolve_input_shape(arch)
+    filters = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.ndim == 4]
+    channels = int(filters[0].shape[1]) if filters else default[0]
+    for side in HINT_SIDES:
+        shape = (channels, side, side)
+        if shape == tuple(default):
+            continue
+        try:
+            module = build_expected_module(arch, tensors, num_classes, shape, named=named)
+        except Exception:  # the architecture does not build at that size: no hint from it
+            continue
+        if not any(compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict())).values()):
+            text = ",".join(map(str, shape))
+            hint = (f" The file fits --arch {arch} --input-shape {text} exactly (its default is "
+                    f"{','.join(map(str, default))}): if your federation trains at that size, pass --input-shape {text}.")
+            return [dataclasses.replace(f, message=f.message + hint) if f is drift else f for f in findings]
+    return findings
+
+
 def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:
     """Copy the received weights into ``module``; False when they do not fit it. Running statistics the file
     leaves out (:data:`~fedguard.loading.RUNNING_STATS`) keep the module's own, as a client's model would. Layers
@@ -291,6 +325,8 @@ def inspect_model(
         context = InspectContext(view=view, reference=ref_view, data=batch, fresh=fresh)
 
         findings, ran = run_detectors(context, names, progress)
+        if arch and input_shape is None:
+            findings = _with_input_shape_hint(findings, arch, tensors, num_classes, loaded.named)
         findings = list(loaded.findings) + findings
         if not findings and not view.weight_layers():  # clean would claim checks that had nothing to look at
             from fedguard.reports.base import plural

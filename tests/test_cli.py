@@ -1187,3 +1187,19 @@ def test_the_command_lets_torchs_openmp_threads_yield_unless_told_otherwise(monk
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     _yielding_openmp()
     assert "GOMP_SPINCOUNT" not in os.environ
+
+
+def test_fg701_names_the_input_shape_at_which_the_file_fits_a_built_in_architecture(workdir):
+    """An honest ResNet-18 built for 224x224 photographs (torchvision's 7x7 stem) against --arch resnet18 at its
+    default 3,32,32 (the CIFAR stem) is FG701 with nothing to say that --input-shape 3,224,224 fits it exactly."""
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("resnet18", input_shape=(3, 224, 224)).state_dict(), workdir / "imagenet.pt")
+    result = invoke("inspect", "imagenet.pt", "--arch", "resnet18", "--format", "json")
+    drift = json.loads(result.stdout)["findings"][0]
+    assert result.exit_code == 1 and drift["rule_id"] == "FG701"
+    assert drift["message"].endswith("The file fits --arch resnet18 --input-shape 3,224,224 exactly (its default is "
+                                     "3,32,32): if your federation trains at that size, pass --input-shape 3,224,224.")
+    assert invoke("inspect", "imagenet.pt", "--arch", "resnet18", "--input-shape", "3,224,224").exit_code == 0
+    torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # another network: no size fits, no hint
+    assert "--input-shape" not in invoke("inspect", "other.pt", "--arch", "lenet5", "--format", "json").stdout
