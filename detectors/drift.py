@@ -78,6 +78,18 @@ def shape_summary(diff: dict) -> str:
     return "; ".join(parts)
 
 
+#: Names kept per list in a finding's evidence (a file can hold thousands of keys).
+EVIDENCE_NAMES = 50
+
+
+def shape_evidence(diff: dict) -> dict:
+    """``compare_shapes``' lists as a finding's evidence: the first :data:`EVIDENCE_NAMES` of each, and each list's
+    full count where it holds more (61 missing had read as the 50 listed)."""
+    evidence = {k: v[:EVIDENCE_NAMES] for k, v in diff.items()}
+    evidence.update({f"{k}_count": len(v) for k, v in diff.items() if len(v) > EVIDENCE_NAMES})
+    return evidence
+
+
 @register_detector("architecture_drift")
 class ArchitectureDrift(Detector):
     name = "architecture_drift"
@@ -107,7 +119,7 @@ class ArchitectureDrift(Detector):
                 "FG701", "Model does not match the expected architecture", Severity.HIGH, Confidence.HIGH, None,
                 f"Compared with --arch: {shape_summary(diff)}.{check} Do not train on a model whose structure "
                 "changed; ask the server why.",
-                **{k: v[:50] for k, v in diff.items()},
+                **shape_evidence(diff),
             )
 
 
@@ -135,7 +147,7 @@ class ReferenceDrift(Detector):
                 "FG702", "Structure changed since the previous round", Severity.HIGH, Confidence.HIGH, None,
                 f"Compared with --reference: {shape_summary(diff)}. The architecture of a federation does not change "
                 "between rounds; ask the server why.",
-                **{k: v[:50] for k, v in diff.items()},
+                **shape_evidence(diff),
             )
         moves = []  # (layer, cosine to last round, change relative to last round's norm)
         previous = {layer.name: layer for layer in context.reference.weight_layers()}

@@ -2550,3 +2550,14 @@ def test_fg801_compares_with_the_fresh_architecture_exactly_at_its_factor_and_ma
     fresh = measured("isolation", isolated=0.5)
     assert baseline(context, x, y, measured("isolation", isolated=0.5 + 2 / 16)) is fresh
     assert baseline(context, x, y, measured("isolation", isolated=0.5 + 3 / 16)) is None
+
+
+def test_structure_drift_keeps_each_lists_count_where_it_lists_the_first_fifty():
+    """61 tensors missing had been listed as 50 with no count, and the text report's "(50 items)" read as a total."""
+    previous = {f"layer{i}.weight": torch.randn(8, 8) for i in range(61)}
+    current = {"other.weight": torch.randn(8, 8)}
+    found = run_detectors(InspectContext(view=ModelView.from_state_dict(current),
+                                         reference=ModelView.from_state_dict(previous)), ["reference_drift"])[0]  # fmt: skip
+    drift = next(f for f in found if f.rule_id == "FG702")
+    assert len(drift.evidence["missing"]) == 50 and drift.evidence["missing_count"] == 61
+    assert "unexpected_count" not in drift.evidence and drift.evidence["unexpected"] == ["other.weight"]
