@@ -60,7 +60,7 @@ from fedguard.architectures import (
     resolve_input_shape,
 )
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
+from fedguard.errors import InputError, did_you_mean, first_line, keyword_names, kind_of
 from fedguard.layers import forward_hooks, layer_input
 from fedguard.modelview import first_non_finite
 from fedguard.registry import Registry
@@ -1222,7 +1222,7 @@ def craft(
     """
     fn = _crafter(name)
     if not isinstance(model, nn.Module):
-        raise InputError(f"model is a {type(model).__name__}; pass an nn.Module (e.g. fedguard.architectures.build_model('lenet'))")
+        raise InputError(f"model is {kind_of(model)}; pass an nn.Module (e.g. fedguard.architectures.build_model('lenet'))")
     check_float32(model, "model", "pass model.float()")
     shape = check_input_shape(input_shape)
     device = next((p.device for p in model.parameters()), None)  # a zero input where the model is
@@ -1234,7 +1234,7 @@ def craft(
     if data is not None and name not in READS_DATA:  # as the command line refuses --data
         raise InputError(f"{name} reads no public data (only {', '.join(sorted(READS_DATA))} do); pass data=None")
     if data is not None and not isinstance(data, (torch.Tensor, np.ndarray)):
-        raise InputError(f"data is a {type(data).__name__}; pass the server's public inputs as one tensor [N, C, H, W], "
+        raise InputError(f"data is {kind_of(data)}; pass the server's public inputs as one tensor [N, C, H, W], "
                          "without labels (e.g. fedguard.data.load_data('digits', input_shape=...)[0])")
     data = _check_data(data, shape)  # once here: the crafters that read it take finite inputs of the shape
     seed = checks.seed(seed, "seed")

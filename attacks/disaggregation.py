@@ -89,7 +89,7 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError, keyword_names
+from fedguard.errors import InputError, keyword_names, kind_of
 
 from .federation import Federation, NotIdentifiable, Rounds, by_count_rows, finite_or_none, npz_bytes, npz_keys, validate_rounds
 
@@ -918,7 +918,7 @@ def disaggregate(
         raise InputError(f"workers must be a whole number >= 1 (processes for the integer programs), got {workers!r}")
     checks.seed(seed, "seed")
     if progress is not None and not callable(progress):
-        raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(settled, total) or None")
+        raise InputError(f"progress is {kind_of(progress)}; pass a callable progress(settled, total) or None")
     if deadline is not None and not (is_number(deadline) and math.isfinite(deadline)):
         raise InputError(f"deadline is {deadline!r}; pass a time.perf_counter() value or None")
     workers = (_default_workers() if workers is None else int(workers)) if forking_workers() else 1
@@ -1046,7 +1046,7 @@ def score(result: Disaggregation, federation: Federation) -> Score:
     ``federation``, a :class:`Federation`.
     """
     if not isinstance(result, Disaggregation) or not isinstance(federation, Federation):
-        raise InputError(f"score takes a Disaggregation and a Federation, got a {type(result).__name__} and a "
+        raise InputError(f"score takes a Disaggregation and a Federation, got {kind_of(result)} and a "
                          f"{type(federation).__name__}; pass disaggregate()'s result and simulate_federation()'s federation")  # fmt: skip
     if result.participation.shape != federation.participation.shape:
         raise InputError(f"the result is for {result.participation.shape[0]} rounds of {result.participation.shape[1]} users, "

@@ -234,6 +234,9 @@ def load_rounds(path: str | os.PathLike) -> Rounds:
     path = Path(path)
     arrays = read_npz(path, "save aggregates, counts and window with numpy.savez")
     missing = [key for key in ("aggregates", "counts", "window") if key not in arrays]
+    if missing and any(str(name).endswith("data.pkl") for name in arrays):  # its zip entries had been listed as arrays
+        raise InputError(f"{path} is a torch checkpoint (a model, which fedguard inspect reads), not the rounds' sums; "
+                         "save aggregates (rounds x d), counts (users x windows) and window with numpy.savez")
     if missing:
         raise InputError(
             f"{path} lacks {', '.join(missing)} (has {', '.join(sorted(arrays)) or 'nothing'}); "

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from fedguard.checks import is_count
-from fedguard.errors import InputError, did_you_mean, first_line, out_of_memory
+from fedguard.errors import InputError, did_you_mean, first_line, kind_of, out_of_memory
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating
 
@@ -136,7 +136,7 @@ def classifier_logits(module: nn.Module, x: torch.Tensor, command: str, probe: b
                          f"make the forward leave its input as it is (x = x * 2 - 1 instead of x.mul_(2).sub_(1))")
     fix = f"{command} needs a classifier whose forward returns float logits [batch, classes]"
     if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returns a {type(out).__name__}, not a tensor of logits; {fix}")
+        raise InputError(f"the model returns {kind_of(out)}, not a tensor of logits; {fix}")
     if not out.is_floating_point():
         raise InputError(f"the model returns {out.dtype} values, not float logits; {fix}")
     if out.dim() != 2:
@@ -597,7 +597,7 @@ def _resolve_callable(arch: str) -> tuple[Any, Any]:
     if isinstance(obj, nn.Module):
         raise InputError(f"--arch {arch} is a model instance, not a callable that builds one; point it at a class or function")
     if not callable(obj):
-        raise InputError(f"--arch {arch} is a {type(obj).__name__}, not a callable; point it at a class or function that returns an nn.Module")
+        raise InputError(f"--arch {arch} is {kind_of(obj)}, not a callable; point it at a class or function that returns an nn.Module")
     return module, obj
 
 
@@ -630,7 +630,7 @@ def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None,
         except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in the callable would end fedguard silently
             raise InputError(f"calling {arch}({shown}) failed: {first_line(exc)}; fix the callable or its arguments") from None
     if not isinstance(model, nn.Module):
-        raise InputError(f"{arch}({shown}) returned a {type(model).__name__}, not a torch.nn.Module; make it return the model")
+        raise InputError(f"{arch}({shown}) returned {kind_of(model)}, not a torch.nn.Module; make it return the model")
     check_float32(model, f"the model from {arch}", "make the callable return model.float()")
     if shape is None:
         if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):
@@ -649,7 +649,7 @@ def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None,
             "fix its forward"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"{kind_of(out)}"
         raise InputError(f"the model from {arch} returns {got}, not logits of shape [N, classes]; make its forward return the logits")
     if num_classes is not None and not takes_classes and out.shape[1] != num_classes:  # it could not be built for them
         raise InputError(f"the model from {arch} gives {out.shape[1]} classes, not {num_classes}, and takes no num_classes "

@@ -43,7 +43,7 @@ from fedguard.architectures import (
 )
 from fedguard.data import data_sha256, in_memory_batch, load_data
 from fedguard.defenses import Defense, check_defense
-from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyword_names
+from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyword_names, kind_of
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.layers import find_head
 from fedguard.inspect import rules
@@ -453,7 +453,7 @@ def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | 
                 "understate the leak and the verdict is at least warn")
     how = "its local mini-batches in another order, another --local-steps or --local-lr, " if protocol == "fedavg" else ""
     return (f"--update is not what --model gives on --data here (cosine {agreement['cosine']:.3f} with the update "
-            f"recomputed, below {AGREEMENT_COSINE}): it was made on other data, with {how}a defence such as DP noise, "
+            f"recomputed, below {AGREEMENT_COSINE}): it was made on other data, with {how}a defense such as DP noise, "
             "or from another model; what is measured is what it reveals about --data, so the verdict is at least warn")
 
 
@@ -781,11 +781,11 @@ def audit(
         exposure_seconds = EXPOSURE_BUDGET if time_budget is None else min(EXPOSURE_BUDGET, time_budget)
     for value, kind, name in ((threat, ThreatModel, "threat"), (federation, FederationSettings, "federation")):
         if value is not None and not isinstance(value, kind):
-            raise InputError(f"{name} is a {type(value).__name__}; pass a {kind.__name__} or None")
+            raise InputError(f"{name} is {kind_of(value)}; pass a {kind.__name__} or None")
     if stop is not None and not callable(getattr(stop, "is_set", None)):
-        raise InputError(f"stop is a {type(stop).__name__}; pass a threading.Event or None")
+        raise InputError(f"stop is {kind_of(stop)}; pass a threading.Event or None")
     if progress is not None and not all(callable(getattr(progress, m, None)) for m in ("start", "update", "finish", "message")):
-        raise InputError(f"progress is a {type(progress).__name__} without start, update, finish and message; see AuditProgress")
+        raise InputError(f"progress is {kind_of(progress)} without start, update, finish and message; see AuditProgress")
     if model is not None and not isinstance(model, (str, os.PathLike, nn.Module, Mapping)):
         raise InputError(
             f"model is {model!r:.60}; pass a path, an nn.Module or a state_dict "
@@ -793,7 +793,7 @@ def audit(
         )
     if update is not None and not isinstance(update, (str, os.PathLike, Update)):
         raise InputError(
-            f"update is a {type(update).__name__}; pass a path or an Update "
+            f"update is {kind_of(update)}; pass a path or an Update "
             "(e.g. Update(tensors=dict_of_tensors, protocol='fedavg', batch_size=len(y), local_steps=5, local_lr=0.01))"
         )
     if check_defense(defense) is not None and update is not None:
@@ -816,13 +816,13 @@ def audit(
     # label attacks first; malicious-server emulators only when asked for
     names = [n for n in reg.names() if n in requested] if requested else [n for n in reg.names() if reg.get(n).default]
     if attack_options is not None and not isinstance(attack_options, Mapping):
-        raise InputError(f"attack_options is a {type(attack_options).__name__}; pass a mapping such as {{'dlg': {{'starts': 8}}}}")
+        raise InputError(f"attack_options is {kind_of(attack_options)}; pass a mapping such as {{'dlg': {{'starts': 8}}}}")
     options = dict(attack_options or {})
     for name, given in options.items():
         if name not in reg:
             raise InputError(f"options for unknown attack {name!r}{did_you_mean(name, reg.names())}; valid: {', '.join(reg.names())}")
         if not isinstance(given, Mapping):
-            raise InputError(f"options for {name} are a {type(given).__name__}; pass a mapping of option names to values")
+            raise InputError(f"options for {name} are {kind_of(given)}; pass a mapping of option names to values")
         known = [k for k in inspect.signature(reg.get(name)).parameters if k != "self"]
         unknown = [k for k in given if k not in known]
         if unknown:

@@ -1,7 +1,7 @@
 """The ``fedguard craft`` command: write the malicious global model a dishonest server would send.
 
 For red-teaming your own pipeline: craft ``ATTACK`` for your architecture,
-then check that ``fedguard inspect`` (or your own defences) catch it. The
+then check that ``fedguard inspect`` (or your own defenses) catch it. The
 crafters are :mod:`fedguard.attacks.craft`; the file is a weights-only
 state_dict (``.pt``/``.pth``), ``.safetensors`` or ``.npz``, by the output's
 suffix. Exit codes: 0 = written; 2 = usage or input error (one line).
@@ -35,7 +35,8 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
         key, sep, text = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise InputError(f"--set {pair!r} is not KEY=VALUE; e.g. --set noise=0.01")
+            raise InputError(f"--set {pair!r} is not KEY=VALUE; write --set KEY=VALUE with a KEY that --list-options "
+                             "shows for this attack")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
@@ -93,7 +94,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     from fedguard.io import check_output_path, write_atomic
 
     refuse_unused(attack not in READS_DATA, ("data",),
-                  f"calibrates {', '.join(sorted(READS_DATA))} only; {attack} crafts the same model without it")  # fmt: skip
+                  f"calibrates {', '.join(sorted(READS_DATA))} only (for {attack} it would change nothing)")  # fmt: skip
     options = _parse_options(settings)
     check_options(attack, options)
     if list_options:  # with any --set given checked and shown in place of its default

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from fedguard import checks
 from fedguard.architectures import check_input_shape
-from fedguard.errors import InputError, did_you_mean, keyword_names
+from fedguard.errors import InputError, did_you_mean, keyword_names, kind_of
 from fedguard.io import read_npz, refuse_beyond_memory
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data"]
@@ -64,14 +64,14 @@ def in_memory_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     int64 ``[N]`` class indices, ``N >= 1`` (InputError saying what is wrong otherwise)."""
     fix = "pass (x, y): x of shape [N, C, H, W] with values in [0, 1], y of N integer class labels"
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise InputError(f"data is a {type(data).__name__}{f' of {len(data)}' if isinstance(data, (tuple, list)) else ''}; {fix}")
+        raise InputError(f"data is {kind_of(data)}{f' of {len(data)}' if isinstance(data, (tuple, list)) else ''}; {fix}")
     try:
         x = torch.as_tensor(data[0]).detach()  # a batch that requires grad is read as values; uint8 stays 0-255
         x = x.float() if x.is_floating_point() else x  # float16 and bfloat16, which numpy lacks or reads oddly
         y = torch.as_tensor(data[1]).detach()
         y = y.double() if y.is_floating_point() else y  # bfloat16 and float8 labels, which numpy lacks (checked whole below)
     except (TypeError, ValueError, RuntimeError):
-        raise InputError(f"data holds a {type(data[0]).__name__} and a {type(data[1]).__name__}, not arrays; {fix}") from None
+        raise InputError(f"data holds {kind_of(data[0])} and {kind_of(data[1])}, not arrays; {fix}") from None
     for t, what in ((x, "x"), (y, "y")):
         if t.is_meta or t.layout != torch.strided:  # no values to read, or a sparse layout numpy cannot take
             raise InputError(f"data {what} is a {'meta' if t.is_meta else str(t.layout).removeprefix('torch.')} tensor; {fix}, as dense tensors with values")
@@ -125,7 +125,7 @@ def load_data(
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
-        what = repr(spec) if isinstance(spec, str) else f"a {type(spec).__name__}"
+        what = repr(spec) if isinstance(spec, str) else f"{kind_of(spec)}"
         raise InputError(f"bad data {what}; use one of {', '.join(DATASETS)}, a folder of class subfolders, a .npz file, "
                          "or (from Python) a pair (x, y)")
     text = _spec_text(spec)

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
 from fedguard import checks
-from fedguard.errors import InputError, first_line
+from fedguard.errors import InputError, first_line, kind_of
 
 #: Names of the defenses, as ``--defense`` takes them.
 DEFENSES = ("none", "dp-sgd", "prune", "noise")
@@ -197,7 +197,7 @@ Defense = DPSGD | Pruning | GaussianNoise
 def check_defense(defense: Any) -> Defense | None:
     """``defense`` when it is one of this module's defenses or None; InputError otherwise."""
     if defense is not None and not isinstance(defense, (DPSGD, Pruning, GaussianNoise)):
-        raise InputError(f"defense is a {type(defense).__name__}; pass a fedguard.defenses DPSGD, Pruning or GaussianNoise, or None")
+        raise InputError(f"defense is {kind_of(defense)}; pass a fedguard.defenses DPSGD, Pruning or GaussianNoise, or None")
     return defense
 
 

@@ -157,7 +157,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         write_atomic(output, text)
         if not quiet:
             click.echo(
-                printable(f"{result.users_recovered}/{result.n_users} users' updates recovered exactly ({result.users_exact} columns); report written to {output}"), err=True
+                printable(f"{result.users_recovered}/{result.n_users} users' updates recovered ({result.users_exact} participation columns exact); report written to {output}"), err=True
             )
     elif not quiet:
         print_report(text)

@@ -41,6 +41,12 @@ def first_of(names) -> str:
     return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
 
 
+def kind_of(value: object) -> str:
+    """``value``'s type with its article, for a message naming what was passed: ``a list``, ``an int``."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def did_you_mean(name: object, choices) -> str:
     """`` (did you mean 'lenet'?)`` when ``name`` is a near miss of one of ``choices`` (a typo, another case), else
     ``""``: for the messages that list the valid names."""

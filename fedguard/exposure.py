@@ -10,7 +10,7 @@ is on the sums, and how many rounds the client's update stays (nearly) the same.
 :func:`exposure` places an update among simulated peers with those settings and
 attacks growing prefixes of the rounds; :func:`client_exposure` does that for
 the client's own update under the federation as configured and under the
-defences that change the answer (DP noise on the sums, coarser counts, less
+defenses that change the answer (DP noise on the sums, coarser counts, less
 frequent participation), so a report can say "exposed after 60 rounds; with
 noise 1.0 on the sums, not within 200".
 
@@ -51,7 +51,7 @@ from fedguard.attacks.federation import (
     simulated_elements,
 )
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError
+from fedguard.errors import InputError, kind_of
 
 __all__ = [
     "ClientExposure",
@@ -293,7 +293,7 @@ def exposure(
     if deadline is not None and not (is_number(deadline) and math.isfinite(deadline)):
         raise InputError(f"bad deadline {deadline!r}; give a time.perf_counter() value or None")
     if progress is not None and not callable(progress):
-        raise InputError(f"progress is a {type(progress).__name__}; pass a callable progress(point) or None")
+        raise InputError(f"progress is {kind_of(progress)}; pass a callable progress(point) or None")
     users = max(1, int(round(users_per_round / participation)))
     client = checks.whole(client, "client", 0, users - 1)
     values = None if client_update is None else _informative(_client_vector(client_update))
@@ -416,7 +416,7 @@ class Scenario:
 
     ``outcome`` is ``exposed`` (recovered within ``stable_rounds``),
     ``not exposed`` (attacked, never recovered), ``not identifiable`` (these
-    settings leave the server too few rounds for the users: the defence
+    settings leave the server too few rounds for the users: the defense
     holds by construction), ``cut short`` (the time budget ended it part of
     the way: not exposed up to the rounds it reached, ``exposure`` says how
     far) or ``not run`` (time budget spent or stopped before it started).
@@ -443,7 +443,7 @@ class Scenario:
 
 @dataclass(frozen=True)
 class ClientExposure:
-    """The client's update under the configured federation (first scenario) and under what-if defences."""
+    """The client's update under the configured federation (first scenario) and under what-if defenses."""
 
     scenarios: tuple[Scenario, ...]
     target_error: float
@@ -467,7 +467,7 @@ class ClientExposure:
 
 
 def what_ifs(settings: FederationSettings) -> list[tuple[str, str, FederationSettings]]:
-    """``(label, change, settings)``: the configured federation, then one defence at a time."""
+    """``(label, change, settings)``: the configured federation, then one defense at a time."""
     rows = [("as configured", "", settings)]
     for sigma in (0.1, 1.0):
         if sigma > settings.noise:
@@ -492,7 +492,7 @@ def client_exposure(
     stop: Callable[[], bool] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ClientExposure:
-    """Exposure of ``update`` (the client's update: an array or a tensor, any shape) under ``settings`` and what-if defences.
+    """Exposure of ``update`` (the client's update: an array or a tensor, any shape) under ``settings`` and what-if defenses.
 
     The configured federation always runs; each what-if runs while ``budget``
     seconds are left and ``stop()`` is false, else it is ``not run``.
@@ -508,14 +508,14 @@ def client_exposure(
     if settings is None:
         settings = FederationSettings()
     elif not isinstance(settings, FederationSettings):
-        raise InputError(f"settings is a {type(settings).__name__}; pass FederationSettings(...) or None for the defaults")
+        raise InputError(f"settings is {kind_of(settings)}; pass FederationSettings(...) or None for the defaults")
     seed = checks.seed(seed, "seed")
     time_limit = checks.finite(time_limit, "time_limit", positive=False)
     if budget is not None:
         budget = checks.finite(budget, "budget", positive=False)
     for name, hook in (("stop", stop), ("progress", progress)):
         if hook is not None and not callable(hook):
-            raise InputError(f"{name} is a {type(hook).__name__}; pass a callable or None")
+            raise InputError(f"{name} is {kind_of(hook)}; pass a callable or None")
     scenarios: list[Scenario] = []
     for label, change, what in what_ifs(settings):
         first = not scenarios

@@ -33,7 +33,7 @@ from fedguard.data import data_sha256, in_memory_batch, load_data
 from fedguard.detectors import DETECTORS, all_rules, gradient_snr
 from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.detectors.drift import compare_shapes, folded_shapes, reshaped_names, shape_summary
-from fedguard.errors import InputError, did_you_mean, first_line, keyword_names
+from fedguard.errors import InputError, did_you_mean, first_line, keyword_names, kind_of
 from fedguard.layers import find_head
 from fedguard.loading import CODE_IMPORT_RULE, LoadedModel, is_running_stat, load_model_file, name_in_order
 from fedguard.modelview import EMBEDDING, ModelView, effective_tensors, first_non_finite
@@ -244,7 +244,7 @@ def inspect_model(
     for value, option in ((path, "path"), (reference, "reference")):
         if value is not None and not isinstance(value, (str, os.PathLike)) or (option == "path" and value is None):
             if isinstance(value, (nn.Module, Mapping)):  # inspect reads files as received, never live objects
-                raise InputError(f"{option} is a {type(value).__name__}, not a file; save it with "
+                raise InputError(f"{option} is {kind_of(value)}, not a file; save it with "
                                  f"torch.save(model.state_dict(), path) and pass that path")  # fmt: skip
             raise InputError(f"{option} is {checks.shown(value)}; pass the model file's path as a str or pathlib.Path")
     if arch is not None and (not isinstance(arch, str) or not arch.strip()):
@@ -261,7 +261,8 @@ def inspect_model(
         for name in names:
             missing = [options[need] for need in DETECTORS.get(name).needs if not given[need]]
             if missing:
-                raise InputError(f"detector {name} needs {' and '.join(missing)}; pass them or leave {name} out of --detector")
+                add = "it" if len(missing) == 1 else "them"
+                raise InputError(f"detector {name} needs {' and '.join(missing)}; pass {add} or leave {name} out of --detector")
     # architectures' initialisation seeded, the caller's generators and default dtype kept; the behavioural checks
     # take gradients, also inside the caller's no_grad or inference_mode
     with own_torch_state(seed):
@@ -359,10 +360,10 @@ def run_detectors(
     ``progress`` is called with each detector as it starts (``"gradient_snr (7 of 14)"``).
     """
     if not isinstance(context, InspectContext):
-        raise InputError(f"context is a {type(context).__name__}; pass an InspectContext")
+        raise InputError(f"context is {kind_of(context)}; pass an InspectContext")
     for view, what in ((context.view, "view"), (context.reference, "reference")):
         if not isinstance(view, ModelView) and (view is not None or what == "view"):
-            given = "None" if view is None else f"a {type(view).__name__}"
+            given = "None" if view is None else f"{kind_of(view)}"
             raise InputError(f"context.{what} is {given}; pass ModelView.from_state_dict(state_dict, module)")
     _check_progress(progress)
     module = context.view.module

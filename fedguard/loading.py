@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fedguard import pickled_data
-from fedguard.errors import InputError
+from fedguard.errors import InputError, kind_of
 from fedguard.io import read_npz, refuse_beyond_memory, refuse_unusual_compression
 from fedguard.pickle_scan import scan_file, scan_npz
 from fedguard.types import Confidence, Finding, Rule, Severity
@@ -480,7 +480,7 @@ def to_state_dict(raw: Any, path: Path | str) -> tuple[dict[str, torch.Tensor], 
             raise InputError(f"{path} holds an empty list, no tensors; save the model's weights (or the update's tensors) in it")
         return name_unnamed(values), False
     if not isinstance(raw, Mapping):
-        raise InputError(f"{path} holds a {type(raw).__name__}, not a state_dict (a mapping of names to tensors); save model.state_dict()")
+        raise InputError(f"{path} holds {kind_of(raw)}, not a state_dict (a mapping of names to tensors); save model.state_dict()")
     raw = _unwrap(raw, path)
     if not raw:
         raise InputError(f"{path} holds an empty state_dict, no tensors; save the model's weights (or the update's tensors) in it")
@@ -667,7 +667,7 @@ def _as_tensor(value: Any, where: str, path: Path, expansion: _Expansion, may_be
         raise InputError(f"{path}{_QUANTISED}")
     if not isinstance(value, torch.Tensor):
         raise InputError(
-            f"{path}: {where} is a {type(value).__name__}, not a tensor; save model.state_dict() (names to tensors only)"
+            f"{path}: {where} is {kind_of(value)}, not a tensor; save model.state_dict() (names to tensors only)"
         )
     if value.is_meta:
         raise InputError(f"{path}: {where} is a meta tensor, a shape without values; save the model's real weights")

@@ -33,7 +33,7 @@ from torch import nn
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
 from fedguard.defenses import DPSGD, Defense, GaussianNoise, Pruning, PrivateGradients, check_defense
-from fedguard.errors import InputError, first_of, keyword_names
+from fedguard.errors import InputError, first_of, keyword_names, kind_of
 from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
 
@@ -67,7 +67,7 @@ def l2_norm(tensors: Iterable[Any]) -> float:
 def _check_mapping(tensors: Any) -> None:
     """InputError unless ``tensors`` maps names to an update's tensors."""
     if not isinstance(tensors, Mapping):
-        raise InputError(f"update.tensors is a {type(tensors).__name__}; pass a dict of parameter names to tensors "
+        raise InputError(f"update.tensors is {kind_of(tensors)}; pass a dict of parameter names to tensors "
                          "(name a Flower list of arrays in state_dict order: dict(zip(model.state_dict(), arrays)))")
 
 
@@ -339,9 +339,9 @@ def compute_update(
         or training that diverges.
     """
     if not isinstance(model, nn.Module):
-        raise InputError(f"model is a {type(model).__name__}; pass the torch.nn.Module to train")
+        raise InputError(f"model is {kind_of(model)}; pass the torch.nn.Module to train")
     if not (isinstance(inputs, torch.Tensor) and isinstance(labels, torch.Tensor)):
-        raise InputError(f"inputs and labels are a {type(inputs).__name__} and a {type(labels).__name__}; pass tensors ([N, C, H, W] and [N])")
+        raise InputError(f"inputs and labels are {kind_of(inputs)} and {kind_of(labels)}; pass tensors ([N, C, H, W] and [N])")
     if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0 or labels.is_floating_point() or labels.is_complex():
         raise InputError(f"labels of shape {list(labels.shape)} and dtype {labels.dtype} for {len(inputs)} inputs; pass one integer class label per example")
     if int(labels.min()) < 0:  # cross-entropy skips -100 (its ignore_index): the update would leave those examples out
@@ -458,11 +458,11 @@ def load_update(
     from fedguard.loading import load_model_file
 
     if not isinstance(model, nn.Module):
-        raise InputError(f"model is a {type(model).__name__}; pass the nn.Module the update was computed from")
+        raise InputError(f"model is {kind_of(model)}; pass the nn.Module the update was computed from")
     if not is_whole(batch_size) or batch_size < 1:
         raise InputError(f"bad --batch-size {batch_size!r} for the update; give the number of examples it was computed on")
     if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"update is a {type(path).__name__}; pass the path of the update file")
+        raise InputError(f"update is {kind_of(path)}; pass the path of the update file")
     if os.path.isdir(path):
         raise InputError(f"--update {path} is a directory; pass the update file (.pt, .safetensors or .npz)")
     loaded = load_model_file(path)
@@ -545,7 +545,7 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
     for name, p in params.items():
         t = tensors[name]
         if not isinstance(t, torch.Tensor):
-            raise InputError(f"{where}: {name} is a {type(t).__name__}; an update holds torch tensors")
+            raise InputError(f"{where}: {name} is {kind_of(t)}; an update holds torch tensors")
         if tuple(t.shape) != tuple(p.shape):
             raise InputError(
                 f"{where}: layer {name} has shape {list(t.shape)} but the model's parameter has {list(p.shape)}; "

@@ -65,12 +65,13 @@ def exposure_summary(exposure: Mapping) -> str:
                 f"with {where}, gradient disaggregation recovers it once it stays the same that long (it stays "
                 f"{st['stable_rounds']})")  # fmt: skip
     if exposure["outcome"] == "not identifiable":
-        return f"with {where}, {st['stable_rounds']} stable rounds are too few for gradient disaggregation to single it out"
+        stable = plural(st["stable_rounds"], "stable round")
+        return f"with {where}, {stable} {'is' if st['stable_rounds'] == 1 else 'are'} too few for gradient disaggregation to single it out"
     if exposure["outcome"] == "not exposed" and st["participation"] == 1:
         return (f"with {where}, every user is in every round: each sum holds all the updates alike, so gradient "
                 "disaggregation cannot single this one out (the sums still reveal the federation's total)")
     if exposure["outcome"] == "not exposed":
-        return f"with {where}, gradient disaggregation did not recover this update within {st['stable_rounds']} rounds"
+        return f"with {where}, gradient disaggregation did not recover this update within {plural(st['stable_rounds'], 'round')}"
     configured = exposure["scenarios"][0]
     if exposure["outcome"] == "cut short":  # what it found bounds nothing beyond the rounds it reached
         return (f"with {where}, the analysis was cut short ({configured['note']}); a server with more time may still "

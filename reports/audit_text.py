@@ -88,7 +88,7 @@ class AuditTextRenderer(AuditRenderer):
             *([f"sha256 {m['sha256'][:12]}…"] if m.get("sha256") else
               [f"weights sha256 {m['weights_sha256'][:12]}…"] if m.get("weights_sha256") else []),
             f"{d.get('spec')}, batch {d.get('batch_size')}",
-            u.get("protocol") + (f" {u.get('local_steps')} steps lr {u.get('local_lr')} mini-batch {u.get('local_batch_size')}"
+            u.get("protocol") + (f" {plural(u.get('local_steps'), 'step')} lr {u.get('local_lr')} mini-batch {u.get('local_batch_size')}"
                                  if u.get("protocol") == "fedavg" else ""),  # fmt: skip
             *filter(None, [defense_summary(u)]),
             report.config.get("device", ""),

@@ -24,7 +24,7 @@ import shlex
 from typing import Any, ClassVar, Iterable, Mapping
 
 import fedguard
-from fedguard.errors import COMMAND_LINE, InputError
+from fedguard.errors import COMMAND_LINE, InputError, kind_of
 from fedguard.registry import Registry
 from fedguard.types import Finding, InspectionReport, Rule, Severity
 
@@ -75,7 +75,7 @@ def register_renderer(name: str):
 def check_report(report: Any, kind: type, made_by: str) -> None:
     """:class:`~fedguard.errors.InputError` unless ``report`` is a ``kind`` (what ``made_by`` returns)."""
     if not isinstance(report, kind):
-        raise InputError(f"report is a {type(report).__name__}; pass the {kind.__name__} that {made_by} returns")
+        raise InputError(f"report is {kind_of(report)}; pass the {kind.__name__} that {made_by} returns")
 
 
 def tool_version(report: InspectionReport) -> str:

@@ -87,7 +87,7 @@ def _text(doc: Mapping[str, Any]) -> str:
     users = doc["users"]
     lines = [
         f"fedguard disaggregate: {doc['rounds']} rounds x d={doc['dim']}, {plural(users, 'user')}, counts per {plural(doc['window'], 'round')}",
-        f"  recovered exactly: {doc['users_recovered']}/{users} users' updates, {doc['users_exact']}/{users} columns"
+        f"  recovered: {doc['users_recovered']}/{users} users' updates, {doc['users_exact']}/{users} columns exact"
         f" (approximate {doc['users_approximate']}, failed {doc['users_failed']}"
         + (f"; {absent} never took part: exact column, no update in the sums" if (absent := doc["stages"]["zero"]) else "")
         + ")",

@@ -306,7 +306,7 @@ def test_module_callable_found_from_working_directory(tmp_path, monkeypatch):
         ("fg_syntax_error:broken", r"importing module 'fg_syntax_error'.*SyntaxError.*fix the module"),
         ("{m}:missing", r"has no attribute 'missing'.*tiny.*fix the name"),
         ("{m}:broken", r"calling .*broken\(num_classes=10\) failed: ValueError: no weights for you"),
-        ("{m}:not_a_model", r"returned a int, not a torch.nn.Module"),
+        ("{m}:not_a_model", r"returned an int, not a torch.nn.Module"),
         ("{m}:exits", r"calling .*exits\(num_classes=10\) failed: SystemExit: 3"),
         ("{m}:double", r"has float64 weights, but fedguard computes in float32; make the callable return model.float\(\)"),
         ("{m}:instance", r"model instance, not a callable"),

@@ -1125,7 +1125,7 @@ def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_li
         audit(arch="lenet", data="digits", batch_size=5000)
     with pytest.raises(InputError, match=r"^bad local_lr -1; give a positive learning rate"):
         audit(arch="lenet", data="digits", batch_size=8, protocol="fedavg", local_lr=-1)
-    with pytest.raises(InputError, match=r"^detector reference_drift needs reference; pass them or leave reference_drift out of detectors$"):
+    with pytest.raises(InputError, match=r"^detector reference_drift needs reference; pass it or leave reference_drift out of detectors$"):
         inspect_model(Path(__file__), detectors=["reference_drift"])
     report = audit(arch="lenet", data="digits", batch_size=2, attacks=["dlg"], time_budget=0.01)  # notes and reasons too
     assert report.skipped["dlg"].endswith("so it measured nothing; raise time_budget"), report.skipped

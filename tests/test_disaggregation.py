@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fedguard.attacks.disaggregation import disaggregate, is_updates_file, score
@@ -363,7 +364,7 @@ _SMALL = FederationSettings(users_per_round=5, participation=0.5, window=10, sta
         ({"budget": float("nan")}, "bad budget nan"),
         ({"budget": "5"}, "bad budget '5'"),
         ({"stop": True}, "stop is a bool; pass a callable"),
-        ({"progress": 3}, "progress is a int; pass a callable"),
+        ({"progress": 3}, "progress is an int; pass a callable"),
     ],
 )
 def test_a_bad_argument_is_an_error_never_an_all_clear(changes, message):
@@ -485,7 +486,7 @@ def _validate_schema(doc):
 def test_cli_text(tmp_path):
     res = _run(["--simulate", "--users", "10", "--rounds", "60", "--dim", "20"])
     assert res.exit_code == 0, res.output
-    assert "recovered exactly: 10/10 users' updates" in res.output
+    assert "recovered: 10/10 users' updates" in res.output
     assert "P exact" in res.output
     # the updates file's name reaches the terminal escaped (it had printed an escape sequence in it raw)
     updates = tmp_path / "\x1b]0;title\x07\u202eu.npz"
@@ -655,7 +656,7 @@ def test_a_user_who_never_took_part_is_not_counted_as_recovered(tmp_path):
     np.savez(tmp_path / "absent.npz", aggregates=d["aggregates"], counts=counts, window=d["window"])
     res = _run([str(tmp_path / "absent.npz")])
     assert res.exit_code == 0, res.output
-    assert "recovered exactly: 10/11 users' updates" in res.output and "1 never took part" in res.output
+    assert "recovered: 10/11 users' updates" in res.output and "1 never took part" in res.output
 
 
 def _worker_handlers(_):
@@ -756,7 +757,7 @@ def test_cli_text_of_a_short_simulation_says_what_is_estimated_wrong_and_noted()
     res = _run(SHORT)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    recovered = re.fullmatch(r"  recovered exactly: 0/10 users' updates, 2/10 columns \(approximate (\d), failed (\d)\)",
+    recovered = re.fullmatch(r"  recovered: 0/10 users' updates, 2/10 columns exact \(approximate (\d), failed (\d)\)",
                              lines[1])  # fmt: skip
     assert recovered and int(recovered[1]) + int(recovered[2]) == 8
     assert "  noise scale 0 (estimated), rank 10" in lines
@@ -848,3 +849,11 @@ def test_cli_quiet_with_only_updates_prints_nothing_and_the_report_format_follow
     res = _run([*SMALL, "-o", "r.json", "-q"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r.json").read_text())["users_recovered"] >= 0
+
+
+def test_a_model_file_given_as_rounds_is_named_as_one(tmp_path):
+    """A torch checkpoint is a zip too: its entries had been listed as the arrays the rounds file 'has'."""
+    torch.save({"w": torch.zeros(2, 2)}, tmp_path / "model.pt")
+    res = _run([str(tmp_path / "model.pt")])
+    assert res.exit_code == 2 and "model.pt is a torch checkpoint (a model, which fedguard inspect reads), not the " \
+        "rounds' sums; save aggregates" in res.output and "data.pkl" not in res.output

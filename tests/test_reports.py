@@ -740,7 +740,7 @@ def test_audit_text_report_says_each_attacks_own_level_numbers_and_what_it_rebui
 
 def test_audit_text_report_lists_every_what_if_with_its_rounds_and_only_the_notes_that_apply():
     """Each what-if after the configured federation, with the rounds it takes: a dropped row, an outcome without its
-    rounds or the note of an unidentifiable one would misstate the defence."""
+    rounds or the note of an unidentifiable one would misstate the defense."""
     from fedguard.reports.audit_text import AuditTextRenderer
 
     text = AuditTextRenderer().render(_audit_report(exposure=_exposure_doc()))
