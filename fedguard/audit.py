@@ -51,7 +51,7 @@ from fedguard.loading import is_running_stat, line_up, load_model_file, to_state
 from fedguard.suppressions import Ignore, parse_ignores, split_findings, unmatched
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
-from fedguard.types import AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity
+from fedguard.types import CRAFTED_UPDATE, AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity
 from fedguard.update import Update, checked_update, compute_update, l2_norm, load_update, resolve_device
 
 if TYPE_CHECKING:
@@ -1019,7 +1019,7 @@ def audit(
                 if planted:
                     before.update(update="the client's own: the model received already carries the server's parameters")
                 elif cls.emulates is not None:  # the update it attacks is the client's under the crafted model, not --update
-                    before.update(crafting_seconds=crafting, update="what the batch gives under the crafted model")
+                    before.update(crafting_seconds=crafting, update=CRAFTED_UPDATE)
                 if before:
                     rec = dataclasses.replace(rec, seconds=rec.seconds + labelling + crafting, details={**rec.details, **before})
             except InputError:

@@ -339,6 +339,11 @@ class AttackOutcome:
     images: Any = field(default=None, repr=False, compare=False)
 
 
+#: ``details["update"]`` of a malicious-server emulator's outcome: the update it read is the batch's under the model
+#: it crafted, not the client's (:attr:`AuditReport.next_step` says so).
+CRAFTED_UPDATE = "what the batch gives under the crafted model"
+
+
 @dataclass(frozen=True)
 class Leakage:
     """The overall leakage level: the worst level over the attacks that ran."""
@@ -393,6 +398,12 @@ class AuditReport:
             return ("Do not train on the model received, nor upload an update computed on it: fedguard inspect finds "
                     "parameters in it planted to rebuild your data (see the notes); tell the server, and run "
                     "`fedguard inspect` on every model it sends.")  # fmt: skip
+        worst = next((a for a in self.attacks if a.name == self.leakage.worst_attack), None)
+        if self.verdict == AuditVerdict.BLOCK and worst is not None and worst.details.get("update") == CRAFTED_UPDATE:
+            return (f"Do not train on a model crafted as {worst.name} emulates: a server that sent one would recover "
+                    f"your data at level {level} from the update this batch gives under it (what the other attacks read "
+                    "is the update you computed). Run `fedguard inspect` on every model the server sends and refuse "
+                    "such a one; a larger batch or a defense such as DP-SGD lowers what it reads.")  # fmt: skip
         if self.verdict == AuditVerdict.BLOCK:
             return (f"Do not upload this update as it is: {self.leakage.worst_attack} recovers your data at level {level}, "
                     f"at or above the fail-on level {fail_on}. A larger batch, more local steps or a defense such as "
@@ -402,8 +413,9 @@ class AuditReport:
         if self.attacks and level > LeakageLevel.NONE and int(level) == int(fail_on) - 1:
             return (f"Look closer before uploading: {self.leakage.worst_attack} recovers your data at level {level}, one "
                     f"below the fail-on level {fail_on}.")  # fmt: skip
-        return ("Inconclusive: the audit did not measure all it set out to (see the notes and skipped attacks), so it "
-                "does not pass; give it the time, labels or settings they name and audit again.")
+        return ("Inconclusive: the notes and skipped attacks say what keeps these figures from measuring the whole leak "
+                "(an attack stopped or left out, an update that is not what the batch gives), so it does not pass; do "
+                "what they name and audit again.")
 
     @property
     def leakage_said(self) -> str:
