@@ -156,7 +156,7 @@ def load_weights(
 def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
-    from fedguard.inspect import build_expected_module, names_from
+    from fedguard.inspect import build_expected_module, names_from, unwrapped
 
     shape = resolve_input_shape(arch, input_shape)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):  # the network it runs on its devices
@@ -203,7 +203,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
             raise InputError(f"model {info.get('path') or 'list'} is an unnamed list of arrays (Flower's) that does not "
                              f"fit --arch {arch}: {why}; pass the --arch (and --num-classes / --input-shape) the server uses")  # fmt: skip
         tensors = lined
-    load_weights(module, tensors, info.get("path") or "state_dict", arch)
+    load_weights(module, unwrapped(tensors, module), info.get("path") or "state_dict", arch)
     info["arch"] = arch
     return module, info
 

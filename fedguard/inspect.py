@@ -119,6 +119,21 @@ def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str,
     return {k: named[tied.get(k, k)] for k in state if tied.get(k, k) in named}
 
 
+def unwrapped(tensors: Mapping[str, torch.Tensor], module: nn.Module) -> Mapping[str, torch.Tensor]:
+    """``tensors`` without the prefix every one of its names has where the rest of each is ``module``'s own name, one
+    for one: the attribute a wrapper holds the network under (a Lightning checkpoint's ``model.``, ``net.``). A
+    Lightning checkpoint of the architecture given had been FG701, malicious, every key 'missing'."""
+    names = list(tensors)
+    expected = set(module.state_dict())
+    if not names or set(names) == expected:
+        return tensors
+    head = os.path.commonprefix(names)
+    for cut in (i + 1 for i in range(len(head) - 1, -1, -1) if head[i] == "."):
+        if {name[cut:] for name in names} == expected and len(expected) == len(names):
+            return {name[cut:]: value for name, value in tensors.items()}
+    return tensors
+
+
 def _tied_names(module: nn.Module) -> dict[str, str]:
     """Each ``state_dict`` name whose tensor is one listed before it, mapped to that first name."""
     first: dict[int, str] = {}
@@ -290,6 +305,7 @@ def inspect_model(
             module = build_expected_module(arch, tensors, num_classes, input_shape, named=loaded.named)
             if not loaded.named:
                 tensors = name_by_architecture(loaded, module)
+            tensors = unwrapped(tensors, module)
         ref_view = None
         if reference is not None:
             ref_loaded = load_model_file(reference)
@@ -297,7 +313,7 @@ def inspect_model(
             if ref_loaded.refused:
                 raise InputError(f"reference {reference} would execute code when loaded; it cannot serve as a reference; "
                                  "pass last round's model as a weights-only .pt, a .safetensors or an .npz")  # fmt: skip
-            ref_tensors = ref_loaded.tensors
+            ref_tensors = ref_loaded.tensors if module is None else unwrapped(ref_loaded.tensors, module)
             if not ref_loaded.named:  # a Flower list: the names MODEL has (its own or the architecture's)
                 ref_tensors = names_from(tensors, ref_tensors)
             elif not loaded.named and module is None:

@@ -1203,3 +1203,21 @@ def test_fg701_names_the_input_shape_at_which_the_file_fits_a_built_in_architect
     assert invoke("inspect", "imagenet.pt", "--arch", "resnet18", "--input-shape", "3,224,224").exit_code == 0
     torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # another network: no size fits, no hint
     assert "--input-shape" not in invoke("inspect", "other.pt", "--arch", "lenet5", "--format", "json").stdout
+
+
+def test_a_checkpoint_holding_the_network_under_a_wrappers_attribute_reads_as_the_architecture(workdir):
+    """A Lightning checkpoint keeps the network under the LightningModule's attribute (``model.conv1.weight``): every
+    key had been FG701's 'missing', malicious. Names that are the architecture's behind one prefix are read as its;
+    a file with a layer more is still FG701."""
+    from fedguard.architectures import build_model
+
+    state = build_model("lenet5").state_dict()
+    torch.save({"epoch": 1, "state_dict": {f"model.{k}": v for k, v in state.items()}}, workdir / "last.ckpt")
+    assert invoke("inspect", "last.ckpt", "--arch", "lenet5", "--reference", "last.ckpt").exit_code == 0
+    audited = invoke("audit", "--model", "last.ckpt", "--arch", "lenet5", "--data", "digits", "--attack", "label_counts",
+                     "--no-exposure", "--format", "json")  # fmt: skip
+    assert audited.exit_code == 0 and json.loads(audited.stdout)["model"]["path"] == "last.ckpt"
+    extra = {**{f"model.{k}": v for k, v in state.items()}, "model.imprint.weight": torch.randn(8, 784)}
+    torch.save({"state_dict": extra}, workdir / "more.ckpt")
+    result = invoke("inspect", "more.ckpt", "--arch", "lenet5", "--format", "json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["findings"][0]["rule_id"] == "FG701"
