@@ -134,7 +134,7 @@ def _formats() -> dict[str, str]:
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off the model's head).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
 @click.option("--reference", type=NamedPath(), help="Last round's global model, to detect drift.")
-@click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): digits, images, a folder, or an .npz with x and y.")
+@click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): a folder, an .npz with x and y, or the built-in digits or images; of the kind you train on (an honest digit model read on photographs can read as planted, FG803).")
 @click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
 @click.option("--ignore", multiple=True, metavar="RULE[:LAYER]", help="Accept this rule's findings (repeatable): RULE anywhere, or RULE:LAYER in that layer and what is under it, e.g. FG301:features.0. Reported apart, not judged: the verdict and exit code follow the rest. FG001 cannot be ignored.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats()), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
