@@ -167,7 +167,7 @@ def test_a_report_of_the_wrong_kind_is_named_not_a_traceback(clean):
         (lambda: render("json", {"verdict": "clean"}, RULES), "report is a dict; pass the InspectionReport that fedguard.inspect.inspect_model returns"),
         (lambda: report_to_dict(None), "report is a NoneType; pass the InspectionReport"),
         (lambda: render_audit("json", "report.json"), "report is a str; pass the AuditReport that fedguard.audit.audit returns"),
-        (lambda: audit_to_dict(clean), "report is a InspectionReport; pass the AuditReport"),
+        (lambda: audit_to_dict(clean), "report is an InspectionReport; pass the AuditReport"),
     ]:
         with pytest.raises(InputError) as err:
             call()
