@@ -541,6 +541,8 @@ def _inspection_note(inspection: Mapping[str, Any]) -> str | None:
         layers.setdefault((f["rule_id"], f["title"]), []).extend([f["layer"]] if f["layer"] else [])
     rules = "; ".join(f"{rule} {title}" + (f" in {', '.join(dict.fromkeys(where))}" if where else "")
                       for (rule, title), where in list(layers.items())[:3])  # fmt: skip
+    if len(layers) > 3:  # the text and HTML reports show this note alone: the others had gone unsaid
+        rules += f"; and {len(layers) - 3} more ({', '.join(rule for rule, _ in list(layers)[3:])}: model.inspection lists them)"
     if inspection["verdict"] == "malicious":
         return (f"fedguard inspect calls the model received malicious: {rules}; a server that planted these parameters "
                 "can rebuild more than the attacks here measure, so the verdict is block: do not train on this model")

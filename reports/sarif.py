@@ -4,10 +4,15 @@ One run: ``tool.driver`` lists every fedguard rule as a ``reportingDescriptor``
 (help text in text and markdown, paper in ``properties.reference``, where to
 read it in ``helpUri``); each finding is a ``result`` whose level follows its
 severity (critical/high -> ``error``, medium -> ``warning``, low/info ->
-``note``), located at the model file (``physicalLocation``) and, when it has
-one, the layer (``logicalLocation`` of kind ``module``). The file itself is
-the run's only ``artifact``, with its SHA-256. Output validates against the
-OASIS SARIF 2.1.0 schema (errata 01).
+``note``), located at the model file (``physicalLocation``, at line 1: a
+model file has no lines, and GitHub code scanning places a result only with
+``region.startLine``, its rule GH1003) and, when it has one, the layer
+(``logicalLocation`` of kind ``module``). The file itself is the run's only
+``artifact``, with its SHA-256; a relative path is relative to the
+invocation's ``workingDirectory``. A result's ``partialFingerprints`` are its
+rule, file path and layer, not the file's contents, so that a finding that
+stays from one round's model to the next stays one alert. Output validates
+against the OASIS SARIF 2.1.0 schema (errata 01).
 Sample output (abridged)::
 
     {
@@ -23,7 +28,7 @@ Sample output (abridged)::
           "ruleId": "FG101", "ruleIndex": 3, "level": "error",
           "message": {"text": "Averaging (constant-weight) rows in imprint.0: ..."},
           "locations": [{
-            "physicalLocation": {"artifactLocation": {"uri": "global.pt", "index": 0}},
+            "physicalLocation": {"artifactLocation": {"uri": "global.pt", "index": 0}, "region": {"startLine": 1}},
             "logicalLocations": [{"name": "imprint.0", "fullyQualifiedName": "imprint.0", "kind": "module"}]}],
           "properties": {"severity": "high", "confidence": "high", "evidence": {...}}
         }]
@@ -36,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import PurePath, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, Mapping
 from urllib.parse import quote
 
@@ -110,15 +115,17 @@ def _descriptor(rule: Rule) -> dict[str, Any]:
     return descriptor
 
 
-def _fingerprint(report: InspectionReport, finding: Finding) -> str:
-    key = "\x1f".join([report.sha256, finding.rule_id, finding.layer or ""])
+def _fingerprint(uri: str, finding: Finding) -> str:
+    """The finding's identity across runs: its rule, the file's path and the layer (the file's SHA-256 had made each
+    round's model a new alert, and an accepted finding untraceable from one round to the next)."""
+    key = "\x1f".join([uri, finding.rule_id, finding.layer or ""])
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _result(report: InspectionReport, f: Finding, rule_index: int, uri: str) -> dict[str, Any]:
     """The SARIF ``result`` for finding ``f``."""
     where = f" in {f.layer}" if f.layer is not None else ""
-    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}}}
+    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": {"startLine": 1}}}
     if f.layer is not None:
         location["logicalLocations"] = [{"name": f.layer, "fullyQualifiedName": f.layer, "kind": "module"}]
     return {
@@ -127,7 +134,7 @@ def _result(report: InspectionReport, f: Finding, rule_index: int, uri: str) -> 
         "level": LEVELS[f.severity],
         "message": {"text": f"{f.title}{where}: {f.message}"},
         "locations": [location],
-        "partialFingerprints": {"fedguardFinding/v1": _fingerprint(report, f)},
+        "partialFingerprints": {"fedguardFinding/v2": _fingerprint(uri, f)},
         "properties": {
             "severity": str(f.severity),
             "confidence": str(f.confidence),
@@ -155,7 +162,8 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
     rule_ids = sorted(all_rules)
     index = {rule_id: i for i, rule_id in enumerate(rule_ids)}
     descriptors = [_descriptor(all_rules[r]) for r in rule_ids]
-    for f in findings:  # worst severity seen per rule, for dashboards that sort by it
+    for f in [*findings, *suppressed]:  # worst severity seen per rule, for dashboards that sort by it (an accepted
+        # finding's too: a rule whose every result was suppressed had read as no security rule)
         props = descriptors[index[f.rule_id]]["properties"]
         if float(props.get("security-severity", "-1")) < float(SECURITY_SEVERITY[f.severity]):
             props["security-severity"] = SECURITY_SEVERITY[f.severity]
@@ -181,6 +189,10 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
         },
     }
     invocation: dict[str, Any] = {"executionSuccessful": True}
+    try:  # what a relative artifact path is relative to (a reader elsewhere could not resolve ../m/global.pt)
+        invocation["workingDirectory"] = {"uri": Path.cwd().as_uri() + "/"}
+    except OSError:  # the directory was removed while the run went on: the relative path is all there is
+        pass
     typed = command_line()
     if typed:  # how to repeat the run (from Python there is no command line, and the config says what was given)
         invocation.update(commandLine=shown_command(), arguments=printable_values(typed[1:]))

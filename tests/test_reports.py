@@ -563,11 +563,22 @@ def test_sarif_gives_each_rule_its_worst_severity_and_each_finding_its_own_finge
     (run,) = json.loads(render("sarif", twice, RULES))["runs"]
     rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
     assert rules[first.rule_id]["properties"]["security-severity"] == "8.0"  # high, not the low seen first
-    prints = [r["partialFingerprints"]["fedguardFinding/v1"] for r in run["results"]]
+    prints = [r["partialFingerprints"]["fedguardFinding/v2"] for r in run["results"]]
     assert len(prints) == 2 and len(set(prints)) == 2
     (run,) = json.loads(render("sarif", malicious, RULES))["runs"]
     rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
     assert [rules[r]["properties"]["security-severity"] for r in ("FG003", "FG005", "FG010")] == ["9.5", "5.5", "3.0"]
+    # next round's model at the same path: the same findings are the same alerts (the file's hash had been in them)
+    later = dataclasses.replace(twice, sha256="0" * 64)
+    (again,) = json.loads(render("sarif", later, RULES))["runs"]
+    assert [r["partialFingerprints"]["fedguardFinding/v2"] for r in again["results"]] == prints
+    # an accepted finding keeps its rule's security-severity (it had none when every result was suppressed)
+    accepted = dataclasses.replace(twice, findings=(), suppressed=twice.findings)
+    (run,) = json.loads(render("sarif", accepted, RULES))["runs"]
+    assert {r["id"]: r for r in run["tool"]["driver"]["rules"]}[first.rule_id]["properties"]["security-severity"] == "8.0"
+    # GitHub code scanning places a result by its region's start line (GH1003); a relative path is the run's directory's
+    assert all(r["locations"][0]["physicalLocation"]["region"] == {"startLine": 1} for r in run["results"])
+    assert run["invocations"][0]["workingDirectory"]["uri"].startswith("file:///")
 
 
 def test_text_escapes_a_hostile_path_and_evidence(malicious):
