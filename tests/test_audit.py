@@ -2233,3 +2233,13 @@ def test_a_model_that_discards_the_batch_warns_though_nothing_of_it_leaks():
     assert any(note.startswith("fedguard inspect calls the model received suspicious: FG805") for note in report.notes)
     accepted = audit(model, arch="mlp", data="digits", attacks=["label_counts"], seed=0, ignore=["FG805"])
     assert accepted.model["inspection"]["verdict"] == "clean" and str(accepted.verdict) == "pass"
+
+
+def test_the_note_on_a_received_model_names_every_rule_it_does_not_spell_out():
+    """The text and HTML reports show the note alone: rules past its first three had gone unsaid (FG103 on MKOR)."""
+    from fedguard.audit import _inspection_note
+
+    findings = [{"rule_id": f"FG10{i}", "title": f"t{i}", "layer": f"l{i}"} for i in range(1, 6)]
+    note = _inspection_note({"verdict": "malicious", "findings": findings})
+    assert "FG101 t1 in l1; FG102 t2 in l2; FG103 t3 in l3; and 2 more (FG104, FG105: model.inspection lists them)" in note
+    assert "more" not in _inspection_note({"verdict": "suspicious", "findings": findings[:3]})
