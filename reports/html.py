@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from fedguard.errors import InputError
+from fedguard.suppressions import recorded_ignores, unmatched
 from fedguard.types import InspectionReport, Rule
 
 from .base import (
@@ -93,6 +94,8 @@ def _model(report: InspectionReport, anchor: str, description: str | None = None
         "tool_version": tool_version(report),
         "findings": sorted_findings(report.findings),
         "suppressed": sorted_findings(report.suppressed),
+        "accepted_by": [str(i) for i in recorded_ignores(report) if not unmatched([i], report.suppressed)],
+        "ignore_unmatched": [str(i) for i in unmatched(recorded_ignores(report), report.suppressed)],
         "counts": severity_counts(report.findings),
         "data_used": data_used(report),
     }

@@ -7,7 +7,7 @@ JSON: numpy/torch numbers become numbers, arrays become lists, and NaN/±Inf
 become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
 
     {
-      "schema_version": "1.3",
+      "schema_version": "1.4",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "path": "global.pt",
       "sha256": "6f1c0a93e2b4...",
@@ -27,6 +27,7 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
          "evidence": {"identical_rows": 128, "rows": 128, "distinct_biases": 128, ...}}
       ],
       "suppressed": [],
+      "ignore_unmatched": [],
       "detectors_run": ["constant_rows", "architecture_drift", "fishing", "imprint", ...],
       "seconds": 0.42,
       "config": {"num_classes": null, "input_shape": null, "data": null, "data_sha256": null,
@@ -41,6 +42,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Mapping
 
+from fedguard.suppressions import recorded_ignores, unmatched
 from fedguard.types import InspectionReport, Rule
 
 from .base import (
@@ -55,7 +57,7 @@ from .base import (
     tool_version,
 )
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 
 def _finding_dicts(findings) -> list[dict[str, Any]]:
@@ -87,6 +89,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "summary": severity_counts(report.findings),
         "findings": _finding_dicts(report.findings),
         "suppressed": _finding_dicts(report.suppressed),
+        "ignore_unmatched": [str(entry) for entry in unmatched(recorded_ignores(report), report.suppressed)],
         "detectors_run": list(report.detectors_run),
         "seconds": json_safe(float(report.seconds)),
         "config": json_safe(dict(report.config)),

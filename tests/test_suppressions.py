@@ -100,7 +100,7 @@ def test_reports_list_accepted_findings_apart(imprint_mlp):
     report = inspect_model(imprint_mlp, ignore=["FG301:imprint.0", "FG101"])
     doc = json.loads(render("json", report, rules()))
     jsonschema.validate(doc, load_schema("inspect"))
-    assert doc["schema_version"] == "1.3" and doc["verdict"] == "malicious"
+    assert doc["schema_version"] == "1.4" and doc["verdict"] == "malicious" and doc["ignore_unmatched"] == []
     assert doc["summary"]["high"] == 1 and [f["rule_id"] for f in doc["findings"]] == ["FG301"]
     assert sorted((f["rule_id"], f["layer"]) for f in doc["suppressed"]) == [
         ("FG101", "imprint.0"), ("FG101", "imprint.2"), ("FG301", "imprint.0")]
@@ -128,6 +128,13 @@ def test_reports_list_accepted_findings_apart(imprint_mlp):
     html = render("html", report, rules())
     assert "Accepted with --ignore" in html and "FG301:imprint.0 FG101" in html
     assert html.count('<table class="findings">') == 2
+    # an entry that matched nothing is not listed as accepting anything: JSON, SARIF and HTML name it apart
+    stale = inspect_model(imprint_mlp, ignore=["FG101", "FG101:nonexistent"])
+    assert json.loads(render("json", stale, rules()))["ignore_unmatched"] == ["FG101:nonexistent"]
+    sarif = json.loads(render("sarif", stale, rules()))["runs"][0]
+    assert sarif["invocations"][0]["properties"]["ignoreUnmatched"] == ["FG101:nonexistent"]
+    html = render("html", stale, rules())
+    assert "Findings the client accepted (FG101)" in html and "matched no finding (stale, or a layer misspelt): FG101:nonexistent" in html
 
 
 def test_cli_exit_code_follows_what_is_left_and_names_stale_entries(imprint_mlp):
