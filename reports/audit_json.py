@@ -127,8 +127,9 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
     doc = json_safe(doc)
     for key in ("attacks", "leakage", "seconds"):
         doc[key] = json_safe(doc[key], digits=JSON_DIGITS)
-    for key in ("norm", "loss"):
-        doc["update"][key] = json_safe(doc["update"][key], digits=JSON_DIGITS)
+    for key in ("norm", "loss", "epsilon"):  # measured: six significant digits (epsilon had printed 17)
+        if key in doc["update"]:
+            doc["update"][key] = json_safe(doc["update"][key], digits=JSON_DIGITS)
     if doc["update"].get("agreement"):
         for key in ("cosine", "scale"):
             doc["update"]["agreement"][key] = json_safe(doc["update"]["agreement"][key], digits=JSON_DIGITS)

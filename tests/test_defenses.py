@@ -192,6 +192,7 @@ def test_the_audit_attacks_the_defended_update():
     doc = audit_to_dict(private)
     jsonschema.Draft202012Validator(load_schema("audit")).validate(doc)
     assert doc["update"]["defense"] == "dp-sgd" and 10 < doc["update"]["epsilon"] < 11
+    assert doc["update"]["epsilon"] == float(f"{doc['update']['epsilon']:.6g}")  # six digits, as measured numbers are
     assert doc["update"]["defense_settings"] == {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
 
 

@@ -818,6 +818,8 @@ def test_audit_html_page_shows_the_verdict_levels_sections_and_escapes_what_it_q
     exposed = AuditHtmlRenderer().render(_audit_report(exposure=_exposure_doc()))
     assert "Across rounds: secure aggregation hides this update for only 30 rounds" in exposed
     assert '<img src="data:' not in exposed and '<p class="privacy">' not in exposed
+    default = AuditHtmlRenderer().render(_audit_report(config={"seed": 0, "device": "cpu", "attacks_requested": None}))
+    assert "<th>attacks_requested</th><td>the default set</td>" in default  # JSON's null; it had read "none"
 
 
 def test_the_report_format_follows_the_output_name_whatever_its_case():
