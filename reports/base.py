@@ -142,12 +142,13 @@ def json_safe(value: Any, digits: int | None = None) -> Any:
 
 
 def format_value(value: Any, *, max_items: int = 8) -> str:
-    """A short human form of one evidence value (``0.9987``, ``62,006``, ``[1, 2, …]``)."""
+    """A short human form of one evidence value (``0.9987``, ``62_006``, ``[1, 2, …]``): thousands grouped by ``_``,
+    as Python writes them, since evidence is listed with commas (``fan_in=7,840`` had read as two items)."""
     value = json_safe(value)
     if isinstance(value, bool) or value is None:
         return str(value).lower() if value is not None else "none"
     if isinstance(value, int):
-        return f"{value:,}"
+        return f"{value:_}"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, list):

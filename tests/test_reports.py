@@ -843,3 +843,10 @@ def test_the_report_format_follows_the_output_name_whatever_its_case():
         resolve_format(None, Path("R.PT"), inspect_formats)
     with pytest.raises(InputError, match="this command writes no HTML report"):
         resolve_format(None, Path("r.html"), {"text": ".txt", "json": ".json"})
+
+
+def test_evidence_numbers_read_as_one_item_in_a_list_of_them():
+    """Evidence is listed with commas: ``fan_in=7,840`` had read as two items."""
+    from fedguard.reports.base import format_value
+
+    assert format_value(7840) == "7_840" and format_value([1000, 2]) == "[1_000, 2]" and format_value(0.25) == "0.25"
