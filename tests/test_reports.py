@@ -850,3 +850,10 @@ def test_evidence_numbers_read_as_one_item_in_a_list_of_them():
     from fedguard.reports.base import format_value
 
     assert format_value(7840) == "7_840" and format_value([1000, 2]) == "[1_000, 2]" and format_value(0.25) == "0.25"
+
+
+def test_a_single_models_html_counts_its_findings_by_severity(malicious):
+    """The text, JSON and SARIF give the totals; the page of one model had not."""
+    page = render("html", malicious, RULES)
+    counts = {s: sum(str(f.severity) == s for f in malicious.findings) for s in ("critical", "high")}
+    assert f"{len(malicious.findings)} findings: {counts['critical']} critical, {counts['high']} high," in page
