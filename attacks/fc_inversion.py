@@ -48,13 +48,14 @@ Models." ICLR 2022.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import ClassVar, Mapping
 
 import torch
 
-from fedguard.layers import Head, find_first_layer, layer_input, linear_layers
+from fedguard.layers import Head, find_first_layer, first_and_linear_layers, layer_input, linear_layers
 from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
@@ -123,6 +124,12 @@ def _close(a: torch.Tensor, b: torch.Tensor | None, tolerance: float) -> torch.T
     return close.fill_diagonal_(True) if b is a else close
 
 
+def _take(rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``rows[keep]`` (``keep`` a boolean mask over the rows) by ``index_select``: the same rows, in a fraction of the
+    time advanced indexing takes on rows of hundreds of values."""
+    return rows.index_select(0, keep.nonzero()[:, 0])
+
+
 def _group(quotients: torch.Tensor, tolerance: float, limit: int) -> tuple[torch.Tensor, list[int], int]:
     """The ``limit`` largest groups of ``quotients`` (rows, strongest first) that agree to ``tolerance`` RMS, as their
     means, with the groups' sizes and how many groups there are. Each quotient joins the group of the first quotient
@@ -137,7 +144,7 @@ def _group(quotients: torch.Tensor, tolerance: float, limit: int) -> tuple[torch
     order = torch.argsort(-sizes, stable=True)[:limit]
     sums = torch.zeros(len(leaders), quotients.shape[1], dtype=quotients.dtype, device=quotients.device)
     sums.index_add_(0, members, quotients)
-    return (sums / sizes[:, None])[order], sizes[order].tolist(), len(leaders)
+    return (sums / sizes[:, None]).index_select(0, order), sizes[order].tolist(), len(leaders)
 
 
 def invert_rows(
@@ -164,26 +171,27 @@ def invert_rows(
     peak = float(gb.abs().max()) if gb.numel() else 0.0
     active = torch.nonzero(gb.abs() > ACTIVE_FRACTION * peak).flatten() if peak > 0 else torch.zeros(0, dtype=torch.long)
     active = active[torch.argsort(gb[active].abs(), descending=True)][:MAX_ROWS]
-    quotients = gw[active] / gb[active, None]
+    kept = gb.index_select(0, active)  # index_select, not gw[active]: the same rows, a quarter of the time
+    quotients = gw.index_select(0, active) / kept[:, None]
     if input_map is not None:
         quotients = (quotients - input_map[1].to(dtype)) / input_map[0].to(dtype)
     lo, hi = input_range
     slack = 1e-4 * (hi - lo)
     low, high = quotients.amin(dim=1), quotients.amax(dim=1)  # two passes: aminmax along a dim is several times slower
     in_range = (low >= lo - slack) & (high <= hi + slack)
-    exact, sizes, distinct = _group(quotients[in_range], MERGE_TOLERANCE * (hi - lo), len(quotients))
+    exact, sizes, distinct = _group(_take(quotients, in_range), MERGE_TOLERANCE * (hi - lo), len(quotients))
     repeated = torch.tensor(sizes, dtype=torch.long) >= 2
-    rows, group_sizes = exact[repeated][:limit], [size for size in sizes if size >= 2][:limit]
+    rows, group_sizes = _take(exact, repeated)[:limit], [size for size in sizes if size >= 2][:limit]
     approximate = 0
     if len(rows) < limit:
         excess = torch.linalg.vector_norm(quotients - quotients.clamp(lo, hi), dim=1) / math.sqrt(gw.shape[1])
-        near = quotients[~in_range & (excess <= NEAR_RANGE * (hi - lo))].clamp(lo, hi)
+        near = _take(quotients, ~in_range & (excess <= NEAR_RANGE * (hi - lo))).clamp(lo, hi)
         tolerance = NOISY_MERGE_TOLERANCE * (hi - lo)
-        once = exact[~repeated]  # strongest first, ahead of the near-range ones where group sizes tie
+        once = _take(exact, ~repeated)  # strongest first, ahead of the near-range ones where group sizes tie
         extra, extra_sizes, _ = _group(torch.cat([once, near]), tolerance, len(once) + len(near))
         if len(rows) and len(extra):  # not a second copy of an example the exact quotients gave
             new = ~_close(extra, rows, tolerance).any(dim=1)
-            extra, extra_sizes = extra[new], [size for size, keep in zip(extra_sizes, new.tolist()) if keep]
+            extra, extra_sizes = _take(extra, new), [size for size, keep in zip(extra_sizes, new.tolist()) if keep]
         extra, extra_sizes = extra[: limit - len(rows)], extra_sizes[: limit - len(rows)]
         rows, group_sizes, approximate = torch.cat([rows, extra]), group_sizes + extra_sizes, len(extra)
     details = {
@@ -199,6 +207,16 @@ def invert_rows(
     return rows.clamp(lo, hi), details
 
 
+@functools.lru_cache(maxsize=16)
+def _probes(input_shape: tuple, lo, hi, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`affine_input_map`'s four probes (the ends of the input range, two uniform draws of seed 0), built once
+    per shape and range: the generator, the draw and the concatenation had cost 40-60 us of every call. Never handed
+    out itself, only copies."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.cat([torch.full((1, *input_shape), float(lo), dtype=dtype), torch.full((1, *input_shape), float(hi), dtype=dtype),
+                      lo + (hi - lo) * torch.rand(2, *input_shape, generator=gen, dtype=dtype)])  # fmt: skip
+
+
 def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape, device, input_range) -> InputMap | None:
     """``(scale, shift)`` with ``layer``'s input ``= scale * x + shift`` (flattened) for every input ``x``.
 
@@ -208,9 +226,7 @@ def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape
     on the ends of the input range and two random inputs, in both modes.
     """
     lo, hi = input_range
-    gen = torch.Generator().manual_seed(0)
-    probes = torch.cat([torch.full((1, *input_shape), float(lo)), torch.full((1, *input_shape), float(hi)),
-                        lo + (hi - lo) * torch.rand(2, *input_shape, generator=gen)]).to(device)  # fmt: skip
+    probes = _probes(tuple(input_shape), lo, hi, torch.get_default_dtype()).to(device, copy=True)  # a forward may write to it
     buffers = {name: b.clone() for name, b in model.named_buffers()}  # training mode updates BatchNorm's statistics
     try:
         with evaluating(model), torch.no_grad():
@@ -239,7 +255,7 @@ def _unit_rows(rows: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torch.Te
         rows = rows - rows.mean(dim=1, keepdim=True)
     norm = torch.linalg.vector_norm(rows, dim=1)
     index = (norm > 1e-9 * float(norm.max())).nonzero()[:, 0] if norm.numel() else norm.nonzero()[:, 0]
-    return rows[index] / norm[index, None], index, norm
+    return rows.index_select(0, index) / norm[index, None], index, norm
 
 
 def response_correlations(response: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -248,6 +264,14 @@ def response_correlations(response: torch.Tensor) -> tuple[torch.Tensor, torch.T
     every unit's response norm."""
     unit, index, norm = _unit_rows(response.T, centre=True)
     return unit @ unit.T, index, norm
+
+
+@functools.lru_cache(maxsize=4)
+def _sketch_matrix(dims: int, dtype: torch.dtype) -> torch.Tensor:
+    """The fixed ``[dims, SKETCH_DIM]`` Gaussian of :func:`_screened` (seed 0), drawn once per ``dims``: a fresh
+    generator and its draw had cost 20-25 us of each call. Read only (a matrix product's operand); ``dtype``: the
+    default dtype it is drawn in, as the draw on each call was. Four kept (19 MB each for 3x224x224 inputs)."""
+    return torch.randn(dims, SKETCH_DIM, generator=torch.Generator().manual_seed(0), dtype=dtype)
 
 
 def _screened(weight: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor:
@@ -259,7 +283,7 @@ def _screened(weight: torch.Tensor, readout: torch.Tensor | None) -> torch.Tenso
     dims = weight.shape[1] if readout is None else readout.shape[1]
     if dims <= SKETCH_DIM:
         return torch.arange(weight.shape[0])
-    gaussian = torch.randn(dims, SKETCH_DIM, generator=torch.Generator().manual_seed(0))
+    gaussian = _sketch_matrix(dims, torch.get_default_dtype())
     sketch = weight @ (gaussian if readout is None else readout @ gaussian)
     sketch = sketch / torch.linalg.vector_norm(sketch, dim=1, keepdim=True).clamp_min(1e-30)  # a constant unit: 0
     return ((sketch @ sketch.T >= SCREEN_CORRELATION).sum(dim=1) >= MIN_BINS).nonzero()[:, 0]
@@ -304,7 +328,8 @@ def bin_neighbours(layer: torch.nn.Linear, public: torch.Tensor | None) -> tuple
     return (torch.cat(lower), torch.cat(upper)) if lower else none
 
 
-def deeper_bins(view: ServerView, grads: Mapping[str, torch.Tensor], first: Head) -> tuple[torch.Tensor, dict] | None:
+def deeper_bins(view: ServerView, grads: Mapping[str, torch.Tensor], first: Head,
+                layers: list[Head] | None = None) -> tuple[torch.Tensor, dict] | None:
     """Inputs read off bins planted in a Linear layer past the first (not the head), through the layers before it.
 
     An imprint further in (Fowl et al.'s block behind layers that hand the input on: an independent review planted
@@ -313,12 +338,12 @@ def deeper_bins(view: ServerView, grads: Mapping[str, torch.Tensor], first: Head
     public examples to 1e-4), the server solves for the image: the least-squares preimage nearest the public mean
     image (exact where the map is injective), then grouped as the first layer's quotients are
     (:func:`invert_rows`). ``(rows, details)`` of the first layer with bins (flattened images), or None when no
-    layer has them.
+    layer has them. ``layers``: the model's Linear layers in execution order, when the caller has them already.
     """
     if view.auxiliary is None or len(view.auxiliary[0]) < MIN_PUBLIC:
         return None
     public = view.auxiliary[0][:: max(1, len(view.auxiliary[0]) // BIN_EXAMPLES)][:BIN_EXAMPLES].to(view.device).float()
-    layers = linear_layers(view.model, view.input_shape, view.device)
+    layers = linear_layers(view.model, view.input_shape, view.device) if layers is None else layers
     if layers and layers[-1].module.out_features == view.num_classes:  # the head (as find_head reads it)
         layers = layers[:-1]
     for layer in layers:
@@ -429,7 +454,10 @@ class FCInversion(Attack):
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         budget.check(0)
-        layer = self._layer(view)
+        if view.batch_size > 1:  # one pass finds the first layer and the Linear layers deeper_bins may read
+            layer, linears = first_and_linear_layers(view.model, view.input_shape, view.device)
+        else:  # one example: no deeper search, and the pass can stop at the first layer
+            layer, linears = self._layer(view), None
         grads = view.gradient_direction()  # the quotient needs no scale, so no local schedule
         input_map = affine_input_map(view.model, layer.module, view.input_shape, view.device, view.threat.input_range)
         span = view.threat.input_range[1] - view.threat.input_range[0]
@@ -440,14 +468,14 @@ class FCInversion(Attack):
         lower, upper = (bin_neighbours(layer.module, view.auxiliary[0] if view.auxiliary is not None else None)
                         if view.batch_size > 1 else ((), ()))  # one example: every active row's quotient is it already
         if len(lower):  # rows that measure one quantity: neighbouring bins' differences are single inputs too
-            grad_w = torch.cat([grad_w, grad_w[lower] - grad_w[upper]])
+            grad_w = torch.cat([grad_w, grad_w.index_select(0, lower) - grad_w.index_select(0, upper)])
             grad_b = torch.cat([grad_b, grad_b[lower] - grad_b[upper]])
         rows, details = invert_rows(
             grad_w, grad_b, int(view.batch_size), view.threat.input_range, None if identity else input_map
         )
         details["bin_differences"] = int(len(lower))
         if view.batch_size > 1 and len(rows) - details["approximate_rows"] < view.batch_size:
-            deeper = deeper_bins(view, grads, layer)  # the first layer did not give every example: bins further in?
+            deeper = deeper_bins(view, grads, layer, linears)  # the first layer did not give every example: bins further in?
             if deeper is not None:  # ahead of the first layer's, which are mixtures
                 rows, details["deeper_bins"] = torch.cat([deeper[0].to(rows.dtype), rows]), deeper[1]
         if input_map is not None and not identity:

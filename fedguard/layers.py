@@ -97,8 +97,8 @@ def forward_flops(model: nn.Module, inputs: torch.Tensor) -> int:
     return total or 2 * sum(p.numel() for p in model.parameters()) * len(inputs)
 
 
-def _describe(model: nn.Module, layer: nn.Module) -> Head:
-    names = {id(m): n for n, m in model.named_modules()}
+def _describe(model: nn.Module, layer: nn.Module, names: dict[int, str] | None = None) -> Head:
+    names = {id(m): n for n, m in model.named_modules()} if names is None else names
     name = names[id(layer)]
     prefix = f"{name}." if name else ""
     return Head(name, layer, f"{prefix}weight", f"{prefix}bias" if getattr(layer, "bias", None) is not None else None)
@@ -134,7 +134,18 @@ def head_not_updated(model: nn.Module, head: Head, tensors) -> str | None:
 
 def linear_layers(model: nn.Module, input_shape, device: torch.device) -> list[Head]:
     """Every Linear layer in the order a forward pass runs it."""
-    return [_describe(model, m) for m in execution_order(model, input_shape, device, (nn.Linear,))]
+    order = execution_order(model, input_shape, device, (nn.Linear,))
+    names = {id(m): n for n, m in model.named_modules()}  # once, not once a layer
+    return [_describe(model, m, names) for m in order]
+
+
+def first_and_linear_layers(model: nn.Module, input_shape, device: torch.device) -> tuple[Head | None, list[Head]]:
+    """:func:`find_first_layer` and :func:`linear_layers` from one forward pass (the Linear layers of the order of
+    Linear and convolution layers are the order of the Linear layers alone)."""
+    order = execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    names = {id(m): n for n, m in model.named_modules()}
+    first = _describe(model, order[0], names) if order else None
+    return first, [_describe(model, m, names) for m in order if isinstance(m, nn.Linear)]
 
 
 def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Head | None:
