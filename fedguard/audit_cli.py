@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Mapping
 
 import click
 
@@ -133,37 +132,19 @@ class _Quiet:
             click.echo(text, err=True)
 
 
-def _grid_path(output: Path, attack: str) -> Path:
-    """Where ``attack``'s reconstruction grid goes: beside the report (beside a link's target, where the report
-    lands), named after the report's whole file name, so that ``r.json`` and ``r.html`` keep their own grids."""
-    report = Path(os.path.realpath(output))
-    return report.with_name(f"{report.name}-{attack}.png")
-
-
 def _check_grid_paths(output: Path, inputs: list) -> None:
     """Refuse, before any work, an output whose grids would replace a folder or a file fedguard did not write, or
     land on or in an input (through a link too)."""
     from fedguard.attacks.base import attacks
     from fedguard.io import check_output_path
-    from fedguard.reports.grids import is_fedguard_png
+    from fedguard.reports.grids import grid_path, is_fedguard_png
 
     for name in attacks().names():
-        path = _grid_path(output, name)
+        path = grid_path(output, name)
         if path.is_dir() or (path.exists() and not is_fedguard_png(path)):
             what = "a folder" if path.is_dir() else "a file fedguard did not write"
             raise InputError(f"{path}, where the {name} grid would go, is {what}; move it or choose another --output")
         check_output_path(path, inputs=inputs, option=f"--output (its {name} grid)", force=True)  # the folder, inputs
-
-
-def _remove_stale_grids(output: Path, keep: Mapping[str, bytes]) -> None:
-    """Delete the grids an earlier report of this name left for attacks this one did not rebuild (fedguard's own only)."""
-    from fedguard.attacks.base import attacks
-    from fedguard.reports.grids import is_fedguard_png
-
-    for name in attacks().names():
-        path = _grid_path(output, name)
-        if name not in keep and path.is_file() and is_fedguard_png(path):
-            path.unlink()
 
 
 def _formats() -> dict[str, str]:
@@ -233,7 +214,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.exposure import FederationSettings
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports.audit_base import render_audit
-    from fedguard.reports.grids import grid_captions, grid_png
+    from fedguard.reports.grids import grid_captions, grid_path, grid_png, remove_stale_grids
     from fedguard.reports.base import printable
     from fedguard.threat import ThreatModel
 
@@ -287,7 +268,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
             png = grid_png(report.true_images, o.images, captions=grid_captions(o, report.true_labels))
             images[o.name] = png
             if output is not None:
-                path = _grid_path(output, o.name)
+                path = grid_path(output, o.name)
                 write_atomic(path, png)
                 o = dataclasses.replace(o, image_file=path.name)
         outcomes.append(o)
@@ -296,7 +277,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     text = render_audit(fmt, report, color=color, images=images)
     if output is not None:
         write_atomic(output, text)
-        _remove_stale_grids(output, keep=images)
+        remove_stale_grids(output, keep=images)
         if not quiet:
             click.echo(printable(f"{report.verdict}: leakage {report.leakage_said}; report written to {output}"), err=True)
     elif not quiet:

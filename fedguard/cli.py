@@ -154,6 +154,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports import render
     from fedguard.reports.base import printable
+    from fedguard.reports.grids import remove_stale_grids
     from fedguard.suppressions import recorded_ignores, unmatched
 
     refuse_unused(arch is None, ("num_classes", "input_shape"), "describes --arch, which is not given; add --arch")
@@ -179,6 +180,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     text = render(fmt, report, rules(), color=color)
     if output is not None:
         write_atomic(output, text)
+        remove_stale_grids(output)  # an audit report it replaced leaves no images of its batch beside this one
         if not quiet:
             click.echo(printable(f"{report.verdict}: report written to {output}"), err=True)
     elif not quiet:

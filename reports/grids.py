@@ -15,7 +15,8 @@ import math
 import os
 import struct
 import zlib
-from typing import Sequence
+from pathlib import Path
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -28,6 +29,25 @@ CAPTION_SPACING = 1
 
 #: The text chunk that marks a PNG as fedguard's, so that a later audit may replace it (and nothing else).
 PNG_MARK = b"Software\x00fedguard"
+
+
+def grid_path(output: str | os.PathLike, attack: str) -> Path:
+    """Where ``attack``'s reconstruction grid goes: beside the report (beside a link's target, where the report
+    lands), named after the report's whole file name, so that ``r.json`` and ``r.html`` keep their own grids."""
+    report = Path(os.path.realpath(output))
+    return report.with_name(f"{report.name}-{attack}.png")
+
+
+def remove_stale_grids(output: str | os.PathLike, keep: Collection[str] = ()) -> None:
+    """Delete the grids an earlier audit report at ``output`` left for attacks other than ``keep`` (fedguard's own
+    only): the report they showed is replaced, by another audit or by an inspection (whose report had been left
+    beside images of the private batch the audit before it had rebuilt)."""
+    from fedguard.attacks.base import attacks
+
+    for name in attacks().names():
+        path = grid_path(output, name)
+        if name not in keep and path.is_file() and is_fedguard_png(path):
+            path.unlink()
 
 
 def is_fedguard_png(path: str | os.PathLike) -> bool:

@@ -886,6 +886,11 @@ def test_grids_replace_only_their_own_files(workdir):
         assert (workdir / "t.json-dlg.png").read_bytes().startswith(PNG_MAGIC)
     assert invoke(*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "label_counts", "-o", "t.json").exit_code == 0
     assert not (workdir / "t.json-dlg.png").exists()  # the earlier report's grid, which this one does not rebuild, is gone
+    assert invoke(*args, "-o", "t.json").exit_code in (0, 1) and (workdir / "t.json-dlg.png").exists()
+    torch.save(lenet8().state_dict(), workdir / "m.pt")
+    # an inspection replaces the audit report: the images of its batch had stayed beside the unrelated report
+    assert CliRunner().invoke(main, ["inspect", "m.pt", "-o", "t.json"]).exit_code == 0
+    assert not (workdir / "t.json-dlg.png").exists()
     (workdir / "photos" / "cat").mkdir(parents=True)
     (workdir / "u.json-dlg.png").symlink_to(workdir / "photos" / "cat" / "leak.png")  # a grid path leading into an input
     line = assert_input_error(invoke(*TINY, "--data", "photos", "-o", "u.json"))
