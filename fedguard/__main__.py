@@ -62,23 +62,17 @@ def _terminated(signum, frame) -> None:
 def run() -> None:
     """Load the command line and run it.
 
-    Ctrl-C is held back while the command line loads (importing torch takes
-    about a second, and a KeyboardInterrupt inside torch's start-up could
-    abort the process): a Ctrl-C pressed then exits 130 quietly once loading
-    ends, like one pressed during the work.
+    Ctrl-C is held back while the command line loads, and while a command
+    loads torch (:func:`fedguard.errors.interrupts_held`): a Ctrl-C pressed
+    then exits 130 quietly once loading ends, like one pressed during the work.
     """
     _yielding_openmp()
     _encodable_output()
-    hold = hasattr(signal, "pthread_sigmask")
     try:
-        if hold:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        from fedguard.errors import interrupts_held
+
+        with interrupts_held():
             from fedguard.cli import main
-        finally:
-            if hold:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held Ctrl-C arrives here
-        signal.getsignal(signal.SIGINT)  # a call, so that Python raises a held Ctrl-C inside this try
     except KeyboardInterrupt:
         sys.stderr.write("fedguard: interrupted\n")
         sys.exit(130)

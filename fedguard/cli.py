@@ -15,9 +15,9 @@ import sys
 import click
 
 import fedguard
-from fedguard.errors import COMMAND_LINE, InputError, first_line, out_of_memory
+from fedguard.errors import COMMAND_LINE, InputError, first_line, interrupts_held, out_of_memory
 from fedguard.options import (
-    OUTPUT_FILE, SEED, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report,
+    OUTPUT_FILE, SEED, LazyHelp, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report,
     refuse_unused, resolve_format, silence_stdout, user_code_prints_to_stderr,
 )
 from fedguard.types import Severity
@@ -37,8 +37,62 @@ OUT_OF_MEMORY_FIX = {
 }
 
 
+#: Commands whose modules load when the command is called, not when ``fedguard`` starts (they import torch and the
+#: attacks): ``fedguard --help``, ``--version`` and a mistyped command line answer in a fraction of a second
+#: instead of the 2-3 s torch takes to import. Name -> (module, command function).
+LAZY_COMMANDS = {
+    "audit": ("fedguard.audit_cli", "audit_command"),
+    "craft": ("fedguard.craft_cli", "craft_command"),
+    "disaggregate": ("fedguard.disaggregate_cli", "disaggregate_command"),
+}
+
+
+def lazy_summary(name: str) -> str:
+    """The docstring of the lazy command ``name``, read from its module's source without importing the module."""
+    import ast
+    import importlib.util
+
+    module, function = LAZY_COMMANDS[name]
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(spec.loader.get_source(module))
+    return next(ast.get_docstring(node) or "" for node in ast.walk(tree)
+                if isinstance(node, ast.FunctionDef) and node.name == function)  # fmt: skip
+
+
+class FedguardCommand(click.Command):
+    """A command that loads torch with Ctrl-C held back before it runs (after its command line parsed: its --help
+    and usage errors need none of it)."""
+
+    def invoke(self, ctx: click.Context):
+        import importlib
+
+        with interrupts_held():
+            importlib.import_module("torch")
+        return super().invoke(ctx)
+
+
 class FedguardGroup(click.Group):
-    """Turns every :class:`InputError` into one line on stderr and exit code 2."""
+    """Turns every :class:`InputError` into one line on stderr and exit code 2; loads :data:`LAZY_COMMANDS` when
+    called."""
+
+    command_class = FedguardCommand
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            module, function = LAZY_COMMANDS[cmd_name]
+            with interrupts_held():
+                self.add_command(getattr(importlib.import_module(module), function), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``fedguard --help``, the commands not loaded yet by their docstrings."""
+        listed = [self.commands.get(name) or click.Command(name, help=lazy_summary(name)) for name in self.list_commands(ctx)]
+        click.Group.format_commands(click.Group(commands=listed), ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """``fedguard``'s own options (``fedguard --bogus``): a usage error in one line, as a command's are; a bare
@@ -130,12 +184,12 @@ def _formats() -> dict[str, str]:
 
 @main.command("inspect")
 @click.argument("model", type=NamedPath(dir_okay=True))
-@click.option("--arch", metavar="NAME|module:callable", help=_architecture_help())
+@click.option("--arch", metavar="NAME|module:callable", cls=LazyHelp, describe=_architecture_help)
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off the model's head).")
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
 @click.option("--reference", type=NamedPath(), help="Last round's global model, to detect drift.")
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): a folder, an .npz with x and y, or the built-in digits or images; of the kind you train on (an honest digit model read on photographs can read as planted, FG803).")
-@click.option("--detector", "detectors", multiple=True, metavar="NAME", help="Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
+@click.option("--detector", "detectors", multiple=True, metavar="NAME", cls=LazyHelp, describe=lambda: "Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
 @click.option("--ignore", multiple=True, metavar="RULE[:LAYER]", help="Accept this rule's findings (repeatable): RULE anywhere, or RULE:LAYER in that layer and what is under it, e.g. FG301:features.0. Reported apart, not judged: the verdict and exit code follow the rest. FG001 cannot be ignored.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats()), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600) instead of stdout.")
@@ -239,14 +293,6 @@ def demo_command(output_dir):
     if any(report.verdict != model.expected for model, report in run_demo(output_dir, echo=click.echo)):
         sys.exit(1)
 
-
-from fedguard.audit_cli import audit_command  # noqa: E402  (``fedguard audit``: self-attack the pending update)
-from fedguard.craft_cli import craft_command  # noqa: E402  (``fedguard craft``: red-team models)
-from fedguard.disaggregate_cli import disaggregate_command  # noqa: E402  (``fedguard disaggregate``)
-
-main.add_command(audit_command)
-main.add_command(disaggregate_command)
-main.add_command(craft_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,11 +10,14 @@ its own calls with :data:`COMMAND_LINE`. :func:`first_line` and
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
 import inspect
 import re
+import signal
+import threading
 from typing import Callable, Mapping, TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -110,6 +113,22 @@ def _renamed_report(result, rename: Callable[[str], str]):
     if isinstance(skipped := getattr(result, "skipped", None), Mapping):
         changes["skipped"] = {k: rename(v) if isinstance(v, str) else v for k, v in skipped.items()}
     return dataclasses.replace(result, **changes) if changes else result
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Hold Ctrl-C back (in the main thread, where the system allows) while torch and fedguard's modules load: a
+    KeyboardInterrupt inside torch's start-up could abort the process. A Ctrl-C pressed meanwhile arrives as the block
+    ends, as a KeyboardInterrupt the command ends on (exit 130)."""
+    hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if hold:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.getsignal(signal.SIGINT)  # a call, so that Python raises a held Ctrl-C here
 
 
 class Terminated(BaseException):

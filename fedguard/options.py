@@ -30,6 +30,19 @@ def refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
         raise InputError(f"{option} {why}, or drop {option}")
 
 
+class LazyHelp(click.Option):
+    """An option whose help text is ``describe()``, made when the help is shown: text that lists a registry's names
+    (architectures, detectors) would otherwise import torch to start every command, ``--help`` and errors alike."""
+
+    def __init__(self, *args, describe, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.describe = describe
+
+    def get_help_record(self, ctx: click.Context):
+        self.help = self.describe()
+        return super().get_help_record(ctx)
+
+
 class FiniteFloatRange(click.FloatRange):
     """:class:`click.FloatRange` that also refuses ``nan`` and ``inf`` (which compare false to every bound)."""
 

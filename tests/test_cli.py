@@ -1221,3 +1221,24 @@ def test_a_checkpoint_holding_the_network_under_a_wrappers_attribute_reads_as_th
     torch.save({"state_dict": extra}, workdir / "more.ckpt")
     result = invoke("inspect", "more.ckpt", "--arch", "lenet5", "--format", "json")
     assert result.exit_code == 1 and json.loads(result.stdout)["findings"][0]["rule_id"] == "FG701"
+
+
+def test_help_version_and_a_mistyped_command_line_answer_without_loading_torch(tmp_path):
+    """Every start had imported torch for the help text (2-3 s here, an error as slow as a run): the commands that
+    need it load it when called, and fedguard --help lists them by their docstrings, read without importing them."""
+    import inspect
+
+    from fedguard.cli import LAZY_COMMANDS, lazy_summary, main
+
+    probe = ("import sys\nfrom click.testing import CliRunner\nfrom fedguard.cli import main\n"
+             "for args in (['--help'], ['--version'], ['inspect'], ['inspect', 'm.pt', '--bogus'], ['inspct']):\n"
+             "    CliRunner().invoke(main, args)\n"
+             "print('torch' in sys.modules)\n")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
+    listed = CliRunner().invoke(main, ["--help"]).stdout
+    for name in LAZY_COMMANDS:  # the same words as the command's own docstring, once it is loaded
+        command = main.get_command(None, name)
+        assert lazy_summary(name) == inspect.cleandoc(command.help) and f"  {name} " in listed
+    assert "audit" in main.commands and CliRunner().invoke(main, ["audit", "--help"]).exit_code == 0
