@@ -17,7 +17,7 @@ import click
 import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, first_line, interrupts_held, out_of_memory
 from fedguard.options import (
-    OUTPUT_FILE, SEED, LazyHelp, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report,
+    OUTPUT_FILE, SEED, LazyHelp, NamedPath, TorchCommand, format_suffixes, input_paths, note_unmatched_ignores, print_report,
     refuse_unused, resolve_format, silence_stdout, user_code_prints_to_stderr,
 )
 from fedguard.types import Severity
@@ -59,23 +59,11 @@ def lazy_summary(name: str) -> str:
                 if isinstance(node, ast.FunctionDef) and node.name == function)  # fmt: skip
 
 
-class FedguardCommand(click.Command):
-    """A command that loads torch with Ctrl-C held back before it runs (after its command line parsed: its --help
-    and usage errors need none of it)."""
-
-    def invoke(self, ctx: click.Context):
-        import importlib
-
-        with interrupts_held():
-            importlib.import_module("torch")
-        return super().invoke(ctx)
-
-
 class FedguardGroup(click.Group):
     """Turns every :class:`InputError` into one line on stderr and exit code 2; loads :data:`LAZY_COMMANDS` when
     called."""
 
-    command_class = FedguardCommand
+    command_class = TorchCommand
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, OutputFile, print_report, refuse_unused, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, OutputFile, TorchCommand, print_report, refuse_unused, resolve_format
 from fedguard.reports.base import printable
 
 #: The output formats and their file extensions.
@@ -66,7 +66,7 @@ def _default_updates_path(output: Path) -> Path:
     return report.with_name(f"{report.name}-updates.npz")
 
 
-@click.command("disaggregate")
+@click.command("disaggregate", cls=TorchCommand)
 @click.argument("rounds_file", metavar="ROUNDS.npz", required=False, type=NamedPath())
 @click.option("--simulate", is_flag=True, help="Generate a federation with known truth, attack it and score the recovery.")
 @click.option("--users", type=click.IntRange(min=1), default=50, show_default=True, help="--simulate: users in the federation.")

@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from fedguard.checks import MAX_SEED, utf8_path
-from fedguard.errors import InputError
+from fedguard.errors import InputError, interrupts_held
 
 #: Seeds numpy's and torch's generators both take.
 SEED = click.IntRange(0, MAX_SEED)
@@ -28,6 +28,18 @@ def refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
         opts = next((p.opts for p in ctx.command.params if p.name == given[0]), ["--" + given[0].replace("_", "-")])
         option = max(opts, key=len)  # --set for the parameter settings, --output rather than -o
         raise InputError(f"{option} {why}, or drop {option}")
+
+
+class TorchCommand(click.Command):
+    """A command that loads torch with Ctrl-C held back before it runs (after its command line parsed: its --help
+    and usage errors need none of it)."""
+
+    def invoke(self, ctx: click.Context):
+        import importlib
+
+        with interrupts_held():
+            importlib.import_module("torch")
+        return super().invoke(ctx)
 
 
 class LazyHelp(click.Option):
