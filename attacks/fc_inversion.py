@@ -213,8 +213,8 @@ def _probes(input_shape: tuple, lo, hi, dtype: torch.dtype) -> torch.Tensor:
     per shape and range: the generator, the draw and the concatenation had cost 40-60 us of every call. Never handed
     out itself, only copies."""
     gen = torch.Generator().manual_seed(0)
-    return torch.cat([torch.full((1, *input_shape), float(lo), dtype=dtype), torch.full((1, *input_shape), float(hi), dtype=dtype),
-                      lo + (hi - lo) * torch.rand(2, *input_shape, generator=gen, dtype=dtype)])  # fmt: skip
+    ends = [torch.full((1, *input_shape), float(end), dtype=dtype) for end in (lo, hi)]
+    return torch.cat([*ends, lo + (hi - lo) * torch.rand(2, *input_shape, generator=gen, dtype=dtype)])
 
 
 def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape, device, input_range) -> InputMap | None:
@@ -226,7 +226,8 @@ def affine_input_map(model: torch.nn.Module, layer: torch.nn.Module, input_shape
     on the ends of the input range and two random inputs, in both modes.
     """
     lo, hi = input_range
-    probes = _probes(tuple(input_shape), lo, hi, torch.get_default_dtype()).to(device, copy=True)  # a forward may write to it
+    probes = _probes(tuple(input_shape), lo, hi, torch.get_default_dtype()).to(device, copy=True)  # a forward may
+    # write to its input
     buffers = {name: b.clone() for name, b in model.named_buffers()}  # training mode updates BatchNorm's statistics
     try:
         with evaluating(model), torch.no_grad():
@@ -475,7 +476,7 @@ class FCInversion(Attack):
         )
         details["bin_differences"] = int(len(lower))
         if view.batch_size > 1 and len(rows) - details["approximate_rows"] < view.batch_size:
-            deeper = deeper_bins(view, grads, layer, linears)  # the first layer did not give every example: bins further in?
+            deeper = deeper_bins(view, grads, layer, linears)  # the first layer missed examples: bins deeper?
             if deeper is not None:  # ahead of the first layer's, which are mixtures
                 rows, details["deeper_bins"] = torch.cat([deeper[0].to(rows.dtype), rows]), deeper[1]
         if input_map is not None and not identity:

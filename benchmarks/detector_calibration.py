@@ -22,7 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedguard.detectors import constant_rows, fishing, gradient_snr, imprint, linear_passes, magnitude, passthrough, responses, silenced, trap_weights  # noqa: E402
+from fedguard.detectors import (  # noqa: E402
+    constant_rows, fishing, gradient_snr, imprint, linear_passes, magnitude, passthrough, responses, silenced, trap_weights,
+)
 from fedguard.detectors.rows import SAME_BIAS, live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402

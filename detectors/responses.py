@@ -192,7 +192,7 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
     """The groups of at least :data:`MIN_GROUP` units of ``seen`` whose responses to the examples are one measurement,
     largest first: the unit with the most others correlated with it at ``|r| ≥`` :data:`SAME_RESPONSE` and those
     others, then the same among the units left; each with its count of distinct thresholds on the measurement.
-    Responses are read from the input features the examples move (:meth:`~fedguard.detectors.linear_passes.LinearSeen.varying_responses`)."""
+    Responses are read from the input features the examples move (:meth:`LinearSeen.varying_responses`)."""
     response = seen.varying_responses()
     resolved = (response != 0).any(dim=0).nonzero()[:, 0]
     corr, index, _ = response_correlations(response[:, resolved])
@@ -281,7 +281,7 @@ def gradient_rank(seen: LinearSeen, group: MeasurementGroup) -> tuple[int, int, 
 
 
 def reach_rates(counts: torch.Tensor) -> torch.Tensor:
-    """Per unit, the share of the examples whose gradient reaches it, from :meth:`~fedguard.detectors.linear_passes.LinearSeen.reach_counts`."""
+    """Per unit, the share of the examples whose gradient reaches it, from :meth:`LinearSeen.reach_counts`."""
     return (counts != 0).double().mean(dim=0)
 
 
@@ -295,7 +295,7 @@ def rare_share(rates: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
 
 def isolated_examples(counts: torch.Tensor) -> int:
     """How many examples are each the only one whose gradient reaches some unit, from one row of theirs (a call, a
-    token), from :meth:`~fedguard.detectors.linear_passes.LinearSeen.reach_counts`: the examples a server reads off the layer's update exactly (that
+    token), from :meth:`LinearSeen.reach_counts`: the examples a server reads off the layer's update exactly (that
     unit's weight gradient over its bias gradient gives that row's input)."""
     alone = counts.sum(dim=0) == 1
     return int((counts[:, alone] != 0).any(dim=1).sum())
@@ -348,8 +348,8 @@ class LayerResponses(Detector):
     def run(self, context: InspectContext):
         """The layers in eval mode, then, for a model with running statistics or dropout, as the client's training
         runs them: normalised as it normalises (:func:`~fedguard.torch_state.normalising_as_in_training`), and the
-        layers after dropout with one draw of it (:func:`~fedguard.detectors.linear_passes.with_dropout_drawn`). A red team's noisy imprint behind a
-        BatchNorm left at its start (mean 0, variance 1) read raw pixels in eval mode and binned the batch
+        layers after dropout with one draw of it (:func:`linear_passes.with_dropout_drawn`). A red team's noisy
+        imprint behind a BatchNorm left at its start (mean 0, variance 1) read raw pixels in eval mode and binned the batch
         standardised in training (8-11 of 16 digits rebuilt); quantile biases set so read as one dead layer (FG805,
         medium) in eval mode, while training isolated 22 of 64 digits. A rule is reported once per layer, from the
         eval pass where both report it."""

@@ -51,7 +51,9 @@ from fedguard.loading import is_running_stat, line_up, load_model_file, to_state
 from fedguard.suppressions import Ignore, parse_ignores, split_findings, unmatched
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
-from fedguard.types import CRAFTED_UPDATE, AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity
+from fedguard.types import (
+    CRAFTED_UPDATE, AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity,
+)
 from fedguard.update import Update, checked_update, compute_update, l2_norm, load_update, resolve_device
 
 if TYPE_CHECKING:
@@ -542,7 +544,8 @@ def _inspection_note(inspection: Mapping[str, Any]) -> str | None:
     rules = "; ".join(f"{rule} {title}" + (f" in {', '.join(dict.fromkeys(where))}" if where else "")
                       for (rule, title), where in list(layers.items())[:3])  # fmt: skip
     if len(layers) > 3:  # the text and HTML reports show this note alone: the others had gone unsaid
-        rules += f"; and {len(layers) - 3} more ({', '.join(rule for rule, _ in list(layers)[3:])}: model.inspection lists them)"
+        more = ", ".join(rule for rule, _ in list(layers)[3:])
+        rules += f"; and {len(layers) - 3} more ({more}: model.inspection lists them)"
     if inspection["verdict"] == "malicious":
         return (f"fedguard inspect calls the model received malicious: {rules}; a server that planted these parameters "
                 "can rebuild more than the attacks here measure, so the verdict is block: do not train on this model")

@@ -17,8 +17,8 @@ import click
 import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, first_line, interrupts_held, out_of_memory
 from fedguard.options import (
-    OUTPUT_FILE, SEED, LazyHelp, NamedPath, TorchCommand, format_suffixes, input_paths, note_unmatched_ignores, print_report,
-    refuse_unused, resolve_format, silence_stdout, user_code_prints_to_stderr,
+    OUTPUT_FILE, SEED, LazyHelp, NamedPath, TorchCommand, format_suffixes, input_paths, note_unmatched_ignores,
+    print_report, refuse_unused, resolve_format, silence_stdout, user_code_prints_to_stderr,
 )
 from fedguard.types import Severity
 
@@ -79,7 +79,8 @@ class FedguardGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of ``fedguard --help``, the commands not loaded yet by their docstrings."""
-        listed = [self.commands.get(name) or click.Command(name, help=lazy_summary(name)) for name in self.list_commands(ctx)]
+        listed = [self.commands.get(name) or click.Command(name, help=lazy_summary(name))
+                  for name in self.list_commands(ctx)]  # fmt: skip
         click.Group.format_commands(click.Group(commands=listed), ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -280,7 +281,6 @@ def demo_command(output_dir):
 
     if any(report.verdict != model.expected for model, report in run_demo(output_dir, echo=click.echo)):
         sys.exit(1)
-
 
 
 if __name__ == "__main__":  # pragma: no cover

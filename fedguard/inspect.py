@@ -129,7 +129,7 @@ def unwrapped(tensors: Mapping[str, torch.Tensor], module: nn.Module) -> Mapping
         return tensors
     head = os.path.commonprefix(names)
     for cut in (i + 1 for i in range(len(head) - 1, -1, -1) if head[i] == "."):
-        if {name[cut:] for name in names} == expected and len(expected) == len(names):
+        if {name[cut:] for name in names} == expected:
             return {name[cut:]: value for name, value in tensors.items()}
     return tensors
 
@@ -379,7 +379,7 @@ def run_detectors(
         raise InputError(f"context is {kind_of(context)}; pass an InspectContext")
     for view, what in ((context.view, "view"), (context.reference, "reference")):
         if not isinstance(view, ModelView) and (view is not None or what == "view"):
-            given = "None" if view is None else f"{kind_of(view)}"
+            given = "None" if view is None else kind_of(view)
             raise InputError(f"context.{what} is {given}; pass ModelView.from_state_dict(state_dict, module)")
     _check_progress(progress)
     module = context.view.module

@@ -400,9 +400,9 @@ class AuditReport:
                     "`fedguard inspect` on every model it sends.")  # fmt: skip
         worst = next((a for a in self.attacks if a.name == self.leakage.worst_attack), None)
         if self.verdict == AuditVerdict.BLOCK and worst is not None and worst.details.get("update") == CRAFTED_UPDATE:
-            return (f"Do not train on a model crafted as {worst.name} emulates: a server that sent one would recover "
-                    f"your data at level {level} from the update this batch gives under it (what the other attacks read "
-                    "is the update you computed). Run `fedguard inspect` on every model the server sends and refuse "
+            return (f"Do not train on a model like the one the {worst.name} emulator crafts: a server that sent one would "
+                    f"recover your data at level {level} from the update this batch gives under it (the other attacks "
+                    "read the update you computed). Run `fedguard inspect` on every model the server sends and refuse "
                     "such a one; a larger batch or a defense such as DP-SGD lowers what it reads.")  # fmt: skip
         if self.verdict == AuditVerdict.BLOCK:
             return (f"Do not upload this update as it is: {self.leakage.worst_attack} recovers your data at level {level}, "

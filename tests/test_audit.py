@@ -2032,7 +2032,8 @@ def test_the_report_says_what_the_verdict_asks():
     # an emulator's block is about a model the server might send, not the update computed (it had read "Do not upload
     # this update" beside an --update it never attacked)
     emulated = audit(attacks=["imprint"], **run)
-    assert str(emulated.verdict) == "block" and emulated.next_step.startswith("Do not train on a model crafted as imprint")
+    assert str(emulated.verdict) == "block"
+    assert emulated.next_step.startswith("Do not train on a model like the one the imprint emulator crafts")
 
 
 def test_progress_eta_is_bounded_by_the_time_budget():
