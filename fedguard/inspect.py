@@ -158,31 +158,45 @@ def names_from(named: Mapping[str, torch.Tensor], values: Mapping[str, torch.Ten
 HINT_SIDES = (224, 32, 28)
 
 
-def _with_input_shape_hint(findings: list[Finding], arch: str, tensors: Mapping[str, torch.Tensor],
-                           num_classes: int | None, named: bool) -> list[Finding]:  # fmt: skip
-    """``findings`` with FG701's message naming the input shape at which ``arch`` has every layer of ``tensors`` in
-    its shape, where its default does not and another of :data:`HINT_SIDES` does (channels as the file's first
-    filter reads them)."""
-    drift = next((f for f in findings if f.rule_id == "FG701"), None)
-    if drift is None or drift.evidence.get("missing") or drift.evidence.get("unexpected"):
-        return findings
-    default = resolve_input_shape(arch)
+def fitting_input_shape(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
+                        named: bool = True) -> tuple[int, int, int] | None:  # fmt: skip
+    """Another input shape at which ``arch`` has every layer of ``tensors`` in its shape (one of :data:`HINT_SIDES`,
+    channels as the file's first filter reads them), or None."""
+    default = tuple(resolve_input_shape(arch))
     filters = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.ndim == 4]
     channels = int(filters[0].shape[1]) if filters else default[0]
-    for side in HINT_SIDES:
-        shape = (channels, side, side)
-        if shape == tuple(default):
+    for shape in ((channels, side, side) for side in HINT_SIDES):
+        if shape == default:
             continue
         try:
             module = build_expected_module(arch, tensors, num_classes, shape, named=named)
         except Exception:  # the architecture does not build at that size: no hint from it
             continue
         if not any(compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict())).values()):
-            text = ",".join(map(str, shape))
-            hint = (f" The file fits --arch {arch} --input-shape {text} exactly (its default is "
-                    f"{','.join(map(str, default))}): if your federation trains at that size, pass --input-shape {text}.")
-            return [dataclasses.replace(f, message=f.message + hint) if f is drift else f for f in findings]
-    return findings
+            return shape
+    return None
+
+
+def input_shape_hint(arch: str, shape: tuple[int, int, int]) -> str:
+    """What to tell a user whose file fits ``arch`` at ``shape`` (:func:`fitting_input_shape`)."""
+    text, default = ",".join(map(str, shape)), ",".join(map(str, resolve_input_shape(arch)))
+    return (f"the file fits --arch {arch} --input-shape {text} exactly (its default is {default}): if your federation "
+            f"trains at that size, pass --input-shape {text}")
+
+
+def _with_input_shape_hint(findings: list[Finding], arch: str, tensors: Mapping[str, torch.Tensor],
+                           num_classes: int | None, named: bool) -> list[Finding]:  # fmt: skip
+    """``findings`` with FG701's message naming the input shape at which ``arch`` fits ``tensors`` where its default
+    does not (:func:`fitting_input_shape`; only when the two differ in shapes alone)."""
+    drift = next((f for f in findings if f.rule_id == "FG701"), None)
+    if drift is None or drift.evidence.get("missing") or drift.evidence.get("unexpected"):
+        return findings
+    shape = fitting_input_shape(arch, tensors, num_classes, named)
+    if shape is None:
+        return findings
+    hint = input_shape_hint(arch, shape)
+    return [dataclasses.replace(f, message=f"{f.message} {hint[0].upper()}{hint[1:]}.") if f is drift else f
+            for f in findings]  # fmt: skip
 
 
 def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> bool:

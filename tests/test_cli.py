@@ -1201,6 +1201,9 @@ def test_fg701_names_the_input_shape_at_which_the_file_fits_a_built_in_architect
     assert drift["message"].endswith("The file fits --arch resnet18 --input-shape 3,224,224 exactly (its default is "
                                      "3,32,32): if your federation trains at that size, pass --input-shape 3,224,224.")
     assert invoke("inspect", "imagenet.pt", "--arch", "resnet18", "--input-shape", "3,224,224").exit_code == 0
+    line = assert_input_error(invoke("audit", "--model", "imagenet.pt", "--arch", "resnet18", "--data", "digits"))
+    assert line.endswith("the file fits --arch resnet18 --input-shape 3,224,224 exactly (its default is 3,32,32): if "
+                         "your federation trains at that size, pass --input-shape 3,224,224")  # the audit says so too
     torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # another network: no size fits, no hint
     assert "--input-shape" not in invoke("inspect", "other.pt", "--arch", "lenet5", "--format", "json").stdout
 
