@@ -17,9 +17,9 @@ def thresholds_said(report: AuditReport) -> str:
     """The leakage levels' thresholds in one sentence."""
     t, baseline = report.leakage.thresholds, report.leakage.baseline_psnr
     return (f"levels per example, counted only {t['low_psnr_over_baseline']:g} dB / {t['ssim_over_baseline']:g} SSIM above the "
-            f"no-update guess (public mean image, a class mean or a flat image; mean {fmt_num(baseline)} dB): high >= {t['high_psnr']:g} dB "
+            f"no-update guess (public mean image or a class mean; mean {fmt_num(baseline)} dB): high >= {t['high_psnr']:g} dB "
             f"or SSIM >= {t['high_ssim']:g}; medium >= {t['medium_psnr']:g} dB or SSIM >= {t['medium_ssim']:g}; low above the "
-            f"baseline or SSIM >= {t['low_ssim']:g}")  # fmt: skip
+            f"baseline or SSIM >= {t['low_ssim']:g}; a flat reconstruction none")  # fmt: skip
 
 
 def threat_items(report: AuditReport) -> list[str]:
