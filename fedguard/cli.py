@@ -47,16 +47,19 @@ LAZY_COMMANDS = {
 }
 
 
-def lazy_summary(name: str) -> str:
-    """The docstring of the lazy command ``name``, read from its module's source without importing the module."""
+def lazy_summary(name: str) -> str | None:
+    """The docstring of the lazy command ``name``, read from its module's source without importing the module; None
+    where the install ships no source (compiled files alone)."""
     import ast
     import importlib.util
 
     module, function = LAZY_COMMANDS[name]
     spec = importlib.util.find_spec(module)
-    tree = ast.parse(spec.loader.get_source(module))
-    return next(ast.get_docstring(node) or "" for node in ast.walk(tree)
-                if isinstance(node, ast.FunctionDef) and node.name == function)  # fmt: skip
+    source = spec.loader.get_source(module) if spec is not None and spec.loader is not None else None
+    if source is None:
+        return None
+    return next((ast.get_docstring(node) or "" for node in ast.walk(ast.parse(source))
+                 if isinstance(node, ast.FunctionDef) and node.name == function), None)  # fmt: skip
 
 
 class FedguardGroup(click.Group):
@@ -79,8 +82,10 @@ class FedguardGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of ``fedguard --help``, the commands not loaded yet by their docstrings."""
-        listed = [self.commands.get(name) or click.Command(name, help=lazy_summary(name))
-                  for name in self.list_commands(ctx)]  # fmt: skip
+        listed = []
+        for name in self.list_commands(ctx):
+            summary = None if name in self.commands else lazy_summary(name)
+            listed.append(click.Command(name, help=summary) if summary is not None else self.get_command(ctx, name))
         click.Group.format_commands(click.Group(commands=listed), ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:

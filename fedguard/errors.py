@@ -121,13 +121,12 @@ def interrupts_held():
     KeyboardInterrupt inside torch's start-up could abort the process. A Ctrl-C pressed meanwhile arrives as the block
     ends, as a KeyboardInterrupt the command ends on (exit 130)."""
     hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if hold:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
     try:
         yield
     finally:
-        if hold:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if hold:  # the mask as it was: a caller that had blocked SIGINT keeps it blocked
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
     signal.getsignal(signal.SIGINT)  # a call, so that Python raises a held Ctrl-C here
 
 

@@ -120,16 +120,18 @@ def name_by_architecture(loaded: LoadedModel, module: nn.Module) -> Mapping[str,
 
 
 def unwrapped(tensors: Mapping[str, torch.Tensor], module: nn.Module) -> Mapping[str, torch.Tensor]:
-    """``tensors`` without the prefix every one of its names has where the rest of each is ``module``'s own name, one
-    for one: the attribute a wrapper holds the network under (a Lightning checkpoint's ``model.``, ``net.``). A
-    Lightning checkpoint of the architecture given had been FG701, malicious, every key 'missing'."""
+    """``tensors`` without the prefix every one of its names has where the rest of each is ``module``'s own name, every
+    one of them but running statistics: the attribute a wrapper holds the network under (a Lightning checkpoint's
+    ``model.``, ``net.``). A Lightning checkpoint of the architecture given had been FG701, malicious, every key
+    'missing'."""
     names = list(tensors)
     expected = set(module.state_dict())
-    if not names or set(names) == expected:
+    if not names or set(names) <= expected:
         return tensors
     head = os.path.commonprefix(names)
     for cut in (i + 1 for i in range(len(head) - 1, -1, -1) if head[i] == "."):
-        if {name[cut:] for name in names} == expected:
+        stripped = {name[cut:] for name in names}  # running statistics a file leaves out are kept as built, as ever
+        if stripped <= expected and all(is_running_stat(name) for name in expected - stripped):
             return {name[cut:]: value for name, value in tensors.items()}
     return tensors
 
@@ -161,8 +163,11 @@ HINT_SIDES = (224, 32, 28)
 def fitting_input_shape(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
                         named: bool = True) -> tuple[int, int, int] | None:  # fmt: skip
     """Another input shape at which ``arch`` has every layer of ``tensors`` in its shape (one of :data:`HINT_SIDES`,
-    channels as the file's first filter reads them), or None."""
-    default = tuple(resolve_input_shape(arch))
+    channels as the file's first filter reads them), or None (also for an architecture with no default input shape)."""
+    try:
+        default = tuple(resolve_input_shape(arch))
+    except InputError:  # a callable without one: FG701 stands as it is (the hint had turned it into an input error)
+        return None
     filters = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.ndim == 4]
     channels = int(filters[0].shape[1]) if filters else default[0]
     for shape in ((channels, side, side) for side in HINT_SIDES):

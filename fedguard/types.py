@@ -31,7 +31,10 @@ class _Level(enum.IntEnum):
         return self.name.lower()
 
     def __format__(self, spec: str) -> str:
-        """Its name in f-strings, with a format spec too (``f"{level:<8}"`` had given ``3``, int's)."""
+        """Its name in f-strings, with a format spec too (``f"{level:<8}"`` had given ``3``, int's); its number where
+        the spec asks for one (``f"{level:d}"``)."""
+        if spec and spec[-1] in "bcdoxXneEfFgG%":
+            return format(int(self), spec)
         return format(str(self), spec)
 
     @classmethod
@@ -255,9 +258,6 @@ class Reconstruction:
         label-only attacks).
     labels : tensor or None
         ``[N]`` int64 labels the attack assigns to its guesses (or to the batch).
-    labels_from_update : bool
-        Whether an image attack read ``labels`` off the update itself (DLG's optimised labels, MKOR's class rows),
-        so that they are a leak of its own, not labels it was given or another attack recovered.
     label_counts : tensor or None
         ``[num_classes]`` int64 estimated examples per class.
     candidates : tensor or None
@@ -274,12 +274,14 @@ class Reconstruction:
         ``time_budget`` or ``interrupted``.
     details : mapping
         Attack-specific numbers (restarts, learning rate, losses...).
+    labels_from_update : bool
+        Whether an image attack read ``labels`` off the update itself (DLG's optimised labels, MKOR's class rows),
+        so that they are a leak of its own, not labels it was given or another attack recovered.
     """
 
     attack: str
     images: Any = None
     labels: Any = None
-    labels_from_update: bool = False
     label_counts: Any = None
     candidates: Any = None
     candidate_losses: tuple[float, ...] = ()
@@ -287,6 +289,7 @@ class Reconstruction:
     seconds: float = 0.0
     stopped: str = "done"
     details: Mapping[str, Any] = field(default_factory=dict)
+    labels_from_update: bool = False
 
 
 @dataclass(frozen=True)
@@ -398,8 +401,10 @@ class AuditReport:
             return ("Do not train on the model received, nor upload an update computed on it: fedguard inspect finds "
                     "parameters in it planted to rebuild your data (see the notes); tell the server, and run "
                     "`fedguard inspect` on every model it sends.")  # fmt: skip
-        worst = next((a for a in self.attacks if a.name == self.leakage.worst_attack), None)
-        if self.verdict == AuditVerdict.BLOCK and worst is not None and worst.details.get("update") == CRAFTED_UPDATE:
+        emulated = [a for a in self.attacks if a.details.get("update") == CRAFTED_UPDATE]
+        own = [a for a in self.attacks if a.details.get("update") != CRAFTED_UPDATE]
+        if self.verdict == AuditVerdict.BLOCK and emulated and not any(a.level >= fail_on for a in own):
+            worst = max(emulated, key=lambda a: a.level)  # the update you computed leaks less: the advice is the model's
             return (f"Do not train on a model like the one the {worst.name} emulator crafts: a server that sent one would "
                     f"recover your data at level {level} from the update this batch gives under it (the other attacks "
                     "read the update you computed). Run `fedguard inspect` on every model the server sends and refuse "

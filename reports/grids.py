@@ -46,8 +46,11 @@ def remove_stale_grids(output: str | os.PathLike, keep: Collection[str] = ()) ->
 
     for name in attacks().names():
         path = grid_path(output, name)
-        if name not in keep and path.is_file() and is_fedguard_png(path):
-            path.unlink()
+        try:
+            if name not in keep and path.is_file() and is_fedguard_png(path):
+                path.unlink()
+        except OSError:  # a name too long for the file system, a folder that forbids it: the report stands, written
+            pass
 
 
 def is_fedguard_png(path: str | os.PathLike) -> bool:

@@ -11,7 +11,10 @@ model file has no lines, and GitHub code scanning places a result only with
 ``artifact``, with its SHA-256; a relative path is relative to the
 invocation's ``workingDirectory``. A result's ``partialFingerprints`` are its
 rule, file path and layer, not the file's contents, so that a finding that
-stays from one round's model to the next stays one alert. Output validates
+stays from one round's model to the next stays one alert; so does a finding
+dismissed on GitHub when the same rule fires in the same layer of a later
+round's model (accept findings with ``--ignore`` instead, which the reports
+list apart each round). Output validates
 against the OASIS SARIF 2.1.0 schema (errata 01).
 Sample output (abridged)::
 
@@ -190,7 +193,7 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
     }
     invocation: dict[str, Any] = {"executionSuccessful": True}
     try:  # what a relative artifact path is relative to (a reader elsewhere could not resolve ../m/global.pt)
-        invocation["workingDirectory"] = {"uri": Path.cwd().as_uri() + "/"}
+        invocation["workingDirectory"] = {"uri": Path.cwd().as_uri().rstrip("/") + "/"}
     except OSError:  # the directory was removed while the run went on: the relative path is all there is
         pass
     typed = command_line()

@@ -215,6 +215,8 @@ def test_class_mean_images_and_a_label_guess_without_the_update_are_not_leaks(di
     ([0.5, 0.5], 8, 0.875, LeakageLevel.LOW),  # 1.09; the guess is exact on 27 % of such batches
     ([0.9, 0.1], 8, 0.875, LeakageLevel.LOW),
     ([1.0, 0.0], 8, 1.0, LeakageLevel.NONE),  # the guess is always right: exact counts tell nothing
+    ([0.99, 0.01], 8, None, LeakageLevel.NONE),  # right in 92 % of the draws: next to nothing to tell
+    ([0.95, 0.05], 1, None, LeakageLevel.NONE),  # 95 %
 ])
 def test_exact_labels_count_on_two_classes_where_the_guess_is_not_always_right(shares, batch, bound, level):
     """The bound a label attack must beat had been above 1 on two classes (iDLG's exact label of a binary task's one
@@ -223,8 +225,10 @@ def test_exact_labels_count_on_two_classes_where_the_guess_is_not_always_right(s
     from fedguard.types import Reconstruction
 
     guess = NoUpdateGuess(class_shares=np.array(shares))
-    assert guess.label_accuracy_bound(batch, 2) == pytest.approx(bound)
-    y = torch.tensor([0] * (batch - batch // 2) + [1] * (batch // 2)) if shares[1] else torch.zeros(batch, dtype=torch.long)
+    got = guess.label_accuracy_bound(batch, 2)
+    assert got >= 1.0 if bound is None else got == pytest.approx(bound)  # None: uncapped, exact counts cannot beat it
+    likely = shares[1] >= 0.1  # a batch the shares make likely: both classes, or the first alone
+    y = torch.tensor([0] * (batch - batch // 2) + [1] * (batch // 2)) if likely else torch.zeros(batch, dtype=torch.long)
     exact = Reconstruction(attack="c", label_counts=torch.bincount(y, minlength=2))
     out = score(exact, torch.rand(batch, 1, 8, 8), y, 2, kind="labels", title="t", reference="r", prior=guess)
     assert out.label_accuracy == 1.0 and out.level is level
@@ -250,6 +254,10 @@ def test_labels_an_image_attack_read_off_the_update_count_and_labels_it_was_give
     for read, level in ((True, LeakageLevel.MEDIUM), (False, LeakageLevel.NONE)):
         rec = Reconstruction(attack="dlg", images=blur, labels=y[:1].clone(), labels_from_update=read)
         assert measure(rec, x[:1], y[:1]).level is level
+    # scored over the batch: MKOR's one class found in a batch of eight had read 1.0, low
+    one_class = Reconstruction(attack="mkor", images=torch.full_like(x[:1], 0.5), labels=y[:1].clone(), labels_from_update=True)
+    out = measure(one_class, x[:8], y[:8])
+    assert out.label_accuracy == pytest.approx(1 / 8) and out.level is LeakageLevel.NONE
 
 
 def test_a_flat_image_or_a_diverged_one_is_no_leak_against_low_contrast_photographs():
@@ -324,6 +332,7 @@ def test_levels_and_verdicts():
     assert LeakageLevel.HIGH in {"medium", "high"} and {"high": 1}.get(LeakageLevel.HIGH) == 1
     assert Severity.MEDIUM in {"medium"} and Confidence.LOW in {"low"} and LeakageLevel.LOW not in {"medium", "high"}
     assert f"{LeakageLevel.HIGH:<6}|{Severity.MEDIUM}|{Confidence.LOW:>4}" == "high  |medium| low"  # a client's log line
+    assert f"{LeakageLevel.HIGH:d}|{Severity.MEDIUM:02d}" == "3|02"  # a number where the spec asks for one
     # a finding made with a number or a name holds the member the renderers' tables are keyed by
     made = Finding("FG999", "t", 3, "high", None, "m")
     assert made.severity is Severity.HIGH and made.confidence is Confidence.HIGH

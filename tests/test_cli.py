@@ -1245,3 +1245,48 @@ def test_help_version_and_a_mistyped_command_line_answer_without_loading_torch(t
         command = main.get_command(None, name)
         assert lazy_summary(name) == inspect.cleandoc(command.help) and f"  {name} " in listed
     assert "audit" in main.commands and CliRunner().invoke(main, ["audit", "--help"]).exit_code == 0
+
+
+def test_fg701_stands_for_an_architecture_without_a_default_input_shape(workdir):
+    """The input-shape hint had asked such a callable for its default shape and turned FG701 (malicious, exit 1) into
+    an input error (exit 2, no report)."""
+    (workdir / "plainnet.py").write_text("from torch import nn\n\ndef net(num_classes=10):\n"
+                                         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, num_classes))\n")
+    bigger = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    torch.save(bigger.state_dict(), workdir / "reshaped.pt")
+    result = invoke("inspect", "reshaped.pt", "--arch", "plainnet:net", "--format", "json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["findings"][0]["rule_id"] == "FG701"
+
+
+def test_a_prefixed_checkpoint_without_batchnorm_counters_still_reads_as_the_architecture(workdir):
+    """Running statistics a file leaves out (num_batches_tracked) are kept as built, with a wrapper's prefix too."""
+    from fedguard.architectures import build_model
+
+    state = {f"model.{k}": v for k, v in build_model("resnet18").state_dict().items() if "num_batches_tracked" not in k}
+    torch.save({"state_dict": state}, workdir / "resnet.ckpt")
+    assert invoke("inspect", "resnet.ckpt", "--arch", "resnet18").exit_code == 0
+
+
+def test_ctrl_c_held_while_loading_leaves_a_callers_signal_mask_as_it_was():
+    """fedguard.cli.main called from Python: an application that had blocked SIGINT found it unblocked."""
+    from fedguard.errors import interrupts_held
+
+    if not hasattr(signal, "pthread_sigmask"):
+        pytest.skip("no signal masks here")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with interrupts_held():
+            pass
+        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_fedguard_help_lists_a_command_whose_source_is_not_shipped(monkeypatch):
+    """An install of compiled files alone has no source to read a docstring from: the command is loaded instead (its
+    help had been a traceback)."""
+    from fedguard import cli
+
+    monkeypatch.setattr(cli, "lazy_summary", lambda name: None)
+    result = CliRunner().invoke(cli.main, ["--help"])
+    assert result.exit_code == 0 and "disaggregate  Rebuild every user's update" in result.stdout

@@ -857,3 +857,17 @@ def test_a_single_models_html_counts_its_findings_by_severity(malicious):
     page = render("html", malicious, RULES)
     counts = {s: sum(str(f.severity) == s for f in malicious.findings) for s in ("critical", "high")}
     assert f"{len(malicious.findings)} findings: {counts['critical']} critical, {counts['high']} high," in page
+
+
+def test_the_next_step_speaks_of_a_crafted_model_only_where_the_clients_own_update_does_not_leak_as_much():
+    """An emulator's exact rebuild wins the worst attack; where DLG on the update computed reaches the fail-on level
+    too, the advice had left out not to upload it."""
+    from fedguard.types import CRAFTED_UPDATE, LeakageLevel
+
+    report = _audit_report()
+    imprint = dataclasses.replace(report.attacks[1], name="imprint", details={"update": CRAFTED_UPDATE})
+    both = dataclasses.replace(report, attacks=(*report.attacks, imprint))
+    assert both.next_step.startswith("Do not upload this update as it is")
+    own_low = tuple(dataclasses.replace(a, level=min(a.level, LeakageLevel.LOW)) for a in report.attacks)
+    crafted_only = dataclasses.replace(report, attacks=(*own_low, imprint))
+    assert crafted_only.next_step.startswith("Do not train on a model like the one the imprint emulator crafts")
