@@ -430,7 +430,7 @@ def score(
     psnrs: list[float] = []
     ssims: list[float] = []
     mses: list[float] = []
-    label_accuracy = None
+    label_accuracy = over_batch = None
     count_error = None
     counts_exact = None
     details: dict[str, Any] = dict(rec.details)
@@ -449,8 +449,10 @@ def score(
             labels = torch.as_tensor(rec.labels).long().cpu()
             valid = labels[(labels >= 0) & (labels < len(true_counts))]  # a label outside the classes is wrong
             held = torch.bincount(valid, minlength=len(true_counts))
-            label_accuracy = float(torch.minimum(held, true_counts).sum()) / max(B, len(labels))  # over the batch:
-            # MKOR's one class of a batch of 8 had read 1.0 (low), where the same label as a label attack read 0.125
+            right = float(torch.minimum(held, true_counts).sum())
+            label_accuracy = right / len(labels)  # over the labels it gave, as reported
+            over_batch = right / max(B, len(labels))  # what its level takes: MKOR's one class of a batch of 8 had read
+            # 1.0 there (low), where the same label as a label attack reads 0.125
         if rec.candidates is not None:
             per_start = []
             for cand in rec.candidates:
@@ -474,12 +476,12 @@ def score(
 
     # the best rebuilt image, against its match or the true example it is closest to
     psnr_max, ssim_max = _max(psnrs + [p for p, _, _ in nearest]), _max(ssims + [s for _, s, _ in nearest])
-    labelled = label_level(label_accuracy, B, guess.label_accuracy_bound(B, len(true_counts)))
+    bound = guess.label_accuracy_bound(B, len(true_counts))
     if kind == "images" and rec.images is not None:  # and the labels it read off the update: DLG's on a model whose
         # head is no Linear layer (no label attack runs there) had been right 6 of 6 times, none
-        level = max(image_leak, labelled) if rec.labels_from_update else image_leak
+        level = max(image_leak, label_level(over_batch, B, bound)) if rec.labels_from_update else image_leak
     else:
-        level = labelled
+        level = label_level(label_accuracy, B, bound)
     return AttackOutcome(
         name=rec.attack,
         title=title,
