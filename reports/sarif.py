@@ -193,7 +193,8 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
     }
     invocation: dict[str, Any] = {"executionSuccessful": True}
     try:  # what a relative artifact path is relative to (a reader elsewhere could not resolve ../m/global.pt)
-        invocation["workingDirectory"] = {"uri": Path.cwd().as_uri().rstrip("/") + "/"}
+        here = Path.cwd().as_uri()
+        invocation["workingDirectory"] = {"uri": here if here.endswith("/") else here + "/"}  # / is file:///
     except OSError:  # the directory was removed while the run went on: the relative path is all there is
         pass
     typed = command_line()

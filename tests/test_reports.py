@@ -871,3 +871,28 @@ def test_the_next_step_speaks_of_a_crafted_model_only_where_the_clients_own_upda
     own_low = tuple(dataclasses.replace(a, level=min(a.level, LeakageLevel.LOW)) for a in report.attacks)
     crafted_only = dataclasses.replace(report, attacks=(*own_low, imprint))
     assert crafted_only.next_step.startswith("Do not train on a model like the one the imprint emulator crafts")
+
+
+def test_a_grid_that_cannot_be_read_or_removed_leaves_the_report_as_written(tmp_path, monkeypatch):
+    """Removing an earlier audit's grids is clean-up after the report is written: a name too long for the file system
+    had turned a written inspect report into exit 2."""
+    from fedguard.reports import grids
+
+    (tmp_path / "r.json-dlg.png").write_bytes(b"\x89PNG")
+
+    def refuse(path):
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(grids, "is_fedguard_png", refuse)
+    grids.remove_stale_grids(tmp_path / "r.json")
+    assert (tmp_path / "r.json-dlg.png").exists()
+
+
+def test_sarif_run_from_the_root_names_it_as_one_directory(malicious, monkeypatch):
+    from pathlib import Path
+
+    from fedguard.reports import sarif
+
+    monkeypatch.setattr(sarif.Path, "cwd", classmethod(lambda cls: Path("/")))
+    (run,) = json.loads(render("sarif", malicious, RULES))["runs"]
+    assert run["invocations"][0]["workingDirectory"]["uri"] == "file:///"  # it had been file:////
