@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -73,8 +74,6 @@ class FedguardGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str):
         if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
-            import importlib
-
             module, function = LAZY_COMMANDS[cmd_name]
             with interrupts_held():
                 self.add_command(getattr(importlib.import_module(module), function), cmd_name)
@@ -203,7 +202,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.reports import render
     from fedguard.reports.base import printable
     from fedguard.reports.grids import remove_stale_grids
-    from fedguard.suppressions import recorded_ignores, unmatched
+    from fedguard.suppressions import unmatched_in
 
     refuse_unused(arch is None, ("num_classes", "input_shape"), "describes --arch, which is not given; add --arch")
     formats = _formats()
@@ -223,7 +222,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         click.echo(printable(f"fedguard: note: --reference {reference} has the same contents as {model} (one SHA-256): "
                              "nothing can have moved between them; pass last round's model"), err=True)  # fmt: skip
     if not quiet:
-        note_unmatched_ignores(unmatched(recorded_ignores(report), report.suppressed))
+        note_unmatched_ignores(unmatched_in(report))
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = render(fmt, report, rules(), color=color)
     if output is not None:

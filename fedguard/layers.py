@@ -132,20 +132,22 @@ def head_not_updated(model: nn.Module, head: Head, tensors) -> str | None:
     return f"the update has no tensor for the head {head.weight}"
 
 
+def _described(model: nn.Module, order: list[nn.Module]) -> list[Head]:
+    """``order``'s layers described, the model's module names looked up once, not once a layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [_describe(model, m, names) for m in order]
+
+
 def linear_layers(model: nn.Module, input_shape, device: torch.device) -> list[Head]:
     """Every Linear layer in the order a forward pass runs it."""
-    order = execution_order(model, input_shape, device, (nn.Linear,))
-    names = {id(m): n for n, m in model.named_modules()}  # once, not once a layer
-    return [_describe(model, m, names) for m in order]
+    return _described(model, execution_order(model, input_shape, device, (nn.Linear,)))
 
 
 def first_and_linear_layers(model: nn.Module, input_shape, device: torch.device) -> tuple[Head | None, list[Head]]:
     """:func:`find_first_layer` and :func:`linear_layers` from one forward pass (the Linear layers of the order of
     Linear and convolution layers are the order of the Linear layers alone)."""
-    order = execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    names = {id(m): n for n, m in model.named_modules()}
-    first = _describe(model, order[0], names) if order else None
-    return first, [_describe(model, m, names) for m in order if isinstance(m, nn.Linear)]
+    heads = _described(model, execution_order(model, input_shape, device, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)))
+    return (heads[0] if heads else None), [head for head in heads if isinstance(head.module, nn.Linear)]
 
 
 def find_first_layer(model: nn.Module, input_shape, device: torch.device) -> Head | None:

@@ -4,6 +4,7 @@ paths of the user's inputs."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import sys
@@ -35,8 +36,6 @@ class TorchCommand(click.Command):
     and usage errors need none of it)."""
 
     def invoke(self, ctx: click.Context):
-        import importlib
-
         with interrupts_held():
             importlib.import_module("torch")
         return super().invoke(ctx)

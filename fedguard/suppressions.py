@@ -101,3 +101,8 @@ def unmatched(ignores: Sequence[Ignore], suppressed: Iterable[Finding]) -> list[
     """The entries of ``ignores`` that matched none of ``suppressed`` (stale or misspelt layers)."""
     suppressed = list(suppressed)
     return [ignore for ignore in ignores if not any(ignore.matches(f) for f in suppressed)]
+
+
+def unmatched_in(report) -> list[Ignore]:
+    """The ``--ignore`` entries an inspection report records that matched none of its accepted findings."""
+    return unmatched(recorded_ignores(report), report.suppressed)

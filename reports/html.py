@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from fedguard.errors import InputError
-from fedguard.suppressions import recorded_ignores, unmatched
+from fedguard.suppressions import recorded_ignores, unmatched_in
 from fedguard.types import InspectionReport, Rule
 
 from .base import (
@@ -85,6 +85,7 @@ def template_environment():
 
 
 def _model(report: InspectionReport, anchor: str, description: str | None = None) -> dict[str, Any]:
+    stale = unmatched_in(report)
     return {
         "anchor": anchor,
         "report": report,
@@ -94,8 +95,8 @@ def _model(report: InspectionReport, anchor: str, description: str | None = None
         "tool_version": tool_version(report),
         "findings": sorted_findings(report.findings),
         "suppressed": sorted_findings(report.suppressed),
-        "accepted_by": [str(i) for i in recorded_ignores(report) if not unmatched([i], report.suppressed)],
-        "ignore_unmatched": [str(i) for i in unmatched(recorded_ignores(report), report.suppressed)],
+        "accepted_by": [str(i) for i in recorded_ignores(report) if i not in stale],
+        "ignore_unmatched": [str(i) for i in stale],
         "counts": severity_counts(report.findings),
         "data_used": data_used(report),
     }
