@@ -476,12 +476,14 @@ def score(
 
     # the best rebuilt image, against its match or the true example it is closest to
     psnr_max, ssim_max = _max(psnrs + [p for p, _, _ in nearest]), _max(ssims + [s for _, s, _ in nearest])
-    bound = guess.label_accuracy_bound(B, len(true_counts))
+    def labelled(accuracy: float | None) -> LeakageLevel:  # the guess's bound drawn only where labels are judged
+        return label_level(accuracy, B, guess.label_accuracy_bound(B, len(true_counts)))
+
     if kind == "images" and rec.images is not None:  # and the labels it read off the update: DLG's on a model whose
         # head is no Linear layer (no label attack runs there) had been right 6 of 6 times, none
-        level = max(image_leak, label_level(over_batch, B, bound)) if rec.labels_from_update else image_leak
+        level = max(image_leak, labelled(over_batch)) if rec.labels_from_update else image_leak
     else:
-        level = label_level(label_accuracy, B, bound)
+        level = labelled(label_accuracy)
     return AttackOutcome(
         name=rec.attack,
         title=title,
