@@ -885,7 +885,7 @@ def test_sigterm_while_writing_leaves_no_temporary_file_and_is_not_taken_for_the
         def terminated(model, **kwargs):
             os.kill(os.getpid(), signal.SIGTERM)
 
-        monkeypatch.setattr(craft_module, "_crafter", lambda name: terminated)
+        monkeypatch.setattr(craft_module, "get_crafter", lambda name: terminated)
         with pytest.raises(Terminated):
             craft_module.craft("mkor", nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), input_shape=(1, 2, 2), num_classes=2)
     finally:

@@ -16,7 +16,8 @@ from torch import nn
 
 from fedguard import metrics
 from fedguard.architectures import ARCHITECTURES, build_model
-from fedguard.attacks.craft import CRAFTERS, READS_DATA, FrontEndModel, _trap_rows, craft, craft_model
+from fedguard.attacks.craft import CRAFTERS, READS_DATA, FrontEndModel, craft, craft_model
+from fedguard.attacks.craft._trap_weights import _trap_rows
 from fedguard.errors import InputError
 from tests.zoo import _CRAFTED, benign_entries, benign_models, crafted_entries, crafted_models, digits
 
