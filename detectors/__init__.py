@@ -44,10 +44,15 @@ from fedguard.detectors import (  # noqa: F401  (imported to register)
 from fedguard.detectors.base import DETECTORS, Detector, InspectContext, register_detector
 from fedguard.types import Rule
 
-__all__ = ["DETECTORS", "Detector", "InspectContext", "register_detector", "all_rules"]
+__all__ = ["DETECTORS", "Detector", "InspectContext", "register_detector", "all_rules", "detector_of"]
 
 
 def all_rules() -> dict[str, Rule]:
     """Every rule of every registered detector, by rule id, in id order."""
     found = {rule.rule_id: rule for _, detector in DETECTORS.items() for rule in detector.rules}
     return dict(sorted(found.items()))
+
+
+def detector_of() -> dict[str, str]:
+    """The name of the detector (``--detector NAME``) that reports each rule, by rule id."""
+    return {rule.rule_id: name for name, detector in DETECTORS.items() for rule in detector.rules}

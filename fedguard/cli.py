@@ -182,7 +182,7 @@ def _formats() -> dict[str, str]:
 @click.option("--input-shape", metavar="C,H,W", help="Input shape of --arch (default: the architecture's own).")
 @click.option("--reference", type=NamedPath(), help="Last round's global model, to detect drift.")
 @click.option("--data", metavar="SPEC", help="Your own data for behavioural checks (needs --arch): a folder, an .npz with x and y, or the built-in digits or images; of the kind you train on (an honest digit model read on photographs can read as planted, FG803).")
-@click.option("--detector", "detectors", multiple=True, metavar="NAME", cls=LazyHelp, describe=lambda: "Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` lists the rules they report.")
+@click.option("--detector", "detectors", multiple=True, metavar="NAME", cls=LazyHelp, describe=lambda: "Run only this detector (repeatable): " + ", ".join(_detector_list()) + ". `fedguard rules` names the detector of each rule.")
 @click.option("--ignore", multiple=True, metavar="RULE[:LAYER]", help="Accept this rule's findings (repeatable): RULE anywhere, or RULE:LAYER in that layer and what is under it, e.g. FG301:features.0. Reported apart, not judged: the verdict and exit code follow the rest. FG001 cannot be ignored.")
 @click.option("--format", "fmt", type=click.Choice(list(_formats()), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600) instead of stdout.")
@@ -257,19 +257,24 @@ def _status(show: bool, console=None):
 
 @main.command("rules")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"], case_sensitive=False), default="text", show_default=True,
-              help="json: a list of every rule's rule_id, name, summary, help, reference and url, for scripts.")
+              help="json: a list of every rule's rule_id, name, summary, help, reference, url and detector (null for "
+                   "FG001, which loading checks), for scripts.")
 def rules_command(fmt):
-    """List every rule fedguard reports, with its paper."""
+    """List every rule fedguard reports, with its paper and the detector that reports it."""
+    from fedguard.detectors import detector_of
     from fedguard.inspect import rules
 
+    detectors = detector_of()
     if fmt == "json":
-        click.echo(json.dumps([dataclasses.asdict(rule) for rule in rules().values()], indent=2, ensure_ascii=False))
+        listed = [{**dataclasses.asdict(rule), "detector": detectors.get(rule_id)} for rule_id, rule in rules().items()]
+        click.echo(json.dumps(listed, indent=2, ensure_ascii=False))
         return
-    for rule in rules().values():
-        click.echo(f"{rule.rule_id}  {rule.name:<26} {rule.summary}")
+    for rule_id, rule in rules().items():
+        click.echo(f"{rule_id}  {rule.name:<26} {rule.summary}")
         click.echo(f"       {rule.reference}")
         if rule.url:
             click.echo(f"       {rule.url}")
+        click.echo(f"       --detector {detectors[rule_id]}" if rule_id in detectors else "       checked while loading, always")
 
 
 @main.command("demo")

@@ -30,7 +30,7 @@ from fedguard.architectures import (
 )
 from fedguard.checks import is_whole
 from fedguard.data import data_sha256, in_memory_batch, load_data
-from fedguard.detectors import DETECTORS, all_rules, gradient_snr
+from fedguard.detectors import DETECTORS, all_rules, detector_of, gradient_snr
 from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.detectors.drift import compare_shapes, folded_shapes, reshaped_names, shape_summary
 from fedguard.errors import InputError, did_you_mean, first_line, keyword_names, kind_of
@@ -451,6 +451,10 @@ def _detector_names(names: Sequence[str] | None) -> list[str]:
     if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
         raise InputError(f"detectors is {names!r:.40}; pass a list of detector names such as ['imprint'], or None")
     for name in names or ():
+        reported_by = detector_of().get(name.upper()) if isinstance(name, str) else None
+        if reported_by is not None:  # a rule id where a detector's name belongs
+            raise InputError(f"{name} is a rule, not a detector; give the detector that reports it, {reported_by} "
+                             "(`fedguard rules` names each rule's)")
         if not isinstance(name, str) or name not in DETECTORS:
             raise InputError(f"unknown detector {name!r:.40}{did_you_mean(name, DETECTORS.names())}; valid: {', '.join(DETECTORS.names())}")
     return list(dict.fromkeys(names)) if names else DETECTORS.names()  # a detector named twice runs once

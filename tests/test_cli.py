@@ -111,8 +111,12 @@ def test_rules_lists_every_rule_id():
     assert listed == ids
     listed = json.loads(invoke("rules", "--format", "json").stdout)
     assert [r["rule_id"] for r in listed] == list(rules()) and all(r["summary"] and r["reference"] for r in listed)
-    assert set(listed[0]) == {"rule_id", "name", "summary", "help", "reference", "url"}
+    assert set(listed[0]) == {"rule_id", "name", "summary", "help", "reference", "url", "detector"}
     assert "\n       https://arxiv.org/abs/2110.13057\n" in result.stdout  # where to read a rule's paper
+    # which --detector reports a rule (--detector FG301 had been refused, with nothing saying it is imprint's)
+    by_id = {r["rule_id"]: r["detector"] for r in listed}
+    assert by_id["FG001"] is None and by_id["FG301"] == "imprint" and by_id["FG804"] == "responses"
+    assert "\n       --detector imprint\n" in result.stdout and "\n       checked while loading, always\n" in result.stdout
 
 
 def test_clean_model_exits_zero(clean_model):
@@ -1146,6 +1150,7 @@ def test_a_safetensors_file_beyond_memory_is_refused_as_too_large_not_corrupt(wo
         (("inspect", "clean.pt", "--arch", "LeNet5"), "(did you mean 'lenet5'?)"),
         (("inspect", "clean.pt", "--arch", "resnet"), "(did you mean 'resnet18'?)"),
         (("inspect", "clean.pt", "--detector", "imprnt"), "unknown detector 'imprnt' (did you mean 'imprint'?); valid:"),
+        (("inspect", "clean.pt", "--detector", "FG301"), "FG301 is a rule, not a detector; give the detector that reports it, imprint"),
         (("audit", "--arch", "lenet", "--data", "digit"), "unknown data set 'digit' (did you mean 'digits'?); use one of"),
         (("audit", "--arch", "lenet", "--data", "digits", "--attack", "idgl"), "unknown attack 'idgl' (did you mean 'idlg'?)"),
     ],

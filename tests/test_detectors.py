@@ -70,6 +70,24 @@ def test_every_detector_has_documented_rules():
     assert len(DETECTORS) >= 10
 
 
+def test_the_docs_table_of_detectors_names_each_ones_rules():
+    """docs/detectors.md's table is where --detector's names meet the rule ids a report shows."""
+    from fedguard.detectors import detector_of
+
+    text = open("docs/detectors.md", encoding="utf-8").read()
+    table = text.split("## Detectors and their rules", 1)[1].split("\n## ", 1)[0]
+    from fedguard.detectors.base import NEED_FLAGS
+
+    documented, needs = {}, {}
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if row.startswith("| `"):
+            documented.update({rule_id.strip(): cells[0].strip("`") for rule_id in cells[1].split(",")})
+            needs[cells[0].strip("`")] = {flag.strip(" `") for flag in cells[2].split(",") if flag.strip()}
+    assert documented == detector_of()
+    assert needs == {name: {NEED_FLAGS[need] for need in detector.needs} for name, detector in DETECTORS.items()}
+
+
 def _entry(entries, label):
     return next(e for e in entries if e.label == label)
 
