@@ -1,8 +1,9 @@
 """Static and behavioural signature checks for received global models.
 
 Each module registers its detector (``drift`` two, for FG701 and FG702) in
-:data:`DETECTORS`; the CLI, the API, ``docs/detectors.md`` and the tests all
-enumerate that registry.
+:data:`DETECTORS`; the CLI, the API, the tests and ``docs/detectors.md``'s
+table of detectors (a test holds it to the registry) all enumerate that
+registry.
 
 ========================  =====================================================
 detector                  rules

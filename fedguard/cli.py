@@ -1,7 +1,9 @@
 """The ``fedguard`` command line.
 
 Exit codes: 0 = nothing at or above ``--fail-on``; 1 = findings at or above
-it; 2 = usage or input error (one line on stderr saying what to do).
+it; 2 = usage or input error (one line on stderr saying what to do); 3 = a
+fault in fedguard (an internal error, not a verdict); 130 = Ctrl-C and 143 =
+SIGTERM (partial results kept where the command can, no half-written file).
 """
 
 from __future__ import annotations

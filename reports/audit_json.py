@@ -17,14 +17,14 @@ the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
       "interrupted": false,
       "notes": [],
       "leakage": {"level": "high", "measured": true, "worst_attack": "dlg", "baseline_psnr": 11.3,
-                  "by_attack": {"idlg": "medium", "dlg": "high"}, "thresholds": {...}},
+                  "by_attack": {"label_counts": "low", "dlg": "high"}, "thresholds": {...}},
       "attacks": [
         {"name": "dlg", "level": "high", "psnr_mean": 52.1, "psnr_max": 52.1,
          "ssim_mean": 0.9999, "ssim_max": 0.9999, "label_accuracy": 1.0,
          "seconds": 18.2, "iterations": 131, "starts": 4, "start_success_rate": 0.75,
          "image_file": "audit.json-dlg.png", "samples": [...], ...}
       ],
-      "skipped": {"label_counts": "..."},
+      "skipped": {"idlg": "..."},
       "model": {...}, "data": {...}, "update": {...}, "threat": {...}, "config": {...},
       "exposure": {"outcome": "exposed", "rounds_to_exposure": 30, "settings": {...},
                    "scenarios": [{"label": "DP noise 1 on the sums", "outcome": "not exposed", ...}]},
@@ -45,7 +45,8 @@ from .base import check_report, command_line, generated_at, json_safe, printable
 
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
-#: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated;
+#: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated,
+#: config.exposure_requested, skipped's "not requested" entries;
 #: 1.9: command_line; 1.10: model.inspection; 1.11: model.inspection's suppressed, ignore and ignore_unmatched
 SCHEMA_VERSION = "1.11"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.

@@ -14,10 +14,11 @@ notes in ``docs/disaggregation.md``). Sample::
       "rounds": 200, "users": 50, "dim": 200, "window": 10,
       "noise_scale": 0.0, "noise_estimated": true, "rank": 50,
       "users_recovered": 50, "users_exact": 50, "users_approximate": 0, "users_failed": 0,
-      "status": ["exact", ...], "stage": ["projection", ...], "interchangeable": [],
+      "status": ["exact", ...], "stage": ["projection", ...],
+      "stages": {"zero": 0, "projection": 50, "search": 0, "milp": 0, "none": 0}, "interchangeable": [],
       "participation": [[0, 1, ...], ...],
       "seconds": 0.41, "seconds_per_user": 0.008,
-      "updates_file": "report-updates.npz",
+      "updates_file": "report.json-updates.npz",
       "score": null,
       "notes": []
     }

@@ -4,22 +4,23 @@ Field-by-field documentation: ``docs/json-schema.md``. ``schema_version`` is
 ``MAJOR.MINOR``: a minor bump only adds fields, a major bump renames, removes
 or retypes one. Findings are listed worst first. Evidence values are plain
 JSON: numpy/torch numbers become numbers, arrays become lists, and NaN/±Inf
-become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
+become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (``fedguard craft imprint --arch lenet5 -o
+imp.pt``, then ``fedguard inspect imp.pt --arch lenet5 --format json``; four of the five findings left out)::
 
     {
       "schema_version": "1.4",
       "tool": {"name": "fedguard", "version": "0.1.0"},
-      "path": "global.pt",
-      "sha256": "6f1c0a93e2b4...",
+      "path": "imp.pt",
+      "sha256": "9a4a0d482d6a...",
       "file_format": "torch",
-      "size_bytes": 251234,
-      "n_parameters": 62006,
-      "n_layers": 11,
+      "size_bytes": 1057785,
+      "n_parameters": 263322,
+      "n_layers": 7,
       "loaded": true,
       "arch": "lenet5",
       "reference": null,
       "verdict": "malicious",
-      "summary": {"critical": 0, "high": 1, "medium": 0, "low": 0, "info": 0},
+      "summary": {"critical": 0, "high": 5, "medium": 0, "low": 0, "info": 0},
       "findings": [
         {"rule_id": "FG301", "title": "Imprint layer: identical rows",
          "severity": "high", "confidence": "high", "layer": "imprint.0",
@@ -33,7 +34,7 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output::
       "config": {"num_classes": null, "input_shape": null, "data": null, "data_sha256": null,
                  "data_examples": null, "seed": 0, "detectors_requested": null, "ignore": [],
                  "reference_sha256": null, "torch": "2.13.0", "fail_on": "medium"},
-      "command_line": ["fedguard", "inspect", "global.pt", "--arch", "lenet5", "--format", "json"]
+      "command_line": ["fedguard", "inspect", "imp.pt", "--arch", "lenet5", "--format", "json"]
     }
 """
 
