@@ -161,10 +161,6 @@ class ServerModel:
         finally:
             self._convolutions.images_only = False
 
-    def logits(self, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            return functional_call(self.net, {**(params or self.params), **self.constants}, (x,))
-
 
 def _distance(u: Sequence[torch.Tensor], t: Sequence[torch.Tensor], t_norm: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l2":

@@ -73,10 +73,6 @@ class Rounds:
         return int(self.aggregates.shape[0])
 
     @property
-    def n_users(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
     def dim(self) -> int:
         return int(self.aggregates.shape[1])
 
@@ -85,9 +81,9 @@ class Rounds:
 class Federation:
     """A simulated federation: what the server sees plus the truth to score against.
 
-    ``noise_scale`` is the absolute standard deviation of the Gaussian noise on
-    each aggregate entry; ``noise`` is the same relative to the RMS entry of an
-    individual update (the ``--noise`` of the CLI).
+    ``noise_scale`` is the standard deviation of the Gaussian noise on each
+    aggregate entry, in units of an individual update's RMS entry (which is 1:
+    the ``--noise`` of the CLI).
     """
 
     aggregates: np.ndarray
@@ -96,9 +92,6 @@ class Federation:
     participation: np.ndarray
     updates: np.ndarray
     noise_scale: float
-    noise: float
-    participation_rate: float
-    seed: int
 
     @property
     def rounds(self) -> Rounds:
@@ -361,7 +354,7 @@ def simulate_federation(
     C = P.reshape(rounds // window, window, users).sum(axis=1).T.astype(np.int64)
     return Federation(
         aggregates=G, counts=C, window=int(window), participation=P.astype(np.int8), updates=g,
-        noise_scale=float(noise), noise=float(noise), participation_rate=float(participation), seed=int(seed),
+        noise_scale=float(noise),
     )
 
 

@@ -268,7 +268,7 @@ def section_ig(iterations: int, restarts: int, device: torch.device, norm: str =
                 net = with_running_stat_norm(net)
             upd = compute_update(net, xb, yb)
             net.to(device)
-            upd = dataclasses.replace(upd, tensors={k: v.to(device) for k, v in upd.tensors.items()})
+            upd = upd.to(device)
             view = server_view(net, upd, (3, 32, 32), seed=seed, device=device)
             view = ServerView(**{**view.__dict__, "labels": yb.clone(), "label_source": "known"})
 

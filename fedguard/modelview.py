@@ -116,7 +116,6 @@ class ModelView:
     layers: tuple[Layer, ...]
     module: nn.Module | None = None
     non_finite: tuple[str, ...] = ()
-    _by_name: Mapping[str, Layer] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_state_dict(
@@ -147,14 +146,7 @@ class ModelView:
             layers=layers,
             module=module,
             non_finite=spoilt,
-            _by_name={layer.name: layer for layer in layers},
         )
-
-    def __iter__(self) -> Iterator[Layer]:
-        return iter(self.layers)
-
-    def layer(self, name: str) -> Layer:
-        return self._by_name[name]
 
     def weight_layers(self) -> list[Layer]:
         """Linear and conv layers, in order: the layers that transform data."""

@@ -1616,3 +1616,35 @@ def test_the_conditional_count_solve_keeps_counts_non_negative_and_summing_to_th
     counts = _solve_conditional(M, g, 8)
     assert (counts >= -1e-9).all() and counts.sum() == pytest.approx(8, abs=1e-3)
     assert np.round(counts).tolist() == [5, 3, 0]
+
+
+def test_batched_lbfgs_without_its_options_is_torchs_lbfgs_for_every_start():
+    """BatchedLBFGS's default mode reproduces torch.optim.LBFGS (DLG turns on its safeguard and relative tests): one
+    step of 20 iterations on Rosenbrock's function from three starts lands where torch's optimiser, run on each start
+    alone, does (the compact representation rounds differently: 2e-12 apart)."""
+    from fedguard.attacks._lbfgs import BatchedLBFGS
+
+    def rosenbrock(x):
+        return (100 * (x[:, 1:] - x[:, :-1] ** 2) ** 2 + (1 - x[:, :-1]) ** 2).sum(1)
+
+    def closure(x):
+        x = x.detach().requires_grad_(True)
+        loss = rosenbrock(x)
+        return loss.detach(), torch.autograd.grad(loss.sum(), x)[0]
+
+    starts = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    batched = BatchedLBFGS(starts, closure, history_size=5)
+    batched.step()
+    for k in range(3):
+        p = starts[k].clone().requires_grad_(True)
+        alone = torch.optim.LBFGS([p], history_size=5)
+
+        def one():
+            alone.zero_grad()
+            loss = rosenbrock(p[None])[0]
+            loss.backward()
+            return loss
+
+        alone.step(one)
+        assert torch.allclose(batched.x[k], p.detach(), rtol=0, atol=1e-9)
+        assert float(batched.loss[k]) == pytest.approx(float(rosenbrock(p.detach()[None])), rel=1e-9)
