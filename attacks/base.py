@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, ClassVar, Sequence
 
 from fedguard.checks import finite, whole
+from fedguard.layers import find_head, head_not_updated
 from fedguard.registry import Registry
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
@@ -40,6 +41,15 @@ ENGINES: tuple[str, ...] = ("auto", "vmap", "loop")
 #: Why a label attack does not apply to a server that knows the labels (``--attacker-labels known``): recovering
 #: them reveals nothing it did not have (they had been counted as leakage: medium for a batch of one).
 KNOWN_LABELS = "the server knows the labels already (threat model labels=known): recovering them reveals nothing more"
+
+
+def unreadable_head(view: ServerView) -> str | None:
+    """Why the labels cannot be read off ``view``'s update: the logits come from no Linear layer with a row per class,
+    or the update holds nothing of its weight (:func:`~fedguard.layers.head_not_updated`); None when they can."""
+    head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+    if head is None:
+        return "the model's logits do not come from a Linear layer with one row per class"
+    return head_not_updated(view.model, head, view.tensors)
 
 
 def whole_option(value: Any, name: str, minimum: int) -> int:

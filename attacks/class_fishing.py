@@ -47,6 +47,18 @@ PLANTED_BIAS = 100.0
 __all__ = ["ClassFishing", "fishing_target", "invert_isolated"]
 
 
+def unfishable_head(view: ServerView, reads: str) -> str | None:
+    """Why a server cannot fish with ``view``'s head: no classification head with a bias (whose swamping biases mute
+    the other classes), or an update that holds nothing of the head's ``reads`` (``"weight"``: class fishing reads the
+    fished row; ``"bias"``: feature fishing counts the examples by it); None when it can."""
+    head = find_head(view.model, view.input_shape, view.device, view.num_classes)
+    if head is None or head.bias is None:
+        return "the model has no classification head with a bias to fish with"
+    if getattr(head, reads) not in view.tensors:
+        return f"the update holds nothing of the head's {reads} ({getattr(head, reads)}: frozen, or computed from other tensors) to fish with"
+    return None
+
+
 def fishing_target(view: ServerView) -> int:
     """The class a server fishes for: the rarest class present in the label counts it has, else class 0."""
     if view.label_counts is None:
@@ -121,10 +133,7 @@ class ClassFishing(Attack):
         return {"target": fishing_target(view)}
 
     def applies(self, view: ServerView) -> str | None:
-        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
-        if head is None or head.bias is None or head.weight not in view.tensors:
-            return "the model has no classification head with a bias to fish with"
-        return None
+        return unfishable_head(view, "weight")
 
     def planted(self, view: ServerView) -> bool:
         """A fishing head sent: rows of exactly zero whose biases swamp every logit (``PLANTED_BIAS`` or more; the

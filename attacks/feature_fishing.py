@@ -52,7 +52,7 @@ from fedguard.threat import NO_BATCH_SIZE, NO_GRADIENT, ServerView
 from fedguard.types import Reconstruction
 
 from .base import Attack, Budget, register_attack, whole_option
-from .class_fishing import fishing_target, invert_isolated
+from .class_fishing import fishing_target, invert_isolated, unfishable_head
 from .mkor import MKOR
 
 __all__ = ["FeatureFishing", "FishingPlan", "fishing_plan", "COUNT_TOLERANCE"]
@@ -194,9 +194,8 @@ class FeatureFishing(Attack):
         return plan.options(plan.high) if plan is not None else {"target": fishing_target(view)}
 
     def applies(self, view: ServerView) -> str | None:
-        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
-        if head is None or head.bias is None or head.bias not in view.tensors:
-            return "the model has no classification head with a bias to fish with"
+        if (unfishable := unfishable_head(view, "bias")) is not None:
+            return unfishable
         if view.as_gradient() is None:
             return NO_GRADIENT
         if view.batch_size is None:

@@ -40,12 +40,12 @@ from typing import ClassVar
 
 import torch
 
-from fedguard.layers import find_head, head_not_updated, layer_input
+from fedguard.layers import find_head, layer_input
 from fedguard.threat import ServerView
 from fedguard.torch_state import evaluating
 from fedguard.types import Reconstruction
 
-from .base import KNOWN_LABELS, Attack, Budget, register_attack
+from .base import KNOWN_LABELS, Attack, Budget, register_attack, unreadable_head
 from .label_counts import readout
 
 __all__ = ["IDLG", "idlg_label"]
@@ -102,12 +102,7 @@ class IDLG(Attack):
             return KNOWN_LABELS
         if view.batch_size != 1:
             return "iDLG needs a batch of one example (known to the server)"
-        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
-        if head is None:
-            return "the model's logits do not come from a Linear layer with one row per class"
-        if (missing := head_not_updated(view.model, head, view.tensors)) is not None:
-            return missing
-        return None
+        return unreadable_head(view)
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()

@@ -84,12 +84,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedguard.layers import Head, find_head, forward_flops, head_not_updated
+from fedguard.layers import Head, find_head, forward_flops
 from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.types import Reconstruction
 from fedguard.update import compute_update, minibatch_slices
 
-from .base import KNOWN_LABELS, Attack, Budget, register_attack
+from .base import KNOWN_LABELS, Attack, Budget, register_attack, unreadable_head
 
 __all__ = ["LabelCounts", "round_counts", "estimate_counts", "readout"]
 
@@ -656,11 +656,8 @@ class LabelCounts(Attack):
     def applies(self, view: ServerView) -> str | None:
         if view.threat.labels == "known":
             return KNOWN_LABELS
-        head = find_head(view.model, view.input_shape, view.device, view.num_classes)
-        if head is None:
-            return "the model's logits do not come from a Linear layer with one row per class"
-        if (missing := head_not_updated(view.model, head, view.tensors)) is not None:
-            return missing
+        if (unreadable := unreadable_head(view)) is not None:
+            return unreadable
         if view.batch_size is None:
             return NO_BATCH_SIZE
         if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):

@@ -1648,3 +1648,23 @@ def test_batched_lbfgs_without_its_options_is_torchs_lbfgs_for_every_start():
         alone.step(one)
         assert torch.allclose(batched.x[k], p.detach(), rtol=0, atol=1e-9)
         assert float(batched.loss[k]) == pytest.approx(float(rosenbrock(p.detach()[None])), rel=1e-9)
+
+
+def test_a_head_left_out_of_the_update_is_named_by_the_attacks_that_read_it():
+    """Class fishing reads the fished row of the head's weight, feature fishing counts by the head's bias, the label
+    attacks read the head's weight: each says which of the head's tensors the update lacks (both fishing attacks had
+    said the model had no head with a bias)."""
+    import dataclasses
+
+    from fedguard.architectures import build_model
+    from fedguard.attacks.class_fishing import ClassFishing
+    from fedguard.attacks.label_counts import LabelCounts
+
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    view, _, _ = server_view(model, load_data("digits", (1, 28, 28)), np.arange(8))
+    head = [name for name, _ in model.named_parameters()][-2:]  # the head's weight and bias
+    without_weight = dataclasses.replace(view, tensors={k: v for k, v in view.tensors.items() if k != head[0]})
+    assert ClassFishing().applies(view) is None
+    assert ClassFishing().applies(without_weight) == f"the update holds nothing of the head's weight ({head[0]}: frozen, or computed from other tensors) to fish with"
+    assert "the update has no tensor for the head" in LabelCounts().applies(without_weight)
