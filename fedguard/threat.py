@@ -39,6 +39,7 @@ import torch
 
 from fedguard.checks import is_number
 from fedguard.errors import InputError
+from fedguard.update import average_gradient
 
 __all__ = ["LABEL_KNOWLEDGE", "NO_BATCH_SIZE", "NO_GRADIENT", "ThreatModel", "ServerView"]
 
@@ -163,10 +164,8 @@ class ServerView:
         return {k: -v for k, v in self.tensors.items()}
 
     def as_gradient(self) -> dict[str, torch.Tensor] | None:
-        """The update as one average gradient (FedAvg: ``-(W_T - W_0) / (T lr)``), or None without the schedule."""
-        if self.protocol == "fedsgd":
-            return dict(self.tensors)
-        if self.local_steps is None or self.local_lr is None:
+        """The update as one average gradient (:func:`~fedguard.update.average_gradient`), or None for FedAvg without
+        the schedule."""
+        if self.protocol == "fedavg" and (self.local_steps is None or self.local_lr is None):
             return None
-        scale = -1.0 / (self.local_steps * self.local_lr)
-        return {k: v * scale for k, v in self.tensors.items()}
+        return average_gradient(self.tensors, self.protocol, self.local_steps, self.local_lr)

@@ -37,7 +37,7 @@ from fedguard.errors import InputError, first_of, keyword_names, kind_of
 from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
 
-__all__ = ["PROTOCOLS", "Update", "compute_update", "load_update", "checked_update", "check_protocol", "resolve_device", "minibatch_slices"]
+__all__ = ["PROTOCOLS", "Update", "average_gradient", "compute_update", "load_update", "checked_update", "check_protocol", "resolve_device", "minibatch_slices"]
 
 PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
 #: Below this a local SGD step (lr times a gradient of order one) is under float32's resolution of a weight of 0.001
@@ -69,6 +69,17 @@ def _check_mapping(tensors: Any) -> None:
     if not isinstance(tensors, Mapping):
         raise InputError(f"update.tensors is {kind_of(tensors)}; pass a dict of parameter names to tensors "
                          "(name a Flower list of arrays in state_dict order: dict(zip(model.state_dict(), arrays)))")
+
+
+def average_gradient(
+    tensors: Mapping[str, torch.Tensor], protocol: str, local_steps: int | None, local_lr: float | None
+) -> dict[str, torch.Tensor]:
+    """An update as one average gradient: FedSGD's as it is, FedAvg's weight change ``W_T - W_0`` as
+    ``(W_0 - W_T) / (T * lr)``, the form Geng et al. (2021) use to extend label counting to several local steps."""
+    if protocol == "fedsgd":
+        return dict(tensors)
+    scale = -1.0 / (local_steps * float(local_lr))
+    return {name: t * scale for name, t in tensors.items()}
 
 
 @dataclass(frozen=True)
@@ -159,15 +170,8 @@ class Update:
         return f"Update(tensors=<{len(self.tensors)} tensors, {values:,} values>, {fields})"
 
     def as_gradient(self) -> dict[str, torch.Tensor]:
-        """The update as one average gradient: FedSGD as is, FedAvg as ``(W_0 - W_T) / (T * lr)``.
-
-        The FedAvg form is the one Geng et al. (2021) use to extend label
-        counting to several local steps.
-        """
-        if self.protocol == "fedsgd":
-            return dict(self.tensors)
-        scale = -1.0 / (self.local_steps * float(self.local_lr))
-        return {name: t * scale for name, t in self.tensors.items()}
+        """The update as one average gradient (:func:`average_gradient`)."""
+        return average_gradient(self.tensors, self.protocol, self.local_steps, self.local_lr)
 
     def norm(self) -> float:
         return l2_norm(self.tensors.values())
