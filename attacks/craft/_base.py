@@ -3,6 +3,8 @@ seeded layers the crafters build with."""
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -64,6 +66,17 @@ def seeded_linear(n_in: int, n_out: int, seed: int, bias: bool = True) -> nn.Lin
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return nn.Linear(n_in, n_out, bias=bias)
+
+
+def front_block(model: nn.Module, input_shape: Shape, units: int, seed: int, crafter: str, option: str) -> FrontEndModel:
+    """A copy of ``model`` behind ``Sequential(Linear(C*H*W, units), ReLU, Linear(units, C*H*W))``, the two layers
+    drawn with PyTorch's default initialisation from ``seed`` and ``seed + 1`` for the crafter to write
+    (``block.imprint[0]``, ``block.imprint[2]``); ValueError naming ``option`` when they would be too large
+    (:func:`check_added`)."""
+    n = math.prod(input_shape)
+    check_added(2 * n * units + units + n, crafter, option)
+    first, second = seeded_linear(n, units, seed), seeded_linear(units, n, seed + 1)
+    return FrontEndModel(nn.Sequential(first, nn.ReLU(), second), copy.deepcopy(model), input_shape)
 
 
 def check_data(data: torch.Tensor | np.ndarray | None, input_shape: Shape) -> torch.Tensor | None:

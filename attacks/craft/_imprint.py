@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from statistics import NormalDist
 from typing import Literal
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedguard.attacks.craft._base import CRAFTERS, FrontEndModel, Shape, check_added, dry_check, seeded_generator, seeded_linear
+from fedguard.attacks.craft._base import CRAFTERS, FrontEndModel, Shape, dry_check, front_block, seeded_generator
 from fedguard.errors import InputError
 
 
@@ -114,9 +113,9 @@ def imprint(
     Fed: Directly Obtaining Private Data in Federated Learning with Modified
     Models", ICLR 2022 (code: breaching ``ImprintBlock``).
     """
-    base = copy.deepcopy(model)
-    n = math.prod(input_shape)
-    check_added(2 * n * num_bins + num_bins + n, "imprint", "num_bins")
+    out = front_block(model, input_shape, num_bins, seed, "imprint", "num_bins")
+    first, second = out.imprint[0], out.imprint[2]
+    n = first.in_features
     if linfunc == "fourier" and mode >= n:  # a higher mode aliases a lower one, scaled up (mode=100000: weights of 130)
         raise InputError(f"imprint mode={mode} is beyond the {n} DCT modes of a {'x'.join(map(str, input_shape))} input; "
                          f"give a mode from 0 to {n - 1}")
@@ -124,12 +123,9 @@ def imprint(
     h = _measurement(linfunc, n, mode, gen)
     values = data.flatten(1) @ h if data is not None else None
     bins = _ladder(num_bins, linfunc, values, fit, loc, scale)
-    first = seeded_linear(n, num_bins, seed)
-    second = seeded_linear(num_bins, n, seed + 1)
     with torch.no_grad():
         first.weight.copy_(h.repeat(num_bins, 1) * gain)
         first.bias.copy_(_strictly_decreasing(-bins * gain))
         second.weight.fill_(1.0 / gain)
         second.bias.sub_(float(bins.mean()))
-    out = FrontEndModel(nn.Sequential(first, nn.ReLU(), second), base, input_shape)
     return dry_check(out, input_shape, "imprint")

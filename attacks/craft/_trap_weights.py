@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Literal
 
 import torch
 from torch import nn
 
-from fedguard.attacks.craft._base import CRAFTERS, FrontEndModel, Shape, check_added, dry_check, seeded_generator, seeded_linear
+from fedguard.attacks.craft._base import CRAFTERS, Shape, dry_check, front_block, seeded_generator
 from fedguard.attacks.craft._pass_through import pass_through_filters
 from fedguard.attacks.craft._sites import need_linear, trace_sites
 
@@ -71,17 +70,13 @@ def trap_weights(
     """
     gen = seeded_generator(seed)
     if mode == "block":
-        base = copy.deepcopy(model)
-        n = math.prod(input_shape)
-        check_added(2 * n * num_neurons + num_neurons + n, "trap_weights", "num_neurons")
-        first = seeded_linear(n, num_neurons, seed)
-        second = seeded_linear(num_neurons, n, seed + 1)
+        out = front_block(model, input_shape, num_neurons, seed, "trap_weights", "num_neurons")
+        first, second = out.imprint[0], out.imprint[2]
         with torch.no_grad():
-            first.weight.copy_(_trap_rows(num_neurons, n, sigma, scale_factor, gen))
+            first.weight.copy_(_trap_rows(num_neurons, first.in_features, sigma, scale_factor, gen))
             first.bias.fill_(mu)
             second.weight.fill_(1.0)
             second.bias.zero_()
-        out = FrontEndModel(nn.Sequential(first, nn.ReLU(), second), base, input_shape)
         return dry_check(out, input_shape, "trap_weights")
     if mode != "first_fc":
         raise ValueError(f"unknown mode {mode!r}; use 'first_fc' or 'block'")
