@@ -590,6 +590,21 @@ def test_an_update_that_would_run_code_when_loaded_is_refused_unloaded(workdir):
     assert not (workdir / "pwned").exists()
 
 
+def test_a_global_model_that_would_run_code_when_loaded_is_refused_unloaded(workdir):
+    """The audit's --model is read as inspect reads it: a pickle that imports os.system is named as code, from
+    Python and on the command line, and never run."""
+    from fedguard.audit import audit
+    from fedguard.errors import InputError
+
+    digits_npz(workdir / "d.npz", n=4)
+    torch.save({**lenet8().state_dict(), "evil": SystemPayload(workdir / "pwned")}, workdir / "evil.pt")
+    with pytest.raises(InputError, match=r"model .*evil.pt would execute code when loaded \(.*system.*\); fedguard will not load it"):
+        audit(model=workdir / "evil.pt", arch="lenet", data=workdir / "d.npz", batch_size=4)
+    line = assert_input_error(invoke("--model", "evil.pt", *TINY, "--data", "d.npz"))
+    assert "model evil.pt would execute code when loaded" in line and "run `fedguard inspect` on it" in line
+    assert not (workdir / "pwned").exists()
+
+
 def test_an_update_without_its_global_model_is_refused(workdir):
     """Attacked against a fresh initialisation, an update computed elsewhere would measure the wrong weights."""
     digits_npz(workdir / "d.npz", n=4)

@@ -131,6 +131,12 @@ def test_wide_unsigned_and_long_double_arrays(tmp_path):
     assert load_model_file(tmp_path / "ld.npz").tensors["w"].dtype == torch.float64
 
 
+def test_an_npz_member_of_text_is_refused_as_not_numbers(tmp_path):
+    np.savez(tmp_path / "text.npz", w=np.ones((2, 2)), names=np.array(["a", "b"]))
+    with pytest.raises(InputError, match=r"key 'names' is an array of <U1, not numbers; save numeric weights only"):
+        load_model_file(tmp_path / "text.npz")
+
+
 def test_tensors_saved_with_requires_grad_load_as_plain_values(tmp_path):
     torch.save({"w": torch.ones(2, 2, requires_grad=True) * 2}, tmp_path / "update.pt")
     w = load_model_file(tmp_path / "update.pt").tensors["w"]
@@ -223,7 +229,9 @@ def test_numpy_arrays_of_every_number_type_and_layout_load_as_saved(tmp_path):
     ((1, (2,), _dtype_with_object_field(), False, b"\x00" * 16), "is not plain numbers"),  # pointers from the file
     ((1, (2, 2), np.dtype("f4"), False, b"\x00" * 8), "holds 8 bytes, not 16"),
     ((1, (2,), np.dtype("f4"), False, [1.0, 2.0]), "holds list bytes"),
-], ids=["object-array-short-list", "object-field", "short-bytes", "list-data"])
+    ((1, (-1,), np.dtype("f4"), False, b""), "shape (-1,) is not a tuple of sizes"),
+    ((1, (2,), np.dtype("f4"), False), "state is not numpy's (version, shape, dtype, order, bytes)"),
+], ids=["object-array-short-list", "object-field", "short-bytes", "list-data", "negative-shape", "short-state"])
 def test_forged_numpy_arrays_are_refused_before_numpy_reads_them(tmp_path, state, reason):
     """numpy's ``_reconstruct`` and ``ndarray.__setstate__`` trust the pickle: an object array with fewer items than
     its shape crashed the process (SIGSEGV), a float dtype given an object field reads pointers from the file. Each
