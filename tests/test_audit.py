@@ -2264,3 +2264,20 @@ def test_the_note_on_a_received_model_names_every_rule_it_does_not_spell_out():
     note = _inspection_note({"verdict": "malicious", "findings": findings})
     assert "FG101 t1 in l1; FG102 t2 in l2; FG103 t3 in l3; and 2 more (FG104, FG105: model.inspection lists them)" in note
     assert "more" not in _inspection_note({"verdict": "suspicious", "findings": findings[:3]})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t, first: {**t, "extra.weight": torch.ones(2)}, "has tensor 'extra.weight' that is not a parameter of the model; remove it or check --arch"),
+    (lambda t, first: {**t, first: t[first].tolist()}, "is a list, not a tensor; save model.state_dict() (names to tensors only)"),
+    (lambda t, first: {**t, first: t[first].to(torch.int64)}, "has dtype torch.int64; a layer's weights, and an update's, are floating point"),
+    (lambda t, first: {**t, first: t[first][:1]}, "but the model's parameter has"),
+], ids=["extra-tensor", "not-a-tensor", "integer-dtype", "wrong-shape"])
+def test_an_update_of_the_wrong_tensors_is_refused_naming_the_tensor(change, message):
+    from fedguard.errors import InputError
+    from fedguard.update import Update, checked_update, compute_update
+
+    model = lenet8()
+    good = compute_update(model, torch.rand(4, 1, 8, 8), torch.arange(4))
+    first = next(iter(good.tensors))
+    with pytest.raises(InputError, match=re.escape(message)):
+        checked_update(Update(tensors=change(dict(good.tensors), first), protocol="fedsgd", batch_size=4), model, 4)
