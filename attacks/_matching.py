@@ -138,8 +138,7 @@ class ServerModel:
         leaves = self._leaves
 
         def loss(ps: Sequence[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            out = functional_call(self.net, {**dict(zip(self.names, ps)), **self.constants}, (xb,))
-            return torch.sum(-yb * F.log_softmax(out, dim=-1), dim=-1).mean()
+            return self._loss(dict(zip(self.names, ps)), xb, yb)
 
         with self._convolutions:
             if self.protocol == "fedsgd":
