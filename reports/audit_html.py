@@ -24,7 +24,7 @@ from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
 from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
-from .base import generated_at, shown_command
+from .base import generated_at, shown_command, tool_version
 from .html import template_environment
 
 TEMPLATE = "audit.html"
@@ -49,7 +49,7 @@ class AuditHtmlRenderer(AuditRenderer):
             pictures=pictures,
             generated=generated_at(),
             command=shown_command(),
-            tool_version=report.tool_version,
+            tool_version=tool_version(report),
         )
 
 

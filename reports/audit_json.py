@@ -37,11 +37,10 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Mapping
 
-import fedguard
 from fedguard.types import AttackOutcome, AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .base import check_report, command_line, generated_at, json_safe, printable_values
+from .base import check_report, command_line, generated_at, json_safe, printable_values, tool_version
 
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
@@ -99,7 +98,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
     check_report(report, AuditReport, "fedguard.audit.audit")
     doc = {
         "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "fedguard", "version": report.tool_version or fedguard.__version__},
+        "tool": {"name": "fedguard", "version": tool_version(report)},
         "command": "audit",
         "generated": generated_at(),
         "command_line": command_line(),

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, kind_of
 from fedguard.registry import Registry
-from fedguard.types import Finding, InspectionReport, Rule, Severity
+from fedguard.types import AuditReport, Finding, InspectionReport, Rule, Severity
 
 #: Severities from worst to mildest: the order every renderer lists them in.
 SEVERITY_ORDER: tuple[Severity, ...] = tuple(sorted(Severity, reverse=True))
@@ -78,8 +78,8 @@ def check_report(report: Any, kind: type, made_by: str) -> None:
         raise InputError(f"report is {kind_of(report)}; pass the {kind.__name__} that {made_by} returns")
 
 
-def tool_version(report: InspectionReport) -> str:
-    """The fedguard version that produced ``report`` (this one when unset)."""
+def tool_version(report: InspectionReport | AuditReport) -> str:
+    """The fedguard version that produced ``report`` (this one when unset: a report built in Python)."""
     return report.tool_version or fedguard.__version__
 
 

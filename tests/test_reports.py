@@ -896,3 +896,16 @@ def test_sarif_run_from_the_root_names_it_as_one_directory(malicious, monkeypatc
     monkeypatch.setattr(sarif.Path, "cwd", classmethod(lambda cls: Path("/")))
     (run,) = json.loads(render("sarif", malicious, RULES))["runs"]
     assert run["invocations"][0]["workingDirectory"]["uri"] == "file:///"  # it had been file:////
+
+
+def test_an_audit_report_built_in_python_names_this_fedguard_as_its_maker():
+    """An AuditReport built by hand has no tool_version: its HTML had said it was made by "fedguard " (nothing)
+    while its JSON named this version; both name this version now, as the inspect reports do."""
+    import fedguard
+    from fedguard.reports.audit_html import AuditHtmlRenderer
+    from fedguard.reports.audit_json import audit_to_dict
+
+    report = _audit_report()
+    assert report.tool_version == ""
+    assert f'<meta name="generator" content="fedguard {fedguard.__version__}">' in AuditHtmlRenderer().render(report)
+    assert audit_to_dict(report)["tool"]["version"] == fedguard.__version__
