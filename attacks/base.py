@@ -26,7 +26,7 @@ from fedguard.registry import Registry
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
-__all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES", "whole_option", "number_option", "choice_option", "ENGINES", "KNOWN_LABELS"]
+__all__ = ["Attack", "ATTACKS", "Budget", "attacks", "register_attack", "BUILTIN_MODULES", "whole_option", "number_option", "choice_option", "ENGINES", "KNOWN_LABELS", "unreadable_head"]
 
 #: Modules that register the built-in attacks, in the order the audit runs them:
 #: label attacks first, because their labels seed the image attacks; analytic before optimisation.

@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import torch
 
-from fedguard.layers import Head, find_head
+from fedguard.layers import Head, find_head, head_not_updated
 from fedguard.threat import ServerView
 from fedguard.types import Reconstruction
 
@@ -44,7 +44,7 @@ from .mkor import invert_features, public_examples
 #: inspect rule FG502 calls a bias of 50 high).
 PLANTED_BIAS = 100.0
 
-__all__ = ["ClassFishing", "fishing_target", "invert_isolated"]
+__all__ = ["ClassFishing", "fishing_target", "invert_isolated", "unfishable_head"]
 
 
 def unfishable_head(view: ServerView, reads: str) -> str | None:
@@ -54,9 +54,7 @@ def unfishable_head(view: ServerView, reads: str) -> str | None:
     head = find_head(view.model, view.input_shape, view.device, view.num_classes)
     if head is None or head.bias is None:
         return "the model has no classification head with a bias to fish with"
-    if getattr(head, reads) not in view.tensors:
-        return f"the update holds nothing of the head's {reads} ({getattr(head, reads)}: frozen, or computed from other tensors) to fish with"
-    return None
+    return head_not_updated(view.model, head, view.tensors, reads, "to fish with")
 
 
 def fishing_target(view: ServerView) -> int:

@@ -11,7 +11,8 @@ A row is *constant* when all its entries agree within 0.2 % (fp16-safe) and
 are not zero. Measured on the benign zoo (tests/zoo.py: default, xavier,
 kaiming, orthogonal, trunc-normal inits; trained, 50–90 % pruned, fp16, zero
 heads and adapters): no constant non-zero row with 4+ entries ever occurs, so
-a single such row is reported and two or more make the model malicious.
+a single such row is reported and two or more make the model malicious (so
+does the one row of a one-row layer: the whole layer averages).
 
 A binarised layer (every row ±α of its own α, both signs: XNOR-Net,
 Rastegari et al. 2016) has rows of one sign honestly: a trained XNOR-Net's

@@ -276,7 +276,7 @@ def rules_command(fmt):
         click.echo(f"       {rule.reference}")
         if rule.url:
             click.echo(f"       {rule.url}")
-        click.echo(f"       --detector {detectors[rule_id]}" if rule_id in detectors else "       checked while loading, always")
+        click.echo(f"       --detector {detectors[rule_id]}" if rule_id in detectors else "       (no detector: checked on every file while loading)")
 
 
 @main.command("demo")

@@ -94,8 +94,8 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     from fedguard.io import check_output_path, write_atomic
 
     refuse_unused(attack not in READS_DATA, ("data",),
-                  f"is read by {', '.join(sorted(READS_DATA)[:-1])} and {sorted(READS_DATA)[-1]} only ({attack} crafts the same "
-                  "model without it); craft one of those")  # fmt: skip
+                  f"is read only by the crafters {', '.join(sorted(READS_DATA))} ({attack} crafts the same model without "
+                  "it); craft one of those")  # fmt: skip
     options = _parse_options(settings)
     check_options(attack, options)
     if list_options:  # with any --set given checked and shown in place of its default

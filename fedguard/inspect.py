@@ -445,16 +445,25 @@ def _check_progress(progress) -> None:
         raise InputError(f"progress is {checks.shown(progress)}; pass a function that takes the step's text, or None")
 
 
+def _refuse_a_rule(name: str) -> None:
+    """InputError naming the detector of the rule ``name`` (its id or its name) where a detector's name belongs."""
+    by_name = {rule.name: rule_id for rule_id, rule in rules().items()}
+    rule_id = name.strip().upper() if name.strip().upper() in rules() else by_name.get(name.strip().lower())
+    if rule_id == CODE_IMPORT_RULE.rule_id:
+        raise InputError(f"{name} is checked on every file while loading, by no detector; drop it (it always runs)")
+    if rule_id is not None:
+        raise InputError(f"{name} is a rule, not a detector; the {detector_of()[rule_id]} detector reports it "
+                         "(`fedguard rules` names each rule's detector)")
+
+
 def _detector_names(names: Sequence[str] | None) -> list[str]:
     """Every detector when ``names`` is None or empty, else the names given, each once; InputError for a name that is
     not a detector (or a bare string where a list belongs)."""
     if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
         raise InputError(f"detectors is {names!r:.40}; pass a list of detector names such as ['imprint'], or None")
     for name in names or ():
-        reported_by = detector_of().get(name.upper()) if isinstance(name, str) else None
-        if reported_by is not None:  # a rule id where a detector's name belongs
-            raise InputError(f"{name} is a rule, not a detector; give the detector that reports it, {reported_by} "
-                             "(`fedguard rules` names each rule's)")
+        if isinstance(name, str) and name not in DETECTORS:
+            _refuse_a_rule(name)
         if not isinstance(name, str) or name not in DETECTORS:
             raise InputError(f"unknown detector {name!r:.40}{did_you_mean(name, DETECTORS.names())}; valid: {', '.join(DETECTORS.names())}")
     return list(dict.fromkeys(names)) if names else DETECTORS.names()  # a detector named twice runs once

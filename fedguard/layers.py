@@ -119,17 +119,19 @@ def find_head(model: nn.Module, input_shape, device: torch.device, num_classes: 
     return _describe(model, last)
 
 
-def head_not_updated(model: nn.Module, head: Head, tensors) -> str | None:
-    """Why the update ``tensors`` hold nothing of ``head``'s weight to read labels from; None when they do."""
-    if head.weight in tensors:
+def head_not_updated(model: nn.Module, head: Head, tensors, part: str = "weight", purpose: str = "to read labels from") -> str | None:
+    """Why the update ``tensors`` hold nothing of ``head``'s ``part`` (``"weight"`` or ``"bias"``) ``purpose``; None
+    when they do."""
+    name = getattr(head, part)
+    if name in tensors:
         return None
-    parameter = dict(model.named_parameters()).get(head.weight)
+    parameter = dict(model.named_parameters()).get(name)
     if parameter is None:
-        return (f"the head's weight {head.weight} is computed from other tensors (a parametrisation such as spectral "
-                "norm), so the update holds no gradient of it to read labels from")
+        return (f"the head's {part} {name} is computed from other tensors (a parametrisation such as spectral "
+                f"norm), so the update holds no gradient of it {purpose}")
     if not parameter.requires_grad:
-        return f"the head {head.weight} is frozen (requires_grad=False): the update holds nothing of it to read labels from"
-    return f"the update has no tensor for the head {head.weight}"
+        return f"the head's {part} {name} is frozen (requires_grad=False): the update holds nothing of it {purpose}"
+    return f"the update has no tensor for the head's {part} {name} {purpose}"
 
 
 def _described(model: nn.Module, order: list[nn.Module]) -> list[Head]:

@@ -1658,13 +1658,26 @@ def test_a_head_left_out_of_the_update_is_named_by_the_attacks_that_read_it():
 
     from fedguard.architectures import build_model
     from fedguard.attacks.class_fishing import ClassFishing
+    from fedguard.attacks.feature_fishing import FeatureFishing
+    from fedguard.attacks.idlg import IDLG
     from fedguard.attacks.label_counts import LabelCounts
 
     torch.manual_seed(0)
     model = build_model("mlp")
-    view, _, _ = server_view(model, load_data("digits", (1, 28, 28)), np.arange(8))
-    head = [name for name, _ in model.named_parameters()][-2:]  # the head's weight and bias
-    without_weight = dataclasses.replace(view, tensors={k: v for k, v in view.tensors.items() if k != head[0]})
-    assert ClassFishing().applies(view) is None
-    assert ClassFishing().applies(without_weight) == f"the update holds nothing of the head's weight ({head[0]}: frozen, or computed from other tensors) to fish with"
-    assert "the update has no tensor for the head" in LabelCounts().applies(without_weight)
+    data = load_data("digits", (1, 28, 28))
+    weight, bias = [name for name, _ in model.named_parameters()][-2:]  # the head's
+
+    def without(view, name):
+        return dataclasses.replace(view, tensors={k: v for k, v in view.tensors.items() if k != name})
+
+    view, _, _ = server_view(model, data, np.arange(8))
+    assert ClassFishing().applies(view) is None and LabelCounts().applies(view) is None
+    assert ClassFishing().applies(without(view, weight)) == f"the update has no tensor for the head's weight {weight} to fish with"
+    assert FeatureFishing().applies(without(view, bias)) == f"the update has no tensor for the head's bias {bias} to fish with"
+    assert LabelCounts().applies(without(view, weight)) == f"the update has no tensor for the head's weight {weight} to read labels from"
+    one, _, _ = server_view(model, data, np.arange(1))
+    assert IDLG().applies(one) is None
+    assert IDLG().applies(without(one, weight)) == f"the update has no tensor for the head's weight {weight} to read labels from"
+    model[-1].weight.requires_grad_(False)  # frozen: named so
+    assert ClassFishing().applies(without(view, weight)) == (f"the head's weight {weight} is frozen (requires_grad=False): "
+                                                              "the update holds nothing of it to fish with")

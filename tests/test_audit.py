@@ -2008,7 +2008,7 @@ def test_a_frozen_or_parametrised_head_is_named_as_such_when_label_attacks_skip(
         frozen[3].requires_grad_(False)
         report = audit(frozen, arch="fg_heads:plain", data=(x[:1], y[:1]), batch_size=1, attacks=["label_counts", "idlg"])
         assert set(skipped_when_asked(report).values()) == {
-            "the head 3.weight is frozen (requires_grad=False): the update holds nothing of it to read labels from"}
+            "the head's weight 3.weight is frozen (requires_grad=False): the update holds nothing of it to read labels from"}
         report = audit(arch="fg_heads:spectral", data=(x[:8], y[:8]), batch_size=8, attacks=["label_counts"])
         assert report.skipped["label_counts"].startswith("the head's weight 3.weight is computed from other tensors")
 
@@ -2268,9 +2268,9 @@ def test_the_note_on_a_received_model_names_every_rule_it_does_not_spell_out():
 
 @pytest.mark.parametrize("change, message", [
     (lambda t, first: {**t, "extra.weight": torch.ones(2)}, "has tensor 'extra.weight' that is not a parameter of the model; remove it or check --arch"),
-    (lambda t, first: {**t, first: t[first].tolist()}, "is a list, not a tensor; save model.state_dict() (names to tensors only)"),
-    (lambda t, first: {**t, first: t[first].to(torch.int64)}, "has dtype torch.int64; a layer's weights, and an update's, are floating point"),
-    (lambda t, first: {**t, first: t[first][:1]}, "but the model's parameter has"),
+    (lambda t, first: {**t, first: t[first].tolist()}, "key '{first}' is a list, not a tensor; save model.state_dict() (names to tensors only)"),
+    (lambda t, first: {**t, first: t[first].to(torch.int64)}, "{first} has dtype torch.int64; a layer's weights, and an update's, are floating point"),
+    (lambda t, first: {**t, first: t[first][:1]}, "layer {first} has shape [1, 1, 5, 5] but the model's parameter has [12, 1, 5, 5]"),
 ], ids=["extra-tensor", "not-a-tensor", "integer-dtype", "wrong-shape"])
 def test_an_update_of_the_wrong_tensors_is_refused_naming_the_tensor(change, message):
     from fedguard.errors import InputError
@@ -2279,5 +2279,5 @@ def test_an_update_of_the_wrong_tensors_is_refused_naming_the_tensor(change, mes
     model = lenet8()
     good = compute_update(model, torch.rand(4, 1, 8, 8), torch.arange(4))
     first = next(iter(good.tensors))
-    with pytest.raises(InputError, match=re.escape(message)):
+    with pytest.raises(InputError, match=re.escape(message.format(first=first))):
         checked_update(Update(tensors=change(dict(good.tensors), first), protocol="fedsgd", batch_size=4), model, 4)

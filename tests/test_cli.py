@@ -116,7 +116,7 @@ def test_rules_lists_every_rule_id():
     # which --detector reports a rule (--detector FG301 had been refused, with nothing saying it is imprint's)
     by_id = {r["rule_id"]: r["detector"] for r in listed}
     assert by_id["FG001"] is None and by_id["FG301"] == "imprint" and by_id["FG804"] == "responses"
-    assert "\n       --detector imprint\n" in result.stdout and "\n       checked while loading, always\n" in result.stdout
+    assert "\n       --detector imprint\n" in result.stdout and "\n       (no detector: checked on every file while loading)\n" in result.stdout
 
 
 def test_clean_model_exits_zero(clean_model):
@@ -1150,7 +1150,9 @@ def test_a_safetensors_file_beyond_memory_is_refused_as_too_large_not_corrupt(wo
         (("inspect", "clean.pt", "--arch", "LeNet5"), "(did you mean 'lenet5'?)"),
         (("inspect", "clean.pt", "--arch", "resnet"), "(did you mean 'resnet18'?)"),
         (("inspect", "clean.pt", "--detector", "imprnt"), "unknown detector 'imprnt' (did you mean 'imprint'?); valid:"),
-        (("inspect", "clean.pt", "--detector", "FG301"), "FG301 is a rule, not a detector; give the detector that reports it, imprint"),
+        (("inspect", "clean.pt", "--detector", "FG301"), "FG301 is a rule, not a detector; the imprint detector reports it (`fedguard rules` names each rule's detector)"),
+        (("inspect", "clean.pt", "--detector", "averaging-rows"), "averaging-rows is a rule, not a detector; the constant_rows detector reports it"),
+        (("inspect", "clean.pt", "--detector", "FG001"), "FG001 is checked on every file while loading, by no detector; drop it (it always runs)"),
         (("audit", "--arch", "lenet", "--data", "digit"), "unknown data set 'digit' (did you mean 'digits'?); use one of"),
         (("audit", "--arch", "lenet", "--data", "digits", "--attack", "idgl"), "unknown attack 'idgl' (did you mean 'idlg'?)"),
     ],
@@ -1295,3 +1297,17 @@ def test_fedguard_help_lists_a_command_whose_source_is_not_shipped(monkeypatch):
     monkeypatch.setattr(cli, "lazy_summary", lambda name: None)
     result = CliRunner().invoke(cli.main, ["--help"])
     assert result.exit_code == 0 and "disaggregate  Rebuild every user's update" in result.stdout
+
+
+def test_every_python_package_is_listed_for_the_wheel():
+    """pyproject.toml lists the packages by hand (their folders are mapped: fedguard.attacks is attacks/): a new
+    subpackage left out of the list installs without its code. Every folder with an __init__.py is listed."""
+    import tomllib
+
+    with open("pyproject.toml", "rb") as f:
+        setuptools = tomllib.load(f)["tool"]["setuptools"]
+    found = set()
+    for package, folder in setuptools["package-dir"].items():
+        for init in Path(folder).rglob("__init__.py"):
+            found.add(".".join([package, *init.parent.relative_to(folder).parts]))
+    assert "fedguard.attacks.craft" in found and found <= set(setuptools["packages"]), found - set(setuptools["packages"])

@@ -148,7 +148,7 @@ def test_from_given_weights(tmp_path):
         (["craft", "trap_weights", "--arch", "lenet", "--set", "mode=block", "--set", "num_neurons=100000000", "-o", "x.pt"], "lower num_neurons"),
         (["craft", "mkor", "--arch", "lenet", "--seed", "99999999999999999999", "-o", "x.pt"], "--seed"),
         # options that would do nothing
-        (["craft", "mkor", "--arch", "lenet", "--data", "digits", "-o", "x.pt"], "--data is read by feature_fishing, imprint and loki only (mkor crafts the same model without it); craft one of those, or drop --data"),
+        (["craft", "mkor", "--arch", "lenet", "--data", "digits", "-o", "x.pt"], "--data is read only by the crafters feature_fishing, imprint, loki (mkor crafts the same model without it); craft one of those, or drop --data"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):

@@ -1052,7 +1052,7 @@ def test_truncated_safetensors(tmp_path):
         ({"reference": 5}, "reference is 5"),
         ({"detectors": "imprint"}, "pass a list of detector names"),
         ({"detectors": ["nope"]}, "unknown detector 'nope'"),
-        ({"detectors": ["fg804"]}, "fg804 is a rule, not a detector; give the detector that reports it, responses"),
+        ({"detectors": ["fg804"]}, "fg804 is a rule, not a detector; the responses detector reports it"),
         ({"detectors": [["imprint"]]}, "unknown detector ['imprint']"),
         ({"path": ""}, "the model path is ''; pass the path of a model file"),
         ({"seed": -1}, "bad seed -1"),

@@ -113,12 +113,12 @@ def imprint(
     Fed: Directly Obtaining Private Data in Federated Learning with Modified
     Models", ICLR 2022 (code: breaching ``ImprintBlock``).
     """
-    out = front_block(model, input_shape, num_bins, seed, "imprint", "num_bins")
-    first, second = out.imprint[0], out.imprint[2]
-    n = first.in_features
+    n = math.prod(input_shape)
     if linfunc == "fourier" and mode >= n:  # a higher mode aliases a lower one, scaled up (mode=100000: weights of 130)
         raise InputError(f"imprint mode={mode} is beyond the {n} DCT modes of a {'x'.join(map(str, input_shape))} input; "
-                         f"give a mode from 0 to {n - 1}")
+                         f"give a mode from 0 to {n - 1}")  # before the block is built: refused at once, whatever its size
+    out = front_block(model, input_shape, num_bins, seed, "imprint", "num_bins")
+    first, second = out.imprint[0], out.imprint[2]
     gen = seeded_generator(seed)
     h = _measurement(linfunc, n, mode, gen)
     values = data.flatten(1) @ h if data is not None else None

@@ -59,7 +59,7 @@ def trap_weights(
     image (our reading of the paper's extension to CNNs). ``mode="block"``
     inserts ``Sequential(Linear(C*H*W, num_neurons), ReLU, Linear(num_neurons,
     C*H*W))`` in front (the released code's ``CuriousAbandonHonesty`` block,
-    back-projection all ones, bias 0), see :class:`FrontEndModel`.
+    back-projection all ones, bias 0), see :class:`~fedguard.attacks.craft.FrontEndModel`.
 
     References
     ----------
