@@ -7,7 +7,11 @@ one forward+backward of the same model on the same batch, and their ratio
 (target <= 3x). The server has the rest of digits as public data, as in the
 audit (``fc_inversion`` reads its bins on them).
 
-Usage: ``python benchmarks/analytic_speed.py [--repeats 20]``
+Torch's OpenMP threads wait as in the ``fedguard`` command
+(:func:`fedguard.__main__.yielding_openmp`): on a busy machine libgomp's
+default had made every small operation wait about 20 ms (ratios of 570x).
+
+Usage: ``python benchmarks/analytic_speed.py [--repeats 100] [--threads 2]``
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedguard.__main__ import yielding_openmp  # noqa: E402
+
+yielding_openmp()  # before torch loads
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from fedguard.architectures import build_model, resolve_input_shape  # noqa: E402
 from fedguard.attacks.base import Budget  # noqa: E402
@@ -62,7 +70,10 @@ def _view(arch: str, batch: int) -> tuple[ServerView, object, torch.Tensor, torc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     for attack, arch, batch in ((FCInversion(), "mlp", 1), (FCInversion(), "mlp", 16), (ImprintEmulator(), "lenet", 64),
                                 (ClassFishing(), "mlp", 16)):
         view, upd, bx, by = _view(arch, batch)

@@ -35,7 +35,10 @@ Sections (``--only dlg,idlg,labels,ig,audit,mkor``; all by default):
   Baselines scored the same way: the public data's mean image (what the
   server has without the update) and its class means (labels known).
 
-Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--ig-iterations 1000] [--seeds 10] [--mkor-batches 10] [--device cuda] [--ig-norm running|batch] [--ig-restarts 2] [--ig-seeds 1] [--ig-batches 1,4]``
+Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--seeds 10] [--label-trials 6]
+[--label-archs lenet,convnet] [--label-lrs 0.001,0.003,0.01] [--no-skewed] [--ig-iterations 1000]
+[--ig-restarts 2] [--ig-seeds 1] [--ig-batches 1,4] [--ig-norm running|batch] [--mkor-batches 10]
+[--threads 2] [--device cuda]`` (``--help`` says what each does; the full run takes hours on 2 cores).
 Timings are wall-clock on this machine; other jobs sharing the CPU inflate them.
 """
 
@@ -96,8 +99,8 @@ def section_dlg(seeds: int, device: torch.device) -> None:
     """DLG per seed, timed against the plain loop (``reference_dlg.plain_dlg``) run just before it.
 
     The time base is one 300-step run of the plain loop. The plain loop's own run on a seed can
-    end early -- converged, or stalled (seed 1: torch's L-BFGS stops after 458 evaluations at
-    5 dB, 1.7 s) -- so the base of every seed is the plain loop's seconds per evaluation measured
+    end early -- converged, or stalled (docs/benchmarks.md: seeds 1 and 5, where torch's L-BFGS gives up
+    after 539 and 520 evaluations at 5 dB) -- so the base of every seed is the plain loop's seconds per evaluation measured
     on that seed (same moment, same load) times the median number of evaluations of the plain
     runs over all seeds. The same-seed ratio is printed too.
     """
@@ -207,19 +210,22 @@ def _count_trials(arch: str, protocol: str, lr: float, cases, x: torch.Tensor, y
     return exact / total, total
 
 
-def section_labels(trials: int) -> None:
+def section_labels(trials: int, archs=("lenet", "convnet"), lrs=(0.001, 0.003, 0.01), skewed_too: bool = True) -> None:
     print("## Label counts (digits at 32x32; the rest of the data set plays the server's public data)")
     x, y = load_data("digits", input_shape=(3, 32, 32))
     fedsgd, fedavg, skewed = _random_batches(y, trials), _random_batches(y, max(1, trials // 2)), _skewed_batches(y)
-    for arch in ("lenet", "convnet"):
+    for arch in archs:
         frac, n = _count_trials(arch, "fedsgd", 0.0, fedsgd, x, y)
         print(f"label counts FedSGD {arch}: {frac:.1%} of {n} per-class counts exact (batches 8-64; target >= 95 %)", flush=True)
-        frac, n = _count_trials(arch, "fedsgd", 0.0, skewed, x, y)
-        print(f"label counts FedSGD {arch}, skewed batches: {frac:.1%} of {n} per-class counts exact", flush=True)
-    for lr in (0.001, 0.003, 0.01):
-        for arch in ("lenet", "convnet"):
+        if skewed_too:
+            frac, n = _count_trials(arch, "fedsgd", 0.0, skewed, x, y)
+            print(f"label counts FedSGD {arch}, skewed batches: {frac:.1%} of {n} per-class counts exact", flush=True)
+    for lr in lrs:
+        for arch in archs:
             frac, n = _count_trials(arch, "fedavg", lr, fedavg, x, y)
             print(f"label counts FedAvg 5 steps lr {lr}: {arch}: {frac:.1%} of {n} per-class counts exact (target >= 90 %)", flush=True)
+            if not skewed_too:
+                continue
             frac, n = _count_trials(arch, "fedavg", lr, skewed, x, y)
             print(f"label counts FedAvg 5 steps lr {lr}: {arch}, skewed batches: {frac:.1%} of {n} per-class counts exact", flush=True)
 
@@ -386,8 +392,8 @@ def _mkor_batches(arch: str, crafter: str, batches: int, defense: str | None, **
     return np.mean(rows, axis=0), seconds / batches
 
 
-def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """Unique batches (one 32x32 photograph crop per class) on a VGG, as the paper's CIFAR-100 runs.
+def _mkor_vgg(arch: str, crafter: str, batches: int = 2) -> tuple[np.ndarray, np.ndarray, float]:
+    """Unique batches (one 32x32 photograph crop per class; two at most) on a VGG, as the paper's CIFAR-100 runs.
 
     Returns the scores, those of the public data's mean image (no update) and seconds per batch.
     """
@@ -398,7 +404,8 @@ def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, np.ndarray, float]:
     x, y = load_data("images", input_shape=(3, 32, 32))
     classes = int(y.max()) + 1
     rows, prior, seconds = [], [], 0.0
-    for k in (1, 2):
+    ks = range(1, 1 + min(2, batches))
+    for k in ks:
         idx = np.array([int(np.nonzero(y.numpy() == c)[0][k]) for c in range(classes)])
         rest = np.setdiff1d(np.arange(len(y)), idx)
         mean = x[rest].mean(0, keepdim=True).expand(classes, 3, 32, 32)
@@ -410,7 +417,7 @@ def _mkor_vgg(arch: str, crafter: str) -> tuple[np.ndarray, np.ndarray, float]:
         rec = MKOR().run(server_view(net, upd, (3, 32, 32), classes, seed=k, aux=(x[rest], y[rest])), Budget(MKOR.default_iterations))
         seconds += time.perf_counter() - start
         rows.append(class_scores(rec.images, rec.labels, x[idx], y[idx]))
-    return np.mean(rows, axis=0), np.mean(prior, axis=0), seconds / 2
+    return np.mean(rows, axis=0), np.mean(prior, axis=0), seconds / len(ks)
 
 
 def section_mkor(batches: int) -> None:
@@ -432,7 +439,7 @@ def section_mkor(batches: int) -> None:
             got, sec = _mkor_batches(arch, "mkor_inconspicuous", batches, defense, gain=4.0)
             print(f"MKOR mkor_inconspicuous gain=4 {key}: {fmt.format(*got)} ({sec:.1f} s per batch){versus}", flush=True)
     for arch in ("vgg11", "vgg16"):
-        got, mean, sec = _mkor_vgg(arch, "mkor")
+        got, mean, sec = _mkor_vgg(arch, "mkor", batches)
         print(f"MKOR mkor {arch} 32x32 photographs, unique batches: {fmt.format(*got)} ({sec:.1f} s per batch); "
               f"the public mean image {fmt.format(*mean)}; "
               "paper (VGG16, CIFAR-100 at 224x224) avg SSIM 0.87, avg PSNR 24.14 dB", flush=True)
@@ -440,13 +447,12 @@ def section_mkor(batches: int) -> None:
 
 def section_audit(device: torch.device) -> None:
     print(f"## Default audit: fedguard audit --arch lenet --data digits --batch-size 8 --device {device.type}")
-    exe = Path(sys.executable).with_name("fedguard")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "audit.json"
         start = time.perf_counter()
         proc = subprocess.run(
-            [str(exe), "audit", "--arch", "lenet", "--data", "digits", "--batch-size", "8", "--device", device.type, "--format", "json", "-o", str(out)],
-            capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"},
+            [sys.executable, "-m", "fedguard", "audit", "--arch", "lenet", "--data", "digits", "--batch-size", "8", "--device", device.type, "--format", "json", "-o", str(out)],
+            capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
         seconds = time.perf_counter() - start
         import json
@@ -463,6 +469,9 @@ def main() -> None:
     parser.add_argument("--mkor-batches", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--label-trials", type=int, default=6)
+    parser.add_argument("--label-archs", default="lenet,convnet", help="architectures of the label-count section")
+    parser.add_argument("--label-lrs", default="0.001,0.003,0.01", help="FedAvg local learning rates of the label-count section")
+    parser.add_argument("--no-skewed", action="store_true", help="leave out the label-count section's skewed batches")
     parser.add_argument("--ig-iterations", type=int, default=1000)
     parser.add_argument("--ig-restarts", type=int, default=2, help="restarts of both loops (fedguard's default is 2)")
     parser.add_argument("--ig-seeds", type=int, default=1, help="model inits, images and starts to compare the loops on (mean PSNR printed)")
@@ -482,7 +491,7 @@ def main() -> None:
     if "idlg" in only:
         section_idlg()
     if "labels" in only:
-        section_labels(args.label_trials)
+        section_labels(args.label_trials, args.label_archs.split(","), [float(lr) for lr in args.label_lrs.split(",")], not args.no_skewed)
     if "ig" in only:
         section_ig(args.ig_iterations, args.ig_restarts, device, args.ig_norm, args.ig_seeds, [int(b) for b in args.ig_batches.split(",")])
     if "audit" in only:

@@ -11,6 +11,7 @@ miss and false alarm by label. Run from the repository root:
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,7 @@ def verdict_of(state_dict) -> tuple[Verdict, list[str]]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, nothing else
     false_alarms, misses = [], []
     benign = crafted = 0
     caught_by = Counter()

@@ -14,6 +14,7 @@ BatchNorm or dropout, as training runs them), and the batches whose examples rea
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -84,6 +85,7 @@ THRESHOLDS = {
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, nothing else
     worst: dict[str, tuple[float, str]] = {}
     entries = benign_entries()
     for entry in entries:
@@ -97,7 +99,7 @@ def main() -> None:
     print(f"benign zoo: {len(entries)} models")
     for key, (value, where) in worst.items():
         print(f"  {key:<46} benign extreme {value:10.4g}  threshold {THRESHOLDS[key]:<40} at {where}")
-    dsnr, tsnr, rare, same, silent, merged = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), []
+    dsnr, muted, tsnr, rare, same, silent, merged = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), []
     for entry in entries:
         if entry.module is None or entry.arch is None:
             continue
@@ -108,7 +110,10 @@ def main() -> None:
         x, y = x[y < classes], y[y < classes]  # a two-class head gets the digits 0 and 1
         batch = (x[: gradient_snr.BATCH], y[: gradient_snr.BATCH])
         norms = gradient_snr.per_example_gradient_norms(module, *batch)
-        score = max(gradient_snr.dsnr(n) for n in norms.values() if float(n.max()) > 0)
+        norms = {name: n for name, n in norms.items() if float(n.max()) > 0}
+        score = max(gradient_snr.dsnr(n) for n in norms.values())
+        quiet = [float((n <= gradient_snr.SILENT * n.max()).float().mean()) for n in norms.values()]
+        muted = max(muted, (sum(q >= gradient_snr.SILENT_SHARE for q in quiet) / len(quiet), entry.label))
         first = next(m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
         with torch.no_grad():
             t = float(gradient_snr.transmit_snr(first, batch[0]).max())
@@ -132,6 +137,7 @@ def main() -> None:
                 grouped = sum(len(group.units) for group in responses.binning_groups(seen))
                 same = max(same, (grouped, where))
     print(f"  {'D-SNR on 16 digits':<46} benign max {dsnr[0]:10.4g}  threshold >= {gradient_snr.DSNR_LIMIT:g}  at {dsnr[1]}")
+    print(f"  {'tensors with >= half of 16 digits silent':<46} benign max {muted[0]:10.4g}  threshold >= {gradient_snr.SILENT_TENSORS:g} of tensors (FG801)  at {muted[1]}")
     print(f"  {'transmit-SNR, first layer':<46} benign max {tsnr[0]:10.4g}  threshold >= {gradient_snr.TSNR_LIMIT:g} on {gradient_snr.TSNR_FRACTION:.0%} of units  at {tsnr[1]}")
     print(f"  {'Linear layers: units reached by <= 1/8 of 64':<46} benign max {rare[0]:10.4g}  threshold >= {responses.RARE_SHARE:g} of reached units (FG803)  at {rare[1]}")
     print(f"  {'Linear layers: units silent on 64 digits':<46} benign max {silent[0]:10.4g}  threshold >= {silenced.DEAD_SHARE:g} of {silenced.MIN_UNITS}+ units (FG805)  at {silent[1]}")

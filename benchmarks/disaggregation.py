@@ -15,7 +15,12 @@ Prints one line per figure:
 Every line gives the time per user and in total, so growth with users and
 rounds is visible.
 
-Usage: ``python benchmarks/disaggregation.py [--only reference,scale,noise] [--seeds 3]``
+BLAS threads (numpy's, scipy's) are pinned with ``--threads`` (default 1): on
+a busy 2-core machine two BLAS threads had made the reference speed-up 2.6x
+instead of 6.5x. The ``noise`` section is slow: 2-3 minutes a level and seed
+on the reference case (seven levels, ``--seeds 3``: about 45 minutes).
+
+Usage: ``python benchmarks/disaggregation.py [--only reference,scale,noise] [--seeds 3] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -121,7 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="reference,scale,noise")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads of numpy and scipy")
     args = parser.parse_args()
+    threadpool_limits(args.threads)
     sections = set(args.only.split(","))
     if "reference" in sections:
         reference(args.seeds)

@@ -804,7 +804,7 @@ def show(findings):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--verbose", action="store_true", help="print every model's verdict")
     args = ap.parse_args()
     t0 = time.perf_counter()

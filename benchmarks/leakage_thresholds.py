@@ -22,6 +22,7 @@ Usage: ``python benchmarks/leakage_thresholds.py``; deterministic (seed 0).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def report(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, nothing else
     torch.manual_seed(0)
     x, y = load_data("digits")
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)

@@ -10,7 +10,8 @@ the image gradient, one Adam step (lr 0.1), ``MultiStepLR`` at 3/8, 5/8, 7/8
 The model runs in training mode (batch statistics), as the client trained.
 Same start as fedguard (``z ~ N(0, 1)`` from ``torch.Generator().manual_seed(seed * 1000 + 23)``),
 on the model's device.
-Nothing from fedguard's attack code is used.
+Nothing from fedguard's attack code is used. A module, not a script:
+``python benchmarks/attack_fidelity.py --only ig`` runs it beside fedguard's.
 """
 
 from __future__ import annotations

@@ -1181,18 +1181,18 @@ def test_ctrl_c_during_an_inspection_exits_130_not_as_findings(clean_model, monk
 def test_the_command_lets_torchs_openmp_threads_yield_unless_told_otherwise(monkeypatch):
     """Beside other busy processes torch's threads had spun for their cores (an inspection 4x, an attack's
     iterations 60x slower); the command sets libgomp's spin count before torch loads, and leaves a user's own."""
-    from fedguard.__main__ import GOMP_SPIN_COUNT, _yielding_openmp
+    from fedguard.__main__ import GOMP_SPIN_COUNT, yielding_openmp
 
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    _yielding_openmp()
+    yielding_openmp()
     assert os.environ["GOMP_SPINCOUNT"] == GOMP_SPIN_COUNT
     monkeypatch.setenv("GOMP_SPINCOUNT", "50")
-    _yielding_openmp()
+    yielding_openmp()
     assert os.environ["GOMP_SPINCOUNT"] == "50"
     monkeypatch.delenv("GOMP_SPINCOUNT")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    _yielding_openmp()
+    yielding_openmp()
     assert "GOMP_SPINCOUNT" not in os.environ
 
 
