@@ -462,9 +462,9 @@ def _detector_names(names: Sequence[str] | None) -> list[str]:
     if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
         raise InputError(f"detectors is {names!r:.40}; pass a list of detector names such as ['imprint'], or None")
     for name in names or ():
-        if isinstance(name, str) and name not in DETECTORS:
-            _refuse_a_rule(name)
         if not isinstance(name, str) or name not in DETECTORS:
+            if isinstance(name, str):
+                _refuse_a_rule(name)
             raise InputError(f"unknown detector {name!r:.40}{did_you_mean(name, DETECTORS.names())}; valid: {', '.join(DETECTORS.names())}")
     return list(dict.fromkeys(names)) if names else DETECTORS.names()  # a detector named twice runs once
 
