@@ -1681,3 +1681,19 @@ def test_a_head_left_out_of_the_update_is_named_by_the_attacks_that_read_it():
     model[-1].weight.requires_grad_(False)  # frozen: named so
     assert ClassFishing().applies(without(view, weight)) == (f"the head's weight {weight} is frozen (requires_grad=False): "
                                                               "the update holds nothing of it to fish with")
+
+
+def test_a_server_view_without_the_batch_size_is_named_by_the_attacks_that_need_it():
+    """The audit always tells the server the batch size; a ServerView built in Python may not (batch_size=None), and
+    the attacks that divide by it or size their guess by it say so instead of failing."""
+    import dataclasses
+
+    from fedguard.architectures import build_model
+    from fedguard.attacks.base import attacks
+    from fedguard.threat import NO_BATCH_SIZE
+
+    torch.manual_seed(0)
+    view, _, _ = server_view(build_model("mlp"), load_data("digits", (1, 28, 28)), np.arange(4))
+    unknown = dataclasses.replace(view, batch_size=None)
+    for name in ("label_counts", "fc_inversion", "dlg", "inverting_gradients", "feature_fishing"):
+        assert attacks().get(name)().applies(unknown) == NO_BATCH_SIZE, name
