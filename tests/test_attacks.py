@@ -625,6 +625,23 @@ def test_discriminant_directions_invert_the_class_means_and_ignore_within_class_
     assert D[0].abs().max() < 0.01 * D[1:].abs().max()  # the noisy direction is all but ignored
 
 
+def test_one_class_s_directions_ignore_what_varies_within_that_class_alone():
+    """``within=k``: the directions vary least within class k, whatever the other classes do, and still invert M."""
+    from fedguard.attacks.label_counts import _discriminant_duals
+
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(4, 60, generator=gen, dtype=torch.float64)
+    y = torch.arange(400) % 4
+    H = means[y] + 0.01 * torch.randn(400, 60, generator=gen, dtype=torch.float64)
+    H[y == 2, 0] += 10 * torch.randn(100, generator=gen, dtype=torch.float64)  # feature 0 varies in class 2 only
+    M = torch.stack([H[y == k].mean(0) for k in range(4)])
+    own, other = _discriminant_duals(H, y, 4, within=2), _discriminant_duals(H, y, 4, within=1)
+    assert torch.allclose(M @ own, torch.eye(4, dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(M @ other, torch.eye(4, dtype=torch.float64), atol=1e-8)
+    assert own[0].abs().max() < 0.01 * own[1:].abs().max()  # class 2's noisy feature all but ignored
+    assert other[0].abs().max() > 0.1 * other[1:].abs().max()  # class 1 sees no noise there and uses it
+
+
 def test_public_examples_for_the_statistics_are_capped_by_their_forward_cost(monkeypatch):
     import fedguard.attacks.label_counts as lc
 

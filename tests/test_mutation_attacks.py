@@ -93,6 +93,31 @@ def test_the_weight_update_s_counts_are_weighed_no_more_than_their_floor_allows(
     assert np.allclose(rec.details["raw_counts"], (simulated + feature) / 2, atol=2e-3)
 
 
+def test_the_bias_solve_has_closed_while_four_times_its_misfit_is_within_the_floor():
+    import fedguard.attacks.label_counts as lc
+
+    assert lc._closed(0.0) and lc._closed(0.05) and not lc._closed(0.051)
+
+
+@pytest.mark.parametrize("closed, directions", [(False, "each class's own"), (True, "pooled")])
+def test_the_weight_update_is_read_along_each_class_s_own_directions_where_the_bias_solve_does_not_close(monkeypatch, closed, directions):
+    """Where the bias equation's solve did not close each row of S is read along its own class's directions, else
+    along the pooled ones; the details say which."""
+    import fedguard.attacks.label_counts as lc
+
+    asked = []
+    real = lc._error_mass
+    monkeypatch.setattr(lc, "_error_mass", lambda *args: asked.append(args[-1]) or real(*args))
+    monkeypatch.setattr(lc, "_closed", lambda misfit: closed)
+    view, by = _prototype_view()
+    rec = lc.LabelCounts().run(view, Budget(60))
+    assert asked == [not closed] and rec.details["weight_update_directions"] == directions
+    true = torch.bincount(by, minlength=10)
+    from_weights = torch.tensor(rec.details["weight_update_counts"], dtype=torch.float64)
+    assert (from_weights - true).abs().max() < 0.3  # prototypes: either reading gets every count
+    assert rec.label_counts.tolist() == true.tolist()
+
+
 def test_the_confidence_of_a_class_in_its_own_examples_is_capped_at_0_99(monkeypatch):
     """n_k = -S[k, k] / (T (1 - a_k)) with the re-measured own confidence a_k kept as measured up to 0.99."""
     import fedguard.attacks.label_counts as lc
