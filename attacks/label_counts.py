@@ -360,7 +360,9 @@ def _error_mass(weight_update: torch.Tensor, path: list[_Stats], labels: torch.T
     row ``k`` is read along directions that vary least within class ``k``
     alone (its own shrunk covariance in :func:`_discriminant_duals`): on the
     ConvNet at lr 0.01 the error of ``-S[k, k]`` fell from 7.6 to 6.2 % (four
-    batches of 32-64). The standard deviation stays the pooled directions'.
+    batches of 32-64). The standard deviation stays the pooled directions',
+    which these directions make smaller, so the weight update may be weighed
+    a little lightly there (docs/benchmarks.md's figures were measured so).
     """
     W = weight_update.detach().double().cpu().flatten(1)
     H = torch.stack([s.features for s in path]).mean(0)
@@ -506,9 +508,9 @@ def _closed(misfit: float) -> bool:
 
     Where it did not, the weight update carries the counts, and :func:`_error_mass` reads each row of the head's
     update along directions from its own class's public examples. Measured (docs/benchmarks.md): the ConvNet at
-    lr 0.01, whose solves never close, 367 → 390 of 480 counts exact over 12 trials; where solves close (LeNet, the
-    ConvNet at lr 0.003) nothing changes, and on skewed batches the counts move by 2 either way. Used everywhere, the
-    same readout cost LeNet at lr 0.01 7 of 240 counts.
+    lr 0.01, whose solves never close, 367 → 390 of 480 counts exact over 12 trials; LeNet at lr 0.01 and the ConvNet
+    at lr 0.003, whose solves close on all but one batch, unchanged; skewed batches 2 counts up or down. Used
+    everywhere, the same readout cost LeNet at lr 0.01 7 of 240 counts.
     """
     return MISFIT_SCALE * misfit <= MIN_EQUATION_SD
 

@@ -642,6 +642,42 @@ def test_one_class_s_directions_ignore_what_varies_within_that_class_alone():
     assert other[0].abs().max() > 0.1 * other[1:].abs().max()  # class 1 sees no noise there and uses it
 
 
+@pytest.mark.parametrize("per_class", [3, 10], ids=["one-fold", "cross-fitted"])
+def test_the_weight_update_s_rows_are_read_along_their_own_class_s_directions(per_class):
+    """own_class: S[k, k] is row k of the update through class k's directions, scaled by the held-out class means
+    (averaged over the folds; one fold, unscaled, below four examples a class); the pooled reading differs."""
+    import types
+
+    from fedguard.attacks.label_counts import CROSS_FIT_FOLDS, _discriminant_duals, _error_mass
+
+    gen = torch.Generator().manual_seed(0)
+    C, d, batch, lr = 4, 20, 8, 0.01
+    y = torch.arange(C * per_class) % C
+    H = torch.randn(C, d, generator=gen, dtype=torch.float64)[y] + 0.3 * torch.randn(len(y), d, generator=gen, dtype=torch.float64)
+    H[y == 2, 0] += 5 * torch.randn(per_class, generator=gen, dtype=torch.float64)  # class 2 alone varies along feature 0
+    M = torch.stack([H[y == k].mean(0) for k in range(C)])
+    mass = torch.tensor([10.0, 20.0, 30.0, 40.0], dtype=torch.float64)  # -S[k, k], plus what the means do not explain
+    W = (lr / batch) * (mass[:, None] * M + 2 * torch.randn(C, d, generator=gen, dtype=torch.float64))
+    G = -(batch / lr) * W
+    folds = min(CROSS_FIT_FOLDS, per_class // 2)
+    fold = torch.arange(len(y)) // C % folds  # dealt out within each class, as _error_mass deals them
+
+    def row(k: int, fit: torch.Tensor) -> torch.Tensor:
+        D = _discriminant_duals(H[fit], y[fit], C, within=k)
+        if folds < 2:
+            return (G @ D)[k, k]
+        A = torch.stack([(H[~fit & (y == j)] @ D).mean(0) for j in range(C)])
+        return (G @ D @ torch.linalg.inv(A))[k, k]
+
+    fits = [fold != f for f in range(folds)] if folds >= 2 else [torch.ones(len(y), dtype=torch.bool)]
+    want = torch.stack([-torch.stack([row(k, fit) for fit in fits]).mean() for k in range(C)])
+    path, confidence = [types.SimpleNamespace(features=H)], torch.full((C,), 0.5, dtype=torch.float64)
+    own, _ = _error_mass(W, path, y, confidence, batch, 5, lr, own_class=True)
+    pooled, _ = _error_mass(W, path, y, confidence, batch, 5, lr)
+    assert np.allclose(own, want.numpy(), rtol=1e-9) and (want > 0).all()
+    assert not np.allclose(own, pooled, rtol=1e-3)
+
+
 def test_public_examples_for_the_statistics_are_capped_by_their_forward_cost(monkeypatch):
     import fedguard.attacks.label_counts as lc
 
