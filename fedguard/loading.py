@@ -152,19 +152,28 @@ _QUANTISED = (" holds packed quantised parameters (torch.ao.quantization), which
               "compiled classes; inspect the float model before quantising: torch.save(model.state_dict(), 'model.pt')")
 
 
+#: What TorchScript's own pickler writes beside its ``__torch__`` classes (``torch/jit/_pickle.py``: typed lists
+#: of a scripted module's int, float, bool or tensor attributes and shapes, a traced module's type tags; complex
+#: constants), none of which runs code of the file's choosing.
+_TORCHSCRIPT_OWN = frozenset(
+    [f"torch.jit._pickle.{name}" for name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+                                              "build_tensor_from_id", "restore_type_tag")] + ["builtins.complex"]
+)
+
+
 def _refuse_compiled(path: Path, unsafe: list[str]) -> None:
     """InputError for the compiled forms torch writes, whose pickles import no Python function: a TorchScript
-    archive (``torch.jit.save``; ``__torch__`` classes) and a quantised model's packed parameters. Anything beside
-    them stays FG001."""
-    if not all(name.startswith("__torch__.") or name == _PACKED for name in unsafe):
-        return
-    if any(name.startswith("__torch__.") for name in unsafe):
+    archive (``torch.jit.save``; ``__torch__`` classes and :data:`_TORCHSCRIPT_OWN`) and a quantised model's packed
+    parameters. Anything beside them stays FG001."""
+    if unsafe and all(name == _PACKED for name in unsafe):
+        raise InputError(f"{path}{_QUANTISED}")
+    scripted = any(name.startswith("__torch__.") for name in unsafe)
+    if scripted and all(name.startswith("__torch__.") or name == _PACKED or name in _TORCHSCRIPT_OWN for name in unsafe):
         raise InputError(
             f"{path} is a TorchScript archive (torch.jit.save): loading it runs its compiled program, which fedguard "
             "neither runs nor checks (do not load it from a server you do not trust); ask for the weights as a "
             "state_dict: torch.save(model.state_dict(), 'model.pt')"
         )
-    raise InputError(f"{path}{_QUANTISED}")
 
 
 def _check_file(path: Path) -> str:

@@ -26,6 +26,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedguard.architectures import ARCHITECTURES
 from fedguard.errors import InputError
 from fedguard.inspect import inspect_model
 from fedguard.loading import CODE_IMPORT_RULE, load_model_file
@@ -317,13 +318,26 @@ def test_checkpoints_with_numpy_values_and_run_arguments_load(tmp_path):
 def test_torchscript_and_quantised_models_are_refused_by_name(tmp_path):
     """A TorchScript archive and a quantised model's packed parameters import no Python function, only torch's
     compiled classes: each is named, with the export that works (they had been FG001, critical, or a dtype
-    "not a tensor"); a TorchScript archive with a payload beside its classes is still FG001."""
+    "not a tensor"), convolutions' typed int lists, a traced module's type tags and complex constants included
+    (those had been FG001); a TorchScript archive with a payload beside its classes is still FG001."""
+
+    class Constants(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.scale = nn.Conv2d(1, 2, 3), 1 + 2j
+
+        def forward(self, x):
+            return self.conv(x)
+
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's and torch.ao.quantization's deprecation notices
-        torch.jit.save(torch.jit.script(model), tmp_path / "scripted.pt")
-        with pytest.raises(InputError, match=r"is a TorchScript archive \(torch.jit.save\).*model.state_dict\(\)"):
-            load_model_file(tmp_path / "scripted.pt")
+        archives = {"scripted": torch.jit.script(model), "traced": torch.jit.trace(model, torch.randn(2, 16)),
+                    "conv": torch.jit.script(ARCHITECTURES.get("lenet5").build()), "constants": torch.jit.script(Constants())}
+        for name, archive in archives.items():
+            torch.jit.save(archive, tmp_path / f"{name}.pt")
+            with pytest.raises(InputError, match=r"is a TorchScript archive \(torch.jit.save\).*model.state_dict\(\)"):
+                load_model_file(tmp_path / f"{name}.pt")
         for quantised in (torch.ao.quantization.quantize_dynamic(model, {nn.Linear}),
                           torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.LSTM(8, 4)), {nn.LSTM})):
             torch.save(quantised.state_dict(), tmp_path / "quantised.pt")
@@ -331,7 +345,9 @@ def test_torchscript_and_quantised_models_are_refused_by_name(tmp_path):
                 load_model_file(tmp_path / "quantised.pt")
     from fedguard.loading import _refuse_compiled
 
-    _refuse_compiled(tmp_path / "mixed.pt", ["__torch__.nets.MLP", "os.system"])  # not refused here: FG001 follows
+    for payload in ("os.system", "torch.jit._pickle.eval"):  # not refused here: FG001 follows
+        _refuse_compiled(tmp_path / "mixed.pt", ["__torch__.nets.MLP", "torch.jit._pickle.build_intlist", payload])
+    _refuse_compiled(tmp_path / "lists.pt", ["torch.jit._pickle.build_intlist"])  # no TorchScript class: FG001
 
 
 def test_an_empty_buffer_loads_an_empty_layer_is_refused(tmp_path):
