@@ -68,6 +68,22 @@ def reshaped_names(received: Mapping[str, torch.Size], expected: Mapping[str, to
     return [k for k in expected if k in received and tuple(received[k]) != tuple(expected[k])]
 
 
+def wrapping_prefix(received: Mapping[str, torch.Size], expected: Mapping[str, torch.Size]) -> str | None:
+    """The prefix under which ``received`` holds every key of ``expected`` in its shape (running statistics may be
+    missing), or None: a crafted model that wraps the client's architecture (``model.``) beside an added block
+    (``imprint.``) shares no name with it, and FG701 had said to fix ``--arch``."""
+    first = next((k for k in expected if not is_running_stat(k)), None)
+    if first is None:
+        return None
+    for name in received:
+        prefix = name[: -len(first)]
+        if not name.endswith(first) or not prefix.endswith("."):
+            continue
+        if all(tuple(received.get(prefix + k, ())) == tuple(shape) for k, shape in expected.items() if not is_running_stat(k)):
+            return prefix
+    return None
+
+
 def shape_summary(diff: dict) -> str:
     """``compare_shapes``' lists in one phrase, the first few of each named."""
     parts = []
@@ -109,12 +125,22 @@ class ArchitectureDrift(Detector):
 
     def run(self, context: InspectContext):
         module = context.view.module
-        diff = compare_shapes(folded_shapes(context.view.tensors), folded_shapes(module.state_dict()))
+        received, expected_shapes = folded_shapes(context.view.tensors), folded_shapes(module.state_dict())
+        diff = compare_shapes(received, expected_shapes)
         if any(diff.values()):
             expected = [k for k in module.state_dict() if not is_running_stat(k)]
             disjoint = bool(expected) and len(diff["missing"]) == len(expected)  # not one layer name in common
-            check = (" Not one layer of the model is named as in --arch: if --arch is not the architecture you "
-                     "train (or build it wrapped differently), fix --arch first." if disjoint else "")  # fmt: skip
+            prefix = wrapping_prefix(received, expected_shapes) if disjoint else None
+            # (a file holding nothing else is read under --arch's names before any detector runs: names_from)
+            added = [k for k in received if prefix is not None and not k.startswith(prefix)]
+            if added:
+                shown = ", ".join(added[:SHOWN]) + (f" (+{len(added) - SHOWN} more)" if len(added) > SHOWN else "")
+                check = (f" Every layer of --arch is in the file under '{prefix}' in its shape, beside {len(added)} "
+                         f"tensors of layers it does not have ({shown}): the server wrapped your architecture and "
+                         "added layers.")  # fmt: skip
+            else:
+                check = (" Not one layer of the model is named as in --arch: if --arch is not the architecture you "
+                         "train (or build it wrapped differently), fix --arch first." if disjoint else "")  # fmt: skip
             yield self.finding(
                 "FG701", "Model does not match the expected architecture", Severity.HIGH, Confidence.HIGH, None,
                 f"Compared with --arch: {shape_summary(diff)}.{check} Do not train on a model whose structure "

@@ -158,7 +158,7 @@ def load_weights(
 def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
-    from fedguard.inspect import build_expected_module, fitting_input_shape, input_shape_hint, names_from, unwrapped
+    from fedguard.inspect import build_expected_module, drift_hint, names_from, unwrapped
 
     shape = resolve_input_shape(arch, input_shape)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):  # the network it runs on its devices
@@ -208,11 +208,11 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     tensors = unwrapped(tensors, module)
     try:
         load_weights(module, tensors, info.get("path") or "state_dict", arch)
-    except InputError as exc:  # layers in other shapes that another input size of --arch gives: say which
-        fits = fitting_input_shape(arch, tensors, num_classes) if input_shape is None and named else None
-        if fits is None:
+    except InputError as exc:  # the file fits another input size of --arch, or another built-in: say which
+        hint = drift_hint(arch, tensors, num_classes, input_shape) if named else None
+        if hint is None:
             raise
-        raise InputError(f"{str(exc).split('; ')[0]}; {input_shape_hint(arch, fits)}") from None
+        raise InputError(f"{str(exc).split('; ')[0]}; {hint}") from None
     info["arch"] = arch
     return module, info
 

@@ -1147,6 +1147,11 @@ def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_li
         audit(arch="lenet", data="digits", batch_size=8, protocol="fedavg", local_lr=-1)
     with pytest.raises(InputError, match=r"^detector reference_drift needs reference; pass it or leave reference_drift out of detectors$"):
         inspect_model(Path(__file__), detectors=["reference_drift"])
+    # a check of the data needs --arch and --data: only the one not given is named, in the number it is
+    with pytest.raises(InputError, match=r"^detector responses needs arch and data; pass them or leave responses out"):
+        inspect_model(Path(__file__), detectors=["responses"])
+    with pytest.raises(InputError, match=r"^detector responses needs data; pass it or leave responses out"):
+        inspect_model(Path(__file__), arch="lenet5", detectors=["responses"])
     report = audit(arch="lenet", data="digits", batch_size=2, attacks=["dlg"], time_budget=0.01)  # notes and reasons too
     assert report.skipped["dlg"].endswith("so it measured nothing; raise time_budget"), report.skipped
     assert assert_input_error(invoke(*TINY, "--data", "digits", "--batch-size", "5000")) == (

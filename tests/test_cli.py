@@ -1215,6 +1215,34 @@ def test_fg701_names_the_input_shape_at_which_the_file_fits_a_built_in_architect
     assert "--input-shape" not in invoke("inspect", "other.pt", "--arch", "lenet5", "--format", "json").stdout
 
 
+def test_fg701_names_the_built_in_architecture_the_file_fits_and_an_architecture_wrapped_beside_added_layers(workdir):
+    """An honest LeNet-5 against --arch lenet (DLG's net, an easy mix-up) was FG701 with nothing to say which
+    architecture the file is; a crafted model holding the client's architecture under ``model.`` beside an imprint
+    block was told to fix --arch. Both now say what the file is (the audit too)."""
+    from fedguard.architectures import build_model
+
+    state = build_model("lenet5").state_dict()
+    torch.save(state, workdir / "lenet5.pt")
+    hint = ("the file fits --arch lenet5 exactly (classic LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling): if "
+            "that is the architecture you train, pass --arch lenet5")
+    result = invoke("inspect", "lenet5.pt", "--arch", "lenet", "--format", "json")
+    drift = json.loads(result.stdout)["findings"][0]
+    assert result.exit_code == 1 and drift["rule_id"] == "FG701" and drift["message"].endswith(f"T{hint[1:]}.")
+    assert assert_input_error(invoke("audit", "--model", "lenet5.pt", "--arch", "lenet", "--data", "digits")).endswith(hint)
+    # the same file with the wrong class count fits no other built-in: no hint
+    assert "exactly" not in invoke("inspect", "lenet5.pt", "--arch", "lenet5", "--num-classes", "7", "--format", "json").stdout
+    crafted = {"imprint.0.weight": torch.randn(64, 784), "imprint.0.bias": torch.randn(64), **{f"model.{k}": v for k, v in state.items()}}
+    torch.save(crafted, workdir / "crafted.pt")
+    result = invoke("inspect", "crafted.pt", "--arch", "lenet5", "--format", "json")
+    drift = next(f for f in json.loads(result.stdout)["findings"] if f["rule_id"] == "FG701")
+    assert result.exit_code == 1 and "fix --arch" not in drift["message"]
+    assert ("Every layer of --arch is in the file under 'model.' in its shape, beside 2 tensors of layers it does not "
+            "have (imprint.0.weight, imprint.0.bias): the server wrapped your architecture and added layers.") in drift["message"]
+    crafted["model.classifier.4.weight"] = torch.randn(10, 85)  # one layer of the architecture resized: no longer it
+    torch.save(crafted, workdir / "resized.pt")
+    assert "fix --arch first" in invoke("inspect", "resized.pt", "--arch", "lenet5", "--format", "json").stdout
+
+
 def test_a_checkpoint_holding_the_network_under_a_wrappers_attribute_reads_as_the_architecture(workdir):
     """A Lightning checkpoint keeps the network under the LightningModule's attribute (``model.conv1.weight``): every
     key had been FG701's 'missing', malicious. Names that are the architecture's behind one prefix are read as its;
