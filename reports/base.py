@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, kind_of
 from fedguard.registry import Registry
-from fedguard.types import AuditReport, Finding, InspectionReport, Rule, Severity
+from fedguard.types import AuditReport, Finding, InspectionReport, Rule, Severity, Verdict
 
 #: Severities from worst to mildest: the order every renderer lists them in.
 SEVERITY_ORDER: tuple[Severity, ...] = tuple(sorted(Severity, reverse=True))
@@ -298,17 +298,33 @@ def shown_command() -> str | None:
 def more_detectors(report: InspectionReport) -> str:
     """``--data, --reference would run N more detectors`` when a clean inspection left out detectors for options it
     was not given (a newcomer had not known what they would add): only the options not given, and only the detectors
-    they would add; nothing when detectors were named with --detector."""
+    they would add; when detectors were named with --detector, how many others did not run."""
     from fedguard.detectors import DETECTORS
     from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE
 
-    if report.config.get("detectors_requested") or not report.loaded:
+    if not report.loaded:
         return ""
+    if report.config.get("detectors_requested"):  # a clean subset had read as the whole inspection
+        left = len(DETECTORS.names()) - len(report.detectors_run)
+        return f"the other {plural(left, 'detector')} left out by --detector" if left > 0 else ""
     given = {NEEDS_MODULE: report.arch, NEEDS_DATA: report.config.get("data"), NEEDS_REFERENCE: report.reference}
     missing = {need for need, value in given.items() if not value}
     left = [cls for name, cls in DETECTORS.items() if name not in report.detectors_run and cls.needs & missing]
     options = [flag for need, flag in NEED_FLAGS.items() if need in missing and any(need in cls.needs for cls in left)]
     return f"{', '.join(options)} would run {plural(len(left), 'more detector')}" if left else ""
+
+
+def exit_note(report: InspectionReport) -> str:
+    """``exit 0: no finding at or above --fail-on critical`` where the command's exit status does not read as the
+    verdict does (a malicious model passing under a high ``--fail-on``, a clean one failing under ``--fail-on low``);
+    nothing otherwise, or from Python (no ``fail_on`` in the report's config)."""
+    fail_on = report.config.get("fail_on")
+    if fail_on is None:
+        return ""
+    failing = bool(report.at_or_above(fail_on))
+    if failing == (report.verdict is not Verdict.CLEAN):
+        return ""
+    return f"exit {1 if failing else 0}: {'findings' if failing else 'no finding'} at or above --fail-on {fail_on}"
 
 
 def suppressed_line(report: InspectionReport, limit: int = 8) -> str:

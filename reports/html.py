@@ -37,6 +37,7 @@ from .base import (
     SEVERITY_ORDER,
     Renderer,
     data_used,
+    exit_note,
     fired_rules,
     fmt_num,
     format_value,
@@ -81,6 +82,7 @@ def template_environment():
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     env.filters["num"] = fmt_num
     env.filters["more_detectors"] = more_detectors
+    env.filters["exit_note"] = exit_note
     return env
 
 

@@ -36,6 +36,7 @@ from fedguard.types import InspectionReport, Rule, Severity, Verdict
 from .base import (
     Renderer,
     data_used,
+    exit_note,
     format_value,
     more_detectors,
     plural,
@@ -173,5 +174,7 @@ class TextRenderer(Renderer):
                 )
         else:
             summary = Text(f"{plural(len(findings), 'finding')}: {per_severity}")
+        if note := exit_note(report):
+            summary.append(f" ({note})")
         console.print(summary, soft_wrap=True)
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())

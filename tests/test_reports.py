@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedguard.detectors import DETECTORS
 from fedguard.errors import InputError
 from fedguard.reports import RENDERERS, Renderer, render, render_summary
 from fedguard.reports.base import json_safe
@@ -228,11 +229,30 @@ def test_text_clean(clean):
     assert render("text", bare, RULES).splitlines()[-1].endswith("; --arch, --data, --reference would run 5 more detectors)")
     every = dataclasses.replace(clean, reference="last.pt", config={**clean.config, "data": "digits"})
     assert render("text", every, RULES).splitlines()[-1] == "clean: no findings (3 detectors run in 0.03 s)"
+    # a subset named with --detector says it was one (a clean subset had read as the whole inspection)
     asked = dataclasses.replace(clean, config={**clean.config, "detectors_requested": ["magnitude"]})
-    assert render("text", asked, RULES).splitlines()[-1] == "clean: no findings (3 detectors run in 0.03 s)"
+    left = len(DETECTORS.names()) - 3
+    assert render("text", asked, RULES).splitlines()[-1] == f"clean: no findings (3 detectors run in 0.03 s; the other {left} detectors left out by --detector)"
     assert "severity" not in out  # no empty table
     page = render("html", clean, RULES)  # the HTML page says it too (it had been the text report's alone)
     assert "found nothing to report (--data, --reference would run 4 more detectors)." in page
+
+
+def test_an_exit_status_that_does_not_read_as_the_verdict_is_explained(malicious, clean):
+    """``--fail-on critical`` passes a malicious model with exit 0, ``--fail-on low`` fails a clean one with exit 1:
+    neither had been said anywhere. The text summary and the HTML's fail-on entry say so; nothing from Python (no
+    ``fail_on`` in the config) nor where the exit reads as the verdict."""
+    passing = dataclasses.replace(malicious, findings=tuple(f for f in malicious.findings if f.severity < Severity.CRITICAL),
+                                  config={**malicious.config, "fail_on": "critical"})  # fmt: skip
+    note = "exit 0: no finding at or above --fail-on critical"
+    assert render("text", passing, RULES).splitlines()[-1].endswith(f" ({note})")
+    assert f"critical ({note})</dd>" in render("html", passing, RULES)
+    low = Finding("FG010", "Odd key", Severity.LOW, Confidence.LOW, None, "Just so you know.", {})
+    failing = dataclasses.replace(clean, findings=(low,), config={**clean.config, "fail_on": "low"})
+    assert render("text", failing, RULES).splitlines()[-1].endswith(" (exit 1: findings at or above --fail-on low)")
+    for agreeing in (dataclasses.replace(malicious, config={**malicious.config, "fail_on": "medium"}), malicious,
+                     dataclasses.replace(failing, config={**clean.config, "fail_on": "medium"})):
+        assert "exit " not in render("text", agreeing, RULES).splitlines()[-1]
 
 
 def test_text_clean_with_only_low_findings(clean):
