@@ -76,7 +76,7 @@ def serialise(state: dict, suffix: str) -> bytes:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="A crafter option (repeatable); --list-options shows them.")
 @click.option("--list-options", is_flag=True, help="List ATTACK's options and their defaults, then exit.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the initialisation and the crafter.")
-@click.option("-o", "--output", type=OutputFile("model.pt"), help="Where to write the crafted model: .pt, .pth, .safetensors or .npz (mode 0600).")
+@click.option("-o", "--output", type=OutputFile("model.pt"), help="Where to write the crafted model: .pt, .pth, .safetensors or .npz (mode 0600); required unless --list-options.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def craft_command(attack, arch, model, num_classes, input_shape, data, settings, list_options, seed, output, force):
     """Write the global model a malicious server would send for ATTACK (red-team your pipeline).
@@ -104,7 +104,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
         click.echo(f"{attack} options ({'defaults; yours marked --set' if options else 'defaults'}): {listing}")
         return
     if arch is None:
-        raise InputError("give --arch, the architecture to craft (e.g. --arch lenet); see 'fedguard craft --help'")
+        raise InputError(f"give --arch, the architecture to craft (e.g. --arch lenet); see '{click.get_current_context().command_path} --help'")
     if output is None:
         raise InputError("give -o/--output, the file to write the crafted model to (.pt, .safetensors or .npz)")
     suffix = output.suffix.lower()

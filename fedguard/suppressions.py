@@ -24,8 +24,9 @@ from fedguard.types import Finding, Rule
 
 #: Rules that cannot be ignored, and why (the end of the error message).
 UNIGNORABLE = {
-    "FG001": "the file was refused unread, so no weight in it was checked; save the model's state_dict with "
-             "torch.save(model.state_dict(), path) or as .safetensors and inspect that",
+    "FG001": "a file it reports would run code when loaded and is refused unread, so no weight in it would be "
+             "checked; save the model's state_dict with torch.save(model.state_dict(), path) or as .safetensors and "
+             "inspect that",
 }
 
 

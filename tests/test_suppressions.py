@@ -56,7 +56,7 @@ def test_entries_parse_by_id_or_name_in_any_case_and_repeat_once():
 @pytest.mark.parametrize(("spec", "said"), [
     ("FG3O1", "unknown rule 'FG3O1' (did you mean 'FG301'?)"),
     ("FG301:", "the layer after ':' is empty"),
-    ("FG001", "FG001 cannot be ignored: the file was refused unread"),
+    ("FG001", "FG001 cannot be ignored: a file it reports would run code when loaded and is refused unread"),
     ("code-importing-pickle", "FG001 cannot be ignored"),
 ])  # fmt: skip
 def test_bad_entries_are_input_errors_that_say_what_to_give(spec, said):
