@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -397,3 +398,13 @@ def test_a_model_of_lookup_tables_alone_says_to_leave_out_arch(user_module, tmp_
                                          r"reads; leave out (--)?arch to read every matrix as a Linear layer$"):  # fmt: skip
         inspect_model(tmp_path / "mf.pt", arch=f"{user_module}:Factorisation")
     assert inspect_model(tmp_path / "mf.pt").verdict is Verdict.CLEAN
+
+
+def test_the_readme_table_lists_every_built_in_architecture_as_registered():
+    """README's table of ``--arch`` names is what the registry builds: name, default input shape, description."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `") and line.count(" | ") == 2]
+    listed = {row.split(" | ")[0].strip("| `"): row for row in rows if row.split(" | ")[0].strip("| `") in ARCHITECTURES}
+    assert list(listed) == ARCHITECTURES.names()
+    for name, spec in ARCHITECTURES.items():
+        assert listed[name] == f"| `{name}` | {','.join(map(str, spec.input_shape))} | {spec.description} |"
