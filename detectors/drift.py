@@ -132,11 +132,11 @@ class ArchitectureDrift(Detector):
             disjoint = bool(expected) and len(diff["missing"]) == len(expected)  # not one layer name in common
             prefix = wrapping_prefix(received, expected_shapes) if disjoint else None
             # (a file holding nothing else is read under --arch's names before any detector runs: names_from)
-            added = [k for k in received if prefix is not None and not k.startswith(prefix)]
+            added = [k for k in received if prefix is not None and not (k.startswith(prefix) and k[len(prefix):] in expected_shapes)]
             if added:
                 shown = ", ".join(added[:SHOWN]) + (f" (+{len(added) - SHOWN} more)" if len(added) > SHOWN else "")
                 check = (f" Every layer of --arch is in the file under '{prefix}' in its shape, beside {len(added)} "
-                         f"tensors of layers it does not have ({shown}): the server wrapped your architecture and "
+                         f"tensor{'s' if len(added) != 1 else ''} of layers it does not have ({shown}): the server wrapped your architecture and "
                          "added layers.")  # fmt: skip
             else:
                 check = (" Not one layer of the model is named as in --arch: if --arch is not the architecture you "

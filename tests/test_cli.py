@@ -1231,13 +1231,15 @@ def test_fg701_names_the_built_in_architecture_the_file_fits_and_an_architecture
     assert assert_input_error(invoke("audit", "--model", "lenet5.pt", "--arch", "lenet", "--data", "digits")).endswith(hint)
     # the same file with the wrong class count fits no other built-in: no hint
     assert "exactly" not in invoke("inspect", "lenet5.pt", "--arch", "lenet5", "--num-classes", "7", "--format", "json").stdout
-    crafted = {"imprint.0.weight": torch.randn(64, 784), "imprint.0.bias": torch.randn(64), **{f"model.{k}": v for k, v in state.items()}}
+    crafted = {"imprint.0.weight": torch.randn(64, 784), "imprint.0.bias": torch.randn(64), "model.imprint.scale": torch.ones(3),
+               **{f"model.{k}": v for k, v in state.items()}}  # fmt: skip
     torch.save(crafted, workdir / "crafted.pt")
     result = invoke("inspect", "crafted.pt", "--arch", "lenet5", "--format", "json")
     drift = next(f for f in json.loads(result.stdout)["findings"] if f["rule_id"] == "FG701")
     assert result.exit_code == 1 and "fix --arch" not in drift["message"]
-    assert ("Every layer of --arch is in the file under 'model.' in its shape, beside 2 tensors of layers it does not "
-            "have (imprint.0.weight, imprint.0.bias): the server wrapped your architecture and added layers.") in drift["message"]
+    assert ("Every layer of --arch is in the file under 'model.' in its shape, beside 3 tensors of layers it does not "
+            "have (imprint.0.weight, imprint.0.bias, model.imprint.scale): the server wrapped your architecture and added "
+            "layers.") in drift["message"]
     crafted["model.classifier.4.weight"] = torch.randn(10, 85)  # one layer of the architecture resized: no longer it
     torch.save(crafted, workdir / "resized.pt")
     assert "fix --arch first" in invoke("inspect", "resized.pt", "--arch", "lenet5", "--format", "json").stdout
