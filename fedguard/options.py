@@ -164,8 +164,11 @@ def print_report(text: str, utf8: bool = False) -> None:
         raise InputError(f"cannot write the report to standard output ({exc.strerror or exc}); write it to a file with -o") from None
 
 
-#: The extensions of every report format fedguard writes, and the format each names.
-REPORT_SUFFIXES = {".txt": "text", ".json": "JSON", ".html": "HTML", ".htm": "HTML", ".sarif": "SARIF"}
+#: The extensions of every report format fedguard writes and of documents it writes none of, each with the format it
+#: names: an --output whose format the command does not write is refused (a text report had gone silently into out.pdf).
+REPORT_SUFFIXES = {".txt": "text", ".json": "JSON", ".html": "HTML", ".htm": "HTML", ".sarif": "SARIF",
+                   ".pdf": "PDF", ".md": "Markdown", ".csv": "CSV", ".xml": "XML", ".doc": "Word", ".docx": "Word",
+                   ".xls": "Excel", ".xlsx": "Excel", ".odt": "OpenDocument", ".rtf": "RTF"}
 
 
 #: SARIF's second file name (``report.sarif.json``).

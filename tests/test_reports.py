@@ -863,6 +863,10 @@ def test_the_report_format_follows_the_output_name_whatever_its_case():
         resolve_format(None, Path("R.PT"), inspect_formats)
     with pytest.raises(InputError, match="this command writes no HTML report"):
         resolve_format(None, Path("r.html"), {"text": ".txt", "json": ".json"})
+    for name, kind in (("out.PDF", "PDF"), ("r.md", "Markdown"), ("r.docx", "Word")):  # had been text under that name
+        with pytest.raises(InputError, match=f"this command writes no {kind} report; name the file"):
+            resolve_format(None, Path(name), inspect_formats)
+    assert resolve_format(None, Path("report"), inspect_formats) == resolve_format(None, Path("r.log"), inspect_formats) == "text"
 
 
 def test_evidence_numbers_read_as_one_item_in_a_list_of_them():
