@@ -79,9 +79,15 @@ def wrapping_prefix(received: Mapping[str, torch.Size], expected: Mapping[str, t
         prefix = name[: -len(first)]
         if not name.endswith(first) or not prefix.endswith("."):
             continue
-        if all(tuple(received.get(prefix + k, ())) == tuple(shape) for k, shape in expected.items() if not is_running_stat(k)):
+        if all(prefix + k in received and tuple(received[prefix + k]) == tuple(shape)
+               for k, shape in expected.items() if not is_running_stat(k)):  # fmt: skip
             return prefix
     return None
+
+
+def _under(name: str, prefix: str, expected: Mapping[str, torch.Size]) -> bool:
+    """Whether ``name`` is one of ``expected``'s names behind ``prefix``."""
+    return name.startswith(prefix) and name[len(prefix):] in expected
 
 
 def shape_summary(diff: dict) -> str:
@@ -131,13 +137,18 @@ class ArchitectureDrift(Detector):
             expected = [k for k in module.state_dict() if not is_running_stat(k)]
             disjoint = bool(expected) and len(diff["missing"]) == len(expected)  # not one layer name in common
             prefix = wrapping_prefix(received, expected_shapes) if disjoint else None
-            # (a file holding nothing else is read under --arch's names before any detector runs: names_from)
-            added = [k for k in received if prefix is not None and not (k.startswith(prefix) and k[len(prefix):] in expected_shapes)]
-            if added:
-                shown = ", ".join(added[:SHOWN]) + (f" (+{len(added) - SHOWN} more)" if len(added) > SHOWN else "")
+            # (a file holding nothing else is read under --arch's names before any detector runs: unwrapped)
+            added = {k: v for k, v in received.items() if prefix is not None and not _under(k, prefix, expected_shapes)}
+            again = wrapping_prefix(added, expected_shapes)
+            wrapped = {"wrapped_under": prefix} if added else {}
+            if added and again is not None and all(_under(k, again, expected_shapes) for k in added):
+                check = (f" Every layer of --arch is in the file twice, under '{prefix}' and under '{again}' (as a "
+                         "training checkpoint keeps an averaged copy): inspect the weights you will train, saved alone.")  # fmt: skip
+            elif added:
+                shown = ", ".join(list(added)[:SHOWN]) + (f" (+{len(added) - SHOWN} more)" if len(added) > SHOWN else "")
                 check = (f" Every layer of --arch is in the file under '{prefix}' in its shape, beside {len(added)} "
-                         f"tensor{'s' if len(added) != 1 else ''} of layers it does not have ({shown}): the server wrapped your architecture and "
-                         "added layers.")  # fmt: skip
+                         f"tensor{'s' if len(added) != 1 else ''} of layers it does not have ({shown}): the model wraps "
+                         "your architecture and adds layers to it.")  # fmt: skip
             else:
                 check = (" Not one layer of the model is named as in --arch: if --arch is not the architecture you "
                          "train (or build it wrapped differently), fix --arch first." if disjoint else "")  # fmt: skip
@@ -145,7 +156,7 @@ class ArchitectureDrift(Detector):
                 "FG701", "Model does not match the expected architecture", Severity.HIGH, Confidence.HIGH, None,
                 f"Compared with --arch: {shape_summary(diff)}.{check} Do not train on a model whose structure "
                 "changed; ask the server why.",
-                **shape_evidence(diff),
+                **shape_evidence(diff), **wrapped,
             )
 
 

@@ -158,6 +158,7 @@ def load_weights(
 def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
+    from fedguard.detectors.drift import compare_shapes, folded_shapes
     from fedguard.inspect import build_expected_module, drift_hint, names_from, unwrapped
 
     shape = resolve_input_shape(arch, input_shape)
@@ -202,14 +203,17 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     if not named:
         lined, why = line_up({k: v.shape for k, v in module.state_dict().items()}, list(tensors.values()))
         if lined is None:  # its names are fedguard's own (layer0.weight ...): name the item and the shape instead
+            diff = compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict()))
+            hint = drift_hint(arch, tensors, num_classes, input_shape, diff, named=False)
             raise InputError(f"model {info.get('path') or 'list'} is an unnamed list of arrays (Flower's) that does not "
-                             f"fit --arch {arch}: {why}; pass the --arch (and --num-classes / --input-shape) the server uses")  # fmt: skip
+                             f"fit --arch {arch}: {why}; {hint or 'pass the --arch (and --num-classes / --input-shape) the server uses'}")  # fmt: skip
         tensors = lined
     tensors = unwrapped(tensors, module)
     try:
         load_weights(module, tensors, info.get("path") or "state_dict", arch)
     except InputError as exc:  # the file fits another input size of --arch, or another built-in: say which
-        hint = drift_hint(arch, tensors, num_classes, input_shape) if named else None
+        diff = compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict()))
+        hint = drift_hint(arch, tensors, num_classes, input_shape, diff, named) if named else None
         if hint is None:
             raise
         raise InputError(f"{str(exc).split('; ')[0]}; {hint}") from None

@@ -65,7 +65,8 @@ def build_expected_module(
     The head is the Linear layer whose output is the logits, found by running the module (the last Linear declared
     may be a hidden one: reading the class count off it had called an unchanged model drifted); without an input
     shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list,
-    or when the tensors do not name that layer (a wrapper's prefix), the head is the last 2-D tensor. Of that count,
+    or when the tensors do not name that layer (under one prefix, the one name ending in it), the head is the last
+    2-D tensor. Of that count,
     the module's own 10 and the first sizes of the tensors a 10-class module misfits, the one whose module fits the
     received tensors best is built.
     """
@@ -81,6 +82,9 @@ def build_expected_module(
                 heads = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear) and sub.out_features == 10]
                 weight = f"{heads[-1]}.weight".lstrip(".") if heads else None
             received = tensors.get(weight) if weight is not None else None
+            if received is None and weight is not None:  # under a wrapper's prefix (``model.fc.weight``): the head still
+                under = [t for k, t in tensors.items() if k.endswith(f".{weight}")]  # (the last 2-D tensor is any layer
+                received = under[0] if len(under) == 1 else None  # the file lists after it, an added block's)
         if received is None:
             received = next((t for t in reversed(list(tensors.values())) if t.ndim == 2), None)
         if received is not None and received.ndim == 2 and received.shape[0] != 10 and builds_any_class_count(arch):
@@ -189,44 +193,69 @@ def input_shape_hint(arch: str, shape: tuple[int, int, int]) -> str:
             f"trains at that size, pass --input-shape {text}")
 
 
-def fitting_architecture(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
-                         named: bool = True) -> str | None:  # fmt: skip
-    """Another built-in architecture that has every layer of ``tensors`` in its shape at its own input shape, or None.
+def fitting_architectures(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
+                          input_shape: Sequence[int] | None = None, named: bool = True) -> list[str]:  # fmt: skip
+    """The other built-in architectures that have every layer of ``tensors`` in its shape (at ``input_shape``, else
+    their own), read as ``--arch`` would read the file (an unnamed list lined up, a wrapper's prefix dropped).
 
     ``lenet`` (DLG's 3x32x32 sigmoid net) and ``lenet5`` (LeCun's 1x28x28) are easily confused: an honest LeNet-5
     inspected with ``--arch lenet`` read as a server's drift, with nothing to say which architecture the file is.
-    Building every built-in takes about 0.7 s, spent only when FG701 is reported."""
+    Each candidate's names come from a build on the meta device (no memory, about 0.2 s for all of them); only one
+    whose names are the file's is built to compare shapes, so a file crafted to resemble many costs no more."""
+    def layer_names(named_tensors: Mapping[str, torch.Tensor]) -> set[str]:
+        return {k for k in folded_shapes(named_tensors) if not is_running_stat(k)}
+
+    as_received = layer_names(tensors)
+    fits = []
     for name in ARCHITECTURES.names():
         if name == arch:
             continue
         try:
-            module = build_expected_module(name, tensors, num_classes, named=named)
-        except Exception:  # cannot be built for this file's class count: not the file's architecture
+            with torch.device("meta"):
+                sketch = build_model(name, num_classes=num_classes, input_shape=input_shape)
+        except Exception:  # cannot be built for this class count or input shape: not the file's architecture
             continue
-        if not any(compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict())).values()):
-            return name
-    return None
+        mine = unwrapped(tensors if named else names_from(sketch.state_dict(), tensors), sketch)
+        if (as_received if mine is tensors else layer_names(mine)) != {k for k in sketch.state_dict() if not is_running_stat(k)}:
+            continue
+        try:
+            module = build_expected_module(name, mine, num_classes, input_shape, named=named)
+        except Exception:
+            continue
+        if not any(compare_shapes(folded_shapes(mine), folded_shapes(module.state_dict())).values()):
+            fits.append(name)
+    return fits
 
 
 def drift_hint(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None, input_shape: Sequence[int] | None,
-               named: bool = True) -> str | None:  # fmt: skip
-    """What the file fits when ``arch`` does not: ``arch`` at another input shape when none was given
-    (:func:`fitting_input_shape`), else another built-in architecture (:func:`fitting_architecture`); or None."""
-    shape = fitting_input_shape(arch, tensors, num_classes, named) if input_shape is None else None
+               diff: Mapping[str, list], named: bool = True) -> str | None:  # fmt: skip
+    """What the file fits where ``arch`` does not (``diff``, :func:`~fedguard.detectors.drift.compare_shapes`):
+    ``arch`` at another input shape when none was given and the names are ``arch``'s (:func:`fitting_input_shape`),
+    else other built-in architectures (:func:`fitting_architectures`); None where there is no such file or ``arch``
+    fits (a file refused for something else, NaN, is no misfit)."""
+    if not any(diff.values()):
+        return None
+    shape = fitting_input_shape(arch, tensors, num_classes, named) if input_shape is None and not (diff["missing"] or diff["unexpected"]) else None
     if shape is not None:
         return input_shape_hint(arch, shape)
-    other = fitting_architecture(arch, tensors, num_classes, named)
-    if other is None:
+    others = fitting_architectures(arch, tensors, num_classes, input_shape, named)
+    if not others:
         return None
-    return (f"the file fits --arch {other} exactly ({ARCHITECTURES.get(other).description}): if that is the "
-            f"architecture you train, pass --arch {other}")
+    listed = " and ".join(f"--arch {name} ({ARCHITECTURES.get(name).description})" for name in others)
+    if len(others) == 1:
+        return f"the file fits {listed} exactly: if that is the architecture you train, pass --arch {others[0]}"
+    return (f"the file fits {listed} exactly, whose layers have the same shapes: if one of them is the architecture "
+            "you train, pass it")
 
 
 def _with_drift_hint(findings: list[Finding], arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
                      input_shape: Sequence[int] | None, named: bool) -> list[Finding]:  # fmt: skip
-    """``findings`` with FG701's message ending in :func:`drift_hint`'s sentence."""
+    """``findings`` with FG701's message ending in :func:`drift_hint`'s sentence (not where FG701 found the file
+    wrapping ``arch`` beside added layers: it says so)."""
     drift = next((f for f in findings if f.rule_id == "FG701"), None)
-    hint = drift_hint(arch, tensors, num_classes, input_shape, named) if drift is not None else None
+    if drift is None or "wrapped_under" in drift.evidence:
+        return findings
+    hint = drift_hint(arch, tensors, num_classes, input_shape, drift.evidence, named)
     if hint is None:
         return findings
     return [dataclasses.replace(f, message=f"{f.message} {hint[0].upper()}{hint[1:]}.") if f is drift else f

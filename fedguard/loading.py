@@ -162,9 +162,10 @@ _TORCHSCRIPT_OWN = frozenset(
 
 
 def _refuse_compiled(path: Path, unsafe: list[str]) -> None:
-    """InputError for the compiled forms torch writes, whose pickles import no Python function: a TorchScript
-    archive (``torch.jit.save``; ``__torch__`` classes and :data:`_TORCHSCRIPT_OWN`) and a quantised model's packed
-    parameters. Anything beside them stays FG001."""
+    """InputError for the compiled forms torch writes, whose pickles import only torch's compiled classes and
+    builders that run no code of the file's choosing: a TorchScript archive (``torch.jit.save``; ``__torch__``
+    classes and :data:`_TORCHSCRIPT_OWN`) and a quantised model's packed parameters. Anything beside them stays
+    FG001."""
     if unsafe and all(name == _PACKED for name in unsafe):
         raise InputError(f"{path}{_QUANTISED}")
     scripted = any(name.startswith("__torch__.") for name in unsafe)

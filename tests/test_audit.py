@@ -478,7 +478,10 @@ def test_model_that_does_not_fit_the_arch_names_the_layer_and_shapes(workdir):
     assert "classifier.0.weight" in line and "[10, 48]" in line and "[5, 48]" in line
     line = assert_input_error(invoke("--model", "lenet8.pt", "--arch", "mlp", "--input-shape", "1,8,8", "--data", "digits"))
     assert "does not fit --arch mlp" in line
-    assert line.endswith("`fedguard inspect` reports layers added to the architecture you agreed on (FG701)")  # extra layers
+    assert line.endswith("the file fits --arch lenet (LeNet variant of Deep Leakage from Gradients (Zhu et al., NeurIPS 2019): "
+                         "4 sigmoid conv5x5 layers) exactly: if that is the architecture you train, pass --arch lenet")
+    line = assert_input_error(invoke("--model", "lenet8.pt", "--arch", "mlp", "--data", "digits"))  # at mlp's 1,28,28
+    assert line.endswith("`fedguard inspect` reports layers added to the architecture you agreed on (FG701)")  # no built-in fits
     # Flower's unnamed list: the item and its shape, not names fedguard made up for it (layer0.weight ...)
     np.savez(workdir / "flower.npz", *[v.numpy() for v in lenet8().state_dict().values()])
     line = assert_input_error(invoke("--model", "flower.npz", "--arch", "lenet", "--data", "digits"))

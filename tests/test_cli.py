@@ -1094,13 +1094,15 @@ def test_only_fedguard_reports_count_as_fedguard_reports(clean_model, workdir):
     lookalikes = {
         "package.json": '{\n  "name": "fedguard",\n  "version": "1.0.0"\n}\n',
         "jest.log": "PASS  src/app.test.js\n  ok\n",
-        "notes.md": 'a report says "tool": {"name": "fedguard"} and CLEAN  x.pt  (sha256 0123456789ab…, 1 layer)\n',
+        "notes.txt": 'a report says "tool": {"name": "fedguard"} and CLEAN  x.pt  (sha256 0123456789ab…, 1 layer)\n',
     }
     for name, text in lookalikes.items():
         (workdir / name).write_text(text)
         assert not is_fedguard_report(workdir / name), name
         assert "--force" in assert_input_error(invoke("inspect", clean_model, "-o", workdir / name))
         assert (workdir / name).read_text() == text
+    (workdir / "notes.md").write_text(lookalikes["notes.txt"])  # a document no command writes: refused by its name
+    assert "writes no Markdown report" in assert_input_error(invoke("inspect", clean_model, "-o", workdir / "notes.md"))
     (workdir / "loop").symlink_to("loop")
     assert "loops" in assert_input_error(invoke("inspect", clean_model, "-o", workdir / "loop"))
 
@@ -1215,33 +1217,67 @@ def test_fg701_names_the_input_shape_at_which_the_file_fits_a_built_in_architect
     assert "--input-shape" not in invoke("inspect", "other.pt", "--arch", "lenet5", "--format", "json").stdout
 
 
-def test_fg701_names_the_built_in_architecture_the_file_fits_and_an_architecture_wrapped_beside_added_layers(workdir):
+def test_fg701_names_the_built_in_architectures_the_file_fits(workdir):
     """An honest LeNet-5 against --arch lenet (DLG's net, an easy mix-up) was FG701 with nothing to say which
-    architecture the file is; a crafted model holding the client's architecture under ``model.`` beside an imprint
-    block was told to fix --arch. Both now say what the file is (the audit too)."""
+    architecture the file is. The message names every built-in the file fits (lenet5 and lenet5_sigmoid have the same
+    shapes), read as --arch reads a file (a Flower list, a wrapper's prefix), at the --input-shape given; the audit's
+    refusal says it too, and a refusal for something else (NaN) does not."""
     from fedguard.architectures import build_model
 
+    def message(*args) -> str:
+        result = invoke("inspect", *args, "--detector", "architecture_drift", "--format", "json")
+        drift = json.loads(result.stdout)["findings"][0]
+        assert result.exit_code == 1 and drift["rule_id"] == "FG701"
+        return drift["message"]
+
+    torch.save(build_model("mlp").state_dict(), workdir / "mlp.pt")
+    one = ("the file fits --arch mlp (3-layer MLP, 256 hidden units (the fully connected baseline of DLG-style studies)) "
+           "exactly: if that is the architecture you train, pass --arch mlp")
+    assert message("mlp.pt", "--arch", "lenet5").endswith(f"T{one[1:]}.")
+    assert assert_input_error(invoke("audit", "--model", "mlp.pt", "--arch", "lenet5", "--data", "digits")).endswith(one)
     state = build_model("lenet5").state_dict()
     torch.save(state, workdir / "lenet5.pt")
-    hint = ("the file fits --arch lenet5 exactly (classic LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling): if "
-            "that is the architecture you train, pass --arch lenet5")
-    result = invoke("inspect", "lenet5.pt", "--arch", "lenet", "--format", "json")
-    drift = json.loads(result.stdout)["findings"][0]
-    assert result.exit_code == 1 and drift["rule_id"] == "FG701" and drift["message"].endswith(f"T{hint[1:]}.")
-    assert assert_input_error(invoke("audit", "--model", "lenet5.pt", "--arch", "lenet", "--data", "digits")).endswith(hint)
-    # the same file with the wrong class count fits no other built-in: no hint
-    assert "exactly" not in invoke("inspect", "lenet5.pt", "--arch", "lenet5", "--num-classes", "7", "--format", "json").stdout
-    crafted = {"imprint.0.weight": torch.randn(64, 784), "imprint.0.bias": torch.randn(64), "model.imprint.scale": torch.ones(3),
-               **{f"model.{k}": v for k, v in state.items()}}  # fmt: skip
-    torch.save(crafted, workdir / "crafted.pt")
-    result = invoke("inspect", "crafted.pt", "--arch", "lenet5", "--format", "json")
-    drift = next(f for f in json.loads(result.stdout)["findings"] if f["rule_id"] == "FG701")
-    assert result.exit_code == 1 and "fix --arch" not in drift["message"]
-    assert ("Every layer of --arch is in the file under 'model.' in its shape, beside 3 tensors of layers it does not "
-            "have (imprint.0.weight, imprint.0.bias, model.imprint.scale): the server wrapped your architecture and added "
-            "layers.") in drift["message"]
-    crafted["model.classifier.4.weight"] = torch.randn(10, 85)  # one layer of the architecture resized: no longer it
-    torch.save(crafted, workdir / "resized.pt")
+    np.savez(workdir / "flower.npz", *[v.numpy() for v in state.values()])
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, workdir / "wrapped.ckpt")
+    both = "fits --arch lenet5 (classic LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling) and --arch lenet5_sigmoid ("
+    for name in ("lenet5.pt", "flower.npz", "wrapped.ckpt"):
+        assert both in message(name, "--arch", "lenet"), name
+    assert "exactly, whose layers have the same shapes: if one of them is the architecture you train, pass it." in message("lenet5.pt", "--arch", "lenet")
+    assert both in assert_input_error(invoke("audit", "--model", "flower.npz", "--arch", "lenet", "--data", "digits"))
+    # at the --input-shape given no other built-in fits, nor with the wrong class count: no hint
+    assert "exactly" not in message("lenet5.pt", "--arch", "lenet", "--input-shape", "3,32,32")
+    assert "exactly" not in message("lenet5.pt", "--arch", "lenet5", "--num-classes", "7")
+    spoilt = {**state, "classifier.4.weight": torch.full((10, 84), float("nan"))}
+    torch.save(spoilt, workdir / "nan.pt")
+    assert assert_input_error(invoke("audit", "--model", "nan.pt", "--arch", "lenet5", "--data", "digits")).endswith(
+        "holds NaN or infinite values; it cannot be trained or audited")
+
+
+def test_fg701_says_when_the_file_wraps_the_architecture_beside_added_layers_or_twice(workdir):
+    """A crafted model holding the client's architecture under ``model.`` beside an imprint block was told to fix
+    --arch, in either order of the two (the class count had been read off the imprint, listed last). It is told
+    what the file holds; a checkpoint with the model twice (an averaged copy) is told so; a layer of the architecture
+    resized is no wrapper."""
+    from fedguard.architectures import build_model
+
+    state = {f"model.{k}": v for k, v in build_model("lenet5").state_dict().items()}
+    imprint = {"imprint.0.weight": torch.randn(64, 784), "imprint.0.bias": torch.randn(64), "model.imprint.scale": torch.ones(3)}
+    said = ("Every layer of --arch is in the file under 'model.' in its shape, beside 3 tensors of layers it does not "
+            "have (imprint.0.weight, imprint.0.bias, model.imprint.scale): the model wraps your architecture and adds "
+            "layers to it.")
+    for name, crafted in (("first.pt", {**imprint, **state}), ("last.pt", {**state, **imprint})):
+        torch.save(crafted, workdir / name)
+        result = invoke("inspect", name, "--arch", "lenet5", "--format", "json")
+        drift = next(f for f in json.loads(result.stdout)["findings"] if f["rule_id"] == "FG701")
+        assert result.exit_code == 1 and said in drift["message"] and "fix --arch" not in drift["message"], name
+        assert drift["evidence"]["wrapped_under"] == "model." and "exactly" not in drift["message"]
+    twice = {**state, **{k.replace("model.", "model_ema.", 1): v for k, v in state.items()}}
+    torch.save(twice, workdir / "twice.pt")
+    assert ("Every layer of --arch is in the file twice, under 'model.' and under 'model_ema.' (as a training checkpoint "
+            "keeps an averaged copy): inspect the weights you will train, saved alone.") in invoke(
+        "inspect", "twice.pt", "--arch", "lenet5", "--format", "json").stdout
+    resized = {**imprint, **state, "model.classifier.4.weight": torch.randn(10, 85)}  # one layer resized: no longer it
+    torch.save(resized, workdir / "resized.pt")
     assert "fix --arch first" in invoke("inspect", "resized.pt", "--arch", "lenet5", "--format", "json").stdout
 
 

@@ -2582,3 +2582,16 @@ def test_structure_drift_keeps_each_lists_count_where_it_lists_the_first_fifty()
     drift = next(f for f in found if f.rule_id == "FG702")
     assert len(drift.evidence["missing"]) == 50 and drift.evidence["missing_count"] == 61
     assert "unexpected_count" not in drift.evidence and drift.evidence["unexpected"] == ["other.weight"]
+
+
+def test_a_wrapping_prefix_holds_every_layer_of_the_architecture_in_its_shape_a_scalar_too():
+    """FG701's wrapper: the prefix under which the file has every layer of --arch; a missing 0-d parameter had read
+    as present (its shape, ``()``, was the default of the lookup)."""
+    from fedguard.detectors.drift import wrapping_prefix
+
+    expected = {"fc.weight": torch.Size([2, 3]), "bn.running_mean": torch.Size([2]), "scale": torch.Size([])}
+    assert wrapping_prefix({"imp.w": torch.Size([4]), "m.fc.weight": torch.Size([2, 3]), "m.scale": torch.Size([])}, expected) == "m."
+    assert wrapping_prefix({"m.fc.weight": torch.Size([2, 3])}, expected) is None  # the scalar missing
+    assert wrapping_prefix({"m.fc.weight": torch.Size([3, 2]), "m.scale": torch.Size([])}, expected) is None  # reshaped
+    assert wrapping_prefix({"fc.weight": torch.Size([2, 3]), "scale": torch.Size([])}, expected) is None  # no prefix
+    assert wrapping_prefix({"m.x": torch.Size([1])}, {"bn.running_mean": torch.Size([2])}) is None  # nothing to hold

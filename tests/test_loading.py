@@ -30,6 +30,7 @@ from fedguard.architectures import ARCHITECTURES
 from fedguard.errors import InputError
 from fedguard.inspect import inspect_model
 from fedguard.loading import CODE_IMPORT_RULE, load_model_file
+from fedguard.pickle_scan import scan_file
 from fedguard.types import Severity, Verdict
 
 from .helpers import tiny_state_dict
@@ -315,27 +316,34 @@ def test_checkpoints_with_numpy_values_and_run_arguments_load(tmp_path):
         load_model_file(tmp_path / "objects.npz")
 
 
+class _ScriptedConstants(nn.Module):
+    """Typed lists of floats, bools and tensors (TorchScript reads their types off the values) and a complex constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.scale = nn.Conv2d(1, 2, 3), 1 + 2j
+        self.floats, self.flags, self.tensors = [1.0, 2.0], [True], [torch.ones(2)]
+
+    def forward(self, x):
+        return self.conv(x)
+
+
 def test_torchscript_and_quantised_models_are_refused_by_name(tmp_path):
-    """A TorchScript archive and a quantised model's packed parameters import no Python function, only torch's
-    compiled classes: each is named, with the export that works (they had been FG001, critical, or a dtype
+    """A TorchScript archive and a quantised model's packed parameters import only torch's compiled classes and
+    builders that run no code of the file's choosing: each is named, with the export that works (they had been FG001, critical, or a dtype
     "not a tensor"), convolutions' typed int lists, a traced module's type tags and complex constants included
     (those had been FG001); a TorchScript archive with a payload beside its classes is still FG001."""
-
-    class Constants(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.scale = nn.Conv2d(1, 2, 3), 1 + 2j
-
-        def forward(self, x):
-            return self.conv(x)
 
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's and torch.ao.quantization's deprecation notices
         archives = {"scripted": torch.jit.script(model), "traced": torch.jit.trace(model, torch.randn(2, 16)),
-                    "conv": torch.jit.script(ARCHITECTURES.get("lenet5").build()), "constants": torch.jit.script(Constants())}
+                    "conv": torch.jit.script(ARCHITECTURES.get("lenet5").build()), "constants": torch.jit.script(_ScriptedConstants())}
         for name, archive in archives.items():
             torch.jit.save(archive, tmp_path / f"{name}.pt")
+            if name == "constants":  # what the allowance is for is in the file
+                builders = {"build_doublelist", "build_boollist", "build_tensorlist", "build_intlist"}
+                assert {f"torch.jit._pickle.{b}" for b in builders} | {"builtins.complex"} <= set(scan_file(str(tmp_path / "constants.pt"), is_zip=True).unsafe)
             with pytest.raises(InputError, match=r"is a TorchScript archive \(torch.jit.save\).*model.state_dict\(\)"):
                 load_model_file(tmp_path / f"{name}.pt")
         for quantised in (torch.ao.quantization.quantize_dynamic(model, {nn.Linear}),
