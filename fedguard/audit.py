@@ -46,7 +46,7 @@ from fedguard.defenses import Defense, check_defense
 from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyword_names, kind_of
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
 from fedguard.layers import find_head
-from fedguard.inspect import rules
+from fedguard.inspect import ModelCodeRaised, rules
 from fedguard.loading import is_running_stat, line_up, load_model_file, to_state_dict
 from fedguard.suppressions import Ignore, parse_ignores, split_findings, unmatched
 from fedguard.threat import ServerView, ThreatModel
@@ -153,6 +153,17 @@ def load_weights(
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise InputError(f"model {path}: layer {k} holds NaN or infinite values; it cannot be trained or audited")
     module.load_state_dict(state, strict=False)
+
+
+def _carries(emulator, view) -> bool:
+    """Whether the received model carries ``emulator``'s planted parameters; False where probing it runs model code
+    that raises (the attacks that run it say so and skip: the probe had ended the audit as a fault in fedguard)."""
+    try:
+        return bool(emulator.planted(view))
+    except InputError:
+        raise
+    except Exception:
+        return False
 
 
 def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -926,7 +937,11 @@ def audit(
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed, defense=defense)
         agreement = None
     mismatch = _mismatch_note(agreement, upd.protocol)
-    model_info["inspection"] = inspect_received(module, ignores, (batch_x.to(dev), batch_y.to(dev)))
+    try:
+        model_info["inspection"] = inspect_received(module, ignores, (batch_x.to(dev), batch_y.to(dev)))
+    except ModelCodeRaised as exc:  # inspect's advice (drop --data) is no option here
+        raise InputError(f"the {exc.check} check of the received model runs it on your batch, which raised {exc.cause}; "
+                         "fix the architecture's code") from None
     notes = [note for note in (mismatch, _noiseless_note(upd, agreement), _probabilities_note(logits),
                                _running_statistics_note(upd), _inspection_note(model_info["inspection"])) if note]
     # each: warn; a model inspect calls malicious: block
@@ -957,7 +972,7 @@ def audit(
     for name in reg.names():  # a received model that already carries an emulated server's parameters: attack it unasked
         cls = reg.get(name)
         if (cls.emulates is not None and name not in names and not any(issubclass(cls, type(chosen[n])) for n in names)
-                and cls().planted(view)):  # fmt: skip  (mkor_inconspicuous reads it as mkor does)
+                and _carries(cls(), view)):  # fmt: skip  (mkor_inconspicuous reads it as mkor does)
             if requested is None:
                 names, chosen[name] = [*names, name], cls()
                 sent.add(name)

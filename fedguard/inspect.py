@@ -482,8 +482,17 @@ def run_detectors(
     return findings, ran
 
 
+class ModelCodeRaised(InputError):
+    """The model's own code raised in the behavioural check ``check``; ``cause`` is what it raised, in one line."""
+
+    def __init__(self, message: str, check: str, cause: str):
+        super().__init__(message)
+        self.check, self.cause = check, cause
+
+
 def _run_detector(detector, context: InspectContext) -> list[Finding]:
-    """``detector``'s findings; the model's own code raising in a behavioural check is one InputError."""
+    """``detector``'s findings; the model's own code raising in a behavioural check is one InputError
+    (:class:`ModelCodeRaised`)."""
     try:
         return list(detector.run(context))
     except InputError:
@@ -492,9 +501,10 @@ def _run_detector(detector, context: InspectContext) -> list[Finding]:
         if not detector.needs & {NEEDS_MODULE, NEEDS_DATA}:
             raise  # a static check reads tensors only: its failure is fedguard's own, not the model's code
         given = NEED_FLAGS[NEEDS_DATA if NEEDS_DATA in detector.needs else NEEDS_MODULE]
-        raise InputError(
+        raise ModelCodeRaised(
             f"the {detector.name} check runs the model, which raised {first_line(exc)}; "
-            f"fix the architecture's code, or drop {given} to run the checks that do not need it"
+            f"fix the architecture's code, or drop {given} to run the checks that do not need it",
+            detector.name, first_line(exc),
         ) from None
 
 

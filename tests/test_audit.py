@@ -2326,3 +2326,32 @@ def test_settings_an_audit_is_built_from_are_refused_in_one_line(case, message):
             "negative-noise": lambda: FederationSettings(noise=-1)}[case]  # fmt: skip
     with pytest.raises(InputError, match=re.escape(message)):
         make()
+
+
+def test_model_code_that_raises_in_the_audits_probes_is_the_models_fault_not_fedguards(monkeypatch):
+    """A forward that raised in the probe for a planted emulator's parameters had ended the audit as an internal
+    error (exit 3); one that raised in the received model's FG805 check was told to drop --data, which the audit
+    needs."""
+    from fedguard import audit as audit_module
+    from fedguard.audit import _carries, audit
+    from fedguard.errors import InputError
+    from fedguard.inspect import ModelCodeRaised
+
+    class Probe:
+        def __init__(self, error):
+            self.error = error
+
+        def planted(self, view):
+            raise self.error
+
+    assert _carries(Probe(ValueError("the model's own")), view=None) is False
+    with pytest.raises(InputError, match="fedguard's own check"):
+        _carries(Probe(InputError("fedguard's own check")), view=None)
+
+    def raising(*args, **kwargs):
+        raise ModelCodeRaised("inspect's message: or drop --data", "silenced", "ValueError: boom")
+
+    monkeypatch.setattr(audit_module, "inspect_received", raising)
+    with pytest.raises(InputError, match=r"^the silenced check of the received model runs it on your batch, which raised "
+                                         r"ValueError: boom; fix the architecture's code$"):
+        audit(arch="lenet", data="digits", batch_size=2, attacks=["label_counts"])
