@@ -193,12 +193,13 @@ def _formats() -> dict[str, str]:
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); PNG grids go next to it.")
 @click.option("--no-images", is_flag=True, help="Write no reconstruction grids and embed none in an HTML report: they show your private batch beside what the attacks rebuilt.")
 @click.option("--fail-on", type=click.Choice(LEVELS, case_sensitive=False), default="high", show_default=True, help="Verdict block (exit 1) at or above this leakage level.")
+@click.option("--strict", is_flag=True, help="Exit 1 on warn as on block, so that exit 0 means pass: warn is a leak one level below --fail-on or an audit that could not measure the whole leak (the gate that uploads only on pass).")
 @click.option("--force", is_flag=True, help="Replace an existing --output that is not a report fedguard wrote (its own reports are replaced without it).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (and --output).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no report on stdout; rely on the exit code (0 for pass and warn, unless --strict) and --output.")
 def audit_command(model, arch, num_classes, input_shape, data, batch_size, protocol, local_steps, local_lr, local_batch_size,
                   update, defense, noise_multiplier, max_grad_norm, delta, prune_fraction, noise_std, attacks, max_iterations, time_budget, attacker_labels, withheld, dlg_starts, ig_restarts, ig_tv,
                   exposure, users_per_round, participation, count_window, stable_rounds, aggregate_noise, exposure_budget,
-                  seed, device, ignore, fmt, output, no_images, fail_on, force, quiet):
+                  seed, device, ignore, fmt, output, no_images, fail_on, strict, force, quiet):
     """Attack your own pending update as the server could, and measure what leaks.
 
     Computes the update training would upload (or reads --update), runs the
@@ -288,4 +289,4 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     if stop.is_set():  # Ctrl-C after the last attack ended, before the audit handed its report back
         click.echo("fedguard: interrupted after the attacks ended; the report is complete", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    sys.exit(EXIT_BLOCK if str(report.verdict) == "block" else EXIT_OK)
+    sys.exit(EXIT_BLOCK if str(report.verdict) == "block" or (strict and str(report.verdict) == "warn") else EXIT_OK)

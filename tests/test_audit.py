@@ -193,8 +193,10 @@ def test_fail_on_low_blocks_a_leaky_single_example(workdir):
         (["--batch-size", "1", "--attack", "idlg", "--fail-on", "medium"], 1, "block", "medium"),
         (["--batch-size", "8", "--attack", "label_counts"], 0, "pass", "low"),
         (["--batch-size", "8", "--attack", "label_counts", "--fail-on", "low"], 1, "block", "low"),
+        (["--batch-size", "1", "--attack", "idlg", "--strict"], 1, "warn", "medium"),  # exit 0 means pass
+        (["--batch-size", "8", "--attack", "label_counts", "--strict"], 0, "pass", "low"),
     ],
-    ids=["idlg-warn", "idlg-block", "counts-pass", "counts-block"],
+    ids=["idlg-warn", "idlg-block", "counts-pass", "counts-block", "strict-warn", "strict-pass"],
 )
 def test_exit_code_follows_the_verdict(workdir, args, code, verdict, level):
     result = invoke(*TINY, "--data", "digits", *args, "--format", "json")
