@@ -52,7 +52,7 @@ from fedguard.suppressions import Ignore, parse_ignores, split_findings, unmatch
 from fedguard.threat import ServerView, ThreatModel
 from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.types import (
-    CRAFTED_UPDATE, AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity,
+    CRAFTED_UPDATE, NOT_REQUESTED, AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity,
 )
 from fedguard.update import Update, checked_update, compute_update, l2_norm, load_update, resolve_device
 
@@ -367,8 +367,6 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
 #: Share of an image attack's time budget that inferring the batch's labels for it may take (label counts on a
 #: FedAvg ConvNet run up to their 30 s cap): the rest is left for its iterations.
 LABELLING_SHARE = 0.5
-#: The reason given under ``skipped`` for a default attack an audit that named others did not run.
-NOT_REQUESTED = "not requested (the audit was asked for other attacks)"
 #: |cosine| between an update read in and the batch's gradient at the global model beyond which its sign says
 #: which protocol made it. FedAvg deltas point against the gradient: cosine -0.04 to -1.0 (MLP, LeNet and the
 #: ConvNet on digits, batches 1-64, 5-20 steps at lr 0.01-0.3, whole and one-example mini-batches); a FedSGD

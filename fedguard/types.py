@@ -224,6 +224,9 @@ class InspectionReport:
 
 # --------------------------------------------------------------------------- audit (self-attack) results
 
+#: Why an attack the audit runs by default did not run, when the caller named others (``skipped``).
+NOT_REQUESTED = "not requested (the audit was asked for other attacks)"
+
 
 class LeakageLevel(_Level):
     """How much of the private batch an attack rebuilt, ordered so that ``a >= b`` compares.
@@ -395,8 +398,14 @@ class AuditReport:
 
     @property
     def next_step(self) -> str | None:
-        """What the verdict asks of the client, in one sentence; None for a pass."""
+        """What the verdict asks of the client, in one sentence; None for a pass, unless attacks it runs by default
+        were left out (a pass on label counts alone had read as the update's)."""
         level, fail_on = self.leakage.level, LeakageLevel(self.fail_on)
+        if self.verdict == AuditVerdict.PASS:
+            left = [name for name, why in self.skipped.items() if why == NOT_REQUESTED]
+            return (f"A pass on the attacks named alone: {', '.join(left)} were not requested, and a server may run "
+                    "them; audit with the default attacks before relying on it.") if left else None  # fmt: skip
+        what = "your batch's labels" if self._kind(self.leakage.worst_attack) == "labels" else "your data"
         if self.verdict == AuditVerdict.BLOCK and (self.model.get("inspection") or {}).get("verdict") == "malicious":
             return ("Do not train on the model received, nor upload an update computed on it: fedguard inspect finds "
                     "parameters in it planted to rebuild your data (see the notes); tell the server, and run "
@@ -410,17 +419,21 @@ class AuditReport:
                     "read the update you computed). Run `fedguard inspect` on every model the server sends and refuse "
                     "such a one; a larger batch or a defense such as DP-SGD lowers what it reads.")  # fmt: skip
         if self.verdict == AuditVerdict.BLOCK:
-            return (f"Do not upload this update as it is: {self.leakage.worst_attack} recovers your data at level {level}, "
+            return (f"Do not upload this update as it is: {self.leakage.worst_attack} recovers {what} at level {level}, "
                     f"at or above the fail-on level {fail_on}. A larger batch, more local steps or a defense such as "
                     "DP-SGD can lower what leaks (docs/audit.md: defenses); audit again after the change.")  # fmt: skip
         if self.verdict != AuditVerdict.WARN:
             return None
         if self.attacks and level > LeakageLevel.NONE and int(level) == int(fail_on) - 1:
-            return (f"Look closer before uploading: {self.leakage.worst_attack} recovers your data at level {level}, one "
+            return (f"Look closer before uploading: {self.leakage.worst_attack} recovers {what} at level {level}, one "
                     f"below the fail-on level {fail_on}.")  # fmt: skip
         return ("Inconclusive: the notes and skipped attacks say what keeps these figures from measuring the whole leak "
                 "(an attack stopped or left out, an update that is not what the batch gives), so it does not pass; do "
                 "what they name and audit again.")
+
+    def _kind(self, name: str | None) -> str | None:
+        """The kind (``images``, ``labels``) of the attack ``name`` that ran; None for none."""
+        return next((a.kind for a in self.attacks if a.name == name), None)
 
     @property
     def leakage_said(self) -> str:

@@ -85,6 +85,6 @@ def measure(rec, bx, by, kind="images"):
 
 def skipped_when_asked(report) -> dict[str, str]:
     """An audit report's skipped attacks but the defaults it was not asked to run."""
-    from fedguard.audit import NOT_REQUESTED
+    from fedguard.types import NOT_REQUESTED
 
     return {name: why for name, why in report.skipped.items() if why != NOT_REQUESTED}

@@ -2059,6 +2059,14 @@ def test_the_report_says_what_the_verdict_asks():
     emulated = audit(attacks=["imprint"], **run)
     assert str(emulated.verdict) == "block"
     assert emulated.next_step.startswith("Do not train on a model like the one the imprint emulator crafts")
+    # a pass on the attacks named says which it left out (label counts alone had passed an update fc_inversion rebuilds);
+    # a label attack's leak is the labels'
+    counted = audit(attacks=["label_counts"], **run)
+    assert str(counted.verdict) == "pass" and counted.next_step == (
+        "A pass on the attacks named alone: idlg, fc_inversion, dlg, inverting_gradients were not requested, and a "
+        "server may run them; audit with the default attacks before relying on it.")
+    one = audit(attacks=["idlg"], **{**run, "batch_size": 1})
+    assert str(one.verdict) == "warn" and "idlg recovers your batch's labels at level medium" in one.next_step
 
 
 def test_progress_eta_is_bounded_by_the_time_budget():
