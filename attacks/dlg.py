@@ -61,7 +61,7 @@ from fedguard.types import Reconstruction
 
 from ._lbfgs import BatchedLBFGS
 from ._matching import MatchingObjective, ServerModel
-from .base import ENGINES, Attack, Budget, choice_option, register_attack, whole_option
+from .base import ENGINES, MAX_STARTS, Attack, Budget, choice_option, register_attack, whole_option
 
 __all__ = ["DLG", "ABANDON_RATIO", "CHECKPOINTS", "HALVING_STEPS", "PLATEAU_STEPS", "INITS", "HISTORY_BYTES"]
 
@@ -120,7 +120,7 @@ class DLG(Attack):
     default_iterations: ClassVar[int] = 300
 
     def __init__(self, starts: int = DEFAULT_STARTS, history_size: int = 100, engine: str = "auto", init: str = "range"):
-        self.starts = whole_option(starts, "DLG starts", 1)
+        self.starts = whole_option(starts, "DLG starts", 1, MAX_STARTS)
         self.history_size = whole_option(history_size, "DLG history_size", 1)
         self.engine = choice_option(engine, "DLG engine", ENGINES)
         self.init = choice_option(init, "DLG init", INITS)

@@ -63,7 +63,7 @@ from fedguard.threat import NO_BATCH_SIZE, ServerView
 from fedguard.types import Reconstruction
 
 from ._matching import MatchingObjective, ServerModel
-from .base import ENGINES, Attack, Budget, choice_option, number_option, register_attack, whole_option
+from .base import ENGINES, MAX_STARTS, Attack, Budget, choice_option, number_option, register_attack, whole_option
 
 __all__ = ["InvertingGradients", "MEAN", "STD", "milestones"]
 
@@ -113,7 +113,7 @@ class InvertingGradients(Attack):
     default_iterations: ClassVar[int] = 2000
 
     def __init__(self, restarts: int = DEFAULT_RESTARTS, tv: float = DEFAULT_TV, lr: float = 0.1, engine: str = "auto"):
-        self.restarts = whole_option(restarts, "Inverting Gradients restarts", 1)
+        self.restarts = whole_option(restarts, "Inverting Gradients restarts", 1, MAX_STARTS)
         self.tv = number_option(tv, "Inverting Gradients tv", positive=False)
         self.lr = number_option(lr, "Inverting Gradients lr", positive=True)
         self.engine = choice_option(engine, "Inverting Gradients engine", ENGINES)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from fedguard.attacks.base import MAX_STARTS
 from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
 from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
@@ -176,8 +177,8 @@ def _formats() -> dict[str, str]:
 @click.option("--time-budget", type=float, default=20.0, show_default=True, help="Seconds per attack, checked between iterations (one iteration on a batch of hundreds can take longer).")
 @click.option("--attacker-labels", type=click.Choice(["infer", "known"], case_sensitive=False), default="infer", show_default=True, help="infer: the server recovers labels from the update; known: it has them (the label attacks are then skipped: they would reveal nothing more).")
 @click.option("--attacker-without", "withheld", multiple=True, type=click.Choice(sorted(WITHHOLD), case_sensitive=False), help="Knowledge the server lacks (repeatable). Default: it knows all of them.")
-@click.option("--dlg-starts", type=click.IntRange(min=1), help=f"DLG: random starts (default {DEFAULT_STARTS}).")
-@click.option("--ig-restarts", type=click.IntRange(min=1), help=f"Inverting Gradients: restarts (default {DEFAULT_RESTARTS}).")
+@click.option("--dlg-starts", type=click.IntRange(1, MAX_STARTS), help=f"DLG: random starts, optimised side by side (default {DEFAULT_STARTS}).")
+@click.option("--ig-restarts", type=click.IntRange(1, MAX_STARTS), help=f"Inverting Gradients: restarts, optimised side by side (default {DEFAULT_RESTARTS}).")
 @click.option("--ig-tv", type=FiniteFloatRange(min=0), help=f"Inverting Gradients: total-variation weight (default {DEFAULT_TV:g}).")
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Also measure after how many rounds secure aggregation stops hiding this update (gradient disaggregation on simulated peers).")
 @click.option("--users-per-round", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: clients aggregated per round.")

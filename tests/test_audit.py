@@ -2165,6 +2165,21 @@ def test_dlg_options_are_taken_when_every_attack_runs(workdir):
     assert result.exit_code == 2 and "sets up DLG, which --attack leaves out" in result.stderr
 
 
+def test_starts_beyond_what_fits_side_by_side_are_refused_as_input():
+    """100 million DLG starts had run out of memory inside the attack (2,289 GiB asked; skipped, warn, exit 0): the
+    starts and restarts optimised side by side are capped, on the command line and from Python."""
+    from fedguard.attacks.base import MAX_STARTS
+    from fedguard.attacks.dlg import DLG
+    from fedguard.attacks.inverting_gradients import InvertingGradients
+
+    for flag in ("--dlg-starts", "--ig-restarts"):
+        line = assert_input_error(invoke(*TINY, "--data", "digits", "--batch-size", "1", flag, str(MAX_STARTS + 1)))
+        assert f"{flag}': {MAX_STARTS + 1} is not in the range 1<=x<={MAX_STARTS}" in line
+    assert DLG(starts=MAX_STARTS).starts == InvertingGradients(restarts=MAX_STARTS).restarts == MAX_STARTS
+    with pytest.raises(ValueError, match=f"bad DLG starts 100000000; give a whole number from 1 to {MAX_STARTS}"):
+        DLG(starts=100_000_000)
+
+
 def test_the_text_reports_first_line_says_interrupted_fail_on_and_the_worst_attack():
     """The verdict line carries what a reader needs beside the verdict: the --fail-on it was judged at, the attack
     that leaked most, and that an interrupted audit's results are partial."""
