@@ -468,9 +468,11 @@ def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | 
     if agreement["cosine"] >= AGREEMENT_COSINE:
         if 1 / AGREEMENT_SCALE <= scale <= AGREEMENT_SCALE:
             return None
+        causes = ("another --local-lr or --local-steps (the local steps move alike), a summed instead of a mean loss, or "
+                  "clipping" if protocol == "fedavg" else "a summed instead of a mean loss, a gradient already multiplied "
+                  "by a learning rate, or one clipped")  # fmt: skip
         return (f"--update is {scale:.3g} times the size of the update recomputed from --model on --data, in the same "
-                "direction: a summed instead of a mean loss, a gradient already multiplied by a learning rate, or one clipped "
-                "(DP-SGD clips each example's gradient); attacks "
+                f"direction: {causes} (DP-SGD clips each example's gradient); attacks "
                 "that match the update's size (DLG, label counts) read it as another batch's, so what the audit measures may "
                 "understate the leak and the verdict is at least warn")
     how = "its local mini-batches in another order, another --local-steps or --local-lr, " if protocol == "fedavg" else ""

@@ -1916,6 +1916,23 @@ def test_an_update_of_the_batch_at_another_size_is_named_and_warns(workdir, sche
     scale = report["update"]["agreement"]["scale"]
     assert scale == pytest.approx(factor, rel=1e-4) and scale == float(f"{scale:.6g}")  # measured: 6 digits, as the rest
     assert report["verdict"] == "warn" and f"--update is {factor:.3g} times the size" in report["notes"][0]
+    assert "a gradient already multiplied by a learning rate" in report["notes"][0]
+
+
+def test_a_fedavg_update_at_another_learning_rate_is_told_so(workdir):
+    """A FedAvg update at twice the --local-lr moves the same way, about twice as far: the note had given FedSGD's
+    causes (a summed loss, a gradient times a learning rate) and not the schedule."""
+    from fedguard.update import compute_update
+
+    x, y = digits_npz(workdir / "batch.npz", n=4, start=20)
+    model = lenet8(3)
+    torch.save(model.state_dict(), workdir / "global.pt")
+    update = compute_update(model, x, y, protocol="fedavg", local_steps=3, local_lr=0.002)
+    torch.save(update.tensors, workdir / "update.pt")
+    result = invoke("--model", "global.pt", *TINY, "--data", "batch.npz", "--update", "update.pt", "--protocol", "fedavg",
+                    "--local-steps", "3", "--local-lr", "0.001", "--attack", "label_counts", "--format", "json")  # fmt: skip
+    note = next(n for n in json.loads(result.stdout)["notes"] if "times the size" in n)
+    assert "another --local-lr or --local-steps" in note and "multiplied by a learning rate" not in note
 
 
 def test_images_in_memory_with_their_channels_last_are_told_how_to_permute():
