@@ -224,6 +224,9 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     refuse_unused(defense != "dp-sgd", ("noise_multiplier", "max_grad_norm", "delta"), "applies to --defense dp-sgd only; add --defense dp-sgd")
     refuse_unused(defense != "prune", ("prune_fraction",), "applies to --defense prune only; add --defense prune")
     refuse_unused(defense != "noise", ("noise_std",), "applies to --defense noise only; add --defense noise")
+    if protocol == "fedsgd" and "local-schedule" in withheld:  # FedSGD has none to withhold: it would do nothing
+        raise InputError("--attacker-without local-schedule applies to --protocol fedavg only; add --protocol fedavg, "
+                         "or drop --attacker-without local-schedule")  # fmt: skip
     refuse_unused(not exposure, ("users_per_round", "participation", "count_window", "stable_rounds", "aggregate_noise",
                                  "exposure_budget"),
                    "sets up the exposure analysis, which --no-exposure turns off; drop --no-exposure")  # fmt: skip

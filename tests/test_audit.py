@@ -1237,6 +1237,9 @@ def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
     ig = json.loads(invoke(*run, "--attack", "inverting_gradients", "--protocol", "fedavg", "--attacker-without",
                            "local-schedule").stdout)["skipped"]["inverting_gradients"]  # fmt: skip
     assert "local schedule" in ig  # not "run a label attack", which is skipped for the same reason
+    line = assert_input_error(invoke(*run, "--attacker-without", "local-schedule"))  # FedSGD has none: it did nothing
+    assert line.endswith("--attacker-without local-schedule applies to --protocol fedavg only; add --protocol fedavg, "
+                         "or drop --attacker-without local-schedule")
     report = json.loads(invoke(*run, "--attacker-without", "public-data").stdout)
     assert report["threat"]["auxiliary_data"] is False and report["data"]["auxiliary_examples"] == 0
     assert report["attacks"][0]["name"] == "label_counts"
