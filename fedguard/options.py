@@ -210,7 +210,7 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
     if named not in (None, "text", fmt):
         raise InputError(
             f"--output {output.name} has the extension of the {named} format but --format is {fmt}; "
-            f"drop --format, or name the file {output.name[: len(output.name) - len(suffix)]}{suffixes[fmt]}"
+            f"drop --format, or name the file {str(output)[: len(str(output)) - len(suffix)]}{suffixes[fmt]}"
         )
     return fmt
 

@@ -859,6 +859,8 @@ def test_the_report_format_follows_the_output_name_whatever_its_case():
     assert resolve_format("json", Path("r.txt"), inspect_formats) == "json"
     with pytest.raises(InputError, match="has the extension of the html format but --format is json"):
         resolve_format("json", Path("r.html"), inspect_formats)
+    with pytest.raises(InputError, match=r"or name the file reports/x\.txt$"):  # in the folder given (it had been dropped)
+        resolve_format("text", Path("reports/x.json"), inspect_formats)
     with pytest.raises(InputError, match="has the extension of a model, data or image file"):
         resolve_format(None, Path("R.PT"), inspect_formats)
     with pytest.raises(InputError, match="this command writes no HTML report"):
