@@ -53,6 +53,8 @@ class _Bars:
 
             def render(self, task):
                 budget = task.fields.get("budget")
+                if task.stop_time is not None and not task.finished:  # stopped short of its iterations: no time left
+                    return Text("")
                 if budget is None or task.finished:
                     return super().render(task)
                 left = max(0.0, budget - (task.elapsed or 0.0))
@@ -101,9 +103,15 @@ class _Bars:
         self.progress.update(task, completed=done, total=total, info=" ".join(info))
 
     def finish(self, attack: str, stopped: str) -> None:
+        """The bar as the attack left it: its iterations of the planned ones (a full bar had read "2/2" for an attack
+        the time budget stopped after 2 of 300), its clock stopped, why it stopped beside it."""
         task = self.tasks[attack]
         t = self.progress.tasks[task]
-        self.progress.update(task, total=max(t.completed, 1), completed=max(t.completed, 1), info=stopped)
+        if t.total is None or t.completed == 0:  # nothing counted (an analytic attack): one step, done
+            self.progress.update(task, total=1, completed=1, info=stopped)
+        else:
+            self.progress.update(task, info=stopped)
+        self.progress.stop_task(task)
 
     def message(self, text: str) -> None:
         self.progress.console.print(text)

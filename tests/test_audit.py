@@ -2109,6 +2109,14 @@ def test_progress_eta_is_bounded_by_the_time_budget():
                for task in bars.progress.tasks]  # fmt: skip
     assert 0 < seconds[0] <= 5 and bars.progress.tasks[0].fields["info"] == "budget 5s"
     assert seconds[1] > 30  # ~1000 iterations at ~10 per second
+    # stopped by its budget after 3 of 1000: the bar says so (it had filled to 3/3), its clock and ETA stopped
+    bars.finish("dlg", "time_budget")
+    stopped = bars.progress.tasks[0]
+    assert (stopped.completed, stopped.total, stopped.fields["info"]) == (3, 1000, "time_budget")
+    assert stopped.stop_time is not None and str(eta.render(stopped)) == ""
+    bars.start("idlg", 0, None)  # an analytic attack counts nothing: one step, done
+    bars.finish("idlg", "done")
+    assert bars.progress.tasks[2].finished
 
 
 def test_the_worst_attack_is_the_highest_level_not_the_highest_psnr():
