@@ -64,11 +64,10 @@ def build_expected_module(
 
     The head is the Linear layer whose output is the logits, found by running the module (the last Linear declared
     may be a hidden one: reading the class count off it had called an unchanged model drifted); without an input
-    shape to run it on, the last Linear declared with the 10 outputs it was built for. In an unnamed (Flower) list,
-    or when the tensors do not name that layer (under one prefix, the one name ending in it), the head is the last
-    2-D tensor. Of that count,
-    the module's own 10 and the first sizes of the tensors a 10-class module misfits, the one whose module fits the
-    received tensors best is built.
+    shape to run it on, the last Linear declared with the 10 outputs it was built for. When the tensors do not name
+    that layer, the one name ending in it (behind a wrapper's prefix) is the head; in an unnamed (Flower) list, or
+    where no one name ends in it, the last 2-D tensor. Of that count, the module's own 10 and the first sizes of the
+    tensors a 10-class module misfits, the one whose module fits the received tensors best is built.
     """
     module = build_model(arch, num_classes=num_classes, input_shape=input_shape)
     if num_classes is None:
@@ -82,9 +81,10 @@ def build_expected_module(
                 heads = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear) and sub.out_features == 10]
                 weight = f"{heads[-1]}.weight".lstrip(".") if heads else None
             received = tensors.get(weight) if weight is not None else None
-            if received is None and weight is not None:  # under a wrapper's prefix (``model.fc.weight``): the head still
-                under = [t for k, t in tensors.items() if k.endswith(f".{weight}")]  # (the last 2-D tensor is any layer
-                received = under[0] if len(under) == 1 else None  # the file lists after it, an added block's)
+            if received is None and weight is not None:  # behind a wrapper's prefix (``model.fc.weight``); the last
+                # 2-D tensor would be any layer the file lists after the head, an added block's
+                under = [t for k, t in tensors.items() if k.endswith(f".{weight}")]
+                received = under[0] if len(under) == 1 else None
         if received is None:
             received = next((t for t in reversed(list(tensors.values())) if t.ndim == 2), None)
         if received is not None and received.ndim == 2 and received.shape[0] != 10 and builds_any_class_count(arch):
@@ -364,6 +364,7 @@ def inspect_model(
             "data": None if data is None else "in-memory" if isinstance(data, (tuple, list)) else str(data),
             "data_sha256": data_sha256(data),
             "data_examples": None,
+            "data_shape": None,
             "seed": int(seed),
             "detectors_requested": names if detectors else None,
             "ignore": [str(i) for i in ignores],
@@ -413,6 +414,7 @@ def inspect_model(
         if batch is not None and not load_into(module, tensors):
             batch = None  # the weights do not fit --arch; FG701 says how, behavioural checks cannot run
         config["data_examples"] = len(batch[1]) if batch is not None else None  # what the behavioural checks ran on
+        config["data_shape"] = list(batch[0].shape[1:]) if batch is not None else None  # and as what (fitted to --arch)
         view = ModelView.from_state_dict(tensors, module)
         fresh = None if module is None else functools.partial(  # the module as built, before the received weights
             build_expected_module, arch, loaded.tensors, num_classes, input_shape, named=loaded.named)

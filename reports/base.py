@@ -88,7 +88,8 @@ def data_used(report: InspectionReport) -> str:
     not run (weights that do not fit --arch leave only FG701 to say so, and the header had read as if they ran)."""
     config = report.config
     if config.get("data_examples"):
-        return f"({config['data_examples']} examples, seed {config.get('seed')})"
+        shape = f" as {'x'.join(map(str, config['data_shape']))}" if config.get("data_shape") else ""
+        return f"({config['data_examples']} examples{shape}, seed {config.get('seed')})"
     return "(behavioural checks not run: the model does not fit --arch)" if config.get("data") and report.loaded else ""
 
 

@@ -8,7 +8,7 @@ become the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (``fedguard c
 imp.pt``, then ``fedguard inspect imp.pt --arch lenet5 --format json``; four of the five findings left out)::
 
     {
-      "schema_version": "1.4",
+      "schema_version": "1.5",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "path": "imp.pt",
       "sha256": "9a4a0d482d6a...",
@@ -32,7 +32,7 @@ imp.pt``, then ``fedguard inspect imp.pt --arch lenet5 --format json``; four of 
       "detectors_run": ["constant_rows", "architecture_drift", "fishing", "imprint", ...],
       "seconds": 0.42,
       "config": {"num_classes": null, "input_shape": null, "data": null, "data_sha256": null,
-                 "data_examples": null, "seed": 0, "detectors_requested": null, "ignore": [],
+                 "data_examples": null, "data_shape": null, "seed": 0, "detectors_requested": null, "ignore": [],
                  "reference_sha256": null, "torch": "2.13.0", "fail_on": "medium"},
       "command_line": ["fedguard", "inspect", "imp.pt", "--arch", "lenet5", "--format", "json"]
     }
@@ -58,7 +58,7 @@ from .base import (
     tool_version,
 )
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 
 
 def _finding_dicts(findings) -> list[dict[str, Any]]:

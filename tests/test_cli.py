@@ -203,7 +203,7 @@ def test_reports_say_how_the_inspection_was_run(workdir, schema):
     report = json.loads(invoke(*args, "--format", "json").stdout)
     jsonschema.validate(report, schema)
     assert report["loaded"] is True and report["config"] == {
-        "num_classes": None, "input_shape": None, "data": "mine.npz", "data_examples": 16, "seed": 3,
+        "num_classes": None, "input_shape": None, "data": "mine.npz", "data_examples": 16, "data_shape": [1, 28, 28], "seed": 3,
         "data_sha256": hashlib.sha256((workdir / "mine.npz").read_bytes()).hexdigest(),
         "reference_sha256": hashlib.sha256(previous.read_bytes()).hexdigest(), "detectors_requested": None,
         "ignore": [], "torch": torch.__version__, "fail_on": "high",
@@ -214,13 +214,16 @@ def test_reports_say_how_the_inspection_was_run(workdir, schema):
     assert invocation["properties"]["config"] == report["config"]
     assert invocation["arguments"] == [*map(str, args), "--format", "sarif"]
     assert invocation["commandLine"] == shlex.join(["fedguard", *invocation["arguments"]])
-    assert "data mine.npz (16 examples, seed 3)" in invoke(*args).stdout
+    assert "data mine.npz (16 examples as 1x28x28, seed 3)" in invoke(*args).stdout
     page = invoke(*args, "--format", "html").stdout
     assert report["config"]["data_sha256"] in page and report["config"]["reference_sha256"] in page
     assert "<code>fedguard inspect m.pt --arch lenet5 --data mine.npz --seed 3 --reference " in page
     torch.save(build_model("mlp").state_dict(), workdir / "other.pt")  # not lenet5's: FG701, no behavioural check
     other = json.loads(invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz", "--format", "json").stdout)
-    assert other["findings"][0]["rule_id"] == "FG701" and other["config"]["data_examples"] is None
+    assert other["findings"][0]["rule_id"] == "FG701" and other["config"]["data_examples"] is other["config"]["data_shape"] is None
+    # data of another shape is fitted to --arch, and the header says as what (colour 32x32 read as 1x28x28 grey)
+    np.savez(workdir / "colour.npz", x=np.random.default_rng(0).random((16, 32, 32, 3)), y=np.arange(16) % 10)
+    assert "data colour.npz (16 examples as 1x28x28, seed 0)" in invoke("inspect", "m.pt", "--arch", "lenet5", "--data", "colour.npz").stdout
     # and the text and HTML say so beside the data, where the header had read as if the checks ran
     not_run = "(behavioural checks not run: the model does not fit --arch)"
     assert f"data mine.npz {not_run}" in invoke("inspect", "other.pt", "--arch", "lenet5", "--data", "mine.npz").stdout

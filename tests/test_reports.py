@@ -281,7 +281,7 @@ def test_each_commands_schema_loads_by_its_name_and_a_wrong_name_lists_them():
 def test_json_fields_and_schema(malicious):
     text = render("json", malicious, RULES)
     doc = json.loads(text)  # strict: the renderer used allow_nan=False
-    assert doc["schema_version"] == SCHEMA_VERSION == "1.4"
+    assert doc["schema_version"] == SCHEMA_VERSION == "1.5"
     assert doc["command_line"] is None  # rendered from Python: no command line
     assert doc["tool"] == {"name": "fedguard", "version": "0.1.0"}
     assert doc["path"] == "round 7/global.pt" and doc["sha256"] == malicious.sha256

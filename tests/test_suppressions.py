@@ -100,7 +100,7 @@ def test_reports_list_accepted_findings_apart(imprint_mlp):
     report = inspect_model(imprint_mlp, ignore=["FG301:imprint.0", "FG101"])
     doc = json.loads(render("json", report, rules()))
     jsonschema.validate(doc, load_schema("inspect"))
-    assert doc["schema_version"] == "1.4" and doc["verdict"] == "malicious" and doc["ignore_unmatched"] == []
+    assert doc["schema_version"] == "1.5" and doc["verdict"] == "malicious" and doc["ignore_unmatched"] == []
     assert doc["summary"]["high"] == 1 and [f["rule_id"] for f in doc["findings"]] == ["FG301"]
     assert sorted((f["rule_id"], f["layer"]) for f in doc["suppressed"]) == [
         ("FG101", "imprint.0"), ("FG101", "imprint.2"), ("FG301", "imprint.0")]
