@@ -84,8 +84,9 @@ def tool_version(report: InspectionReport | AuditReport) -> str:
 
 
 def data_used(report: InspectionReport) -> str:
-    """What the behavioural checks ran on, for the header beside ``data``: ``(64 examples as 1x28x28, seed 0)``, or why they did
-    not run (weights that do not fit --arch leave only FG701 to say so, and the header had read as if they ran)."""
+    """What the behavioural checks ran on, for the header beside ``data``: ``(64 examples as 1x28x28, seed 0)``, the
+    shape each was fitted to for --arch; or why they did not run (weights that do not fit --arch leave only FG701 to
+    say so, and the header had read as if they ran)."""
     config = report.config
     if config.get("data_examples"):
         shape = f" as {'x'.join(map(str, config['data_shape']))}" if config.get("data_shape") else ""
