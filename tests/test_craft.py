@@ -7,6 +7,7 @@ client step on sklearn digits and recover data the way the server would.
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import numpy as np
@@ -582,3 +583,25 @@ def test_mkor_inconspicuous_taps_a_grouped_convolution_in_each_channels_group(gr
     torch.save(crafted.state_dict(), tmp_path / "crafted.pt")
     report = inspect_model(tmp_path / "crafted.pt", arch="grouped_net:net", data="digits")
     assert report.verdict == "malicious", [f.rule_id for f in report.findings]
+
+
+@pytest.mark.parametrize("name, options, message, taken", [
+    ("imprint", {"mode": 5}, "imprint option mode applies to linfunc=fourier only (the DCT mode); add --set linfunc=fourier, "
+                             "or drop --set mode=5", {"linfunc": "fourier"}),
+    ("trap_weights", {"num_neurons": 7}, "trap_weights option num_neurons sizes the block mode=block inserts; add --set "
+                                         "mode=block, or drop --set num_neurons=7", {"mode": "block"}),
+    ("trap_weights", {"mode": "block", "pass_through_convs": False}, "pass_through_convs applies to mode=first_fc only",
+     {"mode": "first_fc"}),
+    ("oversized_fc", {"width": 2000, "batch_size": 8}, "oversized_fc option batch_size sizes the layer only when width is "
+                                                       "not given, or drop --set batch_size=8", {"width": None}),
+    ("oversized_fc", {"width": 2000, "factor": 3}, "option factor sizes the layer only when width is not given",
+     {"width": None}),
+])  # fmt: skip
+def test_an_option_the_crafter_would_not_read_is_refused(name, options, message, taken):
+    """Each of these had crafted the default's file byte for byte (a red team believed it tested a variant); beside the
+    option that makes it count (``taken``), it is taken."""
+    from fedguard.attacks.craft import check_options
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_options(name, options)
+    check_options(name, {**options, **taken})

@@ -66,6 +66,21 @@ def _type_name(hint: Any) -> str:
 READS_DATA = frozenset({"feature_fishing", "imprint", "loki"})
 
 
+#: Options a crafter reads only beside another option's value: (crafter, option) -> (whether the options given,
+#: with the defaults, leave it unread; what it needs). Given where it is unread it would change nothing (the crafted
+#: file was byte for byte the default's), and a red team would believe it tested a variant it did not.
+_READ_ONLY_WITH = {
+    ("imprint", "mode"): (lambda o: o["linfunc"] != "fourier", "applies to linfunc=fourier only (the DCT mode); add "
+                                                               "--set linfunc=fourier"),
+    ("trap_weights", "num_neurons"): (lambda o: o["mode"] != "block", "sizes the block mode=block inserts; add --set "
+                                                                      "mode=block"),
+    ("trap_weights", "pass_through_convs"): (lambda o: o["mode"] == "block", "applies to mode=first_fc only (the block "
+                                                                             "goes in front of the convolutions)"),
+    ("oversized_fc", "factor"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given"),
+    ("oversized_fc", "batch_size"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given"),
+}
+
+
 def crafter_options(name: str) -> dict[str, Any]:
     """The options of crafter ``name`` (beyond the arguments every crafter takes) with their defaults."""
     params = inspect.signature(get_crafter(name)).parameters
@@ -105,3 +120,8 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
         for ok, need in bounds:
             if not ok:
                 raise InputError(f"{name} option {key}={value!r} must be {need}; its default: {key}={valid[key]!r}")
+    chosen = {**valid, **options}
+    for key in options:
+        unread, why = _READ_ONLY_WITH.get((name, key), (lambda o: False, ""))
+        if unread(chosen):
+            raise InputError(f"{name} option {key} {why}, or drop --set {key}={checks.shown(options[key])}")
