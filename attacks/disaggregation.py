@@ -754,9 +754,9 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
     geo = book.geo
     if users.size == 0:
         return
-    if time_limit <= 0 or geo.M.size > _UNIQUE_MAX:
-        why = "no time for integer programs" if time_limit <= 0 else f"{geo.T} rounds x {geo.M.shape[1]} directions is too large"
-        notes.append(f"exact columns are certified against one-swap changes only ({why} to prove each the only one)")
+    if geo.M.size > _UNIQUE_MAX:
+        notes.append(f"exact columns are certified against one-swap changes only ({geo.T} rounds x {geo.M.shape[1]} "
+                     "directions is too large to prove each the only one)")  # fmt: skip
         return
     residual, _, predicted = geo.check(book.X[:, users])
     # A rival that fits as well lies within about the noise's allowance plus the column's own residual of it (in
@@ -805,7 +805,10 @@ def _stage_unique(book: _Book, users: np.ndarray, time_limit: float, notes: list
         notes.append(f"{whys.count('search')} user(s) could not be proven the only 0/1 column with their counts within "
                      f"a search of {_RIVAL_NODES} branch-and-bound nodes and {_MILP_TRIES} integer programs (each "
                      "cutting off a column the noise does not explain): their columns are approximate")  # fmt: skip
-    if whys.count("time"):
+    if whys.count("time") and time_limit <= 0:  # no integer program run: the same users every time, on any machine
+        notes.append(f"{whys.count('time')} user(s) were not proven the only 0/1 column with their counts by a linear "
+                     "program, and a time limit of 0 runs no integer program to prove it: their columns are approximate")
+    elif whys.count("time"):
         book.timed_out += whys.count("time")
         limit = f"the {time_limit:g} s per-user time limit" + (" or the deadline" if deadline is not None else "")
         notes.append(f"{whys.count('time')} user(s) were not proven the only 0/1 column with their counts within {limit} "
@@ -872,9 +875,10 @@ def disaggregate(
         Standard deviation of noise on each aggregate entry (FedAvg drift, DP).
         Estimated from the aggregates' trailing singular values when omitted.
     time_limit : float
-        Seconds per user for the integer-programming fallback; 0 skips it,
-        and the proof that each exact column is the only one (``prove_unique``;
-        exact columns are then certified against one-swap changes only).
+        Seconds per user for the integer programs (the fallback, and the
+        proof that each exact column is the only one, ``prove_unique``); 0
+        runs none, and a column the proof's linear program does not settle is
+        then approximate.
     workers : int, optional
         Processes for the integer programs (default: the usable CPU cores); one on macOS and Windows
         (:func:`forking_workers`), which the report's settings record.
@@ -982,7 +986,8 @@ def disaggregate(
         solution, *_ = np.linalg.lstsq(participation[:, used].astype(np.float64), rounds.aggregates, rcond=None)
         updates[used] = solution
         if len(used) < int(active.sum()):
-            notes.append("updates of recovered users are least-squares estimates with the unrecovered users' share left out")
+            notes.append("the updates of users with a column (exact or approximate) are least-squares estimates with the "
+                         "failed users' share left out")  # fmt: skip
     interchangeable = tuple(tuple(g) for g in by_counts if len(g) > 1)  # in user order
     if interchangeable:
         listed = "; ".join(", ".join(map(str, group)) for group in interchangeable[:10])

@@ -77,7 +77,7 @@ def _default_updates_path(output: Path) -> Path:
 @click.option("--noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="--simulate: Gaussian noise on each aggregate entry, relative to an update's scale (0.05 = 5 %).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the simulation and the attack's random restarts.")
 @click.option("--save-rounds", type=OutputFile("rounds.npz", ".npz"), help="--simulate: also write the simulated rounds (and their truth) as an .npz that ROUNDS.npz accepts.")
-@click.option("--time-limit", type=FiniteFloatRange(min=0), default=60.0, show_default=True, help="Seconds per user for the integer-programming fallback (0 skips it); a program it ends makes the result depend on the machine's speed (the notes say so).")
+@click.option("--time-limit", type=FiniteFloatRange(min=0), default=60.0, show_default=True, help="Seconds per user for the integer programs (0 runs none: a column no linear program proves the only one is then approximate); a program it ends makes the result depend on the machine's speed (the notes say so).")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes for the integer programs (default: the usable CPU cores; one on macOS and Windows, which cannot fork them safely).")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS), case_sensitive=False), help="Output format (default: the one --output's extension names, else text).")
 @click.option("-o", "--output", type=OUTPUT_FILE, help="Write the report here (atomically, mode 0600); the recovered updates go to OUTPUT-updates.npz beside it.")
