@@ -121,7 +121,9 @@ def _text(doc: Mapping[str, Any]) -> str:
         )  # fmt: skip
     elif known or doc["users_approximate"]:
         approximate = doc["users_approximate"]
-        found = f"{known} of {users} users' rounds recovered exactly" if known else "no user's rounds certified exact"
+        absent = doc["stages"]["zero"]  # exact columns the recovered line counts: users who never took part
+        found = (f"{known} of {users} users' rounds recovered exactly" if known else "no user's rounds certified exact") + (
+            f" ({absent} more never took part)" if absent else "")
         estimated = (f", {approximate} estimated (estimated rounds are often right, see docs/disaggregation.md: this is "
                      "no sign that secure aggregation hid them)" if approximate else "")  # fmt: skip
         lines.append(f"  => {found}{estimated}; no update is certified, since a column that is not exact shifts "

@@ -805,6 +805,9 @@ def test_the_text_summary_counts_updates_recovered_and_says_what_is_only_estimat
     assert absent.startswith("  => secure aggregation did not hide 10 users:")
     only_absent = said(users=11, users_recovered=0, users_exact=1, users_approximate=0, interchangeable=[], zero=1)
     assert only_absent == "  => no user's individual update was recovered from these sums"
+    # the exact columns the "recovered" line counts include users who never took part: the last line says how many
+    partly = said(users=10, users_recovered=0, users_exact=6, users_approximate=4, interchangeable=[], zero=4)
+    assert partly.startswith("  => 2 of 10 users' rounds recovered exactly (4 more never took part), 4 estimated")
 
 
 def test_cli_takes_an_upper_case_npz_suffix_for_the_updates(tmp_path, monkeypatch):
