@@ -605,3 +605,10 @@ def test_an_option_the_crafter_would_not_read_is_refused(name, options, message,
     with pytest.raises(InputError, match=re.escape(message)):
         check_options(name, options)
     check_options(name, {**options, **taken})
+
+
+def test_a_list_option_of_the_wrong_type_names_its_items_in_the_plural():
+    from fedguard.attacks.craft import check_options
+
+    with pytest.raises(InputError, match=re.escape("target=1.5 is not an integer or a list of integers; its default")):
+        check_options("class_fishing", {"target": 1.5})

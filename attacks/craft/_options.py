@@ -56,8 +56,9 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in args)
     if origin is Literal:
         return " or ".join(repr(a) for a in args)
-    if origin in (collections.abc.Sequence, list, tuple):
-        return f"a list of {_type_name(args[0]) if args else 'values'}"
+    if origin in (collections.abc.Sequence, list, tuple):  # "a list of integers" (it had read "a list of an integer")
+        return "a list of " + {int: "integers", float: "numbers", str: "strings", bool: "True or False values"}.get(
+            args[0] if args else None, "values")
     return {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
