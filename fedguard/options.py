@@ -180,6 +180,12 @@ def format_suffixes(renderers) -> dict[str, str]:
     return {name: renderers.get(name).suffix for name in renderers.names()}
 
 
+def _one_of(suffixes) -> str:
+    """``*.txt, *.json or *.html``."""
+    names = [f"*{x}" for x in suffixes]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, str]) -> str:
     """``--format``, else the format whose extension ``--output`` has (``report.html``: html), else text.
 
@@ -200,16 +206,16 @@ def resolve_format(fmt: str | None, output: Path | None, suffixes: Mapping[str, 
         by_suffix[suffix := SARIF_JSON] = "sarif"
     if suffix in EXTENSIONS or suffix in IMAGE_EXTENSIONS:  # a report under a model's, data set's or image's name
         raise InputError(f"--output {output.name} has the extension of a model, data or image file, not of a report; "
-                         f"name the file {', '.join('*' + x for x in suffixes.values())}")  # fmt: skip
+                         f"name the file {_one_of(suffixes.values())}")  # fmt: skip
     if suffix in REPORT_SUFFIXES and suffix not in by_suffix:
         raise InputError(f"--output {output.name}: this command writes no {REPORT_SUFFIXES[suffix]} report; "
-                         f"name the file {', '.join('*' + x for x in suffixes.values())}")  # fmt: skip
+                         f"name the file {_one_of(suffixes.values())}")  # fmt: skip
     named = by_suffix.get(suffix)
     if fmt is None:
         return named or "text"
     if named not in (None, "text", fmt):
         raise InputError(
-            f"--output {output.name} has the extension of the {named} format but --format is {fmt}; "
+            f"--output {output} has the extension of the {named} format but --format is {fmt}; "
             f"drop --format, or name the file {str(output)[: len(str(output)) - len(suffix)]}{suffixes[fmt]}"
         )
     return fmt

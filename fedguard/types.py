@@ -403,8 +403,8 @@ class AuditReport:
         level, fail_on = self.leakage.level, LeakageLevel(self.fail_on)
         if self.verdict == AuditVerdict.PASS:
             left = [name for name, why in self.skipped.items() if why == NOT_REQUESTED]
-            return (f"A pass on the attacks named alone: {', '.join(left)} were not requested, and a server may run "
-                    "them; audit with the default attacks before relying on it.") if left else None  # fmt: skip
+            return (f"A pass on the named attacks alone: the default attacks {', '.join(left)} were not requested; "
+                    "audit with them before relying on it.") if left else None  # fmt: skip
         what = "your batch's labels" if self._kind(self.leakage.worst_attack) == "labels" else "your data"
         if self.verdict == AuditVerdict.BLOCK and (self.model.get("inspection") or {}).get("verdict") == "malicious":
             return ("Do not train on the model received, nor upload an update computed on it: fedguard inspect finds "

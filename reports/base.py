@@ -300,17 +300,17 @@ def shown_command() -> str | None:
 def more_detectors(report: InspectionReport) -> str:
     """``--data, --reference would run N more detectors`` when a clean inspection left out detectors for options it
     was not given (a newcomer had not known what they would add): only the options not given, and only the detectors
-    they would add; when detectors were named with --detector, how many others did not run."""
+    they would add; when detectors were named with --detector, how many others the options given would have run."""
     from fedguard.detectors import DETECTORS
     from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE
 
     if not report.loaded:
         return ""
-    if report.config.get("detectors_requested"):  # a clean subset had read as the whole inspection
-        left = len(DETECTORS.names()) - len(report.detectors_run)
-        return f"the other {plural(left, 'detector')} left out by --detector" if left > 0 else ""
     given = {NEEDS_MODULE: report.arch, NEEDS_DATA: report.config.get("data"), NEEDS_REFERENCE: report.reference}
     missing = {need for need, value in given.items() if not value}
+    if report.config.get("detectors_requested"):  # a clean subset had read as the whole inspection
+        runnable = [n for n, cls in DETECTORS.items() if n not in report.detectors_run and not cls.needs & missing]
+        return f"the other {plural(len(runnable), 'detector')} these options run left out by --detector" if runnable else ""
     left = [cls for name, cls in DETECTORS.items() if name not in report.detectors_run and cls.needs & missing]
     options = [flag for need, flag in NEED_FLAGS.items() if need in missing and any(need in cls.needs for cls in left)]
     return f"{', '.join(options)} would run {plural(len(left), 'more detector')}" if left else ""

@@ -2083,8 +2083,8 @@ def test_the_report_says_what_the_verdict_asks():
     # a label attack's leak is the labels'
     counted = audit(attacks=["label_counts"], **run)
     assert str(counted.verdict) == "pass" and counted.next_step == (
-        "A pass on the attacks named alone: idlg, fc_inversion, dlg, inverting_gradients were not requested, and a "
-        "server may run them; audit with the default attacks before relying on it.")
+        "A pass on the named attacks alone: the default attacks idlg, fc_inversion, dlg, inverting_gradients were not "
+        "requested; audit with them before relying on it.")
     one = audit(attacks=["idlg"], **{**run, "batch_size": 1})
     assert str(one.verdict) == "warn" and "idlg recovers your batch's labels at level medium" in one.next_step
 

@@ -593,7 +593,7 @@ def test_mkor_inconspicuous_taps_a_grouped_convolution_in_each_channels_group(gr
     ("trap_weights", {"mode": "block", "pass_through_convs": False}, "pass_through_convs applies to mode=first_fc only",
      {"mode": "first_fc"}),
     ("oversized_fc", {"width": 2000, "batch_size": 8}, "oversized_fc option batch_size sizes the layer only when width is "
-                                                       "not given, or drop --set batch_size=8", {"width": None}),
+                                                       "not given; drop --set width, or drop --set batch_size=8", {"width": None}),
     ("oversized_fc", {"width": 2000, "factor": 3}, "option factor sizes the layer only when width is not given",
      {"width": None}),
 ])  # fmt: skip

@@ -76,9 +76,12 @@ _READ_ONLY_WITH = {
     ("trap_weights", "num_neurons"): (lambda o: o["mode"] != "block", "sizes the block mode=block inserts; add --set "
                                                                       "mode=block"),
     ("trap_weights", "pass_through_convs"): (lambda o: o["mode"] == "block", "applies to mode=first_fc only (the block "
-                                                                             "goes in front of the convolutions)"),
-    ("oversized_fc", "factor"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given"),
-    ("oversized_fc", "batch_size"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given"),
+                                                                             "goes in front of the convolutions); drop "
+                                                                             "--set mode=block"),
+    ("oversized_fc", "factor"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given; drop "
+                                                                   "--set width"),
+    ("oversized_fc", "batch_size"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given; "
+                                                                       "drop --set width"),
 }
 
 
