@@ -138,7 +138,7 @@ class ArchitectureDrift(Detector):
             disjoint = bool(expected) and len(diff["missing"]) == len(expected)  # not one layer name in common
             prefix = wrapping_prefix(received, expected_shapes) if disjoint else None
             # (a file holding nothing else is read under --arch's names before any detector runs: unwrapped)
-            added = {k: v for k, v in received.items() if prefix is not None and not _under(k, prefix, expected_shapes)}
+            added = {} if prefix is None else {k: v for k, v in received.items() if not _under(k, prefix, expected_shapes)}
             again = wrapping_prefix(added, expected_shapes)
             wrapped = {"wrapped_under": prefix} if added else {}
             if added and again is not None and all(_under(k, again, expected_shapes) for k in added):

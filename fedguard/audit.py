@@ -169,7 +169,6 @@ def _carries(emulator, view) -> bool:
 def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """``arch`` with the weights of ``model`` (a path, loaded safely as inspect does; a state_dict; a module),
     or a fresh seeded initialisation when ``model`` is None; plus a JSON-ready description of where it came from."""
-    from fedguard.detectors.drift import compare_shapes, folded_shapes
     from fedguard.inspect import build_expected_module, drift_hint, names_from, unwrapped
 
     shape = resolve_input_shape(arch, input_shape)
@@ -214,8 +213,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     if not named:
         lined, why = line_up({k: v.shape for k, v in module.state_dict().items()}, list(tensors.values()))
         if lined is None:  # its names are fedguard's own (layer0.weight ...): name the item and the shape instead
-            diff = compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict()))
-            hint = drift_hint(arch, tensors, num_classes, input_shape, diff, named=False)
+            hint = drift_hint(arch, module, tensors, num_classes, input_shape, named=False)
             raise InputError(f"model {info.get('path') or 'list'} is an unnamed list of arrays (Flower's) that does not "
                              f"fit --arch {arch}: {why}; {hint or 'pass the --arch (and --num-classes / --input-shape) the server uses'}")  # fmt: skip
         tensors = lined
@@ -223,8 +221,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
     try:
         load_weights(module, tensors, info.get("path") or "state_dict", arch)
     except InputError as exc:  # the file fits another input size of --arch, or another built-in: say which
-        diff = compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict()))
-        hint = drift_hint(arch, tensors, num_classes, input_shape, diff, named) if named else None
+        hint = drift_hint(arch, module, tensors, num_classes, input_shape, named) if named else None
         if hint is None:
             raise
         raise InputError(f"{str(exc).split('; ')[0]}; {hint}") from None

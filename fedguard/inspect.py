@@ -227,12 +227,13 @@ def fitting_architectures(arch: str, tensors: Mapping[str, torch.Tensor], num_cl
     return fits
 
 
-def drift_hint(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None, input_shape: Sequence[int] | None,
-               diff: Mapping[str, list], named: bool = True) -> str | None:  # fmt: skip
-    """What the file fits where ``arch`` does not (``diff``, :func:`~fedguard.detectors.drift.compare_shapes`):
-    ``arch`` at another input shape when none was given and the names are ``arch``'s (:func:`fitting_input_shape`),
-    else other built-in architectures (:func:`fitting_architectures`); None where there is no such file or ``arch``
-    fits (a file refused for something else, NaN, is no misfit)."""
+def drift_hint(arch: str, module: nn.Module, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
+               input_shape: Sequence[int] | None, named: bool = True) -> str | None:  # fmt: skip
+    """What the file fits where ``module``, the ``arch`` built for it, does not: ``arch`` at another input shape when
+    none was given and the names are ``arch``'s (:func:`fitting_input_shape`), else other built-in architectures
+    (:func:`fitting_architectures`); None where there is no such file or ``module`` fits (a file refused for something
+    else, NaN, is no misfit)."""
+    diff = compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict()))
     if not any(diff.values()):
         return None
     shape = fitting_input_shape(arch, tensors, num_classes, named) if input_shape is None and not (diff["missing"] or diff["unexpected"]) else None
@@ -248,14 +249,14 @@ def drift_hint(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int 
             "you train, pass it")
 
 
-def _with_drift_hint(findings: list[Finding], arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
-                     input_shape: Sequence[int] | None, named: bool) -> list[Finding]:  # fmt: skip
+def _with_drift_hint(findings: list[Finding], arch: str, module: nn.Module, tensors: Mapping[str, torch.Tensor],
+                     num_classes: int | None, input_shape: Sequence[int] | None, named: bool) -> list[Finding]:  # fmt: skip
     """``findings`` with FG701's message ending in :func:`drift_hint`'s sentence (not where FG701 found the file
     wrapping ``arch`` beside added layers: it says so)."""
     drift = next((f for f in findings if f.rule_id == "FG701"), None)
     if drift is None or "wrapped_under" in drift.evidence:
         return findings
-    hint = drift_hint(arch, tensors, num_classes, input_shape, drift.evidence, named)
+    hint = drift_hint(arch, module, tensors, num_classes, input_shape, named)
     if hint is None:
         return findings
     return [dataclasses.replace(f, message=f"{f.message} {hint[0].upper()}{hint[1:]}.") if f is drift else f
@@ -422,7 +423,7 @@ def inspect_model(
 
         findings, ran = run_detectors(context, names, progress)
         if arch:
-            findings = _with_drift_hint(findings, arch, tensors, num_classes, input_shape, loaded.named)
+            findings = _with_drift_hint(findings, arch, module, tensors, num_classes, input_shape, loaded.named)
         findings = list(loaded.findings) + findings
         if not findings and not view.weight_layers():  # clean would claim checks that had nothing to look at
             from fedguard.reports.base import plural
