@@ -152,7 +152,9 @@ def _check_grid_paths(output: Path, inputs: list) -> None:
         path = grid_path(output, name)
         if path.is_dir() or (path.exists() and not is_fedguard_png(path)):
             what = "a folder" if path.is_dir() else "a file fedguard did not write"
-            raise InputError(f"{path}, where the {name} grid would go, is {what}; move it or choose another --output")
+            given = Path(output).with_name(path.name)  # named as the user named --output, unless a link moves it
+            shown = given if os.path.realpath(given) == str(path) else path
+            raise InputError(f"{shown}, where the {name} grid would go, is {what}; move it or choose another --output")
         check_output_path(path, inputs=inputs, option=f"--output (its {name} grid)", force=True)  # the folder, inputs
 
 

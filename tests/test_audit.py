@@ -897,7 +897,7 @@ def test_grids_replace_only_their_own_files(workdir):
     args = (*TINY, "--data", "digits.npz", "--batch-size", "2", "--attack", "dlg", "--dlg-starts", "1", "--max-iterations", "3")
     (workdir / "r.json-dlg.png").write_bytes(b"my holiday photo")
     line = assert_input_error(invoke(*args, "-o", "r.json"))
-    assert "r.json-dlg.png" in line and "did not write" in line
+    assert line.startswith("fedguard: error: r.json-dlg.png,") and "did not write" in line  # named as --output was
     assert (workdir / "r.json-dlg.png").read_bytes() == b"my holiday photo" and not (workdir / "r.json").exists()
     (workdir / "s.json-idlg.png").mkdir()
     assert "a folder" in assert_input_error(invoke(*args, "-o", "s.json"))
