@@ -116,7 +116,7 @@ class AuditTextRenderer(AuditRenderer):
         else:
             console.print(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
         for o in report.attacks:
-            if o.recovered_fraction:
+            if o.recovered_fraction is not None:  # 0 % said too: an image attack that rebuilt none
                 console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)")
             if o.kind == "images" and isinstance(d.get("batch_size"), int) and 0 < len(o.samples) < d["batch_size"]:
                 console.print(f"{o.name}: rebuilt {len(o.samples)} of {plural(d['batch_size'], 'example')}; the rest are not in its means")

@@ -709,7 +709,7 @@ def _audit_report(**changes):
         outcome("dlg", "images", LeakageLevel.HIGH, psnr_mean=20.0, psnr_max=30.0, ssim_mean=0.5, ssim_max=0.9,
                 samples=(sample,), starts=4, start_success_rate=0.75, recovered_fraction=0.5, image_file="audit.txt-dlg.png"),
         outcome("inverting_gradients", "images", LeakageLevel.NONE, psnr_mean=9.0, psnr_max=9.0, ssim_mean=0.1,
-                ssim_max=0.1, samples=(sample, dataclasses.replace(sample, index=1, match=1))),
+                ssim_max=0.1, samples=(sample, dataclasses.replace(sample, index=1, match=1)), recovered_fraction=0.0),
         outcome("fc_inversion", "images", LeakageLevel.NONE, details={"why_nothing": "no bias to divide by"}),
     )
     thresholds = {"high_psnr": 25.0, "high_ssim": 0.8, "medium_psnr": 18.0, "medium_ssim": 0.5,
@@ -761,6 +761,7 @@ def test_audit_text_report_says_each_attacks_own_level_numbers_and_what_it_rebui
     assert rows["dlg"][2] == "20.0/30.0"  # mean/max, as the header says
     assert "dlg: 3 of 4 random starts reached the high level (75%)" in text
     assert "dlg: 50% of the batch recovered" in text
+    assert "inverting_gradients: 0% of the batch recovered" in text and "fc_inversion: 0%" not in text  # none, not unknown
     assert "dlg: rebuilt 1 of 2 examples; the rest are not in its means" in text
     assert "inverting_gradients: rebuilt" not in text  # it rebuilt the whole batch
     assert "fc_inversion: rebuilt nothing: no bias to divide by" in text
@@ -830,6 +831,7 @@ def test_audit_html_page_shows_the_verdict_levels_sections_and_escapes_what_it_q
     assert '<span class="verdict v-block">BLOCK</span>' in page
     assert '<span class="chip l-low">low</span>' in page and '<span class="chip l-none">none</span>' in page
     assert "<code>dlg</code>: 3 of 4 random starts reached the high level." in page
+    assert "<code>inverting_gradients</code>: 0 % of the batch recovered" in page and "<code>fc_inversion</code>: 0 %" not in page
     assert "Do not upload this update as it is" in page
     assert "a note &lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
     assert "<h3>Skipped</h3>" in page and "<code>idlg</code>: needs &lt;b&gt;one&lt;/b&gt; example" in page
