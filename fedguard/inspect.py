@@ -164,6 +164,12 @@ def names_from(named: Mapping[str, torch.Tensor], values: Mapping[str, torch.Ten
 HINT_SIDES = (224, 32, 28)
 
 
+def fits(tensors: Mapping[str, torch.Tensor], module: nn.Module) -> bool:
+    """Whether ``tensors`` hold every layer of ``module`` in its shape and nothing else (running statistics may be
+    missing; pruned and weight-normalised layouts as the weights they fold into)."""
+    return not any(compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict())).values())
+
+
 def fitting_input_shape(arch: str, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
                         named: bool = True) -> tuple[int, int, int] | None:  # fmt: skip
     """Another input shape at which ``arch`` has every layer of ``tensors`` in its shape (one of :data:`HINT_SIDES`,
@@ -181,7 +187,7 @@ def fitting_input_shape(arch: str, tensors: Mapping[str, torch.Tensor], num_clas
             module = build_expected_module(arch, tensors, num_classes, shape, named=named)
         except Exception:  # the architecture does not build at that size: no hint from it
             continue
-        if not any(compare_shapes(folded_shapes(tensors), folded_shapes(module.state_dict())).values()):
+        if fits(tensors, module):
             return shape
     return None
 
@@ -206,7 +212,7 @@ def fitting_architectures(arch: str, tensors: Mapping[str, torch.Tensor], num_cl
         return {k for k in folded_shapes(named_tensors) if not is_running_stat(k)}
 
     as_received = layer_names(tensors)
-    fits = []
+    found = []
     for name in ARCHITECTURES.names():
         if name == arch:
             continue
@@ -222,9 +228,9 @@ def fitting_architectures(arch: str, tensors: Mapping[str, torch.Tensor], num_cl
             module = build_expected_module(name, mine, num_classes, input_shape, named=named)
         except Exception:
             continue
-        if not any(compare_shapes(folded_shapes(mine), folded_shapes(module.state_dict())).values()):
-            fits.append(name)
-    return fits
+        if fits(mine, module):
+            found.append(name)
+    return found
 
 
 def drift_hint(arch: str, module: nn.Module, tensors: Mapping[str, torch.Tensor], num_classes: int | None,
@@ -403,7 +409,7 @@ def inspect_model(
                 expected = folded_shapes(module.state_dict())
                 misfit = compare_shapes(folded_shapes(ref_tensors), expected)
                 names_misfit = misfit["missing"] or misfit["unexpected"]
-                if names_misfit and not any(compare_shapes(folded_shapes(tensors), expected).values()):
+                if names_misfit and fits(tensors, module):
                     raise InputError(f"reference {reference} does not fit --arch {arch} ({shape_summary(misfit)}) while "
                                      "the model does; pass last round's model of this architecture")  # fmt: skip
             spoilt = first_non_finite(ref_tensors)
