@@ -391,10 +391,12 @@ def _error_mass(weight_update: torch.Tensor, path: list[_Stats], labels: torch.T
 
     try:
         D = _discriminant_duals(H, y, C)
-        if folds < 2:
-            S = read(torch.ones_like(y, dtype=torch.bool), None)
-        else:
+        if folds >= 2:
             S = torch.stack([read(fold != f, fold == f) for f in range(folds)]).mean(0)
+        elif own_class:
+            S = read(torch.ones_like(y, dtype=torch.bool), None)
+        else:  # fitted on every example: the pooled directions just computed
+            S = G @ D
     except RuntimeError:  # singular class means (e.g. identical inputs)
         return None
     mass = (-S.diagonal()).clamp(min=0)
