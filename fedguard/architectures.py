@@ -723,7 +723,7 @@ def build_model(arch: str, num_classes: int | None = None, input_shape: Any = No
     shape = shape or spec.input_shape
     num_classes = num_classes or 10
     try:
-        return spec.build(num_classes=num_classes, input_shape=shape, **kwargs)
+        model = spec.build(num_classes=num_classes, input_shape=shape, **kwargs)
     except TypeError as exc:
         if kwargs:
             raise InputError(f"architecture {spec.name!r} does not take {', '.join(kwargs)} ({first_line(exc)}); drop the option") from None
@@ -734,3 +734,5 @@ def build_model(arch: str, num_classes: int | None = None, input_shape: Any = No
             f"building {spec.name} for {num_classes} classes and input shape {_fmt(shape)}{options} failed "
             f"({first_line(exc)}); check --num-classes, --input-shape{''.join(', ' + k for k in kwargs)}"
         ) from None
+    model.arch_name = spec.name  # what messages call it (a torchvision class or a bare Sequential had been named)
+    return model

@@ -97,7 +97,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
                   f"is read only by the crafters {', '.join(sorted(READS_DATA))} ({attack} crafts the same model without "
                   "it); craft one of those")  # fmt: skip
     options = _parse_options(settings)
-    check_options(attack, options)
+    check_options(attack, options, with_data=data is not None)
     if list_options:  # with any --set given checked and shown in place of its default
         values = crafter_options(attack) | options
         listing = ", ".join(f"{k}={v!r}" + (" (--set)" if k in options else "") for k, v in values.items()) or "none"

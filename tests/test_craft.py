@@ -20,6 +20,7 @@ from fedguard.architectures import ARCHITECTURES, build_model
 from fedguard.attacks.craft import CRAFTERS, READS_DATA, FrontEndModel, craft, craft_model
 from fedguard.attacks.craft._trap_weights import _trap_rows
 from fedguard.errors import InputError
+from tests.helpers import lenet8
 from tests.zoo import _CRAFTED, benign_entries, benign_models, crafted_entries, crafted_models, digits
 
 MNIST = (1, 28, 28)
@@ -596,6 +597,8 @@ def test_mkor_inconspicuous_taps_a_grouped_convolution_in_each_channels_group(gr
                                                        "not given; drop --set width, or drop --set batch_size=8", {"width": None}),
     ("oversized_fc", {"width": 2000, "factor": 3}, "option factor sizes the layer only when width is not given",
      {"width": None}),
+    ("feature_fishing", {"feature_val": 0.3, "quantile": 0.9}, "feature_fishing option quantile places the boundary only "
+                                                               "when feature_val is not given", {"feature_val": None}),
 ])  # fmt: skip
 def test_an_option_the_crafter_would_not_read_is_refused(name, options, message, taken):
     """Each of these had crafted the default's file byte for byte (a red team believed it tested a variant); beside the
@@ -605,6 +608,32 @@ def test_an_option_the_crafter_would_not_read_is_refused(name, options, message,
     with pytest.raises(InputError, match=re.escape(message)):
         check_options(name, options)
     check_options(name, {**options, **taken})
+
+
+@pytest.mark.parametrize("name, options", [
+    ("feature_fishing", {"quantile": 0.9}), ("feature_fishing", {"max_examples": 10}), ("imprint", {"fit": "quantile"}),
+])  # fmt: skip
+def test_an_option_read_off_the_public_data_is_refused_without_data_and_read_with_it(name, options):
+    """Without data these had crafted the default's file byte for byte; with data the option changes the file."""
+    from fedguard.attacks.craft import check_options
+
+    with pytest.raises(InputError, match=r"; add data \(the server.s public inputs\), or drop"):  # the API names its argument
+        craft(name, lenet8(), input_shape=(1, 8, 8), num_classes=10, seed=0, **options)
+    check_options(name, options)  # where the caller does not say whether data comes (the command line checks early)
+    public = digits((1, 8, 8))[0][:64]
+    given = craft(name, lenet8(), input_shape=(1, 8, 8), num_classes=10, data=public, seed=0, **options).state_dict()
+    default = craft(name, lenet8(), input_shape=(1, 8, 8), num_classes=10, data=public, seed=0).state_dict()
+    changed = any(not torch.equal(given[k], default[k]) for k in given)
+    assert changed is (name != "imprint")  # imprint's fit=quantile is its default: taken with data, the same file
+
+
+def test_trap_weights_refuses_to_pass_convolutions_through_a_model_without_any():
+    with pytest.raises(InputError, match=r"there are none; drop --set pass_through_convs=True"):
+        craft("trap_weights", build_model("mlp", 10, (1, 8, 8)), input_shape=(1, 8, 8), num_classes=10, seed=0,
+              pass_through_convs=True)
+    with pytest.raises(InputError, match="cannot craft this mlp:"):  # a built-in is named as --arch names it
+        craft("trap_weights", build_model("mlp", 10, (1, 8, 8)), input_shape=(1, 8, 8), num_classes=10, seed=0,
+              pass_through_convs=True)
 
 
 def test_a_list_option_of_the_wrong_type_names_its_items_in_the_plural():

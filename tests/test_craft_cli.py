@@ -149,6 +149,8 @@ def test_from_given_weights(tmp_path):
         (["craft", "mkor", "--arch", "lenet", "--seed", "99999999999999999999", "-o", "x.pt"], "--seed"),
         # options that would do nothing
         (["craft", "mkor", "--arch", "lenet", "--data", "digits", "-o", "x.pt"], "--data is read only by the crafters feature_fishing, imprint, loki (mkor crafts the same model without it); craft one of those, or drop --data"),
+        (["craft", "feature_fishing", "--arch", "lenet", "--set", "quantile=0.9", "-o", "x.pt"], "add --data (the server's public inputs), or drop --set quantile=0.9"),
+        (["craft", "trap_weights", "--arch", "mlp", "--set", "pass_through_convs=true", "-o", "x.pt"], "cannot craft this mlp: pass_through_convs=True"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):

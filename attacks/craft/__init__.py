@@ -148,7 +148,7 @@ def craft(
                          "without labels (e.g. fedguard.data.load_data('digits', input_shape=...)[0])")
     data = check_data(data, shape)  # once here: the crafters that read it take finite inputs of the shape
     seed = checks.seed(seed, "seed")
-    check_options(name, options)
+    check_options(name, options, with_data=data is not None)
     given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its default options"
     kind = getattr(model, "arch_name", type(model).__name__)  # "lenet" rather than FeatureNet
     parametrised = _parametrised(model)

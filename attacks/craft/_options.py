@@ -78,10 +78,23 @@ _READ_ONLY_WITH = {
     ("trap_weights", "pass_through_convs"): (lambda o: o["mode"] == "block", "applies to mode=first_fc only (the block "
                                                                              "goes in front of the convolutions); drop "
                                                                              "--set mode=block"),
+    ("feature_fishing", "quantile"): (lambda o: o["feature_val"] is not None, "places the boundary only when "
+                                                                               "feature_val is not given; drop --set "
+                                                                               "feature_val"),
     ("oversized_fc", "factor"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given; drop "
                                                                    "--set width"),
     ("oversized_fc", "batch_size"): (lambda o: o["width"] is not None, "sizes the layer only when width is not given; "
                                                                        "drop --set width"),
+}
+
+
+#: Options a crafter reads only off the server's public data: (crafter, option) -> (whether the value given leaves
+#: it unread without data; what it does with the data). Without ``--data`` the crafted file is the default's.
+_READ_ONLY_ON_DATA = {
+    ("feature_fishing", "quantile"): (lambda v: True, "is taken of the feature's values on the public data"),
+    ("feature_fishing", "max_examples"): (lambda v: True, "caps the public examples read"),
+    ("imprint", "fit"): (lambda v: v == "quantile", "places the bins at the public data's quantiles (without data, "
+                                                   "at a normal fit's, Laplace for linfunc=fourier)"),
 }
 
 
@@ -97,10 +110,10 @@ def get_crafter(name: Any) -> Crafter:
     return CRAFTERS.get(name)
 
 
-def check_options(name: str, options: Mapping[str, Any]) -> None:
+def check_options(name: str, options: Mapping[str, Any], with_data: bool | None = None) -> None:
     """Raise :class:`~fedguard.errors.InputError` naming the first of ``options`` that crafter ``name`` cannot
     take: not one of its options, wrong type, not one of its choices, not finite, or out of bounds (``_AT_LEAST_ONE``
-    ...)."""
+    ...), or one the other options given (or, with ``with_data`` False, the lack of public data) leave unread."""
     hints = typing.get_type_hints(get_crafter(name))
     valid = crafter_options(name)
     for key, value in options.items():
@@ -129,3 +142,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
         unread, why = _READ_ONLY_WITH.get((name, key), (lambda o: False, ""))
         if unread(chosen):
             raise InputError(f"{name} option {key} {why}, or drop --set {key}={checks.shown(options[key])}")
+        unread, what = _READ_ONLY_ON_DATA.get((name, key), (lambda v: False, ""))
+        if with_data is False and unread(options[key]):
+            given = f"{key}={checks.shown(options[key])}"
+            raise InputError(f"{name} option {given} {what}; add --data (the server's public inputs), or drop --set {given}")

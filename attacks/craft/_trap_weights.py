@@ -10,7 +10,7 @@ from torch import nn
 
 from fedguard.attacks.craft._base import CRAFTERS, Shape, dry_check, front_block, seeded_generator
 from fedguard.attacks.craft._pass_through import pass_through_filters
-from fedguard.attacks.craft._sites import need_linear, trace_sites
+from fedguard.attacks.craft._sites import conv_sites, need_linear, trace_sites
 
 
 def _trap_rows(rows: int, cols: int, sigma: float, scale_factor: float, gen: torch.Generator) -> torch.Tensor:
@@ -84,6 +84,9 @@ def trap_weights(
     sites = trace_sites(model, input_shape)
     lin_site = need_linear(sites, "trap_weights")[0]
     lin: nn.Linear = lin_site.module
+    if pass_through_convs and not any(sites.index(c) < sites.index(lin_site) for c in conv_sites(sites)):
+        raise ValueError(f"pass_through_convs=True turns the convolutions before the first Linear layer "
+                         f"({lin_site.name}) into copy filters, and there are none; drop --set pass_through_convs=True")
     with torch.no_grad():
         if pass_through_convs:
             pass_through_filters(sites, input_shape[0], conv_mode="copy", zero_rest=True, upto=sites.index(lin_site))
