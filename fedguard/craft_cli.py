@@ -106,7 +106,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     if arch is None:
         raise InputError(f"give --arch, the architecture to craft (e.g. --arch lenet); see '{click.get_current_context().command_path} --help'")
     if output is None:
-        raise InputError("give -o/--output, the file to write the crafted model to (.pt, .safetensors or .npz)")
+        raise InputError(f"give -o/--output, the file to write the crafted model to ({', '.join(SUFFIXES[:-1])} or {SUFFIXES[-1]})")
     suffix = output.suffix.lower()
     if output.is_dir():  # before the suffix: a folder named without one would be told to change its suffix
         raise InputError(f"--output {output} is a directory; name a file inside it, e.g. {output / 'model.pt'}")

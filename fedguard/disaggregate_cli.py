@@ -67,7 +67,7 @@ def _default_updates_path(output: Path) -> Path:
 
 
 @click.command("disaggregate", cls=TorchCommand)
-@click.argument("rounds_file", metavar="ROUNDS.npz", required=False, type=NamedPath())
+@click.argument("rounds_file", metavar="[ROUNDS.npz]", required=False, type=NamedPath())
 @click.option("--simulate", is_flag=True, help="Generate a federation with known truth, attack it and score the recovery.")
 @click.option("--users", type=click.IntRange(min=1), default=50, show_default=True, help="--simulate: users in the federation.")
 @click.option("--rounds", type=click.IntRange(min=1), default=200, show_default=True, help="--simulate: rounds of aggregates.")
@@ -111,7 +111,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
     refuse_unused(not simulate, ("users", "rounds", "dim", "window", "participation", "noise", "save_rounds"),
                   "only applies with --simulate (ROUNDS.npz brings its own rounds); add --simulate instead of ROUNDS.npz")  # fmt: skip
     if quiet and output is None and updates_path is None and save_rounds is None:
-        raise InputError("--quiet prints no report and no --output is given, so the run would leave nothing; add --output")
+        raise InputError("--quiet prints no report and no --output is given, so the run would leave nothing; add --output (or --updates, or --save-rounds with --simulate)")
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)
         if updates_path.exists() and not force and not dis.is_updates_file(updates_path):

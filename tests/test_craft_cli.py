@@ -125,7 +125,7 @@ def test_from_given_weights(tmp_path):
     "args, message",
     [
         (["craft", "no_such_attack", "--arch", "lenet", "-o", "x.pt"], "Invalid value for 'ATTACK'"),
-        (["craft", "mkor", "--arch", "lenet"], "give -o/--output"),
+        (["craft", "mkor", "--arch", "lenet"], "give -o/--output, the file to write the crafted model to (.pt, .pth, .safetensors or .npz)"),
         (["craft", "mkor", "--arch", "lenet", "-o", "x.onnx"], "use one of .pt, .pth, .safetensors, .npz"),
         (["craft", "mkor", "--arch", "lenet", "--set", "bogus=1", "-o", "x.pt"], "mkor has no option 'bogus'"),
         (["craft", "mkor", "--arch", "lenet", "--set", "noise", "-o", "x.pt"], "is not KEY=VALUE"),
