@@ -98,7 +98,10 @@ def main() -> None:
                     worst[key] = (value, f"{entry.label}:{layer.name}")
     print(f"benign zoo: {len(entries)} models")
     for key, (value, where) in worst.items():
-        print(f"  {key:<46} benign extreme {value:10.4g}  threshold {THRESHOLDS[key]:<40} at {where}")
+        if math.isinf(value):  # no benign layer has such rows (e.g. no one-sign row of 16 inputs or more)
+            print(f"  {key:<46} benign extreme {'none':>10}  threshold {THRESHOLDS[key]:<40} (no benign layer has one)")
+        else:
+            print(f"  {key:<46} benign extreme {value:10.4g}  threshold {THRESHOLDS[key]:<40} at {where}")
     dsnr, muted, tsnr, rare, same, silent, merged = (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), (0.0, ""), []
     for entry in entries:
         if entry.module is None or entry.arch is None:
