@@ -868,6 +868,11 @@ def audit(
     if fail_level == LeakageLevel.NONE:
         raise InputError("--fail-on none would block every update; use low, medium or high")
     threat = threat or ThreatModel()
+    if requested and threat.labels == "known" and all(reg.get(n).kind == "labels" for n in requested):
+        # each would be skipped (labels the server has tell it nothing): a run of none is a warn that measured nothing
+        said = " and ".join(f"--attack {n}" for n in requested)
+        raise InputError(f"{said} recover{'s' if len(requested) == 1 else ''} the batch's labels, which --attacker-labels known hands the server already, "
+                         "so nothing would run; name an image attack (e.g. --attack dlg), or drop --attacker-labels known")
     dev = resolve_device(device)
     ignores = parse_ignores(ignore, rules())
     run = audited_rules()

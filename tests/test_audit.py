@@ -1261,10 +1261,15 @@ def test_label_attacks_do_not_count_against_a_server_that_knows_the_labels(workd
     leak at medium."""
     run = (*TINY, "--data", "digits", "--batch-size", "1", "--attacker-labels", "known", "--attack", "label_counts",
            "--attack", "idlg", "--format", "json")  # fmt: skip
-    report = json.loads(invoke(*run).stdout)
-    assert report["attacks"] == [] and report["leakage"]["measured"] is False
+    report = json.loads(invoke(*run, "--attack", "dlg", "--dlg-starts", "1", "--max-iterations", "3").stdout)
+    assert [a["name"] for a in report["attacks"]] == ["dlg"]
     for name in ("label_counts", "idlg"):
         assert report["skipped"][name].startswith("the server knows the labels already")
+    # named alone, nothing would run: the warn that measured nothing (exit 0) had passed for an audit
+    line = assert_input_error(invoke(*run))
+    assert line.endswith("--attack label_counts and --attack idlg recover the batch's labels, which --attacker-labels "
+                         "known hands the server already, so nothing would run; name an image attack (e.g. --attack "
+                         "dlg), or drop --attacker-labels known")
 
 
 def test_quotient_attacks_need_no_local_schedule():
@@ -2072,8 +2077,10 @@ def test_the_report_says_what_the_verdict_asks():
     assert "Do not upload this update as it is" in AuditTextRenderer().render(blocked)
     from fedguard.threat import ThreatModel
 
-    unsure = audit(attacks=["label_counts"], threat=ThreatModel(labels="known"), **run)  # skipped: nothing measured
-    assert str(unsure.verdict) == "warn" and unsure.next_step.startswith("Inconclusive")
+    unsure = audit(attacks=["idlg", "dlg"], threat=ThreatModel(labels="known"), **run)  # dlg does not apply: no measure
+    assert str(unsure.verdict) == "warn" and unsure.next_step.startswith("Inconclusive"), unsure.skipped
+    with pytest.raises(InputError, match="attack label_counts recovers the batch's labels"):  # nothing would run
+        audit(attacks=["label_counts"], threat=ThreatModel(labels="known"), **run)
     # an emulator's block is about a model the server might send, not the update computed (it had read "Do not upload
     # this update" beside an --update it never attacked)
     emulated = audit(attacks=["imprint"], **run)
