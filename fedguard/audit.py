@@ -41,7 +41,7 @@ from fedguard import checks
 from fedguard.architectures import (
     build_model, builds_any_class_count, check_float32, classifier_logits, resolve_input_shape,
 )
-from fedguard.data import data_sha256, in_memory_batch, load_data
+from fedguard.data import data_sha256, in_memory_batch, load_data, refuse_flat
 from fedguard.defenses import Defense, check_defense
 from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyword_names, kind_of
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
@@ -262,10 +262,12 @@ def batch_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
 def _data(data, arch: str, input_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     if isinstance(data, (tuple, list)):
         x, y = in_memory_batch(data)
-        return x, y, "in-memory"
-    shape = resolve_input_shape(arch, input_shape)
-    x, y = load_data(data, input_shape=shape, seed=seed)
-    return x, y, str(data)
+        source = "in-memory"
+    else:
+        x, y = load_data(data, input_shape=resolve_input_shape(arch, input_shape), seed=seed)
+        source = str(data)
+    refuse_flat(x, "--data")
+    return x, y, source
 
 
 # --------------------------------------------------------------------------- Ctrl-C

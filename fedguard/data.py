@@ -41,7 +41,7 @@ from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError, did_you_mean, keyword_names, kind_of
 from fedguard.io import read_npz, refuse_beyond_memory
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data", "refuse_flat"]
 
 DATASETS: tuple[str, ...] = ("digits", "images")
 
@@ -171,6 +171,16 @@ def _kept(n: int, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or int(limit) >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=int(limit), replace=False))
+
+
+def refuse_flat(x: torch.Tensor, what: str) -> None:
+    """InputError when every image in ``x`` is one flat value (1x1 pixels resized, or blank images): read on such
+    data an honest, freshly initialised LeNet-5 had units that fire for single examples (FG804, malicious), and an
+    attack rebuilds nothing an image shows."""
+    flat = x.flatten(1)
+    if len(x) and flat.shape[1] > 1 and bool((flat.amax(1) == flat.amin(1)).all()):
+        raise InputError(f"every image in {what} is one flat value ({'x'.join(map(str, x.shape[2:]))} pixels of one "
+                         "brightness, as 1x1 images resized are); give real images of the kind you train on")
 
 
 def _check_size(n: int, shape: tuple[int, int, int], what: str) -> None:

@@ -29,7 +29,7 @@ from fedguard.architectures import (
     ARCHITECTURES, build_model, builds_any_class_count, check_input_shape, classifier_logits, resolve_input_shape,
 )
 from fedguard.checks import is_whole
-from fedguard.data import data_sha256, in_memory_batch, load_data
+from fedguard.data import data_sha256, in_memory_batch, load_data, refuse_flat
 from fedguard.detectors import DETECTORS, all_rules, detector_of, gradient_snr
 from fedguard.detectors.base import NEED_FLAGS, NEEDS_DATA, NEEDS_MODULE, NEEDS_REFERENCE, InspectContext
 from fedguard.detectors.drift import compare_shapes, folded_shapes, reshaped_names, shape_summary
@@ -552,6 +552,7 @@ def _client_batch(data, arch, module, input_shape, seed):
     if not isinstance(data, (tuple, list)):
         data = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
     inputs, labels = _checked_batch(data, module)
+    refuse_flat(inputs, "--data")
     need = gradient_snr.BATCH
     if len(labels) < need:  # with 2 examples D-SNR is the ratio of two norms: honest LeNets had read as malicious
         raise InputError(

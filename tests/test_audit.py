@@ -1251,8 +1251,8 @@ def test_a_weaker_server_without_the_local_schedule_or_public_data(workdir):
     grey = baseline_psnr(x[report["data"]["batch_indices"]])
     with_public = json.loads(invoke(*run).stdout)["leakage"]["baseline_psnr"]
     assert report["leakage"]["baseline_psnr"] == pytest.approx(grey, abs=1e-4) and grey < with_public - 3
-    text = invoke(*run[:-2], "--protocol", "fedavg", "--attacker-without", "public-data", "--attacker-without",
-                  "local-schedule", "--attacker-labels", "known").stdout  # fmt: skip
+    text = invoke(*run[:-2], "--attack", "fc_inversion", "--protocol", "fedavg", "--attacker-without", "public-data",
+                  "--attacker-without", "local-schedule", "--attacker-labels", "known").stdout  # fmt: skip
     assert "server knows: the model and batch size · the true labels · not the local schedule · no public data" in text
 
 
@@ -2069,6 +2069,7 @@ def test_the_report_says_what_the_verdict_asks():
     """A verdict alone had left the user to guess why and what next (an independent review from a new user's side):
     block says not to upload and what lowers the leak, a warn that measured too little says it is inconclusive."""
     from fedguard.audit import audit
+    from fedguard.errors import InputError
     from fedguard.reports.audit_text import AuditTextRenderer
 
     run = dict(arch="mlp", input_shape=(1, 8, 8), data="digits", batch_size=8, device="cpu", seed=0)
@@ -2077,7 +2078,7 @@ def test_the_report_says_what_the_verdict_asks():
     assert "Do not upload this update as it is" in AuditTextRenderer().render(blocked)
     from fedguard.threat import ThreatModel
 
-    unsure = audit(attacks=["idlg", "dlg"], threat=ThreatModel(labels="known"), **run)  # dlg does not apply: no measure
+    unsure = audit(attacks=["idlg"], **run)  # skipped (a batch of 8): nothing measured
     assert str(unsure.verdict) == "warn" and unsure.next_step.startswith("Inconclusive"), unsure.skipped
     with pytest.raises(InputError, match="attack label_counts recovers the batch's labels"):  # nothing would run
         audit(attacks=["label_counts"], threat=ThreatModel(labels="known"), **run)

@@ -525,3 +525,27 @@ def test_an_image_without_read_permission_is_said_so(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "open", denied)
     with pytest.raises(InputError, match=r"cannot read image .*\.png \(permission denied\); check its permissions$"):
         load_data(str(tmp_path / "data"))
+
+
+def test_flat_images_are_refused_by_the_checks_and_attacks_that_read_them(tmp_path):
+    """Every image one value (1x1 pixels resized, as a bad-input sweep gave): an honest, freshly initialised LeNet-5
+    read as malicious on them (FG804) on four seeds. inspect --data and the audit refuse them; a single flat image
+    beside real ones is data like any other."""
+    from fedguard.audit import audit
+    from fedguard.inspect import inspect_model
+    from tests.helpers import lenet8
+
+    torch.save(lenet8().state_dict(), tmp_path / "m.pt")
+    tiny = (torch.rand(40, 1, 1, 1).expand(40, 1, 8, 8), torch.arange(40) % 10)
+    message = r"every image in data is one flat value \(8x8 pixels of one brightness"
+    with pytest.raises(InputError, match=message):
+        inspect_model(tmp_path / "m.pt", arch="lenet", input_shape=(1, 8, 8), data=tiny)
+    with pytest.raises(InputError, match=message):
+        audit(arch="lenet", input_shape=(1, 8, 8), data=tiny, attacks=["idlg"], device="cpu")
+    np.savez(tmp_path / "flat.npz", x=np.full((20, 1, 1, 1), 0.5, np.float32), y=np.arange(20) % 10)
+    with pytest.raises(InputError, match="every image in data is one flat value"):
+        inspect_model(tmp_path / "m.pt", arch="lenet", input_shape=(1, 8, 8), data=str(tmp_path / "flat.npz"))
+    x, y = load_data("digits", (1, 8, 8))
+    x[0] = 0.5  # one blank image among real ones
+    report = inspect_model(tmp_path / "m.pt", arch="lenet", input_shape=(1, 8, 8), data=(x[:64], y[:64]))
+    assert report.verdict == "clean"
