@@ -262,9 +262,13 @@ def scan_file(path: str, is_zip: bool) -> PickleScan:
     else:
         try:  # torch reads a file as its oldest format, pickles in a tar archive's members, when tarfile opens it
             with tarfile.open(path, "r:") as archive:
-                for member in archive:
-                    if member.isfile():
-                        found |= scan_pickle_stream(archive.extractfile(member), must_parse=1)
+                files = [member for member in archive if member.isfile()]
+                if not {"storages", "tensors", "pickle"} & {member.name for member in files}:  # torch unpickles those
+                    held = ", ".join(member.name for member in files[:3]) + (", ..." if len(files) > 3 else "")
+                    raise InputError(f"{path} is a tar archive{f' holding {held}' if files else ''}, not a torch "
+                                     "checkpoint; extract the model file from it (tar xf) and pass that")
+                for member in files:
+                    found |= scan_pickle_stream(archive.extractfile(member), must_parse=1)
         except tarfile.TarError:  # and as a legacy file of pickles otherwise
             with open(path, "rb") as handle:
                 found = scan_pickle_stream(handle, must_parse=LEGACY_PICKLES)

@@ -1491,3 +1491,18 @@ def test_a_frame_that_runs_past_its_pickles_stop_is_an_unknown_import(tmp_path):
         loaded = load_model_file(tmp_path / name)
         assert loaded.refused
         assert loaded.findings[0].evidence["imports"] == ["<unknown>.<bytes after a STOP inside its frame, which Python's unpickler skips>"]
+
+
+def test_a_tar_archive_holding_a_model_file_is_refused_as_an_archive_not_as_code(tmp_path):
+    """A .tar (pax format, as GNU tar writes by default now) holding a .pt: its members were scanned as torch's legacy
+    pickles and the garbled first one read as an import (FG001, critical: "would execute code"). torch's legacy
+    reader unpickles only its own members, storages, tensors and pickle; a tar with none of them is an archive to
+    extract."""
+    import tarfile
+
+    torch.save(tiny_state_dict(), tmp_path / "model.pt")
+    with tarfile.open(tmp_path / "sent.tar", "w", format=tarfile.PAX_FORMAT) as archive:
+        archive.add(tmp_path / "model.pt", arcname="model.pt")
+    with pytest.raises(InputError, match=r"sent.tar is a tar archive holding model.pt, not a torch checkpoint; extract "
+                                         r"the model file from it \(tar xf\) and pass that"):
+        load_model_file(tmp_path / "sent.tar")
