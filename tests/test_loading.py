@@ -1506,3 +1506,14 @@ def test_a_tar_archive_holding_a_model_file_is_refused_as_an_archive_not_as_code
     with pytest.raises(InputError, match=r"sent.tar is a tar archive holding model.pt, not a torch checkpoint; extract "
                                          r"the model file from it \(tar xf\) and pass that"):
         load_model_file(tmp_path / "sent.tar")
+
+
+def test_a_data_npz_passed_as_a_model_is_refused(tmp_path):
+    """x and y, images and integer labels, had read as a model of two layers (clean; as --reference, FG702 high: the
+    model's layers "missing: x, y")."""
+    np.savez(tmp_path / "digits.npz", x=np.random.rand(20, 1, 8, 8).astype(np.float32), y=np.arange(20) % 10)
+    with pytest.raises(InputError, match=r"holds arrays x and y \(20 examples and their integer labels\), the layout "
+                                         r"of a --data file, not model weights; pass it with --data"):
+        load_model_file(tmp_path / "digits.npz")
+    np.savez(tmp_path / "layer.npz", x=np.ones((4, 3), np.float32), y=np.zeros(4, np.float32))  # a layer's weight, bias
+    assert set(load_model_file(tmp_path / "layer.npz").tensors) == {"x", "y"}
