@@ -105,7 +105,7 @@ def check_output_path(
         if item is None:
             continue
         source = Path(item).resolve()
-        if source == resolved:
+        if source == resolved or (source.is_file() and path.is_file() and os.path.samefile(source, resolved)):  # a hard link
             raise InputError(f"{option} {path} is also an input and would be overwritten; choose another {option}")
         if source.is_dir() and source in resolved.parents:
             raise InputError(f"{option} {path} lies inside the input folder {item}, which it would add a file to; choose another {option}")

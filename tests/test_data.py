@@ -475,12 +475,16 @@ def test_nothing_is_downloaded(monkeypatch):
 
 
 def test_an_output_that_is_an_input_under_another_name_is_refused_even_with_force(tmp_path):
-    """A symbolic link to the model is the model: writing a report to the one would overwrite the other."""
+    """A symbolic or hard link to the model is the model: writing a report to the one would overwrite the other (a
+    hard link had been told to pass --force, as a file of the user's)."""
+    import os
+
     from fedguard.io import check_output_path
 
     (tmp_path / "model.pt").write_bytes(b"weights")
     (tmp_path / "link.pt").symlink_to(tmp_path / "model.pt")
-    for output, given in (("model.pt", "link.pt"), ("link.pt", "model.pt")):
+    os.link(tmp_path / "model.pt", tmp_path / "hard.pt")
+    for output, given in (("model.pt", "link.pt"), ("link.pt", "model.pt"), ("hard.pt", "model.pt")):
         with pytest.raises(InputError, match="is also an input and would be overwritten"):
             check_output_path(tmp_path / output, inputs=[tmp_path / given], force=True)
     assert (tmp_path / "model.pt").read_bytes() == b"weights"
