@@ -45,6 +45,7 @@ from fedguard.data import data_sha256, in_memory_batch, load_data, refuse_flat
 from fedguard.defenses import Defense, check_defense
 from fedguard.errors import InputError, did_you_mean, first_line, first_of, keyword_names, kind_of
 from fedguard.exposure import FederationSettings, client_exposure, what_ifs
+from fedguard.io import missing
 from fedguard.layers import find_head
 from fedguard.inspect import ModelCodeRaised, rules
 from fedguard.loading import is_running_stat, line_up, load_model_file, to_state_dict
@@ -199,7 +200,7 @@ def load_global_model(model, arch: str, num_classes, input_shape, seed: int) -> 
         info = {"path": None, "sha256": None, "weights": "in-memory state_dict"}
     else:
         if not os.path.exists(model):
-            raise InputError(f"--model {model} does not exist; check the path")
+            raise missing(f"--model {model}", model)
         loaded = load_model_file(model)
         if loaded.refused:
             imports = ", ".join(loaded.findings[0].evidence.get("imports", [])[:3])
@@ -907,7 +908,7 @@ def audit(
         raise InputError(f"--data has labels up to {int(y_all.max())} but the model has {n_out} outputs; {fix}")
     if update is not None:
         if not isinstance(update, Update) and not os.path.exists(update):
-            raise InputError(f"--update {update} does not exist; check the path")
+            raise missing(f"--update {update}", update)
         if batch_size is not None and int(batch_size) != len(y_all):
             raise InputError(
                 f"--update was computed on the whole --data batch ({len(y_all)} examples) but --batch-size is {batch_size}; "

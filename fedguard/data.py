@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from fedguard import checks
 from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError, did_you_mean, keyword_names, kind_of
-from fedguard.io import read_npz, refuse_beyond_memory
+from fedguard.io import missing, read_npz, refuse_beyond_memory
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data", "refuse_flat"]
 
@@ -150,8 +150,8 @@ def load_data(
             x, y = _npz(path)
         elif path.exists():  # a pipe, a device, a socket
             raise InputError(f"data path {text} is not a regular file or folder; give a .npz file or a folder of class subfolders")
-        elif os.sep in text or "/" in text or path.suffix:
-            raise InputError(f"data path {text} does not exist; check the path (built-in data: {', '.join(DATASETS)})")
+        elif os.sep in text or "/" in text or path.suffix or path.is_symlink():
+            raise missing(f"data path {text}", path, f"check the path (built-in data: {', '.join(DATASETS)})")
         else:
             raise InputError(f"unknown data set {text!r}{did_you_mean(text, DATASETS)}; use one of {', '.join(DATASETS)}, a folder of class subfolders, or a .npz file")
     keep = _kept(len(y), limit, seed)

@@ -140,6 +140,15 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+def missing(label: str, path: str | os.PathLike, fix: str = "check the path") -> InputError:
+    """The error for ``path`` (named ``label``) that leads to nothing: a symbolic link that loops or has lost its target
+    said as such (it had read as a name that does not exist, or as an unknown built-in data set)."""
+    if os.path.islink(path):
+        return InputError(f"{label} is a symbolic link that leads to no file (a loop or a missing target); pass the "
+                          "file itself")
+    return InputError(f"{label} does not exist; {fix}")
+
+
 def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
     """All named arrays of an ``.npz`` archive, read without ever unpickling.
 
@@ -149,7 +158,7 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path} does not exist; {fix}")
+        raise missing(str(path), path, fix)
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an .npz archive; {fix}")
     if not path.is_file():  # a pipe would block the read below, a device stream without end

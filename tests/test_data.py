@@ -553,3 +553,21 @@ def test_flat_images_are_refused_by_the_checks_and_attacks_that_read_them(tmp_pa
     x[0] = 0.5  # one blank image among real ones
     report = inspect_model(tmp_path / "m.pt", arch="lenet", input_shape=(1, 8, 8), data=(x[:64], y[:64]))
     assert report.verdict == "clean"
+
+
+def test_a_link_that_leads_nowhere_is_said_to_be_one_wherever_a_path_is_read(tmp_path):
+    """A looping link had read as an unknown built-in data set (--data) or as a missing file (--model, a rounds file);
+    inspect's model path already said what it is."""
+    from fedguard.audit import audit
+    from fedguard.io import read_npz
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    said = "loop is a symbolic link that leads to no file (a loop or a missing target); pass the file itself"
+    with pytest.raises(InputError, match=re.escape(f"data path {tmp_path / 'loop'} {said[5:]}")):
+        load_data(str(tmp_path / "loop"))
+    with pytest.raises(InputError, match=re.escape(said)):
+        audit(arch="lenet", model=str(tmp_path / "loop"), data="digits", attacks=["idlg"], device="cpu")
+    with pytest.raises(InputError, match=re.escape(said)):
+        read_npz(tmp_path / "loop", "save it with numpy.savez")
+    with pytest.raises(InputError, match="does not exist; check the path"):
+        audit(arch="lenet", model=str(tmp_path / "gone.pt"), data="digits", attacks=["idlg"], device="cpu")
