@@ -20,6 +20,7 @@ from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
 from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
+from fedguard.exposure import MAX_FEDERATION_SIZE
 from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
@@ -191,10 +192,10 @@ def _formats() -> dict[str, str]:
 @click.option("--ig-restarts", type=click.IntRange(1, MAX_STARTS), help=f"Inverting Gradients: restarts, optimised side by side (default {DEFAULT_RESTARTS}).")
 @click.option("--ig-tv", type=FiniteFloatRange(min=0), help=f"Inverting Gradients: total-variation weight (default {DEFAULT_TV:g}).")
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Also measure after how many rounds secure aggregation stops hiding this update (gradient disaggregation on simulated peers).")
-@click.option("--users-per-round", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: clients aggregated per round.")
+@click.option("--users-per-round", type=click.IntRange(1, MAX_FEDERATION_SIZE), default=10, show_default=True, help="Exposure: clients aggregated per round.")
 @click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")
-@click.option("--count-window", type=click.IntRange(min=1), default=10, show_default=True, help="Exposure: rounds per window of published participation counts.")
-@click.option("--stable-rounds", type=click.IntRange(min=1), default=200, show_default=True, help="Exposure: rounds your update stays (nearly) the same.")
+@click.option("--count-window", type=click.IntRange(1, MAX_FEDERATION_SIZE), default=10, show_default=True, help="Exposure: rounds per window of published participation counts.")
+@click.option("--stable-rounds", type=click.IntRange(1, MAX_FEDERATION_SIZE), default=200, show_default=True, help="Exposure: rounds your update stays (nearly) the same.")
 @click.option("--aggregate-noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
 @click.option("--exposure-budget", type=FiniteFloatRange(min=0, min_open=True), help="Exposure: seconds for the whole analysis, its what-ifs included (default 5, or --time-budget when smaller); what-ifs it does not reach are reported as not run.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat when --max-iterations, not --time-budget, ends them).")
