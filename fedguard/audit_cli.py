@@ -146,11 +146,12 @@ def _check_grid_paths(output: Path, inputs: list) -> None:
     """Refuse, before any work, an output whose grids would replace a folder or a file fedguard did not write, or
     land on or in an input (through a link too)."""
     from fedguard.attacks.base import attacks
-    from fedguard.io import check_output_path
+    from fedguard.io import check_name_length, check_output_path
     from fedguard.reports.grids import grid_path, is_fedguard_png
 
     for name in attacks().names():
         path = grid_path(output, name)
+        check_name_length(path, f"--output's {name} grid", "choose a shorter --output, or pass --no-images")
         if path.is_dir() or (path.exists() and not is_fedguard_png(path)):
             what = "a folder" if path.is_dir() else "a file fedguard did not write"
             given = Path(output).with_name(path.name)  # named as the user named --output, unless a link moves it

@@ -100,7 +100,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
     """
     from fedguard.attacks import disaggregation as dis
     from fedguard.attacks import federation as fed
-    from fedguard.io import check_output_path, is_fedguard_report, write_atomic
+    from fedguard.io import check_name_length, check_output_path, is_fedguard_report, write_atomic
     from fedguard.reports.disaggregation_report import disaggregation_to_dict, render_disaggregation
 
     fmt = resolve_format(fmt, output, FORMATS)
@@ -114,20 +114,23 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         raise InputError("--quiet prints no report and no --output is given, so the run would leave nothing; add --output (or --updates, or --save-rounds with --simulate)")
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)
+        check_name_length(updates_path, "--output's updates file", "choose a shorter --output, or name the file with --updates")
         if updates_path.exists() and not force and not dis.is_updates_file(updates_path):
             raise InputError(f"{updates_path}, where the recovered updates would go, holds something else; move it, "
                              f"choose another --output or name the file with --updates")  # fmt: skip
     named = {"--output": output, "--updates": updates_path, "--save-rounds": save_rounds}
     # a rounds file is replaced only when fedguard simulated it: observed rounds are data
     ours = {"--output": is_fedguard_report, "--updates": dis.is_updates_file, "--save-rounds": fed.is_simulation_file}
-    targets = [p for p in named.values() if p is not None]
     for option, target in named.items():
         if target is not None:
             example = {"--output": f"report{FORMATS[fmt]}", "--updates": "updates.npz", "--save-rounds": "rounds.npz"}[option]
             check_output_path(target, inputs=[rounds_file], option=option, force=force, replaceable=ours[option],
                               example=example)  # fmt: skip
-    if len({p.resolve() for p in targets}) < len(targets):
-        raise InputError("--output, --updates and --save-rounds must be different files")
+    given = [(option, target.resolve()) for option, target in named.items() if target is not None]
+    for i, (option, target) in enumerate(given):
+        clash = next((other for other, path in given[i + 1:] if path == target), None)
+        if clash is not None:
+            raise InputError(f"{option} and {clash} name the same file ({named[option]}); give each its own file")
 
     federation = None
     if simulate:

@@ -49,6 +49,19 @@ def is_fedguard_report(path: str | os.PathLike) -> bool:
     return b"\0" not in raw and bool(_REPORT_STARTS.match(raw.decode("utf-8", "ignore")))
 
 
+def check_name_length(path: Path, option: str, fix: str = "choose a shorter name") -> None:
+    """InputError when ``path``'s file name is longer than its folder's file system takes (it had read as a folder that
+    takes no new files, a link that loops, or a path too long)."""
+    try:
+        longest = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no folder yet (said later), or no such query (Windows)
+        longest = 255
+    size = len(os.fsencode(path.name))
+    if size > longest:
+        shown = path.name if len(path.name) <= 60 else f"{path.name[:24]}...{path.name[-24:]}"
+        raise InputError(f"{option} {shown}: a file name of {size} bytes, over the {longest} this file system takes; {fix}")
+
+
 def check_output_path(
     output: str | os.PathLike,
     inputs: Iterable[str | os.PathLike | None] = (),
@@ -75,6 +88,7 @@ def check_output_path(
     path = Path(output)
     if str(output) == "-":
         raise InputError(f"{option} - is not a file name; name a file (without {option}, reports print on stdout)")
+    check_name_length(path, option)
     try:
         resolved = path.resolve()
     except (RuntimeError, OSError):  # a symbolic link that loops
@@ -92,7 +106,7 @@ def check_output_path(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{option} folder {parent} is not writable; choose another {option} or fix the folder's permissions")
     try:  # what access() cannot tell: a file system that takes no files (/proc), a read-only mount, a full disk
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -115,6 +129,12 @@ def check_output_path(
     return path
 
 
+def _temp_prefix(path: Path) -> str:
+    """The name of a file being written to ``path`` starts with a dot and ``path``'s first 32 characters: the whole
+    name, a random part and ``.tmp`` had run past the file system's limit for a name ``path`` itself kept within."""
+    return f".{path.name[:32]}."
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file and a rename, mode 0600.
 
@@ -124,7 +144,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()

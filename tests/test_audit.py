@@ -917,6 +917,16 @@ def test_grids_replace_only_their_own_files(workdir):
     assert "dlg grid" in line and "inside the input folder photos" in line
 
 
+def test_an_output_whose_grid_names_run_past_the_file_systems_limit_is_refused_before_any_work(workdir):
+    """A report name of 255 bytes is one the file system takes; its grids' names, longer, had been reported as "a path
+    is too long" with the folder's absolute path cut short."""
+    digits_npz(workdir / "digits.npz", n=8)
+    name = "b" * 250 + ".json"
+    line = assert_input_error(invoke(*TINY, "--data", "digits.npz", "--batch-size", "2", "-o", name))
+    assert "grid bbbbbbbbbbbbbbbbbbbbbbbb...bb.json-" in line and line.endswith("choose a shorter --output, or pass --no-images")
+    assert not (workdir / name).exists()
+
+
 def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(workdir):
     (workdir / "mynet.py").write_text("from fedguard.architectures import build_model\n\n"
                                       "def net(num_classes=10, input_shape=(1, 8, 8)):\n"

@@ -571,3 +571,16 @@ def test_a_link_that_leads_nowhere_is_said_to_be_one_wherever_a_path_is_read(tmp
         read_npz(tmp_path / "loop", "save it with numpy.savez")
     with pytest.raises(InputError, match="does not exist; check the path"):
         audit(arch="lenet", model=str(tmp_path / "gone.pt"), data="digits", attacks=["idlg"], device="cpu")
+
+
+def test_an_output_name_too_long_for_the_file_system_is_said_to_be_so(tmp_path):
+    """A name the file system takes (255 bytes) had been refused as a folder that takes no new files (the temporary
+    file's name, longer by a dot, a random part and .tmp, was the one too long); a longer one is named as such."""
+    from fedguard.io import check_output_path, write_atomic
+
+    longest = tmp_path / ("r" * 250 + ".json")
+    write_atomic(check_output_path(longest), "{}")
+    assert longest.read_text() == "{}"
+    with pytest.raises(InputError, match=r"--output r{24}\.\.\.r+\.jsonx: a file name of 256 bytes, over the 255 this "
+                                         r"file system takes; choose a shorter name"):
+        check_output_path(tmp_path / ("r" * 250 + ".jsonx"))

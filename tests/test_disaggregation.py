@@ -847,7 +847,8 @@ SMALL = ["--simulate", "--users", "4", "--rounds", "20", "--dim", "8", "--window
         (["--participation", "0"], "0.0 is not in the range 0<x<1"),  # nobody in any round: nothing to recover
         (["--noise", "1001"], "1001.0 is not in the range 0<=x<=1000"),
         (["--time-limit", "-1"], "-1.0 is not in the range x>=0"),
-        (["--updates", "same.npz", "--save-rounds", "same.npz"], "--output, --updates and --save-rounds must be different files"),
+        (["--updates", "same.npz", "--save-rounds", "same.npz"], "--updates and --save-rounds name the same file (same.npz); give each its own file"),
+        (["-o", "c" * 250 + ".json"], "--output's updates file ccc"),  # the name it adds to -o's is too long
     ],
 )
 def test_cli_refuses_settings_out_of_range_and_two_files_in_one(tmp_path, monkeypatch, args, message):
