@@ -55,7 +55,7 @@ from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.types import (
     CRAFTED_UPDATE, NOT_REQUESTED, AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity,
 )
-from fedguard.update import Update, checked_update, compute_update, l2_norm, load_update, resolve_device
+from fedguard.update import TrainingDiverged, Update, checked_update, compute_update, l2_norm, load_update, resolve_device
 
 if TYPE_CHECKING:
     from fedguard.attacks.base import Budget
@@ -445,12 +445,19 @@ def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
             f"--update points along the gradient of --data at --model (cosine {cosine:.2f}), as a FedSGD gradient does, "
             "not against it as a FedAvg delta W_T - W_0; pass --protocol fedsgd, or check the sign of the update"
         )
-    mine = grad if upd.protocol == "fedsgd" else compute_update(module, x, y, seed=seed, **schedule).tensors
-    cosine = _cosine(upd.tensors, mine)
-    norm = _norm(mine, mine)
-    scale = _norm(upd.tensors, mine) / norm if norm > 0 else 1.0
-    reproducible = cosine >= AGREEMENT_COSINE or (
-        _cosine(mine, compute_update(module, x, y, seed=seed + 1, **schedule).tensors) >= AGREEMENT_COSINE)
+    try:
+        mine = grad if upd.protocol == "fedsgd" else compute_update(module, x, y, seed=seed, **schedule).tensors
+        cosine = _cosine(upd.tensors, mine)
+        norm = _norm(mine, mine)
+        scale = _norm(upd.tensors, mine) / norm if norm > 0 else 1.0
+        reproducible = cosine >= AGREEMENT_COSINE or (
+            _cosine(mine, compute_update(module, x, y, seed=seed + 1, **schedule).tensors) >= AGREEMENT_COSINE)
+    except TrainingDiverged:  # the schedule given, not the update read in (finite, checked), is what diverged
+        raise InputError(
+            f"replaying {upd.local_steps} local steps at --local-lr {upd.local_lr:g} on --data diverges (NaN or infinite "
+            "weights), so --update, whose values are finite, was not computed with them; pass the --local-steps, "
+            "--local-lr and --local-batch-size your training used"
+        ) from None
     return {"cosine": cosine, "reproducible": bool(reproducible), "scale": scale}
 
 

@@ -82,6 +82,10 @@ def average_gradient(
     return {name: t * scale for name, t in tensors.items()}
 
 
+class TrainingDiverged(InputError):
+    """Local training ran into NaN or infinite weights (a learning rate far too high for the model)."""
+
+
 @dataclass(frozen=True)
 class Update:
     """What would be uploaded, per parameter name.
@@ -423,7 +427,7 @@ def compute_update(
             tensors = defense.apply(tensors, generator)
     if first_non_finite(tensors) is not None:
         if protocol == "fedavg":
-            raise InputError("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
+            raise TrainingDiverged("the update holds NaN or infinite values (training diverged); lower --local-lr or check the model")
         raise InputError("the gradient holds NaN or infinite values; check the model: its loss on this batch is not finite")
     return Update(
         tensors=tensors,
