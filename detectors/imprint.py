@@ -51,10 +51,6 @@ reported as low; an imprint that bins the client's data has thresholds among its
 group stays high: the same rows on inputs a client standardises (negative pixels) would bin. So it does where the
 layer reads other inputs in training than in the check's eval pass (a BatchNorm, dropout).
 
-Alike filters of a depthwise convolution whose channels the layer before fills with different maps (its rows not
-alike) read their own channels each and bin nothing: low. EfficientNet-B0 at 32x32 after 10 SGD steps had been
-malicious this way (on 1x1 maps only the centre tap learns: 16 of 1,152 filters alike).
-
 *Known false positives* (docs/detectors.md): hidden layers of small MLPs
 after long, heavily regularised training (SGD, weight decay 5e-3 on every
 weight, 200 epochs on five classes: 5 rows at |cosine| ≥ 0.977 in a
@@ -67,7 +63,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector, rounded
 from fedguard.detectors.linear_passes import CHUNK, MAX_UNITS, layers_seen
@@ -80,7 +75,6 @@ from fedguard.detectors.rows import (
     stored_as_logits,
 )
 from fedguard.layers import layer_input
-from fedguard.modelview import CONV
 from fedguard.rowstats import finite
 from fedguard.torch_state import evaluating
 from fedguard.types import Confidence, Rule, Severity
@@ -160,17 +154,6 @@ class Imprint(Detector):
                     **evidence, logits_shown=shown,
                 )  # fmt: skip
                 continue
-            feeder = _depthwise_after(view, layer)
-            if feeder is not None:
-                yield self.finding(
-                    "FG301", "Depthwise filters alike", Severity.LOW, Confidence.MEDIUM, layer.name,
-                    f"{size} of {n_rows} filters of {layer.name} share one weight vector, but it is a depthwise "
-                    f"convolution: each filter reads its own channel, and {feeder.name} before it gives those channels "
-                    "different maps (its rows are not alike), so they bin no one measurement. Training on small inputs "
-                    "makes such filters alike: on 1x1 maps only the centre tap learns (EfficientNet-B0 at 32x32).",
-                    **evidence, depthwise_after=feeder.name,
-                )  # fmt: skip
-                continue
             margin = _silent_margin(context, layer.name, group) if near else None
             rows_alike = (
                 f"{size} of {n_rows} units of {layer.name} share one weight vector"
@@ -218,27 +201,6 @@ def _groups(layer, min_cos: float = 0.999) -> list[torch.Tensor]:
     return [g for g in duplicate_row_groups(layer, min_cos)
             if (dense_rows(layer, g, MIN_DENSITY) or (exact and _supported(layer, g)))
             and not is_opposite_pair(layer, g)]  # fmt: skip
-
-
-def _depthwise_after(view, layer):
-    """The layer feeding ``layer`` when ``layer`` is a depthwise convolution (one input channel a filter, as many
-    filters as the layer before it has outputs, or a multiple) whose channels that layer fills with different maps
-    (no group of its rows alike); else None. Alike depthwise filters then read different channels and bin nothing; an
-    imprint hidden as one would need a layer before it copying one map into every channel, whose rows are alike.
-    With ``--arch`` the convolution's own ``groups`` settle what it is."""
-    weight = layer.weight
-    if layer.kind != CONV or weight is None or weight.ndim != 4 or weight.shape[1] != 1:
-        return None
-    if view.module is not None:
-        conv = dict(view.module.named_modules()).get(layer.name)
-        if isinstance(conv, nn.Conv2d) and conv.groups != conv.in_channels:
-            return None
-    feeder = view.previous_weight_layer(layer)
-    if feeder is None or feeder.out_features < 2 or layer.out_features % feeder.out_features:
-        return None
-    if not feeder.stats.finite or _groups(feeder, NEAR_COS):
-        return None
-    return feeder
 
 
 def _supported(layer, group: torch.Tensor) -> bool:

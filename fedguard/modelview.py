@@ -161,13 +161,6 @@ class ModelView:
             if layer.kind in kinds and layer.fan_in >= min_fan_in:
                 yield layer
 
-    def previous_weight_layer(self, layer: Layer) -> Layer | None:
-        """The last linear/conv layer stored before ``layer``."""
-        for other in reversed(self.layers[: layer.index]):
-            if other.is_weight_layer:
-                return other
-        return None
-
     def next_weight_layer(self, layer: Layer) -> Layer | None:
         """The first linear/conv layer stored after ``layer``."""
         for other in self.layers[layer.index + 1 :]:

@@ -1028,28 +1028,6 @@ def test_an_imprint_of_identical_sparse_rows_is_caught():
     assert found["FG301"].layer == "1" and judge(list(found.values())) is Verdict.MALICIOUS
 
 
-def test_alike_depthwise_filters_are_low_unless_the_layer_before_copies_one_map_into_every_channel():
-    """EfficientNet-B0 at 32x32 after 10 SGD steps: its late depthwise filters work on 1x1 maps, only their centre taps
-    learn, and 16 of 1,152 became one direction (FG301 high: malicious from the file alone). Each reads its own
-    channel, which the 1x1 convolution before fills with different maps: no bins. The same filters after a layer that
-    copies one map into every channel (its rows alike) are an imprint."""
-    torch.manual_seed(0)
-    filters = torch.zeros(64, 1, 5, 5)
-    filters[:, 0, 2, 2] = 1.0  # the centre tap alone, as training on 1x1 maps leaves it
-    filters += 0.001 * torch.randn(filters.shape)
-    ladder = -torch.linspace(0.1, 3.0, 64)
-    for copies, severity in ((False, Severity.LOW), (True, Severity.HIGH)):
-        expand = torch.randn(64, 24, 1, 1) * 0.2
-        if copies:
-            expand[:] = expand[0]  # every channel the same map
-        sd = {"stem.weight": torch.randn(24, 3, 3, 3) * 0.2, "expand.weight": expand,
-              "depthwise.weight": filters, "depthwise.bias": ladder,
-              "head.weight": torch.randn(10, 64) * 0.1, "head.bias": torch.zeros(10)}  # fmt: skip
-        found = [f for f in static_findings(sd) if f.rule_id == "FG301" and f.layer == "depthwise"]
-        assert [f.severity for f in found] == [severity], found
-        assert ("depthwise_after" in found[0].evidence) is not copies
-
-
 def test_head_rows_of_unseen_classes_are_low_but_the_same_rows_feeding_a_layer_are_an_imprint():
     """Weight decay turns a head's unseen classes into one row with their own biases (a 100-class head on the ten
     digits: 90 rows, cosine 0.9999997); logits bin nothing. Stored last but read by a decoder, the rows bin."""
