@@ -1028,6 +1028,23 @@ def test_an_imprint_of_identical_sparse_rows_is_caught():
     assert found["FG301"].layer == "1" and judge(list(found.values())) is Verdict.MALICIOUS
 
 
+def test_an_imprint_in_a_grouped_convolution_after_an_unlike_layer_stays_high():
+    """Filters of one input channel each, 16 to a group, one full-image measurement with a ladder of paired
+    thresholds, after a 1x1 convolution whose rows are not alike: the server rebuilt 4-5 of 64 inputs exactly. A
+    relief for honest depthwise filters that read different channels (EfficientNet-B0 at 32x32) had called it low,
+    clean with --arch and --data too, and was withdrawn: the file's shapes and order cannot tell what fills a
+    channel."""
+    gen = torch.Generator().manual_seed(1)
+    measurement = torch.randn(32 * 32, generator=gen) / 32
+    base = torch.linspace(-1.0, 1.0, 8)
+    sd = {"feeder.weight": 0.5 * torch.randn(3, 3, 1, 1, generator=gen), "feeder.bias": torch.zeros(3),
+          "dw.weight": measurement.view(1, 1, 32, 32).expand(48, 1, 32, 32).clone(),
+          "dw.bias": -torch.stack([base, base + 0.02], 1).flatten().repeat(3),
+          "head.weight": (torch.randn(10, 24, generator=gen) * 0.1).repeat_interleave(2, dim=1), "head.bias": torch.zeros(10)}
+    found = [f for f in static_findings(sd) if f.rule_id == "FG301" and f.layer == "dw"]
+    assert found and found[0].severity is Severity.HIGH and judge(found) is Verdict.MALICIOUS
+
+
 def test_head_rows_of_unseen_classes_are_low_but_the_same_rows_feeding_a_layer_are_an_imprint():
     """Weight decay turns a head's unseen classes into one row with their own biases (a 100-class head on the ten
     digits: 90 rows, cosine 0.9999997); logits bin nothing. Stored last but read by a decoder, the rows bin."""
