@@ -455,8 +455,8 @@ def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
     except TrainingDiverged:  # the schedule given, not the update read in (finite, checked), is what diverged
         raise InputError(
             f"replaying {upd.local_steps} local steps at --local-lr {upd.local_lr:g} on --data diverges (NaN or infinite "
-            "weights), so --update, whose values are finite, was not computed with them; pass the --local-steps, "
-            "--local-lr and --local-batch-size your training used"
+            "weights), so --update, whose values are finite, was most likely computed with others; pass the "
+            "--local-steps, --local-lr and --local-batch-size your training used"
         ) from None
     return {"cosine": cosine, "reproducible": bool(reproducible), "scale": scale}
 

@@ -149,9 +149,11 @@ def _check_grid_paths(output: Path, inputs: list) -> None:
     from fedguard.io import check_name_length, check_output_path
     from fedguard.reports.grids import grid_path, is_fedguard_png
 
-    for name in attacks().names():
+    registry = attacks()
+    for name in (n for n in registry.names() if registry.get(n).kind == "images"):  # the label attacks write no grid
+        check_name_length(grid_path(output, name), f"--output's {name} grid", "choose a shorter --output, or pass --no-images")
+    for name in registry.names():
         path = grid_path(output, name)
-        check_name_length(path, f"--output's {name} grid", "choose a shorter --output, or pass --no-images")
         if path.is_dir() or (path.exists() and not is_fedguard_png(path)):
             what = "a folder" if path.is_dir() else "a file fedguard did not write"
             given = Path(output).with_name(path.name)  # named as the user named --output, unless a link moves it

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shlex
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -54,12 +55,14 @@ def check_name_length(path: Path, option: str, fix: str = "choose a shorter name
     takes no new files, a link that loops, or a path too long)."""
     try:
         longest = os.pathconf(path.parent, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):  # no folder yet (said later), or no such query (Windows)
-        longest = 255
-    size = len(os.fsencode(path.name))
+    except (OSError, ValueError, AttributeError):  # no folder yet (said later), or no such query (Windows): the
+        return  # write says what goes wrong
+    # bytes on Linux; macOS's file systems count UTF-16 units (a name of 100 CJK characters is 300 bytes, and fits)
+    size = len(path.name.encode("utf-16-le")) // 2 if sys.platform == "darwin" else len(os.fsencode(path.name))
     if size > longest:
         shown = path.name if len(path.name) <= 60 else f"{path.name[:24]}...{path.name[-24:]}"
-        raise InputError(f"{option} {shown}: a file name of {size} bytes, over the {longest} this file system takes; {fix}")
+        unit = "characters" if sys.platform == "darwin" else "bytes"
+        raise InputError(f"{option} {shown}: a file name of {size} {unit}, over the {longest} this file system takes; {fix}")
 
 
 def check_output_path(

@@ -471,7 +471,9 @@ def _npz_imports(path: Path) -> list[str]:
 
 def _load_npz(path: Path) -> Any:
     arrays = read_npz(path, "re-export it with np.savez")
-    if set(arrays) == {"x", "y"} and arrays["y"].ndim == 1 and arrays["y"].dtype.kind in "iu" and len(arrays["x"]) == len(arrays["y"]):
+    x, y = arrays.get("x"), arrays.get("y")
+    if (set(arrays) == {"x", "y"} and x.ndim >= 2 and (x.dtype.kind == "f" or x.dtype == np.uint8) and y.ndim == 1
+            and y.dtype.kind in "iu" and len(x) == len(y)):  # images (floats, 8-bit pixels) and labels; int8 weights are no data
         raise InputError(f"{path} holds arrays x and y ({len(arrays['y'])} examples and their integer labels), the "
                          "layout of a --data file, not model weights; pass it with --data")
     if arrays and all(key.startswith("arr_") and key[4:].isdigit() for key in arrays):

@@ -1517,3 +1517,7 @@ def test_a_data_npz_passed_as_a_model_is_refused(tmp_path):
         load_model_file(tmp_path / "digits.npz")
     np.savez(tmp_path / "layer.npz", x=np.ones((4, 3), np.float32), y=np.zeros(4, np.float32))  # a layer's weight, bias
     assert set(load_model_file(tmp_path / "layer.npz").tensors) == {"x", "y"}
+    np.savez(tmp_path / "int8.npz", x=np.ones((4, 3), np.int8), y=np.zeros(4, np.int32))  # a quantised layer, not data
+    assert set(load_model_file(tmp_path / "int8.npz").tensors) == {"x", "y"}
+    np.savez(tmp_path / "scalar.npz", x=np.float32(1), y=np.array([3]))  # a 0-d x had been an internal error (len)
+    assert isinstance(load_model_file(tmp_path / "scalar.npz").tensors, dict)
