@@ -222,6 +222,8 @@ def _sniff(path: Path) -> str:
             return SAFETENSORS
     if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]") or _is_pickle(path):
         return "pickle"
+    if tarfile.is_tarfile(path):  # torch's oldest format keeps its pickles in tar members: scanned as such
+        return "pickle"
     return "unknown"
 
 

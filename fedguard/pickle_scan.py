@@ -262,7 +262,7 @@ def scan_file(path: str, is_zip: bool) -> PickleScan:
     else:
         try:  # torch reads a file as its oldest format, pickles in a tar archive's members, when tarfile opens it
             with tarfile.open(path, "r:") as archive:
-                files = [member for member in archive if member.isfile()]
+                files = [member for member in archive if member.isfile() or member.islnk()]  # a hard link reads as its target
                 if not {"storages", "tensors", "pickle"} & {member.name for member in files}:  # torch unpickles those
                     held = ", ".join(member.name for member in files[:3]) + (", ..." if len(files) > 3 else "")
                     raise InputError(f"{path} is a tar archive{f' holding {held}' if files else ''}, not a torch "

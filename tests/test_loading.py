@@ -1501,11 +1501,30 @@ def test_a_tar_archive_holding_a_model_file_is_refused_as_an_archive_not_as_code
     import tarfile
 
     torch.save(tiny_state_dict(), tmp_path / "model.pt")
-    with tarfile.open(tmp_path / "sent.tar", "w", format=tarfile.PAX_FORMAT) as archive:
-        archive.add(tmp_path / "model.pt", arcname="model.pt")
-    with pytest.raises(InputError, match=r"sent.tar is a tar archive holding model.pt, not a torch checkpoint; extract "
-                                         r"the model file from it \(tar xf\) and pass that"):
-        load_model_file(tmp_path / "sent.tar")
+    for fmt in (tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):  # a ustar one had been "random or corrupt bytes?"
+        with tarfile.open(tmp_path / "sent.tar", "w", format=fmt) as archive:
+            archive.add(tmp_path / "model.pt", arcname="model.pt")
+        with pytest.raises(InputError, match=r"sent.tar is a tar archive holding model.pt, not a torch checkpoint; "
+                                             r"extract the model file from it \(tar xf\) and pass that"):
+            load_model_file(tmp_path / "sent.tar")
+
+
+def test_a_legacy_tar_member_that_is_a_hard_link_to_a_payload_is_code(tmp_path):
+    """torch's legacy reader extracts ``storages`` through a hard link to another member and unpickles it (an
+    independent review ran os.system that way); the scan had skipped links, and the file was called corrupt."""
+    import io
+    import tarfile
+
+    payload = b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R."
+    with tarfile.open(tmp_path / "linked.tar", "w", format=tarfile.USTAR_FORMAT) as archive:
+        info = tarfile.TarInfo("x")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+        link = tarfile.TarInfo("storages")
+        link.type, link.linkname = tarfile.LNKTYPE, "x"
+        archive.addfile(link)
+    loaded = load_model_file(tmp_path / "linked.tar")
+    assert loaded.refused and "posix.system" in loaded.findings[0].evidence["imports"]
 
 
 def test_a_data_npz_passed_as_a_model_is_refused(tmp_path):
