@@ -262,13 +262,21 @@ def scan_file(path: str, is_zip: bool) -> PickleScan:
     else:
         try:  # torch reads a file as its oldest format, pickles in a tar archive's members, when tarfile opens it
             with tarfile.open(path, "r:") as archive:
-                files = [member for member in archive if member.isfile() or member.islnk()]  # a hard link reads as its target
-                if not {"storages", "tensors", "pickle"} & {member.name for member in files}:  # torch unpickles those
-                    held = ", ".join(member.name for member in files[:3]) + (", ..." if len(files) > 3 else "")
-                    raise InputError(f"{path} is a tar archive{f' holding {held}' if files else ''}, not a torch "
+                members = [m for m in archive if m.isfile() or m.islnk() or m.issym()]  # links read as their targets
+                if not {"storages", "tensors", "pickle"} & {member.name for member in members}:  # torch unpickles those
+                    held = ", ".join(member.name for member in members[:3]) + (", ..." if len(members) > 3 else "")
+                    raise InputError(f"{path} is a tar archive{f' holding {held}' if members else ''}, not a torch "
                                      "checkpoint; extract the model file from it (tar xf) and pass that")
-                for member in files:
-                    found |= scan_pickle_stream(archive.extractfile(member), must_parse=1)
+                for member in members:
+                    try:
+                        stream = archive.extractfile(member)
+                    except KeyError:  # a link to a member the archive does not hold (or outside it): no pickle here
+                        if member.name in ("storages", "tensors", "pickle"):  # torch would follow it on disk
+                            raise InputError(f"{path}: its {member.name} member is a link to {member.linkname!r}, "
+                                             "outside the archive; fedguard will not follow it: re-export the model") from None
+                        continue
+                    if stream is not None:
+                        found |= scan_pickle_stream(stream, must_parse=1)
         except tarfile.TarError:  # and as a legacy file of pickles otherwise
             with open(path, "rb") as handle:
                 found = scan_pickle_stream(handle, must_parse=LEGACY_PICKLES)

@@ -1525,6 +1525,15 @@ def test_a_legacy_tar_member_that_is_a_hard_link_to_a_payload_is_code(tmp_path):
         archive.addfile(link)
     loaded = load_model_file(tmp_path / "linked.tar")
     assert loaded.refused and "posix.system" in loaded.findings[0].evidence["imports"]
+    with tarfile.open(tmp_path / "outside.tar", "w", format=tarfile.USTAR_FORMAT) as archive:  # torch would open it
+        link = tarfile.TarInfo("storages")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+        info = tarfile.TarInfo("pickle")
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b"\x80\x02}."))
+    with pytest.raises(InputError, match="its storages member is a link to '/etc/passwd', outside the archive"):
+        load_model_file(tmp_path / "outside.tar")
 
 
 def test_a_data_npz_passed_as_a_model_is_refused(tmp_path):
