@@ -143,10 +143,18 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         source = {"kind": "file", "path": str(rounds_file)}
 
     with _UserBar(enabled=not quiet and sys.stderr.isatty()) as bar:
-        result = dis.disaggregate(
-            observed.aggregates, observed.counts, observed.window, noise_scale=observed.noise_scale,
-            time_limit=time_limit, workers=workers, seed=seed, progress=bar,
-        )
+        try:
+            result = dis.disaggregate(
+                observed.aggregates, observed.counts, observed.window, noise_scale=observed.noise_scale,
+                time_limit=time_limit, workers=workers, seed=seed, progress=bar,
+            )
+        except dis.NotIdentifiable as exc:
+            if not (simulate and participation > 0.9):
+                raise
+            # the file's terms (rank, P) had not said which option made it so
+            raise InputError(f"the simulated rounds cannot tell the {users} users apart ({str(exc).split(':')[0]}): "
+                             f"at --participation {participation:g} nearly everyone joins every round; lower it, "
+                             "e.g. --participation 0.5") from None
     if save_rounds is not None:  # once the attack ran: a run refused as bad input leaves no file behind
         fed.save_rounds(save_rounds, federation)
     score = dis.score(result, federation) if federation is not None else None

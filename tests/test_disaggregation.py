@@ -849,6 +849,7 @@ SMALL = ["--simulate", "--users", "4", "--rounds", "20", "--dim", "8", "--window
         (["--time-limit", "-1"], "-1.0 is not in the range x>=0"),
         (["--updates", "same.npz", "--save-rounds", "same.npz"], "--updates and --save-rounds name the same file (same.npz); give each its own file"),
         (["-o", "c" * 250 + ".json"], "--output's updates file ccc"),  # the name it adds to -o's is too long
+        (["--participation", "0.999999"], "at --participation 0.999999 nearly everyone joins every round; lower it"),
     ],
 )
 def test_cli_refuses_settings_out_of_range_and_two_files_in_one(tmp_path, monkeypatch, args, message):
