@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import io
-import shlex
 from pathlib import Path
 
 import click
@@ -123,7 +122,7 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
         public = load_data(data, input_shape=shape, limit=512, seed=seed)[0] if data else None
         crafted = craft(attack, module, input_shape=shape, num_classes=num_classes, data=public, seed=seed, **options)
     write_atomic(output, serialise(crafted.state_dict(), suffix))
-    from fedguard.reports.base import printable  # the file name is the user's
+    from fedguard.reports.base import printable, shell_words  # the file name is the user's
 
     check = ["fedguard", "inspect", str(output), "--arch", arch]  # with the options it was crafted with, or FG701 says drift
     if input_shape is not None:
@@ -131,6 +130,6 @@ def craft_command(attack, arch, model, num_classes, input_shape, data, settings,
     if num_classes is not None:
         check += ["--num-classes", str(num_classes)]
     try:
-        click.echo(printable(f"{attack}: crafted {arch} written to {output}; check it with: {shlex.join(check)}"), err=True)
+        click.echo(printable(f"{attack}: crafted {arch} written to {output}; check it with: {shell_words(check)}"), err=True)
     except OSError:  # stderr full or closed: the model is written, which is what the exit code says
         pass

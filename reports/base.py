@@ -205,6 +205,18 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(_escaped, text)
 
 
+def shell_words(words: Iterable[str]) -> str:
+    """``words`` as one command a POSIX shell reads back as them: quoted as :func:`shlex.join` does, and a word with
+    a character :func:`printable` escapes (a file name with a line break) in bash's ``$'...'``, which reads the
+    escapes back (``'a\\nb'`` had named a file with a backslash in it)."""
+    def word(text: str) -> str:
+        if not _UNPRINTABLE.search(text):
+            return shlex.quote(text)
+        return "$'" + printable(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
+
+    return " ".join(word(w) for w in words)
+
+
 #: Keys whose string values name files: JSON keeps them exact, so that they open the file (a right-to-left mark is
 #: part of many a Hebrew or Arabic file name); only a lone surrogate, which no UTF-8 document can hold, is escaped.
 FILE_KEYS = frozenset({"path", "reference", "spec", "source", "image_file", "updates_file", "data"})

@@ -941,3 +941,18 @@ def test_an_audit_report_built_in_python_names_this_fedguard_as_its_maker():
     assert report.tool_version == ""
     assert f'<meta name="generator" content="fedguard {fedguard.__version__}">' in AuditHtmlRenderer().render(report)
     assert audit_to_dict(report)["tool"]["version"] == fedguard.__version__
+
+
+def test_shell_words_quote_a_name_with_a_line_break_so_that_bash_reads_it_back():
+    """craft's suggested command had printed 'new\\nl.pt', which a shell reads as a name with a backslash in it."""
+    import shutil
+    import subprocess
+
+    from fedguard.reports.base import shell_words
+
+    words = ["inspect", "new\nl.pt", "it's.pt", "back\\slash\x1b'"]
+    line = shell_words(words)
+    assert line == "inspect $'new\\nl.pt' 'it'\"'\"'s.pt' $'back\\\\slash\\x1b\\''"
+    if shutil.which("bash"):
+        out = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True, check=True).stdout
+        assert out.decode().split("\0")[:-1] == words
