@@ -206,9 +206,9 @@ def printable(text: str) -> str:
 
 
 def shell_words(words: Iterable[str]) -> str:
-    """``words`` as one command a POSIX shell reads back as them: quoted as :func:`shlex.join` does, and a word with
-    a character :func:`printable` escapes (a file name with a line break) in bash's ``$'...'``, which reads the
-    escapes back (``'a\\nb'`` had named a file with a backslash in it)."""
+    """``words`` as one command a shell reads back as them: quoted as :func:`shlex.join` does, and a word with a
+    character :func:`printable` escapes (a file name with a line break) in ``$'...'``, which bash, zsh and ksh read
+    the escapes back from (``'a\\nb'`` had named a file with a backslash in it)."""
     def word(text: str) -> str:
         if not _UNPRINTABLE.search(text):
             return shlex.quote(text)
