@@ -550,7 +550,17 @@ def _client_batch(data, arch, module, input_shape, seed):
     if arch is None:
         raise InputError("--data needs --arch: the behavioural checks run your data through the architecture")
     if not isinstance(data, (tuple, list)):
-        data = load_data(data, input_shape=resolve_input_shape(arch, input_shape), limit=64, seed=seed)
+        try:
+            shape = resolve_input_shape(arch, input_shape)
+        except InputError:  # no input shape: for a model of tokens, asking for C,H,W would mislead
+            layers = module.modules() if module is not None else ()
+            first = next((m for m in layers if isinstance(m, (nn.Embedding, nn.EmbeddingBag, nn.Linear, nn.Conv1d,
+                                                               nn.Conv2d, nn.Conv3d))), None)
+            if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):
+                raise InputError(f"--data takes images, and --arch {arch} starts with an embedding (a model of tokens "
+                                 "or categories); leave out --data: the static and --arch checks still run") from None
+            raise
+        data = load_data(data, input_shape=shape, limit=64, seed=seed)
     inputs, labels = _checked_batch(data, module)
     refuse_flat(inputs, "--data")
     need = gradient_snr.BATCH

@@ -376,6 +376,31 @@ def test_module_callable_without_default_shape(tmp_path, monkeypatch):
         sys.modules.pop("fg_shapeless", None)
 
 
+def test_data_for_a_model_of_tokens_is_refused_as_such_not_asked_for_an_image_shape(tmp_path, monkeypatch):
+    """inspect --data on a model that starts with an embedding had asked for --input-shape C,H,W; images are what
+    --data takes, so the fix is to leave it out. A shapeless image model is still asked for its shape."""
+    import torch
+
+    from fedguard.inspect import inspect_model
+
+    (tmp_path / "fg_tokens.py").write_text(
+        "from torch import nn\n\nclass Tok(nn.Module):\n    def __init__(self, num_classes=4):\n        super().__init__()\n"
+        "        self.emb = nn.Embedding(100, 16)\n        self.fc = nn.Linear(16, num_classes)\n\n"
+        "    def forward(self, x):\n        return self.fc(self.emb(x).mean(1))\n\n"
+        "def flat(num_classes=4):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        torch.save(build_model("fg_tokens:Tok").state_dict(), tmp_path / "tok.pt")
+        with pytest.raises(InputError, match="starts with an embedding .* leave out data: the static and arch checks"):
+            inspect_model(tmp_path / "tok.pt", arch="fg_tokens:Tok", data="digits")
+        assert inspect_model(tmp_path / "tok.pt", arch="fg_tokens:Tok").verdict == "clean"
+        torch.save(build_model("fg_tokens:flat").state_dict(), tmp_path / "flat.pt")
+        with pytest.raises(InputError, match="no default input shape; pass input_shape C,H,W"):  # the API's names
+            inspect_model(tmp_path / "flat.pt", arch="fg_tokens:flat", data="digits")
+    finally:
+        sys.modules.pop("fg_tokens", None)
+
+
 def test_a_callables_own_input_shape_wins_over_its_modules(tmp_path, monkeypatch):
     from fedguard.architectures import resolve_input_shape
 
