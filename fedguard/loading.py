@@ -34,7 +34,7 @@ import torch
 
 from fedguard import pickled_data
 from fedguard.errors import InputError, kind_of
-from fedguard.io import read_npz, refuse_beyond_memory, refuse_unusual_compression
+from fedguard.io import missing, read_npz, refuse_beyond_memory, refuse_unusual_compression
 from fedguard.pickle_scan import scan_file, scan_npz
 from fedguard.types import Confidence, Finding, Rule, Severity
 
@@ -178,10 +178,8 @@ def _refuse_compiled(path: Path, unsafe: list[str]) -> None:
 
 
 def _check_file(path: Path) -> str:
-    if not path.exists():
-        if path.is_symlink():  # exists() follows the link: a loop or a missing target reads as no file
-            raise InputError(f"{path} is a symbolic link that leads to no file (a loop or a missing target); pass the model file itself")
-        raise InputError(f"{path}: no such file; check the path")
+    if not path.exists():  # exists() follows a link: a loop or a missing target reads as no file, and is said so
+        raise missing(str(path), path)
     if path.is_dir():
         raise InputError(f"{path} is a directory; pass a model file ({_supported()})")
     if not path.is_file():
@@ -476,7 +474,7 @@ def _load_npz(path: Path) -> Any:
     x, y = arrays.get("x"), arrays.get("y")
     if (set(arrays) == {"x", "y"} and x.ndim >= 2 and (x.dtype.kind == "f" or x.dtype == np.uint8) and y.ndim == 1
             and y.dtype.kind in "iu" and len(x) == len(y)):  # images (floats, 8-bit pixels) and labels; int8 weights are no data
-        raise InputError(f"{path} holds arrays x and y ({len(arrays['y'])} examples and their integer labels), the "
+        raise InputError(f"{path} holds arrays x and y ({len(y)} examples and their integer labels), the "
                          "layout of a --data file, not model weights; pass it with --data")
     if arrays and all(key.startswith("arr_") and key[4:].isdigit() for key in arrays):
         return [arrays[key] for key in sorted(arrays, key=lambda key: int(key[4:]))]
