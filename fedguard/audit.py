@@ -365,7 +365,7 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
 
 
 #: Share of an image attack's time budget that inferring the batch's labels for it may take (label counts on a
-#: FedAvg ConvNet run up to their 30 s cap): the rest is left for its iterations.
+#: FedAvg ConvNet use all the time they are given): the rest is left for its iterations.
 LABELLING_SHARE = 0.5
 #: |cosine| between an update read in and the batch's gradient at the global model beyond which its sign says
 #: which protocol made it. FedAvg deltas point against the gradient: cosine -0.04 to -1.0 (MLP, LeNet and the

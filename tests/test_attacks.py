@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
@@ -510,7 +511,6 @@ def test_label_counts_statistics_stop_at_the_time_budget_and_at_ctrl_c(digits, p
     """The statistics pass over the server's public data ran to its end whatever the budget (68 s on a model whose
     forward sleeps 1 s, against a budget of 2 s); it now stops there and estimates from the chunks measured."""
     import threading
-    import time
 
     class Slow(nn.Module):
         def __init__(self, inner: nn.Module):
@@ -532,6 +532,54 @@ def test_label_counts_statistics_stop_at_the_time_budget_and_at_ctrl_c(digits, p
     stop.set()
     rec = LabelCounts().run(view, Budget(1, stop=stop))
     assert rec.stopped == "interrupted" and rec.details["server_examples"] == 8
+
+
+def test_label_counts_fedavg_work_is_bounded_by_simulations_not_by_the_clock(digits, monkeypatch):
+    # the solver had stopped at 30 s and the weight update at 20 s whatever the budget, so the same seed gave other
+    # counts on a slower or busier machine (the benchmark's ConvNet at lr 0.01: 161 of 240 exact under load, 194
+    # idle); without a time budget only the work bounds them: a clock that runs 1000 s a reading changes nothing
+    import types
+
+    import fedguard.attacks.label_counts as lc
+
+    simulate = lc._simulate
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return simulate(*args, **kwargs)
+
+    monkeypatch.setattr(lc, "_simulate", counted)
+    index = np.random.default_rng(32).permutation(len(digits[1]))[:32]
+    view, _, _ = server_view(batch_norm_mlp(), digits, index, protocol="fedavg", local_steps=5, local_lr=0.3)
+    runs = []
+    for clock in (time.perf_counter, itertools.count(step=1000.0).__next__):
+        monkeypatch.setattr(lc, "time", types.SimpleNamespace(perf_counter=clock))
+        calls[0] = 0
+        rec = LabelCounts().run(view, Budget(1))
+        runs.append((rec.label_counts.tolist(), rec.details["weight_update_counts"], calls[0]))
+        assert rec.stopped == "done" and "cut_by_time_budget" not in rec.details
+    assert runs[0] == runs[1]
+    assert runs[0][2] <= lc.MAX_SIMULATIONS + lc.EQUATION_CHECKS  # the solver's, finite differences included, and the checks'
+
+
+def test_label_counts_fedavg_solver_leaves_the_weight_update_half_the_budget(digits, monkeypatch):
+    # under the audit's default budget of 20 s the solver had taken all of it on the ConvNet; it now stops at half the
+    # time left, says so, and the weight update's estimate still runs
+    import fedguard.attacks.label_counts as lc
+
+    simulate = lc._simulate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return simulate(*args, **kwargs)
+
+    monkeypatch.setattr(lc, "_simulate", slow)
+    index = np.random.default_rng(32).permutation(len(digits[1]))[:32]
+    view, _, _ = server_view(batch_norm_mlp(), digits, index, protocol="fedavg", local_steps=5, local_lr=0.3)
+    rec = LabelCounts().run(view, Budget(1, seconds=1.5))
+    assert rec.stopped == "time_budget" and "simulated solve" in rec.details["cut_by_time_budget"]
+    assert "weight_update_counts" in rec.details and int(rec.label_counts.sum()) == 32
 
 
 @pytest.mark.parametrize("minibatch", [None, 4], ids=["full-batch-steps", "minibatch-steps"])
