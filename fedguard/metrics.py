@@ -42,7 +42,7 @@ The numbers come from ``benchmarks/leakage_thresholds.py`` (``docs/audit.md``
 has the table): examples of digits (upsampled to 32x32) degraded by noise or
 blur to 25 dB have SSIM ~0.9 and are re-identified among 64 candidates 100 %
 of the time (noisy photographs too; blurred, overlapping photograph crops
-67 %); at 18 dB digits are still re-identified 100 % of the time and keep
+67 %, 14 of 64 of which no blur brings down to 25 dB); at 18 dB digits are still re-identified 100 % of the time and keep
 their class 91-97 %; the mean image alone scores a median 13.6 dB (digits) and
 14.8 dB (photographs), so a reconstruction must beat it before it counts.
 
