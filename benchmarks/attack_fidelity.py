@@ -35,17 +35,19 @@ Sections (``--only dlg,idlg,labels,ig,audit,mkor``; all by default):
   Baselines scored the same way: the public data's mean image (what the
   server has without the update) and its class means (labels known).
 
-Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--seeds 10] [--label-trials 6]
+Usage: ``python benchmarks/attack_fidelity.py [--only SECTIONS] [--seeds 10] [--dlg-steps 300] [--label-trials 6]
 [--label-archs lenet,convnet] [--label-lrs 0.001,0.003,0.01] [--no-skewed] [--ig-iterations 1000]
 [--ig-restarts 2] [--ig-seeds 1] [--ig-batches 1,4] [--ig-norm running|batch] [--mkor-batches 10]
 [--threads 2] [--device cuda]`` (``--help`` says what each does; the full run takes hours on 2 cores).
-Timings are wall-clock on this machine; other jobs sharing the CPU inflate them.
+Timings are wall-clock on this machine; other jobs sharing the CPU inflate them (every process here runs with the
+OpenMP setting the ``fedguard`` command makes, :func:`fedguard.__main__.yielding_openmp`, as the other speed scripts do).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -53,13 +55,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fedguard.__main__ import yielding_openmp  # noqa: E402
+
+yielding_openmp()  # before torch loads: with libgomp's default spin a busy machine slows the reference loops most
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from fedguard.architectures import build_model  # noqa: E402
 from fedguard import metrics  # noqa: E402
@@ -95,7 +101,7 @@ def dlg_case(seed: int):
     return net, xb, yb, grads
 
 
-def section_dlg(seeds: int, device: torch.device) -> None:
+def section_dlg(seeds: int, device: torch.device, steps: int = 300) -> None:
     """DLG per seed, timed against the plain loop (``reference_dlg.plain_dlg``) run just before it.
 
     The time base is one 300-step run of the plain loop. The plain loop's own run on a seed can
@@ -106,14 +112,14 @@ def section_dlg(seeds: int, device: torch.device) -> None:
     """
     from reference_dlg import plain_dlg
 
-    print("## DLG, LeNet-sigmoid, one 32x32 photograph per seed, <= 300 L-BFGS steps")
+    print(f"## DLG, LeNet-sigmoid, one 32x32 photograph per seed, <= {steps} L-BFGS steps")
     rows = []
     for seed in range(seeds):
         net, xb, yb, grads = dlg_case(seed)
-        data, _, t_plain, ev_plain = plain_dlg(net.to(device), [g.to(device) for g in grads], xb.shape, 10, 300, seed)
+        data, _, t_plain, ev_plain = plain_dlg(net.to(device), [g.to(device) for g in grads], xb.shape, 10, steps, seed)
         p_plain = psnr(data.cpu(), xb)
         start = time.perf_counter()
-        rep = audit(net, arch="lenet", data=(xb, yb), batch_size=1, attacks=["idlg", "dlg"], max_iterations=300,
+        rep = audit(net, arch="lenet", data=(xb, yb), batch_size=1, attacks=["idlg", "dlg"], max_iterations=steps,
                     time_budget=None, seed=seed, device=str(device))  # fmt: skip
         t_ours = time.perf_counter() - start
         o = rep.outcome("dlg")
@@ -134,7 +140,8 @@ def section_dlg(seeds: int, device: torch.device) -> None:
     base = [tp / ev * median_evals for _, _, _, tp, ev, _ in rows]
     print(f"time base: plain loop's s/evaluation on the seed x the plain runs' median evaluations ({median_evals:.0f}): "
           f"{np.median(base):.1f} s median ({min(base):.1f}-{max(base):.1f}); ratios " + " ".join(f"{r:.2f}" for r in ratios))  # fmt: skip
-    print(f"DLG: {ok}/{seeds} seeds >= 30 dB (target >= 9/10); {within}/{seeds} within 2x the plain loop's time "
+    target = f"target >= {math.ceil(0.9 * seeds)}/{seeds}" + ("" if steps == 300 else ", counted at 300 steps")
+    print(f"DLG: {ok}/{seeds} seeds >= 30 dB ({target}); {within}/{seeds} within 2x the plain loop's time "
           f"(max ratio {max(ratios):.2f}, median {np.median(ratios):.2f}); labels right {labels_ok}/{seeds}")  # fmt: skip
 
 
@@ -458,7 +465,7 @@ def section_audit(device: torch.device) -> None:
         import json
 
         doc = json.loads(out.read_text()) if out.exists() else {}
-    levels = ", ".join(f"{a['name']} {a['level']} ({a['psnr_max'] if a['psnr_max'] is None else round(a['psnr_max'], 1)} dB)" for a in doc.get("attacks", []))
+    levels = ", ".join(a["name"] + " " + a["level"] + ("" if a["psnr_max"] is None else f" ({a['psnr_max']:.1f} dB)") for a in doc.get("attacks", []))
     print(f"default audit: {seconds:.1f} s, exit {proc.returncode}, verdict {doc.get('verdict')}, level {doc.get('leakage', {}).get('level')}; "
           f"{levels} (target <= 60 s)")  # fmt: skip
 
@@ -467,7 +474,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="dlg,idlg,labels,ig,audit,mkor")
     parser.add_argument("--mkor-batches", type=int, default=10)
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=10, help="DLG: seeds (images, models, starts)")
+    parser.add_argument("--dlg-steps", type=int, default=300, help="DLG: L-BFGS steps of both loops (the target is at 300; fewer for a quick check)")
     parser.add_argument("--label-trials", type=int, default=6)
     parser.add_argument("--label-archs", default="lenet,convnet", help="architectures of the label-count section")
     parser.add_argument("--label-lrs", default="0.001,0.003,0.01", help="FedAvg local learning rates of the label-count section")
@@ -478,7 +486,9 @@ def main() -> None:
     parser.add_argument("--ig-batches", default="1,4", help="batch sizes of the Inverting Gradients section")
     parser.add_argument("--ig-norm", choices=("running", "batch"), default="running",
                         help="ResNet-18's BatchNorm: frozen at running statistics (as breaching's honest server) or on batch statistics")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch's CPU threads in this process (the audit section runs the fedguard command as a user does, "
+                             "with torch's own default)")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where DLG, IG, their reference loops and the audit run")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -487,7 +497,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     only = set(args.only.split(","))
     if "dlg" in only:
-        section_dlg(args.seeds, device)
+        section_dlg(args.seeds, device, args.dlg_steps)
     if "idlg" in only:
         section_idlg()
     if "labels" in only:

@@ -100,7 +100,7 @@ def timed(code: str) -> tuple[float, int]:
         done = subprocess.run([sys.executable, "-c", code + "\n" + PEAK], capture_output=True, text=True)
         best = min(best, time.perf_counter() - start)
         line = [l for l in done.stderr.splitlines() if l.startswith("PEAK_KB")]
-        if not line:
+        if done.returncode or not line:
             raise SystemExit(f"benchmark command failed:\n{done.stderr[-2000:]}")
         peak = max(peak, int(line[-1].split()[1]))
     return best, peak
@@ -130,11 +130,13 @@ def main() -> None:
         fg_s, fg_kb = timed(
             "import sys\nfrom fedguard.cli import main\n"
             f"sys.argv = ['fedguard', 'inspect', {str(path)!r}, '--format', 'json', '--quiet']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass"
+            "try:\n    main()\nexcept SystemExit as exit:\n"
+            "    if exit.code not in (0, 1, None):  # 0 or 1: a verdict; anything else: inspect failed, not timed\n"
+            "        raise"
         )
         mb = size / 2**20
         print(
-            f"{label}: {mb:.0f} MB  torch.load {base_s:.2f} s  fedguard inspect {fg_s:.2f} s  "
+            f"{label}: {mb:.0f} MiB  torch.load {base_s:.2f} s  fedguard inspect {fg_s:.2f} s  "
             f"ratio {fg_s / base_s:.2f} (target <= 1.5)  extra memory: torch.load "
             f"{(base_kb - bare_kb) / 1024 / mb:.2f}x, fedguard {(fg_kb - bare_kb) / 1024 / mb:.2f}x file size (target <= 2)"
         )
