@@ -18,16 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedguard.detectors.base import InspectContext  # noqa: E402
-from fedguard.inspect import judge, run_detectors  # noqa: E402
-from fedguard.modelview import ModelView  # noqa: E402
+from _detection import TARGET, static_verdict  # noqa: E402
 from fedguard.types import Verdict  # noqa: E402
 from tests.zoo import benign_models, crafted_models  # noqa: E402
 
 
 def verdict_of(state_dict) -> tuple[Verdict, list[str]]:
-    findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(state_dict)))
-    return judge(findings), sorted({f"{f.rule_id}:{f.severity}" for f in findings})
+    verdict, findings = static_verdict(state_dict)
+    return verdict, sorted({f"{f.rule_id}:{f.severity}" for f in findings})
 
 
 def main() -> None:
@@ -54,7 +52,7 @@ def main() -> None:
     tpr = 1 - len(misses) / max(crafted, 1)
     fpr = len(false_alarms) / max(benign, 1)
     print(f"static detection on the zoo: TPR {tpr:.3f} ({crafted - len(misses)}/{crafted} crafted), "
-          f"FPR {fpr:.3f} ({len(false_alarms)}/{benign} benign)  [target TPR >= 0.95 at FPR <= 0.05]")
+          f"FPR {fpr:.3f} ({len(false_alarms)}/{benign} benign)  {TARGET}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # installed with scikit-learn, a dependency of fedguard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -119,7 +119,7 @@ def noise(seeds: int) -> None:
             secs += result.seconds
         target = "  (target >= 90 %)" if level == 0.05 else ""
         print(f"noise {level:<5} users exact {100 * np.mean(shares):5.1f} % (min {100 * min(shares):5.1f} %)  "
-              f"median update error {np.nanmean(errs):.3f}  wrongly claimed exact {wrong}  "
+              f"median update error (mean over seeds) {np.nanmean(errs):.3f}  wrongly claimed exact {wrong}  "
               f"{secs / seeds:6.2f} s/run{target}")
 
 

@@ -3,8 +3,8 @@
 Run from the repository root:  python benchmarks/heldout_detection.py [--verbose]
 
 Benign models must come out CLEAN, crafted ones anything but CLEAN; the
-verdict is computed exactly as in benchmarks/detection_rates.py
-(run_detectors(InspectContext(view=ModelView.from_state_dict(sd))) then judge).
+verdict is the one benchmarks/detection_rates.py computes (``_detection.static_verdict``: every detector on the
+weights alone, then ``judge``).
 
 Each model carries a tag:
   core   -- the set the detectors are judged on (counts towards the headline TPR/FPR);
@@ -32,9 +32,7 @@ from torch.nn.utils import prune  # noqa: E402
 from fedguard.architectures import build_model  # noqa: E402
 from fedguard.attacks.craft import craft  # noqa: E402
 from fedguard.data import load_data  # noqa: E402
-from fedguard.detectors.base import InspectContext  # noqa: E402
-from fedguard.inspect import judge, run_detectors  # noqa: E402
-from fedguard.modelview import ModelView  # noqa: E402
+from _detection import TARGET, static_verdict  # noqa: E402
 from fedguard.types import Verdict  # noqa: E402
 
 torch.set_num_threads(1)
@@ -790,11 +788,6 @@ def own_variants() -> Iterator[tuple[str, str, dict]]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(sd):
-    findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(sd)))
-    return judge(findings), findings
-
-
 def show(findings):
     lines = []
     for f in findings:
@@ -820,7 +813,7 @@ def main():
                 break
             t1 = time.perf_counter()
             build_t += t1 - t
-            verdict, findings = evaluate(sd)
+            verdict, findings = static_verdict(sd)
             eval_t += time.perf_counter() - t1
             results[kind].append((label, tag, verdict, findings))
             if args.verbose:
@@ -851,8 +844,9 @@ def main():
         tpr = tp / len(c) if c else float("nan")
         fpr = fa / len(b) if b else float("nan")
         print(f"  {name:34s} TPR {tpr:.3f} ({tp}/{len(c)} crafted)   FPR {fpr:.3f} ({fa}/{len(b)} benign)")
+    print(f"  {TARGET}")
     print(f"\ntime: total {total:.1f} s (building {build_t:.1f} s, detectors+judge {eval_t:.1f} s over "
-          f"{len(results['benign']) + len(results['crafted'])} models)  [target TPR >= 0.99 at FPR <= 0.01]")
+          f"{len(results['benign']) + len(results['crafted'])} models)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ layer as in ``inversefed.reconstruction_costs`` (indices ``def``, equal
 weights), the TV prior on the standardised image, ``backward()``, the sign of
 the image gradient, one Adam step (lr 0.1), ``MultiStepLR`` at 3/8, 5/8, 7/8
 (gamma 0.1), the box clamp; the restart with the smallest cosine cost wins.
-The model runs in training mode (batch statistics), as the client trained.
+The model runs in training mode: with ``attack_fidelity.py``'s default ``--ig-norm running`` its BatchNorm layers
+have already been replaced by fixed affine layers (their running statistics); with ``--ig-norm batch`` they normalise
+by the batch's statistics, as the client trained.
 Same start as fedguard (``z ~ N(0, 1)`` from ``torch.Generator().manual_seed(seed * 1000 + 23)``),
 on the model's device.
 Nothing from fedguard's attack code is used. A module, not a script:
