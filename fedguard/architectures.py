@@ -71,6 +71,16 @@ def _fmt(shape: Sequence[int]) -> str:
     return ",".join(str(int(s)) for s in shape)
 
 
+#: The largest number of classes and size of an input dimension taken: torch's sizes are 64-bit, and a number past them
+#: had reached it as an internal error (a typo such as 99999999999999999999 classes); far above any real model's.
+MAX_SIZE = 2**31 - 1
+
+
+def _within_size(sizes: tuple[int, ...], what: str, fix: str) -> None:
+    if max(sizes) > MAX_SIZE:
+        raise InputError(f"bad {what}: {max(sizes)} is more than fedguard takes (at most 2^31 - 1 = {MAX_SIZE}); {fix}")
+
+
 def parse_input_shape(text: str) -> Shape:
     """Parse ``"1,28,28"`` or ``"1x28x28"`` (C,H,W) into a tuple of three positive ints."""
     fix = "write C,H,W such as 1,28,28 or 3x32x32"
@@ -83,6 +93,7 @@ def parse_input_shape(text: str) -> Shape:
     shape = tuple(int(p) for p in parts)
     if min(shape) < 1:
         raise InputError(f"bad input shape {text!r}: every size must be at least 1; {fix}")
+    _within_size(shape, f"input shape {text!r}", fix)
     return shape  # type: ignore[return-value]
 
 
@@ -97,13 +108,16 @@ def check_input_shape(shape: Any) -> Shape:
         raise InputError(f"bad input shape {shape!r}; {fix}") from None
     if len(items) != 3 or not all(is_count(s) for s in items):
         raise InputError(f"bad input shape {shape!r}; {fix}")
-    return tuple(int(s) for s in items)  # type: ignore[return-value]
+    sizes = tuple(int(s) for s in items)
+    _within_size(sizes, f"input shape {shape!r}", fix)
+    return sizes  # type: ignore[return-value]
 
 
 def check_num_classes(num_classes: Any) -> int:
     """Return ``num_classes`` as a positive int; otherwise :class:`~fedguard.errors.InputError`."""
     if not is_count(num_classes):
         raise InputError(f"bad number of classes {num_classes!r}; give a positive integer such as 10")
+    _within_size((int(num_classes),), "number of classes", "give the classes of the model's head, such as 10")
     return int(num_classes)
 
 

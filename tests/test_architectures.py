@@ -179,6 +179,14 @@ def test_bad_num_classes_and_kwargs():
     for bad in (0, -3, 2.5, "10", True):
         with pytest.raises(InputError, match="number of classes"):
             build_model("lenet", bad)
+    # a size past torch's 64-bit sizes had reached it as an internal error (TypeError: Overflow when unpacking long)
+    for huge in (2**63, 10**20, 2**31):
+        with pytest.raises(InputError, match=r"number of classes: \d+ is more than fedguard takes \(at most 2\^31 - 1"):
+            build_model("lenet5", huge)
+        with pytest.raises(InputError, match=r"input shape .* is more than fedguard takes"):
+            build_model("lenet5", 10, (1, 28, huge))
+        with pytest.raises(InputError, match=r"input shape .* is more than fedguard takes.*C,H,W"):
+            parse_input_shape(f"{huge},28,28")
     with pytest.raises(InputError, match="hidden"):
         build_model("lenet", 10, hidden=12)
 
