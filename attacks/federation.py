@@ -35,6 +35,8 @@ from fedguard.errors import InputError, keyword_names
 __all__ = [
     "MAX_AGGREGATE",
     "MAX_SIMULATED_ELEMENTS",
+    "ROUNDS_ARRAYS",
+    "ROUNDS_EXTRAS",
     "Federation",
     "NotIdentifiable",
     "Rounds",
@@ -267,7 +269,10 @@ def save_rounds(path: str | os.PathLike, rounds: Rounds | Federation) -> Path:
     return write_atomic(path, npz_bytes(arrays))
 
 
-_SIMULATION_FILE_KEYS = frozenset({"aggregates", "counts", "window", "true_participation", "true_updates"})
+#: The arrays a rounds file holds, and those it may hold besides (a simulation's truth; the attack never reads it).
+ROUNDS_ARRAYS = frozenset({"aggregates", "counts", "window"})
+ROUNDS_EXTRAS = frozenset({"noise_scale", "true_participation", "true_updates"})
+_SIMULATION_FILE_KEYS = ROUNDS_ARRAYS | {"true_participation", "true_updates"}
 
 
 def npz_keys(path: str | os.PathLike) -> set[str]:

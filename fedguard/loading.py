@@ -476,6 +476,11 @@ def _load_npz(path: Path) -> Any:
             and y.dtype.kind in "iu" and len(x) == len(y)):  # images (floats, 8-bit pixels) and labels; int8 weights are no data
         raise InputError(f"{path} holds arrays x and y ({len(y)} examples and their integer labels), the "
                          "layout of a --data file, not model weights; pass it with --data")
+    from fedguard.attacks.federation import ROUNDS_ARRAYS, ROUNDS_EXTRAS
+
+    if ROUNDS_ARRAYS <= set(arrays) <= ROUNDS_ARRAYS | ROUNDS_EXTRAS:  # what disaggregate reads (and --save-rounds writes)
+        raise InputError(f"{path} holds {', '.join(sorted(arrays))}, the rounds of sums `fedguard disaggregate` reads, not "
+                         "model weights; pass it to fedguard disaggregate")  # fmt: skip
     if arrays and all(key.startswith("arr_") and key[4:].isdigit() for key in arrays):
         return [arrays[key] for key in sorted(arrays, key=lambda key: int(key[4:]))]
     return arrays

@@ -1536,6 +1536,21 @@ def test_a_legacy_tar_member_that_is_a_hard_link_to_a_payload_is_code(tmp_path):
         load_model_file(tmp_path / "outside.tar")
 
 
+def test_a_rounds_npz_passed_as_a_model_is_refused(tmp_path):
+    """disaggregate's rounds file had read as a model (FG003 suspicious; as --reference, FG702 malicious: "missing:
+    aggregates, counts, window"), a verdict on a wrong input."""
+    from fedguard.attacks.federation import save_rounds, simulate_federation
+
+    save_rounds(tmp_path / "rounds.npz", simulate_federation(users=4, rounds=12, dim=8, window=4, seed=0))
+    np.savez(tmp_path / "observed.npz", aggregates=np.ones((12, 8)), counts=np.ones((4, 3), np.int64), window=4)
+    for name in ("rounds.npz", "observed.npz"):
+        with pytest.raises(InputError, match=r"aggregates, counts, .*window, the rounds of sums `fedguard disaggregate` "
+                                             r"reads, not model weights; pass it to fedguard disaggregate"):
+            load_model_file(tmp_path / name)
+    np.savez(tmp_path / "layers.npz", aggregates=np.ones((4, 3)), counts=np.ones(4), window=np.ones(2), head=np.ones(2))
+    assert set(load_model_file(tmp_path / "layers.npz").tensors) == {"aggregates", "counts", "window", "head"}
+
+
 def test_a_data_npz_passed_as_a_model_is_refused(tmp_path):
     """x and y, images and integer labels, had read as a model of two layers (clean; as --reference, FG702 high: the
     model's layers "missing: x, y")."""
