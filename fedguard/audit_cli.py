@@ -234,6 +234,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.reports.base import printable
     from fedguard.threat import ThreatModel
 
+    refuse_unused(output is None, ("force",), "replaces an existing --output and its grids, and no --output is given; add -o FILE")
     refuse_unused(protocol == "fedsgd", ("local_steps", "local_lr", "local_batch_size"), "applies to --protocol fedavg only; add --protocol fedavg")
     refuse_unused(defense != "dp-sgd", ("noise_multiplier", "max_grad_norm", "delta"), "applies to --defense dp-sgd only; add --defense dp-sgd")
     refuse_unused(defense != "prune", ("prune_fraction",), "applies to --defense prune only; add --defense prune")

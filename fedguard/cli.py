@@ -207,6 +207,8 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.suppressions import unmatched_in
 
     refuse_unused(arch is None, ("num_classes", "input_shape"), "describes --arch, which is not given; add --arch")
+    refuse_unused(data is None, ("seed",), "seeds the sample of --data, which is not given; add --data")
+    refuse_unused(output is None, ("force",), "replaces an existing --output, which is not given; add -o FILE")
     formats = _formats()
     fmt = resolve_format(fmt, output, formats)
     shape = parse_input_shape(input_shape) if input_shape is not None else None

@@ -658,8 +658,9 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["--local-steps", "3"], "--local-steps applies to --protocol fedavg only"),
         (["--no-exposure", "--participation", "0.2"], "--participation sets up the exposure analysis"),
         (["--attack", "idlg", "--ig-tv", "0.1"], "--ig-tv sets up Inverting Gradients"),
+        (["--force"], "--force replaces an existing --output and its grids, and no --output is given; add -o FILE"),
     ],
-    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "local-lr-tiny", "local-lr-diverges", "noise-inf", "local-with-fedsgd", "exposure-off", "ig-option-without-ig"],
+    ids=["iterations", "budget", "local-steps", "local-batch", "input-shape", "output-is-input", "tv-nan", "seed", "local-lr-tiny", "local-lr-diverges", "noise-inf", "local-with-fedsgd", "exposure-off", "ig-option-without-ig", "force-without-output"],
 )
 def test_bad_options(workdir, args, expected):
     digits_npz(workdir / "digits.npz", n=8)

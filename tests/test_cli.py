@@ -752,6 +752,15 @@ def test_bad_input(workdir, case):
     assert snapshot(workdir) == before  # no report written, no temp file, inputs untouched
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--seed", "5"], "--seed seeds the sample of --data, which is not given; add --data, or drop --seed"),
+    (["--force"], "--force replaces an existing --output, which is not given; add -o FILE, or drop --force"),
+], ids=["seed-without-data", "force-without-output"])
+def test_options_that_would_do_nothing_are_refused(clean_model, args, expected):
+    """Accepted in silence before, each doing nothing: no --data to sample, no --output to replace."""
+    assert assert_input_error(invoke("inspect", clean_model, *args)) == f"fedguard: error: {expected}"
+
+
 def test_unknown_format_is_a_usage_error(clean_model, workdir):
     before = snapshot(workdir)
     result = invoke("inspect", clean_model, "--format", "yaml", "-o", "r.yaml")

@@ -551,6 +551,7 @@ def test_cli_bad_rounds_file(tmp_path, good, change, message):
         (["missing.npz", "--users", "5"], "--users only applies with --simulate"),  # before the file: nothing ignored
         (["missing.npz", "--noise", "0.1"], "--noise only applies with --simulate"),
         (["--simulate", "--participation", "1"], "1.0 is not in the range 0<x<1"),  # everyone, every round: rank 1
+        (["--simulate", "--force"], "--force replaces existing files it writes, and none is given; add --output"),
         (["--simulate", "-q"], "--quiet prints no report and no --output is given, so the run would leave nothing; add --output (or --updates, or --save-rounds with --simulate)"),  # the run would leave nothing
     ],
 )
