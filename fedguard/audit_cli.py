@@ -21,7 +21,7 @@ from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, I
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
 from fedguard.exposure import MAX_FEDERATION_SIZE
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, user_code_prints_to_stderr
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, TorchCommand, user_code_prints_to_stderr
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -168,7 +168,7 @@ def _formats() -> dict[str, str]:
     return format_suffixes(audit_renderers())
 
 
-@click.command("audit")
+@click.command("audit", cls=TorchCommand)
 @click.option("--model", "model", type=NamedPath(), help="The global model as received (.pt/.pth/.bin/.ckpt/.tar, .safetensors, .npz; as inspect reads it). Default: a fresh --arch initialisation (seeded).")
 @click.option("--arch", required=True, metavar="NAME|module:callable", help="Architecture of the model (as for `fedguard inspect`).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of --arch (default: read off the model's head, else 10).")

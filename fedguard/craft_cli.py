@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import SEED, NamedPath, OutputFile, input_paths, refuse_unused, user_code_prints_to_stderr
+from fedguard.options import SEED, NamedPath, OutputFile, TorchCommand, input_paths, refuse_unused, user_code_prints_to_stderr
 
 SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
 
@@ -65,7 +65,7 @@ def serialise(state: dict, suffix: str) -> bytes:
     return buffer.getvalue()
 
 
-@click.command("craft")
+@click.command("craft", cls=TorchCommand)
 @click.argument("attack", metavar="ATTACK", type=click.Choice(_crafter_names(), case_sensitive=False))
 @click.option("--arch", metavar="NAME|module:callable", help="Architecture to craft (as for `fedguard inspect`); required unless --list-options.")
 @click.option("--model", "model", type=NamedPath(), help="Start from these weights (default: a fresh seeded initialisation of --arch).")

@@ -33,12 +33,36 @@ def refuse_unused(unused: bool, names: tuple[str, ...], why: str) -> None:
 
 class TorchCommand(click.Command):
     """A command that loads torch with Ctrl-C held back before it runs (after its command line parsed: its --help
-    and usage errors need none of it)."""
+    and usage errors need none of it), and refuses an option of one value given twice."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        refuse_repeated(ctx, args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         with interrupts_held():
             importlib.import_module("torch")
         return super().invoke(ctx)
+
+
+def refuse_repeated(ctx: click.Context, args: list[str]) -> None:
+    """UsageError when an option that takes one value is given twice: click keeps the last in silence, and
+    ``inspect --arch lenet5 --arch mlp`` had judged a LeNet-5 file against an MLP (FG701, malicious)."""
+    once = {opt: param for param in ctx.command.params if isinstance(param, click.Option) and not param.multiple
+            and not param.is_flag and not param.count for opt in param.opts}  # fmt: skip
+    seen: dict[str, str | None] = {}
+    position = 0
+    while position < len(args) and args[position] != "--":
+        name, equals, attached = args[position].partition("=") if args[position].startswith("--") else (args[position], "", "")
+        param = once.get(name)
+        position += 1
+        if param is None:
+            continue
+        value = attached if equals else (args[position] if position < len(args) else None)
+        position += 0 if equals else 1
+        if param.name in seen:
+            raise click.UsageError(f"{name} is given twice ({seen[param.name]!r} and {value!r}); give it once", ctx=ctx)
+        seen[param.name] = value
 
 
 class LazyHelp(click.Option):

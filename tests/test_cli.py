@@ -761,6 +761,26 @@ def test_options_that_would_do_nothing_are_refused(clean_model, args, expected):
     assert assert_input_error(invoke("inspect", clean_model, *args)) == f"fedguard: error: {expected}"
 
 
+@pytest.mark.parametrize("command, args, expected", [
+    ("inspect", ["--arch", "lenet5", "--arch", "mlp"], "--arch is given twice ('lenet5' and 'mlp')"),
+    ("inspect", ["--arch=lenet5", "--arch", "mlp"], "--arch is given twice ('lenet5' and 'mlp')"),
+    ("inspect", ["-o", "a.json", "--output", "b.json"], "--output is given twice ('a.json' and 'b.json')"),
+    ("audit", ["--arch", "lenet5", "--batch-size", "2", "--batch-size", "3"], "--batch-size is given twice ('2' and '3')"),
+    ("craft", ["mkor", "--arch", "lenet5", "-o", "x.pt", "--seed", "1", "--seed", "2"], "--seed is given twice ('1' and '2')"),
+    ("disaggregate", ["--simulate", "--workers", "1", "--workers", "2"], "--workers is given twice ('1' and '2')"),
+], ids=["inspect", "inspect-equals", "inspect-short-and-long", "audit", "craft", "disaggregate"])
+def test_an_option_of_one_value_given_twice_is_refused(clean_model, workdir, command, args, expected):
+    """click keeps the last value in silence: ``--arch lenet5 --arch mlp`` had judged a LeNet-5 file against an MLP
+    (FG701, malicious). Repeatable options (--ignore, --attack) stay repeatable."""
+    before = snapshot(workdir)
+    line = assert_input_error(invoke(command, *([clean_model] if command == "inspect" else []), *args))
+    assert line.startswith(f"fedguard: error: {expected}; give it once; see '") and line.endswith(f" {command} --help'")
+    assert snapshot(workdir) == before
+    result = invoke("inspect", clean_model, "--ignore", "FG301", "--ignore", "FG101", "--detector", "magnitude",
+                    "--detector", "constant_rows")  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_unknown_format_is_a_usage_error(clean_model, workdir):
     before = snapshot(workdir)
     result = invoke("inspect", clean_model, "--format", "yaml", "-o", "r.yaml")
