@@ -73,6 +73,9 @@ MEAN, STD = 0.5, 0.25
 #: ResNet-18 with BatchNorm at running statistics in 1000 iterations (docs/benchmarks.md),
 #: where breaching's default 0.2 over-smooths short runs.
 DEFAULT_TV = 0.01
+#: The largest TV weight taken: the weighted term of a 3x224x224 image must stay finite in float32 (3.4e38); 1e308 had
+#: been taken and the attack run on an infinite loss.
+MAX_TV = 1e30
 DEFAULT_RESTARTS = 2
 #: Logit of a restart's own labels when they differ between restarts (softmax: one-hot to within e^-30).
 LABEL_LOGIT = 30.0
@@ -115,6 +118,9 @@ class InvertingGradients(Attack):
     def __init__(self, restarts: int = DEFAULT_RESTARTS, tv: float = DEFAULT_TV, lr: float = 0.1, engine: str = "auto"):
         self.restarts = whole_option(restarts, "Inverting Gradients restarts", 1, MAX_STARTS)
         self.tv = number_option(tv, "Inverting Gradients tv", positive=False)
+        if self.tv > MAX_TV:
+            raise ValueError(f"Inverting Gradients tv {self.tv:g} is more than its float32 loss holds (at most {MAX_TV:g}); "
+                             f"give a weight such as {DEFAULT_TV:g}")  # fmt: skip
         self.lr = number_option(lr, "Inverting Gradients lr", positive=True)
         self.engine = choice_option(engine, "Inverting Gradients engine", ENGINES)
 

@@ -17,7 +17,7 @@ import click
 
 from fedguard.attacks.base import MAX_STARTS
 from fedguard.attacks.dlg import DEFAULT_STARTS, DLG
-from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, InvertingGradients
+from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, MAX_TV, InvertingGradients
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
 from fedguard.exposure import MAX_FEDERATION_SIZE
@@ -193,7 +193,7 @@ def _formats() -> dict[str, str]:
 @click.option("--attacker-without", "withheld", multiple=True, type=click.Choice(sorted(WITHHOLD), case_sensitive=False), help="Knowledge the server lacks (repeatable). Default: it knows all of them.")
 @click.option("--dlg-starts", type=click.IntRange(1, MAX_STARTS), help=f"DLG: random starts, optimised side by side (default {DEFAULT_STARTS}).")
 @click.option("--ig-restarts", type=click.IntRange(1, MAX_STARTS), help=f"Inverting Gradients: restarts, optimised side by side (default {DEFAULT_RESTARTS}).")
-@click.option("--ig-tv", type=FiniteFloatRange(min=0), help=f"Inverting Gradients: total-variation weight (default {DEFAULT_TV:g}).")
+@click.option("--ig-tv", type=FiniteFloatRange(min=0, max=MAX_TV), help=f"Inverting Gradients: total-variation weight (default {DEFAULT_TV:g}).")
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Also measure after how many rounds secure aggregation stops hiding this update (gradient disaggregation on simulated peers).")
 @click.option("--users-per-round", type=click.IntRange(1, MAX_FEDERATION_SIZE), default=10, show_default=True, help="Exposure: clients aggregated per round.")
 @click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")

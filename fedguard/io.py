@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 import sys
 import tempfile
 import zipfile
@@ -105,7 +104,9 @@ def check_output_path(
         above = next((p for p in (parent, *parent.parents) if p.exists() or p.is_symlink()), None)
         if above is not None and not above.is_dir():  # mkdir -p would fail on it: a file where a folder should be
             raise InputError(f"{option} {path}: {above} is a file, not a folder; choose another {option}")
-        raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shlex.quote(str(parent))})")
+        from fedguard.reports.base import shell_words  # a name with a line break quoted so that the command makes it
+
+        raise InputError(f"{option} folder {parent} does not exist; create it first (mkdir -p {shell_words([str(parent)])})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{option} folder {parent} is not writable; choose another {option} or fix the folder's permissions")
     try:  # what access() cannot tell: a file system that takes no files (/proc), a read-only mount, a full disk

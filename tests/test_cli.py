@@ -292,6 +292,14 @@ def test_output_inside_a_file_or_named_as_a_folder_says_which(clean_model, workd
     assert "d is a directory; name a file inside it, e.g. d/updates.npz" in line
 
 
+def test_a_missing_output_folder_gets_a_mkdir_that_makes_it(clean_model, workdir):
+    """A folder name with a line break had been quoted as 'nod ir' in the hint, a command that made another folder."""
+    line = assert_input_error(invoke("inspect", clean_model, "-o", "no dir/x.txt"))
+    assert line.endswith("create it first (mkdir -p 'no dir')")
+    line = assert_input_error(invoke("inspect", clean_model, "-o", "nod\nir/x.txt"))
+    assert line.endswith("create it first (mkdir -p $'nod\\nir')"), line
+
+
 def test_an_os_error_past_the_checks_names_its_cause(monkeypatch, capsys):
     """The last resort for an OSError: a permission problem is not a full disk."""
     import errno
