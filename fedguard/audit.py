@@ -911,7 +911,8 @@ def audit(
         if int(y_all.min()) == 1 and int(y_all.max()) == n_out:
             fix = "the labels look numbered from 1: number the classes from 0 (y - 1)"
         else:
-            fix = "pass data whose labels fit the model" + (" (or --num-classes)" if builds_any_class_count(arch) else "")
+            other_count = model is None and builds_any_class_count(arch)  # a received model's classes are its own
+            fix = f"pass data whose labels are 0 to {n_out - 1}" + (" (or --num-classes)" if other_count else "")
         raise InputError(f"--data has labels up to {int(y_all.max())} but the model has {n_out} outputs; {fix}")
     if update is not None:
         if not isinstance(update, Update) and not os.path.exists(update):
@@ -919,13 +920,20 @@ def audit(
         if batch_size is not None and int(batch_size) != len(y_all):
             raise InputError(
                 f"--update was computed on the whole --data batch ({len(y_all)} examples) but --batch-size is {batch_size}; "
-                "pass exactly the batch the update came from"
+                "drop --batch-size (with --update the batch is all of --data), or give --data exactly the examples the "
+                "update came from"
             )
         index = np.arange(len(y_all))
     else:
+        from fedguard.reports.base import plural
+
+        if batch_size is None and DEFAULT_BATCH_SIZE > len(y_all):
+            raise InputError(f"--data holds {plural(len(y_all), 'example')}, fewer than the default --batch-size "
+                             f"{DEFAULT_BATCH_SIZE}; pass --batch-size {len(y_all)} or less, or more data")  # fmt: skip
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size  # checked whole and >= 1 above
         if int(batch_size) > len(y_all):
-            raise InputError(f"--batch-size {batch_size} is larger than --data ({len(y_all)} examples); use at most {len(y_all)}")
+            raise InputError(f"--batch-size {batch_size} is larger than --data ({plural(len(y_all), 'example')}); "
+                             f"give --batch-size {len(y_all)} or less")  # fmt: skip
         index = _choose_batch(len(y_all), int(batch_size), seed)
     batch_x, batch_y = x_all[index], y_all[index]
     rest = np.setdiff1d(np.arange(len(y_all)), index)

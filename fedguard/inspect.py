@@ -579,9 +579,9 @@ def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     inputs, labels = in_memory_batch(data)
     outputs = classifier_logits(module, inputs, "inspect").shape[1]
     if int(labels.max()) >= outputs:
-        raise InputError(
-            f"--data has labels up to {int(labels.max())} but the architecture as built (--arch, --num-classes) has "
-            f"{outputs} outputs; pass data whose labels fit it, or the --num-classes the model has"
+        raise InputError(  # not "or --num-classes": the count is the file's, and another reads as the server's drift (FG701)
+            f"--data has labels up to {int(labels.max())} but the model has {outputs} outputs; pass data whose labels "
+            f"are 0 to {outputs - 1}, the classes it was made for"
         )
     return inputs, labels
 

@@ -538,7 +538,13 @@ def test_labels_out_of_range_for_the_model(workdir):
     rng = np.random.default_rng(0)
     np.savez(workdir / "d.npz", x=rng.random((6, 8, 8)).astype(np.float32), y=np.arange(6) + 7)
     line = assert_input_error(invoke(*TINY, "--data", "d.npz"))
-    assert "labels up to 12" in line and "10 outputs" in line
+    assert line.endswith("labels up to 12 but the model has 10 outputs; pass data whose labels are 0 to 9 (or --num-classes)")
+    # a received model's classes are its own: --num-classes would only make it not fit --arch
+    from fedguard.architectures import build_model
+
+    torch.save(build_model("lenet", input_shape=(1, 8, 8)).state_dict(), workdir / "m.pt")
+    line = assert_input_error(invoke(*TINY, "--model", "m.pt", "--data", "d.npz"))
+    assert line.endswith("labels up to 12 but the model has 10 outputs; pass data whose labels are 0 to 9"), line
 
 
 def test_batch_size_larger_than_the_data(workdir):
@@ -546,6 +552,8 @@ def test_batch_size_larger_than_the_data(workdir):
     line = assert_input_error(invoke(*TINY, "--data", "d.npz", "--batch-size", "8"))
     assert "--batch-size 8" in line and "4 examples" in line
     assert "--batch-size 0" in assert_input_error(invoke(*TINY, "--data", "d.npz", "--batch-size", "0"))
+    line = assert_input_error(invoke(*TINY, "--data", "d.npz"))  # the default had been named as if typed
+    assert line == "fedguard: error: --data holds 4 examples, fewer than the default --batch-size 8; pass --batch-size 4 or less, or more data"
 
 
 def test_empty_and_missing_data(workdir):
@@ -1178,7 +1186,7 @@ def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_li
     report = audit(arch="lenet", data="digits", batch_size=2, attacks=["dlg"], time_budget=0.01)  # notes and reasons too
     assert report.skipped["dlg"].endswith("so it measured nothing; raise time_budget"), report.skipped
     assert assert_input_error(invoke(*TINY, "--data", "digits", "--batch-size", "5000")) == (
-        "fedguard: error: --batch-size 5000 is larger than --data (1797 examples); use at most 1797")
+        "fedguard: error: --batch-size 5000 is larger than --data (1797 examples); give --batch-size 1797 or less")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "digits").mkdir()  # a folder named like the built-in set: ambiguous
     with pytest.raises(InputError, match=r"^data digits names the built-in data set"):
@@ -2032,9 +2040,9 @@ def test_labels_beyond_the_outputs_get_the_fix_that_applies(workdir, monkeypatch
         "def net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))\n"
     )  # fmt: skip
     with user_architectures(workdir, monkeypatch, "fg_five", source):
-        with pytest.raises(InputError, match=r"labels up to 9 but the model has 5 outputs; pass data whose labels fit the model$"):
+        with pytest.raises(InputError, match=r"labels up to 9 but the model has 5 outputs; pass data whose labels are 0 to 4$"):
             audit(arch="fg_five:net", data="digits", batch_size=2)
-        with pytest.raises(InputError, match=r"fit the model \(or num_classes\)$"):
+        with pytest.raises(InputError, match=r"are 0 to 9 \(or num_classes\)$"):
             audit(arch="lenet", input_shape=(1, 8, 8), data=(x, y * 2), batch_size=2)
     # one output: cross-entropy sends no gradient, and the audit had attacked an update of zeros (label counts "low")
     with pytest.raises(InputError, match=r"the model has a single output, .* as two logits \(nn.Linear\(..., 2\)\)"):

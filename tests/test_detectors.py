@@ -835,7 +835,7 @@ def test_run_detectors_leaves_the_callers_model_and_torch_state_and_checks_its_c
     assert [m.training for m in module.modules()] == modes and not frozen.training
     with pytest.raises(InputError, match="context.view is a dict; pass ModelView.from_state_dict"):
         run_detectors(InspectContext(view=dict(module.state_dict())))
-    with pytest.raises(InputError, match=r"--data has labels up to 19 but the architecture as built \(--arch, --num-classes\) has 10 outputs"):
+    with pytest.raises(InputError, match=r"--data has labels up to 19 but the model has 10 outputs; pass data whose labels are 0 to 9, the classes it"):
         run_detectors(InspectContext(view=view, data=(x[:4], torch.tensor([0, 1, 2, 19]))))
 
 
