@@ -102,13 +102,20 @@ class DPSGD:
         if delta < MIN_DELTA:
             raise InputError(f"--delta {delta:.3g} is below {MIN_DELTA:g}, too small to compute an epsilon with; give a "
                              f"probability such as {DEFAULT_DELTA:g}")
+        # the fix names the factor out of range: a clipping norm of 1 with a noise multiplier of 1e31 had been told to
+        # "clip to a norm such as 1"
+        fix = ("give a --noise-multiplier such as 1.0" if 1e-3 <= self.max_grad_norm <= 1e3
+               else "clip to a --max-grad-norm such as 1")  # fmt: skip
         if self.noise_multiplier * self.max_grad_norm > MAX_NOISE_STD:
             raise InputError(f"--noise-multiplier {self.noise_multiplier:g} times --max-grad-norm {self.max_grad_norm:g} "
-                             f"is noise beyond float32's range (at most {MAX_NOISE_STD:g}); clip to a norm such as 1")  # fmt: skip
-        if self.max_grad_norm < MIN_NOISE_STD or self.noise_multiplier * self.max_grad_norm < MIN_NOISE_STD:
-            raise InputError(f"--max-grad-norm {self.max_grad_norm:g} with --noise-multiplier {self.noise_multiplier:g} "
-                             f"is below float32's smallest normal number ({MIN_NOISE_STD:.3g}): the clipping and noise "
-                             "would round to nothing; clip to a norm such as 1")  # fmt: skip
+                             f"is noise beyond float32's range (at most {MAX_NOISE_STD:g}); {fix}")  # fmt: skip
+        if self.max_grad_norm < MIN_NOISE_STD:
+            raise InputError(f"--max-grad-norm {self.max_grad_norm:g} is below float32's smallest normal number "
+                             f"({MIN_NOISE_STD:.3g}): the clipping would round to nothing; clip to a norm such as 1")  # fmt: skip
+        if self.noise_multiplier * self.max_grad_norm < MIN_NOISE_STD:
+            raise InputError(f"--noise-multiplier {self.noise_multiplier:g} times --max-grad-norm {self.max_grad_norm:g} "
+                             f"is below float32's smallest normal number ({MIN_NOISE_STD:.3g}): the noise would round to "
+                             f"nothing; {fix}")  # fmt: skip
 
     def epsilon(self, steps_per_example: int, examples: int) -> float:
         """The round's epsilon at :attr:`delta` for one example replaced (Opacus' RDP accountant at noise multiplier

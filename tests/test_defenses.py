@@ -248,10 +248,19 @@ def test_subnormal_settings_are_refused_by_their_own_names():
         DPSGD(1.0, delta=1e-320)
     with pytest.raises(InputError, match="--noise-std 1e-45 is below float32's smallest normal number"):
         GaussianNoise(1e-45)
-    with pytest.raises(InputError, match="--max-grad-norm 1e-45 with --noise-multiplier 1 is below"):
+    with pytest.raises(InputError, match="--max-grad-norm 1e-45 is below .* the clipping would round to nothing; clip to a norm such as 1$"):
         DPSGD(1.0, max_grad_norm=1e-45)
-    with pytest.raises(InputError, match=r"--max-grad-norm 1e-45 with --noise-multiplier 1e\+10 is below"):
+    with pytest.raises(InputError, match=r"--max-grad-norm 1e-45 is below"):
         DPSGD(1e10, max_grad_norm=1e-45)  # the noise (1e-35) is a normal float32, the clipping norm is not
+    # the factor out of range is the one the fix names (a norm of 1 had been told to clip to a norm such as 1)
+    with pytest.raises(InputError, match=r"--noise-multiplier 1e-40 times --max-grad-norm 1 is below .* the noise would "
+                                         r"round to nothing; give a --noise-multiplier such as 1.0$"):
+        DPSGD(1e-40)
+    with pytest.raises(InputError, match=r"--noise-multiplier 1e\+31 times --max-grad-norm 1 is noise beyond float32's "
+                                         r"range \(at most 1e\+30\); give a --noise-multiplier such as 1.0$"):
+        DPSGD(1e31)
+    with pytest.raises(InputError, match=r"times --max-grad-norm 1e\+39 is noise beyond .*; clip to a --max-grad-norm such as 1$"):
+        DPSGD(1.0, max_grad_norm=1e39)
 
 
 def test_pruning_zeroes_exactly_its_share_when_values_tie():
