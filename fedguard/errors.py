@@ -32,11 +32,16 @@ _RENAMING: contextvars.ContextVar[bool] = contextvars.ContextVar("fedguard_renam
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 
+_LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]\s*")
+
+
 class InputError(Exception):
     """Bad input from the user: the message names the problem and the fix, on one line."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(message.split()))
+        # one line: a line break, and the spaces around it, read as one space; other runs of spaces are kept, as they
+        # may be a file's name ("my  model.pt" had been named "my model.pt", a file that does not exist)
+        super().__init__(_LINE_BREAK.sub(" ", message).strip())
 
 
 def first_of(names) -> str:

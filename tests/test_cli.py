@@ -292,6 +292,17 @@ def test_output_inside_a_file_or_named_as_a_folder_says_which(clean_model, workd
     assert "d is a directory; name a file inside it, e.g. d/updates.npz" in line
 
 
+def test_an_input_error_is_one_line_and_keeps_the_spaces_of_a_name(workdir):
+    """Line breaks (an embedded exception's, a wrapped template's) read as one space; other runs of spaces stay, as
+    they may be a file's name: 'my  model.pt' had been named 'my model.pt', a file that does not exist."""
+    from fedguard.errors import InputError
+
+    assert str(InputError("  first\n   second \r\n third  ")) == "first second third"
+    assert str(InputError("my  model.pt does not exist")) == "my  model.pt does not exist"
+    line = assert_input_error(invoke("inspect", "no  such.pt"))
+    assert line == "fedguard: error: no  such.pt does not exist; check the path"
+
+
 def test_a_missing_output_folder_gets_a_mkdir_that_makes_it(clean_model, workdir):
     """A folder name with a line break had been quoted as 'nod ir' in the hint, a command that made another folder."""
     line = assert_input_error(invoke("inspect", clean_model, "-o", "no dir/x.txt"))
