@@ -328,9 +328,9 @@ def simulate_federation(
     if not (is_number(participation) and is_number(noise)):
         raise InputError(f"--participation and --noise must be numbers, got {participation!r} and {noise!r}")
     if rounds % window:
-        raise InputError(
-            f"--rounds {rounds} is not a multiple of --window {window}: counts are published per whole window"
-        )
+        below, above = rounds - rounds % window, rounds - rounds % window + window
+        raise InputError(f"--rounds {rounds} is not a multiple of --window {window}: counts are published per whole "
+                         f"window; give --rounds {above}" + (f" or {below}" if below > 0 else ""))  # fmt: skip
     if not 0 < participation <= 1:
         raise InputError(f"--participation must be in (0, 1], got {participation!r}")
     if not (math.isfinite(noise) and noise >= 0):

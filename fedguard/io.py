@@ -177,12 +177,13 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
     """All named arrays of an ``.npz`` archive, read without ever unpickling.
 
     Raises :class:`InputError` (one line, ending in ``fix``, the advice on how
-    to save the file right) when the path is missing or a directory, is not a
-    zip archive, is corrupt or truncated, or holds object arrays.
+    to save the file right) when the path is a directory, is not a zip
+    archive, is corrupt or truncated, or holds object arrays; one that says to
+    check the path when it does not exist.
     """
     path = Path(path)
-    if not path.exists():
-        raise missing(str(path), path, fix)
+    if not path.exists():  # a typo: how to save the file right would be the wrong advice
+        raise missing(str(path), path)
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an .npz archive; {fix}")
     if not path.is_file():  # a pipe would block the read below, a device stream without end

@@ -543,10 +543,10 @@ def test_cli_bad_rounds_file(tmp_path, good, change, message):
     "args, message",
     [
         ([], "give a ROUNDS.npz"),
-        (["missing.npz"], "does not exist"),
+        (["missing.npz"], "missing.npz does not exist; check the path"),  # not how to save one: a typo
         (["--simulate", "--users", "60", "--rounds", "50"], "must exceed --users"),
         (["--simulate", "--users", "30", "--dim", "10"], "--dim 10 is below --users 30"),
-        (["--simulate", "--rounds", "205"], "not a multiple of --window"),
+        (["--simulate", "--rounds", "205"], "not a multiple of --window 10: counts are published per whole window; give --rounds 210 or 200"),
         (["--simulate", "-o", "no/such/dir/r.json"], "does not exist"),
         (["missing.npz", "--users", "5"], "--users only applies with --simulate"),  # before the file: nothing ignored
         (["missing.npz", "--noise", "0.1"], "--noise only applies with --simulate"),
