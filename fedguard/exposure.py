@@ -59,12 +59,15 @@ __all__ = [
     "ExposurePoint",
     "FederationSettings",
     "Scenario",
+    "TOO_FEW_VALUES",
     "TooLarge",
     "client_exposure",
     "exposure",
     "what_ifs",
 ]
 
+#: Why a client's update cannot be singled out whatever the rounds: the reports say so rather than blame the rounds.
+TOO_FEW_VALUES = "the update has too few non-zero values"
 #: Relative error below which a recovered update counts as the client's update.
 TARGET_ERROR = 0.05
 #: The most users per round and stable rounds a federation is described with (far beyond what it can simulate:
@@ -302,7 +305,7 @@ def exposure(
     dim = checks.whole(dim, "dim")
     if dim < users:
         raise NotIdentifiable(f"{dim} coordinates are fewer than the {users} users; the attack needs d >= users"
-                              + (" (give a larger dim)" if values is None else " (the update has too few non-zero values)"))
+                              + (" (give a larger dim)" if values is None else f" ({TOO_FEW_VALUES})"))
     if users == 1:  # nobody to hide among: every round's sum it takes part in is its update, plus the noise
         # The mean of the rounds it took part in (a share `participation` of them, told apart by the sums' size or
         # the window counts) errs by noise / sqrt(participation * t) (noise is relative to an update's RMS entry).

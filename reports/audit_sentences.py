@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from fedguard.defenses import WEAK_EPSILON
+from fedguard.exposure import TOO_FEW_VALUES
 from fedguard.types import AuditReport
 
 from .base import fmt_num, plural
@@ -64,6 +65,9 @@ def exposure_summary(exposure: Mapping) -> str:
         return (f"secure aggregation hides this update for only {plural(exposure['rounds_to_exposure'], 'round')}{bound}: "
                 f"with {where}, gradient disaggregation recovers it once it stays the same that long (it stays "
                 f"{st['stable_rounds']})")  # fmt: skip
+    if exposure["outcome"] == "not identifiable" and TOO_FEW_VALUES in (exposure["scenarios"][0].get("note") or ""):
+        return (f"with {where}, the update has fewer non-zero values than there are users, too few for gradient "
+                "disaggregation to single it out, however many rounds it stays the same")
     if exposure["outcome"] == "not identifiable":
         stable = plural(st["stable_rounds"], "stable round")
         return f"with {where}, {stable} {'is' if st['stable_rounds'] == 1 else 'are'} too few for gradient disaggregation to single it out"

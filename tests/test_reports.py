@@ -796,6 +796,9 @@ def test_the_audit_sentences_say_each_outcome_threat_and_defense():
     alone = exposure_summary(_exposure_doc(rounds=1, users=1, users_per_round=1, participation=1.0))
     assert alone.startswith("secure aggregation cannot hide this update") and "recovered after 1 round" in alone
     assert "100 stable rounds are too few" in exposure_summary(_exposure_doc("not identifiable", None))
+    few = exposure_summary(_exposure_doc("not identifiable", None, note="2 coordinates are fewer than the 8 users; the "
+                                         "attack needs d >= users (the update has too few non-zero values)"))  # fmt: skip
+    assert "the update has fewer non-zero values than there are users" in few and "stable round" not in few  # not the rounds'
     assert "did not recover this update within 100 rounds" in exposure_summary(_exposure_doc("not exposed", None))
     cut = exposure_summary(_exposure_doc("cut short", None, note="time budget of 5 s spent"))
     assert "the analysis was cut short (time budget of 5 s spent)" in cut
