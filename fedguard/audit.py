@@ -152,7 +152,8 @@ def load_weights(
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise InputError(f"model {path}: layer {k} holds NaN or infinite values; it cannot be trained or audited")
+            raise InputError(f"model {path}: layer {k} holds NaN or infinite values; it cannot be trained or audited: "
+                             "do not train on it, and ask the server to send the model again")  # fmt: skip
     module.load_state_dict(state, strict=False)
 
 

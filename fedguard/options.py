@@ -123,6 +123,8 @@ class OutputFile(NamedPath):
         if isinstance(value, str) and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
             self.fail(f"{value} ends with a slash, which names a folder; name a file inside it, e.g. {value}{self.example}",
                       param, ctx)
+        if self.suffix is not None and value in ("-", os.devnull):  # not renamed into a file here: "name it null.npz"
+            self.fail(f"{value} is not a file to write {self.suffix} into; name a file, e.g. {self.example}", param, ctx)
         path = super().convert(value, param, ctx)
         if self.suffix is not None and path.is_dir():  # before the suffix: its fix would name a file beside the folder
             self.fail(f"{value} is a directory; name a file inside it, e.g. {path / self.example}", param, ctx)

@@ -1301,7 +1301,8 @@ def test_fg701_names_the_built_in_architectures_the_file_fits(workdir):
     spoilt = {**state, "classifier.4.weight": torch.full((10, 84), float("nan"))}
     torch.save(spoilt, workdir / "nan.pt")
     assert assert_input_error(invoke("audit", "--model", "nan.pt", "--arch", "lenet5", "--data", "digits")).endswith(
-        "holds NaN or infinite values; it cannot be trained or audited")
+        "holds NaN or infinite values; it cannot be trained or audited: do not train on it, and ask the server to send "
+        "the model again")
 
 
 def test_fg701_says_when_the_file_wraps_the_architecture_beside_added_layers_or_twice(workdir):

@@ -552,6 +552,8 @@ def test_cli_bad_rounds_file(tmp_path, good, change, message):
         (["missing.npz", "--noise", "0.1"], "--noise only applies with --simulate"),
         (["--simulate", "--participation", "1"], "1.0 is not in the range 0<x<1"),  # everyone, every round: rank 1
         (["--simulate", "--force"], "--force replaces existing files it writes, and none is given; add --output"),
+        (["--simulate", "--updates", "-"], "- is not a file to write .npz into; name a file, e.g. updates.npz"),  # had been "-.npz"
+        (["--simulate", "--save-rounds", "/dev/null"], "/dev/null is not a file to write .npz into"),  # had been ./null.npz
         (["--simulate", "-q"], "--quiet prints no report and no --output is given, so the run would leave nothing; add --output (or --updates, or --save-rounds with --simulate)"),  # the run would leave nothing
     ],
 )
