@@ -475,8 +475,8 @@ def load_update(
         raise InputError(f"--update {path} is a directory; pass the update file (.pt, .safetensors or .npz)")
     loaded = load_model_file(path)
     if loaded.refused:
-        raise InputError(f"update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")
-    out = _matched_tensors(dict(loaded.tensors), loaded.named, model, f"update {path}")
+        raise InputError(f"--update {path} would execute code when loaded; fedguard will not load it, export the tensors with torch.save(dict_of_tensors)")
+    out = _matched_tensors(dict(loaded.tensors), loaded.named, model, f"--update {path}")
     local_steps, local_lr, local_batch_size = checked_schedule(protocol, local_steps, local_lr, local_batch_size, batch_size)
     return Update(
         tensors=out,
