@@ -662,10 +662,10 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     def residual(n: np.ndarray) -> np.ndarray:
         if budget is not None and budget.interrupted():
             raise _Stop
+        if simulations[0] >= MAX_SIMULATIONS:  # the work bound first: past it the clock has cut nothing
+            raise _Stop
         if time.perf_counter() > deadline:
             cut.append("simulated solve")
-            raise _Stop
-        if simulations[0] >= MAX_SIMULATIONS:
             raise _Stop
         simulations[0] += 1
         r = equation(n, g_head)

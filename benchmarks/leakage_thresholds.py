@@ -60,6 +60,8 @@ def _solved(degrade, x: np.ndarray, target: float, low: float, high: float) -> n
 
     if gap(high) > 0:
         return degrade(x, high)
+    if gap(low) <= 0:  # the weakest degradation already reaches it
+        return degrade(x, low)
     return degrade(x, brentq(gap, low, high, xtol=1e-6))
 
 

@@ -1172,7 +1172,7 @@ def test_messages_name_keyword_arguments_from_python_and_flags_on_the_command_li
     from fedguard.errors import InputError
     from fedguard.inspect import inspect_model
 
-    with pytest.raises(InputError, match=r"^batch_size 5000 is larger than data \(1797 examples\); use at most 1797$"):
+    with pytest.raises(InputError, match=r"^batch_size 5000 is larger than data \(1797 examples\); give batch_size 1797 or less$"):
         audit(arch="lenet", data="digits", batch_size=5000)
     with pytest.raises(InputError, match=r"^bad local_lr -1; give a positive learning rate"):
         audit(arch="lenet", data="digits", batch_size=8, protocol="fedavg", local_lr=-1)
