@@ -18,7 +18,7 @@ import sys
 import click
 
 import fedguard
-from fedguard.errors import COMMAND_LINE, InputError, first_line, interrupts_held, out_of_memory
+from fedguard.errors import COMMAND_LINE, InputError, first_line, interrupts_held, one_line, out_of_memory
 from fedguard.options import (
     OUTPUT_FILE, SEED, LazyHelp, NamedPath, TorchCommand, format_suffixes, input_paths, note_unmatched_ignores,
     print_report, refuse_unused, resolve_format, silence_stdout, user_code_prints_to_stderr,
@@ -141,7 +141,7 @@ def _usage_error(exc: click.UsageError, ctx: click.Context) -> None:
     from fedguard.reports.base import printable  # an argument or a path in the message is the user's
 
     command = exc.ctx.command_path if exc.ctx is not None else "fedguard"
-    message = printable(" ".join(exc.format_message().split()).rstrip("."))
+    message = printable(one_line(exc.format_message()).rstrip("."))
     where = f"see '{command} --help'"
     tail = f" ({where})" if message.endswith("?") else f"; {where}"  # "Did you mean 'inspect'?; see" had read oddly
     click.echo(f"fedguard: error: {message}{tail}", err=True)

@@ -39,9 +39,13 @@ class InputError(Exception):
     """Bad input from the user: the message names the problem and the fix, on one line."""
 
     def __init__(self, message: str):
-        # one line: a line break, and the spaces around it, read as one space; other runs of spaces are kept, as they
-        # may be a file's name ("my  model.pt" had been named "my model.pt", a file that does not exist)
-        super().__init__(_LINE_BREAK.sub(" ", message).strip())
+        super().__init__(one_line(message))
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: a line break, and the spaces around it, read as one space; other runs of spaces are
+    kept, as they may be a file's name ("my  model.pt" had been named "my model.pt", a file that does not exist)."""
+    return _LINE_BREAK.sub(" ", message).strip()
 
 
 def first_of(names) -> str:

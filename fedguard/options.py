@@ -47,22 +47,50 @@ class TorchCommand(click.Command):
 
 def refuse_repeated(ctx: click.Context, args: list[str]) -> None:
     """UsageError when an option that takes one value is given twice: click keeps the last in silence, and
-    ``inspect --arch lenet5 --arch mlp`` had judged a LeNet-5 file against an MLP (FG701, malicious)."""
-    once = {opt: param for param in ctx.command.params if isinstance(param, click.Option) and not param.multiple
-            and not param.is_flag and not param.count for opt in param.opts}  # fmt: skip
+    ``inspect --arch lenet5 --arch mlp`` had judged a LeNet-5 file against an MLP (FG701, malicious).
+
+    ``args`` are read as click reads them: ``--opt=value``, a group of short options whose last may take the rest of
+    its token or the next one (``-qo out.json``, ``-oout.json``), every option's value skipped whether it may repeat
+    or not; nothing after ``--``; nothing at all when the help is asked for or click completes a command line.
+    """
+    before = args[: args.index("--")] if "--" in args else args
+    if ctx.resilient_parsing or any(token in ctx.help_option_names for token in before):
+        return  # click completes the line, or shows the help whatever else the line holds
+    options = {opt: param for param in ctx.command.params if isinstance(param, click.Option)
+               for opt in (*param.opts, *param.secondary_opts)}  # fmt: skip
     seen: dict[str, str | None] = {}
     position = 0
-    while position < len(args) and args[position] != "--":
-        name, equals, attached = args[position].partition("=") if args[position].startswith("--") else (args[position], "", "")
-        param = once.get(name)
+
+    def value(attached: str) -> str | None:
+        nonlocal position
+        if attached:
+            return attached
         position += 1
-        if param is None:
-            continue
-        value = attached if equals else (args[position] if position < len(args) else None)
-        position += 0 if equals else 1
-        if param.name in seen:
-            raise click.UsageError(f"{name} is given twice ({seen[param.name]!r} and {value!r}); give it once", ctx=ctx)
-        seen[param.name] = value
+        return args[position - 1] if position <= len(args) else None
+
+    while position < len(args) and args[position] != "--":
+        token = args[position]
+        position += 1
+        given: list[tuple[str, click.Option, str | None]] = []
+        if token.startswith("--"):
+            name, equals, attached = token.partition("=")
+            param = options.get(name)
+            if param is not None and not (param.is_flag or param.count):
+                given.append((name, param, attached if equals else value("")))
+        elif token.startswith("-") and len(token) > 1:
+            for at, letter in enumerate(token[1:], start=2):
+                param = options.get("-" + letter)
+                if param is None:
+                    break  # not an option of this command: click says so
+                if not (param.is_flag or param.count):
+                    given.append(("-" + letter, param, value(token[at:])))
+                    break
+        for name, param, text in given:
+            if param.multiple:
+                continue
+            if param.name in seen:
+                raise click.UsageError(f"{name} is given twice ({seen[param.name]!r} and {text!r}); give it once", ctx=ctx)
+            seen[param.name] = text
 
 
 class LazyHelp(click.Option):
@@ -123,7 +151,8 @@ class OutputFile(NamedPath):
         if isinstance(value, str) and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
             self.fail(f"{value} ends with a slash, which names a folder; name a file inside it, e.g. {value}{self.example}",
                       param, ctx)
-        if self.suffix is not None and value in ("-", os.devnull):  # not renamed into a file here: "name it null.npz"
+        special = os.path.exists(value) and not (os.path.isfile(value) or os.path.isdir(value))  # /dev/null, a pipe
+        if self.suffix is not None and (os.path.normpath(value) == "-" or special):  # not renamed: "name it null.npz"
             self.fail(f"{value} is not a file to write {self.suffix} into; name a file, e.g. {self.example}", param, ctx)
         path = super().convert(value, param, ctx)
         if self.suffix is not None and path.is_dir():  # before the suffix: its fix would name a file beside the folder

@@ -787,7 +787,11 @@ def test_options_that_would_do_nothing_are_refused(clean_model, args, expected):
     ("audit", ["--arch", "lenet5", "--batch-size", "2", "--batch-size", "3"], "--batch-size is given twice ('2' and '3')"),
     ("craft", ["mkor", "--arch", "lenet5", "-o", "x.pt", "--seed", "1", "--seed", "2"], "--seed is given twice ('1' and '2')"),
     ("disaggregate", ["--simulate", "--workers", "1", "--workers", "2"], "--workers is given twice ('1' and '2')"),
-], ids=["inspect", "inspect-equals", "inspect-short-and-long", "audit", "craft", "disaggregate"])
+    ("inspect", ["-oa.json", "-o", "b.json"], "-o is given twice ('a.json' and 'b.json')"),  # click's short forms
+    ("inspect", ["-qo", "c.json", "-o", "d.json"], "-o is given twice ('c.json' and 'd.json')"),
+    ("audit", ["--arch", "lenet5", "--seed", "-1", "--seed", "2"], "--seed is given twice ('-1' and '2')"),
+], ids=["inspect", "inspect-equals", "inspect-short-and-long", "audit", "craft", "disaggregate", "attached", "grouped",
+        "negative-value"])
 def test_an_option_of_one_value_given_twice_is_refused(clean_model, workdir, command, args, expected):
     """click keeps the last value in silence: ``--arch lenet5 --arch mlp`` had judged a LeNet-5 file against an MLP
     (FG701, malicious). Repeatable options (--ignore, --attack) stay repeatable."""
@@ -798,6 +802,11 @@ def test_an_option_of_one_value_given_twice_is_refused(clean_model, workdir, com
     result = invoke("inspect", clean_model, "--ignore", "FG301", "--ignore", "FG101", "--detector", "magnitude",
                     "--detector", "constant_rows")  # fmt: skip
     assert result.exit_code == 0, result.output
+    # a repeatable option's value is a value, whatever it looks like; --help wins; nothing after -- counts
+    line = assert_input_error(invoke("inspect", "--ignore", "--arch", clean_model, "--arch", "lenet5"))
+    assert "unknown rule '--arch'" in line
+    assert invoke("inspect", clean_model, "--arch", "a", "--arch", "b", "--help").stdout.startswith("Usage:")
+    assert "unexpected extra argument" in assert_input_error(invoke("inspect", clean_model, "--arch", "mlp", "--", "--arch"))
 
 
 def test_unknown_format_is_a_usage_error(clean_model, workdir):

@@ -554,6 +554,8 @@ def test_cli_bad_rounds_file(tmp_path, good, change, message):
         (["--simulate", "--force"], "--force replaces existing files it writes, and none is given; add --output"),
         (["--simulate", "--updates", "-"], "- is not a file to write .npz into; name a file, e.g. updates.npz"),  # had been "-.npz"
         (["--simulate", "--save-rounds", "/dev/null"], "/dev/null is not a file to write .npz into"),  # had been ./null.npz
+        (["--simulate", "--save-rounds", "/dev/./null"], "/dev/./null is not a file to write .npz into"),  # not by name
+        (["--simulate", "--updates", "./-"], "./- is not a file to write .npz into"),
         (["--simulate", "-q"], "--quiet prints no report and no --output is given, so the run would leave nothing; add --output (or --updates, or --save-rounds with --simulate)"),  # the run would leave nothing
     ],
 )
