@@ -360,9 +360,10 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
         return torch.tensor([label]), counts, "recovered by idlg"
     if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
         return None, None, None
-    counts, _, _ = estimate_counts(view, head, budget)
+    counts, _, details = estimate_counts(view, head, budget)
     labels = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
-    return labels, torch.as_tensor(counts), "recovered by label_counts"
+    cut = " (cut short by the time budget)" if "cut_by_time_budget" in details else ""  # the seed's share of it
+    return labels, torch.as_tensor(counts), f"recovered by label_counts{cut}"
 
 
 #: Share of an image attack's time budget that inferring the batch's labels for it may take (label counts on a

@@ -704,6 +704,27 @@ def test_recovered_labels_placed_across_local_mini_batches_are_said_to_understat
     assert (said in " ".join(result.stdout.split())) == (minibatch == "2"), result.stdout
 
 
+def test_labels_seeded_by_a_label_count_the_budget_cut_say_so(monkeypatch):
+    """The labels an image attack is seeded with come from label counts run on the labelling share of its budget;
+    where that cut them short the report had said only "recovered by label_counts"."""
+    import time
+
+    import fedguard.attacks.label_counts as lc
+    from fedguard.audit import audit
+
+    simulate = lc._simulate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return simulate(*args, **kwargs)
+
+    monkeypatch.setattr(lc, "_simulate", slow)
+    report = audit(arch="lenet", input_shape=(1, 8, 8), data="digits", batch_size=4, protocol="fedavg", local_steps=2,
+                   local_lr=0.1, attacks=["inverting_gradients"], max_iterations=3, time_budget=3.0)  # fmt: skip
+    labels = report.outcome("inverting_gradients").details["labels"]
+    assert labels == "fixed: recovered by label_counts (cut short by the time budget)", labels
+
+
 def test_an_attack_named_that_does_not_apply_is_no_pass(workdir):
     """DLG named for a FedAvg update is skipped (Inverting Gradients unrolls the steps): with label counts alone the
     audit had passed, having measured less than it was asked to (a review)."""
