@@ -272,7 +272,7 @@ def save_rounds(path: str | os.PathLike, rounds: Rounds | Federation) -> Path:
 #: The arrays a rounds file holds, and those it may hold besides (a simulation's truth; the attack never reads it).
 ROUNDS_ARRAYS = frozenset({"aggregates", "counts", "window"})
 ROUNDS_EXTRAS = frozenset({"noise_scale", "true_participation", "true_updates"})
-_SIMULATION_FILE_KEYS = ROUNDS_ARRAYS | {"true_participation", "true_updates"}
+_SIMULATION_FILE_KEYS = ROUNDS_ARRAYS | (ROUNDS_EXTRAS - {"noise_scale"})
 
 
 def npz_keys(path: str | os.PathLike) -> set[str]:

@@ -151,8 +151,8 @@ class OutputFile(NamedPath):
         if isinstance(value, str) and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
             self.fail(f"{value} ends with a slash, which names a folder; name a file inside it, e.g. {value}{self.example}",
                       param, ctx)
-        special = os.path.exists(value) and not (os.path.isfile(value) or os.path.isdir(value))  # /dev/null, a pipe
-        if self.suffix is not None and (os.path.normpath(value) == "-" or special):  # not renamed: "name it null.npz"
+        if self.suffix is not None and (os.path.normpath(value) == "-" or (  # not renamed: "name it null.npz"
+                os.path.exists(value) and not (os.path.isfile(value) or os.path.isdir(value)))):  # /dev/null, a pipe
             self.fail(f"{value} is not a file to write {self.suffix} into; name a file, e.g. {self.example}", param, ctx)
         path = super().convert(value, param, ctx)
         if self.suffix is not None and path.is_dir():  # before the suffix: its fix would name a file beside the folder
