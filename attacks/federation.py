@@ -210,6 +210,14 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
             f"where {T} rounds for {active} users determine them, are its pseudo-inverse times the sums, which "
             f"fedguard does not compute); pass counts per window of several rounds"
         )
+    if active > 1 and (C[C.sum(axis=1) > 0] == w).all():  # P is all ones: its columns are alike, nothing to tell apart
+        spread = float(np.ptp(G, axis=0).max())
+        raise NotIdentifiable(
+            f"counts say all {active} users who took part did so in every round (window={w} of {w} throughout), so "
+            f"every round sums the same updates and none can be told apart"
+            + (f"; yet the rounds' sums differ by up to {spread:.3g} (values up to {peak:.3g}): unless noise explains "
+               "that, the counts are not these rounds'" if spread > 1e-9 * peak else "")
+        )
     if T <= active:
         raise NotIdentifiable(
             f"counts has {active} users who took part but aggregates has only {T} rounds: with rounds <= users every "

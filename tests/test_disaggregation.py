@@ -219,6 +219,12 @@ def test_rank_deficiency_is_explained():
     participation = 1.0 - np.eye(5, 6)  # 6 users in 5 rounds, a window of one round: the counts are P
     with pytest.raises(NotIdentifiable, match="window is 1, so counts are the participation matrix itself"):
         validate_rounds(participation @ np.ones((6, 8)), participation.T, 1)
+    everyone = np.full((4, 4), 2)  # 4 users in every round of 4 windows of 2: P is all ones
+    same = np.tile(np.arange(6.0), (8, 1))
+    with pytest.raises(NotIdentifiable, match="every round sums the same updates and none can be told apart$"):
+        validate_rounds(same, everyone, 2)
+    with pytest.raises(NotIdentifiable, match="sums differ by up to 1 .* the counts are not these rounds'"):
+        validate_rounds(same + np.eye(8, 6), everyone, 2)
     fed = simulate_federation(users=10, rounds=60, dim=20, window=10, seed=8)
     with pytest.raises(NotIdentifiable, match="d=5"):
         disaggregate(fed.aggregates[:, :5], fed.counts, 10)
