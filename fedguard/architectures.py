@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from fedguard.checks import is_count
-from fedguard.errors import InputError, did_you_mean, first_line, kind_of, out_of_memory
+from fedguard.errors import InputError, did_you_mean, first_line, keyword_names, kind_of, out_of_memory
 from fedguard.registry import Registry
 from fedguard.torch_state import evaluating
 
@@ -85,18 +85,19 @@ def parse_input_shape(text: str) -> Shape:
     """Parse ``"1,28,28"`` or ``"1x28x28"`` (C,H,W) into a tuple of three positive ints."""
     fix = "write C,H,W such as 1,28,28 or 3x32x32"
     if not isinstance(text, str):
-        raise InputError(f"bad input shape {text!r}; {fix}")
+        raise InputError(f"bad --input-shape {text!r}; {fix}")
     body = text.strip().strip("()[]").strip()
     parts = [p for p in re.split(r"\s*[,xX×]\s*|\s+", body) if p != ""]
     if len(parts) != 3 or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise InputError(f"bad input shape {text!r}; {fix}")
+        raise InputError(f"bad --input-shape {text!r}; {fix}")
     shape = tuple(int(p) for p in parts)
     if min(shape) < 1:
-        raise InputError(f"bad input shape {text!r}: every size must be at least 1; {fix}")
-    _within_size(shape, f"input shape {text!r}", fix)
+        raise InputError(f"bad --input-shape {text!r}: every size must be at least 1; {fix}")
+    _within_size(shape, f"--input-shape {text!r}", fix)
     return shape  # type: ignore[return-value]
 
 
+@keyword_names(aliases={"--input-shape": "shape"})
 def check_input_shape(shape: Any) -> Shape:
     """Return ``shape`` as a (C, H, W) tuple of positive ints; text is parsed."""
     if isinstance(shape, str):
@@ -105,19 +106,20 @@ def check_input_shape(shape: Any) -> Shape:
     try:
         items = list(shape)
     except TypeError:
-        raise InputError(f"bad input shape {shape!r}; {fix}") from None
+        raise InputError(f"bad --input-shape {shape!r}; {fix}") from None
     if len(items) != 3 or not all(is_count(s) for s in items):
-        raise InputError(f"bad input shape {shape!r}; {fix}")
+        raise InputError(f"bad --input-shape {shape!r}; {fix}")
     sizes = tuple(int(s) for s in items)
-    _within_size(sizes, f"input shape {shape!r}", fix)
+    _within_size(sizes, f"--input-shape {shape!r}", fix)
     return sizes  # type: ignore[return-value]
 
 
+@keyword_names
 def check_num_classes(num_classes: Any) -> int:
     """Return ``num_classes`` as a positive int; otherwise :class:`~fedguard.errors.InputError`."""
     if not is_count(num_classes):
-        raise InputError(f"bad number of classes {num_classes!r}; give a positive integer such as 10")
-    _within_size((int(num_classes),), "number of classes", "give the classes of the model's head, such as 10")
+        raise InputError(f"bad --num-classes {num_classes!r}; give a positive integer such as 10")
+    _within_size((int(num_classes),), "--num-classes", "give the classes of the model's head, such as 10")
     return int(num_classes)
 
 
@@ -700,6 +702,7 @@ def builds_any_class_count(arch: str) -> bool:
     return _spec(arch) is not None or _accepts(_resolve_callable(arch.strip())[1], "num_classes")
 
 
+@keyword_names
 def resolve_input_shape(arch: str, input_shape: Any = None) -> Shape:
     """The (C, H, W) to use with ``arch``: ``input_shape`` when given, else its default.
 
@@ -718,6 +721,7 @@ def resolve_input_shape(arch: str, input_shape: Any = None) -> Shape:
     return shape
 
 
+@keyword_names
 def build_model(arch: str, num_classes: int | None = None, input_shape: Any = None, **kwargs: Any) -> nn.Module:
     """Build ``arch`` (a registered name or ``package.module:callable``) for ``num_classes``.
 

@@ -656,7 +656,7 @@ def test_update_that_does_not_fit_the_model(workdir):
         (["--time-budget", "-1"], "--time-budget"),
         (["--protocol", "fedavg", "--local-steps", "0"], "--local-steps"),
         (["--protocol", "fedavg", "--local-batch-size", "9"], "--local-batch-size 9"),
-        (["--input-shape", "1,8"], "input shape"),
+        (["--input-shape", "1,8"], "bad --input-shape '1,8'"),
         (["-o", "digits.npz"], "has the extension of a model, data or image file"),
         (["--ig-tv", "nan"], "--ig-tv"),
         (["--ig-tv", "1e308"], "'--ig-tv': 1e+308 is not in the range 0<=x<=1e+30"),
