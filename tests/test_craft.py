@@ -628,7 +628,7 @@ def test_an_option_read_off_the_public_data_is_refused_without_data_and_read_wit
 
 
 def test_trap_weights_refuses_to_pass_convolutions_through_a_model_without_any():
-    with pytest.raises(InputError, match=r"there are none; drop --set pass_through_convs=True"):
+    with pytest.raises(InputError, match=r"there are none; drop option pass_through_convs=True"):  # the API: not --set
         craft("trap_weights", build_model("mlp", 10, (1, 8, 8)), input_shape=(1, 8, 8), num_classes=10, seed=0,
               pass_through_convs=True)
     with pytest.raises(InputError, match="cannot craft this mlp:"):  # a built-in is named as --arch names it

@@ -106,7 +106,7 @@ def _parametrised(model: nn.Module) -> str | None:
     return None
 
 
-@keyword_names
+@keyword_names(aliases={"--set": "option"})  # a crafter's options are keyword arguments here
 def craft(
     name: str,
     model: nn.Module,
