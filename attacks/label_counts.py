@@ -94,7 +94,7 @@ from fedguard.update import compute_update, minibatch_slices
 
 from .base import KNOWN_LABELS, Attack, Budget, register_attack, unreadable_head
 
-__all__ = ["LabelCounts", "round_counts", "estimate_counts", "readout"]
+__all__ = ["LabelCounts", "round_counts", "estimate_counts", "readout", "CUT_BY_TIME_BUDGET"]
 
 #: Per class, at least this many labelled public examples before the class-conditional model is used.
 MIN_PER_CLASS_FOR_CONDITIONAL = 10
@@ -695,10 +695,14 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     return round_counts(raw, batch), raw, _noting_cuts(details, cut)
 
 
+#: The key of an estimate's ``details`` that lists the parts of it the time budget stopped (absent where none was).
+CUT_BY_TIME_BUDGET = "cut_by_time_budget"
+
+
 def _noting_cuts(details: dict, cut: list[str]) -> dict:
-    """``details`` with ``cut_by_time_budget``, the parts of the estimate the time budget stopped, where any."""
+    """``details`` with :data:`CUT_BY_TIME_BUDGET`, the parts of the estimate the time budget stopped, where any."""
     if cut:
-        details["cut_by_time_budget"] = cut
+        details[CUT_BY_TIME_BUDGET] = cut
     return details
 
 
@@ -743,6 +747,6 @@ class LabelCounts(Attack):
             label_counts=torch.as_tensor(counts, dtype=torch.int64),
             iterations=0,
             seconds=time.perf_counter() - start,
-            stopped="interrupted" if budget.interrupted() else "time_budget" if budget.remaining() <= 0 or "cut_by_time_budget" in details else "done",
+            stopped="interrupted" if budget.interrupted() else "time_budget" if budget.remaining() <= 0 or CUT_BY_TIME_BUDGET in details else "done",
             details=details,
         )

@@ -342,7 +342,7 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
     """Labels for the image attacks: from a label attack that ran, else inferred quietly (or None), within
     ``budget``'s time and stop."""
     from fedguard.attacks.idlg import idlg_label
-    from fedguard.attacks.label_counts import estimate_counts
+    from fedguard.attacks.label_counts import CUT_BY_TIME_BUDGET, estimate_counts
 
     for name in ("idlg", "label_counts"):
         rec = done.get(name)
@@ -362,7 +362,7 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
         return None, None, None
     counts, _, details = estimate_counts(view, head, budget)
     labels = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
-    cut = " (cut short by the time budget)" if "cut_by_time_budget" in details else ""  # the seed's share of it
+    cut = " (cut short by the time budget)" if CUT_BY_TIME_BUDGET in details else ""  # the seed's share of it
     return labels, torch.as_tensor(counts), f"recovered by label_counts{cut}"
 
 
