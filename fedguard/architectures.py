@@ -649,6 +649,9 @@ def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None,
         raise InputError(f"{arch}({shown}) returned {kind_of(model)}, not a torch.nn.Module; make it return the model")
     check_float32(model, f"the model from {arch}", "make the callable return model.float()")
     if shape is None:
+        if num_classes is not None and not takes_classes:  # the count the head gives shows only in a forward pass
+            raise InputError(f"--num-classes {num_classes} cannot be checked: {arch} takes no num_classes argument and "
+                             "declares no input_shape to run it on; pass --input-shape C,H,W, or drop --num-classes")
         if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):
             raise InputError(f"the model from {arch} has lazy layers, which take their shapes from a first input; pass --input-shape C,H,W")
         return model

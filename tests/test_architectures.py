@@ -374,12 +374,18 @@ def test_module_callable_with_batchnorm_that_keeps_no_running_statistics_builds(
 
 
 def test_module_callable_without_default_shape(tmp_path, monkeypatch):
-    (tmp_path / "fg_shapeless.py").write_text("from torch import nn\ndef make(num_classes):\n    return nn.Linear(4, num_classes)\n")
+    (tmp_path / "fg_shapeless.py").write_text("from torch import nn\ndef make(num_classes):\n    return nn.Linear(4, num_classes)\n"
+                                              "def fixed():\n    return nn.Sequential(nn.Flatten(), nn.Linear(4, 5))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         with pytest.raises(InputError, match="no default input shape; pass input_shape"):
             resolve_input_shape("fg_shapeless:make")
         assert build_model("fg_shapeless:make", 2).out_features == 2  # nothing to check against
+        # a count the callable cannot take, with no shape to see what it gives: inspect --arch had ignored it
+        with pytest.raises(InputError, match=r"^num_classes 7 cannot be checked: fg_shapeless:fixed takes no num_classes "
+                                             r"argument .* pass input_shape C,H,W, or drop num_classes$"):
+            build_model("fg_shapeless:fixed", 7)
+        assert build_model("fg_shapeless:fixed", 5, (1, 2, 2))[1].out_features == 5
     finally:
         sys.modules.pop("fg_shapeless", None)
 
