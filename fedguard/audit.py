@@ -366,6 +366,12 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
     return labels, torch.as_tensor(counts), f"recovered by label_counts{cut}"
 
 
+#: Why the attacks on the client's update do not run on one that is zero everywhere (--model passes no gradient for
+#: the batch, every unit off): it carries nothing of the batch, and a label attack's estimate from it is its prior, a
+#: guess that had read as a low leak. The emulated servers, which attack an update made under their own model, run.
+ZERO_UPDATE = "the update is zero everywhere (--model passes no gradient for this batch): it reveals nothing of the batch"
+
+
 #: Share of an image attack's time budget that inferring the batch's labels for it may take (label counts on a
 #: FedAvg ConvNet use all the time they are given): the rest is left for its iterations.
 LABELLING_SHARE = 0.5
@@ -424,9 +430,10 @@ def _running_statistics_note(upd: Update) -> str | None:
             "verdict is at least warn; keep them local (as FedBN does) or upload the parameters only")
 
 
-def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, Any] | None:
+def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[dict[str, Any] | None, str | None]:
     """How well an update read in matches the one training ``module`` on ``(x, y)`` gives here: ``cosine`` with
-    it and whether that training is ``reproducible`` (two seeds agree; dropout makes them differ), or None when
+    it, whether that training is ``reproducible`` (two seeds agree; dropout makes them differ) and the update's
+    ``scale`` over the recomputed one's (left out where the recomputed update is zero); with None, or None and why
     the model cannot train on this batch here. InputError when the update points the way the other protocol's
     would: a FedAvg delta passed as a FedSGD gradient (or the reverse) is attacked with the wrong sign, and the
     audit understates the leak."""
@@ -434,8 +441,8 @@ def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     local_batch_size=upd.local_batch_size, allow_divergence=True)  # fmt: skip
     try:
         grad = compute_update(module, x, y, seed=seed).tensors
-    except InputError:  # e.g. BatchNorm on one example: nothing to compare with
-        return None
+    except InputError as exc:  # e.g. BatchNorm on one example: nothing to compare with
+        return None, str(exc)
     cosine = _cosine(upd.tensors, grad)
     if upd.protocol == "fedsgd" and cosine < -MISREAD_COSINE:
         raise InputError(
@@ -449,9 +456,11 @@ def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
         )
     try:
         mine = grad if upd.protocol == "fedsgd" else compute_update(module, x, y, seed=seed, **schedule).tensors
-        cosine = _cosine(upd.tensors, mine)
         norm = _norm(mine, mine)
-        scale = _norm(upd.tensors, mine) / norm if norm > 0 else 1.0
+        if norm == 0:  # no gradient reaches the parameters: a zero recomputed twice, and no direction or size to compare
+            return {"cosine": 0.0, "reproducible": True}, None
+        cosine = _cosine(upd.tensors, mine)
+        scale = _norm(upd.tensors, mine) / norm
         reproducible = cosine >= AGREEMENT_COSINE or (
             _cosine(mine, compute_update(module, x, y, seed=seed + 1, **schedule).tensors) >= AGREEMENT_COSINE)
     except TrainingDiverged:  # the schedule given, not the update read in (finite, checked), is what diverged
@@ -460,14 +469,22 @@ def _agreement(upd: Update, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
             "weights), so --update, whose values are finite, was most likely computed with others; pass the "
             "--local-steps, --local-lr and --local-batch-size your training used"
         ) from None
-    return {"cosine": cosine, "reproducible": bool(reproducible), "scale": scale}
+    return {"cosine": cosine, "reproducible": bool(reproducible), "scale": scale}, None
 
 
-def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str) -> str | None:
+def _mismatch_note(agreement: Mapping[str, Any] | None, protocol: str, unchecked: str | None = None) -> str | None:
     """The report's note when an update read in is, reproducibly, not what --model gives on --data, or when that
-    cannot be checked (a training here that does not repeat itself, as with dropout, and no match)."""
+    cannot be checked (``unchecked``: why the model cannot be trained on the batch here; or a training here that does
+    not repeat itself, as with dropout, and no match)."""
+    if unchecked is not None:  # a --update that cannot be recomputed had passed with no word of it
+        return (f"--update could not be checked against --data: the update cannot be recomputed here ({unchecked.rstrip('.')}); "
+                "what is measured is what it reveals about --data, so the verdict is at least warn")
     if agreement is None:
         return None
+    if "scale" not in agreement:  # the recomputed update is zero (every unit off, say): a nonzero one is another's
+        return ("--update is not what --model gives on --data here: --model passes no gradient for this batch (the "
+                "update recomputed is zero), so the update was made on other data or from another model; what is "
+                "measured is what it reveals about --data, so the verdict is at least warn")
     if not agreement["reproducible"]:  # an update made on other data had passed unremarked on a dropout model
         return (f"--update could not be checked against --data: training this model here does not repeat itself "
                 f"(dropout or another random layer), and the update's cosine with one recomputation is "
@@ -757,7 +774,7 @@ def audit(
     fail_on : {"low", "medium", "high"}
         Level at which the verdict is ``block``; one level below it (from
         ``low`` up) is ``warn``. A run in which no attack ran, or that was
-        stopped, is at least ``warn``.
+        stopped, is at least ``warn`` (an update that is zero everywhere, which reveals nothing, excepted).
     attack_options : mapping, optional
         Constructor options per attack that runs, e.g. ``{"dlg": {"starts": 8}}``.
     progress : AuditProgress, optional
@@ -949,16 +966,16 @@ def audit(
         _check_schedule_agrees(update, protocol=protocol, local_steps=local_steps, local_lr=local_lr,
                                local_batch_size=local_batch_size)
         upd = checked_update(update, module, batch_size=len(index))
-        agreement = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
+        agreement, unchecked = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
     elif update is not None:
         upd = load_update(update, module, batch_size=len(index), protocol=protocol, local_steps=local_steps,
                           local_lr=local_lr, local_batch_size=local_batch_size)
-        agreement = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
+        agreement, unchecked = _agreement(upd, module, batch_x.to(dev), batch_y.to(dev), seed)
     else:
         upd = compute_update(module, batch_x.to(dev), batch_y.to(dev), protocol=protocol, local_steps=local_steps,
                              local_lr=local_lr, local_batch_size=local_batch_size, seed=seed, defense=defense)
-        agreement = None
-    mismatch = _mismatch_note(agreement, upd.protocol)
+        agreement, unchecked = None, None
+    mismatch = _mismatch_note(agreement, upd.protocol, unchecked)
     try:
         model_info["inspection"] = inspect_received(module, ignores, (batch_x.to(dev), batch_y.to(dev)))
     except ModelCodeRaised as exc:  # inspect's advice (drop --data) is no option here
@@ -1019,10 +1036,14 @@ def audit(
     baseline = baseline_psnr(batch_x, prior, batch_y)
     exposure = None
     # the attacks differentiate gradients; only the math kernel of scaled_dot_product_attention has a double backward
+    zero_update = not any(bool(t.any()) for t in upd.tensors.values())
     with _first_interrupt_sets(stop, notify), sdpa_kernel(SDPBackend.MATH):
         for name in names:
             cls = reg.get(name)
             attack = chosen[name]
+            if zero_update and cls.emulates is None:
+                skipped[name] = ZERO_UPDATE
+                continue
             if stop.is_set():  # an attack that could never run keeps its reason (an image attack's may hang on labels)
                 never = cls.emulates is None and (cls.kind != "images" or view.labels is not None) and attack.applies(view)
                 skipped[name] = never or "interrupted before it started"
@@ -1144,7 +1165,7 @@ def audit(
     # attack of its kind (images, labels) measured anything instead and labels the server knows are not the reason
     measured = {reg.get(o.name).kind for o in outcomes}
     not_run = [name for name in requested or ()
-               if name in skipped and reg.get(name).kind not in measured and skipped[name] != KNOWN_LABELS]  # fmt: skip
+               if name in skipped and reg.get(name).kind not in measured and skipped[name] not in (KNOWN_LABELS, ZERO_UPDATE)]  # fmt: skip
     if not_run and not stop.is_set():
         notes.append(f"named but not run: {', '.join(not_run)} (the reasons are under skipped), and no other attack "
                      "measured that kind of leak: the audit measured less than it was asked to")  # fmt: skip
@@ -1168,7 +1189,7 @@ def audit(
     model_info.update(
         {"num_classes": n_out, "input_shape": list(batch_x.shape[1:]), "n_parameters": int(n_params)}
     )
-    verdict = verdict_for(level, fail_level, conclusive=bool(outcomes) and not unmeasured and not stop.is_set() and not notes)
+    verdict = verdict_for(level, fail_level, conclusive=(bool(outcomes) or zero_update) and not unmeasured and not stop.is_set() and not notes)
     if model_info["inspection"]["verdict"] == "malicious":
         verdict = AuditVerdict.BLOCK
     return AuditReport(

@@ -292,7 +292,8 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
                 write_atomic(path, png)
                 o = dataclasses.replace(o, image_file=path.name)
         outcomes.append(o)
-    report = dataclasses.replace(report, attacks=tuple(outcomes))
+    # --strict sets the exit code, which a reader of the JSON could not otherwise tell from a warn
+    report = dataclasses.replace(report, attacks=tuple(outcomes), config={**report.config, "strict": strict})
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = render_audit(fmt, report, color=color, images=images)
     if output is not None:

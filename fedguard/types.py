@@ -438,7 +438,13 @@ class AuditReport:
     @property
     def leakage_said(self) -> str:
         """The leakage level as reports say it: ``not measured`` when no attack ran (the level then reads none)."""
-        return str(self.leakage.level) if self.attacks else "not measured"
+        return str(self.leakage.level) if self.measured else "not measured"
+
+    @property
+    def measured(self) -> bool:
+        """Whether the leakage level was measured: an attack ran, or the update is zero everywhere, which reveals
+        nothing of the batch (the attacks on it are skipped)."""
+        return bool(self.attacks) or self.update.get("norm") == 0
 
     def outcome(self, name: str) -> AttackOutcome:
         """The outcome of attack ``name`` (KeyError when it did not run)."""

@@ -7,7 +7,7 @@ grids are PNG files named in ``attacks[].image_file``. Non-finite numbers are
 the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
 
     {
-      "schema_version": "1.11",
+      "schema_version": "1.12",
       "tool": {"name": "fedguard", "version": "0.1.0"},
       "command": "audit",
       "generated": "2026-12-06 03:00:00 UTC",
@@ -46,8 +46,9 @@ from .base import check_report, command_line, generated_at, json_safe, printable
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
 #: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated,
 #: config.exposure_requested, skipped's "not requested" entries;
-#: 1.9: command_line; 1.10: model.inspection; 1.11: model.inspection's suppressed, ignore and ignore_unmatched
-SCHEMA_VERSION = "1.11"
+#: 1.9: command_line; 1.10: model.inspection; 1.11: model.inspection's suppressed, ignore and ignore_unmatched;
+#: 1.12: config.strict, leakage.measured true for an update that is zero everywhere
+SCHEMA_VERSION = "1.12"
 #: Significant digits of the measured floats (PSNR to 0.0001 dB, seconds to the millisecond); settings stay as given.
 JSON_DIGITS = 6
 
@@ -108,7 +109,7 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         "notes": list(report.notes),
         "leakage": {
             "level": str(report.leakage.level),
-            "measured": bool(report.attacks),
+            "measured": report.measured,
             "worst_attack": report.leakage.worst_attack,
             "baseline_psnr": report.leakage.baseline_psnr,
             "by_attack": {k: str(v) for k, v in report.leakage.by_attack.items()},
@@ -131,8 +132,9 @@ def audit_to_dict(report: AuditReport) -> dict[str, Any]:
         if key in doc["update"]:
             doc["update"][key] = json_safe(doc["update"][key], digits=JSON_DIGITS)
     if doc["update"].get("agreement"):
-        for key in ("cosine", "scale"):
-            doc["update"]["agreement"][key] = json_safe(doc["update"]["agreement"][key], digits=JSON_DIGITS)
+        for key in ("cosine", "scale"):  # no scale where the recomputed update is zero
+            if key in doc["update"]["agreement"]:
+                doc["update"]["agreement"][key] = json_safe(doc["update"]["agreement"][key], digits=JSON_DIGITS)
     doc["exposure"] = _measurements_rounded(doc["exposure"])
     return printable_values(doc)
 

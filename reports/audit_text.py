@@ -66,7 +66,7 @@ class AuditTextRenderer(AuditRenderer):
         lk = report.leakage
         head = Text()
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
-        head.append(f"  leakage {report.leakage_said}", style=LEVEL_STYLE[lk.level] if report.attacks else "yellow")
+        head.append(f"  leakage {report.leakage_said}", style=LEVEL_STYLE[lk.level] if report.measured else "yellow")
         if lk.worst_attack:
             worst = report.outcome(lk.worst_attack)
             extra = f", PSNR max {fmt_num(worst.psnr_max)} dB" if worst.psnr_max is not None else ""
@@ -113,6 +113,8 @@ class AuditTextRenderer(AuditRenderer):
             console.print(table)
             if any(o.psnr_max is not None for o in report.attacks):
                 console.print(Text("PSNR and SSIM: mean/max over the examples an attack rebuilt; 100 dB: exact", style="dim"))
+        elif report.measured:
+            console.print(Text("no attack ran on the update: it is zero everywhere, so it reveals nothing of the batch"))
         else:
             console.print(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
         for o in report.attacks:

@@ -227,7 +227,7 @@ def test_audit_of_an_update_computed_elsewhere(workdir, schema):
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["update"]["source"] == "update.pt"
     assert report["update"]["defense"] == "unknown"  # a file's defense is not measured; it had read "none"
-    assert report["schema_version"] == "1.11" and report["leakage"]["measured"] is True
+    assert report["schema_version"] == "1.12" and report["leakage"]["measured"] is True
     assert report["command_line"] == ["fedguard", "audit", "--model", "global.pt", *TINY, "--data", "batch.npz",
                                       "--update", "update.pt", "--attack", "label_counts", "--attack", "dlg", *FAST,
                                       "--format", "json", "--no-exposure"]  # how to repeat it: as typed  # fmt: skip
@@ -297,6 +297,78 @@ def test_an_update_that_cannot_be_checked_for_dropout_is_noted(workdir, monkeypa
         torch.save(dict(compute_update(model, xb, yb).tensors), workdir / "own.pt")  # the same seed: the same dropout
         report = json.loads(invoke(*run, "--update", "own.pt").stdout)
         assert report["update"]["agreement"]["reproducible"] is True and report["notes"] == []
+
+
+def test_an_update_that_cannot_be_recomputed_or_whose_model_passes_no_gradient_is_noted(workdir, monkeypatch, schema):
+    """Two --update files the agreement check had misread (an independent review): on a BatchNorm model and a batch
+    of one the recomputation cannot run, and a random update had passed with no note; where every unit of the model
+    is off the recomputed update is zero, and a random one had been called unreproducible (dropout)."""
+    from fedguard.architectures import build_model
+
+    source = (
+        "def bn(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))\n"
+        "def dead(num_classes=10):\n"
+        "    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes, bias=False))\n"
+        "    model[1].bias.data.fill_(-50.0)\n"
+        "    return model\n"
+    )  # fmt: skip
+    digits_npz(workdir / "one.npz", n=1, start=20)
+    digits_npz(workdir / "batch.npz", n=4, start=20)
+    with user_architectures(workdir, monkeypatch, "fg_agreement_nets", source):
+        for arch, data in (("bn", "one.npz"), ("dead", "batch.npz")):
+            torch.manual_seed(0)
+            model = build_model(f"fg_agreement_nets:{arch}")
+            torch.save(model.state_dict(), workdir / f"{arch}.pt")
+            torch.save({k: torch.randn_like(p) for k, p in model.named_parameters()}, workdir / f"{arch}-update.pt")
+            result = invoke("--model", f"{arch}.pt", "--arch", f"fg_agreement_nets:{arch}", "--data", data, "--update",
+                            f"{arch}-update.pt", "--attack", "label_counts", "--no-exposure", "--format", "json")  # fmt: skip
+            assert_no_crash(result)
+            report = json.loads(result.stdout)
+            jsonschema.Draft202012Validator(schema).validate(report)
+            assert report["verdict"] in ("warn", "block"), arch
+            if arch == "bn":
+                assert report["update"]["agreement"] is None
+                assert report["notes"][0].startswith("--update could not be checked against --data: the update cannot "
+                                                     "be recomputed here (the model has BatchNorm")  # fmt: skip
+            else:
+                assert report["update"]["agreement"] == {"cosine": 0.0, "reproducible": True}  # no size to compare
+                assert report["notes"][0].startswith("--update is not what --model gives on --data here: --model "
+                                                     "passes no gradient for this batch")  # fmt: skip
+
+
+def test_an_update_that_is_zero_everywhere_reveals_nothing(workdir, monkeypatch, schema):
+    """Every unit off: the update computed is zero. Label counts had read their prior off it as a low leak (3 of 4
+    labels right by chance); the attacks on it are skipped, the level none is measured, and the emulated servers,
+    which attack an update made under their own model, still run."""
+    from fedguard.architectures import build_model
+    from fedguard.audit import ZERO_UPDATE, audit
+
+    source = (
+        "def dead(num_classes=10):\n"
+        "    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes, bias=False))\n"
+        "    model[1].bias.data.fill_(-50.0)\n"
+        "    return model\n"
+    )  # fmt: skip
+    with user_architectures(workdir, monkeypatch, "fg_zero_nets", source):
+        torch.manual_seed(0)
+        model = build_model("fg_zero_nets:dead")
+        report = audit(model, arch="fg_zero_nets:dead", data="digits", batch_size=4, attacks=["label_counts", "dlg", "imprint"])
+        assert report.skipped["label_counts"] == report.skipped["dlg"] == ZERO_UPDATE.replace("--model", "model")
+        assert [a.name for a in report.attacks] == ["imprint"] and report.measured
+        report = audit(model, arch="fg_zero_nets:dead", data="digits", batch_size=4, attacks=["label_counts"])
+        assert report.attacks == () and report.measured and report.leakage_said == "none"
+        assert not any("named but not run" in note for note in report.notes)  # nothing was left unmeasured
+        torch.save(model.state_dict(), workdir / "dead.pt")
+        run = ("--model", "dead.pt", "--arch", "fg_zero_nets:dead", "--data", "digits", "--batch-size", "4",
+               "--attack", "label_counts", "--no-exposure", "--strict")  # fmt: skip
+        result = invoke(*run, "--format", "json")
+        doc = json.loads(result.stdout)
+        jsonschema.Draft202012Validator(schema).validate(doc)
+        assert doc["leakage"]["measured"] is True and doc["leakage"]["level"] == "none"
+        assert doc["config"]["strict"] is True and result.exit_code == (0 if doc["verdict"] == "pass" else 1)
+        for fmt in ("text", "html"):
+            assert "it is zero everywhere, so it reveals nothing of the batch" in invoke(*run, "--format", fmt).stdout
 
 
 def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):

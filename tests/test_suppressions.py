@@ -160,7 +160,7 @@ def test_audit_accepts_inspect_findings_but_not_what_the_attacks_measure(trap_ml
     assert_no_crash(result)
     doc = json.loads(result.stdout)
     jsonschema.validate(doc, load_schema("audit"))
-    assert result.exit_code == 0 and doc["schema_version"] == "1.11" and doc["verdict"] == "pass"
+    assert result.exit_code == 0 and doc["schema_version"] == "1.12" and doc["verdict"] == "pass"
     inspection = doc["model"]["inspection"]
     assert inspection["verdict"] == "clean" and inspection["findings"] == []
     assert inspection["suppressed"] == [{"rule_id": "FG401", "severity": "high", "layer": "1", "title": "Trap weights"}]
