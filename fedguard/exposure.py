@@ -235,6 +235,7 @@ def _client_sample(values: np.ndarray, dim: int, seed: int) -> np.ndarray:
     """``dim`` seeded entries of ``values``, as float64 scaled to RMS 1 (the attack is scale-free)."""
     idx = np.random.default_rng(seed).choice(values.size, size=dim, replace=False) if values.size > dim else np.arange(values.size)
     sample = values[idx].astype(np.float64)
+    sample = sample / float(np.abs(sample).max())  # first to 1 at most: squares of 1e300 (or 1e-300) had overflowed
     return sample / float(np.sqrt(np.mean(sample**2)))
 
 

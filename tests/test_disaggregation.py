@@ -312,6 +312,9 @@ def test_client_exposure_scenarios():
     doc = result.to_dict()
     assert doc["outcome"] == "exposed" and len(doc["scenarios"]) == 5
     json.dumps(doc)
+    for scale in (1e300, 1e-300):  # the attack is scale-free: squares of these had overflowed to "not exposed"
+        scaled = client_exposure(update * scale, settings, seed=0)
+        assert scaled.configured.outcome == "exposed" and scaled.configured.exposure.rounds_to_exposure <= 60
 
 
 def test_client_exposure_budget_and_unidentifiable():
