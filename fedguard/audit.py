@@ -691,7 +691,8 @@ def _check_schedule_agrees(update: Update, **given: Any) -> None:
                              f"leave {name} out (an Update carries its own schedule) or pass the update it describes")
 
 
-@keyword_names
+@keyword_names(aliases={"--attack": "attacks", "--attacker-labels": "threat labels", "--delta": "DPSGD delta",
+                        "--noise-multiplier": "DPSGD noise_multiplier", "--max-grad-norm": "DPSGD max_grad_norm"})
 @_caller_state_kept
 def audit(
     model: str | os.PathLike | nn.Module | Mapping[str, torch.Tensor] | None = None,

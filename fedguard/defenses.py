@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
 from fedguard import checks
-from fedguard.errors import InputError, first_line, kind_of
+from fedguard.errors import InputError, first_line, keyword_names, kind_of
 
 #: Names of the defenses, as ``--defense`` takes them.
 DEFENSES = ("none", "dp-sgd", "prune", "noise")
@@ -91,6 +91,7 @@ class DPSGD:
     delta: float = DEFAULT_DELTA
     name: ClassVar[str] = "dp-sgd"
 
+    @keyword_names(aliases={"--noise-multiplier": "noise_multiplier", "--max-grad-norm": "max_grad_norm", "--delta": "delta"})
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_multiplier", checks.finite(self.noise_multiplier, "--noise-multiplier", positive=True))
         object.__setattr__(self, "max_grad_norm", checks.finite(self.max_grad_norm, "--max-grad-norm", positive=True))
@@ -151,6 +152,7 @@ class Pruning:
     fraction: float
     name: ClassVar[str] = "prune"
 
+    @keyword_names(aliases={"--prune-fraction": "fraction"})
     def __post_init__(self) -> None:
         fraction = checks.finite(self.fraction, "--prune-fraction", positive=False)
         object.__setattr__(self, "fraction", fraction)
@@ -180,6 +182,7 @@ class GaussianNoise:
     std: float
     name: ClassVar[str] = "noise"
 
+    @keyword_names(aliases={"--noise-std": "std"})
     def __post_init__(self) -> None:
         object.__setattr__(self, "std", checks.finite(self.std, "--noise-std", positive=True))
         if self.std > MAX_NOISE_STD:
@@ -374,15 +377,15 @@ def _pads(conv: nn.modules.conv._ConvNd) -> bool:
 
 
 def _no_per_example(why: str) -> InputError:
-    return InputError(f"DP-SGD cannot train this model: {why} (or audit the model your DP training uses through --arch "
-                      "module:callable)")
+    return InputError(f"DP-SGD cannot train this model: {why} (or audit the model your DP training uses, built by a "
+                      "package.module:callable architecture)")
 
 
 def _mixes_examples(why: str) -> InputError:
     return InputError(
         f"DP-SGD cannot train this model: {why}; per-example gradients need layers that treat each example alone. "
-        "Audit the model your DP training uses (GroupNorm for BatchNorm, as opacus ModuleValidator.fix does) "
-        "through --arch module:callable"
+        "Audit the model your DP training uses (GroupNorm for BatchNorm, as opacus ModuleValidator.fix does), built by "
+        "a package.module:callable architecture"
     )
 
 

@@ -2199,7 +2199,7 @@ def test_the_report_says_what_the_verdict_asks():
 
     unsure = audit(attacks=["idlg"], **run)  # skipped (a batch of 8): nothing measured
     assert str(unsure.verdict) == "warn" and unsure.next_step.startswith("Inconclusive"), unsure.skipped
-    with pytest.raises(InputError, match="attack label_counts recovers the batch's labels"):  # nothing would run
+    with pytest.raises(InputError, match="^attacks label_counts recovers the batch's labels"):  # nothing would run
         audit(attacks=["label_counts"], threat=ThreatModel(labels="known"), **run)
     # an emulator's block is about a model the server might send, not the update computed (it had read "Do not upload
     # this update" beside an --update it never attacked)

@@ -98,11 +98,12 @@ def test_a_batchnorm_model_and_bad_settings_are_refused(batch):
     convnet = build_model("convnet", input_shape=(1, 8, 8))
     with pytest.raises(InputError, match="DP-SGD cannot train this model: it has BatchNorm2d"):
         compute_update(convnet, x, y, defense=DPSGD(1.0))
-    for bad, match in ((lambda: DPSGD(0.0), "--noise-multiplier"), (lambda: DPSGD(1.0, delta=0.5), "--delta 0.5 is no guarantee"),
+    # built from Python, each names its argument (the command line's messages name the flags: test_audit)
+    for bad, match in ((lambda: DPSGD(0.0), "^bad noise_multiplier 0"), (lambda: DPSGD(1.0, delta=0.5), "^delta 0.5 is no guarantee"),
                        (lambda: compute_update(lenet8(), x, y, defense=DPSGD(1e-200)), "would round to nothing"),
-                       (lambda: Pruning(1.0), "would upload nothing"), (lambda: GaussianNoise(-1), "--noise-std"),
-                       (lambda: GaussianNoise(1e39), r"--noise-std 1e\+39 is beyond float32's range"),  # had been inf
-                       (lambda: DPSGD(1.0, max_grad_norm=1e39), r"times --max-grad-norm 1e\+39 is noise beyond float32's"),
+                       (lambda: Pruning(1.0), "^fraction 1 would upload nothing"), (lambda: GaussianNoise(-1), "^bad std -1"),
+                       (lambda: GaussianNoise(1e39), r"^std 1e\+39 is beyond float32's range"),  # had been inf
+                       (lambda: DPSGD(1.0, max_grad_norm=1e39), r"times max_grad_norm 1e\+39 is noise beyond float32's"),
                        (lambda: parse_defense("dp-sgd"), "needs --noise-multiplier"),
                        (lambda: parse_defense("prune"), "needs --prune-fraction"),
                        (lambda: compute_update(lenet8(), x, y, defense="dp-sgd"), "pass a fedguard.defenses")):  # fmt: skip
@@ -244,23 +245,33 @@ def test_layers_opacus_cannot_train_are_named_with_their_replacement(batch):
 def test_subnormal_settings_are_refused_by_their_own_names():
     """A delta below the smallest normal float had been flushed to 0 in the audit and blamed on the noise; noise or a
     clipping norm below float32's smallest normal number rounds to nothing, and had been reported as a defense."""
-    with pytest.raises(InputError, match="--delta 1e-320 is below 1e-300"):
+    with pytest.raises(InputError, match="delta 1e-320 is below 1e-300"):
         DPSGD(1.0, delta=1e-320)
-    with pytest.raises(InputError, match="--noise-std 1e-45 is below float32's smallest normal number"):
+    with pytest.raises(InputError, match="std 1e-45 is below float32's smallest normal number"):
         GaussianNoise(1e-45)
-    with pytest.raises(InputError, match="--max-grad-norm 1e-45 is below .* the clipping would round to nothing; clip to a norm such as 1$"):
+    with pytest.raises(InputError, match="max_grad_norm 1e-45 is below .* the clipping would round to nothing; clip to a norm such as 1$"):
         DPSGD(1.0, max_grad_norm=1e-45)
-    with pytest.raises(InputError, match=r"--max-grad-norm 1e-45 is below"):
+    with pytest.raises(InputError, match=r"max_grad_norm 1e-45 is below"):
         DPSGD(1e10, max_grad_norm=1e-45)  # the noise (1e-35) is a normal float32, the clipping norm is not
     # the factor out of range is the one the fix names (a norm of 1 had been told to clip to a norm such as 1)
-    with pytest.raises(InputError, match=r"--noise-multiplier 1e-40 times --max-grad-norm 1 is below .* the noise would "
-                                         r"round to nothing; give a --noise-multiplier such as 1.0$"):
+    with pytest.raises(InputError, match=r"noise_multiplier 1e-40 times max_grad_norm 1 is below .* the noise would "
+                                         r"round to nothing; give a noise_multiplier such as 1.0$"):
         DPSGD(1e-40)
-    with pytest.raises(InputError, match=r"--noise-multiplier 1e\+31 times --max-grad-norm 1 is noise beyond float32's "
-                                         r"range \(at most 1e\+30\); give a --noise-multiplier such as 1.0$"):
+    with pytest.raises(InputError, match=r"noise_multiplier 1e\+31 times max_grad_norm 1 is noise beyond float32's "
+                                         r"range \(at most 1e\+30\); give a noise_multiplier such as 1.0$"):
         DPSGD(1e31)
-    with pytest.raises(InputError, match=r"times --max-grad-norm 1e\+39 is noise beyond .*; clip to a --max-grad-norm such as 1$"):
+    with pytest.raises(InputError, match=r"times max_grad_norm 1e\+39 is noise beyond .*; clip to a max_grad_norm such as 1$"):
         DPSGD(1.0, max_grad_norm=1e39)
+    from fedguard.errors import COMMAND_LINE
+
+    token = COMMAND_LINE.set(("fedguard", "audit"))  # the command line's messages name its flags
+    try:
+        with pytest.raises(InputError, match=r"^--noise-multiplier 1e\+31 times --max-grad-norm 1 is noise beyond"):
+            DPSGD(1e31)
+        with pytest.raises(InputError, match=r"^--prune-fraction 1 would upload nothing"):
+            Pruning(1)
+    finally:
+        COMMAND_LINE.reset(token)
 
 
 def test_pruning_zeroes_exactly_its_share_when_values_tie():
