@@ -91,7 +91,7 @@ from fedguard import checks
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError, keyword_names, kind_of
 
-from .federation import Federation, NotIdentifiable, Rounds, by_count_rows, finite_or_none, npz_bytes, npz_keys, validate_rounds
+from .federation import Federation, NotIdentifiable, Rounds, as_numpy, by_count_rows, file_path, finite_or_none, npz_bytes, npz_keys, validate_rounds
 
 __all__ = [
     "STAGES",
@@ -246,6 +246,10 @@ def is_updates_file(path: str | os.PathLike) -> bool:
 def save_updates(path: str | os.PathLike, result: Disaggregation) -> Path:
     """Write the recovered ``updates``, ``participation``, ``status`` and ``residual`` as an ``.npz`` (atomic, 0600)."""
     from fedguard.io import write_atomic
+
+    path = file_path(path, "the updates file")
+    if not isinstance(result, Disaggregation):
+        raise InputError(f"result is {kind_of(result)}; pass the Disaggregation that disaggregate() returned")
 
     arrays = {
         "updates": result.updates,
@@ -1026,6 +1030,13 @@ def match_users(result: Disaggregation, participation: np.ndarray, counts: np.nd
     Users with identical count rows are interchangeable to any attacker, so a
     recovered column may match any true column in the same group (one-to-one).
     """
+    if not isinstance(result, Disaggregation):
+        raise InputError(f"result is {kind_of(result)}; pass the Disaggregation that disaggregate() returned")
+    participation, counts = as_numpy(participation, "participation"), as_numpy(counts, "counts")
+    if participation.ndim != 2 or counts.ndim != 2 or participation.shape[1] != len(result.status) or counts.shape[0] != len(result.status):
+        raise InputError(f"participation of shape {participation.shape} and counts of shape {counts.shape} do not fit a "
+                         f"result for {len(result.status)} users; pass the federation's participation (rounds x users) "
+                         "and counts (users x windows)")
     n = participation.shape[1]
     truth = np.asarray(participation, dtype=np.int8)
     match = np.full(n, -1)

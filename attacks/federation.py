@@ -30,7 +30,7 @@ import numpy as np
 
 from fedguard import checks
 from fedguard.checks import is_number, is_whole
-from fedguard.errors import InputError, keyword_names
+from fedguard.errors import InputError, keyword_names, kind_of
 
 __all__ = [
     "MAX_AGGREGATE",
@@ -41,6 +41,7 @@ __all__ = [
     "NotIdentifiable",
     "Rounds",
     "as_numpy",
+    "file_path",
     "by_count_rows",
     "finite_or_none",
     "is_simulation_file",
@@ -226,6 +227,13 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     return Rounds(G, C.astype(np.int64), w, sigma)
 
 
+def file_path(path: Any, what: str) -> Path:
+    """``path`` (a str or an os.PathLike) as a :class:`~pathlib.Path`; InputError naming ``what`` otherwise."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"{what} is {kind_of(path) if not isinstance(path, str) else 'an empty name'}; pass a file path")
+    return Path(path)
+
+
 def load_rounds(path: str | os.PathLike) -> Rounds:
     """Read a rounds ``.npz`` (``aggregates``, ``counts``, ``window``, optional ``noise_scale``).
 
@@ -234,7 +242,7 @@ def load_rounds(path: str | os.PathLike) -> Rounds:
     """
     from fedguard.io import read_npz
 
-    path = Path(path)
+    path = file_path(path, "the rounds file")
     arrays = read_npz(path, "save aggregates, counts and window with numpy.savez")
     missing = [key for key in ("aggregates", "counts", "window") if key not in arrays]
     if missing and any(str(name).endswith("data.pkl") for name in arrays):  # its zip entries had been listed as arrays
@@ -264,6 +272,10 @@ def save_rounds(path: str | os.PathLike, rounds: Rounds | Federation) -> Path:
     """
     from fedguard.io import write_atomic
 
+    path = file_path(path, "the rounds file")
+    if not isinstance(rounds, (Rounds, Federation)):
+        raise InputError(f"rounds is {kind_of(rounds)}; pass the Rounds (validate_rounds) or the Federation "
+                         "(simulate_federation) to save")
     arrays: dict[str, np.ndarray] = {
         "aggregates": np.asarray(rounds.aggregates, dtype=np.float64),
         "counts": np.asarray(rounds.counts, dtype=np.int64),
@@ -285,6 +297,7 @@ _SIMULATION_FILE_KEYS = ROUNDS_ARRAYS | (ROUNDS_EXTRAS - {"noise_scale"})
 
 def npz_keys(path: str | os.PathLike) -> set[str]:
     """The array names of the ``.npz`` at ``path`` (none when it is no readable zip archive)."""
+    path = file_path(path, "the .npz")
     try:
         with zipfile.ZipFile(path) as archive:
             return {Path(name).stem for name in archive.namelist()}

@@ -893,8 +893,8 @@ def audit(
         raise InputError(f"fail_on is {fail_on!r}; use low, medium or high")
     try:
         fail_level = fail_on if isinstance(fail_on, LeakageLevel) else LeakageLevel.parse(fail_on)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    except ValueError:  # its own list names none too, which is refused next
+        raise InputError(f"unknown --fail-on {fail_on!r}; use low, medium or high") from None
     if fail_level == LeakageLevel.NONE:
         raise InputError("--fail-on none would block every update; use low, medium or high")
     threat = threat or ThreatModel()

@@ -125,9 +125,9 @@ def load_data(
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
-        what = repr(spec) if isinstance(spec, str) else f"{kind_of(spec)}"
-        raise InputError(f"bad data {what}; use one of {', '.join(DATASETS)}, a folder of class subfolders, a .npz file, "
-                         "or (from Python) a pair (x, y)")
+        what = f"--data is {kind_of(spec)}" if not isinstance(spec, str) else f"bad --data {spec!r}"
+        raise InputError(f"{what}; use one of {', '.join(DATASETS)}, a folder of class subfolders or a .npz file "
+                         "(audit and inspect_model take a pair (x, y) of tensors too)")
     text = _spec_text(spec)
     if text in DATASETS and os.path.lexists(text):
         raise InputError(f"--data {text} names the built-in data set, but {text!r} is also a file or folder here; "

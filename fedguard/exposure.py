@@ -324,7 +324,8 @@ def exposure(
     if rounds <= users:
         raise NotIdentifiable(
             f"{rounds} rounds (whole windows of {window}) do not exceed the {users} users (users per round / "
-            f"participation): the server cannot identify who took part; no exposure to simulate with these settings"
+            f"participation): the server cannot identify who took part; no exposure to simulate with these settings "
+            f"(more rounds, or a window that leaves more whole windows in them, make one)"
         )
     if simulated_elements(users, rounds, dim) > MAX_SIMULATED_ELEMENTS:
         raise TooLarge(f"{users:,} users over {rounds:,} rounds are too many to simulate (more than "

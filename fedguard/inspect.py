@@ -350,6 +350,9 @@ def inspect_model(
         raise InputError(f"arch is {arch!r:.40}; pass an architecture name such as 'lenet5', or None")
     if num_classes is not None and (not is_whole(num_classes) or num_classes < 1):
         raise InputError(f"bad --num-classes {num_classes!r}; give a whole number of classes, 1 or more")
+    for flag, value in (("--num-classes", num_classes), ("--input-shape", input_shape)):
+        if arch is None and value is not None:  # the command line refuses them too: they would do nothing
+            raise InputError(f"{flag} describes --arch, which is not given; add --arch, or drop {flag}")
     checks.seed(seed)
     _check_progress(progress)
     ignores = parse_ignores(ignore, rules())

@@ -144,8 +144,17 @@ class Update:
 
     def __post_init__(self) -> None:
         """InputError for what no upload can be: tensors that are no mapping, a batch that is no positive whole
-        number, an unknown protocol or a FedAvg schedule that cannot run (its methods had failed on them later)."""
+        number, an unknown protocol or a FedAvg schedule that cannot run (its methods had failed on them later).
+        numpy arrays among the tensors are taken as tensors (they share memory)."""
         _check_mapping(self.tensors)
+        for name, value in self.tensors.items():
+            if not isinstance(value, torch.Tensor) and (type(value).__module__ != "numpy" or value.dtype.kind not in "biufc"):
+                what = f"a numpy array of {value.dtype}" if type(value).__module__ == "numpy" else kind_of(value)
+                raise InputError(f"update.tensors[{name!r}] is {what}; pass a tensor (or a numpy array) of numbers per parameter")
+        if not all(isinstance(v, torch.Tensor) for v in self.tensors.values()):  # repr and to() had failed on arrays
+            object.__setattr__(self, "tensors", {k: torch.as_tensor(v) for k, v in self.tensors.items()})
+        if not isinstance(self.extra, Mapping):
+            raise InputError(f"update extra is {kind_of(self.extra)}; pass a mapping (e.g. {{}}), or leave it out")
         if not is_whole(self.batch_size) or self.batch_size < 1:
             raise InputError(f"bad update batch_size {self.batch_size!r}; give the number of examples it was computed on")
         check_protocol(self.protocol, self.local_steps, self.local_lr, self.local_batch_size, int(self.batch_size))
@@ -350,6 +359,11 @@ def compute_update(
         raise InputError(f"model is {kind_of(model)}; pass the torch.nn.Module to train")
     if not (isinstance(inputs, torch.Tensor) and isinstance(labels, torch.Tensor)):
         raise InputError(f"inputs and labels are {kind_of(inputs)} and {kind_of(labels)}; pass tensors ([N, C, H, W] and [N])")
+    meta = [what for what, on in (("inputs", inputs.is_meta), ("labels", labels.is_meta),
+                                  ("the model", any(t.is_meta for t in (*model.parameters(), *model.buffers())))) if on]
+    if meta:  # shapes without values: torch had raised "META device type not an accelerator"
+        raise InputError(f"{' and '.join(meta)} {'is' if len(meta) == 1 else 'are'} on the meta device (shapes without "
+                         "values); load the values first")
     if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0 or labels.is_floating_point() or labels.is_complex():
         raise InputError(f"labels of shape {list(labels.shape)} and dtype {labels.dtype} for {len(inputs)} inputs; pass one integer class label per example")
     if int(labels.min()) < 0:  # cross-entropy skips -100 (its ignore_index): the update would leave those examples out
@@ -592,6 +606,10 @@ def checked_update(update: Update, model: nn.Module, batch_size: int) -> Update:
     InputError
         Naming the tensor, the count or the schedule that does not fit.
     """
+    if not isinstance(update, Update):
+        raise InputError(f"update is {kind_of(update)}; pass an Update(tensors=..., protocol=..., batch_size=...)")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model is {kind_of(model)}; pass the nn.Module the update is for")
     _check_mapping(update.tensors)
     from fedguard.loading import to_state_dict
 

@@ -1065,7 +1065,7 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"data": (3 * torch.rand(6, 1, 8, 8), torch.arange(6))}, "scale floats to [0, 1]"),
         ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6) - 1)}, "holds negative labels"),
         ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6), None)}, "data is a tuple of 3"),
-        ({"data": torch.rand(6, 1, 8, 8)}, "bad data a Tensor;"),
+        ({"data": torch.rand(6, 1, 8, 8)}, "data is a Tensor; use one of digits, images, a folder of class subfolders or a .npz file (audit and inspect_model take a pair"),
         ({"attacks": "dlg"}, "pass a non-empty list of attack names"),
         ({"attacks": []}, "pass a non-empty list of attack names"),
         ({"attack_options": {"dlg": {"starts": 2}}}, "options for dlg, which this audit does not run"),
@@ -2454,9 +2454,33 @@ def test_the_note_on_a_received_model_names_every_rule_it_does_not_spell_out():
     assert "more" not in _inspection_note({"verdict": "suspicious", "findings": findings[:3]})
 
 
+def test_update_objects_and_compute_update_refuse_what_they_cannot_use_in_one_line():
+    """An independent review's: numpy arrays in an Update had failed in repr() and to(); extra=None, a dict or a name
+    where an Update or a module is wanted, and meta tensors had raised AttributeError or torch's RuntimeError."""
+    from fedguard.errors import InputError
+    from fedguard.update import Update, checked_update, compute_update
+
+    model = lenet8()
+    arrays = Update(tensors={"w": np.ones(3, dtype=np.float32)}, protocol="fedsgd", batch_size=2)
+    assert isinstance(arrays.to(torch.device("cpu")).tensors["w"], torch.Tensor) and "3 values" in repr(arrays)
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    for call, message in (
+        (lambda: Update(tensors={"w": np.array(["a"])}, protocol="fedsgd", batch_size=2),
+         "update.tensors['w'] is a numpy array of <U1; pass a tensor (or a numpy array) of numbers per parameter"),
+        (lambda: Update(tensors={"w": torch.ones(2)}, protocol="fedsgd", batch_size=2, extra=None),
+         "update extra is a NoneType; pass a mapping (e.g. {}), or leave it out"),
+        (lambda: checked_update({"w": torch.ones(2)}, model, 2), "update is a dict; pass an Update("),
+        (lambda: checked_update(arrays, "lenet", 2), "model is a str; pass the nn.Module the update is for"),
+        (lambda: compute_update(model, x.to("meta"), y), "inputs is on the meta device (shapes without values)"),
+        (lambda: compute_update(model, x, y.to("meta")), "labels is on the meta device"),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match=re.escape(message)):
+            call()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda t, first: {**t, "extra.weight": torch.ones(2)}, "has tensor 'extra.weight' that is not a parameter of the model; remove it or check --arch"),
-    (lambda t, first: {**t, first: t[first].tolist()}, "key '{first}' is a list, not a tensor; save model.state_dict() (names to tensors only)"),
+    (lambda t, first: {**t, first: t[first].tolist()}, "update.tensors['{first}'] is a list; pass a tensor (or a numpy array) of numbers per parameter"),
     (lambda t, first: {**t, first: t[first].to(torch.int64)}, "{first} has dtype torch.int64; a layer's weights, and an update's, are floating point"),
     (lambda t, first: {**t, first: t[first][:1]}, "layer {first} has shape [1, 1, 5, 5] but the model's parameter has [12, 1, 5, 5]"),
 ], ids=["extra-tensor", "not-a-tensor", "integer-dtype", "wrong-shape"])
@@ -2472,7 +2496,7 @@ def test_an_update_of_the_wrong_tensors_is_refused_naming_the_tensor(change, mes
 
 
 @pytest.mark.parametrize("given, message", [
-    ({"fail_on": "bogus"}, "unknown leakage level 'bogus'; use one of none, low, medium, high"),
+    ({"fail_on": "bogus"}, "unknown fail_on 'bogus'; use low, medium or high"),
     ({"fail_on": "none"}, "fail_on none would block every update; use low, medium or high"),
     ({"attack_options": {"nope": {}}}, "options for unknown attack 'nope'; valid: label_counts, idlg"),
     ({"attack_options": [1]}, "attack_options is a list; pass a mapping such as {'dlg': {'starts': 8}}"),

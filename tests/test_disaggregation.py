@@ -255,6 +255,28 @@ def test_round_trip_through_npz(tmp_path):
         assert np.array_equal(data["true_participation"], fed.participation)
 
 
+def test_the_file_and_result_helpers_refuse_what_they_cannot_use_in_one_line(tmp_path):
+    """An independent review's: these had raised TypeError, AttributeError or IndexError from Python."""
+    from fedguard.attacks.disaggregation import match_users, save_updates
+
+    fed = simulate_federation(users=5, rounds=40, dim=10, window=10, seed=0)
+    result = disaggregate(fed.aggregates, fed.counts, 10)
+    for call, message in (
+        (lambda: load_rounds(5), "the rounds file is an int; pass a file path"),
+        (lambda: load_rounds(""), "the rounds file is an empty name; pass a file path"),
+        (lambda: save_rounds(tmp_path / "r.npz", fed.aggregates), "rounds is a ndarray; pass the Rounds"),
+        (lambda: save_updates(tmp_path / "u.npz", fed), "result is a Federation; pass the Disaggregation"),
+        (lambda: match_users(None, fed.participation, fed.counts), "result is a NoneType; pass the Disaggregation"),
+        (lambda: match_users(result, fed.participation.T, fed.counts), "participation of shape (5, 40) and counts of "
+                                                                        "shape (5, 4) do not fit a result for 5 users"),
+        (lambda: is_updates_file(5), "the .npz is an int; pass a file path"),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match=re.escape(message)):
+            call()
+    assert not list(tmp_path.iterdir())  # nothing written
+    assert match_users(result, fed.participation, fed.counts).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_exposure_finds_the_round_of_recovery():
     result = exposure(users_per_round=5, rounds=100, window=10, participation=0.5, seed=0, workers=1, time_limit=1)
     assert result.users == 10

@@ -1081,6 +1081,8 @@ def test_truncated_safetensors(tmp_path):
         ({"path": ""}, "the model path is ''; pass the path of a model file"),
         ({"seed": -1}, "bad seed -1"),
         ({"num_classes": 0}, "bad num_classes 0"),
+        ({"num_classes": 5}, "num_classes describes arch, which is not given; add arch, or drop num_classes"),  # ignored
+        ({"input_shape": (1, 28, 28)}, "input_shape describes arch, which is not given; add arch, or drop input_shape"),
         ({"arch": ""}, "arch is ''"),
         ({"progress": 5}, "progress is 5; pass a function that takes the step's text, or None"),
     ],
