@@ -218,7 +218,8 @@ class InspectionReport:
 
     def at_or_above(self, severity: Severity | str) -> tuple[Finding, ...]:
         """The findings at or above ``severity`` (a :class:`Severity` or its name, as ``--fail-on`` takes it)."""
-        severity = Severity.parse(severity) if isinstance(severity, str) else severity
+        # a number is taken as the level it equals; None or 99 is a ValueError (a clean report had passed them)
+        severity = Severity.parse(severity) if isinstance(severity, str) else Severity(severity)
         return tuple(f for f in self.findings if f.severity >= severity)
 
 

@@ -108,7 +108,7 @@ def test_crafting_gives_each_submodule_its_own_train_or_eval_mode_back():
         ("imprint", {"num_bins": 0}, "imprint option num_bins=0 must be at least 1"),
         ("imprint", {"num_bins": 10**12}, "lower num_bins"),
         ("class_fishing", {"target": []}, "no target class given"),
-        ("class_fishing", {"target": 10}, "class_fishing cannot craft this lenet5: target class 10 is outside 0..9; change"),
+        ("class_fishing", {"target": 10}, "class_fishing cannot craft this lenet5: target class 10 is outside 0..9; choose a target from 0 to 9"),
         ("class_fishing", {"target": [1, 1]}, "target classes [1, 1] name a class twice"),
         ("class_fishing", {"bias_multiplier": 0.0}, "bias_multiplier 0.0 is not above the target's bias (0): no class is muted"),
         ("trap_weights", {"scale_factor": 1.0}, "scale_factor=1.0 must be strictly between 0 and 1"),  # rows balanced: no trap

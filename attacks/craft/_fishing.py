@@ -21,7 +21,7 @@ def _targets(target: int | Sequence[int], num_classes: int) -> list[int]:
         raise ValueError("no target class given; name at least one, e.g. target=0")
     for t in targets:
         if not 0 <= t < num_classes:
-            raise ValueError(f"target class {t} is outside 0..{num_classes - 1}")
+            raise ValueError(f"target class {t} is outside 0..{num_classes - 1}; choose a target from 0 to {num_classes - 1}")
     if len(set(targets)) < len(targets):
         raise ValueError(f"target classes {targets} name a class twice; name each once")
     return targets
@@ -155,7 +155,7 @@ def feature_fishing(
         else:
             feature = int(torch.randint(last.in_features, (1,), generator=seeded_generator(seed)))
     if not 0 <= feature < last.in_features:
-        raise ValueError(f"feature {feature} is outside 0..{last.in_features - 1}")
+        raise ValueError(f"feature {feature} is outside 0..{last.in_features - 1}; choose a feature from 0 to {last.in_features - 1}")
     if feature_val is None:
         feature_val = float(torch.quantile(feats[:, feature], quantile)) if feats is not None else 0.5
     if calibrate:

@@ -69,7 +69,7 @@ def loki(
     Learning through Model Manipulation", IEEE S&P 2024.
     """
     if not 0 <= client < num_clients:
-        raise ValueError(f"client slot {client} is outside 0..{num_clients - 1}")
+        raise ValueError(f"client slot {client} is outside 0..{num_clients - 1}; choose a client from 0 to {num_clients - 1}")
     c, hgt, wid = input_shape
     if kernel_size % 2 == 0 or kernel_size > min(hgt, wid):  # "same" padding keeps the image's size only then
         raise InputError(f"loki option kernel_size={kernel_size} must be odd and at most the image's side "
