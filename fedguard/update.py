@@ -458,7 +458,7 @@ def compute_update(
     )
 
 
-@keyword_names
+@keyword_names(aliases={"--update": "path", "--arch": "model"})
 def load_update(
     path: str | Path,
     model: nn.Module,

@@ -473,7 +473,7 @@ def test_an_update_that_is_the_models_weights_or_trains_a_frozen_layer_is_refuse
     generator = torch.Generator().manual_seed(0)  # W_T further from W_0: each weight about 10 % off
     torch.save({k: p.detach() * (1 + 0.1 * torch.randn(p.shape, generator=generator)) for k, p in model.named_parameters()},
                workdir / "noisy.pt")  # fmt: skip
-    with pytest.raises(InputError, match=r"update .*noisy.pt holds the model's weights, not an update \(its distance from "
+    with pytest.raises(InputError, match=r"^path .*noisy.pt holds the model's weights, not an update \(its distance from "
                                          r"the model's parameters is (9\.\d|10\.\d)% of its own size\)"):  # fmt: skip
         load_update(workdir / "noisy.pt", model, batch_size=4)
 
@@ -671,7 +671,7 @@ def test_an_update_that_would_run_code_when_loaded_is_refused_unloaded(workdir):
     torch.save(model.state_dict(), workdir / "global.pt")
     torch.save({**{k: torch.ones_like(v) for k, v in model.named_parameters()}, "evil": SystemPayload(workdir / "pwned")},
                workdir / "evil.pt")  # fmt: skip
-    with pytest.raises(InputError, match=r"update .*evil.pt would execute code when loaded; fedguard will not load it"):
+    with pytest.raises(InputError, match=r"^path .*evil.pt would execute code when loaded; fedguard will not load it"):
         load_update(workdir / "evil.pt", model, batch_size=4)
     line = assert_input_error(invoke("--model", "global.pt", *TINY, "--data", "d.npz", "--update", "evil.pt"))
     assert "update evil.pt would execute code when loaded" in line
