@@ -199,7 +199,7 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     sigma: float | None = None
     if noise_scale is not None:
         s_arr = np.asarray(noise_scale)
-        if s_arr.size != 1 or s_arr.dtype.kind not in "biuf":
+        if s_arr.size != 1 or s_arr.dtype.kind not in "iuf":  # True had been read as a noise of 1
             raise InputError(f"noise_scale must be one number (noise std per aggregate entry), got {s_arr.tolist()!r}")
         sigma = float(s_arr.reshape(()))
         if not math.isfinite(sigma) or sigma < 0:

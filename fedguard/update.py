@@ -375,6 +375,8 @@ def compute_update(
     if dtypes and str(inputs.dtype) not in dtypes:
         raise InputError(f"inputs are {inputs.dtype} but the model's weights {' and '.join(dtypes)}; pass inputs of the model's dtype")
     seed = checks.whole(seed, "seed", 0, 2**63 - 1)  # torch's generators' range: the audit passes its seed plus offsets
+    if not isinstance(allow_divergence, bool):  # "no" had read as True
+        raise InputError(f"allow_divergence is {allow_divergence!r:.40}; pass True or False")
     check_defense(defense)
     batch = int(inputs.shape[0])
     local_steps, local_lr, local_batch_size = checked_schedule(protocol, local_steps, local_lr, local_batch_size, batch)

@@ -2473,6 +2473,7 @@ def test_update_objects_and_compute_update_refuse_what_they_cannot_use_in_one_li
         (lambda: checked_update(arrays, "lenet", 2), "model is a str; pass the nn.Module the update is for"),
         (lambda: compute_update(model, x.to("meta"), y), "inputs is on the meta device (shapes without values)"),
         (lambda: compute_update(model, x, y.to("meta")), "labels is on the meta device"),
+        (lambda: compute_update(model, x, y, allow_divergence="no"), "allow_divergence is 'no'; pass True or False"),
     ):  # fmt: skip
         with pytest.raises(InputError, match=re.escape(message)):
             call()

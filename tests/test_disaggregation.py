@@ -270,6 +270,8 @@ def test_the_file_and_result_helpers_refuse_what_they_cannot_use_in_one_line(tmp
         (lambda: match_users(result, fed.participation.T, fed.counts), "participation of shape (5, 40) and counts of "
                                                                         "shape (5, 4) do not fit a result for 5 users"),
         (lambda: is_updates_file(5), "the .npz is an int; pass a file path"),
+        (lambda: disaggregate(fed.aggregates, fed.counts, 10, noise_scale=True), "noise_scale must be one number"),
+        (lambda: disaggregate(fed.aggregates, fed.counts, 10, prove_unique="no"), "prove_unique is 'no'; pass True or False"),
     ):  # fmt: skip
         with pytest.raises(InputError, match=re.escape(message)):
             call()
