@@ -921,7 +921,7 @@ def disaggregate(
     start = time.perf_counter()
     rounds = validate_rounds(aggregates, counts, window, noise_scale)
     if not (is_number(time_limit) and math.isfinite(time_limit) and time_limit >= 0):
-        raise InputError(f"time limit must be a finite number of seconds >= 0, got {time_limit!r}")
+        raise InputError(f"--time-limit must be a finite number of seconds >= 0, got {time_limit!r}")
     if workers is not None and not (is_whole(workers) and workers >= 1):
         raise InputError(f"workers must be a whole number >= 1 (processes for the integer programs), got {workers!r}")
     checks.seed(seed, "seed")

@@ -96,7 +96,7 @@ class FederationSettings:
 
     def __post_init__(self):
         if not (is_whole(self.users_per_round) and 1 <= self.users_per_round <= MAX_FEDERATION_SIZE):
-            raise InputError(f"users per round must be a whole number from 1 to {MAX_FEDERATION_SIZE:,}, got {checks.shown(self.users_per_round)}")
+            raise InputError(f"users_per_round must be a whole number from 1 to {MAX_FEDERATION_SIZE:,}, got {checks.shown(self.users_per_round)}")
         if not (is_number(self.participation) and 0 < self.participation <= 1):
             raise InputError(f"participation must be a number in (0, 1], got {self.participation!r}")
         if not (is_whole(self.window) and 1 <= self.window <= MAX_FEDERATION_SIZE):
@@ -104,7 +104,7 @@ class FederationSettings:
         if not (is_number(self.noise) and math.isfinite(self.noise) and self.noise >= 0):
             raise InputError(f"noise must be a finite number >= 0, got {self.noise!r}")
         if not (is_whole(self.stable_rounds) and 1 <= self.stable_rounds <= MAX_FEDERATION_SIZE):
-            raise InputError(f"stable rounds must be a whole number from 1 to {MAX_FEDERATION_SIZE:,}, got {checks.shown(self.stable_rounds)}")
+            raise InputError(f"stable_rounds must be a whole number from 1 to {MAX_FEDERATION_SIZE:,}, got {checks.shown(self.stable_rounds)}")
         for name, kind in (("users_per_round", int), ("participation", float), ("window", int), ("stable_rounds", int), ("noise", float)):
             object.__setattr__(self, name, kind(getattr(self, name)))  # numpy numbers as Python's, for the JSON
 

@@ -648,7 +648,7 @@ def test_users_who_never_took_part_are_not_counted_as_recovered(good):
         (lambda g: simulate_federation(users=4.0), "users must be a positive integer"),
         (lambda g: simulate_federation(participation="0.5"), "must be numbers"),
         (lambda g: simulate_federation(seed=-1), "bad seed -1; give a whole number from 0"),
-        (lambda g: disaggregate(g["aggregates"], g["counts"], 10, time_limit="a"), "time limit must be"),
+        (lambda g: disaggregate(g["aggregates"], g["counts"], 10, time_limit="a"), "time_limit must be"),
         (lambda g: disaggregate(g["aggregates"], g["counts"], 10, workers=0), "workers must be a whole number >= 1"),
         (lambda g: disaggregate(g["aggregates"], g["counts"], 10, progress="x"), "pass a callable"),
         (lambda g: disaggregate(g["aggregates"], 0 * g["counts"], 10), "counts are 0 for every user, yet the aggregates"),
