@@ -1035,10 +1035,13 @@ def match_users(result: Disaggregation, participation: np.ndarray, counts: np.nd
     if not isinstance(result, Disaggregation):
         raise InputError(f"result is {kind_of(result)}; pass the Disaggregation that disaggregate() returned")
     participation, counts = as_numpy(participation, "participation"), as_numpy(counts, "counts")
-    if participation.ndim != 2 or counts.ndim != 2 or participation.shape[1] != len(result.status) or counts.shape[0] != len(result.status):
+    if participation.shape != result.participation.shape or counts.ndim != 2 or counts.shape[0] != len(result.status):
         raise InputError(f"participation of shape {participation.shape} and counts of shape {counts.shape} do not fit a "
-                         f"result for {len(result.status)} users; pass the federation's participation (rounds x users) "
-                         "and counts (users x windows)")
+                         f"result for {result.participation.shape[0]} rounds of {len(result.status)} users; pass the "
+                         "federation's participation (rounds x users) and counts (users x windows)")
+    if not (np.isin(participation, (0, 1)).all() and counts.dtype.kind in "biuf"):  # 0.5s had matched nothing, silently
+        raise InputError("participation must hold 0s and 1s (who took part in which round) and counts numbers; pass "
+                         "the federation's own")
     n = participation.shape[1]
     truth = np.asarray(participation, dtype=np.int8)
     match = np.full(n, -1)

@@ -1154,7 +1154,7 @@ def audit(
             if cls.emulates is None and view.labels is None and rec.labels is not None and len(rec.labels) == B:
                 # the same server's labels seed the attacks after it (DLG's, where no label attack applies)
                 view = dataclasses.replace(view, labels=rec.labels.long(), label_counts=rec.label_counts, label_source=f"recovered by {name}")
-        if federation is not None and not stop.is_set():  # Ctrl-C here too keeps the attacks' results
+        if federation is not None and not stop.is_set() and not zero_update:  # Ctrl-C here too keeps the attacks' results
             exposure = _exposure(upd, federation, seed, exposure_seconds, stop, progress)
             if exposure["outcome"] == "cut short":  # undecided, which a pass next to it must not read as hidden
                 notes.append(f"the exposure analysis was cut short ({exposure['scenarios'][0]['note']}): whether secure "

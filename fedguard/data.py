@@ -127,7 +127,7 @@ def load_data(
     if not isinstance(spec, str) or not spec.strip():
         what = f"--data is {kind_of(spec)}" if not isinstance(spec, str) else f"bad --data {spec!r}"
         raise InputError(f"{what}; use one of {', '.join(DATASETS)}, a folder of class subfolders or a .npz file "
-                         "(audit and inspect_model take a pair (x, y) of tensors too)")
+                         "(from Python, audit and inspect_model take a pair (x, y) of tensors too)")
     text = _spec_text(spec)
     if text in DATASETS and os.path.lexists(text):
         raise InputError(f"--data {text} names the built-in data set, but {text!r} is also a file or folder here; "

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
 from fedguard import checks
-from fedguard.errors import InputError, first_line, keyword_names, kind_of
+from fedguard.errors import COMMAND_LINE, InputError, first_line, keyword_names, kind_of
 
 #: Names of the defenses, as ``--defense`` takes them.
 DEFENSES = ("none", "dp-sgd", "prune", "noise")
@@ -376,16 +376,20 @@ def _pads(conv: nn.modules.conv._ConvNd) -> bool:
     return conv.padding == "same" or (isinstance(conv.padding, tuple) and any(conv.padding))
 
 
+def _built_by() -> str:
+    """How to audit another model: the flag on the command line; from Python, where ``compute_update`` takes a
+    module and the audit an ``arch``, what builds it."""
+    return "through --arch module:callable" if COMMAND_LINE.get() else "built by a package.module:callable architecture"
+
+
 def _no_per_example(why: str) -> InputError:
-    return InputError(f"DP-SGD cannot train this model: {why} (or audit the model your DP training uses, built by a "
-                      "package.module:callable architecture)")
+    return InputError(f"DP-SGD cannot train this model: {why} (or audit the model your DP training uses, {_built_by()})")
 
 
 def _mixes_examples(why: str) -> InputError:
     return InputError(
         f"DP-SGD cannot train this model: {why}; per-example gradients need layers that treat each example alone. "
-        "Audit the model your DP training uses (GroupNorm for BatchNorm, as opacus ModuleValidator.fix does), built by "
-        "a package.module:callable architecture"
+        f"Audit the model your DP training uses (GroupNorm for BatchNorm, as opacus ModuleValidator.fix does), {_built_by()}"
     )
 
 

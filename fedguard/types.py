@@ -219,6 +219,8 @@ class InspectionReport:
     def at_or_above(self, severity: Severity | str) -> tuple[Finding, ...]:
         """The findings at or above ``severity`` (a :class:`Severity` or its name, as ``--fail-on`` takes it)."""
         # a number is taken as the level it equals; None or 99 is a ValueError (a clean report had passed them)
+        if isinstance(severity, bool):  # True had read as low
+            raise ValueError(f"severity is {severity}; pass a Severity or its name, e.g. 'medium'")
         severity = Severity.parse(severity) if isinstance(severity, str) else Severity(severity)
         return tuple(f for f in self.findings if f.severity >= severity)
 
@@ -440,6 +442,17 @@ class AuditReport:
     def leakage_said(self) -> str:
         """The leakage level as reports say it: ``not measured`` when no attack ran (the level then reads none)."""
         return str(self.leakage.level) if self.measured else "not measured"
+
+    @property
+    def exposure_not_analysed(self) -> str | None:
+        """Why :attr:`exposure` is None, as the reports say it (None when it was analysed)."""
+        if self.exposure is not None:
+            return None
+        if not self.config.get("exposure_requested", self.interrupted):
+            return "turned off"
+        if self.update.get("norm") == 0:
+            return "the update is zero everywhere: the sums hold nothing of it to recover"
+        return "the audit was interrupted before it"
 
     @property
     def measured(self) -> bool:

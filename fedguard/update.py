@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -145,14 +146,17 @@ class Update:
     def __post_init__(self) -> None:
         """InputError for what no upload can be: tensors that are no mapping, a batch that is no positive whole
         number, an unknown protocol or a FedAvg schedule that cannot run (its methods had failed on them later).
-        numpy arrays among the tensors are taken as tensors (they share memory)."""
+        numpy arrays among the tensors are taken as tensors (copied)."""
         _check_mapping(self.tensors)
         for name, value in self.tensors.items():
-            if not isinstance(value, torch.Tensor) and (type(value).__module__ != "numpy" or value.dtype.kind not in "biufc"):
-                what = f"a numpy array of {value.dtype}" if type(value).__module__ == "numpy" else kind_of(value)
+            if not isinstance(value, (torch.Tensor, np.ndarray, np.generic)) or (
+                    not isinstance(value, torch.Tensor) and value.dtype.kind not in "biufc"):
+                what = f"a numpy array of {value.dtype}" if isinstance(value, (np.ndarray, np.generic)) else kind_of(value)
                 raise InputError(f"update.tensors[{name!r}] is {what}; pass a tensor (or a numpy array) of numbers per parameter")
         if not all(isinstance(v, torch.Tensor) for v in self.tensors.values()):  # repr and to() had failed on arrays
-            object.__setattr__(self, "tensors", {k: torch.as_tensor(v) for k, v in self.tensors.items()})
+            # a copy: torch takes no negative strides (a reversed view) and warns of read-only arrays
+            object.__setattr__(self, "tensors", {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+                                                 for k, v in self.tensors.items()})  # fmt: skip
         if not isinstance(self.extra, Mapping):
             raise InputError(f"update extra is {kind_of(self.extra)}; pass a mapping (e.g. {{}}), or leave it out")
         if not is_whole(self.batch_size) or self.batch_size < 1:
@@ -321,7 +325,8 @@ def _gradients(loss: torch.Tensor, params: Mapping[str, nn.Parameter]) -> list[t
     return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params.values())]
 
 
-@keyword_names(aliases={"--arch": "model", "--input-shape": "inputs", "--data": "labels", "--batch-size": "inputs"})
+@keyword_names(aliases={"--arch": "model", "--input-shape": "inputs", "--data": "labels", "--batch-size": "inputs",
+                        "--delta": "DPSGD delta", "--noise-multiplier": "DPSGD noise_multiplier"})
 def compute_update(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -582,8 +587,9 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
             raise InputError(f"{where}: {name} holds NaN or infinite values; recompute the update")
         out[name] = t
     if not any(bool(t.any()) for t in out.values()):
-        raise InputError(f"{where} is zero everywhere: no training step leaves every weight unchanged; "
-                         "pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload")  # fmt: skip
+        raise InputError(f"{where} is zero everywhere, which training leaves only where the model passes no gradient "
+                         "for the batch; pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload, or "
+                         "audit without --update to have the update computed (a zero one reveals nothing)")  # fmt: skip
     size = l2_norm(out.values())
     distance = l2_norm(out[n] - p.detach() for n, p in params.items())
     if distance < WEIGHTS_DISTANCE * size:

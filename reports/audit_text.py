@@ -141,8 +141,7 @@ class AuditTextRenderer(AuditRenderer):
         if report.exposure is not None:
             _exposure(console, report.exposure)
         else:
-            why = "turned off" if not report.config.get("exposure_requested", report.interrupted) else "the audit was interrupted before it"
-            console.print(Text(f"secure aggregation across rounds: not analysed ({why})", style="dim"))
+            console.print(Text(f"secure aggregation across rounds: not analysed ({report.exposure_not_analysed})", style="dim"))
         files = [o.image_file for o in report.attacks if o.image_file]
         if files:
             console.print(printable(f"grids: {', '.join(files)}"))

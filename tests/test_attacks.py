@@ -347,8 +347,8 @@ def test_levels_and_verdicts():
     assert report.at_or_above(2) == (high,)  # a number is the level it equals
     clean = InspectionReport("m.pt", "", "torch", 0, 0, 0, (), Verdict.CLEAN, (), 0.0)
     for report_ in (report, clean):  # a clean report had passed any gate built on these
-        for bad in (None, 99):
-            with pytest.raises(ValueError, match="is not a valid Severity"):
+        for bad in (None, 99, True):
+            with pytest.raises(ValueError, match="is not a valid Severity|severity is True"):
                 report_.at_or_above(bad)
     assert str(report) == "m.pt: malicious (FG101 high)"  # one line for a log; the dataclass's repr had run to 3.5 KB
     # verdicts too, ordered by severity: "block" had compared below "warn" (alphabetically), and a typo was False

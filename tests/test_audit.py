@@ -360,15 +360,34 @@ def test_an_update_that_is_zero_everywhere_reveals_nothing(workdir, monkeypatch,
         assert report.attacks == () and report.measured and report.leakage_said == "none"
         assert not any("named but not run" in note for note in report.notes)  # nothing was left unmeasured
         torch.save(model.state_dict(), workdir / "dead.pt")
+        torch.save({k: torch.zeros_like(p) for k, p in model.named_parameters()}, workdir / "zero.pt")
         run = ("--model", "dead.pt", "--arch", "fg_zero_nets:dead", "--data", "digits", "--batch-size", "4",
-               "--attack", "label_counts", "--no-exposure", "--strict")  # fmt: skip
-        result = invoke(*run, "--format", "json")
+               "--attack", "label_counts")  # fmt: skip
+        result = invoke(*run, "--format", "json", exposure=True)  # nothing to disaggregate either: it had refused
+        assert_no_crash(result)
         doc = json.loads(result.stdout)
         jsonschema.Draft202012Validator(schema).validate(doc)
-        assert doc["leakage"]["measured"] is True and doc["leakage"]["level"] == "none"
-        assert doc["config"]["strict"] is True and result.exit_code == (0 if doc["verdict"] == "pass" else 1)
+        assert doc["leakage"]["measured"] is True and doc["leakage"]["level"] == "none" and doc["exposure"] is None
         for fmt in ("text", "html"):
-            assert "it is zero everywhere, so it reveals nothing of the batch" in invoke(*run, "--format", fmt).stdout
+            shown = " ".join(invoke(*run, "--format", fmt, exposure=True).stdout.split())  # the text wraps
+            assert "it is zero everywhere, so it reveals nothing of the batch" in shown
+            assert "the update is zero everywhere: the sums hold nothing of it to recover" in shown
+        digits_npz(workdir / "b4.npz", n=4)
+        line = assert_input_error(invoke("--model", "dead.pt", "--arch", "fg_zero_nets:dead", "--data", "b4.npz",
+                                         "--update", "zero.pt"))  # the same update read in: refused, saying how
+        assert "zero everywhere, which training leaves only where the model passes no gradient" in line
+        assert line.endswith("or audit without --update to have the update computed (a zero one reveals nothing)")
+
+
+def test_strict_is_recorded_beside_the_warn_it_turns_into_exit_1(workdir, schema):
+    """--strict decides the exit code of a warn, which a reader of the JSON could not tell from the verdict alone."""
+    run = (*TINY, "--data", "digits", "--batch-size", "2", "--attack", "inverting_gradients", "--max-iterations", "2",
+           "--format", "json")  # a note: a warn  # fmt: skip
+    for flag, code in (("--strict", 1), (None, 0)):
+        result = invoke(*run, *([flag] if flag else []))
+        doc = json.loads(result.stdout)
+        jsonschema.Draft202012Validator(schema).validate(doc)
+        assert doc["verdict"] == "warn" and doc["config"]["strict"] is (flag is not None) and result.exit_code == code
 
 
 def test_an_update_read_with_the_wrong_protocol_is_refused(workdir):
@@ -1065,7 +1084,7 @@ def test_output_may_not_overwrite_the_arch_module_or_land_in_the_data_folder(wor
         ({"data": (3 * torch.rand(6, 1, 8, 8), torch.arange(6))}, "scale floats to [0, 1]"),
         ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6) - 1)}, "holds negative labels"),
         ({"data": (torch.rand(6, 1, 8, 8), torch.arange(6), None)}, "data is a tuple of 3"),
-        ({"data": torch.rand(6, 1, 8, 8)}, "data is a Tensor; use one of digits, images, a folder of class subfolders or a .npz file (audit and inspect_model take a pair"),
+        ({"data": torch.rand(6, 1, 8, 8)}, "data is a Tensor; use one of digits, images, a folder of class subfolders or a .npz file (from Python, audit and inspect_model take a pair"),
         ({"attacks": "dlg"}, "pass a non-empty list of attack names"),
         ({"attacks": []}, "pass a non-empty list of attack names"),
         ({"attack_options": {"dlg": {"starts": 2}}}, "options for dlg, which this audit does not run"),

@@ -268,7 +268,9 @@ def test_the_file_and_result_helpers_refuse_what_they_cannot_use_in_one_line(tmp
         (lambda: save_updates(tmp_path / "u.npz", fed), "result is a Federation; pass the Disaggregation"),
         (lambda: match_users(None, fed.participation, fed.counts), "result is a NoneType; pass the Disaggregation"),
         (lambda: match_users(result, fed.participation.T, fed.counts), "participation of shape (5, 40) and counts of "
-                                                                        "shape (5, 4) do not fit a result for 5 users"),
+                                                                        "shape (5, 4) do not fit a result for 40 rounds of 5 users"),
+        (lambda: match_users(result, fed.participation[:-1], fed.counts), "participation of shape (39, 5)"),
+        (lambda: match_users(result, fed.participation * 0.5, fed.counts), "participation must hold 0s and 1s"),
         (lambda: is_updates_file(5), "the .npz is an int; pass a file path"),
         (lambda: disaggregate(fed.aggregates, fed.counts, 10, noise_scale=True), "noise_scale must be one number"),
         (lambda: disaggregate(fed.aggregates, fed.counts, 10, prove_unique="no"), "prove_unique is 'no'; pass True or False"),
