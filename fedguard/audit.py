@@ -670,8 +670,9 @@ def _exposure(
             progress.update(name, len(seen) - 1, scenarios, {})
 
     result = client_exposure(vector, federation, seed=seed, budget=budget, stop=stop.is_set, progress=step)
-    if progress is not None:
-        progress.finish(name, "interrupted" if stop.is_set() else "done")
+    if progress is not None:  # as the report says it: a bar that read "done" beside a cut-short analysis had misled
+        unfinished = [s.outcome for s in result.scenarios if s.outcome in ("cut short", "not run")]
+        progress.finish(name, "interrupted" if stop.is_set() else unfinished[0] if unfinished else "done")
     return {**result.to_dict(), "budget": budget}
 
 

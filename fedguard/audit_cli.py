@@ -21,7 +21,7 @@ from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, M
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
 from fedguard.exposure import MAX_FEDERATION_SIZE
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, TorchCommand, user_code_prints_to_stderr
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, terminal_columns, TorchCommand, user_code_prints_to_stderr
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -231,7 +231,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports.audit_base import render_audit
     from fedguard.reports.grids import grid_captions, grid_path, grid_png, remove_stale_grids
-    from fedguard.reports.base import printable
+    from fedguard.reports.base import laid_out_for, printable
     from fedguard.threat import ThreatModel
 
     refuse_unused(output is None, ("force",), "replaces an existing --output and its grids, and no --output is given; add -o FILE")
@@ -295,7 +295,8 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     # --strict sets the exit code, which a reader of the JSON could not otherwise tell from a warn
     report = dataclasses.replace(report, attacks=tuple(outcomes), config={**report.config, "strict": strict})
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    text = render_audit(fmt, report, color=color, images=images)
+    with laid_out_for(terminal_columns() if output is None else None):  # a file's width whatever the window
+        text = render_audit(fmt, report, color=color, images=images)
     if output is not None:
         write_atomic(output, text)
         remove_stale_grids(output, keep=images)

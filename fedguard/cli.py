@@ -21,7 +21,7 @@ import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, first_line, interrupts_held, one_line, out_of_memory
 from fedguard.options import (
     OUTPUT_FILE, SEED, LazyHelp, NamedPath, TorchCommand, format_suffixes, input_paths, note_unmatched_ignores,
-    print_report, refuse_unused, resolve_format, silence_stdout, user_code_prints_to_stderr,
+    print_report, refuse_unused, resolve_format, silence_stdout, terminal_columns, user_code_prints_to_stderr,
 )
 from fedguard.types import Severity
 
@@ -202,7 +202,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.inspect import inspect_model, rules
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports import render
-    from fedguard.reports.base import printable
+    from fedguard.reports.base import laid_out_for, printable
     from fedguard.reports.grids import remove_stale_grids
     from fedguard.suppressions import unmatched_in
 
@@ -228,7 +228,8 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     if not quiet:
         note_unmatched_ignores(unmatched_in(report))
     color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    text = render(fmt, report, rules(), color=color)
+    with laid_out_for(terminal_columns() if output is None else None):
+        text = render(fmt, report, rules(), color=color)
     if output is not None:
         write_atomic(output, text)
         remove_stale_grids(output)  # an audit report it replaced leaves no images of its batch beside this one

@@ -20,7 +20,7 @@ from fedguard.errors import InputError
 #: How each report fedguard writes begins, format by format: inspect's and audit's text verdict lines, the
 #: disaggregation summary, the JSON reports, SARIF, and the HTML pages (their generator tag).
 _REPORT_STARTS = re.compile(
-    r"(CLEAN|SUSPICIOUS|MALICIOUS)  .*  \(sha256 [0-9a-f]{12}…, "
+    r"(CLEAN|SUSPICIOUS|MALICIOUS)  .*(  |\n  )\(sha256 [0-9a-f]{12}…, "  # on the next line beside a long path
     r"|(PASS|WARN|BLOCK)  leakage (none|low|medium|high|not measured)"
     r"|fedguard disaggregate: \d+ rounds x d=\d+, "
     r'|\{\n  "schema_version": "[0-9.]+",\n  "tool": \{\n    "name": "fedguard",'

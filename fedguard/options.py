@@ -197,6 +197,13 @@ def silence_stdout() -> None:
         sys.stdout = open(os.devnull, "w")
 
 
+def terminal_columns() -> int | None:
+    """The width of the terminal stdout is, for a text report to be laid out for; None for a file or a pipe."""
+    import shutil
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
 def print_report(text: str, utf8: bool = False) -> None:
     """Print a report on stdout; with ``utf8`` (an HTML page, which declares its charset) as UTF-8 bytes whatever
     the stream's encoding (a stdout in cp1252 had written the page's dashes as bytes no browser reads as UTF-8). A

@@ -21,26 +21,24 @@ Colour only when asked (the CLI asks only on a TTY). Sample output::
     levels per example, counted only 3 dB / 0.1 SSIM above the no-update
     guess (public mean image or a class mean; mean 11.3 dB): high >= 25 dB ...
 
-The table fits 80 columns; the prose wraps at the terminal's width (``COLUMNS``), 100 in a file.
+The table fits 80 columns; the prose wraps at the terminal's width (:func:`~fedguard.reports.base.laid_out_for`),
+100 in a file.
 """
 
 from __future__ import annotations
 
 import io
-import shutil
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
 from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
-from .base import fmt_num, plural, printable
+from .base import fmt_num, joined_lines, plural, printable, text_width
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-#: Widest and narrowest the report is laid out for: the terminal's width (``COLUMNS``) within these, 100 for a file.
-MAX_WIDTH, MIN_WIDTH = 120, 80
 VERDICT_STYLE = {AuditVerdict.PASS: "bold green", AuditVerdict.WARN: "bold yellow", AuditVerdict.BLOCK: "bold white on red"}
 LEVEL_STYLE = {LeakageLevel.HIGH: "bold red", LeakageLevel.MEDIUM: "yellow", LeakageLevel.LOW: "cyan", LeakageLevel.NONE: "green"}
 
@@ -60,7 +58,7 @@ class AuditTextRenderer(AuditRenderer):
 
         buffer = io.StringIO()
         console = Console(
-            file=buffer, width=_width(), force_terminal=color, no_color=not color,
+            file=buffer, width=text_width(), force_terminal=color, no_color=not color,
             color_system="standard" if color else None, highlight=False, emoji=False, markup=False,
         )  # fmt: skip
         lk = report.leakage
@@ -95,7 +93,7 @@ class AuditTextRenderer(AuditRenderer):
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
         for items in ([printable(c) for c in context], threat_items(report)):
-            for line in _joined_lines(items, " · ", console.width):
+            for line in joined_lines(items, " · ", console.width):
                 console.print(Text(line, style="dim"), soft_wrap=True)  # a path longer than the line stays whole
         if report.attacks:
             # one space between columns: the table fits 80 columns (a stop reason too long for it folds)
@@ -150,22 +148,6 @@ class AuditTextRenderer(AuditRenderer):
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
-def _joined_lines(items: list[str], sep: str, width: int) -> list[str]:
-    """``items`` joined by ``sep`` into lines of at most ``width`` characters, breaking only between items."""
-    lines: list[str] = []
-    for item in items:
-        if lines and len(lines[-1]) + len(sep) + len(item) <= width:
-            lines[-1] += sep + item
-        else:
-            lines.append(item)
-    return lines
-
-
-def _width() -> int:
-    """The terminal's width (or ``COLUMNS``) within :data:`MIN_WIDTH`..:data:`MAX_WIDTH`; 100 when there is none."""
-    return max(MIN_WIDTH, min(MAX_WIDTH, shutil.get_terminal_size((100, 24)).columns))
-
-
 def _exposure(console: Console, exposure: Mapping) -> None:
     from rich.text import Text
 
@@ -179,4 +161,6 @@ def _exposure(console: Console, exposure: Mapping) -> None:
         else:
             result = s["outcome"]
         note = f" ({s['note']})" if s["outcome"] != "not identifiable" and s["note"] else ""
-        console.print(Text(f"  what if {s['label']}: {result}{note}", style="dim"))
+        said = Text(f"what if {s['label']}: {result}{note}", style="dim")
+        for i, part in enumerate(said.wrap(console, console.width - 4)):  # a hanging indent, as inspect's details
+            console.print(Text("  " if i == 0 else "    ") + part, soft_wrap=True)

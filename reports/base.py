@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 import datetime as _dt
 import enum
 import json
@@ -191,6 +192,42 @@ _SURROGATE = re.compile(f"[{_SURROGATES}]")
 
 def _escaped(match: re.Match) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
+
+
+#: Width a text report is laid out for in a file or a pipe; on a terminal, its width within MIN..MAX_TEXT_WIDTH
+#: (:func:`laid_out_for`): a fixed 100 had wrapped every long line of an 80-column terminal mid-word, and the
+#: terminal's width in a file had made one command's report differ by the window it ran in.
+TEXT_WIDTH = 100
+MIN_TEXT_WIDTH, MAX_TEXT_WIDTH = 80, 120
+_COLUMNS: contextvars.ContextVar[int | None] = contextvars.ContextVar("fedguard_terminal_columns", default=None)
+
+
+@contextlib.contextmanager
+def laid_out_for(columns: int | None):
+    """Text reports rendered inside the block are laid out for a terminal of ``columns`` (None: a file's width)."""
+    token = _COLUMNS.set(columns)
+    try:
+        yield
+    finally:
+        _COLUMNS.reset(token)
+
+
+def text_width() -> int:
+    """The width a text report is laid out for (see :data:`TEXT_WIDTH`)."""
+    columns = _COLUMNS.get()
+    return TEXT_WIDTH if columns is None else max(MIN_TEXT_WIDTH, min(MAX_TEXT_WIDTH, columns))
+
+
+def joined_lines(items: list[str], sep: str, width: int) -> list[str]:
+    """``items`` joined by ``sep`` into lines of at most ``width`` characters, breaking only between items (a path,
+    a layer's name or a number is never split)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + len(sep) + len(item) <= width:
+            lines[-1] += sep + item
+        else:
+            lines.append(item)
+    return lines
 
 
 def printable(text: str) -> str:

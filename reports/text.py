@@ -38,6 +38,7 @@ from .base import (
     data_used,
     exit_note,
     format_value,
+    joined_lines,
     more_detectors,
     plural,
     printable,
@@ -45,9 +46,8 @@ from .base import (
     severity_counts,
     sorted_findings,
     suppressed_line,
+    text_width,
 )
-
-WIDTH = 100
 
 VERDICT_STYLE = {
     Verdict.CLEAN: "bold green",
@@ -63,8 +63,17 @@ SEVERITY_STYLE = {
 }
 
 
-def _evidence_line(evidence: Mapping) -> str:
-    return printable(", ".join(f"{key}={format_value(value)}" for key, value in evidence.items()))
+#: Widest a layer's name is shown in the table of findings: a longer one by its last characters, which tell a
+#: model's many layers apart (its start is what they share), whole in the details below.
+LAYER_COLUMN = 28
+
+
+def _shortened(name: str) -> str:
+    return name if len(name) <= LAYER_COLUMN else "…" + name[-(LAYER_COLUMN - 1):]
+
+
+def _evidence_items(evidence: Mapping) -> list[str]:
+    return [printable(f"{key}={format_value(value)}") for key, value in evidence.items()]
 
 
 @register_renderer("text")
@@ -83,7 +92,7 @@ class TextRenderer(Renderer):
         buffer = io.StringIO()
         console = Console(
             file=buffer,
-            width=WIDTH,
+            width=text_width(),
             force_terminal=color,
             no_color=not color,
             color_system="standard" if color else None,
@@ -98,11 +107,16 @@ class TextRenderer(Renderer):
         # 1. verdict line: the one thing a script or a person reads first.
         head = Text()
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
-        head.append(f"  {printable(str(report.path))}  ", style="bold")
+        head.append(f"  {printable(str(report.path))}", style="bold")
         contents = (f"{plural(report.n_layers, 'layer')}, {report.n_parameters:,} parameters" if report.loaded
                     else "not loaded: it would run code")  # fmt: skip
-        head.append(f"(sha256 {report.sha256[:12]}…, {contents})")
-        console.print(head, soft_wrap=True)
+        said = f"(sha256 {report.sha256[:12]}…, {contents})"
+        if len(head) + 2 + len(said) <= console.width:
+            head.append(f"  {said}")
+            console.print(head, soft_wrap=True)
+        else:  # the path whole on the verdict's line, what the file holds under it
+            console.print(head, soft_wrap=True)
+            console.print(Text(f"  {said}"), soft_wrap=True)
 
         context = [f"format {report.file_format}"]
         if report.arch:
@@ -119,14 +133,15 @@ class TextRenderer(Renderer):
             table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=True, header_style="bold")
             table.add_column("severity", no_wrap=True)
             table.add_column("rule", no_wrap=True)
-            table.add_column("layer", overflow="fold", max_width=28)
+            table.add_column("layer", no_wrap=True)  # a long name by its end (whole below: a folded one had been
+            # copied into --ignore broken)
             table.add_column("title", overflow="fold")
             table.add_column("confidence", no_wrap=True)
             for f in findings:
                 table.add_row(
                     Text(str(f.severity), style=SEVERITY_STYLE[f.severity]),
                     f.rule_id,
-                    printable(f.layer) if f.layer is not None else "(file)",
+                    _shortened(printable(f.layer)) if f.layer is not None else "(file)",
                     f.title,
                     str(f.confidence),
                 )
@@ -142,12 +157,13 @@ class TextRenderer(Renderer):
                 line.append(f"{printable(f.layer) if f.layer is not None else '(file)'}: {f.title}")
                 console.print(line, soft_wrap=True)
                 body = Text(printable(f.message))
-                for wrapped in body.wrap(console, WIDTH - 4):
+                for wrapped in body.wrap(console, console.width - 4):
                     console.print(Text("    ") + wrapped, soft_wrap=True)
-                if f.evidence:
-                    evidence = Text("evidence: " + _evidence_line(f.evidence), style="dim")
-                    for wrapped in evidence.wrap(console, WIDTH - 4):
-                        console.print(Text("    ") + wrapped, soft_wrap=True)
+                if f.evidence:  # broken between items only, never inside a layer's name or a number
+                    items = _evidence_items(f.evidence)
+                    lines = joined_lines([f"evidence: {items[0]}", *items[1:]], ", ", console.width - 4)
+                    for i, line in enumerate(lines):
+                        console.print(Text(f"    {line}{',' if i < len(lines) - 1 else ''}", style="dim"), soft_wrap=True)
             console.print()
 
         # 4. what --ignore accepted: not judged, never hidden.

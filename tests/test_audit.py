@@ -1880,13 +1880,21 @@ def test_text_report_when_nothing_was_measured_plurals_and_rounded_json(workdir)
 
 
 def test_text_report_fits_80_columns_with_a_long_model_path(workdir, monkeypatch):
-    """The context line breaks between its items (never inside a path) to fit the terminal's width."""
-    monkeypatch.setenv("COLUMNS", "80")
+    """The context line breaks between its items (never inside a path) to fit the terminal's width; a file's report
+    is laid out at 100 whatever the window it was written from (it had taken the terminal's)."""
+    import fedguard.audit_cli
+
     name = "global-model-received-from-the-aggregation-server-round-0042.pt"
     torch.save(lenet8().state_dict(), workdir / name)
-    text = invoke("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts").stdout
+    run = ("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts")
+    monkeypatch.setattr(fedguard.audit_cli, "terminal_columns", lambda: 80)  # stdout a terminal of 80 columns
+    text = invoke(*run).stdout
     assert max(len(line) for line in text.splitlines()) <= 80, text
     assert f"lenet ({name})" in text
+    monkeypatch.setattr(fedguard.audit_cli, "terminal_columns", lambda: 200)
+    assert invoke(*run, "-o", "r.txt").exit_code == 0
+    widest = max(len(line) for line in (workdir / "r.txt").read_text().splitlines())
+    assert 80 < widest <= 100
 
 
 def test_html_shows_a_bidi_override_in_a_path_as_its_escape_and_json_keeps_the_name(workdir):

@@ -209,6 +209,24 @@ def test_text_malicious_verdict_first_then_table_details_summary(malicious):
     assert not ANSI.search(out)
 
 
+def test_text_never_splits_a_layer_name_and_fits_the_terminal(malicious):
+    """Long layer names had been folded mid-name in the table and the evidence (copied into --ignore, broken); the
+    report had been laid out at 100 columns on an 80-column terminal, which wrapped every long line mid-word."""
+    from fedguard.reports.base import laid_out_for
+
+    layer = "classification_head_containing_several_fully_connected_layers.3.0.0"
+    first = "feature_extractor_backbone_with_an_unusually_verbose_name.0.a_really_long_convolution.0"
+    finding = dataclasses.replace(malicious.findings[1], layer=layer, evidence={"rows": 128, "first": first, "last": first})
+    report = dataclasses.replace(malicious, findings=(finding,))
+    for columns, widest in ((None, 100), (80, 80), (300, 120)):
+        with laid_out_for(columns):
+            out = render("text", report, RULES)
+        lines = out.splitlines()
+        assert max(len(line) for line in lines if first not in line and layer not in line) <= widest, (columns, out)
+        assert any(f"first={first}," in line for line in lines), out  # whole, never folded
+        assert f"…{layer[-27:]}" in out and f" {layer}: " in out  # the table shows its end, the details all of it
+
+
 def test_text_colour_only_when_asked(malicious, clean):
     plain = render("text", malicious, RULES, color=False)
     coloured = render("text", malicious, RULES, color=True)
