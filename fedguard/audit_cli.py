@@ -21,7 +21,7 @@ from fedguard.attacks.inverting_gradients import DEFAULT_RESTARTS, DEFAULT_TV, M
 from fedguard.defenses import DEFAULT_DELTA, DEFENSES, MAX_DELTA, parse_defense
 from fedguard.errors import InputError
 from fedguard.exposure import MAX_FEDERATION_SIZE
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, terminal_columns, TorchCommand, user_code_prints_to_stderr
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, format_suffixes, input_paths, note_unmatched_ignores, print_report, refuse_unused, resolve_format, terminal_columns, TorchCommand, user_code_prints_to_stderr, colour_report, live_terminal
 
 EXIT_OK, EXIT_BLOCK, EXIT_INTERRUPTED = 0, 1, 130
 LEVELS = ["low", "medium", "high"]
@@ -269,7 +269,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         users_per_round=users_per_round, participation=participation, window=count_window,
         stable_rounds=stable_rounds, noise=aggregate_noise,
     ) if exposure else None  # fmt: skip
-    show = not quiet and sys.stderr.isatty()
+    show = not quiet and live_terminal(sys.stderr)
     stop = threading.Event()
     with user_code_prints_to_stderr(), (_Bars() if show else _Quiet(echo=not quiet)) as bars:
         report = audit(
@@ -294,7 +294,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         outcomes.append(o)
     # --strict sets the exit code, which a reader of the JSON could not otherwise tell from a warn
     report = dataclasses.replace(report, attacks=tuple(outcomes), config={**report.config, "strict": strict})
-    color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    color = colour_report(output, fmt)
     with laid_out_for(terminal_columns() if output is None else None):  # a file's width whatever the window
         text = render_audit(fmt, report, color=color, images=images)
     if output is not None:

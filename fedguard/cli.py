@@ -21,7 +21,8 @@ import fedguard
 from fedguard.errors import COMMAND_LINE, InputError, first_line, interrupts_held, one_line, out_of_memory
 from fedguard.options import (
     OUTPUT_FILE, SEED, LazyHelp, NamedPath, TorchCommand, format_suffixes, input_paths, note_unmatched_ignores,
-    print_report, refuse_unused, resolve_format, silence_stdout, terminal_columns, user_code_prints_to_stderr,
+    colour_report, live_terminal, print_report, refuse_unused, resolve_format, silence_stdout, terminal_columns,
+    user_code_prints_to_stderr,
 )
 from fedguard.types import Severity
 
@@ -216,7 +217,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         inputs = input_paths(model, reference, data=data, arch=arch)
         if output is not None:
             check_output_path(output, inputs=inputs, force=force, example=f"report{formats[fmt]}")
-        with _status(show=not quiet and sys.stderr.isatty()) as progress:
+        with _status(show=not quiet and live_terminal(sys.stderr)) as progress:
             report = inspect_model(
                 model, arch=arch, num_classes=num_classes, input_shape=shape, reference=reference,
                 data=data, detectors=detectors or None, seed=seed, progress=progress, ignore=ignore,
@@ -227,7 +228,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
                              "nothing can have moved between them; pass last round's model"), err=True)  # fmt: skip
     if not quiet:
         note_unmatched_ignores(unmatched_in(report))
-    color = output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    color = colour_report(output, fmt)
     with laid_out_for(terminal_columns() if output is None else None):
         text = render(fmt, report, rules(), color=color)
     if output is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from fedguard.errors import InputError
-from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, OutputFile, TorchCommand, print_report, refuse_unused, resolve_format
+from fedguard.options import OUTPUT_FILE, SEED, FiniteFloatRange, NamedPath, OutputFile, TorchCommand, live_terminal, print_report, refuse_unused, resolve_format
 from fedguard.reports.base import printable
 
 #: The output formats and their file extensions.
@@ -144,7 +144,7 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         observed = fed.load_rounds(rounds_file)
         source = {"kind": "file", "path": str(rounds_file)}
 
-    with _UserBar(enabled=not quiet and sys.stderr.isatty()) as bar:
+    with _UserBar(enabled=not quiet and live_terminal(sys.stderr)) as bar:
         try:
             result = dis.disaggregate(
                 observed.aggregates, observed.counts, observed.window, noise_scale=observed.noise_scale,

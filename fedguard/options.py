@@ -197,6 +197,17 @@ def silence_stdout() -> None:
         sys.stdout = open(os.devnull, "w")
 
 
+def live_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal that takes colours and redrawn lines: not ``TERM=dumb`` (an editor's shell,
+    which had shown the escape codes and the spinner's debris)."""
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def colour_report(output, fmt: str) -> bool:
+    """Whether a report goes to stdout in colour: text on a live terminal, unless ``NO_COLOR`` is set."""
+    return output is None and fmt == "text" and live_terminal(sys.stdout) and "NO_COLOR" not in os.environ
+
+
 def terminal_columns() -> int | None:
     """The width of the terminal stdout is, for a text report to be laid out for; None for a file or a pipe."""
     import shutil

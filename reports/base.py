@@ -96,11 +96,12 @@ def data_used(report: InspectionReport) -> str:
 
 
 def sorted_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Worst first: severity, then confidence, then rule id and layer (stable)."""
-    return sorted(
-        findings,
-        key=lambda f: (-int(f.severity), -int(f.confidence), f.rule_id, f.layer or ""),
-    )
+    """Worst first: severity, then confidence, then rule id and layer (stable), a layer's numbers as numbers
+    (``head.2`` before ``head.11``, which text order had put first)."""
+    def layer_key(layer: str | None) -> list:
+        return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", layer or ""))]
+
+    return sorted(findings, key=lambda f: (-int(f.severity), -int(f.confidence), f.rule_id, layer_key(f.layer)))
 
 
 def severity_counts(findings: Iterable[Finding]) -> dict[str, int]:
@@ -156,10 +157,12 @@ def format_value(value: Any, *, max_items: int = 8) -> str:
         return f"{value:.6g}"
     if isinstance(value, list):
         shown = ", ".join(format_value(v, max_items=max_items) for v in value[:max_items])
-        more = f", … ({len(value)} items)" if len(value) > max_items else ""
+        more = f", … ({len(value)} items; all in --format json)" if len(value) > max_items else ""
         return f"[{shown}{more}]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {format_value(v, max_items=max_items)}" for k, v in value.items()) + "}"
+    if isinstance(value, dict):  # capped as lists are (FG003's 30 renamed layers had run to 60 lines)
+        shown = ", ".join(f"{k}: {format_value(v, max_items=max_items)}" for k, v in list(value.items())[:max_items])
+        more = f", … ({len(value)} items; all in --format json)" if len(value) > max_items else ""
+        return "{" + shown + more + "}"
     return str(value)
 
 
@@ -382,5 +385,5 @@ def suppressed_line(report: InspectionReport, limit: int = 8) -> str:
     """``ignored with --ignore: FG301 high in features.0, FG803 medium in fc1`` (the first ``limit``, worst first)."""
     shown = [f"{f.rule_id} {f.severity} in {f.layer if f.layer is not None else '(file)'}"
              for f in sorted_findings(report.suppressed)]  # fmt: skip
-    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    more = f" and {len(shown) - limit} more (all in --format json)" if len(shown) > limit else ""
     return f"ignored with --ignore: {', '.join(shown[:limit])}{more}"

@@ -227,6 +227,25 @@ def test_text_never_splits_a_layer_name_and_fits_the_terminal(malicious):
         assert f"…{layer[-27:]}" in out and f" {layer}: " in out  # the table shows its end, the details all of it
 
 
+def test_findings_sort_a_layers_numbers_as_numbers_and_evidence_dicts_are_capped(monkeypatch):
+    """head.11 had been listed before head.2; a dict of 30 renamed layers had run to 60 lines of evidence; an
+    editor's TERM=dumb shell had been sent colours."""
+    import sys
+
+    from fedguard.options import colour_report
+    from fedguard.reports.base import format_value, sorted_findings
+
+    found = [Finding("FG102", "t", Severity.MEDIUM, Confidence.HIGH, layer, "m") for layer in ("head.11", "head.2", None)]
+    assert [f.layer for f in sorted_findings(found)] == [None, "head.2", "head.11"]
+    assert format_value({f"a{i}": i for i in range(30)}) == "{a0: 0, a1: 1, a2: 2, a3: 3, a4: 4, a5: 5, a6: 6, a7: 7, … (30 items; all in --format json)}"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert colour_report(None, "text") and not colour_report(None, "json")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not colour_report(None, "text")
+
+
 def test_text_colour_only_when_asked(malicious, clean):
     plain = render("text", malicious, RULES, color=False)
     coloured = render("text", malicious, RULES, color=True)
