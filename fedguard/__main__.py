@@ -5,7 +5,6 @@ import errno
 import os
 import signal
 import sys
-import unicodedata
 
 #: How long, in spins, a waiting OpenMP thread of torch's (GNU OpenMP, in its Linux wheels) spins before it sleeps.
 #: libgomp's default, 300,000, is made for a machine to itself: beside other busy processes (training on the same
@@ -26,8 +25,9 @@ def yielding_openmp() -> None:
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPIN_COUNT
 
 
-#: ASCII for the characters fedguard's output uses that a legacy encoding lacks (others fall back to their letters
-#: without accents, else ``?``).
+#: ASCII for the characters fedguard's output uses that a legacy encoding lacks; others, which come from file and
+#: layer names, are written as their escapes (``\u6a21``): a look-alike or ``?`` had named another file in the
+#: commands the output suggests (``fedguard inspect '?? u.pt'``).
 ASCII_FALLBACK = {"─": "-", "│": "|", "≥": ">=", "≤": "<=", "−": "-", "–": "-", "—": "-", "…": "...", "·": "-",
                   "×": "x", "→": "->", "≈": "~", "±": "+/-", "∞": "inf", "‖": "||", "≠": "!=", "Σ": "sum", "∇": "grad"}
 
@@ -37,7 +37,7 @@ def _ascii_fallback(exc: UnicodeError) -> tuple[str, int]:
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
     text = exc.object[exc.start : exc.end]
-    plain = (ASCII_FALLBACK.get(c) or unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode() or "?" for c in text)
+    plain = (ASCII_FALLBACK.get(c) or c.encode("ascii", "backslashreplace").decode() for c in text)
     return "".join(plain), exc.end
 
 

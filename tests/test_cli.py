@@ -850,7 +850,7 @@ def test_end_to_end_malicious_pickle(tmp_path):
     assert [f["rule_id"] for f in report["findings"]] == ["FG001"]
 
 
-def test_a_stdout_in_a_legacy_encoding_gets_ascii_look_alikes(high_model):
+def test_a_stdout_in_a_legacy_encoding_gets_ascii_look_alikes(high_model, tmp_path):
     """Windows writes a redirected stdout in its code page (cp1252) with strict errors: the table's rules and a
     rule's '≥' had ended the command with exit 3 and no report."""
     env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
@@ -866,6 +866,11 @@ def test_a_stdout_in_a_legacy_encoding_gets_ascii_look_alikes(high_model):
                           capture_output=True, timeout=120)  # fmt: skip
     assert page.returncode == 1 and "<meta charset=\"utf-8\">" in page.stdout.decode("utf-8")  # the page as it declares
     assert "fedguard inspect \u2014 high.pt" in page.stdout.decode("utf-8")
+    named = tmp_path / "\u6a21\u578b \u00fc.pt"  # a name cp1252 cannot write in full: escaped, not '?'
+    named.write_bytes(high_model.read_bytes())
+    text = subprocess.run([sys.executable, "-m", "fedguard", "inspect", str(named)], env=env, capture_output=True,
+                          timeout=120).stdout.decode("cp1252")  # fmt: skip
+    assert "\\u6a21\\u578b \u00fc.pt" in text.splitlines()[0] and "?" not in text.splitlines()[0]
 
 
 def test_end_to_end_input_error(tmp_path):
