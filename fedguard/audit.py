@@ -671,8 +671,8 @@ def _exposure(
 
     result = client_exposure(vector, federation, seed=seed, budget=budget, stop=stop.is_set, progress=step)
     if progress is not None:  # as the report says it: a bar that read "done" beside a cut-short analysis had misled
-        unfinished = [s.outcome for s in result.scenarios if s.outcome in ("cut short", "not run")]
-        progress.finish(name, "interrupted" if stop.is_set() else unfinished[0] if unfinished else "done")
+        unfinished = result.outcome in ("cut short", "not run")
+        progress.finish(name, "interrupted" if stop.is_set() else result.outcome if unfinished else "done")
     return {**result.to_dict(), "budget": budget}
 
 

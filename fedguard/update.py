@@ -65,6 +65,14 @@ def l2_norm(tensors: Iterable[Any]) -> float:
     return math.sqrt(sum(float(torch.as_tensor(t).double().square().sum()) for t in tensors))
 
 
+def _native(array: Any) -> np.ndarray:
+    """A numpy array or scalar as one torch takes: copied in native byte order, long doubles as float64/complex128."""
+    array = np.asarray(array)
+    if array.dtype.kind in "fc" and array.dtype.itemsize > (8 if array.dtype.kind == "f" else 16):
+        array = array.astype(np.float64 if array.dtype.kind == "f" else np.complex128)
+    return np.array(array, dtype=array.dtype.newbyteorder("="))
+
+
 def _check_mapping(tensors: Any) -> None:
     """InputError unless ``tensors`` maps names to an update's tensors."""
     if not isinstance(tensors, Mapping):
@@ -149,13 +157,14 @@ class Update:
         numpy arrays among the tensors are taken as tensors (copied)."""
         _check_mapping(self.tensors)
         for name, value in self.tensors.items():
-            if not isinstance(value, (torch.Tensor, np.ndarray, np.generic)) or (
-                    not isinstance(value, torch.Tensor) and value.dtype.kind not in "biufc"):
-                what = f"a numpy array of {value.dtype}" if isinstance(value, (np.ndarray, np.generic)) else kind_of(value)
+            if not isinstance(value, (torch.Tensor, np.ndarray, np.generic)) or isinstance(value, np.ma.MaskedArray) or (
+                    not isinstance(value, torch.Tensor) and value.dtype.kind not in "biufc"):  # a mask would be dropped
+                what = ("a masked array (its mask would be dropped; pass value.filled())" if isinstance(value, np.ma.MaskedArray)
+                        else f"a numpy array of {value.dtype}" if isinstance(value, (np.ndarray, np.generic)) else kind_of(value))
                 raise InputError(f"update.tensors[{name!r}] is {what}; pass a tensor (or a numpy array) of numbers per parameter")
         if not all(isinstance(v, torch.Tensor) for v in self.tensors.values()):  # repr and to() had failed on arrays
             # a copy: torch takes no negative strides (a reversed view) and warns of read-only arrays
-            object.__setattr__(self, "tensors", {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+            object.__setattr__(self, "tensors", {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(_native(v))
                                                  for k, v in self.tensors.items()})  # fmt: skip
         if not isinstance(self.extra, Mapping):
             raise InputError(f"update extra is {kind_of(self.extra)}; pass a mapping (e.g. {{}}), or leave it out")

@@ -99,7 +99,8 @@ def sorted_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Worst first: severity, then confidence, then rule id and layer (stable), a layer's numbers as numbers
     (``head.2`` before ``head.11``, which text order had put first)."""
     def layer_key(layer: str | None) -> list:
-        return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", layer or ""))]
+        parts = re.split(r"(\d+)", layer or "")  # a number by its length, then its digits: int() stops at 4,300 digits
+        return [(len(p.lstrip("0")), p.lstrip("0")) if i % 2 else (0, p) for i, p in enumerate(parts)]
 
     return sorted(findings, key=lambda f: (-int(f.severity), -int(f.confidence), f.rule_id, layer_key(f.layer)))
 

@@ -78,7 +78,8 @@ def template_environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["value"] = format_value
+    env.filters["value"] = lambda value: format_value(value, max_items=64)  # a page has room: lists and dicts whole
+    # up to 64 entries (the text report shows 8)
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     env.filters["num"] = fmt_num
     env.filters["more_detectors"] = more_detectors

@@ -133,8 +133,8 @@ class TextRenderer(Renderer):
             table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=True, header_style="bold")
             table.add_column("severity", no_wrap=True)
             table.add_column("rule", no_wrap=True)
-            table.add_column("layer", no_wrap=True)  # a long name by its end (whole below: a folded one had been
-            # copied into --ignore broken)
+            # a long name by its end (whole below: a folded one had been copied into --ignore broken), at most 28 cells
+            table.add_column("layer", no_wrap=True, overflow="ellipsis", max_width=LAYER_COLUMN)
             table.add_column("title", overflow="fold")
             table.add_column("confidence", no_wrap=True)
             for f in findings:
@@ -161,7 +161,7 @@ class TextRenderer(Renderer):
                     console.print(Text("    ") + wrapped, soft_wrap=True)
                 if f.evidence:  # broken between items only, never inside a layer's name or a number
                     items = _evidence_items(f.evidence)
-                    lines = joined_lines([f"evidence: {items[0]}", *items[1:]], ", ", console.width - 4)
+                    lines = joined_lines([f"evidence: {items[0]}", *items[1:]], ", ", console.width - 5)  # indent, comma
                     for i, line in enumerate(lines):
                         console.print(Text(f"    {line}{',' if i < len(lines) - 1 else ''}", style="dim"), soft_wrap=True)
             console.print()

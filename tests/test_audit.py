@@ -2490,10 +2490,14 @@ def test_update_objects_and_compute_update_refuse_what_they_cannot_use_in_one_li
     model = lenet8()
     arrays = Update(tensors={"w": np.ones(3, dtype=np.float32)}, protocol="fedsgd", batch_size=2)
     assert isinstance(arrays.to(torch.device("cpu")).tensors["w"], torch.Tensor) and "3 values" in repr(arrays)
+    for odd in (np.arange(3.0)[::-1], np.arange(3, dtype=">f4"), np.arange(3, dtype=np.longdouble)):  # torch refuses
+        assert Update(tensors={"w": odd}, protocol="fedsgd", batch_size=2).tensors["w"].tolist() == odd.tolist()
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
     for call, message in (
         (lambda: Update(tensors={"w": np.array(["a"])}, protocol="fedsgd", batch_size=2),
          "update.tensors['w'] is a numpy array of <U1; pass a tensor (or a numpy array) of numbers per parameter"),
+        (lambda: Update(tensors={"w": np.ma.masked_array([1.0, 2.0], mask=[0, 1])}, protocol="fedsgd", batch_size=2),
+         "update.tensors['w'] is a masked array (its mask would be dropped; pass value.filled())"),
         (lambda: Update(tensors={"w": torch.ones(2)}, protocol="fedsgd", batch_size=2, extra=None),
          "update extra is a NoneType; pass a mapping (e.g. {}), or leave it out"),
         (lambda: checked_update({"w": torch.ones(2)}, model, 2), "update is a dict; pass an Update("),
