@@ -671,8 +671,8 @@ def _exposure(
 
     result = client_exposure(vector, federation, seed=seed, budget=budget, stop=stop.is_set, progress=step)
     if progress is not None:  # as the report says it: a bar that read "done" beside a cut-short analysis had misled
-        unfinished = result.outcome in ("cut short", "not run")
-        progress.finish(name, "interrupted" if stop.is_set() else result.outcome if unfinished else "done")
+        outcome = result.configured.outcome
+        progress.finish(name, "interrupted" if stop.is_set() else outcome if outcome in ("cut short", "not run") else "done")
     return {**result.to_dict(), "budget": budget}
 
 
