@@ -46,6 +46,7 @@ class _Bars:
 
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.table import Column
         from rich.text import Text
 
         class BoundedRemaining(TimeRemainingColumn):
@@ -63,14 +64,17 @@ class _Bars:
                 shown = left if pace is None else min(pace, left)
                 return Text(str(datetime.timedelta(seconds=int(shown))), style="progress.remaining")
 
+        def whole(width: int) -> Column:  # the counts and clocks keep their width; the info is cut on a narrow
+            return Column(no_wrap=True, min_width=width)  # terminal (at 80 columns "3/300 0:00:04" had read "3/… 0:00…")
+
         self.progress = Progress(
-            TextColumn("{task.description:<20}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            BoundedRemaining(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.description:<20}", table_column=whole(20)),
+            BarColumn(bar_width=12, table_column=whole(12)),
+            MofNCompleteColumn(table_column=whole(9)),
+            TimeElapsedColumn(table_column=whole(7)),
+            TextColumn("eta", table_column=whole(3)),
+            BoundedRemaining(table_column=whole(7)),
+            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
             console=Console(stderr=True),
             transient=False,
         )
