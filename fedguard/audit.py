@@ -1112,6 +1112,8 @@ def audit(
                     progress.finish(name, "failed")
                 continue
             if progress is not None:
+                if rec.iterations:  # the bar at the count the report gives (it had ended one short of it)
+                    progress.update(name, rec.iterations, max(total, rec.iterations), {})
                 progress.finish(name, rec.stopped)
             if cls.kind == "images" and rec.iterations == 0 and rec.stopped in ("time_budget", "interrupted"):  # cut before
                 # it rebuilt anything: its images would be the random start's (an analytic attack that ends by itself
