@@ -680,9 +680,7 @@ def _as_tensor(value: Any, where: str, path: Path, expansion: _Expansion, may_be
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biufc":  # complex: refused below as the torch tensor it becomes
             raise InputError(f"{path}: {where} is an array of {value.dtype}, not numbers; save numeric weights only")
-        if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # long double: no torch type
-            value = value.astype(np.float64)
-        value = torch.from_numpy(_native(value))
+        value = numpy_tensor(value)
     if not isinstance(value, torch.Tensor) and "_packed_params" in where:
         raise InputError(f"{path}{_QUANTISED}")
     if not isinstance(value, torch.Tensor):
@@ -714,6 +712,14 @@ def _as_tensor(value: Any, where: str, path: Path, expansion: _Expansion, may_be
 def _native(array: np.ndarray) -> np.ndarray:
     """``array`` in this machine's byte order (torch takes no other; an .npz of big-endian arrays had crashed)."""
     return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
+def numpy_tensor(array: np.ndarray) -> torch.Tensor:
+    """A numeric numpy ``array`` as a tensor, sharing its memory where torch can: long doubles, which torch has no
+    type for, as float64 or complex128, and another byte order as this machine's (:func:`_native`)."""
+    if array.dtype.kind in "fc" and array.dtype.itemsize > (8 if array.dtype.kind == "f" else 16):
+        array = array.astype(np.float64 if array.dtype.kind == "f" else np.complex128)
+    return torch.from_numpy(_native(array))
 
 
 #: Buffers of normalisation layers that FL code often leaves out (all three, or only the step count): a client

@@ -65,14 +65,6 @@ def l2_norm(tensors: Iterable[Any]) -> float:
     return math.sqrt(sum(float(torch.as_tensor(t).double().square().sum()) for t in tensors))
 
 
-def _native(array: Any) -> np.ndarray:
-    """A numpy array or scalar as one torch takes: copied in native byte order, long doubles as float64/complex128."""
-    array = np.asarray(array)
-    if array.dtype.kind in "fc" and array.dtype.itemsize > (8 if array.dtype.kind == "f" else 16):
-        array = array.astype(np.float64 if array.dtype.kind == "f" else np.complex128)
-    return np.array(array, dtype=array.dtype.newbyteorder("="))
-
-
 def _check_mapping(tensors: Any) -> None:
     """InputError unless ``tensors`` maps names to an update's tensors."""
     if not isinstance(tensors, Mapping):
@@ -163,8 +155,10 @@ class Update:
                         else f"a numpy array of {value.dtype}" if isinstance(value, (np.ndarray, np.generic)) else kind_of(value))
                 raise InputError(f"update.tensors[{name!r}] is {what}; pass a tensor (or a numpy array) of numbers per parameter")
         if not all(isinstance(v, torch.Tensor) for v in self.tensors.values()):  # repr and to() had failed on arrays
-            # a copy: torch takes no negative strides (a reversed view) and warns of read-only arrays
-            object.__setattr__(self, "tensors", {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(_native(v))
+            from fedguard.loading import numpy_tensor  # as a file's arrays are read; copied first: torch takes no
+            # negative strides (a reversed view) and warns of read-only arrays
+
+            object.__setattr__(self, "tensors", {k: v if isinstance(v, torch.Tensor) else numpy_tensor(np.array(v))
                                                  for k, v in self.tensors.items()})  # fmt: skip
         if not isinstance(self.extra, Mapping):
             raise InputError(f"update extra is {kind_of(self.extra)}; pass a mapping (e.g. {{}}), or leave it out")
