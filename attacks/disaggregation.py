@@ -91,7 +91,7 @@ from fedguard import checks
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError, keyword_names, kind_of
 
-from .federation import Federation, NotIdentifiable, Rounds, as_numpy, by_count_rows, file_path, finite_or_none, npz_bytes, npz_keys, validate_rounds
+from .federation import Federation, NotIdentifiable, Rounds, as_numpy, by_count_rows, finite_or_none, npz_bytes, npz_keys, validate_rounds
 
 __all__ = [
     "STAGES",
@@ -247,7 +247,7 @@ def save_updates(path: str | os.PathLike, result: Disaggregation) -> Path:
     """Write the recovered ``updates``, ``participation``, ``status`` and ``residual`` as an ``.npz`` (atomic, 0600)."""
     from fedguard.io import write_atomic
 
-    path = file_path(path, "the updates file")
+    path = checks.file_path(path, "the updates file")
     if not isinstance(result, Disaggregation):
         raise InputError(f"result is {kind_of(result)}; pass the Disaggregation that disaggregate() returned")
 

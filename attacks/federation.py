@@ -41,7 +41,6 @@ __all__ = [
     "NotIdentifiable",
     "Rounds",
     "as_numpy",
-    "file_path",
     "by_count_rows",
     "finite_or_none",
     "is_simulation_file",
@@ -227,13 +226,6 @@ def validate_rounds(aggregates: Any, counts: Any, window: Any, noise_scale: Any 
     return Rounds(G, C.astype(np.int64), w, sigma)
 
 
-def file_path(path: Any, what: str) -> Path:
-    """``path`` (a str or an os.PathLike) as a :class:`~pathlib.Path`; InputError naming ``what`` otherwise."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise InputError(f"{what} is {kind_of(path) if not isinstance(path, str) else 'an empty name'}; pass a file path")
-    return Path(path)
-
-
 def load_rounds(path: str | os.PathLike) -> Rounds:
     """Read a rounds ``.npz`` (``aggregates``, ``counts``, ``window``, optional ``noise_scale``).
 
@@ -242,7 +234,7 @@ def load_rounds(path: str | os.PathLike) -> Rounds:
     """
     from fedguard.io import read_npz
 
-    path = file_path(path, "the rounds file")
+    path = checks.file_path(path, "the rounds file")
     arrays = read_npz(path, "save aggregates, counts and window with numpy.savez")
     missing = [key for key in ("aggregates", "counts", "window") if key not in arrays]
     if missing and any(str(name).endswith("data.pkl") for name in arrays):  # its zip entries had been listed as arrays
@@ -272,7 +264,7 @@ def save_rounds(path: str | os.PathLike, rounds: Rounds | Federation) -> Path:
     """
     from fedguard.io import write_atomic
 
-    path = file_path(path, "the rounds file")
+    path = checks.file_path(path, "the rounds file")
     if not isinstance(rounds, (Rounds, Federation)):
         raise InputError(f"rounds is {kind_of(rounds)}; pass the Rounds (validate_rounds) or the Federation "
                          "(simulate_federation) to save")
@@ -297,7 +289,7 @@ _SIMULATION_FILE_KEYS = ROUNDS_ARRAYS | (ROUNDS_EXTRAS - {"noise_scale"})
 
 def npz_keys(path: str | os.PathLike) -> set[str]:
     """The array names of the ``.npz`` at ``path`` (none when it is no readable zip archive)."""
-    path = file_path(path, "the .npz")
+    path = checks.file_path(path, "the .npz")
     try:
         with zipfile.ZipFile(path) as archive:
             return {Path(name).stem for name in archive.namelist()}

@@ -3,13 +3,15 @@ name the argument and the values it takes."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import math
 
 import numpy as np
 
-from fedguard.errors import InputError
+from fedguard.errors import InputError, kind_of
 
 
 #: The largest seed fedguard takes; numpy's and torch's generators both take every seed from 0 to it.
@@ -25,6 +27,13 @@ def utf8_path(text: str, what: str) -> str:
         shown_name = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
         raise InputError(f"the name of {what} {shown_name} is not UTF-8; rename it (or copy it to a UTF-8 name)") from None
     return text
+
+
+def file_path(path: Any, what: str) -> Path:
+    """``path`` (a str or an os.PathLike) as a :class:`~pathlib.Path`; InputError naming ``what`` otherwise."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"{what} is {kind_of(path) if not isinstance(path, str) else 'an empty name'}; pass a file path")
+    return Path(path)
 
 
 def is_whole(value: Any) -> bool:
