@@ -299,7 +299,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     # --strict sets the exit code, which a reader of the JSON could not otherwise tell from a warn
     report = dataclasses.replace(report, attacks=tuple(outcomes), config={**report.config, "strict": strict})
     color = colour_report(output, fmt)
-    with laid_out_for(terminal_columns() if output is None else None):  # a file's width whatever the window
+    with laid_out_for(terminal_columns(output)):
         text = render_audit(fmt, report, color=color, images=images)
     if output is not None:
         write_atomic(output, text)

@@ -229,7 +229,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     if not quiet:
         note_unmatched_ignores(unmatched_in(report))
     color = colour_report(output, fmt)
-    with laid_out_for(terminal_columns() if output is None else None):
+    with laid_out_for(terminal_columns(output)):
         text = render(fmt, report, rules(), color=color)
     if output is not None:
         write_atomic(output, text)

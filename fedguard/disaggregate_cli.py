@@ -110,9 +110,10 @@ def disaggregate_command(rounds_file, simulate, users, rounds, dim, window, part
         raise InputError("give a ROUNDS.npz to attack, or --simulate to generate a federation")
     refuse_unused(not simulate, ("users", "rounds", "dim", "window", "participation", "noise", "save_rounds"),
                   "only applies with --simulate (ROUNDS.npz brings its own rounds); add --simulate instead of ROUNDS.npz")  # fmt: skip
-    refuse_unused(output is None and updates_path is None and save_rounds is None, ("force",),
+    writes_nothing = output is None and updates_path is None and save_rounds is None
+    refuse_unused(writes_nothing, ("force",),
                   "replaces existing files it writes, and none is given; add --output (or --updates, or --save-rounds)")
-    if quiet and output is None and updates_path is None and save_rounds is None:
+    if quiet and writes_nothing:
         raise InputError("--quiet prints no report and no --output is given, so the run would leave nothing; add --output (or --updates, or --save-rounds with --simulate)")
     if updates_path is None and output is not None:
         updates_path = _default_updates_path(output)

@@ -208,11 +208,12 @@ def colour_report(output, fmt: str) -> bool:
     return output is None and fmt == "text" and live_terminal(sys.stdout) and "NO_COLOR" not in os.environ
 
 
-def terminal_columns() -> int | None:
-    """The width of the terminal stdout is, for a text report to be laid out for; None for a file or a pipe."""
+def terminal_columns(output) -> int | None:
+    """The width of the terminal a report printed on stdout goes to, for it to be laid out for; None where it goes to
+    ``output`` (a file, laid out alike whatever the window) or stdout is a file or a pipe."""
     import shutil
 
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    return shutil.get_terminal_size().columns if output is None and sys.stdout.isatty() else None
 
 
 def print_report(text: str, utf8: bool = False) -> None:

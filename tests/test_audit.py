@@ -1887,11 +1887,12 @@ def test_text_report_fits_80_columns_with_a_long_model_path(workdir, monkeypatch
     name = "global-model-received-from-the-aggregation-server-round-0042.pt"
     torch.save(lenet8().state_dict(), workdir / name)
     run = ("--model", name, *TINY, "--data", "digits", "--batch-size", "2", "--attack", "label_counts")
-    monkeypatch.setattr(fedguard.audit_cli, "terminal_columns", lambda: 80)  # stdout a terminal of 80 columns
+    monkeypatch.setattr(fedguard.audit_cli, "terminal_columns", lambda output: 80 if output is None else None)  # stdout
+    # a terminal of 80 columns
     text = invoke(*run).stdout
     assert max(len(line) for line in text.splitlines()) <= 80, text
     assert f"lenet ({name})" in text
-    monkeypatch.setattr(fedguard.audit_cli, "terminal_columns", lambda: 200)
+    monkeypatch.setattr(fedguard.audit_cli, "terminal_columns", lambda output: 200 if output is None else None)
     assert invoke(*run, "-o", "r.txt").exit_code == 0
     widest = max(len(line) for line in (workdir / "r.txt").read_text().splitlines())
     assert 80 < widest <= 100
