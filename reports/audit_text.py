@@ -34,7 +34,7 @@ from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
 from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
-from .base import fmt_num, joined_lines, plural, printable, text_width
+from .base import fmt_num, joined_lines, plural, print_hanging, printable, text_width
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -61,6 +61,9 @@ class AuditTextRenderer(AuditRenderer):
             file=buffer, width=text_width(), force_terminal=color, no_color=not color,
             color_system="standard" if color else None, highlight=False, emoji=False, markup=False,
         )  # fmt: skip
+        def say(text: Text) -> None:  # a paragraph: broken at spaces, its later lines indented
+            print_hanging(console, text, rest="  ")
+
         lk = report.leakage
         head = Text()
         head.append(str(report.verdict).upper(), style=VERDICT_STYLE[report.verdict])
@@ -72,13 +75,13 @@ class AuditTextRenderer(AuditRenderer):
         head.append(f"  fail-on {report.fail_on}")
         if report.interrupted:
             head.append("  INTERRUPTED: partial results", style="bold yellow")
-        console.print(head)
+        say(head)
         if report.next_step:
-            console.print(Text(report.next_step, style="bold"))
+            say(Text(report.next_step, style="bold"))
         for note in report.notes:
-            console.print(Text(printable(f"note: {note}"), style="bold yellow"))
+            say(Text(printable(f"note: {note}"), style="bold yellow"))
         if accepted := accepted_said(report):
-            console.print(Text(printable(accepted), style="dim"))
+            say(Text(printable(accepted), style="dim"))
         m, d, u = report.model, report.data, report.update
         where = m.get("path") or m.get("weights")
         context = [
@@ -93,8 +96,8 @@ class AuditTextRenderer(AuditRenderer):
             f"{plural(len(report.attacks), 'attack')} in {report.seconds:.1f} s",
         ]
         for items in ([printable(c) for c in context], threat_items(report)):
-            for line in joined_lines(items, " · ", console.width):
-                console.print(Text(line, style="dim"), soft_wrap=True)  # a path longer than the line stays whole
+            for line in joined_lines(items, " · ", console.width):  # a path longer than the line stays whole
+                print_hanging(console, Text(line, style="dim"), rest="  ")
         if report.attacks:
             # one space between columns: the table fits 80 columns (a stop reason too long for it folds)
             table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0, header_style="bold")
@@ -110,41 +113,41 @@ class AuditTextRenderer(AuditRenderer):
             console.print()
             console.print(table)
             if any(o.psnr_max is not None for o in report.attacks):
-                console.print(Text("PSNR and SSIM: mean/max over the examples an attack rebuilt; 100 dB: exact", style="dim"))
+                say(Text("PSNR and SSIM: mean/max over the examples an attack rebuilt; 100 dB: exact", style="dim"))
         elif report.measured:
-            console.print(Text("no attack ran on the update: it is zero everywhere, so it reveals nothing of the batch"))
+            say(Text("no attack ran on the update: it is zero everywhere, so it reveals nothing of the batch"))
         else:
-            console.print(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
+            say(Text("no attack ran: leakage not measured (see skipped)", style="yellow"))
         for o in report.attacks:
             if o.recovered_fraction is not None:  # 0 % said too: an image attack that rebuilt none
-                console.print(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)")
+                say(Text(f"{o.name}: {o.recovered_fraction:.0%} of the batch recovered (PSNR >= 30 dB or SSIM >= 0.9)"))
             if o.kind == "images" and isinstance(d.get("batch_size"), int) and 0 < len(o.samples) < d["batch_size"]:
-                console.print(f"{o.name}: rebuilt {len(o.samples)} of {plural(d['batch_size'], 'example')}; the rest are not in its means")
+                say(Text(f"{o.name}: rebuilt {len(o.samples)} of {plural(d['batch_size'], 'example')}; the rest are not in its means"))
             if o.details.get("why_nothing"):
-                console.print(f"{o.name}: rebuilt nothing: {o.details['why_nothing']}")
+                say(Text(f"{o.name}: rebuilt nothing: {o.details['why_nothing']}"))
             if o.details.get("label_order"):
-                console.print(f"{o.name}: {o.details['label_order']}")
+                say(Text(f"{o.name}: {o.details['label_order']}"))
             if o.starts and o.start_success_rate is not None:
                 k = round(o.start_success_rate * o.starts)
-                console.print(f"{o.name}: {k} of {plural(o.starts, 'random start')} reached the high level ({o.start_success_rate:.0%})")
+                say(Text(f"{o.name}: {k} of {plural(o.starts, 'random start')} reached the high level ({o.start_success_rate:.0%})"))
             if o.label_counts_exact is not None and o.kind == "labels":
-                console.print(
+                say(Text(
                     f"{o.name}: {o.label_counts_exact:.0%} of per-class counts exact, "
                     f"count error {o.label_count_error} over {plural(d.get('batch_size'), 'example')}"
                     + ("" if o.label_accuracy is None else
                        f" (label accuracy {fmt_num(o.label_accuracy, 2)}: the share of the batch's labels they get right)"),
-                    )  # fmt: skip
+                ))  # fmt: skip
         for name, why in report.skipped.items():
-            console.print(Text(printable(f"skipped {name}: {why}"), style="dim"))
+            say(Text(printable(f"skipped {name}: {why}"), style="dim"))
         if report.exposure is not None:
             _exposure(console, report.exposure)
         else:
-            console.print(Text(f"secure aggregation across rounds: not analysed ({report.exposure_not_analysed})", style="dim"))
+            say(Text(f"secure aggregation across rounds: not analysed ({report.exposure_not_analysed})", style="dim"))
         files = [o.image_file for o in report.attacks if o.image_file]
         if files:
-            console.print(printable(f"grids: {', '.join(files)}"))
+            say(Text(printable(f"grids: {', '.join(files)}")))
         if lk.thresholds:
-            console.print(Text(thresholds_said(report), style="dim"))
+            say(Text(thresholds_said(report), style="dim"))
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
@@ -152,8 +155,8 @@ def _exposure(console: Console, exposure: Mapping) -> None:
     from rich.text import Text
 
     console.print()
-    console.print(Text("exposure across rounds (beside the verdict, which is this round's update's):"))
-    console.print(Text(exposure_summary(exposure)))
+    print_hanging(console, Text("exposure across rounds (beside the verdict, which is this round's update's):"), rest="  ")
+    print_hanging(console, Text(exposure_summary(exposure)), rest="  ")
     for s in exposure["scenarios"][1:]:
         rounds = s["rounds_to_exposure"]
         if rounds is not None:
@@ -162,5 +165,4 @@ def _exposure(console: Console, exposure: Mapping) -> None:
             result = s["outcome"]
         note = f" ({s['note']})" if s["outcome"] != "not identifiable" and s["note"] else ""
         said = Text(f"what if {s['label']}: {result}{note}", style="dim")
-        for i, part in enumerate(said.wrap(console, console.width - 4)):  # a hanging indent, as inspect's details
-            console.print(Text("  " if i == 0 else "    ") + part, soft_wrap=True)
+        print_hanging(console, said, first="  ")  # a hanging indent, as inspect's details

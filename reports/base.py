@@ -234,6 +234,20 @@ def joined_lines(items: list[str], sep: str, width: int) -> list[str]:
     return lines
 
 
+def print_hanging(console, text, first: str = "", rest: str = "    ") -> None:
+    """Print the rich ``text`` on ``console`` broken at spaces to its width, the first line after ``first`` and the
+    others after ``rest`` (a hanging indent); a word longer than a line (a layer's name, a path) stays whole."""
+    from rich.text import Text
+
+    whole = text.copy()
+    whole.overflow = "ignore"  # broken at spaces only, nothing cut: as the text's own setting, not wrap()'s argument,
+    width = console.width - max(len(first), len(rest))  # which would turn the breaking off
+    if len(first) + whole.cell_len <= console.width:
+        width = console.width  # one line as it is
+    for i, part in enumerate(whole.wrap(console, width)):
+        console.print(Text(rest if i else first) + part, soft_wrap=True)
+
+
 def printable(text: str) -> str:
     """``text`` with every character a terminal would act on shown as its escape (``\\x1b``, ``\\n``).
 

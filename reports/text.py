@@ -41,6 +41,7 @@ from .base import (
     joined_lines,
     more_detectors,
     plural,
+    print_hanging,
     printable,
     register_renderer,
     severity_counts,
@@ -72,8 +73,12 @@ def _shortened(name: str) -> str:
     return name if len(name) <= LAYER_COLUMN else "…" + name[-(LAYER_COLUMN - 1):]
 
 
-def _evidence_items(evidence: Mapping) -> list[str]:
-    return [printable(f"{key}={format_value(value)}") for key, value in evidence.items()]
+def _evidence_parts(evidence: Mapping, width: int) -> list[str]:
+    """``evidence: key=value`` items to join with ``", "``; an item longer than ``width`` (a list of layers) also
+    between its own elements, so that the lines break there and never inside a name or a number."""
+    items = [printable(f"{key}={format_value(value)}") for key, value in evidence.items()]
+    items[0] = f"evidence: {items[0]}"
+    return [part for item in items for part in (item.split(", ") if len(item) > width else [item])]
 
 
 @register_renderer("text")
@@ -126,7 +131,8 @@ class TextRenderer(Renderer):
         if report.config.get("data"):
             context.append(" ".join(filter(None, (f"data {printable(str(report.config['data']))}", data_used(report)))))
         context.append(f"{plural(len(report.detectors_run), 'detector')} in {report.seconds:.2f} s")
-        console.print(Text(" · ".join(context), style="dim"), soft_wrap=True)
+        for line in joined_lines(context, " · ", console.width):  # a path longer than the line stays whole
+            print_hanging(console, Text(line, style="dim"), rest="  ")
 
         # 2. table of findings, worst first.
         if findings:
@@ -155,20 +161,20 @@ class TextRenderer(Renderer):
                 line.append(f"[{f.severity}]", style=SEVERITY_STYLE[f.severity])
                 line.append(f" {f.rule_id} ", style="bold")
                 line.append(f"{printable(f.layer) if f.layer is not None else '(file)'}: {f.title}")
-                console.print(line, soft_wrap=True)
+                print_hanging(console, line)
                 body = Text(printable(f.message))
                 for wrapped in body.wrap(console, console.width - 4):
                     console.print(Text("    ") + wrapped, soft_wrap=True)
                 if f.evidence:  # broken between items only, never inside a layer's name or a number
-                    items = _evidence_items(f.evidence)
-                    lines = joined_lines([f"evidence: {items[0]}", *items[1:]], ", ", console.width - 5)  # indent, comma
+                    width = console.width - 5  # the indent, the comma
+                    lines = joined_lines(_evidence_parts(f.evidence, width), ", ", width)
                     for i, line in enumerate(lines):
                         console.print(Text(f"    {line}{',' if i < len(lines) - 1 else ''}", style="dim"), soft_wrap=True)
             console.print()
 
         # 4. what --ignore accepted: not judged, never hidden.
         if report.suppressed:
-            console.print(Text(printable(suppressed_line(report)), style="dim"), soft_wrap=True)
+            print_hanging(console, Text(printable(suppressed_line(report)), style="dim"), rest="  ")
 
         # 5. one-line summary.
         counts = severity_counts(report.findings)
@@ -192,5 +198,5 @@ class TextRenderer(Renderer):
             summary = Text(f"{plural(len(findings), 'finding')}: {per_severity}")
         if note := exit_note(report):
             summary.append(f" ({note})")
-        console.print(summary, soft_wrap=True)
+        console.print(summary, soft_wrap=True)  # one line whatever its length, for a script's `tail -n 1`
         return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())

@@ -1892,6 +1892,9 @@ def test_text_report_fits_80_columns_with_a_long_model_path(workdir, monkeypatch
     text = invoke(*run).stdout
     assert max(len(line) for line in text.splitlines()) <= 80, text
     assert f"lenet ({name})" in text
+    # a paragraph (the next step, a note, a skipped attack) breaks between words, its later lines indented
+    skipped = text[text.index("skipped inverting_gradients:"):].splitlines()
+    assert len(skipped[0]) > 60 and skipped[1].startswith("  ") and not skipped[1].startswith("   "), text
     monkeypatch.setattr(fedguard.audit_cli, "terminal_columns", lambda output: 200 if output is None else None)
     assert invoke(*run, "-o", "r.txt").exit_code == 0
     widest = max(len(line) for line in (workdir / "r.txt").read_text().splitlines())

@@ -227,6 +227,29 @@ def test_text_never_splits_a_layer_name_and_fits_the_terminal(malicious):
         assert f"…{layer[-27:]}" in out and f" {layer}: " in out  # the table shows its end, the details all of it
 
 
+def test_text_headings_and_layer_lists_break_between_words_with_a_hanging_indent(malicious):
+    """A finding's heading and the context line ran past an 80-column terminal, which wrapped them mid-word at its
+    edge; a list of layers in the evidence (FG701's missing layers) was one item of 200 characters."""
+    from fedguard.reports.base import laid_out_for
+
+    layer = "backbone.stage_three.block_two.attention.output_projection"
+    names = [f"classifier.block_{i}.weight" for i in range(8)]
+    finding = dataclasses.replace(malicious.findings[1], layer=layer, title="An unusually long title " * 3,
+                                  evidence={"missing": names})  # fmt: skip
+    report = dataclasses.replace(malicious, findings=(finding,), config={**malicious.config, "data": "x" * 30})
+    with laid_out_for(80):
+        lines = render("text", report, RULES).splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"[{finding.severity}] "))
+    assert f" {layer}:" in lines[start]  # the name whole
+    assert lines[start + 1].startswith("    An unusually") or lines[start + 1].startswith("    long title")
+    evidence = [line for line in lines if line.startswith("    evidence: ") or "classifier.block_" in line]
+    assert len(evidence) > 1 and all(line.startswith("    ") for line in evidence)
+    assert " ".join(line.strip() for line in evidence).replace(", ", ",").count("classifier.block_") == 8
+    assert all(re.search(r"classifier\.block_\d\.weight", part) for line in evidence for part in line.split(", ")
+               if "block_" in part)  # fmt: skip
+
+
 def test_findings_sort_a_layers_numbers_as_numbers_and_evidence_dicts_are_capped(monkeypatch):
     """head.11 had been listed before head.2; a dict of 30 renamed layers had run to 60 lines of evidence; an
     editor's TERM=dumb shell had been sent colours."""
