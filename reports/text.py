@@ -70,7 +70,15 @@ LAYER_COLUMN = 28
 
 
 def _shortened(name: str) -> str:
-    return name if len(name) <= LAYER_COLUMN else "…" + name[-(LAYER_COLUMN - 1):]
+    """``name``, or "…" and as many of its last characters as fill the column (a CJK character takes two cells)."""
+    from rich.cells import cell_len
+
+    if cell_len(name) <= LAYER_COLUMN:
+        return name
+    end = len(name)
+    while cell_len(name[end - 1 :]) <= LAYER_COLUMN - 1:
+        end -= 1
+    return "…" + name[end:]
 
 
 def _evidence_parts(evidence: Mapping, width: int) -> list[str]:

@@ -250,6 +250,15 @@ def test_text_headings_and_layer_lists_break_between_words_with_a_hanging_indent
                if "block_" in part)  # fmt: skip
 
 
+def test_text_table_shows_a_wide_character_layer_name_by_its_end(malicious):
+    """A CJK name (two cells a character) had been cut by the table at its end, losing the part that tells layers
+    apart, as an ASCII name is not."""
+    layer = "模型" * 12 + ".fc.weight"
+    report = dataclasses.replace(malicious, findings=(dataclasses.replace(malicious.findings[1], layer=layer),))
+    row = next(line for line in render("text", report, RULES).splitlines() if line.lstrip().startswith("critical"))
+    assert "…模型模型模型模型.fc.weight " in row, row
+
+
 def test_findings_sort_a_layers_numbers_as_numbers_and_evidence_dicts_are_capped(monkeypatch):
     """head.11 had been listed before head.2; a dict of 30 renamed layers had run to 60 lines of evidence; an
     editor's TERM=dumb shell had been sent colours."""
