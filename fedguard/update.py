@@ -272,9 +272,16 @@ def _most_steps_per_example(protocol: str, batch_size: int, local_batch_size: in
 
 @keyword_names
 def check_protocol(protocol: str, local_steps: int, local_lr: float | None, local_batch_size: int | None, batch_size: int) -> None:
-    """InputError for an unknown protocol or a FedAvg schedule that cannot run."""
+    """InputError for an unknown protocol, a FedAvg schedule that cannot run, or a FedSGD update given a schedule
+    (its one gradient has none: a report had said ``fedsgd`` beside five local steps)."""
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if protocol == "fedsgd":
+        given = [f"{flag} {value!r}" for flag, value, none in (("--local-steps", local_steps, 1), ("--local-lr", local_lr, None),
+                                                                 ("--local-batch-size", local_batch_size, None)) if value != none]
+        if given:
+            raise InputError(f"{', '.join(given)} given for a fedsgd update (one gradient, no local steps); "
+                             "use protocol fedavg for an update of local SGD steps, or leave them out")
     if protocol == "fedavg":
         if not is_whole(local_steps) or local_steps < 1:
             raise InputError(f"bad --local-steps {local_steps!r}; give a positive number of local SGD steps such as 5")
@@ -283,6 +290,8 @@ def check_protocol(protocol: str, local_steps: int, local_lr: float | None, loca
                 f"--local-steps {local_steps} is more than an audit replays (at most {MAX_LOCAL_STEPS}: every attack "
                 "re-runs the local steps); audit a shorter schedule"
             )
+        if local_lr is None:
+            raise InputError("a fedavg update needs --local-lr, the learning rate of its local steps, such as 0.01")
         if not is_number(local_lr) or not (math.isfinite(local_lr) and local_lr > 0):
             raise InputError(f"bad --local-lr {local_lr!r}; give a positive learning rate such as 0.01")
         if float(local_lr) < MIN_LOCAL_LR:

@@ -1731,8 +1731,10 @@ def test_an_update_object_is_checked_as_a_file_is():
         audit(model, update=renamed, **run)
     with pytest.raises(InputError, match="computed on 2 examples but the data holds 4"):
         audit(model, update=Update(tensors=good.tensors, protocol="fedsgd", batch_size=2), **run)
-    with pytest.raises(InputError, match="bad local_lr None"):
+    with pytest.raises(InputError, match="^a fedavg update needs local_lr, the learning rate of its local steps"):
         audit(model, update=Update(tensors=good.tensors, protocol="fedavg", batch_size=4), **run)
+    with pytest.raises(InputError, match=r"^local_steps 5, local_lr 0.1 given for a fedsgd update \(one gradient"):
+        Update(tensors=good.tensors, protocol="fedsgd", batch_size=4, local_steps=5, local_lr=0.1)  # had been kept
     local = compute_update(model, x, y, protocol="fedavg", local_steps=3, local_lr=0.05)
     with pytest.raises(InputError, match=r"^local_lr=0.2 but the Update object was computed with local_lr=0.05; leave"):
         audit(model, update=local, protocol="fedavg", local_lr=0.2, **run)  # had been dropped without a word
