@@ -26,7 +26,10 @@ keeps a layer's direction barely changes its size. Measured over 32 rounds
 (MLP, LeNet, ConvNet, ResNet-18 on digits; SGD, SGD with momentum, Adam and
 AdamW, 1-3 epochs from initialisation), the layers that kept cosine 0.9
 changed norm by at most 15 %; a magnified layer (gradient magnification,
-Wen et al. 2022) keeps cosine 1.
+Wen et al., ICML 2022) keeps cosine 1.
+
+References: Fowl et al., "Robbing the Fed", ICLR 2022 (imprint blocks); Zhao et al., "LOKI", IEEE S&P 2024
+(per-client convolutions); Boenisch et al., "When the Curious Abandon Honesty", EuroS&P 2023 (trap weights).
 """
 
 from __future__ import annotations

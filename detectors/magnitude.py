@@ -14,6 +14,11 @@ free parameters); neither is a bias-free matrix filled like ``nn.Embedding``'s
 N(0, 1) initialisation whose name says nothing of it (a language model's
 ``encoder``: 2000x2048 draws reach 5.1, z = 229), when its largest weight lies
 within the tail of its own unit spread: a planted value stands far outside it.
+
+References: Zhao et al., "LOKI: Large-scale Data Reconstruction Attack against Federated Learning through Model
+Manipulation", IEEE S&P 2024; Wen et al., "Fishing for User Data in Large-Batch Federated Learning via Gradient
+Magnification", ICML 2022; Fowl et al., "Robbing the Fed: Directly Obtaining Private Data in Federated Learning with
+Modified Models", ICLR 2022.
 """
 
 from __future__ import annotations

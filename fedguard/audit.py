@@ -60,7 +60,7 @@ from fedguard.update import TrainingDiverged, Update, checked_update, compute_up
 if TYPE_CHECKING:
     from fedguard.attacks.base import Budget
 
-__all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE"]
+__all__ = ["audit", "AuditProgress", "DEFAULT_TIME_BUDGET", "DEFAULT_BATCH_SIZE", "EXPOSURE_BUDGET"]
 
 #: Seconds each attack may run when ``time_budget`` is not given.
 DEFAULT_TIME_BUDGET = 20.0
@@ -73,15 +73,22 @@ MAX_AUXILIARY = 512
 
 
 class AuditProgress(Protocol):
-    """Receives progress; the CLI draws it as one bar per attack on stderr."""
+    """Receives progress; the CLI draws it as one bar per attack on stderr. An exception a method raises ends the
+    audit with that exception (it is not taken for the attack failing)."""
 
-    def start(self, attack: str, total: int, seconds: float | None) -> None: ...
+    def start(self, attack: str, total: int, seconds: float | None) -> None:
+        """``attack`` starts: ``total`` iterations at most (its ``max_iterations``), ``seconds`` its time budget
+        (None: none)."""
 
-    def update(self, attack: str, done: int, total: int, fields: dict) -> None: ...
+    def update(self, attack: str, done: int, total: int, fields: dict) -> None:
+        """``done`` of ``total`` iterations; ``fields`` the attack's figures so far (``loss``, ``starts``, ...; may be
+        empty)."""
 
-    def finish(self, attack: str, stopped: str) -> None: ...
+    def finish(self, attack: str, stopped: str) -> None:
+        """``attack`` ended, ``stopped`` saying why, as :attr:`~fedguard.types.AttackOutcome.stopped` does."""
 
-    def message(self, text: str) -> None: ...
+    def message(self, text: str) -> None:
+        """A line to show beside the bars (that Ctrl-C was heard and the partial results are being kept)."""
 
 
 class _CallersProgress:
@@ -699,7 +706,7 @@ def audit(
     model: str | os.PathLike | nn.Module | Mapping[str, torch.Tensor] | None = None,
     *,
     arch: str,
-    data: str | os.PathLike | tuple[torch.Tensor, torch.Tensor],
+    data: str | os.PathLike | tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray],
     batch_size: int | None = None,
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
@@ -736,9 +743,9 @@ def audit(
         (pass ``model.float()``).
     arch : str
         Architecture: a built-in name or ``package.module:callable``.
-    data : str or (x, y)
+    data : str, path or (x, y)
         ``digits``, ``images``, an image folder, an ``.npz`` with ``x``/``y``,
-        or tensors. The batch is drawn from it with ``seed``; the rest plays the
+        or tensors or numpy arrays. The batch is drawn from it with ``seed``; the rest plays the
         server's public data. With ``update``, all of ``data`` is the batch.
     batch_size : int
         Examples in the private batch (default 8; with ``update``, all of ``data``).
@@ -774,12 +781,13 @@ def audit(
         Seeds the batch, the model initialisation (``model=None``), the attacks.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device
     fail_on : {"low", "medium", "high"}
-        Level at which the verdict is ``block``; one level below it (from
+        Level at which the verdict is ``block`` (default ``high``); one level below it (from
         ``low`` up) is ``warn``. A run in which no attack ran, or that was
         stopped, is at least ``warn`` (an update that is zero everywhere, which reveals nothing, excepted).
     attack_options : mapping, optional
         Constructor options per attack that runs, e.g. ``{"dlg": {"starts": 8}}``.
     progress : AuditProgress, optional
+        Told each attack's start, iterations and end (:class:`AuditProgress`); the CLI draws bars with it.
     stop : threading.Event, optional
         Set it (or press Ctrl-C in the main thread) to stop after the current
         iteration; the report keeps the partial results and says ``interrupted``.

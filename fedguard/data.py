@@ -41,7 +41,7 @@ from fedguard.architectures import check_input_shape
 from fedguard.errors import InputError, did_you_mean, keyword_names, kind_of
 from fedguard.io import missing, read_npz, refuse_beyond_memory
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "in_memory_batch", "load_data", "refuse_flat"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "data_source", "load_data"]
 
 DATASETS: tuple[str, ...] = ("digits", "images")
 

@@ -44,6 +44,8 @@ from torch.nn.utils.weight_norm import WeightNorm
 from fedguard import checks
 from fedguard.errors import COMMAND_LINE, InputError, first_line, keyword_names, kind_of
 
+__all__ = ["DEFENSES", "DEFAULT_DELTA", "DPSGD", "Defense", "GaussianNoise", "Pruning"]
+
 #: Names of the defenses, as ``--defense`` takes them.
 DEFENSES = ("none", "dp-sgd", "prune", "noise")
 #: Opacus' default delta is the caller's; this one is the usual 1e-5 (below 1 / examples for datasets of <= 100k).
@@ -81,9 +83,15 @@ class DPSGD:
     noise_multiplier : float
         Noise standard deviation over the clipping norm (sigma), ``> 0`` (clipping alone gives no guarantee).
     max_grad_norm : float
-        Each example's gradient is clipped to this L2 norm (C), ``> 0``.
+        Each example's gradient is clipped to this L2 norm (C), ``> 0``; default 1.0.
     delta : float
-        The ``delta`` at which the round's ``epsilon`` is reported, in ``(0, 0.01]``.
+        The ``delta`` at which the round's ``epsilon`` is reported, in ``(0, 0.01]``; default 1e-5.
+
+    Raises
+    ------
+    InputError
+        For a value out of its range, or noise that float32 cannot hold (beyond its range or below its smallest
+        normal number).
     """
 
     noise_multiplier: float
@@ -142,12 +150,19 @@ class DPSGD:
         return epsilon
 
     def settings(self) -> dict[str, Any]:
+        """The defense's settings as the report records them (``update.defense_settings``)."""
         return {"noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm, "delta": self.delta}
 
 
 @dataclass(frozen=True)
 class Pruning:
-    """Set the smallest-magnitude ``fraction`` of each update tensor's values to zero (``0 <= fraction < 1``)."""
+    """Set the smallest-magnitude ``fraction`` of each update tensor's values to zero.
+
+    Parameters
+    ----------
+    fraction : float
+        The share of each tensor's values zeroed, ``0 <= fraction < 1`` (InputError otherwise).
+    """
 
     fraction: float
     name: ClassVar[str] = "prune"
@@ -160,6 +175,7 @@ class Pruning:
             raise InputError(f"--prune-fraction {fraction:g} would upload nothing; give a share below 1, e.g. 0.9")
 
     def apply(self, tensors: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``tensors`` pruned (new tensors; ``generator`` unused: pruning draws nothing)."""
         pruned = {}
         for name, value in tensors.items():
             drop = int(self.fraction * value.numel())
@@ -172,12 +188,20 @@ class Pruning:
         return pruned
 
     def settings(self) -> dict[str, Any]:
+        """The defense's settings as the report records them (``update.defense_settings``)."""
         return {"fraction": self.fraction}
 
 
 @dataclass(frozen=True)
 class GaussianNoise:
-    """Add Gaussian noise of standard deviation ``std`` (``> 0``) to every value of the update."""
+    """Add Gaussian noise to every value of the update.
+
+    Parameters
+    ----------
+    std : float
+        The noise's standard deviation, on the update's scale, ``> 0`` and within float32's normal range
+        (InputError otherwise).
+    """
 
     std: float
     name: ClassVar[str] = "noise"
@@ -193,11 +217,13 @@ class GaussianNoise:
                              "the noise would round to nothing; give a standard deviation on the update's scale, e.g. 0.01")
 
     def apply(self, tensors: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``tensors`` with noise drawn from ``generator`` added (new tensors, on the generator's device)."""
         return {name: value + self.std * torch.randn(value.shape, generator=generator, dtype=value.dtype,
                                                      device=generator.device)
                 for name, value in tensors.items()}  # fmt: skip
 
     def settings(self) -> dict[str, Any]:
+        """The defense's settings as the report records them (``update.defense_settings``)."""
         return {"std": self.std}
 
 

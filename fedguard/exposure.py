@@ -35,7 +35,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from fedguard.attacks.federation import (
 )
 from fedguard.checks import is_number, is_whole
 from fedguard.errors import InputError, kind_of
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ClientExposure",
@@ -86,6 +89,24 @@ class FederationSettings:
     (nearly) the same, the horizon the server has; ``noise`` is the standard
     deviation of Gaussian noise on each aggregate entry relative to an
     update's RMS entry (DP on the sum, or FedAvg drift).
+
+    Parameters
+    ----------
+    users_per_round : int
+        Clients summed per round on average (default 10).
+    participation : float
+        Probability a client joins a round, in ``(0, 1]`` (default 0.5).
+    window : int
+        Rounds per published participation count (default 10).
+    stable_rounds : int
+        Rounds the server has to attack over (default 200).
+    noise : float
+        Noise on the sums relative to an update's RMS entry, ``>= 0`` (default 0).
+
+    Raises
+    ------
+    InputError
+        For a value out of its range.
     """
 
     users_per_round: int = 10
@@ -489,7 +510,7 @@ def what_ifs(settings: FederationSettings) -> list[tuple[str, str, FederationSet
 
 
 def client_exposure(
-    update: np.ndarray,
+    update: np.ndarray | torch.Tensor,
     settings: FederationSettings | None = None,
     seed: int = 0,
     time_limit: float = 0.25,
@@ -507,6 +528,18 @@ def client_exposure(
     compute can only do better, so ``rounds_to_exposure`` is an upper bound on
     when a determined server recovers the update. Integer programs run
     in-process (``workers=1``), so this is safe to call next to torch.
+
+    Returns
+    -------
+    ClientExposure
+        The configured federation's scenario first, then each what-if's: rounds until the server recovers the
+        update, or why it does not (``to_dict()`` is the audit report's ``exposure``).
+
+    Raises
+    ------
+    InputError
+        For an update that is empty, not real numbers, not finite or all zeros, settings that are not
+        :class:`FederationSettings`, or a bad ``seed``, ``time_limit`` or ``budget``.
     """
     start = time.perf_counter()
     values = _informative(_client_vector(update))

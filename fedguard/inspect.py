@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +41,8 @@ from fedguard.modelview import EMBEDDING, ModelView, effective_tensors, first_no
 from fedguard.suppressions import Ignore, parse_ignores, split_findings
 from fedguard.torch_state import kept_modes, own_torch_state
 from fedguard.types import Confidence, Finding, InspectionReport, Rule, Severity, Verdict
+
+__all__ = ["inspect_model", "judge", "rules", "run_detectors"]
 
 
 def judge(findings: Iterable[Finding]) -> Verdict:
@@ -297,7 +300,7 @@ def inspect_model(
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
     reference: str | Path | None = None,
-    data: str | tuple[torch.Tensor, torch.Tensor] | None = None,
+    data: str | os.PathLike | tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
     detectors: Sequence[str] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
@@ -316,9 +319,9 @@ def inspect_model(
         Passed to the architecture; the class count defaults to the received head's.
     reference : path, optional
         Last round's global model, for round-to-round drift.
-    data : str or (inputs, labels), optional
-        The client's own data (``digits``, ``images``, a folder or an ``.npz``)
-        for the behavioural checks.
+    data : str, path or (inputs, labels), optional
+        The client's own data (``digits``, ``images``, a folder or an ``.npz``;
+        or tensors or numpy arrays) for the behavioural checks.
     detectors : list of str, optional
         Registry names to run; default all.
     seed : int

@@ -13,7 +13,7 @@ field                  default  why a server knows it
 ``labels``             infer    not sent; recovered from the update (iDLG, counts)
 ``local_schedule``     yes      local steps, lr and mini-batch size are set by the server
 ``auxiliary_data``     yes      public data of the task's domain (a validation set)
-``input_range``        yes      the preprocessing (pixels in [0, 1]) is part of the task
+``input_range``        (0, 1)   the preprocessing (pixels in [0, 1]) is part of the task
 =====================  =======  =====================================================
 
 ``labels="known"`` models a server with side knowledge of the true labels
@@ -52,7 +52,28 @@ NO_BATCH_SIZE = "the server does not know the batch size (threat model)"
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """What the server knows besides the update itself. See the module docstring."""
+    """What the server knows besides the update itself (the module docstring says why each default).
+
+    Parameters
+    ----------
+    architecture, batch_size : bool
+        Always True: every attack needs both (False is an InputError).
+    labels : {"infer", "known"}
+        ``infer`` (default): the attacks recover the labels from the update; ``known``: the server has them.
+    local_schedule : bool
+        Whether the server knows FedAvg's local steps, learning rate and mini-batch size (default True).
+    auxiliary_data : bool
+        Whether the server has public data of the task (default True); the audit lends it the client's data outside
+        the batch.
+    input_range : (float, float)
+        The range the inputs are preprocessed to (default ``(0.0, 1.0)``): the attacks' box constraint.
+
+    Raises
+    ------
+    InputError
+        For a value of the wrong type, an unknown ``labels``, a bad ``input_range``, or ``architecture`` or
+        ``batch_size`` False.
+    """
 
     architecture: bool = True
     batch_size: bool = True

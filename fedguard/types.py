@@ -184,7 +184,26 @@ class Rule:
 
 @dataclass(frozen=True)
 class InspectionReport:
-    """Everything ``fedguard inspect`` learned about one model file."""
+    """Everything ``fedguard inspect`` learned about one model file.
+
+    Attributes
+    ----------
+    path, sha256, file_format, size_bytes : str, str, str, int
+        The file as received and its SHA-256.
+    n_parameters, n_layers : int
+        What it holds (0 when refused unread).
+    findings : tuple of Finding
+        What the detectors found, each with its rule id, severity, confidence, layer, message and evidence.
+    verdict : Verdict
+        ``clean``, ``suspicious`` or ``malicious`` (:func:`fedguard.inspect.judge`); compare with names in order of
+        severity: ``report.verdict >= "suspicious"``.
+    detectors_run : tuple of str
+        The detectors that ran (those that need ``arch``, ``data`` or ``reference`` only when given).
+    seconds : float
+        Time the inspection took.
+    arch, reference : str or None
+        The expected architecture and last round's model, when given.
+    """
 
     path: str
     sha256: str
@@ -214,6 +233,7 @@ class InspectionReport:
         return f"{self.path}: {self.verdict} ({rules})"
 
     def worst(self) -> Severity | None:
+        """The highest severity among the findings; None when there are none."""
         return max((f.severity for f in self.findings), default=None)
 
     def at_or_above(self, severity: Severity | str) -> tuple[Finding, ...]:
@@ -321,6 +341,34 @@ class AttackOutcome:
     Image metrics are None for label-only attacks; label metrics are None when
     the attack recovers no labels. ``images`` holds the reconstructions
     re-ordered to match the true batch (for the grids; never serialised).
+
+    Attributes
+    ----------
+    name, title, reference : str
+        The attack's registry name, its title and its paper.
+    kind : {"images", "labels"}
+        What it rebuilds.
+    level : LeakageLevel
+        ``none``, ``low``, ``medium`` or ``high`` (thresholds in ``docs/audit.md``).
+    psnr_mean, psnr_max, ssim_mean, ssim_max, mse_mean : float or None
+        Over the examples it rebuilt, each matched to its true example (``linear_sum_assignment``); PSNR in dB,
+        100 for an exact copy.
+    label_accuracy : float or None
+        The share of the batch's labels it recovered.
+    label_count_error, label_counts_exact : int, float or None
+        Label counts' total error in examples and the share of classes counted exactly.
+    samples : tuple of SampleLeak
+        Per example: its PSNR, SSIM, label and level.
+    iterations, seconds, stopped : int, float, str
+        The work it did and why it ended (``done``, ``max_iterations``, ``time_budget``, ``interrupted``, ...).
+    starts, start_success_rate : int, float or None
+        Random starts run and the share that reached the high level (DLG).
+    recovered_fraction : float or None
+        Share of the batch rebuilt at PSNR >= 30 dB or SSIM >= 0.9.
+    details : mapping
+        The attack's own figures (JSON ``attacks[].details``, ``docs/json-schema.md``).
+    image_file : str or None
+        The PNG grid written beside the report.
     """
 
     name: str
@@ -355,7 +403,21 @@ CRAFTED_UPDATE = "what the batch gives under the crafted model"
 
 @dataclass(frozen=True)
 class Leakage:
-    """The overall leakage level: the worst level over the attacks that ran."""
+    """The overall leakage level: the worst level over the attacks that ran.
+
+    Attributes
+    ----------
+    level : LeakageLevel
+        The worst level (``none`` when no attack ran: :attr:`AuditReport.measured` tells the two apart).
+    by_attack : mapping of str to LeakageLevel
+        Each attack's level.
+    worst_attack : str or None
+        The attack that reached ``level`` first.
+    baseline_psnr : float or None
+        Mean PSNR of the guess a server makes without the update (public mean image or class mean).
+    thresholds : mapping of str to float
+        The PSNR and SSIM thresholds of the levels, as applied.
+    """
 
     level: LeakageLevel
     by_attack: Mapping[str, LeakageLevel]
@@ -374,6 +436,29 @@ class AuditReport:
     not asked for): whether secure aggregation hides this update across rounds.
     ``notes`` are what the reader must know beyond the figures (an update read in
     that is not what the model gives on the batch).
+
+    Attributes
+    ----------
+    verdict : AuditVerdict
+        ``pass``, ``warn`` or ``block`` (``block`` when the leakage reaches ``fail_on``); compare with names:
+        ``report.verdict >= "warn"``.
+    leakage : Leakage
+        The overall level and each attack's.
+    attacks : tuple of AttackOutcome
+        The attacks that ran, in the order they ran.
+    skipped : mapping of str to str
+        Attacks that did not run, and why.
+    fail_on : LeakageLevel
+        The level at which the verdict is ``block``.
+    model, data, update, threat, config : mapping
+        What was audited and how: the weights and their digests (``model["inspection"]``: inspect's weight rules),
+        the batch (``data["auxiliary_examples"]``: the examples left to stand in for the server's public data), the
+        update's protocol, schedule, defense and norm, what the server is taken to know, and the run's settings
+        (JSON fields of the same names, ``docs/audit.md``).
+    seconds : float
+        Time the audit took.
+    interrupted : bool
+        Ctrl-C (or ``stop``) ended it early; the results are partial.
     """
 
     verdict: AuditVerdict

@@ -38,7 +38,7 @@ from fedguard.errors import InputError, first_of, keyword_names, kind_of
 from fedguard.modelview import first_non_finite
 from fedguard.torch_state import own_torch_state
 
-__all__ = ["PROTOCOLS", "Update", "average_gradient", "compute_update", "load_update", "checked_update", "check_protocol", "resolve_device", "minibatch_slices"]
+__all__ = ["PROTOCOLS", "Update", "average_gradient", "compute_update", "load_update"]
 
 PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
 #: Below this a local SGD step (lr times a gradient of order one) is under float32's resolution of a weight of 0.001
@@ -93,13 +93,16 @@ class Update:
 
     Parameters
     ----------
-    tensors : mapping of str to tensor
-        ``fedsgd``: the gradient of the mean loss; ``fedavg``: ``W_T - W_0``.
+    tensors : mapping of str to tensor or numpy array
+        ``fedsgd``: the gradient of the mean loss; ``fedavg``: ``W_T - W_0``;
+        per parameter name (numpy arrays are copied into tensors).
     protocol : {"fedsgd", "fedavg"}
     batch_size : int
         Examples in the private batch the update was computed on.
-    local_steps, local_lr, local_batch_size
-        FedAvg's local schedule (1, None, None for FedSGD).
+    local_steps, local_lr, local_batch_size : int, float, int or None
+        FedAvg's local schedule: its SGD steps (default 1), their learning
+        rate (required for ``fedavg``) and examples per step (None: the whole
+        batch). FedSGD has none: leave them at 1, None, None.
     defense : str
         Defense applied before upload, as declared: ``none`` for an update
         fedguard computed, ``unknown`` by default (an update read from a file
@@ -126,9 +129,19 @@ class Update:
         The settings of a defense fedguard applied itself
         (:mod:`fedguard.defenses`; ``epsilon`` is then computed, not
         declared); None otherwise.
+
+    Raises
+    ------
+    InputError
+        For what no upload can be: tensors that are not a mapping of numeric
+        tensors or arrays, a batch size that is not a positive whole number,
+        an unknown protocol, a FedAvg schedule that cannot run (no or a
+        non-positive ``local_lr``, ``local_steps`` outside 1..1000, a local
+        batch larger than the batch), a FedSGD update given a schedule, or a
+        DP guarantee that is out of range or declared without a defense.
     """
 
-    tensors: Mapping[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor | np.ndarray]
     protocol: str
     batch_size: int
     local_steps: int = 1
@@ -364,6 +377,34 @@ def compute_update(
     FedAvg training whose loss rises by :data:`DIVERGED_NATS` is refused, as
     no client would upload it, unless ``allow_divergence`` (a server's
     simulation: a crafted model may make training diverge on purpose).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The received global model (its trainable parameters are updated).
+    inputs, labels : torch.Tensor
+        The private batch: ``[N, ...]`` inputs as the model takes them and
+        ``[N]`` integer class labels.
+    protocol : {"fedsgd", "fedavg"}
+        ``fedsgd``: the gradient of the mean loss on the batch; ``fedavg``:
+        the weight change ``W_T - W_0`` after ``local_steps`` of plain SGD.
+    local_steps, local_lr, local_batch_size : int, float, int or None
+        FedAvg's schedule (ignored for FedSGD): steps, learning rate, and
+        examples per step taken as consecutive mini-batches of the batch
+        (None: the whole batch each step).
+    seed : int
+        Seeds the copy's dropout and the defense's randomness.
+    allow_divergence : bool
+        Return the update of FedAvg training that diverged instead of
+        refusing it.
+    defense : fedguard.defenses.Defense or None
+        ``DPSGD``, ``Pruning`` or ``GaussianNoise``, applied as above.
+
+    Returns
+    -------
+    Update
+        The update with its schedule, defense and the batch's loss at the
+        received weights (``source="computed"``).
 
     Raises
     ------

@@ -25,8 +25,10 @@ __all__ = ["RENDERERS", "Renderer", "load_schema", "register_renderer", "render"
 def render(fmt: str, report: InspectionReport, rules: Mapping[str, Rule], color: bool = False) -> str:
     """Render ``report`` in format ``fmt`` (a name in :data:`RENDERERS`).
 
-    Raises ``KeyError`` naming the valid formats when ``fmt`` is unknown.
-    ``color`` only affects ``text``; pass True only when writing to a TTY.
+    Raises ``KeyError`` naming the valid formats when ``fmt`` is unknown, and
+    :class:`~fedguard.errors.InputError` when ``report`` is not an
+    :class:`~fedguard.types.InspectionReport`. ``color`` only affects
+    ``text``; pass True only when writing to a TTY.
     """
     renderer = RENDERERS.get(fmt)
     check_report(report, InspectionReport, "fedguard.inspect.inspect_model")

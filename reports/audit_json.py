@@ -42,6 +42,8 @@ from fedguard.types import AttackOutcome, AuditReport
 from .audit_base import AuditRenderer, register_audit_renderer
 from .base import check_report, command_line, generated_at, json_safe, printable_values, tool_version
 
+__all__ = ["SCHEMA_VERSION", "audit_to_dict"]
+
 #: 1.1: leakage.measured, data.sha256, update.sha256; 1.2: exposure outcome "cut short"; 1.3: notes, update.agreement;
 #: 1.4: data.batch_sha256; 1.5: exposure.budget; 1.6: update.defense "unknown" for an update fedguard did not compute;
 #: 1.7: update.defense_settings (--defense); 1.8: model.weights_sha256, update.tensors_sha256, generated,
@@ -95,7 +97,8 @@ def _outcome(o: AttackOutcome) -> dict[str, Any]:
 
 
 def audit_to_dict(report: AuditReport) -> dict[str, Any]:
-    """The JSON document for ``report`` as plain Python values."""
+    """The JSON document for ``report`` as plain Python values (``docs/json-schema.md``); InputError when ``report``
+    is not an :class:`~fedguard.types.AuditReport`."""
     check_report(report, AuditReport, "fedguard.audit.audit")
     doc = {
         "schema_version": SCHEMA_VERSION,

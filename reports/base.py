@@ -331,6 +331,11 @@ def load_schema(report: str = "inspect") -> dict[str, Any]:
     ----------
     report : {'inspect', 'audit', 'disaggregate'}
         The command whose report the schema describes.
+
+    Raises
+    ------
+    ValueError
+        For another name.
     """
     from importlib import resources
 

@@ -58,6 +58,8 @@ from .base import (
     tool_version,
 )
 
+__all__ = ["SCHEMA_VERSION", "report_to_dict"]
+
 SCHEMA_VERSION = "1.5"
 
 
@@ -72,7 +74,8 @@ def _finding_dicts(findings) -> list[dict[str, Any]]:
 
 
 def report_to_dict(report: InspectionReport) -> dict[str, Any]:
-    """The JSON document for ``report`` as plain Python values."""
+    """The JSON document for ``report`` as plain Python values (``docs/json-schema.md``); InputError when ``report``
+    is not an :class:`~fedguard.types.InspectionReport`."""
     check_report(report, InspectionReport, "fedguard.inspect.inspect_model")
     return printable_values({
         "schema_version": SCHEMA_VERSION,

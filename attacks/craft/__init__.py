@@ -8,7 +8,9 @@ never used on a user's model.
 
 Every crafter has the signature::
 
-    craft(model, *, input_shape, num_classes, data=None, seed=0, **options) -> nn.Module
+    crafter(model, *, input_shape, num_classes, data=None, seed=0, **options) -> nn.Module
+
+and :func:`craft` runs one by name (``craft("imprint", model, input_shape=(1, 28, 28))``).
 
 ``data`` (optional, ``[N, C, H, W]`` in the client's input range) plays the
 server's public/auxiliary data: crafters that calibrate thresholds or bins use
@@ -30,7 +32,8 @@ Registered crafters (``CRAFTERS.names()``):
 ``imprint``               Fowl et al., ICLR 2022 ("Robbing the Fed" imprint block)
 ``trap_weights``          Boenisch et al., EuroS&P 2023 ("curious abandon honesty")
 ``loki``                  Zhao et al., IEEE S&P 2024 (LOKI scaled-identity conv + imprint)
-``oversized_fc``          capacity attack: a far too wide fully connected layer
+``oversized_fc``          Phong et al., IEEE TIFS 2018; Fowl et al., ICLR 2022; Zhao et al., CVPR 2023
+                          (capacity: a far too wide fully connected layer)
 ========================  ===============================================================
 
 One module each (``_mkor``, ``_fishing``, ``_imprint``, ``_trap_weights``,
@@ -113,14 +116,34 @@ def craft(
     *,
     input_shape: Shape,
     num_classes: int | None = None,
-    data: torch.Tensor | None = None,
+    data: torch.Tensor | np.ndarray | None = None,
     seed: int = 0,
     **options: Any,
 ) -> nn.Module:
     """Run the crafter called ``name`` on ``model`` (left unchanged) and return the crafted module.
 
-    ``num_classes`` None: the count of the logits ``model`` gives (any other count is refused). ``data``, the
-    server's public inputs (a tensor, no labels), only for the crafters in :data:`READS_DATA`.
+    Parameters
+    ----------
+    name : str
+        A crafter in :data:`CRAFTERS` (``mkor``, ``imprint``, ``class_fishing``, ...).
+    model : torch.nn.Module
+        The honest float32 model to start from; a deep copy is crafted.
+    input_shape : (C, H, W)
+        The inputs the model takes.
+    num_classes : int, optional
+        None: the count of the logits ``model`` gives (any other count is refused).
+    data : tensor or numpy array, optional
+        The server's public inputs ``[N, C, H, W]`` (no labels), only for the crafters in :data:`READS_DATA`.
+    seed : int
+        Seeds the crafter's random draws.
+    **options
+        The crafter's own options (:func:`crafter_options` lists them with their defaults; ``docs/craft.md`` says
+        what each does).
+
+    Returns
+    -------
+    torch.nn.Module
+        The crafted model; its ``state_dict()`` is what the malicious server sends.
 
     Raises
     ------

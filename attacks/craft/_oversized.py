@@ -1,5 +1,6 @@
-"""The capacity attack: a fully connected layer far wider than the architecture needs (Fowl et al., ICLR 2022; Zhao
-et al., CVPR 2023)."""
+"""The capacity attack: a fully connected layer far wider than the architecture needs, so that more of the batch's
+inputs pass through it separably (Phong et al., IEEE TIFS 2018, whose single-layer inversion it feeds; Fowl et al.,
+ICLR 2022; Zhao et al., CVPR 2023)."""
 
 from __future__ import annotations
 
