@@ -55,10 +55,18 @@ from fedguard.types import Reconstruction
 from .base import Attack, Budget, register_attack
 from .label_counts import round_counts
 
-__all__ = ["MKOR", "InconspicuousMKOR", "class_rows", "class_features", "invert_features", "public_examples", "CLASS_ROW_SHARE"]
+__all__ = ["MKOR", "InconspicuousMKOR", "class_rows", "path_energy", "mkor_rows", "class_features", "invert_features", "public_examples", "CLASS_ROW_SHARE", "CUT_PATHS_SHARE"]
 
 #: A first-layer row belongs to class j when at least this share of its paths to the logits ends at j.
 CLASS_ROW_SHARE = 0.9
+#: Most of the paths' energy that the first-layer rows reaching no class alone keep in a model whose later layers cut
+#: them (naive MKOR's identity layers). Measured on LeNet-5, the MLP, VGG-11 and the sigmoid LeNet-5 at 2, 3, 5 and 10
+#: classes: naive MKOR 0 (its noise option 0.01: 2e-4; 0.1: 0.02; 0.3: 0.16); honest fresh models (6 seeds each) at
+#: least 0.49 with two classes, 0.78 with three, 0.97 with five; honest trained ones (LeNet-5, the MLP and the
+#: sigmoid LeNet-5 on 2, 3 and 5 digit classes, SGD and Adam, 5 epochs, 36 models) at least 0.56.
+CUT_PATHS_SHARE = 0.2
+#: ``fedguard inspect``'s detectors of MKOR's first-layer rows: averaging rows (FG101) and opposite pairs (FG104).
+ROW_DETECTORS = ("constant_rows", "opposite_rows")
 #: Public examples used to estimate the softmax's share of the update.
 PUBLIC_EXAMPLES = 256
 #: Pull toward the start image (the public mean), decayed 10x over the fit: the pixels the features pin
@@ -82,14 +90,39 @@ def class_rows(linears: list[nn.Linear], num_classes: int) -> list[torch.Tensor]
     """
     if len(linears) == 1:  # each row is one class's logit (an identity of paths, without building it)
         return [torch.tensor([j]) if j < linears[0].out_features else torch.zeros(0, dtype=torch.long) for j in range(num_classes)]
-    paths = linears[-1].weight.detach().cpu().double()[:num_classes]  # rows on the CPU, where the update is read
-    for lin in reversed(linears[1:-1]):
-        paths = paths @ lin.weight.detach().cpu().double()
-    energy = paths.pow(2)
+    energy = path_energy(linears, num_classes)
     total = energy.sum(0)
     share, owner = (energy / total.clamp_min(1e-300)).max(0)
     owned = (total > 0) & (share >= CLASS_ROW_SHARE)
     return [torch.nonzero(owned & (owner == j)).flatten() for j in range(num_classes)]
+
+
+def path_energy(linears: list[nn.Linear], num_classes: int) -> torch.Tensor:
+    """``[num_classes, rows]``: the squares of ``W_L ⋯ W_2`` (two Linear layers or more), the paths from each row of
+    the first layer to each logit, on the CPU in float64."""
+    paths = linears[-1].weight.detach().cpu().double()[:num_classes]  # rows on the CPU, where the update is read
+    for lin in reversed(linears[1:-1]):
+        paths = paths @ lin.weight.detach().cpu().double()
+    return paths.pow(2)
+
+
+def mkor_rows(model: nn.Module, linears: list[nn.Linear], rows: list[torch.Tensor]) -> bool:
+    """Whether the first Linear layer's rows are MKOR's: the rows that reach no class alone cut off (they keep at most
+    :data:`CUT_PATHS_SHARE` of the paths' energy: naive MKOR's identity layers), or ``fedguard inspect``'s FG101 or
+    FG104 reading averaging rows or opposite pairs in the layer (:data:`ROW_DETECTORS`; the inconspicuous form keeps
+    honest paths beside its pairs)."""
+    from fedguard.detectors import InspectContext
+    from fedguard.inspect import run_detectors
+    from fedguard.modelview import ModelView
+
+    total = path_energy(linears, len(rows)).sum(0)
+    owned = torch.cat([r for r in rows if len(r)])
+    if float(total.sum()) > 0 and float(total.sum() - total[owned].sum()) <= CUT_PATHS_SHARE * float(total.sum()):
+        return True
+    first = next((name for name, module in model.named_modules() if module is linears[0]), None)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    findings, _ = run_detectors(InspectContext(view=ModelView.from_state_dict(state, model)), ROW_DETECTORS)
+    return any(f.layer == first for f in findings)
 
 
 def class_features(
@@ -241,16 +274,22 @@ class MKOR(Attack):
     def planted(self, view: ServerView) -> bool:
         """Rows of the first fully connected layer that reach one class alone, for at least half the classes (an
         MKOR model has them for every class; honest models, 60 of the zoo's with two Linear layers or more, had
-        them for at most one class, class fishing's for one). Not for a lone Linear head, every class's alone in
-        any model: the features before it passed on linearly did not tell MKOR's sigmoid LeNet (2.6-10 % off
-        linear at a midpoint) from honest ones (0.6-13 %); `fedguard inspect` reads those paths."""
+        them for at most one class, class fishing's for one), and rows that are MKOR's (:func:`mkor_rows`).
+
+        With few classes honest rows reach one class alone by chance: fresh LeNet-5, MLP, VGG-11 and sigmoid
+        LeNet-5 models (6 seeds each) had such rows for every class at 2-4 classes and half of them at 5 (none
+        past 6), and the audit had attacked every honest two-class model as MKOR's; the rows' own signature tells
+        them apart at any class count. Not for a lone Linear head, every class's alone in any model: the features
+        before it passed on linearly did not tell MKOR's sigmoid LeNet (2.6-10 % off linear at a midpoint) from
+        honest ones (0.6-13 %); `fedguard inspect` reads those paths."""
         if self.applies(view) is not None:
             return False
         linears = [h.module for h in linear_layers(view.model, view.input_shape, view.device)]
         if len(linears) == 1:
             return False
-        owners = sum(len(r) > 0 for r in self._class_rows(linears, view.num_classes))
-        return owners >= max(2, math.ceil(view.num_classes / 2))
+        rows = self._class_rows(linears, view.num_classes)
+        owners = sum(len(r) > 0 for r in rows)
+        return owners >= max(2, math.ceil(view.num_classes / 2)) and mkor_rows(view.model, linears, rows)
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()

@@ -328,8 +328,9 @@ def test_mkor_s_averaging_bias_is_half_as_much_again_as_the_lowest_input_mean(di
     assert MKOR().crafter_options(view) == {"first_bias": pytest.approx(3.75, rel=1e-5)}
 
 
-def _owned_head_model(owned: int) -> nn.Module:
-    """A 64 -> 32 -> 10 MLP whose first-layer rows 0..owned-1 reach one class each and the rest every class."""
+def _owned_head_model(owned: int, averaging: bool = True) -> nn.Module:
+    """A 64 -> 32 -> 10 MLP whose first-layer rows 0..owned-1 reach one class each (averaging their input, as MKOR's
+    rows do, unless ``averaging`` is False) and the rest every class."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     with torch.no_grad():
@@ -337,16 +338,53 @@ def _owned_head_model(owned: int) -> nn.Module:
         for j in range(owned):
             model[3].weight[:, j] = 0.0
             model[3].weight[j, j] = 1.0
+            if averaging:
+                model[1].weight[j] = 1 / 64
     return model
 
 
-def test_mkor_is_planted_from_half_the_classes(digits):
-    """Class-owned first-layer rows for 5 of 10 classes are an MKOR model; for 4 they are not."""
+def test_mkor_is_planted_from_half_the_classes_with_its_rows(digits):
+    """Class-owned first-layer rows for 5 of 10 classes are an MKOR model; for 4 they are not; nor are 5 whose rows
+    are not MKOR's (neither averaging nor opposite pairs, the other paths not cut)."""
     from fedguard.attacks.mkor import MKOR
 
-    for owned, planted in ((5, True), (4, False)):
-        view, _, _ = server_view(_owned_head_model(owned), digits, [0, 1], seed=0)
-        assert MKOR().planted(view) is planted, owned
+    for owned, averaging, planted in ((5, True, True), (4, True, False), (5, False, False)):
+        view, _, _ = server_view(_owned_head_model(owned, averaging), digits, [0, 1], seed=0)
+        assert MKOR().planted(view) is planted, (owned, averaging)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_honest_models_of_few_classes_are_not_mkor_models_and_crafted_ones_are(digits, classes):
+    """With few classes honest first-layer rows reach one class alone by chance (every class, at 2-4 classes): the
+    audit had attacked every honest two-class model as MKOR's and noted that a malicious server had sent it. Honest
+    models of three inits and a trained one are not MKOR's; MKOR's naive (noise 0 and 0.1) and inconspicuous models
+    are."""
+    from fedguard.attacks.craft import craft
+    from fedguard.attacks.mkor import MKOR, class_rows
+
+    x, y = digits[0], digits[1] % classes
+
+    def view_of(model):
+        return dataclasses.replace(server_view(model, (x, y), [0, 1, 2, 3], seed=0)[0], num_classes=classes)
+
+    chance = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, classes))
+        if seed == 3:  # trained
+            opt = torch.optim.Adam(model.parameters(), lr=0.01)
+            for _ in range(60):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x[:512]), y[:512]).backward()
+                opt.step()
+        view = view_of(model)
+        chance += sum(len(r) > 0 for r in class_rows([model[1], model[3], model[5]], classes)) >= 2
+        assert not MKOR().planted(view), seed
+        if seed == 0:
+            for crafter, options in (("mkor", {}), ("mkor", {"noise": 0.1}), ("mkor_inconspicuous", {})):
+                crafted = craft(crafter, model, input_shape=SHAPE, num_classes=classes, **options)
+                assert MKOR().planted(view_of(crafted)), (crafter, options)
+    assert chance >= 2  # the honest rows that had read as planted are there
 
 
 def test_a_lone_linear_head_is_not_an_mkor_model(digits):
