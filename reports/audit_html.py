@@ -25,7 +25,7 @@ from fedguard.types import AuditReport
 from .audit_base import AuditRenderer, register_audit_renderer
 from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
 from .base import generated_at, shown_command, tool_version
-from .html import template_environment
+from .html import sentence, template_environment
 
 TEMPLATE = "audit.html"
 
@@ -43,16 +43,12 @@ class AuditHtmlRenderer(AuditRenderer):
             r=report,
             exposure_summary=exposure_summary(report.exposure) if report.exposure is not None else None,
             defense=defense_summary(report.update),
-            accepted=_sentence(accepted) if (accepted := accepted_said(report)) else None,
+            accepted=sentence(accepted) if (accepted := accepted_said(report)) else None,
             threat_said="; ".join(threat_items(report)),
-            thresholds_said=_sentence(thresholds_said(report)) if report.leakage.thresholds else "",
+            thresholds_said=sentence(thresholds_said(report)) if report.leakage.thresholds else "",
             pictures=pictures,
             generated=generated_at(),
             command=shown_command(),
             tool_version=tool_version(report),
         )
 
-
-def _sentence(text: str) -> str:
-    """``text`` with its first letter upper case (``str.capitalize`` lowers the rest: dB, SSIM)."""
-    return text[:1].upper() + text[1:]

@@ -84,9 +84,15 @@ def exposure_summary(exposure: Mapping) -> str:
 
 
 def accepted_said(report: AuditReport) -> str | None:
-    """The received model's findings the client accepted with ``--ignore``, in one sentence; None when none."""
-    accepted = report.model.get("inspection", {}).get("suppressed") or []
-    if not accepted:
-        return None
-    found = ", ".join(f"{f['rule_id']} {f['severity']} in {f['layer'] if f['layer'] is not None else '(file)'}" for f in accepted)
-    return f"accepted with --ignore, not judged: fedguard inspect's {found} on the received model"
+    """The received model's findings the client accepted with ``--ignore``, and the entries that matched none (said
+    on stderr only, which ``-q`` silences), in one sentence; None when neither."""
+    inspection = report.model.get("inspection", {})
+    accepted, unmatched = inspection.get("suppressed") or [], inspection.get("ignore_unmatched") or []
+    said = []
+    if accepted:
+        found = ", ".join(f"{f['rule_id']} {f['severity']} in {f['layer'] if f['layer'] is not None else '(file)'}"
+                          for f in accepted)  # fmt: skip
+        said.append(f"accepted with --ignore, not judged: fedguard inspect's {found} on the received model")
+    if unmatched:
+        said.append(f"--ignore entries that matched no finding: {', '.join(unmatched)}")
+    return "; ".join(said) or None

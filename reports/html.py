@@ -84,7 +84,25 @@ def template_environment():
     env.filters["num"] = fmt_num
     env.filters["more_detectors"] = more_detectors
     env.filters["exit_note"] = exit_note
+    env.filters["sentence"] = sentence
+    env.filters["code_spans"] = code_spans
     return env
+
+
+def sentence(text: str) -> str:
+    """``text`` with its first letter upper case (``str.capitalize`` lowers the rest: dB, SSIM)."""
+    return text[:1].upper() + text[1:]
+
+
+def code_spans(text: str):
+    """``text`` escaped (and :func:`printable`), its ```command``` spans as ``<code>`` (the sentences the text report
+    shows with backticks)."""
+    import re
+
+    import markupsafe
+
+    escaped = str(markupsafe.escape(printable(text)))
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
 
 
 def _model(report: InspectionReport, anchor: str, description: str | None = None) -> dict[str, Any]:

@@ -905,7 +905,7 @@ def test_audit_html_page_shows_the_verdict_levels_sections_and_escapes_what_it_q
     assert "<code>dlg</code>: 3 of 4 random starts reached the high level." in page
     assert "<code>inverting_gradients</code>: 0 % of the batch recovered" in page and "<code>fc_inversion</code>: 0 %" not in page
     assert "Do not upload this update as it is" in page
-    assert "a note &lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert "A note &lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
     assert "<h3>Skipped</h3>" in page and "<code>idlg</code>: needs &lt;b&gt;one&lt;/b&gt; example" in page
     assert '<img src="data:image/png;base64,iVBORyBmYWtl"' in page and '<p class="privacy">' in page
     assert "interrupted: partial results" in page
@@ -917,7 +917,13 @@ def test_audit_html_page_shows_the_verdict_levels_sections_and_escapes_what_it_q
     assert "Across rounds: secure aggregation hides this update for only 30 rounds" in exposed
     assert '<img src="data:' not in exposed and '<p class="privacy">' not in exposed
     default = AuditHtmlRenderer().render(_audit_report(config={"seed": 0, "device": "cpu", "attacks_requested": None}))
-    assert "<th>attacks_requested</th><td>the default set</td>" in default  # JSON's null; it had read "none"
+    assert "<th scope=\"row\">attacks_requested</th><td>the default set</td>" in default  # JSON's null; it had read "none"
+    # the page's title names what was audited (a browser's tabs and history had all read "fedguard audit — BLOCK"),
+    # and the sentences' `commands` are code, not backticks
+    m, d = report.model, report.data
+    assert f"<title>fedguard audit — BLOCK — {m['arch']} ({m.get('path') or m.get('weights')}), {d['spec']}</title>" in page
+    noted = AuditHtmlRenderer().render(_audit_report(notes=("inspect it with `fedguard inspect` <b>first</b>",)))
+    assert "Inspect it with <code>fedguard inspect</code> &lt;b&gt;first&lt;/b&gt;" in noted and "`" not in noted
 
 
 def test_the_report_format_follows_the_output_name_whatever_its_case():

@@ -173,3 +173,7 @@ def test_audit_accepts_inspect_findings_but_not_what_the_attacks_measure(trap_ml
 
     text = invoke(*common[:-2], "--ignore", "FG401").stdout
     assert "accepted with --ignore, not judged: fedguard inspect's FG401 high in 1 on the received model" in text
+    # an entry that matched nothing is in the report too, not only on stderr (which -q silences)
+    quiet = invoke(*common[:-2], "--ignore", "FG401", "--ignore", "FG301:x", "-q", "--format", "html", "-o", "a.html")
+    assert quiet.exit_code == 0 and not quiet.stderr
+    assert "--ignore entries that matched no finding: FG301:x" in (workdir / "a.html").read_text()
