@@ -15,7 +15,6 @@ attacks stop at 300 iterations or the time budget (default 10 s) each.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedguard.audit import audit  # noqa: E402
 from fedguard.defenses import DPSGD, GaussianNoise, Pruning  # noqa: E402
+
+from _args import new_parser, one_line_errors, positive_float  # noqa: E402
 
 SETTINGS = (
     None,
@@ -49,13 +50,15 @@ def _row(arch: str, defense, budget: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-budget", type=float, default=10.0)
+    parser = new_parser(__doc__, "Quick run: --time-budget 1 (about a minute; fewer iterations, so other figures).")
+    parser.add_argument("--time-budget", type=positive_float, default=10.0,
+                        help="seconds each attack may run (it stops at 300 iterations or this)")
     args = parser.parse_args()
     print("arch   defense       level   best attack: PSNR max / SSIM max     label accuracy, epsilon, time")
-    for arch in ("mlp", "lenet"):
-        for defense in SETTINGS:
-            print(_row(arch, defense, args.time_budget), flush=True)
+    with one_line_errors(parser):
+        for arch in ("mlp", "lenet"):
+            for defense in SETTINGS:
+                print(_row(arch, defense, args.time_budget), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ measured with the detectors' own exclusions (a zero-sum head, copies of one row)
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -34,6 +33,8 @@ from fedguard.detectors import (  # noqa: E402
 from fedguard.detectors.rows import SAME_BIAS, live_rows  # noqa: E402
 from fedguard.modelview import ModelView  # noqa: E402
 from tests.zoo import benign_entries, digits  # noqa: E402
+
+from _args import new_parser, positive_int  # noqa: E402
 
 
 def layer_figures(layer) -> dict[str, float]:
@@ -90,8 +91,8 @@ THRESHOLDS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, help="only the first N benign models (a quick check; docs/detectors.md's "
+    parser = new_parser(__doc__, "Quick run: --limit 5 --static-only (seconds).")
+    parser.add_argument("--limit", type=positive_int, help="only the first N benign models (a quick check; docs/detectors.md's "
                                                   "figures are over all of them)")
     parser.add_argument("--static-only", action="store_true", help="leave out the figures measured on digits")
     args = parser.parse_args()

@@ -14,7 +14,6 @@ Usage: ``python benchmarks/fc_inversion_fidelity.py [--seeds 3] [--batches 4,16,
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from fedguard.attacks.fc_inversion import invert_rows  # noqa: E402
 from fedguard.data import load_data  # noqa: E402
 from fedguard.metrics import match, psnr  # noqa: E402
 from fedguard.update import compute_update  # noqa: E402
+
+from _args import listed, new_parser, one_line_errors, positive_int  # noqa: E402
 
 SHAPE = (1, 28, 28)
 
@@ -48,18 +49,26 @@ CONDITIONS = {"as computed": lambda t, gen: t, "noise 0.1 %": _noisy(0.001), "no
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--batches", default="4,16,64")
+    parser = new_parser(__doc__, "Quick run: --seeds 1 --batches 4 (seconds).")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="model inits and batches per batch size")
+    parser.add_argument("--batches", type=listed(positive_int), default="4,16,64",
+                        help="comma-separated batch sizes (at most the 1,797 digits)")
     args = parser.parse_args()
     x, y = load_data("digits", input_shape=SHAPE)[:2]
-    batches = [int(b) for b in args.batches.split(",")]
+    if max(args.batches) > len(y):
+        parser.error(f"--batches {max(args.batches)} is larger than the {len(y)} digits")
+    with one_line_errors(parser):
+        _table(x, y, args.batches, args.seeds)
+
+
+def _table(x: torch.Tensor, y: torch.Tensor, batches: list[int], seeds: int) -> None:
+    """Print the examples rebuilt at >= 30 and >= 20 dB, per condition (rows) and batch size (columns)."""
     print(f"{'condition':<18}" + "".join(f"{f'batch {b}: >=30 / >=20 dB':>30}" for b in batches))
     for label, change in CONDITIONS.items():
         cells = []
         for batch in batches:
             high = fair = total = 0
-            for seed in range(args.seeds):
+            for seed in range(seeds):
                 torch.manual_seed(seed)
                 model = build_model("mlp", num_classes=10, input_shape=SHAPE)
                 index = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:batch]

@@ -25,7 +25,6 @@ Run from the repository root (about 5 minutes on 2 cores):
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -46,7 +45,8 @@ from fedguard.data import load_data  # noqa: E402
 from fedguard.inspect import inspect_model  # noqa: E402
 from fedguard.update import compute_update  # noqa: E402
 
-from attack_fidelity import class_scores, mkor_baselines, mkor_batch, server_view  # noqa: E402
+from _args import listed, new_parser, non_negative_float, one_line_errors, one_of, positive_int  # noqa: E402
+from _attacks import class_scores, mkor_baselines, mkor_batch, server_view  # noqa: E402
 
 ARCHS = {"lenet": (3, 32, 32), "convnet": (3, 32, 32), "lenet5": (1, 28, 28), "mlp": (1, 28, 28)}
 CPU = torch.device("cpu")
@@ -99,18 +99,25 @@ def _honest(arch: str, shape, seed: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--noise", default="0.01,0.1,0.2,0.3")
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--archs", default=",".join(ARCHS))
+    parser = new_parser(__doc__, "Quick run: --archs mlp --noise 0.1 --batches 1 (under a minute).")
+    parser.add_argument("--noise", type=listed(non_negative_float), default="0.01,0.1,0.2,0.3",
+                        help="comma-separated noise levels of the crafter (its 'noise' option)")
+    parser.add_argument("--batches", type=positive_int, default=3, help="batches of 100 digits the emulator is scored on")
+    parser.add_argument("--archs", type=listed(one_of(*ARCHS)), default=",".join(ARCHS),
+                        help=f"comma-separated architectures, out of {', '.join(ARCHS)}")
     args = parser.parse_args()
-    noises = [float(n) for n in args.noise.split(",")]
-    for arch in args.archs.split(","):
+    with one_line_errors(parser):
+        _table(args.archs, args.noise, args.batches)
+
+
+def _table(archs: list[str], noises: list[float], batches: int) -> None:
+    """Print the baselines of each architecture, then one line per noise level."""
+    for arch in archs:
         shape = ARCHS[arch]
         data = load_data("digits", input_shape=shape)
-        mean, means = mkor_baselines(data, args.batches)
+        mean, means = mkor_baselines(data, batches)
         print(f"## {arch} {shape}: public mean image {_avg(mean)}; public class means {_avg(means)}; "
-              f"honest model {leakage(_honest(arch, shape, 0), shape, data, args.batches)}", flush=True)  # fmt: skip
+              f"honest model {leakage(_honest(arch, shape, 0), shape, data, batches)}", flush=True)  # fmt: skip
         for noise in noises:
             nets = [craft("mkor_inconspicuous", _honest(arch, shape, seed), input_shape=shape, num_classes=10,
                           seed=seed, noise=noise) for seed in range(3)]  # fmt: skip
@@ -118,8 +125,8 @@ def main() -> None:
             net = nets[0]
             rows = planted_rows(arch, shape, 0, net)
             print(f"noise {noise}: inspect {'/'.join(a for a, _ in found)}, with data {'/'.join(d for _, d in found)}; "
-                  f"emulator {leakage(net, shape, data, args.batches)}, "
-                  f"planted rows {leakage(net, shape, data, args.batches, rows)}", flush=True)  # fmt: skip
+                  f"emulator {leakage(net, shape, data, batches)}, "
+                  f"planted rows {leakage(net, shape, data, batches, rows)}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Speed and memory of ``fedguard inspect`` (static checks) against a plain ``torch.load``.
 
-Generates, at run time, a ResNet-50-size (~100 MB) and a VGG16-size (~550 MB)
+Generates, at run time, a ResNet-50-size (98 MiB) and a VGG16-size (528 MiB)
 float32 state_dict with the real layer shapes, then times, in the same run,
 
 * baseline: ``python -c "import torch; torch.load(f, weights_only=True)"``
@@ -19,6 +19,8 @@ compiled with its wheel, and a machine that sets ``PYTHONDONTWRITEBYTECODE``
 would otherwise compile fedguard's modules on every timed run (0.13 s of the
 imports on two idle cores).
 
+The timed processes import fedguard from the checkout this script is in, as this process does.
+
 Usage: ``python benchmarks/inspect_speed.py [--keep DIR]``
 """
 
@@ -26,20 +28,27 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import shutil
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fedguard.__main__ import yielding_openmp
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedguard.__main__ import yielding_openmp  # noqa: E402
 
 yielding_openmp()  # before torch loads, here and in the timed processes, which inherit it
 
 import torch  # noqa: E402
 
+from _args import new_parser  # noqa: E402
+
 RUNS = 3
+#: The timed processes' environment: fedguard from this checkout, the rest as inherited.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
 # VmHWM, not ru_maxrss: the latter survives fork+exec and would report this (large) parent's peak.
 PEAK = (
     "import sys; hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
@@ -97,7 +106,7 @@ def timed(code: str) -> tuple[float, int]:
     best, peak = float("inf"), 0
     for _ in range(RUNS):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", code + "\n" + PEAK], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", code + "\n" + PEAK], capture_output=True, text=True, env=ENV)
         best = min(best, time.perf_counter() - start)
         line = [l for l in done.stderr.splitlines() if l.startswith("PEAK_KB")]
         if done.returncode or not line:
@@ -115,12 +124,29 @@ def compile_fedguard() -> None:
         compileall.compile_dir(Path(package.__file__).parent, quiet=1)
 
 
+def keep_folder(text: str) -> Path:
+    """A folder to keep the generated files in: one that exists, or a new one."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    return path
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", type=Path, help="folder to keep the generated files in")
+    parser = new_parser(__doc__, "It takes about a minute and has no quicker settings.")
+    parser.add_argument("--keep", type=keep_folder, help="folder to keep the generated files in (default: a temporary "
+                                                    "folder, removed at the end)")
     args = parser.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="fedguard-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        measure(args.keep, keep=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fedguard-bench-") as tmp:  # removed on failure and Ctrl-C too
+            measure(Path(tmp), keep=False)
+
+
+def measure(folder: Path, keep: bool) -> None:
+    """Write each model's file in ``folder`` and print its line; ``keep`` False removes each file once timed."""
     compile_fedguard()
     _, bare_kb = timed("import torch")
     for label, shapes in (("resnet50-size", resnet50_shapes()), ("vgg16-size", vgg16_shapes())):
@@ -140,10 +166,8 @@ def main() -> None:
             f"ratio {fg_s / base_s:.2f} (target <= 1.5)  extra memory: torch.load "
             f"{(base_kb - bare_kb) / 1024 / mb:.2f}x, fedguard {(fg_kb - bare_kb) / 1024 / mb:.2f}x file size (target <= 2)"
         )
-        if args.keep is None:
-            path.unlink()
-    if args.keep is None:
-        shutil.rmtree(folder)
+        if not keep:
+            path.unlink()  # before the next file: one at a time on the disk
 
 
 if __name__ == "__main__":

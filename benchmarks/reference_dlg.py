@@ -5,17 +5,27 @@ search, 20 inner iterations per step, history 100), dummy data and dummy soft
 labels from N(0, 1), squared L2 distance between gradients summed over the
 parameters, 300 steps. Nothing from fedguard's attack code is used.
 
-Usage: ``python benchmarks/reference_dlg.py [--seed 0] [--steps 300]``
-(the model, the image and the update are built as in attack_fidelity.py).
+Usage: ``python benchmarks/reference_dlg.py [--seed 0] [--steps 300] [--threads 2]``
+(the model, the image and the update are built as in attack_fidelity.py, and the process is set up as there:
+the same OpenMP waiting, the same thread count).
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import sys
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fedguard.__main__ import yielding_openmp  # noqa: E402
+
+yielding_openmp()  # before torch loads, as attack_fidelity.py does (a no-op when it imports this module)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from _timing import now  # noqa: E402
 
 
 def plain_dlg(net: torch.nn.Module, target_grads, shape, num_classes: int, steps: int = 300, seed: int = 0):
@@ -27,7 +37,7 @@ def plain_dlg(net: torch.nn.Module, target_grads, shape, num_classes: int, steps
     optimizer = torch.optim.LBFGS([dummy_data, dummy_label])
     params = [p for p in net.parameters()]
     evaluations = 0
-    start = time.perf_counter()
+    start = now(device)
     for _ in range(steps):
 
         def closure():
@@ -42,22 +52,19 @@ def plain_dlg(net: torch.nn.Module, target_grads, shape, num_classes: int, steps
             return diff
 
         optimizer.step(closure)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return dummy_data.detach(), dummy_label.detach(), time.perf_counter() - start, evaluations
+    return dummy_data.detach(), dummy_label.detach(), now(device) - start, evaluations
 
 
 def main() -> None:
-    import sys
-    from pathlib import Path
+    from _args import new_parser, non_negative_int, positive_int
+    from attack_fidelity import dlg_case
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from attack_fidelity import dlg_case  # noqa: E402
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=300)
+    parser = new_parser(__doc__, "Quick run: --steps 5 (seconds).")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the image, the model's init and the start")
+    parser.add_argument("--steps", type=positive_int, default=300, help="L-BFGS steps")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch's CPU threads, as attack_fidelity.py's --threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     net, x, y, grads = dlg_case(args.seed)
     data, label, seconds, evals = plain_dlg(net, grads, x.shape, 10, args.steps, args.seed)

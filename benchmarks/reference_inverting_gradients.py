@@ -19,10 +19,11 @@ Nothing from fedguard's attack code is used. A module, not a script:
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
+
+from _timing import now
 
 MEAN, STD = 0.5, 0.25
 
@@ -53,7 +54,7 @@ def reference_inverting_gradients(model, input_gradient, labels, batch, iteratio
     lo, hi = (0 - MEAN) / STD, (1 - MEAN) / STD
     milestones = [int(iterations // 2.667), int(iterations // 1.6), int(iterations // 1.142)]
     best, best_cost = None, float("inf")
-    start = time.perf_counter()
+    start = now(params[0].device)
     for r in range(restarts):
         x_trial = starts[r].clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x_trial], lr=lr)
@@ -80,4 +81,5 @@ def reference_inverting_gradients(model, input_gradient, labels, batch, iteratio
         cost = float(reconstruction_costs(torch.autograd.grad(loss, params), input_gradient))
         if cost < best_cost:
             best, best_cost = x_trial.detach().clone(), cost
-    return {"images": (MEAN + STD * best).clamp(0, 1).cpu(), "seconds": time.perf_counter() - start, "cost": best_cost}
+    seconds = now(params[0].device) - start
+    return {"images": (MEAN + STD * best).clamp(0, 1).cpu(), "seconds": seconds, "cost": best_cost}

@@ -61,3 +61,23 @@ def test_every_name_a_benchmark_imports_exists(script, monkeypatch):
             if not hasattr(modules[node.value.id], node.attr):
                 missing.append(f"{modules[node.value.id].__name__}.{node.attr}")
     assert not missing, f"{script.name} uses names that no longer exist: {missing}"
+
+
+def test_the_benchmarks_refuse_bad_arguments_in_one_line(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    _args = importlib.import_module("_args")
+    from fedguard.errors import InputError
+
+    parser = _args.new_parser("A script.\n", "Quick run: --n 1.")
+    parser.add_argument("--n", type=_args.positive_int, default=3)
+    parser.add_argument("--only", type=_args.listed(_args.one_of("dlg", "ig")), default="dlg,ig")
+    assert parser.parse_args(["--only", "dlg, ig"]).only == ["dlg", "ig"]
+    assert parser.parse_args([]).n == 3
+    for bad in (["--n", "0"], ["--n", "x"], ["--only", "bogus"], ["--only", "dlg,"]):
+        with pytest.raises(SystemExit) as exit:
+            parser.parse_args(bad)
+        assert exit.value.code == 2
+    with pytest.raises(SystemExit) as exit, _args.one_line_errors(parser):
+        raise InputError("--n 5 is larger than the data")
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: --n 5 is larger than the data")
