@@ -125,6 +125,13 @@ TIED = 1e-4
 #: units of a hidden layer of an MLP trained on two classes from a zero head, whose two rows move every hidden unit
 #: along one direction; none since thresholds count only among the examples).
 MIN_SAME_UNITS = 8
+#: FG804: a group measures its quantity exactly where the median of its units' ``1 - |r|`` with the group's centre is
+#: at most this. Crafted imprint layers: 1e-16 (the imprint itself) to 1e-10 (the layers behind it); honest layers
+#: whose training aligned their units (an MLP and LeNet-5 trained 3 epochs with SGD or Adam on two digit classes,
+#: groups of 26-70 units): medians 3e-4 to 5e-4, no unit closer than 5.5e-5. Groups short of exact make FG804 medium:
+#: their bins leak as well, but training on few classes gives them (a hidden layer's units all receive one gradient
+#: direction from a two-class head).
+EXACT_RESPONSE = 1e-5
 
 
 
@@ -186,6 +193,8 @@ class MeasurementGroup:
     #: How many distinct thresholds they put on the measurement among the examples: the bins they cut the examples
     #: into, less one (thresholds below or above every example cut nothing, two between the same two examples one).
     thresholds: int
+    #: The median ``1 - |r|`` of the units' responses with the group's centre: how far from exactly one measurement.
+    departure: float = 0.0
 
 
 def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
@@ -216,7 +225,9 @@ def measurement_groups(seen: LinearSeen) -> list[MeasurementGroup]:
         units = resolved[index[members]]
         opposite = corr[centre, members] < 0
         thresholds = max(_cuts((seen.switching[:, units] > 0) ^ opposite), _cuts((seen.grad[:, units] != 0) ^ opposite))
-        groups.append(MeasurementGroup(units, thresholds))
+        others = members[members != centre]
+        departure = float((1 - corr[centre, others].abs()).median()) if len(others) else 0.0
+        groups.append(MeasurementGroup(units, thresholds, max(departure, 0.0)))
     return groups
 
 
@@ -434,6 +445,7 @@ class LayerResponses(Detector):
         if units < MIN_SAME_UNITS:
             return
         largest = groups[0]
+        exact = sum(len(group.units) for group in groups if group.departure <= EXACT_RESPONSE) >= MIN_SAME_UNITS
         if len(groups) == 1:
             said = (f"{units} units of {seen.name} respond in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with "
                     f"{largest.thresholds} different thresholds: they bin")  # fmt: skip
@@ -441,11 +453,20 @@ class LayerResponses(Detector):
             said = (f"{units} units of {seen.name} form {len(groups)} groups (the largest of {len(largest.units)}), "
                     f"each responding in perfect correlation (|r| ≥ {SAME_RESPONSE:g}) with {MIN_GROUP} or more "
                     "different thresholds: each group bins")  # fmt: skip
+        said = (f"On your examples{_normalised(seen, module)}, {said} your batch by one measurement so that neighbouring "
+                "bins' gradients return single inputs (Robbing the Fed).")  # fmt: skip
+        if exact:
+            said += " Do not train on this model."
+        else:
+            said += (f" Not exactly one measurement, though (median 1 - |r| {largest.departure:.1e}; planted imprint "
+                     f"layers: {EXACT_RESPONSE:g} and less): training on few classes aligns a hidden layer's units so, "
+                     "and the leak is the same either way. Do not train on this model before you know why its units "
+                     "respond alike.")  # fmt: skip
         yield self.finding(
-            "FG804", "Units measure one quantity", Severity.HIGH, Confidence.HIGH, seen.name,
-            f"On your examples{_normalised(seen, module)}, {said} your batch by one measurement so that neighbouring "
-            "bins' gradients return single inputs (Robbing the Fed). Do not train on this model.",
+            "FG804", "Units measure one quantity", Severity.HIGH if exact else Severity.MEDIUM,
+            Confidence.HIGH if exact else Confidence.MEDIUM, seen.name, said,
             units=units, groups=len(groups), largest_group=len(largest.units), thresholds=largest.thresholds,
+            departure=rounded(largest.departure), exact_below=EXACT_RESPONSE,
             layer_units=int(seen.layer.weight[:MAX_UNITS].shape[0]), min_correlation=SAME_RESPONSE,
             **_mode_evidence(seen, module),
         )

@@ -23,7 +23,7 @@ from fedguard.errors import InputError
 from fedguard.inspect import judge, run_detectors
 from fedguard.modelview import ModelView
 from fedguard.torch_state import evaluating_one_by_one, normalising_as_in_training
-from fedguard.types import Severity, Verdict
+from fedguard.types import Confidence, Severity, Verdict
 from tests.zoo import _train as train_with_adam
 from tests.zoo import benign_entries, crafted_entries, digits
 
@@ -520,7 +520,27 @@ def test_imprint_in_a_second_layer_with_dissimilar_rows():
         model[3].bias[:128] = -torch.quantile(public.mean(dim=1), (torch.arange(128) + 0.5) / 128) - rows @ model[1].bias
     assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
+
+
+def test_fg804_is_high_for_an_exact_measurement_and_medium_for_units_only_aligned():
+    """Robbing the Fed's bins measure one quantity exactly (1 - |r| 0 here; 1e-16 to 1e-10 in every crafted imprint);
+    honest training on two classes aligns a hidden layer's units to 1 - |r| of 3e-4 to 5e-4 (every MLP trained 3 epochs
+    on two digit classes had been FG804 high, malicious). Rows alike to 3e-4 still bin: medium, with the departure."""
+    from fedguard.detectors.responses import EXACT_RESPONSE
+
+    public = digits((1, 8, 8))[0][1::2][:512].flatten(1)
+    severities = {}
+    for sigma in (0.0, 3e-4):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+        with torch.no_grad():
+            model[1].weight.copy_(1 / 64 + sigma * torch.randn(128, 64, generator=torch.Generator().manual_seed(1)))
+            model[1].bias.copy_(-torch.quantile(public.mean(dim=1), (torch.arange(128) + 0.5) / 128))
+        found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG804"]
+        severities[sigma] = (found.severity, found.confidence, found.evidence["departure"] > EXACT_RESPONSE)
+        assert found.layer == "1" and found.evidence["units"] == 128
+    assert severities == {0.0: (Severity.HIGH, Confidence.HIGH, False), 3e-4: (Severity.MEDIUM, Confidence.MEDIUM, True)}
 
 
 def test_an_imprint_behind_weights_that_cancel_exactly_is_still_one_measurement():
@@ -541,7 +561,7 @@ def test_an_imprint_behind_weights_that_cancel_exactly_is_still_one_measurement(
         model[3].weight[:128] = torch.cat([cancel, -cancel, 1e-9 * reading.expand(128, -1)], dim=1)
         model[3].bias[:128] = -1e-9 * torch.quantile(measured, torch.linspace(0.05, 0.95, 128))
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].layer == "3" and found["FG804"].evidence["units"] >= 100
 
 
 def test_an_imprint_whose_input_float64_computes_otherwise_is_still_reported():
@@ -568,7 +588,7 @@ def test_an_imprint_whose_input_float64_computes_otherwise_is_still_reported():
         imprint.weight[:32, :64] = 1 / 8
         imprint.bias[:32] = -torch.quantile(measured, torch.linspace(0.05, 0.95, 32))
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    assert found["FG804"].layer == "9" and found["FG804"].evidence["units"] == 32
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].layer == "9" and found["FG804"].evidence["units"] == 32
 
 
 def test_an_imprint_in_a_model_that_runs_in_float32_only_is_still_reported():
@@ -588,7 +608,7 @@ def test_an_imprint_in_a_model_that_runs_in_float32_only_is_still_reported():
         model.net[1].weight[:32] = 1 / 8
         model.net[1].bias[:32] = -torch.linspace(0.5, 4.0, 32)
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    assert found["FG804"].evidence["units"] == 32
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].evidence["units"] == 32
 
 
 def test_thresholds_count_where_units_switch_among_the_examples():
@@ -633,7 +653,7 @@ def test_many_small_imprints_are_read_together():
             model[3].weight[:, units] = model[3].weight[:, 7 * group, None]
     assert judge(static_findings(model.state_dict())) is Verdict.CLEAN
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)["FG804"]
-    assert found.evidence["groups"] >= 30 and found.evidence["largest_group"] == 7 and found.evidence["units"] >= 210
+    assert found.severity is Severity.HIGH and found.evidence["groups"] >= 30 and found.evidence["largest_group"] == 7 and found.evidence["units"] >= 210
 
 
 def _largest_raw_group(module: nn.Module, input_shape, name: str) -> int:
@@ -690,7 +710,7 @@ def test_an_imprint_under_a_large_offset_is_still_one_measurement():
         model[3].weight[:32] = 1 / 8
         model[3].bias[:32] = -(1e4 * 8 + torch.linspace(0.5, 4.0, 32))
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    assert found["FG804"].layer == "3" and found["FG804"].evidence["units"] == 32
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].layer == "3" and found["FG804"].evidence["units"] == 32
 
 
 @pytest.mark.parametrize("width", [1024, 4096])
@@ -717,7 +737,7 @@ def test_imprint_rows_that_differ_only_where_the_data_never_varies_are_one_measu
         model[1].bias[:32] = -torch.linspace(0.5, 4.0, 32)
     assert "FG301" not in _rules_of(model.state_dict())
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
-    assert found["FG804"].evidence["units"] == 32 and found["FG804"].evidence["thresholds"] >= 4
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].evidence["units"] == 32 and found["FG804"].evidence["thresholds"] >= 4
 
 
 def test_transmit_snr_quiet_on_a_layerwise_pruned_convnet():
@@ -1153,7 +1173,7 @@ def test_an_imprint_that_only_training_normalisation_sets_off_is_reported_from_t
     model = _behind_a_batchnorm("imprint", running_var=1e8)
     found = _with_data(model, (1, 28, 28), ["responses"], n=64)
     assert list(found) == ["FG804"] and found["FG804"].evidence["normalisation"] == "as in training"
-    assert found["FG804"].evidence["units"] >= 60
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].evidence["units"] >= 60
 
 
 def test_a_layer_reported_in_eval_mode_is_reported_once():
@@ -1179,7 +1199,7 @@ def test_an_imprint_whose_thresholds_a_batchnorm_after_it_sets_is_one_measuremen
         model[2].running_mean.fill_(float(measured.mean()))
         model[2].running_var.fill_(1e8 if hidden_from_eval else float(measured.var()))
     found = _with_data(model, (1, 28, 28), ["responses"], n=64)
-    assert found["FG804"].evidence["units"] == 64 and found["FG804"].evidence["thresholds"] >= 32
+    assert found["FG804"].severity is Severity.HIGH and found["FG804"].evidence["units"] == 64 and found["FG804"].evidence["thresholds"] >= 32
     assert ("normalisation" in found["FG804"].evidence) is hidden_from_eval
 
 
@@ -1264,7 +1284,7 @@ def test_an_imprint_whose_thresholds_are_added_after_the_rows_is_one_measurement
         model.rows.weight.copy_(model.rows.weight[0].clone())
         model.shift.copy_(-torch.quantile(measured, torch.linspace(0.02, 0.98, 64)))
     found = _with_data(model, (1, 28, 28), ["responses"], n=64)["FG804"]
-    assert found.evidence["units"] == 64 and found.evidence["thresholds"] >= 32
+    assert found.severity is Severity.HIGH and found.evidence["units"] == 64 and found.evidence["thresholds"] >= 32
 
 
 def test_the_training_pass_leaves_the_callers_running_statistics_and_modes():
@@ -1596,7 +1616,7 @@ def test_bins_in_a_per_token_feed_forward_layer_are_one_measurement_where_the_ne
     assert judge(static_findings(model.state_dict())) is not Verdict.MALICIOUS
     found = _with_data(model, (1, 8, 8), ["responses"], n=64)
     if spans:
-        assert found["FG804"].layer == "encoder.linear1" and found["FG804"].evidence["units"] >= 60
+        assert found["FG804"].severity is Severity.HIGH and found["FG804"].layer == "encoder.linear1" and found["FG804"].evidence["units"] >= 60
     else:
         assert "FG804" not in found
 
