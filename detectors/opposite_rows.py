@@ -31,7 +31,11 @@ two classes), so a two-class head's rows are ``w`` and ``−w`` (cosine
 −1.000000) and a head of several two-class tasks is made of such pairs.
 The model's last weight layer is not checked when its rows sum to zero
 (within ``ZERO_SUM`` of its largest row norm): no ReLU follows the logits,
-so its pairs carry nothing, and MKOR's pairs feed a merging layer.
+so its pairs carry nothing, and MKOR's pairs feed a merging layer. Nor is a
+last layer of two rows: every update of a two-class head moves its rows
+apart by the same vector, so from a random start training makes them
+opposite too (a ConvNet trained with SGD on two digit classes: FG104, 1
+pair, fan-in 2048).
 """
 
 from __future__ import annotations
@@ -173,8 +177,8 @@ class OppositeRows(Detector):
         view = context.view
         for layer in view.scored_layers(MIN_FAN_IN, kinds=(LINEAR,)):
             follower = view.next_weight_layer(layer)
-            if follower is None and zero_sum_rows(layer):
-                continue
+            if follower is None and (zero_sum_rows(layer) or layer.stats.rows == 2):
+                continue  # a softmax head: its pairs feed no ReLU (a two-class head's rows move apart in training)
             exact = [p for p in opposite_pairs(layer, -MAX_COSINE) if dense_rows(layer, p)]
             merged = merged_pairs(layer, follower) if follower is not None and follower.stats.finite else []
             seen = {frozenset(p.tolist()) for p in exact}

@@ -824,6 +824,25 @@ def test_a_head_of_two_binary_tasks_trained_from_zero_is_not_opposite_pairs():
     assert "FG104" not in {f.rule_id for f in static_findings(model.state_dict())}
 
 
+def test_a_two_class_head_trained_from_a_random_start_is_not_opposite_pairs():
+    """Every update of a two-class head moves its two rows apart by one vector, so training from a random start makes
+    them opposite too (a ConvNet on two digit classes: FG104 suspicious); its rows feed no ReLU. A pair in a wider last
+    layer that does not sum to zero is still read."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    with torch.no_grad():
+        apart = torch.randn(64)
+        model[3].weight += torch.stack([apart, -apart]) * 50 * model[3].weight.norm(dim=1).max() / apart.norm()
+    head = model[3].weight.detach()
+    assert -0.9999 < float(torch.cosine_similarity(head[0], head[1], 0)) < -0.99 and float(head.sum(0).norm()) > 0.1
+    assert "FG104" not in {f.rule_id for f in static_findings(model.state_dict())}
+    wider = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    with torch.no_grad():
+        wider[3].weight[:2] = head
+        wider[3].weight[2] = torch.randn(64)
+    assert "FG104" in {f.rule_id for f in static_findings(wider.state_dict())}
+
+
 def test_dsnr_needs_two_examples():
     """A batch of one carries its whole gradient: D-SNR is infinite for any model, so there is nothing to flag."""
     assert _behavioural(_entry(benign_entries(), "trained/lenet5/3ep"), n=1) == {}
