@@ -1796,6 +1796,20 @@ def test_linear_layers_named_like_embeddings_are_scored(crafter, bias):
     assert judge(static_findings(crafted.state_dict())) is Verdict.MALICIOUS
 
 
+def test_a_smoothing_filter_of_few_inputs_is_not_a_near_averaging_row():
+    """A ConvNet trained on two digit classes (grayscale in three channels) had one 3x3x3 first-layer filter of one sign
+    varying by 0.096-0.168 (FG101 suspicious): few inputs are smoothed alike honestly; the near tier starts at 32."""
+    from fedguard.architectures import build_model
+
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=(3, 32, 32))
+    with torch.no_grad():
+        first = model.features[0].weight
+        first[0] = 0.2 * (1 + 0.15 * torch.randn(first[0].shape).clamp(-2, 2))
+    assert first[0].numel() == 27 and bool((first[0] > 0).all())
+    assert "FG101" not in {f.rule_id for f in static_findings(model.state_dict())}
+
+
 @pytest.mark.parametrize("arch, shape", [("mlp", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("convnet", (3, 32, 32))])
 def test_averaging_rows_with_noise_on_every_weight_are_still_fg101(arch, shape):
     """MKOR times (1 + 0.1 N(0, 1)) on every tensor had come out clean on the MLP; the rows' gradients, which do not
