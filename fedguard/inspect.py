@@ -584,6 +584,10 @@ def _checked_batch(data, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     int64 labels within the model's outputs; InputError otherwise."""
     inputs, labels = in_memory_batch(data)
     outputs = classifier_logits(module, inputs, "inspect").shape[1]
+    if outputs == 1:  # the labels' range had been blamed ("pass data whose labels are 0 to 0")
+        raise InputError("--data: the model has a single output (a binary classifier with a sigmoid), through which "
+                         "the behavioural checks' cross-entropy sends no gradient; leave out --data for the static and "
+                         "--arch checks, or inspect the classifier as two logits (nn.Linear(..., 2))")
     if int(labels.max()) >= outputs:
         raise InputError(  # not "or --num-classes": the count is the file's, and another reads as the server's drift (FG701)
             f"--data has labels up to {int(labels.max())} but the model has {outputs} outputs; pass data whose labels "

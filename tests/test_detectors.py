@@ -876,6 +876,9 @@ def test_run_detectors_leaves_the_callers_model_and_torch_state_and_checks_its_c
         run_detectors(InspectContext(view=dict(module.state_dict())))
     with pytest.raises(InputError, match=r"--data has labels up to 19 but the model has 10 outputs; pass data whose labels are 0 to 9, the classes it"):
         run_detectors(InspectContext(view=view, data=(x[:4], torch.tensor([0, 1, 2, 19]))))
+    single = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with pytest.raises(InputError, match=r"^--data: the model has a single output \(a binary classifier with a sigmoid\)"):
+        run_detectors(InspectContext(view=ModelView.from_state_dict(single.state_dict(), single), data=(x[:16], y[:16] % 2)))
 
 
 def test_gradient_snr_on_a_model_with_every_parameter_frozen_weighs_nothing():
