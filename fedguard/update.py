@@ -428,7 +428,7 @@ def compute_update(
         raise InputError(f"labels hold negative values (min {int(labels.min())}); pass class labels 0, 1, 2, ...")
     labels = labels.long()  # int32 or uint8 labels, which cross-entropy refuses
     if not inputs.is_floating_point():
-        raise InputError(f"inputs are {inputs.dtype}; pass float images in [0, 1] (fedguard.data.in_memory_batch converts 0-255)")
+        raise InputError(f"inputs are {inputs.dtype}; pass float images in [0, 1] (divide 0-255 pixels by 255)")
     dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
     if dtypes and str(inputs.dtype) not in dtypes:
         raise InputError(f"inputs are {inputs.dtype} but the model's weights {' and '.join(dtypes)}; pass inputs of the model's dtype")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = sorted(BENCHMARKS.glob("*.py"))
+MODULES = sorted(BENCHMARKS.glob("*.py"))
+SCRIPTS = [p for p in MODULES if not p.name.startswith("_")]  # the shared helpers (_args.py, ...) are not scripts
 
 
 def _imports(path: Path) -> list[tuple[str, str]]:
@@ -33,13 +34,13 @@ def test_the_benchmarks_are_found():
     assert len(SCRIPTS) >= 13
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", MODULES, ids=lambda p: p.name)
 def test_every_name_a_benchmark_imports_exists(script, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # restored after the test, as the scripts' own sys.path inserts are
     # the speed scripts set GOMP_SPINCOUNT on import unless the environment says how OpenMP threads wait: say it for
     # the test, so that what they set does not outlive it in this process's environment
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "passive"))
-    local = {p.stem for p in SCRIPTS}
+    local = {p.stem for p in MODULES}
     missing, modules = [], {}
     for module, name in _imports(script):
         if module.split(".")[0] not in {"fedguard", "tests", *local}:

@@ -328,11 +328,11 @@ def test_mkor_s_averaging_bias_is_half_as_much_again_as_the_lowest_input_mean(di
     assert MKOR().crafter_options(view) == {"first_bias": pytest.approx(3.75, rel=1e-5)}
 
 
-def _owned_head_model(owned: int, averaging: bool = True) -> nn.Module:
-    """A 64 -> 32 -> 10 MLP whose first-layer rows 0..owned-1 reach one class each (averaging their input, as MKOR's
-    rows do, unless ``averaging`` is False) and the rest every class."""
+def _owned_head_model(owned: int, averaging: bool = True, classes: int = 10) -> nn.Module:
+    """A 64 -> 32 -> ``classes`` MLP whose first-layer rows 0..owned-1 reach one class each (averaging their input, as
+    MKOR's rows do, unless ``averaging`` is False) and the rest every class."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, classes))
     with torch.no_grad():
         model[3].weight.fill_(0.3)
         for j in range(owned):
@@ -343,14 +343,16 @@ def _owned_head_model(owned: int, averaging: bool = True) -> nn.Module:
     return model
 
 
-def test_mkor_is_planted_from_half_the_classes_with_its_rows(digits):
-    """Class-owned first-layer rows for 5 of 10 classes are an MKOR model; for 4 they are not; nor are 5 whose rows
-    are not MKOR's (neither averaging nor opposite pairs, the other paths not cut)."""
+def test_mkor_is_planted_from_half_the_classes_and_under_seven_with_its_rows(digits):
+    """Class-owned first-layer rows for 5 of 10 classes are an MKOR model, MKOR's rows or not (chance gives honest rows
+    to at most two classes from seven on); for 4 they are not. With 4 classes, rows for 2 are MKOR's only where they
+    are (averaging here; neither averaging nor opposite pairs, the other paths not cut: chance)."""
     from fedguard.attacks.mkor import MKOR
 
-    for owned, averaging, planted in ((5, True, True), (4, True, False), (5, False, False)):
-        view, _, _ = server_view(_owned_head_model(owned, averaging), digits, [0, 1], seed=0)
-        assert MKOR().planted(view) is planted, (owned, averaging)
+    for classes, owned, averaging, planted in ((10, 5, True, True), (10, 4, True, False), (10, 5, False, True),
+                                               (4, 2, True, True), (4, 2, False, False)):  # fmt: skip
+        view, _, _ = server_view(_owned_head_model(owned, averaging, classes), digits, [0, 1], seed=0)
+        assert MKOR().planted(dataclasses.replace(view, num_classes=classes)) is planted, (classes, owned, averaging)
 
 
 @pytest.mark.parametrize("classes", [2, 3])
