@@ -55,7 +55,8 @@ from fedguard.types import Reconstruction
 from .base import Attack, Budget, register_attack
 from .label_counts import round_counts
 
-__all__ = ["MKOR", "InconspicuousMKOR", "class_rows", "path_energy", "mkor_rows", "class_features", "invert_features", "public_examples", "CLASS_ROW_SHARE", "CUT_PATHS_SHARE"]
+__all__ = ["MKOR", "InconspicuousMKOR", "class_rows", "path_energy", "mkor_rows", "class_features", "invert_features",
+           "public_examples", "CLASS_ROW_SHARE", "CUT_PATHS_SHARE", "MANY_CLASSES"]
 
 #: A first-layer row belongs to class j when at least this share of its paths to the logits ends at j.
 CLASS_ROW_SHARE = 0.9
@@ -288,10 +289,11 @@ class MKOR(Attack):
         With few classes honest rows reach one class alone by chance: fresh LeNet-5, MLP, VGG-11 and sigmoid
         LeNet-5 models (6 seeds each) had such rows for every class at 2-4 classes and half of them at 5 (at most
         two from 7), and the audit had attacked every honest two-class model as MKOR's. There the rows' signature
-        decides, which MKOR's noise option hides from about 0.5 (cut paths) and the inconspicuous form's from 0.3 (FG104):
-        such models of 2-6 classes are not attacked unasked (the other attacks still attack the update). Not for a lone Linear head, every class's alone in any model: the features before it passed on
-        linearly did not tell MKOR's sigmoid LeNet (2.6-10 % off linear at a midpoint) from honest ones (0.6-13 %);
-        `fedguard inspect` reads those paths."""
+        decides, which MKOR's noise option hides from about 0.5 (cut paths) and the inconspicuous form's from 0.3
+        (FG104): such models of 2-6 classes are not attacked unasked (the other attacks still attack the update).
+        Not for a lone Linear head, every class's alone in any model: the features before it passed on linearly did
+        not tell MKOR's sigmoid LeNet (2.6-10 % off linear at a midpoint) from honest ones (0.6-13 %); `fedguard
+        inspect` reads those paths."""
         if self.applies(view) is not None:
             return False
         linears = [h.module for h in linear_layers(view.model, view.input_shape, view.device)]

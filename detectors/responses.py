@@ -128,9 +128,9 @@ MIN_SAME_UNITS = 8
 #: FG804: a group measures its quantity exactly where the median of its units' ``1 - |r|`` with the group's centre is
 #: at most this. Crafted imprint layers: 1e-16 (the imprint itself) to 1e-10 (the layers behind it); honest layers
 #: whose training aligned their units (an MLP and LeNet-5 trained 3 epochs with SGD or Adam on two digit classes,
-#: groups of 26-70 units): medians 3e-4 to 5e-4, no unit closer than 5.5e-5. Groups short of exact make FG804 medium:
-#: their bins leak as well, but training on few classes gives them (a hidden layer's units all receive one gradient
-#: direction from a two-class head).
+#: groups of 26-70 units): medians 2.9e-4 to 8.1e-4, no unit closer than 5.5e-5. Groups short of exact make FG804
+#: medium: their bins leak as well, but training on few classes gives them (a hidden layer's units all receive one
+#: gradient direction from a two-class head).
 EXACT_RESPONSE = 1e-5
 
 

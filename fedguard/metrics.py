@@ -233,10 +233,9 @@ class NoUpdateGuess:
     def label_accuracy_bound(self, batch_size: int, num_classes: int) -> float:
         """The label accuracy (as counts) a label attack must beat: the mean plus two standard deviations of what
         :meth:`label_counts` gets over :data:`GUESS_DRAWS` batches drawn from the class shares, but no more than one
-        example short of every count right where the guess gets every count right in at most
-        :data:`GUESS_RIGHT_CAP` of the draws. On
-        random batches of digits (2-64 examples, 400 each) the guess alone beats it in 1-4 % of them; the plain 0.5 it
-        had been held to, in 20 % (2 examples), 83 % (8) and all from 32 on. Uncapped, it had been 1.5 for one example
+        example short of every count right where the guess gets every count right in at most :data:`GUESS_RIGHT_CAP`
+        of the draws. On random batches of digits (2-64 examples, 400 each) the guess alone beats it in 1-4 % of
+        them; the plain 0.5 it had been held to, in 20 % (2 examples), 83 % (8) and all from 32 on. Uncapped, it had been 1.5 for one example
         of two balanced classes and 1.09 for eight, so that no label attack could count on a two-class task (iDLG's
         exact label read none); capped wherever the guess was ever wrong, a guess right in 92-95 % of the draws (shares
         0.99/0.01 at eight examples, 0.95/0.05 at one) had been beaten by exact counts that tell the server next to
