@@ -222,6 +222,17 @@ def text_width() -> int:
     return TEXT_WIDTH if columns is None else max(MIN_TEXT_WIDTH, min(MAX_TEXT_WIDTH, columns))
 
 
+#: Findings a text or HTML report shows, worst first; the others are counted, and JSON and SARIF hold them all (a file
+#: of 9,000 planted layers had made 11.8 MB of HTML and 8.5 MB of text).
+MAX_SHOWN_FINDINGS = 200
+
+
+def shown_findings(findings) -> tuple[list[Finding], int]:
+    """The worst :data:`MAX_SHOWN_FINDINGS` of ``findings`` (:func:`sorted_findings`) and how many are left out."""
+    ordered = sorted_findings(findings)
+    return ordered[:MAX_SHOWN_FINDINGS], max(0, len(ordered) - MAX_SHOWN_FINDINGS)
+
+
 def joined_lines(items: list[str], sep: str, width: int) -> list[str]:
     """``items`` joined by ``sep`` into lines of at most ``width`` characters, breaking only between items (a path,
     a layer's name or a number is never split)."""

@@ -48,6 +48,7 @@ from .base import (
     register_renderer,
     severity_counts,
     shown_command,
+    shown_findings,
     sorted_findings,
     tool_version,
 )
@@ -114,7 +115,8 @@ def _model(report: InspectionReport, anchor: str, description: str | None = None
         "description": description,
         "verdict": str(report.verdict),
         "tool_version": tool_version(report),
-        "findings": sorted_findings(report.findings),
+        "findings": (shown := shown_findings(report.findings))[0],
+        "findings_left_out": shown[1],
         "suppressed": sorted_findings(report.suppressed),
         "accepted_by": [str(i) for i in recorded_ignores(report) if i not in stale],
         "ignore_unmatched": [str(i) for i in stale],

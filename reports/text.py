@@ -45,7 +45,7 @@ from .base import (
     printable,
     register_renderer,
     severity_counts,
-    sorted_findings,
+    shown_findings,
     suppressed_line,
     text_width,
 )
@@ -115,7 +115,7 @@ class TextRenderer(Renderer):
             legacy_windows=False,
             force_jupyter=False,
         )
-        findings = sorted_findings(report.findings)
+        findings, left_out = shown_findings(report.findings)
 
         # 1. verdict line: the one thing a script or a person reads first.
         head = Text()
@@ -178,6 +178,8 @@ class TextRenderer(Renderer):
                     lines = joined_lines(_evidence_parts(f.evidence, width), ", ", width)
                     for i, line in enumerate(lines):
                         console.print(Text(f"    {line}{',' if i < len(lines) - 1 else ''}", style="dim"), soft_wrap=True)
+            if left_out:
+                console.print(Text(f"… and {plural(left_out, 'more finding')}, not shown (all in --format json)", style="dim"))
             console.print()
 
         # 4. what --ignore accepted: not judged, never hidden.
@@ -199,11 +201,11 @@ class TextRenderer(Renderer):
                 floor = Severity(int(worst) + 1)
                 summary = Text(
                     f"clean: no findings at or above {floor} "
-                    f"({plural(len(findings), 'lower finding')}: {per_severity})",
+                    f"({plural(len(report.findings), 'lower finding')}: {per_severity})",
                     style="green",
                 )
         else:
-            summary = Text(f"{plural(len(findings), 'finding')}: {per_severity}")
+            summary = Text(f"{plural(len(report.findings), 'finding')}: {per_severity}")
         if note := exit_note(report):
             summary.append(f" ({note})")
         console.print(summary, soft_wrap=True)  # one line whatever its length, for a script's `tail -n 1`

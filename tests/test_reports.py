@@ -250,6 +250,25 @@ def test_text_headings_and_layer_lists_break_between_words_with_a_hanging_indent
                if "block_" in part)  # fmt: skip
 
 
+def test_text_and_html_show_the_worst_findings_and_count_the_rest_which_json_holds(malicious):
+    """A file of 9,000 planted layers had made 11.8 MB of HTML and 8.5 MB of text: the human formats show the worst 200
+    and say how many more there are; JSON keeps every finding, and the counts are over all of them."""
+    from fedguard.reports.base import MAX_SHOWN_FINDINGS
+
+    worst = next(f for f in malicious.findings if f.severity is Severity.CRITICAL)
+    low = next(f for f in malicious.findings if f.severity is Severity.LOW)
+    many = tuple(dataclasses.replace(low, layer=f"fc{i}") for i in range(MAX_SHOWN_FINDINGS + 50))
+    report = dataclasses.replace(malicious, findings=(*many, worst))
+    text = render("text", report, RULES)
+    assert text.count("] FG") == MAX_SHOWN_FINDINGS and "[critical] FG003" in text  # the worst kept
+    assert "… and 51 more findings, not shown (all in --format json)" in text
+    assert text.splitlines()[-1].startswith(f"{MAX_SHOWN_FINDINGS + 51} findings: 1 critical")
+    page = render("html", report, RULES)
+    assert page.count('<td class="message">') == MAX_SHOWN_FINDINGS
+    assert f"{MAX_SHOWN_FINDINGS + 51} findings: 1 critical" in page and "51 more in <code>--format json</code>" in page
+    assert len(json.loads(render("json", report, RULES))["findings"]) == MAX_SHOWN_FINDINGS + 51
+
+
 def test_text_table_shows_a_wide_character_layer_name_by_its_end(malicious):
     """A CJK name (two cells a character) had been cut by the table at its end, losing the part that tells layers
     apart, as an ASCII name is not."""
