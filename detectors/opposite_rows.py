@@ -32,7 +32,9 @@ two classes), so a two-class head's rows are ``w`` and ``−w`` (cosine
 The model's last weight layer is not checked when its rows sum to zero
 (within ``ZERO_SUM`` of its largest row norm): no ReLU follows the logits,
 so its pairs carry nothing, and MKOR's pairs feed a merging layer. Nor is a
-last layer of two rows: every update of a two-class head moves its rows
+last layer of two rows that is the logits as far as the file tells (no
+layer takes two inputs: :func:`~fedguard.detectors.rows.stored_as_logits`;
+a pair stored last but run before a merging layer is read): every update of a two-class head moves its rows
 apart by the same vector, so from a random start training makes them
 opposite too (a ConvNet trained with SGD on two digit classes: FG104, 1
 pair, fan-in 2048).
@@ -43,7 +45,7 @@ from __future__ import annotations
 import torch
 
 from fedguard.detectors.base import Detector, InspectContext, register_detector
-from fedguard.detectors.rows import SKETCH_MARGIN, dense_rows, opposite_pairs, row_directions
+from fedguard.detectors.rows import SKETCH_MARGIN, dense_rows, opposite_pairs, row_directions, stored_as_logits
 from fedguard.modelview import LINEAR, Layer
 from fedguard.rowstats import weight_rows
 from fedguard.types import Confidence, Rule, Severity
@@ -177,7 +179,7 @@ class OppositeRows(Detector):
         view = context.view
         for layer in view.scored_layers(MIN_FAN_IN, kinds=(LINEAR,)):
             follower = view.next_weight_layer(layer)
-            if follower is None and (zero_sum_rows(layer) or layer.stats.rows == 2):
+            if follower is None and (zero_sum_rows(layer) or layer.stats.rows == 2 and stored_as_logits(view, layer)):
                 continue  # a softmax head: its pairs feed no ReLU (a two-class head's rows move apart in training)
             exact = [p for p in opposite_pairs(layer, -MAX_COSINE) if dense_rows(layer, p)]
             merged = merged_pairs(layer, follower) if follower is not None and follower.stats.finite else []

@@ -126,12 +126,14 @@ TIED = 1e-4
 #: along one direction; none since thresholds count only among the examples).
 MIN_SAME_UNITS = 8
 #: FG804: a group measures its quantity exactly where the median of its units' ``1 - |r|`` with the group's centre is
-#: at most this. Crafted imprint layers: 1e-16 (the imprint itself) to 1e-10 (the layers behind it); honest layers
-#: whose training aligned their units (an MLP and LeNet-5 trained 3 epochs with SGD or Adam on two digit classes,
-#: groups of 26-70 units): medians 2.9e-4 to 8.1e-4, no unit closer than 5.5e-5. Groups short of exact make FG804
-#: medium: their bins leak as well, but training on few classes gives them (a hidden layer's units all receive one
-#: gradient direction from a two-class head).
-EXACT_RESPONSE = 1e-5
+#: at most this. Crafted imprint layers: 1e-16 (the crafter's imprint) to 1e-10 (the layers behind it), 2.7e-6 for
+#: the tests' imprint in a second layer read through float32, 1.9e-5 with 0.3 % noise on it in directions the data
+#: excites (as many digits rebuilt); honest layers whose training aligned their units (an MLP and LeNet-5 trained 3
+#: epochs with SGD or Adam on two digit classes, groups of 26-70 units): medians 2.9e-4 to 8.1e-4, no unit closer
+#: than 5.5e-5. Groups short of exact make FG804 medium: their bins leak as well (that imprint with 1-3 % noise,
+#: 1.6e-4 to 6.1e-4, rebuilt 2-9 of 16 digits), but training on few classes gives them too (a hidden layer's units
+#: all receive one gradient direction from a two-class head).
+EXACT_RESPONSE = 5e-5
 
 
 

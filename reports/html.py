@@ -49,7 +49,6 @@ from .base import (
     severity_counts,
     shown_command,
     shown_findings,
-    sorted_findings,
     tool_version,
 )
 
@@ -117,7 +116,8 @@ def _model(report: InspectionReport, anchor: str, description: str | None = None
         "tool_version": tool_version(report),
         "findings": (shown := shown_findings(report.findings))[0],
         "findings_left_out": shown[1],
-        "suppressed": sorted_findings(report.suppressed),
+        "suppressed": (accepted := shown_findings(report.suppressed))[0],
+        "suppressed_left_out": accepted[1],
         "accepted_by": [str(i) for i in recorded_ignores(report) if i not in stale],
         "ignore_unmatched": [str(i) for i in stale],
         "counts": severity_counts(report.findings),

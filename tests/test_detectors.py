@@ -842,6 +842,20 @@ def test_a_two_class_head_trained_from_a_random_start_is_not_opposite_pairs():
         wider[3].weight[2] = torch.randn(64)
     assert "FG104" in {f.rule_id for f in static_findings(wider.state_dict())}
 
+    class PairStoredLast(torch.nn.Module):  # run pair -> ReLU -> merge -> head, stored merge, head, pair
+        def __init__(self):
+            super().__init__()
+            self.merge, self.head, self.pair = torch.nn.Linear(2, 32), torch.nn.Linear(32, 10), torch.nn.Linear(64, 2)
+
+        def forward(self, x):
+            return self.head(self.merge(torch.relu(self.pair(x.flatten(1)))))
+
+    stored_last = PairStoredLast()
+    with torch.no_grad():
+        stored_last.pair.weight.copy_(head)
+    assert list(stored_last.state_dict())[-1] == "pair.bias"
+    assert "FG104" in {f.rule_id for f in static_findings(stored_last.state_dict())}  # a layer takes its two outputs
+
 
 def test_dsnr_needs_two_examples():
     """A batch of one carries its whole gradient: D-SNR is infinite for any model, so there is nothing to flag."""

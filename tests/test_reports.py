@@ -267,6 +267,9 @@ def test_text_and_html_show_the_worst_findings_and_count_the_rest_which_json_hol
     assert page.count('<td class="message">') == MAX_SHOWN_FINDINGS
     assert f"{MAX_SHOWN_FINDINGS + 51} findings: 1 critical" in page and "51 more in <code>--format json</code>" in page
     assert len(json.loads(render("json", report, RULES))["findings"]) == MAX_SHOWN_FINDINGS + 51
+    assert f'<td class="num">{MAX_SHOWN_FINDINGS + 51}</td>' in render_summary([report], RULES, "t")  # the total column
+    accepted = render("html", dataclasses.replace(report, findings=(worst,), suppressed=many), RULES)
+    assert accepted.count('<td class="message">') == 1 + MAX_SHOWN_FINDINGS and "50 more in <code>--format json</code>" in accepted
 
 
 def test_text_table_shows_a_wide_character_layer_name_by_its_end(malicious):
