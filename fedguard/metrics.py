@@ -230,21 +230,32 @@ class NoUpdateGuess:
 
         return round_counts(self._shares(num_classes), batch_size)
 
-    def label_accuracy_bound(self, batch_size: int, num_classes: int) -> float:
+    def label_accuracy_bound(self, batch_size: int, num_classes: int, true_counts: torch.Tensor | None = None) -> float:
         """The label accuracy (as counts) a label attack must beat: the mean plus two standard deviations of what
         :meth:`label_counts` gets over :data:`GUESS_DRAWS` batches drawn from the class shares, but no more than one
         example short of every count right where the guess gets every count right in at most :data:`GUESS_RIGHT_CAP`
         of the draws. On random batches of digits (2-64 examples, 400 each) the guess alone beats it in 1-4 % of
-        them; the plain 0.5 it had been held to, in 20 % (2 examples), 83 % (8) and all from 32 on. Uncapped, it had been 1.5 for one example
-        of two balanced classes and 1.09 for eight, so that no label attack could count on a two-class task (iDLG's
-        exact label read none); capped wherever the guess was ever wrong, a guess right in 92-95 % of the draws (shares
-        0.99/0.01 at eight examples, 0.95/0.05 at one) had been beaten by exact counts that tell the server next to
-        nothing (a review)."""
+        them; the plain 0.5 it had been held to, in 20 % (2 examples), 83 % (8) and all from 32 on. Uncapped, it had
+        been 1.5 for one example of two balanced classes and 1.09 for eight, so that no label attack could count on a
+        two-class task (iDLG's exact label read none); capped wherever the guess was ever wrong, a guess right in
+        92-95 % of the draws (shares 0.99/0.01 at eight examples, 0.95/0.05 at one) had been beaten by exact counts
+        that tell the server next to nothing (a review).
+
+        Where the bound is that of a guess nearly always right (1 or more: no label result could beat it), and the
+        batch's ``true_counts`` are given and the guess gets them wrong, it is what the guess gets on this batch: the
+        one client that holds a rare class is the one the label tells on (a review: a batch of the rare class of
+        two, split 348/12, and a class missing from the public data, had read none with the label exact)."""
         shares = self._shares(num_classes)
+        guess = self.label_counts(batch_size, num_classes)
         draws = np.random.default_rng(0).multinomial(batch_size, shares, size=GUESS_DRAWS)
-        accuracy = np.minimum(draws, self.label_counts(batch_size, num_classes)).sum(axis=1) / max(batch_size, 1)
+        accuracy = np.minimum(draws, guess).sum(axis=1) / max(batch_size, 1)
         bound = float(accuracy.mean() + 2 * accuracy.std())
-        return bound if (accuracy >= 1.0).mean() > GUESS_RIGHT_CAP else min(bound, 1.0 - 1.0 / max(batch_size, 1))
+        if (accuracy >= 1.0).mean() <= GUESS_RIGHT_CAP:
+            return min(bound, 1.0 - 1.0 / max(batch_size, 1))
+        if true_counts is not None and bound >= 1.0:
+            here = float(np.minimum(np.asarray(true_counts), guess).sum()) / max(batch_size, 1)
+            return min(bound, here)
+        return bound
 
     def _shares(self, num_classes: int) -> np.ndarray:
         if self.class_shares is None or len(self.class_shares) != num_classes:
@@ -483,7 +494,7 @@ def score(
     # the best rebuilt image, against its match or the true example it is closest to
     psnr_max, ssim_max = _max(psnrs + [p for p, _, _ in nearest]), _max(ssims + [s for _, s, _ in nearest])
     def labelled(accuracy: float | None) -> LeakageLevel:  # the guess's bound drawn only where labels are judged
-        return label_level(accuracy, B, guess.label_accuracy_bound(B, len(true_counts)))
+        return label_level(accuracy, B, guess.label_accuracy_bound(B, len(true_counts), true_counts))
 
     if kind == "images" and rec.images is not None:  # and the labels it read off the update: DLG's on a model whose
         # head is no Linear layer (no label attack runs there) had been right 6 of 6 times, none

@@ -215,7 +215,7 @@ def test_class_mean_images_and_a_label_guess_without_the_update_are_not_leaks(di
     ([0.5, 0.5], 1, 0.0, LeakageLevel.MEDIUM),  # the mean plus two deviations: 1.5
     ([0.494, 0.506], 1, 0.0, LeakageLevel.MEDIUM),  # digits' 178/182: right in 51 % of the draws (had read none)
     ([0.55, 0.45], 1, 0.0, LeakageLevel.MEDIUM),  # 55 %
-    ([0.9, 0.1], 4, None, LeakageLevel.NONE),  # 66 %: little to tell
+    ([0.9, 0.1], 4, None, LeakageLevel.LOW),  # 66 %: uncapped, but the guess [4, 0] misses this batch's [2, 2]
     ([0.5, 0.5], 8, 0.875, LeakageLevel.LOW),  # 1.09; the guess is exact on 27 % of such batches
     ([0.9, 0.1], 8, 0.875, LeakageLevel.LOW),
     ([1.0, 0.0], 8, 1.0, LeakageLevel.NONE),  # the guess is always right: exact counts tell nothing
@@ -235,6 +235,26 @@ def test_exact_labels_count_on_two_classes_where_the_guess_is_not_always_right(s
     y = torch.tensor([0] * (batch - batch // 2) + [1] * (batch // 2)) if likely else torch.zeros(batch, dtype=torch.long)
     exact = Reconstruction(attack="c", label_counts=torch.bincount(y, minlength=2))
     out = score(exact, torch.rand(batch, 1, 8, 8), y, 2, kind="labels", title="t", reference="r", prior=guess)
+    assert out.label_accuracy == 1.0 and out.level is level
+
+
+@pytest.mark.parametrize("shares, counts, level", [
+    ([348 / 360, 12 / 360], [0, 1], LeakageLevel.MEDIUM),  # the one example of the rare class: the guess says 0
+    ([348 / 360, 12 / 360], [1, 0], LeakageLevel.NONE),  # the guess's own answer: nothing learnt
+    ([1.0, 0.0], [7, 1], LeakageLevel.LOW),  # a class the public data lacks
+    ([1.0, 0.0], [8, 0], LeakageLevel.NONE),
+])
+def test_exact_labels_of_a_rare_class_count_where_the_guess_gets_the_batch_wrong(shares, counts, level):
+    """A guess nearly always right puts the bound at 1 or above, so no label result could count: the client holding
+    the rare class (a binary task split 348/12) or a class the public data lacks had read none with its label exact.
+    Where the guess gets this batch wrong, the bound is what it gets here."""
+    from fedguard.metrics import NoUpdateGuess
+    from fedguard.types import Reconstruction
+
+    guess = NoUpdateGuess(class_shares=np.array(shares))
+    y = torch.repeat_interleave(torch.arange(2), torch.tensor(counts))
+    exact = Reconstruction(attack="c", label_counts=torch.tensor(counts))
+    out = score(exact, torch.rand(len(y), 1, 8, 8), y, 2, kind="labels", title="t", reference="r", prior=guess)
     assert out.label_accuracy == 1.0 and out.level is level
 
 
