@@ -250,9 +250,11 @@ def print_hanging(console, text, first: str = "", rest: str = "    ") -> None:
     others after ``rest`` (a hanging indent); a word longer than a line (a layer's name, a path) stays whole."""
     from rich.text import Text
 
+    # broken at spaces only, nothing cut: "ignore" as the text's own overflow (as wrap()'s argument it turns the
+    # breaking off)
     whole = text.copy()
-    whole.overflow = "ignore"  # broken at spaces only, nothing cut: as the text's own setting, not wrap()'s argument,
-    width = console.width - max(len(first), len(rest))  # which would turn the breaking off
+    whole.overflow = "ignore"
+    width = console.width - max(len(first), len(rest))
     if len(first) + whole.cell_len <= console.width:
         width = console.width  # one line as it is
     for i, part in enumerate(whole.wrap(console, width)):

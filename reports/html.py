@@ -95,8 +95,8 @@ def sentence(text: str) -> str:
 
 
 def code_spans(text: str):
-    """``text`` escaped (and :func:`printable`), its ```command``` spans as ``<code>`` (the sentences the text report
-    shows with backticks)."""
+    """``text`` escaped (and :func:`printable`), each span between backticks as ``<code>`` (the sentences that name a
+    command, which the text report shows in backticks)."""
     import re
 
     import markupsafe
