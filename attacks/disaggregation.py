@@ -929,8 +929,7 @@ def disaggregate(
         raise InputError(f"progress is {kind_of(progress)}; pass a callable progress(settled, total) or None")
     if deadline is not None and not (is_number(deadline) and math.isfinite(deadline)):
         raise InputError(f"deadline is {deadline!r}; pass a time.perf_counter() value or None")
-    if not isinstance(prove_unique, bool):  # "no" had read as True
-        raise InputError(f"prove_unique is {prove_unique!r:.40}; pass True or False")
+    prove_unique = checks.flag(prove_unique, "prove_unique")
     workers = (_default_workers() if workers is None else int(workers)) if forking_workers() else 1
     rng = np.random.default_rng(seed)
     notes: list[str] = []

@@ -55,7 +55,7 @@ from fedguard.torch_state import own_random_state, own_torch_state
 from fedguard.types import (
     CRAFTED_UPDATE, NOT_REQUESTED, AttackOutcome, AuditReport, AuditVerdict, Finding, Leakage, LeakageLevel, Severity,
 )
-from fedguard.update import TrainingDiverged, Update, checked_update, compute_update, l2_norm, load_update, resolve_device
+from fedguard.update import TrainingDiverged, Update, checked_update, compute_update, is_zero, l2_norm, load_update, resolve_device
 
 if TYPE_CHECKING:
     from fedguard.attacks.base import Budget
@@ -1046,7 +1046,7 @@ def audit(
     baseline = baseline_psnr(batch_x, prior, batch_y)
     exposure = None
     # the attacks differentiate gradients; only the math kernel of scaled_dot_product_attention has a double backward
-    zero_update = not any(bool(t.any()) for t in upd.tensors.values())
+    zero_update = is_zero(upd.tensors.values())
     with _first_interrupt_sets(stop, notify), sdpa_kernel(SDPBackend.MATH):
         for name in names:
             cls = reg.get(name)

@@ -70,6 +70,14 @@ def whole(value: Any, name: str, minimum: int = 1, maximum: int | None = None, *
     return int(value)
 
 
+def flag(value: Any, name: str) -> bool:
+    """``value`` when it is True or False; otherwise InputError naming ``name`` (a string such as "no" had read as
+    True)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} is {shown(value)}; pass True or False")
+    return value
+
+
 def seed(value: Any, name: str = "--seed") -> int:
     """``value`` as a seed (:func:`whole` from 0 to :data:`MAX_SEED`)."""
     return whole(value, name, 0, MAX_SEED)

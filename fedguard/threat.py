@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from fedguard import checks
 from fedguard.checks import is_number
 from fedguard.errors import InputError
 from fedguard.update import average_gradient
@@ -84,8 +85,7 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         for name in ("architecture", "batch_size", "local_schedule", "auxiliary_data"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"threat model {name} is {getattr(self, name)!r}; give True or False")
+            checks.flag(getattr(self, name), f"threat model {name}")
         pair = self.input_range
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(is_number(v) and math.isfinite(v) for v in pair)
                 and pair[0] < pair[1]):

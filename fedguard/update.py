@@ -60,6 +60,11 @@ DIVERGED_NATS = 100.0
 WEIGHTS_DISTANCE = 0.5
 
 
+def is_zero(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every value of ``tensors`` is zero (an update that carries nothing)."""
+    return not any(bool(t.any()) for t in tensors)
+
+
 def l2_norm(tensors: Iterable[Any]) -> float:
     """The L2 norm of ``tensors`` (tensors or arrays) taken together, in float64."""
     return math.sqrt(sum(float(torch.as_tensor(t).double().square().sum()) for t in tensors))
@@ -433,8 +438,7 @@ def compute_update(
     if dtypes and str(inputs.dtype) not in dtypes:
         raise InputError(f"inputs are {inputs.dtype} but the model's weights {' and '.join(dtypes)}; pass inputs of the model's dtype")
     seed = checks.whole(seed, "seed", 0, 2**63 - 1)  # torch's generators' range: the audit passes its seed plus offsets
-    if not isinstance(allow_divergence, bool):  # "no" had read as True
-        raise InputError(f"allow_divergence is {allow_divergence!r:.40}; pass True or False")
+    allow_divergence = checks.flag(allow_divergence, "allow_divergence")
     check_defense(defense)
     batch = int(inputs.shape[0])
     local_steps, local_lr, local_batch_size = checked_schedule(protocol, local_steps, local_lr, local_batch_size, batch)
@@ -639,7 +643,7 @@ def _matched_tensors(tensors: dict[str, Any], named: bool, model: nn.Module, whe
         if not torch.isfinite(t).all():
             raise InputError(f"{where}: {name} holds NaN or infinite values; recompute the update")
         out[name] = t
-    if not any(bool(t.any()) for t in out.values()):
+    if is_zero(out.values()):
         raise InputError(f"{where} is zero everywhere, which training leaves only where the model passes no gradient "
                          "for the batch; pass the gradient (FedSGD) or W_T - W_0 (FedAvg) the client would upload, or "
                          "audit without --update to have the update computed (a zero one reveals nothing)")  # fmt: skip

@@ -2491,6 +2491,7 @@ def test_update_objects_and_compute_update_refuse_what_they_cannot_use_in_one_li
     """An independent review's: numpy arrays in an Update had failed in repr() and to(); extra=None, a dict or a name
     where an Update or a module is wanted, and meta tensors had raised AttributeError or torch's RuntimeError."""
     from fedguard.errors import InputError
+    from fedguard.threat import ThreatModel
     from fedguard.update import Update, checked_update, compute_update
 
     model = lenet8()
@@ -2511,6 +2512,7 @@ def test_update_objects_and_compute_update_refuse_what_they_cannot_use_in_one_li
         (lambda: compute_update(model, x.to("meta"), y), "inputs is on the meta device (shapes without values)"),
         (lambda: compute_update(model, x, y.to("meta")), "labels is on the meta device"),
         (lambda: compute_update(model, x, y, allow_divergence="no"), "allow_divergence is 'no'; pass True or False"),
+        (lambda: ThreatModel(local_schedule="no"), "threat model local_schedule is 'no'; pass True or False"),
     ):  # fmt: skip
         with pytest.raises(InputError, match=re.escape(message)):
             call()
