@@ -617,11 +617,20 @@ def _resolve_callable(arch: str) -> tuple[Any, Any]:
     return module, obj
 
 
+def _signature_default(fn: Callable[..., Any], name: str) -> Any:
+    """The default of ``fn``'s parameter ``name``, or None (no such parameter, no default, no signature)."""
+    try:
+        param = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _custom_default_shape(arch: str) -> Shape | None:
-    """An ``input_shape`` attribute on the callable or its module, if there is one."""
+    """The callable's ``input_shape`` attribute, else its ``input_shape`` argument's default, else its module's
+    ``input_shape`` attribute, if there is one."""
     module, fn = _resolve_callable(arch)
-    for owner in (fn, module):
-        shape = getattr(owner, "input_shape", None)
+    for shape in (getattr(fn, "input_shape", None), _signature_default(fn, "input_shape"), getattr(module, "input_shape", None)):
         if shape is not None:
             try:
                 return check_input_shape(shape)
@@ -710,7 +719,8 @@ def resolve_input_shape(arch: str, input_shape: Any = None) -> Shape:
     """The (C, H, W) to use with ``arch``: ``input_shape`` when given, else its default.
 
     A ``module:callable`` architecture's default is an ``input_shape``
-    attribute on the callable or its module; without one an InputError asks
+    attribute on the callable, its ``input_shape`` argument's default, or an
+    ``input_shape`` attribute on its module; without one an InputError asks
     for ``--input-shape``.
     """
     spec = _spec(arch)

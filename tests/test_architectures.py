@@ -420,10 +420,33 @@ def test_a_callables_own_input_shape_wins_over_its_modules(tmp_path, monkeypatch
 
     (tmp_path / "shapes_module.py").write_text(
         "input_shape = (3, 32, 32)\n\ndef small():\n    pass\n\nsmall.input_shape = (1, 8, 8)\n\ndef plain():\n    pass\n"
+        "\ndef argued(num_classes=10, input_shape=(1, 12, 12)):\n    pass\n"
+        "\ndef unset(num_classes=10, input_shape=None):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert resolve_input_shape("shapes_module:small") == (1, 8, 8)
     assert resolve_input_shape("shapes_module:plain") == (3, 32, 32)
+    assert resolve_input_shape("shapes_module:argued") == (1, 12, 12)  # the shape it builds when called without one
+    assert resolve_input_shape("shapes_module:unset") == (3, 32, 32)
+
+
+def test_a_callables_input_shape_argument_is_its_default_shape(tmp_path, monkeypatch):
+    """A builder written ``def build(num_classes=10, input_shape=(1, 8, 8))`` had been asked for --input-shape."""
+    (tmp_path / "fg_argued.py").write_text(
+        "from torch import nn\n\ndef build(num_classes=10, input_shape=(1, 8, 8)):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], num_classes))\n"
+        "\ndef odd(input_shape=(8, 8)):\n    return nn.Linear(64, 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert resolve_input_shape("fg_argued:build") == (1, 8, 8)
+        assert build_model("fg_argued:build", 3)[1].in_features == 64
+        assert build_model("fg_argued:build", 3, (3, 4, 4))[1].in_features == 48  # given, it wins
+        with pytest.raises(InputError, match=r"^fg_argued:odd declares input_shape=\(8, 8\), which is not C,H,W; fix it "
+                                             r"or pass input_shape$"):  # the API's names
+            resolve_input_shape("fg_argued:odd")
+    finally:
+        sys.modules.pop("fg_argued", None)
 
 
 def test_a_model_of_lookup_tables_alone_says_to_leave_out_arch(user_module, tmp_path):
