@@ -170,9 +170,7 @@ class TextRenderer(Renderer):
                 line.append(f" {f.rule_id} ", style="bold")
                 line.append(f"{printable(f.layer) if f.layer is not None else '(file)'}: {f.title}")
                 print_hanging(console, line)
-                body = Text(printable(f.message))
-                for wrapped in body.wrap(console, console.width - 4):
-                    console.print(Text("    ") + wrapped, soft_wrap=True)
+                print_hanging(console, Text(printable(f.message)), first="    ")
                 if f.evidence:  # broken between items only, never inside a layer's name or a number
                     width = console.width - 5  # the indent, the comma
                     lines = joined_lines(_evidence_parts(f.evidence, width), ", ", width)

@@ -229,17 +229,21 @@ def test_text_never_splits_a_layer_name_and_fits_the_terminal(malicious):
 
 def test_text_headings_and_layer_lists_break_between_words_with_a_hanging_indent(malicious):
     """A finding's heading and the context line ran past an 80-column terminal, which wrapped them mid-word at its
-    edge; a list of layers in the evidence (FG701's missing layers) was one item of 200 characters."""
+    edge; a list of layers in the evidence (FG701's missing layers) was one item of 200 characters; a name longer
+    than a line in a finding's message had been cut in two."""
     from fedguard.reports.base import laid_out_for
 
     layer = "backbone.stage_three.block_two.attention.output_projection"
     names = [f"classifier.block_{i}.weight" for i in range(8)]
+    long_name = "backbone." + "very_deep_stage." * 5 + "weight"  # longer than a line less the indent
     finding = dataclasses.replace(malicious.findings[1], layer=layer, title="An unusually long title " * 3,
+                                  message=f"Rows of {long_name} share one direction, as a planted layer's do. " * 2,
                                   evidence={"missing": names})  # fmt: skip
     report = dataclasses.replace(malicious, findings=(finding,), config={**malicious.config, "data": "x" * 30})
     with laid_out_for(80):
         lines = render("text", report, RULES).splitlines()
-    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    assert sum(len(line) > 80 for line in lines) == 2 and all(long_name in line for line in lines if len(line) > 80)
+    assert sum(line == f"    {long_name}" for line in lines) == 2  # the message's name whole, on a line of its own
     start = next(i for i, line in enumerate(lines) if line.startswith(f"[{finding.severity}] "))
     assert f" {layer}:" in lines[start]  # the name whole
     assert lines[start + 1].startswith("    An unusually") or lines[start + 1].startswith("    long title")
