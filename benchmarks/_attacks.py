@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,12 +18,9 @@ from fedguard.threat import ServerView, ThreatModel  # noqa: E402
 def server_view(net, upd, shape, num_classes=10, seed=0, aux=None, device=torch.device("cpu"), **known) -> ServerView:
     """What an honest server sees of ``upd`` (its schedule included), with ``aux`` as public data; ``known`` adds
     what the server is told (``label_counts=...``)."""
-    return ServerView(
-        model=net, tensors=upd.tensors, protocol=upd.protocol, batch_size=upd.batch_size,
-        local_steps=upd.local_steps if upd.protocol == "fedavg" else None,
-        local_lr=upd.local_lr, local_batch_size=upd.local_batch_size, num_classes=num_classes,
-        input_shape=tuple(shape), threat=ThreatModel(), device=device, seed=seed, auxiliary=aux, **known,
-    )  # fmt: skip
+    view = ServerView.of_update(net, upd, ThreatModel(), num_classes=num_classes, input_shape=shape, device=device,
+                                seed=seed, auxiliary=aux)
+    return dataclasses.replace(view, **known)
 
 
 def class_scores(images: torch.Tensor, labels: torch.Tensor, bx: torch.Tensor, by: torch.Tensor) -> tuple[float, float, float, float]:

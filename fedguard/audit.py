@@ -997,24 +997,8 @@ def audit(
 
     B = len(index)
     known_labels = threat.labels == "known"
-    view = ServerView(
-        model=module,
-        tensors=upd.tensors,
-        protocol=upd.protocol,
-        batch_size=B,
-        local_steps=upd.local_steps if threat.local_schedule and upd.protocol == "fedavg" else None,
-        local_lr=upd.local_lr if threat.local_schedule and upd.protocol == "fedavg" else None,
-        local_batch_size=upd.local_batch_size if threat.local_schedule and upd.protocol == "fedavg" else None,
-        num_classes=n_out,
-        input_shape=tuple(batch_x.shape[1:]),
-        threat=threat,
-        device=dev,
-        seed=seed,
-        labels=batch_y.clone() if known_labels else None,
-        label_counts=torch.bincount(batch_y, minlength=n_out) if known_labels else None,
-        label_source="known (threat model)" if known_labels else None,
-        auxiliary=aux if threat.auxiliary_data else None,
-    )
+    view = ServerView.of_update(module, upd, threat, num_classes=n_out, input_shape=batch_x.shape[1:], device=dev,
+                                seed=seed, labels=batch_y, auxiliary=aux)
 
     sent: set[str] = set()  # emulators whose parameters the received model carries: attacked as received
     carried = []  # the same, where the attacks were named and these left out

@@ -165,6 +165,34 @@ class ServerView:
     auxiliary: Any = field(default=None, repr=False)
     next_round: Any = field(default=None, repr=False)
 
+    @classmethod
+    def of_update(cls, model: Any, update: Any, threat: ThreatModel, *, num_classes: int, input_shape: tuple[int, int, int],
+                  device: torch.device, seed: int = 0, labels: torch.Tensor | None = None,
+                  auxiliary: Any = None) -> "ServerView":
+        """What ``threat`` lets a server see of ``update`` (an :class:`~fedguard.update.Update` of ``model``): its
+        batch size; FedAvg's local schedule where the threat model grants it; the batch's true ``labels`` and their
+        counts where it says labels are known; the public data ``auxiliary`` where it grants public data."""
+        schedule = threat.local_schedule and update.protocol == "fedavg"
+        known = threat.labels == "known" and labels is not None
+        return cls(
+            model=model,
+            tensors=update.tensors,
+            protocol=update.protocol,
+            batch_size=update.batch_size,
+            local_steps=update.local_steps if schedule else None,
+            local_lr=update.local_lr if schedule else None,
+            local_batch_size=update.local_batch_size if schedule else None,
+            num_classes=num_classes,
+            input_shape=tuple(input_shape),
+            threat=threat,
+            device=device,
+            seed=seed,
+            labels=labels.clone() if known else None,
+            label_counts=torch.bincount(labels, minlength=num_classes) if known else None,
+            label_source="known (threat model)" if known else None,
+            auxiliary=auxiliary if threat.auxiliary_data else None,
+        )
+
     def server_data(self, need: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(inputs, labels)`` the server runs the model on: its public data of the domain, or without it ``need``
         (at least 64) inputs of seeded uniform noise in the input box, unlabelled (None)."""

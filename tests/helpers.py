@@ -57,24 +57,9 @@ def server_view(
         model, bx.to(device), by.to(device), protocol=protocol, local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size
     )
     rest = np.random.default_rng(seed + 1).permutation(np.setdiff1d(np.arange(len(y)), index))[:512]
-    fedavg = protocol == "fedavg"
-    view = ServerView(
-        model=model,
-        tensors=upd.tensors,
-        protocol=protocol,
-        batch_size=len(index),
-        local_steps=upd.local_steps if fedavg else None,
-        local_lr=upd.local_lr if fedavg else None,
-        local_batch_size=upd.local_batch_size if fedavg else None,
-        num_classes=10,
-        input_shape=tuple(bx.shape[1:]),
-        threat=ThreatModel(labels="known" if known_labels else "infer"),
-        device=torch.device(device),
-        seed=seed,
-        labels=by.clone() if known_labels else None,
-        label_counts=torch.bincount(by, minlength=10) if known_labels else None,
-        auxiliary=(x[rest], y[rest]) if auxiliary else None,
-    )
+    threat = ThreatModel(labels="known" if known_labels else "infer")
+    view = ServerView.of_update(model, upd, threat, num_classes=10, input_shape=bx.shape[1:], device=torch.device(device),
+                                seed=seed, labels=by, auxiliary=(x[rest], y[rest]) if auxiliary else None)
     return view, bx, by
 
 
