@@ -164,6 +164,17 @@ def load_weights(
     module.load_state_dict(state, strict=False)
 
 
+def _left_out(cls, view) -> str:
+    """Why the default attack ``cls``, which the audit was not asked for, did not run: where it does not apply to this
+    update (``view``, labels given: those the other attacks would have read), the reason, and a pass misses nothing
+    by it (a gate naming the attacks that apply to its FedAvg updates had been told to audit with iDLG, DLG and
+    fc_inversion too); else :data:`~fedguard.types.NOT_REQUESTED`."""
+    try:
+        return cls().applies(view) or NOT_REQUESTED
+    except Exception:  # model code that raises in the probe: the attack, had it been asked for, would say so
+        return NOT_REQUESTED
+
+
 def _carries(emulator, view) -> bool:
     """Whether the received model carries ``emulator``'s planted parameters; False where probing it runs model code
     that raises (the attacks that run it say so and skip: the probe had ended the audit as a fault in fedguard)."""
@@ -1167,7 +1178,7 @@ def audit(
                      "measured that kind of leak: the audit measured less than it was asked to")  # fmt: skip
     for name in reg.names():  # what a reader of a pass must know was not tried: the default attacks left out
         if requested is not None and reg.get(name).default and name not in requested:
-            skipped[name] = NOT_REQUESTED
+            skipped[name] = _left_out(reg.get(name), dataclasses.replace(view, labels=batch_y))
 
     from fedguard.metrics import THRESHOLDS
 

@@ -2229,6 +2229,7 @@ def test_the_report_says_what_the_verdict_asks():
     assert str(blocked.verdict) == "block" and blocked.next_step.startswith("Do not upload this update as it is")
     assert "Do not upload this update as it is" in AuditTextRenderer().render(blocked)
     from fedguard.threat import ThreatModel
+    from fedguard.types import NOT_REQUESTED
 
     unsure = audit(attacks=["idlg"], **run)  # skipped (a batch of 8): nothing measured
     assert str(unsure.verdict) == "warn" and unsure.next_step.startswith("Inconclusive"), unsure.skipped
@@ -2239,12 +2240,19 @@ def test_the_report_says_what_the_verdict_asks():
     emulated = audit(attacks=["imprint"], **run)
     assert str(emulated.verdict) == "block"
     assert emulated.next_step.startswith("Do not train on a model like the one the imprint emulator crafts")
-    # a pass on the attacks named says which it left out (label counts alone had passed an update fc_inversion rebuilds);
+    # a pass on the attacks named says which it left out (label counts alone had passed an update fc_inversion rebuilds),
+    # but not those that do not apply to the update (iDLG at a batch of 8: a gate had been told to audit with it);
     # a label attack's leak is the labels'
     counted = audit(attacks=["label_counts"], **run)
     assert str(counted.verdict) == "pass" and counted.next_step == (
-        "A pass on the named attacks alone: the default attacks idlg, fc_inversion, dlg, inverting_gradients were not "
+        "A pass on the named attacks alone: the default attacks fc_inversion, dlg, inverting_gradients were not "
         "requested; audit with them before relying on it.")
+    assert counted.skipped["idlg"] == "iDLG needs a batch of one example (known to the server)"
+    assert counted.skipped["dlg"] == NOT_REQUESTED
+    # labels are not why an image attack would not apply: the attacks asked for would have read them
+    imaged = audit(attacks=["fc_inversion"], **{**run, "protocol": "fedavg"})
+    assert imaged.skipped["dlg"].startswith("DLG matches one gradient (FedSGD)")
+    assert imaged.skipped["inverting_gradients"] == NOT_REQUESTED
     one = audit(attacks=["idlg"], **{**run, "batch_size": 1})
     assert str(one.verdict) == "warn" and "idlg recovers your batch's labels at level medium" in one.next_step
 
