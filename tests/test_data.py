@@ -375,6 +375,11 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": np.full((4, 8, 8), 256, np.int64), "y": GOOD_Y}, r"integers in \[256, 256\].*uint8"),  # one past 8 bits
         ({"x": np.eye(8, dtype=np.int64)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*bool or floats 0-1"),
         ({"x": np.eye(8, dtype=np.uint8)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*read as black"),
+        # the digits' levels 0-16 as uint8 had read as at most 16/255 and lowered an audit's verdict
+        ({"x": (np.arange(64).reshape(8, 8) % 17).astype(np.uint8)[None].repeat(4, 0), "y": GOOD_Y},
+         r"holds integers 0-16: as 8-bit pixels they would read as nearly black \(at most 16/255\); scale them to floats "
+         r"0-1 \(x / 16 for levels 0-16, x / 255 for dark 8-bit images\)$"),
+        ({"x": np.full((4, 8, 8), 31, np.int64), "y": GOOD_Y}, r"holds integers 0-31"),
         ({"x": GOOD_X, "y": np.array([0, -1, 0, 1])}, r"negative labels"),
         ({"x": GOOD_X, "y": np.array([0, 0.5, 0, 1])}, r"non-integer labels"),
         ({"x": GOOD_X, "y": np.array([0, 1e20, 0, 1])}, r"labels up to 100000000000000000000, beyond any class"),  # had wrapped
@@ -584,3 +589,11 @@ def test_an_output_name_too_long_for_the_file_system_is_said_to_be_so(tmp_path):
     with pytest.raises(InputError, match=r"--output r{24}\.\.\.r+\.jsonx: a file name of 256 bytes, over the 255 this "
                                          r"file system takes; choose a shorter name"):
         check_output_path(tmp_path / ("r" * 250 + ".jsonx"))
+
+
+def test_dark_integer_pixels_from_one_eighth_of_the_range_read_as_8_bit(tmp_path):
+    """Integers up to 31 are refused as a coarser scale's levels (above); from 32 they are dark 8-bit pixels."""
+    from fedguard.data import COARSE_LEVELS
+
+    x, _ = load_data(_npz(tmp_path, x=np.full((4, 8, 8), COARSE_LEVELS, np.uint8), y=GOOD_Y))
+    assert torch.allclose(x, torch.full_like(x, COARSE_LEVELS / 255))
