@@ -45,6 +45,7 @@ __all__ = [
     "check_input_shape",
     "check_num_classes",
     "arch_source",
+    "arch_name",
     "builds_any_class_count",
 ]
 
@@ -688,6 +689,25 @@ def _build_custom(arch: str, num_classes: int | None, input_shape: Shape | None,
 # --------------------------------------------------------------------------- public entry points
 
 
+def arch_name(arch: Any) -> Any:
+    """``arch`` as fedguard names an architecture: a class or function defined at the top level of a module that is
+    loaded as ``module:name`` (``__main__:Net`` for one in the running script), the name the reports print and
+    :func:`build_model` imports back; anything else as it is, for the checks where it is used."""
+    if isinstance(arch, nn.Module):
+        raise InputError(f"arch is a model instance ({type(arch).__name__}); pass its class or 'package.module:callable', "
+                         "which builds fresh ones")  # fmt: skip
+    if isinstance(arch, str) or not callable(arch):
+        return arch
+    module, qualname = getattr(arch, "__module__", None), getattr(arch, "__qualname__", None)
+    found: Any = sys.modules.get(module) if isinstance(module, str) else None
+    for part in qualname.split(".") if isinstance(qualname, str) and "<" not in qualname else ["<"]:
+        found = getattr(found, part, None)
+    if found is not arch:
+        raise InputError(f"arch {qualname or arch!r} is not found by its name in its module (defined inside a function, or "
+                         "a lambda); define it at the top level of a module, or pass 'package.module:callable'")  # fmt: skip
+    return f"{module}:{qualname}"
+
+
 def _spec(arch: str) -> ArchSpec | None:
     if not isinstance(arch, str) or not arch.strip():
         raise InputError(f"bad --arch {arch!r}; use one of {', '.join(ARCHITECTURES.names())} or package.module:callable")
@@ -746,6 +766,7 @@ def build_model(arch: str, num_classes: int | None = None, input_shape: Any = No
     arguments (e.g. ``hidden=`` for ``mlp``) go to the builder. Any problem
     raises :class:`InputError`.
     """
+    arch = arch_name(arch)
     spec = _spec(arch)
     num_classes = check_num_classes(num_classes) if num_classes is not None else None
     shape = check_input_shape(input_shape) if input_shape is not None else None

@@ -39,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import fedguard
 from fedguard import checks
 from fedguard.architectures import (
-    build_model, builds_any_class_count, check_float32, classifier_logits, resolve_input_shape,
+    arch_name, build_model, builds_any_class_count, check_float32, classifier_logits, resolve_input_shape,
 )
 from fedguard.data import data_sha256, in_memory_batch, load_data, refuse_flat
 from fedguard.defenses import Defense, check_defense
@@ -752,8 +752,10 @@ def audit(
         float32: a file's or state_dict's half-precision tensors are read
         into ``arch``'s float32 layers, a half-precision module is refused
         (pass ``model.float()``).
-    arch : str
-        Architecture: a built-in name or ``package.module:callable``.
+    arch : str or callable
+        Architecture: a built-in name, ``package.module:callable``, or the
+        class or function itself (defined at the top level of a module;
+        reports name it ``module:name``).
     data : str, path or (x, y)
         ``digits``, ``images``, an image folder, an ``.npz`` with ``x``/``y``,
         or tensors or numpy arrays. The batch is drawn from it with ``seed``; the rest plays the
@@ -843,6 +845,7 @@ def audit(
 
     t_start = time.perf_counter()
     seed = checks.seed(seed)
+    arch = arch_name(arch)
     batch_size, num_classes, max_iterations = (
         None if value is None else checks.whole(value, option)
         for value, option in ((batch_size, "--batch-size"), (num_classes, "--num-classes"), (max_iterations, "--max-iterations"))

@@ -27,7 +27,7 @@ from torch import nn
 import fedguard
 from fedguard import checks
 from fedguard.architectures import (
-    ARCHITECTURES, build_model, builds_any_class_count, check_input_shape, classifier_logits, resolve_input_shape,
+    ARCHITECTURES, arch_name, build_model, builds_any_class_count, check_input_shape, classifier_logits, resolve_input_shape,
 )
 from fedguard.checks import is_whole
 from fedguard.data import data_sha256, in_memory_batch, load_data, refuse_flat
@@ -312,8 +312,9 @@ def inspect_model(
     ----------
     path : path
         The global model as received (.pt/.pth/.bin/.ckpt/.tar, .safetensors, .npz).
-    arch : str, optional
-        Expected architecture: a built-in name or ``module:callable``. Enables the
+    arch : str or callable, optional
+        Expected architecture: a built-in name, ``module:callable``, or the class or
+        function itself (defined at the top level of a module). Enables the
         architecture-drift check and, with ``data``, the behavioural checks.
     num_classes, input_shape : optional
         Passed to the architecture; the class count defaults to the received head's.
@@ -349,8 +350,10 @@ def inspect_model(
                 raise InputError(f"{option} is {kind_of(value)}, not a file; save it with "
                                  f"torch.save(model.state_dict(), path) and pass that path")  # fmt: skip
             raise InputError(f"{option} is {checks.shown(value)}; pass the model file's path as a str or pathlib.Path")
+    arch = arch_name(arch)
     if arch is not None and (not isinstance(arch, str) or not arch.strip()):
-        raise InputError(f"arch is {arch!r:.40}; pass an architecture name such as 'lenet5', or None")
+        raise InputError(f"arch is {arch!r:.40}; pass an architecture name such as 'lenet5', a class or function that "
+                         "builds the model, or None")
     if num_classes is not None and (not is_whole(num_classes) or num_classes < 1):
         raise InputError(f"bad --num-classes {num_classes!r}; give a whole number of classes, 1 or more")
     for flag, value in (("--num-classes", num_classes), ("--input-shape", input_shape)):

@@ -470,3 +470,33 @@ def test_the_readme_table_lists_every_built_in_architecture_as_registered():
     assert list(listed) == ARCHITECTURES.names()
     for name, spec in ARCHITECTURES.items():
         assert listed[name] == f"| `{name}` | {','.join(map(str, spec.input_shape))} | {spec.description} |"
+
+
+def test_an_architecture_passed_as_its_class_or_function_is_named_module_colon_name(tmp_path, monkeypatch):
+    """From Python, ``arch=Net`` had been refused as a bad --arch; a class or function defined at a module's top level
+    is named ``module:name`` (as the reports print it and build_model imports it back), others are refused."""
+    import importlib
+
+    from fedguard.architectures import arch_name
+    from fedguard.inspect import inspect_model
+
+    (tmp_path / "fg_classes.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Module):\n    def __init__(self, num_classes=10, input_shape=(1, 8, 8)):\n"
+        "        super().__init__()\n        self.fc = nn.Linear(64, num_classes)\n\n"
+        "    def forward(self, x):\n        return self.fc(x.flatten(1))\n\n"
+        "def factory():\n    class Inner(Net):\n        pass\n    return Inner\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        mod = importlib.import_module("fg_classes")
+        assert arch_name(mod.Net) == "fg_classes:Net" and arch_name("lenet") == "lenet" and arch_name(None) is None
+        assert build_model(mod.Net, 3).fc.out_features == 3
+        torch.save(mod.Net().state_dict(), tmp_path / "net.pt")
+        report = inspect_model(tmp_path / "net.pt", arch=mod.Net)
+        assert report.arch == "fg_classes:Net" and str(report.verdict) == "clean"
+        for bad, said in ((mod.factory(), r"^arch 'factory.<locals>.Inner' is not found by its name in its module"),
+                          (lambda num_classes=10: mod.Net(), r"^arch '.*<lambda>' is not found by its name"),
+                          (mod.Net(), r"^arch is a model instance \(Net\); pass its class")):
+            with pytest.raises(InputError, match=said):
+                inspect_model(tmp_path / "net.pt", arch=bad)
+    finally:
+        sys.modules.pop("fg_classes", None)
