@@ -1827,3 +1827,27 @@ def test_a_server_view_without_the_batch_size_is_named_by_the_attacks_that_need_
     unknown = dataclasses.replace(view, batch_size=None)
     for name in ("label_counts", "fc_inversion", "dlg", "inverting_gradients", "feature_fishing"):
         assert attacks().get(name)().applies(unknown) == NO_BATCH_SIZE, name
+
+
+def test_label_counts_of_one_example_read_its_class_whatever_the_servers_data():
+    """A model confident on the client's one example (gradient near 0) and a server with only noise to run it on: the
+    counts had been the mean softmax of the noise, another class (a trained five-class ConvNet, two of eight batches);
+    the one example's class is the head gradient's negative entry, under FedSGD and FedAvg."""
+    from fedguard.attacks.label_counts import LabelCounts
+
+    x, y = load_data("digits")
+    example = x[0].flatten()
+    centred = example - example.mean()
+    head = nn.Linear(64, 5)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[2] = 40 * centred / centred.pow(2).sum()  # logit 40 on the example, about 0 on noise
+        head.bias[4] = 20.0  # noise reads class 4
+    model = nn.Sequential(nn.Flatten(), head)
+    labels = y.clone()
+    labels[0] = 2
+    for protocol in ("fedsgd", "fedavg"):
+        view, _, _ = server_view(model, (x, labels), [0], protocol=protocol, local_steps=3, local_lr=0.01, auxiliary=False)
+        rec = LabelCounts().run(dataclasses.replace(view, num_classes=5), Budget(1))
+        assert rec.label_counts.tolist() == [0, 0, 1, 0, 0] and rec.details["route"] == "single_example", protocol
