@@ -234,7 +234,7 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
     from fedguard.exposure import FederationSettings
     from fedguard.io import check_output_path, write_atomic
     from fedguard.reports.audit_base import render_audit
-    from fedguard.reports.grids import grid_captions, grid_path, grid_png, remove_stale_grids
+    from fedguard.reports.grids import attack_grids, grid_path, remove_stale_grids
     from fedguard.reports.base import laid_out_for, printable
     from fedguard.threat import ThreatModel
 
@@ -285,16 +285,13 @@ def audit_command(model, arch, num_classes, input_shape, data, batch_size, proto
         )  # fmt: skip
     if not quiet:
         note_unmatched_ignores(report.model["inspection"]["ignore_unmatched"])
-    images: dict[str, bytes] = {}
+    images = {} if no_images else attack_grids(report)
     outcomes = []
     for o in report.attacks:
-        if o.images is not None and report.true_images is not None and not no_images:
-            png = grid_png(report.true_images, o.images, captions=grid_captions(o, report.true_labels))
-            images[o.name] = png
-            if output is not None:
-                path = grid_path(output, o.name)
-                write_atomic(path, png)
-                o = dataclasses.replace(o, image_file=path.name)
+        if o.name in images and output is not None:
+            path = grid_path(output, o.name)
+            write_atomic(path, images[o.name])
+            o = dataclasses.replace(o, image_file=path.name)
         outcomes.append(o)
     # --strict sets the exit code, which a reader of the JSON could not otherwise tell from a warn
     report = dataclasses.replace(report, attacks=tuple(outcomes), config={**report.config, "strict": strict})

@@ -205,7 +205,6 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
     from fedguard.reports import render
     from fedguard.reports.base import laid_out_for, printable
     from fedguard.reports.grids import remove_stale_grids
-    from fedguard.suppressions import unmatched_in
 
     refuse_unused(arch is None, ("num_classes", "input_shape"), "describes --arch, which is not given; add --arch")
     refuse_unused(data is None, ("seed",), "seeds the sample of --data, which is not given; add --data")
@@ -227,7 +226,7 @@ def inspect_command(model, arch, num_classes, input_shape, reference, data, dete
         click.echo(printable(f"fedguard: note: --reference {reference} has the same contents as {model} (one SHA-256): "
                              "nothing can have moved between them; pass last round's model"), err=True)  # fmt: skip
     if not quiet:
-        note_unmatched_ignores(unmatched_in(report))
+        note_unmatched_ignores(report.ignore_unmatched)
     color = colour_report(output, fmt)
     with laid_out_for(terminal_columns(output)):
         text = render(fmt, report, rules(), color=color)

@@ -232,6 +232,14 @@ class InspectionReport:
         rules = ", ".join(sorted({f"{f.rule_id} {f.severity}" for f in self.findings})) or "no findings"
         return f"{self.path}: {self.verdict} ({rules})"
 
+    @property
+    def ignore_unmatched(self) -> tuple[str, ...]:
+        """The ``ignore`` entries (``--ignore``) that matched no finding, which the command line names on stderr: a
+        stale or misspelt entry accepts nothing."""
+        from fedguard.suppressions import unmatched_in
+
+        return tuple(str(entry) for entry in unmatched_in(self))
+
     def worst(self) -> Severity | None:
         """The highest severity among the findings; None when there are none."""
         return max((f.severity for f in self.findings), default=None)

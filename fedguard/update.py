@@ -386,10 +386,13 @@ def compute_update(
     Parameters
     ----------
     model : torch.nn.Module
-        The received global model (its trainable parameters are updated).
+        The received global model; the update is over its trainable
+        parameters (left unchanged: a copy is trained).
     inputs, labels : torch.Tensor
-        The private batch: ``[N, ...]`` inputs as the model takes them and
-        ``[N]`` integer class labels.
+        The private batch: ``[N, ...]`` float inputs exactly as the model takes
+        them and ``[N]`` integer class labels (no conversion here: numpy
+        arrays and integer pixels are what :func:`fedguard.audit.audit`'s
+        ``data`` converts, through :func:`fedguard.data.load_data`).
     protocol : {"fedsgd", "fedavg"}
         ``fedsgd``: the gradient of the mean loss on the batch; ``fedavg``:
         the weight change ``W_T - W_0`` after ``local_steps`` of plain SGD.

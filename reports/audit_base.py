@@ -17,7 +17,7 @@ from typing import ClassVar, Mapping
 from fedguard.registry import Registry
 from fedguard.types import AuditReport
 
-from .base import check_report
+from .base import check_format, check_report
 
 __all__ = ["AuditRenderer", "AUDIT_RENDERERS", "register_audit_renderer", "audit_renderers", "render_audit"]
 
@@ -48,7 +48,17 @@ def audit_renderers() -> Registry[type[AuditRenderer]]:
 
 
 def render_audit(fmt: str, report: AuditReport, *, color: bool = False, images: Mapping[str, bytes] | None = None) -> str:
-    """Render ``report`` as ``fmt`` (KeyError naming the valid formats when unknown)."""
+    """Render ``report`` as ``fmt``: ``text``, ``json`` or ``html`` (KeyError naming the valid formats when unknown).
+
+    ``color`` only affects ``text`` (pass True only when writing to a TTY). ``images`` are the PNG grids of true
+    images over reconstructions that ``html`` embeds, by attack name: None embeds each attack's grid
+    (:func:`fedguard.reports.grids.attack_grids`), ``{}`` none (the page then holds no images of the batch, as
+    ``fedguard audit --no-images``)."""
+    check_format(fmt)
     renderer = audit_renderers().get(fmt)
     check_report(report, AuditReport, "fedguard.audit.audit")
+    if images is None and fmt == "html":
+        from fedguard.reports.grids import attack_grids
+
+        images = attack_grids(report)
     return renderer().render(report, color=color, images=images)

@@ -73,6 +73,13 @@ def register_renderer(name: str):
 # ---------------------------------------------------------------- shared helpers
 
 
+def check_format(fmt: Any) -> None:
+    """:class:`~fedguard.errors.InputError` unless ``fmt`` is a format's name (a report passed first had raised
+    'unhashable type')."""
+    if not isinstance(fmt, str):
+        raise InputError(f"fmt is {kind_of(fmt)}; pass the format's name first, then the report: ('json', report)")
+
+
 def check_report(report: Any, kind: type, made_by: str) -> None:
     """:class:`~fedguard.errors.InputError` unless ``report`` is a ``kind`` (what ``made_by`` returns)."""
     if not isinstance(report, kind):

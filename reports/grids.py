@@ -86,6 +86,15 @@ def grid_captions(outcome: AttackOutcome, true_labels: Sequence[int]) -> list[st
     return captions
 
 
+def attack_grids(report) -> dict[str, bytes]:
+    """Each attack's grid (:func:`grid_png`, captioned by :func:`grid_captions`) by attack name, for an
+    :class:`~fedguard.types.AuditReport` that kept the true batch; empty where it did not."""
+    if report.true_images is None:
+        return {}
+    return {o.name: grid_png(report.true_images, o.images, captions=grid_captions(o, report.true_labels))
+            for o in report.attacks if o.images is not None}  # fmt: skip
+
+
 def grid_png(true_images, rebuilt, *, captions: Sequence[str] | None = None, columns: int = 16, min_side: int = 64,
              gap: int = 2) -> bytes:
     """True images (upper row of each pair) over their matched reconstructions (lower row).

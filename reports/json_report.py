@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Mapping
 
-from fedguard.suppressions import unmatched_in
 from fedguard.types import InspectionReport, Rule
 
 from .base import (
@@ -93,7 +92,7 @@ def report_to_dict(report: InspectionReport) -> dict[str, Any]:
         "summary": severity_counts(report.findings),
         "findings": _finding_dicts(report.findings),
         "suppressed": _finding_dicts(report.suppressed),
-        "ignore_unmatched": [str(entry) for entry in unmatched_in(report)],
+        "ignore_unmatched": list(report.ignore_unmatched),
         "detectors_run": list(report.detectors_run),
         "seconds": json_safe(float(report.seconds)),
         "config": json_safe(dict(report.config)),

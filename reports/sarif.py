@@ -48,7 +48,7 @@ from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, Mapping
 from urllib.parse import quote
 
-from fedguard.suppressions import recorded_ignores, unmatched_in
+from fedguard.suppressions import recorded_ignores
 from fedguard.types import Finding, InspectionReport, Rule, Severity
 
 from .base import (
@@ -205,7 +205,7 @@ def report_to_sarif(report: InspectionReport, rules: Mapping[str, Rule]) -> dict
         "seconds": json_safe(float(report.seconds)),
         "reference": report.reference,
         "config": json_safe(dict(report.config)),
-        "ignoreUnmatched": [str(entry) for entry in unmatched_in(report)],
+        "ignoreUnmatched": list(report.ignore_unmatched),
     })
     run: dict[str, Any] = {
         "tool": {

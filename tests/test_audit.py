@@ -2228,6 +2228,11 @@ def test_the_report_says_what_the_verdict_asks():
     blocked = audit(attacks=["fc_inversion"], **run)
     assert str(blocked.verdict) == "block" and blocked.next_step.startswith("Do not upload this update as it is")
     assert "Do not upload this update as it is" in AuditTextRenderer().render(blocked)
+    # from Python the page embeds the grids as the command's does (it had none without images=), and none when asked
+    from fedguard.reports.audit_base import render_audit
+
+    assert render_audit("html", blocked).count("data:image/png;base64,") == 1
+    assert "data:image/png;base64," not in render_audit("html", blocked, images={})
     from fedguard.threat import ThreatModel
     from fedguard.types import NOT_REQUESTED
 

@@ -169,10 +169,14 @@ def test_a_report_of_the_wrong_kind_is_named_not_a_traceback(clean):
         (lambda: report_to_dict(None), "report is a NoneType; pass the InspectionReport"),
         (lambda: render_audit("json", "report.json"), "report is a str; pass the AuditReport that fedguard.audit.audit returns"),
         (lambda: audit_to_dict(clean), "report is an InspectionReport; pass the AuditReport"),
+        # the report first had raised "unhashable type: 'dict'"
+        (lambda: render(clean, "json", RULES), "fmt is an InspectionReport; pass the format's name first, then the report"),
+        (lambda: render_audit(clean, "json"), "fmt is an InspectionReport; pass the format's name first"),
     ]:
         with pytest.raises(InputError) as err:
             call()
         assert wanted in str(err.value)
+    assert render("json", clean) == render("json", clean, RULES)  # every rule by default
 
 
 def test_json_safe_converts_numpy_torch_and_non_finite():

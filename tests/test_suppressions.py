@@ -94,6 +94,10 @@ def test_inspect_judges_what_is_left_and_reports_the_rest_apart(imprint_mlp):
 
     accepted = inspect_model(imprint_mlp, ignore=["FG301", "FG101"])
     assert accepted.verdict is Verdict.CLEAN and accepted.findings == () and len(accepted.suppressed) == 4
+    assert accepted.ignore_unmatched == ()
+    # an entry that accepts nothing is named from Python too (it had been in the JSON document alone)
+    stale = inspect_model(imprint_mlp, ignore=["FG301", "FG105:imprint.0"])
+    assert stale.ignore_unmatched == ("FG105:imprint.0",)
 
 
 def test_reports_list_accepted_findings_apart(imprint_mlp):
