@@ -147,13 +147,24 @@ class ClassFishing(Attack):
         start = time.perf_counter()
         head = find_head(view.model, view.input_shape, view.device, view.num_classes)
         target = int(torch.nonzero(head.module.weight.detach().abs().sum(1)).flatten()[0])
+        gradient = view.gradient_direction()
+        if head.bias is not None and head.bias in gradient and float(gradient[head.bias][target]) >= 0:
+            # p - y summed over the batch: negative for the class's examples, and every other example's p is about 0
+            # behind the zero rows' biases: no example of the class (it had inverted a zero gradient into noise)
+            return Reconstruction(
+                attack=self.name, images=torch.zeros(0, *view.input_shape), labels=torch.zeros(0, dtype=torch.long),
+                seconds=time.perf_counter() - start, stopped="done",
+                details={"target_class": target, "examples_fished": 0,
+                         "why_nothing": f"no example of the class fished for ({target}) is in the batch: its row of "
+                                        "the head's update is not pulled toward it"},
+            )  # fmt: skip
         count = 1
         if view.label_counts is not None:
             count = max(1, int(torch.as_tensor(view.label_counts)[target]))
         labels = torch.full((count,), target, dtype=torch.long)
         # the layers below the head and the head's target row hold the fished examples' gradient alone
         # FC inversion's quotient and Inverting Gradients' cosine need no scale, so no local schedule
-        rec, inversion = invert_isolated(view, head, view.gradient_direction(), labels, budget)
+        rec, inversion = invert_isolated(view, head, gradient, labels, budget)
         details = {"target_class": target, "examples_fished": count, "inversion": inversion, **rec.details}
         return dataclasses.replace(
             rec, attack=self.name, labels=labels[: len(rec.images)], seconds=time.perf_counter() - start, details=details

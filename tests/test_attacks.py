@@ -1376,6 +1376,24 @@ def test_fishing_target_is_the_rarest_class_present():
     assert fishing_target(dataclasses.replace(view, label_counts=counts)) == 3
 
 
+def test_class_fishing_of_a_class_the_batch_lacks_fishes_nothing():
+    """A received fishing head whose class no example of the batch has: the update holds none of its examples, and
+    the attack had inverted the zero row into noise and scored it against another example."""
+    from fedguard.attacks.class_fishing import ClassFishing
+    from fedguard.attacks.craft import craft
+
+    x, y = load_data("digits")
+    index = np.nonzero((y != 0).numpy())[0][:8]
+    fishing = craft("class_fishing", mlp8(0), input_shape=SHAPE, target=0)
+    view, _, _ = server_view(fishing, (x, y), index, seed=0)
+    rec = ClassFishing().run(view, Budget(50))
+    assert len(rec.images) == 0 and rec.details["examples_fished"] == 0
+    assert rec.details["why_nothing"].startswith("no example of the class fished for (0) is in the batch")
+    present = int(y[index[0]])  # a class the batch has is fished and inverted, as before
+    view, _, _ = server_view(craft("class_fishing", mlp8(0), input_shape=SHAPE, target=present), (x, y), index, seed=0)
+    assert len(ClassFishing().run(view, Budget(50)).images) >= 1
+
+
 _OWN_ARCHS = itertools.count()
 
 
