@@ -78,6 +78,13 @@ def test_public_data_must_be_finite_inputs_of_the_shape(data, message):
         craft_model("imprint", "lenet", data=data)
 
 
+@pytest.mark.parametrize("name", ["mkor", "imprint", "trap_weights", "oversized_fc"])
+def test_a_model_of_one_class_is_refused_as_nothing_can_leak_through_it(name):
+    """Its cross-entropy gradient is zero: class fishing refused it, the other crafters had written useless models."""
+    with pytest.raises(InputError, match=r"^a model of one class has a zero cross-entropy gradient .* 2 classes or more$"):
+        craft(name, build_model("lenet", num_classes=1, input_shape=(1, 8, 8)), input_shape=(1, 8, 8))
+
+
 def test_a_shape_the_model_cannot_take_names_input_shape_not_data():
     """Without data, the zeros craft() runs the model on are of ``input_shape``: the error had named --data."""
     with pytest.raises(InputError, match=r"^input_shape \(3, 32, 32\) does not fit the model .*pass the input_shape \(C, H, W\)"):

@@ -164,6 +164,9 @@ def craft(
     if counted:
         num_classes = classifier_logits(model, probe, "craft", probe=True).shape[1]
     num_classes = check_num_classes(num_classes)
+    if num_classes == 1:  # as audit and inspect --data refuse it
+        raise InputError("a model of one class has a zero cross-entropy gradient for every example: no crafted model "
+                         "leaks anything through it; craft a model of 2 classes or more")  # fmt: skip
     if data is not None and name not in READS_DATA:  # as the command line refuses --data
         raise InputError(f"{name} reads no public data (only {', '.join(sorted(READS_DATA))} do); pass data=None")
     if data is not None and not isinstance(data, (torch.Tensor, np.ndarray)):
