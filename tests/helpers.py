@@ -69,7 +69,7 @@ def measure(rec, bx, by, kind="images"):
 
 
 def skipped_when_asked(report) -> dict[str, str]:
-    """An audit report's skipped attacks but the defaults it was not asked to run."""
-    from fedguard.types import NOT_REQUESTED
-
-    return {name: why for name, why in report.skipped.items() if why != NOT_REQUESTED}
+    """An audit report's skipped attacks but the defaults it was not asked to run (listed as not requested, or with
+    the reason they would not apply)."""
+    asked = report.config.get("attacks_requested")
+    return {name: why for name, why in report.skipped.items() if asked is None or name in asked}
