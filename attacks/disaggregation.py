@@ -31,7 +31,8 @@ How this module finds ``p_u`` (all open solvers; no Gurobi):
    matrix products over all users together. For most users that
    intersection (the LP relaxation of the paper's integer program) is the
    single point ``p_u``; rounding each window's ``C[u, k]`` largest entries to
-   one recovers it in ~20 iterations.
+   one recovers it in ~20 iterations. On noisy sums the counts pin only the
+   directions of ``B`` whose window sums exceed the noise's (see _geometry).
 3. **Search** (users still open). Where the relaxation is not tight,
    Douglas-Rachford with the *non-convex* set of binary vectors with the
    right window counts (Elser's difference map, as used for bit retrieval)
@@ -117,7 +118,8 @@ _PROJECTION_ITERS = 400     # convex Douglas-Rachford: most users settle in ~20
 _CHECK_EVERY = 5            # verify rounded candidates every this many iterations
 _SEARCH_ITERS = 3000        # non-convex difference map per batch of open users
 _SEARCH_RESTART = 750       # restart from a perturbed point after this many
-_NOISE_FACTOR = 2.0         # residual allowed, in units of the predicted noise residual (measured max 1.3)
+_NOISE_FACTOR = 2.0         # residual allowed, in units of the predicted noise residual (measured max 1.3); also the
+                            # window sums that pin a direction of the subspace, in units of their noise (_geometry)
 _RATIO_MAX = 1.5            # bound on actual / predicted residual of the true column (measured max 1.32)
 _ROW_FACTOR = 5.0           # MILP row tolerance, in predicted residual per null-space coordinate
 _MILP_TRIES = 5             # re-solves with a no-good cut when a noisy MILP answer fails verification
@@ -284,7 +286,7 @@ class _Geometry:
 
     B: np.ndarray            # rounds x n, orthonormal basis of the signal subspace
     s: np.ndarray            # its n singular values
-    M: np.ndarray            # rounds x (n - rank(WB)): basis of {B a : window sums 0}
+    M: np.ndarray            # rounds x (n - pinned): basis of {B a : window sums 0, or within the noise}
     WBpinv: np.ndarray       # n x windows: a0 = WBpinv @ c
     window: int
     sigma: float
@@ -418,10 +420,20 @@ def _geometry(rounds: Rounds, active: np.ndarray, notes: list[str]) -> tuple[_Ge
     K = T // w
     swap, pair_sq = _swap_distance(B, w)
     WB = B.reshape(K, w, n).sum(axis=1)
-    _, sw, Vw = np.linalg.svd(WB, full_matrices=True)
-    r = int(np.sum(sw > max(K, n) * np.finfo(float).eps * (sw[0] if sw.size else 1.0) * 10)) if n else 0
-    M = B @ Vw[r:].T
-    WBpinv = np.linalg.pinv(WB) if n else np.zeros((0, K))
+    Uw, sw, Vw = np.linalg.svd(WB, full_matrices=True)
+    # The counts pin a direction B v of the subspace only where its window sums |WB v| = sw exceed what the noise
+    # explains (_NOISE_FACTOR x): the estimated B v is off by sigma * sqrt(T - n) * ||S^+ v|| (first-order
+    # perturbation, as in check), and that error's window sums are as large. Below it the direction is free (in M):
+    # at windows = users WB is square, its smallest sw near 0 (0.007 at 20 users, 200 rounds, noise 0.5), and the
+    # exact pseudo-inverse had put V_u 16 (median) from the true columns, which lie 0.64 from the subspace: 2 of 20
+    # columns found (0-10 over seeds 0-2), 19-20 now. With 1 x the noise instead of 2 x, 7 columns of 9 runs
+    # (160-240 rounds) were still missed.
+    tol = np.full(sw.size, max(K, n) * np.finfo(float).eps * (sw[0] if sw.size else 1.0) * 10)
+    if sigma > 0 and sw.size:
+        tol = np.maximum(tol, _NOISE_FACTOR * sigma * math.sqrt(max(T - n, 1)) * np.linalg.norm(Vw[:sw.size] / s[:n], axis=1))
+    pinned = np.flatnonzero(sw > tol) if n else np.zeros(0, np.int64)
+    M = B @ np.delete(Vw, pinned, axis=0).T
+    WBpinv = (Vw[pinned].T / sw[pinned]) @ Uw[:, pinned].T if n else np.zeros((0, K))
     geo = _Geometry(
         B=B, s=s[:n], M=M, WBpinv=WBpinv, window=w, sigma=sigma,
         tol_abs=_EXACT_TOL * math.sqrt(T), swap=swap, pair_sq=pair_sq,

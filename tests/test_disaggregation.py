@@ -917,3 +917,13 @@ def test_a_model_file_given_as_rounds_is_named_as_one(tmp_path):
     res = _run([str(tmp_path / "model.pt")])
     assert res.exit_code == 2 and "model.pt is a torch checkpoint (a model, which fedguard inspect reads), not the " \
         "rounds' sums; save aggregates" in res.output and "data.pkl" not in res.output
+
+
+def test_noisy_recovery_does_not_collapse_where_the_windows_number_about_the_users():
+    """20 users, windows of 10 rounds, noise 0.5: at 200 rounds (20 windows, a square window-sum matrix whose
+    smallest singular value is near 0) the counts had pinned directions the noise moves, and 2 of 20 columns were
+    found (20 of 20 at 150 and 300 rounds); now only the directions whose window sums exceed the noise's are."""
+    fed = simulate_federation(20, 200, 128, 10, 0.5, 0.5, seed=0)
+    result = disaggregate(fed.aggregates, fed.counts, 10, noise_scale=0.5, time_limit=0.25, workers=1, prove_unique=False)
+    s = score(result, fed)
+    assert s.users_exact == 20 and s.claimed_exact_wrong == 0
