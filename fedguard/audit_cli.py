@@ -203,7 +203,7 @@ def _formats() -> dict[str, str]:
 @click.option("--participation", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Exposure: chance a client joins a round.")
 @click.option("--count-window", type=click.IntRange(1, MAX_FEDERATION_SIZE), default=10, show_default=True, help="Exposure: rounds per window of published participation counts.")
 @click.option("--stable-rounds", type=click.IntRange(1, MAX_FEDERATION_SIZE), default=200, show_default=True, help="Exposure: rounds your update stays (nearly) the same.")
-@click.option("--aggregate-noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="Exposure: noise std on the sums relative to an update's scale (DP).")
+@click.option("--aggregate-noise", type=FiniteFloatRange(min=0, max=1000), default=0.0, show_default=True, help="Exposure: noise std on each entry of the sums, in units of an update's RMS entry (a DP noise multiplier sigma on updates clipped to norm C is sigma * sqrt(entries) of these units).")
 @click.option("--exposure-budget", type=FiniteFloatRange(min=0, min_open=True), help="Exposure: seconds for the whole analysis, its what-ifs included (default 5, or --time-budget when smaller); what-ifs it does not reach are reported as not run.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the batch, the initialisation and the attacks (numbers repeat on the same machine and thread count when --max-iterations, not --time-budget, ends them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"], case_sensitive=False), default="auto", show_default=True, help="auto = cuda when a GPU is available, else cpu.")

@@ -10,7 +10,7 @@ is on the sums, and how many rounds the client's update stays (nearly) the same.
 :func:`exposure` places an update among simulated peers with those settings and
 attacks growing prefixes of the rounds; :func:`client_exposure` does that for
 the client's own update under the federation as configured and under the
-defenses that change the answer (DP noise on the sums, coarser counts, less
+defenses that change the answer (noise on the sums, coarser counts, less
 frequent participation), so a report can say "exposed after 60 rounds; with
 noise 1.0 on the sums, not within 200".
 
@@ -497,7 +497,7 @@ def what_ifs(settings: FederationSettings) -> list[tuple[str, str, FederationSet
     rows = [("as configured", "", settings)]
     for sigma in (0.1, 1.0):
         if sigma > settings.noise:
-            rows.append((f"DP noise {sigma:g} on the sums", f"noise {settings.noise:g} -> {sigma:g}",
+            rows.append((f"noise {sigma:g} on the sums", f"noise {settings.noise:g} -> {sigma:g}",
                          dataclasses.replace(settings, noise=sigma)))
     coarse = settings.window * 5
     if coarse <= settings.stable_rounds:

@@ -23,7 +23,7 @@ from typing import ClassVar, Mapping
 from fedguard.types import AuditReport
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
+from .audit_sentences import accepted_said, defense_summary, exposure_summary, nearest_estimate, thresholds_said, threat_items
 from .base import generated_at, shown_command, tool_version
 from .html import sentence, template_environment
 
@@ -42,6 +42,7 @@ class AuditHtmlRenderer(AuditRenderer):
         return template_environment().get_template(TEMPLATE).render(
             r=report,
             exposure_summary=exposure_summary(report.exposure) if report.exposure is not None else None,
+            nearest=nearest_estimate,
             defense=defense_summary(report.update),
             accepted=sentence(accepted) if (accepted := accepted_said(report)) else None,
             threat_said="; ".join(threat_items(report)),

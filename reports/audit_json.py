@@ -27,7 +27,7 @@ the strings ``"nan"``, ``"inf"``, ``"-inf"``. Sample output (abridged)::
       "skipped": {"idlg": "..."},
       "model": {...}, "data": {...}, "update": {...}, "threat": {...}, "config": {...},
       "exposure": {"outcome": "exposed", "rounds_to_exposure": 30, "settings": {...},
-                   "scenarios": [{"label": "DP noise 1 on the sums", "outcome": "not exposed", ...}]},
+                   "scenarios": [{"label": "noise 1 on the sums", "outcome": "not exposed", ...}]},
       "seconds": 21.4
     }
 """

@@ -16,7 +16,7 @@ Colour only when asked (the CLI asks only on a TTY). Sample output::
 
     exposure across rounds (beside the verdict, which is this round's update's):
     secure aggregation hides this update for only 30 rounds: with 10 users per round ...
-      what if DP noise 1 on the sums: not exposed
+      what if noise 1 on the sums: not exposed
     grids: audit.txt-dlg.png, audit.txt-inverting_gradients.png
     levels per example, counted only 3 dB / 0.1 SSIM above the no-update
     guess (public mean image or a class mean; mean 11.3 dB): high >= 25 dB ...
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar, Mapping
 from fedguard.types import AuditReport, AuditVerdict, LeakageLevel
 
 from .audit_base import AuditRenderer, register_audit_renderer
-from .audit_sentences import accepted_said, defense_summary, exposure_summary, thresholds_said, threat_items
+from .audit_sentences import accepted_said, defense_summary, exposure_summary, nearest_estimate, thresholds_said, threat_items
 from .base import fmt_num, joined_lines, plural, print_hanging, printable, text_width
 
 if TYPE_CHECKING:
@@ -163,6 +163,8 @@ def _exposure(console: Console, exposure: Mapping) -> None:
             result = f"exposed after {plural(rounds, 'round')}"
         else:
             result = s["outcome"]
+        nearest = nearest_estimate(s) if s["outcome"] == "not exposed" else None
+        result += f" ({nearest})" if nearest else ""
         note = f" ({s['note']})" if s["outcome"] != "not identifiable" and s["note"] else ""
         said = Text(f"what if {s['label']}: {result}{note}", style="dim")
         print_hanging(console, said, first="  ")  # a hanging indent, as inspect's details

@@ -1322,10 +1322,10 @@ def test_exposure_section_in_every_format(workdir, schema):
     assert exposure["settings"]["users"] == 6 and exposure["settings"]["window"] == 5
     assert exposure["outcome"] == "exposed" and 6 < exposure["rounds_to_exposure"] <= 40
     labels = [s["label"] for s in exposure["scenarios"]]
-    assert labels == ["as configured", "DP noise 0.1 on the sums", "DP noise 1 on the sums",
+    assert labels == ["as configured", "noise 0.1 on the sums", "noise 1 on the sums",
                       "counts per 25 rounds", "participation 0.25"]
     text = invoke(*args, exposure=True).stdout
-    assert "secure aggregation hides this update for only" in text and "what if DP noise 1 on the sums" in text
+    assert "secure aggregation hides this update for only" in text and "what if noise 1 on the sums" in text
     html = workdir / "audit.html"
     assert invoke(*args, "--format", "html", "-o", html, exposure=True).exit_code == 0
     assert "Secure aggregation across rounds" in html.read_text(encoding="utf-8")
@@ -1359,7 +1359,8 @@ def test_the_exposure_sentence_names_the_noise_on_the_sums():
     from fedguard.reports.audit_sentences import exposure_summary
 
     settings = {"users_per_round": 10, "participation": 0.5, "users": 20, "window": 10, "stable_rounds": 100}
-    doc = {"outcome": "not exposed", "rounds_to_exposure": None, "scenarios": []}
+    doc = {"outcome": "not exposed", "rounds_to_exposure": None, "target_error": 0.05,
+           "scenarios": [{"label": "as configured", "outcome": "not exposed", "detail": None}]}
     assert "noise" not in exposure_summary({**doc, "settings": {**settings, "noise": 0.0}})
     assert "counts per 10 rounds, noise 0.05 on the sums" in exposure_summary({**doc, "settings": {**settings, "noise": 0.05}})
     everyone = {**settings, "noise": 0.0, "participation": 1.0, "users": 10}

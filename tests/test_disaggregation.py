@@ -301,7 +301,7 @@ def test_a_miss_the_time_limit_decided_makes_the_exposure_an_upper_bound(monkeyp
     import fedguard.exposure as exposure_module
     from fedguard.reports.audit_sentences import exposure_summary
 
-    run = dict(users_per_round=5, rounds=100, window=5, participation=0.5, seed=0, workers=1, time_limit=1)
+    run = dict(users_per_round=5, rounds=100, window=5, participation=0.5, seed=1, workers=1, time_limit=1)
     honest = exposure(**run)  # measured: 15 rounds not exposed, 20 exposed
     found = honest.rounds_to_exposure
     assert honest.complete and any(p.rounds < found for p in honest.points)
@@ -316,7 +316,7 @@ def test_a_miss_the_time_limit_decided_makes_the_exposure_an_upper_bound(monkeyp
     assert bounded.rounds_to_exposure == found and not bounded.complete
     update = np.random.default_rng(0).standard_normal(150)
     settings = FederationSettings(users_per_round=5, participation=0.5, window=5, stable_rounds=100)
-    configured = client_exposure(update, settings, seed=0).to_dict()
+    configured = client_exposure(update, settings, seed=1).to_dict()
     assert configured["scenarios"][0]["note"].startswith("upper bound: time limits cut the attack short")
     assert " or fewer (time limits cut the attack short at fewer rounds)" in exposure_summary(configured)
 
@@ -332,7 +332,7 @@ def test_client_exposure_scenarios():
     by_label = dict(zip(labels, result.scenarios))
     # Halving participation doubles the population to 20: 60 rounds still exceed it.
     assert by_label["participation 0.25"].settings.users == 20
-    assert by_label["DP noise 1 on the sums"].outcome in ("not exposed", "exposed")
+    assert by_label["noise 1 on the sums"].outcome in ("not exposed", "exposed")
     # 5x coarser counts: one window of 50 rounds inside the 60 the update is stable.
     assert by_label["counts per 50 rounds"].outcome != "not run"
     doc = result.to_dict()
@@ -762,7 +762,7 @@ def test_the_what_ifs_add_only_noise_above_the_configured():
     from fedguard.exposure import what_ifs
 
     labels = [label for label, _change, _settings in what_ifs(FederationSettings(noise=0.1))]
-    assert labels == ["as configured", "DP noise 1 on the sums", "counts per 50 rounds", "participation 0.25"]
+    assert labels == ["as configured", "noise 1 on the sums", "counts per 50 rounds", "participation 0.25"]
 
 
 def test_two_recovered_users_never_match_the_same_true_user():
@@ -817,9 +817,10 @@ def test_no_time_for_integer_programs_claims_no_column_the_linear_program_leaves
     """An independent review's case: 16 users taking part rarely, --time-limit 0. One user's wrong column had been
     called exact and every update recovered; the linear program proves 15, the 16th is approximate."""
     res = _run(["--simulate", "--users", "16", "--rounds", "40", "--dim", "32", "--window", "4", "--participation", "0.1",
-                "--seed", "2", "--time-limit", "0"])  # fmt: skip
+                "--seed", "3", "--time-limit", "0"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "15/16 columns exact (approximate 1, failed 0)" in res.output and "0 wrongly claimed exact" in res.output
+    assert "P not exact, 15/16 columns right" in res.output  # the one left open is the wrong one
     assert "recovered: 0/16 users' updates" in res.output
 
 

@@ -836,7 +836,7 @@ def _exposure_doc(outcome="exposed", rounds=30, note=None, **settings):
                 **settings}
     scenarios = [
         {"label": "as configured", "change": "", "outcome": outcome, "rounds_to_exposure": rounds, "note": note},
-        {"label": "DP noise 0.1 on the sums", "change": "noise 0 -> 0.1", "outcome": "exposed", "rounds_to_exposure": 60,
+        {"label": "noise 0.1 on the sums", "change": "noise 0 -> 0.1", "outcome": "exposed", "rounds_to_exposure": 60,
          "note": "cut at 60 by the time limit"},
         {"label": "counts per 25 rounds", "change": "window 5 -> 25", "outcome": "not identifiable",
          "rounds_to_exposure": None, "note": "too few rounds"},
@@ -880,9 +880,16 @@ def test_audit_text_report_lists_every_what_if_with_its_rounds_and_only_the_note
 
     text = AuditTextRenderer().render(_audit_report(exposure=_exposure_doc()))
     assert "what if as configured" not in text
-    assert "what if DP noise 0.1 on the sums: exposed after 60 rounds (cut at 60 by the time limit)" in text
+    assert "what if noise 0.1 on the sums: exposed after 60 rounds (cut at 60 by the time limit)" in text
     assert "what if counts per 25 rounds: not identifiable\n" in text
     assert "what if participation 0.25: not exposed\n" in text
+    doc = _exposure_doc()
+    doc["scenarios"][3]["detail"] = {"points": [{"rounds": 100, "client_error": 0.12}]}
+    text = AuditTextRenderer().render(_audit_report(exposure=doc))
+    assert "what if participation 0.25: not exposed (the nearest estimate of it 12% off, at 100 rounds)\n" in text
+    from fedguard.reports.audit_html import AuditHtmlRenderer
+
+    assert "not exposed <span class=\"muted\">(the nearest estimate of it 12% off, at 100 rounds)</span>" in AuditHtmlRenderer().render(_audit_report(exposure=doc))
 
 
 def test_the_audit_sentences_say_each_outcome_threat_and_defense():
@@ -898,7 +905,12 @@ def test_the_audit_sentences_say_each_outcome_threat_and_defense():
     few = exposure_summary(_exposure_doc("not identifiable", None, note="2 coordinates are fewer than the 8 users; the "
                                          "attack needs d >= users (the update has too few non-zero values)"))  # fmt: skip
     assert "the update has fewer non-zero values than there are users" in few and "stable round" not in few  # not the rounds'
-    assert "did not recover this update within 100 rounds" in exposure_summary(_exposure_doc("not exposed", None))
+    assert exposure_summary(_exposure_doc("not exposed", None)).endswith("did not recover this update to within 5% in 100 rounds")
+    # how near it came, where it came near: not exposed means not within 5 %, and 7 % off still leaks the update
+    near = _exposure_doc("not exposed", None)
+    near["scenarios"][0]["detail"] = {"points": [{"rounds": 50, "client_error": 0.3}, {"rounds": 100, "client_error": 0.07},
+                                                 {"rounds": 20, "client_error": None}]}
+    assert exposure_summary(near).endswith("within 5% in 100 rounds (the nearest estimate of it 7% off, at 100 rounds)")
     cut = exposure_summary(_exposure_doc("cut short", None, note="time budget of 5 s spent"))
     assert "the analysis was cut short (time budget of 5 s spent)" in cut
     assert exposure_summary(_exposure_doc("not run", None, note="stopped")) == "the exposure analysis did not run (stopped)"
