@@ -363,15 +363,12 @@ def simulate_federation(
             f"a federation of {users} users, {rounds} rounds and {dim} entries would take {elements * 8 / 2**30:,.1f} GiB; "
             f"lower --users, --rounds or --dim"
         )
-    # one stream each for the updates, the participation and the noise, drawn round by round: a longer horizon adds
-    # rounds to the same federation (its first rounds, its users' updates unchanged) instead of drawing another, so
-    # that exposures measured up to 100, 200 and 400 rounds differ by the rounds alone (they had given 40, 30, 40)
-    updates, joins, noises = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    g = updates.standard_normal((users, dim))
-    P = (joins.random((rounds, users)) < participation).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    P = (rng.random((rounds, users)) < participation).astype(np.float64)
+    g = rng.standard_normal((users, dim))
     G = P @ g
     if noise > 0:
-        G = G + noise * noises.standard_normal(G.shape)
+        G = G + noise * rng.standard_normal(G.shape)
     C = P.reshape(rounds // window, window, users).sum(axis=1).T.astype(np.int64)
     return Federation(
         aggregates=G, counts=C, window=int(window), participation=P.astype(np.int8), updates=g,
