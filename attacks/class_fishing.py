@@ -155,8 +155,8 @@ class ClassFishing(Attack):
                 attack=self.name, images=torch.zeros(0, *view.input_shape), labels=torch.zeros(0, dtype=torch.long),
                 seconds=time.perf_counter() - start, stopped="done",
                 details={"target_class": target, "examples_fished": 0,
-                         "why_nothing": f"no example of the class fished for ({target}) is in the batch: its row of "
-                                        "the head's update is not pulled toward it"},
+                         "why_nothing": f"the head's update shows no example of the class fished for ({target}): its "
+                                        "row is not pulled toward it (none in the batch, or noise hides them)"},
             )  # fmt: skip
         count = 1
         if view.label_counts is not None:

@@ -324,6 +324,7 @@ def simulate_federation(
     participation: float = 0.5,
     noise: float = 0.0,
     seed: int = 0,
+    nested: bool = False,
 ) -> Federation:
     """A federation as in Lam et al.'s experiments, with known truth.
 
@@ -333,6 +334,11 @@ def simulate_federation(
     participants' updates plus i.i.d. Gaussian noise of standard deviation
     ``noise`` (so ``noise=0.05`` is noise at 5 % of an individual update's
     scale, as a DP mechanism calibrated to one user's contribution adds).
+    ``nested`` draws the updates, the participation and the noise from
+    streams of their own, round by round, so that more rounds extend the same
+    federation (its users' updates and first rounds unchanged), as
+    :func:`fedguard.exposure.exposure` needs to compare horizons; by default
+    one stream, whose draws the benchmarks' figures were measured on.
     """
     for name, value in (("users", users), ("rounds", rounds), ("dim", dim), ("window", window)):
         if not is_whole(value) or value < 1:
@@ -363,12 +369,15 @@ def simulate_federation(
             f"a federation of {users} users, {rounds} rounds and {dim} entries would take {elements * 8 / 2**30:,.1f} GiB; "
             f"lower --users, --rounds or --dim"
         )
-    rng = np.random.default_rng(seed)
-    P = (rng.random((rounds, users)) < participation).astype(np.float64)
-    g = rng.standard_normal((users, dim))
+    if nested:
+        updates, joins, noises = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    else:
+        updates = joins = noises = np.random.default_rng(seed)
+    P = (joins.random((rounds, users)) < participation).astype(np.float64)
+    g = updates.standard_normal((users, dim))
     G = P @ g
     if noise > 0:
-        G = G + noise * rng.standard_normal(G.shape)
+        G = G + noise * noises.standard_normal(G.shape)
     C = P.reshape(rounds // window, window, users).sum(axis=1).T.astype(np.int64)
     return Federation(
         aggregates=G, counts=C, window=int(window), participation=P.astype(np.int8), updates=g,

@@ -703,8 +703,9 @@ def arch_name(arch: Any) -> Any:
     for part in qualname.split(".") if isinstance(qualname, str) and "<" not in qualname else ["<"]:
         found = getattr(found, part, None)
     if found is not arch:
-        raise InputError(f"arch {qualname or arch!r} is not found by its name in its module (defined inside a function, or "
-                         "a lambda); define it at the top level of a module, or pass 'package.module:callable'")  # fmt: skip
+        raise InputError(f"arch {qualname or arch!r} is not found by its name in its module (a lambda, a functools.partial, "
+                         "or defined inside a function); define it at the top level of a module, or pass "
+                         "'package.module:callable'")  # fmt: skip
     return f"{module}:{qualname}"
 
 
@@ -743,6 +744,7 @@ def resolve_input_shape(arch: str, input_shape: Any = None) -> Shape:
     ``input_shape`` attribute on its module; without one an InputError asks
     for ``--input-shape``.
     """
+    arch = arch_name(arch)
     spec = _spec(arch)
     if input_shape is not None:
         return check_input_shape(input_shape)

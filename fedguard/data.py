@@ -246,9 +246,10 @@ def _unit_range(a: np.ndarray, what: str, image_file: bool = False) -> np.ndarra
     if np.issubdtype(a.dtype, np.integer) and not image_file and int(a.max()) == 1 and int(a.min()) == 0:
         raise InputError(f"{what} holds only the integers 0 and 1: as 8-bit pixels they would read as black; store "
                          "binary images as bool or floats 0-1, 8-bit images as uint8 0-255")  # fmt: skip
-    if np.issubdtype(a.dtype, np.integer) and not image_file and 1 < int(a.max()) < COARSE_LEVELS and int(a.min()) >= 0:
+    if (np.issubdtype(a.dtype, np.integer) and a.dtype != np.uint16 and not image_file  # uint16: its own check below
+            and 1 < int(a.max()) < COARSE_LEVELS and int(a.min()) >= 0):
         top = int(a.max())
-        raise InputError(f"{what} holds integers 0-{top}: as 8-bit pixels they would read as nearly black (at most "
+        raise InputError(f"{what} holds integers up to {top}: as 8-bit pixels they would read as nearly black (at most "
                          f"{top}/255); scale them to floats 0-1 (x / {top} for levels 0-{top}, x / 255 for dark 8-bit "
                          "images)")  # fmt: skip
     if a.dtype == np.uint8:

@@ -164,8 +164,8 @@ class Exposure:
     """After how many rounds the client's individual update becomes recoverable.
 
     ``rounds_to_exposure`` is the first tested number of rounds at which the
-    client's participation column was recovered ``exact`` *and* its update to
-    within ``target_error`` relative error; None when that never happened
+    client's update was recovered to within ``target_error`` relative error
+    (its participation column certified or not); None when that never happened
     within ``max_rounds``. ``points`` are the prefixes tested (ascending).
     ``complete`` is False when a deadline cut the search short: a
     ``rounds_to_exposure`` found is then an upper bound, a None undecided.
@@ -286,8 +286,10 @@ def exposure(
     is the client's own update (any shape; ``dim`` of its coordinates are
     used, default ``max(4 * users, 128)``, at most its non-zero entries). The server attacks the first ``t``
     rounds for growing ``t`` (multiples of ``window``); the client is exposed
-    at the first ``t`` where its column is recovered ``exact`` and its update
-    to within ``target_error`` relative error. A client alone in the
+    at the first ``t`` where its update is recovered to within ``target_error``
+    relative error, its participation column certified ``exact`` or not (a
+    server uses an estimate that near either way; certifying had been
+    required, and updates 3 % off read as not exposed). A client alone in the
     federation (one user) hides behind nothing: it is exposed once the mean
     of the rounds it takes part in is within ``target_error`` of its update,
     after ``(noise / target_error)² / participation`` rounds, at least one. Prefixes are tested by doubling
@@ -351,7 +353,9 @@ def exposure(
     if simulated_elements(users, rounds, dim) > MAX_SIMULATED_ELEMENTS:
         raise TooLarge(f"{users:,} users over {rounds:,} rounds are too many to simulate (more than "
                        f"{MAX_SIMULATED_ELEMENTS * 8 / 2**30:g} GiB); lower the users per round or the rounds")  # fmt: skip
-    fed = simulate_federation(users, rounds, dim, window, participation, noise, seed)
+    # nested: another stable_rounds extends the same federation (one stream had given 30/40/40 rounds at 100/200/400,
+    # and at noise 0.3 exposed at 190 of 200 rounds but not within 400)
+    fed = simulate_federation(users, rounds, dim, window, participation, noise, seed, nested=True)
     if values is not None:
         fed = _with_client(fed, client, _client_sample(values, dim, seed))
 
@@ -389,8 +393,8 @@ def exposure(
             progress(point)
         return point
 
-    def exposed(p: ExposurePoint) -> bool:
-        return p.client_status == "exact" and math.isfinite(p.client_error) and p.client_error <= target_error
+    def exposed(p: ExposurePoint) -> bool:  # certified or not: a server uses an estimate that near either way
+        return math.isfinite(p.client_error) and p.client_error <= target_error
 
     def late() -> bool:
         return deadline is not None and bool(tested) and time.perf_counter() >= deadline

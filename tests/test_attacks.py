@@ -1388,7 +1388,7 @@ def test_class_fishing_of_a_class_the_batch_lacks_fishes_nothing():
     view, _, _ = server_view(fishing, (x, y), index, seed=0)
     rec = ClassFishing().run(view, Budget(50))
     assert len(rec.images) == 0 and rec.details["examples_fished"] == 0
-    assert rec.details["why_nothing"].startswith("no example of the class fished for (0) is in the batch")
+    assert rec.details["why_nothing"].startswith("the head's update shows no example of the class fished for (0)")
     present = int(y[index[0]])  # a class the batch has is fished and inverted, as before
     view, _, _ = server_view(craft("class_fishing", mlp8(0), input_shape=SHAPE, target=present), (x, y), index, seed=0)
     assert len(ClassFishing().run(view, Budget(50)).images) >= 1

@@ -377,9 +377,10 @@ GOOD_Y = np.array([0, 1, 0, 1])
         ({"x": np.eye(8, dtype=np.uint8)[None].repeat(4, 0), "y": GOOD_Y}, r"only the integers 0 and 1.*read as black"),
         # the digits' levels 0-16 as uint8 had read as at most 16/255 and lowered an audit's verdict
         ({"x": (np.arange(64).reshape(8, 8) % 17).astype(np.uint8)[None].repeat(4, 0), "y": GOOD_Y},
-         r"holds integers 0-16: as 8-bit pixels they would read as nearly black \(at most 16/255\); scale them to floats "
+         r"holds integers up to 16: as 8-bit pixels they would read as nearly black \(at most 16/255\); scale them to floats "
          r"0-1 \(x / 16 for levels 0-16, x / 255 for dark 8-bit images\)$"),
-        ({"x": np.full((4, 8, 8), 31, np.int64), "y": GOOD_Y}, r"holds integers 0-31"),
+        ({"x": np.full((4, 8, 8), 31, np.int64), "y": GOOD_Y}, r"holds integers up to 31"),
+        ({"x": np.full((4, 8, 8), 20, np.uint16), "y": GOOD_Y}, r"is 16-bit with values up to 20"),  # not the 8-bit words
         ({"x": GOOD_X, "y": np.array([0, -1, 0, 1])}, r"negative labels"),
         ({"x": GOOD_X, "y": np.array([0, 0.5, 0, 1])}, r"non-integer labels"),
         ({"x": GOOD_X, "y": np.array([0, 1e20, 0, 1])}, r"labels up to 100000000000000000000, beyond any class"),  # had wrapped

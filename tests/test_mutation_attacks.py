@@ -466,13 +466,16 @@ def test_the_client_s_sample_has_4_users_or_128_coordinates_by_default():
 _SMALL_FEDERATION = dict(users_per_round=5, rounds=60, window=10, participation=0.5, seed=0, workers=1, time_limit=1)
 
 
-def test_a_column_certified_exact_but_matching_no_true_user_is_no_exposure(monkeypatch):
-    """A recovered column that is 'exact' yet matches no true user is 'wrong': the client is not exposed by it."""
+def test_a_column_certified_exact_but_matching_no_true_user_is_reported_wrong(monkeypatch):
+    """A recovered column that is 'exact' yet matches no true user is 'wrong'; whether the client is exposed is then
+    its update's error against its own update (a server uses an estimate that near whatever its columns)."""
     import fedguard.exposure as exposure_module
 
+    honest = exposure_module.exposure(**_SMALL_FEDERATION)
     monkeypatch.setattr(exposure_module, "match_users", lambda result, participation, counts: np.full(result.updates.shape[0], -1))
     result = exposure_module.exposure(**_SMALL_FEDERATION)
-    assert result.rounds_to_exposure is None and "wrong" in {p.client_status for p in result.points}
+    assert "wrong" in {p.client_status for p in result.points} and "wrong" not in {p.client_status for p in honest.points}
+    assert result.rounds_to_exposure == honest.rounds_to_exposure
 
 
 def test_a_miss_the_time_limit_decided_leaves_not_exposed_undecided(monkeypatch):
@@ -481,11 +484,11 @@ def test_a_miss_the_time_limit_decided_leaves_not_exposed_undecided(monkeypatch)
 
     real = exposure_module.disaggregate
 
-    def slow_and_uncertified(*args, **kwargs):
+    def slow_and_unrecovered(*args, **kwargs):
         result = real(*args, **kwargs)
-        return dataclasses.replace(result, timed_out=1, status=tuple("approximate" if s == "exact" else s for s in result.status))
+        return dataclasses.replace(result, timed_out=1, updates=np.full_like(result.updates, np.nan))
 
-    monkeypatch.setattr(exposure_module, "disaggregate", slow_and_uncertified)
+    monkeypatch.setattr(exposure_module, "disaggregate", slow_and_unrecovered)
     result = exposure_module.exposure(**_SMALL_FEDERATION)
     assert result.rounds_to_exposure is None and not result.complete
 
