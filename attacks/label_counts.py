@@ -744,8 +744,8 @@ class LabelCounts(Attack):
             return unreadable
         if view.batch_size is None:
             return NO_BATCH_SIZE
-        if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
-            return "the server does not know the local schedule (threat model)"
+        if view.protocol == "fedavg" and view.batch_size != 1 and (view.local_steps is None or view.local_lr is None):
+            return "the server does not know the local schedule (threat model)"  # one example: the sign needs none
         return None
 
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:

@@ -1869,3 +1869,7 @@ def test_label_counts_of_one_example_read_its_class_whatever_the_servers_data():
         view, _, _ = server_view(model, (x, labels), [0], protocol=protocol, local_steps=3, local_lr=0.01, auxiliary=False)
         rec = LabelCounts().run(dataclasses.replace(view, num_classes=5), Budget(1))
         assert rec.label_counts.tolist() == [0, 0, 1, 0, 0] and rec.details["route"] == "single_example", protocol
+    # the sign needs no schedule: a server that does not know it still reads the one example's class
+    unscheduled = dataclasses.replace(view, num_classes=5, local_steps=None, local_lr=None, local_batch_size=None)
+    assert LabelCounts().applies(unscheduled) is None
+    assert LabelCounts().run(unscheduled, Budget(1)).label_counts.tolist() == [0, 0, 1, 0, 0]
