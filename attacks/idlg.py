@@ -48,7 +48,7 @@ from fedguard.types import Reconstruction
 from .base import KNOWN_LABELS, Attack, Budget, register_attack, unreadable_head
 from .label_counts import readout
 
-__all__ = ["IDLG", "idlg_label"]
+__all__ = ["IDLG", "idlg_label", "idlg_counts"]
 
 #: Two rows' norms within this fraction of each other tie (a two-class head's rows are opposite, equal to rounding).
 TIE = 1e-4
@@ -81,6 +81,14 @@ def idlg_label(view: ServerView) -> tuple[int, dict]:
     return label, {"route": "weight_row_norms", "margin": margin}
 
 
+def idlg_counts(view: ServerView) -> tuple[int, torch.Tensor, dict]:
+    """:func:`idlg_label` with the batch's counts by class, ``[num_classes]`` int64: the one example in its class."""
+    label, details = idlg_label(view)
+    counts = torch.zeros(view.num_classes, dtype=torch.int64)
+    counts[label] = 1
+    return label, counts, details
+
+
 @register_attack("idlg")
 class IDLG(Attack):
     """The exact label of a one-example update (Zhao et al. 2020).
@@ -107,9 +115,7 @@ class IDLG(Attack):
     def run(self, view: ServerView, budget: Budget) -> Reconstruction:
         start = time.perf_counter()
         budget.check(0)
-        label, details = idlg_label(view)
-        counts = torch.zeros(view.num_classes, dtype=torch.int64)
-        counts[label] = 1
+        label, counts, details = idlg_counts(view)
         return Reconstruction(
             attack=self.name,
             labels=torch.tensor([label]),

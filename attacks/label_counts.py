@@ -604,12 +604,10 @@ def estimate_counts(view: ServerView, head: Head, budget: Budget | None = None) 
     five-class ConvNet had read the class the noise favours."""
     batch = int(view.batch_size)
     if batch == 1:
-        from .idlg import idlg_label  # imports readout from here
+        from .idlg import idlg_counts  # imports readout from here
 
-        label, how = idlg_label(view)
-        counts = np.zeros(view.num_classes, dtype=np.int64)
-        counts[label] = 1
-        return counts, counts.astype(float), {"route": "single_example", "model": f"iDLG's identity ({how['route']})"}
+        _, counts, how = idlg_counts(view)
+        return counts.numpy(), counts.double().numpy(), {"route": "single_example", "model": f"iDLG's identity ({how['route']})"}
     grads = view.as_gradient()
     use_bias = head.bias is not None and head.bias in grads
     xs, ys = view.server_data(batch)

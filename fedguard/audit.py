@@ -359,7 +359,7 @@ def _choose_batch(n: int, batch_size: int, seed: int) -> np.ndarray:
 def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
     """Labels for the image attacks: from a label attack that ran, else inferred quietly (or None), within
     ``budget``'s time and stop."""
-    from fedguard.attacks.idlg import idlg_label
+    from fedguard.attacks.idlg import idlg_counts
     from fedguard.attacks.label_counts import CUT_BY_TIME_BUDGET, estimate_counts
 
     for name in ("idlg", "label_counts"):
@@ -372,9 +372,7 @@ def _label_seed(view: ServerView, done: dict[str, Any], budget: Budget) -> tuple
     if head is None or head.weight not in view.tensors:
         return None, None, None
     if view.batch_size == 1:
-        label, _ = idlg_label(view)
-        counts = torch.zeros(view.num_classes, dtype=torch.int64)
-        counts[label] = 1
+        label, counts, _ = idlg_counts(view)
         return torch.tensor([label]), counts, "recovered by idlg"
     if view.protocol == "fedavg" and (view.local_steps is None or view.local_lr is None):
         return None, None, None
