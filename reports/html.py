@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from fedguard.errors import InputError
-from fedguard.suppressions import recorded_ignores, unmatched_in
+from fedguard.suppressions import recorded_ignores
 from fedguard.types import InspectionReport, Rule
 
 from .base import (
@@ -106,7 +106,7 @@ def code_spans(text: str):
 
 
 def _model(report: InspectionReport, anchor: str, description: str | None = None) -> dict[str, Any]:
-    stale = unmatched_in(report)
+    stale = report.ignore_unmatched
     return {
         "anchor": anchor,
         "report": report,
@@ -118,8 +118,8 @@ def _model(report: InspectionReport, anchor: str, description: str | None = None
         "findings_left_out": shown[1],
         "suppressed": (accepted := shown_findings(report.suppressed))[0],
         "suppressed_left_out": accepted[1],
-        "accepted_by": [str(i) for i in recorded_ignores(report) if i not in stale],
-        "ignore_unmatched": [str(i) for i in stale],
+        "accepted_by": [str(i) for i in recorded_ignores(report) if str(i) not in stale],
+        "ignore_unmatched": list(stale),
         "counts": severity_counts(report.findings),
         "data_used": data_used(report),
     }
